@@ -1,0 +1,4 @@
+// @cello/proto: the gRPC contracts and the helpers every package uses with them.
+// Messages and services live under the subpaths '@cello/proto/cell', '@cello/proto/controller'
+// and '@cello/proto/health'; this entry holds the hand-written helpers.
+export { HealthService } from './health-service.js';

@@ -1,0 +1,2 @@
+export { freePort } from './net.js';
+export { waitFor } from './wait.js';

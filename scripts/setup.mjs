@@ -1,0 +1,110 @@
+#!/usr/bin/env node
+// Installs what the project needs on a fresh machine, and nothing that is already there:
+//   - npm packages (`npm ci`) when node_modules is missing or older than package-lock.json;
+//   - Debian packages the tests and `npm start` use, when running as root (apt-get);
+//   - moto's EC2 server from PyPI (pip), for the AWS provider's tests.
+// Not root, or not Debian: prints the exact command to run instead, and fails.
+// Plain Node with no dependencies, because it runs before node_modules exists.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+// Each command the tests run, and the Debian package that provides it.
+export const SYSTEM_PACKAGES = [
+  ['docker-registry', 'docker-registry'],
+  ['skopeo', 'skopeo'],
+  ['umoci', 'umoci'],
+  ['busybox', 'busybox-static'],
+  ['runc', 'runc'],
+  ['etcd', 'etcd-server'],
+  ['etcdctl', 'etcd-client'],
+  ['containerd', 'containerd'],
+  ['ip', 'iproute2'],
+  ['iptables', 'iptables'],
+  ['debootstrap', 'debootstrap'],
+  ['zstd', 'zstd'],
+  ['tar', 'tar'],
+  ['openssl', 'openssl'],
+  ['pip3', 'python3-pip'],
+];
+
+const PIP_PACKAGES = [['moto_server', "moto[server]"]];
+
+function log(msg) {
+  process.stderr.write(`[setup] ${msg}\n`);
+}
+
+function has(cmd) {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
+}
+
+function isRoot() {
+  return typeof process.getuid === 'function' && process.getuid() === 0;
+}
+
+function run(cmd, args, opts = {}) {
+  log(`$ ${cmd} ${args.join(' ')}`);
+  execFileSync(cmd, args, { stdio: 'inherit', cwd: root, ...opts });
+}
+
+function lockHash() {
+  const lock = join(root, 'package-lock.json');
+  const pkgs = [join(root, 'package.json'), lock];
+  const h = createHash('sha256');
+  for (const p of pkgs) if (existsSync(p)) h.update(readFileSync(p));
+  return h.digest('hex');
+}
+
+export function ensureNpm() {
+  const stamp = join(root, 'node_modules', '.cello-install-stamp');
+  const want = lockHash();
+  if (existsSync(stamp) && readFileSync(stamp, 'utf8') === want) return;
+  run('npm', [existsSync(join(root, 'package-lock.json')) ? 'ci' : 'install', '--no-audit', '--no-fund']);
+  mkdirSync(join(root, 'node_modules'), { recursive: true });
+  writeFileSync(stamp, want);
+}
+
+export function ensureSystem() {
+  const missing = SYSTEM_PACKAGES.filter(([cmd]) => !has(cmd)).map(([, pkg]) => pkg);
+  const pipMissing = PIP_PACKAGES.filter(([cmd]) => !has(cmd)).map(([, pkg]) => pkg);
+  if (missing.length === 0 && pipMissing.length === 0) return;
+  const aptLine = `apt-get update && apt-get install -y --no-install-recommends ${missing.join(' ')}`;
+  const pipLine = `pip3 install ${pipMissing.map((p) => `'${p}'`).join(' ')}`;
+  const debian = existsSync('/etc/debian_version');
+  if (!isRoot() || !debian) {
+    const lines = [missing.length ? aptLine : '', pipMissing.length ? pipLine : ''].filter(Boolean);
+    throw new Error(
+      `missing system packages; run as root:\n  ${lines.join('\n  ')}\n` +
+        (debian ? '' : '(this is not Debian/Ubuntu: install the equivalent packages)'),
+    );
+  }
+  if (missing.length) {
+    const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+    run('apt-get', ['update', '-q'], { env });
+    run('apt-get', ['install', '-y', '-q', '--no-install-recommends', ...missing], { env });
+    // The Debian packages start their daemons; tests start their own on loopback ports.
+    for (const svc of ['docker-registry', 'etcd', 'containerd']) {
+      spawnSync('systemctl', ['disable', '--now', svc], { stdio: 'ignore' });
+    }
+  }
+  for (const pkg of pipMissing) {
+    const pip = has('pip3') ? 'pip3' : 'pip';
+    run(pip, ['install', '-q', '--disable-pip-version-check', pkg]);
+  }
+  const still = SYSTEM_PACKAGES.filter(([cmd]) => !has(cmd)).map(([c]) => c);
+  if (still.length) throw new Error(`still missing after install: ${still.join(' ')}`);
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  try {
+    ensureNpm();
+    if (!process.argv.includes('--npm-only')) ensureSystem();
+  } catch (err) {
+    log(err.message);
+    process.exit(1);
+  }
+}

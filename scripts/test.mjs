@@ -1,0 +1,72 @@
+#!/usr/bin/env node
+// `npm test`: set up what is missing, build through turbo, run every package's tests, and
+// print one closing line summing all the test runners' results.
+//   npm test                       everything
+//   npm test -- --filter=@cello/proto   one package (any turbo flag passes through)
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ensureNpm, ensureSystem } from './setup.mjs';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const extra = process.argv.slice(2);
+
+function step(name, fn) {
+  const t = Date.now();
+  process.stderr.write(`\n=== ${name}\n`);
+  fn();
+  process.stderr.write(`=== ${name}: ${((Date.now() - t) / 1000).toFixed(1)} s\n`);
+}
+
+function turbo(args) {
+  const bin = join(root, 'node_modules', '.bin', 'turbo');
+  const env = { ...process.env, TURBO_TELEMETRY_DISABLED: '1', DO_NOT_TRACK: '1', FORCE_COLOR: process.env.FORCE_COLOR ?? '0' };
+  const r = spawnSync(bin, [...args, '--concurrency=1', '--log-order=grouped', ...extra], { stdio: 'inherit', cwd: root, env });
+  return r.status ?? 1;
+}
+
+function packages() {
+  return readdirSync(join(root, 'packages')).map((p) => join(root, 'packages', p));
+}
+
+try {
+  step('setup: npm packages', ensureNpm);
+  step('setup: system packages', () => {
+    if (process.env.CELLO_SKIP_SYSTEM_SETUP === '1') return;
+    ensureSystem();
+  });
+} catch (err) {
+  process.stderr.write(`${err.message}\n`);
+  process.exit(1);
+}
+
+for (const p of packages()) rmSync(join(p, '.test-results'), { recursive: true, force: true });
+
+let status = 0;
+step('build', () => {
+  status = turbo(['run', 'build']);
+});
+if (status === 0) {
+  step('test', () => {
+    status = turbo(['run', 'test', '--continue']);
+  });
+}
+
+// One closing line over every package's vitest JSON report.
+let passed = 0;
+let failed = 0;
+let skipped = 0;
+for (const p of packages()) {
+  const report = join(p, '.test-results', 'vitest.json');
+  if (!existsSync(report)) continue;
+  const r = JSON.parse(readFileSync(report, 'utf8'));
+  passed += r.numPassedTests ?? 0;
+  failed += r.numFailedTests ?? 0;
+  skipped += (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
+  // A suite that failed to load has no failed tests of its own; count it once.
+  if (!r.success && (r.numFailedTests ?? 0) === 0) failed += Math.max(1, r.numFailedTestSuites ?? 0);
+}
+if (status !== 0 && failed === 0) failed = 1;
+process.stdout.write(`\n${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}\n`);
+process.exit(status === 0 && failed === 0 ? 0 : 1);
