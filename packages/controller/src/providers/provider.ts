@@ -1,0 +1,77 @@
+// A cell provider boots and ends the machines that cells run on: a local cell-agent process,
+// or an EC2 instance. The controller core uses only this interface; every implementation
+// passes the same contract tests (test/providers/contract.ts).
+
+export interface InstanceType {
+  name: string; // e.g. "t3.small", or "local.small" for the local provider
+  vcpus: number;
+  memoryMiB: number;
+  gpus: number;
+  gpuType?: string;
+  /** Burstable types: sustained CPU share per vCPU (0.2 = 20%); undefined when not burstable. */
+  baselineCpuFraction?: number;
+  onDemandHourlyUsd: number;
+  spotHourlyUsd?: number;
+  arch: 'amd64' | 'arm64';
+}
+
+export interface LaunchRequest {
+  cellId: string;
+  instanceType: string;
+  spot: boolean;
+  /** Tags carried by the instance: controller ID, cell ID, pod namespace/name. */
+  tags: Record<string, string>;
+  /** What the cell needs to bootstrap: CA certificate, agent config, one-time token. No private key. */
+  bootstrap: CellBootstrapData;
+  /** Per-pod overrides from annotations (instance profile, root volume size, ...). */
+  options?: Record<string, string>;
+}
+
+export interface CellBootstrapData {
+  caCertPem: string;
+  token: string;
+  tokenExpiresAt: string; // RFC 3339
+  controllerId: string;
+  cellId: string;
+  agentPort: number;
+  agentConfig?: Record<string, unknown>;
+}
+
+export interface LaunchedInstance {
+  instanceId: string;
+  zone?: string;
+  spot: boolean;
+}
+
+export interface InstanceInfo {
+  instanceId: string;
+  state: 'pending' | 'running' | 'stopping' | 'stopped' | 'shutting-down' | 'terminated' | 'unknown';
+  /** host:port where the agent listens, once known. */
+  agentAddress?: string;
+  tags: Record<string, string>;
+  instanceType: string;
+  launchedAt?: Date;
+  spot: boolean;
+  zone?: string;
+}
+
+/** Thrown by launch when this type (or type+zone) has no capacity: the controller tries the next candidate. */
+export class CapacityError extends Error {
+  constructor(message: string, readonly instanceType: string, readonly zone?: string) {
+    super(message);
+    this.name = 'CapacityError';
+  }
+}
+
+export interface CellProvider {
+  readonly name: string; // "local", "aws", ...
+  /** The instance types this provider can launch, with specs and prices. */
+  instanceTypes(): Promise<InstanceType[]>;
+  launch(req: LaunchRequest): Promise<LaunchedInstance>;
+  /** Batched: one call for many instances. Unknown IDs are absent from the result. */
+  describe(instanceIds: string[]): Promise<InstanceInfo[]>;
+  /** Every instance carrying this controller ID tag, for garbage collection after a store wipe. */
+  listOwned(controllerId: string): Promise<InstanceInfo[]>;
+  terminate(instanceIds: string[]): Promise<void>;
+  close(): Promise<void>;
+}
