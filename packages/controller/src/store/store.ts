@@ -1,0 +1,58 @@
+// The controller's state lives behind this small key-value interface with revisions, compare-
+// and-swap, prefix watches and leader election — the shape etcd offers, so the etcd backend is
+// thin and the embedded backend is held to the same semantics. Typed repositories (pods, cells,
+// events, the CA) are built on top of it. Every backend passes test/store/contract.ts.
+
+export interface KeyValue<T = unknown> {
+  key: string;
+  value: T;
+  /** Revision of the last write to this key; increases across the whole store. */
+  modRevision: number;
+}
+
+export interface PutOptions {
+  /** Write only if the key's current modRevision equals this (0: only if absent). */
+  expectRevision?: number;
+}
+
+export interface DeleteOptions {
+  expectRevision?: number;
+}
+
+export type WatchEvent<T = unknown> =
+  | { type: 'put'; kv: KeyValue<T>; revision: number }
+  | { type: 'delete'; key: string; revision: number };
+
+/** Thrown when a compare-and-swap precondition fails. */
+export class ConflictError extends Error {
+  constructor(readonly key: string, readonly expected: number, readonly actual: number) {
+    super(`conflict on ${key}: expected revision ${expected}, found ${actual}`);
+    this.name = 'ConflictError';
+  }
+}
+
+/** Held while this process is the leader; `lost` fires if leadership ends without resign(). */
+export interface Leadership {
+  readonly candidate: string;
+  readonly signal: AbortSignal;
+  resign(): Promise<void>;
+}
+
+export interface Store {
+  readonly kind: 'embedded' | 'etcd';
+  get<T>(key: string): Promise<KeyValue<T> | undefined>;
+  /** All keys under prefix, sorted by key, with the store revision they were read at. */
+  list<T>(prefix: string): Promise<{ items: KeyValue<T>[]; revision: number }>;
+  /** Returns the new modRevision. Durable when the promise resolves. */
+  put<T>(key: string, value: T, opts?: PutOptions): Promise<number>;
+  /** Returns false when the key did not exist. */
+  delete(key: string, opts?: DeleteOptions): Promise<boolean>;
+  /** Events under prefix after `afterRevision` (default: from now), in order, until signal aborts. */
+  watch<T>(prefix: string, opts: { afterRevision?: number; signal: AbortSignal }): AsyncIterable<WatchEvent<T>>;
+  /**
+   * Blocks until this candidate is the only leader for `name`, then returns. Leadership is kept
+   * alive by the store (an etcd lease, a lock on local disk) until resign(), close() or loss.
+   */
+  campaign(name: string, candidate: string, opts: { ttlSeconds?: number; signal?: AbortSignal }): Promise<Leadership>;
+  close(): Promise<void>;
+}
