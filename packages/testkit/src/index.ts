@@ -1,2 +1,3 @@
 export { freePort } from './net.js';
 export { waitFor } from './wait.js';
+export { startMoto, type MotoServer } from './moto.js';
