@@ -2,3 +2,5 @@
 // Messages and services live under the subpaths '@cello/proto/cell', '@cello/proto/controller'
 // and '@cello/proto/health'; this entry holds the hand-written helpers.
 export { HealthService } from './health-service.js';
+export { ManifestError, podFromManifest, readManifests, type ManifestObject, type PodManifest } from './manifest/index.js';
+export { parseQuantity, parseCpuMillis, parseBytes, parseCount, formatCpuMillis, formatBytes, QuantityError } from './quantity.js';

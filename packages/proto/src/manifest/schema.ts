@@ -1,0 +1,307 @@
+// The subset of Kubernetes' v1 Pod (and Secret, ConfigMap) that Cello runs, as zod schemas.
+// Objects are strict so a misspelt field is an error naming it; Kubernetes fields that a cell
+// has no use for (scheduling hints and the like) are accepted and ignored.
+import { z } from 'zod';
+
+const ignored = z.unknown().optional();
+const str = z.string();
+const int = z.number().int();
+const intOrString = z.union([int, z.string()]);
+const quantity = z.union([z.string(), z.number()]);
+const stringMap = z.record(z.string(), z.string());
+
+export const objectMeta = z.strictObject({
+  name: str.optional(),
+  generateName: str.optional(),
+  namespace: str.optional(),
+  uid: str.optional(),
+  labels: stringMap.optional(),
+  annotations: stringMap.optional(),
+  creationTimestamp: z.union([z.string(), z.null()]).optional(),
+  resourceVersion: ignored,
+  generation: ignored,
+  ownerReferences: ignored,
+  finalizers: ignored,
+  managedFields: ignored,
+  deletionTimestamp: ignored,
+  deletionGracePeriodSeconds: ignored,
+  selfLink: ignored,
+});
+
+const keySelector = z.strictObject({ name: str, key: str, optional: z.boolean().optional() });
+const fieldRef = z.strictObject({ fieldPath: str, apiVersion: str.optional() });
+const resourceFieldRef = z.strictObject({ containerName: str.optional(), resource: str, divisor: quantity.optional() });
+
+const envVar = z.strictObject({
+  name: str,
+  value: str.optional(),
+  valueFrom: z
+    .strictObject({
+      secretKeyRef: keySelector.optional(),
+      configMapKeyRef: keySelector.optional(),
+      fieldRef: fieldRef.optional(),
+      resourceFieldRef: resourceFieldRef.optional(),
+    })
+    .optional(),
+});
+
+const nameRef = z.strictObject({ name: str, optional: z.boolean().optional() });
+const envFrom = z.strictObject({ prefix: str.optional(), configMapRef: nameRef.optional(), secretRef: nameRef.optional() });
+
+const containerPort = z.strictObject({
+  name: str.optional(),
+  containerPort: int,
+  protocol: z.enum(['TCP', 'UDP', 'SCTP']).optional(),
+  hostPort: int.optional(),
+  hostIP: ignored,
+});
+
+const volumeMount = z.strictObject({
+  name: str,
+  mountPath: str,
+  readOnly: z.boolean().optional(),
+  subPath: str.optional(),
+  subPathExpr: str.optional(),
+  mountPropagation: ignored,
+  recursiveReadOnly: ignored,
+});
+
+const resourceList = z.record(z.string(), quantity);
+const resources = z.strictObject({ requests: resourceList.optional(), limits: resourceList.optional(), claims: ignored });
+
+const httpGet = z.strictObject({
+  path: str.optional(),
+  port: intOrString,
+  host: str.optional(),
+  scheme: z.enum(['HTTP', 'HTTPS']).optional(),
+  httpHeaders: z.array(z.strictObject({ name: str, value: str })).optional(),
+});
+const tcpSocket = z.strictObject({ port: intOrString, host: str.optional() });
+const execAction = z.strictObject({ command: z.array(str) });
+const grpcAction = z.strictObject({ port: int, service: str.optional() });
+
+const handlerFields = {
+  exec: execAction.optional(),
+  httpGet: httpGet.optional(),
+  tcpSocket: tcpSocket.optional(),
+  grpc: grpcAction.optional(),
+};
+
+const probe = z.strictObject({
+  ...handlerFields,
+  initialDelaySeconds: int.optional(),
+  timeoutSeconds: int.optional(),
+  periodSeconds: int.optional(),
+  successThreshold: int.optional(),
+  failureThreshold: int.optional(),
+  terminationGracePeriodSeconds: int.optional(),
+});
+
+const lifecycleHandler = z.strictObject({ ...handlerFields, sleep: ignored });
+const lifecycle = z.strictObject({ postStart: lifecycleHandler.optional(), preStop: lifecycleHandler.optional(), stopSignal: ignored });
+
+const seccompProfile = z.strictObject({
+  type: z.enum(['RuntimeDefault', 'Unconfined', 'Localhost']),
+  localhostProfile: str.optional(),
+});
+
+const securityContext = z.strictObject({
+  runAsUser: int.optional(),
+  runAsGroup: int.optional(),
+  runAsNonRoot: z.boolean().optional(),
+  capabilities: z.strictObject({ add: z.array(str).optional(), drop: z.array(str).optional() }).optional(),
+  readOnlyRootFilesystem: z.boolean().optional(),
+  privileged: z.boolean().optional(),
+  allowPrivilegeEscalation: z.boolean().optional(),
+  seccompProfile: seccompProfile.optional(),
+  procMount: ignored,
+  seLinuxOptions: ignored,
+  appArmorProfile: ignored,
+  windowsOptions: ignored,
+});
+
+export const container = z.strictObject({
+  name: str,
+  image: str.optional(),
+  command: z.array(str).optional(),
+  args: z.array(str).optional(),
+  env: z.array(envVar).optional(),
+  envFrom: z.array(envFrom).optional(),
+  workingDir: str.optional(),
+  ports: z.array(containerPort).optional(),
+  volumeMounts: z.array(volumeMount).optional(),
+  resources: resources.optional(),
+  livenessProbe: probe.optional(),
+  readinessProbe: probe.optional(),
+  startupProbe: probe.optional(),
+  lifecycle: lifecycle.optional(),
+  securityContext: securityContext.optional(),
+  stdin: z.boolean().optional(),
+  stdinOnce: z.boolean().optional(),
+  tty: z.boolean().optional(),
+  terminationMessagePath: str.optional(),
+  terminationMessagePolicy: z.enum(['File', 'FallbackToLogsOnError']).optional(),
+  imagePullPolicy: z.enum(['Always', 'IfNotPresent', 'Never']).optional(),
+  restartPolicy: ignored,
+  resizePolicy: ignored,
+  volumeDevices: ignored,
+});
+
+const keyToPath = z.strictObject({ key: str, path: str, mode: int.optional() });
+const secretSource = z.strictObject({
+  secretName: str.optional(),
+  items: z.array(keyToPath).optional(),
+  defaultMode: int.optional(),
+  optional: z.boolean().optional(),
+});
+const configMapSource = z.strictObject({
+  name: str.optional(),
+  items: z.array(keyToPath).optional(),
+  defaultMode: int.optional(),
+  optional: z.boolean().optional(),
+});
+const downwardApiFile = z.strictObject({
+  path: str,
+  fieldRef: fieldRef.optional(),
+  resourceFieldRef: resourceFieldRef.optional(),
+  mode: int.optional(),
+});
+const downwardApiSource = z.strictObject({ items: z.array(downwardApiFile).optional(), defaultMode: int.optional() });
+// In projected volumes a secret is named by `name`, not `secretName`.
+const projectedSecret = z.strictObject({ name: str.optional(), items: z.array(keyToPath).optional(), optional: z.boolean().optional() });
+const projectedConfigMap = projectedSecret;
+
+export const volume = z.strictObject({
+  name: str,
+  emptyDir: z.strictObject({ medium: z.enum(['', 'Memory']).optional(), sizeLimit: quantity.optional() }).optional(),
+  hostPath: z
+    .strictObject({
+      path: str,
+      type: z
+        .enum(['', 'DirectoryOrCreate', 'Directory', 'FileOrCreate', 'File', 'Socket', 'CharDevice', 'BlockDevice'])
+        .optional(),
+    })
+    .optional(),
+  secret: secretSource.optional(),
+  configMap: configMapSource.optional(),
+  projected: z
+    .strictObject({
+      sources: z.array(
+        z.strictObject({
+          secret: projectedSecret.optional(),
+          configMap: projectedConfigMap.optional(),
+          downwardAPI: z.strictObject({ items: z.array(downwardApiFile).optional() }).optional(),
+          serviceAccountToken: z
+            .strictObject({ audience: str.optional(), expirationSeconds: int.optional(), path: str })
+            .optional(),
+          clusterTrustBundle: ignored,
+        }),
+      ),
+      defaultMode: int.optional(),
+    })
+    .optional(),
+  downwardAPI: downwardApiSource.optional(),
+});
+
+const podSecurityContext = z.strictObject({
+  runAsUser: int.optional(),
+  runAsGroup: int.optional(),
+  runAsNonRoot: z.boolean().optional(),
+  fsGroup: int.optional(),
+  supplementalGroups: z.array(int).optional(),
+  sysctls: z.array(z.strictObject({ name: str, value: str })).optional(),
+  seccompProfile: seccompProfile.optional(),
+  fsGroupChangePolicy: ignored,
+  supplementalGroupsPolicy: ignored,
+  seLinuxOptions: ignored,
+  appArmorProfile: ignored,
+  windowsOptions: ignored,
+  seLinuxChangePolicy: ignored,
+});
+
+export const podSpec = z.strictObject({
+  initContainers: z.array(container).optional(),
+  containers: z.array(container),
+  volumes: z.array(volume).optional(),
+  restartPolicy: z.enum(['Always', 'OnFailure', 'Never']).optional(),
+  terminationGracePeriodSeconds: int.optional(),
+  activeDeadlineSeconds: int.optional(),
+  hostname: str.optional(),
+  subdomain: str.optional(),
+  dnsPolicy: z.enum(['ClusterFirst', 'ClusterFirstWithHostNet', 'Default', 'None']).optional(),
+  dnsConfig: z
+    .strictObject({
+      nameservers: z.array(str).optional(),
+      searches: z.array(str).optional(),
+      options: z.array(z.strictObject({ name: str, value: str.optional() })).optional(),
+    })
+    .optional(),
+  hostAliases: z.array(z.strictObject({ ip: str, hostnames: z.array(str).optional() })).optional(),
+  securityContext: podSecurityContext.optional(),
+  imagePullSecrets: z.array(z.strictObject({ name: str })).optional(),
+  serviceAccountName: str.optional(),
+  serviceAccount: str.optional(),
+  shareProcessNamespace: z.boolean().optional(),
+  nodeSelector: stringMap.optional(),
+  // Scheduling and node-level fields: meaningful to Kubernetes, not to a cell.
+  nodeName: ignored,
+  tolerations: ignored,
+  affinity: ignored,
+  schedulerName: ignored,
+  priority: ignored,
+  priorityClassName: ignored,
+  preemptionPolicy: ignored,
+  topologySpreadConstraints: ignored,
+  enableServiceLinks: ignored,
+  automountServiceAccountToken: ignored,
+  runtimeClassName: ignored,
+  overhead: ignored,
+  readinessGates: ignored,
+  hostNetwork: ignored,
+  hostPID: ignored,
+  hostIPC: ignored,
+  hostUsers: ignored,
+  setHostnameAsFQDN: ignored,
+  os: ignored,
+  ephemeralContainers: ignored,
+  resourceClaims: ignored,
+  schedulingGates: ignored,
+  resources: ignored,
+});
+
+export const pod = z.strictObject({
+  apiVersion: z.literal('v1'),
+  kind: z.literal('Pod'),
+  metadata: objectMeta,
+  spec: podSpec,
+  status: ignored,
+});
+
+export const secret = z.strictObject({
+  apiVersion: z.literal('v1'),
+  kind: z.literal('Secret'),
+  metadata: objectMeta,
+  type: str.optional(),
+  data: stringMap.optional(),
+  stringData: stringMap.optional(),
+  immutable: z.boolean().optional(),
+});
+
+export const configMap = z.strictObject({
+  apiVersion: z.literal('v1'),
+  kind: z.literal('ConfigMap'),
+  metadata: objectMeta,
+  data: stringMap.optional(),
+  binaryData: stringMap.optional(),
+  immutable: z.boolean().optional(),
+});
+
+export type PodManifest = z.infer<typeof pod>;
+export type ContainerManifest = z.infer<typeof container>;
+export type VolumeManifest = z.infer<typeof volume>;
+export type SecretManifest = z.infer<typeof secret>;
+export type ConfigMapManifest = z.infer<typeof configMap>;
+export type ProbeManifest = z.infer<typeof probe>;
+export type HandlerManifest = z.infer<typeof lifecycleHandler>;
+export type EnvVarManifest = z.infer<typeof envVar>;
+export type DownwardApiFileManifest = z.infer<typeof downwardApiFile>;

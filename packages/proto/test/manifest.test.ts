@@ -1,0 +1,231 @@
+import { describe, expect, it } from 'vitest';
+import {
+  HostPathType,
+  PullPolicy,
+  RestartPolicy,
+  SeccompProfileType,
+  StorageMedium,
+  TerminationMessagePolicy,
+} from '../src/cell.js';
+import { ManifestError, podFromManifest, readManifests } from '../src/index.js';
+
+const FULL = `
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: shop
+  labels: { app: web }
+  annotations: { cello.dev/instance-type: "t3.*" }
+spec:
+  restartPolicy: OnFailure
+  terminationGracePeriodSeconds: 5
+  activeDeadlineSeconds: 600
+  hostname: web-0
+  subdomain: svc
+  dnsConfig: { nameservers: [1.1.1.1], searches: [example.com], options: [{ name: ndots, value: "2" }] }
+  hostAliases: [{ ip: 10.0.0.1, hostnames: [db] }]
+  imagePullSecrets: [{ name: regcred }]
+  tolerations: [{ key: cello, operator: Exists }]   # accepted and ignored
+  securityContext:
+    fsGroup: 2000
+    supplementalGroups: [3000]
+    sysctls: [{ name: net.core.somaxconn, value: "1024" }]
+    seccompProfile: { type: RuntimeDefault }
+  initContainers:
+    - name: init
+      image: busybox:1.36
+      command: [sh, -c, "echo hi > /work/hi"]
+      volumeMounts: [{ name: work, mountPath: /work }]
+  containers:
+    - name: app
+      image: 127.0.0.1:5000/web
+      command: [httpd]
+      args: [-f, -p, "8080"]
+      workingDir: /srv
+      env:
+        - { name: PLAIN, value: "1" }
+        - name: FROM_SECRET
+          valueFrom: { secretKeyRef: { name: creds, key: password } }
+        - name: FROM_CM
+          valueFrom: { configMapKeyRef: { name: cfg, key: mode, optional: true } }
+        - name: POD_IP
+          valueFrom: { fieldRef: { fieldPath: status.podIP } }
+        - name: MEM
+          valueFrom: { resourceFieldRef: { resource: limits.memory, divisor: 1Mi } }
+      envFrom: [{ prefix: CFG_, configMapRef: { name: cfg } }]
+      ports: [{ name: http, containerPort: 8080 }, { containerPort: 53, protocol: UDP }]
+      volumeMounts:
+        - { name: work, mountPath: /work, readOnly: true }
+        - { name: creds, mountPath: /etc/creds/password, subPath: password }
+        - { name: mem, mountPath: /tmp }
+        - { name: all, mountPath: /all }
+        - { name: host, mountPath: /host }
+        - { name: info, mountPath: /info }
+      resources:
+        requests: { cpu: 250m, memory: 64Mi }
+        limits: { cpu: "1", memory: 128Mi, nvidia.com/gpu: 1 }
+      readinessProbe:
+        httpGet: { path: /healthz, port: http, httpHeaders: [{ name: X-Probe, value: "1" }] }
+        periodSeconds: 2
+        failureThreshold: 1
+      livenessProbe:
+        tcpSocket: { port: 8080 }
+        initialDelaySeconds: 3
+      startupProbe:
+        exec: { command: [cat, /tmp/ready] }
+      lifecycle:
+        preStop: { exec: { command: [sh, -c, "sleep 1"] } }
+      securityContext:
+        runAsUser: 1000
+        runAsNonRoot: true
+        readOnlyRootFilesystem: true
+        capabilities: { add: [NET_BIND_SERVICE], drop: [ALL] }
+        seccompProfile: { type: Localhost, localhostProfile: profiles/web.json }
+      terminationMessagePolicy: FallbackToLogsOnError
+      stdin: true
+      tty: true
+  volumes:
+    - { name: work, emptyDir: {} }
+    - { name: mem, emptyDir: { medium: Memory, sizeLimit: 16Mi } }
+    - name: creds
+      secret: { secretName: creds, defaultMode: 0400, items: [{ key: password, path: password, mode: 0440 }] }
+    - name: all
+      projected:
+        sources:
+          - configMap: { name: cfg }
+          - serviceAccountToken: { path: token, expirationSeconds: 3600, audience: api }
+          - downwardAPI: { items: [{ path: labels, fieldRef: { fieldPath: metadata.labels } }] }
+    - { name: host, hostPath: { path: /var/log, type: Directory } }
+    - name: info
+      downwardAPI: { items: [{ path: cpu, resourceFieldRef: { containerName: app, resource: limits.cpu, divisor: 1m } }] }
+---
+apiVersion: v1
+kind: Secret
+metadata: { name: creds }
+data: { password: aHVudGVyMg== }
+stringData: { user: admin }
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: { name: cfg }
+data: { mode: fast }
+`;
+
+describe('podFromManifest', () => {
+  it('converts a full pod with its secret and configMap', () => {
+    const { pod, secrets, configMaps } = podFromManifest(FULL);
+    expect(pod.metadata).toMatchObject({ name: 'web', namespace: 'shop', labels: { app: 'web' } });
+    const s = pod.spec!;
+    expect(s.restartPolicy).toBe(RestartPolicy.RESTART_POLICY_ON_FAILURE);
+    expect(s.terminationGracePeriodSeconds).toBe(5);
+    expect(s.activeDeadlineSeconds).toBe(600);
+    expect(s.dnsConfig?.options).toEqual([{ name: 'ndots', value: '2' }]);
+    expect(s.imagePullSecrets).toEqual(['regcred']);
+    expect(s.securityContext).toMatchObject({ fsGroup: 2000, supplementalGroups: [3000] });
+    expect(s.initContainers.map((c) => c.name)).toEqual(['init']);
+    expect(s.initContainers[0]!.imagePullPolicy).toBe(PullPolicy.PULL_POLICY_IF_NOT_PRESENT);
+
+    const app = s.containers[0]!;
+    expect(app.imagePullPolicy).toBe(PullPolicy.PULL_POLICY_ALWAYS); // untagged
+    expect(app.resources?.requests).toEqual({ cpuMillis: 250, memoryBytes: 64 * 2 ** 20, extended: {} });
+    expect(app.resources?.limits).toEqual({ cpuMillis: 1000, memoryBytes: 128 * 2 ** 20, extended: { 'nvidia.com/gpu': 1 } });
+    expect(app.env.map((e) => e.valueFrom?.source?.$case ?? 'value')).toEqual([
+      'value', 'secretKeyRef', 'configMapKeyRef', 'fieldRef', 'resourceFieldRef',
+    ]);
+    expect(app.readinessProbe?.handler?.action).toMatchObject({ $case: 'httpGet', value: { path: '/healthz', port: { value: { $case: 'name', value: 'http' } } } });
+    expect(app.readinessProbe?.periodSeconds).toBe(2);
+    expect(app.readinessProbe?.timeoutSeconds).toBeUndefined(); // default left to the agent
+    expect(app.livenessProbe?.handler?.action).toMatchObject({ $case: 'tcpSocket', value: { port: { value: { $case: 'number', value: 8080 } } } });
+    expect(app.startupProbe?.handler?.action?.$case).toBe('exec');
+    expect(app.securityContext?.seccompProfile).toEqual({ type: SeccompProfileType.SECCOMP_PROFILE_TYPE_LOCALHOST, localhostProfile: 'profiles/web.json' });
+    expect(app.securityContext?.capabilities).toEqual({ add: ['NET_BIND_SERVICE'], drop: ['ALL'] });
+    expect(app.terminationMessagePolicy).toBe(TerminationMessagePolicy.TERMINATION_MESSAGE_POLICY_FALLBACK_TO_LOGS_ON_ERROR);
+    expect(app.terminationMessagePath).toBe('/dev/termination-log');
+    expect(app.volumeMounts[1]).toEqual({ name: 'creds', mountPath: '/etc/creds/password', readOnly: false, subPath: 'password', subPathExpr: '' });
+
+    const vols = Object.fromEntries(s.volumes.map((v) => [v.name, v.source]));
+    expect(vols.mem).toEqual({ $case: 'emptyDir', value: { medium: StorageMedium.STORAGE_MEDIUM_MEMORY, sizeLimitBytes: 16 * 2 ** 20 } });
+    expect(vols.creds).toEqual({ $case: 'secret', value: { secretName: 'creds', defaultMode: 0o400, optional: false, items: [{ key: 'password', path: 'password', mode: 0o440 }] } });
+    expect(vols.host).toEqual({ $case: 'hostPath', value: { path: '/var/log', type: HostPathType.HOST_PATH_TYPE_DIRECTORY } });
+    expect(vols.all?.$case === 'projected' && vols.all.value.sources.map((x) => x.source?.$case)).toEqual(['configMap', 'serviceAccountToken', 'downwardApi']);
+
+    expect(secrets.creds!.data).toEqual({ password: Buffer.from('hunter2'), user: Buffer.from('admin') });
+    expect(configMaps.cfg!.data).toEqual({ mode: 'fast' });
+  });
+
+  it('takes JSON and objects, and defaults the namespace', () => {
+    const obj = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'a' }, spec: { containers: [{ name: 'c', image: 'busybox:1' }] } };
+    expect(podFromManifest(JSON.stringify(obj)).pod.metadata?.namespace).toBe('default');
+    expect(podFromManifest(obj, { namespace: 'x' }).pod.metadata?.namespace).toBe('x');
+    expect(podFromManifest(obj).pod.spec?.restartPolicy).toBe(RestartPolicy.RESTART_POLICY_ALWAYS);
+  });
+
+  it('reads a v1 List and skips empty documents', () => {
+    const list = `---\n---\n${JSON.stringify({ apiVersion: 'v1', kind: 'List', items: [{ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'c' }, data: { a: 'b' } }] })}\n`;
+    expect(readManifests(list)).toEqual([{ kind: 'ConfigMap', name: 'c', namespace: 'default', data: { data: { a: 'b' }, binaryData: {} } }]);
+  });
+});
+
+const base = (spec: string, meta = 'name: p') => `apiVersion: v1\nkind: Pod\nmetadata: { ${meta} }\nspec:\n${spec}`;
+const one = (container: string, extra = '') => base(`  containers:\n    - name: c\n      image: busybox:1\n${container}${extra}`);
+
+describe('malformed manifests name the field', () => {
+  it.each<[string, string, string | RegExp]>([
+    ['not yaml', 'a: [1, 2', /not valid YAML/],
+    ['wrong kind', 'apiVersion: v1\nkind: Deployment\nmetadata: {name: x}\n', 'kind'],
+    ['wrong apiVersion', 'apiVersion: apps/v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: []}', 'apiVersion'],
+    ['missing name', base('  containers: [{name: c, image: b}]', 'labels: {}'), 'metadata.name'],
+    ['bad name', base('  containers: [{name: c, image: b}]', 'name: Web_1'), 'metadata.name'],
+    ['no containers', base('  containers: []'), 'spec.containers'],
+    ['missing containers', base('  restartPolicy: Never'), 'spec.containers'],
+    ['missing image', base('  containers: [{name: c}]'), 'spec.containers[0].image'],
+    ['bad container name', base('  containers: [{name: C!, image: b}]'), 'spec.containers[0].name'],
+    ['duplicate container', base('  initContainers: [{name: c, image: b}]\n  containers: [{name: c, image: b}]'), 'spec.containers[0].name'],
+    ['misspelt field', one('      imagePulPolicy: Always\n'), 'spec.containers[0].imagePulPolicy'],
+    ['bad enum', one('      imagePullPolicy: Sometimes\n'), 'spec.containers[0].imagePullPolicy'],
+    ['bad restart policy', base('  restartPolicy: Maybe\n  containers: [{name: c, image: b}]'), 'spec.restartPolicy'],
+    ['bad memory', one('      resources: {limits: {memory: 12 apples}}\n'), 'spec.containers[0].resources.limits.memory'],
+    ['unknown resource', one('      resources: {limits: {gpu: 1}}\n'), 'spec.containers[0].resources.limits.gpu'],
+    ['requests above limits', one('      resources: {requests: {cpu: "2"}, limits: {cpu: "1"}}\n'), 'spec.containers[0].resources.requests.cpu'],
+    ['port out of range', one('      ports: [{containerPort: 70000}]\n'), 'spec.containers[0].ports[0].containerPort'],
+    ['port as string', one('      ports: [{containerPort: "80"}]\n'), 'spec.containers[0].ports[0].containerPort'],
+    ['probe names unknown port', one('      readinessProbe: {httpGet: {port: web}}\n'), 'spec.containers[0].readinessProbe.httpGet.port'],
+    ['probe with two handlers', one('      livenessProbe: {exec: {command: [x]}, tcpSocket: {port: 1}}\n'), 'spec.containers[0].livenessProbe'],
+    ['probe with no handler', one('      livenessProbe: {periodSeconds: 3}\n'), 'spec.containers[0].livenessProbe'],
+    ['probe period zero', one('      livenessProbe: {exec: {command: [x]}, periodSeconds: 0}\n'), 'spec.containers[0].livenessProbe.periodSeconds'],
+    ['mount of undeclared volume', one('      volumeMounts: [{name: v, mountPath: /v}]\n'), 'spec.containers[0].volumeMounts[0].name'],
+    ['relative mountPath', one('      volumeMounts: [{name: v, mountPath: v}]\n', '  volumes: [{name: v, emptyDir: {}}]\n'), 'spec.containers[0].volumeMounts[0].mountPath'],
+    ['subPath escapes', one('      volumeMounts: [{name: v, mountPath: /v, subPath: ../etc}]\n', '  volumes: [{name: v, emptyDir: {}}]\n'), 'spec.containers[0].volumeMounts[0].subPath'],
+    ['item path escapes', one('', '  volumes: [{name: v, secret: {secretName: s, items: [{key: k, path: ../../x}]}}]\n'), 'spec.volumes[0].secret.items[0].path'],
+    ['absolute item path', one('', '  volumes: [{name: v, configMap: {name: s, items: [{key: k, path: /x}]}}]\n'), 'spec.volumes[0].configMap.items[0].path'],
+    ['volume with two sources', one('', '  volumes: [{name: v, emptyDir: {}, hostPath: {path: /x}}]\n'), 'spec.volumes[0]'],
+    ['volume with no source', one('', '  volumes: [{name: v}]\n'), 'spec.volumes[0]'],
+    ['bad mode', one('', '  volumes: [{name: v, secret: {secretName: s, defaultMode: 4096}}]\n'), 'spec.volumes[0].secret.defaultMode'],
+    ['bad sizeLimit', one('', '  volumes: [{name: v, emptyDir: {sizeLimit: lots}}]\n'), 'spec.volumes[0].emptyDir.sizeLimit'],
+    ['relative hostPath', one('', '  volumes: [{name: v, hostPath: {path: x}}]\n'), 'spec.volumes[0].hostPath.path'],
+    ['env with value and valueFrom', one('      env: [{name: A, value: x, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]\n'), 'spec.containers[0].env[0].valueFrom'],
+    ['env name with =', one('      env: [{name: "A=B", value: x}]\n'), 'spec.containers[0].env[0].name'],
+    ['localhost seccomp without profile', one('      securityContext: {seccompProfile: {type: Localhost}}\n'), 'spec.containers[0].securityContext.seccompProfile.localhostProfile'],
+    ['probe on init container', base('  initContainers: [{name: i, image: b, readinessProbe: {exec: {command: [x]}}}]\n  containers: [{name: c, image: b}]'), 'spec.initContainers[0].readinessProbe'],
+    ['runAsUser as string', one('      securityContext: {runAsUser: root}\n'), 'spec.containers[0].securityContext.runAsUser'],
+  ])('%s', (_name, text, field) => {
+    let err: unknown;
+    try {
+      podFromManifest(text);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ManifestError);
+    const me = err as ManifestError;
+    if (typeof field === 'string') {
+      expect(me.field).toBe(field);
+      expect(me.message).toContain(field);
+    } else expect(me.message).toMatch(field);
+  });
+
+  it('names the document in a multi-document file', () => {
+    const text = `apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {k: "not base64!"}\n`;
+    expect(() => readManifests(text)).toThrow(/document 1: data\.k: is not valid base64/);
+  });
+});
