@@ -93,7 +93,13 @@ export function ensureSystem() {
   }
   for (const pkg of pipMissing) {
     const pip = has('pip3') ? 'pip3' : 'pip';
-    run(pip, ['install', '-q', '--disable-pip-version-check', pkg]);
+    const args = ['install', '-q', '--disable-pip-version-check', pkg];
+    try {
+      run(pip, args);
+    } catch {
+      // Debian's own Python refuses global installs (PEP 668); these tools are test-only.
+      run(pip, [...args, '--break-system-packages']);
+    }
   }
   const still = SYSTEM_PACKAGES.filter(([cmd]) => !has(cmd)).map(([c]) => c);
   if (still.length) throw new Error(`still missing after install: ${still.join(' ')}`);
