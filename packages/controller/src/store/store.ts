@@ -56,3 +56,19 @@ export interface Store {
   campaign(name: string, candidate: string, opts: { ttlSeconds?: number; signal?: AbortSignal }): Promise<Leadership>;
   close(): Promise<void>;
 }
+
+/** Thrown by watch() when `afterRevision` is older than the history the store still keeps. */
+export class CompactedError extends Error {
+  constructor(readonly requested: number, readonly oldest: number) {
+    super(`revision ${requested} has been compacted; the oldest revision a watch can resume after is ${oldest} — list() again and watch from its revision`);
+    this.name = 'CompactedError';
+  }
+}
+
+/** Thrown by every operation on a store that was closed or failed (the cause says why). */
+export class StoreClosedError extends Error {
+  constructor(readonly why: string) {
+    super(`store is closed: ${why}`);
+    this.name = 'StoreClosedError';
+  }
+}
