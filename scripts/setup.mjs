@@ -84,8 +84,8 @@ export function ensureSystem() {
   }
   if (missing.length) {
     const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-    run('apt-get', ['update', '-q'], { env });
-    run('apt-get', ['install', '-y', '-q', '--no-install-recommends', ...missing], { env });
+    run('apt-get', ['-o', 'DPkg::Lock::Timeout=600', 'update', '-q'], { env });
+    run('apt-get', ['-o', 'DPkg::Lock::Timeout=600', 'install', '-y', '-q', '--no-install-recommends', ...missing], { env });
     // The Debian packages start their daemons; tests start their own on loopback ports.
     for (const svc of ['docker-registry', 'etcd', 'containerd']) {
       spawnSync('systemctl', ['disable', '--now', svc], { stdio: 'ignore' });
