@@ -1,0 +1,489 @@
+// One unit's logs: every instance's stdout and stderr as CRI log files with size-based rotation
+// (the previous instance stays readable), a byte-bounded in-memory ring of the newest records,
+// and readers that tail, filter and follow.
+//
+// Why this shape:
+// - The writer appends synchronously. A unit's output arrives on the event loop anyway, and a
+//   synchronous append to the page cache is cheaper than queueing; it also means the file is
+//   always exactly as long as `pos`, so a reader can snapshot a position and never race it.
+// - Readers pull from the newest data in the ring, or from the files when they lag, and follow
+//   by waiting for the writer's notification (push, no polling). A slow reader therefore never
+//   holds the writer back; it only loses data when rotation deleted a file it had not reached,
+//   and it is told how many bytes it skipped (LogChunk.droppedBytes).
+// - Files are named `INSTANCE-SEGMENT.log` and never renamed, so a reader's notion of "the file
+//   holding offset X" stays valid across rotation.
+import { closeSync, mkdirSync, openSync, readdirSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { LogChunk, LogEntry, LogsRequest } from '@cello/proto/cell';
+import type { LogSink, StdStream } from '../units/unit-view.js';
+import { formatRfc3339Nano, nowNs, splitNs } from './clock.js';
+import { CriParser, NEWLINE, contentOffset, type ParsedRecord } from './cri.js';
+
+export interface ContainerLogsOptions {
+  /** Directory of this unit's log files (created if missing). */
+  dir: string;
+  /** Rotate the current file once it reaches this size. Default 10 MiB. */
+  maxFileBytes?: number;
+  /** Files kept per instance, the current one included. Default 5. */
+  maxFiles?: number;
+  /** Newest bytes of the current instance kept in memory for readers. Default 1 MiB. */
+  ringBytes?: number;
+  /** Longer lines are split into partial (P) records of this size. Default 16 KiB, like CRI. */
+  maxLineBytes?: number;
+}
+
+/** A request the caller got wrong or that names something that does not exist. */
+export class LogsError extends Error {
+  constructor(
+    readonly code: 'NOT_FOUND' | 'INVALID_ARGUMENT',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'LogsError';
+  }
+}
+
+interface Segment {
+  index: number;
+  path: string;
+  /** Offset of the segment's first byte in the instance's byte space. */
+  start: number;
+  size: number;
+}
+
+interface RingChunk {
+  start: number;
+  buf: Buffer;
+}
+
+const READ_BYTES = 1 << 20;
+const BACKWARD_BLOCK = 64 * 1024;
+
+/** One run of the unit: a byte space of CRI records spread over segment files. */
+class Instance {
+  readonly segments: Segment[] = [];
+  pos = 0;
+  ended = false;
+  private fd: number | undefined;
+  private ring: RingChunk[] = [];
+  private ringSize = 0;
+  private waiters = new Set<() => void>();
+  private partial: Record<StdStream, Buffer[]> = { stdout: [], stderr: [] };
+  private partialLen: Record<StdStream, number> = { stdout: 0, stderr: 0 };
+
+  constructor(
+    readonly id: number,
+    private readonly dir: string,
+    private readonly opts: Required<Omit<ContainerLogsOptions, 'dir'>>,
+  ) {}
+
+  static recovered(id: number, dir: string, opts: Required<Omit<ContainerLogsOptions, 'dir'>>, segs: number[]): Instance {
+    const inst = new Instance(id, dir, opts);
+    for (const index of segs.sort((a, b) => a - b)) {
+      const path = join(dir, `${id}-${index}.log`);
+      const size = statSync(path).size;
+      inst.segments.push({ index, path, start: inst.pos, size });
+      inst.pos += size;
+    }
+    inst.ended = true;
+    return inst;
+  }
+
+  // ---- writer ----
+
+  write(stream: StdStream, chunk: Buffer): void {
+    if (this.ended || chunk.length === 0) return;
+    const { seconds, nanos } = splitNs(nowNs());
+    const ts = formatRfc3339Nano(seconds, nanos);
+    // One timestamp per chunk: the lines of one read arrived together.
+    const headF = Buffer.from(`${ts} ${stream} F `, 'latin1');
+    const headP = Buffer.from(`${ts} ${stream} P `, 'latin1');
+    const parts: Buffer[] = [];
+    const nl = Buffer.from([NEWLINE]);
+    const max = this.opts.maxLineBytes;
+    const emit = (content: Buffer, full: boolean) => {
+      let c = content;
+      while (c.length > max) {
+        parts.push(headP, c.subarray(0, max), nl);
+        c = c.subarray(max);
+      }
+      parts.push(full ? headF : headP, c, nl);
+    };
+    let start = 0;
+    for (;;) {
+      const i = chunk.indexOf(NEWLINE, start);
+      if (i === -1) break;
+      let line = chunk.subarray(start, i);
+      if (this.partialLen[stream] > 0) {
+        line = Buffer.concat([...this.partial[stream], line]);
+        this.partial[stream] = [];
+        this.partialLen[stream] = 0;
+      }
+      emit(line, true);
+      start = i + 1;
+    }
+    if (start < chunk.length) {
+      // Copy: the caller may reuse its buffer.
+      const rest = Buffer.from(chunk.subarray(start));
+      this.partial[stream].push(rest);
+      this.partialLen[stream] += rest.length;
+      if (this.partialLen[stream] >= max) {
+        let held = Buffer.concat(this.partial[stream]);
+        while (held.length >= max) {
+          parts.push(headP, held.subarray(0, max), nl);
+          held = held.subarray(max);
+        }
+        this.partial[stream] = held.length > 0 ? [held] : [];
+        this.partialLen[stream] = held.length;
+      }
+    }
+    if (parts.length > 0) this.append(Buffer.concat(parts));
+  }
+
+  end(): void {
+    if (this.ended) return;
+    const { seconds, nanos } = splitNs(nowNs());
+    const ts = formatRfc3339Nano(seconds, nanos);
+    const parts: Buffer[] = [];
+    for (const stream of ['stdout', 'stderr'] as const) {
+      if (this.partialLen[stream] === 0) continue;
+      // A last line without newline stays partial: the reader can tell it was never finished.
+      parts.push(Buffer.from(`${ts} ${stream} P `, 'latin1'), ...this.partial[stream], Buffer.from([NEWLINE]));
+      this.partial[stream] = [];
+      this.partialLen[stream] = 0;
+    }
+    if (parts.length > 0) this.append(Buffer.concat(parts));
+    this.ended = true;
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = undefined;
+    this.ring = [];
+    this.ringSize = 0;
+    this.notify();
+  }
+
+  private append(buf: Buffer): void {
+    let seg = this.segments[this.segments.length - 1];
+    if (seg === undefined || this.fd === undefined || (seg.size > 0 && seg.size + buf.length > this.opts.maxFileBytes)) {
+      seg = this.rotate();
+    }
+    let off = 0;
+    while (off < buf.length) off += writeSync(this.fd!, buf, off, buf.length - off);
+    this.ring.push({ start: this.pos, buf });
+    this.ringSize += buf.length;
+    while (this.ring.length > 1 && this.ringSize - this.ring[0]!.buf.length >= this.opts.ringBytes) {
+      this.ringSize -= this.ring.shift()!.buf.length;
+    }
+    seg.size += buf.length;
+    this.pos += buf.length;
+    this.notify();
+  }
+
+  private rotate(): Segment {
+    if (this.fd !== undefined) closeSync(this.fd);
+    const last = this.segments[this.segments.length - 1];
+    const index = last === undefined ? 0 : last.index + 1;
+    const path = join(this.dir, `${this.id}-${index}.log`);
+    this.fd = openSync(path, 'w', 0o640);
+    const seg = { index, path, start: this.pos, size: 0 };
+    this.segments.push(seg);
+    while (this.segments.length > this.opts.maxFiles) {
+      const old = this.segments.shift()!;
+      try {
+        unlinkSync(old.path);
+      } catch {
+        /* already gone */
+      }
+    }
+    return seg;
+  }
+
+  private notify(): void {
+    const ws = this.waiters;
+    this.waiters = new Set();
+    for (const w of ws) w();
+  }
+
+  /** Resolves at the next write or end (or when aborted). */
+  changed(signal: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      if (signal.aborted) return resolve();
+      const done = () => {
+        signal.removeEventListener('abort', done);
+        this.waiters.delete(done);
+        resolve();
+      };
+      this.waiters.add(done);
+      signal.addEventListener('abort', done, { once: true });
+    });
+  }
+
+  deleteFiles(): void {
+    for (const s of this.segments) {
+      try {
+        unlinkSync(s.path);
+      } catch {
+        /* already gone */
+      }
+    }
+  }
+
+  // ---- reader side ----
+
+  /** The oldest offset still readable. */
+  firstOffset(): number {
+    return this.segments[0]?.start ?? this.pos;
+  }
+
+  /**
+   * Up to `max` bytes starting at `offset` (clamped to what is still kept), as whole ring
+   * chunks or a file read. `skipped` says how far `offset` had to move forward because the data
+   * there was rotated away.
+   */
+  async readAt(offset: number, max: number): Promise<{ buf: Buffer; skipped: number }> {
+    for (;;) {
+      let skipped = 0;
+      const first = this.firstOffset();
+      if (offset < first) {
+        skipped = first - offset;
+        offset = first;
+      }
+      if (offset >= this.pos) return { buf: Buffer.alloc(0), skipped };
+      const ringStart = this.ring[0]?.start;
+      if (ringStart !== undefined && offset >= ringStart) {
+        const bufs: Buffer[] = [];
+        let n = 0;
+        for (const c of this.ring) {
+          const end = c.start + c.buf.length;
+          if (end <= offset) continue;
+          const piece = c.buf.subarray(Math.max(0, offset - c.start));
+          bufs.push(piece);
+          n += piece.length;
+          if (n >= max) break;
+        }
+        return { buf: bufs.length === 1 ? bufs[0]! : Buffer.concat(bufs), skipped };
+      }
+      const seg = this.segments.find((s) => offset >= s.start && offset < s.start + s.size);
+      if (seg === undefined) continue; // rotated meanwhile: recompute
+      const want = Math.min(max, seg.start + seg.size - offset);
+      let fh;
+      try {
+        fh = await open(seg.path, 'r');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // deleted by rotation
+        throw err;
+      }
+      try {
+        const buf = Buffer.allocUnsafe(want);
+        const { bytesRead } = await fh.read(buf, 0, want, offset - seg.start);
+        return { buf: buf.subarray(0, bytesRead), skipped };
+      } finally {
+        await fh.close();
+      }
+    }
+  }
+
+  /**
+   * Start offset for a tail of at most `lines` records and at most `bytes` content bytes from
+   * the end. Scans backwards block by block, so a short tail of a long log reads little.
+   * Returns the offset and, when the byte limit cuts into a record, how many content bytes of
+   * that first record to drop.
+   */
+  async tailStart(lines: number | undefined, bytes: number | undefined): Promise<{ offset: number; cutFirst: number }> {
+    const lo = this.firstOffset();
+    // buf holds [bufStart, bufStart + buf.length): bytes before the records counted so far.
+    let buf: Buffer = Buffer.alloc(0);
+    let bufStart = this.pos;
+    let count = 0;
+    let content = 0;
+    for (;;) {
+      while (buf.length > 0) {
+        // The record ending at buf's end starts after the previous newline (or at `lo`).
+        const nl = buf.length >= 2 ? buf.lastIndexOf(NEWLINE, buf.length - 2) : -1;
+        if (nl === -1 && bufStart > lo) break; // starts in an earlier block
+        const recStart = nl + 1;
+        // Bytes as printed: the content, plus a newline unless the record is partial.
+        const head = contentOffset(buf, recStart);
+        const len = buf.length - recStart - head - 1 + (buf[recStart + head - 2] === 0x46 /* F */ ? 1 : 0);
+        const recEnd = bufStart + buf.length;
+        if (lines !== undefined && count + 1 > lines) return { offset: recEnd, cutFirst: 0 };
+        if (bytes !== undefined && content + len > bytes) {
+          const keep = bytes - content;
+          if (keep <= len - (buf.length - recStart - head - 1)) return { offset: recEnd, cutFirst: 0 };
+          return { offset: bufStart + recStart, cutFirst: len - keep };
+        }
+        count += 1;
+        content += len;
+        buf = buf.subarray(0, recStart);
+      }
+      if (bufStart <= lo) return { offset: lo, cutFirst: 0 };
+      const from = Math.max(lo, bufStart - BACKWARD_BLOCK);
+      const block = await this.readRange(from, bufStart);
+      buf = buf.length > 0 ? Buffer.concat([block, buf]) : block;
+      bufStart = from;
+    }
+  }
+
+  private async readRange(from: number, to: number): Promise<Buffer> {
+    const bufs: Buffer[] = [];
+    let off = from;
+    while (off < to) {
+      const { buf, skipped } = await this.readAt(off, to - off);
+      if (skipped > 0 || buf.length === 0) throw new Error('log data rotated away while reading the tail');
+      const piece = buf.subarray(0, to - off);
+      bufs.push(piece);
+      off += piece.length;
+    }
+    return Buffer.concat(bufs);
+  }
+}
+
+/** The logs of one unit across its instances (current and previous). */
+export class ContainerLogs {
+  private readonly opts: Required<Omit<ContainerLogsOptions, 'dir'>>;
+  private readonly dir: string;
+  private current: Instance | undefined;
+  private previous: Instance | undefined;
+  private closed = false;
+
+  constructor(opts: ContainerLogsOptions) {
+    this.dir = opts.dir;
+    this.opts = {
+      maxFileBytes: opts.maxFileBytes ?? 10 * 1024 * 1024,
+      maxFiles: opts.maxFiles ?? 5,
+      ringBytes: opts.ringBytes ?? 1024 * 1024,
+      maxLineBytes: opts.maxLineBytes ?? 16 * 1024,
+    };
+    if (!(this.opts.maxFileBytes > 0)) throw new LogsError('INVALID_ARGUMENT', 'maxFileBytes must be positive');
+    if (!(this.opts.maxFiles >= 1)) throw new LogsError('INVALID_ARGUMENT', 'maxFiles must be at least 1');
+    if (!(this.opts.maxLineBytes > 0)) throw new LogsError('INVALID_ARGUMENT', 'maxLineBytes must be positive');
+    mkdirSync(this.dir, { recursive: true });
+    // Re-adopt what an earlier agent process left: the newest instance is "current" (ended,
+    // readable), the one before it "previous". Anything older is no longer reachable.
+    const byInstance = new Map<number, number[]>();
+    for (const name of readdirSync(this.dir)) {
+      const m = /^(\d+)-(\d+)\.log$/.exec(name);
+      if (m === null) continue;
+      const id = Number(m[1]);
+      byInstance.set(id, [...(byInstance.get(id) ?? []), Number(m[2])]);
+    }
+    const ids = [...byInstance.keys()].sort((a, b) => a - b);
+    for (const id of ids.slice(0, -2)) {
+      for (const seg of byInstance.get(id)!) unlinkSync(join(this.dir, `${id}-${seg}.log`));
+    }
+    const [prevId, curId] = ids.length >= 2 ? ids.slice(-2) : [undefined, ids[0]];
+    if (prevId !== undefined) this.previous = Instance.recovered(prevId, this.dir, this.opts, byInstance.get(prevId)!);
+    if (curId !== undefined) this.current = Instance.recovered(curId, this.dir, this.opts, byInstance.get(curId)!);
+  }
+
+  /** A new run of the unit begins: the current one (ended or not) becomes the previous. */
+  startInstance(): LogSink {
+    if (this.closed) throw new Error('ContainerLogs is closed');
+    const old = this.current;
+    if (old !== undefined) {
+      old.end();
+      this.previous?.deleteFiles();
+      this.previous = old;
+    }
+    const inst = new Instance((old?.id ?? -1) + 1, this.dir, this.opts);
+    this.current = inst;
+    return {
+      write: (stream, chunk) => inst.write(stream, chunk),
+      end: () => inst.end(),
+    };
+  }
+
+  /** Ends the current instance (followers finish) and stops accepting output. Files stay. */
+  close(): void {
+    this.closed = true;
+    this.current?.end();
+  }
+
+  /**
+   * Reads per the request: tail by lines and/or content bytes, since a time, the previous
+   * instance, and follow (until the instance ends or `signal` aborts). Each yielded chunk holds
+   * whole records; `droppedBytes` is set when data this reader had not yet read was rotated away.
+   */
+  async *read(req: LogsRequest, signal: AbortSignal): AsyncIterable<LogChunk> {
+    if (req.tailLines !== undefined && req.tailLines < 0) throw new LogsError('INVALID_ARGUMENT', 'tail_lines must not be negative');
+    if (req.limitBytes !== undefined && req.limitBytes < 0) throw new LogsError('INVALID_ARGUMENT', 'limit_bytes must not be negative');
+    if (req.sinceSeconds !== undefined && req.sinceSeconds < 0) throw new LogsError('INVALID_ARGUMENT', 'since_seconds must not be negative');
+    const inst = req.previous ? this.previous : this.current;
+    if (inst === undefined) {
+      if (req.previous) throw new LogsError('NOT_FOUND', 'previous terminated instance not found');
+      return; // never started: no logs yet
+    }
+    const follow = req.follow && !req.previous;
+    let sinceNs: bigint | undefined;
+    if (req.sinceTime !== undefined) sinceNs = BigInt(req.sinceTime.getTime()) * 1_000_000n;
+    if (req.sinceSeconds !== undefined) {
+      const s = nowNs() - BigInt(req.sinceSeconds) * 1_000_000_000n;
+      if (sinceNs === undefined || s > sinceNs) sinceNs = s;
+    }
+    let offset: number;
+    let cutFirst = 0;
+    if (req.tailLines !== undefined || req.limitBytes !== undefined) {
+      ({ offset, cutFirst } = await inst.tailStart(req.tailLines, req.limitBytes));
+    } else {
+      offset = inst.firstOffset();
+    }
+    let parser = new CriParser();
+    let dropped = 0;
+    const render = new TextRenderer(true);
+    for (;;) {
+      if (signal.aborted) return;
+      const { buf, skipped } = await inst.readAt(offset, READ_BYTES);
+      if (skipped > 0) {
+        // Whatever partial record the parser held belongs to data that is gone.
+        dropped += skipped;
+        offset += skipped;
+        parser = new CriParser();
+      }
+      if (buf.length === 0) {
+        if (!follow || inst.ended || this.closed) {
+          if (offset >= inst.pos) return;
+          continue;
+        }
+        await inst.changed(signal);
+        continue;
+      }
+      offset += buf.length;
+      const recs: ParsedRecord[] = [];
+      parser.push(buf, recs);
+      let entries: LogEntry[] = recs;
+      if (cutFirst > 0 && recs.length > 0) {
+        recs[0]!.line = recs[0]!.line.subarray(cutFirst);
+        cutFirst = 0;
+      }
+      if (sinceNs !== undefined) {
+        const since = sinceNs;
+        entries = recs.filter((r) => BigInt(r.timeSeconds) * 1_000_000_000n + BigInt(r.timeNanos) >= since);
+        if (entries.length === recs.length) sinceNs = undefined; // timestamps only grow
+      }
+      if (entries.length === 0 && dropped === 0) continue;
+      yield {
+        entries,
+        droppedBytes: dropped,
+        text: req.timestamps ? render.text(entries) : Buffer.alloc(0),
+      };
+      dropped = 0;
+    }
+  }
+}
+
+/** Text as `kubectl logs` prints it: a partial record continues on the same line. */
+export class TextRenderer {
+  private atLineStart = true;
+  constructor(private readonly timestamps: boolean) {}
+
+  text(entries: LogEntry[]): Buffer {
+    const parts: Buffer[] = [];
+    for (const e of entries) {
+      if (this.timestamps && this.atLineStart) parts.push(Buffer.from(`${formatRfc3339Nano(e.timeSeconds, e.timeNanos)} `));
+      parts.push(e.line);
+      if (!e.partial) parts.push(Buffer.from('\n'));
+      this.atLineStart = !e.partial;
+    }
+    return Buffer.concat(parts);
+  }
+}
