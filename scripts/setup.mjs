@@ -27,6 +27,8 @@ export const SYSTEM_PACKAGES = [
   ['iptables', 'iptables'],
   ['debootstrap', 'debootstrap'],
   ['zstd', 'zstd'],
+  ['setfattr', 'attr'],
+  ['pigz', 'pigz'],
   ['tar', 'tar'],
   ['openssl', 'openssl'],
   ['pip3', 'python3-pip'],

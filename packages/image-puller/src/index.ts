@@ -1,0 +1,11 @@
+export { ImagePuller } from './puller.js';
+export type { ImagePullerOptions, PullOptions, PulledImage, PullProgress, PullStats } from './puller.js';
+export { PullError, EXIT_CODES } from './errors.js';
+export type { PullErrorKind } from './errors.js';
+export { parseReference, normalizeReference } from './reference.js';
+export type { Reference } from './reference.js';
+export type { RegistryAuth } from './auth.js';
+export { dockerConfigAuth } from './auth.js';
+export type { ImageConfig, Platform } from './image.js';
+export { hostPlatform, parsePlatform } from './image.js';
+export type { TransportOptions } from './registry.js';

@@ -1,0 +1,445 @@
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, rmSync, statSync, lstatSync } from 'node:fs';
+import { readFile, rm, writeFile, rename, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { Dispatcher } from 'undici';
+import type { RegistryAuth } from './auth.js';
+import { PullError } from './errors.js';
+import {
+  checkManifestType, hostPlatform, isIndex, layerInfos, parseConfig, parseManifest, selectPlatform,
+  type ImageConfig, type LayerInfo, type Platform,
+} from './image.js';
+import { formatReference, parseReference, type Reference } from './reference.js';
+import { DEFAULT_TRANSPORT, makeDispatcher, RegistryClient, sha256Digest, TokenCache, type TransportOptions } from './registry.js';
+import { Store } from './store.js';
+import { TreeState, unpackLayer } from './unpack.js';
+
+export interface PulledImage {
+  reference: string;
+  digest: string;
+  configDigest: string;
+  config: ImageConfig;
+  layerDirs: string[];
+  architecture: string;
+  os: string;
+}
+
+export interface ImagePullerOptions {
+  root: string;
+  plainHttp?: string[];
+  insecure?: string[];
+  platform?: Platform;
+  logger?: Logger;
+  /** Largest uncompressed size of one layer (default 32 GiB): a bound for decompression bombs. */
+  maxLayerBytes?: number;
+  /** Retries, backoff and deadlines of registry requests. */
+  transport?: Partial<TransportOptions>;
+  /** Layer downloads in flight at once (default 4). */
+  concurrency?: number;
+}
+
+export interface PullProgress {
+  layer: string;
+  done: number;
+  total: number;
+}
+
+export interface PullOptions {
+  auth?: (registry: string) => RegistryAuth | undefined;
+  signal?: AbortSignal;
+  onProgress?: (p: PullProgress) => void;
+}
+
+/** What `pull` and `pullToRootfs` report beyond PulledImage (for the CLI's --json). */
+export interface PullStats {
+  layers: number;
+  downloadedBytes: number;
+  fetchedLayers: number;
+  unpackedLayers: number;
+}
+
+interface ImageRecord {
+  reference: string;
+  digest: string;
+  configDigest: string;
+  config: ImageConfig;
+  layers: LayerInfo[];
+  architecture: string;
+  os: string;
+  /** Other manifests (an index) that this image was reached through; kept by gc with it. */
+  via: string[];
+}
+
+interface Resolved {
+  ref: Reference;
+  record: ImageRecord;
+  client: RegistryClient;
+}
+
+class Semaphore {
+  private n: number;
+  private readonly waiters: (() => void)[] = [];
+  constructor(n: number) {
+    this.n = n;
+  }
+  async acquire(): Promise<() => void> {
+    if (this.n > 0) this.n--;
+    else await new Promise<void>((r) => this.waiters.push(r));
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const w = this.waiters.shift();
+      if (w) w();
+      else this.n++;
+    };
+  }
+}
+
+function recordKey(ref: string): string {
+  return createHash('sha256').update(ref).digest('hex');
+}
+
+function toPulled(r: ImageRecord, layerDirs: string[]): PulledImage {
+  return { reference: r.reference, digest: r.digest, configDigest: r.configDigest, config: r.config, layerDirs, architecture: r.architecture, os: r.os };
+}
+
+function du(path: string): number {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return 0;
+  }
+  if (!st.isDirectory()) return st.size;
+  let n = 0;
+  for (const e of readdirSync(path)) n += du(join(path, e));
+  return n;
+}
+
+/**
+ * Pulls images from OCI/Docker registries into a verified, content-addressed cache and unpacks
+ * their layers, either as overlayfs lower dirs (shared between images) or onto a root filesystem.
+ */
+export class ImagePuller {
+  private readonly store: Store;
+  private readonly tokens = new TokenCache();
+  private readonly dispatchers = new Map<boolean, Dispatcher>();
+  private readonly platform: Platform;
+  private readonly transport: TransportOptions;
+  private readonly maxLayerBytes: number;
+  private readonly downloads: Semaphore;
+  private readonly unpacks = new Semaphore(2);
+  private readonly blobFlights = new Map<string, Promise<void>>();
+  private readonly layerFlights = new Map<string, Promise<string>>();
+  private readonly log: Logger | undefined;
+  private swept = false;
+
+  constructor(private readonly opts: ImagePullerOptions) {
+    if (!opts || typeof opts.root !== 'string' || opts.root === '') throw new PullError('invalid', 'ImagePuller: options.root (the cache directory) is required');
+    this.store = new Store(opts.root);
+    this.platform = opts.platform ?? hostPlatform();
+    this.transport = { ...DEFAULT_TRANSPORT, ...opts.transport };
+    this.maxLayerBytes = opts.maxLayerBytes ?? 32 * 2 ** 30;
+    this.downloads = new Semaphore(opts.concurrency ?? 4);
+    this.log = opts.logger;
+  }
+
+  private dispatcher(insecure: boolean): Dispatcher {
+    let d = this.dispatchers.get(insecure);
+    if (!d) {
+      d = makeDispatcher(insecure);
+      this.dispatchers.set(insecure, d);
+    }
+    return d;
+  }
+
+  /** Closes pooled registry connections (optional; idle sockets do not keep the process alive). */
+  async close(): Promise<void> {
+    await Promise.all([...this.dispatchers.values()].map((d) => d.close()));
+    this.dispatchers.clear();
+  }
+
+  private sweepOnce(): void {
+    if (this.swept) return;
+    this.swept = true;
+    this.store.sweepTmp();
+  }
+
+  private client(ref: Reference, opts: PullOptions): RegistryClient {
+    const plain = this.opts.plainHttp?.includes(ref.registry) ?? false;
+    const insecure = this.opts.insecure?.includes(ref.registry) ?? false;
+    return new RegistryClient({
+      registry: ref.registry, repository: ref.repository, plainHttp: plain, dispatcher: this.dispatcher(insecure && !plain),
+      credentials: opts.auth?.(ref.registry), tokens: this.tokens, transport: this.transport, logger: this.log, signal: opts.signal,
+    });
+  }
+
+  /** Manifest (through an index if need be) and config: everything but the layers. */
+  private async resolve(refStr: string, opts: PullOptions): Promise<Resolved> {
+    const ref = parseReference(refStr);
+    const name = formatReference(ref);
+    const client = this.client(ref, opts);
+    const via: string[] = [];
+    let m = await client.getManifest(ref.digest ?? ref.tag!, ref.digest);
+    checkManifestType(m.mediaType, name);
+    if (isIndex(m.mediaType)) {
+      const desc = selectPlatform(m.bytes, this.platform, name);
+      await this.store.writeBlob(m.digest, m.bytes);
+      via.push(m.digest);
+      m = await client.getManifest(desc.digest, desc.digest);
+      checkManifestType(m.mediaType, `${name} (${desc.digest})`);
+      if (isIndex(m.mediaType)) throw new PullError('unsupported', `${name}: nested image indexes are not supported`);
+    }
+    const manifest = parseManifest(m.bytes, m.mediaType, name);
+    let cfgBytes = await this.store.readBlob(manifest.config.digest);
+    if (!cfgBytes || sha256Digest(cfgBytes) !== manifest.config.digest) {
+      cfgBytes = await client.getBlob(manifest.config.digest);
+      await this.store.writeBlob(manifest.config.digest, cfgBytes);
+    }
+    const cfg = parseConfig(cfgBytes, `${name} config`);
+    await this.store.writeBlob(m.digest, m.bytes);
+    const record: ImageRecord = {
+      reference: name, digest: m.digest, configDigest: manifest.config.digest, config: cfg.config,
+      layers: layerInfos(manifest, cfg, name), architecture: cfg.architecture, os: cfg.os, via,
+    };
+    return { ref, record, client };
+  }
+
+  private async saveRecord(r: Resolved): Promise<void> {
+    const body = JSON.stringify(r.record);
+    const byDigest = formatReference({ registry: r.ref.registry, repository: r.ref.repository, digest: r.record.digest });
+    for (const key of new Set([r.record.reference, byDigest])) {
+      const tmp = this.store.tmpPath('rec');
+      await writeFile(tmp, body);
+      await rename(tmp, join(this.store.images, `${recordKey(key)}.json`));
+    }
+  }
+
+  /** Downloads one blob into the cache once, however many pulls (or processes) want it. */
+  private ensureBlob(client: RegistryClient, l: LayerInfo, opts: PullOptions, stats: PullStats): Promise<void> {
+    if (this.store.hasBlob(l.digest)) return Promise.resolve();
+    let p = this.blobFlights.get(l.digest);
+    if (!p) {
+      p = (async () => {
+        const release = await this.downloads.acquire();
+        try {
+          await this.store.withLock(`blob-${l.digest.slice(7)}`, async () => {
+            if (this.store.hasBlob(l.digest)) return;
+            const tmp = this.store.tmpPath('download');
+            try {
+              opts.onProgress?.({ layer: l.digest, done: 0, total: l.size });
+              await client.fetchBlobToFile(l.digest, l.size, tmp, (done) => opts.onProgress?.({ layer: l.digest, done, total: l.size }));
+              this.store.commitBlob(tmp, l.digest);
+              stats.downloadedBytes += l.size;
+              stats.fetchedLayers++;
+            } catch (err) {
+              await rm(tmp, { force: true });
+              throw err;
+            }
+          }, undefined, opts.signal);
+        } finally {
+          release();
+        }
+      })().finally(() => this.blobFlights.delete(l.digest));
+      this.blobFlights.set(l.digest, p);
+    } else {
+      // Another pull is fetching it; still report its completion to this caller.
+      p = p.then(() => opts.onProgress?.({ layer: l.digest, done: l.size, total: l.size }));
+    }
+    return p;
+  }
+
+  /** Unpacks layer i (overlay form) into layers/CHAINID, once. */
+  private ensureLayer(r: Resolved, i: number, lowerDirs: () => Promise<string[]>, turn: Promise<void>, opts: PullOptions, stats: PullStats): { started: Promise<void>; done: Promise<string> } {
+    const l = r.record.layers[i]!;
+    const final = this.store.layerPath(l.chainId);
+    let markStarted!: () => void;
+    const started = new Promise<void>((res) => (markStarted = res));
+    if (existsSync(final)) {
+      markStarted();
+      return { started, done: Promise.resolve(final) };
+    }
+    let p = this.layerFlights.get(l.chainId);
+    if (p) {
+      markStarted();
+      return { started, done: p };
+    }
+    p = (async () => {
+      try {
+        await this.ensureBlob(r.client, l, opts, stats);
+      } finally {
+        await turn; // start unpacks bottom-first, so a waiting upper layer never holds a slot a lower one needs
+        markStarted();
+      }
+      const release = await this.unpacks.acquire();
+      try {
+        return await this.store.withLock(`layer-${l.chainId.slice(7)}`, async () => {
+          if (existsSync(final)) return final;
+          const tmp = this.store.tmpPath('layer');
+          mkdirSync(tmp, { mode: 0o755 });
+          try {
+            const t0 = Date.now();
+            const res = await unpackLayer(this.store.blobPath(l.digest), l.compression, l.diffId, {
+              dir: tmp, mode: 'overlay', state: new TreeState(true), maxBytes: this.maxLayerBytes, lowerDirs, logger: this.log, signal: opts.signal,
+            });
+            await this.store.commitLayer(tmp, l.chainId);
+            stats.unpackedLayers++;
+            this.log?.debug({ layer: l.digest, bytes: res.bytes, ms: Date.now() - t0 }, 'layer unpacked');
+            return final;
+          } catch (err) {
+            await rm(tmp, { recursive: true, force: true });
+            throw err;
+          }
+        }, undefined, opts.signal);
+      } finally {
+        release();
+      }
+    })().finally(() => this.layerFlights.delete(l.chainId));
+    this.layerFlights.set(l.chainId, p);
+    return { started, done: p };
+  }
+
+  /** Resolves a reference to its manifest, config and layer list without fetching layers. */
+  async inspect(ref: string, opts: PullOptions = {}): Promise<{ reference: string; digest: string; configDigest: string; config: ImageConfig; architecture: string; os: string; layers: LayerInfo[] }> {
+    const { record } = await this.resolve(ref, opts);
+    return { reference: record.reference, digest: record.digest, configDigest: record.configDigest, config: record.config, architecture: record.architecture, os: record.os, layers: record.layers };
+  }
+
+  /** Fetches the image and unpacks its layers as overlayfs lower dirs; idempotent and safe to run concurrently. */
+  async pull(ref: string, opts: PullOptions = {}): Promise<PulledImage> {
+    return (await this.pullWithStats(ref, opts)).image;
+  }
+
+  async pullWithStats(ref: string, opts: PullOptions = {}): Promise<{ image: PulledImage; stats: PullStats }> {
+    this.sweepOnce();
+    const r = await this.resolve(ref, opts);
+    const stats: PullStats = { layers: r.record.layers.length, downloadedBytes: 0, fetchedLayers: 0, unpackedLayers: 0 };
+    const dones: Promise<string>[] = [];
+    let turn: Promise<void> = Promise.resolve();
+    for (let i = 0; i < r.record.layers.length; i++) {
+      const below = dones.slice();
+      const lowerDirs = async () => (await Promise.all(below)).reverse();
+      const { started, done } = this.ensureLayer(r, i, lowerDirs, turn, opts, stats);
+      turn = started;
+      dones.push(done);
+    }
+    const settled = await Promise.allSettled(dones);
+    const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+    if (failed) throw failed.reason;
+    const layerDirs = settled.map((s) => (s as PromiseFulfilledResult<string>).value);
+    await this.saveRecord(r);
+    this.log?.info({ ref: r.record.reference, digest: r.record.digest, ...stats }, 'image pulled');
+    return { image: toPulled(r.record, layerDirs), stats };
+  }
+
+  /**
+   * Fetches the image and applies its layers, in order, onto `dir` (a flattened root filesystem);
+   * later layers download while earlier ones are applied. No per-layer dirs are made.
+   */
+  async pullToRootfs(ref: string, dir: string, opts: PullOptions = {}): Promise<{ image: PulledImage; stats: PullStats }> {
+    this.sweepOnce();
+    const r = await this.resolve(ref, opts);
+    const stats: PullStats = { layers: r.record.layers.length, downloadedBytes: 0, fetchedLayers: 0, unpackedLayers: 0 };
+    const fetches = r.record.layers.map((l) => this.ensureBlob(r.client, l, opts, stats));
+    fetches.forEach((f) => f.catch(() => undefined));
+    await this.applyLayers(r.record, dir, fetches, opts.signal, stats);
+    await this.saveRecord(r);
+    return { image: toPulled(r.record, []), stats };
+  }
+
+  private async applyLayers(rec: ImageRecord, dir: string, ready: Promise<void>[], signal: AbortSignal | undefined, stats?: PullStats): Promise<void> {
+    await mkdir(dir, { recursive: true });
+    const state = TreeState.forDir(dir);
+    for (let i = 0; i < rec.layers.length; i++) {
+      const l = rec.layers[i]!;
+      await ready[i];
+      await unpackLayer(this.store.blobPath(l.digest), l.compression, l.diffId, {
+        dir, mode: 'apply', state, maxBytes: this.maxLayerBytes, logger: this.log, signal,
+      });
+      if (stats) stats.unpackedLayers++;
+    }
+  }
+
+  private async readRecord(ref: string): Promise<ImageRecord | undefined> {
+    const r = parseReference(ref);
+    const key = r.digest ? formatReference({ registry: r.registry, repository: r.repository, digest: r.digest }) : formatReference(r);
+    try {
+      return JSON.parse(await readFile(join(this.store.images, `${recordKey(key)}.json`), 'utf8')) as ImageRecord;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** The image as last pulled, if every layer is still unpacked; never touches the network. */
+  async cached(ref: string): Promise<PulledImage | undefined> {
+    const rec = await this.readRecord(ref);
+    if (!rec) return undefined;
+    const dirs = rec.layers.map((l) => this.store.layerPath(l.chainId));
+    if (!dirs.every((d) => existsSync(d))) return undefined;
+    return toPulled(rec, dirs);
+  }
+
+  /** Writes the flattened root filesystem of a pulled image into `dir` (from the cached blobs). */
+  async unpackRootfs(image: PulledImage, dir: string): Promise<void> {
+    const rec = await this.readRecord(image.reference.includes('@') ? image.reference : `${image.reference.replace(/:[^/:]+$/, '')}@${image.digest}`);
+    if (!rec || rec.digest !== image.digest) throw new PullError('not-found', `${image.reference}: not in the cache; pull it first`);
+    const missing = rec.layers.find((l) => !this.store.hasBlob(l.digest));
+    if (missing) throw new PullError('not-found', `${image.reference}: layer blob ${missing.digest} is no longer cached; pull it again`);
+    await this.applyLayers(rec, dir, rec.layers.map(() => Promise.resolve()), undefined);
+  }
+
+  /** Removes images not named in `keep` (references or digests), then every blob and layer none of the kept ones uses. */
+  async gc(keep: string[]): Promise<{ removedBytes: number }> {
+    this.sweepOnce();
+    const keepRefs = new Set<string>();
+    const keepDigests = new Set<string>();
+    for (const k of keep) {
+      if (/^sha256:[a-f0-9]{64}$/.test(k)) keepDigests.add(k);
+      else {
+        const r = parseReference(k);
+        keepRefs.add(formatReference(r));
+        if (r.digest) keepDigests.add(r.digest);
+      }
+    }
+    const blobs = new Set<string>();
+    const layers = new Set<string>();
+    let removedBytes = 0;
+    for (const f of readdirSync(this.store.images)) {
+      const path = join(this.store.images, f);
+      let rec: ImageRecord;
+      try {
+        rec = JSON.parse(await readFile(path, 'utf8')) as ImageRecord;
+      } catch {
+        rmSync(path, { force: true });
+        continue;
+      }
+      const kept = keepRefs.has(rec.reference) || keepDigests.has(rec.digest);
+      if (!kept) {
+        removedBytes += statSync(path).size;
+        rmSync(path, { force: true });
+        continue;
+      }
+      for (const d of [rec.digest, rec.configDigest, ...rec.via, ...rec.layers.map((l) => l.digest)]) blobs.add(d.slice(7));
+      for (const l of rec.layers) layers.add(l.chainId.slice(7));
+    }
+    const busyBlobs = new Set([...this.blobFlights.keys()].map((d) => d.slice(7)));
+    const busyLayers = new Set([...this.layerFlights.keys()].map((d) => d.slice(7)));
+    for (const b of readdirSync(this.store.blobs)) {
+      if (blobs.has(b) || busyBlobs.has(b)) continue;
+      removedBytes += du(join(this.store.blobs, b));
+      rmSync(join(this.store.blobs, b), { force: true });
+    }
+    for (const l of readdirSync(this.store.layers)) {
+      if (layers.has(l) || busyLayers.has(l)) continue;
+      const p = join(this.store.layers, l);
+      removedBytes += du(p);
+      // Rename first, so a half-deleted layer is never mistaken for a complete one.
+      const doomed = this.store.tmpPath('gc');
+      await rename(p, doomed);
+      await rm(doomed, { recursive: true, force: true });
+    }
+    return { removedBytes };
+  }
+}

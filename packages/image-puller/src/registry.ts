@@ -1,0 +1,373 @@
+import { createHash, type Hash } from 'node:crypto';
+import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from 'pino';
+import { Agent, type Dispatcher } from 'undici';
+import { parseChallenge, type RegistryAuth } from './auth.js';
+import { PullError } from './errors.js';
+import { MANIFEST_ACCEPT, MT } from './media.js';
+
+export interface TransportOptions {
+  /** Attempts per request on 5xx/429/connection errors (first try included). */
+  attempts: number;
+  /** First backoff; doubles each attempt, with full jitter, capped at 10 s. */
+  backoffMs: number;
+  headersTimeoutMs: number;
+  /** Longest silence while a body is streaming. */
+  bodyTimeoutMs: number;
+}
+
+export const DEFAULT_TRANSPORT: TransportOptions = { attempts: 5, backoffMs: 200, headersTimeoutMs: 30_000, bodyTimeoutMs: 60_000 };
+
+interface CachedToken {
+  header: string;
+  expiresAt: number;
+}
+
+/** Bearer/Basic authorizations, keyed by registry, scope and identity; shared by all pulls of a puller. */
+export class TokenCache {
+  private readonly tokens = new Map<string, CachedToken>();
+  get(key: string): string | undefined {
+    const t = this.tokens.get(key);
+    if (!t) return undefined;
+    if (Date.now() >= t.expiresAt) {
+      this.tokens.delete(key);
+      return undefined;
+    }
+    return t.header;
+  }
+  set(key: string, header: string, ttlMs: number): void {
+    this.tokens.set(key, { header, expiresAt: Date.now() + ttlMs });
+  }
+  delete(key: string): void {
+    this.tokens.delete(key);
+  }
+}
+
+export interface ManifestResponse {
+  bytes: Buffer;
+  mediaType: string;
+  digest: string;
+}
+
+const RETRY_STATUS = new Set([408, 425, 429, 500, 502, 503, 504]);
+const MAX_MANIFEST_BYTES = 8 << 20;
+
+function isAbort(err: unknown): boolean {
+  return err instanceof Error && (err.name === 'AbortError' || (err as { code?: string }).code === 'ABORT_ERR');
+}
+
+function describe(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  const code = (err as { code?: string }).code;
+  const cause = err.cause instanceof Error ? `: ${err.cause.message}` : '';
+  return `${code ? `${code} ` : ''}${err.message}${cause}`;
+}
+
+export function sha256Digest(b: Buffer): string {
+  return `sha256:${createHash('sha256').update(b).digest('hex')}`;
+}
+
+export interface RegistryClientOptions {
+  registry: string;
+  repository: string;
+  plainHttp: boolean;
+  dispatcher: Dispatcher;
+  credentials: RegistryAuth | undefined;
+  tokens: TokenCache;
+  transport: TransportOptions;
+  logger: Logger | undefined;
+  signal: AbortSignal | undefined;
+}
+
+interface SendOptions {
+  method?: 'GET' | 'HEAD';
+  headers?: Record<string, string>;
+}
+
+/** One repository on one registry: manifests and blobs over the distribution v2 API. */
+export class RegistryClient {
+  private readonly origin: string;
+  private readonly scope: string;
+  private readonly tokenKey: string;
+
+  constructor(private readonly o: RegistryClientOptions) {
+    const host = o.registry === 'docker.io' ? 'registry-1.docker.io' : o.registry;
+    this.origin = `${o.plainHttp ? 'http' : 'https'}://${host}`;
+    this.scope = `repository:${o.repository}:pull`;
+    const who = o.credentials?.username ?? (o.credentials?.identityToken ? 'identity-token' : '');
+    this.tokenKey = `${o.registry}|${this.scope}|${who}`;
+  }
+
+  private backoff(attempt: number, retryAfter?: string): number {
+    const ra = retryAfter ? Number(retryAfter) : NaN;
+    if (Number.isFinite(ra) && ra >= 0) return Math.min(ra * 1000, 10_000);
+    const cap = Math.min(this.o.transport.backoffMs * 2 ** attempt, 10_000);
+    return cap / 2 + Math.random() * (cap / 2);
+  }
+
+  private async raw(url: string, method: string, headers: Record<string, string>): Promise<Dispatcher.ResponseData> {
+    const u = new URL(url);
+    return this.o.dispatcher.request({
+      origin: u.origin,
+      path: u.pathname + u.search,
+      method: method as Dispatcher.HttpMethod,
+      headers,
+      signal: this.o.signal,
+      headersTimeout: this.o.transport.headersTimeoutMs,
+      bodyTimeout: this.o.transport.bodyTimeoutMs,
+    });
+  }
+
+  /** GET/HEAD with auth challenges, redirects (Authorization dropped off-origin) and retries. */
+  private async send(path: string, opts: SendOptions = {}): Promise<Dispatcher.ResponseData> {
+    const method = opts.method ?? 'GET';
+    let authTries = 0;
+    let lastErr: unknown;
+    let retryAfter: string | undefined;
+    for (let attempt = 0; attempt < this.o.transport.attempts; attempt++) {
+      if (attempt > 0) await sleep(this.backoff(attempt - 1, retryAfter), undefined, { signal: this.o.signal });
+      retryAfter = undefined;
+      let url = `${this.origin}${path}`;
+      const authHeader = this.o.tokens.get(this.tokenKey);
+      let res: Dispatcher.ResponseData;
+      try {
+        const headers: Record<string, string> = { 'user-agent': 'cello-image-puller/0.1', ...opts.headers };
+        if (authHeader) headers.authorization = authHeader;
+        res = await this.raw(url, method, headers);
+        for (let hops = 0; res.statusCode >= 300 && res.statusCode < 400 && res.headers.location; hops++) {
+          if (hops >= 5) throw new PullError('network', `${this.o.registry}: too many redirects for ${path}`);
+          await res.body.dump();
+          const next = new URL(String(res.headers.location), url);
+          if (next.origin !== new URL(url).origin) delete headers.authorization;
+          url = next.toString();
+          res = await this.raw(url, method, headers);
+        }
+      } catch (err) {
+        if (err instanceof PullError) throw err;
+        if (isAbort(err) || this.o.signal?.aborted) throw new PullError('network', `${this.o.registry}: aborted`, { cause: err });
+        lastErr = err;
+        this.o.logger?.debug({ registry: this.o.registry, path, attempt, err: describe(err) }, 'request failed, retrying');
+        continue;
+      }
+      if (res.statusCode === 401) {
+        const challenge = parseChallenge(res.headers['www-authenticate']);
+        await res.body.dump();
+        if (authHeader) this.o.tokens.delete(this.tokenKey);
+        if (authTries >= 1 && !authHeader) {
+          throw new PullError('auth', `${this.o.registry}: unauthorized for ${this.o.repository} (credentials rejected)`);
+        }
+        if (authTries >= 2) throw new PullError('auth', `${this.o.registry}: unauthorized for ${this.o.repository}`);
+        authTries++;
+        await this.authorize(challenge);
+        attempt--; // an auth round trip is not a failure
+        continue;
+      }
+      if (RETRY_STATUS.has(res.statusCode)) {
+        const ra = res.headers['retry-after'];
+        retryAfter = typeof ra === 'string' ? ra : undefined;
+        await res.body.dump();
+        lastErr = new Error(`HTTP ${res.statusCode}`);
+        this.o.logger?.debug({ registry: this.o.registry, path, status: res.statusCode, attempt }, 'retryable status');
+        continue;
+      }
+      return res;
+    }
+    throw new PullError('network', `${this.o.registry}: ${path.split('/').slice(-2).join('/')} failed after ${this.o.transport.attempts} attempts: ${describe(lastErr)}`, { cause: lastErr });
+  }
+
+  private async authorize(challenge: ReturnType<typeof parseChallenge>): Promise<void> {
+    const creds = this.o.credentials;
+    if (!challenge) throw new PullError('auth', `${this.o.registry}: 401 without a WWW-Authenticate challenge`);
+    if (challenge.scheme === 'basic') {
+      if (!creds?.username || creds.password === undefined) throw new PullError('auth', `${this.o.registry}: credentials required for ${this.o.repository}`);
+      const b = Buffer.from(`${creds.username}:${creds.password}`).toString('base64');
+      this.o.tokens.set(this.tokenKey, `Basic ${b}`, 24 * 3600_000);
+      return;
+    }
+    if (challenge.scheme !== 'bearer') throw new PullError('unsupported', `${this.o.registry}: unsupported auth scheme ${challenge.scheme}`);
+    const realm = challenge.params.realm;
+    if (!realm || !/^https?:\/\//.test(realm)) throw new PullError('auth', `${this.o.registry}: bearer challenge without a usable realm`);
+    const scope = challenge.params.scope || this.scope;
+    const service = challenge.params.service;
+    let res: Dispatcher.ResponseData;
+    try {
+      if (creds?.identityToken) {
+        const form = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: creds.identityToken, client_id: 'cello-image-puller', scope });
+        if (service) form.set('service', service);
+        const u = new URL(realm);
+        res = await this.o.dispatcher.request({
+          origin: u.origin, path: u.pathname + u.search, method: 'POST', signal: this.o.signal,
+          headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: form.toString(),
+          headersTimeout: this.o.transport.headersTimeoutMs, bodyTimeout: this.o.transport.bodyTimeoutMs,
+        });
+      } else {
+        const u = new URL(realm);
+        if (service) u.searchParams.set('service', service);
+        u.searchParams.set('scope', scope);
+        const headers: Record<string, string> = {};
+        if (creds?.username && creds.password !== undefined) headers.authorization = `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}`;
+        res = await this.raw(u.toString(), 'GET', headers);
+      }
+    } catch (err) {
+      if (isAbort(err)) throw new PullError('network', `${this.o.registry}: aborted`, { cause: err });
+      throw new PullError('network', `${this.o.registry}: token service unreachable: ${describe(err)}`, { cause: err });
+    }
+    if (res.statusCode === 401 || res.statusCode === 403) {
+      await res.body.dump();
+      throw new PullError('auth', `${this.o.registry}: token service refused ${creds ? 'the credentials' : 'anonymous access'} for ${scope}`);
+    }
+    if (res.statusCode !== 200) {
+      await res.body.dump();
+      throw new PullError(res.statusCode >= 500 ? 'network' : 'auth', `${this.o.registry}: token service answered HTTP ${res.statusCode}`);
+    }
+    let body: { token?: string; access_token?: string; expires_in?: number };
+    try {
+      body = (await res.body.json()) as typeof body;
+    } catch (err) {
+      throw new PullError('auth', `${this.o.registry}: token service answered something that is not JSON`, { cause: err });
+    }
+    const token = body.token ?? body.access_token;
+    if (!token) throw new PullError('auth', `${this.o.registry}: token service answered without a token`);
+    const ttl = Math.max(10, Number(body.expires_in) || 60) * 1000;
+    // Expire a little early so a token never dies in flight.
+    this.o.tokens.set(this.tokenKey, `Bearer ${token}`, ttl - Math.min(5000, ttl / 10));
+  }
+
+  async getManifest(reference: string, expectDigest?: string): Promise<ManifestResponse> {
+    const res = await this.send(`/v2/${this.o.repository}/manifests/${reference}`, { headers: { accept: MANIFEST_ACCEPT } });
+    if (res.statusCode === 404) {
+      await res.body.dump();
+      throw new PullError('not-found', `${this.o.registry}/${this.o.repository}: manifest ${reference} not found`);
+    }
+    if (res.statusCode === 403) {
+      await res.body.dump();
+      throw new PullError('auth', `${this.o.registry}/${this.o.repository}: access to manifest ${reference} denied`);
+    }
+    if (res.statusCode !== 200) {
+      await res.body.dump();
+      throw new PullError('network', `${this.o.registry}/${this.o.repository}: manifest ${reference}: HTTP ${res.statusCode}`);
+    }
+    const chunks: Buffer[] = [];
+    let n = 0;
+    for await (const c of res.body) {
+      n += (c as Buffer).length;
+      if (n > MAX_MANIFEST_BYTES) {
+        res.body.destroy();
+        throw new PullError('invalid', `${this.o.registry}/${this.o.repository}: manifest ${reference} exceeds ${MAX_MANIFEST_BYTES} bytes`);
+      }
+      chunks.push(c as Buffer);
+    }
+    const bytes = Buffer.concat(chunks);
+    const digest = sha256Digest(bytes);
+    if (expectDigest && digest !== expectDigest) {
+      throw new PullError('integrity', `${this.o.registry}/${this.o.repository}: manifest digest ${digest} does not match ${expectDigest}`);
+    }
+    let mediaType = String(res.headers['content-type'] ?? '').split(';')[0]!.trim();
+    if (!mediaType || mediaType === 'application/json' || mediaType === 'text/plain') {
+      try {
+        const j = JSON.parse(bytes.toString('utf8')) as { mediaType?: string; schemaVersion?: number; manifests?: unknown };
+        mediaType = j.mediaType ?? (j.schemaVersion === 1 ? MT.dockerSchema1 : j.manifests ? MT.ociIndex : MT.ociManifest);
+      } catch {
+        throw new PullError('invalid', `${this.o.registry}/${this.o.repository}: manifest ${reference} is not JSON`);
+      }
+    }
+    return { bytes, mediaType, digest };
+  }
+
+  /** A small blob (the config) into memory, verified. */
+  async getBlob(digest: string, maxBytes = MAX_MANIFEST_BYTES): Promise<Buffer> {
+    const res = await this.send(`/v2/${this.o.repository}/blobs/${digest}`);
+    await this.checkBlobStatus(res, digest, false);
+    const chunks: Buffer[] = [];
+    let n = 0;
+    for await (const c of res.body) {
+      n += (c as Buffer).length;
+      if (n > maxBytes) {
+        res.body.destroy();
+        throw new PullError('invalid', `${this.o.registry}/${this.o.repository}: blob ${digest} exceeds ${maxBytes} bytes`);
+      }
+      chunks.push(c as Buffer);
+    }
+    const b = Buffer.concat(chunks);
+    if (sha256Digest(b) !== digest) throw new PullError('integrity', `${this.o.registry}/${this.o.repository}: blob ${digest} failed verification (got ${sha256Digest(b)})`);
+    return b;
+  }
+
+  private async checkBlobStatus(res: Dispatcher.ResponseData, digest: string, ranged: boolean): Promise<void> {
+    if (res.statusCode === 200 || (ranged && res.statusCode === 206)) return;
+    await res.body.dump();
+    if (res.statusCode === 404) throw new PullError('not-found', `${this.o.registry}/${this.o.repository}: blob ${digest} not found`);
+    if (res.statusCode === 403) throw new PullError('auth', `${this.o.registry}/${this.o.repository}: access to blob ${digest} denied`);
+    if (res.statusCode === 416) throw new PullError('integrity', `${this.o.registry}/${this.o.repository}: blob ${digest} is shorter than expected`);
+    throw new PullError('network', `${this.o.registry}/${this.o.repository}: blob ${digest}: HTTP ${res.statusCode}`);
+  }
+
+  /**
+   * Streams a blob into `file`, hashing as it goes; a transfer cut mid-way resumes with `Range`
+   * from the last byte written (restarting from zero if the server ignores the range).
+   */
+  async fetchBlobToFile(digest: string, size: number | undefined, file: string, onBytes?: (done: number) => void): Promise<void> {
+    const fd = openSync(file, 'w', 0o644);
+    let hash: Hash = createHash('sha256');
+    let received = 0;
+    let lastErr: unknown;
+    try {
+      for (let attempt = 0; ; attempt++) {
+        if (attempt >= this.o.transport.attempts) {
+          throw new PullError('network', `${this.o.registry}/${this.o.repository}: blob ${digest} failed after ${attempt} attempts: ${describe(lastErr)}`, { cause: lastErr });
+        }
+        if (attempt > 0) await sleep(this.backoff(attempt - 1), undefined, { signal: this.o.signal });
+        const ranged = received > 0;
+        const res = await this.send(`/v2/${this.o.repository}/blobs/${digest}`, ranged ? { headers: { range: `bytes=${received}-` } } : {});
+        await this.checkBlobStatus(res, digest, ranged);
+        if (ranged) {
+          const cr = String(res.headers['content-range'] ?? '');
+          const start = /^bytes (\d+)-/.exec(cr);
+          if (res.statusCode !== 206 || !start || Number(start[1]) !== received) {
+            this.o.logger?.debug({ digest }, 'server ignored Range; restarting blob from zero');
+            ftruncateSync(fd, 0);
+            hash = createHash('sha256');
+            received = 0;
+          }
+        }
+        try {
+          for await (const c of res.body) {
+            const chunk = c as Buffer;
+            if (size !== undefined && received + chunk.length > size) {
+              res.body.destroy();
+              throw new PullError('integrity', `${this.o.registry}/${this.o.repository}: blob ${digest} is longer than its descriptor's ${size} bytes`);
+            }
+            writeSync(fd, chunk, 0, chunk.length, received);
+            hash.update(chunk);
+            received += chunk.length;
+            onBytes?.(received);
+          }
+        } catch (err) {
+          if (err instanceof PullError) throw err;
+          if (isAbort(err) || this.o.signal?.aborted) throw new PullError('network', `${this.o.registry}: aborted`, { cause: err });
+          lastErr = err;
+          this.o.logger?.debug({ digest, received, err: describe(err) }, 'blob transfer interrupted; resuming');
+          continue;
+        }
+        if (size !== undefined && received < size) {
+          lastErr = new Error(`transfer ended at ${received} of ${size} bytes`);
+          continue;
+        }
+        break;
+      }
+    } finally {
+      closeSync(fd);
+    }
+    const got = `sha256:${hash.digest('hex')}`;
+    if (got !== digest) throw new PullError('integrity', `${this.o.registry}/${this.o.repository}: blob ${digest} failed verification (got ${got})`);
+  }
+}
+
+export function makeDispatcher(insecure: boolean): Agent {
+  return new Agent({
+    connections: 16,
+    keepAliveTimeout: 10_000,
+    connect: insecure ? { rejectUnauthorized: false } : {},
+  });
+}

@@ -1,0 +1,148 @@
+import { randomBytes } from 'node:crypto';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeSync } from 'node:fs';
+import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+/**
+ * The on-disk cache. Everything becomes visible by one atomic rename of fully written, verified
+ * content, so a process killed at any point leaves only stray temp files (swept later), never a
+ * half-written blob or layer. Locks only avoid duplicate work between processes; correctness
+ * never depends on them.
+ *
+ *   blobs/sha256/HEX   verified blobs (manifests, configs, compressed layers)
+ *   layers/HEX         unpacked layers in overlay form, named by ChainID
+ *   images/KEY.json    what a reference resolved to when last pulled
+ *   tmp/PID.RAND*      in-progress downloads and unpacks
+ *   locks/NAME         PID of the process doing NAME
+ */
+export class Store {
+  readonly blobs: string;
+  readonly layers: string;
+  readonly images: string;
+  readonly tmp: string;
+  readonly locks: string;
+
+  constructor(readonly root: string) {
+    this.blobs = join(root, 'blobs', 'sha256');
+    this.layers = join(root, 'layers');
+    this.images = join(root, 'images');
+    this.tmp = join(root, 'tmp');
+    this.locks = join(root, 'locks');
+    for (const d of [this.blobs, this.layers, this.images, this.tmp, this.locks]) mkdirSync(d, { recursive: true, mode: 0o700 });
+  }
+
+  blobPath(digest: string): string {
+    return join(this.blobs, digest.slice('sha256:'.length));
+  }
+
+  layerPath(chainId: string): string {
+    return join(this.layers, chainId.slice('sha256:'.length));
+  }
+
+  hasBlob(digest: string): boolean {
+    return existsSync(this.blobPath(digest));
+  }
+
+  tmpPath(tag: string): string {
+    return join(this.tmp, `${process.pid}.${randomBytes(6).toString('hex')}.${tag}`);
+  }
+
+  async readBlob(digest: string): Promise<Buffer | undefined> {
+    try {
+      return await readFile(this.blobPath(digest));
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Small blobs (manifests, configs) the caller has already verified. */
+  async writeBlob(digest: string, bytes: Buffer): Promise<void> {
+    if (this.hasBlob(digest)) return;
+    const tmp = this.tmpPath('blob');
+    await writeFile(tmp, bytes, { mode: 0o644 });
+    await rename(tmp, this.blobPath(digest));
+  }
+
+  commitBlob(tmp: string, digest: string): void {
+    renameSync(tmp, this.blobPath(digest));
+  }
+
+  /** Publishes an unpacked layer; loses gracefully to a concurrent publisher of the same ChainID. */
+  async commitLayer(tmpDir: string, chainId: string): Promise<void> {
+    try {
+      await rename(tmpDir, this.layerPath(chainId));
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw err;
+      await rm(tmpDir, { recursive: true, force: true });
+    }
+  }
+
+  /** Removes temp files of processes that no longer run (after a crash or kill -9). */
+  sweepTmp(): void {
+    for (const n of readdirSync(this.tmp)) {
+      const pid = Number(n.split('.')[0]);
+      if (pid === process.pid || (Number.isInteger(pid) && alive(pid))) continue;
+      rmSync(join(this.tmp, n), { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Runs `fn` while holding lock NAME (an O_EXCL file holding our PID). A lock whose holder is
+   * dead is broken. Waiting is bounded by `timeoutMs`; past it we go ahead anyway, since the lock
+   * only saves duplicate work.
+   */
+  async withLock<T>(name: string, fn: () => Promise<T>, timeoutMs = 15 * 60_000, signal?: AbortSignal): Promise<T> {
+    const file = join(this.locks, name);
+    const deadline = Date.now() + timeoutMs;
+    let held = false;
+    for (;;) {
+      try {
+        const fd = openSync(file, 'wx', 0o600);
+        writeSync(fd, `${process.pid}\n`);
+        closeSync(fd);
+        held = true;
+        break;
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'EEXIST') throw err;
+      }
+      let pid = NaN;
+      try {
+        pid = Number(readFileSync(file, 'utf8').trim());
+      } catch {
+        continue;
+      }
+      if (!Number.isInteger(pid) || pid <= 0 || !alive(pid)) {
+        try {
+          unlinkSync(file);
+        } catch {
+          /* someone else broke it */
+        }
+        continue;
+      }
+      if (Date.now() > deadline) break;
+      await sleep(50 + Math.random() * 50, undefined, signal ? { signal } : undefined);
+    }
+    try {
+      return await fn();
+    } finally {
+      if (held) {
+        try {
+          unlinkSync(file);
+        } catch {
+          /* already gone */
+        }
+      }
+    }
+  }
+}
+
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as { code?: string }).code === 'EPERM';
+  }
+}

@@ -1,0 +1,592 @@
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import {
+  chmodSync, closeSync, constants as C, copyFileSync, createReadStream, fchmodSync, fchownSync, futimesSync, linkSync,
+  lchownSync, lstatSync, lutimesSync, mkdirSync, openSync, readdirSync, readlinkSync, readSync, rmSync, symlinkSync,
+  utimesSync, writeSync, type Stats,
+} from 'node:fs';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+import type { Logger } from 'pino';
+import { PullError } from './errors.js';
+import type { Compression } from './media.js';
+import { TarParser, type TarHeader, type TarSink } from './tar.js';
+
+/**
+ * `apply`: the layer is applied onto a root filesystem (whiteouts delete, opaque dirs are emptied).
+ * `overlay`: the layer becomes an overlayfs lower dir (whiteouts are 0/0 character devices, opaque
+ * dirs carry `trusted.overlay.opaque=y`, hardlinks to lower files copy the file up).
+ */
+export type UnpackMode = 'apply' | 'overlay';
+
+type Kind = 'dir' | 'symlink' | 'other';
+
+/** What is known about a tree being written; reused across layers applied to one rootfs. */
+export class TreeState {
+  readonly known = new Map<string, Kind>();
+  /** true when every path under the root is in `known` (the tree started empty and only we wrote it). */
+  constructor(public authoritative: boolean) {
+    this.known.set('', 'dir');
+  }
+  static forDir(dir: string): TreeState {
+    let empty = false;
+    try {
+      empty = readdirSync(dir).length === 0;
+    } catch {
+      empty = false;
+    }
+    return new TreeState(empty);
+  }
+}
+
+export interface UnpackOptions {
+  dir: string;
+  mode: UnpackMode;
+  state: TreeState;
+  /** Upper bound on the uncompressed layer size (decompression bombs). */
+  maxBytes: number;
+  /** Overlay mode: the finished lower layer dirs, topmost first; awaited only when a hardlink needs them. */
+  lowerDirs?: () => Promise<string[]>;
+  logger?: Logger | undefined;
+  signal?: AbortSignal | undefined;
+}
+
+interface Meta {
+  mode: number;
+  uid: number;
+  gid: number;
+  mtime: number;
+}
+
+interface Special extends Meta {
+  kind: 'whiteout' | 'fifo' | 'char' | 'block';
+  major: number;
+  minor: number;
+}
+
+const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
+const O_FILE = C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW; // libuv adds O_CLOEXEC
+
+function unsafe(entry: string, why: string): PullError {
+  return new PullError('unsafe-content', `layer entry ${JSON.stringify(entry)}: ${why}`);
+}
+
+/** Lexically cleans a tar path to `a/b/c` ('' is the root); anything leaving the root is refused. */
+export function cleanPath(name: string, entry: string = name): string {
+  if (name.startsWith('/')) throw unsafe(entry, 'absolute path');
+  const out: string[] = [];
+  for (const part of name.split('/')) {
+    if (part === '' || part === '.') continue;
+    if (part === '..') {
+      if (out.length === 0) throw unsafe(entry, 'path escapes the root');
+      out.pop();
+      continue;
+    }
+    out.push(part);
+  }
+  return out.join('/');
+}
+
+function parentOf(rel: string): string {
+  const i = rel.lastIndexOf('/');
+  return i < 0 ? '' : rel.slice(0, i);
+}
+
+function under(p: string, prefix: string): boolean {
+  return p === prefix || prefix === '' || p.startsWith(`${prefix}/`);
+}
+
+function shq(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** getfattr --dump quoting: octal escapes for anything but plain printable ASCII. */
+function dumpQuote(s: string): string {
+  let out = '';
+  for (const b of Buffer.from(s, 'utf8')) {
+    out += b < 0x21 || b > 0x7e || b === 0x5c || b === 0x3d || b === 0x22 ? `\\${b.toString(8).padStart(3, '0')}` : String.fromCharCode(b);
+  }
+  return out;
+}
+
+function run(cmd: string, args: string[], input: string, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['pipe', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    child.on('error', (e) => reject(new PullError('unsupported', `${what}: cannot run ${cmd}: ${e.message}`)));
+    child.on('close', (code) => (code === 0 ? resolve() : reject(new PullError('invalid', `${what}: ${cmd} failed: ${err.trim().slice(0, 500)}`))));
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(input);
+  });
+}
+
+class LayerWriter implements TarSink {
+  private readonly known: Map<string, Kind>;
+  private readonly layerPaths = new Set<string>();
+  private readonly dirMeta = new Map<string, Meta>();
+  private readonly specials = new Map<string, Special>();
+  private readonly xattrs = new Map<string, Map<string, Buffer>>();
+  private fd = -1;
+  private cur: TarHeader | undefined;
+  private inodeCache = new Map<string, Map<number, string[]>>();
+
+  constructor(private readonly o: UnpackOptions) {
+    this.known = o.state.known;
+  }
+
+  private abs(rel: string): string {
+    return rel === '' ? this.o.dir : join(this.o.dir, rel);
+  }
+
+  private kindOf(rel: string): Kind | undefined {
+    const k = this.known.get(rel);
+    if (k !== undefined || this.o.state.authoritative) return k;
+    let st: Stats;
+    try {
+      st = lstatSync(this.abs(rel));
+    } catch {
+      return undefined;
+    }
+    const kind: Kind = st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'other';
+    this.known.set(rel, kind);
+    return kind;
+  }
+
+  /** Drops everything recorded at or under `rel` after it was removed from disk. */
+  private forget(rel: string): void {
+    for (const m of [this.known, this.dirMeta, this.specials, this.xattrs] as Map<string, unknown>[]) {
+      for (const k of m.keys()) if (under(k, rel)) m.delete(k);
+    }
+    for (const k of this.layerPaths) if (under(k, rel)) this.layerPaths.delete(k);
+  }
+
+  private remove(rel: string): void {
+    if (rel === '') return;
+    rmSync(this.abs(rel), { recursive: true, force: true });
+    this.forget(rel);
+  }
+
+  /**
+   * Makes every ancestor of `rel` a real directory inside the root. A symlink on the way is
+   * refused (writing through it could land anywhere); a file on the way is replaced by a directory.
+   */
+  private ensureParents(rel: string, entry: string): void {
+    const parent = parentOf(rel);
+    if (parent === '' || this.known.get(parent) === 'dir') return; // invariant: a known dir has verified ancestors
+    const parts = parent.split('/');
+    let p = '';
+    for (const part of parts) {
+      p = p === '' ? part : `${p}/${part}`;
+      const k = this.kindOf(p);
+      if (k === 'dir') continue;
+      if (k === 'symlink') throw unsafe(entry, `parent ${JSON.stringify(p)} is a symlink`);
+      if (k === 'other') this.remove(p);
+      mkdirSync(this.abs(p), 0o755);
+      this.known.set(p, 'dir');
+    }
+  }
+
+  /** Checks that the ancestors of `rel` are real directories, without creating anything. */
+  private parentsExist(rel: string, entry: string): boolean {
+    const parent = parentOf(rel);
+    if (parent === '' || this.known.get(parent) === 'dir') return true;
+    let p = '';
+    for (const part of parent.split('/')) {
+      p = p === '' ? part : `${p}/${part}`;
+      const k = this.kindOf(p);
+      if (k === 'symlink') throw unsafe(entry, `parent ${JSON.stringify(p)} is a symlink`);
+      if (k !== 'dir') return false;
+    }
+    return true;
+  }
+
+  /** Clears the way for a new entry of `kind` at `rel`; keeps an existing dir when a dir comes. */
+  private prepare(rel: string, kind: Kind): boolean {
+    const existing = this.kindOf(rel);
+    if (existing === undefined) return false;
+    if (kind === 'dir' && existing === 'dir') return true;
+    this.remove(rel);
+    return false;
+  }
+
+  private meta(h: TarHeader): Meta {
+    return { mode: h.mode, uid: h.uid, gid: h.gid, mtime: h.mtime };
+  }
+
+  entry(h: TarHeader): void | Promise<void> {
+    if (this.o.signal?.aborted) throw new PullError('network', 'aborted');
+    const rel = cleanPath(h.name);
+    const slash = rel.lastIndexOf('/');
+    const base = rel.slice(slash + 1);
+    if (base.startsWith('.wh.')) return this.whiteout(rel, base, h.name);
+    if (rel === '') {
+      if (h.type === 'dir') this.dirMeta.set('', this.meta(h));
+      return;
+    }
+    this.ensureParents(rel, h.name);
+    this.layerPaths.add(rel);
+    if (h.xattrs?.size) this.xattrs.set(rel, h.xattrs);
+    const abs = this.abs(rel);
+    switch (h.type) {
+      case 'file': {
+        this.prepare(rel, 'other');
+        this.specials.delete(rel);
+        this.fd = openSync(abs, O_FILE, 0o600);
+        this.cur = h;
+        this.known.set(rel, 'other');
+        return;
+      }
+      case 'dir': {
+        if (!this.prepare(rel, 'dir')) mkdirSync(abs, 0o700);
+        this.known.set(rel, 'dir');
+        this.dirMeta.set(rel, this.meta(h));
+        return;
+      }
+      case 'symlink': {
+        if (h.linkname === '') throw new PullError('invalid', `layer entry ${JSON.stringify(h.name)}: symlink with an empty target`);
+        this.prepare(rel, 'symlink');
+        this.specials.delete(rel);
+        symlinkSync(h.linkname, abs);
+        if (isRoot) lchownSync(abs, h.uid, h.gid);
+        lutimesSync(abs, h.mtime, h.mtime);
+        this.known.set(rel, 'symlink');
+        return;
+      }
+      case 'link':
+        return this.hardlink(rel, h);
+      case 'char':
+      case 'block':
+      case 'fifo':
+        if (h.type !== 'fifo' && !isRoot) {
+          this.o.logger?.warn({ entry: h.name }, 'skipping device node: not running as root');
+          this.layerPaths.delete(rel);
+          return;
+        }
+        this.prepare(rel, 'other');
+        this.specials.set(rel, { ...this.meta(h), kind: h.type, major: h.devmajor, minor: h.devminor });
+        this.known.set(rel, 'other');
+        return;
+    }
+  }
+
+  data(chunk: Buffer): void {
+    let off = 0;
+    while (off < chunk.length) off += writeSync(this.fd, chunk, off, chunk.length - off);
+  }
+
+  end(): void {
+    const h = this.cur;
+    if (!h) return;
+    const fd = this.fd;
+    this.fd = -1;
+    this.cur = undefined;
+    try {
+      if (isRoot) fchownSync(fd, h.uid, h.gid);
+      fchmodSync(fd, h.mode); // after chown, which clears setuid/setgid
+      futimesSync(fd, h.mtime, h.mtime);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  private whiteout(rel: string, base: string, entry: string): void {
+    const dir = parentOf(rel);
+    if (base === '.wh..wh..opq') {
+      if (this.o.mode === 'overlay') {
+        if (dir !== '') {
+          this.ensureParents(dir, entry);
+          if (!this.prepare(dir, 'dir')) {
+            mkdirSync(this.abs(dir), 0o755);
+            this.known.set(dir, 'dir');
+          }
+        }
+        const x = this.xattrs.get(dir) ?? new Map<string, Buffer>();
+        x.set('trusted.overlay.opaque', Buffer.from('y'));
+        this.xattrs.set(dir, x);
+      } else {
+        if (!this.parentsExist(rel, entry) || this.kindOf(dir) !== 'dir') return;
+        this.emptyOpaque(dir);
+      }
+      return;
+    }
+    if (base.startsWith('.wh..wh.')) return; // aufs metadata (e.g. .wh..wh.plnk): not content
+    const name = base.slice(4);
+    if (name === '' || name === '.' || name === '..') throw unsafe(entry, 'whiteout names no file');
+    const target = dir === '' ? name : `${dir}/${name}`;
+    if (this.o.mode === 'overlay') {
+      this.ensureParents(target, entry);
+      if (this.kindOf(target) !== undefined) return; // content of this layer wins over its own whiteout
+      this.specials.set(target, { kind: 'whiteout', major: 0, minor: 0, mode: 0, uid: 0, gid: 0, mtime: 0 });
+      this.known.set(target, 'other');
+      return;
+    }
+    if (!this.parentsExist(target, entry)) return;
+    if (this.kindOf(target) !== undefined) this.remove(target);
+  }
+
+  /** Apply mode: removes everything under `dir` that this layer did not itself write. */
+  private emptyOpaque(dir: string): void {
+    let names: string[];
+    try {
+      names = readdirSync(this.abs(dir));
+    } catch {
+      return;
+    }
+    for (const n of names) {
+      const p = dir === '' ? n : `${dir}/${n}`;
+      if (!this.layerPaths.has(p)) this.remove(p);
+      else if (this.kindOf(p) === 'dir') this.emptyOpaque(p);
+    }
+  }
+
+  private async hardlink(rel: string, h: TarHeader): Promise<void> {
+    if (h.linkname.startsWith('/')) throw unsafe(h.name, `hardlink target ${JSON.stringify(h.linkname)} is absolute`);
+    let target: string;
+    try {
+      target = cleanPath(h.linkname, h.name);
+    } catch {
+      throw unsafe(h.name, `hardlink target ${JSON.stringify(h.linkname)} escapes the root`);
+    }
+    if (target === '') throw unsafe(h.name, 'hardlink to the root');
+    if (target === rel) return;
+    let tk = this.parentsExist(target, h.name) ? this.kindOf(target) : undefined;
+    if (tk === 'dir') throw new PullError('invalid', `layer entry ${JSON.stringify(h.name)}: hardlink to a directory`);
+    if (this.specials.has(target)) throw new PullError('unsupported', `layer entry ${JSON.stringify(h.name)}: hardlink to a special file of the same layer`);
+    if (tk === undefined) {
+      if (this.o.mode !== 'overlay' || !this.o.lowerDirs) {
+        throw new PullError('invalid', `layer entry ${JSON.stringify(h.name)}: hardlink target ${JSON.stringify(h.linkname)} does not exist`);
+      }
+      await this.copyUp(target, h.name);
+      tk = this.kindOf(target);
+    }
+    this.ensureParents(rel, h.name);
+    this.prepare(rel, 'other');
+    linkSync(this.abs(target), this.abs(rel));
+    this.known.set(rel, tk === 'symlink' ? 'symlink' : 'other');
+    this.layerPaths.add(rel);
+  }
+
+  /** Every path of a lower layer dir sharing an inode, for files with several links. */
+  private inodePaths(dir: string, ino: number): string[] {
+    let idx = this.inodeCache.get(dir);
+    if (!idx) {
+      idx = new Map();
+      const walk = (rel: string): void => {
+        for (const e of readdirSync(rel === '' ? dir : join(dir, rel), { withFileTypes: true })) {
+          const p = rel === '' ? e.name : `${rel}/${e.name}`;
+          if (e.isDirectory()) walk(p);
+          else if (e.isFile()) {
+            const st = lstatSync(join(dir, p));
+            if (st.nlink > 1) {
+              const l = idx!.get(st.ino) ?? [];
+              l.push(p);
+              idx!.set(st.ino, l);
+            }
+          }
+        }
+      };
+      walk('');
+      this.inodeCache.set(dir, idx);
+    }
+    return idx.get(ino) ?? [];
+  }
+
+  /**
+   * Overlay mode, hardlink to a file of a lower layer: copy the file (and the other names of its
+   * inode) into this layer, as overlayfs' own copy-up would, so the link group stays one inode.
+   */
+  private async copyUp(target: string, entry: string): Promise<void> {
+    const lowers = await this.o.lowerDirs!();
+    for (const dir of lowers) {
+      let st: Stats;
+      try {
+        st = lstatSync(join(dir, target));
+      } catch {
+        continue;
+      }
+      if (st.isCharacterDevice() && st.rdev === 0) break; // whited out below us
+      if (st.isDirectory()) throw new PullError('invalid', `layer entry ${JSON.stringify(entry)}: hardlink to a directory`);
+      const group = st.nlink > 1 && st.isFile() ? this.inodePaths(dir, st.ino) : [target];
+      if (!group.includes(target)) group.unshift(target);
+      this.copyParentsMeta(dir, target, entry);
+      const dst = this.abs(target);
+      if (this.kindOf(target) === undefined) {
+        if (st.isSymbolicLink()) symlinkSync(readlinkSync(join(dir, target)), dst);
+        else if (st.isFile()) copyFileSync(join(dir, target), dst, C.COPYFILE_FICLONE);
+        else throw new PullError('unsupported', `layer entry ${JSON.stringify(entry)}: hardlink to a special file of a lower layer`);
+        if (isRoot) lchownSync(dst, st.uid, st.gid);
+        if (!st.isSymbolicLink()) chmodSync(dst, st.mode & 0o7777);
+        lutimesSync(dst, st.atime, st.mtime);
+        this.known.set(target, st.isSymbolicLink() ? 'symlink' : 'other');
+        this.layerPaths.add(target);
+      }
+      for (const other of group) {
+        if (other === target || this.kindOf(other) !== undefined) continue;
+        this.copyParentsMeta(dir, other, entry);
+        linkSync(dst, this.abs(other));
+        this.known.set(other, 'other');
+        this.layerPaths.add(other);
+      }
+      return;
+    }
+    throw new PullError('invalid', `layer entry ${JSON.stringify(entry)}: hardlink target ${JSON.stringify(target)} exists in no layer`);
+  }
+
+  /** Creates missing ancestors of `rel` with the metadata they have in lower layer `lower`. */
+  private copyParentsMeta(lower: string, rel: string, entry: string): void {
+    let p = '';
+    for (const part of parentOf(rel).split('/').filter(Boolean)) {
+      p = p === '' ? part : `${p}/${part}`;
+      const k = this.kindOf(p);
+      if (k === 'dir') continue;
+      if (k === 'symlink') throw unsafe(entry, `parent ${JSON.stringify(p)} is a symlink`);
+      if (k === 'other') this.remove(p);
+      mkdirSync(this.abs(p), 0o755);
+      this.known.set(p, 'dir');
+      try {
+        const st = lstatSync(join(lower, p));
+        this.dirMeta.set(p, { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: st.mtimeMs / 1000 });
+      } catch {
+        /* not in that layer either: keep the defaults */
+      }
+    }
+  }
+
+  closeOpen(): void {
+    if (this.fd >= 0) {
+      closeSync(this.fd);
+      this.fd = -1;
+    }
+  }
+
+  /** Device nodes, FIFOs and whiteouts (Node has no mknod), xattrs, then directory metadata. */
+  async finish(): Promise<void> {
+    this.closeOpen();
+    if (this.specials.size > 0) {
+      let script = 'set -e\n';
+      for (const [rel, s] of this.specials) {
+        const t = s.kind === 'fifo' ? 'p' : s.kind === 'block' ? `b ${s.major} ${s.minor}` : `c ${s.major} ${s.minor}`;
+        script += `mknod -m 0600 -- ${shq(this.abs(rel))} ${t}\n`;
+      }
+      await run('sh', ['-s'], script, 'creating device nodes, FIFOs and whiteouts');
+      for (const [rel, s] of this.specials) {
+        const abs = this.abs(rel);
+        if (isRoot) lchownSync(abs, s.uid, s.gid);
+        chmodSync(abs, s.mode);
+        lutimesSync(abs, s.mtime, s.mtime);
+      }
+    }
+    if (this.xattrs.size > 0) {
+      let dump = '';
+      for (const [rel, attrs] of this.xattrs) {
+        dump += `# file: ${dumpQuote(this.abs(rel))}\n`;
+        for (const [k, v] of attrs) dump += `${k}=0s${v.toString('base64')}\n`;
+        dump += '\n';
+      }
+      if (isRoot || ![...this.xattrs.values()].some((m) => [...m.keys()].some((k) => k.startsWith('trusted.') || k.startsWith('security.')))) {
+        await run('setfattr', ['-h', '--restore=-'], dump, 'setting extended attributes');
+      } else {
+        this.o.logger?.warn('skipping trusted./security. extended attributes: not running as root');
+      }
+    }
+    const dirs = [...this.dirMeta.entries()].sort((a, b) => b[0].split('/').length - a[0].split('/').length);
+    for (const [rel, m] of dirs) {
+      const abs = this.abs(rel);
+      if (isRoot) lchownSync(abs, m.uid, m.gid);
+      chmodSync(abs, m.mode);
+      utimesSync(abs, m.mtime, m.mtime);
+    }
+  }
+}
+
+function sniff(file: string): Compression {
+  const fd = openSync(file, 'r');
+  try {
+    const b = Buffer.alloc(4);
+    const n = readSync(fd, b, 0, 4, 0);
+    if (n >= 2 && b[0] === 0x1f && b[1] === 0x8b) return 'gzip';
+    if (n === 4 && b.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
+    return 'none';
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The layer's uncompressed tar stream; zstd goes through the `zstd` binary (Node 20 zlib has none). */
+function decompressed(file: string, compression: Compression): { stream: Readable; done: () => Promise<void> } {
+  const actual = sniff(file);
+  if (compression !== 'none' && actual !== compression) {
+    throw new PullError('integrity', `layer blob is not ${compression}-compressed`);
+  }
+  const src = createReadStream(file, { highWaterMark: 1 << 20 });
+  if (actual === 'gzip') {
+    const gz = createGunzip({ chunkSize: 256 << 10 });
+    src.on('error', (e) => gz.destroy(e));
+    return { stream: src.pipe(gz), done: async () => undefined };
+  }
+  if (actual === 'zstd') {
+    const child = spawn('zstd', ['-dcq', '--no-progress', '--', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    src.destroy();
+    let err = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    const exited = new Promise<number | null>((resolve, reject) => {
+      child.on('error', (e) => reject(new PullError('unsupported', `zstd layer: cannot run zstd (${e.message}); install the zstd package`)));
+      child.on('close', (code) => resolve(code));
+    });
+    exited.catch(() => undefined);
+    return {
+      stream: child.stdout,
+      done: async () => {
+        const code = await exited;
+        if (code !== 0) throw new PullError('integrity', `zstd layer failed to decompress: ${err.trim().slice(0, 300)}`);
+      },
+    };
+  }
+  return { stream: src, done: async () => undefined };
+}
+
+export interface UnpackResult {
+  diffId: string;
+  bytes: number;
+}
+
+/**
+ * Unpacks one layer blob into `o.dir`, verifying its DiffID (sha256 of the uncompressed tar)
+ * when `expectDiffId` is given. The uncompressed size is bounded by `o.maxBytes`.
+ */
+export async function unpackLayer(file: string, compression: Compression, expectDiffId: string | undefined, o: UnpackOptions): Promise<UnpackResult> {
+  const w = new LayerWriter(o);
+  const parser = new TarParser(w);
+  const hash = createHash('sha256');
+  const { stream, done } = decompressed(file, compression);
+  let bytes = 0;
+  try {
+    for await (const c of stream) {
+      const chunk = c as Buffer;
+      bytes += chunk.length;
+      if (bytes > o.maxBytes) {
+        throw new PullError('unsafe-content', `layer expands beyond the limit of ${o.maxBytes} bytes (decompression bomb?)`);
+      }
+      hash.update(chunk);
+      if (!parser.ended) await parser.write(chunk);
+    }
+    await done();
+  } catch (err) {
+    stream.destroy();
+    if (err instanceof PullError) throw err;
+    const code = (err as { code?: string }).code;
+    if (code && code.startsWith('Z_')) throw new PullError('integrity', `layer failed to decompress: ${(err as Error).message}`, { cause: err });
+    throw err;
+  } finally {
+    w.closeOpen();
+  }
+  parser.finish();
+  await w.finish();
+  const diffId = `sha256:${hash.digest('hex')}`;
+  if (expectDiffId && diffId !== expectDiffId) {
+    throw new PullError('integrity', `layer DiffID ${diffId} does not match the image config's ${expectDiffId}`);
+  }
+  return { diffId, bytes };
+}
