@@ -1,0 +1,144 @@
+// Assembles the agent: state dir, runc, cgroups, images, the pod manager and the gRPC server
+// (cello.cell.v1.CellAgent + grpc.health.v1) with mTLS.
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import os from 'node:os';
+import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { HealthService } from '@cello/proto';
+import { CellAgentService } from '@cello/proto/cell';
+import type pino from 'pino';
+import { detectCgroupMode, hostCgroupDriver, type CgroupDriver } from './cgroups/index.js';
+import type { ImageService } from './images/image-service.js';
+import { PullerImageService } from './images/puller-images.js';
+import { ContainerLogs } from './logs/index.js';
+import type { BackoffPolicy } from './pod/backoff.js';
+import { PodManager } from './pod/pod-manager.js';
+import { Runc } from './runtime/runc.js';
+import { createService, type StreamRpcs } from './server/service.js';
+
+export const AGENT_VERSION = '0.1.0';
+
+export interface TlsFiles {
+  cert: string;
+  key: string;
+  ca: string;
+}
+
+export interface AgentOptions {
+  listen: string; // host:port; port 0 picks a free one
+  stateDir: string;
+  /** mTLS; undefined means --insecure-dev. */
+  tls: TlsFiles | undefined;
+  insecureRegistries?: string[];
+  logger: pino.Logger;
+  runcBinary?: string;
+  cgroupParent?: string;
+  podNetns?: string;
+  podIP?: string;
+  cellId?: string;
+  seccompProfileDir?: string;
+  pidsLimit?: number;
+  heartbeatMs?: number;
+  /** Tests: image source other than the registry puller. */
+  images?: ImageService;
+  cgroups?: CgroupDriver;
+  backoff?: BackoffPolicy;
+  probeSecondMs?: number;
+}
+
+export interface Agent {
+  address: string;
+  port: number;
+  pod: PodManager;
+  /** Graceful: stop serving; units keep running for the next agent. */
+  close(): Promise<void>;
+}
+
+function primaryIPv4(): string {
+  for (const list of Object.values(os.networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
+  }
+  return '127.0.0.1';
+}
+
+function netnsIPv4(netns: string): string | undefined {
+  try {
+    const out = execFileSync('nsenter', [`--net=${netns}`, 'ip', '-o', '-4', 'addr', 'show', 'scope', 'global'], { encoding: 'utf8' });
+    const m = /inet (\d+\.\d+\.\d+\.\d+)/.exec(out);
+    return m?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+async function loadStreams(deps: { pod: PodManager; logger: pino.Logger }): Promise<StreamRpcs | undefined> {
+  const here = new URL('./server/stream-handlers.js', import.meta.url);
+  if (!existsSync(here)) return undefined;
+  const mod = (await import(here.href)) as {
+    createStreamHandlers: (d: { units: PodManager; logsFor(unit: string): ContainerLogs | undefined; logger: pino.Logger }) => StreamRpcs;
+  };
+  return mod.createStreamHandlers({ units: deps.pod, logsFor: (u) => deps.pod.logsIfAny(u) as ContainerLogs | undefined, logger: deps.logger });
+}
+
+export async function startAgent(o: AgentOptions): Promise<Agent> {
+  const log = o.logger;
+  await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
+  const runc = new Runc(o.runcBinary ?? 'runc', join(o.stateDir, 'runc'));
+  const images = o.images ?? new PullerImageService({ root: join(o.stateDir, 'images'), insecureRegistries: o.insecureRegistries ?? [], logger: log });
+  const hostIP = primaryIPv4();
+  const podIP = o.podIP ?? (o.podNetns ? netnsIPv4(o.podNetns) : undefined) ?? hostIP;
+  const pod = new PodManager({
+    stateDir: o.stateDir,
+    runc,
+    cgroups: o.cgroups ?? hostCgroupDriver(),
+    images,
+    logger: log,
+    cgroupParent: o.cgroupParent ?? '/cello/pod',
+    netnsPath: o.podNetns,
+    podIP,
+    hostIP,
+    seccompProfileDir: o.seccompProfileDir ?? join(o.stateDir, 'seccomp'),
+    pidsLimit: o.pidsLimit,
+    ...(o.backoff ? { backoff: o.backoff } : {}),
+    ...(o.probeSecondMs ? { probeSecondMs: o.probeSecondMs } : {}),
+    logsFor: (_unit, dir) => new ContainerLogs({ dir }),
+  });
+  const streams = await loadStreams({ pod, logger: log });
+  const health = new HealthService({ '': 1, 'cello.cell.v1.CellAgent': 1 });
+  const server = new Server({ 'grpc.max_receive_message_length': 64 << 20 });
+  server.addService(CellAgentService, createService({
+    pod,
+    logger: log,
+    streams,
+    info: { version: AGENT_VERSION, cellId: o.cellId ?? os.hostname(), runtime: await runc.version(), cgroupMode: detectCgroupMode(), startedAt: new Date() },
+    heartbeatMs: o.heartbeatMs ?? 10_000,
+  }));
+  server.addService(health.definition, health.implementation);
+  let creds: ServerCredentials;
+  if (o.tls) {
+    creds = ServerCredentials.createSsl(readFileSync(o.tls.ca), [{ cert_chain: readFileSync(o.tls.cert), private_key: readFileSync(o.tls.key) }], true);
+  } else {
+    log.warn('INSECURE: --insecure-dev serves the agent API without TLS or client authentication; for local development only');
+    creds = ServerCredentials.createInsecure();
+  }
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync(o.listen, creds, (err, p) => (err ? reject(err) : resolve(p))));
+  const restored = await pod.restore().catch((err) => {
+    log.error({ err }, 'restoring the pod from the state dir failed');
+    return false;
+  });
+  const host = o.listen.slice(0, o.listen.lastIndexOf(':'));
+  log.info({ listen: `${host}:${port}`, stateDir: o.stateDir, podIP, restored, streams: streams !== undefined }, 'cell-agent serving');
+  return {
+    address: `${host}:${port}`,
+    port,
+    pod,
+    close: async () => {
+      health.shutdown();
+      pod.shutdown();
+      await new Promise<void>((r) => server.tryShutdown(() => r()));
+      if (images instanceof PullerImageService) await images.close();
+    },
+  };
+}

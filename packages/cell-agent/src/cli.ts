@@ -1,0 +1,84 @@
+#!/usr/bin/env node
+// cell-agent: the daemon on every cell (`serve`) and a client for it (`ctl`).
+import { existsSync } from 'node:fs';
+import { Command } from 'commander';
+import type { CellAgentClient } from '@cello/proto/cell';
+import { startAgent } from './agent.js';
+import { registerCtl } from './ctl/ctl.js';
+import { createLogger } from './log.js';
+
+const program = new Command('cell-agent').description(
+  'Cello cell agent: runs one Kubernetes pod on this machine under runc, and serves cello.cell.v1 over mTLS.',
+);
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+program
+  .command('serve')
+  .description('serve the agent API; units survive restarts of the agent and are re-adopted from --state-dir')
+  .requiredOption('--listen <host:port>', 'address to serve on, e.g. 0.0.0.0:7443')
+  .requiredOption('--state-dir <dir>', 'where the agent keeps the pod, units, volumes, images and runc state')
+  .option('--tls-cert <file>', "the agent's certificate (PEM)")
+  .option('--tls-key <file>', "the agent's private key (PEM)")
+  .option('--tls-ca <file>', 'CA (PEM) whose signature a client certificate must carry')
+  .option('--insecure-dev', 'serve WITHOUT TLS and client authentication: local development only')
+  .option('--insecure-registry <host:port>', 'a registry to reach over plain HTTP (repeatable)', collect, [])
+  .option('--pod-netns <path>', "network namespace for the pod's units (default: the agent's own, so the pod IP is the cell's)")
+  .option('--pod-ip <ip>', 'pod IP to report (default: the address in --pod-netns, or the cell\'s primary IPv4)')
+  .option('--cgroup-parent <path>', 'cgroup for the units', '/cello/pod')
+  .option('--runc <path>', 'runc binary', 'runc')
+  .option('--seccomp-profile-dir <dir>', 'where seccomp Localhost profiles are looked up (default: STATE/seccomp)')
+  .option('--pids-limit <n>', 'maximum processes per unit', (v) => Number(v))
+  .option('--cell-id <id>', 'this cell\'s id, reported by GetInfo (default: the hostname)')
+  .addHelpText(
+    'after',
+    '\nExamples:\n  cell-agent serve --listen 0.0.0.0:7443 --state-dir /var/lib/cello --tls-cert cell.pem --tls-key cell.key --tls-ca ca.pem\n  cell-agent serve --listen 127.0.0.1:7443 --state-dir /tmp/cell --insecure-dev --insecure-registry 127.0.0.1:5000\n\nLogs are JSON on stderr (CELLO_LOG_LEVEL=debug for more); secrets are redacted.\n',
+  )
+  .action(async (o: { listen: string; stateDir: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; insecureDev?: boolean; insecureRegistry: string[]; podNetns?: string; podIp?: string; cgroupParent: string; runc: string; seccompProfileDir?: string; pidsLimit?: number; cellId?: string }) => {
+    const logger = createLogger();
+    const anyTls = o.tlsCert || o.tlsKey || o.tlsCa;
+    if (anyTls && o.insecureDev) throw new Error('give either --tls-cert/--tls-key/--tls-ca or --insecure-dev, not both');
+    if (!anyTls && !o.insecureDev) throw new Error('give --tls-cert, --tls-key and --tls-ca (mTLS), or --insecure-dev for local development');
+    if (anyTls && !(o.tlsCert && o.tlsKey && o.tlsCa)) throw new Error('--tls-cert, --tls-key and --tls-ca go together');
+    for (const f of [o.tlsCert, o.tlsKey, o.tlsCa]) if (f && !existsSync(f)) throw new Error(`no such file: ${f}`);
+    if (o.podNetns && !existsSync(o.podNetns)) throw new Error(`--pod-netns: no such namespace file ${o.podNetns}`);
+    const agent = await startAgent({
+      listen: o.listen,
+      stateDir: o.stateDir,
+      tls: anyTls ? { cert: o.tlsCert!, key: o.tlsKey!, ca: o.tlsCa! } : undefined,
+      insecureRegistries: o.insecureRegistry,
+      logger,
+      runcBinary: o.runc,
+      cgroupParent: o.cgroupParent,
+      ...(o.podNetns ? { podNetns: o.podNetns } : {}),
+      ...(o.podIp ? { podIP: o.podIp } : {}),
+      ...(o.seccompProfileDir ? { seccompProfileDir: o.seccompProfileDir } : {}),
+      ...(o.pidsLimit ? { pidsLimit: o.pidsLimit } : {}),
+      ...(o.cellId ? { cellId: o.cellId } : {}),
+    });
+    // Printed for scripts and tests that start the agent on port 0.
+    process.stdout.write(`listening ${agent.address}\n`);
+    const stop = (sig: string) => {
+      logger.info({ sig }, 'shutting down; units keep running');
+      void agent.close().then(() => process.exit(0));
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+
+async function main(): Promise<void> {
+  let extra: ((ctl: Command, connect: () => CellAgentClient) => void) | undefined;
+  const streamsCtl = new URL('./ctl/streams.js', import.meta.url);
+  if (existsSync(streamsCtl)) {
+    const mod = (await import(streamsCtl.href)) as { registerStreamCommands: (ctl: Command, connect: () => CellAgentClient) => void };
+    extra = mod.registerStreamCommands;
+  }
+  registerCtl(program, extra);
+  await program.parseAsync(process.argv);
+}
+
+main().catch((err: unknown) => {
+  const e = err as { details?: string; message?: string };
+  process.stderr.write(`cell-agent: ${e.details ?? e.message ?? String(err)}\n`);
+  process.exit(1);
+});

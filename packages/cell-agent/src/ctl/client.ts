@@ -1,0 +1,19 @@
+// Connecting to an agent, for `cell-agent ctl` and for tests.
+import { readFileSync } from 'node:fs';
+import { credentials, type ChannelCredentials } from '@grpc/grpc-js';
+import { CellAgentClient } from '@cello/proto/cell';
+
+export interface ClientTls {
+  cert: string;
+  key: string;
+  ca: string;
+}
+
+export function agentCredentials(tls: ClientTls | undefined): ChannelCredentials {
+  if (!tls) return credentials.createInsecure();
+  return credentials.createSsl(readFileSync(tls.ca), readFileSync(tls.key), readFileSync(tls.cert));
+}
+
+export function connectAgent(addr: string, tls: ClientTls | undefined, opts: { serverName?: string } = {}): CellAgentClient {
+  return new CellAgentClient(addr, agentCredentials(tls), opts.serverName ? { 'grpc.ssl_target_name_override': opts.serverName, 'grpc.default_authority': opts.serverName } : {});
+}

@@ -1,0 +1,57 @@
+// What the runtime needs from images. The agent uses @cello/image-puller through this, so the
+// unit runtime does not depend on how or where images are fetched and cached.
+export interface ImageConfig {
+  entrypoint: string[];
+  cmd: string[];
+  env: string[];
+  workingDir: string;
+  user: string;
+  stopSignal: string;
+}
+
+export interface ImageInfo {
+  ref: string;
+  digest: string;
+  config: ImageConfig;
+  /** Unpacked layer directories, bottom first, usable as overlayfs lower dirs. */
+  layerDirs: string[];
+}
+
+export interface RegistryAuth {
+  username?: string;
+  password?: string;
+  identityToken?: string;
+}
+
+/** Why a pull failed, as the status shows it. */
+export class ImagePullFailure extends Error {
+  constructor(
+    message: string,
+    /** not-found, unauthorized, unreachable, invalid, ... (image-puller's PullError kind) */
+    readonly kind: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface ImageService {
+  /** The image if it is in the local cache, without touching the network. */
+  cached(ref: string): Promise<ImageInfo | undefined>;
+  /** Fetches the image (or refreshes it) and returns it; throws ImagePullFailure. */
+  pull(ref: string, opts: { auth?: RegistryAuth | undefined; signal?: AbortSignal }): Promise<ImageInfo>;
+}
+
+/** The registry host of an image reference, as Docker names it ("docker.io" when none). */
+export function registryOf(ref: string): string {
+  const first = ref.split('/')[0]!;
+  if (ref.includes('/') && (first.includes('.') || first.includes(':') || first === 'localhost')) return first;
+  return 'docker.io';
+}
+
+/** Kubernetes' default: Always for ":latest" or no tag (and no digest), IfNotPresent otherwise. */
+export function defaultPullAlways(ref: string): boolean {
+  if (ref.includes('@')) return false;
+  const last = ref.split('/').pop()!;
+  const i = last.lastIndexOf(':');
+  return i < 0 || last.slice(i + 1) === 'latest';
+}

@@ -1,0 +1,616 @@
+// The pod on this cell: applies desired specs (diff and converge), runs init units in order and
+// then the units, builds volumes and the OCI specs, computes the pod status and pushes every
+// change to watchers. Survives an agent restart by re-adopting units from the state dir.
+import { createHash } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type pino from 'pino';
+import {
+  ApplyPodRequest,
+  type ApplyPodResponse,
+  Container,
+  type Event,
+  type GetStatusResponse,
+  type PodStatus,
+  PodPhase,
+  PodSecurityContext,
+  PullPolicy,
+  RestartPolicy,
+  SeccompProfileType,
+} from '@cello/proto/cell';
+import type { CgroupDriver } from '../cgroups/driver.js';
+import { ImagePullFailure, type ImageInfo, type ImageService, defaultPullAlways, registryOf } from '../images/image-service.js';
+import { resolveCapabilities } from '../runtime/capabilities.js';
+import { expand, resolveArgv } from '../runtime/expand.js';
+import type { Instance } from '../runtime/instance.js';
+import { bindMount, buildSpec, type OciMount } from '../runtime/oci-spec.js';
+import type { Runc } from '../runtime/runc.js';
+import { resolveInRoot } from '../runtime/safe-path.js';
+import { runtimeDefaultProfile, type SeccompProfile } from '../runtime/seccomp.js';
+import { resolveUser, UserError } from '../runtime/user.js';
+import type { LogSink, UnitDirectory, UnitView } from '../units/unit-view.js';
+import { Backoff, type BackoffPolicy, KUBERNETES_BACKOFF } from './backoff.js';
+import { podHostname, writePodFiles } from './pod-files.js';
+import { Conditions, podPhase, qosClass } from './pod-status.js';
+import { ConfigError, Unit, type UnitContext } from './unit.js';
+import { validateApply } from './validate.js';
+import { fieldValue, type PreparedVolume, removeVolumes, resolveSubPath, resourceValue, VolumeBuilder, VolumeError } from './volumes.js';
+
+/** Per-unit log storage: one per unit, a sink per instance. */
+export interface UnitLogs {
+  startInstance(): LogSink;
+  close(): void;
+}
+
+export interface PodManagerOptions {
+  stateDir: string;
+  runc: Runc;
+  cgroups: CgroupDriver;
+  images: ImageService;
+  logger: pino.Logger;
+  /** cgroup under which the pod's units go, e.g. /cello/pod. */
+  cgroupParent: string;
+  netnsPath: string | undefined;
+  podIP: string;
+  hostIP: string;
+  seccompProfileDir: string;
+  pidsLimit?: number | undefined;
+  backoff?: BackoffPolicy;
+  /** Milliseconds per probe "second": 1000 in production, smaller in tests. */
+  probeSecondMs?: number;
+  /** Where each unit's logs go; called once per unit with its state dir. */
+  logsFor?: (unit: string, dir: string) => UnitLogs;
+}
+
+export class GenerationError extends Error {}
+
+const NULL_SINK: LogSink = { write() {}, end() {} };
+
+function hashContainer(c: Container, podSc: PodSecurityContext | undefined): string {
+  const h = createHash('sha256');
+  h.update(Container.encode(c).finish());
+  if (podSc) h.update(PodSecurityContext.encode(podSc).finish());
+  return h.digest('hex').slice(0, 16);
+}
+
+export class PodManager extends EventEmitter implements UnitDirectory {
+  private req: ApplyPodRequest | undefined;
+  private generation = 0;
+  private initUnits: Unit[] = [];
+  private units: Unit[] = [];
+  private volumes = new Map<string, PreparedVolume | VolumeError>();
+  private podFiles: { hosts: string; resolv: string; hostname: string } | undefined;
+  private readonly conditions = new Conditions();
+  private startTime: Date | undefined;
+  private pulls = new Map<string, Promise<ImageInfo>>();
+  private pullBackoff = new Map<string, Backoff>();
+  private logs = new Map<string, UnitLogs>();
+  private changeQueued = false;
+  private sequencer: Promise<void> = Promise.resolve();
+  private initRun = 0;
+  private readonly unitCtx: UnitContext;
+  private stopping = new Set<Promise<void>>();
+
+  constructor(private readonly o: PodManagerOptions) {
+    super();
+    this.setMaxListeners(0);
+    const self = this;
+    this.unitCtx = {
+      logger: o.logger,
+      runc: o.runc,
+      cgroups: o.cgroups,
+      backoff: o.backoff ?? KUBERNETES_BACKOFF,
+      probeSecondMs: o.probeSecondMs ?? 1000,
+      pidsLimit: o.pidsLimit,
+      restartPolicy: () => self.req?.pod?.spec?.restartPolicy ?? RestartPolicy.RESTART_POLICY_ALWAYS,
+      podIP: () => self.o.podIP,
+      ensureImage: (u, s) => self.ensureImage(u, s),
+      buildSpec: (u, i, inst) => self.buildUnitSpec(u, i, inst),
+      newSink: (u) => self.logsOf(u).startInstance(),
+      changed: () => self.changed(),
+      event: (type, reason, message, container) => self.event(type, reason, message, container),
+    };
+  }
+
+  private get dirs() {
+    const s = this.o.stateDir;
+    return { req: join(s, 'pod.pb'), units: join(s, 'units'), volumes: join(s, 'volumes'), pod: join(s, 'pod') };
+  }
+
+  // --- UnitDirectory ---
+  get(name: string): UnitView | undefined {
+    return [...this.units, ...this.initUnits].find((u) => u.name === name);
+  }
+  list(): UnitView[] {
+    return [...this.initUnits, ...this.units];
+  }
+  netnsPath(): string | undefined {
+    return this.o.netnsPath;
+  }
+
+  logsOf(u: Unit | string): UnitLogs {
+    const name = typeof u === 'string' ? u : u.name;
+    let l = this.logs.get(name);
+    if (!l) {
+      l = this.o.logsFor ? this.o.logsFor(name, join(this.dirs.units, name, 'logs')) : { startInstance: () => NULL_SINK, close() {} };
+      this.logs.set(name, l);
+    }
+    return l;
+  }
+
+  logsIfAny(name: string): UnitLogs | undefined {
+    return this.logs.get(name);
+  }
+
+  private changed(): void {
+    if (this.changeQueued) return;
+    this.changeQueued = true;
+    setImmediate(() => {
+      this.changeQueued = false;
+      this.emit('status', this.status());
+    });
+  }
+
+  event(type: 'Normal' | 'Warning', reason: string, message: string, container = ''): void {
+    const e: Event = { time: new Date(), type, reason, message, container };
+    this.o.logger.info({ event: reason, container, type }, message);
+    this.emit('event', e);
+  }
+
+  // --- apply ---
+  /** Serialized: one apply or delete at a time. */
+  private serial<T>(f: () => Promise<T>): Promise<T> {
+    const p = this.sequencer.then(f);
+    this.sequencer = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    return p;
+  }
+
+  apply(req: ApplyPodRequest): Promise<ApplyPodResponse> {
+    validateApply(req);
+    return this.serial(() => this.doApply(req));
+  }
+
+  private async doApply(req: ApplyPodRequest): Promise<ApplyPodResponse> {
+    if (req.generation < this.generation) throw new GenerationError(`generation ${req.generation} is older than the applied generation ${this.generation}`);
+    const pod = req.pod!;
+    const spec = pod.spec!;
+    const sameUid = this.req?.pod?.metadata?.uid === pod.metadata?.uid;
+    if (this.req && !sameUid) await this.teardown(0);
+    await mkdir(this.o.stateDir, { recursive: true });
+    // Secrets are kept at rest with the state (mode 0600) so that a restarted agent can
+    // rebuild volumes; the state dir is the cell's own, like the kubelet's pod dirs.
+    await writeFile(this.dirs.req + '.tmp', ApplyPodRequest.encode(req).finish(), { mode: 0o600 });
+    await rename(this.dirs.req + '.tmp', this.dirs.req);
+    this.req = req;
+    this.generation = req.generation;
+    this.startTime ??= new Date();
+    this.podFiles = writePodFiles(this.dirs.pod, pod, this.o.podIP);
+    await this.prepareVolumes();
+    const changed: string[] = [];
+    const diff = (existing: Unit[], wanted: Container[], isInit: boolean): Unit[] => {
+      const next: Unit[] = [];
+      for (const c of wanted) {
+        const hash = hashContainer(c, spec.securityContext);
+        const cur = existing.find((u) => u.name === c.name);
+        if (cur && cur.hash === hash) {
+          next.push(cur);
+          continue;
+        }
+        // An init unit that already completed is not re-run for the same pod.
+        if (cur && isInit && cur.succeeded) {
+          next.push(cur);
+          continue;
+        }
+        changed.push(c.name);
+        const u = this.newUnit(c, hash, isInit);
+        if (cur) {
+          const p = cur.stop(this.graceMs()).then(() => void u.start());
+          this.track(p);
+          (u as Unit & { after?: Promise<void> }).after = p;
+        }
+        next.push(u);
+      }
+      for (const u of existing) if (!wanted.some((c) => c.name === u.name)) this.track(u.stop(this.graceMs()));
+      return next;
+    };
+    const oldMain = this.units;
+    this.initUnits = diff(this.initUnits, spec.initContainers, true);
+    this.units = diff(oldMain, spec.containers, false);
+    // Pull every image at once, while init units run.
+    for (const c of [...spec.initContainers, ...spec.containers]) void this.pull(c).catch(() => {});
+    void this.runPod();
+    this.changed();
+    this.o.logger.info({ generation: req.generation, changed }, 'pod applied');
+    return { generation: req.generation, changedUnits: changed };
+  }
+
+  private track(p: Promise<void>): void {
+    this.stopping.add(p);
+    void p.finally(() => this.stopping.delete(p));
+  }
+
+  private newUnit(c: Container, hash: string, isInit: boolean): Unit {
+    const cg = `${this.o.cgroupParent}/${c.name}`;
+    const u = new Unit(c, hash, isInit, join(this.dirs.units, c.name), cg, this.unitCtx);
+    u.graceMs = this.graceMs();
+    return u;
+  }
+
+  graceMs(): number {
+    return (this.req?.pod?.spec?.terminationGracePeriodSeconds ?? 30) * 1000;
+  }
+
+  /** Init units one after another, each to success; then all units. */
+  private async runPod(): Promise<void> {
+    const run = ++this.initRun;
+    for (const u of this.initUnits) {
+      if (run !== this.initRun) return;
+      if (u.succeeded) continue;
+      const after = (u as Unit & { after?: Promise<void> }).after;
+      if (!after) u.start();
+      await waitFinished(u, this);
+      if (run !== this.initRun) return;
+      if (!u.succeeded) return; // failed for good (restartPolicy Never): the pod failed
+    }
+    if (run !== this.initRun) return;
+    for (const u of this.units) {
+      if ((u as Unit & { after?: Promise<void> }).after) continue;
+      u.start();
+    }
+    this.changed();
+  }
+
+  private async prepareVolumes(): Promise<void> {
+    const req = this.req!;
+    const vb = new VolumeBuilder(this.dirs.volumes, req, this.o.podIP, this.o.hostIP);
+    await mkdir(this.dirs.volumes, { recursive: true });
+    this.volumes.clear();
+    for (const v of req.pod!.spec!.volumes) {
+      try {
+        this.volumes.set(v.name, await vb.prepare(v));
+      } catch (err) {
+        const e = err instanceof VolumeError ? err : new VolumeError(v.name, (err as Error).message);
+        this.volumes.set(v.name, e);
+        this.event('Warning', 'FailedMount', e.message);
+      }
+    }
+  }
+
+  // --- images ---
+  private pullPolicyAlways(c: Container): boolean | 'never' {
+    if (c.imagePullPolicy === PullPolicy.PULL_POLICY_NEVER) return 'never';
+    if (c.imagePullPolicy === PullPolicy.PULL_POLICY_ALWAYS) return true;
+    if (c.imagePullPolicy === PullPolicy.PULL_POLICY_IF_NOT_PRESENT) return false;
+    return defaultPullAlways(c.image);
+  }
+
+  /** One pull per image at a time, shared by every unit that uses it. */
+  private pull(c: Container): Promise<ImageInfo> {
+    const ref = c.image;
+    const existing = this.pulls.get(ref);
+    if (existing) return existing;
+    const p = (async () => {
+      const policy = this.pullPolicyAlways(c);
+      if (policy !== true) {
+        const cached = await this.o.images.cached(ref);
+        if (cached) return cached;
+        if (policy === 'never') throw new ImagePullFailure(`Container image "${ref}" is not present with pull policy of Never`, 'never');
+      }
+      const cred = this.req?.registryCredentials.find((r) => r.registry === registryOf(ref));
+      this.event('Normal', 'Pulling', `Pulling image "${ref}"`, c.name);
+      const t0 = Date.now();
+      const img = await this.o.images.pull(ref, {
+        auth: cred ? { username: cred.username, password: cred.password, identityToken: cred.identityToken } : undefined,
+      });
+      this.event('Normal', 'Pulled', `Successfully pulled image "${ref}" in ${Date.now() - t0}ms`, c.name);
+      return img;
+    })();
+    this.pulls.set(ref, p);
+    // Keep a success for this pod generation's restarts; forget a failure so it is retried.
+    p.catch(() => this.pulls.delete(ref));
+    return p;
+  }
+
+  private async ensureImage(u: Unit, signal: AbortSignal): Promise<ImageInfo | undefined> {
+    for (;;) {
+      if (signal.aborted) return undefined;
+      try {
+        const img = await this.pull(u.spec);
+        this.pullBackoff.delete(u.spec.image);
+        return img;
+      } catch (err) {
+        const never = err instanceof ImagePullFailure && err.kind === 'never';
+        const msg = (err as Error).message;
+        u.showWaiting(never ? 'ErrImageNeverPull' : 'ErrImagePull', msg);
+        this.event('Warning', 'Failed', `Failed to pull image "${u.spec.image}": ${msg}`, u.name);
+        let b = this.pullBackoff.get(u.spec.image);
+        if (!b) this.pullBackoff.set(u.spec.image, (b = new Backoff(this.unitCtx.backoff)));
+        const delay = Math.max(b.next(0), this.unitCtx.backoff.baseMs);
+        await sleepAbortable(Math.min(delay / 2, 2000), signal);
+        if (signal.aborted) return undefined;
+        u.showWaiting(never ? 'ErrImageNeverPull' : 'ImagePullBackOff', `Back-off pulling image "${u.spec.image}": ${msg}`);
+        this.event('Normal', 'BackOff', `Back-off pulling image "${u.spec.image}"`, u.name);
+        await sleepAbortable(delay, signal);
+      }
+    }
+  }
+
+  // --- OCI spec ---
+  private async buildUnitSpec(u: Unit, image: ImageInfo, inst: Instance): Promise<Record<string, unknown>> {
+    const req = this.req!;
+    const pod = req.pod!;
+    const spec = pod.spec!;
+    const c = u.spec;
+    const psc = spec.securityContext;
+    const sc = c.securityContext;
+    // Environment: image, then envFrom, then env, with $(VAR) expansion over what came before.
+    const env = new Map<string, string>();
+    for (const e of image.config.env) {
+      const i = e.indexOf('=');
+      if (i > 0) env.set(e.slice(0, i), e.slice(i + 1));
+    }
+    env.set('HOSTNAME', podHostname(pod));
+    for (const [i, ef] of c.envFrom.entries()) {
+      const src = ef.source;
+      if (!src) continue;
+      const name = src.value.name;
+      const data =
+        src.$case === 'secretRef'
+          ? req.secrets[name] && Object.fromEntries(Object.entries(req.secrets[name]!.data).map(([k, v]) => [k, Buffer.from(v).toString('utf8')]))
+          : req.configMaps[name]?.data;
+      if (!data) {
+        if (src.value.optional) continue;
+        throw new ConfigError(`envFrom[${i}]: ${src.$case === 'secretRef' ? 'secret' : 'configmap'} "${name}" not found`);
+      }
+      for (const [k, v] of Object.entries(data)) env.set(ef.prefix + k, v);
+    }
+    for (const e of c.env) {
+      const vf = e.valueFrom?.source;
+      if (!vf) {
+        env.set(e.name, expand(e.value, (n) => env.get(n)));
+        continue;
+      }
+      let v: string | undefined;
+      switch (vf.$case) {
+        case 'secretKeyRef': {
+          const s = req.secrets[vf.value.name];
+          const b = s?.data[vf.value.key];
+          if (b === undefined && !vf.value.optional) throw new ConfigError(`env ${e.name}: ${s ? `key "${vf.value.key}" not found in` : 'missing'} secret "${vf.value.name}"`);
+          v = b === undefined ? undefined : Buffer.from(b).toString('utf8');
+          break;
+        }
+        case 'configMapKeyRef': {
+          const m = req.configMaps[vf.value.name];
+          v = m?.data[vf.value.key];
+          if (v === undefined && !vf.value.optional) throw new ConfigError(`env ${e.name}: ${m ? `key "${vf.value.key}" not found in` : 'missing'} configmap "${vf.value.name}"`);
+          break;
+        }
+        case 'fieldRef':
+          try {
+            v = fieldValue(pod, vf.value, this.o.podIP, this.o.hostIP);
+          } catch (err) {
+            throw new ConfigError(`env ${e.name}: ${(err as Error).message}`);
+          }
+          break;
+        case 'resourceFieldRef':
+          try {
+            v = resourceValue(pod, vf.value, c.name);
+          } catch (err) {
+            throw new ConfigError(`env ${e.name}: ${(err as Error).message}`);
+          }
+          break;
+      }
+      if (v !== undefined) env.set(e.name, v);
+    }
+    const argv = resolveArgv({ command: c.command, args: c.args, entrypoint: image.config.entrypoint, cmd: image.config.cmd, env });
+    if (argv.length === 0) throw new ConfigError('no command specified: the image has no entrypoint or cmd and the container has no command');
+    // User and groups from the image.
+    let user;
+    try {
+      user = resolveUser({
+        rootfs: inst.paths.rootfs,
+        imageUser: image.config.user,
+        runAsUser: sc?.runAsUser ?? psc?.runAsUser,
+        runAsGroup: sc?.runAsGroup ?? psc?.runAsGroup,
+        supplementalGroups: psc?.supplementalGroups ?? [],
+        fsGroup: psc?.fsGroup,
+      });
+    } catch (err) {
+      if (err instanceof UserError) throw new ConfigError(err.message);
+      throw err;
+    }
+    const nonRoot = sc?.runAsNonRoot ?? psc?.runAsNonRoot;
+    if (nonRoot && user.uid === 0) {
+      throw new ConfigError(`container has runAsNonRoot and image will run as root (pod: "${pod.metadata?.name}", container: ${c.name})`);
+    }
+    if (!env.has('HOME')) env.set('HOME', user.home);
+    const privileged = sc?.privileged ?? false;
+    // Seccomp: container, else pod, else RuntimeDefault; privileged units are unconfined.
+    const prof = sc?.seccompProfile?.type ? sc.seccompProfile : psc?.seccompProfile?.type ? psc.seccompProfile : undefined;
+    let seccomp: SeccompProfile | undefined = runtimeDefaultProfile();
+    if (privileged || prof?.type === SeccompProfileType.SECCOMP_PROFILE_TYPE_UNCONFINED) seccomp = undefined;
+    else if (prof?.type === SeccompProfileType.SECCOMP_PROFILE_TYPE_LOCALHOST) {
+      const p = resolveInRoot(this.o.seccompProfileDir, prof.localhostProfile);
+      try {
+        seccomp = JSON.parse(await readFile(p, 'utf8')) as SeccompProfile;
+      } catch (err) {
+        throw new ConfigError(`seccomp Localhost profile "${prof.localhostProfile}" cannot be loaded from ${this.o.seccompProfileDir}: ${(err as Error).message}`);
+      }
+    }
+    // Mounts: volumes, then the pod's files unless a volume covers them, then the
+    // termination-message file.
+    const mounts: OciMount[] = [];
+    const dests = new Set<string>();
+    for (const m of c.volumeMounts) {
+      const v = this.volumes.get(m.name);
+      if (!v) throw new ConfigError(`volume "${m.name}" is not prepared`);
+      if (v instanceof VolumeError) throw new ConfigError(v.message);
+      let src = v.hostPath;
+      const sub = m.subPathExpr ? expand(m.subPathExpr, (n) => env.get(n)) : m.subPath;
+      if (sub) {
+        try {
+          src = resolveSubPath(v.hostPath, sub);
+        } catch (err) {
+          throw new ConfigError(`volumeMounts "${m.name}" subPath: ${(err as Error).message}`);
+        }
+      }
+      mounts.push(bindMount(src, m.mountPath, m.readOnly || v.forceReadOnly));
+      dests.add(m.mountPath);
+    }
+    const pf = this.podFiles!;
+    if (!dests.has('/etc/hosts')) mounts.push(bindMount(pf.hosts, '/etc/hosts', false));
+    if (!dests.has('/etc/resolv.conf')) mounts.push(bindMount(pf.resolv, '/etc/resolv.conf', false));
+    if (!dests.has('/etc/hostname')) mounts.push(bindMount(pf.hostname, '/etc/hostname', false));
+    mounts.push(bindMount(inst.paths.termination, c.terminationMessagePath || '/dev/termination-log', false));
+    const sysctls: Record<string, string> = {};
+    for (const s of psc?.sysctls ?? []) sysctls[s.name] = s.value;
+    return buildSpec({
+      rootfs: inst.paths.rootfs,
+      readOnlyRoot: sc?.readOnlyRootFilesystem ?? false,
+      argv,
+      env: [...env].map(([k, v]) => `${k}=${v}`),
+      cwd: c.workingDir || image.config.workingDir || '/',
+      user,
+      tty: c.tty,
+      hostname: podHostname(pod),
+      capabilities: resolveCapabilities({ add: sc?.capabilities?.add ?? [], drop: sc?.capabilities?.drop ?? [], privileged }),
+      noNewPrivileges: !privileged && sc?.allowPrivilegeEscalation === false,
+      seccomp,
+      privileged,
+      mounts,
+      cgroupsPath: `${u.cgroup}/i${inst.instance}`,
+      netnsPath: this.o.netnsPath,
+      sysctls,
+      shmBytes: 64 * 1024 * 1024,
+    });
+  }
+
+  // --- status ---
+  status(): GetStatusResponse {
+    const req = this.req;
+    if (!req) return { status: undefined, generation: 0, podUid: '' };
+    const spec = req.pod!.spec!;
+    const init = this.initUnits.map((u) => u.status());
+    const main = this.units.map((u) => u.status());
+    const phase = podPhase(spec, init, main);
+    const initialized = this.initUnits.every((u) => u.succeeded);
+    const allReady = main.length > 0 && main.every((s) => s.ready);
+    const notReady = main.filter((s) => !s.ready).map((s) => s.name);
+    const conds = [
+      this.conditions.set('PodReadyToStartContainers', true),
+      this.conditions.set('Initialized', initialized, initialized ? '' : 'ContainersNotInitialized', initialized ? '' : `containers with incomplete status: [${this.initUnits.filter((u) => !u.succeeded).map((u) => u.name).join(' ')}]`),
+      this.conditions.set('ContainersReady', allReady, allReady ? '' : 'ContainersNotReady', allReady ? '' : `containers with unready status: [${notReady.join(' ')}]`),
+      this.conditions.set('Ready', allReady, allReady ? '' : 'ContainersNotReady', allReady ? '' : `containers with unready status: [${notReady.join(' ')}]`),
+      this.conditions.set('PodScheduled', true),
+    ];
+    if (phase === PodPhase.POD_PHASE_SUCCEEDED || phase === PodPhase.POD_PHASE_FAILED) {
+      conds[2] = this.conditions.set('ContainersReady', false, 'PodCompleted');
+      conds[3] = this.conditions.set('Ready', false, 'PodCompleted');
+    }
+    const status: PodStatus = {
+      phase,
+      conditions: conds,
+      message: '',
+      reason: '',
+      podIp: this.o.podIP,
+      podIps: [this.o.podIP],
+      hostIp: this.o.hostIP,
+      startTime: this.startTime,
+      initContainerStatuses: init,
+      containerStatuses: main,
+      observedGeneration: this.generation,
+      qosClass: qosClass(spec),
+    };
+    return { status, generation: this.generation, podUid: req.pod!.metadata!.uid };
+  }
+
+  // --- delete, restore, shutdown ---
+  delete(graceSeconds: number | undefined): Promise<void> {
+    return this.serial(() => this.teardown(graceSeconds !== undefined ? graceSeconds * 1000 : this.graceMs()));
+  }
+
+  private async teardown(graceMs: number): Promise<void> {
+    this.initRun++;
+    const all = [...this.initUnits, ...this.units];
+    await Promise.all([...all.map((u) => u.stop(graceMs)), ...this.stopping]);
+    for (const u of all) await this.o.cgroups.remove(u.cgroup).catch(() => {});
+    await this.o.cgroups.remove(this.o.cgroupParent).catch(() => {});
+    for (const l of this.logs.values()) l.close();
+    this.logs.clear();
+    await removeVolumes(this.dirs.volumes);
+    await rm(this.dirs.units, { recursive: true, force: true });
+    await rm(this.dirs.req, { force: true });
+    this.initUnits = [];
+    this.units = [];
+    this.req = undefined;
+    this.pulls.clear();
+    this.startTime = undefined;
+    this.event('Normal', 'Deleted', 'pod deleted');
+    this.changed();
+  }
+
+  /** After an agent restart: reload the pod and re-adopt units still running. */
+  async restore(): Promise<boolean> {
+    if (!existsSync(this.dirs.req)) return false;
+    const req = ApplyPodRequest.decode(readFileSync(this.dirs.req));
+    const spec = req.pod!.spec!;
+    this.req = req;
+    this.generation = req.generation;
+    this.startTime = new Date();
+    this.podFiles = writePodFiles(this.dirs.pod, req.pod!, this.o.podIP);
+    await this.prepareVolumes();
+    const mk = (c: Container, isInit: boolean) => this.newUnit(c, hashContainer(c, spec.securityContext), isInit);
+    this.initUnits = spec.initContainers.map((c) => mk(c, true));
+    this.units = spec.containers.map((c) => mk(c, false));
+    const initDone = this.initUnits.every((u) => Unit.readRecord(u.dir)?.completed);
+    for (const u of [...this.initUnits, ...this.units]) {
+      const rec = Unit.readRecord(u.dir);
+      if (!rec) continue;
+      const image = await this.o.images.cached(u.spec.image).catch(() => undefined);
+      if (!u.isInit && !initDone) continue;
+      u.start({ record: rec, image });
+    }
+    this.o.logger.info({ units: existsSync(this.dirs.units) ? readdirSync(this.dirs.units) : [] }, 'restored pod from state dir');
+    void this.runPod();
+    this.changed();
+    return true;
+  }
+
+  /** Agent shutdown: the units keep running for the next agent to adopt. */
+  shutdown(): void {
+    this.initRun++;
+    for (const u of [...this.initUnits, ...this.units]) u.detach();
+  }
+}
+
+function sleepAbortable(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done);
+  });
+}
+
+/** Resolves when a started unit's supervision loop has ended. */
+function waitFinished(u: Unit, pm: EventEmitter): Promise<void> {
+  return new Promise((resolve) => {
+    const check = () => {
+      if (u.finished || u.succeeded) {
+        pm.off('status', check);
+        resolve();
+      }
+    };
+    pm.on('status', check);
+    check();
+  });
+}

@@ -1,0 +1,611 @@
+// Supervises one unit (container) of the pod: image, instance creation, start, exit, restart
+// with back-off, probes, and stop. Its lifecycle is the explicit UnitState machine.
+import { once } from 'node:events';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type pino from 'pino';
+import type { Container, ContainerState, ContainerStatus } from '@cello/proto/cell';
+import { RestartPolicy, TerminationMessagePolicy } from '@cello/proto/cell';
+import type { CgroupDriver, UnitLimits } from '../cgroups/driver.js';
+import type { ImageInfo } from '../images/image-service.js';
+import { type ExitInfo, Instance, type InstanceMeta } from '../runtime/instance.js';
+import type { Runc } from '../runtime/runc.js';
+import type { LogSink, RuncTarget, UnitStdio, UnitView } from '../units/unit-view.js';
+import { Backoff, type BackoffPolicy } from './backoff.js';
+import { Prober } from './probes.js';
+import { checkTransition, type UnitState } from './unit-state.js';
+
+export interface UnitContext {
+  logger: pino.Logger;
+  runc: Runc;
+  cgroups: CgroupDriver;
+  backoff: BackoffPolicy;
+  probeSecondMs: number;
+  pidsLimit: number | undefined;
+  restartPolicy(): RestartPolicy;
+  podIP(): string;
+  /** Pulls (per policy) with retries; shows ErrImagePull/ImagePullBackOff on the unit meanwhile. */
+  ensureImage(unit: Unit, signal: AbortSignal): Promise<ImageInfo | undefined>;
+  /** Writes the OCI spec for this instance; throws ConfigError for a bad configuration. */
+  buildSpec(unit: Unit, image: ImageInfo, inst: Instance): Promise<Record<string, unknown>>;
+  /** A log sink for a new instance of the unit. */
+  newSink(unit: Unit): LogSink;
+  changed(): void;
+  event(type: 'Normal' | 'Warning', reason: string, message: string, container: string): void;
+}
+
+/** A configuration problem detected before runc runs: shown as CreateContainerConfigError. */
+export class ConfigError extends Error {}
+
+interface UnitRecord {
+  hash: string;
+  restartCount: number;
+  instanceCounter: number;
+  lastState?: TerminatedJson;
+  current?: { instance: number; startedAt?: string; imageDigest: string; stopSignal: string };
+  completed?: boolean;
+}
+
+interface TerminatedJson {
+  exitCode: number;
+  signal: number;
+  reason: string;
+  message: string;
+  startedAt?: string;
+  finishedAt: string;
+  containerId: string;
+}
+
+const SIGNALS: Record<number, string> = { 1: 'SIGHUP', 2: 'SIGINT', 3: 'SIGQUIT', 9: 'SIGKILL', 15: 'SIGTERM' };
+
+function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done);
+  });
+}
+
+export class Unit implements UnitView {
+  readonly name: string;
+  readonly stdin: boolean;
+  readonly tty: boolean;
+  state: UnitState = { kind: 'waiting', reason: 'ContainerCreating', message: '' };
+  restarts = 0;
+  lastState: UnitState | undefined;
+  ready = false;
+  started: boolean | undefined;
+  image: ImageInfo | undefined;
+  instance: Instance | undefined;
+  private instanceCounter = 0;
+  private readonly backoff: Backoff;
+  private abort = new AbortController();
+  private loop: Promise<void> | undefined;
+  private stopRequested = false;
+  private probers: Prober[] = [];
+  private killReason: string | undefined;
+  private completed = false;
+
+  constructor(
+    readonly spec: Container,
+    readonly hash: string,
+    readonly isInit: boolean,
+    readonly dir: string,
+    readonly cgroup: string,
+    private readonly ctx: UnitContext,
+  ) {
+    this.name = spec.name;
+    this.stdin = spec.stdin;
+    this.tty = spec.tty;
+    this.backoff = new Backoff(ctx.backoff);
+    this.started = spec.startupProbe ? false : undefined;
+  }
+
+  // --- UnitView ---
+  running(): boolean {
+    return this.state.kind === 'running' || this.state.kind === 'stopping';
+  }
+  runc(): RuncTarget | undefined {
+    return this.running() && this.instance ? { root: this.ctx.runc.root, id: this.instance.id } : undefined;
+  }
+  pid(): number | undefined {
+    return this.running() ? this.instance?.pid : undefined;
+  }
+  cgroupPath(): string {
+    return this.cgroup;
+  }
+  restartCount(): number {
+    return this.restarts;
+  }
+  startedAt(): Date | undefined {
+    return this.state.kind === 'running' ? this.state.startedAt : undefined;
+  }
+  memoryLimitBytes(): number | undefined {
+    return this.spec.resources?.limits?.memoryBytes;
+  }
+  attach(): UnitStdio | undefined {
+    const inst = this.instance;
+    if (!this.running() || !inst) return undefined;
+    return {
+      stdin: this.stdin ? inst.stdinWritable() : undefined,
+      output: inst.tap(),
+      resize: (c, r) => inst.resize(c, r),
+    };
+  }
+
+  /** True once an init unit has completed successfully (it is never run again). */
+  get succeeded(): boolean {
+    return this.completed;
+  }
+
+  get finished(): boolean {
+    return this.state.kind === 'exited' && this.loop === undefined;
+  }
+
+  private setState(s: UnitState): void {
+    checkTransition(this.state, s);
+    this.state = s;
+    void this.persist();
+    this.ctx.changed();
+  }
+
+  /** Shows an image problem while the unit waits for it. */
+  showWaiting(reason: string, message: string): void {
+    if (this.state.kind === 'waiting' || this.state.kind === 'exited') this.setState({ kind: 'waiting', reason, message });
+  }
+
+  limits(): UnitLimits {
+    const r = this.spec.resources;
+    return {
+      memoryBytes: r?.limits?.memoryBytes,
+      cpuMillis: r?.limits?.cpuMillis,
+      cpuRequestMillis: r?.requests?.cpuMillis ?? r?.limits?.cpuMillis,
+      pids: this.ctx.pidsLimit,
+    };
+  }
+
+  // --- persistence, so a restarted agent knows restart counts and the current instance ---
+  private recordPath(): string {
+    return join(this.dir, 'unit.json');
+  }
+
+  private async persist(): Promise<void> {
+    const rec: UnitRecord = {
+      hash: this.hash,
+      restartCount: this.restarts,
+      instanceCounter: this.instanceCounter,
+      completed: this.completed,
+      ...(this.lastState?.kind === 'exited' ? { lastState: toJson(this.lastState) } : {}),
+      ...(this.instance && this.image
+        ? {
+            current: {
+              instance: this.instance.instance,
+              imageDigest: this.image.digest,
+              stopSignal: this.image.config.stopSignal,
+              ...(this.instance.startedAt ? { startedAt: this.instance.startedAt.toISOString() } : {}),
+            },
+          }
+        : {}),
+    };
+    try {
+      await mkdir(this.dir, { recursive: true });
+      await writeFile(this.recordPath() + '.tmp', JSON.stringify(rec));
+      const { rename } = await import('node:fs/promises');
+      await rename(this.recordPath() + '.tmp', this.recordPath());
+    } catch (err) {
+      this.ctx.logger.warn({ err, unit: this.name }, 'cannot persist unit record');
+    }
+  }
+
+  static readRecord(dir: string): UnitRecord | undefined {
+    try {
+      return JSON.parse(readFileSync(join(dir, 'unit.json'), 'utf8')) as UnitRecord;
+    } catch {
+      return undefined;
+    }
+  }
+
+  // --- lifecycle ---
+  /** Starts supervising; with `adopt`, reconnects to the instance a previous agent left. */
+  start(adopt?: { record: UnitRecord; image: ImageInfo | undefined }): void {
+    if (this.loop) return;
+    this.stopRequested = false;
+    this.abort = new AbortController();
+    let adopted: Instance | undefined;
+    if (adopt) {
+      const r = adopt.record;
+      this.restarts = r.restartCount;
+      this.instanceCounter = r.instanceCounter;
+      this.completed = r.completed ?? false;
+      if (r.lastState) this.lastState = fromJson(r.lastState);
+      this.image = adopt.image;
+      if (r.current) adopted = this.adoptInstance(r.current.instance);
+      if (this.completed && !adopted) {
+        this.state = { kind: 'exited', exitCode: 0, signal: 0, reason: 'Completed', message: '', startedAt: undefined, finishedAt: new Date(), containerId: '' };
+        if (this.lastState?.kind === 'exited') this.state = this.lastState;
+        return;
+      }
+    }
+    this.loop = this.run(adopted).finally(() => {
+      this.loop = undefined;
+      this.ctx.changed();
+    });
+  }
+
+  private adoptInstance(n: number): Instance | undefined {
+    const dir = join(this.dir, `i${n}`);
+    let meta: InstanceMeta;
+    try {
+      meta = JSON.parse(readFileSync(join(dir, 'meta.json'), 'utf8')) as InstanceMeta;
+    } catch {
+      return undefined;
+    }
+    const inst = new Instance({ dir, id: meta.id, instance: n, runc: this.ctx.runc, tty: meta.tty, stdin: meta.stdin, sink: this.ctx.newSink(this), logger: this.ctx.logger });
+    this.instance = inst;
+    return inst;
+  }
+
+  private async run(adopted: Instance | undefined): Promise<void> {
+    let inst = adopted;
+    while (!this.stopRequested) {
+      if (!inst) {
+        inst = await this.create();
+        if (!inst) {
+          if (this.stopRequested) break;
+          continue;
+        }
+      } else {
+        // Adopted: the previous agent started it.
+        const exitedP = once(inst, 'exited') as Promise<[ExitInfo]>;
+        const startedP = once(inst, 'started');
+        await inst.adopt(JSON.parse(readFileSync(join(inst.dir, 'meta.json'), 'utf8')) as InstanceMeta);
+        if (inst.pid !== undefined) {
+          this.state = { kind: 'running', startedAt: readStartedAt(inst) ?? inst.startedAt ?? new Date() };
+          this.startProbes(inst);
+          this.ctx.changed();
+        } else {
+          void startedP.then(() => this.onStarted(inst!)).catch(() => {});
+        }
+        const [exit] = await exitedP;
+        const restart = await this.onExited(inst, exit);
+        inst = undefined;
+        if (!restart) break;
+        continue;
+      }
+      const exitedP = once(inst, 'exited') as Promise<[ExitInfo]>;
+      const current = inst;
+      inst.once('started', () => this.onStarted(current));
+      const oomBefore = await this.ctx.cgroups.oomKills(this.cgroup);
+      (inst as Instance & { oomBefore?: number }).oomBefore = oomBefore;
+      try {
+        await inst.start();
+      } catch (err) {
+        this.ctx.logger.error({ err, unit: this.name }, 'starting the shim failed');
+      }
+      await this.persist();
+      const [exit] = await exitedP;
+      const restart = await this.onExited(inst, exit);
+      inst = undefined;
+      if (!restart) break;
+    }
+  }
+
+  /** Creates the next instance (image, rootfs, spec). Undefined: retry (after back-off) or stop. */
+  private async create(): Promise<Instance | undefined> {
+    const image = await this.ctx.ensureImage(this, this.abort.signal);
+    if (!image || this.stopRequested) return undefined;
+    this.image = image;
+    const n = ++this.instanceCounter;
+    const inst = new Instance({
+      dir: join(this.dir, `i${n}`),
+      id: `${this.name}-${n}`,
+      instance: n,
+      runc: this.ctx.runc,
+      tty: this.tty,
+      stdin: this.stdin,
+      sink: this.ctx.newSink(this),
+      logger: this.ctx.logger,
+    });
+    try {
+      this.setState({ kind: 'starting', since: new Date() });
+      await this.ctx.cgroups.ensure(this.cgroup, this.limits());
+      await inst.prepare(image.layerDirs);
+      await inst.writeSpec(await this.ctx.buildSpec(this, image, inst));
+      this.instance = inst;
+      this.ctx.event('Normal', 'Created', `Created container ${this.name}`, this.name);
+      return inst;
+    } catch (err) {
+      await inst.cleanup().catch(() => {});
+      const reason = err instanceof ConfigError ? 'CreateContainerConfigError' : 'CreateContainerError';
+      const msg = (err as Error).message;
+      this.ctx.logger.warn({ unit: this.name, err: msg }, 'cannot create unit instance');
+      this.ctx.event('Warning', 'Failed', `Error: ${msg}`, this.name);
+      this.setState({ kind: 'waiting', reason, message: msg });
+      const delay = Math.max(this.backoff.next(0), this.ctx.backoff.baseMs);
+      await abortableSleep(delay, this.abort.signal);
+      return undefined;
+    }
+  }
+
+  private onStarted(inst: Instance): void {
+    if (this.state.kind !== 'starting' || this.instance !== inst) return;
+    this.setState({ kind: 'running', startedAt: inst.startedAt ?? new Date() });
+    this.ctx.event('Normal', 'Started', `Started container ${this.name}`, this.name);
+    this.startProbes(inst);
+  }
+
+  private startProbes(inst: Instance): void {
+    const target = {
+      runcBinary: this.ctx.runc.binary,
+      runcRoot: this.ctx.runc.root,
+      containerId: inst.id,
+      podIP: this.ctx.podIP(),
+      container: this.spec,
+    };
+    const s = this.spec;
+    const startRest = () => {
+      if (s.livenessProbe) {
+        const p = new Prober('liveness', s.livenessProbe, target, (ok, msg) => {
+          if (!ok) void this.livenessFailed(inst, msg);
+        }, this.ctx.probeSecondMs);
+        this.probers.push(p);
+        p.start();
+      }
+      if (s.readinessProbe) {
+        const p = new Prober('readiness', s.readinessProbe, target, (ok, msg) => {
+          if (this.instance !== inst || !this.running()) return;
+          if (!ok) this.ctx.event('Warning', 'Unhealthy', `Readiness probe failed: ${msg}`, this.name);
+          if (this.ready !== ok) {
+            this.ready = ok;
+            this.ctx.changed();
+          }
+        }, this.ctx.probeSecondMs);
+        this.probers.push(p);
+        p.start();
+      } else if (!this.isInit) {
+        this.ready = true;
+        this.ctx.changed();
+      }
+    };
+    if (s.startupProbe) {
+      this.started = false;
+      const p = new Prober('startup', s.startupProbe, target, (ok, msg) => {
+        if (ok) {
+          this.started = true;
+          this.ctx.changed();
+          startRest();
+        } else void this.livenessFailed(inst, `Startup probe failed: ${msg}`);
+      }, this.ctx.probeSecondMs);
+      this.probers.push(p);
+      p.start();
+    } else {
+      this.started = true;
+      startRest();
+    }
+  }
+
+  private stopProbes(): void {
+    for (const p of this.probers.splice(0)) p.stop();
+  }
+
+  private async livenessFailed(inst: Instance, msg: string): Promise<void> {
+    if (this.instance !== inst || this.state.kind !== 'running') return;
+    this.ctx.event('Warning', 'Unhealthy', msg.startsWith('Startup') ? msg : `Liveness probe failed: ${msg}`, this.name);
+    this.ctx.event('Normal', 'Killing', `Container ${this.name} failed liveness probe, will be restarted`, this.name);
+    this.killReason = 'liveness';
+    const grace = this.spec.livenessProbe?.terminationGracePeriodSeconds;
+    await this.killInstance(inst, grace !== undefined ? grace * 1000 : undefined);
+  }
+
+  /** SIGTERM (or the image's stop signal), then SIGKILL to everything in the unit after grace. */
+  private async killInstance(inst: Instance, graceMs: number | undefined): Promise<void> {
+    const g = graceMs ?? this.graceMs;
+    this.stopProbes();
+    if (this.state.kind === 'running' || this.state.kind === 'starting') {
+      this.setState({ kind: 'stopping', startedAt: this.state.kind === 'running' ? this.state.startedAt : undefined, since: new Date(), reason: this.killReason ?? 'stop' });
+    }
+    if (inst.done) return;
+    const exited = once(inst, 'exited');
+    const sig = this.image?.config.stopSignal || 'SIGTERM';
+    if (g > 0 && inst.pid !== undefined) await inst.kill(sig).catch(() => {});
+    const timer = new Promise<'timeout'>((r) => {
+      const t = setTimeout(() => r('timeout'), g);
+      void exited.then(() => clearTimeout(t));
+    });
+    if ((await Promise.race([exited.then(() => 'exited' as const), timer])) === 'timeout') {
+      this.ctx.logger.info({ unit: this.name }, 'grace period over, killing');
+      await inst.kill('SIGKILL', true).catch(() => {});
+      await this.ctx.cgroups.killAll(this.cgroup).catch((err) => this.ctx.logger.warn({ err }, 'cgroup kill failed'));
+      await exited;
+    }
+  }
+
+  graceMs = 30_000;
+
+  private async onExited(inst: Instance, exit: ExitInfo): Promise<boolean> {
+    this.stopProbes();
+    const ooms = await this.ctx.cgroups.oomKills(this.cgroup);
+    const oomBefore = (inst as Instance & { oomBefore?: number }).oomBefore ?? ooms;
+    let reason: string;
+    let message = '';
+    let code = exit.exitCode;
+    const signal = code > 128 && code < 160 ? code - 128 : 0;
+    if (exit.startError !== undefined) {
+      reason = 'StartError';
+      message = exit.startError;
+      code = 128;
+    } else if (ooms > oomBefore) reason = 'OOMKilled';
+    else reason = code === 0 ? 'Completed' : 'Error';
+    if (exit.startError === undefined) message = this.terminationMessage(inst, code);
+    const term: UnitState = {
+      kind: 'exited',
+      exitCode: code,
+      signal,
+      reason,
+      message,
+      startedAt: inst.startedAt ?? (this.state.kind === 'running' ? this.state.startedAt : undefined),
+      finishedAt: exit.finishedAt,
+      containerId: `runc://${inst.id}`,
+    };
+    this.ready = false;
+    if (this.spec.startupProbe) this.started = false;
+    this.setState(term);
+    this.ctx.logger.info({ unit: this.name, exitCode: code, reason, signal: SIGNALS[signal] }, 'unit exited');
+    if (reason === 'StartError') this.ctx.event('Warning', 'Failed', `Error: ${message}`, this.name);
+    await inst.cleanup().catch((err) => this.ctx.logger.warn({ err }, 'instance cleanup failed'));
+    this.instance = undefined;
+    this.killReason = undefined;
+    if (this.stopRequested) {
+      await this.persist();
+      return false;
+    }
+    const policy = this.ctx.restartPolicy();
+    const failed = code !== 0;
+    let restart: boolean;
+    if (this.isInit) {
+      if (!failed) this.completed = true;
+      restart = failed && policy !== RestartPolicy.RESTART_POLICY_NEVER;
+    } else if (policy === RestartPolicy.RESTART_POLICY_NEVER) restart = false;
+    else if (policy === RestartPolicy.RESTART_POLICY_ON_FAILURE) restart = failed;
+    else restart = true;
+    if (!restart) {
+      await this.persist();
+      return false;
+    }
+    const ran = term.startedAt ? term.finishedAt.getTime() - term.startedAt.getTime() : 0;
+    const delay = this.backoff.next(ran);
+    this.lastState = term;
+    this.restarts++;
+    if (delay > 0) {
+      const msg = `back-off ${Math.round(delay / 1000)}s restarting failed container=${this.name}`;
+      this.setState({ kind: 'waiting', reason: 'CrashLoopBackOff', message: msg });
+      this.ctx.event('Warning', 'BackOff', `Back-off restarting failed container ${this.name}`, this.name);
+      await abortableSleep(delay, this.abort.signal);
+    } else {
+      this.setState({ kind: 'waiting', reason: 'ContainerCreating', message: '' });
+    }
+    return !this.stopRequested;
+  }
+
+  private terminationMessage(inst: Instance, code: number): string {
+    const f = inst.paths.termination;
+    let msg = '';
+    try {
+      if (existsSync(f)) msg = readFileSync(f).subarray(0, 4096).toString('utf8');
+    } catch {
+      /* none */
+    }
+    if (msg === '' && code !== 0 && this.spec.terminationMessagePolicy === TerminationMessagePolicy.TERMINATION_MESSAGE_POLICY_FALLBACK_TO_LOGS_ON_ERROR) {
+      const lines = inst.tail.text().split('\n');
+      if (lines[lines.length - 1] === '') lines.pop();
+      msg = lines.slice(-80).join('\n');
+      if (msg.length > 2048) msg = msg.slice(msg.length - 2048);
+    }
+    return msg;
+  }
+
+  /** Stops the unit for good (delete, or a spec change). Resolves when it is gone. */
+  async stop(graceMs: number): Promise<void> {
+    this.stopRequested = true;
+    this.abort.abort();
+    const inst = this.instance;
+    if (inst && !inst.done && (this.state.kind === 'running' || this.state.kind === 'starting' || this.state.kind === 'stopping')) {
+      this.ctx.event('Normal', 'Killing', `Stopping container ${this.name}`, this.name);
+      await this.killInstance(inst, graceMs);
+    }
+    await this.loop;
+    this.stopProbes();
+    if (this.state.kind === 'waiting') {
+      this.setState({ kind: 'exited', exitCode: 0, signal: 0, reason: 'Completed', message: 'never started', startedAt: undefined, finishedAt: new Date(), containerId: '' });
+    }
+  }
+
+  /** Agent shutdown: leave the unit running, stop watching it. */
+  detach(): void {
+    this.stopRequested = true;
+    this.abort.abort();
+    this.stopProbes();
+    this.instance?.detach();
+  }
+
+  status(): ContainerStatus {
+    return {
+      name: this.name,
+      state: toContainerState(this.state),
+      lastState: this.lastState ? toContainerState(this.lastState) : undefined,
+      ready: this.ready && this.state.kind === 'running',
+      restartCount: this.restarts,
+      image: this.spec.image,
+      imageId: this.image?.digest ?? '',
+      containerId: this.instance ? `runc://${this.instance.id}` : this.state.kind === 'exited' ? this.state.containerId : '',
+      ...(this.isInit ? {} : { started: this.state.kind === 'running' && this.started !== false }),
+    };
+  }
+}
+
+function readStartedAt(inst: Instance): Date | undefined {
+  try {
+    const rec = JSON.parse(readFileSync(join(inst.dir, '..', 'unit.json'), 'utf8')) as UnitRecord;
+    return rec.current?.startedAt ? new Date(rec.current.startedAt) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function toContainerState(s: UnitState): ContainerState {
+  switch (s.kind) {
+    case 'waiting':
+      return { state: { $case: 'waiting', value: { reason: s.reason, message: s.message } } };
+    case 'starting':
+      return { state: { $case: 'waiting', value: { reason: 'ContainerCreating', message: '' } } };
+    case 'running':
+    case 'stopping':
+      return { state: { $case: 'running', value: { startedAt: s.startedAt } } };
+    case 'exited':
+      return {
+        state: {
+          $case: 'terminated',
+          value: {
+            exitCode: s.exitCode,
+            signal: s.signal,
+            reason: s.reason,
+            message: s.message,
+            startedAt: s.startedAt,
+            finishedAt: s.finishedAt,
+            containerId: s.containerId,
+          },
+        },
+      };
+  }
+}
+
+function toJson(s: Extract<UnitState, { kind: 'exited' }>): TerminatedJson {
+  return {
+    exitCode: s.exitCode,
+    signal: s.signal,
+    reason: s.reason,
+    message: s.message,
+    ...(s.startedAt ? { startedAt: s.startedAt.toISOString() } : {}),
+    finishedAt: s.finishedAt.toISOString(),
+    containerId: s.containerId,
+  };
+}
+
+function fromJson(j: TerminatedJson): UnitState {
+  return {
+    kind: 'exited',
+    exitCode: j.exitCode,
+    signal: j.signal,
+    reason: j.reason,
+    message: j.message,
+    startedAt: j.startedAt ? new Date(j.startedAt) : undefined,
+    finishedAt: new Date(j.finishedAt),
+    containerId: j.containerId,
+  };
+}

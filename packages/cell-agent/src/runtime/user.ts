@@ -1,0 +1,107 @@
+// Resolves a unit's user and groups the way the kubelet and containerd do: the image's USER
+// (name or number, optionally ":group"), overridden by runAsUser/runAsGroup; names looked up in
+// the image's own /etc/passwd and /etc/group; supplementary groups from /etc/group plus the
+// pod's supplementalGroups and fsGroup.
+import { readFileSync } from 'node:fs';
+import { resolveInRoot } from './safe-path.js';
+
+export interface ResolvedUser {
+  uid: number;
+  gid: number;
+  additionalGids: number[];
+  home: string;
+  /** The user's name in the image, when it has one. */
+  name?: string;
+}
+
+export class UserError extends Error {}
+
+interface PasswdEntry { name: string; uid: number; gid: number; home: string }
+interface GroupEntry { name: string; gid: number; members: string[] }
+
+function readImageFile(rootfs: string, path: string): string {
+  try {
+    return readFileSync(resolveInRoot(rootfs, path), 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+export function parsePasswd(text: string): PasswdEntry[] {
+  const out: PasswdEntry[] = [];
+  for (const line of text.split('\n')) {
+    const f = line.split(':');
+    if (f.length < 4 || line.startsWith('#')) continue;
+    const uid = Number(f[2]);
+    const gid = Number(f[3]);
+    if (!Number.isInteger(uid) || !Number.isInteger(gid)) continue;
+    out.push({ name: f[0]!, uid, gid, home: f[5] || '/' });
+  }
+  return out;
+}
+
+export function parseGroup(text: string): GroupEntry[] {
+  const out: GroupEntry[] = [];
+  for (const line of text.split('\n')) {
+    const f = line.split(':');
+    if (f.length < 3 || line.startsWith('#')) continue;
+    const gid = Number(f[2]);
+    if (!Number.isInteger(gid)) continue;
+    out.push({ name: f[0]!, gid, members: (f[3] ?? '').split(',').filter(Boolean) });
+  }
+  return out;
+}
+
+const isNum = (s: string) => /^\d+$/.test(s);
+
+export function resolveUser(opts: {
+  rootfs: string;
+  imageUser: string;
+  runAsUser?: number | undefined;
+  runAsGroup?: number | undefined;
+  supplementalGroups?: number[];
+  fsGroup?: number | undefined;
+}): ResolvedUser {
+  const passwd = parsePasswd(readImageFile(opts.rootfs, '/etc/passwd'));
+  const groups = parseGroup(readImageFile(opts.rootfs, '/etc/group'));
+  const [userPart = '', groupPart] = (opts.imageUser || '').split(':');
+  let uid = 0;
+  let gid: number | undefined;
+  let entry: PasswdEntry | undefined;
+  if (opts.runAsUser !== undefined) {
+    uid = opts.runAsUser;
+    entry = passwd.find((p) => p.uid === uid);
+  } else if (userPart === '') {
+    uid = 0;
+    entry = passwd.find((p) => p.uid === 0);
+  } else if (isNum(userPart)) {
+    uid = Number(userPart);
+    entry = passwd.find((p) => p.uid === uid);
+  } else {
+    entry = passwd.find((p) => p.name === userPart);
+    if (!entry) throw new UserError(`unable to find user ${userPart}: no matching entries in the image's /etc/passwd`);
+    uid = entry.uid;
+  }
+  if (opts.runAsGroup !== undefined) gid = opts.runAsGroup;
+  else if (groupPart !== undefined && groupPart !== '' && opts.runAsUser === undefined) {
+    if (isNum(groupPart)) gid = Number(groupPart);
+    else {
+      const g = groups.find((x) => x.name === groupPart);
+      if (!g) throw new UserError(`unable to find group ${groupPart}: no matching entries in the image's /etc/group`);
+      gid = g.gid;
+    }
+  }
+  if (gid === undefined) gid = entry?.gid ?? 0;
+  const extra = new Set<number>();
+  if (entry) for (const g of groups) if (g.members.includes(entry.name) && g.gid !== gid) extra.add(g.gid);
+  for (const g of opts.supplementalGroups ?? []) extra.add(g);
+  if (opts.fsGroup !== undefined) extra.add(opts.fsGroup);
+  extra.delete(gid);
+  return {
+    uid,
+    gid,
+    additionalGids: [...extra].sort((a, b) => a - b),
+    home: entry?.home ?? '/',
+    ...(entry ? { name: entry.name } : {}),
+  };
+}

@@ -1,0 +1,89 @@
+// The cello.cell.v1.CellAgent service: the pod RPCs here, the stream RPCs (logs, exec, attach,
+// port-forward, stats, audit) from the streams module when it is present.
+import os from 'node:os';
+import { type ServerUnaryCall, type sendUnaryData, type ServerWritableStream, status as Status } from '@grpc/grpc-js';
+import type { CellAgentServer, GetStatusResponse, WatchStatusEvent, WatchStatusRequest, Event } from '@cello/proto/cell';
+import type pino from 'pino';
+import { GenerationError, type PodManager } from '../pod/pod-manager.js';
+import { InvalidPodError } from '../pod/validate.js';
+
+export type StreamRpcs = Pick<CellAgentServer, 'logs' | 'exec' | 'attach' | 'portForward' | 'stats' | 'listAudit'>;
+
+export interface ServiceDeps {
+  pod: PodManager;
+  logger: pino.Logger;
+  streams: StreamRpcs | undefined;
+  info: { version: string; cellId: string; runtime: string; cgroupMode: string; startedAt: Date };
+  heartbeatMs: number;
+}
+
+function grpcError(err: unknown): { code: Status; details: string } {
+  if (err instanceof InvalidPodError) return { code: Status.INVALID_ARGUMENT, details: err.message };
+  if (err instanceof GenerationError) return { code: Status.FAILED_PRECONDITION, details: err.message };
+  return { code: Status.INTERNAL, details: (err as Error).message ?? String(err) };
+}
+
+function unimplemented(name: string) {
+  return (call: { emit?: unknown; end?: () => void; destroy?: (e: Error) => void } | unknown, cb?: unknown) => {
+    const e = { code: Status.UNIMPLEMENTED, details: `${name} is not available in this build of the agent` };
+    if (typeof cb === 'function') return (cb as (e: unknown) => void)(e);
+    const c = call as { emit: (ev: string, e: unknown) => void };
+    c.emit('error', e);
+  };
+}
+
+export function createService(d: ServiceDeps): CellAgentServer {
+  const s = d.streams;
+  return {
+    applyPod: (call, cb) => {
+      d.pod.apply(call.request).then(
+        (r) => cb(null, r),
+        (err) => {
+          d.logger.warn({ err: (err as Error).message }, 'ApplyPod refused');
+          cb(grpcError(err));
+        },
+      );
+    },
+    deletePod: (call, cb) => {
+      d.pod.delete(call.request.gracePeriodSeconds).then(
+        () => cb(null, {}),
+        (err) => cb(grpcError(err)),
+      );
+    },
+    getStatus: (_call: ServerUnaryCall<unknown, GetStatusResponse>, cb: sendUnaryData<GetStatusResponse>) => cb(null, d.pod.status()),
+    watchStatus: (call: ServerWritableStream<WatchStatusRequest, WatchStatusEvent>) => {
+      let seq = 0;
+      const onStatus = (st: GetStatusResponse) => call.write({ kind: { $case: 'status', value: st } });
+      const onEvent = (e: Event) => call.write({ kind: { $case: 'event', value: e } });
+      d.pod.on('status', onStatus);
+      d.pod.on('event', onEvent);
+      const hb = setInterval(() => call.write({ kind: { $case: 'heartbeat', value: { time: new Date(), sequence: ++seq } } }), d.heartbeatMs);
+      const done = () => {
+        clearInterval(hb);
+        d.pod.off('status', onStatus);
+        d.pod.off('event', onEvent);
+      };
+      call.on('cancelled', done);
+      call.on('close', done);
+      call.on('error', done);
+      onStatus(d.pod.status());
+    },
+    getInfo: (_call, cb) =>
+      cb(null, {
+        version: d.info.version,
+        cellId: d.info.cellId,
+        hostname: os.hostname(),
+        kernel: os.release(),
+        arch: os.arch(),
+        runtime: d.info.runtime,
+        cgroupMode: d.info.cgroupMode,
+        startedAt: d.info.startedAt,
+      }),
+    logs: s?.logs ?? (unimplemented('Logs') as CellAgentServer['logs']),
+    exec: s?.exec ?? (unimplemented('Exec') as CellAgentServer['exec']),
+    attach: s?.attach ?? (unimplemented('Attach') as CellAgentServer['attach']),
+    portForward: s?.portForward ?? (unimplemented('PortForward') as CellAgentServer['portForward']),
+    stats: s?.stats ?? (unimplemented('Stats') as CellAgentServer['stats']),
+    listAudit: s?.listAudit ?? (unimplemented('ListAudit') as CellAgentServer['listAudit']),
+  };
+}
