@@ -65,6 +65,12 @@ export class CapacityError extends Error {
 
 export interface CellProvider {
   readonly name: string; // "local", "aws", ...
+  /**
+   * True when a launched cell must be bootstrapped with the one-time token from its
+   * CellBootstrapData (the controller signs the agent's CSR) before it is Ready; false or
+   * absent when the provider installs the cell's certificate itself (local cells).
+   */
+  readonly needsBootstrap?: boolean;
   /** The instance types this provider can launch, with specs and prices. */
   instanceTypes(): Promise<InstanceType[]>;
   launch(req: LaunchRequest): Promise<LaunchedInstance>;

@@ -1,0 +1,501 @@
+// cellctl's commands. The CLI talks only to the controller; streams (logs, exec, attach,
+// port-forward) go controller -> agent, and `exec` exits with the remote command's exit code.
+import { createServer, type Socket } from 'node:net';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { extname, join } from 'node:path';
+import { Command, Option, InvalidArgumentError } from 'commander';
+import { credentials, Metadata, status as Status, type ServiceError } from '@grpc/grpc-js';
+import { parseAllDocuments } from 'yaml';
+import { ExecInput, LogsRequest as AgentLogsRequest, PortForwardFrame, type ExecOutput, type LogChunk } from '@cello/proto/cell';
+import {
+  ControllerClient,
+  EventType,
+  type Cell,
+  type CellEvent,
+  type PodEvent,
+  type PodObject,
+  type PodRef,
+} from '@cello/proto/controller';
+import { VERSION } from '../version.js';
+import { asData, cellHeader, cellRow, describePod, podHeader, podRow, render, table } from './format.js';
+
+export const DEFAULT_SERVER = '127.0.0.1:7390';
+export const SERVER_ENV = 'CELLO_CONTROLLER';
+
+interface Globals {
+  server: string;
+  namespace: string;
+}
+
+class CliError extends Error {
+  constructor(message: string, readonly exitCode = 1) {
+    super(message);
+  }
+}
+
+function connect(g: Globals): ControllerClient {
+  return new ControllerClient(g.server, credentials.createInsecure(), { 'grpc.max_receive_message_length': 64 * 1024 * 1024 });
+}
+
+function call<Req, Res>(client: ControllerClient, method: string, req: Req, timeoutMs = 30_000): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    const fn = (client as unknown as Record<string, (...a: unknown[]) => unknown>)[method]!;
+    fn.call(client, req, new Metadata(), { deadline: Date.now() + timeoutMs }, (err: ServiceError | null, res: Res) => (err ? reject(err) : resolve(res)));
+  });
+}
+
+function explain(err: unknown, g: Globals): Error {
+  const e = err as ServiceError;
+  if (e?.code === Status.UNAVAILABLE) {
+    return new CliError(`cannot reach the controller at ${g.server} (${e.details}); start it with \`npm start\`, or point --server / $${SERVER_ENV} at it`);
+  }
+  if (typeof e?.code === 'number') return new CliError(`error: ${e.details || e.message}`);
+  return err as Error;
+}
+
+function ref(g: Globals, name: string): PodRef {
+  return { namespace: g.namespace, name };
+}
+
+/** Files of a directory (YAML/JSON), or the file itself; '-' is stdin. */
+function manifestFiles(path: string): Array<{ name: string; text: string }> {
+  if (path === '-') return [{ name: 'stdin', text: readFileSync(0, 'utf8') }];
+  let st;
+  try {
+    st = statSync(path);
+  } catch {
+    throw new CliError(`error: the path "${path}" does not exist`);
+  }
+  if (st.isDirectory()) {
+    return readdirSync(path)
+      .filter((f) => ['.yaml', '.yml', '.json'].includes(extname(f)))
+      .sort()
+      .map((f) => ({ name: join(path, f), text: readFileSync(join(path, f), 'utf8') }));
+  }
+  return [{ name: path, text: readFileSync(path, 'utf8') }];
+}
+
+/** One request per Pod in a file, each carrying the file's Secrets and ConfigMaps. */
+export function splitManifests(text: string): string[] {
+  const docs = parseAllDocuments(text);
+  const pods: string[] = [];
+  const data: string[] = [];
+  for (const d of docs) {
+    const src = d.toString();
+    const obj = d.toJSON() as { kind?: string } | null;
+    if (obj === null || obj === undefined) continue;
+    if (obj.kind === 'Secret' || obj.kind === 'ConfigMap') data.push(src);
+    else pods.push(src);
+  }
+  if (pods.length === 0) return data.length ? [data.join('---\n')] : [];
+  return pods.map((p) => [p, ...data].join('---\n'));
+}
+
+function parseDuration(v: string): number {
+  const m = /^(\d+)(s|m|h)?$/.exec(v);
+  if (!m) throw new InvalidArgumentError('expected a duration like 30s, 5m or 2h');
+  return Number(m[1]) * (m[2] === 'h' ? 3600 : m[2] === 'm' ? 60 : 1);
+}
+
+function parseIntArg(v: string): number {
+  if (!/^-?\d+$/.test(v)) throw new InvalidArgumentError('expected an integer');
+  return Number(v);
+}
+
+function writeLog(chunk: LogChunk, timestamps: boolean): void {
+  if (chunk.text && chunk.text.length > 0 && chunk.entries.length === 0) {
+    process.stdout.write(chunk.text);
+    return;
+  }
+  for (const e of chunk.entries) {
+    const ts = timestamps ? `${new Date(e.timeSeconds * 1000).toISOString().replace(/\.\d+Z$/, '')}.${String(e.timeNanos).padStart(9, '0')}Z ` : '';
+    const out = e.stream === 2 ? process.stderr : process.stdout;
+    out.write(ts);
+    out.write(e.line);
+    if (!e.partial) out.write('\n');
+  }
+}
+
+const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15 };
+
+async function execLike(g: Globals, kind: 'exec' | 'attach', pod: string, o: { container?: string; stdin?: boolean; tty?: boolean }, command: string[]): Promise<number> {
+  const client = connect(g);
+  const stream = kind === 'exec' ? client.exec() : client.attach();
+  const tty = !!o.tty && !!process.stdout.isTTY;
+  const wantStdin = !!o.stdin;
+  stream.write({ frame: { $case: 'target', value: ref(g, pod) } });
+  stream.write({
+    frame: {
+      $case: 'input',
+      value: ExecInput.fromPartial({
+        frame: {
+          $case: 'start',
+          value: { container: o.container ?? '', command, tty: !!o.tty, stdin: wantStdin, size: { columns: process.stdout.columns ?? 80, rows: process.stdout.rows ?? 24 } },
+        },
+      }),
+    },
+  });
+  const raw = tty && wantStdin && process.stdin.isTTY;
+  if (raw) process.stdin.setRawMode(true);
+  const onResize = () =>
+    stream.write({ frame: { $case: 'input', value: ExecInput.fromPartial({ frame: { $case: 'resize', value: { columns: process.stdout.columns, rows: process.stdout.rows } } }) } });
+  if (tty) process.stdout.on('resize', onResize);
+  if (wantStdin) {
+    process.stdin.on('data', (b: Buffer) => stream.write({ frame: { $case: 'input', value: ExecInput.fromPartial({ frame: { $case: 'stdin', value: b } }) } }));
+    process.stdin.on('end', () => {
+      stream.write({ frame: { $case: 'input', value: ExecInput.fromPartial({ frame: { $case: 'stdinEof', value: true } }) } });
+    });
+  }
+  return new Promise<number>((resolve, reject) => {
+    let code: number | undefined;
+    const done = (c: number) => {
+      if (raw) process.stdin.setRawMode(false);
+      process.stdin.pause();
+      process.stdin.unref?.();
+      if (tty) process.stdout.off('resize', onResize);
+      resolve(c);
+    };
+    stream.on('data', (out: ExecOutput) => {
+      const f = out.frame;
+      if (!f) return;
+      if (f.$case === 'stdout') process.stdout.write(f.value);
+      else if (f.$case === 'stderr') process.stderr.write(f.value);
+      else if (f.$case === 'exit') {
+        code = f.value.signal ? 128 + (SIGNALS[f.value.signal] ?? 1) : f.value.exitCode;
+        if (f.value.message && code !== 0) process.stderr.write(`${f.value.message}\n`);
+      }
+    });
+    stream.on('end', () => done(code ?? 0));
+    stream.on('error', (err: ServiceError) => {
+      if (raw) process.stdin.setRawMode(false);
+      if (code !== undefined) return done(code);
+      reject(explain(err, g));
+    });
+  });
+}
+
+async function portForward(g: Globals, pod: string, specs: string[]): Promise<void> {
+  const client = connect(g);
+  const pairs = specs.map((s) => {
+    const m = /^(?:(\d+)?:)?(\d+)$/.exec(s);
+    if (!m) throw new CliError(`error: "${s}" is not LOCAL:REMOTE or PORT`);
+    const remote = Number(m[2]);
+    const local = m[1] === undefined ? (s.includes(':') ? 0 : remote) : Number(m[1]);
+    return { local, remote };
+  });
+  // Fail early, like kubectl, when the pod cannot be reached.
+  await call(client, 'getPod', { pod: ref(g, pod) }).catch((err) => {
+    throw explain(err, g);
+  });
+  for (const { local, remote } of pairs) {
+    const server = createServer((sock: Socket) => {
+      const stream = client.portForward();
+      stream.write({ frame: { $case: 'target', value: ref(g, pod) } });
+      stream.write({ frame: { $case: 'forward', value: PortForwardFrame.fromPartial({ frame: { $case: 'start', value: { port: remote } } }) } });
+      sock.on('data', (b: Buffer) => stream.write({ frame: { $case: 'forward', value: PortForwardFrame.fromPartial({ frame: { $case: 'data', value: b } }) } }));
+      sock.on('end', () => {
+        stream.write({ frame: { $case: 'forward', value: PortForwardFrame.fromPartial({ frame: { $case: 'closeWrite', value: true } }) } });
+      });
+      sock.on('error', () => stream.cancel());
+      sock.on('close', () => stream.end());
+      stream.on('data', (f: PortForwardFrame) => {
+        const x = f.frame;
+        if (!x) return;
+        if (x.$case === 'data') sock.write(x.value);
+        else if (x.$case === 'closeWrite') sock.end();
+        else if (x.$case === 'error') {
+          process.stderr.write(`error forwarding port ${remote}: ${x.value}\n`);
+          sock.destroy();
+        }
+      });
+      stream.on('end', () => sock.end());
+      stream.on('error', (err: ServiceError) => {
+        if (err.code !== Status.CANCELLED) process.stderr.write(`error forwarding port ${remote}: ${err.details}\n`);
+        sock.destroy();
+      });
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(local, '127.0.0.1', () => resolve());
+    });
+    const port = (server.address() as { port: number }).port;
+    process.stdout.write(`Forwarding from 127.0.0.1:${port} -> ${remote}\n`);
+  }
+  await new Promise(() => undefined);
+}
+
+export function buildProgram(exit: (code: number) => void = (c) => process.exit(c)): Command {
+  const program = new Command('cellctl')
+    .description('Talk to a Cello controller, like kubectl: apply pods, watch them, read logs, exec, forward ports.')
+    .version(VERSION, '--client-version', 'print the client version')
+    .option('-s, --server <host:port>', `controller API address (env ${SERVER_ENV}; default: the one \`npm start\` runs)`, process.env[SERVER_ENV] || DEFAULT_SERVER)
+    .option('-n, --namespace <ns>', 'namespace', 'default')
+    .showHelpAfterError()
+    .addHelpText(
+      'after',
+      `
+Examples:
+  cellctl apply -f examples/                 create or update the pods in a directory
+  cellctl get pods -w                        watch pods change
+  cellctl get cells -o wide                  cells, their instance types, prices and addresses
+  cellctl describe pod web                   events, conditions, cell and instance type
+  cellctl logs web -f --tail 20              follow a container's log
+  cellctl exec web -- ls /                   run a command (exit code propagates)
+  cellctl exec -it web -- sh                 an interactive shell
+  cellctl port-forward web 8080:80           forward a local port to the pod
+  cellctl delete pod web --grace 5           stop gracefully, then end its cell`,
+    );
+  const g = (): Globals => program.opts<Globals>();
+
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  const run = <A extends any[]>(fn: (...a: A) => Promise<number | void>) =>
+    async (...args: A) => {
+      try {
+        const code = await fn(...args);
+        exit(code ?? 0);
+      } catch (err) {
+        const e = err instanceof CliError ? err : explain(err, g());
+        process.stderr.write(`${e.message}\n`);
+        exit(e instanceof CliError ? e.exitCode : 1);
+      }
+    };
+
+  program
+    .command('apply')
+    .description('create or update pods from Kubernetes Pod manifests (Secrets and ConfigMaps in the same file go with them)')
+    .requiredOption('-f, --filename <path...>', 'file, directory, or - for stdin')
+    .option('--dry-run', 'validate only')
+    .action(
+      run(async (o: { filename: string[]; dryRun?: boolean }) => {
+        const client = connect(g());
+        let failed = 0;
+        for (const path of o.filename) {
+          for (const f of manifestFiles(path)) {
+            for (const manifest of splitManifests(f.text)) {
+              let before: PodObject | undefined;
+              try {
+                const name = (parseAllDocuments(manifest).map((d) => d.toJSON() as { kind?: string; metadata?: { name?: string; namespace?: string } }).find((d) => d?.kind === 'Pod') ?? {}).metadata;
+                if (name?.name) before = await call<unknown, PodObject>(client, 'getPod', { pod: { namespace: name.namespace || g().namespace, name: name.name } }).catch(() => undefined);
+                const pod = await call<unknown, PodObject>(client, 'applyPod', { manifest, namespace: g().namespace, dryRun: !!o.dryRun });
+                const what = !before ? 'created' : before.metadata?.generation === pod.metadata?.generation && before.metadata?.resourceVersion === pod.metadata?.resourceVersion ? 'unchanged' : 'configured';
+                process.stdout.write(`pod/${pod.metadata?.name} ${what}${o.dryRun ? ' (dry run)' : ''}\n`);
+              } catch (err) {
+                failed++;
+                const e = err as ServiceError;
+                if (e?.code === Status.UNAVAILABLE) throw err;
+                process.stderr.write(`error: ${f.name}: ${e.details || e.message}\n`);
+              }
+            }
+          }
+        }
+        return failed ? 1 : 0;
+      }),
+    );
+
+  const get = program.command('get').description('list pods or cells');
+  const outputOpt = () => new Option('-o, --output <format>', 'wide, json or yaml').choices(['wide', 'json', 'yaml']);
+  get
+    .command('pods [name]')
+    .alias('pod')
+    .alias('po')
+    .description('list pods')
+    .addOption(outputOpt())
+    .option('-w, --watch', 'after listing, print each change')
+    .option('-l, --selector <selector>', 'label selector, e.g. app=web,tier!=db')
+    .option('-A, --all-namespaces', 'pods of every namespace')
+    .action(
+      run(async (name: string | undefined, o: { output?: string; watch?: boolean; selector?: string; allNamespaces?: boolean }) => {
+        const client = connect(g());
+        const wide = o.output === 'wide';
+        const allNs = !!o.allNamespaces;
+        const ns = allNs ? '' : g().namespace;
+        if (o.watch) {
+          const stream = client.watchPods({ namespace: ns, labelSelector: o.selector ?? '' });
+          let header = false;
+          stream.on('data', (ev: PodEvent) => {
+            if (!ev.pod || (name && ev.pod.metadata?.name !== name)) return;
+            if (o.output === 'json' || o.output === 'yaml') {
+              process.stdout.write(render(o.output, { type: EventType[ev.type].replace('EVENT_TYPE_', ''), object: asData('pod', [ev.pod]) }));
+              if (o.output === 'yaml') process.stdout.write('---\n');
+              return;
+            }
+            const rows = header ? [] : [podHeader(wide, allNs)];
+            header = true;
+            const row = podRow(ev.pod, wide, allNs);
+            if (ev.type === EventType.EVENT_TYPE_DELETED) row[allNs ? 3 : 2] = 'Deleted';
+            rows.push(row);
+            process.stdout.write(table(rows));
+          });
+          await new Promise<void>((resolve, reject) => {
+            stream.on('end', resolve);
+            stream.on('error', (err: ServiceError) => reject(explain(err, g())));
+          });
+          return;
+        }
+        let pods: PodObject[];
+        if (name) pods = [await call<unknown, PodObject>(client, 'getPod', { pod: ref(g(), name) })];
+        else pods = (await call<unknown, { pods: PodObject[] }>(client, 'listPods', { namespace: ns, labelSelector: o.selector ?? '' })).pods;
+        if (o.output === 'json' || o.output === 'yaml') process.stdout.write(render(o.output, asData('pod', pods)));
+        else if (pods.length === 0) process.stderr.write(`No resources found${allNs ? '' : ` in ${ns} namespace`}.\n`);
+        else process.stdout.write(table([podHeader(wide, allNs), ...pods.map((p) => podRow(p, wide, allNs))]));
+      }),
+    );
+  get
+    .command('cells [name]')
+    .alias('cell')
+    .description('list cells (the instances pods run on)')
+    .addOption(outputOpt())
+    .option('-w, --watch', 'after listing, print each change')
+    .action(
+      run(async (name: string | undefined, o: { output?: string; watch?: boolean }) => {
+        const client = connect(g());
+        const wide = o.output === 'wide';
+        if (o.watch) {
+          const stream = client.watchCells({});
+          let header = false;
+          stream.on('data', (ev: CellEvent) => {
+            if (!ev.cell || (name && ev.cell.id !== name)) return;
+            if (o.output === 'json' || o.output === 'yaml') {
+              process.stdout.write(render(o.output, { type: EventType[ev.type].replace('EVENT_TYPE_', ''), object: asData('cell', [ev.cell]) }));
+              return;
+            }
+            const rows = header ? [] : [cellHeader(wide)];
+            header = true;
+            rows.push(cellRow(ev.cell, wide));
+            process.stdout.write(table(rows));
+          });
+          await new Promise<void>((resolve, reject) => {
+            stream.on('end', resolve);
+            stream.on('error', (err: ServiceError) => reject(explain(err, g())));
+          });
+          return;
+        }
+        let cells = (await call<unknown, { cells: Cell[] }>(client, 'listCells', {})).cells;
+        if (name) {
+          cells = cells.filter((c) => c.id === name);
+          if (cells.length === 0) throw new CliError(`error: cell ${name} not found`);
+        }
+        if (o.output === 'json' || o.output === 'yaml') process.stdout.write(render(o.output, asData('cell', cells)));
+        else if (cells.length === 0) process.stderr.write('No cells.\n');
+        else process.stdout.write(table([cellHeader(wide), ...cells.map((c) => cellRow(c, wide))]));
+      }),
+    );
+
+  program
+    .command('describe')
+    .description('show a pod in detail: containers, conditions, cell, instance type, events')
+    .argument('<kind>', 'pod')
+    .argument('<name>')
+    .action(
+      run(async (kind: string, name: string) => {
+        if (!['pod', 'pods', 'po'].includes(kind)) throw new CliError(`error: cannot describe "${kind}": only pods`);
+        const client = connect(g());
+        const pod = await call<unknown, PodObject>(client, 'getPod', { pod: ref(g(), name) });
+        const cells = pod.cellId ? (await call<unknown, { cells: Cell[] }>(client, 'listCells', {})).cells : [];
+        const events = (await call<unknown, { events: import('@cello/proto/controller').ClusterEvent[] }>(client, 'listEvents', { pod: ref(g(), name), limit: 50 })).events;
+        process.stdout.write(describePod(pod, cells.find((c) => c.id === pod.cellId), events));
+      }),
+    );
+
+  program
+    .command('logs')
+    .description("print a container's log")
+    .argument('<pod>')
+    .option('-c, --container <name>', 'container (default: the only or first one)')
+    .option('-f, --follow', 'keep printing new lines')
+    .option('--tail <lines>', 'only the last N lines', parseIntArg)
+    .option('--limit-bytes <n>', 'only the last N bytes', parseIntArg)
+    .option('--since <duration>', 'only lines newer than this (e.g. 30s, 5m, 1h)', parseDuration)
+    .option('--timestamps', 'prefix each line with its RFC 3339 timestamp')
+    .option('-p, --previous', 'the log of the previous instance of the container')
+    .action(
+      run(async (pod: string, o: { container?: string; follow?: boolean; tail?: number; limitBytes?: number; since?: number; timestamps?: boolean; previous?: boolean }) => {
+        const client = connect(g());
+        const options = AgentLogsRequest.fromPartial({
+          container: o.container ?? '',
+          follow: !!o.follow,
+          timestamps: !!o.timestamps,
+          previous: !!o.previous,
+          ...(o.tail !== undefined ? { tailLines: o.tail } : {}),
+          ...(o.limitBytes !== undefined ? { limitBytes: o.limitBytes } : {}),
+          ...(o.since !== undefined ? { sinceSeconds: o.since } : {}),
+        });
+        const stream = client.logs({ pod: ref(g(), pod), options });
+        stream.on('data', (c: LogChunk) => writeLog(c, !!o.timestamps));
+        await new Promise<void>((resolve, reject) => {
+          stream.on('end', resolve);
+          stream.on('error', (err: ServiceError) => reject(explain(err, g())));
+        });
+      }),
+    );
+
+  program
+    .command('exec')
+    .description('run a command in a container; cellctl exits with its exit code')
+    .argument('<pod>')
+    .argument('<command...>', 'the command, after --')
+    .option('-c, --container <name>', 'container (default: the first one)')
+    .option('-i, --stdin', 'pass stdin to the command')
+    .option('-t, --tty', 'allocate a terminal')
+    .action(
+      run(async (pod: string, command: string[], o: { container?: string; stdin?: boolean; tty?: boolean }) => execLike(g(), 'exec', pod, o, command)),
+    );
+
+  program
+    .command('attach')
+    .description("connect to a container's own stdin/stdout")
+    .argument('<pod>')
+    .option('-c, --container <name>', 'container')
+    .option('-i, --stdin', 'pass stdin to the container')
+    .option('-t, --tty', 'the container has a terminal')
+    .action(run(async (pod: string, o: { container?: string; stdin?: boolean; tty?: boolean }) => execLike(g(), 'attach', pod, o, [])));
+
+  program
+    .command('port-forward')
+    .description('forward local ports to a pod: LOCAL:REMOTE, or PORT for the same number, or :REMOTE for any free local port')
+    .argument('<pod>')
+    .argument('<ports...>')
+    .action(run(async (pod: string, ports: string[]) => portForward(g(), pod, ports)));
+
+  program
+    .command('delete')
+    .description('delete a pod: its containers stop gracefully, then its cell is terminated')
+    .argument('<kind>', 'pod')
+    .argument('<names...>')
+    .option('--grace <seconds>', 'grace period before SIGKILL (default: the pod\'s terminationGracePeriodSeconds)', parseIntArg)
+    .option('--no-wait', 'return at once instead of when the pod and its cell are gone')
+    .action(
+      run(async (kind: string, names: string[], o: { grace?: number; wait: boolean }) => {
+        if (!['pod', 'pods', 'po'].includes(kind)) throw new CliError(`error: cannot delete "${kind}": only pods`);
+        const client = connect(g());
+        let failed = 0;
+        await Promise.all(
+          names.map(async (name) => {
+            try {
+              await call(client, 'deletePod', { pod: ref(g(), name), wait: o.wait, ...(o.grace !== undefined ? { gracePeriodSeconds: o.grace } : {}) }, ((o.grace ?? 30) + 180) * 1000);
+              process.stdout.write(`pod "${name}" deleted\n`);
+            } catch (err) {
+              failed++;
+              const e = err as ServiceError;
+              if (e?.code === Status.UNAVAILABLE) throw err;
+              process.stderr.write(`error: ${e.details || e.message}\n`);
+            }
+          }),
+        );
+        return failed ? 1 : 0;
+      }),
+    );
+
+  program
+    .command('version')
+    .description('client and controller versions')
+    .action(
+      run(async () => {
+        process.stdout.write(`Client Version: ${VERSION}\n`);
+        const v = await call<unknown, { version: string; controllerId: string; store: string; provider: string }>(connect(g()), 'version', {}, 5000);
+        process.stdout.write(`Server Version: ${v.version} (controller ${v.controllerId}, store ${v.store}, provider ${v.provider}) at ${g().server}\n`);
+      }),
+    );
+
+  return program;
+}

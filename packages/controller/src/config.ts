@@ -1,0 +1,142 @@
+// The controller's configuration: one YAML file, validated at start. Every error names the
+// field (e.g. `warmPool[0].size: expected a number`), and every option is documented in
+// packages/controller/README.md.
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+
+const hostPort = z.string().regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'expected HOST:PORT');
+
+const timeouts = z
+  .strictObject({
+    createSeconds: z.number().positive().default(120),
+    bootSeconds: z.number().positive().default(300),
+    healthSeconds: z.number().positive().default(15),
+    drainSlackSeconds: z.number().nonnegative().default(15),
+    terminateSeconds: z.number().positive().default(120),
+  })
+  .prefault({});
+
+const localProvider = z.strictObject({
+  kind: z.literal('local'),
+  /** Directory with one subdirectory per cell. */
+  root: z.string().min(1).default('/var/lib/cello/cells'),
+  /** How to run the agent; default: node + @cello/cell-agent's dist/cli.js. */
+  agentCommand: z.array(z.string().min(1)).min(1).optional(),
+  agentArgs: z.array(z.string()).default([]),
+  insecureRegistries: z.array(hostPort).default([]),
+  network: z.enum(['auto', 'netns', 'host']).default('auto'),
+  maxCells: z.number().int().positive().optional(),
+});
+
+const awsProvider = z.looseObject({
+  kind: z.literal('aws'),
+});
+
+const embeddedStore = z.strictObject({
+  kind: z.literal('embedded'),
+  dir: z.string().min(1).default('/var/lib/cello/store'),
+  compactBytes: z.number().int().positive().optional(),
+});
+
+const etcdStore = z.strictObject({
+  kind: z.literal('etcd'),
+  endpoints: z.array(z.string().url()).min(1),
+  prefix: z.string().optional(),
+  requestTimeoutMs: z.number().int().positive().optional(),
+  auth: z.strictObject({ username: z.string(), password: z.string() }).optional(),
+});
+
+export const configSchema = z.strictObject({
+  /** Tags every instance; the garbage collector finds what this controller owns by it. */
+  controllerId: z.string().regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'expected a DNS label (lowercase letters, digits, -)'),
+  api: z.strictObject({ listen: hostPort.default('127.0.0.1:7390') }).prefault({}),
+  metrics: z.strictObject({ listen: hostPort.default('127.0.0.1:7391') }).prefault({}),
+  log: z.strictObject({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info') }).prefault({}),
+  store: z.discriminatedUnion('kind', [embeddedStore, etcdStore]).prefault({ kind: 'embedded' }),
+  provider: z.discriminatedUnion('kind', [localProvider, awsProvider]).prefault({ kind: 'local' }),
+  security: z
+    .strictObject({
+      /** insecure-dev: plaintext to agents (development only); mtls: the controller's CA. */
+      mode: z.enum(['insecure-dev', 'mtls']).default('mtls'),
+      /** File holding the key that encrypts the CA's private key at rest (32 bytes, base64 or hex). */
+      encryptionKeyFile: z.string().optional(),
+      /** Or an environment variable holding it. */
+      encryptionKeyEnv: z.string().optional(),
+    })
+    .prefault({}),
+  warmPool: z
+    .array(
+      z.strictObject({
+        instanceType: z.string().min(1),
+        size: z.number().int().nonnegative(),
+        spot: z.boolean().default(false),
+      }),
+    )
+    .default([]),
+  selection: z
+    .strictObject({
+      spot: z.enum(['never', 'preferred', 'required']).default('never'),
+      agentOverhead: z
+        .strictObject({ cpuMillis: z.number().int().nonnegative().default(100), memoryMiB: z.number().int().nonnegative().default(64) })
+        .prefault({}),
+    })
+    .prefault({}),
+  timeouts,
+  gc: z.strictObject({ intervalSeconds: z.number().positive().default(30) }).prefault({}),
+  pods: z
+    .strictObject({
+      /** How long the cell of a finished pod stays (so its logs can be read). */
+      retainFinishedSeconds: z.number().nonnegative().default(300),
+      /** Cells a pod may lose before it is failed rather than started again. */
+      maxCellFailures: z.number().int().nonnegative().default(5),
+    })
+    .prefault({}),
+});
+
+export type Config = z.infer<typeof configSchema>;
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+function fieldPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const p of path) out += typeof p === 'number' ? `[${p}]` : out ? `.${String(p)}` : String(p);
+  return out || '(root)';
+}
+
+export function parseConfig(data: unknown, origin = 'config'): Config {
+  const r = configSchema.safeParse(data ?? {});
+  if (!r.success) {
+    const lines = r.error.issues.map((i) => {
+      const path = [...i.path];
+      if (i.code === 'unrecognized_keys') return `${origin}: ${fieldPath(path)}: unknown field${i.keys.length > 1 ? 's' : ''} ${i.keys.map((k) => `"${k}"`).join(', ')}`;
+      return `${origin}: ${fieldPath(path)}: ${i.message}`;
+    });
+    throw new ConfigError(lines.join('\n'));
+  }
+  if (r.data.security.mode === 'mtls' && !r.data.security.encryptionKeyFile && !r.data.security.encryptionKeyEnv) {
+    throw new ConfigError(`${origin}: security.encryptionKeyFile: required when security.mode is mtls (or set security.encryptionKeyEnv)`);
+  }
+  return r.data;
+}
+
+export function loadConfig(path: string): Config {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`${path}: ${(err as Error).message}`);
+  }
+  let data: unknown;
+  try {
+    data = parseYaml(text);
+  } catch (err) {
+    throw new ConfigError(`${path}: not valid YAML: ${(err as Error).message}`);
+  }
+  return parseConfig(data, path);
+}

@@ -1,0 +1,79 @@
+// Connections to cell agents. One gRPC client per cell, created on first use and closed when
+// the cell goes; credentials are mTLS with the controller's client certificate (the agent's
+// certificate must name the cell), or plaintext for --insecure-dev agents in development.
+import { credentials, Metadata, type ChannelCredentials, type ChannelOptions, type Client, type ServiceError } from '@grpc/grpc-js';
+import { CellAgentClient } from '@cello/proto/cell';
+
+export interface AgentCredentials {
+  /** Channel credentials for talking to the agent of this cell. */
+  forCell(cellId: string): ChannelCredentials;
+  /** Extra channel options, e.g. the TLS name to verify (the cell ID). */
+  options?(cellId: string): ChannelOptions;
+}
+
+export const insecureAgentCredentials: AgentCredentials = {
+  forCell: () => credentials.createInsecure(),
+};
+
+/** mTLS: the agent must present a certificate from our CA that names the cell. */
+export function mtlsAgentCredentials(get: () => { caPem: string; certPem: string; keyPem: string }): AgentCredentials {
+  return {
+    forCell: () => {
+      const c = get();
+      return credentials.createSsl(Buffer.from(c.caPem), Buffer.from(c.keyPem), Buffer.from(c.certPem));
+    },
+    options: (cellId) => ({ 'grpc.ssl_target_name_override': cellId, 'grpc.default_authority': cellId }),
+  };
+}
+
+interface Entry {
+  address: string;
+  client: CellAgentClient;
+}
+
+/** How the reconciler and API reach a cell's agent (a real gRPC pool, or the benchmark's simulation). */
+export interface AgentAccess {
+  get(cellId: string, address: string): CellAgentClient;
+  drop(cellId: string): void;
+  closeAll(): void;
+}
+
+export class AgentPool implements AgentAccess {
+  private readonly clients = new Map<string, Entry>();
+  constructor(private readonly creds: AgentCredentials) {}
+
+  get(cellId: string, address: string): CellAgentClient {
+    const e = this.clients.get(cellId);
+    if (e && e.address === address) return e.client;
+    e?.client.close();
+    const client = new CellAgentClient(address, this.creds.forCell(cellId), {
+      'grpc.keepalive_time_ms': 10_000,
+      'grpc.keepalive_timeout_ms': 5_000,
+      'grpc.max_receive_message_length': 64 * 1024 * 1024,
+      ...(this.creds.options?.(cellId) ?? {}),
+    });
+    this.clients.set(cellId, { address, client });
+    return client;
+  }
+
+  drop(cellId: string): void {
+    this.clients.get(cellId)?.client.close();
+    this.clients.delete(cellId);
+  }
+
+  closeAll(): void {
+    for (const e of this.clients.values()) e.client.close();
+    this.clients.clear();
+  }
+}
+
+/** A unary call with a deadline, as a promise. */
+export function callUnary<Res>(client: Client, method: string, req: unknown, timeoutMs: number): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    const fn = (client as unknown as Record<string, (...a: unknown[]) => unknown>)[method];
+    if (typeof fn !== 'function') return reject(new Error(`no such method ${method}`));
+    fn.call(client, req, new Metadata(), { deadline: Date.now() + timeoutMs }, (err: ServiceError | null, res: Res) =>
+      err ? reject(err) : resolve(res),
+    );
+  });
+}

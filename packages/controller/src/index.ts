@@ -1,0 +1,17 @@
+// @cello/controller: the control plane. The daemon and cellctl are the bins; this surface is
+// for embedding (tests, benchmarks, the Kubernetes virtual node).
+export { startController, providerFromConfig, type ControllerHandle, type StartOptions } from './daemon.js';
+export { parseConfig, loadConfig, configSchema, ConfigError, type Config } from './config.js';
+export { Reconciler, TAG_CELL, TAG_CONTROLLER, TAG_POD, type ReconcilerOptions, type WarmPoolEntry, type BootstrapFn } from './dispatch/reconciler.js';
+export { AgentPool, insecureAgentCredentials, mtlsAgentCredentials, type AgentCredentials } from './dispatch/agents.js';
+export { ControllerApi } from './api/server.js';
+export { LocalProvider, type LocalProviderOptions } from './providers/local/local.js';
+export { SimulatedProvider } from './providers/simulated/simulated.js';
+export * from './providers/provider.js';
+export { selectCandidates, podDemand, SelectionError, type Candidate, type Demand } from './selection/selection.js';
+export { loadCatalog, localCatalog, parseCatalog, type Catalog } from './catalog/catalog.js';
+export { CellState, canTransition, stateName, DEFAULT_TIMEOUTS, type Timeouts } from './cells/state.js';
+export { createLogger, silentLogger } from './obs/logger.js';
+export { Metrics } from './obs/metrics.js';
+export { buildProgram as buildCellctl, DEFAULT_SERVER, SERVER_ENV } from './cellctl/commands.js';
+export * from './store/index.js';

@@ -1,0 +1,351 @@
+// The local provider, the embedded default: each cell is a `cell-agent serve` process on this
+// machine with its own state dir (and so its own runc root), loopback port and certificate; as
+// root, its pods also get their own network namespace on the cello0 bridge. Agents are started
+// in their own session so they outlive a controller that is killed: a restarted controller
+// finds them again through the instance files under the provider's root, and the garbage
+// collector ends the ones the store does not know.
+import { spawn, execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, openSync, closeSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
+import { freePort } from '../../util/net.js';
+import { catalogTypes, localCatalog } from '../../catalog/catalog.js';
+import {
+  CapacityError,
+  type CellProvider,
+  type InstanceInfo,
+  type InstanceType,
+  type LaunchRequest,
+  type LaunchedInstance,
+} from '../provider.js';
+import { createCellNet, deleteCellNet, netNames } from './netns.js';
+
+const run = promisify(execFile);
+
+export const TAG_CONTROLLER = 'cello.io/controller-id';
+
+export interface CellCertificate {
+  certPem: string;
+  keyPem: string;
+  caPem: string;
+}
+
+export interface LocalProviderOptions {
+  /** Directory holding one subdirectory per cell. */
+  root: string;
+  /** Command that runs the agent; default: node + @cello/cell-agent's dist/cli.js. */
+  agentCommand?: string[];
+  /** Registries the agents may reach over plain HTTP (host:port). */
+  insecureRegistries?: string[];
+  /**
+   * Issues the cell's certificate; written (mode 0600) into the cell's dir, never passed on a
+   * command line. Without it the agents run with --insecure-dev (development and tests only).
+   */
+  issueCertificate?: (cellId: string, sans: string[]) => Promise<CellCertificate>;
+  /** netns: own network namespace per cell (needs root); host: share the host's. Default auto. */
+  network?: 'auto' | 'netns' | 'host';
+  /** Most cells at once; launches beyond fail with CapacityError. */
+  maxCells?: number;
+  /** Extra arguments for `cell-agent serve`. */
+  agentArgs?: string[];
+  types?: InstanceType[];
+}
+
+interface InstanceFile {
+  instanceId: string;
+  cellId: string;
+  instanceType: string;
+  spot: boolean;
+  tags: Record<string, string>;
+  launchedAt: string;
+  port: number;
+  pid?: number;
+  net?: { netns: string; hostVeth: string; address: string; slot: number };
+  terminating?: boolean;
+}
+
+function defaultAgentCommand(): string[] {
+  const require = createRequire(import.meta.url);
+  const pkg = require.resolve('@cello/cell-agent/package.json');
+  return [process.execPath, join(dirname(pkg), 'dist', 'cli.js')];
+}
+
+function alive(pid: number | undefined, cellId: string): boolean {
+  if (!pid) return false;
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  // A recycled PID belongs to someone else: the agent's command line names its cell dir.
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(cellId);
+  } catch {
+    return false;
+  }
+}
+
+export class LocalProvider implements CellProvider {
+  readonly name = 'local';
+  /** Local cells get their certificate at launch, so no token bootstrap is needed. */
+  readonly needsBootstrap = false;
+  private readonly types: InstanceType[];
+  private readonly useNetns: boolean;
+
+  constructor(private readonly opts: LocalProviderOptions) {
+    this.types = opts.types ?? catalogTypes(localCatalog());
+    const root = typeof process.getuid === 'function' && process.getuid() === 0;
+    const mode = opts.network ?? 'auto';
+    if (mode === 'netns' && !root) throw new Error('provider.local.network: netns needs root');
+    this.useNetns = mode === 'netns' || (mode === 'auto' && root);
+  }
+
+  async instanceTypes(): Promise<InstanceType[]> {
+    return this.types.map((t) => ({ ...t }));
+  }
+
+  private dir(cellId: string): string {
+    if (!/^[A-Za-z0-9._-]+$/.test(cellId)) throw new Error(`cellId: "${cellId}" is not a safe name`);
+    return join(this.opts.root, cellId);
+  }
+
+  private async readInstance(cellId: string): Promise<InstanceFile | undefined> {
+    try {
+      return JSON.parse(await readFile(join(this.dir(cellId), 'instance.json'), 'utf8')) as InstanceFile;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private async writeInstance(f: InstanceFile): Promise<void> {
+    const p = join(this.dir(f.cellId), 'instance.json');
+    await writeFile(`${p}.tmp`, JSON.stringify(f, null, 2));
+    await rename(`${p}.tmp`, p);
+  }
+
+  private listCellIds(): string[] {
+    if (!existsSync(this.opts.root)) return [];
+    return readdirSync(this.opts.root).filter((n) => existsSync(join(this.opts.root, n, 'instance.json')));
+  }
+
+  private usedSlots(): Set<number> {
+    const used = new Set<number>();
+    for (const id of this.listCellIds()) {
+      try {
+        const f = JSON.parse(readFileSync(join(this.opts.root, id, 'instance.json'), 'utf8')) as InstanceFile;
+        if (f.net) used.add(f.net.slot);
+      } catch {
+        /* a cell being written */
+      }
+    }
+    return used;
+  }
+
+  async launch(req: LaunchRequest): Promise<LaunchedInstance> {
+    const type = this.types.find((t) => t.name === req.instanceType);
+    if (!type) throw new Error(`instanceType: "${req.instanceType}" is not a local instance type`);
+    if (this.opts.maxCells !== undefined && this.listCellIds().length >= this.opts.maxCells) {
+      throw new CapacityError(`local provider is at its limit of ${this.opts.maxCells} cells`, req.instanceType);
+    }
+    const dir = this.dir(req.cellId);
+    const existing = await this.readInstance(req.cellId);
+    // Launch is idempotent per cell: a controller that died mid-launch and retries gets the same instance.
+    if (existing && alive(existing.pid, req.cellId)) return { instanceId: existing.instanceId, spot: existing.spot };
+    await mkdir(join(dir, 'state'), { recursive: true, mode: 0o700 });
+    const port = await freePort();
+    const f: InstanceFile = {
+      instanceId: `local-${req.cellId.replace(/^cell-/, '')}`,
+      cellId: req.cellId,
+      instanceType: req.instanceType,
+      spot: req.spot,
+      tags: req.tags,
+      launchedAt: new Date().toISOString(),
+      port,
+    };
+    await this.writeInstance(f);
+    const args = ['serve', '--listen', `127.0.0.1:${port}`, '--state-dir', join(dir, 'state')];
+    if (this.opts.issueCertificate) {
+      const cert = await this.opts.issueCertificate(req.cellId, [req.cellId, '127.0.0.1', 'localhost']);
+      const tls = join(dir, 'tls');
+      await mkdir(tls, { recursive: true, mode: 0o700 });
+      await writeFile(join(tls, 'cell.crt'), cert.certPem, { mode: 0o600 });
+      await writeFile(join(tls, 'cell.key'), cert.keyPem, { mode: 0o600 });
+      await writeFile(join(tls, 'ca.crt'), cert.caPem, { mode: 0o600 });
+      args.push('--tls-cert', join(tls, 'cell.crt'), '--tls-key', join(tls, 'cell.key'), '--tls-ca', join(tls, 'ca.crt'));
+    } else {
+      args.push('--insecure-dev');
+    }
+    for (const r of this.opts.insecureRegistries ?? []) args.push('--insecure-registry', r);
+    if (this.useNetns) {
+      const used = this.usedSlots();
+      let slot = 1;
+      while (used.has(slot)) slot++;
+      const { netns, hostVeth, address } = netNames(req.cellId, slot);
+      f.net = { netns, hostVeth, address, slot };
+      await this.writeInstance(f);
+      const net = await createCellNet(req.cellId, slot);
+      args.push('--pod-netns', net.path);
+    }
+    args.push(...(this.opts.agentArgs ?? []));
+    const [cmd, ...pre] = this.opts.agentCommand ?? defaultAgentCommand();
+    const log = openSync(join(dir, 'agent.log'), 'a');
+    try {
+      const child = spawn(cmd!, [...pre, ...args], {
+        detached: true,
+        stdio: ['ignore', log, log],
+        env: { ...process.env, CELLO_CELL_ID: req.cellId },
+      });
+      await new Promise<void>((resolve, reject) => {
+        child.once('spawn', resolve);
+        child.once('error', reject);
+      });
+      child.unref();
+      f.pid = child.pid;
+    } finally {
+      closeSync(log);
+    }
+    await this.writeInstance(f);
+    return { instanceId: f.instanceId, spot: f.spot };
+  }
+
+  private info(f: InstanceFile): InstanceInfo {
+    const up = alive(f.pid, f.cellId);
+    return {
+      instanceId: f.instanceId,
+      state: f.terminating ? 'shutting-down' : up ? 'running' : f.pid ? 'stopped' : 'pending',
+      agentAddress: `127.0.0.1:${f.port}`,
+      tags: { ...f.tags },
+      instanceType: f.instanceType,
+      launchedAt: new Date(f.launchedAt),
+      spot: f.spot,
+      zone: 'local',
+    };
+  }
+
+  private async all(): Promise<InstanceFile[]> {
+    const out: InstanceFile[] = [];
+    for (const id of this.listCellIds()) {
+      const f = await this.readInstance(id);
+      if (f) out.push(f);
+    }
+    return out;
+  }
+
+  async describe(instanceIds: string[]): Promise<InstanceInfo[]> {
+    const want = new Set(instanceIds);
+    return (await this.all()).filter((f) => want.has(f.instanceId)).map((f) => this.info(f));
+  }
+
+  async listOwned(controllerId: string): Promise<InstanceInfo[]> {
+    return (await this.all()).filter((f) => f.tags[TAG_CONTROLLER] === controllerId).map((f) => this.info(f));
+  }
+
+  async terminate(instanceIds: string[]): Promise<void> {
+    const want = new Set(instanceIds);
+    const files = (await this.all()).filter((f) => want.has(f.instanceId));
+    await Promise.all(files.map((f) => this.terminateOne(f)));
+  }
+
+  private async terminateOne(f: InstanceFile): Promise<void> {
+    f.terminating = true;
+    await this.writeInstance(f);
+    const dir = this.dir(f.cellId);
+    if (f.pid && alive(f.pid, f.cellId)) {
+      // The agent's process group: the agent and anything it started outside runc.
+      try {
+        process.kill(-f.pid, 'SIGTERM');
+      } catch {
+        /* already gone */
+      }
+      const deadline = Date.now() + 5000;
+      while (alive(f.pid, f.cellId) && Date.now() < deadline) await sleep(50);
+      try {
+        process.kill(-f.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+    await cleanupCellDir(dir);
+    if (f.net) await deleteCellNet(f.net);
+    await rm(dir, { recursive: true, force: true });
+  }
+
+  async close(): Promise<void> {
+    // Cells outlive the controller by design; nothing to release here.
+  }
+}
+
+/**
+ * What a dead agent may leave behind in its cell dir: runc containers (processes, cgroups)
+ * and mounts (overlay rootfs, emptyDir tmpfs). Found by looking, not by trusting the agent's
+ * layout, so a crashed agent leaves nothing either.
+ */
+export async function cleanupCellDir(dir: string): Promise<void> {
+  // runc roots: directories whose children hold a runc state.json.
+  for (const runcRoot of findRuncRoots(dir)) {
+    let ids: string[] = [];
+    try {
+      ids = readdirSync(runcRoot).filter((n) => existsSync(join(runcRoot, n, 'state.json')));
+    } catch {
+      ids = [];
+    }
+    for (const id of ids) {
+      await run('runc', ['--root', runcRoot, 'kill', id, 'KILL'], { timeout: 10_000 }).catch(() => undefined);
+      await run('runc', ['--root', runcRoot, 'delete', '--force', id], { timeout: 10_000 }).catch(() => undefined);
+    }
+  }
+  // Processes rooted inside the cell (containers runc no longer knows about).
+  for (const p of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    try {
+      const root = readlinkSync(`/proc/${p}/root`);
+      if (root === dir || root.startsWith(`${dir}/`)) process.kill(Number(p), 'SIGKILL');
+    } catch {
+      /* gone or not ours to read */
+    }
+  }
+  await unmountUnder(dir);
+}
+
+function findRuncRoots(dir: string, depth = 0): string[] {
+  if (depth > 4 || !existsSync(dir)) return [];
+  const out: string[] = [];
+  let entries: string[] = [];
+  try {
+    entries = readdirSync(dir);
+  } catch {
+    return out;
+  }
+  if (entries.some((e) => existsSync(join(dir, e, 'state.json')) && !existsSync(join(dir, e, 'config.json')))) out.push(dir);
+  for (const e of entries) {
+    if (e === 'rootfs' || e === 'blobs' || e === 'layers') continue;
+    const p = join(dir, e);
+    try {
+      if (readdirSync(p)) out.push(...findRuncRoots(p, depth + 1));
+    } catch {
+      /* not a directory */
+    }
+  }
+  return out;
+}
+
+export async function unmountUnder(dir: string): Promise<void> {
+  for (let pass = 0; pass < 3; pass++) {
+    const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .map((l) => l.split(' ')[4])
+      .filter((m): m is string => !!m && (m === dir || m.startsWith(`${dir}/`)))
+      .map((m) => m.replace(/\\040/g, ' '));
+    if (mounts.length === 0) return;
+    // Deepest first.
+    mounts.sort((a, b) => b.length - a.length);
+    for (const m of mounts) await run('umount', ['-l', m], { timeout: 10_000 }).catch(() => undefined);
+  }
+}
+
+export function randomToken(): string {
+  return randomBytes(24).toString('base64url');
+}

@@ -1,0 +1,83 @@
+// Per-cell networking for the local provider (root only): one network namespace per cell with
+// a veth pair whose host end sits on the `cello0` bridge, so every cell has its own address and
+// pods on different cells can listen on the same port without colliding.
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+
+export const BRIDGE = 'cello0';
+const BRIDGE_CIDR = '10.88.0.1/16';
+
+async function ip(...args: string[]): Promise<string> {
+  const { stdout } = await run('ip', args, { timeout: 10_000 });
+  return stdout;
+}
+
+async function ensureBridge(): Promise<void> {
+  try {
+    await ip('link', 'show', BRIDGE);
+  } catch {
+    try {
+      await ip('link', 'add', BRIDGE, 'type', 'bridge');
+    } catch (err) {
+      // Another launch raced us to it.
+      if (!String((err as Error).message).includes('File exists')) throw err;
+    }
+  }
+  const addrs = await ip('-o', '-4', 'addr', 'show', 'dev', BRIDGE);
+  if (!addrs.includes(BRIDGE_CIDR.split('/')[0]!)) {
+    await ip('addr', 'add', BRIDGE_CIDR, 'dev', BRIDGE).catch((err: Error) => {
+      if (!err.message.includes('File exists')) throw err;
+    });
+  }
+  await ip('link', 'set', BRIDGE, 'up');
+}
+
+export interface CellNet {
+  netns: string;
+  /** /run/netns/NAME, for the agent's --pod-netns. */
+  path: string;
+  hostVeth: string;
+  address: string;
+}
+
+/** The address for cell slot n (1..65000) on the bridge's /16. */
+function addressFor(slot: number): string {
+  const n = slot + 1; // .0.1 is the bridge
+  return `10.88.${Math.floor(n / 256)}.${n % 256}`;
+}
+
+export function netNames(cellId: string, slot: number): { netns: string; hostVeth: string; address: string } {
+  const short = cellId.replace(/^cell-/, '').slice(0, 8);
+  return { netns: `cello-${short}`, hostVeth: `cv${short}`, address: addressFor(slot) };
+}
+
+export async function createCellNet(cellId: string, slot: number): Promise<CellNet> {
+  await ensureBridge();
+  const { netns, hostVeth, address } = netNames(cellId, slot);
+  const peer = `${hostVeth}p`;
+  await ip('netns', 'add', netns);
+  try {
+    await ip('link', 'add', hostVeth, 'type', 'veth', 'peer', 'name', peer);
+    await ip('link', 'set', peer, 'netns', netns);
+    await ip('link', 'set', hostVeth, 'master', BRIDGE);
+    await ip('link', 'set', hostVeth, 'up');
+    await ip('-n', netns, 'link', 'set', 'lo', 'up');
+    await ip('-n', netns, 'link', 'set', peer, 'name', 'eth0');
+    await ip('-n', netns, 'addr', 'add', `${address}/16`, 'dev', 'eth0');
+    await ip('-n', netns, 'link', 'set', 'eth0', 'up');
+    await ip('-n', netns, 'route', 'add', 'default', 'via', BRIDGE_CIDR.split('/')[0]!);
+  } catch (err) {
+    await deleteCellNet({ netns, hostVeth });
+    throw err;
+  }
+  return { netns, path: `/run/netns/${netns}`, hostVeth, address };
+}
+
+export async function deleteCellNet(n: { netns: string; hostVeth: string }): Promise<void> {
+  // Deleting the namespace destroys the veth end inside it, and with it the host end.
+  await ip('link', 'del', n.hostVeth).catch(() => undefined);
+  if (existsSync(`/run/netns/${n.netns}`)) await ip('netns', 'del', n.netns).catch(() => undefined);
+}

@@ -1,0 +1,4 @@
+// The controller's version, reported by `cellctl version` and the Version RPC.
+import { readFileSync } from 'node:fs';
+
+export const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
