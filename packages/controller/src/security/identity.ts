@@ -1,0 +1,82 @@
+// Who a certificate speaks for. Every certificate the CA issues carries exactly one identity as
+// a URI SAN — spiffe://<trust domain>/cell/<cellId> or spiffe://<trust domain>/client/<name> —
+// and peers check that URI, not the host name they dialled (a cell's address can be NATed,
+// reused by a later cell, or mapped to loopback in tests; its identity cannot).
+import { X509Certificate } from 'node:crypto';
+import type { PeerCertificate } from 'node:tls';
+
+export type Identity = { kind: 'cell'; cellId: string; trustDomain: string } | { kind: 'client'; name: string; trustDomain: string };
+
+export const DEFAULT_TRUST_DOMAIN = 'cello';
+const NAME_RE = /^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?$/;
+
+/** Throws a TypeError naming `field` unless `value` is a usable cell ID or client name. */
+export function checkName(value: unknown, field: string): asserts value is string {
+  if (typeof value !== 'string' || !NAME_RE.test(value)) {
+    throw new TypeError(`${field} must be 1-128 characters of letters, digits, '.', '_' or '-', starting and ending with a letter or digit; got ${JSON.stringify(value)}`);
+  }
+}
+
+export function identityUri(id: Identity): string {
+  return id.kind === 'cell' ? `spiffe://${id.trustDomain}/cell/${id.cellId}` : `spiffe://${id.trustDomain}/client/${id.name}`;
+}
+
+/** Parses Node's `subjectaltname` string ("DNS:a, IP Address:1.2.3.4, URI:spiffe://...") into URIs. */
+function sanUris(subjectAltName: string | undefined): string[] {
+  if (!subjectAltName) return [];
+  return subjectAltName
+    .split(', ')
+    .filter((part) => part.startsWith('URI:'))
+    .map((part) => part.slice(4));
+}
+
+function parseIdentityUri(uri: string): Identity | undefined {
+  const m = /^spiffe:\/\/([^/]+)\/(cell|client)\/([^/]+)$/.exec(uri);
+  if (m === null || !NAME_RE.test(m[3]!)) return undefined;
+  return m[2] === 'cell' ? { kind: 'cell', cellId: m[3]!, trustDomain: m[1]! } : { kind: 'client', name: m[3]!, trustDomain: m[1]! };
+}
+
+/** The single identity a certificate names, or undefined if it names none or several. */
+export function identityOf(cert: string | Buffer | PeerCertificate | X509Certificate): Identity | undefined {
+  let san: string | undefined;
+  if (typeof cert === 'string' || Buffer.isBuffer(cert)) san = new X509Certificate(cert).subjectAltName;
+  else if (cert instanceof X509Certificate) san = cert.subjectAltName;
+  else san = cert.subjectaltname;
+  const ids = sanUris(san).map(parseIdentityUri);
+  if (ids.length !== 1 || ids[0] === undefined) return undefined;
+  return ids[0];
+}
+
+/**
+ * For grpc-js `credentials.createSsl(..., { checkServerIdentity })`: accept the server only if
+ * its certificate names exactly this cell. Chain validation against the CA happens before.
+ */
+export function cellServerIdentityCheck(cellId: string, trustDomain = DEFAULT_TRUST_DOMAIN): (hostname: string, cert: PeerCertificate) => Error | undefined {
+  checkName(cellId, 'cellId');
+  return (_hostname, cert) => {
+    const id = identityOf(cert);
+    if (id?.kind === 'cell' && id.cellId === cellId && id.trustDomain === trustDomain) return undefined;
+    const got = id === undefined ? 'no Cello identity' : identityUri(id);
+    return new Error(`server certificate names ${got}, expected spiffe://${trustDomain}/cell/${cellId}`);
+  };
+}
+
+/** For dialling the controller (or another named client-identity that serves): the server must be `name`. */
+export function controllerIdentityCheck(name: string, trustDomain = DEFAULT_TRUST_DOMAIN): (hostname: string, cert: PeerCertificate) => Error | undefined {
+  checkName(name, 'name');
+  return (_hostname, cert) => {
+    const id = identityOf(cert);
+    if (id?.kind === 'client' && id.name === name && id.trustDomain === trustDomain) return undefined;
+    return new Error(`server certificate names ${id ? identityUri(id) : 'no Cello identity'}, expected spiffe://${trustDomain}/client/${name}`);
+  };
+}
+
+/**
+ * The identity of the peer of a grpc-js server call (mutual TLS). Undefined when the connection
+ * is not TLS or carries no client certificate.
+ */
+export function peerIdentity(call: { getAuthContext?: () => { sslPeerCertificate?: PeerCertificate } | null }): Identity | undefined {
+  const cert = call.getAuthContext?.()?.sslPeerCertificate;
+  if (cert === undefined || cert === null || Object.keys(cert).length === 0) return undefined;
+  return identityOf(cert);
+}

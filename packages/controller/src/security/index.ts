@@ -1,0 +1,15 @@
+// Controller security: the CA (cell and client certificates), identities carried in
+// certificates, and one-time bootstrap tokens for new cells.
+export { CertificateAuthority, CA_STORE_KEY, type CellCertificateRequest, type CertificateAuthorityOptions, type IssuedCertificate } from './ca.js';
+export {
+  cellServerIdentityCheck,
+  checkName,
+  controllerIdentityCheck,
+  DEFAULT_TRUST_DOMAIN,
+  identityOf,
+  identityUri,
+  peerIdentity,
+  type Identity,
+} from './identity.js';
+export { ENCRYPTION_KEY_FIELD, parseEncryptionKey, UnsealError } from './sealed.js';
+export { BOOTSTRAP_TOKEN_PREFIX, BootstrapTokenError, BootstrapTokens, type BootstrapTokenFailure } from './tokens.js';
