@@ -1,68 +1,282 @@
-// End to end through the gRPC API with real runc: init units, shared volumes, restarts,
-// probes, stop, user resolution, spec changes.
-import { mkdtempSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+// End to end through the gRPC API with real runc, a real registry (distribution) and real
+// processes: init units, shared volumes, restarts and back-off, probes, OOM, graceful stop,
+// secret/configMap volumes, user resolution, spec changes and bad input. Each pod runs on its
+// own in-process agent (a cell runs one pod), several at once.
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { status as GrpcStatus } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PodPhase, RestartPolicy } from '@cello/proto/cell';
-import { DirImageService } from '../src/images/dir-images.js';
+import { PodPhase, RestartPolicy, StorageMedium } from '@cello/proto/cell';
 import { apply, getStatus, pod, startTestAgent, type TestAgent } from './helpers/agent.js';
-import { makeBusyboxRootfs, requireTools } from './helpers/rootfs.js';
+import { startTestRegistry, type TestImages } from './helpers/registry.js';
+import { requireTools } from './helpers/rootfs.js';
 
-const IMG = 'local/busybox:1';
-let images: DirImageService;
+let reg: TestImages;
+let IMG: string;
 const agents: TestAgent[] = [];
 
-beforeAll(() => {
+beforeAll(async () => {
   requireTools();
-  images = new DirImageService();
-  images.add(IMG, makeBusyboxRootfs(join(mkdtempSync(join(tmpdir(), 'cello-rootfs-')), 'rootfs')), { cmd: ['sh'] });
+  reg = await startTestRegistry();
+  IMG = reg.busybox;
 });
 
 afterAll(async () => {
   await Promise.all(agents.map((a) => a.stop()));
+  await reg?.stop();
 });
 
 async function agent(): Promise<TestAgent> {
-  const a = await startTestAgent(images);
+  const a = await startTestAgent(undefined, { insecureRegistries: [reg.registry.host] });
   agents.push(a);
   return a;
 }
 
-describe('pods', () => {
+const sh = (script: string) => ['sh', '-c', script];
+
+describe.concurrent('pods', () => {
   it('runs init units in order, then two units sharing an emptyDir', async () => {
     const a = await agent();
     await apply(a.client, {
       pod: pod('init-share', {
         volumes: [{ name: 'shared', source: { $case: 'emptyDir', value: {} } }],
         initContainers: [
-          { name: 'first', image: IMG, command: ['sh', '-c', 'echo one > /data/order'], volumeMounts: [{ name: 'shared', mountPath: '/data' }] },
-          { name: 'second', image: IMG, command: ['sh', '-c', 'echo two >> /data/order'], volumeMounts: [{ name: 'shared', mountPath: '/data' }] },
+          { name: 'first', image: IMG, command: sh('echo one > /data/order'), volumeMounts: [{ name: 'shared', mountPath: '/data' }] },
+          { name: 'second', image: IMG, command: sh('echo two >> /data/order'), volumeMounts: [{ name: 'shared', mountPath: '/data' }] },
         ],
         containers: [
-          { name: 'writer', image: IMG, command: ['sh', '-c', 'echo from-writer > /data/msg; sleep 3600'], volumeMounts: [{ name: 'shared', mountPath: '/data' }] },
-          { name: 'reader', image: IMG, command: ['sh', '-c', 'while [ ! -f /data/msg ]; do sleep 0.1; done; cat /data/order /data/msg > /dev/termination-log; sleep 3600'], volumeMounts: [{ name: 'shared', mountPath: '/data' }] },
+          { name: 'writer', image: IMG, command: sh('echo from-writer > /data/msg; sleep 3600'), volumeMounts: [{ name: 'shared', mountPath: '/data' }] },
+          { name: 'reader', image: IMG, command: sh('while [ ! -f /data/msg ]; do sleep 0.1; done; cat /data/msg > /data/seen; sleep 3600'), volumeMounts: [{ name: 'shared', mountPath: '/data' }] },
         ],
       }),
     });
-    await a.watch.until('both units running', (w) => w.running('writer') && w.running('reader') && w.last?.status?.phase === PodPhase.POD_PHASE_RUNNING);
+    await a.watch.until('both units running and ready', (w) => w.running('writer') && w.running('reader') && w.last?.status?.conditions.find((c) => c.type === 'Ready')?.status === 1);
     const s = a.watch.last!.status!;
-    expect(s.initContainerStatuses.map((c) => c.state?.state?.$case)).toEqual(['terminated', 'terminated']);
+    expect(s.phase).toBe(PodPhase.POD_PHASE_RUNNING);
+    expect(s.initContainerStatuses.map((c) => c.state?.state?.$case === 'terminated' && c.state.state.value.reason)).toEqual(['Completed', 'Completed']);
     expect(s.conditions.find((c) => c.type === 'Initialized')?.status).toBe(1);
-    const order = readFileSync(join(a.stateDir, 'volumes/shared/order'), 'utf8');
-    expect(order).toBe('one\ntwo\n');
-    await a.watch.until('ready', (w) => w.last?.status?.conditions.find((c) => c.type === 'Ready')?.status === 1);
+    expect(readFileSync(join(a.stateDir, 'volumes/shared/order'), 'utf8')).toBe('one\ntwo\n');
+    expect(a.watch.events.some((e) => e.reason === 'Pulled')).toBe(true);
   });
 
-  it('backs off a crashing unit and counts its restarts', async () => {
+  it('backs off a crashing unit, counts restarts, keeps the last state', async () => {
     const a = await agent();
-    await apply(a.client, { pod: pod('crash', { containers: [{ name: 'crasher', image: IMG, command: ['sh', '-c', 'echo bye; exit 3'] }] }) });
+    await apply(a.client, { pod: pod('crash', { containers: [{ name: 'crasher', image: IMG, command: sh('echo bye; exit 3') }] }) });
     await a.watch.until('CrashLoopBackOff after restarts', (w) => (w.unit('crasher')?.restartCount ?? 0) >= 2 && w.waiting('crasher')?.reason === 'CrashLoopBackOff');
     const u = a.watch.unit('crasher')!;
-    expect(u.lastState?.state?.$case).toBe('terminated');
     const last = u.lastState?.state?.$case === 'terminated' ? u.lastState.state.value : undefined;
     expect(last?.exitCode).toBe(3);
     expect(last?.reason).toBe('Error');
     expect(a.watch.events.some((e) => e.reason === 'BackOff' && e.container === 'crasher')).toBe(true);
+    // Back-off grows: the gap before the third start is longer than before the second.
+    const starts = a.watch.history.filter((h) => h.status?.containerStatuses[0]?.state?.state?.$case === 'running').map((h) => h.status!.containerStatuses[0]!.restartCount);
+    expect(new Set(starts).size).toBeGreaterThanOrEqual(2);
+  });
+
+  it('restarts a unit whose liveness probe fails, and flips readiness', async () => {
+    const a = await agent();
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    await apply(a.client, {
+      pod: pod('probes', {
+        terminationGracePeriodSeconds: 1,
+        containers: [
+          {
+            name: 'live',
+            image: IMG,
+            command: sh('touch /tmp/healthy; sleep 3600'),
+            livenessProbe: { handler: { action: { $case: 'exec', value: { command: ['test', '-f', '/tmp/healthy'] } } }, periodSeconds: 1, failureThreshold: 2 },
+          },
+          {
+            name: 'web',
+            image: IMG,
+            ports: [{ name: 'http', containerPort: port }],
+            command: sh(`mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 127.0.0.1:${port} -h /www`),
+            readinessProbe: { handler: { action: { $case: 'httpGet', value: { path: '/index.html', port: { value: { $case: 'name', value: 'http' } }, host: '127.0.0.1', httpHeaders: [{ name: 'X-Probe', value: '1' }] } } }, periodSeconds: 1, failureThreshold: 1 },
+          },
+        ],
+      }),
+    });
+    await a.watch.until('web ready, live running', (w) => w.unit('web')?.ready === true && w.running('live'));
+    expect(a.watch.unit('live')?.restartCount).toBe(0);
+    // Make the liveness probe fail from inside the unit: the agent restarts it.
+    const { execFileSync } = await import('node:child_process');
+    const live = a.watch.unit('live')!;
+    const id = live.containerId.replace('runc://', '');
+    execFileSync('runc', ['--root', join(a.stateDir, 'runc'), 'exec', id, 'rm', '/tmp/healthy']);
+    await a.watch.until('live restarted', (w) => (w.unit('live')?.restartCount ?? 0) >= 1 && w.running('live'), 20_000);
+    expect(a.watch.events.some((e) => e.reason === 'Unhealthy' && e.container === 'live' && e.message.startsWith('Liveness probe failed'))).toBe(true);
+    // Readiness: kill httpd's document; the probe fails and the unit becomes unready.
+    const web = a.watch.unit('web')!.containerId.replace('runc://', '');
+    execFileSync('runc', ['--root', join(a.stateDir, 'runc'), 'exec', web, 'rm', '/www/index.html']);
+    await a.watch.until('web unready', (w) => w.unit('web')?.ready === false && w.last?.status?.conditions.find((c) => c.type === 'Ready')?.status === 2);
+    execFileSync('runc', ['--root', join(a.stateDir, 'runc'), 'exec', web, 'sh', '-c', 'echo ok > /www/index.html']);
+    await a.watch.until('web ready again', (w) => w.unit('web')?.ready === true);
+    expect(a.watch.unit('web')?.restartCount).toBe(0);
+  });
+
+  it('reports OOMKilled for a unit over its memory limit', async () => {
+    const a = await agent();
+    await apply(a.client, {
+      pod: pod('oom', {
+        restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
+        containers: [{ name: 'hog', image: IMG, command: sh('head -c 200000000 /dev/zero | tail > /dev/null'), resources: { limits: { memoryBytes: 32 * 1024 * 1024 } } }],
+      }),
+    });
+    await a.watch.until('hog terminated', (w) => w.terminated('hog') !== undefined, 30_000);
+    expect(a.watch.terminated('hog')).toMatchObject({ reason: 'OOMKilled', exitCode: 137 });
+    expect(a.watch.last?.status?.phase).toBe(PodPhase.POD_PHASE_FAILED);
+  });
+
+  it('stops gracefully: SIGTERM to a trapping unit, then SIGKILL after the grace period', async () => {
+    const a = await agent();
+    await apply(a.client, {
+      pod: pod('grace', {
+        terminationGracePeriodSeconds: 1,
+        volumes: [{ name: 'out', source: { $case: 'emptyDir', value: {} } }],
+        containers: [
+          { name: 'polite', image: IMG, command: sh("trap 'echo got-term > /out/polite; exit 0' TERM; while true; do sleep 0.1; done"), volumeMounts: [{ name: 'out', mountPath: '/out' }] },
+          { name: 'stubborn', image: IMG, command: sh("trap 'echo ignoring > /out/stubborn' TERM; while true; do sleep 0.1; done"), volumeMounts: [{ name: 'out', mountPath: '/out' }] },
+        ],
+      }),
+    });
+    await a.watch.until('both running', (w) => w.running('polite') && w.running('stubborn'));
+    const vol = join(a.stateDir, 'volumes/out');
+    const t0 = Date.now();
+    const seen: Record<string, string> = {};
+    // Record the final states as DeletePod drives them.
+    const done = a.watch.until('both terminated', (w) => {
+      for (const n of ['polite', 'stubborn']) {
+        const t = w.terminated(n);
+        if (t) seen[n] = `${t.exitCode}`;
+      }
+      return Object.keys(seen).length === 2;
+    });
+    const files: Record<string, string> = {};
+    a.watch.until('files', () => false, 1).catch(() => {});
+    const del = new Promise<void>((resolve, reject) => a.client.deletePod({}, (err) => (err ? reject(err) : resolve())));
+    await done;
+    for (const n of ['polite', 'stubborn']) files[n] = readFileSync(join(vol, n), 'utf8').trim();
+    await del;
+    const took = Date.now() - t0;
+    expect(files).toEqual({ polite: 'got-term', stubborn: 'ignoring' });
+    expect(seen).toEqual({ polite: '0', stubborn: '137' });
+    expect(took).toBeGreaterThanOrEqual(900);
+    expect(took).toBeLessThan(8000);
+  });
+
+  it('mounts secret and configMap volumes with items, modes and subPath; refuses ".." items', async () => {
+    const a = await agent();
+    await apply(a.client, {
+      pod: pod('vols', {
+        restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
+        volumes: [
+          { name: 'sec', source: { $case: 'secret', value: { secretName: 'creds', defaultMode: 0o400, items: [{ key: 'user', path: 'nested/username' }, { key: 'pass', path: 'password', mode: 0o440 }] } } },
+          { name: 'cfg', source: { $case: 'configMap', value: { name: 'settings' } } },
+          { name: 'mem', source: { $case: 'emptyDir', value: { medium: StorageMedium.STORAGE_MEDIUM_MEMORY, sizeLimitBytes: 4 * 1024 * 1024 } } },
+        ],
+        containers: [
+          {
+            name: 'check',
+            image: IMG,
+            command: sh('cat /etc/creds/nested/username /etc/creds/password /etc/app.conf; stat -c %a /etc/creds/password /etc/creds/nested/username; ls /etc/cfg-all | sort | tr "\\n" " "; grep -q " /scratch tmpfs" /proc/mounts && echo tmpfs; echo x > /etc/creds/w 2>/dev/null || echo ro > /dev/termination-log; cat /etc/creds/nested/username /etc/creds/password /etc/app.conf >> /dev/termination-log'),
+            volumeMounts: [
+              { name: 'sec', mountPath: '/etc/creds' },
+              { name: 'cfg', mountPath: '/etc/app.conf', subPath: 'app.conf' },
+              { name: 'cfg', mountPath: '/etc/cfg-all', readOnly: true },
+              { name: 'mem', mountPath: '/scratch' },
+            ],
+          },
+        ],
+      }),
+      secrets: { creds: { data: { user: Buffer.from('alice\n'), pass: Buffer.from('s3cret\n') } } },
+      configMaps: { settings: { data: { 'app.conf': 'mode=fast\n', other: 'x' }, binaryData: {} } },
+    });
+    await a.watch.until('check finished', (w) => w.terminated('check') !== undefined);
+    const t = a.watch.terminated('check')!;
+    expect(t.reason).toBe('Completed');
+    expect(t.message).toBe('ro\nalice\ns3cret\nmode=fast\n');
+    // A second pod whose item path escapes: shown in status with a reason, nothing written.
+    const b = await agent();
+    await apply(b.client, {
+      pod: pod('badvol', {
+        volumes: [{ name: 'sec', source: { $case: 'secret', value: { secretName: 'creds', items: [{ key: 'user', path: '../../escape' }] } } }],
+        containers: [{ name: 'c', image: IMG, command: sh('sleep 3600'), volumeMounts: [{ name: 'sec', mountPath: '/s' }] }],
+      }),
+      secrets: { creds: { data: { user: Buffer.from('alice') } } },
+    });
+    await b.watch.until('config error shown', (w) => w.waiting('c')?.reason === 'CreateContainerConfigError');
+    expect(b.watch.waiting('c')!.message).toContain("items[0].path \"../../escape\" must not contain '..'");
+  });
+
+  it('resolves the image USER by name, enforces runAsNonRoot', async () => {
+    const a = await agent();
+    await apply(a.client, {
+      pod: pod('users', {
+        restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
+        containers: [
+          { name: 'named', image: reg.busyboxApp, command: sh('id > /dev/termination-log'), securityContext: { runAsNonRoot: true } },
+          { name: 'rooted', image: IMG, command: sh('id'), securityContext: { runAsNonRoot: true } },
+          { name: 'numeric', image: IMG, command: sh('id -u > /dev/termination-log'), securityContext: { runAsUser: 4321, runAsGroup: 99 } },
+        ],
+      }),
+    });
+    await a.watch.until('named and numeric finished, rooted refused', (w) => w.terminated('named') !== undefined && w.terminated('numeric') !== undefined && w.waiting('rooted')?.reason === 'CreateContainerConfigError');
+    expect(a.watch.terminated('named')!.message.trim()).toMatch(/^uid=1234\(app\) gid=1234\(appgrp\) groups=.*2000\(extra\)/);
+    expect(a.watch.terminated('numeric')!.message.trim()).toBe('4321');
+    expect(a.watch.waiting('rooted')!.message).toContain('runAsNonRoot and image will run as root');
+  });
+
+  it('restarts only the unit whose spec changed; refuses invalid specs without disturbing the pod', async () => {
+    const a = await agent();
+    const mk = (msg: string) =>
+      pod('change', {
+        terminationGracePeriodSeconds: 1,
+        containers: [
+          { name: 'stable', image: IMG, command: sh('sleep 3600') },
+          { name: 'changing', image: IMG, command: sh(`echo ${msg}; sleep 3600`), env: [{ name: 'MSG', value: msg }] },
+        ],
+      });
+    const p1 = mk('one');
+    await apply(a.client, { pod: p1, generation: 1 });
+    await a.watch.until('both running', (w) => w.running('stable') && w.running('changing'));
+    const stableId = a.watch.unit('stable')!.containerId;
+    const changingId = a.watch.unit('changing')!.containerId;
+    // Same spec again: nothing changes.
+    expect((await apply(a.client, { pod: p1, generation: 2 })).changedUnits).toEqual([]);
+    const p2 = mk('two');
+    p2.metadata = p1.metadata;
+    const r = await apply(a.client, { pod: p2, generation: 3 });
+    expect(r.changedUnits).toEqual(['changing']);
+    await a.watch.until('changing restarted', (w) => w.running('changing') && w.unit('changing')!.containerId !== changingId);
+    expect(a.watch.unit('stable')!.containerId).toBe(stableId);
+    // Invalid: names the field, leaves the running pod alone.
+    const bad = mk('three');
+    bad.metadata = p1.metadata;
+    bad.spec!.containers[1]!.image = '';
+    const err = await apply(a.client, { pod: bad, generation: 4 }).then(() => undefined, (e: { code: number; details: string }) => e);
+    expect(err?.code).toBe(GrpcStatus.INVALID_ARGUMENT);
+    expect(err?.details).toBe('spec.containers[1].image: must not be empty');
+    const older = await apply(a.client, { pod: p2, generation: 2 }).then(() => undefined, (e: { code: number }) => e);
+    const st = await getStatus(a.client);
+    expect({ gen: st.generation, older: older?.code }).toEqual({ gen: 3, older: GrpcStatus.FAILED_PRECONDITION });
+    expect(st.status!.containerStatuses.find((c) => c.name === 'stable')!.containerId).toBe(stableId);
+  });
+
+  it('shows a missing image and a missing command in status', async () => {
+    const a = await agent();
+    await apply(a.client, {
+      pod: pod('missing', {
+        containers: [
+          { name: 'noimage', image: `${reg.registry.host}/nope:1` },
+          { name: 'nocmd', image: IMG, command: ['/bin/does-not-exist'] },
+        ],
+      }),
+    });
+    await a.watch.until('pull failure and start failure', (w) => ['ErrImagePull', 'ImagePullBackOff'].includes(w.waiting('noimage')?.reason ?? '') && (w.unit('nocmd')?.lastState?.state?.$case === 'terminated' || w.terminated('nocmd') !== undefined));
+    expect(a.watch.waiting('noimage')!.message).toMatch(/nope/);
+    const nc = a.watch.unit('nocmd')!;
+    const t = nc.lastState?.state?.$case === 'terminated' ? nc.lastState.state.value : a.watch.terminated('nocmd')!;
+    expect(t.reason).toBe('StartError');
+    expect(t.message).toContain('does-not-exist');
   });
 });

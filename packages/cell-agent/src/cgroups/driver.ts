@@ -22,6 +22,13 @@ export interface CgroupDriver {
   ensure(path: string, limits: UnitLimits): Promise<void>;
   /** How many processes the kernel's OOM killer has killed in this cgroup's memory limit. */
   oomKills(path: string): Promise<number>;
+  /**
+   * How often the cgroup's memory limit was hit (v1 memory.failcnt, v2 memory.events `max`).
+   * On v1 the OOM kill of a process in a child cgroup is counted only in that child, which runc
+   * removes when the instance ends; a SIGKILL the agent did not send, while the unit's limit
+   * was being hit, is then the OOM kill.
+   */
+  limitHits(path: string): Promise<number>;
   stats(path: string): Promise<CgroupStats>;
   /** PIDs of every process in the cgroup and its descendants. */
   pids(path: string): Promise<number[]>;

@@ -40,6 +40,14 @@ export class CgroupV1Driver implements CgroupDriver {
     }
   }
 
+  async limitHits(path: string): Promise<number> {
+    try {
+      return await readNum(join(this.dir('memory', path), 'memory.failcnt'));
+    } catch {
+      return 0;
+    }
+  }
+
   async stats(path: string): Promise<CgroupStats> {
     const lim = await readNum(join(this.dir('memory', path), 'memory.limit_in_bytes'));
     return {

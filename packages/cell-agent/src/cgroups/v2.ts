@@ -60,6 +60,14 @@ export class CgroupV2Driver implements CgroupDriver {
     }
   }
 
+  async limitHits(path: string): Promise<number> {
+    try {
+      return (await readKeyed(join(this.dir(path), 'memory.events'))).get('max') ?? 0;
+    } catch {
+      return 0;
+    }
+  }
+
   async stats(path: string): Promise<CgroupStats> {
     const d = this.dir(path);
     const cpu = await readKeyed(join(d, 'cpu.stat'));

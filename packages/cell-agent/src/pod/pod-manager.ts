@@ -170,7 +170,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     return p;
   }
 
-  apply(req: ApplyPodRequest): Promise<ApplyPodResponse> {
+  async apply(req: ApplyPodRequest): Promise<ApplyPodResponse> {
     validateApply(req);
     return this.serial(() => this.doApply(req));
   }

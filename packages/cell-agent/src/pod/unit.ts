@@ -1,5 +1,6 @@
 // Supervises one unit (container) of the pod: image, instance creation, start, exit, restart
 // with back-off, probes, and stop. Its lifecycle is the explicit UnitState machine.
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -90,6 +91,8 @@ export class Unit implements UnitView {
   private stopRequested = false;
   private probers: Prober[] = [];
   private killReason: string | undefined;
+  private readonly oomBefore = new WeakMap<Instance, { ooms: number; hits: number }>();
+  private readonly killedByAgent = new WeakSet<Instance>();
   private completed = false;
 
   constructor(
@@ -281,8 +284,7 @@ export class Unit implements UnitView {
       const exitedP = once(inst, 'exited') as Promise<[ExitInfo]>;
       const current = inst;
       inst.once('started', () => this.onStarted(current));
-      const oomBefore = await this.ctx.cgroups.oomKills(this.cgroup);
-      (inst as Instance & { oomBefore?: number }).oomBefore = oomBefore;
+      this.oomBefore.set(inst, { ooms: await this.ctx.cgroups.oomKills(this.cgroup), hits: await this.ctx.cgroups.limitHits(this.cgroup) });
       try {
         await inst.start();
       } catch (err) {
@@ -304,7 +306,8 @@ export class Unit implements UnitView {
     const n = ++this.instanceCounter;
     const inst = new Instance({
       dir: join(this.dir, `i${n}`),
-      id: `${this.name}-${n}`,
+      // Unique across unit replacements (a spec change starts a new Unit with its own counter).
+      id: `${this.name}-${n}-${randomBytes(3).toString('hex')}`,
       instance: n,
       runc: this.ctx.runc,
       tty: this.tty,
@@ -413,6 +416,7 @@ export class Unit implements UnitView {
     if (inst.done) return;
     const exited = once(inst, 'exited');
     const sig = this.image?.config.stopSignal || 'SIGTERM';
+    this.killedByAgent.add(inst);
     if (g > 0 && inst.pid !== undefined) await inst.kill(sig).catch(() => {});
     const timer = new Promise<'timeout'>((r) => {
       const t = setTimeout(() => r('timeout'), g);
@@ -431,7 +435,9 @@ export class Unit implements UnitView {
   private async onExited(inst: Instance, exit: ExitInfo): Promise<boolean> {
     this.stopProbes();
     const ooms = await this.ctx.cgroups.oomKills(this.cgroup);
-    const oomBefore = (inst as Instance & { oomBefore?: number }).oomBefore ?? ooms;
+    const hits = await this.ctx.cgroups.limitHits(this.cgroup);
+    const before = this.oomBefore.get(inst) ?? { ooms, hits };
+    const killedByUs = this.killedByAgent.has(inst);
     let reason: string;
     let message = '';
     let code = exit.exitCode;
@@ -440,7 +446,7 @@ export class Unit implements UnitView {
       reason = 'StartError';
       message = exit.startError;
       code = 128;
-    } else if (ooms > oomBefore) reason = 'OOMKilled';
+    } else if (ooms > before.ooms || (code === 137 && !killedByUs && hits > before.hits)) reason = 'OOMKilled';
     else reason = code === 0 ? 'Completed' : 'Error';
     if (exit.startError === undefined) message = this.terminationMessage(inst, code);
     const term: UnitState = {

@@ -18,7 +18,7 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { closeSync, constants as FS, existsSync, openSync, readFileSync, watch, type FSWatcher } from 'node:fs';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
@@ -156,7 +156,9 @@ export class Instance extends EventEmitter {
     await mkdir(p.upper, { recursive: true });
     await mkdir(p.work, { recursive: true });
     await mkdir(p.rootfs, { recursive: true });
-    await writeFile(p.termination, '', { mode: 0o666 });
+    await writeFile(p.termination, '');
+    // Any user the unit runs as may write its termination message (umask would narrow it).
+    await chmod(p.termination, 0o666);
     await mountOverlay(layerDirs, p.upper, p.work, p.rootfs);
   }
 

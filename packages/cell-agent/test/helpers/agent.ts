@@ -27,7 +27,7 @@ export interface TestAgent {
   stop(): Promise<void>;
 }
 
-export async function startTestAgent(images: ImageService, extra: Partial<AgentOptions> = {}): Promise<TestAgent> {
+export async function startTestAgent(images: ImageService | undefined, extra: Partial<AgentOptions> = {}): Promise<TestAgent> {
   const stateDir = extra.stateDir ?? mkdtempSync(join(tmpdir(), 'cello-agent-'));
   const id = Math.random().toString(36).slice(2, 8);
   const agent = await startAgent({
@@ -35,7 +35,7 @@ export async function startTestAgent(images: ImageService, extra: Partial<AgentO
     stateDir,
     tls: undefined,
     logger: pino({ level: process.env.TEST_LOG ?? 'silent' }),
-    images,
+    ...(images ? { images } : {}),
     cgroupParent: `/cello-test/${id}`,
     backoff: FAST_BACKOFF,
     probeSecondMs: 200,

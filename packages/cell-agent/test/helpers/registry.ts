@@ -1,0 +1,25 @@
+// A real registry (CNCF distribution via @cello/testkit) holding busybox images built from the
+// test rootfs: `busybox` (root) and `busybox-app` (USER app, resolved from its /etc/passwd).
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pushImage, startRegistry, type RegistryServer } from '@cello/testkit';
+import { makeBusyboxRootfs } from './rootfs.js';
+
+export interface TestImages {
+  registry: RegistryServer;
+  busybox: string;
+  busyboxApp: string;
+  stop(): Promise<void>;
+}
+
+export async function startTestRegistry(): Promise<TestImages> {
+  const registry = await startRegistry();
+  const rootfs = makeBusyboxRootfs(join(mkdtempSync(join(tmpdir(), 'cello-rootfs-')), 'rootfs'));
+  const tar = execFileSync('tar', ['-C', rootfs, '--numeric-owner', '--sort=name', '-cf', '-', '.'], { maxBuffer: 64 << 20 });
+  const env = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'];
+  const bb = await pushImage(registry, 'busybox:1', [{ blob: tar }], { Cmd: ['sh'], Env: env, StopSignal: 'SIGTERM' });
+  const app = await pushImage(registry, 'busybox-app:1', [{ blob: tar }], { Cmd: ['sh'], Env: env, User: 'app' });
+  return { registry, busybox: bb.ref, busyboxApp: app.ref, stop: () => registry.stop() };
+}
