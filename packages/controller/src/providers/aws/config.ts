@@ -1,0 +1,109 @@
+// Configuration of the aws provider: the `providers.aws` section of the controller's YAML,
+// validated at start with errors that name the field. Credentials are never configured here:
+// the AWS SDK's default chain finds them (environment, shared config/profiles, web identity /
+// IRSA, instance metadata), so no secret ever sits in the controller's configuration.
+import { z } from 'zod';
+
+const cidr = z
+  .string()
+  .regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$|^[0-9a-fA-F:]+\/\d{1,3}$/, 'must be a CIDR such as 10.0.0.0/16');
+
+export const awsProviderConfigSchema = z
+  .object({
+    /** Region; falls back to the SDK chain (AWS_REGION, profile). */
+    region: z.string().min(1).optional(),
+    /** EC2 API endpoint override: tests (moto) and EC2-compatible clouds. */
+    endpoint: z.string().url().optional(),
+    /** Shared-config profile name; otherwise the default chain. */
+    profile: z.string().min(1).optional(),
+    /** The cell image: an AMI ID, or the newest image whose name matches a filter, from these owners. */
+    image: z.union([
+      z.object({ id: z.string().regex(/^ami-[0-9a-f]+$/, 'must be an AMI ID such as ami-0123456789abcdef0') }),
+      z.object({ name: z.string().min(1), owners: z.array(z.string().min(1)).min(1) }),
+    ]),
+    /** Subnets to launch in, ideally one per availability zone; tried in order for capacity. */
+    subnets: z.array(z.string().regex(/^subnet-[0-9a-f]+$/, 'must be a subnet ID')).min(1),
+    /** Extra security groups for every cell (in addition to the managed cell group, if any). */
+    securityGroupIds: z.array(z.string().regex(/^sg-[0-9a-f]+$/, 'must be a security group ID')).default([]),
+    /**
+     * The controller creates (or finds) one security group for cells that admits the agent port
+     * only from the controller's own security group and/or these CIDRs.
+     */
+    cellSecurityGroup: z
+      .object({
+        name: z.string().min(1).default('cello-cells'),
+        vpcId: z.string().regex(/^vpc-[0-9a-f]+$/, 'must be a VPC ID'),
+        allowFromSecurityGroups: z.array(z.string().regex(/^sg-[0-9a-f]+$/, 'must be a security group ID')).default([]),
+        allowFromCidrs: z.array(cidr).default([]),
+      })
+      .refine((g) => g.allowFromSecurityGroups.length + g.allowFromCidrs.length > 0, {
+        message: 'needs allowFromSecurityGroups or allowFromCidrs: nothing could reach the agents',
+      })
+      .optional(),
+    /** Default instance profile (name or ARN); a pod overrides it with an annotation. */
+    instanceProfile: z.string().min(1).optional(),
+    rootVolume: z
+      .object({
+        sizeGiB: z.number().int().min(4).max(16384).default(20),
+        type: z.enum(['gp3', 'gp2', 'io1', 'io2', 'standard']).default('gp3'),
+        /** KMS key for EBS encryption; the account default key when absent. Encryption is always on. */
+        kmsKeyId: z.string().min(1).optional(),
+      })
+      .default({ sizeGiB: 20, type: 'gp3' }),
+    /**
+     * IMDS hop limit. 2 lets the pod (in its own network namespace, one hop further) reach the
+     * instance metadata and so its instance profile: on Cello the instance *is* the pod.
+     */
+    metadataHopLimit: z.number().int().min(1).max(64).default(2),
+    spot: z
+      .object({
+        /** Launch spot unless the pod says otherwise. */
+        default: z.boolean().default(false),
+        /** When spot has no capacity, launch on-demand instead of failing the candidate. */
+        fallbackToOnDemand: z.boolean().default(true),
+      })
+      .default({ default: false, fallbackToOnDemand: true }),
+    /** How the controller reaches agents: the instance's private IP (same VPC) or its public IP. */
+    addressType: z.enum(['private', 'public']).default('private'),
+    /** A (type, zone) pair that reported no capacity is skipped for this long. */
+    capacityBackoffSeconds: z.number().int().min(0).default(300),
+    /** SDK attempts per call (throttling and transient errors are retried with backoff). */
+    maxAttempts: z.number().int().min(1).max(20).default(8),
+    /** Instance types offered to selection (globs allowed); all of the catalog when absent. */
+    instanceTypes: z.array(z.string().min(1)).optional(),
+    /** Replacement price file (same format as data/aws-prices.json). */
+    pricesFile: z.string().min(1).optional(),
+    /** Read specs live with DescribeInstanceTypes (cached); false uses the bundled snapshot only. */
+    liveCatalog: z.boolean().default(true),
+    /** Extra tags on every instance and volume. */
+    extraTags: z.record(z.string(), z.string()).default({}),
+  })
+  .strict();
+
+export type AwsProviderConfig = z.infer<typeof awsProviderConfigSchema>;
+export type AwsProviderConfigInput = z.input<typeof awsProviderConfigSchema>;
+
+/** Validates the `providers.aws` section; the error names the field, e.g. `providers.aws.subnets.0`. */
+export function parseAwsProviderConfig(input: unknown, path = 'providers.aws'): AwsProviderConfig {
+  const r = awsProviderConfigSchema.safeParse(input);
+  if (!r.success) {
+    const msgs = r.error.issues.map((i) => `${[path, ...i.path.map(String)].join('.')}: ${i.message}`);
+    throw new Error(`invalid configuration: ${msgs.join('; ')}`);
+  }
+  return r.data;
+}
+
+/** Pod annotations the aws provider honours (passed by the core in LaunchRequest.options). */
+export const ANNOTATIONS = {
+  instanceProfile: 'cello.io/aws-instance-profile',
+  rootVolumeGiB: 'cello.io/aws-root-volume-gib',
+  spot: 'cello.io/spot',
+} as const;
+
+/** Tag keys: how the controller finds what it owns, whatever happened to its store. */
+export const TAGS = {
+  controllerId: 'cello:controller-id',
+  cellId: 'cello:cell-id',
+  podNamespace: 'cello:pod-namespace',
+  podName: 'cello:pod-name',
+} as const;
