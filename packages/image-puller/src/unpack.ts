@@ -218,6 +218,39 @@ class LayerWriter implements TarSink {
   entry(h: TarHeader): void | Promise<void> {
     if (this.o.signal?.aborted) throw new PullError('network', 'aborted');
     const rel = cleanPath(h.name);
+    const parent = parentOf(rel);
+    if (this.o.mode === 'overlay' && this.o.lowerDirs && parent !== '' && this.known.get(parent) === undefined) {
+      return this.lowerParents(parent, h.name).then(() => this.entryAt(rel, h));
+    }
+    return this.entryAt(rel, h);
+  }
+
+  /**
+   * Overlay mode, a parent this layer does not create itself: it stands for the lower layers'
+   * directory. Refuse if that is a symlink (the merged tree would write through it), and give
+   * the new directory the lower one's metadata, as overlayfs' copy-up does.
+   */
+  private async lowerParents(parent: string, entry: string): Promise<void> {
+    const lowers = await this.o.lowerDirs!();
+    let p = '';
+    for (const part of parent.split('/')) {
+      p = p === '' ? part : `${p}/${part}`;
+      if (this.known.get(p) !== undefined) continue;
+      for (const dir of lowers) {
+        let st: Stats;
+        try {
+          st = lstatSync(join(dir, p));
+        } catch {
+          continue;
+        }
+        if (st.isSymbolicLink()) throw unsafe(entry, `parent ${JSON.stringify(p)} is a symlink in a lower layer`);
+        if (st.isDirectory() && !this.dirMeta.has(p)) this.dirMeta.set(p, { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: st.mtimeMs / 1000 });
+        break;
+      }
+    }
+  }
+
+  private entryAt(rel: string, h: TarHeader): void | Promise<void> {
     const slash = rel.lastIndexOf('/');
     const base = rel.slice(slash + 1);
     if (base.startsWith('.wh.')) return this.whiteout(rel, base, h.name);

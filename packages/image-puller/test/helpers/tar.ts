@@ -1,0 +1,50 @@
+import { createHash } from 'node:crypto';
+import { gzipSync } from 'node:zlib';
+import tarStream from 'tar-stream';
+import type { RawLayer } from '@cello/testkit';
+
+export interface Entry {
+  name: string;
+  type?: 'file' | 'directory' | 'symlink' | 'link' | 'fifo';
+  linkname?: string;
+  mode?: number;
+  content?: string | Buffer;
+  size?: number;
+}
+
+/** A tar archive (in memory) from entries, written verbatim: hostile names included. */
+export async function makeTar(entries: Entry[]): Promise<Buffer> {
+  const pack = tarStream.pack();
+  const chunks: Buffer[] = [];
+  pack.on('data', (c: Buffer) => chunks.push(c));
+  const done = new Promise<void>((resolve, reject) => {
+    pack.on('end', resolve);
+    pack.on('error', reject);
+  });
+  for (const e of entries) {
+    const content = typeof e.content === 'string' ? Buffer.from(e.content) : e.content;
+    const type = e.type ?? 'file';
+    await new Promise<void>((resolve, reject) => {
+      pack.entry(
+        { name: e.name, type, mode: e.mode ?? (type === 'directory' ? 0o755 : 0o644), mtime: new Date(1700000000000), uid: 0, gid: 0, ...(e.linkname ? { linkname: e.linkname } : {}), ...(e.size !== undefined ? { size: e.size } : {}) },
+        type === 'file' ? (content ?? Buffer.alloc(0)) : undefined,
+        (err) => (err ? reject(err) : resolve()),
+      );
+    });
+  }
+  pack.finalize();
+  await done;
+  return Buffer.concat(chunks);
+}
+
+export function sha256(b: Buffer): string {
+  return `sha256:${createHash('sha256').update(b).digest('hex')}`;
+}
+
+export function gzipLayer(tar: Buffer): RawLayer {
+  return { blob: gzipSync(tar), diffId: sha256(tar), mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip' };
+}
+
+export function plainLayer(tar: Buffer): RawLayer {
+  return { blob: tar, diffId: sha256(tar), mediaType: 'application/vnd.oci.image.layer.v1.tar' };
+}

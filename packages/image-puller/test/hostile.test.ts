@@ -1,0 +1,125 @@
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { pushImage, startRegistry, type RegistryServer } from '@cello/testkit';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ImagePuller, PullError } from '../src/index.js';
+import { gzipLayer, makeTar, sha256, type Entry } from './helpers/tar.js';
+
+let registry: RegistryServer;
+let work: string;
+let outside: string;
+
+beforeAll(async () => {
+  registry = await startRegistry();
+  work = mkdtempSync(join(tmpdir(), 'ip-hostile-'));
+  outside = join(work, 'outside');
+  mkdirSync(outside);
+  writeFileSync(join(outside, 'victim'), 'original\n');
+});
+
+afterAll(async () => {
+  await registry?.stop();
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+function outsideIntact(): void {
+  expect(readdirSync(outside).sort()).toEqual(['victim']);
+  expect(readFileSync(join(outside, 'victim'), 'utf8')).toBe('original\n');
+}
+
+async function expectRejected(name: string, layers: Entry[][], mention: string, kind = 'unsafe-content'): Promise<void> {
+  const tars = await Promise.all(layers.map(makeTar));
+  const { ref } = await pushImage(registry, `hostile/${name}:1`, tars.map(gzipLayer));
+  for (const mode of ['layers', 'rootfs'] as const) {
+    const root = join(work, `cache-${name}-${mode}`);
+    const puller = new ImagePuller({ root, plainHttp: [registry.host] });
+    let err: unknown;
+    try {
+      if (mode === 'layers') await puller.pull(ref);
+      else await puller.pullToRootfs(ref, join(work, `rootfs-${name}`));
+    } catch (e) {
+      err = e;
+    }
+    await puller.close();
+    expect(err, `${name} (${mode}) must fail`).toBeInstanceOf(PullError);
+    expect((err as PullError).kind).toBe(kind);
+    expect((err as PullError).message).toContain(mention);
+    outsideIntact();
+    // Nothing half-unpacked is published, and the temp area is cleaned up.
+    expect(readdirSync(join(root, 'layers')).length).toBeLessThan(layers.length);
+    expect(readdirSync(join(root, 'tmp'))).toEqual([]);
+  }
+}
+
+describe('hostile layers are rejected with nothing written outside the root', () => {
+  it('../ traversal', async () => {
+    await expectRejected('dotdot', [[{ name: 'etc/', type: 'directory' }, { name: '../../../../../../outside/evil', content: 'x' }]], '../../../../../../outside/evil');
+  });
+
+  it('absolute paths', async () => {
+    await expectRejected('absolute', [[{ name: `${outside}/evil`, content: 'x' }]], `${outside}/evil`);
+  });
+
+  it('a write through a symlink pointing outside', async () => {
+    await expectRejected('symlink-write', [[{ name: 'link', type: 'symlink', linkname: outside }, { name: 'link/evil', content: 'x' }]], 'link/evil');
+  });
+
+  it('a write through a symlink planted by an earlier layer', async () => {
+    await expectRejected('symlink-lower', [[{ name: 'link', type: 'symlink', linkname: outside }], [{ name: 'link/victim', content: 'pwned' }]], 'link/victim');
+  });
+
+  it('a symlink chain escape', async () => {
+    await expectRejected('chain', [[
+      { name: 'a', type: 'symlink', linkname: 'b' },
+      { name: 'b', type: 'symlink', linkname: `../../../../../../../..${outside}` },
+      { name: 'a/evil', content: 'x' },
+    ]], 'a/evil');
+  });
+
+  it('a hardlink to a file outside', async () => {
+    await expectRejected('hardlink-abs', [[{ name: 'hl', type: 'link', linkname: `${outside}/victim` }]], 'hl');
+    await expectRejected('hardlink-rel', [[{ name: 'hl', type: 'link', linkname: '../../../../../../../../../etc/passwd' }]], 'hl');
+    await expectRejected('hardlink-via-symlink', [[{ name: 'link', type: 'symlink', linkname: outside }, { name: 'hl', type: 'link', linkname: 'link/victim' }]], 'hl');
+  });
+
+  it('whiteouts naming .. or outside paths', async () => {
+    await expectRejected('wh-dotdot', [[{ name: 'etc/', type: 'directory' }], [{ name: 'etc/.wh...', content: '' }]], 'etc/.wh...');
+    await expectRejected('wh-outside', [[{ name: 'etc/', type: 'directory' }], [{ name: '../../../../../../outside/.wh.victim', content: '' }]], 'outside/.wh.victim');
+    await expectRejected('wh-symlink', [[{ name: 'link', type: 'symlink', linkname: outside }], [{ name: 'link/.wh.victim', content: '' }]], 'link/.wh.victim');
+  });
+
+  it('a decompression bomb, bounded by maxLayerBytes', async () => {
+    const tar = await makeTar([{ name: 'zeros', content: Buffer.alloc(64 << 20) }]);
+    const blob = gzipSync(tar, { level: 9 });
+    expect(blob.length).toBeLessThan(1 << 20);
+    const { ref } = await pushImage(registry, 'hostile/bomb:1', [{ blob, diffId: sha256(tar), mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip' }]);
+    const root = join(work, 'cache-bomb');
+    const puller = new ImagePuller({ root, plainHttp: [registry.host], maxLayerBytes: 16 << 20 });
+    const err = await puller.pull(ref).catch((e: unknown) => e);
+    await puller.close();
+    expect(err).toBeInstanceOf(PullError);
+    expect((err as PullError).kind).toBe('unsafe-content');
+    expect((err as PullError).message).toMatch(/limit of 16777216 bytes/);
+    expect(readdirSync(join(root, 'layers'))).toEqual([]);
+    expect(existsSync(join(root, 'tmp')) && readdirSync(join(root, 'tmp'))).toEqual([]);
+  });
+
+  it('still accepts in-root symlinks, .. that stays inside, and a benign layer', async () => {
+    const tar = await makeTar([
+      { name: 'etc/', type: 'directory' },
+      { name: 'etc/a/../hosts', content: '127.0.0.1 localhost\n' },
+      { name: 'etc/abs', type: 'symlink', linkname: '/etc/hosts' },
+      { name: 'etc/up', type: 'symlink', linkname: '../../../../etc/hosts' },
+    ]);
+    const { ref } = await pushImage(registry, 'hostile/benign:1', [gzipLayer(tar)]);
+    const puller = new ImagePuller({ root: join(work, 'cache-benign'), plainHttp: [registry.host] });
+    const dir = join(work, 'rootfs-benign');
+    await puller.pullToRootfs(ref, dir);
+    await puller.close();
+    expect(readFileSync(join(dir, 'etc', 'hosts'), 'utf8')).toBe('127.0.0.1 localhost\n');
+    expect(readdirSync(join(dir, 'etc')).sort()).toEqual(['abs', 'hosts', 'up']);
+    outsideIntact();
+  });
+});
