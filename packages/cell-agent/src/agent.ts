@@ -74,8 +74,9 @@ function netnsIPv4(netns: string): string | undefined {
 }
 
 async function loadStreams(deps: { pod: PodManager; logger: pino.Logger }): Promise<StreamRpcs | undefined> {
-  const here = new URL('./server/stream-handlers.js', import.meta.url);
-  if (!existsSync(here)) return undefined;
+  // Built: .js beside this file; under vitest (running src/): the .ts source.
+  const here = [new URL('./server/stream-handlers.js', import.meta.url), new URL('./server/stream-handlers.ts', import.meta.url)].find((u) => existsSync(u));
+  if (!here) return undefined;
   const mod = (await import(here.href)) as {
     createStreamHandlers: (d: { units: PodManager; logsFor(unit: string): ContainerLogs | undefined; logger: pino.Logger }) => StreamRpcs;
   };

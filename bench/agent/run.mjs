@@ -1,0 +1,122 @@
+#!/usr/bin/env node
+// npm run bench:agent — time from ApplyPod to "unit running" (seen on WatchStatus) for a busybox
+// unit: cold (empty image cache: pull + unpack + start) and warm (cached image; p50/p99 over 50
+// pods, one after another, each deleted before the next), beside bare `runc run -d` of the same
+// bundle (the agent's own config.json, same overlay rootfs) measured in the same run.
+// Needs root, runc, docker-registry, built packages (npx turbo run build --filter=@cello/cell-agent...).
+import { execFileSync, spawnSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { startAgent, connectAgent } from '@cello/cell-agent';
+import { startRegistry, pushImage } from '@cello/testkit';
+import { ApplyPodRequest, Pod } from '@cello/proto/cell';
+
+const N = Number(process.env.BENCH_PODS ?? 50);
+const pct = (xs, p) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
+};
+const fmt = (ms) => `${ms.toFixed(1)} ms`;
+
+function busyboxTar() {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-rootfs-'));
+  for (const d of ['bin', 'etc', 'tmp', 'proc', 'sys', 'dev']) mkdirSync(join(dir, d), { recursive: true });
+  copyFileSync('/bin/busybox', join(dir, 'bin/busybox'));
+  chmodSync(join(dir, 'bin/busybox'), 0o755);
+  for (const a of ['sh', 'sleep']) symlinkSync('busybox', join(dir, 'bin', a));
+  writeFileSync(join(dir, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
+  return execFileSync('tar', ['-C', dir, '--numeric-owner', '-cf', '-', '.'], { maxBuffer: 64 << 20 });
+}
+
+const registry = await startRegistry();
+const { ref } = await pushImage(registry, 'bench/busybox:1', [{ blob: busyboxTar() }], { Cmd: ['sh'], Env: ['PATH=/bin'] });
+const stateDir = mkdtempSync(join(tmpdir(), 'bench-agent-'));
+const agent = await startAgent({ listen: '127.0.0.1:0', stateDir, tls: undefined, insecureRegistries: [registry.host], logger: pino({ level: 'silent' }), cgroupParent: '/cello-bench/pod', heartbeatMs: 60_000 });
+const client = connectAgent(agent.address, undefined);
+
+const stream = client.watchStatus({});
+let last;
+const waiters = new Set();
+stream.on('data', (e) => {
+  if (e.kind?.$case !== 'status') return;
+  last = e.kind.value;
+  for (const w of waiters) w();
+});
+stream.on('error', () => {});
+
+function untilRunning(uid) {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error('unit not running within 60 s')), 60_000);
+    const check = () => {
+      const c = last?.status?.containerStatuses?.[0];
+      if (last?.podUid === uid && c?.state?.state?.$case === 'running') {
+        clearTimeout(t);
+        waiters.delete(check);
+        resolve(c);
+      }
+    };
+    waiters.add(check);
+    check();
+  });
+}
+
+const call = (m, req) => new Promise((res, rej) => client[m](req, (err, r) => (err ? rej(err) : res(r))));
+
+let gen = 1;
+async function onePod(i, keep = false) {
+  const uid = `bench-${i}-${Date.now()}`;
+  const pod = Pod.fromPartial({ metadata: { name: `bench-${i}`, uid }, spec: { terminationGracePeriodSeconds: 0, containers: [{ name: 'u', image: ref, command: ['sleep', '3600'] }] } });
+  const t0 = performance.now();
+  await call('applyPod', ApplyPodRequest.fromPartial({ pod, generation: gen++ }));
+  const st = await untilRunning(uid);
+  const ms = performance.now() - t0;
+  if (!keep) await call('deletePod', { gracePeriodSeconds: 0 });
+  return { ms, st };
+}
+
+// Cold: nothing cached yet.
+const cold = await onePod(0);
+const warm = [];
+for (let i = 1; i <= N; i++) warm.push((await onePod(i)).ms);
+
+// The same bundle under bare runc: keep one pod up, take its config.json and layers.
+const kept = await onePod(N + 1, true);
+const instDir = join(stateDir, 'units', 'u', readFileSync(join(stateDir, 'units/u/unit.json'), 'utf8') && `i${JSON.parse(readFileSync(join(stateDir, 'units/u/unit.json'), 'utf8')).current.instance}`);
+const spec = JSON.parse(readFileSync(join(instDir, 'config.json'), 'utf8'));
+const lower = execFileSync('sh', ['-c', `grep " ${join(instDir, 'rootfs')} " /proc/mounts`], { encoding: 'utf8' }).match(/lowerdir=([^,]+)/)[1];
+await call('deletePod', { gracePeriodSeconds: 0 });
+const bare = [];
+const runcRoot = mkdtempSync(join(tmpdir(), 'bench-runc-'));
+for (let i = 0; i < N; i++) {
+  const b = mkdtempSync(join(tmpdir(), 'bench-bundle-'));
+  for (const d of ['upper', 'work', 'rootfs']) mkdirSync(join(b, d));
+  execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${b}/upper,workdir=${b}/work`, join(b, 'rootfs')]);
+  const s = { ...spec, root: { path: join(b, 'rootfs'), readonly: false }, linux: { ...spec.linux, cgroupsPath: `/cello-bench/bare/c${i}` } };
+  s.mounts = s.mounts.filter((m) => m.type !== 'bind'); // the pod's files and volumes are the agent's
+  writeFileSync(join(b, 'config.json'), JSON.stringify(s));
+  const t0 = performance.now();
+  const r = spawnSync('runc', ['--root', runcRoot, 'run', '-d', '--bundle', b, `bare${i}`], { stdio: 'ignore' });
+  const ms = performance.now() - t0;
+  if (r.status !== 0) throw new Error(`bare runc run failed (${r.status})`);
+  bare.push(ms);
+  spawnSync('runc', ['--root', runcRoot, 'kill', `bare${i}`, 'KILL']);
+  spawnSync('runc', ['--root', runcRoot, 'delete', '--force', `bare${i}`]);
+  spawnSync('umount', ['-l', join(b, 'rootfs')]);
+  rmSync(b, { recursive: true, force: true });
+}
+
+stream.cancel();
+client.close();
+await agent.close();
+await registry.stop();
+rmSync(stateDir, { recursive: true, force: true });
+
+const p50 = pct(warm, 50);
+const bp50 = pct(bare, 50);
+console.log(`cell-agent: ApplyPod -> unit running (busybox, ${N} pods one after another)`);
+console.log(`  cold (pull + unpack + start) : ${fmt(cold.ms)}`);
+console.log(`  warm (cached image)          : p50 ${fmt(p50)}   p99 ${fmt(pct(warm, 99))}   min ${fmt(Math.min(...warm))}   max ${fmt(Math.max(...warm))}`);
+console.log(`  bare runc run -d, same bundle: p50 ${fmt(bp50)}   p99 ${fmt(pct(bare, 99))}`);
+console.log(`  agent overhead at p50        : ${fmt(p50 - bp50)} (goal: < 50 ms)`);
