@@ -252,9 +252,12 @@ export class CertificateAuthority {
   ): Promise<string> {
     const now = Date.now();
     const cn = id.kind === 'cell' ? id.cellId : id.name;
+    // Cells also get their ID as a DNS name, so a client that verifies by TLS name
+    // (grpc.ssl_target_name_override = cellId) checks the same identity as the URI check.
+    const dns = id.kind === 'cell' && /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i.test(id.cellId) ? [id.cellId, ...p.dnsNames.filter((d) => d !== id.cellId)] : p.dnsNames;
     const names: x509.JsonGeneralName[] = [
       { type: 'url', value: identityUri(id) },
-      ...p.dnsNames.map((value) => ({ type: 'dns' as const, value })),
+      ...dns.map((value) => ({ type: 'dns' as const, value })),
       ...p.ips.map((value) => ({ type: 'ip' as const, value })),
     ];
     const cert = await x509.X509CertificateGenerator.create(

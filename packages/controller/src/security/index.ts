@@ -11,5 +11,6 @@ export {
   peerIdentity,
   type Identity,
 } from './identity.js';
+export { RotatingCertificate, type RotationOptions } from './rotation.js';
 export { ENCRYPTION_KEY_FIELD, parseEncryptionKey, UnsealError } from './sealed.js';
 export { BOOTSTRAP_TOKEN_PREFIX, BootstrapTokenError, BootstrapTokens, type BootstrapTokenFailure } from './tokens.js';

@@ -16,7 +16,9 @@
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
+import type { Registry } from 'prom-client';
 import { DirLock } from './lockfile.js';
+import { StoreMetrics } from './metrics.js';
 import {
   CompactedError,
   ConflictError,
@@ -39,6 +41,8 @@ export interface EmbeddedStoreOptions {
   /** How often to check that nobody broke our directory lock, in ms. Default 2000. */
   lockCheckMs?: number;
   logger?: { warn(obj: object, msg: string): void; info(obj: object, msg: string): void };
+  /** Registers store metrics (latency, fsync batch sizes, leadership) here when given. */
+  registry?: Registry;
 }
 
 interface Entry {
@@ -152,8 +156,12 @@ export class EmbeddedStore implements Store {
     readonly dir: string,
     private readonly lock: DirLock,
     private wal: fs.FileHandle,
-    private readonly opts: Required<Omit<EmbeddedStoreOptions, 'logger'>> & Pick<EmbeddedStoreOptions, 'logger'>,
-  ) {}
+    private readonly opts: Required<Omit<EmbeddedStoreOptions, 'logger' | 'registry'>> & Pick<EmbeddedStoreOptions, 'logger' | 'registry'>,
+  ) {
+    this.metrics = opts.registry ? new StoreMetrics(opts.registry, 'embedded') : undefined;
+  }
+
+  private readonly metrics: StoreMetrics | undefined;
 
   static async open(options: EmbeddedStoreOptions): Promise<EmbeddedStore> {
     checkKey(options.dir, 'store.dir');
@@ -295,7 +303,8 @@ export class EmbeddedStore implements Store {
     }
     const rev = ++this.assignedRev;
     this.overlay.set(key, rev);
-    await this.enqueue({ r: rev, o: 'p', k: key, v: json });
+    const done = this.enqueue({ r: rev, o: 'p', k: key, v: json });
+    await (this.metrics ? this.metrics.time('put', done) : done);
     return rev;
   }
 
@@ -348,6 +357,7 @@ export class EmbeddedStore implements Store {
         }
         this.stats.syncs++;
         this.stats.records += batch.length;
+        this.metrics?.syncBatch.observe(batch.length);
         this.walBytes += buf.length;
         for (const w of batch) {
           this.apply(w.rec, true);
@@ -415,6 +425,7 @@ export class EmbeddedStore implements Store {
     await this.wal.datasync();
     this.walBytes = 0;
     this.stats.compactions++;
+    this.metrics?.compactions.inc();
   }
 
   /** Forces a compaction now (tests and shutdown); waits for in-flight writes first. */
@@ -477,6 +488,8 @@ export class EmbeddedStore implements Store {
     const ctl = new AbortController();
     const holder = { candidate, ctl };
     s.holder = holder;
+    this.metrics?.leader.set({ election: name }, 1);
+    ctl.signal.addEventListener('abort', () => this.metrics?.leader.set({ election: name }, 0), { once: true });
     return {
       candidate,
       signal: ctl.signal,

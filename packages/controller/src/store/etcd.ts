@@ -9,6 +9,7 @@
 //     close to the TTL, so a partitioned leader stops acting before etcd can elect another.
 // Data keys live under `<prefix>kv/`, election keys under `<prefix>elect/`, so a prefix listing
 // of data can never see election bookkeeping.
+import type { Registry } from 'prom-client';
 import { Etcd3, Range, type IOptions, type Lease, type Namespace, type Watcher } from 'etcd3';
 import {
   CompactedError,
@@ -21,6 +22,7 @@ import {
   type Store,
   type WatchEvent,
 } from './store.js';
+import { StoreMetrics } from './metrics.js';
 import { WatchStream } from './watch-stream.js';
 
 export interface EtcdStoreOptions {
@@ -33,6 +35,8 @@ export interface EtcdStoreOptions {
   credentials?: IOptions['credentials'];
   auth?: IOptions['auth'];
   logger?: { warn(obj: object, msg: string): void; info(obj: object, msg: string): void };
+  /** Registers store metrics (latency, leadership) here when given. */
+  registry?: Registry;
 }
 
 const LIST_PAGE = 1000;
@@ -60,12 +64,14 @@ export class EtcdStore implements Store {
   private readonly watchers = new Set<{ stream: WatchStream<unknown>; watcher?: Watcher }>();
   private readonly leaderships = new Set<{ ctl: AbortController; resign(): Promise<void> }>();
   private readonly campaigns = new Set<AbortController>();
+  private readonly metrics: StoreMetrics | undefined;
 
   private constructor(
     private readonly client: Etcd3,
     readonly prefix: string,
     private readonly opts: EtcdStoreOptions,
   ) {
+    this.metrics = opts.registry ? new StoreMetrics(opts.registry, 'etcd') : undefined;
     this.kv = client.namespace(`${prefix}kv/`);
     this.elect = client.namespace(`${prefix}elect/`);
   }
@@ -132,6 +138,11 @@ export class EtcdStore implements Store {
   }
 
   async put<T>(key: string, value: T, opts?: PutOptions): Promise<number> {
+    const p = this.putInner(key, value, opts);
+    return this.metrics ? this.metrics.time('put', p) : p;
+  }
+
+  private async putInner<T>(key: string, value: T, opts?: PutOptions): Promise<number> {
     this.ensureOpen();
     checkKey(key);
     const json = toJson(key, value);
@@ -245,6 +256,8 @@ export class EtcdStore implements Store {
     }
 
     const ctl = new AbortController();
+    this.metrics?.leader.set({ election: name }, 1);
+    ctl.signal.addEventListener('abort', () => this.metrics?.leader.set({ election: name }, 0), { once: true });
     const lose = (why: string): void => {
       if (ctl.signal.aborted) return;
       this.opts.logger?.warn({ election: name, candidate, why }, 'lost leadership');

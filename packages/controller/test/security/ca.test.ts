@@ -12,6 +12,7 @@ import {
   cellServerIdentityCheck,
   identityOf,
   peerIdentity,
+  RotatingCertificate,
   UnsealError,
   type IssuedCertificate,
 } from '../../src/security/index.js';
@@ -72,7 +73,11 @@ async function startCellServer(caPem: string, cell: IssuedCertificate): Promise<
 type CallResult = { ok: true; body: unknown } | { ok: false; code: number; details: string };
 
 async function callCell(address: string, creds: grpc.ChannelCredentials): Promise<CallResult> {
-  const client = new ProbeClient(address, creds);
+  return callCellWith(address, creds, {});
+}
+
+async function callCellWith(address: string, creds: grpc.ChannelCredentials, options: grpc.ChannelOptions): Promise<CallResult> {
+  const client = new ProbeClient(address, creds, options);
   try {
     return await new Promise<CallResult>((resolve) => {
       client.makeUnaryRequest(
@@ -165,7 +170,7 @@ describe('certificate authority', () => {
     const c = new X509Certificate(cellA.certPem);
     expect(c.checkIssued(new X509Certificate(ca.certPem))).toBe(true);
     expect(c.verify(new X509Certificate(ca.certPem).publicKey)).toBe(true);
-    expect(c.subjectAltName).toBe('URI:spiffe://cello/cell/cell-a, DNS:cell-a.cells.local, IP Address:127.0.0.1');
+    expect(c.subjectAltName).toBe('URI:spiffe://cello/cell/cell-a, DNS:cell-a, DNS:cell-a.cells.local, IP Address:127.0.0.1');
     expect(identityOf(cellA.certPem)).toEqual({ kind: 'cell', cellId: 'cell-a', trustDomain: 'cello' });
     expect(c.ca).toBe(false);
     expect(createPublicKey(cellA.keyPem).asymmetricKeyDetails?.namedCurve).toBe('prime256v1');
@@ -211,6 +216,14 @@ describe('certificate authority', () => {
     const asB = await callCell(server.address, mtls(ca.certPem, controller, 'cell-b'));
     expect(asB.ok).toBe(false);
     expect(asB.ok === false && asB.details).toMatch(/spiffe:\/\/cello\/cell\/cell-a, expected spiffe:\/\/cello\/cell\/cell-b/);
+    // Clients that verify by TLS name (the cell ID as target name) get the same guarantee.
+    const byName = (cellId: string): Promise<CallResult> =>
+      callCellWith(server.address, grpc.credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(controller.keyPem), Buffer.from(controller.certPem)), {
+        'grpc.ssl_target_name_override': cellId,
+        'grpc.default_authority': cellId,
+      });
+    expect((await byName('cell-a')).ok).toBe(true);
+    expect((await byName('cell-b')).ok).toBe(false);
     // A cell's certificate used as a client is chain-valid but is not a controller: refused.
     const cellB = await ca.issueCellCertificate({ cellId: 'cell-b' });
     const asClient = await callCell(server.address, mtls(ca.certPem, cellB, 'cell-a'));
@@ -233,7 +246,7 @@ describe('certificate authority', () => {
     );
     const certPem = await ca.signCsr(csr.toString('pem'), { cellId: 'cell-c', ips: ['127.0.0.1'], ttlSeconds: 3600 });
     const c = new X509Certificate(certPem);
-    expect(c.subjectAltName).toBe('URI:spiffe://cello/cell/cell-c, IP Address:127.0.0.1');
+    expect(c.subjectAltName).toBe('URI:spiffe://cello/cell/cell-c, DNS:cell-c, IP Address:127.0.0.1');
     expect(c.subject).not.toMatch(/Evil|cell-z/);
     expect(c.ca).toBe(false);
     const spki = Buffer.from(await webcrypto.subtle.exportKey('spki', keys.publicKey));
@@ -281,5 +294,35 @@ describe('certificate authority', () => {
     expect(reissued).toBe(1);
     expect(Date.parse(new X509Certificate(next.value.certPem).validTo)).toBeGreaterThan(Date.parse(new X509Certificate(cert.certPem).validTo));
     expect(identityOf(next.value.certPem)).toEqual({ kind: 'cell', cellId: 'cell-r', trustDomain: 'cello' });
+  });
+
+  it('RotatingCertificate renews before expiry and keeps serving the old one if renewal fails', async () => {
+    const renewed: IssuedCertificate[] = [];
+    const errors: Error[] = [];
+    let fail = false;
+    const rot = await RotatingCertificate.start(
+      ca,
+      async () => {
+        if (fail) throw new Error('CA unavailable');
+        return ca.issueClientCertificate('controller', { ttlSeconds: 3600 });
+      },
+      { onRenew: (v) => renewed.push(v), onError: (e) => errors.push(e) },
+    );
+    try {
+      const first = rot.current();
+      expect(await rot.check(new Date())).toBe(false);
+      fail = true;
+      expect(await rot.check(new Date(Date.now() + 3000 * 1000))).toBe(false);
+      expect(errors.map((e) => e.message)).toEqual(['CA unavailable']);
+      expect(rot.current()).toBe(first);
+      fail = false;
+      expect(await rot.check(new Date(Date.now() + 3000 * 1000))).toBe(true);
+      expect(renewed).toHaveLength(1);
+      expect(rot.current()).toBe(renewed[0]);
+      expect(rot.current().certPem).not.toBe(first.certPem);
+      expect((await callCell(server.address, mtls(ca.certPem, rot.current(), 'cell-a'))).ok).toBe(true);
+    } finally {
+      rot.stop();
+    }
   });
 });

@@ -1,16 +1,15 @@
 import { spawn } from 'node:child_process';
-import { promises as fs, readFileSync } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
-import ts from 'typescript';
+import { Registry } from 'prom-client';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CompactedError, EmbeddedStore, StoreLockedError, openStore } from '../../src/store/index.js';
 import { encodeFrame } from '../../src/store/embedded.js';
 import { storeContract } from './contract.js';
+import { transpileSources } from './transpile.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
 const tmpDirs: string[] = [];
 async function tempDir(): Promise<string> {
   const d = await fs.mkdtemp(join(tmpdir(), 'cello-store-'));
@@ -27,26 +26,11 @@ storeContract('embedded', {
   loseLeadership: async (s) => s.close(),
 });
 
-/**
- * Transpiles the store's sources to plain JS in a temp dir so a child `node` process can run the
- * real code (Node 20 cannot load .ts, and the test must not depend on a stale dist/).
- */
-async function transpileStore(): Promise<string> {
-  const out = await tempDir();
-  const srcDir = resolve(here, '../../src/store');
-  for (const f of ['embedded.ts', 'lockfile.ts', 'store.ts', 'watch-stream.ts']) {
-    const js = ts.transpileModule(readFileSync(join(srcDir, f), 'utf8'), {
-      compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 },
-    }).outputText;
-    await fs.writeFile(join(out, f.replace(/\.ts$/, '.js')), js);
-  }
-  // The writer acknowledges a key on stdout only after put() resolved, i.e. after fsync.
-  await fs.writeFile(
-    join(out, 'writer.mjs'),
-    `import { EmbeddedStore } from './embedded.js';
+const WRITER = `import { EmbeddedStore } from './embedded.js';
 const store = await EmbeddedStore.open({ dir: process.argv[2], compactBytes: Number(process.argv[3]) });
 process.stdout.write('OPEN\\n');
 let i = 0;
+// Acknowledges a key on stdout only after put() resolved, i.e. after fsync.
 async function worker() {
   for (;;) {
     const n = i++;
@@ -55,10 +39,7 @@ async function worker() {
   }
 }
 for (let w = 0; w < 8; w++) void worker();
-`,
-  );
-  return out;
-}
+`;
 
 describe('embedded store durability', () => {
   it('keeps data and continues revisions across close and reopen', async () => {
@@ -87,43 +68,47 @@ describe('embedded store durability', () => {
   });
 
   it('survives kill -9 of a writer: every acknowledged write is there after reopen', async () => {
-    const code = await transpileStore();
-    for (const compactBytes of [16 * 1024 * 1024, 64 * 1024]) {
-      const dir = await tempDir();
-      const child = spawn(process.execPath, [join(code, 'writer.mjs'), dir, String(compactBytes)], {
-        stdio: ['ignore', 'pipe', 'inherit'],
-      });
-      const acked: number[] = [];
-      let opened = false;
-      const lines = createInterface({ input: child.stdout });
-      const exited = new Promise<NodeJS.Signals | null>((res) => child.on('exit', (_c, sig) => res(sig)));
-      await new Promise<void>((resolveWait, reject) => {
-        const timer = setTimeout(() => reject(new Error(`writer acknowledged only ${acked.length} writes in 15 s`)), 15_000);
-        lines.on('line', (l) => {
-          if (l === 'OPEN') opened = true;
-          else if (l.startsWith('ACK ')) acked.push(Number(l.slice(4)));
-          if (acked.length >= 1500) {
-            clearTimeout(timer);
-            resolveWait();
-          }
+    const code = transpileSources(['store/embedded.ts', 'store/lockfile.ts', 'store/store.ts', 'store/watch-stream.ts', 'store/metrics.ts'], { 'writer.mjs': WRITER });
+    try {
+      for (const compactBytes of [16 * 1024 * 1024, 64 * 1024]) {
+        const dir = await tempDir();
+        const child = spawn(process.execPath, [join(code.dir, 'writer.mjs'), dir, String(compactBytes)], {
+          stdio: ['ignore', 'pipe', 'inherit'],
         });
-        child.on('exit', () => reject(new Error('writer exited early')));
-      });
-      child.kill('SIGKILL');
-      expect(await exited).toBe('SIGKILL');
-      expect(opened).toBe(true);
-      // The dead writer's lock is stale: reopening takes it over.
-      const s = await EmbeddedStore.open({ dir });
-      const { items } = await s.list<{ n: number }>('k/');
-      const present = new Set(items.map((i) => i.value.n));
-      const missing = acked.filter((n) => !present.has(n));
-      expect(missing).toEqual([]);
-      // Whatever is present is intact (no half-written value survived).
-      for (const i of items) expect(i.key).toBe(`k/${String(i.value.n).padStart(8, '0')}`);
-      if (compactBytes < 1024 * 1024) {
-        expect((await fs.stat(join(dir, 'snapshot.json'))).size).toBeGreaterThan(0);
+        const acked: number[] = [];
+        let opened = false;
+        const lines = createInterface({ input: child.stdout });
+        const exited = new Promise<NodeJS.Signals | null>((res) => child.on('exit', (_c, sig) => res(sig)));
+        await new Promise<void>((resolveWait, reject) => {
+          const timer = setTimeout(() => reject(new Error(`writer acknowledged only ${acked.length} writes in 15 s`)), 15_000);
+          lines.on('line', (l) => {
+            if (l === 'OPEN') opened = true;
+            else if (l.startsWith('ACK ')) acked.push(Number(l.slice(4)));
+            if (acked.length >= 1500) {
+              clearTimeout(timer);
+              resolveWait();
+            }
+          });
+          child.on('exit', () => reject(new Error('writer exited early')));
+        });
+        child.kill('SIGKILL');
+        expect(await exited).toBe('SIGKILL');
+        expect(opened).toBe(true);
+        // The dead writer's lock is stale: reopening takes it over.
+        const s = await EmbeddedStore.open({ dir });
+        const { items } = await s.list<{ n: number }>('k/');
+        const present = new Set(items.map((i) => i.value.n));
+        const missing = acked.filter((n) => !present.has(n));
+        expect(missing).toEqual([]);
+        // Whatever is present is intact (no half-written value survived).
+        for (const i of items) expect(i.key).toBe(`k/${String(i.value.n).padStart(8, '0')}`);
+        if (compactBytes < 1024 * 1024) {
+          expect((await fs.stat(join(dir, 'snapshot.json'))).size).toBeGreaterThan(0);
+        }
+        await s.close();
       }
-      await s.close();
+    } finally {
+      code.remove();
     }
   });
 
@@ -193,6 +178,20 @@ describe('embedded store durability', () => {
       l.signal.addEventListener('abort', () => (clearTimeout(t), res()), { once: true });
     });
     await expect(s.put('x', 1)).rejects.toThrow(/lost the store directory lock/);
+    await s.close();
+  });
+
+  it('exports metrics to a registry when given one', async () => {
+    const registry = new Registry();
+    const s = await EmbeddedStore.open({ dir: await tempDir(), registry });
+    await Promise.all(Array.from({ length: 20 }, (_, i) => s.put(`m/${i}`, i)));
+    const l = await s.campaign('ctl', 'me', {});
+    const text = await registry.metrics();
+    expect(text).toMatch(/cello_store_operation_seconds_count\{op="put",backend="embedded"\} 20/);
+    expect(text).toMatch(/cello_store_fsync_batch_writes_sum 20/);
+    expect(text).toMatch(/cello_store_leader\{election="ctl"\} 1/);
+    await l.resign();
+    expect(await registry.metrics()).toMatch(/cello_store_leader\{election="ctl"\} 0/);
     await s.close();
   });
 
