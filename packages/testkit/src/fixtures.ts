@@ -47,6 +47,8 @@ export interface PushOptions {
   format?: 'oci' | 'v2s2';
   /** Push a whole index (multi-platform) with its manifests, digests preserved. */
   all?: boolean;
+  /** `user:password` for a registry that requires auth (test credentials only: they go on skopeo's argv). */
+  creds?: string;
 }
 
 /** Copies tag `tag` of an OCI layout to `registry` as `name` (e.g. `busybox:latest`) with skopeo. */
@@ -57,15 +59,16 @@ export async function pushLayoutTag(registry: RegistryServer, layout: string, ta
   if (opts.format === 'v2s2') args.push('--format', 'v2s2');
   else args.push('--preserve-digests');
   if (opts.all) args.push('--all');
+  if (opts.creds) args.push('--dest-creds', opts.creds);
   args.push(`oci:${layout}:${tag}`, `docker://${dest}`);
   await run('skopeo', args, { timeout: 5 * 60_000, maxBuffer: 1 << 22 });
   return dest;
 }
 
 /** Pushes the one-layer busybox image (OCI, gzip); returns its reference, e.g. `127.0.0.1:PORT/busybox:latest`. */
-export async function pushBusybox(registry: RegistryServer, name = 'busybox:latest'): Promise<string> {
+export async function pushBusybox(registry: RegistryServer, name = 'busybox:latest', opts: PushOptions = {}): Promise<string> {
   const f = await buildFixtures('busybox');
-  return pushLayoutTag(registry, f.layout, 'busybox', name);
+  return pushLayoutTag(registry, f.layout, 'busybox', name, opts);
 }
 
 export interface PushedFixtures {

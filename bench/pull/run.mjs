@@ -1,0 +1,142 @@
+#!/usr/bin/env node
+// `npm run bench:pull`: pulls the 5-layer Debian fixture (about 100 MB gzip) from a local
+// docker-registry, cold, warm and as a tag sharing 4 of its 5 layers, with
+//   - image-puller (this repo): --rootfs (flattened) and --layers (overlay lower dirs),
+//   - skopeo copy + umoci unpack,
+//   - containerd's ctr image pull (overlayfs snapshotter),
+// all in the same run, interleaved, and prints medians, ratios and peak RSS.
+// Cold runs drop the page cache first. Env: BENCH_RUNS (default 3).
+import { spawnSync, spawn } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
+import { tmpdir, loadavg } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = join(here, '..', '..');
+const { startRegistry, pushLayoutTag, buildFixtures, requireCommand } = await import(join(repo, 'packages', 'testkit', 'dist', 'index.js'));
+const CLI = join(repo, 'packages', 'image-puller', 'dist', 'cli.js');
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+
+for (const [c, p] of [['skopeo', 'skopeo'], ['umoci', 'umoci'], ['containerd', 'containerd'], ['ctr', 'containerd'], ['/usr/bin/time', 'time']]) requireCommand(c, p);
+if (!existsSync(CLI)) throw new Error(`build first: npx turbo run build --filter=@cello/image-puller (${CLI} missing)`);
+if (process.getuid() !== 0) throw new Error('the benchmark needs root (overlay snapshots, page cache drops, ownership)');
+
+const work = mkdtempSync(join(tmpdir(), 'bench-pull-'));
+const log = (m) => process.stderr.write(`[bench] ${m}\n`);
+
+function dropCaches() {
+  spawnSync('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches'], { stdio: 'ignore' });
+}
+
+/** Runs a shell command under GNU time; returns wall seconds, CPU seconds and peak RSS (MiB). */
+function measure(cmd) {
+  const out = join(work, 'time.txt');
+  const r = spawnSync('/usr/bin/time', ['-o', out, '-f', '%e %U %S %M', 'sh', '-c', cmd], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env } });
+  if (r.status !== 0) throw new Error(`failed (${r.status}): ${cmd}\n${r.stderr.toString().slice(-2000)}`);
+  const [e, u, s, m] = readFileSync(out, 'utf8').trim().split('\n').pop().split(' ').map(Number);
+  return { wall: e, cpu: u + s, rssMiB: m / 1024 };
+}
+
+/** GNU time reports only the largest process of a pipeline; sh -c 'a && b' measures each step's peak. */
+const sh = (...parts) => parts.join(' && ');
+
+const fixtures = await buildFixtures('debian');
+const registry = await startRegistry();
+const ref = await pushLayoutTag(registry, fixtures.layout, 'debian-gzip', 'bench/debian:gzip');
+const shared = await pushLayoutTag(registry, fixtures.layout, 'debian-shared', 'bench/debian:shared');
+log(`registry ${registry.host}: ${ref}, ${shared}`);
+
+// containerd with the overlayfs snapshotter, private root/state/socket.
+const cdir = join(work, 'containerd');
+mkdirSync(cdir);
+const sock = join(cdir, 'containerd.sock');
+writeFileSync(join(cdir, 'config.toml'), [
+  'version = 2',
+  `root = "${cdir}/root"`,
+  `state = "${cdir}/state"`,
+  'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]',
+  '[grpc]', `  address = "${sock}"`,
+].join('\n'));
+const containerd = spawn('containerd', ['--config', join(cdir, 'config.toml')], { stdio: ['ignore', 'ignore', 'ignore'] });
+for (let i = 0; i < 100 && !existsSync(sock); i++) await sleep(100);
+const ctr = `ctr -a ${sock} -n bench`;
+
+const results = {};
+function record(name, m) {
+  (results[name] ??= []).push(m);
+  log(`${name}: ${m.wall.toFixed(2)} s wall, ${m.cpu.toFixed(2)} s cpu, ${m.rssMiB.toFixed(0)} MiB`);
+}
+
+try {
+  for (let run = 0; run < RUNS; run++) {
+    log(`run ${run + 1}/${RUNS} (load ${loadavg()[0].toFixed(1)})`);
+    // image-puller, flattened rootfs
+    const ours = join(work, 'ours');
+    rmSync(ours, { recursive: true, force: true });
+    dropCaches();
+    record('image-puller rootfs cold', measure(`node ${CLI} pull ${ref} --plain-http --cache ${ours}/cache --rootfs ${ours}/rootfs1`));
+    record('image-puller rootfs warm', measure(`node ${CLI} pull ${ref} --plain-http --cache ${ours}/cache --rootfs ${ours}/rootfs2`));
+    record('image-puller rootfs shared-tag', measure(`node ${CLI} pull ${shared} --plain-http --cache ${ours}/cache --rootfs ${ours}/rootfs3`));
+    // image-puller, overlay layers
+    rmSync(ours, { recursive: true, force: true });
+    dropCaches();
+    record('image-puller layers cold', measure(`node ${CLI} pull ${ref} --plain-http --cache ${ours}/cache --layers ${ours}/l1`));
+    record('image-puller layers warm', measure(`node ${CLI} pull ${ref} --plain-http --cache ${ours}/cache --layers ${ours}/l2`));
+    record('image-puller layers shared-tag', measure(`node ${CLI} pull ${shared} --plain-http --cache ${ours}/cache --layers ${ours}/l3`));
+    rmSync(ours, { recursive: true, force: true });
+
+    // skopeo + umoci
+    const su = join(work, 'su');
+    rmSync(su, { recursive: true, force: true });
+    mkdirSync(su);
+    dropCaches();
+    record('skopeo+umoci cold', measure(sh(`skopeo copy -q --src-tls-verify=false docker://${ref} oci:${su}/oci:img`, `umoci unpack --image ${su}/oci:img ${su}/b1 >/dev/null`)));
+    record('skopeo+umoci warm', measure(sh(`skopeo copy -q --src-tls-verify=false docker://${ref} oci:${su}/oci:img`, `umoci unpack --image ${su}/oci:img ${su}/b2 >/dev/null`)));
+    record('skopeo+umoci shared-tag', measure(sh(`skopeo copy -q --src-tls-verify=false docker://${shared} oci:${su}/oci:shared`, `umoci unpack --image ${su}/oci:shared ${su}/b3 >/dev/null`)));
+    rmSync(su, { recursive: true, force: true });
+
+    // containerd
+    spawnSync('sh', ['-c', `${ctr} images rm --sync ${ref} ${shared} >/dev/null 2>&1; ${ctr} content prune references >/dev/null 2>&1 || true`]);
+    dropCaches();
+    record('ctr cold', measure(`${ctr} image pull --plain-http --snapshotter overlayfs ${ref} >/dev/null`));
+    record('ctr warm', measure(`${ctr} image pull --plain-http --snapshotter overlayfs ${ref} >/dev/null`));
+    record('ctr shared-tag', measure(`${ctr} image pull --plain-http --snapshotter overlayfs ${shared} >/dev/null`));
+    spawnSync('sh', ['-c', `${ctr} images rm --sync ${ref} ${shared} >/dev/null 2>&1`]);
+  }
+} finally {
+  containerd.kill('SIGTERM');
+  await new Promise((r) => containerd.once('exit', r));
+  await registry.stop();
+  spawnSync('sh', ['-c', `grep -F ${JSON.stringify(cdir)} /proc/mounts | cut -d' ' -f2 | xargs -r umount`]);
+  rmSync(work, { recursive: true, force: true });
+}
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const med = (name, k = 'wall') => median(results[name].map((m) => m[k]));
+const peak = (name) => Math.max(...results[name].map((m) => m.rssMiB));
+
+const rows = [];
+for (const phase of ['cold', 'warm', 'shared-tag']) {
+  const su = med(`skopeo+umoci ${phase}`);
+  const c = med(`ctr ${phase}`);
+  const faster = Math.min(su, c);
+  for (const mode of ['rootfs', 'layers']) {
+    const o = med(`image-puller ${mode} ${phase}`);
+    rows.push({
+      phase, mode,
+      'image-puller s': o.toFixed(2), 'skopeo+umoci s': su.toFixed(2), 'ctr s': c.toFixed(2),
+      'ratio vs faster peer': (o / faster).toFixed(2),
+      'cpu s (ours/su/ctr)': `${med(`image-puller ${mode} ${phase}`, 'cpu').toFixed(2)}/${med(`skopeo+umoci ${phase}`, 'cpu').toFixed(2)}/${med(`ctr ${phase}`, 'cpu').toFixed(2)}`,
+      'peak RSS MiB (ours)': peak(`image-puller ${mode} ${phase}`).toFixed(0),
+    });
+  }
+}
+process.stdout.write(`\nimage pull benchmark: ${RUNS} runs, medians (wall seconds), load average now ${loadavg().map((l) => l.toFixed(1)).join(' ')}\n`);
+console.table(rows);
+process.stdout.write(`goals: cold rootfs <= 0.6x the faster peer; shared-layer tag (layers) < 0.25 s; peak RSS < 150 MiB\n`);
+process.stdout.write(`${JSON.stringify({ medians: Object.fromEntries(Object.keys(results).map((k) => [k, { wall: med(k), cpu: med(k, 'cpu'), peakRssMiB: peak(k) }])) })}\n`);

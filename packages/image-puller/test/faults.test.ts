@@ -1,0 +1,147 @@
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pushBusybox, startRegistry, type RegistryServer } from '@cello/testkit';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { ImagePuller, PullError } from '../src/index.js';
+import { FaultProxy } from './helpers/proxy.js';
+import { startTokenIssuer, type TokenIssuer } from './helpers/token.js';
+
+let work: string;
+
+beforeAll(() => {
+  work = mkdtempSync(join(tmpdir(), 'ip-faults-'));
+});
+afterAll(() => {
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+const fast = { attempts: 5, backoffMs: 10 };
+
+describe('faults through a proxy', () => {
+  let registry: RegistryServer;
+  let proxy: FaultProxy;
+  let ref: string;
+  let layer: RegExp;
+  let n = 0;
+  const puller = (): ImagePuller => new ImagePuller({ root: join(work, `cache-${n++}`), plainHttp: [proxy.host], transport: fast });
+
+  beforeAll(async () => {
+    registry = await startRegistry();
+    await pushBusybox(registry, 'busybox:latest');
+    proxy = new FaultProxy({ host: '127.0.0.1', port: registry.port });
+    await proxy.start();
+    ref = `${proxy.host}/busybox:latest`;
+    const info = await puller().inspect(ref);
+    expect(info.layers[0]!.size).toBeGreaterThan(400_000);
+    layer = new RegExp(`/blobs/${info.layers[0]!.digest}$`);
+  });
+  afterAll(async () => {
+    await proxy?.stop();
+    await registry?.stop();
+  });
+  beforeEach(() => {
+    proxy.seen.length = 0;
+  });
+
+  it('resumes a blob whose connection dropped mid-transfer with Range', async () => {
+    proxy.inject({ match: layer, times: 1, dropAfter: 200_000 });
+    const img = await puller().pull(ref);
+    expect(img.layerDirs).toHaveLength(1);
+    const blobReqs = proxy.seen.filter((r) => layer.test(r.path));
+    expect(blobReqs).toHaveLength(2);
+    expect(blobReqs[0]!.range).toBeUndefined();
+    const start = Number(/^bytes=(\d+)-$/.exec(blobReqs[1]!.range ?? '')?.[1]);
+    expect(start).toBeGreaterThan(0);
+    expect(start).toBeLessThanOrEqual(200_000);
+    expect(blobReqs[1]!.status).toBe(206);
+  });
+
+  it('retries 5xx and 429, then succeeds', async () => {
+    proxy.inject({ match: /\/manifests\//, times: 2, status: 503 }, { match: layer, times: 1, status: 429 });
+    const img = await puller().pull(ref);
+    expect(img.layerDirs).toHaveLength(1);
+    expect(proxy.seen.filter((r) => r.path.includes('/manifests/')).map((r) => r.status)).toEqual([503, 503, 200]);
+    expect(proxy.seen.filter((r) => layer.test(r.path)).map((r) => r.status)).toEqual([429, 200]);
+  });
+
+  it('gives up with a network error when 5xx persists', async () => {
+    proxy.inject({ match: /\/manifests\//, status: 502 });
+    const err = await puller().pull(ref).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(PullError);
+    expect((err as PullError).kind).toBe('network');
+    expect(proxy.seen.filter((r) => r.path.includes('/manifests/'))).toHaveLength(fast.attempts);
+  });
+
+  it('corrupted bytes: integrity error, nothing cached', async () => {
+    proxy.inject({ match: layer, corruptAt: 1234 });
+    const p = puller();
+    const root = join(work, `cache-${n - 1}`);
+    const err = await p.pull(ref).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(PullError);
+    expect((err as PullError).kind).toBe('integrity');
+    const digest = layer.source.split('sha256:')[1]!.replace('$', '');
+    expect(readdirSync(join(root, 'blobs', 'sha256'))).not.toContain(digest);
+    expect(readdirSync(join(root, 'layers'))).toEqual([]);
+    expect(readdirSync(join(root, 'tmp'))).toEqual([]);
+    // The same cache pulls fine once the corruption stops.
+    proxy.inject();
+    expect((await p.pull(ref)).layerDirs).toHaveLength(1);
+  });
+});
+
+describe('token auth (distribution auth: token, issuer written for the test)', () => {
+  let issuer: TokenIssuer;
+  let registry: RegistryServer;
+  let ref: string;
+
+  beforeAll(async () => {
+    issuer = await startTokenIssuer(work, 'alice', 's3cret-pw');
+    registry = await startRegistry({ tokenAuth: issuer });
+    ref = await pushBusybox(registry, 'team/busybox:1', { creds: 'alice:s3cret-pw' });
+  });
+  afterAll(async () => {
+    await registry?.stop();
+    await issuer?.stop();
+  });
+
+  it('answers the Bearer challenge, caches the token per scope, and refreshes once on 401', async () => {
+    issuer.requests.length = 0;
+    const logs: string[] = [];
+    const { pino } = await import('pino');
+    const logger = pino({ level: 'debug' }, { write: (s: string) => logs.push(s) });
+    const p = new ImagePuller({ root: join(work, 'cache-token'), plainHttp: [registry.host], logger });
+    const auth = (r: string) => (r === registry.host ? { username: 'alice', password: 's3cret-pw' } : undefined);
+    const img = await p.pull(ref, { auth });
+    expect(img.layerDirs).toHaveLength(1);
+    expect(issuer.requests).toEqual([{ scope: 'repository:team/busybox:pull', user: 'alice' }]);
+    await p.pull(ref, { auth });
+    expect(issuer.requests).toHaveLength(1); // cached
+
+    // A token the registry rejects while the client still trusts it: refreshed once.
+    issuer.badTokens = 1;
+    const p2 = new ImagePuller({ root: join(work, 'cache-token2'), plainHttp: [registry.host] });
+    const again = await p2.pull(ref, { auth });
+    expect(again.digest).toBe(img.digest);
+    expect(issuer.requests).toHaveLength(3);
+    // ... but only once: a second rejected token is an auth error.
+    issuer.badTokens = 10;
+    const p3 = new ImagePuller({ root: join(work, 'cache-token4'), plainHttp: [registry.host] });
+    const err = await p3.inspect(ref, { auth }).catch((e: unknown) => e);
+    expect((err as PullError).kind).toBe('auth');
+    expect(issuer.requests).toHaveLength(5);
+    issuer.badTokens = 0;
+    // Secrets never reach the logs.
+    expect(logs.join('')).not.toContain('s3cret-pw');
+  });
+
+  it('refuses anonymous and wrong credentials with an auth error that names no secret', async () => {
+    const p = new ImagePuller({ root: join(work, 'cache-token3'), plainHttp: [registry.host] });
+    const anon = await p.pull(ref).catch((e: unknown) => e);
+    expect(anon).toBeInstanceOf(PullError);
+    expect((anon as PullError).kind).toBe('auth');
+    const wrong = await p.pull(ref, { auth: () => ({ username: 'alice', password: 'nope-wrong' }) }).catch((e: unknown) => e);
+    expect((wrong as PullError).kind).toBe('auth');
+    expect((wrong as PullError).message).not.toContain('nope-wrong');
+  });
+});
