@@ -1,0 +1,158 @@
+// Bootstrap, controller side: called between Booting and Ready. Connects to the new agent's
+// CellBootstrap listener (TLS with the agent's throwaway certificate), proves the one-time
+// token, receives a CSR for the key the agent made, signs it for that cell's identity (the
+// cell ID as a SPIFFE URI, plus its instance ID and IP) and installs it. From then on the
+// agent accepts only mTLS with certificates from this CA.
+//
+// The throwaway certificate cannot be verified (nothing is known about the cell's key yet); the
+// token is what authenticates the controller to the agent, and the controller checks that the
+// CSR is for the very key that terminated this TLS session, so a CSR cannot be relayed from a
+// different endpoint. The resulting certificate names only this cell.
+import { X509Certificate as NodeX509 } from 'node:crypto';
+import type { PeerCertificate } from 'node:tls';
+import { credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
+import {
+  CellBootstrapClient,
+  InstallCertificateRequest,
+  RequestCertificateRequest,
+  type InstallCertificateResponse,
+  type RequestCertificateResponse,
+} from '@cello/proto/cell';
+import type { Logger } from 'pino';
+import * as x509 from '../security/x509.js';
+
+export interface CsrSigner {
+  /** The CA certificate (PEM) that the agent's user data carries. */
+  readonly certPem: string;
+  signCsr(csrPem: string, req: { cellId: string; ips?: string[]; dnsNames?: string[]; ttlSeconds?: number }): Promise<string>;
+}
+
+export interface TokenConsumer {
+  consumeBootstrapToken(cellId: string, token: string): Promise<void>;
+}
+
+export interface BootstrapCellOptions {
+  /** host:port of the agent's bootstrap listener. */
+  address: string;
+  cellId: string;
+  /** The one-time token that is in the cell's user data. */
+  token: string;
+  ca: CsrSigner;
+  /**
+   * The controller's record of outstanding tokens: consumed before the token is sent, so of
+   * two controllers (or two attempts) only one ever bootstraps a cell.
+   */
+  tokens?: TokenConsumer;
+  /** Put in the certificate's SANs: the cell's IP(s) and names such as its instance ID. */
+  ips?: string[];
+  dnsNames?: string[];
+  ttlSeconds?: number;
+  /** Overall deadline, including waiting for the agent to start listening. Default 120 s. */
+  timeoutMs?: number;
+  logger?: Logger;
+}
+
+export interface BootstrapResult {
+  certPem: string;
+  notAfter: Date;
+  /** Connection attempts until the agent answered. */
+  attempts: number;
+  elapsedMs: number;
+}
+
+export class BootstrapError extends Error {
+  constructor(readonly cellId: string, message: string, readonly code?: status) {
+    super(`bootstrap of cell ${cellId}: ${message}`);
+    this.name = 'BootstrapError';
+  }
+}
+
+function unary<Req, Res>(
+  fn: (req: Req, md: Metadata, opts: { deadline: Date }, cb: (err: ServiceError | null, res: Res) => void) => unknown,
+  req: Req,
+  deadline: Date,
+): Promise<Res> {
+  return new Promise((resolve, reject) => fn(req, new Metadata(), { deadline }, (err, res) => (err ? reject(err) : resolve(res))));
+}
+
+function spkiOfPeer(cert: PeerCertificate): Buffer {
+  return new NodeX509(cert.raw).publicKey.export({ type: 'spki', format: 'der' });
+}
+
+export async function bootstrapCell(o: BootstrapCellOptions): Promise<BootstrapResult> {
+  const started = Date.now();
+  const deadline = started + (o.timeoutMs ?? 120_000);
+  const log = o.logger?.child({ component: 'bootstrap', cellId: o.cellId, address: o.address });
+  if (o.tokens) {
+    try {
+      await o.tokens.consumeBootstrapToken(o.cellId, o.token);
+    } catch (err) {
+      throw new BootstrapError(o.cellId, (err as Error).message);
+    }
+  }
+
+  let peerSpki: Buffer | undefined;
+  const creds = credentials.createSsl(null, null, null, {
+    // See the header: the throwaway certificate is not verifiable; remember its key instead.
+    rejectUnauthorized: false,
+    checkServerIdentity: (_host, cert) => {
+      peerSpki = spkiOfPeer(cert);
+      return undefined;
+    },
+  });
+  const client = new CellBootstrapClient(o.address, creds, { 'grpc.max_receive_message_length': 1 << 20 });
+  try {
+    let attempts = 0;
+    let res: RequestCertificateResponse | undefined;
+    let delay = 100;
+    for (;;) {
+      attempts++;
+      try {
+        const callDeadline = new Date(Math.min(deadline, Date.now() + 10_000));
+        res = await unary(client.requestCertificate.bind(client), RequestCertificateRequest.fromPartial({ token: o.token }), callDeadline);
+        break;
+      } catch (err) {
+        const e = err as ServiceError;
+        // The agent is not listening yet (the instance is still booting): try again until the deadline.
+        if ((e.code === status.UNAVAILABLE || e.code === status.DEADLINE_EXCEEDED) && Date.now() + delay < deadline) {
+          log?.debug({ attempt: attempts, code: status[e.code] }, 'agent not answering yet');
+          await new Promise((r) => setTimeout(r, delay));
+          delay = Math.min(delay * 2, 2000);
+          continue;
+        }
+        throw new BootstrapError(o.cellId, `RequestCertificate: ${e.details || e.message}`, e.code);
+      }
+    }
+    if (res.cellId !== o.cellId) throw new BootstrapError(o.cellId, `the agent at ${o.address} says it is cell ${JSON.stringify(res.cellId)}`);
+    let csr: x509.Pkcs10CertificateRequest;
+    try {
+      csr = new x509.Pkcs10CertificateRequest(res.csrPem);
+    } catch (err) {
+      throw new BootstrapError(o.cellId, `the agent's CSR does not parse: ${(err as Error).message}`);
+    }
+    if (!peerSpki || !Buffer.from(csr.publicKey.rawData).equals(peerSpki)) {
+      throw new BootstrapError(o.cellId, 'the CSR is not for the key that serves this TLS session; refusing to sign it');
+    }
+    const certPem = await o.ca.signCsr(res.csrPem, {
+      cellId: o.cellId,
+      ...(o.ips ? { ips: o.ips } : {}),
+      ...(o.dnsNames ? { dnsNames: o.dnsNames } : {}),
+      ...(o.ttlSeconds ? { ttlSeconds: o.ttlSeconds } : {}),
+    });
+    try {
+      await unary<InstallCertificateRequest, InstallCertificateResponse>(
+        client.installCertificate.bind(client),
+        InstallCertificateRequest.fromPartial({ token: o.token, certificatePem: certPem, caPem: o.ca.certPem }),
+        new Date(Math.max(deadline, Date.now() + 5000)),
+      );
+    } catch (err) {
+      const e = err as ServiceError;
+      throw new BootstrapError(o.cellId, `InstallCertificate: ${e.details || e.message}`, e.code);
+    }
+    const elapsedMs = Date.now() - started;
+    log?.info({ attempts, elapsedMs }, 'cell bootstrapped: certificate installed');
+    return { certPem, notAfter: new Date(new NodeX509(certPem).validTo), attempts, elapsedMs };
+  } finally {
+    client.close();
+  }
+}
