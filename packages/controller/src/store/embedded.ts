@@ -22,6 +22,7 @@ import { StoreMetrics } from './metrics.js';
 import {
   CompactedError,
   ConflictError,
+  NotLeaderError,
   StoreClosedError,
   type DeleteOptions,
   type KeyValue,
@@ -38,6 +39,8 @@ export interface EmbeddedStoreOptions {
   compactBytes?: number;
   /** Watch history kept in memory for resuming watches, in events. Default 100,000. */
   historyEvents?: number;
+  /** ... and in bytes of keys and values. Default 32 MiB. */
+  historyBytes?: number;
   /** How often to check that nobody broke our directory lock, in ms. Default 2000. */
   lockCheckMs?: number;
   logger?: { warn(obj: object, msg: string): void; info(obj: object, msg: string): void };
@@ -107,6 +110,10 @@ export function decodeFrames(buf: Buffer): { records: Rec[]; goodBytes: number }
   return { records, goodBytes: off };
 }
 
+function recordSize(rec: Rec): number {
+  return rec.k.length + (rec.v?.length ?? 0) + 48;
+}
+
 function toJson(key: string, value: unknown): string {
   const json = JSON.stringify(value);
   if (json === undefined) throw new TypeError(`value for key "${key}" is not JSON-serialisable`);
@@ -142,6 +149,9 @@ export class EmbeddedStore implements Store {
   private flushing = false;
   private walBytes = 0;
   private readonly history: Rec[] = [];
+  private historyBytes = 0;
+  /** Size of the last snapshot: the WAL may grow at least this much before the next one. */
+  private snapshotBytes = 0;
   /** Watches may resume after any revision >= this. */
   private historyFloor = 0;
   private readonly watchers = new Set<{ prefix: string; stream: WatchStream<unknown> }>();
@@ -168,6 +178,7 @@ export class EmbeddedStore implements Store {
     const opts = {
       compactBytes: 16 * 1024 * 1024,
       historyEvents: 100_000,
+      historyBytes: 32 * 1024 * 1024,
       lockCheckMs: 2000,
       ...options,
     };
@@ -199,6 +210,7 @@ export class EmbeddedStore implements Store {
       const nl = snapText.indexOf('\n');
       const header = JSON.parse(snapText.slice(0, nl)) as { format: number; revision: number; crc32: number };
       const body = snapText.slice(nl + 1);
+      this.snapshotBytes = Buffer.byteLength(snapText);
       if (header.format !== 1 || crc32(Buffer.from(body, 'utf8')) !== header.crc32) {
         throw new Error(`store snapshot ${join(this.dir, SNAPSHOT)} is corrupt (checksum mismatch); restore it from a backup`);
       }
@@ -255,13 +267,22 @@ export class EmbeddedStore implements Store {
    * read-modify-CAS loop does not spin on a revision it can never see.
    */
   private async settle(pending: (key: string) => boolean): Promise<void> {
-    for (;;) {
+    let inFlight = false;
+    for (const k of this.overlay.keys()) {
+      if (pending(k)) {
+        inFlight = true;
+        break;
+      }
+    }
+    if (!inFlight) return;
+    // Wait only for writes accepted before this read, so a steady stream of newer writes
+    // cannot starve it.
+    const target = this.assignedRev;
+    while (this.committedRev < target) {
       this.ensureOpen();
-      let inFlight = false;
-      for (const k of this.overlay.keys()) if (pending(k)) { inFlight = true; break; }
-      if (!inFlight) return;
       await new Promise<void>((resolve) => this.batchWaiters.push(resolve));
     }
+    this.ensureOpen();
   }
 
   private batchWaiters: (() => void)[] = [];
@@ -293,10 +314,21 @@ export class EmbeddedStore implements Store {
     return { items, revision: this.committedRev };
   }
 
+  /** Leaderships this store handed out, for fenced writes. */
+  private readonly fences = new WeakMap<Leadership, { name: string; candidate: string; held(): boolean }>();
+
+  private checkFence(leader: Leadership | undefined): void {
+    if (leader === undefined) return;
+    const f = this.fences.get(leader);
+    if (f === undefined) throw new TypeError('opts.leader is not a leadership obtained from this store');
+    if (!f.held()) throw new NotLeaderError(f.name, f.candidate);
+  }
+
   async put<T>(key: string, value: T, opts?: PutOptions): Promise<number> {
     this.ensureOpen();
     checkKey(key);
     const json = toJson(key, value);
+    this.checkFence(opts?.leader);
     if (opts?.expectRevision !== undefined) {
       const actual = this.currentRevisionOf(key);
       if (actual !== opts.expectRevision) throw new ConflictError(key, opts.expectRevision, actual);
@@ -311,6 +343,7 @@ export class EmbeddedStore implements Store {
   async delete(key: string, opts?: DeleteOptions): Promise<boolean> {
     this.ensureOpen();
     checkKey(key);
+    this.checkFence(opts?.leader);
     const actual = this.currentRevisionOf(key);
     if (opts?.expectRevision !== undefined && actual !== opts.expectRevision) {
       throw new ConflictError(key, opts.expectRevision, actual);
@@ -365,7 +398,7 @@ export class EmbeddedStore implements Store {
         }
         for (const w of batch) w.resolve();
         this.wakeReaders();
-        if (this.walBytes >= this.opts.compactBytes && this.closedWhy === undefined) {
+        if (this.walBytes >= Math.max(this.opts.compactBytes, this.snapshotBytes) && this.closedWhy === undefined) {
           try {
             await this.compact();
           } catch (err) {
@@ -390,9 +423,17 @@ export class EmbeddedStore implements Store {
     }
     this.committedRev = rec.r;
     this.history.push(rec);
-    if (this.history.length > this.opts.historyEvents) {
-      const dropped = this.history.splice(0, this.history.length - this.opts.historyEvents);
-      this.historyFloor = dropped[dropped.length - 1]!.r;
+    this.historyBytes += recordSize(rec);
+    if (this.history.length > this.opts.historyEvents || this.historyBytes > this.opts.historyBytes) {
+      // Drop a tenth more than needed at once: one splice per many writes, not one per write.
+      let n = 0;
+      let bytes = this.historyBytes;
+      const keepEvents = Math.floor(this.opts.historyEvents * 0.9);
+      const keepBytes = Math.floor(this.opts.historyBytes * 0.9);
+      while (n < this.history.length - 1 && (this.history.length - n > keepEvents || bytes > keepBytes)) bytes -= recordSize(this.history[n++]!);
+      const dropped = this.history.splice(0, n);
+      this.historyBytes = bytes;
+      if (dropped.length > 0) this.historyFloor = dropped[dropped.length - 1]!.r;
     }
     if (live) for (const w of this.watchers) if (rec.k.startsWith(w.prefix)) w.stream.push(toEvent(rec));
   }
@@ -409,7 +450,9 @@ export class EmbeddedStore implements Store {
     const tmp = join(this.dir, `${SNAPSHOT}.tmp`);
     const fh = await fs.open(tmp, 'w', 0o600);
     try {
-      await fh.writeFile(`${header}\n${body}`);
+      const text = `${header}\n${body}`;
+      this.snapshotBytes = Buffer.byteLength(text);
+      await fh.writeFile(text);
       await fh.sync();
     } finally {
       await fh.close();
@@ -490,7 +533,7 @@ export class EmbeddedStore implements Store {
     s.holder = holder;
     this.metrics?.leader.set({ election: name }, 1);
     ctl.signal.addEventListener('abort', () => this.metrics?.leader.set({ election: name }, 0), { once: true });
-    return {
+    const leadership: Leadership = {
       candidate,
       signal: ctl.signal,
       resign: async () => {
@@ -499,6 +542,9 @@ export class EmbeddedStore implements Store {
         this.handOver(s);
       },
     };
+    // Checked synchronously before a write gets its revision, so it is atomic with the write.
+    this.fences.set(leadership, { name, candidate, held: () => s.holder === holder && !ctl.signal.aborted });
+    return leadership;
   }
 
   /** Passes an election slot to the next waiting candidate, or leaves it free. */

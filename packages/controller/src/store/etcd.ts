@@ -14,6 +14,7 @@ import { Etcd3, Range, type IOptions, type Lease, type Namespace, type Watcher }
 import {
   CompactedError,
   ConflictError,
+  NotLeaderError,
   StoreClosedError,
   type DeleteOptions,
   type KeyValue,
@@ -65,6 +66,7 @@ export class EtcdStore implements Store {
   private readonly leaderships = new Set<{ ctl: AbortController; resign(): Promise<void> }>();
   private readonly campaigns = new Set<AbortController>();
   private readonly metrics: StoreMetrics | undefined;
+  private readonly fences = new WeakMap<Leadership, { name: string; leaseId: string }>();
 
   private constructor(
     private readonly client: Etcd3,
@@ -146,6 +148,10 @@ export class EtcdStore implements Store {
     this.ensureOpen();
     checkKey(key);
     const json = toJson(key, value);
+    if (opts?.leader !== undefined) {
+      const res = await this.fenced(opts.leader, key, opts.expectRevision, this.kv.put(key).value(json));
+      return Number(res.header.revision);
+    }
     if (opts?.expectRevision === undefined) {
       const res = await this.kv.put(key).value(json).exec();
       return Number(res.header.revision);
@@ -162,6 +168,10 @@ export class EtcdStore implements Store {
   async delete(key: string, opts?: DeleteOptions): Promise<boolean> {
     this.ensureOpen();
     checkKey(key);
+    if (opts?.leader !== undefined) {
+      const res = await this.fenced(opts.leader, key, opts.expectRevision, this.kv.delete().key(key));
+      return Number(res.responses[0]?.response_delete_range?.deleted ?? 0) > 0;
+    }
     if (opts?.expectRevision === undefined) {
       const res = await this.kv.delete().key(key).exec();
       return Number(res.deleted) > 0;
@@ -173,6 +183,30 @@ export class EtcdStore implements Store {
       .commit();
     if (!res.succeeded) throw new ConflictError(key, opts.expectRevision, actualRevision(res));
     return Number(res.responses[0]?.response_delete_range?.deleted ?? 0) > 0;
+  }
+
+  /**
+   * One transaction: the election key still carries our lease (and the key its expected
+   * revision), then `op`. Compares use full keys on the un-namespaced client; ops keep their
+   * own namespaces.
+   */
+  private async fenced(
+    leader: Leadership,
+    key: string,
+    expectRevision: number | undefined,
+    op: Parameters<ReturnType<Etcd3['if']>['then']>[0],
+  ): Promise<Awaited<ReturnType<ReturnType<Etcd3['if']>['commit']>>> {
+    const f = this.fences.get(leader);
+    if (f === undefined) throw new TypeError('opts.leader is not a leadership obtained from this store');
+    if (leader.signal.aborted) throw new NotLeaderError(f.name, leader.candidate);
+    let txn = this.client.if(`${this.prefix}elect/${f.name}`, 'Lease', '==', f.leaseId);
+    if (expectRevision !== undefined) txn = txn.and(`${this.prefix}kv/${key}`, 'Mod', '==', expectRevision);
+    const res = await txn.then(op).else(this.elect.get(f.name), this.kv.get(key)).commit();
+    if (res.succeeded) return res;
+    const holder = res.responses[0]?.response_range?.kvs[0];
+    if (holder?.lease !== f.leaseId) throw new NotLeaderError(f.name, leader.candidate);
+    const actual = Number(res.responses[1]?.response_range?.kvs[0]?.mod_revision ?? 0);
+    throw new ConflictError(key, expectRevision ?? actual, actual);
   }
 
   watch<T>(prefix: string, opts: { afterRevision?: number; signal: AbortSignal }): AsyncIterable<WatchEvent<T>> {
@@ -302,7 +336,9 @@ export class EtcdStore implements Store {
     } catch (err) {
       lose(`cannot watch the election key: ${(err as Error).message}`);
     }
-    return { candidate, signal: ctl.signal, resign: entry.resign };
+    const leadership: Leadership = { candidate, signal: ctl.signal, resign: entry.resign };
+    this.fences.set(leadership, { name, leaseId });
+    return leadership;
   }
 
   /** Resolves when `name` is deleted after `seenRevision`; rejects if `signal` aborts. */

@@ -13,10 +13,18 @@ export interface KeyValue<T = unknown> {
 export interface PutOptions {
   /** Write only if the key's current modRevision equals this (0: only if absent). */
   expectRevision?: number;
+  /**
+   * Write only while this leadership (from this store's campaign()) is still held — checked by
+   * the store in the same atomic step as the write, so a deposed leader that has not noticed
+   * yet (a long pause, a partition) cannot overwrite its successor's work. Throws NotLeaderError.
+   */
+  leader?: Leadership;
 }
 
 export interface DeleteOptions {
   expectRevision?: number;
+  /** As PutOptions.leader. */
+  leader?: Leadership;
 }
 
 export type WatchEvent<T = unknown> =
@@ -70,5 +78,13 @@ export class StoreClosedError extends Error {
   constructor(readonly why: string) {
     super(`store is closed: ${why}`);
     this.name = 'StoreClosedError';
+  }
+}
+
+/** Thrown by a write fenced with `leader` when that leadership is no longer held. */
+export class NotLeaderError extends Error {
+  constructor(readonly election: string, readonly candidate: string) {
+    super(`${candidate} no longer leads ${election}: write refused`);
+    this.name = 'NotLeaderError';
   }
 }

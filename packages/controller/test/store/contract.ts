@@ -2,7 +2,7 @@
 // file with a harness that opens fresh, isolated stores.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ConflictError, type Leadership, type Store, type WatchEvent } from '../../src/store/index.js';
+import { ConflictError, NotLeaderError, type Leadership, type Store, type WatchEvent } from '../../src/store/index.js';
 
 export interface StoreHarness {
   /** A fresh, empty store, isolated from every other test's. */
@@ -236,6 +236,29 @@ export function storeContract(name: string, h: StoreHarness): void {
       await c!.resign();
     });
 
+    it('writes fenced by a leadership land while it is held and are refused once it ends', async () => {
+      const s = await open();
+      const other = await h.peer(s);
+      const a = await s.campaign('ctl', 'a', { ttlSeconds: 5 });
+      const r1 = await s.put('fenced', 1, { leader: a });
+      await expect(s.put('fenced', 2, { leader: a, expectRevision: r1 - 1 })).rejects.toBeInstanceOf(ConflictError);
+      const r2 = await s.put('fenced', 2, { leader: a, expectRevision: r1 });
+      expect(r2).toBeGreaterThan(r1);
+      const bPromise = other.campaign('ctl', 'b', { ttlSeconds: 5 });
+      await a.resign();
+      const b = await Promise.race([bPromise, sleep(DEADLINE_MS).then(() => undefined)]);
+      expect(b?.candidate).toBe('b');
+      const stale = await s.put('fenced', 3, { leader: a }).catch((e: unknown) => e);
+      expect(stale).toBeInstanceOf(NotLeaderError);
+      expect(String(stale)).toMatch(/a no longer leads ctl/);
+      await expect(s.delete('fenced', { leader: a })).rejects.toBeInstanceOf(NotLeaderError);
+      expect((await s.get('fenced'))?.value).toBe(2);
+      await other.put('fenced', 4, { leader: b! });
+      expect((await s.get('fenced'))?.value).toBe(4);
+      expect(await other.delete('fenced', { leader: b! })).toBe(true);
+      await b!.resign();
+    });
+
     it('leadership loss is signalled', async () => {
       const s = await open();
       const a = await s.campaign('ctl', 'a', { ttlSeconds: 2 });
@@ -244,6 +267,8 @@ export function storeContract(name: string, h: StoreHarness): void {
       const reason = await Promise.race([lost, sleep(DEADLINE_MS).then(() => 'not signalled')]);
       expect(reason).toBeInstanceOf(Error);
       expect(a.signal.aborted).toBe(true);
+      // A write fenced by the lost leadership is refused (the closed embedded store refuses all).
+      await expect(s.put('after-loss', 1, { leader: a })).rejects.toThrow(/no longer leads|closed/);
     });
 
     it('close ends watches and refuses further operations', async () => {
