@@ -1,6 +1,6 @@
 // Assembles the agent: state dir, runc, cgroups, images, the pod manager and the gRPC server
 // (cello.cell.v1.CellAgent + grpc.health.v1) with mTLS.
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
 import { join } from 'node:path';
@@ -13,10 +13,12 @@ import { detectCgroupMode, hostCgroupDriver, type CgroupDriver } from './cgroups
 import type { ImageService } from './images/image-service.js';
 import { PullerImageService } from './images/puller-images.js';
 import { ContainerLogs } from './logs/index.js';
+import { AgentMetrics, startMetricsServer, type MetricsServer } from './metrics/index.js';
+import { createStreamHandlers } from './server/stream-handlers.js';
 import type { BackoffPolicy } from './pod/backoff.js';
 import { PodManager } from './pod/pod-manager.js';
 import { Runc } from './runtime/runc.js';
-import { createService, type StreamRpcs } from './server/service.js';
+import { createService } from './server/service.js';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -41,6 +43,10 @@ export interface AgentOptions {
   seccompProfileDir?: string;
   pidsLimit?: number;
   heartbeatMs?: number;
+  /** Serve Prometheus /metrics on this host:port (port 0 picks one); off when undefined. */
+  metricsListen?: string;
+  /** Keep exec/attach transcripts in the audit log. */
+  auditTranscripts?: boolean;
   /** Tests: image source other than the registry puller. */
   images?: ImageService;
   cgroups?: CgroupDriver;
@@ -52,6 +58,9 @@ export interface Agent {
   address: string;
   port: number;
   pod: PodManager;
+  metrics: AgentMetrics;
+  /** Port of the /metrics endpoint, when served. */
+  metricsPort: number | undefined;
   /** Graceful: stop serving; units keep running for the next agent. */
   close(): Promise<void>;
 }
@@ -73,22 +82,13 @@ function netnsIPv4(netns: string): string | undefined {
   }
 }
 
-async function loadStreams(deps: { pod: PodManager; logger: pino.Logger }): Promise<StreamRpcs | undefined> {
-  // Built: .js beside this file; under vitest (running src/): the .ts source.
-  const here = [new URL('./server/stream-handlers.js', import.meta.url), new URL('./server/stream-handlers.ts', import.meta.url)].find((u) => existsSync(u));
-  if (!here) return undefined;
-  const mod = (await import(here.href)) as {
-    createStreamHandlers: (d: { units: PodManager; logsFor(unit: string): ContainerLogs | undefined; logger: pino.Logger }) => StreamRpcs;
-  };
-  return mod.createStreamHandlers({ units: deps.pod, logsFor: (u) => deps.pod.logsIfAny(u) as ContainerLogs | undefined, logger: deps.logger });
-}
-
 export async function startAgent(o: AgentOptions): Promise<Agent> {
   const log = o.logger;
   await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
   const runc = new Runc(o.runcBinary ?? 'runc', join(o.stateDir, 'runc'));
   const images = o.images ?? new PullerImageService({ root: join(o.stateDir, 'images'), insecureRegistries: o.insecureRegistries ?? [], logger: log });
   const hostIP = primaryIPv4();
+  const metrics = new AgentMetrics();
   const podIP = o.podIP ?? (o.podNetns ? netnsIPv4(o.podNetns) : undefined) ?? hostIP;
   const pod = new PodManager({
     stateDir: o.stateDir,
@@ -105,8 +105,24 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     ...(o.backoff ? { backoff: o.backoff } : {}),
     ...(o.probeSecondMs ? { probeSecondMs: o.probeSecondMs } : {}),
     logsFor: (_unit, dir) => new ContainerLogs({ dir }),
+    onPull: (p) => metrics.recordPull(p),
+    onProbe: (unit, probe, ok) => metrics.recordProbe(unit, probe, ok ? 'success' : 'failure'),
   });
-  const streams = await loadStreams({ pod, logger: log });
+  const streams = createStreamHandlers({
+    units: pod,
+    logsFor: (u) => pod.logsIfAny(u) as ContainerLogs | undefined,
+    logger: log,
+    auditDir: join(o.stateDir, 'audit'),
+    recordTranscripts: o.auditTranscripts ?? false,
+    metrics,
+    runcPath: o.runcBinary ?? 'runc',
+  });
+  metrics.setStatsSource(() => streams.statsCollector.collect());
+  let metricsServer: MetricsServer | undefined;
+  if (o.metricsListen) {
+    const i = o.metricsListen.lastIndexOf(':');
+    metricsServer = await startMetricsServer(metrics, { host: o.metricsListen.slice(0, i), port: Number(o.metricsListen.slice(i + 1)), onError: (err) => log.warn({ err }, 'metrics refresh failed') });
+  }
   const health = new HealthService({ '': 1, 'cello.cell.v1.CellAgent': 1 });
   const server = new Server({ 'grpc.max_receive_message_length': 64 << 20 });
   server.addService(CellAgentService, createService({
@@ -115,6 +131,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     streams,
     info: { version: AGENT_VERSION, cellId: o.cellId ?? os.hostname(), runtime: await runc.version(), cgroupMode: detectCgroupMode(), startedAt: new Date() },
     heartbeatMs: o.heartbeatMs ?? 10_000,
+    metrics,
   }));
   server.addService(health.definition, health.implementation);
   let creds: ServerCredentials;
@@ -130,14 +147,18 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     return false;
   });
   const host = o.listen.slice(0, o.listen.lastIndexOf(':'));
-  log.info({ listen: `${host}:${port}`, stateDir: o.stateDir, podIP, restored, streams: streams !== undefined }, 'cell-agent serving');
+  log.info({ listen: `${host}:${port}`, stateDir: o.stateDir, podIP, restored, metricsPort: metricsServer?.port }, 'cell-agent serving');
   return {
     address: `${host}:${port}`,
     port,
     pod,
+    metrics,
+    metricsPort: metricsServer?.port,
     close: async () => {
       health.shutdown();
       pod.shutdown();
+      streams.close();
+      await metricsServer?.close();
       await new Promise<void>((r) => server.tryShutdown(() => r()));
       if (images instanceof PullerImageService) await images.close();
     },

@@ -15,6 +15,8 @@ export interface ImageInfo {
   config: ImageConfig;
   /** Unpacked layer directories, bottom first, usable as overlayfs lower dirs. */
   layerDirs: string[];
+  /** Bytes fetched from the registry by the pull that returned this (0 when all cached). */
+  downloadedBytes?: number;
 }
 
 export interface RegistryAuth {

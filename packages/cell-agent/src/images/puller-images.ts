@@ -37,11 +37,11 @@ export class PullerImageService implements ImageService {
   async pull(ref: string, opts: { auth?: RegistryAuth | undefined; signal?: AbortSignal }): Promise<ImageInfo> {
     const host = registryOf(ref);
     try {
-      const p = await this.puller.pull(ref, {
+      const { image: p, stats } = await this.puller.pullWithStats(ref, {
         auth: (registry) => (opts.auth && registry === host ? opts.auth : undefined),
         ...(opts.signal ? { signal: opts.signal } : {}),
       });
-      return toInfo(p);
+      return { ...toInfo(p), downloadedBytes: stats.downloadedBytes };
     } catch (err) {
       if (err instanceof PullError) throw new ImagePullFailure(err.message, err.kind);
       throw new ImagePullFailure((err as Error).message, 'unknown');

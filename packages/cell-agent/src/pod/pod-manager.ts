@@ -62,6 +62,8 @@ export interface PodManagerOptions {
   probeSecondMs?: number;
   /** Where each unit's logs go; called once per unit with its state dir. */
   logsFor?: (unit: string, dir: string) => UnitLogs;
+  onPull?: (p: { ok: boolean; bytes: number; seconds: number }) => void;
+  onProbe?: (unit: string, probe: 'startup' | 'liveness' | 'readiness', ok: boolean) => void;
 }
 
 export class GenerationError extends Error {}
@@ -111,6 +113,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       newSink: (u) => self.logsOf(u).startInstance(),
       changed: () => self.changed(),
       event: (type, reason, message, container) => self.event(type, reason, message, container),
+      probeResult: (unit, probe, ok) => self.o.onProbe?.(unit, probe, ok),
     };
   }
 
@@ -304,9 +307,16 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       const cred = this.req?.registryCredentials.find((r) => r.registry === registryOf(ref));
       this.event('Normal', 'Pulling', `Pulling image "${ref}"`, c.name);
       const t0 = Date.now();
-      const img = await this.o.images.pull(ref, {
-        auth: cred ? { username: cred.username, password: cred.password, identityToken: cred.identityToken } : undefined,
-      });
+      let img: ImageInfo;
+      try {
+        img = await this.o.images.pull(ref, {
+          auth: cred ? { username: cred.username, password: cred.password, identityToken: cred.identityToken } : undefined,
+        });
+      } catch (err) {
+        this.o.onPull?.({ ok: false, bytes: 0, seconds: (Date.now() - t0) / 1000 });
+        throw err;
+      }
+      this.o.onPull?.({ ok: true, bytes: img.downloadedBytes ?? 0, seconds: (Date.now() - t0) / 1000 });
       this.event('Normal', 'Pulled', `Successfully pulled image "${ref}" in ${Date.now() - t0}ms`, c.name);
       return img;
     })();

@@ -111,6 +111,8 @@ export class Prober {
   private successes = 0;
   private failures = 0;
   private state: boolean | undefined;
+  /** Every single result, for metrics. */
+  onEach: ((ok: boolean) => void) | undefined;
   readonly period: number;
   readonly timeout: number;
   readonly successThreshold: number;
@@ -148,6 +150,7 @@ export class Prober {
     if (this.stopped || !this.probe.handler) return;
     const r = await runHandler(this.probe.handler, this.target, this.timeout);
     if (this.stopped) return;
+    this.onEach?.(r.ok);
     if (r.ok) {
       this.failures = 0;
       if (++this.successes >= this.successThreshold && this.state !== true) {

@@ -34,6 +34,7 @@ export interface UnitContext {
   newSink(unit: Unit): LogSink;
   changed(): void;
   event(type: 'Normal' | 'Warning', reason: string, message: string, container: string): void;
+  probeResult?(unit: string, probe: 'startup' | 'liveness' | 'readiness', ok: boolean): void;
 }
 
 /** A configuration problem detected before runc runs: shown as CreateContainerConfigError. */
@@ -300,7 +301,9 @@ export class Unit implements UnitView {
 
   /** Creates the next instance (image, rootfs, spec). Undefined: retry (after back-off) or stop. */
   private async create(): Promise<Instance | undefined> {
+    const t0 = performance.now();
     const image = await this.ctx.ensureImage(this, this.abort.signal);
+    const tImage = performance.now();
     if (!image || this.stopRequested) return undefined;
     this.image = image;
     const n = ++this.instanceCounter;
@@ -317,9 +320,11 @@ export class Unit implements UnitView {
     });
     try {
       this.setState({ kind: 'starting', since: new Date() });
-      await this.ctx.cgroups.ensure(this.cgroup, this.limits());
-      await inst.prepare(image.layerDirs);
+      // Independent steps of instance creation, overlapped.
+      await Promise.all([this.ctx.cgroups.ensure(this.cgroup, this.limits()), inst.prepare(image.layerDirs)]);
+      const tPrepared = performance.now();
       await inst.writeSpec(await this.ctx.buildSpec(this, image, inst));
+      this.ctx.logger.debug({ unit: this.name, imageMs: tImage - t0, prepareMs: tPrepared - tImage, specMs: performance.now() - tPrepared }, 'instance created');
       this.instance = inst;
       this.ctx.event('Normal', 'Created', `Created container ${this.name}`, this.name);
       return inst;
@@ -358,6 +363,9 @@ export class Unit implements UnitView {
           if (!ok) void this.livenessFailed(inst, msg);
         }, this.ctx.probeSecondMs);
         this.probers.push(p);
+        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
+        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
+        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
         p.start();
       }
       if (s.readinessProbe) {
@@ -370,6 +378,9 @@ export class Unit implements UnitView {
           }
         }, this.ctx.probeSecondMs);
         this.probers.push(p);
+        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
+        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
+        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
         p.start();
       } else if (!this.isInit) {
         this.ready = true;
@@ -386,6 +397,9 @@ export class Unit implements UnitView {
         } else void this.livenessFailed(inst, `Startup probe failed: ${msg}`);
       }, this.ctx.probeSecondMs);
       this.probers.push(p);
+      p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
+      p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
+      p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
       p.start();
     } else {
       this.started = true;

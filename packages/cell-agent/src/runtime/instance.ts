@@ -124,6 +124,7 @@ export class Instance extends EventEmitter {
   private sinkEnded = false;
   private exitSeen = false;
   private reported = false;
+  private spawnedAt: number | undefined;
 
   constructor(private readonly o: InstanceOptions) {
     super();
@@ -159,7 +160,8 @@ export class Instance extends EventEmitter {
     await writeFile(p.termination, '');
     // Any user the unit runs as may write its termination message (umask would narrow it).
     await chmod(p.termination, 0o666);
-    await mountOverlay(layerDirs, p.upper, p.work, p.rootfs);
+    const fifos = this.tty ? [] : ['stdout', 'stderr', ...(this.hasStdin ? ['stdin'] : [])].map((n) => join(this.dir, n));
+    await Promise.all([mountOverlay(layerDirs, p.upper, p.work, p.rootfs), fifos.length > 0 ? mkfifo(fifos) : Promise.resolve()]);
   }
 
   async writeSpec(spec: Record<string, unknown>): Promise<void> {
@@ -182,12 +184,11 @@ export class Instance extends EventEmitter {
         this.checkFiles();
       });
     } else {
-      const fifos = ['stdout', 'stderr', ...(this.hasStdin ? ['stdin'] : [])].map((n) => join(this.dir, n));
-      await mkfifo(fifos);
       this.openReaders();
       // Until the shim holds the FIFOs, our own write ends keep the readers from seeing EOF.
       for (const n of ['stdout', 'stderr']) this.keepers.push(openSync(join(this.dir, n), FS.O_WRONLY | FS.O_NONBLOCK));
       if (this.hasStdin) this.openStdin();
+      this.spawnedAt = performance.now();
       this.shim = spawn('/bin/sh', args, { detached: true, stdio: 'ignore', cwd: this.dir });
       this.shimPid = this.shim.pid ?? 0;
       this.shim.on('exit', () => this.checkFiles());
@@ -270,6 +271,7 @@ export class Instance extends EventEmitter {
       if (pid > 0) {
         this.pid = pid;
         this.startedAt = new Date();
+        if (this.spawnedAt !== undefined) this.o.logger.debug({ unit: this.id, runcMs: performance.now() - this.spawnedAt }, 'instance started');
         this.closeKeepers();
         this.emit('started', pid);
       }

@@ -6,6 +6,7 @@ import type { CellAgentServer, GetStatusResponse, WatchStatusEvent, WatchStatusR
 import type pino from 'pino';
 import { GenerationError, type PodManager } from '../pod/pod-manager.js';
 import { InvalidPodError } from '../pod/validate.js';
+import type { AgentMetrics } from '../metrics/index.js';
 
 export type StreamRpcs = Pick<CellAgentServer, 'logs' | 'exec' | 'attach' | 'portForward' | 'stats' | 'listAudit'>;
 
@@ -15,6 +16,7 @@ export interface ServiceDeps {
   streams: StreamRpcs | undefined;
   info: { version: string; cellId: string; runtime: string; cgroupMode: string; startedAt: Date };
   heartbeatMs: number;
+  metrics?: AgentMetrics;
 }
 
 function grpcError(err: unknown): { code: Status; details: string } {
@@ -32,9 +34,21 @@ function unimplemented(name: string) {
   };
 }
 
+/** Counts unary calls and their status codes in the agent's metrics. */
+function measured<Req, Res>(d: ServiceDeps, method: string, h: (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => void) {
+  return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
+    const t0 = performance.now();
+    h(call, (err, res) => {
+      const code = err ? Status[(err as { code?: Status }).code ?? Status.UNKNOWN] : 'OK';
+      d.metrics?.recordGrpcCall(method, code ?? 'UNKNOWN', (performance.now() - t0) / 1000);
+      cb(err, res);
+    });
+  };
+}
+
 export function createService(d: ServiceDeps): CellAgentServer {
   const s = d.streams;
-  return {
+  const svc: CellAgentServer = {
     applyPod: (call, cb) => {
       d.pod.apply(call.request).then(
         (r) => cb(null, r),
@@ -86,4 +100,9 @@ export function createService(d: ServiceDeps): CellAgentServer {
     stats: s?.stats ?? (unimplemented('Stats') as CellAgentServer['stats']),
     listAudit: s?.listAudit ?? (unimplemented('ListAudit') as CellAgentServer['listAudit']),
   };
+  svc.applyPod = measured(d, 'ApplyPod', svc.applyPod);
+  svc.deletePod = measured(d, 'DeletePod', svc.deletePod);
+  svc.getStatus = measured(d, 'GetStatus', svc.getStatus);
+  svc.getInfo = measured(d, 'GetInfo', svc.getInfo);
+  return svc;
 }
