@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { Command } from 'commander';
 import type { CellAgentClient } from '@cello/proto/cell';
 import { startAgent } from './agent.js';
+import { prepareCellIdentity } from './bootstrap/index.js';
 import { registerCtl } from './ctl/ctl.js';
 import { createLogger } from './log.js';
 
@@ -29,13 +30,31 @@ program
   .option('--runc <path>', 'runc binary', 'runc')
   .option('--seccomp-profile-dir <dir>', 'where seccomp Localhost profiles are looked up (default: STATE/seccomp)')
   .option('--pids-limit <n>', 'maximum processes per unit', (v) => Number(v))
+  .option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (off by default)')
+  .option('--audit-transcripts', 'keep the bytes of every exec/attach session in the audit log')
   .option('--cell-id <id>', 'this cell\'s id, reported by GetInfo (default: the hostname)')
+  // Cell bootstrap (src/bootstrap, docs/aws.md): the certificate is made on the cell, signed by the controller.
+  .option('--bootstrap-user-data <file>', 'cell user data (cell-bootstrap/v1 JSON): serve only CellBootstrap until the controller installs this cell\'s certificate, then mTLS')
+  .option('--user-data-url <url>', 'like --bootstrap-user-data, read from instance metadata with IMDSv2 (on EC2: http://169.254.169.254)')
   .addHelpText(
     'after',
-    '\nExamples:\n  cell-agent serve --listen 0.0.0.0:7443 --state-dir /var/lib/cello --tls-cert cell.pem --tls-key cell.key --tls-ca ca.pem\n  cell-agent serve --listen 127.0.0.1:7443 --state-dir /tmp/cell --insecure-dev --insecure-registry 127.0.0.1:5000\n\nLogs are JSON on stderr (CELLO_LOG_LEVEL=debug for more); secrets are redacted.\n',
+    '\nExamples:\n  cell-agent serve --listen 0.0.0.0:7443 --state-dir /var/lib/cello --tls-cert cell.pem --tls-key cell.key --tls-ca ca.pem\n  cell-agent serve --listen 127.0.0.1:7443 --state-dir /tmp/cell --insecure-dev --insecure-registry 127.0.0.1:5000\n  cell-agent serve --listen 0.0.0.0:7443 --state-dir /var/lib/cello --user-data-url http://169.254.169.254   (EC2 cell)\n\nLogs are JSON on stderr (CELLO_LOG_LEVEL=debug for more); secrets are redacted.\n',
   )
-  .action(async (o: { listen: string; stateDir: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; insecureDev?: boolean; insecureRegistry: string[]; podNetns?: string; podIp?: string; cgroupParent: string; runc: string; seccompProfileDir?: string; pidsLimit?: number; cellId?: string }) => {
+  .action(async (o: { listen: string; stateDir: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; insecureDev?: boolean; insecureRegistry: string[]; podNetns?: string; podIp?: string; cgroupParent: string; runc: string; seccompProfileDir?: string; pidsLimit?: number; cellId?: string; metricsListen?: string; auditTranscripts?: boolean; bootstrapUserData?: string; userDataUrl?: string }) => {
     const logger = createLogger();
+    if (o.bootstrapUserData || o.userDataUrl) {
+      if (o.bootstrapUserData && o.userDataUrl) throw new Error('give --bootstrap-user-data or --user-data-url, not both');
+      if (o.tlsCert || o.tlsKey || o.tlsCa || o.insecureDev) throw new Error('--bootstrap-user-data/--user-data-url make the certificate; do not combine them with --tls-* or --insecure-dev');
+      const id = await prepareCellIdentity({
+        userData: o.bootstrapUserData ? { file: o.bootstrapUserData } : { imdsUrl: o.userDataUrl! },
+        stateDir: o.stateDir,
+        listen: o.listen,
+        logger,
+        // Printed for scripts and tests, like "listening" below.
+        onListening: (b) => process.stdout.write(`bootstrap listening ${b.address}\n`),
+      });
+      Object.assign(o, { tlsCert: id.tls.cert, tlsKey: id.tls.key, tlsCa: id.tls.ca, cellId: o.cellId ?? id.cellId });
+    }
     const anyTls = o.tlsCert || o.tlsKey || o.tlsCa;
     if (anyTls && o.insecureDev) throw new Error('give either --tls-cert/--tls-key/--tls-ca or --insecure-dev, not both');
     if (!anyTls && !o.insecureDev) throw new Error('give --tls-cert, --tls-key and --tls-ca (mTLS), or --insecure-dev for local development');
@@ -55,6 +74,8 @@ program
       ...(o.seccompProfileDir ? { seccompProfileDir: o.seccompProfileDir } : {}),
       ...(o.pidsLimit ? { pidsLimit: o.pidsLimit } : {}),
       ...(o.cellId ? { cellId: o.cellId } : {}),
+      ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
+      ...(o.auditTranscripts ? { auditTranscripts: true } : {}),
     });
     // Printed for scripts and tests that start the agent on port 0.
     process.stdout.write(`listening ${agent.address}\n`);
@@ -67,6 +88,8 @@ program
   });
 
 async function main(): Promise<void> {
+  // The stream subcommands (logs, exec, port-forward) live in ctl/streams.ts, owned by the
+  // streams module; loaded when present so either side can build without the other.
   let extra: ((ctl: Command, connect: () => CellAgentClient) => void) | undefined;
   const streamsCtl = new URL('./ctl/streams.js', import.meta.url);
   if (existsSync(streamsCtl)) {
