@@ -262,6 +262,125 @@ describe.concurrent('pods', () => {
     expect(st.status!.containerStatuses.find((c) => c.name === 'stable')!.containerId).toBe(stableId);
   });
 
+  it('applies capabilities, seccomp (RuntimeDefault, Unconfined, Localhost), readOnlyRootFilesystem', async () => {
+    const a = await agent();
+    const { mkdirSync, writeFileSync } = await import('node:fs');
+    mkdirSync(join(a.stateDir, 'seccomp'), { recursive: true });
+    // A Localhost profile that denies mkdir(at) only.
+    writeFileSync(join(a.stateDir, 'seccomp/no-mkdir.json'), JSON.stringify({ defaultAction: 'SCMP_ACT_ALLOW', syscalls: [{ names: ['mkdir', 'mkdirat'], action: 'SCMP_ACT_ERRNO', errnoRet: 1 }] }));
+    const report = (cmd: string) => sh(`{ ${cmd}; } > /dev/termination-log 2>&1; true`);
+    await apply(a.client, {
+      pod: pod('security', {
+        restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
+        containers: [
+          { name: 'caps', image: IMG, command: report('grep CapEff /proc/self/status'), securityContext: { capabilities: { drop: ['ALL'], add: ['NET_ADMIN'] } } },
+          { name: 'defcaps', image: IMG, command: report('grep CapEff /proc/self/status') },
+          { name: 'seccomp-default', image: IMG, command: report('unshare -U true && echo allowed || echo denied') },
+          { name: 'seccomp-unconfined', image: IMG, command: report('unshare -U true && echo allowed || echo denied'), securityContext: { seccompProfile: { type: 2 } } },
+          { name: 'seccomp-local', image: IMG, command: report('mkdir /tmp/d && echo allowed || echo denied'), securityContext: { seccompProfile: { type: 3, localhostProfile: 'no-mkdir.json' } } },
+          { name: 'rootro', image: IMG, command: report('touch /x && echo writable || echo readonly'), securityContext: { readOnlyRootFilesystem: true } },
+        ],
+      }),
+    });
+    const names = ['caps', 'defcaps', 'seccomp-default', 'seccomp-unconfined', 'seccomp-local', 'rootro'];
+    await a.watch.until('all finished', (w) => names.every((n) => w.terminated(n) !== undefined));
+    const msg = (n: string) => a.watch.terminated(n)!.message.trim();
+    expect(msg('caps')).toMatch(/CapEff:\s+0000000000001000$/); // CAP_NET_ADMIN only
+    expect(msg('defcaps')).toMatch(/CapEff:\s+00000000a80425fb$/); // containerd's default set
+    expect(msg('seccomp-default')).toMatch(/denied$/);
+    expect(msg('seccomp-unconfined')).toBe('allowed');
+    expect(msg('seccomp-local')).toMatch(/denied$/);
+    expect(msg('rootro')).toMatch(/readonly$/);
+    expect(a.watch.last?.status?.phase).toBe(PodPhase.POD_PHASE_SUCCEEDED);
+  });
+
+  it('expands $(VAR), fills env from fieldRef/secrets/configMaps, writes downwardAPI and hostPath volumes', async () => {
+    const a = await agent();
+    const { mkdtempSync, writeFileSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const host = mkdtempSync(join(tmpdir(), 'cello-hostpath-'));
+    writeFileSync(join(host, 'given.txt'), 'from the host\n');
+    await apply(a.client, {
+      pod: {
+        ...pod('env', {
+          restartPolicy: RestartPolicy.RESTART_POLICY_ON_FAILURE,
+          volumes: [
+            { name: 'info', source: { $case: 'downwardApi', value: { items: [{ path: 'labels', fieldRef: { fieldPath: 'metadata.labels' } }, { path: 'name', fieldRef: { fieldPath: 'metadata.name' } }] } } },
+            { name: 'host', source: { $case: 'hostPath', value: { path: host, type: 2 } } },
+            { name: 'made', source: { $case: 'hostPath', value: { path: join(host, 'made/here'), type: 1 } } },
+          ],
+          containers: [
+            {
+              name: 'env',
+              image: IMG,
+              command: sh("echo \"$(GREETING)\" '$$(GREETING)' \"$POD $IP $PASS $MODE $LIM\" > /dev/termination-log; cat /info/name /host/given.txt >> /dev/termination-log; echo made > /made/file"),
+              env: [
+                { name: 'GREETING', value: 'hi' },
+                { name: 'POD', valueFrom: { source: { $case: 'fieldRef', value: { fieldPath: 'metadata.name' } } } },
+                { name: 'IP', valueFrom: { source: { $case: 'fieldRef', value: { fieldPath: 'status.podIP' } } } },
+                { name: 'PASS', valueFrom: { source: { $case: 'secretKeyRef', value: { name: 's', key: 'pass' } } } },
+                { name: 'LIM', valueFrom: { source: { $case: 'resourceFieldRef', value: { resource: 'limits.memory', divisor: 'Mi' } } } },
+              ],
+              envFrom: [{ prefix: '', source: { $case: 'configMapRef', value: { name: 'cm' } } }],
+              resources: { limits: { memoryBytes: 64 * 1024 * 1024 } },
+              volumeMounts: [
+                { name: 'info', mountPath: '/info' },
+                { name: 'host', mountPath: '/host', readOnly: true },
+                { name: 'made', mountPath: '/made' },
+              ],
+            },
+          ],
+        }),
+      },
+      secrets: { s: { data: { pass: Buffer.from('pw') } } },
+      configMaps: { cm: { data: { MODE: 'fast' }, binaryData: {} } },
+    });
+    await a.watch.until('env finished', (w) => w.terminated('env') !== undefined);
+    const st = await getStatus(a.client);
+    const ip = st.status!.podIp;
+    expect(a.watch.terminated('env')!.message).toBe(`hi $(GREETING) env ${ip} pw fast 64\nenvfrom the host\n`);
+    expect(readFileSync(join(host, 'made/here/file'), 'utf8')).toBe('made\n');
+    expect(st.status!.phase).toBe(PodPhase.POD_PHASE_SUCCEEDED);
+    // A hostPath of the wrong type is a clear error in status.
+    const b = await agent();
+    await apply(b.client, {
+      pod: pod('badhost', {
+        volumes: [{ name: 'h', source: { $case: 'hostPath', value: { path: join(host, 'given.txt'), type: 2 } } }],
+        containers: [{ name: 'c', image: IMG, command: sh('true'), volumeMounts: [{ name: 'h', mountPath: '/h' }] }],
+      }),
+    });
+    await b.watch.until('hostPath error shown', (w) => w.waiting('c')?.reason === 'CreateContainerConfigError');
+    expect(b.watch.waiting('c')!.message).toContain(`hostPath ${join(host, 'given.txt')} is not an existing directory`);
+  });
+
+  it('gates on a startup probe, probes TCP, and falls back to logs for the termination message', async () => {
+    const a = await agent();
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    await apply(a.client, {
+      pod: pod('startup', {
+        terminationGracePeriodSeconds: 1,
+        restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
+        containers: [
+          {
+            name: 'slow',
+            image: IMG,
+            ports: [{ containerPort: port }],
+            command: sh(`sleep 1; exec httpd -f -p 127.0.0.1:${port} -h /tmp`),
+            startupProbe: { handler: { action: { $case: 'tcpSocket', value: { port: { value: { $case: 'number', value: port } }, host: '127.0.0.1' } } }, periodSeconds: 1, failureThreshold: 30 },
+            readinessProbe: { handler: { action: { $case: 'tcpSocket', value: { port: { value: { $case: 'number', value: port } }, host: '127.0.0.1' } } }, periodSeconds: 1 },
+          },
+          { name: 'sayer', image: IMG, command: sh('echo first; echo last words; exit 2'), terminationMessagePolicy: 2 },
+        ],
+      }),
+    });
+    await a.watch.until('slow running but not started', (w) => w.running('slow'));
+    expect(a.watch.unit('slow')!.started).toBe(false);
+    expect(a.watch.unit('slow')!.ready).toBe(false);
+    await a.watch.until('slow started and ready', (w) => w.unit('slow')?.started === true && w.unit('slow')?.ready === true, 20_000);
+    await a.watch.until('sayer finished', (w) => w.terminated('sayer') !== undefined);
+    expect(a.watch.terminated('sayer')).toMatchObject({ exitCode: 2, reason: 'Error', message: 'first\nlast words' });
+  });
+
   it('shows a missing image and a missing command in status', async () => {
     const a = await agent();
     await apply(a.client, {
