@@ -4,12 +4,15 @@
 // cell ID as a SPIFFE URI, plus its instance ID and IP) and installs it. From then on the
 // agent accepts only mTLS with certificates from this CA.
 //
-// The throwaway certificate cannot be verified (nothing is known about the cell's key yet); the
-// token is what authenticates the controller to the agent, and the controller checks that the
-// CSR is for the very key that terminated this TLS session, so a CSR cannot be relayed from a
-// different endpoint. The resulting certificate names only this cell.
+// The throwaway certificate cannot be verified against anything (nothing is known about the
+// cell's key yet); the token is what authenticates the controller to the agent. The controller
+// pins the certificate it first sees at the address (a TLS probe), talks gRPC only to a server
+// presenting exactly that certificate, and signs the CSR only if it is for that certificate's
+// key — so a CSR cannot be relayed from a different endpoint. The resulting certificate names
+// only this cell.
 import { X509Certificate as NodeX509 } from 'node:crypto';
-import type { PeerCertificate } from 'node:tls';
+import { isIP } from 'node:net';
+import { connect as tlsConnect, type PeerCertificate } from 'node:tls';
 import { credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import {
   CellBootstrapClient,
@@ -75,8 +78,34 @@ function unary<Req, Res>(
   return new Promise((resolve, reject) => fn(req, new Metadata(), { deadline }, (err, res) => (err ? reject(err) : resolve(res))));
 }
 
-function spkiOfPeer(cert: PeerCertificate): Buffer {
-  return new NodeX509(cert.raw).publicKey.export({ type: 'spki', format: 'der' });
+function spkiOf(raw: Buffer): Buffer {
+  return new NodeX509(raw).publicKey.export({ type: 'spki', format: 'der' });
+}
+
+function toPem(raw: Buffer): string {
+  return `-----BEGIN CERTIFICATE-----\n${raw.toString('base64').replace(/.{64}/g, '$&\n').replace(/\n?$/, '\n')}-----END CERTIFICATE-----\n`;
+}
+
+/** The certificate the server at `address` presents (raw DER); rejects when nothing listens. */
+function probeCertificate(address: string, timeoutMs: number): Promise<Buffer> {
+  const i = address.lastIndexOf(':');
+  const host = address.slice(0, i).replace(/^\[|\]$/g, '');
+  const port = Number(address.slice(i + 1));
+  return new Promise((resolve, reject) => {
+    const sock = tlsConnect({ host, port, rejectUnauthorized: false, ALPNProtocols: ['h2'], ...(isIP(host) ? {} : { servername: host }) });
+    const timer = setTimeout(() => sock.destroy(new Error(`TLS handshake with ${address} timed out`)), timeoutMs);
+    sock.once('secureConnect', () => {
+      clearTimeout(timer);
+      const cert: PeerCertificate = sock.getPeerCertificate();
+      sock.destroy();
+      if (!cert?.raw) reject(new Error(`${address} presented no certificate`));
+      else resolve(cert.raw);
+    });
+    sock.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
 }
 
 export async function bootstrapCell(o: BootstrapCellOptions): Promise<BootstrapResult> {
@@ -91,31 +120,44 @@ export async function bootstrapCell(o: BootstrapCellOptions): Promise<BootstrapR
     }
   }
 
-  let peerSpki: Buffer | undefined;
-  const creds = credentials.createSsl(null, null, null, {
-    // See the header: the throwaway certificate is not verifiable; remember its key instead.
-    rejectUnauthorized: false,
-    checkServerIdentity: (_host, cert) => {
-      peerSpki = spkiOfPeer(cert);
-      return undefined;
-    },
+  // Wait (until the deadline) for the instance's agent to listen, and pin what it presents.
+  let attempts = 0;
+  let pinned: Buffer | undefined;
+  let delay = 100;
+  while (!pinned) {
+    attempts++;
+    try {
+      pinned = await probeCertificate(o.address, Math.max(1000, Math.min(10_000, deadline - Date.now())));
+    } catch (err) {
+      if (Date.now() + delay >= deadline) {
+        throw new BootstrapError(o.cellId, `no agent answered at ${o.address} before the deadline: ${(err as Error).message}`, status.UNAVAILABLE);
+      }
+      log?.debug({ attempt: attempts, err: (err as Error).message }, 'agent not answering yet');
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 2000);
+    }
+  }
+  const pinnedPem = toPem(pinned);
+  const creds = credentials.createSsl(Buffer.from(pinnedPem), null, null, {
+    // The pinned certificate is the only trust anchor; it names no host, so only its identity
+    // (byte for byte) is checked.
+    checkServerIdentity: (_host, cert) =>
+      cert.raw && Buffer.compare(cert.raw, pinned!) === 0 ? undefined : new Error(`${o.address} changed its certificate during the bootstrap`),
   });
   const client = new CellBootstrapClient(o.address, creds, { 'grpc.max_receive_message_length': 1 << 20 });
   try {
-    let attempts = 0;
     let res: RequestCertificateResponse | undefined;
-    let delay = 100;
     for (;;) {
-      attempts++;
       try {
         const callDeadline = new Date(Math.min(deadline, Date.now() + 10_000));
         res = await unary(client.requestCertificate.bind(client), RequestCertificateRequest.fromPartial({ token: o.token }), callDeadline);
         break;
       } catch (err) {
         const e = err as ServiceError;
-        // The agent is not listening yet (the instance is still booting): try again until the deadline.
-        if ((e.code === status.UNAVAILABLE || e.code === status.DEADLINE_EXCEEDED) && Date.now() + delay < deadline) {
-          log?.debug({ attempt: attempts, code: status[e.code] }, 'agent not answering yet');
+        // A transport hiccup before the agent saw the request: try again until the deadline.
+        if (e.code === status.UNAVAILABLE && Date.now() + delay < deadline) {
+          attempts++;
+          log?.debug({ attempt: attempts, code: status[e.code] }, 'bootstrap call failed; retrying');
           await new Promise((r) => setTimeout(r, delay));
           delay = Math.min(delay * 2, 2000);
           continue;
@@ -130,7 +172,7 @@ export async function bootstrapCell(o: BootstrapCellOptions): Promise<BootstrapR
     } catch (err) {
       throw new BootstrapError(o.cellId, `the agent's CSR does not parse: ${(err as Error).message}`);
     }
-    if (!peerSpki || !Buffer.from(csr.publicKey.rawData).equals(peerSpki)) {
+    if (!Buffer.from(csr.publicKey.rawData).equals(spkiOf(pinned))) {
       throw new BootstrapError(o.cellId, 'the CSR is not for the key that serves this TLS session; refusing to sign it');
     }
     const certPem = await o.ca.signCsr(res.csrPem, {
@@ -155,4 +197,28 @@ export async function bootstrapCell(o: BootstrapCellOptions): Promise<BootstrapR
   } finally {
     client.close();
   }
+}
+
+/**
+ * The reconciler's BootstrapFn over bootstrapCell: the cell's certificate carries the address
+ * the controller dials (its IP) besides the cell identity.
+ */
+export function bootstrapFnFor(
+  ca: CsrSigner,
+  opts: { tokens?: TokenConsumer; ttlSeconds?: number; timeoutMs?: number; logger?: Logger } = {},
+): (args: { address: string; token: string; cellId: string; caPem: string }) => Promise<void> {
+  return async ({ address, token, cellId }) => {
+    const host = address.slice(0, address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+    await bootstrapCell({
+      address,
+      cellId,
+      token,
+      ca,
+      ...(isIP(host) ? { ips: [host] } : { dnsNames: [host] }),
+      ...(opts.tokens ? { tokens: opts.tokens } : {}),
+      ...(opts.ttlSeconds ? { ttlSeconds: opts.ttlSeconds } : {}),
+      ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}),
+      ...(opts.logger ? { logger: opts.logger } : {}),
+    });
+  };
 }

@@ -100,10 +100,15 @@ export const ANNOTATIONS = {
   spot: 'cello.io/spot',
 } as const;
 
-/** Tag keys: how the controller finds what it owns, whatever happened to its store. */
+/**
+ * Tag keys: how the controller finds what it owns, whatever happened to its store. The same
+ * keys the reconciler puts in LaunchRequest.tags (src/dispatch/reconciler.ts TAG_*).
+ */
 export const TAGS = {
-  controllerId: 'cello:controller-id',
-  cellId: 'cello:cell-id',
-  podNamespace: 'cello:pod-namespace',
-  podName: 'cello:pod-name',
+  controllerId: 'cello.io/controller-id',
+  cellId: 'cello.io/cell-id',
+  /** namespace/name of the pod the cell was launched for (absent for warm-pool cells). */
+  pod: 'cello.io/pod',
+  /** The agent's port, so describe can say where the agent listens without the store. */
+  agentPort: 'cello.io/agent-port',
 } as const;

@@ -1,5 +1,5 @@
 // The aws cell provider: EC2 instances as cells. See docs/aws.md.
-export { AwsProvider, AGENT_PORT_TAG, clientToken, type AwsProviderOptions } from './provider.js';
+export { AwsProvider, awsProviderFromConfig, AGENT_PORT_TAG, clientToken, type AwsProviderOptions } from './provider.js';
 export {
   awsProviderConfigSchema,
   parseAwsProviderConfig,

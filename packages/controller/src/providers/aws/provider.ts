@@ -32,14 +32,13 @@ import {
 } from '../provider.js';
 import { errorCode, isCapacityError, isSpotCapacityError, UnavailablePairs } from './capacity.js';
 import { AwsCatalog, loadPrices } from './catalog.js';
-import { ANNOTATIONS, TAGS, type AwsProviderConfig } from './config.js';
+import { ANNOTATIONS, parseAwsProviderConfig, TAGS, type AwsProviderConfig } from './config.js';
 import { ImageResolver } from './image.js';
 import { ensureCellSecurityGroup } from './security-group.js';
 import { decodeUserData, encodeUserData } from './user-data.js';
 import type { CellBootstrapData } from '../provider.js';
 
-/** Tag with the agent's port, so describe can say where the agent listens without the store. */
-export const AGENT_PORT_TAG = 'cello:agent-port';
+export const AGENT_PORT_TAG = TAGS.agentPort;
 
 export interface AwsProviderOptions {
   config: AwsProviderConfig;
@@ -82,6 +81,8 @@ export function clientToken(cellId: string, subnet: string, spot: boolean): stri
 
 export class AwsProvider implements CellProvider {
   readonly name = 'aws';
+  /** Cells get their certificate through the bootstrap (src/bootstrap), never in user data. */
+  readonly needsBootstrap = true;
   /** The SDK client, exposed so operators' tools and tests can add middleware. */
   readonly ec2: EC2Client;
   readonly registry: Registry;
@@ -406,4 +407,16 @@ export class AwsProvider implements CellProvider {
   async close(): Promise<void> {
     this.ec2.destroy();
   }
+}
+
+/**
+ * The provider for the controller's `provider: {kind: aws, ...}` configuration section (every
+ * other key is the aws provider's, validated here with errors naming `provider.<field>`).
+ */
+export function awsProviderFromConfig(
+  section: Record<string, unknown>,
+  o: Omit<AwsProviderOptions, 'config'>,
+): AwsProvider {
+  const { kind: _kind, ...rest } = section;
+  return new AwsProvider({ ...o, config: parseAwsProviderConfig(rest, 'provider') });
 }

@@ -50,7 +50,7 @@ function request(over: Partial<LaunchRequest> = {}, controllerId = 'ctl-a'): Lau
     cellId,
     instanceType: 't3.small',
     spot: false,
-    tags: { [CELL_TAGS.podNamespace]: 'default', [CELL_TAGS.podName]: `web-${seq}` },
+    tags: { [CELL_TAGS.pod]: `default/web-${seq}` },
     bootstrap: {
       caCertPem: CA_PEM,
       token: `tok-${cellId}`,
@@ -157,9 +157,8 @@ describe('AwsProvider on moto', () => {
     expect(tags).toMatchObject({
       [CELL_TAGS.controllerId]: 'ctl-a',
       [CELL_TAGS.cellId]: req.cellId,
-      [CELL_TAGS.podNamespace]: 'default',
-      [CELL_TAGS.podName]: req.tags[CELL_TAGS.podName],
-      'cello:agent-port': '9443',
+      [CELL_TAGS.pod]: req.tags[CELL_TAGS.pod],
+      'cello.io/agent-port': '9443',
     });
 
     // The managed cell group admits only the agent port, only from the controller's group.

@@ -1,0 +1,80 @@
+// The test harness that plays an EC2 instance's boot: the EC2 emulator (moto) only records
+// instances, so for a launched instance the harness reads its user data back from the
+// emulator, writes it where the cell image's first boot would, and starts the real agent
+// (`cell-agent serve --bootstrap-user-data`) on a loopback port. The controller reaches that
+// agent through a test-only address map (instance ID -> 127.0.0.1:port); the invented
+// addresses moto reports for the instance are never contacted.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { freePort, waitFor } from '@cello/testkit';
+import { encodeUserData, type AwsProvider } from '../../src/providers/aws/index.js';
+
+export interface PlayedInstance {
+  instanceId: string;
+  address: string;
+  stateDir: string;
+  /** The agent's stdout so far (it prints "bootstrap listening ..." then "listening ..."). */
+  output(): string;
+  /** The instance ends (terminated, spot reclaimed): its agent dies. */
+  kill(): Promise<void>;
+}
+
+export function agentCli(): string {
+  const require = createRequire(import.meta.url);
+  return join(dirname(require.resolve('@cello/cell-agent')), 'cli.js');
+}
+
+export class BootHarness {
+  /** instance ID -> loopback address: the provider's testAgentAddressMap. */
+  readonly addresses = new Map<string, string>();
+  private readonly played: PlayedInstance[] = [];
+  private readonly dirs: string[] = [];
+
+  addressOf = (instanceId: string): string | undefined => this.addresses.get(instanceId);
+
+  /** Boots the instance: its user data from EC2, the real agent, a loopback port. */
+  async boot(provider: AwsProvider, instanceId: string): Promise<PlayedInstance> {
+    const ud = await provider.userData(instanceId);
+    const dir = await mkdtemp(join(tmpdir(), 'cello-instance-'));
+    this.dirs.push(dir);
+    const udFile = join(dir, 'user-data.json');
+    await writeFile(udFile, encodeUserData(ud), { mode: 0o600 });
+    const port = await freePort();
+    const address = `127.0.0.1:${port}`;
+    this.addresses.set(instanceId, address);
+    const child: ChildProcess = spawn(
+      process.execPath,
+      [agentCli(), 'serve', '--listen', address, '--state-dir', join(dir, 'state'), '--bootstrap-user-data', udFile, '--cgroup-parent', `/cello-test/${ud.cellId}`],
+      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CELLO_LOG_LEVEL: process.env['LOG_LEVEL'] ?? 'warn' } },
+    );
+    let out = '';
+    let err = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-4000)));
+    const exited = new Promise<void>((r) => child.once('exit', () => r()));
+    await waitFor(`agent for ${instanceId} to listen for its bootstrap`, () => {
+      if (child.exitCode !== null) throw new Error(`agent exited ${child.exitCode}: ${err}`);
+      return out.includes('bootstrap listening');
+    }, { timeoutMs: 30_000 });
+    const p: PlayedInstance = {
+      instanceId,
+      address,
+      stateDir: join(dir, 'state'),
+      output: () => out,
+      kill: async () => {
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+        await exited;
+      },
+    };
+    this.played.push(p);
+    return p;
+  }
+
+  async close(): Promise<void> {
+    for (const p of this.played) await p.kill();
+    for (const d of this.dirs) await rm(d, { recursive: true, force: true });
+  }
+}
