@@ -381,6 +381,18 @@ describe.concurrent('pods', () => {
     expect(a.watch.terminated('sayer')).toMatchObject({ exitCode: 2, reason: 'Error', message: 'first\nlast words' });
   });
 
+  it('runs a tty unit on a pseudo-terminal', async () => {
+    const a = await agent();
+    await apply(a.client, {
+      pod: pod('tty', {
+        restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
+        containers: [{ name: 'term', image: IMG, tty: true, command: sh('{ tty; test -t 0 && echo stdin-is-tty; } > /dev/termination-log') }],
+      }),
+    });
+    await a.watch.until('term finished', (w) => w.terminated('term') !== undefined);
+    expect(a.watch.terminated('term')).toMatchObject({ reason: 'Completed', message: '/dev/pts/0\nstdin-is-tty\n' });
+  });
+
   it('shows a missing image and a missing command in status', async () => {
     const a = await agent();
     await apply(a.client, {
