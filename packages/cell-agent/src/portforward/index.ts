@@ -30,10 +30,11 @@ const srv = net.createServer({ allowHalfOpen: true }, (c) => {
     let up = false;
     const t = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
     t.setNoDelay(true);
+    // Errors tear both down; orderly ends travel through pipe() as half-closes, and each socket
+    // closes itself once both of its directions are done and flushed (destroying on 'close'
+    // would drop bytes still queued for the slower side).
     t.on('error', (e) => { if (!up) c.end('ERR ' + e.message + '\n'); else { c.destroy(); } });
     c.on('error', () => t.destroy());
-    c.on('close', () => t.destroy());
-    t.on('close', () => { if (up) c.destroy(); });
     t.once('connect', () => {
       up = true;
       c.write('OK\n');
@@ -87,6 +88,7 @@ export class PortForwarder {
         reject(err);
       };
       s.once('error', fail);
+      const early = () => fail(new PortForwardError('relay closed the connection'));
       const onData = (d: Buffer) => {
         head = Buffer.concat([head, d]);
         const nl = head.indexOf(10);
@@ -94,6 +96,7 @@ export class PortForwarder {
         s.off('data', onData);
         s.pause();
         s.off('error', fail);
+        s.off('end', early);
         const line = head.subarray(0, nl).toString();
         const rest = head.subarray(nl + 1);
         if (line !== 'OK') return fail(new PortForwardError(line.replace(/^ERR /, '')));
@@ -101,7 +104,7 @@ export class PortForwarder {
         resolve(s);
       };
       s.on('data', onData);
-      s.once('end', () => fail(new PortForwardError('relay closed the connection')));
+      s.once('end', early);
       s.write(`${port}\n`);
     });
   }

@@ -269,7 +269,9 @@ export function createStreamHandlers(deps: StreamHandlerDeps): StreamHandlers {
       phase = 'done';
       live.delete(abort);
       closeSession?.();
-      sock?.destroy();
+      // On success both directions have ended: let the socket flush and close by itself.
+      if (err) sock?.destroy();
+      else sock?.end();
       if (err) failStream(call, err.code, err.message);
       else call.end();
     };
@@ -322,6 +324,7 @@ export function createStreamHandlers(deps: StreamHandlerDeps): StreamHandlers {
             s.on('close', () => {
               if (phase === 'open' && !podEnded) done({ code: Status.UNAVAILABLE, message: `connection to port ${port} closed` });
             });
+            s.resume(); // the forwarder hands the socket over paused
           },
           (e: Error) =>
             done({ code: e instanceof PortForwardError ? Status.UNAVAILABLE : Status.INTERNAL, message: `cannot connect to port ${port} in the pod: ${e.message}` }),

@@ -92,7 +92,7 @@ export class TestRuncUnit implements UnitView {
     if (this.spec.user) config.process.user = this.spec.user;
     config.root.readonly = false;
     config.hostname = this.spec.name;
-    config.linux.cgroupsPath = `/${CGROUP_PARENT}/${this.id}`;
+    config.linux.cgroupsPath = this.cgroupPath();
     config.linux.namespaces = config.linux.namespaces.map((ns: { type: string }) =>
       ns.type === 'network' ? { type: 'network', path: this.dir.netnsPath() } : ns,
     );
@@ -180,7 +180,7 @@ export class TestRuncUnit implements UnitView {
     return this.hostPid;
   }
   cgroupPath(): string {
-    return `/${CGROUP_PARENT}/${this.id}`;
+    return `/${CGROUP_PARENT}/${this.dir.prefix}-${this.spec.name}`;
   }
   restartCount(): number {
     return Math.max(0, this.restarts);

@@ -1,0 +1,238 @@
+#!/usr/bin/env node
+// npm run bench:streams — the cell agent's stream paths over loopback gRPC, each beside its
+// baseline measured in the same run:
+//   1. logs: MB/s from a runc unit's stdout to a following Logs client, vs the raw pipe rate of
+//      the same writer (runc unit stdout read and discarded);
+//   2. follow latency: a line handed to the unit's log sink -> the following client has it
+//      (p50/p99), and Logs request -> first chunk;
+//   3. exec keystroke round trip with a tty (byte in -> its echo back out), p50/p99;
+//   4. port-forward download MB/s vs a direct TCP connection inside the same network namespace.
+// Goals (issue 5): logs >= 50% of raw pipe; keystroke p50 < 2 ms; port-forward >= 50% of direct.
+// Needs root, runc, busybox, nsenter, ip, and the built package (npx turbo run build --filter=@cello/cell-agent...).
+import { execFileSync, spawn } from 'node:child_process';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { credentials, Server, ServerCredentials } from '@grpc/grpc-js';
+import pino from 'pino';
+import { CellAgentClient, CellAgentService, ExecInput, LogsRequest } from '@cello/proto/cell';
+
+const dist = new URL('../../packages/cell-agent/dist/', import.meta.url);
+const { ContainerLogs } = await import(new URL('logs/index.js', dist).href);
+const { createStreamHandlers } = await import(new URL('server/stream-handlers.js', dist).href);
+const { forwardPort } = await import(new URL('ctl/streams.js', dist).href);
+
+const LOG_MB = Number(process.env.BENCH_LOG_MB ?? 200);
+const PF_MB = Number(process.env.BENCH_PF_MB ?? 300);
+const KEYS = Number(process.env.BENCH_KEYS ?? 300);
+const pct = (xs, p) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
+};
+const mbs = (bytes, ms) => (bytes / 1e6 / (ms / 1000)).toFixed(0);
+
+const base = mkdtempSync(join(tmpdir(), 'bench-streams-'));
+const runcRoot = join(base, 'runc');
+const netns = `bench-streams-${process.pid}`;
+execFileSync('ip', ['netns', 'add', netns]);
+execFileSync('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
+const netnsPath = `/run/netns/${netns}`;
+
+// ---- a busybox bundle and a minimal unit directory over real runc containers ----
+const bundle = join(base, 'bundle');
+const rootfs = join(bundle, 'rootfs');
+for (const d of ['bin', 'proc', 'dev', 'sys', 'tmp', 'etc']) mkdirSync(join(rootfs, d), { recursive: true });
+copyFileSync('/usr/bin/busybox', join(rootfs, 'bin/busybox'));
+chmodSync(join(rootfs, 'bin/busybox'), 0o755);
+for (const a of execFileSync('/usr/bin/busybox', ['--list'], { encoding: 'utf8' }).split('\n').filter((x) => x && x !== 'busybox')) symlinkSync('busybox', join(rootfs, 'bin', a));
+execFileSync('runc', ['spec'], { cwd: bundle });
+function writeConfig(args) {
+  const c = JSON.parse(readFileSync(join(bundle, 'config.json'), 'utf8'));
+  c.process.terminal = false;
+  c.process.args = args;
+  c.process.env = ['PATH=/bin', 'TERM=xterm'];
+  c.root.readonly = false;
+  c.linux.namespaces = c.linux.namespaces.map((n) => (n.type === 'network' ? { type: 'network', path: netnsPath } : n));
+  writeFileSync(join(bundle, 'config.json'), JSON.stringify(c));
+}
+let seq = 0;
+/** Runs the unit in the foreground; `onOut` gets its stdout; resolves when it exits. */
+function runUnit(args, onOut) {
+  writeConfig(args);
+  const id = `bench-${process.pid}-${++seq}`;
+  const p = spawn('runc', ['--root', runcRoot, 'run', '--bundle', bundle, id], { stdio: ['ignore', 'pipe', 'inherit'] });
+  p.stdout.on('data', onOut);
+  return { id, exited: new Promise((r) => p.on('close', r)), proc: p };
+}
+async function runningPid(id) {
+  for (let i = 0; i < 500; i++) {
+    try {
+      const st = JSON.parse(execFileSync('runc', ['--root', runcRoot, 'state', id], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
+      if (st.status === 'running') return st.pid;
+    } catch {}
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`${id} did not start`);
+}
+
+const units = new Map();
+const dir = { get: (n) => units.get(n), list: () => [...units.values()], netnsPath: () => netnsPath };
+const view = (name, id, logs) => ({
+  name, stdin: false, tty: false, logs,
+  running: () => true, runc: () => ({ root: runcRoot, id }), pid: () => undefined, cgroupPath: () => '/', restartCount: () => 0,
+  startedAt: () => new Date(), memoryLimitBytes: () => undefined, attach: () => undefined,
+});
+
+const handlers = createStreamHandlers({ units: dir, logsFor: (n) => units.get(n)?.logs, logger: pino({ level: 'silent' }) });
+const server = new Server();
+const { close: closeHandlers, statsCollector: _s, ...impl } = handlers;
+server.addService(CellAgentService, impl);
+const port = await new Promise((res, rej) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+// A large receive window: the default 64 KiB HTTP/2 window caps a stream at one window per RTT.
+const client = new CellAgentClient(`127.0.0.1:${port}`, credentials.createInsecure(), { 'grpc-node.flow_control_window': 16 << 20 });
+const results = {};
+
+try {
+  // ---- 1. log throughput ----
+  const line = 'x'.repeat(99); // 100-byte lines, like a busy service's logs
+  const writer = ['sh', '-c', `yes ${line} | head -c ${LOG_MB * 1_000_000}`];
+  {
+    let n = 0;
+    const t0 = performance.now();
+    await runUnit(writer, (d) => (n += d.length)).exited;
+    results.rawPipe = { bytes: n, ms: performance.now() - t0 };
+  }
+  {
+    const logs = new ContainerLogs({ dir: join(base, 'logs-tp'), maxFileBytes: 64 << 20, maxFiles: 6 });
+    const sink = logs.startInstance();
+    units.set('tp', view('tp', 'x', logs));
+    let got = 0;
+    let dropped = 0;
+    const t0 = performance.now();
+    const call = client.logs(LogsRequest.fromPartial({ container: 'tp', follow: true }));
+    const doneReading = new Promise((res, rej) => {
+      call.on('data', (c) => {
+        dropped += c.droppedBytes;
+        for (const e of c.entries) got += e.line.length + (e.partial ? 0 : 1);
+      });
+      call.on('end', res);
+      call.on('error', rej);
+    });
+    await runUnit(writer, (d) => sink.write('stdout', d)).exited;
+    sink.end();
+    await doneReading;
+    results.logs = { bytes: got, ms: performance.now() - t0, dropped };
+  }
+
+  // ---- 2. follow latency ----
+  {
+    const logs = new ContainerLogs({ dir: join(base, 'logs-lat') });
+    const sink = logs.startInstance();
+    sink.write('stdout', Buffer.from('existing line\n'));
+    units.set('lat', view('lat', 'x', logs));
+    const t0 = performance.now();
+    const call = client.logs(LogsRequest.fromPartial({ container: 'lat', follow: true }));
+    let pending;
+    let firstChunk;
+    call.on('data', () => {
+      if (firstChunk === undefined) firstChunk = performance.now() - t0;
+      pending?.();
+    });
+    await new Promise((r) => (pending = r));
+    const lat = [];
+    for (let i = 0; i < 200; i++) {
+      const got = new Promise((r) => (pending = r));
+      const s = performance.now();
+      sink.write('stdout', Buffer.from(`tick ${i}\n`));
+      await got;
+      lat.push(performance.now() - s);
+    }
+    sink.end();
+    results.follow = { firstChunk, p50: pct(lat, 50), p99: pct(lat, 99) };
+  }
+
+  // ---- 3. exec keystroke round trip (tty) ----
+  {
+    const u = runUnit(['sleep', '100000'], () => {});
+    await runningPid(u.id);
+    units.set('sh', view('sh', u.id, undefined));
+    const call = client.exec();
+    let waiter;
+    let out = '';
+    call.on('data', (m) => {
+      if (m.frame?.$case === 'stdout') {
+        out += m.frame.value.toString('latin1');
+        waiter?.();
+      }
+    });
+    call.on('error', () => {});
+    // The container's terminal echoes each byte (cooked mode) and `cat` reads it: a keystroke's
+    // echo comes back through runc, the pty and gRPC, like typing into a shell.
+    call.write(ExecInput.fromPartial({ frame: { $case: 'start', value: { container: 'sh', command: ['sh', '-c', 'echo ready; exec cat >/dev/null'], tty: true, stdin: true, size: { columns: 80, rows: 24 } } } }));
+    while (!out.includes('ready')) await new Promise((r) => (waiter = r));
+    const rtt = [];
+    for (let i = 0; i < KEYS; i++) {
+      const ch = String.fromCharCode(97 + (i % 26));
+      out = '';
+      const s = performance.now();
+      call.write(ExecInput.fromPartial({ frame: { $case: 'stdin', value: Buffer.from(ch) } }));
+      while (!out.includes(ch)) await new Promise((r) => (waiter = r));
+      rtt.push(performance.now() - s);
+      if (i % 50 === 49) call.write(ExecInput.fromPartial({ frame: { $case: 'stdin', value: Buffer.from('\r') } }));
+    }
+    results.keystroke = { p50: pct(rtt, 50), p99: pct(rtt, 99), n: rtt.length };
+    call.cancel();
+    execFileSync('runc', ['--root', runcRoot, 'kill', u.id, 'KILL']);
+    await u.exited;
+  }
+
+  // ---- 4. port-forward vs direct TCP in the pod's namespace ----
+  {
+    const total = PF_MB * 1_000_000;
+    const srvCode = `const n=require('net');const b=Buffer.alloc(1<<20,97);n.createServer(c=>{let left=${total};const w=()=>{while(left>0){const k=Math.min(left,b.length);left-=k;if(!c.write(k===b.length?b:b.subarray(0,k)))return c.once('drain',w)}c.end()};w();c.on('error',()=>{})}).listen(7777,'127.0.0.1',()=>process.stdout.write('up\\n'))`;
+    const srv = spawn('nsenter', [`--net=${netnsPath}`, process.execPath, '-e', srvCode], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise((r) => srv.stdout.once('data', r));
+    const cliCode = `const n=require('net');const t=process.hrtime.bigint();let g=0;const c=n.connect(7777,'127.0.0.1');c.on('data',d=>g+=d.length);c.on('end',()=>{console.log(JSON.stringify({bytes:g,ms:Number(process.hrtime.bigint()-t)/1e6}))})`;
+    const direct = JSON.parse(execFileSync('nsenter', [`--net=${netnsPath}`, process.execPath, '-e', cliCode], { encoding: 'utf8' }));
+    const fwd = await forwardPort(client, { host: '127.0.0.1', localPort: 0, remotePort: 7777 });
+    const measure = () =>
+      new Promise((res, rej) => {
+        const t = performance.now();
+        let g = 0;
+        const c = connect(fwd.localPort, '127.0.0.1');
+        c.on('data', (d) => (g += d.length));
+        c.on('end', () => res({ bytes: g, ms: performance.now() - t }));
+        c.on('error', rej);
+      });
+    await measure(); // warm: starts the namespace relay
+    const viaPf = await measure();
+    await fwd.close();
+    srv.kill();
+    results.portForward = { direct, viaPf };
+  }
+} finally {
+  client.close();
+  closeHandlers();
+  server.forceShutdown();
+  try {
+    execFileSync('ip', ['netns', 'del', netns]);
+  } catch {}
+  rmSync(base, { recursive: true, force: true });
+}
+
+const r = results;
+const logPct = (100 * (r.logs.bytes / r.logs.ms)) / (r.rawPipe.bytes / r.rawPipe.ms);
+const pfPct = (100 * (r.portForward.viaPf.bytes / r.portForward.viaPf.ms)) / (r.portForward.direct.bytes / r.portForward.direct.ms);
+console.log(`
+cell-agent streams benchmark (loopback gRPC, plaintext; ${process.env.BENCH_NOTE ?? 'shared 2-core machine'})
+  logs, unit stdout -> following Logs client : ${mbs(r.logs.bytes, r.logs.ms)} MB/s  (${(r.logs.bytes / 1e6).toFixed(0)} MB, dropped ${r.logs.dropped} B)
+  raw pipe, same writer, same run          : ${mbs(r.rawPipe.bytes, r.rawPipe.ms)} MB/s  -> logs at ${logPct.toFixed(0)}% of raw (goal >= 50%)
+  follow: request -> first chunk            : ${r.follow.firstChunk.toFixed(2)} ms
+  follow: line written -> client has it     : p50 ${r.follow.p50.toFixed(2)} ms, p99 ${r.follow.p99.toFixed(2)} ms
+  exec tty keystroke round trip (${r.keystroke.n})      : p50 ${r.keystroke.p50.toFixed(2)} ms, p99 ${r.keystroke.p99.toFixed(2)} ms (goal p50 < 2 ms)
+  port-forward download (${PF_MB} MB)            : ${mbs(r.portForward.viaPf.bytes, r.portForward.viaPf.ms)} MB/s
+  direct TCP in the pod namespace           : ${mbs(r.portForward.direct.bytes, r.portForward.direct.ms)} MB/s  -> port-forward at ${pfPct.toFixed(0)}% of direct (goal >= 50%)
+`);
+process.exit(0);
