@@ -11,7 +11,10 @@ export interface EtcdServer {
   endpoint: string;
   endpoints: string[];
   dataDir: string;
-  pid: number;
+  /** Current etcd process id (changes on restart). */
+  readonly pid: number;
+  /** Kills etcd (SIGKILL: a crash) and starts it again on the same ports and data dir. */
+  restart(): Promise<void>;
   /** Stops etcd (SIGTERM, then SIGKILL after 3 s) and removes its data dir. */
   stop(): Promise<void>;
 }
@@ -30,45 +33,50 @@ export async function startEtcd(opts: { timeoutMs?: number } = {}): Promise<Etcd
   const endpoint = `http://127.0.0.1:${clientPort}`;
   const peer = `http://127.0.0.1:${peerPort}`;
   const dataDir = await mkdtemp(join(tmpdir(), 'cello-etcd-'));
-  const child: ChildProcess = spawn(
-    'etcd',
-    [
-      '--name', 'default',
-      '--data-dir', dataDir,
-      '--listen-client-urls', endpoint,
-      '--advertise-client-urls', endpoint,
-      '--listen-peer-urls', peer,
-      '--initial-advertise-peer-urls', peer,
-      '--initial-cluster', `default=${peer}`,
-      '--log-level', 'error',
-      '--logger', 'zap',
-    ],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  let stderr = '';
-  child.stderr?.on('data', (b: Buffer) => {
-    stderr = (stderr + b.toString()).slice(-4000);
-  });
-  let exited = false;
-  const exit = new Promise<void>((resolve) =>
-    child.once('exit', () => {
-      exited = true;
-      resolve();
-    }),
-  );
-  try {
-    await waitFor(
-      `etcd on ${endpoint}`,
-      async () => {
-        if (exited) throw new Error(`etcd exited: ${stderr}`);
-        const res = await fetch(`${endpoint}/health`, { signal: AbortSignal.timeout(1000) });
-        return res.ok && ((await res.json()) as { health?: string }).health === 'true';
-      },
-      { timeoutMs: opts.timeoutMs ?? 20_000, intervalMs: 100 },
+  const args = [
+    '--name', 'default',
+    '--data-dir', dataDir,
+    '--listen-client-urls', endpoint,
+    '--advertise-client-urls', endpoint,
+    '--listen-peer-urls', peer,
+    '--initial-advertise-peer-urls', peer,
+    '--initial-cluster', `default=${peer}`,
+    '--log-level', 'error',
+    '--logger', 'zap',
+  ];
+  let proc: { child: ChildProcess; exited: boolean; exit: Promise<void>; stderr: string };
+  const launch = async (): Promise<void> => {
+    const child = spawn('etcd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    const p = { child, exited: false, exit: Promise.resolve(), stderr: '' };
+    p.exit = new Promise<void>((resolve) =>
+      child.once('exit', () => {
+        p.exited = true;
+        resolve();
+      }),
     );
+    child.stderr?.on('data', (b: Buffer) => {
+      p.stderr = (p.stderr + b.toString()).slice(-4000);
+    });
+    proc = p;
+    try {
+      await waitFor(
+        `etcd on ${endpoint}`,
+        async () => {
+          if (p.exited) throw new Error(`etcd exited: ${p.stderr}`);
+          const res = await fetch(`${endpoint}/health`, { signal: AbortSignal.timeout(1000) });
+          return res.ok && ((await res.json()) as { health?: string }).health === 'true';
+        },
+        { timeoutMs: opts.timeoutMs ?? 20_000, intervalMs: 100 },
+      );
+    } catch (err) {
+      child.kill('SIGKILL');
+      await p.exit;
+      throw err;
+    }
+  };
+  try {
+    await launch();
   } catch (err) {
-    child.kill('SIGKILL');
-    await exit;
     await rm(dataDir, { recursive: true, force: true });
     throw err;
   }
@@ -76,12 +84,21 @@ export async function startEtcd(opts: { timeoutMs?: number } = {}): Promise<Etcd
     endpoint,
     endpoints: [endpoint],
     dataDir,
-    pid: child.pid!,
+    get pid() {
+      return proc.child.pid!;
+    },
+    async restart() {
+      if (!proc.exited) {
+        proc.child.kill('SIGKILL');
+        await proc.exit;
+      }
+      await launch();
+    },
     async stop() {
-      if (!exited) {
-        child.kill('SIGTERM');
-        const killer = setTimeout(() => child.kill('SIGKILL'), 3000);
-        await exit;
+      if (!proc.exited) {
+        proc.child.kill('SIGTERM');
+        const killer = setTimeout(() => proc.child.kill('SIGKILL'), 3000);
+        await proc.exit;
         clearTimeout(killer);
       }
       await rm(dataDir, { recursive: true, force: true });

@@ -471,18 +471,6 @@ export class EmbeddedStore implements Store {
     this.metrics?.compactions.inc();
   }
 
-  /** Forces a compaction now (tests and shutdown); waits for in-flight writes first. */
-  async compactNow(): Promise<void> {
-    this.ensureOpen();
-    while (this.flushing) await this.flushDone;
-    this.flushing = true;
-    try {
-      await this.compact();
-    } finally {
-      this.flushing = false;
-    }
-  }
-
   watch<T>(prefix: string, opts: { afterRevision?: number; signal: AbortSignal }): AsyncIterable<WatchEvent<T>> {
     this.ensureOpen();
     if (typeof prefix !== 'string') throw new TypeError('prefix must be a string');

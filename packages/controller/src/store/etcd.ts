@@ -234,9 +234,12 @@ export class EtcdStore implements Store {
     const watcher = b.startRevision(String(after + 1)).watcher();
     entry.watcher = watcher;
     watcher.on('data', (res) => {
+      // etcd never splits one revision across responses, so anything at or below the last
+      // revision already delivered is a redelivery after a reconnect.
+      const floor = last;
       for (const ev of res.events) {
         const rev = Number(ev.kv.mod_revision);
-        if (rev <= last && ev.type === 'Put') continue; // redelivered after a reconnect
+        if (rev <= floor) continue;
         last = Math.max(last, rev);
         const key = ev.kv.key.toString('utf8'); // etcd3 already removed the namespace
         if (ev.type === 'Put') {
@@ -246,7 +249,18 @@ export class EtcdStore implements Store {
         }
       }
     });
-    watcher.on('error', (err) => entry.stream.end(watchError(err, after)));
+    watcher.on('error', (err) => {
+      // etcd3 drops the compact_revision of a cancelled watch; a read at the revision we
+      // needed tells whether compaction was the cause.
+      void this.kv
+        .get('\0')
+        .revision(last + 1)
+        .exec()
+        .then(
+          () => entry.stream.end(err),
+          (probe: unknown) => entry.stream.end(/compacted/i.test(String(probe)) ? new CompactedError(last, NaN) : err),
+        );
+    });
     if (entry.stream.ended) await watcher.cancel().catch(() => undefined);
   }
 
@@ -372,9 +386,6 @@ function actualRevision(res: { responses: { response_range?: { kvs: { mod_revisi
   return Number(res.responses[0]?.response_range?.kvs[0]?.mod_revision ?? 0);
 }
 
-function watchError(err: unknown, after?: number): Error {
-  const msg = err instanceof Error ? err.message : String(err);
-  const m = /compacted/i.exec(msg);
-  if (m && after !== undefined) return new CompactedError(after, NaN);
-  return err instanceof Error ? err : new Error(msg);
+function watchError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
 }
