@@ -19,8 +19,9 @@ let reg: TestImages;
 let pki: Pki;
 const procs = new Set<ChildProcess>();
 
-async function startDaemon(stateDir: string, port: number, cgroupParent: string): Promise<ChildProcess> {
-  const p = spawn(process.execPath, [CLI, 'serve', '--listen', `127.0.0.1:${port}`, '--state-dir', stateDir, '--tls-cert', pki.serverCert, '--tls-key', pki.serverKey, '--tls-ca', pki.ca, '--insecure-registry', reg.registry.host, '--cgroup-parent', cgroupParent], {
+async function startDaemon(stateDir: string, port: number, cgroupParent: string, extra?: string[]): Promise<ChildProcess> {
+  const tls = ['--tls-cert', pki.serverCert, '--tls-key', pki.serverKey, '--tls-ca', pki.ca];
+  const p = spawn(process.execPath, [CLI, 'serve', '--listen', `127.0.0.1:${port}`, '--state-dir', stateDir, ...(extra ?? tls), '--insecure-registry', reg.registry.host, '--cgroup-parent', cgroupParent], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, CELLO_LOG_LEVEL: 'warn' },
   });
@@ -124,5 +125,71 @@ describe('agent daemon', () => {
     await new Promise<void>((r) => client2.deletePod({ gracePeriodSeconds: 1 }, () => r()));
     watch.close();
     client2.close();
+  });
+
+  it('ctl applies a Kubernetes manifest, shows status, deletes; /metrics counts pulls and calls', async () => {
+    const { execFile } = await import('node:child_process');
+    const { writeFileSync } = await import('node:fs');
+    const stateDir = mkdtempSync(join(tmpdir(), 'cello-daemon-'));
+    const port = await freePort();
+    const mport = await freePort();
+    await startDaemon(stateDir, port, `/cello-test/ctl-${port}`, ['--insecure-dev', '--metrics-listen', `127.0.0.1:${mport}`]);
+    const ctl = (...args: string[]) =>
+      new Promise<{ code: number; out: string; err: string }>((resolve) =>
+        execFile(process.execPath, [CLI, 'ctl', '--addr', `127.0.0.1:${port}`, '--insecure-dev', ...args], (err, out, e) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, out: String(out), err: String(e) })),
+      );
+    const manifest = join(stateDir, '..', `pod-${port}.yaml`);
+    writeFileSync(
+      manifest,
+      `apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: demo}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: ${reg.busybox}
+    command: ["sh", "-c", "cat /etc/secret/token > /dev/termination-log; sleep 3600"]
+    resources: {limits: {memory: 64Mi, cpu: 250m}}
+    volumeMounts: [{name: s, mountPath: /etc/secret}]
+  volumes:
+  - name: s
+    secret: {secretName: tok}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: tok, namespace: demo}
+stringData: {token: abc123}
+`,
+    );
+    const applied = await ctl('apply', '-f', manifest);
+    expect(applied.err).toBe('');
+    expect(applied.out).toMatch(/^pod\/web applied \(generation \d+; changed: main\)/);
+    const client = connectAgent(`127.0.0.1:${port}`, undefined);
+    const watch = new StatusWatch(client);
+    await watch.until('main running', (w) => w.running('main'));
+    const st = await ctl('status', '-o', 'json');
+    const json = JSON.parse(st.out) as { status: { phase: string; containerStatuses: { name: string; state: { running?: unknown } }[] } };
+    expect(json.status.phase).toBe('POD_PHASE_RUNNING');
+    expect(json.status.containerStatuses[0]).toMatchObject({ name: 'main', state: { running: {} } });
+    const text = await ctl('status');
+    expect(text.out).toMatch(/phase: RUNNING/);
+    expect(text.out).toMatch(/main: Running since/);
+    // The memory limit from the manifest is on the unit's cgroup.
+    const { readFileSync } = await import('node:fs');
+    expect(readFileSync(`/sys/fs/cgroup/memory/cello-test/ctl-${port}/main/memory.limit_in_bytes`, 'utf8').trim()).toBe(String(64 * 1024 * 1024));
+    const metrics = await (await fetch(`http://127.0.0.1:${mport}/metrics`)).text();
+    expect(metrics).toMatch(/cello_agent_image_pulls_total\{result="success"\} 1/);
+    expect(metrics).toMatch(/cello_agent_grpc_calls_total\{method="ApplyPod",code="OK"\} 1/);
+    // A manifest error names the field and changes nothing.
+    writeFileSync(manifest, 'apiVersion: v1\nkind: Pod\nmetadata: {name: bad}\nspec: {containers: [{name: x}]}\n');
+    const bad = await ctl('apply', '-f', manifest);
+    expect(bad.code).toBe(1);
+    expect(bad.err).toMatch(/spec\.containers\[0\]\.image/);
+    const del = await ctl('delete', '--grace', '1');
+    expect(del.out.trim()).toBe('pod deleted');
+    await watch.until('pod gone', (w) => w.last?.status === undefined);
+    watch.close();
+    client.close();
   });
 });

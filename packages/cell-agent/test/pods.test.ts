@@ -393,6 +393,31 @@ describe.concurrent('pods', () => {
     expect(a.watch.terminated('term')).toMatchObject({ reason: 'Completed', message: '/dev/pts/0\nstdin-is-tty\n' });
   });
 
+  it('puts the units in --pod-netns when given, and reports its address as the pod IP', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const ns = `cello-test-${process.pid}-${Math.random().toString(36).slice(2, 6)}`;
+    execFileSync('ip', ['netns', 'add', ns]);
+    try {
+      execFileSync('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+      execFileSync('ip', ['-n', ns, 'addr', 'add', '10.231.7.9/32', 'dev', 'lo']);
+      const a = await startTestAgent(undefined, { insecureRegistries: [reg.registry.host], podNetns: `/run/netns/${ns}` });
+      agents.push(a);
+      await apply(a.client, {
+        pod: pod('netns', {
+          restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
+          containers: [{ name: 'n', image: IMG, command: sh('{ ip -o -4 addr show | grep -o "inet [0-9.]*" | tr "\\n" " "; grep -c . /etc/hosts >/dev/null; grep 10.231.7.9 /etc/hosts | cut -f2; } > /dev/termination-log') }],
+        }),
+      });
+      await a.watch.until('n finished', (w) => w.terminated('n') !== undefined);
+      expect(a.watch.terminated('n')!.message).toBe('inet 127.0.0.1 inet 10.231.7.9 netns\n');
+      expect(a.watch.last?.status?.podIp).toBe('10.231.7.9');
+      await a.stop();
+      agents.splice(agents.indexOf(a), 1);
+    } finally {
+      execFileSync('ip', ['netns', 'del', ns]);
+    }
+  });
+
   it('shows a missing image and a missing command in status', async () => {
     const a = await agent();
     await apply(a.client, {
