@@ -3,7 +3,7 @@
 // leadership (so two controllers on one etcd never both act).
 import { createServer, type Server as HttpServer } from 'node:http';
 import { hostname } from 'node:os';
-import { openStore, type Store, type StoreConfig } from './store/index.js';
+import { openStore, StoreClosedError, type Store, type StoreConfig } from './store/index.js';
 import type { CellProvider } from './providers/provider.js';
 import { LocalProvider } from './providers/local/local.js';
 import { AgentPool, insecureAgentCredentials, type AgentAccess, type AgentCredentials } from './dispatch/agents.js';
@@ -38,6 +38,8 @@ export interface StartOptions {
   /** Name of this replica in leader election. */
   candidate?: string;
   tickMs?: number;
+  /** Called when the controller cannot go on (its store closed under it); the daemon exits. */
+  onFatal?: (err: Error) => void;
 }
 
 export function providerFromConfig(config: Config): CellProvider {
@@ -97,6 +99,11 @@ export async function startController(config: Config, o: StartOptions): Promise<
         leadership = await store.campaign('controller', candidate, { ttlSeconds: 10, signal: stopAll.signal });
       } catch (err) {
         if (stopping) return;
+        if (err instanceof StoreClosedError) {
+          log.fatal({ err: err.message }, 'store closed; cannot continue');
+          o.onFatal?.(err);
+          return;
+        }
         log.warn({ err: (err as Error).message }, 'leader election failed; retrying');
         await new Promise((r) => setTimeout(r, 1000));
         continue;
@@ -138,7 +145,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
       await r.stop();
       reconciler = undefined;
       metrics.isLeader.set(0);
-      if (!stopping) log.warn({ candidate }, 'lost leadership; reconciler stopped');
+      if (!stopping) log.warn({ candidate, why: String(leadership.signal.reason ?? '') }, 'lost leadership; reconciler stopped');
       else await leadership.resign().catch(() => undefined);
     }
   };

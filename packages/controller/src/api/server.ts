@@ -16,7 +16,7 @@ import {
   Metadata,
 } from '@grpc/grpc-js';
 import { ManifestError, podFromManifest } from '@cello/proto';
-import { ConfigMapData, SecretData, PodStatus, PodPhase, ConditionStatus, type ExecInput, type ExecOutput, type LogChunk, type PortForwardFrame } from '@cello/proto/cell';
+import { LogsRequest as AgentLogsRequest, ConfigMapData, SecretData, PodStatus, PodPhase, ConditionStatus, type ExecInput, type ExecOutput, type LogChunk, type PortForwardFrame } from '@cello/proto/cell';
 import {
   ControllerService,
   Cell,
@@ -385,13 +385,24 @@ export class ControllerApi {
     if (!cell || !cell.address || (cell.state !== CellState.CELL_STATE_BOUND && cell.state !== CellState.CELL_STATE_DRAINING)) {
       throw new ApiError(Status.FAILED_PRECONDITION, `pod ${ns(ref)}/${ref.name}: its cell ${p.cellId} is not running the pod yet`);
     }
-    return this.o.agents.get(cell.id, cell.address);
+    return { client: this.o.agents.get(cell.id, cell.address), pod: p };
+  }
+
+  /** kubectl's rule: no container named means the pod's only container (or an error naming them). */
+  private defaultContainer(pod: PodObject, given: string, init = false): string {
+    if (given) return given;
+    const names = (pod.spec?.containers ?? []).map((c) => c.name);
+    if (names.length === 1) return names[0]!;
+    const all = [...names, ...(init ? (pod.spec?.initContainers ?? []).map((c) => c.name) : [])];
+    throw new ApiError(Status.INVALID_ARGUMENT, `container: a container name must be specified for pod ${pod.metadata?.name}, choose one of: [${all.join(' ')}]`);
   }
 
   private async logs(call: ServerWritableStream<LogsRequest, LogChunk>): Promise<void> {
     try {
-      const client = await this.agentFor(call.request.pod);
-      const up = client.logs(call.request.options ?? ({} as never));
+      const { client, pod } = await this.agentFor(call.request.pod);
+      const options = AgentLogsRequest.fromPartial(call.request.options ?? {});
+      options.container = this.defaultContainer(pod, options.container, true);
+      const up = client.logs(options);
       call.on('cancelled', () => up.cancel());
       up.on('data', (chunk: LogChunk) => call.write(chunk));
       up.on('end', () => call.end());
@@ -408,23 +419,47 @@ export class ControllerApi {
     let up: ClientDuplexStream<ExecInput, ExecOutput> | undefined;
     const pending: ExecInput[] = [];
     let ended = false;
+    let podObj: PodObject | undefined;
     call.on('data', (req: ExecRequest) => {
       const f = req.frame;
       if (!f) return;
       if (f.$case === 'target') {
         if (up) return;
         this.agentFor(f.value).then(
-          (client) => {
+          ({ client, pod }) => {
+            podObj = pod;
             up = kind === 'exec' ? client.exec() : client.attach();
             up.on('data', (out: ExecOutput) => call.write(out));
             up.on('end', () => call.end());
             up.on('error', (err: ServiceError) => call.destroy(err as Error));
-            for (const p of pending.splice(0)) up.write(p);
+            for (const p of pending.splice(0)) {
+              if (p.frame?.$case === 'start') {
+                try {
+                  p.frame.value.container = this.defaultContainer(pod, p.frame.value.container);
+                } catch (err) {
+                  up.cancel();
+                  call.destroy(toStreamError(err));
+                  return;
+                }
+              }
+              up.write(p);
+            }
             if (ended) up.end();
           },
           (err) => call.destroy(toStreamError(err)),
         );
-      } else if (up) up.write(f.value);
+      } else if (up) {
+        if (f.value.frame?.$case === 'start' && podObj) {
+          try {
+            f.value.frame.value.container = this.defaultContainer(podObj, f.value.frame.value.container);
+          } catch (err) {
+            up.cancel();
+            call.destroy(toStreamError(err));
+            return;
+          }
+        }
+        up.write(f.value);
+      }
       else pending.push(f.value);
     });
     call.on('end', () => {
@@ -444,7 +479,7 @@ export class ControllerApi {
       if (f.$case === 'target') {
         if (up) return;
         this.agentFor(f.value).then(
-          (client) => {
+          ({ client }) => {
             up = client.portForward();
             up.on('data', (out: PortForwardFrame) => call.write(out));
             up.on('end', () => call.end());

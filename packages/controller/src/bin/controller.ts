@@ -50,7 +50,7 @@ async function main(): Promise<void> {
     return;
   }
   const log = createLogger({ level: config.log.level });
-  const handle = await startController(config, { log });
+  const handle = await startController(config, { log, onFatal: () => setTimeout(() => process.exit(1), 100) });
   let stopping = false;
   const shutdown = async (sig: string) => {
     if (stopping) return;

@@ -792,6 +792,7 @@ export class Reconciler {
   }
 
   private async fail(id: string, cell: Cell, reason: string, message: string): Promise<void> {
+    if (!cell.pod?.name) this.warmBackoff.set(cell.instanceType, Date.now() + 15_000);
     this.log.warn({ cell: id, state: stateName(cell.state), reason, message }, 'cell failed');
     if (cell.pod?.name) {
       const key = refStr(cell.pod);
@@ -999,11 +1000,14 @@ export class Reconciler {
   // ---------------------------------------------------------------- warm pool and GC
 
   private warmBusy = false;
+  /** Instance types whose last warm launch failed, and when: no relaunch loop on a broken type. */
+  private readonly warmBackoff = new Map<string, number>();
   private async topUpWarmPool(): Promise<void> {
     if (this.warmBusy || !this.o.warmPool?.length) return;
     this.warmBusy = true;
     try {
       for (const w of this.o.warmPool) {
+        if ((this.warmBackoff.get(w.instanceType) ?? 0) > Date.now()) continue;
         let have = 0;
         for (const c of this.cells.values()) {
           const cell = cellOf(c.rec);

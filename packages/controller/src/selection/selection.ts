@@ -147,7 +147,9 @@ export function selectCandidates(types: InstanceType[], input: SelectionInput): 
   const out: Candidate[] = [];
   const reasons: string[] = [];
   for (const t of pool) {
-    const why = misfit(t, demand);
+    // GPU machines are for GPU pods: never the "cheapest fit" for a pod that needs none,
+    // unless the pod pins the type.
+    const why = misfit(t, demand) ?? (demand.gpus === 0 && t.gpus > 0 && pin === undefined ? 'has GPUs the pod does not request' : undefined);
     if (why) {
       reasons.push(`${t.name}: ${why}`);
       continue;

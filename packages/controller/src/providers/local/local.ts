@@ -7,7 +7,7 @@
 import { spawn, execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, openSync, closeSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
+import { mkdir, readFile, rm, rmdir, writeFile, rename } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -70,8 +70,9 @@ interface InstanceFile {
 
 function defaultAgentCommand(): string[] {
   const require = createRequire(import.meta.url);
-  const pkg = require.resolve('@cello/cell-agent/package.json');
-  return [process.execPath, join(dirname(pkg), 'dist', 'cli.js')];
+  // The package's main entry is dist/index.js; the CLI sits beside it.
+  const main = require.resolve('@cello/cell-agent');
+  return [process.execPath, join(dirname(main), 'cli.js')];
 }
 
 function alive(pid: number | undefined, cellId: string): boolean {
@@ -167,7 +168,7 @@ export class LocalProvider implements CellProvider {
       port,
     };
     await this.writeInstance(f);
-    const args = ['serve', '--listen', `127.0.0.1:${port}`, '--state-dir', join(dir, 'state')];
+    const args = ['serve', '--listen', `127.0.0.1:${port}`, '--state-dir', join(dir, 'state'), '--cell-id', req.cellId, '--cgroup-parent', `/cello/${req.cellId}`];
     if (this.opts.issueCertificate) {
       const cert = await this.opts.issueCertificate(req.cellId, [req.cellId, '127.0.0.1', 'localhost']);
       const tls = join(dir, 'tls');
@@ -191,9 +192,9 @@ export class LocalProvider implements CellProvider {
       args.push('--pod-netns', net.path);
     }
     args.push(...(this.opts.agentArgs ?? []));
-    const [cmd, ...pre] = this.opts.agentCommand ?? defaultAgentCommand();
     const log = openSync(join(dir, 'agent.log'), 'a');
     try {
+      const [cmd, ...pre] = this.opts.agentCommand ?? defaultAgentCommand();
       const child = spawn(cmd!, [...pre, ...args], {
         detached: true,
         stdio: ['ignore', log, log],
@@ -205,9 +206,13 @@ export class LocalProvider implements CellProvider {
       });
       child.unref();
       f.pid = child.pid;
-    } finally {
+    } catch (err) {
+      // Nothing of a failed launch may stay behind (netns, dirs).
       closeSync(log);
+      await this.terminateOne(f).catch(() => undefined);
+      throw err;
     }
+    closeSync(log);
     await this.writeInstance(f);
     return { instanceId: f.instanceId, spot: f.spot };
   }
@@ -270,6 +275,7 @@ export class LocalProvider implements CellProvider {
       }
     }
     await cleanupCellDir(dir);
+    await removeCgroups(`cello/${f.cellId}`);
     if (f.net) await deleteCellNet(f.net);
     await rm(dir, { recursive: true, force: true });
   }
@@ -330,6 +336,42 @@ function findRuncRoots(dir: string, depth = 0): string[] {
     }
   }
   return out;
+}
+
+/** Kills what is left in the cell's cgroups (every hierarchy) and removes them, deepest first. */
+export async function removeCgroups(rel: string): Promise<void> {
+  const roots: string[] = [];
+  try {
+    for (const h of readdirSync('/sys/fs/cgroup')) roots.push(join('/sys/fs/cgroup', h, rel));
+  } catch {
+    return;
+  }
+  roots.push(join('/sys/fs/cgroup', rel));
+  for (const root of roots) {
+    if (!existsSync(root)) continue;
+    const dirs: string[] = [];
+    const walk = (d: string) => {
+      dirs.push(d);
+      try {
+        for (const e of readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) walk(join(d, e.name));
+      } catch {
+        /* raced */
+      }
+    };
+    walk(root);
+    for (const d of dirs.reverse()) {
+      try {
+        for (const pid of readFileSync(join(d, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) process.kill(Number(pid), 'SIGKILL');
+      } catch {
+        /* none */
+      }
+      for (let i = 0; i < 20; i++) {
+        await rmdir(d).catch(() => undefined);
+        if (!existsSync(d)) break;
+        await sleep(50);
+      }
+    }
+  }
 }
 
 export async function unmountUnder(dir: string): Promise<void> {
