@@ -110,6 +110,15 @@ export function decodeFrames(buf: Buffer): { records: Rec[]; goodBytes: number }
   return { records, goodBytes: off };
 }
 
+async function syncDir(dir: string): Promise<void> {
+  const d = await fs.open(dir, 'r');
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
+  }
+}
+
 function recordSize(rec: Rec): number {
   return rec.k.length + (rec.v?.length ?? 0) + 48;
 }
@@ -187,6 +196,8 @@ export class EmbeddedStore implements Store {
     try {
       await fs.rm(join(opts.dir, `${SNAPSHOT}.tmp`), { force: true });
       const wal = await fs.open(join(opts.dir, WAL), 'a+');
+      // A WAL created just now must survive a crash as a directory entry too.
+      await syncDir(opts.dir);
       const store = new EmbeddedStore(opts.dir, lock, wal, opts);
       await store.recover();
       store.lockTimer = setInterval(() => void store.checkLock(), opts.lockCheckMs);
@@ -458,12 +469,7 @@ export class EmbeddedStore implements Store {
       await fh.close();
     }
     await fs.rename(tmp, join(this.dir, SNAPSHOT));
-    const d = await fs.open(this.dir, 'r');
-    try {
-      await d.sync(); // makes the rename itself durable before the WAL it replaces is cut
-    } finally {
-      await d.close();
-    }
+    await syncDir(this.dir); // makes the rename itself durable before the WAL it replaces is cut
     await this.wal.truncate(0);
     await this.wal.datasync();
     this.walBytes = 0;
