@@ -5,6 +5,7 @@ import { Command } from 'commander';
 import type { CellAgentClient } from '@cello/proto/cell';
 import { startAgent } from './agent.js';
 import { prepareCellIdentity } from './bootstrap/index.js';
+import { ImdsClient, watchInstanceNotices } from './cloud/index.js';
 import { registerCtl } from './ctl/ctl.js';
 import { createLogger } from './log.js';
 
@@ -79,9 +80,21 @@ program
     });
     // Printed for scripts and tests that start the agent on port 0.
     process.stdout.write(`listening ${agent.address}\n`);
+    // On a cloud instance, watch its metadata for spot interruption / rebalance / maintenance
+    // notices and report them on WatchStatus (src/cloud).
+    const notices = o.userDataUrl
+      ? watchInstanceNotices({
+          imds: new ImdsClient(o.userDataUrl),
+          onNotice: (n) => {
+            logger.warn({ kind: n.kind, action: n.action, actionAt: n.actionAt, detail: n.detail }, 'instance notice');
+            agent.pod.emit('notice', n);
+          },
+          onError: (err) => logger.debug({ err: (err as Error).message }, 'instance metadata poll failed'),
+        })
+      : undefined;
     const stop = (sig: string) => {
       logger.info({ sig }, 'shutting down; units keep running');
-      void agent.close().then(() => process.exit(0));
+      void (notices?.stop() ?? Promise.resolve()).then(() => agent.close()).then(() => process.exit(0));
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));

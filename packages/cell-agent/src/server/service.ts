@@ -2,7 +2,7 @@
 // port-forward, stats, audit) from the streams module when it is present.
 import os from 'node:os';
 import { type ServerUnaryCall, type sendUnaryData, type ServerWritableStream, status as Status } from '@grpc/grpc-js';
-import type { CellAgentServer, GetStatusResponse, WatchStatusEvent, WatchStatusRequest, Event } from '@cello/proto/cell';
+import type { CellAgentServer, CellNotice, GetStatusResponse, WatchStatusEvent, WatchStatusRequest, Event } from '@cello/proto/cell';
 import type pino from 'pino';
 import { GenerationError, type PodManager } from '../pod/pod-manager.js';
 import { InvalidPodError } from '../pod/validate.js';
@@ -69,13 +69,17 @@ export function createService(d: ServiceDeps): CellAgentServer {
       let seq = 0;
       const onStatus = (st: GetStatusResponse) => call.write({ kind: { $case: 'status', value: st } });
       const onEvent = (e: Event) => call.write({ kind: { $case: 'event', value: e } });
+      // Instance notices (spot interruption, rebalance, maintenance) from src/cloud, emitted on the pod manager.
+      const onNotice = (n: CellNotice) => call.write({ kind: { $case: 'notice', value: n } });
       d.pod.on('status', onStatus);
       d.pod.on('event', onEvent);
+      d.pod.on('notice', onNotice);
       const hb = setInterval(() => call.write({ kind: { $case: 'heartbeat', value: { time: new Date(), sequence: ++seq } } }), d.heartbeatMs);
       const done = () => {
         clearInterval(hb);
         d.pod.off('status', onStatus);
         d.pod.off('event', onEvent);
+        d.pod.off('notice', onNotice);
       };
       call.on('cancelled', done);
       call.on('close', done);

@@ -7,7 +7,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
-import { AgentInfo, CellAgentClient, GetInfoRequest } from '@cello/proto/cell';
+import { AgentInfo, CellAgentClient, CellNoticeKind, GetInfoRequest, WatchStatusRequest, type CellNotice, type WatchStatusEvent } from '@cello/proto/cell';
 import { startMoto, waitFor, type MotoServer } from '@cello/testkit';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -151,5 +151,39 @@ describe('cell bootstrap on an emulated EC2 instance', () => {
     await inst.kill();
     const owned = await provider.listOwned('ctl-boot');
     expect(owned.map((o) => o.instanceId)).not.toContain(l.instanceId);
+  });
+});
+
+describe('spot interruption notices', () => {
+  it('an agent booted from IMDSv2 reports a spot interruption on WatchStatus', async () => {
+    const cellId = 'cell-spot1';
+    const l = await launchCell(cellId);
+    const inst = await harness.boot(provider, l.instanceId, { via: 'imds' });
+    await bootstrapCell({ address: inst.address, cellId, token: l.token, ca, tokens, ips: ['127.0.0.1'], logger });
+    await waitFor('the agent to serve mTLS', () => /(^|\n)listening /.test(inst.output()), { timeoutMs: 30_000 });
+    const client = await ca.issueClientCertificate('controller');
+    const mtls = new CellAgentClient(
+      inst.address,
+      credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(client.keyPem), Buffer.from(client.certPem), { checkServerIdentity: cellServerIdentityCheck(cellId) }),
+    );
+    const notices: CellNotice[] = [];
+    const stream = mtls.watchStatus(WatchStatusRequest.fromPartial({}));
+    stream.on('data', (e: WatchStatusEvent) => {
+      if (e.kind?.$case === 'notice') notices.push(e.kind.value);
+    });
+    stream.on('error', () => undefined);
+    try {
+      const at = new Date(Date.now() + 120_000).toISOString().replace(/\.\d+Z$/, 'Z');
+      inst.imds!.set('/latest/meta-data/spot/instance-action', JSON.stringify({ action: 'terminate', time: at }));
+      // The agent polls metadata every 5 s, as AWS recommends for the two-minute warning.
+      await waitFor('the spot notice on WatchStatus', () => notices.length > 0, { timeoutMs: 20_000, intervalMs: 100 });
+      expect(notices[0]).toMatchObject({ kind: CellNoticeKind.CELL_NOTICE_KIND_SPOT_INTERRUPTION, action: 'terminate' });
+      expect(notices[0]!.actionAt?.toISOString().replace(/\.\d+Z$/, 'Z')).toBe(at);
+      // The agent only ever used IMDSv2 sessions.
+      expect(inst.imds!.unauthorized).toBe(0);
+    } finally {
+      stream.cancel();
+      mtls.close();
+    }
   });
 });

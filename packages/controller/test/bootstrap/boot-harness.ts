@@ -9,13 +9,15 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { freePort, waitFor } from '@cello/testkit';
+import { freePort, startImdsTestDouble, waitFor, type ImdsTestDouble } from '@cello/testkit';
 import { encodeUserData, type AwsProvider } from '../../src/providers/aws/index.js';
 
 export interface PlayedInstance {
   instanceId: string;
   address: string;
   stateDir: string;
+  /** With `via: 'imds'`: the instance's metadata service (IMDS test double), e.g. to post a spot notice. */
+  imds?: ImdsTestDouble;
   /** The agent's stdout so far (it prints "bootstrap listening ..." then "listening ..."). */
   output(): string;
   /** The instance ends (terminated, spot reclaimed): its agent dies. */
@@ -32,22 +34,35 @@ export class BootHarness {
   readonly addresses = new Map<string, string>();
   private readonly played: PlayedInstance[] = [];
   private readonly dirs: string[] = [];
+  private readonly imdses: ImdsTestDouble[] = [];
 
   addressOf = (instanceId: string): string | undefined => this.addresses.get(instanceId);
 
-  /** Boots the instance: its user data from EC2, the real agent, a loopback port. */
-  async boot(provider: AwsProvider, instanceId: string): Promise<PlayedInstance> {
+  /**
+   * Boots the instance: its user data from EC2, the real agent, a loopback port. `via: 'imds'`
+   * serves the user data from an IMDSv2 test double (as on EC2: `--user-data-url`), else a file.
+   */
+  async boot(provider: AwsProvider, instanceId: string, o: { via?: 'file' | 'imds' } = {}): Promise<PlayedInstance> {
     const ud = await provider.userData(instanceId);
     const dir = await mkdtemp(join(tmpdir(), 'cello-instance-'));
     this.dirs.push(dir);
     const udFile = join(dir, 'user-data.json');
     await writeFile(udFile, encodeUserData(ud), { mode: 0o600 });
+    let imds: ImdsTestDouble | undefined;
+    if (o.via === 'imds') {
+      imds = await startImdsTestDouble({ '/latest/user-data': encodeUserData(ud).toString('utf8') });
+      this.imdses.push(imds);
+    }
     const port = await freePort();
     const address = `127.0.0.1:${port}`;
     this.addresses.set(instanceId, address);
     const child: ChildProcess = spawn(
       process.execPath,
-      [agentCli(), 'serve', '--listen', address, '--state-dir', join(dir, 'state'), '--bootstrap-user-data', udFile, '--cgroup-parent', `/cello-test/${ud.cellId}`],
+      [
+        agentCli(), 'serve', '--listen', address, '--state-dir', join(dir, 'state'),
+        ...(imds ? ['--user-data-url', imds.url] : ['--bootstrap-user-data', udFile]),
+        '--cgroup-parent', `/cello-test/${ud.cellId}`,
+      ],
       { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CELLO_LOG_LEVEL: process.env['LOG_LEVEL'] ?? 'warn' } },
     );
     let out = '';
@@ -63,6 +78,7 @@ export class BootHarness {
       instanceId,
       address,
       stateDir: join(dir, 'state'),
+      ...(imds ? { imds } : {}),
       output: () => out,
       kill: async () => {
         if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
@@ -75,6 +91,7 @@ export class BootHarness {
 
   async close(): Promise<void> {
     for (const p of this.played) await p.kill();
+    for (const i of this.imdses) await i.stop();
     for (const d of this.dirs) await rm(d, { recursive: true, force: true });
   }
 }
