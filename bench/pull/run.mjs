@@ -44,8 +44,8 @@ const sh = (...parts) => parts.join(' && ');
 
 const fixtures = await buildFixtures('debian');
 const registry = await startRegistry();
-const ref = await pushLayoutTag(registry, fixtures.layout, 'debian-gzip', 'bench/debian:gzip');
-const shared = await pushLayoutTag(registry, fixtures.layout, 'debian-shared', 'bench/debian:shared');
+const ref = await pushLayoutTag(registry, fixtures.layout, 'bench-gzip', 'bench/debian:gzip');
+const shared = await pushLayoutTag(registry, fixtures.layout, 'bench-shared', 'bench/debian:shared');
 log(`registry ${registry.host}: ${ref}, ${shared}`);
 
 // containerd with the overlayfs snapshotter, private root/state/socket.

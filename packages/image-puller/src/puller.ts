@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, rmSync, statSync, lstatSync } from 'node:fs';
+import { createReadStream, existsSync, mkdirSync, readdirSync, rmSync, statSync, lstatSync } from 'node:fs';
+import type { Readable } from 'node:stream';
 import { readFile, rm, writeFile, rename, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -13,7 +14,8 @@ import {
 import { formatReference, parseReference, type Reference } from './reference.js';
 import { DEFAULT_TRANSPORT, makeDispatcher, RegistryClient, sha256Digest, TokenCache, type TransportOptions } from './registry.js';
 import { Store } from './store.js';
-import { TreeState, unpackLayer } from './unpack.js';
+import { FollowReader, Progress } from './follow.js';
+import { TreeState, unpackLayer, type UnpackOptions, type UnpackResult } from './unpack.js';
 
 export interface PulledImage {
   reference: string;
@@ -132,6 +134,8 @@ export class ImagePuller {
   private readonly downloads: Semaphore;
   private readonly unpacks = new Semaphore(2);
   private readonly blobFlights = new Map<string, Promise<void>>();
+  /** Downloads under way in this process, so unpacking can follow them as bytes arrive. */
+  private readonly progress = new Map<string, { started: Promise<Progress | undefined>; resolve: (p: Progress | undefined) => void }>();
   private readonly layerFlights = new Map<string, Promise<string>>();
   private readonly log: Logger | undefined;
   private swept = false;
@@ -222,33 +226,80 @@ export class ImagePuller {
     if (this.store.hasBlob(l.digest)) return Promise.resolve();
     let p = this.blobFlights.get(l.digest);
     if (!p) {
+      let resolveStarted!: (p: Progress | undefined) => void;
+      const started = new Promise<Progress | undefined>((r) => (resolveStarted = r));
+      this.progress.set(l.digest, { started, resolve: resolveStarted });
       p = (async () => {
         const release = await this.downloads.acquire();
         try {
           await this.store.withLock(`blob-${l.digest.slice(7)}`, async () => {
             if (this.store.hasBlob(l.digest)) return;
             const tmp = this.store.tmpPath('download');
+            const prog = new Progress(tmp);
             try {
               opts.onProgress?.({ layer: l.digest, done: 0, total: l.size });
-              await client.fetchBlobToFile(l.digest, l.size, tmp, (done) => opts.onProgress?.({ layer: l.digest, done, total: l.size }));
+              await client.fetchBlobToFile(l.digest, l.size, tmp, (done) => {
+                if (done > 0 && prog.written === 0) resolveStarted(prog);
+                prog.update(done);
+                opts.onProgress?.({ layer: l.digest, done, total: l.size });
+              });
               this.store.commitBlob(tmp, l.digest);
+              prog.finish();
               stats.downloadedBytes += l.size;
               stats.fetchedLayers++;
             } catch (err) {
+              prog.finish(err);
               await rm(tmp, { force: true });
               throw err;
             }
           }, undefined, opts.signal);
         } finally {
           release();
+          resolveStarted(undefined);
         }
-      })().finally(() => this.blobFlights.delete(l.digest));
+      })().finally(() => {
+        this.blobFlights.delete(l.digest);
+        this.progress.delete(l.digest);
+      });
       this.blobFlights.set(l.digest, p);
     } else {
       // Another pull is fetching it; still report its completion to this caller.
       p = p.then(() => opts.onProgress?.({ layer: l.digest, done: l.size, total: l.size }));
     }
     return p;
+  }
+
+  /**
+   * The layer blob as a stream: from the cache, or following its download in this process as
+   * bytes arrive. `fetched` settles when the blob is in the cache, verified.
+   */
+  private async openBlob(l: LayerInfo, fetched: Promise<void>): Promise<Readable> {
+    if (!this.store.hasBlob(l.digest)) {
+      const prog = await this.progress.get(l.digest)?.started;
+      if (prog && !prog.error) return new FollowReader(prog);
+      await fetched;
+    }
+    return createReadStream(this.store.blobPath(l.digest), { highWaterMark: 1 << 20 });
+  }
+
+  /**
+   * Unpacks from the stream (possibly a download in progress); if the download fails or restarts
+   * under us, waits for the verified blob and unpacks again from the cache, so only a failed
+   * download fails the layer.
+   */
+  private async unpackBlob(l: LayerInfo, fetched: Promise<void>, dir: string, o: Omit<UnpackOptions, 'dir'>, reset: () => Promise<void>): Promise<UnpackResult> {
+    const src = await this.openBlob(l, fetched);
+    try {
+      const res = await unpackLayer(src, l.compression, l.diffId, { ...o, dir });
+      await fetched; // the compressed digest is verified too before anything is published
+      return res;
+    } catch (err) {
+      if (!(src instanceof FollowReader)) throw err;
+      await fetched; // a failed download is the real error
+      if (err instanceof PullError && err.kind === 'unsafe-content') throw err;
+      await reset();
+      return unpackLayer(createReadStream(this.store.blobPath(l.digest), { highWaterMark: 1 << 20 }), l.compression, l.diffId, { ...o, dir });
+    }
   }
 
   /** Unpacks layer i (overlay form) into layers/CHAINID, once. */
@@ -267,10 +318,11 @@ export class ImagePuller {
       return { started, done: p };
     }
     p = (async () => {
+      const fetched = this.ensureBlob(r.client, l, opts, stats);
+      fetched.catch(() => undefined);
       try {
-        await this.ensureBlob(r.client, l, opts, stats);
-      } finally {
         await turn; // start unpacks bottom-first, so a waiting upper layer never holds a slot a lower one needs
+      } finally {
         markStarted();
       }
       const release = await this.unpacks.acquire();
@@ -281,8 +333,11 @@ export class ImagePuller {
           mkdirSync(tmp, { mode: 0o755 });
           try {
             const t0 = Date.now();
-            const res = await unpackLayer(this.store.blobPath(l.digest), l.compression, l.diffId, {
-              dir: tmp, mode: 'overlay', state: new TreeState(true), maxBytes: this.maxLayerBytes, lowerDirs, logger: this.log, signal: opts.signal,
+            const o = { mode: 'overlay' as const, state: new TreeState(true), maxBytes: this.maxLayerBytes, lowerDirs, logger: this.log, signal: opts.signal };
+            const res = await this.unpackBlob(l, fetched, tmp, o, async () => {
+              await rm(tmp, { recursive: true, force: true });
+              mkdirSync(tmp, { mode: 0o755 });
+              o.state = new TreeState(true);
             });
             await this.store.commitLayer(tmp, l.chainId);
             stats.unpackedLayers++;
@@ -354,10 +409,10 @@ export class ImagePuller {
     const state = TreeState.forDir(dir);
     for (let i = 0; i < rec.layers.length; i++) {
       const l = rec.layers[i]!;
-      await ready[i];
-      await unpackLayer(this.store.blobPath(l.digest), l.compression, l.diffId, {
-        dir, mode: 'apply', state, maxBytes: this.maxLayerBytes, logger: this.log, signal,
-      });
+      const o = { mode: 'apply' as const, state, maxBytes: this.maxLayerBytes, logger: this.log, signal };
+      // Applying a layer again over a partial application of itself converges to the same tree,
+      // so a followed download that restarted is simply applied again from the cache.
+      await this.unpackBlob(l, ready[i]!, dir, o, async () => undefined);
       if (stats) stats.unpackedLayers++;
     }
   }

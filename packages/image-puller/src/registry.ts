@@ -329,6 +329,7 @@ export class RegistryClient {
             ftruncateSync(fd, 0);
             hash = createHash('sha256');
             received = 0;
+            onBytes?.(0);
           }
         }
         try {

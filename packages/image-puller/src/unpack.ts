@@ -1,13 +1,13 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  chmodSync, closeSync, constants as C, copyFileSync, createReadStream, fchmodSync, fchownSync, futimesSync, linkSync,
-  lchownSync, lstatSync, lutimesSync, mkdirSync, openSync, readdirSync, readlinkSync, readSync, rmSync, symlinkSync,
+  chmodSync, closeSync, constants as C, copyFileSync, fchmodSync, fchownSync, futimesSync, linkSync,
+  lchownSync, lstatSync, lutimesSync, mkdirSync, openSync, readdirSync, readlinkSync, rmSync, symlinkSync,
   utimesSync, writeSync, type Stats,
 } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { createGunzip } from 'node:zlib';
+import { decompress } from './decompress.js';
 import type { Logger } from 'pino';
 import { PullError } from './errors.js';
 import type { Compression } from './media.js';
@@ -534,52 +534,6 @@ class LayerWriter implements TarSink {
   }
 }
 
-function sniff(file: string): Compression {
-  const fd = openSync(file, 'r');
-  try {
-    const b = Buffer.alloc(4);
-    const n = readSync(fd, b, 0, 4, 0);
-    if (n >= 2 && b[0] === 0x1f && b[1] === 0x8b) return 'gzip';
-    if (n === 4 && b.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
-    return 'none';
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** The layer's uncompressed tar stream; zstd goes through the `zstd` binary (Node 20 zlib has none). */
-function decompressed(file: string, compression: Compression): { stream: Readable; done: () => Promise<void> } {
-  const actual = sniff(file);
-  if (compression !== 'none' && actual !== compression) {
-    throw new PullError('integrity', `layer blob is not ${compression}-compressed`);
-  }
-  const src = createReadStream(file, { highWaterMark: 1 << 20 });
-  if (actual === 'gzip') {
-    const gz = createGunzip({ chunkSize: 256 << 10 });
-    src.on('error', (e) => gz.destroy(e));
-    return { stream: src.pipe(gz), done: async () => undefined };
-  }
-  if (actual === 'zstd') {
-    const child = spawn('zstd', ['-dcq', '--no-progress', '--', file], { stdio: ['ignore', 'pipe', 'pipe'] });
-    src.destroy();
-    let err = '';
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-    const exited = new Promise<number | null>((resolve, reject) => {
-      child.on('error', (e) => reject(new PullError('unsupported', `zstd layer: cannot run zstd (${e.message}); install the zstd package`)));
-      child.on('close', (code) => resolve(code));
-    });
-    exited.catch(() => undefined);
-    return {
-      stream: child.stdout,
-      done: async () => {
-        const code = await exited;
-        if (code !== 0) throw new PullError('integrity', `zstd layer failed to decompress: ${err.trim().slice(0, 300)}`);
-      },
-    };
-  }
-  return { stream: src, done: async () => undefined };
-}
-
 export interface UnpackResult {
   diffId: string;
   bytes: number;
@@ -589,11 +543,11 @@ export interface UnpackResult {
  * Unpacks one layer blob into `o.dir`, verifying its DiffID (sha256 of the uncompressed tar)
  * when `expectDiffId` is given. The uncompressed size is bounded by `o.maxBytes`.
  */
-export async function unpackLayer(file: string, compression: Compression, expectDiffId: string | undefined, o: UnpackOptions): Promise<UnpackResult> {
+export async function unpackLayer(source: Readable, compression: Compression, expectDiffId: string | undefined, o: UnpackOptions): Promise<UnpackResult> {
   const w = new LayerWriter(o);
   const parser = new TarParser(w);
   const hash = createHash('sha256');
-  const { stream, done } = decompressed(file, compression);
+  const { stream, done } = await decompress(source, compression);
   let bytes = 0;
   try {
     for await (const c of stream) {
@@ -608,6 +562,7 @@ export async function unpackLayer(file: string, compression: Compression, expect
     await done();
   } catch (err) {
     stream.destroy();
+    source.destroy();
     if (err instanceof PullError) throw err;
     const code = (err as { code?: string }).code;
     if (code && code.startsWith('Z_')) throw new PullError('integrity', `layer failed to decompress: ${(err as Error).message}`, { cause: err });

@@ -45,7 +45,7 @@ describe('flattened rootfs equals umoci unpack', () => {
     ['debianGzip', 'debian 5 layers, gzip'],
     ['debianZstd', 'debian 5 layers, zstd'],
     ['debianPlain', 'debian 5 layers, uncompressed'],
-  ] as const)('%s: %s', async (key) => {
+  ] as const)('%s: %s', async (key, _what) => {
     const ref = pushed[key]!;
     const oracle = oracles.get(key.startsWith('debian') ? 'debian' : 'busybox')!;
     const puller = new ImagePuller({ root: join(work, `cache-${key}`), plainHttp: [registry.host] });

@@ -16,7 +16,7 @@ export interface Entry {
 export async function makeTar(entries: Entry[]): Promise<Buffer> {
   const pack = tarStream.pack();
   const chunks: Buffer[] = [];
-  pack.on('data', (c: Buffer) => chunks.push(c));
+  pack.on('data', (c: unknown) => chunks.push(c as Buffer));
   const done = new Promise<void>((resolve, reject) => {
     pack.on('end', resolve);
     pack.on('error', reject);
@@ -27,7 +27,7 @@ export async function makeTar(entries: Entry[]): Promise<Buffer> {
     await new Promise<void>((resolve, reject) => {
       pack.entry(
         { name: e.name, type, mode: e.mode ?? (type === 'directory' ? 0o755 : 0o644), mtime: new Date(1700000000000), uid: 0, gid: 0, ...(e.linkname ? { linkname: e.linkname } : {}), ...(e.size !== undefined ? { size: e.size } : {}) },
-        type === 'file' ? (content ?? Buffer.alloc(0)) : undefined,
+        type === 'file' ? (content ?? Buffer.alloc(0)) : Buffer.alloc(0),
         (err) => (err ? reject(err) : resolve()),
       );
     });

@@ -1,0 +1,118 @@
+import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pushFixtures, pushImage, startRegistry, type PushedFixtures, type RegistryServer } from '@cello/testkit';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ImagePuller, PullError } from '../src/index.js';
+import { checkManifestType } from '../src/image.js';
+import { FaultProxy } from './helpers/proxy.js';
+import { gzipLayer, makeTar } from './helpers/tar.js';
+
+let registry: RegistryServer;
+let proxy: FaultProxy;
+let pushed: PushedFixtures;
+let work: string;
+let n = 0;
+
+const viaProxy = (ref: string): string => ref.replace(registry.host, proxy.host);
+const newPuller = (extra: Partial<ConstructorParameters<typeof ImagePuller>[0]> = {}): ImagePuller =>
+  new ImagePuller({ root: join(work, `cache-${n++}`), plainHttp: [registry.host, proxy.host], transport: { backoffMs: 10 }, ...extra });
+
+beforeAll(async () => {
+  work = mkdtempSync(join(tmpdir(), 'ip-pull-'));
+  registry = await startRegistry();
+  pushed = await pushFixtures(registry, { debian: false });
+  proxy = new FaultProxy({ host: '127.0.0.1', port: registry.port });
+  await proxy.start();
+});
+
+afterAll(async () => {
+  await proxy?.stop();
+  await registry?.stop();
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+describe('manifests and platforms', () => {
+  it('selects the platform from an index (default: this host; settable with variant)', async () => {
+    const host = await newPuller().pull(pushed.busyboxMulti);
+    expect(host.architecture).toBe('amd64');
+    const arm = await newPuller({ platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } }).pull(pushed.busyboxMulti);
+    expect(arm.architecture).toBe('arm64');
+    expect(readFileSync(join(arm.layerDirs[0]!, 'etc/cello-arch'), 'utf8')).toBe('arm64\n');
+    const arm2 = await newPuller({ platform: { os: 'linux', architecture: 'arm64' } }).pull(pushed.busyboxMulti);
+    expect(arm2.digest).toBe(arm.digest);
+    const err = await newPuller({ platform: { os: 'linux', architecture: 's390x' } }).pull(pushed.busyboxMulti).catch((e: unknown) => e);
+    expect((err as PullError).kind).toBe('not-found');
+    expect((err as PullError).message).toMatch(/no manifest for platform linux\/s390x \(available: linux\/amd64, linux\/arm64\/v8\)/);
+  });
+
+  it('pulls by digest and by tag+digest, and verifies the manifest digest', async () => {
+    const byTag = await newPuller().pull(pushed.busybox);
+    const repo = pushed.busybox.replace(/:latest$/, '');
+    const byDigest = await newPuller().pull(`${repo}@${byTag.digest}`);
+    expect(byDigest.digest).toBe(byTag.digest);
+    expect(byDigest.reference).toBe(`${repo}@${byTag.digest}`);
+    expect((await newPuller().pull(`${pushed.busybox}@${byTag.digest}`)).digest).toBe(byTag.digest);
+
+    proxy.inject({ match: new RegExp(`/manifests/${byTag.digest}$`), corruptAt: 10 });
+    const err = await newPuller().pull(viaProxy(`${repo}@${byTag.digest}`)).catch((e: unknown) => e);
+    proxy.inject();
+    expect((err as PullError).kind).toBe('integrity');
+    expect((err as PullError).message).toContain(byTag.digest);
+  });
+
+  it('Docker schema 1 is refused with a clear error; missing tags are not-found', async () => {
+    expect(() => checkManifestType('application/vnd.docker.distribution.manifest.v1+prettyjws', 'x')).toThrow(/schema 1 manifest, which is not supported/);
+    const err = await newPuller().pull(`${registry.host}/busybox:nope`).catch((e: unknown) => e);
+    expect((err as PullError).kind).toBe('not-found');
+  });
+});
+
+describe('cache', () => {
+  it('concurrent pulls (one puller and another on the same cache) fetch each layer once', async () => {
+    proxy.seen.length = 0;
+    const root = join(work, 'shared-cache');
+    const a = new ImagePuller({ root, plainHttp: [proxy.host] });
+    const b = new ImagePuller({ root, plainHttp: [proxy.host] });
+    const ref = viaProxy(pushed.busybox);
+    const progress: { done: number; total: number }[] = [];
+    const results = await Promise.all([a.pull(ref, { onProgress: (p) => progress.push(p) }), a.pull(ref), b.pull(ref), b.pull(viaProxy(pushed.busyboxV2s2))]);
+    for (const r of results) expect(r.layerDirs).toEqual(results[0]!.layerDirs);
+    const layer = (await a.inspect(ref)).layers[0]!.digest;
+    expect(proxy.seen.filter((r) => r.path.endsWith(`/blobs/${layer}`) && r.method === 'GET')).toHaveLength(1);
+    const last = progress[progress.length - 1]!;
+    expect(last.done).toBe(last.total);
+  });
+
+  it('cached() answers without the network; a missing layer makes it undefined; re-pull repairs', async () => {
+    const p = newPuller();
+    expect(await p.cached(pushed.busybox)).toBeUndefined();
+    const img = await p.pull(pushed.busybox);
+    expect(await p.cached(pushed.busybox)).toEqual(img);
+    const repo = pushed.busybox.replace(/:latest$/, '');
+    expect((await p.cached(`${repo}@${img.digest}`))?.digest).toBe(img.digest);
+    renameSync(img.layerDirs[0]!, `${img.layerDirs[0]}.gone`);
+    expect(await p.cached(pushed.busybox)).toBeUndefined();
+    const again = await p.pull(pushed.busybox);
+    expect(again.layerDirs).toEqual(img.layerDirs);
+    expect(existsSync(join(again.layerDirs[0]!, 'bin/busybox'))).toBe(true);
+  });
+
+  it('gc keeps what kept images use and removes the rest', async () => {
+    const p = newPuller();
+    const { ref: other } = await pushImage(registry, 'gc/other:1', [gzipLayer(await makeTar([{ name: 'etc/', type: 'directory' }, { name: 'etc/other', content: 'x'.repeat(10000) }]))]);
+    const bb = await p.pull(pushed.busybox);
+    const o = await p.pull(other);
+    const kept = await p.gc([pushed.busybox]);
+    expect(kept.removedBytes).toBeGreaterThan(10000);
+    expect(existsSync(o.layerDirs[0]!)).toBe(false);
+    expect(await p.cached(other)).toBeUndefined();
+    expect(await p.cached(pushed.busybox)).toEqual(bb);
+    const flat = join(work, 'gc-flat');
+    await p.unpackRootfs(bb, flat); // its blobs were kept
+    expect(existsSync(join(flat, 'bin/busybox'))).toBe(true);
+    const all = await p.gc([]);
+    expect(all.removedBytes).toBeGreaterThan(500_000);
+    expect(await p.cached(pushed.busybox)).toBeUndefined();
+  });
+});
