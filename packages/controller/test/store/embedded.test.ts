@@ -155,6 +155,30 @@ describe('embedded store durability', () => {
     await s2.close();
   });
 
+  it('recovers from a crash inside compaction: stale WAL after the snapshot, leftover temp snapshot', async () => {
+    const dir = await tempDir();
+    const s1 = await EmbeddedStore.open({ dir, compactBytes: 2048 });
+    const revs: number[] = [];
+    for (let i = 0; i < 40; i++) revs.push(await s1.put(`x/${i % 7}`, { i }));
+    await s1.delete('x/0');
+    const walBefore = await fs.readFile(join(dir, 'wal.log'));
+    for (let i = 40; i < 80; i++) await s1.put(`x/${i % 7}`, { i });
+    expect(s1.stats.compactions).toBeGreaterThan(0);
+    const expected = await s1.list('x/');
+    await s1.close();
+    // Crash after the snapshot rename but before the WAL was cut: old frames are still there,
+    // followed by a half-written temp snapshot from a later attempt.
+    const wal = await fs.readFile(join(dir, 'wal.log'));
+    await fs.writeFile(join(dir, 'wal.log'), Buffer.concat([walBefore, wal]));
+    await fs.writeFile(join(dir, 'snapshot.json.tmp'), '{"format":1,"revi');
+    const s2 = await EmbeddedStore.open({ dir });
+    expect(await s2.list('x/')).toEqual(expected);
+    const next = await s2.put('x/new', 1);
+    expect(next).toBe(expected.revision + 1);
+    await expect(fs.stat(join(dir, 'snapshot.json.tmp'))).rejects.toThrow(/ENOENT/);
+    await s2.close();
+  });
+
   it('group commit: concurrent puts share fsyncs', async () => {
     const dir = await tempDir();
     const s = await EmbeddedStore.open({ dir });
