@@ -39,17 +39,27 @@ describe('user resolution from the image', () => {
   writeFileSync(join(root, 'etc/passwd'), 'root:x:0:0::/root:/bin/sh\nweb:x:33:33::/var/www:/bin/sh\n');
   writeFileSync(join(root, 'etc/group'), 'root:x:0:\nwww:x:33:\nlogs:x:4:web,other\n');
   it('resolves names, numbers, groups and supplementary groups', () => {
-    expect(resolveUser({ rootfs: root, imageUser: 'web' })).toMatchObject({ uid: 33, gid: 33, additionalGids: [4], home: '/var/www' });
-    expect(resolveUser({ rootfs: root, imageUser: 'web:logs' })).toMatchObject({ uid: 33, gid: 4, additionalGids: [] });
-    expect(resolveUser({ rootfs: root, imageUser: '1000:1000' })).toMatchObject({ uid: 1000, gid: 1000 });
-    expect(resolveUser({ rootfs: root, imageUser: 'web', runAsUser: 0, supplementalGroups: [7], fsGroup: 9 })).toMatchObject({ uid: 0, gid: 0, additionalGids: [7, 9] });
-    expect(() => resolveUser({ rootfs: root, imageUser: 'ghost' })).toThrow(/unable to find user ghost/);
+    expect(resolveUser({ layers: [root], imageUser: 'web' })).toMatchObject({ uid: 33, gid: 33, additionalGids: [4], home: '/var/www' });
+    expect(resolveUser({ layers: [root], imageUser: 'web:logs' })).toMatchObject({ uid: 33, gid: 4, additionalGids: [] });
+    expect(resolveUser({ layers: [root], imageUser: '1000:1000' })).toMatchObject({ uid: 1000, gid: 1000 });
+    expect(resolveUser({ layers: [root], imageUser: 'web', runAsUser: 0, supplementalGroups: [7], fsGroup: 9 })).toMatchObject({ uid: 0, gid: 0, additionalGids: [7, 9] });
+    expect(() => resolveUser({ layers: [root], imageUser: 'ghost' })).toThrow(/unable to find user ghost/);
+  });
+  it('reads the topmost layer that has the file, and honours whiteouts', () => {
+    const upper = mkdtempSync(join(tmpdir(), 'cello-upper-'));
+    mkdirSync(join(upper, 'etc'));
+    writeFileSync(join(upper, 'etc/passwd'), 'root:x:0:0::/root:/bin/sh\nweb:x:77:77::/srv:/bin/sh\n');
+    expect(resolveUser({ layers: [root, upper], imageUser: 'web' })).toMatchObject({ uid: 77, home: '/srv' });
+    const wh = mkdtempSync(join(tmpdir(), 'cello-wh-'));
+    mkdirSync(join(wh, 'etc'));
+    writeFileSync(join(wh, 'etc/.wh.passwd'), '');
+    expect(() => resolveUser({ layers: [root, wh], imageUser: 'web' })).toThrow(/unable to find user web/);
   });
   it('does not follow an /etc/passwd symlink out of the image', () => {
     const evil = mkdtempSync(join(tmpdir(), 'cello-evil-'));
     mkdirSync(join(evil, 'etc'));
     symlinkSync('/etc/passwd', join(evil, 'etc/passwd')); // the host's
-    expect(() => resolveUser({ rootfs: evil, imageUser: 'root' })).toThrow(/unable to find user root/);
+    expect(() => resolveUser({ layers: [evil], imageUser: 'root' })).toThrow(/unable to find user root/);
   });
 });
 

@@ -27,6 +27,7 @@ import { expand, resolveArgv } from '../runtime/expand.js';
 import type { Instance } from '../runtime/instance.js';
 import { bindMount, buildSpec, type OciMount } from '../runtime/oci-spec.js';
 import type { Runc } from '../runtime/runc.js';
+import { FifoPool } from '../runtime/fifo-pool.js';
 import { resolveInRoot } from '../runtime/safe-path.js';
 import { runtimeDefaultProfile, type SeccompProfile } from '../runtime/seccomp.js';
 import { resolveUser, UserError } from '../runtime/user.js';
@@ -114,6 +115,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       changed: () => self.changed(),
       event: (type, reason, message, container) => self.event(type, reason, message, container),
       probeResult: (unit, probe, ok) => self.o.onProbe?.(unit, probe, ok),
+      fifos: new FifoPool(join(o.stateDir, 'fifo-pool')),
     };
   }
 
@@ -423,7 +425,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     let user;
     try {
       user = resolveUser({
-        rootfs: inst.paths.rootfs,
+        layers: image.layerDirs,
         imageUser: image.config.user,
         runAsUser: sc?.runAsUser ?? psc?.runAsUser,
         runAsGroup: sc?.runAsGroup ?? psc?.runAsGroup,
@@ -566,6 +568,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
 
   /** After an agent restart: reload the pod and re-adopt units still running. */
   async restore(): Promise<boolean> {
+    await this.unitCtx.fifos?.fill().catch((err) => this.o.logger.warn({ err }, 'cannot pre-make FIFOs'));
     if (!existsSync(this.dirs.req)) return false;
     const req = ApplyPodRequest.decode(readFileSync(this.dirs.req));
     const spec = req.pod!.spec!;

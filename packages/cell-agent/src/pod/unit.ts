@@ -12,6 +12,7 @@ import type { CgroupDriver, UnitLimits } from '../cgroups/driver.js';
 import type { ImageInfo } from '../images/image-service.js';
 import { type ExitInfo, Instance, type InstanceMeta } from '../runtime/instance.js';
 import type { Runc } from '../runtime/runc.js';
+import type { FifoPool } from '../runtime/fifo-pool.js';
 import type { LogSink, RuncTarget, UnitStdio, UnitView } from '../units/unit-view.js';
 import { Backoff, type BackoffPolicy } from './backoff.js';
 import { Prober } from './probes.js';
@@ -34,6 +35,7 @@ export interface UnitContext {
   newSink(unit: Unit): LogSink;
   changed(): void;
   event(type: 'Normal' | 'Warning', reason: string, message: string, container: string): void;
+  fifos?: FifoPool;
   probeResult?(unit: string, probe: 'startup' | 'liveness' | 'readiness', ok: boolean): void;
 }
 
@@ -317,6 +319,7 @@ export class Unit implements UnitView {
       stdin: this.stdin,
       sink: this.ctx.newSink(this),
       logger: this.ctx.logger,
+      ...(this.ctx.fifos ? { fifos: this.ctx.fifos } : {}),
     });
     try {
       this.setState({ kind: 'starting', since: new Date() });

@@ -25,10 +25,14 @@ import { PassThrough, type Readable, type Writable } from 'node:stream';
 import type pino from 'pino';
 import type { LogSink, StdStream } from '../units/unit-view.js';
 import type { Runc } from './runc.js';
+import type { FifoPool } from './fifo-pool.js';
 
 const SHIM = `
 d="$5"
 if [ "$6" = 1 ]; then in="$d/stdin"; else in=/dev/null; fi
+if [ -n "$8" ] && ! mount -t overlay overlay -o "$8" "$d/rootfs" 2>"$d/shim-error"; then
+  echo 125 > "$d/exit.tmp"; mv "$d/exit.tmp" "$d/exit"; exit 0
+fi
 if [ "$7" = 1 ]; then
   "$1" --root "$2" --log "$d/runc.log" --log-format json run --bundle "$3" --pid-file "$d/pid" "$4"
 else
@@ -63,21 +67,12 @@ export interface InstanceOptions {
   stdin: boolean;
   sink: LogSink;
   logger: pino.Logger;
+  fifos?: FifoPool;
 }
 
 function mkfifo(paths: string[]): Promise<void> {
   return new Promise((resolve, reject) =>
     execFile('mkfifo', ['-m', '0600', ...paths], (err, _o, stderr) => (err ? reject(new Error(`mkfifo: ${String(stderr) || err.message}`)) : resolve())),
-  );
-}
-
-export function mountOverlay(lower: string[], upper: string, work: string, target: string): Promise<void> {
-  // overlayfs wants the topmost lower dir first; image-puller hands them bottom first.
-  const opts = `lowerdir=${[...lower].reverse().join(':')},upperdir=${upper},workdir=${work}`;
-  return new Promise((resolve, reject) =>
-    execFile('mount', ['-t', 'overlay', 'overlay', '-o', opts, target], (err, _o, stderr) =>
-      err ? reject(new Error(`mount overlay: ${String(stderr).trim() || err.message}`)) : resolve(),
-    ),
   );
 }
 
@@ -125,6 +120,7 @@ export class Instance extends EventEmitter {
   private exitSeen = false;
   private reported = false;
   private spawnedAt: number | undefined;
+  private overlay: string | undefined;
 
   constructor(private readonly o: InstanceOptions) {
     super();
@@ -150,18 +146,22 @@ export class Instance extends EventEmitter {
     };
   }
 
-  /** Creates the instance dir and the overlay rootfs; the spec is written by the caller. */
+  /**
+   * Creates the instance dir (upper, work, rootfs mount point, FIFOs). The overlay itself is
+   * mounted by the shim, so that the path to a running unit forks one process, not three.
+   */
   async prepare(layerDirs: string[]): Promise<void> {
     const p = this.paths;
-    await rm(this.dir, { recursive: true, force: true });
+    await rm(this.dir, { recursive: true, force: true }); // leftovers of an instance a crash interrupted
     await mkdir(p.upper, { recursive: true });
-    await mkdir(p.work, { recursive: true });
-    await mkdir(p.rootfs, { recursive: true });
+    await Promise.all([mkdir(p.work), mkdir(p.rootfs)]);
     await writeFile(p.termination, '');
     // Any user the unit runs as may write its termination message (umask would narrow it).
     await chmod(p.termination, 0o666);
+    // overlayfs wants the topmost lower dir first; image-puller hands them bottom first.
+    this.overlay = `lowerdir=${[...layerDirs].reverse().join(':')},upperdir=${p.upper},workdir=${p.work}`;
     const fifos = this.tty ? [] : ['stdout', 'stderr', ...(this.hasStdin ? ['stdin'] : [])].map((n) => join(this.dir, n));
-    await Promise.all([mountOverlay(layerDirs, p.upper, p.work, p.rootfs), fifos.length > 0 ? mkfifo(fifos) : Promise.resolve()]);
+    if (fifos.length > 0) await (this.o.fifos ? this.o.fifos.take(fifos) : mkfifo(fifos));
   }
 
   async writeSpec(spec: Record<string, unknown>): Promise<void> {
@@ -171,7 +171,7 @@ export class Instance extends EventEmitter {
   /** Starts the shim. Resolves once it is spawned; 'started' and 'exited' follow. */
   async start(): Promise<void> {
     const p = this.paths;
-    const args = ['-c', SHIM, 'cello-shim', this.o.runc.binary, this.o.runc.root, this.dir, this.id, this.dir, this.hasStdin ? '1' : '0', this.tty ? '1' : '0'];
+    const args = ['-c', SHIM, 'cello-shim', this.o.runc.binary, this.o.runc.root, this.dir, this.id, this.dir, this.hasStdin ? '1' : '0', this.tty ? '1' : '0', this.overlay ?? ''];
     this.watchDir();
     if (this.tty) {
       const pty = await import('node-pty');
@@ -312,6 +312,12 @@ export class Instance extends EventEmitter {
   }
 
   private async runcError(): Promise<string | undefined> {
+    try {
+      const shimErr = (await readFile(join(this.dir, 'shim-error'), 'utf8')).trim();
+      if (shimErr) return `cannot mount the unit's root filesystem: ${shimErr}`;
+    } catch {
+      /* none */
+    }
     try {
       const lines = (await readFile(this.paths.runcLog, 'utf8')).split('\n').filter(Boolean);
       for (let i = lines.length - 1; i >= 0; i--) {

@@ -2,7 +2,7 @@
 // (name or number, optionally ":group"), overridden by runAsUser/runAsGroup; names looked up in
 // the image's own /etc/passwd and /etc/group; supplementary groups from /etc/group plus the
 // pod's supplementalGroups and fsGroup.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { resolveInRoot } from './safe-path.js';
 
 export interface ResolvedUser {
@@ -19,12 +19,21 @@ export class UserError extends Error {}
 interface PasswdEntry { name: string; uid: number; gid: number; home: string }
 interface GroupEntry { name: string; gid: number; members: string[] }
 
-function readImageFile(rootfs: string, path: string): string {
-  try {
-    return readFileSync(resolveInRoot(rootfs, path), 'utf8');
-  } catch {
-    return '';
+/**
+ * Reads a file of the image from its layer dirs (topmost first), without mounting them: the
+ * first layer that has it (or whites it out) decides. Symlinks resolve within each layer.
+ */
+export function readImageFile(layers: string[], path: string): string {
+  const base = path.split('/').pop()!;
+  const dir = path.slice(0, path.length - base.length);
+  for (const layer of [...layers].reverse()) {
+    try {
+      return readFileSync(resolveInRoot(layer, path), 'utf8');
+    } catch {
+      if (existsSync(resolveInRoot(layer, `${dir}.wh.${base}`))) return '';
+    }
   }
+  return '';
 }
 
 export function parsePasswd(text: string): PasswdEntry[] {
@@ -55,15 +64,16 @@ export function parseGroup(text: string): GroupEntry[] {
 const isNum = (s: string) => /^\d+$/.test(s);
 
 export function resolveUser(opts: {
-  rootfs: string;
+  /** The image's layer dirs, bottom first (or one rootfs directory). */
+  layers: string[];
   imageUser: string;
   runAsUser?: number | undefined;
   runAsGroup?: number | undefined;
   supplementalGroups?: number[];
   fsGroup?: number | undefined;
 }): ResolvedUser {
-  const passwd = parsePasswd(readImageFile(opts.rootfs, '/etc/passwd'));
-  const groups = parseGroup(readImageFile(opts.rootfs, '/etc/group'));
+  const passwd = parsePasswd(readImageFile(opts.layers, '/etc/passwd'));
+  const groups = parseGroup(readImageFile(opts.layers, '/etc/group'));
   const [userPart = '', groupPart] = (opts.imageUser || '').split(':');
   let uid = 0;
   let gid: number | undefined;
