@@ -339,6 +339,32 @@ export function parseBootstrap(text) {
   return v;
 }
 
+// The user data's agentConfig, as flags of `cell-agent serve`. Only these keys are known;
+// values are checked strictly because they end up on the agent's command line.
+const HOST_PORT = /^[A-Za-z0-9.-]+:[0-9]{1,5}$/;
+export function agentArgs(cfg) {
+  if (cfg === null || typeof cfg !== 'object' || Array.isArray(cfg)) throw new Error('user data: agentConfig: expected an object');
+  const args = [];
+  for (const [k, v] of Object.entries(cfg)) {
+    if (k === 'insecureRegistries') {
+      if (!Array.isArray(v) || !v.every((r) => typeof r === 'string' && HOST_PORT.test(r))) throw new Error('user data: agentConfig.insecureRegistries: expected a list of host:port');
+      for (const r of v) args.push('--insecure-registry', r);
+    } else if (k === 'metricsListen') {
+      if (typeof v !== 'string' || !HOST_PORT.test(v)) throw new Error('user data: agentConfig.metricsListen: expected host:port');
+      args.push('--metrics-listen', v);
+    } else if (k === 'pidsLimit') {
+      if (!Number.isInteger(v) || v < 1) throw new Error('user data: agentConfig.pidsLimit: expected a positive integer');
+      args.push('--pids-limit', String(v));
+    } else if (k === 'auditTranscripts') {
+      if (typeof v !== 'boolean') throw new Error('user data: agentConfig.auditTranscripts: expected true or false');
+      if (v) args.push('--audit-transcripts');
+    } else {
+      log('warn', 'ignoring an agentConfig setting this image does not know', { key: k });
+    }
+  }
+  return args;
+}
+
 async function main() {
   if (existsSync(`${STATE}/bootstrap/done`)) {
     log('info', 'already bootstrapped; nothing to do');
@@ -359,6 +385,7 @@ async function main() {
   }
   if (got.fatal) throw new Error(got.fatal);
   const b = parseBootstrap(got.userData);
+  const args = agentArgs(b.agentConfig ?? {});
   if (Date.parse(b.tokenExpiresAt) < Date.now()) log('warn', 'the bootstrap token has already expired; the controller will refuse it and replace this cell', { tokenExpiresAt: b.tokenExpiresAt });
 
   writeAtomic(`${STATE}/bootstrap/user-data.json`, got.userData, 0o600);
@@ -369,6 +396,7 @@ async function main() {
     `CELLO_CELL_ID=${b.cellId}`,
     `CELLO_CONTROLLER_ID=${JSON.stringify(b.controllerId)}`,
     ...(got.instanceId ? [`CELLO_INSTANCE_ID=${got.instanceId}`] : []),
+    `CELLO_AGENT_ARGS=${args.join(' ')}`,
   ];
   writeAtomic(`${CONF}/agent.env`, `${lines.join('\n')}\n`, 0o644);
   writeAtomic(`${STATE}/bootstrap/done`, `${new Date().toISOString()}\n`, 0o644);
@@ -425,7 +453,11 @@ ConditionPathExists=$CONF_DIR/agent.env
 [Service]
 Type=simple
 EnvironmentFile=$CONF_DIR/agent.env
-ExecStart=$BIN_LINK serve --listen \${CELLO_AGENT_LISTEN} --state-dir $STATE_DIR/agent --cell-id \${CELLO_CELL_ID} --bootstrap $STATE_DIR/bootstrap/user-data.json
+# Until the controller has installed this cell's certificate the agent serves only the
+# bootstrap service (one-time token from the user data); from then on only mTLS. A restarted
+# agent reuses the certificate in its state directory. CELLO_AGENT_ARGS (unquoted: split into
+# words) carries the agentConfig flags from the user data.
+ExecStart=$BIN_LINK serve --listen \${CELLO_AGENT_LISTEN} --state-dir $STATE_DIR/agent --bootstrap-user-data $STATE_DIR/bootstrap/user-data.json \$CELLO_AGENT_ARGS
 Restart=always
 RestartSec=2
 # The pod's units are runc containers in their own cgroups: when the agent restarts (crash or

@@ -1,6 +1,7 @@
 // A throwaway machine made from a cached root filesystem: an overlayfs whose upper layer is
 // this test's own, entered with chroot. Every command runs in a private mount namespace
-// (unshare) that mounts the overlay, /proc, /sys, /dev and a fresh /run, so nothing stays
+// (unshare) that mounts the overlay, /proc, /sys, /dev, a fresh /run and a plain directory at
+// /var/lib/cello (the agent's state), so nothing stays
 // mounted on the host when the command ends, whatever happens to the test.
 import { execFileSync, spawn, spawnSync, type ChildProcess, type SpawnSyncReturns } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
@@ -13,8 +14,12 @@ mount -t proc proc "$4/proc"
 mount --rbind /sys "$4/sys"
 mount --rbind /dev "$4/dev"
 mount -t tmpfs -o mode=0755 tmpfs "$4/run"
+# The agent stacks overlayfs mounts under its state directory, and overlayfs cannot use an
+# overlayfs as its upper layer: /var/lib/cello is a plain directory, as on an instance's disk.
+mkdir -p "$4/var/lib/cello"
+mount --bind "$5" "$4/var/lib/cello"
 m=$4
-shift 4
+shift 5
 exec chroot "$m" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"`;
 
 export interface RunResult {
@@ -28,17 +33,20 @@ export class Chroot {
   readonly upper: string;
   private readonly work: string;
   private readonly merged: string;
+  /** Host directory mounted at /var/lib/cello. */
+  readonly state: string;
 
   constructor(readonly lower: string) {
     this.dir = mkdtempSync(join(tmpdir(), 'cello-chroot-'));
     this.upper = join(this.dir, 'upper');
     this.work = join(this.dir, 'work');
     this.merged = join(this.dir, 'merged');
-    for (const d of [this.upper, this.work, this.merged]) mkdirSync(d);
+    this.state = join(this.dir, 'state');
+    for (const d of [this.upper, this.work, this.merged, this.state]) mkdirSync(d);
   }
 
   private args(cmd: string[]): string[] {
-    return ['--mount', '--propagation', 'private', '--', 'sh', '-c', ENTER, 'enter', this.lower, this.upper, this.work, this.merged, ...cmd];
+    return ['--mount', '--propagation', 'private', '--', 'sh', '-c', ENTER, 'enter', this.lower, this.upper, this.work, this.merged, this.state, ...cmd];
   }
 
   /** Runs a command inside; never throws on a non-zero exit. */
@@ -78,6 +86,16 @@ export class Chroot {
   /** Starts a long-running command inside. Killing it ends its mount namespace too. */
   spawn(cmd: string[]): ChildProcess {
     return spawn('unshare', this.args(cmd), { stdio: ['ignore', 'pipe', 'pipe'] });
+  }
+
+  /**
+   * Runs a command in the mount namespace and root of a process started with spawn() (the
+   * overlay must not be mounted twice while that process uses it).
+   */
+  runBeside(pid: number, cmd: string[]): RunResult {
+    const r = spawnSync('nsenter', ['--target', String(pid), '--mount', '--root', '--wd=/', '/usr/bin/env', '-i', 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', ...cmd], { encoding: 'utf8', timeout: 60_000 });
+    if (r.error) throw r.error;
+    return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
   }
 
   /** Copies a host file into the machine (written into the upper layer, before mounting). */

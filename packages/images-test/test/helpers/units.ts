@@ -57,12 +57,16 @@ export function execStart(unitText: string, readFile: (path: string) => string |
   }
   const starts = s.get('ExecStart') ?? [];
   if (starts.length !== 1) throw new Error(`expected one ExecStart=, found ${starts.length}`);
-  const argv = starts[0]!.split(/\s+/).map((word) =>
-    word.replace(/\$\{(\w+)\}|\$(\w+)/g, (_m, a: string | undefined, b: string | undefined) => {
-      const name = (a ?? b)!;
-      if (!(name in env)) throw new Error(`ExecStart uses \${${name}}, which the unit's environment does not set`);
-      return env[name]!;
-    }),
-  );
+  const lookup = (name: string) => {
+    if (!(name in env)) throw new Error(`ExecStart uses $${name}, which the unit's environment does not set`);
+    return env[name]!;
+  };
+  // systemd: a word that is exactly $NAME becomes the value split into words (none if empty);
+  // ${NAME} stays one word, also inside a longer word.
+  const argv = starts[0]!.split(/\s+/).flatMap((word) => {
+    const whole = /^\$(\w+)$/.exec(word);
+    if (whole) return lookup(whole[1]!).split(/\s+/).filter(Boolean);
+    return [word.replace(/\$\{(\w+)\}/g, (_m, name: string) => lookup(name))];
+  });
   return { argv, env };
 }
