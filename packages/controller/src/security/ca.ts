@@ -179,6 +179,15 @@ export class CertificateAuthority {
    */
   async signCsr(csrPem: string, req: CellCertificateRequest): Promise<string> {
     const params = this.checkCell(req);
+    const publicKey = await this.verifyCsr(csrPem);
+    return this.sign(publicKey, { kind: 'cell', cellId: params.cellId, trustDomain: this.trustDomain }, params, ['server', 'client']);
+  }
+
+  /**
+   * Checks a PEM PKCS#10 request — parses, carries an ECDSA P-256 key, and is signed by that
+   * key — and returns the key. Nothing else in the request is trusted.
+   */
+  async verifyCsr(csrPem: string): Promise<x509.PublicKey> {
     if (typeof csrPem !== 'string' || !csrPem.includes('CERTIFICATE REQUEST')) throw new TypeError('csrPem must be a PEM "CERTIFICATE REQUEST"');
     let csr: x509.Pkcs10CertificateRequest;
     try {
@@ -197,7 +206,7 @@ export class CertificateAuthority {
       valid = false;
     }
     if (!valid) throw new Error('csrPem signature does not verify: the request was not made with the key it carries');
-    return this.sign(csr.publicKey, { kind: 'cell', cellId: params.cellId, trustDomain: this.trustDomain }, params, ['server', 'client']);
+    return csr.publicKey;
   }
 
   /** A certificate for a named client (the controller itself, an operator tool). Also usable to serve. */

@@ -11,6 +11,7 @@ export {
   peerIdentity,
   type Identity,
 } from './identity.js';
+export { completeBootstrap, type BootstrapRequest } from './bootstrap.js';
 export { RotatingCertificate, type RotationOptions } from './rotation.js';
 export { ENCRYPTION_KEY_FIELD, parseEncryptionKey, UnsealError } from './sealed.js';
 export { BOOTSTRAP_TOKEN_PREFIX, BootstrapTokenError, BootstrapTokens, type BootstrapTokenFailure } from './tokens.js';
