@@ -91,6 +91,8 @@ describe('agent daemon', () => {
     await apply(client, {
       pod: pod('survivor', {
         terminationGracePeriodSeconds: 1,
+        volumes: [{ name: 'data', source: { $case: 'emptyDir', value: {} } }],
+        initContainers: [{ name: 'setup', image: reg.busybox, command: ['sh', '-c', 'echo x >> /data/runs'], volumeMounts: [{ name: 'data', mountPath: '/data' }] }],
         containers: [{ name: 'ticker', image: reg.busybox, command: ['sh', '-c', 'i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done'] }],
       }),
     });
@@ -116,6 +118,11 @@ describe('agent daemon', () => {
     const after = watch.unit('ticker')!;
     expect(after.containerId).toBe(before.containerId);
     expect(after.restartCount).toBe(0);
+    // The completed init unit is not run again by the new agent.
+    const { readFileSync } = await import('node:fs');
+    expect(readFileSync(join(stateDir, 'volumes/data/runs'), 'utf8')).toBe('x\n');
+    const init = watch.last!.status!.initContainerStatuses[0]!;
+    expect(init.state?.state?.$case === 'terminated' && init.state.state.value.reason).toBe('Completed');
     expect(state().pid).toBe(pid);
     // The adopted unit is really supervised: when it dies, the new agent restarts it.
     execFileSync('runc', ['--root', join(stateDir, 'runc'), 'kill', id, 'KILL']);

@@ -193,7 +193,10 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     await rename(this.dirs.req + '.tmp', this.dirs.req);
     this.req = req;
     this.generation = req.generation;
-    this.startTime ??= new Date();
+    if (!this.startTime) {
+      this.startTime = new Date();
+      await writeFile(join(this.o.stateDir, 'pod-start-time'), this.startTime.toISOString());
+    }
     this.podFiles = writePodFiles(this.dirs.pod, pod, this.o.podIP);
     await this.prepareVolumes();
     const changed: string[] = [];
@@ -256,6 +259,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     for (const u of this.initUnits) {
       if (run !== this.initRun) return;
       if (u.succeeded) continue;
+      if (u.ended) return; // failed for good (restartPolicy Never): the pod failed
       const after = (u as Unit & { after?: Promise<void> }).after;
       if (!after) u.start();
       await waitFinished(u, this);
@@ -557,6 +561,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     await removeVolumes(this.dirs.volumes);
     await rm(this.dirs.units, { recursive: true, force: true });
     await rm(this.dirs.req, { force: true });
+    await rm(join(this.o.stateDir, 'pod-start-time'), { force: true });
     this.initUnits = [];
     this.units = [];
     this.req = undefined;
@@ -574,7 +579,11 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const spec = req.pod!.spec!;
     this.req = req;
     this.generation = req.generation;
-    this.startTime = new Date();
+    try {
+      this.startTime = new Date(readFileSync(join(this.o.stateDir, 'pod-start-time'), 'utf8').trim());
+    } catch {
+      this.startTime = new Date();
+    }
     this.podFiles = writePodFiles(this.dirs.pod, req.pod!, this.o.podIP);
     await this.prepareVolumes();
     const mk = (c: Container, isInit: boolean) => this.newUnit(c, hashContainer(c, spec.securityContext), isInit);

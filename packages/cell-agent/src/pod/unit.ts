@@ -49,6 +49,8 @@ interface UnitRecord {
   lastState?: TerminatedJson;
   current?: { instance: number; startedAt?: string; imageDigest: string; stopSignal: string };
   completed?: boolean;
+  /** The unit ended for good (no restart by policy): a restarted agent must not run it again. */
+  terminal?: TerminatedJson;
 }
 
 interface TerminatedJson {
@@ -97,6 +99,7 @@ export class Unit implements UnitView {
   private readonly oomBefore = new WeakMap<Instance, { ooms: number; hits: number }>();
   private readonly killedByAgent = new WeakSet<Instance>();
   private completed = false;
+  private terminal: UnitState | undefined;
 
   constructor(
     readonly spec: Container,
@@ -154,6 +157,11 @@ export class Unit implements UnitView {
     return this.state.kind === 'exited' && this.loop === undefined;
   }
 
+  /** Ended for good: restartPolicy says it is not run again. */
+  get ended(): boolean {
+    return this.terminal !== undefined;
+  }
+
   private setState(s: UnitState): void {
     checkTransition(this.state, s);
     this.state = s;
@@ -187,6 +195,7 @@ export class Unit implements UnitView {
       restartCount: this.restarts,
       instanceCounter: this.instanceCounter,
       completed: this.completed,
+      ...(this.terminal?.kind === 'exited' ? { terminal: toJson(this.terminal) } : {}),
       ...(this.lastState?.kind === 'exited' ? { lastState: toJson(this.lastState) } : {}),
       ...(this.instance && this.image
         ? {
@@ -220,7 +229,7 @@ export class Unit implements UnitView {
   // --- lifecycle ---
   /** Starts supervising; with `adopt`, reconnects to the instance a previous agent left. */
   start(adopt?: { record: UnitRecord; image: ImageInfo | undefined }): void {
-    if (this.loop) return;
+    if (this.loop || this.terminal) return;
     this.stopRequested = false;
     this.abort = new AbortController();
     let adopted: Instance | undefined;
@@ -232,9 +241,9 @@ export class Unit implements UnitView {
       if (r.lastState) this.lastState = fromJson(r.lastState);
       this.image = adopt.image;
       if (r.current) adopted = this.adoptInstance(r.current.instance);
-      if (this.completed && !adopted) {
-        this.state = { kind: 'exited', exitCode: 0, signal: 0, reason: 'Completed', message: '', startedAt: undefined, finishedAt: new Date(), containerId: '' };
-        if (this.lastState?.kind === 'exited') this.state = this.lastState;
+      if (r.terminal && !adopted) {
+        this.state = fromJson(r.terminal);
+        this.terminal = this.state;
         return;
       }
     }
@@ -498,6 +507,7 @@ export class Unit implements UnitView {
     else if (policy === RestartPolicy.RESTART_POLICY_ON_FAILURE) restart = failed;
     else restart = true;
     if (!restart) {
+      this.terminal = term;
       await this.persist();
       return false;
     }
