@@ -32,6 +32,29 @@ export function agentCli(): string {
 export class BootHarness {
   /** instance ID -> loopback address: the provider's testAgentAddressMap. */
   readonly addresses = new Map<string, string>();
+  private loop: { stop: boolean; done: Promise<void> } | undefined;
+
+  /**
+   * Plays the boot of every instance this controller launches, as EC2 would run it: polls the
+   * emulator for owned, running instances not booted yet and boots each.
+   */
+  autoBoot(provider: AwsProvider, controllerId: string, onError: (err: unknown) => void): void {
+    const state = { stop: false, done: Promise.resolve() };
+    state.done = (async () => {
+      while (!state.stop) {
+        try {
+          for (const i of await provider.listOwned(controllerId)) {
+            if (state.stop) break;
+            if (i.state === 'running' && !this.addresses.has(i.instanceId)) await this.boot(provider, i.instanceId);
+          }
+        } catch (err) {
+          if (!state.stop) onError(err);
+        }
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    })();
+    this.loop = state;
+  }
   private readonly played: PlayedInstance[] = [];
   private readonly dirs: string[] = [];
   private readonly imdses: ImdsTestDouble[] = [];
@@ -42,6 +65,8 @@ export class BootHarness {
    * Boots the instance: its user data from EC2, the real agent, a loopback port. `via: 'imds'`
    * serves the user data from an IMDSv2 test double (as on EC2: `--user-data-url`), else a file.
    */
+  constructor(private readonly agentArgs: string[] = []) {}
+
   async boot(provider: AwsProvider, instanceId: string, o: { via?: 'file' | 'imds' } = {}): Promise<PlayedInstance> {
     const ud = await provider.userData(instanceId);
     const dir = await mkdtemp(join(tmpdir(), 'cello-instance-'));
@@ -62,6 +87,7 @@ export class BootHarness {
         agentCli(), 'serve', '--listen', address, '--state-dir', join(dir, 'state'),
         ...(imds ? ['--user-data-url', imds.url] : ['--bootstrap-user-data', udFile]),
         '--cgroup-parent', `/cello-test/${ud.cellId}`,
+        ...this.agentArgs,
       ],
       { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CELLO_LOG_LEVEL: process.env['LOG_LEVEL'] ?? 'warn' } },
     );
@@ -90,6 +116,10 @@ export class BootHarness {
   }
 
   async close(): Promise<void> {
+    if (this.loop) {
+      this.loop.stop = true;
+      await this.loop.done;
+    }
     for (const p of this.played) await p.kill();
     for (const i of this.imdses) await i.stop();
     for (const d of this.dirs) await rm(d, { recursive: true, force: true });

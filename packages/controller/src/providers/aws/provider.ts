@@ -341,8 +341,13 @@ export class AwsProvider implements CellProvider {
     const tags = tagsOf(i);
     const port = Number(tags[AGENT_PORT_TAG] ?? 0);
     const ip = this.cfg.addressType === 'public' ? i.PublicIpAddress : i.PrivateIpAddress;
-    const mapped = this.opts.testAgentAddressMap?.(i.InstanceId!);
-    const agentAddress = mapped ?? (ip && port ? `${ip}:${port}` : undefined);
+    // With the test map set it is the only source: an instance the harness has not booted yet
+    // has no address, so nothing is ever sent to the addresses an emulator invents.
+    const agentAddress = this.opts.testAgentAddressMap
+      ? this.opts.testAgentAddressMap(i.InstanceId!)
+      : ip && port
+        ? `${ip}:${port}`
+        : undefined;
     const state = (i.State?.Name ?? 'unknown') as InstanceInfo['state'];
     return {
       instanceId: i.InstanceId!,

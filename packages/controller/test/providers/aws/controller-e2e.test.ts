@@ -1,0 +1,147 @@
+// Through the controller: the real reconciler and API with the aws provider on the EC2
+// emulator. A pod applied through the API gets an instance of the selected type with the cell
+// image and tags; the harness plays that instance's boot (user data from the emulator, the real
+// agent on loopback, reached through the test-only address map), the reconciler bootstraps it
+// with the controller CA, the pod runs under runc, and deleting the pod terminates the instance.
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DescribeInstancesCommand, EC2Client } from '@aws-sdk/client-ec2';
+import { credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
+import { ControllerClient, ApplyPodRequest, GetPodRequest, DeletePodRequest, type PodObject } from '@cello/proto/controller';
+import { PodPhase } from '@cello/proto/cell';
+import { pushBusybox, startMoto, startRegistry, waitFor, type MotoServer, type RegistryServer } from '@cello/testkit';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ControllerApi } from '../../../src/api/server.js';
+import { bootstrapFnFor } from '../../../src/bootstrap/index.js';
+import { AgentPool } from '../../../src/dispatch/agents.js';
+import { Reconciler } from '../../../src/dispatch/reconciler.js';
+import { AwsProvider, CELL_TAGS } from '../../../src/providers/aws/index.js';
+import { cellServerIdentityCheck, CertificateAuthority } from '../../../src/security/index.js';
+import { openStore, type Store } from '../../../src/store/index.js';
+import { BootHarness } from '../../bootstrap/boot-harness.js';
+import { makeWorld, type MotoWorld } from './moto-world.js';
+
+const CONTROLLER_ID = 'ctl-e2e';
+const logger = pino({ level: process.env['LOG_LEVEL'] ?? 'silent' });
+let moto: MotoServer;
+let world: MotoWorld;
+let registry: RegistryServer;
+let image: string;
+let store: Store;
+let storeDir: string;
+let provider: AwsProvider;
+let reconciler: Reconciler;
+let api: ControllerApi;
+let client: ControllerClient;
+let raw: EC2Client;
+let harness: BootHarness;
+const bootErrors: unknown[] = [];
+
+function unary<Req, Res>(fn: (r: Req, md: Metadata, o: object, cb: (e: ServiceError | null, r: Res) => void) => unknown, req: Req): Promise<Res> {
+  return new Promise((resolve, reject) => fn(req, new Metadata(), { deadline: Date.now() + 10_000 }, (e, r) => (e ? reject(e) : resolve(r))));
+}
+
+beforeAll(async () => {
+  moto = await startMoto();
+  world = await makeWorld(moto);
+  registry = await startRegistry();
+  image = await pushBusybox(registry);
+  storeDir = await mkdtemp(join(tmpdir(), 'cello-e2e-store-'));
+  store = await openStore({ kind: 'embedded', dir: storeDir });
+  const ca = await CertificateAuthority.loadOrCreate({ store, encryptionKey: randomBytes(32) });
+  const me = await ca.issueClientCertificate('controller');
+  harness = new BootHarness(['--insecure-registry', registry.host]);
+  provider = new AwsProvider({
+    config: world.config({ instanceTypes: ['t3.*'] }),
+    controllerId: CONTROLLER_ID,
+    clientConfig: { credentials: moto.credentials },
+    logger,
+    testAgentAddressMap: harness.addressOf,
+  });
+  const agents = new AgentPool({
+    forCell: (cellId) =>
+      credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(me.keyPem), Buffer.from(me.certPem), { checkServerIdentity: cellServerIdentityCheck(cellId) }),
+  });
+  reconciler = new Reconciler({
+    store,
+    provider,
+    controllerId: CONTROLLER_ID,
+    agents,
+    log: logger,
+    agentPort: 7443,
+    bootstrap: bootstrapFnFor(ca, { timeoutMs: 20_000, logger }),
+    caCertPem: async () => ca.certPem,
+    tickMs: 100,
+  });
+  await reconciler.start();
+  api = new ControllerApi({ store, agents, log: logger, controllerId: CONTROLLER_ID, providerName: provider.name, instanceTypes: await provider.instanceTypes() });
+  const port = await api.listen('127.0.0.1:0');
+  client = new ControllerClient(`127.0.0.1:${port}`, credentials.createInsecure());
+  raw = new EC2Client({ endpoint: moto.endpoint, region: moto.region, credentials: moto.credentials });
+  harness.autoBoot(provider, CONTROLLER_ID, (err) => bootErrors.push(err));
+});
+
+afterAll(async () => {
+  client?.close();
+  await api?.close();
+  await reconciler?.stop();
+  await harness?.close();
+  await provider?.close();
+  raw?.destroy();
+  await store?.close();
+  if (storeDir) await rm(storeDir, { recursive: true, force: true });
+  await registry?.stop();
+  await moto?.stop();
+});
+
+describe('the controller on EC2 (emulated)', () => {
+  it('apply -> an instance of the selected type runs the pod; delete -> the instance is terminated', async () => {
+    const manifest = JSON.stringify({
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'web', namespace: 'default' },
+      spec: {
+        restartPolicy: 'Never',
+        containers: [{ name: 'main', image, command: ['sh', '-c', 'echo hello from a cell; sleep 3600'], resources: { requests: { cpu: '100m', memory: '64Mi' } } }],
+      },
+    });
+    await unary(client.applyPod.bind(client), ApplyPodRequest.fromPartial({ manifest }));
+    const running = await waitFor(
+      'the pod to run on its EC2 cell',
+      async () => {
+        if (bootErrors.length) throw bootErrors[0] as Error;
+        const p = await unary<GetPodRequest, PodObject>(client.getPod.bind(client), GetPodRequest.fromPartial({ pod: { namespace: 'default', name: 'web' } }));
+        return p.status?.phase === PodPhase.POD_PHASE_RUNNING ? p : undefined;
+      },
+      { timeoutMs: 90_000, intervalMs: 250 },
+    );
+    expect(running.cellId).toMatch(/./);
+    expect(running.instanceType).toMatch(/^t3\./);
+
+    const owned = await provider.listOwned(CONTROLLER_ID);
+    const mine = owned.filter((o) => o.tags[CELL_TAGS.cellId] === running.cellId);
+    expect(mine).toHaveLength(1);
+    const r = await raw.send(new DescribeInstancesCommand({ InstanceIds: [mine[0]!.instanceId] }));
+    const inst = r.Reservations![0]!.Instances![0]!;
+    expect(inst.InstanceType).toBe(running.instanceType);
+    expect(inst.ImageId).toBe(world.imageId);
+    expect(inst.MetadataOptions?.HttpTokens).toBe('required');
+    const tags = Object.fromEntries((inst.Tags ?? []).map((t) => [t.Key, t.Value]));
+    expect(tags).toMatchObject({ [CELL_TAGS.controllerId]: CONTROLLER_ID, [CELL_TAGS.cellId]: running.cellId });
+
+    await unary(client.deletePod.bind(client), DeletePodRequest.fromPartial({ pod: { namespace: 'default', name: 'web' }, gracePeriodSeconds: 1 }));
+    await waitFor(
+      'the cell instance to be terminated',
+      async () => {
+        const d = await raw.send(new DescribeInstancesCommand({ InstanceIds: [inst.InstanceId!] }));
+        const st = d.Reservations![0]!.Instances![0]!.State?.Name;
+        return st === 'terminated' || st === 'shutting-down';
+      },
+      { timeoutMs: 60_000, intervalMs: 250 },
+    );
+    expect(bootErrors).toEqual([]);
+  });
+});
