@@ -65,7 +65,10 @@ export function ensureNpm() {
   const stamp = join(root, 'node_modules', '.cello-install-stamp');
   const want = lockHash();
   if (existsSync(stamp) && readFileSync(stamp, 'utf8') === want) return;
-  run('npm', [existsSync(join(root, 'package-lock.json')) ? 'ci' : 'install', '--no-audit', '--no-fund']);
+  // `npm install`, not `npm ci`: npm 11 leaves some other-platform optional packages (turbo's
+  // darwin/windows binaries) out of the lock file and then `npm ci` refuses it as out of sync.
+  // With the lock present, install resolves exactly what it records.
+  run('npm', ['install', '--no-audit', '--no-fund']);
   mkdirSync(join(root, 'node_modules'), { recursive: true });
   writeFileSync(stamp, want);
 }
