@@ -17,6 +17,13 @@ export interface PodRecord {
   deleting?: { requestedAt: string; graceSeconds?: number };
   /** Cells this pod lost (agent silent, cell failed); bounds replacement loops. */
   cellFailures?: number;
+  /**
+   * Restarts that happened on cells this pod lost, by container: a new cell's agent counts from
+   * zero, and the pod's restartCount must not go backwards.
+   */
+  restartBase?: Record<string, number>;
+  /** lastState of each container when its cell was lost. */
+  lastStates?: Record<string, unknown>;
   /** Why the pod has no cell yet, for its PodScheduled condition. */
   unschedulable?: { reason: string; message: string };
 }

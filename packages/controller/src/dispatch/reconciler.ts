@@ -20,6 +20,7 @@ import {
   type PodCondition,
   type WatchStatusEvent,
   ConditionStatus,
+  ContainerState,
   type Pod,
 } from '@cello/proto/cell';
 import { Cell, PodObject, type PodRef } from '@cello/proto/controller';
@@ -843,8 +844,12 @@ export class Reconciler {
         st.phase = PodPhase.POD_PHASE_PENDING;
         st.reason = '';
         st.message = `rescheduling after ${reason}`;
+        r.restartBase = r.restartBase ?? {};
+        r.lastStates = r.lastStates ?? {};
         for (const c of [...st.containerStatuses, ...st.initContainerStatuses]) {
           if (ran) c.restartCount += 1;
+          r.restartBase[c.name] = c.restartCount;
+          if (c.state) r.lastStates[c.name] = ContainerState.toJSON(c.state);
           c.ready = false;
           c.lastState = c.state;
           c.state = { state: { $case: 'waiting', value: { reason: 'ContainerCreating', message: `new cell after ${reason}` } } };
@@ -968,6 +973,11 @@ export class Reconciler {
         if (p.cellId !== id) return undefined;
         const prev = p.status;
         const st = PodStatus.fromPartial(s.status!);
+        for (const c of [...st.containerStatuses, ...st.initContainerStatuses]) {
+          c.restartCount += r.restartBase?.[c.name] ?? 0;
+          const last = r.lastStates?.[c.name];
+          if (!c.lastState?.state && last) c.lastState = ContainerState.fromJSON(last);
+        }
         // Keep the controller's own conditions (PodScheduled) alongside the agent's.
         for (const pc of prev?.conditions ?? []) if (!st.conditions.some((x) => x.type === pc.type)) st.conditions.push(pc);
         setCondition(st, 'PodScheduled', ConditionStatus.CONDITION_STATUS_TRUE);

@@ -1,0 +1,204 @@
+// A real single-machine Cello for end-to-end tests: a registry with the busybox fixture, the
+// `controller` daemon (dist) with the local provider (real cell-agent processes, real runc),
+// and `cellctl` (dist) run as a child process, exactly as a user would.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
+import { stringify } from 'yaml';
+import { ControllerClient, type Cell, type PodObject, type ClusterEvent } from '@cello/proto/controller';
+import { freePort, waitFor, startRegistry, pushBusybox, type RegistryServer } from '@cello/testkit';
+import { LocalProvider } from '../../src/providers/local/local.js';
+
+const pkgRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const CONTROLLER_BIN = join(pkgRoot, 'dist', 'bin', 'controller.js');
+export const CELLCTL_BIN = join(pkgRoot, 'dist', 'bin', 'cellctl.js');
+
+export interface Registry {
+  server: RegistryServer;
+  image: string;
+}
+
+export async function startFixtureRegistry(): Promise<Registry> {
+  const server = await startRegistry();
+  const image = await pushBusybox(server);
+  return { server, image };
+}
+
+export interface ClusterOptions {
+  registry: Registry;
+  warm?: number;
+  healthSeconds?: number;
+  store?: { kind: 'embedded' } | { kind: 'etcd'; endpoints: string[]; prefix?: string };
+  gcIntervalSeconds?: number;
+  retainFinishedSeconds?: number;
+  controllerId?: string;
+}
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export class Cluster {
+  readonly dir: string;
+  readonly cellsRoot: string;
+  readonly configPath: string;
+  apiPort = 0;
+  controller?: ChildProcess;
+  controllerLog = '';
+  readonly provider: LocalProvider;
+  readonly controllerId: string;
+  private client?: ControllerClient;
+
+  constructor(readonly o: ClusterOptions) {
+    this.dir = mkdtempSync(join(tmpdir(), 'cello-ctl-e2e-'));
+    this.cellsRoot = join(this.dir, 'cells');
+    this.configPath = join(this.dir, 'controller.yaml');
+    this.controllerId = o.controllerId ?? `e2e-${Math.random().toString(36).slice(2, 8)}`;
+    this.provider = new LocalProvider({ root: this.cellsRoot });
+  }
+
+  get server(): string {
+    return `127.0.0.1:${this.apiPort}`;
+  }
+
+  async writeConfig(): Promise<void> {
+    if (!this.apiPort) this.apiPort = await freePort();
+    const metricsPort = await freePort();
+    const cfg = {
+      controllerId: this.controllerId,
+      api: { listen: this.server },
+      metrics: { listen: `127.0.0.1:${metricsPort}` },
+      log: { level: 'debug' },
+      store: this.o.store?.kind === 'etcd' ? this.o.store : { kind: 'embedded', dir: join(this.dir, 'store') },
+      provider: { kind: 'local', root: this.cellsRoot, insecureRegistries: [this.o.registry.server.host] },
+      security: { mode: 'insecure-dev' },
+      warmPool: this.o.warm ? [{ instanceType: 'local.nano', size: this.o.warm }] : [],
+      timeouts: { healthSeconds: this.o.healthSeconds ?? 5, bootSeconds: 60, createSeconds: 30 },
+      gc: { intervalSeconds: this.o.gcIntervalSeconds ?? 30 },
+      pods: { retainFinishedSeconds: this.o.retainFinishedSeconds ?? 300 },
+    };
+    writeFileSync(this.configPath, stringify(cfg));
+  }
+
+  async start(): Promise<void> {
+    await this.writeConfig();
+    const child = spawn(process.execPath, [CONTROLLER_BIN, '-c', this.configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.controller = child;
+    child.stdout!.on('data', (b: Buffer) => (this.controllerLog += b.toString()));
+    child.stderr!.on('data', (b: Buffer) => (this.controllerLog += b.toString()));
+    this.client?.close();
+    this.client = new ControllerClient(this.server, credentials.createInsecure());
+    await waitFor('controller API', async () => {
+      if (child.exitCode !== null) throw new Error(`controller exited ${child.exitCode}: ${this.controllerLog.slice(-2000)}`);
+      return (await this.call<{ version: string }>('version', {}, 1000).catch(() => undefined))?.version;
+    }, { timeoutMs: 20_000, intervalMs: 100 });
+  }
+
+  /** kill -9: no shutdown code runs. */
+  async kill9(): Promise<void> {
+    const c = this.controller;
+    if (!c || c.exitCode !== null) return;
+    const exited = new Promise((r) => c.once('exit', r));
+    c.kill('SIGKILL');
+    await exited;
+  }
+
+  async stopController(): Promise<void> {
+    const c = this.controller;
+    if (!c || c.exitCode !== null) return;
+    const exited = new Promise((r) => c.once('exit', r));
+    c.kill('SIGTERM');
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 15_000))]);
+    if (c.exitCode === null) c.kill('SIGKILL');
+  }
+
+  call<T>(method: string, req: unknown, timeoutMs = 10_000): Promise<T> {
+    const client = this.client!;
+    return new Promise((res, rej) => {
+      const fn = (client as unknown as Record<string, (...a: unknown[]) => unknown>)[method]!;
+      fn.call(client, req, new Metadata(), { deadline: Date.now() + timeoutMs }, (err: ServiceError | null, r: T) => (err ? rej(err) : res(r)));
+    });
+  }
+
+  pod(name: string): Promise<PodObject> {
+    return this.call<PodObject>('getPod', { pod: { namespace: 'default', name } });
+  }
+
+  async cells(): Promise<Cell[]> {
+    return (await this.call<{ cells: Cell[] }>('listCells', {})).cells;
+  }
+
+  async events(name: string): Promise<ClusterEvent[]> {
+    return (await this.call<{ events: ClusterEvent[] }>('listEvents', { pod: { namespace: 'default', name }, limit: 0 })).events;
+  }
+
+  /** Waits until the pod satisfies `pred`; fails with the pod's state and the controller's log tail. */
+  async waitPod(name: string, what: string, pred: (p: PodObject) => boolean, timeoutMs = 60_000): Promise<PodObject> {
+    try {
+      return await waitFor(`pod ${name} ${what}`, async () => {
+        const p = await this.pod(name).catch(() => undefined);
+        return p && pred(p) ? p : undefined;
+      }, { timeoutMs, intervalMs: 100 });
+    } catch (err) {
+      const p = await this.pod(name).catch(() => undefined);
+      throw new Error(`${(err as Error).message}\npod: ${JSON.stringify(p?.status)}\nevents: ${JSON.stringify(await this.events(name).catch(() => []))}\nlog tail: ${this.controllerLog.split('\n').filter((l) => !l.includes('"level":20')).slice(-15).join('\n')}`);
+    }
+  }
+
+  cellctl(args: string[], o: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<RunResult> {
+    return new Promise((resolvePromise, reject) => {
+      const child = spawn(process.execPath, [CELLCTL_BIN, ...args], {
+        env: { ...process.env, CELLO_CONTROLLER: this.server, ...(o.env ?? {}) },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+      child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+      const timer = setTimeout(() => {
+        child.kill('SIGKILL');
+        reject(new Error(`cellctl ${args.join(' ')} timed out after ${o.timeoutMs ?? 30_000} ms; stdout=${stdout} stderr=${stderr}`));
+      }, o.timeoutMs ?? 30_000);
+      child.on('exit', (code) => {
+        clearTimeout(timer);
+        resolvePromise({ code: code ?? -1, stdout, stderr });
+      });
+    });
+  }
+
+  /** Starts a long-running cellctl (port-forward, logs -f); the caller kills it. */
+  spawnCellctl(args: string[]): ChildProcess {
+    return spawn(process.execPath, [CELLCTL_BIN, ...args], { env: { ...process.env, CELLO_CONTROLLER: this.server }, stdio: ['ignore', 'pipe', 'pipe'] });
+  }
+
+  manifest(name: string, body: string): string {
+    const p = join(this.dir, `${name}.yaml`);
+    writeFileSync(p, body.replaceAll('IMAGE', this.o.registry.image));
+    return p;
+  }
+
+  /** The agent process of a cell (from the local provider's instance file). */
+  agentPid(cellId: string): number {
+    const f = JSON.parse(readFileSync(join(this.cellsRoot, cellId, 'instance.json'), 'utf8')) as { pid: number };
+    return f.pid;
+  }
+
+  /** Cell dirs the local provider still holds. */
+  cellDirs(): string[] {
+    return existsSync(this.cellsRoot) ? readdirSync(this.cellsRoot) : [];
+  }
+
+  async stop(): Promise<void> {
+    await this.stopController();
+    this.client?.close();
+    // Whatever a failed test left: end every cell of this cluster.
+    const owned = await this.provider.listOwned(this.controllerId);
+    if (owned.length) await this.provider.terminate(owned.map((i) => i.instanceId));
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
