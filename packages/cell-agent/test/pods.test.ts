@@ -418,6 +418,39 @@ describe.concurrent('pods', () => {
     }
   });
 
+  it('pulls with the registry credentials from the request; shows auth and unreachable-registry failures', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { mkdtempSync, writeFileSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { startRegistry, buildFixtures, pushLayoutTag } = await import('@cello/testkit');
+    const dir = mkdtempSync(join(tmpdir(), 'cello-htpasswd-'));
+    const hash = execFileSync('python3', ['-c', "import crypt; print(crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH)))"], { encoding: 'utf8' }).trim();
+    writeFileSync(join(dir, 'htpasswd'), `puller:${hash}\n`);
+    const priv = await startRegistry({ htpasswd: join(dir, 'htpasswd') });
+    try {
+      const f = await buildFixtures('busybox');
+      const ref = await pushLayoutTag(priv, f.layout, 'busybox', 'private/busybox:1', { creds: 'puller:s3cret' });
+      const a = await startTestAgent(undefined, { insecureRegistries: [reg.registry.host, priv.host] });
+      agents.push(a);
+      const p = pod('private', {
+        containers: [
+          { name: 'private', image: ref, command: sh('sleep 3600') },
+          { name: 'unreachable', image: '127.0.0.1:1/nothing/here:1', command: sh('sleep 3600') },
+        ],
+      });
+      await apply(a.client, { pod: p, generation: 1 });
+      await a.watch.until('auth failure shown', (w) => ['ErrImagePull', 'ImagePullBackOff'].includes(w.waiting('private')?.reason ?? '') && ['ErrImagePull', 'ImagePullBackOff'].includes(w.waiting('unreachable')?.reason ?? ''));
+      expect(a.watch.waiting('private')!.message).toMatch(/credentials required/);
+      expect(a.watch.waiting('unreachable')!.message).toMatch(/127\.0\.0\.1:1/);
+      // The same pod with credentials: the retried pull succeeds, nothing else changes.
+      const r = await apply(a.client, { pod: p, generation: 2, registryCredentials: [{ registry: priv.host, username: 'puller', password: 's3cret', identityToken: '' }] });
+      expect(r.changedUnits).toEqual([]);
+      await a.watch.until('private running', (w) => w.running('private'), 20_000);
+    } finally {
+      await priv.stop();
+    }
+  });
+
   it('shows a missing image and a missing command in status', async () => {
     const a = await agent();
     await apply(a.client, {
