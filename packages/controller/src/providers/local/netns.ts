@@ -2,6 +2,7 @@
 // a veth pair whose host end sits on the `cello0` bridge, so every cell has its own address and
 // pods on different cells can listen on the same port without colliding.
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { promisify } from 'node:util';
 
@@ -50,7 +51,8 @@ function addressFor(slot: number): string {
 }
 
 export function netNames(cellId: string, slot: number): { netns: string; hostVeth: string; address: string } {
-  const short = cellId.replace(/^cell-/, '').slice(0, 8);
+  // Interface names are limited to 15 bytes: a hash of the cell ID keeps them short and unique.
+  const short = createHash('sha256').update(cellId).digest('hex').slice(0, 10);
   return { netns: `cello-${short}`, hostVeth: `cv${short}`, address: addressFor(slot) };
 }
 

@@ -1,0 +1,55 @@
+// The local provider: each cell a real `cell-agent serve` process with its own state dir,
+// port, agent identity and (as root) network namespace on the cello0 bridge.
+import { existsSync, mkdtempSync, rmSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { credentials } from '@grpc/grpc-js';
+import { CellAgentClient, GetInfoRequest, type AgentInfo } from '@cello/proto/cell';
+import { waitFor } from '@cello/testkit';
+import { LocalProvider } from '../../src/providers/local/local.js';
+import { callUnary } from '../../src/dispatch/agents.js';
+import { providerContract } from './contract.js';
+
+const dirs: string[] = [];
+function root(): string {
+  const d = mkdtempSync(join(tmpdir(), 'cello-local-provider-'));
+  dirs.push(d);
+  return d;
+}
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+providerContract('local', async () => ({ provider: new LocalProvider({ root: root() }), controllerId: 'contract-local', instanceType: 'local.nano' }));
+
+describe('local provider', () => {
+  it('runs a real agent per cell, in its own network namespace, and leaves nothing when terminated', async () => {
+    const r = root();
+    const p = new LocalProvider({ root: r });
+    const cellId = 'cell-localtest01';
+    const inst = await p.launch({
+      cellId,
+      instanceType: 'local.nano',
+      spot: false,
+      tags: { 'cello.io/controller-id': 'lt', 'cello.io/cell-id': cellId },
+      bootstrap: { caCertPem: '', token: 't', tokenExpiresAt: new Date().toISOString(), controllerId: 'lt', cellId, agentPort: 0 },
+    });
+    try {
+      const [info] = await p.describe([inst.instanceId]);
+      expect(info!.agentAddress).toMatch(/^127\.0\.0\.1:\d+$/);
+      const client = new CellAgentClient(info!.agentAddress!, credentials.createInsecure());
+      const agent = await waitFor('agent answers', () => callUnary<AgentInfo>(client, 'getInfo', GetInfoRequest.fromPartial({}), 1000).catch(() => undefined), { timeoutMs: 30_000, intervalMs: 100 });
+      expect(agent.cellId).toBe(cellId);
+      client.close();
+      const f = JSON.parse(readFileSync(join(r, cellId, 'instance.json'), 'utf8')) as { net?: { netns: string; address: string } };
+      expect(f.net?.address).toMatch(/^10\.88\./);
+      expect(existsSync(`/run/netns/${f.net!.netns}`)).toBe(true);
+      await p.terminate([inst.instanceId]);
+      expect(existsSync(join(r, cellId))).toBe(false);
+      expect(existsSync(`/run/netns/${f.net!.netns}`)).toBe(false);
+    } finally {
+      await p.terminate([inst.instanceId]);
+    }
+  }, 60_000);
+});
