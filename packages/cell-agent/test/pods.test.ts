@@ -451,6 +451,58 @@ describe.concurrent('pods', () => {
     }
   });
 
+  it('runs postStart before Running and preStop before the stop signal; mounts projected volumes', async () => {
+    const a = await agent();
+    const { mkdtempSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const outDir = mkdtempSync(join(tmpdir(), 'cello-hooks-'));
+    await apply(a.client, {
+      pod: pod('hooks', {
+        terminationGracePeriodSeconds: 5,
+        volumes: [
+          { name: 'out', source: { $case: 'hostPath', value: { path: outDir, type: 2 } } },
+          {
+            name: 'all',
+            source: {
+              $case: 'projected',
+              value: {
+                defaultMode: 0o440,
+                sources: [
+                  { source: { $case: 'secret', value: { secretName: 's', items: [{ key: 'k', path: 'secret/k' }] } } },
+                  { source: { $case: 'configMap', value: { name: 'c', items: [] } } },
+                  { source: { $case: 'downwardApi', value: { items: [{ path: 'ns', fieldRef: { fieldPath: 'metadata.namespace' } }] } } },
+                ],
+              },
+            },
+          },
+        ],
+        containers: [
+          {
+            name: 'hooked',
+            image: IMG,
+            command: sh("trap 'echo term >> /out/log; exit 0' TERM; while true; do sleep 0.1; done"),
+            lifecycle: {
+              postStart: { action: { $case: 'exec', value: { command: ['sh', '-c', 'echo poststart >> /out/log; cat /all/secret/k /all/c1 /all/ns >> /out/log; stat -c %a /all/c1 >> /out/log'] } } },
+              preStop: { action: { $case: 'exec', value: { command: ['sh', '-c', 'echo prestop >> /out/log'] } } },
+            },
+            volumeMounts: [
+              { name: 'out', mountPath: '/out' },
+              { name: 'all', mountPath: '/all' },
+            ],
+          },
+        ],
+      }),
+      secrets: { s: { data: { k: Buffer.from('sec\n') } } },
+      configMaps: { c: { data: { c1: 'conf\n' }, binaryData: {} } },
+    });
+    await a.watch.until('hooked running', (w) => w.running('hooked'));
+    const log = () => readFileSync(join(outDir, 'log'), 'utf8');
+    // Running is reported only once postStart has finished.
+    expect(log()).toBe('poststart\nsec\nconf\ndefault440\n');
+    await new Promise<void>((resolve, reject) => a.client.deletePod({}, (err) => (err ? reject(err) : resolve())));
+    expect(log()).toBe('poststart\nsec\nconf\ndefault440\nprestop\nterm\n');
+  });
+
   it('shows a missing image and a missing command in status', async () => {
     const a = await agent();
     await apply(a.client, {

@@ -15,7 +15,7 @@ import type { Runc } from '../runtime/runc.js';
 import type { FifoPool } from '../runtime/fifo-pool.js';
 import type { LogSink, RuncTarget, UnitStdio, UnitView } from '../units/unit-view.js';
 import { Backoff, type BackoffPolicy } from './backoff.js';
-import { Prober } from './probes.js';
+import { Prober, type ProbeTarget, runHandler } from './probes.js';
 import { checkTransition, type UnitState } from './unit-state.js';
 
 export interface UnitContext {
@@ -353,21 +353,33 @@ export class Unit implements UnitView {
     }
   }
 
+  private probeTarget(inst: Instance): ProbeTarget {
+    return { runcBinary: this.ctx.runc.binary, runcRoot: this.ctx.runc.root, containerId: inst.id, podIP: this.ctx.podIP(), container: this.spec };
+  }
+
   private onStarted(inst: Instance): void {
     if (this.state.kind !== 'starting' || this.instance !== inst) return;
+    const hook = this.spec.lifecycle?.postStart;
+    if (!hook) return this.markRunning(inst);
+    // As in the kubelet, the unit is not Running until its postStart hook returned; a failed
+    // hook kills the instance, which then restarts per policy.
+    void runHandler(hook, this.probeTarget(inst), this.graceMs).then((r) => {
+      if (this.instance !== inst || this.state.kind !== 'starting') return;
+      if (r.ok) return this.markRunning(inst);
+      this.ctx.event('Warning', 'FailedPostStartHook', `PostStartHook failed: ${r.message}`, this.name);
+      this.killReason = 'postStart';
+      void this.killInstance(inst, 0);
+    });
+  }
+
+  private markRunning(inst: Instance): void {
     this.setState({ kind: 'running', startedAt: inst.startedAt ?? new Date() });
     this.ctx.event('Normal', 'Started', `Started container ${this.name}`, this.name);
     this.startProbes(inst);
   }
 
   private startProbes(inst: Instance): void {
-    const target = {
-      runcBinary: this.ctx.runc.binary,
-      runcRoot: this.ctx.runc.root,
-      containerId: inst.id,
-      podIP: this.ctx.podIP(),
-      container: this.spec,
-    };
+    const target = this.probeTarget(inst);
     const s = this.spec;
     const startRest = () => {
       if (s.livenessProbe) {
@@ -443,9 +455,20 @@ export class Unit implements UnitView {
     const exited = once(inst, 'exited');
     const sig = this.image?.config.stopSignal || 'SIGTERM';
     this.killedByAgent.add(inst);
-    if (g > 0 && inst.pid !== undefined) await inst.kill(sig).catch(() => {});
+    let left = g;
+    const preStop = this.spec.lifecycle?.preStop;
+    if (preStop && g > 0 && inst.pid !== undefined) {
+      // preStop runs first, inside the grace period; the stop signal follows it (with at
+      // least 2 s left, as the kubelet grants).
+      const t0 = Date.now();
+      const r = await Promise.race([runHandler(preStop, this.probeTarget(inst), g), exited.then(() => ({ ok: true, message: '' }))]);
+      if (!r.ok) this.ctx.event('Warning', 'FailedPreStopHook', `PreStopHook failed: ${r.message}`, this.name);
+      left = Math.max(g - (Date.now() - t0), 2000);
+    }
+    if (inst.done) return;
+    if (left > 0 && inst.pid !== undefined) await inst.kill(sig).catch(() => {});
     const timer = new Promise<'timeout'>((r) => {
-      const t = setTimeout(() => r('timeout'), g);
+      const t = setTimeout(() => r('timeout'), left);
       void exited.then(() => clearTimeout(t));
     });
     if ((await Promise.race([exited.then(() => 'exited' as const), timer])) === 'timeout') {
