@@ -23,9 +23,9 @@ usage() {
 Usage: install.sh --bundle FILE [--sha256 HEX] [--metadata aws|gce|auto] [--skip-runc]
 
 Installs Cello's cell agent onto this machine or image build (as root), on Debian 11+,
-Ubuntu 20.04+ and Amazon Linux 2 / 2023 (amd64 or arm64):
+Ubuntu 20.04+ and Amazon Linux 2023 (amd64 or arm64):
 
-  - runc, from the distribution's packages (apt-get / dnf / yum)
+  - runc, from the distribution's packages (apt-get / dnf)
   - the agent bundle FILE (cell-agent-VERSION-linux-ARCH.tar.gz from `npm run package:agent`)
     into /opt/cello/agent/VERSION, after checking its SHA-256 against --sha256 or FILE.sha256
     and every file inside against the bundle's SHA256SUMS; /usr/local/bin/cell-agent links to it
@@ -82,15 +82,15 @@ done
 [ -f "$BUNDLE" ] || die "--bundle: no such file: $BUNDLE"
 case "$METADATA" in aws|gce|auto) ;; *) die "--metadata: expected aws, gce or auto, got '$METADATA'" ;; esac
 
-[ -r /etc/os-release ] || die "unsupported OS: /etc/os-release is missing (supported: Debian 11+, Ubuntu 20.04+, Amazon Linux 2 and 2023)"
+[ -r /etc/os-release ] || die "unsupported OS: /etc/os-release is missing (supported: Debian 11+, Ubuntu 20.04+, Amazon Linux 2023)"
 OS_ID=$(. /etc/os-release && printf '%s' "${ID:-}")
 OS_VERSION=$(. /etc/os-release && printf '%s' "${VERSION_ID:-}")
 OS_MAJOR=${OS_VERSION%%.*}
 case "$OS_ID" in
-  debian) [ -n "$OS_MAJOR" ] && [ "$OS_MAJOR" -ge 11 ] 2>/dev/null || die "unsupported OS: Debian ${OS_VERSION:-(no VERSION_ID: testing/sid)}; supported: Debian 11+, Ubuntu 20.04+, Amazon Linux 2 and 2023"; PKG=apt ;;
-  ubuntu) [ -n "$OS_MAJOR" ] && [ "$OS_MAJOR" -ge 20 ] 2>/dev/null || die "unsupported OS: Ubuntu $OS_VERSION; supported: Debian 11+, Ubuntu 20.04+, Amazon Linux 2 and 2023"; PKG=apt ;;
-  amzn) case "$OS_VERSION" in 2) PKG=yum ;; 2023) PKG=dnf ;; *) die "unsupported OS: Amazon Linux $OS_VERSION; supported: Debian 11+, Ubuntu 20.04+, Amazon Linux 2 and 2023" ;; esac ;;
-  *) die "unsupported OS: ID=${OS_ID:-?} VERSION_ID=${OS_VERSION:-?} in /etc/os-release; supported: Debian 11+, Ubuntu 20.04+, Amazon Linux 2 and 2023" ;;
+  debian) [ -n "$OS_MAJOR" ] && [ "$OS_MAJOR" -ge 11 ] 2>/dev/null || die "unsupported OS: Debian ${OS_VERSION:-(no VERSION_ID: testing/sid)}; supported: Debian 11+, Ubuntu 20.04+, Amazon Linux 2023"; PKG=apt ;;
+  ubuntu) [ -n "$OS_MAJOR" ] && [ "$OS_MAJOR" -ge 20 ] 2>/dev/null || die "unsupported OS: Ubuntu $OS_VERSION; supported: Debian 11+, Ubuntu 20.04+, Amazon Linux 2023"; PKG=apt ;;
+  amzn) case "$OS_VERSION" in 2023) PKG=dnf ;; 2) die "unsupported OS: Amazon Linux 2 has glibc 2.26, older than the 2.28 the bundled Node 20 needs; use Amazon Linux 2023" ;; *) die "unsupported OS: Amazon Linux $OS_VERSION; supported: Debian 11+, Ubuntu 20.04+, Amazon Linux 2023" ;; esac ;;
+  *) die "unsupported OS: ID=${OS_ID:-?} VERSION_ID=${OS_VERSION:-?} in /etc/os-release; supported: Debian 11+, Ubuntu 20.04+, Amazon Linux 2023" ;;
 esac
 
 case "$(uname -m)" in
@@ -146,12 +146,6 @@ install_packages() {
       done
       apt-get install -y -q --no-install-recommends "$@" ;;
     dnf) dnf install -y -q "$@" ;;
-    yum)
-      if ! yum install -y -q "$@"; then
-        # Amazon Linux 2 ships runc in the docker extras topic.
-        command -v amazon-linux-extras >/dev/null 2>&1 && amazon-linux-extras enable docker >/dev/null
-        yum install -y -q "$@"
-      fi ;;
   esac
 }
 
