@@ -503,6 +503,15 @@ describe.concurrent('pods', () => {
     expect(log()).toBe('poststart\nsec\nconf\ndefault440\nprestop\nterm\n');
   });
 
+  it('fails the pod with DeadlineExceeded after activeDeadlineSeconds', async () => {
+    const a = await agent();
+    await apply(a.client, { pod: pod('deadline', { activeDeadlineSeconds: 2, terminationGracePeriodSeconds: 1, containers: [{ name: 'forever', image: IMG, command: sh('sleep 3600') }] }) });
+    await a.watch.until('forever running', (w) => w.running('forever'));
+    await a.watch.until('deadline exceeded', (w) => w.last?.status?.reason === 'DeadlineExceeded' && w.terminated('forever') !== undefined, 20_000);
+    expect(a.watch.last!.status!.phase).toBe(PodPhase.POD_PHASE_FAILED);
+    expect(a.watch.terminated('forever')!.exitCode).toBe(137);
+  });
+
   it('shows a missing image and a missing command in status', async () => {
     const a = await agent();
     await apply(a.client, {

@@ -95,6 +95,8 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   private initRun = 0;
   private readonly unitCtx: UnitContext;
   private stopping = new Set<Promise<void>>();
+  private deadlineTimer: NodeJS.Timeout | undefined;
+  private deadlineExceeded = false;
 
   constructor(private readonly o: PodManagerOptions) {
     super();
@@ -231,10 +233,28 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.units = diff(oldMain, spec.containers, false);
     // Pull every image at once, while init units run.
     for (const c of [...spec.initContainers, ...spec.containers]) void this.pull(c).catch(() => {});
+    this.scheduleDeadline();
     void this.runPod();
     this.changed();
     this.o.logger.info({ generation: req.generation, changed }, 'pod applied');
     return { generation: req.generation, changedUnits: changed };
+  }
+
+  /** activeDeadlineSeconds, counted from the pod's start as the kubelet does. */
+  private scheduleDeadline(): void {
+    if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
+    this.deadlineTimer = undefined;
+    const secs = this.req?.pod?.spec?.activeDeadlineSeconds;
+    if (secs === undefined || !this.startTime || this.deadlineExceeded) return;
+    const left = this.startTime.getTime() + secs * 1000 - Date.now();
+    this.deadlineTimer = setTimeout(() => {
+      this.deadlineExceeded = true;
+      this.event('Normal', 'DeadlineExceeded', 'Pod was active on the node longer than the specified deadline');
+      this.initRun++;
+      for (const u of [...this.initUnits, ...this.units]) this.track(u.stop(this.graceMs()));
+      this.changed();
+    }, Math.max(0, left));
+    this.deadlineTimer.unref();
   }
 
   private track(p: Promise<void>): void {
@@ -513,7 +533,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const spec = req.pod!.spec!;
     const init = this.initUnits.map((u) => u.status());
     const main = this.units.map((u) => u.status());
-    const phase = podPhase(spec, init, main);
+    let phase = podPhase(spec, init, main);
     const initialized = this.initUnits.every((u) => u.succeeded);
     const allReady = main.length > 0 && main.every((s) => s.ready);
     const notReady = main.filter((s) => !s.ready).map((s) => s.name);
@@ -524,6 +544,13 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       this.conditions.set('Ready', allReady, allReady ? '' : 'ContainersNotReady', allReady ? '' : `containers with unready status: [${notReady.join(' ')}]`),
       this.conditions.set('PodScheduled', true),
     ];
+    let reason = '';
+    let message = '';
+    if (this.deadlineExceeded) {
+      phase = PodPhase.POD_PHASE_FAILED;
+      reason = 'DeadlineExceeded';
+      message = 'Pod was active on the node longer than the specified deadline';
+    }
     if (phase === PodPhase.POD_PHASE_SUCCEEDED || phase === PodPhase.POD_PHASE_FAILED) {
       conds[2] = this.conditions.set('ContainersReady', false, 'PodCompleted');
       conds[3] = this.conditions.set('Ready', false, 'PodCompleted');
@@ -531,8 +558,8 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const status: PodStatus = {
       phase,
       conditions: conds,
-      message: '',
-      reason: '',
+      message,
+      reason,
       podIp: this.o.podIP,
       podIps: [this.o.podIP],
       hostIp: this.o.hostIP,
@@ -552,6 +579,9 @@ export class PodManager extends EventEmitter implements UnitDirectory {
 
   private async teardown(graceMs: number): Promise<void> {
     this.initRun++;
+    if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
+    this.deadlineTimer = undefined;
+    this.deadlineExceeded = false;
     const all = [...this.initUnits, ...this.units];
     await Promise.all([...all.map((u) => u.stop(graceMs)), ...this.stopping]);
     for (const u of all) await this.o.cgroups.remove(u.cgroup).catch(() => {});
@@ -598,6 +628,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       u.start({ record: rec, image });
     }
     this.o.logger.info({ units: existsSync(this.dirs.units) ? readdirSync(this.dirs.units) : [] }, 'restored pod from state dir');
+    this.scheduleDeadline();
     void this.runPod();
     this.changed();
     return true;
@@ -606,6 +637,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   /** Agent shutdown: the units keep running for the next agent to adopt. */
   shutdown(): void {
     this.initRun++;
+    if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
     for (const u of [...this.initUnits, ...this.units]) u.detach();
   }
 }
