@@ -73,8 +73,9 @@ export async function decompress(src: Readable, declared: Compression): Promise<
       child.on('close', (code) => resolve(code));
     });
     exited.catch(() => undefined);
+    // Abandoned early (the unpack failed): stop zstd. A normal end lets it exit by itself.
     child.stdout.on('close', () => {
-      if (child.exitCode === null) child.kill('SIGKILL');
+      if (!child.stdout.readableEnded && child.exitCode === null) child.kill('SIGKILL');
     });
     return {
       stream: child.stdout,

@@ -57,6 +57,17 @@ function isAbort(err: unknown): boolean {
   return err instanceof Error && (err.name === 'AbortError' || (err as { code?: string }).code === 'ABORT_ERR');
 }
 
+const PERMANENT = /^(CERT_|ERR_TLS_|DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_|HOSTNAME_MISMATCH|ENOTFOUND)/;
+
+/** Errors no retry can fix: certificate problems, unknown hosts. */
+function isPermanent(err: unknown): boolean {
+  for (let e: unknown = err, i = 0; e instanceof Error && i < 4; e = e.cause, i++) {
+    const code = (e as { code?: string }).code;
+    if (code && PERMANENT.test(code)) return true;
+  }
+  return false;
+}
+
 function describe(err: unknown): string {
   if (!(err instanceof Error)) return String(err);
   const code = (err as { code?: string }).code;
@@ -146,6 +157,7 @@ export class RegistryClient {
       } catch (err) {
         if (err instanceof PullError) throw err;
         if (isAbort(err) || this.o.signal?.aborted) throw new PullError('network', `${this.o.registry}: aborted`, { cause: err });
+        if (isPermanent(err)) throw new PullError('network', `${this.o.registry}: ${describe(err)}`, { cause: err });
         lastErr = err;
         this.o.logger?.debug({ registry: this.o.registry, path, attempt, err: describe(err) }, 'request failed, retrying');
         continue;

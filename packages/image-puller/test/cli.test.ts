@@ -127,7 +127,7 @@ describe('image-puller CLI', () => {
     await p.unpackRootfs(img, flat);
     expect(existsSync(join(flat, 'usr/bin/dpkg'))).toBe(true);
     rmSync(flat, { recursive: true, force: true });
-  });
+  }, 300_000);
 
   it('two processes pulling into one cache at once both succeed and share the layers', async () => {
     const cache = join(work, 'multi');
@@ -145,7 +145,7 @@ describe('image-puller CLI', () => {
     expect(ja.layerDirs).toEqual(jb.layerDirs);
     expect(ja.fetchedLayers + jb.fetchedLayers).toBe(5); // each blob downloaded once in all
     expect(readdirSync(join(cache, 'layers'))).toHaveLength(5);
-  });
+  }, 300_000);
 });
 
 describe('image-puller CLI credentials', () => {
@@ -179,5 +179,13 @@ describe('image-puller CLI credentials', () => {
     const r = await cli(['pull', ref, '--plain-http', '--cache', join(work, 'c7'), '--layers', join(work, 'auth-l')], '', { ...process.env, DOCKER_CONFIG: dockerDir });
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
+    // credHelpers: docker-credential-NAME get, the server on stdin, JSON on stdout.
+    const bin = join(work, 'bin');
+    mkdirSync(bin);
+    writeFileSync(join(bin, 'docker-credential-cellotest'), `#!/bin/sh\nread server\n[ "$1" = get ] && [ "$server" = "${authReg.host}" ] && echo '{"ServerURL":"'$server'","Username":"bob","Secret":"pw-from-stdin"}'\n`, { mode: 0o755 });
+    writeFileSync(join(dockerDir, 'config.json'), JSON.stringify({ credHelpers: { [authReg.host]: 'cellotest' } }));
+    const h = await cli(['pull', ref, '--plain-http', '--cache', join(work, 'c8'), '--layers', join(work, 'auth-h')], '', { ...process.env, DOCKER_CONFIG: dockerDir, PATH: `${bin}:${process.env.PATH}` });
+    expect(h.stderr).toBe('');
+    expect(h.status).toBe(0);
   });
 });

@@ -90,6 +90,28 @@ describe('faults through a proxy', () => {
   });
 });
 
+describe('TLS', () => {
+  it('--insecure skips verification of a self-signed registry certificate; without it the pull fails', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const cert = join(work, 'reg.crt');
+    const key = join(work, 'reg.key');
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    const tlsReg = await startRegistry({ tls: { certificate: cert, key } });
+    try {
+      const { pushLayoutTag, buildFixtures } = await import('@cello/testkit');
+      const f = await buildFixtures('busybox');
+      const ref = await pushLayoutTag(tlsReg, f.layout, 'busybox', 'bb:tls');
+      const ok = await new ImagePuller({ root: join(work, 'cache-tls'), insecure: [tlsReg.host] }).pull(ref);
+      expect(ok.layerDirs).toHaveLength(1);
+      const err = await new ImagePuller({ root: join(work, 'cache-tls2'), transport: fast }).pull(ref).catch((e: unknown) => e);
+      expect((err as PullError).kind).toBe('network');
+      expect((err as PullError).message).toMatch(/certificate/i);
+    } finally {
+      await tlsReg.stop();
+    }
+  });
+});
+
 describe('token auth (distribution auth: token, issuer written for the test)', () => {
   let issuer: TokenIssuer;
   let registry: RegistryServer;

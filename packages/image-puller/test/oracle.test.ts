@@ -58,7 +58,7 @@ describe('flattened rootfs equals umoci unpack', () => {
       expect(execFileSync('getfattr', ['--only-values', '-n', 'user.cello', join(dir, 'opt/app/xattr-file')]).toString()).toBe('fixture');
     }
     rmSync(dir, { recursive: true, force: true });
-  });
+  }, 300_000);
 });
 
 describe('overlay layers', () => {
@@ -100,5 +100,5 @@ describe('overlay layers', () => {
     expect(stats.fetchedLayers).toBe(1);
     expect(stats.unpackedLayers).toBe(1);
     await puller.close();
-  });
+  }, 300_000);
 });

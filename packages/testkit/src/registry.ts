@@ -1,13 +1,14 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from './net.js';
 import { waitFor } from './wait.js';
 
 export interface RegistryServer {
-  /** `127.0.0.1:PORT`, the registry part of image references (spoken to over plain HTTP). */
+  /** `127.0.0.1:PORT`, the registry part of image references (plain HTTP unless started with `tls`). */
   host: string;
   port: number;
   url: string;
@@ -28,6 +29,8 @@ export interface StartRegistryOptions {
   tokenAuth?: RegistryTokenAuth;
   /** htpasswd file (bcrypt) for HTTP Basic auth. */
   htpasswd?: string;
+  /** Serve HTTPS with this PEM certificate and key (then `url` is https://). */
+  tls?: { certificate: string; key: string };
 }
 
 /** Fails with the exact install line when a command the tests need is missing; never skips. */
@@ -38,9 +41,9 @@ export function requireCommand(cmd: string, debianPackage: string): void {
   }
 }
 
-function probe(port: number): Promise<number> {
+function probe(port: number, tls: boolean): Promise<number> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path: '/v2/', method: 'GET', timeout: 1000 }, (res) => {
+    const req = (tls ? httpsRequest : request)({ host: '127.0.0.1', port, path: '/v2/', method: 'GET', timeout: 1000, rejectUnauthorized: false }, (res) => {
       res.resume();
       resolve(res.statusCode ?? 0);
     });
@@ -71,7 +74,7 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
     'version: 0.1',
     'log: {level: error, accesslog: {disabled: true}}',
     `storage: {filesystem: {rootdirectory: ${JSON.stringify(dataDir)}}, delete: {enabled: true}}`,
-    `http: {addr: "127.0.0.1:${port}"}`,
+    `http: {addr: "127.0.0.1:${port}"${opts.tls ? `, tls: {certificate: ${JSON.stringify(opts.tls.certificate)}, key: ${JSON.stringify(opts.tls.key)}}` : ''}}`,
     auth,
   ].join('\n'));
   const child: ChildProcess = spawn('docker-registry', ['serve', config], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -94,7 +97,7 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
   try {
     await waitFor(`docker-registry on 127.0.0.1:${port}`, async () => {
       if (exited) throw new Error(`docker-registry exited: ${stderr.trim()}`);
-      const s = await probe(port);
+      const s = await probe(port, opts.tls !== undefined);
       return s === 200 || s === 401;
     }, { timeoutMs: 15_000 });
   } catch (err) {
@@ -102,5 +105,5 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
     throw err;
   }
   const host = `127.0.0.1:${port}`;
-  return { host, port, url: `http://${host}`, dataDir, stop };
+  return { host, port, url: `${opts.tls ? 'https' : 'http'}://${host}`, dataDir, stop };
 }
