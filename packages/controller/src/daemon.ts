@@ -5,8 +5,13 @@ import { createServer, type Server as HttpServer } from 'node:http';
 import { hostname } from 'node:os';
 import { openStore, StoreClosedError, type Store, type StoreConfig } from './store/index.js';
 import type { CellProvider } from './providers/provider.js';
-import { LocalProvider } from './providers/local/local.js';
-import { AgentPool, insecureAgentCredentials, type AgentAccess, type AgentCredentials } from './dispatch/agents.js';
+import { LocalProvider, type LocalProviderOptions } from './providers/local/local.js';
+import { awsProviderFromConfig } from './providers/aws/index.js';
+import { CertificateAuthority, RotatingCertificate, type IssuedCertificate } from './security/index.js';
+import { bootstrapFnFor } from './bootstrap/index.js';
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { AgentPool, insecureAgentCredentials, mtlsAgentCredentials, type AgentAccess, type AgentCredentials } from './dispatch/agents.js';
 import { Reconciler, type BootstrapFn } from './dispatch/reconciler.js';
 import { ControllerApi } from './api/server.js';
 import { Metrics } from './obs/metrics.js';
@@ -42,10 +47,14 @@ export interface StartOptions {
   onFatal?: (err: Error) => void;
 }
 
-export function providerFromConfig(config: Config): CellProvider {
+export function providerFromConfig(config: Config, extra: { issueCertificate?: LocalProviderOptions['issueCertificate']; log?: Logger } = {}): CellProvider {
   const p = config.provider;
+  if (p.kind === 'aws') {
+    return awsProviderFromConfig(p as Record<string, unknown>, { controllerId: config.controllerId, ...(extra.log ? { logger: extra.log.child({ component: 'aws' }) } : {}) });
+  }
   if (p.kind === 'local') {
     return new LocalProvider({
+      ...(extra.issueCertificate ? { issueCertificate: extra.issueCertificate } : {}),
       root: p.root,
       ...(p.agentCommand ? { agentCommand: p.agentCommand } : {}),
       agentArgs: p.agentArgs,
@@ -54,7 +63,21 @@ export function providerFromConfig(config: Config): CellProvider {
       ...(p.maxCells !== undefined ? { maxCells: p.maxCells } : {}),
     });
   }
-  throw new Error(`provider.kind: "${p.kind}" is not available in this build`);
+  throw new Error(`provider.kind: "${(p as { kind: string }).kind}" is not available in this build`);
+}
+
+function encryptionKey(config: Config): string {
+  const s = config.security;
+  if (s.encryptionKeyFile) {
+    try {
+      return readFileSync(s.encryptionKeyFile, 'utf8').trim();
+    } catch (err) {
+      throw new Error(`security.encryptionKeyFile: ${(err as Error).message}`);
+    }
+  }
+  const v = s.encryptionKeyEnv ? process.env[s.encryptionKeyEnv] : undefined;
+  if (!v) throw new Error(`security.encryptionKeyEnv: environment variable ${s.encryptionKeyEnv} is not set`);
+  return v.trim();
 }
 
 function storeConfig(config: Config, log: Logger): StoreConfig {
@@ -73,13 +96,31 @@ function storeConfig(config: Config, log: Logger): StoreConfig {
 
 export async function startController(config: Config, o: StartOptions): Promise<ControllerHandle> {
   const log = o.log;
-  if (config.security.mode === 'mtls' && !o.agentCredentials && !o.agents) {
-    throw new Error('security.mode: mtls needs the controller CA, which is not wired into this build yet; use insecure-dev for local development');
-  }
   const store = o.store ?? (await openStore(storeConfig(config, log)));
-  const provider = o.provider ?? providerFromConfig(config);
+  // mTLS: the CA lives in the store (key sealed with the configured key); the controller holds
+  // a client certificate renewed before expiry; local cells get certificates issued directly
+  // (key written 0600 into the cell dir), remote cells are bootstrapped with their token.
+  let agentCredentials = o.agentCredentials;
+  let bootstrap = o.bootstrap;
+  let issueCertificate: LocalProviderOptions['issueCertificate'];
+  let caCertPem: (() => Promise<string>) | undefined;
+  let rotating: RotatingCertificate<IssuedCertificate> | undefined;
+  if (config.security.mode === 'mtls' && !o.agents) {
+    const ca = await CertificateAuthority.loadOrCreate({ store, encryptionKey: encryptionKey(config) });
+    rotating = await RotatingCertificate.start(ca, () => ca.issueClientCertificate('controller'));
+    const me = rotating;
+    agentCredentials ??= mtlsAgentCredentials(() => ({ caPem: ca.certPem, certPem: me.current().certPem, keyPem: me.current().keyPem }));
+    bootstrap ??= bootstrapFnFor(ca, { logger: log.child({ component: 'bootstrap' }) });
+    issueCertificate = async (cellId, sans) => {
+      const ips = sans.filter((x) => isIP(x));
+      const c = await ca.issueCellCertificate({ cellId, ips, dnsNames: sans.filter((x) => !isIP(x) && x !== cellId) });
+      return { certPem: c.certPem, keyPem: c.keyPem, caPem: ca.certPem };
+    };
+    caCertPem = async () => ca.certPem;
+  }
+  const provider = o.provider ?? providerFromConfig(config, { ...(issueCertificate ? { issueCertificate } : {}), log });
   const metrics = new Metrics({ defaults: true });
-  const agents: AgentAccess = o.agents ?? new AgentPool(o.agentCredentials ?? insecureAgentCredentials);
+  const agents: AgentAccess = o.agents ?? new AgentPool(agentCredentials ?? insecureAgentCredentials);
   const types = await provider.instanceTypes();
   const api = new ControllerApi({ store, agents, log: log.child({ component: 'api' }), controllerId: config.controllerId, providerName: provider.name, instanceTypes: types });
   const apiPort = await api.listen(config.api.listen);
@@ -125,7 +166,8 @@ export async function startController(config: Config, o: StartOptions): Promise<
         maxCellFailures: config.pods.maxCellFailures,
         gcIntervalSeconds: config.gc.intervalSeconds,
         ...(o.tickMs ? { tickMs: o.tickMs } : {}),
-        ...(o.bootstrap ? { bootstrap: o.bootstrap } : {}),
+        ...(bootstrap ? { bootstrap } : {}),
+        ...(caCertPem ? { caCertPem } : {}),
       });
       reconciler = r;
       try {
@@ -175,6 +217,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
       await new Promise<void>((r) => metricsServer.close(() => r()));
       metricsServer.closeAllConnections();
       agents.closeAll();
+      rotating?.stop();
       await provider.close();
       if (!o.store) await store.close();
     },

@@ -2,6 +2,8 @@
 // (real cell-agent processes, runc, a registry with the busybox fixture).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'node:http';
+import { readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { PodPhase } from '@cello/proto/cell';
 import { CellState } from '@cello/proto/controller';
 import { waitFor } from '@cello/testkit';
@@ -81,6 +83,14 @@ describe('cellctl end to end (local provider)', () => {
 
     // The pool gets back to one Ready cell without a pod.
     await waitFor('warm pool refill', async () => (await cl.cells()).some((c) => c.state === CellState.CELL_STATE_READY && !c.pod?.name && c.id !== warm.id), { timeoutMs: 60_000, intervalMs: 200 });
+
+    // mTLS: the cell has its own certificate; its key is a 0600 file, never on a command line.
+    const keyPath = join(cl.cellsRoot, warm.id, 'tls', 'cell.key');
+    expect(statSync(keyPath).mode & 0o777).toBe(0o600);
+    const cmdline = readFileSync(`/proc/${cl.agentPid(warm.id)}/cmdline`, 'utf8');
+    expect(cmdline).toContain('--tls-cert');
+    expect(cmdline).not.toContain('--insecure-dev');
+    expect(cmdline).not.toContain('PRIVATE KEY');
 
     const get = await cl.cellctl(['get', 'pods', '-o', 'wide']);
     expect(get.stdout).toMatch(/^NAME\s+READY\s+STATUS\s+RESTARTS\s+AGE\s+IP\s+CELL\s+INSTANCE-TYPE\n/);

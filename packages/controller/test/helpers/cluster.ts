@@ -2,6 +2,7 @@
 // `controller` daemon (dist) with the local provider (real cell-agent processes, real runc),
 // and `cellctl` (dist) run as a child process, exactly as a user would.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -35,6 +36,8 @@ export interface ClusterOptions {
   gcIntervalSeconds?: number;
   retainFinishedSeconds?: number;
   controllerId?: string;
+  /** mTLS to the agents with the controller's CA (default); false: --insecure-dev agents. */
+  mtls?: boolean;
 }
 
 export interface RunResult {
@@ -76,13 +79,19 @@ export class Cluster {
       log: { level: 'debug' },
       store: this.o.store?.kind === 'etcd' ? this.o.store : { kind: 'embedded', dir: join(this.dir, 'store') },
       provider: { kind: 'local', root: this.cellsRoot, insecureRegistries: [this.o.registry.server.host] },
-      security: { mode: 'insecure-dev' },
+      security: this.o.mtls === false ? { mode: 'insecure-dev' } : { mode: 'mtls', encryptionKeyFile: this.keyFile() },
       warmPool: this.o.warm ? [{ instanceType: 'local.nano', size: this.o.warm }] : [],
       timeouts: { healthSeconds: this.o.healthSeconds ?? 5, bootSeconds: 60, createSeconds: 30 },
       gc: { intervalSeconds: this.o.gcIntervalSeconds ?? 30 },
       pods: { retainFinishedSeconds: this.o.retainFinishedSeconds ?? 300 },
     };
     writeFileSync(this.configPath, stringify(cfg));
+  }
+
+  private keyFile(): string {
+    const p = join(this.dir, 'ca-key');
+    if (!existsSync(p)) writeFileSync(p, randomBytes(32).toString('base64'), { mode: 0o600 });
+    return p;
   }
 
   async start(): Promise<void> {
