@@ -32,6 +32,11 @@ export const SYSTEM_PACKAGES = [
   ['tar', 'tar'],
   ['openssl', 'openssl'],
   ['pip3', 'python3-pip'],
+  // Cell images (packages/images-test): the installer's lint, the disk image and the boot test.
+  ['shellcheck', 'shellcheck'],
+  ['mkfs.ext4', 'e2fsprogs'],
+  ['unshare', 'util-linux'],
+  ['qemu-system-x86_64', 'qemu-system-x86'],
 ];
 
 const PIP_PACKAGES = [['moto_server', "moto[server]"]];

@@ -29,7 +29,6 @@ if [ "$BOOTABLE" = 1 ]; then
   chroot "$DEST" update-initramfs -u -k all
   printf 'LABEL=cello-root / ext4 defaults 0 1\n' >"$DEST/etc/fstab"
   printf 'auto lo\niface lo inet loopback\nauto eth0\niface eth0 inet dhcp\n' >"$DEST/etc/network/interfaces"
-  # Root login on the serial console for debugging a failed boot by hand.
+  # Root login without a password on the serial console, to debug a failed boot by hand.
   chroot "$DEST" passwd -d root
-  mkdir -p "$DEST/etc/systemd/system/serial-getty@ttyS0.service.d"
 fi

@@ -4,11 +4,12 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { requireCommand } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBundles, type Bundles } from './helpers/bundle.js';
 import { Chroot } from './helpers/chroot.js';
 import { startMetadataDouble } from './helpers/imds.js';
-import { installSh } from './helpers/paths.js';
+import { imagesDir, installSh } from './helpers/paths.js';
 import { ensureRootfs } from './helpers/rootfs.js';
 import { execStart } from './helpers/units.js';
 
@@ -58,6 +59,13 @@ describe('install.sh', () => {
     const r = spawnSync('sh', [installSh, '--help'], { encoding: 'utf8' });
     expect(r.status).toBe(0);
     for (const s of ['--bundle FILE', '--sha256 HEX', '--metadata', 'Debian 11+', 'Amazon Linux', 'Examples:']) expect(r.stdout).toContain(s);
+  });
+
+  it('passes shellcheck (POSIX sh, as it runs before anything is installed)', () => {
+    requireCommand('shellcheck', 'shellcheck');
+    const r = spawnSync('shellcheck', ['--shell=sh', installSh, join(imagesDir, 'test', 'rootfs.sh')], { encoding: 'utf8' });
+    expect(r.stdout).toBe('');
+    expect(r.status).toBe(0);
   });
 
   it('refuses an unsupported OS clearly, changing nothing', () => {

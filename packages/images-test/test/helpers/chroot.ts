@@ -98,6 +98,23 @@ export class Chroot {
     return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
   }
 
+  /**
+   * Runs a host shell script with the machine's file system (overlay plus /var/lib/cello, and
+   * nothing else mounted) at $ROOT, e.g. to turn it into a disk image.
+   */
+  withRoot(script: string, timeoutMs = 300_000): string {
+    const wrapper = `set -e
+mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4"
+mkdir -p "$4/var/lib/cello"
+mount --bind "$5" "$4/var/lib/cello"
+ROOT=$4
+${script}`;
+    const r = spawnSync('unshare', ['--mount', '--propagation', 'private', '--', 'sh', '-c', wrapper, 'root', this.lower, this.upper, this.work, this.merged, this.state], { encoding: 'utf8', timeout: timeoutMs });
+    if (r.error) throw r.error;
+    if (r.status !== 0) throw new Error(`withRoot: exit ${r.status}\n${r.stderr}`);
+    return r.stdout;
+  }
+
   /** Copies a host file into the machine (written into the upper layer, before mounting). */
   put(hostFile: string, path: string): void {
     const dest = join(this.upper, path);
