@@ -4,7 +4,8 @@
 // (`cell-agent serve --bootstrap-user-data`) on a loopback port. The controller reaches that
 // agent through a test-only address map (instance ID -> 127.0.0.1:port); the invented
 // addresses moto reports for the instance are never contacted.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -109,6 +110,7 @@ export class BootHarness {
       kill: async () => {
         if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
         await exited;
+        endInstance(dir, ud.cellId);
       },
     };
     this.played.push(p);
@@ -123,5 +125,67 @@ export class BootHarness {
     for (const p of this.played) await p.kill();
     for (const i of this.imdses) await i.stop();
     for (const d of this.dirs) await rm(d, { recursive: true, force: true });
+  }
+}
+
+/**
+ * What the end of a real instance does for free: its containers and mounts go. The agent's
+ * units outlive the agent by design (they are re-adopted on restart), so the harness stops
+ * them under the agent's runc root and unmounts what is left under the instance's directory.
+ */
+function endInstance(dir: string, cellId: string): void {
+  const root = join(dir, 'state', 'runc');
+  if (existsSync(root)) {
+    let ids: string[] = [];
+    try {
+      ids = execFileSync('runc', ['--root', root, 'list', '-q'], { encoding: 'utf8', timeout: 10_000 }).split('\n').filter(Boolean);
+    } catch {
+      ids = [];
+    }
+    for (const id of ids) {
+      try {
+        execFileSync('runc', ['--root', root, 'delete', '-f', id], { stdio: 'ignore', timeout: 10_000 });
+      } catch {
+        // already gone
+      }
+    }
+  }
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4])
+    .filter((m): m is string => !!m && m.startsWith(dir))
+    .sort((a, b) => b.length - a.length);
+  for (const m of mounts) {
+    try {
+      execFileSync('umount', ['-l', m], { stdio: 'ignore', timeout: 10_000 });
+    } catch {
+      // not mounted any more
+    }
+  }
+  removeCgroups(cellId);
+}
+
+/** Removes the cell's (empty) cgroups under /cello-test/<cellId> in every hierarchy. */
+function removeCgroups(cellId: string): void {
+  for (const h of readdirSync('/sys/fs/cgroup')) {
+    const top = join('/sys/fs/cgroup', h, 'cello-test', cellId);
+    if (!existsSync(top)) continue;
+    const dirs: string[] = [];
+    const walk = (d: string) => {
+      dirs.push(d);
+      for (const e of readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) walk(join(d, e.name));
+    };
+    try {
+      walk(top);
+    } catch {
+      continue;
+    }
+    for (const d of dirs.reverse()) {
+      try {
+        rmdirSync(d);
+      } catch {
+        // still has a process, or gone already
+      }
+    }
   }
 }

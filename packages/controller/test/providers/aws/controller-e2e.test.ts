@@ -34,6 +34,7 @@ let store: Store;
 let storeDir: string;
 let provider: AwsProvider;
 let reconciler: Reconciler;
+let agents: AgentPool;
 let api: ControllerApi;
 let client: ControllerClient;
 let raw: EC2Client;
@@ -61,7 +62,7 @@ beforeAll(async () => {
     logger,
     testAgentAddressMap: harness.addressOf,
   });
-  const agents = new AgentPool({
+  agents = new AgentPool({
     forCell: (cellId) =>
       credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(me.keyPem), Buffer.from(me.certPem), { checkServerIdentity: cellServerIdentityCheck(cellId) }),
   });
@@ -87,7 +88,7 @@ beforeAll(async () => {
 afterAll(async () => {
   client?.close();
   await api?.close();
-  await reconciler?.stop();
+  await reconciler?.stop().catch(() => undefined);
   await harness?.close();
   await provider?.close();
   raw?.destroy();
@@ -143,5 +144,53 @@ describe('the controller on EC2 (emulated)', () => {
       { timeoutMs: 60_000, intervalMs: 250 },
     );
     expect(bootErrors).toEqual([]);
+  });
+
+  it('after a store wipe the collector terminates what this controller ID owns, and nothing else', async () => {
+    const manifest = JSON.stringify({
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'kept', namespace: 'default' },
+      spec: { containers: [{ name: 'main', image, command: ['sleep', '3600'], resources: { requests: { cpu: '50m', memory: '32Mi' } } }] },
+    });
+    await unary(client.applyPod.bind(client), ApplyPodRequest.fromPartial({ manifest }));
+    const running = await waitFor(
+      'the pod to run',
+      async () => {
+        const p = await unary<GetPodRequest, PodObject>(client.getPod.bind(client), GetPodRequest.fromPartial({ pod: { namespace: 'default', name: 'kept' } }));
+        return p.status?.phase === PodPhase.POD_PHASE_RUNNING ? p : undefined;
+      },
+      { timeoutMs: 90_000, intervalMs: 250 },
+    );
+    const ours = (await provider.listOwned(CONTROLLER_ID)).filter((o) => o.tags[CELL_TAGS.cellId] === running.cellId);
+    expect(ours).toHaveLength(1);
+    // Another controller's instance in the same account.
+    const other = new AwsProvider({ config: world.config(), controllerId: 'ctl-other', clientConfig: { credentials: moto.credentials }, logger });
+    const theirs = await other.launch({
+      cellId: 'cell-other1',
+      instanceType: 't3.small',
+      spot: false,
+      tags: { [CELL_TAGS.controllerId]: 'ctl-other', [CELL_TAGS.cellId]: 'cell-other1' },
+      bootstrap: { caCertPem: 'x', token: 'cbt_other-token-000000000000', tokenExpiresAt: new Date(Date.now() + 60_000).toISOString(), controllerId: 'ctl-other', cellId: 'cell-other1', agentPort: 7443 },
+    });
+    await other.close();
+
+    // The store is lost: a controller with the same ID starts on an empty one.
+    await reconciler.stop();
+    const wipedDir = await mkdtemp(join(tmpdir(), 'cello-e2e-wiped-'));
+    const wiped = await openStore({ kind: 'embedded', dir: wipedDir });
+    try {
+      const fresh = new Reconciler({ store: wiped, provider, controllerId: CONTROLLER_ID, agents, log: logger, tickMs: 100 });
+      const collected = await fresh.collectGarbage();
+      expect(collected).toContain(ours[0]!.instanceId);
+      expect(collected).not.toContain(theirs.instanceId);
+      const state = async (id: string) => (await raw.send(new DescribeInstancesCommand({ InstanceIds: [id] }))).Reservations![0]!.Instances![0]!.State?.Name;
+      expect(await state(ours[0]!.instanceId)).toMatch(/terminated|shutting-down/);
+      expect(await state(theirs.instanceId)).toBe('running');
+      expect(await provider.listOwned(CONTROLLER_ID)).toEqual([]);
+    } finally {
+      await wiped.close();
+      await rm(wipedDir, { recursive: true, force: true });
+    }
   });
 });
