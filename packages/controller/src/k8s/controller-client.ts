@@ -1,0 +1,50 @@
+// Promise wrappers over the controller's gRPC API: the virtual node drives pods through the
+// controller core exactly as cellctl does, so the core stays the one place that acts on cells.
+import { credentials, Metadata, status as Status, type ServiceError } from '@grpc/grpc-js';
+import { ControllerClient, type ClusterEvent, type PodObject, type VersionResponse } from '@cello/proto/controller';
+
+export class Controller {
+  readonly client: ControllerClient;
+
+  constructor(address: string) {
+    this.client = new ControllerClient(address, credentials.createInsecure());
+  }
+
+  private call<T>(method: string, req: unknown, timeoutMs = 15_000): Promise<T> {
+    return new Promise((resolve, reject) => {
+      const fn = (this.client as unknown as Record<string, (...a: unknown[]) => unknown>)[method]!;
+      fn.call(this.client, req, new Metadata(), { deadline: Date.now() + timeoutMs }, (err: ServiceError | null, r: T) => (err ? reject(err) : resolve(r)));
+    });
+  }
+
+  version(timeoutMs = 3000): Promise<VersionResponse> {
+    return this.call('version', {}, timeoutMs);
+  }
+  apply(manifest: string, namespace: string): Promise<PodObject> {
+    return this.call('applyPod', { manifest, namespace });
+  }
+  async get(namespace: string, name: string): Promise<PodObject | undefined> {
+    try {
+      return await this.call<PodObject>('getPod', { pod: { namespace, name } });
+    } catch (err) {
+      if ((err as ServiceError).code === Status.NOT_FOUND) return undefined;
+      throw err;
+    }
+  }
+  async delete(namespace: string, name: string, gracePeriodSeconds?: number): Promise<void> {
+    try {
+      await this.call('deletePod', { pod: { namespace, name }, ...(gracePeriodSeconds !== undefined ? { gracePeriodSeconds } : {}) });
+    } catch (err) {
+      if ((err as ServiceError).code !== Status.NOT_FOUND) throw err;
+    }
+  }
+  async events(namespace: string, name: string): Promise<ClusterEvent[]> {
+    return (await this.call<{ events: ClusterEvent[] }>('listEvents', { pod: { namespace, name }, limit: 0 })).events;
+  }
+  async list(labelSelector: string): Promise<PodObject[]> {
+    return (await this.call<{ pods: PodObject[] }>('listPods', { namespace: '', labelSelector })).pods;
+  }
+  close(): void {
+    this.client.close();
+  }
+}

@@ -1,0 +1,190 @@
+// The kubelet API the API server calls for `kubectl logs/exec/attach/port-forward/top`: HTTPS
+// with a serving certificate, clients authenticated by certificates from the configured client
+// CA (the API server's --kubelet-client-certificate). Streams are relayed through the
+// controller's gRPC API to the pod's cell agent, as cellctl's are.
+import { createServer, type Server } from 'node:https';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import type { Socket } from 'node:net';
+import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
+import { LogsRequest, type LogChunk, type LogEntry } from '@cello/proto/cell';
+import type { Logger } from '../obs/logger.js';
+import type { Controller } from './controller-client.js';
+import type { KPod } from './manifest.js';
+
+export interface KubeletServerOptions {
+  cert: string;
+  key: string;
+  /** PEM of the CA whose client certificates may call (the API server's kubelet client CA). */
+  clientCA: string;
+  /** Client certificate common names allowed; empty: any certificate the CA signed. */
+  allowedCNs?: string[];
+  controller: Controller;
+  nodeName: string;
+  pods: () => KPod[];
+  log: Logger;
+  /** Upgrade handlers for exec/attach/portForward (the SPDY layer). */
+  onUpgrade?: (req: IncomingMessage, socket: Socket, head: Buffer, user: string) => void;
+}
+
+/** RFC 3339 with nanoseconds, as the kubelet prints with --timestamps. */
+export function rfc3339Nano(e: LogEntry): string {
+  const d = new Date(e.timeSeconds * 1000).toISOString().slice(0, 19);
+  return `${d}.${String(e.timeNanos).padStart(9, '0')}Z`;
+}
+
+const HTTP_OF_GRPC: Record<number, number> = {
+  [GrpcStatus.NOT_FOUND]: 404,
+  [GrpcStatus.INVALID_ARGUMENT]: 400,
+  [GrpcStatus.FAILED_PRECONDITION]: 400,
+  [GrpcStatus.UNAVAILABLE]: 503,
+};
+
+export class KubeletServer {
+  private server?: Server;
+
+  constructor(private readonly o: KubeletServerOptions) {}
+
+  /** The authenticated client's name, or undefined (the caller answers 401). */
+  private user(req: IncomingMessage): string | undefined {
+    const sock = req.socket as TLSSocket;
+    if (!sock.authorized) return undefined;
+    const cn = sock.getPeerCertificate()?.subject?.CN;
+    const name = Array.isArray(cn) ? cn[0] : cn;
+    if (!name) return undefined;
+    const allowed = this.o.allowedCNs ?? [];
+    if (allowed.length && !allowed.includes(name)) return undefined;
+    return name;
+  }
+
+  async listen(host: string, port: number): Promise<number> {
+    const server = createServer({ cert: this.o.cert, key: this.o.key, ca: this.o.clientCA, requestCert: true, rejectUnauthorized: false }, (req, res) => {
+      this.handle(req, res).catch((err: Error) => {
+        this.o.log.warn({ err: err.message, url: req.url }, 'kubelet API request failed');
+        if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
+        res.end(`${err.message}\n`);
+      });
+    });
+    server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+      const user = this.user(req);
+      if (!user) {
+        socket.end('HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n');
+        return;
+      }
+      if (!this.o.onUpgrade) {
+        socket.end('HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\n\r\n');
+        return;
+      }
+      this.o.onUpgrade(req, socket, head, user);
+    });
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => resolve());
+    });
+    return (server.address() as { port: number }).port;
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'https://kubelet');
+    if (url.pathname === '/healthz') {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end('ok');
+      return;
+    }
+    const user = this.user(req);
+    if (!user) {
+      res.writeHead(401, { 'content-type': 'text/plain' });
+      res.end('Unauthorized: a client certificate signed by the kubelet client CA is required\n');
+      return;
+    }
+    const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
+    if (url.pathname === '/pods' || url.pathname === '/pods/') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ kind: 'PodList', apiVersion: 'v1', metadata: {}, items: this.o.pods() }));
+      return;
+    }
+    if (parts[0] === 'containerLogs' && parts.length === 4 && req.method === 'GET') {
+      await this.containerLogs(parts[1]!, parts[2]!, parts[3]!, url.searchParams, req, res);
+      return;
+    }
+    res.writeHead(404, { 'content-type': 'text/plain' });
+    res.end(`404 page not found: ${url.pathname} (this kubelet serves /healthz, /pods, /containerLogs/NS/POD/CONTAINER, /exec, /attach, /portForward)\n`);
+  }
+
+  private async containerLogs(ns: string, pod: string, container: string, q: URLSearchParams, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const num = (name: string) => {
+      const v = q.get(name);
+      if (v === null || v === '') return undefined;
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 0) throw Object.assign(new Error(`${name}: expected a non-negative integer, got "${v}"`), { http: 400 });
+      return n;
+    };
+    const bool = (name: string) => q.get(name) === 'true' || q.get(name) === '1';
+    let options;
+    try {
+      const tail = num('tailLines');
+      const sinceSeconds = num('sinceSeconds');
+      const limitBytes = num('limitBytes');
+      const sinceTime = q.get('sinceTime');
+      if (sinceTime && Number.isNaN(Date.parse(sinceTime))) throw Object.assign(new Error(`sinceTime: expected RFC 3339, got "${sinceTime}"`), { http: 400 });
+      options = {
+        container,
+        follow: bool('follow'),
+        timestamps: bool('timestamps'),
+        previous: bool('previous'),
+        ...(tail !== undefined ? { tailLines: tail } : {}),
+        ...(sinceSeconds !== undefined ? { sinceSeconds } : {}),
+        ...(limitBytes !== undefined ? { limitBytes } : {}),
+        ...(sinceTime ? { sinceTime: new Date(sinceTime) } : {}),
+      };
+    } catch (err) {
+      res.writeHead(400, { 'content-type': 'text/plain' });
+      res.end(`${(err as Error).message}\n`);
+      return;
+    }
+    const stream = this.o.controller.client.logs({ pod: { namespace: ns, name: pod }, options: LogsRequest.fromPartial(options) });
+    let started = false;
+    const start = () => {
+      if (started) return;
+      started = true;
+      res.writeHead(200, { 'content-type': 'text/plain', 'transfer-encoding': 'chunked' });
+    };
+    req.on('close', () => stream.cancel());
+    await new Promise<void>((resolve) => {
+      stream.on('data', (chunk: LogChunk) => {
+        start();
+        for (const e of chunk.entries) {
+          const prefix = options.timestamps ? `${rfc3339Nano(e)} ` : '';
+          res.write(prefix);
+          res.write(e.line);
+          if (!e.partial) res.write('\n');
+        }
+        if (!chunk.entries.length && chunk.text?.length) res.write(chunk.text);
+      });
+      stream.on('end', () => {
+        start();
+        res.end();
+        resolve();
+      });
+      stream.on('error', (err: ServiceError) => {
+        if (err.code === GrpcStatus.CANCELLED) {
+          res.end();
+          return resolve();
+        }
+        if (!started) {
+          res.writeHead(HTTP_OF_GRPC[err.code] ?? 500, { 'content-type': 'text/plain' });
+          res.end(`${err.details || err.message}\n`);
+        } else res.end();
+        resolve();
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    const s = this.server;
+    if (!s) return;
+    s.closeAllConnections();
+    await new Promise<void>((r) => s.close(() => r()));
+  }
+}

@@ -1,0 +1,172 @@
+// Turns a Pod from the API server into what the controller core runs: the pod itself (with the
+// KUBERNETES_SERVICE_* environment a kubelet injects), plus every Secret and ConfigMap it
+// references, read from the API; projected service-account tokens are requested through the
+// TokenRequest API and sent as a secret the cell mounts at the same path.
+import { stringify } from 'yaml';
+import type { KubeRest } from './rest.js';
+import { isNotFound } from './rest.js';
+
+/** The minimal view of a v1 Pod this module reads. */
+export interface KPod {
+  metadata: { name: string; namespace: string; uid: string; labels?: Record<string, string>; annotations?: Record<string, string>; deletionTimestamp?: string; deletionGracePeriodSeconds?: number; resourceVersion?: string };
+  spec: {
+    nodeName?: string;
+    serviceAccountName?: string;
+    containers: KContainer[];
+    initContainers?: KContainer[];
+    volumes?: KVolume[];
+    imagePullSecrets?: { name: string }[];
+    terminationGracePeriodSeconds?: number;
+    [k: string]: unknown;
+  };
+  status?: { phase?: string; conditions?: { type: string; status: string }[]; [k: string]: unknown };
+}
+
+interface KContainer {
+  name: string;
+  image?: string;
+  env?: { name: string; value?: string; valueFrom?: { secretKeyRef?: { name: string; optional?: boolean }; configMapKeyRef?: { name: string; optional?: boolean } } }[];
+  envFrom?: { secretRef?: { name: string; optional?: boolean }; configMapRef?: { name: string; optional?: boolean } }[];
+  [k: string]: unknown;
+}
+
+interface KVolume {
+  name: string;
+  secret?: { secretName?: string; optional?: boolean };
+  configMap?: { name?: string; optional?: boolean };
+  projected?: {
+    sources: {
+      secret?: { name?: string; optional?: boolean };
+      configMap?: { name?: string; optional?: boolean };
+      serviceAccountToken?: { audience?: string; expirationSeconds?: number; path: string };
+      [k: string]: unknown;
+    }[];
+    [k: string]: unknown;
+  };
+  [k: string]: unknown;
+}
+
+export const LABEL_NODE = 'cello.dev/k8s-node';
+export const ANNOTATION_UID = 'cello.dev/k8s-uid';
+
+export class MissingReferenceError extends Error {
+  constructor(readonly kind: string, readonly refName: string, namespace: string) {
+    super(`${kind.toLowerCase()} "${refName}" not found in namespace ${namespace}`);
+    this.name = 'MissingReferenceError';
+  }
+}
+
+export interface ManifestOptions {
+  nodeName: string;
+  /** Where pods reach the API server (KUBERNETES_SERVICE_HOST/PORT). */
+  apiServer?: { host: string; port: number };
+  /** Audience of projected tokens that name none (the API server's issuer). */
+  defaultAudiences?: string[];
+}
+
+function serviceEnv(host: string, port: number) {
+  const url = `tcp://${host}:${port}`;
+  return [
+    { name: 'KUBERNETES_SERVICE_HOST', value: host },
+    { name: 'KUBERNETES_SERVICE_PORT', value: String(port) },
+    { name: 'KUBERNETES_SERVICE_PORT_HTTPS', value: String(port) },
+    { name: 'KUBERNETES_PORT', value: url },
+    { name: `KUBERNETES_PORT_${port}_TCP`, value: url },
+    { name: `KUBERNETES_PORT_${port}_TCP_PROTO`, value: 'tcp' },
+    { name: `KUBERNETES_PORT_${port}_TCP_PORT`, value: String(port) },
+    { name: `KUBERNETES_PORT_${port}_TCP_ADDR`, value: host },
+  ];
+}
+
+/** Builds the multi-document manifest (Pod, then Secrets and ConfigMaps) for ApplyPod. */
+export async function buildManifest(rest: KubeRest, pod: KPod, o: ManifestOptions): Promise<string> {
+  const ns = pod.metadata.namespace;
+  const secrets = new Map<string, boolean>(); // name -> optional
+  const configMaps = new Map<string, boolean>();
+  const want = (m: Map<string, boolean>, name: string | undefined, optional?: boolean) => {
+    if (!name) return;
+    m.set(name, (m.get(name) ?? true) && !!optional);
+  };
+  const containers = [...pod.spec.containers, ...(pod.spec.initContainers ?? [])];
+  for (const c of containers) {
+    for (const e of c.env ?? []) {
+      want(secrets, e.valueFrom?.secretKeyRef?.name, e.valueFrom?.secretKeyRef?.optional);
+      want(configMaps, e.valueFrom?.configMapKeyRef?.name, e.valueFrom?.configMapKeyRef?.optional);
+    }
+    for (const e of c.envFrom ?? []) {
+      want(secrets, e.secretRef?.name, e.secretRef?.optional);
+      want(configMaps, e.configMapRef?.name, e.configMapRef?.optional);
+    }
+  }
+  for (const s of pod.spec.imagePullSecrets ?? []) want(secrets, s.name, true);
+  const spec = structuredClone(pod.spec);
+  const tokenSecrets: Record<string, unknown>[] = [];
+  for (const v of spec.volumes ?? []) {
+    if (v.secret) want(secrets, v.secret.secretName, v.secret.optional);
+    if (v.configMap) want(configMaps, v.configMap.name, v.configMap.optional);
+    for (const [i, src] of (v.projected?.sources ?? []).entries()) {
+      if (src.secret) want(secrets, src.secret.name, src.secret.optional);
+      if (src.configMap) want(configMaps, src.configMap.name, src.configMap.optional);
+      if (src.serviceAccountToken) {
+        const t = src.serviceAccountToken;
+        const sa = pod.spec.serviceAccountName || 'default';
+        const tr = await rest.post<{ status: { token: string; expirationTimestamp: string } }>(`/api/v1/namespaces/${ns}/serviceaccounts/${sa}/token`, {
+          apiVersion: 'authentication.k8s.io/v1',
+          kind: 'TokenRequest',
+          spec: {
+            audiences: t.audience ? [t.audience] : (o.defaultAudiences ?? []),
+            expirationSeconds: t.expirationSeconds ?? 3607,
+            boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: pod.metadata.name, uid: pod.metadata.uid },
+          },
+        });
+        const name = `cello-sa-token-${v.name}-${i}`;
+        tokenSecrets.push({ apiVersion: 'v1', kind: 'Secret', metadata: { name, namespace: ns }, stringData: { token: tr.status.token } });
+        v.projected!.sources[i] = { secret: { name, items: [{ key: 'token', path: t.path }] } } as never;
+      }
+    }
+  }
+  if (o.apiServer) {
+    const env = serviceEnv(o.apiServer.host, o.apiServer.port);
+    for (const c of [...spec.containers, ...(spec.initContainers ?? [])]) {
+      const own = new Set((c.env ?? []).map((e) => e.name));
+      c.env = [...env.filter((e) => !own.has(e.name)), ...(c.env ?? [])];
+    }
+  }
+  const docs: unknown[] = [
+    {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: {
+        name: pod.metadata.name,
+        namespace: ns,
+        labels: { ...(pod.metadata.labels ?? {}), [LABEL_NODE]: o.nodeName },
+        annotations: { ...(pod.metadata.annotations ?? {}), [ANNOTATION_UID]: pod.metadata.uid },
+      },
+      spec,
+    },
+  ];
+  const fetchAll = async (kind: 'Secret' | 'ConfigMap', m: Map<string, boolean>) => {
+    for (const [name, optional] of m) {
+      try {
+        const o2 = await rest.get<{ data?: Record<string, string>; binaryData?: Record<string, string>; type?: string }>(
+          `/api/v1/namespaces/${ns}/${kind === 'Secret' ? 'secrets' : 'configmaps'}/${name}`,
+        );
+        docs.push({
+          apiVersion: 'v1',
+          kind,
+          metadata: { name, namespace: ns },
+          ...(o2.type ? { type: o2.type } : {}),
+          ...(o2.data ? { data: o2.data } : {}),
+          ...(o2.binaryData ? { binaryData: o2.binaryData } : {}),
+        });
+      } catch (err) {
+        if (!isNotFound(err)) throw err;
+        if (!optional) throw new MissingReferenceError(kind, name, ns);
+      }
+    }
+  };
+  await fetchAll('Secret', secrets);
+  await fetchAll('ConfigMap', configMaps);
+  docs.push(...tokenSecrets);
+  return docs.map((d) => stringify(d)).join('---\n');
+}

@@ -1,0 +1,255 @@
+// Pods bound to the virtual node: an informer on pods with spec.nodeName=<node> and a watch on
+// the controller core's pods feed one work queue; each sync makes the core match the Pod object
+// (create; graceful delete) and writes the core's status back to the API server with strategic
+// merge patches on the status subresource (conditions merge by type, so the scheduler's
+// PodScheduled and other writers' conditions stay). Events from the core are mirrored as
+// Kubernetes Events on the pod.
+import { status as GrpcStatus, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
+import { PodEvent } from '@cello/proto/controller';
+import type { PodObject } from '@cello/proto/controller';
+import type { Logger } from '../obs/logger.js';
+import { Informer } from './informer.js';
+import { buildManifest, LABEL_NODE, ANNOTATION_UID, MissingReferenceError, type KPod, type ManifestOptions } from './manifest.js';
+import type { KubeRest } from './rest.js';
+import { isNotFound, KubeApiError } from './rest.js';
+import { kubeStatus } from './status.js';
+import { WorkQueue } from './workqueue.js';
+import type { Controller } from './controller-client.js';
+
+export interface PodSyncOptions extends ManifestOptions {
+  rest: KubeRest;
+  controller: Controller;
+  log: Logger;
+  /** The node's address, reported as the pods' hostIP. */
+  hostIP: string;
+}
+
+const TERMINAL = new Set(['Succeeded', 'Failed']);
+
+export class PodSync {
+  readonly informer: Informer<KPod>;
+  private readonly queue: WorkQueue;
+  private readonly core = new Map<string, PodObject>();
+  private readonly mirroredEvents = new Map<string, number>();
+  private readonly lastStatus = new Map<string, string>();
+  private coreWatch?: ClientReadableStream<PodEvent>;
+  private stopped = false;
+  /** API requests made per pod key (the benchmark's status-write load figure). */
+  readonly writes = { statusPatches: 0, events: 0, deletes: 0 };
+
+  constructor(private readonly o: PodSyncOptions) {
+    this.queue = new WorkQueue(
+      (key) => this.sync(key),
+      (key, err, ms) => o.log.warn({ pod: key, err: (err as Error).message, retryInMs: ms }, 'pod sync failed; retrying'),
+    );
+    this.informer = new Informer<KPod>(
+      o.rest,
+      '/api/v1/pods',
+      `fieldSelector=${encodeURIComponent(`spec.nodeName=${o.nodeName}`)}`,
+      (key) => this.queue.add(key),
+      (err) => o.log.warn({ err: (err as Error).message }, 'pod watch failed; relisting'),
+    );
+  }
+
+  async start(): Promise<void> {
+    this.watchCore();
+    this.informer.start();
+    await this.informer.hasSynced;
+  }
+
+  /** The core's pods of this node, kept current by WatchPods (reconnecting with back-off). */
+  private watchCore(backoff = 200): void {
+    if (this.stopped) return;
+    const stream = this.o.controller.client.watchPods({ namespace: '', labelSelector: `${LABEL_NODE}=${this.o.nodeName}` });
+    this.coreWatch = stream;
+    let got = false;
+    stream.on('data', (ev: PodEvent) => {
+      got = true;
+      const p = ev.pod;
+      if (!p?.metadata) return;
+      const key = `${p.metadata.namespace}/${p.metadata.name}`;
+      if (ev.type === 3 /* DELETED */) this.core.delete(key);
+      else this.core.set(key, p);
+      this.queue.add(key);
+    });
+    const again = () => {
+      if (this.stopped || this.coreWatch !== stream) return;
+      this.coreWatch = undefined;
+      setTimeout(() => this.watchCore(got ? 200 : Math.min(backoff * 2, 10_000)), got ? 200 : backoff).unref();
+    };
+    stream.on('error', (err: ServiceError) => {
+      if (err.code !== GrpcStatus.CANCELLED) this.o.log.warn({ err: err.message }, 'controller pod watch failed; reconnecting');
+      again();
+    });
+    stream.on('end', again);
+  }
+
+  private async sync(key: string): Promise<void> {
+    const [ns, name] = key.split('/') as [string, string];
+    const kpod = this.informer.cache.get(key);
+    // The watch may lag a write we made; the core is asked directly when it matters.
+    const cpod = this.core.get(key) ?? (await this.o.controller.get(ns, name));
+    const ours = cpod && cpod.metadata?.labels?.[LABEL_NODE] === this.o.nodeName;
+    const cuid = cpod?.metadata?.annotations?.[ANNOTATION_UID];
+
+    if (!kpod) {
+      // The object is gone (force-deleted, or we removed it): nothing may keep running.
+      if (ours && !cpod.metadata?.deletionTimestamp) {
+        await this.o.controller.delete(ns, name, 0);
+        this.o.log.info({ pod: key }, 'pod object gone; stopping its cell');
+      }
+      this.forget(key);
+      return;
+    }
+    const sameIncarnation = ours && cuid === kpod.metadata.uid;
+    if (cpod && !sameIncarnation) {
+      // A pod of the same name from another incarnation (or not ours): end it first.
+      if (!cpod.metadata?.deletionTimestamp) await this.o.controller.delete(ns, name, 0);
+      return; // its DELETED event brings us back
+    }
+
+    if (kpod.metadata.deletionTimestamp) {
+      if (cpod && !cpod.metadata?.deletionTimestamp && !TERMINAL.has(kpod.status?.phase ?? '')) {
+        const grace = kpod.metadata.deletionGracePeriodSeconds ?? kpod.spec.terminationGracePeriodSeconds ?? 30;
+        await this.o.controller.delete(ns, name, grace);
+        await this.event(kpod, 'Normal', 'Killing', `Stopping pod (grace period ${grace}s); its cell ends after`);
+        return;
+      }
+      if (cpod) {
+        if (cpod.status) await this.writeStatus(kpod, cpod);
+        if (!cpod.metadata?.deletionTimestamp) await this.o.controller.delete(ns, name, 0);
+        return; // the core's DELETED event brings us back
+      }
+      await this.removeObject(kpod);
+      return;
+    }
+
+    if (!cpod) {
+      if (TERMINAL.has(kpod.status?.phase ?? '')) return; // finished and its cell is gone
+      let manifest: string;
+      try {
+        manifest = await buildManifest(this.o.rest, kpod, this.o);
+      } catch (err) {
+        if (err instanceof MissingReferenceError) {
+          await this.event(kpod, 'Warning', 'FailedMount', err.message);
+          await this.patchStatus(kpod, {
+            phase: 'Pending',
+            containerStatuses: kpod.spec.containers.map((c) => ({ name: c.name, image: c.image ?? '', imageID: '', ready: false, restartCount: 0, state: { waiting: { reason: 'CreateContainerConfigError', message: err.message } } })),
+          });
+        }
+        throw err;
+      }
+      try {
+        await this.o.controller.apply(manifest, ns);
+      } catch (err) {
+        const se = err as ServiceError;
+        if (se.code === GrpcStatus.INVALID_ARGUMENT) {
+          // The core refuses this spec: say why on the pod, as a kubelet would, and stop retrying.
+          await this.event(kpod, 'Warning', 'FailedCreate', se.details);
+          await this.patchStatus(kpod, { phase: 'Failed', reason: 'Unsupported', message: `Cello cannot run this pod: ${se.details}` });
+          return;
+        }
+        throw err;
+      }
+      await this.event(kpod, 'Normal', 'CellRequested', 'Pod accepted by the Cello controller; selecting a cell');
+      return;
+    }
+    await this.writeStatus(kpod, cpod);
+  }
+
+  private async writeStatus(kpod: KPod, cpod: PodObject): Promise<void> {
+    const key = `${kpod.metadata.namespace}/${kpod.metadata.name}`;
+    await this.mirrorEvents(kpod);
+    if (!cpod.status) return;
+    const status = kubeStatus(cpod.status, kpod, this.o.hostIP);
+    const text = JSON.stringify(status);
+    if (this.lastStatus.get(key) === text) return;
+    await this.patchStatus(kpod, status);
+    this.lastStatus.set(key, text);
+  }
+
+  private async patchStatus(kpod: KPod, status: Record<string, unknown>): Promise<void> {
+    const path = `/api/v1/namespaces/${kpod.metadata.namespace}/pods/${kpod.metadata.name}/status`;
+    this.writes.statusPatches++;
+    try {
+      // The uid precondition keeps a late write from landing on a new pod of the same name.
+      await this.o.rest.strategicPatch(path, { metadata: { uid: kpod.metadata.uid }, status });
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+  }
+
+  private async mirrorEvents(kpod: KPod): Promise<void> {
+    const key = `${kpod.metadata.namespace}/${kpod.metadata.name}`;
+    const since = this.mirroredEvents.get(key) ?? 0;
+    const evs = await this.o.controller.events(kpod.metadata.namespace, kpod.metadata.name);
+    let last = since;
+    for (const e of evs) {
+      const t = e.time ? new Date(e.time).getTime() : 0;
+      if (t <= since) continue;
+      await this.event(kpod, e.type === 'Warning' ? 'Warning' : 'Normal', e.reason || 'Cello', e.message, e.time ? new Date(e.time) : undefined);
+      last = Math.max(last, t);
+    }
+    this.mirroredEvents.set(key, last);
+  }
+
+  /** Records a v1 Event on the pod (best effort: events never block a pod). */
+  async event(kpod: KPod, type: 'Normal' | 'Warning', reason: string, message: string, at = new Date()): Promise<void> {
+    const ns = kpod.metadata.namespace;
+    const ts = at.toISOString();
+    this.writes.events++;
+    await this.o.rest
+      .post(`/api/v1/namespaces/${ns}/events`, {
+        apiVersion: 'v1',
+        kind: 'Event',
+        metadata: { generateName: `${kpod.metadata.name}.`, namespace: ns },
+        involvedObject: { apiVersion: 'v1', kind: 'Pod', name: kpod.metadata.name, namespace: ns, uid: kpod.metadata.uid, resourceVersion: kpod.metadata.resourceVersion },
+        type,
+        reason,
+        message,
+        source: { component: 'cello-virtual-node', host: this.o.nodeName },
+        reportingComponent: 'cello-virtual-node',
+        reportingInstance: this.o.nodeName,
+        firstTimestamp: ts,
+        lastTimestamp: ts,
+        count: 1,
+      })
+      .catch((err: Error) => this.o.log.debug({ err: err.message, reason }, 'event not recorded'));
+  }
+
+  /** Graceful deletion's last step: the object goes once its cell has. */
+  private async removeObject(kpod: KPod): Promise<void> {
+    this.writes.deletes++;
+    try {
+      await this.o.rest.delete(`/api/v1/namespaces/${kpod.metadata.namespace}/pods/${kpod.metadata.name}`, {
+        apiVersion: 'v1',
+        kind: 'DeleteOptions',
+        gracePeriodSeconds: 0,
+        preconditions: { uid: kpod.metadata.uid },
+      });
+      this.o.log.info({ pod: `${kpod.metadata.namespace}/${kpod.metadata.name}` }, 'pod removed');
+    } catch (err) {
+      if (isNotFound(err) || (err instanceof KubeApiError && err.code === 409)) return;
+      throw err;
+    }
+  }
+
+  private forget(key: string): void {
+    this.core.delete(key);
+    this.mirroredEvents.delete(key);
+    this.lastStatus.delete(key);
+    this.queue.forget(key);
+  }
+
+  /** Pods of this node as the kubelet's /pods lists them. */
+  pods(): KPod[] {
+    return [...this.informer.cache.values()];
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.coreWatch?.cancel();
+    this.queue.stop();
+    await this.informer.stop();
+  }
+}

@@ -1,0 +1,233 @@
+// A SPDY/3.1 session over one upgraded connection, server side as a kubelet runs it: the peer
+// opens streams (SYN_STREAM, answered with SYN_REPLY at once, as spdystream's servers do), both
+// sides send DATA and half-close with FIN; PINGs are echoed; GOAWAY or the socket closing ends
+// every stream. spdystream does not use flow-control windows, so WINDOW_UPDATE and SETTINGS are
+// accepted and ignored.
+import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
+import {
+  FrameReader,
+  FrameType,
+  FLAG_FIN,
+  FLAG_UNIDIRECTIONAL,
+  HeaderCodec,
+  MAX_DATA_LENGTH,
+  RstStatus,
+  controlFrame,
+  dataFrame,
+  decodeHeaderBlock,
+  encodeHeaderBlock,
+  type Frame,
+  type Headers,
+} from './framing.js';
+
+export class SpdyStream extends EventEmitter {
+  /** The peer sent FIN: no more data will come. */
+  remoteClosed = false;
+  /** We sent FIN. */
+  localClosed = false;
+  private reset = false;
+
+  constructor(private readonly session: SpdySession, readonly id: number, readonly headers: Headers) {
+    super();
+  }
+
+  header(name: string): string | undefined {
+    return this.headers[name.toLowerCase()]?.[0];
+  }
+
+  write(data: Buffer | string): void {
+    if (this.localClosed || this.reset) return;
+    let b = typeof data === 'string' ? Buffer.from(data) : data;
+    while (b.length > MAX_DATA_LENGTH) {
+      this.session.send(dataFrame(this.id, 0, b.subarray(0, MAX_DATA_LENGTH)));
+      b = b.subarray(MAX_DATA_LENGTH);
+    }
+    if (b.length) this.session.send(dataFrame(this.id, 0, b));
+  }
+
+  /** Half-close: FIN on an empty DATA frame. */
+  end(data?: Buffer | string): void {
+    if (data !== undefined) this.write(data);
+    if (this.localClosed || this.reset) return;
+    this.localClosed = true;
+    this.session.send(dataFrame(this.id, FLAG_FIN, Buffer.alloc(0)));
+    this.maybeDone();
+  }
+
+  /** Aborts the stream (RST_STREAM CANCEL). */
+  cancel(): void {
+    if (this.reset) return;
+    this.reset = true;
+    this.session.send(rst(this.id, RstStatus.CANCEL));
+    this.done();
+  }
+
+  /** @internal */
+  onData(data: Buffer, fin: boolean): void {
+    if (this.reset) return;
+    if (data.length) this.emit('data', data);
+    if (fin) this.onFin();
+  }
+  /** @internal */
+  onFin(): void {
+    if (this.remoteClosed) return;
+    this.remoteClosed = true;
+    this.emit('end');
+    this.maybeDone();
+  }
+  /** @internal */
+  onReset(): void {
+    if (this.reset) return;
+    this.reset = true;
+    if (!this.remoteClosed) {
+      this.remoteClosed = true;
+      this.emit('end');
+    }
+    this.done();
+  }
+
+  private maybeDone(): void {
+    if (this.localClosed && this.remoteClosed) this.done();
+  }
+  private done(): void {
+    this.session.forget(this.id);
+    this.emit('close');
+  }
+}
+
+function rst(streamId: number, status: number): Buffer {
+  const p = Buffer.alloc(8);
+  p.writeUInt32BE(streamId & 0x7fffffff, 0);
+  p.writeUInt32BE(status, 4);
+  return controlFrame(FrameType.RST_STREAM, 0, p);
+}
+
+export class SpdySession extends EventEmitter {
+  private readonly reader = new FrameReader();
+  private readonly inflater = HeaderCodec.decompressor();
+  private readonly deflater = HeaderCodec.compressor();
+  private readonly streams = new Map<number, SpdyStream>();
+  /** Frames go out in order; a SYN_REPLY waits for its compressed headers, so does what follows. */
+  private out: Promise<void> = Promise.resolve();
+  private inbound: Promise<void> = Promise.resolve();
+  private closed = false;
+  private lastStreamId = 0;
+
+  constructor(private readonly socket: Duplex) {
+    super();
+    socket.on('data', (chunk: Buffer) => {
+      let frames: Frame[];
+      try {
+        frames = this.reader.push(chunk);
+      } catch (err) {
+        this.fail(err as Error);
+        return;
+      }
+      for (const f of frames) this.inbound = this.inbound.then(() => this.onFrame(f)).catch((err: Error) => this.fail(err));
+    });
+    socket.on('close', () => this.teardown());
+    socket.on('error', () => this.teardown());
+  }
+
+  /** @internal queued so frames keep their order behind pending header compression. */
+  send(frame: Buffer | Promise<Buffer>): void {
+    if (this.closed) return;
+    const p = Promise.resolve(frame);
+    this.out = this.out.then(async () => {
+      const b = await p;
+      if (!this.closed && !this.socket.destroyed) this.socket.write(b);
+    }).catch((err: Error) => this.fail(err));
+  }
+
+  /** @internal */
+  forget(id: number): void {
+    this.streams.delete(id);
+  }
+
+  private async headerBlock(h: Headers): Promise<Buffer> {
+    return this.deflater.run(encodeHeaderBlock(h));
+  }
+
+  private async onFrame(f: Frame): Promise<void> {
+    if (f.kind === 'data') {
+      const s = this.streams.get(f.streamId);
+      if (!s) {
+        this.send(rst(f.streamId, RstStatus.INVALID_STREAM));
+        return;
+      }
+      s.onData(f.data, (f.flags & FLAG_FIN) !== 0);
+      return;
+    }
+    const p = f.payload;
+    switch (f.type) {
+      case FrameType.SYN_STREAM: {
+        const id = p.readUInt32BE(0) & 0x7fffffff;
+        const headers = decodeHeaderBlock(await this.inflater.run(p.subarray(10)));
+        this.lastStreamId = Math.max(this.lastStreamId, id);
+        const s = new SpdyStream(this, id, headers);
+        this.streams.set(id, s);
+        const reply = Buffer.alloc(4);
+        reply.writeUInt32BE(id);
+        this.send(this.headerBlock({}).then((hb) => controlFrame(FrameType.SYN_REPLY, 0, Buffer.concat([reply, hb]))));
+        this.emit('stream', s);
+        if (f.flags & FLAG_FIN) s.onFin();
+        if (f.flags & FLAG_UNIDIRECTIONAL) s.localClosed = true;
+        return;
+      }
+      case FrameType.HEADERS: {
+        const id = p.readUInt32BE(0) & 0x7fffffff;
+        await this.inflater.run(p.subarray(4)); // keeps the shared context in step
+        if (f.flags & FLAG_FIN) this.streams.get(id)?.onFin();
+        return;
+      }
+      case FrameType.SYN_REPLY:
+        // We open no streams; still decompress to keep the context in step.
+        await this.inflater.run(p.subarray(4));
+        return;
+      case FrameType.RST_STREAM:
+        this.streams.get(p.readUInt32BE(0) & 0x7fffffff)?.onReset();
+        return;
+      case FrameType.PING:
+        this.send(controlFrame(FrameType.PING, 0, p));
+        return;
+      case FrameType.GOAWAY:
+        this.close();
+        return;
+      case FrameType.SETTINGS:
+      case FrameType.WINDOW_UPDATE:
+      default:
+        return; // no flow control in spdystream; unknown control frames are ignored per spec
+    }
+  }
+
+  private fail(err: Error): void {
+    this.emit('protocolError', err);
+    this.close();
+  }
+
+  /** GOAWAY, then close the connection once queued frames are out. */
+  close(): void {
+    if (this.closed) return;
+    const goaway = Buffer.alloc(8);
+    goaway.writeUInt32BE(this.lastStreamId, 0);
+    this.send(controlFrame(FrameType.GOAWAY, 0, goaway));
+    void this.out.then(() => {
+      this.closed = true;
+      this.socket.end();
+      this.teardown();
+    });
+  }
+
+  private teardown(): void {
+    if (this.closed && this.streams.size === 0 && !this.listenerCount('close')) return;
+    this.closed = true;
+    for (const s of [...this.streams.values()]) s.onReset();
+    this.streams.clear();
+    this.inflater.close();
+    this.deflater.close();
+    if (!this.socket.destroyed) this.socket.destroy();
+    this.emit('close');
+    this.removeAllListeners('close');
+  }
+}

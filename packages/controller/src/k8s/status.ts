@@ -1,0 +1,82 @@
+// The controller core's pod status (Kubernetes-shaped protobuf) as a Kubernetes v1 PodStatus.
+import { ConditionStatus, PodPhase, type ContainerState, type ContainerStatus, type PodStatus } from '@cello/proto/cell';
+
+const PHASE: Record<number, string> = {
+  [PodPhase.POD_PHASE_PENDING]: 'Pending',
+  [PodPhase.POD_PHASE_RUNNING]: 'Running',
+  [PodPhase.POD_PHASE_SUCCEEDED]: 'Succeeded',
+  [PodPhase.POD_PHASE_FAILED]: 'Failed',
+  [PodPhase.POD_PHASE_UNKNOWN]: 'Unknown',
+};
+
+const COND: Record<number, string> = {
+  [ConditionStatus.CONDITION_STATUS_TRUE]: 'True',
+  [ConditionStatus.CONDITION_STATUS_FALSE]: 'False',
+};
+
+const iso = (d?: Date) => (d ? new Date(d).toISOString().replace(/\.\d{3}Z$/, 'Z') : undefined);
+
+function state(s?: ContainerState): Record<string, unknown> {
+  const st = s?.state;
+  if (!st) return {};
+  if (st.$case === 'waiting') return { waiting: { reason: st.value.reason || undefined, message: st.value.message || undefined } };
+  if (st.$case === 'running') return { running: { startedAt: iso(st.value.startedAt) } };
+  const t = st.value;
+  return {
+    terminated: {
+      exitCode: t.exitCode,
+      ...(t.signal ? { signal: t.signal } : {}),
+      reason: t.reason || undefined,
+      message: t.message || undefined,
+      startedAt: iso(t.startedAt),
+      finishedAt: iso(t.finishedAt),
+      containerID: t.containerId || undefined,
+    },
+  };
+}
+
+function container(c: ContainerStatus, image: string | undefined): Record<string, unknown> {
+  return {
+    name: c.name,
+    state: state(c.state),
+    lastState: state(c.lastState),
+    ready: c.ready,
+    restartCount: c.restartCount,
+    image: c.image || image || '',
+    imageID: c.imageId || '',
+    ...(c.containerId ? { containerID: c.containerId.includes('://') ? c.containerId : `cello://${c.containerId}` } : {}),
+    ...(c.started !== undefined ? { started: c.started } : {}),
+  };
+}
+
+export interface KubePodLike {
+  spec?: { containers?: { name: string; image?: string }[]; initContainers?: { name: string; image?: string }[] };
+}
+
+/** A v1 PodStatus; hostIP is the node's address (the cell is the pod's "host" only to Cello). */
+export function kubeStatus(s: PodStatus, pod: KubePodLike, hostIP: string): Record<string, unknown> {
+  const images = new Map<string, string | undefined>();
+  for (const c of [...(pod.spec?.containers ?? []), ...(pod.spec?.initContainers ?? [])]) images.set(c.name, c.image);
+  const podIPs = s.podIps.length ? s.podIps : s.podIp ? [s.podIp] : [];
+  return {
+    phase: PHASE[s.phase] ?? 'Pending',
+    conditions: s.conditions.map((c) => ({
+      type: c.type,
+      status: COND[c.status] ?? 'Unknown',
+      ...(c.reason ? { reason: c.reason } : {}),
+      ...(c.message ? { message: c.message } : {}),
+      lastTransitionTime: iso(c.lastTransitionTime) ?? null,
+      lastProbeTime: null,
+    })),
+    ...(s.message ? { message: s.message } : {}),
+    ...(s.reason ? { reason: s.reason } : {}),
+    hostIP,
+    hostIPs: [{ ip: hostIP }],
+    ...(s.podIp ? { podIP: s.podIp } : {}),
+    ...(podIPs.length ? { podIPs: podIPs.map((ip) => ({ ip })) } : {}),
+    ...(s.startTime ? { startTime: iso(s.startTime) } : {}),
+    ...(s.qosClass ? { qosClass: s.qosClass } : {}),
+    containerStatuses: s.containerStatuses.map((c) => container(c, images.get(c.name))),
+    ...(s.initContainerStatuses.length ? { initContainerStatuses: s.initContainerStatuses.map((c) => container(c, images.get(c.name))) } : {}),
+  };
+}

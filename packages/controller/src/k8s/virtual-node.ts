@@ -1,0 +1,134 @@
+// Assembles the virtual node: the Node and its heartbeat, the pod sync, and the kubelet API,
+// all driving the controller core through its gRPC API. With leader election on, only the
+// replica holding the Lease runs the node and the pod sync; every replica serves the kubelet
+// API (it only relays streams to cells), so the API server reaches whichever it is sent to.
+import type { Logger } from '../obs/logger.js';
+import { VERSION } from '../version.js';
+import { Controller } from './controller-client.js';
+import { KubeletServer } from './kubelet.js';
+import { LeaderElector, type LeaderElectionOptions } from './leader.js';
+import { VirtualNode, VIRTUAL_NODE_TAINT_KEY, type NodeCapacity } from './node.js';
+import { PodSync } from './pods.js';
+import { KubeRest, loadKubeConfig } from './rest.js';
+import { SpdyStreams } from './streams.js';
+
+export interface VirtualNodeOptions {
+  nodeName: string;
+  /** kubeconfig path; undefined: in-cluster service account. */
+  kubeconfig?: string;
+  /** host:port of the controller's gRPC API. */
+  controllerAddress: string;
+  providerName: string;
+  /** Address the API server reaches the kubelet API at (node InternalIP). */
+  internalIP: string;
+  kubelet: { listenHost: string; port: number; cert: string; key: string; clientCA: string; allowedCNs?: string[] };
+  /** Default: virtual-kubelet.io/provider=cello:NoSchedule; null: no taint. */
+  taint?: { key: string; value: string; effect: 'NoSchedule' | 'NoExecute' | 'PreferNoSchedule' } | null;
+  labels?: Record<string, string>;
+  capacity: () => Promise<{ capacity: NodeCapacity; allocatable: NodeCapacity }>;
+  /** Where pods reach the API server; default: the kubeconfig's server. */
+  podApiServer?: { host: string; port: number };
+  leaderElection?: LeaderElectionOptions;
+  leaseSeconds?: number;
+  statusSeconds?: number;
+  log: Logger;
+}
+
+export interface VirtualNodeHandle {
+  kubeletPort: number;
+  rest: KubeRest;
+  isLeader(): boolean;
+  podSync(): PodSync | undefined;
+  stop(): Promise<void>;
+}
+
+export async function startVirtualNode(o: VirtualNodeOptions): Promise<VirtualNodeHandle> {
+  const log = o.log;
+  const rest = new KubeRest(loadKubeConfig(o.kubeconfig));
+  const controller = new Controller(o.controllerAddress);
+  const streams = new SpdyStreams({ controller, log: log.child({ component: 'kubelet-streams' }) });
+  let sync: PodSync | undefined;
+  let node: VirtualNode | undefined;
+  const kubelet = new KubeletServer({
+    cert: o.kubelet.cert,
+    key: o.kubelet.key,
+    clientCA: o.kubelet.clientCA,
+    ...(o.kubelet.allowedCNs ? { allowedCNs: o.kubelet.allowedCNs } : {}),
+    controller,
+    nodeName: o.nodeName,
+    pods: () => sync?.pods() ?? [],
+    log: log.child({ component: 'kubelet-api' }),
+    onUpgrade: (req, socket, head) => streams.handle(req, socket, head),
+  });
+  const kubeletPort = await kubelet.listen(o.kubelet.listenHost, o.kubelet.port);
+  const server = rest.server;
+  const podApiServer = o.podApiServer ?? { host: server.hostname, port: Number(server.port || 443) };
+
+  const startNode = async () => {
+    node = new VirtualNode(rest, {
+      nodeName: o.nodeName,
+      providerName: o.providerName,
+      internalIP: o.internalIP,
+      kubeletPort,
+      ...(o.taint === null ? {} : { taint: o.taint ?? { key: VIRTUAL_NODE_TAINT_KEY, value: 'cello', effect: 'NoSchedule' } }),
+      ...(o.labels ? { labels: o.labels } : {}),
+      capacity: o.capacity,
+      health: async () => {
+        try {
+          await controller.version(3000);
+          return undefined;
+        } catch (err) {
+          return `the controller API does not answer: ${(err as Error).message}`;
+        }
+      },
+      version: VERSION,
+      ...(o.leaseSeconds ? { leaseSeconds: o.leaseSeconds } : {}),
+      ...(o.statusSeconds ? { statusSeconds: o.statusSeconds } : {}),
+      onError: (what, err) => log.warn({ err: (err as Error).message }, `${what} failed`),
+    });
+    await node.register();
+    sync = new PodSync({ rest, controller, log: log.child({ component: 'pods' }), nodeName: o.nodeName, hostIP: o.internalIP, apiServer: podApiServer });
+    await sync.start();
+    log.info({ node: o.nodeName, kubeletPort }, 'virtual node registered');
+  };
+  const stopNode = async () => {
+    node?.stop();
+    node = undefined;
+    const s = sync;
+    sync = undefined;
+    await s?.stop();
+  };
+
+  let elector: LeaderElector | undefined;
+  let transition = Promise.resolve();
+  if (o.leaderElection) {
+    elector = new LeaderElector(rest, o.leaderElection, (err) => log.warn({ err: (err as Error).message }, 'leader election round failed'));
+    elector.run(
+      () => {
+        log.info({ identity: o.leaderElection!.identity }, 'leading: running the virtual node');
+        transition = transition.then(startNode).catch((err: Error) => log.error({ err: err.message }, 'virtual node failed to start'));
+      },
+      () => {
+        log.warn({ identity: o.leaderElection!.identity }, 'lost the lease: virtual node stopped');
+        transition = transition.then(stopNode);
+      },
+    );
+  } else {
+    await startNode();
+  }
+
+  return {
+    kubeletPort,
+    rest,
+    isLeader: () => (elector ? elector.isLeader() : true),
+    podSync: () => sync,
+    async stop() {
+      await transition.catch(() => undefined);
+      await stopNode();
+      await elector?.stop();
+      streams.close();
+      await kubelet.close();
+      controller.close();
+    },
+  };
+}

@@ -1,0 +1,108 @@
+// A keyed work queue in the manner of client-go's: a key is queued at most once, never processed
+// by two workers at once (a key changed while being processed is queued again after), and a
+// failed key is retried with per-key exponential back-off. Nothing polls: work arrives from
+// watches and from retries.
+export interface WorkQueueOptions {
+  baseDelayMs?: number;
+  maxDelayMs?: number;
+  workers?: number;
+}
+
+export class WorkQueue {
+  private readonly queue: string[] = [];
+  private readonly queued = new Set<string>();
+  private readonly active = new Set<string>();
+  private readonly dirty = new Set<string>();
+  private readonly failures = new Map<string, number>();
+  private readonly timers = new Map<string, NodeJS.Timeout>();
+  private running = 0;
+  private stopped = false;
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(
+    private readonly handler: (key: string) => Promise<void>,
+    private readonly onError: (key: string, err: unknown, retryInMs: number) => void,
+    private readonly o: WorkQueueOptions = {},
+  ) {}
+
+  add(key: string): void {
+    if (this.stopped) return;
+    if (this.active.has(key)) {
+      this.dirty.add(key);
+      return;
+    }
+    if (this.queued.has(key)) return;
+    this.queued.add(key);
+    this.queue.push(key);
+    this.pump();
+  }
+
+  /** Queues the key after `ms` (used for deadlines such as a grace period running out). */
+  addAfter(key: string, ms: number): void {
+    if (this.stopped) return;
+    const prev = this.timers.get(key);
+    if (prev) clearTimeout(prev);
+    const t = setTimeout(() => {
+      this.timers.delete(key);
+      this.add(key);
+    }, ms);
+    t.unref();
+    this.timers.set(key, t);
+  }
+
+  forget(key: string): void {
+    this.failures.delete(key);
+  }
+
+  retries(key: string): number {
+    return this.failures.get(key) ?? 0;
+  }
+
+  get length(): number {
+    return this.queue.length + this.active.size;
+  }
+
+  private pump(): void {
+    const workers = this.o.workers ?? 4;
+    while (!this.stopped && this.running < workers && this.queue.length) {
+      const key = this.queue.shift()!;
+      this.queued.delete(key);
+      this.active.add(key);
+      this.running++;
+      void this.process(key);
+    }
+    if (this.running === 0 && this.queue.length === 0) for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  private async process(key: string): Promise<void> {
+    try {
+      await this.handler(key);
+      this.failures.delete(key);
+    } catch (err) {
+      const n = (this.failures.get(key) ?? 0) + 1;
+      this.failures.set(key, n);
+      const delay = Math.min((this.o.baseDelayMs ?? 200) * 2 ** (n - 1), this.o.maxDelayMs ?? 30_000);
+      this.onError(key, err, delay);
+      this.addAfter(key, delay);
+    } finally {
+      this.active.delete(key);
+      this.running--;
+      if (this.dirty.delete(key)) this.add(key);
+      this.pump();
+    }
+  }
+
+  /** Resolves when nothing is queued or running (tests, shutdown). */
+  idle(): Promise<void> {
+    if (this.running === 0 && this.queue.length === 0) return Promise.resolve();
+    return new Promise((r) => this.idleWaiters.push(r));
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const t of this.timers.values()) clearTimeout(t);
+    this.timers.clear();
+    this.queue.length = 0;
+    this.queued.clear();
+  }
+}

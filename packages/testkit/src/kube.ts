@@ -1,0 +1,258 @@
+// A real Kubernetes control plane for tests: etcd + kube-apiserver + kube-scheduler on loopback
+// free ports, with a throwaway PKI made by `openssl` (cluster CA, serving cert, admin client
+// cert, the client cert the API server presents to kubelets, the service-account signing key).
+// The binaries come from scripts/k8s/build.sh (built once from the Go module proxy, cached).
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { freePort } from './net.js';
+import { waitFor } from './wait.js';
+import { startEtcd, type EtcdServer } from './etcd.js';
+
+const BUILD_SCRIPT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'scripts', 'k8s', 'build.sh');
+
+/**
+ * The directory holding kube-apiserver, kube-scheduler and kubectl. Builds them on first use
+ * (10+ minutes on a 2-core machine; cached afterwards), so call it from a hook with a generous
+ * timeout. Fails with the build's own error, never skips.
+ */
+export function kubeBinaries(): string {
+  const r = spawnSync('bash', [BUILD_SCRIPT], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 * 1024 * 1024 });
+  if (r.status !== 0) throw new Error(`${BUILD_SCRIPT} failed (exit ${r.status}):\n${(r.stderr ?? '').slice(-4000)}`);
+  const dir = r.stdout.trim().split('\n').pop()!;
+  for (const b of ['kube-apiserver', 'kube-scheduler', 'kubectl']) {
+    if (!existsSync(join(dir, b))) throw new Error(`${BUILD_SCRIPT} printed ${dir} but ${b} is not there`);
+  }
+  return dir;
+}
+
+export interface IssuedCert {
+  certFile: string;
+  keyFile: string;
+  cert: string;
+  key: string;
+}
+
+export interface KubeApiserver {
+  /** https://127.0.0.1:PORT */
+  server: string;
+  /** Admin kubeconfig (system:masters): for kubectl and @kubernetes/client-node. */
+  kubeconfig: string;
+  binDir: string;
+  dir: string;
+  caFile: string;
+  ca: string;
+  /** The client certificate the API server presents to kubelets (CN=kube-apiserver-kubelet-client). */
+  kubeletClientCN: string;
+  etcd: EtcdServer;
+  /** Issues a certificate signed by the cluster CA (serving: IP/DNS SANs; client: CN and O). */
+  issueCert(name: string, o: { cn: string; org?: string; ips?: string[]; dns?: string[] }): Promise<IssuedCert>;
+  /** Runs kubectl with the admin kubeconfig; resolves with its exit code and output. */
+  kubectl(args: string[], o?: { timeoutMs?: number; input?: string }): Promise<{ code: number; stdout: string; stderr: string }>;
+  /** Starts a long-running kubectl (logs -f, port-forward, exec); the caller kills it. */
+  spawnKubectl(args: string[]): ChildProcess;
+  /** The tail of the API server's and the scheduler's stderr (for failure messages). */
+  logs(): string;
+  stop(): Promise<void>;
+}
+
+function openssl(args: string[], cwd: string): void {
+  const r = spawnSync('openssl', args, { cwd, encoding: 'utf8' });
+  if (r.error) throw new Error(`openssl is not installed; install it with:\n  apt-get install -y openssl   (or: npm run setup)`);
+  if (r.status !== 0) throw new Error(`openssl ${args.join(' ')} failed: ${r.stderr}`);
+}
+
+interface Proc {
+  child: ChildProcess;
+  exited: boolean;
+  exit: Promise<void>;
+  stderr: string;
+}
+
+function launch(cmd: string, args: string[]): Proc {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const p: Proc = { child, exited: false, exit: Promise.resolve(), stderr: '' };
+  p.exit = new Promise<void>((r) =>
+    child.once('exit', () => {
+      p.exited = true;
+      r();
+    }),
+  );
+  child.stderr!.on('data', (b: Buffer) => (p.stderr = (p.stderr + b.toString()).slice(-16000)));
+  return p;
+}
+
+async function kill(p: Proc | undefined): Promise<void> {
+  if (!p || p.exited) return;
+  p.child.kill('SIGTERM');
+  const t = setTimeout(() => p.child.kill('SIGKILL'), 5000);
+  await p.exit;
+  clearTimeout(t);
+}
+
+/**
+ * Starts etcd, kube-apiserver (Node,RBAC authorization; client-cert auth; the kubelet client
+ * cert so it can reach a kubelet API that trusts the cluster CA) and kube-scheduler, and waits
+ * with deadlines until the API server is ready and the scheduler holds its lease. There is no
+ * controller-manager: tests create what it would (e.g. the `default` ServiceAccount).
+ */
+export async function startKubeApiserver(o: { timeoutMs?: number } = {}): Promise<KubeApiserver> {
+  const binDir = kubeBinaries();
+  const dir = await mkdtemp(join(tmpdir(), 'cello-kube-'));
+  let etcd: EtcdServer | undefined;
+  let api: Proc | undefined;
+  let sched: Proc | undefined;
+  const cleanup = async () => {
+    await kill(sched);
+    await kill(api);
+    await etcd?.stop();
+    await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    etcd = await startEtcd();
+    openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=cello-test-cluster-ca'], dir);
+    openssl(['genrsa', '-out', 'sa.key', '2048'], dir);
+    openssl(['rsa', '-in', 'sa.key', '-pubout', '-out', 'sa.pub'], dir);
+    let serial = 1;
+    const issueCert = async (name: string, c: { cn: string; org?: string; ips?: string[]; dns?: string[] }): Promise<IssuedCert> => {
+      const subj = `/CN=${c.cn}${c.org ? `/O=${c.org}` : ''}`;
+      openssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', subj], dir);
+      const sans = [...(c.ips ?? []).map((i) => `IP:${i}`), ...(c.dns ?? []).map((d) => `DNS:${d}`)];
+      const ext = [
+        'basicConstraints=CA:FALSE',
+        'keyUsage=critical,digitalSignature,keyEncipherment',
+        `extendedKeyUsage=${sans.length ? 'serverAuth,clientAuth' : 'clientAuth'}`,
+        ...(sans.length ? [`subjectAltName=${sans.join(',')}`] : []),
+      ];
+      await writeFile(join(dir, `${name}.ext`), ext.join('\n') + '\n');
+      openssl(['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-set_serial', String(++serial + Date.now()), '-days', '2', '-extfile', `${name}.ext`, '-out', `${name}.crt`], dir);
+      return {
+        certFile: join(dir, `${name}.crt`),
+        keyFile: join(dir, `${name}.key`),
+        cert: await readFile(join(dir, `${name}.crt`), 'utf8'),
+        key: await readFile(join(dir, `${name}.key`), 'utf8'),
+      };
+    };
+    const serving = await issueCert('apiserver', { cn: 'kube-apiserver', ips: ['127.0.0.1', '10.0.0.1'], dns: ['localhost', 'kubernetes', 'kubernetes.default', 'kubernetes.default.svc'] });
+    const admin = await issueCert('admin', { cn: 'cello-test-admin', org: 'system:masters' });
+    const kubeletClient = await issueCert('kubelet-client', { cn: 'kube-apiserver-kubelet-client', org: 'system:masters' });
+    const port = await freePort();
+    const server = `https://127.0.0.1:${port}`;
+    const ca = await readFile(join(dir, 'ca.crt'), 'utf8');
+    const kubeconfig = join(dir, 'admin.kubeconfig');
+    const b64 = (s: string) => Buffer.from(s).toString('base64');
+    await writeFile(
+      kubeconfig,
+      [
+        'apiVersion: v1',
+        'kind: Config',
+        'clusters:',
+        `- name: test`,
+        `  cluster: { server: "${server}", certificate-authority-data: ${b64(ca)} }`,
+        'users:',
+        `- name: admin`,
+        `  user: { client-certificate-data: ${b64(admin.cert)}, client-key-data: ${b64(admin.key)} }`,
+        'contexts:',
+        '- name: test',
+        '  context: { cluster: test, user: admin, namespace: default }',
+        'current-context: test',
+        '',
+      ].join('\n'),
+      { mode: 0o600 },
+    );
+    api = launch(join(binDir, 'kube-apiserver'), [
+      `--etcd-servers=${etcd.endpoint}`,
+      `--etcd-prefix=/registry-${port}`,
+      '--bind-address=127.0.0.1',
+      '--advertise-address=127.0.0.1',
+      `--secure-port=${port}`,
+      `--cert-dir=${dir}`,
+      `--tls-cert-file=${serving.certFile}`,
+      `--tls-private-key-file=${serving.keyFile}`,
+      `--client-ca-file=${join(dir, 'ca.crt')}`,
+      `--service-account-key-file=${join(dir, 'sa.pub')}`,
+      `--service-account-signing-key-file=${join(dir, 'sa.key')}`,
+      '--service-account-issuer=https://kubernetes.default.svc',
+      '--service-cluster-ip-range=10.0.0.0/24',
+      '--authorization-mode=Node,RBAC',
+      `--kubelet-client-certificate=${kubeletClient.certFile}`,
+      `--kubelet-client-key=${kubeletClient.keyFile}`,
+      `--kubelet-certificate-authority=${join(dir, 'ca.crt')}`,
+      '--kubelet-preferred-address-types=InternalIP',
+      '--profiling=false',
+      '--v=1',
+    ]);
+    const deadline = o.timeoutMs ?? 90_000;
+    const kctl = (args: string[], ko: { timeoutMs?: number; input?: string } = {}) =>
+      new Promise<{ code: number; stdout: string; stderr: string }>((resolvePromise, reject) => {
+        const child = spawn(join(binDir, 'kubectl'), ['--kubeconfig', kubeconfig, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+        let stdout = '';
+        let stderr = '';
+        child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+        child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+        const timer = setTimeout(() => {
+          child.kill('SIGKILL');
+          reject(new Error(`kubectl ${args.join(' ')} timed out after ${ko.timeoutMs ?? 30_000} ms; stdout=${stdout} stderr=${stderr}`));
+        }, ko.timeoutMs ?? 30_000);
+        child.on('exit', (code) => {
+          clearTimeout(timer);
+          resolvePromise({ code: code ?? -1, stdout, stderr });
+        });
+        child.stdin.end(ko.input ?? '');
+      });
+    const apiProc = api;
+    await waitFor(
+      `kube-apiserver on ${server} to be ready`,
+      async () => {
+        if (apiProc.exited) throw new Error(`kube-apiserver exited: ${apiProc.stderr.slice(-3000)}`);
+        const r = await kctl(['get', '--raw', '/readyz'], { timeoutMs: 5000 });
+        return r.code === 0 && r.stdout.trim() === 'ok';
+      },
+      { timeoutMs: deadline, intervalMs: 250 },
+    );
+    sched = launch(join(binDir, 'kube-scheduler'), [
+      `--kubeconfig=${kubeconfig}`,
+      `--authentication-kubeconfig=${kubeconfig}`,
+      `--authorization-kubeconfig=${kubeconfig}`,
+      '--leader-elect=false',
+      '--bind-address=127.0.0.1',
+      `--secure-port=${await freePort()}`,
+      `--cert-dir=${join(dir, 'scheduler')}`,
+      '--v=1',
+    ]);
+    const schedProc = sched;
+    // The scheduler is ready once it has listed nodes/pods; it reports that through its
+    // /readyz but that needs its own authn; its log line "Successfully synced" is not stable,
+    // so wait until it has started without exiting and its informers are up (a short grace).
+    await waitFor(
+      'kube-scheduler to start',
+      async () => {
+        if (schedProc.exited) throw new Error(`kube-scheduler exited: ${schedProc.stderr.slice(-3000)}`);
+        return /Starting Kubernetes Scheduler|Attempting to acquire|Successfully/.test(schedProc.stderr);
+      },
+      { timeoutMs: 30_000, intervalMs: 100 },
+    );
+    const handle: KubeApiserver = {
+      server,
+      kubeconfig,
+      binDir,
+      dir,
+      caFile: join(dir, 'ca.crt'),
+      ca,
+      kubeletClientCN: 'kube-apiserver-kubelet-client',
+      etcd,
+      issueCert,
+      kubectl: kctl,
+      spawnKubectl: (args) => spawn(join(binDir, 'kubectl'), ['--kubeconfig', kubeconfig, ...args], { stdio: ['pipe', 'pipe', 'pipe'] }),
+      logs: () => `--- kube-apiserver ---\n${apiProc.stderr.slice(-4000)}\n--- kube-scheduler ---\n${schedProc.stderr.slice(-4000)}`,
+      stop: cleanup,
+    };
+    return handle;
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+}
