@@ -154,9 +154,9 @@ source "amazon-ebs" "cell" {
   ena_support     = true
   encrypt_boot    = var.encrypt_boot
   kms_key_id      = var.kms_key_id != "" ? var.kms_key_id : null
-  # Instances launched from the AMI default to IMDSv2 only (the controller requires it too).
-  imds_support = "v2.0"
-  # ... and so does the build instance.
+  # The build instance requires IMDSv2, like the cells the controller launches (it sets
+  # HttpTokens=required on RunInstances; the AMI-level imds_support flag needs a newer amazon
+  # plugin than the v1.2.1 these templates are validated with).
   metadata_options {
     http_endpoint               = "enabled"
     http_tokens                 = "required"
