@@ -22,6 +22,7 @@ import { AwsProvider, CELL_TAGS } from '../../../src/providers/aws/index.js';
 import { cellServerIdentityCheck, CertificateAuthority } from '../../../src/security/index.js';
 import { openStore, type Store } from '../../../src/store/index.js';
 import { BootHarness } from '../../bootstrap/boot-harness.js';
+import { injectEc2Faults, type FaultLog } from './fault-injection.js';
 import { makeWorld, type MotoWorld } from './moto-world.js';
 
 const CONTROLLER_ID = 'ctl-e2e';
@@ -40,6 +41,11 @@ let client: ControllerClient;
 let raw: EC2Client;
 let harness: BootHarness;
 const bootErrors: unknown[] = [];
+// Capacity faults on the controller's own EC2 client (moto has no capacity shortages): while
+// `noCapacityFor` names a type, RunInstances for it fails with InsufficientInstanceCapacity.
+let noCapacityFor: string | undefined;
+let faults: FaultLog;
+let firstType: string | undefined;
 
 function unary<Req, Res>(fn: (r: Req, md: Metadata, o: object, cb: (e: ServiceError | null, r: Res) => void) => unknown, req: Req): Promise<Res> {
   return new Promise((resolve, reject) => fn(req, new Metadata(), { deadline: Date.now() + 10_000 }, (e, r) => (e ? reject(e) : resolve(r))));
@@ -62,6 +68,9 @@ beforeAll(async () => {
     logger,
     testAgentAddressMap: harness.addressOf,
   });
+  faults = injectEc2Faults(provider.ec2, [
+    { command: 'RunInstances', when: (i) => i['InstanceType'] === noCapacityFor, code: 'InsufficientInstanceCapacity' },
+  ]);
   agents = new AgentPool({
     forCell: (cellId) =>
       credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(me.keyPem), Buffer.from(me.certPem), { checkServerIdentity: cellServerIdentityCheck(cellId) }),
@@ -121,6 +130,7 @@ describe('the controller on EC2 (emulated)', () => {
     );
     expect(running.cellId).toMatch(/./);
     expect(running.instanceType).toMatch(/^t3\./);
+    firstType = running.instanceType;
 
     const owned = await provider.listOwned(CONTROLLER_ID);
     const mine = owned.filter((o) => o.tags[CELL_TAGS.cellId] === running.cellId);
@@ -144,6 +154,37 @@ describe('the controller on EC2 (emulated)', () => {
       { timeoutMs: 60_000, intervalMs: 250 },
     );
     expect(bootErrors).toEqual([]);
+  });
+
+  it('no capacity for the selected type in any zone: the controller falls back to the next candidate', async () => {
+    expect(firstType).toBeDefined();
+    noCapacityFor = firstType;
+    try {
+      const manifest = JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: { name: 'fallback', namespace: 'default' },
+        spec: { restartPolicy: 'Never', containers: [{ name: 'main', image, command: ['sleep', '3600'], resources: { requests: { cpu: '100m', memory: '64Mi' } } }] },
+      });
+      await unary(client.applyPod.bind(client), ApplyPodRequest.fromPartial({ manifest }));
+      const running = await waitFor(
+        'the pod to run on a fallback type',
+        async () => {
+          const p = await unary<GetPodRequest, PodObject>(client.getPod.bind(client), GetPodRequest.fromPartial({ pod: { namespace: 'default', name: 'fallback' } }));
+          return p.status?.phase === PodPhase.POD_PHASE_RUNNING ? p : undefined;
+        },
+        { timeoutMs: 90_000, intervalMs: 250 },
+      );
+      expect(running.instanceType).not.toBe(firstType);
+      // Both zones were tried for the selected type before the controller moved on.
+      expect(faults.count('RunInstances', (i) => i['InstanceType'] === firstType)).toBeGreaterThanOrEqual(3); // the first pod's launch + both zones now
+      expect(faults.calls.filter((c) => c.command === 'RunInstances' && c.injected).map((c) => c.input['SubnetId']).sort()).toEqual(
+        expect.arrayContaining(world.subnets.map((x) => x.id).sort()),
+      );
+      await unary(client.deletePod.bind(client), DeletePodRequest.fromPartial({ pod: { namespace: 'default', name: 'fallback' }, gracePeriodSeconds: 1 }));
+    } finally {
+      noCapacityFor = undefined;
+    }
   });
 
   it('after a store wipe the collector terminates what this controller ID owns, and nothing else', async () => {
