@@ -85,16 +85,17 @@ for (let i = 1; i <= N; i++) warm.push((await onePod(i)).ms);
 const kept = await onePod(N + 1, true);
 const instDir = join(stateDir, 'units', 'u', readFileSync(join(stateDir, 'units/u/unit.json'), 'utf8') && `i${JSON.parse(readFileSync(join(stateDir, 'units/u/unit.json'), 'utf8')).current.instance}`);
 const spec = JSON.parse(readFileSync(join(instDir, 'config.json'), 'utf8'));
-const lower = execFileSync('sh', ['-c', `grep " ${join(instDir, 'rootfs')} " /proc/mounts`], { encoding: 'utf8' }).match(/lowerdir=([^,]+)/)[1];
 await call('deletePod', { gracePeriodSeconds: 0 });
 const bare = [];
 const runcRoot = mkdtempSync(join(tmpdir(), 'bench-runc-'));
 for (let i = 0; i < N; i++) {
   const b = mkdtempSync(join(tmpdir(), 'bench-bundle-'));
   for (const d of ['upper', 'work', 'rootfs']) mkdirSync(join(b, d));
-  execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${b}/upper,workdir=${b}/work`, join(b, 'rootfs')]);
-  const s = { ...spec, root: { path: join(b, 'rootfs'), readonly: false }, linux: { ...spec.linux, cgroupsPath: `/cello-bench/bare/c${i}` } };
-  s.mounts = s.mounts.filter((m) => m.type !== 'bind'); // the pod's files and volumes are the agent's
+  // The agent's own spec: runc mounts the image layers' overlay at "/" (first mount).
+  const mounts = spec.mounts
+    .filter((m) => m.type !== 'bind') // the pod's files and volumes are the agent's
+    .map((m) => (m.destination === '/' ? { ...m, options: m.options.map((o) => (o.startsWith('upperdir=') ? `upperdir=${b}/upper` : o.startsWith('workdir=') ? `workdir=${b}/work` : o)) } : m));
+  const s = { ...spec, mounts, root: { path: join(b, 'rootfs'), readonly: false }, linux: { ...spec.linux, cgroupsPath: `/cello-bench/bare/c${i}` } };
   writeFileSync(join(b, 'config.json'), JSON.stringify(s));
   const t0 = performance.now();
   const r = spawnSync('runc', ['--root', runcRoot, 'run', '-d', '--bundle', b, `bare${i}`], { stdio: 'ignore' });
@@ -103,7 +104,6 @@ for (let i = 0; i < N; i++) {
   bare.push(ms);
   spawnSync('runc', ['--root', runcRoot, 'kill', `bare${i}`, 'KILL']);
   spawnSync('runc', ['--root', runcRoot, 'delete', '--force', `bare${i}`]);
-  spawnSync('umount', ['-l', join(b, 'rootfs')]);
   rmSync(b, { recursive: true, force: true });
 }
 

@@ -507,6 +507,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     for (const s of psc?.sysctls ?? []) sysctls[s.name] = s.value;
     return buildSpec({
       rootfs: inst.paths.rootfs,
+      rootMount: inst.rootMount(),
       readOnlyRoot: sc?.readOnlyRootFilesystem ?? false,
       argv,
       env: [...env].map(([k, v]) => `${k}=${v}`),

@@ -275,6 +275,12 @@ export class Unit implements UnitView {
           if (this.stopRequested) break;
           continue;
         }
+        if (this.stopRequested) {
+          // Stopped while the instance was being created: it never runs.
+          await inst.cleanup().catch(() => {});
+          this.instance = undefined;
+          break;
+        }
       } else {
         // Adopted: the previous agent started it.
         const exitedP = once(inst, 'exited') as Promise<[ExitInfo]>;
@@ -473,9 +479,15 @@ export class Unit implements UnitView {
     });
     if ((await Promise.race([exited.then(() => 'exited' as const), timer])) === 'timeout') {
       this.ctx.logger.info({ unit: this.name }, 'grace period over, killing');
-      await inst.kill('SIGKILL', true).catch(() => {});
-      await this.ctx.cgroups.killAll(this.cgroup).catch((err) => this.ctx.logger.warn({ err }, 'cgroup kill failed'));
-      await exited;
+      // Repeated until the instance is gone: runc may still be creating it (and so refuse the
+      // kill) when the stop comes early.
+      let gone = false;
+      void exited.then(() => (gone = true));
+      while (!gone) {
+        await inst.kill('SIGKILL', true).catch(() => {});
+        await this.ctx.cgroups.killAll(this.cgroup, 1000).catch((err) => this.ctx.logger.warn({ err: (err as Error).message }, 'cgroup kill failed'));
+        await Promise.race([exited, new Promise((r) => setTimeout(r, 500))]);
+      }
     }
   }
 
@@ -577,8 +589,9 @@ export class Unit implements UnitView {
     }
     await this.loop;
     this.stopProbes();
-    if (this.state.kind === 'waiting') {
-      this.setState({ kind: 'exited', exitCode: 0, signal: 0, reason: 'Completed', message: 'never started', startedAt: undefined, finishedAt: new Date(), containerId: '' });
+    if (this.state.kind === 'waiting' || this.state.kind === 'starting') {
+      // As the kubelet reports a container of a terminated pod that never ran.
+      this.setState({ kind: 'exited', exitCode: 137, signal: 0, reason: 'ContainerStatusUnknown', message: 'stopped before it started', startedAt: undefined, finishedAt: new Date(), containerId: '' });
     }
   }
 

@@ -30,9 +30,6 @@ import type { FifoPool } from './fifo-pool.js';
 const SHIM = `
 d="$5"
 if [ "$6" = 1 ]; then in="$d/stdin"; else in=/dev/null; fi
-if [ -n "$8" ] && ! mount -t overlay overlay -o "$8" "$d/rootfs" 2>"$d/shim-error"; then
-  echo 125 > "$d/exit.tmp"; mv "$d/exit.tmp" "$d/exit"; exit 0
-fi
 if [ "$7" = 1 ]; then
   "$1" --root "$2" --log "$d/runc.log" --log-format json run --bundle "$3" --pid-file "$d/pid" "$4"
 else
@@ -76,9 +73,6 @@ function mkfifo(paths: string[]): Promise<void> {
   );
 }
 
-export function unmount(target: string): Promise<void> {
-  return new Promise((resolve) => execFile('umount', ['-l', target], () => resolve()));
-}
 
 /** Keeps the last bytes a unit wrote, for FallbackToLogsOnError termination messages. */
 export class TailBuffer {
@@ -120,7 +114,7 @@ export class Instance extends EventEmitter {
   private exitSeen = false;
   private reported = false;
   private spawnedAt: number | undefined;
-  private overlay: string | undefined;
+  private overlay: string[] | undefined;
 
   constructor(private readonly o: InstanceOptions) {
     super();
@@ -148,7 +142,9 @@ export class Instance extends EventEmitter {
 
   /**
    * Creates the instance dir (upper, work, rootfs mount point, FIFOs). The overlay itself is
-   * mounted by the shim, so that the path to a running unit forks one process, not three.
+   * mounted by runc, as the spec's first mount (destination "/"), inside the unit's own mount
+   * namespace: no `mount` process on the start path, nothing in the host's mount table, and
+   * nothing to unmount when the unit ends.
    */
   async prepare(layerDirs: string[]): Promise<void> {
     const p = this.paths;
@@ -159,9 +155,15 @@ export class Instance extends EventEmitter {
     // Any user the unit runs as may write its termination message (umask would narrow it).
     await chmod(p.termination, 0o666);
     // overlayfs wants the topmost lower dir first; image-puller hands them bottom first.
-    this.overlay = `lowerdir=${[...layerDirs].reverse().join(':')},upperdir=${p.upper},workdir=${p.work}`;
+    this.overlay = [`lowerdir=${[...layerDirs].reverse().join(':')}`, `upperdir=${p.upper}`, `workdir=${p.work}`];
     const fifos = this.tty ? [] : ['stdout', 'stderr', ...(this.hasStdin ? ['stdin'] : [])].map((n) => join(this.dir, n));
     if (fifos.length > 0) await (this.o.fifos ? this.o.fifos.take(fifos) : mkfifo(fifos));
+  }
+
+  /** The OCI mount that makes the unit's root filesystem (see prepare). */
+  rootMount(): { destination: string; type: string; source: string; options: string[] } {
+    if (!this.overlay) throw new Error('instance not prepared');
+    return { destination: '/', type: 'overlay', source: 'overlay', options: this.overlay };
   }
 
   async writeSpec(spec: Record<string, unknown>): Promise<void> {
@@ -171,7 +173,7 @@ export class Instance extends EventEmitter {
   /** Starts the shim. Resolves once it is spawned; 'started' and 'exited' follow. */
   async start(): Promise<void> {
     const p = this.paths;
-    const args = ['-c', SHIM, 'cello-shim', this.o.runc.binary, this.o.runc.root, this.dir, this.id, this.dir, this.hasStdin ? '1' : '0', this.tty ? '1' : '0', this.overlay ?? ''];
+    const args = ['-c', SHIM, 'cello-shim', this.o.runc.binary, this.o.runc.root, this.dir, this.id, this.dir, this.hasStdin ? '1' : '0', this.tty ? '1' : '0'];
     this.watchDir();
     if (this.tty) {
       const pty = await import('node-pty');
@@ -313,12 +315,6 @@ export class Instance extends EventEmitter {
 
   private async runcError(): Promise<string | undefined> {
     try {
-      const shimErr = (await readFile(join(this.dir, 'shim-error'), 'utf8')).trim();
-      if (shimErr) return `cannot mount the unit's root filesystem: ${shimErr}`;
-    } catch {
-      /* none */
-    }
-    try {
       const lines = (await readFile(this.paths.runcLog, 'utf8')).split('\n').filter(Boolean);
       for (let i = lines.length - 1; i >= 0; i--) {
         const e = JSON.parse(lines[i]!) as { level?: string; msg?: string };
@@ -377,7 +373,6 @@ export class Instance extends EventEmitter {
   async cleanup(): Promise<void> {
     this.detach();
     await this.o.runc.delete(this.id);
-    await unmount(this.paths.rootfs);
     await rm(this.dir, { recursive: true, force: true });
   }
 }

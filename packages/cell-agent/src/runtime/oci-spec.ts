@@ -13,6 +13,8 @@ export interface OciMount {
 
 export interface SpecInput {
   rootfs: string;
+  /** Mounted first, at "/" (the overlay of the image layers), when the rootfs dir is empty. */
+  rootMount?: OciMount;
   readOnlyRoot: boolean;
   argv: string[];
   env: string[];
@@ -57,6 +59,7 @@ export function buildSpec(i: SpecInput): Record<string, unknown> {
   // uid != 0 bypass permissions the image expects to apply.
   const root = i.user.uid === 0;
   const mounts: OciMount[] = [
+    ...(i.rootMount ? [i.rootMount] : []),
     { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
     { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
     { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'] },
