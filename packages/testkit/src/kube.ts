@@ -182,6 +182,9 @@ export async function startKubeApiserver(o: { timeoutMs?: number } = {}): Promis
       `--kubelet-client-key=${kubeletClient.keyFile}`,
       `--kubelet-certificate-authority=${join(dir, 'ca.crt')}`,
       '--kubelet-preferred-address-types=InternalIP',
+      // There is no kube-controller-manager here, so nothing would lift the not-ready taint
+      // this plugin puts on new nodes; without it a Ready node is schedulable at once.
+      '--disable-admission-plugins=TaintNodesByCondition',
       '--profiling=false',
       '--v=1',
     ]);

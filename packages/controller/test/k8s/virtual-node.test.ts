@@ -1,0 +1,221 @@
+// The controller in a cluster, end to end: a real kube-apiserver and kube-scheduler (built from
+// the Go module proxy by scripts/k8s/build.sh, cached), the controller daemon with the local
+// provider (real cell-agent processes and runc), the virtual node in front of it, and the real
+// kubectl. Nothing is mocked: pods are scheduled by the real scheduler onto the virtual node,
+// run on local cells, and kubectl logs/exec/port-forward go API server -> kubelet API (HTTPS,
+// client certs, SPDY/3.1) -> controller -> cell agent.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { request } from 'node:http';
+import type { ChildProcess } from 'node:child_process';
+import { freePort, startKubeApiserver, waitFor, type KubeApiserver } from '@cello/testkit';
+import { CellState } from '@cello/proto/controller';
+import { Cluster, startFixtureRegistry, type Registry } from '../helpers/cluster.js';
+import { startVirtualNode, type VirtualNodeHandle } from '../../src/k8s/index.js';
+import { createLogger } from '../../src/obs/logger.js';
+
+const NODE = 'cello-vn';
+
+interface KPod {
+  metadata: { name: string; uid: string; deletionTimestamp?: string };
+  spec: { nodeName?: string };
+  status: {
+    phase?: string;
+    podIP?: string;
+    hostIP?: string;
+    startTime?: string;
+    conditions?: { type: string; status: string; reason?: string; message?: string }[];
+    containerStatuses?: { name: string; ready: boolean; restartCount: number; state: { running?: { startedAt: string } }; image: string }[];
+  };
+}
+
+const podYaml = (name: string, image: string, o: { tolerate: boolean; command: string; grace?: number }) => `apiVersion: v1
+kind: Pod
+metadata:
+  name: ${name}
+  labels: { app: ${name} }
+spec:
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: ${o.grace ?? 2}
+  nodeSelector: { type: virtual-kubelet }
+  ${o.tolerate ? 'tolerations: [{ key: virtual-kubelet.io/provider, operator: Exists, effect: NoSchedule }]' : ''}
+  containers:
+  - name: main
+    image: ${image}
+    command: ["sh", "-c", ${JSON.stringify(o.command)}]
+    env: [{ name: FROM_CM, valueFrom: { configMapKeyRef: { name: settings, key: greeting } } }]
+    ports: [{ containerPort: 8080 }]
+`;
+
+function httpGet(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path: '/', timeout: 5000 }, (res) => {
+      let body = '';
+      res.on('data', (b: Buffer) => (body += b.toString()));
+      res.on('end', () => resolve(body));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+let registry: Registry;
+let kube: KubeApiserver;
+let cl: Cluster;
+let vn: VirtualNodeHandle;
+const vnLog: string[] = [];
+
+async function getPod(name: string): Promise<KPod | undefined> {
+  const r = await kube.kubectl(['get', 'pod', name, '-o', 'json']);
+  return r.code === 0 ? (JSON.parse(r.stdout) as KPod) : undefined;
+}
+
+async function waitPod(name: string, what: string, pred: (p: KPod) => boolean, timeoutMs = 60_000): Promise<KPod> {
+  try {
+    return await waitFor(`pod ${name} ${what}`, async () => {
+      const p = await getPod(name);
+      return p && pred(p) ? p : undefined;
+    }, { timeoutMs, intervalMs: 250 });
+  } catch (err) {
+    const p = await getPod(name);
+    const ev = await kube.kubectl(['get', 'events', '--field-selector', `involvedObject.name=${name}`]);
+    throw new Error(`${(err as Error).message}\npod status: ${JSON.stringify(p?.status)}\nevents:\n${ev.stdout}\nvirtual node log:\n${vnLog.slice(-20).join('')}\ncontroller log:\n${cl.controllerLog.split('\n').filter((l) => !l.includes('"level":20')).slice(-15).join('\n')}`);
+  }
+}
+
+beforeAll(async () => {
+  registry = await startFixtureRegistry();
+  kube = await startKubeApiserver();
+  cl = new Cluster({ registry, warm: 1, healthSeconds: 5, gcIntervalSeconds: 2, retainFinishedSeconds: 0 });
+  await cl.start();
+  // What kube-controller-manager would make: the namespace's default ServiceAccount.
+  await kube.kubectl(['create', 'serviceaccount', 'default']);
+  await kube.kubectl(['create', 'configmap', 'settings', '--from-literal=greeting=hello-from-configmap']);
+  const serving = await kube.issueCert('kubelet-serving', { cn: NODE, ips: ['127.0.0.1'], dns: [NODE] });
+  const logStream = { write: (s: string) => void vnLog.push(s) };
+  vn = await startVirtualNode({
+    nodeName: NODE,
+    kubeconfig: kube.kubeconfig,
+    controllerAddress: cl.server,
+    providerName: 'local',
+    internalIP: '127.0.0.1',
+    kubelet: { listenHost: '127.0.0.1', port: await freePort(), cert: serving.cert, key: serving.key, clientCA: kube.ca },
+    capacity: async () => {
+      const c = { cpu: '8', memory: '16Gi', pods: '20' };
+      return { capacity: c, allocatable: c };
+    },
+    leaseSeconds: 2,
+    statusSeconds: 5,
+    log: createLogger({ level: 'debug', destination: logStream as unknown as NodeJS.WritableStream }),
+  });
+}, 30 * 60_000); // the first run on a machine builds the Kubernetes binaries (scripts/k8s/build.sh)
+
+afterAll(async () => {
+  await vn?.stop();
+  await cl?.stop();
+  await kube?.stop();
+  await registry?.server.stop();
+}, 60_000);
+
+describe('virtual node against a real kube-apiserver', () => {
+  it('registers a Ready node with its labels, taint, addresses and kubelet endpoint, and renews its Lease', async () => {
+    const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
+    expect(r.stderr).toBe('');
+    const node = JSON.parse(r.stdout) as {
+      metadata: { labels: Record<string, string> };
+      spec: { taints: { key: string; value: string; effect: string }[] };
+      status: { conditions: { type: string; status: string }[]; addresses: { type: string; address: string }[]; daemonEndpoints: { kubeletEndpoint: { Port: number } }; allocatable: Record<string, string> };
+    };
+    expect(node.metadata.labels).toMatchObject({ type: 'virtual-kubelet', 'kubernetes.io/role': 'agent', 'kubernetes.io/os': 'linux', 'kubernetes.io/arch': 'amd64', 'cello.dev/provider': 'local' });
+    expect(node.spec.taints).toEqual([{ key: 'virtual-kubelet.io/provider', value: 'cello', effect: 'NoSchedule' }]);
+    expect(node.status.conditions.find((c) => c.type === 'Ready')?.status).toBe('True');
+    expect(node.status.addresses).toContainEqual({ type: 'InternalIP', address: '127.0.0.1' });
+    expect(node.status.daemonEndpoints.kubeletEndpoint.Port).toBe(vn.kubeletPort);
+    expect(node.status.allocatable).toMatchObject({ cpu: '8', pods: '20' });
+    const lease = async () => JSON.parse((await kube.kubectl(['-n', 'kube-node-lease', 'get', 'lease', NODE, '-o', 'json'])).stdout) as { spec: { holderIdentity: string; renewTime: string } };
+    const first = await lease();
+    expect(first.spec.holderIdentity).toBe(NODE);
+    await waitFor('the lease to be renewed', async () => (await lease()).spec.renewTime !== first.spec.renewTime, { timeoutMs: 10_000, intervalMs: 500 });
+  });
+
+  it('runs a tolerating pod on a cell: Running with status written back; logs, exec, port-forward through the API server; delete ends the cell', async () => {
+    const web = podYaml('web', registry.image, {
+      tolerate: true,
+      command: 'echo "greeting=$FROM_CM"; echo "svc=$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"; mkdir -p /www && echo hello-through-kubectl > /www/index.html && exec httpd -f -p 8080 -h /www',
+    });
+    const applied = await kube.kubectl(['apply', '-f', '-'], { input: web });
+    expect(applied.stderr).toBe('');
+    const pod = await waitPod('web', 'Running', (p) => p.status.phase === 'Running' && !!p.status.containerStatuses?.[0]?.state.running, 90_000);
+    expect(pod.spec.nodeName).toBe(NODE);
+    expect(pod.status.podIP).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
+    expect(pod.status.hostIP).toBe('127.0.0.1');
+    expect(pod.status.startTime).toBeTruthy();
+    expect(pod.status.containerStatuses![0]).toMatchObject({ name: 'main', restartCount: 0, image: registry.image });
+    // The scheduler's condition survives our status patches (strategic merge by type).
+    expect(pod.status.conditions?.find((c) => c.type === 'PodScheduled')?.status).toBe('True');
+    const cells = await cl.cells();
+    expect(cells.some((c) => c.state === CellState.CELL_STATE_BOUND && c.pod?.name === 'web')).toBe(true);
+
+    // kubectl logs: API server -> kubelet /containerLogs over HTTPS with its client certificate.
+    const logs = await waitFor('kubectl logs', async () => {
+      const r = await kube.kubectl(['logs', 'web']);
+      return r.code === 0 && r.stdout.includes('svc=') ? r : undefined;
+    }, { timeoutMs: 20_000, intervalMs: 500 });
+    const server = new URL(kube.server);
+    expect(logs.stdout).toContain('greeting=hello-from-configmap');
+    expect(logs.stdout).toContain(`svc=${server.hostname}:${server.port}`);
+    const tail = await kube.kubectl(['logs', 'web', '--tail=1', '--timestamps']);
+    expect(tail.stdout).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z svc=/);
+    expect(tail.stdout.trim().split('\n')).toHaveLength(1);
+
+    // kubectl exec: SPDY/3.1 between the API server and the kubelet API; exit codes come back.
+    const ex = await kube.kubectl(['exec', 'web', '--', 'sh', '-c', 'cat /www/index.html; echo to-stderr >&2; exit 3'], { timeoutMs: 30_000 });
+    expect(ex.stdout).toBe('hello-through-kubectl\n');
+    expect(ex.stderr).toContain('to-stderr');
+    expect(ex.code).toBe(3);
+    const stdin = await kube.kubectl(['exec', '-i', 'web', '--', 'sh', '-c', 'tr a-z A-Z'], { input: 'piped through stdin\n', timeoutMs: 30_000 });
+    expect(stdin).toMatchObject({ code: 0, stdout: 'PIPED THROUGH STDIN\n' });
+
+    // kubectl port-forward.
+    const local = await freePort();
+    const pf: ChildProcess = kube.spawnKubectl(['port-forward', 'pod/web', `${local}:8080`]);
+    let pfOut = '';
+    pf.stdout!.on('data', (b: Buffer) => (pfOut += b.toString()));
+    pf.stderr!.on('data', (b: Buffer) => (pfOut += b.toString()));
+    try {
+      await waitFor('port-forward to listen', () => pfOut.includes('Forwarding from'), { timeoutMs: 20_000, intervalMs: 100 });
+      expect(await httpGet(local)).toBe('hello-through-kubectl\n');
+      expect(await httpGet(local)).toBe('hello-through-kubectl\n');
+    } catch (err) {
+      throw new Error(`${(err as Error).message}\nkubectl port-forward: ${pfOut}`);
+    } finally {
+      pf.kill('SIGTERM');
+    }
+
+    // Events recorded on the pod by the virtual node.
+    const events = await kube.kubectl(['get', 'events', '--field-selector', 'involvedObject.name=web', '-o', 'json']);
+    const reasons = (JSON.parse(events.stdout) as { items: { reason: string; source?: { component?: string } }[] }).items.map((e) => e.reason);
+    expect(reasons).toContain('Scheduled');
+    expect(reasons).toContain('CellRequested');
+
+    // Graceful delete: the object goes only after the pod has stopped, and the cell ends.
+    const cellId = cells.find((c) => c.pod?.name === 'web')!.id;
+    const del = await kube.kubectl(['delete', 'pod', 'web', '--wait=true', '--timeout=60s'], { timeoutMs: 70_000 });
+    expect(del.code).toBe(0);
+    expect(await getPod('web')).toBeUndefined();
+    await waitFor('the pod\'s cell to end', async () => {
+      const c = (await cl.cells()).find((x) => x.id === cellId);
+      return !c || c.state === CellState.CELL_STATE_TERMINATED || c.state === CellState.CELL_STATE_TERMINATING;
+    }, { timeoutMs: 60_000, intervalMs: 250 });
+    expect((await cl.pod('web').catch(() => undefined))?.metadata).toBeUndefined();
+  }, 240_000);
+
+  it('a pod without the toleration is never placed on the virtual node', async () => {
+    const r = await kube.kubectl(['apply', '-f', '-'], { input: podYaml('intolerant', registry.image, { tolerate: false, command: 'sleep 1000' }) });
+    expect(r.code).toBe(0);
+    const p = await waitPod('intolerant', 'reported Unschedulable', (x) => x.status.conditions?.some((c) => c.type === 'PodScheduled' && c.status === 'False' && c.reason === 'Unschedulable') ?? false, 30_000);
+    expect(p.spec.nodeName ?? '').toBe('');
+    expect(p.status.conditions!.find((c) => c.type === 'PodScheduled')!.message).toContain('untolerated taint');
+    expect((await cl.pod('intolerant').catch(() => undefined))?.metadata).toBeUndefined();
+    await kube.kubectl(['delete', 'pod', 'intolerant', '--wait=false']);
+  });
+});
