@@ -52,7 +52,10 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
       s = await setup();
     }, 120_000);
     afterAll(async () => {
-      if (s && launched.length) await s.provider.terminate(launched).catch(() => undefined);
+      // Everything this suite launched carries its controller ID, even launches whose promise failed.
+      const owned = s ? await s.provider.listOwned(s.controllerId).catch(() => []) : [];
+      const ids = [...new Set([...launched, ...owned.map((o) => o.instanceId)])];
+      if (ids.length) await s.provider.terminate(ids).catch(() => undefined);
       await s?.provider.close();
       await s?.cleanup?.();
     }, 120_000);
