@@ -96,7 +96,7 @@ locals {
   machine_type = var.machine_type != "" ? var.machine_type : (var.arch == "arm64" ? "t2a-standard-1" : "e2-small")
   stamp        = formatdate("YYYYMMDDhhmmss", timestamp())
   # GCE names: lower-case letters, digits and hyphens.
-  version_slug = lower(replace(var.agent_version, "/[^A-Za-z0-9-]/", "-"))
+  version_slug = regex_replace(lower(var.agent_version), "[^a-z0-9-]", "-")
 }
 
 source "googlecompute" "cell" {
