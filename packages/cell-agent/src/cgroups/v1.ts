@@ -1,10 +1,10 @@
 // cgroup v1: one hierarchy per controller under a common mount root (/sys/fs/cgroup/memory,
 // /cpu, /cpuacct, /pids, ...). Limits go in memory.limit_in_bytes, cpu.cfs_quota_us,
 // cpu.shares and pids.max; OOM kills are counted in memory.oom_control's `oom_kill`.
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type CgroupDriver, type CgroupStats, type UnitLimits, CPU_PERIOD_US, milliCpuToShares } from './driver.js';
-import { killTree, readKeyed, readNum, removeTree, treePids } from './common.js';
+import { killTree, readNum, removeTree, treePids } from './common.js';
 
 const CONTROLLERS = ['memory', 'cpu', 'cpuacct', 'pids'] as const;
 // An unlimited v1 memory limit reads back as this (PAGE_COUNTER_MAX pages, rounded).
@@ -19,22 +19,24 @@ export class CgroupV1Driver implements CgroupDriver {
   }
 
   async ensure(path: string, limits: UnitLimits): Promise<void> {
-    for (const c of CONTROLLERS) await mkdir(this.dir(c, path), { recursive: true });
+    // Synchronous: cgroupfs writes never block on a disk, and this is on the path to a start.
+    for (const c of CONTROLLERS) mkdirSync(this.dir(c, path), { recursive: true });
     const mem = this.dir('memory', path);
     const cpu = this.dir('cpu', path);
-    await writeFile(join(mem, 'memory.limit_in_bytes'), limits.memoryBytes !== undefined ? String(limits.memoryBytes) : '-1');
-    await writeFile(join(cpu, 'cpu.cfs_period_us'), String(CPU_PERIOD_US));
-    await writeFile(
+    writeFileSync(join(mem, 'memory.limit_in_bytes'), limits.memoryBytes !== undefined ? String(limits.memoryBytes) : '-1');
+    writeFileSync(join(cpu, 'cpu.cfs_period_us'), String(CPU_PERIOD_US));
+    writeFileSync(
       join(cpu, 'cpu.cfs_quota_us'),
       limits.cpuMillis !== undefined ? String(Math.max(1000, Math.floor((limits.cpuMillis * CPU_PERIOD_US) / 1000))) : '-1',
     );
-    if (limits.cpuRequestMillis !== undefined) await writeFile(join(cpu, 'cpu.shares'), String(milliCpuToShares(limits.cpuRequestMillis)));
-    await writeFile(join(this.dir('pids', path), 'pids.max'), limits.pids !== undefined ? String(limits.pids) : 'max');
+    if (limits.cpuRequestMillis !== undefined) writeFileSync(join(cpu, 'cpu.shares'), String(milliCpuToShares(limits.cpuRequestMillis)));
+    writeFileSync(join(this.dir('pids', path), 'pids.max'), limits.pids !== undefined ? String(limits.pids) : 'max');
   }
 
   async oomKills(path: string): Promise<number> {
     try {
-      return (await readKeyed(join(this.dir('memory', path), 'memory.oom_control'))).get('oom_kill') ?? 0;
+      const m = /oom_kill (\d+)/.exec(readFileSync(join(this.dir('memory', path), 'memory.oom_control'), 'utf8'));
+      return m ? Number(m[1]) : 0;
     } catch {
       return 0;
     }
@@ -42,7 +44,7 @@ export class CgroupV1Driver implements CgroupDriver {
 
   async limitHits(path: string): Promise<number> {
     try {
-      return await readNum(join(this.dir('memory', path), 'memory.failcnt'));
+      return Number(readFileSync(join(this.dir('memory', path), 'memory.failcnt'), 'utf8').trim());
     } catch {
       return 0;
     }

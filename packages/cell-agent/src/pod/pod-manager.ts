@@ -3,8 +3,8 @@
 // change to watchers. Survives an agent restart by re-adopting units from the state dir.
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type pino from 'pino';
 import {
@@ -188,16 +188,16 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const spec = pod.spec!;
     const sameUid = this.req?.pod?.metadata?.uid === pod.metadata?.uid;
     if (this.req && !sameUid) await this.teardown(0);
-    await mkdir(this.o.stateDir, { recursive: true });
+    mkdirSync(this.o.stateDir, { recursive: true });
     // Secrets are kept at rest with the state (mode 0600) so that a restarted agent can
     // rebuild volumes; the state dir is the cell's own, like the kubelet's pod dirs.
-    await writeFile(this.dirs.req + '.tmp', ApplyPodRequest.encode(req).finish(), { mode: 0o600 });
-    await rename(this.dirs.req + '.tmp', this.dirs.req);
+    writeFileSync(this.dirs.req + '.tmp', ApplyPodRequest.encode(req).finish(), { mode: 0o600 });
+    renameSync(this.dirs.req + '.tmp', this.dirs.req);
     this.req = req;
     this.generation = req.generation;
     if (!this.startTime) {
       this.startTime = new Date();
-      await writeFile(join(this.o.stateDir, 'pod-start-time'), this.startTime.toISOString());
+      writeFileSync(join(this.o.stateDir, 'pod-start-time'), this.startTime.toISOString());
     }
     this.podFiles = writePodFiles(this.dirs.pod, pod, this.o.podIP);
     await this.prepareVolumes();
@@ -297,7 +297,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   private async prepareVolumes(): Promise<void> {
     const req = this.req!;
     const vb = new VolumeBuilder(this.dirs.volumes, req, this.o.podIP, this.o.hostIP);
-    await mkdir(this.dirs.volumes, { recursive: true });
+    mkdirSync(this.dirs.volumes, { recursive: true });
     this.volumes.clear();
     for (const v of req.pod!.spec!.volumes) {
       try {

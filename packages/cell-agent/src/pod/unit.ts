@@ -2,8 +2,7 @@
 // with back-off, probes, and stop. Its lifecycle is the explicit UnitState machine.
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type pino from 'pino';
 import type { Container, ContainerState, ContainerStatus } from '@cello/proto/cell';
@@ -209,10 +208,10 @@ export class Unit implements UnitView {
         : {}),
     };
     try {
-      await mkdir(this.dir, { recursive: true });
-      await writeFile(this.recordPath() + '.tmp', JSON.stringify(rec));
-      const { rename } = await import('node:fs/promises');
-      await rename(this.recordPath() + '.tmp', this.recordPath());
+      // Synchronous: small, and it keeps records in the order the transitions happened.
+      mkdirSync(this.dir, { recursive: true });
+      writeFileSync(this.recordPath() + '.tmp', JSON.stringify(rec));
+      renameSync(this.recordPath() + '.tmp', this.recordPath());
     } catch (err) {
       this.ctx.logger.warn({ err, unit: this.name }, 'cannot persist unit record');
     }

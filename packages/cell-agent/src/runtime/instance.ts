@@ -17,8 +17,8 @@
 //   away with the agent and the unit gets SIGHUP). The restarted agent sees them exited.
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import { closeSync, constants as FS, existsSync, openSync, readFileSync, watch, type FSWatcher } from 'node:fs';
-import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmodSync, closeSync, constants as FS, existsSync, mkdirSync, openSync, readFileSync, rmSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
+import { readFile, rm } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
@@ -147,13 +147,16 @@ export class Instance extends EventEmitter {
    * nothing to unmount when the unit ends.
    */
   async prepare(layerDirs: string[]): Promise<void> {
+    // Synchronous on purpose: a handful of tiny metadata operations, cheaper done at once than
+    // each queued on libuv's thread pool (which a loaded cell makes slow to come back).
     const p = this.paths;
-    await rm(this.dir, { recursive: true, force: true }); // leftovers of an instance a crash interrupted
-    await mkdir(p.upper, { recursive: true });
-    await Promise.all([mkdir(p.work), mkdir(p.rootfs)]);
-    await writeFile(p.termination, '');
+    rmSync(this.dir, { recursive: true, force: true }); // leftovers of an instance a crash interrupted
+    mkdirSync(p.upper, { recursive: true });
+    mkdirSync(p.work);
+    mkdirSync(p.rootfs);
+    writeFileSync(p.termination, '');
     // Any user the unit runs as may write its termination message (umask would narrow it).
-    await chmod(p.termination, 0o666);
+    chmodSync(p.termination, 0o666);
     // overlayfs wants the topmost lower dir first; image-puller hands them bottom first.
     this.overlay = [`lowerdir=${[...layerDirs].reverse().join(':')}`, `upperdir=${p.upper}`, `workdir=${p.work}`];
     const fifos = this.tty ? [] : ['stdout', 'stderr', ...(this.hasStdin ? ['stdin'] : [])].map((n) => join(this.dir, n));
@@ -167,7 +170,7 @@ export class Instance extends EventEmitter {
   }
 
   async writeSpec(spec: Record<string, unknown>): Promise<void> {
-    await writeFile(this.paths.config, JSON.stringify(spec));
+    writeFileSync(this.paths.config, JSON.stringify(spec));
   }
 
   /** Starts the shim. Resolves once it is spawned; 'started' and 'exited' follow. */
@@ -197,7 +200,7 @@ export class Instance extends EventEmitter {
       this.shim.on('error', (err) => this.o.logger.error({ err, unit: this.id }, 'shim failed to spawn'));
     }
     const meta: InstanceMeta = { id: this.id, instance: this.instance, shimPid: this.shimPid, tty: this.tty, stdin: this.hasStdin, createdAt: new Date().toISOString() };
-    await writeFile(p.meta, JSON.stringify(meta));
+    writeFileSync(p.meta, JSON.stringify(meta));
     this.checkFiles();
   }
 
