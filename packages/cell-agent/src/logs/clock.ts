@@ -1,7 +1,10 @@
 // A nanosecond wall clock. Date.now() has millisecond resolution, which would give thousands of
 // log lines the same timestamp; anchoring process.hrtime to the wall clock once keeps order and
 // precision. It never goes backwards, even if the system clock is stepped.
-const anchor = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
+import { performance } from 'node:perf_hooks';
+
+// performance.timeOrigin + now() is the wall clock with sub-millisecond precision.
+const anchor = BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6)) - process.hrtime.bigint();
 let last = 0n;
 
 export function nowNs(): bigint {

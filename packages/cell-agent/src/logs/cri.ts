@@ -59,22 +59,33 @@ export class CriParser {
     if (pos < data.length) this.carry = Buffer.from(data.subarray(pos));
   }
 
+  private lastTs: Buffer | undefined;
+  private lastSeconds = 0;
+  private lastNanos = 0;
+
   private parseRecord(data: Buffer, start: number, nl: number): ParsedRecord {
     const s1 = data.indexOf(SPACE, start);
     const s2 = s1 === -1 ? -1 : data.indexOf(SPACE, s1 + 1);
-    const s3 = s2 === -1 ? -1 : data.indexOf(SPACE, s2 + 1);
-    if (s1 === -1 || s2 === -1 || s3 === -1 || s3 > nl) {
+    const s3 = s2 === -1 ? -1 : s2 + 2;
+    if (s1 === -1 || s2 === -1 || s3 > nl || (data[s3] !== SPACE && s3 !== nl)) {
       throw new Error(`malformed CRI log record: ${JSON.stringify(data.toString('utf8', start, Math.min(nl, start + 80)))}`);
     }
-    const { seconds, nanos } = this.ts.parse(data.toString('latin1', start, s1));
-    const streamName = data.toString('latin1', s1 + 1, s2);
-    const tag = data[s2 + 1];
+    // Neighbouring records mostly share their timestamp (one per write): compare bytes, parse rarely.
+    const tsLen = s1 - start;
+    const last = this.lastTs;
+    if (last === undefined || last.length !== tsLen || data.compare(last, 0, tsLen, start, s1) !== 0) {
+      const t = this.ts.parse(data.toString('latin1', start, s1));
+      this.lastTs = Buffer.from(data.subarray(start, s1));
+      this.lastSeconds = t.seconds;
+      this.lastNanos = t.nanos;
+    }
     return {
-      stream: streamName === 'stderr' ? LogStream.LOG_STREAM_STDERR : LogStream.LOG_STREAM_STDOUT,
-      timeSeconds: seconds,
-      timeNanos: nanos,
-      line: data.subarray(s3 + 1, nl),
-      partial: tag === 0x50 /* P */,
+      // "stdout" / "stderr": the fourth letter tells them apart
+      stream: data[s1 + 4] === 0x65 /* e */ ? LogStream.LOG_STREAM_STDERR : LogStream.LOG_STREAM_STDOUT,
+      timeSeconds: this.lastSeconds,
+      timeNanos: this.lastNanos,
+      line: data.subarray(Math.min(s3 + 1, nl), nl),
+      partial: data[s2 + 1] === 0x50 /* P */,
       rawBytes: nl + 1 - start,
     };
   }

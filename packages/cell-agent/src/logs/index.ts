@@ -58,6 +58,7 @@ interface RingChunk {
 }
 
 const READ_BYTES = 1 << 20;
+const NL = Buffer.from([NEWLINE]);
 const BACKWARD_BLOCK = 64 * 1024;
 
 /** One run of the unit: a byte space of CRI records spread over segment files. */
@@ -99,46 +100,87 @@ class Instance {
     // One timestamp per chunk: the lines of one read arrived together.
     const headF = Buffer.from(`${ts} ${stream} F `, 'latin1');
     const headP = Buffer.from(`${ts} ${stream} P `, 'latin1');
-    const parts: Buffer[] = [];
-    const nl = Buffer.from([NEWLINE]);
     const max = this.opts.maxLineBytes;
-    const emit = (content: Buffer, full: boolean) => {
-      let c = content;
+    const parts: Buffer[] = [];
+    let start = 0;
+    // A line held from the previous chunk completes (or grows) first.
+    if (this.partialLen[stream] > 0) {
+      const i = chunk.indexOf(NEWLINE);
+      const piece = i === -1 ? chunk : chunk.subarray(0, i);
+      this.partial[stream].push(Buffer.from(piece));
+      this.partialLen[stream] += piece.length;
+      if (i === -1) {
+        this.flushHeld(stream, headP, parts);
+        if (parts.length > 0) this.append(Buffer.concat(parts));
+        return;
+      }
+      const line = Buffer.concat(this.partial[stream]);
+      this.partial[stream] = [];
+      this.partialLen[stream] = 0;
+      let c = line;
       while (c.length > max) {
-        parts.push(headP, c.subarray(0, max), nl);
+        parts.push(headP, c.subarray(0, max), NL);
         c = c.subarray(max);
       }
-      parts.push(full ? headF : headP, c, nl);
-    };
-    let start = 0;
-    for (;;) {
-      const i = chunk.indexOf(NEWLINE, start);
-      if (i === -1) break;
-      let line = chunk.subarray(start, i);
-      if (this.partialLen[stream] > 0) {
-        line = Buffer.concat([...this.partial[stream], line]);
-        this.partial[stream] = [];
-        this.partialLen[stream] = 0;
-      }
-      emit(line, true);
+      parts.push(headF, c, NL);
       start = i + 1;
+    }
+    // The common case, on the hot path: whole lines of at most `max` bytes. Each record is the
+    // header plus the line with its newline, copied as one run from the chunk into one buffer.
+    const last = chunk.lastIndexOf(NEWLINE);
+    if (last >= start) {
+      let lines = 0;
+      for (let i = chunk.indexOf(NEWLINE, start); i !== -1 && i <= last; i = chunk.indexOf(NEWLINE, i + 1)) lines += 1;
+      const out = Buffer.allocUnsafe(last + 1 - start + lines * headF.length);
+      let pos = 0;
+      let long = false;
+      for (let ls = start; ls <= last; ) {
+        const nl = chunk.indexOf(NEWLINE, ls);
+        if (nl - ls > max) {
+          long = true;
+          break;
+        }
+        headF.copy(out, pos);
+        pos += headF.length;
+        pos += chunk.copy(out, pos, ls, nl + 1);
+        ls = nl + 1;
+        start = ls;
+      }
+      parts.push(out.subarray(0, pos));
+      if (long) {
+        // Rare: lines longer than `max` become P records followed by an F record.
+        for (let nl = chunk.indexOf(NEWLINE, start); nl !== -1 && nl <= last; nl = chunk.indexOf(NEWLINE, start)) {
+          let c = chunk.subarray(start, nl);
+          while (c.length > max) {
+            parts.push(headP, c.subarray(0, max), NL);
+            c = c.subarray(max);
+          }
+          parts.push(headF, c, NL);
+          start = nl + 1;
+        }
+      }
     }
     if (start < chunk.length) {
       // Copy: the caller may reuse its buffer.
       const rest = Buffer.from(chunk.subarray(start));
       this.partial[stream].push(rest);
       this.partialLen[stream] += rest.length;
-      if (this.partialLen[stream] >= max) {
-        let held = Buffer.concat(this.partial[stream]);
-        while (held.length >= max) {
-          parts.push(headP, held.subarray(0, max), nl);
-          held = held.subarray(max);
-        }
-        this.partial[stream] = held.length > 0 ? [held] : [];
-        this.partialLen[stream] = held.length;
-      }
+      this.flushHeld(stream, headP, parts);
     }
-    if (parts.length > 0) this.append(Buffer.concat(parts));
+    if (parts.length > 0) this.append(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+  }
+
+  /** A held partial line that reached `maxLineBytes` goes out as P records. */
+  private flushHeld(stream: StdStream, headP: Buffer, parts: Buffer[]): void {
+    const max = this.opts.maxLineBytes;
+    if (this.partialLen[stream] < max) return;
+    let held = Buffer.concat(this.partial[stream]);
+    while (held.length >= max) {
+      parts.push(headP, held.subarray(0, max), NL);
+      held = held.subarray(max);
+    }
+    this.partial[stream] = held.length > 0 ? [held] : [];
+    this.partialLen[stream] = held.length;
   }
 
   end(): void {

@@ -169,3 +169,49 @@ export async function startMetricsServer(metrics: AgentMetrics, opts: { host: st
     close: () => new Promise((resolve) => server.close(() => resolve())),
   };
 }
+
+const codeNames = new Map<number, string>([
+  [0, 'OK'], [1, 'CANCELLED'], [2, 'UNKNOWN'], [3, 'INVALID_ARGUMENT'], [4, 'DEADLINE_EXCEEDED'], [5, 'NOT_FOUND'],
+  [6, 'ALREADY_EXISTS'], [7, 'PERMISSION_DENIED'], [8, 'RESOURCE_EXHAUSTED'], [9, 'FAILED_PRECONDITION'], [10, 'ABORTED'],
+  [11, 'OUT_OF_RANGE'], [12, 'UNIMPLEMENTED'], [13, 'INTERNAL'], [14, 'UNAVAILABLE'], [15, 'DATA_LOSS'], [16, 'UNAUTHENTICATED'],
+]);
+
+type AnyHandler = (...args: any[]) => unknown; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/**
+ * Wraps a gRPC service implementation so every call is counted by method and status code and
+ * timed (streams: until they end). Unary handlers are recognised by their (call, callback)
+ * signature; streaming ones by listening to the call's end.
+ */
+export function instrumentService<T extends object>(impl: T, metrics: AgentMetrics, service = 'cello.cell.v1.CellAgent'): T {
+  const out: Record<string, AnyHandler> = {};
+  for (const [name, fn] of Object.entries(impl) as [string, unknown][]) {
+    if (typeof fn !== 'function') continue;
+    const method = `/${service}/${name.charAt(0).toUpperCase()}${name.slice(1)}`;
+    const handler = fn as AnyHandler;
+    if (handler.length >= 2) {
+      out[name] = (call: unknown, callback: (err: { code?: number } | null, ...rest: unknown[]) => void) => {
+        const t0 = process.hrtime.bigint();
+        return handler(call, (err: { code?: number } | null, ...rest: unknown[]) => {
+          metrics.recordGrpcCall(method, codeNames.get(err ? (err.code ?? 2) : 0) ?? 'UNKNOWN', Number(process.hrtime.bigint() - t0) / 1e9);
+          callback(err, ...rest);
+        });
+      };
+    } else {
+      out[name] = (call: NodeJS.EventEmitter) => {
+        const t0 = process.hrtime.bigint();
+        let done = false;
+        const record = (code: number) => {
+          if (done) return;
+          done = true;
+          metrics.recordGrpcCall(method, codeNames.get(code) ?? 'UNKNOWN', Number(process.hrtime.bigint() - t0) / 1e9);
+        };
+        call.once('finish', () => record(0));
+        call.once('cancelled', () => record(1));
+        call.on('error', (e: { code?: number }) => record(e?.code ?? 2));
+        return handler(call);
+      };
+    }
+  }
+  return out as T;
+}

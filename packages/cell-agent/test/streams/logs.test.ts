@@ -27,7 +27,7 @@ describe('ContainerLogs (real files)', () => {
   it('keeps stream, nanosecond timestamps, a partial last line and lines longer than any buffer', async () => {
     const logs = new ContainerLogs({ dir: tmp(), maxLineBytes: 1000 });
     const sink = logs.startInstance();
-    const before = BigInt(Date.now()) * 1_000_000n;
+    const before = BigInt(Date.now() - 2) * 1_000_000n; // (Date.now() is truncated to the ms)
     sink.write('stdout', Buffer.from('one\ntw'));
     sink.write('stderr', Buffer.from('err line\n'));
     sink.write('stdout', Buffer.from('o\n'));

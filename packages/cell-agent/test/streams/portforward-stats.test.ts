@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { status, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PortForwardFrame, StatsRequest, type StatsResponse } from '@cello/proto/cell';
+import { LogsRequest, PortForwardFrame, StatsRequest, type StatsResponse } from '@cello/proto/cell';
 import { waitFor } from '@cello/testkit';
 import { CgroupStatsReader } from '../../src/stats/index.js';
 import { AgentMetrics, startMetricsServer } from '../../src/metrics/index.js';
@@ -158,8 +158,19 @@ describe('Stats (cgroup v1 on this host, /proc)', () => {
 
   it('serves the same figures and the agent\'s own on a Prometheus /metrics port', async () => {
     const metrics = new AgentMetrics();
-    metrics.setStatsSource(() => srv.handlers.statsCollector.collect());
-    metrics.recordGrpcCall('/cello.cell.v1.CellAgent/Exec', 'OK', 0.01);
+    // A second server over the same units, instrumented: its calls are counted by method and code.
+    const inst = await startStreamServer({ units, logsFor: (n) => units.get(n)?.logs, metrics }, { instrument: metrics });
+    metrics.setStatsSource(() => inst.handlers.statsCollector.collect());
+    await new Promise((resolve, reject) => inst.client.stats(StatsRequest.fromPartial({}), (e, r) => (e ? reject(e) : resolve(r))));
+    const missing = inst.client.logs(LogsRequest.fromPartial({ container: 'nope' }));
+    await new Promise((resolve) => missing.on('error', resolve));
+    const pf = inst.client.portForward();
+    pf.on('error', () => {});
+    pf.write(PortForwardFrame.fromPartial({ frame: { $case: 'start', value: { port: 8080 } } }));
+    pf.write(PortForwardFrame.fromPartial({ frame: { $case: 'data', value: Buffer.from('GET /hello.txt HTTP/1.0\r\n\r\n') } }));
+    pf.write(PortForwardFrame.fromPartial({ frame: { $case: 'closeWrite', value: true } }));
+    await new Promise((resolve) => pf.on('end', resolve).resume());
+    await inst.stop();
     metrics.recordPull({ ok: true, bytes: 1234, seconds: 0.5 });
     metrics.recordProbe('web', 'readiness', 'success');
     const m = await startMetricsServer(metrics, { host: '127.0.0.1', port: 0 });
@@ -168,7 +179,10 @@ describe('Stats (cgroup v1 on this host, /proc)', () => {
       const cores = Number(/cello_unit_cpu_cores\{unit="burn"\} (\S+)/.exec(text)?.[1]);
       expect(cores).toBeGreaterThan(0.01);
       expect(text).toMatch(/cello_unit_memory_working_set_bytes\{unit="burn"\} \d{8,9}/);
-      expect(text).toContain('cello_agent_grpc_calls_total{method="/cello.cell.v1.CellAgent/Exec",code="OK"} 1');
+      expect(text).toContain('cello_agent_grpc_calls_total{method="/cello.cell.v1.CellAgent/Stats",code="OK"} 1');
+      expect(text).toContain('cello_agent_grpc_calls_total{method="/cello.cell.v1.CellAgent/Logs",code="NOT_FOUND"} 1');
+      expect(text).toContain('cello_agent_grpc_calls_total{method="/cello.cell.v1.CellAgent/PortForward",code="OK"} 1');
+      expect(text).toMatch(/cello_agent_stream_bytes_total\{kind="port_forward",direction="out"\} \d+/);
       expect(text).toContain('cello_agent_image_pull_bytes_total 1234');
       expect(text).toContain('cello_agent_probe_results_total{unit="web",probe="readiness",result="success"} 1');
       expect(text).toMatch(/cello_cell_memory_total_bytes \d+/);

@@ -4,6 +4,7 @@ import { credentials, Server, ServerCredentials, type ClientDuplexStream } from 
 import { pino } from 'pino';
 import { CellAgentClient, CellAgentService, ExecInput, type ExecOutput, type ExitStatus } from '@cello/proto/cell';
 import { freePort } from '@cello/testkit';
+import { type AgentMetrics, instrumentService } from '../../../src/metrics/index.js';
 import { createStreamHandlers, type StreamHandlerDeps, type StreamHandlers } from '../../../src/server/stream-handlers.js';
 
 export interface TestServer {
@@ -13,11 +14,11 @@ export interface TestServer {
   stop(): Promise<void>;
 }
 
-export async function startStreamServer(deps: Omit<StreamHandlerDeps, 'logger'>): Promise<TestServer> {
+export async function startStreamServer(deps: Omit<StreamHandlerDeps, 'logger'>, opts: { instrument?: AgentMetrics } = {}): Promise<TestServer> {
   const handlers = createStreamHandlers({ ...deps, logger: pino({ level: 'warn' }) });
   const server = new Server();
   const { close: _close, statsCollector: _s, ...impl } = handlers;
-  server.addService(CellAgentService, impl);
+  server.addService(CellAgentService, opts.instrument ? instrumentService(impl, opts.instrument) : impl);
   const port = await freePort();
   await new Promise<void>((resolve, reject) =>
     server.bindAsync(`127.0.0.1:${port}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
