@@ -1,6 +1,12 @@
 // gRPC handlers for the stream services (Logs, Exec, Attach, PortForward, Stats, ListAudit).
 // The runtime's server wires these into its CellAgent service; they see units only through the
 // UnitDirectory seam.
+//
+// Wiring (for the agent): pass `auditDir: join(stateDir, 'audit')` (without it ListAudit answers
+// FAILED_PRECONDITION and sessions are not recorded), `metrics` (an AgentMetrics whose
+// setStatsSource(() => handlers.statsCollector.collect()) feeds /metrics; wrap the service with
+// instrumentService(impl, metrics) to count gRPC calls), `filesystems: [stateDir, '/']`, and call
+// `close()` on shutdown (ends sessions, stops the per-netns port-forward relay process).
 import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import { status as Status, type ServerDuplexStream, type ServerWritableStream, type ServiceError } from '@grpc/grpc-js';

@@ -23,7 +23,8 @@ beforeAll(async () => {
   });
   units.add({ name: 'chat', args: ['sh', '-c', 'while read l; do echo "got:$l"; done; echo bye'], stdin: true });
   units.add({ name: 'stopped', args: ['true'] });
-  await Promise.all([units.get('app')!.start(), units.get('chat')!.start()]);
+  units.add({ name: 'term', args: ['sh'], stdin: true, tty: true });
+  await Promise.all([units.get('app')!.start(), units.get('chat')!.start(), units.get('term')!.start()]);
   srv = await startStreamServer({ units, logsFor: (n) => units.get(n)?.logs, auditDir, recordTranscripts: true });
 }, 60_000);
 
@@ -156,6 +157,27 @@ describe('Attach', () => {
   });
 });
 
+describe('Attach to a tty unit', () => {
+  it('gets the unit\'s terminal: typed input, its size from the first frame and resizes', async () => {
+    const call = srv.client.attach();
+    call.write(start({ container: 'term', stdin: true, tty: true, size: { columns: 90, rows: 33 } }));
+    let text = '';
+    call.on('data', (m) => {
+      if (m.frame?.$case === 'stdout') text += m.frame.value.toString('latin1');
+    });
+    const result = collectExec(call);
+    call.write(stdin('stty size\r'));
+    await waitFor('stty size 33 90', () => text.includes('33 90'), { timeoutMs: 10_000 });
+    call.write(resize(100, 44));
+    await new Promise((r) => setTimeout(r, 200));
+    call.write(stdin('stty size\r'));
+    await waitFor('stty size 44 100', () => text.includes('44 100'), { timeoutMs: 10_000 });
+    call.end();
+    expect((await result).exit?.message).toBe('detached');
+    expect(units.get('term')!.running()).toBe(true);
+  });
+});
+
 describe('Audit log', () => {
   it('records every session with command, tty, exit, bytes and transcript', async () => {
     const call = exec(['sh', '-c', 'cat; exit 9'], { stdin: true });
@@ -173,7 +195,7 @@ describe('Audit log', () => {
     expect(rec.peer).toMatch(/127\.0\.0\.1/);
     // Earlier sessions are there too: the tty shell, the attaches, the 20 concurrent ones.
     expect(res.records.some((r) => r.tty && r.command[0] === 'sh' && r.exit?.exitCode === 5)).toBe(true);
-    expect(res.records.filter((r) => r.kind === 'attach').length).toBe(2);
+    expect(res.records.filter((r) => r.kind === 'attach').length).toBe(3);
     expect(res.records.filter((r) => r.command[2]?.startsWith('sleep 0.2; echo session-')).length).toBe(20);
     // A command that could not start is on record as well.
     expect(res.records.some((r) => r.command[0] === 'no-such-program')).toBe(true);
