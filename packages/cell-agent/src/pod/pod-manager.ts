@@ -28,6 +28,7 @@ import type { Instance } from '../runtime/instance.js';
 import { bindMount, buildSpec, type OciMount } from '../runtime/oci-spec.js';
 import type { Runc } from '../runtime/runc.js';
 import { FifoPool } from '../runtime/fifo-pool.js';
+import { ShimPool } from '../runtime/shim-pool.js';
 import { resolveInRoot } from '../runtime/safe-path.js';
 import { runtimeDefaultProfile, type SeccompProfile } from '../runtime/seccomp.js';
 import { resolveUser, UserError } from '../runtime/user.js';
@@ -118,6 +119,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       event: (type, reason, message, container) => self.event(type, reason, message, container),
       probeResult: (unit, probe, ok) => self.o.onProbe?.(unit, probe, ok),
       fifos: new FifoPool(join(o.stateDir, 'fifo-pool')),
+      shims: new ShimPool(o.runc.binary, o.runc.root, o.stateDir),
     };
   }
 
@@ -605,6 +607,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   /** After an agent restart: reload the pod and re-adopt units still running. */
   async restore(): Promise<boolean> {
     await this.unitCtx.fifos?.fill().catch((err) => this.o.logger.warn({ err }, 'cannot pre-make FIFOs'));
+    this.unitCtx.shims?.prime();
     if (!existsSync(this.dirs.req)) return false;
     const req = ApplyPodRequest.decode(readFileSync(this.dirs.req));
     const spec = req.pod!.spec!;
@@ -638,6 +641,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   /** Agent shutdown: the units keep running for the next agent to adopt. */
   shutdown(): void {
     this.initRun++;
+    this.unitCtx.shims?.close();
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
     for (const u of [...this.initUnits, ...this.units]) u.detach();
   }

@@ -12,6 +12,7 @@ import type { ImageInfo } from '../images/image-service.js';
 import { type ExitInfo, Instance, type InstanceMeta } from '../runtime/instance.js';
 import type { Runc } from '../runtime/runc.js';
 import type { FifoPool } from '../runtime/fifo-pool.js';
+import type { ShimPool } from '../runtime/shim-pool.js';
 import type { LogSink, RuncTarget, UnitStdio, UnitView } from '../units/unit-view.js';
 import { Backoff, type BackoffPolicy } from './backoff.js';
 import { Prober, type ProbeTarget, runHandler } from './probes.js';
@@ -35,6 +36,7 @@ export interface UnitContext {
   changed(): void;
   event(type: 'Normal' | 'Warning', reason: string, message: string, container: string): void;
   fifos?: FifoPool;
+  shims?: ShimPool;
   probeResult?(unit: string, probe: 'startup' | 'liveness' | 'readiness', ok: boolean): void;
 }
 
@@ -334,6 +336,7 @@ export class Unit implements UnitView {
       sink: this.ctx.newSink(this),
       logger: this.ctx.logger,
       ...(this.ctx.fifos ? { fifos: this.ctx.fifos } : {}),
+      ...(this.ctx.shims ? { shims: this.ctx.shims } : {}),
     });
     try {
       this.setState({ kind: 'starting', since: new Date() });

@@ -26,6 +26,7 @@ import type pino from 'pino';
 import type { LogSink, StdStream } from '../units/unit-view.js';
 import type { Runc } from './runc.js';
 import type { FifoPool } from './fifo-pool.js';
+import type { ShimPool } from './shim-pool.js';
 
 const SHIM = `
 d="$5"
@@ -65,6 +66,7 @@ export interface InstanceOptions {
   sink: LogSink;
   logger: pino.Logger;
   fifos?: FifoPool;
+  shims?: ShimPool;
 }
 
 function mkfifo(paths: string[]): Promise<void> {
@@ -194,7 +196,7 @@ export class Instance extends EventEmitter {
       for (const n of ['stdout', 'stderr']) this.keepers.push(openSync(join(this.dir, n), FS.O_WRONLY | FS.O_NONBLOCK));
       if (this.hasStdin) this.openStdin();
       this.spawnedAt = performance.now();
-      this.shim = spawn('/bin/sh', args, { detached: true, stdio: 'ignore', cwd: this.dir });
+      this.shim = this.o.shims ? this.o.shims.start(this.dir, this.id, this.hasStdin) : spawn('/bin/sh', args, { detached: true, stdio: 'ignore', cwd: this.dir });
       this.shimPid = this.shim.pid ?? 0;
       this.shim.on('exit', () => this.checkFiles());
       this.shim.on('error', (err) => this.o.logger.error({ err, unit: this.id }, 'shim failed to spawn'));

@@ -1,0 +1,61 @@
+// Shims started ahead of time. Forking from a large Node process is the single most expensive
+// step the agent adds before `runc run` (tens of ms on a loaded cell), so one idle shim waits,
+// blocked reading its instructions from a pipe; starting a unit only writes three lines to it.
+// An idle shim exits when its pipe closes (the agent stopped or died), so none are leaked.
+import { type ChildProcess, spawn } from 'node:child_process';
+
+// $1 runc binary, $2 runc root. Reads: instance dir, container id, stdin flag (1/0).
+export const WARM_SHIM = `
+read -r d || exit 0
+[ -n "$d" ] || exit 0
+read -r id
+read -r si
+if [ "$si" = 1 ]; then in="$d/stdin"; else in=/dev/null; fi
+"$1" --root "$2" --log "$d/runc.log" --log-format json run --bundle "$d" --pid-file "$d/pid" "$id" 0<>"$in" 1<>"$d/stdout" 2<>"$d/stderr"
+echo $? > "$d/exit.tmp"
+mv "$d/exit.tmp" "$d/exit"
+`;
+
+export class ShimPool {
+  private idle: ChildProcess | undefined;
+  private closed = false;
+
+  constructor(
+    private readonly runcBinary: string,
+    private readonly runcRoot: string,
+    private readonly cwd: string,
+  ) {}
+
+  private spawnOne(): ChildProcess {
+    const c = spawn('/bin/sh', ['-c', WARM_SHIM, 'cello-shim', this.runcBinary, this.runcRoot], {
+      detached: true,
+      stdio: ['pipe', 'ignore', 'ignore'],
+      cwd: this.cwd,
+    });
+    c.on('error', () => {});
+    c.stdin!.on('error', () => {});
+    return c;
+  }
+
+  /** Starts an instance: the idle shim (or a new one) runs `runc run` for it. */
+  start(dir: string, id: string, stdin: boolean): ChildProcess {
+    let c = this.idle;
+    this.idle = undefined;
+    if (!c || c.exitCode !== null || c.signalCode !== null || !c.stdin?.writable) c = this.spawnOne();
+    c.stdin!.end(`${dir}\n${id}\n${stdin ? 1 : 0}\n`);
+    setImmediate(() => this.prime());
+    return c;
+  }
+
+  /** Has one shim waiting. */
+  prime(): void {
+    if (!this.closed && !this.idle) this.idle = this.spawnOne();
+  }
+
+  /** Lets the idle shim exit. */
+  close(): void {
+    this.closed = true;
+    this.idle?.stdin?.end();
+    this.idle = undefined;
+  }
+}
