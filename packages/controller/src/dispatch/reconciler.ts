@@ -97,6 +97,71 @@ interface Watcher {
   closed: boolean;
 }
 
+interface CachedCell extends Cached<CellRecord> {
+  cell: Cell;
+}
+
+/**
+ * The cells this controller knows, each parsed once, with the two indexes scheduling needs
+ * (cells by pod, Ready unbound cells by type) so placing a pod does not scan every cell.
+ */
+class CellCache {
+  private readonly m = new Map<string, CachedCell>();
+  private readonly byPod = new Map<string, Set<string>>();
+  private readonly free = new Map<string, Set<string>>();
+
+  get size(): number {
+    return this.m.size;
+  }
+  get(id: string): CachedCell | undefined {
+    return this.m.get(id);
+  }
+  keys(): IterableIterator<string> {
+    return this.m.keys();
+  }
+  values(): IterableIterator<CachedCell> {
+    return this.m.values();
+  }
+  [Symbol.iterator](): IterableIterator<[string, CachedCell]> {
+    return this.m[Symbol.iterator]();
+  }
+  set(id: string, v: Cached<CellRecord>): void {
+    this.unindex(id);
+    const c: CachedCell = { ...v, cell: cellOf(v.rec) };
+    this.m.set(id, c);
+    if (c.cell.pod?.name) add(this.byPod, refStr(c.cell.pod), id);
+    else if (c.cell.state === CellState.CELL_STATE_READY) add(this.free, c.cell.instanceType, id);
+  }
+  delete(id: string): void {
+    this.unindex(id);
+    this.m.delete(id);
+  }
+  forPod(key: string): string[] {
+    return [...(this.byPod.get(key) ?? [])];
+  }
+  readyFree(instanceType: string): string[] {
+    return [...(this.free.get(instanceType) ?? [])];
+  }
+  private unindex(id: string): void {
+    const old = this.m.get(id);
+    if (!old) return;
+    if (old.cell.pod?.name) remove(this.byPod, refStr(old.cell.pod), id);
+    remove(this.free, old.cell.instanceType, id);
+  }
+}
+
+function add(m: Map<string, Set<string>>, k: string, v: string): void {
+  let s = m.get(k);
+  if (!s) m.set(k, (s = new Set()));
+  s.add(v);
+}
+function remove(m: Map<string, Set<string>>, k: string, v: string): void {
+  const s = m.get(k);
+  if (!s) return;
+  s.delete(v);
+  if (s.size === 0) m.delete(k);
+}
+
 const TERMINAL = new Set([PodPhase.POD_PHASE_SUCCEEDED, PodPhase.POD_PHASE_FAILED]);
 
 function now(): Date {
@@ -126,7 +191,7 @@ export function setCondition(status: PodStatus, type: string, value: ConditionSt
 
 export class Reconciler {
   readonly pods = new Map<string, Cached<PodRecord>>();
-  readonly cells = new Map<string, Cached<CellRecord>>();
+  readonly cells = new CellCache();
   readonly events: Events;
   readonly metrics: Metrics;
   private readonly t: Timeouts;
@@ -286,7 +351,7 @@ export class Reconciler {
     const t = Date.now();
     // Deadlines and health.
     for (const [id, c] of this.cells) {
-      const cell = cellOf(c.rec);
+      const cell = c.cell;
       if (cell.deadline && cell.deadline.getTime() <= t) this.enqueue(`cell:${id}`);
       if (cell.state === CellState.CELL_STATE_READY || cell.state === CellState.CELL_STATE_BOUND) {
         const w = this.watchers.get(id);
@@ -314,7 +379,7 @@ export class Reconciler {
   private updateGauges(): void {
     const byState = new Map<string, number>();
     for (const c of this.cells.values()) {
-      const s = stateName(cellOf(c.rec).state);
+      const s = stateName(c.cell.state);
       byState.set(s, (byState.get(s) ?? 0) + 1);
     }
     this.metrics.cells.reset();
@@ -445,8 +510,8 @@ export class Reconciler {
       return;
     }
     // A cell already created for this pod (crash between the two writes below) is adopted.
-    for (const [id, c] of this.cells) {
-      const cell = cellOf(c.rec);
+    for (const id of this.cells.forPod(refStr(ref))) {
+      const cell = this.cells.get(id)!.cell;
       if (cell.pod && refStr(cell.pod) === refStr(ref) && cell.state !== CellState.CELL_STATE_TERMINATED && cell.state !== CellState.CELL_STATE_TERMINATING && cell.state !== CellState.CELL_STATE_DRAINING) {
         await this.bindPod(key, id, cell.instanceType, 'adopted');
         return;
@@ -454,8 +519,8 @@ export class Reconciler {
     }
     // Warm pool: cheapest candidate type first.
     for (const cand of candidates) {
-      for (const [id, c] of this.cells) {
-        const cell = cellOf(c.rec);
+      for (const id of this.cells.readyFree(cand.type.name)) {
+        const cell = this.cells.get(id)!.cell;
         if (cell.state !== CellState.CELL_STATE_READY || cell.pod?.name || cell.instanceType !== cand.type.name) continue;
         if (cand.spot !== cell.spot && (this.o.defaultSpot === 'required' || pod.metadata?.annotations['cello.io/spot'] === 'required')) continue;
         const claimed = await this.transition(
@@ -1020,7 +1085,7 @@ export class Reconciler {
         if ((this.warmBackoff.get(w.instanceType) ?? 0) > Date.now()) continue;
         let have = 0;
         for (const c of this.cells.values()) {
-          const cell = cellOf(c.rec);
+          const cell = c.cell;
           if (cell.instanceType !== w.instanceType || cell.pod?.name) continue;
           if (cell.state === CellState.CELL_STATE_CREATING || cell.state === CellState.CELL_STATE_BOOTING || cell.state === CellState.CELL_STATE_READY) have++;
         }
@@ -1063,7 +1128,7 @@ export class Reconciler {
       if (inst.state === 'terminated') continue;
       const id = inst.tags[TAG_CELL];
       const c = id ? this.cells.get(id) : undefined;
-      if (c && cellOf(c.rec).state !== CellState.CELL_STATE_TERMINATED) continue;
+      if (c && c.cell.state !== CellState.CELL_STATE_TERMINATED) continue;
       // Re-read from the store: the cache may lag a record written a moment ago.
       if (id && (await this.o.store.get(cellKey(id)))) {
         const fresh = await this.o.store.get<CellRecord>(cellKey(id));
