@@ -36,6 +36,7 @@ let storeDir: string;
 let provider: AwsProvider;
 let reconciler: Reconciler;
 let agents: AgentPool;
+let ca: CertificateAuthority;
 let api: ControllerApi;
 let client: ControllerClient;
 let raw: EC2Client;
@@ -58,8 +59,7 @@ beforeAll(async () => {
   image = await pushBusybox(registry);
   storeDir = await mkdtemp(join(tmpdir(), 'cello-e2e-store-'));
   store = await openStore({ kind: 'embedded', dir: storeDir });
-  const ca = await CertificateAuthority.loadOrCreate({ store, encryptionKey: randomBytes(32) });
-  const me = await ca.issueClientCertificate('controller');
+  ca = await CertificateAuthority.loadOrCreate({ store, encryptionKey: randomBytes(32) });
   harness = new BootHarness(['--insecure-registry', registry.host]);
   provider = new AwsProvider({
     config: world.config({ instanceTypes: ['t3.*'] }),
@@ -71,6 +71,7 @@ beforeAll(async () => {
   faults = injectEc2Faults(provider.ec2, [
     { command: 'RunInstances', when: (i) => i['InstanceType'] === noCapacityFor, code: 'InsufficientInstanceCapacity' },
   ]);
+  const me = await ca.issueClientCertificate('controller');
   agents = new AgentPool({
     forCell: (cellId) =>
       credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(me.keyPem), Buffer.from(me.certPem), { checkServerIdentity: cellServerIdentityCheck(cellId) }),
@@ -232,6 +233,92 @@ describe('the controller on EC2 (emulated)', () => {
     } finally {
       await wiped.close();
       await rm(wipedDir, { recursive: true, force: true });
+    }
+  });
+
+  it('a controller that dies mid-launch and restarts on the same store leaves one live instance, running the pod', async () => {
+    // Its own controller ID and store, sharing the emulator, registry and CA.
+    const ID = 'ctl-restart';
+    const dir = await mkdtemp(join(tmpdir(), 'cello-restart-store-'));
+    const store2 = await openStore({ kind: 'embedded', dir });
+    const harness2 = new BootHarness(['--insecure-registry', registry.host]);
+    const made: { providers: AwsProvider[]; reconcilers: Reconciler[] } = { providers: [], reconcilers: [] };
+    const newProvider = () => {
+      const p = new AwsProvider({ config: world.config({ instanceTypes: ['t3.*'] }), controllerId: ID, clientConfig: { credentials: moto.credentials }, logger, testAgentAddressMap: harness2.addressOf });
+      made.providers.push(p);
+      return p;
+    };
+    const newReconciler = (p: AwsProvider) => {
+      const r = new Reconciler({
+        store: store2, provider: p, controllerId: ID, agents, log: logger, agentPort: 7443,
+        bootstrap: bootstrapFnFor(ca, { timeoutMs: 10_000, logger }),
+        caCertPem: async () => ca.certPem,
+        timeouts: { bootSeconds: 12 },
+        tickMs: 100,
+      });
+      made.reconcilers.push(r);
+      return r;
+    };
+    const api2 = new ControllerApi({ store: store2, agents, log: logger, controllerId: ID, providerName: 'aws', instanceTypes: await provider.instanceTypes() });
+    const client2 = new ControllerClient(`127.0.0.1:${await api2.listen('127.0.0.1:0')}`, credentials.createInsecure());
+    const errors: unknown[] = [];
+    try {
+      // Controller 1: its RunInstances reaches EC2, but the answer never comes back to it.
+      const p1 = newProvider();
+      p1.ec2.middlewareStack.add(
+        (next, ctx) => async (args) => {
+          const out = await next(args);
+          if ((ctx as { commandName?: string }).commandName === 'RunInstancesCommand') await new Promise(() => undefined);
+          return out;
+        },
+        { step: 'deserialize', priority: 'low', name: 'testLoseRunInstancesAnswer' },
+      );
+      const r1 = newReconciler(p1);
+      await r1.start();
+      const p2 = newProvider();
+      harness2.autoBoot(p2, ID, (err) => errors.push(err));
+      const manifest = JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: { name: 'survivor', namespace: 'default' },
+        spec: { containers: [{ name: 'main', image, command: ['sleep', '3600'], resources: { requests: { cpu: '100m', memory: '64Mi' } } }] },
+      });
+      await unary(client2.applyPod.bind(client2), ApplyPodRequest.fromPartial({ manifest }));
+      const first = await waitFor("EC2 to have the first controller's instance", async () => (await p2.listOwned(ID))[0], { timeoutMs: 60_000, intervalMs: 100 });
+
+      // The controller dies (its launch never returns); a new one starts on the same store.
+      await r1.stop();
+      await newReconciler(p2).start();
+      const running = await waitFor(
+        'the pod to run after the restart',
+        async () => {
+          if (errors.length) throw errors[0] as Error;
+          const p = await unary<GetPodRequest, PodObject>(client2.getPod.bind(client2), GetPodRequest.fromPartial({ pod: { namespace: 'default', name: 'survivor' } }));
+          return p.status?.phase === PodPhase.POD_PHASE_RUNNING ? p : undefined;
+        },
+        { timeoutMs: 120_000, intervalMs: 250 },
+      );
+      // No duplicate, no leak: exactly one live instance of this controller ID, the pod's.
+      const live = await waitFor(
+        'leftover instances to be gone',
+        async () => {
+          const owned = (await p2.listOwned(ID)).filter((o) => o.state === 'pending' || o.state === 'running');
+          return owned.length === 1 ? owned : undefined;
+        },
+        { timeoutMs: 60_000, intervalMs: 250 },
+      );
+      expect(live[0]!.tags[CELL_TAGS.cellId]).toBe(running.cellId);
+      // Which path the controller took (adopt the first instance, or replace it and end it) is the reconciler's choice.
+      logger.info({ adopted: live[0]!.instanceId === first.instanceId }, 'restart outcome');
+      expect(errors).toEqual([]);
+    } finally {
+      client2.close();
+      await api2.close();
+      for (const r of made.reconcilers) await r.stop().catch(() => undefined);
+      await harness2.close();
+      for (const p of made.providers) await p.close();
+      await store2.close();
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });
