@@ -3,6 +3,7 @@
 // and `cellctl` (dist) run as a child process, exactly as a user would.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { request as httpRequest } from 'node:http';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -38,6 +39,8 @@ export interface ClusterOptions {
   controllerId?: string;
   /** mTLS to the agents with the controller's CA (default); false: --insecure-dev agents. */
   mtls?: boolean;
+  /** A second replica of `peer`: same controller ID, cells root and CA key (etcd store). */
+  peer?: Cluster;
 }
 
 export interface RunResult {
@@ -51,6 +54,7 @@ export class Cluster {
   readonly cellsRoot: string;
   readonly configPath: string;
   apiPort = 0;
+  metricsPort = 0;
   controller?: ChildProcess;
   controllerLog = '';
   readonly provider: LocalProvider;
@@ -59,9 +63,9 @@ export class Cluster {
 
   constructor(readonly o: ClusterOptions) {
     this.dir = mkdtempSync(join(tmpdir(), 'cello-ctl-e2e-'));
-    this.cellsRoot = join(this.dir, 'cells');
+    this.cellsRoot = o.peer?.cellsRoot ?? join(this.dir, 'cells');
     this.configPath = join(this.dir, 'controller.yaml');
-    this.controllerId = o.controllerId ?? `e2e-${Math.random().toString(36).slice(2, 8)}`;
+    this.controllerId = o.peer?.controllerId ?? o.controllerId ?? `e2e-${Math.random().toString(36).slice(2, 8)}`;
     this.provider = new LocalProvider({ root: this.cellsRoot });
   }
 
@@ -71,7 +75,7 @@ export class Cluster {
 
   async writeConfig(): Promise<void> {
     if (!this.apiPort) this.apiPort = await freePort();
-    const metricsPort = await freePort();
+    const metricsPort = (this.metricsPort ||= await freePort());
     const cfg = {
       controllerId: this.controllerId,
       api: { listen: this.server },
@@ -88,7 +92,8 @@ export class Cluster {
     writeFileSync(this.configPath, stringify(cfg));
   }
 
-  private keyFile(): string {
+  keyFile(): string {
+    if (this.o.peer) return this.o.peer.keyFile();
     const p = join(this.dir, 'ca-key');
     if (!existsSync(p)) writeFileSync(p, randomBytes(32).toString('base64'), { mode: 0o600 });
     return p;
@@ -96,6 +101,7 @@ export class Cluster {
 
   async start(): Promise<void> {
     await this.writeConfig();
+    this.controllerLog = '';
     const child = spawn(process.execPath, [CONTROLLER_BIN, '-c', this.configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.controller = child;
     child.stdout!.on('data', (b: Buffer) => (this.controllerLog += b.toString()));
@@ -157,6 +163,21 @@ export class Cluster {
       const p = await this.pod(name).catch(() => undefined);
       throw new Error(`${(err as Error).message}\npod: ${JSON.stringify(p?.status)}\nevents: ${JSON.stringify(await this.events(name).catch(() => []))}\nlog tail: ${this.controllerLog.split('\n').filter((l) => !l.includes('"level":20')).slice(-15).join('\n')}`);
     }
+  }
+
+  /** The controller's cello_leader gauge, from its /metrics endpoint. */
+  async isLeader(): Promise<boolean> {
+    const port = this.metricsPort;
+    const text = await new Promise<string>((res, rej) => {
+      const req = httpRequest({ host: '127.0.0.1', port, path: '/metrics', timeout: 3000 }, (r) => {
+        let b = '';
+        r.on('data', (d: Buffer) => (b += d.toString()));
+        r.on('end', () => res(b));
+      });
+      req.on('error', rej);
+      req.end();
+    });
+    return /^cello_leader 1$/m.test(text);
   }
 
   cellctl(args: string[], o: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<RunResult> {
