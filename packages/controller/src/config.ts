@@ -4,6 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { kubernetesConfigSchema } from './k8s/config.js';
 
 const hostPort = z.string().regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'expected HOST:PORT');
 
@@ -92,6 +93,8 @@ export const configSchema = z.strictObject({
       maxCellFailures: z.number().int().nonnegative().default(5),
     })
     .prefault({}),
+  /** The virtual node (docs/kubernetes.md); absent: not in a cluster. */
+  kubernetes: kubernetesConfigSchema.optional(),
 });
 
 export type Config = z.infer<typeof configSchema>;

@@ -17,6 +17,7 @@ import { ControllerApi } from './api/server.js';
 import { Metrics } from './obs/metrics.js';
 import type { Logger } from './obs/logger.js';
 import type { Config } from './config.js';
+import { startVirtualNodeFromConfig } from './k8s/from-config.js';
 
 export interface ControllerHandle {
   apiPort: number;
@@ -127,6 +128,16 @@ export async function startController(config: Config, o: StartOptions): Promise<
   const metricsServer = await serveMetrics(config.metrics.listen, metrics);
   const metricsPort = (metricsServer.address() as { port: number }).port;
   log.info({ api: config.api.listen.replace(/:\d+$/, `:${apiPort}`), metricsPort, store: store.kind, provider: provider.name, controllerId: config.controllerId }, 'controller listening');
+  // The virtual node drives pods through this process's own API, as cellctl does.
+  const vnode = config.kubernetes?.enabled
+    ? await startVirtualNodeFromConfig(config.kubernetes, {
+        controllerAddress: config.api.listen.replace(/:\d+$/, `:${apiPort}`).replace(/^0\.0\.0\.0:|^\[::\]:/, '127.0.0.1:'),
+        providerName: provider.name,
+        instanceTypes: types,
+        ...(config.provider.kind === 'local' && config.provider.maxCells !== undefined ? { maxCells: config.provider.maxCells } : {}),
+        log: log.child({ component: 'virtual-node' }),
+      })
+    : undefined;
 
   let reconciler: Reconciler | undefined;
   let stopping = false;
@@ -206,6 +217,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
       stopping = true;
       stopAll.abort();
       await leading.catch(() => undefined);
+      await vnode?.stop();
       await api.close();
       if (so.terminateCells) {
         const owned = await provider.listOwned(config.controllerId);

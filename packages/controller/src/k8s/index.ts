@@ -8,3 +8,5 @@ export { LeaderElector, type LeaderElectionOptions } from './leader.js';
 export { WorkQueue } from './workqueue.js';
 export { kubeStatus } from './status.js';
 export { buildManifest, LABEL_NODE, ANNOTATION_UID } from './manifest.js';
+export { kubernetesConfigSchema, type KubernetesConfig } from './config.js';
+export { startVirtualNodeFromConfig, derivedCapacity } from './from-config.js';

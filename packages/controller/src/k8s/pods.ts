@@ -52,9 +52,11 @@ export class PodSync {
   }
 
   async start(): Promise<void> {
-    this.watchCore();
+    // The cache must be full before the core's pods are looked at: a core pod whose object
+    // is not (yet) in the cache would otherwise look deleted and be stopped.
     this.informer.start();
     await this.informer.hasSynced;
+    this.watchCore();
   }
 
   /** The core's pods of this node, kept current by WatchPods (reconnecting with back-off). */
@@ -181,7 +183,14 @@ export class PodSync {
 
   private async mirrorEvents(kpod: KPod): Promise<void> {
     const key = `${kpod.metadata.namespace}/${kpod.metadata.name}`;
-    const since = this.mirroredEvents.get(key) ?? 0;
+    let since = this.mirroredEvents.get(key);
+    if (since === undefined) {
+      // After a restart: what an earlier run already mirrored is in the API, not in memory.
+      const prior = await this.o.rest.get<{ items: { lastTimestamp?: string; source?: { component?: string } }[] }>(
+        `/api/v1/namespaces/${kpod.metadata.namespace}/events?fieldSelector=${encodeURIComponent(`involvedObject.uid=${kpod.metadata.uid}`)}`,
+      );
+      since = Math.max(0, ...prior.items.filter((e) => e.source?.component === 'cello-virtual-node' && e.lastTimestamp).map((e) => Date.parse(e.lastTimestamp!)));
+    }
     const evs = await this.o.controller.events(kpod.metadata.namespace, kpod.metadata.name);
     let last = since;
     for (const e of evs) {

@@ -57,19 +57,26 @@ export interface KubePodLike {
 export function kubeStatus(s: PodStatus, pod: KubePodLike, hostIP: string): Record<string, unknown> {
   const images = new Map<string, string | undefined>();
   for (const c of [...(pod.spec?.containers ?? []), ...(pod.spec?.initContainers ?? [])]) images.set(c.name, c.image);
-  const podIPs = s.podIps.length ? s.podIps : s.podIp ? [s.podIp] : [];
+  // The API server allows one IP per family, the primary first.
+  const podIPs: string[] = [];
+  for (const ip of [s.podIp, ...s.podIps].filter(Boolean)) {
+    if (!podIPs.some((x) => x.includes(':') === ip.includes(':'))) podIPs.push(ip);
+  }
   return {
     phase: PHASE[s.phase] ?? 'Pending',
-    conditions: s.conditions.map((c) => ({
+    // PodScheduled belongs to the scheduler (the pod is bound to this node); the core's
+    // PodScheduled means "has a cell", which Initialized and Ready already tell.
+    conditions: s.conditions.filter((c) => c.type !== 'PodScheduled').map((c) => ({
       type: c.type,
       status: COND[c.status] ?? 'Unknown',
-      ...(c.reason ? { reason: c.reason } : {}),
-      ...(c.message ? { message: c.message } : {}),
+      // Strategic merge keeps fields a patch leaves out: null clears a stale reason or message.
+      reason: c.reason || null,
+      message: c.message || null,
       lastTransitionTime: iso(c.lastTransitionTime) ?? null,
       lastProbeTime: null,
     })),
-    ...(s.message ? { message: s.message } : {}),
-    ...(s.reason ? { reason: s.reason } : {}),
+    message: s.message || null,
+    reason: s.reason || null,
     hostIP,
     hostIPs: [{ ip: hostIP }],
     ...(s.podIp ? { podIP: s.podIp } : {}),

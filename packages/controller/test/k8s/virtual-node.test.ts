@@ -9,9 +9,36 @@ import { request } from 'node:http';
 import type { ChildProcess } from 'node:child_process';
 import { freePort, startKubeApiserver, waitFor, type KubeApiserver } from '@cello/testkit';
 import { CellState } from '@cello/proto/controller';
-import { Cluster, startFixtureRegistry, type Registry } from '../helpers/cluster.js';
-import { startVirtualNode, type VirtualNodeHandle } from '../../src/k8s/index.js';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { parse, stringify } from 'yaml';
+import { Cluster, startFixtureRegistry, type ClusterOptions, type Registry } from '../helpers/cluster.js';
+import { startVirtualNode } from '../../src/k8s/index.js';
 import { createLogger } from '../../src/obs/logger.js';
+
+/** The controller daemon with the `kubernetes:` section of its configuration turned on. */
+class KubeCluster extends Cluster {
+  kubeletPort = 0;
+  constructor(o: ClusterOptions, private readonly kube: KubeApiserver, private readonly serving: { certFile: string; keyFile: string }) {
+    super(o);
+  }
+  override async writeConfig(): Promise<void> {
+    await super.writeConfig();
+    if (!this.kubeletPort) this.kubeletPort = await freePort();
+    const cfg = parse(readFileSync(this.configPath, 'utf8')) as Record<string, unknown>;
+    cfg.kubernetes = {
+      enabled: true,
+      nodeName: NODE,
+      kubeconfig: this.kube.kubeconfig,
+      internalIP: '127.0.0.1',
+      kubelet: { listen: `127.0.0.1:${this.kubeletPort}`, certFile: this.serving.certFile, keyFile: this.serving.keyFile, clientCAFile: this.kube.caFile },
+      capacity: { cpu: '8', memory: '16Gi', pods: 20 },
+      leaderElection: { enabled: true, namespace: 'cello-system', leaseSeconds: 15 },
+    };
+    writeFileSync(this.configPath, stringify(cfg));
+  }
+}
 
 const NODE = 'cello-vn';
 
@@ -60,9 +87,7 @@ function httpGet(port: number): Promise<string> {
 
 let registry: Registry;
 let kube: KubeApiserver;
-let cl: Cluster;
-let vn: VirtualNodeHandle;
-const vnLog: string[] = [];
+let cl: KubeCluster;
 
 async function getPod(name: string): Promise<KPod | undefined> {
   const r = await kube.kubectl(['get', 'pod', name, '-o', 'json']);
@@ -78,39 +103,26 @@ async function waitPod(name: string, what: string, pred: (p: KPod) => boolean, t
   } catch (err) {
     const p = await getPod(name);
     const ev = await kube.kubectl(['get', 'events', '--field-selector', `involvedObject.name=${name}`]);
-    throw new Error(`${(err as Error).message}\npod status: ${JSON.stringify(p?.status)}\nevents:\n${ev.stdout}\nvirtual node log:\n${vnLog.slice(-20).join('')}\ncontroller log:\n${cl.controllerLog.split('\n').filter((l) => !l.includes('"level":20')).slice(-15).join('\n')}`);
+    throw new Error(`${(err as Error).message}\npod status: ${JSON.stringify(p?.status)}\nevents:\n${ev.stdout}\ncontroller log:\n${cl.controllerLog.split('\n').filter((l) => !l.includes('"level":20')).slice(-15).join('\n')}`);
   }
 }
 
 beforeAll(async () => {
   registry = await startFixtureRegistry();
   kube = await startKubeApiserver();
-  cl = new Cluster({ registry, warm: 1, healthSeconds: 5, gcIntervalSeconds: 2, retainFinishedSeconds: 0 });
-  await cl.start();
   // What kube-controller-manager would make: the namespace's default ServiceAccount.
   await kube.kubectl(['create', 'serviceaccount', 'default']);
+  await kube.kubectl(['create', 'namespace', 'cello-system']);
   await kube.kubectl(['create', 'configmap', 'settings', '--from-literal=greeting=hello-from-configmap']);
   const serving = await kube.issueCert('kubelet-serving', { cn: NODE, ips: ['127.0.0.1'], dns: [NODE] });
-  const logStream = { write: (s: string) => void vnLog.push(s) };
-  vn = await startVirtualNode({
-    nodeName: NODE,
-    kubeconfig: kube.kubeconfig,
-    controllerAddress: cl.server,
-    providerName: 'local',
-    internalIP: '127.0.0.1',
-    kubelet: { listenHost: '127.0.0.1', port: await freePort(), cert: serving.cert, key: serving.key, clientCA: kube.ca },
-    capacity: async () => {
-      const c = { cpu: '8', memory: '16Gi', pods: '20' };
-      return { capacity: c, allocatable: c };
-    },
-    leaseSeconds: 2,
-    statusSeconds: 5,
-    log: createLogger({ level: 'debug', destination: logStream as unknown as NodeJS.WritableStream }),
+  cl = new KubeCluster({ registry, warm: 1, healthSeconds: 5, gcIntervalSeconds: 2, retainFinishedSeconds: 0 }, kube, serving);
+  await cl.start();
+  await waitFor('the virtual node to register', async () => (await kube.kubectl(['get', 'node', NODE])).code === 0, { timeoutMs: 30_000, intervalMs: 250 }).catch((err: Error) => {
+    throw new Error(`${err.message}\ncontroller log:\n${cl.controllerLog.slice(-3000)}`);
   });
 }, 30 * 60_000); // the first run on a machine builds the Kubernetes binaries (scripts/k8s/build.sh)
 
 afterAll(async () => {
-  await vn?.stop();
   await cl?.stop();
   await kube?.stop();
   await registry?.server.stop();
@@ -118,7 +130,8 @@ afterAll(async () => {
 
 describe('virtual node against a real kube-apiserver', () => {
   it('registers a Ready node with its labels, taint, addresses and kubelet endpoint, and renews its Lease', async () => {
-    const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
+        await waitFor('node Ready', async () => (JSON.parse((await kube.kubectl(['get', 'node', NODE, '-o', 'json'])).stdout) as { status: { conditions?: { type: string; status: string }[] } }).status.conditions?.some((c) => c.type === 'Ready' && c.status === 'True'), { timeoutMs: 10_000, intervalMs: 250 });
+const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
     expect(r.stderr).toBe('');
     const node = JSON.parse(r.stdout) as {
       metadata: { labels: Record<string, string> };
@@ -129,12 +142,15 @@ describe('virtual node against a real kube-apiserver', () => {
     expect(node.spec.taints).toEqual([{ key: 'virtual-kubelet.io/provider', value: 'cello', effect: 'NoSchedule' }]);
     expect(node.status.conditions.find((c) => c.type === 'Ready')?.status).toBe('True');
     expect(node.status.addresses).toContainEqual({ type: 'InternalIP', address: '127.0.0.1' });
-    expect(node.status.daemonEndpoints.kubeletEndpoint.Port).toBe(vn.kubeletPort);
+    expect(node.status.daemonEndpoints.kubeletEndpoint.Port).toBe(cl.kubeletPort);
     expect(node.status.allocatable).toMatchObject({ cpu: '8', pods: '20' });
     const lease = async () => JSON.parse((await kube.kubectl(['-n', 'kube-node-lease', 'get', 'lease', NODE, '-o', 'json'])).stdout) as { spec: { holderIdentity: string; renewTime: string } };
     const first = await lease();
     expect(first.spec.holderIdentity).toBe(NODE);
-    await waitFor('the lease to be renewed', async () => (await lease()).spec.renewTime !== first.spec.renewTime, { timeoutMs: 10_000, intervalMs: 500 });
+    await waitFor('the lease to be renewed', async () => (await lease()).spec.renewTime !== first.spec.renewTime, { timeoutMs: 15_000, intervalMs: 500 });
+    // Replica election: this controller holds the virtual node's Lease.
+    const holder = JSON.parse((await kube.kubectl(['-n', 'cello-system', 'get', 'lease', 'cello-virtual-node', '-o', 'json'])).stdout) as { spec: { holderIdentity: string } };
+    expect(holder.spec.holderIdentity).toMatch(/-\d+$/);
   });
 
   it('runs a tolerating pod on a cell: Running with status written back; logs, exec, port-forward through the API server; delete ends the cell', async () => {
@@ -174,6 +190,52 @@ describe('virtual node against a real kube-apiserver', () => {
     expect(ex.code).toBe(3);
     const stdin = await kube.kubectl(['exec', '-i', 'web', '--', 'sh', '-c', 'tr a-z A-Z'], { input: 'piped through stdin\n', timeoutMs: 30_000 });
     expect(stdin).toMatchObject({ code: 0, stdout: 'PIPED THROUGH STDIN\n' });
+
+    // kubectl exec -it: a scripted terminal session (script(1) gives kubectl a pty), with resize.
+    const tty = await new Promise<{ code: number | null; out: string }>((resolve) => {
+      const cmd = `${join(kube.binDir, 'kubectl')} --kubeconfig ${kube.kubeconfig} exec -it web -- sh`;
+      const child = spawn('script', ['-qec', cmd, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+      child.stderr.on('data', (b: Buffer) => (out += b.toString()));
+      const t = setTimeout(() => child.kill('SIGKILL'), 30_000);
+      child.on('exit', (code) => {
+        clearTimeout(t);
+        resolve({ code, out });
+      });
+      setTimeout(() => child.stdin.write('test -t 0 && echo "tty=$((6*7))"\n'), 1500);
+      setTimeout(() => child.stdin.write('exit 5\n'), 3000);
+    });
+    expect(tty.out).toContain('tty=42');
+    expect(tty.code).toBe(5);
+
+    // kubectl logs -f follows new output.
+    const follow = kube.spawnKubectl(['logs', '-f', 'web']);
+    let followed = '';
+    follow.stdout!.on('data', (b: Buffer) => (followed += b.toString()));
+    try {
+      await waitFor('logs -f to print the existing lines', () => followed.includes('svc='), { timeoutMs: 15_000, intervalMs: 100 });
+      // A line written by exec into the container's stdout (PID 1's fd) shows up in the follow.
+      await kube.kubectl(['exec', 'web', '--', 'sh', '-c', 'echo followed-line > /proc/1/fd/1']);
+      await waitFor('logs -f to print a new line', () => followed.includes('followed-line'), { timeoutMs: 15_000, intervalMs: 100 });
+    } finally {
+      follow.kill('SIGTERM');
+    }
+
+    // Restarting the controller (and with it the virtual node) leaves the running pod alone.
+    const before = (await getPod('web'))!;
+    await cl.stopController();
+    await cl.start();
+    await waitFor('the virtual node to lead again', async () => {
+      const l = JSON.parse((await kube.kubectl(['-n', 'kube-node-lease', 'get', 'lease', NODE, '-o', 'json'])).stdout) as { spec: { renewTime: string } };
+      return Date.parse(l.spec.renewTime) > Date.now() - 5000;
+    }, { timeoutMs: 30_000, intervalMs: 500 });
+    const after = await waitPod('web', 'still Running after the restart', (p) => p.status.phase === 'Running', 20_000);
+    expect(after.metadata.uid).toBe(before.metadata.uid);
+    expect(after.status.containerStatuses![0]!.restartCount).toBe(0);
+    expect(after.status.containerStatuses![0]!.state.running?.startedAt).toBe(before.status.containerStatuses![0]!.state.running?.startedAt);
+    expect(after.status.podIP).toBe(before.status.podIP);
+    expect((await kube.kubectl(['exec', 'web', '--', 'cat', '/www/index.html'])).stdout).toBe('hello-through-kubectl\n');
 
     // kubectl port-forward.
     const local = await freePort();
@@ -217,5 +279,39 @@ describe('virtual node against a real kube-apiserver', () => {
     expect(p.status.conditions!.find((c) => c.type === 'PodScheduled')!.message).toContain('untolerated taint');
     expect((await cl.pod('intolerant').catch(() => undefined))?.metadata).toBeUndefined();
     await kube.kubectl(['delete', 'pod', 'intolerant', '--wait=false']);
+  });
+
+  it('two replicas of the virtual node: one leads, the other takes over when it stops', async () => {
+    const serving = await kube.issueCert('kubelet-serving-2', { cn: 'cello-vn2', ips: ['127.0.0.1'] });
+    const start = async (identity: string) =>
+      startVirtualNode({
+        nodeName: 'cello-vn2',
+        kubeconfig: kube.kubeconfig,
+        controllerAddress: cl.server,
+        providerName: 'local',
+        internalIP: '127.0.0.1',
+        kubelet: { listenHost: '127.0.0.1', port: 0, cert: serving.cert, key: serving.key, clientCA: kube.ca },
+        capacity: async () => ({ capacity: { cpu: '1', memory: '1Gi', pods: '1' }, allocatable: { cpu: '1', memory: '1Gi', pods: '1' } }),
+        leaderElection: { namespace: 'cello-system', name: 'cello-vn2', identity, leaseSeconds: 4, renewSeconds: 1, retrySeconds: 1 },
+        log: createLogger({ level: 'silent' }),
+      });
+    const a = await start('replica-a');
+    const b = await start('replica-b');
+    try {
+      const leader = await waitFor('one leader', () => (a.isLeader() !== b.isLeader() ? (a.isLeader() ? a : b) : undefined), { timeoutMs: 15_000, intervalMs: 100 });
+      const follower = leader === a ? b : a;
+      await waitFor('the leader to run the node', () => leader.podSync() !== undefined, { timeoutMs: 15_000, intervalMs: 100 });
+      expect(follower.podSync()).toBeUndefined();
+      expect(follower.isLeader()).toBe(false);
+      await leader.stop();
+      await waitFor('the other replica to take over', () => follower.isLeader() && follower.podSync() !== undefined, { timeoutMs: 15_000, intervalMs: 100 });
+      const lease = JSON.parse((await kube.kubectl(['-n', 'cello-system', 'get', 'lease', 'cello-vn2', '-o', 'json'])).stdout) as { spec: { holderIdentity: string; leaseTransitions: number } };
+      expect(lease.spec.holderIdentity).toBe(follower === a ? 'replica-a' : 'replica-b');
+      expect(lease.spec.leaseTransitions).toBeGreaterThanOrEqual(1);
+    } finally {
+      await a.stop();
+      await b.stop();
+      await kube.kubectl(['delete', 'node', 'cello-vn2', '--wait=false']);
+    }
   });
 });

@@ -1,0 +1,73 @@
+// The `kubernetes:` section of the controller's configuration: run the virtual node.
+import { readFileSync } from 'node:fs';
+import { networkInterfaces, hostname } from 'node:os';
+import { z } from 'zod';
+
+const hostPort = z.string().regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'expected HOST:PORT');
+const dnsName = z.string().regex(/^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/, 'expected a DNS name (lowercase letters, digits, -, .)');
+const quantity = z.string().regex(/^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$/, 'expected a Kubernetes quantity such as 64, 500m, 256Gi');
+
+export const kubernetesConfigSchema = z.strictObject({
+  enabled: z.boolean().default(false),
+  /** Name of the Node object. */
+  nodeName: dnsName.default('cello'),
+  /** kubeconfig file; unset: the in-cluster service account. */
+  kubeconfig: z.string().min(1).optional(),
+  /** Address the API server reaches the kubelet API at; default: $POD_IP, else the first non-loopback IPv4. */
+  internalIP: z.string().min(1).optional(),
+  kubelet: z
+    .strictObject({
+      listen: hostPort.default('0.0.0.0:10250'),
+      certFile: z.string().min(1),
+      keyFile: z.string().min(1),
+      /** CA of the API server's kubelet client certificate (its --kubelet-client-certificate). */
+      clientCAFile: z.string().min(1),
+      /** Client certificate CNs allowed; empty: any the CA signed. */
+      allowedCommonNames: z.array(z.string().min(1)).default([]),
+    }),
+  /** Pods must tolerate this taint to land on the node; null: no taint. */
+  taint: z
+    .union([
+      z.null(),
+      z.strictObject({ key: z.string().min(1), value: z.string().default('cello'), effect: z.enum(['NoSchedule', 'NoExecute', 'PreferNoSchedule']).default('NoSchedule') }),
+    ])
+    .default({ key: 'virtual-kubelet.io/provider', value: 'cello', effect: 'NoSchedule' }),
+  labels: z.record(z.string(), z.string()).default({}),
+  /** What the node offers the scheduler; default: derived from the provider (see docs/kubernetes.md). */
+  capacity: z.strictObject({ cpu: quantity, memory: quantity, pods: z.number().int().positive() }).optional(),
+  /** Where pods reach the API server (KUBERNETES_SERVICE_HOST/PORT); default: the kubeconfig's server. */
+  podApiServer: z.strictObject({ host: z.string().min(1), port: z.number().int().min(1).max(65535) }).optional(),
+  leaderElection: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      namespace: z.string().min(1).default('cello-system'),
+      name: z.string().min(1).default('cello-virtual-node'),
+      leaseSeconds: z.number().int().positive().default(15),
+    })
+    .prefault({}),
+});
+
+export type KubernetesConfig = z.infer<typeof kubernetesConfigSchema>;
+
+export function defaultInternalIP(): string {
+  if (process.env.POD_IP) return process.env.POD_IP;
+  for (const addrs of Object.values(networkInterfaces())) {
+    for (const a of addrs ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
+  }
+  return '127.0.0.1';
+}
+
+export function readKubeletTls(k: KubernetesConfig): { cert: string; key: string; clientCA: string } {
+  const read = (field: string, path: string) => {
+    try {
+      return readFileSync(path, 'utf8');
+    } catch (err) {
+      throw new Error(`kubernetes.kubelet.${field}: ${(err as Error).message}`);
+    }
+  };
+  return { cert: read('certFile', k.kubelet.certFile), key: read('keyFile', k.kubelet.keyFile), clientCA: read('clientCAFile', k.kubelet.clientCAFile) };
+}
+
+export function leaderIdentity(): string {
+  return process.env.POD_NAME || `${hostname()}-${process.pid}`;
+}
