@@ -1,0 +1,180 @@
+// SPDY/3.1 framing and session, byte for byte: frames built by hand as spdystream (the API
+// server's SPDY library) writes them, sent over a real socket pair. Interoperability with the
+// real API server is covered by virtual-node.test.ts (kubectl exec/port-forward).
+import { describe, expect, it } from 'vitest';
+import { createServer, connect, type Socket } from 'node:net';
+import { createDeflate, createInflate, constants as Z } from 'node:zlib';
+import { FrameReader, HeaderCodec, SpdySession, controlFrame, dataFrame, decodeHeaderBlock, encodeHeaderBlock, FrameType, FLAG_FIN, type Frame } from '../../src/k8s/spdy/index.js';
+import { SPDY3_DICTIONARY } from '../../src/k8s/spdy/dictionary.js';
+
+describe('SPDY/3 framing', () => {
+  it('the header dictionary is the 1423 bytes of the SPDY/3 draft', () => {
+    expect(SPDY3_DICTIONARY.length).toBe(1423);
+    expect(SPDY3_DICTIONARY.subarray(0, 11).toString('latin1')).toBe('\0\0\0\x07options');
+    expect(SPDY3_DICTIONARY.subarray(-10).toString('latin1')).toBe('-,*,enq=0.'); // as in moby/spdystream's spdy/dictionary.go
+    expect(SPDY3_DICTIONARY.includes(Buffer.from('x-forwarded-for'))).toBe(false);
+  });
+
+  it('encodes header blocks with 32-bit lengths, lowercase names and NUL-joined values', () => {
+    const b = encodeHeaderBlock({ StreamType: ['stdout'], 'x-multi': ['a', 'b'] });
+    expect(b.readUInt32BE(0)).toBe(2);
+    expect(b.readUInt32BE(4)).toBe('streamtype'.length);
+    expect(b.subarray(8, 18).toString()).toBe('streamtype');
+    expect(decodeHeaderBlock(b)).toEqual({ streamtype: ['stdout'], 'x-multi': ['a', 'b'] });
+    expect(() => decodeHeaderBlock(b.subarray(0, b.length - 1))).toThrow(/truncated/);
+  });
+
+  it('compresses each block against the dictionary in one shared context, each block decodable on arrival', async () => {
+    const c = HeaderCodec.compressor();
+    const blocks = [{ streamtype: ['error'] }, { streamtype: ['stdout'] }, { streamtype: ['stdout'], port: ['8080'] }];
+    const compressed: Buffer[] = [];
+    for (const h of blocks) compressed.push(await c.run(encodeHeaderBlock(h)));
+    // zlib header with FDICT set and the dictionary's Adler-32, as Go's zlib.NewWriterLevelDict writes.
+    expect(compressed[0]![1]! & 0x20).toBe(0x20);
+    // Every block ends in a sync flush (00 00 ff ff) so the peer can decode it alone.
+    for (const b of compressed) expect(b.subarray(-4).toString('hex')).toBe('0000ffff');
+    // Later blocks reuse the shared window: the repeated header costs less the second time.
+    expect(compressed[1]!.length).toBeLessThan(compressed[0]!.length + 4);
+    // Decoded block by block by an independent inflater with the dictionary.
+    const inf = createInflate({ dictionary: SPDY3_DICTIONARY });
+    const out: Buffer[] = [];
+    for (const b of compressed) {
+      await new Promise<void>((r) => {
+        inf.write(b);
+        inf.flush(Z.Z_SYNC_FLUSH, () => r());
+      });
+      const chunks: Buffer[] = [];
+      let x;
+      while ((x = inf.read()) !== null) chunks.push(x as Buffer);
+      out.push(Buffer.concat(chunks));
+    }
+    expect(out.map((b) => decodeHeaderBlock(b))).toEqual(blocks);
+    c.close();
+  });
+
+  it('splits a byte stream into control and data frames whatever the chunking', () => {
+    const bytes = Buffer.concat([controlFrame(FrameType.PING, 0, Buffer.from([0, 0, 0, 7])), dataFrame(5, FLAG_FIN, Buffer.from('hello'))]);
+    expect(bytes.subarray(0, 8).toString('hex')).toBe('8003000600000004');
+    expect(bytes.subarray(12, 20).toString('hex')).toBe('0000000501000005');
+    const r = new FrameReader();
+    const frames: Frame[] = [];
+    for (const b of bytes) frames.push(...r.push(Buffer.from([b])));
+    expect(frames).toEqual([
+      { kind: 'control', type: FrameType.PING, flags: 0, payload: Buffer.from([0, 0, 0, 7]) },
+      { kind: 'data', streamId: 5, flags: FLAG_FIN, data: Buffer.from('hello') },
+    ]);
+    expect(() => new FrameReader().push(Buffer.from('800200060000000400000001', 'hex'))).toThrow(/version 2/);
+  });
+});
+
+/** A hand-rolled SPDY client, as spdystream's client side writes frames. */
+class Client {
+  private readonly deflate = createDeflate({ dictionary: SPDY3_DICTIONARY });
+  private readonly inflate = HeaderCodec.decompressor();
+  private readonly reader = new FrameReader();
+  frames: Frame[] = [];
+  private waiters: (() => void)[] = [];
+
+  constructor(readonly sock: Socket) {
+    sock.on('data', (b: Buffer) => {
+      this.frames.push(...this.reader.push(b));
+      for (const w of this.waiters.splice(0)) w();
+    });
+  }
+
+  private async headers(h: Record<string, string[]>): Promise<Buffer> {
+    return new Promise((resolve) => {
+      this.deflate.write(encodeHeaderBlock(h));
+      this.deflate.flush(Z.Z_SYNC_FLUSH, () => {
+        const out: Buffer[] = [];
+        let c;
+        while ((c = this.deflate.read()) !== null) out.push(c as Buffer);
+        resolve(Buffer.concat(out));
+      });
+    });
+  }
+
+  async synStream(id: number, h: Record<string, string[]>, flags = 0): Promise<void> {
+    const p = Buffer.alloc(10);
+    p.writeUInt32BE(id, 0);
+    this.sock.write(controlFrame(FrameType.SYN_STREAM, flags, Buffer.concat([p, await this.headers(h)])));
+  }
+
+  async next(pred: (f: Frame) => boolean): Promise<Frame> {
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      const i = this.frames.findIndex(pred);
+      if (i >= 0) return this.frames.splice(i, 1)[0]!;
+      if (Date.now() > deadline) throw new Error(`no such frame; have ${JSON.stringify(this.frames)}`);
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 100);
+      });
+    }
+  }
+
+  replyHeaders(f: Frame): Promise<Record<string, string[]>> {
+    if (f.kind !== 'control') throw new Error('not a control frame');
+    return this.inflate.run(f.payload.subarray(4)).then(decodeHeaderBlock);
+  }
+}
+
+describe('SPDY/3.1 session (server side)', () => {
+  it('answers SYN_STREAM with SYN_REPLY, carries data both ways, half-closes with FIN, echoes PING, honours RST_STREAM and GOAWAY', async () => {
+    const sessions: SpdySession[] = [];
+    const server = createServer((sock) => {
+      const s = new SpdySession(sock);
+      sessions.push(s);
+      s.on('stream', (st) => {
+        // An echo service: uppercases what it receives, FIN after the peer's FIN.
+        st.on('data', (b: Buffer) => st.write(Buffer.from(b.toString().toUpperCase())));
+        st.on('end', () => st.end(`bye ${st.header('streamType')}`));
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const sock = connect((server.address() as { port: number }).port, '127.0.0.1');
+    await new Promise((r) => sock.once('connect', r));
+    const c = new Client(sock);
+    try {
+      await c.synStream(1, { streamtype: ['stdout'] });
+      await c.synStream(3, { streamtype: ['stdin'] });
+      const r1 = await c.next((f) => f.kind === 'control' && f.type === FrameType.SYN_REPLY && f.payload.readUInt32BE(0) === 1);
+      expect(await c.replyHeaders(r1)).toEqual({});
+      const r3 = await c.next((f) => f.kind === 'control' && f.type === FrameType.SYN_REPLY && f.payload.readUInt32BE(0) === 3);
+      expect(await c.replyHeaders(r3)).toEqual({}); // the shared context stayed in step
+      sock.write(dataFrame(1, 0, Buffer.from('hello')));
+      const d = await c.next((f) => f.kind === 'data' && f.streamId === 1);
+      expect(d.kind === 'data' && d.data.toString()).toBe('HELLO');
+      sock.write(dataFrame(1, FLAG_FIN, Buffer.alloc(0)));
+      const bye = await c.next((f) => f.kind === 'data' && f.streamId === 1 && f.data.length > 0);
+      expect(bye.kind === 'data' && bye.data.toString()).toBe('bye stdout');
+      const fin = await c.next((f) => f.kind === 'data' && f.streamId === 1 && (f.flags & FLAG_FIN) !== 0);
+      expect(fin.kind === 'data' && fin.data.length).toBe(0);
+      // PING is echoed with its id.
+      sock.write(controlFrame(FrameType.PING, 0, Buffer.from([0, 0, 0, 9])));
+      const ping = await c.next((f) => f.kind === 'control' && f.type === FrameType.PING);
+      expect(ping.kind === 'control' && ping.payload.readUInt32BE(0)).toBe(9);
+      // WINDOW_UPDATE and SETTINGS are accepted and ignored (spdystream uses no flow control).
+      sock.write(controlFrame(FrameType.WINDOW_UPDATE, 0, Buffer.from([0, 0, 0, 3, 0, 1, 0, 0])));
+      sock.write(controlFrame(FrameType.SETTINGS, 0, Buffer.from([0, 0, 0, 0])));
+      // RST_STREAM ends stream 3: its data is no longer delivered.
+      const rst = Buffer.alloc(8);
+      rst.writeUInt32BE(3, 0);
+      rst.writeUInt32BE(5, 4);
+      sock.write(controlFrame(FrameType.RST_STREAM, 0, rst));
+      // Data on an unknown stream is refused with RST_STREAM INVALID_STREAM.
+      sock.write(dataFrame(99, 0, Buffer.from('x')));
+      const inval = await c.next((f) => f.kind === 'control' && f.type === FrameType.RST_STREAM);
+      expect(inval.kind === 'control' && [inval.payload.readUInt32BE(0), inval.payload.readUInt32BE(4)]).toEqual([99, 2]);
+      // GOAWAY: the server answers with its own and closes the connection.
+      sock.write(controlFrame(FrameType.GOAWAY, 0, Buffer.alloc(8)));
+      const ga = await c.next((f) => f.kind === 'control' && f.type === FrameType.GOAWAY);
+      expect(ga.kind === 'control' && ga.payload.readUInt32BE(0)).toBe(3);
+      await new Promise((r) => (sock.destroyed ? r(undefined) : sock.once('close', r)));
+    } finally {
+      sock.destroy();
+      for (const s of sessions) s.close();
+      await new Promise((r) => server.close(r));
+    }
+  });
+});
