@@ -206,6 +206,9 @@ export class AwsProvider implements CellProvider {
     if (!/^[A-Za-z0-9._-]{1,64}$/.test(req.cellId)) throw new Error(`launch: cellId: "${req.cellId}" must be 1-64 of [A-Za-z0-9._-]`);
     const b = req.bootstrap;
     if (b.cellId !== req.cellId) throw new Error(`launch: bootstrap.cellId ${b.cellId} differs from cellId ${req.cellId}`);
+    // A cell launched without these could never be bootstrapped: fail now, not at boot timeout.
+    if (!b.caCertPem.includes('-----BEGIN CERTIFICATE-----')) throw new Error('launch: bootstrap.caCertPem: the controller CA certificate (PEM) is required');
+    if (b.token.length < 16) throw new Error('launch: bootstrap.token: a one-time token of at least 16 characters is required');
     const existing = await this.findCellInstance(req.cellId);
     if (existing?.InstanceId) {
       this.log.info({ cellId: req.cellId, instanceId: existing.InstanceId }, 'cell already has an instance; not launching another');

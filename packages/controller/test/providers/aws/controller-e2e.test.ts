@@ -213,7 +213,7 @@ describe('the controller on EC2 (emulated)', () => {
       instanceType: 't3.small',
       spot: false,
       tags: { [CELL_TAGS.controllerId]: 'ctl-other', [CELL_TAGS.cellId]: 'cell-other1' },
-      bootstrap: { caCertPem: 'x', token: 'cbt_other-token-000000000000', tokenExpiresAt: new Date(Date.now() + 60_000).toISOString(), controllerId: 'ctl-other', cellId: 'cell-other1', agentPort: 7443 },
+      bootstrap: { caCertPem: ca.certPem, token: 'cbt_other-token-000000000000', tokenExpiresAt: new Date(Date.now() + 60_000).toISOString(), controllerId: 'ctl-other', cellId: 'cell-other1', agentPort: 7443 },
     });
     await other.close();
 

@@ -53,7 +53,7 @@ function request(over: Partial<LaunchRequest> = {}, controllerId = 'ctl-a'): Lau
     tags: { [CELL_TAGS.pod]: `default/web-${seq}` },
     bootstrap: {
       caCertPem: CA_PEM,
-      token: `tok-${cellId}`,
+      token: `cbt_token-for-${cellId}`,
       tokenExpiresAt: new Date(Date.now() + 600_000).toISOString(),
       controllerId,
       cellId,
@@ -113,6 +113,14 @@ describe('user data', () => {
 });
 
 describe('AwsProvider on moto', () => {
+  it('refuses to launch a cell that could never be bootstrapped', async () => {
+    const p = provider();
+    const r = request();
+    await expect(p.launch({ ...r, bootstrap: { ...r.bootstrap, caCertPem: '' } })).rejects.toThrow(/bootstrap\.caCertPem/);
+    await expect(p.launch({ ...r, bootstrap: { ...r.bootstrap, token: 'short' } })).rejects.toThrow(/bootstrap\.token/);
+    expect(await instancesOfCell(r.cellId)).toEqual([]);
+  });
+
   it('reads the catalog live from DescribeInstanceTypes and prices it from the data file', async () => {
     const p = provider({ instanceTypes: ['t3.*', 'g4dn.xlarge', 'm7g.large'], liveCatalog: true });
     const faults = injectEc2Faults(p.ec2, []);
