@@ -1,5 +1,6 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
+import { CHUNK } from './decompress.js';
 import { PullError } from './errors.js';
 
 /** A download in progress in this process: how far its temp file is written. */
@@ -44,19 +45,19 @@ export class FollowReader extends Readable {
   private pos = 0;
 
   constructor(private readonly p: Progress) {
-    super({ highWaterMark: 1 << 20 });
+    super({ highWaterMark: CHUNK });
   }
 
-  override _read(size: number): void {
-    this.pump(size).catch((e: unknown) => this.destroy(e as Error));
+  override _read(): void {
+    this.pump().catch((e: unknown) => this.destroy(e as Error));
   }
 
-  private async pump(size: number): Promise<void> {
+  private async pump(): Promise<void> {
     this.fh ??= await open(this.p.file, 'r');
     for (;;) {
       if (this.p.error !== undefined) throw this.p.error;
       if (this.pos < this.p.written) {
-        const len = Math.min(Math.max(size, 1 << 20), this.p.written - this.pos);
+        const len = Math.min(CHUNK, this.p.written - this.pos);
         const buf = Buffer.allocUnsafe(len);
         const { bytesRead } = await this.fh.read(buf, 0, len, this.pos);
         if (bytesRead === 0) throw new PullError('network', 'download file shrank while being read');

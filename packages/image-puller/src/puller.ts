@@ -14,6 +14,7 @@ import {
 import { formatReference, parseReference, type Reference } from './reference.js';
 import { DEFAULT_TRANSPORT, makeDispatcher, RegistryClient, sha256Digest, TokenCache, type TransportOptions } from './registry.js';
 import { Store } from './store.js';
+import { CHUNK } from './decompress.js';
 import { FollowReader, Progress } from './follow.js';
 import { TreeState, unpackLayer, type UnpackOptions, type UnpackResult } from './unpack.js';
 
@@ -223,7 +224,11 @@ export class ImagePuller {
 
   /** Downloads one blob into the cache once, however many pulls (or processes) want it. */
   private ensureBlob(client: RegistryClient, l: LayerInfo, opts: PullOptions, stats: PullStats): Promise<void> {
-    if (this.store.hasBlob(l.digest)) return Promise.resolve();
+    const complete = (): void => opts.onProgress?.({ layer: l.digest, done: l.size, total: l.size });
+    if (this.store.hasBlob(l.digest)) {
+      complete();
+      return Promise.resolve();
+    }
     let p = this.blobFlights.get(l.digest);
     if (!p) {
       let resolveStarted!: (p: Progress | undefined) => void;
@@ -233,7 +238,7 @@ export class ImagePuller {
         const release = await this.downloads.acquire();
         try {
           await this.store.withLock(`blob-${l.digest.slice(7)}`, async () => {
-            if (this.store.hasBlob(l.digest)) return;
+            if (this.store.hasBlob(l.digest)) return complete(); // another process fetched it
             const tmp = this.store.tmpPath('download');
             const prog = new Progress(tmp);
             try {
@@ -264,7 +269,7 @@ export class ImagePuller {
       this.blobFlights.set(l.digest, p);
     } else {
       // Another pull is fetching it; still report its completion to this caller.
-      p = p.then(() => opts.onProgress?.({ layer: l.digest, done: l.size, total: l.size }));
+      p = p.then(complete);
     }
     return p;
   }
@@ -279,7 +284,7 @@ export class ImagePuller {
       if (prog && !prog.error) return new FollowReader(prog);
       await fetched;
     }
-    return createReadStream(this.store.blobPath(l.digest), { highWaterMark: 1 << 20 });
+    return createReadStream(this.store.blobPath(l.digest), { highWaterMark: CHUNK });
   }
 
   /**
@@ -298,7 +303,7 @@ export class ImagePuller {
       await fetched; // a failed download is the real error
       if (err instanceof PullError && err.kind === 'unsafe-content') throw err;
       await reset();
-      return unpackLayer(createReadStream(this.store.blobPath(l.digest), { highWaterMark: 1 << 20 }), l.compression, l.diffId, { ...o, dir });
+      return unpackLayer(createReadStream(this.store.blobPath(l.digest), { highWaterMark: CHUNK }), l.compression, l.diffId, { ...o, dir });
     }
   }
 
@@ -378,7 +383,9 @@ export class ImagePuller {
       const lowerDirs = async () => (await Promise.all(below)).reverse();
       const { started, done } = this.ensureLayer(r, i, lowerDirs, turn, opts, stats);
       turn = started;
-      dones.push(done);
+      const l = r.record.layers[i]!;
+      // Every layer ends at 100%, also when cached or fetched by a concurrent pull.
+      dones.push(done.then((d) => (opts.onProgress?.({ layer: l.digest, done: l.size, total: l.size }), d)));
     }
     const settled = await Promise.allSettled(dones);
     const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
