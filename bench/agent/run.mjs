@@ -33,7 +33,10 @@ function busyboxTar() {
 const registry = await startRegistry();
 const { ref } = await pushImage(registry, 'bench/busybox:1', [{ blob: busyboxTar() }], { Cmd: ['sh'], Env: ['PATH=/bin'] });
 const stateDir = mkdtempSync(join(tmpdir(), 'bench-agent-'));
-const agent = await startAgent({ listen: '127.0.0.1:0', stateDir, tls: undefined, insecureRegistries: [registry.host], logger: pino({ level: 'silent' }), cgroupParent: '/cello-bench/pod', heartbeatMs: 60_000 });
+// BENCH_TRACE=1: also break the agent's part down (its debug timings, logged to a file).
+const traceFile = process.env.BENCH_TRACE ? join(stateDir, '..', `bench-trace-${process.pid}.log`) : undefined;
+const logger = traceFile ? pino({ level: 'debug' }, pino.destination({ dest: traceFile, sync: true })) : pino({ level: 'silent' });
+const agent = await startAgent({ listen: '127.0.0.1:0', stateDir, tls: undefined, insecureRegistries: [registry.host], logger, cgroupParent: '/cello-bench/pod', heartbeatMs: 60_000 });
 const client = connectAgent(agent.address, undefined);
 
 const stream = client.watchStatus({});
@@ -65,30 +68,27 @@ function untilRunning(uid) {
 const call = (m, req) => new Promise((res, rej) => client[m](req, (err, r) => (err ? rej(err) : res(r))));
 
 let gen = 1;
+const applyMs = [];
 async function onePod(i, keep = false) {
   const uid = `bench-${i}-${Date.now()}`;
   const pod = Pod.fromPartial({ metadata: { name: `bench-${i}`, uid }, spec: { terminationGracePeriodSeconds: 0, containers: [{ name: 'u', image: ref, command: ['sleep', '3600'] }] } });
   const t0 = performance.now();
   await call('applyPod', ApplyPodRequest.fromPartial({ pod, generation: gen++ }));
+  applyMs.push(performance.now() - t0);
   const st = await untilRunning(uid);
   const ms = performance.now() - t0;
   if (!keep) await call('deletePod', { gracePeriodSeconds: 0 });
   return { ms, st };
 }
 
-// Cold: nothing cached yet.
-const cold = await onePod(0);
-const warm = [];
-for (let i = 1; i <= N; i++) warm.push((await onePod(i)).ms);
-
-// The same bundle under bare runc: keep one pod up, take its config.json and layers.
-const kept = await onePod(N + 1, true);
-const instDir = join(stateDir, 'units', 'u', readFileSync(join(stateDir, 'units/u/unit.json'), 'utf8') && `i${JSON.parse(readFileSync(join(stateDir, 'units/u/unit.json'), 'utf8')).current.instance}`);
-const spec = JSON.parse(readFileSync(join(instDir, 'config.json'), 'utf8'));
+// Cold: nothing cached yet. Keep it running to take its bundle for the bare runc runs.
+const cold = await onePod(0, true);
+const rec = JSON.parse(readFileSync(join(stateDir, 'units/u/unit.json'), 'utf8'));
+const spec = JSON.parse(readFileSync(join(stateDir, 'units/u', `i${rec.current.instance}`, 'config.json'), 'utf8'));
 await call('deletePod', { gracePeriodSeconds: 0 });
-const bare = [];
+
 const runcRoot = mkdtempSync(join(tmpdir(), 'bench-runc-'));
-for (let i = 0; i < N; i++) {
+function bareRun(i) {
   const b = mkdtempSync(join(tmpdir(), 'bench-bundle-'));
   for (const d of ['upper', 'work', 'rootfs']) mkdirSync(join(b, d));
   // The agent's own spec: runc mounts the image layers' overlay at "/" (first mount).
@@ -101,10 +101,18 @@ for (let i = 0; i < N; i++) {
   const r = spawnSync('runc', ['--root', runcRoot, 'run', '-d', '--bundle', b, `bare${i}`], { stdio: 'ignore' });
   const ms = performance.now() - t0;
   if (r.status !== 0) throw new Error(`bare runc run failed (${r.status})`);
-  bare.push(ms);
   spawnSync('runc', ['--root', runcRoot, 'kill', `bare${i}`, 'KILL']);
   spawnSync('runc', ['--root', runcRoot, 'delete', '--force', `bare${i}`]);
   rmSync(b, { recursive: true, force: true });
+  return ms;
+}
+
+// Warm, interleaved with bare runc so that both see the same load on a shared machine.
+const warm = [];
+const bare = [];
+for (let i = 1; i <= N; i++) {
+  warm.push((await onePod(i)).ms);
+  bare.push(bareRun(i));
 }
 
 stream.cancel();
@@ -120,3 +128,9 @@ console.log(`  cold (pull + unpack + start) : ${fmt(cold.ms)}`);
 console.log(`  warm (cached image)          : p50 ${fmt(p50)}   p99 ${fmt(pct(warm, 99))}   min ${fmt(Math.min(...warm))}   max ${fmt(Math.max(...warm))}`);
 console.log(`  bare runc run -d, same bundle: p50 ${fmt(bp50)}   p99 ${fmt(pct(bare, 99))}`);
 console.log(`  agent overhead at p50        : ${fmt(p50 - bp50)} (goal: < 50 ms)`);
+if (traceFile) {
+  const rows = readFileSync(traceFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  const col = (k) => rows.filter((r) => r[k] !== undefined).map((r) => r[k]);
+  console.log(`  breakdown p50: ApplyPod RPC ${fmt(pct(applyMs, 50))}, image ${fmt(pct(col('imageMs'), 50))}, prepare ${fmt(pct(col('prepareMs'), 50))}, spec ${fmt(pct(col('specMs'), 50))}, shim+runc to pid file ${fmt(pct(col('runcMs'), 50))}`);
+  rmSync(traceFile, { force: true });
+}

@@ -1,5 +1,6 @@
 // ImageService over @cello/image-puller: a verified blob cache and unpacked layer dirs under
 // <state>/images, shared by every unit (and every restart) on the cell.
+import { existsSync } from 'node:fs';
 import { ImagePuller, PullError } from '@cello/image-puller';
 import type pino from 'pino';
 import { type ImageInfo, ImagePullFailure, type ImageService, type RegistryAuth, registryOf } from './image-service.js';
@@ -24,14 +25,22 @@ function toInfo(p: Pulled): ImageInfo {
 
 export class PullerImageService implements ImageService {
   private readonly puller: ImagePuller;
+  // What this agent pulled or found, by reference: a cache hit on the start path costs one
+  // existsSync per layer instead of reading the puller's records through the thread pool.
+  private readonly known = new Map<string, ImageInfo>();
 
   constructor(opts: { root: string; insecureRegistries: string[]; logger: pino.Logger }) {
     this.puller = new ImagePuller({ root: opts.root, plainHttp: opts.insecureRegistries, insecure: opts.insecureRegistries, logger: opts.logger });
   }
 
   async cached(ref: string): Promise<ImageInfo | undefined> {
+    const k = this.known.get(ref);
+    if (k && k.layerDirs.every((d) => existsSync(d))) return k;
     const c = await this.puller.cached(ref);
-    return c ? toInfo(c) : undefined;
+    if (!c) return undefined;
+    const info = toInfo(c);
+    this.known.set(ref, info);
+    return info;
   }
 
   async pull(ref: string, opts: { auth?: RegistryAuth | undefined; signal?: AbortSignal }): Promise<ImageInfo> {
@@ -41,7 +50,9 @@ export class PullerImageService implements ImageService {
         auth: (registry) => (opts.auth && registry === host ? opts.auth : undefined),
         ...(opts.signal ? { signal: opts.signal } : {}),
       });
-      return { ...toInfo(p), downloadedBytes: stats.downloadedBytes };
+      const info = toInfo(p);
+      this.known.set(ref, info);
+      return { ...info, downloadedBytes: stats.downloadedBytes };
     } catch (err) {
       if (err instanceof PullError) throw new ImagePullFailure(err.message, err.kind);
       throw new ImagePullFailure((err as Error).message, 'unknown');

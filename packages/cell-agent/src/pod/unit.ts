@@ -382,6 +382,8 @@ export class Unit implements UnitView {
 
   private markRunning(inst: Instance): void {
     this.setState({ kind: 'running', startedAt: inst.startedAt ?? new Date() });
+    // The next unit's shim, now that this one's start is reported.
+    setTimeout(() => this.ctx.shims?.prime(), 50).unref();
     this.ctx.event('Normal', 'Started', `Started container ${this.name}`, this.name);
     this.startProbes(inst);
   }

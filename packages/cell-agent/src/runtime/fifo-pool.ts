@@ -40,8 +40,10 @@ export class FifoPool {
   async take(targets: string[]): Promise<void> {
     if (this.free.length < targets.length) await this.make(Math.max(this.batch, targets.length));
     for (const t of targets) renameSync(this.free.pop()!, t);
+    // Refilled a moment later, off the path of the unit being started (fork blocks the loop).
     if (this.free.length < this.low && !this.refilling) {
-      this.refilling = this.make(this.batch)
+      this.refilling = new Promise<void>((r) => setTimeout(r, 500).unref())
+        .then(() => this.make(this.batch))
         .catch(() => {})
         .finally(() => (this.refilling = undefined));
     }

@@ -43,11 +43,12 @@ export class ShimPool {
     this.idle = undefined;
     if (!c || c.exitCode !== null || c.signalCode !== null || !c.stdin?.writable) c = this.spawnOne();
     c.stdin!.end(`${dir}\n${id}\n${stdin ? 1 : 0}\n`);
-    setImmediate(() => this.prime());
+    // Not at once: fork() blocks the event loop, and the unit that just started is still
+    // being watched for its start. The caller primes the pool once the unit runs.
     return c;
   }
 
-  /** Has one shim waiting. */
+  /** Has one shim waiting (call when the agent is otherwise idle). */
   prime(): void {
     if (!this.closed && !this.idle) this.idle = this.spawnOne();
   }
