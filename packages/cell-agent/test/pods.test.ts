@@ -513,6 +513,41 @@ describe.concurrent('pods', () => {
     expect(a.watch.events.some((e) => e.reason === 'DeadlineExceeded')).toBe(true);
   });
 
+  it('connects Attach to a stdin unit; stdinOnce ends its stdin when the session does', async () => {
+    const a = await agent();
+    await apply(a.client, {
+      pod: pod('stdin', {
+        restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
+        containers: [
+          { name: 'reader', image: IMG, stdin: true, command: sh('read a; read b; printf "%s\\n%s\\n" "$a" "$b" | sort | tr "\\n" " " > /dev/termination-log') },
+          { name: 'once', image: IMG, stdin: true, stdinOnce: true, command: sh('wc -c > /dev/termination-log') },
+        ],
+      }),
+    });
+    await a.watch.until('both running', (w) => w.running('reader') && w.running('once'));
+    const { ExecInput } = await import('@cello/proto/cell');
+    const attach = (unit: string, data: string[], eof: boolean) => {
+      const call = a.client.attach();
+      call.on('data', () => {});
+      call.on('error', () => {});
+      call.write(ExecInput.fromPartial({ frame: { $case: 'start', value: { container: unit, stdin: true, tty: false, command: [] } } }));
+      for (const d of data) call.write(ExecInput.fromPartial({ frame: { $case: 'stdin', value: Buffer.from(d) } }));
+      if (eof) call.write(ExecInput.fromPartial({ frame: { $case: 'stdinEof', value: true } }));
+      return call;
+    };
+    // Two sessions write to the same stdin; one's EOF does not close it for the other.
+    const s1 = attach('reader', ['one\n'], true);
+    const s2 = attach('reader', ['two\n'], true);
+    await a.watch.until('reader finished', (w) => w.terminated('reader') !== undefined);
+    s1.end();
+    s2.end();
+    expect(a.watch.terminated('reader')!.message).toBe('one two ');
+    const s3 = attach('once', ['12345'], true);
+    await a.watch.until('once finished', (w) => w.terminated('once') !== undefined);
+    s3.end();
+    expect(a.watch.terminated('once')!.message.trim()).toBe('5');
+  });
+
   it('shows a missing image and a missing command in status', async () => {
     const a = await agent();
     await apply(a.client, {

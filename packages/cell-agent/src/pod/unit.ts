@@ -262,7 +262,7 @@ export class Unit implements UnitView {
     } catch {
       return undefined;
     }
-    const inst = new Instance({ dir, id: meta.id, instance: n, runc: this.ctx.runc, tty: meta.tty, stdin: meta.stdin, sink: this.ctx.newSink(this), logger: this.ctx.logger });
+    const inst = new Instance({ dir, id: meta.id, instance: n, runc: this.ctx.runc, tty: meta.tty, stdin: meta.stdin, stdinOnce: this.spec.stdinOnce, sink: this.ctx.newSink(this), logger: this.ctx.logger });
     this.instance = inst;
     return inst;
   }
@@ -333,6 +333,7 @@ export class Unit implements UnitView {
       runc: this.ctx.runc,
       tty: this.tty,
       stdin: this.stdin,
+      stdinOnce: this.spec.stdinOnce,
       sink: this.ctx.newSink(this),
       logger: this.ctx.logger,
       ...(this.ctx.fifos ? { fifos: this.ctx.fifos } : {}),

@@ -21,7 +21,7 @@ import { chmodSync, closeSync, constants as FS, existsSync, mkdirSync, openSync,
 import { readFile, rm } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
-import { PassThrough, type Readable, type Writable } from 'node:stream';
+import { PassThrough, type Readable, Writable } from 'node:stream';
 import type pino from 'pino';
 import type { LogSink, StdStream } from '../units/unit-view.js';
 import type { Runc } from './runc.js';
@@ -63,6 +63,8 @@ export interface InstanceOptions {
   runc: Runc;
   tty: boolean;
   stdin: boolean;
+  /** Close the unit's stdin after the first attach that ends it (Kubernetes' stdinOnce). */
+  stdinOnce?: boolean;
   sink: LogSink;
   logger: pino.Logger;
   fifos?: FifoPool;
@@ -196,7 +198,7 @@ export class Instance extends EventEmitter {
       for (const n of ['stdout', 'stderr']) this.keepers.push(openSync(join(this.dir, n), FS.O_WRONLY | FS.O_NONBLOCK));
       if (this.hasStdin) this.openStdin();
       this.spawnedAt = performance.now();
-      this.shim = this.o.shims ? this.o.shims.start(this.dir, this.id, this.hasStdin) : spawn('/bin/sh', args, { detached: true, stdio: 'ignore', cwd: this.dir });
+      this.shim = this.o.shims ? this.o.shims.start(this.dir, this.id, !this.hasStdin ? 0 : this.o.stdinOnce ? 2 : 1) : spawn('/bin/sh', args, { detached: true, stdio: 'ignore', cwd: this.dir });
       this.shimPid = this.shim.pid ?? 0;
       this.shim.on('exit', () => this.checkFiles());
       this.shim.on('error', (err) => this.o.logger.error({ err, unit: this.id }, 'shim failed to spawn'));
@@ -342,14 +344,33 @@ export class Instance extends EventEmitter {
     return t;
   }
 
+  /**
+   * A writer into the unit's stdin for one attach session. Ending it ends the unit's stdin
+   * only for stdinOnce units; otherwise the next session can write on.
+   */
   stdinWritable(): Writable | undefined {
     if (this.pty) {
       const pty = this.pty;
-      const w = new PassThrough();
-      w.on('data', (b: Buffer) => pty.write(b.toString('utf8')));
-      return w;
+      return new Writable({
+        write: (b: Buffer, _e, cb) => {
+          pty.write(b.toString('utf8'));
+          cb();
+        },
+      });
     }
-    return this.stdinStream;
+    const target = this.stdinStream;
+    if (!target || target.destroyed) return undefined;
+    return new Writable({
+      write: (b: Buffer, _e, cb) => {
+        if (target.destroyed) return cb();
+        if (target.write(b)) cb();
+        else target.once('drain', () => cb());
+      },
+      final: (cb) => {
+        if (this.o.stdinOnce) target.end();
+        cb();
+      },
+    });
   }
 
   resize(cols: number, rows: number): void {
