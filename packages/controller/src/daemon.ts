@@ -6,7 +6,6 @@ import { hostname } from 'node:os';
 import { openStore, StoreClosedError, type Store, type StoreConfig } from './store/index.js';
 import type { CellProvider } from './providers/provider.js';
 import { LocalProvider, type LocalProviderOptions } from './providers/local/local.js';
-import { awsProviderFromConfig } from './providers/aws/index.js';
 import { CertificateAuthority, RotatingCertificate, type IssuedCertificate } from './security/index.js';
 import { bootstrapFnFor } from './bootstrap/index.js';
 import { readFileSync } from 'node:fs';
@@ -48,9 +47,11 @@ export interface StartOptions {
   onFatal?: (err: Error) => void;
 }
 
-export function providerFromConfig(config: Config, extra: { issueCertificate?: LocalProviderOptions['issueCertificate']; log?: Logger } = {}): CellProvider {
+export async function providerFromConfig(config: Config, extra: { issueCertificate?: LocalProviderOptions['issueCertificate']; log?: Logger } = {}): Promise<CellProvider> {
   const p = config.provider;
   if (p.kind === 'aws') {
+    // Loaded on demand: the AWS SDK takes seconds to import, which local runs should not pay.
+    const { awsProviderFromConfig } = await import('./providers/aws/index.js');
     return awsProviderFromConfig(p as Record<string, unknown>, { controllerId: config.controllerId, ...(extra.log ? { logger: extra.log.child({ component: 'aws' }) } : {}) });
   }
   if (p.kind === 'local') {
@@ -119,7 +120,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
     };
     caCertPem = async () => ca.certPem;
   }
-  const provider = o.provider ?? providerFromConfig(config, { ...(issueCertificate ? { issueCertificate } : {}), log });
+  const provider = o.provider ?? await providerFromConfig(config, { ...(issueCertificate ? { issueCertificate } : {}), log });
   const metrics = new Metrics({ defaults: true });
   const agents: AgentAccess = o.agents ?? new AgentPool(agentCredentials ?? insecureAgentCredentials);
   const types = await provider.instanceTypes();
