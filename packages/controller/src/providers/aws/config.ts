@@ -59,10 +59,14 @@ export const awsProviderConfigSchema = z
       .object({
         /** Launch spot unless the pod says otherwise. */
         default: z.boolean().default(false),
-        /** When spot has no capacity, launch on-demand instead of failing the candidate. */
-        fallbackToOnDemand: z.boolean().default(true),
+        /**
+         * When spot has no capacity in any zone, launch on-demand instead of failing the
+         * candidate. Off by default: the controller's candidate list already goes on to
+         * on-demand for pods that prefer spot, and a pod that requires spot must not get it.
+         */
+        fallbackToOnDemand: z.boolean().default(false),
       })
-      .default({ default: false, fallbackToOnDemand: true }),
+      .default({ default: false, fallbackToOnDemand: false }),
     /** How the controller reaches agents: the instance's private IP (same VPC) or its public IP. */
     addressType: z.enum(['private', 'public']).default('private'),
     /** A (type, zone) pair that reported no capacity is skipped for this long. */

@@ -223,7 +223,8 @@ export class AwsProvider implements CellProvider {
 
     const opt = req.options ?? {};
     const spotAnn = opt[ANNOTATIONS.spot];
-    const spot = spotAnn !== undefined ? spotAnn === 'true' : req.spot || this.cfg.spot.default;
+    // The pod annotation's values are the selection's: true/preferred/required mean spot.
+    const spot = spotAnn !== undefined ? ['true', 'preferred', 'required'].includes(spotAnn.toLowerCase()) : req.spot || this.cfg.spot.default;
     const spec = await this.catalog.spec(req.instanceType);
     if (!spec) throw new CapacityError(`instance type ${req.instanceType} is not offered in this region`, req.instanceType);
     const rootGiB = opt[ANNOTATIONS.rootVolumeGiB] !== undefined ? Number(opt[ANNOTATIONS.rootVolumeGiB]) : this.cfg.rootVolume.sizeGiB;

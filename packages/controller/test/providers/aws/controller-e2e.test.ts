@@ -188,6 +188,29 @@ describe('the controller on EC2 (emulated)', () => {
     }
   });
 
+  it('a pod that requires spot gets a one-time spot instance', async () => {
+    const manifest = JSON.stringify({
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'spotty', namespace: 'default', annotations: { 'cello.io/spot': 'required' } },
+      spec: { restartPolicy: 'Never', containers: [{ name: 'main', image, command: ['sleep', '3600'], resources: { requests: { cpu: '100m', memory: '64Mi' } } }] },
+    });
+    await unary(client.applyPod.bind(client), ApplyPodRequest.fromPartial({ manifest }));
+    const running = await waitFor(
+      'the spot pod to run',
+      async () => {
+        const p = await unary<GetPodRequest, PodObject>(client.getPod.bind(client), GetPodRequest.fromPartial({ pod: { namespace: 'default', name: 'spotty' } }));
+        return p.status?.phase === PodPhase.POD_PHASE_RUNNING ? p : undefined;
+      },
+      { timeoutMs: 90_000, intervalMs: 250 },
+    );
+    const [inst] = (await provider.listOwned(CONTROLLER_ID)).filter((o) => o.tags[CELL_TAGS.cellId] === running.cellId);
+    expect(inst?.spot).toBe(true);
+    const run = faults.calls.filter((c) => c.command === 'RunInstances' && !c.injected).at(-1)!;
+    expect(run.input['InstanceMarketOptions']).toEqual({ MarketType: 'spot', SpotOptions: { SpotInstanceType: 'one-time', InstanceInterruptionBehavior: 'terminate' } });
+    await unary(client.deletePod.bind(client), DeletePodRequest.fromPartial({ pod: { namespace: 'default', name: 'spotty' }, gracePeriodSeconds: 1 }));
+  });
+
   it('after a store wipe the collector terminates what this controller ID owns, and nothing else', async () => {
     const manifest = JSON.stringify({
       apiVersion: 'v1',

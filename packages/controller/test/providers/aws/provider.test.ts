@@ -310,8 +310,8 @@ describe('AwsProvider on moto', () => {
     expect((await p.describe([l.instanceId]))[0]!.spot).toBe(true);
   });
 
-  it('falls back from spot to on-demand when spot has no capacity anywhere', async () => {
-    const p = provider();
+  it('falls back from spot to on-demand when spot has no capacity anywhere (when configured)', async () => {
+    const p = provider({ spot: { default: false, fallbackToOnDemand: true } });
     const isSpot = (i: Record<string, unknown>) => i['InstanceMarketOptions'] !== undefined;
     const faults = injectEc2Faults(p.ec2, [{ command: 'RunInstances', when: isSpot, code: 'InsufficientInstanceCapacity' }]);
     const l = await p.launch(request({ spot: true }));
