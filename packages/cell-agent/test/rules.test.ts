@@ -13,6 +13,7 @@ import { DEFAULT_CAPABILITIES, resolveCapabilities } from '../src/runtime/capabi
 import { Backoff, KUBERNETES_BACKOFF } from '../src/pod/backoff.js';
 import { podPhase, qosClass } from '../src/pod/pod-status.js';
 import { validateApply, InvalidPodError } from '../src/pod/validate.js';
+import { resolveSubPath } from '../src/pod/volumes.js';
 import { ApplyPodRequest, Pod } from '@cello/proto/cell';
 
 describe('$(VAR) expansion and argv', () => {
@@ -73,6 +74,15 @@ describe('paths inside a root', () => {
     expect(resolveInRoot(root, 'abs/passwd')).toBe(join(root, 'etc/passwd'));
     expect(resolveInRoot(root, 'a/b/up/x')).toBe(join(root, 'x'));
     expect(resolveInRoot(root, 'a/b/new/file')).toBe(join(root, 'a/b/new/file'));
+  });
+  it('keeps a subPath inside its volume whatever symlinks the unit left there', () => {
+    const vol = mkdtempSync(join(tmpdir(), 'cello-vol-'));
+    symlinkSync('/etc', join(vol, 'evil'));
+    symlinkSync('../../../../..', join(vol, 'up'));
+    expect(resolveSubPath(vol, 'evil')).toBe(join(vol, 'etc'));
+    expect(resolveSubPath(vol, 'up/var')).toBe(join(vol, 'var'));
+    expect(() => resolveSubPath(vol, '../x')).toThrow(/must not contain/);
+    expect(() => resolveSubPath(vol, '/abs')).toThrow(/must be relative/);
   });
   it('checks volume item paths', () => {
     expect(checkItemPath('ok/file')).toBeUndefined();
