@@ -1,0 +1,83 @@
+// The reconciler's scheduling decisions, in process, with the real embedded store and API but
+// the SIMULATED provider (no real cells): capacity fallback to the next candidate, and a pod
+// that fits no type reported Unschedulable with the reason.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { PodPhase, ConditionStatus } from '@cello/proto/cell';
+import { waitFor } from '@cello/testkit';
+import { openStore, type Store } from '../src/store/index.js';
+import { SimulatedProvider } from '../src/providers/simulated/simulated.js';
+import { CapacityError, type LaunchRequest, type LaunchedInstance } from '../src/providers/provider.js';
+import { Reconciler } from '../src/dispatch/reconciler.js';
+import { ControllerApi } from '../src/api/server.js';
+import { catalogTypes, localCatalog } from '../src/catalog/catalog.js';
+import { silentLogger } from '../src/obs/logger.js';
+
+class NoNanoProvider extends SimulatedProvider {
+  readonly tried: string[] = [];
+  override async launch(req: LaunchRequest): Promise<LaunchedInstance> {
+    this.tried.push(req.instanceType);
+    if (req.instanceType === 'local.nano') throw new CapacityError('InsufficientInstanceCapacity (simulated)', req.instanceType);
+    return super.launch(req);
+  }
+}
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function setup() {
+  const dir = mkdtempSync(join(tmpdir(), 'cello-rec-sim-'));
+  const store: Store = await openStore({ kind: 'embedded', dir });
+  const types = catalogTypes(localCatalog());
+  const provider = new NoNanoProvider({ types });
+  const agents = provider.agentPool();
+  const rec = new Reconciler({ store, provider, controllerId: 'sim', agents, log: silentLogger(), tickMs: 100 });
+  const api = new ControllerApi({ store, agents, log: silentLogger(), controllerId: 'sim', providerName: provider.name, instanceTypes: types });
+  await rec.start();
+  cleanups.push(async () => {
+    await rec.stop();
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return { store, provider, rec, api };
+}
+
+const pod = (name: string, extra = '') => `apiVersion: v1
+kind: Pod
+metadata: { name: ${name} }
+spec:
+  containers:
+  - name: main
+    image: example.invalid/app:1
+${extra}`;
+
+describe('reconciler (simulated provider)', () => {
+  it('falls back to the next cheapest type when a launch has no capacity', async () => {
+    const { provider, api } = await setup();
+    await api.applyPod({ manifest: pod('fallback'), namespace: '', dryRun: false });
+    const p = await waitFor('running', async () => {
+      const x = await api.getPod({ namespace: 'default', name: 'fallback' });
+      return x.status?.phase === PodPhase.POD_PHASE_RUNNING ? x : undefined;
+    }, { timeoutMs: 20_000 });
+    expect(provider.tried.slice(0, 2)).toEqual(['local.nano', 'local.micro']);
+    expect(p.instanceType).toBe('local.micro');
+  });
+
+  it('reports a pod that fits no type as Unschedulable, with the reason', async () => {
+    const { api } = await setup();
+    await api.applyPod({ manifest: pod('huge', '    resources: { requests: { memory: 64Gi } }\n'), namespace: '', dryRun: false });
+    const p = await waitFor('unschedulable', async () => {
+      const x = await api.getPod({ namespace: 'default', name: 'huge' });
+      const c = x.status?.conditions.find((k) => k.type === 'PodScheduled');
+      return c?.status === ConditionStatus.CONDITION_STATUS_FALSE && c.reason === 'Unschedulable' ? x : undefined;
+    }, { timeoutMs: 20_000 });
+    const c = p.status!.conditions.find((k) => k.type === 'PodScheduled')!;
+    expect(c.message).toMatch(/NoFittingInstanceType: no instance type fits .*65600 MiB memory/);
+    expect(p.status!.phase).toBe(PodPhase.POD_PHASE_PENDING);
+    expect(p.cellId).toBe('');
+  });
+});
