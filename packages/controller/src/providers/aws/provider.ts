@@ -60,6 +60,8 @@ export interface AwsProviderOptions {
 const LIVE_STATES = ['pending', 'running', 'stopping', 'stopped', 'shutting-down'];
 const DESCRIBE_CHUNK = 200; // values per filter
 const TERMINATE_CHUNK = 1000;
+/** How long describe waits to gather concurrent callers into one DescribeInstances. */
+const DESCRIBE_WINDOW_MS = 10;
 
 function tagsOf(i: Instance): Record<string, string> {
   const out: Record<string, string> = {};
@@ -365,14 +367,38 @@ export class AwsProvider implements CellProvider {
     };
   }
 
-  /** Batched: one DescribeInstances per 200 IDs (an ID filter, so unknown IDs are simply absent). */
+  /**
+   * Batched: one DescribeInstances per 200 IDs (an ID filter, so unknown IDs are simply
+   * absent). Calls that arrive within the same short window — the reconciler asking about each
+   * booting cell on a tick — are coalesced into one request, so EC2 sees one call per window,
+   * not one per cell.
+   */
   async describe(instanceIds: string[]): Promise<InstanceInfo[]> {
     const ids = [...new Set(instanceIds)];
-    const out: InstanceInfo[] = [];
-    for (const c of chunks(ids, DESCRIBE_CHUNK)) {
-      for (const i of await this.describeRaw([{ Name: 'instance-id', Values: c }])) out.push(this.info(i));
-    }
-    return out;
+    if (ids.length === 0) return [];
+    const batch = (this.pendingDescribe ??= this.newDescribeBatch());
+    for (const id of ids) batch.ids.add(id);
+    const all = await batch.result;
+    return ids.map((id) => all.get(id)).filter((x): x is InstanceInfo => x !== undefined);
+  }
+
+  private pendingDescribe: { ids: Set<string>; result: Promise<Map<string, InstanceInfo>> } | undefined;
+
+  private newDescribeBatch(): { ids: Set<string>; result: Promise<Map<string, InstanceInfo>> } {
+    const ids = new Set<string>();
+    const result = new Promise<Map<string, InstanceInfo>>((resolve, reject) => {
+      setTimeout(() => {
+        this.pendingDescribe = undefined; // later callers start the next batch
+        (async () => {
+          const out = new Map<string, InstanceInfo>();
+          for (const c of chunks([...ids], DESCRIBE_CHUNK)) {
+            for (const i of await this.describeRaw([{ Name: 'instance-id', Values: c }])) out.set(i.InstanceId!, this.info(i));
+          }
+          return out;
+        })().then(resolve, reject);
+      }, DESCRIBE_WINDOW_MS);
+    });
+    return { ids, result };
   }
 
   async listOwned(controllerId: string): Promise<InstanceInfo[]> {

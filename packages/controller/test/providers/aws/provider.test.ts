@@ -217,6 +217,10 @@ describe('AwsProvider on moto', () => {
     const infos = await p.describe([...ids, 'i-00000000000000000', ids[0]!]);
     expect(infos.map((x) => x.instanceId).sort()).toEqual([...ids].sort());
     expect(faults.count('DescribeInstances')).toBe(1);
+    // Many callers at once (the reconciler asking per booting cell): still one call.
+    const each = await Promise.all(ids.map((id) => p.describe([id])));
+    expect(each.map((r) => r.map((x) => x.instanceId))).toEqual(ids.map((id) => [id]));
+    expect(faults.count('DescribeInstances')).toBe(2);
   });
 
   it('terminates, and terminated instances are no longer owned', async () => {
