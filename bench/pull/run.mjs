@@ -135,19 +135,23 @@ const median = (xs) => {
 const med = (name, k = 'wall') => median(results[name].map((m) => m[k]));
 const peak = (name) => Math.max(...results[name].map((m) => m.rssMiB));
 
+// Like with like: a flattened rootfs (ours --rootfs, skopeo+umoci) and per-layer snapshots
+// (ours --layers, ctr's overlayfs snapshots); each ratio is against the faster peer of the run.
 const rows = [];
 for (const phase of ['cold', 'warm', 'shared-tag']) {
   const su = med(`skopeo+umoci ${phase}`);
   const c = med(`ctr ${phase}`);
   const faster = Math.min(su, c);
   for (const mode of ['rootfs', 'layers']) {
-    const o = med(`image-puller ${mode} ${phase}`);
+    const name = `image-puller ${mode} ${phase}`;
+    const o = med(name);
     rows.push({
-      phase, mode,
-      'image-puller s': o.toFixed(2), 'skopeo+umoci s': su.toFixed(2), 'ctr s': c.toFixed(2),
-      'ratio vs faster peer': (o / faster).toFixed(2),
-      'cpu s (ours/su/ctr)': `${med(`image-puller ${mode} ${phase}`, 'cpu').toFixed(2)}/${med(`skopeo+umoci ${phase}`, 'cpu').toFixed(2)}/${med(`ctr ${phase}`, 'cpu').toFixed(2)}`,
-      'peak RSS MiB (ours)': peak(`image-puller ${mode} ${phase}`).toFixed(0),
+      phase, 'image-puller': `--${mode}`,
+      'ours s': o.toFixed(2), 'skopeo+umoci s': su.toFixed(2), 'ctr s': c.toFixed(2),
+      'ours/faster peer': (o / faster).toFixed(2),
+      'ours/same-kind peer': (o / (mode === 'rootfs' ? su : c)).toFixed(2),
+      'cpu s ours/su/ctr+daemon': `${med(name, 'cpu').toFixed(2)}/${med(`skopeo+umoci ${phase}`, 'cpu').toFixed(2)}/${med(`ctr ${phase}`, 'cpu').toFixed(2)}`,
+      'peak RSS MiB ours': peak(name).toFixed(0),
     });
   }
 }

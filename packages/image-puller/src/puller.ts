@@ -136,7 +136,7 @@ export class ImagePuller {
   private readonly unpacks = new Semaphore(2);
   private readonly blobFlights = new Map<string, Promise<void>>();
   /** Downloads under way in this process, so unpacking can follow them as bytes arrive. */
-  private readonly progress = new Map<string, { started: Promise<Progress | undefined>; resolve: (p: Progress | undefined) => void }>();
+  private readonly progress = new Map<string, Promise<Progress | undefined>>();
   private readonly layerFlights = new Map<string, Promise<string>>();
   private readonly log: Logger | undefined;
   private swept = false;
@@ -233,7 +233,7 @@ export class ImagePuller {
     if (!p) {
       let resolveStarted!: (p: Progress | undefined) => void;
       const started = new Promise<Progress | undefined>((r) => (resolveStarted = r));
-      this.progress.set(l.digest, { started, resolve: resolveStarted });
+      this.progress.set(l.digest, started);
       p = (async () => {
         const release = await this.downloads.acquire();
         try {
@@ -280,7 +280,7 @@ export class ImagePuller {
    */
   private async openBlob(l: LayerInfo, fetched: Promise<void>): Promise<Readable> {
     if (!this.store.hasBlob(l.digest)) {
-      const prog = await this.progress.get(l.digest)?.started;
+      const prog = await this.progress.get(l.digest);
       if (prog && !prog.error) return new FollowReader(prog);
       await fetched;
     }
