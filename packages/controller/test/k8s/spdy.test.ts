@@ -26,7 +26,7 @@ describe('SPDY/3 framing', () => {
 
   it('compresses each block against the dictionary in one shared context, each block decodable on arrival', async () => {
     const c = HeaderCodec.compressor();
-    const blocks = [{ streamtype: ['error'] }, { streamtype: ['stdout'] }, { streamtype: ['stdout'], port: ['8080'] }];
+    const blocks: Record<string, string[]>[] = [{ streamtype: ['error'] }, { streamtype: ['stdout'] }, { streamtype: ['stdout'], port: ['8080'] }];
     const compressed: Buffer[] = [];
     for (const h of blocks) compressed.push(await c.run(encodeHeaderBlock(h)));
     // zlib header with FDICT set and the dictionary's Adler-32, as Go's zlib.NewWriterLevelDict writes.

@@ -16,6 +16,12 @@ import { parse, stringify } from 'yaml';
 import { Cluster, startFixtureRegistry, type ClusterOptions, type Registry } from '../helpers/cluster.js';
 import { startVirtualNode } from '../../src/k8s/index.js';
 import { createLogger } from '../../src/obs/logger.js';
+import { parseConfig } from '../../src/config.js';
+import { parseAwsProviderConfig } from '../../src/providers/aws/index.js';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const DEPLOY = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'deploy', 'base');
 
 /** The controller daemon with the `kubernetes:` section of its configuration turned on. */
 class KubeCluster extends Cluster {
@@ -313,5 +319,32 @@ const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
       await b.stop();
       await kube.kubectl(['delete', 'node', 'cello-vn2', '--wait=false']);
     }
+  });
+
+  it('deploy/base builds with kustomize, applies to the API server, and grants the virtual node what it uses and no more', async () => {
+    const built = await kube.kubectl(['kustomize', DEPLOY]);
+    expect(built.stderr).toBe('');
+    const docs = built.stdout.split(/^---$/m).map((d) => parse(d) as { kind: string; metadata: { name: string; namespace?: string }; data?: Record<string, string> });
+    expect(docs.map((d) => d.kind).sort()).toEqual(['ClusterRole', 'ClusterRoleBinding', 'ConfigMap', 'Deployment', 'Namespace', 'Role', 'Role', 'RoleBinding', 'RoleBinding', 'ServiceAccount']);
+    expect(docs.find((d) => d.kind === 'Role' && d.metadata.name === 'cello-node-lease')!.metadata.namespace).toBe('kube-node-lease');
+    // The configuration in the ConfigMap is valid for this controller.
+    const cfg = parseConfig(parse(docs.find((d) => d.kind === 'ConfigMap')!.data!['controller.yaml']!), 'deploy/base/configmap.yaml');
+    expect(cfg.kubernetes?.enabled).toBe(true);
+    const { kind: _kind, ...aws } = cfg.provider as Record<string, unknown>;
+    expect(() => parseAwsProviderConfig(aws, 'provider')).not.toThrow();
+    const applied = await kube.kubectl(['apply', '-f', '-'], { input: built.stdout });
+    expect(applied.code, applied.stderr).toBe(0);
+    expect(applied.stdout).toContain('deployment.apps/cello-controller created');
+    const sa = 'system:serviceaccount:cello-system:cello-controller';
+    const can = async (...args: string[]) => (await kube.kubectl(['auth', 'can-i', '--as', sa, ...args])).stdout.trim();
+    for (const a of [
+      ['create', 'nodes'], ['patch', 'nodes', '--subresource=status'], ['watch', 'pods'], ['delete', 'pods'], ['patch', 'pods', '--subresource=status'],
+      ['get', 'secrets', '-n', 'default'], ['get', 'configmaps', '-n', 'default'], ['create', 'serviceaccounts', '--subresource=token', '-n', 'default'],
+      ['create', 'events', '-n', 'default'], ['patch', 'leases', '-n', 'kube-node-lease'], ['update', 'leases', '-n', 'cello-system'],
+    ]) expect(`${a.join(' ')}: ${await can(...a)}`).toBe(`${a.join(' ')}: yes`);
+    for (const a of [
+      ['delete', 'nodes'], ['create', 'pods'], ['update', 'pods'], ['list', 'secrets'], ['create', 'secrets'],
+      ['update', 'leases', '-n', 'kube-system'], ['create', 'clusterrolebindings'], ['create', 'pods', '--subresource=exec'],
+    ]) expect(`${a.join(' ')}: ${await can(...a)}`).toBe(`${a.join(' ')}: no`);
   });
 });
