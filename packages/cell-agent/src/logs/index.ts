@@ -305,14 +305,24 @@ class Instance {
         }
         return { buf: bufs.length === 1 ? bufs[0]! : Buffer.concat(bufs), skipped };
       }
-      const seg = this.segments.find((s) => offset >= s.start && offset < s.start + s.size);
-      if (seg === undefined) continue; // rotated meanwhile: recompute
+      // The segment holding `offset`, or the next one when the data there is gone.
+      const seg = this.segments.find((s) => offset < s.start + s.size);
+      if (seg === undefined) return { buf: Buffer.alloc(0), skipped: skipped + (this.pos - offset) };
+      if (seg.start > offset) {
+        skipped += seg.start - offset;
+        offset = seg.start;
+      }
       const want = Math.min(max, seg.start + seg.size - offset);
       let fh;
       try {
         fh = await open(seg.path, 'r');
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // deleted by rotation
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        // Deleted by rotation (the list moved on: recompute) or from under us (the instance was
+        // dropped, or someone cleaned the directory): forget it, so the data counts as skipped.
+        const i = this.segments.indexOf(seg);
+        if (i !== -1) this.segments.splice(i, 1);
+        continue;
         throw err;
       }
       try {
@@ -482,6 +492,10 @@ export class ContainerLogs {
         parser = new CriParser();
       }
       if (buf.length === 0) {
+        if (dropped > 0) {
+          yield { entries: [], droppedBytes: dropped, text: Buffer.alloc(0) };
+          dropped = 0;
+        }
         if (!follow || inst.ended || this.closed) {
           if (offset >= inst.pos) return;
           continue;

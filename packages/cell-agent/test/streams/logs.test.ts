@@ -154,6 +154,20 @@ describe('ContainerLogs (real files)', () => {
     expect(lines(await collect(again, {}))).toEqual(['run three']);
     expect(lines(await collect(again, { previous: true }))).toEqual(['run two']);
     expect(readdirSync(dir).sort()).toEqual(['1-0.log', '2-0.log']);
+    // A reader of an instance whose files vanish under it (two restarts later) ends, not spins.
+    const small = new ContainerLogs({ dir: tmp(), maxFileBytes: 1000 });
+    const w = small.startInstance();
+    for (let i = 0; i < 100; i++) w.write('stdout', Buffer.from(`old ${i}\n`));
+    w.end();
+    small.startInstance();
+    const it = small.read(LogsRequest.fromPartial({ previous: true }), new AbortController().signal)[Symbol.asyncIterator]();
+    const first = await it.next();
+    expect(lines([first.value as LogChunk])[0]).toBe('old 0');
+    small.startInstance();
+    small.startInstance(); // the instance being read is now deleted
+    let missed = 0;
+    for (let r = await it.next(); !r.done; r = await it.next()) missed += r.value.droppedBytes;
+    expect(missed).toBeGreaterThan(2000); // told about the ~4 KB it could no longer read
     const fresh = new ContainerLogs({ dir: tmp() });
     await expect(collect(fresh, { previous: true })).rejects.toBeInstanceOf(LogsError);
   });
