@@ -41,7 +41,9 @@ export type OutputStream = 'stdout' | 'stderr';
 export interface ExecSession {
   readonly result: Promise<ExecResult>;
   onOutput(cb: (stream: OutputStream, data: Buffer) => void): void;
-  write(data: Buffer): void;
+  /** False when the command is not keeping up: wait for onceDrain before writing more. */
+  write(data: Buffer): boolean;
+  onceDrain(cb: () => void): void;
   endStdin(): void;
   resize(columns: number, rows: number): void;
   /** Flow control: stop and restart reading the command's output. */
@@ -167,7 +169,12 @@ export function startExec(opts: ExecOptions): ExecSession {
     return {
       result,
       onOutput: (cb) => (outputCb = cb),
-      write: (data) => (held ? held.push(data) : term.write(data as unknown as string)),
+      write: (data) => {
+        if (held) held.push(data);
+        else term.write(data as unknown as string);
+        return true; // a pty has no write-side flow control we can observe
+      },
+      onceDrain: (cb) => cb(),
       // A terminal has no EOF of its own; ^D is what a user would type.
       endStdin: () => (held ? held.push(Buffer.from('\x04')) : term.write('\x04')),
       resize: (c, r) => {
@@ -196,8 +203,10 @@ export function startExec(opts: ExecOptions): ExecSession {
   return {
     result,
     onOutput: (cb) => (outputCb = cb),
-    write: (data) => {
-      child.stdin?.write(data);
+    write: (data) => child.stdin?.write(data) ?? true,
+    onceDrain: (cb) => {
+      if (child.stdin && !child.stdin.destroyed && child.stdin.writableNeedDrain) child.stdin.once('drain', cb).once('close', cb);
+      else cb();
     },
     endStdin: () => child.stdin?.end(),
     resize: () => {},

@@ -243,8 +243,16 @@ export function createStreamHandlers(deps: StreamHandlerDeps): StreamHandlers {
           if (!stdinAllowed) return;
           rec?.input(f.value);
           metrics?.streamed(kind, 'in', f.value.length);
-          if (proc) proc.write(f.value);
-          else stdio?.stdin?.write(f.value);
+          // A command that reads slowly slows the client down instead of filling our memory.
+          if (proc) {
+            if (!proc.write(f.value)) {
+              call.pause();
+              proc.onceDrain(() => call.resume());
+            }
+          } else if (stdio?.stdin && !stdio.stdin.write(f.value)) {
+            call.pause();
+            stdio.stdin.once('drain', () => call.resume());
+          }
           return;
         case 'resize':
           if (f.value.columns > 0 && f.value.rows > 0) {

@@ -50,12 +50,15 @@ describe('Exec without a tty', () => {
   });
 
   it('passes stdin through and delivers EOF', async () => {
-    const call = exec(['sh', '-c', 'wc -c; echo done'], { stdin: true });
-    const payload = Buffer.alloc(300_000, 'a');
-    call.write(stdin(payload));
+    // 24 MB into a command that starts reading late: flow control holds the client back.
+    const call = exec(['sh', '-c', 'sleep 0.5; md5sum; echo done'], { stdin: true });
+    const payload = Buffer.alloc(24 << 20);
+    for (let i = 0; i < payload.length; i += 4) payload.writeUInt32LE(i, i);
+    for (let off = 0; off < payload.length; off += 64 * 1024) call.write(stdin(payload.subarray(off, off + 64 * 1024)));
     call.write(stdinEof());
-    const r = await collectExec(call);
-    expect(r.stdout.toString().trim().split(/\s+/)).toEqual(['300000', 'done']);
+    const r = await collectExec(call, 60_000);
+    const md5 = (await import('node:crypto')).createHash('md5').update(payload).digest('hex');
+    expect(r.stdout.toString().trim().split(/\s+/)).toEqual([md5, '-', 'done']);
     expect(r.exit?.exitCode).toBe(0);
   });
 
