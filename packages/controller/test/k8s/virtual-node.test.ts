@@ -346,5 +346,39 @@ const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
       ['delete', 'nodes'], ['create', 'pods'], ['update', 'pods'], ['list', 'secrets'], ['create', 'secrets'],
       ['update', 'leases', '-n', 'kube-system'], ['create', 'clusterrolebindings'], ['create', 'pods', '--subresource=exec'],
     ]) expect(`${a.join(' ')}: ${await can(...a)}`).toBe(`${a.join(' ')}: no`);
-  });
+
+    // Those permissions suffice: a virtual node running as the ServiceAccount runs a pod to the end.
+    const token = (await kube.kubectl(['-n', 'cello-system', 'create', 'token', 'cello-controller'])).stdout.trim();
+    expect(token).toMatch(/^ey/);
+    const kc = join(kube.dir, 'sa.kubeconfig');
+    writeFileSync(kc, stringify({
+      apiVersion: 'v1', kind: 'Config', 'current-context': 'sa',
+      clusters: [{ name: 'c', cluster: { server: kube.server, 'certificate-authority-data': Buffer.from(kube.ca).toString('base64') } }],
+      users: [{ name: 'sa', user: { token } }],
+      contexts: [{ name: 'sa', context: { cluster: 'c', user: 'sa' } }],
+    }));
+    const serving = await kube.issueCert('kubelet-serving-rbac', { cn: 'cello-rbac', ips: ['127.0.0.1'] });
+    const node = await startVirtualNode({
+      nodeName: 'cello-rbac',
+      kubeconfig: kc,
+      controllerAddress: cl.server,
+      providerName: 'local',
+      internalIP: '127.0.0.1',
+      kubelet: { listenHost: '127.0.0.1', port: 0, cert: serving.cert, key: serving.key, clientCA: kube.ca },
+      capacity: async () => ({ capacity: { cpu: '4', memory: '4Gi', pods: '4' }, allocatable: { cpu: '4', memory: '4Gi', pods: '4' } }),
+      leaderElection: { namespace: 'cello-system', name: 'cello-rbac', identity: 'rbac-test', leaseSeconds: 10 },
+      log: createLogger({ level: 'silent' }),
+    });
+    try {
+      await waitFor('the ServiceAccount\'s node to lead', () => node.podSync() !== undefined, { timeoutMs: 15_000, intervalMs: 100 });
+      const pod = podYaml('rbac-pod', registry.image, { tolerate: true, command: 'echo "greeting=$FROM_CM"; sleep 1000', grace: 1 }).replace('nodeSelector: { type: virtual-kubelet }', 'nodeName: cello-rbac');
+      expect((await kube.kubectl(['apply', '-f', '-'], { input: pod })).code).toBe(0);
+      await waitPod('rbac-pod', 'Running under the least-privilege role', (p) => p.status.phase === 'Running', 90_000);
+      const del = await kube.kubectl(['delete', 'pod', 'rbac-pod', '--wait=true', '--timeout=60s'], { timeoutMs: 70_000 });
+      expect(del.code, del.stderr).toBe(0);
+    } finally {
+      await node.stop();
+      await kube.kubectl(['delete', 'node', 'cello-rbac', '--wait=false']);
+    }
+  }, 180_000);
 });
