@@ -1,9 +1,10 @@
 // Assembles the agent: state dir, runc, cgroups, images, the pod manager and the gRPC server
 // (cello.cell.v1.CellAgent + grpc.health.v1) with mTLS.
-import { readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { readFileSync, statfsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { HealthService } from '@cello/proto';
@@ -31,6 +32,8 @@ export interface TlsFiles {
 export interface AgentOptions {
   listen: string; // host:port; port 0 picks a free one
   stateDir: string;
+  /** Per-boot state on a tmpfs (runc state, FIFOs, pod files); default: see defaultRunDir. */
+  runDir?: string;
   /** mTLS; undefined means --insecure-dev. */
   tls: TlsFiles | undefined;
   insecureRegistries?: string[];
@@ -58,11 +61,30 @@ export interface Agent {
   address: string;
   port: number;
   pod: PodManager;
+  /** Per-boot state (runc root is runDir/runc). */
+  runDir: string;
   metrics: AgentMetrics;
   /** Port of the /metrics endpoint, when served. */
   metricsPort: number | undefined;
   /** Graceful: stop serving; units keep running for the next agent. */
   close(): Promise<void>;
+}
+
+const TMPFS_MAGIC = 0x01021994;
+
+/**
+ * A per-boot directory for this state dir: under /run when /run is a tmpfs (as on systemd
+ * hosts), else under /dev/shm. Units outlive the agent, not the machine, and so does this.
+ */
+export function defaultRunDir(stateDir: string): string {
+  const id = createHash('sha256').update(resolve(stateDir)).digest('hex').slice(0, 12);
+  let base = '/dev/shm';
+  try {
+    if (statfsSync('/run').type === TMPFS_MAGIC) base = '/run';
+  } catch {
+    /* no /run */
+  }
+  return join(base, 'cello-agent', id);
 }
 
 function primaryIPv4(): string {
@@ -85,13 +107,16 @@ function netnsIPv4(netns: string): string | undefined {
 export async function startAgent(o: AgentOptions): Promise<Agent> {
   const log = o.logger;
   await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
-  const runc = new Runc(o.runcBinary ?? 'runc', join(o.stateDir, 'runc'));
+  const runDir = o.runDir ?? defaultRunDir(o.stateDir);
+  await mkdir(runDir, { recursive: true, mode: 0o700 });
+  const runc = new Runc(o.runcBinary ?? 'runc', join(runDir, 'runc'));
   const images = o.images ?? new PullerImageService({ root: join(o.stateDir, 'images'), insecureRegistries: o.insecureRegistries ?? [], logger: log });
   const hostIP = primaryIPv4();
   const metrics = new AgentMetrics();
   const podIP = o.podIP ?? (o.podNetns ? netnsIPv4(o.podNetns) : undefined) ?? hostIP;
   const pod = new PodManager({
     stateDir: o.stateDir,
+    runDir,
     runc,
     cgroups: o.cgroups ?? hostCgroupDriver(),
     images,
@@ -147,10 +172,11 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     return false;
   });
   const host = o.listen.slice(0, o.listen.lastIndexOf(':'));
-  log.info({ listen: `${host}:${port}`, stateDir: o.stateDir, podIP, restored, metricsPort: metricsServer?.port }, 'cell-agent serving');
+  log.info({ listen: `${host}:${port}`, stateDir: o.stateDir, runDir, podIP, restored, metricsPort: metricsServer?.port }, 'cell-agent serving');
   return {
     address: `${host}:${port}`,
     port,
+    runDir,
     pod,
     metrics,
     metricsPort: metricsServer?.port,

@@ -19,7 +19,8 @@ program
   .command('serve')
   .description('serve the agent API; units survive restarts of the agent and are re-adopted from --state-dir')
   .requiredOption('--listen <host:port>', 'address to serve on, e.g. 0.0.0.0:7443')
-  .requiredOption('--state-dir <dir>', 'where the agent keeps the pod, units, volumes, images and runc state')
+  .requiredOption('--state-dir <dir>', 'where the agent keeps the pod, units, volumes, images and logs (on disk)')
+  .option('--run-dir <dir>', 'per-boot state on a tmpfs: runc state, FIFOs, pod files (default: /run/cello-agent/ID, or /dev/shm/cello-agent/ID when /run is not a tmpfs)')
   .option('--tls-cert <file>', "the agent's certificate (PEM)")
   .option('--tls-key <file>', "the agent's private key (PEM)")
   .option('--tls-ca <file>', 'CA (PEM) whose signature a client certificate must carry')
@@ -41,7 +42,7 @@ program
     'after',
     '\nExamples:\n  cell-agent serve --listen 0.0.0.0:7443 --state-dir /var/lib/cello --tls-cert cell.pem --tls-key cell.key --tls-ca ca.pem\n  cell-agent serve --listen 127.0.0.1:7443 --state-dir /tmp/cell --insecure-dev --insecure-registry 127.0.0.1:5000\n  cell-agent serve --listen 0.0.0.0:7443 --state-dir /var/lib/cello --user-data-url http://169.254.169.254   (EC2 cell)\n\nLogs are JSON on stderr (CELLO_LOG_LEVEL=debug for more); secrets are redacted.\n',
   )
-  .action(async (o: { listen: string; stateDir: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; insecureDev?: boolean; insecureRegistry: string[]; podNetns?: string; podIp?: string; cgroupParent: string; runc: string; seccompProfileDir?: string; pidsLimit?: number; cellId?: string; metricsListen?: string; auditTranscripts?: boolean; bootstrapUserData?: string; userDataUrl?: string }) => {
+  .action(async (o: { listen: string; stateDir: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; insecureDev?: boolean; insecureRegistry: string[]; podNetns?: string; podIp?: string; cgroupParent: string; runDir?: string; runc: string; seccompProfileDir?: string; pidsLimit?: number; cellId?: string; metricsListen?: string; auditTranscripts?: boolean; bootstrapUserData?: string; userDataUrl?: string }) => {
     const logger = createLogger();
     if (o.bootstrapUserData || o.userDataUrl) {
       if (o.bootstrapUserData && o.userDataUrl) throw new Error('give --bootstrap-user-data or --user-data-url, not both');
@@ -65,6 +66,7 @@ program
     const agent = await startAgent({
       listen: o.listen,
       stateDir: o.stateDir,
+      ...(o.runDir ? { runDir: o.runDir } : {}),
       tls: anyTls ? { cert: o.tlsCert!, key: o.tlsKey!, ca: o.tlsCa! } : undefined,
       insecureRegistries: o.insecureRegistry,
       logger,

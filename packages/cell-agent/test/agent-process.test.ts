@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, requireCommand } from '@cello/testkit';
 import { connectAgent } from '../src/ctl/client.js';
+import { defaultRunDir } from '../src/agent.js';
 import { apply, getStatus, pod, StatusWatch } from './helpers/agent.js';
 import { makePki, type Pki } from './helpers/certs.js';
 import { startTestRegistry, type TestImages } from './helpers/registry.js';
@@ -18,6 +19,7 @@ const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 let reg: TestImages;
 let pki: Pki;
 const procs = new Set<ChildProcess>();
+const stateDirs: string[] = [];
 
 async function startDaemon(stateDir: string, port: number, cgroupParent: string, extra?: string[]): Promise<ChildProcess> {
   const tls = ['--tls-cert', pki.serverCert, '--tls-key', pki.serverKey, '--tls-ca', pki.ca];
@@ -55,11 +57,14 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const p of procs) p.kill('SIGKILL');
   await reg?.stop();
+  const { rmSync } = await import('node:fs');
+  for (const d of stateDirs) rmSync(defaultRunDir(d), { recursive: true, force: true });
 });
 
 describe('agent daemon', () => {
   it('requires a client certificate signed by its CA, and survives kill -9 with its units', async () => {
     const stateDir = mkdtempSync(join(tmpdir(), 'cello-daemon-'));
+    stateDirs.push(stateDir);
     const port = await freePort();
     const cg = `/cello-test/daemon-${port}`;
     const first = await startDaemon(stateDir, port, cg);
@@ -106,7 +111,7 @@ describe('agent daemon', () => {
     await once(first, 'exit');
     const { execFileSync } = await import('node:child_process');
     const id = before.containerId.replace('runc://', '');
-    const state = () => JSON.parse(execFileSync('runc', ['--root', join(stateDir, 'runc'), 'state', id], { encoding: 'utf8' })) as { status: string; pid: number };
+    const state = () => JSON.parse(execFileSync('runc', ['--root', join(defaultRunDir(stateDir), 'runc'), 'state', id], { encoding: 'utf8' })) as { status: string; pid: number };
     expect(state().status).toBe('running');
     const pid = state().pid;
 
@@ -125,7 +130,7 @@ describe('agent daemon', () => {
     expect(init.state?.state?.$case === 'terminated' && init.state.state.value.reason).toBe('Completed');
     expect(state().pid).toBe(pid);
     // The adopted unit is really supervised: when it dies, the new agent restarts it.
-    execFileSync('runc', ['--root', join(stateDir, 'runc'), 'kill', id, 'KILL']);
+    execFileSync('runc', ['--root', join(defaultRunDir(stateDir), 'runc'), 'kill', id, 'KILL']);
     await watch.until('ticker restarted by the new agent', (w) => w.running('ticker') && (w.unit('ticker')?.restartCount ?? 0) === 1, 20_000);
     const last = watch.unit('ticker')!.lastState?.state;
     expect(last?.$case === 'terminated' && last.value.exitCode).toBe(137);
@@ -138,6 +143,7 @@ describe('agent daemon', () => {
     const { execFile } = await import('node:child_process');
     const { writeFileSync } = await import('node:fs');
     const stateDir = mkdtempSync(join(tmpdir(), 'cello-daemon-'));
+    stateDirs.push(stateDir);
     const port = await freePort();
     const mport = await freePort();
     await startDaemon(stateDir, port, `/cello-test/ctl-${port}`, ['--insecure-dev', '--metrics-listen', `127.0.0.1:${mport}`]);

@@ -1,6 +1,7 @@
 // /etc/hosts, /etc/resolv.conf and /etc/hostname for the pod, written once per pod under the
 // state dir and bind-mounted into every unit, as the kubelet does.
-import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { readFileSync, mkdirSync } from 'node:fs';
+import { writeIfChanged } from '../runtime/files.js';
 import { join } from 'node:path';
 import type { Pod } from '@cello/proto/cell';
 
@@ -59,8 +60,8 @@ export function writePodFiles(dir: string, pod: Pod, podIP: string, hostResolv =
     ...(options.length ? [`options ${options.join(' ')}`] : []),
   ];
   const out = { hosts: join(dir, 'hosts'), resolv: join(dir, 'resolv.conf'), hostname: join(dir, 'hostname') };
-  writeFileSync(out.hosts, hosts.join('\n') + '\n', { mode: 0o644 });
-  writeFileSync(out.resolv, resolv.join('\n') + '\n', { mode: 0o644 });
-  writeFileSync(out.hostname, host + '\n', { mode: 0o644 });
+  writeIfChanged(out.hosts, hosts.join('\n') + '\n');
+  writeIfChanged(out.resolv, resolv.join('\n') + '\n');
+  writeIfChanged(out.hostname, host + '\n');
   return out;
 }

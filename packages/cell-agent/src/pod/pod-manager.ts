@@ -48,6 +48,11 @@ export interface UnitLogs {
 
 export interface PodManagerOptions {
   stateDir: string;
+  /**
+   * Per-boot files on a tmpfs (pod files, FIFOs, instance control files): they must outlive
+   * the agent but not the machine, and a tmpfs spares them the disk's journal.
+   */
+  runDir?: string;
   runc: Runc;
   cgroups: CgroupDriver;
   images: ImageService;
@@ -118,14 +123,15 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       changed: () => self.changed(),
       event: (type, reason, message, container) => self.event(type, reason, message, container),
       probeResult: (unit, probe, ok) => self.o.onProbe?.(unit, probe, ok),
-      fifos: new FifoPool(join(o.stateDir, 'fifo-pool')),
+      fifos: new FifoPool(join(o.runDir ?? o.stateDir, 'fifo-pool')),
       shims: new ShimPool(o.runc.binary, o.runc.root, o.stateDir),
     };
   }
 
   private get dirs() {
     const s = this.o.stateDir;
-    return { req: join(s, 'pod.pb'), units: join(s, 'units'), volumes: join(s, 'volumes'), pod: join(s, 'pod') };
+    const r = this.o.runDir ?? s;
+    return { req: join(s, 'pod.pb'), units: join(s, 'units'), runUnits: join(r, 'units'), volumes: join(s, 'volumes'), pod: join(r, 'pod') };
   }
 
   // --- UnitDirectory ---
@@ -185,6 +191,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   }
 
   private async doApply(req: ApplyPodRequest): Promise<ApplyPodResponse> {
+    const t0 = performance.now();
     if (req.generation < this.generation) throw new GenerationError(`generation ${req.generation} is older than the applied generation ${this.generation}`);
     const pod = req.pod!;
     const spec = pod.spec!;
@@ -201,8 +208,11 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       this.startTime = new Date();
       writeFileSync(join(this.o.stateDir, 'pod-start-time'), this.startTime.toISOString());
     }
+    const t1 = performance.now();
     this.podFiles = writePodFiles(this.dirs.pod, pod, this.o.podIP);
+    const t2 = performance.now();
     await this.prepareVolumes();
+    const t3 = performance.now();
     const changed: string[] = [];
     const diff = (existing: Unit[], wanted: Container[], isInit: boolean): Unit[] => {
       const next: Unit[] = [];
@@ -238,7 +248,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.scheduleDeadline();
     void this.runPod();
     this.changed();
-    this.o.logger.info({ generation: req.generation, changed }, 'pod applied');
+    this.o.logger.info({ generation: req.generation, changed, applyMs: performance.now() - t0, stateMs: t1 - t0, podFilesMs: t2 - t1, volumesMs: t3 - t2 }, 'pod applied');
     return { generation: req.generation, changedUnits: changed };
   }
 
@@ -266,7 +276,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
 
   private newUnit(c: Container, hash: string, isInit: boolean): Unit {
     const cg = `${this.o.cgroupParent}/${c.name}`;
-    const u = new Unit(c, hash, isInit, join(this.dirs.units, c.name), cg, this.unitCtx);
+    const u = new Unit(c, hash, isInit, join(this.dirs.units, c.name), cg, this.unitCtx, join(this.dirs.runUnits, c.name));
     u.graceMs = this.graceMs();
     return u;
   }
@@ -593,6 +603,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.logs.clear();
     await removeVolumes(this.dirs.volumes);
     await rm(this.dirs.units, { recursive: true, force: true });
+    await rm(this.dirs.runUnits, { recursive: true, force: true });
     await rm(this.dirs.req, { force: true });
     await rm(join(this.o.stateDir, 'pod-start-time'), { force: true });
     this.initUnits = [];

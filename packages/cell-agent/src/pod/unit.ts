@@ -2,7 +2,8 @@
 // with back-off, probes, and stop. Its lifecycle is the explicit UnitState machine.
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { overwriteRecord } from '../runtime/files.js';
 import { join } from 'node:path';
 import type pino from 'pino';
 import type { Container, ContainerState, ContainerStatus } from '@cello/proto/cell';
@@ -109,6 +110,8 @@ export class Unit implements UnitView {
     readonly dir: string,
     readonly cgroup: string,
     private readonly ctx: UnitContext,
+    /** Where the unit's instances keep their control files (tmpfs); defaults to `dir`. */
+    readonly runDir: string = dir,
   ) {
     this.name = spec.name;
     this.stdin = spec.stdin;
@@ -212,8 +215,7 @@ export class Unit implements UnitView {
     try {
       // Synchronous: small, and it keeps records in the order the transitions happened.
       mkdirSync(this.dir, { recursive: true });
-      writeFileSync(this.recordPath() + '.tmp', JSON.stringify(rec));
-      renameSync(this.recordPath() + '.tmp', this.recordPath());
+      overwriteRecord(this.recordPath(), JSON.stringify(rec));
     } catch (err) {
       this.ctx.logger.warn({ err, unit: this.name }, 'cannot persist unit record');
     }
@@ -255,14 +257,14 @@ export class Unit implements UnitView {
   }
 
   private adoptInstance(n: number): Instance | undefined {
-    const dir = join(this.dir, `i${n}`);
+    const dir = join(this.runDir, `i${n}`);
     let meta: InstanceMeta;
     try {
       meta = JSON.parse(readFileSync(join(dir, 'meta.json'), 'utf8')) as InstanceMeta;
     } catch {
       return undefined;
     }
-    const inst = new Instance({ dir, id: meta.id, instance: n, runc: this.ctx.runc, tty: meta.tty, stdin: meta.stdin, stdinOnce: this.spec.stdinOnce, sink: this.ctx.newSink(this), logger: this.ctx.logger });
+    const inst = new Instance({ dir, dataDir: join(this.dir, `i${n}`), id: meta.id, instance: n, runc: this.ctx.runc, tty: meta.tty, stdin: meta.stdin, stdinOnce: this.spec.stdinOnce, sink: this.ctx.newSink(this), logger: this.ctx.logger });
     this.instance = inst;
     return inst;
   }
@@ -326,7 +328,8 @@ export class Unit implements UnitView {
     this.image = image;
     const n = ++this.instanceCounter;
     const inst = new Instance({
-      dir: join(this.dir, `i${n}`),
+      dir: join(this.runDir, `i${n}`),
+      dataDir: join(this.dir, `i${n}`),
       // Unique across unit replacements (a spec change starts a new Unit with its own counter).
       id: `${this.name}-${n}-${randomBytes(3).toString('hex')}`,
       instance: n,
@@ -625,7 +628,7 @@ export class Unit implements UnitView {
 
 function readStartedAt(inst: Instance): Date | undefined {
   try {
-    const rec = JSON.parse(readFileSync(join(inst.dir, '..', 'unit.json'), 'utf8')) as UnitRecord;
+    const rec = JSON.parse(readFileSync(join(inst.paths.upper, '..', '..', 'unit.json'), 'utf8')) as UnitRecord;
     return rec.current?.startedAt ? new Date(rec.current.startedAt) : undefined;
   } catch {
     return undefined;

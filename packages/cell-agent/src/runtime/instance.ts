@@ -57,7 +57,10 @@ export interface ExitInfo {
 }
 
 export interface InstanceOptions {
+  /** Control files: bundle config, FIFOs, pid, exit, runc log (a tmpfs, see runDir). */
   dir: string;
+  /** The unit's writable layer (upper, work) and rootfs mount point: on the cell's disk. */
+  dataDir?: string;
   id: string;
   instance: number;
   runc: Runc;
@@ -131,10 +134,11 @@ export class Instance extends EventEmitter {
 
   get paths() {
     const d = this.dir;
+    const data = this.o.dataDir ?? d;
     return {
-      upper: join(d, 'upper'),
-      work: join(d, 'work'),
-      rootfs: join(d, 'rootfs'),
+      upper: join(data, 'upper'),
+      work: join(data, 'work'),
+      rootfs: join(data, 'rootfs'),
       config: join(d, 'config.json'),
       meta: join(d, 'meta.json'),
       pid: join(d, 'pid'),
@@ -155,6 +159,8 @@ export class Instance extends EventEmitter {
     // each queued on libuv's thread pool (which a loaded cell makes slow to come back).
     const p = this.paths;
     rmSync(this.dir, { recursive: true, force: true }); // leftovers of an instance a crash interrupted
+    if (this.o.dataDir) rmSync(this.o.dataDir, { recursive: true, force: true });
+    mkdirSync(this.dir, { recursive: true });
     mkdirSync(p.upper, { recursive: true });
     mkdirSync(p.work);
     mkdirSync(p.rootfs);
@@ -400,5 +406,6 @@ export class Instance extends EventEmitter {
     this.detach();
     await this.o.runc.delete(this.id);
     await rm(this.dir, { recursive: true, force: true });
+    if (this.o.dataDir) await rm(this.o.dataDir, { recursive: true, force: true });
   }
 }

@@ -55,6 +55,8 @@ export async function startTestAgent(images: ImageService | undefined, extra: Pa
       await new Promise<void>((r) => client.deletePod({ gracePeriodSeconds: 0 }, () => r()));
       client.close();
       await agent.close();
+      const { rmSync } = await import('node:fs');
+      rmSync(agent.runDir, { recursive: true, force: true });
     },
   };
 }
