@@ -32,7 +32,7 @@ const N_CELLS = Number(opt('--cells', '10000'));
 
 const imp = (p) => import(pathToFileURL(join(root, p)).href);
 const grpc = await import('@grpc/grpc-js');
-const { ControllerClient } = await imp('packages/proto/dist/controller.js');
+const { ControllerClient, WatchPodsRequest, ApplyPodRequest } = await imp('packages/proto/dist/controller.js');
 const ctl = await imp('packages/controller/dist/index.js');
 const testkit = await imp('packages/testkit/dist/index.js');
 
@@ -88,11 +88,11 @@ warmPool: [{ instanceType: local.nano, size: 2 }]
     const readyWarm = async () => (await call(client, 'listCells', {})).cells.filter((c) => c.state === 3 && !c.pod?.name).length;
     // Phases seen on the watch stream, so Running is noticed the moment the store has it.
     const running = new Map();
-    const watch = client.watchPods({ namespace: 'default' });
+    const watch = client.watchPods(WatchPodsRequest.fromPartial({ namespace: 'default' }));
     watch.on('data', (ev) => {
       if (ev.pod?.status?.phase === 2 && !running.has(ev.pod.metadata.name)) running.set(ev.pod.metadata.name, performance.now());
     });
-    watch.on('error', () => undefined);
+    watch.on('error', (err) => { if (err.code !== 1) process.stderr.write(`watch: ${err.message}\n`); });
     // One warm-up pod so the first figure is not the registry's first request.
     const lat = [];
     const cold = [];
@@ -100,7 +100,7 @@ warmPool: [{ instanceType: local.nano, size: 2 }]
       await testkit.waitFor('a warm cell', async () => (await readyWarm()) >= 1, { timeoutMs: 120_000, intervalMs: 20 });
       const name = `lat-${i + 1}`;
       const t0 = performance.now();
-      await call(client, 'applyPod', { manifest: podYaml(name, image), namespace: 'default' });
+      await call(client, 'applyPod', ApplyPodRequest.fromPartial({ manifest: podYaml(name, image), namespace: 'default' }));
       await testkit.waitFor(`${name} running`, () => running.has(name), { timeoutMs: 60_000, intervalMs: 2 });
       const dt = running.get(name) - t0;
       if (i >= 0) lat.push(dt);
@@ -156,7 +156,7 @@ async function scale() {
       for (;;) {
         const i = next++;
         if (i >= N_CELLS) return;
-        await call(client, 'applyPod', { manifest: podYaml(`sim-${i}`, 'registry.invalid/app:1'), namespace: 'default' }, 120_000);
+        await call(client, 'applyPod', ApplyPodRequest.fromPartial({ manifest: podYaml(`sim-${i}`, 'registry.invalid/app:1'), namespace: 'default' }), 120_000);
       }
     };
     await Promise.all(Array.from({ length: 64 }, worker));

@@ -259,7 +259,6 @@ export class ControllerApi {
   private async watchPods(call: ServerWritableStream<WatchPodsRequest, PodEvent>): Promise<void> {
     const ac = new AbortController();
     call.on('cancelled', () => ac.abort());
-    call.on('close', () => ac.abort());
     const prefix = call.request.namespace ? `${PODS}${call.request.namespace}/` : PODS;
     const sel = call.request.labelSelector;
     const known = new Map<string, PodObject>();
@@ -344,7 +343,6 @@ export class ControllerApi {
   private async watchCells(call: ServerWritableStream<ListCellsRequest, CellEvent>): Promise<void> {
     const ac = new AbortController();
     call.on('cancelled', () => ac.abort());
-    call.on('close', () => ac.abort());
     const known = new Map<string, Cell>();
     try {
       const { items, revision } = await this.o.store.list<CellRecord>(CELLS);
