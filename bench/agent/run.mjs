@@ -84,7 +84,7 @@ async function onePod(i, keep = false) {
 // Cold: nothing cached yet. Keep it running to take its bundle for the bare runc runs.
 const cold = await onePod(0, true);
 const rec = JSON.parse(readFileSync(join(stateDir, 'units/u/unit.json'), 'utf8'));
-const spec = JSON.parse(readFileSync(join(stateDir, 'units/u', `i${rec.current.instance}`, 'config.json'), 'utf8'));
+const spec = JSON.parse(readFileSync(join(agent.runDir, 'units/u', `i${rec.current.instance}`, 'config.json'), 'utf8'));
 await call('deletePod', { gracePeriodSeconds: 0 });
 
 // On the same kind of filesystem as the agent's runc root (its run dir, a tmpfs).
