@@ -16,7 +16,7 @@ let srv: TestServer;
 
 beforeAll(async () => {
   if (!existsSync(cli)) throw new Error(`${cli} is missing: build first (npx turbo run build --filter=@cello/cell-agent...)`);
-  units.add({ name: 'app', args: ['sh', '-c', 'for i in 1 2 3 4 5; do echo "line $i"; done; echo "to stderr" >&2; httpd -p 8080 -h /www; exec sleep 100000'], files: { '/www/index.html': 'served through ctl\n' } });
+  units.add({ name: 'app', args: ['sh', '-c', 'for i in 1 2 3 4 5; do echo "line $i"; done; sleep 0.3; echo "to stderr" >&2; httpd -p 8080 -h /www; exec sleep 100000'], files: { '/www/index.html': 'served through ctl\n' } });
   units.add({ name: 'short', args: ['sh', '-c', 'echo begin; sleep 1; echo end'] });
   await units.get('app')!.start();
   srv = await startStreamServer({ units, logsFor: (n) => units.get(n)?.logs });
@@ -49,7 +49,8 @@ function ctl(args: string[], input?: string, timeoutMs = 20_000): Promise<{ code
 describe('ctl logs', () => {
   it('prints, tails, timestamps, and follows until the unit ends', async () => {
     // (each ctl run is a fresh Node process: keep their number small)
-    await waitFor('app output', async () => (await ctl(['logs', 'app'])).stdout === 'line 1\nline 2\nline 3\nline 4\nline 5\nto stderr\n');
+    // (stdout and stderr are separate pipes, so the unit pauses before writing to stderr)
+    await waitFor('app output', async () => (await ctl(['logs', 'app'])).stdout === 'line 1\nline 2\nline 3\nline 4\nline 5\nto stderr\n', { timeoutMs: 30_000, intervalMs: 200 });
     expect((await ctl(['logs', 'app', '--tail', '2'])).stdout).toBe('line 5\nto stderr\n');
     expect((await ctl(['logs', 'app', '--tail', '1', '--timestamps'])).stdout).toMatch(/^\d{4}-\d\d-\d\dT[\d:]+\.\d{9}Z to stderr\n$/);
     const bad = await ctl(['logs', 'nope']);
