@@ -5,7 +5,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { Metadata, status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LogsRequest, PortForwardFrame, StatsRequest, type LogChunk, type StatsResponse } from '@cello/proto/cell';
+import { ListAuditRequest, type ListAuditResponse, LogsRequest, PortForwardFrame, StatsRequest, type LogChunk, type StatsResponse } from '@cello/proto/cell';
 import { waitFor } from '@cello/testkit';
 import { apply, pod, startTestAgent, type TestAgent } from '../helpers/agent.js';
 import { startTestRegistry, type TestImages } from '../helpers/registry.js';
@@ -78,6 +78,14 @@ describe('streams through the real agent', () => {
     const bad = a.client.exec();
     bad.write(start({ container: 'web', command: ['/nonexistent'] }));
     expect((await collectExec(bad)).error?.code).toBe(status.NOT_FOUND);
+  });
+
+  it('ListAudit: the agent keeps the exec sessions in its state dir', async () => {
+    const res = await new Promise<ListAuditResponse>((resolve, reject) => a.client.listAudit(ListAuditRequest.fromPartial({}), (e, r) => (e ? reject(e) : resolve(r))));
+    const rec = res.records.find((r) => r.command[2] === 'hostname; echo $PATH; exit 6');
+    expect(rec).toMatchObject({ kind: 'exec', container: 'web', tty: false });
+    expect(rec?.exit?.exitCode).toBe(6);
+    expect(res.records.some((r) => r.tty && r.command[0] === 'sh')).toBe(true);
   });
 
   it('PortForward: reaches httpd in the pod\'s network namespace', async () => {
