@@ -87,9 +87,8 @@ const rec = JSON.parse(readFileSync(join(stateDir, 'units/u/unit.json'), 'utf8')
 const spec = JSON.parse(readFileSync(join(agent.runDir, 'units/u', `i${rec.current.instance}`, 'config.json'), 'utf8'));
 await call('deletePod', { gracePeriodSeconds: 0 });
 
-// On the same kind of filesystem as the agent's runc root (its run dir, a tmpfs).
-mkdirSync('/dev/shm/cello-bench', { recursive: true });
-const runcRoot = mkdtempSync('/dev/shm/cello-bench/runc-');
+// On the same filesystem as the agent's runc root (STATE/runc).
+const runcRoot = mkdtempSync(join(tmpdir(), 'bench-runc-'));
 function bareRun(i) {
   const b = mkdtempSync(join(tmpdir(), 'bench-bundle-'));
   for (const d of ['upper', 'work', 'rootfs']) mkdirSync(join(b, d));

@@ -32,7 +32,7 @@ export interface TlsFiles {
 export interface AgentOptions {
   listen: string; // host:port; port 0 picks a free one
   stateDir: string;
-  /** Per-boot state on a tmpfs (runc state, FIFOs, pod files); default: see defaultRunDir. */
+  /** Per-boot state on a tmpfs (FIFOs, instance control files, pod files); default: see defaultRunDir. */
   runDir?: string;
   /** mTLS; undefined means --insecure-dev. */
   tls: TlsFiles | undefined;
@@ -61,7 +61,7 @@ export interface Agent {
   address: string;
   port: number;
   pod: PodManager;
-  /** Per-boot state (runc root is runDir/runc). */
+  /** Per-boot state (FIFOs, instance control files, pod files). runc's root is STATE/runc. */
   runDir: string;
   metrics: AgentMetrics;
   /** Port of the /metrics endpoint, when served. */
@@ -109,7 +109,9 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
   const runDir = o.runDir ?? defaultRunDir(o.stateDir);
   await mkdir(runDir, { recursive: true, mode: 0o700 });
-  const runc = new Runc(o.runcBinary ?? 'runc', join(runDir, 'runc'));
+  // runc's root stays in the state dir: other tools (the local cell provider's cleanup, cell
+  // image tests) find the cell's containers at STATE/runc.
+  const runc = new Runc(o.runcBinary ?? 'runc', join(o.stateDir, 'runc'));
   const images = o.images ?? new PullerImageService({ root: join(o.stateDir, 'images'), insecureRegistries: o.insecureRegistries ?? [], logger: log });
   const hostIP = primaryIPv4();
   const metrics = new AgentMetrics();

@@ -111,7 +111,7 @@ describe('agent daemon', () => {
     await once(first, 'exit');
     const { execFileSync } = await import('node:child_process');
     const id = before.containerId.replace('runc://', '');
-    const state = () => JSON.parse(execFileSync('runc', ['--root', join(defaultRunDir(stateDir), 'runc'), 'state', id], { encoding: 'utf8' })) as { status: string; pid: number };
+    const state = () => JSON.parse(execFileSync('runc', ['--root', join(stateDir, 'runc'), 'state', id], { encoding: 'utf8' })) as { status: string; pid: number };
     expect(state().status).toBe('running');
     const pid = state().pid;
 
@@ -130,7 +130,7 @@ describe('agent daemon', () => {
     expect(init.state?.state?.$case === 'terminated' && init.state.state.value.reason).toBe('Completed');
     expect(state().pid).toBe(pid);
     // The adopted unit is really supervised: when it dies, the new agent restarts it.
-    execFileSync('runc', ['--root', join(defaultRunDir(stateDir), 'runc'), 'kill', id, 'KILL']);
+    execFileSync('runc', ['--root', join(stateDir, 'runc'), 'kill', id, 'KILL']);
     await watch.until('ticker restarted by the new agent', (w) => w.running('ticker') && (w.unit('ticker')?.restartCount ?? 0) === 1, 20_000);
     const last = watch.unit('ticker')!.lastState?.state;
     expect(last?.$case === 'terminated' && last.value.exitCode).toBe(137);

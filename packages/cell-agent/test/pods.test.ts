@@ -102,14 +102,14 @@ describe.concurrent('pods', () => {
     const { execFileSync } = await import('node:child_process');
     const live = a.watch.unit('live')!;
     const id = live.containerId.replace('runc://', '');
-    execFileSync('runc', ['--root', join(a.agent.runDir, 'runc'), 'exec', id, 'rm', '/tmp/healthy']);
+    execFileSync('runc', ['--root', join(a.stateDir, 'runc'), 'exec', id, 'rm', '/tmp/healthy']);
     await a.watch.until('live restarted', (w) => (w.unit('live')?.restartCount ?? 0) >= 1 && w.running('live'), 20_000);
     expect(a.watch.events.some((e) => e.reason === 'Unhealthy' && e.container === 'live' && e.message.startsWith('Liveness probe failed'))).toBe(true);
     // Readiness: kill httpd's document; the probe fails and the unit becomes unready.
     const web = a.watch.unit('web')!.containerId.replace('runc://', '');
-    execFileSync('runc', ['--root', join(a.agent.runDir, 'runc'), 'exec', web, 'rm', '/www/index.html']);
+    execFileSync('runc', ['--root', join(a.stateDir, 'runc'), 'exec', web, 'rm', '/www/index.html']);
     await a.watch.until('web unready', (w) => w.unit('web')?.ready === false && w.last?.status?.conditions.find((c) => c.type === 'Ready')?.status === 2);
-    execFileSync('runc', ['--root', join(a.agent.runDir, 'runc'), 'exec', web, 'sh', '-c', 'echo ok > /www/index.html']);
+    execFileSync('runc', ['--root', join(a.stateDir, 'runc'), 'exec', web, 'sh', '-c', 'echo ok > /www/index.html']);
     await a.watch.until('web ready again', (w) => w.unit('web')?.ready === true);
     expect(a.watch.unit('web')?.restartCount).toBe(0);
   });
