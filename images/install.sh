@@ -403,6 +403,28 @@ main().catch((err) => {
 });
 EOF
 
+install_file 0755 "$LIB_DIR/prepare-cgroups" <<'EOF'
+#!/bin/sh
+# cell-agent.service ExecStartPre, on cgroup v2 hosts only (no-op on v1 and hybrid hosts): enables
+# the cpu, memory and pids controllers from the root down to the agent's cgroup parent
+# /cello/pod, so each unit's cgroup under it has the interface files (memory.max, cpu.max,
+# pids.max) that the agent writes whether or not the pod sets limits.
+set -u
+root=/sys/fs/cgroup
+[ -f "$root/cgroup.controllers" ] || exit 0
+dir=$root
+for next in cello pod ""; do
+  for c in cpu memory pids; do
+    grep -qw "$c" "$dir/cgroup.controllers" 2>/dev/null || continue
+    grep -qw "$c" "$dir/cgroup.subtree_control" 2>/dev/null && continue
+    echo "+$c" >"$dir/cgroup.subtree_control" || echo "prepare-cgroups: could not enable $c in $dir" >&2
+  done
+  [ -n "$next" ] || break
+  dir=$dir/$next
+  mkdir -p "$dir"
+done
+EOF
+
 install_file 0644 "$UNIT_DIR/cello-first-boot.service" <<EOF
 # Cello: reads this cell's bootstrap from the cloud's metadata service, once.
 [Unit]
@@ -451,6 +473,7 @@ EnvironmentFile=$CONF_DIR/agent.env
 # bootstrap service (one-time token from the user data); from then on only mTLS. A restarted
 # agent reuses the certificate in its state directory. CELLO_AGENT_ARGS (unquoted: split into
 # words) carries the agentConfig flags from the user data.
+ExecStartPre=$LIB_DIR/prepare-cgroups
 ExecStart=$BIN_LINK serve --listen \${CELLO_AGENT_LISTEN} --state-dir $STATE_DIR/agent --bootstrap-user-data $STATE_DIR/bootstrap/user-data.json \$CELLO_AGENT_ARGS
 Restart=always
 RestartSec=2

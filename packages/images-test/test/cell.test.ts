@@ -120,6 +120,10 @@ describe('a plain Debian 12 with install.sh', () => {
       '/usr/local/bin/cell-agent', 'serve', '--listen', `127.0.0.1:${port}`, '--state-dir', '/var/lib/cello/agent',
       '--bootstrap-user-data', '/var/lib/cello/bootstrap/user-data.json', '--insecure-registry', registry.host,
     ]);
+    for (const pre of unit.pre) {
+      const r = m.run(['env', ...envArgs(unit.env), ...pre]);
+      expect(r.status, `ExecStartPre ${pre.join(' ')}: ${r.stderr}`).toBe(0);
+    }
     agent = m.spawn(['env', ...envArgs(unit.env), ...unit.argv]);
     agent.stdout!.on('data', (d: Buffer) => (agentOut += d.toString()));
     agent.stderr!.on('data', (d: Buffer) => (agentErr += d.toString()));
@@ -168,8 +172,15 @@ spec:
       expect(running.status?.containerStatuses[0]?.name).toBe('main');
 
       // It is a real runc container, under the runc that install.sh installed.
-      const list = m.runBeside(agent.pid!, ['runc', '--root', '/var/lib/cello/agent/runc', 'list']);
-      expect(list.stdout).toMatch(/running/);
+      let list = '';
+      await waitFor(
+        'runc to list the unit as running',
+        () => {
+          list = m.runBeside(agent!.pid!, ['runc', '--root', '/var/lib/cello/agent/runc', 'list']).stdout;
+          return /\srunning\s/.test(list);
+        },
+        { timeoutMs: 30_000, intervalMs: 500 },
+      ).catch((e: Error) => failWithLogs(new Error(`${e.message}\nrunc list:\n${list}`)));
 
       await call((cb) => c.deletePod(DeletePodRequest.fromPartial({ gracePeriodSeconds: 0 }), cb));
       await waitFor(

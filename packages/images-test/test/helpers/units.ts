@@ -41,7 +41,7 @@ export function parseEnvFile(text: string): Record<string, string> {
 }
 
 /** ExecStart's argv with the unit's environment; readFile reads the machine's files. */
-export function execStart(unitText: string, readFile: (path: string) => string | undefined): { argv: string[]; env: Record<string, string> } {
+export function execStart(unitText: string, readFile: (path: string) => string | undefined): { argv: string[]; env: Record<string, string>; pre: string[][] } {
   const s = serviceSection(unitText);
   const env: Record<string, string> = {};
   for (const e of s.get('Environment') ?? []) Object.assign(env, parseEnvFile(e.replace(/^"|"$/g, '')));
@@ -68,5 +68,7 @@ export function execStart(unitText: string, readFile: (path: string) => string |
     if (whole) return lookup(whole[1]!).split(/\s+/).filter(Boolean);
     return [word.replace(/\$\{(\w+)\}/g, (_m, name: string) => lookup(name))];
   });
-  return { argv, env };
+  // ExecStartPre= lines in order.
+  const pre = (s.get('ExecStartPre') ?? []).map((l) => l.split(/\s+/));
+  return { argv, env, pre };
 }

@@ -63,7 +63,7 @@ export function bootVm(o: VmOptions): Vm {
     '-no-reboot',
     '-kernel', o.disk.kernel,
     '-initrd', o.disk.initrd,
-    '-append', 'root=LABEL=cello-root rw console=ttyS0 net.ifnames=0 panic=-1',
+    '-append', 'root=LABEL=cello-root rw console=ttyS0 net.ifnames=0 panic=-1 systemd.show_status=false',
     '-drive', `file=${o.disk.disk},format=raw,if=virtio`,
     '-netdev', netdev,
     '-device', 'virtio-net-pci,netdev=n0',
