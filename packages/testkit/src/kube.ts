@@ -47,6 +47,8 @@ export interface KubeApiserver {
   ca: string;
   /** The client certificate the API server presents to kubelets (CN=kube-apiserver-kubelet-client). */
   kubeletClientCN: string;
+  /** The certificate and key the API server presents to kubelets (metrics-server would use its own). */
+  kubeletClient: IssuedCert;
   etcd: EtcdServer;
   /** Issues a certificate signed by the cluster CA (serving: IP/DNS SANs; client: CN and O). */
   issueCert(name: string, o: { cn: string; org?: string; ips?: string[]; dns?: string[] }): Promise<IssuedCert>;
@@ -246,6 +248,7 @@ export async function startKubeApiserver(o: { timeoutMs?: number } = {}): Promis
       caFile: join(dir, 'ca.crt'),
       ca,
       kubeletClientCN: 'kube-apiserver-kubelet-client',
+      kubeletClient,
       etcd,
       issueCert,
       kubectl: kctl,

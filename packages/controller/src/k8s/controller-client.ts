@@ -1,7 +1,7 @@
 // Promise wrappers over the controller's gRPC API: the virtual node drives pods through the
 // controller core exactly as cellctl does, so the core stays the one place that acts on cells.
 import { credentials, Metadata, status as Status, type ServiceError } from '@grpc/grpc-js';
-import { ControllerClient, type ClusterEvent, type PodObject, type VersionResponse } from '@cello/proto/controller';
+import { ControllerClient, type Cell, type ClusterEvent, type PodObject, type VersionResponse } from '@cello/proto/controller';
 
 export class Controller {
   readonly client: ControllerClient;
@@ -43,6 +43,9 @@ export class Controller {
   }
   async list(labelSelector: string): Promise<PodObject[]> {
     return (await this.call<{ pods: PodObject[] }>('listPods', { namespace: '', labelSelector })).pods;
+  }
+  async cells(): Promise<Cell[]> {
+    return (await this.call<{ cells: Cell[] }>('listCells', {})).cells;
   }
   close(): void {
     this.client.close();

@@ -1,6 +1,7 @@
 // Starts the virtual node from the controller's configuration (the daemon's entry point).
 import type { InstanceType } from '../providers/provider.js';
 import type { Logger } from '../obs/logger.js';
+import type { AgentAccess } from '../dispatch/agents.js';
 import { defaultInternalIP, leaderIdentity, readKubeletTls, type KubernetesConfig } from './config.js';
 import type { NodeCapacity } from './node.js';
 import { startVirtualNode, type VirtualNodeHandle } from './virtual-node.js';
@@ -25,7 +26,7 @@ export function derivedCapacity(types: InstanceType[], maxCells?: number): NodeC
 
 export async function startVirtualNodeFromConfig(
   k: KubernetesConfig,
-  o: { controllerAddress: string; providerName: string; instanceTypes: InstanceType[]; maxCells?: number; log: Logger },
+  o: { controllerAddress: string; providerName: string; instanceTypes: InstanceType[]; maxCells?: number; agents?: AgentAccess; log: Logger },
 ): Promise<VirtualNodeHandle> {
   const i = k.kubelet.listen.lastIndexOf(':');
   const tls = readKubeletTls(k);
@@ -49,6 +50,7 @@ export async function startVirtualNodeFromConfig(
     ...(k.leaderElection.enabled
       ? { leaderElection: { namespace: k.leaderElection.namespace, name: k.leaderElection.name, identity: leaderIdentity(), leaseSeconds: k.leaderElection.leaseSeconds } }
       : {}),
+    ...(o.agents ? { agents: o.agents } : {}),
     log: o.log,
   });
 }

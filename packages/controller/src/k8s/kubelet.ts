@@ -11,6 +11,8 @@ import { LogsRequest, type LogChunk, type LogEntry } from '@cello/proto/cell';
 import type { Logger } from '../obs/logger.js';
 import type { Controller } from './controller-client.js';
 import type { KPod } from './manifest.js';
+import type { AgentAccess } from '../dispatch/agents.js';
+import { collectStats, resourceMetrics, summary } from './stats.js';
 
 export interface KubeletServerOptions {
   cert: string;
@@ -22,6 +24,8 @@ export interface KubeletServerOptions {
   controller: Controller;
   nodeName: string;
   pods: () => KPod[];
+  /** How cell agents are reached for /stats/summary and /metrics/resource; absent: 501. */
+  agents?: AgentAccess;
   log: Logger;
   /** Upgrade handlers for exec/attach/portForward (the SPDY layer). */
   onUpgrade?: (req: IncomingMessage, socket: Socket, head: Buffer, user: string) => void;
@@ -42,6 +46,7 @@ const HTTP_OF_GRPC: Record<number, number> = {
 
 export class KubeletServer {
   private server?: Server;
+  private readonly started = new Date().toISOString();
 
   constructor(private readonly o: KubeletServerOptions) {}
 
@@ -104,12 +109,28 @@ export class KubeletServer {
       res.end(JSON.stringify({ kind: 'PodList', apiVersion: 'v1', metadata: {}, items: this.o.pods() }));
       return;
     }
+    if (url.pathname === '/stats/summary' || url.pathname === '/metrics/resource') {
+      if (!this.o.agents) {
+        res.writeHead(501, { 'content-type': 'text/plain' });
+        res.end('stats are not available: this virtual node was started without access to cell agents\n');
+        return;
+      }
+      const usage = await collectStats(this.o.controller, this.o.agents, this.o.pods());
+      if (url.pathname === '/stats/summary') {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(summary(this.o.nodeName, this.started, usage)));
+      } else {
+        res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
+        res.end(resourceMetrics(usage));
+      }
+      return;
+    }
     if (parts[0] === 'containerLogs' && parts.length === 4 && req.method === 'GET') {
       await this.containerLogs(parts[1]!, parts[2]!, parts[3]!, url.searchParams, req, res);
       return;
     }
     res.writeHead(404, { 'content-type': 'text/plain' });
-    res.end(`404 page not found: ${url.pathname} (this kubelet serves /healthz, /pods, /containerLogs/NS/POD/CONTAINER, /exec, /attach, /portForward)\n`);
+    res.end(`404 page not found: ${url.pathname} (this kubelet serves /healthz, /pods, /stats/summary, /metrics/resource, /containerLogs/NS/POD/CONTAINER, /exec, /attach, /portForward)\n`);
   }
 
   private async containerLogs(ns: string, pod: string, container: string, q: URLSearchParams, req: IncomingMessage, res: ServerResponse): Promise<void> {

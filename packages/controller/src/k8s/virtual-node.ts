@@ -3,6 +3,7 @@
 // replica holding the Lease runs the node and the pod sync; every replica serves the kubelet
 // API (it only relays streams to cells), so the API server reaches whichever it is sent to.
 import type { Logger } from '../obs/logger.js';
+import type { AgentAccess } from '../dispatch/agents.js';
 import { VERSION } from '../version.js';
 import { Controller } from './controller-client.js';
 import { KubeletServer } from './kubelet.js';
@@ -29,6 +30,8 @@ export interface VirtualNodeOptions {
   /** Where pods reach the API server; default: the kubeconfig's server. */
   podApiServer?: { host: string; port: number };
   leaderElection?: LeaderElectionOptions;
+  /** How cell agents are reached (the daemon's pool) for /stats/summary and /metrics/resource. */
+  agents?: AgentAccess;
   leaseSeconds?: number;
   statusSeconds?: number;
   log: Logger;
@@ -57,6 +60,7 @@ export async function startVirtualNode(o: VirtualNodeOptions): Promise<VirtualNo
     controller,
     nodeName: o.nodeName,
     pods: () => sync?.pods() ?? [],
+    ...(o.agents ? { agents: o.agents } : {}),
     log: log.child({ component: 'kubelet-api' }),
     onUpgrade: (req, socket, head) => streams.handle(req, socket, head),
   });

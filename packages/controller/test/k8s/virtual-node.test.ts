@@ -6,6 +6,7 @@
 // client certs, SPDY/3.1) -> controller -> cell agent.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import type { ChildProcess } from 'node:child_process';
 import { freePort, startKubeApiserver, waitFor, type KubeApiserver } from '@cello/testkit';
 import { CellState } from '@cello/proto/controller';
@@ -258,6 +259,36 @@ const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
     } finally {
       pf.kill('SIGTERM');
     }
+
+    // Resource usage for metrics-server / kubectl top: the kubelet API called directly, as
+    // metrics-server does (the API server's node proxy refuses loopback addresses).
+    const kget = (path: string, withCert = true) =>
+      new Promise<{ code: number; body: string }>((resolve, reject) => {
+        const req = httpsRequest(
+          { host: '127.0.0.1', port: cl.kubeletPort, path, ca: kube.ca, servername: NODE, ...(withCert ? { cert: kube.kubeletClient.cert, key: kube.kubeletClient.key } : {}), timeout: 10_000 },
+          (res) => {
+            let body = '';
+            res.on('data', (b: Buffer) => (body += b.toString()));
+            res.on('end', () => resolve({ code: res.statusCode ?? 0, body }));
+          },
+        );
+        req.on('error', reject);
+        req.end();
+      });
+    expect((await kget('/stats/summary', false)).code).toBe(401);
+    const sum = await kget('/stats/summary');
+    expect(sum.code).toBe(200);
+    const summary = JSON.parse(sum.body) as { node: { nodeName: string }; pods: { podRef: { name: string }; containers: { name: string; cpu: { usageCoreNanoSeconds: number }; memory: { workingSetBytes: number } }[]; memory: { workingSetBytes: number } }[] };
+    expect(summary.node.nodeName).toBe(NODE);
+    const webStats = summary.pods.find((p) => p.podRef.name === 'web');
+    expect(webStats?.containers.map((c) => c.name)).toEqual(['main']);
+    expect(webStats!.containers[0]!.memory.workingSetBytes).toBeGreaterThan(0);
+    expect(webStats!.containers[0]!.cpu.usageCoreNanoSeconds).toBeGreaterThan(0);
+    const metrics = (await kget('/metrics/resource')).body;
+    expect(metrics).toMatch(/^container_memory_working_set_bytes\{container="main",namespace="default",pod="web"\} [1-9]\d* \d+$/m);
+    expect(metrics).toMatch(/^container_cpu_usage_seconds_total\{container="main",namespace="default",pod="web"\} [0-9.e-]+ \d+$/m);
+    // The kubelet's pod list, through the same API.
+    expect((JSON.parse((await kget('/pods')).body) as { items: { metadata: { name: string } }[] }).items.map((p) => p.metadata.name)).toContain('web');
 
     // Events recorded on the pod by the virtual node.
     const events = await kube.kubectl(['get', 'events', '--field-selector', 'involvedObject.name=web', '-o', 'json']);
