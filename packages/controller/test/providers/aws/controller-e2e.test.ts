@@ -1,5 +1,6 @@
-// Through the controller: the real reconciler and API with the aws provider on the EC2
-// emulator. A pod applied through the API gets an instance of the selected type with the cell
+// Through the controller: the real daemon (startController: API, reconciler, CA and mTLS to
+// agents, bootstrap of remote cells) with the aws provider built from its configuration
+// section, on the EC2 emulator. A pod applied through the API gets an instance of the selected type with the cell
 // image and tags; the harness plays that instance's boot (user data from the emulator, the real
 // agent on loopback, reached through the test-only address map), the reconciler bootstraps it
 // with the controller CA, the pod runs under runc, and deleting the pod terminates the instance.
@@ -15,10 +16,12 @@ import { pushBusybox, startMoto, startRegistry, waitFor, type MotoServer, type R
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ControllerApi } from '../../../src/api/server.js';
+import { parseConfig } from '../../../src/config.js';
+import { startController, type ControllerHandle } from '../../../src/daemon.js';
 import { bootstrapFnFor } from '../../../src/bootstrap/index.js';
 import { AgentPool } from '../../../src/dispatch/agents.js';
 import { Reconciler } from '../../../src/dispatch/reconciler.js';
-import { AwsProvider, CELL_TAGS } from '../../../src/providers/aws/index.js';
+import { AwsProvider, awsProviderFromConfig, CELL_TAGS } from '../../../src/providers/aws/index.js';
 import { cellServerIdentityCheck, CertificateAuthority } from '../../../src/security/index.js';
 import { openStore, type Store } from '../../../src/store/index.js';
 import { BootHarness } from '../../bootstrap/boot-harness.js';
@@ -34,10 +37,9 @@ let image: string;
 let store: Store;
 let storeDir: string;
 let provider: AwsProvider;
-let reconciler: Reconciler;
+let handle: ControllerHandle | undefined;
 let agents: AgentPool;
 let ca: CertificateAuthority;
-let api: ControllerApi;
 let client: ControllerClient;
 let raw: EC2Client;
 let harness: BootHarness;
@@ -59,10 +61,31 @@ beforeAll(async () => {
   image = await pushBusybox(registry);
   storeDir = await mkdtemp(join(tmpdir(), 'cello-e2e-store-'));
   store = await openStore({ kind: 'embedded', dir: storeDir });
-  ca = await CertificateAuthority.loadOrCreate({ store, encryptionKey: randomBytes(32) });
+  const caKey = randomBytes(32).toString('hex');
+  process.env['CELLO_E2E_CA_KEY'] = caKey;
+  ca = await CertificateAuthority.loadOrCreate({ store, encryptionKey: caKey });
   harness = new BootHarness(['--insecure-registry', registry.host]);
-  provider = new AwsProvider({
-    config: world.config({ instanceTypes: ['t3.*'] }),
+  const awsSection = world.config();
+  const config = parseConfig({
+    controllerId: CONTROLLER_ID,
+    api: { listen: '127.0.0.1:0' },
+    metrics: { listen: '127.0.0.1:0' },
+    provider: {
+      kind: 'aws',
+      region: awsSection.region,
+      endpoint: awsSection.endpoint,
+      image: awsSection.image,
+      subnets: awsSection.subnets,
+      cellSecurityGroup: awsSection.cellSecurityGroup,
+      instanceTypes: ['t3.*'],
+      liveCatalog: false,
+      maxAttempts: 4,
+    },
+    security: { mode: 'mtls', encryptionKeyEnv: 'CELLO_E2E_CA_KEY' },
+  });
+  // The provider as the daemon builds it from its `provider:` section, plus the test-only
+  // address map (not configurable, by design) and the emulator's static credentials.
+  provider = awsProviderFromConfig(config.provider as Record<string, unknown>, {
     controllerId: CONTROLLER_ID,
     clientConfig: { credentials: moto.credentials },
     logger,
@@ -71,41 +94,27 @@ beforeAll(async () => {
   faults = injectEc2Faults(provider.ec2, [
     { command: 'RunInstances', when: (i) => i['InstanceType'] === noCapacityFor, code: 'InsufficientInstanceCapacity' },
   ]);
-  const me = await ca.issueClientCertificate('controller');
+  const me = await ca.issueClientCertificate('e2e-test');
   agents = new AgentPool({
     forCell: (cellId) =>
       credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(me.keyPem), Buffer.from(me.certPem), { checkServerIdentity: cellServerIdentityCheck(cellId) }),
   });
-  reconciler = new Reconciler({
-    store,
-    provider,
-    controllerId: CONTROLLER_ID,
-    agents,
-    log: logger,
-    agentPort: 7443,
-    bootstrap: bootstrapFnFor(ca, { timeoutMs: 20_000, logger }),
-    caCertPem: async () => ca.certPem,
-    tickMs: 100,
-  });
-  await reconciler.start();
-  api = new ControllerApi({ store, agents, log: logger, controllerId: CONTROLLER_ID, providerName: provider.name, instanceTypes: await provider.instanceTypes() });
-  const port = await api.listen('127.0.0.1:0');
-  client = new ControllerClient(`127.0.0.1:${port}`, credentials.createInsecure());
+  handle = await startController(config, { log: logger, provider, store, tickMs: 100 });
+  client = new ControllerClient(`127.0.0.1:${handle.apiPort}`, credentials.createInsecure());
   raw = new EC2Client({ endpoint: moto.endpoint, region: moto.region, credentials: moto.credentials });
   harness.autoBoot(provider, CONTROLLER_ID, (err) => bootErrors.push(err));
 });
 
 afterAll(async () => {
   client?.close();
-  await api?.close();
-  await reconciler?.stop().catch(() => undefined);
+  await handle?.stop().catch(() => undefined);
   await harness?.close();
-  await provider?.close();
   raw?.destroy();
   await store?.close();
   if (storeDir) await rm(storeDir, { recursive: true, force: true });
   await registry?.stop();
   await moto?.stop();
+  delete process.env['CELLO_E2E_CA_KEY'];
 });
 
 describe('the controller on EC2 (emulated)', () => {
@@ -241,19 +250,22 @@ describe('the controller on EC2 (emulated)', () => {
     await other.close();
 
     // The store is lost: a controller with the same ID starts on an empty one.
-    await reconciler.stop();
+    await handle!.stop();
+    handle = undefined;
+    const p3 = new AwsProvider({ config: world.config({ instanceTypes: ['t3.*'] }), controllerId: CONTROLLER_ID, clientConfig: { credentials: moto.credentials }, logger, testAgentAddressMap: harness.addressOf });
     const wipedDir = await mkdtemp(join(tmpdir(), 'cello-e2e-wiped-'));
     const wiped = await openStore({ kind: 'embedded', dir: wipedDir });
     try {
-      const fresh = new Reconciler({ store: wiped, provider, controllerId: CONTROLLER_ID, agents, log: logger, tickMs: 100 });
+      const fresh = new Reconciler({ store: wiped, provider: p3, controllerId: CONTROLLER_ID, agents, log: logger, tickMs: 100 });
       const collected = await fresh.collectGarbage();
       expect(collected).toContain(ours[0]!.instanceId);
       expect(collected).not.toContain(theirs.instanceId);
       const state = async (id: string) => (await raw.send(new DescribeInstancesCommand({ InstanceIds: [id] }))).Reservations![0]!.Instances![0]!.State?.Name;
       expect(await state(ours[0]!.instanceId)).toMatch(/terminated|shutting-down/);
       expect(await state(theirs.instanceId)).toBe('running');
-      expect(await provider.listOwned(CONTROLLER_ID)).toEqual([]);
+      expect(await p3.listOwned(CONTROLLER_ID)).toEqual([]);
     } finally {
+      await p3.close();
       await wiped.close();
       await rm(wipedDir, { recursive: true, force: true });
     }
@@ -282,7 +294,7 @@ describe('the controller on EC2 (emulated)', () => {
       made.reconcilers.push(r);
       return r;
     };
-    const api2 = new ControllerApi({ store: store2, agents, log: logger, controllerId: ID, providerName: 'aws', instanceTypes: await provider.instanceTypes() });
+    const api2 = new ControllerApi({ store: store2, agents, log: logger, controllerId: ID, providerName: 'aws', instanceTypes: await newProvider().instanceTypes() });
     const client2 = new ControllerClient(`127.0.0.1:${await api2.listen('127.0.0.1:0')}`, credentials.createInsecure());
     const errors: unknown[] = [];
     try {
