@@ -3,11 +3,14 @@
 // unit: cold (empty image cache: pull + unpack + start) and warm (cached image; p50/p99 over 50
 // pods, one after another, each deleted before the next), beside bare `runc run -d` of the same
 // bundle (the agent's own config.json, same overlay rootfs) measured in the same run.
+// The agent runs as its own process (`cell-agent serve`), as on a cell; this process is the
+// client, like the controller. BENCH_IN_PROCESS=1 runs it inside this process instead.
 // Needs root, runc, docker-registry, built packages (npx turbo run build --filter=@cello/cell-agent...).
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync, symlinkSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import os, { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import pino from 'pino';
 import { startAgent, connectAgent } from '@cello/cell-agent';
 import { startRegistry, pushImage } from '@cello/testkit';
@@ -35,8 +38,34 @@ const { ref } = await pushImage(registry, 'bench/busybox:1', [{ blob: busyboxTar
 const stateDir = mkdtempSync(join(tmpdir(), 'bench-agent-'));
 // BENCH_TRACE=1: also break the agent's part down (its debug timings, logged to a file).
 const traceFile = process.env.BENCH_TRACE ? join(stateDir, '..', `bench-trace-${process.pid}.log`) : undefined;
-const logger = traceFile ? pino({ level: 'debug' }, pino.destination({ dest: traceFile, sync: true })) : pino({ level: 'silent' });
-const agent = await startAgent({ listen: '127.0.0.1:0', stateDir, tls: undefined, insecureRegistries: [registry.host], logger, cgroupParent: '/cello-bench/pod', heartbeatMs: 60_000 });
+const runDir = mkdtempSync('/dev/shm/bench-run-');
+let agent;
+let daemon;
+if (process.env.BENCH_IN_PROCESS) {
+  const logger = traceFile ? pino({ level: 'debug' }, pino.destination({ dest: traceFile, sync: true })) : pino({ level: 'silent' });
+  agent = await startAgent({ listen: '127.0.0.1:0', stateDir, runDir, tls: undefined, insecureRegistries: [registry.host], logger, cgroupParent: '/cello-bench/pod', heartbeatMs: 60_000 });
+} else {
+  const cli = join(dirname(createRequire(import.meta.url).resolve('@cello/cell-agent')), 'cli.js');
+  const { openSync } = await import('node:fs');
+  daemon = spawn(process.execPath, [cli, 'serve', '--listen', '127.0.0.1:0', '--state-dir', stateDir, '--run-dir', runDir, '--insecure-dev', '--insecure-registry', registry.host, '--cgroup-parent', '/cello-bench/pod'], {
+    stdio: ['ignore', 'pipe', traceFile ? openSync(traceFile, 'w') : 'ignore'],
+    env: { ...process.env, CELLO_LOG_LEVEL: traceFile ? 'debug' : 'error' },
+  });
+  const address = await new Promise((resolve, reject) => {
+    let out = '';
+    const t = setTimeout(() => reject(new Error('agent did not start within 20 s')), 20_000);
+    daemon.stdout.on('data', (b) => {
+      out += b;
+      const m = /listening (\S+)/.exec(out);
+      if (m) {
+        clearTimeout(t);
+        resolve(m[1]);
+      }
+    });
+    daemon.on('exit', (code) => reject(new Error(`agent exited with ${code}`)));
+  });
+  agent = { address, runDir, close: async () => { daemon.kill('SIGTERM'); await new Promise((r) => daemon.on('exit', r)); } };
+}
 const client = connectAgent(agent.address, undefined);
 
 const stream = client.watchStatus({});
@@ -121,18 +150,18 @@ client.close();
 await agent.close();
 await registry.stop();
 rmSync(stateDir, { recursive: true, force: true });
-rmSync(agent.runDir, { recursive: true, force: true });
+rmSync(runDir, { recursive: true, force: true });
 rmSync(runcRoot, { recursive: true, force: true });
 
 const p50 = pct(warm, 50);
 const bp50 = pct(bare, 50);
-console.log(`cell-agent: ApplyPod -> unit running (busybox, ${N} pods one after another)`);
+console.log(`cell-agent: ApplyPod -> unit running (busybox, ${N} pods one after another; agent ${daemon ? 'as its own process' : 'in the client process'}; load average ${os.loadavg()[0].toFixed(1)} on ${os.cpus().length} CPUs)`);
 console.log(`  cold (pull + unpack + start) : ${fmt(cold.ms)}`);
 console.log(`  warm (cached image)          : p50 ${fmt(p50)}   p99 ${fmt(pct(warm, 99))}   min ${fmt(Math.min(...warm))}   max ${fmt(Math.max(...warm))}`);
 console.log(`  bare runc run -d, same bundle: p50 ${fmt(bp50)}   p99 ${fmt(pct(bare, 99))}`);
 console.log(`  agent overhead at p50        : ${fmt(p50 - bp50)} (goal: < 50 ms)`);
 if (traceFile) {
-  const rows = readFileSync(traceFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  const rows = readFileSync(traceFile, 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
   const col = (k) => rows.filter((r) => r[k] !== undefined).map((r) => r[k]);
   console.log(`  breakdown p50: ApplyPod RPC ${fmt(pct(applyMs, 50))} (in the agent ${fmt(pct(col('applyMs'), 50))}: state ${fmt(pct(col('stateMs'), 50))}, pod files ${fmt(pct(col('podFilesMs'), 50))}, volumes ${fmt(pct(col('volumesMs'), 50))}), image ${fmt(pct(col('imageMs'), 50))}, prepare ${fmt(pct(col('prepareMs'), 50))}, spec ${fmt(pct(col('specMs'), 50))}, shim+runc to pid file ${fmt(pct(col('runcMs'), 50))}`);
   rmSync(traceFile, { force: true });
