@@ -15,7 +15,7 @@ import { RuncTestUnits } from './helpers/runc-units.js';
 import { startStreamServer, type TestServer } from './helpers/grpc.js';
 
 const units = new RuncTestUnits();
-const big = randomBytes(48 * 1024 * 1024);
+const big = randomBytes(32 * 1024 * 1024);
 const bigHash = createHash('sha256').update(big).digest('hex');
 let srv: TestServer;
 
@@ -97,7 +97,7 @@ describe('PortForward', () => {
     expect(body(results[3]!.data).toString()).toBe('hello from the pod\n');
   }, 90_000);
 
-  it('half-closes: the pod reads our EOF and still answers (upload of 48 MB hashed in the pod)', async () => {
+  it('half-closes: the pod reads our EOF and still answers (upload of 32 MB hashed in the pod)', async () => {
     const r = await forward(9000, big, true, 60_000);
     expect(r.error).toBeUndefined();
     expect(r.data.toString().split(/\s+/)[0]).toBe(bigHash);
