@@ -1,0 +1,117 @@
+// The virtual node's pure parts: the work queue's guarantees and the status conversion.
+import { describe, expect, it } from 'vitest';
+import { ConditionStatus, PodPhase, PodStatus } from '@cello/proto/cell';
+import { WorkQueue } from '../../src/k8s/workqueue.js';
+import { kubeStatus } from '../../src/k8s/status.js';
+import { derivedCapacity } from '../../src/k8s/from-config.js';
+import { kubernetesConfigSchema } from '../../src/k8s/config.js';
+import { parseConfig } from '../../src/config.js';
+
+describe('WorkQueue', () => {
+  it('never runs one key twice at once, coalesces adds, and re-runs a key changed while it ran', async () => {
+    const runs: string[] = [];
+    let active = 0;
+    let maxActive = 0;
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const q = new WorkQueue(async (k) => {
+      active++;
+      maxActive = Math.max(maxActive, active);
+      runs.push(k);
+      if (runs.length === 1) await gate;
+      active--;
+    }, () => undefined, { workers: 1 });
+    q.add('a');
+    q.add('a'); // running: marked dirty
+    q.add('a'); // still one re-run
+    q.add('b');
+    q.add('b'); // queued once
+    release();
+    await new Promise((r) => setTimeout(r, 20));
+    await q.idle();
+    // b was queued once however often it was added; a ran again after, for the adds during its run.
+    expect(runs).toEqual(['a', 'b', 'a']);
+    expect(maxActive).toBe(1);
+    q.stop();
+  });
+
+  it('retries a failing key with exponential back-off and forgets the failures once it succeeds', async () => {
+    const times: number[] = [];
+    const delays: number[] = [];
+    const q = new WorkQueue(
+      async () => {
+        times.push(Date.now());
+        if (times.length < 4) throw new Error('not yet');
+      },
+      (_k, _e, ms) => delays.push(ms),
+      { baseDelayMs: 20, maxDelayMs: 50 },
+    );
+    q.add('k');
+    const deadline = Date.now() + 5000;
+    while (times.length < 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    expect(times).toHaveLength(4);
+    expect(delays).toEqual([20, 40, 50]);
+    expect(times[3]! - times[2]!).toBeGreaterThanOrEqual(45);
+    await q.idle();
+    expect(q.retries('k')).toBe(0);
+    q.stop();
+  });
+});
+
+describe('kubeStatus', () => {
+  it('writes a v1 PodStatus: phase, conditions without the core PodScheduled, one IP per family, states, nulls that clear stale fields', () => {
+    const started = new Date('2026-01-02T03:04:05.678Z');
+    const s = PodStatus.fromPartial({
+      phase: PodPhase.POD_PHASE_RUNNING,
+      podIp: '10.88.0.3',
+      podIps: ['10.88.0.2', '10.88.0.3', 'fd00::3'],
+      startTime: started,
+      qosClass: 'Burstable',
+      conditions: [
+        { type: 'PodScheduled', status: ConditionStatus.CONDITION_STATUS_TRUE, lastTransitionTime: started },
+        { type: 'Ready', status: ConditionStatus.CONDITION_STATUS_FALSE, reason: 'ContainersNotReady', message: 'containers with unready status: [main]', lastTransitionTime: started },
+        { type: 'Initialized', status: ConditionStatus.CONDITION_STATUS_TRUE, lastTransitionTime: started },
+      ],
+      containerStatuses: [
+        { name: 'main', ready: false, restartCount: 2, containerId: 'abc', state: { state: { $case: 'running', value: { startedAt: started } } }, lastState: { state: { $case: 'terminated', value: { exitCode: 137, reason: 'OOMKilled', signal: 9, startedAt: started, finishedAt: started, containerId: 'old', message: '' } } } },
+      ],
+    });
+    const k = kubeStatus(s, { spec: { containers: [{ name: 'main', image: 'busybox:1' }] } }, '192.0.2.1') as Record<string, unknown>;
+    expect(k).toMatchObject({
+      phase: 'Running',
+      podIP: '10.88.0.3',
+      podIPs: [{ ip: '10.88.0.3' }, { ip: 'fd00::3' }],
+      hostIP: '192.0.2.1',
+      startTime: '2026-01-02T03:04:05Z',
+      qosClass: 'Burstable',
+      message: null,
+      reason: null,
+    });
+    expect((k.conditions as { type: string }[]).map((c) => c.type)).toEqual(['Ready', 'Initialized']);
+    expect((k.conditions as object[])[1]).toEqual({ type: 'Initialized', status: 'True', reason: null, message: null, lastTransitionTime: '2026-01-02T03:04:05Z', lastProbeTime: null });
+    expect((k.containerStatuses as object[])[0]).toEqual({
+      name: 'main',
+      ready: false,
+      restartCount: 2,
+      image: 'busybox:1',
+      imageID: '',
+      containerID: 'cello://abc',
+      state: { running: { startedAt: '2026-01-02T03:04:05Z' } },
+      lastState: { terminated: { exitCode: 137, signal: 9, reason: 'OOMKilled', message: undefined, startedAt: '2026-01-02T03:04:05Z', finishedAt: '2026-01-02T03:04:05Z', containerID: 'old' } },
+    });
+  });
+});
+
+describe('kubernetes configuration', () => {
+  it('is validated with errors naming the field, and derives capacity from the instance types', () => {
+    expect(() => parseConfig({ controllerId: 'x', security: { mode: 'insecure-dev' }, kubernetes: { enabled: true, nodeName: 'Bad_Name', kubelet: { certFile: 'c', keyFile: 'k', clientCAFile: 'ca' } } })).toThrow(/kubernetes\.nodeName: expected a DNS name/);
+    expect(() => parseConfig({ controllerId: 'x', security: { mode: 'insecure-dev' }, kubernetes: { enabled: true } })).toThrow(/kubernetes\.kubelet: /);
+    expect(() => parseConfig({ controllerId: 'x', security: { mode: 'insecure-dev' }, kubernetes: { kubelet: { certFile: 'c', keyFile: 'k', clientCAFile: 'ca' }, capacity: { cpu: 'lots', memory: '1Gi', pods: 1 } } })).toThrow(/kubernetes\.capacity\.cpu: expected a Kubernetes quantity/);
+    const k = kubernetesConfigSchema.parse({ kubelet: { certFile: 'c', keyFile: 'k', clientCAFile: 'ca' } });
+    expect(k).toMatchObject({ enabled: false, nodeName: 'cello', taint: { key: 'virtual-kubelet.io/provider', effect: 'NoSchedule' }, leaderElection: { enabled: true } });
+    expect(derivedCapacity([
+      { name: 'a', vcpus: 2, memoryMiB: 4096, gpus: 0, onDemandHourlyUsd: 1, arch: 'amd64' },
+      { name: 'b', vcpus: 8, memoryMiB: 32768, gpus: 1, onDemandHourlyUsd: 2, arch: 'amd64' },
+    ], 10)).toEqual({ cpu: '80', memory: '327680Mi', pods: '10', 'nvidia.com/gpu': '10' });
+  });
+});
