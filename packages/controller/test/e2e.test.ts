@@ -73,6 +73,10 @@ describe('cellctl end to end (local provider)', () => {
 
   it('apply -> running -> logs -> exec -> port-forward -> delete, from the warm pool, which refills', async () => {
     const warm = (await cl.cells()).find((c) => c.state === CellState.CELL_STATE_READY)!;
+    // `get pods -w` prints each change as it happens.
+    const watch = cl.spawnCellctl(['get', 'pods', '-w']);
+    let watched = '';
+    watch.stdout!.on('data', (b: Buffer) => (watched += b.toString()));
     const applied = await cl.cellctl(['apply', '-f', cl.manifest('web', WEB)]);
     expect(applied.stderr).toBe('');
     expect(applied.stdout).toBe('pod/web created\n');
@@ -80,6 +84,10 @@ describe('cellctl end to end (local provider)', () => {
     expect(pod.cellId).toBe(warm.id);
     expect(pod.instanceType).toBe('local.nano');
     expect(pod.status!.conditions.find((c) => c.type === 'PodScheduled')?.status).toBe(1);
+    await waitFor('get pods -w shows web ready', () => /web\s+1\/1\s+Running/.test(watched), { timeoutMs: 10_000 });
+    expect(watched).toMatch(/^NAME\s+READY\s+STATUS/);
+    expect(watched).toMatch(/web\s+0\/1\s+(Pending|ContainerCreating|Running)/);
+    watch.kill('SIGTERM');
 
     // The pool gets back to one Ready cell without a pod.
     await waitFor('warm pool refill', async () => (await cl.cells()).some((c) => c.state === CellState.CELL_STATE_READY && !c.pod?.name && c.id !== warm.id), { timeoutMs: 60_000, intervalMs: 200 });

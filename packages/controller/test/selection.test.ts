@@ -23,7 +23,7 @@ const cloud: InstanceType[] = [
 
 function c(name: string, req?: { cpu?: number; mem?: number; gpu?: number }, lim?: { cpu?: number; mem?: number; gpu?: number }): Partial<Container> {
   const rl = (x?: { cpu?: number; mem?: number; gpu?: number }) =>
-    x ? { cpuMillis: x.cpu, memoryBytes: x.mem, extended: x.gpu !== undefined ? { 'nvidia.com/gpu': x.gpu } : {} } : undefined;
+    x ? { cpuMillis: x.cpu, memoryBytes: x.mem, extended: (x.gpu !== undefined ? { 'nvidia.com/gpu': x.gpu } : {}) as Record<string, number> } : undefined;
   return { name, image: 'x', resources: { requests: rl(req), limits: rl(lim) } };
 }
 
