@@ -38,6 +38,7 @@ async function peek(src: Readable, n: number): Promise<Buffer> {
 }
 
 let pigz: boolean | undefined;
+const PIGZ_MIN_BYTES = 4 << 20;
 
 /**
  * gzip goes through `pigz -dc` when it is installed: measured on the 5-layer fixture, a cold
@@ -79,13 +80,14 @@ export interface Decompressed {
  * the libuv pool, or `pigz` (see usePigz). zstd: the `zstd` binary (Node 20 has no zstd), which
  * streams and runs on the other core.
  */
-export async function decompress(src: Readable, declared: Compression): Promise<Decompressed> {
+export async function decompress(src: Readable, declared: Compression, blobSize = Infinity): Promise<Decompressed> {
   const actual = detect(await peek(src, 4));
   if (declared !== 'none' && actual !== declared) {
     src.destroy();
     throw new PullError('integrity', `layer blob is not ${declared}-compressed`);
   }
-  if (actual === 'gzip' && usePigz()) return viaProcess(src, 'pigz', ['-dc'], 'gzip');
+  // Small blobs are not worth a process start.
+  if (actual === 'gzip' && blobSize >= PIGZ_MIN_BYTES && usePigz()) return viaProcess(src, 'pigz', ['-dc'], 'gzip');
   if (actual === 'gzip') {
     const gz = createGunzip({ chunkSize: CHUNK });
     src.on('error', (e) => gz.destroy(e));

@@ -46,6 +46,8 @@ export interface UnpackOptions {
   state: TreeState;
   /** Upper bound on the uncompressed layer size (decompression bombs). */
   maxBytes: number;
+  /** Size of the compressed blob, when known (picks the decompressor). */
+  blobSize?: number;
   /** Overlay mode: the finished lower layer dirs, topmost first; awaited only when a hardlink needs them. */
   lowerDirs?: () => Promise<string[]>;
   logger?: Logger | undefined;
@@ -443,7 +445,8 @@ class LayerWriter implements TarSink {
       if (st.isDirectory()) throw new PullError('invalid', `layer entry ${JSON.stringify(entry)}: hardlink to a directory`);
       const group = st.nlink > 1 && st.isFile() ? this.inodePaths(dir, st.ino) : [target];
       if (!group.includes(target)) group.unshift(target);
-      this.copyParentsMeta(dir, target, entry);
+      await this.lowerParents(parentOf(target), entry);
+      this.ensureParents(target, entry);
       const dst = this.abs(target);
       if (this.kindOf(target) === undefined) {
         if (st.isSymbolicLink()) symlinkSync(readlinkSync(join(dir, target)), dst);
@@ -457,7 +460,8 @@ class LayerWriter implements TarSink {
       }
       for (const other of group) {
         if (other === target || this.kindOf(other) !== undefined) continue;
-        this.copyParentsMeta(dir, other, entry);
+        await this.lowerParents(parentOf(other), entry);
+        this.ensureParents(other, entry);
         linkSync(dst, this.abs(other));
         this.known.set(other, 'other');
         this.layerPaths.add(other);
@@ -465,26 +469,6 @@ class LayerWriter implements TarSink {
       return;
     }
     throw new PullError('invalid', `layer entry ${JSON.stringify(entry)}: hardlink target ${JSON.stringify(target)} exists in no layer`);
-  }
-
-  /** Creates missing ancestors of `rel` with the metadata they have in lower layer `lower`. */
-  private copyParentsMeta(lower: string, rel: string, entry: string): void {
-    let p = '';
-    for (const part of parentOf(rel).split('/').filter(Boolean)) {
-      p = p === '' ? part : `${p}/${part}`;
-      const k = this.kindOf(p);
-      if (k === 'dir') continue;
-      if (k === 'symlink') throw unsafe(entry, `parent ${JSON.stringify(p)} is a symlink`);
-      if (k === 'other') this.remove(p);
-      mkdirSync(this.abs(p), 0o755);
-      this.known.set(p, 'dir');
-      try {
-        const st = lstatSync(join(lower, p));
-        this.dirMeta.set(p, { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: st.mtimeMs / 1000 });
-      } catch {
-        /* not in that layer either: keep the defaults */
-      }
-    }
   }
 
   closeOpen(): void {
@@ -547,7 +531,7 @@ export async function unpackLayer(source: Readable, compression: Compression, ex
   const w = new LayerWriter(o);
   const parser = new TarParser(w);
   const hash = createHash('sha256');
-  const { stream, done } = await decompress(source, compression);
+  const { stream, done } = await decompress(source, compression, o.blobSize);
   let bytes = 0;
   try {
     for await (const c of stream) {
