@@ -318,6 +318,59 @@ const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
     await kube.kubectl(['delete', 'pod', 'intolerant', '--wait=false']);
   });
 
+  it('a pod the core cannot run fails with the field named; a missing secret holds it with CreateContainerConfigError', async () => {
+    const pvc = `apiVersion: v1
+kind: Pod
+metadata: { name: needs-pvc }
+spec:
+  nodeName: ${NODE}
+  automountServiceAccountToken: false
+  containers: [{ name: main, image: ${registry.image}, command: ["true"], volumeMounts: [{ name: data, mountPath: /data }] }]
+  volumes: [{ name: data, persistentVolumeClaim: { claimName: data } }]
+`;
+    expect((await kube.kubectl(['apply', '-f', '-'], { input: pvc })).code).toBe(0);
+    const failed = await waitPod('needs-pvc', 'Failed', (p) => p.status.phase === 'Failed', 30_000);
+    expect((failed.status as { message?: string }).message).toMatch(/persistentVolumeClaim/);
+    const noSecret = `apiVersion: v1
+kind: Pod
+metadata: { name: needs-secret }
+spec:
+  nodeName: ${NODE}
+  automountServiceAccountToken: false
+  containers: [{ name: main, image: ${registry.image}, command: ["true"], env: [{ name: X, valueFrom: { secretKeyRef: { name: absent, key: k } } }] }]
+`;
+    expect((await kube.kubectl(['apply', '-f', '-'], { input: noSecret })).code).toBe(0);
+    const held = await waitPod('needs-secret', 'held for its secret', (p) => (p.status.containerStatuses?.[0]?.state as { waiting?: { reason?: string } } | undefined)?.waiting?.reason === 'CreateContainerConfigError', 30_000);
+    expect(JSON.stringify(held.status.containerStatuses)).toContain('secret \\"absent\\" not found');
+    // Once the secret exists, the back-off retry starts the pod.
+    await kube.kubectl(['create', 'secret', 'generic', 'absent', '--from-literal=k=v']);
+    await waitPod('needs-secret', 'started once the secret exists', (p) => p.status.phase === 'Running' || p.status.phase === 'Succeeded', 90_000);
+    await kube.kubectl(['delete', 'pod', 'needs-pvc', 'needs-secret', '--wait=false']);
+  }, 150_000);
+
+  it('Ready is False, with the reason, while the controller core does not answer', async () => {
+    const serving = await kube.issueCert('kubelet-serving-3', { cn: 'cello-orphan', ips: ['127.0.0.1'] });
+    const node = await startVirtualNode({
+      nodeName: 'cello-orphan',
+      kubeconfig: kube.kubeconfig,
+      controllerAddress: `127.0.0.1:${await freePort()}`, // nothing listens there
+      providerName: 'local',
+      internalIP: '127.0.0.1',
+      kubelet: { listenHost: '127.0.0.1', port: 0, cert: serving.cert, key: serving.key, clientCA: kube.ca },
+      capacity: async () => ({ capacity: { cpu: '1', memory: '1Gi', pods: '1' }, allocatable: { cpu: '1', memory: '1Gi', pods: '1' } }),
+      log: createLogger({ level: 'silent' }),
+    });
+    try {
+      const n = JSON.parse((await kube.kubectl(['get', 'node', 'cello-orphan', '-o', 'json'])).stdout) as { status: { conditions: { type: string; status: string; reason: string; message: string }[] } };
+      const ready = n.status.conditions.find((c) => c.type === 'Ready')!;
+      expect(ready).toMatchObject({ status: 'False', reason: 'ControllerNotReady' });
+      expect(ready.message).toMatch(/controller API does not answer/);
+    } finally {
+      await node.stop();
+      await kube.kubectl(['delete', 'node', 'cello-orphan', '--wait=false']);
+    }
+  });
+
   it('two replicas of the virtual node: one leads, the other takes over when it stops', async () => {
     const serving = await kube.issueCert('kubelet-serving-2', { cn: 'cello-vn2', ips: ['127.0.0.1'] });
     const start = async (identity: string) =>
