@@ -45,11 +45,15 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await harness.close();
-  await provider?.close();
-  await store?.close();
-  if (storeDir) await rm(storeDir, { recursive: true, force: true });
-  await moto?.stop();
+  // Every step runs even if an earlier one fails: nothing started here may outlive the test.
+  const steps: Array<() => unknown> = [
+    () => harness.close(),
+    () => provider?.close(),
+    () => store?.close(),
+    () => storeDir && rm(storeDir, { recursive: true, force: true }),
+    () => moto?.stop(),
+  ];
+  for (const step of steps) await Promise.resolve().then(step).catch((err: unknown) => console.error(`cleanup: ${(err as Error).message}`));
 });
 
 async function launchCell(cellId: string, ttlSeconds = 600) {

@@ -122,9 +122,11 @@ export class BootHarness {
       this.loop.stop = true;
       await this.loop.done;
     }
-    for (const p of this.played) await p.kill();
-    for (const i of this.imdses) await i.stop();
-    for (const d of this.dirs) await rm(d, { recursive: true, force: true });
+    const errors: string[] = [];
+    for (const p of this.played) await p.kill().catch((e: Error) => errors.push(e.message));
+    for (const i of this.imdses) await i.stop().catch((e: Error) => errors.push(e.message));
+    for (const d of this.dirs) await rm(d, { recursive: true, force: true }).catch((e: Error) => errors.push(e.message));
+    if (errors.length) throw new Error(`harness cleanup: ${errors.join('; ')}`);
   }
 }
 

@@ -106,15 +106,19 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  client?.close();
-  await handle?.stop().catch(() => undefined);
-  await harness?.close();
-  raw?.destroy();
-  await store?.close();
-  if (storeDir) await rm(storeDir, { recursive: true, force: true });
-  await registry?.stop();
-  await moto?.stop();
-  delete process.env['CELLO_E2E_CA_KEY'];
+  // Every step runs even if an earlier one fails: nothing started here may outlive the test.
+  const steps: Array<() => unknown> = [
+    () => client?.close(),
+    () => handle?.stop().catch(() => undefined),
+    () => harness?.close(),
+    () => raw?.destroy(),
+    () => store?.close(),
+    () => storeDir && rm(storeDir, { recursive: true, force: true }),
+    () => registry?.stop(),
+    () => moto?.stop(),
+    () => void delete process.env['CELLO_E2E_CA_KEY'],
+  ];
+  for (const step of steps) await Promise.resolve().then(step).catch((err: unknown) => console.error(`cleanup: ${(err as Error).message}`));
 });
 
 describe('the controller on EC2 (emulated)', () => {
