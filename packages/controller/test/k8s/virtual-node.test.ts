@@ -348,6 +348,36 @@ spec:
     await kube.kubectl(['delete', 'pod', 'needs-pvc', 'needs-secret', '--wait=false']);
   }, 150_000);
 
+  it('the projected service-account volume: a pod-bound token from the TokenRequest API, the CA and the namespace', async () => {
+    // What kube-controller-manager's root-CA publisher would make.
+    await kube.kubectl(['create', 'configmap', 'kube-root-ca.crt', `--from-file=ca.crt=${kube.caFile}`]);
+    const pod = `apiVersion: v1
+kind: Pod
+metadata: { name: with-token }
+spec:
+  nodeName: ${NODE}
+  terminationGracePeriodSeconds: 1
+  containers: [{ name: main, image: ${registry.image}, command: ["sh", "-c", "sleep 1000"] }]
+`;
+    expect((await kube.kubectl(['apply', '-f', '-'], { input: pod })).code).toBe(0);
+    // The ServiceAccount admission plugin added the kube-api-access-* projected volume.
+    const spec = JSON.parse((await kube.kubectl(['get', 'pod', 'with-token', '-o', 'json'])).stdout) as { spec: { volumes: { name: string; projected?: unknown }[] } };
+    expect(spec.spec.volumes.some((v) => v.name.startsWith('kube-api-access-') && v.projected)).toBe(true);
+    await waitPod('with-token', 'Running', (p) => p.status.phase === 'Running', 90_000);
+    const dir = '/var/run/secrets/kubernetes.io/serviceaccount';
+    const token = (await kube.kubectl(['exec', 'with-token', '--', 'cat', `${dir}/token`])).stdout;
+    const claims = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as { sub: string; exp: number; 'kubernetes.io': { pod: { name: string } } };
+    expect(claims.sub).toBe('system:serviceaccount:default:default');
+    expect(claims['kubernetes.io'].pod.name).toBe('with-token');
+    expect(claims.exp * 1000).toBeGreaterThan(Date.now() + 30 * 60_000);
+    expect((await kube.kubectl(['exec', 'with-token', '--', 'cat', `${dir}/namespace`])).stdout).toBe('default');
+    expect((await kube.kubectl(['exec', 'with-token', '--', 'cat', `${dir}/ca.crt`])).stdout).toBe(kube.ca);
+    // The API server accepts the token as the pod's service account.
+    const review = await kube.kubectl(['create', '-o', 'json', '-f', '-'], { input: JSON.stringify({ apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token } }) });
+    expect((JSON.parse(review.stdout) as { status: { authenticated: boolean } }).status.authenticated).toBe(true);
+    await kube.kubectl(['delete', 'pod', 'with-token', '--wait=false']);
+  }, 150_000);
+
   it('Ready is False, with the reason, while the controller core does not answer', async () => {
     const serving = await kube.issueCert('kubelet-serving-3', { cn: 'cello-orphan', ips: ['127.0.0.1'] });
     const node = await startVirtualNode({
