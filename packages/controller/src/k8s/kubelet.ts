@@ -4,7 +4,6 @@
 // controller's gRPC API to the pod's cell agent, as cellctl's are.
 import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { TLSSocket } from 'node:tls';
 import type { Socket } from 'node:net';
 import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
 import { LogsRequest, type LogChunk, type LogEntry } from '@cello/proto/cell';
@@ -13,6 +12,8 @@ import type { Controller } from './controller-client.js';
 import type { KPod } from './manifest.js';
 import type { AgentAccess } from '../dispatch/agents.js';
 import { collectStats, resourceMetrics, summary } from './stats.js';
+import { KubeletAuth } from './kubelet-auth.js';
+import type { KubeRest } from './rest.js';
 
 export interface KubeletServerOptions {
   cert: string;
@@ -24,6 +25,8 @@ export interface KubeletServerOptions {
   controller: Controller;
   nodeName: string;
   pods: () => KPod[];
+  /** For TokenReview/SubjectAccessReview of bearer tokens; absent: client certificates only. */
+  rest?: KubeRest;
   /** How cell agents are reached for /stats/summary and /metrics/resource; absent: 501. */
   agents?: AgentAccess;
   log: Logger;
@@ -48,18 +51,10 @@ export class KubeletServer {
   private server?: Server;
   private readonly started = new Date().toISOString();
 
-  constructor(private readonly o: KubeletServerOptions) {}
+  private readonly auth: KubeletAuth;
 
-  /** The authenticated client's name, or undefined (the caller answers 401). */
-  private user(req: IncomingMessage): string | undefined {
-    const sock = req.socket as TLSSocket;
-    if (!sock.authorized) return undefined;
-    const cn = sock.getPeerCertificate()?.subject?.CN;
-    const name = Array.isArray(cn) ? cn[0] : cn;
-    if (!name) return undefined;
-    const allowed = this.o.allowedCNs ?? [];
-    if (allowed.length && !allowed.includes(name)) return undefined;
-    return name;
+  constructor(private readonly o: KubeletServerOptions) {
+    this.auth = new KubeletAuth({ nodeName: o.nodeName, ...(o.allowedCNs ? { allowedCNs: o.allowedCNs } : {}), ...(o.rest ? { rest: o.rest } : {}) });
   }
 
   async listen(host: string, port: number): Promise<number> {
@@ -71,16 +66,21 @@ export class KubeletServer {
       });
     });
     server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
-      const user = this.user(req);
-      if (!user) {
-        socket.end('HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n');
-        return;
-      }
-      if (!this.o.onUpgrade) {
-        socket.end('HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\n\r\n');
-        return;
-      }
-      this.o.onUpgrade(req, socket, head, user);
+      this.auth.check(req).then(
+        (a) => {
+          if (!a.ok) {
+            const body = `${a.message}\n`;
+            socket.end(`HTTP/1.1 ${a.code} ${a.code === 401 ? 'Unauthorized' : 'Forbidden'}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+            return;
+          }
+          if (!this.o.onUpgrade) {
+            socket.end('HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\n\r\n');
+            return;
+          }
+          this.o.onUpgrade(req, socket, head, a.user);
+        },
+        (err: Error) => socket.end(`HTTP/1.1 500 Internal Server Error\r\ncontent-length: ${Buffer.byteLength(err.message)}\r\n\r\n${err.message}`),
+      );
     });
     this.server = server;
     await new Promise<void>((resolve, reject) => {
@@ -97,10 +97,10 @@ export class KubeletServer {
       res.end('ok');
       return;
     }
-    const user = this.user(req);
-    if (!user) {
-      res.writeHead(401, { 'content-type': 'text/plain' });
-      res.end('Unauthorized: a client certificate signed by the kubelet client CA is required\n');
+    const a = await this.auth.check(req);
+    if (!a.ok) {
+      res.writeHead(a.code, { 'content-type': 'text/plain' });
+      res.end(`${a.message}\n`);
       return;
     }
     const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);

@@ -58,6 +58,7 @@ export async function startVirtualNode(o: VirtualNodeOptions): Promise<VirtualNo
     clientCA: o.kubelet.clientCA,
     ...(o.kubelet.allowedCNs ? { allowedCNs: o.kubelet.allowedCNs } : {}),
     controller,
+    rest,
     nodeName: o.nodeName,
     pods: () => sync?.pods() ?? [],
     ...(o.agents ? { agents: o.agents } : {}),

@@ -276,6 +276,24 @@ const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
         req.end();
       });
     expect((await kget('/stats/summary', false)).code).toBe(401);
+    // Bearer tokens, as metrics-server sends: TokenReview, then a SubjectAccessReview on nodes/stats.
+    await kube.kubectl(['create', 'serviceaccount', 'metrics-reader']);
+    await kube.kubectl(['create', 'clusterrole', 'node-stats-reader', '--verb=get', '--resource=nodes/stats,nodes/metrics']);
+    await kube.kubectl(['create', 'clusterrolebinding', 'node-stats-reader', '--clusterrole=node-stats-reader', '--serviceaccount=default:metrics-reader']);
+    const bearer = (await kube.kubectl(['create', 'token', 'metrics-reader'])).stdout.trim();
+    const kbearer = (path: string, token: string) =>
+      new Promise<number>((resolve, reject) => {
+        const req = httpsRequest({ host: '127.0.0.1', port: cl.kubeletPort, path, ca: kube.ca, servername: NODE, headers: { authorization: `Bearer ${token}` }, timeout: 10_000 }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    expect(await kbearer('/stats/summary', bearer)).toBe(200);
+    expect(await kbearer('/metrics/resource', bearer)).toBe(200);
+    expect(await kbearer('/pods', bearer)).toBe(403); // nodes/proxy is not granted
+    expect(await kbearer('/stats/summary', 'not-a-token')).toBe(401);
     const sum = await kget('/stats/summary');
     expect(sum.code).toBe(200);
     const summary = JSON.parse(sum.body) as { node: { nodeName: string }; pods: { podRef: { name: string }; containers: { name: string; cpu: { usageCoreNanoSeconds: number }; memory: { workingSetBytes: number } }[]; memory: { workingSetBytes: number } }[] };
@@ -454,7 +472,7 @@ spec:
     for (const a of [
       ['create', 'nodes'], ['patch', 'nodes', '--subresource=status'], ['watch', 'pods'], ['delete', 'pods'], ['patch', 'pods', '--subresource=status'],
       ['get', 'secrets', '-n', 'default'], ['get', 'configmaps', '-n', 'default'], ['create', 'serviceaccounts', '--subresource=token', '-n', 'default'],
-      ['create', 'events', '-n', 'default'], ['patch', 'leases', '-n', 'kube-node-lease'], ['update', 'leases', '-n', 'cello-system'],
+      ['create', 'events', '-n', 'default'], ['create', 'tokenreviews'], ['create', 'subjectaccessreviews'], ['patch', 'leases', '-n', 'kube-node-lease'], ['update', 'leases', '-n', 'cello-system'],
     ]) expect(`${a.join(' ')}: ${await can(...a)}`).toBe(`${a.join(' ')}: yes`);
     for (const a of [
       ['delete', 'nodes'], ['create', 'pods'], ['update', 'pods'], ['list', 'secrets'], ['create', 'secrets'],
