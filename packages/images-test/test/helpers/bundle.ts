@@ -2,7 +2,7 @@
 // change of its inputs, and keeps them under the cache: packaging ~100 MB of Node per
 // architecture is the slow part, and every test file needs the result.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { cacheRoot, hashInputs, repoRoot } from './paths.js';
 
@@ -38,6 +38,12 @@ export function ensureBundles(): Bundles {
     execFileSync('touch', [join(tmp, '.complete')]);
     rmSync(dir, { recursive: true, force: true });
     renameSync(tmp, dir);
+    // Bundles of earlier agent builds are never used again: keep the cache from growing.
+    for (const old of readdirSync(join(cacheRoot, 'images-test'))) {
+      if (old.startsWith('bundle-') && join(cacheRoot, 'images-test', old) !== dir && !old.includes('.tmp-')) {
+        rmSync(join(cacheRoot, 'images-test', old), { recursive: true, force: true });
+      }
+    }
   }
   return { dir, version, tarball: (arch) => join(dir, `cell-agent-${version}-linux-${arch}.tar.gz`) };
 }
