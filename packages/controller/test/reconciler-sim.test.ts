@@ -81,3 +81,28 @@ describe('reconciler (simulated provider)', () => {
     expect(p.cellId).toBe('');
   });
 });
+
+describe('garbage collection after the store is wiped (simulated provider)', () => {
+  it('finds every instance carrying its controller ID and terminates it', async () => {
+    const { provider, api, rec } = await setup();
+    for (const n of ['g1', 'g2']) await api.applyPod({ manifest: pod(n), namespace: '', dryRun: false });
+    await waitFor('two cells', () => provider.size === 2, { timeoutMs: 20_000 });
+    await rec.stop();
+    // A new, empty store: the controller has no record of anything, only its ID.
+    const dir = mkdtempSync(join(tmpdir(), 'cello-rec-sim-wiped-'));
+    const wiped = await openStore({ kind: 'embedded', dir });
+    const fresh = new Reconciler({ store: wiped, provider, controllerId: 'sim', agents: provider.agentPool(), log: silentLogger(), tickMs: 100, gcIntervalSeconds: 3600 });
+    try {
+      // Another controller's instance must survive.
+      await provider.launch({ cellId: 'cell-other', instanceType: 'local.micro', spot: false, tags: { 'cello.io/controller-id': 'someone-else', 'cello.io/cell-id': 'cell-other' }, bootstrap: { caCertPem: '', token: 't', tokenExpiresAt: '', controllerId: 'someone-else', cellId: 'cell-other', agentPort: 0 } });
+      const collected = await fresh.collectGarbage();
+      expect(collected).toHaveLength(2);
+      expect(await provider.listOwned('sim')).toHaveLength(0);
+      expect(await provider.listOwned('someone-else')).toHaveLength(1);
+    } finally {
+      await fresh.stop();
+      await wiped.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -9,6 +9,8 @@ export interface AgentCredentials {
   forCell(cellId: string): ChannelCredentials;
   /** Extra channel options, e.g. the TLS name to verify (the cell ID). */
   options?(cellId: string): ChannelOptions;
+  /** Changes when the credentials do (a renewed client certificate): channels are then rebuilt. */
+  version?(): string;
 }
 
 export const insecureAgentCredentials: AgentCredentials = {
@@ -23,12 +25,14 @@ export function mtlsAgentCredentials(get: () => { caPem: string; certPem: string
       return credentials.createSsl(Buffer.from(c.caPem), Buffer.from(c.keyPem), Buffer.from(c.certPem));
     },
     options: (cellId) => ({ 'grpc.ssl_target_name_override': cellId, 'grpc.default_authority': cellId }),
+    version: () => get().certPem,
   };
 }
 
 interface Entry {
   address: string;
   client: CellAgentClient;
+  version: string;
 }
 
 /** How the reconciler and API reach a cell's agent (a real gRPC pool, or the benchmark's simulation). */
@@ -44,7 +48,10 @@ export class AgentPool implements AgentAccess {
 
   get(cellId: string, address: string): CellAgentClient {
     const e = this.clients.get(cellId);
-    if (e && e.address === address) return e.client;
+    const version = this.creds.version?.() ?? '';
+    // A renewed controller certificate takes effect on new channels; calls already running on
+    // the old channel finish there (grpc-js close() lets them complete).
+    if (e && e.address === address && e.version === version) return e.client;
     e?.client.close();
     const client = new CellAgentClient(address, this.creds.forCell(cellId), {
       'grpc.keepalive_time_ms': 10_000,
@@ -52,7 +59,7 @@ export class AgentPool implements AgentAccess {
       'grpc.max_receive_message_length': 64 * 1024 * 1024,
       ...(this.creds.options?.(cellId) ?? {}),
     });
-    this.clients.set(cellId, { address, client });
+    this.clients.set(cellId, { address, client, version });
     return client;
   }
 
