@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -104,6 +104,33 @@ describe('hostile layers are rejected with nothing written outside the root', ()
     expect((err as PullError).message).toMatch(/limit of 16777216 bytes/);
     expect(readdirSync(join(root, 'layers'))).toEqual([]);
     expect(existsSync(join(root, 'tmp')) && readdirSync(join(root, 'tmp'))).toEqual([]);
+  });
+
+  it('creates device nodes and FIFOs as root, in both forms', async () => {
+    const tar = await makeTar([
+      { name: 'dev/', type: 'directory' },
+      { name: 'dev/null', type: 'character-device', devmajor: 1, devminor: 3, mode: 0o666 },
+      { name: 'dev/loop9', type: 'block-device', devmajor: 7, devminor: 9, mode: 0o660, gid: 6 },
+      { name: 'run-fifo', type: 'fifo', mode: 0o620, uid: 1000 },
+    ]);
+    const { ref } = await pushImage(registry, 'benign/devices:1', [gzipLayer(tar)]);
+    const puller = new ImagePuller({ root: join(work, 'cache-devices'), plainHttp: [registry.host] });
+    const img = await puller.pull(ref);
+    const dir = join(work, 'rootfs-devices');
+    await puller.pullToRootfs(ref, dir);
+    await puller.close();
+    for (const root of [img.layerDirs[0]!, dir]) {
+      const nul = lstatSync(join(root, 'dev/null'));
+      expect(nul.isCharacterDevice()).toBe(true);
+      expect([nul.rdev >> 8, nul.rdev & 0xff, nul.mode & 0o7777]).toEqual([1, 3, 0o666]);
+      const loop = lstatSync(join(root, 'dev/loop9'));
+      expect(loop.isBlockDevice()).toBe(true);
+      expect([loop.rdev >> 8, loop.rdev & 0xff, loop.gid]).toEqual([7, 9, 6]);
+      const fifo = lstatSync(join(root, 'run-fifo'));
+      expect(fifo.isFIFO()).toBe(true);
+      expect([fifo.mode & 0o7777, fifo.uid]).toEqual([0o620, 1000]);
+    }
+    outsideIntact();
   });
 
   it('still accepts in-root symlinks, .. that stays inside, and a benign layer', async () => {
