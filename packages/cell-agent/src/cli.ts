@@ -3,15 +3,15 @@
 import { existsSync } from 'node:fs';
 import { Command } from 'commander';
 import type { CellAgentClient } from '@cello/proto/cell';
-import { startAgent } from './agent.js';
+import { AGENT_VERSION, startAgent } from './agent.js';
 import { prepareCellIdentity } from './bootstrap/index.js';
 import { ImdsClient, watchInstanceNotices } from './cloud/index.js';
 import { registerCtl } from './ctl/ctl.js';
 import { createLogger } from './log.js';
 
-const program = new Command('cell-agent').description(
-  'Cello cell agent: runs one Kubernetes pod on this machine under runc, and serves cello.cell.v1 over mTLS.',
-);
+const program = new Command('cell-agent')
+  .version(AGENT_VERSION)
+  .description('Cello cell agent: runs one Kubernetes pod on this machine under runc, and serves cello.cell.v1 over mTLS.');
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 

@@ -3,7 +3,7 @@
 // cpu or pids controllers, so v2 limits cannot be exercised for real here), plus the parts
 // the real unified hierarchy supports: creating a cgroup, moving a process in, killing it all.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -127,6 +127,28 @@ function contract(name: string, make: () => Harness, isReal: boolean): void {
 
 contract('v1 (real host hierarchies)', v1, true);
 contract('v2 (fake cgroupfs tree made by the test)', v2fake, false);
+
+describe('CgroupV2Driver: a unit without limits (fake cgroupfs tree made by the test)', () => {
+  // On a real v2 host, a controller not enabled in the parent's subtree_control has no interface
+  // files in the child, and writing one fails (EACCES): a unit with no limits must not try.
+  it('writes no limit files it was not asked for, and resets ones it set before to max', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'fake-cgroup2-'));
+    try {
+      writeFileSync(join(root, 'cgroup.controllers'), 'cpu memory pids\n');
+      const d = new CgroupV2Driver(root);
+      await d.ensure('/cello/nolimits', {});
+      for (const f of ['memory.max', 'cpu.max', 'pids.max']) expect(existsSync(join(root, 'cello/nolimits', f))).toBe(false);
+      await d.ensure('/cello/was-limited', { memoryBytes: 64 << 20, pids: 50 });
+      expect(readFileSync(join(root, 'cello/was-limited/memory.max'), 'utf8')).toBe(String(64 << 20));
+      await d.ensure('/cello/was-limited', {});
+      expect(readFileSync(join(root, 'cello/was-limited/memory.max'), 'utf8')).toBe('max');
+      expect(readFileSync(join(root, 'cello/was-limited/pids.max'), 'utf8')).toBe('max');
+      expect(existsSync(join(root, 'cello/was-limited/cpu.max'))).toBe(false);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
 
 describe('CgroupV2Driver on the real unified hierarchy (no controllers here)', () => {
   const root = '/sys/fs/cgroup/unified';

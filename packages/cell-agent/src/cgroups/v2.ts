@@ -1,6 +1,7 @@
 // cgroup v2: one unified hierarchy. Limits go in memory.max, cpu.max, cpu.weight and
 // pids.max, after enabling the controllers in the parents' cgroup.subtree_control; OOM kills
 // are counted in memory.events' `oom_kill`. Killing uses cgroup.kill when the kernel has it.
+import { existsSync } from 'node:fs';
 import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type CgroupDriver, type CgroupStats, type UnitLimits, CPU_PERIOD_US, milliCpuToShares, sharesToWeight } from './driver.js';
@@ -41,15 +42,20 @@ export class CgroupV2Driver implements CgroupDriver {
       await mkdir(cur, { recursive: true });
     }
     const d = this.dir(path);
-    if (avail.has('memory')) await writeFile(join(d, 'memory.max'), limits.memoryBytes !== undefined ? String(limits.memoryBytes) : 'max');
+    // A limit the unit does not set is written as "max" only where the interface file exists:
+    // a controller that is not enabled for this subtree has no file, and the default is max.
+    const set = async (file: string, value: string, wanted: boolean) => {
+      if (wanted || existsSync(join(d, file))) await writeFile(join(d, file), value);
+    };
+    if (avail.has('memory')) await set('memory.max', limits.memoryBytes !== undefined ? String(limits.memoryBytes) : 'max', want.includes('memory'));
     if (avail.has('cpu')) {
       const quota = limits.cpuMillis !== undefined ? String(Math.max(1000, Math.floor((limits.cpuMillis * CPU_PERIOD_US) / 1000))) : 'max';
-      await writeFile(join(d, 'cpu.max'), `${quota} ${CPU_PERIOD_US}`);
+      await set('cpu.max', `${quota} ${CPU_PERIOD_US}`, want.includes('cpu'));
       if (limits.cpuRequestMillis !== undefined) {
         await writeFile(join(d, 'cpu.weight'), String(sharesToWeight(milliCpuToShares(limits.cpuRequestMillis))));
       }
     }
-    if (avail.has('pids')) await writeFile(join(d, 'pids.max'), limits.pids !== undefined ? String(limits.pids) : 'max');
+    if (avail.has('pids')) await set('pids.max', limits.pids !== undefined ? String(limits.pids) : 'max', want.includes('pids'));
   }
 
   async oomKills(path: string): Promise<number> {
