@@ -157,6 +157,14 @@ describe('token auth (distribution auth: token, issuer written for the test)', (
     expect(logs.join('')).not.toContain('s3cret-pw');
   });
 
+  it('exchanges an identity token through the OAuth2 refresh grant (access_token)', async () => {
+    issuer.requests.length = 0;
+    const p = new ImagePuller({ root: join(work, 'cache-idtoken'), plainHttp: [registry.host] });
+    const img = await p.pull(ref, { auth: () => ({ identityToken: 'idtoken-alice' }) });
+    expect(img.layerDirs).toHaveLength(1);
+    expect(issuer.requests).toEqual([{ scope: 'repository:team/busybox:pull', user: 'alice' }]);
+  });
+
   it('refuses anonymous and wrong credentials with an auth error that names no secret', async () => {
     const p = new ImagePuller({ root: join(work, 'cache-token3'), plainHttp: [registry.host] });
     const anon = await p.pull(ref).catch((e: unknown) => e);

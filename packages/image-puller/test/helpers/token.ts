@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { createHash, createPrivateKey, createPublicKey, randomBytes, sign } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 
@@ -57,10 +57,18 @@ export async function startTokenIssuer(dir: string, user: string, password: stri
   const issuerName = 'cello-test-issuer';
   const state = { requests: [] as TokenIssuer['requests'], jwtTtlSeconds: 300, advertisedTtlSeconds: 300, badTokens: 0 };
   const server: Server = createServer((req, res) => {
+    let body = '';
+    req.setEncoding('utf8').on('data', (d: string) => (body += d));
+    req.on('end', () => issue(req, res, body));
+  });
+  // GET with Basic credentials, or POST grant_type=refresh_token with the identity token `idtoken-USER`.
+  const issue = (req: IncomingMessage, res: ServerResponse, body: string): void => {
     const u = new URL(req.url ?? '/', 'http://x');
-    const scope = u.searchParams.get('scope') ?? '';
+    const form = new URLSearchParams(req.method === 'POST' ? body : '');
+    const scope = (req.method === 'POST' ? form.get('scope') : u.searchParams.get('scope')) ?? '';
     const auth = req.headers.authorization;
-    const creds = auth?.startsWith('Basic ') ? Buffer.from(auth.slice(6), 'base64').toString() : undefined;
+    let creds = auth?.startsWith('Basic ') ? Buffer.from(auth.slice(6), 'base64').toString() : undefined;
+    if (req.method === 'POST' && form.get('grant_type') === 'refresh_token' && form.get('refresh_token') === `idtoken-${user}`) creds = `${user}:${password}`;
     state.requests.push({ scope, user: creds?.split(':')[0] });
     if (creds !== `${user}:${password}`) {
       res.writeHead(401, { 'content-type': 'application/json' });
@@ -79,8 +87,9 @@ export async function startTokenIssuer(dir: string, user: string, password: stri
     const signingInput = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(claims))}`;
     const token = `${signingInput}.${b64url(sign('sha256', Buffer.from(signingInput), priv))}`;
     res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(JSON.stringify({ token, expires_in: state.advertisedTtlSeconds, issued_at: new Date().toISOString() }));
-  });
+    // The OAuth2 form answers access_token; the Docker form answers token.
+    res.end(JSON.stringify({ [req.method === 'POST' ? 'access_token' : 'token']: token, expires_in: state.advertisedTtlSeconds, issued_at: new Date().toISOString() }));
+  };
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as AddressInfo).port;
   return Object.assign(state, {
