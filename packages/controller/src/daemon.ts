@@ -137,6 +137,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
         instanceTypes: types,
         ...(config.provider.kind === 'local' && config.provider.maxCells !== undefined ? { maxCells: config.provider.maxCells } : {}),
         agents,
+        metricsRegistry: metrics.registry,
         log: log.child({ component: 'virtual-node' }),
       })
     : undefined;

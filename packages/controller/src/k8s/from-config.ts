@@ -2,6 +2,7 @@
 import type { InstanceType } from '../providers/provider.js';
 import type { Logger } from '../obs/logger.js';
 import type { AgentAccess } from '../dispatch/agents.js';
+import type { Registry } from 'prom-client';
 import { defaultInternalIP, leaderIdentity, readKubeletTls, type KubernetesConfig } from './config.js';
 import type { NodeCapacity } from './node.js';
 import { startVirtualNode, type VirtualNodeHandle } from './virtual-node.js';
@@ -26,7 +27,7 @@ export function derivedCapacity(types: InstanceType[], maxCells?: number): NodeC
 
 export async function startVirtualNodeFromConfig(
   k: KubernetesConfig,
-  o: { controllerAddress: string; providerName: string; instanceTypes: InstanceType[]; maxCells?: number; agents?: AgentAccess; log: Logger },
+  o: { controllerAddress: string; providerName: string; instanceTypes: InstanceType[]; maxCells?: number; agents?: AgentAccess; metricsRegistry?: Registry; log: Logger },
 ): Promise<VirtualNodeHandle> {
   const i = k.kubelet.listen.lastIndexOf(':');
   const tls = readKubeletTls(k);
@@ -51,6 +52,7 @@ export async function startVirtualNodeFromConfig(
       ? { leaderElection: { namespace: k.leaderElection.namespace, name: k.leaderElection.name, identity: leaderIdentity(), leaseSeconds: k.leaderElection.leaseSeconds } }
       : {}),
     ...(o.agents ? { agents: o.agents } : {}),
+    ...(o.metricsRegistry ? { metricsRegistry: o.metricsRegistry } : {}),
     log: o.log,
   });
 }

@@ -13,6 +13,7 @@ import type { KPod } from './manifest.js';
 import type { AgentAccess } from '../dispatch/agents.js';
 import { collectStats, resourceMetrics, summary } from './stats.js';
 import { KubeletAuth } from './kubelet-auth.js';
+import type { VirtualNodeMetrics } from './metrics.js';
 import type { KubeRest } from './rest.js';
 
 export interface KubeletServerOptions {
@@ -25,6 +26,7 @@ export interface KubeletServerOptions {
   controller: Controller;
   nodeName: string;
   pods: () => KPod[];
+  metrics?: VirtualNodeMetrics;
   /** For TokenReview/SubjectAccessReview of bearer tokens; absent: client certificates only. */
   rest?: KubeRest;
   /** How cell agents are reached for /stats/summary and /metrics/resource; absent: 501. */
@@ -77,6 +79,7 @@ export class KubeletServer {
             socket.end('HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\n\r\n');
             return;
           }
+          this.o.metrics?.kubeletRequests.inc({ endpoint: (req.url ?? '/').split(/[/?]/)[1] ?? 'other', code: '101' });
           this.o.onUpgrade(req, socket, head, a.user);
         },
         (err: Error) => socket.end(`HTTP/1.1 500 Internal Server Error\r\ncontent-length: ${Buffer.byteLength(err.message)}\r\n\r\n${err.message}`),
@@ -92,6 +95,8 @@ export class KubeletServer {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'https://kubelet');
+    const endpoint = ['healthz', 'pods', 'containerLogs', 'stats', 'metrics'].find((e) => url.pathname.split('/')[1] === e) ?? 'other';
+    res.once('finish', () => this.o.metrics?.kubeletRequests.inc({ endpoint, code: String(res.statusCode) }));
     if (url.pathname === '/healthz') {
       res.writeHead(200, { 'content-type': 'text/plain' });
       res.end('ok');

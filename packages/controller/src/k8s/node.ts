@@ -161,12 +161,13 @@ export class VirtualNode {
   async renewLease(): Promise<void> {
     const path = `/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/${this.o.nodeName}`;
     const now = new Date().toISOString().replace('Z', '000Z'); // MicroTime
-    const node = await this.rest.get<{ metadata: { uid: string } }>(`/api/v1/nodes/${this.o.nodeName}`);
     const spec = { holderIdentity: this.o.nodeName, leaseDurationSeconds: 40, renewTime: now };
     try {
       await this.rest.mergePatch(path, { spec });
     } catch (err) {
       if (!isNotFound(err)) throw err;
+      // Owned by the Node, so deleting the Node removes its Lease.
+      const node = await this.rest.get<{ metadata: { uid: string } }>(`/api/v1/nodes/${this.o.nodeName}`);
       await this.rest.post('/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases', {
         apiVersion: 'coordination.k8s.io/v1',
         kind: 'Lease',

@@ -15,6 +15,7 @@ import { isNotFound, KubeApiError } from './rest.js';
 import { kubeStatus } from './status.js';
 import { WorkQueue } from './workqueue.js';
 import type { Controller } from './controller-client.js';
+import type { VirtualNodeMetrics } from './metrics.js';
 
 export interface PodSyncOptions extends ManifestOptions {
   rest: KubeRest;
@@ -22,6 +23,7 @@ export interface PodSyncOptions extends ManifestOptions {
   log: Logger;
   /** The node's address, reported as the pods' hostIP. */
   hostIP: string;
+  metrics?: VirtualNodeMetrics;
 }
 
 const TERMINAL = new Set(['Succeeded', 'Failed']);
@@ -39,8 +41,15 @@ export class PodSync {
 
   constructor(private readonly o: PodSyncOptions) {
     this.queue = new WorkQueue(
-      (key) => this.sync(key),
-      (key, err, ms) => o.log.warn({ pod: key, err: (err as Error).message, retryInMs: ms }, 'pod sync failed; retrying'),
+      async (key) => {
+        await this.sync(key);
+        o.metrics?.podSyncs.inc({ result: 'ok' });
+        o.metrics?.pods.set(this.informer.cache.size);
+      },
+      (key, err, ms) => {
+        o.metrics?.podSyncs.inc({ result: 'error' });
+        o.log.warn({ pod: key, err: (err as Error).message, retryInMs: ms }, 'pod sync failed; retrying');
+      },
     );
     this.informer = new Informer<KPod>(
       o.rest,
@@ -173,6 +182,7 @@ export class PodSync {
   private async patchStatus(kpod: KPod, status: Record<string, unknown>): Promise<void> {
     const path = `/api/v1/namespaces/${kpod.metadata.namespace}/pods/${kpod.metadata.name}/status`;
     this.writes.statusPatches++;
+    this.o.metrics?.statusPatches.inc();
     try {
       // The uid precondition keeps a late write from landing on a new pod of the same name.
       await this.o.rest.strategicPatch(path, { metadata: { uid: kpod.metadata.uid }, status });
@@ -207,6 +217,7 @@ export class PodSync {
     const ns = kpod.metadata.namespace;
     const ts = at.toISOString();
     this.writes.events++;
+    this.o.metrics?.events.inc({ type });
     await this.o.rest
       .post(`/api/v1/namespaces/${ns}/events`, {
         apiVersion: 'v1',

@@ -12,6 +12,8 @@ import { VirtualNode, VIRTUAL_NODE_TAINT_KEY, type NodeCapacity } from './node.j
 import { PodSync } from './pods.js';
 import { KubeRest, loadKubeConfig } from './rest.js';
 import { SpdyStreams } from './streams.js';
+import { VirtualNodeMetrics } from './metrics.js';
+import type { Registry } from 'prom-client';
 
 export interface VirtualNodeOptions {
   nodeName: string;
@@ -32,6 +34,8 @@ export interface VirtualNodeOptions {
   leaderElection?: LeaderElectionOptions;
   /** How cell agents are reached (the daemon's pool) for /stats/summary and /metrics/resource. */
   agents?: AgentAccess;
+  /** Where the virtual node's metrics go (the controller's registry); default: a private one. */
+  metricsRegistry?: Registry;
   leaseSeconds?: number;
   statusSeconds?: number;
   log: Logger;
@@ -49,6 +53,7 @@ export async function startVirtualNode(o: VirtualNodeOptions): Promise<VirtualNo
   const log = o.log;
   const rest = new KubeRest(loadKubeConfig(o.kubeconfig));
   const controller = new Controller(o.controllerAddress);
+  const metrics = new VirtualNodeMetrics(o.metricsRegistry);
   const streams = new SpdyStreams({ controller, log: log.child({ component: 'kubelet-streams' }) });
   let sync: PodSync | undefined;
   let node: VirtualNode | undefined;
@@ -59,6 +64,7 @@ export async function startVirtualNode(o: VirtualNodeOptions): Promise<VirtualNo
     ...(o.kubelet.allowedCNs ? { allowedCNs: o.kubelet.allowedCNs } : {}),
     controller,
     rest,
+    metrics,
     nodeName: o.nodeName,
     pods: () => sync?.pods() ?? [],
     ...(o.agents ? { agents: o.agents } : {}),
@@ -92,11 +98,13 @@ export async function startVirtualNode(o: VirtualNodeOptions): Promise<VirtualNo
       onError: (what, err) => log.warn({ err: (err as Error).message }, `${what} failed`),
     });
     await node.register();
-    sync = new PodSync({ rest, controller, log: log.child({ component: 'pods' }), nodeName: o.nodeName, hostIP: o.internalIP, apiServer: podApiServer });
+    sync = new PodSync({ rest, controller, metrics, log: log.child({ component: 'pods' }), nodeName: o.nodeName, hostIP: o.internalIP, apiServer: podApiServer });
     await sync.start();
+    metrics.leader.set(1);
     log.info({ node: o.nodeName, kubeletPort }, 'virtual node registered');
   };
   const stopNode = async () => {
+    metrics.leader.set(0);
     node?.stop();
     node = undefined;
     const s = sync;

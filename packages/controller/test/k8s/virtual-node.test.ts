@@ -308,6 +308,16 @@ const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
     // The kubelet's pod list, through the same API.
     expect((JSON.parse((await kget('/pods')).body) as { items: { metadata: { name: string } }[] }).items.map((p) => p.metadata.name)).toContain('web');
 
+    // The virtual node's metrics are on the controller's /metrics.
+    const metricsListen = (parse(readFileSync(cl.configPath, 'utf8')) as { metrics: { listen: string } }).metrics.listen;
+    const prom = await (await fetch(`http://${metricsListen}/metrics`)).text();
+    expect(prom).toMatch(/^cello_k8s_leader 1$/m);
+    expect(prom).toMatch(/^cello_k8s_status_patches_total [1-9]/m);
+    // (counters start again with the restarted controller: what it served since)
+    expect(prom).toMatch(/^cello_k8s_kubelet_requests_total\{endpoint="stats",code="200"\} [1-9]/m);
+    expect(prom).toMatch(/^cello_k8s_kubelet_requests_total\{endpoint="stats",code="401"\} [1-9]/m);
+    expect(prom).toMatch(/^cello_k8s_kubelet_requests_total\{endpoint="exec",code="101"\} [1-9]/m);
+
     // Events recorded on the pod by the virtual node.
     const events = await kube.kubectl(['get', 'events', '--field-selector', 'involvedObject.name=web', '-o', 'json']);
     const reasons = (JSON.parse(events.stdout) as { items: { reason: string; source?: { component?: string } }[] }).items.map((e) => e.reason);
