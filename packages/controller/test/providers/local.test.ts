@@ -1,5 +1,6 @@
 // The local provider: each cell a real `cell-agent serve` process with its own state dir,
 // port, agent identity and (as root) network namespace on the cello0 bridge.
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -52,4 +53,32 @@ describe('local provider', () => {
       await p.terminate([inst.instanceId]);
     }
   }, 60_000);
+
+  it('gives every cell on this machine its own address, even across controllers launching at once', async () => {
+    // Two providers with separate roots stand for two controllers (a test and `npm start`).
+    const a = new LocalProvider({ root: root() });
+    const b = new LocalProvider({ root: root() });
+    const launch = (p: LocalProvider, cellId: string) =>
+      p.launch({
+        cellId,
+        instanceType: 'local.nano',
+        spot: false,
+        tags: { 'cello.io/controller-id': 'ipam', 'cello.io/cell-id': cellId },
+        bootstrap: { caCertPem: '', token: 't', tokenExpiresAt: new Date().toISOString(), controllerId: 'ipam', cellId, agentPort: 0 },
+      }).then((inst) => ({ p, inst, cellId }));
+    const cells = await Promise.all([launch(a, 'cell-ipam-a1'), launch(b, 'cell-ipam-b1'), launch(a, 'cell-ipam-a2'), launch(b, 'cell-ipam-b2')]);
+    try {
+      const addrs = cells.map(({ p, cellId }) => {
+        const f = JSON.parse(readFileSync(join((p as unknown as { opts: { root: string } }).opts.root, cellId, 'instance.json'), 'utf8')) as { net: { address: string; netns: string } };
+        const inNs = execFileSync('ip', ['-n', f.net.netns, '-4', '-o', 'addr', 'show', 'dev', 'eth0'], { encoding: 'utf8' });
+        expect(inNs).toContain(`${f.net.address}/16`);
+        return f.net.address;
+      });
+      expect(new Set(addrs).size).toBe(4);
+    } finally {
+      await Promise.all(cells.map(({ p, inst }) => p.terminate([inst.instanceId])));
+    }
+    for (const { cellId } of cells) expect(existsSync(join('/dev/shm/cello-local', cellId))).toBe(false);
+  }, 90_000);
 });
+

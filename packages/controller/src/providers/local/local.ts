@@ -22,7 +22,7 @@ import {
   type LaunchRequest,
   type LaunchedInstance,
 } from '../provider.js';
-import { createCellNet, deleteCellNet, netNames } from './netns.js';
+import { allocateSlot, createCellNet, deleteCellNet, netNames, releaseSlot } from './netns.js';
 
 const run = promisify(execFile);
 
@@ -128,22 +128,17 @@ export class LocalProvider implements CellProvider {
     await rename(`${p}.tmp`, p);
   }
 
+  /**
+   * The agent's per-boot files (FIFOs, control files) on a tmpfs, as on a real cell's /run;
+   * named here so terminate can remove them.
+   */
+  private runDir(cellId: string): string {
+    return join(existsSync('/dev/shm') ? '/dev/shm/cello-local' : join(this.opts.root, '.run'), cellId);
+  }
+
   private listCellIds(): string[] {
     if (!existsSync(this.opts.root)) return [];
     return readdirSync(this.opts.root).filter((n) => existsSync(join(this.opts.root, n, 'instance.json')));
-  }
-
-  private usedSlots(): Set<number> {
-    const used = new Set<number>();
-    for (const id of this.listCellIds()) {
-      try {
-        const f = JSON.parse(readFileSync(join(this.opts.root, id, 'instance.json'), 'utf8')) as InstanceFile;
-        if (f.net) used.add(f.net.slot);
-      } catch {
-        /* a cell being written */
-      }
-    }
-    return used;
   }
 
   async launch(req: LaunchRequest): Promise<LaunchedInstance> {
@@ -168,7 +163,7 @@ export class LocalProvider implements CellProvider {
       port,
     };
     await this.writeInstance(f);
-    const args = ['serve', '--listen', `127.0.0.1:${port}`, '--state-dir', join(dir, 'state'), '--cell-id', req.cellId, '--cgroup-parent', `/cello/${req.cellId}`];
+    const args = ['serve', '--listen', `127.0.0.1:${port}`, '--state-dir', join(dir, 'state'), '--run-dir', this.runDir(req.cellId), '--cell-id', req.cellId, '--cgroup-parent', `/cello/${req.cellId}`];
     if (this.opts.issueCertificate) {
       const cert = await this.opts.issueCertificate(req.cellId, [req.cellId, '127.0.0.1', 'localhost']);
       const tls = join(dir, 'tls');
@@ -182,9 +177,7 @@ export class LocalProvider implements CellProvider {
     }
     for (const r of this.opts.insecureRegistries ?? []) args.push('--insecure-registry', r);
     if (this.useNetns) {
-      const used = this.usedSlots();
-      let slot = 1;
-      while (used.has(slot)) slot++;
+      const slot = allocateSlot(netNames(req.cellId, 0).netns);
       const { netns, hostVeth, address } = netNames(req.cellId, slot);
       f.net = { netns, hostVeth, address, slot };
       await this.writeInstance(f);
@@ -275,8 +268,12 @@ export class LocalProvider implements CellProvider {
       }
     }
     await cleanupCellDir(dir);
+    await rm(this.runDir(f.cellId), { recursive: true, force: true });
     await removeCgroups(`cello/${f.cellId}`);
-    if (f.net) await deleteCellNet(f.net);
+    if (f.net) {
+      await deleteCellNet(f.net);
+      releaseSlot(f.net.slot, f.net.netns);
+    }
     await rm(dir, { recursive: true, force: true });
   }
 

@@ -3,7 +3,8 @@
 // pods on different cells can listen on the same port without colliding.
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 
 const run = promisify(execFile);
@@ -48,6 +49,57 @@ export interface CellNet {
 function addressFor(slot: number): string {
   const n = slot + 1; // .0.1 is the bridge
   return `10.88.${Math.floor(n / 256)}.${n % 256}`;
+}
+
+// Addresses on the bridge are shared by every controller on this machine (tests, `npm start`),
+// so they are leased host-wide: one file per address, created with O_EXCL, naming the netns
+// that holds it. A lease whose netns is gone (a crashed controller) is taken over.
+const IPAM_DIR = process.env.CELLO_IPAM_DIR ?? '/run/cello/ipam';
+const MAX_SLOT = 65000;
+const STALE_MS = 60_000;
+
+function leaseStale(path: string): boolean {
+  try {
+    const owner = readFileSync(path, 'utf8').trim();
+    if (owner && existsSync(`/run/netns/${owner}`)) return false;
+    return Date.now() - statSync(path).mtimeMs > STALE_MS;
+  } catch {
+    return false;
+  }
+}
+
+/** Leases the lowest free address slot for `netns`, atomically across processes. */
+export function allocateSlot(netns: string): number {
+  mkdirSync(IPAM_DIR, { recursive: true });
+  const taken = new Set(readdirSync(IPAM_DIR).map(Number).filter(Number.isInteger));
+  for (let slot = 1; slot <= MAX_SLOT; slot++) {
+    const path = join(IPAM_DIR, String(slot));
+    if (taken.has(slot)) {
+      if (!leaseStale(path)) continue;
+      rmSync(path, { force: true });
+    }
+    let fd: number;
+    try {
+      fd = openSync(path, 'wx', 0o644);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') continue; // another process won it
+      throw err;
+    }
+    writeSync(fd, netns);
+    closeSync(fd);
+    return slot;
+  }
+  throw new Error(`no free address on ${BRIDGE}: all ${MAX_SLOT} leases in ${IPAM_DIR} are held`);
+}
+
+/** Ends the lease, if `netns` still holds it. */
+export function releaseSlot(slot: number, netns: string): void {
+  const path = join(IPAM_DIR, String(slot));
+  try {
+    if (readFileSync(path, 'utf8').trim() === netns) rmSync(path, { force: true });
+  } catch {
+    /* already gone */
+  }
 }
 
 export function netNames(cellId: string, slot: number): { netns: string; hostVeth: string; address: string } {
