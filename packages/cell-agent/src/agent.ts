@@ -37,6 +37,11 @@ export interface AgentOptions {
   /** mTLS; undefined means --insecure-dev. */
   tls: TlsFiles | undefined;
   insecureRegistries?: string[];
+  /**
+   * Image cache (blobs and unpacked layers); default STATE/images. Safe to share between agents
+   * on one machine (the puller locks across processes): the local provider's cells share one.
+   */
+  imageCacheDir?: string;
   logger: pino.Logger;
   runcBinary?: string;
   cgroupParent?: string;
@@ -112,7 +117,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   // runc's root stays in the state dir: other tools (the local cell provider's cleanup, cell
   // image tests) find the cell's containers at STATE/runc.
   const runc = new Runc(o.runcBinary ?? 'runc', join(o.stateDir, 'runc'));
-  const images = o.images ?? new PullerImageService({ root: join(o.stateDir, 'images'), insecureRegistries: o.insecureRegistries ?? [], logger: log });
+  const images = o.images ?? new PullerImageService({ root: o.imageCacheDir ?? join(o.stateDir, 'images'), insecureRegistries: o.insecureRegistries ?? [], logger: log });
   const hostIP = primaryIPv4();
   const metrics = new AgentMetrics();
   const podIP = o.podIP ?? (o.podNetns ? netnsIPv4(o.podNetns) : undefined) ?? hostIP;

@@ -50,6 +50,12 @@ export interface LocalProviderOptions {
   network?: 'auto' | 'netns' | 'host';
   /** Most cells at once; launches beyond fail with CapacityError. */
   maxCells?: number;
+  /**
+   * Image cache shared by every cell of this provider (the cells share a machine, and the puller
+   * locks across processes), so a pod on a fresh cell starts from cached layers. Default
+   * ROOT/.images; false gives each cell its own, as separate machines have.
+   */
+  imageCache?: string | false;
   /** Extra arguments for `cell-agent serve`. */
   agentArgs?: string[];
   types?: InstanceType[];
@@ -176,6 +182,7 @@ export class LocalProvider implements CellProvider {
       args.push('--insecure-dev');
     }
     for (const r of this.opts.insecureRegistries ?? []) args.push('--insecure-registry', r);
+    if (this.opts.imageCache !== false) args.push('--image-cache', this.opts.imageCache ?? join(this.opts.root, '.images'));
     if (this.useNetns) {
       const slot = allocateSlot(netNames(req.cellId, 0).netns);
       const { netns, hostVeth, address } = netNames(req.cellId, slot);
