@@ -15,3 +15,6 @@ export { createLogger, silentLogger } from './obs/logger.js';
 export { Metrics } from './obs/metrics.js';
 export { buildProgram as buildCellctl, DEFAULT_SERVER, SERVER_ENV } from './cellctl/commands.js';
 export * from './store/index.js';
+export * from './security/index.js';
+export { bootstrapCell, bootstrapFnFor, BootstrapError, type BootstrapCellOptions, type BootstrapResult } from './bootstrap/index.js';
+export { encodeUserData } from './providers/aws/user-data.js';

@@ -8,35 +8,19 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import type { ServiceError } from '@grpc/grpc-js';
 import { ApplyPodRequest, CellAgentClient, GetStatusResponse } from '@cello/proto/cell';
 import { podFromManifest } from '@cello/proto';
-import { EmbeddedStore, mtlsAgentCredentials } from '@cello/controller';
+import { bootstrapCell, CertificateAuthority, EmbeddedStore, encodeUserData, mtlsAgentCredentials } from '@cello/controller';
 import { freePort, pushBusybox, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBundles } from './helpers/bundle.js';
 import { Chroot } from './helpers/chroot.js';
 import { startMetadataDouble, type MetadataDouble } from './helpers/imds.js';
-import { installSh, repoRoot } from './helpers/paths.js';
+import { installSh } from './helpers/paths.js';
 import { ensureRootfs } from './helpers/rootfs.js';
 import { bootVm, makeDisk, type Vm } from './helpers/vm.js';
 
-const controllerDist = join(repoRoot, 'packages', 'controller', 'dist');
-type CA = {
-  certPem: string;
-  signCsr(csr: string, req: { cellId: string; ips?: string[] }): Promise<string>;
-  issueClientCertificate(name: string): Promise<{ certPem: string; keyPem: string }>;
-};
-const { CertificateAuthority } = (await import(pathToFileURL(join(controllerDist, 'security', 'index.js')).href)) as {
-  CertificateAuthority: { loadOrCreate(o: { store: unknown; encryptionKey: Buffer }): Promise<CA> };
-};
-const { bootstrapCell } = (await import(pathToFileURL(join(controllerDist, 'bootstrap', 'index.js')).href)) as {
-  bootstrapCell(o: { address: string; cellId: string; token: string; ca: CA; ips?: string[]; timeoutMs?: number }): Promise<{ certPem: string }>;
-};
-const { encodeUserData } = (await import(pathToFileURL(join(controllerDist, 'providers', 'aws', 'user-data.js')).href)) as {
-  encodeUserData(b: Record<string, unknown>): Buffer;
-};
 
 const CELL_ID = 'cell-boot-test';
 const AGENT_PORT = 7443;
