@@ -5,7 +5,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PodPhase, ConditionStatus } from '@cello/proto/cell';
+import { CellNoticeKind, PodPhase, ConditionStatus, RestartPolicy } from '@cello/proto/cell';
+import { CellState } from '../src/cells/state.js';
+import { Events } from '../src/cells/records.js';
 import { waitFor } from '@cello/testkit';
 import { openStore, type Store } from '../src/store/index.js';
 import { SimulatedProvider } from '../src/providers/simulated/simulated.js';
@@ -79,6 +81,33 @@ describe('reconciler (simulated provider)', () => {
     expect(c.message).toMatch(/NoFittingInstanceType: no instance type fits .*65600 MiB memory/);
     expect(p.status!.phase).toBe(PodPhase.POD_PHASE_PENDING);
     expect(p.cellId).toBe('');
+  });
+});
+
+describe('spot interruption (simulated provider and agents)', () => {
+  it('moves the pod to a new cell before the instance goes away, whatever its restart policy', async () => {
+    const { provider, api, store } = await setup();
+    await api.applyPod({ manifest: pod('spotty').replace('spec:\n', 'spec:\n  restartPolicy: Never\n'), namespace: '', dryRun: false });
+    const running = (not?: string) =>
+      waitFor('running', async () => {
+        const x = await api.getPod({ namespace: 'default', name: 'spotty' });
+        return x.status?.phase === PodPhase.POD_PHASE_RUNNING && x.cellId && x.cellId !== not ? x : undefined;
+      }, { timeoutMs: 20_000 });
+    const first = await running();
+    expect(first.spec?.restartPolicy).toBe(RestartPolicy.RESTART_POLICY_NEVER);
+    provider.notify(first.cellId, { kind: CellNoticeKind.CELL_NOTICE_KIND_SPOT_INTERRUPTION, action: 'terminate', actionAt: new Date(Date.now() + 120_000) });
+    const moved = await running(first.cellId);
+    expect(moved.cellId).not.toBe(first.cellId);
+    expect(moved.status?.containerStatuses[0]?.restartCount).toBe(1);
+    // The interrupted cell is drained and ended; only the new one remains.
+    await waitFor('old cell terminated', async () => {
+      const cells = await api.listCells();
+      const old = cells.find((c) => c.id === first.cellId);
+      return !old || old.state === CellState.CELL_STATE_TERMINATED ? true : undefined;
+    }, { timeoutMs: 20_000 });
+    expect(provider.size).toBe(1);
+    const events = await new Events(store).list({ namespace: 'default', name: 'spotty' }, 0);
+    expect(events.map((e) => e.reason)).toContain('SpotInterruption');
   });
 });
 

@@ -19,8 +19,10 @@ import {
   type ApplyPodResponse,
   type PodCondition,
   type WatchStatusEvent,
+  CellNoticeKind,
   ConditionStatus,
   ContainerState,
+  type CellNotice,
   type Pod,
 } from '@cello/proto/cell';
 import { Cell, PodObject, type PodRef } from '@cello/proto/controller';
@@ -886,9 +888,10 @@ export class Reconciler {
   /**
    * The pod's cell is gone. A pod that never ran is rescheduled. One that ran is handled as the
    * kubelet would a node failure: restartPolicy Never fails it; Always and OnFailure start it
-   * again on a new cell (up to maxCellFailures times).
+   * again on a new cell (up to maxCellFailures times). An evicted pod (its instance announced
+   * its end) always moves.
    */
-  private async detachPod(cell: Cell, reason: string, message: string, ran: boolean): Promise<void> {
+  private async detachPod(cell: Cell, reason: string, message: string, ran: boolean, evicted = false): Promise<void> {
     const key = refStr(cell.pod!);
     let outcome = '';
     await this.writePod(key, (r) => {
@@ -899,7 +902,7 @@ export class Reconciler {
       const failures = (r.cellFailures ?? 0) + 1;
       r.cellFailures = failures;
       const policy = p.spec?.restartPolicy ?? RestartPolicy.RESTART_POLICY_ALWAYS;
-      if ((ran && policy === RestartPolicy.RESTART_POLICY_NEVER) || failures > (this.o.maxCellFailures ?? 5)) {
+      if ((ran && !evicted && policy === RestartPolicy.RESTART_POLICY_NEVER) || failures > (this.o.maxCellFailures ?? 5)) {
         st.phase = PodPhase.POD_PHASE_FAILED;
         st.reason = reason;
         st.message = `${message}${failures > (this.o.maxCellFailures ?? 5) ? ` (cell lost ${failures} times)` : ''}`;
@@ -1014,6 +1017,7 @@ export class Reconciler {
     const c = this.cells.get(id);
     if (!c) return;
     const cell = cellOf(c.rec);
+    if (ev.kind?.$case === 'notice') return this.onNotice(id, cell, ev.kind.value);
     if (!cell.pod?.name || cell.state !== CellState.CELL_STATE_BOUND) return;
     const key = refStr(cell.pod);
     const k = ev.kind;
@@ -1066,9 +1070,28 @@ export class Reconciler {
         type: e.type === 'Warning' ? 'Warning' : 'Normal',
         reason: e.reason, message: e.message, container: e.container, source: id, time: e.time ?? now(),
       });
-    } else if (k.$case === 'notice') {
-      const n = k.value;
-      await this.events.record({ kind: 'Cell', name: id, type: 'Warning', reason: 'CellNotice', message: `${n.action || 'notice'}: ${n.detail}` });
+    }
+  }
+
+  /**
+   * The cloud says this instance is going away (a spot interruption: about two minutes' notice).
+   * The pod moves now, while its containers can still stop gracefully: the cell drains, and the
+   * pod is started again on a new cell, whatever its restart policy, as it was not the pod that
+   * failed. A warm cell is simply replaced. Other notices are recorded as events only.
+   */
+  private async onNotice(id: string, cell: Cell, n: CellNotice): Promise<void> {
+    const when = n.actionAt ? ` at ${n.actionAt.toISOString()}` : '';
+    const message = `${n.action || 'notice'}${when}${n.detail ? `: ${n.detail}` : ''}`;
+    await this.events.record({ kind: 'Cell', name: id, type: 'Warning', reason: 'CellNotice', message });
+    if (n.kind !== CellNoticeKind.CELL_NOTICE_KIND_SPOT_INTERRUPTION) return;
+    this.log.warn({ cell: id, message }, 'instance interrupted: moving its pod to a new cell');
+    if (cell.state === CellState.CELL_STATE_BOUND && cell.pod?.name) {
+      const [ns, name] = splitKey(refStr(cell.pod));
+      await this.events.record({ kind: 'Pod', namespace: ns, name, type: 'Warning', reason: 'SpotInterruption', message: `cell ${id}: ${message}; moving the pod to a new cell` });
+      await this.transition(id, CellState.CELL_STATE_DRAINING, 'SpotInterruption', message);
+      await this.detachPod(cell, 'SpotInterruption', message, true, true);
+    } else if (cell.state === CellState.CELL_STATE_READY || cell.state === CellState.CELL_STATE_BOOTING) {
+      await this.transition(id, CellState.CELL_STATE_TERMINATING, 'SpotInterruption', message);
     }
   }
 

@@ -6,6 +6,7 @@ import { EventEmitter } from 'node:events';
 import { Metadata } from '@grpc/grpc-js';
 import {
   ApplyPodResponse,
+  CellNotice,
   AgentInfo,
   DeletePodResponse,
   GetStatusResponse,
@@ -93,6 +94,13 @@ export class SimulatedProvider implements CellProvider {
   get size(): number {
     return this.instances.size;
   }
+
+  /** What the agent on a cell would report from the cloud's instance metadata (e.g. a spot interruption). */
+  notify(cellId: string, notice: Partial<CellNotice>): void {
+    const a = this.agents.get(cellId);
+    if (!a) throw new Error(`simulated cell ${cellId} has no agent`);
+    a.notice(CellNotice.fromPartial({ time: new Date(), ...notice }));
+  }
 }
 
 type Cb<T> = (err: Error | null, res: T) => void;
@@ -143,6 +151,11 @@ class SimulatedAgent {
       if (this.status.generation > 0) s.emit('data', WatchStatusEvent.fromPartial({ kind: { $case: 'status', value: this.status } }));
     });
     return s;
+  }
+
+  notice(n: CellNotice): void {
+    const ev = WatchStatusEvent.fromPartial({ kind: { $case: 'notice', value: n } });
+    for (const st of this.streams) st.emit('data', ev);
   }
 
   private emit(): void {
