@@ -8,7 +8,7 @@ import { isNotFound } from './rest.js';
 
 /** The minimal view of a v1 Pod this module reads. */
 export interface KPod {
-  metadata: { name: string; namespace: string; uid: string; labels?: Record<string, string>; annotations?: Record<string, string>; deletionTimestamp?: string; deletionGracePeriodSeconds?: number; resourceVersion?: string };
+  metadata: { name: string; namespace: string; uid: string; creationTimestamp?: string; labels?: Record<string, string>; annotations?: Record<string, string>; deletionTimestamp?: string; deletionGracePeriodSeconds?: number; resourceVersion?: string };
   spec: {
     nodeName?: string;
     serviceAccountName?: string;

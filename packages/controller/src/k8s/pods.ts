@@ -36,6 +36,7 @@ export class PodSync {
   private readonly lastStatus = new Map<string, string>();
   private coreWatch?: ClientReadableStream<PodEvent>;
   private stopped = false;
+  private readonly startedAt = Date.now();
   /** API requests made per pod key (the benchmark's status-write load figure). */
   readonly writes = { statusPatches: 0, events: 0, deletes: 0 };
 
@@ -194,6 +195,7 @@ export class PodSync {
   private async mirrorEvents(kpod: KPod): Promise<void> {
     const key = `${kpod.metadata.namespace}/${kpod.metadata.name}`;
     let since = this.mirroredEvents.get(key);
+    if (since === undefined && Date.parse(kpod.metadata.creationTimestamp ?? '') >= this.startedAt - 5000) since = 0;
     if (since === undefined) {
       // After a restart: what an earlier run already mirrored is in the API, not in memory.
       const prior = await this.o.rest.get<{ items: { lastTimestamp?: string; source?: { component?: string } }[] }>(

@@ -119,6 +119,8 @@ beforeAll(async () => {
   kube = await startKubeApiserver();
   // What kube-controller-manager would make: the namespace's default ServiceAccount.
   await kube.kubectl(['create', 'serviceaccount', 'default']);
+  // And what its root-CA publisher would make (projected kube-api-access volumes read it).
+  await kube.kubectl(['create', 'configmap', 'kube-root-ca.crt', `--from-file=ca.crt=${kube.caFile}`]);
   await kube.kubectl(['create', 'namespace', 'cello-system']);
   await kube.kubectl(['create', 'configmap', 'settings', '--from-literal=greeting=hello-from-configmap']);
   const serving = await kube.issueCert('kubelet-serving', { cn: NODE, ips: ['127.0.0.1'], dns: [NODE] });
@@ -377,8 +379,6 @@ spec:
   }, 150_000);
 
   it('the projected service-account volume: a pod-bound token from the TokenRequest API, the CA and the namespace', async () => {
-    // What kube-controller-manager's root-CA publisher would make.
-    await kube.kubectl(['create', 'configmap', 'kube-root-ca.crt', `--from-file=ca.crt=${kube.caFile}`]);
     const pod = `apiVersion: v1
 kind: Pod
 metadata: { name: with-token }
