@@ -6,7 +6,7 @@
 // through the API server, time create -> Running as seen on a watch of the API server, then
 // delete it and wait until the object is gone. Prints p50/p99 and the API server's own count
 // of requests made per pod (apiserver_request_total, by verb/resource/subresource).
-//   node scripts/k8s/bench.mjs [--pods N] [--warm N]
+//   npm run bench:k8s -- [--pods N] [--warm N]
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
