@@ -26,3 +26,17 @@ export class Backoff {
     this.current = 0;
   }
 }
+
+/** Waits `ms`, or less if `signal` aborts first; never rejects (the caller checks the signal). */
+export function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done);
+  });
+}

@@ -1,6 +1,7 @@
 // The pod on this cell: applies desired specs (diff and converge), runs init units in order and
 // then the units, builds volumes and the OCI specs, computes the pod status and pushes every
 // change to watchers. Survives an agent restart by re-adopting units from the state dir.
+import { abortableSleep } from './backoff.js';
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
@@ -379,11 +380,11 @@ export class PodManager extends EventEmitter implements UnitDirectory {
         let b = this.pullBackoff.get(u.spec.image);
         if (!b) this.pullBackoff.set(u.spec.image, (b = new Backoff(this.unitCtx.backoff)));
         const delay = Math.max(b.next(0), this.unitCtx.backoff.baseMs);
-        await sleepAbortable(Math.min(delay / 2, 2000), signal);
+        await abortableSleep(Math.min(delay / 2, 2000), signal);
         if (signal.aborted) return undefined;
         u.showWaiting(never ? 'ErrImageNeverPull' : 'ImagePullBackOff', `Back-off pulling image "${u.spec.image}": ${msg}`);
         this.event('Normal', 'BackOff', `Back-off pulling image "${u.spec.image}"`, u.name);
-        await sleepAbortable(delay, signal);
+        await abortableSleep(delay, signal);
       }
     }
   }
@@ -656,19 +657,6 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
     for (const u of [...this.initUnits, ...this.units]) u.detach();
   }
-}
-
-function sleepAbortable(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done);
-  });
 }
 
 /** Resolves when a started unit's supervision loop has ended. */

@@ -1,5 +1,6 @@
 // Supervises one unit (container) of the pod: image, instance creation, start, exit, restart
 // with back-off, probes, and stop. Its lifecycle is the explicit UnitState machine.
+import { abortableSleep } from './backoff.js';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
@@ -66,19 +67,6 @@ interface TerminatedJson {
 }
 
 const SIGNALS: Record<number, string> = { 1: 'SIGHUP', 2: 'SIGINT', 3: 'SIGQUIT', 9: 'SIGKILL', 15: 'SIGTERM' };
-
-function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done);
-  });
-}
 
 export class Unit implements UnitView {
   readonly name: string;
