@@ -121,7 +121,8 @@ async function shutdown(code = 0) {
   if (registry && registry.exitCode === null) registry.kill('SIGTERM');
   if (!flag('--keep-store')) rmSync(join(state, 'store'), { recursive: true, force: true });
   const leftovers = [
-    ...(existsSync(cellsRoot) ? readdirSync(cellsRoot) : []),
+    // .images is the cells' shared image cache, kept so the next start pulls nothing.
+    ...(existsSync(cellsRoot) ? readdirSync(cellsRoot).filter((n) => n !== '.images') : []),
     ...readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(cellsRoot)),
   ];
   say(leftovers.length ? `left behind: ${leftovers.join(', ')}` : 'stopped; no process, mount, namespace or cell left behind');
