@@ -208,6 +208,47 @@ describe.concurrent('pods', () => {
     expect(b.watch.waiting('c')!.message).toContain("items[0].path \"../../escape\" must not contain '..'");
   });
 
+  it('a re-apply with changed secret and token data updates mounted volumes in place (..data swap), without restarting the unit; subPath mounts keep their file', async () => {
+    const a = await agent();
+    const spec = {
+      restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
+      volumes: [
+        {
+          name: 'sa',
+          source: {
+            $case: 'projected',
+            value: { sources: [{ source: { $case: 'serviceAccountToken', value: { path: 'token', audience: 'api' } } }, { source: { $case: 'secret', value: { secretName: 'creds', items: [] } } }] },
+          },
+        },
+      ],
+      containers: [
+        {
+          name: 'reader',
+          image: IMG,
+          // Waits for the refreshed token in the running container, then reports what it sees.
+          command: sh('first=$(cat /sa/token); while [ "$(cat /sa/token)" = "$first" ]; do sleep 0.1; done; echo "$first $(cat /sa/token) $(cat /sa/user) $(cat /sub-token) $(readlink /sa/token) $(readlink /sa/..data | cut -c1-3)" > /dev/termination-log'),
+          volumeMounts: [
+            { name: 'sa', mountPath: '/sa' },
+            { name: 'sa', mountPath: '/sub-token', subPath: 'token' },
+          ],
+        },
+      ],
+    };
+    const p = pod('refresh', spec);
+    await apply(a.client, { pod: p, generation: 1, secrets: { creds: { data: { user: Buffer.from('alice') } } }, serviceAccountTokens: [{ volume: 'sa', path: 'token', token: 'token-1', expiresAt: undefined }] });
+    await a.watch.until('reader running', (w) => w.running('reader'));
+    const id = a.watch.unit('reader')!.containerId;
+    const res = await apply(a.client, { pod: p, generation: 2, secrets: { creds: { data: { user: Buffer.from('bob') } } }, serviceAccountTokens: [{ volume: 'sa', path: 'token', token: 'token-2', expiresAt: undefined }] });
+    expect(res.changedUnits).toEqual([]);
+    await a.watch.until('reader saw the new token', (w) => w.terminated('reader') !== undefined, 20_000);
+    const t = a.watch.terminated('reader')!;
+    expect(t.reason).toBe('Completed');
+    // Old and new token, the secret's new value, the subPath file unchanged (as with the kubelet).
+    expect(t.message).toBe('token-1 token-2 bob token-1 ..data/token ..2\n');
+    expect(a.watch.unit('reader')!.restartCount).toBe(0);
+    expect(a.watch.unit('reader')!.containerId).toBe(id);
+  });
+
   it('resolves the image USER by name, enforces runAsNonRoot', async () => {
     const a = await agent();
     await apply(a.client, {
@@ -482,7 +523,7 @@ describe.concurrent('pods', () => {
             image: IMG,
             command: sh("trap 'echo term >> /out/log; exit 0' TERM; while true; do sleep 0.1; done"),
             lifecycle: {
-              postStart: { action: { $case: 'exec', value: { command: ['sh', '-c', 'echo poststart >> /out/log; cat /all/secret/k /all/c1 /all/ns >> /out/log; stat -c %a /all/c1 >> /out/log'] } } },
+              postStart: { action: { $case: 'exec', value: { command: ['sh', '-c', 'echo poststart >> /out/log; cat /all/secret/k /all/c1 /all/ns >> /out/log; stat -L -c %a /all/c1 >> /out/log'] } } },
               preStop: { action: { $case: 'exec', value: { command: ['sh', '-c', 'echo prestop >> /out/log'] } } },
             },
             volumeMounts: [

@@ -212,7 +212,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const t1 = performance.now();
     this.podFiles = writePodFiles(this.dirs.pod, pod, this.o.podIP);
     const t2 = performance.now();
-    await this.prepareVolumes();
+    const rewritten = await this.prepareVolumes();
     const t3 = performance.now();
     const changed: string[] = [];
     const diff = (existing: Unit[], wanted: Container[], isInit: boolean): Unit[] => {
@@ -249,7 +249,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.scheduleDeadline();
     void this.runPod();
     this.changed();
-    this.o.logger.info({ generation: req.generation, changed, applyMs: performance.now() - t0, stateMs: t1 - t0, podFilesMs: t2 - t1, volumesMs: t3 - t2 }, 'pod applied');
+    this.o.logger.info({ generation: req.generation, changed, volumesWritten: rewritten, applyMs: performance.now() - t0, stateMs: t1 - t0, podFilesMs: t2 - t1, volumesMs: t3 - t2 }, 'pod applied');
     return { generation: req.generation, changedUnits: changed };
   }
 
@@ -307,7 +307,8 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.changed();
   }
 
-  private async prepareVolumes(): Promise<void> {
+  /** Builds (or updates in place) every volume; returns the names of those whose files changed. */
+  private async prepareVolumes(): Promise<string[]> {
     const req = this.req!;
     const vb = new VolumeBuilder(this.dirs.volumes, req, this.o.podIP, this.o.hostIP);
     mkdirSync(this.dirs.volumes, { recursive: true });
@@ -321,6 +322,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
         this.event('Warning', 'FailedMount', e.message);
       }
     }
+    return vb.rewritten;
   }
 
   // --- images ---

@@ -4,7 +4,7 @@
 // written as files with their modes. Item paths and subPaths are resolved inside their roots.
 import { execFile } from 'node:child_process';
 import { cpus } from 'node:os';
-import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, statSync, writeFileSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, statSync, writeFileSync, readdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type {
   ApplyPodRequest,
@@ -19,6 +19,7 @@ import type {
 } from '@cello/proto/cell';
 import { HostPathType, StorageMedium } from '@cello/proto/cell';
 import { checkItemPath, resolveInRoot } from '../runtime/safe-path.js';
+import { checkPayloadPath, writeAtomic } from './atomic-writer.js';
 
 export class VolumeError extends Error {
   constructor(
@@ -177,28 +178,27 @@ export class VolumeBuilder {
     });
   }
 
-  /** Writes files inside dir, each resolved safely inside it; replaces the old contents. */
+  /**
+   * Makes dir show exactly these files, atomically and in place (see atomic-writer.ts): dir is
+   * the source of running containers' bind mounts, so a re-apply with changed data (a refreshed
+   * token, an edited Secret) reaches them without a restart, as with the kubelet.
+   */
   private writeFiles(volume: string, dir: string, files: FileOut[], fsGroup: number | undefined): void {
-    rmSync(dir, { recursive: true, force: true });
-    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    const byPath = new Map<string, FileOut>(); // a later projection of the same path wins, as before
     for (const f of files) {
-      const bad = checkItemPath(f.path);
+      const bad = checkPayloadPath(f.path);
       if (bad) throw new VolumeError(volume, `path "${f.path}" ${bad}`);
-      const target = resolveInRoot(dir, f.path);
-      if (!target.startsWith(dir + '/')) throw new VolumeError(volume, `path "${f.path}" resolves outside the volume`);
-      mkdirSync(dirname(target), { recursive: true, mode: 0o755 });
-      writeFileSync(target, f.data, { mode: f.mode });
-      chmodSync(target, f.mode);
-      if (fsGroup !== undefined) {
-        try {
-          // The group may read it; like the kubelet, fsGroup owns projected files.
-          chownSync(target, -1, fsGroup);
-        } catch {
-          /* best effort */
-        }
-      }
+      byPath.set(f.path, f);
+    }
+    try {
+      if (writeAtomic(dir, [...byPath.values()], fsGroup !== undefined ? { fsGroup } : {})) this.rewritten.push(volume);
+    } catch (err) {
+      throw new VolumeError(volume, (err as Error).message);
     }
   }
+
+  /** Names of the volumes whose files this builder changed. */
+  readonly rewritten: string[] = [];
 
   async prepare(v: Volume): Promise<PreparedVolume> {
     const dir = join(this.root, v.name);
