@@ -23,10 +23,16 @@ import { CellAgentClient, CellAgentService, ExecInput, LogsRequest } from '@cell
 const dist = new URL('../../packages/cell-agent/dist/', import.meta.url);
 const { ContainerLogs } = await import(new URL('logs/index.js', dist).href);
 const { createStreamHandlers } = await import(new URL('server/stream-handlers.js', dist).href);
+// The agent serves this definition (bulk frames serialized by hand), not the generated one.
+const { cellAgentServiceDefinition } = await import(new URL('server/wire.js', dist).href);
 
 const LOG_MB = Number(process.env.BENCH_LOG_MB ?? 200);
 const PF_MB = Number(process.env.BENCH_PF_MB ?? 300);
 const KEYS = Number(process.env.BENCH_KEYS ?? 300);
+// BENCH_ONLY=logs,follow,exec,pf runs a subset (for profiling one path); the default runs all.
+// BENCH_CHILD_ARGS="--cpu-prof --cpu-prof-dir=D" profiles the client processes (follower, ctl port-forward).
+const CHILD_ARGS = (process.env.BENCH_CHILD_ARGS ?? '').split(' ').filter(Boolean);
+const ONLY = new Set((process.env.BENCH_ONLY ?? 'logs,follow,exec,pf').split(','));
 const pct = (xs, p) => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
@@ -86,9 +92,10 @@ const view = (name, id, logs) => ({
 });
 
 const handlers = createStreamHandlers({ units: dir, logsFor: (n) => units.get(n)?.logs, logger: pino({ level: 'silent' }) });
-const server = new Server();
+// The agent's own server options (agent.ts).
+const server = new Server({ 'grpc.max_receive_message_length': 64 << 20 });
 const { close: closeHandlers, statsCollector: _s, ...impl } = handlers;
-server.addService(CellAgentService, impl);
+server.addService(cellAgentServiceDefinition, impl);
 const port = await new Promise((res, rej) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
 // A large receive window: the default 64 KiB HTTP/2 window caps a stream at one window per RTT.
 const client = new CellAgentClient(`127.0.0.1:${port}`, credentials.createInsecure(), { 'grpc-node.flow_control_window': 16 << 20 });
@@ -107,6 +114,7 @@ import('@cello/proto/cell').then(({ CellAgentClient, LogsRequest }) => {
 
 try {
   // ---- 1. log throughput ----
+  if (ONLY.has('logs')) {
   process.stderr.write('bench: logs\n');
   const line = 'x'.repeat(99); // 100-byte lines
   // Two writers: `yes` costs nothing per line (worst case for the ratio); awk formats each line
@@ -130,7 +138,7 @@ try {
     const sink = logs.startInstance();
     units.set('tp', view('tp', 'x', logs));
     // The following client is its own process, as kubectl/ctl would be.
-    const follower = spawn(process.execPath, ['-e', FOLLOWER, String(port)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const follower = spawn(process.execPath, [...CHILD_ARGS, '-e', FOLLOWER, String(port)], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     follower.stdout.on('data', (d) => (out += d));
     await new Promise((r) => follower.stdout.once('data', r)); // "ready"
@@ -144,10 +152,11 @@ try {
     const res = JSON.parse(out.split('\n').filter(Boolean).at(-1));
     results.logs[wname] = { raw, logs: { bytes: res.bytes, ms: performance.now() - t0, dropped: res.dropped } };
   }
+  }
 
   // ---- 2. follow latency ----
+  if (ONLY.has('follow')) {
   process.stderr.write('bench: follow latency\n');
-  {
     const logs = new ContainerLogs({ dir: join(base, 'logs-lat') });
     const sink = logs.startInstance();
     sink.write('stdout', Buffer.from('existing line\n'));
@@ -174,8 +183,8 @@ try {
   }
 
   // ---- 3. exec keystroke round trip (tty) ----
+  if (ONLY.has('exec')) {
   process.stderr.write('bench: exec keystrokes\n');
-  {
     const u = runUnit(['sleep', '100000'], () => {});
     await runningPid(u.id);
     units.set('sh', view('sh', u.id, undefined));
@@ -210,8 +219,8 @@ try {
   }
 
   // ---- 4. port-forward vs direct TCP in the pod's namespace ----
+  if (ONLY.has('pf')) {
   process.stderr.write('bench: port-forward\n');
-  {
     const total = PF_MB * 1_000_000;
     const srvCode = `const n=require('net');const b=Buffer.alloc(1<<20,97);n.createServer(c=>{let left=${total};const w=()=>{while(left>0){const k=Math.min(left,b.length);left-=k;if(!c.write(k===b.length?b:b.subarray(0,k)))return c.once('drain',w)}c.end()};w();c.on('error',()=>{})}).listen(7777,'127.0.0.1',()=>process.stdout.write('up\\n'))`;
     const srv = spawn('nsenter', [`--net=${netnsPath}`, process.execPath, '-e', srvCode], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -221,14 +230,14 @@ try {
     // Forwarder: the real `cell-agent ctl port-forward` process; reader: its own process too.
     const cli = new URL('../../packages/cell-agent/dist/cli.js', import.meta.url).pathname;
     const fwd = process.env.BENCH_PF_WINDOW
-      ? spawn(process.execPath, ['--input-type=module', '-e', `
+      ? spawn(process.execPath, [...CHILD_ARGS, '--input-type=module', '-e', `
           import { credentials } from '@grpc/grpc-js';
           import { CellAgentClient } from '@cello/proto/cell';
           const { forwardPort } = await import(${JSON.stringify(new URL('ctl/streams.js', dist).href)});
           const c = new CellAgentClient('127.0.0.1:${port}', credentials.createInsecure(), { 'grpc-node.flow_control_window': ${Number(process.env.BENCH_PF_WINDOW)} });
           const f = await forwardPort(c, { host: '127.0.0.1', localPort: 0, remotePort: 7777 });
           console.log('Forwarding from 127.0.0.1:' + f.localPort);`], { stdio: ['ignore', 'pipe', 'inherit'] })
-      : spawn(process.execPath, [cli, 'ctl', '--addr', `127.0.0.1:${port}`, '--insecure-dev', 'port-forward', ':7777'], { stdio: ['ignore', 'pipe', 'inherit'] });
+      : spawn(process.execPath, [...CHILD_ARGS, cli, 'ctl', '--addr', `127.0.0.1:${port}`, '--insecure-dev', 'port-forward', ':7777'], { stdio: ['ignore', 'pipe', 'inherit'] });
     let fout = '';
     fwd.stdout.on('data', (d) => (fout += d));
     while (!/127\.0\.0\.1:(\d+)/.test(fout)) await new Promise((r) => fwd.stdout.once('data', r));
@@ -259,20 +268,23 @@ try {
 }
 
 const r = results;
-const pfPct = (100 * (r.portForward.viaPf.bytes / r.portForward.viaPf.ms)) / (r.portForward.direct.bytes / r.portForward.direct.ms);
-const logLines = Object.entries(r.logs)
-  .map(([w, x]) => {
-    const pctRaw = (100 * (x.logs.bytes / x.logs.ms)) / (x.raw.bytes / x.raw.ms);
-    return `  logs (${w} writer) -> following Logs client : ${mbs(x.logs.bytes, x.logs.ms)} MB/s (${(x.logs.bytes / 1e6).toFixed(0)} MB, dropped ${x.logs.dropped} B); raw pipe of the same writer ${mbs(x.raw.bytes, x.raw.ms)} MB/s -> ${pctRaw.toFixed(0)}% (goal >= 50%)`;
-  })
-  .join('\n');
+const out = [];
+for (const [w, x] of Object.entries(r.logs ?? {})) {
+  const pctRaw = (100 * (x.logs.bytes / x.logs.ms)) / (x.raw.bytes / x.raw.ms);
+  out.push(`  logs (${w} writer) -> following Logs client : ${mbs(x.logs.bytes, x.logs.ms)} MB/s (${(x.logs.bytes / 1e6).toFixed(0)} MB, dropped ${x.logs.dropped} B); raw pipe of the same writer ${mbs(x.raw.bytes, x.raw.ms)} MB/s -> ${pctRaw.toFixed(0)}% (goal >= 50%)`);
+}
+if (r.follow) {
+  out.push(`  follow: request -> first chunk            : ${r.follow.firstChunk.toFixed(2)} ms`);
+  out.push(`  follow: line written -> client has it     : p50 ${r.follow.p50.toFixed(2)} ms, p99 ${r.follow.p99.toFixed(2)} ms`);
+}
+if (r.keystroke) out.push(`  exec tty keystroke round trip (${r.keystroke.n})      : p50 ${r.keystroke.p50.toFixed(2)} ms, p99 ${r.keystroke.p99.toFixed(2)} ms (goal p50 < 2 ms)`);
+if (r.portForward) {
+  const pfPct = (100 * (r.portForward.viaPf.bytes / r.portForward.viaPf.ms)) / (r.portForward.direct.bytes / r.portForward.direct.ms);
+  out.push(`  port-forward download (${PF_MB} MB)            : ${mbs(r.portForward.viaPf.bytes, r.portForward.viaPf.ms)} MB/s`);
+  out.push(`  direct TCP in the pod namespace           : ${mbs(r.portForward.direct.bytes, r.portForward.direct.ms)} MB/s  -> port-forward at ${pfPct.toFixed(0)}% of direct (goal >= 50%)`);
+}
 console.log(`
 cell-agent streams benchmark (loopback gRPC, plaintext; ${process.env.BENCH_NOTE ?? 'shared 2-core machine'}; load average ${(await import('node:os')).loadavg()[0].toFixed(1)})
-${logLines}
-  follow: request -> first chunk            : ${r.follow.firstChunk.toFixed(2)} ms
-  follow: line written -> client has it     : p50 ${r.follow.p50.toFixed(2)} ms, p99 ${r.follow.p99.toFixed(2)} ms
-  exec tty keystroke round trip (${r.keystroke.n})      : p50 ${r.keystroke.p50.toFixed(2)} ms, p99 ${r.keystroke.p99.toFixed(2)} ms (goal p50 < 2 ms)
-  port-forward download (${PF_MB} MB)            : ${mbs(r.portForward.viaPf.bytes, r.portForward.viaPf.ms)} MB/s
-  direct TCP in the pod namespace           : ${mbs(r.portForward.direct.bytes, r.portForward.direct.ms)} MB/s  -> port-forward at ${pfPct.toFixed(0)}% of direct (goal >= 50%)
+${out.join('\n')}
 `);
 process.exit(0);

@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { credentials, type ChannelCredentials } from '@grpc/grpc-js';
 import { CellAgentClient } from '@cello/proto/cell';
+import { STREAM_CHANNEL_OPTIONS } from '../server/wire.js';
 
 export interface ClientTls {
   cert: string;
@@ -15,5 +16,9 @@ export function agentCredentials(tls: ClientTls | undefined): ChannelCredentials
 }
 
 export function connectAgent(addr: string, tls: ClientTls | undefined, opts: { serverName?: string } = {}): CellAgentClient {
-  return new CellAgentClient(addr, agentCredentials(tls), opts.serverName ? { 'grpc.ssl_target_name_override': opts.serverName, 'grpc.default_authority': opts.serverName } : {});
+  // ctl carries bulk streams (logs -f, port-forward): a large HTTP/2 window (see wire.ts).
+  return new CellAgentClient(addr, agentCredentials(tls), {
+    ...STREAM_CHANNEL_OPTIONS,
+    ...(opts.serverName ? { 'grpc.ssl_target_name_override': opts.serverName, 'grpc.default_authority': opts.serverName } : {}),
+  });
 }

@@ -27,6 +27,7 @@ import { ContainerLogs, LogsError } from '../logs/index.js';
 import type { AgentMetrics } from '../metrics/index.js';
 import { PortForwarder, PortForwardError } from '../portforward/index.js';
 import { StatsCollector } from '../stats/index.js';
+import { gatherBytesField, PF_DATA_FIELD } from './wire.js';
 import type { UnitDirectory, UnitStdio } from '../units/unit-view.js';
 
 export interface StreamHandlerDeps {
@@ -321,13 +322,14 @@ export function createStreamHandlers(deps: StreamHandlerDeps): StreamHandlers {
             s.setNoDelay(true);
             for (const b of pending.splice(0)) s.write(b);
             if (pendingEnd) s.end();
-            // Reads that arrive in the same turn of the event loop go out as one frame: fewer,
-            // larger gRPC messages cost less per byte and add no latency.
+            // Reads that arrive in the same turn of the event loop (a busy agent gets many
+            // 64 KiB reads per turn) go out as one frame, gathered straight into the encoded
+            // message (wire.ts): fewer, larger gRPC messages cost less per byte and add no latency.
             let outq: Buffer[] = [];
             let outBytes = 0;
             const flush = () => {
               if (outq.length === 0 || phase === 'done') return;
-              const value = outq.length === 1 ? outq[0]! : Buffer.concat(outq, outBytes);
+              const value = gatherBytesField(PF_DATA_FIELD, outq, outBytes);
               outq = [];
               outBytes = 0;
               metrics?.streamed('port_forward', 'out', value.length);

@@ -2,10 +2,11 @@
 // a client, so the stream services are tested through the real gRPC API.
 import { credentials, Server, ServerCredentials, type ClientDuplexStream } from '@grpc/grpc-js';
 import { pino } from 'pino';
-import { CellAgentClient, CellAgentService, ExecInput, type ExecOutput, type ExitStatus } from '@cello/proto/cell';
+import { CellAgentClient, ExecInput, type ExecOutput, type ExitStatus } from '@cello/proto/cell';
 import { freePort } from '@cello/testkit';
 import { type AgentMetrics, instrumentService } from '../../../src/metrics/index.js';
 import { createStreamHandlers, type StreamHandlerDeps, type StreamHandlers } from '../../../src/server/stream-handlers.js';
+import { cellAgentServiceDefinition, STREAM_CHANNEL_OPTIONS } from '../../../src/server/wire.js';
 
 export interface TestServer {
   client: CellAgentClient;
@@ -18,12 +19,13 @@ export async function startStreamServer(deps: Omit<StreamHandlerDeps, 'logger'>,
   const handlers = createStreamHandlers({ ...deps, logger: pino({ level: 'warn' }) });
   const server = new Server();
   const { close: _close, statsCollector: _s, ...impl } = handlers;
-  server.addService(CellAgentService, opts.instrument ? instrumentService(impl, opts.instrument) : impl);
+  // The definition the agent serves (bulk frames serialized by hand), so the tests cover it.
+  server.addService(cellAgentServiceDefinition, opts.instrument ? instrumentService(impl, opts.instrument) : impl);
   const port = await freePort();
   await new Promise<void>((resolve, reject) =>
     server.bindAsync(`127.0.0.1:${port}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
   );
-  const client = new CellAgentClient(`127.0.0.1:${port}`, credentials.createInsecure());
+  const client = new CellAgentClient(`127.0.0.1:${port}`, credentials.createInsecure(), STREAM_CHANNEL_OPTIONS);
   return {
     client,
     handlers,
