@@ -1,14 +1,15 @@
 // Assembles the agent: state dir, runc, cgroups, images, the pod manager and the gRPC server
 // (cello.cell.v1.CellAgent + grpc.health.v1) with mTLS.
 import { createHash } from 'node:crypto';
-import { readFileSync, statfsSync } from 'node:fs';
+import { statfsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { experimental, Server, ServerCredentials } from '@grpc/grpc-js';
 import { HealthService } from '@cello/proto';
-import { CellAgentService } from '@cello/proto/cell';
+import { CellAgentService, CellCertificatesService } from '@cello/proto/cell';
+import { createCertificateService, loadServerIdentity } from './bootstrap/renewal.js';
 import type pino from 'pino';
 import { detectCgroupMode, hostCgroupDriver, type CgroupDriver } from './cgroups/index.js';
 import type { ImageService } from './images/image-service.js';
@@ -168,7 +169,11 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   server.addService(health.definition, health.implementation);
   let creds: ServerCredentials;
   if (o.tls) {
-    creds = ServerCredentials.createSsl(readFileSync(o.tls.ca), [{ cert_chain: readFileSync(o.tls.cert), private_key: readFileSync(o.tls.key) }], true);
+    // The identity is swappable in place: the controller renews it before expiry through
+    // CellCertificates, and new handshakes get the new certificate without a restart.
+    const identity = await loadServerIdentity(o.tls);
+    creds = experimental.createCertificateProviderServerCredentials(identity, identity, true);
+    server.addService(CellCertificatesService, createCertificateService({ identity, files: o.tls, logger: log }));
   } else {
     log.warn('INSECURE: --insecure-dev serves the agent API without TLS or client authentication; for local development only');
     creds = ServerCredentials.createInsecure();

@@ -64,6 +64,12 @@ export const configSchema = z.strictObject({
       encryptionKeyFile: z.string().optional(),
       /** Or an environment variable holding it. */
       encryptionKeyEnv: z.string().optional(),
+      /** Lifetime of each cell's certificate; renewed in place once two thirds have passed. */
+      cellCertificateTtlSeconds: z.number().int().min(5).max(90 * 86400).default(7 * 86400),
+      /** Lifetime of the controller's own client certificate; renewed the same way. */
+      controllerCertificateTtlSeconds: z.number().int().min(5).max(365 * 86400).default(7 * 86400),
+      /** How often certificates are checked for renewal. */
+      rotationCheckSeconds: z.number().min(0.2).max(3600).default(60),
     })
     .prefault({}),
   warmPool: z

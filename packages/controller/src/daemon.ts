@@ -9,9 +9,11 @@ import { LocalProvider, type LocalProviderOptions } from './providers/local/loca
 import { CertificateAuthority, RotatingCertificate, type IssuedCertificate } from './security/index.js';
 import { bootstrapFnFor } from './bootstrap/index.js';
 import { readFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import { AgentPool, insecureAgentCredentials, mtlsAgentCredentials, type AgentAccess, type AgentCredentials } from './dispatch/agents.js';
 import { Reconciler, type BootstrapFn } from './dispatch/reconciler.js';
+import { CellCertificateRenewer } from './dispatch/cert-renewal.js';
 import { ControllerApi } from './api/server.js';
 import { Metrics } from './obs/metrics.js';
 import type { Logger } from './obs/logger.js';
@@ -107,22 +109,50 @@ export async function startController(config: Config, o: StartOptions): Promise<
   let issueCertificate: LocalProviderOptions['issueCertificate'];
   let caCertPem: (() => Promise<string>) | undefined;
   let rotating: RotatingCertificate<IssuedCertificate> | undefined;
+  const metrics = new Metrics({ defaults: true });
+  let renewer: CellCertificateRenewer | undefined;
+  // The renewer talks over the agent pool, which is built once the provider is known.
+  let pool: AgentAccess | undefined;
   if (config.security.mode === 'mtls' && !o.agents) {
+    const sec = config.security;
     const ca = await CertificateAuthority.loadOrCreate({ store, encryptionKey: encryptionKey(config) });
-    rotating = await RotatingCertificate.start(ca, () => ca.issueClientCertificate('controller'));
+    rotating = await RotatingCertificate.start(ca, () => ca.issueClientCertificate('controller', { ttlSeconds: sec.controllerCertificateTtlSeconds }), {
+      checkEveryMs: sec.rotationCheckSeconds * 1000,
+      onRenew: (c) => {
+        metrics.certRenewals.inc({ subject: 'controller', outcome: 'ok' });
+        log.info({ notAfter: new Date(new X509Certificate(c.certPem).validTo).toISOString() }, 'controller client certificate renewed');
+      },
+      onError: (err) => {
+        metrics.certRenewals.inc({ subject: 'controller', outcome: 'error' });
+        log.warn({ err: err.message }, 'controller client certificate renewal failed; will retry');
+      },
+    });
     const me = rotating;
-    agentCredentials ??= mtlsAgentCredentials(() => ({ caPem: ca.certPem, certPem: me.current().certPem, keyPem: me.current().keyPem }));
-    bootstrap ??= bootstrapFnFor(ca, { logger: log.child({ component: 'bootstrap' }) });
+    // Every cell's certificate is renewed in place before expiry, whichever provider made the cell.
+    const r = new CellCertificateRenewer({
+      ca,
+      client: (cellId, address) => pool!.certificates!(cellId, address),
+      ttlSeconds: sec.cellCertificateTtlSeconds,
+      log: log.child({ component: 'cert-renewal' }),
+      metrics,
+    });
+    renewer = r;
+    agentCredentials ??= mtlsAgentCredentials(() => ({ caPem: ca.certPem, certPem: me.current().certPem, keyPem: me.current().keyPem }), {
+      trustDomain: ca.trustDomain,
+      onServerCertificate: (cellId, cert) => r.observe(cellId, cert.valid_from, cert.valid_to),
+    });
+    bootstrap ??= bootstrapFnFor(ca, { ttlSeconds: sec.cellCertificateTtlSeconds, logger: log.child({ component: 'bootstrap' }) });
     issueCertificate = async (cellId, sans) => {
       const ips = sans.filter((x) => isIP(x));
-      const c = await ca.issueCellCertificate({ cellId, ips, dnsNames: sans.filter((x) => !isIP(x) && x !== cellId) });
+      const c = await ca.issueCellCertificate({ cellId, ips, dnsNames: sans.filter((x) => !isIP(x) && x !== cellId), ttlSeconds: sec.cellCertificateTtlSeconds });
       return { certPem: c.certPem, keyPem: c.keyPem, caPem: ca.certPem };
     };
     caCertPem = async () => ca.certPem;
   }
   const provider = o.provider ?? await providerFromConfig(config, { ...(issueCertificate ? { issueCertificate } : {}), log });
-  const metrics = new Metrics({ defaults: true });
   const agents: AgentAccess = o.agents ?? new AgentPool(agentCredentials ?? insecureAgentCredentials);
+  pool = agents;
+  if (!agents.certificates) renewer = undefined;
   const types = await provider.instanceTypes();
   const api = new ControllerApi({ store, agents, log: log.child({ component: 'api' }), controllerId: config.controllerId, providerName: provider.name, instanceTypes: types });
   const apiPort = await api.listen(config.api.listen);
@@ -182,6 +212,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
         ...(o.tickMs ? { tickMs: o.tickMs } : {}),
         ...(bootstrap ? { bootstrap } : {}),
         ...(caCertPem ? { caCertPem } : {}),
+        ...(renewer ? { renewer } : {}),
       });
       reconciler = r;
       try {

@@ -2,7 +2,9 @@
 // the cell goes; credentials are mTLS with the controller's client certificate (the agent's
 // certificate must name the cell), or plaintext for --insecure-dev agents in development.
 import { credentials, Metadata, type ChannelCredentials, type ChannelOptions, type Client, type ServiceError } from '@grpc/grpc-js';
-import { CellAgentClient } from '@cello/proto/cell';
+import type { PeerCertificate } from 'node:tls';
+import { CellAgentClient, CellCertificatesClient } from '@cello/proto/cell';
+import { cellServerIdentityCheck } from '../security/identity.js';
 
 export interface AgentCredentials {
   /** Channel credentials for talking to the agent of this cell. */
@@ -17,12 +19,26 @@ export const insecureAgentCredentials: AgentCredentials = {
   forCell: () => credentials.createInsecure(),
 };
 
-/** mTLS: the agent must present a certificate from our CA that names the cell. */
-export function mtlsAgentCredentials(get: () => { caPem: string; certPem: string; keyPem: string }): AgentCredentials {
+/**
+ * mTLS: the agent must present a certificate from our CA that names the cell (its spiffe URI).
+ * Every handshake also reports the certificate the cell presented (`onServerCertificate`), which
+ * is how the renewer learns when each cell's certificate expires.
+ */
+export function mtlsAgentCredentials(
+  get: () => { caPem: string; certPem: string; keyPem: string },
+  opts: { trustDomain?: string; onServerCertificate?: (cellId: string, cert: PeerCertificate) => void } = {},
+): AgentCredentials {
   return {
-    forCell: () => {
+    forCell: (cellId) => {
       const c = get();
-      return credentials.createSsl(Buffer.from(c.caPem), Buffer.from(c.keyPem), Buffer.from(c.certPem));
+      const check = cellServerIdentityCheck(cellId, opts.trustDomain);
+      return credentials.createSsl(Buffer.from(c.caPem), Buffer.from(c.keyPem), Buffer.from(c.certPem), {
+        checkServerIdentity: (host, cert) => {
+          const err = check(host, cert);
+          if (!err) opts.onServerCertificate?.(cellId, cert);
+          return err;
+        },
+      });
     },
     options: (cellId) => ({ 'grpc.ssl_target_name_override': cellId, 'grpc.default_authority': cellId }),
     version: () => get().certPem,
@@ -38,6 +54,8 @@ interface Entry {
 /** How the reconciler and API reach a cell's agent (a real gRPC pool, or the benchmark's simulation). */
 export interface AgentAccess {
   get(cellId: string, address: string): CellAgentClient;
+  /** The certificate-renewal service on the same channel (mTLS agents only). */
+  certificates?(cellId: string, address: string): CellCertificatesClient;
   drop(cellId: string): void;
   closeAll(): void;
 }
@@ -61,6 +79,13 @@ export class AgentPool implements AgentAccess {
     });
     this.clients.set(cellId, { address, client, version });
     return client;
+  }
+
+  certificates(cellId: string, address: string): CellCertificatesClient {
+    // A second stub on the agent channel: no extra connection, and it follows channel rebuilds.
+    const channel = this.get(cellId, address).getChannel();
+    // (grpc-js ignores the credentials argument when channelOverride is given.)
+    return new CellCertificatesClient(address, credentials.createInsecure(), { channelOverride: channel });
   }
 
   drop(cellId: string): void {

@@ -83,6 +83,8 @@ export interface ReconcilerOptions {
   agentPort?: number;
   bootstrap?: BootstrapFn;
   caCertPem?: () => Promise<string>;
+  /** Renews cells' certificates before expiry (mTLS); checked on every tick. */
+  renewer?: { check(cells: Iterable<{ id: string; address: string }>): void; forget(cellId: string): void };
 }
 
 interface Cached<T> {
@@ -369,6 +371,7 @@ export class Reconciler {
       this.lastResync = t;
       for (const k of this.pods.keys()) this.enqueue(`pod:${k}`);
     }
+    if (this.o.renewer) this.o.renewer.check(this.renewable());
     this.topUpWarmPool().catch((err) => this.log.warn({ err: errMsg(err) }, 'warm pool top-up failed'));
     const gcEvery = (this.o.gcIntervalSeconds ?? 30) * 1000;
     if (t - this.lastGc > gcEvery) {
@@ -376,6 +379,16 @@ export class Reconciler {
       this.collectGarbage().catch((err) => this.log.warn({ err: errMsg(err) }, 'garbage collection failed'));
     }
     this.updateGauges();
+  }
+
+  /** Cells whose agent serves mTLS and will keep doing so: their certificates must stay fresh. */
+  private *renewable(): Iterable<{ id: string; address: string }> {
+    for (const [id, c] of this.cells) {
+      const st = c.cell.state;
+      if ((st === CellState.CELL_STATE_READY || st === CellState.CELL_STATE_BOUND || st === CellState.CELL_STATE_DRAINING) && c.cell.address) {
+        yield { id, address: c.cell.address };
+      }
+    }
   }
 
   private updateGauges(): void {
@@ -959,6 +972,7 @@ export class Reconciler {
   private async terminate(id: string, cell: Cell): Promise<void> {
     this.stopWatch(id);
     this.o.agents.drop(id);
+    this.o.renewer?.forget(id);
     try {
       if (cell.instanceId) await this.o.provider.terminate([cell.instanceId]);
     } catch (err) {

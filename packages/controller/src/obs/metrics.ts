@@ -50,6 +50,12 @@ export class Metrics {
     help: 'Pods and cells waiting to be reconciled',
     registers: [this.registry],
   });
+  readonly certRenewals = new Counter({
+    name: 'cello_certificate_renewals_total',
+    help: 'Certificate renewals by whose certificate (cell, controller) and outcome (ok, error)',
+    labelNames: ['subject', 'outcome'],
+    registers: [this.registry],
+  });
   readonly isLeader = new Gauge({
     name: 'cello_leader',
     help: '1 while this controller is the leader',

@@ -18,8 +18,15 @@ const cryptoImpl = webcrypto as unknown as NonNullable<Parameters<typeof x509.X5
 const subtle = webcrypto.subtle;
 const EC: webcrypto.EcKeyGenParams = { name: 'ECDSA', namedCurve: 'P-256' };
 const SIGN: webcrypto.EcdsaParams = { name: 'ECDSA', hash: 'SHA-256' };
-/** Tolerated clock skew between controller and cells: certificates are valid from a bit earlier. */
+/**
+ * Tolerated clock skew between controller and cells: certificates are valid from a bit earlier
+ * — 5 minutes, or a tenth of the lifetime for very short-lived ones (tests use seconds), so the
+ * backdate does not swallow the rotation window.
+ */
 const BACKDATE_MS = 5 * 60 * 1000;
+const backdateMs = (ttlSeconds: number) => Math.min(BACKDATE_MS, ttlSeconds * 100);
+/** Shortest lifetime a leaf certificate may have (rotation tests run on seconds). */
+export const MIN_TTL_SECONDS = 5;
 const DAY = 24 * 3600;
 
 export const CA_STORE_KEY = 'security/ca';
@@ -79,8 +86,8 @@ function serial(): string {
 
 function checkTtl(ttlSeconds: unknown, field: string, max: number): number {
   if (ttlSeconds === undefined) return 7 * DAY;
-  if (typeof ttlSeconds !== 'number' || !Number.isFinite(ttlSeconds) || ttlSeconds < 60 || ttlSeconds > max) {
-    throw new TypeError(`${field} must be a number of seconds between 60 and ${max}, got ${JSON.stringify(ttlSeconds)}`);
+  if (typeof ttlSeconds !== 'number' || !Number.isFinite(ttlSeconds) || ttlSeconds < MIN_TTL_SECONDS || ttlSeconds > max) {
+    throw new TypeError(`${field} must be a number of seconds between ${MIN_TTL_SECONDS} and ${max}, got ${JSON.stringify(ttlSeconds)}`);
   }
   return Math.floor(ttlSeconds);
 }
@@ -274,7 +281,7 @@ export class CertificateAuthority {
         serialNumber: serial(),
         subject: `CN=${cn}, OU=${id.kind}, O=Cello`,
         issuer: this.cert.subject,
-        notBefore: new Date(now - BACKDATE_MS),
+        notBefore: new Date(now - backdateMs(p.ttl)),
         notAfter: new Date(now + p.ttl * 1000),
         publicKey,
         signingKey: this.signingKey,

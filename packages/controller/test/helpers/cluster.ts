@@ -41,6 +41,8 @@ export interface ClusterOptions {
   mtls?: boolean;
   /** A second replica of `peer`: same controller ID, cells root and CA key (etcd store). */
   peer?: Cluster;
+  /** Extra `security` settings (mTLS), e.g. certificate lifetimes. */
+  security?: Record<string, unknown>;
 }
 
 export interface RunResult {
@@ -69,6 +71,11 @@ export class Cluster {
     this.provider = new LocalProvider({ root: this.cellsRoot });
   }
 
+  /** The embedded store's directory (when the store is embedded). */
+  get storeDir(): string {
+    return join(this.dir, 'store');
+  }
+
   get server(): string {
     return `127.0.0.1:${this.apiPort}`;
   }
@@ -81,9 +88,9 @@ export class Cluster {
       api: { listen: this.server },
       metrics: { listen: `127.0.0.1:${metricsPort}` },
       log: { level: 'debug' },
-      store: this.o.store?.kind === 'etcd' ? this.o.store : { kind: 'embedded', dir: join(this.dir, 'store') },
+      store: this.o.store?.kind === 'etcd' ? this.o.store : { kind: 'embedded', dir: this.storeDir },
       provider: { kind: 'local', root: this.cellsRoot, insecureRegistries: [this.o.registry.server.host] },
-      security: this.o.mtls === false ? { mode: 'insecure-dev' } : { mode: 'mtls', encryptionKeyFile: this.keyFile() },
+      security: this.o.mtls === false ? { mode: 'insecure-dev' } : { mode: 'mtls', encryptionKeyFile: this.keyFile(), ...(this.o.security ?? {}) },
       warmPool: this.o.warm ? [{ instanceType: 'local.nano', size: this.o.warm }] : [],
       timeouts: { healthSeconds: this.o.healthSeconds ?? 5, bootSeconds: 60, createSeconds: 30 },
       gc: { intervalSeconds: this.o.gcIntervalSeconds ?? 30 },

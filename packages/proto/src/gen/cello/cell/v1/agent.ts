@@ -408,6 +408,25 @@ export interface InstallCertificateRequest {
 export interface InstallCertificateResponse {
 }
 
+export interface RequestRenewalRequest {
+}
+
+export interface RequestRenewalResponse {
+  cellId: string;
+  csrPem: string;
+  /** Validity of the certificate the agent serves now. */
+  currentNotAfter: Date | undefined;
+}
+
+export interface InstallRenewalRequest {
+  certificatePem: string;
+}
+
+export interface InstallRenewalResponse {
+  notBefore: Date | undefined;
+  notAfter: Date | undefined;
+}
+
 function createBaseApplyPodRequest(): ApplyPodRequest {
   return {
     pod: undefined,
@@ -4868,6 +4887,337 @@ export const InstallCertificateResponse: MessageFns<InstallCertificateResponse> 
   },
 };
 
+function createBaseRequestRenewalRequest(): RequestRenewalRequest {
+  return {};
+}
+
+export const RequestRenewalRequest: MessageFns<RequestRenewalRequest> = {
+  encode(_: RequestRenewalRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RequestRenewalRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRequestRenewalRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): RequestRenewalRequest {
+    return {};
+  },
+
+  toJSON(_: RequestRenewalRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<RequestRenewalRequest>): RequestRenewalRequest {
+    return RequestRenewalRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<RequestRenewalRequest>): RequestRenewalRequest {
+    const message = createBaseRequestRenewalRequest();
+    return message;
+  },
+};
+
+function createBaseRequestRenewalResponse(): RequestRenewalResponse {
+  return { cellId: "", csrPem: "", currentNotAfter: undefined };
+}
+
+export const RequestRenewalResponse: MessageFns<RequestRenewalResponse> = {
+  encode(message: RequestRenewalResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cellId !== "") {
+      writer.uint32(10).string(message.cellId);
+    }
+    if (message.csrPem !== "") {
+      writer.uint32(18).string(message.csrPem);
+    }
+    if (message.currentNotAfter !== undefined) {
+      Timestamp.encode(toTimestamp(message.currentNotAfter), writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RequestRenewalResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRequestRenewalResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.cellId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.csrPem = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.currentNotAfter = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RequestRenewalResponse {
+    return {
+      cellId: isSet(object.cellId)
+        ? globalThis.String(object.cellId)
+        : isSet(object.cell_id)
+        ? globalThis.String(object.cell_id)
+        : "",
+      csrPem: isSet(object.csrPem)
+        ? globalThis.String(object.csrPem)
+        : isSet(object.csr_pem)
+        ? globalThis.String(object.csr_pem)
+        : "",
+      currentNotAfter: isSet(object.currentNotAfter)
+        ? fromJsonTimestamp(object.currentNotAfter)
+        : isSet(object.current_not_after)
+        ? fromJsonTimestamp(object.current_not_after)
+        : undefined,
+    };
+  },
+
+  toJSON(message: RequestRenewalResponse): unknown {
+    const obj: any = {};
+    if (message.cellId !== "") {
+      obj.cellId = message.cellId;
+    }
+    if (message.csrPem !== "") {
+      obj.csrPem = message.csrPem;
+    }
+    if (message.currentNotAfter !== undefined) {
+      obj.currentNotAfter = message.currentNotAfter.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RequestRenewalResponse>): RequestRenewalResponse {
+    return RequestRenewalResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RequestRenewalResponse>): RequestRenewalResponse {
+    const message = createBaseRequestRenewalResponse();
+    message.cellId = object.cellId ?? "";
+    message.csrPem = object.csrPem ?? "";
+    message.currentNotAfter = object.currentNotAfter ?? undefined;
+    return message;
+  },
+};
+
+function createBaseInstallRenewalRequest(): InstallRenewalRequest {
+  return { certificatePem: "" };
+}
+
+export const InstallRenewalRequest: MessageFns<InstallRenewalRequest> = {
+  encode(message: InstallRenewalRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.certificatePem !== "") {
+      writer.uint32(10).string(message.certificatePem);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InstallRenewalRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInstallRenewalRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.certificatePem = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): InstallRenewalRequest {
+    return {
+      certificatePem: isSet(object.certificatePem)
+        ? globalThis.String(object.certificatePem)
+        : isSet(object.certificate_pem)
+        ? globalThis.String(object.certificate_pem)
+        : "",
+    };
+  },
+
+  toJSON(message: InstallRenewalRequest): unknown {
+    const obj: any = {};
+    if (message.certificatePem !== "") {
+      obj.certificatePem = message.certificatePem;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<InstallRenewalRequest>): InstallRenewalRequest {
+    return InstallRenewalRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<InstallRenewalRequest>): InstallRenewalRequest {
+    const message = createBaseInstallRenewalRequest();
+    message.certificatePem = object.certificatePem ?? "";
+    return message;
+  },
+};
+
+function createBaseInstallRenewalResponse(): InstallRenewalResponse {
+  return { notBefore: undefined, notAfter: undefined };
+}
+
+export const InstallRenewalResponse: MessageFns<InstallRenewalResponse> = {
+  encode(message: InstallRenewalResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.notBefore !== undefined) {
+      Timestamp.encode(toTimestamp(message.notBefore), writer.uint32(10).fork()).join();
+    }
+    if (message.notAfter !== undefined) {
+      Timestamp.encode(toTimestamp(message.notAfter), writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InstallRenewalResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInstallRenewalResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.notBefore = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.notAfter = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): InstallRenewalResponse {
+    return {
+      notBefore: isSet(object.notBefore)
+        ? fromJsonTimestamp(object.notBefore)
+        : isSet(object.not_before)
+        ? fromJsonTimestamp(object.not_before)
+        : undefined,
+      notAfter: isSet(object.notAfter)
+        ? fromJsonTimestamp(object.notAfter)
+        : isSet(object.not_after)
+        ? fromJsonTimestamp(object.not_after)
+        : undefined,
+    };
+  },
+
+  toJSON(message: InstallRenewalResponse): unknown {
+    const obj: any = {};
+    if (message.notBefore !== undefined) {
+      obj.notBefore = message.notBefore.toISOString();
+    }
+    if (message.notAfter !== undefined) {
+      obj.notAfter = message.notAfter.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<InstallRenewalResponse>): InstallRenewalResponse {
+    return InstallRenewalResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<InstallRenewalResponse>): InstallRenewalResponse {
+    const message = createBaseInstallRenewalResponse();
+    message.notBefore = object.notBefore ?? undefined;
+    message.notAfter = object.notAfter ?? undefined;
+    return message;
+  },
+};
+
 export type CellAgentService = typeof CellAgentService;
 export const CellAgentService = {
   /**
@@ -5218,6 +5568,99 @@ export const CellBootstrapClient = makeGenericClientConstructor(
 ) as unknown as {
   new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): CellBootstrapClient;
   service: typeof CellBootstrapService;
+  serviceName: string;
+};
+
+/**
+ * Served next to CellAgent on the agent's mTLS port (only to the controller's client identity):
+ * renews the cell's certificate before it expires, without restarting the agent or touching
+ * its pod. The agent makes a fresh key for each renewal; the key never leaves the cell.
+ */
+export type CellCertificatesService = typeof CellCertificatesService;
+export const CellCertificatesService = {
+  /** The agent generates a new key and answers with a CSR for it (kept pending in memory). */
+  requestRenewal: {
+    path: "/cello.cell.v1.CellCertificates/RequestRenewal" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RequestRenewalRequest): Buffer =>
+      Buffer.from(RequestRenewalRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RequestRenewalRequest => RequestRenewalRequest.decode(value),
+    responseSerialize: (value: RequestRenewalResponse): Buffer =>
+      Buffer.from(RequestRenewalResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RequestRenewalResponse => RequestRenewalResponse.decode(value),
+  },
+  /**
+   * The certificate the controller signed for a pending key: the agent checks it (this CA,
+   * this cell, valid now), stores it with its key and serves it to new connections at once.
+   */
+  installRenewal: {
+    path: "/cello.cell.v1.CellCertificates/InstallRenewal" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: InstallRenewalRequest): Buffer =>
+      Buffer.from(InstallRenewalRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): InstallRenewalRequest => InstallRenewalRequest.decode(value),
+    responseSerialize: (value: InstallRenewalResponse): Buffer =>
+      Buffer.from(InstallRenewalResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): InstallRenewalResponse => InstallRenewalResponse.decode(value),
+  },
+} as const;
+
+export interface CellCertificatesServer extends UntypedServiceImplementation {
+  /** The agent generates a new key and answers with a CSR for it (kept pending in memory). */
+  requestRenewal: handleUnaryCall<RequestRenewalRequest, RequestRenewalResponse>;
+  /**
+   * The certificate the controller signed for a pending key: the agent checks it (this CA,
+   * this cell, valid now), stores it with its key and serves it to new connections at once.
+   */
+  installRenewal: handleUnaryCall<InstallRenewalRequest, InstallRenewalResponse>;
+}
+
+export interface CellCertificatesClient extends Client {
+  /** The agent generates a new key and answers with a CSR for it (kept pending in memory). */
+  requestRenewal(
+    request: RequestRenewalRequest,
+    callback: (error: ServiceError | null, response: RequestRenewalResponse) => void,
+  ): ClientUnaryCall;
+  requestRenewal(
+    request: RequestRenewalRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RequestRenewalResponse) => void,
+  ): ClientUnaryCall;
+  requestRenewal(
+    request: RequestRenewalRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RequestRenewalResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The certificate the controller signed for a pending key: the agent checks it (this CA,
+   * this cell, valid now), stores it with its key and serves it to new connections at once.
+   */
+  installRenewal(
+    request: InstallRenewalRequest,
+    callback: (error: ServiceError | null, response: InstallRenewalResponse) => void,
+  ): ClientUnaryCall;
+  installRenewal(
+    request: InstallRenewalRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: InstallRenewalResponse) => void,
+  ): ClientUnaryCall;
+  installRenewal(
+    request: InstallRenewalRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: InstallRenewalResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const CellCertificatesClient = makeGenericClientConstructor(
+  CellCertificatesService,
+  "cello.cell.v1.CellCertificates",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): CellCertificatesClient;
+  service: typeof CellCertificatesService;
   serviceName: string;
 };
 
