@@ -122,7 +122,7 @@ try {
   }
 } finally {
   containerd.kill('SIGTERM');
-  await new Promise((r) => containerd.once('exit', r));
+  if (containerd.exitCode === null && containerd.signalCode === null) await new Promise((r) => containerd.once('exit', r));
   await registry.stop();
   spawnSync('sh', ['-c', `grep -F ${JSON.stringify(cdir)} /proc/mounts | cut -d' ' -f2 | xargs -r umount`]);
   rmSync(work, { recursive: true, force: true });

@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, 
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { waitFor } from '@cello/testkit';
+import { waitExit, waitFor } from '@cello/testkit';
 import { ensureBundles, type Bundles } from './helpers/bundle.js';
 import { repoRoot } from './helpers/paths.js';
 
@@ -121,7 +121,7 @@ describe('agent bundle', () => {
       expect(() => JSON.parse(status)).not.toThrow();
     } finally {
       agent.kill('SIGTERM');
-      await new Promise((r) => agent.once('exit', r));
+      await waitExit(agent, { what: 'the agent' });
     }
   });
 

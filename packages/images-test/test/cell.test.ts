@@ -13,7 +13,7 @@ import { credentials, type ServiceError } from '@grpc/grpc-js';
 import { ApplyPodRequest, CellAgentClient, DeletePodRequest, type GetStatusResponse } from '@cello/proto/cell';
 import { podFromManifest } from '@cello/proto';
 import { bootstrapCell, CertificateAuthority, EmbeddedStore, encodeUserData, mtlsAgentCredentials } from '@cello/controller';
-import { freePort, pushBusybox, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
+import { freePort, pushBusybox, startRegistry, waitExit, waitFor, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBundles, type Bundles } from './helpers/bundle.js';
 import { Chroot } from './helpers/chroot.js';
@@ -59,7 +59,7 @@ afterAll(async () => {
     // Whatever the test left running: the units first (they outlive the agent by design).
     m.runBeside(agent.pid, ['sh', '-c', 'for c in $(runc --root /var/lib/cello/agent/runc list -q); do runc --root /var/lib/cello/agent/runc delete -f "$c"; done']);
     agent.kill('SIGKILL');
-    await new Promise((r) => agent!.once('exit', r));
+    await waitExit(agent, { what: 'the agent' });
   }
   await imds?.close();
   await registry?.stop();

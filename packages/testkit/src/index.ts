@@ -1,5 +1,5 @@
 export { freePort } from './net.js';
-export { waitFor } from './wait.js';
+export { waitExit, waitFor } from './wait.js';
 export { startMoto, type MotoServer } from './moto.js';
 export { startImdsTestDouble, type ImdsTestDouble } from './moto-imds.js';
 export { startEtcd, type EtcdServer } from './etcd.js';

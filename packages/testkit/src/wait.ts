@@ -26,3 +26,22 @@ export async function waitFor<T>(
     await sleep(intervalMs);
   }
 }
+
+/**
+ * Resolves with the exit code (or signal) of a child process, also when it has already exited:
+ * `child.once('exit')` after the fact waits forever, which is how a process that finished before
+ * a test killed it used to hang that test.
+ */
+export function waitExit(
+  child: { exitCode: number | null; signalCode: NodeJS.Signals | null; once(event: 'exit', fn: (code: number | null, signal: NodeJS.Signals | null) => void): unknown; pid?: number },
+  { timeoutMs = 30_000, what = `process ${child.pid ?? '?'}` }: { timeoutMs?: number; what?: string } = {},
+): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve({ code: child.exitCode, signal: child.signalCode });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what} to exit`)), timeoutMs);
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal });
+    });
+  });
+}

@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { requireCommand } from '@cello/testkit';
+import { requireCommand, waitExit } from '@cello/testkit';
 import type { Chroot } from './chroot.js';
 
 export interface Disk {
@@ -82,9 +82,9 @@ export function bootVm(o: VmOptions): Vm {
       }
     },
     stop: async () => {
-      if (proc.exitCode === null) {
+      if (proc.exitCode === null && proc.signalCode === null) {
         proc.kill('SIGKILL');
-        await new Promise((r) => proc.once('exit', r));
+        await waitExit(proc, { what: 'qemu' });
       }
       log.end();
     },
