@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { experimental, Server, ServerCredentials } from '@grpc/grpc-js';
 import { HealthService } from '@cello/proto';
-import { CellAgentService, CellCertificatesService } from '@cello/proto/cell';
+import { CellCertificatesService } from '@cello/proto/cell';
 import { createCertificateService, loadServerIdentity } from './bootstrap/renewal.js';
 import type pino from 'pino';
 import { detectCgroupMode, hostCgroupDriver, type CgroupDriver } from './cgroups/index.js';
@@ -16,6 +16,7 @@ import type { ImageService } from './images/image-service.js';
 import { PullerImageService } from './images/puller-images.js';
 import { ContainerLogs } from './logs/index.js';
 import { AgentMetrics, startMetricsServer, type MetricsServer } from './metrics/index.js';
+import { cellAgentServiceDefinition } from './server/wire.js';
 import { createStreamHandlers } from './server/stream-handlers.js';
 import type { BackoffPolicy } from './pod/backoff.js';
 import { PodManager } from './pod/pod-manager.js';
@@ -158,7 +159,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   }
   const health = new HealthService({ '': 1, 'cello.cell.v1.CellAgent': 1 });
   const server = new Server({ 'grpc.max_receive_message_length': 64 << 20 });
-  server.addService(CellAgentService, createService({
+  // The stream RPCs' bulk frames are serialized by hand (server/wire.ts).
+  server.addService(cellAgentServiceDefinition, createService({
     pod,
     logger: log,
     streams,
