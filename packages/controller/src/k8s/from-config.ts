@@ -47,6 +47,8 @@ export async function startVirtualNodeFromConfig(
     taint: k.taint,
     labels: k.labels,
     capacity: async () => ({ capacity: cap, allocatable: cap }),
+    tokenRefreshRatio: k.tokenRefreshRatio,
+    dataSyncSeconds: k.dataSyncSeconds,
     ...(k.podApiServer ? { podApiServer: k.podApiServer } : {}),
     ...(k.leaderElection.enabled
       ? { leaderElection: { namespace: k.leaderElection.namespace, name: k.leaderElection.name, identity: leaderIdentity(), leaseSeconds: k.leaderElection.leaseSeconds } }

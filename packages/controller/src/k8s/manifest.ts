@@ -78,8 +78,50 @@ function serviceEnv(host: string, port: number) {
   ];
 }
 
+/** A projected service-account token this node requested, and when it must be requested again. */
+export interface IssuedToken {
+  token: string;
+  issuedAt: number;
+  expiresAt: number;
+  refreshAt: number;
+}
+
+/** The kubelet's rule: refresh once `ratio` (0.8) of the lifetime has passed, and at least daily. */
+export const MAX_TOKEN_AGE_MS = 24 * 3600_000;
+export function tokenRefreshAt(issuedAt: number, expiresAt: number, ratio: number): number {
+  return issuedAt + Math.min(Math.max(0, expiresAt - issuedAt) * ratio, MAX_TOKEN_AGE_MS);
+}
+
+export interface TokenOptions {
+  /** Tokens issued earlier for this pod, by source (see tokenKey); reused until their refreshAt. */
+  cache?: Map<string, IssuedToken>;
+  /** Fraction of a token's lifetime after which it is refreshed (kubelet: 0.8). */
+  refreshRatio?: number;
+  now?: () => number;
+}
+
+export interface BuiltManifest {
+  manifest: string;
+  /** Every token the manifest carries, by source; pass as `cache` next time. */
+  tokens: Map<string, IssuedToken>;
+  /** When the earliest token is due for refresh (Infinity: no tokens). */
+  nextTokenRefreshAt: number;
+}
+
 /** Builds the multi-document manifest (Pod, then Secrets and ConfigMaps) for ApplyPod. */
 export async function buildManifest(rest: KubeRest, pod: KPod, o: ManifestOptions): Promise<string> {
+  return (await buildPodManifest(rest, pod, o)).manifest;
+}
+
+/**
+ * The manifest, plus the projected tokens it carries: a token from `t.cache` is reused until
+ * its refresh time (so a manifest built again for the same data is byte-identical), else a new
+ * one is requested through the TokenRequest API, bound to the pod.
+ */
+export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOptions, t: TokenOptions = {}): Promise<BuiltManifest> {
+  const now = t.now ?? Date.now;
+  const ratio = t.refreshRatio ?? 0.8;
+  const tokens = new Map<string, IssuedToken>();
   const ns = pod.metadata.namespace;
   const secrets = new Map<string, boolean>(); // name -> optional
   const configMaps = new Map<string, boolean>();
@@ -108,20 +150,27 @@ export async function buildManifest(rest: KubeRest, pod: KPod, o: ManifestOption
       if (src.secret) want(secrets, src.secret.name, src.secret.optional);
       if (src.configMap) want(configMaps, src.configMap.name, src.configMap.optional);
       if (src.serviceAccountToken) {
-        const t = src.serviceAccountToken;
+        const sat = src.serviceAccountToken;
         const sa = pod.spec.serviceAccountName || 'default';
-        const tr = await rest.post<{ status: { token: string; expirationTimestamp: string } }>(`/api/v1/namespaces/${ns}/serviceaccounts/${sa}/token`, {
-          apiVersion: 'authentication.k8s.io/v1',
-          kind: 'TokenRequest',
-          spec: {
-            audiences: t.audience ? [t.audience] : (o.defaultAudiences ?? []),
-            expirationSeconds: t.expirationSeconds ?? 3607,
-            boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: pod.metadata.name, uid: pod.metadata.uid },
-          },
-        });
+        const audiences = sat.audience ? [sat.audience] : (o.defaultAudiences ?? []);
+        const expirationSeconds = sat.expirationSeconds ?? 3607;
+        // A changed source (audience, lifetime, account) is a different token.
+        const key = tokenKey(v.name, i, sa, audiences, expirationSeconds);
+        let issued = t.cache?.get(key);
+        if (!issued || now() >= issued.refreshAt) {
+          const issuedAt = now();
+          const tr = await rest.post<{ status: { token: string; expirationTimestamp: string } }>(`/api/v1/namespaces/${ns}/serviceaccounts/${sa}/token`, {
+            apiVersion: 'authentication.k8s.io/v1',
+            kind: 'TokenRequest',
+            spec: { audiences, expirationSeconds, boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: pod.metadata.name, uid: pod.metadata.uid } },
+          });
+          const expiresAt = Date.parse(tr.status.expirationTimestamp);
+          issued = { token: tr.status.token, issuedAt, expiresAt, refreshAt: tokenRefreshAt(issuedAt, Number.isFinite(expiresAt) ? expiresAt : issuedAt + expirationSeconds * 1000, ratio) };
+        }
+        tokens.set(key, issued);
         const name = `cello-sa-token-${v.name}-${i}`;
-        tokenSecrets.push({ apiVersion: 'v1', kind: 'Secret', metadata: { name, namespace: ns }, stringData: { token: tr.status.token } });
-        v.projected!.sources[i] = { secret: { name, items: [{ key: 'token', path: t.path }] } } as never;
+        tokenSecrets.push({ apiVersion: 'v1', kind: 'Secret', metadata: { name, namespace: ns }, stringData: { token: issued.token } });
+        v.projected!.sources[i] = { secret: { name, items: [{ key: 'token', path: sat.path }] } } as never;
       }
     }
   }
@@ -168,5 +217,13 @@ export async function buildManifest(rest: KubeRest, pod: KPod, o: ManifestOption
   await fetchAll('Secret', secrets);
   await fetchAll('ConfigMap', configMaps);
   docs.push(...tokenSecrets);
-  return docs.map((d) => stringify(d)).join('---\n');
+  return {
+    manifest: docs.map((d) => stringify(d)).join('---\n'),
+    tokens,
+    nextTokenRefreshAt: Math.min(Infinity, ...[...tokens.values()].map((x) => x.refreshAt)),
+  };
+}
+
+function tokenKey(volume: string, index: number, sa: string, audiences: string[], expirationSeconds: number): string {
+  return JSON.stringify([volume, index, sa, audiences, expirationSeconds]);
 }

@@ -6,10 +6,11 @@
 // Kubernetes Events on the pod.
 import { status as GrpcStatus, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { PodEvent } from '@cello/proto/controller';
+import { PodPhase } from '@cello/proto/cell';
 import type { PodObject } from '@cello/proto/controller';
 import type { Logger } from '../obs/logger.js';
 import { Informer } from './informer.js';
-import { buildManifest, LABEL_NODE, ANNOTATION_UID, MissingReferenceError, type KPod, type ManifestOptions } from './manifest.js';
+import { buildPodManifest, LABEL_NODE, ANNOTATION_UID, MissingReferenceError, type IssuedToken, type KPod, type ManifestOptions } from './manifest.js';
 import type { KubeRest } from './rest.js';
 import { isNotFound, KubeApiError } from './rest.js';
 import { kubeStatus } from './status.js';
@@ -24,6 +25,25 @@ export interface PodSyncOptions extends ManifestOptions {
   /** The node's address, reported as the pods' hostIP. */
   hostIP: string;
   metrics?: VirtualNodeMetrics;
+  /** Fraction of a projected token's lifetime after which it is refreshed (kubelet: 0.8). */
+  tokenRefreshRatio?: number;
+  /** How often the Secrets and ConfigMaps a running pod references are read again (kubelet: ~60 s). */
+  dataSyncSeconds?: number;
+  /** The clock token refresh is scheduled by (tests). */
+  now?: () => number;
+}
+
+/** What was last sent to the core for a pod, and when it must be looked at again. */
+interface Applied {
+  uid: string;
+  /** The Pod's spec, labels and annotations as last applied: a change is an in-place update. */
+  source: string;
+  manifest: string;
+  tokens: Map<string, IssuedToken>;
+  nextTokenRefreshAt: number;
+  nextDataSyncAt: number;
+  /** The last reference error reported on a running pod (reported once, not every sync). */
+  lastError?: string;
 }
 
 const TERMINAL = new Set(['Succeeded', 'Failed']);
@@ -34,6 +54,8 @@ export class PodSync {
   private readonly core = new Map<string, PodObject>();
   private readonly mirroredEvents = new Map<string, number>();
   private readonly lastStatus = new Map<string, string>();
+  private readonly applied = new Map<string, Applied>();
+  private readonly now: () => number;
   private coreWatch?: ClientReadableStream<PodEvent>;
   private stopped = false;
   private readonly startedAt = Date.now();
@@ -41,6 +63,7 @@ export class PodSync {
   readonly writes = { statusPatches: 0, events: 0, deletes: 0 };
 
   constructor(private readonly o: PodSyncOptions) {
+    this.now = o.now ?? Date.now;
     this.queue = new WorkQueue(
       async (key) => {
         await this.sync(key);
@@ -138,9 +161,10 @@ export class PodSync {
 
     if (!cpod) {
       if (TERMINAL.has(kpod.status?.phase ?? '')) return; // finished and its cell is gone
-      let manifest: string;
+      this.applied.delete(key);
+      let built: Applied;
       try {
-        manifest = await buildManifest(this.o.rest, kpod, this.o);
+        built = await this.build(kpod, undefined);
       } catch (err) {
         if (err instanceof MissingReferenceError) {
           await this.event(kpod, 'Warning', 'FailedMount', err.message);
@@ -152,7 +176,9 @@ export class PodSync {
         throw err;
       }
       try {
-        await this.o.controller.apply(manifest, ns);
+        await this.o.controller.apply(built.manifest, ns);
+        this.applied.set(key, built);
+        this.wakeAt(key, built);
       } catch (err) {
         const se = err as ServiceError;
         if (se.code === GrpcStatus.INVALID_ARGUMENT) {
@@ -167,6 +193,70 @@ export class PodSync {
       return;
     }
     await this.writeStatus(kpod, cpod);
+    if (!TERMINAL.has(kpod.status?.phase ?? '') && !TERMINAL.has(kubePhase(cpod))) await this.update(kpod);
+  }
+
+  /** The manifest for a pod, reusing its tokens until they are due. */
+  private async build(kpod: KPod, prev: Applied | undefined): Promise<Applied> {
+    const b = await buildPodManifest(this.o.rest, kpod, this.o, {
+      ...(prev ? { cache: prev.tokens } : {}),
+      ...(this.o.tokenRefreshRatio !== undefined ? { refreshRatio: this.o.tokenRefreshRatio } : {}),
+      now: this.now,
+    });
+    return {
+      uid: kpod.metadata.uid,
+      source: sourceOf(kpod),
+      manifest: b.manifest,
+      tokens: b.tokens,
+      nextTokenRefreshAt: b.nextTokenRefreshAt,
+      nextDataSyncAt: this.now() + (this.o.dataSyncSeconds ?? 60) * 1000,
+    };
+  }
+
+  /**
+   * What a kubelet does for a running pod: the spec changes the API server allows in place
+   * (container images, activeDeadlineSeconds, ...), projected tokens refreshed before they
+   * expire, and edited Secrets and ConfigMaps, all reach the cell. The core gets the new
+   * manifest; the agent restarts only units whose spec changed and rewrites volumes in place.
+   */
+  private async update(kpod: KPod): Promise<void> {
+    const key = `${kpod.metadata.namespace}/${kpod.metadata.name}`;
+    const prev = this.applied.get(key);
+    const now = this.now();
+    const source = sourceOf(kpod);
+    const why = !prev || prev.uid !== kpod.metadata.uid ? 'adopted' : prev.source !== source ? 'spec' : now >= prev.nextTokenRefreshAt ? 'token' : now >= prev.nextDataSyncAt ? 'data' : undefined;
+    if (!why) return this.wakeAt(key, prev!);
+    let next: Applied;
+    try {
+      next = await this.build(kpod, prev?.uid === kpod.metadata.uid ? prev : undefined);
+    } catch (err) {
+      if (!(err instanceof MissingReferenceError) || !prev) throw err;
+      // As a kubelet: a running pod keeps what it has when a reference vanishes.
+      if (prev.lastError !== err.message) await this.event(kpod, 'Warning', 'FailedMount', `${err.message}; the pod keeps its current files`);
+      this.applied.set(key, { ...prev, lastError: err.message, nextDataSyncAt: now + (this.o.dataSyncSeconds ?? 60) * 1000 });
+      return this.wakeAt(key, this.applied.get(key)!);
+    }
+    if (next.manifest !== prev?.manifest) {
+      try {
+        await this.o.controller.apply(next.manifest, kpod.metadata.namespace);
+      } catch (err) {
+        const se = err as ServiceError;
+        if (se.code !== GrpcStatus.INVALID_ARGUMENT) throw err;
+        // The core refuses the changed spec: the pod keeps running as it was.
+        await this.event(kpod, 'Warning', 'FailedUpdate', `Cello cannot apply this change: ${se.details}`);
+        next.manifest = prev?.manifest ?? next.manifest;
+      }
+      if (prev) this.o.log.info({ pod: key, why }, 'pod updated in place');
+      if (why === 'spec') await this.event(kpod, 'Normal', 'Updated', 'Pod spec change applied to its cell');
+    }
+    this.applied.set(key, next);
+    this.wakeAt(key, next);
+  }
+
+  private wakeAt(key: string, a: Applied): void {
+    const at = Math.min(a.nextTokenRefreshAt, a.nextDataSyncAt);
+    // setTimeout holds at most ~24.8 days; a wake-up before then only re-checks.
+    this.queue.addAfter(key, Math.min(Math.max(0, at - this.now()), 2 ** 31 - 1));
   }
 
   private async writeStatus(kpod: KPod, cpod: PodObject): Promise<void> {
@@ -260,6 +350,7 @@ export class PodSync {
     this.core.delete(key);
     this.mirroredEvents.delete(key);
     this.lastStatus.delete(key);
+    this.applied.delete(key);
     this.queue.forget(key);
   }
 
@@ -274,4 +365,14 @@ export class PodSync {
     this.queue.stop();
     await this.informer.stop();
   }
+}
+
+function sourceOf(kpod: KPod): string {
+  return JSON.stringify([kpod.spec, kpod.metadata.labels ?? {}, kpod.metadata.annotations ?? {}]);
+}
+
+/** The core pod's phase as Kubernetes names it (Succeeded/Failed end the pod's updates). */
+function kubePhase(cpod: PodObject): string {
+  const p = cpod.status?.phase;
+  return p === PodPhase.POD_PHASE_SUCCEEDED ? 'Succeeded' : p === PodPhase.POD_PHASE_FAILED ? 'Failed' : '';
 }

@@ -36,6 +36,10 @@ export interface VirtualNodeOptions {
   agents?: AgentAccess;
   /** Where the virtual node's metrics go (the controller's registry); default: a private one. */
   metricsRegistry?: Registry;
+  /** Fraction of a projected token's lifetime after which it is refreshed; default 0.8. */
+  tokenRefreshRatio?: number;
+  /** How often running pods' Secrets and ConfigMaps are read again; default 60. */
+  dataSyncSeconds?: number;
   leaseSeconds?: number;
   statusSeconds?: number;
   log: Logger;
@@ -98,7 +102,17 @@ export async function startVirtualNode(o: VirtualNodeOptions): Promise<VirtualNo
       onError: (what, err) => log.warn({ err: (err as Error).message }, `${what} failed`),
     });
     await node.register();
-    sync = new PodSync({ rest, controller, metrics, log: log.child({ component: 'pods' }), nodeName: o.nodeName, hostIP: o.internalIP, apiServer: podApiServer });
+    sync = new PodSync({
+      rest,
+      controller,
+      metrics,
+      log: log.child({ component: 'pods' }),
+      nodeName: o.nodeName,
+      hostIP: o.internalIP,
+      apiServer: podApiServer,
+      ...(o.tokenRefreshRatio !== undefined ? { tokenRefreshRatio: o.tokenRefreshRatio } : {}),
+      ...(o.dataSyncSeconds !== undefined ? { dataSyncSeconds: o.dataSyncSeconds } : {}),
+    });
     await sync.start();
     metrics.leader.set(1);
     log.info({ node: o.nodeName, kubeletPort }, 'virtual node registered');

@@ -108,10 +108,26 @@ describe('kubernetes configuration', () => {
     expect(() => parseConfig({ controllerId: 'x', security: { mode: 'insecure-dev' }, kubernetes: { enabled: true } })).toThrow(/kubernetes\.kubelet: /);
     expect(() => parseConfig({ controllerId: 'x', security: { mode: 'insecure-dev' }, kubernetes: { kubelet: { certFile: 'c', keyFile: 'k', clientCAFile: 'ca' }, capacity: { cpu: 'lots', memory: '1Gi', pods: 1 } } })).toThrow(/kubernetes\.capacity\.cpu: expected a Kubernetes quantity/);
     const k = kubernetesConfigSchema.parse({ kubelet: { certFile: 'c', keyFile: 'k', clientCAFile: 'ca' } });
-    expect(k).toMatchObject({ enabled: false, nodeName: 'cello', taint: { key: 'virtual-kubelet.io/provider', effect: 'NoSchedule' }, leaderElection: { enabled: true } });
+    expect(k).toMatchObject({ enabled: false, nodeName: 'cello', taint: { key: 'virtual-kubelet.io/provider', effect: 'NoSchedule' }, leaderElection: { enabled: true }, tokenRefreshRatio: 0.8, dataSyncSeconds: 60 });
+    expect(() => parseConfig({ controllerId: 'x', security: { mode: 'insecure-dev' }, kubernetes: { kubelet: { certFile: 'c', keyFile: 'k', clientCAFile: 'ca' }, tokenRefreshRatio: 1 } })).toThrow(/kubernetes\.tokenRefreshRatio: must be less than 1/);
     expect(derivedCapacity([
       { name: 'a', vcpus: 2, memoryMiB: 4096, gpus: 0, onDemandHourlyUsd: 1, arch: 'amd64' },
       { name: 'b', vcpus: 8, memoryMiB: 32768, gpus: 1, onDemandHourlyUsd: 2, arch: 'amd64' },
     ], 10)).toEqual({ cpu: '80', memory: '327680Mi', pods: '10', 'nvidia.com/gpu': '10' });
+  });
+});
+
+describe('projected token refresh schedule', () => {
+  it('refreshes after the given fraction of the lifetime, and at least daily', async () => {
+    const { tokenRefreshAt, MAX_TOKEN_AGE_MS } = await import('../../src/k8s/manifest.js');
+    const t0 = Date.parse('2026-01-01T00:00:00Z');
+    // The kubelet's 80 %: a 1 h token is refreshed after 48 min, a 10 min one after 8 min.
+    expect(tokenRefreshAt(t0, t0 + 3600_000, 0.8) - t0).toBe(48 * 60_000);
+    expect(tokenRefreshAt(t0, t0 + 600_000, 0.8) - t0).toBe(480_000);
+    expect(tokenRefreshAt(t0, t0 + 600_000, 0.005) - t0).toBe(3000);
+    // A token the API server extended to a year (--service-account-extend-token-expiration) is still refreshed daily.
+    expect(tokenRefreshAt(t0, t0 + 365 * 86400_000, 0.8) - t0).toBe(MAX_TOKEN_AGE_MS);
+    // An already expired one: at once.
+    expect(tokenRefreshAt(t0, t0 - 1, 0.8)).toBe(t0);
   });
 });

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { ChildProcess } from 'node:child_process';
-import { freePort, startKubeApiserver, waitFor, type KubeApiserver } from '@cello/testkit';
+import { freePort, pushBusybox, startKubeApiserver, waitFor, type KubeApiserver } from '@cello/testkit';
 import { CellState } from '@cello/proto/controller';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
@@ -42,6 +42,10 @@ class KubeCluster extends Cluster {
       kubelet: { listen: `127.0.0.1:${this.kubeletPort}`, certFile: this.serving.certFile, keyFile: this.serving.keyFile, clientCAFile: this.kube.caFile },
       capacity: { cpu: '8', memory: '16Gi', pods: 20 },
       leaderElection: { enabled: true, namespace: 'cello-system', leaseSeconds: 15 },
+      // Refresh projected tokens after 0.5 % of their lifetime (3 s of the API server's 600 s
+      // minimum) and re-read Secrets/ConfigMaps every 2 s, so refreshes happen within the test.
+      tokenRefreshRatio: 0.005,
+      dataSyncSeconds: 2,
     };
     writeFileSync(this.configPath, stringify(cfg));
   }
@@ -405,6 +409,94 @@ spec:
     expect((JSON.parse(review.stdout) as { status: { authenticated: boolean } }).status.authenticated).toBe(true);
     await kube.kubectl(['delete', 'pod', 'with-token', '--wait=false']);
   }, 150_000);
+
+  it('a running pod is kept current in place: its projected token is refreshed before expiry, an edited ConfigMap reaches its volume, kubectl attach, an image change and activeDeadlineSeconds apply', async () => {
+    await kube.kubectl(['create', 'configmap', 'live-settings', '--from-literal=mode=one']);
+    const pod = `apiVersion: v1
+kind: Pod
+metadata: { name: live }
+spec:
+  nodeName: ${NODE}
+  terminationGracePeriodSeconds: 1
+  automountServiceAccountToken: false
+  containers:
+  - name: main
+    image: ${registry.image}
+    stdin: true
+    command: ["sh", "-c", "while read line; do echo \\"attached:$line\\"; done; sleep 3600"]
+    volumeMounts: [{ name: tok, mountPath: /var/run/tok }, { name: cfg, mountPath: /etc/cfg }]
+  volumes:
+  - name: tok
+    projected: { sources: [{ serviceAccountToken: { path: token, expirationSeconds: 600, audience: cello-test } }] }
+  - name: cfg
+    configMap: { name: live-settings }
+`;
+    expect((await kube.kubectl(['apply', '-f', '-'], { input: pod })).code).toBe(0);
+    const running = await waitPod('live', 'Running', (p) => p.status.phase === 'Running' && !!p.status.containerStatuses?.[0]?.state.running, 90_000);
+    const cat = async (path: string) => (await kube.kubectl(['exec', 'live', '--', 'cat', path])).stdout;
+    const review = async (token: string) =>
+      (JSON.parse((await kube.kubectl(['create', '-o', 'json', '-f', '-'], { input: JSON.stringify({ apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences: ['cello-test'] } }) })).stdout) as { status: { authenticated?: boolean; audiences?: string[] } }).status;
+    const t1 = await cat('/var/run/tok/token');
+    expect(t1).toMatch(/^ey/);
+    // Refreshed in the running container (ratio 0.005 of 600 s: after about 3 s), as the kubelet
+    // does it: a new version of the volume behind the ..data link, swapped atomically.
+    const t2 = await waitFor('the token file to be refreshed in the running container', async () => {
+      const t = await cat('/var/run/tok/token');
+      return t && t !== t1 ? t : undefined;
+    }, { timeoutMs: 30_000, intervalMs: 500 });
+    const claims = (t: string) => JSON.parse(Buffer.from(t.split('.')[1]!, 'base64url').toString()) as { iat: number; exp: number; aud: string[]; 'kubernetes.io': { pod: { name: string } } };
+    expect(claims(t2).exp - claims(t2).iat).toBe(600);
+    expect(claims(t2).iat).toBeGreaterThanOrEqual(claims(t1).iat);
+    expect(claims(t2).aud).toEqual(['cello-test']);
+    expect(claims(t2)['kubernetes.io'].pod.name).toBe('live');
+    expect(await review(t2)).toMatchObject({ authenticated: true, audiences: ['cello-test'] });
+    expect((await kube.kubectl(['exec', 'live', '--', 'readlink', '/var/run/tok/token'])).stdout.trim()).toBe('..data/token');
+
+    // An edited ConfigMap reaches the mounted volume (re-read every dataSyncSeconds).
+    expect(await cat('/etc/cfg/mode')).toBe('one');
+    const edited = await kube.kubectl(['create', 'configmap', 'live-settings', '--from-literal=mode=two', '--dry-run=client', '-o', 'yaml']);
+    expect((await kube.kubectl(['apply', '-f', '-'], { input: edited.stdout })).code).toBe(0);
+    await waitFor('the edited ConfigMap in the running container', async () => (await cat('/etc/cfg/mode')) === 'two', { timeoutMs: 20_000, intervalMs: 500 });
+    // None of that restarted the container.
+    const same = (await getPod('live'))!;
+    expect(same.status.containerStatuses![0]!.restartCount).toBe(0);
+    expect(same.status.containerStatuses![0]!.state.running?.startedAt).toBe(running.status.containerStatuses![0]!.state.running?.startedAt);
+
+    // kubectl attach: the container's own stdin and stdout, through the API server's SPDY to /attach.
+    const attach = kube.spawnKubectl(['attach', '-i', 'live', '-c', 'main']);
+    let attached = '';
+    attach.stdout!.on('data', (b: Buffer) => (attached += b.toString()));
+    attach.stderr!.on('data', (b: Buffer) => (attached += b.toString()));
+    try {
+      const line = async (text: string) => {
+        attach.stdin!.write(`${text}\n`);
+        await waitFor(`"${text}" echoed through kubectl attach`, () => attached.includes(`attached:${text}`), { timeoutMs: 5_000, intervalMs: 100 });
+      };
+      // The first line may be written before the stream is up: resend until one comes back.
+      await waitFor('kubectl attach to connect', async () => line('first').then(() => true, () => false), { timeoutMs: 20_000, intervalMs: 0 });
+      await line('second line');
+    } catch (err) {
+      throw new Error(`${(err as Error).message}\nkubectl attach: ${attached}`);
+    } finally {
+      attach.kill('SIGTERM');
+    }
+    expect((await kube.kubectl(['logs', 'live'])).stdout).toContain('attached:second line');
+
+    // In-place updates the API server allows: a new image restarts just that container with it.
+    const image2 = await pushBusybox(registry.server, 'busybox:v2');
+    expect(image2).not.toBe(registry.image);
+    const set = await kube.kubectl(['set', 'image', 'pod/live', `main=${image2}`]);
+    expect(set.code, set.stderr).toBe(0);
+    const updated = await waitPod('live', 'running the new image', (p) => p.status.containerStatuses?.[0]?.image === image2 && !!p.status.containerStatuses[0].state.running, 60_000);
+    expect(updated.metadata.uid).toBe(running.metadata.uid);
+    expect(updated.status.podIP).toBe(running.status.podIP); // same cell
+    // activeDeadlineSeconds set on a running pod: it has been active longer, so it ends at once.
+    const patched = await kube.kubectl(['patch', 'pod', 'live', '-p', JSON.stringify({ spec: { activeDeadlineSeconds: 1 } })]);
+    expect(patched.code, patched.stderr).toBe(0);
+    const failed = await waitPod('live', 'Failed with DeadlineExceeded', (p) => p.status.phase === 'Failed', 30_000);
+    expect((failed.status as { reason?: string }).reason).toBe('DeadlineExceeded');
+    await kube.kubectl(['delete', 'pod', 'live', '--wait=false']);
+  }, 180_000);
 
   it('Ready is False, with the reason, while the controller core does not answer', async () => {
     const serving = await kube.issueCert('kubelet-serving-3', { cn: 'cello-orphan', ips: ['127.0.0.1'] });
