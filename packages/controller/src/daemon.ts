@@ -6,7 +6,7 @@ import { hostname } from 'node:os';
 import { openStore, StoreClosedError, type Store, type StoreConfig } from './store/index.js';
 import type { CellProvider } from './providers/provider.js';
 import { LocalProvider, type LocalProviderOptions } from './providers/local/local.js';
-import { CertificateAuthority, RotatingCertificate, type IssuedCertificate } from './security/index.js';
+import { CertificateAuthority, RotatingCertificate, SecretBox, type IssuedCertificate } from './security/index.js';
 import { bootstrapFnFor } from './bootstrap/index.js';
 import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
@@ -110,6 +110,10 @@ export async function startController(config: Config, o: StartOptions): Promise<
   let caCertPem: (() => Promise<string>) | undefined;
   let rotating: RotatingCertificate<IssuedCertificate> | undefined;
   const metrics = new Metrics({ defaults: true });
+  // Pod secrets are sealed at rest with the configured key (always there with mTLS).
+  const hasKey = !!(config.security.encryptionKeyFile || config.security.encryptionKeyEnv);
+  const secretBox = hasKey ? new SecretBox(encryptionKey(config)) : undefined;
+  if (!secretBox) log.warn('no security.encryptionKeyFile: pod secrets are stored unencrypted (insecure-dev only)');
   let renewer: CellCertificateRenewer | undefined;
   // The renewer talks over the agent pool, which is built once the provider is known.
   let pool: AgentAccess | undefined;
@@ -154,7 +158,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
   pool = agents;
   if (!agents.certificates) renewer = undefined;
   const types = await provider.instanceTypes();
-  const api = new ControllerApi({ store, agents, log: log.child({ component: 'api' }), controllerId: config.controllerId, providerName: provider.name, instanceTypes: types });
+  const api = new ControllerApi({ store, agents, log: log.child({ component: 'api' }), controllerId: config.controllerId, providerName: provider.name, instanceTypes: types, ...(secretBox ? { secretBox } : {}) });
   const apiPort = await api.listen(config.api.listen);
   const metricsServer = await serveMetrics(config.metrics.listen, metrics);
   const metricsPort = (metricsServer.address() as { port: number }).port;
@@ -213,6 +217,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
         ...(bootstrap ? { bootstrap } : {}),
         ...(caCertPem ? { caCertPem } : {}),
         ...(renewer ? { renewer } : {}),
+        ...(secretBox ? { secretBox } : {}),
       });
       reconciler = r;
       try {

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { join } from 'node:path';
 import type { PeerCertificate } from 'node:tls';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { CellAgentClient, CellCertificatesClient, GetInfoRequest, PodPhase, RequestRenewalRequest, type AgentInfo } from '@cello/proto/cell';
@@ -16,7 +16,13 @@ import { openStore } from '../src/store/index.js';
 import { CertificateAuthority, cellServerIdentityCheck, type IssuedCertificate } from '../src/security/index.js';
 import { Cluster, startFixtureRegistry, type Registry } from './helpers/cluster.js';
 
+const SECRET = `tok-${Math.random().toString(36).slice(2)}${Date.now()}`;
 const LOOP = `apiVersion: v1
+kind: Secret
+metadata: { name: creds }
+stringData: { token: ${SECRET} }
+---
+apiVersion: v1
 kind: Pod
 metadata: { name: steady }
 spec:
@@ -25,7 +31,18 @@ spec:
   - name: main
     image: IMAGE
     command: ["sh", "-c", "echo up; while true; do sleep 1; done"]
+    env:
+    - name: TOKEN
+      valueFrom: { secretKeyRef: { name: creds, key: token } }
 `;
+
+function storeHolds(dir: string, needle: string): boolean {
+  for (const n of readdirSync(dir)) {
+    const p = join(dir, n);
+    if (statSync(p).isDirectory() ? storeHolds(p, needle) : readFileSync(p).includes(needle)) return true;
+  }
+  return false;
+}
 
 const TTL = 6;
 
@@ -124,8 +141,8 @@ describe('certificate rotation (local provider, real agents)', () => {
     expect(now.status?.phase).toBe(PodPhase.POD_PHASE_RUNNING);
     expect(now.cellId).toBe(cellId);
     expect(now.status!.containerStatuses[0]!.restartCount).toBe(0);
-    const exec = await cl.cellctl(['exec', 'steady', '--', 'sh', '-c', 'echo still-here']);
-    expect(exec.stdout).toBe('still-here\n');
+    const exec = await cl.cellctl(['exec', 'steady', '--', 'sh', '-c', 'echo still-here $TOKEN']);
+    expect(exec.stdout).toBe(`still-here ${SECRET}\n`);
     expect(exec.code).toBe(0);
     const logs = await cl.cellctl(['logs', 'steady']);
     expect(logs.stdout).toContain('up');
@@ -162,6 +179,10 @@ describe('certificate rotation (local provider, real agents)', () => {
     } finally {
       certs.close();
     }
+
+    // The secret reached the container, but the controller's store holds it only sealed.
+    expect(storeHolds(cl.storeDir, SECRET)).toBe(false);
+    expect(storeHolds(cl.storeDir, Buffer.from(SECRET).toString('base64'))).toBe(false);
 
     const del = await cl.cellctl(['delete', 'pod', 'steady', '--grace', '1'], { timeoutMs: 60_000 });
     expect(del.code).toBe(0);

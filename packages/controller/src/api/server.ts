@@ -50,6 +50,8 @@ import { SelectionError, selectCandidates } from '../selection/selection.js';
 import type { InstanceType } from '../providers/provider.js';
 import type { AgentAccess } from '../dispatch/agents.js';
 import { errMsg, setCondition, type PodRecordWithData } from '../dispatch/reconciler.js';
+import { readPodSecrets, writePodSecrets } from '../cells/pod-secrets.js';
+import type { SecretBox } from '../security/secret-box.js';
 import type { Logger } from '../obs/logger.js';
 import { VERSION } from '../version.js';
 
@@ -60,6 +62,8 @@ export interface ApiOptions {
   controllerId: string;
   providerName: string;
   instanceTypes: InstanceType[];
+  /** Seals the secrets applied with pods before they reach the store. */
+  secretBox?: SecretBox;
 }
 
 class ApiError extends Error {
@@ -194,8 +198,11 @@ export class ControllerApi {
         const sameSpec = JSON.stringify(obj.spec) === JSON.stringify(pod.spec);
         const sameMeta = JSON.stringify(obj.metadata?.labels) === JSON.stringify(pod.metadata?.labels ?? {}) &&
           JSON.stringify(obj.metadata?.annotations) === JSON.stringify(pod.metadata?.annotations ?? {});
-        const sameData = JSON.stringify(cur.secrets ?? {}) === JSON.stringify(secrets) && JSON.stringify(cur.configMaps ?? {}) === JSON.stringify(configMaps);
-        if (sameSpec && sameMeta && sameData) {
+        const storeKey = podKey(namespace, name);
+        const sameData = JSON.stringify(readPodSecrets(cur, storeKey, this.o.secretBox)) === JSON.stringify(secrets) && JSON.stringify(cur.configMaps ?? {}) === JSON.stringify(configMaps);
+        // A record from before secrets were sealed is rewritten (sealed) even when nothing changed.
+        const legacyPlain = this.o.secretBox !== undefined && cur.secrets !== undefined;
+        if (sameSpec && sameMeta && sameData && !legacyPlain) {
           result = obj;
           return undefined;
         }
@@ -204,7 +211,7 @@ export class ControllerApi {
         obj.metadata!.annotations = pod.metadata?.annotations ?? {};
         if (!sameSpec || !sameData) obj.metadata!.generation += 1;
         result = obj;
-        return { ...cur, object: PodObject.toJSON(obj), secrets, configMaps };
+        return writePodSecrets({ ...cur, object: PodObject.toJSON(obj), configMaps }, secrets, storeKey, this.o.secretBox);
       }
       const status = PodStatus.fromPartial({ phase: PodPhase.POD_PHASE_PENDING });
       setCondition(status, 'PodScheduled', ConditionStatus.CONDITION_STATUS_FALSE, 'Pending', 'waiting for a cell');
@@ -222,7 +229,7 @@ export class ControllerApi {
         status,
       });
       result = obj;
-      return { object: PodObject.toJSON(obj), secrets, configMaps };
+      return writePodSecrets({ object: PodObject.toJSON(obj), configMaps }, secrets, podKey(namespace, name), this.o.secretBox);
     };
     if (r.dryRun) {
       const cur = await this.o.store.get<PodRecordWithData>(podKey(namespace, name));

@@ -46,6 +46,8 @@ import { SelectionError, selectCandidates, type Overhead, type SpotPreference } 
 import type { Logger } from '../obs/logger.js';
 import { Metrics } from '../obs/metrics.js';
 import { callUnary, type AgentAccess } from './agents.js';
+import { readPodSecrets, type PodRecordWithData } from '../cells/pod-secrets.js';
+import type { SecretBox } from '../security/secret-box.js';
 import { randomBytes } from 'node:crypto';
 
 export const TAG_CONTROLLER = 'cello.io/controller-id';
@@ -83,6 +85,8 @@ export interface ReconcilerOptions {
   agentPort?: number;
   bootstrap?: BootstrapFn;
   caCertPem?: () => Promise<string>;
+  /** Seals/opens the secrets kept in pod records (absent: plaintext, insecure-dev without a key). */
+  secretBox?: SecretBox;
   /** Renews cells' certificates before expiry (mTLS); checked on every tick. */
   renewer?: { check(cells: Iterable<{ id: string; address: string }>): void; forget(cellId: string): void };
 }
@@ -631,7 +635,7 @@ export class Reconciler {
     const req = ApplyPodRequest.fromPartial({
       pod: agentPod,
       generation,
-      secrets: Object.fromEntries(Object.entries((rec as PodRecordWithData).secrets ?? {}).map(([k, v]) => [k, SecretData.fromJSON(v)])),
+      secrets: Object.fromEntries(Object.entries(readPodSecrets(rec as PodRecordWithData, podKey(...splitKey(key)), this.o.secretBox)).map(([k, v]) => [k, SecretData.fromJSON(v)])),
       configMaps: Object.fromEntries(Object.entries((rec as PodRecordWithData).configMaps ?? {}).map(([k, v]) => [k, ConfigMapData.fromJSON(v)])),
     });
     try {
@@ -1183,11 +1187,7 @@ export class Reconciler {
   }
 }
 
-/** The resolved Secrets/ConfigMaps applied with the pod (JSON of SecretData/ConfigMapData). */
-export interface PodRecordWithData extends PodRecord {
-  secrets?: Record<string, unknown>;
-  configMaps?: Record<string, unknown>;
-}
+export type { PodRecordWithData } from '../cells/pod-secrets.js';
 
 interface CellRecordWithToken extends CellRecord {
   bootstrapToken?: string;

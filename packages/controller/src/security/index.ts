@@ -14,4 +14,5 @@ export {
 export { completeBootstrap, type BootstrapRequest } from './bootstrap.js';
 export { RotatingCertificate, type RotationOptions } from './rotation.js';
 export { ENCRYPTION_KEY_FIELD, parseEncryptionKey, UnsealError } from './sealed.js';
+export { isSealedSecrets, SecretBox, type SealedSecrets } from './secret-box.js';
 export { BOOTSTRAP_TOKEN_PREFIX, BootstrapTokenError, BootstrapTokens, type BootstrapTokenFailure } from './tokens.js';

@@ -95,6 +95,11 @@ export class SimulatedProvider implements CellProvider {
     return this.instances.size;
   }
 
+  /** The last ApplyPod the simulated agent of a cell received (tests: what was dispatched). */
+  lastApply(cellId: string): ApplyPodRequest | undefined {
+    return this.agents.get(cellId)?.lastApply;
+  }
+
   /** What the agent on a cell would report from the cloud's instance metadata (e.g. a spot interruption). */
   notify(cellId: string, notice: Partial<CellNotice>): void {
     const a = this.agents.get(cellId);
@@ -116,7 +121,10 @@ class SimulatedAgent {
     setImmediate(() => cb(null, AgentInfo.fromPartial({ version: 'simulated', cellId: this.cellId })));
   }
 
+  lastApply?: ApplyPodRequest;
+
   applyPod(req: ApplyPodRequest, _md: Metadata, _o: unknown, cb: Cb<ApplyPodResponse>): void {
+    this.lastApply = req;
     const containers = req.pod?.spec?.containers ?? [];
     setImmediate(() => cb(null, ApplyPodResponse.fromPartial({ generation: req.generation, changedUnits: containers.map((c) => c.name) })));
     setTimeout(() => {
