@@ -295,7 +295,7 @@ export class ImagePuller {
   private async unpackBlob(l: LayerInfo, fetched: Promise<void>, dir: string, o: Omit<UnpackOptions, 'dir'>, reset: () => Promise<void>): Promise<UnpackResult> {
     const src = await this.openBlob(l, fetched);
     try {
-      const res = await unpackLayer(src, l.compression, l.diffId, { ...o, dir, blobSize: l.size });
+      const res = await unpackLayer(src, l.compression, l.diffId, { ...o, dir });
       await fetched; // the compressed digest is verified too before anything is published
       return res;
     } catch (err) {
@@ -303,7 +303,7 @@ export class ImagePuller {
       await fetched; // a failed download is the real error
       if (err instanceof PullError && err.kind === 'unsafe-content') throw err;
       await reset();
-      return unpackLayer(createReadStream(this.store.blobPath(l.digest), { highWaterMark: CHUNK }), l.compression, l.diffId, { ...o, dir, blobSize: l.size });
+      return unpackLayer(createReadStream(this.store.blobPath(l.digest), { highWaterMark: CHUNK }), l.compression, l.diffId, { ...o, dir });
     }
   }
 

@@ -46,8 +46,6 @@ export interface UnpackOptions {
   state: TreeState;
   /** Upper bound on the uncompressed layer size (decompression bombs). */
   maxBytes: number;
-  /** Size of the compressed blob, when known (picks the decompressor). */
-  blobSize?: number;
   /** Overlay mode: the finished lower layer dirs, topmost first; awaited only when a hardlink needs them. */
   lowerDirs?: () => Promise<string[]>;
   logger?: Logger | undefined;
@@ -531,7 +529,7 @@ export async function unpackLayer(source: Readable, compression: Compression, ex
   const w = new LayerWriter(o);
   const parser = new TarParser(w);
   const hash = createHash('sha256');
-  const { stream, done } = await decompress(source, compression, o.blobSize);
+  const { stream, done } = await decompress(source, compression);
   let bytes = 0;
   try {
     for await (const c of stream) {
