@@ -13,7 +13,7 @@ import {
 } from './image.js';
 import { formatReference, parseReference, type Reference } from './reference.js';
 import { DEFAULT_TRANSPORT, makeDispatcher, RegistryClient, sha256Digest, TokenCache, type TransportOptions } from './registry.js';
-import { Store } from './store.js';
+import { GC_LOCK_MS, Store } from './store.js';
 import { CHUNK } from './decompress.js';
 import { FollowReader, Progress } from './follow.js';
 import { TreeState, unpackLayer, type UnpackOptions, type UnpackResult } from './unpack.js';
@@ -98,6 +98,11 @@ class Semaphore {
       else this.n++;
     };
   }
+}
+
+/** Everything of an image a pull or unpack reads from the cache. */
+function leaseItems(r: ImageRecord): string[] {
+  return [r.digest, r.configDigest, ...r.via, ...r.layers.flatMap((l) => [l.digest, l.chainId])];
 }
 
 function recordKey(ref: string): string {
@@ -375,6 +380,15 @@ export class ImagePuller {
   async pullWithStats(ref: string, opts: PullOptions = {}): Promise<{ image: PulledImage; stats: PullStats }> {
     this.sweepOnce();
     const r = await this.resolve(ref, opts);
+    const lease = await this.store.lease(leaseItems(r.record), opts.signal);
+    try {
+      return await this.pullLayers(r, opts);
+    } finally {
+      lease.release();
+    }
+  }
+
+  private async pullLayers(r: Resolved, opts: PullOptions): Promise<{ image: PulledImage; stats: PullStats }> {
     const stats: PullStats = { layers: r.record.layers.length, downloadedBytes: 0, fetchedLayers: 0, unpackedLayers: 0 };
     const dones: Promise<string>[] = [];
     let turn: Promise<void> = Promise.resolve();
@@ -403,12 +417,17 @@ export class ImagePuller {
   async pullToRootfs(ref: string, dir: string, opts: PullOptions = {}): Promise<{ image: PulledImage; stats: PullStats }> {
     this.sweepOnce();
     const r = await this.resolve(ref, opts);
-    const stats: PullStats = { layers: r.record.layers.length, downloadedBytes: 0, fetchedLayers: 0, unpackedLayers: 0 };
-    const fetches = r.record.layers.map((l) => this.ensureBlob(r.client, l, opts, stats));
-    fetches.forEach((f) => f.catch(() => undefined));
-    await this.applyLayers(r.record, dir, fetches, opts.signal, stats);
-    await this.saveRecord(r);
-    return { image: toPulled(r.record, []), stats };
+    const lease = await this.store.lease(leaseItems(r.record), opts.signal);
+    try {
+      const stats: PullStats = { layers: r.record.layers.length, downloadedBytes: 0, fetchedLayers: 0, unpackedLayers: 0 };
+      const fetches = r.record.layers.map((l) => this.ensureBlob(r.client, l, opts, stats));
+      fetches.forEach((f) => f.catch(() => undefined));
+      await this.applyLayers(r.record, dir, fetches, opts.signal, stats);
+      await this.saveRecord(r);
+      return { image: toPulled(r.record, []), stats };
+    } finally {
+      lease.release();
+    }
   }
 
   private async applyLayers(rec: ImageRecord, dir: string, ready: Promise<void>[], signal: AbortSignal | undefined, stats?: PullStats): Promise<void> {
@@ -447,14 +466,24 @@ export class ImagePuller {
   async unpackRootfs(image: PulledImage, dir: string): Promise<void> {
     const rec = await this.readRecord(image.reference.includes('@') ? image.reference : `${image.reference.replace(/:[^/:]+$/, '')}@${image.digest}`);
     if (!rec || rec.digest !== image.digest) throw new PullError('not-found', `${image.reference}: not in the cache; pull it first`);
-    const missing = rec.layers.find((l) => !this.store.hasBlob(l.digest));
-    if (missing) throw new PullError('not-found', `${image.reference}: layer blob ${missing.digest} is no longer cached; pull it again`);
-    await this.applyLayers(rec, dir, rec.layers.map(() => Promise.resolve()), undefined);
+    const lease = await this.store.lease(leaseItems(rec));
+    try {
+      const missing = rec.layers.find((l) => !this.store.hasBlob(l.digest));
+      if (missing) throw new PullError('not-found', `${image.reference}: layer blob ${missing.digest} is no longer cached; pull it again`);
+      await this.applyLayers(rec, dir, rec.layers.map(() => Promise.resolve()), undefined);
+    } finally {
+      lease.release();
+    }
   }
 
   /** Removes images not named in `keep` (references or digests), then every blob and layer none of the kept ones uses. */
   async gc(keep: string[]): Promise<{ removedBytes: number }> {
     this.sweepOnce();
+    // Under the gc lock, so no pull in any process can lease something while it is being removed.
+    return this.store.withLock('gc', () => this.collect(keep), GC_LOCK_MS);
+  }
+
+  private async collect(keep: string[]): Promise<{ removedBytes: number }> {
     const keepRefs = new Set<string>();
     const keepDigests = new Set<string>();
     for (const k of keep) {
@@ -486,8 +515,9 @@ export class ImagePuller {
       for (const d of [rec.digest, rec.configDigest, ...rec.via, ...rec.layers.map((l) => l.digest)]) blobs.add(d.slice(7));
       for (const l of rec.layers) layers.add(l.chainId.slice(7));
     }
-    const busyBlobs = new Set([...this.blobFlights.keys()].map((d) => d.slice(7)));
-    const busyLayers = new Set([...this.layerFlights.keys()].map((d) => d.slice(7)));
+    const leased = this.store.leased();
+    const busyBlobs = new Set([...this.blobFlights.keys()].map((d) => d.slice(7)).concat([...leased]));
+    const busyLayers = new Set([...this.layerFlights.keys()].map((d) => d.slice(7)).concat([...leased]));
     for (const b of readdirSync(this.store.blobs)) {
       if (blobs.has(b) || busyBlobs.has(b)) continue;
       removedBytes += du(join(this.store.blobs, b));

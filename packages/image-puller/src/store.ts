@@ -15,6 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
  *   images/KEY.json    what a reference resolved to when last pulled
  *   tmp/PID.RAND*      in-progress downloads and unpacks
  *   locks/NAME         PID of the process doing NAME
+ *   leases/PID.RAND    digests and ChainIDs a running pull uses; `gc` in any process keeps them
  */
 export class Store {
   readonly blobs: string;
@@ -22,6 +23,7 @@ export class Store {
   readonly images: string;
   readonly tmp: string;
   readonly locks: string;
+  readonly leases: string;
 
   constructor(readonly root: string) {
     this.blobs = join(root, 'blobs', 'sha256');
@@ -29,7 +31,8 @@ export class Store {
     this.images = join(root, 'images');
     this.tmp = join(root, 'tmp');
     this.locks = join(root, 'locks');
-    for (const d of [this.blobs, this.layers, this.images, this.tmp, this.locks]) mkdirSync(d, { recursive: true, mode: 0o700 });
+    this.leases = join(root, 'leases');
+    for (const d of [this.blobs, this.layers, this.images, this.tmp, this.locks, this.leases]) mkdirSync(d, { recursive: true, mode: 0o700 });
   }
 
   blobPath(digest: string): string {
@@ -79,13 +82,44 @@ export class Store {
     }
   }
 
-  /** Removes temp files of processes that no longer run (after a crash or kill -9). */
+  /** Removes temp files and leases of processes that no longer run (after a crash or kill -9). */
   sweepTmp(): void {
-    for (const n of readdirSync(this.tmp)) {
-      const pid = Number(n.split('.')[0]);
-      if (pid === process.pid || (Number.isInteger(pid) && alive(pid))) continue;
-      rmSync(join(this.tmp, n), { recursive: true, force: true });
+    for (const dir of [this.tmp, this.leases]) {
+      for (const n of readdirSync(dir)) {
+        const pid = Number(n.split('.')[0]);
+        if (pid === process.pid || (Number.isInteger(pid) && alive(pid))) continue;
+        rmSync(join(dir, n), { recursive: true, force: true });
+      }
     }
+  }
+
+  /**
+   * Declares that this process is about to use `items` (blob digests, layer ChainIDs), so that a
+   * `gc` in another process keeps them until `release`. Taken under the gc lock: a lease either
+   * lands before a collection starts (and is honoured) or after it ends (and then sees what it
+   * removed as missing, and fetches it again).
+   */
+  async lease(items: string[], signal?: AbortSignal): Promise<{ release: () => void }> {
+    const file = join(this.leases, `${process.pid}.${randomBytes(6).toString('hex')}`);
+    await this.withLock('gc', async () => writeFile(file, items.join('\n')), GC_LOCK_MS, signal);
+    return { release: () => rmSync(file, { force: true }) };
+  }
+
+  /** What the live leases of every process name (hex digests and ChainIDs, without `sha256:`). */
+  leased(): Set<string> {
+    const out = new Set<string>();
+    for (const n of readdirSync(this.leases)) {
+      const pid = Number(n.split('.')[0]);
+      if (pid !== process.pid && !(Number.isInteger(pid) && alive(pid))) continue;
+      let body: string;
+      try {
+        body = readFileSync(join(this.leases, n), 'utf8');
+      } catch {
+        continue; // released meanwhile
+      }
+      for (const item of body.split('\n')) if (item) out.add(item.replace(/^sha256:/, ''));
+    }
+    return out;
   }
 
   /**
@@ -137,6 +171,9 @@ export class Store {
     }
   }
 }
+
+/** A collection of a large cache can take minutes; pulls wait for it rather than race it. */
+export const GC_LOCK_MS = 30 * 60_000;
 
 export function alive(pid: number): boolean {
   try {

@@ -67,6 +67,25 @@ describe('image-puller CLI', () => {
     expect(config.labels['org.cello.fixture']).toBe('busybox');
   });
 
+  it('draws a progress bar per layer on a terminal (a real pty through script(1))', async () => {
+    const cmd = [process.execPath, CLI, 'pull', busybox, '--plain-http', '--cache', join(work, 'c-tty'), '--rootfs', join(work, 'rootfs-tty')]
+      .map((a) => `'${a}'`).join(' ');
+    const r = await new Promise<{ status: number | null; out: string }>((resolve, reject) => {
+      const c = spawn('script', ['-qfec', cmd, '/dev/null'], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      c.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+      const t = setTimeout(() => c.kill('SIGKILL'), 60_000);
+      c.on('error', reject);
+      c.on('close', (status) => {
+        clearTimeout(t);
+        resolve({ status, out });
+      });
+    });
+    expect(r.status).toBe(0);
+    // The last drawing shows the one layer complete: its short digest, a full bar, and its size.
+    expect(r.out).toMatch(/[a-f0-9]{12} \[#{30}\] (\d+\.\d)\/\1 MiB/);
+  });
+
   it('pull --layers links the cached layer dirs and writes the overlay lowerdir', async () => {
     const cache = join(work, 'c2');
     const out = join(work, 'layers');

@@ -1,13 +1,17 @@
-import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pushFixtures, pushImage, startRegistry, type PushedFixtures, type RegistryServer } from '@cello/testkit';
+import { fileURLToPath } from 'node:url';
+import { pushFixtures, pushImage, startRegistry, waitExit, waitFor, type PushedFixtures, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImagePuller, PullError } from '../src/index.js';
 import { checkManifestType } from '../src/image.js';
 import { FaultProxy } from './helpers/proxy.js';
 import { gzipLayer, makeTar } from './helpers/tar.js';
 
+const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 let registry: RegistryServer;
 let proxy: FaultProxy;
 let pushed: PushedFixtures;
@@ -114,5 +118,38 @@ describe('cache', () => {
     const all = await p.gc([]);
     expect(all.removedBytes).toBeGreaterThan(500_000);
     expect(await p.cached(pushed.busybox)).toBeUndefined();
+  });
+
+  it('gc in one process keeps what a pull in another process is using (leases)', async () => {
+    const root = join(work, `cache-${n++}`);
+    const p = newPuller({ root });
+    const base = gzipLayer(await makeTar([{ name: 'etc/', type: 'directory' }, { name: 'etc/base', content: 'b'.repeat(10000) }]));
+    const top = gzipLayer(await makeTar([{ name: 'etc/top', content: 'top\n' }]));
+    const topDigest = `sha256:${createHash('sha256').update(top.blob).digest('hex')}`;
+    const { ref: first } = await pushImage(registry, 'lease/base:1', [base]);
+    const { ref: second } = await pushImage(registry, 'lease/app:1', [base, top]);
+    const baseDir = (await p.pull(first)).layerDirs[0]!; // cached, and kept by no one
+    let release!: () => void;
+    proxy.inject({ match: new RegExp(topDigest), hold: new Promise<void>((r) => (release = r)) });
+    const child = spawn(process.execPath, [CLI, 'pull', viaProxy(second), '--plain-http', '--cache', root, '--layers', join(work, 'lease-out'), '--json'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    try {
+      // The other process has resolved the image (its lease is written) and waits for the top layer.
+      await waitFor('the other pull to hold a lease and wait for its top layer', () =>
+        readdirSync(join(root, 'leases')).length > 0 && proxy.seen.some((r) => r.path.includes(topDigest)), { timeoutMs: 20_000 });
+      await p.gc([]);
+      expect(existsSync(baseDir)).toBe(true);
+    } finally {
+      release();
+    }
+    const { code } = await waitExit(child, { timeoutMs: 30_000 });
+    expect(code).toBe(0);
+    const res = JSON.parse(out) as { layerDirs: string[] };
+    expect(res.layerDirs.every((d) => existsSync(d))).toBe(true);
+    expect(readdirSync(join(root, 'leases'))).toEqual([]); // released at the end of the pull
+    proxy.inject();
+    await p.gc([]);
+    expect(readdirSync(join(root, 'layers'))).toEqual([]); // without the lease, everything goes
   });
 });

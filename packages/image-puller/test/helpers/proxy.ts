@@ -12,6 +12,8 @@ export interface Fault {
   dropAfter?: number;
   /** Forward, flipping the byte at this body offset. */
   corruptAt?: number;
+  /** Forward only once this settles (a transfer held in flight for as long as a test needs). */
+  hold?: Promise<void>;
 }
 
 export interface SeenRequest {
@@ -61,6 +63,15 @@ export class FaultProxy {
       res.end('{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}');
       return;
     }
+    if (f?.hold) {
+      const held = f.hold;
+      void held.then(() => this.forward(req, res, path, rec, { ...f, hold: undefined }));
+      return;
+    }
+    this.forward(req, res, path, rec, f);
+  }
+
+  private forward(req: IncomingMessage, res: ServerResponse, path: string, rec: SeenRequest, f: Fault | undefined): void {
     const headers = { ...req.headers, host: `127.0.0.1:${this.upstream.port}` };
     const up = request({ host: '127.0.0.1', port: this.upstream.port, method: req.method, path, headers }, (ur) => {
       rec.status = ur.statusCode ?? 0;
