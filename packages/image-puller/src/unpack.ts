@@ -122,6 +122,32 @@ function run(cmd: string, args: string[], input: string, what: string): Promise<
   });
 }
 
+/** A file's extended attributes (Node has no getxattr): `getfattr`, from the same package as setfattr. */
+function readXattrs(path: string): Promise<Map<string, Buffer>> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('getfattr', ['-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', '--', path], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    child.on('error', (e) => reject(new PullError('unsupported', `reading extended attributes: cannot run getfattr: ${e.message}; install the attr package`)));
+    child.on('close', (code) => {
+      if (code !== 0) return reject(new PullError('invalid', `reading extended attributes of ${path}: ${err.trim().slice(0, 300)}`));
+      const attrs = new Map<string, Buffer>();
+      for (const line of out.split('\n')) {
+        if (line === '' || line.startsWith('#')) continue;
+        const eq = line.indexOf('=');
+        if (eq < 0) attrs.set(line, Buffer.alloc(0));
+        else {
+          const v = line.slice(eq + 1);
+          attrs.set(line.slice(0, eq), v.startsWith('0s') ? Buffer.from(v.slice(2), 'base64') : Buffer.from(v.replace(/^"|"$/g, '')));
+        }
+      }
+      resolve(attrs);
+    });
+  });
+}
+
 class LayerWriter implements TarSink {
   private readonly known: Map<string, Kind>;
   private readonly layerPaths = new Set<string>();
@@ -453,6 +479,10 @@ class LayerWriter implements TarSink {
         if (isRoot) lchownSync(dst, st.uid, st.gid);
         if (!st.isSymbolicLink()) chmodSync(dst, st.mode & 0o7777);
         lutimesSync(dst, st.atime, st.mtime);
+        // overlayfs' copy-up keeps extended attributes too (its own trusted.overlay.* aside).
+        const attrs = await readXattrs(join(dir, target));
+        for (const k of attrs.keys()) if (k.startsWith('trusted.overlay.')) attrs.delete(k);
+        if (attrs.size > 0) this.xattrs.set(target, attrs);
         this.known.set(target, st.isSymbolicLink() ? 'symlink' : 'other');
         this.layerPaths.add(target);
       }

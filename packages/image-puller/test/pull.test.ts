@@ -1,6 +1,6 @@
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -118,6 +118,19 @@ describe('cache', () => {
     const all = await p.gc([]);
     expect(all.removedBytes).toBeGreaterThan(500_000);
     expect(await p.cached(pushed.busybox)).toBeUndefined();
+  });
+
+  it('overlay form: a hardlink to a lower layer\'s file copies it up with its mode, owner and extended attributes', async () => {
+    const p = newPuller();
+    const lower = gzipLayer(await makeTar([{ name: 'opt/', type: 'directory' }, { name: 'opt/tool', content: 'bin', mode: 0o4750, uid: 7, gid: 8, pax: { 'SCHILY.xattr.user.origin': 'lower' } }]));
+    const upper = gzipLayer(await makeTar([{ name: 'opt/tool-link', type: 'link', linkname: 'opt/tool' }]));
+    const { ref } = await pushImage(registry, 'copyup/xattr:1', [lower, upper]);
+    const img = await p.pull(ref);
+    const up = join(img.layerDirs[1]!, 'opt/tool');
+    const st = statSync(up);
+    expect([st.mode & 0o7777, st.uid, st.gid, st.nlink]).toEqual([0o4750, 7, 8, 2]);
+    expect(statSync(join(img.layerDirs[1]!, 'opt/tool-link')).ino).toBe(st.ino);
+    expect(execFileSync('getfattr', ['--only-values', '-n', 'user.origin', up]).toString()).toBe('lower');
   });
 
   it('gc in one process keeps what a pull in another process is using (leases)', async () => {
