@@ -57,6 +57,42 @@ describe('faults through a proxy', () => {
     expect(blobReqs[1]!.status).toBe(206);
   });
 
+  it('a registry that stops answering hits the headers deadline: retried, then a network error', async () => {
+    let release!: () => void;
+    proxy.inject({ match: layer, hold: new Promise<void>((r) => (release = r)) });
+    const p = new ImagePuller({ root: join(work, `cache-${n++}`), plainHttp: [proxy.host], transport: { attempts: 2, backoffMs: 10, headersTimeoutMs: 300, bodyTimeoutMs: 300 } });
+    const t0 = Date.now();
+    try {
+      const err = await p.pull(ref).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(PullError);
+      expect((err as PullError).kind).toBe('network');
+      expect(Date.now() - t0).toBeLessThan(10_000);
+      expect(proxy.seen.filter((r) => layer.test(r.path))).toHaveLength(2);
+    } finally {
+      release();
+      proxy.inject();
+    }
+  });
+
+  it('the caller\'s AbortSignal ends a pull in flight promptly and leaves no temp files', async () => {
+    let release!: () => void;
+    proxy.inject({ match: layer, hold: new Promise<void>((r) => (release = r)) });
+    const root = join(work, `cache-${n++}`);
+    const p = new ImagePuller({ root, plainHttp: [proxy.host], transport: fast });
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(new Error('test deadline')), 300);
+    const t0 = Date.now();
+    try {
+      await expect(p.pull(ref, { signal: ac.signal })).rejects.toThrow();
+      expect(Date.now() - t0).toBeLessThan(5_000);
+      expect(readdirSync(join(root, 'tmp'))).toEqual([]);
+      expect(readdirSync(join(root, 'layers'))).toEqual([]);
+    } finally {
+      release();
+      proxy.inject();
+    }
+  });
+
   it('retries 5xx and 429, then succeeds', async () => {
     proxy.inject({ match: /\/manifests\//, times: 2, status: 503 }, { match: layer, times: 1, status: 429 });
     const img = await puller().pull(ref);
