@@ -26,7 +26,7 @@ import {
   type Pod,
 } from '@cello/proto/cell';
 import { Cell, PodObject, type PodRef } from '@cello/proto/controller';
-import type { Store, WatchEvent, Leadership } from '../store/store.js';
+import { ConflictError, type Store, type WatchEvent, type Leadership } from '../store/store.js';
 import { CapacityError, type CellProvider, type InstanceType, type CellBootstrapData } from '../providers/provider.js';
 import {
   CELLS,
@@ -213,6 +213,8 @@ export class Reconciler {
   private tick?: NodeJS.Timeout;
   private lastGc = 0;
   private lastResync = 0;
+  /** Where the periodic resync of pods continues on the next tick. */
+  private resyncCursor: Iterator<string> | undefined;
   private readonly startedAt = Date.now();
   private active = 0;
   private stopped = false;
@@ -371,10 +373,7 @@ export class Reconciler {
         this.enqueue(`cell:${id}`);
       }
     }
-    if (t - this.lastResync > 10_000) {
-      this.lastResync = t;
-      for (const k of this.pods.keys()) this.enqueue(`pod:${k}`);
-    }
+    this.resyncSlice(t);
     if (this.o.renewer) this.o.renewer.check(this.renewable());
     this.topUpWarmPool().catch((err) => this.log.warn({ err: errMsg(err) }, 'warm pool top-up failed'));
     const gcEvery = (this.o.gcIntervalSeconds ?? 30) * 1000;
@@ -395,6 +394,29 @@ export class Reconciler {
     }
   }
 
+  /**
+   * A safety net besides the watch: every pod is looked at again once per RESYNC_MS. Spread over
+   * the ticks in slices rather than all at once — enqueueing every pod in one go put thousands
+   * of reconciles in front of the real work every few seconds at scale.
+   */
+  private resyncSlice(t: number): void {
+    const RESYNC_MS = 30_000;
+    const tickMs = this.o.tickMs ?? 1000;
+    const elapsed = Math.max(tickMs, t - (this.lastResync || t - tickMs));
+    this.lastResync = t;
+    let n = Math.ceil((this.pods.size * elapsed) / RESYNC_MS);
+    while (n-- > 0 && this.pods.size > 0) {
+      this.resyncCursor ??= this.pods.keys();
+      const next = this.resyncCursor.next();
+      if (next.done) {
+        this.resyncCursor = undefined;
+        // One pass per period at most, even when there are few pods.
+        break;
+      }
+      this.enqueue(`pod:${next.value}`);
+    }
+  }
+
   private updateGauges(): void {
     const byState = new Map<string, number>();
     for (const c of this.cells.values()) {
@@ -409,7 +431,8 @@ export class Reconciler {
 
   private async writePod(key: string, fn: (r: PodRecord) => PodRecord | undefined): Promise<PodRecord | undefined> {
     const [ns, name] = splitKey(key);
-    const res = await update<PodRecord>(this.o.store, podKey(ns, name), (cur) => (cur ? fn(structuredClone(cur)) : undefined));
+    const fast = await this.casFromCache(podKey(ns, name), this.pods.get(key), fn);
+    const res = fast ?? (await update<PodRecord>(this.o.store, podKey(ns, name), (cur) => (cur ? fn(cur) : undefined)));
     if (res?.value) {
       const c = this.pods.get(key);
       if (!c || c.rev < res.revision) this.pods.set(key, { rec: res.value, rev: res.revision });
@@ -418,12 +441,34 @@ export class Reconciler {
   }
 
   private async writeCell(id: string, fn: (r: CellRecord | undefined) => CellRecord | undefined): Promise<CellRecord | undefined> {
-    const res = await update<CellRecord>(this.o.store, cellKey(id), (cur) => fn(cur ? structuredClone(cur) : undefined));
+    const fast = await this.casFromCache(cellKey(id), this.cells.get(id), fn);
+    const res = fast ?? (await update<CellRecord>(this.o.store, cellKey(id), (cur) => fn(cur)));
     if (res?.value) {
       const c = this.cells.get(id);
       if (!c || c.rev < res.revision) this.cells.set(id, { rec: res.value, rev: res.revision });
     }
     return res?.value;
+  }
+
+  /**
+   * One compare-and-swap against the revision the cache holds, skipping the read: at scale a
+   * read-then-write costs two store round trips (two group commits) per change. Undefined when
+   * the cache has nothing, the change is a no-op (decided on possibly stale data, so the caller
+   * re-checks against the store), or someone wrote in between; the caller then does the
+   * read-modify-write loop. (The store returns fresh copies on read, so only cached records
+   * need copying before fn mutates them: see copyRecord.)
+   */
+  private async casFromCache<T>(storeKey: string, cached: Cached<T> | undefined, fn: (r: T) => T | undefined): Promise<{ value: T; revision: number } | undefined> {
+    if (!cached) return undefined;
+    const next = fn(copyRecord(cached.rec));
+    if (next === undefined) return undefined;
+    try {
+      const revision = await this.o.store.put(storeKey, next, { expectRevision: cached.rev });
+      return { value: next, revision };
+    } catch (err) {
+      if (err instanceof ConflictError) return undefined;
+      throw err;
+    }
   }
 
   /** Moves a cell to `to` if the state machine allows it from where it is now. */
@@ -437,6 +482,7 @@ export class Reconciler {
   ): Promise<CellRecord | undefined> {
     let moved = false;
     const rec = await this.writeCell(id, (r) => {
+      moved = false; // fn may run more than once (a lost compare-and-swap is retried)
       if (!r) return undefined;
       const c = cellOf(r);
       if (expectFrom && !expectFrom.includes(c.state)) return undefined;
@@ -912,6 +958,7 @@ export class Reconciler {
     const key = refStr(cell.pod!);
     let outcome = '';
     await this.writePod(key, (r) => {
+      outcome = ''; // fn may run more than once (a lost compare-and-swap is retried)
       const p = podOf(r);
       if (p.cellId !== cell.id || r.deleting) return undefined;
       const st = p.status ?? PodStatus.fromPartial({});
@@ -1191,6 +1238,19 @@ export type { PodRecordWithData } from '../cells/pod-secrets.js';
 
 interface CellRecordWithToken extends CellRecord {
   bootstrapToken?: string;
+}
+
+/**
+ * A copy of a cached pod or cell record that update functions may change: they replace
+ * top-level fields (object, cell, fallback, ...) and fill two small maps in place
+ * (restartBase, lastStates), so those are copied and the rest is shared. Cheaper than a deep
+ * clone of the whole pod object on every write.
+ */
+function copyRecord<T>(rec: T): T {
+  const r = { ...(rec as Record<string, unknown>) };
+  if (r.restartBase) r.restartBase = { ...(r.restartBase as object) };
+  if (r.lastStates) r.lastStates = { ...(r.lastStates as object) };
+  return r as T;
 }
 
 export function splitKey(key: string): [string, string] {

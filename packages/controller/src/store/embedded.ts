@@ -4,21 +4,28 @@
 //   LOCK            single-writer pid lock (lockfile.ts)
 //   snapshot.json   the whole state at some revision, written to a temp file, fsynced, renamed
 //   wal.log         records after that revision: [u32 length][u32 crc32][JSON payload] frames
+//   wal.<n>.log     older WAL segments while a snapshot is being written (see compaction)
 //
 // A write is assigned its revision synchronously (so compare-and-swap sees every earlier write,
 // durable or not), queued, and acknowledged only after the batch holding it is written and
 // fdatasync'ed. Writes that arrive while a sync is running wait for the next one together
 // (group commit), so N concurrent puts cost ~1 fsync, not N. Readers and watchers only ever see
 // the committed (synced) state, so nobody acts on a write that a crash could take back.
-// Recovery: load the snapshot, replay WAL frames after its revision, and cut the file at the
-// first frame that is short or fails its checksum (a torn tail from a crash mid-append — never
-// acknowledged, because the sync had not returned).
+// Recovery: load the snapshot, replay WAL frames after its revision (older segments first), and
+// cut the file at the first frame that is short or fails its checksum (a torn tail from a crash
+// mid-append — never acknowledged, because the sync had not returned).
+// Compaction never stalls writes: between two batches the WAL is renamed to the next segment and
+// a fresh wal.log takes the writes, while the state at that revision is written as a snapshot in
+// the background, in slices that yield to the event loop; once the snapshot is renamed into place
+// and the directory synced, the segments it covers are deleted. A crash anywhere in between
+// leaves a snapshot (old or new) plus segments that replay on top of it.
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import type { Registry } from 'prom-client';
 import { DirLock } from './lockfile.js';
 import { StoreMetrics } from './metrics.js';
+import { SortedKeys } from './sorted-keys.js';
 import {
   CompactedError,
   ConflictError,
@@ -133,23 +140,15 @@ function checkKey(key: unknown, what = 'key'): asserts key is string {
   if (typeof key !== 'string' || key.length === 0) throw new TypeError(`${what} must be a non-empty string`);
 }
 
-/** First index in sorted `keys` whose key is >= k. */
-function lowerBound(keys: string[], k: string): number {
-  let lo = 0;
-  let hi = keys.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (keys[mid]! < k) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
-
 export class EmbeddedStore implements Store {
   readonly kind = 'embedded' as const;
 
   private readonly entries = new Map<string, Entry>();
-  private readonly sortedKeys: string[] = [];
+  private readonly sortedKeys = new SortedKeys();
+  /** The background snapshot, while one is being written. */
+  private compacting: Promise<void> | undefined;
+  /** Highest WAL segment number in use (segments are wal.<n>.log, older than wal.log). */
+  private segmentSeq = 0;
   /** Latest assigned modRevision per key for writes not yet committed (0: pending delete). */
   private readonly overlay = new Map<string, number>();
   private committedRev = 0;
@@ -226,15 +225,19 @@ export class EmbeddedStore implements Store {
         throw new Error(`store snapshot ${join(this.dir, SNAPSHOT)} is corrupt (checksum mismatch); restore it from a backup`);
       }
       const rows = JSON.parse(body) as [string, number, number, string][];
-      for (const [key, modRevision, createRevision, json] of rows) {
-        this.entries.set(key, { json, modRevision, createRevision });
-        this.sortedKeys.push(key);
-      }
-      this.sortedKeys.sort();
+      for (const [key, modRevision, createRevision, json] of rows) this.entries.set(key, { json, modRevision, createRevision });
+      this.sortedKeys.reset([...this.entries.keys()]);
       snapRev = header.revision;
     }
     this.committedRev = snapRev;
     this.historyFloor = snapRev;
+
+    // Segments left by a compaction that had not finished: complete, older than wal.log.
+    for (const { seq, path } of await this.segments()) {
+      this.segmentSeq = Math.max(this.segmentSeq, seq);
+      const { records } = decodeFrames(await fs.readFile(path));
+      for (const rec of records) if (rec.r > this.committedRev) this.apply(rec, false);
+    }
 
     const buf = await this.wal.readFile();
     const { records, goodBytes } = decodeFrames(buf);
@@ -253,6 +256,16 @@ export class EmbeddedStore implements Store {
     }
     this.walBytes = goodBytes;
     this.assignedRev = this.committedRev;
+  }
+
+  /** Older WAL segments, oldest first. */
+  private async segments(): Promise<{ seq: number; path: string }[]> {
+    const out: { seq: number; path: string }[] = [];
+    for (const n of await fs.readdir(this.dir)) {
+      const m = /^wal\.(\d+)\.log$/.exec(n);
+      if (m) out.push({ seq: Number(m[1]), path: join(this.dir, n) });
+    }
+    return out.sort((a, b) => a.seq - b.seq);
   }
 
   private async checkLock(): Promise<void> {
@@ -316,8 +329,7 @@ export class EmbeddedStore implements Store {
     if (typeof prefix !== 'string') throw new TypeError('prefix must be a string');
     if (this.overlay.size > 0) await this.settle((k) => k.startsWith(prefix));
     const items: KeyValue<T>[] = [];
-    for (let i = lowerBound(this.sortedKeys, prefix); i < this.sortedKeys.length; i++) {
-      const key = this.sortedKeys[i]!;
+    for (const key of this.sortedKeys.from(prefix)) {
       if (!key.startsWith(prefix)) break;
       const e = this.entries.get(key)!;
       items.push({ key, value: JSON.parse(e.json) as T, modRevision: e.modRevision });
@@ -409,9 +421,9 @@ export class EmbeddedStore implements Store {
         }
         for (const w of batch) w.resolve();
         this.wakeReaders();
-        if (this.walBytes >= Math.max(this.opts.compactBytes, this.snapshotBytes) && this.closedWhy === undefined) {
+        if (this.walBytes >= Math.max(this.opts.compactBytes, this.snapshotBytes) && this.closedWhy === undefined && this.compacting === undefined) {
           try {
-            await this.compact();
+            await this.startCompaction();
           } catch (err) {
             // Not fatal: the WAL still holds everything; try again after the next batch.
             this.opts.logger?.warn({ err, dir: this.dir }, 'store compaction failed');
@@ -427,10 +439,10 @@ export class EmbeddedStore implements Store {
   private apply(rec: Rec, live: boolean): void {
     if (rec.o === 'p') {
       const prev = this.entries.get(rec.k);
-      if (prev === undefined) this.sortedKeys.splice(lowerBound(this.sortedKeys, rec.k), 0, rec.k);
+      if (prev === undefined) this.sortedKeys.insert(rec.k);
       this.entries.set(rec.k, { json: rec.v!, modRevision: rec.r, createRevision: prev?.createRevision ?? rec.r });
     } else if (this.entries.delete(rec.k)) {
-      this.sortedKeys.splice(lowerBound(this.sortedKeys, rec.k), 1);
+      this.sortedKeys.delete(rec.k);
     }
     this.committedRev = rec.r;
     this.history.push(rec);
@@ -449,30 +461,65 @@ export class EmbeddedStore implements Store {
     if (live) for (const w of this.watchers) if (rec.k.startsWith(w.prefix)) w.stream.push(toEvent(rec));
   }
 
-  /** Writes the committed state as a snapshot, then empties the WAL. Runs inside the flush loop. */
-  private async compact(): Promise<void> {
+  /**
+   * Runs inside the flush loop, between batches: captures the committed state, moves wal.log
+   * aside as the next segment and opens a fresh one, then writes the snapshot in the background.
+   */
+  private async startCompaction(): Promise<void> {
     const rows: [string, number, number, string][] = [];
     for (const key of this.sortedKeys) {
       const e = this.entries.get(key)!;
       rows.push([key, e.modRevision, e.createRevision, e.json]);
     }
-    const body = JSON.stringify(rows);
-    const header = JSON.stringify({ format: 1, revision: this.committedRev, crc32: crc32(Buffer.from(body, 'utf8')) });
+    const revision = this.committedRev;
+    const seq = this.segmentSeq + 1;
+    await this.wal.close();
+    await fs.rename(join(this.dir, WAL), join(this.dir, `wal.${seq}.log`));
+    this.segmentSeq = seq;
+    this.wal = await fs.open(join(this.dir, WAL), 'a+');
+    await syncDir(this.dir);
+    this.walBytes = 0;
+    this.compacting = this.writeSnapshot(rows, revision, seq)
+      .catch((err: unknown) => this.opts.logger?.warn({ err, dir: this.dir }, 'store compaction failed; the WAL segments are kept'))
+      .finally(() => {
+        this.compacting = undefined;
+      });
+  }
+
+  /** The snapshot at `revision`; then deletes segments up to `seq`, which it covers. */
+  private async writeSnapshot(rows: [string, number, number, string][], revision: number, seq: number): Promise<void> {
+    // The body is exactly JSON.stringify(rows), built and checksummed in slices.
+    const SLICE = 2000;
+    const parts: Buffer[] = [Buffer.from('[')];
+    let crc = crc32(parts[0]!);
+    for (let i = 0; i < rows.length; i += SLICE) {
+      const text = JSON.stringify(rows.slice(i, i + SLICE)).slice(1, -1);
+      const b = Buffer.from(i === 0 ? text : `,${text}`, 'utf8');
+      parts.push(b);
+      crc = crc32(b, crc);
+      await new Promise<void>((r) => setImmediate(r));
+    }
+    const close = Buffer.from(']');
+    parts.push(close);
+    crc = crc32(close, crc);
+    const header = Buffer.from(`${JSON.stringify({ format: 1, revision, crc32: crc })}\n`, 'utf8');
     const tmp = join(this.dir, `${SNAPSHOT}.tmp`);
     const fh = await fs.open(tmp, 'w', 0o600);
+    let bytes = header.length;
     try {
-      const text = `${header}\n${body}`;
-      this.snapshotBytes = Buffer.byteLength(text);
-      await fh.writeFile(text);
+      await fh.write(header);
+      for (const b of parts) {
+        await fh.write(b);
+        bytes += b.length;
+      }
       await fh.sync();
     } finally {
       await fh.close();
     }
     await fs.rename(tmp, join(this.dir, SNAPSHOT));
-    await syncDir(this.dir); // makes the rename itself durable before the WAL it replaces is cut
-    await this.wal.truncate(0);
-    await this.wal.datasync();
-    this.walBytes = 0;
+    await syncDir(this.dir); // the rename is durable before the segments it replaces go
+    for (const s of await this.segments()) if (s.seq <= seq) await fs.rm(s.path, { force: true });
+    this.snapshotBytes = bytes;
     this.stats.compactions++;
     this.metrics?.compactions.inc();
   }
@@ -583,6 +630,7 @@ export class EmbeddedStore implements Store {
       this.endAll(new StoreClosedError(this.closedWhy));
     }
     while (this.flushing) await this.flushDone;
+    await this.compacting;
     await this.wal.close().catch(() => undefined);
     if (!failed) await this.lock.release();
   }

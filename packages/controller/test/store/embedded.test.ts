@@ -7,8 +7,10 @@ import { Registry } from 'prom-client';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CompactedError, EmbeddedStore, StoreLockedError, openStore } from '../../src/store/index.js';
 import { encodeFrame } from '../../src/store/embedded.js';
+import { SortedKeys } from '../../src/store/sorted-keys.js';
 import { storeContract } from './contract.js';
 import { transpileSources } from './transpile.js';
+import { waitFor } from '@cello/testkit';
 
 const tmpDirs: string[] = [];
 async function tempDir(): Promise<string> {
@@ -68,7 +70,7 @@ describe('embedded store durability', () => {
   });
 
   it('survives kill -9 of a writer: every acknowledged write is there after reopen', async () => {
-    const code = transpileSources(['store/embedded.ts', 'store/lockfile.ts', 'store/store.ts', 'store/watch-stream.ts', 'store/metrics.ts'], { 'writer.mjs': WRITER });
+    const code = transpileSources(['store/embedded.ts', 'store/sorted-keys.ts', 'store/lockfile.ts', 'store/store.ts', 'store/watch-stream.ts', 'store/metrics.ts'], { 'writer.mjs': WRITER });
     try {
       for (const compactBytes of [16 * 1024 * 1024, 64 * 1024]) {
         const dir = await tempDir();
@@ -177,6 +179,47 @@ describe('embedded store durability', () => {
     expect(next).toBe(expected.revision + 1);
     await expect(fs.stat(join(dir, 'snapshot.json.tmp'))).rejects.toThrow(/ENOENT/);
     await s2.close();
+  });
+
+  it('replays WAL segments a compaction left behind, in order, and removes them once a snapshot covers them', async () => {
+    const dir = await tempDir();
+    const s1 = await EmbeddedStore.open({ dir });
+    for (let i = 0; i < 10; i++) await s1.put(`seg/${i}`, { i, gen: 1 });
+    await s1.close();
+    // As a crash between "WAL moved aside" and "snapshot renamed" leaves it.
+    await fs.rename(join(dir, 'wal.log'), join(dir, 'wal.4.log'));
+    const s2 = await EmbeddedStore.open({ dir, compactBytes: 2048 });
+    expect((await s2.list('seg/')).items).toHaveLength(10);
+    for (let i = 0; i < 10; i++) await s2.put(`seg/${i}`, { i, gen: 2, pad: 'x'.repeat(300) });
+    // Writes went on during the background snapshot; once it is in place, the segments go.
+    await waitFor('segments removed', async () => !(await fs.readdir(dir)).some((n) => /^wal\.\d+\.log$/.test(n)), { timeoutMs: 5000 });
+    expect(s2.stats.compactions).toBeGreaterThan(0);
+    const expected = await s2.list('seg/');
+    await s2.close();
+    const s3 = await EmbeddedStore.open({ dir });
+    expect(await s3.list('seg/')).toEqual(expected);
+    expect(expected.items.every((kv) => (kv.value as { gen: number }).gen === 2)).toBe(true);
+    await s3.close();
+  });
+
+  it('the key index stays sorted through random inserts and deletes', () => {
+    const idx = new SortedKeys();
+    const ref = new Set<string>();
+    let seed = 42;
+    const rnd = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+    for (let i = 0; i < 20_000; i++) {
+      const k = `k/${Math.floor(rnd() * 5000).toString().padStart(5, '0')}`;
+      if (rnd() < 0.7) {
+        idx.insert(k);
+        ref.add(k);
+      } else {
+        expect(idx.delete(k)).toBe(ref.delete(k));
+      }
+    }
+    const want = [...ref].sort();
+    expect([...idx]).toEqual(want);
+    expect(idx.size).toBe(want.length);
+    expect([...idx.from('k/02500')].slice(0, 3)).toEqual(want.filter((k) => k >= 'k/02500').slice(0, 3));
   });
 
   it('group commit: concurrent puts share fsyncs', async () => {
