@@ -124,7 +124,7 @@ export class Cluster {
   /** kill -9: no shutdown code runs. */
   async kill9(): Promise<void> {
     const c = this.controller;
-    if (!c || c.exitCode !== null) return;
+    if (!c || c.exitCode !== null || c.signalCode !== null) return;
     const exited = new Promise((r) => c.once('exit', r));
     c.kill('SIGKILL');
     await exited;
@@ -132,7 +132,7 @@ export class Cluster {
 
   async stopController(): Promise<void> {
     const c = this.controller;
-    if (!c || c.exitCode !== null) return;
+    if (!c || c.exitCode !== null || c.signalCode !== null) return;
     const exited = new Promise((r) => c.once('exit', r));
     c.kill('SIGTERM');
     await Promise.race([exited, new Promise((r) => setTimeout(r, 15_000))]);
