@@ -3,6 +3,7 @@
 export { startAgent, AGENT_VERSION, type Agent, type AgentOptions, type TlsFiles } from './agent.js';
 export { connectAgent, agentCredentials, type ClientTls } from './ctl/client.js';
 export { createLogger } from './log.js';
+export { unpackLogChunk } from './logs/index.js';
 export type { ImageService, ImageInfo, ImageConfig } from './images/image-service.js';
 export { DirImageService } from './images/dir-images.js';
 export type { CgroupDriver, CgroupStats, UnitLimits } from './cgroups/index.js';

@@ -9,6 +9,7 @@ import {
   type CellAgentServer,
   type ExecInput,
   type ExecOutput,
+  LogChunk,
   LogStream,
   LogsRequest,
   type PortForwardFrame,
@@ -51,7 +52,7 @@ const agent: CellAgentServer = {
   logs(call) {
     const n = Number(call.request.tailLines ?? 0);
     for (let i = 0; i < n; i++) {
-      call.write({ entries: [{ stream: LogStream.LOG_STREAM_STDOUT, timeSeconds: 1_700_000_000, timeNanos: 123_456_789 + i, line: Buffer.from(`line ${i}`), partial: false }], droppedBytes: 0, text: Buffer.alloc(0) });
+      call.write(LogChunk.fromPartial({ entries: [{ stream: LogStream.LOG_STREAM_STDOUT, timeSeconds: 1_700_000_000, timeNanos: 123_456_789 + i, line: Buffer.from(`line ${i}`), partial: false }] }));
     }
     call.end();
   },

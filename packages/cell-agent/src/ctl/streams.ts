@@ -40,12 +40,13 @@ export function runLogs(
   out: NodeJS.WritableStream = process.stdout,
   errOut: NodeJS.WritableStream = process.stderr,
 ): { done: Promise<void>; cancel(): void } {
-  const call = client.logs(req);
+  // Packed chunks: the agent and this client then spend nothing per line (see LogsRequest.packed).
+  const call = client.logs({ ...req, packed: true });
   const render = new TextRenderer(false);
   const done = new Promise<void>((resolve, reject) => {
     call.on('data', (c: LogChunk) => {
       if (c.droppedBytes > 0) errOut.write(`[cell-agent: this reader fell behind; ${c.droppedBytes} bytes of log were skipped]\n`);
-      const text = req.timestamps && c.text.length > 0 ? c.text : render.text(c.entries);
+      const text = req.timestamps && c.text.length > 0 ? c.text : render.chunk(c);
       if (!out.write(text)) {
         call.pause();
         out.once('drain', () => call.resume());

@@ -15,10 +15,10 @@
 import { closeSync, mkdirSync, openSync, readdirSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { LogChunk, LogEntry, LogsRequest } from '@cello/proto/cell';
+import { LogStream, type LogChunk, type LogEntry, type LogsRequest } from '@cello/proto/cell';
 import type { LogSink, StdStream } from '../units/unit-view.js';
 import { formatRfc3339Nano, nowNs, splitNs } from './clock.js';
-import { CriParser, NEWLINE, contentOffset, type ParsedRecord } from './cri.js';
+import { CriParser, NEWLINE, PACKED_PARTIAL, PACKED_STDERR, PackedBuilder, contentOffset, type PackedRun, type ParsedRecord } from './cri.js';
 
 export interface ContainerLogsOptions {
   /** Directory of this unit's log files (created if missing). */
@@ -55,6 +55,10 @@ interface Segment {
 interface RingChunk {
   start: number;
   buf: Buffer;
+  /** The same lines ready for packed readers, when the chunk is one run (see write). */
+  run: PackedRun | undefined;
+  /** Memory it holds (buf and run text). */
+  size: number;
 }
 
 const READ_BYTES = 1 << 20;
@@ -101,7 +105,9 @@ class Instance {
     const headF = Buffer.from(`${ts} ${stream} F `, 'latin1');
     const headP = Buffer.from(`${ts} ${stream} P `, 'latin1');
     const max = this.opts.maxLineBytes;
-    const parts: Buffer[] = [];
+    // Records that go out as plain CRI bytes (held lines, long lines, partial pieces); the
+    // common run of whole lines goes out with its packed form (see RingChunk.run).
+    let parts: Buffer[] = [];
     let start = 0;
     // A line held from the previous chunk completes (or grows) first.
     if (this.partialLen[stream] > 0) {
@@ -111,7 +117,7 @@ class Instance {
       this.partialLen[stream] += piece.length;
       if (i === -1) {
         this.flushHeld(stream, headP, parts);
-        if (parts.length > 0) this.append(Buffer.concat(parts));
+        if (parts.length > 0) this.append(Buffer.concat(parts), undefined);
         return;
       }
       const line = Buffer.concat(this.partial[stream]);
@@ -131,22 +137,36 @@ class Instance {
     if (last >= start) {
       let lines = 0;
       for (let i = chunk.indexOf(NEWLINE, start); i !== -1 && i <= last; i = chunk.indexOf(NEWLINE, i + 1)) lines += 1;
-      const out = Buffer.allocUnsafe(last + 1 - start + lines * headF.length);
+      const hl = headF.length;
+      const out = Buffer.allocUnsafe(last + 1 - start + lines * hl);
       let pos = 0;
       let long = false;
+      let covered = 0;
+      const runStart = start;
       for (let ls = start; ls <= last; ) {
         const nl = chunk.indexOf(NEWLINE, ls);
         if (nl - ls > max) {
           long = true;
           break;
         }
-        headF.copy(out, pos);
-        pos += headF.length;
+        // (a byte loop: cheaper than a native copy call for a 40-byte header)
+        for (let h = 0; h < hl; h++) out[pos + h] = headF[h]!;
+        pos += hl;
         pos += chunk.copy(out, pos, ls, nl + 1);
         ls = nl + 1;
         start = ls;
+        covered += 1;
       }
-      parts.push(out.subarray(0, pos));
+      if (parts.length > 0) {
+        this.append(parts.length === 1 ? parts[0]! : Buffer.concat(parts), undefined);
+        parts = [];
+      }
+      if (covered > 0) {
+        // The packed form is the raw lines themselves: one copy per chunk (the caller may
+        // reuse its buffer), none per line.
+        const text = Buffer.from(chunk.subarray(runStart, start));
+        this.append(out.subarray(0, pos), { text, lines: covered, flags: stream === 'stderr' ? PACKED_STDERR : 0, seconds, nanos });
+      }
       if (long) {
         // Rare: lines longer than `max` become P records followed by an F record.
         for (let nl = chunk.indexOf(NEWLINE, start); nl !== -1 && nl <= last; nl = chunk.indexOf(NEWLINE, start)) {
@@ -167,7 +187,7 @@ class Instance {
       this.partialLen[stream] += rest.length;
       this.flushHeld(stream, headP, parts);
     }
-    if (parts.length > 0) this.append(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+    if (parts.length > 0) this.append(parts.length === 1 ? parts[0]! : Buffer.concat(parts), undefined);
   }
 
   /** A held partial line that reached `maxLineBytes` goes out as P records. */
@@ -195,7 +215,7 @@ class Instance {
       this.partial[stream] = [];
       this.partialLen[stream] = 0;
     }
-    if (parts.length > 0) this.append(Buffer.concat(parts));
+    if (parts.length > 0) this.append(Buffer.concat(parts), undefined);
     this.ended = true;
     if (this.fd !== undefined) closeSync(this.fd);
     this.fd = undefined;
@@ -204,17 +224,18 @@ class Instance {
     this.notify();
   }
 
-  private append(buf: Buffer): void {
+  private append(buf: Buffer, run: PackedRun | undefined): void {
     let seg = this.segments[this.segments.length - 1];
     if (seg === undefined || this.fd === undefined || (seg.size > 0 && seg.size + buf.length > this.opts.maxFileBytes)) {
       seg = this.rotate();
     }
     let off = 0;
     while (off < buf.length) off += writeSync(this.fd!, buf, off, buf.length - off);
-    this.ring.push({ start: this.pos, buf });
-    this.ringSize += buf.length;
-    while (this.ring.length > 1 && this.ringSize - this.ring[0]!.buf.length >= this.opts.ringBytes) {
-      this.ringSize -= this.ring.shift()!.buf.length;
+    const size = buf.length + (run?.text.length ?? 0);
+    this.ring.push({ start: this.pos, buf, run, size });
+    this.ringSize += size;
+    while (this.ring.length > 1 && this.ringSize - this.ring[0]!.size >= this.opts.ringBytes) {
+      this.ringSize -= this.ring.shift()!.size;
     }
     seg.size += buf.length;
     this.pos += buf.length;
@@ -283,6 +304,15 @@ class Instance {
    * there was rotated away.
    */
   async readAt(offset: number, max: number): Promise<{ buf: Buffer; skipped: number }> {
+    const { bufs, skipped } = await this.readChunksAt(offset, max);
+    return { buf: bufs.length === 1 ? bufs[0]! : Buffer.concat(bufs), skipped };
+  }
+
+  /**
+   * Like readAt, but ring data comes as the ring's own chunks (each holds whole records), so
+   * a follower that keeps up reads without copying. Empty `bufs` means nothing to read.
+   */
+  async readChunksAt(offset: number, max: number): Promise<{ bufs: Buffer[]; runs: (PackedRun | undefined)[]; skipped: number }> {
     for (;;) {
       let skipped = 0;
       const first = this.firstOffset();
@@ -290,24 +320,36 @@ class Instance {
         skipped = first - offset;
         offset = first;
       }
-      if (offset >= this.pos) return { buf: Buffer.alloc(0), skipped };
-      const ringStart = this.ring[0]?.start;
+      if (offset >= this.pos) return { bufs: [], runs: [], skipped };
+      const ring = this.ring;
+      const ringStart = ring[0]?.start;
       if (ringStart !== undefined && offset >= ringStart) {
-        const bufs: Buffer[] = [];
-        let n = 0;
-        for (const c of this.ring) {
-          const end = c.start + c.buf.length;
-          if (end <= offset) continue;
-          const piece = c.buf.subarray(Math.max(0, offset - c.start));
-          bufs.push(piece);
-          n += piece.length;
-          if (n >= max) break;
+        // The last chunk starting at or before offset (binary search: small writes make
+        // thousands of chunks).
+        let lo = 0;
+        let hi = ring.length - 1;
+        while (lo < hi) {
+          const mid = (lo + hi + 1) >> 1;
+          if (ring[mid]!.start <= offset) lo = mid;
+          else hi = mid - 1;
         }
-        return { buf: bufs.length === 1 ? bufs[0]! : Buffer.concat(bufs), skipped };
+        const bufs: Buffer[] = [];
+        const runs: (PackedRun | undefined)[] = [];
+        let n = 0;
+        for (let i = lo; i < ring.length && n < max; i++) {
+          const c = ring[i]!;
+          const whole = offset <= c.start;
+          const piece = whole ? c.buf : c.buf.subarray(offset - c.start);
+          if (piece.length === 0) continue;
+          bufs.push(piece);
+          runs.push(whole ? c.run : undefined);
+          n += piece.length;
+        }
+        return { bufs, runs, skipped };
       }
       // The segment holding `offset`, or the next one when the data there is gone.
       const seg = this.segments.find((s) => offset < s.start + s.size);
-      if (seg === undefined) return { buf: Buffer.alloc(0), skipped: skipped + (this.pos - offset) };
+      if (seg === undefined) return { bufs: [], runs: [], skipped: skipped + (this.pos - offset) };
       if (seg.start > offset) {
         skipped += seg.start - offset;
         offset = seg.start;
@@ -328,7 +370,7 @@ class Instance {
       try {
         const buf = Buffer.allocUnsafe(want);
         const { bytesRead } = await fh.read(buf, 0, want, offset - seg.start);
-        return { buf: buf.subarray(0, bytesRead), skipped };
+        return bytesRead > 0 ? { bufs: [buf.subarray(0, bytesRead)], runs: [undefined], skipped } : { bufs: [], runs: [], skipped };
       } finally {
         await fh.close();
       }
@@ -482,18 +524,19 @@ export class ContainerLogs {
     let parser = new CriParser();
     let dropped = 0;
     const render = new TextRenderer(true);
+    const packed = req.packed;
     for (;;) {
       if (signal.aborted) return;
-      const { buf, skipped } = await inst.readAt(offset, READ_BYTES);
+      const { bufs, runs, skipped } = await inst.readChunksAt(offset, READ_BYTES);
       if (skipped > 0) {
         // Whatever partial record the parser held belongs to data that is gone.
         dropped += skipped;
         offset += skipped;
         parser = new CriParser();
       }
-      if (buf.length === 0) {
+      if (bufs.length === 0) {
         if (dropped > 0) {
-          yield { entries: [], droppedBytes: dropped, text: Buffer.alloc(0) };
+          yield logChunk({ droppedBytes: dropped });
           dropped = 0;
         }
         if (!follow || inst.ended || this.closed) {
@@ -503,9 +546,31 @@ export class ContainerLogs {
         await inst.changed(signal);
         continue;
       }
-      offset += buf.length;
+      let size = 0;
+      for (const b of bufs) size += b.length;
+      offset += size;
+      if (packed) {
+        const since = sinceNs;
+        const keep = since === undefined ? undefined : (sec: number, ns: number) => BigInt(sec) * 1_000_000_000n + BigInt(ns) >= since;
+        const out = new PackedBuilder(size);
+        for (let i = 0; i < bufs.length; i++) {
+          const run = runs[i];
+          // A chunk the capture prepared goes out whole, without looking at its lines (the
+          // parser holds nothing then: ring chunks are whole records).
+          if (run !== undefined && cutFirst === 0 && parser.idle) {
+            if (keep === undefined || keep(run.seconds, run.nanos)) out.addRun(run);
+          } else cutFirst = parser.pushPacked(bufs[i]!, out, keep, cutFirst);
+        }
+        if (sinceNs !== undefined && !out.empty) sinceNs = undefined; // timestamps only grow
+        if (out.empty && dropped === 0) continue;
+        const chunk = packedChunk(out, dropped);
+        if (req.timestamps) chunk.text = render.text(unpackLogChunk(chunk));
+        yield chunk;
+        dropped = 0;
+        continue;
+      }
       const recs: ParsedRecord[] = [];
-      parser.push(buf, recs);
+      for (const b of bufs) parser.push(b, recs);
       let entries: LogEntry[] = recs;
       if (cutFirst > 0 && recs.length > 0) {
         recs[0]!.line = recs[0]!.line.subarray(cutFirst);
@@ -517,14 +582,77 @@ export class ContainerLogs {
         if (entries.length === recs.length) sinceNs = undefined; // timestamps only grow
       }
       if (entries.length === 0 && dropped === 0) continue;
-      yield {
+      yield logChunk({
         entries,
         droppedBytes: dropped,
         text: req.timestamps ? render.text(entries) : Buffer.alloc(0),
-      };
+      });
       dropped = 0;
     }
   }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** A LogChunk with defaults for what `c` leaves out. (Not LogChunk.fromPartial: that copies
+ * every entry and array, per chunk, on the hot path.) */
+function logChunk(c: Partial<LogChunk>): LogChunk {
+  return {
+    entries: [],
+    droppedBytes: 0,
+    text: EMPTY,
+    packedText: EMPTY,
+    packedRunBytes: [],
+    packedRunLines: [],
+    packedRunFlags: [],
+    packedBaseSeconds: 0,
+    packedRunSeconds: [],
+    packedRunNanos: [],
+    ...c,
+  };
+}
+
+function packedChunk(b: PackedBuilder, dropped: number): LogChunk {
+  let base = 0;
+  if (b.runSeconds.length > 0) {
+    base = b.runSeconds[0]!;
+    for (const s of b.runSeconds) if (s < base) base = s;
+  }
+  return logChunk({
+    droppedBytes: dropped,
+    packedText: b.text(),
+    packedRunBytes: b.runBytes,
+    packedRunLines: b.runLines,
+    packedRunFlags: b.runFlags,
+    packedBaseSeconds: base,
+    packedRunSeconds: base === 0 ? b.runSeconds : b.runSeconds.map((s) => s - base),
+    packedRunNanos: b.runNanos,
+  });
+}
+
+/** The entries of a chunk in either form (LogsRequest.packed or not), in order. */
+export function unpackLogChunk(c: LogChunk): LogEntry[] {
+  if (c.packedRunBytes.length === 0) return c.entries;
+  const out: LogEntry[] = [];
+  const t = c.packedText;
+  let pos = 0;
+  for (let r = 0; r < c.packedRunBytes.length; r++) {
+    const flags = c.packedRunFlags[r] ?? 0;
+    const stream = flags & PACKED_STDERR ? LogStream.LOG_STREAM_STDERR : LogStream.LOG_STREAM_STDOUT;
+    const timeSeconds = c.packedBaseSeconds + (c.packedRunSeconds[r] ?? 0);
+    const timeNanos = c.packedRunNanos[r] ?? 0;
+    const end = pos + c.packedRunBytes[r]!;
+    if (flags & PACKED_PARTIAL) {
+      out.push({ stream, timeSeconds, timeNanos, line: t.subarray(pos, end), partial: true });
+    } else {
+      for (let nl = t.indexOf(NEWLINE, pos); nl !== -1 && nl < end; nl = t.indexOf(NEWLINE, pos)) {
+        out.push({ stream, timeSeconds, timeNanos, line: t.subarray(pos, nl), partial: false });
+        pos = nl + 1;
+      }
+    }
+    pos = end;
+  }
+  return out;
 }
 
 /** Text as `kubectl logs` prints it: a partial record continues on the same line. */
@@ -532,12 +660,20 @@ export class TextRenderer {
   private atLineStart = true;
   constructor(private readonly timestamps: boolean) {}
 
+  /** The text of a chunk in either form. */
+  chunk(c: LogChunk): Buffer {
+    if (c.packedRunBytes.length === 0 || this.timestamps) return this.text(unpackLogChunk(c));
+    // Packed, no timestamps: the packed text is exactly what is printed.
+    this.atLineStart = ((c.packedRunFlags.at(-1) ?? 0) & PACKED_PARTIAL) === 0;
+    return c.packedText;
+  }
+
   text(entries: LogEntry[]): Buffer {
     const parts: Buffer[] = [];
     for (const e of entries) {
       if (this.timestamps && this.atLineStart) parts.push(Buffer.from(`${formatRfc3339Nano(e.timeSeconds, e.timeNanos)} `));
       parts.push(e.line);
-      if (!e.partial) parts.push(Buffer.from('\n'));
+      if (!e.partial) parts.push(NL);
       this.atLineStart = !e.partial;
     }
     return Buffer.concat(parts);

@@ -107,7 +107,7 @@ export function createStreamHandlers(deps: StreamHandlerDeps): StreamHandlers {
     void (async () => {
       try {
         for await (const chunk of unitLogs.read(req, ac.signal)) {
-          metrics?.streamed('logs', 'out', chunk.entries.reduce((n, e) => n + e.line.length, 0));
+          metrics?.streamed('logs', 'out', chunk.packedText.length + chunk.entries.reduce((n, e) => n + e.line.length, 0));
           if (!(await send(call, chunk, ac.signal))) return;
         }
         if (!ac.signal.aborted) call.end();

@@ -10,7 +10,7 @@
 // length, payload) — so every existing client decodes it unchanged. Anything else falls back to
 // the generated serializer.
 import type { ChannelOptions } from '@grpc/grpc-js';
-import { CellAgentService, type ExecOutput, type PortForwardFrame } from '@cello/proto/cell';
+import { CellAgentService, type ExecOutput, type LogChunk, type PortForwardFrame } from '@cello/proto/cell';
 
 function varintLength(n: number): number {
   let len = 1;
@@ -63,6 +63,82 @@ export function encodeBytesField(field: number, payload: Uint8Array): Buffer {
   return out;
 }
 
+function varintSum(xs: readonly number[]): number {
+  let n = 0;
+  for (const x of xs) n += x < 0x80 ? 1 : x < 0x4000 ? 2 : x < 0x200000 ? 3 : varintLength(x);
+  return n;
+}
+
+function putVarint(out: Buffer, pos: number, v: number): number {
+  while (v >= 0x80) {
+    out[pos++] = (v & 0x7f) | 0x80;
+    v = Math.floor(v / 128);
+  }
+  out[pos++] = v;
+  return pos;
+}
+
+function putBytes(out: Buffer, pos: number, field: number, b: Uint8Array): number {
+  out[pos++] = (field << 3) | 2;
+  pos = putVarint(out, pos, b.length);
+  out.set(b, pos);
+  return pos + b.length;
+}
+
+function putPacked(out: Buffer, pos: number, field: number, xs: readonly number[], size: number): number {
+  out[pos++] = (field << 3) | 2;
+  pos = putVarint(out, pos, size);
+  for (const x of xs) {
+    if (x < 0x80) out[pos++] = x;
+    else pos = putVarint(out, pos, x);
+  }
+  return pos;
+}
+
+/**
+ * LogChunk in its packed form (no entries), encoded in one pass into one buffer, byte for byte
+ * what the generated encoder writes. Chunks with entries use the generated encoder.
+ */
+export function encodePackedLogChunk(c: LogChunk): Buffer {
+  const head: [number, readonly number[]][] = [
+    [5, c.packedRunBytes],
+    [6, c.packedRunLines],
+    [7, c.packedRunFlags],
+  ];
+  const tail: [number, readonly number[]][] = [
+    [9, c.packedRunSeconds],
+    [10, c.packedRunNanos],
+  ];
+  const sizes = [...head, ...tail].map(([, xs]) => varintSum(xs));
+  let total = 0;
+  if (c.droppedBytes !== 0) total += 1 + varintLength(c.droppedBytes);
+  for (const b of [c.text, c.packedText]) if (b.length > 0) total += 1 + varintLength(b.length) + b.length;
+  [...head, ...tail].forEach(([, xs], i) => {
+    if (xs.length > 0) total += 1 + varintLength(sizes[i]!) + sizes[i]!;
+  });
+  if (c.packedBaseSeconds !== 0) total += 1 + varintLength(c.packedBaseSeconds);
+  const out = Buffer.allocUnsafe(total);
+  let pos = 0;
+  if (c.droppedBytes !== 0) {
+    out[pos++] = (2 << 3) | 0;
+    pos = putVarint(out, pos, c.droppedBytes);
+  }
+  if (c.text.length > 0) pos = putBytes(out, pos, 3, c.text);
+  if (c.packedText.length > 0) pos = putBytes(out, pos, 4, c.packedText);
+  head.forEach(([f, xs], i) => {
+    if (xs.length > 0) pos = putPacked(out, pos, f, xs, sizes[i]!);
+  });
+  if (c.packedBaseSeconds !== 0) {
+    out[pos++] = (8 << 3) | 0;
+    pos = putVarint(out, pos, c.packedBaseSeconds);
+  }
+  tail.forEach(([f, xs], i) => {
+    if (xs.length > 0) pos = putPacked(out, pos, f, xs, sizes[head.length + i]!);
+  });
+  return out;
+}
+
+const lg = CellAgentService.logs;
 const pf = CellAgentService.portForward;
 const ex = CellAgentService.exec;
 const at = CellAgentService.attach;
@@ -79,6 +155,7 @@ function execOutputSerialize(fallback: (m: ExecOutput) => Buffer) {
 /** CellAgentService with hand-written serializers for the bulk stream frames (see above). */
 export const cellAgentServiceDefinition: typeof CellAgentService = {
   ...CellAgentService,
+  logs: { ...lg, responseSerialize: (m: LogChunk): Buffer => (m.entries.length === 0 ? encodePackedLogChunk(m) : lg.responseSerialize(m)) },
   portForward: {
     ...pf,
     responseSerialize: (m: PortForwardFrame): Buffer => (m.frame?.$case === 'data' ? encodeBytesField(PF_DATA_FIELD, m.frame.value) : pf.responseSerialize(m)),

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { LogsRequest, LogStream, type LogChunk } from '@cello/proto/cell';
-import { ContainerLogs, LogsError } from '../../src/logs/index.js';
+import { ContainerLogs, LogsError, TextRenderer, unpackLogChunk } from '../../src/logs/index.js';
 import { RuncTestUnits } from './helpers/runc-units.js';
 
 const dirs: string[] = [];
@@ -21,7 +21,8 @@ async function collect(logs: ContainerLogs, req: Partial<LogsRequest>, signal = 
   for await (const c of logs.read(LogsRequest.fromPartial(req), signal)) out.push(c);
   return out;
 }
-const lines = (chunks: LogChunk[]) => chunks.flatMap((c) => c.entries.map((e) => e.line.toString()));
+// Either form (LogsRequest.packed or not).
+const lines = (chunks: LogChunk[]) => chunks.flatMap((c) => unpackLogChunk(c).map((e) => e.line.toString()));
 
 describe('ContainerLogs (real files)', () => {
   it('keeps stream, nanosecond timestamps, a partial last line and lines longer than any buffer', async () => {
@@ -113,14 +114,14 @@ describe('ContainerLogs (real files)', () => {
     for (let i = 1; i < nums.length; i++) expect(nums[i]).toBe(nums[i - 1]! + 1);
   });
 
-  it('a fast follower gets everything across many rotations without loss', async () => {
+  it.each([false, true])('a fast follower gets everything across many rotations without loss (packed %s)', async (packed) => {
     const logs = new ContainerLogs({ dir: tmp(), maxFileBytes: 2048, maxFiles: 2, ringBytes: 512 });
     const sink = logs.startInstance();
     const ac = new AbortController();
     const got: string[] = [];
     let dropped = 0;
     const reading = (async () => {
-      for await (const c of logs.read(LogsRequest.fromPartial({ follow: true }), ac.signal)) {
+      for await (const c of logs.read(LogsRequest.fromPartial({ follow: true, packed }), ac.signal)) {
         dropped += c.droppedBytes;
         got.push(...lines([c]));
       }
@@ -133,6 +134,51 @@ describe('ContainerLogs (real files)', () => {
     await reading;
     expect(dropped).toBe(0);
     expect(got).toEqual(Array.from({ length: 500 }, (_, i) => `r${i}`));
+  });
+
+  it('serves the same lines, streams, times and text packed as entry by entry, from the ring and from files', async () => {
+    // Small files and ring: the reads below come from rotated files, the current file and the ring.
+    const logs = new ContainerLogs({ dir: tmp(), maxFileBytes: 4096, maxFiles: 4, ringBytes: 2048, maxLineBytes: 300 });
+    const sink = logs.startInstance();
+    // Followers from the start read what they can from the ring, where the capture prepared
+    // the packed form; the requests after the writes read files and tails.
+    const ac = new AbortController();
+    const followed = [collect(logs, { follow: true }, ac.signal), collect(logs, { follow: true, packed: true }, ac.signal)];
+    for (let i = 0; i < 60; i++) {
+      // whole lines, a line held across writes, the other stream, a line longer than maxLineBytes
+      sink.write('stdout', Buffer.from(`out ${i} a\nout ${i} b\nheld ${i} `));
+      sink.write('stdout', Buffer.from(`continues\n`));
+      sink.write('stderr', Buffer.from(`err ${i}\n`));
+      if (i % 7 === 0) sink.write('stdout', Buffer.from(`${'L'.repeat(700)}\n`));
+      if (i % 9 === 0) sink.write('stderr', Buffer.from(`\n`)); // an empty line
+      if (i === 30) await new Promise((r) => setTimeout(r, 15));
+      else await new Promise((r) => setImmediate(r));
+    }
+    sink.write('stdout', Buffer.from('no newline'));
+    const mid = new Date(Date.now() - 5);
+    sink.end();
+    const key = (cs: LogChunk[]) => cs.flatMap((c) => unpackLogChunk(c)).map((e) => [e.stream, e.timeSeconds, e.timeNanos, e.line.toString(), e.partial]);
+    const [fe, fp] = await Promise.all(followed);
+    expect(fe!.reduce((n, c) => n + c.droppedBytes, 0)).toBe(0);
+    expect(key(fp!)).toEqual(key(fe!));
+    expect(key(fe!).length).toBe(60 * 4 + 9 * 3 + 7 + 1); // 700-byte lines are 3 records
+    const requests: Partial<LogsRequest>[] = [{}, { tailLines: 9 }, { tailLines: 200 }, { limitBytes: 123 }, { limitBytes: 1000 }, { sinceTime: mid }, { sinceSeconds: 3600 }, { timestamps: true, tailLines: 40 }];
+    for (const req of requests) {
+      const entries = await collect(logs, req);
+      const packed = await collect(logs, { ...req, packed: true });
+      expect(packed.every((c) => c.entries.length === 0)).toBe(true);
+      expect(key(packed), JSON.stringify(req)).toEqual(key(entries));
+      expect(key(entries).length, JSON.stringify(req)).toBeGreaterThan(0);
+      const text = (cs: LogChunk[]) => Buffer.concat(cs.map((c) => c.text)).toString();
+      expect(text(packed)).toEqual(text(entries));
+      // What a client prints from the packed text is what it prints from the entries.
+      const plain = (cs: LogChunk[]) => {
+        const r = new TextRenderer(false);
+        return Buffer.concat(cs.map((c) => r.chunk(c))).toString();
+      };
+      expect(plain(packed)).toEqual(plain(entries));
+    }
+    expect(key(await collect(logs, { packed: true })).at(-1)).toEqual([LogStream.LOG_STREAM_STDOUT, expect.any(Number), expect.any(Number), 'no newline', true]);
   });
 
   it('keeps the previous instance readable, also for a new agent process on the same directory', async () => {
@@ -195,9 +241,10 @@ describe('ContainerLogs under a real runc unit', () => {
     let bytes = 0;
     let dropped = 0;
     let last: { line: string; partial: boolean } | undefined;
-    for await (const c of u.logs.read(LogsRequest.fromPartial({ follow: true }), ac.signal)) {
+    // Packed, as ctl reads it (the entry-by-entry form is checked against it above).
+    for await (const c of u.logs.read(LogsRequest.fromPartial({ follow: true, packed: true }), ac.signal)) {
       dropped += c.droppedBytes;
-      for (const e of c.entries) {
+      for (const e of unpackLogChunk(c)) {
         bytes += e.line.length + 1;
         if (e.partial) {
           last = { line: e.line.toString(), partial: true };

@@ -2,11 +2,12 @@
 // generated decoders (every client: ctl, the controller's relays) read back.
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { CellAgentService, ExecOutput, PortForwardFrame } from '@cello/proto/cell';
+import { CellAgentService, ExecOutput, LogChunk, PortForwardFrame } from '@cello/proto/cell';
 import { cellAgentServiceDefinition, encodeBytesField, gatherBytesField, PF_DATA_FIELD } from '../../src/server/wire.js';
 
 const pfSer = cellAgentServiceDefinition.portForward.responseSerialize;
 const exSer = cellAgentServiceDefinition.exec.responseSerialize;
+const logSer = cellAgentServiceDefinition.logs.responseSerialize;
 
 describe('bulk frame serializers', () => {
   it('encode data frames byte for byte like the generated serializer, for every length class', () => {
@@ -42,5 +43,27 @@ describe('bulk frame serializers', () => {
     expect(out.frame?.$case === 'stdout' && Buffer.from(out.frame.value).toString()).toBe('out');
     expect(err.frame?.$case === 'stderr' && Buffer.from(err.frame.value).toString()).toBe('err');
     expect(exit.frame).toEqual({ $case: 'exit', value: { exitCode: 3, signal: '', message: 'x' } });
+  });
+
+  it('encodes packed log chunks byte for byte like the generated encoder', () => {
+    const chunks = [
+      LogChunk.fromPartial({ droppedBytes: 5_000_000_000 }),
+      LogChunk.fromPartial({
+        packedText: Buffer.from('a\nbb\npartial'),
+        packedRunBytes: [5, 7],
+        packedRunLines: [2, 1],
+        packedRunFlags: [0, 3],
+        packedBaseSeconds: 1_790_000_000,
+        packedRunSeconds: [0, 200],
+        packedRunNanos: [999_999_999, 0],
+        text: Buffer.from('2026... a\n'),
+      }),
+      LogChunk.fromPartial({ packedText: randomBytes(300_000), packedRunBytes: [300_000], packedRunLines: [1], packedRunFlags: [2], packedRunSeconds: [0], packedRunNanos: [127] }),
+    ];
+    for (const c of chunks) {
+      const mine = logSer(c);
+      expect(mine.equals(CellAgentService.logs.responseSerialize(c))).toBe(true);
+      expect(LogChunk.decode(mine)).toEqual(c);
+    }
   });
 });

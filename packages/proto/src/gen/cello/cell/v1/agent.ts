@@ -213,6 +213,12 @@ export interface LogsRequest {
   sinceSeconds?: number | undefined;
   timestamps: boolean;
   previous: boolean;
+  /**
+   * Ask for LogChunk's packed form instead of one LogEntry per line (same lines, same order).
+   * Much cheaper to encode and decode at high line rates; clients that do not set it still get
+   * entries.
+   */
+  packed: boolean;
 }
 
 export interface LogEntry {
@@ -237,6 +243,22 @@ export interface LogChunk {
   droppedBytes: number;
   /** Pre-rendered text when timestamps are requested as text, for simple clients. */
   text: Buffer;
+  /**
+   * The packed form (LogsRequest.packed), used instead of `entries`: packed_text is the lines
+   * as `kubectl logs` prints them (each whole line followed by "\n", a partial piece without),
+   * cut into runs of consecutive lines that share stream, partial flag and time (one write of
+   * the unit is usually one run). Run j is the next packed_run_bytes[j] bytes of packed_text
+   * and holds packed_run_lines[j] lines; a partial piece is always a run of its own.
+   */
+  packedText: Buffer;
+  packedRunBytes: number[];
+  packedRunLines: number[];
+  /** Bit 0: stderr (else stdout). Bit 1: partial (see LogEntry.partial). */
+  packedRunFlags: number[];
+  /** A run's time: packed_base_seconds + packed_run_seconds[j] seconds, packed_run_nanos[j] ns. */
+  packedBaseSeconds: number;
+  packedRunSeconds: number[];
+  packedRunNanos: number[];
 }
 
 export interface TerminalSize {
@@ -1638,6 +1660,7 @@ function createBaseLogsRequest(): LogsRequest {
     sinceSeconds: undefined,
     timestamps: false,
     previous: false,
+    packed: false,
   };
 }
 
@@ -1666,6 +1689,9 @@ export const LogsRequest: MessageFns<LogsRequest> = {
     }
     if (message.previous !== false) {
       writer.uint32(64).bool(message.previous);
+    }
+    if (message.packed !== false) {
+      writer.uint32(72).bool(message.packed);
     }
     return writer;
   },
@@ -1747,6 +1773,14 @@ export const LogsRequest: MessageFns<LogsRequest> = {
             message.previous = reader.bool();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.packed = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1785,6 +1819,7 @@ export const LogsRequest: MessageFns<LogsRequest> = {
         : undefined,
       timestamps: isSet(object.timestamps) ? globalThis.Boolean(object.timestamps) : false,
       previous: isSet(object.previous) ? globalThis.Boolean(object.previous) : false,
+      packed: isSet(object.packed) ? globalThis.Boolean(object.packed) : false,
     };
   },
 
@@ -1814,6 +1849,9 @@ export const LogsRequest: MessageFns<LogsRequest> = {
     if (message.previous !== false) {
       obj.previous = message.previous;
     }
+    if (message.packed !== false) {
+      obj.packed = message.packed;
+    }
     return obj;
   },
 
@@ -1830,6 +1868,7 @@ export const LogsRequest: MessageFns<LogsRequest> = {
     message.sinceSeconds = object.sinceSeconds ?? undefined;
     message.timestamps = object.timestamps ?? false;
     message.previous = object.previous ?? false;
+    message.packed = object.packed ?? false;
     return message;
   },
 };
@@ -1976,7 +2015,18 @@ export const LogEntry: MessageFns<LogEntry> = {
 };
 
 function createBaseLogChunk(): LogChunk {
-  return { entries: [], droppedBytes: 0, text: Buffer.alloc(0) };
+  return {
+    entries: [],
+    droppedBytes: 0,
+    text: Buffer.alloc(0),
+    packedText: Buffer.alloc(0),
+    packedRunBytes: [],
+    packedRunLines: [],
+    packedRunFlags: [],
+    packedBaseSeconds: 0,
+    packedRunSeconds: [],
+    packedRunNanos: [],
+  };
 }
 
 export const LogChunk: MessageFns<LogChunk> = {
@@ -1989,6 +2039,47 @@ export const LogChunk: MessageFns<LogChunk> = {
     }
     if (message.text.length !== 0) {
       writer.uint32(26).bytes(message.text);
+    }
+    if (message.packedText.length !== 0) {
+      writer.uint32(34).bytes(message.packedText);
+    }
+    if (message.packedRunBytes.length !== 0) {
+      writer.uint32(42).fork();
+      for (const v of message.packedRunBytes) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.packedRunLines.length !== 0) {
+      writer.uint32(50).fork();
+      for (const v of message.packedRunLines) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.packedRunFlags.length !== 0) {
+      writer.uint32(58).fork();
+      for (const v of message.packedRunFlags) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.packedBaseSeconds !== 0) {
+      writer.uint32(64).int64(message.packedBaseSeconds);
+    }
+    if (message.packedRunSeconds.length !== 0) {
+      writer.uint32(74).fork();
+      for (const v of message.packedRunSeconds) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.packedRunNanos.length !== 0) {
+      writer.uint32(82).fork();
+      for (const v of message.packedRunNanos) {
+        writer.uint32(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -2030,6 +2121,112 @@ export const LogChunk: MessageFns<LogChunk> = {
             message.text = Buffer.from(reader.bytes());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.packedText = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 5: {
+            if (tag === 40) {
+              message.packedRunBytes.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 42) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.packedRunBytes.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 6: {
+            if (tag === 48) {
+              message.packedRunLines.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 50) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.packedRunLines.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 7: {
+            if (tag === 56) {
+              message.packedRunFlags.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 58) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.packedRunFlags.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.packedBaseSeconds = longToNumber(reader.int64());
+            continue;
+          }
+          case 9: {
+            if (tag === 72) {
+              message.packedRunSeconds.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 74) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.packedRunSeconds.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 10: {
+            if (tag === 80) {
+              message.packedRunNanos.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 82) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.packedRunNanos.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2051,6 +2248,41 @@ export const LogChunk: MessageFns<LogChunk> = {
         ? globalThis.Number(object.dropped_bytes)
         : 0,
       text: isSet(object.text) ? Buffer.from(bytesFromBase64(object.text)) : Buffer.alloc(0),
+      packedText: isSet(object.packedText)
+        ? Buffer.from(bytesFromBase64(object.packedText))
+        : isSet(object.packed_text)
+        ? Buffer.from(bytesFromBase64(object.packed_text))
+        : Buffer.alloc(0),
+      packedRunBytes: globalThis.Array.isArray(object?.packedRunBytes)
+        ? object.packedRunBytes.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.packed_run_bytes)
+        ? object.packed_run_bytes.map((e: any) => globalThis.Number(e))
+        : [],
+      packedRunLines: globalThis.Array.isArray(object?.packedRunLines)
+        ? object.packedRunLines.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.packed_run_lines)
+        ? object.packed_run_lines.map((e: any) => globalThis.Number(e))
+        : [],
+      packedRunFlags: globalThis.Array.isArray(object?.packedRunFlags)
+        ? object.packedRunFlags.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.packed_run_flags)
+        ? object.packed_run_flags.map((e: any) => globalThis.Number(e))
+        : [],
+      packedBaseSeconds: isSet(object.packedBaseSeconds)
+        ? globalThis.Number(object.packedBaseSeconds)
+        : isSet(object.packed_base_seconds)
+        ? globalThis.Number(object.packed_base_seconds)
+        : 0,
+      packedRunSeconds: globalThis.Array.isArray(object?.packedRunSeconds)
+        ? object.packedRunSeconds.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.packed_run_seconds)
+        ? object.packed_run_seconds.map((e: any) => globalThis.Number(e))
+        : [],
+      packedRunNanos: globalThis.Array.isArray(object?.packedRunNanos)
+        ? object.packedRunNanos.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.packed_run_nanos)
+        ? object.packed_run_nanos.map((e: any) => globalThis.Number(e))
+        : [],
     };
   },
 
@@ -2065,6 +2297,27 @@ export const LogChunk: MessageFns<LogChunk> = {
     if (message.text.length !== 0) {
       obj.text = base64FromBytes(message.text);
     }
+    if (message.packedText.length !== 0) {
+      obj.packedText = base64FromBytes(message.packedText);
+    }
+    if (message.packedRunBytes?.length) {
+      obj.packedRunBytes = message.packedRunBytes.map((e) => Math.round(e));
+    }
+    if (message.packedRunLines?.length) {
+      obj.packedRunLines = message.packedRunLines.map((e) => Math.round(e));
+    }
+    if (message.packedRunFlags?.length) {
+      obj.packedRunFlags = message.packedRunFlags.map((e) => Math.round(e));
+    }
+    if (message.packedBaseSeconds !== 0) {
+      obj.packedBaseSeconds = Math.round(message.packedBaseSeconds);
+    }
+    if (message.packedRunSeconds?.length) {
+      obj.packedRunSeconds = message.packedRunSeconds.map((e) => Math.round(e));
+    }
+    if (message.packedRunNanos?.length) {
+      obj.packedRunNanos = message.packedRunNanos.map((e) => Math.round(e));
+    }
     return obj;
   },
 
@@ -2076,6 +2329,13 @@ export const LogChunk: MessageFns<LogChunk> = {
     message.entries = object.entries?.map((e) => LogEntry.fromPartial(e)) || [];
     message.droppedBytes = object.droppedBytes ?? 0;
     message.text = object.text ?? Buffer.alloc(0);
+    message.packedText = object.packedText ?? Buffer.alloc(0);
+    message.packedRunBytes = object.packedRunBytes?.map((e) => e) || [];
+    message.packedRunLines = object.packedRunLines?.map((e) => e) || [];
+    message.packedRunFlags = object.packedRunFlags?.map((e) => e) || [];
+    message.packedBaseSeconds = object.packedBaseSeconds ?? 0;
+    message.packedRunSeconds = object.packedRunSeconds?.map((e) => e) || [];
+    message.packedRunNanos = object.packedRunNanos?.map((e) => e) || [];
     return message;
   },
 };
