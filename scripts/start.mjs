@@ -8,7 +8,9 @@
 //   4. applies examples/*.yaml and shows the pods reach Running / Succeeded;
 //   5. prints the next commands to try, and runs until Ctrl-C, which deletes the pods, ends
 //      every cell and leaves no process, mount, namespace or cell behind.
-// State lives in .cello/ (gitignored). Options: --no-examples, --warm N, --keep-store.
+// State lives in .cello/ (gitignored). Options: --no-examples, --warm N, --keep-store,
+// --smoke (CI: once the examples run, try logs, exec and port-forward, then stop; the exit code
+// says whether all of it worked and nothing was left behind).
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, openSync, readdirSync } from 'node:fs';
@@ -41,6 +43,26 @@ if (flag('--help') || flag('-h')) {
 
 const children = [];
 let shuttingDown = false;
+
+/** The local provider's per-cell network namespaces (cello-*) that exist now. */
+function cellNetns() {
+  const r = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+  return (r.stdout ?? '').split('\n').map((l) => l.split(' ')[0]).filter((n) => /^cello-[0-9a-f]+$/.test(n));
+}
+const netnsBefore = new Set(cellNetns());
+
+/** PIDs of processes whose command line names a path under `dir` (cell agents, their units). */
+function processesUnder(dir) {
+  const out = [];
+  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    try {
+      if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir)) out.push(pid);
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  return out;
+}
 
 function run(cmd, argv, o = {}) {
   const r = spawnSync(cmd, argv, { stdio: 'inherit', cwd: root, ...o });
@@ -124,9 +146,11 @@ async function shutdown(code = 0) {
     // .images is the cells' shared image cache, kept so the next start pulls nothing.
     ...(existsSync(cellsRoot) ? readdirSync(cellsRoot).filter((n) => n !== '.images') : []),
     ...readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(cellsRoot)),
+    ...cellNetns().filter((n) => !netnsBefore.has(n)).map((n) => `network namespace ${n}`),
+    ...processesUnder(cellsRoot).map((p) => `process ${p}`),
   ];
   say(leftovers.length ? `left behind: ${leftovers.join(', ')}` : 'stopped; no process, mount, namespace or cell left behind');
-  process.exit(code);
+  process.exit(code || (flag('--smoke') && leftovers.length ? 1 : 0));
 }
 process.on('SIGINT', () => void shutdown(0));
 process.on('SIGTERM', () => void shutdown(0));
@@ -254,7 +278,29 @@ Try, in another terminal (alias cellctl="${cellctlPath}"):
 
 Press Ctrl-C to stop everything.
 `);
+  if (flag('--smoke')) {
+    await smoke();
+    return shutdown(0);
+  }
   await new Promise(() => undefined);
+}
+
+/** What the banner above suggests, checked: logs, exec, port-forward. */
+async function smoke() {
+  const check = (what, r, expect) => {
+    if (r.status !== 0 || !expect(r.stdout)) throw new Error(`smoke: ${what} failed (exit ${r.status}): ${(r.stdout + r.stderr).slice(-500)}`);
+    note(`ok: ${what}`);
+  };
+  check('cellctl logs hello-job', cellctl(['logs', 'hello-job'], { timeout: 30_000 }), (o) => o.trim().length > 0);
+  check('cellctl exec init-shared -- cat /data/motd', cellctl(['exec', 'init-shared', '--', 'cat', '/data/motd'], { timeout: 30_000 }), (o) => o.trim().length > 0);
+  const port = await testkit.freePort();
+  const pf = spawn(process.execPath, [join(root, 'packages/controller/dist/bin/cellctl.js'), '--server', API, 'port-forward', 'web', `${port}:8080`], { stdio: 'ignore' });
+  try {
+    await until('port-forward to web', async () => (await httpStatus(`http://127.0.0.1:${port}/`)) === 200, 30_000);
+    note('ok: cellctl port-forward web');
+  } finally {
+    pf.kill('SIGTERM');
+  }
 }
 
 main().catch((err) => {
