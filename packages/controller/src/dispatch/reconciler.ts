@@ -226,6 +226,14 @@ export class Reconciler {
     this.metrics = o.metrics ?? new Metrics();
   }
 
+  /**
+   * Records an event without making the reconcile wait for it: events are for people reading
+   * `describe`, and waiting on each one cost every state change a second store commit.
+   */
+  private note(e: Parameters<Events['record']>[0]): Promise<void> {
+    return this.events.record(e).catch((err: unknown) => this.log.debug({ err: errMsg(err), reason: e.reason }, 'event not recorded'));
+  }
+
   private get log(): Logger {
     return this.o.log;
   }
@@ -269,13 +277,17 @@ export class Reconciler {
     return new Promise((r) => this.idleWaiters.push(r));
   }
 
-  private async follow<T>(prefix: string, fromRev: number, on: (key: string, v: T | undefined, rev: number) => void): Promise<void> {
+  /** `get` reads the value (lazily: a revision the cache already has is never parsed); undefined for a delete. */
+  private async follow<T>(prefix: string, fromRev: number, on: (key: string, get: (() => T) | undefined, rev: number) => void): Promise<void> {
     let after = fromRev;
     while (!this.stopped) {
       try {
         for await (const ev of this.o.store.watch<T>(prefix, { afterRevision: after, signal: this.abort.signal }) as AsyncIterable<WatchEvent<T>>) {
           after = ev.revision;
-          if (ev.type === 'put') on(ev.kv.key.slice(prefix.length), ev.kv.value, ev.kv.modRevision);
+          if (ev.type === 'put') {
+            const kv = ev.kv;
+            on(kv.key.slice(prefix.length), () => kv.value, kv.modRevision);
+          }
           else on(ev.key.slice(prefix.length), undefined, ev.revision);
         }
       } catch (err) {
@@ -287,7 +299,7 @@ export class Reconciler {
           for (const kv of l.items) {
             const k = kv.key.slice(prefix.length);
             seen.add(k);
-            on(k, kv.value, kv.modRevision);
+            on(k, () => kv.value, kv.modRevision);
           }
           const cache = prefix === PODS ? this.pods : this.cells;
           for (const k of [...cache.keys()]) if (!seen.has(k)) on(k, undefined, l.revision);
@@ -299,19 +311,19 @@ export class Reconciler {
     }
   }
 
-  private onPodEvent(k: string, v: PodRecord | undefined, rev: number): void {
+  private onPodEvent(k: string, get: (() => PodRecord) | undefined, rev: number): void {
     const cur = this.pods.get(k);
-    if (cur && cur.rev >= rev && v !== undefined) return;
-    if (v === undefined) this.pods.delete(k);
-    else this.pods.set(k, { rec: v, rev });
+    if (cur && cur.rev >= rev && get !== undefined) return;
+    if (get === undefined) this.pods.delete(k);
+    else this.pods.set(k, { rec: get(), rev });
     this.enqueue(`pod:${k}`);
   }
 
-  private onCellEvent(k: string, v: CellRecord | undefined, rev: number): void {
+  private onCellEvent(k: string, get: (() => CellRecord) | undefined, rev: number): void {
     const cur = this.cells.get(k);
-    if (cur && cur.rev >= rev && v !== undefined) return;
-    if (v === undefined) this.cells.delete(k);
-    else this.cells.set(k, { rec: v, rev });
+    if (cur && cur.rev >= rev && get !== undefined) return;
+    if (get === undefined) this.cells.delete(k);
+    else this.cells.set(k, { rec: get(), rev });
     this.enqueue(`cell:${k}`);
   }
 
@@ -503,7 +515,7 @@ export class Reconciler {
     if (moved && rec) {
       this.log.info({ cell: id, state: stateName(to), reason }, 'cell state');
       const warn = /Timeout|Lost|Failed|Error/.test(reason);
-      await this.events
+      void this.events
         .record({ kind: 'Cell', name: id, type: warn ? 'Warning' : 'Normal', reason: reason || stateName(to), message: message || stateName(to) })
         .catch(() => undefined);
       this.enqueue(`cell:${id}`);
@@ -643,7 +655,7 @@ export class Reconciler {
     });
     if (!rec) return;
     const ref = splitKey(key);
-    await this.events.record({ kind: 'Pod', namespace: ref[0], name: ref[1], reason: 'Scheduled', message: `assigned to cell ${cellId} (${instanceType}, ${how})` });
+    void this.note({ kind: 'Pod', namespace: ref[0], name: ref[1], reason: 'Scheduled', message: `assigned to cell ${cellId} (${instanceType}, ${how})` });
     this.enqueue(`pod:${key}`);
   }
 
@@ -688,7 +700,7 @@ export class Reconciler {
       const res = await callUnary<ApplyPodResponse>(client, 'applyPod', req, 60_000);
       await this.writeCell(cell.id, (r) => (r ? { ...r, appliedGeneration: Math.max(r.appliedGeneration ?? 0, res.generation || generation) } : undefined));
       const [ns, name] = splitKey(key);
-      await this.events.record({ kind: 'Pod', namespace: ns, name, reason: 'Dispatched', message: `generation ${generation} applied on cell ${cell.id}` });
+      void this.note({ kind: 'Pod', namespace: ns, name, reason: 'Dispatched', message: `generation ${generation} applied on cell ${cell.id}` });
     } catch (err) {
       const e = err as ServiceError;
       this.log.warn({ pod: key, cell: cell.id, err: errMsg(err) }, 'ApplyPod failed');
@@ -1130,7 +1142,7 @@ export class Reconciler {
     } else if (k.$case === 'event') {
       const e = k.value;
       const [ns, name] = splitKey(key);
-      await this.events.record({
+      void this.note({
         kind: 'Pod', namespace: ns, name,
         type: e.type === 'Warning' ? 'Warning' : 'Normal',
         reason: e.reason, message: e.message, container: e.container, source: id, time: e.time ?? now(),

@@ -641,7 +641,14 @@ export class EmbeddedStore implements Store {
 }
 
 function toEvent<T>(rec: Rec): WatchEvent<T> {
-  return rec.o === 'p'
-    ? { type: 'put', kv: { key: rec.k, value: JSON.parse(rec.v!) as T, modRevision: rec.r }, revision: rec.r }
-    : { type: 'delete', key: rec.k, revision: rec.r };
+  if (rec.o !== 'p') return { type: 'delete', key: rec.k, revision: rec.r };
+  // The value is parsed when first read: a watcher that already has this revision (the writer's
+  // own cache) skips it without paying for the parse.
+  const kv = { key: rec.k, modRevision: rec.r } as { key: string; value: T; modRevision: number };
+  let parsed: { v: T } | undefined;
+  Object.defineProperty(kv, 'value', {
+    enumerable: true,
+    get: () => (parsed ??= { v: JSON.parse(rec.v!) as T }).v,
+  });
+  return { type: 'put', kv, revision: rec.r };
 }
