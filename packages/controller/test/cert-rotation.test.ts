@@ -1,7 +1,9 @@
 // Certificate rotation against real agents (local provider, runc): with lifetimes of seconds,
 // the controller renews each cell's certificate in place (the agent makes a fresh key and sends
 // a CSR over mTLS) and its own client certificate, while the pod keeps running and stays
-// reachable; certificates from another CA, expired ones and other cells' are refused.
+// reachable; certificates from another CA, expired ones and other cells' are refused. On the
+// same cluster (certificates still rotating underneath), the streams through cellctl that had no
+// end-to-end test: `logs -f`, `attach -i`, `logs --previous`.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
@@ -44,6 +46,21 @@ function storeHolds(dir: string, needle: string): boolean {
   return false;
 }
 
+const TALK = `apiVersion: v1
+kind: Pod
+metadata: { name: talk }
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: echo
+    image: IMAGE
+    stdin: true
+    command: ["sh", "-c", "echo instance-up; while read l; do if [ \\"$l\\" = quit ]; then exit 3; fi; echo got:$l; done; echo stdin-closed; sleep 3600"]
+  - name: ticker
+    image: IMAGE
+    command: ["sh", "-c", "i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.2; done"]
+`;
+
 const TTL = 6;
 
 interface Dial {
@@ -83,7 +100,7 @@ afterAll(async () => {
   await registry?.server.stop();
 });
 
-describe('certificate rotation (local provider, real agents)', () => {
+describe('mTLS cells with certificates of seconds (local provider, real agents)', () => {
   let cl: Cluster;
   let ca: CertificateAuthority;
   let foreign: CertificateAuthority;
@@ -185,6 +202,69 @@ describe('certificate rotation (local provider, real agents)', () => {
     expect(storeHolds(cl.storeDir, Buffer.from(SECRET).toString('base64'))).toBe(false);
 
     const del = await cl.cellctl(['delete', 'pod', 'steady', '--grace', '1'], { timeoutMs: 60_000 });
+    expect(del.code).toBe(0);
+  }, 150_000);
+
+  // The streams run while certificates keep rotating underneath (controller and cell).
+  it('cellctl logs -f, attach -i and logs --previous, end to end', async () => {
+    await cl.cellctl(['apply', '-f', cl.manifest('talk', TALK)]);
+    await cl.waitPod('talk', 'both containers running', (p) => p.status?.phase === PodPhase.POD_PHASE_RUNNING && p.status.containerStatuses.length === 2 && p.status.containerStatuses.every((c) => c.state?.state?.$case === 'running'), 60_000);
+
+    // logs -f: lines keep arriving after the command started, in order, none twice.
+    const follow = cl.spawnCellctl(['logs', 'talk', '-c', 'ticker', '-f']);
+    let followed = '';
+    follow.stdout!.on('data', (b: Buffer) => (followed += b.toString()));
+    try {
+      const first = await waitFor('first followed line', () => /tick-(\d+)\n/.exec(followed)?.[1], { timeoutMs: 15_000 });
+      const from = Number(first);
+      await waitFor('five more lines, followed live', () => followed.includes(`tick-${from + 5}\n`), { timeoutMs: 15_000 });
+      const seen = [...followed.matchAll(/tick-(\d+)/g)].map((m) => Number(m[1]));
+      expect(seen).toEqual(Array.from({ length: seen.length }, (_, i) => seen[0]! + i));
+      expect(follow.exitCode).toBeNull();
+    } finally {
+      follow.kill('SIGTERM');
+    }
+
+    // attach -i: the container's own stdin and stdout; the session ends when the instance does.
+    const attach = cl.spawnCellctl(['attach', 'talk', '-c', 'echo', '-i'], { stdin: true });
+    let attached = '';
+    let attachErr = '';
+    attach.stdout!.on('data', (b: Buffer) => (attached += b.toString()));
+    attach.stderr!.on('data', (b: Buffer) => (attachErr += b.toString()));
+    const attachExit = new Promise<number | null>((r) => attach.on('exit', (c) => r(c)));
+    try {
+      // Lines sent before the session is up are not lost: the stream carries them in order.
+      attach.stdin!.write('hello\n');
+      await waitFor('the container answers through attach', () => attached.includes('got:hello\n'), { timeoutMs: 15_000 }).catch((err: Error) => {
+        throw new Error(`${err.message}; stdout=${JSON.stringify(attached)} stderr=${JSON.stringify(attachErr)}`);
+      });
+      attach.stdin!.write('quit\n');
+      const code = await Promise.race([attachExit, new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 15_000))]);
+      expect(code).toBe(0);
+    } finally {
+      attach.kill('SIGTERM');
+    }
+
+    // The instance that talked exited 3; --previous shows its log, the new instance's log does not have it.
+    await cl.waitPod('talk', 'echo restarted after exit 3', (p) => {
+      const c = p.status?.containerStatuses.find((x) => x.name === 'echo');
+      return !!c && c.restartCount >= 1 && c.lastState?.state?.$case === 'terminated' && c.lastState.state.value.exitCode === 3;
+    }, 60_000);
+    const previous = await cl.cellctl(['logs', 'talk', '-c', 'echo', '--previous']);
+    expect(previous.code).toBe(0);
+    expect(previous.stdout).toContain('instance-up\n');
+    expect(previous.stdout).toContain('got:hello\n');
+    const current = await waitFor('the new instance logged', async () => {
+      const r = await cl.cellctl(['logs', 'talk', '-c', 'echo']);
+      return r.stdout.includes('instance-up') ? r : undefined;
+    }, { timeoutMs: 15_000 });
+    expect(current.stdout).not.toContain('got:hello');
+    // A container that never restarted has no previous log: an error, not an empty success.
+    const none = await cl.cellctl(['logs', 'talk', '-c', 'ticker', '--previous']);
+    expect(none.code).not.toBe(0);
+    expect(none.stderr).toMatch(/previous/i);
+
+    const del = await cl.cellctl(['delete', 'pod', 'talk', '--grace', '1'], { timeoutMs: 60_000 });
     expect(del.code).toBe(0);
   }, 150_000);
 });

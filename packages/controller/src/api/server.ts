@@ -298,7 +298,7 @@ export class ControllerApi {
       }
       call.end();
     } catch (err) {
-      if (!ac.signal.aborted) call.destroy(new ApiError(Status.UNAVAILABLE, `watch: ${errMsg(err)}`) as unknown as Error);
+      if (!ac.signal.aborted) endWithError(call, new ApiError(Status.UNAVAILABLE, `watch: ${errMsg(err)}`) as unknown as Error);
     }
   }
 
@@ -372,7 +372,7 @@ export class ControllerApi {
       }
       call.end();
     } catch (err) {
-      if (!ac.signal.aborted) call.destroy(new Error(errMsg(err)));
+      if (!ac.signal.aborted) endWithError(call, new Error(errMsg(err)));
     }
   }
 
@@ -413,10 +413,10 @@ export class ControllerApi {
       up.on('end', () => call.end());
       up.on('error', (err: ServiceError) => {
         if (err.code === Status.CANCELLED) return;
-        call.destroy(err as Error);
+        endWithError(call, err as Error);
       });
     } catch (err) {
-      call.destroy(toStreamError(err));
+      endWithError(call, toStreamError(err));
     }
   }
 
@@ -436,14 +436,14 @@ export class ControllerApi {
             up = kind === 'exec' ? client.exec() : client.attach();
             up.on('data', (out: ExecOutput) => call.write(out));
             up.on('end', () => call.end());
-            up.on('error', (err: ServiceError) => call.destroy(err as Error));
+            up.on('error', (err: ServiceError) => endWithError(call, err as Error));
             for (const p of pending.splice(0)) {
               if (p.frame?.$case === 'start') {
                 try {
                   p.frame.value.container = this.defaultContainer(pod, p.frame.value.container);
                 } catch (err) {
                   up.cancel();
-                  call.destroy(toStreamError(err));
+                  endWithError(call, toStreamError(err));
                   return;
                 }
               }
@@ -451,7 +451,7 @@ export class ControllerApi {
             }
             if (ended) up.end();
           },
-          (err) => call.destroy(toStreamError(err)),
+          (err) => endWithError(call, toStreamError(err)),
         );
       } else if (up) {
         if (f.value.frame?.$case === 'start' && podObj) {
@@ -459,7 +459,7 @@ export class ControllerApi {
             f.value.frame.value.container = this.defaultContainer(podObj, f.value.frame.value.container);
           } catch (err) {
             up.cancel();
-            call.destroy(toStreamError(err));
+            endWithError(call, toStreamError(err));
             return;
           }
         }
@@ -488,11 +488,11 @@ export class ControllerApi {
             up = client.portForward();
             up.on('data', (out: PortForwardFrame) => call.write(out));
             up.on('end', () => call.end());
-            up.on('error', (err: ServiceError) => call.destroy(err as Error));
+            up.on('error', (err: ServiceError) => endWithError(call, err as Error));
             for (const p of pending.splice(0)) up.write(p);
             if (ended) up.end();
           },
-          (err) => call.destroy(toStreamError(err)),
+          (err) => endWithError(call, toStreamError(err)),
         );
       } else if (up) up.write(f.value);
       else pending.push(f.value);
@@ -503,6 +503,15 @@ export class ControllerApi {
     });
     call.on('cancelled', () => up?.cancel());
   }
+}
+
+/**
+ * Ends a server stream with an error status. (grpc-js sends the status from the stream's
+ * 'error' handler; `destroy(err)` would tear the stream down without ever sending one, and the
+ * client — `cellctl logs --previous` of a container with no previous instance — hung.)
+ */
+function endWithError(call: { emit(event: 'error', err: Error): boolean }, err: Error): void {
+  call.emit('error', err);
 }
 
 function toStreamError(err: unknown): Error {

@@ -209,8 +209,8 @@ export class Cluster {
   }
 
   /** Starts a long-running cellctl (port-forward, logs -f); the caller kills it. */
-  spawnCellctl(args: string[]): ChildProcess {
-    return spawn(process.execPath, [CELLCTL_BIN, ...args], { env: { ...process.env, CELLO_CONTROLLER: this.server }, stdio: ['ignore', 'pipe', 'pipe'] });
+  spawnCellctl(args: string[], o: { stdin?: boolean } = {}): ChildProcess {
+    return spawn(process.execPath, [CELLCTL_BIN, ...args], { env: { ...process.env, CELLO_CONTROLLER: this.server }, stdio: [o.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
   }
 
   manifest(name: string, body: string): string {
