@@ -170,6 +170,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
         providerName: provider.name,
         instanceTypes: types,
         ...(config.provider.kind === 'local' && config.provider.maxCells !== undefined ? { maxCells: config.provider.maxCells } : {}),
+        provider,
         agents,
         metricsRegistry: metrics.registry,
         log: log.child({ component: 'virtual-node' }),

@@ -7,4 +7,4 @@ export { startRegistry, requireCommand } from './registry.js';
 export type { RegistryServer, RegistryTokenAuth, StartRegistryOptions } from './registry.js';
 export { buildFixtures, pushLayoutTag, pushBusybox, pushFixtures, pushBlob, pushImage } from './fixtures.js';
 export type { Fixtures, FixtureSet, PushOptions, PushedFixtures, RawLayer } from './fixtures.js';
-export { startKubeApiserver, kubeBinaries, type KubeApiserver, type IssuedCert } from './kube.js';
+export { startKubeApiserver, startMetricsServer, hostAddress, kubeBinaries, type KubeApiserver, type IssuedCert, type MetricsServer } from './kube.js';

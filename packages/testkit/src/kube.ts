@@ -5,7 +5,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { networkInterfaces, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort } from './net.js';
@@ -13,6 +13,7 @@ import { waitFor } from './wait.js';
 import { startEtcd, type EtcdServer } from './etcd.js';
 
 const BUILD_SCRIPT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'scripts', 'k8s', 'build.sh');
+const METRICS_SERVER_BUILD_SCRIPT = resolve(dirname(BUILD_SCRIPT), 'build-metrics-server.sh');
 
 /**
  * The directory holding kube-apiserver, kube-scheduler and kubectl. Builds them on first use
@@ -141,6 +142,8 @@ export async function startKubeApiserver(o: { timeoutMs?: number } = {}): Promis
     const serving = await issueCert('apiserver', { cn: 'kube-apiserver', ips: ['127.0.0.1', '10.0.0.1'], dns: ['localhost', 'kubernetes', 'kubernetes.default', 'kubernetes.default.svc'] });
     const admin = await issueCert('admin', { cn: 'cello-test-admin', org: 'system:masters' });
     const kubeletClient = await issueCert('kubelet-client', { cn: 'kube-apiserver-kubelet-client', org: 'system:masters' });
+    // The aggregation layer's front proxy (for extension API servers such as metrics-server).
+    const frontProxy = await issueCert('front-proxy-client', { cn: 'front-proxy-client' });
     const port = await freePort();
     const server = `https://127.0.0.1:${port}`;
     const ca = await readFile(join(dir, 'ca.crt'), 'utf8');
@@ -184,6 +187,16 @@ export async function startKubeApiserver(o: { timeoutMs?: number } = {}): Promis
       `--kubelet-client-key=${kubeletClient.keyFile}`,
       `--kubelet-certificate-authority=${join(dir, 'ca.crt')}`,
       '--kubelet-preferred-address-types=InternalIP',
+      // Aggregated APIs (metrics.k8s.io): the API server proxies to the service's endpoints
+      // directly (there is no kube-proxy), presenting the front-proxy client certificate.
+      `--requestheader-client-ca-file=${join(dir, 'ca.crt')}`,
+      '--requestheader-allowed-names=front-proxy-client',
+      '--requestheader-username-headers=X-Remote-User',
+      '--requestheader-group-headers=X-Remote-Group',
+      '--requestheader-extra-headers-prefix=X-Remote-Extra-',
+      `--proxy-client-cert-file=${frontProxy.certFile}`,
+      `--proxy-client-key-file=${frontProxy.keyFile}`,
+      '--enable-aggregator-routing=true',
       // There is no kube-controller-manager here, so nothing would lift the not-ready taint
       // this plugin puts on new nodes; without it a Ready node is schedulable at once.
       '--disable-admission-plugins=TaintNodesByCondition',
@@ -261,4 +274,97 @@ export async function startKubeApiserver(o: { timeoutMs?: number } = {}): Promis
     await cleanup();
     throw err;
   }
+}
+
+export interface MetricsServer {
+  /** https://ADDRESS:PORT where it serves (the aggregated metrics.k8s.io API goes there). */
+  url: string;
+  logs(): string;
+  stop(): Promise<void>;
+}
+
+/**
+ * metrics-server (built from the Go module proxy by scripts/k8s/build-metrics-server.sh, cached),
+ * run out of cluster against `kube` and registered as the aggregated `v1beta1.metrics.k8s.io`
+ * APIService, so that `kubectl top` works. It scrapes kubelets at their node status port with
+ * the API server's kubelet client certificate, verifying their serving certificates with the
+ * cluster CA.
+ *
+ * `address` must not be loopback: the API server refuses Endpoints in 127.0.0.0/8, so it
+ * listens on this host's own address (see hostAddress()); the API server reaches it directly
+ * (--enable-aggregator-routing). Waits (with a deadline) until the APIService is Available.
+ */
+export async function startMetricsServer(kube: KubeApiserver, o: { address: string; resolutionSeconds?: number; timeoutMs?: number }): Promise<MetricsServer> {
+  const r = spawnSync('bash', [METRICS_SERVER_BUILD_SCRIPT], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 * 1024 * 1024 });
+  if (r.status !== 0) throw new Error(`${METRICS_SERVER_BUILD_SCRIPT} failed (exit ${r.status}):\n${(r.stderr ?? '').slice(-4000)}`);
+  const bin = join(r.stdout.trim().split('\n').pop()!, 'metrics-server');
+  const port = await freePort();
+  const serving = await kube.issueCert('metrics-server', { cn: 'metrics-server', ips: [o.address], dns: ['metrics-server.kube-system.svc'] });
+  const proc = launch(bin, [
+    `--kubeconfig=${kube.kubeconfig}`,
+    `--authentication-kubeconfig=${kube.kubeconfig}`,
+    `--authorization-kubeconfig=${kube.kubeconfig}`,
+    `--requestheader-client-ca-file=${kube.caFile}`,
+    '--requestheader-allowed-names=front-proxy-client',
+    `--bind-address=${o.address}`,
+    `--secure-port=${port}`,
+    `--tls-cert-file=${serving.certFile}`,
+    `--tls-private-key-file=${serving.keyFile}`,
+    '--kubelet-use-node-status-port',
+    '--kubelet-preferred-address-types=InternalIP',
+    `--kubelet-certificate-authority=${kube.caFile}`,
+    `--kubelet-client-certificate=${kube.kubeletClient.certFile}`,
+    `--kubelet-client-key=${kube.kubeletClient.keyFile}`,
+    `--metric-resolution=${o.resolutionSeconds ?? 10}s`,
+    '--kubelet-request-timeout=5s', // must be below the resolution
+    '--v=1',
+  ]);
+  const stop = () => kill(proc);
+  try {
+    const objects = [
+      { apiVersion: 'v1', kind: 'Service', metadata: { name: 'metrics-server', namespace: 'kube-system' }, spec: { ports: [{ name: 'https', port: 443, targetPort: port, protocol: 'TCP' }] } },
+      { apiVersion: 'v1', kind: 'Endpoints', metadata: { name: 'metrics-server', namespace: 'kube-system' }, subsets: [{ addresses: [{ ip: o.address }], ports: [{ name: 'https', port, protocol: 'TCP' }] }] },
+      {
+        apiVersion: 'discovery.k8s.io/v1',
+        kind: 'EndpointSlice',
+        metadata: { name: 'metrics-server-manual', namespace: 'kube-system', labels: { 'kubernetes.io/service-name': 'metrics-server', 'endpointslice.kubernetes.io/managed-by': 'cello-test' } },
+        addressType: 'IPv4',
+        endpoints: [{ addresses: [o.address], conditions: { ready: true } }],
+        ports: [{ name: 'https', port, protocol: 'TCP' }],
+      },
+      {
+        apiVersion: 'apiregistration.k8s.io/v1',
+        kind: 'APIService',
+        metadata: { name: 'v1beta1.metrics.k8s.io' },
+        spec: { group: 'metrics.k8s.io', version: 'v1beta1', service: { name: 'metrics-server', namespace: 'kube-system', port: 443 }, caBundle: Buffer.from(kube.ca).toString('base64'), groupPriorityMinimum: 100, versionPriority: 100 },
+      },
+    ];
+    const applied = await kube.kubectl(['apply', '-f', '-'], { input: objects.map((x) => JSON.stringify(x)).join('\n') });
+    if (applied.code !== 0) throw new Error(`registering metrics-server: ${applied.stderr}`);
+    let last = '';
+    await waitFor(
+      'the metrics.k8s.io APIService to be Available',
+      async () => {
+        if (proc.exited) throw new Error(`metrics-server exited: ${proc.stderr.slice(-3000)}`);
+        const a = await kube.kubectl(['get', 'apiservice', 'v1beta1.metrics.k8s.io', '-o', 'jsonpath={.status.conditions[?(@.type=="Available")]}']);
+        last = a.stdout;
+        return /"status":"True"/.test(a.stdout);
+      },
+      { timeoutMs: o.timeoutMs ?? 60_000, intervalMs: 500 },
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}; last condition: ${last}\nmetrics-server: ${proc.stderr.slice(-2000)}`);
+    });
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { url: `https://${o.address}:${port}`, logs: () => proc.stderr.slice(-4000), stop };
+}
+
+/** This host's first non-loopback IPv4 address (what an Endpoints object may name). */
+export function hostAddress(): string {
+  for (const addrs of Object.values(networkInterfaces())) {
+    for (const a of addrs ?? []) if (a.family === 'IPv4' && !a.internal && !a.address.startsWith('169.254.')) return a.address;
+  }
+  throw new Error('this host has no non-loopback IPv4 address: the API server cannot reach an aggregated API server here');
 }

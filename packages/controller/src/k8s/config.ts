@@ -37,6 +37,8 @@ export const kubernetesConfigSchema = z.strictObject({
   capacity: z.strictObject({ cpu: quantity, memory: quantity, pods: z.number().int().positive() }).optional(),
   /** Where pods reach the API server (KUBERNETES_SERVICE_HOST/PORT); default: the kubeconfig's server. */
   podApiServer: z.strictObject({ host: z.string().min(1), port: z.number().int().min(1).max(65535) }).optional(),
+  /** How often the Node's status (conditions, capacity from the provider's limits) is written; the Lease is renewed every 10 s regardless. */
+  nodeStatusSeconds: z.number().int().min(1).max(300).default(30),
   /** Projected service-account tokens are requested again once this fraction of their lifetime has passed (kubelet: 0.8), and at least daily. */
   tokenRefreshRatio: z.number().gt(0, 'must be more than 0').lt(1, 'must be less than 1').default(0.8),
   /** How often the Secrets and ConfigMaps of running pods are read again, so edits reach their volumes. */

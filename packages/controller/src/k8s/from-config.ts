@@ -1,5 +1,7 @@
 // Starts the virtual node from the controller's configuration (the daemon's entry point).
-import type { InstanceType } from '../providers/provider.js';
+import type { CellProvider, InstanceType } from '../providers/provider.js';
+import { nodeCapacity, podsUsage } from './capacity.js';
+import type { KPod } from './manifest.js';
 import type { Logger } from '../obs/logger.js';
 import type { AgentAccess } from '../dispatch/agents.js';
 import type { Registry } from 'prom-client';
@@ -27,11 +29,35 @@ export function derivedCapacity(types: InstanceType[], maxCells?: number): NodeC
 
 export async function startVirtualNodeFromConfig(
   k: KubernetesConfig,
-  o: { controllerAddress: string; providerName: string; instanceTypes: InstanceType[]; maxCells?: number; agents?: AgentAccess; metricsRegistry?: Registry; log: Logger },
+  o: {
+    controllerAddress: string;
+    providerName: string;
+    instanceTypes: InstanceType[];
+    maxCells?: number;
+    /** Its capacity() (quota, host resources) sizes the node unless the configuration fixes it. */
+    provider?: Pick<CellProvider, 'capacity'>;
+    agents?: AgentAccess;
+    metricsRegistry?: Registry;
+    log: Logger;
+  },
 ): Promise<VirtualNodeHandle> {
   const i = k.kubelet.listen.lastIndexOf(':');
   const tls = readKubeletTls(k);
-  const cap: NodeCapacity = k.capacity ? { cpu: k.capacity.cpu, memory: k.capacity.memory, pods: String(k.capacity.pods) } : derivedCapacity(o.instanceTypes, o.maxCells);
+  const fixed: NodeCapacity | undefined = k.capacity ? { cpu: k.capacity.cpu, memory: k.capacity.memory, pods: String(k.capacity.pods) } : undefined;
+  const derived = derivedCapacity(o.instanceTypes, o.maxCells);
+  const provider = o.provider;
+  let last: { capacity: NodeCapacity; allocatable: NodeCapacity } | undefined;
+  const capacity = async (pods: KPod[]) => {
+    if (fixed) return { capacity: fixed, allocatable: fixed };
+    if (!provider?.capacity) return { capacity: derived, allocatable: derived };
+    try {
+      last = nodeCapacity(await provider.capacity(), o.instanceTypes, podsUsage(pods));
+    } catch (err) {
+      // The last figures stand (else the derived ones) until the provider answers again.
+      o.log.warn({ err: (err as Error).message }, 'provider capacity unavailable; node capacity unchanged');
+    }
+    return last ?? { capacity: derived, allocatable: derived };
+  };
   return startVirtualNode({
     nodeName: k.nodeName,
     ...(k.kubeconfig ? { kubeconfig: k.kubeconfig } : {}),
@@ -46,7 +72,8 @@ export async function startVirtualNodeFromConfig(
     },
     taint: k.taint,
     labels: k.labels,
-    capacity: async () => ({ capacity: cap, allocatable: cap }),
+    capacity,
+    statusSeconds: k.nodeStatusSeconds,
     tokenRefreshRatio: k.tokenRefreshRatio,
     dataSyncSeconds: k.dataSyncSeconds,
     ...(k.podApiServer ? { podApiServer: k.podApiServer } : {}),

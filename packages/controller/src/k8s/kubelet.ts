@@ -172,7 +172,8 @@ export class KubeletServer {
     const stream = this.o.controller.client.logs({ pod: { namespace: ns, name: pod }, options: LogsRequest.fromPartial(options) });
     let started = false;
     const start = () => {
-      if (started) return;
+      // grpc-js may emit 'end' after 'error': the error's status line was already written.
+      if (started || res.headersSent) return;
       started = true;
       res.writeHead(200, { 'content-type': 'text/plain', 'transfer-encoding': 'chunked' });
     };
@@ -190,7 +191,7 @@ export class KubeletServer {
       });
       stream.on('end', () => {
         start();
-        res.end();
+        if (!res.writableEnded) res.end();
         resolve();
       });
       stream.on('error', (err: ServiceError) => {
@@ -198,7 +199,7 @@ export class KubeletServer {
           res.end();
           return resolve();
         }
-        if (!started) {
+        if (!started && !res.headersSent) {
           res.writeHead(HTTP_OF_GRPC[err.code] ?? 500, { 'content-type': 'text/plain' });
           res.end(`${err.details || err.message}\n`);
         } else res.end();

@@ -154,6 +154,18 @@ export class VirtualNode {
     every(this.o.statusSeconds ?? 30, () => this.updateStatus(), 'node status update');
   }
 
+  private capacityTimer: NodeJS.Timeout | undefined;
+
+  /** Pods came or went: a status update (with fresh capacity) within a second or two, coalesced. */
+  capacityChanged(delayMs = 1500): void {
+    if (this.stopped || this.capacityTimer) return;
+    this.capacityTimer = setTimeout(() => {
+      this.capacityTimer = undefined;
+      if (!this.stopped) this.updateStatus().catch((err) => this.o.onError('node status update', err));
+    }, delayMs);
+    this.capacityTimer.unref();
+  }
+
   async updateStatus(): Promise<void> {
     await this.rest.strategicPatch(`/api/v1/nodes/${this.o.nodeName}/status`, { status: await this.status() });
   }
@@ -183,6 +195,7 @@ export class VirtualNode {
 
   stop(): void {
     this.stopped = true;
+    if (this.capacityTimer) clearTimeout(this.capacityTimer);
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
   }

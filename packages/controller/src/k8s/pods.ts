@@ -14,6 +14,7 @@ import { buildPodManifest, LABEL_NODE, ANNOTATION_UID, MissingReferenceError, ty
 import type { KubeRest } from './rest.js';
 import { isNotFound, KubeApiError } from './rest.js';
 import { kubeStatus } from './status.js';
+import { podsUsage } from './capacity.js';
 import { WorkQueue } from './workqueue.js';
 import type { Controller } from './controller-client.js';
 import type { VirtualNodeMetrics } from './metrics.js';
@@ -31,6 +32,8 @@ export interface PodSyncOptions extends ManifestOptions {
   dataSyncSeconds?: number;
   /** The clock token refresh is scheduled by (tests). */
   now?: () => number;
+  /** Called when the pods holding cells on this node, or their requests, change. */
+  onPodsChanged?: () => void;
 }
 
 /** What was last sent to the core for a pod, and when it must be looked at again. */
@@ -55,6 +58,7 @@ export class PodSync {
   private readonly mirroredEvents = new Map<string, number>();
   private readonly lastStatus = new Map<string, string>();
   private readonly applied = new Map<string, Applied>();
+  private lastUsage = '';
   private readonly now: () => number;
   private coreWatch?: ClientReadableStream<PodEvent>;
   private stopped = false;
@@ -69,6 +73,11 @@ export class PodSync {
         await this.sync(key);
         o.metrics?.podSyncs.inc({ result: 'ok' });
         o.metrics?.pods.set(this.informer.cache.size);
+        const usage = JSON.stringify(podsUsage(this.pods()));
+        if (usage !== this.lastUsage) {
+          this.lastUsage = usage;
+          o.onPodsChanged?.();
+        }
       },
       (key, err, ms) => {
         o.metrics?.podSyncs.inc({ result: 'error' });

@@ -10,6 +10,7 @@ import { KubeletServer } from './kubelet.js';
 import { LeaderElector, type LeaderElectionOptions } from './leader.js';
 import { VirtualNode, VIRTUAL_NODE_TAINT_KEY, type NodeCapacity } from './node.js';
 import { PodSync } from './pods.js';
+import type { KPod } from './manifest.js';
 import { KubeRest, loadKubeConfig } from './rest.js';
 import { SpdyStreams } from './streams.js';
 import { VirtualNodeMetrics } from './metrics.js';
@@ -28,7 +29,8 @@ export interface VirtualNodeOptions {
   /** Default: virtual-kubelet.io/provider=cello:NoSchedule; null: no taint. */
   taint?: { key: string; value: string; effect: 'NoSchedule' | 'NoExecute' | 'PreferNoSchedule' } | null;
   labels?: Record<string, string>;
-  capacity: () => Promise<{ capacity: NodeCapacity; allocatable: NodeCapacity }>;
+  /** What the node offers, given the pods bound to it (see capacity.ts); asked on every status update. */
+  capacity: (pods: KPod[]) => Promise<{ capacity: NodeCapacity; allocatable: NodeCapacity }>;
   /** Where pods reach the API server; default: the kubeconfig's server. */
   podApiServer?: { host: string; port: number };
   leaderElection?: LeaderElectionOptions;
@@ -87,7 +89,7 @@ export async function startVirtualNode(o: VirtualNodeOptions): Promise<VirtualNo
       kubeletPort,
       ...(o.taint === null ? {} : { taint: o.taint ?? { key: VIRTUAL_NODE_TAINT_KEY, value: 'cello', effect: 'NoSchedule' } }),
       ...(o.labels ? { labels: o.labels } : {}),
-      capacity: o.capacity,
+      capacity: () => o.capacity(sync?.pods() ?? []),
       health: async () => {
         try {
           await controller.version(3000);
@@ -112,6 +114,8 @@ export async function startVirtualNode(o: VirtualNodeOptions): Promise<VirtualNo
       apiServer: podApiServer,
       ...(o.tokenRefreshRatio !== undefined ? { tokenRefreshRatio: o.tokenRefreshRatio } : {}),
       ...(o.dataSyncSeconds !== undefined ? { dataSyncSeconds: o.dataSyncSeconds } : {}),
+      // Pods coming and going change what the node offers: tell the scheduler soon, not in 30 s.
+      onPodsChanged: () => node?.capacityChanged(),
     });
     await sync.start();
     metrics.leader.set(1);

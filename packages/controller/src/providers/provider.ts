@@ -63,6 +63,23 @@ export class CapacityError extends Error {
   }
 }
 
+/**
+ * What the provider may run and what is counted against that now: the cloud account's limits
+ * (every instance in it counts, not only this controller's), or the local host's resources.
+ */
+export interface ProviderCapacity {
+  /** Most instances at once, and how many are running or starting. */
+  instances: { limit: number; used: number };
+  /** The vCPU quota and vCPUs in use, when the provider has one. */
+  vcpus?: { limit: number; used: number };
+  /** CPUs that every cell shares (one host): compressible, so offered whole and no limit on cells. */
+  sharedCpus?: number;
+  /** Memory cells can have and memory in use, when the provider has such a limit (a host). */
+  memoryMiB?: { limit: number; used: number };
+  /** Where the figures come from, e.g. "host" or "ec2:DescribeAccountAttributes". */
+  source: string;
+}
+
 export interface CellProvider {
   readonly name: string; // "local", "aws", ...
   /**
@@ -79,5 +96,7 @@ export interface CellProvider {
   /** Every instance carrying this controller ID tag, for garbage collection after a store wipe. */
   listOwned(controllerId: string): Promise<InstanceInfo[]>;
   terminate(instanceIds: string[]): Promise<void>;
+  /** Limits and usage, read fresh on each call (the caller caches); absent when unknown. */
+  capacity?(): Promise<ProviderCapacity>;
   close(): Promise<void>;
 }

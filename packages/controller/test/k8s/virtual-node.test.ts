@@ -8,9 +8,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { ChildProcess } from 'node:child_process';
-import { freePort, pushBusybox, startKubeApiserver, waitFor, type KubeApiserver } from '@cello/testkit';
+import { freePort, hostAddress, pushBusybox, startKubeApiserver, startMetricsServer, waitFor, type KubeApiserver, type MetricsServer } from '@cello/testkit';
 import { CellState } from '@cello/proto/controller';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism, totalmem } from 'node:os';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
@@ -33,14 +34,18 @@ class KubeCluster extends Cluster {
   override async writeConfig(): Promise<void> {
     await super.writeConfig();
     if (!this.kubeletPort) this.kubeletPort = await freePort();
-    const cfg = parse(readFileSync(this.configPath, 'utf8')) as Record<string, unknown>;
+    const cfg = parse(readFileSync(this.configPath, 'utf8')) as Record<string, unknown> & { provider: Record<string, unknown> };
+    // The local provider's limit, low enough to bind before this host's memory does.
+    cfg.provider.maxCells = MAX_CELLS;
     cfg.kubernetes = {
       enabled: true,
       nodeName: NODE,
       kubeconfig: this.kube.kubeconfig,
       internalIP: '127.0.0.1',
       kubelet: { listen: `127.0.0.1:${this.kubeletPort}`, certFile: this.serving.certFile, keyFile: this.serving.keyFile, clientCAFile: this.kube.caFile },
-      capacity: { cpu: '8', memory: '16Gi', pods: 20 },
+      // No fixed capacity: the node is sized from the local provider's capacity() (this host),
+      // written every 2 s so the tests see it follow cells and pods.
+      nodeStatusSeconds: 2,
       leaderElection: { enabled: true, namespace: 'cello-system', leaseSeconds: 15 },
       // Refresh projected tokens after 0.5 % of their lifetime (3 s of the API server's 600 s
       // minimum) and re-read Secrets/ConfigMaps every 2 s, so refreshes happen within the test.
@@ -52,6 +57,7 @@ class KubeCluster extends Cluster {
 }
 
 const NODE = 'cello-vn';
+const MAX_CELLS = 10;
 
 interface KPod {
   metadata: { name: string; uid: string; deletionTimestamp?: string };
@@ -99,6 +105,34 @@ function httpGet(port: number): Promise<string> {
 let registry: Registry;
 let kube: KubeApiserver;
 let cl: KubeCluster;
+let metricsServer: MetricsServer | undefined;
+
+/** Cells the local provider holds (not ending): what its capacity() counts as used. */
+function liveCells(): number {
+  return cl.cellDirs().filter((d) => {
+    try {
+      return !(JSON.parse(readFileSync(join(cl.cellsRoot, d, 'instance.json'), 'utf8')) as { terminating?: boolean }).terminating;
+    } catch {
+      return false;
+    }
+  }).length;
+}
+
+/**
+ * The node's allocatable pods converge on the provider's headroom plus the pods bound to it
+ * (the scheduler subtracts those itself), following cells as they come and go.
+ */
+async function allocatablePods(what: string, onNode: number): Promise<void> {
+  let seen = '';
+  await waitFor(`allocatable pods of ${what} to be ${MAX_CELLS} - live cells + ${onNode}`, async () => {
+    const n = JSON.parse((await kube.kubectl(['get', 'node', NODE, '-o', 'json'])).stdout) as { status: { allocatable: { pods: string } } };
+    const want = String(MAX_CELLS - liveCells() + onNode);
+    seen = `${n.status.allocatable.pods} (want ${want})`;
+    return n.status.allocatable.pods === want;
+  }, { timeoutMs: 20_000, intervalMs: 500 }).catch((err: Error) => {
+    throw new Error(`${err.message}; last seen ${seen}`);
+  });
+}
 
 async function getPod(name: string): Promise<KPod | undefined> {
   const r = await kube.kubectl(['get', 'pod', name, '-o', 'json']);
@@ -129,13 +163,15 @@ beforeAll(async () => {
   await kube.kubectl(['create', 'configmap', 'settings', '--from-literal=greeting=hello-from-configmap']);
   const serving = await kube.issueCert('kubelet-serving', { cn: NODE, ips: ['127.0.0.1'], dns: [NODE] });
   cl = new KubeCluster({ registry, warm: 1, healthSeconds: 5, gcIntervalSeconds: 2, retainFinishedSeconds: 0 }, kube, serving);
-  await cl.start();
+  // metrics-server (for kubectl top) comes up beside the controller.
+  [metricsServer] = await Promise.all([startMetricsServer(kube, { address: hostAddress(), resolutionSeconds: 10 }), cl.start()]);
   await waitFor('the virtual node to register', async () => (await kube.kubectl(['get', 'node', NODE])).code === 0, { timeoutMs: 30_000, intervalMs: 250 }).catch((err: Error) => {
     throw new Error(`${err.message}\ncontroller log:\n${cl.controllerLog.slice(-3000)}`);
   });
 }, 30 * 60_000); // the first run on a machine builds the Kubernetes binaries (scripts/k8s/build.sh)
 
 afterAll(async () => {
+  await metricsServer?.stop();
   await cl?.stop();
   await kube?.stop();
   await registry?.server.stop();
@@ -149,14 +185,17 @@ const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
     const node = JSON.parse(r.stdout) as {
       metadata: { labels: Record<string, string> };
       spec: { taints: { key: string; value: string; effect: string }[] };
-      status: { conditions: { type: string; status: string }[]; addresses: { type: string; address: string }[]; daemonEndpoints: { kubeletEndpoint: { Port: number } }; allocatable: Record<string, string> };
+      status: { conditions: { type: string; status: string }[]; addresses: { type: string; address: string }[]; daemonEndpoints: { kubeletEndpoint: { Port: number } }; allocatable: Record<string, string>; capacity: Record<string, string> };
     };
     expect(node.metadata.labels).toMatchObject({ type: 'virtual-kubelet', 'kubernetes.io/role': 'agent', 'kubernetes.io/os': 'linux', 'kubernetes.io/arch': 'amd64', 'cello.dev/provider': 'local' });
     expect(node.spec.taints).toEqual([{ key: 'virtual-kubelet.io/provider', value: 'cello', effect: 'NoSchedule' }]);
     expect(node.status.conditions.find((c) => c.type === 'Ready')?.status).toBe('True');
     expect(node.status.addresses).toContainEqual({ type: 'InternalIP', address: '127.0.0.1' });
     expect(node.status.daemonEndpoints.kubeletEndpoint.Port).toBe(cl.kubeletPort);
-    expect(node.status.allocatable).toMatchObject({ cpu: '8', pods: '20' });
+    // Sized by the local provider's capacity(): the host's cores and memory, maxCells cells.
+    const totalMiB = Math.floor(totalmem() / 2 ** 20);
+    expect(node.status.capacity).toMatchObject({ cpu: String(availableParallelism()), memory: `${totalMiB}Mi`, pods: String(MAX_CELLS) });
+    await allocatablePods('the idle node', 0);
     const lease = async () => JSON.parse((await kube.kubectl(['-n', 'kube-node-lease', 'get', 'lease', NODE, '-o', 'json'])).stdout) as { spec: { holderIdentity: string; renewTime: string } };
     const first = await lease();
     expect(first.spec.holderIdentity).toBe(NODE);
@@ -183,6 +222,8 @@ const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
     expect(pod.status.conditions?.find((c) => c.type === 'PodScheduled')?.status).toBe('True');
     const cells = await cl.cells();
     expect(cells.some((c) => c.state === CellState.CELL_STATE_BOUND && c.pod?.name === 'web')).toBe(true);
+    // The node's size follows: its cell (and the warm pool's refill) used, the pod bound here.
+    await allocatablePods('the node running web', 1);
 
     // kubectl logs: API server -> kubelet /containerLogs over HTTPS with its client certificate.
     const logs = await waitFor('kubectl logs', async () => {
@@ -314,6 +355,24 @@ const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
     // The kubelet's pod list, through the same API.
     expect((JSON.parse((await kget('/pods')).body) as { items: { metadata: { name: string } }[] }).items.map((p) => p.metadata.name)).toContain('web');
 
+    // kubectl top: kubectl -> API server -> aggregated metrics.k8s.io -> metrics-server, which
+    // scraped /metrics/resource of this node (CPU needs two scrapes, 10 s apart).
+    let topOut = '';
+    const top = await waitFor('kubectl top pod web', async () => {
+      const r = await kube.kubectl(['top', 'pod', 'web', '--no-headers']);
+      topOut = r.stdout + r.stderr;
+      return r.code === 0 ? r.stdout : undefined;
+    }, { timeoutMs: 60_000, intervalMs: 1000 }).catch((err: Error) => {
+      throw new Error(`${err.message}; last: ${topOut}\nmetrics-server: ${metricsServer?.logs().slice(-1500)}`);
+    });
+    expect(top).toMatch(/^web\s+\d+m\s+\d+Mi\s*$/); // busybox httpd's working set rounds to 0Mi
+    // The same through the metrics API itself: non-zero, per container.
+    const pm = JSON.parse((await kube.kubectl(['get', '--raw', '/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/web'])).stdout) as { containers: { name: string; usage: { cpu: string; memory: string } }[] };
+    expect(pm.containers.map((c) => c.name)).toEqual(['main']);
+    expect(pm.containers[0]!.usage.memory).toMatch(/^[1-9]\d*(Ki|Mi)?$/);
+    const topNode = await kube.kubectl(['top', 'node', NODE, '--no-headers']);
+    expect(topNode.stdout, topNode.stderr).toMatch(new RegExp(`^${NODE}\\s+\\d+m\\s+`));
+
     // The virtual node's metrics are on the controller's /metrics.
     const metricsListen = (parse(readFileSync(cl.configPath, 'utf8')) as { metrics: { listen: string } }).metrics.listen;
     const prom = await (await fetch(`http://${metricsListen}/metrics`)).text();
@@ -340,6 +399,7 @@ const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
       return !c || c.state === CellState.CELL_STATE_TERMINATED || c.state === CellState.CELL_STATE_TERMINATING;
     }, { timeoutMs: 60_000, intervalMs: 250 });
     expect((await cl.pod('web').catch(() => undefined))?.metadata).toBeUndefined();
+    await allocatablePods('the node after web', 0);
   }, 240_000);
 
   it('a pod without the toleration is never placed on the virtual node', async () => {

@@ -8,6 +8,7 @@
 // ClientToken; the tag lookup is what its tests exercise.)
 import { createHash } from 'node:crypto';
 import {
+  DescribeAccountAttributesCommand,
   DescribeInstanceAttributeCommand,
   DescribeInstancesCommand,
   DescribeSubnetsCommand,
@@ -29,6 +30,7 @@ import {
   type InstanceType,
   type LaunchedInstance,
   type LaunchRequest,
+  type ProviderCapacity,
 } from '../provider.js';
 import { errorCode, isCapacityError, isSpotCapacityError, UnavailablePairs } from './capacity.js';
 import { AwsCatalog, loadPrices } from './catalog.js';
@@ -399,6 +401,22 @@ export class AwsProvider implements CellProvider {
       }, DESCRIBE_WINDOW_MS);
     });
     return { ids, result };
+  }
+
+  /**
+   * The account's instance limit in this region (DescribeAccountAttributes max-instances) and
+   * every running or starting instance in it, whoever launched it: all count against the limit.
+   * (The vCPU quota lives in the Service Quotas API, which this provider does not call yet: no
+   * vCPU limit is reported.)
+   */
+  async capacity(): Promise<ProviderCapacity> {
+    // No AttributeNames: the SDK's enum no longer lists max-instances, the API still answers it.
+    const attrs = await this.send('DescribeAccountAttributes', () => this.ec2.send(new DescribeAccountAttributesCommand({})));
+    const raw = attrs.AccountAttributes?.find((a) => a.AttributeName === 'max-instances')?.AttributeValues?.[0]?.AttributeValue;
+    const limit = Number(raw);
+    if (raw === undefined || !Number.isFinite(limit) || limit < 0) throw new Error(`DescribeAccountAttributes: max-instances is ${JSON.stringify(raw)}, not a number`);
+    const running = await this.describeRaw([{ Name: 'instance-state-name', Values: ['pending', 'running'] }]);
+    return { instances: { limit, used: running.length }, source: 'ec2:DescribeAccountAttributes' };
   }
 
   async listOwned(controllerId: string): Promise<InstanceInfo[]> {

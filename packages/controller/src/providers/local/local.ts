@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, openSync, closeSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { mkdir, readFile, rm, rmdir, writeFile, rename } from 'node:fs/promises';
 import { createRequire } from 'node:module';
+import { availableParallelism, freemem, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -21,6 +22,7 @@ import {
   type InstanceType,
   type LaunchRequest,
   type LaunchedInstance,
+  type ProviderCapacity,
 } from '../provider.js';
 import { allocateSlot, createCellNet, deleteCellNet, netNames, releaseSlot } from './netns.js';
 
@@ -93,6 +95,16 @@ function alive(pid: number | undefined, cellId: string): boolean {
     return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(cellId);
   } catch {
     return false;
+  }
+}
+
+/** MemAvailable from /proc/meminfo (what can be given out without swapping), in MiB. */
+function memAvailableMiB(): number | undefined {
+  try {
+    const m = /^MemAvailable:\s+(\d+) kB$/m.exec(readFileSync('/proc/meminfo', 'utf8'));
+    return m ? Math.floor(Number(m[1]) / 1024) : undefined;
+  } catch {
+    return undefined;
   }
 }
 
@@ -247,6 +259,26 @@ export class LocalProvider implements CellProvider {
 
   async listOwned(controllerId: string): Promise<InstanceInfo[]> {
     return (await this.all()).filter((f) => f.tags[TAG_CONTROLLER] === controllerId).map((f) => this.info(f));
+  }
+
+  /**
+   * The host's resources and what is in use: cells that are not ending count against maxCells
+   * (else as many of the smallest type as memory holds); memory in use is the host's (MemAvailable,
+   * so what the cells' processes really use, and everything else on the machine). CPU is shared
+   * and compressible among cells on one host, as among pods on a kubelet's node: all of it is
+   * offered, and it does not bound the number of cells.
+   */
+  async capacity(): Promise<ProviderCapacity> {
+    const cells = (await this.all()).filter((f) => !f.terminating);
+    const totalMiB = Math.floor(totalmem() / 2 ** 20);
+    const availMiB = memAvailableMiB() ?? Math.floor(freemem() / 2 ** 20);
+    const smallest = Math.min(...this.types.map((t) => t.memoryMiB));
+    return {
+      instances: { limit: this.opts.maxCells ?? Math.max(1, Math.floor(totalMiB / smallest)), used: cells.length },
+      sharedCpus: availableParallelism(),
+      memoryMiB: { limit: totalMiB, used: Math.max(0, totalMiB - availMiB) },
+      source: 'host',
+    };
   }
 
   async terminate(instanceIds: string[]): Promise<void> {

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds metrics-server from the Go module proxy (sigs.k8s.io/metrics-server has no local
+# replace directives, so `go install module@version` works), for the `kubectl top` end-to-end
+# test. The binary is cached per version under $CELLO_CACHE.
+#   scripts/k8s/build-metrics-server.sh   -> prints the directory holding the binary
+set -euo pipefail
+VERSION=${METRICS_SERVER_VERSION:-0.9.0}
+CACHE=${CELLO_CACHE:-/var/cache/cello}/k8s/metrics-server-v$VERSION
+if [ -x "$CACHE/bin/metrics-server" ]; then echo "$CACHE/bin"; exit 0; fi
+command -v go >/dev/null || { echo "go is required: apt-get install -y golang-go (or a Go toolchain >= 1.26)" >&2; exit 1; }
+mkdir -p "$CACHE/bin"
+echo "building metrics-server v$VERSION ..." >&2
+GOBIN="$CACHE/bin.tmp" CGO_ENABLED=0 GOFLAGS=-trimpath go install -ldflags "-s -w" "sigs.k8s.io/metrics-server/cmd/metrics-server@v$VERSION" >&2
+mv "$CACHE/bin.tmp/metrics-server" "$CACHE/bin/metrics-server"
+rmdir "$CACHE/bin.tmp" 2>/dev/null || true
+echo "$CACHE/bin"
