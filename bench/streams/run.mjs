@@ -133,15 +133,20 @@ try {
   results.logs = {};
   for (const [wname, writer] of Object.entries(writers)) {
     // Timed from the first byte, so runc's start-up is not part of either figure.
-    let n = 0;
-    let t0;
-    const rawCpu0 = process.cpuUsage();
-    await runUnit(writer, (d) => {
-      t0 ??= performance.now();
-      n += d.length;
-    }).exited;
-    const rawCpu = process.cpuUsage(rawCpu0);
-    const raw = { bytes: n, ms: performance.now() - t0, cpuMs: (rawCpu.user + rawCpu.system) / 1000 };
+    const rawRun = async () => {
+      let n = 0;
+      let t0;
+      const cpu0 = process.cpuUsage();
+      await runUnit(writer, (d) => {
+        t0 ??= performance.now();
+        n += d.length;
+      }).exited;
+      const cpu = process.cpuUsage(cpu0);
+      return { bytes: n, ms: performance.now() - t0, cpuMs: (cpu.user + cpu.system) / 1000 };
+    };
+    // The raw pipe is measured before and after the logs run and the faster one is the
+    // baseline: on a shared machine a dip during one raw run must not flatter the logs figure.
+    const rawBefore = await rawRun();
     const logs = new ContainerLogs({ dir: join(base, `logs-${wname}`), maxFileBytes: 64 << 20, maxFiles: 6 });
     const sink = logs.startInstance();
     units.set('tp', view('tp', 'x', logs));
@@ -160,6 +165,8 @@ try {
     await new Promise((r) => follower.on('close', r));
     const res = JSON.parse(out.split('\n').filter(Boolean).at(-1));
     const cpu = process.cpuUsage(cpu0);
+    const rawAfter = await rawRun();
+    const raw = rawBefore.bytes / rawBefore.ms >= rawAfter.bytes / rawAfter.ms ? rawBefore : rawAfter;
     results.logs[wname] = { raw, logs: { bytes: res.bytes, ms: performance.now() - t0, dropped: res.dropped, agentCpuMs: (cpu.user + cpu.system) / 1000, clientCpuMs: res.cpuMs } };
   }
   }
@@ -236,7 +243,16 @@ try {
     const srv = spawn('nsenter', [`--net=${netnsPath}`, process.execPath, '-e', srvCode], { stdio: ['ignore', 'pipe', 'inherit'] });
     await new Promise((r) => srv.stdout.once('data', r));
     const cliCode = `const n=require('net');const t=process.hrtime.bigint();let g=0;const c=n.connect(7777,'127.0.0.1');c.on('data',d=>g+=d.length);c.on('end',()=>{console.log(JSON.stringify({bytes:g,ms:Number(process.hrtime.bigint()-t)/1e6}))})`;
-    const direct = JSON.parse(execFileSync('nsenter', [`--net=${netnsPath}`, process.execPath, '-e', cliCode], { encoding: 'utf8' }));
+    // (async: this process serves the port-forward and must not block while a reader runs)
+    const run = (args) =>
+      new Promise((res, rej) => {
+        const p = spawn(args[0], args.slice(1), { stdio: ['ignore', 'pipe', 'inherit'] });
+        let o = '';
+        p.stdout.on('data', (d) => (o += d));
+        p.on('close', (code) => (code === 0 ? res(JSON.parse(o)) : rej(new Error(`reader exited ${code}`))));
+      });
+    const directRun = () => run(['nsenter', `--net=${netnsPath}`, process.execPath, '-e', cliCode]);
+    const directBefore = await directRun();
     // Forwarder: the real `cell-agent ctl port-forward` process; reader: its own process too.
     const cli = new URL('../../packages/cell-agent/dist/cli.js', import.meta.url).pathname;
     const fwd = process.env.BENCH_PF_WINDOW
@@ -254,16 +270,13 @@ try {
     const localPort = Number(/127\.0\.0\.1:(\d+)/.exec(fout)[1]);
     const readerCode = cliCode.replace('7777', String(localPort));
     // (async: this process is the agent and must keep serving while the reader runs)
-    const read = () =>
-      new Promise((res, rej) => {
-        const p = spawn(process.execPath, ['-e', readerCode], { stdio: ['ignore', 'pipe', 'inherit'] });
-        let o = '';
-        p.stdout.on('data', (d) => (o += d));
-        p.on('close', (code) => (code === 0 ? res(JSON.parse(o)) : rej(new Error(`reader exited ${code}`))));
-      });
+    const read = () => run([process.execPath, '-e', readerCode]);
     await read(); // warm: starts the namespace relay
     const viaPf = await read();
     fwd.kill('SIGINT');
+    // Direct again after: the faster direct run is the baseline (see the logs section).
+    const directAfter = await directRun();
+    const direct = directBefore.bytes / directBefore.ms >= directAfter.bytes / directAfter.ms ? directBefore : directAfter;
     srv.kill();
     results.portForward = { direct, viaPf };
   }
@@ -281,7 +294,7 @@ const r = results;
 const out = [];
 for (const [w, x] of Object.entries(r.logs ?? {})) {
   const pctRaw = (100 * (x.logs.bytes / x.logs.ms)) / (x.raw.bytes / x.raw.ms);
-  out.push(`  logs (${w} writer) -> following Logs client : ${mbs(x.logs.bytes, x.logs.ms)} MB/s (${(x.logs.bytes / 1e6).toFixed(0)} MB, dropped ${x.logs.dropped} B); raw pipe of the same writer ${mbs(x.raw.bytes, x.raw.ms)} MB/s -> ${pctRaw.toFixed(0)}% (goal >= 50%)`);
+  out.push(`  logs (${w} writer) -> following Logs client : ${mbs(x.logs.bytes, x.logs.ms)} MB/s (${(x.logs.bytes / 1e6).toFixed(0)} MB, dropped ${x.logs.dropped} B); raw pipe of the same writer ${mbs(x.raw.bytes, x.raw.ms)} MB/s (faster of the runs before and after) -> ${pctRaw.toFixed(0)}% (goal >= 50%)`);
   // CPU per MB does not depend on what else the machine runs: it shows the work itself.
   out.push(`      CPU per MB: agent ${(x.logs.agentCpuMs / (x.logs.bytes / 1e6)).toFixed(1)} ms (capture + serve; the writer's pipe is read in this process either way), client ${(x.logs.clientCpuMs / (x.logs.bytes / 1e6)).toFixed(1)} ms; raw pipe reader ${(x.raw.cpuMs / (x.raw.bytes / 1e6)).toFixed(1)} ms`);
 }
@@ -293,7 +306,7 @@ if (r.keystroke) out.push(`  exec tty keystroke round trip (${r.keystroke.n})   
 if (r.portForward) {
   const pfPct = (100 * (r.portForward.viaPf.bytes / r.portForward.viaPf.ms)) / (r.portForward.direct.bytes / r.portForward.direct.ms);
   out.push(`  port-forward download (${PF_MB} MB)            : ${mbs(r.portForward.viaPf.bytes, r.portForward.viaPf.ms)} MB/s`);
-  out.push(`  direct TCP in the pod namespace           : ${mbs(r.portForward.direct.bytes, r.portForward.direct.ms)} MB/s  -> port-forward at ${pfPct.toFixed(0)}% of direct (goal >= 50%)`);
+  out.push(`  direct TCP in the pod namespace           : ${mbs(r.portForward.direct.bytes, r.portForward.direct.ms)} MB/s (faster of the runs before and after) -> port-forward at ${pfPct.toFixed(0)}% of direct (goal >= 50%)`);
 }
 console.log(`
 cell-agent streams benchmark (loopback gRPC, plaintext; ${process.env.BENCH_NOTE ?? 'shared 2-core machine'}; load average ${(await import('node:os')).loadavg()[0].toFixed(1)})

@@ -1,8 +1,8 @@
 // Connecting to an agent, for `cell-agent ctl` and for tests.
 import { readFileSync } from 'node:fs';
 import { credentials, type ChannelCredentials } from '@grpc/grpc-js';
-import { CellAgentClient } from '@cello/proto/cell';
-import { STREAM_CHANNEL_OPTIONS } from '../server/wire.js';
+import type { CellAgentClient } from '@cello/proto/cell';
+import { newCellAgentClient, STREAM_CHANNEL_OPTIONS } from '../server/wire.js';
 
 export interface ClientTls {
   cert: string;
@@ -17,7 +17,7 @@ export function agentCredentials(tls: ClientTls | undefined): ChannelCredentials
 
 export function connectAgent(addr: string, tls: ClientTls | undefined, opts: { serverName?: string } = {}): CellAgentClient {
   // ctl carries bulk streams (logs -f, port-forward): a large HTTP/2 window (see wire.ts).
-  return new CellAgentClient(addr, agentCredentials(tls), {
+  return newCellAgentClient(addr, agentCredentials(tls), {
     ...STREAM_CHANNEL_OPTIONS,
     ...(opts.serverName ? { 'grpc.ssl_target_name_override': opts.serverName, 'grpc.default_authority': opts.serverName } : {}),
   });

@@ -176,10 +176,9 @@ export interface PackedRun {
  * int64 timestamp) was most of what the agent and its clients spent per byte.
  */
 export class PackedBuilder {
-  private readonly pieces: Buffer[] = [];
+  private readonly pieces_: Buffer[] = [];
   private scratch: Buffer | undefined;
   private scratchPos = 0;
-  private bytes = 0;
   readonly runBytes: number[] = [];
   readonly runLines: number[] = [];
   readonly runFlags: number[] = [];
@@ -207,12 +206,11 @@ export class PackedBuilder {
       this.runSeconds.push(seconds);
       this.runNanos.push(nanos);
     }
-    this.bytes += bytes;
   }
 
   addRun(r: PackedRun): void {
     this.sealScratch();
-    this.pieces.push(r.text);
+    this.pieces_.push(r.text);
     this.run(r.text.length, r.lines, r.flags, r.seconds, r.nanos);
   }
 
@@ -233,7 +231,7 @@ export class PackedBuilder {
   /** Closes the text written into scratch so far as a piece; the rest of scratch stays usable. */
   private sealScratch(): void {
     if (this.scratch === undefined || this.scratchPos === 0) return;
-    this.pieces.push(this.scratch.subarray(0, this.scratchPos));
+    this.pieces_.push(this.scratch.subarray(0, this.scratchPos));
     this.scratch = this.scratch.subarray(this.scratchPos);
     this.scratchPos = 0;
   }
@@ -242,12 +240,15 @@ export class PackedBuilder {
     return this.runLines.length === 0;
   }
 
-  /** All text, in one buffer. */
-  text(): Buffer {
+  /** All text, as the pieces it was built from. */
+  pieces(): Buffer[] {
     this.sealScratch();
-    return this.pieces.length === 1 ? this.pieces[0]! : Buffer.concat(this.pieces, this.bytes);
+    return this.pieces_;
   }
 }
+
+/** A packed LogChunk whose packed_text is still in pieces (see packedChunk in index.ts). */
+export const packedTextPieces = new WeakMap<object, readonly Buffer[]>();
 
 export const PACKED_STDERR = 1;
 export const PACKED_PARTIAL = 2;

@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { LogStream, type LogChunk, type LogEntry, type LogsRequest } from '@cello/proto/cell';
 import type { LogSink, StdStream } from '../units/unit-view.js';
 import { formatRfc3339Nano, nowNs, splitNs } from './clock.js';
-import { CriParser, NEWLINE, PACKED_PARTIAL, PACKED_STDERR, PackedBuilder, contentOffset, type PackedRun, type ParsedRecord } from './cri.js';
+import { CriParser, NEWLINE, PACKED_PARTIAL, PACKED_STDERR, PackedBuilder, contentOffset, packedTextPieces, type PackedRun, type ParsedRecord } from './cri.js';
 
 export interface ContainerLogsOptions {
   /** Directory of this unit's log files (created if missing). */
@@ -27,7 +27,11 @@ export interface ContainerLogsOptions {
   maxFileBytes?: number;
   /** Files kept per instance, the current one included. Default 5. */
   maxFiles?: number;
-  /** Newest bytes of the current instance kept in memory for readers. Default 1 MiB. */
+  /**
+   * Newest output of the current instance kept in memory for readers (CRI records and, for
+   * runs of whole lines, the lines as printed). Default 4 MiB: a follower that falls out of the
+   * ring reads files and parses every record, so the ring should cover a burst of output.
+   */
   ringBytes?: number;
   /** Longer lines are split into partial (P) records of this size. Default 16 KiB, like CRI. */
   maxLineBytes?: number;
@@ -76,6 +80,12 @@ class Instance {
   private waiters = new Set<() => void>();
   private partial: Record<StdStream, Buffer[]> = { stdout: [], stderr: [] };
   private partialLen: Record<StdStream, number> = { stdout: 0, stderr: 0 };
+  get ringBytes(): number {
+    return this.opts.ringBytes;
+  }
+
+  /** Scratch for write(): where the newlines of a chunk are. */
+  private newlines = new Int32Array(1024);
 
   constructor(
     readonly id: number,
@@ -135,22 +145,30 @@ class Instance {
     // header plus the line with its newline, copied as one run from the chunk into one buffer.
     const last = chunk.lastIndexOf(NEWLINE);
     if (last >= start) {
+      // Newline positions, found once (the count sizes the output, the positions cut it).
       let lines = 0;
-      for (let i = chunk.indexOf(NEWLINE, start); i !== -1 && i <= last; i = chunk.indexOf(NEWLINE, i + 1)) lines += 1;
+      let nls = this.newlines;
+      for (let i = chunk.indexOf(NEWLINE, start); i !== -1 && i <= last; i = chunk.indexOf(NEWLINE, i + 1)) {
+        if (lines === nls.length) {
+          const grown = new Int32Array(nls.length * 2);
+          grown.set(nls);
+          nls = this.newlines = grown;
+        }
+        nls[lines++] = i;
+      }
       const hl = headF.length;
       const out = Buffer.allocUnsafe(last + 1 - start + lines * hl);
       let pos = 0;
       let long = false;
       let covered = 0;
       const runStart = start;
-      for (let ls = start; ls <= last; ) {
-        const nl = chunk.indexOf(NEWLINE, ls);
+      for (let k = 0, ls = start; k < lines; k++) {
+        const nl = nls[k]!;
         if (nl - ls > max) {
           long = true;
           break;
         }
-        // (a byte loop: cheaper than a native copy call for a 40-byte header)
-        for (let h = 0; h < hl; h++) out[pos + h] = headF[h]!;
+        out.set(headF, pos);
         pos += hl;
         pos += chunk.copy(out, pos, ls, nl + 1);
         ls = nl + 1;
@@ -162,9 +180,9 @@ class Instance {
         parts = [];
       }
       if (covered > 0) {
-        // The packed form is the raw lines themselves: one copy per chunk (the caller may
-        // reuse its buffer), none per line.
-        const text = Buffer.from(chunk.subarray(runStart, start));
+        // The packed form is the raw lines themselves, kept as they came (LogSink.write hands
+        // the chunk over): no copy at all.
+        const text = chunk.subarray(runStart, start);
         this.append(out.subarray(0, pos), { text, lines: covered, flags: stream === 'stderr' ? PACKED_STDERR : 0, seconds, nanos });
       }
       if (long) {
@@ -445,7 +463,7 @@ export class ContainerLogs {
     this.opts = {
       maxFileBytes: opts.maxFileBytes ?? 10 * 1024 * 1024,
       maxFiles: opts.maxFiles ?? 5,
-      ringBytes: opts.ringBytes ?? 1024 * 1024,
+      ringBytes: opts.ringBytes ?? 4 * 1024 * 1024,
       maxLineBytes: opts.maxLineBytes ?? 16 * 1024,
     };
     if (!(this.opts.maxFileBytes > 0)) throw new LogsError('INVALID_ARGUMENT', 'maxFileBytes must be positive');
@@ -544,6 +562,10 @@ export class ContainerLogs {
           continue;
         }
         await inst.changed(signal);
+        // A unit that writes in small pieces would cost one message per piece: when little is
+        // waiting, let the rest of this turn's output land first (the reader stays well within
+        // the ring, so it loses nothing by it).
+        if (inst.pos - offset < inst.ringBytes / 16) await new Promise<void>((resolve) => setImmediate(resolve));
         continue;
       }
       let size = 0;
@@ -618,9 +640,9 @@ function packedChunk(b: PackedBuilder, dropped: number): LogChunk {
     base = b.runSeconds[0]!;
     for (const s of b.runSeconds) if (s < base) base = s;
   }
-  return logChunk({
+  const pieces = b.pieces();
+  const chunk = logChunk({
     droppedBytes: dropped,
-    packedText: b.text(),
     packedRunBytes: b.runBytes,
     packedRunLines: b.runLines,
     packedRunFlags: b.runFlags,
@@ -628,6 +650,23 @@ function packedChunk(b: PackedBuilder, dropped: number): LogChunk {
     packedRunSeconds: base === 0 ? b.runSeconds : b.runSeconds.map((s) => s - base),
     packedRunNanos: b.runNanos,
   });
+  if (pieces.length === 1) chunk.packedText = pieces[0]!;
+  else if (pieces.length > 1) {
+    // Joined only if someone reads packedText; the serializer gathers the pieces straight
+    // into the message instead (one copy less, one large allocation less per chunk).
+    packedTextPieces.set(chunk, pieces);
+    let joined: Buffer | undefined;
+    Object.defineProperty(chunk, 'packedText', {
+      enumerable: true,
+      configurable: true,
+      get: () => (joined ??= Buffer.concat(pieces)),
+      set: (v: Buffer) => {
+        packedTextPieces.delete(chunk);
+        joined = v;
+      },
+    });
+  }
+  return chunk;
 }
 
 /** The entries of a chunk in either form (LogsRequest.packed or not), in order. */

@@ -9,8 +9,9 @@
 // trivial to encode by hand: one allocation, one copy, the same bytes on the wire (tag, varint
 // length, payload) — so every existing client decodes it unchanged. Anything else falls back to
 // the generated serializer.
-import type { ChannelOptions } from '@grpc/grpc-js';
-import { CellAgentService, type ExecOutput, type LogChunk, type PortForwardFrame } from '@cello/proto/cell';
+import { makeGenericClientConstructor, type ChannelCredentials, type ChannelOptions } from '@grpc/grpc-js';
+import { CellAgentClient, CellAgentService, type ExecOutput, type LogChunk, type PortForwardFrame } from '@cello/proto/cell';
+import { packedTextPieces } from '../logs/cri.js';
 
 function varintLength(n: number): number {
   let len = 1;
@@ -95,11 +96,25 @@ function putPacked(out: Buffer, pos: number, field: number, xs: readonly number[
   return pos;
 }
 
+// grpc-js copies a serialized response into its own length-prefixed frame at once (server
+// responses are never compressed: server-interceptors serializeMessage), so the encoding may
+// live in one reused buffer instead of a fresh allocation per message: at hundreds of MB/s of
+// logs those allocations were a good part of the agent's GC time.
+let scratchBuf = Buffer.allocUnsafe(0);
+const SCRATCH_KEEP = 4 << 20;
+
+function scratch(n: number): Buffer {
+  if (n > SCRATCH_KEEP) return Buffer.allocUnsafe(n);
+  if (scratchBuf.length < n) scratchBuf = Buffer.allocUnsafe(Math.max(n, Math.min(SCRATCH_KEEP, scratchBuf.length * 2)));
+  return scratchBuf.subarray(0, n);
+}
+
 /**
  * LogChunk in its packed form (no entries), encoded in one pass into one buffer, byte for byte
  * what the generated encoder writes. Chunks with entries use the generated encoder.
  */
 export function encodePackedLogChunk(c: LogChunk): Buffer {
+  // (The result is only valid until the next call: see scratch.)
   const head: [number, readonly number[]][] = [
     [5, c.packedRunBytes],
     [6, c.packedRunLines],
@@ -112,19 +127,31 @@ export function encodePackedLogChunk(c: LogChunk): Buffer {
   const sizes = [...head, ...tail].map(([, xs]) => varintSum(xs));
   let total = 0;
   if (c.droppedBytes !== 0) total += 1 + varintLength(c.droppedBytes);
-  for (const b of [c.text, c.packedText]) if (b.length > 0) total += 1 + varintLength(b.length) + b.length;
+  // packed_text may still be in pieces: gather them into the message, never join them first.
+  const pieces = packedTextPieces.get(c) ?? [c.packedText];
+  let textLen = 0;
+  for (const p of pieces) textLen += p.length;
+  if (c.text.length > 0) total += 1 + varintLength(c.text.length) + c.text.length;
+  if (textLen > 0) total += 1 + varintLength(textLen) + textLen;
   [...head, ...tail].forEach(([, xs], i) => {
     if (xs.length > 0) total += 1 + varintLength(sizes[i]!) + sizes[i]!;
   });
   if (c.packedBaseSeconds !== 0) total += 1 + varintLength(c.packedBaseSeconds);
-  const out = Buffer.allocUnsafe(total);
+  const out = scratch(total);
   let pos = 0;
   if (c.droppedBytes !== 0) {
     out[pos++] = (2 << 3) | 0;
     pos = putVarint(out, pos, c.droppedBytes);
   }
   if (c.text.length > 0) pos = putBytes(out, pos, 3, c.text);
-  if (c.packedText.length > 0) pos = putBytes(out, pos, 4, c.packedText);
+  if (textLen > 0) {
+    out[pos++] = (4 << 3) | 2;
+    pos = putVarint(out, pos, textLen);
+    for (const p of pieces) {
+      out.set(p, pos);
+      pos += p.length;
+    }
+  }
   head.forEach(([f, xs], i) => {
     if (xs.length > 0) pos = putPacked(out, pos, f, xs, sizes[i]!);
   });
@@ -177,3 +204,61 @@ export const STREAM_CHANNEL_OPTIONS: ChannelOptions = {
 
 /** PortForwardFrame.data's field number. */
 export const PF_DATA_FIELD = 2;
+
+/**
+ * If `buf` is a message whose only field is `field` (wire type 2) spanning the whole buffer,
+ * that field's bytes (a view, no copy); otherwise undefined.
+ */
+export function decodeBytesField(field: number, buf: Buffer): Buffer | undefined {
+  if (buf.length < 2 || buf[0] !== ((field << 3) | 2)) return undefined;
+  let len = 0;
+  let mul = 1;
+  let pos = 1;
+  for (;;) {
+    if (pos >= buf.length || pos > 6) return undefined;
+    const b = buf[pos++]!;
+    len += (b & 0x7f) * mul;
+    if (b < 0x80) break;
+    mul *= 128;
+  }
+  return pos + len === buf.length ? buf.subarray(pos) : undefined;
+}
+
+const pfDecode = CellAgentService.portForward.responseDeserialize;
+const exDecode = CellAgentService.exec.responseDeserialize;
+const atDecode = CellAgentService.attach.responseDeserialize;
+
+function execOutputDeserialize(fallback: (b: Buffer) => ExecOutput) {
+  return (b: Buffer): ExecOutput => {
+    const out = decodeBytesField(1, b);
+    if (out !== undefined) return { frame: { $case: 'stdout', value: out } };
+    const err = decodeBytesField(2, b);
+    if (err !== undefined) return { frame: { $case: 'stderr', value: err } };
+    return fallback(b);
+  };
+}
+
+/**
+ * CellAgentService for clients: the bulk frames (port-forward data, exec output) are decoded as
+ * views of the received message instead of copies (the generated decoder copies every bytes
+ * field once more). What the client gets is the same.
+ */
+export const cellAgentClientDefinition: typeof CellAgentService = {
+  ...CellAgentService,
+  portForward: {
+    ...pf,
+    responseDeserialize: (b: Buffer): PortForwardFrame => {
+      const data = decodeBytesField(PF_DATA_FIELD, b);
+      return data !== undefined ? { frame: { $case: 'data', value: data } } : pfDecode(b);
+    },
+  },
+  exec: { ...ex, responseDeserialize: execOutputDeserialize(exDecode) },
+  attach: { ...at, responseDeserialize: execOutputDeserialize(atDecode) },
+};
+
+const FastCellAgentClient = makeGenericClientConstructor(cellAgentClientDefinition, 'cello.cell.v1.CellAgent') as unknown as typeof CellAgentClient;
+
+/** A CellAgentClient that decodes bulk frames without copying them (see above). */
+export function newCellAgentClient(address: string, creds: ChannelCredentials, options: ChannelOptions = {}): CellAgentClient {
+  return new FastCellAgentClient(address, creds, options);
+}

@@ -3,7 +3,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { CellAgentService, ExecOutput, LogChunk, PortForwardFrame } from '@cello/proto/cell';
-import { cellAgentServiceDefinition, encodeBytesField, gatherBytesField, PF_DATA_FIELD } from '../../src/server/wire.js';
+import { cellAgentClientDefinition, cellAgentServiceDefinition, encodeBytesField, gatherBytesField, PF_DATA_FIELD } from '../../src/server/wire.js';
 
 const pfSer = cellAgentServiceDefinition.portForward.responseSerialize;
 const exSer = cellAgentServiceDefinition.exec.responseSerialize;
@@ -61,9 +61,38 @@ describe('bulk frame serializers', () => {
       LogChunk.fromPartial({ packedText: randomBytes(300_000), packedRunBytes: [300_000], packedRunLines: [1], packedRunFlags: [2], packedRunSeconds: [0], packedRunNanos: [127] }),
     ];
     for (const c of chunks) {
-      const mine = logSer(c);
+      const mine = Buffer.from(logSer(c)); // (the serializer's buffer is reused by its next call)
       expect(mine.equals(CellAgentService.logs.responseSerialize(c))).toBe(true);
       expect(LogChunk.decode(mine)).toEqual(c);
+    }
+  });
+
+  it('client side: decodes bulk frames as views, everything else as the generated decoder does', () => {
+    const pfDe = cellAgentClientDefinition.portForward.responseDeserialize;
+    const exDe = cellAgentClientDefinition.exec.responseDeserialize;
+    const frames = [
+      PortForwardFrame.fromPartial({ frame: { $case: 'data', value: randomBytes(200_000) } }),
+      PortForwardFrame.fromPartial({ frame: { $case: 'data', value: Buffer.alloc(0) } }),
+      PortForwardFrame.fromPartial({ frame: { $case: 'closeWrite', value: true } }),
+      PortForwardFrame.fromPartial({ frame: { $case: 'error', value: 'boom' } }),
+    ];
+    for (const f of frames) {
+      const wire = CellAgentService.portForward.responseSerialize(f);
+      expect(pfDe(wire)).toEqual(PortForwardFrame.decode(wire));
+    }
+    const wire = pfSer(frames[0]!);
+    const got = pfDe(wire);
+    expect(got.frame?.$case === 'data' && got.frame.value.buffer).toBe(wire.buffer); // a view
+    // A data field followed by anything else is not a bare data frame: generated decoder.
+    const odd = Buffer.concat([encodeBytesField(2, Buffer.from('ab')), Buffer.from([0x18, 0x01])]);
+    expect(pfDe(odd)).toEqual(PortForwardFrame.decode(odd));
+    for (const m of [
+      ExecOutput.fromPartial({ frame: { $case: 'stdout', value: Buffer.from('o') } }),
+      ExecOutput.fromPartial({ frame: { $case: 'stderr', value: Buffer.from('e') } }),
+      ExecOutput.fromPartial({ frame: { $case: 'exit', value: { exitCode: 2, signal: 'SIGTERM', message: '' } } }),
+    ]) {
+      const w = CellAgentService.exec.responseSerialize(m);
+      expect(exDe(w)).toEqual(ExecOutput.decode(w));
     }
   });
 });

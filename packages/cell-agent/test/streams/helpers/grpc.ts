@@ -6,7 +6,7 @@ import { CellAgentClient, ExecInput, type ExecOutput, type ExitStatus } from '@c
 import { freePort } from '@cello/testkit';
 import { type AgentMetrics, instrumentService } from '../../../src/metrics/index.js';
 import { createStreamHandlers, type StreamHandlerDeps, type StreamHandlers } from '../../../src/server/stream-handlers.js';
-import { cellAgentServiceDefinition, STREAM_CHANNEL_OPTIONS } from '../../../src/server/wire.js';
+import { cellAgentServiceDefinition, newCellAgentClient, STREAM_CHANNEL_OPTIONS } from '../../../src/server/wire.js';
 
 export interface TestServer {
   client: CellAgentClient;
@@ -25,7 +25,8 @@ export async function startStreamServer(deps: Omit<StreamHandlerDeps, 'logger'>,
   await new Promise<void>((resolve, reject) =>
     server.bindAsync(`127.0.0.1:${port}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
   );
-  const client = new CellAgentClient(`127.0.0.1:${port}`, credentials.createInsecure(), STREAM_CHANNEL_OPTIONS);
+  // ... and the client ctl uses (bulk frames decoded as views).
+  const client = newCellAgentClient(`127.0.0.1:${port}`, credentials.createInsecure(), STREAM_CHANNEL_OPTIONS);
   return {
     client,
     handlers,
