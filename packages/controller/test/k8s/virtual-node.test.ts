@@ -17,6 +17,8 @@ import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { Cluster, startFixtureRegistry, type ClusterOptions, type Registry } from '../helpers/cluster.js';
 import { startVirtualNode } from '../../src/k8s/index.js';
+import { buildPodManifest } from '../../src/k8s/manifest.js';
+import { KubeRest, loadKubeConfig } from '../../src/k8s/rest.js';
 import { createLogger } from '../../src/obs/logger.js';
 import { parseConfig } from '../../src/config.js';
 import { parseAwsProviderConfig } from '../../src/providers/aws/index.js';
@@ -557,6 +559,41 @@ spec:
     expect((failed.status as { reason?: string }).reason).toBe('DeadlineExceeded');
     await kube.kubectl(['delete', 'pod', 'live', '--wait=false']);
   }, 180_000);
+
+  it('token refresh scheduling on an injected clock: a token is reused (same manifest) until its refresh time, then requested anew', async () => {
+    // A pod no node runs: TokenRequests are bound to it all the same.
+    const pod = `apiVersion: v1
+kind: Pod
+metadata: { name: clock }
+spec:
+  nodeName: nowhere
+  automountServiceAccountToken: false
+  containers: [{ name: main, image: ${registry.image} }]
+  volumes: [{ name: tok, projected: { sources: [{ serviceAccountToken: { path: token, expirationSeconds: 3600, audience: clock-test } }] } }]
+`;
+    expect((await kube.kubectl(['apply', '-f', '-'], { input: pod })).code).toBe(0);
+    try {
+      const kpod = JSON.parse((await kube.kubectl(['get', 'pod', 'clock', '-o', 'json'])).stdout) as Parameters<typeof buildPodManifest>[1];
+      const rest = new KubeRest(loadKubeConfig(kube.kubeconfig));
+      let now = Date.now();
+      const o = { nodeName: NODE };
+      const first = await buildPodManifest(rest, kpod, o, { now: () => now, refreshRatio: 0.8 });
+      const [issued] = [...first.tokens.values()];
+      // The kubelet's rule on the token the API server issued: 80 % of its 3600 s.
+      expect(issued!.expiresAt - issued!.issuedAt).toBeGreaterThan(3590_000);
+      expect(first.nextTokenRefreshAt).toBe(issued!.issuedAt + 0.8 * (issued!.expiresAt - issued!.issuedAt));
+      now = first.nextTokenRefreshAt - 1000;
+      const before = await buildPodManifest(rest, kpod, o, { cache: first.tokens, now: () => now, refreshRatio: 0.8 });
+      expect(before.manifest).toBe(first.manifest); // nothing to send: the core is not bothered
+      now = first.nextTokenRefreshAt;
+      const due = await buildPodManifest(rest, kpod, o, { cache: before.tokens, now: () => now, refreshRatio: 0.8 });
+      const token = (m: string) => /token: (ey[\w.-]+)/.exec(m)![1]!;
+      expect(token(due.manifest)).not.toBe(token(first.manifest));
+      expect(due.nextTokenRefreshAt).toBeGreaterThan(first.nextTokenRefreshAt);
+    } finally {
+      await kube.kubectl(['delete', 'pod', 'clock', '--wait=false', '--grace-period=0', '--force']);
+    }
+  });
 
   it('Ready is False, with the reason, while the controller core does not answer', async () => {
     const serving = await kube.issueCert('kubelet-serving-3', { cn: 'cello-orphan', ips: ['127.0.0.1'] });
