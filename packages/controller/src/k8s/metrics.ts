@@ -9,6 +9,7 @@ export class VirtualNodeMetrics {
   readonly kubeletRequests: Counter<'endpoint' | 'code'>;
   readonly leader: Gauge;
   readonly pods: Gauge;
+  readonly podUpdates: Counter<'why'>;
 
   constructor(registry: Registry = new Registry()) {
     const registers = [registry];
@@ -20,5 +21,8 @@ export class VirtualNodeMetrics {
     this.kubeletRequests = existing('cello_k8s_kubelet_requests_total') ?? new Counter({ name: 'cello_k8s_kubelet_requests_total', help: 'Kubelet API requests by endpoint and HTTP status', labelNames: ['endpoint', 'code'], registers });
     this.leader = existing('cello_k8s_leader') ?? new Gauge({ name: 'cello_k8s_leader', help: '1 while this replica runs the virtual node', registers });
     this.pods = existing('cello_k8s_pods') ?? new Gauge({ name: 'cello_k8s_pods', help: 'Pods bound to the virtual node', registers });
+    this.podUpdates =
+      existing('cello_k8s_pod_updates_total') ??
+      new Counter({ name: 'cello_k8s_pod_updates_total', help: 'Running pods sent to the core again, by why: token (refresh), data (Secret/ConfigMap edited), spec (in-place update), adopted (after a restart)', labelNames: ['why'], registers });
   }
 }

@@ -255,6 +255,7 @@ export class PodSync {
         await this.event(kpod, 'Warning', 'FailedUpdate', `Cello cannot apply this change: ${se.details}`);
         next.manifest = prev?.manifest ?? next.manifest;
       }
+      this.o.metrics?.podUpdates.inc({ why });
       if (prev) this.o.log.info({ pod: key, why }, 'pod updated in place');
       if (why === 'spec') await this.event(kpod, 'Normal', 'Updated', 'Pod spec change applied to its cell');
     }

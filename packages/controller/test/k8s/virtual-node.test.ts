@@ -511,6 +511,8 @@ spec:
     expect(claims(t2).iat).toBeGreaterThanOrEqual(claims(t1).iat);
     expect(claims(t2).aud).toEqual(['cello-test']);
     expect(claims(t2)['kubernetes.io'].pod.name).toBe('live');
+    const metricsListen = (parse(readFileSync(cl.configPath, 'utf8')) as { metrics: { listen: string } }).metrics.listen;
+    expect(await (await fetch(`http://${metricsListen}/metrics`)).text()).toMatch(/^cello_k8s_pod_updates_total\{why="token"\} [1-9]/m);
     expect(await review(t2)).toMatchObject({ authenticated: true, audiences: ['cello-test'] });
     expect((await kube.kubectl(['exec', 'live', '--', 'readlink', '/var/run/tok/token'])).stdout.trim()).toBe('..data/token');
 
