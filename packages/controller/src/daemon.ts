@@ -6,7 +6,7 @@ import { hostname } from 'node:os';
 import { openStore, StoreClosedError, type Store, type StoreConfig } from './store/index.js';
 import type { CellProvider } from './providers/provider.js';
 import { LocalProvider, type LocalProviderOptions } from './providers/local/local.js';
-import { CertificateAuthority, RotatingCertificate, SecretBox, type IssuedCertificate } from './security/index.js';
+import { BootstrapTokens, CertificateAuthority, RotatingCertificate, SecretBox, type IssuedCertificate } from './security/index.js';
 import { bootstrapFnFor } from './bootstrap/index.js';
 import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
@@ -219,6 +219,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
         ...(caCertPem ? { caCertPem } : {}),
         ...(renewer ? { renewer } : {}),
         ...(secretBox ? { secretBox } : {}),
+        ...(caCertPem ? { tokens: new BootstrapTokens(store) } : {}),
       });
       reconciler = r;
       try {

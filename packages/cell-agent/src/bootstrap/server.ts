@@ -62,8 +62,12 @@ export async function startBootstrapServer(o: BootstrapServerOptions): Promise<B
   const tlsCert = await throwawayCertificate(key, ud.cellId);
   const log = o.logger.child({ component: 'bootstrap', cellId: ud.cellId });
 
-  // Only one exchange per process: the CSR's key is this process's key.
+  // The CSR's key is this process's key. RequestCertificate may be repeated with the same token
+  // until a certificate is installed — a controller that died between the two calls is replaced
+  // by one that asks again and gets a CSR for the same key (the TLS session pins it, so the
+  // answer is useless to anyone else). A token spent by an earlier process stays spent.
   let requested = false;
+  let csrPem: string | undefined;
   let done = false;
   let resolveInstalled!: (f: IdentityFiles) => void;
   let rejectInstalled!: (e: Error) => void;
@@ -96,13 +100,19 @@ export async function startBootstrapServer(o: BootstrapServerOptions): Promise<B
   const impl: CellBootstrapServer = {
     requestCertificate: handle<RequestCertificateRequest, RequestCertificateResponse>('RequestCertificate', async (req) => {
       checkToken(req.token);
-      if (requested || (await tokenWasUsed(files, req.token))) {
+      if (done) throw new Refused(status.PERMISSION_DENIED, 'token: already used (a certificate is installed)');
+      if (requested && csrPem) {
+        log.info('certificate request asked again (a new controller?); same key, same CSR');
+        return RequestCertificateResponse.fromPartial({ cellId: ud.cellId, csrPem });
+      }
+      if (await tokenWasUsed(files, req.token)) {
         throw new Refused(status.PERMISSION_DENIED, 'token: already used (a bootstrap token is good once)');
       }
       requested = true;
       await markTokenUsed(files, req.token);
       log.info('bootstrap token accepted; sending a certificate request');
-      return RequestCertificateResponse.fromPartial({ cellId: ud.cellId, csrPem: await makeCsr(key, ud.cellId) });
+      csrPem = await makeCsr(key, ud.cellId);
+      return RequestCertificateResponse.fromPartial({ cellId: ud.cellId, csrPem });
     }),
     installCertificate: handle<InstallCertificateRequest, InstallCertificateResponse>('InstallCertificate', async (req) => {
       checkToken(req.token);

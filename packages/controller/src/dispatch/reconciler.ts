@@ -47,7 +47,8 @@ import type { Logger } from '../obs/logger.js';
 import { Metrics } from '../obs/metrics.js';
 import { callUnary, type AgentAccess } from './agents.js';
 import { readPodSecrets, type PodRecordWithData } from '../cells/pod-secrets.js';
-import type { SecretBox } from '../security/secret-box.js';
+import type { SealedSecrets, SecretBox } from '../security/secret-box.js';
+import { BootstrapTokenError, type BootstrapTokens } from '../security/tokens.js';
 import { randomBytes } from 'node:crypto';
 
 export const TAG_CONTROLLER = 'cello.io/controller-id';
@@ -87,6 +88,13 @@ export interface ReconcilerOptions {
   caCertPem?: () => Promise<string>;
   /** Seals/opens the secrets kept in pod records (absent: plaintext, insecure-dev without a key). */
   secretBox?: SecretBox;
+  /**
+   * Outstanding bootstrap tokens, hashed in the store. With these (and secretBox) a cell's token
+   * is issued here, kept in its record only sealed, checked before it is presented again, and
+   * consumed once the cell has its certificate — so a restarted controller can finish the
+   * bootstrap of a cell an earlier one launched.
+   */
+  tokens?: BootstrapTokens;
   /** Renews cells' certificates before expiry (mTLS); checked on every tick. */
   renewer?: { check(cells: Iterable<{ id: string; address: string }>): void; forget(cellId: string): void };
 }
@@ -825,11 +833,13 @@ export class Reconciler {
     const errors: string[] = [];
     for (let i = 0; i < tries.length; i++) {
       const [type, spot] = tries[i]!;
-      const token = randomBytes(24).toString('base64url');
+      const ttl = this.t.createSeconds + this.t.bootSeconds;
+      const issued = this.sealedTokens() ? await this.o.tokens!.issueBootstrapToken(id, ttl) : { token: randomBytes(24).toString('base64url'), expiresAt: new Date(Date.now() + ttl * 1000) };
+      const token = issued.token;
       const bootstrap: CellBootstrapData = {
         caCertPem: (await this.o.caCertPem?.()) ?? '',
         token,
-        tokenExpiresAt: new Date(Date.now() + (this.t.createSeconds + this.t.bootSeconds) * 1000).toISOString(),
+        tokenExpiresAt: issued.expiresAt.toISOString(),
         controllerId: this.o.controllerId,
         cellId: id,
         agentPort: this.o.agentPort ?? 7443,
@@ -847,8 +857,14 @@ export class Reconciler {
           c.zone = inst.zone ?? '';
           if (t) c.hourlyPrice = inst.spot ? t.spotHourlyUsd ?? t.onDemandHourlyUsd : t.onDemandHourlyUsd;
           r.fallback = tries.slice(i + 1);
-          // The token proves this cell's identity once; kept only until the cell is bootstrapped.
-          (r as CellRecordWithToken).bootstrapToken = this.o.provider.needsBootstrap ? token : undefined;
+          // The token proves this cell's identity once; kept (sealed when possible) only until
+          // the cell is bootstrapped, so a restarted controller can present it again.
+          delete (r as CellRecordWithToken).bootstrapToken;
+          delete (r as CellRecordWithToken).sealedBootstrapToken;
+          if (this.o.provider.needsBootstrap) {
+            if (this.sealedTokens()) (r as CellRecordWithToken).sealedBootstrapToken = this.o.secretBox!.seal({ token }, cellKey(id));
+            else (r as CellRecordWithToken).bootstrapToken = token;
+          }
         });
         if (cell.pod?.name && type !== cell.instanceType) {
           await this.writePod(refStr(cell.pod), (r) => {
@@ -890,19 +906,12 @@ export class Reconciler {
       });
     }
     const rec = this.cells.get(id)?.rec as CellRecordWithToken | undefined;
-    if (this.o.provider.needsBootstrap && rec?.bootstrapToken) {
+    const token = rec ? this.bootstrapTokenOf(id, rec) : undefined;
+    if (this.o.provider.needsBootstrap && token) {
       if (!this.o.bootstrap) return void (await this.fail(id, cell, 'BootstrapUnavailable', 'provider needs bootstrap but none is configured'));
-      try {
-        await this.o.bootstrap({ address, token: rec.bootstrapToken, cellId: id, caPem: (await this.o.caCertPem?.()) ?? '' });
-        await this.writeCell(id, (r) => {
-          if (!r) return undefined;
-          delete (r as CellRecordWithToken).bootstrapToken;
-          return r;
-        });
-      } catch (err) {
-        this.log.debug({ cell: id, err: errMsg(err) }, 'bootstrap not yet possible');
-        return this.retryLater(`cell:${id}`, 1000);
-      }
+      const done = await this.resumeBootstrap(id, cell, address, token);
+      if (done === 'retry') return this.retryLater(`cell:${id}`, 1000);
+      if (done === 'failed') return;
     }
     const client = this.o.agents.get(id, address);
     let info: AgentInfo;
@@ -928,6 +937,68 @@ export class Reconciler {
       this.enqueue(`pod:${refStr(cell.pod!)}`);
     }
     this.startWatch(id, address);
+  }
+
+  private sealedTokens(): boolean {
+    return this.o.tokens !== undefined && this.o.secretBox !== undefined;
+  }
+
+  /** The cell's bootstrap token, if its bootstrap is not finished (sealed, or plaintext from before). */
+  private bootstrapTokenOf(id: string, rec: CellRecordWithToken): string | undefined {
+    if (rec.sealedBootstrapToken && this.o.secretBox) return String(this.o.secretBox.open(rec.sealedBootstrapToken, cellKey(id))['token']);
+    return rec.bootstrapToken;
+  }
+
+  /**
+   * Bootstraps a cell, or finishes the bootstrap an earlier controller began: if the agent already
+   * answers mTLS as this cell (the other controller installed the certificate, then died), there
+   * is nothing left to do; otherwise the token — still outstanding, not expired — is presented
+   * again (the agent repeats its CSR for the same key until a certificate is installed).
+   */
+  private async resumeBootstrap(id: string, cell: Cell, address: string, token: string): Promise<'done' | 'retry' | 'failed'> {
+    const inherited = Date.parse(cell.createdAt?.toISOString() ?? '') < this.startedAt;
+    let installed = false;
+    if (inherited) {
+      installed = await callUnary<AgentInfo>(this.o.agents.get(id, address), 'getInfo', GetInfoRequest.fromPartial({}), 2000).then(
+        (info) => !info.cellId || info.cellId === id,
+        () => false,
+      );
+      // A failed handshake leaves the channel backing off; start the next one afresh.
+      if (!installed) this.o.agents.drop(id);
+      else this.log.info({ cell: id }, 'cell was bootstrapped by an earlier controller; adopting it');
+    }
+    if (!installed) {
+      if (this.sealedTokens()) {
+        try {
+          await this.o.tokens!.verifyBootstrapToken(id, token);
+        } catch (err) {
+          if (err instanceof BootstrapTokenError && err.reason !== 'used') {
+            await this.fail(id, cell, err.reason === 'expired' ? 'BootstrapTokenExpired' : 'BootstrapTokenRevoked', err.message);
+            return 'failed';
+          }
+          throw err;
+        }
+      }
+      try {
+        await this.o.bootstrap!({ address, token, cellId: id, caPem: (await this.o.caCertPem?.()) ?? '' });
+      } catch (err) {
+        this.log.debug({ cell: id, err: errMsg(err) }, 'bootstrap not yet possible');
+        return 'retry';
+      }
+    }
+    // The certificate is in place: the token is spent (of two controllers racing, one consumes it).
+    if (this.sealedTokens()) {
+      await this.o.tokens!.consumeBootstrapToken(id, token).catch((err: unknown) => {
+        if (!(err instanceof BootstrapTokenError)) throw err;
+      });
+    }
+    await this.writeCell(id, (r) => {
+      if (!r) return undefined;
+      delete (r as CellRecordWithToken).bootstrapToken;
+      delete (r as CellRecordWithToken).sealedBootstrapToken;
+      return r;
+    });
+    return 'done';
   }
 
   private retryLater(key: string, ms: number): void {
@@ -1036,6 +1107,7 @@ export class Reconciler {
     this.stopWatch(id);
     this.o.agents.drop(id);
     this.o.renewer?.forget(id);
+    if (this.o.tokens && this.o.provider.needsBootstrap) await this.o.tokens.revoke(id).catch(() => undefined);
     try {
       if (cell.instanceId) await this.o.provider.terminate([cell.instanceId]);
     } catch (err) {
@@ -1222,6 +1294,8 @@ export class Reconciler {
    * exists for an instance being launched.
    */
   async collectGarbage(): Promise<string[]> {
+    // Tokens of cells that never booted in time: their records go too.
+    if (this.o.tokens && this.o.provider.needsBootstrap) await this.o.tokens.sweepExpired().catch((err: unknown) => this.log.warn({ err: errMsg(err) }, 'bootstrap token sweep failed'));
     const owned = await this.o.provider.listOwned(this.o.controllerId);
     const orphans: string[] = [];
     for (const inst of owned) {
@@ -1249,7 +1323,9 @@ export class Reconciler {
 export type { PodRecordWithData } from '../cells/pod-secrets.js';
 
 interface CellRecordWithToken extends CellRecord {
+  /** Only when the controller has no token store or key (older records, tests). */
   bootstrapToken?: string;
+  sealedBootstrapToken?: SealedSecrets;
 }
 
 /**

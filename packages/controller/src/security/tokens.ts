@@ -83,6 +83,21 @@ export class BootstrapTokens {
     }
   }
 
+  /**
+   * Checks, without consuming it, that `token` is the cell's outstanding token and has not
+   * expired: a controller that resumes a bootstrap another one began asks this before it presents
+   * the token again. Throws BootstrapTokenError like consumeBootstrapToken.
+   */
+  async verifyBootstrapToken(cellId: string, token: string): Promise<void> {
+    checkName(cellId, 'cellId');
+    const cur = await this.store.get<TokenRecord>(this.prefix + cellId);
+    if (cur === undefined) throw new BootstrapTokenError('unknown', cellId, 'no token is outstanding (never issued, already used, or revoked)');
+    const want = Buffer.from(cur.value.sha256, 'hex');
+    const got = digest(typeof token === 'string' ? token : '');
+    if (want.length !== got.length || !timingSafeEqual(want, got)) throw new BootstrapTokenError('mismatch', cellId, 'token does not match');
+    if (this.now() >= cur.value.expiresAt) throw new BootstrapTokenError('expired', cellId, `token expired at ${new Date(cur.value.expiresAt).toISOString()}`);
+  }
+
   /** Forgets any outstanding token for the cell (cell deleted before it booted). */
   async revoke(cellId: string): Promise<void> {
     checkName(cellId, 'cellId');

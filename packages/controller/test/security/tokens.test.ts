@@ -34,6 +34,19 @@ describe('bootstrap tokens', () => {
     expect(await refusal(tokens.consumeBootstrapToken('cell-1', token))).toBe('unknown');
   });
 
+  it('verifies without consuming: a resuming controller checks the token, then it is still good once', async () => {
+    const { token } = await tokens.issueBootstrapToken('cell-v', 60);
+    await tokens.verifyBootstrapToken('cell-v', token);
+    await tokens.verifyBootstrapToken('cell-v', token);
+    expect(await refusal(tokens.verifyBootstrapToken('cell-v', `${token}x`))).toBe('mismatch');
+    const saved = clock;
+    clock += 61_000;
+    expect(await refusal(tokens.verifyBootstrapToken('cell-v', token))).toBe('expired');
+    clock = saved;
+    await tokens.consumeBootstrapToken('cell-v', token);
+    expect(await refusal(tokens.verifyBootstrapToken('cell-v', token))).toBe('unknown');
+  });
+
   it('stores only a hash of the token', async () => {
     const { token } = await tokens.issueBootstrapToken('cell-2', 600);
     const rec = await store.get(`${BOOTSTRAP_TOKEN_PREFIX}cell-2`);

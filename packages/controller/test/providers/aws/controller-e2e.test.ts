@@ -22,7 +22,7 @@ import { bootstrapFnFor } from '../../../src/bootstrap/index.js';
 import { AgentPool } from '../../../src/dispatch/agents.js';
 import { Reconciler } from '../../../src/dispatch/reconciler.js';
 import { AwsProvider, awsProviderFromConfig, CELL_TAGS } from '../../../src/providers/aws/index.js';
-import { cellServerIdentityCheck, CertificateAuthority } from '../../../src/security/index.js';
+import { BootstrapTokens, cellServerIdentityCheck, CertificateAuthority, SecretBox } from '../../../src/security/index.js';
 import { openStore, type Store } from '../../../src/store/index.js';
 import { BootHarness } from '../../bootstrap/boot-harness.js';
 import { injectEc2Faults, type FaultLog } from './fault-injection.js';
@@ -360,4 +360,102 @@ describe('the controller on EC2 (emulated)', () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  it('a controller that dies mid-bootstrap (the agent already sent its CSR) is succeeded by one that finishes the bootstrap of the same instance', async () => {
+    const ID = 'ctl-adopt';
+    const dir = await mkdtemp(join(tmpdir(), 'cello-adopt-store-'));
+    const store3 = await openStore({ kind: 'embedded', dir });
+    const harness3 = new BootHarness(['--insecure-registry', registry.host]);
+    const box = new SecretBox(randomBytes(32));
+    const providers: AwsProvider[] = [];
+    const reconcilers: Reconciler[] = [];
+    const newProvider = () => {
+      const p = new AwsProvider({ config: world.config({ instanceTypes: ['t3.*'] }), controllerId: ID, clientConfig: { credentials: moto.credentials }, logger, testAgentAddressMap: harness3.addressOf });
+      providers.push(p);
+      return p;
+    };
+    // Controller 1 gets as far as the agent's CSR, then never signs it (it "dies" there).
+    let reachedCsr!: () => void;
+    const csrSeen = new Promise<void>((r) => (reachedCsr = r));
+    const stuck = { certPem: ca.certPem, signCsr: () => (reachedCsr(), new Promise<string>(() => undefined)) };
+    const newReconciler = (p: AwsProvider, signer: Parameters<typeof bootstrapFnFor>[0]) => {
+      const r = new Reconciler({
+        store: store3, provider: p, controllerId: ID, agents, log: logger, agentPort: 7443,
+        bootstrap: bootstrapFnFor(signer, { timeoutMs: 10_000, logger }),
+        caCertPem: async () => ca.certPem,
+        tokens: new BootstrapTokens(store3),
+        secretBox: box,
+        timeouts: { bootSeconds: 60 },
+        tickMs: 100,
+      });
+      reconcilers.push(r);
+      return r;
+    };
+    const api3 = new ControllerApi({ store: store3, agents, log: logger, controllerId: ID, providerName: 'aws', instanceTypes: await newProvider().instanceTypes() });
+    const client3 = new ControllerClient(`127.0.0.1:${await api3.listen('127.0.0.1:0')}`, credentials.createInsecure());
+    const errors: unknown[] = [];
+    try {
+      const p1 = newProvider();
+      const r1 = newReconciler(p1, stuck);
+      await r1.start();
+      harness3.autoBoot(p1, ID, (err) => errors.push(err));
+      const manifest = JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: { name: 'adopted', namespace: 'default' },
+        spec: { containers: [{ name: 'main', image, command: ['sleep', '3600'], resources: { requests: { cpu: '100m', memory: '64Mi' } } }] },
+      });
+      await unary(client3.applyPod.bind(client3), ApplyPodRequest.fromPartial({ manifest }));
+      await within(csrSeen, 60_000, 'the first controller to receive the agent CSR');
+      const [first] = await p1.listOwned(ID);
+      const cellId = first!.tags[CELL_TAGS.cellId]!;
+      // The token is in the store only hashed, and in the cell record only sealed.
+      expect((await store3.get(`security/bootstrap-tokens/${cellId}`))?.value).toHaveProperty('sha256');
+      const rec = (await store3.get<Record<string, unknown>>(`cells/${cellId}`))!.value;
+      expect(rec['bootstrapToken']).toBeUndefined();
+      expect(rec['sealedBootstrapToken']).toHaveProperty('dek');
+
+      // Controller 1 dies; controller 2 starts on the same store and finishes the bootstrap.
+      await r1.stop();
+      await newReconciler(newProvider(), ca).start();
+      const running = await waitFor(
+        'the pod to run on the adopted instance',
+        async () => {
+          if (errors.length) throw errors[0] as Error;
+          const p = await unary<GetPodRequest, PodObject>(client3.getPod.bind(client3), GetPodRequest.fromPartial({ pod: { namespace: 'default', name: 'adopted' } }));
+          return p.status?.phase === PodPhase.POD_PHASE_RUNNING ? p : undefined;
+        },
+        { timeoutMs: 120_000, intervalMs: 250 },
+      );
+      // Adopted, not replaced: the same cell on the same instance, and it is the only one.
+      expect(running.cellId).toBe(cellId);
+      const live = (await p1.listOwned(ID)).filter((o) => o.state === 'pending' || o.state === 'running');
+      expect(live.map((o) => o.instanceId)).toEqual([first!.instanceId]);
+      // The token was consumed once the certificate was in place; nothing of it is left.
+      expect(await store3.get(`security/bootstrap-tokens/${cellId}`)).toBeUndefined();
+      expect((await store3.get<Record<string, unknown>>(`cells/${cellId}`))!.value['sealedBootstrapToken']).toBeUndefined();
+      expect(errors).toEqual([]);
+    } finally {
+      client3.close();
+      await api3.close();
+      for (const r of reconcilers) await r.stop().catch(() => undefined);
+      await harness3.close();
+      for (const p of providers) {
+        const owned = await p.listOwned(ID).catch(() => []);
+        if (owned.length) await p.terminate(owned.map((o) => o.instanceId)).catch(() => undefined);
+        await p.close();
+      }
+      await store3.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 240_000);
 });
+
+async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<never>((_, rej) => (timer = setTimeout(() => rej(new Error(`${what} did not happen within ${ms} ms`)), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
