@@ -2,7 +2,7 @@
 // the harness (its user data read back from EC2, the real agent started with it), the
 // controller's bootstrapCell has the controller CA sign the agent's CSR, and from then on the
 // agent answers only mTLS clients that the same CA vouches for.
-import { randomBytes } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,6 +12,8 @@ import { startMoto, waitFor, type MotoServer } from '@cello/testkit';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bootstrapCell, BootstrapError } from '../../src/bootstrap/index.js';
+import { AgentPool, mtlsAgentCredentials } from '../../src/dispatch/agents.js';
+import { CellCertificateRenewer } from '../../src/dispatch/cert-renewal.js';
 import { AwsProvider, CELL_TAGS } from '../../src/providers/aws/index.js';
 import { BootstrapTokens, cellServerIdentityCheck, CertificateAuthority } from '../../src/security/index.js';
 import { openStore, type Store } from '../../src/store/index.js';
@@ -120,6 +122,34 @@ describe('cell bootstrap on an emulated EC2 instance', () => {
       await expect(getInfo(wrong)).rejects.toBeTruthy();
     } finally {
       wrong.close();
+    }
+
+    // Rotation works the same on a bootstrapped cell: a fresh key made on the cell, a new
+    // certificate in STATE/identity, served to the next handshake, with no agent restart.
+    const pool = new AgentPool(mtlsAgentCredentials(() => ({ caPem: ca.certPem, certPem: client.certPem, keyPem: client.keyPem })));
+    try {
+      const renewer = new CellCertificateRenewer({ ca, client: (id, addr) => pool.certificates(id, addr), ttlSeconds: 3600, log: logger });
+      const keyBefore = await readFile(join(inst.stateDir, 'identity', 'cell.key'), 'utf8');
+      const notAfter = await renewer.renew(cellId, inst.address);
+      const renewed = await readFile(join(inst.stateDir, 'identity', 'cell.pem'), 'utf8');
+      expect(renewed).not.toBe(res.certPem);
+      expect(Date.parse(new X509Certificate(renewed).validTo)).toBe(notAfter.getTime());
+      expect(await readFile(join(inst.stateDir, 'identity', 'cell.key'), 'utf8')).not.toBe(keyBefore);
+      let served = '';
+      const fresh = new CellAgentClient(
+        inst.address,
+        credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(client.keyPem), Buffer.from(client.certPem), {
+          checkServerIdentity: (h, c) => ((served = c.serialNumber), cellServerIdentityCheck(cellId)(h, c)),
+        }),
+      );
+      try {
+        expect((await getInfo(fresh)).cellId).toBe(cellId);
+      } finally {
+        fresh.close();
+      }
+      expect(served).toBe(new X509Certificate(renewed).serialNumber);
+    } finally {
+      pool.closeAll();
     }
 
     // The token is spent: presenting it again is refused before anything is sent.
