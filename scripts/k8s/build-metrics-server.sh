@@ -7,7 +7,9 @@ set -euo pipefail
 VERSION=${METRICS_SERVER_VERSION:-0.9.0}
 CACHE=${CELLO_CACHE:-/var/cache/cello}/k8s/metrics-server-v$VERSION
 if [ -x "$CACHE/bin/metrics-server" ]; then echo "$CACHE/bin"; exit 0; fi
-command -v go >/dev/null || { echo "go is required: apt-get install -y golang-go (or a Go toolchain >= 1.26)" >&2; exit 1; }
+# metrics-server v0.9.0 wants Go 1.26.4: an older Go (>= 1.21) fetches that toolchain through
+# the module proxy by itself (GOTOOLCHAIN=auto).
+command -v go >/dev/null || { echo "go is required: a Go toolchain >= 1.21 (https://go.dev/dl), as for scripts/k8s/build.sh" >&2; exit 1; }
 mkdir -p "$CACHE/bin"
 echo "building metrics-server v$VERSION ..." >&2
 GOBIN="$CACHE/bin.tmp" CGO_ENABLED=0 GOFLAGS=-trimpath go install -ldflags "-s -w" "sigs.k8s.io/metrics-server/cmd/metrics-server@v$VERSION" >&2
