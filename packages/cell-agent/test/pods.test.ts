@@ -561,7 +561,7 @@ describe.concurrent('pods', () => {
         restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
         containers: [
           { name: 'reader', image: IMG, stdin: true, command: sh('read a; read b; printf "%s\\n%s\\n" "$a" "$b" | sort | tr "\\n" " " > /dev/termination-log') },
-          { name: 'once', image: IMG, stdin: true, stdinOnce: true, command: sh('wc -c > /dev/termination-log') },
+          { name: 'once', image: IMG, stdin: true, stdinOnce: true, command: sh('wc -c > /dev/termination-log; exit 3') },
         ],
       }),
     });
@@ -584,9 +584,18 @@ describe.concurrent('pods', () => {
     s2.end();
     expect(a.watch.terminated('reader')!.message).toBe('one two ');
     const s3 = attach('once', ['12345'], true);
+    // The session's exit frame carries the unit's own exit code.
+    const exit = new Promise<number | undefined>((resolve) => {
+      s3.on('data', (m: { frame?: { $case: string; value: { exitCode: number } } }) => {
+        if (m.frame?.$case === 'exit') resolve(m.frame.value.exitCode);
+      });
+      s3.on('end', () => resolve(undefined));
+    });
     await a.watch.until('once finished', (w) => w.terminated('once') !== undefined);
+    expect(await exit).toBe(3);
     s3.end();
     expect(a.watch.terminated('once')!.message.trim()).toBe('5');
+    expect(a.watch.terminated('once')!.exitCode).toBe(3);
   });
 
   it('shows a missing image and a missing command in status', async () => {

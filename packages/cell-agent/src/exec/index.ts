@@ -60,11 +60,13 @@ const signalNames = new Map<number, string>(Object.entries(osConstants.signals).
  * itself is not visible to us). We report the signal for codes in that range.
  */
 function interpret(code: number): ExecResult {
-  if (code > 128 && code < 128 + 32) {
-    const name = signalNames.get(code - 128);
-    if (name !== undefined) return { exitCode: code, signal: name };
-  }
-  return { exitCode: code, signal: '' };
+  return { exitCode: code, signal: signalOfExitCode(code) };
+}
+
+/** The signal name a 128+N exit code stands for by that convention, or ''. */
+export function signalOfExitCode(code: number): string {
+  if (code > 128 && code < 128 + 32) return signalNames.get(code - 128) ?? '';
+  return '';
 }
 
 function runcError(logPath: string): string | undefined {

@@ -137,6 +137,11 @@ export class Unit implements UnitView {
       stdin: this.stdin ? inst.stdinWritable() : undefined,
       output: inst.tap(),
       resize: (c, r) => inst.resize(c, r),
+      exited: () =>
+        new Promise<number>((resolve) => {
+          if (inst.exit !== undefined && inst.done) return resolve(inst.exit.exitCode);
+          inst.once('exited', (e: { exitCode: number }) => resolve(e.exitCode));
+        }),
     };
   }
 

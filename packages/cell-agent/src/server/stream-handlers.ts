@@ -22,12 +22,16 @@ import {
   type LogsRequest,
 } from '@cello/proto/cell';
 import { AuditLog, type AuditSession } from '../audit/index.js';
-import { startExec, type ExecSession } from '../exec/index.js';
+import { signalOfExitCode, startExec, type ExecSession } from '../exec/index.js';
 import { ContainerLogs, LogsError } from '../logs/index.js';
 import type { AgentMetrics } from '../metrics/index.js';
 import { PortForwarder, PortForwardError } from '../portforward/index.js';
 import { StatsCollector } from '../stats/index.js';
 import { gatherBytesField, PF_DATA_FIELD } from './wire.js';
+
+// Largest port-forward frame gathered from socket reads (see flush below).
+const PF_MAX_FRAME = 1 << 20;
+const ATTACH_EXIT_WAIT_MS = 10_000;
 import type { UnitDirectory, UnitStdio } from '../units/unit-view.js';
 
 export interface StreamHandlerDeps {
@@ -227,7 +231,20 @@ export function createStreamHandlers(deps: StreamHandlerDeps): StreamHandlers {
         if (unit.tty && s.size && s.size.columns > 0 && s.size.rows > 0) stdio.resize(s.size.columns, s.size.rows);
         stdio.output.on('data', (d: Buffer) => output('stdout', d));
         stdio.output.on('error', () => {});
-        stdio.output.on('end', () => finish(ExitStatus.fromPartial({ exitCode: 0, message: 'the container instance ended' })));
+        const exited = stdio.exited;
+        stdio.output.on('end', () => {
+          // The output ends a moment before the exit status is known: wait for it (bounded, the
+          // client should not hang on a runtime that never says).
+          const message = 'the container instance ended';
+          if (exited === undefined) return finish(ExitStatus.fromPartial({ exitCode: 0, message }));
+          let timer: NodeJS.Timeout | undefined;
+          const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(resolve, ATTACH_EXIT_WAIT_MS, undefined)));
+          void Promise.race([exited.call(stdio), timeout]).then((code) => {
+            clearTimeout(timer);
+            if (code === undefined) return finish(ExitStatus.fromPartial({ exitCode: -1, message: `${message}; its exit status was not known within ${ATTACH_EXIT_WAIT_MS / 1000} s` }));
+            finish(ExitStatus.fromPartial({ exitCode: code, signal: signalOfExitCode(code), message }));
+          });
+        });
       }
       started = true;
       closeSession = metrics?.openSession(kind);
@@ -342,7 +359,7 @@ export function createStreamHandlers(deps: StreamHandlerDeps): StreamHandlers {
               if (outq.length === 0) setImmediate(flush);
               outq.push(d);
               outBytes += d.length;
-              if (outBytes >= 1 << 20) flush();
+              if (outBytes >= PF_MAX_FRAME) flush();
             });
             s.on('end', () => {
               if (phase !== 'open') return;

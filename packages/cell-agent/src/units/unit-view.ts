@@ -50,6 +50,9 @@ export interface UnitStdio {
   output: Readable;
   /** Resize the unit's tty (tty units only). */
   resize(columns: number, rows: number): void;
+  /** Resolves with the instance's exit code once it has exited (for Attach's exit frame);
+   * ask when the output has ended. */
+  exited?(): Promise<number>;
 }
 
 /** The pod's units, as the stream services see them. */

@@ -21,7 +21,7 @@ beforeAll(async () => {
     cwd: '/tmp',
     user: { uid: 1000, gid: 1000, additionalGids: [2000] },
   });
-  units.add({ name: 'chat', args: ['sh', '-c', 'while read l; do echo "got:$l"; done; echo bye'], stdin: true });
+  units.add({ name: 'chat', args: ['sh', '-c', 'while read l; do echo "got:$l"; done; echo bye; exit 7'], stdin: true });
   units.add({ name: 'stopped', args: ['true'] });
   units.add({ name: 'term', args: ['sh'], stdin: true, tty: true });
   await Promise.all([units.get('app')!.start(), units.get('chat')!.start(), units.get('term')!.start()]);
@@ -157,6 +157,7 @@ describe('Attach', () => {
     const r2 = await collectExec(again);
     expect(r2.stdout.toString()).toBe('got:second\nbye\n');
     expect(r2.exit?.message).toMatch(/ended/);
+    expect(r2.exit?.exitCode).toBe(7); // the unit's own exit code
   });
 });
 

@@ -52,6 +52,7 @@ export class TestRuncUnit implements UnitView {
   private isRunning = false;
   private listeners = new Set<PassThrough>();
   private exitWaiters: Array<(code: number) => void> = [];
+  private lastExitCode = -1;
   private seq = 0;
   id: string;
 
@@ -128,6 +129,7 @@ export class TestRuncUnit implements UnitView {
     this.isRunning = true;
     this.started = new Date();
     void exited.then((code) => {
+      this.lastExitCode = code;
       this.isRunning = false;
       this.hostPid = undefined;
       sink.end();
@@ -210,6 +212,8 @@ export class TestRuncUnit implements UnitView {
       stdin,
       output: out as Readable,
       resize: (cols, rows) => t?.resize(cols, rows),
+      // (the output ends after the exit here, as with the agent's units it ends just before)
+      exited: () => (this.isRunning ? this.waitExit() : Promise.resolve(this.lastExitCode)),
     };
   }
 }
