@@ -61,7 +61,7 @@ spec:
     command: ["sh", "-c", "i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.2; done"]
 `;
 
-const TTL = 6;
+const TTL = 5;
 
 interface Dial {
   info?: AgentInfo;

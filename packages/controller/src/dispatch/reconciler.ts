@@ -102,6 +102,8 @@ export interface ReconcilerOptions {
 interface Cached<T> {
   rec: T;
   rev: number;
+  /** The pod record's object, parsed once per revision (read-only: writes go through writePod). */
+  pod?: PodObject;
 }
 
 interface Watcher {
@@ -537,10 +539,10 @@ export class Reconciler {
     const cached = this.pods.get(key);
     if (!cached) return;
     const rec = cached.rec;
-    const pod = podOf(rec);
+    const pod = this.podObject(cached);
     const ref = refOf(pod);
     const cellC = pod.cellId ? this.cells.get(pod.cellId) : undefined;
-    const cell = cellC ? cellOf(cellC.rec) : undefined;
+    const cell = cellC?.cell;
     const cellLive = cell && cell.state !== CellState.CELL_STATE_TERMINATED && cell.pod?.name === ref.name && (cell.pod?.namespace || 'default') === ref.namespace;
 
     if (rec.deleting) {
@@ -742,7 +744,7 @@ export class Reconciler {
       return;
     }
     const rec = cached.rec;
-    const cell = cellOf(rec);
+    const cell = cached.cell; // parsed once per revision by the cache; read-only here
     const overdue = cell.deadline !== undefined && cell.deadline.getTime() <= Date.now();
     switch (cell.state) {
       case CellState.CELL_STATE_CREATING:
@@ -771,7 +773,7 @@ export class Reconciler {
             await this.transition(id, CellState.CELL_STATE_DRAINING, 'PodFinished', `pod ${key} finished; releasing its cell`);
             return;
           }
-          if (pod && podOf(pod.rec).cellId === id) this.enqueue(`pod:${key}`);
+          if (pod && this.podObject(pod).cellId === id) this.enqueue(`pod:${key}`);
         }
         return;
       }
@@ -807,7 +809,7 @@ export class Reconciler {
     if (!cell.pod?.name) return false;
     const p = this.pods.get(refStr(cell.pod));
     if (!p) return true;
-    const po = podOf(p.rec);
+    const po = this.podObject(p);
     // The pod was rebound elsewhere (this cell was presumed lost) or is being deleted.
     return !!p.rec.deleting || (po.cellId !== '' && po.cellId !== cell.id);
   }
@@ -937,6 +939,11 @@ export class Reconciler {
       this.enqueue(`pod:${refStr(cell.pod!)}`);
     }
     this.startWatch(id, address);
+  }
+
+  /** The cached pod parsed (once per cached revision); callers must not change it. */
+  private podObject(c: Cached<PodRecord>): PodObject {
+    return (c.pod ??= podOf(c.rec));
   }
 
   private sealedTokens(): boolean {
@@ -1165,7 +1172,7 @@ export class Reconciler {
   private async onAgentEvent(id: string, ev: WatchStatusEvent): Promise<void> {
     const c = this.cells.get(id);
     if (!c) return;
-    const cell = cellOf(c.rec);
+    const cell = c.cell;
     if (ev.kind?.$case === 'notice') return this.onNotice(id, cell, ev.kind.value);
     if (!cell.pod?.name || cell.state !== CellState.CELL_STATE_BOUND) return;
     const key = refStr(cell.pod);
@@ -1176,7 +1183,7 @@ export class Reconciler {
       if (!s.status) return;
       const podRec = this.pods.get(key);
       if (!podRec) return;
-      const uid = podOf(podRec.rec).metadata?.uid;
+      const uid = this.podObject(podRec).metadata?.uid;
       if (s.podUid && uid && s.podUid !== uid) return;
       if (s.generation === 0) {
         // The agent has no pod (restarted, or not yet dispatched): make sure it gets one.
