@@ -112,7 +112,14 @@ export async function startController(config: Config, o: StartOptions): Promise<
   const metrics = new Metrics({ defaults: true });
   // Pod secrets are sealed at rest with the configured key (always there with mTLS).
   const hasKey = !!(config.security.encryptionKeyFile || config.security.encryptionKeyEnv);
-  const secretBox = hasKey ? new SecretBox(encryptionKey(config)) : undefined;
+  let secretBox: SecretBox | undefined;
+  try {
+    secretBox = hasKey ? new SecretBox(encryptionKey(config)) : undefined;
+  } catch (err) {
+    // With mTLS the key is required (it also seals the CA); insecure-dev can run without it.
+    if (config.security.mode === 'mtls') throw err;
+    log.warn({ err: (err as Error).message }, 'the configured encryption key is unusable');
+  }
   if (!secretBox) log.warn('no security.encryptionKeyFile: pod secrets are stored unencrypted (insecure-dev only)');
   let renewer: CellCertificateRenewer | undefined;
   // The renewer talks over the agent pool, which is built once the provider is known.
