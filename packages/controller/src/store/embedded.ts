@@ -85,8 +85,15 @@ const WAL = 'wal.log';
 const HEADER = 8;
 const MAX_RECORD = 64 * 1024 * 1024;
 
+/**
+ * A put's payload is its metadata as JSON, a newline, then the value's JSON text as is: writing
+ * the value as a JSON string inside the record would escape every quote in it on each write (and
+ * unescape on recovery). Neither part can contain a raw newline (JSON.stringify never emits one),
+ * and frames of the older all-JSON form (deletes still use it) have none, so both decode.
+ */
 export function encodeFrame(rec: Rec): Buffer {
-  const payload = Buffer.from(JSON.stringify(rec), 'utf8');
+  const text = rec.o === 'p' ? `{"r":${rec.r},"o":"p","k":${JSON.stringify(rec.k)}}\n${rec.v}` : JSON.stringify(rec);
+  const payload = Buffer.from(text, 'utf8');
   const buf = Buffer.allocUnsafe(HEADER + payload.length);
   buf.writeUInt32LE(payload.length, 0);
   buf.writeUInt32LE(crc32(payload), 4);
@@ -106,7 +113,9 @@ export function decodeFrames(buf: Buffer): { records: Rec[]; goodBytes: number }
     if (crc32(payload) !== sum) break;
     let rec: Rec;
     try {
-      rec = JSON.parse(payload.toString('utf8')) as Rec;
+      const nl = payload.indexOf(0x0a);
+      if (nl < 0) rec = JSON.parse(payload.toString('utf8')) as Rec;
+      else rec = { ...(JSON.parse(payload.toString('utf8', 0, nl)) as Rec), v: payload.toString('utf8', nl + 1) };
     } catch {
       break;
     }

@@ -3,6 +3,7 @@ import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { crc32 } from 'node:zlib';
 import { Registry } from 'prom-client';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CompactedError, EmbeddedStore, StoreLockedError, openStore } from '../../src/store/index.js';
@@ -202,6 +203,26 @@ describe('embedded store durability', () => {
     expect(await s3.list('seg/')).toEqual(expected);
     expect(expected.items.every((kv) => (kv.value as { gen: number }).gen === 2)).toBe(true);
     await s3.close();
+  });
+
+  it('reads WAL frames of the older all-JSON form next to the current ones', async () => {
+    const dir = await tempDir();
+    const s1 = await EmbeddedStore.open({ dir });
+    await s1.put('f/new', { form: 'value after a newline' });
+    await s1.close();
+    // As an older controller wrote a put: the whole record, value included, as one JSON text.
+    const rec = { r: 2, o: 'p', k: 'f/old', v: JSON.stringify({ form: 'json string' }) };
+    const payload = Buffer.from(JSON.stringify(rec), 'utf8');
+    const frame = Buffer.alloc(8 + payload.length);
+    frame.writeUInt32LE(payload.length, 0);
+    frame.writeUInt32LE(crc32(payload), 4);
+    payload.copy(frame, 8);
+    await fs.appendFile(join(dir, 'wal.log'), frame);
+    const s2 = await EmbeddedStore.open({ dir });
+    expect((await s2.get('f/new'))?.value).toEqual({ form: 'value after a newline' });
+    expect((await s2.get('f/old'))?.value).toEqual({ form: 'json string' });
+    expect(s2.stats.tornBytesRepaired).toBe(0);
+    await s2.close();
   });
 
   it('the key index stays sorted through random inserts and deletes', () => {
