@@ -29,7 +29,7 @@ export interface ContainerLogsOptions {
   maxFiles?: number;
   /**
    * Newest output of the current instance kept in memory for readers (CRI records and, for
-   * runs of whole lines, the lines as printed). Default 4 MiB: a follower that falls out of the
+   * runs of whole lines, the lines as printed). Default 8 MiB: a follower that falls out of the
    * ring reads files and parses every record, so the ring should cover a burst of output.
    */
   ringBytes?: number;
@@ -80,10 +80,6 @@ class Instance {
   private waiters = new Set<() => void>();
   private partial: Record<StdStream, Buffer[]> = { stdout: [], stderr: [] };
   private partialLen: Record<StdStream, number> = { stdout: 0, stderr: 0 };
-  get ringBytes(): number {
-    return this.opts.ringBytes;
-  }
-
   /** Scratch for write(): where the newlines of a chunk are. */
   private newlines = new Int32Array(1024);
 
@@ -372,7 +368,9 @@ class Instance {
         skipped += seg.start - offset;
         offset = seg.start;
       }
-      const want = Math.min(max, seg.start + seg.size - offset);
+      // Stop where the ring begins: from there on the reader gets ring chunks, whole (packed
+      // readers then take their prepared runs instead of parsing every record).
+      const want = Math.min(max, seg.start + seg.size - offset, ringStart !== undefined && ringStart > offset ? ringStart - offset : Infinity);
       let fh;
       try {
         fh = await open(seg.path, 'r');
@@ -463,7 +461,7 @@ export class ContainerLogs {
     this.opts = {
       maxFileBytes: opts.maxFileBytes ?? 10 * 1024 * 1024,
       maxFiles: opts.maxFiles ?? 5,
-      ringBytes: opts.ringBytes ?? 4 * 1024 * 1024,
+      ringBytes: opts.ringBytes ?? 8 * 1024 * 1024,
       maxLineBytes: opts.maxLineBytes ?? 16 * 1024,
     };
     if (!(this.opts.maxFileBytes > 0)) throw new LogsError('INVALID_ARGUMENT', 'maxFileBytes must be positive');
@@ -561,11 +559,9 @@ export class ContainerLogs {
           if (offset >= inst.pos) return;
           continue;
         }
+        // (Not deferred to batch small writes: a unit writing fast delivers many reads per loop
+        // turn, and a reader waiting for the turn to end fell out of the ring and behind.)
         await inst.changed(signal);
-        // A unit that writes in small pieces would cost one message per piece: when little is
-        // waiting, let the rest of this turn's output land first (the reader stays well within
-        // the ring, so it loses nothing by it).
-        if (inst.pos - offset < inst.ringBytes / 16) await new Promise<void>((resolve) => setImmediate(resolve));
         continue;
       }
       let size = 0;
