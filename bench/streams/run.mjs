@@ -149,7 +149,7 @@ try {
     // The raw pipe is measured before and after the logs run and the faster one is the
     // baseline: on a shared machine a dip during one raw run must not flatter the logs figure.
     const rawBefore = await rawRun();
-    const logs = new ContainerLogs({ dir: join(base, `logs-${wname}`), maxFileBytes: 64 << 20, maxFiles: 6, ringBytes: 16 << 20 });
+    const logs = new ContainerLogs({ dir: join(base, `logs-${wname}`), maxFileBytes: 64 << 20, maxFiles: 6 });
     const sink = logs.startInstance();
     units.set('tp', view('tp', 'x', logs));
     // The following client is its own process, as kubectl/ctl would be.
