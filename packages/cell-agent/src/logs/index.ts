@@ -66,6 +66,8 @@ interface RingChunk {
 }
 
 const READ_BYTES = 1 << 20;
+/** At most this much output is let in before a waiting follower reads (see settle). */
+const BATCH_BYTES = 256 * 1024;
 const NL = Buffer.from([NEWLINE]);
 const BACKWARD_BLOCK = 64 * 1024;
 
@@ -279,6 +281,30 @@ class Instance {
     const ws = this.waiters;
     this.waiters = new Set();
     for (const w of ws) w();
+  }
+
+  /** Resolves at the end of this loop turn, or as soon as `target` bytes are there, or at
+   * the end (or when aborted), whichever comes first. */
+  settle(target: number, signal: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.pos >= target || this.ended || signal.aborted) return resolve();
+      let done = false;
+      const finish = () => {
+        if (done) return;
+        done = true;
+        clearImmediate(imm);
+        this.waiters.delete(check);
+        signal.removeEventListener('abort', finish);
+        resolve();
+      };
+      const check = () => {
+        if (this.pos >= target || this.ended) finish();
+        else this.waiters.add(check);
+      };
+      const imm = setImmediate(finish);
+      this.waiters.add(check);
+      signal.addEventListener('abort', finish, { once: true });
+    });
   }
 
   /** Resolves at the next write or end (or when aborted). */
@@ -559,9 +585,12 @@ export class ContainerLogs {
           if (offset >= inst.pos) return;
           continue;
         }
-        // (Not deferred to batch small writes: a unit writing fast delivers many reads per loop
-        // turn, and a reader waiting for the turn to end fell out of the ring and behind.)
         await inst.changed(signal);
+        // A unit that writes in small pieces would cost one message per piece: let the rest of
+        // this loop turn's output land first, but only up to a small budget: a fast writer
+        // delivers many reads per turn, and a reader that waited for all of them fell out of
+        // the ring (and behind).
+        await inst.settle(offset + Math.min(BATCH_BYTES, this.opts.ringBytes / 8), signal);
         continue;
       }
       let size = 0;
