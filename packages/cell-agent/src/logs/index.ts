@@ -58,11 +58,51 @@ interface Segment {
 
 interface RingChunk {
   start: number;
-  buf: Buffer;
+  /** Length in the instance's byte space (its CRI records). */
+  len: number;
+  /** The CRI records; absent for a run, whose records are rebuilt from it when asked for. */
+  buf: Buffer | undefined;
   /** The same lines ready for packed readers, when the chunk is one run (see write). */
   run: PackedRun | undefined;
-  /** Memory it holds (buf and run text). */
+  /** The header of each of the run's records. */
+  head: Buffer | undefined;
+  /** Memory it holds. */
   size: number;
+}
+
+/** One piece of a read: its length, its prepared run if whole, and its CRI bytes on demand. */
+export interface ReadPiece {
+  len: number;
+  run: PackedRun | undefined;
+  cri(): Buffer;
+}
+
+/** A run's CRI records: the header before each of its lines. */
+function rebuildCri(run: PackedRun, head: Buffer, len: number): Buffer {
+  const out = Buffer.allocUnsafe(len);
+  const t = run.text;
+  let pos = 0;
+  for (let ls = 0; ls < t.length; ) {
+    let nl = t.indexOf(NEWLINE, ls);
+    if (nl === -1) nl = t.length - 1;
+    out.set(head, pos);
+    pos += head.length;
+    pos += t.copy(out, pos, ls, nl + 1);
+    ls = nl + 1;
+  }
+  return out;
+}
+
+function pieceOf(c: RingChunk, from: number): ReadPiece {
+  const whole = from === 0;
+  return {
+    len: c.len - from,
+    run: whole ? c.run : undefined,
+    cri: () => {
+      const b = c.buf ?? rebuildCri(c.run!, c.head!, c.len);
+      return whole ? b : b.subarray(from);
+    },
+  };
 }
 
 const READ_BYTES = 1 << 20;
@@ -82,6 +122,8 @@ class Instance {
   private waiters = new Set<() => void>();
   private partial: Record<StdStream, Buffer[]> = { stdout: [], stderr: [] };
   private partialLen: Record<StdStream, number> = { stdout: 0, stderr: 0 };
+  /** Scratch for write(): the CRI records of a run, on their way to the file. */
+  private scratchOut = Buffer.allocUnsafe(64 * 1024);
   /** Scratch for write(): where the newlines of a chunk are. */
   private newlines = new Int32Array(1024);
 
@@ -155,7 +197,11 @@ class Instance {
         nls[lines++] = i;
       }
       const hl = headF.length;
-      const out = Buffer.allocUnsafe(last + 1 - start + lines * hl);
+      // The records only go to the file (the ring keeps the run and rebuilds them on demand):
+      // a reused buffer, not one more allocation per write.
+      const need = last + 1 - start + lines * hl;
+      if (this.scratchOut.length < need) this.scratchOut = Buffer.allocUnsafe(Math.max(need, 2 * this.scratchOut.length));
+      const out = this.scratchOut;
       let pos = 0;
       let long = false;
       let covered = 0;
@@ -181,7 +227,7 @@ class Instance {
         // The packed form is the raw lines themselves, kept as they came (LogSink.write hands
         // the chunk over): no copy at all.
         const text = chunk.subarray(runStart, start);
-        this.append(out.subarray(0, pos), { text, lines: covered, flags: stream === 'stderr' ? PACKED_STDERR : 0, seconds, nanos });
+        this.append(out.subarray(0, pos), { text, lines: covered, flags: stream === 'stderr' ? PACKED_STDERR : 0, seconds, nanos }, headF);
       }
       if (long) {
         // Rare: lines longer than `max` become P records followed by an F record.
@@ -240,15 +286,17 @@ class Instance {
     this.notify();
   }
 
-  private append(buf: Buffer, run: PackedRun | undefined): void {
+  /** Appends CRI records; with `run` (and its `head`), `buf` is not kept (it may be scratch). */
+  private append(buf: Buffer, run: PackedRun | undefined, head?: Buffer): void {
     let seg = this.segments[this.segments.length - 1];
     if (seg === undefined || this.fd === undefined || (seg.size > 0 && seg.size + buf.length > this.opts.maxFileBytes)) {
       seg = this.rotate();
     }
     let off = 0;
     while (off < buf.length) off += writeSync(this.fd!, buf, off, buf.length - off);
-    const size = buf.length + (run?.text.length ?? 0);
-    this.ring.push({ start: this.pos, buf, run, size });
+    const keep = run === undefined || head === undefined;
+    const size = keep ? buf.length : run.text.length + head.length;
+    this.ring.push({ start: this.pos, len: buf.length, buf: keep ? buf : undefined, run, head, size });
     this.ringSize += size;
     while (this.ring.length > 1 && this.ringSize - this.ring[0]!.size >= this.opts.ringBytes) {
       this.ringSize -= this.ring.shift()!.size;
@@ -344,7 +392,8 @@ class Instance {
    * there was rotated away.
    */
   async readAt(offset: number, max: number): Promise<{ buf: Buffer; skipped: number }> {
-    const { bufs, skipped } = await this.readChunksAt(offset, max);
+    const { pieces, skipped } = await this.readChunksAt(offset, max);
+    const bufs = pieces.map((p) => p.cri());
     return { buf: bufs.length === 1 ? bufs[0]! : Buffer.concat(bufs), skipped };
   }
 
@@ -352,7 +401,7 @@ class Instance {
    * Like readAt, but ring data comes as the ring's own chunks (each holds whole records), so
    * a follower that keeps up reads without copying. Empty `bufs` means nothing to read.
    */
-  async readChunksAt(offset: number, max: number): Promise<{ bufs: Buffer[]; runs: (PackedRun | undefined)[]; skipped: number }> {
+  async readChunksAt(offset: number, max: number): Promise<{ pieces: ReadPiece[]; skipped: number }> {
     for (;;) {
       let skipped = 0;
       const first = this.firstOffset();
@@ -360,7 +409,7 @@ class Instance {
         skipped = first - offset;
         offset = first;
       }
-      if (offset >= this.pos) return { bufs: [], runs: [], skipped };
+      if (offset >= this.pos) return { pieces: [], skipped };
       const ring = this.ring;
       const ringStart = ring[0]?.start;
       if (ringStart !== undefined && offset >= ringStart) {
@@ -373,23 +422,20 @@ class Instance {
           if (ring[mid]!.start <= offset) lo = mid;
           else hi = mid - 1;
         }
-        const bufs: Buffer[] = [];
-        const runs: (PackedRun | undefined)[] = [];
+        const pieces: ReadPiece[] = [];
         let n = 0;
         for (let i = lo; i < ring.length && n < max; i++) {
           const c = ring[i]!;
-          const whole = offset <= c.start;
-          const piece = whole ? c.buf : c.buf.subarray(offset - c.start);
-          if (piece.length === 0) continue;
-          bufs.push(piece);
-          runs.push(whole ? c.run : undefined);
-          n += piece.length;
+          const from = Math.max(0, offset - c.start);
+          if (from >= c.len) continue;
+          pieces.push(pieceOf(c, from));
+          n += c.len - from;
         }
-        return { bufs, runs, skipped };
+        return { pieces, skipped };
       }
       // The segment holding `offset`, or the next one when the data there is gone.
       const seg = this.segments.find((s) => offset < s.start + s.size);
-      if (seg === undefined) return { bufs: [], runs: [], skipped: skipped + (this.pos - offset) };
+      if (seg === undefined) return { pieces: [], skipped: skipped + (this.pos - offset) };
       if (seg.start > offset) {
         skipped += seg.start - offset;
         offset = seg.start;
@@ -412,7 +458,8 @@ class Instance {
       try {
         const buf = Buffer.allocUnsafe(want);
         const { bytesRead } = await fh.read(buf, 0, want, offset - seg.start);
-        return bytesRead > 0 ? { bufs: [buf.subarray(0, bytesRead)], runs: [undefined], skipped } : { bufs: [], runs: [], skipped };
+        const got = buf.subarray(0, bytesRead);
+        return { pieces: bytesRead > 0 ? [{ len: bytesRead, run: undefined, cri: () => got }] : [], skipped };
       } finally {
         await fh.close();
       }
@@ -569,14 +616,14 @@ export class ContainerLogs {
     const packed = req.packed;
     for (;;) {
       if (signal.aborted) return;
-      const { bufs, runs, skipped } = await inst.readChunksAt(offset, READ_BYTES);
+      const { pieces, skipped } = await inst.readChunksAt(offset, READ_BYTES);
       if (skipped > 0) {
         // Whatever partial record the parser held belongs to data that is gone.
         dropped += skipped;
         offset += skipped;
         parser = new CriParser();
       }
-      if (bufs.length === 0) {
+      if (pieces.length === 0) {
         if (dropped > 0) {
           yield logChunk({ droppedBytes: dropped });
           dropped = 0;
@@ -594,19 +641,19 @@ export class ContainerLogs {
         continue;
       }
       let size = 0;
-      for (const b of bufs) size += b.length;
+      for (const p of pieces) size += p.len;
       offset += size;
       if (packed) {
         const since = sinceNs;
         const keep = since === undefined ? undefined : (sec: number, ns: number) => BigInt(sec) * 1_000_000_000n + BigInt(ns) >= since;
         const out = new PackedBuilder(size);
-        for (let i = 0; i < bufs.length; i++) {
-          const run = runs[i];
+        for (const p of pieces) {
+          const run = p.run;
           // A chunk the capture prepared goes out whole, without looking at its lines (the
           // parser holds nothing then: ring chunks are whole records).
           if (run !== undefined && cutFirst === 0 && parser.idle) {
             if (keep === undefined || keep(run.seconds, run.nanos)) out.addRun(run);
-          } else cutFirst = parser.pushPacked(bufs[i]!, out, keep, cutFirst);
+          } else cutFirst = parser.pushPacked(p.cri(), out, keep, cutFirst);
         }
         if (sinceNs !== undefined && !out.empty) sinceNs = undefined; // timestamps only grow
         if (out.empty && dropped === 0) continue;
@@ -617,7 +664,7 @@ export class ContainerLogs {
         continue;
       }
       const recs: ParsedRecord[] = [];
-      for (const b of bufs) parser.push(b, recs);
+      for (const p of pieces) parser.push(p.cri(), recs);
       let entries: LogEntry[] = recs;
       if (cutFirst > 0 && recs.length > 0) {
         recs[0]!.line = recs[0]!.line.subarray(cutFirst);
