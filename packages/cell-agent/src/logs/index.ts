@@ -28,8 +28,8 @@ export interface ContainerLogsOptions {
   /** Files kept per instance, the current one included. Default 5. */
   maxFiles?: number;
   /**
-   * Newest output of the current instance kept in memory for readers (CRI records and, for
-   * runs of whole lines, the lines as printed). Default 8 MiB: a follower that falls out of the
+   * Newest output of the current instance kept in memory for readers (runs of whole lines as
+   * the unit wrote them, other records as CRI records). Default 8 MiB: a follower that falls out of the
    * ring reads files and parses every record, so the ring should cover a burst of output.
    */
   ringBytes?: number;
