@@ -225,6 +225,7 @@ export class Reconciler {
   private lastResync = 0;
   /** Where the periodic resync of pods continues on the next tick. */
   private resyncCursor: Iterator<string> | undefined;
+  private resyncBudget = 0;
   private readonly startedAt = Date.now();
   private active = 0;
   private stopped = false;
@@ -426,7 +427,10 @@ export class Reconciler {
     const tickMs = this.o.tickMs ?? 1000;
     const elapsed = Math.max(tickMs, t - (this.lastResync || t - tickMs));
     this.lastResync = t;
-    let n = Math.ceil((this.pods.size * elapsed) / RESYNC_MS);
+    // Fractional shares carry over, so a few pods are not looked at on every tick either.
+    this.resyncBudget = Math.min(this.pods.size, this.resyncBudget + (this.pods.size * elapsed) / RESYNC_MS);
+    let n = Math.floor(this.resyncBudget);
+    this.resyncBudget -= n;
     while (n-- > 0 && this.pods.size > 0) {
       this.resyncCursor ??= this.pods.keys();
       const next = this.resyncCursor.next();
