@@ -75,6 +75,9 @@ export class AgentPool implements AgentAccess {
       'grpc.keepalive_time_ms': 10_000,
       'grpc.keepalive_timeout_ms': 5_000,
       'grpc.max_receive_message_length': 64 * 1024 * 1024,
+      // Logs and port-forward relay through here: HTTP/2's default 64 KiB window would make the
+      // agent wait one round trip per window.
+      'grpc-node.flow_control_window': 8 << 20,
       ...(this.creds.options?.(cellId) ?? {}),
     });
     this.clients.set(cellId, { address, client, version });
