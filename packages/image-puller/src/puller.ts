@@ -16,8 +16,7 @@ import { DEFAULT_TRANSPORT, makeDispatcher, RegistryClient, sha256Digest, TokenC
 import { GC_LOCK_MS, Store } from './store.js';
 import { CHUNK } from './decompress.js';
 import { FollowReader, Progress } from './follow.js';
-import { Spool } from './spool.js';
-import { TreeState, unpackLayer, unpackTar, type UnpackOptions, type UnpackResult } from './unpack.js';
+import { TreeState, unpackLayer, type UnpackOptions, type UnpackResult } from './unpack.js';
 
 export interface PulledImage {
   reference: string;
@@ -80,14 +79,6 @@ interface Resolved {
   record: ImageRecord;
   client: RegistryClient;
 }
-
-/**
- * Which layers inflate ahead into a spool file (by compressed size): below the minimum, inflating
- * is faster than a file is worth; above the maximum, the file would be written back to disk
- * before it is read and deleted.
- */
-const SPOOL_MIN_BYTES = 1 << 20;
-const SPOOL_MAX_BYTES = 256 << 20;
 
 class Semaphore {
   private n: number;
@@ -442,49 +433,13 @@ export class ImagePuller {
   private async applyLayers(rec: ImageRecord, dir: string, ready: Promise<void>[], signal: AbortSignal | undefined, stats?: PullStats): Promise<void> {
     await mkdir(dir, { recursive: true });
     const state = TreeState.forDir(dir);
-    // Layer i+1 inflates into a spool while layer i is applied (see Spool).
-    let ahead: Promise<Spool | undefined> | undefined;
-    try {
-      for (let i = 0; i < rec.layers.length; i++) {
-        const l = rec.layers[i]!;
-        const mine = ahead;
-        const next = rec.layers[i + 1];
-        ahead = next && next.size >= SPOOL_MIN_BYTES && next.size <= SPOOL_MAX_BYTES ? this.spool(next, ready[i + 1]!) : undefined;
-        const o = { mode: 'apply' as const, state, maxBytes: this.maxLayerBytes, logger: this.log, signal };
-        const spool = await mine;
-        if (spool) {
-          this.log?.debug({ layer: l.digest }, 'applying a layer inflated ahead (spooled)');
-          try {
-            await unpackTar(spool.reader(), { ...o, dir });
-            await spool.done;
-            await ready[i]; // the compressed digest is verified too
-          } catch (err) {
-            if (err instanceof PullError && err.kind === 'unsafe-content') throw err;
-            // Whatever went wrong (a download that restarted, a corrupt blob), the direct path
-            // below redoes the layer from the cache and reports the real error.
-            await this.unpackBlob(l, ready[i]!, dir, o, async () => undefined);
-          } finally {
-            await spool.dispose();
-          }
-        } else {
-          // Applying a layer again over a partial application of itself converges to the same tree,
-          // so a followed download that restarted is simply applied again from the cache.
-          await this.unpackBlob(l, ready[i]!, dir, o, async () => undefined);
-        }
-        if (stats) stats.unpackedLayers++;
-      }
-    } finally {
-      await (await ahead?.catch(() => undefined))?.dispose();
-    }
-  }
-
-  /** Starts inflating a layer into a spool file; undefined when its blob cannot be opened yet (then it is unpacked directly in its turn). */
-  private async spool(l: LayerInfo, fetched: Promise<void>): Promise<Spool | undefined> {
-    try {
-      const src = await this.openBlob(l, fetched);
-      return await Spool.start(this.store.tmpPath('spool'), src, l.compression, l.diffId, this.maxLayerBytes);
-    } catch {
-      return undefined;
+    for (let i = 0; i < rec.layers.length; i++) {
+      const l = rec.layers[i]!;
+      const o = { mode: 'apply' as const, state, maxBytes: this.maxLayerBytes, logger: this.log, signal };
+      // Applying a layer again over a partial application of itself converges to the same tree,
+      // so a followed download that restarted is simply applied again from the cache.
+      await this.unpackBlob(l, ready[i]!, dir, o, async () => undefined);
+      if (stats) stats.unpackedLayers++;
     }
   }
 

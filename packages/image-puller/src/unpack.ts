@@ -552,10 +552,12 @@ export interface UnpackResult {
 }
 
 /**
- * Decompresses a layer blob and hands its tar bytes to `sink`, in order, bounded by `maxBytes`
- * (decompression bombs); verifies the DiffID (sha256 of the tar) when `expectDiffId` is given.
+ * Unpacks one layer blob into `o.dir`, verifying its DiffID (sha256 of the uncompressed tar)
+ * when `expectDiffId` is given. The uncompressed size is bounded by `o.maxBytes`.
  */
-export async function inflateLayer(source: Readable, compression: Compression, expectDiffId: string | undefined, maxBytes: number, sink: (chunk: Buffer) => void | Promise<void>): Promise<UnpackResult> {
+export async function unpackLayer(source: Readable, compression: Compression, expectDiffId: string | undefined, o: UnpackOptions): Promise<UnpackResult> {
+  const w = new LayerWriter(o);
+  const parser = new TarParser(w);
   const hash = createHash('sha256');
   const { stream, done } = await decompress(source, compression);
   let bytes = 0;
@@ -563,12 +565,11 @@ export async function inflateLayer(source: Readable, compression: Compression, e
     for await (const c of stream) {
       const chunk = c as Buffer;
       bytes += chunk.length;
-      if (bytes > maxBytes) {
-        throw new PullError('unsafe-content', `layer expands beyond the limit of ${maxBytes} bytes (decompression bomb?)`);
+      if (bytes > o.maxBytes) {
+        throw new PullError('unsafe-content', `layer expands beyond the limit of ${o.maxBytes} bytes (decompression bomb?)`);
       }
       hash.update(chunk);
-      const r = sink(chunk);
-      if (r) await r;
+      if (!parser.ended) await parser.write(chunk);
     }
     await done();
   } catch (err) {
@@ -578,47 +579,14 @@ export async function inflateLayer(source: Readable, compression: Compression, e
     const code = (err as { code?: string }).code;
     if (code && code.startsWith('Z_')) throw new PullError('integrity', `layer failed to decompress: ${(err as Error).message}`, { cause: err });
     throw err;
-  }
-  const diffId = `sha256:${hash.digest('hex')}`;
-  if (expectDiffId && diffId !== expectDiffId) {
-    throw new PullError('integrity', `layer DiffID ${diffId} does not match the image config's ${expectDiffId}`);
-  }
-  return { diffId, bytes };
-}
-
-/**
- * Unpacks one layer blob into `o.dir`, verifying its DiffID (sha256 of the uncompressed tar)
- * when `expectDiffId` is given. The uncompressed size is bounded by `o.maxBytes`.
- */
-export function unpackLayer(source: Readable, compression: Compression, expectDiffId: string | undefined, o: UnpackOptions): Promise<UnpackResult> {
-  return writeLayer(o, (write) => inflateLayer(source, compression, expectDiffId, o.maxBytes, write));
-}
-
-/** Unpacks an already inflated and verified tar stream (a spooled layer) into `o.dir`. */
-export function unpackTar(source: Readable, o: UnpackOptions): Promise<void> {
-  return writeLayer(o, async (write) => {
-    try {
-      for await (const c of source) {
-        const r = write(c as Buffer);
-        if (r) await r;
-      }
-    } catch (err) {
-      source.destroy();
-      throw err;
-    }
-  });
-}
-
-async function writeLayer<T>(o: UnpackOptions, feed: (write: (chunk: Buffer) => void | Promise<void>) => Promise<T>): Promise<T> {
-  const w = new LayerWriter(o);
-  const parser = new TarParser(w);
-  let res: T;
-  try {
-    res = await feed((chunk) => (parser.ended ? undefined : parser.write(chunk)));
   } finally {
     w.closeOpen();
   }
   parser.finish();
   await w.finish();
-  return res;
+  const diffId = `sha256:${hash.digest('hex')}`;
+  if (expectDiffId && diffId !== expectDiffId) {
+    throw new PullError('integrity', `layer DiffID ${diffId} does not match the image config's ${expectDiffId}`);
+  }
+  return { diffId, bytes };
 }
