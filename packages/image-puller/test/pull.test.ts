@@ -1,5 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -131,6 +131,40 @@ describe('cache', () => {
     expect([st.mode & 0o7777, st.uid, st.gid, st.nlink]).toEqual([0o4750, 7, 8, 2]);
     expect(statSync(join(img.layerDirs[1]!, 'opt/tool-link')).ino).toBe(st.ino);
     expect(execFileSync('getfattr', ['--only-values', '-n', 'user.origin', up]).toString()).toBe('lower');
+  });
+
+  it('rootfs: a later layer is verified like the first: bad DiffID, corrupt blob, unsafe entry; nothing left in tmp', async () => {
+    const big = randomBytes(1_500_000); // incompressible: a transfer long enough to corrupt midway
+    const base = gzipLayer(await makeTar([{ name: 'etc/', type: 'directory' }, { name: 'etc/base', content: 'base\n' }]));
+    const good = gzipLayer(await makeTar([{ name: 'opt/', type: 'directory' }, { name: 'opt/big', content: big }]));
+    const out = (name: string) => join(work, `later-${name}`);
+    const { ref } = await pushImage(registry, 'later/ok:1', [base, good]);
+    const p = newPuller();
+    await p.pullToRootfs(ref, out('ok'));
+    expect(readFileSync(join(out('ok'), 'opt/big')).equals(big)).toBe(true);
+    expect(readFileSync(join(out('ok'), 'etc/base'), 'utf8')).toBe('base\n');
+    const tmp = join((p as unknown as { opts: { root: string } }).opts.root, 'tmp');
+    expect(readdirSync(tmp)).toEqual([]);
+
+    const { ref: badDiff } = await pushImage(registry, 'later/diffid:1', [base, { ...good, diffId: `sha256:${'0'.repeat(64)}` }]);
+    await expect(newPuller().pullToRootfs(badDiff, out('diffid'))).rejects.toMatchObject({ kind: 'integrity', message: expect.stringContaining('DiffID') });
+
+    const goodDigest = `sha256:${createHash('sha256').update(good.blob).digest('hex')}`;
+    proxy.inject({ match: new RegExp(`/blobs/${goodDigest}$`), corruptAt: 700_000 });
+    try {
+      const q = newPuller();
+      await expect(q.pullToRootfs(viaProxy(ref), out('corrupt'))).rejects.toMatchObject({ kind: 'integrity' });
+      const root = (q as unknown as { opts: { root: string } }).opts.root;
+      expect(existsSync(join(root, 'blobs', 'sha256', goodDigest.slice(7)))).toBe(false);
+      expect(readdirSync(join(root, 'tmp'))).toEqual([]);
+    } finally {
+      proxy.inject();
+    }
+
+    const hostile = gzipLayer(await makeTar([{ name: 'opt/', type: 'directory' }, { name: 'opt/big', content: big }, { name: '../escape', content: 'x' }]));
+    const { ref: bad } = await pushImage(registry, 'later/hostile:1', [base, hostile]);
+    await expect(newPuller().pullToRootfs(bad, out('hostile'))).rejects.toMatchObject({ kind: 'unsafe-content' });
+    expect(existsSync(join(work, 'escape'))).toBe(false);
   });
 
   it('gc in one process keeps what a pull in another process is using (leases)', async () => {
