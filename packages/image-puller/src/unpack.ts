@@ -110,42 +110,35 @@ function dumpQuote(s: string): string {
   return out;
 }
 
-function run(cmd: string, args: string[], input: string, what: string): Promise<void> {
+/** Runs a helper command with `input` on stdin; resolves with its stdout. */
+function run(cmd: string, args: string[], input: string, what: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['pipe', 'ignore', 'pipe'] });
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
     let err = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
     child.on('error', (e) => reject(new PullError('unsupported', `${what}: cannot run ${cmd}: ${e.message}`)));
-    child.on('close', (code) => (code === 0 ? resolve() : reject(new PullError('invalid', `${what}: ${cmd} failed: ${err.trim().slice(0, 500)}`))));
+    child.on('close', (code) => (code === 0 ? resolve(out) : reject(new PullError('invalid', `${what}: ${cmd} failed: ${err.trim().slice(0, 500)}`))));
     child.stdin.on('error', () => undefined);
     child.stdin.end(input);
   });
 }
 
 /** A file's extended attributes (Node has no getxattr): `getfattr`, from the same package as setfattr. */
-function readXattrs(path: string): Promise<Map<string, Buffer>> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('getfattr', ['-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', '--', path], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-    child.on('error', (e) => reject(new PullError('unsupported', `reading extended attributes: cannot run getfattr: ${e.message}; install the attr package`)));
-    child.on('close', (code) => {
-      if (code !== 0) return reject(new PullError('invalid', `reading extended attributes of ${path}: ${err.trim().slice(0, 300)}`));
-      const attrs = new Map<string, Buffer>();
-      for (const line of out.split('\n')) {
-        if (line === '' || line.startsWith('#')) continue;
-        const eq = line.indexOf('=');
-        if (eq < 0) attrs.set(line, Buffer.alloc(0));
-        else {
-          const v = line.slice(eq + 1);
-          attrs.set(line.slice(0, eq), v.startsWith('0s') ? Buffer.from(v.slice(2), 'base64') : Buffer.from(v.replace(/^"|"$/g, '')));
-        }
-      }
-      resolve(attrs);
-    });
-  });
+async function readXattrs(path: string): Promise<Map<string, Buffer>> {
+  const out = await run('getfattr', ['-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', '--', path], '', `reading the extended attributes of ${path}`);
+  const attrs = new Map<string, Buffer>();
+  for (const line of out.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const eq = line.indexOf('=');
+    if (eq < 0) attrs.set(line, Buffer.alloc(0));
+    else {
+      const v = line.slice(eq + 1);
+      attrs.set(line.slice(0, eq), v.startsWith('0s') ? Buffer.from(v.slice(2), 'base64') : Buffer.from(v.replace(/^"|"$/g, '')));
+    }
+  }
+  return attrs;
 }
 
 class LayerWriter implements TarSink {
