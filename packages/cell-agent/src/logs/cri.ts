@@ -49,11 +49,7 @@ export class CriParser {
   private readonly ts = new TimestampParser();
 
   push(buf: Buffer, out: ParsedRecord[]): void {
-    let data = buf;
-    if (this.carry !== undefined) {
-      data = Buffer.concat([this.carry, buf]);
-      this.carry = undefined;
-    }
+    const data = this.withCarry(buf);
     let pos = 0;
     for (;;) {
       const nl = data.indexOf(NEWLINE, pos);
@@ -61,7 +57,7 @@ export class CriParser {
       out.push(this.parseRecord(data, pos, nl));
       pos = nl + 1;
     }
-    if (pos < data.length) this.carry = Buffer.from(data.subarray(pos));
+    this.keepRest(data, pos);
   }
 
   /**
@@ -70,11 +66,7 @@ export class CriParser {
    * what is left of it for the next call (0 once a record went by).
    */
   pushPacked(buf: Buffer, out: PackedBuilder, keep?: (seconds: number, nanos: number) => boolean, cutFirst = 0): number {
-    let data = buf;
-    if (this.carry !== undefined) {
-      data = Buffer.concat([this.carry, buf]);
-      this.carry = undefined;
-    }
+    const data = this.withCarry(buf);
     let pos = 0;
     for (;;) {
       const nl = data.indexOf(NEWLINE, pos);
@@ -105,8 +97,21 @@ export class CriParser {
       cutFirst = 0;
       pos = nl + 1;
     }
-    if (pos < data.length) this.carry = Buffer.from(data.subarray(pos));
+    this.keepRest(data, pos);
     return cutFirst;
+  }
+
+  /** `buf` behind the incomplete record the previous call kept, if any. */
+  private withCarry(buf: Buffer): Buffer {
+    const carry = this.carry;
+    if (carry === undefined) return buf;
+    this.carry = undefined;
+    return Buffer.concat([carry, buf]);
+  }
+
+  /** Keeps data[pos..] (an incomplete record) for the next call, copied: `data` may be reused. */
+  private keepRest(data: Buffer, pos: number): void {
+    if (pos < data.length) this.carry = Buffer.from(data.subarray(pos));
   }
 
   /** Sets lastSeconds/lastNanos from the timestamp in data[start, end). */
