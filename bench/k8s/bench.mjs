@@ -136,7 +136,7 @@ try {
   console.log(`  writes of all kinds: ${writes.toFixed(2)} per pod (includes the benchmark's create+delete, the scheduler's binding and event, lease/status heartbeats over the run)`);
 } finally {
   daemon.kill('SIGTERM');
-  await new Promise((r) => (daemon.exitCode !== null ? r() : daemon.once('exit', r)));
+  await testkit.waitExit(daemon, { what: 'the controller' });
   await kube.stop();
   await registry.stop();
   rmSync(dir, { recursive: true, force: true });

@@ -15,7 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = join(here, '..', '..');
-const { startRegistry, pushLayoutTag, buildFixtures, requireCommand } = await import(join(repo, 'packages', 'testkit', 'dist', 'index.js'));
+const { startRegistry, pushLayoutTag, buildFixtures, requireCommand, waitExit } = await import(join(repo, 'packages', 'testkit', 'dist', 'index.js'));
 const CLI = join(repo, 'packages', 'image-puller', 'dist', 'cli.js');
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 
@@ -122,7 +122,7 @@ try {
   }
 } finally {
   containerd.kill('SIGTERM');
-  if (containerd.exitCode === null && containerd.signalCode === null) await new Promise((r) => containerd.once('exit', r));
+  await waitExit(containerd, { what: 'containerd' });
   await registry.stop();
   spawnSync('sh', ['-c', `grep -F ${JSON.stringify(cdir)} /proc/mounts | cut -d' ' -f2 | xargs -r umount`]);
   rmSync(work, { recursive: true, force: true });

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
 import { stringify } from 'yaml';
 import { ControllerClient, type Cell, type PodObject, type ClusterEvent } from '@cello/proto/controller';
-import { freePort, waitFor, startRegistry, pushBusybox, type RegistryServer } from '@cello/testkit';
+import { freePort, waitExit, waitFor, startRegistry, pushBusybox, type RegistryServer } from '@cello/testkit';
 import { LocalProvider } from '../../src/providers/local/local.js';
 
 const pkgRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -125,18 +125,18 @@ export class Cluster {
   async kill9(): Promise<void> {
     const c = this.controller;
     if (!c || c.exitCode !== null || c.signalCode !== null) return;
-    const exited = new Promise((r) => c.once('exit', r));
     c.kill('SIGKILL');
-    await exited;
+    await waitExit(c, { what: 'the controller' });
   }
 
   async stopController(): Promise<void> {
     const c = this.controller;
     if (!c || c.exitCode !== null || c.signalCode !== null) return;
-    const exited = new Promise((r) => c.once('exit', r));
     c.kill('SIGTERM');
-    await Promise.race([exited, new Promise((r) => setTimeout(r, 15_000))]);
-    if (c.exitCode === null) c.kill('SIGKILL');
+    await waitExit(c, { timeoutMs: 15_000, what: 'the controller' }).catch(() => {
+      c.kill('SIGKILL');
+      return waitExit(c, { what: 'the controller' });
+    });
   }
 
   call<T>(method: string, req: unknown, timeoutMs = 10_000): Promise<T> {
