@@ -100,8 +100,8 @@ class Semaphore {
   }
 }
 
-/** Everything of an image a pull or unpack reads from the cache. */
-function leaseItems(r: ImageRecord): string[] {
+/** Everything of an image in the cache: its blobs' digests and its layers' ChainIDs. */
+function imageItems(r: ImageRecord): string[] {
   return [r.digest, r.configDigest, ...r.via, ...r.layers.flatMap((l) => [l.digest, l.chainId])];
 }
 
@@ -380,12 +380,7 @@ export class ImagePuller {
   async pullWithStats(ref: string, opts: PullOptions = {}): Promise<{ image: PulledImage; stats: PullStats }> {
     this.sweepOnce();
     const r = await this.resolve(ref, opts);
-    const lease = await this.store.lease(leaseItems(r.record), opts.signal);
-    try {
-      return await this.pullLayers(r, opts);
-    } finally {
-      lease.release();
-    }
+    return this.store.withLease(imageItems(r.record), () => this.pullLayers(r, opts), opts.signal);
   }
 
   private async pullLayers(r: Resolved, opts: PullOptions): Promise<{ image: PulledImage; stats: PullStats }> {
@@ -417,17 +412,14 @@ export class ImagePuller {
   async pullToRootfs(ref: string, dir: string, opts: PullOptions = {}): Promise<{ image: PulledImage; stats: PullStats }> {
     this.sweepOnce();
     const r = await this.resolve(ref, opts);
-    const lease = await this.store.lease(leaseItems(r.record), opts.signal);
-    try {
+    return this.store.withLease(imageItems(r.record), async () => {
       const stats: PullStats = { layers: r.record.layers.length, downloadedBytes: 0, fetchedLayers: 0, unpackedLayers: 0 };
       const fetches = r.record.layers.map((l) => this.ensureBlob(r.client, l, opts, stats));
       fetches.forEach((f) => f.catch(() => undefined));
       await this.applyLayers(r.record, dir, fetches, opts.signal, stats);
       await this.saveRecord(r);
       return { image: toPulled(r.record, []), stats };
-    } finally {
-      lease.release();
-    }
+    }, opts.signal);
   }
 
   private async applyLayers(rec: ImageRecord, dir: string, ready: Promise<void>[], signal: AbortSignal | undefined, stats?: PullStats): Promise<void> {
@@ -466,14 +458,11 @@ export class ImagePuller {
   async unpackRootfs(image: PulledImage, dir: string): Promise<void> {
     const rec = await this.readRecord(image.reference.includes('@') ? image.reference : `${image.reference.replace(/:[^/:]+$/, '')}@${image.digest}`);
     if (!rec || rec.digest !== image.digest) throw new PullError('not-found', `${image.reference}: not in the cache; pull it first`);
-    const lease = await this.store.lease(leaseItems(rec));
-    try {
+    await this.store.withLease(imageItems(rec), async () => {
       const missing = rec.layers.find((l) => !this.store.hasBlob(l.digest));
       if (missing) throw new PullError('not-found', `${image.reference}: layer blob ${missing.digest} is no longer cached; pull it again`);
       await this.applyLayers(rec, dir, rec.layers.map(() => Promise.resolve()), undefined);
-    } finally {
-      lease.release();
-    }
+    });
   }
 
   /** Removes images not named in `keep` (references or digests), then every blob and layer none of the kept ones uses. */
@@ -494,8 +483,11 @@ export class ImagePuller {
         if (r.digest) keepDigests.add(r.digest);
       }
     }
-    const blobs = new Set<string>();
-    const layers = new Set<string>();
+    // What stays, by hex name: kept images, leases of running pulls in any process, and this
+    // process's own transfers. One set serves blobs and layers: a blob digest equals a ChainID
+    // only for an uncompressed base layer (its blob is its DiffID), and then keeping both is safe.
+    const inUse = this.store.leased();
+    for (const d of [...this.blobFlights.keys(), ...this.layerFlights.keys()]) inUse.add(d.slice(7));
     let removedBytes = 0;
     for (const f of readdirSync(this.store.images)) {
       const path = join(this.store.images, f);
@@ -512,19 +504,15 @@ export class ImagePuller {
         rmSync(path, { force: true });
         continue;
       }
-      for (const d of [rec.digest, rec.configDigest, ...rec.via, ...rec.layers.map((l) => l.digest)]) blobs.add(d.slice(7));
-      for (const l of rec.layers) layers.add(l.chainId.slice(7));
+      for (const d of imageItems(rec)) inUse.add(d.slice(7));
     }
-    const leased = this.store.leased();
-    const busyBlobs = new Set([...this.blobFlights.keys()].map((d) => d.slice(7)).concat([...leased]));
-    const busyLayers = new Set([...this.layerFlights.keys()].map((d) => d.slice(7)).concat([...leased]));
     for (const b of readdirSync(this.store.blobs)) {
-      if (blobs.has(b) || busyBlobs.has(b)) continue;
+      if (inUse.has(b)) continue;
       removedBytes += du(join(this.store.blobs, b));
       rmSync(join(this.store.blobs, b), { force: true });
     }
     for (const l of readdirSync(this.store.layers)) {
-      if (layers.has(l) || busyLayers.has(l)) continue;
+      if (inUse.has(l)) continue;
       const p = join(this.store.layers, l);
       removedBytes += du(p);
       // Rename first, so a half-deleted layer is never mistaken for a complete one.

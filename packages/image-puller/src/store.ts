@@ -94,15 +94,19 @@ export class Store {
   }
 
   /**
-   * Declares that this process is about to use `items` (blob digests, layer ChainIDs), so that a
-   * `gc` in another process keeps them until `release`. Taken under the gc lock: a lease either
-   * lands before a collection starts (and is honoured) or after it ends (and then sees what it
+   * Runs `fn` while this process holds a lease on `items` (blob digests, layer ChainIDs), so a
+   * `gc` in another process keeps them. The lease is taken under the gc lock: it either lands
+   * before a collection starts (and is honoured) or after it ends (and then `fn` sees what was
    * removed as missing, and fetches it again).
    */
-  async lease(items: string[], signal?: AbortSignal): Promise<{ release: () => void }> {
+  async withLease<T>(items: string[], fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
     const file = join(this.leases, `${process.pid}.${randomBytes(6).toString('hex')}`);
     await this.withLock('gc', async () => writeFile(file, items.join('\n')), GC_LOCK_MS, signal);
-    return { release: () => rmSync(file, { force: true }) };
+    try {
+      return await fn();
+    } finally {
+      rmSync(file, { force: true });
+    }
   }
 
   /** What the live leases of every process name (hex digests and ChainIDs, without `sha256:`). */
