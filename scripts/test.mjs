@@ -57,9 +57,19 @@ if (status === 0) {
 let passed = 0;
 let failed = 0;
 let skipped = 0;
+const filtered = extra.some((a) => a.startsWith('--filter'));
 for (const p of packages()) {
   const report = join(p, '.test-results', 'vitest.json');
-  if (!existsSync(report)) continue;
+  if (!existsSync(report)) {
+    // A package with tests and no report did not run them: turbo stopped early (it was
+    // interrupted, and then it may still exit 0). Never let that pass as green.
+    const hasTests = JSON.parse(readFileSync(join(p, 'package.json'), 'utf8')).scripts?.test;
+    if (hasTests && !filtered) {
+      process.stderr.write(`${p.slice(root.length + 1)}: no test report; its tests did not run\n`);
+      failed += 1;
+    }
+    continue;
+  }
   const r = JSON.parse(readFileSync(report, 'utf8'));
   passed += r.numPassedTests ?? 0;
   failed += r.numFailedTests ?? 0;
