@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { experimental, Server, ServerCredentials } from '@grpc/grpc-js';
 import { HealthService } from '@cello/proto';
 import { CellCertificatesService } from '@cello/proto/cell';
-import { createCertificateService, loadServerIdentity } from './bootstrap/renewal.js';
+import { createCertificateService, loadServerIdentity, type ServerIdentity } from './bootstrap/renewal.js';
 import type pino from 'pino';
 import { detectCgroupMode, hostCgroupDriver, type CgroupDriver } from './cgroups/index.js';
 import type { ImageService } from './images/image-service.js';
@@ -20,6 +20,8 @@ import { cellAgentServiceDefinition } from './server/wire.js';
 import { createStreamHandlers } from './server/stream-handlers.js';
 import type { BackoffPolicy } from './pod/backoff.js';
 import { PodManager } from './pod/pod-manager.js';
+import { PortForwarder } from './portforward/index.js';
+import { startPortForwardStreamListener, type PortForwardStreamListener } from './portforward/stream-listener.js';
 import { Runc } from './runtime/runc.js';
 import { createService } from './server/service.js';
 
@@ -55,6 +57,11 @@ export interface AgentOptions {
   heartbeatMs?: number;
   /** Serve Prometheus /metrics on this host:port (port 0 picks one); off when undefined. */
   metricsListen?: string;
+  /**
+   * The port-forward stream port (PortForwardTicket), host:port; default: the --listen host,
+   * a free port. false: none (clients use the PortForward gRPC stream).
+   */
+  streamListen?: string | false;
   /** Keep exec/attach transcripts in the audit log. */
   auditTranscripts?: boolean;
   /** Tests: image source other than the registry puller. */
@@ -73,6 +80,8 @@ export interface Agent {
   metrics: AgentMetrics;
   /** Port of the /metrics endpoint, when served. */
   metricsPort: number | undefined;
+  /** Port of the port-forward stream listener, when served. */
+  streamPort: number | undefined;
   /** Graceful: stop serving; units keep running for the next agent. */
   close(): Promise<void>;
 }
@@ -142,7 +151,27 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     onPull: (p) => metrics.recordPull(p),
     onProbe: (unit, probe, ok) => metrics.recordProbe(unit, probe, ok ? 'success' : 'failure'),
   });
+  // Loaded before the servers: the gRPC server and the port-forward stream port share it.
+  const identity: ServerIdentity | undefined = o.tls ? await loadServerIdentity(o.tls) : undefined;
+  const host = o.listen.slice(0, o.listen.lastIndexOf(':'));
+  // One helper per pod namespace, shared by both port-forward paths.
+  const forwarder = new PortForwarder();
+  let pfStream: PortForwardStreamListener | undefined;
+  if (o.streamListen !== false) {
+    const at = o.streamListen ?? `${host}:0`;
+    const i = at.lastIndexOf(':');
+    pfStream = await startPortForwardStreamListener({
+      host: at.slice(0, i),
+      port: Number(at.slice(i + 1)),
+      ...(identity ? { identity } : {}),
+      connect: (port) => forwarder.connect(pod.netnsPath(), port),
+      logger: log,
+      metrics,
+    });
+  }
   const streams = createStreamHandlers({
+    forwarder,
+    ...(pfStream ? { portForwardStream: pfStream } : {}),
     units: pod,
     logsFor: (u) => pod.logsIfAny(u) as ContainerLogs | undefined,
     logger: log,
@@ -170,10 +199,9 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   }));
   server.addService(health.definition, health.implementation);
   let creds: ServerCredentials;
-  if (o.tls) {
+  if (o.tls && identity) {
     // The identity is swappable in place: the controller renews it before expiry through
     // CellCertificates, and new handshakes get the new certificate without a restart.
-    const identity = await loadServerIdentity(o.tls);
     creds = experimental.createCertificateProviderServerCredentials(identity, identity, true);
     server.addService(CellCertificatesService, createCertificateService({ identity, files: o.tls, logger: log }));
   } else {
@@ -185,8 +213,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     log.error({ err }, 'restoring the pod from the state dir failed');
     return false;
   });
-  const host = o.listen.slice(0, o.listen.lastIndexOf(':'));
-  log.info({ listen: `${host}:${port}`, stateDir: o.stateDir, runDir, podIP, restored, metricsPort: metricsServer?.port }, 'cell-agent serving');
+  log.info({ listen: `${host}:${port}`, stateDir: o.stateDir, runDir, podIP, restored, metricsPort: metricsServer?.port, streamPort: pfStream?.port }, 'cell-agent serving');
   return {
     address: `${host}:${port}`,
     port,
@@ -194,9 +221,11 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     pod,
     metrics,
     metricsPort: metricsServer?.port,
+    streamPort: pfStream?.port,
     close: async () => {
       health.shutdown();
       pod.shutdown();
+      await pfStream?.close();
       streams.close();
       await metricsServer?.close();
       await new Promise<void>((r) => server.tryShutdown(() => r()));

@@ -34,6 +34,7 @@ program
   .option('--seccomp-profile-dir <dir>', 'where seccomp Localhost profiles are looked up (default: STATE/seccomp)')
   .option('--pids-limit <n>', 'maximum processes per unit', (v) => Number(v))
   .option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (off by default)')
+  .option('--stream-listen <host:port|off>', 'port-forward stream port (PortForwardTicket): TLS like the API, or plain with --insecure-dev; "off": clients use the PortForward gRPC stream (default: the --listen host, a free port)')
   .option('--audit-transcripts', 'keep the bytes of every exec/attach session in the audit log')
   .option('--cell-id <id>', 'this cell\'s id, reported by GetInfo (default: the hostname)')
   // Cell bootstrap (src/bootstrap, docs/aws.md): the certificate is made on the cell, signed by the controller.
@@ -43,7 +44,7 @@ program
     'after',
     '\nExamples:\n  cell-agent serve --listen 0.0.0.0:7443 --state-dir /var/lib/cello --tls-cert cell.pem --tls-key cell.key --tls-ca ca.pem\n  cell-agent serve --listen 127.0.0.1:7443 --state-dir /tmp/cell --insecure-dev --insecure-registry 127.0.0.1:5000\n  cell-agent serve --listen 0.0.0.0:7443 --state-dir /var/lib/cello --user-data-url http://169.254.169.254   (EC2 cell)\n\nLogs are JSON on stderr (CELLO_LOG_LEVEL=debug for more); secrets are redacted.\n',
   )
-  .action(async (o: { listen: string; stateDir: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; insecureDev?: boolean; insecureRegistry: string[]; imageCache?: string; podNetns?: string; podIp?: string; cgroupParent: string; runDir?: string; runc: string; seccompProfileDir?: string; pidsLimit?: number; cellId?: string; metricsListen?: string; auditTranscripts?: boolean; bootstrapUserData?: string; userDataUrl?: string }) => {
+  .action(async (o: { listen: string; stateDir: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; insecureDev?: boolean; insecureRegistry: string[]; imageCache?: string; podNetns?: string; podIp?: string; cgroupParent: string; runDir?: string; runc: string; seccompProfileDir?: string; pidsLimit?: number; cellId?: string; metricsListen?: string; streamListen?: string; auditTranscripts?: boolean; bootstrapUserData?: string; userDataUrl?: string }) => {
     const logger = createLogger();
     if (o.bootstrapUserData || o.userDataUrl) {
       if (o.bootstrapUserData && o.userDataUrl) throw new Error('give --bootstrap-user-data or --user-data-url, not both');
@@ -81,6 +82,7 @@ program
       ...(o.cellId ? { cellId: o.cellId } : {}),
       ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
       ...(o.auditTranscripts ? { auditTranscripts: true } : {}),
+      ...(o.streamListen ? { streamListen: o.streamListen === 'off' ? (false as const) : o.streamListen } : {}),
     });
     // Printed for scripts and tests that start the agent on port 0.
     process.stdout.write(`listening ${agent.address}\n`);

@@ -2,9 +2,12 @@
 // namesakes against one cell.
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Command } from 'commander';
-import type { ServiceError } from '@grpc/grpc-js';
-import { ExecInput, LogsRequest, PortForwardFrame, type CellAgentClient, type ExecOutput, type LogChunk } from '@cello/proto/cell';
+import { readFileSync } from 'node:fs';
+import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { ExecInput, LogsRequest, PortForwardFrame, type CellAgentClient, type ExecOutput, type LogChunk, type PortForwardTicketResponse } from '@cello/proto/cell';
 import { TextRenderer } from '../logs/index.js';
+import { relay } from '../portforward/relay.js';
+import { openStreamConnection, type StreamClientTls } from '../portforward/stream-client.js';
 
 /** "90s", "5m", "1h30m", "2h" -> seconds. */
 export function parseDuration(text: string): number {
@@ -163,12 +166,72 @@ export function forwardConnection(client: CellAgentClient, sock: Socket, remoteP
   });
 }
 
-/** Listens on host:localPort (0: any free port) and forwards each connection to remotePort. */
+/** Where the agent's port-forward stream port is: the agent's host, and TLS when the API is mTLS. */
+export interface StreamPortAccess {
+  host: string;
+  tls?: StreamClientTls;
+}
+
+export type ForwardPath = 'stream port' | 'gRPC stream';
+
+/**
+ * Relays one local connection through the agent's stream port: a PortForwardTicket over gRPC,
+ * then the bytes over a connection of their own. Resolves false, having done nothing, when the
+ * agent does not offer the stream port (UNIMPLEMENTED): use forwardConnection instead.
+ */
+export function forwardConnectionViaStreamPort(
+  client: CellAgentClient,
+  access: StreamPortAccess,
+  sock: Socket,
+  remotePort: number,
+  onError: (msg: string) => void = () => {},
+): Promise<boolean> {
+  sock.setNoDelay(true);
+  // Until the relay takes over: a local client that resets must not take the process down.
+  sock.on('error', () => {});
+  return new Promise<boolean>((resolve) => {
+    client.portForwardTicket({ port: remotePort }, (err: ServiceError | null, t?: PortForwardTicketResponse) => {
+      if (err?.code === Status.UNIMPLEMENTED) return resolve(false);
+      resolve(true);
+      if (err || !t) {
+        onError(err ? describeError(err) : 'no ticket');
+        sock.destroy();
+        return;
+      }
+      openStreamConnection({ host: access.host, port: t.streamPort, token: t.token, ...(access.tls ? { tls: access.tls } : {}) }).then(
+        (remote) =>
+          void relay({ socket: sock }, remote).then((r) => {
+            if (r.error && !sock.destroyed) onError(r.error.message);
+          }),
+        (e: Error) => {
+          onError(e.message);
+          sock.destroy();
+        },
+      );
+    });
+  });
+}
+
+/**
+ * Listens on host:localPort (0: any free port) and forwards each connection to remotePort:
+ * through the agent's stream port when `stream` is given and the agent offers one, else (and
+ * from the first UNIMPLEMENTED on) over PortForward gRPC streams.
+ */
 export async function forwardPort(
   client: CellAgentClient,
-  opts: { host: string; localPort: number; remotePort: number; onError?: (msg: string) => void },
+  opts: { host: string; localPort: number; remotePort: number; onError?: (msg: string) => void; stream?: StreamPortAccess; onConnection?: (path: ForwardPath) => void },
 ): Promise<Forwarding> {
-  const server = createServer({ allowHalfOpen: true }, (sock) => forwardConnection(client, sock, opts.remotePort, opts.onError));
+  let useStreamPort = opts.stream !== undefined;
+  const handle = async (sock: Socket) => {
+    if (useStreamPort && opts.stream && (await forwardConnectionViaStreamPort(client, opts.stream, sock, opts.remotePort, opts.onError))) {
+      opts.onConnection?.('stream port');
+      return;
+    }
+    useStreamPort = false;
+    opts.onConnection?.('gRPC stream');
+    forwardConnection(client, sock, opts.remotePort, opts.onError);
+  };
+  const server = createServer({ allowHalfOpen: true }, (sock) => void handle(sock));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.localPort, opts.host, () => resolve());
@@ -192,6 +255,14 @@ export function parsePortMapping(spec: string): { local: number; remote: number 
 }
 
 // ---- commander wiring ----
+
+/** The stream port's host and TLS from ctl's own options (--addr, --tls-*, --server-name). */
+function streamPortAccess(ctl: Command): StreamPortAccess {
+  const o = ctl.opts<{ addr: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; serverName?: string }>();
+  const host = o.addr.slice(0, o.addr.lastIndexOf(':')).replace(/^\[(.*)\]$/, '$1');
+  if (!o.tlsCert || !o.tlsKey || !o.tlsCa) return { host };
+  return { host, tls: { ca: readFileSync(o.tlsCa), cert: readFileSync(o.tlsCert), key: readFileSync(o.tlsKey), ...(o.serverName ? { serverName: o.serverName } : {}) } };
+}
 
 export function registerStreamCommands(ctl: Command, connect: () => CellAgentClient): void {
   ctl
@@ -259,13 +330,25 @@ export function registerStreamCommands(ctl: Command, connect: () => CellAgentCli
     .description('forward local TCP ports to ports in the pod, like kubectl port-forward; serves many connections at once')
     .argument('<mappings...>', 'LOCAL:REMOTE, :REMOTE (a free local port) or PORT (the same on both sides)')
     .option('--address <host>', 'local address to listen on', '127.0.0.1')
-    .addHelpText('after', '\nExamples:\n  cell-agent ctl --addr A --insecure-dev port-forward 8080:80\n  cell-agent ctl --addr A --insecure-dev port-forward :5432 9090\n')
-    .action(async (mappings: string[], o: { address: string }) => {
+    .option('--no-stream-port', "always relay over PortForward gRPC streams, not the agent's stream port")
+    .addHelpText(
+      'after',
+      "\nEach connection goes through the agent's port-forward stream port when it has one (a single-use\nticket from the API, then TLS with the same certificates, or plain TCP with --insecure-dev),\nelse over a PortForward gRPC stream. Each is announced as \"Handling connection for PORT (path)\".\n\nExamples:\n  cell-agent ctl --addr A --insecure-dev port-forward 8080:80\n  cell-agent ctl --addr A --insecure-dev port-forward :5432 9090\n",
+    )
+    .action(async (mappings: string[], o: { address: string; streamPort: boolean }) => {
       const parsed = mappings.map(parsePortMapping);
       const client = connect();
+      const stream = o.streamPort ? streamPortAccess(ctl) : undefined;
       const fwds: Forwarding[] = [];
       for (const m of parsed) {
-        const f = await forwardPort(client, { host: o.address, localPort: m.local, remotePort: m.remote, onError: (msg) => process.stderr.write(`port-forward ${m.remote}: ${msg}\n`) });
+        const f = await forwardPort(client, {
+          host: o.address,
+          localPort: m.local,
+          remotePort: m.remote,
+          onError: (msg) => process.stderr.write(`port-forward ${m.remote}: ${msg}\n`),
+          ...(stream ? { stream } : {}),
+          onConnection: (path) => process.stdout.write(`Handling connection for ${m.remote} (${path})\n`),
+        });
         fwds.push(f);
         process.stdout.write(`Forwarding from ${o.address}:${f.localPort} -> ${m.remote}\n`);
       }

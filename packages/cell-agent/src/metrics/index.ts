@@ -18,6 +18,7 @@ export class AgentMetrics {
   private readonly probes: Counter<'unit' | 'probe' | 'result'>;
   private readonly sessions: Gauge<'kind'>;
   private readonly streamBytes: Counter<'kind' | 'direction'>;
+  private readonly pfStreamConnections: Counter<'result'>;
   private readonly unit: Record<string, Gauge<'unit'>>;
   private readonly cell: Record<string, Gauge>;
   private readonly fs: Record<string, Gauge<'path'>>;
@@ -41,6 +42,12 @@ export class AgentMetrics {
     this.probes = new Counter({ name: 'cello_agent_probe_results_total', help: 'Probe results, by unit, probe (startup, liveness, readiness) and result', labelNames: ['unit', 'probe', 'result'], registers: r });
     this.sessions = new Gauge({ name: 'cello_agent_stream_sessions', help: 'Open stream sessions (logs follow, exec, attach, port-forward)', labelNames: ['kind'], registers: r });
     this.streamBytes = new Counter({ name: 'cello_agent_stream_bytes_total', help: 'Bytes relayed by stream sessions', labelNames: ['kind', 'direction'], registers: r });
+    this.pfStreamConnections = new Counter({
+      name: 'cello_agent_port_forward_stream_connections_total',
+      help: 'Connections to the port-forward stream port, by result (ok, bad_token, timeout, connect_failed, tls_refused)',
+      labelNames: ['result'],
+      registers: r,
+    });
     const ug = (name: string, help: string) => new Gauge({ name: `cello_unit_${name}`, help, labelNames: ['unit'], registers: r });
     this.unit = {
       cpu: ug('cpu_usage_seconds_total', 'Cumulative CPU time of the unit'),
@@ -99,6 +106,10 @@ export class AgentMetrics {
 
   streamed(kind: StreamKind, direction: 'in' | 'out', bytes: number): void {
     if (bytes > 0) this.streamBytes.inc({ kind, direction }, bytes);
+  }
+
+  portForwardStreamConnection(result: 'ok' | 'bad_token' | 'timeout' | 'connect_failed' | 'tls_refused'): void {
+    this.pfStreamConnections.inc({ result });
   }
 
   /** Reads fresh unit and cell figures into the gauges. */

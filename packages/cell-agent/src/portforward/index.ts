@@ -38,6 +38,11 @@ process.on('disconnect', () => process.exit(0));
 process.send({ ready: true });
 `;
 
+/** Why `port` cannot be forwarded to ("port N is not a TCP port (1-65535)"), or undefined. */
+export function checkForwardPort(port: number): string | undefined {
+  return Number.isInteger(port) && port >= 1 && port <= 65535 ? undefined : `port ${port} is not a TCP port (1-65535)`;
+}
+
 /** A connection could not be made; the message says why (e.g. connection refused). */
 export class PortForwardError extends Error {
   override name = 'PortForwardError';
@@ -68,7 +73,8 @@ export class PortForwarder {
 
   /** A connected socket to 127.0.0.1:port in `netnsPath` (the agent's own namespace if undefined). */
   async connect(netnsPath: string | undefined, port: number): Promise<Socket> {
-    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new PortForwardError(`port ${port} is not a TCP port (1-65535)`);
+    const bad = checkForwardPort(port);
+    if (bad !== undefined) throw new PortForwardError(bad);
     if (netnsPath === undefined) return this.direct(port);
     const helper = this.helperFor(netnsPath);
     await helper.ready;

@@ -8,7 +8,7 @@ import { GenerationError, type PodManager } from '../pod/pod-manager.js';
 import { InvalidPodError } from '../pod/validate.js';
 import type { AgentMetrics } from '../metrics/index.js';
 
-export type StreamRpcs = Pick<CellAgentServer, 'logs' | 'exec' | 'attach' | 'portForward' | 'stats' | 'listAudit'>;
+export type StreamRpcs = Pick<CellAgentServer, 'logs' | 'exec' | 'attach' | 'portForward' | 'portForwardTicket' | 'stats' | 'listAudit'>;
 
 export interface ServiceDeps {
   pod: PodManager;
@@ -101,6 +101,7 @@ export function createService(d: ServiceDeps): CellAgentServer {
     exec: s?.exec ?? (unimplemented('Exec') as CellAgentServer['exec']),
     attach: s?.attach ?? (unimplemented('Attach') as CellAgentServer['attach']),
     portForward: s?.portForward ?? (unimplemented('PortForward') as CellAgentServer['portForward']),
+    portForwardTicket: s?.portForwardTicket ?? (unimplemented('PortForwardTicket') as CellAgentServer['portForwardTicket']),
     stats: s?.stats ?? (unimplemented('Stats') as CellAgentServer['stats']),
     listAudit: s?.listAudit ?? (unimplemented('ListAudit') as CellAgentServer['listAudit']),
   };
@@ -108,5 +109,6 @@ export function createService(d: ServiceDeps): CellAgentServer {
   svc.deletePod = measured(d, 'DeletePod', svc.deletePod);
   svc.getStatus = measured(d, 'GetStatus', svc.getStatus);
   svc.getInfo = measured(d, 'GetInfo', svc.getInfo);
+  svc.portForwardTicket = measured(d, 'PortForwardTicket', svc.portForwardTicket);
   return svc;
 }

@@ -16,6 +16,7 @@ import {
   ExitStatus,
   ListAuditResponse,
   PortForwardFrame,
+  PortForwardTicketResponse,
   type CellAgentServer,
   type ExecInput,
   type LogChunk,
@@ -25,7 +26,9 @@ import { AuditLog, type AuditSession } from '../audit/index.js';
 import { signalOfExitCode, startExec, type ExecSession } from '../exec/index.js';
 import { ContainerLogs, LogsError } from '../logs/index.js';
 import type { AgentMetrics } from '../metrics/index.js';
-import { PortForwarder, PortForwardError } from '../portforward/index.js';
+import { checkForwardPort, PortForwarder, PortForwardError } from '../portforward/index.js';
+import type { PortForwardStreamListener } from '../portforward/stream-listener.js';
+import { TicketLimitError } from '../portforward/tickets.js';
 import { StatsCollector } from '../stats/index.js';
 import { gatherBytesField, PF_DATA_FIELD } from './wire.js';
 
@@ -46,9 +49,13 @@ export interface StreamHandlerDeps {
   /** Filesystems whose usage Stats reports for the cell. Default: "/". */
   filesystems?: string[];
   runcPath?: string;
+  /** Shared with the stream listener (one helper per namespace); default: one of its own. */
+  forwarder?: PortForwarder;
+  /** The port-forward stream port; without it PortForwardTicket answers UNIMPLEMENTED (clients use PortForward). */
+  portForwardStream?: Pick<PortForwardStreamListener, 'port' | 'issue'>;
 }
 
-export type StreamHandlers = Pick<CellAgentServer, 'logs' | 'exec' | 'attach' | 'portForward' | 'stats' | 'listAudit'> & {
+export type StreamHandlers = Pick<CellAgentServer, 'logs' | 'exec' | 'attach' | 'portForward' | 'portForwardTicket' | 'stats' | 'listAudit'> & {
   /** Ends every open session and stops the port-forward relays. */
   close(): void;
   /** The collector behind Stats, for the metrics endpoint. */
@@ -92,7 +99,7 @@ function peerOf(call: ServerDuplexStream<unknown, unknown>): string {
 export function createStreamHandlers(deps: StreamHandlerDeps): StreamHandlers {
   const log = deps.logger.child({ component: 'streams' });
   const audit = deps.auditDir === undefined ? undefined : new AuditLog(deps.auditDir, { recordTranscripts: deps.recordTranscripts ?? false });
-  const forwarder = new PortForwarder();
+  const forwarder = deps.forwarder ?? new PortForwarder();
   const stats = new StatsCollector({ units: deps.units, ...(deps.filesystems ? { filesystems: deps.filesystems } : {}) });
   const live = new Set<() => void>();
   const metrics = deps.metrics;
@@ -328,7 +335,8 @@ export function createStreamHandlers(deps: StreamHandlerDeps): StreamHandlers {
       if (phase === 'wait-start') {
         if (fr?.$case !== 'start') return done({ code: Status.INVALID_ARGUMENT, message: 'the first frame must be start' });
         const port = fr.value.port;
-        if (!Number.isInteger(port) || port < 1 || port > 65535) return done({ code: Status.INVALID_ARGUMENT, message: `start.port ${port} is not a TCP port (1-65535)` });
+        const bad = checkForwardPort(port);
+        if (bad !== undefined) return done({ code: Status.INVALID_ARGUMENT, message: `start.${bad}` });
         phase = 'connecting';
         forwarder.connect(deps.units.netnsPath(), port).then(
           (s) => {
@@ -413,11 +421,25 @@ export function createStreamHandlers(deps: StreamHandlerDeps): StreamHandlers {
     });
   };
 
+  const portForwardTicket: CellAgentServer['portForwardTicket'] = (call, callback) => {
+    const stream = deps.portForwardStream;
+    if (stream === undefined) return callback(grpcError(Status.UNIMPLEMENTED, 'this agent has no port-forward stream port; use PortForward'));
+    const bad = checkForwardPort(call.request.port);
+    if (bad !== undefined) return callback(grpcError(Status.INVALID_ARGUMENT, bad));
+    try {
+      const t = stream.issue(call.request.port);
+      callback(null, PortForwardTicketResponse.fromPartial({ token: t.token, streamPort: stream.port, expires: t.expires }));
+    } catch (err) {
+      callback(grpcError(err instanceof TicketLimitError ? Status.RESOURCE_EXHAUSTED : Status.INTERNAL, (err as Error).message));
+    }
+  };
+
   return {
     logs,
     exec: (call) => session('exec', call),
     attach: (call) => session('attach', call),
     portForward,
+    portForwardTicket,
     stats: (_call, callback) => {
       stats.collect().then(
         (r) => callback(null, r),

@@ -302,6 +302,20 @@ export interface PortForwardStart {
   port: number;
 }
 
+export interface PortForwardTicketRequest {
+  /** The pod port, checked as PortForwardStart.port is. */
+  port: number;
+}
+
+export interface PortForwardTicketResponse {
+  /** Random, single-use; the client sends exactly these bytes first on the stream port. */
+  token: Buffer;
+  /** TCP port of the agent's stream listener, on the same host as the agent API. */
+  streamPort: number;
+  /** The token is refused after this time. */
+  expires: Date | undefined;
+}
+
 export interface PortForwardFrame {
   frame:
     | { $case: "start"; value: PortForwardStart }
@@ -2999,6 +3013,178 @@ export const PortForwardStart: MessageFns<PortForwardStart> = {
   },
 };
 
+function createBasePortForwardTicketRequest(): PortForwardTicketRequest {
+  return { port: 0 };
+}
+
+export const PortForwardTicketRequest: MessageFns<PortForwardTicketRequest> = {
+  encode(message: PortForwardTicketRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.port !== 0) {
+      writer.uint32(8).int32(message.port);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PortForwardTicketRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePortForwardTicketRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.port = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PortForwardTicketRequest {
+    return { port: isSet(object.port) ? globalThis.Number(object.port) : 0 };
+  },
+
+  toJSON(message: PortForwardTicketRequest): unknown {
+    const obj: any = {};
+    if (message.port !== 0) {
+      obj.port = Math.round(message.port);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PortForwardTicketRequest>): PortForwardTicketRequest {
+    return PortForwardTicketRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PortForwardTicketRequest>): PortForwardTicketRequest {
+    const message = createBasePortForwardTicketRequest();
+    message.port = object.port ?? 0;
+    return message;
+  },
+};
+
+function createBasePortForwardTicketResponse(): PortForwardTicketResponse {
+  return { token: Buffer.alloc(0), streamPort: 0, expires: undefined };
+}
+
+export const PortForwardTicketResponse: MessageFns<PortForwardTicketResponse> = {
+  encode(message: PortForwardTicketResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.token.length !== 0) {
+      writer.uint32(10).bytes(message.token);
+    }
+    if (message.streamPort !== 0) {
+      writer.uint32(16).int32(message.streamPort);
+    }
+    if (message.expires !== undefined) {
+      Timestamp.encode(toTimestamp(message.expires), writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PortForwardTicketResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePortForwardTicketResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.token = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.streamPort = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.expires = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PortForwardTicketResponse {
+    return {
+      token: isSet(object.token) ? Buffer.from(bytesFromBase64(object.token)) : Buffer.alloc(0),
+      streamPort: isSet(object.streamPort)
+        ? globalThis.Number(object.streamPort)
+        : isSet(object.stream_port)
+        ? globalThis.Number(object.stream_port)
+        : 0,
+      expires: isSet(object.expires) ? fromJsonTimestamp(object.expires) : undefined,
+    };
+  },
+
+  toJSON(message: PortForwardTicketResponse): unknown {
+    const obj: any = {};
+    if (message.token.length !== 0) {
+      obj.token = base64FromBytes(message.token);
+    }
+    if (message.streamPort !== 0) {
+      obj.streamPort = Math.round(message.streamPort);
+    }
+    if (message.expires !== undefined) {
+      obj.expires = message.expires.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PortForwardTicketResponse>): PortForwardTicketResponse {
+    return PortForwardTicketResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PortForwardTicketResponse>): PortForwardTicketResponse {
+    const message = createBasePortForwardTicketResponse();
+    message.token = object.token ?? Buffer.alloc(0);
+    message.streamPort = object.streamPort ?? 0;
+    message.expires = object.expires ?? undefined;
+    return message;
+  },
+};
+
 function createBasePortForwardFrame(): PortForwardFrame {
   return { frame: undefined };
 }
@@ -5564,6 +5750,23 @@ export const CellAgentService = {
     responseSerialize: (value: PortForwardFrame): Buffer => Buffer.from(PortForwardFrame.encode(value).finish()),
     responseDeserialize: (value: Buffer): PortForwardFrame => PortForwardFrame.decode(value),
   },
+  /**
+   * The fast data path for port-forward (like the kubelet's CRI streaming server): a single-use
+   * token for one TCP connection to `port`, redeemed on the agent's stream port, where the bytes
+   * flow as plain TCP (TLS with the same mTLS identity when the agent serves mTLS) instead of
+   * gRPC frames. UNIMPLEMENTED when the agent has no stream listener: use PortForward.
+   */
+  portForwardTicket: {
+    path: "/cello.cell.v1.CellAgent/PortForwardTicket" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PortForwardTicketRequest): Buffer =>
+      Buffer.from(PortForwardTicketRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PortForwardTicketRequest => PortForwardTicketRequest.decode(value),
+    responseSerialize: (value: PortForwardTicketResponse): Buffer =>
+      Buffer.from(PortForwardTicketResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PortForwardTicketResponse => PortForwardTicketResponse.decode(value),
+  },
   stats: {
     path: "/cello.cell.v1.CellAgent/Stats" as const,
     requestStream: false as const,
@@ -5615,6 +5818,13 @@ export interface CellAgentServer extends UntypedServiceImplementation {
   attach: handleBidiStreamingCall<ExecInput, ExecOutput>;
   /** One TCP connection to a port in the pod's network namespace per call. First frame: start. */
   portForward: handleBidiStreamingCall<PortForwardFrame, PortForwardFrame>;
+  /**
+   * The fast data path for port-forward (like the kubelet's CRI streaming server): a single-use
+   * token for one TCP connection to `port`, redeemed on the agent's stream port, where the bytes
+   * flow as plain TCP (TLS with the same mTLS identity when the agent serves mTLS) instead of
+   * gRPC frames. UNIMPLEMENTED when the agent has no stream listener: use PortForward.
+   */
+  portForwardTicket: handleUnaryCall<PortForwardTicketRequest, PortForwardTicketResponse>;
   stats: handleUnaryCall<StatsRequest, StatsResponse>;
   /** The audit log of exec and attach sessions on this cell. */
   listAudit: handleUnaryCall<ListAuditRequest, ListAuditResponse>;
@@ -5699,6 +5909,27 @@ export interface CellAgentClient extends Client {
     metadata: Metadata,
     options?: Partial<CallOptions>,
   ): ClientDuplexStream<PortForwardFrame, PortForwardFrame>;
+  /**
+   * The fast data path for port-forward (like the kubelet's CRI streaming server): a single-use
+   * token for one TCP connection to `port`, redeemed on the agent's stream port, where the bytes
+   * flow as plain TCP (TLS with the same mTLS identity when the agent serves mTLS) instead of
+   * gRPC frames. UNIMPLEMENTED when the agent has no stream listener: use PortForward.
+   */
+  portForwardTicket(
+    request: PortForwardTicketRequest,
+    callback: (error: ServiceError | null, response: PortForwardTicketResponse) => void,
+  ): ClientUnaryCall;
+  portForwardTicket(
+    request: PortForwardTicketRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PortForwardTicketResponse) => void,
+  ): ClientUnaryCall;
+  portForwardTicket(
+    request: PortForwardTicketRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PortForwardTicketResponse) => void,
+  ): ClientUnaryCall;
   stats(
     request: StatsRequest,
     callback: (error: ServiceError | null, response: StatsResponse) => void,
