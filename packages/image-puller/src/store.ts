@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeSync } from 'node:fs';
+import { existsSync, linkSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -127,23 +127,29 @@ export class Store {
   }
 
   /**
-   * Runs `fn` while holding lock NAME (an O_EXCL file holding our PID). A lock whose holder is
-   * dead is broken. Waiting is bounded by `timeoutMs`; past it we go ahead anyway, since the lock
-   * only saves duplicate work.
+   * Runs `fn` while holding lock NAME (a file holding our PID). A lock whose holder is dead is
+   * broken. Waiting is bounded by `timeoutMs`; past it we go ahead anyway, since the lock only
+   * saves duplicate work.
    */
   async withLock<T>(name: string, fn: () => Promise<T>, timeoutMs = 15 * 60_000, signal?: AbortSignal): Promise<T> {
     const file = join(this.locks, name);
     const deadline = Date.now() + timeoutMs;
     let held = false;
+    // The lock appears with our PID already in it (written aside, then hard-linked into place):
+    // created empty and written after, another process could read it empty in between, take
+    // the holder for dead and break a live lock.
+    const mine = this.tmpPath('lock');
+    writeFileSync(mine, `${process.pid}\n`, { mode: 0o600 });
     for (;;) {
       try {
-        const fd = openSync(file, 'wx', 0o600);
-        writeSync(fd, `${process.pid}\n`);
-        closeSync(fd);
+        linkSync(mine, file);
         held = true;
         break;
       } catch (err) {
-        if ((err as { code?: string }).code !== 'EEXIST') throw err;
+        if ((err as { code?: string }).code !== 'EEXIST') {
+          rmSync(mine, { force: true });
+          throw err;
+        }
       }
       let pid = NaN;
       try {
@@ -160,8 +166,14 @@ export class Store {
         continue;
       }
       if (Date.now() > deadline) break;
-      await sleep(50 + Math.random() * 50, undefined, signal ? { signal } : undefined);
+      try {
+        await sleep(50 + Math.random() * 50, undefined, signal ? { signal } : undefined);
+      } catch (err) {
+        rmSync(mine, { force: true });
+        throw err;
+      }
     }
+    rmSync(mine, { force: true });
     try {
       return await fn();
     } finally {

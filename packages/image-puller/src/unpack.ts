@@ -25,6 +25,8 @@ type Kind = 'dir' | 'symlink' | 'other';
 /** What is known about a tree being written; reused across layers applied to one rootfs. */
 export class TreeState {
   readonly known = new Map<string, Kind>();
+  /** Set once a directory with the setgid bit exists: what is created under it takes its group. */
+  setgidDirs = false;
   /** true when every path under the root is in `known` (the tree started empty and only we wrote it). */
   constructor(public authoritative: boolean) {
     this.known.set('', 'dir');
@@ -66,6 +68,8 @@ interface Special extends Meta {
 }
 
 const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
+/** What this process creates is owned by 0:0 (absent a setgid parent), so chown to 0:0 can be skipped. */
+const createsAsRoot = isRoot && process.geteuid?.() === 0 && process.getegid?.() === 0;
 const O_FILE = C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW; // libuv adds O_CLOEXEC
 
 function unsafe(entry: string, why: string): PullError {
@@ -151,8 +155,21 @@ class LayerWriter implements TarSink {
   private cur: TarHeader | undefined;
   private inodeCache = new Map<string, Map<number, string[]>>();
 
+  /** Permission bits open(2) would strip from a new file's mode. */
+  private readonly umask = process.umask();
+
   constructor(private readonly o: UnpackOptions) {
     this.known = o.state.known;
+  }
+
+  /**
+   * Whether an entry needs a chown after we create it. Most entries of most layers are root's,
+   * and creating them as root already gives 0:0, unless a setgid directory passes its group on
+   * (which only an authoritative tree, whose directories we made, lets us rule out).
+   */
+  private needsChown(h: { uid: number; gid: number }): boolean {
+    if (!isRoot) return false;
+    return h.uid !== 0 || h.gid !== 0 || !createsAsRoot || !this.o.state.authoritative || this.o.state.setgidDirs;
   }
 
   private abs(rel: string): string {
@@ -285,7 +302,7 @@ class LayerWriter implements TarSink {
       case 'file': {
         this.prepare(rel, 'other');
         this.specials.delete(rel);
-        this.fd = openSync(abs, O_FILE, 0o600);
+        this.fd = openSync(abs, O_FILE, h.mode & 0o777);
         this.cur = h;
         this.known.set(rel, 'other');
         return;
@@ -301,7 +318,7 @@ class LayerWriter implements TarSink {
         this.prepare(rel, 'symlink');
         this.specials.delete(rel);
         symlinkSync(h.linkname, abs);
-        if (isRoot) lchownSync(abs, h.uid, h.gid);
+        if (this.needsChown(h)) lchownSync(abs, h.uid, h.gid);
         lutimesSync(abs, h.mtime, h.mtime);
         this.known.set(rel, 'symlink');
         return;
@@ -335,8 +352,11 @@ class LayerWriter implements TarSink {
     this.fd = -1;
     this.cur = undefined;
     try {
-      if (isRoot) fchownSync(fd, h.uid, h.gid);
-      fchmodSync(fd, h.mode); // after chown, which clears setuid/setgid
+      const chown = this.needsChown(h);
+      if (chown) fchownSync(fd, h.uid, h.gid);
+      // open(2) set the permission bits unless the umask took some; setuid/setgid/sticky and
+      // anything after a chown (which clears setuid/setgid) need the chmod.
+      if (chown || (h.mode & ~0o777) !== 0 || (h.mode & this.umask) !== 0) fchmodSync(fd, h.mode);
       futimesSync(fd, h.mtime, h.mtime);
     } finally {
       closeSync(fd);
@@ -532,6 +552,7 @@ class LayerWriter implements TarSink {
     const dirs = [...this.dirMeta.entries()].sort((a, b) => b[0].split('/').length - a[0].split('/').length);
     for (const [rel, m] of dirs) {
       const abs = this.abs(rel);
+      if (m.mode & 0o2000) this.o.state.setgidDirs = true;
       if (isRoot) lchownSync(abs, m.uid, m.gid);
       chmodSync(abs, m.mode);
       utimesSync(abs, m.mtime, m.mtime);

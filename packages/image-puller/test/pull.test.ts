@@ -1,6 +1,6 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -131,6 +131,44 @@ describe('cache', () => {
     expect([st.mode & 0o7777, st.uid, st.gid, st.nlink]).toEqual([0o4750, 7, 8, 2]);
     expect(statSync(join(img.layerDirs[1]!, 'opt/tool-link')).ino).toBe(st.ino);
     expect(execFileSync('getfattr', ['--only-values', '-n', 'user.origin', up]).toString()).toBe('lower');
+  });
+
+  it('owners and modes are the headers\' exactly: root files under a setgid directory, modes the umask would cut, setuid', async () => {
+    // Root-owned files skip the chown (creating them as root already gives 0:0) unless a setgid
+    // directory would hand its group down; modes skip the chmod only when open(2) set them whole.
+    const p = newPuller();
+    const base = gzipLayer(await makeTar([{ name: 'srv/', type: 'directory', mode: 0o2775, gid: 50 }, { name: 'srv/old', content: 'a' }]));
+    const top = gzipLayer(await makeTar([
+      { name: 'srv/new', content: 'b' },
+      { name: 'srv/sub/', type: 'directory' },
+      { name: 'srv/sub/deeper', content: 'c' },
+      { name: 'srv/link', type: 'symlink', linkname: 'new' },
+      { name: 'opt/', type: 'directory' },
+      { name: 'opt/group-writable', content: 'd', mode: 0o664 },
+      { name: 'opt/setuid', content: 'e', mode: 0o4755 },
+      { name: 'opt/theirs', content: 'f', mode: 0o640, uid: 7, gid: 8 },
+    ]));
+    const { ref } = await pushImage(registry, 'owners/setgid:1', [base, top]);
+    const old = process.umask(0o022);
+    try {
+      const dir = join(work, 'owners-rootfs');
+      await p.pullToRootfs(ref, dir);
+      const own = (rel: string) => {
+        const st = lstatSync(join(dir, rel));
+        return [st.mode & 0o7777, st.uid, st.gid];
+      };
+      expect(own('srv')).toEqual([0o2775, 0, 50]);
+      expect(own('srv/old')).toEqual([0o644, 0, 0]);
+      expect(own('srv/new')).toEqual([0o644, 0, 0]);
+      expect(own('srv/sub')).toEqual([0o755, 0, 0]);
+      expect(own('srv/sub/deeper')).toEqual([0o644, 0, 0]);
+      expect(own('srv/link').slice(1)).toEqual([0, 0]);
+      expect(own('opt/group-writable')).toEqual([0o664, 0, 0]);
+      expect(own('opt/setuid')).toEqual([0o4755, 0, 0]);
+      expect(own('opt/theirs')).toEqual([0o640, 7, 8]);
+    } finally {
+      process.umask(old);
+    }
   });
 
   it('rootfs: a later layer is verified like the first: bad DiffID, corrupt blob, unsafe entry; nothing left in tmp', async () => {
