@@ -16,7 +16,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = join(here, '..', '..');
 const { startRegistry, pushLayoutTag, buildFixtures, requireCommand, waitExit } = await import(join(repo, 'packages', 'testkit', 'dist', 'index.js'));
-const CLI = join(repo, 'packages', 'image-puller', 'dist', 'cli.js');
+const CLI = join(repo, 'packages', 'image-puller', 'dist', 'image-puller.js'); // the bundled CLI, as installed
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 
 for (const [c, p] of [['skopeo', 'skopeo'], ['umoci', 'umoci'], ['containerd', 'containerd'], ['ctr', 'containerd'], ['/usr/bin/time', 'time']]) requireCommand(c, p);

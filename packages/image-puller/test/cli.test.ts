@@ -10,7 +10,8 @@ import { ImagePuller } from '../src/index.js';
 import { startTokenIssuer, type TokenIssuer } from './helpers/token.js';
 import { gzipLayer, makeTar } from './helpers/tar.js';
 
-const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'cli.js');
+// The bundled CLI, as installed (`bin`); dist/cli.js is its unbundled source.
+const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'image-puller.js');
 
 let registry: RegistryServer;
 let work: string;
