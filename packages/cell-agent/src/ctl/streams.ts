@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { ExecInput, LogsRequest, PortForwardFrame, type CellAgentClient, type ExecOutput, type LogChunk, type PortForwardTicketResponse } from '@cello/proto/cell';
 import { TextRenderer } from '../logs/index.js';
-import { relay } from '../portforward/relay.js';
+import { adoptWithStaticReads, relay, StaticReads } from '../portforward/relay.js';
 import { openStreamConnection, type StreamClientTls } from '../portforward/stream-client.js';
 
 /** "90s", "5m", "1h30m", "2h" -> seconds. */
@@ -148,6 +148,7 @@ export function forwardConnection(client: CellAgentClient, sock: Socket, remoteP
     }
   });
   sock.on('end', () => call.write(PortForwardFrame.fromPartial({ frame: { $case: 'closeWrite', value: true } })));
+  sock.resume(); // (forwardPort accepts connections paused)
   sock.on('error', () => call.cancel());
   sock.on('close', () => call.cancel());
   call.on('data', (f: PortForwardFrame) => {
@@ -199,10 +200,16 @@ export function forwardConnectionViaStreamPort(
         return;
       }
       openStreamConnection({ host: access.host, port: t.streamPort, token: t.token, ...(access.tls ? { tls: access.tls } : {}) }).then(
-        (remote) =>
-          void relay({ socket: sock }, remote).then((r) => {
-            if (r.error && !sock.destroyed) onError(r.error.message);
-          }),
+        (remote) => {
+          // A local connection accepted unread (forwardPort's server) is re-wrapped to read into
+          // a static buffer too (see relay.ts); one that has read already relays 'data' events.
+          const reads = new StaticReads();
+          const adopted = adoptWithStaticReads(sock, reads);
+          const local = adopted ? { socket: adopted, reads } : { socket: sock };
+          void relay(local, remote).then((r) => {
+            if (r.error && !local.socket.destroyed) onError(r.error.message);
+          });
+        },
         (e: Error) => {
           onError(e.message);
           sock.destroy();
@@ -231,7 +238,9 @@ export async function forwardPort(
     opts.onConnection?.('gRPC stream');
     forwardConnection(client, sock, opts.remotePort, opts.onError);
   };
-  const server = createServer({ allowHalfOpen: true }, (sock) => void handle(sock));
+  // Accepted unread: the stream path re-wraps each connection to read into a static buffer,
+  // which needs a socket that has read nothing; the gRPC path resumes it.
+  const server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock) => void handle(sock));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.localPort, opts.host, () => resolve());

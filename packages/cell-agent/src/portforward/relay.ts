@@ -140,7 +140,8 @@ export function relay(a: RelayEnd, b: RelayEnd, onBytes?: (direction: 'aToB' | '
  * The same connection as `s`, re-wrapped to read into `reads`: for a socket this process did
  * not create (one passed over IPC cannot take `onread`). Only done while `s` has read nothing
  * (PortForwarder hands sockets over unread, in the turn they arrive); otherwise, or if Node's
- * socket internals differ, undefined: use `s` as it is. `s` must not be used after a success.
+ * socket internals differ, undefined: use `s` as it is. After a success `s` is destroyed (the
+ * connection lives on in the new socket).
  */
 export function adoptWithStaticReads(s: Socket, reads: StaticReads): Socket | undefined {
   const internal = s as unknown as { _handle: unknown; _readableState?: { ended?: boolean } };
@@ -149,5 +150,8 @@ export function adoptWithStaticReads(s: Socket, reads: StaticReads): Socket | un
   internal._handle = null;
   const socket = new NetSocket({ handle, allowHalfOpen: true, onread: reads.onread } as unknown as ConstructorParameters<typeof NetSocket>[0]);
   socket.pause();
+  // Without its handle, destroying `s` closes nothing; it releases what refers to it (an
+  // accepted socket counts as one of its server's connections until then: server.close() waits).
+  s.destroy();
   return socket;
 }

@@ -55,21 +55,24 @@ export async function startPortForwardStreamListener(o: StreamListenerOptions): 
   const handshakeMs = o.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
   const live = new Set<Socket>();
 
-  const refuse = (sock: Socket, result: 'bad_token' | 'timeout' | 'connect_failed', reason: string) => {
+  const refuse = (sock: Socket, reads: StaticReads | undefined, result: 'bad_token' | 'timeout' | 'connect_failed', reason: string) => {
     o.metrics?.portForwardStreamConnection(result);
     log.info({ peer: sock.remoteAddress, reason }, 'port-forward stream connection refused');
     if (sock.writable) sock.end(`error: ${reason}\n`);
+    // Read on (discarding) so the client's close is seen and the socket goes at once.
+    reads?.setSink(() => false);
+    sock.resume();
     setTimeout(() => sock.destroy(), LINGER_MS).unref();
   };
 
-  const admit = async (sock: Socket, token: Buffer, early: Buffer) => {
+  const admit = async (sock: Socket, reads: StaticReads | undefined, token: Buffer, early: Buffer) => {
     const r = tickets.redeem(token);
-    if (!r.ok) return refuse(sock, 'bad_token', r.reason);
+    if (!r.ok) return refuse(sock, reads, 'bad_token', r.reason);
     let pod: Socket;
     try {
       pod = await o.connect(r.port);
     } catch (err) {
-      return refuse(sock, 'connect_failed', `cannot connect to port ${r.port} in the pod: ${(err as Error).message}`);
+      return refuse(sock, reads, 'connect_failed', `cannot connect to port ${r.port} in the pod: ${(err as Error).message}`);
     }
     if (sock.closed || sock.destroyed) {
       pod.destroy();
@@ -85,44 +88,59 @@ export async function startPortForwardStreamListener(o: StreamListenerOptions): 
     // agent CPU per MB 0.5 ms this way, 1.5 ms with 'data' events). It came over IPC, so it is
     // re-wrapped for that, here, in the turn it arrived; where that is not possible, 'data'
     // events still work.
-    const reads = new StaticReads();
-    const adopted = adoptWithStaticReads(pod, reads);
-    const podEnd: RelayEnd = adopted ? { socket: adopted, reads } : { socket: pod };
-    const done = await relay({ socket: sock, early: early.length > 0 ? [early] : [] }, podEnd, (dir, n) =>
-      o.metrics?.streamed('port_forward', dir === 'aToB' ? 'in' : 'out', n),
-    );
+    const podReads = new StaticReads();
+    const adopted = adoptWithStaticReads(pod, podReads);
+    const podEnd: RelayEnd = adopted ? { socket: adopted, reads: podReads } : { socket: pod };
+    const clientEnd: RelayEnd = { socket: sock, ...(reads ? { reads } : {}), early: early.length > 0 ? [early] : [] };
+    const done = await relay(clientEnd, podEnd, (dir, n) => o.metrics?.streamed('port_forward', dir === 'aToB' ? 'in' : 'out', n));
     closeSession?.();
     log.debug({ port: r.port, in: done.aToB, out: done.bToA, error: done.error?.message }, 'port-forward stream connection closed');
   };
 
-  const handle = (sock: Socket) => {
+  /** Reads the token (with a deadline), then admits. `reads`: the socket reads into a static buffer. */
+  const handle = (sock: Socket, reads: StaticReads | undefined) => {
     // Until the relay takes over, a reset or a broken handshake just ends this connection.
     sock.on('error', () => sock.destroy());
     const chunks: Buffer[] = [];
     let got = 0;
-    const timer = setTimeout(() => refuse(sock, 'timeout', `no token within ${handshakeMs / 1000} s`), handshakeMs);
-    const onData = (d: Buffer) => {
-      chunks.push(d);
-      got += d.length;
-      if (got < TOKEN_BYTES) return;
-      sock.off('data', onData);
-      sock.off('end', onEarlyEnd);
-      sock.pause();
+    const stopReadingToken = () => {
       clearTimeout(timer);
+      if (reads) reads.setSink(undefined);
+      else sock.off('data', take);
+      sock.off('end', onEarlyEnd);
+    };
+    const timer = setTimeout(() => {
+      stopReadingToken();
+      refuse(sock, reads, 'timeout', `no token within ${handshakeMs / 1000} s`);
+    }, handshakeMs);
+    const take = (d: Buffer) => {
+      chunks.push(reads ? Buffer.from(d) : d); // (a static buffer's view is reused by the next read)
+      got += d.length;
+      if (got < TOKEN_BYTES) return false;
+      stopReadingToken();
+      sock.pause();
       const all = Buffer.concat(chunks, got);
-      admit(sock, all.subarray(0, TOKEN_BYTES), all.subarray(TOKEN_BYTES)).catch((err: unknown) => {
+      admit(sock, reads, all.subarray(0, TOKEN_BYTES), all.subarray(TOKEN_BYTES)).catch((err: unknown) => {
         log.error({ err }, 'port-forward stream connection failed');
         sock.destroy();
       });
+      return false;
     };
     const onEarlyEnd = () => {
-      clearTimeout(timer);
-      refuse(sock, 'bad_token', 'the connection ended before the whole token was sent');
+      stopReadingToken();
+      refuse(sock, reads, 'bad_token', 'the connection ended before the whole token was sent');
     };
-    sock.on('data', onData);
+    if (reads) reads.setSink(take);
+    else sock.on('data', take);
     sock.on('end', onEarlyEnd);
+    sock.resume();
   };
 
+  // Every TCP connection, TLS ones still handshaking included, so close() can cut them all.
+  const track = (s: Socket) => {
+    live.add(s);
+    s.once('close', () => live.delete(s));
+  };
   let server: Server | TlsServer;
   let stopFollowing = () => {};
   if (o.identity) {
@@ -131,7 +149,8 @@ export async function startPortForwardStreamListener(o: StreamListenerOptions): 
       const p = identity.current();
       return { cert: p.certPem, key: p.keyPem, ca: p.caPem };
     };
-    const tlsServer = createTlsServer({ ...context(), requestCert: true, rejectUnauthorized: true, allowHalfOpen: true, handshakeTimeout: handshakeMs }, handle);
+    const tlsServer = createTlsServer({ ...context(), requestCert: true, rejectUnauthorized: true, allowHalfOpen: true, handshakeTimeout: handshakeMs }, (s) => handle(s, undefined));
+    tlsServer.on('connection', track);
     tlsServer.on('tlsClientError', (err, sock) => {
       o.metrics?.portForwardStreamConnection('tls_refused');
       log.info({ peer: sock.remoteAddress, err: err.message }, 'port-forward stream TLS handshake refused');
@@ -146,7 +165,14 @@ export async function startPortForwardStreamListener(o: StreamListenerOptions): 
     };
     server = tlsServer;
   } else {
-    server = createTcpServer({ allowHalfOpen: true }, handle);
+    // Accepted unread (pauseOnConnect), so each can be re-wrapped to read into a static buffer
+    // (uploads then cost what downloads do).
+    server = createTcpServer({ allowHalfOpen: true, pauseOnConnect: true }, (raw) => {
+      const reads = new StaticReads();
+      const adopted = adoptWithStaticReads(raw, reads);
+      track(adopted ?? raw);
+      handle(adopted ?? raw, adopted ? reads : undefined);
+    });
   }
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -156,11 +182,6 @@ export async function startPortForwardStreamListener(o: StreamListenerOptions): 
     });
   });
   server.on('error', (err) => log.error({ err }, 'port-forward stream listener failed'));
-  // Every TCP connection, including TLS ones still handshaking, so close() can cut them all.
-  server.on('connection', (raw: Socket) => {
-    live.add(raw);
-    raw.once('close', () => live.delete(raw));
-  });
   const port = (server.address() as AddressInfo).port;
   log.info({ host: o.host, port, tls: o.identity !== undefined }, 'port-forward stream listener up');
   return {
