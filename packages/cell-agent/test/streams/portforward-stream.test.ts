@@ -3,7 +3,7 @@
 // and the real agent and `cell-agent ctl port-forward` process on top.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tcpConnect, type Socket } from 'node:net';
@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CellAgentClient, PortForwardTicketResponse } from '@cello/proto/cell';
 import { waitFor } from '@cello/testkit';
 import { startAgent } from '../../src/agent.js';
-import { loadServerIdentity } from '../../src/bootstrap/renewal.js';
+import { loadServerIdentity, type ServerIdentity } from '../../src/bootstrap/renewal.js';
 import { AgentMetrics } from '../../src/metrics/index.js';
 import { PortForwarder } from '../../src/portforward/index.js';
 import { openStreamConnection, StreamRefusedError, type StreamClientTls } from '../../src/portforward/stream-client.js';
@@ -49,13 +49,20 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 /** Writes `payload` in pieces (backpressure respected), half-closes, and collects what comes back. */
-function exchange(end: RelayEnd, payload: Buffer): Promise<{ hash: string; bytes: number; first: Buffer }> {
+function exchange(end: RelayEnd, payload: Buffer, opts: { slowReader?: boolean } = {}): Promise<{ hash: string; bytes: number; first: Buffer }> {
   const h = createHash('sha256');
   let bytes = 0;
   let first = Buffer.alloc(0);
+  let nextPause = 2 << 20;
   const take = (c: Buffer) => {
     h.update(c);
     bytes += c.length;
+    if (opts.slowReader && bytes >= nextPause) {
+      // Stall now and then: every relay on the way backs up and queues its writes.
+      nextPause += 2 << 20;
+      end.socket.pause();
+      setTimeout(() => end.socket.resume(), 15);
+    }
     if (first.length < 64) first = Buffer.concat([first, c.subarray(0, 64)]);
     return false; // (hashed at once: the read buffer may be reused)
   };
@@ -116,6 +123,13 @@ describe('port-forward stream port (plain)', () => {
     await within(closed(end.socket), 5_000, 'connection closed after both half-closes');
   });
 
+  it('keeps the bytes intact when the reader stalls (queued writes, reused read buffers)', async () => {
+    const payload = randomBytes(24 << 20);
+    const end = await open(plain, ECHO);
+    const r = await within(exchange(end, payload, { slowReader: true }), 60_000, 'echo of 24 MiB to a stalling reader');
+    expect(r.hash).toBe(sha(payload));
+  });
+
   it('passes on a half-close from the pod while the client keeps sending', async () => {
     const end = await open(plain, HELLO);
     const r = await within(exchange(end, randomBytes(4 << 20)), 20_000, 'hello, then the upload');
@@ -160,7 +174,7 @@ describe('port-forward stream port (plain)', () => {
     expect(text).toMatch(/cello_agent_port_forward_stream_connections_total\{result="connect_failed"\} 1/);
     expect(text).toMatch(/cello_agent_port_forward_stream_connections_total\{result="timeout"\} 1/);
     const bytes = /cello_agent_stream_bytes_total\{kind="port_forward",direction="in"\} (\d+)/.exec(text);
-    expect(Number(bytes?.[1])).toBeGreaterThanOrEqual((48 + 4 + 36) << 20);
+    expect(Number(bytes?.[1])).toBeGreaterThanOrEqual((48 + 24 + 4 + 36) << 20);
     await waitFor('no open port-forward sessions', async () => /cello_agent_stream_sessions\{kind="port_forward"\} 0/.test(await metrics.registry.metrics()), { timeoutMs: 10_000 });
     await waitFor('no open stream connections', async () => plain.connectionCount() === 0, { timeoutMs: 10_000 });
   });
@@ -173,8 +187,9 @@ async function tlsRefusals(): Promise<number> {
 describe('port-forward stream port (mTLS)', () => {
   let secure: PortForwardStreamListener;
   let tls: StreamClientTls;
+  let identity: ServerIdentity;
   beforeAll(async () => {
-    const identity = await loadServerIdentity({ cert: pki.serverCert, key: pki.serverKey, ca: pki.ca });
+    identity = await loadServerIdentity({ cert: pki.serverCert, key: pki.serverKey, ca: pki.ca });
     secure = await startPortForwardStreamListener({ host: '127.0.0.1', port: 0, identity, connect: (p) => forwarder.connect(netnsPath, p), logger: log, metrics, handshakeTimeoutMs: 2_000 });
     tls = { ca: readFileSync(pki.ca), cert: readFileSync(pki.clientCert), key: readFileSync(pki.clientKey) };
   });
@@ -205,6 +220,23 @@ describe('port-forward stream port (mTLS)', () => {
     s.write(randomBytes(TOKEN_BYTES));
     await within(closed(s), 5_000, 'plain client cut off');
     await waitFor('no connections left open', async () => secure.connectionCount() === 0, { timeoutMs: 5_000 });
+  });
+
+  it('serves a renewed certificate on the next handshake, as the gRPC port does', async () => {
+    const peerCn = async () => {
+      const c = tlsConnect({ host: '127.0.0.1', port: secure.port, ca: tls.ca, cert: tls.cert, key: tls.key });
+      await within(new Promise((r) => c.once('secureConnect', r)), 5_000, 'TLS handshake');
+      const cn = c.getPeerCertificate().subject.CN;
+      c.destroy();
+      return cn;
+    };
+    expect(await peerCn()).toBe('server');
+    const ossl = (args: string[]) => execFileSync('openssl', args, { cwd: pki.dir, stdio: 'pipe' });
+    ossl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'renewed.key', '-out', 'renewed.csr', '-subj', '/CN=renewed']);
+    writeFileSync(join(pki.dir, 'renewed.ext'), 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
+    ossl(['x509', '-req', '-in', 'renewed.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'renewed.pem', '-days', '1', '-extfile', 'renewed.ext']);
+    identity.update({ certPem: readFileSync(join(pki.dir, 'renewed.pem'), 'utf8'), keyPem: readFileSync(join(pki.dir, 'renewed.key'), 'utf8') });
+    expect(await peerCn()).toBe('renewed');
   });
 
   it('checks the agent certificate against the name the client expects', async () => {
