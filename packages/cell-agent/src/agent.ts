@@ -208,7 +208,12 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     log.warn('INSECURE: --insecure-dev serves the agent API without TLS or client authentication; for local development only');
     creds = ServerCredentials.createInsecure();
   }
-  const port = await new Promise<number>((resolve, reject) => server.bindAsync(o.listen, creds, (err, p) => (err ? reject(err) : resolve(p))));
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync(o.listen, creds, (err, p) => (err ? reject(err) : resolve(p)))).catch(async (err: unknown) => {
+    // Not serving after all: the stream port goes too.
+    await pfStream?.close();
+    forwarder.close();
+    throw err;
+  });
   const restored = await pod.restore().catch((err) => {
     log.error({ err }, 'restoring the pod from the state dir failed');
     return false;
