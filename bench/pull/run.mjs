@@ -6,6 +6,13 @@
 //   - containerd's ctr image pull (overlayfs snapshotter),
 // all in the same run, interleaved, and prints medians, ratios and peak RSS.
 // Cold runs drop the page cache first. Env: BENCH_RUNS (default 3).
+//
+// Each contender writes to a fresh ext4 filesystem of its own in every run (a sparse file,
+// loop-mounted; containerd is restarted with its root there), as a new cell's disk would be.
+// Why: on a filesystem where many files were deleted in the last minutes, ext4 makes every new
+// inode skip the recently deleted ones (ialloc.c recently_deleted), and creating a file cost
+// 100-500 µs instead of ~15 µs here: whoever ran after a big `rm -rf` (the previous contender's
+// trees) was timed on that, not on its own work.
 import { spawnSync, spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
 import { tmpdir, loadavg } from 'node:os';
@@ -19,7 +26,7 @@ const { startRegistry, pushLayoutTag, buildFixtures, requireCommand, waitExit } 
 const CLI = join(repo, 'packages', 'image-puller', 'dist', 'image-puller.js'); // the bundled CLI, as installed
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 
-for (const [c, p] of [['skopeo', 'skopeo'], ['umoci', 'umoci'], ['containerd', 'containerd'], ['ctr', 'containerd'], ['/usr/bin/time', 'time']]) requireCommand(c, p);
+for (const [c, p] of [['skopeo', 'skopeo'], ['umoci', 'umoci'], ['containerd', 'containerd'], ['ctr', 'containerd'], ['/usr/bin/time', 'time'], ['mkfs.ext4', 'e2fsprogs']]) requireCommand(c, p);
 if (!existsSync(CLI)) throw new Error(`build first: npx turbo run build --filter=@cello/image-puller (${CLI} missing)`);
 if (process.getuid() !== 0) throw new Error('the benchmark needs root (overlay snapshots, page cache drops, ownership)');
 
@@ -48,30 +55,51 @@ const ref = await pushLayoutTag(registry, fixtures.layout, 'bench-gzip', 'bench/
 const shared = await pushLayoutTag(registry, fixtures.layout, 'bench-shared', 'bench/debian:shared');
 log(`registry ${registry.host}: ${ref}, ${shared}`);
 
-// containerd with the overlayfs snapshotter, private root/state/socket.
-const cdir = join(work, 'containerd');
-mkdirSync(cdir);
-const sock = join(cdir, 'containerd.sock');
-writeFileSync(join(cdir, 'config.toml'), [
-  'version = 2',
-  `root = "${cdir}/root"`,
-  `state = "${cdir}/state"`,
-  'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]',
-  '[grpc]', `  address = "${sock}"`,
-].join('\n'));
-const containerd = spawn('containerd', ['--config', join(cdir, 'config.toml')], { stdio: ['ignore', 'ignore', 'ignore'] });
-for (let i = 0; i < 100 && !existsSync(sock); i++) await sleep(100);
-const ctr = `ctr -a ${sock} -n bench`;
+/** A fresh, empty ext4 filesystem mounted at work/NAME (see the header for why). */
+const mounts = new Set();
+function freshFs(name) {
+  const img = join(work, `${name}.img`);
+  const dir = join(work, name);
+  mkdirSync(dir);
+  for (const [cmd, ...args] of [['truncate', '-s', '16G', img], ['mkfs.ext4', '-q', '-F', img], ['mount', '-o', 'loop', img, dir]]) {
+    const r = spawnSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
+  }
+  mounts.add(dir);
+  return dir;
+}
+function dropFs(dir) {
+  spawnSync('sh', ['-c', `grep -F ${JSON.stringify(dir)} /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r umount -l`]);
+  mounts.delete(dir);
+  rmSync(dir, { recursive: true, force: true });
+  rmSync(`${dir}.img`, { force: true });
+}
+
+/** containerd with the overlayfs snapshotter, its root, state and socket under `dir`. */
+async function startContainerd(dir) {
+  const sock = join(dir, 'containerd.sock');
+  writeFileSync(join(dir, 'config.toml'), [
+    'version = 2',
+    `root = "${dir}/root"`,
+    `state = "${dir}/state"`,
+    'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]',
+    '[grpc]', `  address = "${sock}"`,
+  ].join('\n'));
+  const proc = spawn('containerd', ['--config', join(dir, 'config.toml')], { stdio: ['ignore', 'ignore', 'ignore'] });
+  for (let i = 0; i < 100 && !existsSync(sock); i++) await sleep(100);
+  if (!existsSync(sock)) throw new Error('containerd did not start within 10 s');
+  return { proc, ctr: `ctr -a ${sock} -n bench` };
+}
 
 /** containerd does the work of `ctr pull` in the daemon: add the daemon's CPU time (utime+stime). */
-function daemonCpu() {
-  const f = readFileSync(`/proc/${containerd.pid}/stat`, 'utf8').split(') ')[1].split(' ');
+function daemonCpu(pid) {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
   return (Number(f[11]) + Number(f[12])) / 100; // clock ticks, USER_HZ = 100
 }
-function withDaemonCpu(fn) {
-  const before = daemonCpu();
+function withDaemonCpu(pid, fn) {
+  const before = daemonCpu(pid);
   const m = fn();
-  return { ...m, cpu: m.cpu + daemonCpu() - before };
+  return { ...m, cpu: m.cpu + daemonCpu(pid) - before };
 }
 
 const results = {};
@@ -84,14 +112,14 @@ try {
   for (let run = 0; run < RUNS; run++) {
     log(`run ${run + 1}/${RUNS} (load ${loadavg()[0].toFixed(1)})`);
     // image-puller, flattened rootfs
-    const ours = join(work, 'ours');
-    rmSync(ours, { recursive: true, force: true });
+    const ours = freshFs('ours');
     dropCaches();
     record('image-puller rootfs cold', measure(`node ${CLI} pull ${ref} --plain-http --cache ${ours}/cache --rootfs ${ours}/rootfs1`));
     record('image-puller rootfs warm', measure(`node ${CLI} pull ${ref} --plain-http --cache ${ours}/cache --rootfs ${ours}/rootfs2`));
     record('image-puller rootfs shared-tag', measure(`node ${CLI} pull ${shared} --plain-http --cache ${ours}/cache --rootfs ${ours}/rootfs3`));
     // image-puller, overlay layers
-    rmSync(ours, { recursive: true, force: true });
+    dropFs(ours);
+    freshFs('ours');
     dropCaches();
     record('image-puller layers cold', measure(`node ${CLI} pull ${ref} --plain-http --cache ${ours}/cache --layers ${ours}/l1`));
     // The agent calls the library in a running process: time pull() itself for the shared-layer tag.
@@ -100,31 +128,33 @@ try {
     record('image-puller library shared-tag', { wall: lib.seconds, cpu: NaN, rssMiB: NaN });
     record('image-puller layers warm', measure(`node ${CLI} pull ${ref} --plain-http --cache ${ours}/cache --layers ${ours}/l2`));
     record('image-puller layers shared-tag', measure(`node ${CLI} pull ${shared} --plain-http --cache ${ours}/cache --layers ${ours}/l3`));
-    rmSync(ours, { recursive: true, force: true });
+    dropFs(ours);
 
     // skopeo + umoci
-    const su = join(work, 'su');
-    rmSync(su, { recursive: true, force: true });
-    mkdirSync(su);
+    const su = freshFs('su');
     dropCaches();
     record('skopeo+umoci cold', measure(sh(`skopeo copy -q --src-tls-verify=false docker://${ref} oci:${su}/oci:img`, `umoci unpack --image ${su}/oci:img ${su}/b1 >/dev/null`)));
     record('skopeo+umoci warm', measure(sh(`skopeo copy -q --src-tls-verify=false docker://${ref} oci:${su}/oci:img`, `umoci unpack --image ${su}/oci:img ${su}/b2 >/dev/null`)));
     record('skopeo+umoci shared-tag', measure(sh(`skopeo copy -q --src-tls-verify=false docker://${shared} oci:${su}/oci:shared`, `umoci unpack --image ${su}/oci:shared ${su}/b3 >/dev/null`)));
-    rmSync(su, { recursive: true, force: true });
+    dropFs(su);
 
-    // containerd
-    spawnSync('sh', ['-c', `${ctr} images rm --sync ${ref} ${shared} >/dev/null 2>&1; ${ctr} content prune references >/dev/null 2>&1 || true`]);
-    dropCaches();
-    record('ctr cold', withDaemonCpu(() => measure(`${ctr} image pull --plain-http --snapshotter overlayfs ${ref} >/dev/null`)));
-    record('ctr warm', withDaemonCpu(() => measure(`${ctr} image pull --plain-http --snapshotter overlayfs ${ref} >/dev/null`)));
-    record('ctr shared-tag', withDaemonCpu(() => measure(`${ctr} image pull --plain-http --snapshotter overlayfs ${shared} >/dev/null`)));
-    spawnSync('sh', ['-c', `${ctr} images rm --sync ${ref} ${shared} >/dev/null 2>&1`]);
+    // containerd, started afresh on its own filesystem
+    const cd = freshFs('containerd');
+    const { proc, ctr } = await startContainerd(cd);
+    try {
+      dropCaches();
+      record('ctr cold', withDaemonCpu(proc.pid, () => measure(`${ctr} image pull --plain-http --snapshotter overlayfs ${ref} >/dev/null`)));
+      record('ctr warm', withDaemonCpu(proc.pid, () => measure(`${ctr} image pull --plain-http --snapshotter overlayfs ${ref} >/dev/null`)));
+      record('ctr shared-tag', withDaemonCpu(proc.pid, () => measure(`${ctr} image pull --plain-http --snapshotter overlayfs ${shared} >/dev/null`)));
+    } finally {
+      proc.kill('SIGTERM');
+      await waitExit(proc, { what: 'containerd' });
+      dropFs(cd);
+    }
   }
 } finally {
-  containerd.kill('SIGTERM');
-  await waitExit(containerd, { what: 'containerd' });
   await registry.stop();
-  spawnSync('sh', ['-c', `grep -F ${JSON.stringify(cdir)} /proc/mounts | cut -d' ' -f2 | xargs -r umount`]);
+  for (const dir of [...mounts]) dropFs(dir);
   rmSync(work, { recursive: true, force: true });
 }
 
