@@ -331,16 +331,17 @@ class Instance {
     for (const w of ws) w();
   }
 
-  /** Resolves at the end of this loop turn, or as soon as `target` bytes are there, or at
-   * the end (or when aborted), whichever comes first. */
-  settle(target: number, signal: AbortSignal): Promise<void> {
+  /** Resolves at the end of this loop turn (or after `lingerMs`, when given), or as soon as
+   * `target` bytes are there, or at the end (or when aborted), whichever comes first. */
+  settle(target: number, signal: AbortSignal, lingerMs = 0): Promise<void> {
     return new Promise((resolve) => {
       if (this.pos >= target || this.ended || signal.aborted) return resolve();
       let done = false;
       const finish = () => {
         if (done) return;
         done = true;
-        clearImmediate(imm);
+        if (lingerMs > 0) clearTimeout(timer as NodeJS.Timeout);
+        else clearImmediate(timer as NodeJS.Immediate);
         this.waiters.delete(check);
         signal.removeEventListener('abort', finish);
         resolve();
@@ -349,7 +350,7 @@ class Instance {
         if (this.pos >= target || this.ended) finish();
         else this.waiters.add(check);
       };
-      const imm = setImmediate(finish);
+      const timer = lingerMs > 0 ? setTimeout(finish, lingerMs) : setImmediate(finish);
       this.waiters.add(check);
       signal.addEventListener('abort', finish, { once: true });
     });
@@ -612,6 +613,8 @@ export class ContainerLogs {
     }
     let parser = new CriParser();
     let dropped = 0;
+    let lastSent = -Infinity;
+    let lastSize = 0;
     const render = new TextRenderer(true);
     const packed = req.packed;
     for (;;) {
@@ -636,8 +639,13 @@ export class ContainerLogs {
         // A unit that writes in small pieces would cost one message per piece: let the rest of
         // this loop turn's output land first, but only up to a small budget: a fast writer
         // delivers many reads per turn, and a reader that waited for all of them fell out of
-        // the ring (and behind).
-        await inst.settle(offset + Math.min(BATCH_BYTES, this.opts.ringBytes / 8), signal);
+        // the ring (and behind). When the last message was a pipe page or more and went out
+        // under a millisecond ago, the unit is streaming: linger up to a millisecond for more.
+        // Its pieces otherwise each became a message whenever the agent kept up with it (awk's
+        // 4 KiB writes: twice the CPU per MB in the client, 45% of the raw pipe rate instead of
+        // 70%), while a line after a pause, or lines written one by one, still go out at once.
+        const steady = lastSize >= 4096 && performance.now() - lastSent < 1;
+        await inst.settle(offset + Math.min(BATCH_BYTES, this.opts.ringBytes / 8), signal, steady ? 1 : 0);
         continue;
       }
       let size = 0;
@@ -659,6 +667,8 @@ export class ContainerLogs {
         if (out.empty && dropped === 0) continue;
         const chunk = packedChunk(out, dropped);
         if (req.timestamps) chunk.text = render.text(unpackLogChunk(chunk));
+        lastSent = performance.now();
+        lastSize = size;
         yield chunk;
         dropped = 0;
         continue;
@@ -676,6 +686,8 @@ export class ContainerLogs {
         if (entries.length === recs.length) sinceNs = undefined; // timestamps only grow
       }
       if (entries.length === 0 && dropped === 0) continue;
+      lastSent = performance.now();
+      lastSize = size;
       yield logChunk({
         entries,
         droppedBytes: dropped,

@@ -5,6 +5,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { LogsRequest, LogStream, type LogChunk } from '@cello/proto/cell';
 import { ContainerLogs, LogsError, TextRenderer, unpackLogChunk } from '../../src/logs/index.js';
 import { RuncTestUnits } from './helpers/runc-units.js';
+import { waitFor } from '@cello/testkit';
 
 const dirs: string[] = [];
 function tmp(): string {
@@ -134,6 +135,38 @@ describe('ContainerLogs (real files)', () => {
     await reading;
     expect(dropped).toBe(0);
     expect(got).toEqual(Array.from({ length: 500 }, (_, i) => `r${i}`));
+  });
+
+  it('a follower gets a streaming writer\'s small pieces in fewer messages, and a lone line at once', async () => {
+    const logs = new ContainerLogs({ dir: tmp() });
+    const sink = logs.startInstance();
+    const ac = new AbortController();
+    const got: { at: number; bytes: number }[] = [];
+    const reading = (async () => {
+      for await (const c of logs.read(LogsRequest.fromPartial({ follow: true }), ac.signal)) {
+        got.push({ at: performance.now(), bytes: unpackLogChunk(c).reduce((n, e) => n + e.line.length + 1, 0) });
+      }
+    })();
+    // 300 pieces of a pipe page, each in its own loop turn, as a unit writing through 4 KiB
+    // stdio buffers arrives when the agent keeps up with it: one message each, before lingering.
+    const piece = Buffer.from(`${'p'.repeat(4095)}\n`);
+    for (let i = 0; i < 300; i++) {
+      sink.write('stdout', piece);
+      await new Promise((r) => setImmediate(r));
+    }
+    await waitFor('all pieces followed', () => got.reduce((n, g) => n + g.bytes, 0) === 300 * 4096, { intervalMs: 5 });
+    expect(got.length).toBeLessThan(60); // 150 without lingering, ~9 with it
+    // After a pause, one short line is not held back for company.
+    await new Promise((r) => setTimeout(r, 50));
+    const before = got.length;
+    const t0 = performance.now();
+    sink.write('stdout', Buffer.from('alone\n'));
+    await waitFor('the lone line', () => got.length > before, { intervalMs: 5 });
+    expect(got[before]!.bytes).toBe(6);
+    expect(got[before]!.at - t0).toBeLessThan(1); // under the linger: it went out without one
+    sink.end();
+    ac.abort();
+    await reading;
   });
 
   it('serves the same lines, streams, times and text packed as entry by entry, from the ring and from files', async () => {
