@@ -2,11 +2,12 @@
 // processes: init units, shared volumes, restarts and back-off, probes, OOM, graceful stop,
 // secret/configMap volumes, user resolution, spec changes and bad input. Each pod runs on its
 // own in-process agent (a cell runs one pod), several at once.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { status as GrpcStatus } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PodPhase, RestartPolicy, StorageMedium } from '@cello/proto/cell';
+import { waitFor } from '@cello/testkit';
 import { apply, getStatus, pod, startTestAgent, type TestAgent } from './helpers/agent.js';
 import { startTestRegistry, type TestImages } from './helpers/registry.js';
 import { requireTools } from './helpers/rootfs.js';
@@ -134,13 +135,15 @@ describe.concurrent('pods', () => {
         terminationGracePeriodSeconds: 1,
         volumes: [{ name: 'out', source: { $case: 'emptyDir', value: {} } }],
         containers: [
-          { name: 'polite', image: IMG, command: sh("trap 'echo got-term > /out/polite; exit 0' TERM; while true; do sleep 0.1; done"), volumeMounts: [{ name: 'out', mountPath: '/out' }] },
-          { name: 'stubborn', image: IMG, command: sh("trap 'echo ignoring > /out/stubborn' TERM; while true; do sleep 0.1; done"), volumeMounts: [{ name: 'out', mountPath: '/out' }] },
+          { name: 'polite', image: IMG, command: sh("trap 'echo got-term > /out/polite; exit 0' TERM; touch /out/polite-ready; while true; do sleep 0.1; done"), volumeMounts: [{ name: 'out', mountPath: '/out' }] },
+          { name: 'stubborn', image: IMG, command: sh("trap 'echo ignoring > /out/stubborn' TERM; touch /out/stubborn-ready; while true; do sleep 0.1; done"), volumeMounts: [{ name: 'out', mountPath: '/out' }] },
         ],
       }),
     });
     await a.watch.until('both running', (w) => w.running('polite') && w.running('stubborn'));
     const vol = join(a.stateDir, 'volumes/out');
+    // Running is not yet trapping: a SIGTERM before the shell ran `trap` would just kill it.
+    await waitFor('both units trapping SIGTERM', () => existsSync(join(vol, 'polite-ready')) && existsSync(join(vol, 'stubborn-ready')), { timeoutMs: 30_000 });
     const t0 = Date.now();
     const seen: Record<string, string> = {};
     // Record the final states as DeletePod drives them.
@@ -521,7 +524,7 @@ describe.concurrent('pods', () => {
           {
             name: 'hooked',
             image: IMG,
-            command: sh("trap 'echo term >> /out/log; exit 0' TERM; while true; do sleep 0.1; done"),
+            command: sh("trap 'echo term >> /out/log; exit 0' TERM; touch /out/trapping; while true; do sleep 0.1; done"),
             lifecycle: {
               postStart: { action: { $case: 'exec', value: { command: ['sh', '-c', 'echo poststart >> /out/log; cat /all/secret/k /all/c1 /all/ns >> /out/log; stat -L -c %a /all/c1 >> /out/log'] } } },
               preStop: { action: { $case: 'exec', value: { command: ['sh', '-c', 'echo prestop >> /out/log'] } } },
@@ -540,6 +543,7 @@ describe.concurrent('pods', () => {
     const log = () => readFileSync(join(outDir, 'log'), 'utf8');
     // Running is reported only once postStart has finished.
     expect(log()).toBe('poststart\nsec\nconf\ndefault440\n');
+    await waitFor('the unit trapping SIGTERM', () => existsSync(join(outDir, 'trapping')), { timeoutMs: 30_000 });
     await new Promise<void>((resolve, reject) => a.client.deletePod({}, (err) => (err ? reject(err) : resolve())));
     expect(log()).toBe('poststart\nsec\nconf\ndefault440\nprestop\nterm\n');
   });
