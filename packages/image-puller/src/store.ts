@@ -127,6 +127,34 @@ export class Store {
   }
 
   /**
+   * Removes lock `file` if it still is the one whose holder `deadPid` we found dead. Unlinking
+   * by name could remove a lock another waiter took meanwhile (it broke the stale one first), so
+   * the file is renamed aside, atomically, and put back if it turns out to be a live one.
+   */
+  private breakStale(file: string, deadPid: number): void {
+    const aside = this.tmpPath('stale-lock');
+    try {
+      renameSync(file, aside);
+    } catch {
+      return; // released or broken meanwhile
+    }
+    let pid = NaN;
+    try {
+      pid = Number(readFileSync(aside, 'utf8').trim());
+    } catch {
+      /* unreadable: treat as stale */
+    }
+    if (pid !== deadPid && Number.isInteger(pid) && pid > 0 && alive(pid)) {
+      try {
+        linkSync(aside, file);
+      } catch {
+        /* taken again meanwhile: two holders, which costs duplicate work only */
+      }
+    }
+    rmSync(aside, { force: true });
+  }
+
+  /**
    * Runs `fn` while holding lock NAME (a file holding our PID). A lock whose holder is dead is
    * broken. Waiting is bounded by `timeoutMs`; past it we go ahead anyway, since the lock only
    * saves duplicate work.
@@ -158,11 +186,7 @@ export class Store {
         continue;
       }
       if (!Number.isInteger(pid) || pid <= 0 || !alive(pid)) {
-        try {
-          unlinkSync(file);
-        } catch {
-          /* someone else broke it */
-        }
+        this.breakStale(file, pid);
         continue;
       }
       if (Date.now() > deadline) break;
