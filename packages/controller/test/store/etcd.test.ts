@@ -117,6 +117,31 @@ describe('etcd store', () => {
     }
   });
 
+  it('a watch broken again after etcd3 saw a later response header resumes from what it delivered', async () => {
+    // etcd3 moves a watcher's resume point to the revision in each response header; a created
+    // response carries the store's current revision before the catch-up events arrive. Stand
+    // in for that response, then break the stream: the events after r/1 must still come.
+    const own = await startEtcd();
+    try {
+      const s = await openStore({ kind: 'etcd', endpoints: own.endpoints, requestTimeoutMs: 2000 });
+      const { revision } = await s.list('g/');
+      const ac = new AbortController();
+      const it = s.watch<number>('g/', { afterRevision: revision, signal: ac.signal })[Symbol.asyncIterator]();
+      await s.put('g/1', 1);
+      expect((await within(it.next(), 20_000, 'g/1')).value).toMatchObject({ kv: { key: 'g/1', value: 1 } });
+      const [entry] = [...(s as unknown as { watchers: Set<{ watcher?: { emit(e: string, v: unknown): boolean } }> }).watchers];
+      entry!.watcher!.emit('connected', { header: { revision: String(revision + 1000) } });
+      await own.restart();
+      await waitFor('a put after the etcd restart', () => s.put('g/2', 2).then(() => true, () => false), { timeoutMs: 20_000, intervalMs: 200 });
+      const n = await within(it.next(), 20_000, 'g/2 after the restart');
+      expect(n.value).toMatchObject({ type: 'put', kv: { key: 'g/2', value: 2 } });
+      ac.abort();
+      await s.close();
+    } finally {
+      await own.stop();
+    }
+  });
+
   it('keeps data keys and election keys apart', async () => {
     const s = await openFresh();
     stores.push(s);
