@@ -362,9 +362,18 @@ export class EtcdStore implements Store {
     try {
       const w = this.elect.watch().key(name);
       keyWatcher = await w.create();
-      keyWatcher.on('delete', () => lose('election key was deleted'));
-      keyWatcher.on('put', (kv) => {
+      const kw = keyWatcher;
+      let seen = Number(kw.request.start_revision ?? 0) - 1; // etcd3 set it from the created response
+      kw.on('delete', () => lose('election key was deleted'));
+      kw.on('put', (kv) => {
         if (kv.lease !== leaseId) lose('election key was taken by another lease');
+      });
+      kw.on('data', (res) => {
+        for (const ev of res.events) seen = Math.max(seen, Number(ev.kv.mod_revision));
+      });
+      // As in startWatch: resume from what was delivered, or a deletion could be skipped.
+      kw.on('disconnected', () => {
+        kw.request.start_revision = String(seen + 1);
       });
       // The key may have changed between winning and watching.
       const now = await this.elect.get(name).exec();
@@ -380,6 +389,10 @@ export class EtcdStore implements Store {
   /** Resolves when `name` is deleted after `seenRevision`; rejects if `signal` aborts. */
   private async waitForDeletion(name: string, seenRevision: number, signal: AbortSignal): Promise<void> {
     const watcher = await this.elect.watch().key(name).startRevision(String(seenRevision + 1)).create();
+    // As in startWatch: after a break, look again from where we started (only a delete matters).
+    watcher.on('disconnected', () => {
+      watcher.request.start_revision = String(seenRevision + 1);
+    });
     try {
       await new Promise<void>((resolve, reject) => {
         if (signal.aborted) return reject(signal.reason);
