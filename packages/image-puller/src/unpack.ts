@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   chmodSync, closeSync, constants as C, copyFileSync, fchmodSync, fchownSync, futimesSync, linkSync,
-  lchownSync, lstatSync, lutimesSync, mkdirSync, openSync, readdirSync, readlinkSync, rmSync, symlinkSync,
+  lchownSync, lstatSync, lutimesSync, mkdirSync, openSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync,
   utimesSync, writeSync, type Stats,
 } from 'node:fs';
 import { join } from 'node:path';
@@ -160,6 +160,8 @@ class LayerWriter implements TarSink {
 
   constructor(private readonly o: UnpackOptions) {
     this.known = o.state.known;
+    // The root itself may pass its group on (a setgid cache or target directory).
+    if (isRoot && (statSync(o.dir).mode & 0o2000) !== 0) o.state.setgidDirs = true;
   }
 
   /**

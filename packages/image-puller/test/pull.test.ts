@@ -1,6 +1,6 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -166,6 +166,14 @@ describe('cache', () => {
       expect(own('opt/group-writable')).toEqual([0o664, 0, 0]);
       expect(own('opt/setuid')).toEqual([0o4755, 0, 0]);
       expect(own('opt/theirs')).toEqual([0o640, 7, 8]);
+      // An empty target directory that is itself setgid passes its group on just the same.
+      const sg = join(work, 'owners-setgid-target');
+      mkdirSync(sg);
+      chownSync(sg, 0, 50);
+      chmodSync(sg, 0o2775);
+      await p.pullToRootfs(ref, sg);
+      const st = lstatSync(join(sg, 'srv/old')); // (the bottom layer: no setgid directory of its own yet)
+      expect([st.mode & 0o7777, st.uid, st.gid]).toEqual([0o644, 0, 0]);
     } finally {
       process.umask(old);
     }
