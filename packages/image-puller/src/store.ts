@@ -161,43 +161,7 @@ export class Store {
    */
   async withLock<T>(name: string, fn: () => Promise<T>, timeoutMs = 15 * 60_000, signal?: AbortSignal): Promise<T> {
     const file = join(this.locks, name);
-    const deadline = Date.now() + timeoutMs;
-    let held = false;
-    // The lock appears with our PID already in it (written aside, then hard-linked into place):
-    // created empty and written after, another process could read it empty in between, take
-    // the holder for dead and break a live lock.
-    const mine = this.tmpPath('lock');
-    writeFileSync(mine, `${process.pid}\n`, { mode: 0o600 });
-    for (;;) {
-      try {
-        linkSync(mine, file);
-        held = true;
-        break;
-      } catch (err) {
-        if ((err as { code?: string }).code !== 'EEXIST') {
-          rmSync(mine, { force: true });
-          throw err;
-        }
-      }
-      let pid = NaN;
-      try {
-        pid = Number(readFileSync(file, 'utf8').trim());
-      } catch {
-        continue;
-      }
-      if (!Number.isInteger(pid) || pid <= 0 || !alive(pid)) {
-        this.breakStale(file, pid);
-        continue;
-      }
-      if (Date.now() > deadline) break;
-      try {
-        await sleep(50 + Math.random() * 50, undefined, signal ? { signal } : undefined);
-      } catch (err) {
-        rmSync(mine, { force: true });
-        throw err;
-      }
-    }
-    rmSync(mine, { force: true });
+    const held = await this.acquire(file, Date.now() + timeoutMs, signal);
     try {
       return await fn();
     } finally {
@@ -208,6 +172,39 @@ export class Store {
           /* already gone */
         }
       }
+    }
+  }
+
+  /** Takes lock `file`, breaking it if its holder is dead; false when `deadline` passed first. */
+  private async acquire(file: string, deadline: number, signal: AbortSignal | undefined): Promise<boolean> {
+    // The lock appears with our PID already in it (written aside, then hard-linked into place):
+    // created empty and written after, another process could read it empty in between, take
+    // the holder for dead and break a live lock.
+    const mine = this.tmpPath('lock');
+    writeFileSync(mine, `${process.pid}\n`, { mode: 0o600 });
+    try {
+      for (;;) {
+        try {
+          linkSync(mine, file);
+          return true;
+        } catch (err) {
+          if ((err as { code?: string }).code !== 'EEXIST') throw err;
+        }
+        let pid = NaN;
+        try {
+          pid = Number(readFileSync(file, 'utf8').trim());
+        } catch {
+          continue;
+        }
+        if (!Number.isInteger(pid) || pid <= 0 || !alive(pid)) {
+          this.breakStale(file, pid);
+          continue;
+        }
+        if (Date.now() > deadline) return false;
+        await sleep(50 + Math.random() * 50, undefined, signal ? { signal } : undefined);
+      }
+    } finally {
+      rmSync(mine, { force: true });
     }
   }
 }
