@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { ExecInput, LogsRequest, PortForwardFrame, type CellAgentClient, type ExecOutput, type LogChunk, type PortForwardTicketResponse } from '@cello/proto/cell';
 import { TextRenderer } from '../logs/index.js';
-import { adoptWithStaticReads, relay, StaticReads } from '../portforward/relay.js';
+import { endWithStaticReads, relay } from '../portforward/relay.js';
 import { openStreamConnection, type StreamClientTls } from '../portforward/stream-client.js';
 
 /** "90s", "5m", "1h30m", "2h" -> seconds. */
@@ -203,9 +203,7 @@ export function forwardConnectionViaStreamPort(
         (remote) => {
           // A local connection accepted unread (forwardPort's server) is re-wrapped to read into
           // a static buffer too (see relay.ts); one that has read already relays 'data' events.
-          const reads = new StaticReads();
-          const adopted = adoptWithStaticReads(sock, reads);
-          const local = adopted ? { socket: adopted, reads } : { socket: sock };
+          const local = endWithStaticReads(sock);
           void relay(local, remote).then((r) => {
             if (r.error && !local.socket.destroyed) onError(r.error.message);
           });

@@ -8,7 +8,7 @@
 // reads and, while the writer keeps up, no allocation at all (StaticReads). In the agent, the
 // pod socket read with 'data' events cost 1.5 ms of CPU per MB, read into static buffers 0.4.
 // `onread` is a socket constructor option: sockets this process connects take it directly;
-// accepted and IPC-passed ones are re-wrapped while still unread (adoptWithStaticReads), and
+// accepted and IPC-passed ones are re-wrapped while still unread (endWithStaticReads), and
 // any other socket relays with 'data' events.
 import { Socket as NetSocket, type Socket } from 'node:net';
 
@@ -153,15 +153,16 @@ export function relay(a: RelayEnd, b: RelayEnd, onBytes?: (direction: 'aToB' | '
 }
 
 /**
- * The same connection as `s`, re-wrapped to read into `reads`: for a socket this process did
- * not create (one passed over IPC cannot take `onread`). Only done while `s` has read nothing
- * (PortForwarder hands sockets over unread, in the turn they arrive); otherwise, or if Node's
- * socket internals differ, undefined: use `s` as it is. After a success `s` is destroyed (the
- * connection lives on in the new socket).
+ * A relay end for a socket this process did not create (accepted, or passed over IPC: neither
+ * can take `onread`): the same connection re-wrapped to read into a static buffer. Only done
+ * while `s` has read nothing (PortForwarder and pauseOnConnect servers hand sockets over
+ * unread); otherwise, or if Node's socket internals differ, `s` as it is, relaying 'data'
+ * events. After a re-wrap `s` is destroyed (the connection lives on in the new socket).
  */
-export function adoptWithStaticReads(s: Socket, reads: StaticReads): Socket | undefined {
+export function endWithStaticReads(s: Socket): RelayEnd {
   const internal = s as unknown as { _handle: unknown; _readableState?: { ended?: boolean } };
-  if (internal._handle == null || s.connecting || s.destroyed || s.readableLength > 0 || internal._readableState?.ended !== false) return undefined;
+  if (internal._handle == null || s.connecting || s.destroyed || s.readableLength > 0 || internal._readableState?.ended !== false) return { socket: s };
+  const reads = new StaticReads();
   const handle = internal._handle;
   internal._handle = null;
   const socket = new NetSocket({ handle, allowHalfOpen: true, onread: reads.onread } as unknown as ConstructorParameters<typeof NetSocket>[0]);
@@ -169,5 +170,5 @@ export function adoptWithStaticReads(s: Socket, reads: StaticReads): Socket | un
   // Without its handle, destroying `s` closes nothing; it releases what refers to it (an
   // accepted socket counts as one of its server's connections until then: server.close() waits).
   s.destroy();
-  return socket;
+  return { socket, reads };
 }

@@ -17,7 +17,7 @@ import { createServer as createTlsServer, type Server as TlsServer } from 'node:
 import type { Logger } from 'pino';
 import type { ServerIdentity } from '../bootstrap/renewal.js';
 import type { AgentMetrics } from '../metrics/index.js';
-import { adoptWithStaticReads, relay, StaticReads, type RelayEnd } from './relay.js';
+import { endWithStaticReads, relay, type RelayEnd, type StaticReads } from './relay.js';
 import { TicketBook, TOKEN_BYTES, type Ticket } from './tickets.js';
 
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -88,9 +88,7 @@ export async function startPortForwardStreamListener(o: StreamListenerOptions): 
     // agent CPU per MB 0.5 ms this way, 1.5 ms with 'data' events). It came over IPC, so it is
     // re-wrapped for that, here, in the turn it arrived; where that is not possible, 'data'
     // events still work.
-    const podReads = new StaticReads();
-    const adopted = adoptWithStaticReads(pod, podReads);
-    const podEnd: RelayEnd = adopted ? { socket: adopted, reads: podReads } : { socket: pod };
+    const podEnd = endWithStaticReads(pod);
     const clientEnd: RelayEnd = { socket: sock, ...(reads ? { reads } : {}), early: early.length > 0 ? [early] : [] };
     const done = await relay(clientEnd, podEnd, (dir, n) => o.metrics?.streamed('port_forward', dir === 'aToB' ? 'in' : 'out', n));
     closeSession?.();
@@ -168,10 +166,9 @@ export async function startPortForwardStreamListener(o: StreamListenerOptions): 
     // Accepted unread (pauseOnConnect), so each can be re-wrapped to read into a static buffer
     // (uploads then cost what downloads do).
     server = createTcpServer({ allowHalfOpen: true, pauseOnConnect: true }, (raw) => {
-      const reads = new StaticReads();
-      const adopted = adoptWithStaticReads(raw, reads);
-      track(adopted ?? raw);
-      handle(adopted ?? raw, adopted ? reads : undefined);
+      const end = endWithStaticReads(raw);
+      track(end.socket);
+      handle(end.socket, end.reads);
     });
   }
   await new Promise<void>((resolve, reject) => {
