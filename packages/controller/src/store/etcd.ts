@@ -70,6 +70,19 @@ function watchBackoff(delayMs: number): { duration: number; next(): ReturnType<t
   return { duration: delayMs, next: () => watchBackoff(Math.min(delayMs * 2, WATCH_RETRY_MAX_MS)) };
 }
 
+/**
+ * Makes a broken watch stream resume after `delivered()`, the last revision the watch has
+ * really seen. etcd3 on its own resumes after the revision of the last response header (its
+ * 'connected' and 'data' handlers), and a created response carries the store's current revision
+ * while the catch-up events from the start revision are still to come: a second break before
+ * they came resumed past them, lost for good (seen once in CI after an etcd restart).
+ */
+function resumeAfter(watcher: Watcher, delivered: () => number): void {
+  watcher.on('disconnected', () => {
+    watcher.request.start_revision = String(delivered() + 1);
+  });
+}
+
 export class EtcdStore implements Store {
   readonly kind = 'etcd' as const;
   private readonly kv: Namespace;
@@ -263,14 +276,7 @@ export class EtcdStore implements Store {
         }
       }
     });
-    // etcd3 resumes a broken stream after the revision of the last response header it saw
-    // (its 'connected' and 'data' handlers). A created response carries the store's current
-    // revision while the catch-up events from our start revision are still to come, so a
-    // second break before they came resumed past them: lost for good (seen once in CI after
-    // an etcd restart). Resume from what this watch really delivered.
-    watcher.on('disconnected', () => {
-      watcher.request.start_revision = String(last + 1);
-    });
+    resumeAfter(watcher, () => last);
     watcher.on('error', (err) => {
       // etcd3 drops the compact_revision of a cancelled watch; a read at the revision we
       // needed tells whether compaction was the cause.
@@ -371,10 +377,7 @@ export class EtcdStore implements Store {
       kw.on('data', (res) => {
         for (const ev of res.events) seen = Math.max(seen, Number(ev.kv.mod_revision));
       });
-      // As in startWatch: resume from what was delivered, or a deletion could be skipped.
-      kw.on('disconnected', () => {
-        kw.request.start_revision = String(seen + 1);
-      });
+      resumeAfter(kw, () => seen); // or a deletion could be skipped
       // The key may have changed between winning and watching.
       const now = await this.elect.get(name).exec();
       if (now.kvs[0]?.lease !== leaseId) lose('election key changed before it could be watched');
@@ -389,10 +392,7 @@ export class EtcdStore implements Store {
   /** Resolves when `name` is deleted after `seenRevision`; rejects if `signal` aborts. */
   private async waitForDeletion(name: string, seenRevision: number, signal: AbortSignal): Promise<void> {
     const watcher = await this.elect.watch().key(name).startRevision(String(seenRevision + 1)).create();
-    // As in startWatch: after a break, look again from where we started (only a delete matters).
-    watcher.on('disconnected', () => {
-      watcher.request.start_revision = String(seenRevision + 1);
-    });
+    resumeAfter(watcher, () => seenRevision); // only a delete matters: look again from the start
     try {
       await new Promise<void>((resolve, reject) => {
         if (signal.aborted) return reject(signal.reason);
