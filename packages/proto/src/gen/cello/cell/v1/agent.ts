@@ -271,7 +271,15 @@ export interface ExecStart {
   command: string[];
   tty: boolean;
   stdin: boolean;
-  size: TerminalSize | undefined;
+  size:
+    | TerminalSize
+    | undefined;
+  /**
+   * Who asked, as the controller authenticated them (e.g. "alice", "system:virtual-node"). Set
+   * by the controller; the agent trusts it only because the caller is the controller, and
+   * records it in the audit log beside the transport peer.
+   */
+  requestedBy: string;
 }
 
 export interface ExecInput {
@@ -300,6 +308,8 @@ export interface ExecOutput {
 
 export interface PortForwardStart {
   port: number;
+  /** Who asked, as the controller authenticated them (see ExecStart.requested_by). */
+  requestedBy: string;
 }
 
 export interface PortForwardTicketRequest {
@@ -404,6 +414,8 @@ export interface AuditRecord {
   /** the client's certificate subject or address */
   peer: string;
   transcript: Buffer;
+  /** the user the controller authenticated (ExecStart.requested_by) */
+  user: string;
 }
 
 export interface ListAuditResponse {
@@ -2440,7 +2452,7 @@ export const TerminalSize: MessageFns<TerminalSize> = {
 };
 
 function createBaseExecStart(): ExecStart {
-  return { container: "", command: [], tty: false, stdin: false, size: undefined };
+  return { container: "", command: [], tty: false, stdin: false, size: undefined, requestedBy: "" };
 }
 
 export const ExecStart: MessageFns<ExecStart> = {
@@ -2459,6 +2471,9 @@ export const ExecStart: MessageFns<ExecStart> = {
     }
     if (message.size !== undefined) {
       TerminalSize.encode(message.size, writer.uint32(42).fork()).join();
+    }
+    if (message.requestedBy !== "") {
+      writer.uint32(50).string(message.requestedBy);
     }
     return writer;
   },
@@ -2516,6 +2531,14 @@ export const ExecStart: MessageFns<ExecStart> = {
             message.size = TerminalSize.decode(reader, reader.uint32());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.requestedBy = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2535,6 +2558,11 @@ export const ExecStart: MessageFns<ExecStart> = {
       tty: isSet(object.tty) ? globalThis.Boolean(object.tty) : false,
       stdin: isSet(object.stdin) ? globalThis.Boolean(object.stdin) : false,
       size: isSet(object.size) ? TerminalSize.fromJSON(object.size) : undefined,
+      requestedBy: isSet(object.requestedBy)
+        ? globalThis.String(object.requestedBy)
+        : isSet(object.requested_by)
+        ? globalThis.String(object.requested_by)
+        : "",
     };
   },
 
@@ -2555,6 +2583,9 @@ export const ExecStart: MessageFns<ExecStart> = {
     if (message.size !== undefined) {
       obj.size = TerminalSize.toJSON(message.size);
     }
+    if (message.requestedBy !== "") {
+      obj.requestedBy = message.requestedBy;
+    }
     return obj;
   },
 
@@ -2570,6 +2601,7 @@ export const ExecStart: MessageFns<ExecStart> = {
     message.size = (object.size !== undefined && object.size !== null)
       ? TerminalSize.fromPartial(object.size)
       : undefined;
+    message.requestedBy = object.requestedBy ?? "";
     return message;
   },
 };
@@ -2947,13 +2979,16 @@ export const ExecOutput: MessageFns<ExecOutput> = {
 };
 
 function createBasePortForwardStart(): PortForwardStart {
-  return { port: 0 };
+  return { port: 0, requestedBy: "" };
 }
 
 export const PortForwardStart: MessageFns<PortForwardStart> = {
   encode(message: PortForwardStart, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.port !== 0) {
       writer.uint32(8).int32(message.port);
+    }
+    if (message.requestedBy !== "") {
+      writer.uint32(18).string(message.requestedBy);
     }
     return writer;
   },
@@ -2979,6 +3014,14 @@ export const PortForwardStart: MessageFns<PortForwardStart> = {
             message.port = reader.int32();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.requestedBy = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2992,13 +3035,23 @@ export const PortForwardStart: MessageFns<PortForwardStart> = {
   },
 
   fromJSON(object: any): PortForwardStart {
-    return { port: isSet(object.port) ? globalThis.Number(object.port) : 0 };
+    return {
+      port: isSet(object.port) ? globalThis.Number(object.port) : 0,
+      requestedBy: isSet(object.requestedBy)
+        ? globalThis.String(object.requestedBy)
+        : isSet(object.requested_by)
+        ? globalThis.String(object.requested_by)
+        : "",
+    };
   },
 
   toJSON(message: PortForwardStart): unknown {
     const obj: any = {};
     if (message.port !== 0) {
       obj.port = Math.round(message.port);
+    }
+    if (message.requestedBy !== "") {
+      obj.requestedBy = message.requestedBy;
     }
     return obj;
   },
@@ -3009,6 +3062,7 @@ export const PortForwardStart: MessageFns<PortForwardStart> = {
   fromPartial(object: DeepPartial<PortForwardStart>): PortForwardStart {
     const message = createBasePortForwardStart();
     message.port = object.port ?? 0;
+    message.requestedBy = object.requestedBy ?? "";
     return message;
   },
 };
@@ -4411,6 +4465,7 @@ function createBaseAuditRecord(): AuditRecord {
     bytesOut: 0,
     peer: "",
     transcript: Buffer.alloc(0),
+    user: "",
   };
 }
 
@@ -4454,6 +4509,9 @@ export const AuditRecord: MessageFns<AuditRecord> = {
     }
     if (message.transcript.length !== 0) {
       writer.uint32(106).bytes(message.transcript);
+    }
+    if (message.user !== "") {
+      writer.uint32(114).string(message.user);
     }
     return writer;
   },
@@ -4575,6 +4633,14 @@ export const AuditRecord: MessageFns<AuditRecord> = {
             message.transcript = Buffer.from(reader.bytes());
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.user = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4618,6 +4684,7 @@ export const AuditRecord: MessageFns<AuditRecord> = {
         : 0,
       peer: isSet(object.peer) ? globalThis.String(object.peer) : "",
       transcript: isSet(object.transcript) ? Buffer.from(bytesFromBase64(object.transcript)) : Buffer.alloc(0),
+      user: isSet(object.user) ? globalThis.String(object.user) : "",
     };
   },
 
@@ -4662,6 +4729,9 @@ export const AuditRecord: MessageFns<AuditRecord> = {
     if (message.transcript.length !== 0) {
       obj.transcript = base64FromBytes(message.transcript);
     }
+    if (message.user !== "") {
+      obj.user = message.user;
+    }
     return obj;
   },
 
@@ -4685,6 +4755,7 @@ export const AuditRecord: MessageFns<AuditRecord> = {
     message.bytesOut = object.bytesOut ?? 0;
     message.peer = object.peer ?? "";
     message.transcript = object.transcript ?? Buffer.alloc(0);
+    message.user = object.user ?? "";
     return message;
   },
 };
