@@ -483,7 +483,9 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const privileged = sc?.privileged ?? false;
     // Seccomp: container, else pod, else RuntimeDefault; privileged units are unconfined.
     const prof = sc?.seccompProfile?.type ? sc.seccompProfile : psc?.seccompProfile?.type ? psc.seccompProfile : undefined;
-    let seccomp: SeccompProfile | undefined = runtimeDefaultProfile();
+    const capabilities = resolveCapabilities({ add: sc?.capabilities?.add ?? [], drop: sc?.capabilities?.drop ?? [], privileged });
+    // RuntimeDefault's allow-list depends on the capabilities (CAP_SYS_ADMIN may unshare, ...).
+    let seccomp: SeccompProfile | undefined = runtimeDefaultProfile(capabilities);
     if (privileged || prof?.type === SeccompProfileType.SECCOMP_PROFILE_TYPE_UNCONFINED) seccomp = undefined;
     else if (prof?.type === SeccompProfileType.SECCOMP_PROFILE_TYPE_LOCALHOST) {
       const p = resolveInRoot(this.o.seccompProfileDir, prof.localhostProfile);
@@ -530,7 +532,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       user,
       tty: c.tty,
       hostname: podHostname(pod),
-      capabilities: resolveCapabilities({ add: sc?.capabilities?.add ?? [], drop: sc?.capabilities?.drop ?? [], privileged }),
+      capabilities,
       noNewPrivileges: !privileged && sc?.allowPrivilegeEscalation === false,
       seccomp,
       privileged,
