@@ -79,8 +79,8 @@ describe('paths inside a root', () => {
     const vol = mkdtempSync(join(tmpdir(), 'cello-vol-'));
     symlinkSync('/etc', join(vol, 'evil'));
     symlinkSync('../../../../..', join(vol, 'up'));
-    expect(resolveSubPath(vol, 'evil')).toBe(join(vol, 'etc'));
-    expect(resolveSubPath(vol, 'up/var')).toBe(join(vol, 'var'));
+    expect(resolveSubPath(vol, 'evil')).toBe('etc');
+    expect(resolveSubPath(vol, 'up/var')).toBe('var');
     expect(() => resolveSubPath(vol, '../x')).toThrow(/must not contain/);
     expect(() => resolveSubPath(vol, '/abs')).toThrow(/must be relative/);
   });

@@ -32,6 +32,7 @@ import { FifoPool } from '../runtime/fifo-pool.js';
 import { ShimPool } from '../runtime/shim-pool.js';
 import { resolveInRoot } from '../runtime/safe-path.js';
 import { runtimeDefaultProfile, type SeccompProfile } from '../runtime/seccomp.js';
+import { removeStagedSubPaths } from '../runtime/subpath-mount.js';
 import { resolveUser, UserError } from '../runtime/user.js';
 import type { LogSink, UnitDirectory, UnitView } from '../units/unit-view.js';
 import { Backoff, type BackoffPolicy, KUBERNETES_BACKOFF } from './backoff.js';
@@ -39,7 +40,7 @@ import { podHostname, writePodFiles } from './pod-files.js';
 import { Conditions, podPhase, qosClass } from './pod-status.js';
 import { ConfigError, Unit, type UnitContext } from './unit.js';
 import { validateApply } from './validate.js';
-import { fieldValue, type PreparedVolume, removeVolumes, resolveSubPath, resourceValue, VolumeBuilder, VolumeError } from './volumes.js';
+import { fieldValue, type PreparedVolume, mountSubPath, removeVolumes, resourceValue, VolumeBuilder, VolumeError } from './volumes.js';
 
 /** Per-unit log storage: one per unit, a sink per instance. */
 export interface UnitLogs {
@@ -132,7 +133,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   private get dirs() {
     const s = this.o.stateDir;
     const r = this.o.runDir ?? s;
-    return { req: join(s, 'pod.pb'), units: join(s, 'units'), runUnits: join(r, 'units'), volumes: join(s, 'volumes'), pod: join(r, 'pod') };
+    return { req: join(s, 'pod.pb'), units: join(s, 'units'), runUnits: join(r, 'units'), volumes: join(s, 'volumes'), pod: join(r, 'pod'), subPaths: join(r, 'subpaths') };
   }
 
   // --- UnitDirectory ---
@@ -238,7 +239,10 @@ export class PodManager extends EventEmitter implements UnitDirectory {
         }
         next.push(u);
       }
-      for (const u of existing) if (!wanted.some((c) => c.name === u.name)) this.track(u.stop(this.graceMs()));
+      for (const u of existing) {
+        if (wanted.some((c) => c.name === u.name)) continue;
+        this.track(u.stop(this.graceMs()).then(() => removeStagedSubPaths(join(this.dirs.subPaths, u.name))).catch((err) => this.o.logger.warn({ err, unit: u.name }, 'cannot remove staged subPaths')));
+      }
       return next;
     };
     const oldMain = this.units;
@@ -499,7 +503,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     // termination-message file.
     const mounts: OciMount[] = [];
     const dests = new Set<string>();
-    for (const m of c.volumeMounts) {
+    for (const [i, m] of c.volumeMounts.entries()) {
       const v = this.volumes.get(m.name);
       if (!v) throw new ConfigError(`volume "${m.name}" is not prepared`);
       if (v instanceof VolumeError) throw new ConfigError(v.message);
@@ -507,7 +511,8 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       const sub = m.subPathExpr ? expand(m.subPathExpr, (n) => env.get(n)) : m.subPath;
       if (sub) {
         try {
-          src = resolveSubPath(v.hostPath, sub);
+          // One staging path per unit and mount, reused (remounted) by the unit's next instance.
+          src = await mountSubPath(v.hostPath, sub, join(this.dirs.subPaths, u.name, String(i)));
         } catch (err) {
           throw new ConfigError(`volumeMounts "${m.name}" subPath: ${(err as Error).message}`);
         }
@@ -606,6 +611,8 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     await this.o.cgroups.remove(this.o.cgroupParent).catch(() => {});
     for (const l of this.logs.values()) l.close();
     this.logs.clear();
+    // Staged subPaths first: they are mounts of volume (and hostPath) contents.
+    await removeStagedSubPaths(this.dirs.subPaths);
     await removeVolumes(this.dirs.volumes);
     await rm(this.dirs.units, { recursive: true, force: true });
     await rm(this.dirs.runUnits, { recursive: true, force: true });

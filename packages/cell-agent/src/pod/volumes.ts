@@ -5,7 +5,7 @@
 import { execFile } from 'node:child_process';
 import { cpus } from 'node:os';
 import { chmodSync, existsSync, lstatSync, mkdirSync, statSync, writeFileSync, readdirSync, rmSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import type {
   ApplyPodRequest,
   ConfigMapVolumeSource,
@@ -19,6 +19,7 @@ import type {
 } from '@cello/proto/cell';
 import { HostPathType, StorageMedium } from '@cello/proto/cell';
 import { checkItemPath, resolveInRoot } from '../runtime/safe-path.js';
+import { stageSubPath, SubPathError } from '../runtime/subpath-mount.js';
 import { checkPayloadPath, writeAtomic } from './atomic-writer.js';
 
 export class VolumeError extends Error {
@@ -295,14 +296,33 @@ function checkHostPath(volume: string, p: string, type: HostPathType): void {
   }
 }
 
-/** Resolves a mount's subPath inside its volume, creating it (as a directory) when missing. */
+/**
+ * Resolves a mount's subPath inside its volume, symlinks followed as if the volume were "/",
+ * and returns it relative to the volume. Only a name to open: the volume may change before
+ * it is used, so mountSubPath opens it again without following anything.
+ */
 export function resolveSubPath(volumeRoot: string, subPath: string): string {
   if (subPath.startsWith('/')) throw new Error(`subPath "${subPath}" must be relative`);
   if (subPath.split('/').includes('..')) throw new Error(`subPath "${subPath}" must not contain '..'`);
   const p = resolveInRoot(volumeRoot, subPath);
   if (p !== volumeRoot && !p.startsWith(volumeRoot + '/')) throw new Error(`subPath "${subPath}" resolves outside its volume`);
-  if (!existsSync(p)) mkdirSync(p, { recursive: true, mode: 0o755 });
-  return p;
+  return relative(volumeRoot, p);
+}
+
+/**
+ * Stages a mount's subPath on `staging` (see runtime/subpath-mount.ts) and returns the path
+ * runc is to mount. A symlink swapped into the path after it was resolved is refused.
+ * `afterResolve` runs between resolving and opening (tests swap components there).
+ */
+export async function mountSubPath(volumeRoot: string, subPath: string, staging: string, afterResolve?: () => void): Promise<string> {
+  const rel = resolveSubPath(volumeRoot, subPath);
+  afterResolve?.();
+  try {
+    return await stageSubPath(volumeRoot, rel, staging);
+  } catch (err) {
+    if (err instanceof SubPathError) throw new Error(`subPath "${subPath}": ${err.message}`);
+    throw err;
+  }
 }
 
 /** Unmounts tmpfs emptyDirs and removes the pod's volume dirs. */

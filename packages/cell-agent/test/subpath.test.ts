@@ -1,0 +1,118 @@
+// subPath without a check-then-use race (CVE-2017-1002101 / CVE-2021-25741 class), with real
+// mounts and real runc: a component swapped for a symlink to "/" after the subPath was
+// resolved is refused; a swap after staging changes nothing the unit sees; a unit given a
+// symlink to "/" by another unit sees its volume, not the host; staged mounts go with the pod.
+import { readFileSync, mkdirSync, mkdtempSync, readdirSync, renameSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { RestartPolicy } from '@cello/proto/cell';
+import { mountSubPath } from '../src/pod/volumes.js';
+import { removeStagedSubPaths } from '../src/runtime/subpath-mount.js';
+import { apply, pod, startTestAgent, type TestAgent } from './helpers/agent.js';
+import { startTestRegistry, type TestImages } from './helpers/registry.js';
+import { requireTools } from './helpers/rootfs.js';
+
+const mounted = (dir: string) => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => (l.split(' ')[4] ?? '').startsWith(dir));
+
+function volume(): { vol: string; staging: string } {
+  const base = mkdtempSync(join(tmpdir(), 'cello-subpath-'));
+  const vol = join(base, 'vol');
+  mkdirSync(join(vol, 'data/dir'), { recursive: true });
+  writeFileSync(join(vol, 'data/dir/marker'), 'inside the volume');
+  writeFileSync(join(vol, 'data/file'), 'a file');
+  return { vol, staging: join(base, 'staging') };
+}
+
+describe('staged subPath mounts', () => {
+  const stagings: string[] = [];
+  afterAll(async () => {
+    for (const s of stagings) await removeStagedSubPaths(s);
+  });
+
+  it('refuses a component swapped for a symlink to / between resolving and opening', async () => {
+    const { vol, staging } = volume();
+    stagings.push(staging);
+    const swap = () => {
+      renameSync(join(vol, 'data'), join(vol, 'data.honest'));
+      symlinkSync('/', join(vol, 'data'));
+    };
+    await expect(mountSubPath(vol, 'data/dir', join(staging, '0'), swap)).rejects.toThrow(/subPath "data\/dir": "data" is a symlink/);
+    expect(mounted(staging)).toBe(false);
+  });
+
+  it('mounts what was opened: a swap after staging does not reach the staged path', async () => {
+    const { vol, staging } = volume();
+    stagings.push(staging);
+    const dir = await mountSubPath(vol, 'data/dir', join(staging, '0'));
+    const file = await mountSubPath(vol, 'data/file', join(staging, '1'));
+    renameSync(join(vol, 'data'), join(vol, 'data.honest'));
+    symlinkSync('/', join(vol, 'data'));
+    // What runc will bind-mount: the original directory and file, not the host's /dir or /file.
+    expect(readdirSync(dir)).toEqual(['marker']);
+    expect(readFileSync(file, 'utf8')).toBe('a file');
+    await removeStagedSubPaths(staging);
+    expect(mounted(staging)).toBe(false);
+    expect(existsSync(staging)).toBe(false);
+    // Removing the staging never touched the volume's files.
+    expect(readFileSync(join(vol, 'data.honest/dir/marker'), 'utf8')).toBe('inside the volume');
+  });
+
+  it('creates a missing subPath as a directory, and refuses a file in the middle', async () => {
+    const { vol, staging } = volume();
+    stagings.push(staging);
+    await mountSubPath(vol, 'new/deeper', join(staging, '0'));
+    expect(existsSync(join(vol, 'new/deeper'))).toBe(true);
+    await expect(mountSubPath(vol, 'data/file/x', join(staging, '1'))).rejects.toThrow(/"data\/file" is not a directory/);
+  });
+});
+
+describe('subPath in pods', () => {
+  let reg: TestImages;
+  const agents: TestAgent[] = [];
+  beforeAll(async () => {
+    requireTools();
+    reg = await startTestRegistry();
+  });
+  afterAll(async () => {
+    await Promise.all(agents.map((a) => a.stop()));
+    await reg?.stop();
+  });
+
+  it('a symlink to / left in a shared volume by another unit leads to the volume, not the host; staged mounts go with the pod', async () => {
+    const a = await startTestAgent(undefined, { insecureRegistries: [reg.registry.host] });
+    agents.push(a);
+    const marker = `host-only-${process.pid}-${Date.now()}`;
+    const hostDir = mkdtempSync(join(tmpdir(), 'cello-hostmark-'));
+    writeFileSync(join(hostDir, marker), 'x');
+    await apply(a.client, {
+      pod: pod('subpath-escape', {
+        restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
+        volumes: [{ name: 'shared', source: { $case: 'emptyDir', value: {} } }],
+        initContainers: [{ name: 'plant', image: reg.busybox, command: ['sh', '-c', `echo vol > /v/in-volume && ln -s / /v/root && ln -s ${hostDir} /v/host`], volumeMounts: [{ name: 'shared', mountPath: '/v' }] }],
+        containers: [
+          {
+            name: 'victim',
+            image: reg.busybox,
+            command: ['sleep', '3600'],
+            volumeMounts: [
+              { name: 'shared', mountPath: '/r', subPath: 'root' },
+              { name: 'shared', mountPath: '/h', subPath: 'host' },
+            ],
+          },
+        ],
+      }),
+    });
+    await a.watch.until('victim running', (w) => w.running('victim'), 30_000);
+    const staged = join(a.agent.runDir, 'subpaths');
+    expect(mounted(staged)).toBe(true);
+    const { execFileSync } = await import('node:child_process');
+    const id = a.watch.unit('victim')!.containerId.replace('runc://', '');
+    const seen = execFileSync('runc', ['--root', join(a.stateDir, 'runc'), 'exec', id, 'sh', '-c', 'ls /r; echo ---; ls /h'], { encoding: 'utf8' });
+    expect(seen).toContain('in-volume');
+    expect(seen).not.toContain('proc');
+    expect(seen).not.toContain(marker);
+    await new Promise<void>((r) => a.client.deletePod({ gracePeriodSeconds: 0 }, () => r()));
+    expect(mounted(staged)).toBe(false);
+  });
+});
