@@ -52,6 +52,8 @@ export interface ManifestResponse {
 
 const RETRY_STATUS = new Set([408, 425, 429, 500, 502, 503, 504]);
 const MAX_MANIFEST_BYTES = 8 << 20;
+/** Token responses are a JWT or two and a few fields; real ones are a few KiB. */
+export const MAX_TOKEN_BYTES = 1 << 20;
 
 function isAbort(err: unknown): boolean {
   return err instanceof Error && (err.name === 'AbortError' || (err as { code?: string }).code === 'ABORT_ERR');
@@ -200,6 +202,7 @@ export class RegistryClient {
     if (challenge.scheme !== 'bearer') throw new PullError('unsupported', `${this.o.registry}: unsupported auth scheme ${challenge.scheme}`);
     const realm = challenge.params.realm;
     if (!realm || !/^https?:\/\//.test(realm)) throw new PullError('auth', `${this.o.registry}: bearer challenge without a usable realm`);
+    if (creds && (creds.identityToken || creds.username)) this.checkRealm(new URL(realm));
     const scope = challenge.params.scope || this.scope;
     const service = challenge.params.service;
     let res: Dispatcher.ResponseData;
@@ -233,9 +236,24 @@ export class RegistryClient {
       await res.body.dump();
       throw new PullError(res.statusCode >= 500 ? 'network' : 'auth', `${this.o.registry}: token service answered HTTP ${res.statusCode}`);
     }
+    const chunks: Buffer[] = [];
+    let n = 0;
+    try {
+      for await (const c of res.body) {
+        n += (c as Buffer).length;
+        if (n > MAX_TOKEN_BYTES) {
+          res.body.destroy();
+          throw new PullError('auth', `${this.o.registry}: token service answered more than ${MAX_TOKEN_BYTES} bytes`);
+        }
+        chunks.push(c as Buffer);
+      }
+    } catch (err) {
+      if (err instanceof PullError) throw err;
+      throw new PullError('network', `${this.o.registry}: token service response cut: ${describe(err)}`, { cause: err });
+    }
     let body: { token?: string; access_token?: string; expires_in?: number };
     try {
-      body = (await res.body.json()) as typeof body;
+      body = JSON.parse(Buffer.concat(chunks, n).toString('utf8')) as typeof body;
     } catch (err) {
       throw new PullError('auth', `${this.o.registry}: token service answered something that is not JSON`, { cause: err });
     }
@@ -244,6 +262,20 @@ export class RegistryClient {
     const ttl = Math.max(10, Number(body.expires_in) || 60) * 1000;
     // Expire a little early so a token never dies in flight.
     this.o.tokens.set(this.tokenKey, `Bearer ${token}`, ttl - Math.min(5000, ttl / 10));
+  }
+
+  /**
+   * Credentials go to a plain-HTTP token realm only when the registry itself is a configured
+   * plain-HTTP registry on the same host: anywhere else they would cross the network in clear
+   * text (a registry served over https sending them to http://, or to some other host), readable
+   * and replayable by anyone on the path — or by whoever controls the registry's answer.
+   */
+  private checkRealm(realm: URL): void {
+    if (realm.protocol !== 'http:') return;
+    const registryHost = new URL(this.origin).hostname;
+    if (this.o.plainHttp && realm.hostname === registryHost) return;
+    const why = this.o.plainHttp ? `a different host than the registry (${registryHost})` : 'a registry served over https';
+    throw new PullError('auth', `${this.o.registry}: refusing to send credentials to the plain-HTTP token realm ${realm.origin} (${why}); the token service must use https`);
   }
 
   async getManifest(reference: string, expectDigest?: string): Promise<ManifestResponse> {

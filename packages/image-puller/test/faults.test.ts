@@ -201,6 +201,59 @@ describe('token auth (distribution auth: token, issuer written for the test)', (
     expect(issuer.requests).toEqual([{ scope: 'repository:team/busybox:pull', user: 'alice' }]);
   });
 
+  it('bounds the token response: an oversized answer is an auth error, not unbounded memory', async () => {
+    issuer.padBytes = 2 << 20;
+    try {
+      const p = new ImagePuller({ root: join(work, 'cache-token-big'), plainHttp: [registry.host] });
+      const err = await p.inspect(ref, { auth: () => ({ username: 'alice', password: 's3cret-pw' }) }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(PullError);
+      expect((err as PullError).kind).toBe('auth');
+      expect((err as PullError).message).toMatch(/token service answered more than 1048576 bytes/);
+    } finally {
+      issuer.padBytes = 0;
+    }
+  });
+
+  it('never sends credentials to a plain-HTTP realm on another host, or to any plain-HTTP realm of an https registry', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { mkdirSync } = await import('node:fs');
+    // The realm on 127.0.0.2, a different host than the plain-HTTP registry at 127.0.0.1.
+    const dir = join(work, 'issuer-elsewhere');
+    mkdirSync(dir);
+    const elsewhere = await startTokenIssuer(dir, 'alice', 's3cret-pw', '127.0.0.2');
+    const plainReg = await startRegistry({ tokenAuth: elsewhere });
+    // An https registry whose realm (the first issuer) is plain HTTP on its own host.
+    const cert = join(work, 'realm-reg.crt');
+    const key = join(work, 'realm-reg.key');
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    const tlsReg = await startRegistry({ tokenAuth: issuer, tls: { certificate: cert, key } });
+    try {
+      const auth = () => ({ username: 'alice', password: 's3cret-pw' });
+      const cases = [
+        { reg: plainReg, iss: elsewhere, opts: { plainHttp: [plainReg.host] }, why: /a different host than the registry \(127\.0\.0\.1\)/ },
+        { reg: tlsReg, iss: issuer, opts: { insecure: [tlsReg.host] }, why: /a registry served over https/ },
+      ];
+      for (const [i, c] of cases.entries()) {
+        c.iss.requests.length = 0;
+        for (const creds of [auth, () => ({ identityToken: 'idtoken-alice' })]) {
+          const p = new ImagePuller({ root: join(work, `cache-realm-${i}`), ...c.opts });
+          const err = await p.inspect(`${c.reg.host}/team/busybox:1`, { auth: creds }).catch((e: unknown) => e);
+          await p.close();
+          expect(err).toBeInstanceOf(PullError);
+          expect((err as PullError).kind).toBe('auth');
+          expect((err as PullError).message).toMatch(/refusing to send credentials to the plain-HTTP token realm http:\/\/127\.0\.0\.[12]:\d+/);
+          expect((err as PullError).message).toMatch(c.why);
+          expect((err as PullError).message).not.toContain('s3cret-pw');
+        }
+        expect(c.iss.requests).toEqual([]);
+      }
+    } finally {
+      await plainReg.stop();
+      await tlsReg.stop();
+      await elsewhere.stop();
+    }
+  });
+
   it('refuses anonymous and wrong credentials with an auth error that names no secret', async () => {
     const p = new ImagePuller({ root: join(work, 'cache-token3'), plainHttp: [registry.host] });
     const anon = await p.pull(ref).catch((e: unknown) => e);

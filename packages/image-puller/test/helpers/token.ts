@@ -39,6 +39,8 @@ export interface TokenIssuer {
   advertisedTtlSeconds: number;
   /** The next N tokens carry a wrong issuer, so the registry answers 401 to them. */
   badTokens: number;
+  /** Bytes of padding added to each token response (an oversized answer). */
+  padBytes: number;
   stop(): Promise<void>;
 }
 
@@ -47,7 +49,7 @@ export interface TokenIssuer {
  * of a key whose self-signed certificate is the registry's rootcertbundle. Grants the requested
  * actions to `user`/`password`, refuses anonymous and wrong credentials.
  */
-export async function startTokenIssuer(dir: string, user: string, password: string): Promise<TokenIssuer> {
+export async function startTokenIssuer(dir: string, user: string, password: string, host = '127.0.0.1'): Promise<TokenIssuer> {
   const key = join(dir, 'token.key');
   const cert = join(dir, 'token.crt');
   execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=cello-test-token-issuer'], { stdio: 'ignore' });
@@ -55,7 +57,7 @@ export async function startTokenIssuer(dir: string, user: string, password: stri
   const kid = libtrustKeyId(createPublicKey(priv).export({ type: 'spki', format: 'der' }));
   const service = 'cello-test-registry';
   const issuerName = 'cello-test-issuer';
-  const state = { requests: [] as TokenIssuer['requests'], jwtTtlSeconds: 300, advertisedTtlSeconds: 300, badTokens: 0 };
+  const state = { requests: [] as TokenIssuer['requests'], jwtTtlSeconds: 300, advertisedTtlSeconds: 300, badTokens: 0, padBytes: 0 };
   const server: Server = createServer((req, res) => {
     let body = '';
     req.setEncoding('utf8').on('data', (d: string) => (body += d));
@@ -88,12 +90,12 @@ export async function startTokenIssuer(dir: string, user: string, password: stri
     const token = `${signingInput}.${b64url(sign('sha256', Buffer.from(signingInput), priv))}`;
     res.writeHead(200, { 'content-type': 'application/json' });
     // The OAuth2 form answers access_token; the Docker form answers token.
-    res.end(JSON.stringify({ [req.method === 'POST' ? 'access_token' : 'token']: token, expires_in: state.advertisedTtlSeconds, issued_at: new Date().toISOString() }));
+    res.end(JSON.stringify({ [req.method === 'POST' ? 'access_token' : 'token']: token, expires_in: state.advertisedTtlSeconds, issued_at: new Date().toISOString(), ...(state.padBytes ? { pad: 'x'.repeat(state.padBytes) } : {}) }));
   };
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  await new Promise<void>((r) => server.listen(0, host, r));
   const port = (server.address() as AddressInfo).port;
   return Object.assign(state, {
-    realm: `http://127.0.0.1:${port}/token`, service, issuer: issuerName, rootCertBundle: cert,
+    realm: `http://${host}:${port}/token`, service, issuer: issuerName, rootCertBundle: cert,
     stop: () => new Promise<void>((r) => {
       server.closeAllConnections();
       server.close(() => r());
