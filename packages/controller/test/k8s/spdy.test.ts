@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { createServer, connect, type Socket } from 'node:net';
 import { createDeflate, createInflate, constants as Z } from 'node:zlib';
-import { FrameReader, HeaderCodec, SpdySession, controlFrame, dataFrame, decodeHeaderBlock, encodeHeaderBlock, FrameType, FLAG_FIN, type Frame } from '../../src/k8s/spdy/index.js';
+import { FrameReader, HeaderCodec, SpdySession, SpdyStream, controlFrame, dataFrame, decodeHeaderBlock, encodeHeaderBlock, FrameType, FLAG_FIN, MAX_CONTROL_LENGTH, MAX_HEADER_BLOCK, type Frame } from '../../src/k8s/spdy/index.js';
 import { SPDY3_DICTIONARY } from '../../src/k8s/spdy/dictionary.js';
 
 describe('SPDY/3 framing', () => {
@@ -178,3 +178,155 @@ describe('SPDY/3.1 session (server side)', () => {
     }
   });
 });
+
+/** A SPDY server on loopback whose sessions are collected; the caller's client connects to it. */
+async function spdyServer(o: ConstructorParameters<typeof SpdySession>[1], onSession: (s: SpdySession) => void) {
+  const sessions: SpdySession[] = [];
+  const server = createServer((sock) => {
+    const s = new SpdySession(sock, o);
+    sessions.push(s);
+    onSession(s);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const sock = connect((server.address() as { port: number }).port, '127.0.0.1');
+  await new Promise((r) => sock.once('connect', r));
+  return {
+    sock,
+    client: new Client(sock),
+    async stop() {
+      sock.destroy();
+      for (const s of sessions) s.close();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
+const closed = (sock: Socket) => new Promise((r) => (sock.destroyed || sock.readableEnded ? r(undefined) : sock.once('close', r)));
+
+describe('SPDY/3.1 session limits', () => {
+  it('a header block that inflates past 256 KiB (a zlib bomb) closes the session with an error naming the limit; no stream is opened', async () => {
+    const errors: Error[] = [];
+    let streams = 0;
+    const srv = await spdyServer({}, (s) => {
+      s.on('protocolError', (e: Error) => errors.push(e));
+      s.on('stream', () => streams++);
+    });
+    try {
+      // 64 MiB of zeros as one header value, deflated chunk by chunk: about 64 KiB on the wire.
+      const deflate = createDeflate({ dictionary: SPDY3_DICTIONARY });
+      const prefix = Buffer.alloc(4 + 4 + 10 + 4);
+      prefix.writeUInt32BE(1, 0);
+      prefix.writeUInt32BE(10, 4);
+      prefix.write('streamtype', 8);
+      prefix.writeUInt32BE(64 * 2 ** 20, 18);
+      deflate.write(prefix);
+      const zeros = Buffer.alloc(64 * 1024);
+      for (let i = 0; i < 1024; i++) deflate.write(zeros);
+      const block = await new Promise<Buffer>((resolve) => {
+        const out: Buffer[] = [];
+        deflate.on('data', (c: Buffer) => out.push(c));
+        deflate.flush(Z.Z_SYNC_FLUSH, () => resolve(Buffer.concat(out)));
+      });
+      expect(block.length).toBeLessThan(MAX_CONTROL_LENGTH);
+      const p = Buffer.alloc(10);
+      p.writeUInt32BE(1, 0);
+      srv.sock.write(controlFrame(FrameType.SYN_STREAM, 0, Buffer.concat([p, block])));
+      const ga = await srv.client.next((f) => f.kind === 'control' && f.type === FrameType.GOAWAY);
+      expect(ga.kind).toBe('control');
+      await closed(srv.sock);
+      expect(errors.map((e) => e.message)).toEqual([`spdy: a header block inflates to more than ${MAX_HEADER_BLOCK} bytes (the limit); closing the session`]);
+      expect(streams).toBe(0);
+    } finally {
+      await srv.stop();
+    }
+  });
+
+  it('the decompressor stops inflating at the limit: a bomb is refused, and the context refuses later blocks', async () => {
+    const inflater = HeaderCodec.decompressor(1024);
+    const compressor = HeaderCodec.compressor();
+    const ok = await compressor.run(encodeHeaderBlock({ streamtype: ['x'.repeat(500)] }));
+    expect(decodeHeaderBlock(await inflater.run(ok))).toEqual({ streamtype: ['x'.repeat(500)] });
+    const big = await compressor.run(encodeHeaderBlock({ streamtype: ['y'.repeat(4096)] }));
+    await expect(inflater.run(big)).rejects.toThrow(/inflates to more than 1024 bytes/);
+    await expect(inflater.run(ok)).rejects.toThrow(/closed/);
+    compressor.close();
+  });
+
+  it('a control frame longer than any header block may be is refused from its length alone', () => {
+    const h = Buffer.alloc(8);
+    h.writeUInt16BE(0x8003, 0);
+    h.writeUInt16BE(FrameType.SYN_STREAM, 2);
+    h.writeUIntBE(MAX_CONTROL_LENGTH + 1, 5, 3);
+    expect(() => new FrameReader().push(h)).toThrow(`spdy: control frame of ${MAX_CONTROL_LENGTH + 1} bytes is over the limit of ${MAX_CONTROL_LENGTH}`);
+  });
+
+  it('streams beyond maxStreams are refused with RST_STREAM REFUSED_STREAM; the session and its streams carry on', async () => {
+    const opened: number[] = [];
+    const srv = await spdyServer({ maxStreams: 2 }, (s) => s.on('stream', (st) => opened.push(st.id)));
+    try {
+      await srv.client.synStream(1, { streamtype: ['data'] });
+      await srv.client.synStream(3, { streamtype: ['error'] });
+      await srv.client.synStream(5, { streamtype: ['data'] });
+      const rst = await srv.client.next((f) => f.kind === 'control' && f.type === FrameType.RST_STREAM);
+      expect(rst.kind === 'control' && [rst.payload.readUInt32BE(0), rst.payload.readUInt32BE(4)]).toEqual([5, 3]);
+      expect(opened).toEqual([1, 3]);
+      // Closing one makes room for the next (the header context stayed in step too).
+      srv.sock.write(controlFrame(FrameType.RST_STREAM, 0, Buffer.from([0, 0, 0, 1, 0, 0, 0, 5])));
+      await srv.client.synStream(7, { streamtype: ['data'] });
+      await srv.client.next((f) => f.kind === 'control' && f.type === FrameType.SYN_REPLY && f.payload.readUInt32BE(0) === 7);
+      expect(opened).toEqual([1, 3, 7]);
+    } finally {
+      await srv.stop();
+    }
+  });
+
+  it('backpressure: write() reports false past the high-water mark and drain follows once the peer reads; a paused stream stops the socket being read', async () => {
+    let stream: SpdyStream | undefined;
+    let session: SpdySession | undefined;
+    const got: Buffer[] = [];
+    const srv = await spdyServer({ highWaterMark: 256 * 1024 }, (s) => {
+      session = s;
+      s.on('stream', (st) => {
+        stream = st;
+        st.on('data', (b: Buffer) => got.push(b));
+      });
+    });
+    try {
+      await srv.client.synStream(1, { streamtype: ['stdout'] });
+      await srv.client.next((f) => f.kind === 'control' && f.type === FrameType.SYN_REPLY);
+      srv.sock.pause(); // the client stops reading
+      const chunk = Buffer.alloc(64 * 1024, 1);
+      let writes = 0;
+      while (stream!.write(chunk)) {
+        writes++;
+        if (writes > 10_000) throw new Error('write() never reported backpressure');
+        await new Promise((r) => setImmediate(r));
+      }
+      expect(session!.bufferedBytes()).toBeGreaterThan(256 * 1024);
+      // A kernel socket buffer's worth went out; the rest waits in the session, not unbounded.
+      const drained = new Promise((r) => stream!.once('drain', r));
+      srv.sock.resume();
+      await drained;
+      expect(session!.bufferedBytes()).toBeLessThanOrEqual(256 * 1024);
+
+      // Inbound: paused, the stream's data stays in the kernel until resume().
+      stream!.pause();
+      await new Promise((r) => setTimeout(r, 50));
+      srv.sock.write(dataFrame(1, 0, Buffer.from('while paused')));
+      await new Promise((r) => setTimeout(r, 200));
+      expect(Buffer.concat(got).toString()).toBe('');
+      stream!.resume();
+      await waitUntil(() => Buffer.concat(got).toString() === 'while paused');
+    } finally {
+      await srv.stop();
+    }
+  });
+});
+
+async function waitUntil(pred: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

@@ -20,6 +20,14 @@ export enum FrameType {
 export const FLAG_FIN = 0x01;
 export const FLAG_UNIDIRECTIONAL = 0x02;
 export const MAX_DATA_LENGTH = 0xffffff;
+/**
+ * What one header block may inflate to: Go's http.DefaultMaxHeaderBytes is 1 MiB for a whole
+ * request, spdystream has no limit at all; the streaming protocols send a handful of short
+ * headers. Without a bound, a few KiB of deflated zeros inflate to gigabytes (a zlib bomb).
+ */
+export const MAX_HEADER_BLOCK = 256 * 1024;
+/** A control frame's payload: a header block that inflates to at most MAX_HEADER_BLOCK is smaller than this deflated. */
+export const MAX_CONTROL_LENGTH = MAX_HEADER_BLOCK + 1024;
 
 export const RstStatus = {
   PROTOCOL_ERROR: 1,
@@ -45,6 +53,8 @@ export class FrameReader {
     const out: Frame[] = [];
     while (this.buf.length >= 8) {
       const len = this.buf.readUIntBE(5, 3);
+      // Refused before its body is buffered: a control frame is never that long.
+      if (this.buf[0]! & 0x80 && len > MAX_CONTROL_LENGTH) throw new Error(`spdy: control frame of ${len} bytes is over the limit of ${MAX_CONTROL_LENGTH}`);
       if (this.buf.length < 8 + len) break;
       const flags = this.buf[4]!;
       const body = this.buf.subarray(8, 8 + len);
@@ -125,38 +135,73 @@ export function decodeHeaderBlock(b: Buffer): Headers {
   return out;
 }
 
+export class HeaderBlockTooLarge extends Error {
+  constructor(limit: number) {
+    super(`spdy: a header block inflates to more than ${limit} bytes (the limit); closing the session`);
+  }
+}
+
 /**
  * One direction's zlib context. Blocks go through strictly in order (the context is shared by
  * every frame of the session); each ends with a sync flush so the peer can decode it alone.
+ * Output is counted as zlib produces it, so a block over `maxOutput` is refused after at most
+ * one more chunk (16 KiB), not once it has all been inflated into memory.
  */
 export class HeaderCodec {
   private chain: Promise<unknown> = Promise.resolve();
+  private current: { chunks: Buffer[]; size: number; over: boolean } | undefined;
 
-  private constructor(private readonly z: Deflate | Inflate) {
+  private constructor(private readonly z: Deflate | Inflate, private readonly maxOutput: number) {
     z.on('error', () => undefined); // surfaced through run()'s rejection
+    z.on('data', (c: Buffer) => {
+      const cur = this.current;
+      if (!cur || cur.over) return;
+      cur.size += c.length;
+      if (cur.size > this.maxOutput) {
+        cur.over = true;
+        cur.chunks = [];
+        // Stops zlib at once: no further input of this (or any later) block is processed.
+        this.z.destroy();
+        return;
+      }
+      cur.chunks.push(c);
+    });
   }
 
   static compressor(): HeaderCodec {
-    return new HeaderCodec(createDeflate({ dictionary: SPDY3_DICTIONARY }));
+    return new HeaderCodec(createDeflate({ dictionary: SPDY3_DICTIONARY }), Infinity);
   }
-  static decompressor(): HeaderCodec {
-    return new HeaderCodec(createInflate({ dictionary: SPDY3_DICTIONARY }));
+  static decompressor(maxOutput = MAX_HEADER_BLOCK): HeaderCodec {
+    return new HeaderCodec(createInflate({ dictionary: SPDY3_DICTIONARY }), maxOutput);
   }
 
   run(input: Buffer): Promise<Buffer> {
     const p = this.chain.then(
       () =>
         new Promise<Buffer>((resolve, reject) => {
-          const onError = (err: Error) => reject(err);
+          const cur = { chunks: [] as Buffer[], size: 0, over: false };
+          this.current = cur;
+          let finished = false;
+          const done = (err?: Error) => {
+            if (finished) return;
+            finished = true;
+            this.z.off('error', onError);
+            this.z.off('close', onClose);
+            this.current = undefined;
+            if (cur.over) reject(new HeaderBlockTooLarge(this.maxOutput));
+            else if (err) reject(err);
+            else resolve(Buffer.concat(cur.chunks));
+          };
+          const onError = (err: Error) => done(err);
+          const onClose = () => done(new Error('spdy: header compression context closed'));
           this.z.once('error', onError);
+          this.z.once('close', onClose);
+          if (this.z.destroyed) return done(new Error('spdy: header compression context closed'));
           this.z.write(input);
           this.z.flush(Z.Z_SYNC_FLUSH, () => {
-            this.z.off('error', onError);
-            // Paused mode: everything the flush produced is buffered and can be read now.
-            const out: Buffer[] = [];
-            let c: Buffer | null;
-            while ((c = this.z.read() as Buffer | null) !== null) out.push(c);
-            resolve(Buffer.concat(out));
+            // Whatever the flush produced and is still buffered goes through the 'data' handler.
+            while (this.z.read() !== null);
+            done();
           });
         }),
     );

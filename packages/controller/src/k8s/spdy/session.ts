@@ -2,7 +2,10 @@
 // opens streams (SYN_STREAM, answered with SYN_REPLY at once, as spdystream's servers do), both
 // sides send DATA and half-close with FIN; PINGs are echoed; GOAWAY or the socket closing ends
 // every stream. spdystream does not use flow-control windows, so WINDOW_UPDATE and SETTINGS are
-// accepted and ignored.
+// accepted and ignored; backpressure is TCP's. Writes report (as a Writable's do) when the bytes
+// waiting for the socket pass a high-water mark, and a 'drain' follows; a stream paused by its
+// consumer pauses reading the socket, which stalls every stream of the session as spdystream's
+// blocking frame reader does, rather than buffering what the peer sends without limit.
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import {
@@ -12,6 +15,7 @@ import {
   FLAG_UNIDIRECTIONAL,
   HeaderCodec,
   MAX_DATA_LENGTH,
+  MAX_HEADER_BLOCK,
   RstStatus,
   controlFrame,
   dataFrame,
@@ -36,14 +40,24 @@ export class SpdyStream extends EventEmitter {
     return this.headers[name.toLowerCase()]?.[0];
   }
 
-  write(data: Buffer | string): void {
-    if (this.localClosed || this.reset) return;
+  /** False once the session's outgoing bytes are over its high-water mark: wait for 'drain'. */
+  write(data: Buffer | string): boolean {
+    if (this.localClosed || this.reset) return true;
     let b = typeof data === 'string' ? Buffer.from(data) : data;
     while (b.length > MAX_DATA_LENGTH) {
       this.session.send(dataFrame(this.id, 0, b.subarray(0, MAX_DATA_LENGTH)));
       b = b.subarray(MAX_DATA_LENGTH);
     }
     if (b.length) this.session.send(dataFrame(this.id, 0, b));
+    return !this.session.needsDrain();
+  }
+
+  /** Stops delivering the peer's data: the session stops reading its socket until resume(). */
+  pause(): void {
+    this.session.pauseFor(this);
+  }
+  resume(): void {
+    this.session.resumeFor(this);
   }
 
   /** Half-close: FIN on an empty DATA frame. */
@@ -91,6 +105,7 @@ export class SpdyStream extends EventEmitter {
     if (this.localClosed && this.remoteClosed) this.done();
   }
   private done(): void {
+    this.session.resumeFor(this);
     this.session.forget(this.id);
     this.emit('close');
   }
@@ -103,9 +118,18 @@ function rst(streamId: number, status: number): Buffer {
   return controlFrame(FrameType.RST_STREAM, 0, p);
 }
 
+export interface SpdySessionOptions {
+  /** Outgoing bytes (queued and in the socket) above which writes report false; default 1 MiB. */
+  highWaterMark?: number;
+  /** Streams open at once; more are refused with RST_STREAM REFUSED_STREAM. Default 256. */
+  maxStreams?: number;
+  /** What one header block may inflate to; more closes the session. Default MAX_HEADER_BLOCK. */
+  maxHeaderBlock?: number;
+}
+
 export class SpdySession extends EventEmitter {
   private readonly reader = new FrameReader();
-  private readonly inflater = HeaderCodec.decompressor();
+  private readonly inflater: HeaderCodec;
   private readonly deflater = HeaderCodec.compressor();
   private readonly streams = new Map<number, SpdyStream>();
   /** Frames go out in order; a SYN_REPLY waits for its compressed headers, so does what follows. */
@@ -113,9 +137,22 @@ export class SpdySession extends EventEmitter {
   private inbound: Promise<void> = Promise.resolve();
   private closed = false;
   private lastStreamId = 0;
+  /** Bytes handed to send() that are not yet in the socket's buffer. */
+  private queued = 0;
+  private readonly paused = new Set<SpdyStream>();
+  private readonly highWaterMark: number;
+  private readonly maxStreams: number;
 
-  constructor(private readonly socket: Duplex) {
+  constructor(private readonly socket: Duplex, o: SpdySessionOptions = {}) {
     super();
+    this.highWaterMark = o.highWaterMark ?? 1024 * 1024;
+    this.maxStreams = o.maxStreams ?? 256;
+    this.inflater = HeaderCodec.decompressor(o.maxHeaderBlock ?? MAX_HEADER_BLOCK);
+    socket.on('drain', () => {
+      if (this.needsDrain()) return;
+      this.emit('drain');
+      for (const s of [...this.streams.values()]) s.emit('drain');
+    });
     socket.on('data', (chunk: Buffer) => {
       let frames: Frame[];
       try {
@@ -133,11 +170,35 @@ export class SpdySession extends EventEmitter {
   /** @internal queued so frames keep their order behind pending header compression. */
   send(frame: Buffer | Promise<Buffer>): void {
     if (this.closed) return;
+    const n = Buffer.isBuffer(frame) ? frame.length : 0;
+    this.queued += n;
     const p = Promise.resolve(frame);
     this.out = this.out.then(async () => {
       const b = await p;
+      this.queued -= n;
       if (!this.closed && !this.socket.destroyed) this.socket.write(b);
     }).catch((err: Error) => this.fail(err));
+  }
+
+  /** Outgoing bytes not yet on the wire: queued behind header compression plus the socket's buffer. */
+  bufferedBytes(): number {
+    return this.queued + this.socket.writableLength;
+  }
+
+  /** @internal */
+  needsDrain(): boolean {
+    return this.bufferedBytes() > this.highWaterMark;
+  }
+
+  /** @internal */
+  pauseFor(s: SpdyStream): void {
+    this.paused.add(s);
+    this.socket.pause();
+  }
+  /** @internal */
+  resumeFor(s: SpdyStream): void {
+    if (!this.paused.delete(s)) return;
+    if (this.paused.size === 0 && !this.closed) this.socket.resume();
   }
 
   /** @internal */
@@ -165,6 +226,11 @@ export class SpdySession extends EventEmitter {
         const id = p.readUInt32BE(0) & 0x7fffffff;
         const headers = decodeHeaderBlock(await this.inflater.run(p.subarray(10)));
         this.lastStreamId = Math.max(this.lastStreamId, id);
+        if (this.streams.size >= this.maxStreams) {
+          this.emit('protocolError', new Error(`spdy: stream ${id} refused: ${this.maxStreams} streams are already open on this session`));
+          this.send(rst(id, RstStatus.REFUSED_STREAM));
+          return;
+        }
         const s = new SpdyStream(this, id, headers);
         this.streams.set(id, s);
         const reply = Buffer.alloc(4);
