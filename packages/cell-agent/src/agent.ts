@@ -1,7 +1,6 @@
 // Assembles the agent: state dir, runc, cgroups, images, the pod manager and the gRPC server
 // (cello.cell.v1.CellAgent + grpc.health.v1) with mTLS.
 import { createHash } from 'node:crypto';
-import { statfsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
@@ -23,6 +22,7 @@ import { PodManager } from './pod/pod-manager.js';
 import { PortForwarder } from './portforward/index.js';
 import { startPortForwardStreamListener, type PortForwardStreamListener } from './portforward/stream-listener.js';
 import { Runc } from './runtime/runc.js';
+import { ensurePrivateDir, RUN_BASE } from './runtime/run-dir.js';
 import { createService } from './server/service.js';
 
 export const AGENT_VERSION = '0.1.0';
@@ -86,21 +86,13 @@ export interface Agent {
   close(): Promise<void>;
 }
 
-const TMPFS_MAGIC = 0x01021994;
-
 /**
- * A per-boot directory for this state dir: under /run when /run is a tmpfs (as on systemd
- * hosts), else under /dev/shm. Units outlive the agent, not the machine, and so does this.
+ * A per-boot directory for this state dir, under /run (never the world-writable /dev/shm: see
+ * runtime/run-dir.ts). Units outlive the agent, not the machine, and so does this.
  */
 export function defaultRunDir(stateDir: string): string {
   const id = createHash('sha256').update(resolve(stateDir)).digest('hex').slice(0, 12);
-  let base = '/dev/shm';
-  try {
-    if (statfsSync('/run').type === TMPFS_MAGIC) base = '/run';
-  } catch {
-    /* no /run */
-  }
-  return join(base, 'cello-agent', id);
+  return join(RUN_BASE, 'agent', id);
 }
 
 function primaryIPv4(): string {
@@ -124,7 +116,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   const log = o.logger;
   await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
   const runDir = o.runDir ?? defaultRunDir(o.stateDir);
-  await mkdir(runDir, { recursive: true, mode: 0o700 });
+  ensurePrivateDir(runDir);
   // runc's root stays in the state dir: other tools (the local cell provider's cleanup, cell
   // image tests) find the cell's containers at STATE/runc.
   const runc = new Runc(o.runcBinary ?? 'runc', join(o.stateDir, 'runc'));

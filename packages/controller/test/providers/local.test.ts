@@ -1,7 +1,7 @@
 // The local provider: each cell a real `cell-agent serve` process with its own state dir,
 // port, agent identity and (as root) network namespace on the cello0 bridge.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -75,10 +75,12 @@ describe('local provider', () => {
         return f.net.address;
       });
       expect(new Set(addrs).size).toBe(4);
+      // Per-boot files under /run, never the world-writable /dev/shm.
+      for (const { cellId } of cells) expect(statSync(join('/run/cello/local', cellId)).mode & 0o777).toBe(0o700);
     } finally {
       await Promise.all(cells.map(({ p, inst }) => p.terminate([inst.instanceId])));
     }
-    for (const { cellId } of cells) expect(existsSync(join('/dev/shm/cello-local', cellId))).toBe(false);
+    for (const { cellId } of cells) expect(existsSync(join('/run/cello/local', cellId))).toBe(false);
   }, 90_000);
 });
 

@@ -147,11 +147,12 @@ export class LocalProvider implements CellProvider {
   }
 
   /**
-   * The agent's per-boot files (FIFOs, control files) on a tmpfs, as on a real cell's /run;
+   * The agent's per-boot files (FIFOs, control files, staged subPath mounts) under /run, as on
+   * a real cell, never in the world-writable /dev/shm (the agent refuses a planted dir there);
    * named here so terminate can remove them.
    */
   private runDir(cellId: string): string {
-    return join(existsSync('/dev/shm') ? '/dev/shm/cello-local' : join(this.opts.root, '.run'), cellId);
+    return join('/run/cello/local', cellId);
   }
 
   private listCellIds(): string[] {
@@ -307,6 +308,8 @@ export class LocalProvider implements CellProvider {
       }
     }
     await cleanupCellDir(dir);
+    // A dead agent's staged subPath mounts show volume (even hostPath) contents: unmount first.
+    await unmountUnder(this.runDir(f.cellId));
     await rm(this.runDir(f.cellId), { recursive: true, force: true });
     await removeCgroups(`cello/${f.cellId}`);
     if (f.net) {
