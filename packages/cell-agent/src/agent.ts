@@ -21,6 +21,7 @@ import type { BackoffPolicy } from './pod/backoff.js';
 import { PodManager } from './pod/pod-manager.js';
 import { PortForwarder } from './portforward/index.js';
 import { startPortForwardStreamListener, type PortForwardStreamListener } from './portforward/stream-listener.js';
+import { agentPeerPolicy, peerAuthInterceptor, type PeerPolicy } from './server/peer-auth.js';
 import { Runc } from './runtime/runc.js';
 import { ensurePrivateDir, RUN_BASE } from './runtime/run-dir.js';
 import { createService } from './server/service.js';
@@ -40,6 +41,11 @@ export interface AgentOptions {
   runDir?: string;
   /** mTLS; undefined means --insecure-dev. */
   tls: TlsFiles | undefined;
+  /**
+   * With mTLS, client names (spiffe://<trust domain>/client/<name>) served besides the
+   * controller, e.g. an operator's for `cell-agent ctl` (server/peer-auth.ts). Default: none.
+   */
+  allowedClients?: string[];
   insecureRegistries?: string[];
   /**
    * Image cache (blobs and unpacked layers); default STATE/images. Safe to share between agents
@@ -145,6 +151,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   });
   // Loaded before the servers: the gRPC server and the port-forward stream port share it.
   const identity: ServerIdentity | undefined = o.tls ? await loadServerIdentity(o.tls) : undefined;
+  // Who may call: fixed at start from the cell's own certificate (a renewal keeps its identity).
+  const peers: PeerPolicy | undefined = identity ? agentPeerPolicy(identity.current().certPem, o.allowedClients ?? []) : undefined;
   const host = o.listen.slice(0, o.listen.lastIndexOf(':'));
   // One helper per pod namespace, shared by both port-forward paths.
   const forwarder = new PortForwarder();
@@ -155,7 +163,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     pfStream = await startPortForwardStreamListener({
       host: at.slice(0, i),
       port: Number(at.slice(i + 1)),
-      ...(identity ? { identity } : {}),
+      ...(identity && peers ? { identity, peers } : {}),
       connect: (port) => forwarder.connect(pod.netnsPath(), port),
       logger: log,
       metrics,
@@ -179,7 +187,22 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     metricsServer = await startMetricsServer(metrics, { host: o.metricsListen.slice(0, i), port: Number(o.metricsListen.slice(i + 1)), onError: (err) => log.warn({ err }, 'metrics refresh failed') });
   }
   const health = new HealthService({ '': 1, 'cello.cell.v1.CellAgent': 1 });
-  const server = new Server({ 'grpc.max_receive_message_length': 64 << 20 });
+  const server = new Server({
+    'grpc.max_receive_message_length': 64 << 20,
+    // Every call of every service on this port, health and certificate renewal included: a
+    // uniform rule is one nobody can forget in a new handler, and no other party (another
+    // cell, an API user) has any business here, not even to learn that this cell is alive.
+    ...(peers
+      ? {
+          interceptors: [
+            peerAuthInterceptor(
+              () => peers,
+              (method, peer, reason) => log.warn({ method, peer, reason }, 'call refused: the peer is not the controller'),
+            ),
+          ],
+        }
+      : {}),
+  });
   // The stream RPCs' bulk frames are serialized by hand (server/wire.ts).
   server.addService(cellAgentServiceDefinition, createService({
     pod,

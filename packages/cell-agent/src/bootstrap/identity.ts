@@ -5,6 +5,7 @@ import { createHash, X509Certificate } from 'node:crypto';
 import { mkdir, open, readFile, rename } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { spiffeIdOf } from '../server/peer-auth.js';
 
 export interface IdentityFiles {
   dir: string;
@@ -48,14 +49,19 @@ export async function markTokenUsed(f: IdentityFiles, token: string): Promise<vo
   await writeAtomic(f.usedTokens, `${prev}${tokenDigest(token)}\n`, 0o600);
 }
 
-/** An identity from an earlier boot that is still usable (present, parseable, not expired, from this CA). */
-export async function existingIdentity(f: IdentityFiles, caPem: string, now = new Date()): Promise<boolean> {
+/**
+ * An identity from an earlier boot that is still usable: present, parseable, not expired, from
+ * this CA, and naming exactly this cell in this trust domain (its one URI SAN).
+ */
+export async function existingIdentity(f: IdentityFiles, caPem: string, want: { cellId: string; trustDomain: string }, now = new Date()): Promise<boolean> {
   if (![f.key, f.cert, f.ca].every((p) => existsSync(p))) return false;
   try {
     const cert = new X509Certificate(await readFile(f.cert));
     const ca = new X509Certificate(await readFile(f.ca));
     if (ca.fingerprint256 !== new X509Certificate(caPem).fingerprint256) return false;
     if (!cert.checkIssued(ca) || !cert.verify(ca.publicKey)) return false;
+    const id = spiffeIdOf(cert.raw);
+    if (!id.ok || id.id.uri !== `spiffe://${want.trustDomain}/cell/${want.cellId}`) return false;
     return Date.parse(cert.validTo) > now.getTime();
   } catch {
     return false;

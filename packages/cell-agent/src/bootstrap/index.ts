@@ -12,6 +12,7 @@ import { existsSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { existingIdentity, identityFiles } from './identity.js';
 import { startBootstrapServer, type BootstrapServer } from './server.js';
+import { DEFAULT_TRUST_DOMAIN } from './x509.js';
 import { readUserData, type CellUserData, type UserDataSource } from './user-data.js';
 
 export { readUserData, parseUserData, USER_DATA_FORMAT, type CellUserData, type UserDataSource } from './user-data.js';
@@ -52,7 +53,7 @@ export async function prepareCellIdentity(o: PrepareIdentityOptions): Promise<Ce
     ...(ud.agentConfig ? { agentConfig: ud.agentConfig } : {}),
     bootstrapped,
   });
-  if (existsSync(files.cert) && (await existingIdentity(files, ud.caCertPem))) {
+  if (existsSync(files.cert) && (await existingIdentity(files, ud.caCertPem, { cellId: ud.cellId, trustDomain: ud.trustDomain ?? DEFAULT_TRUST_DOMAIN }))) {
     o.logger.info({ cellId: ud.cellId }, 'reusing the certificate from an earlier boot');
     return result(false);
   }

@@ -28,6 +28,7 @@ import {
 import type { Logger } from 'pino';
 import { writeAtomic } from './identity.js';
 import { checkIssuedCertificate, makeCsr, newCellKey, type CellKey } from './x509.js';
+import { spiffeIdOf } from '../server/peer-auth.js';
 
 type CertificateProvider = experimental.CertificateProvider;
 type CaListener = experimental.CaCertificateUpdateListener;
@@ -58,7 +59,7 @@ export class ServerIdentity implements CertificateProvider {
 
   /** The cell ID and trust domain the current certificate names (its spiffe URI SAN). */
   identity(): { cellId: string; trustDomain: string } | undefined {
-    return cellIdentityOf(new X509Certificate(this.pems.certPem).subjectAltName);
+    return cellIdentityOf(new X509Certificate(this.pems.certPem).raw);
   }
 
   update(next: Partial<IdentityPems>): void {
@@ -86,20 +87,16 @@ export class ServerIdentity implements CertificateProvider {
   }
 }
 
-function cellIdentityOf(subjectAltName: string | undefined): { cellId: string; trustDomain: string } | undefined {
-  for (const part of (subjectAltName ?? '').split(', ')) {
-    const m = /^URI:spiffe:\/\/([^/]+)\/cell\/([^/]+)$/.exec(part);
-    if (m) return { trustDomain: m[1]!, cellId: m[2]! };
-  }
-  return undefined;
+// Both read the certificate's single URI SAN (peer-auth.ts): one naming several identities names none.
+function cellIdentityOf(der: Buffer): { cellId: string; trustDomain: string } | undefined {
+  const r = spiffeIdOf(der);
+  return r.ok && r.id.kind === 'cell' ? { cellId: r.id.name, trustDomain: r.id.trustDomain } : undefined;
 }
 
 function clientIdentityOf(cert: PeerCertificate | undefined): { name: string; trustDomain: string } | undefined {
-  for (const part of (cert?.subjectaltname ?? '').split(', ')) {
-    const m = /^URI:spiffe:\/\/([^/]+)\/client\/([^/]+)$/.exec(part);
-    if (m) return { trustDomain: m[1]!, name: m[2]! };
-  }
-  return undefined;
+  if (!cert?.raw) return undefined;
+  const r = spiffeIdOf(cert.raw);
+  return r.ok && r.id.kind === 'client' ? { name: r.id.name, trustDomain: r.id.trustDomain } : undefined;
 }
 
 function keyMatches(certPem: string, keyPem: string): boolean {
@@ -206,7 +203,7 @@ export function createCertificateService(o: CertificateServiceOptions): CellCert
       if (i < 0) throw new Refused(status.FAILED_PRECONDITION, 'certificate_pem is not for a key this cell has an outstanding request for (RequestRenewal first)');
       const key = pending[i]!;
       try {
-        await checkIssuedCertificate({ certPem: req.certificatePem, caPem: o.identity.current().caPem, key, cellId: id.cellId, now: now() });
+        await checkIssuedCertificate({ certPem: req.certificatePem, caPem: o.identity.current().caPem, key, cellId: id.cellId, trustDomain: id.trustDomain, now: now() });
       } catch (err) {
         throw new Refused(status.INVALID_ARGUMENT, (err as Error).message);
       }

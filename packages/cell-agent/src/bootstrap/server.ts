@@ -122,7 +122,7 @@ export async function startBootstrapServer(o: BootstrapServerOptions): Promise<B
         throw new Refused(status.PERMISSION_DENIED, 'ca_pem: differs from the CA in the user data (the trust anchor cannot be changed here)');
       }
       try {
-        await checkIssuedCertificate({ certPem: req.certificatePem, caPem: ud.caCertPem, key, cellId: ud.cellId, now: now() });
+        await checkIssuedCertificate({ certPem: req.certificatePem, caPem: ud.caCertPem, key, cellId: ud.cellId, ...(ud.trustDomain ? { trustDomain: ud.trustDomain } : {}), now: now() });
       } catch (err) {
         throw new Refused(status.INVALID_ARGUMENT, (err as Error).message);
       }

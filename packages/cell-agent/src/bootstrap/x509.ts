@@ -63,8 +63,12 @@ export interface CertificateCheck {
   caPem: string;
   key: CellKey;
   cellId: string;
+  /** The trust domain the certificate must name (default "cello", the controller's default). */
+  trustDomain?: string;
   now?: Date;
 }
+
+export const DEFAULT_TRUST_DOMAIN = 'cello';
 
 /** Refuses a certificate that is not for this key, not from this CA, not valid now, or not naming this cell. */
 export async function checkIssuedCertificate(c: CertificateCheck): Promise<void> {
@@ -89,10 +93,14 @@ export async function checkIssuedCertificate(c: CertificateCheck): Promise<void>
   if (now < cert.notBefore || now >= cert.notAfter) {
     throw new Error(`certificate_pem is not valid now (valid ${cert.notBefore.toISOString()} to ${cert.notAfter.toISOString()})`);
   }
+  // Exactly one identity, and exactly this one: a second URI SAN (say, the controller's client
+  // identity) or another trust domain signed by the same CA would make this cell's key speak
+  // for someone else to any peer that takes the first or any match.
   const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
   const uris = (san?.names.items ?? []).filter((n) => n.type === 'url').map((n) => n.value);
-  if (!uris.some((u) => u.endsWith(`/cell/${c.cellId}`))) {
-    throw new Error(`certificate_pem does not name cell ${c.cellId} (URI SANs: ${uris.join(', ') || 'none'})`);
+  const want = `spiffe://${c.trustDomain ?? DEFAULT_TRUST_DOMAIN}/cell/${c.cellId}`;
+  if (uris.length !== 1 || uris[0] !== want) {
+    throw new Error(`certificate_pem must name exactly ${want} as its one URI SAN; it has ${uris.length === 0 ? 'none' : uris.join(', ')}`);
   }
 }
 

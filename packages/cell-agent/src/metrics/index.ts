@@ -44,7 +44,7 @@ export class AgentMetrics {
     this.streamBytes = new Counter({ name: 'cello_agent_stream_bytes_total', help: 'Bytes relayed by stream sessions', labelNames: ['kind', 'direction'], registers: r });
     this.pfStreamConnections = new Counter({
       name: 'cello_agent_port_forward_stream_connections_total',
-      help: 'Connections to the port-forward stream port, by result (ok, bad_token, timeout, connect_failed, tls_refused)',
+      help: 'Connections to the port-forward stream port, by result (ok, bad_token, timeout, connect_failed, tls_refused, forbidden: a certificate of the CA that is not the controller)',
       labelNames: ['result'],
       registers: r,
     });
@@ -108,7 +108,7 @@ export class AgentMetrics {
     if (bytes > 0) this.streamBytes.inc({ kind, direction }, bytes);
   }
 
-  portForwardStreamConnection(result: 'ok' | 'bad_token' | 'timeout' | 'connect_failed' | 'tls_refused'): void {
+  portForwardStreamConnection(result: 'ok' | 'bad_token' | 'timeout' | 'connect_failed' | 'tls_refused' | 'forbidden'): void {
     this.pfStreamConnections.inc({ result });
   }
 

@@ -10,12 +10,14 @@
 // line, not a connection that opens and drops.
 //
 // Security is the gRPC server's: with an identity (mTLS) the listener is TLS with the same
-// certificate, follows its renewals, and requires a client certificate from the same CA;
-// without one (--insecure-dev) it is plain TCP.
+// certificate, follows its renewals, requires a client certificate from the same CA, and then
+// the same peer as every gRPC call (peer-auth.ts: the controller), checked after the handshake
+// and before a byte of the token is read; without one (--insecure-dev) it is plain TCP.
 import { createServer as createTcpServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
 import type { Logger } from 'pino';
 import type { ServerIdentity } from '../bootstrap/renewal.js';
+import type { PeerPolicy } from '../server/peer-auth.js';
 import type { AgentMetrics } from '../metrics/index.js';
 import { endWithStaticReads, relay, type RelayEnd, type StaticReads } from './relay.js';
 import { TicketBook, TOKEN_BYTES, type Ticket } from './tickets.js';
@@ -30,6 +32,8 @@ export interface StreamListenerOptions {
   port: number;
   /** mTLS with the agent's identity; undefined: plain TCP (--insecure-dev). */
   identity?: ServerIdentity;
+  /** With `identity`: who may connect (the gRPC server's policy). Required with `identity`. */
+  peers?: PeerPolicy;
   /** A socket to `port` in the pod (PortForwarder.connect), handed over paused. */
   connect(port: number): Promise<Socket>;
   logger: Logger;
@@ -55,7 +59,7 @@ export async function startPortForwardStreamListener(o: StreamListenerOptions): 
   const handshakeMs = o.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
   const live = new Set<Socket>();
 
-  const refuse = (sock: Socket, reads: StaticReads | undefined, result: 'bad_token' | 'timeout' | 'connect_failed', reason: string) => {
+  const refuse = (sock: Socket, reads: StaticReads | undefined, result: 'bad_token' | 'timeout' | 'connect_failed' | 'forbidden', reason: string) => {
     o.metrics?.portForwardStreamConnection(result);
     log.info({ peer: sock.remoteAddress, reason }, 'port-forward stream connection refused');
     if (sock.writable) sock.end(`error: ${reason}\n`);
@@ -143,11 +147,21 @@ export async function startPortForwardStreamListener(o: StreamListenerOptions): 
   let stopFollowing = () => {};
   if (o.identity) {
     const identity = o.identity;
+    const peers = o.peers;
+    if (!peers) throw new Error('port-forward stream listener: a TLS identity needs a peer policy (who may connect)');
     const context = () => {
       const p = identity.current();
       return { cert: p.certPem, key: p.keyPem, ca: p.caPem };
     };
-    const tlsServer = createTlsServer({ ...context(), requestCert: true, rejectUnauthorized: true, allowHalfOpen: true, handshakeTimeout: handshakeMs }, (s) => handle(s, undefined));
+    const tlsServer = createTlsServer({ ...context(), requestCert: true, rejectUnauthorized: true, allowHalfOpen: true, handshakeTimeout: handshakeMs }, (s) => {
+      // The chain was verified in the handshake; whose certificate it is is checked here.
+      const d = peers.check(s.getPeerCertificate());
+      if (!d.ok) {
+        s.on('error', () => s.destroy());
+        return refuse(s, undefined, 'forbidden', d.reason);
+      }
+      handle(s, undefined);
+    });
     tlsServer.on('connection', track);
     tlsServer.on('tlsClientError', (err, sock) => {
       o.metrics?.portForwardStreamConnection('tls_refused');

@@ -133,7 +133,7 @@ describe('bootstrap listener', () => {
     expect(e3.details).toMatch(/expired at/);
   });
 
-  it('refuses certificates for another key, from another CA, for another cell, or with a swapped CA', async () => {
+  it('refuses certificates for another key, from another CA, for another cell, with several identities or another trust domain, or with a swapped CA', async () => {
     const ca = await makeTestCa();
     const evil = await makeTestCa('Evil CA');
     const ud = userData(ca);
@@ -143,7 +143,12 @@ describe('bootstrap listener', () => {
     const cases: Array<[string, string, string, RegExp]> = [
       ['other key', await ca.sign(res.csrPem, { cellId: 'cell-abc', publicKeyFrom: await foreignCsr('cell-abc') }), ca.certPem, /not for the key/],
       ['other CA', await evil.sign(res.csrPem, { cellId: 'cell-abc' }), '', /not signed by the controller CA/],
-      ['other cell', await ca.sign(res.csrPem, { cellId: 'cell-xyz' }), ca.certPem, /does not name cell cell-abc/],
+      ['other cell', await ca.sign(res.csrPem, { cellId: 'cell-xyz' }), ca.certPem, /must name exactly spiffe:\/\/cello\/cell\/cell-abc as its one URI SAN; it has spiffe:\/\/cello\/cell\/cell-xyz/],
+      // The same CA, but the certificate would also speak for the controller (any peer that
+      // takes the first or any URI would see the controller in this cell's key).
+      ['two identities', await ca.sign(res.csrPem, { cellId: 'cell-abc', uris: ['spiffe://cello/cell/cell-abc', 'spiffe://cello/client/controller'] }), ca.certPem, /exactly spiffe:\/\/cello\/cell\/cell-abc as its one URI SAN; it has spiffe:\/\/cello\/cell\/cell-abc, spiffe:\/\/cello\/client\/controller/],
+      ['other trust domain', await ca.sign(res.csrPem, { cellId: 'cell-abc', uris: ['spiffe://elsewhere/cell/cell-abc'] }), ca.certPem, /must name exactly spiffe:\/\/cello\/cell\/cell-abc .*it has spiffe:\/\/elsewhere\/cell\/cell-abc/],
+      ['no identity', await ca.sign(res.csrPem, { cellId: 'cell-abc', uris: [] }), ca.certPem, /must name exactly spiffe:\/\/cello\/cell\/cell-abc .*it has none/],
       ['swapped CA', await evil.sign(res.csrPem, { cellId: 'cell-abc' }), evil.certPem, /ca_pem: differs/],
     ];
     for (const [what, cert, caPem, re] of cases) {
@@ -174,5 +179,33 @@ describe('prepareCellIdentity (the serve hook)', () => {
     const again = await prepareCellIdentity({ userData: ud, stateDir: dir, listen, logger });
     expect(again.bootstrapped).toBe(false);
     expect(again.tls).toEqual(id.tls);
+  });
+
+  it('takes the trust domain from the user data: installs only its certificate, and reuses only a certificate naming it', async () => {
+    const ca = await makeTestCa();
+    const dir = await tempDir();
+    const ud = userData(ca, { trustDomain: 'prod.example' });
+    const listen = `127.0.0.1:${await freePort()}`;
+    let bs: BootstrapServer | undefined;
+    const pending = prepareCellIdentity({ userData: ud, stateDir: dir, listen, logger, onListening: (s) => (bs = s) });
+    await waitFor('the bootstrap listener', () => bs, { timeoutMs: 10_000 });
+    const c = client(listen);
+    const res = await requestCert(c, ud.token);
+    // The default domain is not this CA's: refused.
+    const e = (await install(c, ud.token, await ca.sign(res.csrPem, { cellId: 'cell-abc' }), ca.certPem).catch((x: ServiceError) => x)) as ServiceError;
+    expect(e.details).toMatch(/must name exactly spiffe:\/\/prod\.example\/cell\/cell-abc as its one URI SAN; it has spiffe:\/\/cello\/cell\/cell-abc/);
+    await install(c, ud.token, await ca.sign(res.csrPem, { cellId: 'cell-abc', uris: ['spiffe://prod.example/cell/cell-abc'] }), ca.certPem);
+    expect((await pending).bootstrapped).toBe(true);
+    expect((await prepareCellIdentity({ userData: ud, stateDir: dir, listen, logger })).bootstrapped).toBe(false);
+    // The same files under user data of another trust domain: not this cell's identity, so the
+    // agent asks for a new certificate instead of serving with it.
+    const moved = { ...ud, trustDomain: 'elsewhere' };
+    const stop = new AbortController();
+    let again: BootstrapServer | undefined;
+    const second = prepareCellIdentity({ userData: moved, stateDir: dir, listen, logger, signal: stop.signal, onListening: (s) => (again = s) });
+    second.catch(() => undefined);
+    await waitFor('a new bootstrap listener', () => again, { timeoutMs: 10_000 });
+    stop.abort();
+    await expect(second).rejects.toThrow(/closed before a certificate was installed/);
   });
 });

@@ -104,7 +104,13 @@ describe('agent certificate renewal', () => {
       expect(e2.details).toMatch(/not signed by the controller CA/);
       const e3 = (await call(open, 'installRenewal', { certificatePem: await ca.sign(pending.csrPem, { cellId: 'cell-other' }) }).catch((e: ServiceError) => e)) as ServiceError;
       expect(e3.code).toBe(status.INVALID_ARGUMENT);
-      expect(e3.details).toMatch(/does not name cell cell-r/);
+      expect(e3.details).toMatch(/must name exactly spiffe:\/\/cello\/cell\/cell-r as its one URI SAN/);
+      // A renewal may not move the cell to another trust domain, or add a second identity.
+      for (const uris of [['spiffe://elsewhere/cell/cell-r'], ['spiffe://cello/cell/cell-r', 'spiffe://cello/client/controller']]) {
+        const e = (await call(open, 'installRenewal', { certificatePem: await ca.sign(pending.csrPem, { cellId: 'cell-r', uris }) }).catch((x: ServiceError) => x)) as ServiceError;
+        expect(e.code, uris.join(' ')).toBe(status.INVALID_ARGUMENT);
+        expect(e.details).toMatch(/must name exactly spiffe:\/\/cello\/cell\/cell-r as its one URI SAN/);
+      }
       // Another client of the same CA (not the controller) may not renew.
       const stranger = connect(await ca.client('operator'));
       try {

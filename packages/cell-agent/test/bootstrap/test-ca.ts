@@ -12,9 +12,10 @@ const SIGN = { name: 'ECDSA', hash: 'SHA-256' } as const;
 
 export interface TestCa {
   certPem: string;
-  sign(csrPem: string, o: { cellId: string; notAfter?: Date; publicKeyFrom?: string }): Promise<string>;
-  /** A client certificate + key for mTLS to the agent after bootstrap. */
-  client(name: string): Promise<{ certPem: string; keyPem: string }>;
+  /** `uris` replaces the certificate's identity (spiffe://cello/cell/<cellId>): hostile variants. */
+  sign(csrPem: string, o: { cellId: string; notAfter?: Date; publicKeyFrom?: string; uris?: string[] }): Promise<string>;
+  /** A client certificate + key for mTLS to the agent after bootstrap; `uris` as for sign. */
+  client(name: string, o?: { uris?: string[] }): Promise<{ certPem: string; keyPem: string }>;
 }
 
 function pem(label: string, der: ArrayBuffer): string {
@@ -37,12 +38,12 @@ export async function makeTestCa(name = 'Test CA'): Promise<TestCa> {
     cryptoImpl,
   );
   let serial = 2;
-  const issue = async (publicKey: x509.PublicKey | webcrypto.CryptoKey, uri: string, notAfter: Date) =>
+  const issue = async (publicKey: x509.PublicKey | webcrypto.CryptoKey, uris: string[], notAfter: Date) =>
     (
       await x509.X509CertificateGenerator.create(
         {
           serialNumber: (serial++).toString(16).padStart(2, '0'),
-          subject: `CN=${uri.split('/').pop()}`,
+          subject: `CN=${uris[0]?.split('/').pop() ?? 'nobody'}`,
           issuer: ca.subject,
           notBefore: new Date(Date.now() - 60_000),
           notAfter,
@@ -50,7 +51,7 @@ export async function makeTestCa(name = 'Test CA'): Promise<TestCa> {
           signingKey: keys.privateKey,
           signingAlgorithm: SIGN,
           extensions: [
-            new x509.SubjectAlternativeNameExtension([{ type: 'url', value: uri }, { type: 'ip', value: '127.0.0.1' }]),
+            new x509.SubjectAlternativeNameExtension([...uris.map((value) => ({ type: 'url' as const, value })), { type: 'ip', value: '127.0.0.1' }]),
             new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
           ],
         },
@@ -61,11 +62,11 @@ export async function makeTestCa(name = 'Test CA'): Promise<TestCa> {
     certPem: ca.toString('pem'),
     async sign(csrPem, o) {
       const csr = new x509.Pkcs10CertificateRequest(o.publicKeyFrom ?? csrPem);
-      return issue(csr.publicKey, `spiffe://cello/cell/${o.cellId}`, o.notAfter ?? new Date(Date.now() + 3600_000));
+      return issue(csr.publicKey, o.uris ?? [`spiffe://cello/cell/${o.cellId}`], o.notAfter ?? new Date(Date.now() + 3600_000));
     },
-    async client(name) {
+    async client(name, o = {}) {
       const k = (await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
-      const certPem = await issue(k.publicKey, `spiffe://cello/client/${name}`, new Date(Date.now() + 3600_000));
+      const certPem = await issue(k.publicKey, o.uris ?? [`spiffe://cello/client/${name}`], new Date(Date.now() + 3600_000));
       return { certPem, keyPem: pem('PRIVATE KEY', await webcrypto.subtle.exportKey('pkcs8', k.privateKey)) };
     },
   };

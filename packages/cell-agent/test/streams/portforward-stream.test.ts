@@ -21,6 +21,7 @@ import { PortForwarder } from '../../src/portforward/index.js';
 import { openStreamConnection, StreamRefusedError, type StreamClientTls } from '../../src/portforward/stream-client.js';
 import { startPortForwardStreamListener, type PortForwardStreamListener } from '../../src/portforward/stream-listener.js';
 import { TOKEN_BYTES } from '../../src/portforward/tickets.js';
+import { agentPeerPolicy } from '../../src/server/peer-auth.js';
 import type { RelayEnd } from '../../src/portforward/relay.js';
 import { startTestAgent, type TestAgent } from '../helpers/agent.js';
 import { makePki, type Pki } from '../helpers/certs.js';
@@ -190,7 +191,7 @@ describe('port-forward stream port (mTLS)', () => {
   let identity: ServerIdentity;
   beforeAll(async () => {
     identity = await loadServerIdentity({ cert: pki.serverCert, key: pki.serverKey, ca: pki.ca });
-    secure = await startPortForwardStreamListener({ host: '127.0.0.1', port: 0, identity, connect: (p) => forwarder.connect(netnsPath, p), logger: log, metrics, handshakeTimeoutMs: 2_000 });
+    secure = await startPortForwardStreamListener({ host: '127.0.0.1', port: 0, identity, peers: agentPeerPolicy(readFileSync(pki.serverCert, 'utf8')), connect: (p) => forwarder.connect(netnsPath, p), logger: log, metrics, handshakeTimeoutMs: 2_000 });
     tls = { ca: readFileSync(pki.ca), cert: readFileSync(pki.clientCert), key: readFileSync(pki.clientKey) };
   });
   afterAll(async () => {
@@ -220,6 +221,22 @@ describe('port-forward stream port (mTLS)', () => {
     s.write(randomBytes(TOKEN_BYTES));
     await within(closed(s), 5_000, 'plain client cut off');
     await waitFor('no connections left open', async () => secure.connectionCount() === 0, { timeoutMs: 5_000 });
+  });
+
+  it('refuses a certificate of the same CA that is not the controller\'s, with a valid ticket, naming both identities', async () => {
+    const forbidden = async () => Number(/cello_agent_port_forward_stream_connections_total\{result="forbidden"\} (\d+)/.exec(await metrics.registry.metrics())?.[1] ?? 0);
+    const before = await forbidden();
+    for (const [what, id] of Object.entries(pki.impostors)) {
+      // A good ticket (as if stolen from the controller) is not enough: the peer is checked first.
+      const err = await open(secure, ECHO, { ca: tls.ca, cert: readFileSync(id.cert), key: readFileSync(id.key) }).catch((e: Error) => e);
+      expect(err, what).toBeInstanceOf(StreamRefusedError);
+      const msg = (err as Error).message;
+      expect(msg, what).toContain('this agent serves only spiffe://cello/client/controller');
+      if (what === 'twoIdentities') expect(msg).toMatch(/a certificate with 2 URI SANs/);
+      else expect(msg, what).toContain(`the client certificate names ${id.uri}`);
+    }
+    expect(await forbidden()).toBe(before + Object.keys(pki.impostors).length);
+    await waitFor('no connections left open', async () => secure.connectionCount() === 0, { timeoutMs: 10_000 });
   });
 
   it('serves a renewed certificate on the next handshake, as the gRPC port does', async () => {
