@@ -23,6 +23,18 @@ interface Common {
   username?: string;
   passwordStdin?: boolean;
   verbose?: boolean;
+  maxImageBytes?: number;
+  maxImageEntries?: number;
+}
+
+/** A count, or bytes with an optional binary suffix (K, M, G, T: KiB .. TiB). */
+function positive(flag: string, sizes: boolean): (v: string) => number {
+  return (v) => {
+    const m = (sizes ? /^(\d+)([KMGT]i?B?)?$/i : /^(\d+)()$/).exec(v.trim());
+    const n = m ? Number(m[1]) * 1024 ** (m[2] ? 'KMGT'.indexOf(m[2][0]!.toUpperCase()) + 1 : 0) : NaN;
+    if (!Number.isSafeInteger(n) || n <= 0) throw new PullError('invalid', `${flag}: expected a positive ${sizes ? 'size (e.g. 64G)' : 'integer'}, got ${JSON.stringify(v)}`);
+    return n;
+  };
 }
 
 function makePuller(ref: string, o: Common): ImagePuller {
@@ -33,6 +45,8 @@ function makePuller(ref: string, o: Common): ImagePuller {
     plainHttp: o.plainHttp ? [registry] : [],
     insecure: o.insecure ? [registry] : [],
     ...(o.platform ? { platform: parsePlatform(o.platform) } : {}),
+    ...(o.maxImageBytes ? { maxImageBytes: o.maxImageBytes } : {}),
+    ...(o.maxImageEntries ? { maxImageEntries: o.maxImageEntries } : {}),
     logger,
   });
 }
@@ -117,7 +131,9 @@ common(program.command('pull')
   .option('--rootfs <dir>', 'write the flattened root filesystem here')
   .option('--layers <dir>', 'make DIR/0..N-1 links to the cached overlay layer dirs (bottom first) and DIR/lowerdir')
   .option('--config-out <file>', 'write the image config (entrypoint, cmd, env, ...) as JSON here')
-  .option('--json', 'print a JSON summary (digest, layers, bytes, seconds) on stdout'))
+  .option('--json', 'print a JSON summary (digest, layers, bytes, seconds) on stdout')
+  .option('--max-image-bytes <size>', 'most bytes the image may unpack to, all layers together (default 64G)', positive('--max-image-bytes', true))
+  .option('--max-image-entries <n>', 'most files, directories and links the image may create (default 2000000)', positive('--max-image-entries', false)))
   .action(async (ref: string, o: Common & { rootfs?: string; layers?: string; configOut?: string; json?: boolean }) => {
     if (!o.rootfs === !o.layers) throw new PullError('invalid', 'pull needs exactly one of --rootfs DIR or --layers DIR');
     const t0 = process.hrtime.bigint();

@@ -16,7 +16,7 @@ import { DEFAULT_TRANSPORT, makeDispatcher, RegistryClient, sha256Digest, TokenC
 import { GC_LOCK_MS, Store } from './store.js';
 import { CHUNK } from './decompress.js';
 import { FollowReader, Progress } from './follow.js';
-import { TreeState, unpackLayer, type UnpackOptions, type UnpackResult } from './unpack.js';
+import { TreeState, UnpackBudget, unpackLayer, type UnpackOptions, type UnpackResult } from './unpack.js';
 
 export interface PulledImage {
   reference: string;
@@ -36,6 +36,16 @@ export interface ImagePullerOptions {
   logger?: Logger;
   /** Largest uncompressed size of one layer (default 32 GiB): a bound for decompression bombs. */
   maxLayerBytes?: number;
+  /**
+   * Most bytes one pull may unpack for an image, all layers together (default 64 GiB): tar
+   * streams plus files copied up, so an image cannot fill the cell's disk.
+   */
+  maxImageBytes?: number;
+  /**
+   * Most files, directories and links one pull may create for an image (default 2,000,000, the
+   * inodes of a 32 GiB ext4 at its default ratio): an image cannot exhaust the cell's inodes.
+   */
+  maxImageEntries?: number;
   /** Retries, backoff and deadlines of registry requests. */
   transport?: Partial<TransportOptions>;
   /** Layer downloads in flight at once (default 4). */
@@ -137,6 +147,8 @@ export class ImagePuller {
   private readonly platform: Platform;
   private readonly transport: TransportOptions;
   private readonly maxLayerBytes: number;
+  private readonly maxImageBytes: number;
+  private readonly maxImageEntries: number;
   private readonly downloads: Semaphore;
   private readonly unpacks = new Semaphore(2);
   private readonly blobFlights = new Map<string, Promise<void>>();
@@ -152,6 +164,11 @@ export class ImagePuller {
     this.platform = opts.platform ?? hostPlatform();
     this.transport = { ...DEFAULT_TRANSPORT, ...opts.transport };
     this.maxLayerBytes = opts.maxLayerBytes ?? 32 * 2 ** 30;
+    this.maxImageBytes = opts.maxImageBytes ?? 64 * 2 ** 30;
+    this.maxImageEntries = opts.maxImageEntries ?? 2_000_000;
+    for (const k of ['maxLayerBytes', 'maxImageBytes', 'maxImageEntries'] as const) {
+      if (!Number.isSafeInteger(this[k]) || this[k] <= 0) throw new PullError('invalid', `ImagePuller: options.${k} must be a positive integer, got ${String(opts[k])}`);
+    }
     this.downloads = new Semaphore(opts.concurrency ?? 4);
     this.log = opts.logger;
   }
@@ -313,7 +330,11 @@ export class ImagePuller {
   }
 
   /** Unpacks layer i (overlay form) into layers/CHAINID, once. */
-  private ensureLayer(r: Resolved, i: number, lowerDirs: () => Promise<string[]>, turn: Promise<void>, opts: PullOptions, stats: PullStats): { started: Promise<void>; done: Promise<string> } {
+  private budget(): UnpackBudget {
+    return new UnpackBudget(this.maxImageBytes, this.maxImageEntries);
+  }
+
+  private ensureLayer(r: Resolved, i: number, lowerDirs: () => Promise<string[]>, turn: Promise<void>, opts: PullOptions, stats: PullStats, budget: UnpackBudget): { started: Promise<void>; done: Promise<string> } {
     const l = r.record.layers[i]!;
     const final = this.store.layerPath(l.chainId);
     let markStarted!: () => void;
@@ -343,7 +364,7 @@ export class ImagePuller {
           mkdirSync(tmp, { mode: 0o755 });
           try {
             const t0 = Date.now();
-            const o = { mode: 'overlay' as const, state: new TreeState(true), maxBytes: this.maxLayerBytes, lowerDirs, logger: this.log, signal: opts.signal };
+            const o = { mode: 'overlay' as const, state: new TreeState(true), maxBytes: this.maxLayerBytes, budget, lowerDirs, logger: this.log, signal: opts.signal };
             const res = await this.unpackBlob(l, fetched, tmp, o, async () => {
               await rm(tmp, { recursive: true, force: true });
               mkdirSync(tmp, { mode: 0o755 });
@@ -387,10 +408,11 @@ export class ImagePuller {
     const stats: PullStats = { layers: r.record.layers.length, downloadedBytes: 0, fetchedLayers: 0, unpackedLayers: 0 };
     const dones: Promise<string>[] = [];
     let turn: Promise<void> = Promise.resolve();
+    const budget = this.budget();
     for (let i = 0; i < r.record.layers.length; i++) {
       const below = dones.slice();
       const lowerDirs = async () => (await Promise.all(below)).reverse();
-      const { started, done } = this.ensureLayer(r, i, lowerDirs, turn, opts, stats);
+      const { started, done } = this.ensureLayer(r, i, lowerDirs, turn, opts, stats, budget);
       turn = started;
       const l = r.record.layers[i]!;
       // Every layer ends at 100%, also when cached or fetched by a concurrent pull.
@@ -425,9 +447,10 @@ export class ImagePuller {
   private async applyLayers(rec: ImageRecord, dir: string, ready: Promise<void>[], signal: AbortSignal | undefined, stats?: PullStats): Promise<void> {
     await mkdir(dir, { recursive: true });
     const state = TreeState.forDir(dir);
+    const budget = this.budget();
     for (let i = 0; i < rec.layers.length; i++) {
       const l = rec.layers[i]!;
-      const o = { mode: 'apply' as const, state, maxBytes: this.maxLayerBytes, logger: this.log, signal };
+      const o = { mode: 'apply' as const, state, maxBytes: this.maxLayerBytes, budget, logger: this.log, signal };
       // Applying a layer again over a partial application of itself converges to the same tree,
       // so a followed download that restarted is simply applied again from the cache.
       await this.unpackBlob(l, ready[i]!, dir, o, async () => undefined);

@@ -92,7 +92,14 @@ function parsePax(buf: Buffer, into: Pax): void {
         if (key.startsWith('SCHILY.xattr.')) {
           (into.xattrs ??= new Map()).set(key.slice('SCHILY.xattr.'.length), Buffer.from(val));
         } else if (key.startsWith('LIBARCHIVE.xattr.')) {
-          (into.xattrs ??= new Map()).set(decodeURIComponent(key.slice('LIBARCHIVE.xattr.'.length)), Buffer.from(val.toString('latin1'), 'base64'));
+          let name: string;
+          try {
+            name = decodeURIComponent(key.slice('LIBARCHIVE.xattr.'.length));
+          } catch {
+            throw new PullError('invalid', `tar: PAX record ${JSON.stringify(key.slice(0, 300))} has a malformed URL-encoded xattr name`);
+          }
+          // Names are checked against the xattr policy (xattrs.ts) once the entry is known.
+          (into.xattrs ??= new Map()).set(name, Buffer.from(val.toString('latin1'), 'base64'));
         } else if (key.startsWith('GNU.sparse.')) {
           into.sparse = true;
         }

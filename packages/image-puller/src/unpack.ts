@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   chmodSync, closeSync, constants as C, copyFileSync, fchmodSync, fchownSync, futimesSync, linkSync,
@@ -11,7 +10,9 @@ import { decompress } from './decompress.js';
 import type { Logger } from 'pino';
 import { PullError } from './errors.js';
 import type { Compression } from './media.js';
+import { lookupLower } from './lower.js';
 import { TarParser, type TarHeader, type TarSink } from './tar.js';
+import { checkXattrs, dumpUnquote, MAX_LAYER_XATTR_BYTES, run, setXattrs, type XattrTarget } from './xattrs.js';
 
 /**
  * `apply`: the layer is applied onto a root filesystem (whiteouts delete, opaque dirs are emptied).
@@ -42,12 +43,36 @@ export class TreeState {
   }
 }
 
+/**
+ * What one image may write to the cell in total, across its layers: a layer may not exhaust the
+ * disk (bytes of the uncompressed tar streams and of files copied up) or the inodes (entries and
+ * the directories they imply).
+ */
+export class UnpackBudget {
+  bytes = 0;
+  entries = 0;
+  constructor(readonly maxBytes: number, readonly maxEntries: number) {}
+
+  charge(bytes: number, entries: number): void {
+    this.bytes += bytes;
+    this.entries += entries;
+    if (this.bytes > this.maxBytes) {
+      throw new PullError('unsafe-content', `image unpacks to more than the limit of ${this.maxBytes} bytes (option maxImageBytes; CLI --max-image-bytes)`);
+    }
+    if (this.entries > this.maxEntries) {
+      throw new PullError('unsafe-content', `image has more than the limit of ${this.maxEntries} files and directories (option maxImageEntries; CLI --max-image-entries)`);
+    }
+  }
+}
+
 export interface UnpackOptions {
   dir: string;
   mode: UnpackMode;
   state: TreeState;
   /** Upper bound on the uncompressed layer size (decompression bombs). */
   maxBytes: number;
+  /** The image's total, shared by its layers; what a failed layer charged is refunded. */
+  budget?: UnpackBudget | undefined;
   /** Overlay mode: the finished lower layer dirs, topmost first; awaited only when a hardlink needs them. */
   lowerDirs?: () => Promise<string[]>;
   logger?: Logger | undefined;
@@ -105,30 +130,6 @@ function shq(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
-/** getfattr --dump quoting: octal escapes for anything but plain printable ASCII. */
-function dumpQuote(s: string): string {
-  let out = '';
-  for (const b of Buffer.from(s, 'utf8')) {
-    out += b < 0x21 || b > 0x7e || b === 0x5c || b === 0x3d || b === 0x22 ? `\\${b.toString(8).padStart(3, '0')}` : String.fromCharCode(b);
-  }
-  return out;
-}
-
-/** Runs a helper command with `input` on stdin; resolves with its stdout. */
-function run(cmd: string, args: string[], input: string, what: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-    child.on('error', (e) => reject(new PullError('unsupported', `${what}: cannot run ${cmd}: ${e.message}`)));
-    child.on('close', (code) => (code === 0 ? resolve(out) : reject(new PullError('invalid', `${what}: ${cmd} failed: ${err.trim().slice(0, 500)}`))));
-    child.stdin.on('error', () => undefined);
-    child.stdin.end(input);
-  });
-}
-
 /** A file's extended attributes (Node has no getxattr): `getfattr`, from the same package as setfattr. */
 async function readXattrs(path: string): Promise<Map<string, Buffer>> {
   const out = await run('getfattr', ['-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', '--', path], '', `reading the extended attributes of ${path}`);
@@ -136,10 +137,10 @@ async function readXattrs(path: string): Promise<Map<string, Buffer>> {
   for (const line of out.split('\n')) {
     if (line === '' || line.startsWith('#')) continue;
     const eq = line.indexOf('=');
-    if (eq < 0) attrs.set(line, Buffer.alloc(0));
+    if (eq < 0) attrs.set(dumpUnquote(line), Buffer.alloc(0));
     else {
       const v = line.slice(eq + 1);
-      attrs.set(line.slice(0, eq), v.startsWith('0s') ? Buffer.from(v.slice(2), 'base64') : Buffer.from(v.replace(/^"|"$/g, '')));
+      attrs.set(dumpUnquote(line.slice(0, eq)), v.startsWith('0s') ? Buffer.from(v.slice(2), 'base64') : Buffer.from(v.replace(/^"|"$/g, '')));
     }
   }
   return attrs;
@@ -154,6 +155,9 @@ class LayerWriter implements TarSink {
   private fd = -1;
   private cur: TarHeader | undefined;
   private inodeCache = new Map<string, Map<number, string[]>>();
+  private xattrBytes = 0;
+  /** What this layer charged to the image's budget, so a failed layer can give it back. */
+  private readonly charged = { bytes: 0, entries: 0 };
 
   /** Permission bits open(2) would strip from a new file's mode. */
   private readonly umask = process.umask();
@@ -169,6 +173,22 @@ class LayerWriter implements TarSink {
    * and creating them as root already gives 0:0, unless a setgid directory passes its group on
    * (which only an authoritative tree, whose directories we made, lets us rule out).
    */
+  charge(bytes: number, entries: number): void {
+    const b = this.o.budget;
+    if (!b) return;
+    this.charged.bytes += bytes;
+    this.charged.entries += entries;
+    b.charge(bytes, entries);
+  }
+
+  refund(): void {
+    const b = this.o.budget;
+    if (!b) return;
+    b.bytes -= this.charged.bytes;
+    b.entries -= this.charged.entries;
+    this.charged.bytes = this.charged.entries = 0;
+  }
+
   private needsChown(h: { uid: number; gid: number }): boolean {
     if (!isRoot) return false;
     return h.uid !== 0 || h.gid !== 0 || !createsAsRoot || !this.o.state.authoritative || this.o.state.setgidDirs;
@@ -221,6 +241,7 @@ class LayerWriter implements TarSink {
       if (k === 'dir') continue;
       if (k === 'symlink') throw unsafe(entry, `parent ${JSON.stringify(p)} is a symlink`);
       if (k === 'other') this.remove(p);
+      this.charge(0, 1);
       mkdirSync(this.abs(p), 0o755);
       this.known.set(p, 'dir');
     }
@@ -255,6 +276,7 @@ class LayerWriter implements TarSink {
 
   entry(h: TarHeader): void | Promise<void> {
     if (this.o.signal?.aborted) throw new PullError('network', 'aborted');
+    this.charge(0, 1);
     const rel = cleanPath(h.name);
     const parent = parentOf(rel);
     if (this.o.mode === 'overlay' && this.o.lowerDirs && parent !== '' && this.known.get(parent) === undefined) {
@@ -270,22 +292,43 @@ class LayerWriter implements TarSink {
    */
   private async lowerParents(parent: string, entry: string): Promise<void> {
     const lowers = await this.o.lowerDirs!();
+    if (this.hiddenHere(parent)) return;
     let p = '';
     for (const part of parent.split('/')) {
       p = p === '' ? part : `${p}/${part}`;
       if (this.known.get(p) !== undefined) continue;
-      for (const dir of lowers) {
-        let st: Stats;
-        try {
-          st = lstatSync(join(dir, p));
-        } catch {
-          continue;
-        }
-        if (st.isSymbolicLink()) throw unsafe(entry, `parent ${JSON.stringify(p)} is a symlink in a lower layer`);
-        if (st.isDirectory() && !this.dirMeta.has(p)) this.dirMeta.set(p, { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: st.mtimeMs / 1000 });
-        break;
-      }
+      const r = lookupLower(lowers, p);
+      if (r.kind === 'symlink') throw unsafe(entry, `parent ${JSON.stringify(r.prefix)} is a symlink in a lower layer`);
+      if (r.kind === 'absent') return;
+      if (r.st.isSymbolicLink()) throw unsafe(entry, `parent ${JSON.stringify(p)} is a symlink in a lower layer`);
+      if (!r.st.isDirectory()) return; // replaced by this layer's directory
+      if (!this.dirMeta.has(p)) this.dirMeta.set(p, { mode: r.st.mode & 0o7777, uid: r.st.uid, gid: r.st.gid, mtime: r.st.mtimeMs / 1000 });
     }
+  }
+
+  /**
+   * Overlay mode: whether this layer itself hides the lower layers' `rel`: an ancestor it wrote
+   * is opaque, or is not a directory (a file, or a whiteout).
+   */
+  private hiddenHere(rel: string): boolean {
+    let p = '';
+    for (const part of rel.split('/')) {
+      const k = this.known.get(p);
+      if (k === undefined) return false;
+      if (k !== 'dir' || this.xattrs.get(p)?.has('trusted.overlay.opaque')) return true;
+      p = p === '' ? part : `${p}/${part}`;
+    }
+    return false;
+  }
+
+  private addXattrs(rel: string, h: TarHeader): void {
+    const x = checkXattrs(h.name, h.xattrs!, h.type, this.o.logger);
+    if (!x) return;
+    for (const [k, v] of x) this.xattrBytes += k.length + v.length;
+    if (this.xattrBytes > MAX_LAYER_XATTR_BYTES) {
+      throw unsafe(h.name, `the layer's extended attributes exceed ${MAX_LAYER_XATTR_BYTES} bytes`);
+    }
+    this.xattrs.set(rel, x);
   }
 
   private entryAt(rel: string, h: TarHeader): void | Promise<void> {
@@ -298,7 +341,7 @@ class LayerWriter implements TarSink {
     }
     this.ensureParents(rel, h.name);
     this.layerPaths.add(rel);
-    if (h.xattrs?.size) this.xattrs.set(rel, h.xattrs);
+    if (h.xattrs?.size) this.addXattrs(rel, h);
     const abs = this.abs(rel);
     switch (h.type) {
       case 'file': {
@@ -333,6 +376,7 @@ class LayerWriter implements TarSink {
         if (h.type !== 'fifo' && !isRoot) {
           this.o.logger?.warn({ entry: h.name }, 'skipping device node: not running as root');
           this.layerPaths.delete(rel);
+          this.xattrs.delete(rel);
           return;
         }
         this.prepare(rel, 'other');
@@ -473,21 +517,26 @@ class LayerWriter implements TarSink {
    */
   private async copyUp(target: string, entry: string): Promise<void> {
     const lowers = await this.o.lowerDirs!();
-    for (const dir of lowers) {
-      let st: Stats;
-      try {
-        st = lstatSync(join(dir, target));
-      } catch {
-        continue;
-      }
-      if (st.isCharacterDevice() && st.rdev === 0) break; // whited out below us
+    // Only the file overlayfs would serve at `target`: resolved per component, no symlink followed.
+    const found = this.hiddenHere(target) ? { kind: 'absent' as const } : lookupLower(lowers, target);
+    if (found.kind === 'symlink') {
+      throw unsafe(entry, `hardlink target ${JSON.stringify(target)} passes through ${JSON.stringify(found.prefix)}, a symlink in a lower layer`);
+    }
+    if (found.kind === 'found') {
+      const { layer: dir, st } = found;
       if (st.isDirectory()) throw new PullError('invalid', `layer entry ${JSON.stringify(entry)}: hardlink to a directory`);
-      const group = st.nlink > 1 && st.isFile() ? this.inodePaths(dir, st.ino) : [target];
-      if (!group.includes(target)) group.unshift(target);
+      // The other names of the inode, where the merged tree shows them as this same file.
+      const group = (st.nlink > 1 && st.isFile() ? this.inodePaths(dir, st.ino) : []).filter((o) => {
+        if (o === target || this.hiddenHere(o)) return false;
+        const r = lookupLower(lowers, o);
+        return r.kind === 'found' && r.layer === dir && r.st.ino === st.ino;
+      });
+      group.unshift(target);
       await this.lowerParents(parentOf(target), entry);
       this.ensureParents(target, entry);
       const dst = this.abs(target);
       if (this.kindOf(target) === undefined) {
+        this.charge(st.size, 1);
         if (st.isSymbolicLink()) symlinkSync(readlinkSync(join(dir, target)), dst);
         else if (st.isFile()) copyFileSync(join(dir, target), dst, C.COPYFILE_FICLONE);
         else throw new PullError('unsupported', `layer entry ${JSON.stringify(entry)}: hardlink to a special file of a lower layer`);
@@ -496,7 +545,7 @@ class LayerWriter implements TarSink {
         lutimesSync(dst, st.atime, st.mtime);
         // overlayfs' copy-up keeps extended attributes too (its own trusted.overlay.* aside).
         const attrs = await readXattrs(join(dir, target));
-        for (const k of attrs.keys()) if (k.startsWith('trusted.overlay.')) attrs.delete(k);
+        for (const k of attrs.keys()) if (k.startsWith('trusted.overlay.') || k.startsWith('user.overlay.')) attrs.delete(k);
         if (attrs.size > 0) this.xattrs.set(target, attrs);
         this.known.set(target, st.isSymbolicLink() ? 'symlink' : 'other');
         this.layerPaths.add(target);
@@ -505,6 +554,7 @@ class LayerWriter implements TarSink {
         if (other === target || this.kindOf(other) !== undefined) continue;
         await this.lowerParents(parentOf(other), entry);
         this.ensureParents(other, entry);
+        this.charge(0, 1);
         linkSync(dst, this.abs(other));
         this.known.set(other, 'other');
         this.layerPaths.add(other);
@@ -539,17 +589,22 @@ class LayerWriter implements TarSink {
       }
     }
     if (this.xattrs.size > 0) {
-      let dump = '';
+      const targets: XattrTarget[] = [];
+      let skipped = false;
       for (const [rel, attrs] of this.xattrs) {
-        dump += `# file: ${dumpQuote(this.abs(rel))}\n`;
-        for (const [k, v] of attrs) dump += `${k}=0s${v.toString('base64')}\n`;
-        dump += '\n';
+        if (!isRoot) {
+          for (const k of attrs.keys()) {
+            if (!k.startsWith('user.')) {
+              attrs.delete(k);
+              skipped = true;
+            }
+          }
+          if (attrs.size === 0) continue;
+        }
+        targets.push({ path: this.abs(rel), entry: rel === '' ? '.' : rel, dir: this.known.get(rel) === 'dir', attrs });
       }
-      if (isRoot || ![...this.xattrs.values()].some((m) => [...m.keys()].some((k) => k.startsWith('trusted.') || k.startsWith('security.')))) {
-        await run('setfattr', ['-h', '--restore=-'], dump, 'setting extended attributes');
-      } else {
-        this.o.logger?.warn('skipping trusted./security. extended attributes: not running as root');
-      }
+      if (skipped) this.o.logger?.warn('skipping trusted./security. extended attributes: not running as root');
+      await setXattrs(targets);
     }
     const dirs = [...this.dirMeta.entries()].sort((a, b) => b[0].split('/').length - a[0].split('/').length);
     for (const [rel, m] of dirs) {
@@ -573,6 +628,15 @@ export interface UnpackResult {
  */
 export async function unpackLayer(source: Readable, compression: Compression, expectDiffId: string | undefined, o: UnpackOptions): Promise<UnpackResult> {
   const w = new LayerWriter(o);
+  try {
+    return await unpackWith(w, source, compression, expectDiffId, o);
+  } catch (err) {
+    w.refund();
+    throw err;
+  }
+}
+
+async function unpackWith(w: LayerWriter, source: Readable, compression: Compression, expectDiffId: string | undefined, o: UnpackOptions): Promise<UnpackResult> {
   const parser = new TarParser(w);
   const hash = createHash('sha256');
   const { stream, done } = await decompress(source, compression);
@@ -584,6 +648,7 @@ export async function unpackLayer(source: Readable, compression: Compression, ex
       if (bytes > o.maxBytes) {
         throw new PullError('unsafe-content', `layer expands beyond the limit of ${o.maxBytes} bytes (decompression bomb?)`);
       }
+      w.charge(chunk.length, 0);
       hash.update(chunk);
       if (!parser.ended) await parser.write(chunk);
     }

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,17 +25,25 @@ afterAll(async () => {
   if (work) rmSync(work, { recursive: true, force: true });
 });
 
+/** Every extended attribute of a path itself (not following a symlink), as name=value lines. */
+function xattrsOf(path: string): string[] {
+  const out = execFileSync('getfattr', ['-h', '-d', '-m', '-', '-e', 'hex', '--absolute-names', '--', path], { encoding: 'utf8' });
+  return out.split('\n').filter((l) => l !== '' && !l.startsWith('#'));
+}
+
 function outsideIntact(): void {
   expect(readdirSync(outside).sort()).toEqual(['victim']);
   expect(readFileSync(join(outside, 'victim'), 'utf8')).toBe('original\n');
+  expect(xattrsOf(join(outside, 'victim'))).toEqual([]);
+  expect(xattrsOf(outside)).toEqual([]);
 }
 
-async function expectRejected(name: string, layers: Entry[][], mention: string, kind = 'unsafe-content'): Promise<void> {
+async function expectRejected(name: string, layers: Entry[][], mention: string, kind = 'unsafe-content', limits: { maxImageBytes?: number; maxImageEntries?: number } = {}): Promise<void> {
   const tars = await Promise.all(layers.map(makeTar));
   const { ref } = await pushImage(registry, `hostile/${name}:1`, tars.map(gzipLayer));
   for (const mode of ['layers', 'rootfs'] as const) {
     const root = join(work, `cache-${name}-${mode}`);
-    const puller = new ImagePuller({ root, plainHttp: [registry.host] });
+    const puller = new ImagePuller({ root, plainHttp: [registry.host], ...limits });
     let err: unknown;
     try {
       if (mode === 'layers') await puller.pull(ref);
@@ -88,6 +97,67 @@ describe('hostile layers are rejected with nothing written outside the root', ()
     await expectRejected('wh-dotdot', [[{ name: 'etc/', type: 'directory' }], [{ name: 'etc/.wh...', content: '' }]], 'etc/.wh...');
     await expectRejected('wh-outside', [[{ name: 'etc/', type: 'directory' }], [{ name: '../../../../../../outside/.wh.victim', content: '' }]], 'outside/.wh.victim');
     await expectRejected('wh-symlink', [[{ name: 'link', type: 'symlink', linkname: outside }], [{ name: 'link/.wh.victim', content: '' }]], 'link/.wh.victim');
+  });
+
+  it('extended attribute names that would inject into a dump, overlayfs\' own, oversized values', async () => {
+    const inject = `user.a\n# file: ${outside}/victim\nuser.pwned`;
+    await expectRejected('xattr-newline', [[{ name: 'f', content: 'x', pax: { [`SCHILY.xattr.${inject}`]: 'v' } }]], 'extended attribute name');
+    await expectRejected('xattr-libarchive', [[{ name: 'f', content: 'x', pax: { [`LIBARCHIVE.xattr.${encodeURIComponent(inject)}`]: Buffer.from('v').toString('base64') } }]], 'extended attribute name');
+    await expectRejected('xattr-nul', [[{ name: 'f', content: 'x', pax: { 'SCHILY.xattr.user.a\u0000b': 'v' } }]], 'extended attribute name');
+    await expectRejected('xattr-overlay', [[{ name: 'd/', type: 'directory' }, { name: 'd/', type: 'directory', pax: { 'SCHILY.xattr.trusted.overlay.opaque': 'y' } }]], '"trusted.overlay.opaque" is overlayfs\' own');
+    await expectRejected('xattr-overlay-redirect', [[{ name: 'd/', type: 'directory', pax: { 'SCHILY.xattr.trusted.overlay.redirect': '/etc' } }]], '"trusted.overlay.redirect"');
+    await expectRejected('xattr-big', [[{ name: 'f', content: 'x', pax: { 'SCHILY.xattr.user.big': 'v'.repeat(65537) } }]], 'over 65536');
+    await expectRejected('xattr-long-name', [[{ name: 'f', content: 'x', pax: { [`SCHILY.xattr.user.${'n'.repeat(251)}`]: 'v' } }]], 'longer than 255 bytes');
+  });
+
+  it('sets the extended attributes an image may set on the exact inode, skipping what Linux cannot hold', async () => {
+    // security.capability v2 (VFS_CAP_REVISION_2 | effective): cap_net_raw permitted.
+    const cap = Buffer.from([0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, ...new Array<number>(12).fill(0)]);
+    const tar = await makeTar([
+      { name: 'bin/', type: 'directory', pax: { 'SCHILY.xattr.user.dir': 'd' } },
+      { name: 'bin/ping', content: 'elf', mode: 0o755, pax: { 'SCHILY.xattr.security.capability': cap.toString('latin1'), 'SCHILY.xattr.user.k': 'v', 'SCHILY.xattr.system.posix_acl_access': 'junk' } },
+      { name: 'bin/link', type: 'symlink', linkname: 'ping', pax: { 'SCHILY.xattr.trusted.sym': 's', 'SCHILY.xattr.user.cannot': 'x' } },
+      { name: 'escape', type: 'symlink', linkname: `${outside}/victim`, pax: { 'SCHILY.xattr.trusted.on-link': '1' } },
+    ]);
+    const { ref } = await pushImage(registry, 'benign/xattrs:1', [gzipLayer(tar)]);
+    const puller = new ImagePuller({ root: join(work, 'cache-xattrs'), plainHttp: [registry.host] });
+    const img = await puller.pull(ref);
+    const dir = join(work, 'rootfs-xattrs');
+    await puller.pullToRootfs(ref, dir);
+    await puller.close();
+    for (const root of [img.layerDirs[0]!, dir]) {
+      expect(xattrsOf(join(root, 'bin'))).toEqual(['user.dir=0x64']);
+      expect(xattrsOf(join(root, 'bin/ping'))).toEqual([`security.capability=0x${cap.toString('hex')}`, 'user.k=0x76']);
+      expect(xattrsOf(join(root, 'bin/link'))).toEqual(['trusted.sym=0x73']);
+      expect(xattrsOf(join(root, 'escape'))).toEqual(['trusted.on-link=0x31']);
+    }
+    outsideIntact();
+  });
+
+  it('a hardlink copy-up resolves its target as overlayfs serves it: never through a symlink of a lower layer', async () => {
+    // Layer 1's symlink x -> outside is hidden by layer 2's directory x; overlayfs serves x/victim
+    // from layer 2 (where it is absent), never through layer 1's symlink.
+    await expectRejected('copyup-hidden-symlink', [
+      [{ name: 'x', type: 'symlink', linkname: outside }],
+      [{ name: 'x/', type: 'directory' }],
+      [{ name: 'h', type: 'link', linkname: 'x/victim' }],
+    ], 'hardlink target "x/victim"', 'invalid');
+    await expectRejected('copyup-served-symlink', [
+      [{ name: 'x', type: 'symlink', linkname: outside }],
+      [{ name: 'h', type: 'link', linkname: 'x/victim' }],
+    ], 'layer entry "h"');
+    // An opaque directory hides what lower layers had under it.
+    await expectRejected('copyup-opaque', [
+      [{ name: 'd/', type: 'directory' }, { name: 'd/f', content: 'lower' }],
+      [{ name: 'd/', type: 'directory' }, { name: 'd/.wh..wh..opq', content: '' }],
+      [{ name: 'h', type: 'link', linkname: 'd/f' }],
+    ], 'hardlink target "d/f"', 'invalid');
+  });
+
+  it('an image over maxImageEntries or maxImageBytes, though each layer is within its own bound', async () => {
+    const files = (layer: number, n: number, size = 1): Entry[] => Array.from({ length: n }, (_, i) => ({ name: `l${layer}-${i}`, content: Buffer.alloc(size, 1) }));
+    await expectRejected('entries', [files(0, 30), files(1, 30)], 'limit of 50 files and directories (option maxImageEntries', 'unsafe-content', { maxImageEntries: 50 });
+    await expectRejected('bytes', [files(0, 1, 3 << 20), files(1, 1, 3 << 20)], 'limit of 5242880 bytes (option maxImageBytes', 'unsafe-content', { maxImageBytes: 5 << 20 });
   });
 
   it('a decompression bomb, bounded by maxLayerBytes', async () => {
