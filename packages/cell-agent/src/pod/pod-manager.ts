@@ -125,6 +125,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       changed: () => self.changed(),
       event: (type, reason, message, container) => self.event(type, reason, message, container),
       probeResult: (unit, probe, ok) => self.o.onProbe?.(unit, probe, ok),
+      podContainers: () => (self.req?.pod?.spec?.containers.length ?? 0) + (self.req?.pod?.spec?.initContainers.length ?? 0),
       fifos: new FifoPool(join(o.runDir ?? o.stateDir, 'fifo-pool')),
       shims: new ShimPool(o.runc.binary, o.runc.root, o.stateDir),
     };

@@ -3,7 +3,7 @@
 import { abortableSleep } from './backoff.js';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { overwriteRecord } from '../runtime/files.js';
 import { join } from 'node:path';
 import type pino from 'pino';
@@ -18,6 +18,7 @@ import type { ShimPool } from '../runtime/shim-pool.js';
 import type { LogSink, RuncTarget, UnitStdio, UnitView } from '../units/unit-view.js';
 import { Backoff, type BackoffPolicy } from './backoff.js';
 import { Prober, type ProbeTarget, runHandler } from './probes.js';
+import { fallbackMessage, messageLimit, readMessageFile } from './termination-message.js';
 import { checkTransition, type UnitState } from './unit-state.js';
 
 export interface UnitContext {
@@ -40,6 +41,8 @@ export interface UnitContext {
   fifos?: FifoPool;
   shims?: ShimPool;
   probeResult?(unit: string, probe: 'startup' | 'liveness' | 'readiness', ok: boolean): void;
+  /** Containers in the pod (init units included): they share the pod's termination-message budget. */
+  podContainers?(): number;
 }
 
 /** A configuration problem detected before runc runs: shown as CreateContainerConfigError. */
@@ -563,18 +566,10 @@ export class Unit implements UnitView {
   }
 
   private terminationMessage(inst: Instance, code: number): string {
-    const f = inst.paths.termination;
-    let msg = '';
-    try {
-      if (existsSync(f)) msg = readFileSync(f).subarray(0, 4096).toString('utf8');
-    } catch {
-      /* none */
-    }
+    const limit = messageLimit(this.ctx.podContainers?.() ?? 1);
+    let msg = readMessageFile(inst.paths.termination, limit);
     if (msg === '' && code !== 0 && this.spec.terminationMessagePolicy === TerminationMessagePolicy.TERMINATION_MESSAGE_POLICY_FALLBACK_TO_LOGS_ON_ERROR) {
-      const lines = inst.tail.text().split('\n');
-      if (lines[lines.length - 1] === '') lines.pop();
-      msg = lines.slice(-80).join('\n');
-      if (msg.length > 2048) msg = msg.slice(msg.length - 2048);
+      msg = fallbackMessage(inst.tail.text(), limit);
     }
     return msg;
   }
