@@ -126,6 +126,34 @@ export function decodeFrames(buf: Buffer): { records: Rec[]; goodBytes: number }
   return { records, goodBytes: off };
 }
 
+// The store holds the CA's sealed key, pod secrets (sealed) and every pod spec: only the
+// controller's user may read it. Files are created 0600 in a 0700 directory whatever the umask,
+// and a directory left wider by an earlier version (or made by hand) is narrowed at open.
+const DIR_MODE = 0o700;
+const FILE_MODE = 0o600;
+
+/** A WAL file, created (or, if an earlier version made it wider, narrowed) to FILE_MODE. */
+async function openWal(path: string): Promise<fs.FileHandle> {
+  const fh = await fs.open(path, 'a+', FILE_MODE);
+  try {
+    if (((await fh.stat()).mode & 0o777) !== FILE_MODE) await fh.chmod(FILE_MODE);
+  } catch (err) {
+    await fh.close();
+    throw err;
+  }
+  return fh;
+}
+
+/** The directory 0700 and every file already in it 0600 (files from before modes were set). */
+async function narrowModes(dir: string): Promise<void> {
+  await fs.chmod(dir, DIR_MODE);
+  for (const e of await fs.readdir(dir, { withFileTypes: true })) {
+    if (!e.isFile()) continue;
+    const p = join(dir, e.name);
+    if (((await fs.lstat(p)).mode & 0o777) !== FILE_MODE) await fs.chmod(p, FILE_MODE);
+  }
+}
+
 async function syncDir(dir: string): Promise<void> {
   const d = await fs.open(dir, 'r');
   try {
@@ -199,11 +227,12 @@ export class EmbeddedStore implements Store {
       lockCheckMs: 2000,
       ...options,
     };
-    await fs.mkdir(opts.dir, { recursive: true });
+    await fs.mkdir(opts.dir, { recursive: true, mode: DIR_MODE });
     const lock = await DirLock.acquire(join(opts.dir, 'LOCK'));
     try {
       await fs.rm(join(opts.dir, `${SNAPSHOT}.tmp`), { force: true });
-      const wal = await fs.open(join(opts.dir, WAL), 'a+');
+      await narrowModes(opts.dir);
+      const wal = await openWal(join(opts.dir, WAL));
       // A WAL created just now must survive a crash as a directory entry too.
       await syncDir(opts.dir);
       const store = new EmbeddedStore(opts.dir, lock, wal, opts);
@@ -485,7 +514,7 @@ export class EmbeddedStore implements Store {
     await this.wal.close();
     await fs.rename(join(this.dir, WAL), join(this.dir, `wal.${seq}.log`));
     this.segmentSeq = seq;
-    this.wal = await fs.open(join(this.dir, WAL), 'a+');
+    this.wal = await openWal(join(this.dir, WAL));
     await syncDir(this.dir);
     this.walBytes = 0;
     this.compacting = this.writeSnapshot(rows, revision, seq)
@@ -513,7 +542,7 @@ export class EmbeddedStore implements Store {
     crc = crc32(close, crc);
     const header = Buffer.from(`${JSON.stringify({ format: 1, revision, crc32: crc })}\n`, 'utf8');
     const tmp = join(this.dir, `${SNAPSHOT}.tmp`);
-    const fh = await fs.open(tmp, 'w', 0o600);
+    const fh = await fs.open(tmp, 'w', FILE_MODE);
     let bytes = header.length;
     try {
       await fh.write(header);

@@ -143,6 +143,32 @@ describe('embedded store durability', () => {
     await s3.close();
   });
 
+  it('keeps its files 0600 in a 0700 directory whatever the umask, through compaction, and narrows what an earlier version left wider', async () => {
+    // The store holds the sealed CA key, sealed secrets and every pod spec.
+    const umask = process.umask(0o022);
+    try {
+      const fresh = join(await tempDir(), 'store');
+      const old = join(await tempDir(), 'store');
+      await fs.mkdir(old, { mode: 0o755 });
+      await fs.writeFile(join(old, 'wal.log'), '', { mode: 0o644 });
+      await fs.chmod(old, 0o755);
+      for (const dir of [fresh, old]) {
+        const s = await EmbeddedStore.open({ dir, compactBytes: 2048 });
+        for (let i = 0; i < 200; i++) await s.put(`m/${i % 20}`, { i, pad: 'x'.repeat(50) });
+        await waitFor('a compaction', () => s.stats.compactions > 0, { timeoutMs: 5000 });
+        await s.put('m/after', 1);
+        const modes: Record<string, string> = {};
+        for (const name of await fs.readdir(dir)) modes[name] = ((await fs.stat(join(dir, name))).mode & 0o777).toString(8);
+        expect(Object.keys(modes)).toEqual(expect.arrayContaining(['LOCK', 'wal.log', 'snapshot.json']));
+        expect(modes, dir).toEqual(Object.fromEntries(Object.keys(modes).map((n) => [n, '600'])));
+        expect(((await fs.stat(dir)).mode & 0o777).toString(8), dir).toBe('700');
+        await s.close();
+      }
+    } finally {
+      process.umask(umask);
+    }
+  });
+
   it('compacts into a snapshot; reopen restores all; watches older than the snapshot are refused', async () => {
     const dir = await tempDir();
     const s1 = await EmbeddedStore.open({ dir, compactBytes: 4096 });
