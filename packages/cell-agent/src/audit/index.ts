@@ -3,7 +3,7 @@
 // a session starts and one when it ends (so a session cut short by an agent crash still shows),
 // merged by id when read.
 import { randomUUID } from 'node:crypto';
-import { appendFileSync, mkdirSync, openSync, closeSync, writeSync, readFileSync, existsSync } from 'node:fs';
+import { appendFileSync, mkdirSync, openSync, closeSync, writeSync, existsSync, constants, fstatSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { AuditRecord, type ExitStatus } from '@cello/proto/cell';
 
@@ -122,12 +122,19 @@ export class AuditLog {
     appendFileSync(this.file, `${JSON.stringify(r)}\n`, { mode: 0o600 });
   }
 
-  /** Newest first. */
+  /**
+   * Newest first: at most AUDIT_LIST_MAX_RECORDS, from the last AUDIT_READ_MAX_BYTES of the log
+   * (older sessions are not listed), with transcripts up to AUDIT_TRANSCRIPTS_MAX_BYTES in all
+   * (later records' transcripts come back empty): the log grows for the cell's whole life, and
+   * one response has to fit a gRPC message.
+   */
   list(limit: number, includeTranscript: boolean): AuditRecord[] {
     if (!existsSync(this.file)) return [];
+    limit = Math.min(limit, AUDIT_LIST_MAX_RECORDS);
+    let transcriptBudget = AUDIT_TRANSCRIPTS_MAX_BYTES;
     const byId = new Map<string, StoredRecord>();
     const order: string[] = [];
-    for (const line of readFileSync(this.file, 'utf8').split('\n')) {
+    for (const line of readTail(this.file, AUDIT_READ_MAX_BYTES).split('\n')) {
       if (!line) continue;
       let r: StoredRecord;
       try {
@@ -144,13 +151,10 @@ export class AuditLog {
       .slice(0, limit)
       .map((id) => {
         const r = byId.get(id)!;
-        let transcript = Buffer.alloc(0);
-        if (includeTranscript && r.transcript) {
-          try {
-            transcript = readFileSync(join(this.transcripts, r.transcript));
-          } catch {
-            /* removed */
-          }
+        let transcript: Buffer = Buffer.alloc(0);
+        if (includeTranscript && r.transcript && transcriptBudget > 0) {
+          transcript = readBounded(join(this.transcripts, r.transcript), transcriptBudget);
+          transcriptBudget -= transcript.length;
         }
         return AuditRecord.fromPartial({
           id: r.id,
@@ -168,5 +172,52 @@ export class AuditLog {
           transcript,
         });
       });
+  }
+}
+
+export const AUDIT_LIST_MAX_RECORDS = 1000;
+export const AUDIT_READ_MAX_BYTES = 8 * 1024 * 1024;
+export const AUDIT_TRANSCRIPTS_MAX_BYTES = 3 * 1024 * 1024;
+
+/** The last `max` bytes of a file, from the first whole line among them. */
+function readTail(file: string, max: number): string {
+  const fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    const size = fstatSync(fd).size;
+    const start = Math.max(0, size - max);
+    const buf = Buffer.alloc(size - start);
+    let n = 0;
+    while (n < buf.length) {
+      const r = readSync(fd, buf, n, buf.length - n, start + n);
+      if (r === 0) break;
+      n += r;
+    }
+    let text = buf.subarray(0, n);
+    if (start > 0) text = text.subarray(text.indexOf(10) + 1); // a cut first line is dropped
+    return text.toString('utf8');
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Up to `max` bytes of a transcript; empty when it was removed. */
+function readBounded(file: string, max: number): Buffer {
+  let fd: number;
+  try {
+    fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch {
+    return Buffer.alloc(0);
+  }
+  try {
+    const buf = Buffer.alloc(Math.min(max, fstatSync(fd).size));
+    let n = 0;
+    while (n < buf.length) {
+      const r = readSync(fd, buf, n, buf.length - n, n);
+      if (r === 0) break;
+      n += r;
+    }
+    return buf.subarray(0, n);
+  } finally {
+    closeSync(fd);
   }
 }
