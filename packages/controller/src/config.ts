@@ -46,6 +46,11 @@ const etcdStore = z.strictObject({
   prefix: z.string().optional(),
   requestTimeoutMs: z.number().int().positive().optional(),
   auth: z.strictObject({ username: z.string(), password: z.string() }).optional(),
+  /** TLS to etcd (https:// endpoints): its CA, and the client certificate --client-cert-auth asks for. */
+  tls: z
+    .strictObject({ caFile: z.string().min(1), certFile: z.string().min(1).optional(), keyFile: z.string().min(1).optional() })
+    .refine((t) => (t.certFile === undefined) === (t.keyFile === undefined), { message: 'certFile and keyFile go together (the client certificate and its key)' })
+    .optional(),
 });
 
 export const configSchema = z.strictObject({

@@ -94,6 +94,7 @@ function storeConfig(config: Config, log: Logger): StoreConfig {
     ...(s.prefix ? { prefix: s.prefix } : {}),
     ...(s.requestTimeoutMs ? { requestTimeoutMs: s.requestTimeoutMs } : {}),
     ...(s.auth ? { auth: s.auth } : {}),
+    ...(s.tls ? { tls: s.tls } : {}),
     logger,
   };
 }

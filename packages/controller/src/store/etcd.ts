@@ -23,6 +23,7 @@ import {
   type Store,
   type WatchEvent,
 } from './store.js';
+import { checkEtcdTransport, etcdCredentials, type EtcdTlsOptions } from './etcd-tls.js';
 import { StoreMetrics } from './metrics.js';
 import { WatchStream } from './watch-stream.js';
 
@@ -32,7 +33,9 @@ export interface EtcdStoreOptions {
   prefix?: string;
   /** Deadline for each unary etcd call, in ms. Default 10,000. */
   requestTimeoutMs?: number;
-  /** Passed through to etcd3 (TLS credentials, password auth). */
+  /** TLS to etcd from files: its CA, and a client certificate for --client-cert-auth (etcd-tls.ts). */
+  tls?: EtcdTlsOptions;
+  /** Passed through to etcd3 (TLS credentials in memory, password auth); `tls` takes precedence. */
   credentials?: IOptions['credentials'];
   auth?: IOptions['auth'];
   logger?: { warn(obj: object, msg: string): void; info(obj: object, msg: string): void };
@@ -111,9 +114,10 @@ export class EtcdStore implements Store {
     const prefix = opts.prefix ?? '/cello/';
     if (typeof prefix !== 'string' || prefix.length === 0) throw new TypeError('store.prefix must be a non-empty string');
     const timeout = opts.requestTimeoutMs ?? 10_000;
+    checkEtcdTransport(opts.endpoints, opts.tls, opts.credentials !== undefined, opts.auth !== undefined);
     const client = new Etcd3({
       hosts: opts.endpoints,
-      credentials: opts.credentials,
+      credentials: opts.tls ? etcdCredentials(opts.tls) : opts.credentials,
       auth: opts.auth,
       dialTimeout: timeout,
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
