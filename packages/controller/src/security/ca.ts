@@ -31,6 +31,13 @@ const DAY = 24 * 3600;
 
 export const CA_STORE_KEY = 'security/ca';
 
+/**
+ * A cell's certificate serves (the agent's mTLS port) and nothing else: without client-auth
+ * usage, TLS itself refuses it as a client, so a cell's key — on the cell, or in a local cell's
+ * directory — cannot drive another cell's agent, or call the controller's API.
+ */
+const CELL_USAGES: ('server' | 'client')[] = ['server'];
+
 export interface IssuedCertificate {
   certPem: string;
   keyPem: string;
@@ -175,7 +182,7 @@ export class CertificateAuthority {
   async issueCellCertificate(req: CellCertificateRequest): Promise<IssuedCertificate> {
     const params = this.checkCell(req);
     const keys = (await subtle.generateKey(EC, true, ['sign', 'verify'])) as CryptoKeyPair;
-    const certPem = await this.sign(keys.publicKey, { kind: 'cell', cellId: params.cellId, trustDomain: this.trustDomain }, params, ['server', 'client']);
+    const certPem = await this.sign(keys.publicKey, { kind: 'cell', cellId: params.cellId, trustDomain: this.trustDomain }, params, CELL_USAGES);
     return { certPem, keyPem: pemKey(await subtle.exportKey('pkcs8', keys.privateKey)) };
   }
 
@@ -187,7 +194,7 @@ export class CertificateAuthority {
   async signCsr(csrPem: string, req: CellCertificateRequest): Promise<string> {
     const params = this.checkCell(req);
     const publicKey = await this.verifyCsr(csrPem);
-    return this.sign(publicKey, { kind: 'cell', cellId: params.cellId, trustDomain: this.trustDomain }, params, ['server', 'client']);
+    return this.sign(publicKey, { kind: 'cell', cellId: params.cellId, trustDomain: this.trustDomain }, params, CELL_USAGES);
   }
 
   /**

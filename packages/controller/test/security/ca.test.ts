@@ -227,10 +227,23 @@ describe('certificate authority', () => {
       });
     expect((await byName('cell-a')).ok).toBe(true);
     expect((await byName('cell-b')).ok).toBe(false);
-    // A cell's certificate used as a client is chain-valid but is not a controller: refused.
+    // A cell's certificate used as a client is chain-valid but may only serve: TLS itself
+    // refuses it (no client-auth usage), before any handler could be asked to tell it apart.
     const cellB = await ca.issueCellCertificate({ cellId: 'cell-b' });
     const asClient = await callCell(server.address, mtls(ca.certPem, cellB, 'cell-a'));
-    expect(asClient.ok === false && asClient.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(asClient.ok).toBe(false);
+    expect([grpc.status.UNAVAILABLE, grpc.status.INTERNAL]).toContain(asClient.ok === false && asClient.code);
+  });
+
+  it('issues cell certificates for server auth only, whether it makes the key or signs a CSR', async () => {
+    const SERVER_AUTH = '1.3.6.1.5.5.7.3.1';
+    const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
+    expect(new X509Certificate(cellA.certPem).keyUsage).toEqual([SERVER_AUTH]);
+    const keys = (await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+    const csr = await x509.Pkcs10CertificateRequestGenerator.create({ name: 'CN=cell-e', keys, signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' } }, cryptoImpl);
+    expect(new X509Certificate(await ca.signCsr(csr.toString('pem'), { cellId: 'cell-e' })).keyUsage).toEqual([SERVER_AUTH]);
+    // The controller's own certificate is the client.
+    expect(new X509Certificate(controller.certPem).keyUsage).toContain(CLIENT_AUTH);
   });
 
   it('signs an agent CSR for the assigned identity only, keeping just its public key', async () => {
