@@ -94,7 +94,8 @@ beforeAll(async () => {
   faults = injectEc2Faults(provider.ec2, [
     { command: 'RunInstances', when: (i) => i['InstanceType'] === noCapacityFor, code: 'InsufficientInstanceCapacity' },
   ]);
-  const me = await ca.issueClientCertificate('e2e-test');
+  // The reconcilers below act as the controller, and agents serve only the controller's identity.
+  const me = await ca.issueClientCertificate('controller');
   agents = new AgentPool({
     forCell: (cellId) =>
       credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(me.keyPem), Buffer.from(me.certPem), { checkServerIdentity: cellServerIdentityCheck(cellId) }),
