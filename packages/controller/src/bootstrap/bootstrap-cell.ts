@@ -22,11 +22,14 @@ import {
   type RequestCertificateResponse,
 } from '@cello/proto/cell';
 import type { Logger } from 'pino';
+import { DEFAULT_TRUST_DOMAIN, identityOf, identityUri } from '../security/identity.js';
 import * as x509 from '../security/x509.js';
 
 export interface CsrSigner {
   /** The CA certificate (PEM) that the agent's user data carries. */
   readonly certPem: string;
+  /** The CA's trust domain (default "cello"): the signed certificate must name spiffe://<it>/cell/<cellId>. */
+  readonly trustDomain?: string;
   signCsr(csrPem: string, req: { cellId: string; ips?: string[]; dnsNames?: string[]; ttlSeconds?: number }): Promise<string>;
 }
 
@@ -181,6 +184,15 @@ export async function bootstrapCell(o: BootstrapCellOptions): Promise<BootstrapR
       ...(o.dnsNames ? { dnsNames: o.dnsNames } : {}),
       ...(o.ttlSeconds ? { ttlSeconds: o.ttlSeconds } : {}),
     });
+    // Whatever signed it, what goes to the cell must name exactly this cell in this trust
+    // domain and nothing else: a second URI SAN, another cell or another domain would make the
+    // cell's key speak for someone it is not to every peer of the CA.
+    const want = `spiffe://${o.ca.trustDomain ?? DEFAULT_TRUST_DOMAIN}/cell/${o.cellId}`;
+    const got = identityOf(certPem);
+    if (got === undefined || identityUri(got) !== want) {
+      const uris = new NodeX509(certPem).subjectAltName?.split(', ').filter((n) => n.startsWith('URI:')).map((n) => n.slice(4)) ?? [];
+      throw new BootstrapError(o.cellId, `the signed certificate names ${uris.join(', ') || 'no identity'}, expected exactly ${want}; not installing it`);
+    }
     try {
       await unary<InstallCertificateRequest, InstallCertificateResponse>(
         client.installCertificate.bind(client),
