@@ -321,14 +321,25 @@ class LayerWriter implements TarSink {
     return false;
   }
 
-  private addXattrs(rel: string, h: TarHeader): void {
+  private checkedXattrs(h: TarHeader): Map<string, Buffer> | undefined {
     const x = checkXattrs(h.name, h.xattrs!, h.type, this.o.logger);
-    if (!x) return;
+    if (!x) return undefined;
     for (const [k, v] of x) this.xattrBytes += k.length + v.length;
     if (this.xattrBytes > MAX_LAYER_XATTR_BYTES) {
       throw unsafe(h.name, `the layer's extended attributes exceed ${MAX_LAYER_XATTR_BYTES} bytes`);
     }
-    this.xattrs.set(rel, x);
+    return x;
+  }
+
+  /**
+   * Records an entry's xattrs once it exists: replacing an older file forgets what was recorded
+   * for that path, so recording first lost the new file's own (a later layer's setcap'd binary).
+   * A directory kept from earlier in the layer keeps what it had (e.g. the opaque marker).
+   */
+  private keepXattrs(rel: string, x: Map<string, Buffer>): void {
+    const cur = this.xattrs.get(rel);
+    if (cur) for (const [k, v] of x) cur.set(k, v);
+    else this.xattrs.set(rel, x);
   }
 
   private entryAt(rel: string, h: TarHeader): void | Promise<void> {
@@ -341,7 +352,14 @@ class LayerWriter implements TarSink {
     }
     this.ensureParents(rel, h.name);
     this.layerPaths.add(rel);
-    if (h.xattrs?.size) this.addXattrs(rel, h);
+    const x = h.xattrs?.size ? this.checkedXattrs(h) : undefined;
+    const r = this.create(rel, h);
+    if (!x || ((h.type === 'char' || h.type === 'block') && !isRoot)) return r; // device nodes are skipped then
+    if (r) return r.then(() => this.keepXattrs(rel, x));
+    this.keepXattrs(rel, x);
+  }
+
+  private create(rel: string, h: TarHeader): void | Promise<void> {
     const abs = this.abs(rel);
     switch (h.type) {
       case 'file': {
@@ -376,7 +394,6 @@ class LayerWriter implements TarSink {
         if (h.type !== 'fifo' && !isRoot) {
           this.o.logger?.warn({ entry: h.name }, 'skipping device node: not running as root');
           this.layerPaths.delete(rel);
-          this.xattrs.delete(rel);
           return;
         }
         this.prepare(rel, 'other');

@@ -127,7 +127,14 @@ export async function setXattrs(targets: XattrTarget[]): Promise<void> {
         for (const [k, v] of t.attrs) dump += `${dumpQuote(k)}=0s${v.toString('base64')}\n`;
         dump += '\n';
       }
-      await run('setfattr', ['--restore=-'], dump, 'setting extended attributes');
+      await run('setfattr', ['--restore=-'], dump, 'setting extended attributes').catch((err: PullError) => {
+        // Name the entries, not the fds setfattr saw.
+        const msg = err.message.replace(/\/proc\/\d+\/fd\/(\d+)/g, (m, fd: string) => {
+          const i = fds.indexOf(Number(fd));
+          return i >= 0 ? `layer entry ${JSON.stringify(batch[i]!.entry)}` : m;
+        });
+        throw new PullError(err.kind, msg, { cause: err });
+      });
     } finally {
       for (const fd of fds) closeSync(fd);
     }

@@ -129,6 +129,23 @@ describe('image-puller CLI', () => {
     expect((await cli(['pull', busybox, '--cache', cache, '--layers', 'a', '--username', 'u'])).status).toBe(7);
   });
 
+  it('--max-image-entries and --max-image-bytes bound what an image unpacks; bad values name the flag', async () => {
+    const cache = join(work, 'c-limits');
+    const few = await cli(['pull', busybox, '--plain-http', '--cache', cache, '--rootfs', join(work, 'lim1'), '--max-image-entries', '20']);
+    expect(few.status).toBe(6);
+    expect(few.stderr).toContain('limit of 20 files and directories (option maxImageEntries; CLI --max-image-entries)');
+    const small = await cli(['pull', busybox, '--plain-http', '--cache', cache, '--layers', join(work, 'lim2'), '--max-image-bytes', '1M']);
+    expect(small.status).toBe(6);
+    expect(small.stderr).toContain('limit of 1048576 bytes (option maxImageBytes; CLI --max-image-bytes)');
+    expect((await cli(['pull', busybox, '--plain-http', '--cache', cache, '--rootfs', join(work, 'lim3'), '--max-image-bytes', '64G', '--max-image-entries', '5000'])).status).toBe(0);
+    const zero = await cli(['pull', busybox, '--cache', cache, '--rootfs', join(work, 'lim4'), '--max-image-entries', '0']);
+    expect(zero.status).toBe(7);
+    expect(zero.stderr).toContain('--max-image-entries: expected a positive integer, got "0"');
+    const junk = await cli(['pull', busybox, '--cache', cache, '--rootfs', join(work, 'lim4'), '--max-image-bytes', '12X']);
+    expect(junk.status).toBe(7);
+    expect(junk.stderr).toContain('--max-image-bytes: expected a positive size (e.g. 64G), got "12X"');
+  });
+
   it('a crash (kill -9) at any point leaves a cache the next pull repairs', { timeout: 300_000 }, async () => {
     const cache = join(work, 'crash');
     let killed = 0;
