@@ -126,7 +126,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   // runc's root stays in the state dir: other tools (the local cell provider's cleanup, cell
   // image tests) find the cell's containers at STATE/runc.
   const runc = new Runc(o.runcBinary ?? 'runc', join(o.stateDir, 'runc'));
-  const images = o.images ?? new PullerImageService({ root: o.imageCacheDir ?? join(o.stateDir, 'images'), insecureRegistries: o.insecureRegistries ?? [], logger: log });
+  const images = o.images ?? new PullerImageService({ root: o.imageCacheDir ?? join(o.stateDir, 'images'), insecureRegistries: o.insecureRegistries ?? [], logger: log, accessFile: join(o.stateDir, 'image-access.json') });
   const hostIP = primaryIPv4();
   const metrics = new AgentMetrics();
   const podIP = o.podIP ?? (o.podNetns ? netnsIPv4(o.podNetns) : undefined) ?? hostIP;

@@ -37,8 +37,12 @@ export class ImagePullFailure extends Error {
 }
 
 export interface ImageService {
-  /** The image if it is in the local cache, without touching the network. */
-  cached(ref: string): Promise<ImageInfo | undefined>;
+  /**
+   * The image if it is in the local cache and a pod with these credentials may use it: without
+   * touching the network when it was pulled anonymously or with the same credentials, else
+   * after the registry served its manifest to them (throws ImagePullFailure when it does not).
+   */
+  cached(ref: string, opts?: { auth?: RegistryAuth | undefined; signal?: AbortSignal }): Promise<ImageInfo | undefined>;
   /** Fetches the image (or refreshes it) and returns it; throws ImagePullFailure. */
   pull(ref: string, opts: { auth?: RegistryAuth | undefined; signal?: AbortSignal }): Promise<ImageInfo>;
 }

@@ -1,11 +1,21 @@
 // ImageService over @cello/image-puller: a verified blob cache and unpacked layer dirs under
-// <state>/images, shared by every unit (and every restart) on the cell.
+// <state>/images, shared by every unit (and every restart) on the cell; whether a pod may use
+// what another pod pulled is ImageAccess's to say (access.ts).
 import { existsSync } from 'node:fs';
 import { ImagePuller, PullError } from '@cello/image-puller';
 import type pino from 'pino';
+import { ImageAccess } from './access.js';
 import { type ImageInfo, ImagePullFailure, type ImageService, type RegistryAuth, registryOf } from './image-service.js';
 
 type Pulled = Awaited<ReturnType<ImagePuller['pull']>>;
+
+/** "host/repo:tag" or "host/repo@digest" without its tag or digest. */
+function repositoryOf(ref: string): string {
+  if (ref.includes('@')) return ref.slice(0, ref.indexOf('@'));
+  const slash = ref.lastIndexOf('/');
+  const colon = ref.lastIndexOf(':');
+  return colon > slash ? ref.slice(0, colon) : ref;
+}
 
 function toInfo(p: Pulled): ImageInfo {
   return {
@@ -28,18 +38,37 @@ export class PullerImageService implements ImageService {
   // What this agent pulled or found, by reference: a cache hit on the start path costs one
   // existsSync per layer instead of reading the puller's records through the thread pool.
   private readonly known = new Map<string, ImageInfo>();
+  private readonly access: ImageAccess;
 
-  constructor(opts: { root: string; insecureRegistries: string[]; logger: pino.Logger }) {
+  constructor(opts: { root: string; insecureRegistries: string[]; logger: pino.Logger; accessFile?: string }) {
     this.puller = new ImagePuller({ root: opts.root, plainHttp: opts.insecureRegistries, insecure: opts.insecureRegistries, logger: opts.logger });
+    this.access = new ImageAccess(opts.accessFile);
   }
 
-  async cached(ref: string): Promise<ImageInfo | undefined> {
-    const k = this.known.get(ref);
-    if (k && k.layerDirs.every((d) => existsSync(d))) return k;
-    const c = await this.puller.cached(ref);
-    if (!c) return undefined;
-    const info = toInfo(c);
-    this.known.set(ref, info);
+  async cached(ref: string, opts: { auth?: RegistryAuth | undefined; signal?: AbortSignal } = {}): Promise<ImageInfo | undefined> {
+    let info = this.known.get(ref);
+    if (!info || !info.layerDirs.every((d) => existsSync(d))) {
+      const c = await this.puller.cached(ref);
+      if (!c) return undefined;
+      info = toInfo(c);
+      this.known.set(ref, info);
+    }
+    if (this.access.allowed(info.digest, opts.auth)) return info;
+    // Cached, but not yet shown to be this pod's to use: ask the registry for that very
+    // manifest (by digest) with this pod's credentials, or none.
+    const host = registryOf(ref);
+    const byDigest = `${repositoryOf(info.ref)}@${info.digest}`;
+    try {
+      const seen = await this.puller.inspect(byDigest, {
+        auth: (registry) => (opts.auth && registry === host ? opts.auth : undefined),
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      });
+      if (seen.digest !== info.digest) throw new PullError('invalid', `${byDigest}: the registry answered ${seen.digest}`);
+    } catch (err) {
+      const kind = err instanceof PullError ? err.kind : 'unknown';
+      throw new ImagePullFailure(`${ref}: cached, but the registry does not serve it to this pod's credentials: ${(err as Error).message}`, kind);
+    }
+    this.access.grant(info.digest, opts.auth);
     return info;
   }
 
@@ -52,6 +81,7 @@ export class PullerImageService implements ImageService {
       });
       const info = toInfo(p);
       this.known.set(ref, info);
+      this.access.grant(info.digest, opts.auth);
       return { ...info, downloadedBytes: stats.downloadedBytes };
     } catch (err) {
       if (err instanceof PullError) throw new ImagePullFailure(err.message, err.kind);

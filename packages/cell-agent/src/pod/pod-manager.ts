@@ -22,7 +22,7 @@ import {
   SeccompProfileType,
 } from '@cello/proto/cell';
 import type { CgroupDriver } from '../cgroups/driver.js';
-import { ImagePullFailure, type ImageInfo, type ImageService, defaultPullAlways, registryOf } from '../images/image-service.js';
+import { ImagePullFailure, type ImageInfo, type ImageService, type RegistryAuth, defaultPullAlways, registryOf } from '../images/image-service.js';
 import { resolveCapabilities } from '../runtime/capabilities.js';
 import { expand, resolveArgv } from '../runtime/expand.js';
 import type { Instance } from '../runtime/instance.js';
@@ -338,6 +338,12 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     return defaultPullAlways(c.image);
   }
 
+  /** The pod's credentials for an image's registry, if it gave any. */
+  private registryAuth(ref: string): RegistryAuth | undefined {
+    const cred = this.req?.registryCredentials.find((r) => r.registry === registryOf(ref));
+    return cred ? { username: cred.username, password: cred.password, identityToken: cred.identityToken } : undefined;
+  }
+
   /** One pull per image at a time, shared by every unit that uses it. */
   private pull(c: Container): Promise<ImageInfo> {
     const ref = c.image;
@@ -345,19 +351,18 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     if (existing) return existing;
     const p = (async () => {
       const policy = this.pullPolicyAlways(c);
+      const auth = this.registryAuth(ref);
       if (policy !== true) {
-        const cached = await this.o.images.cached(ref);
+        // With this pod's credentials: the cache may hold another pod's private image.
+        const cached = await this.o.images.cached(ref, { auth });
         if (cached) return cached;
         if (policy === 'never') throw new ImagePullFailure(`Container image "${ref}" is not present with pull policy of Never`, 'never');
       }
-      const cred = this.req?.registryCredentials.find((r) => r.registry === registryOf(ref));
       this.event('Normal', 'Pulling', `Pulling image "${ref}"`, c.name);
       const t0 = Date.now();
       let img: ImageInfo;
       try {
-        img = await this.o.images.pull(ref, {
-          auth: cred ? { username: cred.username, password: cred.password, identityToken: cred.identityToken } : undefined,
-        });
+        img = await this.o.images.pull(ref, { auth });
       } catch (err) {
         this.o.onPull?.({ ok: false, bytes: 0, seconds: (Date.now() - t0) / 1000 });
         throw err;
@@ -651,7 +656,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     for (const u of [...this.initUnits, ...this.units]) {
       const rec = Unit.readRecord(u.dir);
       if (!rec) continue;
-      const image = await this.o.images.cached(u.spec.image).catch(() => undefined);
+      const image = await this.o.images.cached(u.spec.image, { auth: this.registryAuth(u.spec.image) }).catch(() => undefined);
       if (!u.isInit && !initDone) continue;
       u.start({ record: rec, image });
     }
