@@ -76,6 +76,25 @@ interface InstanceFile {
   terminating?: boolean;
 }
 
+/**
+ * What of the controller's environment a local agent gets: only what a program needs to run
+ * (PATH for runc/nsenter/ip, locale, time zone, temp dir) and the agent's own knobs. The
+ * controller's environment holds its secrets — the CA's sealing key (security.encryptionKeyEnv),
+ * cloud credentials, kubeconfig tokens — and an agent is a cell: on AWS it would be another
+ * machine that never sees them, and here its children (runc, the units' shells) would inherit
+ * them. HOME and NODE_OPTIONS stay behind too: the agent reads no user config, and its Node
+ * flags belong in provider.local.agentCommand.
+ */
+export const AGENT_ENV_ALLOWED = ['PATH', 'LANG', 'LC_ALL', 'LC_CTYPE', 'TZ', 'TMPDIR', 'CELLO_LOG_LEVEL', 'CELLO_PULL_CHUNK'] as const;
+
+export function agentEnvironment(parent: NodeJS.ProcessEnv, cellId: string): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const k of AGENT_ENV_ALLOWED) if (parent[k] !== undefined) env[k] = parent[k];
+  env['PATH'] ??= '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+  env['CELLO_CELL_ID'] = cellId;
+  return env;
+}
+
 function defaultAgentCommand(): string[] {
   const require = createRequire(import.meta.url);
   // The package's main entry is dist/index.js; the CLI sits beside it.
@@ -211,7 +230,7 @@ export class LocalProvider implements CellProvider {
       const child = spawn(cmd!, [...pre, ...args], {
         detached: true,
         stdio: ['ignore', log, log],
-        env: { ...process.env, CELLO_CELL_ID: req.cellId },
+        env: agentEnvironment(process.env, req.cellId),
       });
       await new Promise<void>((resolve, reject) => {
         child.once('spawn', resolve);
