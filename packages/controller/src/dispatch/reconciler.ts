@@ -600,6 +600,14 @@ export class Reconciler {
       await this.markUnschedulable(key, err.reason, err.message);
       return;
     }
+    const annotations = pod.metadata?.annotations ?? {};
+    const refused = this.o.provider.refusePod?.({ namespace: ref.namespace, annotations });
+    if (refused) {
+      await this.markUnschedulable(key, 'NotAllowed', refused);
+      return;
+    }
+    // A warm cell was launched without this pod's launch-time settings (its role, its disk).
+    const launchOptions = this.launchOptions(annotations);
     // A cell already created for this pod (crash between the two writes below) is adopted.
     for (const id of this.cells.forPod(refStr(ref))) {
       const cell = this.cells.get(id)!.cell;
@@ -609,7 +617,7 @@ export class Reconciler {
       }
     }
     // Warm pool: cheapest candidate type first.
-    for (const cand of candidates) {
+    for (const cand of Object.keys(launchOptions).length ? [] : candidates) {
       for (const id of this.cells.readyFree(cand.type.name)) {
         const cell = this.cells.get(id)!.cell;
         if (cell.state !== CellState.CELL_STATE_READY || cell.pod?.name || cell.instanceType !== cand.type.name) continue;
@@ -652,6 +660,12 @@ export class Reconciler {
     );
     await this.bindPod(key, id, first.type.name, 'new cell');
     this.enqueue(`cell:${id}`);
+  }
+
+  /** The pod's annotations the provider applies at launch (LaunchRequest.options). */
+  private launchOptions(annotations: Record<string, string>): Record<string, string> {
+    const keys = this.o.provider.launchAnnotations ?? [];
+    return Object.fromEntries(Object.entries(annotations).filter(([k]) => keys.includes(k)));
   }
 
   private async bindPod(key: string, cellId: string, instanceType: string, how: string): Promise<void> {
@@ -852,8 +866,10 @@ export class Reconciler {
       };
       const tags: Record<string, string> = { [TAG_CONTROLLER]: this.o.controllerId, [TAG_CELL]: id };
       if (cell.pod?.name) tags[TAG_POD] = refStr(cell.pod);
+      const podRec = cell.pod?.name ? this.pods.get(refStr(cell.pod)) : undefined;
+      const options = podRec ? this.launchOptions(this.podObject(podRec).metadata?.annotations ?? {}) : {};
       try {
-        const inst = await this.o.provider.launch({ cellId: id, instanceType: type, spot, tags, bootstrap });
+        const inst = await this.o.provider.launch({ cellId: id, instanceType: type, spot, tags, bootstrap, ...(Object.keys(options).length ? { options } : {}) });
         this.metrics.launches.inc({ instance_type: type, outcome: 'ok' });
         const t = this.types.find((x) => x.name === type);
         await this.transition(id, CellState.CELL_STATE_BOOTING, 'Booting', `instance ${inst.instanceId} (${type}${inst.spot ? ', spot' : ''}) launched`, (c, r) => {

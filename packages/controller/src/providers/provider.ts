@@ -88,6 +88,14 @@ export interface CellProvider {
    * absent when the provider installs the cell's certificate itself (local cells).
    */
   readonly needsBootstrap?: boolean;
+  /**
+   * Pod annotations that take effect when the instance is launched (its IAM role, its disk):
+   * the reconciler passes them in LaunchRequest.options, and a pod that sets one never takes a
+   * warm cell, which was launched without them.
+   */
+  readonly launchAnnotations?: readonly string[];
+  /** Why this provider will not launch a cell for this pod (a rule of its configuration, named); undefined: it may. */
+  refusePod?(pod: { namespace: string; annotations: Record<string, string> }): string | undefined;
   /** The instance types this provider can launch, with specs and prices. */
   instanceTypes(): Promise<InstanceType[]>;
   launch(req: LaunchRequest): Promise<LaunchedInstance>;

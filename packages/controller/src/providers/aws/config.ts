@@ -40,8 +40,28 @@ export const awsProviderConfigSchema = z
         message: 'needs allowFromSecurityGroups or allowFromCidrs: nothing could reach the agents',
       })
       .optional(),
-    /** Default instance profile (name or ARN); a pod overrides it with an annotation. */
+    /** Default instance profile (name or ARN) of every cell. */
     instanceProfile: z.string().min(1).optional(),
+    /**
+     * Which pods may pick another profile with the cello.io/aws-instance-profile annotation: a
+     * pod's role is the instance's, so without a rule any pod creator could take any role the
+     * controller may pass. None by default; `*` matches any namespace or profile.
+     */
+    instanceProfiles: z
+      .object({
+        allowed: z
+          .array(
+            z
+              .object({
+                namespaces: z.array(z.string().min(1)).min(1, 'list at least one namespace (or "*")'),
+                profiles: z.array(z.string().min(1)).min(1, 'list at least one profile name or ARN (or "*")'),
+              })
+              .strict(),
+          )
+          .default([]),
+      })
+      .strict()
+      .default({ allowed: [] }),
     rootVolume: z
       .object({
         sizeGiB: z.number().int().min(4).max(16384).default(20),

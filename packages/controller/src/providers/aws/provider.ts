@@ -36,6 +36,7 @@ import { errorCode, isCapacityError, isSpotCapacityError, UnavailablePairs } fro
 import { AwsCatalog, loadPrices } from './catalog.js';
 import { ANNOTATIONS, parseAwsProviderConfig, TAGS, type AwsProviderConfig } from './config.js';
 import { ImageResolver } from './image.js';
+import { instanceProfileRefusal } from './instance-profiles.js';
 import { ensureCellSecurityGroup } from './security-group.js';
 import { decodeUserData, encodeUserData } from './user-data.js';
 import type { CellBootstrapData } from '../provider.js';
@@ -87,6 +88,7 @@ export class AwsProvider implements CellProvider {
   readonly name = 'aws';
   /** Cells get their certificate through the bootstrap (src/bootstrap), never in user data. */
   readonly needsBootstrap = true;
+  readonly launchAnnotations = [ANNOTATIONS.instanceProfile, ANNOTATIONS.rootVolumeGiB] as const;
   /** The SDK client, exposed so operators' tools and tests can add middleware. */
   readonly ec2: EC2Client;
   readonly registry: Registry;
@@ -148,6 +150,10 @@ export class AwsProvider implements CellProvider {
 
   async instanceTypes(): Promise<InstanceType[]> {
     return this.catalog.types();
+  }
+
+  refusePod(pod: { namespace: string; annotations: Record<string, string> }): string | undefined {
+    return instanceProfileRefusal(this.cfg, pod.namespace, pod.annotations);
   }
 
   /** Where the catalog's specs came from this time: DescribeInstanceTypes or the snapshot. */
@@ -226,6 +232,10 @@ export class AwsProvider implements CellProvider {
     }
 
     const opt = req.options ?? {};
+    // Checked here too, whoever calls launch: the pod's namespace is in its tag.
+    const podTag = req.tags[TAGS.pod];
+    const refusal = instanceProfileRefusal(this.cfg, podTag?.includes('/') ? podTag.slice(0, podTag.indexOf('/')) : undefined, opt);
+    if (refusal) throw new Error(`launch: ${refusal}`);
     const spotAnn = opt[ANNOTATIONS.spot];
     // The pod annotation's values are the selection's: true/preferred/required mean spot.
     const spot = spotAnn !== undefined ? ['true', 'preferred', 'required'].includes(spotAnn.toLowerCase()) : req.spot || this.cfg.spot.default;

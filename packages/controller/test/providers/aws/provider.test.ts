@@ -100,6 +100,9 @@ describe('configuration', () => {
       parseAwsProviderConfig({ image: { id: 'ami-0abc' }, subnets: ['subnet-0abc'], cellSecurityGroup: { vpcId: 'vpc-0abc' } }),
     ).toThrow(/providers\.aws\.cellSecurityGroup: needs allowFromSecurityGroups or allowFromCidrs/);
     expect(() => parseAwsProviderConfig({ image: { id: 'ami-0abc' }, subnets: ['subnet-0abc'], bogus: 1 })).toThrow(/bogus/);
+    expect(() => parseAwsProviderConfig({ image: { id: 'ami-0abc' }, subnets: ['subnet-0abc'], instanceProfiles: { allowed: [{ namespaces: [], profiles: ['r'] }] } })).toThrow(
+      /providers\.aws\.instanceProfiles\.allowed\.0\.namespaces: list at least one namespace/,
+    );
   });
 });
 
@@ -146,7 +149,7 @@ describe('AwsProvider on moto', () => {
   });
 
   it('launches an instance with the right type, image, tags, security groups, IMDSv2, volume and user data', async () => {
-    const p = provider();
+    const p = provider({ instanceProfiles: { allowed: [{ namespaces: ['default'], profiles: [world.instanceProfile] }] } });
     const sent = injectEc2Faults(p.ec2, []);
     const req = request({ options: { 'cello.io/aws-root-volume-gib': '33', 'cello.io/aws-instance-profile': world.instanceProfile } });
     const launched = await p.launch(req);
@@ -199,6 +202,34 @@ describe('AwsProvider on moto', () => {
     const [info] = await p.describe([launched.instanceId]);
     expect(info).toMatchObject({ instanceId: launched.instanceId, instanceType: 't3.small', spot: false, zone: 'us-east-1a' });
     expect(info!.agentAddress).toBe(`${i.PrivateIpAddress}:9443`);
+  });
+
+  it('an instance profile annotation is refused unless a rule allows that profile in the pod\'s namespace; nothing is launched', async () => {
+    const ann = { 'cello.io/aws-instance-profile': world.instanceProfile };
+    // No rule: only the configured default profile, whoever asks.
+    const none = provider({ instanceProfile: world.instanceProfile });
+    const req0 = request({ options: ann });
+    await expect(none.launch(req0)).rejects.toThrow(
+      `launch: annotation cello.io/aws-instance-profile: instance profile "pod-role" is not allowed in namespace "default": provider.instanceProfiles.allowed is empty, so pods keep the configured instanceProfile`,
+    );
+    expect(await instancesOfCell(req0.cellId)).toEqual([]);
+    // A rule for another namespace, and one for another profile: neither lists both.
+    const p = provider({ instanceProfiles: { allowed: [{ namespaces: ['team-a'], profiles: [world.instanceProfile] }, { namespaces: ['default'], profiles: ['other-role'] }] } });
+    const req1 = request({ options: ann });
+    await expect(p.launch(req1)).rejects.toThrow(/not allowed in namespace "default": no rule of provider.instanceProfiles.allowed lists both/);
+    expect(await instancesOfCell(req1.cellId)).toEqual([]);
+    expect(p.refusePod({ namespace: 'default', annotations: ann })).toMatch(/not allowed in namespace "default"/);
+    // A cell launched for no pod (the warm pool) never takes a profile from options.
+    await expect(p.launch(request({ options: ann, tags: {} }))).rejects.toThrow(/not allowed in a cell without a pod/);
+    // The namespace the rule names gets it.
+    expect(p.refusePod({ namespace: 'team-a', annotations: ann })).toBeUndefined();
+    expect(p.refusePod({ namespace: 'default', annotations: {} })).toBeUndefined();
+    const ok = await p.launch(request({ options: ann, tags: { [CELL_TAGS.pod]: 'team-a/web' } }));
+    expect((await rawInstance(ok.instanceId)).IamInstanceProfile?.Arn ?? '').toContain('pod-role');
+    // `*` is a wildcard, explicitly.
+    const any = provider({ instanceProfiles: { allowed: [{ namespaces: ['*'], profiles: ['*'] }] } });
+    expect(any.refusePod({ namespace: 'x', annotations: { 'cello.io/aws-instance-profile': 'anything' } })).toBeUndefined();
+    await p.terminate([ok.instanceId]);
   });
 
   it('resolves the image by name filter and owner', async () => {
