@@ -3,15 +3,17 @@
 // resolved is refused; a swap after staging changes nothing the unit sees; a unit given a
 // symlink to "/" by another unit sees its volume, not the host; staged mounts go with the pod.
 import { readFileSync, mkdirSync, mkdtempSync, readdirSync, renameSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RestartPolicy } from '@cello/proto/cell';
 import { mountSubPath } from '../src/pod/volumes.js';
+import { bindMount, buildSpec, type OciMount } from '../src/runtime/oci-spec.js';
 import { removeStagedSubPaths } from '../src/runtime/subpath-mount.js';
 import { apply, pod, startTestAgent, type TestAgent } from './helpers/agent.js';
 import { startTestRegistry, type TestImages } from './helpers/registry.js';
-import { requireTools } from './helpers/rootfs.js';
+import { makeBusyboxRootfs, requireTools } from './helpers/rootfs.js';
 
 const mounted = (dir: string) => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => (l.split(' ')[4] ?? '').startsWith(dir));
 
@@ -22,6 +24,25 @@ function volume(): { vol: string; staging: string } {
   writeFileSync(join(vol, 'data/dir/marker'), 'inside the volume');
   writeFileSync(join(vol, 'data/file'), 'a file');
   return { vol, staging: join(base, 'staging') };
+}
+
+/** Runs `script` in a real runc container of busybox with these mounts; returns its stdout. */
+function runInContainer(mounts: OciMount[], script: string): string {
+  requireTools();
+  const base = mkdtempSync(join(tmpdir(), 'cello-subpath-runc-'));
+  const rootfs = makeBusyboxRootfs(join(base, 'rootfs'));
+  const id = `subpath-${process.pid}-${Date.now()}`;
+  const spec = buildSpec({
+    rootfs, readOnlyRoot: true, argv: ['sh', '-c', script], env: ['PATH=/bin'], cwd: '/', user: { uid: 0, gid: 0, additionalGids: [], home: '/' },
+    tty: false, hostname: 'subpath', capabilities: [], noNewPrivileges: true, seccomp: undefined, privileged: false, mounts,
+    cgroupsPath: `/cello-test/${id}`, netnsPath: undefined, sysctls: {}, shmBytes: 1 << 20,
+  });
+  writeFileSync(join(base, 'config.json'), JSON.stringify(spec));
+  try {
+    return execFileSync('runc', ['--root', join(base, 'runc'), 'run', '--bundle', base, id], { encoding: 'utf8', timeout: 20_000, stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+  } finally {
+    execFileSync('runc', ['--root', join(base, 'runc'), 'delete', '--force', id], { stdio: 'ignore' });
+  }
 }
 
 describe('staged subPath mounts', () => {
@@ -51,6 +72,8 @@ describe('staged subPath mounts', () => {
     // What runc will bind-mount: the original directory and file, not the host's /dir or /file.
     expect(readdirSync(dir)).toEqual(['marker']);
     expect(readFileSync(file, 'utf8')).toBe('a file');
+    // And a real container given the staged paths sees them, not the host's root.
+    expect(runInContainer([bindMount(dir, '/m', true), bindMount(file, '/f', true)], 'ls /m; cat /f')).toBe('marker\na file');
     await removeStagedSubPaths(staging);
     expect(mounted(staging)).toBe(false);
     expect(existsSync(staging)).toBe(false);
