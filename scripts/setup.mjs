@@ -31,6 +31,9 @@ export const SYSTEM_PACKAGES = [
   ['pigz', 'pigz'],
   ['tar', 'tar'],
   ['openssl', 'openssl'],
+  // node-pty builds from source; the cell-agent's seccomp test builds a static probe with gcc
+  // (g++ depends on gcc and, through libstdc++-dev, on libc6-dev's libc.a).
+  ['g++', 'g++'],
   ['pip3', 'python3-pip'],
   // Cell images (packages/images-test): the installer's lint, the disk image and the boot test.
   ['shellcheck', 'shellcheck'],
