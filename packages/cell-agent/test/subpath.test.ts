@@ -48,7 +48,7 @@ function runInContainer(mounts: OciMount[], script: string): string {
 describe('staged subPath mounts', () => {
   const stagings: string[] = [];
   afterAll(async () => {
-    for (const s of stagings) await removeStagedSubPaths(s);
+    for (const s of stagings) await removeStagedSubPaths(s, 'unit');
   });
 
   it('refuses a component swapped for a symlink to / between resolving and opening', async () => {
@@ -74,11 +74,24 @@ describe('staged subPath mounts', () => {
     expect(readFileSync(file, 'utf8')).toBe('a file');
     // And a real container given the staged paths sees them, not the host's root.
     expect(runInContainer([bindMount(dir, '/m', true), bindMount(file, '/f', true)], 'ls /m; cat /f')).toBe('marker\na file');
-    await removeStagedSubPaths(staging);
+    await removeStagedSubPaths(staging, 'unit');
     expect(mounted(staging)).toBe(false);
     expect(existsSync(staging)).toBe(false);
     // Removing the staging never touched the volume's files.
     expect(readFileSync(join(vol, 'data.honest/dir/marker'), 'utf8')).toBe('inside the volume');
+  });
+
+  it('removes only what staging made: never a file with contents, never into a directory', async () => {
+    const { staging } = volume();
+    mkdirSync(join(staging, '0'), { recursive: true });
+    writeFileSync(join(staging, '0', 'not-ours'), 'data');
+    await expect(removeStagedSubPaths(staging, 'unit')).rejects.toThrow(/ENOTEMPTY/);
+    expect(readFileSync(join(staging, '0', 'not-ours'), 'utf8')).toBe('data');
+    const other = volume().staging;
+    mkdirSync(other);
+    writeFileSync(join(other, '1'), 'data');
+    await expect(removeStagedSubPaths(other, 'unit')).rejects.toThrow(/is not an unused staging path/);
+    expect(readFileSync(join(other, '1'), 'utf8')).toBe('data');
   });
 
   it('creates a missing subPath as a directory, and refuses a file in the middle', async () => {

@@ -242,7 +242,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       }
       for (const u of existing) {
         if (wanted.some((c) => c.name === u.name)) continue;
-        this.track(u.stop(this.graceMs()).then(() => removeStagedSubPaths(join(this.dirs.subPaths, u.name))).catch((err) => this.o.logger.warn({ err, unit: u.name }, 'cannot remove staged subPaths')));
+        this.track(u.stop(this.graceMs()).then(() => removeStagedSubPaths(join(this.dirs.subPaths, u.name), 'unit')).catch((err) => this.o.logger.warn({ err, unit: u.name }, 'cannot remove staged subPaths')));
       }
       return next;
     };
@@ -618,7 +618,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     for (const l of this.logs.values()) l.close();
     this.logs.clear();
     // Staged subPaths first: they are mounts of volume (and hostPath) contents.
-    await removeStagedSubPaths(this.dirs.subPaths);
+    await removeStagedSubPaths(this.dirs.subPaths, 'pod');
     await removeVolumes(this.dirs.volumes);
     await rm(this.dirs.units, { recursive: true, force: true });
     await rm(this.dirs.runUnits, { recursive: true, force: true });

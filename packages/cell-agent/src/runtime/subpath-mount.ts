@@ -95,20 +95,23 @@ async function unmountAll(dir: string): Promise<void> {
 }
 
 /**
- * Removes a staging tree once nothing is mounted there: entry by entry, never recursing into a
- * directory that still has contents (a staged mount may show a hostPath volume's files).
+ * Removes a staging tree once nothing is mounted there: `levels` directories above the mount
+ * points (pod dir: 2, a unit's: 1, a mount point: 0). Only what staging made is removed:
+ * directories (rmdir, so only empty ones) and empty files; anything else means a mount is
+ * still there, and its contents are a volume's (or the host's).
  */
-function removeStaging(dir: string): void {
+function removeStaging(p: string, levels: number): void {
   let st;
   try {
-    st = lstatSync(dir);
+    st = lstatSync(p);
   } catch {
     return;
   }
   if (st.isDirectory()) {
-    for (const e of readdirSync(dir)) removeStaging(join(dir, e));
-    rmdirSync(dir);
-  } else unlinkSync(dir);
+    if (levels > 0) for (const e of readdirSync(p)) removeStaging(join(p, e), levels - 1);
+    rmdirSync(p);
+  } else if (st.isFile() && st.size === 0) unlinkSync(p);
+  else throw new SubPathError(`${p} is not an unused staging path; not removing it`);
 }
 
 /**
@@ -121,7 +124,7 @@ export async function stageSubPath(root: string, rel: string, staging: string): 
   try {
     const want = fstatSync(fd);
     await unmountAll(staging);
-    removeStaging(staging);
+    removeStaging(staging, 0);
     mkdirSync(dirname(staging), { recursive: true, mode: 0o700 });
     if (want.isDirectory()) mkdirSync(staging, { mode: 0o700 });
     else closeSync(openSync(staging, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
@@ -139,8 +142,8 @@ export async function stageSubPath(root: string, rel: string, staging: string): 
   }
 }
 
-/** Unmounts and removes every staged subPath under `dir` (a unit's, or the pod's). */
-export async function removeStagedSubPaths(dir: string): Promise<void> {
+/** Unmounts and removes every staged subPath under `dir`: the pod's (RUN/subpaths) or a unit's. */
+export async function removeStagedSubPaths(dir: string, scope: 'pod' | 'unit'): Promise<void> {
   await unmountAll(dir);
-  removeStaging(dir);
+  removeStaging(dir, scope === 'pod' ? 2 : 1);
 }
