@@ -100,7 +100,8 @@ describe('hostile layers are rejected with nothing written outside the root', ()
   });
 
   it('extended attribute names that would inject into a dump, overlayfs\' own, oversized values', async () => {
-    const inject = `user.a\n# file: ${outside}/victim\nuser.pwned`;
+    // In a `setfattr --restore` dump this name ends the entry's block and starts one for the victim.
+    const inject = `user.a\n\n# file: ${outside}/victim\nuser.pwned`;
     await expectRejected('xattr-newline', [[{ name: 'f', content: 'x', pax: { [`SCHILY.xattr.${inject}`]: 'v' } }]], 'extended attribute name');
     await expectRejected('xattr-libarchive', [[{ name: 'f', content: 'x', pax: { [`LIBARCHIVE.xattr.${encodeURIComponent(inject)}`]: Buffer.from('v').toString('base64') } }]], 'extended attribute name');
     await expectRejected('xattr-nul', [[{ name: 'f', content: 'x', pax: { 'SCHILY.xattr.user.a\u0000b': 'v' } }]], 'extended attribute name');
