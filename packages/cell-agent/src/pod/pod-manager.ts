@@ -618,7 +618,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     for (const l of this.logs.values()) l.close();
     this.logs.clear();
     // Staged subPaths first: they are mounts of volume (and hostPath) contents.
-    await removeStagedSubPaths(this.dirs.subPaths, 'pod');
+    await removeStagedSubPaths(this.dirs.subPaths, 'pod').catch((err) => this.o.logger.warn({ err }, 'cannot remove staged subPaths'));
     await removeVolumes(this.dirs.volumes);
     await rm(this.dirs.units, { recursive: true, force: true });
     await rm(this.dirs.runUnits, { recursive: true, force: true });
