@@ -22,7 +22,7 @@ export function registerCtl(program: Command, registerExtra?: (ctl: Command, con
     .command('ctl')
     .description('talk to a cell agent, like crictl on a node: apply a Pod manifest, watch its status, delete it')
     .requiredOption('--addr <host:port>', 'agent address')
-    .option('--tls-cert <file>', 'client certificate (PEM), signed by the CA the agent trusts')
+    .option('--tls-cert <file>', "client certificate (PEM) from the agent's CA naming a client the agent serves: spiffe://<td>/client/controller, or a name given to `serve --allow-client`")
     .option('--tls-key <file>', 'client private key (PEM)')
     .option('--tls-ca <file>', "CA certificate (PEM) that signed the agent's certificate")
     .option('--server-name <name>', "name to expect in the agent's certificate (default: the address host)")
