@@ -43,11 +43,14 @@ describe('local provider', () => {
       const agent = await waitFor('agent answers', () => callUnary<AgentInfo>(client, 'getInfo', GetInfoRequest.fromPartial({}), 1000).catch(() => undefined), { timeoutMs: 30_000, intervalMs: 100 });
       expect(agent.cellId).toBe(cellId);
       client.close();
+      // Per-boot files under /run, never the world-writable /dev/shm.
+      expect(statSync(join('/run/cello/local', cellId)).mode & 0o777).toBe(0o700);
       const f = JSON.parse(readFileSync(join(r, cellId, 'instance.json'), 'utf8')) as { net?: { netns: string; address: string } };
       expect(f.net?.address).toMatch(/^10\.88\./);
       expect(existsSync(`/run/netns/${f.net!.netns}`)).toBe(true);
       await p.terminate([inst.instanceId]);
       expect(existsSync(join(r, cellId))).toBe(false);
+      expect(existsSync(join('/run/cello/local', cellId))).toBe(false);
       expect(existsSync(`/run/netns/${f.net!.netns}`)).toBe(false);
     } finally {
       await p.terminate([inst.instanceId]);
@@ -75,8 +78,6 @@ describe('local provider', () => {
         return f.net.address;
       });
       expect(new Set(addrs).size).toBe(4);
-      // Per-boot files under /run, never the world-writable /dev/shm.
-      for (const { cellId } of cells) expect(statSync(join('/run/cello/local', cellId)).mode & 0o777).toBe(0o700);
     } finally {
       await Promise.all(cells.map(({ p, inst }) => p.terminate([inst.instanceId])));
     }
