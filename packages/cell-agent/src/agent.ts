@@ -2,6 +2,7 @@
 // (cello.cell.v1.CellAgent + grpc.health.v1) with mTLS.
 import { createHash } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
 import { execFileSync } from 'node:child_process';
@@ -118,8 +119,32 @@ function netnsIPv4(netns: string): string | undefined {
   }
 }
 
+/** True for 127.0.0.0/8, ::1 and localhost (brackets allowed): reachable from this machine only. */
+function loopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '');
+  return h === 'localhost' || h === '::1' || (isIP(h) === 4 && h.startsWith('127.'));
+}
+
+/**
+ * Without TLS nothing tells the controller from anyone else, so a plaintext agent may listen on
+ * loopback only (development; the local provider's cells): a plaintext agent on a routable
+ * address would take pods, execs and port-forwards from whoever reaches it.
+ */
+function checkPlaintextListen(o: AgentOptions): void {
+  if (o.tls) return;
+  const listens: Array<[string, string]> = [['--listen', o.listen]];
+  if (typeof o.streamListen === 'string') listens.push(['--stream-listen', o.streamListen]);
+  for (const [flag, at] of listens) {
+    const host = at.slice(0, at.lastIndexOf(':'));
+    if (!loopbackHost(host)) {
+      throw new Error(`${flag} ${at}: without TLS (--insecure-dev) the agent listens only on a loopback address (127.0.0.1, ::1); serve other addresses with --tls-cert/--tls-key/--tls-ca`);
+    }
+  }
+}
+
 export async function startAgent(o: AgentOptions): Promise<Agent> {
   const log = o.logger;
+  checkPlaintextListen(o);
   await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
   const runDir = o.runDir ?? defaultRunDir(o.stateDir);
   ensurePrivateDir(runDir);

@@ -34,6 +34,7 @@ const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 const DEADLINE_MS = 10_000;
 let pki: Pki;
 let agent: ChildProcess | undefined;
+const procs = new Set<ChildProcess>();
 let addr: string;
 const dirs: string[] = [];
 
@@ -49,6 +50,8 @@ function serve(args: string[]): Promise<{ p: ChildProcess; address: string }> {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, CELLO_LOG_LEVEL: 'warn' },
   });
+  procs.add(p);
+  p.on('exit', () => procs.delete(p));
   let err = '';
   let out = '';
   p.stderr!.on('data', (b: Buffer) => (err += b.toString()));
@@ -132,7 +135,7 @@ beforeAll(async () => {
 }, 60_000);
 
 afterAll(() => {
-  agent?.kill('SIGKILL');
+  for (const p of procs) p.kill('SIGKILL');
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
@@ -199,6 +202,15 @@ describe('agent peers', () => {
     }).catch((e: Error) => e);
     expect(err).toBeInstanceOf(StreamRefusedError);
     expect((err as Error).message).toBe('the client certificate names spiffe://cello/cell/other-cell; this agent serves only spiffe://cello/client/controller or spiffe://cello/client/operator');
+  });
+
+  it('refuses to serve plaintext (--insecure-dev) on anything but loopback', async () => {
+    const port = await freePort();
+    for (const args of [['--listen', `0.0.0.0:${port}`], ['--listen', `127.0.0.1:${port}`, '--stream-listen', `0.0.0.0:${await freePort()}`]]) {
+      const err = await serve([...args, '--insecure-dev']).catch((e: Error) => e);
+      expect(err, args.join(' ')).toBeInstanceOf(Error);
+      expect((err as Error).message).toMatch(/(--listen|--stream-listen) 0\.0\.0\.0:\d+: without TLS \(--insecure-dev\) the agent listens only on a loopback address/);
+    }
   });
 
   it('refuses to start with a certificate that names no cell (it could not know its trust domain)', async () => {
