@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { kubernetesConfigSchema } from './k8s/config.js';
+import { isLoopbackListen, policySchema } from './api/auth/index.js';
 
 const hostPort = z.string().regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'expected HOST:PORT');
 
@@ -56,7 +57,21 @@ const etcdStore = z.strictObject({
 export const configSchema = z.strictObject({
   /** Tags every instance; the garbage collector finds what this controller owns by it. */
   controllerId: z.string().regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'expected a DNS label (lowercase letters, digits, -)'),
-  api: z.strictObject({ listen: hostPort.default('127.0.0.1:7390') }).prefault({}),
+  api: z
+    .strictObject({
+      listen: hostPort.default('127.0.0.1:7390'),
+      /** Plaintext without credentials (callers are system:anonymous); loopback addresses only. */
+      insecure: z.boolean().default(false),
+      /** Extra DNS names / IPs on the API's serving certificate (its identity is what clients check). */
+      serverNames: z.array(z.string().min(1)).default([]),
+      /** Who may do what (README: "API authentication and authorization"). */
+      policy: policySchema,
+      /** At start, issue a system:masters certificate for `user` and write a cellctl config for it here (npm start). */
+      adminCredentials: z.strictObject({ file: z.string().min(1), user: z.string().min(1).default('admin') }).optional(),
+      /** In a cluster (needs the kubernetes section): TokenReview for bearer tokens, SubjectAccessReview for pods. */
+      kubernetes: z.strictObject({ tokenReview: z.boolean().default(false), subjectAccessReview: z.boolean().default(false) }).prefault({}),
+    })
+    .prefault({}),
   metrics: z.strictObject({ listen: hostPort.default('127.0.0.1:7391') }).prefault({}),
   log: z.strictObject({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info') }).prefault({}),
   store: z.discriminatedUnion('kind', [embeddedStore, etcdStore]).prefault({ kind: 'embedded' }),
@@ -132,6 +147,12 @@ export function parseConfig(data: unknown, origin = 'config'): Config {
       return `${origin}: ${fieldPath(path)}: ${i.message}`;
     });
     throw new ConfigError(lines.join('\n'));
+  }
+  if (r.data.api.insecure && !isLoopbackListen(r.data.api.listen)) {
+    throw new ConfigError(`${origin}: api.listen: ${r.data.api.listen} is not a loopback address; plaintext (api.insecure: true) is only allowed on 127.0.0.1, ::1 or localhost`);
+  }
+  if ((r.data.api.kubernetes.tokenReview || r.data.api.kubernetes.subjectAccessReview) && !r.data.kubernetes) {
+    throw new ConfigError(`${origin}: api.kubernetes: TokenReview and SubjectAccessReview need the kubernetes section (its kubeconfig or service account)`);
   }
   if (r.data.security.mode === 'mtls' && !r.data.security.encryptionKeyFile && !r.data.security.encryptionKeyEnv) {
     throw new ConfigError(`${origin}: security.encryptionKeyFile: required when security.mode is mtls (or set security.encryptionKeyEnv)`);

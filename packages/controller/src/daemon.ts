@@ -2,6 +2,7 @@
 // endpoint, and the reconciler, which runs only while this process holds the store's
 // leadership (so two controllers on one etcd never both act).
 import { createServer, type Server as HttpServer } from 'node:http';
+import { credentials } from '@grpc/grpc-js';
 import { hostname } from 'node:os';
 import { openStore, StoreClosedError, type Store, type StoreConfig } from './store/index.js';
 import type { CellProvider } from './providers/provider.js';
@@ -15,6 +16,7 @@ import { AgentPool, insecureAgentCredentials, mtlsAgentCredentials, type AgentAc
 import { Reconciler, type BootstrapFn } from './dispatch/reconciler.js';
 import { CellCertificateRenewer } from './dispatch/cert-renewal.js';
 import { ControllerApi } from './api/server.js';
+import { apiSecurityFromConfig, dialAddress } from './api/auth/from-config.js';
 import { Metrics } from './obs/metrics.js';
 import type { Logger } from './obs/logger.js';
 import type { Config } from './config.js';
@@ -70,7 +72,7 @@ export async function providerFromConfig(config: Config, extra: { issueCertifica
   throw new Error(`provider.kind: "${(p as { kind: string }).kind}" is not available in this build`);
 }
 
-function encryptionKey(config: Config): string {
+export function encryptionKey(config: Config): string {
   const s = config.security;
   if (s.encryptionKeyFile) {
     try {
@@ -84,7 +86,7 @@ function encryptionKey(config: Config): string {
   return v.trim();
 }
 
-function storeConfig(config: Config, log: Logger): StoreConfig {
+export function storeConfig(config: Config, log: Logger): StoreConfig {
   const s = config.store;
   const logger = { warn: (o: object, m: string) => log.warn(o, m), info: (o: object, m: string) => log.info(o, m) };
   if (s.kind === 'embedded') return { kind: 'embedded', dir: s.dir, ...(s.compactBytes ? { compactBytes: s.compactBytes } : {}), logger };
@@ -125,9 +127,14 @@ export async function startController(config: Config, o: StartOptions): Promise<
   let renewer: CellCertificateRenewer | undefined;
   // The renewer talks over the agent pool, which is built once the provider is known.
   let pool: AgentAccess | undefined;
+  // The CA also serves the API's TLS (unless api.insecure), whatever the agents speak.
+  if (!config.api.insecure && !hasKey) {
+    throw new Error("security.encryptionKeyFile: required for the API's TLS (it seals the controller CA's key); or set api.insecure: true on a loopback address (development only)");
+  }
+  const authority = (config.security.mode === 'mtls' && !o.agents) || !config.api.insecure ? await CertificateAuthority.loadOrCreate({ store, encryptionKey: encryptionKey(config) }) : undefined;
   if (config.security.mode === 'mtls' && !o.agents) {
     const sec = config.security;
-    const ca = await CertificateAuthority.loadOrCreate({ store, encryptionKey: encryptionKey(config) });
+    const ca = authority!;
     rotating = await RotatingCertificate.start(ca, () => ca.issueClientCertificate('controller', { ttlSeconds: sec.controllerCertificateTtlSeconds }), {
       checkEveryMs: sec.rotationCheckSeconds * 1000,
       onRenew: (c) => {
@@ -166,15 +173,18 @@ export async function startController(config: Config, o: StartOptions): Promise<
   pool = agents;
   if (!agents.certificates) renewer = undefined;
   const types = await provider.instanceTypes();
-  const api = new ControllerApi({ store, agents, log: log.child({ component: 'api' }), controllerId: config.controllerId, providerName: provider.name, instanceTypes: types, ...(secretBox ? { secretBox } : {}) });
+  const apiSecurity = await apiSecurityFromConfig(config, authority, log.child({ component: 'api' }));
+  const api = new ControllerApi({ store, agents, log: log.child({ component: 'api' }), controllerId: config.controllerId, providerName: provider.name, instanceTypes: types, auth: apiSecurity.auth, ...(secretBox ? { secretBox } : {}) });
   const apiPort = await api.listen(config.api.listen);
+  await apiSecurity.writeAdminCredentials(dialAddress(config.api.listen, apiPort));
   const metricsServer = await serveMetrics(config.metrics.listen, metrics);
   const metricsPort = (metricsServer.address() as { port: number }).port;
   log.info({ api: config.api.listen.replace(/:\d+$/, `:${apiPort}`), metricsPort, store: store.kind, provider: provider.name, controllerId: config.controllerId }, 'controller listening');
   // The virtual node drives pods through this process's own API, as cellctl does.
   const vnode = config.kubernetes?.enabled
     ? await startVirtualNodeFromConfig(config.kubernetes, {
-        controllerAddress: config.api.listen.replace(/:\d+$/, `:${apiPort}`).replace(/^0\.0\.0\.0:|^\[::\]:/, '127.0.0.1:'),
+        controllerAddress: dialAddress(config.api.listen, apiPort),
+        controllerCredentials: apiSecurity.clientCredentials ?? credentials.createInsecure(),
         providerName: provider.name,
         instanceTypes: types,
         ...(config.provider.kind === 'local' && config.provider.maxCells !== undefined ? { maxCells: config.provider.maxCells } : {}),
@@ -279,6 +289,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
       metricsServer.closeAllConnections();
       agents.closeAll();
       rotating?.stop();
+      apiSecurity.stop();
       await provider.close();
       if (!o.store) await store.close();
     },

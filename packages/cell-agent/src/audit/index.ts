@@ -13,7 +13,13 @@ export interface AuditStart {
   command: string[];
   tty: boolean;
   stdin: boolean;
+  /** The transport identity of the caller (the controller's certificate). */
   peer: string;
+  /**
+   * Who the controller says asked (ExecStart.requested_by): trusted only because only the
+   * controller can call the agent; empty when a caller did not say.
+   */
+  user?: string;
 }
 
 interface StoredRecord {
@@ -25,6 +31,7 @@ interface StoredRecord {
   tty?: boolean;
   stdin?: boolean;
   peer?: string;
+  user?: string;
   startedAt?: string;
   finishedAt?: string;
   exit?: ExitStatus;
@@ -169,6 +176,7 @@ export class AuditLog {
           bytesIn: r.bytesIn ?? 0,
           bytesOut: r.bytesOut ?? 0,
           peer: r.peer ?? '',
+          user: r.user ?? '',
           transcript,
         });
       });

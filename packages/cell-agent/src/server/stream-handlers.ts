@@ -86,6 +86,9 @@ async function send<T>(call: ServerWritableStream<unknown, T> | ServerDuplexStre
 function peerOf(call: ServerDuplexStream<unknown, unknown>): string {
   try {
     const cert = call.getAuthContext?.()?.sslPeerCertificate;
+    // The certificate's identity (spiffe URI) says which component called, not just a name.
+    const uri = /(?:^|, )URI:(spiffe:\/\/[^,]+)/.exec(cert?.subjectaltname ?? '')?.[1];
+    if (uri) return `${uri} (${call.getPeer()})`;
     if (cert?.subject) {
       const cn = (cert.subject as unknown as Record<string, string>).CN;
       if (cn) return `CN=${cn} (${call.getPeer()})`;
@@ -255,8 +258,8 @@ export function createStreamHandlers(deps: StreamHandlerDeps): StreamHandlers {
       }
       started = true;
       closeSession = metrics?.openSession(kind);
-      rec = audit?.begin({ kind, container: s.container, command: kind === 'exec' ? s.command : [], tty: s.tty, stdin: s.stdin, peer: peerOf(call) });
-      log.info({ kind, session: rec?.id, container: s.container, tty: s.tty, stdin: s.stdin }, `${kind} session started`);
+      rec = audit?.begin({ kind, container: s.container, command: kind === 'exec' ? s.command : [], tty: s.tty, stdin: s.stdin, peer: peerOf(call), user: s.requestedBy });
+      log.info({ kind, session: rec?.id, container: s.container, tty: s.tty, stdin: s.stdin, user: s.requestedBy }, `${kind} session started`);
     };
 
     call.on('data', (input: ExecInput) => {
@@ -338,6 +341,7 @@ export function createStreamHandlers(deps: StreamHandlerDeps): StreamHandlers {
         const bad = checkForwardPort(port);
         if (bad !== undefined) return done({ code: Status.INVALID_ARGUMENT, message: `start.${bad}` });
         phase = 'connecting';
+        log.info({ port, peer: peerOf(call as ServerDuplexStream<unknown, unknown>), user: fr.value.requestedBy }, 'port-forward started');
         forwarder.connect(deps.units.netnsPath(), port).then(
           (s) => {
             if (phase !== 'connecting') return void s.destroy();

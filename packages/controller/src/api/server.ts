@@ -1,11 +1,11 @@
 // The controller's gRPC API (cello.controller.v1.Controller), what cellctl talks to. Writes go
 // to the store only (the leader's reconciler acts on them); reads come from the store, so any
 // controller replica can serve them; streams (logs, exec, attach, port-forward) are relayed to
-// the pod's cell agent frame by frame.
+// the pod's cell agent frame by frame. Every call is authenticated and authorized first
+// (auth/index.ts); streams carry the caller's name to the agent's audit log.
 import { randomUUID } from 'node:crypto';
 import {
   Server,
-  ServerCredentials,
   status as Status,
   type ServerDuplexStream,
   type ServerUnaryCall,
@@ -54,6 +54,12 @@ import { readPodSecrets, writePodSecrets } from '../cells/pod-secrets.js';
 import type { SecretBox } from '../security/secret-box.js';
 import type { Logger } from '../obs/logger.js';
 import { VERSION } from '../version.js';
+import { VIRTUAL_NODE_USER } from './auth/names.js';
+import { apiError, type ApiAuth, type Attributes, type Principal, type Resource, type Verb } from './auth/index.js';
+
+/** What a stream may queue before its target frame has been resolved to an agent. */
+export const MAX_PENDING_FRAMES = 64;
+export const MAX_PENDING_BYTES = 1 << 20;
 
 export interface ApiOptions {
   store: Store;
@@ -64,6 +70,8 @@ export interface ApiOptions {
   instanceTypes: InstanceType[];
   /** Seals the secrets applied with pods before they reach the store. */
   secretBox?: SecretBox;
+  /** Who may call (required to listen: there is no unauthenticated API). */
+  auth?: ApiAuth;
 }
 
 class ApiError extends Error {
@@ -77,15 +85,6 @@ function fail(cb: sendUnaryData<never>, err: unknown): void {
   const se = err as ServiceError;
   if (typeof se?.code === 'number') return cb(se, null);
   cb({ code: Status.INTERNAL, details: errMsg(err), message: errMsg(err), name: 'Error', metadata: new Metadata() } as ServiceError, null);
-}
-
-function unary<Req, Res>(fn: (req: Req) => Promise<Res>) {
-  return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
-    fn(call.request).then(
-      (res) => cb(null, res),
-      (err) => fail(cb as sendUnaryData<never>, err),
-    );
-  };
 }
 
 function ns(ref?: PodRef): string {
@@ -116,12 +115,12 @@ export class ControllerApi {
 
   async listen(address: string): Promise<number> {
     const server = new Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
+    if (!this.o.auth) throw new Error('the controller API needs authentication (ApiOptions.auth) to listen');
+    const creds = this.o.auth.credentials(address);
     server.addService(ControllerService, this.handlers());
     server.addService(HealthCheckService, new HealthService().implementation);
     this.server = server;
-    return new Promise((resolve, reject) =>
-      server.bindAsync(address, ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))),
-    );
+    return new Promise((resolve, reject) => server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port))));
   }
 
   async close(): Promise<void> {
@@ -139,23 +138,86 @@ export class ControllerApi {
     });
   }
 
+  /** The caller, authenticated (UNAUTHENTICATED otherwise). */
+  private async authenticate(call: Parameters<ApiAuth['authenticate']>[0]): Promise<Principal> {
+    if (!this.o.auth) throw apiError(Status.UNAUTHENTICATED, 'this API has no authentication configured');
+    return this.o.auth.authenticate(call);
+  }
+
+  /** The caller, authenticated and allowed to do `a` (PERMISSION_DENIED naming user, verb and namespace otherwise). */
+  private async admit(call: Parameters<ApiAuth['authenticate']>[0], a: Attributes): Promise<Principal> {
+    const p = await this.authenticate(call);
+    await this.o.auth!.authorize(p, a);
+    return p;
+  }
+
+  /**
+   * For a request over every namespace (namespace '' = all): undefined when the caller may see
+   * them all, else a per-namespace check that filters what it returns.
+   */
+  private async namespaceFilter(p: Principal, verb: Verb, resource: Resource, namespace: string): Promise<((ns: string) => Promise<boolean>) | undefined> {
+    const auth = this.o.auth!;
+    if (namespace) {
+      await auth.authorize(p, { verb, resource, namespace });
+      return undefined;
+    }
+    if (await auth.allowed(p, { verb, resource, namespace: '*' })) return undefined;
+    const seen = new Map<string, Promise<boolean>>();
+    return (n: string) => {
+      let v = seen.get(n);
+      if (!v) seen.set(n, (v = auth.allowed(p, { verb, resource, namespace: n })));
+      return v;
+    };
+  }
+
+  /** A unary handler that admits the caller for `attrs(request)` first. */
+  private guarded<Req, Res>(attrs: (r: Req) => Attributes | undefined, fn: (r: Req, p: Principal) => Promise<Res>) {
+    return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
+      const a = attrs(call.request);
+      (a ? this.admit(call, a) : this.authenticate(call)).then((p) => fn(call.request, p)).then(
+        (res) => cb(null, res),
+        (err) => fail(cb as sendUnaryData<never>, err),
+      );
+    };
+  }
+
   handlers() {
     return {
-      applyPod: unary((r: ApplyPodRequest) => this.applyPod(r)),
-      getPod: unary((r: GetPodRequest) => this.getPod(r.pod)),
-      listPods: unary((r: ListPodsRequest) => this.listPods(r)),
-      watchPods: (call: ServerWritableStream<WatchPodsRequest, PodEvent>) => void this.watchPods(call),
-      deletePod: unary((r: DeletePodRequest) => this.deletePod(r)),
-      listCells: unary(async (_r: ListCellsRequest) => ListCellsResponse.fromPartial({ cells: await this.listCells() })),
-      watchCells: (call: ServerWritableStream<ListCellsRequest, CellEvent>) => void this.watchCells(call),
-      logs: (call: ServerWritableStream<LogsRequest, LogChunk>) => void this.logs(call),
+      // The namespace of an apply is known once the manifest is parsed: applyPod authorizes it.
+      applyPod: this.guarded(() => undefined, (r: ApplyPodRequest, p) => this.applyPod(r, (namespace, name) => this.o.auth!.authorize(p, { verb: 'create', resource: 'pods', namespace, name }))),
+      getPod: this.guarded((r: GetPodRequest) => ({ verb: 'get', resource: 'pods', namespace: ns(r.pod), name: r.pod?.name ?? '' }), (r: GetPodRequest) => this.getPod(r.pod)),
+      listPods: this.guarded(() => undefined, async (r: ListPodsRequest, p) => {
+        const only = await this.namespaceFilter(p, 'list', 'pods', r.namespace);
+        const res = await this.listPods(r);
+        if (only) res.pods = (await Promise.all(res.pods.map(async (x) => ((await only(x.metadata?.namespace ?? '')) ? x : undefined)))).filter((x) => x !== undefined);
+        return res;
+      }),
+      watchPods: (call: ServerWritableStream<WatchPodsRequest, PodEvent>) =>
+        void this.authenticate(call)
+          .then(async (p) => this.watchPods(call, await this.namespaceFilter(p, 'watch', 'pods', call.request.namespace)))
+          .catch((err) => endWithError(call, toStreamError(err))),
+      deletePod: this.guarded((r: DeletePodRequest) => ({ verb: 'delete', resource: 'pods', namespace: ns(r.pod), name: r.pod?.name ?? '' }), (r: DeletePodRequest) => this.deletePod(r)),
+      listCells: this.guarded(() => ({ verb: 'list', resource: 'cells', namespace: '*' }), async (_r: ListCellsRequest) => ListCellsResponse.fromPartial({ cells: await this.listCells() })),
+      watchCells: (call: ServerWritableStream<ListCellsRequest, CellEvent>) =>
+        void this.admit(call, { verb: 'watch', resource: 'cells', namespace: '*' }).then(
+          () => this.watchCells(call),
+          (err) => endWithError(call, toStreamError(err)),
+        ),
+      logs: (call: ServerWritableStream<LogsRequest, LogChunk>) =>
+        void this.admit(call, { verb: 'logs', resource: 'pods', namespace: ns(call.request.pod), name: call.request.pod?.name ?? '' }).then(
+          () => this.logs(call),
+          (err) => endWithError(call, toStreamError(err)),
+        ),
       exec: (call: ServerDuplexStream<ExecRequest, ExecOutput>) => this.relayExec(call, 'exec'),
       attach: (call: ServerDuplexStream<ExecRequest, ExecOutput>) => this.relayExec(call, 'attach'),
       portForward: (call: ServerDuplexStream<PortForwardRequest, PortForwardFrame>) => this.relayPortForward(call),
-      listEvents: unary(async (r: ListEventsRequest) =>
-        ListEventsResponse.fromPartial({ events: await this.events.list(r.pod?.name ? { namespace: ns(r.pod), name: r.pod.name } : undefined, r.limit) }),
+      listEvents: this.guarded(
+        (r: ListEventsRequest) => (r.pod?.name ? { verb: 'list', resource: 'events', namespace: ns(r.pod), name: r.pod.name } : { verb: 'list', resource: 'events', namespace: '*' }),
+        async (r: ListEventsRequest) =>
+          ListEventsResponse.fromPartial({ events: await this.events.list(r.pod?.name ? { namespace: ns(r.pod), name: r.pod.name } : undefined, r.limit) }),
       ),
-      version: unary(async (_r: VersionRequest) =>
+      // Any authenticated caller may ask for the version (as Kubernetes' /version).
+      version: this.guarded(() => undefined, async (_r: VersionRequest) =>
         VersionResponse.fromPartial({
           version: VERSION,
           controllerId: this.o.controllerId,
@@ -169,7 +231,8 @@ export class ControllerApi {
 
   // ------------------------------------------------------------ pods
 
-  async applyPod(r: ApplyPodRequest): Promise<PodObject> {
+  /** `authorize`: called with the pod's namespace once the manifest says it, before anything is written. */
+  async applyPod(r: ApplyPodRequest, authorize?: (namespace: string, name: string) => Promise<void>): Promise<PodObject> {
     let parsed;
     try {
       parsed = podFromManifest(r.manifest, { namespace: r.namespace || 'default' });
@@ -181,6 +244,7 @@ export class ControllerApi {
     const name = pod.metadata?.name ?? '';
     const namespace = pod.metadata?.namespace || r.namespace || 'default';
     if (!name) throw new ApiError(Status.INVALID_ARGUMENT, 'metadata.name: is required');
+    await authorize?.(namespace, name);
     try {
       selectCandidates(this.o.instanceTypes, { spec: pod.spec!, annotations: pod.metadata?.annotations ?? {}, overhead: { cpuMillis: 0, memoryBytes: 0 }, defaultSpot: 'never' });
     } catch (err) {
@@ -263,7 +327,8 @@ export class ControllerApi {
     return ListPodsResponse.fromPartial({ pods });
   }
 
-  private async watchPods(call: ServerWritableStream<WatchPodsRequest, PodEvent>): Promise<void> {
+  /** `only`: for a watch over every namespace by a caller who may not see them all. */
+  private async watchPods(call: ServerWritableStream<WatchPodsRequest, PodEvent>, only?: (ns: string) => Promise<boolean>): Promise<void> {
     const ac = new AbortController();
     call.on('cancelled', () => ac.abort());
     const prefix = call.request.namespace ? `${PODS}${call.request.namespace}/` : PODS;
@@ -274,13 +339,14 @@ export class ControllerApi {
       for (const kv of items) {
         const p = this.present(kv.value, kv.modRevision);
         if (!matchLabels(sel, p.metadata?.labels ?? {})) continue;
+        if (only && !(await only(p.metadata?.namespace ?? ''))) continue;
         known.set(kv.key, p);
         call.write(PodEvent.fromPartial({ type: EventType.EVENT_TYPE_ADDED, pod: p }));
       }
       for await (const ev of this.o.store.watch<PodRecordWithData>(prefix, { afterRevision: revision, signal: ac.signal })) {
         if (ev.type === 'put') {
           const p = this.present(ev.kv.value, ev.kv.modRevision);
-          const match = matchLabels(sel, p.metadata?.labels ?? {});
+          const match = matchLabels(sel, p.metadata?.labels ?? {}) && (!only || (await only(p.metadata?.namespace ?? '')));
           const had = known.has(ev.kv.key);
           if (match) {
             known.set(ev.kv.key, p);
@@ -409,7 +475,12 @@ export class ControllerApi {
       options.container = this.defaultContainer(pod, options.container, true);
       const up = client.logs(options);
       call.on('cancelled', () => up.cancel());
-      up.on('data', (chunk: LogChunk) => call.write(chunk));
+      up.on('data', (chunk: LogChunk) => {
+        // A slow reader holds the agent's stream (HTTP/2 flow control then holds the agent)
+        // instead of queueing a followed log here without bound.
+        if (!call.write(chunk)) up.pause();
+      });
+      call.on('drain', () => up.resume());
       up.on('end', () => call.end());
       up.on('error', (err: ServiceError) => {
         if (err.code === Status.CANCELLED) return;
@@ -420,52 +491,88 @@ export class ControllerApi {
     }
   }
 
-  private relayExec(call: ServerDuplexStream<ExecRequest, ExecOutput>, kind: 'exec' | 'attach'): void {
-    let up: ClientDuplexStream<ExecInput, ExecOutput> | undefined;
-    const pending: ExecInput[] = [];
+  /**
+   * Exec, attach and port-forward: the first frame names the pod; once the caller is admitted
+   * for it and its agent is dialled, the rest is relayed both ways with backpressure. Frames
+   * that arrive before then are queued, but only MAX_PENDING_FRAMES / MAX_PENDING_BYTES of them.
+   * Every start frame gets `requestedBy` = the authenticated user, whatever the client put there.
+   */
+  private relay<In extends { frame?: { $case: string; value: unknown } | undefined }, Up, Down>(
+    call: ServerDuplexStream<In, Down>,
+    verb: 'exec' | 'attach' | 'portforward',
+    open: (client: ReturnType<AgentAccess['get']>) => ClientDuplexStream<Up, Down>,
+    /** The frame for the agent, or an error ending the stream (a start frame naming no container of a multi-container pod). */
+    forward: (value: Up, pod: PodObject, user: string) => Up,
+  ): void {
+    let up: ClientDuplexStream<Up, Down> | undefined;
+    let pod: PodObject | undefined;
+    let user = '';
+    const pending: Up[] = [];
+    let pendingBytes = 0;
+    let targeted = false;
     let ended = false;
-    let podObj: PodObject | undefined;
-    call.on('data', (req: ExecRequest) => {
+    let failed = false;
+    const abort = (err: unknown) => {
+      if (failed) return;
+      failed = true;
+      up?.cancel();
+      call.removeAllListeners('data');
+      endWithError(call, toStreamError(err));
+    };
+    const send = (v: Up) => {
+      let out: Up;
+      try {
+        out = forward(v, pod!, user);
+      } catch (err) {
+        abort(err);
+        return;
+      }
+      // The agent's side is full: stop reading the client until it drains.
+      if (!up!.write(out)) call.pause();
+    };
+    const principal = this.authenticate(call);
+    principal.catch(() => undefined);
+    call.on('data', (req: In) => {
+      if (failed) return;
       const f = req.frame;
       if (!f) return;
       if (f.$case === 'target') {
-        if (up) return;
-        this.agentFor(f.value).then(
-          ({ client, pod }) => {
-            podObj = pod;
-            up = kind === 'exec' ? client.exec() : client.attach();
-            up.on('data', (out: ExecOutput) => call.write(out));
+        if (targeted) return;
+        targeted = true;
+        const ref = f.value as PodRef;
+        principal
+          .then(async (p) => {
+            await this.o.auth!.authorize(p, { verb, resource: 'pods', namespace: ns(ref), name: ref?.name ?? '' });
+            user = p.user;
+            return this.agentFor(ref);
+          })
+          .then(({ client, pod: found }) => {
+            if (failed) return;
+            pod = found;
+            up = open(client);
+            up.on('data', (out: Down) => {
+              if (!call.write(out)) up!.pause();
+            });
+            call.on('drain', () => up?.resume());
+            up.on('drain', () => call.resume());
             up.on('end', () => call.end());
-            up.on('error', (err: ServiceError) => endWithError(call, err as Error));
-            for (const p of pending.splice(0)) {
-              if (p.frame?.$case === 'start') {
-                try {
-                  p.frame.value.container = this.defaultContainer(pod, p.frame.value.container);
-                } catch (err) {
-                  up.cancel();
-                  endWithError(call, toStreamError(err));
-                  return;
-                }
-              }
-              up.write(p);
-            }
-            if (ended) up.end();
-          },
-          (err) => endWithError(call, toStreamError(err)),
-        );
-      } else if (up) {
-        if (f.value.frame?.$case === 'start' && podObj) {
-          try {
-            f.value.frame.value.container = this.defaultContainer(podObj, f.value.frame.value.container);
-          } catch (err) {
-            up.cancel();
-            endWithError(call, toStreamError(err));
-            return;
-          }
-        }
-        up.write(f.value);
+            up.on('error', (err: ServiceError) => {
+              if (!failed) endWithError(call, err as Error);
+            });
+            for (const v of pending.splice(0)) send(v);
+            pendingBytes = 0;
+            if (ended && !failed) up.end();
+          }, abort);
+        return;
       }
-      else pending.push(f.value);
+      const v = f.value as Up;
+      if (up) return send(v);
+      pending.push(v);
+      pendingBytes += frameBytes(v);
+      if (pending.length > MAX_PENDING_FRAMES || pendingBytes > MAX_PENDING_BYTES) {
+        pending.length = 0;
+        abort(apiError(Status.RESOURCE_EXHAUSTED, `${targeted ? 'while the target was being resolved' : 'before the target frame'} the stream queued more than ${MAX_PENDING_FRAMES} frames or ${MAX_PENDING_BYTES} bytes; send the target frame first and wait for output before sending more`));
+      }
     });
     call.on('end', () => {
       ended = true;
@@ -474,35 +581,46 @@ export class ControllerApi {
     call.on('cancelled', () => up?.cancel());
   }
 
-  private relayPortForward(call: ServerDuplexStream<PortForwardRequest, PortForwardFrame>): void {
-    let up: ClientDuplexStream<PortForwardFrame, PortForwardFrame> | undefined;
-    const pending: PortForwardFrame[] = [];
-    let ended = false;
-    call.on('data', (req: PortForwardRequest) => {
-      const f = req.frame;
-      if (!f) return;
-      if (f.$case === 'target') {
-        if (up) return;
-        this.agentFor(f.value).then(
-          ({ client }) => {
-            up = client.portForward();
-            up.on('data', (out: PortForwardFrame) => call.write(out));
-            up.on('end', () => call.end());
-            up.on('error', (err: ServiceError) => endWithError(call, err as Error));
-            for (const p of pending.splice(0)) up.write(p);
-            if (ended) up.end();
-          },
-          (err) => endWithError(call, toStreamError(err)),
-        );
-      } else if (up) up.write(f.value);
-      else pending.push(f.value);
-    });
-    call.on('end', () => {
-      ended = true;
-      up?.end();
-    });
-    call.on('cancelled', () => up?.cancel());
+  private relayExec(call: ServerDuplexStream<ExecRequest, ExecOutput>, kind: 'exec' | 'attach'): void {
+    this.relay<ExecRequest, ExecInput, ExecOutput>(
+      call as unknown as ServerDuplexStream<ExecRequest & { frame?: { $case: string; value: unknown } }, ExecOutput>,
+      kind,
+      (client) => (kind === 'exec' ? client.exec() : client.attach()),
+      (v, pod, user) => {
+        if (v.frame?.$case === 'start') {
+          v.frame.value.container = this.defaultContainer(pod, v.frame.value.container);
+          v.frame.value.requestedBy = requester(user, v.frame.value.requestedBy);
+        }
+        return v;
+      },
+    );
   }
+
+  private relayPortForward(call: ServerDuplexStream<PortForwardRequest, PortForwardFrame>): void {
+    this.relay<PortForwardRequest, PortForwardFrame, PortForwardFrame>(
+      call as unknown as ServerDuplexStream<PortForwardRequest & { frame?: { $case: string; value: unknown } }, PortForwardFrame>,
+      'portforward',
+      (client) => client.portForward(),
+      (v, _pod, user) => {
+        if (v.frame?.$case === 'start') v.frame.value.requestedBy = requester(user, v.frame.value.requestedBy);
+        return v;
+      },
+    );
+  }
+}
+
+/**
+ * The name the agent records. A client's own claim is ignored — except the virtual node's, which
+ * relays for the Kubernetes user its kubelet API authenticated: "alice via system:virtual-node".
+ */
+function requester(user: string, claimed: string): string {
+  return user === VIRTUAL_NODE_USER && claimed ? `${claimed} via ${user}` : user;
+}
+
+/** Roughly what a queued frame holds (its payload bytes; a small fixed cost otherwise). */
+function frameBytes(v: unknown): number {
+  const f = (v as { frame?: { value?: unknown } }).frame?.value;
+  return f instanceof Uint8Array ? f.length + 64 : 64;
 }
 
 /**

@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // `controller`: the Cello control plane daemon.
-import { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
 import { ConfigError, loadConfig } from '../config.js';
 import { startController } from '../daemon.js';
 import { createLogger } from '../obs/logger.js';
 import { VERSION } from '../version.js';
+import { issueUser } from '../api/auth/issue-user.js';
 
 const program = new Command('controller')
   .description(
@@ -13,7 +14,8 @@ const program = new Command('controller')
       'serves the API that cellctl talks to. Configuration: one YAML file (see README).',
   )
   .version(VERSION)
-  .requiredOption('-c, --config <file>', 'configuration file (YAML)')
+  .enablePositionalOptions()
+  .option('-c, --config <file>', 'configuration file (YAML)')
   .option('--check', 'validate the configuration and exit')
   .option('--terminate-cells-on-exit', 'on SIGINT/SIGTERM, terminate every cell this controller owns (development: `npm start`)')
   .addHelpText(
@@ -22,6 +24,8 @@ const program = new Command('controller')
 Examples:
   controller -c examples/controller.local.yaml          run with the local provider
   controller -c cello.yaml --check                      validate a configuration
+  controller issue-user alice --group dev -c cello.yaml -o alice.yaml
+                                                        credentials for a second user
 
 Endpoints (from the configuration):
   api.listen       gRPC API for cellctl (default 127.0.0.1:7390)
@@ -31,13 +35,13 @@ Cells outlive the controller: a restarted controller finds them again, and its g
 collector terminates the ones it has no record of (by the controllerId tag).`,
   );
 
-program.parse();
-const opts = program.opts<{ config: string; check?: boolean; terminateCellsOnExit?: boolean }>();
-
-async function main(): Promise<void> {
-  let config;
+function configOrExit(path: string | undefined) {
+  if (!path) {
+    process.stderr.write("error: required option '-c, --config <file>' not specified\n");
+    process.exit(2);
+  }
   try {
-    config = loadConfig(opts.config);
+    return loadConfig(path);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`invalid configuration:\n${err.message}\n`);
@@ -45,6 +49,51 @@ async function main(): Promise<void> {
     }
     throw err;
   }
+}
+
+function parseTtl(v: string): number {
+  const m = /^(\d+)(s|m|h|d)?$/.exec(v);
+  if (!m) throw new InvalidArgumentError('expected a duration like 3600s, 12h or 30d');
+  return Number(m[1]) * ({ s: 1, m: 60, h: 3600, d: 86400 } as Record<string, number>)[m[2] ?? 's']!;
+}
+
+program
+  .command('issue-user')
+  .description(
+    'Issue a client certificate for a user of the controller API (identity spiffe://<trust domain>/user/NAME,\n' +
+      'groups in its O= values) and write it as a cellctl configuration (kubeconfig-style).',
+  )
+  .argument('<name>', 'user name (letters, digits, . _ : @ -)')
+  .requiredOption('-c, --config <file>', "the controller's configuration file (to find its store and CA)")
+  .requiredOption('-o, --output <file>', 'cellctl configuration to write (an existing one gains a context)')
+  .option('-g, --group <group>', 'a group (repeatable); api.policy grants rights to users and groups', (v: string, acc: string[]) => [...acc, v], [] as string[])
+  .option('--ttl <duration>', 'lifetime, e.g. 12h or 30d (at most 365d)', parseTtl, 30 * 86400)
+  .option('--server <host:port>', 'the API address to write (default: api.listen)')
+  .option('--context <name>', 'context name (default: the controllerId)')
+  .addHelpText('after', '\nThen: cellctl --config FILE get pods')
+  .action(async (name: string, o: { config: string; output: string; group: string[]; ttl: number; server?: string; context?: string }) => {
+    const config = configOrExit(o.config);
+    try {
+      const r = await issueUser(
+        config,
+        { user: name, groups: o.group, ttlSeconds: o.ttl, out: o.output, ...(o.server ? { server: o.server } : {}), ...(o.context ? { context: o.context } : {}) },
+        createLogger({ level: 'warn' }),
+      );
+      process.stdout.write(`wrote ${r.file} (context ${r.context}, user ${name}${o.group.length ? `, groups ${o.group.join(', ')}` : ''}); try: cellctl --config ${r.file} get pods\n`);
+    } catch (err) {
+      process.stderr.write(`controller issue-user: ${(err as Error).message}\n`);
+      process.exit(1);
+    }
+  });
+
+program.action(() => main().catch((err: Error) => {
+  process.stderr.write(`controller: ${err.message}\n`);
+  process.exit(1);
+}));
+
+async function main(): Promise<void> {
+  const opts = program.opts<{ config?: string; check?: boolean; terminateCellsOnExit?: boolean }>();
+  const config = configOrExit(opts.config);
   if (opts.check) {
     process.stdout.write(`${opts.config}: ok\n`);
     return;
@@ -68,7 +117,4 @@ async function main(): Promise<void> {
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
 }
 
-main().catch((err: Error) => {
-  process.stderr.write(`controller: ${err.message}\n`);
-  process.exit(1);
-});
+await program.parseAsync();

@@ -4,7 +4,7 @@ import { createServer, type Socket } from 'node:net';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { extname, join } from 'node:path';
 import { Command, Option, InvalidArgumentError } from 'commander';
-import { credentials, Metadata, status as Status, type ServiceError } from '@grpc/grpc-js';
+import { credentials, Metadata, status as Status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
 import { parseAllDocuments } from 'yaml';
 import { ExecInput, LogsRequest as AgentLogsRequest, PortForwardFrame, type ExecOutput, type LogChunk } from '@cello/proto/cell';
 import {
@@ -18,13 +18,59 @@ import {
 } from '@cello/proto/controller';
 import { VERSION } from '../version.js';
 import { asData, cellHeader, cellRow, describePod, podHeader, podRow, render, table } from './format.js';
+import { CellctlConfigError, CONFIG_ENV, configPath, readConfig, resolveContext } from './config.js';
+import { apiChannelCredentials } from '../api/auth/client.js';
 
 export const DEFAULT_SERVER = '127.0.0.1:7390';
 export const SERVER_ENV = 'CELLO_CONTROLLER';
 
+interface Options {
+  server?: string;
+  namespace?: string;
+  config?: string;
+  context?: string;
+  insecure?: boolean;
+}
+
 interface Globals {
   server: string;
   namespace: string;
+  creds: ChannelCredentials;
+}
+
+/**
+ * Where and as whom to call: --server / $CELLO_CONTROLLER override the context's address; the
+ * credentials always come from the configuration (plaintext only with --insecure or a cluster
+ * marked insecure).
+ */
+function resolveGlobals(o: Options): Globals {
+  const path = configPath(o.config);
+  let cfg;
+  try {
+    cfg = readConfig(path);
+  } catch (err) {
+    throw new CliError(`error: ${(err as Error).message}`);
+  }
+  if (o.config && !cfg) throw new CliError(`error: ${o.config}: no such file`);
+  const server = o.server || process.env[SERVER_ENV];
+  if (o.insecure) return { server: server || DEFAULT_SERVER, namespace: o.namespace || 'default', creds: credentials.createInsecure() };
+  if (!cfg) {
+    throw new CliError(
+      `error: no cellctl configuration at ${path}: \`npm start\` writes one for the local user; another user gets one with \`controller issue-user NAME --group GROUP -o FILE\` (then --config FILE or $${CONFIG_ENV})`,
+    );
+  }
+  let ctx;
+  try {
+    ctx = resolveContext(cfg, path, o.context);
+  } catch (err) {
+    if (err instanceof CellctlConfigError) throw new CliError(`error: ${err.message}`);
+    throw err;
+  }
+  return {
+    server: server || ctx.server,
+    namespace: o.namespace || ctx.namespace || 'default',
+    creds: ctx.credentials ? apiChannelCredentials(ctx.credentials) : credentials.createInsecure(),
+  };
 }
 
 class CliError extends Error {
@@ -35,7 +81,7 @@ class CliError extends Error {
 
 function connect(g: Globals): ControllerClient {
   // A large HTTP/2 window for logs and port-forward (the default 64 KiB costs a round trip per window).
-  return new ControllerClient(g.server, credentials.createInsecure(), { 'grpc.max_receive_message_length': 64 * 1024 * 1024, 'grpc-node.flow_control_window': 8 << 20 });
+  return new ControllerClient(g.server, g.creds, { 'grpc.max_receive_message_length': 64 * 1024 * 1024, 'grpc-node.flow_control_window': 8 << 20 });
 }
 
 function call<Req, Res>(client: ControllerClient, method: string, req: Req, timeoutMs = 30_000): Promise<Res> {
@@ -48,8 +94,10 @@ function call<Req, Res>(client: ControllerClient, method: string, req: Req, time
 function explain(err: unknown, g: Globals): Error {
   const e = err as ServiceError;
   if (e?.code === Status.UNAVAILABLE) {
-    return new CliError(`cannot reach the controller at ${g.server} (${e.details}); start it with \`npm start\`, or point --server / $${SERVER_ENV} at it`);
+    return new CliError(`cannot reach the controller at ${g.server} (${e.details}); start it with \`npm start\`, or point --server / $${SERVER_ENV} / --context at it`);
   }
+  if (e?.code === Status.UNAUTHENTICATED) return new CliError(`error: not authenticated: ${e.details}`);
+  if (e?.code === Status.PERMISSION_DENIED) return new CliError(`error: forbidden: ${e.details}`);
   if (typeof e?.code === 'number') return new CliError(`error: ${e.details || e.message}`);
   return err as Error;
 }
@@ -229,8 +277,11 @@ export function buildProgram(exit: (code: number) => void = (c) => process.exit(
   const program = new Command('cellctl')
     .description('Talk to a Cello controller, like kubectl: apply pods, watch them, read logs, exec, forward ports.')
     .version(VERSION, '--client-version', 'print the client version')
-    .option('-s, --server <host:port>', `controller API address (env ${SERVER_ENV}; default: the one \`npm start\` runs)`, process.env[SERVER_ENV] || DEFAULT_SERVER)
-    .option('-n, --namespace <ns>', 'namespace', 'default')
+    .option('-s, --server <host:port>', `controller API address (env ${SERVER_ENV}; default: the current context's)`)
+    .option('-n, --namespace <ns>', "namespace (default: the context's, else default)")
+    .option('--config <file>', `cellctl configuration (env ${CONFIG_ENV}; default ~/.cello/config)`)
+    .option('--context <name>', 'the context of the configuration to use (default: its current-context)')
+    .option('--insecure', 'plaintext without credentials (only a controller with api.insecure on loopback accepts it)')
     .showHelpAfterError()
     .addHelpText(
       'after',
@@ -246,7 +297,8 @@ Examples:
   cellctl port-forward web 8080:80           forward a local port to the pod
   cellctl delete pod web --grace 5           stop gracefully, then end its cell`,
     );
-  const g = (): Globals => program.opts<Globals>();
+  let resolved: Globals | undefined;
+  const g = (): Globals => (resolved ??= resolveGlobals(program.opts<Options>()));
 
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   const run = <A extends any[]>(fn: (...a: A) => Promise<number | void>) =>
@@ -255,7 +307,12 @@ Examples:
         const code = await fn(...args);
         exit(code ?? 0);
       } catch (err) {
-        const e = err instanceof CliError ? err : explain(err, g());
+        let e: Error;
+        try {
+          e = err instanceof CliError ? err : explain(err, g());
+        } catch (inner) {
+          e = inner as Error;
+        }
         process.stderr.write(`${e.message}\n`);
         exit(e instanceof CliError ? e.exitCode : 1);
       }

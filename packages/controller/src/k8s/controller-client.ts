@@ -1,13 +1,15 @@
 // Promise wrappers over the controller's gRPC API: the virtual node drives pods through the
 // controller core exactly as cellctl does, so the core stays the one place that acts on cells.
-import { credentials, Metadata, status as Status, type ServiceError } from '@grpc/grpc-js';
+// It authenticates like any other caller: with a certificate the controller issued to the user
+// system:virtual-node (group system:masters), never by being exempt.
+import { Metadata, status as Status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
 import { ControllerClient, type Cell, type ClusterEvent, type PodObject, type VersionResponse } from '@cello/proto/controller';
 
 export class Controller {
   readonly client: ControllerClient;
 
-  constructor(address: string) {
-    this.client = new ControllerClient(address, credentials.createInsecure());
+  constructor(address: string, creds: ChannelCredentials) {
+    this.client = new ControllerClient(address, creds);
   }
 
   private call<T>(method: string, req: unknown, timeoutMs = 15_000): Promise<T> {

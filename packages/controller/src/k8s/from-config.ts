@@ -5,6 +5,7 @@ import type { KPod } from './manifest.js';
 import type { Logger } from '../obs/logger.js';
 import type { AgentAccess } from '../dispatch/agents.js';
 import type { Registry } from 'prom-client';
+import type { ChannelCredentials } from '@grpc/grpc-js';
 import { defaultInternalIP, leaderIdentity, readKubeletTls, type KubernetesConfig } from './config.js';
 import type { NodeCapacity } from './node.js';
 import { startVirtualNode, type VirtualNodeHandle } from './virtual-node.js';
@@ -31,6 +32,7 @@ export async function startVirtualNodeFromConfig(
   k: KubernetesConfig,
   o: {
     controllerAddress: string;
+    controllerCredentials: ChannelCredentials;
     providerName: string;
     instanceTypes: InstanceType[];
     maxCells?: number;
@@ -62,6 +64,7 @@ export async function startVirtualNodeFromConfig(
     nodeName: k.nodeName,
     ...(k.kubeconfig ? { kubeconfig: k.kubeconfig } : {}),
     controllerAddress: o.controllerAddress,
+    controllerCredentials: o.controllerCredentials,
     providerName: o.providerName,
     internalIP: k.internalIP ?? defaultInternalIP(),
     kubelet: {

@@ -123,7 +123,7 @@ export class SpdyStreams {
       const c = kind === 'exec' ? this.o.controller.client.exec() : this.o.controller.client.attach();
       call = c;
       c.write({ frame: { $case: 'target', value: { namespace: t.ns, name: t.pod } } });
-      c.write({ frame: { $case: 'input', value: { frame: { $case: 'start', value: { container: t.container, command, tty, stdin: wantStdin, size: undefined } } } } });
+      c.write({ frame: { $case: 'input', value: { frame: { $case: 'start', value: { container: t.container, command, tty, stdin: wantStdin, size: undefined, requestedBy: '' } } } } });
       for (const b of early.splice(0)) c.write({ frame: { $case: 'input', value: { frame: { $case: 'stdin', value: b } } } });
       if (earlyEof) c.write({ frame: { $case: 'input', value: { frame: { $case: 'stdinEof', value: true } } } });
       let exited = false;
@@ -192,7 +192,7 @@ export class SpdyStreams {
       const call = this.o.controller.client.portForward();
       c.call = call;
       call.write({ frame: { $case: 'target', value: { namespace: t.ns, name: t.pod } } });
-      call.write({ frame: { $case: 'forward', value: { frame: { $case: 'start', value: { port } } } } });
+      call.write({ frame: { $case: 'forward', value: { frame: { $case: 'start', value: { port, requestedBy: '' } } } } });
       c.data!.on('data', (b: Buffer) => call.write({ frame: { $case: 'forward', value: { frame: { $case: 'data', value: b } } } }));
       c.data!.on('end', () => call.write({ frame: { $case: 'forward', value: { frame: { $case: 'closeWrite', value: true } } } }));
       c.data!.on('close', () => {

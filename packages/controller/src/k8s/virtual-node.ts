@@ -5,6 +5,7 @@
 import type { Logger } from '../obs/logger.js';
 import type { AgentAccess } from '../dispatch/agents.js';
 import { VERSION } from '../version.js';
+import type { ChannelCredentials } from '@grpc/grpc-js';
 import { Controller } from './controller-client.js';
 import { KubeletServer } from './kubelet.js';
 import { LeaderElector, type LeaderElectionOptions } from './leader.js';
@@ -22,6 +23,8 @@ export interface VirtualNodeOptions {
   kubeconfig?: string;
   /** host:port of the controller's gRPC API. */
   controllerAddress: string;
+  /** How it authenticates to the controller API (api/auth/client.ts). */
+  controllerCredentials: ChannelCredentials;
   providerName: string;
   /** Address the API server reaches the kubelet API at (node InternalIP). */
   internalIP: string;
@@ -58,7 +61,7 @@ export interface VirtualNodeHandle {
 export async function startVirtualNode(o: VirtualNodeOptions): Promise<VirtualNodeHandle> {
   const log = o.log;
   const rest = new KubeRest(loadKubeConfig(o.kubeconfig));
-  const controller = new Controller(o.controllerAddress);
+  const controller = new Controller(o.controllerAddress, o.controllerCredentials);
   const metrics = new VirtualNodeMetrics(o.metricsRegistry);
   const streams = new SpdyStreams({ controller, log: log.child({ component: 'kubelet-streams' }) });
   let sync: PodSync | undefined;

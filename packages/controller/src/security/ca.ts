@@ -11,7 +11,7 @@ type CryptoKeyPair = webcrypto.CryptoKeyPair;
 import { isIP } from 'node:net';
 import * as x509 from './x509.js';
 import { ConflictError, type Store } from '../store/store.js';
-import { checkName, DEFAULT_TRUST_DOMAIN, identityUri, type Identity } from './identity.js';
+import { checkName, checkUserName, DEFAULT_TRUST_DOMAIN, identityUri, type Identity } from './identity.js';
 import { parseEncryptionKey, seal, unseal, type Sealed } from './sealed.js';
 
 const cryptoImpl = webcrypto as unknown as NonNullable<Parameters<typeof x509.X509CertificateGenerator.create>[1]>;
@@ -140,6 +140,11 @@ export class CertificateAuthority {
     throw new Error(`could not create or load the CA at store key ${storeKey}`);
   }
 
+  /** The CA from its stored record, for a tool that reads the record without opening the store (controller issue-user). */
+  static async fromStoredRecord(record: unknown, encryptionKey: string | Buffer | undefined): Promise<CertificateAuthority> {
+    return CertificateAuthority.fromRecord(record as CaRecord, parseEncryptionKey(encryptionKey));
+  }
+
   private static async createRecord(key: Buffer, trustDomain: string, days: number): Promise<CaRecord> {
     const keys = (await subtle.generateKey(EC, true, ['sign', 'verify'])) as CryptoKeyPair;
     const now = Date.now();
@@ -234,6 +239,32 @@ export class CertificateAuthority {
     return { certPem, keyPem: pemKey(await subtle.exportKey('pkcs8', keys.privateKey)) };
   }
 
+  /**
+   * A certificate for a person or tool calling the controller API: identity
+   * spiffe://<trust domain>/user/<name>, groups as the subject's O= values (as Kubernetes reads
+   * client certificates), client-auth usage only so it can never serve.
+   */
+  async issueUserCertificate(name: string, opts: { groups?: string[]; ttlSeconds?: number } = {}): Promise<IssuedCertificate> {
+    checkUserName(name, 'name');
+    const groups = opts.groups ?? [];
+    groups.forEach((g, i) => checkUserName(g, `groups[${i}]`));
+    const ttl = checkTtl(opts.ttlSeconds, 'ttlSeconds', 365 * DAY);
+    const keys = (await subtle.generateKey(EC, true, ['sign', 'verify'])) as CryptoKeyPair;
+    const certPem = await this.sign(keys.publicKey, { kind: 'user', name, trustDomain: this.trustDomain }, { ips: [], dnsNames: [], ttl, groups }, ['client']);
+    return { certPem, keyPem: pemKey(await subtle.exportKey('pkcs8', keys.privateKey)) };
+  }
+
+  /** A serving-only certificate for one of the controller's own endpoints (the API): server-auth usage only. */
+  async issueServerCertificate(name: string, opts: { ips?: string[]; dnsNames?: string[]; ttlSeconds?: number } = {}): Promise<IssuedCertificate> {
+    checkName(name, 'name');
+    const ttl = checkTtl(opts.ttlSeconds, 'ttlSeconds', 365 * DAY);
+    const ips = checkList(opts.ips, 'ips', 'ip');
+    const dnsNames = checkList(opts.dnsNames, 'dnsNames', 'dns');
+    const keys = (await subtle.generateKey(EC, true, ['sign', 'verify'])) as CryptoKeyPair;
+    const certPem = await this.sign(keys.publicKey, { kind: 'client', name, trustDomain: this.trustDomain }, { ips, dnsNames, ttl }, ['server']);
+    return { certPem, keyPem: pemKey(await subtle.exportKey('pkcs8', keys.privateKey)) };
+  }
+
   /** True once two thirds of the certificate's lifetime have passed (or it is not yet/no longer valid). */
   rotationDue(certPem: string, now: Date = new Date()): boolean {
     const c = new NodeX509(certPem);
@@ -270,11 +301,13 @@ export class CertificateAuthority {
   private async sign(
     publicKey: CryptoKey | x509.PublicKey,
     id: Identity,
-    p: { ips: string[]; dnsNames: string[]; ttl: number },
+    p: { ips: string[]; dnsNames: string[]; ttl: number; groups?: string[] },
     usages: ('server' | 'client')[],
   ): Promise<string> {
     const now = Date.now();
     const cn = id.kind === 'cell' ? id.cellId : id.name;
+    // A user's O= values are its groups, so a user certificate carries no O=Cello.
+    const subject = id.kind === 'user' ? [`CN=${cn}`, 'OU=user', ...(p.groups ?? []).map((g) => `O=${g}`)].join(', ') : `CN=${cn}, OU=${id.kind}, O=Cello`;
     // Cells also get their ID as a DNS name, so a client that verifies by TLS name
     // (grpc.ssl_target_name_override = cellId) checks the same identity as the URI check.
     const dns = id.kind === 'cell' && /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i.test(id.cellId) ? [id.cellId, ...p.dnsNames.filter((d) => d !== id.cellId)] : p.dnsNames;
@@ -286,7 +319,7 @@ export class CertificateAuthority {
     const cert = await x509.X509CertificateGenerator.create(
       {
         serialNumber: serial(),
-        subject: `CN=${cn}, OU=${id.kind}, O=Cello`,
+        subject,
         issuer: this.cert.subject,
         notBefore: new Date(now - backdateMs(p.ttl)),
         notAfter: new Date(now + p.ttl * 1000),

@@ -1,14 +1,28 @@
 // Who a certificate speaks for. Every certificate the CA issues carries exactly one identity as
-// a URI SAN — spiffe://<trust domain>/cell/<cellId> or spiffe://<trust domain>/client/<name> —
+// a URI SAN — spiffe://<trust domain>/cell/<cellId>, spiffe://<trust domain>/client/<name> (the
+// controller's own components) or spiffe://<trust domain>/user/<name> (people and tools calling
+// the controller API; a distinct kind, so a user named "controller" is never the controller) —
 // and peers check that URI, not the host name they dialled (a cell's address can be NATed,
 // reused by a later cell, or mapped to loopback in tests; its identity cannot).
 import { X509Certificate } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
 
-export type Identity = { kind: 'cell'; cellId: string; trustDomain: string } | { kind: 'client'; name: string; trustDomain: string };
+export type Identity =
+  | { kind: 'cell'; cellId: string; trustDomain: string }
+  | { kind: 'client'; name: string; trustDomain: string }
+  | { kind: 'user'; name: string; trustDomain: string };
 
 export const DEFAULT_TRUST_DOMAIN = 'cello';
 const NAME_RE = /^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?$/;
+/** User names may also hold ':' and '@' (Kubernetes-style "system:virtual-node", e-mail addresses). */
+const USER_RE = /^[A-Za-z0-9](?:[A-Za-z0-9._:@-]{0,126}[A-Za-z0-9])?$/;
+
+/** Throws a TypeError naming `field` unless `value` is a usable user name. */
+export function checkUserName(value: unknown, field: string): asserts value is string {
+  if (typeof value !== 'string' || !USER_RE.test(value)) {
+    throw new TypeError(`${field} must be 1-128 characters of letters, digits, '.', '_', ':', '@' or '-', starting and ending with a letter or digit; got ${JSON.stringify(value)}`);
+  }
+}
 
 /** Throws a TypeError naming `field` unless `value` is a usable cell ID or client name. */
 export function checkName(value: unknown, field: string): asserts value is string {
@@ -18,7 +32,7 @@ export function checkName(value: unknown, field: string): asserts value is strin
 }
 
 export function identityUri(id: Identity): string {
-  return id.kind === 'cell' ? `spiffe://${id.trustDomain}/cell/${id.cellId}` : `spiffe://${id.trustDomain}/client/${id.name}`;
+  return id.kind === 'cell' ? `spiffe://${id.trustDomain}/cell/${id.cellId}` : `spiffe://${id.trustDomain}/${id.kind}/${id.name}`;
 }
 
 /** Parses Node's `subjectaltname` string ("DNS:a, IP Address:1.2.3.4, URI:spiffe://...") into URIs. */
@@ -31,9 +45,10 @@ function sanUris(subjectAltName: string | undefined): string[] {
 }
 
 function parseIdentityUri(uri: string): Identity | undefined {
-  const m = /^spiffe:\/\/([^/]+)\/(cell|client)\/([^/]+)$/.exec(uri);
-  if (m === null || !NAME_RE.test(m[3]!)) return undefined;
-  return m[2] === 'cell' ? { kind: 'cell', cellId: m[3]!, trustDomain: m[1]! } : { kind: 'client', name: m[3]!, trustDomain: m[1]! };
+  const m = /^spiffe:\/\/([^/]+)\/(cell|client|user)\/([^/]+)$/.exec(uri);
+  if (m === null || !(m[2] === 'user' ? USER_RE : NAME_RE).test(m[3]!)) return undefined;
+  if (m[2] === 'cell') return { kind: 'cell', cellId: m[3]!, trustDomain: m[1]! };
+  return { kind: m[2] as 'client' | 'user', name: m[3]!, trustDomain: m[1]! };
 }
 
 /** The single identity a certificate names, or undefined if it names none or several. */

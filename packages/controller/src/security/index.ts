@@ -4,6 +4,7 @@ export { CertificateAuthority, CA_STORE_KEY, type CellCertificateRequest, type C
 export {
   cellServerIdentityCheck,
   checkName,
+  checkUserName,
   controllerIdentityCheck,
   DEFAULT_TRUST_DOMAIN,
   identityOf,

@@ -8,11 +8,13 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSy
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
+import { Metadata, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
 import { stringify } from 'yaml';
 import { ControllerClient, type Cell, type PodObject, type ClusterEvent } from '@cello/proto/controller';
 import { freePort, waitExit, waitFor, startRegistry, pushBusybox, type RegistryServer } from '@cello/testkit';
 import { LocalProvider } from '../../src/providers/local/local.js';
+import { readConfig, resolveContext } from '../../src/cellctl/config.js';
+import { apiChannelCredentials } from '../../src/api/auth/client.js';
 
 const pkgRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CONTROLLER_BIN = join(pkgRoot, 'dist', 'bin', 'controller.js');
@@ -43,6 +45,8 @@ export interface ClusterOptions {
   peer?: Cluster;
   /** Extra `security` settings (mTLS), e.g. certificate lifetimes. */
   security?: Record<string, unknown>;
+  /** Extra `api` settings (policy). */
+  api?: Record<string, unknown>;
 }
 
 export interface RunResult {
@@ -76,6 +80,18 @@ export class Cluster {
     return join(this.dir, 'store');
   }
 
+  /** The cellctl configuration the controller writes for the test's admin (api.adminCredentials). */
+  get cellctlConfig(): string {
+    return join(this.dir, 'cellctl.yaml');
+  }
+
+  /** The admin's credentials for the API, as cellctl would use them. */
+  apiCredentials(): ChannelCredentials {
+    const cfg = readConfig(this.cellctlConfig);
+    if (!cfg) throw new Error(`${this.cellctlConfig}: not written yet (start the controller first)`);
+    return apiChannelCredentials(resolveContext(cfg, this.cellctlConfig).credentials!);
+  }
+
   get server(): string {
     return `127.0.0.1:${this.apiPort}`;
   }
@@ -85,12 +101,13 @@ export class Cluster {
     const metricsPort = (this.metricsPort ||= await freePort());
     const cfg = {
       controllerId: this.controllerId,
-      api: { listen: this.server },
+      api: { listen: this.server, adminCredentials: { file: this.cellctlConfig, user: 'e2e-admin' }, ...(this.o.api ?? {}) },
       metrics: { listen: `127.0.0.1:${metricsPort}` },
       log: { level: 'debug' },
       store: this.o.store?.kind === 'etcd' ? this.o.store : { kind: 'embedded', dir: this.storeDir },
       provider: { kind: 'local', root: this.cellsRoot, insecureRegistries: [this.o.registry.server.host] },
-      security: this.o.mtls === false ? { mode: 'insecure-dev' } : { mode: 'mtls', encryptionKeyFile: this.keyFile(), ...(this.o.security ?? {}) },
+      // The key also seals the CA that serves the API's TLS, insecure-dev agents or not.
+      security: this.o.mtls === false ? { mode: 'insecure-dev', encryptionKeyFile: this.keyFile() } : { mode: 'mtls', encryptionKeyFile: this.keyFile(), ...(this.o.security ?? {}) },
       warmPool: this.o.warm ? [{ instanceType: 'local.nano', size: this.o.warm }] : [],
       timeouts: { healthSeconds: this.o.healthSeconds ?? 5, bootSeconds: 60, createSeconds: 30 },
       gc: { intervalSeconds: this.o.gcIntervalSeconds ?? 30 },
@@ -114,9 +131,15 @@ export class Cluster {
     child.stdout!.on('data', (b: Buffer) => (this.controllerLog += b.toString()));
     child.stderr!.on('data', (b: Buffer) => (this.controllerLog += b.toString()));
     this.client?.close();
-    this.client = new ControllerClient(this.server, credentials.createInsecure());
+    this.client = undefined;
     await waitFor('controller API', async () => {
       if (child.exitCode !== null) throw new Error(`controller exited ${child.exitCode}: ${this.controllerLog.slice(-2000)}`);
+      // The controller writes the admin's credentials once it listens (a restart renews them).
+      if (!this.client) {
+        const cfg = existsSync(this.cellctlConfig) && this.controllerLog.includes('wrote the local admin credentials') ? readConfig(this.cellctlConfig) : undefined;
+        if (!cfg) return undefined;
+        this.client = new ControllerClient(this.server, this.apiCredentials());
+      }
       return (await this.call<{ version: string }>('version', {}, 1000).catch(() => undefined))?.version;
     }, { timeoutMs: 20_000, intervalMs: 100 });
   }
@@ -190,7 +213,7 @@ export class Cluster {
   cellctl(args: string[], o: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<RunResult> {
     return new Promise((resolvePromise, reject) => {
       const child = spawn(process.execPath, [CELLCTL_BIN, ...args], {
-        env: { ...process.env, CELLO_CONTROLLER: this.server, ...(o.env ?? {}) },
+        env: { ...process.env, CELLO_CONTROLLER: this.server, CELLO_CONFIG: this.cellctlConfig, ...(o.env ?? {}) },
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       let stdout = '';
@@ -210,7 +233,7 @@ export class Cluster {
 
   /** Starts a long-running cellctl (port-forward, logs -f); the caller kills it. */
   spawnCellctl(args: string[], o: { stdin?: boolean } = {}): ChildProcess {
-    return spawn(process.execPath, [CELLCTL_BIN, ...args], { env: { ...process.env, CELLO_CONTROLLER: this.server }, stdio: [o.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    return spawn(process.execPath, [CELLCTL_BIN, ...args], { env: { ...process.env, CELLO_CONTROLLER: this.server, CELLO_CONFIG: this.cellctlConfig }, stdio: [o.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
   }
 
   manifest(name: string, body: string): string {

@@ -4,6 +4,7 @@
 // kubectl. Nothing is mocked: pods are scheduled by the real scheduler onto the virtual node,
 // run on local cells, and kubectl logs/exec/port-forward go API server -> kubelet API (HTTPS,
 // client certs, SPDY/3.1) -> controller -> cell agent.
+import { credentials } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'node:http';
 import { request as httpsRequest } from 'node:https';
@@ -603,6 +604,7 @@ spec:
       nodeName: 'cello-orphan',
       kubeconfig: kube.kubeconfig,
       controllerAddress: `127.0.0.1:${await freePort()}`, // nothing listens there
+      controllerCredentials: credentials.createInsecure(),
       providerName: 'local',
       internalIP: '127.0.0.1',
       kubelet: { listenHost: '127.0.0.1', port: 0, cert: serving.cert, key: serving.key, clientCA: kube.ca },
@@ -627,6 +629,7 @@ spec:
         nodeName: 'cello-vn2',
         kubeconfig: kube.kubeconfig,
         controllerAddress: cl.server,
+        controllerCredentials: cl.apiCredentials(),
         providerName: 'local',
         internalIP: '127.0.0.1',
         kubelet: { listenHost: '127.0.0.1', port: 0, cert: serving.cert, key: serving.key, clientCA: kube.ca },
@@ -695,6 +698,7 @@ spec:
       nodeName: 'cello-rbac',
       kubeconfig: kc,
       controllerAddress: cl.server,
+      controllerCredentials: cl.apiCredentials(),
       providerName: 'local',
       internalIP: '127.0.0.1',
       kubelet: { listenHost: '127.0.0.1', port: 0, cert: serving.cert, key: serving.key, clientCA: kube.ca },

@@ -4,6 +4,7 @@
 // image and tags; the harness plays that instance's boot (user data from the emulator, the real
 // agent on loopback, reached through the test-only address map), the reconciler bootstraps it
 // with the controller CA, the pod runs under runc, and deleting the pod terminates the instance.
+import { ApiAuth, apiChannelCredentials, MASTERS_GROUP } from '../../../src/api/auth/index.js';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -41,6 +42,8 @@ let handle: ControllerHandle | undefined;
 let agents: AgentPool;
 let ca: CertificateAuthority;
 let client: ControllerClient;
+/** A second API replica of the test, plaintext on loopback: explicitly so, and only its anonymous caller is allowed. */
+const plaintextApi = () => new ApiAuth({ insecure: true, policy: [{ users: ['system:anonymous'], groups: [], namespaces: ['*'], verbs: ['*'], resources: ['*'] }] });
 let raw: EC2Client;
 let harness: BootHarness;
 const bootErrors: unknown[] = [];
@@ -101,7 +104,8 @@ beforeAll(async () => {
       credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(me.keyPem), Buffer.from(me.certPem), { checkServerIdentity: cellServerIdentityCheck(cellId) }),
   });
   handle = await startController(config, { log: logger, provider, store, tickMs: 100 });
-  client = new ControllerClient(`127.0.0.1:${handle.apiPort}`, credentials.createInsecure());
+  const admin = await ca.issueUserCertificate('e2e-admin', { groups: [MASTERS_GROUP] });
+  client = new ControllerClient(`127.0.0.1:${handle.apiPort}`, apiChannelCredentials({ caPem: ca.certPem, trustDomain: ca.trustDomain, ...admin }));
   raw = new EC2Client({ endpoint: moto.endpoint, region: moto.region, credentials: moto.credentials });
   harness.autoBoot(provider, CONTROLLER_ID, (err) => bootErrors.push(err));
 });
@@ -299,7 +303,7 @@ describe('the controller on EC2 (emulated)', () => {
       made.reconcilers.push(r);
       return r;
     };
-    const api2 = new ControllerApi({ store: store2, agents, log: logger, controllerId: ID, providerName: 'aws', instanceTypes: await newProvider().instanceTypes() });
+    const api2 = new ControllerApi({ store: store2, agents, log: logger, controllerId: ID, providerName: 'aws', instanceTypes: await newProvider().instanceTypes(), auth: plaintextApi() });
     const client2 = new ControllerClient(`127.0.0.1:${await api2.listen('127.0.0.1:0')}`, credentials.createInsecure());
     const errors: unknown[] = [];
     try {
@@ -392,7 +396,7 @@ describe('the controller on EC2 (emulated)', () => {
       reconcilers.push(r);
       return r;
     };
-    const api3 = new ControllerApi({ store: store3, agents, log: logger, controllerId: ID, providerName: 'aws', instanceTypes: await newProvider().instanceTypes() });
+    const api3 = new ControllerApi({ store: store3, agents, log: logger, controllerId: ID, providerName: 'aws', instanceTypes: await newProvider().instanceTypes(), auth: plaintextApi() });
     const client3 = new ControllerClient(`127.0.0.1:${await api3.listen('127.0.0.1:0')}`, credentials.createInsecure());
     const errors: unknown[] = [];
     try {

@@ -1,0 +1,82 @@
+// `controller issue-user`: a certificate for a person or tool, written as a cellctl
+// configuration. It needs the CA, which lives in the store sealed under the encryption key: with
+// etcd the store is opened beside the running controllers; the embedded store is locked by its
+// running controller, so its files are read (never written) to find the CA record, which is
+// written once when the controller first starts and never changes.
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { openStore, StoreLockedError } from '../../store/index.js';
+import { decodeFrames } from '../../store/embedded.js';
+import { CA_STORE_KEY, CertificateAuthority } from '../../security/ca.js';
+import type { Config } from '../../config.js';
+import type { Logger } from '../../obs/logger.js';
+import { encryptionKey, storeConfig } from '../../daemon.js';
+import { upsertCredentials } from '../../cellctl/config.js';
+import { dialAddress } from './from-config.js';
+
+export interface IssueUserOptions {
+  user: string;
+  groups: string[];
+  ttlSeconds: number;
+  out: string;
+  /** The address written into the file; default the configured api.listen. */
+  server?: string;
+  /** Default: the controllerId. */
+  context?: string;
+}
+
+/** The latest committed value of `key` in an embedded store directory, read without its lock. */
+export function readEmbeddedKey(dir: string, key: string): unknown {
+  let value: string | undefined;
+  let rev = 0;
+  try {
+    const snap = readFileSync(join(dir, 'snapshot.json'), 'utf8');
+    const nl = snap.indexOf('\n');
+    rev = (JSON.parse(snap.slice(0, nl)) as { revision: number }).revision;
+    for (const [k, , , json] of JSON.parse(snap.slice(nl + 1)) as [string, number, number, string][]) if (k === key) value = json;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  const segments = readdirSync(dir).filter((n) => /^wal\.\d+\.log$/.test(n)).sort((a, b) => Number(a.split('.')[1]) - Number(b.split('.')[1]));
+  for (const f of [...segments, 'wal.log']) {
+    let buf: Buffer;
+    try {
+      buf = readFileSync(join(dir, f));
+    } catch {
+      continue; // a segment a compaction just removed: the snapshot read above holds it
+    }
+    for (const r of decodeFrames(buf).records) {
+      if (r.r <= rev || r.k !== key) continue;
+      value = r.o === 'p' ? r.v : undefined;
+    }
+  }
+  return value === undefined ? undefined : JSON.parse(value);
+}
+
+async function loadCa(config: Config, log: Logger): Promise<CertificateAuthority> {
+  const key = encryptionKey(config);
+  let record: unknown;
+  try {
+    const store = await openStore(storeConfig(config, log));
+    try {
+      record = (await store.get(CA_STORE_KEY))?.value;
+    } finally {
+      await store.close();
+    }
+  } catch (err) {
+    if (!(err instanceof StoreLockedError) || config.store.kind !== 'embedded') throw err;
+    record = readEmbeddedKey(config.store.dir, CA_STORE_KEY);
+  }
+  if (record === undefined) throw new Error('the store holds no CA yet: start the controller once (it creates its CA), then issue users');
+  return CertificateAuthority.fromStoredRecord(record, key);
+}
+
+export async function issueUser(config: Config, o: IssueUserOptions, log: Logger): Promise<{ file: string; context: string }> {
+  if (config.api.insecure) throw new Error('api.insecure: this controller serves plaintext and accepts no user certificates');
+  const ca = await loadCa(config, log);
+  const c = await ca.issueUserCertificate(o.user, { groups: o.groups, ttlSeconds: o.ttlSeconds });
+  const context = o.context ?? config.controllerId;
+  const port = Number(config.api.listen.slice(config.api.listen.lastIndexOf(':') + 1));
+  upsertCredentials(o.out, { context, server: o.server ?? dialAddress(config.api.listen, port), trustDomain: ca.trustDomain, caPem: ca.certPem, user: o.user, ...c });
+  return { file: o.out, context };
+}
