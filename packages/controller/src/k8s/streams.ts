@@ -3,7 +3,9 @@
 // by the `streamType` header: error, stdin, stdout, stderr, resize), /portForward speaks
 // portforward.k8s.io (a data and an error stream per connection, paired by `requestID`, the
 // pod port in `port`). Each is relayed to the pod's cell agent through the controller's gRPC
-// Exec/Attach/PortForward, as cellctl does.
+// Exec/Attach/PortForward, as cellctl does. Every relay direction has backpressure: a side that
+// does not read pauses the other (the gRPC call, or the SPDY session's socket) instead of the
+// controller buffering without limit.
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
@@ -15,6 +17,8 @@ import { SpdySession, type SpdyStream } from './spdy/index.js';
 const EXEC_PROTOCOLS = ['v4.channel.k8s.io', 'v3.channel.k8s.io', 'v2.channel.k8s.io', 'channel.k8s.io'];
 const PORT_FORWARD_PROTOCOL = 'portforward.k8s.io';
 const STREAM_WAIT_MS = 30_000;
+/** stdin a client may send before its exec has all its streams; beyond it, its stdin is paused. */
+export const EARLY_STDIN_LIMIT = 1024 * 1024;
 
 export interface StreamsOptions {
   controller: Controller;
@@ -38,7 +42,8 @@ export class SpdyStreams {
 
   constructor(private readonly o: StreamsOptions) {}
 
-  handle(req: IncomingMessage, socket: Socket, head: Buffer): void {
+  /** `user`: who the kubelet API authenticated (the API server's client, as a rule). */
+  handle(req: IncomingMessage, socket: Socket, head: Buffer, user = ''): void {
     const url = new URL(req.url ?? '/', 'https://kubelet');
     const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
     const kind = parts[0];
@@ -68,11 +73,11 @@ export class SpdyStreams {
     session.on('close', () => this.sessions.delete(session));
     session.on('protocolError', (err: Error) => this.o.log.warn({ err: err.message }, 'spdy protocol error'));
     const log = this.o.log.child({ pod: `${target.ns}/${target.pod}`, stream: kind });
-    if (kind === 'portForward') this.portForward(session, target, log);
-    else this.exec(session, kind as 'exec' | 'attach', protocol, url.searchParams, target as Required<typeof target>, log);
+    if (kind === 'portForward') this.portForward(session, target, user, log);
+    else this.exec(session, kind as 'exec' | 'attach', protocol, url.searchParams, target as Required<typeof target>, user, log);
   }
 
-  private exec(session: SpdySession, kind: 'exec' | 'attach', protocol: string, q: URLSearchParams, t: { ns: string; pod: string; container: string }, log: Logger): void {
+  private exec(session: SpdySession, kind: 'exec' | 'attach', protocol: string, q: URLSearchParams, t: { ns: string; pod: string; container: string }, user: string, log: Logger): void {
     const tty = truthy(q.get('tty'));
     const wantStdin = truthy(q.get('input'));
     const wantStdout = truthy(q.get('output'));
@@ -84,6 +89,7 @@ export class SpdyStreams {
     let count = 0;
     let started = false;
     const early: Buffer[] = [];
+    let earlyBytes = 0;
     let earlyEof = false;
     let call: ReturnType<Controller['client']['exec']> | undefined;
     let resizeBuf = '';
@@ -123,15 +129,24 @@ export class SpdyStreams {
       const c = kind === 'exec' ? this.o.controller.client.exec() : this.o.controller.client.attach();
       call = c;
       c.write({ frame: { $case: 'target', value: { namespace: t.ns, name: t.pod } } });
-      c.write({ frame: { $case: 'input', value: { frame: { $case: 'start', value: { container: t.container, command, tty, stdin: wantStdin, size: undefined, requestedBy: '' } } } } });
-      for (const b of early.splice(0)) c.write({ frame: { $case: 'input', value: { frame: { $case: 'stdin', value: b } } } });
+      c.write({ frame: { $case: 'input', value: { frame: { $case: 'start', value: { container: t.container, command, tty, stdin: wantStdin, size: undefined, requestedBy: user } } } } });
+      for (const b of early.splice(0)) sendStdin(b);
+      earlyBytes = 0;
+      s.stdin?.resume();
       if (earlyEof) c.write({ frame: { $case: 'input', value: { frame: { $case: 'stdinEof', value: true } } } });
       let exited = false;
+      // The client reads slower than the command writes: stop reading the call until it drains.
+      const toClient = (st: SpdyStream | undefined, b: Uint8Array) => {
+        if (st && !st.write(Buffer.from(b))) {
+          c.pause();
+          st.once('drain', () => c.resume());
+        }
+      };
       c.on('data', (out: ExecOutput) => {
         const f = out.frame;
         if (!f) return;
-        if (f.$case === 'stdout') s.stdout?.write(Buffer.from(f.value));
-        else if (f.$case === 'stderr') (s.stderr ?? s.stdout)?.write(Buffer.from(f.value));
+        if (f.$case === 'stdout') toClient(s.stdout, f.value);
+        else if (f.$case === 'stderr') toClient(s.stderr ?? s.stdout, f.value);
         else if (f.$case === 'exit') {
           exited = true;
           const code = f.value.exitCode;
@@ -155,6 +170,11 @@ export class SpdyStreams {
         if (!exited) finish({ metadata: {}, status: 'Success' });
       });
     };
+    const sendStdin = (b: Buffer) => {
+      if (call!.write({ frame: { $case: 'input', value: { frame: { $case: 'stdin', value: b } } } })) return;
+      s.stdin?.pause();
+      call!.once('drain', () => s.stdin?.resume());
+    };
     session.on('stream', (st: SpdyStream) => {
       const type = st.header('streamtype') as keyof typeof s | undefined;
       if (!type || !['error', 'stdin', 'stdout', 'stderr', 'resize'].includes(type)) {
@@ -165,8 +185,10 @@ export class SpdyStreams {
       count++;
       if (type === 'stdin') {
         st.on('data', (b: Buffer) => {
-          if (call) call.write({ frame: { $case: 'input', value: { frame: { $case: 'stdin', value: b } } } });
-          else early.push(b);
+          if (call) return sendStdin(b);
+          early.push(b);
+          earlyBytes += b.length;
+          if (earlyBytes >= EARLY_STDIN_LIMIT) st.pause(); // resumed by start()
         });
         st.on('end', () => {
           if (call) call.write({ frame: { $case: 'input', value: { frame: { $case: 'stdinEof', value: true } } } });
@@ -181,7 +203,7 @@ export class SpdyStreams {
     });
   }
 
-  private portForward(session: SpdySession, t: { ns: string; pod: string }, log: Logger): void {
+  private portForward(session: SpdySession, t: { ns: string; pod: string }, user: string, log: Logger): void {
     interface Conn {
       data?: SpdyStream;
       error?: SpdyStream;
@@ -192,8 +214,12 @@ export class SpdyStreams {
       const call = this.o.controller.client.portForward();
       c.call = call;
       call.write({ frame: { $case: 'target', value: { namespace: t.ns, name: t.pod } } });
-      call.write({ frame: { $case: 'forward', value: { frame: { $case: 'start', value: { port, requestedBy: '' } } } } });
-      c.data!.on('data', (b: Buffer) => call.write({ frame: { $case: 'forward', value: { frame: { $case: 'data', value: b } } } }));
+      call.write({ frame: { $case: 'forward', value: { frame: { $case: 'start', value: { port, requestedBy: user } } } } });
+      c.data!.on('data', (b: Buffer) => {
+        if (call.write({ frame: { $case: 'forward', value: { frame: { $case: 'data', value: b } } } })) return;
+        c.data!.pause();
+        call.once('drain', () => c.data!.resume());
+      });
       c.data!.on('end', () => call.write({ frame: { $case: 'forward', value: { frame: { $case: 'closeWrite', value: true } } } }));
       c.data!.on('close', () => {
         call.end();
@@ -207,8 +233,12 @@ export class SpdyStreams {
       call.on('data', (f: PortForwardFrame) => {
         const fr = f.frame;
         if (!fr) return;
-        if (fr.$case === 'data') c.data!.write(Buffer.from(fr.value));
-        else if (fr.$case === 'closeWrite') c.data!.end();
+        if (fr.$case === 'data') {
+          if (!c.data!.write(Buffer.from(fr.value))) {
+            call.pause();
+            c.data!.once('drain', () => call.resume());
+          }
+        } else if (fr.$case === 'closeWrite') c.data!.end();
         else if (fr.$case === 'error') fail(fr.value);
       });
       call.on('error', (err: ServiceError) => {
@@ -236,6 +266,13 @@ export class SpdyStreams {
       for (const c of conns.values()) c.call?.cancel();
       conns.clear();
     });
+  }
+
+  /** Open sessions and the bytes waiting for their clients: bounded by each session's high-water mark plus a message in flight. */
+  stats(): { sessions: number; bufferedBytes: number } {
+    let bufferedBytes = 0;
+    for (const s of this.sessions) bufferedBytes += s.bufferedBytes();
+    return { sessions: this.sessions.size, bufferedBytes };
   }
 
   close(): void {

@@ -321,6 +321,23 @@ describe('SPDY/3.1 session limits', () => {
       await srv.stop();
     }
   });
+
+  it('drain follows backpressure even when the socket takes every write at once (no socket drain event comes)', async () => {
+    let stream: SpdyStream | undefined;
+    const srv = await spdyServer({ highWaterMark: 64 * 1024 }, (s) => s.on('stream', (st) => (stream = st)));
+    try {
+      await srv.client.synStream(1, { streamtype: ['stdout'] });
+      await srv.client.next((f) => f.kind === 'control' && f.type === FrameType.SYN_REPLY);
+      // Small frames written in one go: over the mark while queued, each taken by a reading peer.
+      let n = 0;
+      while (stream!.write(Buffer.alloc(1024, 2))) if (++n > 1000) throw new Error('write() never reported backpressure');
+      let drained = false;
+      stream!.once('drain', () => (drained = true));
+      await waitUntil(() => drained);
+    } finally {
+      await srv.stop();
+    }
+  });
 });
 
 async function waitUntil(pred: () => boolean, timeoutMs = 5000): Promise<void> {

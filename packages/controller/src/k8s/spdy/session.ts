@@ -139,6 +139,8 @@ export class SpdySession extends EventEmitter {
   private lastStreamId = 0;
   /** Bytes handed to send() that are not yet in the socket's buffer. */
   private queued = 0;
+  /** A write reported backpressure: 'drain' is owed once the bytes are under the mark. */
+  private drainOwed = false;
   private readonly paused = new Set<SpdyStream>();
   private readonly highWaterMark: number;
   private readonly maxStreams: number;
@@ -148,11 +150,7 @@ export class SpdySession extends EventEmitter {
     this.highWaterMark = o.highWaterMark ?? 1024 * 1024;
     this.maxStreams = o.maxStreams ?? 256;
     this.inflater = HeaderCodec.decompressor(o.maxHeaderBlock ?? MAX_HEADER_BLOCK);
-    socket.on('drain', () => {
-      if (this.needsDrain()) return;
-      this.emit('drain');
-      for (const s of [...this.streams.values()]) s.emit('drain');
-    });
+    socket.on('drain', () => this.maybeDrain());
     socket.on('data', (chunk: Buffer) => {
       let frames: Frame[];
       try {
@@ -176,7 +174,8 @@ export class SpdySession extends EventEmitter {
     this.out = this.out.then(async () => {
       const b = await p;
       this.queued -= n;
-      if (!this.closed && !this.socket.destroyed) this.socket.write(b);
+      // A write the socket takes at once emits no 'drain': the queue emptying is the signal then.
+      if (!this.closed && !this.socket.destroyed && this.socket.write(b)) this.maybeDrain();
     }).catch((err: Error) => this.fail(err));
   }
 
@@ -185,9 +184,18 @@ export class SpdySession extends EventEmitter {
     return this.queued + this.socket.writableLength;
   }
 
-  /** @internal */
+  /** @internal true when a write should wait for 'drain', which then follows. */
   needsDrain(): boolean {
-    return this.bufferedBytes() > this.highWaterMark;
+    if (this.bufferedBytes() <= this.highWaterMark) return false;
+    this.drainOwed = true;
+    return true;
+  }
+
+  private maybeDrain(): void {
+    if (!this.drainOwed || this.bufferedBytes() > this.highWaterMark) return;
+    this.drainOwed = false;
+    this.emit('drain');
+    for (const s of [...this.streams.values()]) s.emit('drain');
   }
 
   /** @internal */
