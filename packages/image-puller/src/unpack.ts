@@ -168,11 +168,7 @@ class LayerWriter implements TarSink {
     if (isRoot && (statSync(o.dir).mode & 0o2000) !== 0) o.state.setgidDirs = true;
   }
 
-  /**
-   * Whether an entry needs a chown after we create it. Most entries of most layers are root's,
-   * and creating them as root already gives 0:0, unless a setgid directory passes its group on
-   * (which only an authoritative tree, whose directories we made, lets us rule out).
-   */
+  /** Counts what this layer writes against the image's budget; throws past a limit. */
   charge(bytes: number, entries: number): void {
     const b = this.o.budget;
     if (!b) return;
@@ -189,6 +185,11 @@ class LayerWriter implements TarSink {
     this.charged.bytes = this.charged.entries = 0;
   }
 
+  /**
+   * Whether an entry needs a chown after we create it. Most entries of most layers are root's,
+   * and creating them as root already gives 0:0, unless a setgid directory passes its group on
+   * (which only an authoritative tree, whose directories we made, lets us rule out).
+   */
   private needsChown(h: { uid: number; gid: number }): boolean {
     if (!isRoot) return false;
     return h.uid !== 0 || h.gid !== 0 || !createsAsRoot || !this.o.state.authoritative || this.o.state.setgidDirs;
