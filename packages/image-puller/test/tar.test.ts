@@ -70,6 +70,15 @@ describe('TarParser', () => {
     expect(headers[0]!.xattrs?.get('user.bin')).toEqual(Buffer.from([0x00, 0xff, 0x10]));
   });
 
+  it('a malformed URL-encoded LIBARCHIVE xattr name is an invalid-input error, not a crash', async () => {
+    const { makeTar } = await import('./helpers/tar.js');
+    const tar = await makeTar([{ name: 'f', content: 'x', pax: { 'LIBARCHIVE.xattr.user.%ZZ': 'eA==' } }]);
+    const err = await parse(tar).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(PullError);
+    expect((err as PullError).kind).toBe('invalid');
+    expect((err as PullError).message).toContain('"LIBARCHIVE.xattr.user.%ZZ" has a malformed URL-encoded xattr name');
+  });
+
   it('rejects a corrupted header and a truncated archive', async () => {
     const tar = execFileSync('tar', ['--format=pax', '-C', join(work, 'src'), '-cf', '-', '.']);
     const bad = Buffer.from(tar);
