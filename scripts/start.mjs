@@ -15,6 +15,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, openSync, readdirSync } from 'node:fs';
 import { request } from 'node:http';
+import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { ensureNpm, ensureSystem } from './setup.mjs';
@@ -32,6 +33,9 @@ const API = process.env.CELLO_CONTROLLER ?? '127.0.0.1:7390';
 const WARM = Number(opt('--warm', '2'));
 const cellsRoot = join(state, 'cells');
 const CONTROLLER_ID = 'local-dev';
+// The controller writes the local user's credentials (group system:masters) here at start, as
+// kind does for its cluster: cellctl finds them with no flag, and a call without them is refused.
+const CELLCTL_CONFIG = process.env.CELLO_CONFIG || join(homedir(), '.cello', 'config');
 
 const say = (m) => process.stdout.write(`\x1b[1m==>\x1b[0m ${m}\n`);
 const note = (m) => process.stdout.write(`    ${m}\n`);
@@ -95,7 +99,7 @@ async function until(what, fn, timeoutMs) {
 }
 
 function cellctl(argv, o = {}) {
-  return spawnSync(process.execPath, [join(root, 'packages/controller/dist/bin/cellctl.js'), '--server', API, ...argv], { encoding: 'utf8', ...o });
+  return spawnSync(process.execPath, [join(root, 'packages/controller/dist/bin/cellctl.js'), '--config', CELLCTL_CONFIG, '--server', API, ...argv], { encoding: 'utf8', ...o });
 }
 
 // ---------------------------------------------------------------- 1. install and build
@@ -187,7 +191,7 @@ async function main() {
   const configPath = join(state, 'controller.yaml');
   writeFileSync(configPath, `# Written by npm start (scripts/start.mjs); see packages/controller/README.md.
   controllerId: ${CONTROLLER_ID}
-  api: { listen: "${API}" }
+  api: { listen: "${API}", adminCredentials: { file: ${JSON.stringify(CELLCTL_CONFIG)} } }
   metrics: { listen: "127.0.0.1:7391" }
   store: { kind: embedded, dir: ${JSON.stringify(join(state, 'store'))} }
   provider:
@@ -263,6 +267,7 @@ async function main() {
   const cellctlPath = 'node packages/controller/dist/bin/cellctl.js';
   process.stdout.write(`
 Cello is running (controller ${API}, registry ${REGISTRY}, cells in .cello/cells).
+Your credentials (context ${CONTROLLER_ID}, group system:masters) are in ${CELLCTL_CONFIG}.
 Try, in another terminal (alias cellctl="${cellctlPath}"):
 
   cellctl get pods -o wide                 pods, their cells and instance types
@@ -275,6 +280,8 @@ Try, in another terminal (alias cellctl="${cellctlPath}"):
   cellctl apply -f examples/web.yaml       (edit and re-apply)
   cellctl delete pod web                   stops it gracefully, then its cell goes
   curl -s 127.0.0.1:7391/metrics | grep cello_
+  node packages/controller/dist/bin/controller.js issue-user alice --group dev -c .cello/controller.yaml -o alice.yaml
+                                           a second user (rights: api.policy), then cellctl --config alice.yaml get pods
 
 Press Ctrl-C to stop everything.
 `);
@@ -291,10 +298,14 @@ async function smoke() {
     if (r.status !== 0 || !expect(r.stdout)) throw new Error(`smoke: ${what} failed (exit ${r.status}): ${(r.stdout + r.stderr).slice(-500)}`);
     note(`ok: ${what}`);
   };
+  // Secure by default: the API takes no call without credentials.
+  const anon = spawnSync(process.execPath, [join(root, 'packages/controller/dist/bin/cellctl.js'), '--insecure', '--server', API, 'get', 'pods'], { encoding: 'utf8', timeout: 30_000 });
+  if (anon.status === 0) throw new Error('smoke: a call without credentials was accepted');
+  note('ok: a call without credentials is refused');
   check('cellctl logs hello-job', cellctl(['logs', 'hello-job'], { timeout: 30_000 }), (o) => o.trim().length > 0);
   check('cellctl exec init-shared -- cat /data/motd', cellctl(['exec', 'init-shared', '--', 'cat', '/data/motd'], { timeout: 30_000 }), (o) => o.trim().length > 0);
   const port = await testkit.freePort();
-  const pf = spawn(process.execPath, [join(root, 'packages/controller/dist/bin/cellctl.js'), '--server', API, 'port-forward', 'web', `${port}:8080`], { stdio: 'ignore' });
+  const pf = spawn(process.execPath, [join(root, 'packages/controller/dist/bin/cellctl.js'), '--config', CELLCTL_CONFIG, '--server', API, 'port-forward', 'web', `${port}:8080`], { stdio: 'ignore' });
   try {
     await until('port-forward to web', async () => (await httpStatus(`http://127.0.0.1:${port}/`)) === 200, 30_000);
     note('ok: cellctl port-forward web');

@@ -14,7 +14,7 @@
 // Flags: --pods N (latency run), --cells N (scale run), --only latency|scale.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -72,7 +72,7 @@ async function latency() {
   const cfg = join(dir, 'controller.yaml');
   const controllerId = 'bench-latency';
   writeFileSync(cfg, `controllerId: ${controllerId}
-api: { listen: "127.0.0.1:${apiPort}" }
+api: { listen: "127.0.0.1:${apiPort}", adminCredentials: { file: ${JSON.stringify(join(dir, 'cellctl.yaml'))}, user: bench } }
 metrics: { listen: "127.0.0.1:${metricsPort}" }
 log: { level: warn }
 store: { kind: embedded, dir: ${JSON.stringify(join(dir, 'store'))} }
@@ -81,7 +81,10 @@ security: { mode: mtls, encryptionKeyFile: ${JSON.stringify(key)} }
 warmPool: [{ instanceType: local.nano, size: 2 }]
 `);
   const child = spawn(process.execPath, [join(root, 'packages/controller/dist/bin/controller.js'), '-c', cfg, '--terminate-cells-on-exit'], { stdio: ['ignore', 'ignore', 'inherit'] });
-  const client = new ControllerClient(`127.0.0.1:${apiPort}`, grpc.credentials.createInsecure());
+  // The controller writes the bench's credentials once it listens.
+  const creds = join(dir, 'cellctl.yaml');
+  await testkit.waitFor('the controller credentials', () => existsSync(creds), { timeoutMs: 30_000 });
+  const client = new ControllerClient(`127.0.0.1:${apiPort}`, ctl.apiChannelCredentials(ctl.resolveCellctlContext(ctl.readCellctlConfig(creds), creds).credentials));
   const provider = new ctl.LocalProvider({ root: join(dir, 'cells') });
   try {
     await testkit.waitFor('controller', () => call(client, 'version', {}, 1000).catch(() => undefined), { timeoutMs: 30_000 });
@@ -155,7 +158,9 @@ async function scale() {
     return origObserve(labels, v);
   };
   const rec = new ctl.Reconciler({ store, provider, controllerId: 'bench-scale', agents, log: ctl.silentLogger(), metrics, concurrency: 64, tickMs: 1000, gcIntervalSeconds: 3600 });
-  const api = new ctl.ControllerApi({ store, agents, log: ctl.silentLogger(), controllerId: 'bench-scale', providerName: provider.name, instanceTypes: types });
+  // Plaintext on loopback, explicitly: the figures are the controller's, not TLS's.
+  const auth = new ctl.ApiAuth({ insecure: true, policy: [{ users: ['system:anonymous'], groups: [], namespaces: ['*'], verbs: ['*'], resources: ['*'] }] });
+  const api = new ctl.ControllerApi({ store, agents, log: ctl.silentLogger(), controllerId: 'bench-scale', providerName: provider.name, instanceTypes: types, auth });
   const port = await api.listen('127.0.0.1:0');
   const client = new ControllerClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
   const loop = monitorEventLoopDelay({ resolution: 10 });

@@ -8,7 +8,7 @@
 // of requests made per pod (apiserver_request_total, by verb/resource/subresource).
 //   npm run bench:k8s -- [--pods N] [--warm N]
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -27,6 +27,7 @@ const k8s = await imp('packages/controller/dist/k8s/index.js');
 const { stringify } = await import('yaml');
 const grpc = await import('@grpc/grpc-js');
 const { ControllerClient } = await imp('packages/proto/dist/controller.js');
+const ctl = await imp('packages/controller/dist/index.js');
 
 const pct = (s, p) => s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
 const NODE = 'cello-bench';
@@ -51,7 +52,7 @@ writeFileSync(keyFile, Buffer.alloc(32, 7).toString('base64'));
 const configPath = join(dir, 'controller.yaml');
 writeFileSync(configPath, stringify({
   controllerId: 'k8s-bench',
-  api: { listen: `127.0.0.1:${apiPort}` },
+  api: { listen: `127.0.0.1:${apiPort}`, adminCredentials: { file: join(dir, 'cellctl.yaml'), user: 'bench' } },
   metrics: { listen: `127.0.0.1:${await testkit.freePort()}` },
   log: { level: 'warn' },
   store: { kind: 'embedded', dir: join(dir, 'store') },
@@ -69,7 +70,10 @@ writeFileSync(configPath, stringify({
   },
 }));
 const daemon = spawn(process.execPath, [join(root, 'packages/controller/dist/bin/controller.js'), '-c', configPath, '--terminate-cells-on-exit'], { stdio: ['ignore', 'ignore', 'inherit'] });
-const client = new ControllerClient(`127.0.0.1:${apiPort}`, grpc.credentials.createInsecure());
+// The controller writes the bench's credentials once its API listens.
+const credsFile = join(dir, 'cellctl.yaml');
+await testkit.waitFor('the controller credentials', () => existsSync(credsFile), { timeoutMs: 60_000 });
+const client = new ControllerClient(`127.0.0.1:${apiPort}`, ctl.apiChannelCredentials(ctl.resolveCellctlContext(ctl.readCellctlConfig(credsFile), credsFile).credentials));
 const cells = () => new Promise((res, rej) => client.listCells({}, (e, r) => (e ? rej(e) : res(r.cells))));
 const rest = new k8s.KubeRest(k8s.loadKubeConfig(kube.kubeconfig));
 

@@ -67,7 +67,15 @@ export const configSchema = z.strictObject({
       /** Who may do what (README: "API authentication and authorization"). */
       policy: policySchema,
       /** At start, issue a system:masters certificate for `user` and write a cellctl config for it here (npm start). */
-      adminCredentials: z.strictObject({ file: z.string().min(1), user: z.string().min(1).default('admin') }).optional(),
+      adminCredentials: z
+        .strictObject({
+          file: z.string().min(1),
+          /** 'admin': the local login name. */
+          user: z.string().min(1).default('admin'),
+          /** Not renewed in place (it is a file a person holds): re-issued at every start. */
+          ttlSeconds: z.number().int().min(60).max(365 * 86400).default(30 * 86400),
+        })
+        .optional(),
       /** In a cluster (needs the kubernetes section): TokenReview for bearer tokens, SubjectAccessReview for pods. */
       kubernetes: z.strictObject({ tokenReview: z.boolean().default(false), subjectAccessReview: z.boolean().default(false) }).prefault({}),
     })

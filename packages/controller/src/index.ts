@@ -5,6 +5,8 @@ export { parseConfig, loadConfig, configSchema, ConfigError, type Config } from 
 export { Reconciler, TAG_CELL, TAG_CONTROLLER, TAG_POD, type ReconcilerOptions, type WarmPoolEntry, type BootstrapFn } from './dispatch/reconciler.js';
 export { AgentPool, insecureAgentCredentials, mtlsAgentCredentials, type AgentCredentials } from './dispatch/agents.js';
 export { ControllerApi } from './api/server.js';
+export { ApiAuth, apiChannelCredentials, MASTERS_GROUP, isLoopbackListen, type ApiClientCredentials, type PolicyRule, type Principal } from './api/auth/index.js';
+export { readConfig as readCellctlConfig, resolveContext as resolveCellctlContext, upsertCredentials } from './cellctl/config.js';
 export { LocalProvider, type LocalProviderOptions } from './providers/local/local.js';
 export { SimulatedProvider } from './providers/simulated/simulated.js';
 export * from './providers/provider.js';

@@ -75,7 +75,7 @@ export async function apiSecurityFromConfig(config: Config, ca: CertificateAutho
       const a = api.adminCredentials;
       if (!a) return;
       const user = a.user === 'admin' ? (safeUserName() ?? 'admin') : a.user;
-      const c = await ca.issueUserCertificate(user, { groups: [MASTERS_GROUP], ttlSeconds });
+      const c = await ca.issueUserCertificate(user, { groups: [MASTERS_GROUP], ttlSeconds: a.ttlSeconds });
       upsertCredentials(a.file, { context: config.controllerId, server: address, trustDomain: ca.trustDomain, caPem: ca.certPem, user, ...c });
       log.info({ file: a.file, user, group: MASTERS_GROUP }, 'wrote the local admin credentials for cellctl');
     },
