@@ -191,7 +191,12 @@ async function main() {
   const configPath = join(state, 'controller.yaml');
   writeFileSync(configPath, `# Written by npm start (scripts/start.mjs); see packages/controller/README.md.
   controllerId: ${CONTROLLER_ID}
-  api: { listen: "${API}", adminCredentials: { file: ${JSON.stringify(CELLCTL_CONFIG)} } }
+  api:
+    listen: "${API}"
+    adminCredentials: { file: ${JSON.stringify(CELLCTL_CONFIG)} }
+    # Users of group dev (controller issue-user NAME --group dev) may read pods and their logs.
+    policy:
+      - { groups: [dev], namespaces: [default], verbs: [get, list, watch, logs] }
   metrics: { listen: "127.0.0.1:7391" }
   store: { kind: embedded, dir: ${JSON.stringify(join(state, 'store'))} }
   provider:
