@@ -33,7 +33,6 @@ import { makePki, type Pki } from './helpers/certs.js';
 const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 const DEADLINE_MS = 10_000;
 let pki: Pki;
-let agent: ChildProcess | undefined;
 const procs = new Set<ChildProcess>();
 let addr: string;
 const dirs: string[] = [];
@@ -129,9 +128,7 @@ beforeAll(async () => {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: build first (npx turbo run build --filter=@cello/cell-agent)`);
   pki = makePki();
   const port = await freePort();
-  const started = await serve(['--listen', `127.0.0.1:${port}`, '--tls-cert', pki.serverCert, '--tls-key', pki.serverKey, '--tls-ca', pki.ca, '--allow-client', 'operator']);
-  agent = started.p;
-  addr = started.address;
+  addr = (await serve(['--listen', `127.0.0.1:${port}`, '--tls-cert', pki.serverCert, '--tls-key', pki.serverKey, '--tls-ca', pki.ca, '--allow-client', 'operator'])).address;
 }, 60_000);
 
 afterAll(() => {
