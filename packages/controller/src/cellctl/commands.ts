@@ -18,8 +18,9 @@ import {
 } from '@cello/proto/controller';
 import { VERSION } from '../version.js';
 import { asData, cellHeader, cellRow, describePod, podHeader, podRow, render, table } from './format.js';
-import { CellctlConfigError, CONFIG_ENV, configPath, readConfig, resolveContext } from './config.js';
-import { apiChannelCredentials } from '../api/auth/client.js';
+import { CellctlConfigError, CONFIG_ENV, configPath, readConfig, redacted, resolveContext, writeConfig } from './config.js';
+import { stringify } from 'yaml';
+import { API_CHANNEL_OPTIONS, apiChannelCredentials } from '../api/auth/client.js';
 
 export const DEFAULT_SERVER = '127.0.0.1:7390';
 export const SERVER_ENV = 'CELLO_CONTROLLER';
@@ -81,7 +82,8 @@ class CliError extends Error {
 
 function connect(g: Globals): ControllerClient {
   // A large HTTP/2 window for logs and port-forward (the default 64 KiB costs a round trip per window).
-  return new ControllerClient(g.server, g.creds, { 'grpc.max_receive_message_length': 64 * 1024 * 1024, 'grpc-node.flow_control_window': 8 << 20 });
+  return new ControllerClient(g.server, g.creds, {
+    ...API_CHANNEL_OPTIONS, 'grpc.max_receive_message_length': 64 * 1024 * 1024, 'grpc-node.flow_control_window': 8 << 20 });
 }
 
 function call<Req, Res>(client: ControllerClient, method: string, req: Req, timeoutMs = 30_000): Promise<Res> {
@@ -541,6 +543,45 @@ Examples:
           }),
         );
         return failed ? 1 : 0;
+      }),
+    );
+
+  const config = program.command('config').description('show or change the cellctl configuration (--config, $CELLO_CONFIG, ~/.cello/config)');
+  const loadOrFail = () => {
+    const path = configPath(program.opts<Options>().config);
+    const cfg = readConfig(path);
+    if (!cfg) throw new CliError(`error: no cellctl configuration at ${path}`);
+    return { path, cfg };
+  };
+  config
+    .command('view')
+    .description('print the configuration (certificates, keys and tokens omitted)')
+    .action(run(async () => void process.stdout.write(stringify(redacted(loadOrFail().cfg)))));
+  config
+    .command('get-contexts')
+    .description('list the contexts; * marks the current one')
+    .action(
+      run(async () => {
+        const { cfg } = loadOrFail();
+        const rows = [['CURRENT', 'NAME', 'SERVER', 'USER', 'NAMESPACE']];
+        for (const c of cfg.contexts) {
+          const server = cfg.clusters.find((x) => x.name === c.context.cluster)?.cluster.server ?? '';
+          rows.push([c.name === cfg['current-context'] ? '*' : '', c.name, server, c.context.user, c.context.namespace ?? '']);
+        }
+        process.stdout.write(table(rows));
+      }),
+    );
+  config
+    .command('use-context')
+    .description('make NAME the current context')
+    .argument('<name>')
+    .action(
+      run(async (name: string) => {
+        const { path, cfg } = loadOrFail();
+        if (!cfg.contexts.some((c) => c.name === name)) throw new CliError(`error: no context named "${name}" in ${path}`);
+        cfg['current-context'] = name;
+        writeConfig(path, cfg);
+        process.stdout.write(`Switched to context "${name}".\n`);
       }),
     );
 

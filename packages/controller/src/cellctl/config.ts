@@ -131,9 +131,20 @@ export function upsertCredentials(
   put(cfg.users, { name: `${e.user}@${e.context}`, user: { 'client-certificate-data': b64(e.certPem), 'client-key-data': b64(e.keyPem) } });
   put(cfg.contexts, { name: e.context, context: { cluster: e.context, user: `${e.user}@${e.context}`, ...(e.namespace ? { namespace: e.namespace } : {}) } });
   cfg['current-context'] = e.context;
+  writeConfig(path, cfg);
+}
+
+/** Writes the whole file, 0600, through a temporary file. */
+export function writeConfig(path: string, cfg: CellctlConfig): void {
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   const tmp = `${path}.${process.pid}.tmp`;
   writeFileSync(tmp, `# cellctl configuration (written by the Cello controller; see packages/controller/README.md)\n${stringify(cfg)}`, { mode: 0o600 });
   chmodSync(tmp, 0o600);
   renameSync(tmp, path);
+}
+
+/** The configuration with keys, certificates and tokens shown as DATA+OMITTED (cellctl config view). */
+export function redacted(cfg: CellctlConfig): CellctlConfig {
+  const hide = <T extends object>(o: T): T => Object.fromEntries(Object.entries(o).map(([k, v]) => [k, /-data$|^token$/.test(k) ? 'DATA+OMITTED' : v])) as T;
+  return { ...cfg, clusters: cfg.clusters.map((c) => ({ ...c, cluster: hide(c.cluster) })), users: cfg.users.map((u) => ({ ...u, user: hide(u.user) })) };
 }

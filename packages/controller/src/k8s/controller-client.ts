@@ -3,13 +3,14 @@
 // It authenticates like any other caller: with a certificate the controller issued to the user
 // system:virtual-node (group system:masters), never by being exempt.
 import { Metadata, status as Status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
+import { API_CHANNEL_OPTIONS } from '../api/auth/client.js';
 import { ControllerClient, type Cell, type ClusterEvent, type PodObject, type VersionResponse } from '@cello/proto/controller';
 
 export class Controller {
   readonly client: ControllerClient;
 
   constructor(address: string, creds: ChannelCredentials) {
-    this.client = new ControllerClient(address, creds);
+    this.client = new ControllerClient(address, creds, { ...API_CHANNEL_OPTIONS });
   }
 
   private call<T>(method: string, req: unknown, timeoutMs = 15_000): Promise<T> {

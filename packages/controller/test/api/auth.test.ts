@@ -141,6 +141,13 @@ describe('controller API: who may call', () => {
     const env = { HOME: home, CELLO_CONFIG: '', CELLO_CONTROLLER: '' };
     const ok = await cl.cellctl(['get', 'pods'], { env });
     expect(ok.code, ok.stderr).toBe(0);
+    const contexts = await cl.cellctl(['config', 'get-contexts'], { env });
+    expect(contexts.stdout).toMatch(new RegExp(`^\\*\\s+${cl.controllerId}\\s+127\\.0\\.0\\.1:${cl.apiPort}\\s+e2e-admin@`, 'm'));
+    const view = await cl.cellctl(['config', 'view'], { env });
+    expect(view.stdout).toContain('client-key-data: DATA+OMITTED');
+    expect(view.stdout).not.toContain('LS0t'); // no PEM, base64 or not
+    const use = await cl.cellctl(['config', 'use-context', 'nope'], { env });
+    expect(use.stderr).toMatch(/no context named "nope"/);
     const none = await cl.cellctl(['get', 'pods'], { env: { ...env, HOME: join(tmp, 'nohome') } });
     expect(none.code).toBe(1);
     expect(none.stderr).toMatch(/no cellctl configuration at .*nohome\/\.cello\/config: `npm start` writes one .*controller issue-user/);
@@ -177,20 +184,25 @@ describe('controller API: who may call', () => {
     expect(ex.stderr).toMatch(/user alice .* may not exec pods in namespace dev/);
   }, 60_000);
 
-  it('a stream that queues frames before its target is ended with RESOURCE_EXHAUSTED', async () => {
+  it('a stream that queues frames before its target is ended with RESOURCE_EXHAUSTED, and the controller does not hold them', async () => {
+    const rss = () => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${cl.controller!.pid}/status`, 'utf8'))![1]) * 1024;
+    const before = rss();
     const c = client(cl.apiCredentials());
     const s = c.exec();
     const ended = new Promise<ServiceError>((resolve) => {
       s.on('error', resolve);
       s.on('data', () => undefined);
     });
-    const chunk = Buffer.alloc(1024, 1);
-    for (let i = 0; i < MAX_PENDING_FRAMES * 4; i++) s.write({ frame: { $case: 'input', value: ExecInput.fromPartial({ frame: { $case: 'stdin', value: chunk } }) } });
-    const err = await Promise.race([ended, new Promise<undefined>((r) => setTimeout(() => r(undefined), 10_000))]);
+    // 96 MiB of stdin, and never a target frame.
+    const chunk = Buffer.alloc(256 * 1024, 1);
+    for (let i = 0; i < 384; i++) s.write({ frame: { $case: 'input', value: ExecInput.fromPartial({ frame: { $case: 'stdin', value: chunk } }) } });
+    const err = await Promise.race([ended, new Promise<undefined>((r) => setTimeout(() => r(undefined), 20_000))]);
+    const grown = rss() - before;
     c.close();
     expect(err?.code).toBe(Status.RESOURCE_EXHAUSTED);
-    expect(err?.details).toMatch(/before the target frame the stream queued more than 64 frames/);
-  });
+    expect(err?.details).toMatch(new RegExp(`before the target frame the stream queued more than ${MAX_PENDING_FRAMES} frames or 1048576 bytes`));
+    expect(grown).toBeLessThan(48 * 1024 * 1024);
+  }, 40_000);
 
   it("exec records the authenticated user in the agent's audit log, beside the controller as peer", async () => {
     writeFileSync(join(tmp, 'sleeper.yaml'), stringify({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'sleeper' }, spec: { containers: [{ name: 'c', image: registry.image, command: ['sleep', '600'] }] } }));

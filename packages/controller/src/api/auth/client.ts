@@ -8,6 +8,12 @@ import type { CertificateSource } from './index.js';
 /** The identity (spiffe://<trust domain>/client/controller-api) of the API's serving certificate. */
 export const API_SERVER_NAME = 'controller-api';
 
+/**
+ * Channel options for a TLS client of the API: the TLS server name is the API's identity, not the
+ * dialled address (Node warns on an IP as SNI; the identity check above is what verifies).
+ */
+export const API_CHANNEL_OPTIONS = { 'grpc.ssl_target_name_override': API_SERVER_NAME } as const;
+
 export interface ApiClientCredentials {
   /** PEM of the controller's CA. */
   caPem: string;

@@ -166,4 +166,4 @@ export class ApiAuth {
     }
   }
 }
-export { API_SERVER_NAME, apiChannelCredentials, rotatingApiChannelCredentials, type ApiClientCredentials } from './client.js';
+export { API_CHANNEL_OPTIONS, API_SERVER_NAME, apiChannelCredentials, rotatingApiChannelCredentials, type ApiClientCredentials } from './client.js';
