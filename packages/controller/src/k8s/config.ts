@@ -22,7 +22,7 @@ export const kubernetesConfigSchema = z.strictObject({
       keyFile: z.string().min(1),
       /** CA of the API server's kubelet client certificate (its --kubelet-client-certificate). */
       clientCAFile: z.string().min(1),
-      /** Client certificate CNs allowed; empty: any the CA signed. */
+      /** Client certificate CNs allowed, on top of the SubjectAccessReview every caller gets; empty: no extra restriction. */
       allowedCommonNames: z.array(z.string().min(1)).default([]),
     }),
   /** Pods must tolerate this taint to land on the node; null: no taint. */

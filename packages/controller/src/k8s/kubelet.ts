@@ -1,6 +1,7 @@
 // The kubelet API the API server calls for `kubectl logs/exec/attach/port-forward/top`: HTTPS
 // with a serving certificate, clients authenticated by certificates from the configured client
-// CA (the API server's --kubelet-client-certificate). Streams are relayed through the
+// CA (the API server's --kubelet-client-certificate) or bearer tokens, and every one authorized
+// by the API server (kubelet-auth.ts). Streams are relayed through the
 // controller's gRPC API to the pod's cell agent, as cellctl's are.
 import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -21,13 +22,13 @@ export interface KubeletServerOptions {
   key: string;
   /** PEM of the CA whose client certificates may call (the API server's kubelet client CA). */
   clientCA: string;
-  /** Client certificate common names allowed; empty: any certificate the CA signed. */
+  /** Client certificate common names allowed, on top of RBAC; empty: no restriction beyond RBAC. */
   allowedCNs?: string[];
   controller: Controller;
   nodeName: string;
   pods: () => KPod[];
   metrics?: VirtualNodeMetrics;
-  /** For TokenReview/SubjectAccessReview of bearer tokens; absent: client certificates only. */
+  /** For TokenReview/SubjectAccessReview; absent: only certificates named in allowedCNs are served. */
   rest?: KubeRest;
   /** How cell agents are reached for /stats/summary and /metrics/resource; absent: 501. */
   agents?: AgentAccess;
@@ -35,6 +36,8 @@ export interface KubeletServerOptions {
   /** Upgrade handlers for exec/attach/portForward (the SPDY layer). */
   onUpgrade?: (req: IncomingMessage, socket: Socket, head: Buffer, user: string) => void;
 }
+
+const NL = Buffer.from('\n');
 
 /** RFC 3339 with nanoseconds, as the kubelet prints with --timestamps. */
 export function rfc3339Nano(e: LogEntry): string {
@@ -72,17 +75,18 @@ export class KubeletServer {
         (a) => {
           if (!a.ok) {
             const body = `${a.message}\n`;
-            socket.end(`HTTP/1.1 ${a.code} ${a.code === 401 ? 'Unauthorized' : 'Forbidden'}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+            // connection: close, or a keep-alive client sends its next request into this closed socket.
+            socket.end(`HTTP/1.1 ${a.code} ${a.code === 401 ? 'Unauthorized' : 'Forbidden'}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
             return;
           }
           if (!this.o.onUpgrade) {
-            socket.end('HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\n\r\n');
+            socket.end('HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
             return;
           }
           this.o.metrics?.kubeletRequests.inc({ endpoint: (req.url ?? '/').split(/[/?]/)[1] ?? 'other', code: '101' });
           this.o.onUpgrade(req, socket, head, a.user);
         },
-        (err: Error) => socket.end(`HTTP/1.1 500 Internal Server Error\r\ncontent-length: ${Buffer.byteLength(err.message)}\r\n\r\n${err.message}`),
+        (err: Error) => socket.end(`HTTP/1.1 500 Internal Server Error\r\ncontent-length: ${Buffer.byteLength(err.message)}\r\nconnection: close\r\n\r\n${err.message}`),
       );
     });
     this.server = server;
@@ -181,13 +185,19 @@ export class KubeletServer {
     await new Promise<void>((resolve) => {
       stream.on('data', (chunk: LogChunk) => {
         start();
+        let ok = true;
         for (const e of chunk.entries) {
           const prefix = options.timestamps ? `${rfc3339Nano(e)} ` : '';
-          res.write(prefix);
-          res.write(e.line);
-          if (!e.partial) res.write('\n');
+          if (prefix) res.write(prefix);
+          ok = res.write(e.partial ? e.line : Buffer.concat([e.line, NL])) && ok;
         }
-        if (!chunk.entries.length && chunk.text?.length) res.write(chunk.text);
+        if (!chunk.entries.length && chunk.text?.length) ok = res.write(chunk.text) && ok;
+        // A client reading slower than the log comes (logs -f of a chatty pod): stop reading
+        // the call, so gRPC's flow control holds the rest back, until the response drains.
+        if (!ok) {
+          stream.pause();
+          res.once('drain', () => stream.resume());
+        }
       });
       stream.on('end', () => {
         start();
