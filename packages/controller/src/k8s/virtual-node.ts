@@ -78,7 +78,7 @@ export async function startVirtualNode(o: VirtualNodeOptions): Promise<VirtualNo
     pods: () => sync?.pods() ?? [],
     ...(o.agents ? { agents: o.agents } : {}),
     log: log.child({ component: 'kubelet-api' }),
-    onUpgrade: (req, socket, head) => streams.handle(req, socket, head),
+    onUpgrade: (req, socket, head, user) => streams.handle(req, socket, head, user),
   });
   const kubeletPort = await kubelet.listen(o.kubelet.listenHost, o.kubelet.port);
   const server = rest.server;
