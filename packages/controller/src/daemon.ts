@@ -174,7 +174,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
   if (!agents.certificates) renewer = undefined;
   const types = await provider.instanceTypes();
   const apiSecurity = await apiSecurityFromConfig(config, authority, log.child({ component: 'api' }));
-  const api = new ControllerApi({ store, agents, log: log.child({ component: 'api' }), controllerId: config.controllerId, providerName: provider.name, instanceTypes: types, auth: apiSecurity.auth, ...(secretBox ? { secretBox } : {}) });
+  const api = new ControllerApi({ store, agents, log: log.child({ component: 'api' }), controllerId: config.controllerId, providerName: provider.name, instanceTypes: types, auth: apiSecurity.auth, ...(secretBox ? { secretBox } : {}), ...(provider.refusePod ? { refusePod: provider.refusePod.bind(provider) } : {}) });
   const apiPort = await api.listen(config.api.listen);
   await apiSecurity.writeAdminCredentials(dialAddress(config.api.listen, apiPort));
   const metricsServer = await serveMetrics(config.metrics.listen, metrics);

@@ -72,6 +72,8 @@ export interface ApiOptions {
   secretBox?: SecretBox;
   /** Who may call (required to listen: there is no unauthenticated API). */
   auth?: ApiAuth;
+  /** The provider's rules on pods (CellProvider.refusePod): a refused pod is not stored. */
+  refusePod?: (pod: { namespace: string; annotations: Record<string, string> }) => string | undefined;
 }
 
 class ApiError extends Error {
@@ -252,6 +254,9 @@ export class ControllerApi {
       // accepted and reported Unschedulable, as Kubernetes does.
       if (err instanceof SelectionError && err.reason !== 'NoFittingInstanceType') throw new ApiError(Status.INVALID_ARGUMENT, err.message);
     }
+    // Refused here, as an admission webhook would, rather than stored and left Unschedulable.
+    const refused = this.o.refusePod?.({ namespace, annotations: pod.metadata?.annotations ?? {} });
+    if (refused) throw new ApiError(Status.PERMISSION_DENIED, refused);
     const secrets = Object.fromEntries(Object.entries(parsed.secrets).map(([k, v]) => [k, SecretData.toJSON(v)]));
     const configMaps = Object.fromEntries(Object.entries(parsed.configMaps).map(([k, v]) => [k, ConfigMapData.toJSON(v)]));
     let result: PodObject | undefined;

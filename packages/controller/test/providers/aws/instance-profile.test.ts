@@ -3,11 +3,12 @@
 // namespace no rule of provider.instanceProfiles.allowed grants that profile is not scheduled,
 // with the rule named in its condition and event, and no instance is launched for it; a pod
 // the rule allows gets an instance carrying the profile. (The cells are never booted: what is
-// checked here is the launch.)
+// checked here is the launch.) The API, given the provider's rule as the daemon gives it,
+// refuses such a pod before it is stored.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { credentials } from '@grpc/grpc-js';
+import { credentials, status as Status } from '@grpc/grpc-js';
 import { DescribeInstancesCommand, EC2Client, type Instance } from '@aws-sdk/client-ec2';
 import { ConditionStatus } from '@cello/proto/cell';
 import { startMoto, waitFor, type MotoServer } from '@cello/testkit';
@@ -92,6 +93,17 @@ describe('cello.io/aws-instance-profile through the reconciler', () => {
     const events = await new Events(store).list({ namespace: 'default', name: 'thief' }, 0);
     expect(events.map((e) => `${e.reason}: ${e.message}`)).toContainEqual(`FailedScheduling: ${c.message}`);
     expect(await instancesFor('default/thief')).toEqual([]);
+  });
+
+  it('through an API given the provider\'s rule (as the daemon builds it): refused with PERMISSION_DENIED naming the rule, and not stored', async () => {
+    const guarded = new ControllerApi({ store, agents: new AgentPool({ forCell: () => credentials.createInsecure() }), log: silentLogger(), controllerId: 'ctl-ip', providerName: provider.name, instanceTypes: await provider.instanceTypes(), refusePod: provider.refusePod.bind(provider) });
+    const err = await guarded.applyPod({ manifest: pod('default', 'early'), namespace: '', dryRun: false }).then(() => undefined, (e: { code: number; message: string }) => e);
+    expect(err?.code).toBe(Status.PERMISSION_DENIED);
+    expect(err?.message).toBe('annotation cello.io/aws-instance-profile: instance profile "pod-role" is not allowed in namespace "default": no rule of provider.instanceProfiles.allowed lists both');
+    await expect(guarded.getPod({ namespace: 'default', name: 'early' })).rejects.toMatchObject({ code: Status.NOT_FOUND });
+    // The namespace the rule names is stored as usual.
+    await guarded.applyPod({ manifest: pod('team-a', 'allowed'), namespace: '', dryRun: false });
+    expect((await guarded.getPod({ namespace: 'team-a', name: 'allowed' })).metadata?.name).toBe('allowed');
   });
 
   it('the namespace the rule names: the instance is launched with the pod\'s instance profile', async () => {
