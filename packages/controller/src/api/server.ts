@@ -254,9 +254,10 @@ export class ControllerApi {
       // accepted and reported Unschedulable, as Kubernetes does.
       if (err instanceof SelectionError && err.reason !== 'NoFittingInstanceType') throw new ApiError(Status.INVALID_ARGUMENT, err.message);
     }
-    // Refused here, as an admission webhook would, rather than stored and left Unschedulable.
+    // Refused here, as an admission webhook would, rather than stored and left Unschedulable;
+    // INVALID_ARGUMENT, so the virtual node fails the Kubernetes pod with this message too.
     const refused = this.o.refusePod?.({ namespace, annotations: pod.metadata?.annotations ?? {} });
-    if (refused) throw new ApiError(Status.PERMISSION_DENIED, refused);
+    if (refused) throw new ApiError(Status.INVALID_ARGUMENT, refused);
     const secrets = Object.fromEntries(Object.entries(parsed.secrets).map(([k, v]) => [k, SecretData.toJSON(v)]));
     const configMaps = Object.fromEntries(Object.entries(parsed.configMaps).map(([k, v]) => [k, ConfigMapData.toJSON(v)]));
     let result: PodObject | undefined;

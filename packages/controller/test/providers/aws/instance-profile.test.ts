@@ -95,10 +95,10 @@ describe('cello.io/aws-instance-profile through the reconciler', () => {
     expect(await instancesFor('default/thief')).toEqual([]);
   });
 
-  it('through an API given the provider\'s rule (as the daemon builds it): refused with PERMISSION_DENIED naming the rule, and not stored', async () => {
+  it('through an API given the provider\'s rule (as the daemon builds it): refused with INVALID_ARGUMENT naming the rule, and not stored', async () => {
     const guarded = new ControllerApi({ store, agents: new AgentPool({ forCell: () => credentials.createInsecure() }), log: silentLogger(), controllerId: 'ctl-ip', providerName: provider.name, instanceTypes: await provider.instanceTypes(), refusePod: provider.refusePod.bind(provider) });
     const err = await guarded.applyPod({ manifest: pod('default', 'early'), namespace: '', dryRun: false }).then(() => undefined, (e: { code: number; message: string }) => e);
-    expect(err?.code).toBe(Status.PERMISSION_DENIED);
+    expect(err?.code).toBe(Status.INVALID_ARGUMENT);
     expect(err?.message).toBe('annotation cello.io/aws-instance-profile: instance profile "pod-role" is not allowed in namespace "default": no rule of provider.instanceProfiles.allowed lists both');
     await expect(guarded.getPod({ namespace: 'default', name: 'early' })).rejects.toMatchObject({ code: Status.NOT_FOUND });
     // The namespace the rule names is stored as usual.
