@@ -94,6 +94,11 @@ program.action(() => main().catch((err: Error) => {
 async function main(): Promise<void> {
   const opts = program.opts<{ config?: string; check?: boolean; terminateCellsOnExit?: boolean }>();
   const config = configOrExit(opts.config);
+  // Caught here too so --check tells (parseConfig takes such a file: tests and tools read it).
+  if (!config.api.insecure && !config.security.encryptionKeyFile && !config.security.encryptionKeyEnv) {
+    process.stderr.write(`invalid configuration:\n${opts.config}: security.encryptionKeyFile: required for the API's TLS (it seals the controller CA's key); or set api.insecure: true on a loopback address\n`);
+    process.exit(2);
+  }
   if (opts.check) {
     process.stdout.write(`${opts.config}: ok\n`);
     return;

@@ -218,6 +218,12 @@ describe('controller API: who may call', () => {
     const start = records.find((r) => JSON.stringify(r.command) === '["echo","audited"]')!;
     expect(start.user).toBe('e2e-admin');
     expect(start.peer).toMatch(/^spiffe:\/\/cello\/client\/controller /);
+    // A list over every namespace shows a user only the namespaces the policy gives it.
+    const all = await cl.cellctl(['get', 'pods', '-A', '-o', 'json']);
+    expect(all.stdout).toContain('"sleeper"');
+    const alices = await cl.cellctl(['--config', join(tmp, 'alice.yaml'), 'get', 'pods', '-A', '-o', 'json']);
+    expect(alices.code, alices.stderr).toBe(0);
+    expect(alices.stdout).not.toContain('"sleeper"');
   }, 150_000);
 });
 
