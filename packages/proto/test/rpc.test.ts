@@ -212,7 +212,7 @@ describe('cello.cell.v1.CellAgent over grpc-js', () => {
       });
       call.on('end', resolve);
       call.on('error', reject);
-      call.write({ frame: { $case: 'start', value: { container: 'main', command: ['sh', '-i'], tty: true, stdin: true, size: { columns: 80, rows: 24 } } } });
+      call.write({ frame: { $case: 'start', value: { container: 'main', command: ['sh', '-i'], tty: true, stdin: true, size: { columns: 80, rows: 24 }, requestedBy: '' } } });
     });
     await done;
     const text = out.map((o) => (o.frame?.$case === 'stdout' || o.frame?.$case === 'stderr' ? o.frame.value.toString() : `exit ${o.frame?.$case === 'exit' ? o.frame.value.exitCode : '?'}`));
