@@ -246,7 +246,7 @@ describe('cello.cell.v1.CellAgent over grpc-js', () => {
       });
       call.on('end', resolve);
       call.on('error', reject);
-      call.write({ frame: { $case: 'start', value: { port: 8080 } } });
+      call.write({ frame: { $case: 'start', value: { port: 8080, requestedBy: '' } } });
       for (let off = 0; off < payload.length; off += 64 * 1024) call.write({ frame: { $case: 'data', value: payload.subarray(off, off + 64 * 1024) } });
       call.write({ frame: { $case: 'closeWrite', value: true } });
     });
