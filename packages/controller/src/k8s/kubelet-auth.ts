@@ -6,38 +6,20 @@
 // authorizer does. A certificate is only proof of who the caller is: any client certificate
 // the cluster CA signed (every kubelet's, every user's kubeconfig) would otherwise exec into
 // every pod on this node.
-import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import type { KubeRest } from './rest.js';
+import { AccessReviewer, TokenReviewer, type UserInfo } from './reviews.js';
+
+export { CACHE_ENTRIES } from './reviews.js';
 
 export type AuthResult = { ok: true; user: string } | { ok: false; code: 401 | 403; message: string };
-
-interface UserInfo {
-  username: string;
-  uid?: string;
-  groups?: string[];
-  extra?: Record<string, string[]>;
-}
 
 /** The kubelet's verbs (server/auth.go): methods it does not list get none, which RBAC never grants. */
 const VERBS: Record<string, string> = { GET: 'get', POST: 'create', PUT: 'update', PATCH: 'patch', DELETE: 'delete' };
 
 /** Every authenticated user is in this group, as the API server's authenticator chain adds it. */
 const AUTHENTICATED = 'system:authenticated';
-
-/**
- * Entries each cache keeps. Bearer tokens are the caller's to choose, so without a bound a
- * stream of made-up tokens would grow the token cache (one refusal each, kept 30 s) forever.
- */
-export const CACHE_ENTRIES = 4096;
-
-/** Map.set that first drops the oldest entries (Maps iterate in insertion order) once full. */
-function setBounded<K, V>(m: Map<K, V>, k: K, v: V): void {
-  m.delete(k);
-  while (m.size >= CACHE_ENTRIES) m.delete(m.keys().next().value as K);
-  m.set(k, v);
-}
 
 /** `path` is `prefix` or below it: /stats and /stats/summary, not /statsfoo (the kubelet's isSubpath). */
 function isSubpath(path: string, prefix: string): boolean {
@@ -66,16 +48,19 @@ function certificateUser(sock: TLSSocket): UserInfo | { error: string } | undefi
 }
 
 export class KubeletAuth {
-  private readonly tokens = new Map<string, { user?: UserInfo; until: number }>();
-  private readonly decisions = new Map<string, { allowed: boolean; reason: string; until: number }>();
+  private readonly tokens?: TokenReviewer;
+  private readonly access?: AccessReviewer;
 
-  constructor(
-    private readonly o: { nodeName: string; allowedCNs?: string[]; rest?: KubeRest; ttlMs?: number },
-  ) {}
+  constructor(private readonly o: { nodeName: string; allowedCNs?: string[]; rest?: KubeRest; ttlMs?: number }) {
+    if (o.rest) {
+      this.tokens = new TokenReviewer({ rest: o.rest, ttlMs: o.ttlMs ?? 120_000 });
+      this.access = new AccessReviewer({ rest: o.rest, ttlMs: o.ttlMs ?? 300_000 });
+    }
+  }
 
   /** Entries in the token and decision caches (each at most CACHE_ENTRIES). */
   cacheSizes(): { tokens: number; decisions: number } {
-    return { tokens: this.tokens.size, decisions: this.decisions.size };
+    return { tokens: this.tokens?.cached ?? 0, decisions: this.access?.cached ?? 0 };
   }
 
   async check(req: IncomingMessage): Promise<AuthResult> {
@@ -93,8 +78,8 @@ export class KubeletAuth {
       how = 'client certificate';
     } else {
       const m = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '');
-      if (!m || !this.o.rest) return { ok: false, code: 401, message: 'Unauthorized: present a client certificate signed by the kubelet client CA, or a bearer token' };
-      user = await this.authenticate(m[1]!);
+      if (!m || !this.tokens) return { ok: false, code: 401, message: 'Unauthorized: present a client certificate signed by the kubelet client CA, or a bearer token' };
+      user = await this.tokens.review(m[1]!);
       if (!user) return { ok: false, code: 401, message: 'Unauthorized: the bearer token was not accepted by the API server (TokenReview)' };
       how = 'bearer token';
     }
@@ -103,47 +88,13 @@ export class KubeletAuth {
     const sub = subresourceOf(path);
     const attrs = `user=${user.username}, groups=[${(user.groups ?? []).join(', ')}], verb=${verb ?? req.method}, resource=nodes, subresource=${sub}, name=${this.o.nodeName}`;
     if (!verb) return { ok: false, code: 403, message: `Forbidden (${attrs}): method ${req.method} maps to no verb` };
-    if (!this.o.rest) {
+    if (!this.access) {
       // Nothing to ask: only a certificate the operator named explicitly is trusted.
       if (cert && this.o.allowedCNs?.includes(user.username)) return { ok: true, user: user.username };
       return { ok: false, code: 403, message: `Forbidden (${attrs}): this kubelet has no API server to authorize the ${how} with (SubjectAccessReview)` };
     }
-    const d = await this.authorize(user, verb, sub);
+    const d = await this.access.review(user, { verb, resource: 'nodes', subresource: sub, name: this.o.nodeName });
     if (!d.allowed) return { ok: false, code: 403, message: `Forbidden (${attrs}): ${d.reason || 'no RBAC rule allows it'}` };
     return { ok: true, user: user.username };
-  }
-
-  private async authenticate(token: string): Promise<UserInfo | undefined> {
-    const key = createHash('sha256').update(token).digest('hex');
-    const hit = this.tokens.get(key);
-    if (hit && hit.until > Date.now()) return hit.user;
-    const r = await this.o.rest!.post<{ status: { authenticated?: boolean; user?: UserInfo } }>('/apis/authentication.k8s.io/v1/tokenreviews', {
-      apiVersion: 'authentication.k8s.io/v1',
-      kind: 'TokenReview',
-      spec: { token },
-    });
-    const user = r.status.authenticated ? r.status.user : undefined;
-    setBounded(this.tokens, key, { ...(user ? { user } : {}), until: Date.now() + (user ? (this.o.ttlMs ?? 120_000) : 30_000) });
-    return user;
-  }
-
-  private async authorize(user: UserInfo, verb: string, subresource: string): Promise<{ allowed: boolean; reason: string }> {
-    const key = JSON.stringify([user.username, user.groups, verb, subresource]);
-    const hit = this.decisions.get(key);
-    if (hit && hit.until > Date.now()) return hit;
-    const r = await this.o.rest!.post<{ status: { allowed?: boolean; reason?: string } }>('/apis/authorization.k8s.io/v1/subjectaccessreviews', {
-      apiVersion: 'authorization.k8s.io/v1',
-      kind: 'SubjectAccessReview',
-      spec: {
-        user: user.username,
-        ...(user.uid ? { uid: user.uid } : {}),
-        groups: user.groups ?? [],
-        ...(user.extra ? { extra: user.extra } : {}),
-        resourceAttributes: { verb, resource: 'nodes', subresource, name: this.o.nodeName },
-      },
-    });
-    const d = { allowed: !!r.status.allowed, reason: r.status.reason ?? '', until: Date.now() + (r.status.allowed ? (this.o.ttlMs ?? 300_000) : 30_000) };
-    setBounded(this.decisions, key, d);
-    return d;
   }
 }
