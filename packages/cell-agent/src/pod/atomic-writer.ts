@@ -132,10 +132,11 @@ export function writeAtomic(dir: string, files: PayloadFile[], o: { fsGroup?: nu
     rmSync(join(dir, e), { recursive: true, force: true });
   }
 
-  // 5. The old version goes last: a reader that resolved `..data` before the swap may still be
-  // opening files in it (it sees the old payload, whole).
+  // 5. Versions before the one just replaced go. The replaced one stays until the next write: a
+  // reader that resolved `..data` before the swap may still be looking up files in it, and
+  // removing it at once left that reader ENOENT (a test reading across 500 swaps saw it).
   for (const e of readdirSync(dir)) {
-    if (e.startsWith('..') && e !== DATA && e !== vname && statSync(join(dir, e), { throwIfNoEntry: false })?.isDirectory()) {
+    if (e.startsWith('..') && e !== DATA && e !== vname && e !== old && statSync(join(dir, e), { throwIfNoEntry: false })?.isDirectory()) {
       rmSync(join(dir, e), { recursive: true, force: true });
     }
   }
