@@ -13,24 +13,41 @@
 // says whether all of it worked and nothing was left behind).
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, openSync, readdirSync } from 'node:fs';
-import { request } from 'node:http';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, openSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
 import { ensureNpm, ensureSystem } from './setup.mjs';
+import { writeControllerConfig, writeRegistryConfig } from './start/config.mjs';
+import { cellNetns, leftovers } from './start/leftovers.mjs';
+import { smoke } from './start/smoke.mjs';
+import { httpStatus, until } from './start/wait.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const state = join(root, '.cello');
-const args = process.argv.slice(2);
-const flag = (n) => args.includes(n);
-const opt = (n, d) => {
-  const i = args.indexOf(n);
-  return i >= 0 && args[i + 1] ? args[i + 1] : d;
-};
+let args;
+try {
+  ({ values: args } = parseArgs({
+    options: {
+      'no-examples': { type: 'boolean', default: false },
+      warm: { type: 'string', default: '2' },
+      'keep-store': { type: 'boolean', default: false },
+      smoke: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  }));
+} catch (err) {
+  process.stderr.write(`npm start: ${err.message}; see npm start -- --help\n`);
+  process.exit(2);
+}
 const REGISTRY = '127.0.0.1:5000';
 const API = process.env.CELLO_CONTROLLER ?? '127.0.0.1:7390';
-const WARM = Number(opt('--warm', '2'));
+const WARM = Number(args.warm);
+if (!Number.isInteger(WARM) || WARM < 0) {
+  process.stderr.write(`npm start: --warm ${args.warm}: give a whole number of warm cells (0 or more)\n`);
+  process.exit(2);
+}
 const cellsRoot = join(state, 'cells');
 const CONTROLLER_ID = 'local-dev';
 // The controller writes the local user's credentials (group system:masters) here at start, as
@@ -40,7 +57,7 @@ const CELLCTL_CONFIG = process.env.CELLO_CONFIG || join(homedir(), '.cello', 'co
 const say = (m) => process.stdout.write(`\x1b[1m==>\x1b[0m ${m}\n`);
 const note = (m) => process.stdout.write(`    ${m}\n`);
 
-if (flag('--help') || flag('-h')) {
+if (args.help) {
   process.stdout.write(readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').slice(1, 12).map((l) => l.replace(/^\/\/ ?/, '')).join('\n') + '\n');
   process.exit(0);
 }
@@ -48,58 +65,21 @@ if (flag('--help') || flag('-h')) {
 const children = [];
 let shuttingDown = false;
 
-/** The local provider's per-cell network namespaces (cello-*) that exist now. */
-function cellNetns() {
-  const r = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' });
-  return (r.stdout ?? '').split('\n').map((l) => l.split(' ')[0]).filter((n) => /^cello-[0-9a-f]+$/.test(n));
-}
 const netnsBefore = new Set(cellNetns());
-
-/** PIDs of processes whose command line names a path under `dir` (cell agents, their units). */
-function processesUnder(dir) {
-  const out = [];
-  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
-    try {
-      if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir)) out.push(pid);
-    } catch {
-      /* gone meanwhile */
-    }
-  }
-  return out;
-}
 
 function run(cmd, argv, o = {}) {
   const r = spawnSync(cmd, argv, { stdio: 'inherit', cwd: root, ...o });
   if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')} failed (exit ${r.status})`);
 }
 
-function httpStatus(url) {
-  return new Promise((resolve) => {
-    const req = request(url, { timeout: 1000 }, (res) => {
-      res.resume();
-      resolve(res.statusCode);
-    });
-    req.on('error', () => resolve(0));
-    req.on('timeout', () => {
-      req.destroy();
-      resolve(0);
-    });
-    req.end();
-  });
-}
-
-async function until(what, fn, timeoutMs) {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs / 1000}s waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
+/** cellctl's command line to this controller: with the local user's credentials, or none at all. */
+function cellctlArgv({ anonymous = false } = {}) {
+  const bin = join(root, 'packages/controller/dist/bin/cellctl.js');
+  return anonymous ? [bin, '--insecure', '--server', API] : [bin, '--config', CELLCTL_CONFIG, '--server', API];
 }
 
 function cellctl(argv, o = {}) {
-  return spawnSync(process.execPath, [join(root, 'packages/controller/dist/bin/cellctl.js'), '--config', CELLCTL_CONFIG, '--server', API, ...argv], { encoding: 'utf8', ...o });
+  return spawnSync(process.execPath, [...cellctlArgv(), ...argv], { encoding: 'utf8', ...o });
 }
 
 // ---------------------------------------------------------------- 1. install and build
@@ -114,6 +94,8 @@ run(join(root, 'node_modules/.bin/turbo'), ['run', 'build', '--filter=@cello/con
 mkdirSync(state, { recursive: true });
 
 const testkit = await import(pathToFileURL(join(root, 'packages/testkit/dist/index.js')).href);
+// Installed by ensureNpm above, so imported only now (a fresh clone has no node_modules yet).
+const { default: yaml } = await import('yaml');
 const { LocalProvider } = await import(pathToFileURL(join(root, 'packages/controller/dist/index.js')).href);
 
 let registry;
@@ -145,16 +127,10 @@ async function shutdown(code = 0) {
     if (left.length) await provider.terminate(left.map((i) => i.instanceId));
   }
   if (registry && registry.exitCode === null) registry.kill('SIGTERM');
-  if (!flag('--keep-store')) rmSync(join(state, 'store'), { recursive: true, force: true });
-  const leftovers = [
-    // .images is the cells' shared image cache, kept so the next start pulls nothing.
-    ...(existsSync(cellsRoot) ? readdirSync(cellsRoot).filter((n) => n !== '.images') : []),
-    ...readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(cellsRoot)),
-    ...cellNetns().filter((n) => !netnsBefore.has(n)).map((n) => `network namespace ${n}`),
-    ...processesUnder(cellsRoot).map((p) => `process ${p}`),
-  ];
-  say(leftovers.length ? `left behind: ${leftovers.join(', ')}` : 'stopped; no process, mount, namespace or cell left behind');
-  process.exit(code || (flag('--smoke') && leftovers.length ? 1 : 0));
+  if (!args['keep-store']) rmSync(join(state, 'store'), { recursive: true, force: true });
+  const left = leftovers(cellsRoot, netnsBefore);
+  say(left.length ? `left behind: ${left.join(', ')}` : 'stopped; no process, mount, namespace or cell left behind');
+  process.exit(code || (args.smoke && left.length ? 1 : 0));
 }
 process.on('SIGINT', () => void shutdown(0));
 process.on('SIGTERM', () => void shutdown(0));
@@ -171,12 +147,7 @@ async function main() {
   }
   const regDir = join(state, 'registry');
   mkdirSync(regDir, { recursive: true });
-  writeFileSync(join(regDir, 'registry.yml'), [
-    'version: 0.1',
-    'log: {level: error, accesslog: {disabled: true}}',
-    `storage: {filesystem: {rootdirectory: ${JSON.stringify(join(regDir, 'data'))}}, delete: {enabled: true}}`,
-    `http: {addr: "${REGISTRY}"}`,
-  ].join('\n'));
+  writeRegistryConfig(yaml, join(regDir, 'registry.yml'), { addr: REGISTRY, dataDir: join(regDir, 'data') });
   registry = spawn('docker-registry', ['serve', join(regDir, 'registry.yml')], { stdio: ['ignore', 'ignore', openSync(join(state, 'registry.log'), 'w')], detached: false });
   children.push(registry);
   await until('the registry', async () => (await httpStatus(`http://${REGISTRY}/v2/`)) === 200, 15_000);
@@ -187,27 +158,18 @@ async function main() {
   // ---------------------------------------------------------------- 3. controller
   const keyFile = join(state, 'ca-encryption.key');
   if (!existsSync(keyFile)) writeFileSync(keyFile, randomBytes(32).toString('base64'), { mode: 0o600 });
-  if (!flag('--keep-store')) rmSync(join(state, 'store'), { recursive: true, force: true });
+  if (!args['keep-store']) rmSync(join(state, 'store'), { recursive: true, force: true });
   const configPath = join(state, 'controller.yaml');
-  writeFileSync(configPath, `# Written by npm start (scripts/start.mjs); see packages/controller/README.md.
-  controllerId: ${CONTROLLER_ID}
-  api:
-    listen: "${API}"
-    adminCredentials: { file: ${JSON.stringify(CELLCTL_CONFIG)} }
-    # Users of group dev (controller issue-user NAME --group dev) may read pods and their logs.
-    policy:
-      - { groups: [dev], namespaces: [default], verbs: [get, list, watch, logs] }
-  metrics: { listen: "127.0.0.1:7391" }
-  store: { kind: embedded, dir: ${JSON.stringify(join(state, 'store'))} }
-  provider:
-    kind: local
-    root: ${JSON.stringify(cellsRoot)}
-    insecureRegistries: ["${REGISTRY}"]
-  security: { mode: mtls, encryptionKeyFile: ${JSON.stringify(keyFile)} }
-  warmPool:
-    - { instanceType: local.nano, size: ${WARM} }
-  pods: { retainFinishedSeconds: 600 }
-  `);
+  writeControllerConfig(yaml, configPath, {
+    controllerId: CONTROLLER_ID,
+    api: API,
+    cellctlConfig: CELLCTL_CONFIG,
+    storeDir: join(state, 'store'),
+    cellsRoot,
+    registry: REGISTRY,
+    keyFile,
+    warm: WARM,
+  });
   // Cells a previous run left (it was killed -9): end them before starting afresh.
   provider = new LocalProvider({ root: cellsRoot });
   const stale = await provider.listOwned(CONTROLLER_ID);
@@ -234,7 +196,7 @@ async function main() {
 
 
   // ---------------------------------------------------------------- 4. examples
-  if (!flag('--no-examples')) {
+  if (!args['no-examples']) {
     await until(`${WARM} warm cells`, async () => {
       const r = cellctl(['get', 'cells', '-o', 'json']);
       if (r.status !== 0) return false;
@@ -290,33 +252,11 @@ Try, in another terminal (alias cellctl="${cellctlPath}"):
 
 Press Ctrl-C to stop everything.
 `);
-  if (flag('--smoke')) {
-    await smoke();
+  if (args.smoke) {
+    await smoke({ cellctl, cellctlArgv, freePort: testkit.freePort, note });
     return shutdown(0);
   }
   await new Promise(() => undefined);
-}
-
-/** What the banner above suggests, checked: logs, exec, port-forward. */
-async function smoke() {
-  const check = (what, r, expect) => {
-    if (r.status !== 0 || !expect(r.stdout)) throw new Error(`smoke: ${what} failed (exit ${r.status}): ${(r.stdout + r.stderr).slice(-500)}`);
-    note(`ok: ${what}`);
-  };
-  // Secure by default: the API takes no call without credentials.
-  const anon = spawnSync(process.execPath, [join(root, 'packages/controller/dist/bin/cellctl.js'), '--insecure', '--server', API, 'get', 'pods'], { encoding: 'utf8', timeout: 30_000 });
-  if (anon.status === 0) throw new Error('smoke: a call without credentials was accepted');
-  note('ok: a call without credentials is refused');
-  check('cellctl logs hello-job', cellctl(['logs', 'hello-job'], { timeout: 30_000 }), (o) => o.trim().length > 0);
-  check('cellctl exec init-shared -- cat /data/motd', cellctl(['exec', 'init-shared', '--', 'cat', '/data/motd'], { timeout: 30_000 }), (o) => o.trim().length > 0);
-  const port = await testkit.freePort();
-  const pf = spawn(process.execPath, [join(root, 'packages/controller/dist/bin/cellctl.js'), '--config', CELLCTL_CONFIG, '--server', API, 'port-forward', 'web', `${port}:8080`], { stdio: 'ignore' });
-  try {
-    await until('port-forward to web', async () => (await httpStatus(`http://127.0.0.1:${port}/`)) === 200, 30_000);
-    note('ok: cellctl port-forward web');
-  } finally {
-    pf.kill('SIGTERM');
-  }
 }
 
 main().catch((err) => {
