@@ -12,7 +12,7 @@ import { waitFor } from '@cello/testkit';
 import { openStore, type Store } from '../src/store/index.js';
 import { SimulatedProvider } from '../src/providers/simulated/simulated.js';
 import { CapacityError, type LaunchRequest, type LaunchedInstance } from '../src/providers/provider.js';
-import { Reconciler } from '../src/dispatch/reconciler.js';
+import { Reconciler } from '../src/reconcile/reconciler.js';
 import { ControllerApi } from '../src/api/server.js';
 import { catalogTypes, localCatalog } from '../src/catalog/catalog.js';
 import { silentLogger } from '../src/obs/logger.js';

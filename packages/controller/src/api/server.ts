@@ -48,7 +48,7 @@ import { CELLS, PODS, Events, cellKey, cellOf, podKey, podOf, update, type CellR
 import { CellState } from '../cells/state.js';
 import { SelectionError, selectCandidates } from '../selection/selection.js';
 import type { InstanceType } from '../providers/provider.js';
-import type { AgentAccess } from '../dispatch/agents.js';
+import type { AgentAccess } from '../agents/pool.js';
 import { errMsg } from '../util/errors.js';
 import { setCondition } from '../cells/conditions.js';
 import { readPodSecrets, writePodSecrets, type PodRecordWithData } from '../cells/pod-secrets.js';

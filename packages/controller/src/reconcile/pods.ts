@@ -8,7 +8,7 @@ import { podKey, podOf, refOf, splitKey, type PodRecord } from '../cells/records
 import { readPodSecrets, type PodRecordWithData } from '../cells/pod-secrets.js';
 import { CellState } from '../cells/state.js';
 import { errMsg } from '../util/errors.js';
-import { callUnary } from './agents.js';
+import { callUnary } from '../agents/pool.js';
 import type { ReconcileContext } from './context.js';
 import { TERMINAL } from './pod-status.js';
 import { schedule } from './scheduler.js';

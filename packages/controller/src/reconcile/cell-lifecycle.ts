@@ -9,7 +9,7 @@ import { cellKey, cellOf, podOf, refKey, splitKey, type CellRecord } from '../ce
 import { CellState, stateName, timeoutReason } from '../cells/state.js';
 import { CapacityError, type CellBootstrapData } from '../providers/provider.js';
 import { errMsg } from '../util/errors.js';
-import { callUnary } from './agents.js';
+import { callUnary } from '../agents/pool.js';
 import type { CellBootstrap } from './cell-bootstrap.js';
 import { TAG_CELL, TAG_CONTROLLER, TAG_POD, type ReconcileContext } from './context.js';
 import { detachPod, markUnschedulable } from './pod-status.js';

@@ -9,7 +9,7 @@ import { cellKey, type CellRecord } from '../cells/records.js';
 import type { SealedSecrets } from '../security/secret-box.js';
 import { BootstrapTokenError } from '../security/tokens.js';
 import { errMsg } from '../util/errors.js';
-import { callUnary } from './agents.js';
+import { callUnary } from '../agents/pool.js';
 import type { ReconcileContext } from './context.js';
 
 interface CellRecordWithToken extends CellRecord {

@@ -7,7 +7,7 @@ import type { Timeouts } from '../cells/state.js';
 import type { Overhead, SpotPreference } from '../selection/selection.js';
 import type { Logger } from '../obs/logger.js';
 import type { Metrics } from '../obs/metrics.js';
-import type { AgentAccess } from './agents.js';
+import type { AgentAccess } from '../agents/pool.js';
 import type { SecretBox } from '../security/secret-box.js';
 import type { BootstrapTokens } from '../security/tokens.js';
 import type { RecordCache } from './record-cache.js';
