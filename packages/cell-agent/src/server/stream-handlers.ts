@@ -41,7 +41,10 @@ export interface StreamHandlerDeps {
   portForwardStream?: Pick<PortForwardStreamListener, 'port' | 'issue'>;
 }
 
-export type StreamHandlers = Pick<CellAgentServer, 'logs' | 'exec' | 'attach' | 'portForward' | 'portForwardTicket' | 'stats' | 'listAudit'> & {
+/** The RPCs of the CellAgent service that this module serves (the pod RPCs are service.ts's). */
+export type StreamRpcs = Pick<CellAgentServer, 'logs' | 'exec' | 'attach' | 'portForward' | 'portForwardTicket' | 'stats' | 'listAudit'>;
+
+export type StreamHandlers = StreamRpcs & {
   /** Ends every open session and stops the port-forward relays. */
   close(): void;
   /** The collector behind Stats, for the metrics endpoint. */
