@@ -14,7 +14,7 @@ import { Events, type PodRecord } from '../cells/records.js';
 import { CellState, DEFAULT_TIMEOUTS, stateName, type Timeouts } from '../cells/state.js';
 import type { Logger } from '../obs/logger.js';
 import { Metrics } from '../obs/metrics.js';
-import { WorkQueue } from '../k8s/workqueue.js';
+import { WorkQueue } from '../util/workqueue.js';
 import { errMsg } from '../util/errors.js';
 import { CellBootstrap } from './cell-bootstrap.js';
 import { CellLifecycle } from './cell-lifecycle.js';

@@ -1,7 +1,8 @@
 // A keyed work queue in the manner of client-go's: a key is queued at most once, never processed
 // by two workers at once (a key changed while being processed is queued again after), and a
 // failed key is retried with per-key exponential back-off. Nothing polls: work arrives from
-// watches and from retries.
+// watches and from retries. Used by the reconciler (reconcile/) and the virtual node's pod sync
+// (k8s/pods.ts).
 export interface WorkQueueOptions {
   baseDelayMs?: number;
   maxDelayMs?: number;
