@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CellNoticeKind, PodPhase, ConditionStatus, RestartPolicy } from '@cello/proto/cell';
 import { CellState } from '../src/cells/state.js';
-import { Events } from '../src/cells/records.js';
+import { Events } from '../src/cells/schema.js';
 import { waitFor } from '@cello/testkit';
 import { openStore, type Store } from '../src/store/index.js';
 import { SimulatedProvider } from '../src/providers/simulated/simulated.js';

@@ -44,7 +44,7 @@ import {
 import { HealthService } from '@cello/proto';
 import { HealthService as HealthCheckService } from '@cello/proto/health';
 import type { Store } from '../store/store.js';
-import { CELLS, PODS, Events, cellKey, cellOf, podKey, podOf, update, type CellRecord } from '../cells/records.js';
+import { CELLS, PODS, Events, cellKey, cellOf, podKey, podOf, update, type CellRecord } from '../cells/schema.js';
 import { CellState } from '../cells/state.js';
 import { SelectionError, selectCandidates } from '../selection/selection.js';
 import type { InstanceType } from '../providers/provider.js';

@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { GetInfoRequest, type AgentInfo } from '@cello/proto/cell';
 import type { Cell } from '@cello/proto/controller';
-import { cellKey, type CellRecord } from '../cells/records.js';
+import { cellKey, type CellRecord } from '../cells/schema.js';
 import type { SealedSecrets } from '../security/secret-box.js';
 import { BootstrapTokenError } from '../security/tokens.js';
 import { errMsg } from '../util/errors.js';

@@ -5,7 +5,7 @@
 // then removed) — each state with its deadline, and the failures that end a cell.
 import { DeletePodRequest, GetInfoRequest, type AgentInfo } from '@cello/proto/cell';
 import { Cell, PodObject } from '@cello/proto/controller';
-import { cellKey, cellOf, podOf, refKey, splitKey, type CellRecord } from '../cells/records.js';
+import { cellKey, cellOf, podOf, refKey, splitKey, type CellRecord } from '../cells/schema.js';
 import { CellState, stateName, timeoutReason } from '../cells/state.js';
 import { CapacityError, type CellBootstrapData } from '../providers/provider.js';
 import { errMsg } from '../util/errors.js';

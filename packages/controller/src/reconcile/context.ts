@@ -2,7 +2,7 @@
 // two ways to ask for another look at a key (now, or after a per-key back-off).
 import type { Store } from '../store/store.js';
 import type { CellProvider, InstanceType } from '../providers/provider.js';
-import type { Events } from '../cells/records.js';
+import type { Events } from '../cells/schema.js';
 import type { Timeouts } from '../cells/state.js';
 import type { Overhead, SpotPreference } from '../selection/selection.js';
 import type { Logger } from '../obs/logger.js';

@@ -1,6 +1,6 @@
 // Garbage collection of instances: what the provider runs under this controller's ID that the
 // store does not know (or knows as Terminated).
-import { cellKey, cellOf, type CellRecord } from '../cells/records.js';
+import { cellKey, cellOf, type CellRecord } from '../cells/schema.js';
 import { CellState } from '../cells/state.js';
 import { errMsg } from '../util/errors.js';
 import { TAG_CELL, type ReconcileContext } from './context.js';

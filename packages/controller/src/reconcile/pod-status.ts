@@ -11,7 +11,7 @@ import {
   type GetStatusResponse,
 } from '@cello/proto/cell';
 import { PodObject, type Cell } from '@cello/proto/controller';
-import { podOf, refKey, splitKey } from '../cells/records.js';
+import { podOf, refKey, splitKey } from '../cells/schema.js';
 import { setCondition } from '../cells/conditions.js';
 import type { ReconcileContext } from './context.js';
 

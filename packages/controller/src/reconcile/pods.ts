@@ -4,7 +4,7 @@
 import { status, type ServiceError } from '@grpc/grpc-js';
 import { ApplyPodRequest, ConfigMapData, PodPhase, PodStatus, SecretData, type ApplyPodResponse, type Pod } from '@cello/proto/cell';
 import { PodObject, type Cell } from '@cello/proto/controller';
-import { podKey, podOf, refOf, splitKey, type PodRecord } from '../cells/records.js';
+import { podKey, podOf, refOf, splitKey, type PodRecord } from '../cells/schema.js';
 import { readPodSecrets, type PodRecordWithData } from '../cells/pod-secrets.js';
 import { CellState } from '../cells/state.js';
 import { errMsg } from '../util/errors.js';

@@ -10,7 +10,7 @@
 // health, resync, warm pool, GC, certificate renewal, gauges). What each key's reconcile does
 // lives in pods.ts (with scheduler.ts) and cell-lifecycle.ts (with cell-bootstrap.ts).
 import type { InstanceType } from '../providers/provider.js';
-import { Events, type PodRecord } from '../cells/records.js';
+import { Events, type PodRecord } from '../cells/schema.js';
 import { CellState, DEFAULT_TIMEOUTS, stateName, type Timeouts } from '../cells/state.js';
 import type { Logger } from '../obs/logger.js';
 import { Metrics } from '../obs/metrics.js';

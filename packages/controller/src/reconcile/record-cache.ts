@@ -4,7 +4,7 @@
 // cache never lags what this process wrote.
 import { Cell, PodObject } from '@cello/proto/controller';
 import { ConflictError, type Store, type WatchEvent } from '../store/store.js';
-import { CELLS, PODS, cellKey, cellOf, podKey, podOf, refKey, splitKey, update, type CellRecord, type PodRecord } from '../cells/records.js';
+import { CELLS, PODS, cellKey, cellOf, podKey, podOf, refKey, splitKey, update, type CellRecord, type PodRecord } from '../cells/schema.js';
 import { CellState } from '../cells/state.js';
 import type { Logger } from '../obs/logger.js';
 

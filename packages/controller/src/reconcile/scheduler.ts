@@ -3,7 +3,7 @@
 // written into the pod.
 import { ConditionStatus, PodPhase, PodStatus } from '@cello/proto/cell';
 import { Cell, PodObject } from '@cello/proto/controller';
-import { newCellId, podOf, refKey, refOf, splitKey } from '../cells/records.js';
+import { newCellId, podOf, refKey, refOf, splitKey } from '../cells/schema.js';
 import { setCondition } from '../cells/conditions.js';
 import { CellState, deadlineFor } from '../cells/state.js';
 import { SelectionError, selectCandidates } from '../selection/selection.js';

@@ -4,7 +4,7 @@
 import type { ClientReadableStream } from '@grpc/grpc-js';
 import { CellNoticeKind, WatchStatusRequest, type CellNotice, type WatchStatusEvent } from '@cello/proto/cell';
 import type { Cell } from '@cello/proto/controller';
-import { refKey, splitKey } from '../cells/records.js';
+import { refKey, splitKey } from '../cells/schema.js';
 import { CellState } from '../cells/state.js';
 import { errMsg } from '../util/errors.js';
 import type { ReconcileContext } from './context.js';

@@ -2,7 +2,7 @@
 // (cells/state.ts) allows, with the new state's deadline; logged, recorded as an event, and
 // the cell queued again to act on its new state.
 import { Cell } from '@cello/proto/controller';
-import { cellOf, type CellRecord } from '../cells/records.js';
+import { cellOf, type CellRecord } from '../cells/schema.js';
 import { CellState, canTransition, deadlineFor, stateName } from '../cells/state.js';
 import type { ReconcileContext } from './context.js';
 

@@ -1,7 +1,7 @@
 // Keeps the configured number of unbound cells of each warm-pool type launching or Ready, so a
 // pod can start on one at once. A type whose warm cell failed is left alone for a while.
 import { Cell } from '@cello/proto/controller';
-import { newCellId } from '../cells/records.js';
+import { newCellId } from '../cells/schema.js';
 import { CellState, deadlineFor } from '../cells/state.js';
 import type { ReconcileContext } from './context.js';
 
