@@ -2,8 +2,8 @@
 // for embedding (tests, benchmarks, the Kubernetes virtual node).
 export { startController, providerFromConfig, type ControllerHandle, type StartOptions } from './daemon.js';
 export { parseConfig, loadConfig, configSchema, ConfigError, type Config } from './config.js';
-export { Reconciler, TAG_CELL, TAG_CONTROLLER, TAG_POD, type ReconcilerOptions, type WarmPoolEntry, type BootstrapFn } from './dispatch/reconciler.js';
-export { AgentPool, insecureAgentCredentials, mtlsAgentCredentials, type AgentCredentials } from './dispatch/agents.js';
+export { Reconciler, TAG_CELL, TAG_CONTROLLER, TAG_POD, type ReconcilerOptions, type WarmPoolEntry, type BootstrapFn } from './reconcile/reconciler.js';
+export { AgentPool, insecureAgentCredentials, mtlsAgentCredentials, type AgentCredentials } from './agents/pool.js';
 export { ControllerApi } from './api/server.js';
 export { ApiAuth, apiChannelCredentials, MASTERS_GROUP, isLoopbackListen, type ApiClientCredentials, type PolicyRule, type Principal } from './api/auth/index.js';
 export { readConfig as readCellctlConfig, resolveContext as resolveCellctlContext, upsertCredentials } from './cellctl/config.js';

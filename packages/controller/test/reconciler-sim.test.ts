@@ -7,12 +7,13 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CellNoticeKind, PodPhase, ConditionStatus, RestartPolicy } from '@cello/proto/cell';
 import { CellState } from '../src/cells/state.js';
-import { Events } from '../src/cells/records.js';
+import { Events } from '../src/cells/schema.js';
 import { waitFor } from '@cello/testkit';
 import { openStore, type Store } from '../src/store/index.js';
 import { SimulatedProvider } from '../src/providers/simulated/simulated.js';
 import { CapacityError, type LaunchRequest, type LaunchedInstance } from '../src/providers/provider.js';
-import { Reconciler } from '../src/dispatch/reconciler.js';
+import { Reconciler } from '../src/reconcile/reconciler.js';
+import type { AgentAccess } from '../src/agents/pool.js';
 import { ControllerApi } from '../src/api/server.js';
 import { catalogTypes, localCatalog } from '../src/catalog/catalog.js';
 import { silentLogger } from '../src/obs/logger.js';
@@ -31,12 +32,12 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-async function setup() {
+async function setup(wrapAgents: (a: AgentAccess) => AgentAccess = (a) => a) {
   const dir = mkdtempSync(join(tmpdir(), 'cello-rec-sim-'));
   const store: Store = await openStore({ kind: 'embedded', dir });
   const types = catalogTypes(localCatalog());
   const provider = new NoNanoProvider({ types });
-  const agents = provider.agentPool();
+  const agents = wrapAgents(provider.agentPool() as unknown as AgentAccess);
   const rec = new Reconciler({ store, provider, controllerId: 'sim', agents, log: silentLogger(), tickMs: 100 });
   const api = new ControllerApi({ store, agents, log: silentLogger(), controllerId: 'sim', providerName: provider.name, instanceTypes: types });
   await rec.start();
@@ -58,6 +59,40 @@ spec:
 ${extra}`;
 
 describe('reconciler (simulated provider)', () => {
+  it('retries a booting cell whose agent does not answer yet with per-key back-off, then binds it', async () => {
+    // The first four GetInfo calls fail (an agent still starting): each retry waits twice as
+    // long as the one before (200 ms, 400, 800, ...; at least: timers never fire early), where
+    // the reconciler used to poll at a fixed 200 ms.
+    const calls: number[] = [];
+    let failuresLeft = 4;
+    const { api } = await setup((inner) => ({
+      ...inner,
+      get: (id, address) => {
+        const client = inner.get(id, address);
+        return new Proxy(client, {
+          get(target, prop, receiver) {
+            if (prop !== 'getInfo') return Reflect.get(target, prop, receiver);
+            return (req: unknown, md: unknown, opts: unknown, cb: (err: unknown, res?: unknown) => void) => {
+              calls.push(performance.now());
+              if (failuresLeft-- > 0) return cb(Object.assign(new Error('14 UNAVAILABLE: agent not up yet'), { code: 14, details: 'agent not up yet' }));
+              return (target.getInfo as unknown as (...a: unknown[]) => void).call(target, req, md, opts, cb);
+            };
+          },
+        });
+      },
+    }));
+    await api.applyPod({ manifest: pod('slow-agent'), namespace: '', dryRun: false });
+    await waitFor('running', async () => {
+      const x = await api.getPod({ namespace: 'default', name: 'slow-agent' });
+      return x.status?.phase === PodPhase.POD_PHASE_RUNNING ? x : undefined;
+    }, { timeoutMs: 30_000 });
+    expect(calls.length).toBeGreaterThanOrEqual(5);
+    // Gaps under 50 ms are re-runs the cell's own state changes queued, not retries.
+    const retries = calls.slice(1, 5).map((t, i) => t - calls[i]!).filter((gap) => gap >= 50);
+    expect(retries.length).toBeGreaterThanOrEqual(3);
+    retries.forEach((gap, i) => expect(gap).toBeGreaterThanOrEqual(200 * 2 ** i - 5));
+  });
+
   it('falls back to the next cheapest type when a launch has no capacity', async () => {
     const { provider, api } = await setup();
     await api.applyPod({ manifest: pod('fallback'), namespace: '', dryRun: false });

@@ -12,7 +12,7 @@ import { PodPhase } from '@cello/proto/cell';
 import { startEtcd, waitFor, type EtcdServer } from '@cello/testkit';
 import { openStore, type Store } from '../src/store/index.js';
 import { SimulatedProvider } from '../src/providers/simulated/simulated.js';
-import { Reconciler } from '../src/dispatch/reconciler.js';
+import { Reconciler } from '../src/reconcile/reconciler.js';
 import { ControllerApi } from '../src/api/server.js';
 import { catalogTypes, localCatalog } from '../src/catalog/catalog.js';
 import { silentLogger } from '../src/obs/logger.js';

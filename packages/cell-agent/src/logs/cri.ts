@@ -252,9 +252,6 @@ export class PackedBuilder {
   }
 }
 
-/** A packed LogChunk whose packed_text is still in pieces (see packedChunk in index.ts). */
-export const packedTextPieces = new WeakMap<object, readonly Buffer[]>();
-
 export const PACKED_STDERR = 1;
 export const PACKED_PARTIAL = 2;
 

@@ -7,8 +7,7 @@ import type pino from 'pino';
 import { GenerationError, type PodManager } from '../pod/pod-manager.js';
 import { InvalidPodError } from '../pod/validate.js';
 import type { AgentMetrics } from '../metrics/index.js';
-
-export type StreamRpcs = Pick<CellAgentServer, 'logs' | 'exec' | 'attach' | 'portForward' | 'portForwardTicket' | 'stats' | 'listAudit'>;
+import type { StreamRpcs } from './stream-handlers.js';
 
 export interface ServiceDeps {
   pod: PodManager;

@@ -11,7 +11,7 @@
 // the generated serializer.
 import { makeGenericClientConstructor, type ChannelCredentials, type ChannelOptions } from '@grpc/grpc-js';
 import { CellAgentClient, CellAgentService, type ExecOutput, type LogChunk, type PortForwardFrame } from '@cello/proto/cell';
-import { packedTextPieces } from '../logs/cri.js';
+import { packedTextPieces } from '../logs/chunk.js';
 
 function varintLength(n: number): number {
   let len = 1;
@@ -128,7 +128,7 @@ export function encodePackedLogChunk(c: LogChunk): Buffer {
   let total = 0;
   if (c.droppedBytes !== 0) total += 1 + varintLength(c.droppedBytes);
   // packed_text may still be in pieces: gather them into the message, never join them first.
-  const pieces = packedTextPieces.get(c) ?? [c.packedText];
+  const pieces = packedTextPieces(c);
   let textLen = 0;
   for (const p of pieces) textLen += p.length;
   if (c.text.length > 0) total += 1 + varintLength(c.text.length) + c.text.length;

@@ -1,6 +1,7 @@
 // The seam between the unit runtime (which starts, supervises and stops units) and the stream
 // services (logs, exec, attach, port-forward, stats). The runtime implements these interfaces;
-// the stream services use only them.
+// the stream services use only them. Every implementation (the pod manager, the stream tests'
+// runc double) runs the contract suite in test/units/contract.ts.
 import type { Readable, Writable } from 'node:stream';
 
 export type StdStream = 'stdout' | 'stderr';

@@ -44,13 +44,14 @@ import {
 import { HealthService } from '@cello/proto';
 import { HealthService as HealthCheckService } from '@cello/proto/health';
 import type { Store } from '../store/store.js';
-import { CELLS, PODS, Events, cellKey, cellOf, podKey, podOf, update, type CellRecord } from '../cells/records.js';
+import { CELLS, PODS, Events, cellKey, cellOf, podKey, podOf, update, type CellRecord } from '../cells/schema.js';
 import { CellState } from '../cells/state.js';
 import { SelectionError, selectCandidates } from '../selection/selection.js';
 import type { InstanceType } from '../providers/provider.js';
-import type { AgentAccess } from '../dispatch/agents.js';
-import { errMsg, setCondition, type PodRecordWithData } from '../dispatch/reconciler.js';
-import { readPodSecrets, writePodSecrets } from '../cells/pod-secrets.js';
+import type { AgentAccess } from '../agents/pool.js';
+import { errMsg } from '../util/errors.js';
+import { setCondition } from '../cells/conditions.js';
+import { readPodSecrets, writePodSecrets, type PodRecordWithData } from '../cells/pod-secrets.js';
 import type { SecretBox } from '../security/secret-box.js';
 import type { Logger } from '../obs/logger.js';
 import { VERSION } from '../version.js';

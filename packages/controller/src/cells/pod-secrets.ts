@@ -2,7 +2,7 @@
 // the controller has an encryption key, which it always has with mTLS; in the clear only for an
 // insecure-dev controller configured without one. Records written in the clear by an older
 // controller are still read, and sealed at their next write.
-import type { PodRecord } from './records.js';
+import type { PodRecord } from './schema.js';
 import { isSealedSecrets, type SealedSecrets, type SecretBox } from '../security/secret-box.js';
 
 /** The resolved Secrets/ConfigMaps applied with the pod (JSON of SecretData/ConfigMapData). */

@@ -3,7 +3,7 @@ import type { CellProvider, InstanceType } from '../providers/provider.js';
 import { nodeCapacity, podsUsage } from './capacity.js';
 import type { KPod } from './manifest.js';
 import type { Logger } from '../obs/logger.js';
-import type { AgentAccess } from '../dispatch/agents.js';
+import type { AgentAccess } from '../agents/pool.js';
 import type { Registry } from 'prom-client';
 import type { ChannelCredentials } from '@grpc/grpc-js';
 import { defaultInternalIP, leaderIdentity, readKubeletTls, type KubernetesConfig } from './config.js';

@@ -5,7 +5,7 @@ export { VirtualNode, VIRTUAL_NODE_TAINT_KEY, type NodeCapacity } from './node.j
 export { PodSync } from './pods.js';
 export { KubeletServer } from './kubelet.js';
 export { LeaderElector, type LeaderElectionOptions } from './leader.js';
-export { WorkQueue } from './workqueue.js';
+export { WorkQueue } from '../util/workqueue.js';
 export { kubeStatus } from './status.js';
 export { buildManifest, LABEL_NODE, ANNOTATION_UID } from './manifest.js';
 export { kubernetesConfigSchema, type KubernetesConfig } from './config.js';

@@ -11,7 +11,7 @@ import { LogsRequest, type LogChunk, type LogEntry } from '@cello/proto/cell';
 import type { Logger } from '../obs/logger.js';
 import type { Controller } from './controller-client.js';
 import type { KPod } from './manifest.js';
-import type { AgentAccess } from '../dispatch/agents.js';
+import type { AgentAccess } from '../agents/pool.js';
 import { collectStats, resourceMetrics, summary } from './stats.js';
 import { KubeletAuth } from './kubelet-auth.js';
 import type { VirtualNodeMetrics } from './metrics.js';

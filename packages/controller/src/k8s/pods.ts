@@ -15,7 +15,7 @@ import type { KubeRest } from './rest.js';
 import { isNotFound, KubeApiError } from './rest.js';
 import { kubeStatus } from './status.js';
 import { podsUsage } from './capacity.js';
-import { WorkQueue } from './workqueue.js';
+import { WorkQueue } from '../util/workqueue.js';
 import type { Controller } from './controller-client.js';
 import type { VirtualNodeMetrics } from './metrics.js';
 

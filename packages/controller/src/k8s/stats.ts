@@ -3,8 +3,8 @@
 // figures are the sum over its cells.
 import type { CellAgentClient } from '@cello/proto/cell';
 import type { StatsResponse, UnitStats } from '@cello/proto/cell';
-import type { AgentAccess } from '../dispatch/agents.js';
-import { callUnary } from '../dispatch/agents.js';
+import type { AgentAccess } from '../agents/pool.js';
+import { callUnary } from '../agents/pool.js';
 import type { Controller } from './controller-client.js';
 import type { KPod } from './manifest.js';
 

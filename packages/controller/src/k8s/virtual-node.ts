@@ -3,7 +3,7 @@
 // replica holding the Lease runs the node and the pod sync; every replica serves the kubelet
 // API (it only relays streams to cells), so the API server reaches whichever it is sent to.
 import type { Logger } from '../obs/logger.js';
-import type { AgentAccess } from '../dispatch/agents.js';
+import type { AgentAccess } from '../agents/pool.js';
 import { VERSION } from '../version.js';
 import type { ChannelCredentials } from '@grpc/grpc-js';
 import { Controller } from './controller-client.js';

@@ -13,7 +13,7 @@ import { CertificateAuthority } from '../../src/security/ca.js';
 import { ControllerApi } from '../../src/api/server.js';
 import { ApiAuth, apiChannelCredentials, CertificateSource, SubjectAccessReviewer, TokenReviewer, API_SERVER_NAME } from '../../src/api/auth/index.js';
 import { KubeRest, loadKubeConfig } from '../../src/k8s/rest.js';
-import { AgentPool, insecureAgentCredentials } from '../../src/dispatch/agents.js';
+import { AgentPool, insecureAgentCredentials } from '../../src/agents/pool.js';
 import { catalogTypes, localCatalog } from '../../src/catalog/catalog.js';
 import { silentLogger } from '../../src/obs/logger.js';
 

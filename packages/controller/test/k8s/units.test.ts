@@ -1,7 +1,7 @@
 // The virtual node's pure parts: the work queue's guarantees and the status conversion.
 import { describe, expect, it } from 'vitest';
 import { ConditionStatus, PodPhase, PodStatus } from '@cello/proto/cell';
-import { WorkQueue } from '../../src/k8s/workqueue.js';
+import { WorkQueue } from '../../src/util/workqueue.js';
 import { kubeStatus } from '../../src/k8s/status.js';
 import { derivedCapacity } from '../../src/k8s/from-config.js';
 import { kubernetesConfigSchema } from '../../src/k8s/config.js';

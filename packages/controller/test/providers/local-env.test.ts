@@ -8,7 +8,7 @@ import { credentials } from '@grpc/grpc-js';
 import { CellAgentClient, GetInfoRequest, type AgentInfo } from '@cello/proto/cell';
 import { waitFor } from '@cello/testkit';
 import { afterAll, describe, expect, it } from 'vitest';
-import { callUnary } from '../../src/dispatch/agents.js';
+import { callUnary } from '../../src/agents/pool.js';
 import { LocalProvider } from '../../src/providers/local/local.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'cello-local-env-'));

@@ -9,7 +9,7 @@ import { credentials } from '@grpc/grpc-js';
 import { CellAgentClient, GetInfoRequest, type AgentInfo } from '@cello/proto/cell';
 import { waitFor } from '@cello/testkit';
 import { LocalProvider } from '../../src/providers/local/local.js';
-import { callUnary } from '../../src/dispatch/agents.js';
+import { callUnary } from '../../src/agents/pool.js';
 import { providerContract } from './contract.js';
 
 const dirs: string[] = [];

@@ -12,7 +12,7 @@ import { credentials, Metadata, status, type ChannelCredentials, type ServiceErr
 import { ApplyPodRequest, CellAgentClient, GetInfoRequest, GetStatusRequest, Pod, type GetStatusResponse, PortForwardTicketRequest, type AgentInfo, type PortForwardTicketResponse } from '@cello/proto/cell';
 import { waitFor } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { callUnary } from '../../src/dispatch/agents.js';
+import { callUnary } from '../../src/agents/pool.js';
 import { LocalProvider } from '../../src/providers/local/local.js';
 import { cellServerIdentityCheck, CertificateAuthority, type IssuedCertificate } from '../../src/security/index.js';
 import { openStore, type Store } from '../../src/store/index.js';

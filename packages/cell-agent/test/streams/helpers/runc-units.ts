@@ -52,7 +52,8 @@ export class TestRuncUnit implements UnitView {
   private isRunning = false;
   private listeners = new Set<PassThrough>();
   private exitWaiters: Array<(code: number) => void> = [];
-  private lastExitCode = -1;
+  /** Resolves with the current (or last) instance's exit code. */
+  private instanceExit: Promise<number> = Promise.resolve(-1);
   private seq = 0;
   id: string;
 
@@ -128,8 +129,8 @@ export class TestRuncUnit implements UnitView {
     }
     this.isRunning = true;
     this.started = new Date();
+    this.instanceExit = exited;
     void exited.then((code) => {
-      this.lastExitCode = code;
       this.isRunning = false;
       this.hostPid = undefined;
       sink.end();
@@ -188,7 +189,8 @@ export class TestRuncUnit implements UnitView {
     return Math.max(0, this.restarts);
   }
   startedAt(): Date | undefined {
-    return this.started;
+    // Like the pod manager's units: the start of the instance that is running, if one is.
+    return this.isRunning ? this.started : undefined;
   }
   memoryLimitBytes(): number | undefined {
     return this.spec.memoryLimitBytes;
@@ -208,12 +210,15 @@ export class TestRuncUnit implements UnitView {
       }
     }
     const t = this.term;
+    // The exit of the instance attached to, never of a later one (the unit may have been
+    // restarted by the time the client asks).
+    const exit = this.instanceExit;
     return {
       stdin,
       output: out as Readable,
       resize: (cols, rows) => t?.resize(cols, rows),
       // (the output ends after the exit here, as with the agent's units it ends just before)
-      exited: () => (this.isRunning ? this.waitExit() : Promise.resolve(this.lastExitCode)),
+      exited: () => exit,
     };
   }
 }

@@ -126,7 +126,7 @@ export const ANNOTATIONS = {
 
 /**
  * Tag keys: how the controller finds what it owns, whatever happened to its store. The same
- * keys the reconciler puts in LaunchRequest.tags (src/dispatch/reconciler.ts TAG_*).
+ * keys the reconciler puts in LaunchRequest.tags (src/reconcile/context.ts TAG_*).
  */
 export const TAGS = {
   controllerId: 'cello.io/controller-id',

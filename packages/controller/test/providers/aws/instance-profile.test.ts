@@ -15,9 +15,9 @@ import { startMoto, waitFor, type MotoServer } from '@cello/testkit';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ControllerApi } from '../../../src/api/server.js';
-import { Events } from '../../../src/cells/records.js';
-import { AgentPool } from '../../../src/dispatch/agents.js';
-import { Reconciler } from '../../../src/dispatch/reconciler.js';
+import { Events } from '../../../src/cells/schema.js';
+import { AgentPool } from '../../../src/agents/pool.js';
+import { Reconciler } from '../../../src/reconcile/reconciler.js';
 import { silentLogger } from '../../../src/obs/logger.js';
 import { AwsProvider, CELL_TAGS } from '../../../src/providers/aws/index.js';
 import { openStore, type Store } from '../../../src/store/index.js';
@@ -49,7 +49,13 @@ beforeAll(async () => {
   const types = await provider.instanceTypes();
   // Never dialled: no cell boots in this test.
   const agents = new AgentPool({ forCell: () => credentials.createInsecure() });
-  rec = new Reconciler({ store, provider, controllerId: 'ctl-ip', agents, log: silentLogger(), tickMs: 100, caCertPem: async () => CA_PEM });
+  // No agent ever answers, so a bootstrap is never possible yet: without this the cell failed at
+  // once (BootstrapUnavailable) and the pod was launched again, a second instance for the same
+  // pod while the test waited for the first one's profile (the test failed 2 runs in 3 on a busy machine).
+  const bootstrap = async () => {
+    throw new Error('no agent in this test');
+  };
+  rec = new Reconciler({ store, provider, controllerId: 'ctl-ip', agents, log: silentLogger(), tickMs: 100, caCertPem: async () => CA_PEM, bootstrap });
   api = new ControllerApi({ store, agents, log: silentLogger(), controllerId: 'ctl-ip', providerName: provider.name, instanceTypes: types });
   await rec.start();
 });

@@ -52,6 +52,15 @@ export function cellKey(id: string): string {
 export function refKey(ref: PodRef): string {
   return `${ref.namespace || 'default'}/${ref.name}`;
 }
+/** A pod's reference from its metadata (an empty namespace is `default`). */
+export function refOf(p: { metadata?: { namespace: string; name: string } }): PodRef {
+  return { namespace: p.metadata?.namespace || 'default', name: p.metadata?.name ?? '' };
+}
+/** `namespace/name` (a refKey) back into its two parts. */
+export function splitKey(key: string): [string, string] {
+  const i = key.indexOf('/');
+  return [key.slice(0, i), key.slice(i + 1)];
+}
 
 export function podOf(r: PodRecord): PodObject {
   return PodObject.fromJSON(r.object);

@@ -1,7 +1,8 @@
 // A keyed work queue in the manner of client-go's: a key is queued at most once, never processed
 // by two workers at once (a key changed while being processed is queued again after), and a
 // failed key is retried with per-key exponential back-off. Nothing polls: work arrives from
-// watches and from retries.
+// watches and from retries. Used by the reconciler (reconcile/) and the virtual node's pod sync
+// (k8s/pods.ts).
 export interface WorkQueueOptions {
   baseDelayMs?: number;
   maxDelayMs?: number;
@@ -9,7 +10,9 @@ export interface WorkQueueOptions {
 }
 
 export class WorkQueue {
-  private readonly queue: string[] = [];
+  /** FIFO of queued keys from index `head` on (a shift() of a long array copies it: O(n) per key at scale). */
+  private queue: string[] = [];
+  private head = 0;
   private readonly queued = new Set<string>();
   private readonly active = new Set<string>();
   private readonly dirty = new Set<string>();
@@ -59,19 +62,33 @@ export class WorkQueue {
   }
 
   get length(): number {
-    return this.queue.length + this.active.size;
+    return this.waiting + this.active.size;
+  }
+
+  private get waiting(): number {
+    return this.queue.length - this.head;
+  }
+
+  private next(): string {
+    const key = this.queue[this.head++]!;
+    // Drop the consumed front once it is most of the array (amortised O(1) per key).
+    if (this.head >= 1024 && this.head * 2 >= this.queue.length) {
+      this.queue = this.queue.slice(this.head);
+      this.head = 0;
+    }
+    return key;
   }
 
   private pump(): void {
     const workers = this.o.workers ?? 4;
-    while (!this.stopped && this.running < workers && this.queue.length) {
-      const key = this.queue.shift()!;
+    while (!this.stopped && this.running < workers && this.waiting > 0) {
+      const key = this.next();
       this.queued.delete(key);
       this.active.add(key);
       this.running++;
       void this.process(key);
     }
-    if (this.running === 0 && this.queue.length === 0) for (const w of this.idleWaiters.splice(0)) w();
+    if (this.running === 0 && this.waiting === 0) for (const w of this.idleWaiters.splice(0)) w();
   }
 
   private async process(key: string): Promise<void> {
@@ -94,7 +111,7 @@ export class WorkQueue {
 
   /** Resolves when nothing is queued or running (tests, shutdown). */
   idle(): Promise<void> {
-    if (this.running === 0 && this.queue.length === 0) return Promise.resolve();
+    if (this.running === 0 && this.waiting === 0) return Promise.resolve();
     return new Promise((r) => this.idleWaiters.push(r));
   }
 
@@ -102,7 +119,8 @@ export class WorkQueue {
     this.stopped = true;
     for (const t of this.timers.values()) clearTimeout(t);
     this.timers.clear();
-    this.queue.length = 0;
+    this.queue = [];
+    this.head = 0;
     this.queued.clear();
   }
 }

@@ -1,0 +1,116 @@
+// A pod's reconcile: finish its deletion (drain or end its cell, then drop the record), release
+// the cell of a pod that ended, schedule a pod without a live cell, and apply a new generation
+// of the pod to its agent.
+import { status, type ServiceError } from '@grpc/grpc-js';
+import { ApplyPodRequest, ConfigMapData, PodPhase, PodStatus, SecretData, type ApplyPodResponse, type Pod } from '@cello/proto/cell';
+import { PodObject, type Cell } from '@cello/proto/controller';
+import { podKey, podOf, refOf, splitKey, type PodRecord } from '../cells/schema.js';
+import { readPodSecrets, type PodRecordWithData } from '../cells/pod-secrets.js';
+import { CellState } from '../cells/state.js';
+import { errMsg } from '../util/errors.js';
+import { callUnary } from '../agents/pool.js';
+import type { ReconcileContext } from './context.js';
+import { TERMINAL } from './pod-status.js';
+import { schedule } from './scheduler.js';
+import { transition } from './transition.js';
+
+export async function reconcilePod(ctx: ReconcileContext, key: string): Promise<void> {
+  const { cache } = ctx;
+  const cached = cache.pods.get(key);
+  if (!cached) return;
+  const rec = cached.rec;
+  const pod = cache.podObject(cached);
+  const ref = refOf(pod);
+  const cellC = pod.cellId ? cache.cells.get(pod.cellId) : undefined;
+  const cell = cellC?.cell;
+  const cellLive = cell && cell.state !== CellState.CELL_STATE_TERMINATED && cell.pod?.name === ref.name && (cell.pod?.namespace || 'default') === ref.namespace;
+
+  if (rec.deleting) {
+    if (!cellLive || !cell) {
+      await ctx.o.store.delete(podKey(ref.namespace, ref.name));
+      cache.pods.delete(key);
+      await ctx.events.forget(ref).catch(() => undefined);
+      ctx.log.info({ pod: key }, 'pod deleted');
+      return;
+    }
+    if (cell.state === CellState.CELL_STATE_BOUND || cell.state === CellState.CELL_STATE_READY) {
+      await cache.writeCell(cell.id, (r) => (r ? { ...r, graceSeconds: rec.deleting?.graceSeconds ?? graceOf(pod) } : undefined));
+      await transition(ctx, cell.id, CellState.CELL_STATE_DRAINING, 'PodDeleted', `stopping pod ${key}`);
+    } else if (cell.state === CellState.CELL_STATE_CREATING || cell.state === CellState.CELL_STATE_BOOTING) {
+      await transition(ctx, cell.id, CellState.CELL_STATE_TERMINATING, 'PodDeleted', `pod ${key} was deleted before its cell was ready`);
+    }
+    return;
+  }
+
+  const phase = pod.status?.phase ?? PodPhase.POD_PHASE_PENDING;
+  if (TERMINAL.has(phase)) {
+    if (cellLive && cell && !cellC!.rec.podFinishedAt) {
+      await cache.writeCell(cell.id, (r) => (r ? { ...r, podFinishedAt: new Date().toISOString() } : undefined));
+      ctx.enqueue(`cell:${cell.id}`);
+    }
+    return;
+  }
+
+  if (!cellLive) {
+    await schedule(ctx, key, pod);
+    return;
+  }
+  if (cell!.state === CellState.CELL_STATE_BOUND && (cellC!.rec.appliedGeneration ?? 0) < (pod.metadata?.generation ?? 1)) {
+    await applyToAgent(ctx, key, rec, pod, cell!);
+  }
+}
+
+function graceOf(p: PodObject): number {
+  return p.spec?.terminationGracePeriodSeconds ?? 30;
+}
+
+/** ApplyPod of the pod's current generation (with its secrets and config maps) to its cell's agent. */
+async function applyToAgent(ctx: ReconcileContext, key: string, rec: PodRecord, pod: PodObject, cell: Cell): Promise<void> {
+  if (!cell.address) return;
+  const generation = pod.metadata?.generation ?? 1;
+  const client = ctx.o.agents.get(cell.id, cell.address);
+  const agentPod: Pod = {
+    metadata: {
+      name: pod.metadata!.name,
+      namespace: pod.metadata!.namespace,
+      uid: pod.metadata!.uid,
+      labels: pod.metadata!.labels,
+      annotations: pod.metadata!.annotations,
+      creationTimestamp: pod.metadata!.creationTimestamp,
+    },
+    spec: pod.spec,
+  };
+  const req = ApplyPodRequest.fromPartial({
+    pod: agentPod,
+    generation,
+    secrets: Object.fromEntries(Object.entries(readPodSecrets(rec as PodRecordWithData, podKey(...splitKey(key)), ctx.o.secretBox)).map(([k, v]) => [k, SecretData.fromJSON(v)])),
+    configMaps: Object.fromEntries(Object.entries((rec as PodRecordWithData).configMaps ?? {}).map(([k, v]) => [k, ConfigMapData.fromJSON(v)])),
+  });
+  try {
+    const res = await callUnary<ApplyPodResponse>(client, 'applyPod', req, 60_000);
+    await ctx.cache.writeCell(cell.id, (r) => (r ? { ...r, appliedGeneration: Math.max(r.appliedGeneration ?? 0, res.generation || generation) } : undefined));
+    const [ns, name] = splitKey(key);
+    void ctx.note({ kind: 'Pod', namespace: ns, name, reason: 'Dispatched', message: `generation ${generation} applied on cell ${cell.id}` });
+  } catch (err) {
+    const e = err as ServiceError;
+    ctx.log.warn({ pod: key, cell: cell.id, err: errMsg(err) }, 'ApplyPod failed');
+    const [ns, name] = splitKey(key);
+    // The agent refuses this spec; retrying will not help.
+    if (e.code === status.INVALID_ARGUMENT || e.code === status.FAILED_PRECONDITION) {
+      await ctx.cache.writePod(key, (r) => {
+        const p = podOf(r);
+        const st = p.status ?? PodStatus.fromPartial({});
+        st.phase = PodPhase.POD_PHASE_FAILED;
+        st.reason = 'ApplyRefused';
+        st.message = e.details || e.message;
+        p.status = st;
+        r.object = PodObject.toJSON(p);
+        return r;
+      });
+      await ctx.events.record({ kind: 'Pod', namespace: ns, name, type: 'Warning', reason: 'ApplyRefused', message: e.details || e.message });
+    } else {
+      await ctx.events.record({ kind: 'Pod', namespace: ns, name, type: 'Warning', reason: 'DispatchFailed', message: errMsg(err) }).catch(() => undefined);
+      ctx.retryLater(`pod:${key}`, 1000);
+    }
+  }
+}

@@ -1,0 +1,117 @@
+// Placing a pod: the instance types that fit it (selection/), the provider's veto, then a cell —
+// one already made for this pod, a Ready one from the warm pool, or a new one — and the binding
+// written into the pod.
+import { ConditionStatus, PodPhase, PodStatus } from '@cello/proto/cell';
+import { Cell, PodObject } from '@cello/proto/controller';
+import { newCellId, podOf, refKey, refOf, splitKey } from '../cells/schema.js';
+import { setCondition } from '../cells/conditions.js';
+import { CellState, deadlineFor } from '../cells/state.js';
+import { SelectionError, selectCandidates } from '../selection/selection.js';
+import type { ReconcileContext } from './context.js';
+import { markUnschedulable } from './pod-status.js';
+import { transition } from './transition.js';
+
+/** Finds a cell for a pod: a Ready one from the warm pool, else a new one. */
+export async function schedule(ctx: ReconcileContext, key: string, pod: PodObject): Promise<void> {
+  const { o, cache } = ctx;
+  const ref = refOf(pod);
+  let candidates;
+  try {
+    candidates = selectCandidates(ctx.types(), {
+      spec: pod.spec!,
+      annotations: pod.metadata?.annotations ?? {},
+      overhead: o.overhead ?? { cpuMillis: 100, memoryBytes: 64 * 1024 * 1024 },
+      defaultSpot: o.defaultSpot ?? 'never',
+    });
+  } catch (err) {
+    if (!(err instanceof SelectionError)) throw err;
+    await markUnschedulable(ctx, key, err.reason, err.message);
+    return;
+  }
+  const annotations = pod.metadata?.annotations ?? {};
+  const refused = o.provider.refusePod?.({ namespace: ref.namespace, annotations });
+  if (refused) {
+    await markUnschedulable(ctx, key, 'NotAllowed', refused);
+    return;
+  }
+  // A warm cell was launched without this pod's launch-time settings (its role, its disk).
+  const options = launchOptions(ctx, annotations);
+  // A cell already created for this pod (crash between the two writes below) is adopted.
+  for (const id of cache.cells.forPod(refKey(ref))) {
+    const cell = cache.cells.get(id)!.cell;
+    if (cell.pod && refKey(cell.pod) === refKey(ref) && cell.state !== CellState.CELL_STATE_TERMINATED && cell.state !== CellState.CELL_STATE_TERMINATING && cell.state !== CellState.CELL_STATE_DRAINING) {
+      await bindPod(ctx, key, id, cell.instanceType, 'adopted');
+      return;
+    }
+  }
+  // Warm pool: cheapest candidate type first.
+  for (const cand of Object.keys(options).length ? [] : candidates) {
+    for (const id of cache.cells.readyFree(cand.type.name)) {
+      const cell = cache.cells.get(id)!.cell;
+      if (cell.state !== CellState.CELL_STATE_READY || cell.pod?.name || cell.instanceType !== cand.type.name) continue;
+      if (cand.spot !== cell.spot && (o.defaultSpot === 'required' || pod.metadata?.annotations['cello.io/spot'] === 'required')) continue;
+      const claimed = await transition(
+        ctx,
+        id,
+        CellState.CELL_STATE_BOUND,
+        'Bound',
+        `bound to pod ${refKey(ref)}`,
+        (cl) => {
+          cl.pod = ref;
+        },
+        [CellState.CELL_STATE_READY],
+      );
+      if (!claimed) continue; // someone else took it
+      await bindPod(ctx, key, id, cell.instanceType, 'warm pool');
+      return;
+    }
+  }
+  // A new cell, launched for this pod.
+  const first = candidates[0]!;
+  const id = newCellId();
+  const at = new Date();
+  const cell = Cell.fromPartial({
+    id,
+    state: CellState.CELL_STATE_CREATING,
+    provider: o.provider.name,
+    instanceType: first.type.name,
+    pod: ref,
+    spot: first.spot,
+    hourlyPrice: first.hourlyUsd,
+    createdAt: at,
+    stateSince: at,
+    reason: 'Launching',
+    message: `launching ${first.type.name}${first.spot ? ' (spot)' : ''} for pod ${refKey(ref)}`,
+    deadline: deadlineFor(CellState.CELL_STATE_CREATING, at, ctx.t),
+  });
+  await cache.writeCell(id, (cur) =>
+    cur ? undefined : { cell: Cell.toJSON(cell), warm: false, fallback: candidates.slice(1).map((c) => [c.type.name, c.spot] as [string, boolean]) },
+  );
+  await bindPod(ctx, key, id, first.type.name, 'new cell');
+  ctx.enqueue(`cell:${id}`);
+}
+
+/** The pod's annotations the provider applies at launch (LaunchRequest.options). */
+export function launchOptions(ctx: ReconcileContext, annotations: Record<string, string>): Record<string, string> {
+  const keys = ctx.o.provider.launchAnnotations ?? [];
+  return Object.fromEntries(Object.entries(annotations).filter(([k]) => keys.includes(k)));
+}
+
+async function bindPod(ctx: ReconcileContext, key: string, cellId: string, instanceType: string, how: string): Promise<void> {
+  const rec = await ctx.cache.writePod(key, (r) => {
+    const p = podOf(r);
+    p.cellId = cellId;
+    p.instanceType = instanceType;
+    p.nodeName = cellId;
+    const st = p.status ?? PodStatus.fromPartial({ phase: PodPhase.POD_PHASE_PENDING });
+    setCondition(st, 'PodScheduled', ConditionStatus.CONDITION_STATUS_TRUE, '', '');
+    p.status = st;
+    r.object = PodObject.toJSON(p);
+    delete r.unschedulable;
+    return r;
+  });
+  if (!rec) return;
+  const [ns, name] = splitKey(key);
+  void ctx.note({ kind: 'Pod', namespace: ns, name, reason: 'Scheduled', message: `assigned to cell ${cellId} (${instanceType}, ${how})` });
+  ctx.enqueue(`pod:${key}`);
+}
