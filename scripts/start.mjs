@@ -20,7 +20,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ensureNpm, ensureSystem } from './setup.mjs';
 import { writeControllerConfig, writeRegistryConfig } from './start/config.mjs';
-import { cellNetns, leftovers } from './start/leftovers.mjs';
+import { cellsInLog, leftovers } from './start/leftovers.mjs';
 import { smoke } from './start/smoke.mjs';
 import { httpStatus, until } from './start/wait.mjs';
 
@@ -68,7 +68,6 @@ if (args.help) {
 const children = [];
 let shuttingDown = false;
 
-const netnsBefore = new Set(cellNetns());
 
 function run(cmd, argv, o = {}) {
   const r = spawnSync(cmd, argv, { stdio: 'inherit', cwd: root, ...o });
@@ -105,6 +104,8 @@ let registry;
 let controller;
 let provider;
 let controllerExited = false;
+/** Cells an earlier run left, ended at this start: their namespaces are checked at stop too. */
+let staleCells = [];
 // ---------------------------------------------------------------- shutdown
 async function shutdown(code = 0) {
   if (shuttingDown) return;
@@ -131,7 +132,8 @@ async function shutdown(code = 0) {
   }
   if (registry && registry.exitCode === null) registry.kill('SIGTERM');
   if (!args['keep-store']) rmSync(join(state, 'store'), { recursive: true, force: true });
-  const left = leftovers(cellsRoot, netnsBefore);
+  const ours = new Set([...cellsInLog(join(state, 'controller.log')), ...staleCells].map((id) => LocalProvider.netnsOf(id)));
+  const left = leftovers(cellsRoot, ours);
   say(left.length ? `left behind: ${left.join(', ')}` : 'stopped; no process, mount, namespace or cell left behind');
   process.exit(code || (args.smoke && left.length ? 1 : 0));
 }
@@ -176,6 +178,7 @@ async function main() {
   // Cells a previous run left (it was killed -9): end them before starting afresh.
   provider = new LocalProvider({ root: cellsRoot });
   const stale = await provider.listOwned(CONTROLLER_ID);
+  staleCells = stale.map((i) => i.tags['cello.io/cell-id'] ?? i.instanceId);
   if (stale.length) {
     say(`ending ${stale.length} cell(s) left by an earlier run`);
     await provider.terminate(stale.map((i) => i.instanceId));

@@ -1,6 +1,7 @@
 // What a run of the local provider may leave behind if its stop goes wrong: cells, mounts,
-// network namespaces and processes under the cells' root. npm start takes a snapshot of the
-// namespaces before it starts (ones from other tools are not ours to report) and checks after.
+// network namespaces and processes under the cells' root. Only this run's namespaces count:
+// the cells it launched are named in its controller's log, and each cell's namespace follows
+// from its ID (LocalProvider.netnsOf).
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 
@@ -8,6 +9,12 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 export function cellNetns() {
   const r = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' });
   return (r.stdout ?? '').split('\n').map((l) => l.split(' ')[0]).filter((n) => /^cello-[0-9a-f]+$/.test(n));
+}
+
+/** The cell IDs a controller log names (every launch, boot and end logs its `cell`). */
+export function cellsInLog(logPath) {
+  if (!existsSync(logPath)) return new Set();
+  return new Set([...readFileSync(logPath, 'utf8').matchAll(/"cell":"(cell-[0-9a-f]+)"/g)].map((m) => m[1]));
 }
 
 /** PIDs of processes whose command line names a path under `dir` (cell agents, their units). */
@@ -23,13 +30,16 @@ function processesUnder(dir) {
   return out;
 }
 
-/** Everything under `cellsRoot` still there, each as a phrase for the user. */
-export function leftovers(cellsRoot, netnsBefore) {
+/**
+ * Everything of this run still there, each as a phrase for the user. `netnsOfRun` names the
+ * namespaces of the cells this run launched: others may come and go (tests, another checkout).
+ */
+export function leftovers(cellsRoot, netnsOfRun) {
   return [
     // .images is the cells' shared image cache, kept so the next start pulls nothing.
     ...(existsSync(cellsRoot) ? readdirSync(cellsRoot).filter((n) => n !== '.images') : []),
     ...readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(cellsRoot)),
-    ...cellNetns().filter((n) => !netnsBefore.has(n)).map((n) => `network namespace ${n}`),
+    ...cellNetns().filter((n) => netnsOfRun.has(n)).map((n) => `network namespace ${n}`),
     ...processesUnder(cellsRoot).map((p) => `process ${p}`),
   ];
 }

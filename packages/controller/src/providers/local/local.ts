@@ -128,6 +128,11 @@ function memAvailableMiB(): number | undefined {
 }
 
 export class LocalProvider implements CellProvider {
+  /** The network namespace a cell gets (when cells have their own), for leftover checks. */
+  static netnsOf(cellId: string): string {
+    return netNames(cellId, 0).netns;
+  }
+
   readonly name = 'local';
   /** Local cells get their certificate at launch, so no token bootstrap is needed. */
   readonly needsBootstrap = false;
