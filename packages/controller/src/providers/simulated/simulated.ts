@@ -46,11 +46,12 @@ export class SimulatedProvider implements CellProvider {
   }
 
   async launch(req: LaunchRequest): Promise<LaunchedInstance> {
+    if (!this.o.types.some((t) => t.name === req.instanceType)) throw new Error(`instanceType: "${req.instanceType}" is not a simulated instance type`);
     if (this.o.launchMs) await new Promise((r) => setTimeout(r, this.o.launchMs));
     const instanceId = `sim-${(++this.seq).toString(36)}`;
     this.instances.set(instanceId, {
       cellId: req.cellId,
-      info: { instanceId, state: 'running', agentAddress: `sim:${req.cellId}`, tags: req.tags, instanceType: req.instanceType, launchedAt: new Date(), spot: req.spot, zone: 'sim' },
+      info: { instanceId, state: 'running', agentAddress: `sim:${req.cellId}`, tags: { ...req.tags }, instanceType: req.instanceType, launchedAt: new Date(), spot: req.spot, zone: 'sim' },
     });
     this.agents.set(req.cellId, new SimulatedAgent(req.cellId, this.o.startMs ?? 0));
     return { instanceId, spot: req.spot, zone: 'sim' };
