@@ -1,13 +1,13 @@
 // Starts the virtual node from the controller's configuration (the daemon's entry point).
 import type { CellProvider, InstanceType } from '../providers/provider.js';
-import { nodeCapacity, podsUsage } from './capacity.js';
-import type { KPod } from './manifest.js';
+import { nodeCapacity, podsUsage } from './node/capacity.js';
+import type { KPod } from './node/manifest.js';
 import type { Logger } from '../obs/logger.js';
 import type { AgentAccess } from '../agents/pool.js';
 import type { Registry } from 'prom-client';
 import type { ChannelCredentials } from '@grpc/grpc-js';
 import { defaultInternalIP, leaderIdentity, readKubeletTls, type KubernetesConfig } from './config.js';
-import type { NodeCapacity } from './node.js';
+import type { NodeCapacity } from './node/node.js';
 import { startVirtualNode, type VirtualNodeHandle } from './virtual-node.js';
 
 /**

@@ -2,7 +2,7 @@
 // by two workers at once (a key changed while being processed is queued again after), and a
 // failed key is retried with per-key exponential back-off. Nothing polls: work arrives from
 // watches and from retries. Used by the reconciler (reconcile/) and the virtual node's pod sync
-// (k8s/pods.ts).
+// (k8s/node/pods.ts).
 export interface WorkQueueOptions {
   baseDelayMs?: number;
   maxDelayMs?: number;

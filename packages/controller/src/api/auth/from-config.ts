@@ -7,7 +7,7 @@ import type { ChannelCredentials } from '@grpc/grpc-js';
 import type { Config } from '../../config.js';
 import type { CertificateAuthority } from '../../security/ca.js';
 import { RotatingCertificate } from '../../security/rotation.js';
-import { loadKubeConfig, KubeRest } from '../../k8s/rest.js';
+import { loadKubeConfig, KubeRest } from '../../k8s/client/rest.js';
 import type { Logger } from '../../obs/logger.js';
 import { upsertCredentials } from '../../cellctl/config.js';
 import { ApiAuth, CertificateSource, MASTERS_GROUP, SubjectAccessReviewer, TokenReviewer } from './index.js';

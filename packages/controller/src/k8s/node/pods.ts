@@ -8,16 +8,16 @@ import { status as GrpcStatus, type ClientReadableStream, type ServiceError } fr
 import { PodEvent } from '@cello/proto/controller';
 import { PodPhase } from '@cello/proto/cell';
 import type { PodObject } from '@cello/proto/controller';
-import type { Logger } from '../obs/logger.js';
-import { Informer } from './informer.js';
+import type { Logger } from '../../obs/logger.js';
+import { Informer } from '../client/informer.js';
 import { buildPodManifest, LABEL_NODE, ANNOTATION_UID, MissingReferenceError, type IssuedToken, type KPod, type ManifestOptions } from './manifest.js';
-import type { KubeRest } from './rest.js';
-import { isNotFound, KubeApiError } from './rest.js';
+import type { KubeRest } from '../client/rest.js';
+import { isNotFound, KubeApiError } from '../client/rest.js';
 import { kubeStatus } from './status.js';
 import { podsUsage } from './capacity.js';
-import { WorkQueue } from '../util/workqueue.js';
-import type { Controller } from './controller-client.js';
-import type { VirtualNodeMetrics } from './metrics.js';
+import { WorkQueue } from '../../util/workqueue.js';
+import type { Controller } from '../controller-client.js';
+import type { VirtualNodeMetrics } from '../metrics.js';
 
 export interface PodSyncOptions extends ManifestOptions {
   rest: KubeRest;
