@@ -4,8 +4,9 @@ import { catalogTypes, localCatalog } from '../../src/catalog/catalog.js';
 import { SimulatedProvider } from '../../src/providers/simulated/simulated.js';
 import { providerContract } from './contract.js';
 
+// A small cell limit: the contract reaches it to see CapacityError.
 providerContract('simulated', async () => ({
-  provider: new SimulatedProvider({ types: catalogTypes(localCatalog()), launchMs: 5 }),
+  provider: new SimulatedProvider({ types: catalogTypes(localCatalog()), launchMs: 5, maxCells: 3 }),
   controllerId: 'contract-simulated',
   instanceType: 'local.nano',
 }));
