@@ -24,6 +24,10 @@ import {
 import type { Logger } from 'pino';
 import { DEFAULT_TRUST_DOMAIN, identityOf, identityUri } from '../security/identity.js';
 import * as x509 from '../security/x509.js';
+import { Backoff } from '../util/backoff.js';
+
+/** Waiting for a new cell's agent: 100 ms doubling to 2 s, until the bootstrap deadline. */
+const BOOTSTRAP_RETRY = { baseMs: 100, maxMs: 2_000 };
 
 export interface CsrSigner {
   /** The CA certificate (PEM) that the agent's user data carries. */
@@ -126,18 +130,19 @@ export async function bootstrapCell(o: BootstrapCellOptions): Promise<BootstrapR
   // Wait (until the deadline) for the instance's agent to listen, and pin what it presents.
   let attempts = 0;
   let pinned: Buffer | undefined;
-  let delay = 100;
+  // One back-off across both waits below: a cell slow to listen is also slow to answer.
+  const backoff = new Backoff(BOOTSTRAP_RETRY);
   while (!pinned) {
     attempts++;
     try {
       pinned = await probeCertificate(o.address, Math.max(1000, Math.min(10_000, deadline - Date.now())));
     } catch (err) {
+      const delay = backoff.next();
       if (Date.now() + delay >= deadline) {
         throw new BootstrapError(o.cellId, `no agent answered at ${o.address} before the deadline: ${(err as Error).message}`, status.UNAVAILABLE);
       }
       log?.debug({ attempt: attempts, err: (err as Error).message }, 'agent not answering yet');
       await new Promise((r) => setTimeout(r, delay));
-      delay = Math.min(delay * 2, 2000);
     }
   }
   const pinnedPem = toPem(pinned);
@@ -157,12 +162,12 @@ export async function bootstrapCell(o: BootstrapCellOptions): Promise<BootstrapR
         break;
       } catch (err) {
         const e = err as ServiceError;
+        const delay = backoff.next();
         // A transport hiccup before the agent saw the request: try again until the deadline.
         if (e.code === status.UNAVAILABLE && Date.now() + delay < deadline) {
           attempts++;
           log?.debug({ attempt: attempts, code: status[e.code] }, 'bootstrap call failed; retrying');
           await new Promise((r) => setTimeout(r, delay));
-          delay = Math.min(delay * 2, 2000);
           continue;
         }
         throw new BootstrapError(o.cellId, `RequestCertificate: ${e.details || e.message}`, e.code);
