@@ -4,3 +4,4 @@
 export { HealthService } from './health-service.js';
 export { ManifestError, podFromManifest, readManifests, type ManifestObject, type PodManifest } from './manifest/index.js';
 export { parseQuantity, parseCpuMillis, parseBytes, parseCount, formatCpuMillis, formatBytes, QuantityError } from './quantity.js';
+export { splitHostPort, joinHostPort, freePort, HostPortError } from './net.js';

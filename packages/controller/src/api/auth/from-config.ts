@@ -1,6 +1,7 @@
 // The API's security from the controller's configuration: its serving certificate and the
 // virtual node's client certificate (both renewed in place), token and access reviews in a
 // cluster, and the local admin's cellctl credentials when asked for (npm start).
+import { splitHostPort } from '@cello/proto';
 import { isIP } from 'node:net';
 import { userInfo } from 'node:os';
 import type { ChannelCredentials } from '@grpc/grpc-js';
@@ -46,7 +47,7 @@ export async function apiSecurityFromConfig(config: Config, ca: CertificateAutho
     log.warn({ listen: api.listen }, 'the controller API serves plaintext (api.insecure): callers are system:anonymous');
     return { auth: new ApiAuth({ insecure: true, policy: api.policy, ...reviews }), writeAdminCredentials: async () => undefined, stop: () => undefined };
   }
-  const host = api.listen.slice(0, api.listen.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+  const { host } = splitHostPort(api.listen);
   const ips = ['127.0.0.1', '::1', ...(isIP(host) && host !== '0.0.0.0' && host !== '::' ? [host] : []), ...api.serverNames.filter((n) => isIP(n))];
   const dnsNames = ['localhost', ...api.serverNames.filter((n) => !isIP(n))];
   const onError = (what: string) => (err: Error) => log.warn({ err: err.message }, `${what} renewal failed; will retry`);
