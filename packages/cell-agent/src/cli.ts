@@ -8,7 +8,7 @@ import { AGENT_VERSION, startAgent } from './agent.js';
 import { firstBoot, prepareCellIdentity } from './bootstrap/index.js';
 import { ImdsClient, watchInstanceNotices } from './cloud/index.js';
 import { registerCtl } from './ctl/ctl.js';
-import { createLogger, REDACT_PATHS } from './log.js';
+import { createLogger, REDACT_CENSOR, REDACT_PATHS } from './log.js';
 
 const program = new Command('cell-agent')
   .version(AGENT_VERSION)
@@ -149,7 +149,7 @@ Examples:
         base: { app: 'cello-first-boot' },
         formatters: { level: (label) => ({ level: label }) },
         timestamp: pino.stdTimeFunctions.isoTime,
-        redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+        redact: { paths: [...REDACT_PATHS], censor: REDACT_CENSOR },
       },
       pino.destination({ dest: 1, sync: true }),
     );
