@@ -10,6 +10,7 @@
 // presenting exactly that certificate, and signs the CSR only if it is for that certificate's
 // key — so a CSR cannot be relayed from a different endpoint. The resulting certificate names
 // only this cell.
+import { splitHostPort } from '@cello/proto';
 import { X509Certificate as NodeX509 } from 'node:crypto';
 import { isIP } from 'node:net';
 import { connect as tlsConnect, type PeerCertificate } from 'node:tls';
@@ -95,9 +96,7 @@ function toPem(raw: Buffer): string {
 
 /** The certificate the server at `address` presents (raw DER); rejects when nothing listens. */
 function probeCertificate(address: string, timeoutMs: number): Promise<Buffer> {
-  const i = address.lastIndexOf(':');
-  const host = address.slice(0, i).replace(/^\[|\]$/g, '');
-  const port = Number(address.slice(i + 1));
+  const { host, port } = splitHostPort(address);
   return new Promise((resolve, reject) => {
     const sock = tlsConnect({ host, port, rejectUnauthorized: false, ALPNProtocols: ['h2'], ...(isIP(host) ? {} : { servername: host }) });
     const timer = setTimeout(() => sock.destroy(new Error(`TLS handshake with ${address} timed out`)), timeoutMs);
@@ -225,7 +224,7 @@ export function bootstrapFnFor(
   opts: { tokens?: TokenConsumer; ttlSeconds?: number; timeoutMs?: number; logger?: Logger } = {},
 ): (args: { address: string; token: string; cellId: string; caPem: string }) => Promise<void> {
   return async ({ address, token, cellId }) => {
-    const host = address.slice(0, address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+    const { host } = splitHostPort(address);
     await bootstrapCell({
       address,
       cellId,

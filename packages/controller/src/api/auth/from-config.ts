@@ -1,7 +1,7 @@
 // The API's security from the controller's configuration: its serving certificate and the
 // virtual node's client certificate (both renewed in place), token and access reviews in a
 // cluster, and the local admin's cellctl credentials when asked for (npm start).
-import { splitHostPort } from '@cello/proto';
+import { splitHostPort, joinHostPort } from '@cello/proto';
 import { isIP } from 'node:net';
 import { userInfo } from 'node:os';
 import type { ChannelCredentials } from '@grpc/grpc-js';
@@ -28,7 +28,8 @@ export interface ApiSecurity {
 
 /** What a client on this host dials: the bound address, with a wildcard host made loopback. */
 export function dialAddress(listen: string, port: number): string {
-  return listen.replace(/:\d+$/, `:${port}`).replace(/^0\.0\.0\.0:|^\[::\]:/, '127.0.0.1:');
+  const { host } = splitHostPort(listen);
+  return joinHostPort(host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host, port);
 }
 
 export async function apiSecurityFromConfig(config: Config, ca: CertificateAuthority | undefined, log: Logger): Promise<ApiSecurity> {
