@@ -29,9 +29,9 @@ Ubuntu 20.04+ and Amazon Linux 2023 (amd64 or arm64):
   - the agent bundle FILE (cell-agent-VERSION-linux-ARCH.tar.gz from `npm run package:agent`)
     into /opt/cello/agent/VERSION, after checking its SHA-256 against --sha256 or FILE.sha256
     and every file inside against the bundle's SHA256SUMS; /usr/local/bin/cell-agent links to it
-  - cello-first-boot.service: on the first boot, reads the cell's bootstrap (controller CA,
-    agent port, one-time token) from the user data of AWS IMDSv2 or the GCE metadata server
-    and writes /etc/cello/agent.env and /var/lib/cello/bootstrap/
+  - cello-first-boot.service: on the first boot, `cell-agent first-boot` reads the cell's
+    bootstrap (controller CA, agent port, one-time token) from the user data of AWS IMDSv2 or
+    the GCE metadata server and writes /etc/cello/agent.env and /var/lib/cello/bootstrap/
   - cell-agent.service: restarts on failure, starts after the network is online, and leaves
     the pod's units running when the agent itself restarts
   - kernel settings: the overlay module and net.ipv4.ip_forward=1, at every boot
@@ -227,7 +227,7 @@ EOF
 
 # ---------------------------------------------------------------- first boot
 install_default 0644 "$CONF_DIR/first-boot.env" <<EOF
-# Read by cello-first-boot.service. Where the cell's user data comes from:
+# Read by cello-first-boot.service (cell-agent first-boot --help). Where the cell's user data comes from:
 #   aws: IMDSv2 (token, then user-data); gce: the metadata server's "user-data" attribute;
 #   auto: aws or gce by the machine's DMI vendor (fails on anything else rather than guess).
 CELLO_METADATA=$METADATA
@@ -240,168 +240,14 @@ CELLO_AGENT_LISTEN_HOST=0.0.0.0
 CELLO_METADATA_TIMEOUT_SECONDS=120
 EOF
 
-install_file 0755 "$LIB_DIR/first-boot.mjs" <<'EOF'
-// cello-first-boot: runs once, before cell-agent.service, on the instance that runs the pod.
-// Reads the cell's bootstrap (format "cell-bootstrap/v1": controller CA certificate, agent
-// port, cell ID, one-time token — never a private key) from the instance's user data, and
-// writes what the agent unit needs:
-//   /var/lib/cello/bootstrap/user-data.json  (0600: the token is a credential, however short-lived)
-//   /var/lib/cello/bootstrap/ca.pem          the controller CA (public)
-//   /etc/cello/agent.env                     the agent unit's settings (listen address, cell ID)
-//   /var/lib/cello/bootstrap/done            so later boots skip this (the token is single-use)
-// Runs with the bundled Node (no dependencies, no Node on the machine needed). Logs are JSON
-// lines on stdout (the journal); the token is never logged.
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { dirname } from 'node:path';
-
-const env = process.env;
-const STATE = env.CELLO_STATE_DIR ?? '/var/lib/cello';
-const CONF = env.CELLO_CONF_DIR ?? '/etc/cello';
-const FORMAT = 'cell-bootstrap/v1';
-
-const log = (level, msg, extra = {}) => process.stdout.write(`${JSON.stringify({ level, time: new Date().toISOString(), app: 'cello-first-boot', msg, ...extra })}\n`);
-
-function writeAtomic(path, data, mode) {
-  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-  writeFileSync(`${path}.tmp`, data, { mode });
-  renameSync(`${path}.tmp`, path);
-}
-
-function dmi(field) {
-  try {
-    return readFileSync(`/sys/class/dmi/id/${field}`, 'utf8').trim();
-  } catch {
-    return '';
-  }
-}
-
-function whichCloud() {
-  const want = env.CELLO_METADATA ?? 'auto';
-  if (want === 'aws' || want === 'gce') return want;
-  if (want !== 'auto') throw new Error(`CELLO_METADATA: expected aws, gce or auto, got "${want}"`);
-  const vendor = `${dmi('sys_vendor')} ${dmi('bios_vendor')} ${dmi('product_name')}`;
-  if (/amazon/i.test(vendor)) return 'aws';
-  if (/google/i.test(vendor)) return 'gce';
-  throw new Error(`CELLO_METADATA=auto: cannot tell the cloud from DMI ("${vendor.trim()}"); set CELLO_METADATA=aws or gce in ${CONF}/first-boot.env`);
-}
-
-async function http(url, init) {
-  const res = await fetch(url, { ...init, signal: AbortSignal.timeout(5000) });
-  const body = await res.text();
-  return { status: res.status, body };
-}
-
-// One attempt; throws a retryable error, or returns { userData } / { fatal }.
-async function readAws() {
-  const ep = (env.CELLO_AWS_IMDS_ENDPOINT ?? 'http://169.254.169.254').replace(/\/+$/, '');
-  const tok = await http(`${ep}/latest/api/token`, { method: 'PUT', headers: { 'X-aws-ec2-metadata-token-ttl-seconds': '300' } });
-  if (tok.status !== 200) throw new Error(`IMDSv2 token: HTTP ${tok.status}`);
-  const headers = { 'X-aws-ec2-metadata-token': tok.body };
-  const ud = await http(`${ep}/latest/user-data`, { headers });
-  if (ud.status === 404) return { fatal: 'this instance has no user data (launch it through the Cello controller)' };
-  if (ud.status !== 200) throw new Error(`IMDSv2 user-data: HTTP ${ud.status}`);
-  const id = await http(`${ep}/latest/meta-data/instance-id`, { headers });
-  return { userData: ud.body, instanceId: id.status === 200 ? id.body.trim() : undefined };
-}
-
-async function readGce() {
-  const ep = (env.CELLO_GCE_METADATA_ENDPOINT ?? 'http://metadata.google.internal').replace(/\/+$/, '');
-  const headers = { 'Metadata-Flavor': 'Google' };
-  const ud = await http(`${ep}/computeMetadata/v1/instance/attributes/user-data`, { headers });
-  if (ud.status === 404) return { fatal: 'this instance has no "user-data" metadata attribute (launch it through the Cello controller)' };
-  if (ud.status !== 200) throw new Error(`GCE metadata user-data: HTTP ${ud.status}`);
-  const id = await http(`${ep}/computeMetadata/v1/instance/id`, { headers });
-  return { userData: ud.body, instanceId: id.status === 200 ? id.body.trim() : undefined };
-}
-
-/** Checks the user data the way the agent will read it, naming the field that is wrong. */
-export function parseBootstrap(text) {
-  let v;
-  try {
-    v = JSON.parse(text);
-  } catch {
-    throw new Error('user data is not JSON (expected a Cello cell bootstrap)');
-  }
-  if (v === null || typeof v !== 'object') throw new Error('user data: expected a JSON object');
-  if (v.cello !== FORMAT) throw new Error(`user data: cello: expected "${FORMAT}"`);
-  for (const f of ['controllerId', 'cellId', 'caCertPem', 'token', 'tokenExpiresAt']) {
-    if (typeof v[f] !== 'string' || v[f] === '') throw new Error(`user data: ${f}: required string`);
-  }
-  if (!Number.isInteger(v.agentPort) || v.agentPort < 1 || v.agentPort > 65535) throw new Error('user data: agentPort: required port number');
-  if (!v.caCertPem.includes('BEGIN CERTIFICATE')) throw new Error('user data: caCertPem: not a PEM certificate');
-  if (/^[A-Za-z0-9._:-]+$/.test(v.cellId) === false) throw new Error('user data: cellId: unexpected characters');
-  return v;
-}
-
-// The user data's agentConfig, as flags of `cell-agent serve`. Only these keys are known;
-// values are checked strictly because they end up on the agent's command line.
-const HOST_PORT = /^[A-Za-z0-9.-]+:[0-9]{1,5}$/;
-export function agentArgs(cfg) {
-  if (cfg === null || typeof cfg !== 'object' || Array.isArray(cfg)) throw new Error('user data: agentConfig: expected an object');
-  const args = [];
-  for (const [k, v] of Object.entries(cfg)) {
-    if (k === 'insecureRegistries') {
-      if (!Array.isArray(v) || !v.every((r) => typeof r === 'string' && HOST_PORT.test(r))) throw new Error('user data: agentConfig.insecureRegistries: expected a list of host:port');
-      for (const r of v) args.push('--insecure-registry', r);
-    } else if (k === 'metricsListen') {
-      if (typeof v !== 'string' || !HOST_PORT.test(v)) throw new Error('user data: agentConfig.metricsListen: expected host:port');
-      args.push('--metrics-listen', v);
-    } else if (k === 'pidsLimit') {
-      if (!Number.isInteger(v) || v < 1) throw new Error('user data: agentConfig.pidsLimit: expected a positive integer');
-      args.push('--pids-limit', String(v));
-    } else if (k === 'auditTranscripts') {
-      if (typeof v !== 'boolean') throw new Error('user data: agentConfig.auditTranscripts: expected true or false');
-      if (v) args.push('--audit-transcripts');
-    } else {
-      log('warn', 'ignoring an agentConfig setting this image does not know', { key: k });
-    }
-  }
-  return args;
-}
-
-async function main() {
-  if (existsSync(`${STATE}/bootstrap/done`)) {
-    log('info', 'already bootstrapped; nothing to do');
-    return;
-  }
-  const cloud = whichCloud();
-  const deadline = Date.now() + Number(env.CELLO_METADATA_TIMEOUT_SECONDS ?? 120) * 1000;
-  let got;
-  for (let attempt = 1; ; attempt++) {
-    try {
-      got = cloud === 'aws' ? await readAws() : await readGce();
-      break;
-    } catch (err) {
-      if (Date.now() > deadline) throw new Error(`metadata service (${cloud}) did not answer in time: ${err.message}`);
-      if (attempt === 1 || attempt % 10 === 0) log('warn', 'metadata service not ready; retrying', { cloud, error: err.message });
-      await new Promise((r) => setTimeout(r, Math.min(2000, 200 * attempt)));
-    }
-  }
-  if (got.fatal) throw new Error(got.fatal);
-  const b = parseBootstrap(got.userData);
-  const args = agentArgs(b.agentConfig ?? {});
-  if (Date.parse(b.tokenExpiresAt) < Date.now()) log('warn', 'the bootstrap token has already expired; the controller will refuse it and replace this cell', { tokenExpiresAt: b.tokenExpiresAt });
-
-  writeAtomic(`${STATE}/bootstrap/user-data.json`, got.userData, 0o600);
-  writeAtomic(`${STATE}/bootstrap/ca.pem`, b.caCertPem, 0o644);
-  const lines = [
-    '# Written by cello-first-boot from this instance\'s user data; read by cell-agent.service.',
-    `CELLO_AGENT_LISTEN=${env.CELLO_AGENT_LISTEN_HOST || '0.0.0.0'}:${b.agentPort}`,
-    `CELLO_CELL_ID=${b.cellId}`,
-    `CELLO_CONTROLLER_ID=${JSON.stringify(b.controllerId)}`,
-    ...(got.instanceId ? [`CELLO_INSTANCE_ID=${got.instanceId}`] : []),
-    `CELLO_AGENT_ARGS=${args.join(' ')}`,
-  ];
-  writeAtomic(`${CONF}/agent.env`, `${lines.join('\n')}\n`, 0o644);
-  writeAtomic(`${STATE}/bootstrap/done`, `${new Date().toISOString()}\n`, 0o644);
-  log('info', 'cell bootstrap written', { cloud, cellId: b.cellId, controllerId: b.controllerId, agentPort: b.agentPort, instanceId: got.instanceId });
-}
-
-main().catch((err) => {
-  log('error', err.message);
-  process.exit(1);
-});
-EOF
+# The first boot is `cell-agent first-boot` (packages/cell-agent/src/bootstrap/first-boot.ts), so
+# the user data is read by the same code as the agent's. Images installed by an older install.sh
+# carry it as a script of their own: it goes, or it would outlive the agent it was written for.
+if [ -e "$LIB_DIR/first-boot.mjs" ]; then
+  rm -f "$LIB_DIR/first-boot.mjs"
+  say "removed $LIB_DIR/first-boot.mjs (now cell-agent first-boot)"
+  CHANGED=1
+fi
 
 install_file 0755 "$LIB_DIR/prepare-cgroups" <<'EOF'
 #!/bin/sh
@@ -438,7 +284,7 @@ ConditionPathExists=!$STATE_DIR/bootstrap/done
 Type=oneshot
 RemainAfterExit=yes
 EnvironmentFile=-$CONF_DIR/first-boot.env
-ExecStart=$PREFIX/agent/current/lib/node $LIB_DIR/first-boot.mjs
+ExecStart=$BIN_LINK first-boot
 # It only talks to the metadata service and writes two directories.
 NoNewPrivileges=yes
 ProtectSystem=strict

@@ -7,7 +7,7 @@ import os from 'node:os';
 import { join, resolve } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { experimental, Server, ServerCredentials } from '@grpc/grpc-js';
-import { HealthService } from '@cello/proto';
+import { HealthService, joinHostPort, splitHostPort } from '@cello/proto';
 import { CellCertificatesService } from '@cello/proto/cell';
 import { createCertificateService, loadServerIdentity, type ServerIdentity } from './bootstrap/renewal.js';
 import type pino from 'pino';
@@ -135,7 +135,7 @@ function checkPlaintextListen(o: AgentOptions): void {
   const listens: Array<[string, string]> = [['--listen', o.listen]];
   if (typeof o.streamListen === 'string') listens.push(['--stream-listen', o.streamListen]);
   for (const [flag, at] of listens) {
-    const host = at.slice(0, at.lastIndexOf(':'));
+    const { host } = splitHostPort(at);
     if (!loopbackHost(host)) {
       throw new Error(`${flag} ${at}: without TLS (--insecure-dev) the agent listens only on a loopback address (127.0.0.1, ::1); serve other addresses with --tls-cert/--tls-key/--tls-ca`);
     }
@@ -178,16 +178,15 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   const identity: ServerIdentity | undefined = o.tls ? await loadServerIdentity(o.tls) : undefined;
   // Who may call: fixed at start from the cell's own certificate (a renewal keeps its identity).
   const peers: PeerPolicy | undefined = identity ? agentPeerPolicy(identity.current().certPem, o.allowedClients ?? []) : undefined;
-  const host = o.listen.slice(0, o.listen.lastIndexOf(':'));
+  const { host } = splitHostPort(o.listen);
   // One helper per pod namespace, shared by both port-forward paths.
   const forwarder = new PortForwarder();
   let pfStream: PortForwardStreamListener | undefined;
   if (o.streamListen !== false) {
-    const at = o.streamListen ?? `${host}:0`;
-    const i = at.lastIndexOf(':');
+    const at = splitHostPort(o.streamListen ?? joinHostPort(host, 0));
     pfStream = await startPortForwardStreamListener({
-      host: at.slice(0, i),
-      port: Number(at.slice(i + 1)),
+      host: at.host,
+      port: at.port,
       ...(identity && peers ? { identity, peers } : {}),
       connect: (port) => forwarder.connect(pod.netnsPath(), port),
       logger: log,
@@ -208,8 +207,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   metrics.setStatsSource(() => streams.statsCollector.collect());
   let metricsServer: MetricsServer | undefined;
   if (o.metricsListen) {
-    const i = o.metricsListen.lastIndexOf(':');
-    metricsServer = await startMetricsServer(metrics, { host: o.metricsListen.slice(0, i), port: Number(o.metricsListen.slice(i + 1)), onError: (err) => log.warn({ err }, 'metrics refresh failed') });
+    const at = splitHostPort(o.metricsListen);
+    metricsServer = await startMetricsServer(metrics, { host: at.host, port: at.port, onError: (err) => log.warn({ err }, 'metrics refresh failed') });
   }
   const health = new HealthService({ '': 1, 'cello.cell.v1.CellAgent': 1 });
   const server = new Server({
@@ -258,9 +257,9 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     log.error({ err }, 'restoring the pod from the state dir failed');
     return false;
   });
-  log.info({ listen: `${host}:${port}`, stateDir: o.stateDir, runDir, podIP, restored, metricsPort: metricsServer?.port, streamPort: pfStream?.port }, 'cell-agent serving');
+  log.info({ listen: joinHostPort(host, port), stateDir: o.stateDir, runDir, podIP, restored, metricsPort: metricsServer?.port, streamPort: pfStream?.port }, 'cell-agent serving');
   return {
-    address: `${host}:${port}`,
+    address: joinHostPort(host, port),
     port,
     runDir,
     pod,

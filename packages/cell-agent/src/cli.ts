@@ -2,16 +2,17 @@
 // cell-agent: the daemon on every cell (`serve`) and a client for it (`ctl`).
 import { existsSync } from 'node:fs';
 import { Command } from 'commander';
+import { pino } from 'pino';
 import type { CellAgentClient } from '@cello/proto/cell';
 import { AGENT_VERSION, startAgent } from './agent.js';
-import { prepareCellIdentity } from './bootstrap/index.js';
+import { firstBoot, prepareCellIdentity } from './bootstrap/index.js';
 import { ImdsClient, watchInstanceNotices } from './cloud/index.js';
 import { registerCtl } from './ctl/ctl.js';
-import { createLogger } from './log.js';
+import { createLogger, REDACT_CENSOR, REDACT_PATHS } from './log.js';
 
 const program = new Command('cell-agent')
   .version(AGENT_VERSION)
-  .description('Cello cell agent: runs one Kubernetes pod on this machine under runc, and serves cello.cell.v1 over mTLS.');
+  .description('Cello cell agent: runs one Kubernetes pod on this machine under runc, and serves cello.cell.v1 over mTLS; `first-boot` prepares a cloud instance for it.');
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -106,6 +107,59 @@ program
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
+  });
+
+// Run by cello-first-boot.service (images/install.sh), configured by /etc/cello/first-boot.env:
+// the settings come from the environment so the unit's EnvironmentFile= is the one place to change them.
+program
+  .command('first-boot')
+  .description('once per instance, before `serve`: read this cell\'s bootstrap (cell-bootstrap/v1) from the cloud\'s instance metadata and write the agent\'s settings')
+  .option('--metadata <aws|gce|auto>', 'where the user data comes from: aws (IMDSv2), gce (the metadata server\'s "user-data" attribute) or auto (by the machine\'s DMI vendor; refuses anything else rather than guess)', process.env['CELLO_METADATA'] || 'auto')
+  .option('--aws-imds-endpoint <url>', 'IMDSv2 endpoint', process.env['CELLO_AWS_IMDS_ENDPOINT'] || 'http://169.254.169.254')
+  .option('--gce-metadata-endpoint <url>', 'GCE metadata server', process.env['CELLO_GCE_METADATA_ENDPOINT'] || 'http://metadata.google.internal')
+  .option('--listen-host <host>', 'the address `serve` will listen on (its port comes from the user data)', process.env['CELLO_AGENT_LISTEN_HOST'] || '0.0.0.0')
+  .option('--timeout <seconds>', 'how long to wait for the metadata service to answer', (v) => Number(v), Number(process.env['CELLO_METADATA_TIMEOUT_SECONDS'] || 120))
+  .option('--state-dir <dir>', 'where the bootstrap files go (DIR/bootstrap)', process.env['CELLO_STATE_DIR'] || '/var/lib/cello')
+  .option('--conf-dir <dir>', 'where agent.env goes', process.env['CELLO_CONF_DIR'] || '/etc/cello')
+  .addHelpText(
+    'after',
+    `
+Writes STATE/bootstrap/user-data.json (0600: it holds the one-time token), STATE/bootstrap/ca.pem,
+CONF/agent.env (CELLO_AGENT_LISTEN, CELLO_CELL_ID, CELLO_CONTROLLER_ID, CELLO_INSTANCE_ID,
+CELLO_AGENT_ARGS from the user data's agentConfig) and STATE/bootstrap/done; when done exists it
+does nothing (the token is single-use). The user data is checked as \`serve --bootstrap-user-data\`
+reads it, and a bad field is named. A metadata service that does not answer yet is retried until
+--timeout.
+
+Each option defaults to an environment variable (set in /etc/cello/first-boot.env): CELLO_METADATA,
+CELLO_AWS_IMDS_ENDPOINT, CELLO_GCE_METADATA_ENDPOINT, CELLO_AGENT_LISTEN_HOST,
+CELLO_METADATA_TIMEOUT_SECONDS, CELLO_STATE_DIR, CELLO_CONF_DIR.
+
+Logs are JSON lines on stdout (the journal); the token is never logged. Exit status 1 on failure.
+
+Examples:
+  cell-agent first-boot                       (as cello-first-boot.service runs it)
+  cell-agent first-boot --metadata aws --aws-imds-endpoint http://127.0.0.1:8080 --state-dir /tmp/s --conf-dir /tmp/c
+`,
+  )
+  .action(async (o: { metadata: string; awsImdsEndpoint: string; gceMetadataEndpoint: string; listenHost: string; timeout: number; stateDir: string; confDir: string }) => {
+    // Its own logger on stdout, named for the unit, so the journal reads like the unit's.
+    const logger = pino(
+      {
+        base: { app: 'cello-first-boot' },
+        formatters: { level: (label) => ({ level: label }) },
+        timestamp: pino.stdTimeFunctions.isoTime,
+        redact: { paths: [...REDACT_PATHS], censor: REDACT_CENSOR },
+      },
+      pino.destination({ dest: 1, sync: true }),
+    );
+    if (!Number.isFinite(o.timeout) || o.timeout < 0) throw new Error('--timeout: expected seconds');
+    try {
+      await firstBoot({ metadata: o.metadata, awsEndpoint: o.awsImdsEndpoint, gceEndpoint: o.gceMetadataEndpoint, listenHost: o.listenHost, timeoutSeconds: o.timeout, stateDir: o.stateDir, confDir: o.confDir, logger });
+    } catch (err) {
+      logger.error((err as Error).message);
+      process.exit(1);
+    }
   });
 
 async function main(): Promise<void> {

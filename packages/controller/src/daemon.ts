@@ -1,6 +1,7 @@
 // Assembles a running controller from its configuration: store, provider, API server, metrics
 // endpoint, and the reconciler, which runs only while this process holds the store's
 // leadership (so two controllers on one etcd never both act).
+import { joinHostPort, splitHostPort } from '@cello/proto';
 import { createServer, type Server as HttpServer } from 'node:http';
 import { credentials } from '@grpc/grpc-js';
 import { hostname } from 'node:os';
@@ -179,7 +180,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
   await apiSecurity.writeAdminCredentials(dialAddress(config.api.listen, apiPort));
   const metricsServer = await serveMetrics(config.metrics.listen, metrics);
   const metricsPort = (metricsServer.address() as { port: number }).port;
-  log.info({ api: config.api.listen.replace(/:\d+$/, `:${apiPort}`), metricsPort, store: store.kind, provider: provider.name, controllerId: config.controllerId }, 'controller listening');
+  log.info({ api: joinHostPort(splitHostPort(config.api.listen).host, apiPort), metricsPort, store: store.kind, provider: provider.name, controllerId: config.controllerId }, 'controller listening');
   // The virtual node drives pods through this process's own API, as cellctl does.
   const vnode = config.kubernetes?.enabled
     ? await startVirtualNodeFromConfig(config.kubernetes, {
@@ -297,9 +298,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
 }
 
 async function serveMetrics(listen: string, metrics: Metrics): Promise<HttpServer> {
-  const i = listen.lastIndexOf(':');
-  const host = listen.slice(0, i).replace(/^\[|\]$/g, '');
-  const port = Number(listen.slice(i + 1));
+  const { host, port } = splitHostPort(listen);
   const server = createServer((req, res) => {
     if (req.url === '/metrics') {
       metrics.registry.metrics().then(

@@ -115,7 +115,11 @@ describe('install.sh', () => {
       for (const line of ['Restart=always', 'After=network-online.target cello-first-boot.service', 'Wants=network-online.target', 'KillMode=process', 'Delegate=yes', 'ProtectSystem=full']) {
         expect(unit).toContain(line);
       }
-      expect(m.sh('cat /etc/systemd/system/cello-first-boot.service')).toContain('NoNewPrivileges=yes');
+      const firstBootUnit = m.sh('cat /etc/systemd/system/cello-first-boot.service');
+      expect(firstBootUnit).toContain('NoNewPrivileges=yes');
+      // The first boot is the agent's own subcommand: the user data is parsed in one place.
+      expect(firstBootUnit).toContain('ExecStart=/usr/local/bin/cell-agent first-boot\n');
+      expect(m.run(['test', '-e', '/usr/local/lib/cello/first-boot.mjs']).status).not.toBe(0);
     });
 
     it("passes systemd's own unit checks", () => {
@@ -131,6 +135,16 @@ describe('install.sh', () => {
       expect(r.stdout).toContain(`done: nothing to change (cell-agent ${bundles.version})`);
       expect(r.stdout).not.toMatch(/^install\.sh: (wrote|installed|linked|enabled)/m);
       expect(snapshot(m)).toBe(before);
+    });
+
+    it('removes the first-boot script an older install.sh left, once', () => {
+      m.sh('printf "// older first boot\\n" > /usr/local/lib/cello/first-boot.mjs');
+      const r = m.run(['sh', '/root/install.sh', '--bundle', bundleArg()]);
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stdout).toContain('removed /usr/local/lib/cello/first-boot.mjs (now cell-agent first-boot)');
+      expect(m.run(['test', '-e', '/usr/local/lib/cello/first-boot.mjs']).status).not.toBe(0);
+      const again = m.run(['sh', '/root/install.sh', '--bundle', bundleArg()]);
+      expect(again.stdout).toContain(`done: nothing to change (cell-agent ${bundles.version})`);
     });
 
     it('first boot (as its unit runs it) reads the user data over IMDSv2 and writes the agent settings', async () => {
@@ -176,9 +190,9 @@ describe('install.sh', () => {
     });
 
     it('first boot reads the GCE metadata server too, and refuses bad user data naming the field', async () => {
-      const good = { cello: 'cell-bootstrap/v1', controllerId: 'ctl-test', cellId: 'cell-0002', agentPort: 17444, caCertPem: selfSignedCa(), token: 't', tokenExpiresAt: new Date(Date.now() + 600_000).toISOString() };
+      const good = { cello: 'cell-bootstrap/v1', controllerId: 'ctl-test', cellId: 'cell-0002', agentPort: 17444, caCertPem: selfSignedCa(), token: 'cbt_0123456789abcdef', tokenExpiresAt: new Date(Date.now() + 600_000).toISOString() };
       const run = (cloud: 'aws' | 'gce', url: string) =>
-        m.runAsync(['sh', '-c', `rm -f /var/lib/cello/bootstrap/done /etc/cello/agent.env; env CELLO_METADATA=${cloud} CELLO_GCE_METADATA_ENDPOINT=${url} CELLO_AWS_IMDS_ENDPOINT=${url} CELLO_METADATA_TIMEOUT_SECONDS=5 /opt/cello/agent/current/lib/node /usr/local/lib/cello/first-boot.mjs`]);
+        m.runAsync(['sh', '-c', `rm -f /var/lib/cello/bootstrap/done /etc/cello/agent.env; env CELLO_METADATA=${cloud} CELLO_GCE_METADATA_ENDPOINT=${url} CELLO_AWS_IMDS_ENDPOINT=${url} CELLO_METADATA_TIMEOUT_SECONDS=5 /usr/local/bin/cell-agent first-boot`]);
 
       const gce = await startMetadataDouble({ cloud: 'gce', userData: JSON.stringify(good), instanceId: '4242' });
       try {
@@ -195,7 +209,8 @@ describe('install.sh', () => {
       try {
         const r = await run('aws', bad.url);
         expect(r.status).toBe(1);
-        expect(r.stdout).toContain('user data: agentPort: required port number');
+        // Checked by the agent's own parser (the one `serve` uses), which names the field.
+        expect(r.stdout).toContain('user data field agentPort:');
         expect(m.run(['test', '-e', '/etc/cello/agent.env']).status).not.toBe(0);
       } finally {
         await bad.close();

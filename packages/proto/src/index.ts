@@ -4,3 +4,5 @@
 export { HealthService } from './health-service.js';
 export { ManifestError, podFromManifest, readManifests, type ManifestObject, type PodManifest } from './manifest/index.js';
 export { parseQuantity, parseCpuMillis, parseBytes, parseCount, formatCpuMillis, formatBytes, QuantityError } from './quantity.js';
+export { splitHostPort, joinHostPort, freePort, HostPortError } from './net.js';
+export { REDACT_PATHS, REDACT_CENSOR } from './redact.js';

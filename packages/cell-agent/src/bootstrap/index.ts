@@ -18,6 +18,7 @@ import { readUserData, type CellUserData, type UserDataSource } from './user-dat
 export { readUserData, parseUserData, USER_DATA_FORMAT, type CellUserData, type UserDataSource } from './user-data.js';
 export { startBootstrapServer, type BootstrapServer, type BootstrapServerOptions } from './server.js';
 export { identityFiles, type IdentityFiles } from './identity.js';
+export { firstBoot, type FirstBootOptions, type FirstBootResult } from './first-boot.js';
 
 export interface PrepareIdentityOptions {
   userData: UserDataSource | CellUserData;

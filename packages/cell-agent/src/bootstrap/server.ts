@@ -7,6 +7,7 @@
 //                                by the CA from the user data and name this cell; the agent
 //                                stores it and stops the bootstrap listener.
 // A wrong, replayed or expired token is refused with PERMISSION_DENIED / the reason.
+import { joinHostPort, splitHostPort } from '@cello/proto';
 import { timingSafeEqual } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { Server, ServerCredentials, status, type ServerUnaryCall, type sendUnaryData } from '@grpc/grpc-js';
@@ -146,8 +147,7 @@ export async function startBootstrapServer(o: BootstrapServerOptions): Promise<B
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(listen, creds, (err, p) => (err ? reject(new Error(`bootstrap listener on ${listen}: ${err.message}`)) : resolve(p))),
   );
-  const host = listen.slice(0, listen.lastIndexOf(':'));
-  const address = `${host}:${port}`;
+  const address = joinHostPort(splitHostPort(listen).host, port);
   log.info({ address, tokenExpiresAt: ud.tokenExpiresAt }, 'waiting for the controller to bootstrap this cell');
   return {
     address,

@@ -1,5 +1,6 @@
 // `cell-agent ctl logs | exec | port-forward`: the stream commands, behaving like their kubectl
 // namesakes against one cell.
+import { splitHostPort } from '@cello/proto';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Command } from 'commander';
 import { readFileSync } from 'node:fs';
@@ -266,7 +267,7 @@ export function parsePortMapping(spec: string): { local: number; remote: number 
 /** The stream port's host and TLS from ctl's own options (--addr, --tls-*, --server-name). */
 function streamPortAccess(ctl: Command): StreamPortAccess {
   const o = ctl.opts<{ addr: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; serverName?: string }>();
-  const host = o.addr.slice(0, o.addr.lastIndexOf(':')).replace(/^\[(.*)\]$/, '$1');
+  const { host } = splitHostPort(o.addr);
   if (!o.tlsCert || !o.tlsKey || !o.tlsCa) return { host };
   return { host, tls: { ca: readFileSync(o.tlsCa), cert: readFileSync(o.tlsCert), key: readFileSync(o.tlsKey), ...(o.serverName ? { serverName: o.serverName } : {}) } };
 }

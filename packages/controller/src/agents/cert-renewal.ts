@@ -6,6 +6,7 @@
 // When a cell's certificate expires is learnt from the TLS handshakes the controller makes
 // anyway (observe(), fed by the channel credentials' server check) and from each renewal's
 // answer — nothing is polled and nothing extra is stored.
+import { splitHostPort } from '@cello/proto';
 import { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import { Metadata, type ServiceError } from '@grpc/grpc-js';
@@ -102,7 +103,7 @@ export class CellCertificateRenewer {
       const req = await unary<RequestRenewalRequest, RequestRenewalResponse>(client, 'requestRenewal', RequestRenewalRequest.fromPartial({}), timeout);
       if (req.cellId !== cellId) throw new Error(`the agent at ${address} says it is cell ${JSON.stringify(req.cellId)}`);
       // The addresses come from the controller's record, never from the agent's word.
-      const host = address.slice(0, address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+      const { host } = splitHostPort(address);
       const certPem = await this.o.ca.signCsr(req.csrPem, { cellId, ...(isIP(host) ? { ips: [host] } : { dnsNames: [host] }), ttlSeconds: this.o.ttlSeconds });
       const res = await unary<InstallRenewalRequest, InstallRenewalResponse>(client, 'installRenewal', InstallRenewalRequest.fromPartial({ certificatePem: certPem }), timeout);
       const cert = new X509Certificate(certPem);

@@ -10,6 +10,7 @@
 // presenting exactly that certificate, and signs the CSR only if it is for that certificate's
 // key — so a CSR cannot be relayed from a different endpoint. The resulting certificate names
 // only this cell.
+import { splitHostPort } from '@cello/proto';
 import { X509Certificate as NodeX509 } from 'node:crypto';
 import { isIP } from 'node:net';
 import { connect as tlsConnect, type PeerCertificate } from 'node:tls';
@@ -24,6 +25,10 @@ import {
 import type { Logger } from 'pino';
 import { DEFAULT_TRUST_DOMAIN, identityOf, identityUri } from '../security/identity.js';
 import * as x509 from '../security/x509.js';
+import { Backoff } from '../util/backoff.js';
+
+/** Waiting for a new cell's agent: 100 ms doubling to 2 s, until the bootstrap deadline. */
+const BOOTSTRAP_RETRY = { baseMs: 100, maxMs: 2_000 };
 
 export interface CsrSigner {
   /** The CA certificate (PEM) that the agent's user data carries. */
@@ -91,9 +96,7 @@ function toPem(raw: Buffer): string {
 
 /** The certificate the server at `address` presents (raw DER); rejects when nothing listens. */
 function probeCertificate(address: string, timeoutMs: number): Promise<Buffer> {
-  const i = address.lastIndexOf(':');
-  const host = address.slice(0, i).replace(/^\[|\]$/g, '');
-  const port = Number(address.slice(i + 1));
+  const { host, port } = splitHostPort(address);
   return new Promise((resolve, reject) => {
     const sock = tlsConnect({ host, port, rejectUnauthorized: false, ALPNProtocols: ['h2'], ...(isIP(host) ? {} : { servername: host }) });
     const timer = setTimeout(() => sock.destroy(new Error(`TLS handshake with ${address} timed out`)), timeoutMs);
@@ -126,18 +129,19 @@ export async function bootstrapCell(o: BootstrapCellOptions): Promise<BootstrapR
   // Wait (until the deadline) for the instance's agent to listen, and pin what it presents.
   let attempts = 0;
   let pinned: Buffer | undefined;
-  let delay = 100;
+  // One back-off across both waits below: a cell slow to listen is also slow to answer.
+  const backoff = new Backoff(BOOTSTRAP_RETRY);
   while (!pinned) {
     attempts++;
     try {
       pinned = await probeCertificate(o.address, Math.max(1000, Math.min(10_000, deadline - Date.now())));
     } catch (err) {
+      const delay = backoff.next();
       if (Date.now() + delay >= deadline) {
         throw new BootstrapError(o.cellId, `no agent answered at ${o.address} before the deadline: ${(err as Error).message}`, status.UNAVAILABLE);
       }
       log?.debug({ attempt: attempts, err: (err as Error).message }, 'agent not answering yet');
       await new Promise((r) => setTimeout(r, delay));
-      delay = Math.min(delay * 2, 2000);
     }
   }
   const pinnedPem = toPem(pinned);
@@ -157,12 +161,12 @@ export async function bootstrapCell(o: BootstrapCellOptions): Promise<BootstrapR
         break;
       } catch (err) {
         const e = err as ServiceError;
+        const delay = backoff.next();
         // A transport hiccup before the agent saw the request: try again until the deadline.
         if (e.code === status.UNAVAILABLE && Date.now() + delay < deadline) {
           attempts++;
           log?.debug({ attempt: attempts, code: status[e.code] }, 'bootstrap call failed; retrying');
           await new Promise((r) => setTimeout(r, delay));
-          delay = Math.min(delay * 2, 2000);
           continue;
         }
         throw new BootstrapError(o.cellId, `RequestCertificate: ${e.details || e.message}`, e.code);
@@ -220,7 +224,7 @@ export function bootstrapFnFor(
   opts: { tokens?: TokenConsumer; ttlSeconds?: number; timeoutMs?: number; logger?: Logger } = {},
 ): (args: { address: string; token: string; cellId: string; caPem: string }) => Promise<void> {
   return async ({ address, token, cellId }) => {
-    const host = address.slice(0, address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+    const { host } = splitHostPort(address);
     await bootstrapCell({
       address,
       cellId,

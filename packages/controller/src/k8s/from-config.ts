@@ -1,13 +1,14 @@
 // Starts the virtual node from the controller's configuration (the daemon's entry point).
+import { splitHostPort } from '@cello/proto';
 import type { CellProvider, InstanceType } from '../providers/provider.js';
-import { nodeCapacity, podsUsage } from './capacity.js';
-import type { KPod } from './manifest.js';
+import { nodeCapacity, podsUsage } from './node/capacity.js';
+import type { KPod } from './node/manifest.js';
 import type { Logger } from '../obs/logger.js';
 import type { AgentAccess } from '../agents/pool.js';
 import type { Registry } from 'prom-client';
 import type { ChannelCredentials } from '@grpc/grpc-js';
 import { defaultInternalIP, leaderIdentity, readKubeletTls, type KubernetesConfig } from './config.js';
-import type { NodeCapacity } from './node.js';
+import type { NodeCapacity } from './node/node.js';
 import { startVirtualNode, type VirtualNodeHandle } from './virtual-node.js';
 
 /**
@@ -43,7 +44,7 @@ export async function startVirtualNodeFromConfig(
     log: Logger;
   },
 ): Promise<VirtualNodeHandle> {
-  const i = k.kubelet.listen.lastIndexOf(':');
+  const kubeletListen = splitHostPort(k.kubelet.listen);
   const tls = readKubeletTls(k);
   const fixed: NodeCapacity | undefined = k.capacity ? { cpu: k.capacity.cpu, memory: k.capacity.memory, pods: String(k.capacity.pods) } : undefined;
   const derived = derivedCapacity(o.instanceTypes, o.maxCells);
@@ -68,8 +69,8 @@ export async function startVirtualNodeFromConfig(
     providerName: o.providerName,
     internalIP: k.internalIP ?? defaultInternalIP(),
     kubelet: {
-      listenHost: k.kubelet.listen.slice(0, i).replace(/^\[|\]$/g, ''),
-      port: Number(k.kubelet.listen.slice(i + 1)),
+      listenHost: kubeletListen.host,
+      port: kubeletListen.port,
       ...tls,
       ...(k.kubelet.allowedCommonNames.length ? { allowedCNs: k.kubelet.allowedCommonNames } : {}),
     },

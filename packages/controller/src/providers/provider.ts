@@ -55,7 +55,10 @@ export interface InstanceInfo {
   zone?: string;
 }
 
-/** Thrown by launch when this type (or type+zone) has no capacity: the controller tries the next candidate. */
+/**
+ * Thrown by launch when this type (or type+zone) has no capacity: the controller tries the next
+ * candidate, for any other error it fails the cell. A launch that throws it leaves no instance.
+ */
 export class CapacityError extends Error {
   constructor(message: string, readonly instanceType: string, readonly zone?: string) {
     super(message);
@@ -104,7 +107,10 @@ export interface CellProvider {
   /** Every instance carrying this controller ID tag, for garbage collection after a store wipe. */
   listOwned(controllerId: string): Promise<InstanceInfo[]>;
   terminate(instanceIds: string[]): Promise<void>;
-  /** Limits and usage, read fresh on each call (the caller caches); absent when unknown. */
+  /**
+   * Limits and usage, read fresh on each call (the caller caches); absent when unknown. Every
+   * provider here has it, and the contract checks that its launches count against it.
+   */
   capacity?(): Promise<ProviderCapacity>;
   close(): Promise<void>;
 }

@@ -24,6 +24,7 @@ import { reconcilePod } from './pods.js';
 import { RecordCache, type Cached, type CellCache } from './record-cache.js';
 import { StatusWatch } from './status-watch.js';
 import { WarmPool } from './warm-pool.js';
+import { backoffDelay } from '../util/backoff.js';
 
 export { TAG_CELL, TAG_CONTROLLER, TAG_POD, type BootstrapFn, type ReconcilerOptions, type WarmPoolEntry } from './context.js';
 
@@ -164,7 +165,7 @@ export class Reconciler {
     const n = (this.retries.get(key) ?? 0) + 1;
     this.retries.set(key, n);
     this.retriedThisRun.add(key);
-    this.queue.addAfter(key, Math.min(baseMs * 2 ** (n - 1), baseMs * RETRY_MAX_FACTOR, RETRY_MAX_MS));
+    this.queue.addAfter(key, backoffDelay({ baseMs, maxMs: Math.min(baseMs * RETRY_MAX_FACTOR, RETRY_MAX_MS) }, n));
   }
 
   private onTick(): void {

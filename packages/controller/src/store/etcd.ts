@@ -26,6 +26,7 @@ import {
 import { checkEtcdTransport, etcdCredentials, type EtcdTlsOptions } from './etcd-tls.js';
 import { StoreMetrics } from './metrics.js';
 import { WatchStream } from './watch-stream.js';
+import { backoffDelay, type BackoffPolicy } from '../util/backoff.js';
 
 export interface EtcdStoreOptions {
   endpoints: string[];
@@ -60,8 +61,7 @@ function abortReason(signal: AbortSignal | undefined, fallback: string): Error {
   return r instanceof Error ? r : new Error(fallback);
 }
 
-const WATCH_RETRY_FIRST_MS = 100;
-const WATCH_RETRY_MAX_MS = 2_000;
+const WATCH_RETRY: BackoffPolicy = { baseMs: 100, maxMs: 2_000 };
 
 /**
  * How soon a broken watch stream is re-established: doubling from 100 ms, at most 2 s apart
@@ -69,8 +69,8 @@ const WATCH_RETRY_MAX_MS = 2_000;
  * down for a few seconds, one of them waited up to half a minute more to hear of any change.
  * (etcd3 resets to the first delay whenever a response arrives.)
  */
-function watchBackoff(delayMs: number): { duration: number; next(): ReturnType<typeof watchBackoff> } {
-  return { duration: delayMs, next: () => watchBackoff(Math.min(delayMs * 2, WATCH_RETRY_MAX_MS)) };
+function watchBackoff(attempt = 1): { duration: number; next(): ReturnType<typeof watchBackoff> } {
+  return { duration: backoffDelay(WATCH_RETRY, attempt), next: () => watchBackoff(attempt + 1) };
 }
 
 /**
@@ -121,7 +121,7 @@ export class EtcdStore implements Store {
       auth: opts.auth,
       dialTimeout: timeout,
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
-      faultHandling: { watchBackoff: watchBackoff(WATCH_RETRY_FIRST_MS) },
+      faultHandling: { watchBackoff: watchBackoff() },
     });
     const store = new EtcdStore(client, prefix, opts);
     try {

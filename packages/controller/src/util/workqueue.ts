@@ -2,7 +2,8 @@
 // by two workers at once (a key changed while being processed is queued again after), and a
 // failed key is retried with per-key exponential back-off. Nothing polls: work arrives from
 // watches and from retries. Used by the reconciler (reconcile/) and the virtual node's pod sync
-// (k8s/pods.ts).
+// (k8s/node/pods.ts).
+import { backoffDelay } from './backoff.js';
 export interface WorkQueueOptions {
   baseDelayMs?: number;
   maxDelayMs?: number;
@@ -98,7 +99,7 @@ export class WorkQueue {
     } catch (err) {
       const n = (this.failures.get(key) ?? 0) + 1;
       this.failures.set(key, n);
-      const delay = Math.min((this.o.baseDelayMs ?? 200) * 2 ** (n - 1), this.o.maxDelayMs ?? 30_000);
+      const delay = backoffDelay({ baseMs: this.o.baseDelayMs ?? 200, maxMs: this.o.maxDelayMs ?? 30_000 }, n);
       this.onError(key, err, delay);
       this.addAfter(key, delay);
     } finally {

@@ -12,7 +12,7 @@ import { openStore, type Store } from '../../src/store/index.js';
 import { CertificateAuthority } from '../../src/security/ca.js';
 import { ControllerApi } from '../../src/api/server.js';
 import { ApiAuth, apiChannelCredentials, CertificateSource, SubjectAccessReviewer, TokenReviewer, API_SERVER_NAME } from '../../src/api/auth/index.js';
-import { KubeRest, loadKubeConfig } from '../../src/k8s/rest.js';
+import { KubeRest, loadKubeConfig } from '../../src/k8s/client/rest.js';
 import { AgentPool, insecureAgentCredentials } from '../../src/agents/pool.js';
 import { catalogTypes, localCatalog } from '../../src/catalog/catalog.js';
 import { silentLogger } from '../../src/obs/logger.js';

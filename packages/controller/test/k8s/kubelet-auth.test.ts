@@ -8,12 +8,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request, type RequestOptions } from 'node:https';
 import { credentials } from '@grpc/grpc-js';
 import { freePort, startKubeApiserver, type IssuedCert, type KubeApiserver } from '@cello/testkit';
-import { KubeletServer } from '../../src/k8s/kubelet.js';
-import { CACHE_ENTRIES, KubeletAuth } from '../../src/k8s/kubelet-auth.js';
+import { KubeletServer } from '../../src/k8s/kubelet/server.js';
+import { CACHE_ENTRIES, KubeletAuth } from '../../src/k8s/kubelet/auth.js';
 import type { IncomingMessage } from 'node:http';
-import { SpdyStreams } from '../../src/k8s/streams.js';
+import { SpdyStreams } from '../../src/k8s/kubelet/streams.js';
 import { Controller } from '../../src/k8s/controller-client.js';
-import { KubeRest, loadKubeConfig } from '../../src/k8s/rest.js';
+import { KubeRest, loadKubeConfig } from '../../src/k8s/client/rest.js';
 import { createLogger } from '../../src/obs/logger.js';
 
 const NODE = 'cello-auth';

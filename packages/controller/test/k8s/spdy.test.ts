@@ -4,8 +4,8 @@
 import { describe, expect, it } from 'vitest';
 import { createServer, connect, type Socket } from 'node:net';
 import { createDeflate, createInflate, constants as Z } from 'node:zlib';
-import { FrameReader, HeaderCodec, SpdySession, SpdyStream, controlFrame, dataFrame, decodeHeaderBlock, encodeHeaderBlock, FrameType, FLAG_FIN, MAX_CONTROL_LENGTH, MAX_HEADER_BLOCK, type Frame } from '../../src/k8s/spdy/index.js';
-import { SPDY3_DICTIONARY } from '../../src/k8s/spdy/dictionary.js';
+import { FrameReader, HeaderCodec, SpdySession, SpdyStream, controlFrame, dataFrame, decodeHeaderBlock, encodeHeaderBlock, FrameType, FLAG_FIN, MAX_CONTROL_LENGTH, MAX_HEADER_BLOCK, type Frame } from '../../src/k8s/kubelet/spdy/index.js';
+import { SPDY3_DICTIONARY } from '../../src/k8s/kubelet/spdy/dictionary.js';
 
 describe('SPDY/3 framing', () => {
   it('the header dictionary is the 1423 bytes of the SPDY/3 draft', () => {

@@ -12,9 +12,9 @@ import { PodPhase } from '@cello/proto/cell';
 import { waitFor } from '@cello/testkit';
 import { Cluster, startFixtureRegistry, type Registry } from '../helpers/cluster.js';
 import { Controller } from '../../src/k8s/controller-client.js';
-import { SpdyStreams } from '../../src/k8s/streams.js';
-import { FrameReader, FrameType, controlFrame, encodeHeaderBlock, type Frame } from '../../src/k8s/spdy/index.js';
-import { SPDY3_DICTIONARY } from '../../src/k8s/spdy/dictionary.js';
+import { SpdyStreams } from '../../src/k8s/kubelet/streams.js';
+import { FrameReader, FrameType, controlFrame, encodeHeaderBlock, type Frame } from '../../src/k8s/kubelet/spdy/index.js';
+import { SPDY3_DICTIONARY } from '../../src/k8s/kubelet/spdy/dictionary.js';
 import { createLogger } from '../../src/obs/logger.js';
 
 const HIGH_WATER = 1024 * 1024;

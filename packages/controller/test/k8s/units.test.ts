@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { ConditionStatus, PodPhase, PodStatus } from '@cello/proto/cell';
 import { WorkQueue } from '../../src/util/workqueue.js';
-import { kubeStatus } from '../../src/k8s/status.js';
+import { kubeStatus } from '../../src/k8s/node/status.js';
 import { derivedCapacity } from '../../src/k8s/from-config.js';
 import { kubernetesConfigSchema } from '../../src/k8s/config.js';
 import { parseConfig } from '../../src/config.js';
@@ -119,7 +119,7 @@ describe('kubernetes configuration', () => {
 
 describe('projected token refresh schedule', () => {
   it('refreshes after the given fraction of the lifetime, and at least daily', async () => {
-    const { tokenRefreshAt, MAX_TOKEN_AGE_MS } = await import('../../src/k8s/manifest.js');
+    const { tokenRefreshAt, MAX_TOKEN_AGE_MS } = await import('../../src/k8s/node/manifest.js');
     const t0 = Date.parse('2026-01-01T00:00:00Z');
     // The kubelet's 80 %: a 1 h token is refreshed after 48 min, a 10 min one after 8 min.
     expect(tokenRefreshAt(t0, t0 + 3600_000, 0.8) - t0).toBe(48 * 60_000);

@@ -22,7 +22,8 @@ afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
-providerContract('local', async () => ({ provider: new LocalProvider({ root: root() }), controllerId: 'contract-local', instanceType: 'local.nano' }));
+// A cell limit of 2 (the contract launches two at once): the contract fills it to see CapacityError.
+providerContract('local', async () => ({ provider: new LocalProvider({ root: root(), maxCells: 2 }), controllerId: 'contract-local', instanceType: 'local.nano' }));
 
 describe('local provider', () => {
   it('runs a real agent per cell, in its own network namespace, and leaves nothing when terminated', async () => {

@@ -8,15 +8,22 @@ import ts from 'typescript';
 
 const pkg = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
+/**
+ * Transpiles `files` (paths under src/) keeping their layout, so their relative imports resolve,
+ * and writes `extra` next to the first of them; `dir` is that directory.
+ */
 export function transpileSources(files: string[], extra: Record<string, string>): { dir: string; remove(): void } {
   mkdirSync(join(pkg, '.test-results'), { recursive: true });
-  const dir = mkdtempSync(join(pkg, '.test-results', 'child-'));
+  const root = mkdtempSync(join(pkg, '.test-results', 'child-'));
   for (const f of files) {
     const js = ts.transpileModule(readFileSync(join(pkg, 'src', f), 'utf8'), {
       compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 },
     }).outputText;
-    writeFileSync(join(dir, f.split('/').pop()!.replace(/\.ts$/, '.js')), js);
+    const out = join(root, f.replace(/\.ts$/, '.js'));
+    mkdirSync(dirname(out), { recursive: true });
+    writeFileSync(out, js);
   }
+  const dir = join(root, dirname(files[0] ?? '.'));
   for (const [name, text] of Object.entries(extra)) writeFileSync(join(dir, name), text);
-  return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
+  return { dir, remove: () => rmSync(root, { recursive: true, force: true }) };
 }

@@ -1,13 +1,14 @@
 // The API's security from the controller's configuration: its serving certificate and the
 // virtual node's client certificate (both renewed in place), token and access reviews in a
 // cluster, and the local admin's cellctl credentials when asked for (npm start).
+import { splitHostPort, joinHostPort } from '@cello/proto';
 import { isIP } from 'node:net';
 import { userInfo } from 'node:os';
 import type { ChannelCredentials } from '@grpc/grpc-js';
 import type { Config } from '../../config.js';
 import type { CertificateAuthority } from '../../security/ca.js';
 import { RotatingCertificate } from '../../security/rotation.js';
-import { loadKubeConfig, KubeRest } from '../../k8s/rest.js';
+import { loadKubeConfig, KubeRest } from '../../k8s/client/rest.js';
 import type { Logger } from '../../obs/logger.js';
 import { upsertCredentials } from '../../cellctl/config.js';
 import { ApiAuth, CertificateSource, MASTERS_GROUP, SubjectAccessReviewer, TokenReviewer } from './index.js';
@@ -27,7 +28,8 @@ export interface ApiSecurity {
 
 /** What a client on this host dials: the bound address, with a wildcard host made loopback. */
 export function dialAddress(listen: string, port: number): string {
-  return listen.replace(/:\d+$/, `:${port}`).replace(/^0\.0\.0\.0:|^\[::\]:/, '127.0.0.1:');
+  const { host } = splitHostPort(listen);
+  return joinHostPort(host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host, port);
 }
 
 export async function apiSecurityFromConfig(config: Config, ca: CertificateAuthority | undefined, log: Logger): Promise<ApiSecurity> {
@@ -46,7 +48,7 @@ export async function apiSecurityFromConfig(config: Config, ca: CertificateAutho
     log.warn({ listen: api.listen }, 'the controller API serves plaintext (api.insecure): callers are system:anonymous');
     return { auth: new ApiAuth({ insecure: true, policy: api.policy, ...reviews }), writeAdminCredentials: async () => undefined, stop: () => undefined };
   }
-  const host = api.listen.slice(0, api.listen.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+  const { host } = splitHostPort(api.listen);
   const ips = ['127.0.0.1', '::1', ...(isIP(host) && host !== '0.0.0.0' && host !== '::' ? [host] : []), ...api.serverNames.filter((n) => isIP(n))];
   const dnsNames = ['localhost', ...api.serverNames.filter((n) => !isIP(n))];
   const onError = (what: string) => (err: Error) => log.warn({ err: err.message }, `${what} renewal failed; will retry`);

@@ -4,6 +4,7 @@
 // (TokenReview). What it may do is decided by api.policy and, in a cluster, by
 // SubjectAccessReview. Plaintext exists only when configured (api.insecure) and only on
 // loopback; its callers are system:anonymous and get what the policy grants that user.
+import { splitHostPort } from '@cello/proto';
 import { X509Certificate } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
 import { experimental, Metadata, ServerCredentials, status as Status, type ServiceError } from '@grpc/grpc-js';
@@ -19,7 +20,7 @@ export const CREDENTIALS_HINT = 'get credentials with `controller issue-user NAM
 
 /** True for a listen address only this machine can reach. */
 export function isLoopbackListen(address: string): boolean {
-  const host = address.slice(0, address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+  const { host } = splitHostPort(address);
   return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }
 

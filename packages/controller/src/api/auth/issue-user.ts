@@ -3,6 +3,7 @@
 // etcd the store is opened beside the running controllers; the embedded store is locked by its
 // running controller, so its files are read (never written) to find the CA record, which is
 // written once when the controller first starts and never changes.
+import { splitHostPort } from '@cello/proto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { openStore, StoreLockedError } from '../../store/index.js';
@@ -76,7 +77,7 @@ export async function issueUser(config: Config, o: IssueUserOptions, log: Logger
   const ca = await loadCa(config, log);
   const c = await ca.issueUserCertificate(o.user, { groups: o.groups, ttlSeconds: o.ttlSeconds });
   const context = o.context ?? config.controllerId;
-  const port = Number(config.api.listen.slice(config.api.listen.lastIndexOf(':') + 1));
+  const { port } = splitHostPort(config.api.listen);
   upsertCredentials(o.out, { context, server: o.server ?? dialAddress(config.api.listen, port), trustDomain: ca.trustDomain, caPem: ca.certPem, user: o.user, ...c });
   return { file: o.out, context };
 }

@@ -1,8 +1,8 @@
 // In a cluster, the API server decides: bearer tokens are authenticated with a TokenReview and
 // pod requests authorized with a SubjectAccessReview on pods and their subresources (pods/exec,
 // pods/attach, pods/log, pods/portforward), exactly what the API server itself would check for
-// kubectl. The reviews and their caches are k8s/reviews.ts, shared with the kubelet API.
-import { AccessReviewer, TokenReviewer as KubeTokenReviewer, type ReviewOptions } from '../../k8s/reviews.js';
+// kubectl. The reviews and their caches are k8s/client/reviews.ts, shared with the kubelet API.
+import { AccessReviewer, TokenReviewer as KubeTokenReviewer, type ReviewOptions } from '../../k8s/client/reviews.js';
 import type { Attributes, Authorizer, Decision, Principal } from './policy.js';
 
 export type { ReviewOptions };

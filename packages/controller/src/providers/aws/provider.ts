@@ -22,6 +22,7 @@ import {
   type Tag,
 } from '@aws-sdk/client-ec2';
 import { pino, type Logger } from 'pino';
+import { REDACT_CENSOR, REDACT_PATHS } from '@cello/proto';
 import { Counter, Histogram, Registry } from 'prom-client';
 import {
   CapacityError,
@@ -108,7 +109,7 @@ export class AwsProvider implements CellProvider {
 
   constructor(private readonly opts: AwsProviderOptions) {
     this.cfg = opts.config;
-    this.log = opts.logger ?? pino({ name: 'aws-provider', redact: ['token', '*.token', 'userData', '*.userData'] });
+    this.log = opts.logger ?? pino({ name: 'aws-provider', redact: { paths: [...REDACT_PATHS], censor: REDACT_CENSOR } });
     this.ec2 = new EC2Client({
       ...(this.cfg.region ? { region: this.cfg.region } : {}),
       ...(this.cfg.endpoint ? { endpoint: this.cfg.endpoint } : {}),

@@ -13,7 +13,7 @@ import { availableParallelism, freemem, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { freePort } from '../../util/net.js';
+import { freePort } from '@cello/proto';
 import { catalogTypes, localCatalog } from '../../catalog/catalog.js';
 import {
   CapacityError,

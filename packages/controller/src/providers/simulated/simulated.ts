@@ -17,7 +17,7 @@ import {
   type ApplyPodRequest,
   type CellAgentClient,
 } from '@cello/proto/cell';
-import type { CellProvider, InstanceInfo, InstanceType, LaunchRequest, LaunchedInstance } from '../provider.js';
+import { CapacityError, type CellProvider, type InstanceInfo, type InstanceType, type LaunchRequest, type LaunchedInstance, type ProviderCapacity } from '../provider.js';
 
 export interface SimulatedProviderOptions {
   types: InstanceType[];
@@ -25,7 +25,14 @@ export interface SimulatedProviderOptions {
   launchMs?: number;
   /** Simulated time from ApplyPod to Running, ms. */
   startMs?: number;
+  /**
+   * Most cells at once, like a cloud account's instance limit: launches beyond it fail with
+   * CapacityError, and capacity() reports it. Default 100,000 (ten times the scale benchmark).
+   */
+  maxCells?: number;
 }
+
+const DEFAULT_MAX_CELLS = 100_000;
 
 interface SimInstance {
   info: InstanceInfo;
@@ -46,11 +53,14 @@ export class SimulatedProvider implements CellProvider {
   }
 
   async launch(req: LaunchRequest): Promise<LaunchedInstance> {
+    if (!this.o.types.some((t) => t.name === req.instanceType)) throw new Error(`instanceType: "${req.instanceType}" is not a simulated instance type`);
     if (this.o.launchMs) await new Promise((r) => setTimeout(r, this.o.launchMs));
+    // Checked after the launch delay, with no await before the instance is recorded: concurrent launches never pass the limit.
+    if (this.instances.size >= this.maxCells) throw new CapacityError(`simulated provider is at its limit of ${this.maxCells} cells`, req.instanceType);
     const instanceId = `sim-${(++this.seq).toString(36)}`;
     this.instances.set(instanceId, {
       cellId: req.cellId,
-      info: { instanceId, state: 'running', agentAddress: `sim:${req.cellId}`, tags: req.tags, instanceType: req.instanceType, launchedAt: new Date(), spot: req.spot, zone: 'sim' },
+      info: { instanceId, state: 'running', agentAddress: `sim:${req.cellId}`, tags: { ...req.tags }, instanceType: req.instanceType, launchedAt: new Date(), spot: req.spot, zone: 'sim' },
     });
     this.agents.set(req.cellId, new SimulatedAgent(req.cellId, this.o.startMs ?? 0));
     return { instanceId, spot: req.spot, zone: 'sim' };
@@ -62,6 +72,15 @@ export class SimulatedProvider implements CellProvider {
 
   async listOwned(controllerId: string): Promise<InstanceInfo[]> {
     return [...this.instances.values()].filter((i) => i.info.tags['cello.io/controller-id'] === controllerId).map((i) => i.info);
+  }
+
+  /** The simulated account: its cell limit, and every cell not yet terminated. */
+  async capacity(): Promise<ProviderCapacity> {
+    return { instances: { limit: this.maxCells, used: this.instances.size }, source: 'simulated' };
+  }
+
+  private get maxCells(): number {
+    return this.o.maxCells ?? DEFAULT_MAX_CELLS;
   }
 
   async terminate(ids: string[]): Promise<void> {

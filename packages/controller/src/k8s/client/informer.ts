@@ -3,6 +3,10 @@
 // (with back-off). Every change calls onChange with the object's namespace/name key.
 import type { KubeRest } from './rest.js';
 import { KubeApiError } from './rest.js';
+import { Backoff } from '../../util/backoff.js';
+
+/** Relist/rewatch after a failure: 200 ms doubling to 10 s, from the start again once events arrive. */
+const INFORMER_RETRY = { baseMs: 200, maxMs: 10_000 };
 
 export interface KubeObject {
   metadata: { name: string; namespace?: string; uid?: string; resourceVersion?: string; deletionTimestamp?: string; [k: string]: unknown };
@@ -32,7 +36,7 @@ export class Informer<T extends KubeObject> {
   }
 
   private async run(): Promise<void> {
-    let backoff = 200;
+    const backoff = new Backoff(INFORMER_RETRY);
     while (!this.ac.signal.aborted) {
       try {
         const list = await this.rest.get<{ metadata: { resourceVersion: string }; items: T[] }>(`${this.path}?${this.query}`);
@@ -57,7 +61,7 @@ export class Informer<T extends KubeObject> {
           await this.rest.watch<T>(
             `${this.path}?${this.query}&watch=1&allowWatchBookmarks=true&resourceVersion=${rv}&timeoutSeconds=300`,
             (ev) => {
-              backoff = 200;
+              backoff.reset();
               if (ev.object.metadata?.resourceVersion) rv = ev.object.metadata.resourceVersion;
               if (ev.type === 'BOOKMARK') return;
               const k = keyOf(ev.object);
@@ -76,8 +80,7 @@ export class Informer<T extends KubeObject> {
       } catch (err) {
         if (this.ac.signal.aborted) return;
         if (!(err instanceof KubeApiError && err.code === 410)) this.onError(err);
-        await new Promise((r) => setTimeout(r, backoff));
-        backoff = Math.min(backoff * 2, 10_000);
+        await new Promise((r) => setTimeout(r, backoff.next()));
       }
     }
   }

@@ -8,10 +8,10 @@
 // every pod on this node.
 import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
-import type { KubeRest } from './rest.js';
-import { AccessReviewer, TokenReviewer, type UserInfo } from './reviews.js';
+import type { KubeRest } from '../client/rest.js';
+import { AccessReviewer, TokenReviewer, type UserInfo } from '../client/reviews.js';
 
-export { CACHE_ENTRIES } from './reviews.js';
+export { CACHE_ENTRIES } from '../client/reviews.js';
 
 export type AuthResult = { ok: true; user: string } | { ok: false; code: 401 | 403; message: string };
 

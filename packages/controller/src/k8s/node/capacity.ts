@@ -7,7 +7,7 @@
 // allocatable = headroom + what this node's pods request, and the scheduler's own arithmetic
 // (allocatable − requests of bound pods) comes out at the provider's real headroom.
 import { formatCpuMillis, parseBytes, parseCpuMillis } from '@cello/proto';
-import type { InstanceType, ProviderCapacity } from '../providers/provider.js';
+import type { InstanceType, ProviderCapacity } from '../../providers/provider.js';
 import type { KPod } from './manifest.js';
 import type { NodeCapacity } from './node.js';
 

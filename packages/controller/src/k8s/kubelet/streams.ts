@@ -10,8 +10,8 @@ import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
 import type { ExecOutput, PortForwardFrame } from '@cello/proto/cell';
-import type { Logger } from '../obs/logger.js';
-import type { Controller } from './controller-client.js';
+import type { Logger } from '../../obs/logger.js';
+import type { Controller } from '../controller-client.js';
 import { SpdySession, type SpdyStream } from './spdy/index.js';
 
 const EXEC_PROTOCOLS = ['v4.channel.k8s.io', 'v3.channel.k8s.io', 'v2.channel.k8s.io', 'channel.k8s.io'];

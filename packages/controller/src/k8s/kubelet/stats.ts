@@ -3,10 +3,10 @@
 // figures are the sum over its cells.
 import type { CellAgentClient } from '@cello/proto/cell';
 import type { StatsResponse, UnitStats } from '@cello/proto/cell';
-import type { AgentAccess } from '../agents/pool.js';
-import { callUnary } from '../agents/pool.js';
-import type { Controller } from './controller-client.js';
-import type { KPod } from './manifest.js';
+import type { AgentAccess } from '../../agents/pool.js';
+import { callUnary } from '../../agents/pool.js';
+import type { Controller } from '../controller-client.js';
+import type { KPod } from '../node/manifest.js';
 
 export interface PodUsage {
   pod: KPod;

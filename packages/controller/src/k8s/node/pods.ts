@@ -8,16 +8,20 @@ import { status as GrpcStatus, type ClientReadableStream, type ServiceError } fr
 import { PodEvent } from '@cello/proto/controller';
 import { PodPhase } from '@cello/proto/cell';
 import type { PodObject } from '@cello/proto/controller';
-import type { Logger } from '../obs/logger.js';
-import { Informer } from './informer.js';
+import type { Logger } from '../../obs/logger.js';
+import { Informer } from '../client/informer.js';
 import { buildPodManifest, LABEL_NODE, ANNOTATION_UID, MissingReferenceError, type IssuedToken, type KPod, type ManifestOptions } from './manifest.js';
-import type { KubeRest } from './rest.js';
-import { isNotFound, KubeApiError } from './rest.js';
+import type { KubeRest } from '../client/rest.js';
+import { isNotFound, KubeApiError } from '../client/rest.js';
 import { kubeStatus } from './status.js';
 import { podsUsage } from './capacity.js';
-import { WorkQueue } from '../util/workqueue.js';
-import type { Controller } from './controller-client.js';
-import type { VirtualNodeMetrics } from './metrics.js';
+import { WorkQueue } from '../../util/workqueue.js';
+import type { Controller } from '../controller-client.js';
+import type { VirtualNodeMetrics } from '../metrics.js';
+import { Backoff } from '../../util/backoff.js';
+
+/** Reconnecting the core's pod watch: 200 ms doubling to 10 s while it delivers nothing. */
+const CORE_WATCH_RETRY = { baseMs: 200, maxMs: 10_000 };
 
 export interface PodSyncOptions extends ManifestOptions {
   rest: KubeRest;
@@ -61,6 +65,7 @@ export class PodSync {
   private lastUsage = '';
   private readonly now: () => number;
   private coreWatch?: ClientReadableStream<PodEvent>;
+  private readonly coreWatchBackoff = new Backoff(CORE_WATCH_RETRY);
   private stopped = false;
   private readonly startedAt = Date.now();
   /** API requests made per pod key (the benchmark's status-write load figure). */
@@ -102,7 +107,7 @@ export class PodSync {
   }
 
   /** The core's pods of this node, kept current by WatchPods (reconnecting with back-off). */
-  private watchCore(backoff = 200): void {
+  private watchCore(): void {
     if (this.stopped) return;
     const stream = this.o.controller.client.watchPods({ namespace: '', labelSelector: `${LABEL_NODE}=${this.o.nodeName}` });
     this.coreWatch = stream;
@@ -119,7 +124,9 @@ export class PodSync {
     const again = () => {
       if (this.stopped || this.coreWatch !== stream) return;
       this.coreWatch = undefined;
-      setTimeout(() => this.watchCore(got ? 200 : Math.min(backoff * 2, 10_000)), got ? 200 : backoff).unref();
+      // A watch that delivered something starts its back-off over.
+      if (got) this.coreWatchBackoff.reset();
+      setTimeout(() => this.watchCore(), got ? CORE_WATCH_RETRY.baseMs : this.coreWatchBackoff.next()).unref();
     };
     stream.on('error', (err: ServiceError) => {
       if (err.code !== GrpcStatus.CANCELLED) this.o.log.warn({ err: err.message }, 'controller pod watch failed; reconnecting');

@@ -3,8 +3,8 @@
 // references, read from the API; projected service-account tokens are requested through the
 // TokenRequest API and sent as a secret the cell mounts at the same path.
 import { stringify } from 'yaml';
-import type { KubeRest } from './rest.js';
-import { isNotFound } from './rest.js';
+import type { KubeRest } from '../client/rest.js';
+import { isNotFound } from '../client/rest.js';
 
 /** The minimal view of a v1 Pod this module reads. */
 export interface KPod {

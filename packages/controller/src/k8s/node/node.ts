@@ -2,8 +2,8 @@
 // the heartbeat Lease in kube-node-lease. Ready reflects whether the controller core answers
 // (the probe given by the caller), so a controller that cannot act shows NotReady and the
 // cluster stops sending it pods.
-import type { KubeRest } from './rest.js';
-import { isConflict, isNotFound } from './rest.js';
+import type { KubeRest } from '../client/rest.js';
+import { isConflict, isNotFound } from '../client/rest.js';
 
 export const VIRTUAL_NODE_TAINT_KEY = 'virtual-kubelet.io/provider';
 

@@ -8,14 +8,14 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
 import { LogsRequest, type LogChunk, type LogEntry } from '@cello/proto/cell';
-import type { Logger } from '../obs/logger.js';
-import type { Controller } from './controller-client.js';
-import type { KPod } from './manifest.js';
-import type { AgentAccess } from '../agents/pool.js';
+import type { Logger } from '../../obs/logger.js';
+import type { Controller } from '../controller-client.js';
+import type { KPod } from '../node/manifest.js';
+import type { AgentAccess } from '../../agents/pool.js';
 import { collectStats, resourceMetrics, summary } from './stats.js';
-import { KubeletAuth } from './kubelet-auth.js';
-import type { VirtualNodeMetrics } from './metrics.js';
-import type { KubeRest } from './rest.js';
+import { KubeletAuth } from './auth.js';
+import type { VirtualNodeMetrics } from '../metrics.js';
+import type { KubeRest } from '../client/rest.js';
 
 export interface KubeletServerOptions {
   cert: string;
