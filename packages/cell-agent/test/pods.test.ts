@@ -229,7 +229,7 @@ describe.concurrent('pods', () => {
           name: 'reader',
           image: IMG,
           // Waits for the refreshed token in the running container, then reports what it sees.
-          command: sh('first=$(cat /sa/token); while [ "$(cat /sa/token)" = "$first" ]; do sleep 0.1; done; echo "$first $(cat /sa/token) $(cat /sa/user) $(cat /sub-token) $(readlink /sa/token) $(readlink /sa/..data | cut -c1-3)" > /dev/termination-log'),
+          command: sh('first=$(cat /sa/token); touch /tmp/read-first; while [ "$(cat /sa/token)" = "$first" ]; do sleep 0.1; done; echo "$first $(cat /sa/token) $(cat /sa/user) $(cat /sub-token) $(readlink /sa/token) $(readlink /sa/..data | cut -c1-3)" > /dev/termination-log'),
           volumeMounts: [
             { name: 'sa', mountPath: '/sa' },
             { name: 'sa', mountPath: '/sub-token', subPath: 'token' },
@@ -241,6 +241,17 @@ describe.concurrent('pods', () => {
     await apply(a.client, { pod: p, generation: 1, secrets: { creds: { data: { user: Buffer.from('alice') } } }, serviceAccountTokens: [{ volume: 'sa', path: 'token', token: 'token-1', expiresAt: undefined }] });
     await a.watch.until('reader running', (w) => w.running('reader'));
     const id = a.watch.unit('reader')!.containerId;
+    // Re-apply only once the container has read the first token: a re-apply that lands before
+    // would be its "first" token, and it would wait forever for a change.
+    const { execFileSync } = await import('node:child_process');
+    await waitFor('the reader read the first token', () => {
+      try {
+        execFileSync('runc', ['--root', join(a.stateDir, 'runc'), 'exec', id.replace('runc://', ''), 'test', '-f', '/tmp/read-first'], { stdio: 'ignore' });
+        return true;
+      } catch {
+        return false;
+      }
+    }, { timeoutMs: 20_000 });
     const res = await apply(a.client, { pod: p, generation: 2, secrets: { creds: { data: { user: Buffer.from('bob') } } }, serviceAccountTokens: [{ volume: 'sa', path: 'token', token: 'token-2', expiresAt: undefined }] });
     expect(res.changedUnits).toEqual([]);
     await a.watch.until('reader saw the new token', (w) => w.terminated('reader') !== undefined, 20_000);
