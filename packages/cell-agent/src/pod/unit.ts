@@ -75,7 +75,8 @@ export class Unit implements UnitView {
   readonly name: string;
   readonly stdin: boolean;
   readonly tty: boolean;
-  state: UnitState = { kind: 'waiting', reason: 'ContainerCreating', message: '' };
+  // Changed only through transition(), so the state machine in unit-state.ts holds.
+  private current: UnitState = { kind: 'waiting', reason: 'ContainerCreating', message: '' };
   restarts = 0;
   lastState: UnitState | undefined;
   ready = false;
@@ -162,9 +163,18 @@ export class Unit implements UnitView {
     return this.terminal !== undefined;
   }
 
+  get state(): UnitState {
+    return this.current;
+  }
+
+  /** The one place the state changes: an illegal transition throws IllegalTransition. */
+  private transition(s: UnitState): void {
+    checkTransition(this.current, s);
+    this.current = s;
+  }
+
   private setState(s: UnitState): void {
-    checkTransition(this.state, s);
-    this.state = s;
+    this.transition(s);
     void this.persist();
     this.ctx.changed();
   }
@@ -241,7 +251,8 @@ export class Unit implements UnitView {
       this.image = adopt.image;
       if (r.current) adopted = this.adoptInstance(r.current.instance);
       if (r.terminal && !adopted) {
-        this.state = fromJson(r.terminal);
+        // Restored, not new: the record already holds it, so no persist.
+        this.transition(fromJson(r.terminal));
         this.terminal = this.state;
         return;
       }
@@ -286,7 +297,10 @@ export class Unit implements UnitView {
         const startedP = once(inst, 'started');
         await inst.adopt(JSON.parse(readFileSync(join(inst.dir, 'meta.json'), 'utf8')) as InstanceMeta);
         if (inst.pid !== undefined) {
-          this.state = { kind: 'running', startedAt: readStartedAt(inst) ?? inst.startedAt ?? new Date() };
+          // The previous agent took it through starting; replay that edge rather than allow waiting -> running.
+          const startedAt = readStartedAt(inst) ?? inst.startedAt ?? new Date();
+          this.transition({ kind: 'starting', since: startedAt });
+          this.transition({ kind: 'running', startedAt });
           this.startProbes(inst);
           this.ctx.changed();
         } else {
