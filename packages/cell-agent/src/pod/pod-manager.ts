@@ -2,7 +2,6 @@
 // then the units, builds volumes (each unit's OCI spec comes from container-config.ts),
 // computes the pod status and pushes every change to watchers. Survives an agent restart by
 // re-adopting units from the state dir.
-import { abortableSleep } from './backoff.js';
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
@@ -18,21 +17,21 @@ import {
   type PodStatus,
   PodPhase,
   PodSecurityContext,
-  PullPolicy,
   RestartPolicy,
 } from '@cello/proto/cell';
 import type { CgroupDriver } from '../cgroups/driver.js';
-import { ImagePullFailure, type ImageInfo, type ImageService, type RegistryAuth, defaultPullAlways, registryOf } from '../images/image-service.js';
+import type { ImageInfo, ImageService } from '../images/image-service.js';
 import type { Instance } from '../runtime/instance.js';
 import type { Runc } from '../runtime/runc.js';
 import { FifoPool } from '../runtime/fifo-pool.js';
 import { ShimPool } from '../runtime/shim-pool.js';
 import { removeStagedSubPaths } from '../runtime/subpath-mount.js';
 import type { LogSink, UnitDirectory, UnitView } from '../units/unit-view.js';
-import { Backoff, type BackoffPolicy, KUBERNETES_BACKOFF } from './backoff.js';
+import { type BackoffPolicy, KUBERNETES_BACKOFF } from './backoff.js';
 import { writePodFiles } from './pod-files.js';
 import { Conditions, podPhase, qosClass } from './pod-status.js';
 import { buildContainerConfig } from './container-config.js';
+import { ImageManager } from './image-manager.js';
 import { Unit, type UnitContext } from './unit.js';
 import { validateApply } from './validate.js';
 import { type PreparedVolume, removeVolumes, VolumeBuilder, VolumeError } from './volumes.js';
@@ -90,8 +89,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   private podFiles: { hosts: string; resolv: string; hostname: string } | undefined;
   private readonly conditions = new Conditions();
   private startTime: Date | undefined;
-  private pulls = new Map<string, Promise<ImageInfo>>();
-  private pullBackoff = new Map<string, Backoff>();
+  private readonly images: ImageManager;
   private logs = new Map<string, UnitLogs>();
   private changeQueued = false;
   private sequencer: Promise<void> = Promise.resolve();
@@ -105,6 +103,13 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     super();
     this.setMaxListeners(0);
     const self = this;
+    this.images = new ImageManager({
+      images: o.images,
+      backoff: o.backoff ?? KUBERNETES_BACKOFF,
+      credentials: () => self.req?.registryCredentials ?? [],
+      event: (type, reason, message, container) => self.event(type, reason, message, container),
+      onPull: o.onPull,
+    });
     this.unitCtx = {
       logger: o.logger,
       runc: o.runc,
@@ -114,7 +119,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       pidsLimit: o.pidsLimit,
       restartPolicy: () => self.req?.pod?.spec?.restartPolicy ?? RestartPolicy.RESTART_POLICY_ALWAYS,
       podIP: () => self.o.podIP,
-      ensureImage: (u, s) => self.ensureImage(u, s),
+      ensureImage: (u, s) => self.images.ensure(u, s),
       buildSpec: (u, i, inst) => self.buildUnitSpec(u, i, inst),
       newSink: (u) => self.logsOf(u).startInstance(),
       changed: () => self.changed(),
@@ -245,7 +250,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.initUnits = diff(this.initUnits, spec.initContainers, true);
     this.units = diff(oldMain, spec.containers, false);
     // Pull every image at once, while init units run.
-    for (const c of [...spec.initContainers, ...spec.containers]) void this.pull(c).catch(() => {});
+    for (const c of [...spec.initContainers, ...spec.containers]) void this.images.pull(c).catch(() => {});
     this.scheduleDeadline();
     void this.runPod();
     this.changed();
@@ -323,77 +328,6 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       }
     }
     return vb.rewritten;
-  }
-
-  // --- images ---
-  private pullPolicyAlways(c: Container): boolean | 'never' {
-    if (c.imagePullPolicy === PullPolicy.PULL_POLICY_NEVER) return 'never';
-    if (c.imagePullPolicy === PullPolicy.PULL_POLICY_ALWAYS) return true;
-    if (c.imagePullPolicy === PullPolicy.PULL_POLICY_IF_NOT_PRESENT) return false;
-    return defaultPullAlways(c.image);
-  }
-
-  /** The pod's credentials for an image's registry, if it gave any. */
-  private registryAuth(ref: string): RegistryAuth | undefined {
-    const cred = this.req?.registryCredentials.find((r) => r.registry === registryOf(ref));
-    return cred ? { username: cred.username, password: cred.password, identityToken: cred.identityToken } : undefined;
-  }
-
-  /** One pull per image at a time, shared by every unit that uses it. */
-  private pull(c: Container): Promise<ImageInfo> {
-    const ref = c.image;
-    const existing = this.pulls.get(ref);
-    if (existing) return existing;
-    const p = (async () => {
-      const policy = this.pullPolicyAlways(c);
-      const auth = this.registryAuth(ref);
-      if (policy !== true) {
-        // With this pod's credentials: the cache may hold another pod's private image.
-        const cached = await this.o.images.cached(ref, { auth });
-        if (cached) return cached;
-        if (policy === 'never') throw new ImagePullFailure(`Container image "${ref}" is not present with pull policy of Never`, 'never');
-      }
-      this.event('Normal', 'Pulling', `Pulling image "${ref}"`, c.name);
-      const t0 = Date.now();
-      let img: ImageInfo;
-      try {
-        img = await this.o.images.pull(ref, { auth });
-      } catch (err) {
-        this.o.onPull?.({ ok: false, bytes: 0, seconds: (Date.now() - t0) / 1000 });
-        throw err;
-      }
-      this.o.onPull?.({ ok: true, bytes: img.downloadedBytes ?? 0, seconds: (Date.now() - t0) / 1000 });
-      this.event('Normal', 'Pulled', `Successfully pulled image "${ref}" in ${Date.now() - t0}ms`, c.name);
-      return img;
-    })();
-    this.pulls.set(ref, p);
-    // Keep a success for this pod generation's restarts; forget a failure so it is retried.
-    p.catch(() => this.pulls.delete(ref));
-    return p;
-  }
-
-  private async ensureImage(u: Unit, signal: AbortSignal): Promise<ImageInfo | undefined> {
-    for (;;) {
-      if (signal.aborted) return undefined;
-      try {
-        const img = await this.pull(u.spec);
-        this.pullBackoff.delete(u.spec.image);
-        return img;
-      } catch (err) {
-        const never = err instanceof ImagePullFailure && err.kind === 'never';
-        const msg = (err as Error).message;
-        u.showWaiting(never ? 'ErrImageNeverPull' : 'ErrImagePull', msg);
-        this.event('Warning', 'Failed', `Failed to pull image "${u.spec.image}": ${msg}`, u.name);
-        let b = this.pullBackoff.get(u.spec.image);
-        if (!b) this.pullBackoff.set(u.spec.image, (b = new Backoff(this.unitCtx.backoff)));
-        const delay = Math.max(b.next(0), this.unitCtx.backoff.baseMs);
-        await abortableSleep(Math.min(delay / 2, 2000), signal);
-        if (signal.aborted) return undefined;
-        u.showWaiting(never ? 'ErrImageNeverPull' : 'ImagePullBackOff', `Back-off pulling image "${u.spec.image}": ${msg}`);
-        this.event('Normal', 'BackOff', `Back-off pulling image "${u.spec.image}"`, u.name);
-        await abortableSleep(delay, signal);
-      }
-    }
   }
 
   // --- OCI spec ---
@@ -486,7 +420,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.initUnits = [];
     this.units = [];
     this.req = undefined;
-    this.pulls.clear();
+    this.images.forgetPulls();
     this.startTime = undefined;
     this.event('Normal', 'Deleted', 'pod deleted');
     this.changed();
@@ -515,7 +449,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     for (const u of [...this.initUnits, ...this.units]) {
       const rec = Unit.readRecord(u.dir);
       if (!rec) continue;
-      const image = await this.o.images.cached(u.spec.image, { auth: this.registryAuth(u.spec.image) }).catch(() => undefined);
+      const image = await this.images.cached(u.spec.image).catch(() => undefined);
       if (!u.isInit && !initDone) continue;
       u.start({ record: rec, image });
     }
