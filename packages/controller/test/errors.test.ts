@@ -48,3 +48,32 @@ describe('toStatus', () => {
     expect(toStatus(e).code).toBe(Status.INVALID_ARGUMENT);
   });
 });
+
+describe('error kinds', () => {
+  it('every error the controller raises on purpose is a CelloError with a stable code', async () => {
+    const { TransitionError } = await import('../src/cells/state.js');
+    const { CapacityError } = await import('../src/providers/provider.js');
+    const { MissingReferenceError } = await import('../src/k8s/node/manifest.js');
+    const { HeaderBlockTooLarge } = await import('../src/k8s/kubelet/spdy/framing.js');
+    const { StoreLockedError } = await import('../src/store/lockfile.js');
+    const { BootstrapTokenError } = await import('../src/security/tokens.js');
+    const { SelectionError } = await import('../src/selection/selection.js');
+    const { CellState } = await import('@cello/proto/controller');
+    const cases: [CelloError, string, ErrorCode][] = [
+      [new TransitionError(CellState.CELL_STATE_TERMINATED, CellState.CELL_STATE_READY), 'TransitionError', 'FailedPrecondition'],
+      [new CapacityError('no capacity', 't3.small'), 'CapacityError', 'ResourceExhausted'],
+      [new MissingReferenceError('Secret', 's', 'default'), 'MissingReferenceError', 'NotFound'],
+      [new HeaderBlockTooLarge(1024), 'HeaderBlockTooLarge', 'ResourceExhausted'],
+      [new StoreLockedError('/x/lock', { pid: 1, host: 'h', acquiredAt: 'now' } as never), 'StoreLockedError', 'FailedPrecondition'],
+      [new BootstrapTokenError('expired', 'c1', 'too late'), 'BootstrapTokenError', 'Unauthenticated'],
+      [new SelectionError('bad annotation', 'InvalidAnnotation'), 'SelectionError', 'InvalidArgument'],
+      [new SelectionError('too big', 'NoFittingInstanceType'), 'SelectionError', 'FailedPrecondition'],
+    ];
+    for (const [e, name, code] of cases) {
+      expect(e).toBeInstanceOf(CelloError);
+      expect(e.name).toBe(name);
+      expect(e.code).toBe(code);
+      expect(toStatus(e).code).toBe(grpcStatus(code));
+    }
+  });
+});

@@ -244,7 +244,7 @@ export class ControllerApi {
     } catch (err) {
       // Annotations that cannot mean anything are refused; a pod too big for any type is
       // accepted and reported Unschedulable, as Kubernetes does.
-      if (err instanceof SelectionError && err.reason !== 'NoFittingInstanceType') throw new CelloError('InvalidArgument', err.message);
+      if (err instanceof SelectionError && err.reason !== 'NoFittingInstanceType') throw err;
     }
     // Refused here, as an admission webhook would, rather than stored and left Unschedulable;
     // INVALID_ARGUMENT, so the virtual node fails the Kubernetes pod with this message too.
