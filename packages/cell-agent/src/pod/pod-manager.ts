@@ -33,6 +33,7 @@ import { Conditions, podPhase, qosClass } from './pod-status.js';
 import { buildContainerConfig } from './container-config.js';
 import { ImageManager } from './image-manager.js';
 import { Unit, type UnitContext } from './unit.js';
+import { readUnitRecord } from './unit-record.js';
 import { validateApply } from './validate.js';
 import { type PreparedVolume, removeVolumes, VolumeBuilder, VolumeError } from './volumes.js';
 
@@ -445,9 +446,9 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const mk = (c: Container, isInit: boolean) => this.newUnit(c, hashContainer(c, spec.securityContext), isInit);
     this.initUnits = spec.initContainers.map((c) => mk(c, true));
     this.units = spec.containers.map((c) => mk(c, false));
-    const initDone = this.initUnits.every((u) => Unit.readRecord(u.dir)?.completed);
+    const initDone = this.initUnits.every((u) => readUnitRecord(u.dir)?.completed);
     for (const u of [...this.initUnits, ...this.units]) {
-      const rec = Unit.readRecord(u.dir);
+      const rec = readUnitRecord(u.dir);
       if (!rec) continue;
       const image = await this.images.cached(u.spec.image).catch(() => undefined);
       if (!u.isInit && !initDone) continue;

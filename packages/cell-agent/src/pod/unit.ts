@@ -3,8 +3,7 @@
 import { abortableSleep } from './backoff.js';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdirSync, readFileSync } from 'node:fs';
-import { overwriteRecord } from '../runtime/files.js';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type pino from 'pino';
 import type { Container, ContainerState, ContainerStatus } from '@cello/proto/cell';
@@ -20,6 +19,7 @@ import { Backoff, type BackoffPolicy } from './backoff.js';
 import { Prober, type ProbeTarget, runHandler } from './probes.js';
 import { fallbackMessage, messageLimit, readMessageFile } from './termination-message.js';
 import { checkTransition, type UnitState } from './unit-state.js';
+import { terminatedFromJson, terminatedToJson, type UnitRecord, writeUnitRecord } from './unit-record.js';
 
 export interface UnitContext {
   logger: pino.Logger;
@@ -47,27 +47,6 @@ export interface UnitContext {
 
 /** A configuration problem detected before runc runs: shown as CreateContainerConfigError. */
 export class ConfigError extends Error {}
-
-interface UnitRecord {
-  hash: string;
-  restartCount: number;
-  instanceCounter: number;
-  lastState?: TerminatedJson;
-  current?: { instance: number; startedAt?: string; imageDigest: string; stopSignal: string };
-  completed?: boolean;
-  /** The unit ended for good (no restart by policy): a restarted agent must not run it again. */
-  terminal?: TerminatedJson;
-}
-
-interface TerminatedJson {
-  exitCode: number;
-  signal: number;
-  reason: string;
-  message: string;
-  startedAt?: string;
-  finishedAt: string;
-  containerId: string;
-}
 
 const SIGNALS: Record<number, string> = { 1: 'SIGHUP', 2: 'SIGINT', 3: 'SIGQUIT', 9: 'SIGKILL', 15: 'SIGTERM' };
 
@@ -195,18 +174,14 @@ export class Unit implements UnitView {
   }
 
   // --- persistence, so a restarted agent knows restart counts and the current instance ---
-  private recordPath(): string {
-    return join(this.dir, 'unit.json');
-  }
-
   private async persist(): Promise<void> {
     const rec: UnitRecord = {
       hash: this.hash,
       restartCount: this.restarts,
       instanceCounter: this.instanceCounter,
       completed: this.completed,
-      ...(this.terminal?.kind === 'exited' ? { terminal: toJson(this.terminal) } : {}),
-      ...(this.lastState?.kind === 'exited' ? { lastState: toJson(this.lastState) } : {}),
+      ...(this.terminal?.kind === 'exited' ? { terminal: terminatedToJson(this.terminal) } : {}),
+      ...(this.lastState?.kind === 'exited' ? { lastState: terminatedToJson(this.lastState) } : {}),
       ...(this.instance && this.image
         ? {
             current: {
@@ -219,19 +194,9 @@ export class Unit implements UnitView {
         : {}),
     };
     try {
-      // Synchronous: small, and it keeps records in the order the transitions happened.
-      mkdirSync(this.dir, { recursive: true });
-      overwriteRecord(this.recordPath(), JSON.stringify(rec));
+      writeUnitRecord(this.dir, rec);
     } catch (err) {
       this.ctx.logger.warn({ err, unit: this.name }, 'cannot persist unit record');
-    }
-  }
-
-  static readRecord(dir: string): UnitRecord | undefined {
-    try {
-      return JSON.parse(readFileSync(join(dir, 'unit.json'), 'utf8')) as UnitRecord;
-    } catch {
-      return undefined;
     }
   }
 
@@ -247,12 +212,12 @@ export class Unit implements UnitView {
       this.restarts = r.restartCount;
       this.instanceCounter = r.instanceCounter;
       this.completed = r.completed ?? false;
-      if (r.lastState) this.lastState = fromJson(r.lastState);
+      if (r.lastState) this.lastState = terminatedFromJson(r.lastState);
       this.image = adopt.image;
       if (r.current) adopted = this.adoptInstance(r.current.instance);
       if (r.terminal && !adopted) {
         // Restored, not new: the record already holds it, so no persist.
-        this.transition(fromJson(r.terminal));
+        this.transition(terminatedFromJson(r.terminal));
         this.terminal = this.state;
         return;
       }
@@ -662,29 +627,4 @@ export function toContainerState(s: UnitState): ContainerState {
         },
       };
   }
-}
-
-function toJson(s: Extract<UnitState, { kind: 'exited' }>): TerminatedJson {
-  return {
-    exitCode: s.exitCode,
-    signal: s.signal,
-    reason: s.reason,
-    message: s.message,
-    ...(s.startedAt ? { startedAt: s.startedAt.toISOString() } : {}),
-    finishedAt: s.finishedAt.toISOString(),
-    containerId: s.containerId,
-  };
-}
-
-function fromJson(j: TerminatedJson): UnitState {
-  return {
-    kind: 'exited',
-    exitCode: j.exitCode,
-    signal: j.signal,
-    reason: j.reason,
-    message: j.message,
-    startedAt: j.startedAt ? new Date(j.startedAt) : undefined,
-    finishedAt: new Date(j.finishedAt),
-    containerId: j.containerId,
-  };
 }
