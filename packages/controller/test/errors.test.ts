@@ -77,3 +77,25 @@ describe('error kinds', () => {
     }
   });
 });
+
+describe('store, sealing and bootstrap error kinds', () => {
+  it('carry the codes callers branch on', async () => {
+    const { ConflictError, CompactedError, StoreClosedError, NotLeaderError } = await import('../src/store/store.js');
+    const { UnsealError } = await import('../src/security/sealed.js');
+    const { BootstrapError } = await import('../src/bootstrap/bootstrap-cell.js');
+    const cases: [CelloError, string, ErrorCode][] = [
+      [new ConflictError('/pods/a', 1, 2), 'ConflictError', 'Conflict'],
+      [new CompactedError(1, 5), 'CompactedError', 'FailedPrecondition'],
+      [new StoreClosedError('closed'), 'StoreClosedError', 'Unavailable'],
+      [new NotLeaderError('controller', 'me'), 'NotLeaderError', 'Unavailable'],
+      [new UnsealError('secret default/s'), 'UnsealError', 'Internal'],
+      [new BootstrapError('c1', 'no agent answered', Status.UNAVAILABLE), 'BootstrapError', 'Unavailable'],
+      [new BootstrapError('c1', 'bad CSR'), 'BootstrapError', 'FailedPrecondition'],
+    ];
+    for (const [e, name, code] of cases) {
+      expect(e).toBeInstanceOf(CelloError);
+      expect(e.name).toBe(name);
+      expect(e.code).toBe(code);
+    }
+  });
+});
