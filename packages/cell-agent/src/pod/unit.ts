@@ -1,5 +1,7 @@
-// Supervises one unit (container) of the pod: image, instance creation, start, exit, restart
-// with back-off, probes, and stop. Its lifecycle is the explicit UnitState machine.
+// Supervises one unit (container) of the pod: instance creation, start, exit, restart with
+// back-off, and stop. Its lifecycle is the explicit UnitState machine (unit-state.ts); the image
+// comes from the image manager, the OCI spec from container-config.ts, probes are run by the
+// probe manager and the record a restarted agent reads is kept by unit-record.ts.
 import { abortableSleep } from './backoff.js';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
@@ -16,7 +18,8 @@ import type { FifoPool } from '../runtime/fifo-pool.js';
 import type { ShimPool } from '../runtime/shim-pool.js';
 import type { LogSink, RuncTarget, UnitStdio, UnitView } from '../units/unit-view.js';
 import { Backoff, type BackoffPolicy } from './backoff.js';
-import { Prober, type ProbeTarget, runHandler } from './probes.js';
+import { ProbeManager } from './probe-manager.js';
+import { type ProbeTarget, runHandler } from './probes.js';
 import { fallbackMessage, messageLimit, readMessageFile } from './termination-message.js';
 import { checkTransition, type UnitState } from './unit-state.js';
 import { terminatedFromJson, terminatedToJson, type UnitRecord, writeUnitRecord } from './unit-record.js';
@@ -67,7 +70,7 @@ export class Unit implements UnitView {
   private abort = new AbortController();
   private loop: Promise<void> | undefined;
   private stopRequested = false;
-  private probers: Prober[] = [];
+  private readonly probes: ProbeManager;
   private killReason: string | undefined;
   private readonly oomBefore = new WeakMap<Instance, { ooms: number; hits: number }>();
   private readonly killedByAgent = new WeakSet<Instance>();
@@ -88,6 +91,7 @@ export class Unit implements UnitView {
     this.stdin = spec.stdin;
     this.tty = spec.tty;
     this.backoff = new Backoff(ctx.backoff);
+    this.probes = new ProbeManager(spec, ctx.probeSecondMs);
     this.started = spec.startupProbe ? false : undefined;
   }
 
@@ -368,60 +372,36 @@ export class Unit implements UnitView {
   }
 
   private startProbes(inst: Instance): void {
-    const target = this.probeTarget(inst);
-    const s = this.spec;
-    const startRest = () => {
-      if (s.livenessProbe) {
-        const p = new Prober('liveness', s.livenessProbe, target, (ok, msg) => {
-          if (!ok) void this.livenessFailed(inst, msg);
-        }, this.ctx.probeSecondMs);
-        this.probers.push(p);
-        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-        p.start();
-      }
-      if (s.readinessProbe) {
-        const p = new Prober('readiness', s.readinessProbe, target, (ok, msg) => {
-          if (this.instance !== inst || !this.running()) return;
-          if (!ok) this.ctx.event('Warning', 'Unhealthy', `Readiness probe failed: ${msg}`, this.name);
-          if (this.ready !== ok) {
-            this.ready = ok;
-            this.ctx.changed();
-          }
-        }, this.ctx.probeSecondMs);
-        this.probers.push(p);
-        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-        p.start();
-      } else if (!this.isInit) {
-        this.ready = true;
-        this.ctx.changed();
-      }
-    };
-    if (s.startupProbe) {
-      this.started = false;
-      const p = new Prober('startup', s.startupProbe, target, (ok, msg) => {
+    this.started = !this.spec.startupProbe;
+    this.probes.start(this.probeTarget(inst), {
+      startup: (ok, msg) => {
         if (ok) {
           this.started = true;
           this.ctx.changed();
-          startRest();
         } else void this.livenessFailed(inst, `Startup probe failed: ${msg}`);
-      }, this.ctx.probeSecondMs);
-      this.probers.push(p);
-      p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-      p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-      p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-      p.start();
-    } else {
-      this.started = true;
-      startRest();
-    }
+      },
+      liveness: (ok, msg) => {
+        if (!ok) void this.livenessFailed(inst, msg);
+      },
+      readiness: (ok, msg) => {
+        if (this.instance !== inst || !this.running()) return;
+        if (!ok) this.ctx.event('Warning', 'Unhealthy', `Readiness probe failed: ${msg}`, this.name);
+        if (this.ready !== ok) {
+          this.ready = ok;
+          this.ctx.changed();
+        }
+      },
+      noReadinessProbe: () => {
+        if (this.isInit) return;
+        this.ready = true;
+        this.ctx.changed();
+      },
+      each: (kind, ok) => this.ctx.probeResult?.(this.name, kind, ok),
+    });
   }
 
   private stopProbes(): void {
-    for (const p of this.probers.splice(0)) p.stop();
+    this.probes.stop();
   }
 
   private async livenessFailed(inst: Instance, msg: string): Promise<void> {
