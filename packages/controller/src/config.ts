@@ -6,6 +6,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { kubernetesConfigSchema } from './k8s/config.js';
 import { isLoopbackListen, policySchema } from './api/auth/index.js';
+import { ConfigError } from './errors.js';
 
 const hostPort = z.string().regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'expected HOST:PORT');
 
@@ -133,12 +134,7 @@ export const configSchema = z.strictObject({
 
 export type Config = z.infer<typeof configSchema>;
 
-export class ConfigError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ConfigError';
-  }
-}
+export { ConfigError };
 
 function fieldPath(path: readonly PropertyKey[]): string {
   let out = '';
@@ -173,13 +169,13 @@ export function loadConfig(path: string): Config {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw new ConfigError(`${path}: ${(err as Error).message}`);
+    throw new ConfigError(`${path}: ${(err as Error).message}`, { cause: err });
   }
   let data: unknown;
   try {
     data = parseYaml(text);
   } catch (err) {
-    throw new ConfigError(`${path}: not valid YAML: ${(err as Error).message}`);
+    throw new ConfigError(`${path}: not valid YAML: ${(err as Error).message}`, { cause: err });
   }
   return parseConfig(data, path);
 }

@@ -1,11 +1,11 @@
 // The pod on this cell: applies desired specs (diff and converge), runs init units in order and
-// then the units, builds volumes and the OCI specs, computes the pod status and pushes every
-// change to watchers. Survives an agent restart by re-adopting units from the state dir.
-import { abortableSleep } from './backoff.js';
+// then the units, builds volumes (each unit's OCI spec comes from container-config.ts),
+// computes the pod status and pushes every change to watchers. Survives an agent restart by
+// re-adopting units from the state dir.
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
-import { readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type pino from 'pino';
 import {
@@ -17,30 +17,25 @@ import {
   type PodStatus,
   PodPhase,
   PodSecurityContext,
-  PullPolicy,
   RestartPolicy,
-  SeccompProfileType,
 } from '@cello/proto/cell';
 import type { CgroupDriver } from '../cgroups/driver.js';
-import { ImagePullFailure, type ImageInfo, type ImageService, type RegistryAuth, defaultPullAlways, registryOf } from '../images/image-service.js';
-import { resolveCapabilities } from '../runtime/capabilities.js';
-import { expand, resolveArgv } from '../runtime/expand.js';
+import type { ImageInfo, ImageService } from '../images/image-service.js';
 import type { Instance } from '../runtime/instance.js';
-import { bindMount, buildSpec, type OciMount } from '../runtime/oci-spec.js';
 import type { Runc } from '../runtime/runc.js';
 import { FifoPool } from '../runtime/fifo-pool.js';
 import { ShimPool } from '../runtime/shim-pool.js';
-import { resolveInRoot } from '../runtime/safe-path.js';
-import { runtimeDefaultProfile, type SeccompProfile } from '../runtime/seccomp.js';
 import { removeStagedSubPaths } from '../runtime/subpath-mount.js';
-import { resolveUser, UserError } from '../runtime/user.js';
 import type { LogSink, UnitDirectory, UnitView } from '../units/unit-view.js';
-import { Backoff, type BackoffPolicy, KUBERNETES_BACKOFF } from './backoff.js';
-import { podHostname, writePodFiles } from './pod-files.js';
+import { type BackoffPolicy, KUBERNETES_BACKOFF } from './backoff.js';
+import { writePodFiles } from './pod-files.js';
 import { Conditions, podPhase, qosClass } from './pod-status.js';
-import { ConfigError, Unit, type UnitContext } from './unit.js';
+import { buildContainerConfig } from './container-config.js';
+import { ImageManager } from './image-manager.js';
+import { Unit, type UnitContext } from './unit.js';
+import { readUnitRecord } from './unit-record.js';
 import { validateApply } from './validate.js';
-import { fieldValue, type PreparedVolume, mountSubPath, removeVolumes, resourceValue, VolumeBuilder, VolumeError } from './volumes.js';
+import { type PreparedVolume, removeVolumes, VolumeBuilder, VolumeError } from './volumes.js';
 
 /** Per-unit log storage: one per unit, a sink per instance. */
 export interface UnitLogs {
@@ -95,8 +90,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   private podFiles: { hosts: string; resolv: string; hostname: string } | undefined;
   private readonly conditions = new Conditions();
   private startTime: Date | undefined;
-  private pulls = new Map<string, Promise<ImageInfo>>();
-  private pullBackoff = new Map<string, Backoff>();
+  private readonly images: ImageManager;
   private logs = new Map<string, UnitLogs>();
   private changeQueued = false;
   private sequencer: Promise<void> = Promise.resolve();
@@ -110,6 +104,13 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     super();
     this.setMaxListeners(0);
     const self = this;
+    this.images = new ImageManager({
+      images: o.images,
+      backoff: o.backoff ?? KUBERNETES_BACKOFF,
+      credentials: () => self.req?.registryCredentials ?? [],
+      event: (type, reason, message, container) => self.event(type, reason, message, container),
+      onPull: o.onPull,
+    });
     this.unitCtx = {
       logger: o.logger,
       runc: o.runc,
@@ -119,7 +120,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       pidsLimit: o.pidsLimit,
       restartPolicy: () => self.req?.pod?.spec?.restartPolicy ?? RestartPolicy.RESTART_POLICY_ALWAYS,
       podIP: () => self.o.podIP,
-      ensureImage: (u, s) => self.ensureImage(u, s),
+      ensureImage: (u, s) => self.images.ensure(u, s),
       buildSpec: (u, i, inst) => self.buildUnitSpec(u, i, inst),
       newSink: (u) => self.logsOf(u).startInstance(),
       changed: () => self.changed(),
@@ -250,7 +251,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.initUnits = diff(this.initUnits, spec.initContainers, true);
     this.units = diff(oldMain, spec.containers, false);
     // Pull every image at once, while init units run.
-    for (const c of [...spec.initContainers, ...spec.containers]) void this.pull(c).catch(() => {});
+    for (const c of [...spec.initContainers, ...spec.containers]) void this.images.pull(c).catch(() => {});
     this.scheduleDeadline();
     void this.runPod();
     this.changed();
@@ -330,228 +331,21 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     return vb.rewritten;
   }
 
-  // --- images ---
-  private pullPolicyAlways(c: Container): boolean | 'never' {
-    if (c.imagePullPolicy === PullPolicy.PULL_POLICY_NEVER) return 'never';
-    if (c.imagePullPolicy === PullPolicy.PULL_POLICY_ALWAYS) return true;
-    if (c.imagePullPolicy === PullPolicy.PULL_POLICY_IF_NOT_PRESENT) return false;
-    return defaultPullAlways(c.image);
-  }
-
-  /** The pod's credentials for an image's registry, if it gave any. */
-  private registryAuth(ref: string): RegistryAuth | undefined {
-    const cred = this.req?.registryCredentials.find((r) => r.registry === registryOf(ref));
-    return cred ? { username: cred.username, password: cred.password, identityToken: cred.identityToken } : undefined;
-  }
-
-  /** One pull per image at a time, shared by every unit that uses it. */
-  private pull(c: Container): Promise<ImageInfo> {
-    const ref = c.image;
-    const existing = this.pulls.get(ref);
-    if (existing) return existing;
-    const p = (async () => {
-      const policy = this.pullPolicyAlways(c);
-      const auth = this.registryAuth(ref);
-      if (policy !== true) {
-        // With this pod's credentials: the cache may hold another pod's private image.
-        const cached = await this.o.images.cached(ref, { auth });
-        if (cached) return cached;
-        if (policy === 'never') throw new ImagePullFailure(`Container image "${ref}" is not present with pull policy of Never`, 'never');
-      }
-      this.event('Normal', 'Pulling', `Pulling image "${ref}"`, c.name);
-      const t0 = Date.now();
-      let img: ImageInfo;
-      try {
-        img = await this.o.images.pull(ref, { auth });
-      } catch (err) {
-        this.o.onPull?.({ ok: false, bytes: 0, seconds: (Date.now() - t0) / 1000 });
-        throw err;
-      }
-      this.o.onPull?.({ ok: true, bytes: img.downloadedBytes ?? 0, seconds: (Date.now() - t0) / 1000 });
-      this.event('Normal', 'Pulled', `Successfully pulled image "${ref}" in ${Date.now() - t0}ms`, c.name);
-      return img;
-    })();
-    this.pulls.set(ref, p);
-    // Keep a success for this pod generation's restarts; forget a failure so it is retried.
-    p.catch(() => this.pulls.delete(ref));
-    return p;
-  }
-
-  private async ensureImage(u: Unit, signal: AbortSignal): Promise<ImageInfo | undefined> {
-    for (;;) {
-      if (signal.aborted) return undefined;
-      try {
-        const img = await this.pull(u.spec);
-        this.pullBackoff.delete(u.spec.image);
-        return img;
-      } catch (err) {
-        const never = err instanceof ImagePullFailure && err.kind === 'never';
-        const msg = (err as Error).message;
-        u.showWaiting(never ? 'ErrImageNeverPull' : 'ErrImagePull', msg);
-        this.event('Warning', 'Failed', `Failed to pull image "${u.spec.image}": ${msg}`, u.name);
-        let b = this.pullBackoff.get(u.spec.image);
-        if (!b) this.pullBackoff.set(u.spec.image, (b = new Backoff(this.unitCtx.backoff)));
-        const delay = Math.max(b.next(0), this.unitCtx.backoff.baseMs);
-        await abortableSleep(Math.min(delay / 2, 2000), signal);
-        if (signal.aborted) return undefined;
-        u.showWaiting(never ? 'ErrImageNeverPull' : 'ImagePullBackOff', `Back-off pulling image "${u.spec.image}": ${msg}`);
-        this.event('Normal', 'BackOff', `Back-off pulling image "${u.spec.image}"`, u.name);
-        await abortableSleep(delay, signal);
-      }
-    }
-  }
-
   // --- OCI spec ---
-  private async buildUnitSpec(u: Unit, image: ImageInfo, inst: Instance): Promise<Record<string, unknown>> {
-    const req = this.req!;
-    const pod = req.pod!;
-    const spec = pod.spec!;
-    const c = u.spec;
-    const psc = spec.securityContext;
-    const sc = c.securityContext;
-    // Environment: image, then envFrom, then env, with $(VAR) expansion over what came before.
-    const env = new Map<string, string>();
-    for (const e of image.config.env) {
-      const i = e.indexOf('=');
-      if (i > 0) env.set(e.slice(0, i), e.slice(i + 1));
-    }
-    env.set('HOSTNAME', podHostname(pod));
-    for (const [i, ef] of c.envFrom.entries()) {
-      const src = ef.source;
-      if (!src) continue;
-      const name = src.value.name;
-      const data =
-        src.$case === 'secretRef'
-          ? req.secrets[name] && Object.fromEntries(Object.entries(req.secrets[name]!.data).map(([k, v]) => [k, Buffer.from(v).toString('utf8')]))
-          : req.configMaps[name]?.data;
-      if (!data) {
-        if (src.value.optional) continue;
-        throw new ConfigError(`envFrom[${i}]: ${src.$case === 'secretRef' ? 'secret' : 'configmap'} "${name}" not found`);
-      }
-      for (const [k, v] of Object.entries(data)) env.set(ef.prefix + k, v);
-    }
-    for (const e of c.env) {
-      const vf = e.valueFrom?.source;
-      if (!vf) {
-        env.set(e.name, expand(e.value, (n) => env.get(n)));
-        continue;
-      }
-      let v: string | undefined;
-      switch (vf.$case) {
-        case 'secretKeyRef': {
-          const s = req.secrets[vf.value.name];
-          const b = s?.data[vf.value.key];
-          if (b === undefined && !vf.value.optional) throw new ConfigError(`env ${e.name}: ${s ? `key "${vf.value.key}" not found in` : 'missing'} secret "${vf.value.name}"`);
-          v = b === undefined ? undefined : Buffer.from(b).toString('utf8');
-          break;
-        }
-        case 'configMapKeyRef': {
-          const m = req.configMaps[vf.value.name];
-          v = m?.data[vf.value.key];
-          if (v === undefined && !vf.value.optional) throw new ConfigError(`env ${e.name}: ${m ? `key "${vf.value.key}" not found in` : 'missing'} configmap "${vf.value.name}"`);
-          break;
-        }
-        case 'fieldRef':
-          try {
-            v = fieldValue(pod, vf.value, this.o.podIP, this.o.hostIP);
-          } catch (err) {
-            throw new ConfigError(`env ${e.name}: ${(err as Error).message}`);
-          }
-          break;
-        case 'resourceFieldRef':
-          try {
-            v = resourceValue(pod, vf.value, c.name);
-          } catch (err) {
-            throw new ConfigError(`env ${e.name}: ${(err as Error).message}`);
-          }
-          break;
-      }
-      if (v !== undefined) env.set(e.name, v);
-    }
-    const argv = resolveArgv({ command: c.command, args: c.args, entrypoint: image.config.entrypoint, cmd: image.config.cmd, env });
-    if (argv.length === 0) throw new ConfigError('no command specified: the image has no entrypoint or cmd and the container has no command');
-    // User and groups from the image.
-    let user;
-    try {
-      user = resolveUser({
-        layers: image.layerDirs,
-        imageUser: image.config.user,
-        runAsUser: sc?.runAsUser ?? psc?.runAsUser,
-        runAsGroup: sc?.runAsGroup ?? psc?.runAsGroup,
-        supplementalGroups: psc?.supplementalGroups ?? [],
-        fsGroup: psc?.fsGroup,
-      });
-    } catch (err) {
-      if (err instanceof UserError) throw new ConfigError(err.message);
-      throw err;
-    }
-    const nonRoot = sc?.runAsNonRoot ?? psc?.runAsNonRoot;
-    if (nonRoot && user.uid === 0) {
-      throw new ConfigError(`container has runAsNonRoot and image will run as root (pod: "${pod.metadata?.name}", container: ${c.name})`);
-    }
-    if (!env.has('HOME')) env.set('HOME', user.home);
-    const privileged = sc?.privileged ?? false;
-    // Seccomp: container, else pod, else RuntimeDefault; privileged units are unconfined.
-    const prof = sc?.seccompProfile?.type ? sc.seccompProfile : psc?.seccompProfile?.type ? psc.seccompProfile : undefined;
-    const capabilities = resolveCapabilities({ add: sc?.capabilities?.add ?? [], drop: sc?.capabilities?.drop ?? [], privileged });
-    // RuntimeDefault's allow-list depends on the capabilities (CAP_SYS_ADMIN may unshare, ...).
-    let seccomp: SeccompProfile | undefined = runtimeDefaultProfile(capabilities);
-    if (privileged || prof?.type === SeccompProfileType.SECCOMP_PROFILE_TYPE_UNCONFINED) seccomp = undefined;
-    else if (prof?.type === SeccompProfileType.SECCOMP_PROFILE_TYPE_LOCALHOST) {
-      const p = resolveInRoot(this.o.seccompProfileDir, prof.localhostProfile);
-      try {
-        seccomp = JSON.parse(await readFile(p, 'utf8')) as SeccompProfile;
-      } catch (err) {
-        throw new ConfigError(`seccomp Localhost profile "${prof.localhostProfile}" cannot be loaded from ${this.o.seccompProfileDir}: ${(err as Error).message}`);
-      }
-    }
-    // Mounts: volumes, then the pod's files unless a volume covers them, then the
-    // termination-message file.
-    const mounts: OciMount[] = [];
-    const dests = new Set<string>();
-    for (const [i, m] of c.volumeMounts.entries()) {
-      const v = this.volumes.get(m.name);
-      if (!v) throw new ConfigError(`volume "${m.name}" is not prepared`);
-      if (v instanceof VolumeError) throw new ConfigError(v.message);
-      let src = v.hostPath;
-      const sub = m.subPathExpr ? expand(m.subPathExpr, (n) => env.get(n)) : m.subPath;
-      if (sub) {
-        try {
-          // One staging path per unit and mount, reused (remounted) by the unit's next instance.
-          src = await mountSubPath(v.hostPath, sub, join(this.dirs.subPaths, u.name, String(i)));
-        } catch (err) {
-          throw new ConfigError(`volumeMounts "${m.name}" subPath: ${(err as Error).message}`);
-        }
-      }
-      mounts.push(bindMount(src, m.mountPath, m.readOnly || v.forceReadOnly));
-      dests.add(m.mountPath);
-    }
-    const pf = this.podFiles!;
-    if (!dests.has('/etc/hosts')) mounts.push(bindMount(pf.hosts, '/etc/hosts', false));
-    if (!dests.has('/etc/resolv.conf')) mounts.push(bindMount(pf.resolv, '/etc/resolv.conf', false));
-    if (!dests.has('/etc/hostname')) mounts.push(bindMount(pf.hostname, '/etc/hostname', false));
-    mounts.push(bindMount(inst.paths.termination, c.terminationMessagePath || '/dev/termination-log', false));
-    const sysctls: Record<string, string> = {};
-    for (const s of psc?.sysctls ?? []) sysctls[s.name] = s.value;
-    return buildSpec({
-      rootfs: inst.paths.rootfs,
-      rootMount: inst.rootMount(),
-      readOnlyRoot: sc?.readOnlyRootFilesystem ?? false,
-      argv,
-      env: [...env].map(([k, v]) => `${k}=${v}`),
-      cwd: c.workingDir || image.config.workingDir || '/',
-      user,
-      tty: c.tty,
-      hostname: podHostname(pod),
-      capabilities,
-      noNewPrivileges: !privileged && sc?.allowPrivilegeEscalation === false,
-      seccomp,
-      privileged,
-      mounts,
-      cgroupsPath: `${u.cgroup}/i${inst.instance}`,
-      netnsPath: this.o.netnsPath,
-      sysctls,
-      shmBytes: 64 * 1024 * 1024,
+  private buildUnitSpec(u: Unit, image: ImageInfo, inst: Instance): Promise<Record<string, unknown>> {
+    const o = this.o;
+    return buildContainerConfig({
+      req: this.req!,
+      unit: u,
+      image,
+      inst,
+      volumes: this.volumes,
+      podFiles: () => this.podFiles!,
+      subPathsDir: this.dirs.subPaths,
+      podIP: o.podIP,
+      hostIP: o.hostIP,
+      seccompProfileDir: o.seccompProfileDir,
+      netnsPath: o.netnsPath,
     });
   }
 
@@ -627,7 +421,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.initUnits = [];
     this.units = [];
     this.req = undefined;
-    this.pulls.clear();
+    this.images.forgetPulls();
     this.startTime = undefined;
     this.event('Normal', 'Deleted', 'pod deleted');
     this.changed();
@@ -652,11 +446,11 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const mk = (c: Container, isInit: boolean) => this.newUnit(c, hashContainer(c, spec.securityContext), isInit);
     this.initUnits = spec.initContainers.map((c) => mk(c, true));
     this.units = spec.containers.map((c) => mk(c, false));
-    const initDone = this.initUnits.every((u) => Unit.readRecord(u.dir)?.completed);
+    const initDone = this.initUnits.every((u) => readUnitRecord(u.dir)?.completed);
     for (const u of [...this.initUnits, ...this.units]) {
-      const rec = Unit.readRecord(u.dir);
+      const rec = readUnitRecord(u.dir);
       if (!rec) continue;
-      const image = await this.o.images.cached(u.spec.image, { auth: this.registryAuth(u.spec.image) }).catch(() => undefined);
+      const image = await this.images.cached(u.spec.image).catch(() => undefined);
       if (!u.isInit && !initDone) continue;
       u.start({ record: rec, image });
     }

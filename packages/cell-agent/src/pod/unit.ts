@@ -1,10 +1,11 @@
-// Supervises one unit (container) of the pod: image, instance creation, start, exit, restart
-// with back-off, probes, and stop. Its lifecycle is the explicit UnitState machine.
+// Supervises one unit (container) of the pod: instance creation, start, exit, restart with
+// back-off, and stop. Its lifecycle is the explicit UnitState machine (unit-state.ts); the image
+// comes from the image manager, the OCI spec from container-config.ts, probes are run by the
+// probe manager and the record a restarted agent reads is kept by unit-record.ts.
 import { abortableSleep } from './backoff.js';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdirSync, readFileSync } from 'node:fs';
-import { overwriteRecord } from '../runtime/files.js';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type pino from 'pino';
 import type { Container, ContainerState, ContainerStatus } from '@cello/proto/cell';
@@ -17,9 +18,11 @@ import type { FifoPool } from '../runtime/fifo-pool.js';
 import type { ShimPool } from '../runtime/shim-pool.js';
 import type { LogSink, RuncTarget, UnitStdio, UnitView } from '../units/unit-view.js';
 import { Backoff, type BackoffPolicy } from './backoff.js';
-import { Prober, type ProbeTarget, runHandler } from './probes.js';
+import { ProbeManager } from './probe-manager.js';
+import { type ProbeTarget, runHandler } from './probes.js';
 import { fallbackMessage, messageLimit, readMessageFile } from './termination-message.js';
 import { checkTransition, type UnitState } from './unit-state.js';
+import { terminatedFromJson, terminatedToJson, type UnitRecord, writeUnitRecord } from './unit-record.js';
 
 export interface UnitContext {
   logger: pino.Logger;
@@ -48,34 +51,14 @@ export interface UnitContext {
 /** A configuration problem detected before runc runs: shown as CreateContainerConfigError. */
 export class ConfigError extends Error {}
 
-interface UnitRecord {
-  hash: string;
-  restartCount: number;
-  instanceCounter: number;
-  lastState?: TerminatedJson;
-  current?: { instance: number; startedAt?: string; imageDigest: string; stopSignal: string };
-  completed?: boolean;
-  /** The unit ended for good (no restart by policy): a restarted agent must not run it again. */
-  terminal?: TerminatedJson;
-}
-
-interface TerminatedJson {
-  exitCode: number;
-  signal: number;
-  reason: string;
-  message: string;
-  startedAt?: string;
-  finishedAt: string;
-  containerId: string;
-}
-
 const SIGNALS: Record<number, string> = { 1: 'SIGHUP', 2: 'SIGINT', 3: 'SIGQUIT', 9: 'SIGKILL', 15: 'SIGTERM' };
 
 export class Unit implements UnitView {
   readonly name: string;
   readonly stdin: boolean;
   readonly tty: boolean;
-  state: UnitState = { kind: 'waiting', reason: 'ContainerCreating', message: '' };
+  // Changed only through transition(), so the state machine in unit-state.ts holds.
+  private current: UnitState = { kind: 'waiting', reason: 'ContainerCreating', message: '' };
   restarts = 0;
   lastState: UnitState | undefined;
   ready = false;
@@ -87,7 +70,7 @@ export class Unit implements UnitView {
   private abort = new AbortController();
   private loop: Promise<void> | undefined;
   private stopRequested = false;
-  private probers: Prober[] = [];
+  private readonly probes: ProbeManager;
   private killReason: string | undefined;
   private readonly oomBefore = new WeakMap<Instance, { ooms: number; hits: number }>();
   private readonly killedByAgent = new WeakSet<Instance>();
@@ -108,6 +91,7 @@ export class Unit implements UnitView {
     this.stdin = spec.stdin;
     this.tty = spec.tty;
     this.backoff = new Backoff(ctx.backoff);
+    this.probes = new ProbeManager(spec, ctx.probeSecondMs);
     this.started = spec.startupProbe ? false : undefined;
   }
 
@@ -162,9 +146,18 @@ export class Unit implements UnitView {
     return this.terminal !== undefined;
   }
 
+  get state(): UnitState {
+    return this.current;
+  }
+
+  /** The one place the state changes: an illegal transition throws IllegalTransition. */
+  private transition(s: UnitState): void {
+    checkTransition(this.current, s);
+    this.current = s;
+  }
+
   private setState(s: UnitState): void {
-    checkTransition(this.state, s);
-    this.state = s;
+    this.transition(s);
     void this.persist();
     this.ctx.changed();
   }
@@ -185,18 +178,14 @@ export class Unit implements UnitView {
   }
 
   // --- persistence, so a restarted agent knows restart counts and the current instance ---
-  private recordPath(): string {
-    return join(this.dir, 'unit.json');
-  }
-
   private async persist(): Promise<void> {
     const rec: UnitRecord = {
       hash: this.hash,
       restartCount: this.restarts,
       instanceCounter: this.instanceCounter,
       completed: this.completed,
-      ...(this.terminal?.kind === 'exited' ? { terminal: toJson(this.terminal) } : {}),
-      ...(this.lastState?.kind === 'exited' ? { lastState: toJson(this.lastState) } : {}),
+      ...(this.terminal?.kind === 'exited' ? { terminal: terminatedToJson(this.terminal) } : {}),
+      ...(this.lastState?.kind === 'exited' ? { lastState: terminatedToJson(this.lastState) } : {}),
       ...(this.instance && this.image
         ? {
             current: {
@@ -209,19 +198,9 @@ export class Unit implements UnitView {
         : {}),
     };
     try {
-      // Synchronous: small, and it keeps records in the order the transitions happened.
-      mkdirSync(this.dir, { recursive: true });
-      overwriteRecord(this.recordPath(), JSON.stringify(rec));
+      writeUnitRecord(this.dir, rec);
     } catch (err) {
       this.ctx.logger.warn({ err, unit: this.name }, 'cannot persist unit record');
-    }
-  }
-
-  static readRecord(dir: string): UnitRecord | undefined {
-    try {
-      return JSON.parse(readFileSync(join(dir, 'unit.json'), 'utf8')) as UnitRecord;
-    } catch {
-      return undefined;
     }
   }
 
@@ -237,11 +216,12 @@ export class Unit implements UnitView {
       this.restarts = r.restartCount;
       this.instanceCounter = r.instanceCounter;
       this.completed = r.completed ?? false;
-      if (r.lastState) this.lastState = fromJson(r.lastState);
+      if (r.lastState) this.lastState = terminatedFromJson(r.lastState);
       this.image = adopt.image;
       if (r.current) adopted = this.adoptInstance(r.current.instance);
       if (r.terminal && !adopted) {
-        this.state = fromJson(r.terminal);
+        // Restored, not new: the record already holds it, so no persist.
+        this.transition(terminatedFromJson(r.terminal));
         this.terminal = this.state;
         return;
       }
@@ -286,7 +266,10 @@ export class Unit implements UnitView {
         const startedP = once(inst, 'started');
         await inst.adopt(JSON.parse(readFileSync(join(inst.dir, 'meta.json'), 'utf8')) as InstanceMeta);
         if (inst.pid !== undefined) {
-          this.state = { kind: 'running', startedAt: readStartedAt(inst) ?? inst.startedAt ?? new Date() };
+          // The previous agent took it through starting; replay that edge rather than allow waiting -> running.
+          const startedAt = readStartedAt(inst) ?? inst.startedAt ?? new Date();
+          this.transition({ kind: 'starting', since: startedAt });
+          this.transition({ kind: 'running', startedAt });
           this.startProbes(inst);
           this.ctx.changed();
         } else {
@@ -389,60 +372,36 @@ export class Unit implements UnitView {
   }
 
   private startProbes(inst: Instance): void {
-    const target = this.probeTarget(inst);
-    const s = this.spec;
-    const startRest = () => {
-      if (s.livenessProbe) {
-        const p = new Prober('liveness', s.livenessProbe, target, (ok, msg) => {
-          if (!ok) void this.livenessFailed(inst, msg);
-        }, this.ctx.probeSecondMs);
-        this.probers.push(p);
-        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-        p.start();
-      }
-      if (s.readinessProbe) {
-        const p = new Prober('readiness', s.readinessProbe, target, (ok, msg) => {
-          if (this.instance !== inst || !this.running()) return;
-          if (!ok) this.ctx.event('Warning', 'Unhealthy', `Readiness probe failed: ${msg}`, this.name);
-          if (this.ready !== ok) {
-            this.ready = ok;
-            this.ctx.changed();
-          }
-        }, this.ctx.probeSecondMs);
-        this.probers.push(p);
-        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-        p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-        p.start();
-      } else if (!this.isInit) {
-        this.ready = true;
-        this.ctx.changed();
-      }
-    };
-    if (s.startupProbe) {
-      this.started = false;
-      const p = new Prober('startup', s.startupProbe, target, (ok, msg) => {
+    this.started = !this.spec.startupProbe;
+    this.probes.start(this.probeTarget(inst), {
+      startup: (ok, msg) => {
         if (ok) {
           this.started = true;
           this.ctx.changed();
-          startRest();
         } else void this.livenessFailed(inst, `Startup probe failed: ${msg}`);
-      }, this.ctx.probeSecondMs);
-      this.probers.push(p);
-      p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-      p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-      p.onEach = (ok) => this.ctx.probeResult?.(this.name, p.kind, ok);
-      p.start();
-    } else {
-      this.started = true;
-      startRest();
-    }
+      },
+      liveness: (ok, msg) => {
+        if (!ok) void this.livenessFailed(inst, msg);
+      },
+      readiness: (ok, msg) => {
+        if (this.instance !== inst || !this.running()) return;
+        if (!ok) this.ctx.event('Warning', 'Unhealthy', `Readiness probe failed: ${msg}`, this.name);
+        if (this.ready !== ok) {
+          this.ready = ok;
+          this.ctx.changed();
+        }
+      },
+      noReadinessProbe: () => {
+        if (this.isInit) return;
+        this.ready = true;
+        this.ctx.changed();
+      },
+      each: (kind, ok) => this.ctx.probeResult?.(this.name, kind, ok),
+    });
   }
 
   private stopProbes(): void {
-    for (const p of this.probers.splice(0)) p.stop();
+    this.probes.stop();
   }
 
   private async livenessFailed(inst: Instance, msg: string): Promise<void> {
@@ -648,29 +607,4 @@ export function toContainerState(s: UnitState): ContainerState {
         },
       };
   }
-}
-
-function toJson(s: Extract<UnitState, { kind: 'exited' }>): TerminatedJson {
-  return {
-    exitCode: s.exitCode,
-    signal: s.signal,
-    reason: s.reason,
-    message: s.message,
-    ...(s.startedAt ? { startedAt: s.startedAt.toISOString() } : {}),
-    finishedAt: s.finishedAt.toISOString(),
-    containerId: s.containerId,
-  };
-}
-
-function fromJson(j: TerminatedJson): UnitState {
-  return {
-    kind: 'exited',
-    exitCode: j.exitCode,
-    signal: j.signal,
-    reason: j.reason,
-    message: j.message,
-    startedAt: j.startedAt ? new Date(j.startedAt) : undefined,
-    finishedAt: new Date(j.finishedAt),
-    containerId: j.containerId,
-  };
 }

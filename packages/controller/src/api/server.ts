@@ -13,7 +13,6 @@ import {
   type ClientDuplexStream,
   type sendUnaryData,
   type ServiceError,
-  Metadata,
 } from '@grpc/grpc-js';
 import { ManifestError, podFromManifest } from '@cello/proto';
 import { LogsRequest as AgentLogsRequest, ConfigMapData, SecretData, PodStatus, PodPhase, ConditionStatus, type ExecInput, type ExecOutput, type LogChunk, type PortForwardFrame } from '@cello/proto/cell';
@@ -56,6 +55,7 @@ import type { SecretBox } from '../security/secret-box.js';
 import type { Logger } from '../obs/logger.js';
 import { VERSION } from '../version.js';
 import { VIRTUAL_NODE_USER } from './auth/names.js';
+import { CelloError, toStatus } from '../errors.js';
 import { apiError, type ApiAuth, type Attributes, type Principal, type Resource, type Verb } from './auth/index.js';
 
 /** What a stream may queue before its target frame has been resolved to an agent. */
@@ -77,17 +77,8 @@ export interface ApiOptions {
   refusePod?: (pod: { namespace: string; annotations: Record<string, string> }) => string | undefined;
 }
 
-class ApiError extends Error {
-  constructor(readonly code: Status, message: string) {
-    super(message);
-  }
-}
-
 function fail(cb: sendUnaryData<never>, err: unknown): void {
-  if (err instanceof ApiError) return cb({ code: err.code, details: err.message, message: err.message, name: 'ApiError', metadata: new Metadata() } as ServiceError, null);
-  const se = err as ServiceError;
-  if (typeof se?.code === 'number') return cb(se, null);
-  cb({ code: Status.INTERNAL, details: errMsg(err), message: errMsg(err), name: 'Error', metadata: new Metadata() } as ServiceError, null);
+  cb(toStatus(err), null);
 }
 
 function ns(ref?: PodRef): string {
@@ -143,7 +134,7 @@ export class ControllerApi {
 
   /** The caller, authenticated (UNAUTHENTICATED otherwise). */
   private async authenticate(call: Parameters<ApiAuth['authenticate']>[0]): Promise<Principal> {
-    if (!this.o.auth) throw apiError(Status.UNAUTHENTICATED, 'this API has no authentication configured');
+    if (!this.o.auth) throw apiError('Unauthenticated', 'this API has no authentication configured');
     return this.o.auth.authenticate(call);
   }
 
@@ -240,30 +231,30 @@ export class ControllerApi {
     try {
       parsed = podFromManifest(r.manifest, { namespace: r.namespace || 'default' });
     } catch (err) {
-      if (err instanceof ManifestError) throw new ApiError(Status.INVALID_ARGUMENT, err.message);
-      throw new ApiError(Status.INVALID_ARGUMENT, `manifest: ${errMsg(err)}`);
+      if (err instanceof ManifestError) throw new CelloError('InvalidArgument', err.message);
+      throw new CelloError('InvalidArgument', `manifest: ${errMsg(err)}`);
     }
     const pod = parsed.pod;
     const name = pod.metadata?.name ?? '';
     const namespace = pod.metadata?.namespace || r.namespace || 'default';
-    if (!name) throw new ApiError(Status.INVALID_ARGUMENT, 'metadata.name: is required');
+    if (!name) throw new CelloError('InvalidArgument', 'metadata.name: is required');
     await authorize?.(namespace, name);
     try {
       selectCandidates(this.o.instanceTypes, { spec: pod.spec!, annotations: pod.metadata?.annotations ?? {}, overhead: { cpuMillis: 0, memoryBytes: 0 }, defaultSpot: 'never' });
     } catch (err) {
       // Annotations that cannot mean anything are refused; a pod too big for any type is
       // accepted and reported Unschedulable, as Kubernetes does.
-      if (err instanceof SelectionError && err.reason !== 'NoFittingInstanceType') throw new ApiError(Status.INVALID_ARGUMENT, err.message);
+      if (err instanceof SelectionError && err.reason !== 'NoFittingInstanceType') throw err;
     }
     // Refused here, as an admission webhook would, rather than stored and left Unschedulable;
     // INVALID_ARGUMENT, so the virtual node fails the Kubernetes pod with this message too.
     const refused = this.o.refusePod?.({ namespace, annotations: pod.metadata?.annotations ?? {} });
-    if (refused) throw new ApiError(Status.INVALID_ARGUMENT, refused);
+    if (refused) throw new CelloError('InvalidArgument', refused);
     const secrets = Object.fromEntries(Object.entries(parsed.secrets).map(([k, v]) => [k, SecretData.toJSON(v)]));
     const configMaps = Object.fromEntries(Object.entries(parsed.configMaps).map(([k, v]) => [k, ConfigMapData.toJSON(v)]));
     let result: PodObject | undefined;
     const build = (cur: PodRecordWithData | undefined): PodRecordWithData | undefined => {
-      if (cur?.deleting) throw new ApiError(Status.FAILED_PRECONDITION, `pod ${namespace}/${name} is being deleted; wait until it is gone`);
+      if (cur?.deleting) throw new CelloError('FailedPrecondition', `pod ${namespace}/${name} is being deleted; wait until it is gone`);
       if (cur) {
         const obj = podOf(cur);
         const sameSpec = JSON.stringify(obj.spec) === JSON.stringify(pod.spec);
@@ -315,9 +306,9 @@ export class ControllerApi {
   }
 
   async getPod(ref: PodRef | undefined): Promise<PodObject> {
-    if (!ref?.name) throw new ApiError(Status.INVALID_ARGUMENT, 'pod.name: is required');
+    if (!ref?.name) throw new CelloError('InvalidArgument', 'pod.name: is required');
     const kv = await this.o.store.get<PodRecordWithData>(podKey(ns(ref), ref.name));
-    if (!kv) throw new ApiError(Status.NOT_FOUND, `pod ${ns(ref)}/${ref.name} not found`);
+    if (!kv) throw new CelloError('NotFound', `pod ${ns(ref)}/${ref.name} not found`);
     return this.present(kv.value, kv.modRevision);
   }
 
@@ -371,14 +362,14 @@ export class ControllerApi {
       }
       call.end();
     } catch (err) {
-      if (!ac.signal.aborted) endWithError(call, new ApiError(Status.UNAVAILABLE, `watch: ${errMsg(err)}`) as unknown as Error);
+      if (!ac.signal.aborted) endWithError(call, toStatus(new CelloError('Unavailable', `watch: ${errMsg(err)}`)));
     }
   }
 
   async deletePod(r: DeletePodRequest): Promise<PodObject> {
     const ref = r.pod;
-    if (!ref?.name) throw new ApiError(Status.INVALID_ARGUMENT, 'pod.name: is required');
-    if (r.gracePeriodSeconds !== undefined && r.gracePeriodSeconds < 0) throw new ApiError(Status.INVALID_ARGUMENT, 'grace_period_seconds: must be >= 0');
+    if (!ref?.name) throw new CelloError('InvalidArgument', 'pod.name: is required');
+    if (r.gracePeriodSeconds !== undefined && r.gracePeriodSeconds < 0) throw new CelloError('InvalidArgument', 'grace_period_seconds: must be >= 0');
     const key = podKey(ns(ref), ref.name);
     let out: PodObject | undefined;
     const res = await update<PodRecordWithData>(this.o.store, key, (cur) => {
@@ -391,7 +382,7 @@ export class ControllerApi {
       if (r.gracePeriodSeconds !== undefined) d.graceSeconds = r.gracePeriodSeconds;
       return { ...cur, object: PodObject.toJSON(p), deleting: d };
     });
-    if (!res || !out) throw new ApiError(Status.NOT_FOUND, `pod ${ns(ref)}/${ref.name} not found`);
+    if (!res || !out) throw new CelloError('NotFound', `pod ${ns(ref)}/${ref.name} not found`);
     if (r.wait) {
       const grace = r.gracePeriodSeconds ?? out.spec?.terminationGracePeriodSeconds ?? 30;
       const ac = new AbortController();
@@ -403,7 +394,7 @@ export class ControllerApi {
           }
         }
       } catch (err) {
-        if (ac.signal.aborted) throw new ApiError(Status.DEADLINE_EXCEEDED, `pod ${ns(ref)}/${ref.name} still present after ${grace + 120}s`);
+        if (ac.signal.aborted) throw new CelloError('DeadlineExceeded', `pod ${ns(ref)}/${ref.name} still present after ${grace + 120}s`);
         throw err;
       } finally {
         clearTimeout(timer);
@@ -453,15 +444,15 @@ export class ControllerApi {
 
   /** The agent client of the cell running this pod, or an error saying why there is none. */
   private async agentFor(ref: PodRef | undefined) {
-    if (!ref?.name) throw new ApiError(Status.INVALID_ARGUMENT, 'pod.name: is required');
+    if (!ref?.name) throw new CelloError('InvalidArgument', 'pod.name: is required');
     const kv = await this.o.store.get<PodRecordWithData>(podKey(ns(ref), ref.name));
-    if (!kv) throw new ApiError(Status.NOT_FOUND, `pod ${ns(ref)}/${ref.name} not found`);
+    if (!kv) throw new CelloError('NotFound', `pod ${ns(ref)}/${ref.name} not found`);
     const p = podOf(kv.value);
-    if (!p.cellId) throw new ApiError(Status.FAILED_PRECONDITION, `pod ${ns(ref)}/${ref.name} has no cell yet`);
+    if (!p.cellId) throw new CelloError('FailedPrecondition', `pod ${ns(ref)}/${ref.name} has no cell yet`);
     const c = await this.o.store.get<CellRecord>(cellKey(p.cellId));
     const cell = c ? cellOf(c.value) : undefined;
     if (!cell || !cell.address || (cell.state !== CellState.CELL_STATE_BOUND && cell.state !== CellState.CELL_STATE_DRAINING)) {
-      throw new ApiError(Status.FAILED_PRECONDITION, `pod ${ns(ref)}/${ref.name}: its cell ${p.cellId} is not running the pod yet`);
+      throw new CelloError('FailedPrecondition', `pod ${ns(ref)}/${ref.name}: its cell ${p.cellId} is not running the pod yet`);
     }
     return { client: this.o.agents.get(cell.id, cell.address), pod: p };
   }
@@ -472,7 +463,7 @@ export class ControllerApi {
     const names = (pod.spec?.containers ?? []).map((c) => c.name);
     if (names.length === 1) return names[0]!;
     const all = [...names, ...(init ? (pod.spec?.initContainers ?? []).map((c) => c.name) : [])];
-    throw new ApiError(Status.INVALID_ARGUMENT, `container: a container name must be specified for pod ${pod.metadata?.name}, choose one of: [${all.join(' ')}]`);
+    throw new CelloError('InvalidArgument', `container: a container name must be specified for pod ${pod.metadata?.name}, choose one of: [${all.join(' ')}]`);
   }
 
   private async logs(call: ServerWritableStream<LogsRequest, LogChunk>): Promise<void> {
@@ -578,7 +569,7 @@ export class ControllerApi {
       pendingBytes += frameBytes(v);
       if (pending.length > MAX_PENDING_FRAMES || pendingBytes > MAX_PENDING_BYTES) {
         pending.length = 0;
-        abort(apiError(Status.RESOURCE_EXHAUSTED, `${targeted ? 'while the target was being resolved' : 'before the target frame'} the stream queued more than ${MAX_PENDING_FRAMES} frames or ${MAX_PENDING_BYTES} bytes; send the target frame first and wait for output before sending more`));
+        abort(apiError('ResourceExhausted', `${targeted ? 'while the target was being resolved' : 'before the target frame'} the stream queued more than ${MAX_PENDING_FRAMES} frames or ${MAX_PENDING_BYTES} bytes; send the target frame first and wait for output before sending more`));
       }
     });
     call.on('end', () => {
@@ -639,9 +630,7 @@ function endWithError(call: { emit(event: 'error', err: Error): boolean }, err: 
   call.emit('error', err);
 }
 
+/** A CelloError as its gRPC status; anything else as it came (grpc-js reports it as it always did). */
 function toStreamError(err: unknown): Error {
-  if (err instanceof ApiError) {
-    return Object.assign(new Error(err.message), { code: err.code, details: err.message });
-  }
-  return err as Error;
+  return err instanceof CelloError ? toStatus(err) : (err as Error);
 }

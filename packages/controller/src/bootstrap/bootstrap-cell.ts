@@ -26,6 +26,7 @@ import type { Logger } from 'pino';
 import { DEFAULT_TRUST_DOMAIN, identityOf, identityUri } from '../security/identity.js';
 import * as x509 from '../security/x509.js';
 import { Backoff } from '../util/backoff.js';
+import { CelloError } from '../errors.js';
 
 /** Waiting for a new cell's agent: 100 ms doubling to 2 s, until the bootstrap deadline. */
 const BOOTSTRAP_RETRY = { baseMs: 100, maxMs: 2_000 };
@@ -71,10 +72,10 @@ export interface BootstrapResult {
   elapsedMs: number;
 }
 
-export class BootstrapError extends Error {
-  constructor(readonly cellId: string, message: string, readonly code?: status) {
-    super(`bootstrap of cell ${cellId}: ${message}`);
-    this.name = 'BootstrapError';
+/** `agentStatus`: the gRPC status the agent answered with, when it answered at all. */
+export class BootstrapError extends CelloError {
+  constructor(readonly cellId: string, message: string, readonly agentStatus?: status) {
+    super(agentStatus === status.UNAVAILABLE ? 'Unavailable' : 'FailedPrecondition', `bootstrap of cell ${cellId}: ${message}`);
   }
 }
 

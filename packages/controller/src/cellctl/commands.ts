@@ -18,7 +18,8 @@ import {
 } from '@cello/proto/controller';
 import { VERSION } from '../version.js';
 import { asData, cellHeader, cellRow, describePod, podHeader, podRow, render, table } from './format.js';
-import { CellctlConfigError, CONFIG_ENV, configPath, readConfig, redacted, resolveContext, writeConfig } from './config.js';
+import { ConfigError } from '../errors.js';
+import { CONFIG_ENV, configPath, readConfig, redacted, resolveContext, writeConfig } from './config.js';
 import { stringify } from 'yaml';
 import { API_CHANNEL_OPTIONS, apiChannelCredentials } from '../api/auth/client.js';
 
@@ -64,7 +65,7 @@ function resolveGlobals(o: Options): Globals {
   try {
     ctx = resolveContext(cfg, path, o.context);
   } catch (err) {
-    if (err instanceof CellctlConfigError) throw new CliError(`error: ${err.message}`);
+    if (err instanceof ConfigError) throw new CliError(`error: ${err.message}`);
     throw err;
   }
   return {

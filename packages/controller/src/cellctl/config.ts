@@ -8,6 +8,7 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { parse as parseYaml, stringify } from 'yaml';
 import { z } from 'zod';
 import type { ApiClientCredentials } from '../api/auth/client.js';
+import { ConfigError } from '../errors.js';
 
 export const CONFIG_ENV = 'CELLO_CONFIG';
 export const defaultConfigPath = () => join(homedir(), '.cello', 'config');
@@ -50,8 +51,6 @@ export interface CellctlConfig {
   contexts: { name: string; context: { cluster: string; user: string; namespace?: string } }[];
 }
 
-export class CellctlConfigError extends Error {}
-
 export function configPath(flag?: string): string {
   return flag || process.env[CONFIG_ENV] || defaultConfigPath();
 }
@@ -62,11 +61,11 @@ export function readConfig(path: string): CellctlConfig | undefined {
     text = readFileSync(path, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new CellctlConfigError(`${path}: ${(err as Error).message}`);
+    throw new ConfigError(`${path}: ${(err as Error).message}`);
   }
   const r = cellctlConfigSchema.safeParse(parseYaml(text) ?? {});
   if (!r.success) {
-    throw new CellctlConfigError(r.error.issues.map((i) => `${path}: ${i.path.join('.') || '(root)'}: ${i.message}`).join('\n'));
+    throw new ConfigError(r.error.issues.map((i) => `${path}: ${i.path.join('.') || '(root)'}: ${i.message}`).join('\n'));
   }
   return r.data as CellctlConfig;
 }
@@ -82,13 +81,13 @@ export interface ResolvedContext {
 /** The context to use (`name`, else current-context), with every file it names read. */
 export function resolveContext(cfg: CellctlConfig, path: string, name?: string): ResolvedContext {
   const ctxName = name || cfg['current-context'];
-  if (!ctxName) throw new CellctlConfigError(`${path}: no current-context; pick one with --context or \`cellctl config use-context NAME\``);
+  if (!ctxName) throw new ConfigError(`${path}: no current-context; pick one with --context or \`cellctl config use-context NAME\``);
   const ctx = cfg.contexts.find((c) => c.name === ctxName);
-  if (!ctx) throw new CellctlConfigError(`${path}: no context named "${ctxName}" (have: ${cfg.contexts.map((c) => c.name).join(', ') || 'none'})`);
+  if (!ctx) throw new ConfigError(`${path}: no context named "${ctxName}" (have: ${cfg.contexts.map((c) => c.name).join(', ') || 'none'})`);
   const cl = cfg.clusters.find((c) => c.name === ctx.context.cluster)?.cluster;
-  if (!cl) throw new CellctlConfigError(`${path}: context "${ctxName}" names cluster "${ctx.context.cluster}", which is not in clusters`);
+  if (!cl) throw new ConfigError(`${path}: context "${ctxName}" names cluster "${ctx.context.cluster}", which is not in clusters`);
   const us = cfg.users.find((u) => u.name === ctx.context.user)?.user;
-  if (!us) throw new CellctlConfigError(`${path}: context "${ctxName}" names user "${ctx.context.user}", which is not in users`);
+  if (!us) throw new ConfigError(`${path}: context "${ctxName}" names user "${ctx.context.user}", which is not in users`);
   const base = dirname(path);
   const field = (data: string | undefined, file: string | undefined, what: string): string | undefined => {
     if (data) return Buffer.from(data, 'base64').toString('utf8');
@@ -97,17 +96,17 @@ export function resolveContext(cfg: CellctlConfig, path: string, name?: string):
     try {
       return readFileSync(p, 'utf8');
     } catch (err) {
-      throw new CellctlConfigError(`${path}: ${what}: ${(err as Error).message}`);
+      throw new ConfigError(`${path}: ${what}: ${(err as Error).message}`);
     }
   };
   const out: ResolvedContext = { name: ctxName, server: cl.server, ...(ctx.context.namespace ? { namespace: ctx.context.namespace } : {}) };
   if (cl.insecure) return out;
   const caPem = field(cl['certificate-authority-data'], cl['certificate-authority'], `cluster ${ctx.context.cluster}: certificate-authority`);
-  if (!caPem) throw new CellctlConfigError(`${path}: cluster "${ctx.context.cluster}": certificate-authority-data (or certificate-authority) is required`);
+  if (!caPem) throw new ConfigError(`${path}: cluster "${ctx.context.cluster}": certificate-authority-data (or certificate-authority) is required`);
   const certPem = field(us['client-certificate-data'], us['client-certificate'], `user ${ctx.context.user}: client-certificate`);
   const keyPem = field(us['client-key-data'], us['client-key'], `user ${ctx.context.user}: client-key`);
   const token = us.token ?? field(undefined, us['token-file'], `user ${ctx.context.user}: token-file`)?.trim();
-  if (!!certPem !== !!keyPem) throw new CellctlConfigError(`${path}: user "${ctx.context.user}": client-certificate and client-key go together`);
+  if (!!certPem !== !!keyPem) throw new ConfigError(`${path}: user "${ctx.context.user}": client-certificate and client-key go together`);
   out.credentials = { caPem, trustDomain: cl['trust-domain'], ...(certPem ? { certPem, keyPem: keyPem! } : {}), ...(token ? { token } : {}) };
   return out;
 }

@@ -2,6 +2,7 @@
 // a cell that overstays fails with a reason and moves towards termination, so nothing waits
 // forever on a machine that never booted or never stopped.
 import { CellState } from '@cello/proto/controller';
+import { CelloError } from '../errors.js';
 
 export { CellState };
 
@@ -21,10 +22,9 @@ export function canTransition(from: CellState, to: CellState): boolean {
   return NEXT[from]?.includes(to) ?? false;
 }
 
-export class TransitionError extends Error {
+export class TransitionError extends CelloError {
   constructor(readonly from: CellState, readonly to: CellState) {
-    super(`illegal cell transition ${stateName(from)} -> ${stateName(to)}`);
-    this.name = 'TransitionError';
+    super('FailedPrecondition', `illegal cell transition ${stateName(from)} -> ${stateName(to)}`);
   }
 }
 

@@ -2,6 +2,8 @@
 // or an EC2 instance. The controller core uses only this interface; every implementation
 // passes the same contract tests (test/providers/contract.ts).
 
+import { CelloError } from '../errors.js';
+
 export interface InstanceType {
   name: string; // e.g. "t3.small", or "local.small" for the local provider
   vcpus: number;
@@ -59,10 +61,9 @@ export interface InstanceInfo {
  * Thrown by launch when this type (or type+zone) has no capacity: the controller tries the next
  * candidate, for any other error it fails the cell. A launch that throws it leaves no instance.
  */
-export class CapacityError extends Error {
+export class CapacityError extends CelloError {
   constructor(message: string, readonly instanceType: string, readonly zone?: string) {
-    super(message);
-    this.name = 'CapacityError';
+    super('ResourceExhausted', message);
   }
 }
 

@@ -2,6 +2,7 @@
 // configuration, never from the store itself: whoever reads the store (a backup, an etcd
 // snapshot) does not get the CA. GCM's tag makes a wrong key or a tampered record fail loudly.
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { CelloError } from '../errors.js';
 
 export interface Sealed {
   alg: 'AES-256-GCM';
@@ -42,10 +43,9 @@ export function seal(key: Buffer, plaintext: Buffer, aad: string): Sealed {
   return { alg: 'AES-256-GCM', iv: iv.toString('base64'), tag: c.getAuthTag().toString('base64'), data: data.toString('base64') };
 }
 
-export class UnsealError extends Error {
+export class UnsealError extends CelloError {
   constructor(what: string, field = ENCRYPTION_KEY_FIELD) {
-    super(`cannot decrypt ${what} with the configured ${field}: the key is wrong, or the stored record was altered`);
-    this.name = 'UnsealError';
+    super('Internal', `cannot decrypt ${what} with the configured ${field}: the key is wrong, or the stored record was altered`);
   }
 }
 

@@ -7,6 +7,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { ConflictError, type Store } from '../store/store.js';
 import { checkName } from './identity.js';
+import { CelloError } from '../errors.js';
 
 export const BOOTSTRAP_TOKEN_PREFIX = 'security/bootstrap-tokens/';
 const MAX_TTL_SECONDS = 24 * 3600;
@@ -20,10 +21,9 @@ interface TokenRecord {
 export type BootstrapTokenFailure = 'unknown' | 'mismatch' | 'expired' | 'used';
 
 /** Why a token was refused. The message never contains the token. */
-export class BootstrapTokenError extends Error {
+export class BootstrapTokenError extends CelloError {
   constructor(readonly reason: BootstrapTokenFailure, readonly cellId: string, detail: string) {
-    super(`bootstrap token for cell ${cellId} refused (${reason}): ${detail}`);
-    this.name = 'BootstrapTokenError';
+    super('Unauthenticated', `bootstrap token for cell ${cellId} refused (${reason}): ${detail}`);
   }
 }
 

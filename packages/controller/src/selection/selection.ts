@@ -4,6 +4,7 @@
 // containers run one at a time before the app containers), plus the agent's own overhead.
 import type { PodSpec, ResourceList } from '@cello/proto/cell';
 import type { InstanceType } from '../providers/provider.js';
+import { CelloError } from '../errors.js';
 
 export const ANNOTATION_INSTANCE_TYPE = 'cello.io/instance-type';
 export const ANNOTATION_SPOT = 'cello.io/spot';
@@ -37,10 +38,10 @@ export interface SelectionInput {
   defaultSpot: SpotPreference;
 }
 
-export class SelectionError extends Error {
+/** A pod too big for every type is a precondition the cluster may meet later; the rest is the pod's own fault. */
+export class SelectionError extends CelloError {
   constructor(message: string, readonly reason: string) {
-    super(message);
-    this.name = 'SelectionError';
+    super(reason === 'NoFittingInstanceType' ? 'FailedPrecondition' : 'InvalidArgument', message);
   }
 }
 

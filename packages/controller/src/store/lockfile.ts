@@ -5,6 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { constants, promises as fs, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
+import { CelloError } from '../errors.js';
 
 export interface LockOwner {
   pid: number;
@@ -15,13 +16,13 @@ export interface LockOwner {
   acquiredAt: string;
 }
 
-export class StoreLockedError extends Error {
+export class StoreLockedError extends CelloError {
   constructor(readonly path: string, readonly owner: LockOwner) {
     super(
+      'FailedPrecondition',
       `store directory is locked by pid ${owner.pid} on ${owner.host} (since ${owner.acquiredAt}); ` +
         `only one controller may open it at a time (lock file: ${path})`,
     );
-    this.name = 'StoreLockedError';
   }
 }
 

@@ -3,6 +3,8 @@
 // thin and the embedded backend is held to the same semantics. Typed repositories (pods, cells,
 // events, the CA) are built on top of it. Every backend passes test/store/contract.ts.
 
+import { CelloError } from '../errors.js';
+
 export interface KeyValue<T = unknown> {
   key: string;
   value: T;
@@ -32,10 +34,9 @@ export type WatchEvent<T = unknown> =
   | { type: 'delete'; key: string; revision: number };
 
 /** Thrown when a compare-and-swap precondition fails. */
-export class ConflictError extends Error {
+export class ConflictError extends CelloError {
   constructor(readonly key: string, readonly expected: number, readonly actual: number) {
-    super(`conflict on ${key}: expected revision ${expected}, found ${actual}`);
-    this.name = 'ConflictError';
+    super('Conflict', `conflict on ${key}: expected revision ${expected}, found ${actual}`);
   }
 }
 
@@ -66,25 +67,22 @@ export interface Store {
 }
 
 /** Thrown by watch() when `afterRevision` is older than the history the store still keeps. */
-export class CompactedError extends Error {
+export class CompactedError extends CelloError {
   constructor(readonly requested: number, readonly oldest: number) {
-    super(`revision ${requested} has been compacted; the oldest revision a watch can resume after is ${oldest} — list() again and watch from its revision`);
-    this.name = 'CompactedError';
+    super('FailedPrecondition', `revision ${requested} has been compacted; the oldest revision a watch can resume after is ${oldest} — list() again and watch from its revision`);
   }
 }
 
 /** Thrown by every operation on a store that was closed or failed (the cause says why). */
-export class StoreClosedError extends Error {
+export class StoreClosedError extends CelloError {
   constructor(readonly why: string) {
-    super(`store is closed: ${why}`);
-    this.name = 'StoreClosedError';
+    super('Unavailable', `store is closed: ${why}`);
   }
 }
 
 /** Thrown by a write fenced with `leader` when that leadership is no longer held. */
-export class NotLeaderError extends Error {
+export class NotLeaderError extends CelloError {
   constructor(readonly election: string, readonly candidate: string) {
-    super(`${candidate} no longer leads ${election}: write refused`);
-    this.name = 'NotLeaderError';
+    super('Unavailable', `${candidate} no longer leads ${election}: write refused`);
   }
 }

@@ -7,7 +7,8 @@
 import { splitHostPort } from '@cello/proto';
 import { X509Certificate } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
-import { experimental, Metadata, ServerCredentials, status as Status, type ServiceError } from '@grpc/grpc-js';
+import { experimental, Metadata, ServerCredentials, type ServiceError } from '@grpc/grpc-js';
+import { CelloError, toStatus, type ErrorCode } from '../../errors.js';
 import { identityOf, identityUri } from '../../security/identity.js';
 import { ANONYMOUS, AnyOf, PolicyAuthorizer, type Attributes, type Authorizer, type PolicyRule, type Principal } from './policy.js';
 import type { SubjectAccessReviewer, TokenReviewer } from './kube-review.js';
@@ -66,8 +67,9 @@ export interface ApiAuthOptions {
   accessReview?: SubjectAccessReviewer;
 }
 
-export function apiError(code: Status, message: string): ServiceError {
-  return Object.assign(new Error(message), { code, details: message, metadata: new Metadata() });
+/** A refusal as the gRPC error the interceptor and handlers answer with. */
+export function apiError(code: ErrorCode, message: string): ServiceError {
+  return toStatus(new CelloError(code, message));
 }
 
 interface CallLike {
@@ -105,26 +107,26 @@ export class ApiAuth {
     const authz = call.metadata.get('authorization')[0];
     if (typeof authz === 'string' && authz) {
       const m = /^Bearer\s+(\S+)$/i.exec(authz);
-      if (!m) throw apiError(Status.UNAUTHENTICATED, 'authorization: expected "Bearer TOKEN"');
-      if (!this.o.tokens) throw apiError(Status.UNAUTHENTICATED, `bearer tokens are not accepted here (api.kubernetes.tokenReview is off); ${CREDENTIALS_HINT}`);
-      if (!this.o.tls) throw apiError(Status.UNAUTHENTICATED, 'bearer tokens are refused over plaintext');
+      if (!m) throw apiError('Unauthenticated', 'authorization: expected "Bearer TOKEN"');
+      if (!this.o.tokens) throw apiError('Unauthenticated', `bearer tokens are not accepted here (api.kubernetes.tokenReview is off); ${CREDENTIALS_HINT}`);
+      if (!this.o.tls) throw apiError('Unauthenticated', 'bearer tokens are refused over plaintext');
       let p: Principal | undefined;
       try {
         p = await this.o.tokens.review(m[1]!);
       } catch (err) {
-        throw apiError(Status.UNAVAILABLE, `TokenReview failed: ${(err as Error).message}`);
+        throw apiError('Unavailable', `TokenReview failed: ${(err as Error).message}`);
       }
-      if (!p) throw apiError(Status.UNAUTHENTICATED, 'the bearer token was not accepted by the Kubernetes API server (TokenReview)');
+      if (!p) throw apiError('Unauthenticated', 'the bearer token was not accepted by the Kubernetes API server (TokenReview)');
       return p;
     }
     if (this.o.insecure && !this.o.tls) return { ...ANONYMOUS, groups: [...ANONYMOUS.groups], via: 'insecure' };
     // grpc-js shows only a certificate that TLS verified against the CA for client use: one of
     // another CA, or a cell's (server-only) certificate, arrives here as no certificate at all.
-    throw apiError(Status.UNAUTHENTICATED, `no credentials (a client certificate this controller's CA did not issue for client use counts as none): ${CREDENTIALS_HINT}`);
+    throw apiError('Unauthenticated', `no credentials (a client certificate this controller's CA did not issue for client use counts as none): ${CREDENTIALS_HINT}`);
   }
 
   private fromCertificate(peer: PeerCertificate): Principal {
-    const refuse = (why: string) => apiError(Status.UNAUTHENTICATED, `client certificate refused: ${why}; ${CREDENTIALS_HINT}`);
+    const refuse = (why: string) => apiError('Unauthenticated', `client certificate refused: ${why}; ${CREDENTIALS_HINT}`);
     let x: X509Certificate;
     try {
       x = new X509Certificate(peer.raw);
@@ -150,11 +152,11 @@ export class ApiAuth {
     try {
       d = await this.authorizer.authorize(p, a);
     } catch (err) {
-      throw apiError(Status.UNAVAILABLE, `authorization failed: ${(err as Error).message}`);
+      throw apiError('Unavailable', `authorization failed: ${(err as Error).message}`);
     }
     if (!d.allowed) {
       const where = a.resource === 'cells' ? 'cells (cluster-scoped)' : a.namespace === '*' ? `${a.resource} in every namespace` : `${a.resource} in namespace ${a.namespace}`;
-      throw apiError(Status.PERMISSION_DENIED, `user ${p.user} (groups: ${p.groups.join(', ') || 'none'}) may not ${a.verb} ${where}: ${d.reason}`);
+      throw apiError('PermissionDenied', `user ${p.user} (groups: ${p.groups.join(', ') || 'none'}) may not ${a.verb} ${where}: ${d.reason}`);
     }
   }
 

@@ -2,7 +2,7 @@
 // from the list's resourceVersion with bookmarks, and relists on 410 Gone or a broken watch
 // (with back-off). Every change calls onChange with the object's namespace/name key.
 import type { KubeRest } from './rest.js';
-import { KubeApiError } from './rest.js';
+import { isGone } from './rest.js';
 import { Backoff } from '../../util/backoff.js';
 
 /** Relist/rewatch after a failure: 200 ms doubling to 10 s, from the start again once events arrive. */
@@ -79,7 +79,7 @@ export class Informer<T extends KubeObject> {
         }
       } catch (err) {
         if (this.ac.signal.aborted) return;
-        if (!(err instanceof KubeApiError && err.code === 410)) this.onError(err);
+        if (!isGone(err)) this.onError(err);
         await new Promise((r) => setTimeout(r, backoff.next()));
       }
     }

@@ -5,16 +5,40 @@
 import { request as httpsRequest, type RequestOptions } from 'node:https';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { KubeConfig } from '@kubernetes/client-node';
+import { CelloError, type ErrorCode } from '../../errors.js';
 
-export class KubeApiError extends Error {
-  constructor(readonly code: number, readonly reason: string, message: string) {
-    super(message);
-    this.name = 'KubeApiError';
+/** The model's code for an API server's HTTP status (410 Gone: a watch's resourceVersion expired). */
+function codeOfHttp(httpStatus: number): ErrorCode {
+  switch (httpStatus) {
+    case 400:
+    case 422:
+      return 'InvalidArgument';
+    case 401:
+      return 'Unauthenticated';
+    case 403:
+      return 'PermissionDenied';
+    case 404:
+      return 'NotFound';
+    case 409:
+      return 'Conflict';
+    case 410:
+      return 'FailedPrecondition';
+    case 429:
+      return 'ResourceExhausted';
+    default:
+      return httpStatus >= 500 ? 'Unavailable' : 'Internal';
   }
 }
 
-export const isNotFound = (err: unknown) => err instanceof KubeApiError && err.code === 404;
-export const isConflict = (err: unknown) => err instanceof KubeApiError && err.code === 409;
+export class KubeApiError extends CelloError {
+  constructor(readonly httpStatus: number, readonly reason: string, message: string) {
+    super(codeOfHttp(httpStatus), message);
+  }
+}
+
+export const isNotFound = (err: unknown) => err instanceof KubeApiError && err.httpStatus === 404;
+export const isConflict = (err: unknown) => err instanceof KubeApiError && err.httpStatus === 409;
+export const isGone = (err: unknown) => err instanceof KubeApiError && err.httpStatus === 410;
 
 export type WatchEvent<T> = { type: 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR'; object: T };
 

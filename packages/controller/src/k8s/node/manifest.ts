@@ -5,6 +5,7 @@
 import { stringify } from 'yaml';
 import type { KubeRest } from '../client/rest.js';
 import { isNotFound } from '../client/rest.js';
+import { CelloError } from '../../errors.js';
 
 /** The minimal view of a v1 Pod this module reads. */
 export interface KPod {
@@ -49,10 +50,9 @@ interface KVolume {
 export const LABEL_NODE = 'cello.dev/k8s-node';
 export const ANNOTATION_UID = 'cello.dev/k8s-uid';
 
-export class MissingReferenceError extends Error {
+export class MissingReferenceError extends CelloError {
   constructor(readonly kind: string, readonly refName: string, namespace: string) {
-    super(`${kind.toLowerCase()} "${refName}" not found in namespace ${namespace}`);
-    this.name = 'MissingReferenceError';
+    super('NotFound', `${kind.toLowerCase()} "${refName}" not found in namespace ${namespace}`);
   }
 }
 

@@ -12,7 +12,7 @@ import type { Logger } from '../../obs/logger.js';
 import { Informer } from '../client/informer.js';
 import { buildPodManifest, LABEL_NODE, ANNOTATION_UID, MissingReferenceError, type IssuedToken, type KPod, type ManifestOptions } from './manifest.js';
 import type { KubeRest } from '../client/rest.js';
-import { isNotFound, KubeApiError } from '../client/rest.js';
+import { isConflict, isNotFound } from '../client/rest.js';
 import { kubeStatus } from './status.js';
 import { podsUsage } from './capacity.js';
 import { WorkQueue } from '../../util/workqueue.js';
@@ -358,7 +358,7 @@ export class PodSync {
       });
       this.o.log.info({ pod: `${kpod.metadata.namespace}/${kpod.metadata.name}` }, 'pod removed');
     } catch (err) {
-      if (isNotFound(err) || (err instanceof KubeApiError && err.code === 409)) return;
+      if (isNotFound(err) || isConflict(err)) return;
       throw err;
     }
   }

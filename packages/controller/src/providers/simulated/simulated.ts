@@ -3,7 +3,7 @@
 // the pod Running. It lets the benchmark drive the real controller core (store, reconciler,
 // API) with 10,000 cells on one small machine; it measures the controller, not cells.
 import { EventEmitter } from 'node:events';
-import { Metadata } from '@grpc/grpc-js';
+import { Metadata, status as Status } from '@grpc/grpc-js';
 import {
   ApplyPodResponse,
   CellNotice,
@@ -191,7 +191,7 @@ class SimulatedAgent {
   }
 
   close(): void {
-    for (const s of this.streams) s.emit('error', Object.assign(new Error('simulated cell terminated'), { code: 14 }));
+    for (const s of this.streams) s.emit('error', Object.assign(new Error('simulated cell terminated'), { code: Status.UNAVAILABLE }));
     this.streams.clear();
   }
 }

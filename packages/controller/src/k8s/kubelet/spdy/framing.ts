@@ -5,6 +5,7 @@
 // context per direction for the whole session, each block ending in a sync flush.
 import { constants as Z, createDeflate, createInflate, type Deflate, type Inflate } from 'node:zlib';
 import { SPDY3_DICTIONARY } from './dictionary.js';
+import { CelloError } from '../../../errors.js';
 
 export const VERSION = 3;
 export enum FrameType {
@@ -135,9 +136,9 @@ export function decodeHeaderBlock(b: Buffer): Headers {
   return out;
 }
 
-export class HeaderBlockTooLarge extends Error {
+export class HeaderBlockTooLarge extends CelloError {
   constructor(limit: number) {
-    super(`spdy: a header block inflates to more than ${limit} bytes (the limit); closing the session`);
+    super('ResourceExhausted', `spdy: a header block inflates to more than ${limit} bytes (the limit); closing the session`);
   }
 }
 
