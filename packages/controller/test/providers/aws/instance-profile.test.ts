@@ -16,6 +16,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ControllerApi } from '../../../src/api/server.js';
 import { Events } from '../../../src/cells/schema.js';
+import { toStatus } from '../../../src/errors.js';
 import { AgentPool } from '../../../src/agents/pool.js';
 import { Reconciler } from '../../../src/reconcile/reconciler.js';
 import { silentLogger } from '../../../src/obs/logger.js';
@@ -103,10 +104,11 @@ describe('cello.io/aws-instance-profile through the reconciler', () => {
 
   it('through an API given the provider\'s rule (as the daemon builds it): refused with INVALID_ARGUMENT naming the rule, and not stored', async () => {
     const guarded = new ControllerApi({ store, agents: new AgentPool({ forCell: () => credentials.createInsecure() }), log: silentLogger(), controllerId: 'ctl-ip', providerName: provider.name, instanceTypes: await provider.instanceTypes(), refusePod: provider.refusePod.bind(provider) });
-    const err = await guarded.applyPod({ manifest: pod('default', 'early'), namespace: '', dryRun: false }).then(() => undefined, (e: { code: number; message: string }) => e);
+    // The handlers are called in process: toStatus is what the gRPC edge answers with.
+    const err = await guarded.applyPod({ manifest: pod('default', 'early'), namespace: '', dryRun: false }).then(() => undefined, toStatus);
     expect(err?.code).toBe(Status.INVALID_ARGUMENT);
-    expect(err?.message).toBe('annotation cello.io/aws-instance-profile: instance profile "pod-role" is not allowed in namespace "default": no rule of provider.instanceProfiles.allowed lists both');
-    await expect(guarded.getPod({ namespace: 'default', name: 'early' })).rejects.toMatchObject({ code: Status.NOT_FOUND });
+    expect(err?.details).toBe('annotation cello.io/aws-instance-profile: instance profile "pod-role" is not allowed in namespace "default": no rule of provider.instanceProfiles.allowed lists both');
+    expect(await guarded.getPod({ namespace: 'default', name: 'early' }).then(() => undefined, (e) => toStatus(e).code)).toBe(Status.NOT_FOUND);
     // The namespace the rule names is stored as usual.
     await guarded.applyPod({ manifest: pod('team-a', 'allowed'), namespace: '', dryRun: false });
     expect((await guarded.getPod({ namespace: 'team-a', name: 'allowed' })).metadata?.name).toBe('allowed');
