@@ -26,6 +26,7 @@ import {
 } from '../cell.js';
 import { parseBytes, parseCount, parseCpuMillis, QuantityError } from '../quantity.js';
 import { fieldPath, ManifestError } from './errors.js';
+import { isDockerConfigType, parseDockerConfigSecret } from './docker-config.js';
 import * as schema from './schema.js';
 
 type Path = (string | number)[];
@@ -535,7 +536,10 @@ export function convertSecret(obj: unknown): { name: string; namespace: string |
   const data: Record<string, Buffer> = {};
   for (const [k, v] of Object.entries(m.data ?? {})) data[k] = base64(['data', k], v);
   for (const [k, v] of Object.entries(m.stringData ?? {})) data[k] = Buffer.from(v, 'utf8');
-  return { name: m.metadata.name, namespace: m.metadata.namespace, data: { data } };
+  const type = m.type ?? '';
+  // Refused now, naming the field, rather than failing every pull of the pods that use it.
+  if (isDockerConfigType(type)) parseDockerConfigSecret(m.metadata.name, type, data);
+  return { name: m.metadata.name, namespace: m.metadata.namespace, data: { data, type } };
 }
 
 export function convertConfigMap(obj: unknown): { name: string; namespace: string | undefined; data: ConfigMapData } {

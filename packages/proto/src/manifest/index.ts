@@ -3,6 +3,7 @@ import { convertConfigMap, convertPod, convertSecret, parseDocuments } from './c
 import { ManifestError } from './errors.js';
 
 export { ManifestError } from './errors.js';
+export { DOCKER_CFG_TYPE, DOCKER_CONFIG_JSON_TYPE, isDockerConfigType, parseDockerConfigSecret, type DockerAuthEntry } from './docker-config.js';
 
 export type ManifestObject =
   | { kind: 'Pod'; pod: Pod }

@@ -691,6 +691,8 @@ export interface ProjectedVolumeSource {
 
 export interface SecretData {
   data: { [key: string]: Buffer };
+  /** The Secret's type, e.g. "kubernetes.io/dockerconfigjson" ("" is Opaque). */
+  type: string;
 }
 
 export interface SecretData_DataEntry {
@@ -6800,7 +6802,7 @@ export const ProjectedVolumeSource: MessageFns<ProjectedVolumeSource> = {
 };
 
 function createBaseSecretData(): SecretData {
-  return { data: {} };
+  return { data: {}, type: "" };
 }
 
 export const SecretData: MessageFns<SecretData> = {
@@ -6808,6 +6810,9 @@ export const SecretData: MessageFns<SecretData> = {
     globalThis.Object.entries(message.data).forEach(([key, value]: [string, Buffer]) => {
       SecretData_DataEntry.encode({ key: key as any, value }, writer.uint32(10).fork()).join();
     });
+    if (message.type !== "") {
+      writer.uint32(18).string(message.type);
+    }
     return writer;
   },
 
@@ -6833,6 +6838,14 @@ export const SecretData: MessageFns<SecretData> = {
             if (entry1.value !== undefined) {
               message.data[entry1.key] = entry1.value;
             }
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.type = reader.string();
             continue;
           }
         }
@@ -6863,6 +6876,7 @@ export const SecretData: MessageFns<SecretData> = {
           {},
         )
         : {},
+      type: isSet(object.type) ? globalThis.String(object.type) : "",
     };
   },
 
@@ -6876,6 +6890,9 @@ export const SecretData: MessageFns<SecretData> = {
           obj.data[k] = base64FromBytes(v);
         });
       }
+    }
+    if (message.type !== "") {
+      obj.type = message.type;
     }
     return obj;
   },
@@ -6894,6 +6911,7 @@ export const SecretData: MessageFns<SecretData> = {
       },
       {},
     );
+    message.type = object.type ?? "";
     return message;
   },
 };
