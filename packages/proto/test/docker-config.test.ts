@@ -13,7 +13,7 @@ describe('docker config secrets', () => {
     expect(o!.kind).toBe('Secret');
     const s = o as Extract<typeof o, { kind: 'Secret' }>;
     expect(s.data.type).toBe('kubernetes.io/dockerconfigjson');
-    expect(parseDockerConfigSecret('regcred', s.data.type, s.data.data)).toEqual([
+    expect(parseDockerConfigSecret('regcred', s.data.type!, s.data.data)).toEqual([
       { server: 'reg.example.com:5000', username: 'puller', password: 'pa:ss', identityToken: '' },
       { server: 'https://index.docker.io/v1/', username: 'u', password: 'p', identityToken: '' },
       { server: '*.example.org/team', username: '', password: '', identityToken: 'refresh' },

@@ -3,6 +3,7 @@
 // a unit waits through (ErrImagePull, ImagePullBackOff) while its image cannot be had.
 import { type Container, PullPolicy, type RegistryCredential } from '@cello/proto/cell';
 import { ImagePullFailure, type ImageInfo, type ImageService, type RegistryAuth, defaultPullAlways, registryOf } from '../images/image-service.js';
+import { parseReference } from '@cello/image-puller';
 import { abortableSleep, Backoff, type BackoffPolicy } from './backoff.js';
 
 /** What the image manager needs of a unit: its container and a way to show why it waits. */
@@ -39,9 +40,12 @@ export class ImageManager {
     return defaultPullAlways(c.image);
   }
 
-  /** The pod's credentials for an image's registry, if it gave any. */
+  /**
+   * The pod's credentials for an image: those given for its repository (or a path above it), else
+   * for its registry host. The controller sends only what the pod's images need.
+   */
   private registryAuth(ref: string): RegistryAuth | undefined {
-    const cred = this.o.credentials().find((r) => r.registry === registryOf(ref));
+    const cred = credentialFor(this.o.credentials(), ref);
     return cred ? { username: cred.username, password: cred.password, identityToken: cred.identityToken } : undefined;
   }
 
@@ -107,4 +111,22 @@ export class ImageManager {
       }
     }
   }
+}
+
+/** The credential with the longest `registry` that is the image's host or a path prefix of its repository. */
+export function credentialFor(creds: readonly RegistryCredential[], ref: string): RegistryCredential | undefined {
+  let repo: string;
+  try {
+    const r = parseReference(ref);
+    repo = `${r.registry}/${r.repository}`;
+  } catch {
+    repo = `${registryOf(ref)}/`; // an invalid reference fails its pull; the host's credential is the best guess
+  }
+  let best: RegistryCredential | undefined;
+  for (const c of creds) {
+    const key = c.registry.replace(/\/+$/, '');
+    if (repo !== key && !repo.startsWith(`${key}/`)) continue;
+    if (!best || key.length > best.registry.replace(/\/+$/, '').length) best = c;
+  }
+  return best;
 }

@@ -1,5 +1,6 @@
 // What the reconciler's parts share: its options, the record cache, events, metrics, and the
 // two ways to ask for another look at a key (now, or after a per-key back-off).
+import type { DockerKeyring } from '../registry/keyring.js';
 import type { Store } from '../store/store.js';
 import type { CellProvider, InstanceType } from '../providers/provider.js';
 import type { Events } from '../cells/schema.js';
@@ -58,6 +59,11 @@ export interface ReconcilerOptions {
   tokens?: BootstrapTokens;
   /** Renews cells' certificates before expiry (mTLS); checked on every tick. */
   renewer?: { check(cells: Iterable<{ id: string; address: string }>): void; forget(cellId: string): void };
+  /**
+   * Registry credentials the controller itself holds for these images (e.g. ECR tokens), used
+   * after the pod's own imagePullSecrets.
+   */
+  registryKeyrings?: (images: string[]) => Promise<DockerKeyring[]>;
 }
 
 export interface ReconcileContext {

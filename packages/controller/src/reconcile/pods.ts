@@ -2,13 +2,14 @@
 // the cell of a pod that ended, schedule a pod without a live cell, and apply a new generation
 // of the pod to its agent.
 import { status, type ServiceError } from '@grpc/grpc-js';
-import { ApplyPodRequest, ConfigMapData, PodPhase, PodStatus, SecretData, type ApplyPodResponse, type Pod } from '@cello/proto/cell';
+import { ApplyPodRequest, ConfigMapData, PodPhase, PodSpec, PodStatus, SecretData, type ApplyPodResponse, type Pod } from '@cello/proto/cell';
 import { PodObject, type Cell } from '@cello/proto/controller';
 import { podKey, podOf, refOf, splitKey, type PodRecord } from '../cells/schema.js';
 import { readPodSecrets, type PodRecordWithData } from '../cells/pod-secrets.js';
 import { CellState } from '../cells/state.js';
 import { errMsg } from '../util/errors.js';
 import { callUnary } from '../agents/pool.js';
+import { podImages, podPullCredentials, secretsUsedByPod } from '../registry/pull-credentials.js';
 import type { ReconcileContext } from './context.js';
 import { TERMINAL } from './pod-status.js';
 import { schedule } from './scheduler.js';
@@ -80,11 +81,23 @@ async function applyToAgent(ctx: ReconcileContext, key: string, rec: PodRecord, 
     },
     spec: pod.spec,
   };
+  const secrets = Object.fromEntries(Object.entries(readPodSecrets(rec as PodRecordWithData, podKey(...splitKey(key)), ctx.o.secretBox)).map(([k, v]) => [k, SecretData.fromJSON(v)]));
+  const spec = pod.spec ?? PodSpec.fromPartial({});
+  const pull = podPullCredentials(spec, secrets, (await ctx.o.registryKeyrings?.(podImages(spec))) ?? []);
+  if (pull.unusable.length > 0) {
+    const [ns, name] = splitKey(key);
+    const names = pull.unusable.map((u) => `${u.name}: ${u.why}`).join('; ');
+    void ctx.note({ kind: 'Pod', namespace: ns, name, type: 'Warning', reason: 'FailedToRetrieveImagePullSecret', message: `Unable to retrieve some image pull secrets (${names}); attempting to pull the image may not succeed.` });
+  }
+  // Pull secrets reach the cell only as the credentials above, unless the pod also reads them.
+  const used = secretsUsedByPod(spec);
+  for (const n of spec.imagePullSecrets) if (!used.has(n)) delete secrets[n];
   const req = ApplyPodRequest.fromPartial({
     pod: agentPod,
     generation,
-    secrets: Object.fromEntries(Object.entries(readPodSecrets(rec as PodRecordWithData, podKey(...splitKey(key)), ctx.o.secretBox)).map(([k, v]) => [k, SecretData.fromJSON(v)])),
+    secrets,
     configMaps: Object.fromEntries(Object.entries((rec as PodRecordWithData).configMaps ?? {}).map(([k, v]) => [k, ConfigMapData.fromJSON(v)])),
+    registryCredentials: pull.credentials,
   });
   try {
     const res = await callUnary<ApplyPodResponse>(client, 'applyPod', req, 60_000);

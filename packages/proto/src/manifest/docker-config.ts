@@ -29,7 +29,7 @@ const auths = z.record(z.string(), entry);
 const configJson = z.looseObject({ auths: auths.optional() });
 
 /** Whether Secrets of this type carry registry credentials. */
-export function isDockerConfigType(type: string | undefined): boolean {
+export function isDockerConfigType(type: string | undefined): type is string {
   return type !== undefined && type in KEY_OF;
 }
 

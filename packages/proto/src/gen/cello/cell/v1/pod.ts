@@ -692,7 +692,7 @@ export interface ProjectedVolumeSource {
 export interface SecretData {
   data: { [key: string]: Buffer };
   /** The Secret's type, e.g. "kubernetes.io/dockerconfigjson" ("" is Opaque). */
-  type: string;
+  type?: string | undefined;
 }
 
 export interface SecretData_DataEntry {
@@ -6802,7 +6802,7 @@ export const ProjectedVolumeSource: MessageFns<ProjectedVolumeSource> = {
 };
 
 function createBaseSecretData(): SecretData {
-  return { data: {}, type: "" };
+  return { data: {}, type: undefined };
 }
 
 export const SecretData: MessageFns<SecretData> = {
@@ -6810,7 +6810,7 @@ export const SecretData: MessageFns<SecretData> = {
     globalThis.Object.entries(message.data).forEach(([key, value]: [string, Buffer]) => {
       SecretData_DataEntry.encode({ key: key as any, value }, writer.uint32(10).fork()).join();
     });
-    if (message.type !== "") {
+    if (message.type !== undefined) {
       writer.uint32(18).string(message.type);
     }
     return writer;
@@ -6876,7 +6876,7 @@ export const SecretData: MessageFns<SecretData> = {
           {},
         )
         : {},
-      type: isSet(object.type) ? globalThis.String(object.type) : "",
+      type: isSet(object.type) ? globalThis.String(object.type) : undefined,
     };
   },
 
@@ -6891,7 +6891,7 @@ export const SecretData: MessageFns<SecretData> = {
         });
       }
     }
-    if (message.type !== "") {
+    if (message.type !== undefined) {
       obj.type = message.type;
     }
     return obj;
@@ -6911,7 +6911,7 @@ export const SecretData: MessageFns<SecretData> = {
       },
       {},
     );
-    message.type = object.type ?? "";
+    message.type = object.type ?? undefined;
     return message;
   },
 };
