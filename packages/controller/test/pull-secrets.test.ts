@@ -5,11 +5,11 @@
 // a wrong password shows the registry's reason as ErrImagePull/ImagePullBackOff.
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ApplyPodRequest, PodPhase, type ContainerStatus } from '@cello/proto/cell';
+import { PodPhase, type ContainerStatus } from '@cello/proto/cell';
 import type { PodObject } from '@cello/proto/controller';
 import { buildFixtures, pushLayoutTag, startRegistry, type RegistryServer } from '@cello/testkit';
 import { Cluster, startFixtureRegistry, type Registry } from './helpers/cluster.js';
@@ -61,25 +61,6 @@ spec:
 const main = (p: PodObject): ContainerStatus | undefined => p.status?.containerStatuses.find((c) => c.name === 'main');
 const waiting = (p: PodObject) => (main(p)?.state?.state?.$case === 'waiting' ? main(p)!.state!.state!.value : undefined) as { reason: string; message: string } | undefined;
 
-/** What the cell's agent was sent (it keeps the last ApplyPod, 0600, in its state dir). */
-function appliedOnCell(cellId: string): ApplyPodRequest {
-  const find = (dir: string): string | undefined => {
-    for (const n of readdirSync(dir)) {
-      const p = join(dir, n);
-      if (n === 'pod.pb') return p;
-      if (statSync(p).isDirectory() && !statSync(p).isSymbolicLink()) {
-        const hit = find(p);
-        if (hit) return hit;
-      }
-    }
-    return undefined;
-  };
-  const root = join(cl.cellsRoot, cellId);
-  const file = existsSync(root) ? find(root) : undefined;
-  if (!file) throw new Error(`no pod.pb under ${root}`);
-  return ApplyPodRequest.decode(readFileSync(file));
-}
-
 function filesUnder(dir: string): Buffer[] {
   return readdirSync(dir).flatMap((n) => {
     const p = join(dir, n);
@@ -92,7 +73,7 @@ describe('imagePullSecrets end to end (local cells, runc, registry with htpasswd
     const r = await cl.cellctl(['apply', '-f', manifest('private', privImage, ['regcred-private'])]);
     expect(r.code, r.stderr).toBe(0);
     const p = await cl.waitPod('private', 'running', (x) => x.status?.phase === PodPhase.POD_PHASE_RUNNING, 90_000);
-    const sent = appliedOnCell(p.cellId);
+    const sent = cl.appliedOnCell(p.cellId);
     expect(sent.registryCredentials).toEqual([{ registry: priv.host, username: 'puller', password: PASSWORD, identityToken: '' }]);
     // The pull secret reached the cell as that credential only, not as a Secret.
     expect(Object.keys(sent.secrets)).toEqual([]);
@@ -116,7 +97,7 @@ describe('imagePullSecrets end to end (local cells, runc, registry with htpasswd
     const r = await cl.cellctl(['apply', '-f', manifest('public', pub.image, ['regcred-public', 'does-not-exist'])]);
     expect(r.code, r.stderr).toBe(0);
     const p = await cl.waitPod('public', 'running', (x) => x.status?.phase === PodPhase.POD_PHASE_RUNNING, 90_000);
-    const sent = appliedOnCell(p.cellId);
+    const sent = cl.appliedOnCell(p.cellId);
     expect(sent.registryCredentials).toEqual([]);
     expect(Object.keys(sent.secrets)).toEqual([]);
     const events = await cl.events('public');

@@ -10,6 +10,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Metadata, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
 import { stringify } from 'yaml';
+import { ApplyPodRequest } from '@cello/proto/cell';
 import { ControllerClient, type Cell, type PodObject, type ClusterEvent } from '@cello/proto/controller';
 import { freePort, waitExit, waitFor, startRegistry, pushBusybox, type RegistryServer } from '@cello/testkit';
 import { LocalProvider } from '../../src/providers/local/local.js';
@@ -248,6 +249,23 @@ export class Cluster {
   agentPid(cellId: string): number {
     const f = JSON.parse(readFileSync(join(this.cellsRoot, cellId, 'instance.json'), 'utf8')) as { pid: number };
     return f.pid;
+  }
+
+  /** What a cell's agent was last sent in ApplyPod (it keeps it, 0600, as pod.pb in its state dir). */
+  appliedOnCell(cellId: string): ApplyPodRequest {
+    const find = (dir: string): string | undefined => {
+      for (const n of readdirSync(dir, { withFileTypes: true })) {
+        const p = join(dir, n.name);
+        if (n.isFile() && n.name === 'pod.pb') return p;
+        const hit = n.isDirectory() ? find(p) : undefined;
+        if (hit) return hit;
+      }
+      return undefined;
+    };
+    const root = join(this.cellsRoot, cellId);
+    const file = existsSync(root) ? find(root) : undefined;
+    if (!file) throw new Error(`no pod.pb under ${root}`);
+    return ApplyPodRequest.decode(readFileSync(file));
   }
 
   /** Cell dirs the local provider still holds. */

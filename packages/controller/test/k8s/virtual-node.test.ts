@@ -9,11 +9,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { ChildProcess } from 'node:child_process';
-import { freePort, hostAddress, pushBusybox, startKubeApiserver, startMetricsServer, waitFor, type KubeApiserver, type MetricsServer } from '@cello/testkit';
+import { freePort, hostAddress, pushBusybox, startKubeApiserver, startMetricsServer, startRegistry, waitFor, type KubeApiserver, type MetricsServer, type RegistryServer } from '@cello/testkit';
 import { CellState } from '@cello/proto/controller';
-import { readFileSync, writeFileSync } from 'node:fs';
-import { availableParallelism, totalmem } from 'node:os';
-import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir, totalmem } from 'node:os';
+import { execFileSync, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { Cluster, startFixtureRegistry, type ClusterOptions, type Registry } from '../helpers/cluster.js';
@@ -60,6 +60,9 @@ class KubeCluster extends Cluster {
 }
 
 const NODE = 'cello-vn';
+const PULL_PASSWORD = `pw-${Math.random().toString(36).slice(2)}`;
+let privateRegistry: RegistryServer;
+let privateImage: string;
 const MAX_CELLS = 10;
 
 interface KPod {
@@ -157,6 +160,12 @@ async function waitPod(name: string, what: string, pred: (p: KPod) => boolean, t
 
 beforeAll(async () => {
   registry = await startFixtureRegistry();
+  // A private registry (HTTP Basic auth) for the imagePullSecrets test.
+  const htdir = mkdtempSync(join(tmpdir(), 'cello-htpasswd-'));
+  const hash = execFileSync('python3', ['-c', `import crypt; print(crypt.crypt(${JSON.stringify(PULL_PASSWORD)}, crypt.mksalt(crypt.METHOD_BLOWFISH)))`], { encoding: 'utf8' }).trim();
+  writeFileSync(join(htdir, 'htpasswd'), `puller:${hash}\n`);
+  privateRegistry = await startRegistry({ htpasswd: join(htdir, 'htpasswd') });
+  privateImage = await pushBusybox(privateRegistry, 'private/busybox:1', { creds: `puller:${PULL_PASSWORD}` });
   kube = await startKubeApiserver();
   // What kube-controller-manager would make: the namespace's default ServiceAccount.
   await kube.kubectl(['create', 'serviceaccount', 'default']);
@@ -165,7 +174,7 @@ beforeAll(async () => {
   await kube.kubectl(['create', 'namespace', 'cello-system']);
   await kube.kubectl(['create', 'configmap', 'settings', '--from-literal=greeting=hello-from-configmap']);
   const serving = await kube.issueCert('kubelet-serving', { cn: NODE, ips: ['127.0.0.1'], dns: [NODE] });
-  cl = new KubeCluster({ registry, warm: 1, healthSeconds: 5, gcIntervalSeconds: 2, retainFinishedSeconds: 0 }, kube, serving);
+  cl = new KubeCluster({ registry, warm: 1, healthSeconds: 5, gcIntervalSeconds: 2, retainFinishedSeconds: 0, insecureRegistries: [privateRegistry.host] }, kube, serving);
   // metrics-server (for kubectl top) comes up beside the controller.
   [metricsServer] = await Promise.all([startMetricsServer(kube, { address: hostAddress(), resolutionSeconds: 10 }), cl.start()]);
   await waitFor('the virtual node to register', async () => (await kube.kubectl(['get', 'node', NODE])).code === 0, { timeoutMs: 30_000, intervalMs: 250 }).catch((err: Error) => {
@@ -178,6 +187,7 @@ afterAll(async () => {
   await cl?.stop();
   await kube?.stop();
   await registry?.server.stop();
+  await privateRegistry?.stop();
 }, 60_000);
 
 describe('virtual node against a real kube-apiserver', () => {
@@ -598,6 +608,43 @@ spec:
     }
   });
 
+  it("imagePullSecrets from the pod and from its ServiceAccount reach the cell as credentials for the private registry only", async () => {
+    const secret = (name: string) => kube.kubectl(['create', 'secret', 'docker-registry', name, `--docker-server=${privateRegistry.host}`, '--docker-username=puller', `--docker-password=${PULL_PASSWORD}`]);
+    expect((await secret('pod-regcred')).code).toBe(0);
+    expect((await secret('sa-regcred')).code).toBe(0);
+    await kube.kubectl(['apply', '-f', '-'], { input: 'apiVersion: v1\nkind: ServiceAccount\nmetadata: { name: puller }\nimagePullSecrets: [{ name: sa-regcred }]\n' });
+    // The virtual node reads the account itself for a pod that names no pull secrets (the
+    // ServiceAccount admission plugin copies them too, when it is on): built here from a pod
+    // the API server has not seen.
+    const built = await buildPodManifest(new KubeRest(loadKubeConfig(kube.kubeconfig)), {
+      metadata: { name: 'probe', namespace: 'default', uid: 'u-1' },
+      spec: { serviceAccountName: 'puller', containers: [{ name: 'main', image: privateImage }] },
+    }, { nodeName: NODE });
+    const docs = built.manifest.split(/^---$/m).map((d) => parse(d) as { kind: string; metadata: { name: string }; type?: string; spec?: { imagePullSecrets?: { name: string }[] } });
+    expect(docs.find((d) => d.kind === 'Pod')!.spec!.imagePullSecrets).toEqual([{ name: 'sa-regcred' }]);
+    expect(docs.find((d) => d.kind === 'Secret')).toMatchObject({ metadata: { name: 'sa-regcred' }, type: 'kubernetes.io/dockerconfigjson' });
+
+    const pod = (name: string, extra: string) => podYaml(name, privateImage, { tolerate: true, command: 'sleep 1000', grace: 1 }).replace('  containers:', `${extra}\n  containers:`).replace(/    env: .*\n/, '');
+    await kube.kubectl(['apply', '-f', '-'], { input: pod('pull-own', '  imagePullSecrets: [{ name: pod-regcred }]') });
+    await kube.kubectl(['apply', '-f', '-'], { input: pod('pull-sa', '  serviceAccountName: puller') });
+    const want = [{ registry: privateRegistry.host, username: 'puller', password: PULL_PASSWORD, identityToken: '' }];
+    for (const name of ['pull-own', 'pull-sa']) {
+      await waitPod(name, 'Running from the private registry', (p) => p.status.phase === 'Running', 90_000);
+      const core = await cl.pod(name);
+      const sent = cl.appliedOnCell(core.cellId);
+      expect(sent.registryCredentials).toEqual(want);
+      expect(Object.keys(sent.secrets).filter((k) => k.includes('regcred'))).toEqual([]);
+    }
+    // A wrong password: the registry's reason in the container status and the Events.
+    await kube.kubectl(['create', 'secret', 'docker-registry', 'bad-regcred', `--docker-server=${privateRegistry.host}`, '--docker-username=puller', '--docker-password=guess']);
+    await kube.kubectl(['apply', '-f', '-'], { input: pod('pull-bad', '  imagePullSecrets: [{ name: bad-regcred }]') });
+    const bad = await waitPod('pull-bad', 'in ImagePullBackOff', (p) => (p.status.containerStatuses?.[0]?.state as { waiting?: { reason?: string } } | undefined)?.waiting?.reason === 'ImagePullBackOff', 60_000);
+    expect(JSON.stringify(bad.status.containerStatuses)).toMatch(/unauthorized/);
+    await waitFor('the Failed event with the reason', async () => (await kube.kubectl(['get', 'events', '--field-selector', 'involvedObject.name=pull-bad', '-o', 'json'])).stdout.match(/unauthorized/), { timeoutMs: 20_000, intervalMs: 500 });
+    expect(cl.controllerLog).not.toContain(PULL_PASSWORD);
+    await kube.kubectl(['delete', 'pod', 'pull-own', 'pull-sa', 'pull-bad', '--wait=false']);
+  }, 180_000);
+
   it('Ready is False, with the reason, while the controller core does not answer', async () => {
     const serving = await kube.issueCert('kubelet-serving-3', { cn: 'cello-orphan', ips: ['127.0.0.1'] });
     const node = await startVirtualNode({
@@ -675,7 +722,7 @@ spec:
     const can = async (...args: string[]) => (await kube.kubectl(['auth', 'can-i', '--as', sa, ...args])).stdout.trim();
     for (const a of [
       ['create', 'nodes'], ['patch', 'nodes', '--subresource=status'], ['watch', 'pods'], ['delete', 'pods'], ['patch', 'pods', '--subresource=status'],
-      ['get', 'secrets', '-n', 'default'], ['get', 'configmaps', '-n', 'default'], ['create', 'serviceaccounts', '--subresource=token', '-n', 'default'],
+      ['get', 'secrets', '-n', 'default'], ['get', 'configmaps', '-n', 'default'], ['create', 'serviceaccounts', '--subresource=token', '-n', 'default'], ['get', 'serviceaccounts', '-n', 'default'],
       ['create', 'events', '-n', 'default'], ['create', 'tokenreviews'], ['create', 'subjectaccessreviews'], ['patch', 'leases', '-n', 'kube-node-lease'], ['update', 'leases', '-n', 'cello-system'],
     ]) expect(`${a.join(' ')}: ${await can(...a)}`).toBe(`${a.join(' ')}: yes`);
     for (const a of [

@@ -140,8 +140,15 @@ export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOpt
       want(configMaps, e.configMapRef?.name, e.configMapRef?.optional);
     }
   }
-  for (const s of pod.spec.imagePullSecrets ?? []) want(secrets, s.name, true);
   const spec = structuredClone(pod.spec);
+  // A pod that names no pull secrets uses its ServiceAccount's, as the ServiceAccount
+  // admission plugin would have set them (it may be off, or the account edited since).
+  if (!spec.imagePullSecrets?.length) {
+    const fromAccount = await serviceAccountPullSecrets(rest, ns, pod.spec.serviceAccountName || 'default');
+    if (fromAccount.length > 0) spec.imagePullSecrets = fromAccount;
+  }
+  // Optional: a missing pull secret is reported by the core and the pull is tried anyway, as the kubelet does.
+  for (const s of spec.imagePullSecrets ?? []) want(secrets, s.name, true);
   const tokenSecrets: Record<string, unknown>[] = [];
   for (const v of spec.volumes ?? []) {
     if (v.secret) want(secrets, v.secret.secretName, v.secret.optional);
@@ -222,6 +229,16 @@ export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOpt
     tokens,
     nextTokenRefreshAt: Math.min(Infinity, ...[...tokens.values()].map((x) => x.refreshAt)),
   };
+}
+
+async function serviceAccountPullSecrets(rest: KubeRest, ns: string, name: string): Promise<{ name: string }[]> {
+  try {
+    const sa = await rest.get<{ imagePullSecrets?: { name?: string }[] }>(`/api/v1/namespaces/${ns}/serviceaccounts/${name}`);
+    return (sa.imagePullSecrets ?? []).filter((s): s is { name: string } => !!s.name).map((s) => ({ name: s.name }));
+  } catch (err) {
+    if (isNotFound(err)) return [];
+    throw err;
+  }
 }
 
 function tokenKey(volume: string, index: number, sa: string, audiences: string[], expirationSeconds: number): string {
