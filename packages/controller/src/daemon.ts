@@ -7,6 +7,7 @@ import { credentials } from '@grpc/grpc-js';
 import { hostname } from 'node:os';
 import { openStore, StoreClosedError, type Store, type StoreConfig } from './store/index.js';
 import type { CellProvider } from './providers/provider.js';
+import type { EcrTokens } from './registry/ecr.js';
 import { LocalProvider, type LocalProviderOptions } from './providers/local/local.js';
 import { BootstrapTokens, CertificateAuthority, RotatingCertificate, SecretBox, type IssuedCertificate } from './security/index.js';
 import { bootstrapFnFor } from './bootstrap/index.js';
@@ -50,6 +51,22 @@ export interface StartOptions {
   tickMs?: number;
   /** Called when the controller cannot go on (its store closed under it); the daemon exits. */
   onFatal?: (err: Error) => void;
+}
+
+/** ECR tokens for the aws provider's pods, unless its `ecr.mode` is off. */
+async function ecrTokensFromConfig(config: Config, log: Logger): Promise<EcrTokens | undefined> {
+  if (config.provider.kind !== 'aws') return undefined;
+  const { parseAwsProviderConfig } = await import('./providers/aws/index.js');
+  const { kind: _kind, ...section } = config.provider as Record<string, unknown>;
+  const aws = parseAwsProviderConfig(section, 'provider');
+  if (aws.ecr.mode !== 'controller') return undefined;
+  const { EcrTokens } = await import('./registry/ecr.js');
+  return new EcrTokens({
+    ...(aws.endpoint ? { endpoint: aws.endpoint } : {}),
+    ...(aws.profile ? { profile: aws.profile } : {}),
+    refreshBeforeMs: aws.ecr.refreshBeforeMinutes * 60_000,
+    log: log.child({ component: 'ecr' }),
+  });
 }
 
 export async function providerFromConfig(config: Config, extra: { issueCertificate?: LocalProviderOptions['issueCertificate']; log?: Logger } = {}): Promise<CellProvider> {
@@ -170,6 +187,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
     caCertPem = async () => ca.certPem;
   }
   const provider = o.provider ?? await providerFromConfig(config, { ...(issueCertificate ? { issueCertificate } : {}), log });
+  const ecr = await ecrTokensFromConfig(config, log);
   const agents: AgentAccess = o.agents ?? new AgentPool(agentCredentials ?? insecureAgentCredentials);
   pool = agents;
   if (!agents.certificates) renewer = undefined;
@@ -239,6 +257,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
         ...(renewer ? { renewer } : {}),
         ...(secretBox ? { secretBox } : {}),
         ...(caCertPem ? { tokens: new BootstrapTokens(store) } : {}),
+        ...(ecr ? { registryKeyrings: (images: string[]) => ecr.keyrings(images) } : {}),
       });
       reconciler = r;
       try {
@@ -290,6 +309,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
       metricsServer.closeAllConnections();
       agents.closeAll();
       rotating?.stop();
+      ecr?.close();
       apiSecurity.stop();
       await provider.close();
       if (!o.store) await store.close();

@@ -101,6 +101,19 @@ export const awsProviderConfigSchema = z
     liveCatalog: z.boolean().default(true),
     /** Extra tags on every instance and volume. */
     extraTags: z.record(z.string(), z.string()).default({}),
+    /**
+     * Images from ECR (`<account>.dkr.ecr.<region>.amazonaws.com`): `controller` pulls them with
+     * a GetAuthorizationToken token the controller gets (its default credential chain, the
+     * endpoint above) and sends to the pod's cell; `off` leaves them to imagePullSecrets.
+     */
+    ecr: z
+      .object({
+        mode: z.enum(['controller', 'off']).default('controller'),
+        /** A token (valid 12 h) is replaced this many minutes before it expires. */
+        refreshBeforeMinutes: z.number().int().min(1).max(660).default(60),
+      })
+      .strict()
+      .default({ mode: 'controller', refreshBeforeMinutes: 60 }),
   })
   .strict();
 
