@@ -536,10 +536,9 @@ export function convertSecret(obj: unknown): { name: string; namespace: string |
   const data: Record<string, Buffer> = {};
   for (const [k, v] of Object.entries(m.data ?? {})) data[k] = base64(['data', k], v);
   for (const [k, v] of Object.entries(m.stringData ?? {})) data[k] = Buffer.from(v, 'utf8');
-  const type = m.type ?? '';
   // Refused now, naming the field, rather than failing every pull of the pods that use it.
-  if (isDockerConfigType(type)) parseDockerConfigSecret(m.metadata.name, type, data);
-  return { name: m.metadata.name, namespace: m.metadata.namespace, data: { data, type } };
+  if (isDockerConfigType(m.type)) parseDockerConfigSecret(m.metadata.name, m.type, data);
+  return { name: m.metadata.name, namespace: m.metadata.namespace, data: { data, ...(m.type ? { type: m.type } : {}) } };
 }
 
 export function convertConfigMap(obj: unknown): { name: string; namespace: string | undefined; data: ConfigMapData } {
