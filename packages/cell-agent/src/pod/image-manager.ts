@@ -1,9 +1,9 @@
 // The pod's image manager, as the kubelet's images/ package: pull policy, one pull per image
 // shared by the units that use it, the pod's registry credentials, and the per-image back-off
 // a unit waits through (ErrImagePull, ImagePullBackOff) while its image cannot be had.
+import { parseReference } from '@cello/image-puller';
 import { type Container, PullPolicy, type RegistryCredential } from '@cello/proto/cell';
 import { ImagePullFailure, type ImageInfo, type ImageService, type RegistryAuth, defaultPullAlways, registryOf } from '../images/image-service.js';
-import { parseReference } from '@cello/image-puller';
 import { abortableSleep, Backoff, type BackoffPolicy } from './backoff.js';
 
 /** What the image manager needs of a unit: its container and a way to show why it waits. */
