@@ -1,0 +1,226 @@
+// The Service proxy against the real kernel: two network namespaces joined by a veth pair (a
+// "cell" whose pod sends the traffic, and "backends" holding every endpoint's address), real
+// nftables rules, real TCP and UDP servers, and a client in the cell that connects to cluster
+// IPs and node ports as a pod would.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { requireCommand, waitFor } from '@cello/testkit';
+import { ServiceProxy, type EndpointSlice, type Service, type ServiceSnapshot, type SyncResult } from '../../src/network/services/index.js';
+
+const id = `${process.pid % 100000}`;
+const cellNs = `cello-svc-${id}-c`;
+const backendNs = `cello-svc-${id}-b`;
+const CELL = '10.201.0.1';
+const BACKENDS = ['10.201.0.2', '10.201.0.3', '10.201.0.4'];
+
+const sh = (...args: string[]) => execFileSync(args[0]!, args.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], timeout: 10_000 }).toString();
+const inNs = (ns: string, ...args: string[]) => sh('ip', 'netns', 'exec', ns, ...args);
+
+// A server on every backend address: TCP and UDP on 8080, 8081 and 5353, answering with the
+// address and port that received the connection (so the test sees which endpoint served it).
+const SERVER = `
+const net = require('node:net'), dgram = require('node:dgram');
+const addrs = JSON.parse(process.argv[1]);
+let n = 0; const total = addrs.length * 3;
+const up = () => { if (++n === total) console.log('ready'); };
+for (const a of addrs) {
+  for (const port of [8080, 8081]) net.createServer((s) => s.end(a + ':' + port)).listen(port, a, up);
+  const u = dgram.createSocket('udp4');
+  u.on('message', (m, r) => u.send(a + ':5353', r.port, r.address));
+  u.bind(5353, a, up);
+}`;
+
+// Connects `count` times to host:port (tcp or udp) and prints one JSON line of answers
+// ('ERR:<code>' for a failure).
+const CLIENT = `
+const net = require('node:net'), dgram = require('node:dgram');
+const [proto, host, port, count, timeout] = process.argv.slice(1);
+const one = () => new Promise((resolve) => {
+  const done = (v) => { clearTimeout(t); resolve(v); };
+  const t = setTimeout(() => { s.destroy?.(); s.close?.(); done('ERR:ETIMEDOUT'); }, Number(timeout));
+  let s;
+  if (proto === 'udp') {
+    s = dgram.createSocket('udp4');
+    s.on('message', (m) => { s.close(); done(m.toString()); });
+    s.on('error', (e) => { s.close(); done('ERR:' + e.code); });
+    s.send('?', Number(port), host);
+  } else {
+    let data = '';
+    s = net.connect(Number(port), host);
+    s.on('data', (d) => (data += d));
+    s.on('end', () => done(data));
+    s.on('error', (e) => done('ERR:' + e.code));
+  }
+});
+(async () => { const out = []; for (let i = 0; i < Number(count); i++) out.push(await one()); console.log(JSON.stringify(out)); })();`;
+
+function connectMany(ns: string, proto: 'tcp' | 'udp', host: string, port: number, count: number, timeoutMs = 2000): string[] {
+  const args = ['netns', 'exec', ns, process.execPath, '-e', CLIENT, proto, host, String(port), String(count), String(timeoutMs)];
+  return JSON.parse(execFileSync('ip', args, { timeout: 5000 + count * timeoutMs }).toString()) as string[];
+}
+
+function service(name: string, over: Partial<Service> = {}): Service {
+  return {
+    namespace: 'default',
+    name,
+    clusterIPs: [],
+    externalIPs: [],
+    ports: [{ name: 'http', protocol: 'TCP', port: 80 }],
+    externalTrafficPolicy: 'Cluster',
+    internalTrafficPolicy: 'Cluster',
+    ...over,
+  };
+}
+
+function slice(svc: string, addresses: { ip: string; ready?: boolean; serving?: boolean; terminating?: boolean }[], ports = [{ name: 'http', protocol: 'TCP' as const, port: 8080 }]): EndpointSlice {
+  return {
+    namespace: 'default',
+    service: svc,
+    name: `${svc}-abcde`,
+    ports,
+    endpoints: addresses.map((a) => ({ addresses: [a.ip], ready: a.ready ?? true, serving: a.serving ?? a.ready ?? true, terminating: a.terminating ?? false })),
+  };
+}
+
+let server: ChildProcess | undefined;
+let proxy: ServiceProxy;
+const syncs: SyncResult[] = [];
+
+beforeAll(async () => {
+  requireCommand('nft', 'nftables');
+  for (const ns of [cellNs, backendNs]) {
+    if (sh('ip', 'netns', 'list').includes(ns)) sh('ip', 'netns', 'del', ns);
+    sh('ip', 'netns', 'add', ns);
+    inNs(ns, 'ip', 'link', 'set', 'lo', 'up');
+  }
+  sh('ip', 'link', 'add', `vc${id}`, 'netns', cellNs, 'type', 'veth', 'peer', 'name', `vb${id}`, 'netns', backendNs);
+  inNs(cellNs, 'ip', 'addr', 'add', `${CELL}/24`, 'dev', `vc${id}`);
+  inNs(cellNs, 'ip', 'link', 'set', `vc${id}`, 'up');
+  inNs(cellNs, 'ip', 'route', 'add', 'default', 'via', BACKENDS[0]!);
+  for (const a of BACKENDS) inNs(backendNs, 'ip', 'addr', 'add', `${a}/24`, 'dev', `vb${id}`);
+  inNs(backendNs, 'ip', 'link', 'set', `vb${id}`, 'up');
+
+  server = spawn('ip', ['netns', 'exec', backendNs, process.execPath, '-e', SERVER, JSON.stringify(BACKENDS)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: server.stdout! });
+  let ready = false;
+  lines.on('line', (l) => (ready ||= l === 'ready'));
+  await waitFor('backend servers listening', () => ready);
+
+  proxy = new ServiceProxy({ netnsPath: `/run/netns/${cellNs}`, localAddresses: () => [CELL], onSync: (r) => syncs.push(r) });
+}, 30_000);
+
+afterAll(async () => {
+  await proxy?.close();
+  server?.kill('SIGKILL');
+  for (const ns of [cellNs, backendNs]) {
+    try {
+      sh('ip', 'netns', 'del', ns);
+    } catch {
+      /* never created */
+    }
+  }
+});
+
+describe('Service proxy (nftables in a real network namespace)', () => {
+  const web = service('web', { clusterIPs: ['10.96.0.10'], ports: [{ name: 'http', protocol: 'TCP', port: 80, nodePort: 30080 }] });
+  const webSlice = slice('web', [{ ip: BACKENDS[0]! }, { ip: BACKENDS[1]! }]);
+
+  it('balances a cluster IP over the ready endpoints, at the named target port', async () => {
+    await proxy.sync({ services: [web], slices: [webSlice] });
+    expect(syncs.at(-1)!.full).toBe(true);
+    const answers = connectMany(cellNs, 'tcp', '10.96.0.10', 80, 40);
+    expect(new Set(answers)).toEqual(new Set([`${BACKENDS[0]}:8080`, `${BACKENDS[1]}:8080`]));
+  });
+
+  it('sends nothing to an endpoint that is not ready, and falls back to serving terminating ones only when none is ready', async () => {
+    await proxy.sync({ services: [web], slices: [slice('web', [{ ip: BACKENDS[0]! }, { ip: BACKENDS[1]!, ready: false }, { ip: BACKENDS[2]!, ready: false, serving: true, terminating: true }])] });
+    expect(new Set(connectMany(cellNs, 'tcp', '10.96.0.10', 80, 20))).toEqual(new Set([`${BACKENDS[0]}:8080`]));
+
+    await proxy.sync({ services: [web], slices: [slice('web', [{ ip: BACKENDS[1]!, ready: false }, { ip: BACKENDS[2]!, ready: false, serving: true, terminating: true }])] });
+    expect(new Set(connectMany(cellNs, 'tcp', '10.96.0.10', 80, 20))).toEqual(new Set([`${BACKENDS[2]}:8080`]));
+  });
+
+  it('refuses connections at once to a Service with no endpoints', async () => {
+    await proxy.sync({ services: [web, service('empty', { clusterIPs: ['10.96.0.11'] })], slices: [webSlice] });
+    const started = Date.now();
+    expect(connectMany(cellNs, 'tcp', '10.96.0.11', 80, 3)).toEqual(['ERR:ECONNREFUSED', 'ERR:ECONNREFUSED', 'ERR:ECONNREFUSED']);
+    expect(Date.now() - started).toBeLessThan(1500);
+  });
+
+  it('carries UDP, and serves several ports of one Service by name', async () => {
+    const multi = service('multi', {
+      clusterIPs: ['10.96.0.53'],
+      ports: [
+        { name: 'dns', protocol: 'UDP', port: 53 },
+        { name: 'admin', protocol: 'TCP', port: 81 },
+      ],
+    });
+    const multiSlice = slice('multi', [{ ip: BACKENDS[2]! }], [
+      { name: 'dns', protocol: 'UDP', port: 5353 },
+      { name: 'admin', protocol: 'TCP', port: 8081 },
+    ]);
+    await proxy.sync({ services: [web, multi], slices: [webSlice, multiSlice] });
+    expect(connectMany(cellNs, 'udp', '10.96.0.53', 53, 3)).toEqual(Array(3).fill(`${BACKENDS[2]}:5353`));
+    expect(connectMany(cellNs, 'tcp', '10.96.0.53', 81, 2)).toEqual(Array(2).fill(`${BACKENDS[2]}:8081`));
+  });
+
+  it('keeps a client on one endpoint with sessionAffinity: ClientIP', async () => {
+    const sticky = service('sticky', { clusterIPs: ['10.96.0.12'], sessionAffinity: { timeoutSeconds: 60 } });
+    await proxy.sync({ services: [web, sticky], slices: [webSlice, slice('sticky', BACKENDS.map((ip) => ({ ip })))] });
+    const answers = connectMany(cellNs, 'tcp', '10.96.0.12', 80, 30);
+    expect(answers[0]).toMatch(/^10\.201\.0\.\d:8080$/);
+    expect(new Set(answers).size).toBe(1);
+  });
+
+  it('serves a node port on the cell address to clients outside the cell, masqueraded', async () => {
+    await proxy.sync({ services: [web], slices: [webSlice] });
+    const answers = connectMany(backendNs, 'tcp', CELL, 30080, 20);
+    expect(new Set(answers)).toEqual(new Set([`${BACKENDS[0]}:8080`, `${BACKENDS[1]}:8080`]));
+  });
+
+  it('drops, rather than refuses, traffic a Local policy has no endpoint on this cell for', async () => {
+    const local = service('local', { clusterIPs: ['10.96.0.13'], internalTrafficPolicy: 'Local' });
+    await proxy.sync({ services: [web, local], slices: [webSlice, slice('local', [{ ip: BACKENDS[0]! }])] });
+    expect(connectMany(cellNs, 'tcp', '10.96.0.13', 80, 1, 700)).toEqual(['ERR:ETIMEDOUT']);
+  });
+
+  it('applies one endpoint change as a small partial transaction, and removes what a deleted Service owned', async () => {
+    // 300 Services besides `web`, so a full rewrite would be obvious in the command count.
+    const many: ServiceSnapshot = { services: [web], slices: [webSlice] };
+    for (let i = 0; i < 300; i++) {
+      many.services.push(service(`s${i}`, { clusterIPs: [`10.97.${i >> 8}.${i & 255}`] }));
+      many.slices.push(slice(`s${i}`, [{ ip: BACKENDS[0]! }, { ip: BACKENDS[1]! }]));
+    }
+    await proxy.sync(many);
+    const fullish = syncs.at(-1)!.commands;
+    expect(fullish).toBeGreaterThan(300 * 2);
+
+    // One endpoint of `web` goes.
+    const changed: ServiceSnapshot = { services: many.services, slices: [slice('web', [{ ip: BACKENDS[1]! }]), ...many.slices.slice(1)] };
+    await proxy.sync(changed);
+    const last = syncs.at(-1)!;
+    expect(last.full).toBe(false);
+    expect(last.commands).toBeGreaterThan(0);
+    expect(last.commands).toBeLessThan(10);
+    expect(new Set(connectMany(cellNs, 'tcp', '10.96.0.10', 80, 10))).toEqual(new Set([`${BACKENDS[1]}:8080`]));
+
+    // `web` is deleted: its cluster IP no longer answers, its chains are gone.
+    await proxy.sync({ services: many.services.slice(1), slices: many.slices.slice(1) });
+    const table = inNs(cellNs, 'nft', 'list', 'table', 'ip', 'cello');
+    expect(table).not.toContain('default/web/');
+    expect(table).toContain('default/s299/');
+    expect(connectMany(cellNs, 'tcp', '10.96.0.10', 80, 1, 700)).toEqual(['ERR:ETIMEDOUT']);
+  });
+
+  it('rejects a snapshot nft cannot apply, keeps the rules it had, and rebuilds the table on the next sync', async () => {
+    await proxy.sync({ services: [web], slices: [webSlice] });
+    const bad = service('bad', { clusterIPs: ['10.96.0.300'] });
+    await expect(proxy.sync({ services: [web, bad], slices: [webSlice] })).rejects.toThrow(/nft -f - in \/run\/netns\/.* failed: .*10\.96\.0\.300/s);
+    // The kernel applied none of the failed transaction.
+    expect(new Set(connectMany(cellNs, 'tcp', '10.96.0.10', 80, 10))).toEqual(new Set([`${BACKENDS[0]}:8080`, `${BACKENDS[1]}:8080`]));
+    await proxy.sync({ services: [web], slices: [slice('web', [{ ip: BACKENDS[2]! }])] });
+    expect(syncs.at(-1)!.full).toBe(true);
+    expect(connectMany(cellNs, 'tcp', '10.96.0.10', 80, 5)).toEqual(Array(5).fill(`${BACKENDS[2]}:8080`));
+  });
+});
