@@ -73,7 +73,7 @@ function service(name: string, over: Partial<Service> = {}): Service {
   };
 }
 
-function slice(svc: string, addresses: { ip: string; ready?: boolean; serving?: boolean; terminating?: boolean }[], ports = [{ name: 'http', protocol: 'TCP' as const, port: 8080 }]): EndpointSlice {
+function slice(svc: string, addresses: { ip: string; ready?: boolean; serving?: boolean; terminating?: boolean }[], ports: EndpointSlice['ports'] = [{ name: 'http', protocol: 'TCP', port: 8080 }]): EndpointSlice {
   return {
     namespace: 'default',
     service: svc,
