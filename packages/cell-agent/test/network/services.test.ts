@@ -6,7 +6,9 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { requireCommand, waitFor } from '@cello/testkit';
+import { ClusterEndpointSlice, ClusterService, Protocol, ServicesUpdate, type ServicesAck } from '@cello/proto/cell';
 import { ServiceProxy, type EndpointSlice, type Service, type ServiceSnapshot, type SyncResult } from '../../src/network/services/index.js';
+import { startTestAgent, type TestAgent } from '../helpers/agent.js';
 
 const id = `${process.pid % 100000}`;
 const cellNs = `cello-svc-${id}-c`;
@@ -111,7 +113,7 @@ beforeAll(async () => {
 }, 30_000);
 
 afterAll(async () => {
-  await proxy?.close();
+  await proxy?.remove();
   server?.kill('SIGKILL');
   for (const ns of [cellNs, backendNs]) {
     try {
@@ -222,5 +224,99 @@ describe('Service proxy (nftables in a real network namespace)', () => {
     await proxy.sync({ services: [web], slices: [slice('web', [{ ip: BACKENDS[2]! }])] });
     expect(syncs.at(-1)!.full).toBe(true);
     expect(connectMany(cellNs, 'tcp', '10.96.0.10', 80, 5)).toEqual(Array(5).fill(`${BACKENDS[2]}:8080`));
+  });
+});
+
+describe('SyncServices (the agent RPC the controller streams Services on)', () => {
+  let agent: TestAgent;
+  beforeAll(async () => {
+    agent = await startTestAgent(undefined, { podNetns: `/run/netns/${cellNs}`, podIP: CELL });
+  }, 30_000);
+  afterAll(async () => {
+    await agent?.stop();
+  });
+
+  const wireService = (name: string, clusterIP: string, over: Partial<ClusterService> = {}): ClusterService =>
+    ClusterService.fromPartial({ namespace: 'default', name, clusterIps: [clusterIP], ports: [{ name: 'http', protocol: Protocol.PROTOCOL_TCP, port: 80 }], ...over });
+  const wireSlice = (service: string, ips: string[]): ClusterEndpointSlice =>
+    ClusterEndpointSlice.fromPartial({ namespace: 'default', name: `${service}-x`, service, ports: [{ name: 'http', protocol: Protocol.PROTOCOL_TCP, port: 8080 }], endpoints: ips.map((ip) => ({ addresses: [ip], ready: true, serving: true })) });
+
+  function open() {
+    const call = agent.client.syncServices();
+    const acks: ServicesAck[] = [];
+    call.on('data', (a: ServicesAck) => acks.push(a));
+    call.on('error', () => {});
+    const send = async (u: Partial<ServicesUpdate>) => {
+      const n = acks.length;
+      call.write(ServicesUpdate.fromPartial(u));
+      await waitFor('the agent acknowledges the update', () => acks.length > n, { timeoutMs: 15_000 });
+      return acks[n]!;
+    };
+    return { call, send, acks };
+  }
+
+  it('applies a snapshot and then deltas, each acknowledged once its rules are live', async () => {
+    const s = open();
+    const ack1 = await s.send({ version: 1, services: [wireService('api', '10.96.1.1')], slices: [wireSlice('api', [BACKENDS[0]!])] });
+    expect(ack1).toMatchObject({ version: 1, resync: false, error: '' });
+    expect(connectMany(cellNs, 'tcp', '10.96.1.1', 80, 3)).toEqual(Array(3).fill(`${BACKENDS[0]}:8080`));
+
+    const ack2 = await s.send({ version: 2, baseVersion: 1, slices: [wireSlice('api', [BACKENDS[1]!])] });
+    expect(ack2).toMatchObject({ version: 2, error: '' });
+    expect(connectMany(cellNs, 'tcp', '10.96.1.1', 80, 3)).toEqual(Array(3).fill(`${BACKENDS[1]}:8080`));
+
+    const ack3 = await s.send({ version: 3, baseVersion: 2, removedServices: [{ namespace: 'default', name: 'api' }] });
+    expect(ack3).toMatchObject({ version: 3, error: '' });
+    expect(connectMany(cellNs, 'tcp', '10.96.1.1', 80, 1, 700)).toEqual(['ERR:ETIMEDOUT']);
+    s.call.end();
+  });
+
+  it('asks for a snapshot when a delta does not follow what the cell has', async () => {
+    const s = open();
+    await s.send({ version: 10, services: [wireService('api', '10.96.1.1')], slices: [wireSlice('api', [BACKENDS[0]!])] });
+    const ack = await s.send({ version: 12, baseVersion: 11, slices: [wireSlice('api', [BACKENDS[1]!])] });
+    expect(ack).toMatchObject({ version: 10, resync: true });
+    expect(ack.error).toMatch(/delta on version 11, but this cell has 10/);
+    // Nothing of the refused delta was applied.
+    expect(connectMany(cellNs, 'tcp', '10.96.1.1', 80, 2)).toEqual(Array(2).fill(`${BACKENDS[0]}:8080`));
+    s.call.end();
+  });
+
+  it('refuses hostile or malformed objects by name and still programs the others', async () => {
+    const s = open();
+    const ack = await s.send({
+      version: 20,
+      services: [
+        wireService('api', '10.96.1.1'),
+        // A name that would end the nft command and start another.
+        wireService('x } ; flush ruleset ; add table ip evil {', '10.96.1.2'),
+        wireService('badip', '10.96.1.999'),
+        wireService('badport', '10.96.1.3', { ports: [{ name: 'http', protocol: Protocol.PROTOCOL_TCP, port: 70000, nodePort: 0 }] }),
+        wireService('badpolicy', '10.96.1.4', { externalTrafficPolicy: 'Nearest' }),
+      ],
+      slices: [wireSlice('api', [BACKENDS[2]!]), wireSlice('badslice', ['not-an-ip'])],
+    });
+    expect(ack.error).toBe('');
+    expect(ack.rejected).toEqual([
+      expect.stringMatching(/^Service default\/x } ; flush ruleset.*: namespace and name must be DNS labels$/),
+      'Service default/badip: 10.96.1.999 is not an IPv4 address',
+      'Service default/badport: ports[0].port: 70000 is not in 1-65535',
+      'Service default/badpolicy: externalTrafficPolicy: "Nearest" is not Cluster or Local',
+      'EndpointSlice default/badslice-x: endpoints[0].addresses: not-an-ip is not an IPv4 address',
+    ]);
+    expect(connectMany(cellNs, 'tcp', '10.96.1.1', 80, 2)).toEqual(Array(2).fill(`${BACKENDS[2]}:8080`));
+    expect(inNs(cellNs, 'nft', 'list', 'tables')).not.toContain('evil');
+    s.call.end();
+  });
+
+  it('lets a newer stream replace the one before it', async () => {
+    const first = open();
+    await first.send({ version: 30, services: [wireService('api', '10.96.1.1')], slices: [wireSlice('api', [BACKENDS[0]!])] });
+    const ended = new Promise<void>((r) => first.call.on('end', () => r()));
+    const second = open();
+    await second.send({ version: 31, services: [wireService('api', '10.96.1.1')], slices: [wireSlice('api', [BACKENDS[1]!])] });
+    await ended;
+    expect(connectMany(cellNs, 'tcp', '10.96.1.1', 80, 2)).toEqual(Array(2).fill(`${BACKENDS[1]}:8080`));
+    second.call.end();
   });
 });

@@ -5,7 +5,7 @@
 import type pino from 'pino';
 import { enableForwarding, runNft, type NftOptions } from './nft.js';
 import type { ServiceSnapshot } from './model.js';
-import { renderServices } from './ruleset.js';
+import { TABLE, renderServices } from './ruleset.js';
 import { fullTransaction, partialTransaction, type Rendered } from './transaction.js';
 
 export interface SyncResult {
@@ -40,11 +40,20 @@ export class ServiceProxy {
     return done;
   }
 
-  /** Removes the table; later syncs are refused. */
+  /**
+   * Refuses later syncs once the running one is done. The rules stay: a restarted agent (an
+   * upgrade) keeps Services working until its controller resyncs, which replaces the table.
+   */
   async close(): Promise<void> {
     this.closed = true;
     await this.running;
-    await runNft('add table ip cello\ndelete table ip cello\n', this.o).catch((err: Error) => this.o.logger?.warn({ err: err.message }, 'service rules not removed'));
+  }
+
+  /** Removes the table (the pod is gone, or a test is done with its namespace). */
+  async remove(): Promise<void> {
+    await this.close();
+    await runNft(`add table ${TABLE}\ndelete table ${TABLE}\n`, this.o);
+    this.applied = undefined;
   }
 
   private async drain(): Promise<void> {

@@ -24,6 +24,7 @@ import {
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../../google/protobuf/timestamp.js";
 import { ConfigMapData, Pod, RegistryCredential, SecretData, ServiceAccountToken } from "./pod.js";
+import { ServicesAck, ServicesUpdate } from "./services.js";
 import { Event, PodStatus } from "./status.js";
 
 export const protobufPackage = "cello.cell.v1";
@@ -5866,6 +5867,20 @@ export const CellAgentService = {
     responseSerialize: (value: AgentInfo): Buffer => Buffer.from(AgentInfo.encode(value).finish()),
     responseDeserialize: (value: Buffer): AgentInfo => AgentInfo.decode(value),
   },
+  /**
+   * The cluster's Services for the cell's Service proxy (nftables in the pod's namespace): a
+   * snapshot, then deltas, each acknowledged once its rules are in place. One stream at a
+   * time: a new one (the controller reconnecting, a new leader) replaces the old.
+   */
+  syncServices: {
+    path: "/cello.cell.v1.CellAgent/SyncServices" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: ServicesUpdate): Buffer => Buffer.from(ServicesUpdate.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ServicesUpdate => ServicesUpdate.decode(value),
+    responseSerialize: (value: ServicesAck): Buffer => Buffer.from(ServicesAck.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ServicesAck => ServicesAck.decode(value),
+  },
 } as const;
 
 export interface CellAgentServer extends UntypedServiceImplementation {
@@ -5900,6 +5915,12 @@ export interface CellAgentServer extends UntypedServiceImplementation {
   /** The audit log of exec and attach sessions on this cell. */
   listAudit: handleUnaryCall<ListAuditRequest, ListAuditResponse>;
   getInfo: handleUnaryCall<GetInfoRequest, AgentInfo>;
+  /**
+   * The cluster's Services for the cell's Service proxy (nftables in the pod's namespace): a
+   * snapshot, then deltas, each acknowledged once its rules are in place. One stream at a
+   * time: a new one (the controller reconnecting, a new leader) replaces the old.
+   */
+  syncServices: handleBidiStreamingCall<ServicesUpdate, ServicesAck>;
 }
 
 export interface CellAgentClient extends Client {
@@ -6047,6 +6068,14 @@ export interface CellAgentClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: AgentInfo) => void,
   ): ClientUnaryCall;
+  /**
+   * The cluster's Services for the cell's Service proxy (nftables in the pod's namespace): a
+   * snapshot, then deltas, each acknowledged once its rules are in place. One stream at a
+   * time: a new one (the controller reconnecting, a new leader) replaces the old.
+   */
+  syncServices(): ClientDuplexStream<ServicesUpdate, ServicesAck>;
+  syncServices(options: Partial<CallOptions>): ClientDuplexStream<ServicesUpdate, ServicesAck>;
+  syncServices(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<ServicesUpdate, ServicesAck>;
 }
 
 export const CellAgentClient = makeGenericClientConstructor(CellAgentService, "cello.cell.v1.CellAgent") as unknown as {
