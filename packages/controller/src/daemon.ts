@@ -22,6 +22,9 @@ import { Metrics } from './obs/metrics.js';
 import type { Logger } from './obs/logger.js';
 import type { Config } from './config.js';
 import { startVirtualNodeFromConfig } from './k8s/from-config.js';
+import { ClusterServices } from './services/cluster-services.js';
+import { ServiceFeed } from './services/feed.js';
+import { watchClusterServices } from './services/watch.js';
 
 export interface ControllerHandle {
   apiPort: number;
@@ -196,6 +199,11 @@ export async function startController(config: Config, o: StartOptions): Promise<
       })
     : undefined;
 
+  // In a cluster, cells program its Services: one watch here, one stream per live cell.
+  const clusterServices = vnode ? new ClusterServices() : undefined;
+  const serviceWatch = vnode && clusterServices ? watchClusterServices(vnode.rest, clusterServices, log.child({ component: 'services' })) : undefined;
+  const serviceFeed = clusterServices ? new ServiceFeed({ services: clusterServices, agents, log: log.child({ component: 'services' }), registry: metrics.registry }) : undefined;
+
   let reconciler: Reconciler | undefined;
   let stopping = false;
   const stopAll = new AbortController();
@@ -237,6 +245,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
         ...(bootstrap ? { bootstrap } : {}),
         ...(caCertPem ? { caCertPem } : {}),
         ...(renewer ? { renewer } : {}),
+        ...(serviceFeed ? { serviceFeed } : {}),
         ...(secretBox ? { secretBox } : {}),
         ...(caCertPem ? { tokens: new BootstrapTokens(store) } : {}),
       });
@@ -277,6 +286,8 @@ export async function startController(config: Config, o: StartOptions): Promise<
       stopping = true;
       stopAll.abort();
       await leading.catch(() => undefined);
+      serviceFeed?.close();
+      await serviceWatch?.stop();
       await vnode?.stop();
       await api.close();
       if (so.terminateCells) {

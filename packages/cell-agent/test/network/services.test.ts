@@ -1,66 +1,21 @@
-// The Service proxy against the real kernel: two network namespaces joined by a veth pair (a
-// "cell" whose pod sends the traffic, and "backends" holding every endpoint's address), real
-// nftables rules, real TCP and UDP servers, and a client in the cell that connects to cluster
-// IPs and node ports as a pod would.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
+// The Service proxy against the real kernel: testkit's network lab (a "cell" namespace whose
+// pod sends the traffic, joined to a "backends" namespace holding every endpoint's address),
+// real nftables rules, real TCP and UDP servers, and a client in the cell that connects to
+// cluster IPs and node ports as a pod would.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { requireCommand, waitFor } from '@cello/testkit';
+import { requireCommand, startNetLab, waitFor, type NetLab } from '@cello/testkit';
 import { ClusterEndpointSlice, ClusterService, Protocol, ServicesUpdate, type ServicesAck } from '@cello/proto/cell';
 import { ServiceProxy, type EndpointSlice, type Service, type ServiceSnapshot, type SyncResult } from '../../src/network/services/index.js';
 import { startTestAgent, type TestAgent } from '../helpers/agent.js';
 
-const id = `${process.pid % 100000}`;
-const cellNs = `cello-svc-${id}-c`;
-const backendNs = `cello-svc-${id}-b`;
-const CELL = '10.201.0.1';
-const BACKENDS = ['10.201.0.2', '10.201.0.3', '10.201.0.4'];
-
-const sh = (...args: string[]) => execFileSync(args[0]!, args.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], timeout: 10_000 }).toString();
-const inNs = (ns: string, ...args: string[]) => sh('ip', 'netns', 'exec', ns, ...args);
-
-// A server on every backend address: TCP and UDP on 8080, 8081 and 5353, answering with the
-// address and port that received the connection (so the test sees which endpoint served it).
-const SERVER = `
-const net = require('node:net'), dgram = require('node:dgram');
-const addrs = JSON.parse(process.argv[1]);
-let n = 0; const total = addrs.length * 3;
-const up = () => { if (++n === total) console.log('ready'); };
-for (const a of addrs) {
-  for (const port of [8080, 8081]) net.createServer((s) => s.end(a + ':' + port)).listen(port, a, up);
-  const u = dgram.createSocket('udp4');
-  u.on('message', (m, r) => u.send(a + ':5353', r.port, r.address));
-  u.bind(5353, a, up);
-}`;
-
-// Connects `count` times to host:port (tcp or udp) and prints one JSON line of answers
-// ('ERR:<code>' for a failure).
-const CLIENT = `
-const net = require('node:net'), dgram = require('node:dgram');
-const [proto, host, port, count, timeout] = process.argv.slice(1);
-const one = () => new Promise((resolve) => {
-  const done = (v) => { clearTimeout(t); resolve(v); };
-  const t = setTimeout(() => { s.destroy?.(); s.close?.(); done('ERR:ETIMEDOUT'); }, Number(timeout));
-  let s;
-  if (proto === 'udp') {
-    s = dgram.createSocket('udp4');
-    s.on('message', (m) => { s.close(); done(m.toString()); });
-    s.on('error', (e) => { s.close(); done('ERR:' + e.code); });
-    s.send('?', Number(port), host);
-  } else {
-    let data = '';
-    s = net.connect(Number(port), host);
-    s.on('data', (d) => (data += d));
-    s.on('end', () => done(data));
-    s.on('error', (e) => done('ERR:' + e.code));
-  }
-});
-(async () => { const out = []; for (let i = 0; i < Number(count); i++) out.push(await one()); console.log(JSON.stringify(out)); })();`;
-
-function connectMany(ns: string, proto: 'tcp' | 'udp', host: string, port: number, count: number, timeoutMs = 2000): string[] {
-  const args = ['netns', 'exec', ns, process.execPath, '-e', CLIENT, proto, host, String(port), String(count), String(timeoutMs)];
-  return JSON.parse(execFileSync('ip', args, { timeout: 5000 + count * timeoutMs }).toString()) as string[];
-}
+let lab: NetLab;
+let cellNs: string;
+let backendNs: string;
+const SUBNET = '10.201.0';
+const CELL = `${SUBNET}.1`;
+const BACKENDS = [`${SUBNET}.2`, `${SUBNET}.3`, `${SUBNET}.4`];
+const connectMany = (...a: Parameters<NetLab['connect']>) => lab.connect(...a);
+const inNs = (ns: string, ...cmd: string[]) => lab.exec(ns, ...cmd);
 
 function service(name: string, over: Partial<Service> = {}): Service {
   return {
@@ -85,43 +40,19 @@ function slice(svc: string, addresses: { ip: string; ready?: boolean; serving?: 
   };
 }
 
-let server: ChildProcess | undefined;
 let proxy: ServiceProxy;
 const syncs: SyncResult[] = [];
 
 beforeAll(async () => {
   requireCommand('nft', 'nftables');
-  for (const ns of [cellNs, backendNs]) {
-    if (sh('ip', 'netns', 'list').includes(ns)) sh('ip', 'netns', 'del', ns);
-    sh('ip', 'netns', 'add', ns);
-    inNs(ns, 'ip', 'link', 'set', 'lo', 'up');
-  }
-  sh('ip', 'link', 'add', `vc${id}`, 'netns', cellNs, 'type', 'veth', 'peer', 'name', `vb${id}`, 'netns', backendNs);
-  inNs(cellNs, 'ip', 'addr', 'add', `${CELL}/24`, 'dev', `vc${id}`);
-  inNs(cellNs, 'ip', 'link', 'set', `vc${id}`, 'up');
-  inNs(cellNs, 'ip', 'route', 'add', 'default', 'via', BACKENDS[0]!);
-  for (const a of BACKENDS) inNs(backendNs, 'ip', 'addr', 'add', `${a}/24`, 'dev', `vb${id}`);
-  inNs(backendNs, 'ip', 'link', 'set', `vb${id}`, 'up');
-
-  server = spawn('ip', ['netns', 'exec', backendNs, process.execPath, '-e', SERVER, JSON.stringify(BACKENDS)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const lines = createInterface({ input: server.stdout! });
-  let ready = false;
-  lines.on('line', (l) => (ready ||= l === 'ready'));
-  await waitFor('backend servers listening', () => ready);
-
+  lab = await startNetLab(`svc${process.pid % 10000}`, SUBNET);
+  ({ cell: cellNs, backends: backendNs } = lab);
   proxy = new ServiceProxy({ netnsPath: `/run/netns/${cellNs}`, localAddresses: () => [CELL], onSync: (r) => syncs.push(r) });
 }, 30_000);
 
 afterAll(async () => {
   await proxy?.remove();
-  server?.kill('SIGKILL');
-  for (const ns of [cellNs, backendNs]) {
-    try {
-      sh('ip', 'netns', 'del', ns);
-    } catch {
-      /* never created */
-    }
-  }
+  await lab?.stop();
 });
 
 describe('Service proxy (nftables in a real network namespace)', () => {

@@ -56,6 +56,8 @@ export interface ReconcilerOptions {
    * bootstrap of a cell an earlier one launched.
    */
   tokens?: BootstrapTokens;
+  /** Streams the cluster's Services to every live cell (in a cluster). */
+  serviceFeed?: { start(cellId: string, address: string): void; stop(cellId: string): void; stopAll(): void };
   /** Renews cells' certificates before expiry (mTLS); checked on every tick. */
   renewer?: { check(cells: Iterable<{ id: string; address: string }>): void; forget(cellId: string): void };
 }
