@@ -22,6 +22,8 @@ import { Metrics } from './obs/metrics.js';
 import type { Logger } from './obs/logger.js';
 import type { Config } from './config.js';
 import { startVirtualNodeFromConfig } from './k8s/from-config.js';
+import type { ClusterDNS } from '@cello/proto/cell';
+import type { KubernetesConfig } from './k8s/config.js';
 import { ClusterServices } from './services/cluster-services.js';
 import { ServiceFeed } from './services/feed.js';
 import { watchClusterServices } from './services/watch.js';
@@ -246,6 +248,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
         ...(caCertPem ? { caCertPem } : {}),
         ...(renewer ? { renewer } : {}),
         ...(serviceFeed ? { serviceFeed } : {}),
+        ...(clusterServices && config.kubernetes ? { clusterDNS: clusterDNSFrom(config.kubernetes, clusterServices) } : {}),
         ...(secretBox ? { secretBox } : {}),
         ...(caCertPem ? { tokens: new BootstrapTokens(store) } : {}),
       });
@@ -306,6 +309,11 @@ export async function startController(config: Config, o: StartOptions): Promise<
       if (!o.store) await store.close();
     },
   };
+}
+
+/** The kubelet's --cluster-dns and --cluster-domain: configured, or kube-dns's cluster IP. */
+function clusterDNSFrom(k: KubernetesConfig, services: ClusterServices): () => ClusterDNS {
+  return () => ({ nameservers: k.clusterDNS ?? services.clusterIPs('kube-system/kube-dns').filter((ip) => !ip.includes(':')).slice(0, 3), domain: k.clusterDomain });
 }
 
 async function serveMetrics(listen: string, metrics: Metrics): Promise<HttpServer> {

@@ -85,6 +85,7 @@ async function applyToAgent(ctx: ReconcileContext, key: string, rec: PodRecord, 
     generation,
     secrets: Object.fromEntries(Object.entries(readPodSecrets(rec as PodRecordWithData, podKey(...splitKey(key)), ctx.o.secretBox)).map(([k, v]) => [k, SecretData.fromJSON(v)])),
     configMaps: Object.fromEntries(Object.entries((rec as PodRecordWithData).configMaps ?? {}).map(([k, v]) => [k, ConfigMapData.fromJSON(v)])),
+    clusterDns: ctx.o.clusterDNS?.(),
   });
   try {
     const res = await callUnary<ApplyPodResponse>(client, 'applyPod', req, 60_000);
