@@ -5,7 +5,7 @@
 import type pino from 'pino';
 import { enableForwarding, runNft, type NftOptions } from './nft.js';
 import type { ServiceSnapshot } from './model.js';
-import { TABLE, renderServices } from './ruleset.js';
+import { RenderCache, TABLE, renderServices } from './ruleset.js';
 import { fullTransaction, partialTransaction, type Rendered } from './transaction.js';
 
 export interface SyncResult {
@@ -28,6 +28,7 @@ export class ServiceProxy {
   private running: Promise<void> | undefined;
   private waiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   private closed = false;
+  private cache: RenderCache | undefined;
 
   constructor(private readonly o: ServiceProxyOptions) {}
 
@@ -74,7 +75,9 @@ export class ServiceProxy {
 
   private async apply(snapshot: ServiceSnapshot): Promise<void> {
     const started = performance.now();
-    const next = renderServices(snapshot, new Set(this.o.localAddresses()));
+    const local = new Set(this.o.localAddresses());
+    if (!this.cache || !sameSet(this.cache.localAddresses, local)) this.cache = new RenderCache(local);
+    const next = renderServices(snapshot, local, this.cache);
     const full = this.applied === undefined;
     const tx = full ? fullTransaction(next) : partialTransaction(this.applied!, next);
     if (tx) {
@@ -93,4 +96,8 @@ export class ServiceProxy {
     this.o.logger?.debug(r, 'service rules synced');
     this.o.onSync?.(r);
   }
+}
+
+function sameSet(a: ReadonlySet<string>, b: ReadonlySet<string>): boolean {
+  return a.size === b.size && [...a].every((x) => b.has(x));
 }

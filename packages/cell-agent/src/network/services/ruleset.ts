@@ -70,8 +70,28 @@ export function baseCommands(): string[] {
   ];
 }
 
+/**
+ * Remembers each Service's rules by the identity of its inputs (the Service object and its
+ * slices), so that with a snapshot whose unchanged objects are the same objects (as the
+ * SyncServices state keeps them), a sync renders only the Services that changed.
+ */
+export class RenderCache {
+  private readonly entries = new WeakMap<Service, { slices: readonly EndpointSlice[]; rules: ServiceRules | undefined }>();
+  constructor(readonly localAddresses: ReadonlySet<string>) {}
+
+  get(svc: Service, slices: readonly EndpointSlice[]): ServiceRules | undefined | null {
+    const e = this.entries.get(svc);
+    if (!e || e.slices.length !== slices.length || e.slices.some((s, i) => s !== slices[i])) return null;
+    return e.rules;
+  }
+
+  set(svc: Service, slices: readonly EndpointSlice[], rules: ServiceRules | undefined): void {
+    this.entries.set(svc, { slices, rules });
+  }
+}
+
 /** Every Service's rules, by `namespace/name`. Headless and ExternalName Services have none. */
-export function renderServices(snapshot: ServiceSnapshot, localAddresses: ReadonlySet<string>): Map<string, ServiceRules> {
+export function renderServices(snapshot: ServiceSnapshot, localAddresses: ReadonlySet<string>, cache?: RenderCache): Map<string, ServiceRules> {
   const out = new Map<string, ServiceRules>();
   const slicesOf = new Map<string, EndpointSlice[]>();
   for (const slice of snapshot.slices) {
@@ -81,10 +101,15 @@ export function renderServices(snapshot: ServiceSnapshot, localAddresses: Readon
     else slicesOf.set(key, [slice]);
   }
   for (const svc of snapshot.services) {
-    const rules: ServiceRules = { chains: new Map(), elements: [], sets: new Map() };
     const slices = slicesOf.get(serviceKey(svc)) ?? [];
-    for (const port of svc.ports) renderPort(rules, svc, port, endpointsFor(svc, port, slices, localAddresses));
-    if (rules.chains.size > 0 || rules.elements.length > 0) out.set(serviceKey(svc), rules);
+    let rules = cache?.get(svc, slices);
+    if (rules === null || rules === undefined && !cache) {
+      const r: ServiceRules = { chains: new Map(), elements: [], sets: new Map() };
+      for (const port of svc.ports) renderPort(r, svc, port, endpointsFor(svc, port, slices, localAddresses));
+      rules = r.chains.size > 0 || r.elements.length > 0 ? r : undefined;
+      cache?.set(svc, slices, rules);
+    }
+    if (rules) out.set(serviceKey(svc), rules);
   }
   return out;
 }
