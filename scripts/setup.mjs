@@ -24,6 +24,7 @@ export const SYSTEM_PACKAGES = [
   ['etcdctl', 'etcd-client'],
   ['containerd', 'containerd'],
   ['ip', 'iproute2'],
+  ['nft', 'nftables'],
   ['iptables', 'iptables'],
   ['debootstrap', 'debootstrap'],
   ['zstd', 'zstd'],

@@ -26,6 +26,8 @@ import { agentPeerPolicy, peerAuthInterceptor, type PeerPolicy } from './server/
 import { Runc } from './runtime/runc.js';
 import { ensurePrivateDir, RUN_BASE } from './runtime/run-dir.js';
 import { createService } from './server/service.js';
+import { createSyncServices } from './server/services.js';
+import { ServiceProxy } from './network/services/proxy.js';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -210,6 +212,11 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     const at = splitHostPort(o.metricsListen);
     metricsServer = await startMetricsServer(metrics, { host: at.host, port: at.port, onError: (err) => log.warn({ err }, 'metrics refresh failed') });
   }
+  let serviceProxy: ServiceProxy | undefined;
+  const syncServices = createSyncServices({
+    proxy: () => (serviceProxy ??= new ServiceProxy({ netnsPath: o.podNetns, localAddresses: () => [podIP], logger: log, onSync: (r) => metrics.recordServiceSync(r) })),
+    logger: log,
+  });
   const health = new HealthService({ '': 1, 'cello.cell.v1.CellAgent': 1 });
   const server = new Server({
     'grpc.max_receive_message_length': 64 << 20,
@@ -235,6 +242,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     info: { version: AGENT_VERSION, cellId: o.cellId ?? os.hostname(), runtime: await runc.version(), cgroupMode: detectCgroupMode(), startedAt: new Date() },
     heartbeatMs: o.heartbeatMs ?? 10_000,
     metrics,
+    syncServices,
   }));
   server.addService(health.definition, health.implementation);
   let creds: ServerCredentials;
@@ -271,6 +279,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       pod.shutdown();
       await pfStream?.close();
       streams.close();
+      await serviceProxy?.close();
       await metricsServer?.close();
       await new Promise<void>((r) => server.tryShutdown(() => r()));
       if (images instanceof PullerImageService) await images.close();

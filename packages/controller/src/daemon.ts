@@ -23,6 +23,11 @@ import { Metrics } from './obs/metrics.js';
 import type { Logger } from './obs/logger.js';
 import type { Config } from './config.js';
 import { startVirtualNodeFromConfig } from './k8s/from-config.js';
+import type { ClusterDNS } from '@cello/proto/cell';
+import type { KubernetesConfig } from './k8s/config.js';
+import { ClusterServices } from './services/cluster-services.js';
+import { ServiceFeed } from './services/feed.js';
+import { watchClusterServices } from './services/watch.js';
 
 export interface ControllerHandle {
   apiPort: number;
@@ -214,6 +219,11 @@ export async function startController(config: Config, o: StartOptions): Promise<
       })
     : undefined;
 
+  // In a cluster, cells program its Services: one watch here, one stream per live cell.
+  const clusterServices = vnode ? new ClusterServices() : undefined;
+  const serviceWatch = vnode && clusterServices ? watchClusterServices(vnode.rest, clusterServices, log.child({ component: 'services' })) : undefined;
+  const serviceFeed = clusterServices ? new ServiceFeed({ services: clusterServices, agents, log: log.child({ component: 'services' }), registry: metrics.registry }) : undefined;
+
   let reconciler: Reconciler | undefined;
   let stopping = false;
   const stopAll = new AbortController();
@@ -255,6 +265,8 @@ export async function startController(config: Config, o: StartOptions): Promise<
         ...(bootstrap ? { bootstrap } : {}),
         ...(caCertPem ? { caCertPem } : {}),
         ...(renewer ? { renewer } : {}),
+        ...(serviceFeed ? { serviceFeed } : {}),
+        ...(clusterServices && config.kubernetes ? { clusterDNS: clusterDNSFrom(config.kubernetes, clusterServices) } : {}),
         ...(secretBox ? { secretBox } : {}),
         ...(caCertPem ? { tokens: new BootstrapTokens(store) } : {}),
         ...(ecr ? { registryKeyrings: (images: string[]) => ecr.keyrings(images) } : {}),
@@ -296,6 +308,8 @@ export async function startController(config: Config, o: StartOptions): Promise<
       stopping = true;
       stopAll.abort();
       await leading.catch(() => undefined);
+      serviceFeed?.close();
+      await serviceWatch?.stop();
       await vnode?.stop();
       await api.close();
       if (so.terminateCells) {
@@ -315,6 +329,11 @@ export async function startController(config: Config, o: StartOptions): Promise<
       if (!o.store) await store.close();
     },
   };
+}
+
+/** The kubelet's --cluster-dns and --cluster-domain: configured, or kube-dns's cluster IP. */
+function clusterDNSFrom(k: KubernetesConfig, services: ClusterServices): () => ClusterDNS {
+  return () => ({ nameservers: k.clusterDNS ?? services.clusterIPs('kube-system/kube-dns').filter((ip) => !ip.includes(':')).slice(0, 3), domain: k.clusterDomain });
 }
 
 async function serveMetrics(listen: string, metrics: Metrics): Promise<HttpServer> {

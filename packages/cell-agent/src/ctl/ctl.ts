@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { ManifestError, podFromManifest } from '@cello/proto';
-import { type CellAgentClient, type ContainerStatus, Pod, PodPhase } from '@cello/proto/cell';
+import { ApplyPodRequest, type CellAgentClient, type ContainerStatus, Pod, PodPhase } from '@cello/proto/cell';
 import { connectAgent, type ClientTls } from './client.js';
 
 function phaseName(p: PodPhase): string {
@@ -53,7 +53,7 @@ export function registerCtl(program: Command, registerExtra?: (ctl: Command, con
       }
       const c = connect();
       const res = await new Promise<{ generation: number; changedUnits: string[] }>((resolve, reject) =>
-        c.applyPod({ pod: Pod.fromPartial(m.pod), generation: opts.generation ?? Date.now(), secrets: m.secrets, configMaps: m.configMaps, serviceAccountTokens: [], registryCredentials: [] }, (err, r) => (err ? reject(err) : resolve(r))),
+        c.applyPod(ApplyPodRequest.fromPartial({ pod: Pod.fromPartial(m.pod), generation: opts.generation ?? Date.now(), secrets: m.secrets, configMaps: m.configMaps }), (err, r) => (err ? reject(err) : resolve(r))),
       );
       console.log(`pod/${m.pod.metadata?.name} applied (generation ${res.generation}; changed: ${res.changedUnits.join(', ') || 'none'})`);
       c.close();

@@ -19,6 +19,7 @@ export class AgentMetrics {
   private readonly sessions: Gauge<'kind'>;
   private readonly streamBytes: Counter<'kind' | 'direction'>;
   private readonly pfStreamConnections: Counter<'result'>;
+  private readonly serviceSyncSeconds: Histogram<'kind'>;
   private readonly unit: Record<string, Gauge<'unit'>>;
   private readonly cell: Record<string, Gauge>;
   private readonly fs: Record<string, Gauge<'path'>>;
@@ -42,6 +43,13 @@ export class AgentMetrics {
     this.probes = new Counter({ name: 'cello_agent_probe_results_total', help: 'Probe results, by unit, probe (startup, liveness, readiness) and result', labelNames: ['unit', 'probe', 'result'], registers: r });
     this.sessions = new Gauge({ name: 'cello_agent_stream_sessions', help: 'Open stream sessions (logs follow, exec, attach, port-forward)', labelNames: ['kind'], registers: r });
     this.streamBytes = new Counter({ name: 'cello_agent_stream_bytes_total', help: 'Bytes relayed by stream sessions', labelNames: ['kind', 'direction'], registers: r });
+    this.serviceSyncSeconds = new Histogram({
+      name: 'cello_agent_service_sync_seconds',
+      help: 'Time to bring the Service rules (nftables) to a new snapshot, by kind (full: the whole table; partial: only what changed)',
+      labelNames: ['kind'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: r,
+    });
     this.pfStreamConnections = new Counter({
       name: 'cello_agent_port_forward_stream_connections_total',
       help: 'Connections to the port-forward stream port, by result (ok, bad_token, timeout, connect_failed, tls_refused, forbidden: a certificate of the CA that is not the controller)',
@@ -82,6 +90,10 @@ export class AgentMetrics {
   recordGrpcCall(method: string, code: string, seconds: number): void {
     this.grpcCalls.inc({ method, code });
     this.grpcSeconds.observe({ method }, seconds);
+  }
+
+  recordServiceSync(r: { full: boolean; durationMs: number }): void {
+    this.serviceSyncSeconds.observe({ kind: r.full ? 'full' : 'partial' }, r.durationMs / 1000);
   }
 
   recordPull(p: { ok: boolean; bytes: number; seconds: number }): void {

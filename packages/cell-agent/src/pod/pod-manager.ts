@@ -28,7 +28,7 @@ import { ShimPool } from '../runtime/shim-pool.js';
 import { removeStagedSubPaths } from '../runtime/subpath-mount.js';
 import type { LogSink, UnitDirectory, UnitView } from '../units/unit-view.js';
 import { type BackoffPolicy, KUBERNETES_BACKOFF } from './backoff.js';
-import { writePodFiles } from './pod-files.js';
+import { writePodFiles, type PodFiles } from './pod-files.js';
 import { Conditions, podPhase, qosClass } from './pod-status.js';
 import { buildContainerConfig } from './container-config.js';
 import { ImageManager } from './image-manager.js';
@@ -87,7 +87,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   private initUnits: Unit[] = [];
   private units: Unit[] = [];
   private volumes = new Map<string, PreparedVolume | VolumeError>();
-  private podFiles: { hosts: string; resolv: string; hostname: string } | undefined;
+  private podFiles: PodFiles | undefined;
   private readonly conditions = new Conditions();
   private startTime: Date | undefined;
   private readonly images: ImageManager;
@@ -213,7 +213,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       writeFileSync(join(this.o.stateDir, 'pod-start-time'), this.startTime.toISOString());
     }
     const t1 = performance.now();
-    this.podFiles = writePodFiles(this.dirs.pod, pod, this.o.podIP);
+    this.podFiles = this.writePodFiles(req);
     const t2 = performance.now();
     const rewritten = await this.prepareVolumes();
     const t3 = performance.now();
@@ -427,6 +427,13 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.changed();
   }
 
+  /** `announce`: say what the kubelet would warn about (not again when an agent restarts). */
+  private writePodFiles(req: ApplyPodRequest, announce = true): PodFiles {
+    const { files, warnings } = writePodFiles(this.dirs.pod, req.pod!, this.o.podIP, req.clusterDns);
+    if (announce) for (const w of warnings) this.event('Warning', w.reason, w.message);
+    return files;
+  }
+
   /** After an agent restart: reload the pod and re-adopt units still running. */
   async restore(): Promise<boolean> {
     await this.unitCtx.fifos?.fill().catch((err) => this.o.logger.warn({ err }, 'cannot pre-make FIFOs'));
@@ -441,7 +448,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     } catch {
       this.startTime = new Date();
     }
-    this.podFiles = writePodFiles(this.dirs.pod, req.pod!, this.o.podIP);
+    this.podFiles = this.writePodFiles(req, false);
     await this.prepareVolumes();
     const mk = (c: Container, isInit: boolean) => this.newUnit(c, hashContainer(c, spec.securityContext), isInit);
     this.initUnits = spec.initContainers.map((c) => mk(c, true));

@@ -16,6 +16,7 @@ export interface ServiceDeps {
   info: { version: string; cellId: string; runtime: string; cgroupMode: string; startedAt: Date };
   heartbeatMs: number;
   metrics?: AgentMetrics;
+  syncServices?: CellAgentServer['syncServices'];
 }
 
 function grpcError(err: unknown): { code: Status; details: string } {
@@ -103,6 +104,7 @@ export function createService(d: ServiceDeps): CellAgentServer {
     portForwardTicket: s?.portForwardTicket ?? (unimplemented('PortForwardTicket') as CellAgentServer['portForwardTicket']),
     stats: s?.stats ?? (unimplemented('Stats') as CellAgentServer['stats']),
     listAudit: s?.listAudit ?? (unimplemented('ListAudit') as CellAgentServer['listAudit']),
+    syncServices: d.syncServices ?? (unimplemented('SyncServices') as CellAgentServer['syncServices']),
   };
   svc.applyPod = measured(d, 'ApplyPod', svc.applyPod);
   svc.deletePod = measured(d, 'DeletePod', svc.deletePod);

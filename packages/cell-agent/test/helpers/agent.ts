@@ -28,6 +28,7 @@ export interface TestAgent {
 }
 
 export async function startTestAgent(images: ImageService | undefined, extra: Partial<AgentOptions> = {}): Promise<TestAgent> {
+  const ownStateDir = extra.stateDir === undefined;
   const stateDir = extra.stateDir ?? mkdtempSync(join(tmpdir(), 'cello-agent-'));
   const id = Math.random().toString(36).slice(2, 8);
   const agent = await startAgent({
@@ -57,6 +58,8 @@ export async function startTestAgent(images: ImageService | undefined, extra: Pa
       await agent.close();
       const { rmSync } = await import('node:fs');
       rmSync(agent.runDir, { recursive: true, force: true });
+      // A state dir the test passed in is the test's to inspect and remove.
+      if (ownStateDir) rmSync(stateDir, { recursive: true, force: true });
     },
   };
 }

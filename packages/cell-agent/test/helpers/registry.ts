@@ -1,7 +1,7 @@
 // A real registry (CNCF distribution via @cello/testkit) holding busybox images built from the
 // test rootfs: `busybox` (root) and `busybox-app` (USER app, resolved from its /etc/passwd).
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pushImage, startRegistry, type RegistryServer } from '@cello/testkit';
@@ -16,8 +16,10 @@ export interface TestImages {
 
 export async function startTestRegistry(): Promise<TestImages> {
   const registry = await startRegistry();
-  const rootfs = makeBusyboxRootfs(join(mkdtempSync(join(tmpdir(), 'cello-rootfs-')), 'rootfs'));
+  const scratch = mkdtempSync(join(tmpdir(), 'cello-rootfs-'));
+  const rootfs = makeBusyboxRootfs(join(scratch, 'rootfs'));
   const tar = execFileSync('tar', ['-C', rootfs, '--numeric-owner', '--sort=name', '-cf', '-', '.'], { maxBuffer: 64 << 20 });
+  rmSync(scratch, { recursive: true, force: true }); // the layer has it now
   const env = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'];
   const bb = await pushImage(registry, 'busybox:1', [{ blob: tar }], { Cmd: ['sh'], Env: env, StopSignal: 'SIGTERM' });
   const app = await pushImage(registry, 'busybox-app:1', [{ blob: tar }], { Cmd: ['sh'], Env: env, User: 'app' });

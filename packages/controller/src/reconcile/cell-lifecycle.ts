@@ -34,6 +34,7 @@ export class CellLifecycle {
     const cached = ctx.cache.cells.get(id);
     if (!cached) {
       this.watch.stop(id);
+      this.ctx.o.serviceFeed?.stop(id);
       return;
     }
     const rec = cached.rec;
@@ -51,6 +52,7 @@ export class CellLifecycle {
       case CellState.CELL_STATE_READY:
       case CellState.CELL_STATE_BOUND: {
         if (this.watch.ensure(id, cell.address)) return this.lost(id, cell, `agent silent for more than ${ctx.t.healthSeconds}s`);
+        ctx.o.serviceFeed?.start(id, cell.address);
         if (cell.state === CellState.CELL_STATE_BOUND) {
           if (this.podGone(cell)) {
             await transition(ctx, id, CellState.CELL_STATE_DRAINING, 'PodDeleted', 'its pod is gone');
@@ -73,6 +75,7 @@ export class CellLifecycle {
         return this.once(`terminate:${id}`, () => this.terminate(id, cell));
       case CellState.CELL_STATE_TERMINATED: {
         this.watch.stop(id);
+        this.ctx.o.serviceFeed?.stop(id);
         if (cell.pod?.name) ctx.enqueue(`pod:${refKey(cell.pod)}`);
         // Kept briefly so `cellctl get cells` shows how a cell ended.
         if (Date.now() - (cell.stateSince?.getTime() ?? 0) > 30_000) {
@@ -212,11 +215,13 @@ export class CellLifecycle {
       ctx.enqueue(`pod:${refKey(cell.pod)}`);
     }
     this.watch.start(id, address);
+    ctx.o.serviceFeed?.start(id, address);
   }
 
   private async drain(id: string, rec: CellRecord, cell: Cell): Promise<void> {
     const { ctx } = this;
     this.watch.stop(id);
+    this.ctx.o.serviceFeed?.stop(id);
     if (cell.address && cell.pod?.name) {
       const grace = rec.graceSeconds ?? 30;
       try {
@@ -231,6 +236,7 @@ export class CellLifecycle {
   private async terminate(id: string, cell: Cell): Promise<void> {
     const { ctx } = this;
     this.watch.stop(id);
+    this.ctx.o.serviceFeed?.stop(id);
     ctx.o.agents.drop(id);
     ctx.o.renewer?.forget(id);
     await this.bootstrap.revoke(id);
@@ -261,6 +267,7 @@ export class CellLifecycle {
     const { ctx } = this;
     ctx.metrics.cellsLost.inc();
     this.watch.stop(id);
+    this.ctx.o.serviceFeed?.stop(id);
     ctx.o.agents.drop(id);
     await transition(ctx, id, CellState.CELL_STATE_TERMINATING, 'CellLost', message);
     if (cell.pod?.name) {

@@ -1,5 +1,6 @@
 // What the reconciler's parts share: its options, the record cache, events, metrics, and the
 // two ways to ask for another look at a key (now, or after a per-key back-off).
+import type { ClusterDNS } from '@cello/proto/cell';
 import type { DockerKeyring } from '../registry/keyring.js';
 import type { Store } from '../store/store.js';
 import type { CellProvider, InstanceType } from '../providers/provider.js';
@@ -57,6 +58,10 @@ export interface ReconcilerOptions {
    * bootstrap of a cell an earlier one launched.
    */
   tokens?: BootstrapTokens;
+  /** The cluster's DNS for pods' resolv.conf (in a cluster; absent: pods use the cell's resolver). */
+  clusterDNS?: () => ClusterDNS;
+  /** Streams the cluster's Services to every live cell (in a cluster). */
+  serviceFeed?: { start(cellId: string, address: string): void; stop(cellId: string): void; stopAll(): void };
   /** Renews cells' certificates before expiry (mTLS); checked on every tick. */
   renewer?: { check(cells: Iterable<{ id: string; address: string }>): void; forget(cellId: string): void };
   /**

@@ -98,6 +98,7 @@ async function applyToAgent(ctx: ReconcileContext, key: string, rec: PodRecord, 
     secrets,
     configMaps: Object.fromEntries(Object.entries((rec as PodRecordWithData).configMaps ?? {}).map(([k, v]) => [k, ConfigMapData.fromJSON(v)])),
     registryCredentials: pull.credentials,
+    clusterDns: ctx.o.clusterDNS?.(),
   });
   try {
     const res = await callUnary<ApplyPodResponse>(client, 'applyPod', req, 60_000);

@@ -120,6 +120,7 @@ export class Reconciler {
     this.abort.abort();
     if (this.tick) clearInterval(this.tick);
     this.watch.stopAll();
+    this.o.serviceFeed?.stopAll();
     this.queue.stop();
     const deadline = Date.now() + 10_000;
     while (this.active > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));

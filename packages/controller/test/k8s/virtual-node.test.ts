@@ -112,6 +112,7 @@ let registry: Registry;
 let kube: KubeApiserver;
 let cl: KubeCluster;
 let metricsServer: MetricsServer | undefined;
+let kubeDnsIP: string;
 
 /** Cells the local provider holds (not ending): what its capacity() counts as used. */
 function liveCells(): number {
@@ -173,6 +174,9 @@ beforeAll(async () => {
   await kube.kubectl(['create', 'configmap', 'kube-root-ca.crt', `--from-file=ca.crt=${kube.caFile}`]);
   await kube.kubectl(['create', 'namespace', 'cello-system']);
   await kube.kubectl(['create', 'configmap', 'settings', '--from-literal=greeting=hello-from-configmap']);
+  // The cluster DNS Service pods' resolv.conf names (CoreDNS itself is not needed for that).
+  await kube.kubectl(['-n', 'kube-system', 'create', 'service', 'clusterip', 'kube-dns', '--tcp=53:53']);
+  kubeDnsIP = (await kube.kubectl(['-n', 'kube-system', 'get', 'service', 'kube-dns', '-o', 'jsonpath={.spec.clusterIP}'])).stdout.trim();
   const serving = await kube.issueCert('kubelet-serving', { cn: NODE, ips: ['127.0.0.1'], dns: [NODE] });
   cl = new KubeCluster({ registry, warm: 1, healthSeconds: 5, gcIntervalSeconds: 2, retainFinishedSeconds: 0, insecureRegistries: [privateRegistry.host] }, kube, serving);
   // metrics-server (for kubectl top) comes up beside the controller.
@@ -257,6 +261,40 @@ const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
     expect(ex.code).toBe(3);
     const stdin = await kube.kubectl(['exec', '-i', 'web', '--', 'sh', '-c', 'tr a-z A-Z'], { input: 'piped through stdin\n', timeoutMs: 30_000 });
     expect(stdin).toMatchObject({ code: 0, stdout: 'PIPED THROUGH STDIN\n' });
+
+    // Cluster networking on the cell: resolv.conf names kube-dns with the namespace's search
+    // paths, and a Service (with the EndpointSlice the controller-manager would write) answers
+    // on its cluster IP from inside the pod.
+    const resolv = await kube.kubectl(['exec', 'web', '--', 'cat', '/etc/resolv.conf']);
+    expect(resolv.stdout).toContain(`nameserver ${kubeDnsIP}\nsearch default.svc.cluster.local svc.cluster.local cluster.local`);
+    expect(resolv.stdout).toContain('options ndots:5');
+    const svc = await kube.kubectl(['apply', '-f', '-'], {
+      input: `apiVersion: v1
+kind: Service
+metadata: { name: web }
+spec: { ports: [{ name: http, port: 80, targetPort: 8080 }] }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: web-1, labels: { kubernetes.io/service-name: web } }
+addressType: IPv4
+ports: [{ name: http, port: 8080, protocol: TCP }]
+endpoints: [{ addresses: ["${pod.status.podIP}"], conditions: { ready: true } }]
+`,
+    });
+    expect(svc.code, svc.stderr).toBe(0);
+    const clusterIP = (await kube.kubectl(['get', 'service', 'web', '-o', 'jsonpath={.spec.clusterIP}'])).stdout.trim();
+    let last = '';
+    await waitFor('the Service to answer on its cluster IP inside the pod', async () => {
+      // (busybox-static's wget crashes in static glibc; nc speaks the request instead.)
+      const r = await kube.kubectl(['exec', 'web', '--', 'sh', '-c', `printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 2 ${clusterIP} 80`], { timeoutMs: 15_000 });
+      last = `${r.code} ${r.stdout} ${r.stderr}`;
+      return r.code === 0 && r.stdout.startsWith('HTTP/1.') && r.stdout.endsWith('\r\n\r\nhello-through-kubectl\n');
+    }, { timeoutMs: 30_000, intervalMs: 500 }).catch((err: Error) => {
+      throw new Error(`${err.message}: last: ${last}\n${cl.controllerLog.split('\n').filter((l) => /[Ss]ervice/.test(l)).slice(-10).join('\n')}`);
+    });
+    await kube.kubectl(['delete', 'service', 'web']);
+    await kube.kubectl(['delete', 'endpointslice', 'web-1']);
 
     // kubectl exec -it: a scripted terminal session (script(1) gives kubectl a pty), with resize.
     const tty = await new Promise<{ code: number | null; out: string }>((resolve) => {
@@ -723,7 +761,7 @@ spec:
     for (const a of [
       ['create', 'nodes'], ['patch', 'nodes', '--subresource=status'], ['watch', 'pods'], ['delete', 'pods'], ['patch', 'pods', '--subresource=status'],
       ['get', 'secrets', '-n', 'default'], ['get', 'configmaps', '-n', 'default'], ['create', 'serviceaccounts', '--subresource=token', '-n', 'default'], ['get', 'serviceaccounts', '-n', 'default'],
-      ['create', 'events', '-n', 'default'], ['create', 'tokenreviews'], ['create', 'subjectaccessreviews'], ['patch', 'leases', '-n', 'kube-node-lease'], ['update', 'leases', '-n', 'cello-system'],
+      ['create', 'events', '-n', 'default'], ['watch', 'services'], ['list', 'endpointslices.discovery.k8s.io'], ['create', 'tokenreviews'], ['create', 'subjectaccessreviews'], ['patch', 'leases', '-n', 'kube-node-lease'], ['update', 'leases', '-n', 'cello-system'],
     ]) expect(`${a.join(' ')}: ${await can(...a)}`).toBe(`${a.join(' ')}: yes`);
     for (const a of [
       ['delete', 'nodes'], ['create', 'pods'], ['update', 'pods'], ['list', 'secrets'], ['create', 'secrets'],

@@ -24,6 +24,7 @@ import {
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../../google/protobuf/timestamp.js";
 import { ConfigMapData, Pod, RegistryCredential, SecretData, ServiceAccountToken } from "./pod.js";
+import { ServicesAck, ServicesUpdate } from "./services.js";
 import { Event, PodStatus } from "./status.js";
 
 export const protobufPackage = "cello.cell.v1";
@@ -131,6 +132,11 @@ export interface ApplyPodRequest {
   configMaps: { [key: string]: ConfigMapData };
   serviceAccountTokens: ServiceAccountToken[];
   registryCredentials: RegistryCredential[];
+  /**
+   * The cluster's DNS, for pods with dnsPolicy ClusterFirst (as the kubelet's --cluster-dns
+   * and --cluster-domain). Unset outside a cluster: such pods then use the cell's resolver.
+   */
+  clusterDns: ClusterDNS | undefined;
 }
 
 export interface ApplyPodRequest_SecretsEntry {
@@ -141,6 +147,12 @@ export interface ApplyPodRequest_SecretsEntry {
 export interface ApplyPodRequest_ConfigMapsEntry {
   key: string;
   value: ConfigMapData | undefined;
+}
+
+export interface ClusterDNS {
+  nameservers: string[];
+  /** e.g. cluster.local */
+  domain: string;
 }
 
 export interface ApplyPodResponse {
@@ -483,6 +495,7 @@ function createBaseApplyPodRequest(): ApplyPodRequest {
     configMaps: {},
     serviceAccountTokens: [],
     registryCredentials: [],
+    clusterDns: undefined,
   };
 }
 
@@ -505,6 +518,9 @@ export const ApplyPodRequest: MessageFns<ApplyPodRequest> = {
     }
     for (const v of message.registryCredentials) {
       RegistryCredential.encode(v!, writer.uint32(50).fork()).join();
+    }
+    if (message.clusterDns !== undefined) {
+      ClusterDNS.encode(message.clusterDns, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -576,6 +592,14 @@ export const ApplyPodRequest: MessageFns<ApplyPodRequest> = {
             message.registryCredentials.push(RegistryCredential.decode(reader, reader.uint32()));
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.clusterDns = ClusterDNS.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -643,6 +667,11 @@ export const ApplyPodRequest: MessageFns<ApplyPodRequest> = {
         : globalThis.Array.isArray(object?.registry_credentials)
         ? object.registry_credentials.map((e: any) => RegistryCredential.fromJSON(e))
         : [],
+      clusterDns: isSet(object.clusterDns)
+        ? ClusterDNS.fromJSON(object.clusterDns)
+        : isSet(object.cluster_dns)
+        ? ClusterDNS.fromJSON(object.cluster_dns)
+        : undefined,
     };
   },
 
@@ -678,6 +707,9 @@ export const ApplyPodRequest: MessageFns<ApplyPodRequest> = {
     if (message.registryCredentials?.length) {
       obj.registryCredentials = message.registryCredentials.map((e) => RegistryCredential.toJSON(e));
     }
+    if (message.clusterDns !== undefined) {
+      obj.clusterDns = ClusterDNS.toJSON(message.clusterDns);
+    }
     return obj;
   },
 
@@ -708,6 +740,9 @@ export const ApplyPodRequest: MessageFns<ApplyPodRequest> = {
     );
     message.serviceAccountTokens = object.serviceAccountTokens?.map((e) => ServiceAccountToken.fromPartial(e)) || [];
     message.registryCredentials = object.registryCredentials?.map((e) => RegistryCredential.fromPartial(e)) || [];
+    message.clusterDns = (object.clusterDns !== undefined && object.clusterDns !== null)
+      ? ClusterDNS.fromPartial(object.clusterDns)
+      : undefined;
     return message;
   },
 };
@@ -882,6 +917,93 @@ export const ApplyPodRequest_ConfigMapsEntry: MessageFns<ApplyPodRequest_ConfigM
     message.value = (object.value !== undefined && object.value !== null)
       ? ConfigMapData.fromPartial(object.value)
       : undefined;
+    return message;
+  },
+};
+
+function createBaseClusterDNS(): ClusterDNS {
+  return { nameservers: [], domain: "" };
+}
+
+export const ClusterDNS: MessageFns<ClusterDNS> = {
+  encode(message: ClusterDNS, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.nameservers) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.domain !== "") {
+      writer.uint32(18).string(message.domain);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClusterDNS {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClusterDNS();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.nameservers.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClusterDNS {
+    return {
+      nameservers: globalThis.Array.isArray(object?.nameservers)
+        ? object.nameservers.map((e: any) => globalThis.String(e))
+        : [],
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+    };
+  },
+
+  toJSON(message: ClusterDNS): unknown {
+    const obj: any = {};
+    if (message.nameservers?.length) {
+      obj.nameservers = message.nameservers;
+    }
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ClusterDNS>): ClusterDNS {
+    return ClusterDNS.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ClusterDNS>): ClusterDNS {
+    const message = createBaseClusterDNS();
+    message.nameservers = object.nameservers?.map((e) => e) || [];
+    message.domain = object.domain ?? "";
     return message;
   },
 };
@@ -5866,6 +5988,20 @@ export const CellAgentService = {
     responseSerialize: (value: AgentInfo): Buffer => Buffer.from(AgentInfo.encode(value).finish()),
     responseDeserialize: (value: Buffer): AgentInfo => AgentInfo.decode(value),
   },
+  /**
+   * The cluster's Services for the cell's Service proxy (nftables in the pod's namespace): a
+   * snapshot, then deltas, each acknowledged once its rules are in place. One stream at a
+   * time: a new one (the controller reconnecting, a new leader) replaces the old.
+   */
+  syncServices: {
+    path: "/cello.cell.v1.CellAgent/SyncServices" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: ServicesUpdate): Buffer => Buffer.from(ServicesUpdate.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ServicesUpdate => ServicesUpdate.decode(value),
+    responseSerialize: (value: ServicesAck): Buffer => Buffer.from(ServicesAck.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ServicesAck => ServicesAck.decode(value),
+  },
 } as const;
 
 export interface CellAgentServer extends UntypedServiceImplementation {
@@ -5900,6 +6036,12 @@ export interface CellAgentServer extends UntypedServiceImplementation {
   /** The audit log of exec and attach sessions on this cell. */
   listAudit: handleUnaryCall<ListAuditRequest, ListAuditResponse>;
   getInfo: handleUnaryCall<GetInfoRequest, AgentInfo>;
+  /**
+   * The cluster's Services for the cell's Service proxy (nftables in the pod's namespace): a
+   * snapshot, then deltas, each acknowledged once its rules are in place. One stream at a
+   * time: a new one (the controller reconnecting, a new leader) replaces the old.
+   */
+  syncServices: handleBidiStreamingCall<ServicesUpdate, ServicesAck>;
 }
 
 export interface CellAgentClient extends Client {
@@ -6047,6 +6189,14 @@ export interface CellAgentClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: AgentInfo) => void,
   ): ClientUnaryCall;
+  /**
+   * The cluster's Services for the cell's Service proxy (nftables in the pod's namespace): a
+   * snapshot, then deltas, each acknowledged once its rules are in place. One stream at a
+   * time: a new one (the controller reconnecting, a new leader) replaces the old.
+   */
+  syncServices(): ClientDuplexStream<ServicesUpdate, ServicesAck>;
+  syncServices(options: Partial<CallOptions>): ClientDuplexStream<ServicesUpdate, ServicesAck>;
+  syncServices(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<ServicesUpdate, ServicesAck>;
 }
 
 export const CellAgentClient = makeGenericClientConstructor(CellAgentService, "cello.cell.v1.CellAgent") as unknown as {

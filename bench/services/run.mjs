@@ -1,0 +1,84 @@
+#!/usr/bin/env node
+// npm run bench:services — the cell's Service proxy (nftables) in a real network namespace:
+//   1. the full ruleset for S Services x E endpoints applied from nothing (median of 5);
+//   2. one endpoint change, applied as the proxy does it (a partial transaction), p50/p99 over
+//      100 changes — beside the baseline of rewriting the whole table for each change (what an
+//      iptables-restore style proxy does), measured in the same run.
+// Goals (issue 15): 1,000 Services x 3 endpoints in < 100 ms; a change costs O(changed).
+// Needs root, nft (apt-get install -y nftables), ip, nsenter, and the built cell-agent
+// (npx turbo run build --filter=@cello/cell-agent).
+import { execFileSync } from 'node:child_process';
+import { performance } from 'node:perf_hooks';
+
+const dist = new URL('../../packages/cell-agent/dist/network/services/', import.meta.url);
+const { ServiceProxy } = await import(new URL('index.js', dist).href);
+const { renderServices } = await import(new URL('ruleset.js', dist).href);
+const { fullTransaction } = await import(new URL('transaction.js', dist).href);
+const { runNft } = await import(new URL('nft.js', dist).href);
+
+const SERVICES = Number(process.env.BENCH_SERVICES ?? 1000);
+const ENDPOINTS = Number(process.env.BENCH_ENDPOINTS ?? 3);
+const CHANGES = Number(process.env.BENCH_CHANGES ?? 100);
+const ns = `cello-bench-svc-${process.pid}`;
+const netnsPath = `/run/netns/${ns}`;
+
+const pct = (xs, p) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
+};
+const ms = (x) => `${x.toFixed(1)} ms`;
+
+function snapshot(shift = -1) {
+  const services = [];
+  const slices = [];
+  for (let i = 0; i < SERVICES; i++) {
+    const name = `s${i}`;
+    services.push({ namespace: 'bench', name, clusterIPs: [`10.96.${i >> 8}.${i & 255}`], externalIPs: [], ports: [{ name: 'http', protocol: 'TCP', port: 80 }], externalTrafficPolicy: 'Cluster', internalTrafficPolicy: 'Cluster' });
+    const endpoints = [];
+    for (let e = 0; e < ENDPOINTS; e++) {
+      // Service `shift` has its last endpoint moved: one endpoint change.
+      const host = i === shift && e === ENDPOINTS - 1 ? 250 : e + 1;
+      endpoints.push({ addresses: [`10.${100 + (i >> 8)}.${i & 255}.${host}`], ready: true, serving: true, terminating: false });
+    }
+    slices.push({ namespace: 'bench', service: name, name: `${name}-x`, ports: [{ name: 'http', protocol: 'TCP', port: 8080 }], endpoints });
+  }
+  return { services, slices };
+}
+
+execFileSync('ip', ['netns', 'add', ns]);
+try {
+  const base = snapshot();
+  const full = [];
+  let lines = 0;
+  for (let r = 0; r < 5; r++) {
+    const proxy = new ServiceProxy({ netnsPath, localAddresses: () => [] , onSync: (s) => (lines = s.commands) });
+    const t = performance.now();
+    await proxy.sync(base);
+    full.push(performance.now() - t);
+    await proxy.close();
+  }
+  console.log(`full ruleset, ${SERVICES} Services x ${ENDPOINTS} endpoints (${lines} nft commands): median ${ms(pct(full, 50))} (goal < 100 ms)`);
+
+  const proxy = new ServiceProxy({ netnsPath, localAddresses: () => [] });
+  await proxy.sync(base);
+  const partial = [];
+  const rewrite = [];
+  for (let c = 0; c < CHANGES; c++) {
+    const changed = snapshot(c % SERVICES);
+    let t = performance.now();
+    await proxy.sync(changed);
+    partial.push(performance.now() - t);
+    await proxy.sync(base);
+    // The baseline: the same change applied by replacing the whole table.
+    t = performance.now();
+    await runNft(fullTransaction(renderServices(changed, new Set())), { netnsPath });
+    rewrite.push(performance.now() - t);
+    await runNft(fullTransaction(renderServices(base, new Set())), { netnsPath });
+  }
+  await proxy.close();
+  console.log(`one endpoint change, partial transaction: p50 ${ms(pct(partial, 50))}, p99 ${ms(pct(partial, 99))}`);
+  console.log(`one endpoint change, whole-table rewrite:  p50 ${ms(pct(rewrite, 50))}, p99 ${ms(pct(rewrite, 99))}`);
+  console.log(`ratio (partial / rewrite, p50): ${(pct(partial, 50) / pct(rewrite, 50)).toFixed(2)}x`);
+} finally {
+  execFileSync('ip', ['netns', 'del', ns]);
+}

@@ -1,0 +1,194 @@
+// Service rules as nftables, on kube-proxy's nftables model: one table owned by the agent,
+// verdict maps keyed by (address . protocol . port) so a packet finds its Service in one
+// lookup whatever their number, and per Service port a few small chains. Each Service renders
+// on its own, so a change to one Service rewrites only its chains and map elements
+// (see transaction.ts), never the whole table.
+//
+//   nat-prerouting / nat-output -> services:  ip daddr . l4proto . dport vmap @service-ips
+//                                              (own address) l4proto . dport vmap @service-nodeports
+//   @service-ips[clusterIP]     -> clu-* (every usable endpoint) or loc-* (this cell's, internalTrafficPolicy: Local)
+//   @service-ips[externalIP], @service-nodeports -> ext-*: masquerade, then clu-* (Cluster) or loc-* (Local)
+//   clu-* / loc-*               -> DNAT to an endpoint numgen picks (ClientIP affinity: the
+//                                  client's endpoint if it has one, else numgen over ep-* chains)
+//   ep-* (affinity only)        -> remember the client; DNAT to the endpoint
+//   filter hooks (new conns)    -> @no-endpoint-services / @no-endpoint-nodeports: reject (no endpoints) or drop (none local)
+import { createHash } from 'node:crypto';
+import { endpointsFor, type Target } from './endpoints.js';
+import { serviceKey, type EndpointSlice, type Service, type ServicePort, type ServiceSnapshot } from './model.js';
+
+export const TABLE = 'ip cello';
+/** The mark that asks nat-postrouting to masquerade (kube-proxy's bit; a cell runs no kube-proxy). */
+export const MASQUERADE_MARK = '0x4000';
+
+export interface MapElement {
+  map: 'service-ips' | 'service-nodeports' | 'no-endpoint-services' | 'no-endpoint-nodeports';
+  key: string;
+  verdict: string;
+}
+
+/** The nftables objects one Service owns. */
+export interface ServiceRules {
+  /** Chain name -> its rules, in order. */
+  chains: Map<string, string[]>;
+  elements: MapElement[];
+  /** ClientIP affinity sets: name -> timeout in seconds. */
+  sets: Map<string, number>;
+}
+
+/** The table's fixed part: hooks, maps and the shared chains. */
+export function baseCommands(): string[] {
+  const t = TABLE;
+  const hook = (name: string, type: string, hookName: string, priority: string) => `add chain ${t} ${name} { type ${type} hook ${hookName} priority ${priority} ; policy accept ; }`;
+  return [
+    `add map ${t} service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }`,
+    `add map ${t} service-nodeports { type inet_proto . inet_service : verdict ; }`,
+    `add map ${t} no-endpoint-services { type ipv4_addr . inet_proto . inet_service : verdict ; }`,
+    `add map ${t} no-endpoint-nodeports { type inet_proto . inet_service : verdict ; }`,
+    `add chain ${t} services`,
+    `add rule ${t} services ip daddr . meta l4proto . th dport vmap @service-ips`,
+    `add rule ${t} services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports`,
+    `add chain ${t} service-endpoints-check`,
+    `add rule ${t} service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services`,
+    `add rule ${t} service-endpoints-check fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports`,
+    `add chain ${t} reject-chain`,
+    `add rule ${t} reject-chain reject`,
+    `add chain ${t} mark-for-masquerade`,
+    `add rule ${t} mark-for-masquerade meta mark set meta mark | ${MASQUERADE_MARK}`,
+    `add chain ${t} masquerading`,
+    `add rule ${t} masquerading meta mark & ${MASQUERADE_MARK} == 0 return`,
+    `add rule ${t} masquerading meta mark set meta mark ^ ${MASQUERADE_MARK}`,
+    `add rule ${t} masquerading masquerade fully-random`,
+    hook('nat-prerouting', 'nat', 'prerouting', '-100'),
+    `add rule ${t} nat-prerouting jump services`,
+    hook('nat-output', 'nat', 'output', '-100'),
+    `add rule ${t} nat-output jump services`,
+    hook('nat-postrouting', 'nat', 'postrouting', '100'),
+    `add rule ${t} nat-postrouting jump masquerading`,
+    // Before the usual filter priority (0), so a Service without endpoints is refused at once
+    // rather than timing out; reject is only allowed in input, forward and output.
+    ...['input', 'forward', 'output'].flatMap((h) => [hook(`filter-${h}`, 'filter', h, '-110'), `add rule ${t} filter-${h} ct state new jump service-endpoints-check`]),
+  ];
+}
+
+/**
+ * Remembers each Service's rules by the identity of its inputs (the Service object and its
+ * slices), so that with a snapshot whose unchanged objects are the same objects (as the
+ * SyncServices state keeps them), a sync renders only the Services that changed.
+ */
+export class RenderCache {
+  private readonly entries = new WeakMap<Service, { slices: readonly EndpointSlice[]; rules: ServiceRules | undefined }>();
+  constructor(readonly localAddresses: ReadonlySet<string>) {}
+
+  get(svc: Service, slices: readonly EndpointSlice[]): ServiceRules | undefined | null {
+    const e = this.entries.get(svc);
+    if (!e || e.slices.length !== slices.length || e.slices.some((s, i) => s !== slices[i])) return null;
+    return e.rules;
+  }
+
+  set(svc: Service, slices: readonly EndpointSlice[], rules: ServiceRules | undefined): void {
+    this.entries.set(svc, { slices, rules });
+  }
+}
+
+/** Every Service's rules, by `namespace/name`. Headless and ExternalName Services have none. */
+export function renderServices(snapshot: ServiceSnapshot, localAddresses: ReadonlySet<string>, cache?: RenderCache): Map<string, ServiceRules> {
+  const out = new Map<string, ServiceRules>();
+  const slicesOf = new Map<string, EndpointSlice[]>();
+  for (const slice of snapshot.slices) {
+    const key = serviceKey({ namespace: slice.namespace, name: slice.service });
+    const list = slicesOf.get(key);
+    if (list) list.push(slice);
+    else slicesOf.set(key, [slice]);
+  }
+  for (const svc of snapshot.services) {
+    const slices = slicesOf.get(serviceKey(svc)) ?? [];
+    let rules = cache?.get(svc, slices);
+    if (rules === null || rules === undefined && !cache) {
+      const r: ServiceRules = { chains: new Map(), elements: [], sets: new Map() };
+      for (const port of svc.ports) renderPort(r, svc, port, endpointsFor(svc, port, slices, localAddresses));
+      rules = r.chains.size > 0 || r.elements.length > 0 ? r : undefined;
+      cache?.set(svc, slices, rules);
+    }
+    if (rules) out.set(serviceKey(svc), rules);
+  }
+  return out;
+}
+
+function renderPort(r: ServiceRules, svc: Service, port: ServicePort, eps: ReturnType<typeof endpointsFor>): void {
+  const proto = port.protocol.toLowerCase();
+  const id = `${svc.namespace}/${svc.name}/${proto}/${port.name || port.port}`;
+  const h = hash(id);
+  const affinity = svc.sessionAffinity?.timeoutSeconds;
+
+  // Without affinity a balancing chain is one rule: DNAT to the endpoint numgen picks. With
+  // ClientIP affinity each endpoint gets a chain that remembers its clients in a timed set.
+  const dnat = (t: Target) => `meta l4proto ${proto} dnat to ${t.ip}:${t.port}`;
+  const endpointChain = (t: Target, timeout: number) => {
+    const name = `ep-${h}-${id}__${t.ip}/${t.port}`;
+    if (!r.chains.has(name)) {
+      const set = affinitySet(name, timeout);
+      r.sets.set(set, timeout);
+      r.chains.set(name, [`update @${set} { ip saddr }`, dnat(t)]);
+    }
+    return name;
+  };
+  const balance = (name: string, targets: Target[]) => {
+    if (r.chains.has(name)) return name;
+    let rules: string[];
+    if (affinity === undefined) {
+      const picks = targets.map((t, i) => `${i} : ${t.ip} . ${t.port}`).join(' , ');
+      rules = [targets.length === 1 ? dnat(targets[0]!) : `meta l4proto ${proto} dnat ip addr . port to numgen random mod ${targets.length} map { ${picks} }`];
+    } else {
+      const chains = targets.map((t) => endpointChain(t, affinity));
+      rules = chains.map((c) => `ip saddr @${affinitySet(c, affinity)} goto ${c}`);
+      rules.push(chains.length === 1 ? `goto ${chains[0]}` : `numgen random mod ${chains.length} vmap { ${chains.map((c, i) => `${i} : goto ${c}`).join(' , ')} }`);
+    }
+    r.chains.set(name, rules);
+    return name;
+  };
+  const cluster = () => balance(`clu-${h}-${id}`, eps.cluster);
+  const local = () => balance(`loc-${h}-${id}`, eps.local);
+  // No usable endpoint: refused at once when the Service has none at all, dropped when it has
+  // some but none this traffic policy may use (as kube-proxy does).
+  const refusal = (targets: Target[]) => (eps.cluster.length === 0 ? 'goto reject-chain' : targets.length === 0 ? 'drop' : undefined);
+
+  // Traffic from this cell's pod to the cluster IP.
+  const internal = svc.internalTrafficPolicy === 'Local' ? eps.local : eps.cluster;
+  for (const ip of svc.clusterIPs) {
+    const key = `${ip} . ${proto} . ${port.port}`;
+    const no = refusal(internal);
+    if (no) r.elements.push({ map: 'no-endpoint-services', key, verdict: no });
+    else r.elements.push({ map: 'service-ips', key, verdict: `goto ${svc.internalTrafficPolicy === 'Local' ? local() : cluster()}` });
+  }
+
+  // Traffic from outside the cell: its node port and the Service's external IPs.
+  if (port.nodePort === undefined && svc.externalIPs.length === 0) return;
+  const externalLocal = svc.externalTrafficPolicy === 'Local';
+  const external = externalLocal ? eps.local : eps.cluster;
+  const no = refusal(external);
+  let verdict = no;
+  if (!no) {
+    const name = `ext-${h}-${id}`;
+    // Local keeps the client's address (no masquerade), so only this cell's endpoints may
+    // answer; traffic the cell itself sends still reaches any endpoint.
+    r.chains.set(
+      name,
+      externalLocal
+        ? ['fib saddr type local jump mark-for-masquerade', `fib saddr type local goto ${cluster()}`, `goto ${local()}`]
+        : ['jump mark-for-masquerade', `goto ${cluster()}`],
+    );
+    verdict = `goto ${name}`;
+  }
+  if (port.nodePort !== undefined) r.elements.push({ map: no ? 'no-endpoint-nodeports' : 'service-nodeports', key: `${proto} . ${port.nodePort}`, verdict: verdict! });
+  for (const ip of svc.externalIPs) r.elements.push({ map: no ? 'no-endpoint-services' : 'service-ips', key: `${ip} . ${proto} . ${port.port}`, verdict: verdict! });
+}
+
+// Names carry the Service for a reader of `nft list ruleset`, and a hash so that truncation or
+// odd characters can never make two objects share a name.
+function hash(s: string): string {
+  return createHash('sha256').update(s).digest('hex').slice(0, 8);
+}
+
+function affinitySet(endpointChain: string, timeout: number): string {
+  return `aff-${hash(`${endpointChain}|${timeout}`)}`;
+}
