@@ -99,7 +99,8 @@ function readPem(field: string, file: string, baseDir: string): string {
   }
 }
 
-function checkCertificates(field: string, bundle: string): void {
+/** The bundle itself, once every certificate in it parses. */
+function checkCertificates(field: string, bundle: string): string {
   const blocks = bundle.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g);
   if (!blocks) throw invalid(field, 'expected PEM certificates (-----BEGIN CERTIFICATE-----)');
   for (const b of blocks) {
@@ -109,6 +110,7 @@ function checkCertificates(field: string, bundle: string): void {
       throw invalid(field, `not a valid certificate: ${(err as Error).message}`);
     }
   }
+  return bundle;
 }
 
 /**
@@ -128,21 +130,23 @@ export function parseRegistryConfig(input: unknown, opts: { baseDir?: string; fi
   const out: RegistryConfig = {};
   for (const [name, h] of Object.entries(parsed.data)) {
     const at = `${root}[${JSON.stringify(name)}]`;
+    const many = (field: string, n: number, i: number): string => `${at}.${field}${n > 1 ? `[${i}]` : ''}`;
     const caPem = [
-      ...(h.caPem ?? []),
-      ...(h.caFile ?? []).map((f, i) => readPem(`${at}.caFile${h.caFile!.length > 1 ? `[${i}]` : ''}`, f, baseDir)),
+      ...(h.caPem ?? []).map((pem, i, all) => checkCertificates(many('caPem', all.length, i), pem)),
+      ...(h.caFile ?? []).map((f, i, all) => checkCertificates(many('caFile', all.length, i), readPem(many('caFile', all.length, i), f, baseDir))),
     ];
-    caPem.forEach((pem) => checkCertificates(`${at}.ca`, pem));
     const cfg: HostConfig = { plainHttp: h.plainHttp, caPem, skipVerify: h.skipVerify, mirrors: h.mirrors.map((m) => ({ host: m.host, capabilities: m.capabilities, ...(m.prefix ? { prefix: m.prefix } : {}) })) };
     if (h.client) {
-      const certPem = h.client.certPem ?? readPem(`${at}.client.certFile`, h.client.certFile!, baseDir);
-      const keyPem = h.client.keyPem ?? readPem(`${at}.client.keyFile`, h.client.keyFile!, baseDir);
-      checkCertificates(`${at}.client.cert`, certPem);
+      const c = h.client;
+      const certField = `${at}.client.${c.certPem !== undefined ? 'certPem' : 'certFile'}`;
+      const keyField = `${at}.client.${c.keyPem !== undefined ? 'keyPem' : 'keyFile'}`;
+      const certPem = checkCertificates(certField, c.certPem ?? readPem(certField, c.certFile!, baseDir));
+      const keyPem = c.keyPem ?? readPem(keyField, c.keyFile!, baseDir);
       try {
         createPrivateKey(keyPem);
       } catch {
         // The reason from OpenSSL could quote the key; say only that it is not one.
-        throw invalid(`${at}.client.key`, 'not a PEM private key');
+        throw invalid(keyField, 'not a PEM private key');
       }
       cfg.client = { certPem, keyPem };
     }

@@ -34,7 +34,8 @@ describe('parseRegistryConfig: bad input names the field', () => {
     ['an unknown capability', { 'docker.io': { mirrors: [{ host: 'm:1', capabilities: ['push'] }] } }, /^registries\["docker.io"\]\.mirrors\[0\]\.capabilities\[0\]: /],
     ['an unknown key', { r: { skip_verify: true } }, /^registries\["r"\]: .*skip_verify/],
     ['a client certificate without its key', { r: { client: { certPem: 'x' } } }, /^registries\["r"\]\.client: give the client key/],
-    ['a CA that is not PEM', { r: { caPem: 'hello' } }, /^registries\["r"\]\.ca: expected PEM certificates/],
+    ['a CA that is not PEM', { r: { caPem: 'hello' } }, /^registries\["r"\]\.caPem: expected PEM certificates/],
+    ['the second CA file not PEM', { r: { caFile: ['ca.pem', 'client.key'] } }, /^registries\["r"\]\.caFile\[1\]: expected PEM certificates/],
     ['a CA file that does not exist', { r: { caFile: 'nope.pem' } }, /^registries\["r"\]\.caFile: cannot read nope\.pem: ENOENT/],
     ['TLS settings on a plain-HTTP host', { r: { plainHttp: true, skipVerify: true } }, /^registries\["r"\]: plainHttp has no TLS/],
     ['rewrite and mirrors together', { r: { rewrite: { host: 'a:1' }, mirrors: [{ host: 'b:1' }] } }, /^registries\["r"\]\.rewrite: rewrite and mirrors exclude each other/],
@@ -63,7 +64,7 @@ describe('parseRegistryConfig: bad input names the field', () => {
         return e as Error;
       }
     })();
-    expect(err?.message).toBe('registries["r"].client.key: not a PEM private key');
+    expect(err?.message).toBe('registries["r"].client.keyPem: not a PEM private key');
   });
 
   it('a file: YAML, files relative to it, only a registries: map', () => {
