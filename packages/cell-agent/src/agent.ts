@@ -7,6 +7,7 @@ import os from 'node:os';
 import { join, resolve } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { experimental, Server, ServerCredentials } from '@grpc/grpc-js';
+import { withShorthands, type RegistryConfig } from '@cello/image-puller';
 import { HealthService, joinHostPort, splitHostPort } from '@cello/proto';
 import { CellCertificatesService } from '@cello/proto/cell';
 import { createCertificateService, loadServerIdentity, type ServerIdentity } from './bootstrap/renewal.js';
@@ -49,6 +50,9 @@ export interface AgentOptions {
    * controller, e.g. an operator's for `cell-agent ctl` (server/peer-auth.ts). Default: none.
    */
   allowedClients?: string[];
+  /** Per-registry CAs, client certificates, mirrors, rewrites (--registry-config). */
+  registries?: RegistryConfig;
+  /** Shorthand: these registries speak plain HTTP (--insecure-registry). */
   insecureRegistries?: string[];
   /**
    * Image cache (blobs and unpacked layers); default STATE/images. Safe to share between agents
@@ -153,7 +157,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   // runc's root stays in the state dir: other tools (the local cell provider's cleanup, cell
   // image tests) find the cell's containers at STATE/runc.
   const runc = new Runc(o.runcBinary ?? 'runc', join(o.stateDir, 'runc'));
-  const images = o.images ?? new PullerImageService({ root: o.imageCacheDir ?? join(o.stateDir, 'images'), insecureRegistries: o.insecureRegistries ?? [], logger: log, accessFile: join(o.stateDir, 'image-access.json') });
+  const images = o.images ?? new PullerImageService({ root: o.imageCacheDir ?? join(o.stateDir, 'images'), registries: withShorthands(o.registries ?? {}, { plainHttp: o.insecureRegistries ?? [] }), logger: log, accessFile: join(o.stateDir, 'image-access.json') });
   const hostIP = primaryIPv4();
   const metrics = new AgentMetrics();
   const podIP = o.podIP ?? (o.podNetns ? netnsIPv4(o.podNetns) : undefined) ?? hostIP;

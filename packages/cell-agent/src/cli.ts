@@ -3,6 +3,7 @@
 import { existsSync } from 'node:fs';
 import { Command } from 'commander';
 import { pino } from 'pino';
+import { loadRegistryConfig } from '@cello/image-puller';
 import type { CellAgentClient } from '@cello/proto/cell';
 import { AGENT_VERSION, startAgent } from './agent.js';
 import { firstBoot, prepareCellIdentity } from './bootstrap/index.js';
@@ -27,7 +28,8 @@ program
   .option('--tls-ca <file>', 'CA (PEM) whose signature a client certificate must carry')
   .option('--insecure-dev', 'serve WITHOUT TLS and client authentication: local development only')
   .option('--allow-client <name>', 'with mTLS, also serve the client identity spiffe://<trust domain>/client/NAME besides the controller (repeatable): give `cell-agent ctl` an operator identity of its own instead of the controller\'s', collect, [])
-  .option('--insecure-registry <host:port>', 'a registry to reach over plain HTTP (repeatable)', collect, [])
+  .option('--insecure-registry <host:port>', 'a registry to reach over plain HTTP (repeatable; shorthand for a --registry-config entry with plainHttp)', collect, [])
+  .option('--registry-config <file>', 'per-registry CAs, client certificates, mirrors and rewrites: JSON or YAML with a "registries:" map (docs/registries.md)')
   .option('--image-cache <dir>', 'image blobs and unpacked layers (default: STATE/images); agents on one machine may share one')
   .option('--pod-netns <path>', "network namespace for the pod's units (default: the agent's own, so the pod IP is the cell's)")
   .option('--pod-ip <ip>', 'pod IP to report (default: the address in --pod-netns, or the cell\'s primary IPv4)')
@@ -46,7 +48,7 @@ program
     'after',
     '\nExamples:\n  cell-agent serve --listen 0.0.0.0:7443 --state-dir /var/lib/cello --tls-cert cell.pem --tls-key cell.key --tls-ca ca.pem\n  cell-agent serve --listen 127.0.0.1:7443 --state-dir /tmp/cell --insecure-dev --insecure-registry 127.0.0.1:5000\n  cell-agent serve --listen 0.0.0.0:7443 --state-dir /var/lib/cello --user-data-url http://169.254.169.254   (EC2 cell)\n\nLogs are JSON on stderr (CELLO_LOG_LEVEL=debug for more); secrets are redacted.\n',
   )
-  .action(async (o: { listen: string; stateDir: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; insecureDev?: boolean; insecureRegistry: string[]; imageCache?: string; podNetns?: string; podIp?: string; cgroupParent: string; runDir?: string; runc: string; seccompProfileDir?: string; pidsLimit?: number; cellId?: string; metricsListen?: string; streamListen?: string; auditTranscripts?: boolean; bootstrapUserData?: string; userDataUrl?: string; allowClient: string[] }) => {
+  .action(async (o: { listen: string; stateDir: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; insecureDev?: boolean; insecureRegistry: string[]; registryConfig?: string; imageCache?: string; podNetns?: string; podIp?: string; cgroupParent: string; runDir?: string; runc: string; seccompProfileDir?: string; pidsLimit?: number; cellId?: string; metricsListen?: string; streamListen?: string; auditTranscripts?: boolean; bootstrapUserData?: string; userDataUrl?: string; allowClient: string[] }) => {
     const logger = createLogger();
     if (o.bootstrapUserData || o.userDataUrl) {
       if (o.bootstrapUserData && o.userDataUrl) throw new Error('give --bootstrap-user-data or --user-data-url, not both');
@@ -74,6 +76,7 @@ program
       tls: anyTls ? { cert: o.tlsCert!, key: o.tlsKey!, ca: o.tlsCa! } : undefined,
       ...(o.allowClient.length > 0 ? { allowedClients: o.allowClient } : {}),
       insecureRegistries: o.insecureRegistry,
+      ...(o.registryConfig ? { registries: loadRegistryConfig(o.registryConfig) } : {}),
       ...(o.imageCache ? { imageCacheDir: o.imageCache } : {}),
       logger,
       runcBinary: o.runc,

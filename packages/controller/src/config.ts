@@ -2,6 +2,8 @@
 // field (e.g. `warmPool[0].size: expected a number`), and every option is documented in
 // packages/controller/README.md.
 import { readFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { parseRegistryConfig, PullError, type RegistryConfig } from '@cello/image-puller';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { kubernetesConfigSchema } from './k8s/config.js';
@@ -130,9 +132,14 @@ export const configSchema = z.strictObject({
     .prefault({}),
   /** The virtual node (docs/kubernetes.md); absent: not in a cluster. */
   kubernetes: kubernetesConfigSchema.optional(),
+  /**
+   * Per-registry CAs, client certificates, mirrors and rewrites, handed to every cell
+   * (docs/registries.md); validated and its files read by @cello/image-puller's parseRegistryConfig.
+   */
+  registries: z.unknown().optional(),
 });
 
-export type Config = z.infer<typeof configSchema>;
+export type Config = Omit<z.infer<typeof configSchema>, 'registries'> & { registries: RegistryConfig };
 
 export { ConfigError };
 
@@ -142,7 +149,8 @@ function fieldPath(path: readonly PropertyKey[]): string {
   return out || '(root)';
 }
 
-export function parseConfig(data: unknown, origin = 'config'): Config {
+/** `baseDir`: where relative file names in the configuration (registries' caFile ...) are found. */
+export function parseConfig(data: unknown, origin = 'config', baseDir = process.cwd()): Config {
   const r = configSchema.safeParse(data ?? {});
   if (!r.success) {
     const lines = r.error.issues.map((i) => {
@@ -161,7 +169,14 @@ export function parseConfig(data: unknown, origin = 'config'): Config {
   if (r.data.security.mode === 'mtls' && !r.data.security.encryptionKeyFile && !r.data.security.encryptionKeyEnv) {
     throw new ConfigError(`${origin}: security.encryptionKeyFile: required when security.mode is mtls (or set security.encryptionKeyEnv)`);
   }
-  return r.data;
+  let registries: RegistryConfig;
+  try {
+    registries = parseRegistryConfig(r.data.registries, { baseDir, field: 'registries' });
+  } catch (err) {
+    if (err instanceof PullError) throw new ConfigError(`${origin}: ${err.message}`);
+    throw err;
+  }
+  return { ...r.data, registries };
 }
 
 export function loadConfig(path: string): Config {
@@ -177,5 +192,5 @@ export function loadConfig(path: string): Config {
   } catch (err) {
     throw new ConfigError(`${path}: not valid YAML: ${(err as Error).message}`, { cause: err });
   }
-  return parseConfig(data, path);
+  return parseConfig(data, path, dirname(path));
 }

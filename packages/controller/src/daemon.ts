@@ -88,6 +88,7 @@ export async function providerFromConfig(config: Config, extra: { issueCertifica
       ...(p.agentCommand ? { agentCommand: p.agentCommand } : {}),
       agentArgs: p.agentArgs,
       insecureRegistries: p.insecureRegistries,
+      registries: config.registries,
       network: p.network,
       ...(p.maxCells !== undefined ? { maxCells: p.maxCells } : {}),
     });

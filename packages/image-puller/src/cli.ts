@@ -9,6 +9,7 @@ import { EXIT_CODES, PullError } from './errors.js';
 import { parsePlatform } from './image.js';
 import { ImagePuller, type PullOptions } from './puller.js';
 import { parseReference } from './reference.js';
+import { loadRegistryConfig } from './registry-config.js';
 
 function defaultCache(): string {
   if (process.env.CELLO_IMAGE_CACHE) return process.env.CELLO_IMAGE_CACHE;
@@ -20,6 +21,7 @@ interface Common {
   platform?: string;
   plainHttp?: boolean;
   insecure?: boolean;
+  registryConfig?: string;
   username?: string;
   passwordStdin?: boolean;
   verbose?: boolean;
@@ -39,9 +41,10 @@ function positive(flag: string, sizes: boolean): (v: string) => number {
 
 function makePuller(ref: string, o: Common): ImagePuller {
   const { registry } = parseReference(ref);
-  const logger = pino({ level: o.verbose ? 'debug' : 'warn', redact: ['*.password', '*.authorization', '*.identityToken'] }, pino.destination(2));
+  const logger = pino({ level: o.verbose ? 'debug' : 'warn', redact: ['*.password', '*.authorization', '*.identityToken', '*.keyPem'] }, pino.destination(2));
   return new ImagePuller({
     root: resolve(o.cache),
+    registries: o.registryConfig ? loadRegistryConfig(o.registryConfig) : {},
     plainHttp: o.plainHttp ? [registry] : [],
     insecure: o.insecure ? [registry] : [],
     ...(o.platform ? { platform: parsePlatform(o.platform) } : {}),
@@ -106,6 +109,7 @@ Examples:
   image-puller pull 127.0.0.1:5000/app:1.0 --plain-http --layers /tmp/app --json
   echo "$TOKEN" | image-puller pull registry.example.com/team/app --username me --password-stdin --rootfs /srv/app
   image-puller inspect docker.io/library/debian:bookworm --platform linux/arm64/v8
+  image-puller pull registry.internal:5443/app:1.0 --registry-config registries.yaml --rootfs /tmp/app
   image-puller gc --keep busybox --keep 127.0.0.1:5000/app:1.0
 
 Credentials: --username with --password-stdin, else Docker's config.json ($DOCKER_CONFIG or ~/.docker:
@@ -120,6 +124,7 @@ function common(c: Command): Command {
     .option('--platform <os/arch[/variant]>', 'platform to select from a multi-platform image (default: this host)')
     .option('--plain-http', "speak plain HTTP to the reference's registry")
     .option('--insecure', "do not verify the registry's TLS certificate")
+    .option('--registry-config <file>', 'per-registry CAs, client certificates, mirrors and rewrites (JSON or YAML with a "registries:" map; docs/registries.md)')
     .option('--username <user>', 'registry user name (with --password-stdin)')
     .option('--password-stdin', 'read the registry password or token from standard input')
     .option('-v, --verbose', 'debug logs (JSON, on stderr)');

@@ -9,3 +9,8 @@ export { dockerConfigAuth } from './auth.js';
 export type { ImageConfig, Platform } from './image.js';
 export { hostPlatform, parsePlatform } from './image.js';
 export type { TransportOptions } from './registry.js';
+export { parseRegistryConfig, loadRegistryConfig, withShorthands, registriesSchema } from './registry-config.js';
+export type { RegistryConfig, RegistriesInput, HostConfig, HostTransport, Mirror, Capability } from './registry-config.js';
+export { createRegistryReader } from './source.js';
+export type { RegistryReader, ImageSource } from './source.js';
+export type { ManifestResponse } from './registry.js';

@@ -4,7 +4,6 @@ import type { Readable } from 'node:stream';
 import { readFile, rm, writeFile, rename, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import type { Dispatcher } from 'undici';
 import type { RegistryAuth } from './auth.js';
 import { PullError } from './errors.js';
 import {
@@ -12,7 +11,9 @@ import {
   type ImageConfig, type LayerInfo, type Platform,
 } from './image.js';
 import { formatReference, parseReference, type Reference } from './reference.js';
-import { DEFAULT_TRANSPORT, makeDispatcher, RegistryClient, sha256Digest, TokenCache, type TransportOptions } from './registry.js';
+import { DEFAULT_TRANSPORT, DispatcherPool, sha256Digest, TokenCache, type TransportOptions } from './registry.js';
+import { withShorthands, type RegistryConfig } from './registry-config.js';
+import { MirroredSource, type ImageSource } from './source.js';
 import { GC_LOCK_MS, Store } from './store.js';
 import { CHUNK } from './decompress.js';
 import { FollowReader, Progress } from './follow.js';
@@ -30,7 +31,11 @@ export interface PulledImage {
 
 export interface ImagePullerOptions {
   root: string;
+  /** Per-registry TLS, mirrors and rewrites (parseRegistryConfig / loadRegistryConfig). */
+  registries?: RegistryConfig;
+  /** Shorthand: these hosts speak plain HTTP. */
   plainHttp?: string[];
+  /** Shorthand: these hosts' certificates are not verified. */
   insecure?: string[];
   platform?: Platform;
   logger?: Logger;
@@ -87,7 +92,7 @@ interface ImageRecord {
 interface Resolved {
   ref: Reference;
   record: ImageRecord;
-  client: RegistryClient;
+  client: ImageSource;
 }
 
 class Semaphore {
@@ -143,7 +148,8 @@ function du(path: string): number {
 export class ImagePuller {
   private readonly store: Store;
   private readonly tokens = new TokenCache();
-  private readonly dispatchers = new Map<boolean, Dispatcher>();
+  private readonly dispatchers = new DispatcherPool();
+  private readonly registries: RegistryConfig;
   private readonly platform: Platform;
   private readonly transport: TransportOptions;
   private readonly maxLayerBytes: number;
@@ -171,21 +177,12 @@ export class ImagePuller {
     }
     this.downloads = new Semaphore(opts.concurrency ?? 4);
     this.log = opts.logger;
-  }
-
-  private dispatcher(insecure: boolean): Dispatcher {
-    let d = this.dispatchers.get(insecure);
-    if (!d) {
-      d = makeDispatcher(insecure);
-      this.dispatchers.set(insecure, d);
-    }
-    return d;
+    this.registries = withShorthands(this.opts.registries ?? {}, { plainHttp: this.opts.plainHttp ?? [], skipVerify: this.opts.insecure ?? [] });
   }
 
   /** Closes pooled registry connections (optional; idle sockets do not keep the process alive). */
   async close(): Promise<void> {
-    await Promise.all([...this.dispatchers.values()].map((d) => d.close()));
-    this.dispatchers.clear();
+    await this.dispatchers.close();
   }
 
   private sweepOnce(): void {
@@ -194,12 +191,10 @@ export class ImagePuller {
     this.store.sweepTmp();
   }
 
-  private client(ref: Reference, opts: PullOptions): RegistryClient {
-    const plain = this.opts.plainHttp?.includes(ref.registry) ?? false;
-    const insecure = this.opts.insecure?.includes(ref.registry) ?? false;
-    return new RegistryClient({
-      registry: ref.registry, repository: ref.repository, plainHttp: plain, dispatcher: this.dispatcher(insecure && !plain),
-      credentials: opts.auth?.(ref.registry), tokens: this.tokens, transport: this.transport, logger: this.log, signal: opts.signal,
+  private client(ref: Reference, opts: PullOptions): ImageSource {
+    return new MirroredSource(ref.registry, ref.repository, {
+      registries: this.registries, dispatchers: this.dispatchers, tokens: this.tokens, transport: this.transport,
+      auth: opts.auth, logger: this.log, signal: opts.signal,
     });
   }
 
@@ -245,7 +240,7 @@ export class ImagePuller {
   }
 
   /** Downloads one blob into the cache once, however many pulls (or processes) want it. */
-  private ensureBlob(client: RegistryClient, l: LayerInfo, opts: PullOptions, stats: PullStats): Promise<void> {
+  private ensureBlob(client: ImageSource, l: LayerInfo, opts: PullOptions, stats: PullStats): Promise<void> {
     const complete = (): void => opts.onProgress?.({ layer: l.digest, done: l.size, total: l.size });
     if (this.store.hasBlob(l.digest)) {
       complete();

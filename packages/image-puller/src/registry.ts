@@ -1,11 +1,14 @@
 import { createHash, type Hash } from 'node:crypto';
 import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { isIP } from 'node:net';
+import { connect as tlsConnect, rootCertificates, type ConnectionOptions } from 'node:tls';
 import type { Logger } from 'pino';
 import { Agent, type Dispatcher } from 'undici';
 import { parseChallenge, type RegistryAuth } from './auth.js';
 import { PullError } from './errors.js';
 import { MANIFEST_ACCEPT, MT } from './media.js';
+import type { HostTransport } from './registry-config.js';
 
 export interface TransportOptions {
   /** Attempts per request on 5xx/429/connection errors (first try included). */
@@ -59,15 +62,26 @@ function isAbort(err: unknown): boolean {
   return err instanceof Error && (err.name === 'AbortError' || (err as { code?: string }).code === 'ABORT_ERR');
 }
 
-const PERMANENT = /^(CERT_|ERR_TLS_|DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_|HOSTNAME_MISMATCH|ENOTFOUND)/;
+const PERMANENT = /^(CERT_|ERR_TLS_|ERR_SSL_|DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_|HOSTNAME_MISMATCH|ENOTFOUND)/;
+const UNKNOWN_AUTHORITY = /^(UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT|UNABLE_TO_GET_ISSUER_CERT_LOCALLY|SELF_SIGNED_CERT_IN_CHAIN|DEPTH_ZERO_SELF_SIGNED_CERT)$/;
+const CLIENT_CERT_REFUSED = /^ERR_SSL_.*ALERT_(CERTIFICATE_REQUIRED|BAD_CERTIFICATE|UNKNOWN_CA|HANDSHAKE_FAILURE)$/;
 
 /** Errors no retry can fix: certificate problems, unknown hosts. */
-function isPermanent(err: unknown): boolean {
+function permanentCode(err: unknown): string | undefined {
   for (let e: unknown = err, i = 0; e instanceof Error && i < 4; e = e.cause, i++) {
     const code = (e as { code?: string }).code;
-    if (code && PERMANENT.test(code)) return true;
+    if (code && PERMANENT.test(code)) return code;
   }
-  return false;
+  return undefined;
+}
+
+/** A TLS failure in the words of the fix (the configuration field to set). */
+function tlsAdvice(host: string, code: string): string {
+  const at = `registries[${JSON.stringify(host)}]`;
+  if (UNKNOWN_AUTHORITY.test(code)) return `: certificate signed by unknown authority; add the registry's CA (${at}.caPem or caFile)`;
+  if (CLIENT_CERT_REFUSED.test(code)) return `: the registry refused the TLS handshake, it wants a client certificate it trusts (${at}.client)`;
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return `: the certificate does not name ${host}`;
+  return '';
 }
 
 function describe(err: unknown): string {
@@ -84,7 +98,8 @@ export function sha256Digest(b: Buffer): string {
 export interface RegistryClientOptions {
   registry: string;
   repository: string;
-  plainHttp: boolean;
+  /** How this host is reached (plain HTTP, TLS settings); `dispatcher` was made for it. */
+  hostTransport: HostTransport;
   dispatcher: Dispatcher;
   credentials: RegistryAuth | undefined;
   tokens: TokenCache;
@@ -106,7 +121,7 @@ export class RegistryClient {
 
   constructor(private readonly o: RegistryClientOptions) {
     const host = o.registry === 'docker.io' ? 'registry-1.docker.io' : o.registry;
-    this.origin = `${o.plainHttp ? 'http' : 'https'}://${host}`;
+    this.origin = `${o.hostTransport.plainHttp ? 'http' : 'https'}://${host}`;
     this.scope = `repository:${o.repository}:pull`;
     const who = o.credentials?.username ?? (o.credentials?.identityToken ? 'identity-token' : '');
     this.tokenKey = `${o.registry}|${this.scope}|${who}`;
@@ -138,6 +153,7 @@ export class RegistryClient {
     let authTries = 0;
     let lastErr: unknown;
     let retryAfter: string | undefined;
+    let diagnosed = false;
     for (let attempt = 0; attempt < this.o.transport.attempts; attempt++) {
       if (attempt > 0) await sleep(this.backoff(attempt - 1, retryAfter), undefined, { signal: this.o.signal });
       retryAfter = undefined;
@@ -159,7 +175,13 @@ export class RegistryClient {
       } catch (err) {
         if (err instanceof PullError) throw err;
         if (isAbort(err) || this.o.signal?.aborted) throw new PullError('network', `${this.o.registry}: aborted`, { cause: err });
-        if (isPermanent(err)) throw new PullError('network', `${this.o.registry}: ${describe(err)}`, { cause: err });
+        const permanent = permanentCode(err);
+        if (permanent) throw new PullError('network', `${this.o.registry}: ${describe(err)}${tlsAdvice(this.o.registry, permanent)}`, { cause: err });
+        if (!diagnosed && !this.o.hostTransport.plainHttp && isHangUp(err)) {
+          diagnosed = true;
+          const code = await tlsHandshakeError(new URL(url), this.o.hostTransport);
+          if (code) throw new PullError('network', `${this.o.registry}: ${code}${tlsAdvice(this.o.registry, code)}`, { cause: err });
+        }
         lastErr = err;
         this.o.logger?.debug({ registry: this.o.registry, path, attempt, err: describe(err) }, 'request failed, retrying');
         continue;
@@ -273,8 +295,9 @@ export class RegistryClient {
   private checkRealm(realm: URL): void {
     if (realm.protocol !== 'http:') return;
     const registryHost = new URL(this.origin).hostname;
-    if (this.o.plainHttp && realm.hostname === registryHost) return;
-    const why = this.o.plainHttp ? `a different host than the registry (${registryHost})` : 'a registry served over https';
+    const plainHttp = this.o.hostTransport.plainHttp;
+    if (plainHttp && realm.hostname === registryHost) return;
+    const why = plainHttp ? `a different host than the registry (${registryHost})` : 'a registry served over https';
     throw new PullError('auth', `${this.o.registry}: refusing to send credentials to the plain-HTTP token realm ${realm.origin} (${why}); the token service must use https`);
   }
 
@@ -409,10 +432,68 @@ export class RegistryClient {
   }
 }
 
-export function makeDispatcher(insecure: boolean): Agent {
-  return new Agent({
-    connections: 16,
-    keepAliveTimeout: 10_000,
-    connect: insecure ? { rejectUnauthorized: false } : {},
+function tlsOptions(t: HostTransport): ConnectionOptions {
+  return {
+    // Node's `ca` replaces the system roots: keep them, as containerd adds to its pool.
+    ...(t.caPem.length ? { ca: [...rootCertificates, ...t.caPem] } : {}),
+    ...(t.client ? { cert: t.client.certPem, key: t.client.keyPem } : {}),
+    ...(t.skipVerify ? { rejectUnauthorized: false } : {}),
+  };
+}
+
+/** The server closed the connection before answering (a TLS server refusing our certificate looks like this to undici). */
+function isHangUp(err: unknown): boolean {
+  const e = err as { code?: string; socket?: { bytesRead?: number } };
+  return (e.code === 'UND_ERR_SOCKET' && e.socket?.bytesRead === 0) || e.code === 'ECONNRESET';
+}
+
+/**
+ * Why a TLS server hung up on us, if it was the handshake: undici reports only "other side
+ * closed", while a handshake of our own hears the server's alert (e.g. bad certificate when it
+ * wants a client certificate). Runs only after such a failure.
+ */
+export function tlsHandshakeError(url: URL, t: HostTransport, timeoutMs = 3000): Promise<string | undefined> {
+  const hostname = url.hostname.replace(/^\[|\]$/g, '');
+  return new Promise((resolve) => {
+    const s = tlsConnect({ host: hostname, port: Number(url.port || 443), ...(isIP(hostname) ? {} : { servername: hostname }), ...tlsOptions(t) });
+    const done = (code?: string): void => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(code && PERMANENT.test(code) ? code : undefined);
+    };
+    const timer = setTimeout(() => done(), timeoutMs);
+    s.on('error', (e: NodeJS.ErrnoException) => done(e.code));
+    // TLS 1.3 servers judge the client's certificate after the handshake: ask something to hear the verdict.
+    s.on('secureConnect', () => s.write(`GET /v2/ HTTP/1.1\r\nhost: ${url.host}\r\nconnection: close\r\n\r\n`));
+    s.on('data', () => done());
+    s.on('close', () => done());
   });
+}
+
+/**
+ * One undici Agent per distinct TLS setting (its connection pools are per origin inside it), made
+ * once and reused by every request to the hosts that share the setting.
+ */
+export class DispatcherPool {
+  private readonly agents = new Map<string, Agent>();
+
+  get(t: HostTransport): Dispatcher {
+    const key = t.plainHttp ? 'plain' : createHash('sha256').update(JSON.stringify([t.caPem, t.client?.certPem, t.client?.keyPem, t.skipVerify])).digest('hex');
+    let a = this.agents.get(key);
+    if (!a) {
+      a = new Agent({
+        connections: 16,
+        keepAliveTimeout: 10_000,
+        connect: tlsOptions(t),
+      });
+      this.agents.set(key, a);
+    }
+    return a;
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.agents.values()];
+    this.agents.clear();
+    await Promise.all(all.map((a) => a.close()));
+  }
 }

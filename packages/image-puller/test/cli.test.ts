@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { buildFixtures, pushBusybox, pushImage, pushLayoutTag, startRegistry, waitExit, type RegistryServer } from '@cello/testkit';
+import { buildFixtures, makeTestPki, pushBusybox, pushImage, pushLayoutTag, startRegistry, waitExit, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImagePuller } from '../src/index.js';
 import { startTokenIssuer, type TokenIssuer } from './helpers/token.js';
@@ -51,6 +51,30 @@ afterAll(async () => {
 });
 
 describe('image-puller CLI', () => {
+  it('--registry-config: a private CA from the file; without it exit 4 naming the field; a bad file exit 7', async () => {
+    const pki = makeTestPki();
+    const tlsReg = await startRegistry({ tls: { certificate: pki.server.cert, key: pki.server.key } });
+    try {
+      const ref = await pushBusybox(tlsReg, 'tls/busybox:1');
+      const cfg = join(pki.dir, 'registries.yaml');
+      writeFileSync(cfg, `registries:\n  "${tlsReg.host}": {caFile: ca.pem}\n`);
+      const refused = await cli(['pull', ref, '--cache', join(work, 'c-tls0'), '--rootfs', join(work, 'rootfs-tls0')]);
+      expect(refused.status).toBe(4);
+      expect(refused.stderr).toContain(`certificate signed by unknown authority; add the registry's CA (registries["${tlsReg.host}"].caPem or caFile)`);
+      const ok = await cli(['pull', ref, '--registry-config', cfg, '--cache', join(work, 'c-tls1'), '--rootfs', join(work, 'rootfs-tls1')]);
+      expect(ok.stderr).toBe('');
+      expect(ok.status).toBe(0);
+      expect(existsSync(join(work, 'rootfs-tls1', 'bin', 'busybox'))).toBe(true);
+      writeFileSync(cfg, `registries:\n  "${tlsReg.host}": {mirrors: [{host: "http://m"}]}\n`);
+      const bad = await cli(['pull', ref, '--registry-config', cfg, '--cache', join(work, 'c-tls2'), '--rootfs', join(work, 'rootfs-tls2')]);
+      expect(bad.status).toBe(7);
+      expect(bad.stderr).toContain(`registries["${tlsReg.host}"].mirrors[0].host: expected a registry host`);
+    } finally {
+      await tlsReg.stop();
+      rmSync(pki.dir, { recursive: true, force: true });
+    }
+  });
+
   it('pull --rootfs --json --config-out', async () => {
     const cache = join(work, 'c1');
     const r = await cli(['pull', busybox, '--plain-http', '--cache', cache, '--rootfs', join(work, 'rootfs'), '--json', '--config-out', join(work, 'config.json')]);

@@ -17,7 +17,13 @@ const SECRET_FIELDS = [
 ];
 
 /** pino `redact.paths`: each secret field at the top level and up to two objects down. */
-export const REDACT_PATHS: readonly string[] = SECRET_FIELDS.flatMap((f) => [f, `*.${f}`, `*.*.${f}`]);
+export const REDACT_PATHS: readonly string[] = [
+  ...SECRET_FIELDS.flatMap((f) => [f, `*.${f}`, `*.*.${f}`]),
+  // A registries block (@cello/image-puller's RegistryConfig) holds client keys deeper down:
+  // registries[host].client.keyPem, on its own or inside a configuration.
+  'registries.*.client.keyPem',
+  '*.registries.*.client.keyPem',
+];
 
 /** What a redacted value prints as. */
 export const REDACT_CENSOR = '[redacted]';

@@ -60,6 +60,7 @@ export async function pushLayoutTag(registry: RegistryServer, layout: string, ta
   else args.push('--preserve-digests');
   if (opts.all) args.push('--all');
   if (opts.creds) args.push('--dest-creds', opts.creds);
+  if (registry.certDir) args.push('--dest-cert-dir', registry.certDir);
   args.push(`oci:${layout}:${tag}`, `docker://${dest}`);
   await run('skopeo', args, { timeout: 5 * 60_000, maxBuffer: 1 << 22 });
   return dest;

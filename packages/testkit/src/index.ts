@@ -9,3 +9,4 @@ export { buildFixtures, pushLayoutTag, pushBusybox, pushFixtures, pushBlob, push
 export type { Fixtures, FixtureSet, PushOptions, PushedFixtures, RawLayer } from './fixtures.js';
 export { startKubeApiserver, startMetricsServer, hostAddress, kubeBinaries, type KubeApiserver, type IssuedCert, type MetricsServer } from './kube.js';
 export { startNetLab, type NetLab } from './netlab.js';
+export { makeTestPki, type TestPki } from './pki.js';

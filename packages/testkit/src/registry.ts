@@ -1,5 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
@@ -14,6 +14,8 @@ export interface RegistryServer {
   url: string;
   /** The registry's storage directory (deleted by stop()). */
   dataDir: string;
+  /** For a registry that wants client certificates: a directory skopeo takes as --dest-cert-dir. */
+  certDir?: string;
   stop(): Promise<void>;
 }
 
@@ -29,8 +31,12 @@ export interface StartRegistryOptions {
   tokenAuth?: RegistryTokenAuth;
   /** htpasswd file (bcrypt) for HTTP Basic auth. */
   htpasswd?: string;
-  /** Serve HTTPS with this PEM certificate and key (then `url` is https://). */
-  tls?: { certificate: string; key: string };
+  /**
+   * Serve HTTPS with this PEM certificate and key (then `url` is https://). With `clientCas`,
+   * every client must present a certificate they signed (distribution's http.tls.clientcas);
+   * `client` is the one the testkit itself uses (readiness probe, pushes).
+   */
+  tls?: { certificate: string; key: string; clientCas?: string[]; client?: { cert: string; key: string } };
 }
 
 /** Fails with the exact install line when a command the tests need is missing; never skips. */
@@ -41,9 +47,10 @@ export function requireCommand(cmd: string, debianPackage: string): void {
   }
 }
 
-function probe(port: number, tls: boolean): Promise<number> {
+function probe(port: number, tls: StartRegistryOptions['tls']): Promise<number> {
   return new Promise((resolve, reject) => {
-    const req = (tls ? httpsRequest : request)({ host: '127.0.0.1', port, path: '/v2/', method: 'GET', timeout: 1000, rejectUnauthorized: false }, (res) => {
+    const client = tls?.client ? { cert: readFileSync(tls.client.cert), key: readFileSync(tls.client.key) } : {};
+    const req = (tls ? httpsRequest : request)({ host: '127.0.0.1', port, path: '/v2/', method: 'GET', timeout: 1000, rejectUnauthorized: false, ...client }, (res) => {
       res.resume();
       resolve(res.statusCode ?? 0);
     });
@@ -74,7 +81,7 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
     'version: 0.1',
     'log: {level: error, accesslog: {disabled: true}}',
     `storage: {filesystem: {rootdirectory: ${JSON.stringify(dataDir)}}, delete: {enabled: true}}`,
-    `http: {addr: "127.0.0.1:${port}"${opts.tls ? `, tls: {certificate: ${JSON.stringify(opts.tls.certificate)}, key: ${JSON.stringify(opts.tls.key)}}` : ''}}`,
+    `http: {addr: "127.0.0.1:${port}"${opts.tls ? `, tls: {certificate: ${JSON.stringify(opts.tls.certificate)}, key: ${JSON.stringify(opts.tls.key)}${opts.tls.clientCas ? `, clientcas: ${JSON.stringify(opts.tls.clientCas)}` : ''}}` : ''}}`,
     auth,
   ].join('\n'));
   const child: ChildProcess = spawn('docker-registry', ['serve', config], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -97,7 +104,7 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
   try {
     await waitFor(`docker-registry on 127.0.0.1:${port}`, async () => {
       if (exited) throw new Error(`docker-registry exited: ${stderr.trim()}`);
-      const s = await probe(port, opts.tls !== undefined);
+      const s = await probe(port, opts.tls);
       return s === 200 || s === 401;
     }, { timeoutMs: 15_000 });
   } catch (err) {
@@ -105,5 +112,12 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
     throw err;
   }
   const host = `127.0.0.1:${port}`;
-  return { host, port, url: `${opts.tls ? 'https' : 'http'}://${host}`, dataDir, stop };
+  let certDir: string | undefined;
+  if (opts.tls?.client) {
+    certDir = join(dir, 'certs.d');
+    mkdirSync(certDir);
+    copyFileSync(opts.tls.client.cert, join(certDir, 'client.cert'));
+    copyFileSync(opts.tls.client.key, join(certDir, 'client.key'));
+  }
+  return { host, port, url: `${opts.tls ? 'https' : 'http'}://${host}`, dataDir, stop, ...(certDir ? { certDir } : {}) };
 }

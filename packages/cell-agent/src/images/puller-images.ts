@@ -2,7 +2,7 @@
 // <state>/images, shared by every unit (and every restart) on the cell; whether a pod may use
 // what another pod pulled is ImageAccess's to say (access.ts).
 import { existsSync } from 'node:fs';
-import { ImagePuller, PullError } from '@cello/image-puller';
+import { ImagePuller, PullError, type RegistryConfig } from '@cello/image-puller';
 import type pino from 'pino';
 import { ImageAccess } from './access.js';
 import { type ImageInfo, ImagePullFailure, type ImageService, type RegistryAuth, registryOf } from './image-service.js';
@@ -40,8 +40,8 @@ export class PullerImageService implements ImageService {
   private readonly known = new Map<string, ImageInfo>();
   private readonly access: ImageAccess;
 
-  constructor(opts: { root: string; insecureRegistries: string[]; logger: pino.Logger; accessFile?: string }) {
-    this.puller = new ImagePuller({ root: opts.root, plainHttp: opts.insecureRegistries, insecure: opts.insecureRegistries, logger: opts.logger });
+  constructor(opts: { root: string; registries: RegistryConfig; logger: pino.Logger; accessFile?: string }) {
+    this.puller = new ImagePuller({ root: opts.root, registries: opts.registries, logger: opts.logger });
     this.access = new ImageAccess(opts.accessFile);
   }
 

@@ -50,6 +50,8 @@ export interface ClusterOptions {
   api?: Record<string, unknown>;
   /** Registries besides the fixture's that the cells reach over plain HTTP. */
   insecureRegistries?: string[];
+  /** The `registries:` block (per-registry CAs, client certificates, mirrors, rewrites). */
+  registries?: Record<string, unknown>;
 }
 
 export interface RunResult {
@@ -108,7 +110,8 @@ export class Cluster {
       metrics: { listen: `127.0.0.1:${metricsPort}` },
       log: { level: 'debug' },
       store: this.o.store?.kind === 'etcd' ? this.o.store : { kind: 'embedded', dir: this.storeDir },
-      provider: { kind: 'local', root: this.cellsRoot, insecureRegistries: [this.o.registry.server.host, ...(this.o.insecureRegistries ?? [])] },
+      provider: { kind: 'local', root: this.cellsRoot, insecureRegistries: [...(this.o.registry.server.url.startsWith('https:') ? [] : [this.o.registry.server.host]), ...(this.o.insecureRegistries ?? [])] },
+      ...(this.o.registries ? { registries: this.o.registries } : {}),
       // The key also seals the CA that serves the API's TLS, insecure-dev agents or not.
       security: this.o.mtls === false ? { mode: 'insecure-dev', encryptionKeyFile: this.keyFile() } : { mode: 'mtls', encryptionKeyFile: this.keyFile(), ...(this.o.security ?? {}) },
       warmPool: this.o.warm ? [{ instanceType: 'local.nano', size: this.o.warm }] : [],

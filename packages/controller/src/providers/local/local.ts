@@ -13,6 +13,7 @@ import { availableParallelism, freemem, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
+import type { RegistryConfig } from '@cello/image-puller';
 import { freePort } from '@cello/proto';
 import { catalogTypes, localCatalog } from '../../catalog/catalog.js';
 import {
@@ -43,6 +44,8 @@ export interface LocalProviderOptions {
   agentCommand?: string[];
   /** Registries the agents may reach over plain HTTP (host:port). */
   insecureRegistries?: string[];
+  /** Per-registry CAs, client certificates, mirrors and rewrites; written (mode 0600) into each cell's dir. */
+  registries?: RegistryConfig;
   /**
    * Issues the cell's certificate; written (mode 0600) into the cell's dir, never passed on a
    * command line. Without it the agents run with --insecure-dev (development and tests only).
@@ -219,6 +222,12 @@ export class LocalProvider implements CellProvider {
       args.push('--insecure-dev');
     }
     for (const r of this.opts.insecureRegistries ?? []) args.push('--insecure-registry', r);
+    if (this.opts.registries && Object.keys(this.opts.registries).length > 0) {
+      // Contents, not the controller's paths: a cell reads only its own dir. Client keys are in it, hence 0600.
+      const file = join(dir, 'registries.json');
+      await writeFile(file, JSON.stringify({ registries: this.opts.registries }), { mode: 0o600 });
+      args.push('--registry-config', file);
+    }
     if (this.opts.imageCache !== false) args.push('--image-cache', this.opts.imageCache ?? join(this.opts.root, '.images'));
     if (this.useNetns) {
       const slot = allocateSlot(netNames(req.cellId, 0).netns);

@@ -1,0 +1,101 @@
+// The agent daemon (dist/cli.js) with --registry-config: a pod's image from a registry that
+// serves TLS with a private CA and wants a client certificate (real docker-registry, real runc).
+// Without the configuration the pod waits in ErrImagePull with the reason; with it, it runs.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, makeTestPki, pushBusybox, requireCommand, startRegistry, type RegistryServer, type TestPki } from '@cello/testkit';
+import { connectAgent } from '../src/ctl/client.js';
+import { defaultRunDir } from '../src/agent.js';
+import { apply, pod, StatusWatch } from './helpers/agent.js';
+import { requireTools } from './helpers/rootfs.js';
+
+const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+let pki: TestPki;
+let reg: RegistryServer;
+let image: string;
+const procs = new Set<ChildProcess>();
+const stateDirs: string[] = [];
+
+async function startDaemon(extra: string[]): Promise<string> {
+  const stateDir = mkdtempSync(join(tmpdir(), 'cello-regcfg-'));
+  stateDirs.push(stateDir);
+  const port = await freePort();
+  const p = spawn(process.execPath, [CLI, 'serve', '--listen', `127.0.0.1:${port}`, '--state-dir', stateDir, '--insecure-dev', '--cgroup-parent', `/cello-test/regcfg-${port}`, ...extra], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, CELLO_LOG_LEVEL: 'warn' },
+  });
+  procs.add(p);
+  p.on('exit', () => procs.delete(p));
+  let err = '';
+  p.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+  let out = '';
+  await new Promise<void>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`agent did not start within 15 s: ${err}`)), 15_000);
+    p.stdout!.on('data', (b: Buffer) => {
+      out += b.toString();
+      if (out.includes('listening ')) {
+        clearTimeout(t);
+        resolve();
+      }
+    });
+    p.on('exit', (code) => {
+      clearTimeout(t);
+      reject(new Error(`agent exited with ${code}: ${err}`));
+    });
+  });
+  return `127.0.0.1:${port}`;
+}
+
+beforeAll(async () => {
+  requireTools();
+  requireCommand('openssl', 'openssl');
+  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: build first (npx turbo run build --filter=@cello/cell-agent)`);
+  pki = makeTestPki();
+  reg = await startRegistry({ tls: { certificate: pki.server.cert, key: pki.server.key, clientCas: [pki.ca], client: pki.client } });
+  image = await pushBusybox(reg, 'private/busybox:1');
+});
+
+afterAll(async () => {
+  for (const p of procs) p.kill('SIGKILL');
+  await reg?.stop();
+  for (const d of stateDirs) rmSync(defaultRunDir(d), { recursive: true, force: true });
+  if (pki) rmSync(pki.dir, { recursive: true, force: true });
+});
+
+async function runPod(addr: string, name: string, until: (w: StatusWatch) => boolean, what: string): Promise<StatusWatch> {
+  const client = connectAgent(addr, undefined);
+  const watch = new StatusWatch(client);
+  await watch.ready;
+  await apply(client, { pod: pod(name, { terminationGracePeriodSeconds: 1, containers: [{ name: 'c', image, command: ['/bin/sh', '-c', 'sleep 3600'] }] }) });
+  await watch.until(what, until, 30_000);
+  await new Promise<void>((r) => client.deletePod({ gracePeriodSeconds: 1 }, () => r()));
+  watch.close();
+  client.close();
+  return watch;
+}
+
+describe('agent --registry-config', () => {
+  it('without the CA: ErrImagePull naming the unknown authority and the field to set', async () => {
+    const addr = await startDaemon([]);
+    const w = await runPod(addr, 'no-ca', (x) => ['ErrImagePull', 'ImagePullBackOff'].includes(x.waiting('c')?.reason ?? ''), 'pull refused');
+    const why = [w.waiting('c')?.message ?? '', ...w.events.map((e) => e.message)].join('\n');
+    expect(why).toMatch(/certificate signed by unknown authority; add the registry's CA/);
+  });
+
+  it('with the CA and the client certificate (a YAML file, paths relative to it): the pod runs', async () => {
+    const file = join(pki.dir, 'registries.yaml');
+    writeFileSync(file, `registries:\n  "${reg.host}":\n    caFile: ca.pem\n    client: {certFile: client.pem, keyFile: client.key}\n`);
+    const addr = await startDaemon(['--registry-config', file]);
+    await runPod(addr, 'with-ca', (x) => x.running('c'), 'c running');
+  });
+
+  it('a bad configuration stops the agent at start with the field named', async () => {
+    const file = join(pki.dir, 'bad.yaml');
+    writeFileSync(file, `registries:\n  "${reg.host}": {caFile: missing.pem}\n`);
+    await expect(startDaemon(['--registry-config', file])).rejects.toThrow(new RegExp(`registries\\["${reg.host}"\\]\\.caFile: cannot read missing\\.pem: ENOENT`));
+  });
+});
