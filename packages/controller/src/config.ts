@@ -116,6 +116,23 @@ export const configSchema = z.strictObject({
       agentOverhead: z
         .strictObject({ cpuMillis: z.number().int().nonnegative().default(100), memoryMiB: z.number().int().nonnegative().default(64) })
         .prefault({}),
+      /**
+       * Read each image's platforms from its registry when a pod is scheduled, so its cell gets an
+       * architecture every image runs on (docs/architectures.md).
+       */
+      imagePlatforms: z
+        .strictObject({
+          enabled: z.boolean().default(true),
+          /** Registries (host:port) read over plain HTTP; loopback registries always are, as Docker does. */
+          plainHttpRegistries: z.array(hostPort).default([]),
+          /** How long what a tag points at is trusted; content is cached by digest regardless. */
+          tagTtlSeconds: z.number().nonnegative().default(60),
+          /** Deadline of one image's lookup; past it the pod is Unschedulable (ImagePlatformsUnknown) and retried. */
+          timeoutSeconds: z.number().positive().default(10),
+          /** Registry reads at once. */
+          concurrency: z.number().int().positive().default(8),
+        })
+        .prefault({}),
     })
     .prefault({}),
   timeouts,

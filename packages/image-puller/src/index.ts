@@ -9,3 +9,7 @@ export { dockerConfigAuth } from './auth.js';
 export type { ImageConfig, Platform } from './image.js';
 export { hostPlatform, parsePlatform } from './image.js';
 export type { TransportOptions } from './registry.js';
+export { readImagePlatforms } from './platforms.js';
+export type { ImagePlatforms } from './platforms.js';
+export { RegistryClient, TokenCache, makeDispatcher, DEFAULT_TRANSPORT } from './registry.js';
+export type { RegistryClientOptions } from './registry.js';

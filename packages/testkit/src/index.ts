@@ -8,3 +8,4 @@ export type { RegistryServer, RegistryTokenAuth, StartRegistryOptions } from './
 export { buildFixtures, pushLayoutTag, pushBusybox, pushFixtures, pushBlob, pushImage } from './fixtures.js';
 export type { Fixtures, FixtureSet, PushOptions, PushedFixtures, RawLayer } from './fixtures.js';
 export { startKubeApiserver, startMetricsServer, hostAddress, kubeBinaries, type KubeApiserver, type IssuedCert, type MetricsServer } from './kube.js';
+export { startRequestLog, type RequestLog, type LoggedRequest } from './request-log.js';

@@ -11,6 +11,8 @@ import type { AgentAccess } from '../agents/pool.js';
 import type { SecretBox } from '../security/secret-box.js';
 import type { BootstrapTokens } from '../security/tokens.js';
 import type { RecordCache } from './record-cache.js';
+import type { PodObject } from '@cello/proto/controller';
+import type { ImagePlatformReader, RegistryCredentials } from '../selection/image-platforms.js';
 
 export const TAG_CONTROLLER = 'cello.io/controller-id';
 export const TAG_CELL = 'cello.io/cell-id';
@@ -56,6 +58,14 @@ export interface ReconcilerOptions {
    * bootstrap of a cell an earlier one launched.
    */
   tokens?: BootstrapTokens;
+  /**
+   * Reads each image's platforms from its registry when a pod is scheduled, so its cell has an
+   * architecture the images run on. Absent: images are not consulted (the node selector and the
+   * provider's cell images still are).
+   */
+  imagePlatforms?: ImagePlatformReader;
+  /** The pod's registry credentials for those reads (its pull secrets); anonymous when absent. */
+  registryCredentials?: (pod: PodObject) => Promise<RegistryCredentials | undefined>;
   /** Renews cells' certificates before expiry (mTLS); checked on every tick. */
   renewer?: { check(cells: Iterable<{ id: string; address: string }>): void; forget(cellId: string): void };
 }
