@@ -235,6 +235,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     info: { version: AGENT_VERSION, cellId: o.cellId ?? os.hostname(), runtime: await runc.version(), cgroupMode: detectCgroupMode(), startedAt: new Date() },
     heartbeatMs: o.heartbeatMs ?? 10_000,
     metrics,
+    images,
   }));
   server.addService(health.definition, health.implementation);
   let creds: ServerCredentials;

@@ -8,6 +8,8 @@ import { GenerationError, type PodManager } from '../pod/pod-manager.js';
 import { InvalidPodError } from '../pod/validate.js';
 import type { AgentMetrics } from '../metrics/index.js';
 import type { StreamRpcs } from './stream-handlers.js';
+import type { ImageService } from '../images/image-service.js';
+import { pullImageHandler } from './pull-image.js';
 
 export interface ServiceDeps {
   pod: PodManager;
@@ -16,6 +18,8 @@ export interface ServiceDeps {
   info: { version: string; cellId: string; runtime: string; cgroupMode: string; startedAt: Date };
   heartbeatMs: number;
   metrics?: AgentMetrics;
+  /** The image service and cache the pod uses; PullImage is UNIMPLEMENTED without it. */
+  images?: ImageService;
 }
 
 function grpcError(err: unknown): { code: Status; details: string } {
@@ -103,11 +107,13 @@ export function createService(d: ServiceDeps): CellAgentServer {
     portForwardTicket: s?.portForwardTicket ?? (unimplemented('PortForwardTicket') as CellAgentServer['portForwardTicket']),
     stats: s?.stats ?? (unimplemented('Stats') as CellAgentServer['stats']),
     listAudit: s?.listAudit ?? (unimplemented('ListAudit') as CellAgentServer['listAudit']),
+    pullImage: d.images ? pullImageHandler(d.images, d.logger) : (unimplemented('PullImage') as CellAgentServer['pullImage']),
   };
   svc.applyPod = measured(d, 'ApplyPod', svc.applyPod);
   svc.deletePod = measured(d, 'DeletePod', svc.deletePod);
   svc.getStatus = measured(d, 'GetStatus', svc.getStatus);
   svc.getInfo = measured(d, 'GetInfo', svc.getInfo);
+  svc.pullImage = measured(d, 'PullImage', svc.pullImage);
   svc.portForwardTicket = measured(d, 'PortForwardTicket', svc.portForwardTicket);
   return svc;
 }
