@@ -4,6 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { parseReference } from '@cello/image-puller';
 import { kubernetesConfigSchema } from './k8s/config.js';
 import { isLoopbackListen, policySchema } from './api/auth/index.js';
 import { ConfigError } from './errors.js';
@@ -19,6 +20,15 @@ const timeouts = z
     terminateSeconds: z.number().positive().default(120),
   })
   .prefault({});
+
+/** An image reference as pods write them (busybox, registry:5000/team/app:1, ...@sha256:...). */
+const imageReference = z.string().superRefine((v, ctx) => {
+  try {
+    parseReference(v);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message });
+  }
+});
 
 const localProvider = z.strictObject({
   kind: z.literal('local'),
@@ -107,6 +117,12 @@ export const configSchema = z.strictObject({
         instanceType: z.string().min(1),
         size: z.number().int().nonnegative(),
         spot: z.boolean().default(false),
+        /** Images its cells pull as soon as they are Ready, before any pod asks (docs/warm-pool.md). */
+        prePull: z.array(imageReference).default([]),
+        /** Pods of this type whose images are remembered (in memory) for pre-pulling; 0 turns that off. */
+        recentPods: z.number().int().nonnegative().max(10_000).default(20),
+        /** How many of those pods' most frequent images a warm cell pulls besides prePull. */
+        recentImages: z.number().int().nonnegative().max(100).default(3),
       }),
     )
     .default([]),

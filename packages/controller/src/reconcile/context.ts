@@ -11,6 +11,7 @@ import type { AgentAccess } from '../agents/pool.js';
 import type { SecretBox } from '../security/secret-box.js';
 import type { BootstrapTokens } from '../security/tokens.js';
 import type { RecordCache } from './record-cache.js';
+import type { PrePull } from './pre-pull.js';
 import type { PodObject } from '@cello/proto/controller';
 import type { ImagePlatformReader, RegistryCredentials } from '../selection/image-platforms.js';
 
@@ -22,6 +23,12 @@ export interface WarmPoolEntry {
   instanceType: string;
   size: number;
   spot?: boolean;
+  /** Images its cells pull as soon as they are Ready (reconcile/pre-pull.ts). */
+  prePull?: string[];
+  /** Pods of this type whose images are remembered (in memory) for pre-pulling; 0: none. */
+  recentPods?: number;
+  /** How many of their most frequent images a warm cell pulls besides prePull. */
+  recentImages?: number;
 }
 
 /** Bootstraps a cell that needs it (remote providers): prove the token, sign its CSR, install. */
@@ -79,6 +86,8 @@ export interface ReconcileContext {
   readonly log: Logger;
   /** When this controller started: cells created before it may have been launched by an earlier one. */
   readonly startedAt: number;
+  /** What warm cells pre-pull, and the hits when pods land on them. */
+  readonly prePull: PrePull;
   /** The provider's instance types (read at start). */
   types(): InstanceType[];
   /** Queues `pod:<ns/name>` or `cell:<id>` for a reconcile. */

@@ -11,6 +11,7 @@ import { SelectionError, selectCandidates } from '../selection/selection.js';
 import { ImagePlatformsUnknown } from '../selection/image-platforms.js';
 import type { ReconcileContext } from './context.js';
 import { podArchitectures } from './pod-architectures.js';
+import { podImages } from '../selection/architectures.js';
 import { markUnschedulable } from './pod-status.js';
 import { transition } from './transition.js';
 
@@ -75,6 +76,7 @@ export async function schedule(ctx: ReconcileContext, key: string, pod: PodObjec
       );
       if (!claimed) continue; // someone else took it
       await bindPod(ctx, key, id, cell.instanceType, 'warm pool');
+      ctx.prePull.landed(ctx, key, cell, podImages(pod.spec!));
       return;
     }
   }
@@ -124,6 +126,8 @@ async function bindPod(ctx: ReconcileContext, key: string, cellId: string, insta
   });
   if (!rec) return;
   const [ns, name] = splitKey(key);
+  const spec = podOf(rec).spec;
+  if (spec) ctx.prePull.recordPod(ctx.o.warmPool ?? [], instanceType, podImages(spec));
   void ctx.note({ kind: 'Pod', namespace: ns, name, reason: 'Scheduled', message: `assigned to cell ${cellId} (${instanceType}, ${how})` });
   ctx.enqueue(`pod:${key}`);
 }
