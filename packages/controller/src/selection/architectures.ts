@@ -24,6 +24,28 @@ export interface ArchitectureInput {
   provider: readonly Arch[];
 }
 
+/**
+ * What required node affinity allows, or undefined when no term constrains the architecture. The
+ * terms are ORed and a term's expressions ANDed, as the kube-scheduler reads them; expressions on
+ * other keys are the kube-scheduler's business (it placed the pod on the virtual node already).
+ */
+function affinityArchitectures(spec: PodSpec): Set<Arch> | undefined {
+  const terms = spec.requiredNodeAffinity;
+  if (!terms.some((t) => t.matchExpressions.some((e) => (ARCH_LABELS as readonly string[]).includes(e.key)))) return undefined;
+  const out = new Set<Arch>();
+  for (const t of terms) {
+    let ok = new Set<Arch>(ARCHES);
+    for (const e of t.matchExpressions) {
+      if (!(ARCH_LABELS as readonly string[]).includes(e.key)) continue;
+      if (e.operator === 'In') ok = new Set([...ok].filter((a) => e.values.includes(a)));
+      else if (e.operator === 'NotIn') ok = new Set([...ok].filter((a) => !e.values.includes(a)));
+      else if (e.operator === 'DoesNotExist' || e.operator === 'Gt' || e.operator === 'Lt') ok = new Set();
+    }
+    for (const a of ok) out.add(a);
+  }
+  return out;
+}
+
 /** The architectures that may serve the pod, best first; throws SelectionError when none may. */
 export function allowedArchitectures(input: ArchitectureInput): Arch[] {
   const why: string[] = [];
@@ -43,6 +65,11 @@ export function allowedArchitectures(input: ArchitectureInput): Arch[] {
     const want = label.slice(ARCH_LABEL_PREFIX.length);
     keep((a) => a === want);
     why.push(`nodeSelector ${label}: "true"`);
+  }
+  const affinity = affinityArchitectures(input.spec);
+  if (affinity) {
+    keep((a) => affinity.has(a));
+    why.push(`required node affinity allows ${affinity.size ? [...affinity].join(', ') : 'no architecture'}`);
   }
   for (const [image, p] of input.images ?? []) {
     const archs = new Set(p.platforms.map((x) => x.architecture));

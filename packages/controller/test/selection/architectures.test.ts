@@ -74,3 +74,25 @@ describe('the virtual node\'s architecture', () => {
     expect(armOnly['cello.dev/arch-amd64']).toBeUndefined();
   });
 });
+
+describe('required node affinity', () => {
+  const withAffinity = (terms: Array<Array<{ key: string; operator: string; values?: string[] }>>) =>
+    PodSpec.fromPartial({ containers: [{ name: 'a', image: 'r/a' }], requiredNodeAffinity: terms.map((t) => ({ matchExpressions: t.map((e) => ({ values: [], ...e })) })) });
+
+  it('In, NotIn and terms ORed, as the kube-scheduler reads them; other keys are left to it', () => {
+    const both = ['amd64', 'arm64'] as const;
+    expect(allowedArchitectures({ spec: withAffinity([[{ key: 'kubernetes.io/arch', operator: 'In', values: ['arm64'] }]]), provider: both })).toEqual(['arm64']);
+    expect(allowedArchitectures({ spec: withAffinity([[{ key: 'kubernetes.io/arch', operator: 'NotIn', values: ['arm64'] }]]), provider: both })).toEqual(['amd64']);
+    expect(allowedArchitectures({ spec: withAffinity([[{ key: 'topology.kubernetes.io/zone', operator: 'In', values: ['a'] }]]), provider: both })).toEqual(['amd64', 'arm64']);
+    expect(allowedArchitectures({
+      spec: withAffinity([[{ key: 'kubernetes.io/arch', operator: 'In', values: ['arm64'] }, { key: 'zone', operator: 'Exists' }], [{ key: 'kubernetes.io/arch', operator: 'In', values: ['amd64'] }]]),
+      provider: both,
+    })).toEqual(['amd64', 'arm64']);
+  });
+
+  it('with an amd64-only image and arm64 required: a message naming both', () => {
+    expect(() => allowedArchitectures({ spec: withAffinity([[{ key: 'kubernetes.io/arch', operator: 'In', values: ['arm64'] }]]), images: new Map([['r/a', amd]]), provider: ['amd64', 'arm64'] })).toThrow(
+      'no cell architecture can run this pod: required node affinity allows arm64; image r/a is linux/amd64; this provider has cell images for amd64, arm64',
+    );
+  });
+});

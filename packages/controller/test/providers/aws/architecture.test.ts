@@ -196,6 +196,17 @@ describe('with cell images for both architectures (a name filter), unpinned cata
     );
   });
 
+  it('required node affinity on kubernetes.io/arch counts too: arm64 with an amd64-only image is Unschedulable', async () => {
+    const affinity = '  affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: kubernetes.io/arch, operator: In, values: [arm64] }] }] } } }\n';
+    await c.api.applyPod({ manifest: pod('aff', images.amd64, affinity), namespace: '', dryRun: false });
+    expect(await unschedulable(c, 'aff')).toBe(
+      `NoMatchingArchitecture: no cell architecture can run this pod: required node affinity allows arm64; image ${images.amd64} is linux/amd64; this provider has cell images for amd64, arm64`,
+    );
+    // The same affinity with the multi-arch index: an arm64 cell.
+    await c.api.applyPod({ manifest: pod('aff-multi', images.multi, affinity), namespace: '', dryRun: false });
+    expect((await launched('default/aff-multi')).ImageId).toBe(armAmi);
+  });
+
   it('nodeSelector kubernetes.io/arch: amd64 with the multi-arch index: amd64', async () => {
     await c.api.applyPod({ manifest: pod('sel-amd', images.multi, '  nodeSelector: { kubernetes.io/arch: amd64 }\n'), namespace: '', dryRun: false });
     expect((await launched('default/sel-amd')).ImageId).toBe(x86Ami);
