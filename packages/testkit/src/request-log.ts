@@ -18,6 +18,9 @@ export interface RequestLog {
   count(path: RegExp, method?: string): number;
   /** While true, every request is answered 503 (a registry outage) and still logged. */
   down: boolean;
+  /** Most requests open at once since the last resetInFlight(): how tests see a concurrency bound. */
+  maxInFlight: number;
+  resetInFlight(): void;
   stop(): Promise<void>;
 }
 
@@ -25,11 +28,16 @@ export interface RequestLog {
 export async function startRequestLog(target: string): Promise<RequestLog> {
   const t = new URL(target);
   const requests: LoggedRequest[] = [];
+  let inFlight = 0;
   const log: RequestLog = {
     host: '',
     url: '',
     requests,
     down: false,
+    maxInFlight: 0,
+    resetInFlight: () => {
+      log.maxInFlight = inFlight;
+    },
     count: (path, method) => requests.filter((r) => path.test(r.path) && (!method || r.method === method)).length,
     stop: () => new Promise((resolve) => {
       server.closeAllConnections();
@@ -38,6 +46,9 @@ export async function startRequestLog(target: string): Promise<RequestLog> {
   };
   const server = createServer((req: IncomingMessage, res) => {
     requests.push({ method: req.method ?? '', path: req.url ?? '', at: Date.now() });
+    inFlight++;
+    log.maxInFlight = Math.max(log.maxInFlight, inFlight);
+    res.once('close', () => inFlight--);
     if (log.down) {
       res.writeHead(503, { 'content-type': 'text/plain' }).end('down for the test');
       req.resume();

@@ -108,14 +108,19 @@ export class ImagePlatformReader {
       const why = signal.aborted ? `no answer within ${(this.o.timeoutMs ?? 10_000) / 1000} s` : errMsg(err);
       throw new ImagePlatformsUnknown(name, `reading the platforms of ${name}: ${why}`, { cause: err });
     } finally {
-      this.running--;
-      this.waiting.shift()?.();
+      // The slot passes straight to a waiter, so a newcomer cannot slip in between.
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.running--;
     }
   }
 
   private async slot(): Promise<void> {
-    if (this.running >= (this.o.concurrency ?? 8)) await new Promise<void>((r) => this.waiting.push(r));
-    this.running++;
+    if (this.running < (this.o.concurrency ?? 8)) {
+      this.running++;
+      return;
+    }
+    await new Promise<void>((r) => this.waiting.push(r));
   }
 
   close(): Promise<void> {

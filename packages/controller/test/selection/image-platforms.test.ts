@@ -86,6 +86,19 @@ describe('ImagePlatformReader on a real registry', () => {
     }
   });
 
+  it('reads at most `concurrency` images at once', async () => {
+    const r = reader({ concurrency: 2 });
+    try {
+      relay.resetInFlight();
+      const refs = [images.amd64, images.arm64, images.multi, `${relay.host}/arch/multi:amd64`, `${relay.host}/arch/multi:arm64`];
+      const all = await Promise.all(refs.map((ref) => r.platformsOf(ref)));
+      expect(all.map((p) => archs(p).join('+'))).toEqual(['amd64', 'arm64', 'amd64+arm64', 'amd64', 'arm64']);
+      expect(relay.maxInFlight).toBeLessThanOrEqual(2);
+    } finally {
+      await r.close();
+    }
+  });
+
   it('a registry that answers 503 and a missing image: ImagePlatformsUnknown naming the image and the cause', async () => {
     const r = reader();
     try {
