@@ -2,7 +2,7 @@
 // a relay that counts requests: the image lands in the cache the pod uses, so a pod started
 // afterwards fetches no blob; a second call is a cache hit; bad input and registry faults come
 // back as statuses that name the image and the cause.
-import { status, type ServiceError } from '@grpc/grpc-js';
+import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { PullImageRequest, PullPolicy, type CellAgentClient, type PullImageResponse } from '@cello/proto/cell';
 import { requireCommand, startRequestLog, type RequestLog } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,7 +15,7 @@ let a: TestAgent;
 let image: string;
 
 const pullImage = (c: CellAgentClient, req: Partial<PullImageRequest>) =>
-  new Promise<PullImageResponse>((resolve, reject) => c.pullImage(PullImageRequest.fromPartial(req), { deadline: Date.now() + 30_000 }, (err, r) => (err ? reject(err) : resolve(r))));
+  new Promise<PullImageResponse>((resolve, reject) => c.pullImage(PullImageRequest.fromPartial(req), new Metadata(), { deadline: Date.now() + 30_000 }, (err, r) => (err ? reject(err) : resolve(r))));
 const failure = (p: Promise<unknown>) => p.then(() => undefined, (e: ServiceError) => ({ code: e.code, details: e.details }));
 const blobGets = () => relay.count(/\/blobs\/sha256:/, 'GET');
 
