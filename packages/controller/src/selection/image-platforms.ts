@@ -4,6 +4,7 @@
 // a short while (then one manifest GET finds its digest, and a known digest costs nothing more).
 // Lookups are bounded in number and time: a registry that does not answer must fail the
 // scheduling attempt (which retries), never hold it.
+import { createHash } from 'node:crypto';
 import { normalizeReference, parseReference, readImagePlatforms, type ImagePlatforms, type RegistryAuth } from '@cello/image-puller';
 import { CelloError } from '../errors.js';
 import { errMsg } from '../util/errors.js';
@@ -78,8 +79,9 @@ export class ImagePlatformReader {
     }
     const name = normalizeReference(image);
     const auth = credentials?.(ref.registry);
-    // Whose view of the tag: another pod's credentials must not answer for this one.
-    const who = auth?.username ?? (auth?.identityToken ? 'token' : '');
+    // Whose view of the tag: another pod's credentials (a wrong password for the same user
+    // included) must not answer for this one. Only a hash of them is kept.
+    const who = auth ? createHash('sha256').update(JSON.stringify([auth.username, auth.password, auth.identityToken])).digest('hex').slice(0, 32) : '';
     const tagKey = `${name}|${who}`;
     const tagged = this.byTag.get(tagKey);
     if (tagged && tagged.until > Date.now()) {

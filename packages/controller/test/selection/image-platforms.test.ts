@@ -1,7 +1,11 @@
 // Image platforms read from a real registry (CNCF distribution) through a relay that counts
 // requests: an amd64-only image, an arm64-only image and a multi-arch index; the cache by digest
 // and by tag; a registry outage and a missing image as clear errors.
-import { startRegistry, startRequestLog, type RegistryServer, type RequestLog } from '@cello/testkit';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pushBusybox, startRegistry, startRequestLog, type RegistryServer, type RequestLog } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImagePlatformReader, ImagePlatformsUnknown } from '../../src/selection/image-platforms.js';
 import { createRegistryClientFactory } from '../../src/selection/registry-client.js';
@@ -115,6 +119,30 @@ describe('ImagePlatformReader on a real registry', () => {
     } finally {
       relay.down = false;
       await r.close();
+    }
+  });
+
+  it('a private registry (htpasswd): refused without the pod\'s credentials, read with them; one pod\'s answer is not another\'s', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cello-htpasswd-'));
+    const hash = execFileSync('python3', ['-c', "import crypt; print(crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH)))"], { encoding: 'utf8' }).trim();
+    writeFileSync(join(dir, 'htpasswd'), `puller:${hash}\n`);
+    const priv = await startRegistry({ htpasswd: join(dir, 'htpasswd') });
+    const r = new ImagePlatformReader({ clients: createRegistryClientFactory(), timeoutMs: 10_000 });
+    try {
+      await pushBusybox(priv, 'private/busybox:1', { creds: 'puller:s3cret' });
+      const ref = `${priv.host}/private/busybox:1`;
+      const creds = (registry: string) => (registry === priv.host ? { username: 'puller', password: 's3cret' } : undefined);
+      expect(archs(await r.platformsOf(ref, creds))).toEqual(['amd64']);
+      // The same tag without credentials is asked again (and refused), not answered from the cache.
+      const anon = await r.platformsOf(ref).catch((e: unknown) => e);
+      expect(anon).toBeInstanceOf(ImagePlatformsUnknown);
+      expect((anon as Error).message).toBe(`reading the platforms of ${ref}: ${priv.host}: credentials required for private/busybox`);
+      const wrong = await r.platformsOf(ref, () => ({ username: 'puller', password: 'nope' })).catch((e: unknown) => e);
+      expect((wrong as Error).message).toBe(`reading the platforms of ${ref}: ${priv.host}: unauthorized for private/busybox`);
+    } finally {
+      await r.close();
+      await priv.stop();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
