@@ -247,6 +247,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     heartbeatMs: o.heartbeatMs ?? 10_000,
     metrics,
     syncServices,
+    images,
   }));
   server.addService(health.definition, health.implementation);
   let creds: ServerCredentials;

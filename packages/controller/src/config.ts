@@ -6,6 +6,7 @@ import { dirname } from 'node:path';
 import { parseRegistryConfig, PullError, type RegistryConfig } from '@cello/image-puller';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { parseReference } from '@cello/image-puller';
 import { kubernetesConfigSchema } from './k8s/config.js';
 import { isLoopbackListen, policySchema } from './api/auth/index.js';
 import { ConfigError } from './errors.js';
@@ -21,6 +22,15 @@ const timeouts = z
     terminateSeconds: z.number().positive().default(120),
   })
   .prefault({});
+
+/** An image reference as pods write them (busybox, registry:5000/team/app:1, ...@sha256:...). */
+const imageReference = z.string().superRefine((v, ctx) => {
+  try {
+    parseReference(v);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message });
+  }
+});
 
 const localProvider = z.strictObject({
   kind: z.literal('local'),
@@ -109,6 +119,12 @@ export const configSchema = z.strictObject({
         instanceType: z.string().min(1),
         size: z.number().int().nonnegative(),
         spot: z.boolean().default(false),
+        /** Images its cells pull as soon as they are Ready, before any pod asks (docs/warm-pool.md). */
+        prePull: z.array(imageReference).default([]),
+        /** Pods of this type whose images are remembered (in memory) for pre-pulling; 0 turns that off. */
+        recentPods: z.number().int().nonnegative().max(10_000).default(20),
+        /** How many of those pods' most frequent images a warm cell pulls besides prePull. */
+        recentImages: z.number().int().nonnegative().max(100).default(3),
       }),
     )
     .default([]),
@@ -117,6 +133,23 @@ export const configSchema = z.strictObject({
       spot: z.enum(['never', 'preferred', 'required']).default('never'),
       agentOverhead: z
         .strictObject({ cpuMillis: z.number().int().nonnegative().default(100), memoryMiB: z.number().int().nonnegative().default(64) })
+        .prefault({}),
+      /**
+       * Read each image's platforms from its registry when a pod is scheduled, so its cell gets an
+       * architecture every image runs on (docs/architectures.md).
+       */
+      imagePlatforms: z
+        .strictObject({
+          enabled: z.boolean().default(true),
+          /** Registries (host:port) read over plain HTTP; loopback registries always are, as Docker does. */
+          plainHttpRegistries: z.array(hostPort).default([]),
+          /** How long what a tag points at is trusted; content is cached by digest regardless. */
+          tagTtlSeconds: z.number().nonnegative().default(60),
+          /** Deadline of one image's lookup; past it the pod is Unschedulable (ImagePlatformsUnknown) and retried. */
+          timeoutSeconds: z.number().positive().default(10),
+          /** Registry reads at once. */
+          concurrency: z.number().int().positive().default(8),
+        })
         .prefault({}),
     })
     .prefault({}),

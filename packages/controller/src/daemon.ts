@@ -14,6 +14,8 @@ import { bootstrapFnFor } from './bootstrap/index.js';
 import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
+import { ImagePlatformReader } from './selection/image-platforms.js';
+import { createRegistryClientFactory } from './selection/registry-client.js';
 import { AgentPool, insecureAgentCredentials, mtlsAgentCredentials, type AgentAccess, type AgentCredentials } from './agents/pool.js';
 import { Reconciler, type BootstrapFn } from './reconcile/reconciler.js';
 import { CellCertificateRenewer } from './agents/cert-renewal.js';
@@ -94,6 +96,20 @@ export async function providerFromConfig(config: Config, extra: { issueCertifica
     });
   }
   throw new Error(`provider.kind: "${(p as { kind: string }).kind}" is not available in this build`);
+}
+
+/** The registry reader of architecture-aware scheduling (selection.imagePlatforms); undefined when turned off. */
+export function imagePlatformsFromConfig(config: Config): ImagePlatformReader | undefined {
+  const c = config.selection.imagePlatforms;
+  if (!c.enabled) return undefined;
+  // The local cells' plain-HTTP registries are the controller's too.
+  const plainHttp = [...c.plainHttpRegistries, ...(config.provider.kind === 'local' ? config.provider.insecureRegistries : [])];
+  return new ImagePlatformReader({
+    clients: createRegistryClientFactory({ plainHttp, registries: config.registries }),
+    tagTtlMs: c.tagTtlSeconds * 1000,
+    timeoutMs: c.timeoutSeconds * 1000,
+    concurrency: c.concurrency,
+  });
 }
 
 export function encryptionKey(config: Config): string {
@@ -198,6 +214,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
   pool = agents;
   if (!agents.certificates) renewer = undefined;
   const types = await provider.instanceTypes();
+  const imagePlatforms = imagePlatformsFromConfig(config);
   const apiSecurity = await apiSecurityFromConfig(config, authority, log.child({ component: 'api' }));
   const api = new ControllerApi({ store, agents, log: log.child({ component: 'api' }), controllerId: config.controllerId, providerName: provider.name, instanceTypes: types, auth: apiSecurity.auth, ...(secretBox ? { secretBox } : {}), ...(provider.refusePod ? { refusePod: provider.refusePod.bind(provider) } : {}) });
   const apiPort = await api.listen(config.api.listen);
@@ -271,6 +288,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
         ...(secretBox ? { secretBox } : {}),
         ...(caCertPem ? { tokens: new BootstrapTokens(store) } : {}),
         ...(ecr ? { registryKeyrings: (images: string[]) => ecr.keyrings(images) } : {}),
+        ...(imagePlatforms ? { imagePlatforms } : {}),
       });
       reconciler = r;
       try {
@@ -327,6 +345,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
       ecr?.close();
       apiSecurity.stop();
       await provider.close();
+      await imagePlatforms?.close();
       if (!o.store) await store.close();
     },
   };

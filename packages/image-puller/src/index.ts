@@ -14,3 +14,7 @@ export type { RegistryConfig, RegistriesInput, HostConfig, HostTransport, Mirror
 export { createRegistryReader } from './source.js';
 export type { RegistryReader, ImageSource } from './source.js';
 export type { ManifestResponse } from './registry.js';
+export { readImagePlatforms } from './platforms.js';
+export type { ImagePlatforms } from './platforms.js';
+export { RegistryClient, TokenCache, DispatcherPool, DEFAULT_TRANSPORT } from './registry.js';
+export type { RegistryClientOptions } from './registry.js';

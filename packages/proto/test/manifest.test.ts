@@ -161,6 +161,23 @@ describe('podFromManifest', () => {
     expect(podFromManifest(obj).pod.spec?.restartPolicy).toBe(RestartPolicy.RESTART_POLICY_ALWAYS);
   });
 
+  it('keeps required node affinity (for the cell\'s architecture) and ignores the rest of affinity', () => {
+    const affinity = {
+      nodeAffinity: {
+        requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'kubernetes.io/arch', operator: 'In', values: ['arm64'] }, { key: 'x', operator: 'Exists' }] }] },
+        preferredDuringSchedulingIgnoredDuringExecution: [{ weight: 1, preference: {} }],
+      },
+      podAntiAffinity: { requiredDuringSchedulingIgnoredDuringExecution: [] },
+    };
+    const obj = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'a' }, spec: { affinity, containers: [{ name: 'c', image: 'busybox:1' }] } };
+    expect(podFromManifest(obj).pod.spec?.requiredNodeAffinity).toEqual([
+      { matchExpressions: [{ key: 'kubernetes.io/arch', operator: 'In', values: ['arm64'] }, { key: 'x', operator: 'Exists', values: [] }] },
+    ]);
+    expect(podFromManifest({ ...obj, spec: { containers: obj.spec.containers } }).pod.spec?.requiredNodeAffinity).toEqual([]);
+    const bad = { ...obj, spec: { ...obj.spec, affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'k', operator: 'Near' }] }] } } } } };
+    expect(() => podFromManifest(bad)).toThrow('spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator: must be one of "In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"');
+  });
+
   it('reads a v1 List and skips empty documents', () => {
     const list = `---\n---\n${JSON.stringify({ apiVersion: 'v1', kind: 'List', items: [{ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'c' }, data: { a: 'b' } }] })}\n`;
     expect(readManifests(list)).toEqual([{ kind: 'ConfigMap', name: 'c', namespace: 'default', data: { data: { a: 'b' }, binaryData: {} } }]);

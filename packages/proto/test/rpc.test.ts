@@ -96,6 +96,7 @@ const agent: CellAgentServer = {
   deletePod: unimplemented as CellAgentServer['deletePod'],
   stats: unimplemented as CellAgentServer['stats'],
   listAudit: unimplemented as CellAgentServer['listAudit'],
+  pullImage: unimplemented as CellAgentServer['pullImage'],
   portForwardTicket: unimplemented as CellAgentServer['portForwardTicket'],
   getInfo(_call, cb) {
     cb(null, { version: '0.1.0', cellId: 'cell-1', hostname: 'h', kernel: 'k', arch: 'amd64', runtime: 'runc', cgroupMode: 'hybrid', startedAt: new Date(5000) });

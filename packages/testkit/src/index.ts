@@ -10,3 +10,4 @@ export type { Fixtures, FixtureSet, PushOptions, PushedFixtures, RawLayer } from
 export { startKubeApiserver, startMetricsServer, hostAddress, kubeBinaries, type KubeApiserver, type IssuedCert, type MetricsServer } from './kube.js';
 export { startNetLab, type NetLab } from './netlab.js';
 export { makeTestPki, type TestPki } from './pki.js';
+export { startRequestLog, type RequestLog, type LoggedRequest } from './request-log.js';

@@ -8,6 +8,8 @@ import { GenerationError, type PodManager } from '../pod/pod-manager.js';
 import { InvalidPodError } from '../pod/validate.js';
 import type { AgentMetrics } from '../metrics/index.js';
 import type { StreamRpcs } from './stream-handlers.js';
+import type { ImageService } from '../images/image-service.js';
+import { pullImageHandler } from './pull-image.js';
 
 export interface ServiceDeps {
   pod: PodManager;
@@ -17,6 +19,8 @@ export interface ServiceDeps {
   heartbeatMs: number;
   metrics?: AgentMetrics;
   syncServices?: CellAgentServer['syncServices'];
+  /** The image service and cache the pod uses; PullImage is UNIMPLEMENTED without it. */
+  images?: ImageService;
 }
 
 function grpcError(err: unknown): { code: Status; details: string } {
@@ -105,11 +109,13 @@ export function createService(d: ServiceDeps): CellAgentServer {
     stats: s?.stats ?? (unimplemented('Stats') as CellAgentServer['stats']),
     listAudit: s?.listAudit ?? (unimplemented('ListAudit') as CellAgentServer['listAudit']),
     syncServices: d.syncServices ?? (unimplemented('SyncServices') as CellAgentServer['syncServices']),
+    pullImage: d.images ? pullImageHandler(d.images, d.logger) : (unimplemented('PullImage') as CellAgentServer['pullImage']),
   };
   svc.applyPod = measured(d, 'ApplyPod', svc.applyPod);
   svc.deletePod = measured(d, 'DeletePod', svc.deletePod);
   svc.getStatus = measured(d, 'GetStatus', svc.getStatus);
   svc.getInfo = measured(d, 'GetInfo', svc.getInfo);
+  svc.pullImage = measured(d, 'PullImage', svc.pullImage);
   svc.portForwardTicket = measured(d, 'PortForwardTicket', svc.portForwardTicket);
   return svc;
 }

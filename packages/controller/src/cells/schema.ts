@@ -41,6 +41,8 @@ export interface CellRecord {
   graceSeconds?: number;
   /** Set once the pod on this cell ended (Succeeded/Failed): the cell is released after retention. */
   podFinishedAt?: string;
+  /** Images a warm cell pre-pulled (reconcile/pre-pull.ts). */
+  prePulled?: string[];
 }
 
 export function podKey(ns: string, name: string): string {

@@ -29,6 +29,18 @@ export function derivedCapacity(types: InstanceType[], maxCells?: number): NodeC
   };
 }
 
+/** What the provider has cell images for; what its types are when it cannot say. */
+async function servedArchitectures(provider: Pick<CellProvider, 'architectures'> | undefined, types: InstanceType[], log: Logger): Promise<string[]> {
+  const fromTypes = [...new Set(types.map((t) => t.arch))].sort();
+  if (!provider?.architectures) return fromTypes;
+  try {
+    return await provider.architectures();
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'provider architectures unavailable; the node names its instance types\' ones');
+    return fromTypes;
+  }
+}
+
 export async function startVirtualNodeFromConfig(
   k: KubernetesConfig,
   o: {
@@ -38,7 +50,7 @@ export async function startVirtualNodeFromConfig(
     instanceTypes: InstanceType[];
     maxCells?: number;
     /** Its capacity() (quota, host resources) sizes the node unless the configuration fixes it. */
-    provider?: Pick<CellProvider, 'capacity'>;
+    provider?: Pick<CellProvider, 'capacity' | 'architectures'>;
     agents?: AgentAccess;
     metricsRegistry?: Registry;
     log: Logger;
@@ -76,6 +88,7 @@ export async function startVirtualNodeFromConfig(
     },
     taint: k.taint,
     labels: k.labels,
+    architectures: await servedArchitectures(o.provider, o.instanceTypes, o.log),
     capacity,
     statusSeconds: k.nodeStatusSeconds,
     tokenRefreshRatio: k.tokenRefreshRatio,

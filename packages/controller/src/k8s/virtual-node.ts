@@ -32,6 +32,8 @@ export interface VirtualNodeOptions {
   /** Default: virtual-kubelet.io/provider=cello:NoSchedule; null: no taint. */
   taint?: { key: string; value: string; effect: 'NoSchedule' | 'NoExecute' | 'PreferNoSchedule' } | null;
   labels?: Record<string, string>;
+  /** The architectures cells can have (the provider's cell images); default amd64. */
+  architectures?: readonly string[];
   /** What the node offers, given the pods bound to it (see capacity.ts); asked on every status update. */
   capacity: (pods: KPod[]) => Promise<{ capacity: NodeCapacity; allocatable: NodeCapacity }>;
   /** Where pods reach the API server; default: the kubeconfig's server. */
@@ -92,6 +94,7 @@ export async function startVirtualNode(o: VirtualNodeOptions): Promise<VirtualNo
       kubeletPort,
       ...(o.taint === null ? {} : { taint: o.taint ?? { key: VIRTUAL_NODE_TAINT_KEY, value: 'cello', effect: 'NoSchedule' } }),
       ...(o.labels ? { labels: o.labels } : {}),
+      ...(o.architectures ? { architectures: o.architectures } : {}),
       capacity: () => o.capacity(sync?.pods() ?? []),
       health: async () => {
         try {

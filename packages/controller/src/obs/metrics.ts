@@ -17,6 +17,18 @@ export class Metrics {
     buckets: [0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300],
     registers: [this.registry],
   });
+  readonly prePullImages = new Counter({
+    name: 'cello_prepull_images_total',
+    help: 'Images of pods that landed on warm cells: hit (pre-pulled there) or miss',
+    labelNames: ['result'],
+    registers: [this.registry],
+  });
+  readonly prePulls = new Counter({
+    name: 'cello_prepull_pulls_total',
+    help: 'Pre-pulls on warm cells by outcome (pulled, cached, failed)',
+    labelNames: ['outcome'],
+    registers: [this.registry],
+  });
   readonly launches = new Counter({
     name: 'cello_cell_launches_total',
     help: 'Cell launches by instance type and outcome (ok, capacity, error)',

@@ -102,6 +102,11 @@ export interface CellProvider {
   refusePod?(pod: { namespace: string; annotations: Record<string, string> }): string | undefined;
   /** The instance types this provider can launch, with specs and prices. */
   instanceTypes(): Promise<InstanceType[]>;
+  /**
+   * The architectures it has a cell image for: a type of any other is never launched, whatever
+   * its price. Absent: every architecture among its instance types.
+   */
+  architectures?(): Promise<Array<InstanceType['arch']>>;
   launch(req: LaunchRequest): Promise<LaunchedInstance>;
   /** Batched: one call for many instances. Unknown IDs are absent from the result. */
   describe(instanceIds: string[]): Promise<InstanceInfo[]>;

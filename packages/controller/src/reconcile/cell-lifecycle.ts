@@ -213,6 +213,9 @@ export class CellLifecycle {
     if (cell.pod?.name) {
       await transition(ctx, id, CellState.CELL_STATE_BOUND, 'Bound', `bound to pod ${refKey(cell.pod)}`, undefined, [CellState.CELL_STATE_READY]);
       ctx.enqueue(`pod:${refKey(cell.pod)}`);
+    } else {
+      // A warm cell: its likely images, before a pod asks (never holding up this reconcile).
+      void ctx.prePull.run(ctx, id, address).catch((err: unknown) => ctx.log.warn({ cell: id, err: errMsg(err) }, 'pre-pull failed'));
     }
     this.watch.start(id, address);
     ctx.o.serviceFeed?.start(id, address);

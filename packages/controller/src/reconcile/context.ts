@@ -13,6 +13,8 @@ import type { AgentAccess } from '../agents/pool.js';
 import type { SecretBox } from '../security/secret-box.js';
 import type { BootstrapTokens } from '../security/tokens.js';
 import type { RecordCache } from './record-cache.js';
+import type { PrePull } from './pre-pull.js';
+import type { ImagePlatformReader } from '../selection/image-platforms.js';
 
 export const TAG_CONTROLLER = 'cello.io/controller-id';
 export const TAG_CELL = 'cello.io/cell-id';
@@ -22,6 +24,12 @@ export interface WarmPoolEntry {
   instanceType: string;
   size: number;
   spot?: boolean;
+  /** Images its cells pull as soon as they are Ready (reconcile/pre-pull.ts). */
+  prePull?: string[];
+  /** Pods of this type whose images are remembered (in memory) for pre-pulling; 0: none. */
+  recentPods?: number;
+  /** How many of their most frequent images a warm cell pulls besides prePull. */
+  recentImages?: number;
 }
 
 /** Bootstraps a cell that needs it (remote providers): prove the token, sign its CSR, install. */
@@ -62,6 +70,12 @@ export interface ReconcilerOptions {
   clusterDNS?: () => ClusterDNS;
   /** Streams the cluster's Services to every live cell (in a cluster). */
   serviceFeed?: { start(cellId: string, address: string): void; stop(cellId: string): void; stopAll(): void };
+  /**
+   * Reads each image's platforms from its registry when a pod is scheduled, so its cell has an
+   * architecture the images run on. Absent: images are not consulted (the node selector and the
+   * provider's cell images still are).
+   */
+  imagePlatforms?: ImagePlatformReader;
   /** Renews cells' certificates before expiry (mTLS); checked on every tick. */
   renewer?: { check(cells: Iterable<{ id: string; address: string }>): void; forget(cellId: string): void };
   /**
@@ -80,6 +94,8 @@ export interface ReconcileContext {
   readonly log: Logger;
   /** When this controller started: cells created before it may have been launched by an earlier one. */
   readonly startedAt: number;
+  /** What warm cells pre-pull, and the hits when pods land on them. */
+  readonly prePull: PrePull;
   /** The provider's instance types (read at start). */
   types(): InstanceType[];
   /** Queues `pod:<ns/name>` or `cell:<id>` for a reconcile. */

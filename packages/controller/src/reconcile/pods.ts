@@ -2,14 +2,15 @@
 // the cell of a pod that ended, schedule a pod without a live cell, and apply a new generation
 // of the pod to its agent.
 import { status, type ServiceError } from '@grpc/grpc-js';
-import { ApplyPodRequest, ConfigMapData, PodPhase, PodSpec, PodStatus, SecretData, type ApplyPodResponse, type Pod } from '@cello/proto/cell';
+import { ApplyPodRequest, ConfigMapData, PodPhase, PodSpec, PodStatus, type ApplyPodResponse, type Pod } from '@cello/proto/cell';
 import { PodObject, type Cell } from '@cello/proto/controller';
 import { podKey, podOf, refOf, splitKey, type PodRecord } from '../cells/schema.js';
-import { readPodSecrets, type PodRecordWithData } from '../cells/pod-secrets.js';
+import type { PodRecordWithData } from '../cells/pod-secrets.js';
 import { CellState } from '../cells/state.js';
 import { errMsg } from '../util/errors.js';
 import { callUnary } from '../agents/pool.js';
-import { podImages, podPullCredentials, secretsUsedByPod } from '../registry/pull-credentials.js';
+import { secretsUsedByPod } from '../registry/pull-credentials.js';
+import { podPull } from './pull-auth.js';
 import type { ReconcileContext } from './context.js';
 import { TERMINAL } from './pod-status.js';
 import { schedule } from './scheduler.js';
@@ -81,9 +82,8 @@ async function applyToAgent(ctx: ReconcileContext, key: string, rec: PodRecord, 
     },
     spec: pod.spec,
   };
-  const secrets = Object.fromEntries(Object.entries(readPodSecrets(rec as PodRecordWithData, podKey(...splitKey(key)), ctx.o.secretBox)).map(([k, v]) => [k, SecretData.fromJSON(v)]));
   const spec = pod.spec ?? PodSpec.fromPartial({});
-  const pull = podPullCredentials(spec, secrets, (await ctx.o.registryKeyrings?.(podImages(spec))) ?? []);
+  const { pull, secrets } = await podPull(ctx, key, rec, spec);
   if (pull.unusable.length > 0) {
     const [ns, name] = splitKey(key);
     const names = pull.unusable.map((u) => `${u.name}: ${u.why}`).join('; ');

@@ -24,6 +24,7 @@ import { reconcilePod } from './pods.js';
 import { RecordCache, type Cached, type CellCache } from './record-cache.js';
 import { StatusWatch } from './status-watch.js';
 import { WarmPool } from './warm-pool.js';
+import { PrePull } from './pre-pull.js';
 import { backoffDelay } from '../util/backoff.js';
 
 export { TAG_CELL, TAG_CONTROLLER, TAG_POD, type BootstrapFn, type ReconcilerOptions, type WarmPoolEntry } from './context.js';
@@ -76,6 +77,7 @@ export class Reconciler {
       log: o.log,
       startedAt: Date.now(),
       types: () => this.types,
+      prePull: new PrePull(),
       enqueue: (key) => this.enqueue(key),
       retryLater: (key, baseMs) => this.retryLater(key, baseMs),
       note: (e) => this.events.record(e).catch((err: unknown) => this.log.debug({ err: errMsg(err), reason: e.reason }, 'event not recorded')),

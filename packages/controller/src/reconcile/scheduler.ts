@@ -1,4 +1,5 @@
-// Placing a pod: the instance types that fit it (selection/), the provider's veto, then a cell —
+// Placing a pod: the architectures its images run on (pod-architectures.ts), the instance types
+// of those that fit it (selection/), the provider's veto, then a cell —
 // one already made for this pod, a Ready one from the warm pool, or a new one — and the binding
 // written into the pod.
 import { ConditionStatus, PodPhase, PodStatus } from '@cello/proto/cell';
@@ -7,7 +8,10 @@ import { newCellId, podOf, refKey, refOf, splitKey } from '../cells/schema.js';
 import { setCondition } from '../cells/conditions.js';
 import { CellState, deadlineFor } from '../cells/state.js';
 import { SelectionError, selectCandidates } from '../selection/selection.js';
+import { ImagePlatformsUnknown } from '../selection/image-platforms.js';
 import type { ReconcileContext } from './context.js';
+import { podArchitectures } from './pod-architectures.js';
+import { podImages } from '../selection/architectures.js';
 import { markUnschedulable } from './pod-status.js';
 import { transition } from './transition.js';
 
@@ -15,23 +19,32 @@ import { transition } from './transition.js';
 export async function schedule(ctx: ReconcileContext, key: string, pod: PodObject): Promise<void> {
   const { o, cache } = ctx;
   const ref = refOf(pod);
+  const annotations = pod.metadata?.annotations ?? {};
+  // The provider's veto first: it is cheap, and a refused pod needs no registry read.
+  const refused = o.provider.refusePod?.({ namespace: ref.namespace, annotations });
+  if (refused) {
+    await markUnschedulable(ctx, key, 'NotAllowed', refused);
+    return;
+  }
   let candidates;
   try {
+    const architectures = await podArchitectures(ctx, key, pod);
     candidates = selectCandidates(ctx.types(), {
+      architectures,
       spec: pod.spec!,
       annotations: pod.metadata?.annotations ?? {},
       overhead: o.overhead ?? { cpuMillis: 100, memoryBytes: 64 * 1024 * 1024 },
       defaultSpot: o.defaultSpot ?? 'never',
     });
   } catch (err) {
+    if (err instanceof ImagePlatformsUnknown) {
+      // Said on the pod, and asked again with the key's back-off: the registry may come back.
+      await markUnschedulable(ctx, key, 'ImagePlatformsUnknown', err.message);
+      ctx.retryLater(`pod:${key}`, 2000);
+      return;
+    }
     if (!(err instanceof SelectionError)) throw err;
     await markUnschedulable(ctx, key, err.reason, err.message);
-    return;
-  }
-  const annotations = pod.metadata?.annotations ?? {};
-  const refused = o.provider.refusePod?.({ namespace: ref.namespace, annotations });
-  if (refused) {
-    await markUnschedulable(ctx, key, 'NotAllowed', refused);
     return;
   }
   // A warm cell was launched without this pod's launch-time settings (its role, its disk).
@@ -63,6 +76,7 @@ export async function schedule(ctx: ReconcileContext, key: string, pod: PodObjec
       );
       if (!claimed) continue; // someone else took it
       await bindPod(ctx, key, id, cell.instanceType, 'warm pool');
+      ctx.prePull.landed(ctx, key, cell, podImages(pod.spec!));
       return;
     }
   }
@@ -112,6 +126,8 @@ async function bindPod(ctx: ReconcileContext, key: string, cellId: string, insta
   });
   if (!rec) return;
   const [ns, name] = splitKey(key);
+  const spec = podOf(rec).spec;
+  if (spec) ctx.prePull.recordPod(ctx.o.warmPool ?? [], instanceType, podImages(spec));
   void ctx.note({ kind: 'Pod', namespace: ns, name, reason: 'Scheduled', message: `assigned to cell ${cellId} (${instanceType}, ${how})` });
   ctx.enqueue(`pod:${key}`);
 }

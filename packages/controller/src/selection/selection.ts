@@ -36,6 +36,8 @@ export interface SelectionInput {
   annotations: Record<string, string>;
   overhead: Overhead;
   defaultSpot: SpotPreference;
+  /** Cell architectures that can run the pod (selection/architectures.ts); any when absent. */
+  architectures?: readonly string[];
 }
 
 /** A pod too big for every type is a precondition the cluster may meet later; the rest is the pod's own fault. */
@@ -150,7 +152,8 @@ export function selectCandidates(types: InstanceType[], input: SelectionInput): 
   for (const t of pool) {
     // GPU machines are for GPU pods: never the "cheapest fit" for a pod that needs none,
     // unless the pod pins the type.
-    const why = misfit(t, demand) ?? (demand.gpus === 0 && t.gpus > 0 && pin === undefined ? 'has GPUs the pod does not request' : undefined);
+    const why = (input.architectures && !input.architectures.includes(t.arch) ? `${t.arch} cannot run the pod's images (needs ${input.architectures.join(' or ')})` : undefined) ??
+      misfit(t, demand) ?? (demand.gpus === 0 && t.gpus > 0 && pin === undefined ? 'has GPUs the pod does not request' : undefined);
     if (why) {
       reasons.push(`${t.name}: ${why}`);
       continue;

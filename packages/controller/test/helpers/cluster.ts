@@ -52,6 +52,8 @@ export interface ClusterOptions {
   insecureRegistries?: string[];
   /** The `registries:` block (per-registry CAs, client certificates, mirrors, rewrites). */
   registries?: Record<string, unknown>;
+  /** Images the warm cells pre-pull (warmPool[].prePull). */
+  prePull?: string[];
 }
 
 export interface RunResult {
@@ -114,7 +116,7 @@ export class Cluster {
       ...(this.o.registries ? { registries: this.o.registries } : {}),
       // The key also seals the CA that serves the API's TLS, insecure-dev agents or not.
       security: this.o.mtls === false ? { mode: 'insecure-dev', encryptionKeyFile: this.keyFile() } : { mode: 'mtls', encryptionKeyFile: this.keyFile(), ...(this.o.security ?? {}) },
-      warmPool: this.o.warm ? [{ instanceType: 'local.nano', size: this.o.warm }] : [],
+      warmPool: this.o.warm ? [{ instanceType: 'local.nano', size: this.o.warm, ...(this.o.prePull ? { prePull: this.o.prePull } : {}) }] : [],
       timeouts: { healthSeconds: this.o.healthSeconds ?? 5, bootSeconds: 60, createSeconds: 30 },
       gc: { intervalSeconds: this.o.gcIntervalSeconds ?? 30 },
       pods: { retainFinishedSeconds: this.o.retainFinishedSeconds ?? 300 },
@@ -203,8 +205,19 @@ export class Cluster {
 
   /** The controller's cello_leader gauge, from its /metrics endpoint. */
   async isLeader(): Promise<boolean> {
+    return /^cello_leader 1$/m.test(await this.metricsText());
+  }
+
+  /** A sample of the controller's /metrics (0 when absent), e.g. metric('cello_prepull_images_total', { result: 'hit' }). */
+  async metric(name: string, labels: Record<string, string> = {}): Promise<number> {
+    const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`).join(',');
+    const line = (await this.metricsText()).split('\n').find((l) => l.startsWith(want ? `${name}{${want}} ` : `${name} `));
+    return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+  }
+
+  async metricsText(): Promise<string> {
     const port = this.metricsPort;
-    const text = await new Promise<string>((res, rej) => {
+    return new Promise<string>((res, rej) => {
       const req = httpRequest({ host: '127.0.0.1', port, path: '/metrics', timeout: 3000 }, (r) => {
         let b = '';
         r.on('data', (d: Buffer) => (b += d.toString()));
@@ -213,7 +226,6 @@ export class Cluster {
       req.on('error', rej);
       req.end();
     });
-    return /^cello_leader 1$/m.test(text);
   }
 
   cellctl(args: string[], o: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<RunResult> {

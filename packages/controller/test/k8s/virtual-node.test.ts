@@ -204,7 +204,9 @@ const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
       spec: { taints: { key: string; value: string; effect: string }[] };
       status: { conditions: { type: string; status: string }[]; addresses: { type: string; address: string }[]; daemonEndpoints: { kubeletEndpoint: { Port: number } }; allocatable: Record<string, string>; capacity: Record<string, string> };
     };
-    expect(node.metadata.labels).toMatchObject({ type: 'virtual-kubelet', 'kubernetes.io/role': 'agent', 'kubernetes.io/os': 'linux', 'kubernetes.io/arch': 'amd64', 'cello.dev/provider': 'local' });
+    expect(node.metadata.labels).toMatchObject({ type: 'virtual-kubelet', 'kubernetes.io/role': 'agent', 'kubernetes.io/os': 'linux', 'kubernetes.io/arch': 'amd64', 'cello.dev/arch-amd64': 'true', 'cello.dev/provider': 'local' });
+    // Local cells run this host's architecture, and nothing else.
+    expect(node.metadata.labels['cello.dev/arch-arm64']).toBeUndefined();
     expect(node.spec.taints).toEqual([{ key: 'virtual-kubelet.io/provider', value: 'cello', effect: 'NoSchedule' }]);
     expect(node.status.conditions.find((c) => c.type === 'Ready')?.status).toBe('True');
     expect(node.status.addresses).toContainEqual({ type: 'InternalIP', address: '127.0.0.1' });

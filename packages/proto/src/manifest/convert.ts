@@ -511,6 +511,9 @@ export function convertPod(obj: unknown, defaults: { namespace?: string } = {}):
       shareProcessNamespace: s.shareProcessNamespace ?? false,
       dnsPolicy: s.dnsPolicy ?? 'ClusterFirst',
       nodeSelector: s.nodeSelector ?? {},
+      requiredNodeAffinity: (s.affinity?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution?.nodeSelectorTerms ?? []).map((t) => ({
+        matchExpressions: (t.matchExpressions ?? []).map((e) => ({ key: e.key, operator: e.operator, values: e.values ?? [] })),
+      })),
     },
   };
 }

@@ -246,7 +246,28 @@ export const podSpec = z.strictObject({
   // Scheduling and node-level fields: meaningful to Kubernetes, not to a cell.
   nodeName: ignored,
   tolerations: ignored,
-  affinity: ignored,
+  // Only required node affinity means something to a cell (its architecture); the rest is the
+  // kube-scheduler's.
+  affinity: z
+    .looseObject({
+      nodeAffinity: z
+        .looseObject({
+          requiredDuringSchedulingIgnoredDuringExecution: z
+            .strictObject({
+              nodeSelectorTerms: z.array(
+                z.strictObject({
+                  matchExpressions: z
+                    .array(z.strictObject({ key: str, operator: z.enum(['In', 'NotIn', 'Exists', 'DoesNotExist', 'Gt', 'Lt']), values: z.array(str).optional() }))
+                    .optional(),
+                  matchFields: ignored,
+                }),
+              ),
+            })
+            .optional(),
+        })
+        .optional(),
+    })
+    .optional(),
   schedulerName: ignored,
   priority: ignored,
   priorityClassName: ignored,

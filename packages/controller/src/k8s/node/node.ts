@@ -4,8 +4,20 @@
 // cluster stops sending it pods.
 import type { KubeRest } from '../client/rest.js';
 import { isConflict, isNotFound } from '../client/rest.js';
+// A Node carries one kubernetes.io/arch; this prefix makes one label per architecture its cells can have.
+import { ARCH_LABEL_PREFIX } from '../../selection/architectures.js';
 
 export const VIRTUAL_NODE_TAINT_KEY = 'virtual-kubelet.io/provider';
+
+/**
+ * The one architecture a Node may name (kubernetes.io/arch, nodeInfo.architecture) when cells
+ * come in several: amd64 when it is among them, since that is what images without a multi-arch
+ * index and charts pinning an arch mostly mean; pods that want another select its
+ * cello.dev/arch-* label, which the controller's selection honours as well (docs/architectures.md).
+ */
+export function nodeArchitecture(archs: readonly string[]): string {
+  return archs.includes('amd64') || archs.length === 0 ? 'amd64' : archs[0]!;
+}
 
 export interface NodeCapacity {
   cpu: string;
@@ -24,6 +36,8 @@ export interface NodeOptions {
   /** Taint pods must tolerate; undefined: no taint. */
   taint?: { key: string; value: string; effect: 'NoSchedule' | 'NoExecute' | 'PreferNoSchedule' };
   labels?: Record<string, string>;
+  /** The architectures the provider can launch cells of; the Node's arch is chosen from them (nodeArchitecture). */
+  architectures?: readonly string[];
   capacity: () => Promise<{ capacity: NodeCapacity; allocatable: NodeCapacity }>;
   /** Resolves with undefined when the controller core is healthy, else with why it is not. */
   health: () => Promise<string | undefined>;
@@ -51,15 +65,18 @@ export class VirtualNode {
   constructor(private readonly rest: KubeRest, readonly o: NodeOptions) {}
 
   labels(): Record<string, string> {
+    const archs = this.o.architectures ?? ['amd64'];
+    const arch = nodeArchitecture(archs);
     return {
       type: 'virtual-kubelet',
       'kubernetes.io/role': 'agent',
       'node.kubernetes.io/role': 'agent',
       'kubernetes.io/hostname': this.o.nodeName,
       'kubernetes.io/os': 'linux',
-      'kubernetes.io/arch': 'amd64',
+      'kubernetes.io/arch': arch,
       'beta.kubernetes.io/os': 'linux',
-      'beta.kubernetes.io/arch': 'amd64',
+      'beta.kubernetes.io/arch': arch,
+      ...Object.fromEntries(archs.map((a) => [`${ARCH_LABEL_PREFIX}${a}`, 'true'])),
       'cello.dev/provider': this.o.providerName,
       'node.kubernetes.io/exclude-from-external-load-balancers': 'true',
       ...(this.o.labels ?? {}),
@@ -108,7 +125,7 @@ export class VirtualNode {
         kubeletVersion: `v1.34.0-cello-${this.o.version}`,
         kubeProxyVersion: '',
         operatingSystem: 'linux',
-        architecture: 'amd64',
+        architecture: nodeArchitecture(this.o.architectures ?? ['amd64']),
       },
     };
   }

@@ -61,6 +61,7 @@ export interface AwsProviderOptions {
   testAgentAddressMap?: (instanceId: string) => string | undefined;
 }
 
+const ARCH_TTL_MS = 60_000;
 const LIVE_STATES = ['pending', 'running', 'stopping', 'stopped', 'shutting-down'];
 const DESCRIBE_CHUNK = 200; // values per filter
 const TERMINATE_CHUNK = 1000;
@@ -98,6 +99,8 @@ export class AwsProvider implements CellProvider {
   private readonly catalog: AwsCatalog;
   private readonly images: ImageResolver;
   private readonly unavailable: UnavailablePairs;
+  /** What architectures() found, kept a minute: every scheduling asks, and a missing arm64 image would cost a DescribeImages each time. */
+  private archs: { at: number; value: Promise<Array<InstanceType['arch']>> } | undefined;
   private subnetZones: Promise<Map<string, string>> | undefined;
   private readonly cellGroups = new Map<number, Promise<string>>();
   private readonly m: {
@@ -151,6 +154,21 @@ export class AwsProvider implements CellProvider {
 
   async instanceTypes(): Promise<InstanceType[]> {
     return this.catalog.types();
+  }
+
+  /** Architectures of the catalog the cell image resolves for (image.id: its one; a name filter: those with a match). */
+  architectures(): Promise<Array<InstanceType['arch']>> {
+    const now = Date.now();
+    if (!this.archs || now - this.archs.at > ARCH_TTL_MS) {
+      const value = this.catalog.types().then(async (types) => {
+        const archs = [...new Set(types.map((t) => t.arch))].sort();
+        const ok = await Promise.all(archs.map((a) => this.images.resolve(a).then(() => true, () => false)));
+        return archs.filter((_, i) => ok[i]);
+      });
+      this.archs = { at: now, value };
+      value.catch(() => (this.archs = undefined));
+    }
+    return this.archs.value;
   }
 
   refusePod(pod: { namespace: string; annotations: Record<string, string> }): string | undefined {

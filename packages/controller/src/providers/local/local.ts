@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, openSync, closeSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { mkdir, readFile, rm, rmdir, writeFile, rename } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import { availableParallelism, freemem, totalmem } from 'node:os';
+import { arch as hostArch, availableParallelism, freemem, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -143,11 +143,17 @@ export class LocalProvider implements CellProvider {
   private readonly useNetns: boolean;
 
   constructor(private readonly opts: LocalProviderOptions) {
-    this.types = opts.types ?? catalogTypes(localCatalog());
+    // A local cell is a process on this host: whatever the catalog says, it runs this host's architecture.
+    const arch = localArchitecture();
+    this.types = (opts.types ?? catalogTypes(localCatalog())).map((t) => ({ ...t, arch }));
     const root = typeof process.getuid === 'function' && process.getuid() === 0;
     const mode = opts.network ?? 'auto';
     if (mode === 'netns' && !root) throw new Error('provider.local.network: netns needs root');
     this.useNetns = mode === 'netns' || (mode === 'auto' && root);
+  }
+
+  async architectures(): Promise<Array<InstanceType['arch']>> {
+    return [localArchitecture()];
   }
 
   async instanceTypes(): Promise<InstanceType[]> {
@@ -408,6 +414,14 @@ function findRuncRoots(dir: string, depth = 0): string[] {
     }
   }
   return out;
+}
+
+/** This host's architecture, the only one local cells have. */
+export function localArchitecture(): InstanceType['arch'] {
+  const a = hostArch();
+  if (a === 'x64') return 'amd64';
+  if (a === 'arm64') return 'arm64';
+  throw new Error(`local provider: this host's architecture ${a} is neither amd64 nor arm64`);
 }
 
 /** Kills what is left in the cell's cgroups (every hierarchy) and removes them, deepest first. */

@@ -487,6 +487,24 @@ export interface InstallRenewalResponse {
   notAfter: Date | undefined;
 }
 
+export interface PullImageRequest {
+  image: string;
+  /**
+   * Credentials for the image's registry when it is private (never logged: registryCredentials
+   * is on the redaction list).
+   */
+  registryCredentials: RegistryCredential[];
+}
+
+export interface PullImageResponse {
+  /** The manifest digest the cache now holds for the image. */
+  digest: string;
+  /** True when the cache already held it and nothing was fetched. */
+  cached: boolean;
+  downloadedBytes: number;
+  seconds: number;
+}
+
 function createBaseApplyPodRequest(): ApplyPodRequest {
   return {
     pod: undefined,
@@ -5857,6 +5875,216 @@ export const InstallRenewalResponse: MessageFns<InstallRenewalResponse> = {
   },
 };
 
+function createBasePullImageRequest(): PullImageRequest {
+  return { image: "", registryCredentials: [] };
+}
+
+export const PullImageRequest: MessageFns<PullImageRequest> = {
+  encode(message: PullImageRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.image !== "") {
+      writer.uint32(10).string(message.image);
+    }
+    for (const v of message.registryCredentials) {
+      RegistryCredential.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PullImageRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePullImageRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.image = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.registryCredentials.push(RegistryCredential.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PullImageRequest {
+    return {
+      image: isSet(object.image) ? globalThis.String(object.image) : "",
+      registryCredentials: globalThis.Array.isArray(object?.registryCredentials)
+        ? object.registryCredentials.map((e: any) => RegistryCredential.fromJSON(e))
+        : globalThis.Array.isArray(object?.registry_credentials)
+        ? object.registry_credentials.map((e: any) => RegistryCredential.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: PullImageRequest): unknown {
+    const obj: any = {};
+    if (message.image !== "") {
+      obj.image = message.image;
+    }
+    if (message.registryCredentials?.length) {
+      obj.registryCredentials = message.registryCredentials.map((e) => RegistryCredential.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PullImageRequest>): PullImageRequest {
+    return PullImageRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PullImageRequest>): PullImageRequest {
+    const message = createBasePullImageRequest();
+    message.image = object.image ?? "";
+    message.registryCredentials = object.registryCredentials?.map((e) => RegistryCredential.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePullImageResponse(): PullImageResponse {
+  return { digest: "", cached: false, downloadedBytes: 0, seconds: 0 };
+}
+
+export const PullImageResponse: MessageFns<PullImageResponse> = {
+  encode(message: PullImageResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.digest !== "") {
+      writer.uint32(10).string(message.digest);
+    }
+    if (message.cached !== false) {
+      writer.uint32(16).bool(message.cached);
+    }
+    if (message.downloadedBytes !== 0) {
+      writer.uint32(24).int64(message.downloadedBytes);
+    }
+    if (message.seconds !== 0) {
+      writer.uint32(33).double(message.seconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PullImageResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePullImageResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.digest = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.cached = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.downloadedBytes = longToNumber(reader.int64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.seconds = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PullImageResponse {
+    return {
+      digest: isSet(object.digest) ? globalThis.String(object.digest) : "",
+      cached: isSet(object.cached) ? globalThis.Boolean(object.cached) : false,
+      downloadedBytes: isSet(object.downloadedBytes)
+        ? globalThis.Number(object.downloadedBytes)
+        : isSet(object.downloaded_bytes)
+        ? globalThis.Number(object.downloaded_bytes)
+        : 0,
+      seconds: isSet(object.seconds) ? globalThis.Number(object.seconds) : 0,
+    };
+  },
+
+  toJSON(message: PullImageResponse): unknown {
+    const obj: any = {};
+    if (message.digest !== "") {
+      obj.digest = message.digest;
+    }
+    if (message.cached !== false) {
+      obj.cached = message.cached;
+    }
+    if (message.downloadedBytes !== 0) {
+      obj.downloadedBytes = Math.round(message.downloadedBytes);
+    }
+    if (message.seconds !== 0) {
+      obj.seconds = floatToJson(message.seconds);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PullImageResponse>): PullImageResponse {
+    return PullImageResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PullImageResponse>): PullImageResponse {
+    const message = createBasePullImageResponse();
+    message.digest = object.digest ?? "";
+    message.cached = object.cached ?? false;
+    message.downloadedBytes = object.downloadedBytes ?? 0;
+    message.seconds = object.seconds ?? 0;
+    return message;
+  },
+};
+
 export type CellAgentService = typeof CellAgentService;
 export const CellAgentService = {
   /**
@@ -6002,6 +6230,21 @@ export const CellAgentService = {
     responseSerialize: (value: ServicesAck): Buffer => Buffer.from(ServicesAck.encode(value).finish()),
     responseDeserialize: (value: Buffer): ServicesAck => ServicesAck.decode(value),
   },
+  /**
+   * Pulls an image into the cell's image cache before any pod asks for it: a warm cell's
+   * pre-pull. Idempotent; an image the cache already holds is not fetched again. A pull
+   * failure is FAILED_PRECONDITION (not found, unauthorized), UNAVAILABLE (the registry cannot
+   * be reached) or INVALID_ARGUMENT (a bad reference), with the registry's reason.
+   */
+  pullImage: {
+    path: "/cello.cell.v1.CellAgent/PullImage" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PullImageRequest): Buffer => Buffer.from(PullImageRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PullImageRequest => PullImageRequest.decode(value),
+    responseSerialize: (value: PullImageResponse): Buffer => Buffer.from(PullImageResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PullImageResponse => PullImageResponse.decode(value),
+  },
 } as const;
 
 export interface CellAgentServer extends UntypedServiceImplementation {
@@ -6042,6 +6285,13 @@ export interface CellAgentServer extends UntypedServiceImplementation {
    * time: a new one (the controller reconnecting, a new leader) replaces the old.
    */
   syncServices: handleBidiStreamingCall<ServicesUpdate, ServicesAck>;
+  /**
+   * Pulls an image into the cell's image cache before any pod asks for it: a warm cell's
+   * pre-pull. Idempotent; an image the cache already holds is not fetched again. A pull
+   * failure is FAILED_PRECONDITION (not found, unauthorized), UNAVAILABLE (the registry cannot
+   * be reached) or INVALID_ARGUMENT (a bad reference), with the registry's reason.
+   */
+  pullImage: handleUnaryCall<PullImageRequest, PullImageResponse>;
 }
 
 export interface CellAgentClient extends Client {
@@ -6197,6 +6447,27 @@ export interface CellAgentClient extends Client {
   syncServices(): ClientDuplexStream<ServicesUpdate, ServicesAck>;
   syncServices(options: Partial<CallOptions>): ClientDuplexStream<ServicesUpdate, ServicesAck>;
   syncServices(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<ServicesUpdate, ServicesAck>;
+  /**
+   * Pulls an image into the cell's image cache before any pod asks for it: a warm cell's
+   * pre-pull. Idempotent; an image the cache already holds is not fetched again. A pull
+   * failure is FAILED_PRECONDITION (not found, unauthorized), UNAVAILABLE (the registry cannot
+   * be reached) or INVALID_ARGUMENT (a bad reference), with the registry's reason.
+   */
+  pullImage(
+    request: PullImageRequest,
+    callback: (error: ServiceError | null, response: PullImageResponse) => void,
+  ): ClientUnaryCall;
+  pullImage(
+    request: PullImageRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PullImageResponse) => void,
+  ): ClientUnaryCall;
+  pullImage(
+    request: PullImageRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PullImageResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const CellAgentClient = makeGenericClientConstructor(CellAgentService, "cello.cell.v1.CellAgent") as unknown as {

@@ -390,11 +390,28 @@ export interface PodSpec {
   dnsPolicy: string;
   /** Free-form node selector and tolerations are kept for the controller's decisions. */
   nodeSelector: { [key: string]: string };
+  /**
+   * spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution: its terms (any
+   * one may match; within a term every expression must), kept for the controller's decisions
+   * (the architecture of the pod's cell).
+   */
+  requiredNodeAffinity: NodeSelectorTerm[];
 }
 
 export interface PodSpec_NodeSelectorEntry {
   key: string;
   value: string;
+}
+
+export interface NodeSelectorTerm {
+  matchExpressions: NodeSelectorRequirement[];
+}
+
+export interface NodeSelectorRequirement {
+  key: string;
+  /** In, NotIn, Exists, DoesNotExist, Gt, Lt */
+  operator: string;
+  values: string[];
 }
 
 export interface Container {
@@ -1222,6 +1239,7 @@ function createBasePodSpec(): PodSpec {
     shareProcessNamespace: false,
     dnsPolicy: "",
     nodeSelector: {},
+    requiredNodeAffinity: [],
   };
 }
 
@@ -1275,6 +1293,9 @@ export const PodSpec: MessageFns<PodSpec> = {
     globalThis.Object.entries(message.nodeSelector).forEach(([key, value]: [string, string]) => {
       PodSpec_NodeSelectorEntry.encode({ key: key as any, value }, writer.uint32(130).fork()).join();
     });
+    for (const v of message.requiredNodeAffinity) {
+      NodeSelectorTerm.encode(v!, writer.uint32(138).fork()).join();
+    }
     return writer;
   },
 
@@ -1422,6 +1443,14 @@ export const PodSpec: MessageFns<PodSpec> = {
             }
             continue;
           }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.requiredNodeAffinity.push(NodeSelectorTerm.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1524,6 +1553,11 @@ export const PodSpec: MessageFns<PodSpec> = {
           {},
         )
         : {},
+      requiredNodeAffinity: globalThis.Array.isArray(object?.requiredNodeAffinity)
+        ? object.requiredNodeAffinity.map((e: any) => NodeSelectorTerm.fromJSON(e))
+        : globalThis.Array.isArray(object?.required_node_affinity)
+        ? object.required_node_affinity.map((e: any) => NodeSelectorTerm.fromJSON(e))
+        : [],
     };
   },
 
@@ -1583,6 +1617,9 @@ export const PodSpec: MessageFns<PodSpec> = {
         });
       }
     }
+    if (message.requiredNodeAffinity?.length) {
+      obj.requiredNodeAffinity = message.requiredNodeAffinity.map((e) => NodeSelectorTerm.toJSON(e));
+    }
     return obj;
   },
 
@@ -1619,6 +1656,7 @@ export const PodSpec: MessageFns<PodSpec> = {
       },
       {},
     );
+    message.requiredNodeAffinity = object.requiredNodeAffinity?.map((e) => NodeSelectorTerm.fromPartial(e)) || [];
     return message;
   },
 };
@@ -1704,6 +1742,180 @@ export const PodSpec_NodeSelectorEntry: MessageFns<PodSpec_NodeSelectorEntry> = 
     const message = createBasePodSpec_NodeSelectorEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseNodeSelectorTerm(): NodeSelectorTerm {
+  return { matchExpressions: [] };
+}
+
+export const NodeSelectorTerm: MessageFns<NodeSelectorTerm> = {
+  encode(message: NodeSelectorTerm, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.matchExpressions) {
+      NodeSelectorRequirement.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NodeSelectorTerm {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNodeSelectorTerm();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.matchExpressions.push(NodeSelectorRequirement.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NodeSelectorTerm {
+    return {
+      matchExpressions: globalThis.Array.isArray(object?.matchExpressions)
+        ? object.matchExpressions.map((e: any) => NodeSelectorRequirement.fromJSON(e))
+        : globalThis.Array.isArray(object?.match_expressions)
+        ? object.match_expressions.map((e: any) => NodeSelectorRequirement.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: NodeSelectorTerm): unknown {
+    const obj: any = {};
+    if (message.matchExpressions?.length) {
+      obj.matchExpressions = message.matchExpressions.map((e) => NodeSelectorRequirement.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<NodeSelectorTerm>): NodeSelectorTerm {
+    return NodeSelectorTerm.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<NodeSelectorTerm>): NodeSelectorTerm {
+    const message = createBaseNodeSelectorTerm();
+    message.matchExpressions = object.matchExpressions?.map((e) => NodeSelectorRequirement.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseNodeSelectorRequirement(): NodeSelectorRequirement {
+  return { key: "", operator: "", values: [] };
+}
+
+export const NodeSelectorRequirement: MessageFns<NodeSelectorRequirement> = {
+  encode(message: NodeSelectorRequirement, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.operator !== "") {
+      writer.uint32(18).string(message.operator);
+    }
+    for (const v of message.values) {
+      writer.uint32(26).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NodeSelectorRequirement {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNodeSelectorRequirement();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.values.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NodeSelectorRequirement {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+      values: globalThis.Array.isArray(object?.values) ? object.values.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: NodeSelectorRequirement): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    if (message.values?.length) {
+      obj.values = message.values;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<NodeSelectorRequirement>): NodeSelectorRequirement {
+    return NodeSelectorRequirement.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<NodeSelectorRequirement>): NodeSelectorRequirement {
+    const message = createBaseNodeSelectorRequirement();
+    message.key = object.key ?? "";
+    message.operator = object.operator ?? "";
+    message.values = object.values?.map((e) => e) || [];
     return message;
   },
 };
