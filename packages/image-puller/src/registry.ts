@@ -123,7 +123,9 @@ export class RegistryClient {
     const host = o.registry === 'docker.io' ? 'registry-1.docker.io' : o.registry;
     this.origin = `${o.hostTransport.plainHttp ? 'http' : 'https'}://${host}`;
     this.scope = `repository:${o.repository}:pull`;
-    const who = o.credentials?.username ?? (o.credentials?.identityToken ? 'identity-token' : '');
+    // Keyed by the whole credential (hashed), not the user name: a wrong password must never
+    // ride on the token a right one earned, or the shared-cache credential check means nothing.
+    const who = o.credentials ? createHash('sha256').update(JSON.stringify([o.credentials.username ?? '', o.credentials.password ?? '', o.credentials.identityToken ?? ''])).digest('hex') : '';
     this.tokenKey = `${o.registry}|${this.scope}|${who}`;
   }
 

@@ -263,4 +263,12 @@ describe('token auth (distribution auth: token, issuer written for the test)', (
     expect((wrong as PullError).kind).toBe('auth');
     expect((wrong as PullError).message).not.toContain('nope-wrong');
   });
+
+  it('a wrong password never rides on the token the right one earned (same puller, same user name)', async () => {
+    const p = new ImagePuller({ root: join(work, 'cache-token5'), plainHttp: [registry.host] });
+    await p.inspect(ref, { auth: () => ({ username: 'alice', password: 's3cret-pw' }) });
+    const wrong = await p.inspect(ref, { auth: () => ({ username: 'alice', password: 'nope-wrong' }) }).catch((e: unknown) => e);
+    expect(wrong).toBeInstanceOf(PullError);
+    expect((wrong as PullError).kind).toBe('auth');
+  });
 });
