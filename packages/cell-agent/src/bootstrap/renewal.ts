@@ -115,7 +115,7 @@ export async function loadServerIdentity(f: ServerIdentityFiles): Promise<Server
   const nextCert = `${f.cert}.next`;
   const nextKey = `${f.key}.next`;
   let certPem = await readFile(f.cert, 'utf8');
-  let keyPem = await readFile(f.key, 'utf8');
+  const keyPem = await readFile(f.key, 'utf8');
   if (!keyMatches(certPem, keyPem)) {
     if (existsSync(nextCert) && keyMatches(await readFile(nextCert, 'utf8'), keyPem)) {
       await rename(nextCert, f.cert);

@@ -103,12 +103,11 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   constructor(private readonly o: PodManagerOptions) {
     super();
     this.setMaxListeners(0);
-    const self = this;
     this.images = new ImageManager({
       images: o.images,
       backoff: o.backoff ?? KUBERNETES_BACKOFF,
-      credentials: () => self.req?.registryCredentials ?? [],
-      event: (type, reason, message, container) => self.event(type, reason, message, container),
+      credentials: () => this.req?.registryCredentials ?? [],
+      event: (type, reason, message, container) => this.event(type, reason, message, container),
       onPull: o.onPull,
     });
     this.unitCtx = {
@@ -118,15 +117,15 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       backoff: o.backoff ?? KUBERNETES_BACKOFF,
       probeSecondMs: o.probeSecondMs ?? 1000,
       pidsLimit: o.pidsLimit,
-      restartPolicy: () => self.req?.pod?.spec?.restartPolicy ?? RestartPolicy.RESTART_POLICY_ALWAYS,
-      podIP: () => self.o.podIP,
-      ensureImage: (u, s) => self.images.ensure(u, s),
-      buildSpec: (u, i, inst) => self.buildUnitSpec(u, i, inst),
-      newSink: (u) => self.logsOf(u).startInstance(),
-      changed: () => self.changed(),
-      event: (type, reason, message, container) => self.event(type, reason, message, container),
-      probeResult: (unit, probe, ok) => self.o.onProbe?.(unit, probe, ok),
-      podContainers: () => (self.req?.pod?.spec?.containers.length ?? 0) + (self.req?.pod?.spec?.initContainers.length ?? 0),
+      restartPolicy: () => this.req?.pod?.spec?.restartPolicy ?? RestartPolicy.RESTART_POLICY_ALWAYS,
+      podIP: () => this.o.podIP,
+      ensureImage: (u, s) => this.images.ensure(u, s),
+      buildSpec: (u, i, inst) => this.buildUnitSpec(u, i, inst),
+      newSink: (u) => this.logsOf(u).startInstance(),
+      changed: () => this.changed(),
+      event: (type, reason, message, container) => this.event(type, reason, message, container),
+      probeResult: (unit, probe, ok) => this.o.onProbe?.(unit, probe, ok),
+      podContainers: () => (this.req?.pod?.spec?.containers.length ?? 0) + (this.req?.pod?.spec?.initContainers.length ?? 0),
       fifos: new FifoPool(join(o.runDir ?? o.stateDir, 'fifo-pool')),
       shims: new ShimPool(o.runc.binary, o.runc.root, o.stateDir),
     };

@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { startEtcd, waitFor, type EtcdServer } from '@cello/testkit';
 import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CompactedError, ConflictError, EtcdStore, openStore, type Store } from '../../src/store/index.js';
+import { CompactedError, ConflictError, type EtcdStore, openStore, type Store } from '../../src/store/index.js';
 import { storeContract } from './contract.js';
 import { transpileSources } from './transpile.js';
 
