@@ -2,6 +2,7 @@
 // then the units, builds volumes (each unit's OCI spec comes from container-config.ts),
 // computes the pod status and pushes every change to watchers. Survives an agent restart by
 // re-adopting units from the state dir.
+import { CelloError } from '@cello/proto';
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
@@ -70,7 +71,12 @@ export interface PodManagerOptions {
   onProbe?: (unit: string, probe: 'startup' | 'liveness' | 'readiness', ok: boolean) => void;
 }
 
-export class GenerationError extends Error {}
+/** An ApplyPod older than what is applied: the caller's view is stale. */
+export class GenerationError extends CelloError {
+  constructor(message: string) {
+    super('FailedPrecondition', message);
+  }
+}
 
 const NULL_SINK: LogSink = { write() {}, end() {} };
 

@@ -153,7 +153,7 @@ describe('etcd store', () => {
 
   it('a killed leader (kill -9) is replaced once its lease expires, not before', async () => {
     const prefix = `/t-${randomUUID()}/`;
-    const child = transpileSources(['store/etcd.ts', 'store/etcd-tls.ts', 'store/store.ts', 'store/watch-stream.ts', 'store/metrics.ts', 'util/backoff.ts', 'errors.ts', 'util/errors.ts'], {
+    const child = transpileSources(['store/etcd.ts', 'store/etcd-tls.ts', 'store/store.ts', 'store/entry.ts', 'store/watch-stream.ts', 'store/metrics.ts', 'util/backoff.ts', 'errors.ts', 'util/errors.ts'], {
       'leader.mjs': `import { EtcdStore } from './etcd.js';
 const s = await EtcdStore.open({ endpoints: [process.argv[2]], prefix: process.argv[3] });
 const l = await s.campaign('ctl', 'child', { ttlSeconds: 2 });
