@@ -7,3 +7,4 @@ export { parseQuantity, parseCpuMillis, parseBytes, parseCount, formatCpuMillis,
 export { splitHostPort, joinHostPort, freePort, HostPortError } from './net.js';
 export { REDACT_PATHS, REDACT_CENSOR } from './redact.js';
 export { CelloError, type ErrorCode, grpcStatus, toStatus, errMsg } from './errors.js';
+export { parseSpiffeId, isSpiffeName, type SpiffeId, type SpiffeKind } from './spiffe.js';
