@@ -303,8 +303,7 @@ Examples:
   let resolved: Globals | undefined;
   const g = (): Globals => (resolved ??= resolveGlobals(program.opts<Options>()));
 
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  const run = <A extends any[]>(fn: (...a: A) => Promise<number | void>) =>
+  const run = <A extends unknown[]>(fn: (...a: A) => Promise<number | void>) =>
     async (...args: A) => {
       try {
         const code = await fn(...args);
