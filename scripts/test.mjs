@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// `npm test`: set up what is missing, build through turbo, run every package's tests, and
-// print one closing line summing all the test runners' results.
+// `npm test`: set up what is missing, build through turbo, lint (tsc, ESLint, Prettier), run
+// every package's tests, and print one closing line summing all the test runners' results.
+// A lint failure fails the run, but the tests still run so that one report says everything.
 //   npm test                       everything
 //   npm test -- --filter=@cello/proto   one package (any turbo flag passes through)
 import { spawnSync } from 'node:child_process';
@@ -47,6 +48,15 @@ let status = 0;
 step('build', () => {
   status = turbo(['run', 'build']);
 });
+// Lint: every package's tsc (through turbo, cached), then ESLint and Prettier over the tree.
+let lintStatus = 0;
+if (status === 0) {
+  step('lint', () => {
+    const tsc = turbo(['run', 'lint', '--continue']);
+    const code = spawnSync('npm', ['run', '--silent', 'lint:code'], { stdio: 'inherit', cwd: root }).status ?? 1;
+    lintStatus = tsc || code;
+  });
+}
 if (status === 0) {
   step('test', () => {
     status = turbo(['run', 'test', '--continue']);
@@ -78,5 +88,9 @@ for (const p of packages()) {
   if (!r.success && (r.numFailedTests ?? 0) === 0) failed += Math.max(1, r.numFailedTestSuites ?? 0);
 }
 if (status !== 0 && failed === 0) failed = 1;
+if (lintStatus !== 0) {
+  process.stderr.write('\nlint failed (see above): `npm run format` fixes formatting and what ESLint can fix; the rest needs a hand.\n');
+  failed += 1;
+}
 process.stdout.write(`\n${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}\n`);
-process.exit(status === 0 && failed === 0 ? 0 : 1);
+process.exit(status === 0 && lintStatus === 0 && failed === 0 ? 0 : 1);

@@ -8,7 +8,7 @@
 // of requests made per pod (apiserver_request_total, by verb/resource/subresource).
 //   npm run bench:k8s -- [--pods N] [--warm N]
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -25,7 +25,6 @@ const imp = (p) => import(pathToFileURL(join(root, p)).href);
 const testkit = await imp('packages/testkit/dist/index.js');
 const k8s = await imp('packages/controller/dist/k8s/index.js');
 const { stringify } = await import('yaml');
-const grpc = await import('@grpc/grpc-js');
 const { ControllerClient } = await imp('packages/proto/dist/controller.js');
 const ctl = await imp('packages/controller/dist/index.js');
 

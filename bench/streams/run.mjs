@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { credentials, Server, ServerCredentials } from '@grpc/grpc-js';
 import pino from 'pino';
-import { CellAgentClient, CellAgentService, ExecInput, LogsRequest } from '@cello/proto/cell';
+import { CellAgentClient, ExecInput, LogsRequest } from '@cello/proto/cell';
 
 const dist = new URL('../../packages/cell-agent/dist/', import.meta.url);
 const { ContainerLogs } = await import(new URL('logs/index.js', dist).href);
@@ -79,7 +79,9 @@ async function runningPid(id) {
     try {
       const st = JSON.parse(execFileSync('runc', ['--root', runcRoot, 'state', id], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
       if (st.status === 'running') return st.pid;
-    } catch {}
+    } catch {
+      // not created yet
+    }
     await new Promise((r) => setTimeout(r, 20));
   }
   throw new Error(`${id} did not start`);
@@ -312,7 +314,9 @@ try {
   server.forceShutdown();
   try {
     execFileSync('ip', ['netns', 'del', netns]);
-  } catch {}
+  } catch {
+    // already gone
+  }
   rmSync(base, { recursive: true, force: true });
 }
 

@@ -1,3 +1,4 @@
+/* global CELLO_BUNDLE_VERSION -- replaced at bundle time (esbuild `define`) */
 // Entry point of the agent bundle. It answers `--version` itself — the bundle's version is
 // fixed when it is packaged, and the check proves the bundled runtime starts — then hands
 // over to the agent's own CLI, which the packager aliases to packages/cell-agent/dist/cli.js.

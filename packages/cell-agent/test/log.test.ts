@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import pino from 'pino';
+import type pino from 'pino';
 import { createLogger } from '../src/log.js';
 
 describe('agent logger', () => {

@@ -5,7 +5,7 @@ import { mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ContainerStatus, PodSpec, PodPhase, RestartPolicy } from '@cello/proto/cell';
+import { ContainerStatus, PodSpec, PodPhase, RestartPolicy, ApplyPodRequest, Pod } from '@cello/proto/cell';
 import { expand, resolveArgv } from '../src/runtime/expand.js';
 import { resolveUser } from '../src/runtime/user.js';
 import { checkItemPath, resolveInRoot } from '../src/runtime/safe-path.js';
@@ -14,7 +14,6 @@ import { Backoff, KUBERNETES_BACKOFF } from '../src/pod/backoff.js';
 import { podPhase, qosClass } from '../src/pod/pod-status.js';
 import { validateApply, InvalidPodError } from '../src/pod/validate.js';
 import { resolveSubPath } from '../src/pod/volumes.js';
-import { ApplyPodRequest, Pod } from '@cello/proto/cell';
 
 describe('$(VAR) expansion and argv', () => {
   const env = new Map([['A', 'x'], ['B', 'y z']]);

@@ -1,68 +1,8 @@
-import { Metadata, status as Status, type ServiceError } from '@grpc/grpc-js';
-import { errMsg } from './util/errors.js';
+// The controller's errors share @cello/proto's model (CelloError's stable code, toStatus at the
+// gRPC edge); this module re-exports it so the controller's modules import errors from one place.
+import { CelloError } from '@cello/proto';
 
-/**
- * The controller's error model: every error it raises on purpose is a `CelloError` whose
- * `code` is one of these stable names (gRPC's canonical codes, spelled as words so that logs,
- * tests and callers outside gRPC read them without a table). Callers branch on `code` or on
- * the subclass, never on the message; `toStatus` is the one place a code becomes a gRPC status.
- */
-export type ErrorCode =
-  | 'InvalidArgument'
-  | 'NotFound'
-  | 'Conflict'
-  | 'FailedPrecondition'
-  | 'PermissionDenied'
-  | 'Unauthenticated'
-  | 'ResourceExhausted'
-  | 'Unavailable'
-  | 'DeadlineExceeded'
-  | 'Internal';
-
-const GRPC_STATUS: Record<ErrorCode, Status> = {
-  InvalidArgument: Status.INVALID_ARGUMENT,
-  NotFound: Status.NOT_FOUND,
-  Conflict: Status.ABORTED,
-  FailedPrecondition: Status.FAILED_PRECONDITION,
-  PermissionDenied: Status.PERMISSION_DENIED,
-  Unauthenticated: Status.UNAUTHENTICATED,
-  ResourceExhausted: Status.RESOURCE_EXHAUSTED,
-  Unavailable: Status.UNAVAILABLE,
-  DeadlineExceeded: Status.DEADLINE_EXCEEDED,
-  Internal: Status.INTERNAL,
-};
-
-export class CelloError extends Error {
-  constructor(
-    readonly code: ErrorCode,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-    // The subclass's own name, so logs and stack traces say ConfigError rather than Error.
-    this.name = new.target.name;
-  }
-}
-
-/** The gRPC status a code maps to. */
-export function grpcStatus(code: ErrorCode): Status {
-  return GRPC_STATUS[code];
-}
-
-/**
- * The gRPC error a handler answers with. A CelloError maps by its code; an error that already
- * carries a gRPC status (one relayed from an agent, say) passes through unchanged; anything else
- * is a bug and goes out as INTERNAL with its message.
- */
-export function toStatus(err: unknown): ServiceError {
-  if (err instanceof CelloError) {
-    return Object.assign(new Error(err.message), { name: err.name, code: grpcStatus(err.code), details: err.message, metadata: new Metadata() });
-  }
-  const se = err as ServiceError;
-  if (se && typeof se === 'object' && typeof se.code === 'number') return se;
-  const message = errMsg(err);
-  return Object.assign(new Error(message), { code: Status.INTERNAL, details: message, metadata: new Metadata() });
-}
+export { CelloError, type ErrorCode, grpcStatus, toStatus } from '@cello/proto';
 
 /** A configuration the controller or cellctl cannot use: the message names the file and the field. */
 export class ConfigError extends CelloError {

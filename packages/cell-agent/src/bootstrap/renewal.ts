@@ -16,7 +16,7 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readFile, rename, rm } from 'node:fs/promises';
-import { status, type ServerUnaryCall, type sendUnaryData, type experimental } from '@grpc/grpc-js';
+import { type ServerUnaryCall, type experimental } from '@grpc/grpc-js';
 import type { PeerCertificate } from 'node:tls';
 import {
   InstallRenewalResponse,
@@ -26,6 +26,8 @@ import {
   type RequestRenewalRequest,
 } from '@cello/proto/cell';
 import type { Logger } from 'pino';
+import { CelloError } from '@cello/proto';
+import { refusableUnary } from './unary.js';
 import { writeAtomic } from './identity.js';
 import { checkIssuedCertificate, makeCsr, newCellKey, type CellKey } from './x509.js';
 import { spiffeIdOf } from '../server/peer-auth.js';
@@ -115,7 +117,7 @@ export async function loadServerIdentity(f: ServerIdentityFiles): Promise<Server
   const nextCert = `${f.cert}.next`;
   const nextKey = `${f.key}.next`;
   let certPem = await readFile(f.cert, 'utf8');
-  let keyPem = await readFile(f.key, 'utf8');
+  const keyPem = await readFile(f.key, 'utf8');
   if (!keyMatches(certPem, keyPem)) {
     if (existsSync(nextCert) && keyMatches(await readFile(nextCert, 'utf8'), keyPem)) {
       await rename(nextCert, f.cert);
@@ -128,12 +130,6 @@ export async function loadServerIdentity(f: ServerIdentityFiles): Promise<Server
   await rm(nextKey, { force: true });
   await rm(nextCert, { force: true });
   return new ServerIdentity({ certPem, keyPem, caPem: await readFile(f.ca, 'utf8') });
-}
-
-class Refused extends Error {
-  constructor(readonly code: status, message: string) {
-    super(message);
-  }
 }
 
 export interface CertificateServiceOptions {
@@ -160,29 +156,20 @@ export function createCertificateService(o: CertificateServiceOptions): CellCert
     const id = clientIdentityOf(call.getAuthContext?.()?.sslPeerCertificate);
     const mine = o.identity.identity();
     if (!id || id.name !== (o.controllerName ?? 'controller') || (mine && id.trustDomain !== mine.trustDomain)) {
-      throw new Refused(status.PERMISSION_DENIED, 'only the controller may renew this cell\'s certificate');
+      throw new CelloError('PermissionDenied', 'only the controller may renew this cell\'s certificate');
     }
   };
 
   const handle = <Req, Res>(name: string, f: (req: Req) => Promise<Res>) =>
-    (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
-      Promise.resolve()
-        .then(() => authorize(call as ServerUnaryCall<unknown, unknown>))
-        .then(() => f(call.request))
-        .then(
-          (res) => cb(null, res),
-          (err: unknown) => {
-            const code = err instanceof Refused ? err.code : status.INTERNAL;
-            log.warn({ rpc: name, peer: call.getPeer(), code: status[code], reason: (err as Error).message }, 'certificate renewal refused');
-            cb({ code, details: (err as Error).message });
-          },
-        );
-    };
+    refusableUnary<Req, Res>(log, 'certificate renewal refused', name, async (call) => {
+      authorize(call as ServerUnaryCall<unknown, unknown>);
+      return f(call.request);
+    });
 
   return {
     requestRenewal: handle<RequestRenewalRequest, RequestRenewalResponse>('RequestRenewal', async () => {
       const id = o.identity.identity();
-      if (!id) throw new Refused(status.FAILED_PRECONDITION, 'the current certificate names no cell');
+      if (!id) throw new CelloError('FailedPrecondition', 'the current certificate names no cell');
       const key = await newCellKey();
       pending.push(key);
       if (pending.length > MAX_PENDING) pending.shift();
@@ -190,22 +177,22 @@ export function createCertificateService(o: CertificateServiceOptions): CellCert
       return RequestRenewalResponse.fromPartial({ cellId: id.cellId, csrPem: await makeCsr(key, id.cellId), currentNotAfter: new Date(cur.validTo) });
     }),
     installRenewal: handle<InstallRenewalRequest, InstallRenewalResponse>('InstallRenewal', async (req) => {
-      if (typeof req.certificatePem !== 'string' || req.certificatePem === '') throw new Refused(status.INVALID_ARGUMENT, 'certificate_pem: required');
+      if (typeof req.certificatePem !== 'string' || req.certificatePem === '') throw new CelloError('InvalidArgument', 'certificate_pem: required');
       const id = o.identity.identity()!;
       let cert: X509Certificate;
       try {
         cert = new X509Certificate(req.certificatePem);
       } catch (err) {
-        throw new Refused(status.INVALID_ARGUMENT, `certificate_pem does not parse: ${(err as Error).message}`);
+        throw new CelloError('InvalidArgument', `certificate_pem does not parse: ${(err as Error).message}`);
       }
       const spki = cert.publicKey.export({ type: 'spki', format: 'der' });
       const i = pending.findIndex((k) => k.spki.equals(spki));
-      if (i < 0) throw new Refused(status.FAILED_PRECONDITION, 'certificate_pem is not for a key this cell has an outstanding request for (RequestRenewal first)');
+      if (i < 0) throw new CelloError('FailedPrecondition', 'certificate_pem is not for a key this cell has an outstanding request for (RequestRenewal first)');
       const key = pending[i]!;
       try {
         await checkIssuedCertificate({ certPem: req.certificatePem, caPem: o.identity.current().caPem, key, cellId: id.cellId, trustDomain: id.trustDomain, now: now() });
       } catch (err) {
-        throw new Refused(status.INVALID_ARGUMENT, (err as Error).message);
+        throw new CelloError('InvalidArgument', (err as Error).message);
       }
       pending.splice(i, 1);
       // One swap at a time: two interleaved renames could pair a key with the other certificate.

@@ -7,10 +7,10 @@
 //                                by the CA from the user data and name this cell; the agent
 //                                stores it and stops the bootstrap listener.
 // A wrong, replayed or expired token is refused with PERMISSION_DENIED / the reason.
-import { joinHostPort, splitHostPort } from '@cello/proto';
+import { CelloError, joinHostPort, splitHostPort } from '@cello/proto';
 import { timingSafeEqual } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
-import { Server, ServerCredentials, status, type ServerUnaryCall, type sendUnaryData } from '@grpc/grpc-js';
+import { Server, ServerCredentials } from '@grpc/grpc-js';
 import {
   CellBootstrapService,
   InstallCertificateResponse,
@@ -20,6 +20,7 @@ import {
   type RequestCertificateRequest,
 } from '@cello/proto/cell';
 import type { Logger } from 'pino';
+import { refusableUnary } from './unary.js';
 import { identityFiles, markTokenUsed, tokenWasUsed, writeAtomic, type IdentityFiles } from './identity.js';
 import type { CellUserData } from './user-data.js';
 import { checkIssuedCertificate, makeCsr, newCellKey, samePem, throwawayCertificate, type CellKey } from './x509.js';
@@ -40,12 +41,6 @@ export interface BootstrapServer {
   installed: Promise<IdentityFiles>;
   /** Stops the listener without an identity (shutdown). */
   close(): Promise<void>;
-}
-
-class Refused extends Error {
-  constructor(readonly code: status, message: string) {
-    super(message);
-  }
 }
 
 function sameToken(a: string, b: string): boolean {
@@ -79,35 +74,25 @@ export async function startBootstrapServer(o: BootstrapServerOptions): Promise<B
   installed.catch(() => undefined);
 
   const checkToken = (token: string) => {
-    if (typeof token !== 'string' || token === '') throw new Refused(status.INVALID_ARGUMENT, 'token: required');
-    if (!sameToken(token, ud.token)) throw new Refused(status.PERMISSION_DENIED, 'token: does not match this cell\'s bootstrap token');
+    if (typeof token !== 'string' || token === '') throw new CelloError('InvalidArgument', 'token: required');
+    if (!sameToken(token, ud.token)) throw new CelloError('PermissionDenied', 'token: does not match this cell\'s bootstrap token');
     if (now().getTime() >= Date.parse(ud.tokenExpiresAt)) {
-      throw new Refused(status.PERMISSION_DENIED, `token: expired at ${ud.tokenExpiresAt}`);
+      throw new CelloError('PermissionDenied', `token: expired at ${ud.tokenExpiresAt}`);
     }
   };
 
-  const handle = <Req, Res>(name: string, f: (req: Req) => Promise<Res>) =>
-    (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
-      f(call.request).then(
-        (res) => cb(null, res),
-        (err: unknown) => {
-          const code = err instanceof Refused ? err.code : status.INTERNAL;
-          log.warn({ rpc: name, peer: call.getPeer(), code: status[code], reason: (err as Error).message }, 'bootstrap call refused');
-          cb({ code, details: (err as Error).message });
-        },
-      );
-    };
+  const handle = <Req, Res>(name: string, f: (req: Req) => Promise<Res>) => refusableUnary<Req, Res>(log, 'bootstrap call refused', name, (call) => f(call.request));
 
   const impl: CellBootstrapServer = {
     requestCertificate: handle<RequestCertificateRequest, RequestCertificateResponse>('RequestCertificate', async (req) => {
       checkToken(req.token);
-      if (done) throw new Refused(status.PERMISSION_DENIED, 'token: already used (a certificate is installed)');
+      if (done) throw new CelloError('PermissionDenied', 'token: already used (a certificate is installed)');
       if (requested && csrPem) {
         log.info('certificate request asked again (a new controller?); same key, same CSR');
         return RequestCertificateResponse.fromPartial({ cellId: ud.cellId, csrPem });
       }
       if (await tokenWasUsed(files, req.token)) {
-        throw new Refused(status.PERMISSION_DENIED, 'token: already used (a bootstrap token is good once)');
+        throw new CelloError('PermissionDenied', 'token: already used (a bootstrap token is good once)');
       }
       requested = true;
       await markTokenUsed(files, req.token);
@@ -117,15 +102,15 @@ export async function startBootstrapServer(o: BootstrapServerOptions): Promise<B
     }),
     installCertificate: handle<InstallCertificateRequest, InstallCertificateResponse>('InstallCertificate', async (req) => {
       checkToken(req.token);
-      if (!requested) throw new Refused(status.FAILED_PRECONDITION, 'RequestCertificate first');
-      if (done) throw new Refused(status.ALREADY_EXISTS, 'a certificate is already installed');
+      if (!requested) throw new CelloError('FailedPrecondition', 'RequestCertificate first');
+      if (done) throw new CelloError('AlreadyExists', 'a certificate is already installed');
       if (req.caPem && !samePem(req.caPem, ud.caCertPem)) {
-        throw new Refused(status.PERMISSION_DENIED, 'ca_pem: differs from the CA in the user data (the trust anchor cannot be changed here)');
+        throw new CelloError('PermissionDenied', 'ca_pem: differs from the CA in the user data (the trust anchor cannot be changed here)');
       }
       try {
         await checkIssuedCertificate({ certPem: req.certificatePem, caPem: ud.caCertPem, key, cellId: ud.cellId, ...(ud.trustDomain ? { trustDomain: ud.trustDomain } : {}), now: now() });
       } catch (err) {
-        throw new Refused(status.INVALID_ARGUMENT, (err as Error).message);
+        throw new CelloError('InvalidArgument', (err as Error).message);
       }
       await writeAtomic(files.key, key.keyPem, 0o600);
       await writeAtomic(files.ca, ud.caCertPem, 0o644);

@@ -1,8 +1,8 @@
 // `cell-agent ctl`: a crictl-like client for one cell. Takes Kubernetes v1 Pod manifests.
 import { readFileSync } from 'node:fs';
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { ManifestError, podFromManifest } from '@cello/proto';
-import { ApplyPodRequest, type CellAgentClient, type ContainerStatus, Pod, PodPhase } from '@cello/proto/cell';
+import { ApplyPodRequest, type CellAgentClient, type ContainerStatus, type GetStatusResponse, Pod, PodPhase } from '@cello/proto/cell';
 import { connectAgent, type ClientTls } from './client.js';
 
 function phaseName(p: PodPhase): string {
@@ -64,7 +64,7 @@ export function registerCtl(program: Command, registerExtra?: (ctl: Command, con
     .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
     .action(async (opts: { output: string }) => {
       const c = connect();
-      const r = await new Promise<import('@cello/proto/cell').GetStatusResponse>((resolve, reject) => c.getStatus({}, (err, x) => (err ? reject(err) : resolve(x))));
+      const r = await new Promise<GetStatusResponse>((resolve, reject) => c.getStatus({}, (err, x) => (err ? reject(err) : resolve(x))));
       c.close();
       if (opts.output === 'json') {
         const { GetStatusResponse } = await import('@cello/proto/cell');

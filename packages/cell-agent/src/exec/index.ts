@@ -12,10 +12,11 @@
 //   is gone) from the command's output, so they become a clean error instead of stderr bytes.
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, watch, type FSWatcher } from 'node:fs';
-import { constants as osConstants, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as pty from 'node-pty';
 import type { RuncTarget } from '../units/unit-view.js';
+import { exitCodeOfSignal, signalName, signalOfExitCode } from '../runtime/exit-signal.js';
 
 export interface ExecOptions {
   target: RuncTarget;
@@ -53,20 +54,9 @@ export interface ExecSession {
   kill(): void;
 }
 
-const signalNames = new Map<number, string>(Object.entries(osConstants.signals).map(([name, num]) => [num, name]));
-
-/**
- * runc exits with 128+N when the process died of signal N (the shell convention; the wait status
- * itself is not visible to us). We report the signal for codes in that range.
- */
+/** runc's exit code, with the signal a 128+N code stands for (runtime/exit-signal.ts). */
 function interpret(code: number): ExecResult {
   return { exitCode: code, signal: signalOfExitCode(code) };
-}
-
-/** The signal name a 128+N exit code stands for by that convention, or ''. */
-export function signalOfExitCode(code: number): string {
-  if (code > 128 && code < 128 + 32) return signalNames.get(code - 128) ?? '';
-  return '';
 }
 
 function runcError(logPath: string): string | undefined {
@@ -110,7 +100,7 @@ export function startExec(opts: ExecOptions): ExecSession {
   };
   const finish = (code: number, sig: string | undefined): ExecResult => {
     finished = true;
-    let result: ExecResult = sig ? { exitCode: 128 + (osConstants.signals[sig as NodeJS.Signals] ?? 0), signal: sig } : interpret(code);
+    let result: ExecResult = sig ? { exitCode: exitCodeOfSignal(sig), signal: sig } : interpret(code);
     if (code === 255) {
       const err = runcError(logFile);
       if (err !== undefined && /exec failed|unable to start/.test(err)) {
@@ -131,7 +121,7 @@ export function startExec(opts: ExecOptions): ExecSession {
     });
     const result = new Promise<ExecResult>((resolve) => {
       term.onExit(({ exitCode, signal }) => {
-        const name = signal ? signalNames.get(signal) : undefined;
+        const name = signal ? signalName(signal) || undefined : undefined;
         resolve(finish(exitCode, name));
       });
     });

@@ -53,12 +53,12 @@ export class ContainerLogs {
    * whole records; `droppedBytes` is set when data this reader had not yet read was rotated away.
    */
   async *read(req: LogsRequest, signal: AbortSignal): AsyncIterable<LogChunk> {
-    if (req.tailLines !== undefined && req.tailLines < 0) throw new LogsError('INVALID_ARGUMENT', 'tail_lines must not be negative');
-    if (req.limitBytes !== undefined && req.limitBytes < 0) throw new LogsError('INVALID_ARGUMENT', 'limit_bytes must not be negative');
-    if (req.sinceSeconds !== undefined && req.sinceSeconds < 0) throw new LogsError('INVALID_ARGUMENT', 'since_seconds must not be negative');
+    if (req.tailLines !== undefined && req.tailLines < 0) throw new LogsError('InvalidArgument', 'tail_lines must not be negative');
+    if (req.limitBytes !== undefined && req.limitBytes < 0) throw new LogsError('InvalidArgument', 'limit_bytes must not be negative');
+    if (req.sinceSeconds !== undefined && req.sinceSeconds < 0) throw new LogsError('InvalidArgument', 'since_seconds must not be negative');
     const inst = req.previous ? this.previous : this.current;
     if (inst === undefined) {
-      if (req.previous) throw new LogsError('NOT_FOUND', 'previous terminated instance not found');
+      if (req.previous) throw new LogsError('NotFound', 'previous terminated instance not found');
       return; // never started: no logs yet
     }
     yield* readInstance(inst, req, signal, this.opts.ringBytes, () => this.closed);

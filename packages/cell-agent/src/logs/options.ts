@@ -1,5 +1,6 @@
 // What a unit's log storage may be configured with, the limits it resolves them to, and the
 // one error its callers see.
+import { CelloError } from '@cello/proto';
 
 export interface ContainerLogsOptions {
   /** Directory of this unit's log files (created if missing). */
@@ -22,13 +23,9 @@ export interface ContainerLogsOptions {
 export type LogLimits = Required<Omit<ContainerLogsOptions, 'dir'>>;
 
 /** A request the caller got wrong or that names something that does not exist. */
-export class LogsError extends Error {
-  constructor(
-    readonly code: 'NOT_FOUND' | 'INVALID_ARGUMENT',
-    message: string,
-  ) {
-    super(message);
-    this.name = 'LogsError';
+export class LogsError extends CelloError {
+  constructor(code: 'NotFound' | 'InvalidArgument', message: string) {
+    super(code, message);
   }
 }
 
@@ -39,8 +36,8 @@ export function resolveLimits(opts: ContainerLogsOptions): LogLimits {
     ringBytes: opts.ringBytes ?? 8 * 1024 * 1024,
     maxLineBytes: opts.maxLineBytes ?? 16 * 1024,
   };
-  if (!(limits.maxFileBytes > 0)) throw new LogsError('INVALID_ARGUMENT', 'maxFileBytes must be positive');
-  if (!(limits.maxFiles >= 1)) throw new LogsError('INVALID_ARGUMENT', 'maxFiles must be at least 1');
-  if (!(limits.maxLineBytes > 0)) throw new LogsError('INVALID_ARGUMENT', 'maxLineBytes must be positive');
+  if (!(limits.maxFileBytes > 0)) throw new LogsError('InvalidArgument', 'maxFileBytes must be positive');
+  if (!(limits.maxFiles >= 1)) throw new LogsError('InvalidArgument', 'maxFiles must be at least 1');
+  if (!(limits.maxLineBytes > 0)) throw new LogsError('InvalidArgument', 'maxLineBytes must be positive');
   return limits;
 }

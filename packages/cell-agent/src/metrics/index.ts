@@ -199,7 +199,7 @@ const codeNames = new Map<number, string>([
   [11, 'OUT_OF_RANGE'], [12, 'UNIMPLEMENTED'], [13, 'INTERNAL'], [14, 'UNAVAILABLE'], [15, 'DATA_LOSS'], [16, 'UNAUTHENTICATED'],
 ]);
 
-type AnyHandler = (...args: any[]) => unknown; // eslint-disable-line @typescript-eslint/no-explicit-any
+type AnyHandler = (...args: any[]) => unknown; // eslint-disable-line @typescript-eslint/no-explicit-any -- any service's handlers, whatever their call types
 
 /**
  * Wraps a gRPC service implementation so every call is counted by method and status code and

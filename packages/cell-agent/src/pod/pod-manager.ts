@@ -2,6 +2,7 @@
 // then the units, builds volumes (each unit's OCI spec comes from container-config.ts),
 // computes the pod status and pushes every change to watchers. Survives an agent restart by
 // re-adopting units from the state dir.
+import { CelloError } from '@cello/proto';
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
@@ -70,7 +71,12 @@ export interface PodManagerOptions {
   onProbe?: (unit: string, probe: 'startup' | 'liveness' | 'readiness', ok: boolean) => void;
 }
 
-export class GenerationError extends Error {}
+/** An ApplyPod older than what is applied: the caller's view is stale. */
+export class GenerationError extends CelloError {
+  constructor(message: string) {
+    super('FailedPrecondition', message);
+  }
+}
 
 const NULL_SINK: LogSink = { write() {}, end() {} };
 
@@ -103,12 +109,11 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   constructor(private readonly o: PodManagerOptions) {
     super();
     this.setMaxListeners(0);
-    const self = this;
     this.images = new ImageManager({
       images: o.images,
       backoff: o.backoff ?? KUBERNETES_BACKOFF,
-      credentials: () => self.req?.registryCredentials ?? [],
-      event: (type, reason, message, container) => self.event(type, reason, message, container),
+      credentials: () => this.req?.registryCredentials ?? [],
+      event: (type, reason, message, container) => this.event(type, reason, message, container),
       onPull: o.onPull,
     });
     this.unitCtx = {
@@ -118,15 +123,15 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       backoff: o.backoff ?? KUBERNETES_BACKOFF,
       probeSecondMs: o.probeSecondMs ?? 1000,
       pidsLimit: o.pidsLimit,
-      restartPolicy: () => self.req?.pod?.spec?.restartPolicy ?? RestartPolicy.RESTART_POLICY_ALWAYS,
-      podIP: () => self.o.podIP,
-      ensureImage: (u, s) => self.images.ensure(u, s),
-      buildSpec: (u, i, inst) => self.buildUnitSpec(u, i, inst),
-      newSink: (u) => self.logsOf(u).startInstance(),
-      changed: () => self.changed(),
-      event: (type, reason, message, container) => self.event(type, reason, message, container),
-      probeResult: (unit, probe, ok) => self.o.onProbe?.(unit, probe, ok),
-      podContainers: () => (self.req?.pod?.spec?.containers.length ?? 0) + (self.req?.pod?.spec?.initContainers.length ?? 0),
+      restartPolicy: () => this.req?.pod?.spec?.restartPolicy ?? RestartPolicy.RESTART_POLICY_ALWAYS,
+      podIP: () => this.o.podIP,
+      ensureImage: (u, s) => this.images.ensure(u, s),
+      buildSpec: (u, i, inst) => this.buildUnitSpec(u, i, inst),
+      newSink: (u) => this.logsOf(u).startInstance(),
+      changed: () => this.changed(),
+      event: (type, reason, message, container) => this.event(type, reason, message, container),
+      probeResult: (unit, probe, ok) => this.o.onProbe?.(unit, probe, ok),
+      podContainers: () => (this.req?.pod?.spec?.containers.length ?? 0) + (this.req?.pod?.spec?.initContainers.length ?? 0),
       fifos: new FifoPool(join(o.runDir ?? o.stateDir, 'fifo-pool')),
       shims: new ShimPool(o.runc.binary, o.runc.root, o.stateDir),
     };

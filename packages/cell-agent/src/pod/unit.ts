@@ -22,6 +22,7 @@ import { ProbeManager } from './probe-manager.js';
 import { type ProbeTarget, runHandler } from './probes.js';
 import { fallbackMessage, messageLimit, readMessageFile } from './termination-message.js';
 import { checkTransition, type UnitState } from './unit-state.js';
+import { signalName, signalNumberOfExitCode } from '../runtime/exit-signal.js';
 import { terminatedFromJson, terminatedToJson, type UnitRecord, writeUnitRecord } from './unit-record.js';
 
 export interface UnitContext {
@@ -50,8 +51,6 @@ export interface UnitContext {
 
 /** A configuration problem detected before runc runs: shown as CreateContainerConfigError. */
 export class ConfigError extends Error {}
-
-const SIGNALS: Record<number, string> = { 1: 'SIGHUP', 2: 'SIGINT', 3: 'SIGQUIT', 9: 'SIGKILL', 15: 'SIGTERM' };
 
 export class Unit implements UnitView {
   readonly name: string;
@@ -465,7 +464,7 @@ export class Unit implements UnitView {
     let reason: string;
     let message = '';
     let code = exit.exitCode;
-    const signal = code > 128 && code < 160 ? code - 128 : 0;
+    const signal = signalNumberOfExitCode(code);
     if (exit.startError !== undefined) {
       reason = 'StartError';
       message = exit.startError;
@@ -486,7 +485,7 @@ export class Unit implements UnitView {
     this.ready = false;
     if (this.spec.startupProbe) this.started = false;
     this.setState(term);
-    this.ctx.logger.info({ unit: this.name, exitCode: code, reason, signal: SIGNALS[signal] }, 'unit exited');
+    this.ctx.logger.info({ unit: this.name, exitCode: code, reason, signal: signalName(signal) || undefined }, 'unit exited');
     if (reason === 'StartError') this.ctx.event('Warning', 'Failed', `Error: ${message}`, this.name);
     await inst.cleanup().catch((err) => this.ctx.logger.warn({ err }, 'instance cleanup failed'));
     this.instance = undefined;

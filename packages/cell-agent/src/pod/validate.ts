@@ -1,13 +1,14 @@
 // Refuses an invalid pod before anything is touched, naming the field the way Kubernetes' API
 // validation does ("spec.containers[1].image: must not be empty").
+import { CelloError } from '@cello/proto';
 import type { ApplyPodRequest, Container, Probe } from '@cello/proto/cell';
 
-export class InvalidPodError extends Error {
+export class InvalidPodError extends CelloError {
   constructor(
     readonly field: string,
     reason: string,
   ) {
-    super(`${field}: ${reason}`);
+    super('InvalidArgument', `${field}: ${reason}`);
   }
 }
 

@@ -9,6 +9,7 @@
 // directly: no extra process, no pipe, no second copy of every byte. (An earlier design relayed
 // every byte through the helper over a Unix socket; that hop cost most of the throughput.)
 import { spawn, type ChildProcess } from 'node:child_process';
+import { CelloError } from '@cello/proto';
 import type { Socket } from 'node:net';
 import { connect } from 'node:net';
 
@@ -44,8 +45,10 @@ export function checkForwardPort(port: number): string | undefined {
 }
 
 /** A connection could not be made; the message says why (e.g. connection refused). */
-export class PortForwardError extends Error {
-  override name = 'PortForwardError';
+export class PortForwardError extends CelloError {
+  constructor(message: string) {
+    super('Unavailable', message);
+  }
 }
 
 interface Pending {

@@ -2,6 +2,7 @@
 // redeemed once on the stream port within a short time. The token is the only thing that ties
 // a stream connection to an authorised request, so it is long and random and good exactly once.
 import { randomBytes } from 'node:crypto';
+import { CelloError } from '@cello/proto';
 
 /** Token length on the wire: the client sends exactly this many bytes first. 256 bits. */
 export const TOKEN_BYTES = 32;
@@ -17,8 +18,10 @@ export interface Ticket {
 
 export type Redeemed = { ok: true; port: number } | { ok: false; reason: string };
 
-export class TicketLimitError extends Error {
-  override name = 'TicketLimitError';
+export class TicketLimitError extends CelloError {
+  constructor(message: string) {
+    super('ResourceExhausted', message);
+  }
 }
 
 interface Entry {

@@ -16,6 +16,7 @@
 //   instead; as a consequence tty units do NOT survive an agent restart (the pty's master goes
 //   away with the agent and the unit gets SIGHUP). The restarted agent sees them exited.
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import type { IPty } from 'node-pty';
 import { EventEmitter } from 'node:events';
 import { chmodSync, closeSync, constants as FS, existsSync, mkdirSync, openSync, readFileSync, rmSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
@@ -116,7 +117,7 @@ export class Instance extends EventEmitter {
   private stdinFd: number | undefined;
   private stdinStream: Writable | undefined;
   private taps = new Set<PassThrough>();
-  private pty: import('node-pty').IPty | undefined;
+  private pty: IPty | undefined;
   private sinkEnded = false;
   private exitSeen = false;
   private reported = false;

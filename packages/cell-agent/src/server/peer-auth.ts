@@ -12,15 +12,10 @@ import { X509Certificate as NodeX509 } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
 import * as x509 from '@peculiar/x509';
 import { Metadata, ServerInterceptingCall, status, type ServerInterceptingCallInterface, type ServerInterceptor } from '@grpc/grpc-js';
+import { isSpiffeName, parseSpiffeId, type SpiffeId } from '@cello/proto';
 
 /** The controller's client name: the only client an agent serves by default. */
 export const CONTROLLER_CLIENT_NAME = 'controller';
-const NAME_RE = /^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?$/;
-/** API users' names may also hold ':' and '@' (the controller's identity.ts). */
-const USER_RE = /^[A-Za-z0-9](?:[A-Za-z0-9._:@-]{0,126}[A-Za-z0-9])?$/;
-const URI_RE = /^spiffe:\/\/([a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?)\/(cell|client|user)\/([^/]+)$/;
-
-export type SpiffeId = { trustDomain: string; kind: 'cell' | 'client' | 'user'; name: string; uri: string };
 
 export type UriSans = { ok: true; id: SpiffeId } | { ok: false; reason: string };
 
@@ -41,9 +36,8 @@ export function spiffeIdOf(der: Buffer | ArrayBuffer): UriSans {
   }
   if (uris.length === 0) return { ok: false, reason: 'a certificate with no URI SAN (no Cello identity)' };
   if (uris.length > 1) return { ok: false, reason: `a certificate with ${uris.length} URI SANs (${uris.join(', ')}); a Cello identity is exactly one` };
-  const m = URI_RE.exec(uris[0]!);
-  if (m === null || !(m[3] === 'user' ? USER_RE : NAME_RE).test(m[4]!)) return { ok: false, reason: `${uris[0]} (not a Cello identity)` };
-  return { ok: true, id: { trustDomain: m[1]!, kind: m[3] as SpiffeId['kind'], name: m[4]!, uri: uris[0]! } };
+  const id = parseSpiffeId(uris[0]!);
+  return id ? { ok: true, id } : { ok: false, reason: `${uris[0]} (not a Cello identity)` };
 }
 
 export function pemToDer(pem: string): Buffer {
@@ -68,7 +62,7 @@ export function agentPeerPolicy(ownCertPem: string, extraClients: readonly strin
   const own = spiffeIdOf(pemToDer(ownCertPem));
   if (!own.ok) throw new Error(`the agent's certificate (--tls-cert) must name this cell as spiffe://<trust domain>/cell/<id>; it is ${own.reason}`);
   if (own.id.kind !== 'cell') throw new Error(`the agent's certificate (--tls-cert) names ${own.id.uri}, not a cell (spiffe://<trust domain>/cell/<id>)`);
-  for (const n of extraClients) if (!NAME_RE.test(n)) throw new Error(`--allow-client: ${JSON.stringify(n)} is not a client name (letters, digits, '.', '_', '-')`);
+  for (const n of extraClients) if (!isSpiffeName('client', n)) throw new Error(`--allow-client: ${JSON.stringify(n)} is not a client name (letters, digits, '.', '_', '-')`);
   const td = own.id.trustDomain;
   // The controller is always served: an operator's extra name can add, never lock it out.
   const allowed = new Set([CONTROLLER_CLIENT_NAME, ...extraClients]);

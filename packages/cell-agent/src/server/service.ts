@@ -4,8 +4,8 @@ import os from 'node:os';
 import { type ServerUnaryCall, type sendUnaryData, type ServerWritableStream, status as Status } from '@grpc/grpc-js';
 import type { CellAgentServer, CellNotice, GetStatusResponse, WatchStatusEvent, WatchStatusRequest, Event } from '@cello/proto/cell';
 import type pino from 'pino';
-import { GenerationError, type PodManager } from '../pod/pod-manager.js';
-import { InvalidPodError } from '../pod/validate.js';
+import { toStatus } from '@cello/proto';
+import type { PodManager } from '../pod/pod-manager.js';
 import type { AgentMetrics } from '../metrics/index.js';
 import type { StreamRpcs } from './stream-handlers.js';
 import type { ImageService } from '../images/image-service.js';
@@ -21,12 +21,6 @@ export interface ServiceDeps {
   syncServices?: CellAgentServer['syncServices'];
   /** The image service and cache the pod uses; PullImage is UNIMPLEMENTED without it. */
   images?: ImageService;
-}
-
-function grpcError(err: unknown): { code: Status; details: string } {
-  if (err instanceof InvalidPodError) return { code: Status.INVALID_ARGUMENT, details: err.message };
-  if (err instanceof GenerationError) return { code: Status.FAILED_PRECONDITION, details: err.message };
-  return { code: Status.INTERNAL, details: (err as Error).message ?? String(err) };
 }
 
 function unimplemented(name: string) {
@@ -58,14 +52,14 @@ export function createService(d: ServiceDeps): CellAgentServer {
         (r) => cb(null, r),
         (err) => {
           d.logger.warn({ err: (err as Error).message }, 'ApplyPod refused');
-          cb(grpcError(err));
+          cb(toStatus(err));
         },
       );
     },
     deletePod: (call, cb) => {
       d.pod.delete(call.request.gracePeriodSeconds).then(
         () => cb(null, {}),
-        (err) => cb(grpcError(err)),
+        (err) => cb(toStatus(err)),
       );
     },
     getStatus: (_call: ServerUnaryCall<unknown, GetStatusResponse>, cb: sendUnaryData<GetStatusResponse>) => cb(null, d.pod.status()),

@@ -10,7 +10,7 @@
 // length, payload) — so every existing client decodes it unchanged. Anything else falls back to
 // the generated serializer.
 import { makeGenericClientConstructor, type ChannelCredentials, type ChannelOptions } from '@grpc/grpc-js';
-import { CellAgentClient, CellAgentService, type ExecOutput, type LogChunk, type PortForwardFrame } from '@cello/proto/cell';
+import { type CellAgentClient, CellAgentService, type ExecOutput, type LogChunk, type PortForwardFrame } from '@cello/proto/cell';
 import { packedTextPieces } from '../logs/chunk.js';
 
 function varintLength(n: number): number {

@@ -16,7 +16,7 @@ import {
   CellCertificatesClient,
   CellCertificatesService,
   InstallRenewalRequest,
-  RequestRenewalRequest,
+  type RequestRenewalRequest,
   type InstallRenewalResponse,
   type RequestRenewalResponse,
 } from '@cello/proto/cell';

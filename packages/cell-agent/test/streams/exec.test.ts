@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Metadata, status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ListAuditRequest, ListAuditResponse } from '@cello/proto/cell';
+import { ListAuditRequest, type ListAuditResponse } from '@cello/proto/cell';
 import { waitFor } from '@cello/testkit';
 import { RuncTestUnits } from './helpers/runc-units.js';
 import { collectExec, resize, start, startStreamServer, stdin, stdinEof, type TestServer } from './helpers/grpc.js';

@@ -11,6 +11,7 @@ import { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import { Metadata, type ServiceError } from '@grpc/grpc-js';
 import { InstallRenewalRequest, RequestRenewalRequest, type CellCertificatesClient, type InstallRenewalResponse, type RequestRenewalResponse } from '@cello/proto/cell';
+import { errMsg } from '../util/errors.js';
 import type { Logger } from '../obs/logger.js';
 import type { Metrics } from '../obs/metrics.js';
 
@@ -115,8 +116,7 @@ export class CellCertificateRenewer {
       return notAfter;
     } catch (err) {
       this.o.metrics?.certRenewals.inc({ subject: 'cell', outcome: 'error' });
-      const e = err as ServiceError;
-      this.o.log.warn({ cell: cellId, err: e.details || e.message }, 'cell certificate renewal failed; will retry');
+      this.o.log.warn({ cell: cellId, err: errMsg(err) }, 'cell certificate renewal failed; will retry');
       throw err;
     }
   }

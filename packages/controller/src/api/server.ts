@@ -14,11 +14,11 @@ import {
   type sendUnaryData,
   type ServiceError,
 } from '@grpc/grpc-js';
-import { ManifestError, podFromManifest } from '@cello/proto';
+import { ManifestError, podFromManifest, HealthService } from '@cello/proto';
 import { LogsRequest as AgentLogsRequest, ConfigMapData, SecretData, PodStatus, PodPhase, ConditionStatus, type ExecInput, type ExecOutput, type LogChunk, type PortForwardFrame } from '@cello/proto/cell';
 import {
   ControllerService,
-  Cell,
+  type Cell,
   CellEvent,
   EventType,
   ListCellsResponse,
@@ -40,7 +40,6 @@ import {
   type VersionRequest,
   type WatchPodsRequest,
 } from '@cello/proto/controller';
-import { HealthService } from '@cello/proto';
 import { HealthService as HealthCheckService } from '@cello/proto/health';
 import type { Store } from '../store/store.js';
 import { CELLS, PODS, Events, cellKey, cellOf, podKey, podOf, update, type CellRecord } from '../cells/schema.js';

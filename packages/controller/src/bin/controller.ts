@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // `controller`: the Cello control plane daemon.
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, loadConfig } from '../config.js';
 import { startController } from '../daemon.js';
 import { createLogger } from '../obs/logger.js';
@@ -67,7 +67,8 @@ program
   .requiredOption('-c, --config <file>', "the controller's configuration file (to find its store and CA)")
   .requiredOption('-o, --output <file>', 'cellctl configuration to write (an existing one gains a context)')
   .option('-g, --group <group>', 'a group (repeatable); api.policy grants rights to users and groups', (v: string, acc: string[]) => [...acc, v], [] as string[])
-  .option('--ttl <duration>', 'lifetime, e.g. 12h or 30d (at most 365d)', parseTtl, 30 * 86400)
+  // The default is shown as the duration the flag takes, not the seconds it parses to.
+  .addOption(new Option('--ttl <duration>', 'lifetime, e.g. 12h or 30d (at most 365d)').argParser(parseTtl).default(30 * 86400, '30d'))
   .option('--server <host:port>', 'the API address to write (default: api.listen)')
   .option('--context <name>', 'context name (default: the controllerId)')
   .addHelpText('after', '\nThen: cellctl --config FILE get pods')

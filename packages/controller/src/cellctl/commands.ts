@@ -5,13 +5,14 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { extname, join } from 'node:path';
 import { Command, Option, InvalidArgumentError } from 'commander';
 import { credentials, Metadata, status as Status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
-import { parseAllDocuments } from 'yaml';
+import { parseAllDocuments, stringify } from 'yaml';
 import { ExecInput, LogsRequest as AgentLogsRequest, PortForwardFrame, type ExecOutput, type LogChunk } from '@cello/proto/cell';
 import {
   ControllerClient,
   EventType,
   type Cell,
   type CellEvent,
+  type ClusterEvent,
   type PodEvent,
   type PodObject,
   type PodRef,
@@ -20,7 +21,6 @@ import { VERSION } from '../version.js';
 import { asData, cellHeader, cellRow, describePod, podHeader, podRow, render, table } from './format.js';
 import { ConfigError } from '../errors.js';
 import { CONFIG_ENV, configPath, readConfig, redacted, resolveContext, writeConfig } from './config.js';
-import { stringify } from 'yaml';
 import { API_CHANNEL_OPTIONS, apiChannelCredentials } from '../api/auth/client.js';
 
 export const DEFAULT_SERVER = '127.0.0.1:7390';
@@ -303,8 +303,7 @@ Examples:
   let resolved: Globals | undefined;
   const g = (): Globals => (resolved ??= resolveGlobals(program.opts<Options>()));
 
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  const run = <A extends any[]>(fn: (...a: A) => Promise<number | void>) =>
+  const run = <A extends unknown[]>(fn: (...a: A) => Promise<number | void>) =>
     async (...args: A) => {
       try {
         const code = await fn(...args);
@@ -453,7 +452,7 @@ Examples:
         const client = connect(g());
         const pod = await call<unknown, PodObject>(client, 'getPod', { pod: ref(g(), name) });
         const cells = pod.cellId ? (await call<unknown, { cells: Cell[] }>(client, 'listCells', {})).cells : [];
-        const events = (await call<unknown, { events: import('@cello/proto/controller').ClusterEvent[] }>(client, 'listEvents', { pod: ref(g(), name), limit: 50 })).events;
+        const events = (await call<unknown, { events: ClusterEvent[] }>(client, 'listEvents', { pod: ref(g(), name), limit: 50 })).events;
         process.stdout.write(describePod(pod, cells.find((c) => c.id === pod.cellId), events));
       }),
     );

@@ -2,7 +2,7 @@
 // reads the same to someone who knows kubectl.
 import { stringify as toYaml } from 'yaml';
 import { PodPhase, type ContainerStatus } from '@cello/proto/cell';
-import { Cell, CellState, ClusterEvent, PodObject } from '@cello/proto/controller';
+import { Cell, CellState, type ClusterEvent, PodObject } from '@cello/proto/controller';
 
 export function age(from: Date | undefined, now = Date.now()): string {
   if (!from) return '<unknown>';

@@ -67,6 +67,13 @@ export class CapacityError extends CelloError {
   }
 }
 
+/** A launch of a type the provider's fixed catalogue does not have (a caller's mistake, not capacity). */
+export class UnknownInstanceTypeError extends CelloError {
+  constructor(message: string, readonly instanceType: string) {
+    super('InvalidArgument', message);
+  }
+}
+
 /**
  * What the provider may run and what is counted against that now: the cloud account's limits
  * (every instance in it counts, not only this controller's), or the local host's resources.

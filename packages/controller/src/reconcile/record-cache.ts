@@ -2,7 +2,7 @@
 // a relist when the watch breaks), parsed once per revision, with the two indexes scheduling
 // needs. Writes go through here too, as compare-and-swap against the cached revision, so the
 // cache never lags what this process wrote.
-import { Cell, PodObject } from '@cello/proto/controller';
+import { type Cell, type PodObject } from '@cello/proto/controller';
 import { ConflictError, type Store, type WatchEvent } from '../store/store.js';
 import { CELLS, PODS, cellKey, cellOf, podKey, podOf, refKey, splitKey, update, type CellRecord, type PodRecord } from '../cells/schema.js';
 import { CellState } from '../cells/state.js';

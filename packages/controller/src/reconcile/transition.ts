@@ -3,7 +3,7 @@
 // the cell queued again to act on its new state.
 import { Cell } from '@cello/proto/controller';
 import { cellOf, type CellRecord } from '../cells/schema.js';
-import { CellState, canTransition, deadlineFor, stateName } from '../cells/state.js';
+import { type CellState, canTransition, deadlineFor, stateName } from '../cells/state.js';
 import type { ReconcileContext } from './context.js';
 
 /** Moves a cell to `to` if the state machine allows it from where it is now (and it is in `expectFrom`, if given). */

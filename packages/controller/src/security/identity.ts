@@ -5,6 +5,7 @@
 // and peers check that URI, not the host name they dialled (a cell's address can be NATed,
 // reused by a later cell, or mapped to loopback in tests; its identity cannot).
 import { X509Certificate } from 'node:crypto';
+import { isSpiffeName, parseSpiffeId } from '@cello/proto';
 import type { PeerCertificate } from 'node:tls';
 
 export type Identity =
@@ -13,20 +14,17 @@ export type Identity =
   | { kind: 'user'; name: string; trustDomain: string };
 
 export const DEFAULT_TRUST_DOMAIN = 'cello';
-const NAME_RE = /^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?$/;
-/** User names may also hold ':' and '@' (Kubernetes-style "system:virtual-node", e-mail addresses). */
-const USER_RE = /^[A-Za-z0-9](?:[A-Za-z0-9._:@-]{0,126}[A-Za-z0-9])?$/;
 
 /** Throws a TypeError naming `field` unless `value` is a usable user name. */
 export function checkUserName(value: unknown, field: string): asserts value is string {
-  if (typeof value !== 'string' || !USER_RE.test(value)) {
+  if (typeof value !== 'string' || !isSpiffeName('user', value)) {
     throw new TypeError(`${field} must be 1-128 characters of letters, digits, '.', '_', ':', '@' or '-', starting and ending with a letter or digit; got ${JSON.stringify(value)}`);
   }
 }
 
 /** Throws a TypeError naming `field` unless `value` is a usable cell ID or client name. */
 export function checkName(value: unknown, field: string): asserts value is string {
-  if (typeof value !== 'string' || !NAME_RE.test(value)) {
+  if (typeof value !== 'string' || !isSpiffeName('client', value)) {
     throw new TypeError(`${field} must be 1-128 characters of letters, digits, '.', '_' or '-', starting and ending with a letter or digit; got ${JSON.stringify(value)}`);
   }
 }
@@ -45,10 +43,10 @@ function sanUris(subjectAltName: string | undefined): string[] {
 }
 
 function parseIdentityUri(uri: string): Identity | undefined {
-  const m = /^spiffe:\/\/([^/]+)\/(cell|client|user)\/([^/]+)$/.exec(uri);
-  if (m === null || !(m[2] === 'user' ? USER_RE : NAME_RE).test(m[3]!)) return undefined;
-  if (m[2] === 'cell') return { kind: 'cell', cellId: m[3]!, trustDomain: m[1]! };
-  return { kind: m[2] as 'client' | 'user', name: m[3]!, trustDomain: m[1]! };
+  const id = parseSpiffeId(uri);
+  if (id === undefined) return undefined;
+  if (id.kind === 'cell') return { kind: 'cell', cellId: id.name, trustDomain: id.trustDomain };
+  return { kind: id.kind, name: id.name, trustDomain: id.trustDomain };
 }
 
 /** The single identity a certificate names, or undefined if it names none or several. */

@@ -39,6 +39,7 @@ import {
   type WatchEvent,
 } from './store.js';
 import { WatchStream } from './watch-stream.js';
+import { checkKey, toJson } from './entry.js';
 
 export interface EmbeddedStoreOptions {
   dir: string;
@@ -167,15 +168,6 @@ function recordSize(rec: Rec): number {
   return rec.k.length + (rec.v?.length ?? 0) + 48;
 }
 
-function toJson(key: string, value: unknown): string {
-  const json = JSON.stringify(value);
-  if (json === undefined) throw new TypeError(`value for key "${key}" is not JSON-serialisable`);
-  return json;
-}
-
-function checkKey(key: unknown, what = 'key'): asserts key is string {
-  if (typeof key !== 'string' || key.length === 0) throw new TypeError(`${what} must be a non-empty string`);
-}
 
 export class EmbeddedStore implements Store {
   readonly kind = 'embedded' as const;

@@ -26,6 +26,7 @@ import {
 import { checkEtcdTransport, etcdCredentials, type EtcdTlsOptions } from './etcd-tls.js';
 import { StoreMetrics } from './metrics.js';
 import { WatchStream } from './watch-stream.js';
+import { checkKey, toJson } from './entry.js';
 import { backoffDelay, type BackoffPolicy } from '../util/backoff.js';
 
 export interface EtcdStoreOptions {
@@ -46,15 +47,6 @@ export interface EtcdStoreOptions {
 
 const LIST_PAGE = 1000;
 
-function toJson(key: string, value: unknown): string {
-  const json = JSON.stringify(value);
-  if (json === undefined) throw new TypeError(`value for key "${key}" is not JSON-serialisable`);
-  return json;
-}
-
-function checkKey(key: unknown, what = 'key'): asserts key is string {
-  if (typeof key !== 'string' || key.length === 0) throw new TypeError(`${what} must be a non-empty string`);
-}
 
 function abortReason(signal: AbortSignal | undefined, fallback: string): Error {
   const r: unknown = signal?.reason;

@@ -80,6 +80,13 @@ export class StoreClosedError extends CelloError {
   }
 }
 
+/** Thrown for a key or value no store holds: an empty key, a value JSON cannot encode. */
+export class InvalidEntryError extends CelloError {
+  constructor(message: string) {
+    super('InvalidArgument', message);
+  }
+}
+
 /** Thrown by a write fenced with `leader` when that leadership is no longer held. */
 export class NotLeaderError extends CelloError {
   constructor(readonly election: string, readonly candidate: string) {

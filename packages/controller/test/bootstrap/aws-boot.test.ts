@@ -7,7 +7,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
-import { AgentInfo, CellAgentClient, CellNoticeKind, GetInfoRequest, WatchStatusRequest, type CellNotice, type WatchStatusEvent } from '@cello/proto/cell';
+import { type AgentInfo, CellAgentClient, CellNoticeKind, GetInfoRequest, WatchStatusRequest, type CellNotice, type WatchStatusEvent } from '@cello/proto/cell';
 import { startMoto, waitFor, type MotoServer } from '@cello/testkit';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';

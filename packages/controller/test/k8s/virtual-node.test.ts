@@ -14,7 +14,7 @@ import { CellState } from '@cello/proto/controller';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir, totalmem } from 'node:os';
 import { execFileSync, spawn } from 'node:child_process';
-import { join } from 'node:path';
+import { join, dirname, resolve } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { Cluster, startFixtureRegistry, type ClusterOptions, type Registry } from '../helpers/cluster.js';
 import { startVirtualNode } from '../../src/k8s/index.js';
@@ -23,7 +23,6 @@ import { KubeRest, loadKubeConfig } from '../../src/k8s/client/rest.js';
 import { createLogger } from '../../src/obs/logger.js';
 import { parseConfig } from '../../src/config.js';
 import { parseAwsProviderConfig } from '../../src/providers/aws/index.js';
-import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const DEPLOY = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'deploy', 'base');

@@ -2,7 +2,7 @@
 // file with a harness that opens fresh, isolated stores.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ConflictError, NotLeaderError, type Leadership, type Store, type WatchEvent } from '../../src/store/index.js';
+import { ConflictError, NotLeaderError, StoreClosedError, type Leadership, type Store, type WatchEvent } from '../../src/store/index.js';
 
 export interface StoreHarness {
   /** A fresh, empty store, isolated from every other test's. */
@@ -81,8 +81,8 @@ export function storeContract(name: string, h: StoreHarness): void {
 
     it('refuses values that are not JSON and empty keys, naming the problem', async () => {
       const s = await open();
-      await expect(s.put('k', undefined)).rejects.toThrow(/key "k" is not JSON-serialisable/);
-      await expect(s.put('', 1)).rejects.toThrow(/key must be a non-empty string/);
+      await expect(s.put('k', undefined)).rejects.toMatchObject({ code: 'InvalidArgument', message: expect.stringContaining('"k"') });
+      await expect(s.put('', 1)).rejects.toMatchObject({ code: 'InvalidArgument' });
     });
 
     it('lists a prefix sorted by key, with the revision it was read at', async () => {
@@ -268,7 +268,7 @@ export function storeContract(name: string, h: StoreHarness): void {
       expect(reason).toBeInstanceOf(Error);
       expect(a.signal.aborted).toBe(true);
       // A write fenced by the lost leadership is refused (the closed embedded store refuses all).
-      await expect(s.put('after-loss', 1, { leader: a })).rejects.toThrow(/no longer leads|closed/);
+      await expect(s.put('after-loss', 1, { leader: a })).rejects.toMatchObject({ code: 'Unavailable' });
     });
 
     it('close ends watches and refuses further operations', async () => {
@@ -282,8 +282,8 @@ export function storeContract(name: string, h: StoreHarness): void {
       await s.close();
       const r = await ended;
       expect('evs' in r ? r.evs : []).toEqual([]);
-      await expect(s.put('c/x', 1)).rejects.toThrow(/closed/);
-      await expect(s.get('c/x')).rejects.toThrow(/closed/);
+      await expect(s.put('c/x', 1)).rejects.toBeInstanceOf(StoreClosedError);
+      await expect(s.get('c/x')).rejects.toBeInstanceOf(StoreClosedError);
     });
   });
 }

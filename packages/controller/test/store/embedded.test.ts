@@ -71,7 +71,7 @@ describe('embedded store durability', () => {
   });
 
   it('survives kill -9 of a writer: every acknowledged write is there after reopen', async () => {
-    const code = transpileSources(['store/embedded.ts', 'store/sorted-keys.ts', 'store/lockfile.ts', 'store/store.ts', 'store/watch-stream.ts', 'store/metrics.ts', 'errors.ts', 'util/errors.ts'], { 'writer.mjs': WRITER });
+    const code = transpileSources(['store/embedded.ts', 'store/sorted-keys.ts', 'store/lockfile.ts', 'store/store.ts', 'store/entry.ts', 'store/watch-stream.ts', 'store/metrics.ts', 'errors.ts', 'util/errors.ts'], { 'writer.mjs': WRITER });
     try {
       for (const compactBytes of [16 * 1024 * 1024, 64 * 1024]) {
         const dir = await tempDir();

@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { startEtcd, waitFor, type EtcdServer } from '@cello/testkit';
 import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CompactedError, ConflictError, EtcdStore, openStore, type Store } from '../../src/store/index.js';
+import { CompactedError, ConflictError, type EtcdStore, openStore, type Store } from '../../src/store/index.js';
 import { storeContract } from './contract.js';
 import { transpileSources } from './transpile.js';
 
@@ -153,7 +153,7 @@ describe('etcd store', () => {
 
   it('a killed leader (kill -9) is replaced once its lease expires, not before', async () => {
     const prefix = `/t-${randomUUID()}/`;
-    const child = transpileSources(['store/etcd.ts', 'store/etcd-tls.ts', 'store/store.ts', 'store/watch-stream.ts', 'store/metrics.ts', 'util/backoff.ts', 'errors.ts', 'util/errors.ts'], {
+    const child = transpileSources(['store/etcd.ts', 'store/etcd-tls.ts', 'store/store.ts', 'store/entry.ts', 'store/watch-stream.ts', 'store/metrics.ts', 'util/backoff.ts', 'errors.ts', 'util/errors.ts'], {
       'leader.mjs': `import { EtcdStore } from './etcd.js';
 const s = await EtcdStore.open({ endpoints: [process.argv[2]], prefix: process.argv[3] });
 const l = await s.campaign('ctl', 'child', { ttlSeconds: 2 });

@@ -1,7 +1,7 @@
 // What every stream RPC module shares: the units, the agent's logger and metrics, the audit log,
 // the open sessions that close() must end, and the small gRPC helpers they all answer with.
 import { once } from 'node:events';
-import { status as Status, type ServerDuplexStream, type ServerWritableStream, type ServiceError } from '@grpc/grpc-js';
+import { type status as Status, type ServerDuplexStream, type ServerWritableStream, type ServiceError } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../../audit/index.js';
 import type { AgentMetrics } from '../../metrics/index.js';

@@ -5,7 +5,8 @@
 import { status as Status, type ServerDuplexStream } from '@grpc/grpc-js';
 import { ExecOutput, ExitStatus, type CellAgentServer, type ExecInput, type ExecStart } from '@cello/proto/cell';
 import type { AuditSession } from '../../audit/index.js';
-import { signalOfExitCode, startExec, type ExecSession } from '../../exec/index.js';
+import { startExec, type ExecSession } from '../../exec/index.js';
+import { signalOfExitCode } from '../../runtime/exit-signal.js';
 import type { UnitStdio, UnitView } from '../../units/unit-view.js';
 import { failStream, peerOf, type StreamContext } from './context.js';
 

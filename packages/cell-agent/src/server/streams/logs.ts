@@ -1,5 +1,6 @@
 // Logs: one unit's log records, tailed, filtered and followed, with flow control.
 import { status as Status, type ServerWritableStream } from '@grpc/grpc-js';
+import { toStatus } from '@cello/proto';
 import type { CellAgentServer, LogChunk, LogsRequest } from '@cello/proto/cell';
 import { packedTextLength } from '../../logs/chunk.js';
 import { LogsError, type ContainerLogs } from '../../logs/index.js';
@@ -27,7 +28,7 @@ export function logsRpc(ctx: StreamContext, logsFor: (unit: string) => Container
         }
         if (!ac.signal.aborted) call.end();
       } catch (err) {
-        if (err instanceof LogsError) failStream(call, err.code === 'NOT_FOUND' ? Status.NOT_FOUND : Status.INVALID_ARGUMENT, err.message);
+        if (err instanceof LogsError) call.emit('error', toStatus(err));
         else {
           log.error({ err, container: req.container }, 'logs read failed');
           failStream(call, Status.INTERNAL, `reading logs failed: ${(err as Error).message}`);

@@ -2,9 +2,9 @@
 // PortForwardTicket (a single-use ticket for the stream port, where bytes flow unframed).
 import type { Socket } from 'node:net';
 import { status as Status, type ServerDuplexStream } from '@grpc/grpc-js';
+import { grpcStatus, toStatus } from '@cello/proto';
 import { PortForwardFrame, PortForwardTicketResponse, type CellAgentServer } from '@cello/proto/cell';
 import { checkForwardPort, PortForwardError } from '../../portforward/index.js';
-import { TicketLimitError } from '../../portforward/tickets.js';
 import { gatherBytesField, PF_DATA_FIELD } from '../wire.js';
 import { failStream, grpcError, peerOf, type StreamContext } from './context.js';
 
@@ -100,7 +100,7 @@ export function portForwardRpc(ctx: StreamContext): CellAgentServer['portForward
             s.resume(); // the forwarder hands the socket over paused
           },
           (e: Error) =>
-            done({ code: e instanceof PortForwardError ? Status.UNAVAILABLE : Status.INTERNAL, message: `cannot connect to port ${port} in the pod: ${e.message}` }),
+            done({ code: e instanceof PortForwardError ? grpcStatus(e.code) : Status.INTERNAL, message: `cannot connect to port ${port} in the pod: ${e.message}` }),
         );
         return;
       }
@@ -149,7 +149,7 @@ export function portForwardTicketRpc(ctx: StreamContext): CellAgentServer['portF
       const t = stream.issue(call.request.port);
       callback(null, PortForwardTicketResponse.fromPartial({ token: t.token, streamPort: stream.port, expires: t.expires }));
     } catch (err) {
-      callback(grpcError(err instanceof TicketLimitError ? Status.RESOURCE_EXHAUSTED : Status.INTERNAL, (err as Error).message));
+      callback(toStatus(err));
     }
   };
 }

@@ -2,7 +2,7 @@
 // a client, so the stream services are tested through the real gRPC API.
 import { credentials, Server, ServerCredentials, type ClientDuplexStream } from '@grpc/grpc-js';
 import { pino } from 'pino';
-import { CellAgentClient, ExecInput, type ExecOutput, type ExitStatus } from '@cello/proto/cell';
+import { type CellAgentClient, ExecInput, type ExecOutput, type ExitStatus } from '@cello/proto/cell';
 import { freePort } from '@cello/testkit';
 import { type AgentMetrics, instrumentService } from '../../../src/metrics/index.js';
 import { createStreamHandlers, type StreamHandlerDeps, type StreamHandlers } from '../../../src/server/stream-handlers.js';

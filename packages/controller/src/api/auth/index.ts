@@ -7,7 +7,7 @@
 import { splitHostPort } from '@cello/proto';
 import { X509Certificate } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
-import { experimental, Metadata, ServerCredentials, type ServiceError } from '@grpc/grpc-js';
+import { experimental, type Metadata, ServerCredentials, type ServiceError } from '@grpc/grpc-js';
 import { CelloError, toStatus, type ErrorCode } from '../../errors.js';
 import { identityOf, identityUri } from '../../security/identity.js';
 import { ANONYMOUS, AnyOf, PolicyAuthorizer, type Attributes, type Authorizer, type PolicyRule, type Principal } from './policy.js';

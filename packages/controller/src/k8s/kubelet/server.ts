@@ -14,6 +14,7 @@ import type { KPod } from '../node/manifest.js';
 import type { AgentAccess } from '../../agents/pool.js';
 import { collectStats, resourceMetrics, summary } from './stats.js';
 import { KubeletAuth } from './auth.js';
+import { httpStatusOf } from './http-status.js';
 import type { VirtualNodeMetrics } from '../metrics.js';
 import type { KubeRest } from '../client/rest.js';
 
@@ -44,13 +45,6 @@ export function rfc3339Nano(e: LogEntry): string {
   const d = new Date(e.timeSeconds * 1000).toISOString().slice(0, 19);
   return `${d}.${String(e.timeNanos).padStart(9, '0')}Z`;
 }
-
-const HTTP_OF_GRPC: Record<number, number> = {
-  [GrpcStatus.NOT_FOUND]: 404,
-  [GrpcStatus.INVALID_ARGUMENT]: 400,
-  [GrpcStatus.FAILED_PRECONDITION]: 400,
-  [GrpcStatus.UNAVAILABLE]: 503,
-};
 
 export class KubeletServer {
   private server?: Server;
@@ -210,7 +204,7 @@ export class KubeletServer {
           return resolve();
         }
         if (!started && !res.headersSent) {
-          res.writeHead(HTTP_OF_GRPC[err.code] ?? 500, { 'content-type': 'text/plain' });
+          res.writeHead(httpStatusOf(err.code).code, { 'content-type': 'text/plain' });
           res.end(`${err.details || err.message}\n`);
         } else res.end();
         resolve();

@@ -1,8 +1,7 @@
 // Resource usage for metrics-server and `kubectl top`: the kubelet's /stats/summary (JSON) and
 // /metrics/resource (Prometheus text), built from each pod's cell agent Stats call. The node's
 // figures are the sum over its cells.
-import type { CellAgentClient } from '@cello/proto/cell';
-import type { StatsResponse, UnitStats } from '@cello/proto/cell';
+import type { CellAgentClient, StatsResponse, UnitStats } from '@cello/proto/cell';
 import type { AgentAccess } from '../../agents/pool.js';
 import { callUnary } from '../../agents/pool.js';
 import type { Controller } from '../controller-client.js';

@@ -13,6 +13,7 @@ import type { ExecOutput, PortForwardFrame } from '@cello/proto/cell';
 import type { Logger } from '../../obs/logger.js';
 import type { Controller } from '../controller-client.js';
 import { SpdySession, type SpdyStream } from './spdy/index.js';
+import { httpStatusOf } from './http-status.js';
 
 const EXEC_PROTOCOLS = ['v4.channel.k8s.io', 'v3.channel.k8s.io', 'v2.channel.k8s.io', 'channel.k8s.io'];
 const PORT_FORWARD_PROTOCOL = 'portforward.k8s.io';
@@ -164,7 +165,8 @@ export class SpdyStreams {
       });
       c.on('error', (err: ServiceError) => {
         if (exited || err.code === GrpcStatus.CANCELLED) return;
-        finish({ metadata: {}, status: 'Failure', message: err.details || err.message, reason: err.code === GrpcStatus.NOT_FOUND ? 'NotFound' : 'InternalError', code: err.code === GrpcStatus.NOT_FOUND ? 404 : 500 });
+        const { code, reason } = httpStatusOf(err.code);
+        finish({ metadata: {}, status: 'Failure', message: err.details || err.message, reason, code });
       });
       c.on('end', () => {
         if (!exited) finish({ metadata: {}, status: 'Success' });

@@ -5,9 +5,8 @@
 // PodScheduled and other writers' conditions stay). Events from the core are mirrored as
 // Kubernetes Events on the pod.
 import { status as GrpcStatus, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
-import { PodEvent } from '@cello/proto/controller';
 import { PodPhase } from '@cello/proto/cell';
-import type { PodObject } from '@cello/proto/controller';
+import type { PodObject, PodEvent } from '@cello/proto/controller';
 import type { Logger } from '../../obs/logger.js';
 import { Informer } from '../client/informer.js';
 import { buildPodManifest, LABEL_NODE, ANNOTATION_UID, MissingReferenceError, type IssuedToken, type KPod, type ManifestOptions } from './manifest.js';

@@ -26,12 +26,6 @@ import { REDACT_CENSOR, REDACT_PATHS } from '@cello/proto';
 import { Counter, Histogram, Registry } from 'prom-client';
 import {
   CapacityError,
-  type CellProvider,
-  type InstanceInfo,
-  type InstanceType,
-  type LaunchedInstance,
-  type LaunchRequest,
-  type ProviderCapacity,
 } from '../provider.js';
 import { errorCode, isCapacityError, isSpotCapacityError, UnavailablePairs } from './capacity.js';
 import { AwsCatalog, loadPrices } from './catalog.js';
@@ -40,7 +34,13 @@ import { ImageResolver } from './image.js';
 import { instanceProfileRefusal } from './instance-profiles.js';
 import { ensureCellSecurityGroup } from './security-group.js';
 import { decodeUserData, encodeUserData } from './user-data.js';
-import type { CellBootstrapData } from '../provider.js';
+import type { CellBootstrapData,
+  CellProvider,
+  InstanceInfo,
+  InstanceType,
+  LaunchedInstance,
+  LaunchRequest,
+  ProviderCapacity } from '../provider.js';
 
 export const AGENT_PORT_TAG = TAGS.agentPort;
 

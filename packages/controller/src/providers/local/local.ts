@@ -18,6 +18,7 @@ import { freePort } from '@cello/proto';
 import { catalogTypes, localCatalog } from '../../catalog/catalog.js';
 import {
   CapacityError,
+  UnknownInstanceTypeError,
   type CellProvider,
   type InstanceInfo,
   type InstanceType,
@@ -195,7 +196,7 @@ export class LocalProvider implements CellProvider {
 
   async launch(req: LaunchRequest): Promise<LaunchedInstance> {
     const type = this.types.find((t) => t.name === req.instanceType);
-    if (!type) throw new Error(`instanceType: "${req.instanceType}" is not a local instance type`);
+    if (!type) throw new UnknownInstanceTypeError(`instanceType: "${req.instanceType}" is not a local instance type`, req.instanceType);
     if (this.opts.maxCells !== undefined && this.listCellIds().length >= this.opts.maxCells) {
       throw new CapacityError(`local provider is at its limit of ${this.opts.maxCells} cells`, req.instanceType);
     }

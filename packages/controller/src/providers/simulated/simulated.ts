@@ -17,7 +17,7 @@ import {
   type ApplyPodRequest,
   type CellAgentClient,
 } from '@cello/proto/cell';
-import { CapacityError, type CellProvider, type InstanceInfo, type InstanceType, type LaunchRequest, type LaunchedInstance, type ProviderCapacity } from '../provider.js';
+import { CapacityError, UnknownInstanceTypeError, type CellProvider, type InstanceInfo, type InstanceType, type LaunchRequest, type LaunchedInstance, type ProviderCapacity } from '../provider.js';
 
 export interface SimulatedProviderOptions {
   types: InstanceType[];
@@ -53,7 +53,7 @@ export class SimulatedProvider implements CellProvider {
   }
 
   async launch(req: LaunchRequest): Promise<LaunchedInstance> {
-    if (!this.o.types.some((t) => t.name === req.instanceType)) throw new Error(`instanceType: "${req.instanceType}" is not a simulated instance type`);
+    if (!this.o.types.some((t) => t.name === req.instanceType)) throw new UnknownInstanceTypeError(`instanceType: "${req.instanceType}" is not a simulated instance type`, req.instanceType);
     if (this.o.launchMs) await new Promise((r) => setTimeout(r, this.o.launchMs));
     // Checked after the launch delay, with no await before the instance is recorded: concurrent launches never pass the limit.
     if (this.instances.size >= this.maxCells) throw new CapacityError(`simulated provider is at its limit of ${this.maxCells} cells`, req.instanceType);

@@ -1,0 +1,58 @@
+// The error model every package shares: each code's gRPC status, and what toStatus answers.
+import { status as Status } from '@grpc/grpc-js';
+import { describe, expect, it } from 'vitest';
+import { CelloError, errMsg, grpcStatus, toStatus, type ErrorCode } from '../src/errors.js';
+
+describe('toStatus', () => {
+  it('maps every code to its gRPC status, with the message as details', () => {
+    const want: Record<ErrorCode, Status> = {
+      InvalidArgument: Status.INVALID_ARGUMENT,
+      NotFound: Status.NOT_FOUND,
+      AlreadyExists: Status.ALREADY_EXISTS,
+      Conflict: Status.ABORTED,
+      FailedPrecondition: Status.FAILED_PRECONDITION,
+      PermissionDenied: Status.PERMISSION_DENIED,
+      Unauthenticated: Status.UNAUTHENTICATED,
+      ResourceExhausted: Status.RESOURCE_EXHAUSTED,
+      Unavailable: Status.UNAVAILABLE,
+      DeadlineExceeded: Status.DEADLINE_EXCEEDED,
+      Unimplemented: Status.UNIMPLEMENTED,
+      Internal: Status.INTERNAL,
+    };
+    for (const [code, st] of Object.entries(want) as [ErrorCode, Status][]) {
+      const se = toStatus(new CelloError(code, `${code} happened`));
+      expect(se.code).toBe(st);
+      expect(grpcStatus(code)).toBe(st);
+      expect(se.details).toBe(`${code} happened`);
+      expect(se.message).toBe(`${code} happened`);
+      expect(se.metadata).toBeDefined();
+    }
+  });
+
+  it('passes an error that already carries a gRPC status through unchanged', () => {
+    const relayed = Object.assign(new Error('14 UNAVAILABLE: agent gone'), { code: Status.UNAVAILABLE, details: 'agent gone' });
+    expect(toStatus(relayed)).toBe(relayed);
+  });
+
+  it('answers anything else as INTERNAL with its message', () => {
+    expect(toStatus(new Error('boom'))).toMatchObject({ code: Status.INTERNAL, details: 'boom' });
+    expect(toStatus('plain string')).toMatchObject({ code: Status.INTERNAL, details: 'plain string' });
+  });
+
+  it('keeps the subclass name and the cause', () => {
+    class Refused extends CelloError {}
+    const cause = new Error('ENOENT');
+    const e = new Refused('NotFound', 'gone', { cause });
+    expect(e.name).toBe('Refused');
+    expect(e.cause).toBe(cause);
+    expect(toStatus(e)).toMatchObject({ name: 'Refused', code: Status.NOT_FOUND, details: 'gone' });
+  });
+});
+
+describe('errMsg', () => {
+  it("shows a gRPC error's details, else the message", () => {
+    expect(errMsg(Object.assign(new Error('14 UNAVAILABLE: agent gone'), { code: Status.UNAVAILABLE, details: 'agent gone' }))).toBe('agent gone');
+    expect(errMsg(new Error('boom'))).toBe('boom');
+    expect(errMsg('plain')).toBe('plain');
+  });
+});
