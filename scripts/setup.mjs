@@ -43,7 +43,7 @@ export const SYSTEM_PACKAGES = [
   ['qemu-system-x86_64', 'qemu-system-x86'],
 ];
 
-const PIP_PACKAGES = [['moto_server', "moto[server]"]];
+const PIP_PACKAGES = [['moto_server', 'moto[server]']];
 
 function log(msg) {
   process.stderr.write(`[setup] ${msg}\n`);
@@ -91,10 +91,7 @@ export function ensureSystem() {
   const debian = existsSync('/etc/debian_version');
   if (!isRoot() || !debian) {
     const lines = [missing.length ? aptLine : '', pipMissing.length ? pipLine : ''].filter(Boolean);
-    throw new Error(
-      `missing system packages; run as root:\n  ${lines.join('\n  ')}\n` +
-        (debian ? '' : '(this is not Debian/Ubuntu: install the equivalent packages)'),
-    );
+    throw new Error(`missing system packages; run as root:\n  ${lines.join('\n  ')}\n` + (debian ? '' : '(this is not Debian/Ubuntu: install the equivalent packages)'));
   }
   if (missing.length) {
     const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };

@@ -59,15 +59,19 @@ const note = (m) => process.stdout.write(`    ${m}\n`);
 
 if (args.help) {
   // The header comment, whole: it is the documentation.
-  const lines = readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').slice(1);
-  const header = lines.slice(0, lines.findIndex((l) => !l.startsWith('//')));
+  const lines = readFileSync(fileURLToPath(import.meta.url), 'utf8')
+    .split('\n')
+    .slice(1);
+  const header = lines.slice(
+    0,
+    lines.findIndex((l) => !l.startsWith('//')),
+  );
   process.stdout.write(header.map((l) => l.replace(/^\/\/ ?/, '')).join('\n') + '\n');
   process.exit(0);
 }
 
 const children = [];
 let shuttingDown = false;
-
 
 function run(cmd, argv, o = {}) {
   const r = spawnSync(cmd, argv, { stdio: 'inherit', cwd: root, ...o });
@@ -90,9 +94,13 @@ ensureNpm();
 ensureSystem();
 const built = ['packages/controller/dist/bin/controller.js', 'packages/cell-agent/dist/cli.js', 'packages/testkit/dist/index.js'].every((p) => existsSync(join(root, p)));
 say(built ? 'build is present (turbo rebuilds only what changed)' : 'building');
-run(join(root, 'node_modules/.bin/turbo'), ['run', 'build', '--filter=@cello/controller...', '--filter=@cello/cell-agent...', '--filter=@cello/testkit', '--output-logs=errors-only'], {
-  env: { ...process.env, TURBO_TELEMETRY_DISABLED: '1' },
-});
+run(
+  join(root, 'node_modules/.bin/turbo'),
+  ['run', 'build', '--filter=@cello/controller...', '--filter=@cello/cell-agent...', '--filter=@cello/testkit', '--output-logs=errors-only'],
+  {
+    env: { ...process.env, TURBO_TELEMETRY_DISABLED: '1' },
+  },
+);
 mkdirSync(state, { recursive: true });
 
 const testkit = await import(pathToFileURL(join(root, 'packages/testkit/dist/index.js')).href);
@@ -200,40 +208,47 @@ async function main() {
   await until('the controller API', async () => cellctl(['version']).status === 0, 30_000);
   note(cellctl(['version']).stdout.trim().split('\n').pop());
 
-
   // ---------------------------------------------------------------- 4. examples
   if (!args['no-examples']) {
-    await until(`${WARM} warm cells`, async () => {
-      const r = cellctl(['get', 'cells', '-o', 'json']);
-      if (r.status !== 0) return false;
-      const d = JSON.parse(r.stdout);
-      const cells = d.items ?? [d];
-      return cells.filter((c) => c.state === 'CELL_STATE_READY').length >= Math.min(WARM, 1);
-    }, 120_000);
+    await until(
+      `${WARM} warm cells`,
+      async () => {
+        const r = cellctl(['get', 'cells', '-o', 'json']);
+        if (r.status !== 0) return false;
+        const d = JSON.parse(r.stdout);
+        const cells = d.items ?? [d];
+        return cells.filter((c) => c.state === 'CELL_STATE_READY').length >= Math.min(WARM, 1);
+      },
+      120_000,
+    );
     say('applying examples/');
     const applied = cellctl(['apply', '-f', join(root, 'examples')], { stdio: ['ignore', 'inherit', 'inherit'] });
     if (applied.status !== 0) throw new Error('cellctl apply failed');
     const t0 = Date.now();
     const want = { 'hello-job': ['Succeeded', 'Completed'], web: ['Running'], 'init-shared': ['Running'] };
     let last = '';
-    await until('the examples to run', async () => {
-      const r = cellctl(['get', 'pods', '-o', 'json']);
-      if (r.status !== 0) return false;
-      const d = JSON.parse(r.stdout);
-      const pods = d.items ?? [d];
-      const table = cellctl(['get', 'pods', '-o', 'wide']).stdout;
-      if (table !== last) {
-        process.stdout.write(`\n${table}`);
-        last = table;
-      }
-      return Object.entries(want).every(([name]) => {
-        const p = pods.find((x) => x.metadata?.name === name);
-        if (!p) return false;
-        const phase = p.status?.phase;
-        if (name === 'hello-job') return phase === 'POD_PHASE_SUCCEEDED';
-        return phase === 'POD_PHASE_RUNNING' && (p.status?.containerStatuses ?? []).every((c) => c.ready);
-      });
-    }, 180_000);
+    await until(
+      'the examples to run',
+      async () => {
+        const r = cellctl(['get', 'pods', '-o', 'json']);
+        if (r.status !== 0) return false;
+        const d = JSON.parse(r.stdout);
+        const pods = d.items ?? [d];
+        const table = cellctl(['get', 'pods', '-o', 'wide']).stdout;
+        if (table !== last) {
+          process.stdout.write(`\n${table}`);
+          last = table;
+        }
+        return Object.entries(want).every(([name]) => {
+          const p = pods.find((x) => x.metadata?.name === name);
+          if (!p) return false;
+          const phase = p.status?.phase;
+          if (name === 'hello-job') return phase === 'POD_PHASE_SUCCEEDED';
+          return phase === 'POD_PHASE_RUNNING' && (p.status?.containerStatuses ?? []).every((c) => c.ready);
+        });
+      },
+      180_000,
+    );
     say(`all examples reached Running/Succeeded in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   }
 

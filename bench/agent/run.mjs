@@ -43,14 +43,41 @@ let agent;
 let daemon;
 if (process.env.BENCH_IN_PROCESS) {
   const logger = traceFile ? pino({ level: 'debug' }, pino.destination({ dest: traceFile, sync: true })) : pino({ level: 'silent' });
-  agent = await startAgent({ listen: '127.0.0.1:0', stateDir, runDir, tls: undefined, insecureRegistries: [registry.host], logger, cgroupParent: '/cello-bench/pod', heartbeatMs: 60_000 });
+  agent = await startAgent({
+    listen: '127.0.0.1:0',
+    stateDir,
+    runDir,
+    tls: undefined,
+    insecureRegistries: [registry.host],
+    logger,
+    cgroupParent: '/cello-bench/pod',
+    heartbeatMs: 60_000,
+  });
 } else {
   const cli = join(dirname(createRequire(import.meta.url).resolve('@cello/cell-agent')), 'cli.js');
   const { openSync } = await import('node:fs');
-  daemon = spawn(process.execPath, [cli, 'serve', '--listen', '127.0.0.1:0', '--state-dir', stateDir, '--run-dir', runDir, '--insecure-dev', '--insecure-registry', registry.host, '--cgroup-parent', '/cello-bench/pod'], {
-    stdio: ['ignore', 'pipe', traceFile ? openSync(traceFile, 'w') : 'ignore'],
-    env: { ...process.env, CELLO_LOG_LEVEL: traceFile ? 'debug' : 'error' },
-  });
+  daemon = spawn(
+    process.execPath,
+    [
+      cli,
+      'serve',
+      '--listen',
+      '127.0.0.1:0',
+      '--state-dir',
+      stateDir,
+      '--run-dir',
+      runDir,
+      '--insecure-dev',
+      '--insecure-registry',
+      registry.host,
+      '--cgroup-parent',
+      '/cello-bench/pod',
+    ],
+    {
+      stdio: ['ignore', 'pipe', traceFile ? openSync(traceFile, 'w') : 'ignore'],
+      env: { ...process.env, CELLO_LOG_LEVEL: traceFile ? 'debug' : 'error' },
+    },
+  );
   const address = await new Promise((resolve, reject) => {
     let out = '';
     const t = setTimeout(() => reject(new Error('agent did not start within 20 s')), 20_000);
@@ -64,7 +91,14 @@ if (process.env.BENCH_IN_PROCESS) {
     });
     daemon.on('exit', (code) => reject(new Error(`agent exited with ${code}`)));
   });
-  agent = { address, runDir, close: async () => { daemon.kill('SIGTERM'); await new Promise((r) => daemon.on('exit', r)); } };
+  agent = {
+    address,
+    runDir,
+    close: async () => {
+      daemon.kill('SIGTERM');
+      await new Promise((r) => daemon.on('exit', r));
+    },
+  };
 }
 const client = connectAgent(agent.address, undefined);
 
@@ -100,7 +134,10 @@ let gen = 1;
 const applyMs = [];
 async function onePod(i, keep = false) {
   const uid = `bench-${i}-${Date.now()}`;
-  const pod = Pod.fromPartial({ metadata: { name: `bench-${i}`, uid }, spec: { terminationGracePeriodSeconds: 0, containers: [{ name: 'u', image: ref, command: ['sleep', '3600'] }] } });
+  const pod = Pod.fromPartial({
+    metadata: { name: `bench-${i}`, uid },
+    spec: { terminationGracePeriodSeconds: 0, containers: [{ name: 'u', image: ref, command: ['sleep', '3600'] }] },
+  });
   const t0 = performance.now();
   await call('applyPod', ApplyPodRequest.fromPartial({ pod, generation: gen++ }));
   applyMs.push(performance.now() - t0);
@@ -124,7 +161,9 @@ function bareRun(i) {
   // The agent's own spec: runc mounts the image layers' overlay at "/" (first mount).
   const mounts = spec.mounts
     .filter((m) => m.type !== 'bind') // the pod's files and volumes are the agent's
-    .map((m) => (m.destination === '/' ? { ...m, options: m.options.map((o) => (o.startsWith('upperdir=') ? `upperdir=${b}/upper` : o.startsWith('workdir=') ? `workdir=${b}/work` : o)) } : m));
+    .map((m) =>
+      m.destination === '/' ? { ...m, options: m.options.map((o) => (o.startsWith('upperdir=') ? `upperdir=${b}/upper` : o.startsWith('workdir=') ? `workdir=${b}/work` : o)) } : m,
+    );
   const s = { ...spec, mounts, root: { path: join(b, 'rootfs'), readonly: false }, linux: { ...spec.linux, cgroupsPath: `/cello-bench/bare/c${i}` } };
   writeFileSync(join(b, 'config.json'), JSON.stringify(s));
   const t0 = performance.now();
@@ -155,14 +194,21 @@ rmSync(runcRoot, { recursive: true, force: true });
 
 const p50 = pct(warm, 50);
 const bp50 = pct(bare, 50);
-console.log(`cell-agent: ApplyPod -> unit running (busybox, ${N} pods one after another; agent ${daemon ? 'as its own process' : 'in the client process'}; load average ${os.loadavg()[0].toFixed(1)} on ${os.cpus().length} CPUs)`);
+console.log(
+  `cell-agent: ApplyPod -> unit running (busybox, ${N} pods one after another; agent ${daemon ? 'as its own process' : 'in the client process'}; load average ${os.loadavg()[0].toFixed(1)} on ${os.cpus().length} CPUs)`,
+);
 console.log(`  cold (pull + unpack + start) : ${fmt(cold.ms)}`);
 console.log(`  warm (cached image)          : p50 ${fmt(p50)}   p99 ${fmt(pct(warm, 99))}   min ${fmt(Math.min(...warm))}   max ${fmt(Math.max(...warm))}`);
 console.log(`  bare runc run -d, same bundle: p50 ${fmt(bp50)}   p99 ${fmt(pct(bare, 99))}`);
 console.log(`  agent overhead at p50        : ${fmt(p50 - bp50)} (goal: < 50 ms)`);
 if (traceFile) {
-  const rows = readFileSync(traceFile, 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+  const rows = readFileSync(traceFile, 'utf8')
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l));
   const col = (k) => rows.filter((r) => r[k] !== undefined).map((r) => r[k]);
-  console.log(`  breakdown p50: ApplyPod RPC ${fmt(pct(applyMs, 50))} (in the agent ${fmt(pct(col('applyMs'), 50))}: state ${fmt(pct(col('stateMs'), 50))}, pod files ${fmt(pct(col('podFilesMs'), 50))}, volumes ${fmt(pct(col('volumesMs'), 50))}), image ${fmt(pct(col('imageMs'), 50))}, prepare ${fmt(pct(col('prepareMs'), 50))}, spec ${fmt(pct(col('specMs'), 50))}, shim+runc to pid file ${fmt(pct(col('runcMs'), 50))}`);
+  console.log(
+    `  breakdown p50: ApplyPod RPC ${fmt(pct(applyMs, 50))} (in the agent ${fmt(pct(col('applyMs'), 50))}: state ${fmt(pct(col('stateMs'), 50))}, pod files ${fmt(pct(col('podFilesMs'), 50))}, volumes ${fmt(pct(col('volumesMs'), 50))}), image ${fmt(pct(col('imageMs'), 50))}, prepare ${fmt(pct(col('prepareMs'), 50))}, spec ${fmt(pct(col('specMs'), 50))}, shim+runc to pid file ${fmt(pct(col('runcMs'), 50))}`,
+  );
   rmSync(traceFile, { force: true });
 }

@@ -43,9 +43,7 @@ function pct(sorted, p) {
 const ms = (x) => `${x.toFixed(1)} ms`;
 
 function call(client, method, req, timeoutMs = 30_000) {
-  return new Promise((resolve, reject) =>
-    client[method](req, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res))),
-  );
+  return new Promise((resolve, reject) => client[method](req, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res))));
 }
 
 const podYaml = (name, image) => `apiVersion: v1
@@ -71,7 +69,9 @@ async function latency() {
   writeFileSync(key, randomBytes(32).toString('base64'), { mode: 0o600 });
   const cfg = join(dir, 'controller.yaml');
   const controllerId = 'bench-latency';
-  writeFileSync(cfg, `controllerId: ${controllerId}
+  writeFileSync(
+    cfg,
+    `controllerId: ${controllerId}
 api: { listen: "127.0.0.1:${apiPort}", adminCredentials: { file: ${JSON.stringify(join(dir, 'cellctl.yaml'))}, user: bench } }
 metrics: { listen: "127.0.0.1:${metricsPort}" }
 log: { level: warn }
@@ -79,8 +79,11 @@ store: { kind: embedded, dir: ${JSON.stringify(join(dir, 'store'))} }
 provider: { kind: local, root: ${JSON.stringify(join(dir, 'cells'))}, insecureRegistries: ["${registry.host}"] }
 security: { mode: mtls, encryptionKeyFile: ${JSON.stringify(key)} }
 warmPool: [{ instanceType: local.nano, size: 2 }]
-`);
-  const child = spawn(process.execPath, [join(root, 'packages/controller/dist/bin/controller.js'), '-c', cfg, '--terminate-cells-on-exit'], { stdio: ['ignore', 'ignore', 'inherit'] });
+`,
+  );
+  const child = spawn(process.execPath, [join(root, 'packages/controller/dist/bin/controller.js'), '-c', cfg, '--terminate-cells-on-exit'], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
   // The controller writes the bench's credentials once it listens.
   const creds = join(dir, 'cellctl.yaml');
   await testkit.waitFor('the controller credentials', () => existsSync(creds), { timeoutMs: 30_000 });
@@ -95,7 +98,9 @@ warmPool: [{ instanceType: local.nano, size: 2 }]
     watch.on('data', (ev) => {
       if (ev.pod?.status?.phase === 2 && !running.has(ev.pod.metadata.name)) running.set(ev.pod.metadata.name, performance.now());
     });
-    watch.on('error', (err) => { if (err.code !== 1) process.stderr.write(`watch: ${err.message}\n`); });
+    watch.on('error', (err) => {
+      if (err.code !== 1) process.stderr.write(`watch: ${err.message}\n`);
+    });
     // One warm-up pod so the first figure is not the registry's first request.
     const lat = [];
     const cold = [];
@@ -124,11 +129,15 @@ warmPool: [{ instanceType: local.nano, size: 2 }]
     }
     watch.cancel();
     lat.sort((a, b) => a - b);
-    console.log(`  apply -> Running: p50 ${ms(pct(lat, 50))}  p90 ${ms(pct(lat, 90))}  p99 ${ms(pct(lat, 99))}  min ${ms(lat[0])}  max ${ms(lat[lat.length - 1])}  (n=${lat.length}; goal p50 < 300 ms)`);
+    console.log(
+      `  apply -> Running: p50 ${ms(pct(lat, 50))}  p90 ${ms(pct(lat, 90))}  p99 ${ms(pct(lat, 99))}  min ${ms(lat[0])}  max ${ms(lat[lat.length - 1])}  (n=${lat.length}; goal p50 < 300 ms)`,
+    );
     console.log(`  (warm-up pod, first pull from the registry: ${ms(cold[0])})`);
     toDispatched.sort((a, b) => a - b);
     dispatchedToStarted.sort((a, b) => a - b);
-    console.log(`  breakdown (from events, ms resolution): stored -> ApplyPod accepted p50 ${ms(pct(toDispatched, 50))} p99 ${ms(pct(toDispatched, 99))}; ApplyPod accepted -> container Started p50 ${ms(pct(dispatchedToStarted, 50))} p99 ${ms(pct(dispatchedToStarted, 99))}`);
+    console.log(
+      `  breakdown (from events, ms resolution): stored -> ApplyPod accepted p50 ${ms(pct(toDispatched, 50))} p99 ${ms(pct(toDispatched, 99))}; ApplyPod accepted -> container Started p50 ${ms(pct(dispatchedToStarted, 50))} p99 ${ms(pct(dispatchedToStarted, 99))}`,
+    );
   } finally {
     const exited = new Promise((r) => child.once('exit', r));
     child.kill('SIGTERM');
@@ -157,7 +166,17 @@ async function scale() {
     durations.push(v * 1000);
     return origObserve(labels, v);
   };
-  const rec = new ctl.Reconciler({ store, provider, controllerId: 'bench-scale', agents, log: ctl.silentLogger(), metrics, concurrency: 64, tickMs: 1000, gcIntervalSeconds: 3600 });
+  const rec = new ctl.Reconciler({
+    store,
+    provider,
+    controllerId: 'bench-scale',
+    agents,
+    log: ctl.silentLogger(),
+    metrics,
+    concurrency: 64,
+    tickMs: 1000,
+    gcIntervalSeconds: 3600,
+  });
   // Plaintext on loopback, explicitly: the figures are the controller's, not TLS's.
   const auth = new ctl.ApiAuth({ insecure: true, policy: [{ users: ['system:anonymous'], groups: [], namespaces: ['*'], verbs: ['*'], resources: ['*'] }] });
   const api = new ctl.ControllerApi({ store, agents, log: ctl.silentLogger(), controllerId: 'bench-scale', providerName: provider.name, instanceTypes: types, auth });
@@ -183,24 +202,34 @@ async function scale() {
     const tApply = performance.now() - t0;
     console.log(`  apply: ${N_CELLS} pods in ${(tApply / 1000).toFixed(1)} s = ${(N_CELLS / (tApply / 1000)).toFixed(0)} pods/s through the gRPC API`);
     let runningCount = 0;
-    await testkit.waitFor('all pods running', () => {
-      runningCount = 0;
-      for (const p of rec.pods.values()) if (p.rec.object?.status?.phase === 'POD_PHASE_RUNNING') runningCount++;
-      return runningCount === N_CELLS;
-    }, { timeoutMs: 30 * 60_000, intervalMs: 500 });
+    await testkit.waitFor(
+      'all pods running',
+      () => {
+        runningCount = 0;
+        for (const p of rec.pods.values()) if (p.rec.object?.status?.phase === 'POD_PHASE_RUNNING') runningCount++;
+        return runningCount === N_CELLS;
+      },
+      { timeoutMs: 30 * 60_000, intervalMs: 500 },
+    );
     const tAll = performance.now() - t0;
     const cpu = process.cpuUsage(cpu0);
     const cpuMs = (cpu.user + cpu.system) / 1000;
     console.log(`  all ${N_CELLS} Running after ${(tAll / 1000).toFixed(1)} s (cells launched by the simulated provider: ${provider.size})`);
     durations.sort((a, b) => a - b);
-    console.log(`  reconcile latency (one pod or cell): p50 ${ms(pct(durations, 50))}  p99 ${ms(pct(durations, 99))}  max ${ms(durations[durations.length - 1])}  (n=${durations.length}; goal p99 < 100 ms)`);
+    console.log(
+      `  reconcile latency (one pod or cell): p50 ${ms(pct(durations, 50))}  p99 ${ms(pct(durations, 99))}  max ${ms(durations[durations.length - 1])}  (n=${durations.length}; goal p99 < 100 ms)`,
+    );
     // CPU time is what the controller spent, whatever else the machine was doing; wall-clock
     // latencies above also include waiting for a shared CPU.
-    console.log(`  CPU: ${(cpuMs / 1000).toFixed(1)} s user+system for the run = ${(cpuMs / N_CELLS).toFixed(2)} ms per pod (apply + schedule + launch + dispatch + status), ${(cpuMs / durations.length).toFixed(2)} ms per reconcile; store syncs ${store.stats?.syncs ?? 'n/a'}`);
+    console.log(
+      `  CPU: ${(cpuMs / 1000).toFixed(1)} s user+system for the run = ${(cpuMs / N_CELLS).toFixed(2)} ms per pod (apply + schedule + launch + dispatch + status), ${(cpuMs / durations.length).toFixed(2)} ms per reconcile; store syncs ${store.stats?.syncs ?? 'n/a'}`,
+    );
     console.log(`  event loop delay: p99 ${ms(loop.percentile(99) / 1e6)}  max ${ms(loop.max / 1e6)}`);
     global.gc?.();
     const m = process.memoryUsage();
-    console.log(`  memory: peak RSS ${(peakRss / 2 ** 20).toFixed(0)} MiB, now RSS ${(m.rss / 2 ** 20).toFixed(0)} MiB, heap used ${(m.heapUsed / 2 ** 20).toFixed(0)} MiB (goal < 1024 MiB; includes the simulated agents and the bench client)`);
+    console.log(
+      `  memory: peak RSS ${(peakRss / 2 ** 20).toFixed(0)} MiB, now RSS ${(m.rss / 2 ** 20).toFixed(0)} MiB, heap used ${(m.heapUsed / 2 ** 20).toFixed(0)} MiB (goal < 1024 MiB; includes the simulated agents and the bench client)`,
+    );
   } finally {
     clearInterval(sampler);
     await rec.stop();

@@ -49,26 +49,31 @@ await kube.kubectl(['create', 'serviceaccount', 'default']);
 const keyFile = join(dir, 'key');
 writeFileSync(keyFile, Buffer.alloc(32, 7).toString('base64'));
 const configPath = join(dir, 'controller.yaml');
-writeFileSync(configPath, stringify({
-  controllerId: 'k8s-bench',
-  api: { listen: `127.0.0.1:${apiPort}`, adminCredentials: { file: join(dir, 'cellctl.yaml'), user: 'bench' } },
-  metrics: { listen: `127.0.0.1:${await testkit.freePort()}` },
-  log: { level: 'warn' },
-  store: { kind: 'embedded', dir: join(dir, 'store') },
-  provider: { kind: 'local', root: join(dir, 'cells'), insecureRegistries: [registry.host] },
-  security: { mode: 'mtls', encryptionKeyFile: keyFile },
-  warmPool: [{ instanceType: 'local.nano', size: WARM }],
-  pods: { retainFinishedSeconds: 0 },
-  kubernetes: {
-    enabled: true,
-    nodeName: NODE,
-    kubeconfig: kube.kubeconfig,
-    internalIP: '127.0.0.1',
-    kubelet: { listen: `127.0.0.1:${kubeletPort}`, certFile: serving.certFile, keyFile: serving.keyFile, clientCAFile: kube.caFile },
-    leaderElection: { enabled: false },
-  },
-}));
-const daemon = spawn(process.execPath, [join(root, 'packages/controller/dist/bin/controller.js'), '-c', configPath, '--terminate-cells-on-exit'], { stdio: ['ignore', 'ignore', 'inherit'] });
+writeFileSync(
+  configPath,
+  stringify({
+    controllerId: 'k8s-bench',
+    api: { listen: `127.0.0.1:${apiPort}`, adminCredentials: { file: join(dir, 'cellctl.yaml'), user: 'bench' } },
+    metrics: { listen: `127.0.0.1:${await testkit.freePort()}` },
+    log: { level: 'warn' },
+    store: { kind: 'embedded', dir: join(dir, 'store') },
+    provider: { kind: 'local', root: join(dir, 'cells'), insecureRegistries: [registry.host] },
+    security: { mode: 'mtls', encryptionKeyFile: keyFile },
+    warmPool: [{ instanceType: 'local.nano', size: WARM }],
+    pods: { retainFinishedSeconds: 0 },
+    kubernetes: {
+      enabled: true,
+      nodeName: NODE,
+      kubeconfig: kube.kubeconfig,
+      internalIP: '127.0.0.1',
+      kubelet: { listen: `127.0.0.1:${kubeletPort}`, certFile: serving.certFile, keyFile: serving.keyFile, clientCAFile: kube.caFile },
+      leaderElection: { enabled: false },
+    },
+  }),
+);
+const daemon = spawn(process.execPath, [join(root, 'packages/controller/dist/bin/controller.js'), '-c', configPath, '--terminate-cells-on-exit'], {
+  stdio: ['ignore', 'ignore', 'inherit'],
+});
 // The controller writes the bench's credentials once its API listens.
 const credsFile = join(dir, 'cellctl.yaml');
 await testkit.waitFor('the controller credentials', () => existsSync(credsFile), { timeoutMs: 60_000 });
@@ -91,19 +96,29 @@ async function requestCounts() {
 }
 
 try {
-  await testkit.waitFor('virtual node Ready', async () => {
-    const n = await rest.get(`/api/v1/nodes/${NODE}`).catch(() => undefined);
-    return n?.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True');
-  }, { timeoutMs: 60_000, intervalMs: 200 });
+  await testkit.waitFor(
+    'virtual node Ready',
+    async () => {
+      const n = await rest.get(`/api/v1/nodes/${NODE}`).catch(() => undefined);
+      return n?.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True');
+    },
+    { timeoutMs: 60_000, intervalMs: 200 },
+  );
   const running = new Map();
   const gone = new Map();
   const ac = new AbortController();
   const list = await rest.get('/api/v1/namespaces/default/pods');
-  void rest.watch(`/api/v1/namespaces/default/pods?watch=1&resourceVersion=${list.metadata.resourceVersion}`, (ev) => {
-    const name = ev.object.metadata.name;
-    if (ev.type === 'DELETED') gone.get(name)?.();
-    else if (ev.object.status?.phase === 'Running') running.get(name)?.();
-  }, ac.signal).catch(() => undefined);
+  void rest
+    .watch(
+      `/api/v1/namespaces/default/pods?watch=1&resourceVersion=${list.metadata.resourceVersion}`,
+      (ev) => {
+        const name = ev.object.metadata.name;
+        if (ev.type === 'DELETED') gone.get(name)?.();
+        else if (ev.object.status?.phase === 'Running') running.get(name)?.();
+      },
+      ac.signal,
+    )
+    .catch(() => undefined);
   const before = await requestCounts();
   const lat = [];
   for (let i = 0; i < N; i++) {
@@ -113,9 +128,13 @@ try {
     const isGone = new Promise((r) => gone.set(name, r));
     const t0 = performance.now();
     await rest.post('/api/v1/namespaces/default/pods', {
-      apiVersion: 'v1', kind: 'Pod', metadata: { name },
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name },
       spec: {
-        automountServiceAccountToken: false, terminationGracePeriodSeconds: 1, nodeSelector: { type: 'virtual-kubelet' },
+        automountServiceAccountToken: false,
+        terminationGracePeriodSeconds: 1,
+        nodeSelector: { type: 'virtual-kubelet' },
         tolerations: [{ key: 'virtual-kubelet.io/provider', operator: 'Exists', effect: 'NoSchedule' }],
         containers: [{ name: 'main', image, command: ['sh', '-c', 'while true; do sleep 5; done'] }],
       },
@@ -133,10 +152,15 @@ try {
   console.log(`virtual node: pod create -> Running through kube-apiserver (warm pool ${WARM}, cached image), ${N} pods one at a time`);
   console.log(`  p50 ${pct(s, 50).toFixed(0)} ms   p99 ${pct(s, 99).toFixed(0)} ms   min ${s[0].toFixed(0)} ms   max ${s[s.length - 1].toFixed(0)} ms`);
   console.log(`API server requests per pod, all clients (create, run, delete; apiserver_request_total by verb and resource):`);
-  const rows = [...after].map(([k, v]) => [k, (v - (before.get(k) ?? 0)) / N]).filter(([, v]) => v > 0).sort((a, b) => b[1] - a[1]);
+  const rows = [...after]
+    .map(([k, v]) => [k, (v - (before.get(k) ?? 0)) / N])
+    .filter(([, v]) => v > 0)
+    .sort((a, b) => b[1] - a[1]);
   for (const [k, v] of rows) console.log(`  ${v.toFixed(2).padStart(7)}  ${k}`);
   const writes = rows.filter(([k]) => /^(PATCH|POST|PUT|DELETE) /.test(k)).reduce((a, [, v]) => a + v, 0);
-  console.log(`  writes of all kinds: ${writes.toFixed(2)} per pod (includes the benchmark's create+delete, the scheduler's binding and event, lease/status heartbeats over the run)`);
+  console.log(
+    `  writes of all kinds: ${writes.toFixed(2)} per pod (includes the benchmark's create+delete, the scheduler's binding and event, lease/status heartbeats over the run)`,
+  );
 } finally {
   daemon.kill('SIGTERM');
   await testkit.waitExit(daemon, { what: 'the controller' });

@@ -43,7 +43,14 @@ function metrics(port) {
     req.end();
   });
 }
-const sample = (text, line) => Number(text.split('\n').find((l) => l.startsWith(`${line} `))?.split(' ').pop() ?? 0);
+const sample = (text, line) =>
+  Number(
+    text
+      .split('\n')
+      .find((l) => l.startsWith(`${line} `))
+      ?.split(' ')
+      .pop() ?? 0,
+  );
 
 /** A busybox layer (for sh) and LAYERS layers of incompressible data: MIB MiB in all. */
 function layers() {
@@ -74,7 +81,9 @@ async function run(registry, image, prePull, i) {
   const cfg = join(dir, 'controller.yaml');
   const controllerId = `bench-prepull-${i}`;
   // recentPods 0: only the configured image is pre-pulled, so both runs differ in that alone.
-  writeFileSync(cfg, `controllerId: ${controllerId}
+  writeFileSync(
+    cfg,
+    `controllerId: ${controllerId}
 api: { listen: "127.0.0.1:${apiPort}", adminCredentials: { file: ${JSON.stringify(join(dir, 'cellctl.yaml'))}, user: bench } }
 metrics: { listen: "127.0.0.1:${metricsPort}" }
 log: { level: warn }
@@ -82,8 +91,11 @@ store: { kind: embedded, dir: ${JSON.stringify(join(dir, 'store'))} }
 provider: { kind: local, root: ${JSON.stringify(join(dir, 'cells'))}, insecureRegistries: ["${registry.host}"] }
 security: { mode: mtls, encryptionKeyFile: ${JSON.stringify(key)} }
 warmPool: [{ instanceType: local.nano, size: 1, recentPods: 0, prePull: ${JSON.stringify(prePull ? [image] : [])} }]
-`);
-  const child = spawn(process.execPath, [join(root, 'packages/controller/dist/bin/controller.js'), '-c', cfg, '--terminate-cells-on-exit'], { stdio: ['ignore', 'ignore', 'inherit'] });
+`,
+  );
+  const child = spawn(process.execPath, [join(root, 'packages/controller/dist/bin/controller.js'), '-c', cfg, '--terminate-cells-on-exit'], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
   const creds = join(dir, 'cellctl.yaml');
   const provider = new ctl.LocalProvider({ root: join(dir, 'cells') });
   let client;
@@ -91,9 +103,15 @@ warmPool: [{ instanceType: local.nano, size: 1, recentPods: 0, prePull: ${JSON.s
     await testkit.waitFor('the controller credentials', () => existsSync(creds), { timeoutMs: 30_000 });
     client = new ControllerClient(`127.0.0.1:${apiPort}`, ctl.apiChannelCredentials(ctl.resolveCellctlContext(ctl.readCellctlConfig(creds), creds).credentials));
     await testkit.waitFor('controller', () => call(client, 'version', {}, 1000).catch(() => undefined), { timeoutMs: 30_000 });
-    await testkit.waitFor('a warm cell', async () => (await call(client, 'listCells', {})).cells.some((c) => c.state === 3 && !c.pod?.name), { timeoutMs: 120_000, intervalMs: 50 });
+    await testkit.waitFor('a warm cell', async () => (await call(client, 'listCells', {})).cells.some((c) => c.state === 3 && !c.pod?.name), {
+      timeoutMs: 120_000,
+      intervalMs: 50,
+    });
     if (prePull) {
-      await testkit.waitFor('the pre-pull', async () => sample(await metrics(metricsPort), 'cello_prepull_pulls_total{outcome="pulled"}') >= 1, { timeoutMs: 300_000, intervalMs: 100 });
+      await testkit.waitFor('the pre-pull', async () => sample(await metrics(metricsPort), 'cello_prepull_pulls_total{outcome="pulled"}') >= 1, {
+        timeoutMs: 300_000,
+        intervalMs: 100,
+      });
     }
     let runningAt;
     const watch = client.watchPods(WatchPodsRequest.fromPartial({ namespace: 'default' }));

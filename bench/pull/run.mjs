@@ -34,7 +34,17 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const ONLY = process.env.BENCH_ONLY;
 if (ONLY && !['http', 'https'].includes(ONLY)) throw new Error(`BENCH_ONLY: expected http or https, got ${ONLY}`);
 
-for (const [c, p] of [['skopeo', 'skopeo'], ['umoci', 'umoci'], ['containerd', 'containerd'], ['ctr', 'containerd'], ['/usr/bin/time', 'time'], ['mkfs.ext4', 'e2fsprogs'], ['curl', 'curl'], ['openssl', 'openssl']]) requireCommand(c, p);
+for (const [c, p] of [
+  ['skopeo', 'skopeo'],
+  ['umoci', 'umoci'],
+  ['containerd', 'containerd'],
+  ['ctr', 'containerd'],
+  ['/usr/bin/time', 'time'],
+  ['mkfs.ext4', 'e2fsprogs'],
+  ['curl', 'curl'],
+  ['openssl', 'openssl'],
+])
+  requireCommand(c, p);
 const built = spawnSync(join(here, 'build-crane.sh'), { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
 if (built.status !== 0) throw new Error('bench/pull/build-crane.sh failed (it needs go and the Go module proxy)');
 const CRANE = built.stdout.trim();
@@ -75,7 +85,10 @@ const trust = join(work, 'trust');
 mkdirSync(join(trust, 'skopeo'), { recursive: true });
 copyFileSync(pki.ca, join(trust, 'skopeo', 'ca.crt'));
 mkdirSync(join(trust, 'containerd', tlsRegistry.host), { recursive: true });
-writeFileSync(join(trust, 'containerd', tlsRegistry.host, 'hosts.toml'), `server = "https://${tlsRegistry.host}"\n\n[host."https://${tlsRegistry.host}"]\n  capabilities = ["pull", "resolve"]\n  ca = ${JSON.stringify(pki.ca)}\n`);
+writeFileSync(
+  join(trust, 'containerd', tlsRegistry.host, 'hosts.toml'),
+  `server = "https://${tlsRegistry.host}"\n\n[host."https://${tlsRegistry.host}"]\n  capabilities = ["pull", "resolve"]\n  ca = ${JSON.stringify(pki.ca)}\n`,
+);
 const registryConfig = join(trust, 'registries.yaml');
 writeFileSync(registryConfig, `registries:\n  "${tlsRegistry.host}": {caFile: ${JSON.stringify(pki.ca)}}\n`);
 
@@ -85,7 +98,11 @@ function freshFs(name) {
   const img = join(work, `${name}.img`);
   const dir = join(work, name);
   mkdirSync(dir);
-  for (const [cmd, ...args] of [['truncate', '-s', '16G', img], ['mkfs.ext4', '-q', '-F', img], ['mount', '-o', 'loop', img, dir]]) {
+  for (const [cmd, ...args] of [
+    ['truncate', '-s', '16G', img],
+    ['mkfs.ext4', '-q', '-F', img],
+    ['mount', '-o', 'loop', img, dir],
+  ]) {
     const r = spawnSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
   }
@@ -102,13 +119,17 @@ function dropFs(dir) {
 /** containerd with the overlayfs snapshotter, its root, state and socket under `dir`. */
 async function startContainerd(dir) {
   const sock = join(dir, 'containerd.sock');
-  writeFileSync(join(dir, 'config.toml'), [
-    'version = 2',
-    `root = "${dir}/root"`,
-    `state = "${dir}/state"`,
-    'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]',
-    '[grpc]', `  address = "${sock}"`,
-  ].join('\n'));
+  writeFileSync(
+    join(dir, 'config.toml'),
+    [
+      'version = 2',
+      `root = "${dir}/root"`,
+      `state = "${dir}/state"`,
+      'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]',
+      '[grpc]',
+      `  address = "${sock}"`,
+    ].join('\n'),
+  );
   const proc = spawn('containerd', ['--config', join(dir, 'config.toml')], { stdio: ['ignore', 'ignore', 'ignore'] });
   for (let i = 0; i < 100 && !existsSync(sock); i++) await sleep(100);
   if (!existsSync(sock)) throw new Error('containerd did not start within 10 s');
@@ -157,7 +178,10 @@ async function httpsRun() {
 
   const su = freshFs('https-su');
   dropCaches();
-  record('https skopeo+umoci cold', measure(sh(`skopeo copy -q --src-cert-dir ${trust}/skopeo docker://${tlsRef} oci:${su}/oci:img`, `umoci unpack --image ${su}/oci:img ${su}/b >/dev/null`)));
+  record(
+    'https skopeo+umoci cold',
+    measure(sh(`skopeo copy -q --src-cert-dir ${trust}/skopeo docker://${tlsRef} oci:${su}/oci:img`, `umoci unpack --image ${su}/oci:img ${su}/b >/dev/null`)),
+  );
   checkRootfs('skopeo+umoci', `${su}/b/rootfs`);
   dropFs(su);
 
@@ -165,7 +189,10 @@ async function httpsRun() {
   const { proc, ctr } = await startContainerd(cd);
   try {
     dropCaches();
-    record('https ctr cold', withDaemonCpu(proc.pid, () => measure(`${ctr} image pull --hosts-dir ${trust}/containerd --snapshotter overlayfs ${tlsRef} >/dev/null`)));
+    record(
+      'https ctr cold',
+      withDaemonCpu(proc.pid, () => measure(`${ctr} image pull --hosts-dir ${trust}/containerd --snapshotter overlayfs ${tlsRef} >/dev/null`)),
+    );
   } finally {
     proc.kill('SIGTERM');
     await waitExit(proc, { what: 'containerd' });
@@ -198,7 +225,9 @@ async function httpsRun() {
   stage('tar parse', minus(s.parse, s.inflate), minus(parse, inflate));
   stage('file creation', minus(s.unpack, s.parse), minus(unpack, parse));
   const last = (n, k) => results[`stage ${n}`].at(-1)[k];
-  log(`stages, cpu s (wall s), image-puller / floor: ${stageNames.map((n) => `${n} ${last(n, 'ours').cpu.toFixed(2)} (${last(n, 'ours').wall.toFixed(2)}) / ${last(n, 'floor').cpu.toFixed(2)} (${last(n, 'floor').wall.toFixed(2)})`).join(', ')}`);
+  log(
+    `stages, cpu s (wall s), image-puller / floor: ${stageNames.map((n) => `${n} ${last(n, 'ours').cpu.toFixed(2)} (${last(n, 'ours').wall.toFixed(2)}) / ${last(n, 'floor').cpu.toFixed(2)} (${last(n, 'floor').wall.toFixed(2)})`).join(', ')}`,
+  );
   dropFs(st);
 }
 
@@ -230,7 +259,10 @@ try {
       dropCaches();
       record('skopeo+umoci cold', measure(sh(`skopeo copy -q --src-tls-verify=false docker://${ref} oci:${su}/oci:img`, `umoci unpack --image ${su}/oci:img ${su}/b1 >/dev/null`)));
       record('skopeo+umoci warm', measure(sh(`skopeo copy -q --src-tls-verify=false docker://${ref} oci:${su}/oci:img`, `umoci unpack --image ${su}/oci:img ${su}/b2 >/dev/null`)));
-      record('skopeo+umoci shared-tag', measure(sh(`skopeo copy -q --src-tls-verify=false docker://${shared} oci:${su}/oci:shared`, `umoci unpack --image ${su}/oci:shared ${su}/b3 >/dev/null`)));
+      record(
+        'skopeo+umoci shared-tag',
+        measure(sh(`skopeo copy -q --src-tls-verify=false docker://${shared} oci:${su}/oci:shared`, `umoci unpack --image ${su}/oci:shared ${su}/b3 >/dev/null`)),
+      );
       dropFs(su);
 
       // crane export | tar -x (crane flattens the layers, whiteouts applied, into one tar stream)
@@ -245,15 +277,23 @@ try {
       const { proc, ctr } = await startContainerd(cd);
       try {
         dropCaches();
-        record('ctr cold', withDaemonCpu(proc.pid, () => measure(`${ctr} image pull --plain-http --snapshotter overlayfs ${ref} >/dev/null`)));
-        record('ctr warm', withDaemonCpu(proc.pid, () => measure(`${ctr} image pull --plain-http --snapshotter overlayfs ${ref} >/dev/null`)));
-        record('ctr shared-tag', withDaemonCpu(proc.pid, () => measure(`${ctr} image pull --plain-http --snapshotter overlayfs ${shared} >/dev/null`)));
+        record(
+          'ctr cold',
+          withDaemonCpu(proc.pid, () => measure(`${ctr} image pull --plain-http --snapshotter overlayfs ${ref} >/dev/null`)),
+        );
+        record(
+          'ctr warm',
+          withDaemonCpu(proc.pid, () => measure(`${ctr} image pull --plain-http --snapshotter overlayfs ${ref} >/dev/null`)),
+        );
+        record(
+          'ctr shared-tag',
+          withDaemonCpu(proc.pid, () => measure(`${ctr} image pull --plain-http --snapshotter overlayfs ${shared} >/dev/null`)),
+        );
       } finally {
         proc.kill('SIGTERM');
         await waitExit(proc, { what: 'containerd' });
         dropFs(cd);
       }
-
     }
     if (ONLY !== 'http') await httpsRun();
   }
@@ -274,7 +314,9 @@ const peak = (name) => Math.max(...results[name].map((m) => m.rssMiB));
 
 // Like with like: a flattened rootfs (ours --rootfs, skopeo+umoci, crane) and per-layer snapshots
 // (ours --layers, ctr's overlayfs snapshots); each ratio is against the faster peer of the run.
-const load = loadavg().map((l) => l.toFixed(1)).join(' ');
+const load = loadavg()
+  .map((l) => l.toFixed(1))
+  .join(' ');
 if (ONLY !== 'https') {
   const rows = [];
   for (const phase of ['cold', 'warm', 'shared-tag']) {
@@ -287,8 +329,12 @@ if (ONLY !== 'https') {
       const name = `image-puller ${mode} ${phase}`;
       const o = med(name);
       rows.push({
-        phase, 'image-puller': `--${mode}`,
-        'ours s': o.toFixed(2), 'skopeo+umoci s': su.toFixed(2), 'ctr s': c.toFixed(2), 'crane s': Number.isFinite(cr) ? cr.toFixed(2) : '-',
+        phase,
+        'image-puller': `--${mode}`,
+        'ours s': o.toFixed(2),
+        'skopeo+umoci s': su.toFixed(2),
+        'ctr s': c.toFixed(2),
+        'crane s': Number.isFinite(cr) ? cr.toFixed(2) : '-',
         'ours/faster peer': (o / faster).toFixed(2),
         'ours/same-kind peer': (o / (mode === 'rootfs' ? su : c)).toFixed(2),
         'cpu s ours/su/ctr+daemon': `${med(name, 'cpu').toFixed(2)}/${med(`skopeo+umoci ${phase}`, 'cpu').toFixed(2)}/${med(`ctr ${phase}`, 'cpu').toFixed(2)}`,
@@ -316,15 +362,31 @@ if (ONLY !== 'http') {
     const m = (who, k) => median(results[`stage ${n}`].map((x) => x[who][k]));
     return {
       stage: n,
-      'image-puller cpu s': m('ours', 'cpu').toFixed(2), 'floor cpu s': m('floor', 'cpu').toFixed(2), 'cpu gap s': (m('ours', 'cpu') - m('floor', 'cpu')).toFixed(2),
-      'image-puller wall s': m('ours', 'wall').toFixed(2), 'floor wall s': m('floor', 'wall').toFixed(2),
+      'image-puller cpu s': m('ours', 'cpu').toFixed(2),
+      'floor cpu s': m('floor', 'cpu').toFixed(2),
+      'cpu gap s': (m('ours', 'cpu') - m('floor', 'cpu')).toFixed(2),
+      'image-puller wall s': m('ours', 'wall').toFixed(2),
+      'floor wall s': m('floor', 'wall').toFixed(2),
     };
   });
-  process.stdout.write('image-puller stages, one at a time (the pull overlaps them), against the floor: curl --parallel-max 4 (TLS+fetch), zcat (inflate), zcat|tar -t (parse), zcat|tar -x (creation);\nCPU seconds (user+system) are steady under load, wall seconds are not\n');
+  process.stdout.write(
+    'image-puller stages, one at a time (the pull overlaps them), against the floor: curl --parallel-max 4 (TLS+fetch), zcat (inflate), zcat|tar -t (parse), zcat|tar -x (creation);\nCPU seconds (user+system) are steady under load, wall seconds are not\n',
+  );
   console.table(stageRows);
   const peers = ['crane', 'ctr', 'skopeo+umoci'].map((p) => [p, med(`https ${p} cold`)]).sort((a, b) => a[1] - b[1]);
-  process.stdout.write(`HTTPS cold: image-puller ${ours.toFixed(2)} s, fastest peer ${peers[0][0]} ${peers[0][1].toFixed(2)} s (ratio ${(ours / peers[0][1]).toFixed(2)}), floor ${floor.toFixed(2)} s\n`);
+  process.stdout.write(
+    `HTTPS cold: image-puller ${ours.toFixed(2)} s, fastest peer ${peers[0][0]} ${peers[0][1].toFixed(2)} s (ratio ${(ours / peers[0][1]).toFixed(2)}), floor ${floor.toFixed(2)} s\n`,
+  );
 }
 process.stdout.write(`goals: cold rootfs <= 0.6x the faster peer (over HTTPS too); shared-layer tag < 0.25 s; peak RSS < 150 MiB\n`);
 process.stdout.write(`cpu = user+system seconds of the command (for ctr, plus the containerd daemon's); wall times depend on machine load\n`);
-process.stdout.write(`${JSON.stringify({ load, medians: Object.fromEntries(Object.keys(results).filter((k) => !k.startsWith('stage ')).map((k) => [k, { wall: med(k), cpu: med(k, 'cpu'), peakRssMiB: peak(k) }])) })}\n`);
+process.stdout.write(
+  `${JSON.stringify({
+    load,
+    medians: Object.fromEntries(
+      Object.keys(results)
+        .filter((k) => !k.startsWith('stage '))
+        .map((k) => [k, { wall: med(k), cpu: med(k, 'cpu'), peakRssMiB: peak(k) }]),
+    ),
+  })}\n`,
+);

@@ -43,9 +43,11 @@ const manifest = JSON.parse(m.bytes.toString('utf8'));
 await source.getBlob(manifest.config.digest);
 const layers = manifest.layers.map((l) => ({ digest: l.digest, size: l.size, file: join(blobsDir, l.digest.slice(7)) }));
 const queue = [...layers];
-await Promise.all(Array.from({ length: 4 }, async () => {
-  for (let l = queue.shift(); l; l = queue.shift()) await source.fetchBlobToFile(l.digest, l.size, l.file);
-}));
+await Promise.all(
+  Array.from({ length: 4 }, async () => {
+    for (let l = queue.shift(); l; l = queue.shift()) await source.fetchBlobToFile(l.digest, l.size, l.file);
+  }),
+);
 const fetch = stop();
 await reader.close();
 

@@ -33,7 +33,15 @@ function snapshot(shift = -1) {
   const slices = [];
   for (let i = 0; i < SERVICES; i++) {
     const name = `s${i}`;
-    services.push({ namespace: 'bench', name, clusterIPs: [`10.96.${i >> 8}.${i & 255}`], externalIPs: [], ports: [{ name: 'http', protocol: 'TCP', port: 80 }], externalTrafficPolicy: 'Cluster', internalTrafficPolicy: 'Cluster' });
+    services.push({
+      namespace: 'bench',
+      name,
+      clusterIPs: [`10.96.${i >> 8}.${i & 255}`],
+      externalIPs: [],
+      ports: [{ name: 'http', protocol: 'TCP', port: 80 }],
+      externalTrafficPolicy: 'Cluster',
+      internalTrafficPolicy: 'Cluster',
+    });
     const endpoints = [];
     for (let e = 0; e < ENDPOINTS; e++) {
       // Service `shift` has its last endpoint moved: one endpoint change.
@@ -51,7 +59,7 @@ try {
   const full = [];
   let lines = 0;
   for (let r = 0; r < 5; r++) {
-    const proxy = new ServiceProxy({ netnsPath, localAddresses: () => [] , onSync: (s) => (lines = s.commands) });
+    const proxy = new ServiceProxy({ netnsPath, localAddresses: () => [], onSync: (s) => (lines = s.commands) });
     const t = performance.now();
     await proxy.sync(base);
     full.push(performance.now() - t);

@@ -54,7 +54,10 @@ const rootfs = join(bundle, 'rootfs');
 for (const d of ['bin', 'proc', 'dev', 'sys', 'tmp', 'etc']) mkdirSync(join(rootfs, d), { recursive: true });
 copyFileSync('/usr/bin/busybox', join(rootfs, 'bin/busybox'));
 chmodSync(join(rootfs, 'bin/busybox'), 0o755);
-for (const a of execFileSync('/usr/bin/busybox', ['--list'], { encoding: 'utf8' }).split('\n').filter((x) => x && x !== 'busybox')) symlinkSync('busybox', join(rootfs, 'bin', a));
+for (const a of execFileSync('/usr/bin/busybox', ['--list'], { encoding: 'utf8' })
+  .split('\n')
+  .filter((x) => x && x !== 'busybox'))
+  symlinkSync('busybox', join(rootfs, 'bin', a));
 execFileSync('runc', ['spec'], { cwd: bundle });
 function writeConfig(args) {
   const c = JSON.parse(readFileSync(join(bundle, 'config.json'), 'utf8'));
@@ -90,9 +93,18 @@ async function runningPid(id) {
 const units = new Map();
 const dir = { get: (n) => units.get(n), list: () => [...units.values()], netnsPath: () => netnsPath };
 const view = (name, id, logs) => ({
-  name, stdin: false, tty: false, logs,
-  running: () => true, runc: () => ({ root: runcRoot, id }), pid: () => undefined, cgroupPath: () => '/', restartCount: () => 0,
-  startedAt: () => new Date(), memoryLimitBytes: () => undefined, attach: () => undefined,
+  name,
+  stdin: false,
+  tty: false,
+  logs,
+  running: () => true,
+  runc: () => ({ root: runcRoot, id }),
+  pid: () => undefined,
+  cgroupPath: () => '/',
+  restartCount: () => 0,
+  startedAt: () => new Date(),
+  memoryLimitBytes: () => undefined,
+  attach: () => undefined,
 });
 
 // The port-forward stream port, wired as agent.ts does (plaintext, like the gRPC server here).
@@ -130,62 +142,65 @@ import('@cello/proto/cell').then(({ CellAgentClient, LogsRequest }) => {
 try {
   // ---- 1. log throughput ----
   if (ONLY.has('logs')) {
-  process.stderr.write('bench: logs\n');
-  const line = 'x'.repeat(99); // 100-byte lines
-  // Two writers: `yes` costs nothing per line (worst case for the ratio); awk formats each line
-  // like an application logging requests would (~100 bytes).
-  const lines = Math.round((LOG_MB * 1_000_000) / 100);
-  const allWriters = {
-    yes: ['sh', '-c', `yes ${line} | head -c ${LOG_MB * 1_000_000}`],
-    awk: ['awk', `BEGIN { for (i = 0; i < ${lines}; i++) printf "2026-01-01T00:00:00Z level=info msg=\\"served\\" path=/api/v1/items/%08d status=200 bytes=%06d\\n", i, i % 999999 }`],
-  };
-  // BENCH_WRITERS=yes (or awk) runs one writer only.
-  const writers = Object.fromEntries(Object.entries(allWriters).filter(([w]) => (process.env.BENCH_WRITERS ?? 'yes,awk').split(',').includes(w)));
-  results.logs = {};
-  for (const [wname, writer] of Object.entries(writers)) {
-    // Timed from the first byte, so runc's start-up is not part of either figure.
-    const rawRun = async () => {
-      let n = 0;
+    process.stderr.write('bench: logs\n');
+    const line = 'x'.repeat(99); // 100-byte lines
+    // Two writers: `yes` costs nothing per line (worst case for the ratio); awk formats each line
+    // like an application logging requests would (~100 bytes).
+    const lines = Math.round((LOG_MB * 1_000_000) / 100);
+    const allWriters = {
+      yes: ['sh', '-c', `yes ${line} | head -c ${LOG_MB * 1_000_000}`],
+      awk: [
+        'awk',
+        `BEGIN { for (i = 0; i < ${lines}; i++) printf "2026-01-01T00:00:00Z level=info msg=\\"served\\" path=/api/v1/items/%08d status=200 bytes=%06d\\n", i, i % 999999 }`,
+      ],
+    };
+    // BENCH_WRITERS=yes (or awk) runs one writer only.
+    const writers = Object.fromEntries(Object.entries(allWriters).filter(([w]) => (process.env.BENCH_WRITERS ?? 'yes,awk').split(',').includes(w)));
+    results.logs = {};
+    for (const [wname, writer] of Object.entries(writers)) {
+      // Timed from the first byte, so runc's start-up is not part of either figure.
+      const rawRun = async () => {
+        let n = 0;
+        let t0;
+        const cpu0 = process.cpuUsage();
+        await runUnit(writer, (d) => {
+          t0 ??= performance.now();
+          n += d.length;
+        }).exited;
+        const cpu = process.cpuUsage(cpu0);
+        return { bytes: n, ms: performance.now() - t0, cpuMs: (cpu.user + cpu.system) / 1000 };
+      };
+      // The raw pipe is measured before and after the logs run and the faster one is the
+      // baseline: on a shared machine a dip during one raw run must not flatter the logs figure.
+      const rawBefore = await rawRun();
+      const logs = new ContainerLogs({ dir: join(base, `logs-${wname}`), maxFileBytes: 64 << 20, maxFiles: 6 });
+      const sink = logs.startInstance();
+      units.set('tp', view('tp', 'x', logs));
+      // The following client is its own process, as kubectl/ctl would be.
+      const follower = spawn(process.execPath, [...CHILD_ARGS, '-e', FOLLOWER, String(port)], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      follower.stdout.on('data', (d) => (out += d));
+      await new Promise((r) => follower.stdout.once('data', r)); // "ready"
       let t0;
       const cpu0 = process.cpuUsage();
       await runUnit(writer, (d) => {
         t0 ??= performance.now();
-        n += d.length;
+        sink.write('stdout', d);
       }).exited;
+      sink.end();
+      await new Promise((r) => follower.on('close', r));
+      const ms = performance.now() - t0;
+      const res = JSON.parse(out.split('\n').filter(Boolean).at(-1));
       const cpu = process.cpuUsage(cpu0);
-      return { bytes: n, ms: performance.now() - t0, cpuMs: (cpu.user + cpu.system) / 1000 };
-    };
-    // The raw pipe is measured before and after the logs run and the faster one is the
-    // baseline: on a shared machine a dip during one raw run must not flatter the logs figure.
-    const rawBefore = await rawRun();
-    const logs = new ContainerLogs({ dir: join(base, `logs-${wname}`), maxFileBytes: 64 << 20, maxFiles: 6 });
-    const sink = logs.startInstance();
-    units.set('tp', view('tp', 'x', logs));
-    // The following client is its own process, as kubectl/ctl would be.
-    const follower = spawn(process.execPath, [...CHILD_ARGS, '-e', FOLLOWER, String(port)], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    follower.stdout.on('data', (d) => (out += d));
-    await new Promise((r) => follower.stdout.once('data', r)); // "ready"
-    let t0;
-    const cpu0 = process.cpuUsage();
-    await runUnit(writer, (d) => {
-      t0 ??= performance.now();
-      sink.write('stdout', d);
-    }).exited;
-    sink.end();
-    await new Promise((r) => follower.on('close', r));
-    const ms = performance.now() - t0;
-    const res = JSON.parse(out.split('\n').filter(Boolean).at(-1));
-    const cpu = process.cpuUsage(cpu0);
-    const rawAfter = await rawRun();
-    const raw = rawBefore.bytes / rawBefore.ms >= rawAfter.bytes / rawAfter.ms ? rawBefore : rawAfter;
-    results.logs[wname] = { raw, logs: { bytes: res.bytes, ms, dropped: res.dropped, agentCpuMs: (cpu.user + cpu.system) / 1000, clientCpuMs: res.cpuMs } };
-  }
+      const rawAfter = await rawRun();
+      const raw = rawBefore.bytes / rawBefore.ms >= rawAfter.bytes / rawAfter.ms ? rawBefore : rawAfter;
+      results.logs[wname] = { raw, logs: { bytes: res.bytes, ms, dropped: res.dropped, agentCpuMs: (cpu.user + cpu.system) / 1000, clientCpuMs: res.cpuMs } };
+    }
   }
 
   // ---- 2. follow latency ----
   if (ONLY.has('follow')) {
-  process.stderr.write('bench: follow latency\n');
+    process.stderr.write('bench: follow latency\n');
     const logs = new ContainerLogs({ dir: join(base, 'logs-lat') });
     const sink = logs.startInstance();
     sink.write('stdout', Buffer.from('existing line\n'));
@@ -213,7 +228,7 @@ try {
 
   // ---- 3. exec keystroke round trip (tty) ----
   if (ONLY.has('exec')) {
-  process.stderr.write('bench: exec keystrokes\n');
+    process.stderr.write('bench: exec keystrokes\n');
     const u = runUnit(['sleep', '100000'], () => {});
     await runningPid(u.id);
     units.set('sh', view('sh', u.id, undefined));
@@ -229,7 +244,11 @@ try {
     call.on('error', () => {});
     // The container's terminal echoes each byte (cooked mode) and `cat` reads it: a keystroke's
     // echo comes back through runc, the pty and gRPC, like typing into a shell.
-    call.write(ExecInput.fromPartial({ frame: { $case: 'start', value: { container: 'sh', command: ['sh', '-c', 'echo ready; exec cat >/dev/null'], tty: true, stdin: true, size: { columns: 80, rows: 24 } } } }));
+    call.write(
+      ExecInput.fromPartial({
+        frame: { $case: 'start', value: { container: 'sh', command: ['sh', '-c', 'echo ready; exec cat >/dev/null'], tty: true, stdin: true, size: { columns: 80, rows: 24 } } },
+      }),
+    );
     while (!out.includes('ready')) await new Promise((r) => (waiter = r));
     const rtt = [];
     for (let i = 0; i < KEYS; i++) {
@@ -249,7 +268,7 @@ try {
 
   // ---- 4. port-forward vs direct TCP in the pod's namespace ----
   if (ONLY.has('pf')) {
-  process.stderr.write('bench: port-forward\n');
+    process.stderr.write('bench: port-forward\n');
     const total = PF_MB * 1_000_000;
     const srvCode = `const n=require('net');const b=Buffer.alloc(1<<20,97);n.createServer(c=>{let left=${total};const w=()=>{while(left>0){const k=Math.min(left,b.length);left-=k;if(!c.write(k===b.length?b:b.subarray(0,k)))return c.once('drain',w)}c.end()};w();c.on('error',()=>{})}).listen(7777,'127.0.0.1',()=>process.stdout.write('up\\n'))`;
     const srv = spawn('nsenter', [`--net=${netnsPath}`, process.execPath, '-e', srvCode], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -269,14 +288,25 @@ try {
     const cli = new URL('../../packages/cell-agent/dist/cli.js', import.meta.url).pathname;
     const viaCtl = async (extra) => {
       const fwd = process.env.BENCH_PF_WINDOW
-        ? spawn(process.execPath, [...CHILD_ARGS, '--input-type=module', '-e', `
+        ? spawn(
+            process.execPath,
+            [
+              ...CHILD_ARGS,
+              '--input-type=module',
+              '-e',
+              `
             import { credentials } from '@grpc/grpc-js';
             import { CellAgentClient } from '@cello/proto/cell';
             const { forwardPort } = await import(${JSON.stringify(new URL('ctl/streams.js', dist).href)});
             const c = new CellAgentClient('127.0.0.1:${port}', credentials.createInsecure(), { 'grpc-node.flow_control_window': ${Number(process.env.BENCH_PF_WINDOW)} });
             const f = await forwardPort(c, { host: '127.0.0.1', localPort: 0, remotePort: 7777, onConnection: (p) => console.log('Handling connection for 7777 (' + p + ')') });
-            console.log('Forwarding from 127.0.0.1:' + f.localPort);`], { stdio: ['ignore', 'pipe', 'inherit'] })
-        : spawn(process.execPath, [...CHILD_ARGS, cli, 'ctl', '--addr', `127.0.0.1:${port}`, '--insecure-dev', 'port-forward', ':7777', ...extra], { stdio: ['ignore', 'pipe', 'inherit'] });
+            console.log('Forwarding from 127.0.0.1:' + f.localPort);`,
+            ],
+            { stdio: ['ignore', 'pipe', 'inherit'] },
+          )
+        : spawn(process.execPath, [...CHILD_ARGS, cli, 'ctl', '--addr', `127.0.0.1:${port}`, '--insecure-dev', 'port-forward', ':7777', ...extra], {
+            stdio: ['ignore', 'pipe', 'inherit'],
+          });
       let fout = '';
       fwd.stdout.on('data', (d) => (fout += d));
       while (!/127\.0\.0\.1:(\d+)/.test(fout)) await new Promise((r) => fwd.stdout.once('data', r));
@@ -287,7 +317,12 @@ try {
       await read(); // warm: starts the namespace relay
       // CPU per MB of the two relays (this process is the agent; ctl from /proc): unlike MB/s
       // it hardly depends on what else the shared machine runs.
-      const ctlCpu = () => readFileSync(`/proc/${fwd.pid}/stat`, 'utf8').split(') ')[1].split(' ').slice(11, 13).reduce((a, x) => a + Number(x), 0) * 10;
+      const ctlCpu = () =>
+        readFileSync(`/proc/${fwd.pid}/stat`, 'utf8')
+          .split(') ')[1]
+          .split(' ')
+          .slice(11, 13)
+          .reduce((a, x) => a + Number(x), 0) * 10;
       const agent0 = process.cpuUsage();
       const ctl0 = ctlCpu();
       const r = await read();
@@ -324,9 +359,13 @@ const r = results;
 const out = [];
 for (const [w, x] of Object.entries(r.logs ?? {})) {
   const pctRaw = (100 * (x.logs.bytes / x.logs.ms)) / (x.raw.bytes / x.raw.ms);
-  out.push(`  logs (${w} writer) -> following Logs client : ${mbs(x.logs.bytes, x.logs.ms)} MB/s (${(x.logs.bytes / 1e6).toFixed(0)} MB, dropped ${x.logs.dropped} B); raw pipe of the same writer ${mbs(x.raw.bytes, x.raw.ms)} MB/s (faster of the runs before and after) -> ${pctRaw.toFixed(0)}% (goal >= 50%)`);
+  out.push(
+    `  logs (${w} writer) -> following Logs client : ${mbs(x.logs.bytes, x.logs.ms)} MB/s (${(x.logs.bytes / 1e6).toFixed(0)} MB, dropped ${x.logs.dropped} B); raw pipe of the same writer ${mbs(x.raw.bytes, x.raw.ms)} MB/s (faster of the runs before and after) -> ${pctRaw.toFixed(0)}% (goal >= 50%)`,
+  );
   // CPU per MB does not depend on what else the machine runs: it shows the work itself.
-  out.push(`      CPU per MB: agent ${(x.logs.agentCpuMs / (x.logs.bytes / 1e6)).toFixed(1)} ms (capture + serve; the writer's pipe is read in this process either way), client ${(x.logs.clientCpuMs / (x.logs.bytes / 1e6)).toFixed(1)} ms; raw pipe reader ${(x.raw.cpuMs / (x.raw.bytes / 1e6)).toFixed(1)} ms`);
+  out.push(
+    `      CPU per MB: agent ${(x.logs.agentCpuMs / (x.logs.bytes / 1e6)).toFixed(1)} ms (capture + serve; the writer's pipe is read in this process either way), client ${(x.logs.clientCpuMs / (x.logs.bytes / 1e6)).toFixed(1)} ms; raw pipe reader ${(x.raw.cpuMs / (x.raw.bytes / 1e6)).toFixed(1)} ms`,
+  );
 }
 if (r.follow) {
   out.push(`  follow: request -> first chunk            : ${r.follow.firstChunk.toFixed(2)} ms`);
@@ -336,9 +375,16 @@ if (r.keystroke) out.push(`  exec tty keystroke round trip (${r.keystroke.n})   
 if (r.portForward) {
   const pfPct = (100 * (r.portForward.viaPf.bytes / r.portForward.viaPf.ms)) / (r.portForward.direct.bytes / r.portForward.direct.ms);
   const cpu = (x) => `CPU per MB: agent ${(x.agentCpuMs / (x.bytes / 1e6)).toFixed(2)} ms, ctl ${(x.ctlCpuMs / (x.bytes / 1e6)).toFixed(2)} ms`;
-  out.push(`  port-forward download (${PF_MB} MB)            : ${mbs(r.portForward.viaPf.bytes, r.portForward.viaPf.ms)} MB/s (ctl took the ${r.portForward.viaPf.path} path; ${cpu(r.portForward.viaPf)})`);
-  if (r.portForward.viaGrpc) out.push(`  port-forward, ctl --no-stream-port        : ${mbs(r.portForward.viaGrpc.bytes, r.portForward.viaGrpc.ms)} MB/s (ctl took the ${r.portForward.viaGrpc.path} path; ${cpu(r.portForward.viaGrpc)})`);
-  out.push(`  direct TCP in the pod namespace           : ${mbs(r.portForward.direct.bytes, r.portForward.direct.ms)} MB/s (faster of the runs before and after) -> port-forward at ${pfPct.toFixed(0)}% of direct (goal >= 50%)`);
+  out.push(
+    `  port-forward download (${PF_MB} MB)            : ${mbs(r.portForward.viaPf.bytes, r.portForward.viaPf.ms)} MB/s (ctl took the ${r.portForward.viaPf.path} path; ${cpu(r.portForward.viaPf)})`,
+  );
+  if (r.portForward.viaGrpc)
+    out.push(
+      `  port-forward, ctl --no-stream-port        : ${mbs(r.portForward.viaGrpc.bytes, r.portForward.viaGrpc.ms)} MB/s (ctl took the ${r.portForward.viaGrpc.path} path; ${cpu(r.portForward.viaGrpc)})`,
+    );
+  out.push(
+    `  direct TCP in the pod namespace           : ${mbs(r.portForward.direct.bytes, r.portForward.direct.ms)} MB/s (faster of the runs before and after) -> port-forward at ${pfPct.toFixed(0)}% of direct (goal >= 50%)`,
+  );
 }
 console.log(`
 cell-agent streams benchmark (loopback gRPC, plaintext; ${process.env.BENCH_NOTE ?? 'shared 2-core machine'}; load average ${(await import('node:os')).loadavg()[0].toFixed(1)})

@@ -8,7 +8,10 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 /** The local provider's per-cell network namespaces (cello-*) that exist now. */
 export function cellNetns() {
   const r = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' });
-  return (r.stdout ?? '').split('\n').map((l) => l.split(' ')[0]).filter((n) => /^cello-[0-9a-f]+$/.test(n));
+  return (r.stdout ?? '')
+    .split('\n')
+    .map((l) => l.split(' ')[0])
+    .filter((n) => /^cello-[0-9a-f]+$/.test(n));
 }
 
 /** The cell IDs a controller log names (every launch, boot and end logs its `cell`). */
@@ -38,8 +41,12 @@ export function leftovers(cellsRoot, netnsOfRun) {
   return [
     // .images is the cells' shared image cache, kept so the next start pulls nothing.
     ...(existsSync(cellsRoot) ? readdirSync(cellsRoot).filter((n) => n !== '.images') : []),
-    ...readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(cellsRoot)),
-    ...cellNetns().filter((n) => netnsOfRun.has(n)).map((n) => `network namespace ${n}`),
+    ...readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .filter((l) => l.includes(cellsRoot)),
+    ...cellNetns()
+      .filter((n) => netnsOfRun.has(n))
+      .map((n) => `network namespace ${n}`),
     ...processesUnder(cellsRoot).map((p) => `process ${p}`),
   ];
 }

@@ -143,7 +143,9 @@ function checkPlaintextListen(o: AgentOptions): void {
   for (const [flag, at] of listens) {
     const { host } = splitHostPort(at);
     if (!loopbackHost(host)) {
-      throw new Error(`${flag} ${at}: without TLS (--insecure-dev) the agent listens only on a loopback address (127.0.0.1, ::1); serve other addresses with --tls-cert/--tls-key/--tls-ca`);
+      throw new Error(
+        `${flag} ${at}: without TLS (--insecure-dev) the agent listens only on a loopback address (127.0.0.1, ::1); serve other addresses with --tls-cert/--tls-key/--tls-ca`,
+      );
     }
   }
 }
@@ -157,7 +159,14 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   // runc's root stays in the state dir: other tools (the local cell provider's cleanup, cell
   // image tests) find the cell's containers at STATE/runc.
   const runc = new Runc(o.runcBinary ?? 'runc', join(o.stateDir, 'runc'));
-  const images = o.images ?? new PullerImageService({ root: o.imageCacheDir ?? join(o.stateDir, 'images'), registries: withShorthands(o.registries ?? {}, { plainHttp: o.insecureRegistries ?? [] }), logger: log, accessFile: join(o.stateDir, 'image-access.json') });
+  const images =
+    o.images ??
+    new PullerImageService({
+      root: o.imageCacheDir ?? join(o.stateDir, 'images'),
+      registries: withShorthands(o.registries ?? {}, { plainHttp: o.insecureRegistries ?? [] }),
+      logger: log,
+      accessFile: join(o.stateDir, 'image-access.json'),
+    });
   const hostIP = primaryIPv4();
   const metrics = new AgentMetrics();
   const podIP = o.podIP ?? (o.podNetns ? netnsIPv4(o.podNetns) : undefined) ?? hostIP;
@@ -239,16 +248,19 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       : {}),
   });
   // The stream RPCs' bulk frames are serialized by hand (server/wire.ts).
-  server.addService(cellAgentServiceDefinition, createService({
-    pod,
-    logger: log,
-    streams,
-    info: { version: AGENT_VERSION, cellId: o.cellId ?? os.hostname(), runtime: await runc.version(), cgroupMode: detectCgroupMode(), startedAt: new Date() },
-    heartbeatMs: o.heartbeatMs ?? 10_000,
-    metrics,
-    syncServices,
-    images,
-  }));
+  server.addService(
+    cellAgentServiceDefinition,
+    createService({
+      pod,
+      logger: log,
+      streams,
+      info: { version: AGENT_VERSION, cellId: o.cellId ?? os.hostname(), runtime: await runc.version(), cgroupMode: detectCgroupMode(), startedAt: new Date() },
+      heartbeatMs: o.heartbeatMs ?? 10_000,
+      metrics,
+      syncServices,
+      images,
+    }),
+  );
   server.addService(health.definition, health.implementation);
   let creds: ServerCredentials;
   if (o.tls && identity) {

@@ -22,102 +22,144 @@ program
   .description('serve the agent API; units survive restarts of the agent and are re-adopted from --state-dir')
   .requiredOption('--listen <host:port>', 'address to serve on, e.g. 0.0.0.0:7443')
   .requiredOption('--state-dir <dir>', 'where the agent keeps the pod, units, volumes, images, logs and runc state (STATE/runc), on disk')
-  .option('--run-dir <dir>', 'per-boot state on a tmpfs: FIFOs, unit instances\' control files, pod files (default: /run/cello/agent/ID; created 0700, refused if a symlink or not owned by root)')
+  .option(
+    '--run-dir <dir>',
+    "per-boot state on a tmpfs: FIFOs, unit instances' control files, pod files (default: /run/cello/agent/ID; created 0700, refused if a symlink or not owned by root)",
+  )
   .option('--tls-cert <file>', "the agent's certificate (PEM)")
   .option('--tls-key <file>', "the agent's private key (PEM)")
   .option('--tls-ca <file>', 'CA (PEM) whose signature a client certificate must carry')
   .option('--insecure-dev', 'serve WITHOUT TLS and client authentication: local development only')
-  .option('--allow-client <name>', 'with mTLS, also serve the client identity spiffe://<trust domain>/client/NAME besides the controller (repeatable): give `cell-agent ctl` an operator identity of its own instead of the controller\'s', collect, [])
+  .option(
+    '--allow-client <name>',
+    "with mTLS, also serve the client identity spiffe://<trust domain>/client/NAME besides the controller (repeatable): give `cell-agent ctl` an operator identity of its own instead of the controller's",
+    collect,
+    [],
+  )
   .option('--insecure-registry <host:port>', 'a registry to reach over plain HTTP (repeatable; shorthand for a --registry-config entry with plainHttp)', collect, [])
   .option('--registry-config <file>', 'per-registry CAs, client certificates, mirrors and rewrites: JSON or YAML with a "registries:" map (docs/registries.md)')
   .option('--image-cache <dir>', 'image blobs and unpacked layers (default: STATE/images); agents on one machine may share one')
   .option('--pod-netns <path>', "network namespace for the pod's units (default: the agent's own, so the pod IP is the cell's)")
-  .option('--pod-ip <ip>', 'pod IP to report (default: the address in --pod-netns, or the cell\'s primary IPv4)')
+  .option('--pod-ip <ip>', "pod IP to report (default: the address in --pod-netns, or the cell's primary IPv4)")
   .option('--cgroup-parent <path>', 'cgroup for the units', '/cello/pod')
   .option('--runc <path>', 'runc binary', 'runc')
   .option('--seccomp-profile-dir <dir>', 'where seccomp Localhost profiles are looked up (default: STATE/seccomp)')
   .option('--pids-limit <n>', 'maximum processes per unit', (v) => Number(v))
   .option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (off by default)')
-  .option('--stream-listen <host:port|off>', 'port-forward stream port (PortForwardTicket): TLS like the API, or plain with --insecure-dev; "off": clients use the PortForward gRPC stream (default: the --listen host, a free port)')
+  .option(
+    '--stream-listen <host:port|off>',
+    'port-forward stream port (PortForwardTicket): TLS like the API, or plain with --insecure-dev; "off": clients use the PortForward gRPC stream (default: the --listen host, a free port)',
+  )
   .option('--audit-transcripts', 'keep the bytes of every exec/attach session in the audit log')
-  .option('--cell-id <id>', 'this cell\'s id, reported by GetInfo (default: the hostname)')
+  .option('--cell-id <id>', "this cell's id, reported by GetInfo (default: the hostname)")
   // Cell bootstrap (src/bootstrap, docs/aws.md): the certificate is made on the cell, signed by the controller.
-  .option('--bootstrap-user-data <file>', 'cell user data (cell-bootstrap/v1 JSON): serve only CellBootstrap until the controller installs this cell\'s certificate, then mTLS')
+  .option('--bootstrap-user-data <file>', "cell user data (cell-bootstrap/v1 JSON): serve only CellBootstrap until the controller installs this cell's certificate, then mTLS")
   .option('--user-data-url <url>', 'like --bootstrap-user-data, read from instance metadata with IMDSv2 (on EC2: http://169.254.169.254)')
   .addHelpText(
     'after',
     '\nExamples:\n  cell-agent serve --listen 0.0.0.0:7443 --state-dir /var/lib/cello --tls-cert cell.pem --tls-key cell.key --tls-ca ca.pem\n  cell-agent serve --listen 127.0.0.1:7443 --state-dir /tmp/cell --insecure-dev --insecure-registry 127.0.0.1:5000\n  cell-agent serve --listen 0.0.0.0:7443 --state-dir /var/lib/cello --user-data-url http://169.254.169.254   (EC2 cell)\n\nLogs are JSON on stderr (CELLO_LOG_LEVEL=debug for more); secrets are redacted.\n',
   )
-  .action(async (o: { listen: string; stateDir: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; insecureDev?: boolean; insecureRegistry: string[]; registryConfig?: string; imageCache?: string; podNetns?: string; podIp?: string; cgroupParent: string; runDir?: string; runc: string; seccompProfileDir?: string; pidsLimit?: number; cellId?: string; metricsListen?: string; streamListen?: string; auditTranscripts?: boolean; bootstrapUserData?: string; userDataUrl?: string; allowClient: string[] }) => {
-    const logger = createLogger();
-    if (o.bootstrapUserData || o.userDataUrl) {
-      if (o.bootstrapUserData && o.userDataUrl) throw new Error('give --bootstrap-user-data or --user-data-url, not both');
-      if (o.tlsCert || o.tlsKey || o.tlsCa || o.insecureDev) throw new Error('--bootstrap-user-data/--user-data-url make the certificate; do not combine them with --tls-* or --insecure-dev');
-      const id = await prepareCellIdentity({
-        userData: o.bootstrapUserData ? { file: o.bootstrapUserData } : { imdsUrl: o.userDataUrl! },
-        stateDir: o.stateDir,
+  .action(
+    async (o: {
+      listen: string;
+      stateDir: string;
+      tlsCert?: string;
+      tlsKey?: string;
+      tlsCa?: string;
+      insecureDev?: boolean;
+      insecureRegistry: string[];
+      registryConfig?: string;
+      imageCache?: string;
+      podNetns?: string;
+      podIp?: string;
+      cgroupParent: string;
+      runDir?: string;
+      runc: string;
+      seccompProfileDir?: string;
+      pidsLimit?: number;
+      cellId?: string;
+      metricsListen?: string;
+      streamListen?: string;
+      auditTranscripts?: boolean;
+      bootstrapUserData?: string;
+      userDataUrl?: string;
+      allowClient: string[];
+    }) => {
+      const logger = createLogger();
+      if (o.bootstrapUserData || o.userDataUrl) {
+        if (o.bootstrapUserData && o.userDataUrl) throw new Error('give --bootstrap-user-data or --user-data-url, not both');
+        if (o.tlsCert || o.tlsKey || o.tlsCa || o.insecureDev)
+          throw new Error('--bootstrap-user-data/--user-data-url make the certificate; do not combine them with --tls-* or --insecure-dev');
+        const id = await prepareCellIdentity({
+          userData: o.bootstrapUserData ? { file: o.bootstrapUserData } : { imdsUrl: o.userDataUrl! },
+          stateDir: o.stateDir,
+          listen: o.listen,
+          logger,
+          // Printed for scripts and tests, like "listening" below.
+          onListening: (b) => process.stdout.write(`bootstrap listening ${b.address}\n`),
+        });
+        Object.assign(o, { tlsCert: id.tls.cert, tlsKey: id.tls.key, tlsCa: id.tls.ca, cellId: o.cellId ?? id.cellId });
+      }
+      const anyTls = o.tlsCert || o.tlsKey || o.tlsCa;
+      if (anyTls && o.insecureDev) throw new Error('give either --tls-cert/--tls-key/--tls-ca or --insecure-dev, not both');
+      if (!anyTls && !o.insecureDev) throw new Error('give --tls-cert, --tls-key and --tls-ca (mTLS), or --insecure-dev for local development');
+      if (anyTls && !(o.tlsCert && o.tlsKey && o.tlsCa)) throw new Error('--tls-cert, --tls-key and --tls-ca go together');
+      for (const f of [o.tlsCert, o.tlsKey, o.tlsCa]) if (f && !existsSync(f)) throw new Error(`no such file: ${f}`);
+      if (o.podNetns && !existsSync(o.podNetns)) throw new Error(`--pod-netns: no such namespace file ${o.podNetns}`);
+      const agent = await startAgent({
         listen: o.listen,
+        stateDir: o.stateDir,
+        ...(o.runDir ? { runDir: o.runDir } : {}),
+        tls: anyTls ? { cert: o.tlsCert!, key: o.tlsKey!, ca: o.tlsCa! } : undefined,
+        ...(o.allowClient.length > 0 ? { allowedClients: o.allowClient } : {}),
+        insecureRegistries: o.insecureRegistry,
+        ...(o.registryConfig ? { registries: loadRegistryConfig(o.registryConfig) } : {}),
+        ...(o.imageCache ? { imageCacheDir: o.imageCache } : {}),
         logger,
-        // Printed for scripts and tests, like "listening" below.
-        onListening: (b) => process.stdout.write(`bootstrap listening ${b.address}\n`),
+        runcBinary: o.runc,
+        cgroupParent: o.cgroupParent,
+        ...(o.podNetns ? { podNetns: o.podNetns } : {}),
+        ...(o.podIp ? { podIP: o.podIp } : {}),
+        ...(o.seccompProfileDir ? { seccompProfileDir: o.seccompProfileDir } : {}),
+        ...(o.pidsLimit ? { pidsLimit: o.pidsLimit } : {}),
+        ...(o.cellId ? { cellId: o.cellId } : {}),
+        ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
+        ...(o.auditTranscripts ? { auditTranscripts: true } : {}),
+        ...(o.streamListen ? { streamListen: o.streamListen === 'off' ? (false as const) : o.streamListen } : {}),
       });
-      Object.assign(o, { tlsCert: id.tls.cert, tlsKey: id.tls.key, tlsCa: id.tls.ca, cellId: o.cellId ?? id.cellId });
-    }
-    const anyTls = o.tlsCert || o.tlsKey || o.tlsCa;
-    if (anyTls && o.insecureDev) throw new Error('give either --tls-cert/--tls-key/--tls-ca or --insecure-dev, not both');
-    if (!anyTls && !o.insecureDev) throw new Error('give --tls-cert, --tls-key and --tls-ca (mTLS), or --insecure-dev for local development');
-    if (anyTls && !(o.tlsCert && o.tlsKey && o.tlsCa)) throw new Error('--tls-cert, --tls-key and --tls-ca go together');
-    for (const f of [o.tlsCert, o.tlsKey, o.tlsCa]) if (f && !existsSync(f)) throw new Error(`no such file: ${f}`);
-    if (o.podNetns && !existsSync(o.podNetns)) throw new Error(`--pod-netns: no such namespace file ${o.podNetns}`);
-    const agent = await startAgent({
-      listen: o.listen,
-      stateDir: o.stateDir,
-      ...(o.runDir ? { runDir: o.runDir } : {}),
-      tls: anyTls ? { cert: o.tlsCert!, key: o.tlsKey!, ca: o.tlsCa! } : undefined,
-      ...(o.allowClient.length > 0 ? { allowedClients: o.allowClient } : {}),
-      insecureRegistries: o.insecureRegistry,
-      ...(o.registryConfig ? { registries: loadRegistryConfig(o.registryConfig) } : {}),
-      ...(o.imageCache ? { imageCacheDir: o.imageCache } : {}),
-      logger,
-      runcBinary: o.runc,
-      cgroupParent: o.cgroupParent,
-      ...(o.podNetns ? { podNetns: o.podNetns } : {}),
-      ...(o.podIp ? { podIP: o.podIp } : {}),
-      ...(o.seccompProfileDir ? { seccompProfileDir: o.seccompProfileDir } : {}),
-      ...(o.pidsLimit ? { pidsLimit: o.pidsLimit } : {}),
-      ...(o.cellId ? { cellId: o.cellId } : {}),
-      ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
-      ...(o.auditTranscripts ? { auditTranscripts: true } : {}),
-      ...(o.streamListen ? { streamListen: o.streamListen === 'off' ? (false as const) : o.streamListen } : {}),
-    });
-    // Printed for scripts and tests that start the agent on port 0.
-    process.stdout.write(`listening ${agent.address}\n`);
-    // On a cloud instance, watch its metadata for spot interruption / rebalance / maintenance
-    // notices and report them on WatchStatus (src/cloud).
-    const notices = o.userDataUrl
-      ? watchInstanceNotices({
-          imds: new ImdsClient(o.userDataUrl),
-          onNotice: (n) => {
-            logger.warn({ kind: n.kind, action: n.action, actionAt: n.actionAt, detail: n.detail }, 'instance notice');
-            agent.pod.emit('notice', n);
-          },
-          onError: (err) => logger.debug({ err: (err as Error).message }, 'instance metadata poll failed'),
-        })
-      : undefined;
-    const stop = (sig: string) => {
-      logger.info({ sig }, 'shutting down; units keep running');
-      void (notices?.stop() ?? Promise.resolve()).then(() => agent.close()).then(() => process.exit(0));
-    };
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
-  });
+      // Printed for scripts and tests that start the agent on port 0.
+      process.stdout.write(`listening ${agent.address}\n`);
+      // On a cloud instance, watch its metadata for spot interruption / rebalance / maintenance
+      // notices and report them on WatchStatus (src/cloud).
+      const notices = o.userDataUrl
+        ? watchInstanceNotices({
+            imds: new ImdsClient(o.userDataUrl),
+            onNotice: (n) => {
+              logger.warn({ kind: n.kind, action: n.action, actionAt: n.actionAt, detail: n.detail }, 'instance notice');
+              agent.pod.emit('notice', n);
+            },
+            onError: (err) => logger.debug({ err: (err as Error).message }, 'instance metadata poll failed'),
+          })
+        : undefined;
+      const stop = (sig: string) => {
+        logger.info({ sig }, 'shutting down; units keep running');
+        void (notices?.stop() ?? Promise.resolve()).then(() => agent.close()).then(() => process.exit(0));
+      };
+      process.on('SIGTERM', () => stop('SIGTERM'));
+      process.on('SIGINT', () => stop('SIGINT'));
+    },
+  );
 
 // Run by cello-first-boot.service (images/install.sh), configured by /etc/cello/first-boot.env:
 // the settings come from the environment so the unit's EnvironmentFile= is the one place to change them.
 program
   .command('first-boot')
-  .description('once per instance, before `serve`: read this cell\'s bootstrap (cell-bootstrap/v1) from the cloud\'s instance metadata and write the agent\'s settings')
-  .option('--metadata <aws|gce|auto>', 'where the user data comes from: aws (IMDSv2), gce (the metadata server\'s "user-data" attribute) or auto (by the machine\'s DMI vendor; refuses anything else rather than guess)', process.env['CELLO_METADATA'] || 'auto')
+  .description("once per instance, before `serve`: read this cell's bootstrap (cell-bootstrap/v1) from the cloud's instance metadata and write the agent's settings")
+  .option(
+    '--metadata <aws|gce|auto>',
+    'where the user data comes from: aws (IMDSv2), gce (the metadata server\'s "user-data" attribute) or auto (by the machine\'s DMI vendor; refuses anything else rather than guess)',
+    process.env['CELLO_METADATA'] || 'auto',
+  )
   .option('--aws-imds-endpoint <url>', 'IMDSv2 endpoint', process.env['CELLO_AWS_IMDS_ENDPOINT'] || 'http://169.254.169.254')
   .option('--gce-metadata-endpoint <url>', 'GCE metadata server', process.env['CELLO_GCE_METADATA_ENDPOINT'] || 'http://metadata.google.internal')
   .option('--listen-host <host>', 'the address `serve` will listen on (its port comes from the user data)', process.env['CELLO_AGENT_LISTEN_HOST'] || '0.0.0.0')
@@ -158,7 +200,16 @@ Examples:
     );
     if (!Number.isFinite(o.timeout) || o.timeout < 0) throw new Error('--timeout: expected seconds');
     try {
-      await firstBoot({ metadata: o.metadata, awsEndpoint: o.awsImdsEndpoint, gceEndpoint: o.gceMetadataEndpoint, listenHost: o.listenHost, timeoutSeconds: o.timeout, stateDir: o.stateDir, confDir: o.confDir, logger });
+      await firstBoot({
+        metadata: o.metadata,
+        awsEndpoint: o.awsImdsEndpoint,
+        gceEndpoint: o.gceMetadataEndpoint,
+        listenHost: o.listenHost,
+        timeoutSeconds: o.timeout,
+        stateDir: o.stateDir,
+        confDir: o.confDir,
+        logger,
+      });
     } catch (err) {
       logger.error((err as Error).message);
       process.exit(1);

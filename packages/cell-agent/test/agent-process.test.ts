@@ -23,10 +23,14 @@ const stateDirs: string[] = [];
 
 async function startDaemon(stateDir: string, port: number, cgroupParent: string, extra?: string[]): Promise<ChildProcess> {
   const tls = ['--tls-cert', pki.serverCert, '--tls-key', pki.serverKey, '--tls-ca', pki.ca];
-  const p = spawn(process.execPath, [CLI, 'serve', '--listen', `127.0.0.1:${port}`, '--state-dir', stateDir, ...(extra ?? tls), '--insecure-registry', reg.registry.host, '--cgroup-parent', cgroupParent], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, CELLO_LOG_LEVEL: 'warn' },
-  });
+  const p = spawn(
+    process.execPath,
+    [CLI, 'serve', '--listen', `127.0.0.1:${port}`, '--state-dir', stateDir, ...(extra ?? tls), '--insecure-registry', reg.registry.host, '--cgroup-parent', cgroupParent],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, CELLO_LOG_LEVEL: 'warn' },
+    },
+  );
   procs.add(p);
   p.on('exit', () => procs.delete(p));
   let err = '';
@@ -72,11 +76,12 @@ describe('agent daemon', () => {
     const good = { cert: pki.clientCert, key: pki.clientKey, ca: pki.ca };
 
     // mTLS: no client certificate, or one from another CA, is refused.
-    for (const tls of [
-      { cert: pki.rogueCert, key: pki.rogueKey, ca: pki.ca },
-    ]) {
+    for (const tls of [{ cert: pki.rogueCert, key: pki.rogueKey, ca: pki.ca }]) {
       const c = connectAgent(addr, tls);
-      const err = await getStatus(c).then(() => undefined, (e: { code: number }) => e);
+      const err = await getStatus(c).then(
+        () => undefined,
+        (e: { code: number }) => e,
+      );
       expect(err, 'rogue client certificate must be refused').toBeDefined();
       c.close();
     }
@@ -85,7 +90,10 @@ describe('agent daemon', () => {
       const { readFileSync } = await import('node:fs');
       const { CellAgentClient } = await import('@cello/proto/cell');
       const c = new CellAgentClient(addr, credentials.createSsl(readFileSync(pki.ca)));
-      const err = await getStatus(c).then(() => undefined, (e: { code: number }) => e);
+      const err = await getStatus(c).then(
+        () => undefined,
+        (e: { code: number }) => e,
+      );
       expect(err, 'a client without a certificate must be refused').toBeDefined();
       c.close();
     }
@@ -149,7 +157,9 @@ describe('agent daemon', () => {
     await startDaemon(stateDir, port, `/cello-test/ctl-${port}`, ['--insecure-dev', '--metrics-listen', `127.0.0.1:${mport}`]);
     const ctl = (...args: string[]) =>
       new Promise<{ code: number; out: string; err: string }>((resolve) =>
-        execFile(process.execPath, [CLI, 'ctl', '--addr', `127.0.0.1:${port}`, '--insecure-dev', ...args], (err, out, e) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, out: String(out), err: String(e) })),
+        execFile(process.execPath, [CLI, 'ctl', '--addr', `127.0.0.1:${port}`, '--insecure-dev', ...args], (err, out, e) =>
+          resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, out: String(out), err: String(e) }),
+        ),
       );
     const manifest = join(stateDir, '..', `pod-${port}.yaml`);
     writeFileSync(

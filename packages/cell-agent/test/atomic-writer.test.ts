@@ -81,15 +81,19 @@ describe('writeAtomic', () => {
     execFileSync('mount', ['--bind', dir, mnt]);
     // The reader ends itself once it has read enough across enough versions, so the test does not
     // depend on how many reads a loaded machine fits into a fixed time: the writer swaps until then.
-    const reader = spawn(process.execPath, [
-      '-e',
-      `const fs = require('fs'); let reads = 0, torn = 0, missing = 0; const seen = new Set();
+    const reader = spawn(
+      process.execPath,
+      [
+        '-e',
+        `const fs = require('fs'); let reads = 0, torn = 0, missing = 0; const seen = new Set();
        const stop = Date.now() + 60000;
        (function loop() { for (let i = 0; i < 50; i++) { try { const b = fs.readFileSync(${JSON.stringify(join(mnt, 'data'))});
          if (b.length !== ${size} || b.some((c) => c !== b[0])) torn++; seen.add(b[0]); reads++; } catch { missing++; } }
          if ((reads < 500 || seen.size < 3) && Date.now() < stop) return setImmediate(loop);
          console.log(JSON.stringify({ reads, torn, missing, versions: seen.size })); })();`,
-    ], { stdio: ['ignore', 'pipe', 'inherit'] });
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
     let out = '';
     reader.stdout.on('data', (b: Buffer) => (out += b.toString()));
     let exited = false;

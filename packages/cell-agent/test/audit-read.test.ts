@@ -15,7 +15,8 @@ describe('audit log reads', () => {
     truncateSync(file, 1 << 30);
     appendFileSync(file, '\n');
     const log = new AuditLog(dir);
-    for (let i = 0; i < 5; i++) log.begin({ kind: 'exec', container: 'c', command: ['echo', String(i)], tty: false, stdin: false, peer: 'p' }).end({ exitCode: 0, signal: '', message: '' });
+    for (let i = 0; i < 5; i++)
+      log.begin({ kind: 'exec', container: 'c', command: ['echo', String(i)], tty: false, stdin: false, peer: 'p' }).end({ exitCode: 0, signal: '', message: '' });
     const got = log.list(3, false);
     expect(got.map((r) => r.command[1])).toEqual(['4', '3', '2']);
     expect(log.list(1_000_000, false)).toHaveLength(5);

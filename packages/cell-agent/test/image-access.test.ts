@@ -75,7 +75,9 @@ describe('shared image cache', () => {
     await apply(first.client, { pod: pod('pub1', { containers: [{ name: 'c', image: pub.busybox, command: ['sleep', '3600'] }] }) });
     await first.watch.until('first running', (w) => w.running('c'), 30_000);
     const second = await agent();
-    await apply(second.client, { pod: pod('pub2', { containers: [{ name: 'c', image: pub.busybox, imagePullPolicy: PullPolicy.PULL_POLICY_IF_NOT_PRESENT, command: ['sleep', '3600'] }] }) });
+    await apply(second.client, {
+      pod: pod('pub2', { containers: [{ name: 'c', image: pub.busybox, imagePullPolicy: PullPolicy.PULL_POLICY_IF_NOT_PRESENT, command: ['sleep', '3600'] }] }),
+    });
     await second.watch.until('second running', (w) => w.running('c'), 30_000);
   });
 });

@@ -23,7 +23,10 @@ import {
   RequestRenewalRequest,
   StatsRequest,
   WatchStatusRequest,
-  type CellAgentClient, type GetStatusResponse, type PortForwardTicketResponse } from '@cello/proto/cell';
+  type CellAgentClient,
+  type GetStatusResponse,
+  type PortForwardTicketResponse,
+} from '@cello/proto/cell';
 import { HealthCheckRequest, HealthClient } from '@cello/proto/health';
 import { freePort, requireCommand } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -46,10 +49,14 @@ function tlsOf(id: { cert: string; key: string }): ClientTls {
 function serve(args: string[]): Promise<{ p: ChildProcess; address: string }> {
   const stateDir = mkdtempSync(join(tmpdir(), 'cello-peer-auth-'));
   dirs.push(stateDir);
-  const p = spawn(process.execPath, [CLI, 'serve', '--state-dir', stateDir, '--run-dir', join(stateDir, 'run'), '--cgroup-parent', `/cello-test/peer-auth-${process.pid}`, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, CELLO_LOG_LEVEL: 'warn' },
-  });
+  const p = spawn(
+    process.execPath,
+    [CLI, 'serve', '--state-dir', stateDir, '--run-dir', join(stateDir, 'run'), '--cgroup-parent', `/cello-test/peer-auth-${process.pid}`, ...args],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, CELLO_LOG_LEVEL: 'warn' },
+    },
+  );
   procs.add(p);
   p.on('exit', () => procs.delete(p));
   let err = '';
@@ -80,7 +87,11 @@ function unary<Res>(fn: (req: object, md: Metadata, o: { deadline: number }, cb:
 }
 
 /** The status a streaming call ends with (the client sends nothing: the refusal must not need a message). */
-function streamStatus(call: { on(ev: 'error', f: (e: ServiceError) => void): unknown; on(ev: 'status', f: (s: { code: number; details: string }) => void): unknown; cancel(): void }): Promise<{ code: number; details: string }> {
+function streamStatus(call: {
+  on(ev: 'error', f: (e: ServiceError) => void): unknown;
+  on(ev: 'status', f: (s: { code: number; details: string }) => void): unknown;
+  cancel(): void;
+}): Promise<{ code: number; details: string }> {
   return new Promise((resolve, reject) => {
     const t = setTimeout(() => {
       call.cancel();
@@ -98,7 +109,11 @@ function everyRpc(c: CellAgentClient, tls: ClientTls): Array<[string, Promise<{ 
   const creds = agentCredentials(tls);
   const health = new HealthClient(addr, creds);
   const certs = new CellCertificatesClient(addr, creds);
-  const settle = (p: Promise<unknown>) => p.then(() => ({ code: status.OK, details: '' }), (e: ServiceError) => ({ code: e.code, details: e.details }));
+  const settle = (p: Promise<unknown>) =>
+    p.then(
+      () => ({ code: status.OK, details: '' }),
+      (e: ServiceError) => ({ code: e.code, details: e.details }),
+    );
   const pod = Pod.fromPartial({ metadata: { name: 'stolen', namespace: 'default', uid: 'u1' }, spec: { containers: [{ name: 'c', image: 'busybox', command: ['sh'] }] } });
   const calls: Array<[string, Promise<{ code: number; details: string }>]> = [
     ['ApplyPod', settle(unary(c.applyPod.bind(c) as never, ApplyPodRequest.fromPartial({ pod, generation: 1 })))],
@@ -164,7 +179,7 @@ describe('agent peers', () => {
     }
   }, 120_000);
 
-  it('serves the controller, and an operator identity listed with --allow-client (which may not renew the cell\'s certificate)', async () => {
+  it("serves the controller, and an operator identity listed with --allow-client (which may not renew the cell's certificate)", async () => {
     const controller = connectAgent(addr, tlsOf({ cert: pki.clientCert, key: pki.clientKey }));
     const operator = connectAgent(addr, tlsOf(pki.operator));
     try {
@@ -200,12 +215,17 @@ describe('agent peers', () => {
       tls: { ca: readFileSync(pki.ca), cert: readFileSync(cell.cert), key: readFileSync(cell.key) },
     }).catch((e: Error) => e);
     expect(err).toBeInstanceOf(StreamRefusedError);
-    expect((err as Error).message).toBe('the client certificate names spiffe://cello/cell/other-cell; this agent serves only spiffe://cello/client/controller or spiffe://cello/client/operator');
+    expect((err as Error).message).toBe(
+      'the client certificate names spiffe://cello/cell/other-cell; this agent serves only spiffe://cello/client/controller or spiffe://cello/client/operator',
+    );
   });
 
   it('refuses to serve plaintext (--insecure-dev) on anything but loopback', async () => {
     const port = await freePort();
-    for (const args of [['--listen', `0.0.0.0:${port}`], ['--listen', `127.0.0.1:${port}`, '--stream-listen', `0.0.0.0:${await freePort()}`]]) {
+    for (const args of [
+      ['--listen', `0.0.0.0:${port}`],
+      ['--listen', `127.0.0.1:${port}`, '--stream-listen', `0.0.0.0:${await freePort()}`],
+    ]) {
       const err = await serve([...args, '--insecure-dev']).catch((e: Error) => e);
       expect(err, args.join(' ')).toBeInstanceOf(Error);
       expect((err as Error).message).toMatch(/(--listen|--stream-listen) 0\.0\.0\.0:\d+: without TLS \(--insecure-dev\) the agent listens only on a loopback address/);
@@ -215,6 +235,8 @@ describe('agent peers', () => {
   it('refuses to start with a certificate that names no cell (it could not know its trust domain)', async () => {
     const err = await serve(['--listen', `127.0.0.1:${await freePort()}`, '--tls-cert', pki.rogueCert, '--tls-key', pki.rogueKey, '--tls-ca', pki.ca]).catch((e: Error) => e);
     expect(err).toBeInstanceOf(Error);
-    expect((err as Error).message).toMatch(/the agent's certificate \(--tls-cert\) must name this cell as spiffe:\/\/<trust domain>\/cell\/<id>; it is a certificate with no URI SAN/);
+    expect((err as Error).message).toMatch(
+      /the agent's certificate \(--tls-cert\) must name this cell as spiffe:\/\/<trust domain>\/cell\/<id>; it is a certificate with no URI SAN/,
+    );
   });
 });

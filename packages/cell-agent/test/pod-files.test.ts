@@ -34,7 +34,9 @@ describe('pod resolv.conf by dnsPolicy', () => {
     expect(standalone.warnings).toEqual([]);
     const r = files({ dnsPolicy: 'ClusterFirst' }, { nameservers: [], domain: 'cluster.local' });
     expect(r.resolv).toBe(standalone.resolv);
-    expect(r.warnings).toEqual([{ reason: 'MissingClusterDNS', message: 'pod: "web-1". ClusterFirst policy specified but no cluster DNS IP configured. Falling back to "Default" policy.' }]);
+    expect(r.warnings).toEqual([
+      { reason: 'MissingClusterDNS', message: 'pod: "web-1". ClusterFirst policy specified but no cluster DNS IP configured. Falling back to "Default" policy.' },
+    ]);
   });
 
   it('Default: the cell resolver, even in a cluster', () => {
@@ -66,7 +68,10 @@ describe('pod resolv.conf by dnsPolicy', () => {
 
 describe('pod /etc/hosts', () => {
   it('names the pod by hostname and subdomain in the cluster domain, then the host aliases', () => {
-    const r = files({ hostname: 'db-0', subdomain: 'db', hostAliases: [{ ip: '10.1.2.3', hostnames: ['foo.local', 'bar.local'] }] }, { nameservers: ['10.0.0.10'], domain: 'corp.example' });
+    const r = files(
+      { hostname: 'db-0', subdomain: 'db', hostAliases: [{ ip: '10.1.2.3', hostnames: ['foo.local', 'bar.local'] }] },
+      { nameservers: ['10.0.0.10'], domain: 'corp.example' },
+    );
     expect(r.hosts).toContain('10.88.0.5\tdb-0.db.shop.svc.corp.example\tdb-0\n');
     expect(r.hosts).toContain('# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar.local\n');
   });

@@ -47,11 +47,19 @@ describe.concurrent('pods', () => {
         ],
         containers: [
           { name: 'writer', image: IMG, command: sh('echo from-writer > /data/msg; sleep 3600'), volumeMounts: [{ name: 'shared', mountPath: '/data' }] },
-          { name: 'reader', image: IMG, command: sh('while [ ! -f /data/msg ]; do sleep 0.1; done; cat /data/msg > /data/seen; sleep 3600'), volumeMounts: [{ name: 'shared', mountPath: '/data' }] },
+          {
+            name: 'reader',
+            image: IMG,
+            command: sh('while [ ! -f /data/msg ]; do sleep 0.1; done; cat /data/msg > /data/seen; sleep 3600'),
+            volumeMounts: [{ name: 'shared', mountPath: '/data' }],
+          },
         ],
       }),
     });
-    await a.watch.until('both units running and ready', (w) => w.running('writer') && w.running('reader') && w.last?.status?.conditions.find((c) => c.type === 'Ready')?.status === 1);
+    await a.watch.until(
+      'both units running and ready',
+      (w) => w.running('writer') && w.running('reader') && w.last?.status?.conditions.find((c) => c.type === 'Ready')?.status === 1,
+    );
     const s = a.watch.last!.status!;
     expect(s.phase).toBe(PodPhase.POD_PHASE_RUNNING);
     expect(s.initContainerStatuses.map((c) => c.state?.state?.$case === 'terminated' && c.state.state.value.reason)).toEqual(['Completed', 'Completed']);
@@ -85,14 +93,29 @@ describe.concurrent('pods', () => {
             name: 'live',
             image: IMG,
             command: sh('touch /tmp/healthy; sleep 3600'),
-            livenessProbe: { handler: { action: { $case: 'exec', value: { command: ['test', '-f', '/tmp/healthy'] } } }, periodSeconds: 1, failureThreshold: 2, timeoutSeconds: 10 },
+            livenessProbe: {
+              handler: { action: { $case: 'exec', value: { command: ['test', '-f', '/tmp/healthy'] } } },
+              periodSeconds: 1,
+              failureThreshold: 2,
+              timeoutSeconds: 10,
+            },
           },
           {
             name: 'web',
             image: IMG,
             ports: [{ name: 'http', containerPort: port }],
             command: sh(`mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 127.0.0.1:${port} -h /www`),
-            readinessProbe: { handler: { action: { $case: 'httpGet', value: { path: '/index.html', port: { value: { $case: 'name', value: 'http' } }, host: '127.0.0.1', httpHeaders: [{ name: 'X-Probe', value: '1' }] } } }, periodSeconds: 1, failureThreshold: 1, timeoutSeconds: 10 },
+            readinessProbe: {
+              handler: {
+                action: {
+                  $case: 'httpGet',
+                  value: { path: '/index.html', port: { value: { $case: 'name', value: 'http' } }, host: '127.0.0.1', httpHeaders: [{ name: 'X-Probe', value: '1' }] },
+                },
+              },
+              periodSeconds: 1,
+              failureThreshold: 1,
+              timeoutSeconds: 10,
+            },
           },
         ],
       }),
@@ -135,8 +158,18 @@ describe.concurrent('pods', () => {
         terminationGracePeriodSeconds: 1,
         volumes: [{ name: 'out', source: { $case: 'emptyDir', value: {} } }],
         containers: [
-          { name: 'polite', image: IMG, command: sh("trap 'echo got-term > /out/polite; exit 0' TERM; touch /out/polite-ready; while true; do sleep 0.1; done"), volumeMounts: [{ name: 'out', mountPath: '/out' }] },
-          { name: 'stubborn', image: IMG, command: sh("trap 'echo ignoring > /out/stubborn' TERM; touch /out/stubborn-ready; while true; do sleep 0.1; done"), volumeMounts: [{ name: 'out', mountPath: '/out' }] },
+          {
+            name: 'polite',
+            image: IMG,
+            command: sh("trap 'echo got-term > /out/polite; exit 0' TERM; touch /out/polite-ready; while true; do sleep 0.1; done"),
+            volumeMounts: [{ name: 'out', mountPath: '/out' }],
+          },
+          {
+            name: 'stubborn',
+            image: IMG,
+            command: sh("trap 'echo ignoring > /out/stubborn' TERM; touch /out/stubborn-ready; while true; do sleep 0.1; done"),
+            volumeMounts: [{ name: 'out', mountPath: '/out' }],
+          },
         ],
       }),
     });
@@ -173,7 +206,20 @@ describe.concurrent('pods', () => {
       pod: pod('vols', {
         restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
         volumes: [
-          { name: 'sec', source: { $case: 'secret', value: { secretName: 'creds', defaultMode: 0o400, items: [{ key: 'user', path: 'nested/username' }, { key: 'pass', path: 'password', mode: 0o440 }] } } },
+          {
+            name: 'sec',
+            source: {
+              $case: 'secret',
+              value: {
+                secretName: 'creds',
+                defaultMode: 0o400,
+                items: [
+                  { key: 'user', path: 'nested/username' },
+                  { key: 'pass', path: 'password', mode: 0o440 },
+                ],
+              },
+            },
+          },
           { name: 'cfg', source: { $case: 'configMap', value: { name: 'settings' } } },
           { name: 'mem', source: { $case: 'emptyDir', value: { medium: StorageMedium.STORAGE_MEDIUM_MEMORY, sizeLimitBytes: 4 * 1024 * 1024 } } },
         ],
@@ -181,7 +227,9 @@ describe.concurrent('pods', () => {
           {
             name: 'check',
             image: IMG,
-            command: sh('cat /etc/creds/nested/username /etc/creds/password /etc/app.conf; stat -c %a /etc/creds/password /etc/creds/nested/username; ls /etc/cfg-all | sort | tr "\\n" " "; grep -q " /scratch tmpfs" /proc/mounts && echo tmpfs; echo x > /etc/creds/w 2>/dev/null || echo ro > /dev/termination-log; cat /etc/creds/nested/username /etc/creds/password /etc/app.conf >> /dev/termination-log'),
+            command: sh(
+              'cat /etc/creds/nested/username /etc/creds/password /etc/app.conf; stat -c %a /etc/creds/password /etc/creds/nested/username; ls /etc/cfg-all | sort | tr "\\n" " "; grep -q " /scratch tmpfs" /proc/mounts && echo tmpfs; echo x > /etc/creds/w 2>/dev/null || echo ro > /dev/termination-log; cat /etc/creds/nested/username /etc/creds/password /etc/app.conf >> /dev/termination-log',
+            ),
             volumeMounts: [
               { name: 'sec', mountPath: '/etc/creds' },
               { name: 'cfg', mountPath: '/etc/app.conf', subPath: 'app.conf' },
@@ -208,7 +256,7 @@ describe.concurrent('pods', () => {
       secrets: { creds: { data: { user: Buffer.from('alice') } } },
     });
     await b.watch.until('config error shown', (w) => w.waiting('c')?.reason === 'CreateContainerConfigError');
-    expect(b.watch.waiting('c')!.message).toContain("items[0].path \"../../escape\" must not contain '..'");
+    expect(b.watch.waiting('c')!.message).toContain('items[0].path "../../escape" must not contain \'..\'');
   });
 
   it('a re-apply with changed secret and token data updates mounted volumes in place (..data swap), without restarting the unit; subPath mounts keep their file', async () => {
@@ -220,7 +268,12 @@ describe.concurrent('pods', () => {
           name: 'sa',
           source: {
             $case: 'projected',
-            value: { sources: [{ source: { $case: 'serviceAccountToken', value: { path: 'token', audience: 'api' } } }, { source: { $case: 'secret', value: { secretName: 'creds', items: [] } } }] },
+            value: {
+              sources: [
+                { source: { $case: 'serviceAccountToken', value: { path: 'token', audience: 'api' } } },
+                { source: { $case: 'secret', value: { secretName: 'creds', items: [] } } },
+              ],
+            },
           },
         },
       ],
@@ -229,7 +282,9 @@ describe.concurrent('pods', () => {
           name: 'reader',
           image: IMG,
           // Waits for the refreshed token in the running container, then reports what it sees.
-          command: sh('first=$(cat /sa/token); touch /tmp/read-first; while [ "$(cat /sa/token)" = "$first" ]; do sleep 0.1; done; echo "$first $(cat /sa/token) $(cat /sa/user) $(cat /sub-token) $(readlink /sa/token) $(readlink /sa/..data | cut -c1-3)" > /dev/termination-log'),
+          command: sh(
+            'first=$(cat /sa/token); touch /tmp/read-first; while [ "$(cat /sa/token)" = "$first" ]; do sleep 0.1; done; echo "$first $(cat /sa/token) $(cat /sa/user) $(cat /sub-token) $(readlink /sa/token) $(readlink /sa/..data | cut -c1-3)" > /dev/termination-log',
+          ),
           volumeMounts: [
             { name: 'sa', mountPath: '/sa' },
             { name: 'sa', mountPath: '/sub-token', subPath: 'token' },
@@ -238,21 +293,35 @@ describe.concurrent('pods', () => {
       ],
     };
     const p = pod('refresh', spec);
-    await apply(a.client, { pod: p, generation: 1, secrets: { creds: { data: { user: Buffer.from('alice') } } }, serviceAccountTokens: [{ volume: 'sa', path: 'token', token: 'token-1', expiresAt: undefined }] });
+    await apply(a.client, {
+      pod: p,
+      generation: 1,
+      secrets: { creds: { data: { user: Buffer.from('alice') } } },
+      serviceAccountTokens: [{ volume: 'sa', path: 'token', token: 'token-1', expiresAt: undefined }],
+    });
     await a.watch.until('reader running', (w) => w.running('reader'));
     const id = a.watch.unit('reader')!.containerId;
     // Re-apply only once the container has read the first token: a re-apply that lands before
     // would be its "first" token, and it would wait forever for a change.
     const { execFileSync } = await import('node:child_process');
-    await waitFor('the reader read the first token', () => {
-      try {
-        execFileSync('runc', ['--root', join(a.stateDir, 'runc'), 'exec', id.replace('runc://', ''), 'test', '-f', '/tmp/read-first'], { stdio: 'ignore' });
-        return true;
-      } catch {
-        return false;
-      }
-    }, { timeoutMs: 20_000 });
-    const res = await apply(a.client, { pod: p, generation: 2, secrets: { creds: { data: { user: Buffer.from('bob') } } }, serviceAccountTokens: [{ volume: 'sa', path: 'token', token: 'token-2', expiresAt: undefined }] });
+    await waitFor(
+      'the reader read the first token',
+      () => {
+        try {
+          execFileSync('runc', ['--root', join(a.stateDir, 'runc'), 'exec', id.replace('runc://', ''), 'test', '-f', '/tmp/read-first'], { stdio: 'ignore' });
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      { timeoutMs: 20_000 },
+    );
+    const res = await apply(a.client, {
+      pod: p,
+      generation: 2,
+      secrets: { creds: { data: { user: Buffer.from('bob') } } },
+      serviceAccountTokens: [{ volume: 'sa', path: 'token', token: 'token-2', expiresAt: undefined }],
+    });
     expect(res.changedUnits).toEqual([]);
     await a.watch.until('reader saw the new token', (w) => w.terminated('reader') !== undefined, 20_000);
     const t = a.watch.terminated('reader')!;
@@ -275,7 +344,10 @@ describe.concurrent('pods', () => {
         ],
       }),
     });
-    await a.watch.until('named and numeric finished, rooted refused', (w) => w.terminated('named') !== undefined && w.terminated('numeric') !== undefined && w.waiting('rooted')?.reason === 'CreateContainerConfigError');
+    await a.watch.until(
+      'named and numeric finished, rooted refused',
+      (w) => w.terminated('named') !== undefined && w.terminated('numeric') !== undefined && w.waiting('rooted')?.reason === 'CreateContainerConfigError',
+    );
     expect(a.watch.terminated('named')!.message.trim()).toMatch(/^uid=1234\(app\) gid=1234\(appgrp\) groups=.*2000\(extra\)/);
     expect(a.watch.terminated('numeric')!.message.trim()).toBe('4321');
     expect(a.watch.waiting('rooted')!.message).toContain('runAsNonRoot and image will run as root');
@@ -308,10 +380,16 @@ describe.concurrent('pods', () => {
     const bad = mk('three');
     bad.metadata = p1.metadata;
     bad.spec!.containers[1]!.image = '';
-    const err = await apply(a.client, { pod: bad, generation: 4 }).then(() => undefined, (e: { code: number; details: string }) => e);
+    const err = await apply(a.client, { pod: bad, generation: 4 }).then(
+      () => undefined,
+      (e: { code: number; details: string }) => e,
+    );
     expect(err?.code).toBe(GrpcStatus.INVALID_ARGUMENT);
     expect(err?.details).toBe('spec.containers[1].image: must not be empty');
-    const older = await apply(a.client, { pod: p2, generation: 2 }).then(() => undefined, (e: { code: number }) => e);
+    const older = await apply(a.client, { pod: p2, generation: 2 }).then(
+      () => undefined,
+      (e: { code: number }) => e,
+    );
     const st = await getStatus(a.client);
     expect({ gen: st.generation, older: older?.code }).toEqual({ gen: 3, older: GrpcStatus.FAILED_PRECONDITION });
     expect(st.status!.containerStatuses.find((c) => c.name === 'stable')!.containerId).toBe(stableId);
@@ -322,7 +400,10 @@ describe.concurrent('pods', () => {
     const { mkdirSync, writeFileSync } = await import('node:fs');
     mkdirSync(join(a.stateDir, 'seccomp'), { recursive: true });
     // A Localhost profile that denies mkdir(at) only.
-    writeFileSync(join(a.stateDir, 'seccomp/no-mkdir.json'), JSON.stringify({ defaultAction: 'SCMP_ACT_ALLOW', syscalls: [{ names: ['mkdir', 'mkdirat'], action: 'SCMP_ACT_ERRNO', errnoRet: 1 }] }));
+    writeFileSync(
+      join(a.stateDir, 'seccomp/no-mkdir.json'),
+      JSON.stringify({ defaultAction: 'SCMP_ACT_ALLOW', syscalls: [{ names: ['mkdir', 'mkdirat'], action: 'SCMP_ACT_ERRNO', errnoRet: 1 }] }),
+    );
     const report = (cmd: string) => sh(`{ ${cmd}; } > /dev/termination-log 2>&1; true`);
     await apply(a.client, {
       pod: pod('security', {
@@ -332,7 +413,12 @@ describe.concurrent('pods', () => {
           { name: 'defcaps', image: IMG, command: report('grep CapEff /proc/self/status') },
           { name: 'seccomp-default', image: IMG, command: report('unshare -U true && echo allowed || echo denied') },
           { name: 'seccomp-unconfined', image: IMG, command: report('unshare -U true && echo allowed || echo denied'), securityContext: { seccompProfile: { type: 2 } } },
-          { name: 'seccomp-local', image: IMG, command: report('mkdir /tmp/d && echo allowed || echo denied'), securityContext: { seccompProfile: { type: 3, localhostProfile: 'no-mkdir.json' } } },
+          {
+            name: 'seccomp-local',
+            image: IMG,
+            command: report('mkdir /tmp/d && echo allowed || echo denied'),
+            securityContext: { seccompProfile: { type: 3, localhostProfile: 'no-mkdir.json' } },
+          },
           { name: 'rootro', image: IMG, command: report('touch /x && echo writable || echo readonly'), securityContext: { readOnlyRootFilesystem: true } },
         ],
       }),
@@ -360,7 +446,18 @@ describe.concurrent('pods', () => {
         ...pod('env', {
           restartPolicy: RestartPolicy.RESTART_POLICY_ON_FAILURE,
           volumes: [
-            { name: 'info', source: { $case: 'downwardApi', value: { items: [{ path: 'labels', fieldRef: { fieldPath: 'metadata.labels' } }, { path: 'name', fieldRef: { fieldPath: 'metadata.name' } }] } } },
+            {
+              name: 'info',
+              source: {
+                $case: 'downwardApi',
+                value: {
+                  items: [
+                    { path: 'labels', fieldRef: { fieldPath: 'metadata.labels' } },
+                    { path: 'name', fieldRef: { fieldPath: 'metadata.name' } },
+                  ],
+                },
+              },
+            },
             { name: 'host', source: { $case: 'hostPath', value: { path: host, type: 2 } } },
             { name: 'made', source: { $case: 'hostPath', value: { path: join(host, 'made/here'), type: 1 } } },
           ],
@@ -368,7 +465,9 @@ describe.concurrent('pods', () => {
             {
               name: 'env',
               image: IMG,
-              command: sh("echo \"$(GREETING)\" '$$(GREETING)' \"$POD $IP $PASS $MODE $LIM\" > /dev/termination-log; cat /info/name /host/given.txt >> /dev/termination-log; echo made > /made/file"),
+              command: sh(
+                'echo "$(GREETING)" \'$$(GREETING)\' "$POD $IP $PASS $MODE $LIM" > /dev/termination-log; cat /info/name /host/given.txt >> /dev/termination-log; echo made > /made/file',
+              ),
               env: [
                 { name: 'GREETING', value: 'hi' },
                 { name: 'POD', valueFrom: { source: { $case: 'fieldRef', value: { fieldPath: 'metadata.name' } } } },
@@ -421,8 +520,17 @@ describe.concurrent('pods', () => {
             image: IMG,
             ports: [{ containerPort: port }],
             command: sh(`sleep 1; exec httpd -f -p 127.0.0.1:${port} -h /tmp`),
-            startupProbe: { handler: { action: { $case: 'tcpSocket', value: { port: { value: { $case: 'number', value: port } }, host: '127.0.0.1' } } }, periodSeconds: 1, failureThreshold: 30, timeoutSeconds: 10 },
-            readinessProbe: { handler: { action: { $case: 'tcpSocket', value: { port: { value: { $case: 'number', value: port } }, host: '127.0.0.1' } } }, periodSeconds: 1, timeoutSeconds: 10 },
+            startupProbe: {
+              handler: { action: { $case: 'tcpSocket', value: { port: { value: { $case: 'number', value: port } }, host: '127.0.0.1' } } },
+              periodSeconds: 1,
+              failureThreshold: 30,
+              timeoutSeconds: 10,
+            },
+            readinessProbe: {
+              handler: { action: { $case: 'tcpSocket', value: { port: { value: { $case: 'number', value: port } }, host: '127.0.0.1' } } },
+              periodSeconds: 1,
+              timeoutSeconds: 10,
+            },
           },
           { name: 'sayer', image: IMG, command: sh('echo first; echo last words; exit 2'), terminationMessagePolicy: 2 },
         ],
@@ -460,7 +568,15 @@ describe.concurrent('pods', () => {
       await apply(a.client, {
         pod: pod('netns', {
           restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
-          containers: [{ name: 'n', image: IMG, command: sh('{ ip -o -4 addr show | grep -o "inet [0-9.]*" | tr "\\n" " "; grep -c . /etc/hosts >/dev/null; grep 10.231.7.9 /etc/hosts | cut -f2; } > /dev/termination-log') }],
+          containers: [
+            {
+              name: 'n',
+              image: IMG,
+              command: sh(
+                '{ ip -o -4 addr show | grep -o "inet [0-9.]*" | tr "\\n" " "; grep -c . /etc/hosts >/dev/null; grep 10.231.7.9 /etc/hosts | cut -f2; } > /dev/termination-log',
+              ),
+            },
+          ],
         }),
       });
       await a.watch.until('n finished', (w) => w.terminated('n') !== undefined);
@@ -494,7 +610,12 @@ describe.concurrent('pods', () => {
         ],
       });
       await apply(a.client, { pod: p, generation: 1 });
-      await a.watch.until('auth failure shown', (w) => ['ErrImagePull', 'ImagePullBackOff'].includes(w.waiting('private')?.reason ?? '') && ['ErrImagePull', 'ImagePullBackOff'].includes(w.waiting('unreachable')?.reason ?? ''));
+      await a.watch.until(
+        'auth failure shown',
+        (w) =>
+          ['ErrImagePull', 'ImagePullBackOff'].includes(w.waiting('private')?.reason ?? '') &&
+          ['ErrImagePull', 'ImagePullBackOff'].includes(w.waiting('unreachable')?.reason ?? ''),
+      );
       expect(a.watch.waiting('private')!.message).toMatch(/credentials required/);
       expect(a.watch.waiting('unreachable')!.message).toMatch(/127\.0\.0\.1:1/);
       // The same pod with credentials: the retried pull succeeds, nothing else changes.
@@ -537,7 +658,12 @@ describe.concurrent('pods', () => {
             image: IMG,
             command: sh("trap 'echo term >> /out/log; exit 0' TERM; touch /out/trapping; while true; do sleep 0.1; done"),
             lifecycle: {
-              postStart: { action: { $case: 'exec', value: { command: ['sh', '-c', 'echo poststart >> /out/log; cat /all/secret/k /all/c1 /all/ns >> /out/log; stat -L -c %a /all/c1 >> /out/log'] } } },
+              postStart: {
+                action: {
+                  $case: 'exec',
+                  value: { command: ['sh', '-c', 'echo poststart >> /out/log; cat /all/secret/k /all/c1 /all/ns >> /out/log; stat -L -c %a /all/c1 >> /out/log'] },
+                },
+              },
               preStop: { action: { $case: 'exec', value: { command: ['sh', '-c', 'echo prestop >> /out/log'] } } },
             },
             volumeMounts: [
@@ -562,7 +688,9 @@ describe.concurrent('pods', () => {
   it('fails the pod with DeadlineExceeded after activeDeadlineSeconds', async () => {
     const a = await agent();
     const t0 = Date.now();
-    await apply(a.client, { pod: pod('deadline', { activeDeadlineSeconds: 2, terminationGracePeriodSeconds: 1, containers: [{ name: 'forever', image: IMG, command: sh('sleep 3600') }] }) });
+    await apply(a.client, {
+      pod: pod('deadline', { activeDeadlineSeconds: 2, terminationGracePeriodSeconds: 1, containers: [{ name: 'forever', image: IMG, command: sh('sleep 3600') }] }),
+    });
     await a.watch.until('deadline exceeded', (w) => w.last?.status?.reason === 'DeadlineExceeded' && w.terminated('forever') !== undefined, 20_000);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(1900);
     expect(a.watch.last!.status!.phase).toBe(PodPhase.POD_PHASE_FAILED);
@@ -623,7 +751,12 @@ describe.concurrent('pods', () => {
         ],
       }),
     });
-    await a.watch.until('pull failure and start failure', (w) => ['ErrImagePull', 'ImagePullBackOff'].includes(w.waiting('noimage')?.reason ?? '') && (w.unit('nocmd')?.lastState?.state?.$case === 'terminated' || w.terminated('nocmd') !== undefined));
+    await a.watch.until(
+      'pull failure and start failure',
+      (w) =>
+        ['ErrImagePull', 'ImagePullBackOff'].includes(w.waiting('noimage')?.reason ?? '') &&
+        (w.unit('nocmd')?.lastState?.state?.$case === 'terminated' || w.terminated('nocmd') !== undefined),
+    );
     expect(a.watch.waiting('noimage')!.message).toMatch(/nope/);
     const nc = a.watch.unit('nocmd')!;
     const t = nc.lastState?.state?.$case === 'terminated' ? nc.lastState.state.value : a.watch.terminated('nocmd')!;

@@ -17,7 +17,14 @@ beforeAll(async () => {
 afterAll(() => new Promise<void>((r) => server.close(() => r())));
 
 const tcp = (p: () => number, extra: Partial<Probe> = {}): Probe =>
-  ({ handler: { action: { $case: 'tcpSocket', value: { port: { value: { $case: 'number', value: p() } }, host: '127.0.0.1' } } }, periodSeconds: 1, timeoutSeconds: 10, failureThreshold: 1, initialDelaySeconds: 0, ...extra }) as Probe;
+  ({
+    handler: { action: { $case: 'tcpSocket', value: { port: { value: { $case: 'number', value: p() } }, host: '127.0.0.1' } } },
+    periodSeconds: 1,
+    timeoutSeconds: 10,
+    failureThreshold: 1,
+    initialDelaySeconds: 0,
+    ...extra,
+  }) as Probe;
 
 function record(): { log: string[]; hooks: ProbeHooks } {
   const log: string[] = [];

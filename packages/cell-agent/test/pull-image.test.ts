@@ -15,8 +15,14 @@ let a: TestAgent;
 let image: string;
 
 const pullImage = (c: CellAgentClient, req: Partial<PullImageRequest>) =>
-  new Promise<PullImageResponse>((resolve, reject) => c.pullImage(PullImageRequest.fromPartial(req), new Metadata(), { deadline: Date.now() + 30_000 }, (err, r) => (err ? reject(err) : resolve(r))));
-const failure = (p: Promise<unknown>) => p.then(() => undefined, (e: ServiceError) => ({ code: e.code, details: e.details }));
+  new Promise<PullImageResponse>((resolve, reject) =>
+    c.pullImage(PullImageRequest.fromPartial(req), new Metadata(), { deadline: Date.now() + 30_000 }, (err, r) => (err ? reject(err) : resolve(r))),
+  );
+const failure = (p: Promise<unknown>) =>
+  p.then(
+    () => undefined,
+    (e: ServiceError) => ({ code: e.code, details: e.details }),
+  );
 const blobGets = () => relay.count(/\/blobs\/sha256:/, 'GET');
 
 beforeAll(async () => {
@@ -34,7 +40,7 @@ afterAll(async () => {
 });
 
 describe('PullImage', () => {
-  it('pulls into the pod\'s cache: then a cache hit, and a pod with that image starts without a blob GET', async () => {
+  it("pulls into the pod's cache: then a cache hit, and a pod with that image starts without a blob GET", async () => {
     const first = await pullImage(a.client, { image });
     expect(first.cached).toBe(false);
     expect(first.digest).toMatch(/^sha256:[0-9a-f]{64}$/);
@@ -47,7 +53,9 @@ describe('PullImage', () => {
     expect(relay.requests.length).toBe(before);
 
     const blobs = blobGets();
-    await apply(a.client, { pod: pod('prepulled', { containers: [{ name: 'main', image, imagePullPolicy: PullPolicy.PULL_POLICY_IF_NOT_PRESENT, command: ['sh', '-c', 'sleep 3600'] }] }) });
+    await apply(a.client, {
+      pod: pod('prepulled', { containers: [{ name: 'main', image, imagePullPolicy: PullPolicy.PULL_POLICY_IF_NOT_PRESENT, command: ['sh', '-c', 'sleep 3600'] }] }),
+    });
     await a.watch.until('main running', (w) => w.running('main'));
     expect(blobGets()).toBe(blobs);
     expect(a.watch.events.some((e) => e.reason === 'Pulling')).toBe(false);

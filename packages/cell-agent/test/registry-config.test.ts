@@ -24,10 +24,14 @@ async function startDaemon(extra: string[]): Promise<string> {
   const stateDir = mkdtempSync(join(tmpdir(), 'cello-regcfg-'));
   stateDirs.push(stateDir);
   const port = await freePort();
-  const p = spawn(process.execPath, [CLI, 'serve', '--listen', `127.0.0.1:${port}`, '--state-dir', stateDir, '--insecure-dev', '--cgroup-parent', `/cello-test/regcfg-${port}`, ...extra], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, CELLO_LOG_LEVEL: 'warn' },
-  });
+  const p = spawn(
+    process.execPath,
+    [CLI, 'serve', '--listen', `127.0.0.1:${port}`, '--state-dir', stateDir, '--insecure-dev', '--cgroup-parent', `/cello-test/regcfg-${port}`, ...extra],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, CELLO_LOG_LEVEL: 'warn' },
+    },
+  );
   procs.add(p);
   p.on('exit', () => procs.delete(p));
   let err = '';

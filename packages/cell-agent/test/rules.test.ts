@@ -16,7 +16,10 @@ import { validateApply, InvalidPodError } from '../src/pod/validate.js';
 import { resolveSubPath } from '../src/pod/volumes.js';
 
 describe('$(VAR) expansion and argv', () => {
-  const env = new Map([['A', 'x'], ['B', 'y z']]);
+  const env = new Map([
+    ['A', 'x'],
+    ['B', 'y z'],
+  ]);
   const look = (n: string) => env.get(n);
   it('expands defined variables, keeps undefined ones, unescapes $$', () => {
     expect(expand('$(A)-$(B)', look)).toBe('x-y z');
@@ -148,11 +151,27 @@ describe('validation names the field', () => {
   it('refuses bad specs', () => {
     expect(field({ containers: [] })).toBe('spec.containers');
     expect(field({ containers: [{ name: 'A', image: 'x' }] })).toBe('spec.containers[0].name');
-    expect(field({ containers: [{ name: 'a', image: 'x' }, { name: 'a', image: 'x' }] })).toBe('spec.containers[1].name');
+    expect(
+      field({
+        containers: [
+          { name: 'a', image: 'x' },
+          { name: 'a', image: 'x' },
+        ],
+      }),
+    ).toBe('spec.containers[1].name');
     expect(field({ containers: [{ name: 'a', image: 'x', volumeMounts: [{ name: 'v', mountPath: '/v' }] }] })).toBe('spec.containers[0].volumeMounts[0].name');
-    expect(field({ volumes: [{ name: 'v', source: { $case: 'emptyDir', value: {} } }], containers: [{ name: 'a', image: 'x', volumeMounts: [{ name: 'v', mountPath: 'rel' }] }] })).toBe('spec.containers[0].volumeMounts[0].mountPath');
-    expect(field({ containers: [{ name: 'a', image: 'x', livenessProbe: { handler: { action: { $case: 'httpGet', value: { port: { value: { $case: 'name', value: 'web' } } } } } } }] })).toBe('spec.containers[0].livenessProbe.httpGet.port');
-    expect(field({ initContainers: [{ name: 'i', image: 'x', readinessProbe: { handler: { action: { $case: 'exec', value: { command: ['true'] } } } } }], containers: [{ name: 'a', image: 'x' }] })).toBe('spec.initContainers[0].readinessProbe');
+    expect(
+      field({ volumes: [{ name: 'v', source: { $case: 'emptyDir', value: {} } }], containers: [{ name: 'a', image: 'x', volumeMounts: [{ name: 'v', mountPath: 'rel' }] }] }),
+    ).toBe('spec.containers[0].volumeMounts[0].mountPath');
+    expect(
+      field({ containers: [{ name: 'a', image: 'x', livenessProbe: { handler: { action: { $case: 'httpGet', value: { port: { value: { $case: 'name', value: 'web' } } } } } } }] }),
+    ).toBe('spec.containers[0].livenessProbe.httpGet.port');
+    expect(
+      field({
+        initContainers: [{ name: 'i', image: 'x', readinessProbe: { handler: { action: { $case: 'exec', value: { command: ['true'] } } } } }],
+        containers: [{ name: 'a', image: 'x' }],
+      }),
+    ).toBe('spec.initContainers[0].readinessProbe');
     expect(field({ containers: [{ name: 'a', image: 'x' }] })).toBeUndefined();
   });
 });

@@ -52,7 +52,14 @@ describe('run dir', () => {
     mkdirSync(join(b, 'attacker'));
     symlinkSync(join(b, 'attacker'), join(b, 'run'));
     await expect(
-      startAgent({ listen: '127.0.0.1:0', stateDir: join(b, 'state'), runDir: join(b, 'run'), tls: undefined, logger: pino({ level: 'silent' }), cgroupParent: '/cello-test/rundir' }),
+      startAgent({
+        listen: '127.0.0.1:0',
+        stateDir: join(b, 'state'),
+        runDir: join(b, 'run'),
+        tls: undefined,
+        logger: pino({ level: 'silent' }),
+        cgroupParent: '/cello-test/rundir',
+      }),
     ).rejects.toThrow(/is a symlink; refusing to follow it/);
   });
 });

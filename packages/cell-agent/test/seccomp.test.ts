@@ -40,7 +40,13 @@ async function agent(): Promise<TestAgent> {
 }
 
 function parse(msg: string): Record<string, number> {
-  return Object.fromEntries(msg.trim().split('\n').map((l) => l.split('=')).map(([k, v]) => [k!, Number(v)]));
+  return Object.fromEntries(
+    msg
+      .trim()
+      .split('\n')
+      .map((l) => l.split('='))
+      .map(([k, v]) => [k!, Number(v)]),
+  );
 }
 
 const EPERM = 1;
@@ -54,7 +60,12 @@ describe.concurrent('RuntimeDefault seccomp', () => {
         restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
         volumes: [{ name: 'probe', source: { $case: 'hostPath', value: { path: probeDir, type: 2 } } }],
         containers: [
-          { name: 'default', image: reg.busybox, command: ['sh', '-c', '/probe/probe > /dev/termination-log'], volumeMounts: [{ name: 'probe', mountPath: '/probe', readOnly: true }] },
+          {
+            name: 'default',
+            image: reg.busybox,
+            command: ['sh', '-c', '/probe/probe > /dev/termination-log'],
+            volumeMounts: [{ name: 'probe', mountPath: '/probe', readOnly: true }],
+          },
           // Unconfined keeps today's behaviour: the same probe gets past seccomp.
           {
             name: 'unconfined',
@@ -93,7 +104,11 @@ describe.concurrent('RuntimeDefault seccomp', () => {
           {
             name: 'web',
             image: reg.busybox,
-            command: ['sh', '-c', `mkdir -p /www && echo hello > /www/index.html && httpd -p 127.0.0.1:${port} -h /www && for i in $(seq 50); do wget -q -O /dev/termination-log http://127.0.0.1:${port}/index.html && exit 0; sleep 0.1; done; exit 1`],
+            command: [
+              'sh',
+              '-c',
+              `mkdir -p /www && echo hello > /www/index.html && httpd -p 127.0.0.1:${port} -h /www && for i in $(seq 50); do wget -q -O /dev/termination-log http://127.0.0.1:${port}/index.html && exit 0; sleep 0.1; done; exit 1`,
+            ],
           },
         ],
       }),

@@ -15,7 +15,10 @@ import { apply, pod, startTestAgent, type TestAgent } from './helpers/agent.js';
 import { startTestRegistry, type TestImages } from './helpers/registry.js';
 import { makeBusyboxRootfs, requireTools } from './helpers/rootfs.js';
 
-const mounted = (dir: string) => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => (l.split(' ')[4] ?? '').startsWith(dir));
+const mounted = (dir: string) =>
+  readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .some((l) => (l.split(' ')[4] ?? '').startsWith(dir));
 
 function volume(): { vol: string; staging: string } {
   const base = mkdtempSync(join(tmpdir(), 'cello-subpath-'));
@@ -33,9 +36,23 @@ function runInContainer(mounts: OciMount[], script: string): string {
   const rootfs = makeBusyboxRootfs(join(base, 'rootfs'));
   const id = `subpath-${process.pid}-${Date.now()}`;
   const spec = buildSpec({
-    rootfs, readOnlyRoot: true, argv: ['sh', '-c', script], env: ['PATH=/bin'], cwd: '/', user: { uid: 0, gid: 0, additionalGids: [], home: '/' },
-    tty: false, hostname: 'subpath', capabilities: [], noNewPrivileges: true, seccomp: undefined, privileged: false, mounts,
-    cgroupsPath: `/cello-test/${id}`, netnsPath: undefined, sysctls: {}, shmBytes: 1 << 20,
+    rootfs,
+    readOnlyRoot: true,
+    argv: ['sh', '-c', script],
+    env: ['PATH=/bin'],
+    cwd: '/',
+    user: { uid: 0, gid: 0, additionalGids: [], home: '/' },
+    tty: false,
+    hostname: 'subpath',
+    capabilities: [],
+    noNewPrivileges: true,
+    seccomp: undefined,
+    privileged: false,
+    mounts,
+    cgroupsPath: `/cello-test/${id}`,
+    netnsPath: undefined,
+    sysctls: {},
+    shmBytes: 1 << 20,
   });
   writeFileSync(join(base, 'config.json'), JSON.stringify(spec));
   try {
@@ -125,7 +142,14 @@ describe('subPath in pods', () => {
       pod: pod('subpath-escape', {
         restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
         volumes: [{ name: 'shared', source: { $case: 'emptyDir', value: {} } }],
-        initContainers: [{ name: 'plant', image: reg.busybox, command: ['sh', '-c', `echo vol > /v/in-volume && ln -s / /v/root && ln -s ${hostDir} /v/host`], volumeMounts: [{ name: 'shared', mountPath: '/v' }] }],
+        initContainers: [
+          {
+            name: 'plant',
+            image: reg.busybox,
+            command: ['sh', '-c', `echo vol > /v/in-volume && ln -s / /v/root && ln -s ${hostDir} /v/host`],
+            volumeMounts: [{ name: 'shared', mountPath: '/v' }],
+          },
+        ],
         containers: [
           {
             name: 'victim',

@@ -58,7 +58,12 @@ describe('termination messages in a pod', () => {
           { name: 'c2', image: reg.busybox, command: write(6000) },
           { name: 'c3', image: reg.busybox, command: write(100) },
           { name: 'c4', image: reg.busybox, command: write(6000) },
-          { name: 'c5', image: reg.busybox, command: ['sh', '-c', 'head -c 9000 /dev/zero | tr "\\0" y; exit 1'], terminationMessagePolicy: TerminationMessagePolicy.TERMINATION_MESSAGE_POLICY_FALLBACK_TO_LOGS_ON_ERROR },
+          {
+            name: 'c5',
+            image: reg.busybox,
+            command: ['sh', '-c', 'head -c 9000 /dev/zero | tr "\\0" y; exit 1'],
+            terminationMessagePolicy: TerminationMessagePolicy.TERMINATION_MESSAGE_POLICY_FALLBACK_TO_LOGS_ON_ERROR,
+          },
         ],
       }),
     });

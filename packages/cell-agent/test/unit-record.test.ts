@@ -13,7 +13,14 @@ describe('unit record', () => {
   it('writes and reads back the record, creating the unit dir', () => {
     const dir = join(root, 'units', 'web');
     const exited = { kind: 'exited', exitCode: 1, signal: 0, reason: 'Error', message: 'boom', startedAt: new Date(1000), finishedAt: new Date(2000), containerId: 'c1' } as const;
-    const rec = { hash: 'h', restartCount: 2, instanceCounter: 3, completed: false, lastState: terminatedToJson(exited), current: { instance: 3, imageDigest: 'sha256:x', stopSignal: 'SIGTERM' } };
+    const rec = {
+      hash: 'h',
+      restartCount: 2,
+      instanceCounter: 3,
+      completed: false,
+      lastState: terminatedToJson(exited),
+      current: { instance: 3, imageDigest: 'sha256:x', stopSignal: 'SIGTERM' },
+    };
     writeUnitRecord(dir, rec);
     const back = readUnitRecord(dir);
     expect(back).toEqual(rec);

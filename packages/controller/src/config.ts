@@ -86,7 +86,12 @@ export const configSchema = z.strictObject({
           /** 'admin': the local login name. */
           user: z.string().min(1).default('admin'),
           /** Not renewed in place (it is a file a person holds): re-issued at every start. */
-          ttlSeconds: z.number().int().min(60).max(365 * 86400).default(30 * 86400),
+          ttlSeconds: z
+            .number()
+            .int()
+            .min(60)
+            .max(365 * 86400)
+            .default(30 * 86400),
         })
         .optional(),
       /** In a cluster (needs the kubernetes section): TokenReview for bearer tokens, SubjectAccessReview for pods. */
@@ -106,9 +111,19 @@ export const configSchema = z.strictObject({
       /** Or an environment variable holding it. */
       encryptionKeyEnv: z.string().optional(),
       /** Lifetime of each cell's certificate; renewed in place once two thirds have passed. */
-      cellCertificateTtlSeconds: z.number().int().min(5).max(90 * 86400).default(7 * 86400),
+      cellCertificateTtlSeconds: z
+        .number()
+        .int()
+        .min(5)
+        .max(90 * 86400)
+        .default(7 * 86400),
       /** Lifetime of the controller's own client certificate; renewed the same way. */
-      controllerCertificateTtlSeconds: z.number().int().min(5).max(365 * 86400).default(7 * 86400),
+      controllerCertificateTtlSeconds: z
+        .number()
+        .int()
+        .min(5)
+        .max(365 * 86400)
+        .default(7 * 86400),
       /** How often certificates are checked for renewal. */
       rotationCheckSeconds: z.number().min(0.2).max(3600).default(60),
     })
@@ -131,9 +146,7 @@ export const configSchema = z.strictObject({
   selection: z
     .strictObject({
       spot: z.enum(['never', 'preferred', 'required']).default('never'),
-      agentOverhead: z
-        .strictObject({ cpuMillis: z.number().int().nonnegative().default(100), memoryMiB: z.number().int().nonnegative().default(64) })
-        .prefault({}),
+      agentOverhead: z.strictObject({ cpuMillis: z.number().int().nonnegative().default(100), memoryMiB: z.number().int().nonnegative().default(64) }).prefault({}),
       /**
        * Read each image's platforms from its registry when a pod is scheduled, so its cell gets an
        * architecture every image runs on (docs/architectures.md).

@@ -169,9 +169,12 @@ export async function startController(config: Config, o: StartOptions): Promise<
   let pool: AgentAccess | undefined;
   // The CA also serves the API's TLS (unless api.insecure), whatever the agents speak.
   if (!config.api.insecure && !hasKey) {
-    throw new Error("security.encryptionKeyFile: required for the API's TLS (it seals the controller CA's key); or set api.insecure: true on a loopback address (development only)");
+    throw new Error(
+      "security.encryptionKeyFile: required for the API's TLS (it seals the controller CA's key); or set api.insecure: true on a loopback address (development only)",
+    );
   }
-  const authority = (config.security.mode === 'mtls' && !o.agents) || !config.api.insecure ? await CertificateAuthority.loadOrCreate({ store, encryptionKey: encryptionKey(config) }) : undefined;
+  const authority =
+    (config.security.mode === 'mtls' && !o.agents) || !config.api.insecure ? await CertificateAuthority.loadOrCreate({ store, encryptionKey: encryptionKey(config) }) : undefined;
   if (config.security.mode === 'mtls' && !o.agents) {
     const sec = config.security;
     const ca = authority!;
@@ -208,7 +211,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
     };
     caCertPem = async () => ca.certPem;
   }
-  const provider = o.provider ?? await providerFromConfig(config, { ...(issueCertificate ? { issueCertificate } : {}), log });
+  const provider = o.provider ?? (await providerFromConfig(config, { ...(issueCertificate ? { issueCertificate } : {}), log }));
   const ecr = await ecrTokensFromConfig(config, log);
   const agents: AgentAccess = o.agents ?? new AgentPool(agentCredentials ?? insecureAgentCredentials);
   pool = agents;
@@ -216,12 +219,25 @@ export async function startController(config: Config, o: StartOptions): Promise<
   const types = await provider.instanceTypes();
   const imagePlatforms = imagePlatformsFromConfig(config);
   const apiSecurity = await apiSecurityFromConfig(config, authority, log.child({ component: 'api' }));
-  const api = new ControllerApi({ store, agents, log: log.child({ component: 'api' }), controllerId: config.controllerId, providerName: provider.name, instanceTypes: types, auth: apiSecurity.auth, ...(secretBox ? { secretBox } : {}), ...(provider.refusePod ? { refusePod: provider.refusePod.bind(provider) } : {}) });
+  const api = new ControllerApi({
+    store,
+    agents,
+    log: log.child({ component: 'api' }),
+    controllerId: config.controllerId,
+    providerName: provider.name,
+    instanceTypes: types,
+    auth: apiSecurity.auth,
+    ...(secretBox ? { secretBox } : {}),
+    ...(provider.refusePod ? { refusePod: provider.refusePod.bind(provider) } : {}),
+  });
   const apiPort = await api.listen(config.api.listen);
   await apiSecurity.writeAdminCredentials(dialAddress(config.api.listen, apiPort));
   const metricsServer = await serveMetrics(config.metrics.listen, metrics);
   const metricsPort = (metricsServer.address() as { port: number }).port;
-  log.info({ api: joinHostPort(splitHostPort(config.api.listen).host, apiPort), metricsPort, store: store.kind, provider: provider.name, controllerId: config.controllerId }, 'controller listening');
+  log.info(
+    { api: joinHostPort(splitHostPort(config.api.listen).host, apiPort), metricsPort, store: store.kind, provider: provider.name, controllerId: config.controllerId },
+    'controller listening',
+  );
   // The virtual node drives pods through this process's own API, as cellctl does.
   const vnode = config.kubernetes?.enabled
     ? await startVirtualNodeFromConfig(config.kubernetes, {
@@ -353,7 +369,15 @@ export async function startController(config: Config, o: StartOptions): Promise<
 
 /** The kubelet's --cluster-dns and --cluster-domain: configured, or kube-dns's cluster IP. */
 function clusterDNSFrom(k: KubernetesConfig, services: ClusterServices): () => ClusterDNS {
-  return () => ({ nameservers: k.clusterDNS ?? services.clusterIPs('kube-system/kube-dns').filter((ip) => !ip.includes(':')).slice(0, 3), domain: k.clusterDomain });
+  return () => ({
+    nameservers:
+      k.clusterDNS ??
+      services
+        .clusterIPs('kube-system/kube-dns')
+        .filter((ip) => !ip.includes(':'))
+        .slice(0, 3),
+    domain: k.clusterDomain,
+  });
 }
 
 async function serveMetrics(listen: string, metrics: Metrics): Promise<HttpServer> {

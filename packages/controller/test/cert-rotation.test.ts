@@ -138,15 +138,19 @@ describe('mTLS cells with certificates of seconds (local provider, real agents)'
     let lastNotAfter = Date.parse(new X509Certificate(readFileSync(certFile)).validTo);
 
     // Three renewals, each later than the last, all while the agent process stays the same.
-    await waitFor('three cell certificate renewals', () => {
-      const c = new X509Certificate(readFileSync(certFile));
-      if (!serials.has(c.serialNumber)) {
-        expect(Date.parse(c.validTo)).toBeGreaterThan(lastNotAfter);
-        lastNotAfter = Date.parse(c.validTo);
-        serials.add(c.serialNumber);
-      }
-      return serials.size >= 4;
-    }, { timeoutMs: 40_000, intervalMs: 200 });
+    await waitFor(
+      'three cell certificate renewals',
+      () => {
+        const c = new X509Certificate(readFileSync(certFile));
+        if (!serials.has(c.serialNumber)) {
+          expect(Date.parse(c.validTo)).toBeGreaterThan(lastNotAfter);
+          lastNotAfter = Date.parse(c.validTo);
+          serials.add(c.serialNumber);
+        }
+        return serials.size >= 4;
+      },
+      { timeoutMs: 40_000, intervalMs: 200 },
+    );
     expect(cl.agentPid(cellId)).toBe(pid);
     // The agent made the new key itself; the controller's original key is gone.
     expect(readFileSync(keyFile, 'utf8')).not.toBe(firstKey);
@@ -207,7 +211,13 @@ describe('mTLS cells with certificates of seconds (local provider, real agents)'
   // The streams run while certificates keep rotating underneath (controller and cell).
   it('cellctl logs -f, attach -i and logs --previous, end to end', async () => {
     await cl.cellctl(['apply', '-f', cl.manifest('talk', TALK)]);
-    await cl.waitPod('talk', 'both containers running', (p) => p.status?.phase === PodPhase.POD_PHASE_RUNNING && p.status.containerStatuses.length === 2 && p.status.containerStatuses.every((c) => c.state?.state?.$case === 'running'), 60_000);
+    await cl.waitPod(
+      'talk',
+      'both containers running',
+      (p) =>
+        p.status?.phase === PodPhase.POD_PHASE_RUNNING && p.status.containerStatuses.length === 2 && p.status.containerStatuses.every((c) => c.state?.state?.$case === 'running'),
+      60_000,
+    );
 
     // logs -f: lines keep arriving after the command started, in order, none twice.
     const follow = cl.spawnCellctl(['logs', 'talk', '-c', 'ticker', '-f']);
@@ -246,18 +256,27 @@ describe('mTLS cells with certificates of seconds (local provider, real agents)'
     }
 
     // The instance that talked exited 3; --previous shows its log, the new instance's log does not have it.
-    await cl.waitPod('talk', 'echo restarted after exit 3', (p) => {
-      const c = p.status?.containerStatuses.find((x) => x.name === 'echo');
-      return !!c && c.restartCount >= 1 && c.lastState?.state?.$case === 'terminated' && c.lastState.state.value.exitCode === 3;
-    }, 60_000);
+    await cl.waitPod(
+      'talk',
+      'echo restarted after exit 3',
+      (p) => {
+        const c = p.status?.containerStatuses.find((x) => x.name === 'echo');
+        return !!c && c.restartCount >= 1 && c.lastState?.state?.$case === 'terminated' && c.lastState.state.value.exitCode === 3;
+      },
+      60_000,
+    );
     const previous = await cl.cellctl(['logs', 'talk', '-c', 'echo', '--previous']);
     expect(previous.code).toBe(0);
     expect(previous.stdout).toContain('instance-up\n');
     expect(previous.stdout).toContain('got:hello\n');
-    const current = await waitFor('the new instance logged', async () => {
-      const r = await cl.cellctl(['logs', 'talk', '-c', 'echo']);
-      return r.stdout.includes('instance-up') ? r : undefined;
-    }, { timeoutMs: 15_000 });
+    const current = await waitFor(
+      'the new instance logged',
+      async () => {
+        const r = await cl.cellctl(['logs', 'talk', '-c', 'echo']);
+        return r.stdout.includes('instance-up') ? r : undefined;
+      },
+      { timeoutMs: 15_000 },
+    );
     expect(current.stdout).not.toContain('got:hello');
     // A container that never restarted has no previous log: an error, not an empty success.
     const none = await cl.cellctl(['logs', 'talk', '-c', 'ticker', '--previous']);

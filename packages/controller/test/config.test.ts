@@ -11,7 +11,9 @@ describe('configuration', () => {
     expect(c.timeouts.healthSeconds).toBe(15);
   });
   it('names the field of each error', () => {
-    expect(() => parseConfig({ controllerId: 'dev', security: { mode: 'insecure-dev' }, warmPool: [{ instanceType: 'local.nano', size: 'two' }] }, 'c.yaml')).toThrow(/c.yaml: warmPool\[0\].size: /);
+    expect(() => parseConfig({ controllerId: 'dev', security: { mode: 'insecure-dev' }, warmPool: [{ instanceType: 'local.nano', size: 'two' }] }, 'c.yaml')).toThrow(
+      /c.yaml: warmPool\[0\].size: /,
+    );
     expect(() => parseConfig({ controllerId: 'Dev_1' })).toThrow(/controllerId: expected a DNS label/);
     expect(() => parseConfig({ controllerId: 'dev', security: { mode: 'insecure-dev' }, api: { listen: 'nowhere' } })).toThrow(/api.listen: expected HOST:PORT/);
     expect(() => parseConfig({ controllerId: 'dev', security: { mode: 'insecure-dev' }, tiemouts: {} })).toThrow(/unknown field "tiemouts"/);

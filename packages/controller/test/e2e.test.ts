@@ -90,7 +90,10 @@ describe('cellctl end to end (local provider)', () => {
     watch.kill('SIGTERM');
 
     // The pool gets back to one Ready cell without a pod.
-    await waitFor('warm pool refill', async () => (await cl.cells()).some((c) => c.state === CellState.CELL_STATE_READY && !c.pod?.name && c.id !== warm.id), { timeoutMs: 60_000, intervalMs: 200 });
+    await waitFor('warm pool refill', async () => (await cl.cells()).some((c) => c.state === CellState.CELL_STATE_READY && !c.pod?.name && c.id !== warm.id), {
+      timeoutMs: 60_000,
+      intervalMs: 200,
+    });
 
     // mTLS: the cell has its own certificate; its key is a 0600 file, never on a command line.
     const keyPath = join(cl.cellsRoot, warm.id, 'tls', 'cell.key');
@@ -150,11 +153,17 @@ describe('cellctl end to end (local provider)', () => {
     const r1 = await cl.cellctl(['apply', '-f', noImage]);
     expect(r1.code).toBe(1);
     expect(r1.stderr).toContain('spec.containers[0].image');
-    const badCpu = cl.manifest('bad2', `apiVersion: v1\nkind: Pod\nmetadata: { name: bad2 }\nspec:\n  containers:\n  - name: main\n    image: IMAGE\n    resources: { requests: { cpu: lots } }\n`);
+    const badCpu = cl.manifest(
+      'bad2',
+      `apiVersion: v1\nkind: Pod\nmetadata: { name: bad2 }\nspec:\n  containers:\n  - name: main\n    image: IMAGE\n    resources: { requests: { cpu: lots } }\n`,
+    );
     const r2 = await cl.cellctl(['apply', '-f', badCpu]);
     expect(r2.code).toBe(1);
     expect(r2.stderr).toContain('spec.containers[0].resources.requests.cpu');
-    const badAnno = cl.manifest('bad3', `apiVersion: v1\nkind: Pod\nmetadata: { name: bad3, annotations: { cello.io/instance-type: "x9.*" } }\nspec:\n  containers:\n  - name: main\n    image: IMAGE\n`);
+    const badAnno = cl.manifest(
+      'bad3',
+      `apiVersion: v1\nkind: Pod\nmetadata: { name: bad3, annotations: { cello.io/instance-type: "x9.*" } }\nspec:\n  containers:\n  - name: main\n    image: IMAGE\n`,
+    );
     const r3 = await cl.cellctl(['apply', '-f', badAnno]);
     expect(r3.code).toBe(1);
     expect(r3.stderr).toContain('metadata.annotations["cello.io/instance-type"]');
@@ -220,7 +229,9 @@ describe('cellctl end to end (local provider)', () => {
     };
     await waitFor('only warm cells remain', async () => (await settled()).ok, { timeoutMs: 30_000 }).catch(async (err: Error) => {
       const s = await settled();
-      throw new Error(`${err.message}: instances ${JSON.stringify(s.left.map((i) => [i.instanceId, i.state, i.tags]))} cells ${JSON.stringify(s.liveCells.map((c) => [c.id, c.state, c.instanceId, c.pod?.name, c.reason]))}`);
+      throw new Error(
+        `${err.message}: instances ${JSON.stringify(s.left.map((i) => [i.instanceId, i.state, i.tags]))} cells ${JSON.stringify(s.liveCells.map((c) => [c.id, c.state, c.instanceId, c.pod?.name, c.reason]))}`,
+      );
     });
   }, 240_000);
 });

@@ -72,7 +72,18 @@ describe('store, sealing and bootstrap error kinds', () => {
 describe('KubeApiError', () => {
   it('keeps the API server HTTP status apart from the model code', async () => {
     const { KubeApiError, isConflict, isGone, isNotFound } = await import('../src/k8s/client/rest.js');
-    const want: [number, ErrorCode][] = [[400, 'InvalidArgument'], [401, 'Unauthenticated'], [403, 'PermissionDenied'], [404, 'NotFound'], [409, 'Conflict'], [410, 'FailedPrecondition'], [422, 'InvalidArgument'], [429, 'ResourceExhausted'], [503, 'Unavailable'], [302, 'Internal']];
+    const want: [number, ErrorCode][] = [
+      [400, 'InvalidArgument'],
+      [401, 'Unauthenticated'],
+      [403, 'PermissionDenied'],
+      [404, 'NotFound'],
+      [409, 'Conflict'],
+      [410, 'FailedPrecondition'],
+      [422, 'InvalidArgument'],
+      [429, 'ResourceExhausted'],
+      [503, 'Unavailable'],
+      [302, 'Internal'],
+    ];
     for (const [http, code] of want) {
       const e = new KubeApiError(http, '', `GET /x: ${http}`);
       expect(e).toBeInstanceOf(CelloError);

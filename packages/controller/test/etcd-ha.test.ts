@@ -64,10 +64,14 @@ describe('two controllers on etcd', () => {
     expect(running(p1)).toBe(true);
 
     await follower.cellctl(['delete', 'pod', 'ha1', 'ha2', '--grace', '1'], { timeoutMs: 90_000 });
-    await waitFor('no leaked cell', async () => {
-      const owned = await follower.provider.listOwned(follower.controllerId);
-      const cells = (await follower.cells()).filter((c) => c.state !== CellState.CELL_STATE_TERMINATED);
-      return owned.length === cells.length && cells.every((c) => !c.pod?.name);
-    }, { timeoutMs: 40_000 });
+    await waitFor(
+      'no leaked cell',
+      async () => {
+        const owned = await follower.provider.listOwned(follower.controllerId);
+        const cells = (await follower.cells()).filter((c) => c.state !== CellState.CELL_STATE_TERMINATED);
+        return owned.length === cells.length && cells.every((c) => !c.pod?.name);
+      },
+      { timeoutMs: 40_000 },
+    );
   }, 300_000);
 });

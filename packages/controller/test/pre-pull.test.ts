@@ -36,7 +36,9 @@ describe('warmPool pre-pull configuration', () => {
     expect(c.warmPool[0]).toEqual({ instanceType: 'local.nano', size: 1, spot: false, prePull: ['busybox', '127.0.0.1:5000/app:1'], recentPods: 20, recentImages: 3 });
   });
   it('a bad image reference or count names the field', () => {
-    expect(() => parseConfig({ ...base, warmPool: [{ instanceType: 'local.nano', size: 1, prePull: ['ok', 'Not A Ref'] }] }, 'c.yaml')).toThrow(/c\.yaml: warmPool\[0\]\.prePull\[1\]: invalid image reference/);
+    expect(() => parseConfig({ ...base, warmPool: [{ instanceType: 'local.nano', size: 1, prePull: ['ok', 'Not A Ref'] }] }, 'c.yaml')).toThrow(
+      /c\.yaml: warmPool\[0\]\.prePull\[1\]: invalid image reference/,
+    );
     expect(() => parseConfig({ ...base, warmPool: [{ instanceType: 'local.nano', size: 1, recentPods: -1 }] }, 'c.yaml')).toThrow(/c\.yaml: warmPool\[0\]\.recentPods: /);
   });
 });

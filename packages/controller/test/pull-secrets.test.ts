@@ -38,7 +38,9 @@ afterAll(async () => {
 const dockerconfig = (server: string, password: string) => JSON.stringify({ auths: { [server]: { auth: Buffer.from(`puller:${password}`).toString('base64') } } });
 
 function manifest(name: string, image: string, pullSecrets: string[], password = PASSWORD): string {
-  return cl.manifest(name, `apiVersion: v1
+  return cl.manifest(
+    name,
+    `apiVersion: v1
 kind: Secret
 metadata: { name: regcred-${name} }
 type: kubernetes.io/dockerconfigjson
@@ -55,7 +57,8 @@ spec:
   - name: main
     image: ${image}
     command: ["sh", "-c", "while true; do sleep 1; done"]
-`);
+`,
+  );
 }
 
 const main = (p: PodObject): ContainerStatus | undefined => p.status?.containerStatuses.find((c) => c.name === 'main');
@@ -81,14 +84,17 @@ describe('imagePullSecrets end to end (local cells, runc, registry with htpasswd
     expect(filesUnder(cl.storeDir).some((b) => b.includes(PASSWORD) || b.includes(Buffer.from(PASSWORD).toString('base64').slice(0, 20)))).toBe(false);
   }, 120_000);
 
-  it('a wrong password: ErrImagePull, then ImagePullBackOff, with the registry\'s reason in the status and the events', async () => {
+  it("a wrong password: ErrImagePull, then ImagePullBackOff, with the registry's reason in the status and the events", async () => {
     const r = await cl.cellctl(['apply', '-f', manifest('wrongpw', privImage, ['regcred-wrongpw'], 'guess')]);
     expect(r.code, r.stderr).toBe(0);
     const p = await cl.waitPod('wrongpw', 'in ImagePullBackOff', (x) => waiting(x)?.reason === 'ImagePullBackOff', 90_000);
     expect(waiting(p)!.message).toMatch(/unauthorized/);
     expect(p.status?.phase).toBe(PodPhase.POD_PHASE_PENDING);
     const events = await cl.events('wrongpw');
-    expect(events.find((e) => e.reason === 'Failed' && /unauthorized/.test(e.message)), JSON.stringify(events)).toBeDefined();
+    expect(
+      events.find((e) => e.reason === 'Failed' && /unauthorized/.test(e.message)),
+      JSON.stringify(events),
+    ).toBeDefined();
     expect(events.some((e) => e.reason === 'BackOff')).toBe(true);
     expect(cl.controllerLog).not.toContain('guess');
   }, 120_000);
@@ -106,7 +112,9 @@ describe('imagePullSecrets end to end (local cells, runc, registry with htpasswd
   }, 120_000);
 
   it('a malformed dockerconfigjson Secret is refused at apply, naming the Secret and the field', async () => {
-    const path = cl.manifest('bad', `apiVersion: v1
+    const path = cl.manifest(
+      'bad',
+      `apiVersion: v1
 kind: Secret
 metadata: { name: badcred }
 type: kubernetes.io/dockerconfigjson
@@ -116,7 +124,8 @@ apiVersion: v1
 kind: Pod
 metadata: { name: bad }
 spec: { imagePullSecrets: [{ name: badcred }], containers: [{ name: main, image: IMAGE }] }
-`);
+`,
+    );
     const r = await cl.cellctl(['apply', '-f', path]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/data\["\.dockerconfigjson"\]\.auths\["r\.example\.com"\]\.auth: must be base64 of "username:password" \(Secret "badcred"/);

@@ -82,13 +82,20 @@ describe('reconciler (simulated provider)', () => {
       },
     }));
     await api.applyPod({ manifest: pod('slow-agent'), namespace: '', dryRun: false });
-    await waitFor('running', async () => {
-      const x = await api.getPod({ namespace: 'default', name: 'slow-agent' });
-      return x.status?.phase === PodPhase.POD_PHASE_RUNNING ? x : undefined;
-    }, { timeoutMs: 30_000 });
+    await waitFor(
+      'running',
+      async () => {
+        const x = await api.getPod({ namespace: 'default', name: 'slow-agent' });
+        return x.status?.phase === PodPhase.POD_PHASE_RUNNING ? x : undefined;
+      },
+      { timeoutMs: 30_000 },
+    );
     expect(calls.length).toBeGreaterThanOrEqual(5);
     // Gaps under 50 ms are re-runs the cell's own state changes queued, not retries.
-    const retries = calls.slice(1, 5).map((t, i) => t - calls[i]!).filter((gap) => gap >= 50);
+    const retries = calls
+      .slice(1, 5)
+      .map((t, i) => t - calls[i]!)
+      .filter((gap) => gap >= 50);
     expect(retries.length).toBeGreaterThanOrEqual(3);
     retries.forEach((gap, i) => expect(gap).toBeGreaterThanOrEqual(200 * 2 ** i - 5));
   });
@@ -96,10 +103,14 @@ describe('reconciler (simulated provider)', () => {
   it('falls back to the next cheapest type when a launch has no capacity', async () => {
     const { provider, api } = await setup();
     await api.applyPod({ manifest: pod('fallback'), namespace: '', dryRun: false });
-    const p = await waitFor('running', async () => {
-      const x = await api.getPod({ namespace: 'default', name: 'fallback' });
-      return x.status?.phase === PodPhase.POD_PHASE_RUNNING ? x : undefined;
-    }, { timeoutMs: 20_000 });
+    const p = await waitFor(
+      'running',
+      async () => {
+        const x = await api.getPod({ namespace: 'default', name: 'fallback' });
+        return x.status?.phase === PodPhase.POD_PHASE_RUNNING ? x : undefined;
+      },
+      { timeoutMs: 20_000 },
+    );
     expect(provider.tried.slice(0, 2)).toEqual(['local.nano', 'local.micro']);
     expect(p.instanceType).toBe('local.micro');
   });
@@ -107,11 +118,15 @@ describe('reconciler (simulated provider)', () => {
   it('reports a pod that fits no type as Unschedulable, with the reason', async () => {
     const { api } = await setup();
     await api.applyPod({ manifest: pod('huge', '    resources: { requests: { memory: 64Gi } }\n'), namespace: '', dryRun: false });
-    const p = await waitFor('unschedulable', async () => {
-      const x = await api.getPod({ namespace: 'default', name: 'huge' });
-      const c = x.status?.conditions.find((k) => k.type === 'PodScheduled');
-      return c?.status === ConditionStatus.CONDITION_STATUS_FALSE && c.reason === 'Unschedulable' ? x : undefined;
-    }, { timeoutMs: 20_000 });
+    const p = await waitFor(
+      'unschedulable',
+      async () => {
+        const x = await api.getPod({ namespace: 'default', name: 'huge' });
+        const c = x.status?.conditions.find((k) => k.type === 'PodScheduled');
+        return c?.status === ConditionStatus.CONDITION_STATUS_FALSE && c.reason === 'Unschedulable' ? x : undefined;
+      },
+      { timeoutMs: 20_000 },
+    );
     const c = p.status!.conditions.find((k) => k.type === 'PodScheduled')!;
     expect(c.message).toMatch(/NoFittingInstanceType: no instance type fits .*65600 MiB memory/);
     expect(p.status!.phase).toBe(PodPhase.POD_PHASE_PENDING);
@@ -124,10 +139,14 @@ describe('spot interruption (simulated provider and agents)', () => {
     const { provider, api, store } = await setup();
     await api.applyPod({ manifest: pod('spotty').replace('spec:\n', 'spec:\n  restartPolicy: Never\n'), namespace: '', dryRun: false });
     const running = (not?: string) =>
-      waitFor('running', async () => {
-        const x = await api.getPod({ namespace: 'default', name: 'spotty' });
-        return x.status?.phase === PodPhase.POD_PHASE_RUNNING && x.cellId && x.cellId !== not ? x : undefined;
-      }, { timeoutMs: 20_000 });
+      waitFor(
+        'running',
+        async () => {
+          const x = await api.getPod({ namespace: 'default', name: 'spotty' });
+          return x.status?.phase === PodPhase.POD_PHASE_RUNNING && x.cellId && x.cellId !== not ? x : undefined;
+        },
+        { timeoutMs: 20_000 },
+      );
     const first = await running();
     expect(first.spec?.restartPolicy).toBe(RestartPolicy.RESTART_POLICY_NEVER);
     provider.notify(first.cellId, { kind: CellNoticeKind.CELL_NOTICE_KIND_SPOT_INTERRUPTION, action: 'terminate', actionAt: new Date(Date.now() + 120_000) });
@@ -135,11 +154,15 @@ describe('spot interruption (simulated provider and agents)', () => {
     expect(moved.cellId).not.toBe(first.cellId);
     expect(moved.status?.containerStatuses[0]?.restartCount).toBe(1);
     // The interrupted cell is drained and ended; only the new one remains.
-    await waitFor('old cell terminated', async () => {
-      const cells = await api.listCells();
-      const old = cells.find((c) => c.id === first.cellId);
-      return !old || old.state === CellState.CELL_STATE_TERMINATED ? true : undefined;
-    }, { timeoutMs: 20_000 });
+    await waitFor(
+      'old cell terminated',
+      async () => {
+        const cells = await api.listCells();
+        const old = cells.find((c) => c.id === first.cellId);
+        return !old || old.state === CellState.CELL_STATE_TERMINATED ? true : undefined;
+      },
+      { timeoutMs: 20_000 },
+    );
     expect(provider.size).toBe(1);
     const events = await new Events(store).list({ namespace: 'default', name: 'spotty' }, 0);
     expect(events.map((e) => e.reason)).toContain('SpotInterruption');
@@ -158,7 +181,13 @@ describe('garbage collection after the store is wiped (simulated provider)', () 
     const fresh = new Reconciler({ store: wiped, provider, controllerId: 'sim', agents: provider.agentPool(), log: silentLogger(), tickMs: 100, gcIntervalSeconds: 3600 });
     try {
       // Another controller's instance must survive.
-      await provider.launch({ cellId: 'cell-other', instanceType: 'local.micro', spot: false, tags: { 'cello.io/controller-id': 'someone-else', 'cello.io/cell-id': 'cell-other' }, bootstrap: { caCertPem: '', token: 't', tokenExpiresAt: '', controllerId: 'someone-else', cellId: 'cell-other', agentPort: 0 } });
+      await provider.launch({
+        cellId: 'cell-other',
+        instanceType: 'local.micro',
+        spot: false,
+        tags: { 'cello.io/controller-id': 'someone-else', 'cello.io/cell-id': 'cell-other' },
+        bootstrap: { caCertPem: '', token: 't', tokenExpiresAt: '', controllerId: 'someone-else', cellId: 'cell-other', agentPort: 0 },
+      });
       const collected = await fresh.collectGarbage();
       expect(collected).toHaveLength(2);
       expect(await provider.listOwned('sim')).toHaveLength(0);

@@ -23,14 +23,21 @@ const base = { controllerId: 'dev', security: { mode: 'insecure-dev' } };
 
 describe('configuration: registries', () => {
   it('names the field of each error, with the file it is in', () => {
-    expect(() => parseConfig({ ...base, registries: { 'reg:5000': { mirrors: [{ host: 'https://m' }] } } }, 'c.yaml')).toThrow(/^c\.yaml: registries\["reg:5000"\]\.mirrors\[0\]\.host: expected a registry host/);
-    expect(() => parseConfig({ ...base, registries: { 'reg:5000': { client: { certFile: 'c.pem' } } } }, 'c.yaml')).toThrow(/^c\.yaml: registries\["reg:5000"\]\.client: give the client key/);
+    expect(() => parseConfig({ ...base, registries: { 'reg:5000': { mirrors: [{ host: 'https://m' }] } } }, 'c.yaml')).toThrow(
+      /^c\.yaml: registries\["reg:5000"\]\.mirrors\[0\]\.host: expected a registry host/,
+    );
+    expect(() => parseConfig({ ...base, registries: { 'reg:5000': { client: { certFile: 'c.pem' } } } }, 'c.yaml')).toThrow(
+      /^c\.yaml: registries\["reg:5000"\]\.client: give the client key/,
+    );
     expect(() => parseConfig({ ...base, registries: ['reg:5000'] }, 'c.yaml')).toThrow(/^c\.yaml: registries: /);
   });
 
   it('reads CA and client files relative to the configuration file; absent means none', () => {
     const file = join(pki.dir, 'controller.yaml');
-    writeFileSync(file, `controllerId: dev\nsecurity: {mode: insecure-dev}\nregistries:\n  "reg.internal:5443": {caFile: ca.pem, client: {certFile: client.pem, keyFile: client.key}}\n`);
+    writeFileSync(
+      file,
+      `controllerId: dev\nsecurity: {mode: insecure-dev}\nregistries:\n  "reg.internal:5443": {caFile: ca.pem, client: {certFile: client.pem, keyFile: client.key}}\n`,
+    );
     const c = loadConfig(file);
     expect(c.registries['reg.internal:5443']!.caPem).toEqual([readFileSync(pki.ca, 'utf8')]);
     expect(c.registries['reg.internal:5443']!.client!.certPem).toBe(readFileSync(pki.client.cert, 'utf8'));
@@ -63,7 +70,14 @@ describe('a local cell pulls from a private-CA, client-certificate registry', ()
   }, 60_000);
 
   it('the pod runs; the cell got the contents in a 0600 file, no PEM on its command line', async () => {
-    const applied = await cl.cellctl(['apply', '-f', cl.manifest('private', `apiVersion: v1\nkind: Pod\nmetadata: { name: private }\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: ${registry.image}\n    command: ["sh", "-c", "while true; do sleep 1; done"]\n`)]);
+    const applied = await cl.cellctl([
+      'apply',
+      '-f',
+      cl.manifest(
+        'private',
+        `apiVersion: v1\nkind: Pod\nmetadata: { name: private }\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: ${registry.image}\n    command: ["sh", "-c", "while true; do sleep 1; done"]\n`,
+      ),
+    ]);
     expect(applied.stderr).toBe('');
     const pod = await cl.waitPod('private', 'running', (p) => p.status?.phase === PodPhase.POD_PHASE_RUNNING, 90_000);
     const file = join(cl.cellsRoot, pod.cellId, 'registries.json');

@@ -73,7 +73,15 @@ async function controller(store: Store, box: SecretBox | undefined) {
   const provider = new SimulatedProvider({ types });
   const agents = provider.agentPool();
   const rec = new Reconciler({ store, provider, controllerId: 'sealed', agents, log: silentLogger(), tickMs: 100, ...(box ? { secretBox: box } : {}) });
-  const api = new ControllerApi({ store, agents, log: silentLogger(), controllerId: 'sealed', providerName: provider.name, instanceTypes: types, ...(box ? { secretBox: box } : {}) });
+  const api = new ControllerApi({
+    store,
+    agents,
+    log: silentLogger(),
+    controllerId: 'sealed',
+    providerName: provider.name,
+    instanceTypes: types,
+    ...(box ? { secretBox: box } : {}),
+  });
   await rec.start();
   cleanups.push(async () => {
     await rec.stop();
@@ -85,10 +93,14 @@ async function controller(store: Store, box: SecretBox | undefined) {
 /** Applies the pod and waits until the simulated agent got it: the secret went through ApplyPod. */
 async function applyAndDispatch(api: ControllerApi, provider: SimulatedProvider, name: string): Promise<void> {
   await api.applyPod({ manifest: manifest(name), namespace: '', dryRun: false });
-  const pod = await waitFor(`${name} running`, async () => {
-    const p = await api.getPod({ namespace: 'default', name });
-    return p.status?.phase === PodPhase.POD_PHASE_RUNNING ? p : undefined;
-  }, { timeoutMs: 20_000 });
+  const pod = await waitFor(
+    `${name} running`,
+    async () => {
+      const p = await api.getPod({ namespace: 'default', name });
+      return p.status?.phase === PodPhase.POD_PHASE_RUNNING ? p : undefined;
+    },
+    { timeoutMs: 20_000 },
+  );
   const sent = provider.lastApply(pod.cellId);
   expect(Buffer.from(sent!.secrets['creds']!.data['token']!).toString()).toBe(SECRET);
 }

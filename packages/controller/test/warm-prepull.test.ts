@@ -50,7 +50,10 @@ afterAll(async () => {
 
 describe('pre-pulled warm cells (local provider)', () => {
   it('a warm cell pre-pulls its configured image; a pod landing on it starts with no blob GET, a hit in the metrics and its events', async () => {
-    await waitFor('the warm cell pre-pulled its image', async () => (await cl.metric('cello_prepull_pulls_total', { outcome: 'pulled' })) >= 1, { timeoutMs: 90_000, intervalMs: 200 });
+    await waitFor('the warm cell pre-pulled its image', async () => (await cl.metric('cello_prepull_pulls_total', { outcome: 'pulled' })) >= 1, {
+      timeoutMs: 90_000,
+      intervalMs: 200,
+    });
     expect(blobGets('busybox')).toBeGreaterThan(0);
     const warm = (await cl.cells()).find((c) => c.state === CellState.CELL_STATE_READY && !c.pod?.name)!;
     expect(warm).toBeDefined();
@@ -72,7 +75,12 @@ describe('pre-pulled warm cells (local provider)', () => {
   }, 180_000);
 
   it('a pod whose image no warm cell pulled is a miss, said in its events, and its layers are fetched', async () => {
-    await waitFor('the refilled warm cell pre-pulled too', async () => (await cl.cells()).some((c) => c.state === CellState.CELL_STATE_READY && !c.pod?.name) && (await cl.metric('cello_prepull_pulls_total', { outcome: 'cached' })) >= 1, { timeoutMs: 90_000, intervalMs: 200 });
+    await waitFor(
+      'the refilled warm cell pre-pulled too',
+      async () =>
+        (await cl.cells()).some((c) => c.state === CellState.CELL_STATE_READY && !c.pod?.name) && (await cl.metric('cello_prepull_pulls_total', { outcome: 'cached' })) >= 1,
+      { timeoutMs: 90_000, intervalMs: 200 },
+    );
     const warm = (await cl.cells()).find((c) => c.state === CellState.CELL_STATE_READY && !c.pod?.name)!;
     const before = blobGets('other');
     await cl.cellctl(['apply', '-f', cl.manifest('miss', pod('miss', other))]);

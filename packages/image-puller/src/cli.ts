@@ -100,10 +100,13 @@ function progressBars(): { onProgress: PullOptions['onProgress']; stop: () => vo
 }
 
 const program = new Command('image-puller')
-  .description('Pull OCI/Docker images from a registry into a verified cache and unpack them safely,\n' +
-    'as a flattened root filesystem (--rootfs) or as overlayfs lower dirs (--layers).')
+  .description(
+    'Pull OCI/Docker images from a registry into a verified cache and unpack them safely,\n' + 'as a flattened root filesystem (--rootfs) or as overlayfs lower dirs (--layers).',
+  )
   .showHelpAfterError()
-  .addHelpText('after', `
+  .addHelpText(
+    'after',
+    `
 Examples:
   image-puller pull busybox --rootfs /tmp/rootfs
   image-puller pull 127.0.0.1:5000/app:1.0 --plain-http --layers /tmp/app --json
@@ -116,7 +119,8 @@ Credentials: --username with --password-stdin, else Docker's config.json ($DOCKE
 auths, credHelpers, credsStore). They never appear in logs, errors or argv.
 
 Exit codes: 0 ok, ${EXIT_CODES['not-found']} not found, ${EXIT_CODES.auth} auth, ${EXIT_CODES.network} network, ${EXIT_CODES.integrity} integrity, ${EXIT_CODES['unsafe-content']} unsafe content, ${EXIT_CODES.invalid} invalid input, ${EXIT_CODES.unsupported} unsupported, 1 other.
-Cache: --cache, else $CELLO_IMAGE_CACHE, else ${defaultCache()}.`);
+Cache: --cache, else $CELLO_IMAGE_CACHE, else ${defaultCache()}.`,
+  );
 
 function common(c: Command): Command {
   return c
@@ -130,60 +134,64 @@ function common(c: Command): Command {
     .option('-v, --verbose', 'debug logs (JSON, on stderr)');
 }
 
-common(program.command('pull')
-  .argument('<ref>', 'image reference, e.g. busybox, 127.0.0.1:5000/app:1.0, repo@sha256:...')
-  .description('fetch an image and unpack it')
-  .option('--rootfs <dir>', 'write the flattened root filesystem here')
-  .option('--layers <dir>', 'make DIR/0..N-1 links to the cached overlay layer dirs (bottom first) and DIR/lowerdir')
-  .option('--config-out <file>', 'write the image config (entrypoint, cmd, env, ...) as JSON here')
-  .option('--json', 'print a JSON summary (digest, layers, bytes, seconds) on stdout')
-  .option('--max-image-bytes <size>', 'most bytes the image may unpack to, all layers together (default 64G)', positive('--max-image-bytes', true))
-  .option('--max-image-entries <n>', 'most files, directories and links the image may create (default 2000000)', positive('--max-image-entries', false)))
-  .action(async (ref: string, o: Common & { rootfs?: string; layers?: string; configOut?: string; json?: boolean }) => {
-    if (!o.rootfs === !o.layers) throw new PullError('invalid', 'pull needs exactly one of --rootfs DIR or --layers DIR');
-    const t0 = process.hrtime.bigint();
-    const puller = makePuller(ref, o);
-    const bars = o.json ? undefined : progressBars();
-    const opts: PullOptions = { auth: await credentials(ref, o), ...(bars ? { onProgress: bars.onProgress } : {}) };
-    const ac = new AbortController();
-    process.once('SIGINT', () => ac.abort());
-    opts.signal = ac.signal;
-    try {
-      const { image, stats } = o.rootfs ? await puller.pullToRootfs(ref, resolve(o.rootfs), opts) : await puller.pullWithStats(ref, opts);
-      bars?.stop();
-      if (o.layers) {
-        const dir = resolve(o.layers);
-        mkdirSync(dir, { recursive: true });
-        image.layerDirs.forEach((l, i) => {
-          rmSync(join(dir, String(i)), { force: true });
-          symlinkSync(l, join(dir, String(i)));
-        });
-        writeFileSync(join(dir, 'lowerdir'), `${[...image.layerDirs].reverse().join(':')}\n`);
-      }
-      if (o.configOut) writeFileSync(resolve(o.configOut), `${JSON.stringify(image.config, null, 2)}\n`);
-      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-      if (o.json) {
-        process.stdout.write(`${JSON.stringify({ reference: image.reference, digest: image.digest, configDigest: image.configDigest, layers: stats.layers, fetchedLayers: stats.fetchedLayers, unpackedLayers: stats.unpackedLayers, bytes: stats.downloadedBytes, seconds: Number(seconds.toFixed(3)), layerDirs: image.layerDirs })}\n`);
-      }
-    } finally {
-      await puller.close();
+common(
+  program
+    .command('pull')
+    .argument('<ref>', 'image reference, e.g. busybox, 127.0.0.1:5000/app:1.0, repo@sha256:...')
+    .description('fetch an image and unpack it')
+    .option('--rootfs <dir>', 'write the flattened root filesystem here')
+    .option('--layers <dir>', 'make DIR/0..N-1 links to the cached overlay layer dirs (bottom first) and DIR/lowerdir')
+    .option('--config-out <file>', 'write the image config (entrypoint, cmd, env, ...) as JSON here')
+    .option('--json', 'print a JSON summary (digest, layers, bytes, seconds) on stdout')
+    .option('--max-image-bytes <size>', 'most bytes the image may unpack to, all layers together (default 64G)', positive('--max-image-bytes', true))
+    .option('--max-image-entries <n>', 'most files, directories and links the image may create (default 2000000)', positive('--max-image-entries', false)),
+).action(async (ref: string, o: Common & { rootfs?: string; layers?: string; configOut?: string; json?: boolean }) => {
+  if (!o.rootfs === !o.layers) throw new PullError('invalid', 'pull needs exactly one of --rootfs DIR or --layers DIR');
+  const t0 = process.hrtime.bigint();
+  const puller = makePuller(ref, o);
+  const bars = o.json ? undefined : progressBars();
+  const opts: PullOptions = { auth: await credentials(ref, o), ...(bars ? { onProgress: bars.onProgress } : {}) };
+  const ac = new AbortController();
+  process.once('SIGINT', () => ac.abort());
+  opts.signal = ac.signal;
+  try {
+    const { image, stats } = o.rootfs ? await puller.pullToRootfs(ref, resolve(o.rootfs), opts) : await puller.pullWithStats(ref, opts);
+    bars?.stop();
+    if (o.layers) {
+      const dir = resolve(o.layers);
+      mkdirSync(dir, { recursive: true });
+      image.layerDirs.forEach((l, i) => {
+        rmSync(join(dir, String(i)), { force: true });
+        symlinkSync(l, join(dir, String(i)));
+      });
+      writeFileSync(join(dir, 'lowerdir'), `${[...image.layerDirs].reverse().join(':')}\n`);
     }
-  });
-
-common(program.command('inspect')
-  .argument('<ref>', 'image reference')
-  .description('print the manifest digest, platform, config and layers of an image (no layer download)'))
-  .action(async (ref: string, o: Common) => {
-    const puller = makePuller(ref, o);
-    try {
-      const info = await puller.inspect(ref, { auth: await credentials(ref, o) });
-      process.stdout.write(`${JSON.stringify(info, null, 2)}\n`);
-    } finally {
-      await puller.close();
+    if (o.configOut) writeFileSync(resolve(o.configOut), `${JSON.stringify(image.config, null, 2)}\n`);
+    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+    if (o.json) {
+      process.stdout.write(
+        `${JSON.stringify({ reference: image.reference, digest: image.digest, configDigest: image.configDigest, layers: stats.layers, fetchedLayers: stats.fetchedLayers, unpackedLayers: stats.unpackedLayers, bytes: stats.downloadedBytes, seconds: Number(seconds.toFixed(3)), layerDirs: image.layerDirs })}\n`,
+      );
     }
-  });
+  } finally {
+    await puller.close();
+  }
+});
 
-program.command('gc')
+common(
+  program.command('inspect').argument('<ref>', 'image reference').description('print the manifest digest, platform, config and layers of an image (no layer download)'),
+).action(async (ref: string, o: Common) => {
+  const puller = makePuller(ref, o);
+  try {
+    const info = await puller.inspect(ref, { auth: await credentials(ref, o) });
+    process.stdout.write(`${JSON.stringify(info, null, 2)}\n`);
+  } finally {
+    await puller.close();
+  }
+});
+
+program
+  .command('gc')
   .description('remove cached images not named by --keep, and every blob and layer only they used')
   .addOption(new Option('--cache <dir>', 'cache directory').default(defaultCache()))
   .option('--keep <ref>', 'image reference or digest to keep (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])

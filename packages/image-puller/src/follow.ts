@@ -76,7 +76,11 @@ export class FollowReader extends Readable {
   override _destroy(err: Error | null, cb: (e?: Error | null) => void): void {
     const fh = this.fh;
     this.fh = undefined;
-    if (fh) fh.close().then(() => cb(err), () => cb(err));
+    if (fh)
+      fh.close().then(
+        () => cb(err),
+        () => cb(err),
+      );
     else cb(err);
   }
 }

@@ -42,15 +42,20 @@ const DIGEST = /^sha256:[a-f0-9]{64}$/;
 export function hostPlatform(): Platform {
   const a = hostArch();
   switch (a) {
-    case 'x64': return { os: 'linux', architecture: 'amd64' };
-    case 'arm64': return { os: 'linux', architecture: 'arm64', variant: 'v8' };
+    case 'x64':
+      return { os: 'linux', architecture: 'amd64' };
+    case 'arm64':
+      return { os: 'linux', architecture: 'arm64', variant: 'v8' };
     case 'arm': {
       const v = (process.config.variables as { arm_version?: string }).arm_version;
       return { os: 'linux', architecture: 'arm', variant: `v${v ?? '7'}` };
     }
-    case 'ia32': return { os: 'linux', architecture: '386' };
-    case 'ppc64': return { os: 'linux', architecture: 'ppc64le' };
-    default: return { os: 'linux', architecture: a };
+    case 'ia32':
+      return { os: 'linux', architecture: '386' };
+    case 'ppc64':
+      return { os: 'linux', architecture: 'ppc64le' };
+    default:
+      return { os: 'linux', architecture: a };
   }
 }
 
@@ -76,7 +81,10 @@ function normVariant(arch: string, v: string | undefined): string {
 function validDescriptor(d: unknown, what: string): Descriptor {
   const x = d as Partial<Descriptor> | null;
   if (!x || typeof x !== 'object' || typeof x.digest !== 'string' || !DIGEST.test(x.digest)) {
-    throw new PullError(x && typeof x.digest === 'string' && x.digest.includes(':') && !x.digest.startsWith('sha256:') ? 'unsupported' : 'invalid', `${what}: descriptor without a valid sha256 digest`);
+    throw new PullError(
+      x && typeof x.digest === 'string' && x.digest.includes(':') && !x.digest.startsWith('sha256:') ? 'unsupported' : 'invalid',
+      `${what}: descriptor without a valid sha256 digest`,
+    );
   }
   if (typeof x.size !== 'number' || !Number.isSafeInteger(x.size) || x.size < 0) throw new PullError('invalid', `${what}: descriptor ${x.digest} has no valid size`);
   return { mediaType: typeof x.mediaType === 'string' ? x.mediaType : '', digest: x.digest, size: x.size, ...(x.platform ? { platform: x.platform } : {}) };
@@ -115,7 +123,13 @@ export function selectPlatform(index: Buffer, want: Platform, what: string): Des
   const exact = matches.find((d) => normVariant(want.architecture, d.platform?.variant) === wantV);
   const pick = exact ?? (want.variant ? undefined : matches[0]);
   if (!pick) {
-    const have = ds.map((d) => (d.platform ? formatPlatform({ os: d.platform.os ?? '?', architecture: d.platform.architecture ?? '?', ...(d.platform.variant ? { variant: d.platform.variant } : {}) }) : '?')).join(', ');
+    const have = ds
+      .map((d) =>
+        d.platform
+          ? formatPlatform({ os: d.platform.os ?? '?', architecture: d.platform.architecture ?? '?', ...(d.platform.variant ? { variant: d.platform.variant } : {}) })
+          : '?',
+      )
+      .join(', ');
     throw new PullError('not-found', `${what}: no manifest for platform ${formatPlatform(want)} (available: ${have || 'none'})`);
   }
   return pick;
@@ -201,7 +215,11 @@ export function layerInfos(m: ParsedManifest, c: ParsedConfig, what: string): La
   }
   const chains = chainIds(c.diffIds);
   return m.layers.map((l, i) => ({
-    digest: l.digest, mediaType: l.mediaType, size: l.size, compression: layerCompression(l.mediaType)!,
-    diffId: c.diffIds[i]!, chainId: chains[i]!,
+    digest: l.digest,
+    mediaType: l.mediaType,
+    size: l.size,
+    compression: layerCompression(l.mediaType)!,
+    diffId: c.diffIds[i]!,
+    chainId: chains[i]!,
   }));
 }

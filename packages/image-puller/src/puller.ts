@@ -6,10 +6,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { RegistryAuth } from './auth.js';
 import { PullError } from './errors.js';
-import {
-  checkManifestType, hostPlatform, isIndex, layerInfos, parseConfig, parseManifest, selectPlatform,
-  type ImageConfig, type LayerInfo, type Platform,
-} from './image.js';
+import { checkManifestType, hostPlatform, isIndex, layerInfos, parseConfig, parseManifest, selectPlatform, type ImageConfig, type LayerInfo, type Platform } from './image.js';
 import { formatReference, parseReference, type Reference } from './reference.js';
 import { DEFAULT_TRANSPORT, DispatcherPool, sha256Digest, TokenCache, type TransportOptions } from './registry.js';
 import { withShorthands, type RegistryConfig } from './registry-config.js';
@@ -193,8 +190,13 @@ export class ImagePuller {
 
   private client(ref: Reference, opts: PullOptions): ImageSource {
     return new MirroredSource(ref.registry, ref.repository, {
-      registries: this.registries, dispatchers: this.dispatchers, tokens: this.tokens, transport: this.transport,
-      auth: opts.auth, logger: this.log, signal: opts.signal,
+      registries: this.registries,
+      dispatchers: this.dispatchers,
+      tokens: this.tokens,
+      transport: this.transport,
+      auth: opts.auth,
+      logger: this.log,
+      signal: opts.signal,
     });
   }
 
@@ -223,8 +225,14 @@ export class ImagePuller {
     const cfg = parseConfig(cfgBytes, `${name} config`);
     await this.store.writeBlob(m.digest, m.bytes);
     const record: ImageRecord = {
-      reference: name, digest: m.digest, configDigest: manifest.config.digest, config: cfg.config,
-      layers: layerInfos(manifest, cfg, name), architecture: cfg.architecture, os: cfg.os, via,
+      reference: name,
+      digest: m.digest,
+      configDigest: manifest.config.digest,
+      config: cfg.config,
+      layers: layerInfos(manifest, cfg, name),
+      architecture: cfg.architecture,
+      os: cfg.os,
+      via,
     };
     return { ref, record, client };
   }
@@ -254,27 +262,32 @@ export class ImagePuller {
       p = (async () => {
         const release = await this.downloads.acquire();
         try {
-          await this.store.withLock(`blob-${l.digest.slice(7)}`, async () => {
-            if (this.store.hasBlob(l.digest)) return complete(); // another process fetched it
-            const tmp = this.store.tmpPath('download');
-            const prog = new Progress(tmp);
-            try {
-              opts.onProgress?.({ layer: l.digest, done: 0, total: l.size });
-              await client.fetchBlobToFile(l.digest, l.size, tmp, (done) => {
-                if (done > 0 && prog.written === 0) resolveStarted(prog);
-                prog.update(done);
-                opts.onProgress?.({ layer: l.digest, done, total: l.size });
-              });
-              this.store.commitBlob(tmp, l.digest);
-              prog.finish();
-              stats.downloadedBytes += l.size;
-              stats.fetchedLayers++;
-            } catch (err) {
-              prog.finish(err);
-              await rm(tmp, { force: true });
-              throw err;
-            }
-          }, undefined, opts.signal);
+          await this.store.withLock(
+            `blob-${l.digest.slice(7)}`,
+            async () => {
+              if (this.store.hasBlob(l.digest)) return complete(); // another process fetched it
+              const tmp = this.store.tmpPath('download');
+              const prog = new Progress(tmp);
+              try {
+                opts.onProgress?.({ layer: l.digest, done: 0, total: l.size });
+                await client.fetchBlobToFile(l.digest, l.size, tmp, (done) => {
+                  if (done > 0 && prog.written === 0) resolveStarted(prog);
+                  prog.update(done);
+                  opts.onProgress?.({ layer: l.digest, done, total: l.size });
+                });
+                this.store.commitBlob(tmp, l.digest);
+                prog.finish();
+                stats.downloadedBytes += l.size;
+                stats.fetchedLayers++;
+              } catch (err) {
+                prog.finish(err);
+                await rm(tmp, { force: true });
+                throw err;
+              }
+            },
+            undefined,
+            opts.signal,
+          );
         } finally {
           release();
           resolveStarted(undefined);
@@ -329,7 +342,15 @@ export class ImagePuller {
     return new UnpackBudget(this.maxImageBytes, this.maxImageEntries);
   }
 
-  private ensureLayer(r: Resolved, i: number, lowerDirs: () => Promise<string[]>, turn: Promise<void>, opts: PullOptions, stats: PullStats, budget: UnpackBudget): { started: Promise<void>; done: Promise<string> } {
+  private ensureLayer(
+    r: Resolved,
+    i: number,
+    lowerDirs: () => Promise<string[]>,
+    turn: Promise<void>,
+    opts: PullOptions,
+    stats: PullStats,
+    budget: UnpackBudget,
+  ): { started: Promise<void>; done: Promise<string> } {
     const l = r.record.layers[i]!;
     const final = this.store.layerPath(l.chainId);
     let markStarted!: () => void;
@@ -353,27 +374,32 @@ export class ImagePuller {
       }
       const release = await this.unpacks.acquire();
       try {
-        return await this.store.withLock(`layer-${l.chainId.slice(7)}`, async () => {
-          if (existsSync(final)) return final;
-          const tmp = this.store.tmpPath('layer');
-          mkdirSync(tmp, { mode: 0o755 });
-          try {
-            const t0 = Date.now();
-            const o = { mode: 'overlay' as const, state: new TreeState(true), maxBytes: this.maxLayerBytes, budget, lowerDirs, logger: this.log, signal: opts.signal };
-            const res = await this.unpackBlob(l, fetched, tmp, o, async () => {
+        return await this.store.withLock(
+          `layer-${l.chainId.slice(7)}`,
+          async () => {
+            if (existsSync(final)) return final;
+            const tmp = this.store.tmpPath('layer');
+            mkdirSync(tmp, { mode: 0o755 });
+            try {
+              const t0 = Date.now();
+              const o = { mode: 'overlay' as const, state: new TreeState(true), maxBytes: this.maxLayerBytes, budget, lowerDirs, logger: this.log, signal: opts.signal };
+              const res = await this.unpackBlob(l, fetched, tmp, o, async () => {
+                await rm(tmp, { recursive: true, force: true });
+                mkdirSync(tmp, { mode: 0o755 });
+                o.state = new TreeState(true);
+              });
+              await this.store.commitLayer(tmp, l.chainId);
+              stats.unpackedLayers++;
+              this.log?.debug({ layer: l.digest, bytes: res.bytes, ms: Date.now() - t0 }, 'layer unpacked');
+              return final;
+            } catch (err) {
               await rm(tmp, { recursive: true, force: true });
-              mkdirSync(tmp, { mode: 0o755 });
-              o.state = new TreeState(true);
-            });
-            await this.store.commitLayer(tmp, l.chainId);
-            stats.unpackedLayers++;
-            this.log?.debug({ layer: l.digest, bytes: res.bytes, ms: Date.now() - t0 }, 'layer unpacked');
-            return final;
-          } catch (err) {
-            await rm(tmp, { recursive: true, force: true });
-            throw err;
-          }
-        }, undefined, opts.signal);
+              throw err;
+            }
+          },
+          undefined,
+          opts.signal,
+        );
       } finally {
         release();
       }
@@ -383,9 +409,20 @@ export class ImagePuller {
   }
 
   /** Resolves a reference to its manifest, config and layer list without fetching layers. */
-  async inspect(ref: string, opts: PullOptions = {}): Promise<{ reference: string; digest: string; configDigest: string; config: ImageConfig; architecture: string; os: string; layers: LayerInfo[] }> {
+  async inspect(
+    ref: string,
+    opts: PullOptions = {},
+  ): Promise<{ reference: string; digest: string; configDigest: string; config: ImageConfig; architecture: string; os: string; layers: LayerInfo[] }> {
     const { record } = await this.resolve(ref, opts);
-    return { reference: record.reference, digest: record.digest, configDigest: record.configDigest, config: record.config, architecture: record.architecture, os: record.os, layers: record.layers };
+    return {
+      reference: record.reference,
+      digest: record.digest,
+      configDigest: record.configDigest,
+      config: record.config,
+      architecture: record.architecture,
+      os: record.os,
+      layers: record.layers,
+    };
   }
 
   /** Fetches the image and unpacks its layers as overlayfs lower dirs; idempotent and safe to run concurrently. */
@@ -429,14 +466,18 @@ export class ImagePuller {
   async pullToRootfs(ref: string, dir: string, opts: PullOptions = {}): Promise<{ image: PulledImage; stats: PullStats }> {
     this.sweepOnce();
     const r = await this.resolve(ref, opts);
-    return this.store.withLease(imageItems(r.record), async () => {
-      const stats: PullStats = { layers: r.record.layers.length, downloadedBytes: 0, fetchedLayers: 0, unpackedLayers: 0 };
-      const fetches = r.record.layers.map((l) => this.ensureBlob(r.client, l, opts, stats));
-      fetches.forEach((f) => f.catch(() => undefined));
-      await this.applyLayers(r.record, dir, fetches, opts.signal, stats);
-      await this.saveRecord(r);
-      return { image: toPulled(r.record, []), stats };
-    }, opts.signal);
+    return this.store.withLease(
+      imageItems(r.record),
+      async () => {
+        const stats: PullStats = { layers: r.record.layers.length, downloadedBytes: 0, fetchedLayers: 0, unpackedLayers: 0 };
+        const fetches = r.record.layers.map((l) => this.ensureBlob(r.client, l, opts, stats));
+        fetches.forEach((f) => f.catch(() => undefined));
+        await this.applyLayers(r.record, dir, fetches, opts.signal, stats);
+        await this.saveRecord(r);
+        return { image: toPulled(r.record, []), stats };
+      },
+      opts.signal,
+    );
   }
 
   private async applyLayers(rec: ImageRecord, dir: string, ready: Promise<void>[], signal: AbortSignal | undefined, stats?: PullStats): Promise<void> {
@@ -479,7 +520,12 @@ export class ImagePuller {
     await this.store.withLease(imageItems(rec), async () => {
       const missing = rec.layers.find((l) => !this.store.hasBlob(l.digest));
       if (missing) throw new PullError('not-found', `${image.reference}: layer blob ${missing.digest} is no longer cached; pull it again`);
-      await this.applyLayers(rec, dir, rec.layers.map(() => Promise.resolve()), undefined);
+      await this.applyLayers(
+        rec,
+        dir,
+        rec.layers.map(() => Promise.resolve()),
+        undefined,
+      );
     });
   }
 

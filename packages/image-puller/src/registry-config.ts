@@ -23,7 +23,10 @@ const mirrorSchema = z.strictObject({
   /** Repository path prefix on the mirror: `library/x` is asked for as `PREFIX/library/x`. */
   prefix: prefix.optional(),
   /** resolve: tags to digests; pull: manifests by digest and blobs (containerd's meaning). */
-  capabilities: z.array(z.enum(CAPABILITIES)).min(1).default([...CAPABILITIES]),
+  capabilities: z
+    .array(z.enum(CAPABILITIES))
+    .min(1)
+    .default([...CAPABILITIES]),
 });
 
 const clientSchema = z
@@ -52,7 +55,10 @@ const hostSchema = z
     /** Every reference to this host goes to another one instead (no fallback). */
     rewrite: z.strictObject({ host, prefix: prefix.optional() }).optional(),
   })
-  .refine((h) => !(h.rewrite && h.mirrors.length > 0), { message: 'rewrite and mirrors exclude each other (configure mirrors under the rewrite target\'s host)', path: ['rewrite'] });
+  .refine((h) => !(h.rewrite && h.mirrors.length > 0), {
+    message: "rewrite and mirrors exclude each other (configure mirrors under the rewrite target's host)",
+    path: ['rewrite'],
+  });
 
 export const registriesSchema = z.record(host, hostSchema);
 /** The configuration as written (files not yet read). */
@@ -135,7 +141,12 @@ export function parseRegistryConfig(input: unknown, opts: { baseDir?: string; fi
       ...(h.caPem ?? []).map((pem, i, all) => checkCertificates(many('caPem', all.length, i), pem)),
       ...(h.caFile ?? []).map((f, i, all) => checkCertificates(many('caFile', all.length, i), readPem(many('caFile', all.length, i), f, baseDir))),
     ];
-    const cfg: HostConfig = { plainHttp: h.plainHttp, caPem, skipVerify: h.skipVerify, mirrors: h.mirrors.map((m) => ({ host: m.host, capabilities: m.capabilities, ...(m.prefix ? { prefix: m.prefix } : {}) })) };
+    const cfg: HostConfig = {
+      plainHttp: h.plainHttp,
+      caPem,
+      skipVerify: h.skipVerify,
+      mirrors: h.mirrors.map((m) => ({ host: m.host, capabilities: m.capabilities, ...(m.prefix ? { prefix: m.prefix } : {}) })),
+    };
     if (h.client) {
       const c = h.client;
       const certField = `${at}.client.${c.certPem !== undefined ? 'certPem' : 'certFile'}`;
@@ -204,6 +215,11 @@ export function endpointsFor(cfg: RegistryConfig, registry: string, repository: 
     const repo = h.rewrite.prefix ? `${h.rewrite.prefix}/${repository}` : repository;
     return [{ host: h.rewrite.host, repository: repo, capabilities: CAPABILITIES, mirror: false }];
   }
-  const mirrors = (h?.mirrors ?? []).map((m): Endpoint => ({ host: m.host, repository: m.prefix ? `${m.prefix}/${repository}` : repository, capabilities: m.capabilities, mirror: true }));
+  const mirrors = (h?.mirrors ?? []).map((m): Endpoint => ({
+    host: m.host,
+    repository: m.prefix ? `${m.prefix}/${repository}` : repository,
+    capabilities: m.capabilities,
+    mirror: true,
+  }));
   return [...mirrors, { host: registry, repository, capabilities: CAPABILITIES, mirror: false }];
 }

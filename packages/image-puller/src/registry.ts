@@ -125,7 +125,11 @@ export class RegistryClient {
     this.scope = `repository:${o.repository}:pull`;
     // Keyed by the whole credential (hashed), not the user name: a wrong password must never
     // ride on the token a right one earned, or the shared-cache credential check means nothing.
-    const who = o.credentials ? createHash('sha256').update(JSON.stringify([o.credentials.username ?? '', o.credentials.password ?? '', o.credentials.identityToken ?? ''])).digest('hex') : '';
+    const who = o.credentials
+      ? createHash('sha256')
+          .update(JSON.stringify([o.credentials.username ?? '', o.credentials.password ?? '', o.credentials.identityToken ?? '']))
+          .digest('hex')
+      : '';
     this.tokenKey = `${o.registry}|${this.scope}|${who}`;
   }
 
@@ -211,7 +215,9 @@ export class RegistryClient {
       }
       return res;
     }
-    throw new PullError('network', `${this.o.registry}: ${path.split('/').slice(-2).join('/')} failed after ${this.o.transport.attempts} attempts: ${describe(lastErr)}`, { cause: lastErr });
+    throw new PullError('network', `${this.o.registry}: ${path.split('/').slice(-2).join('/')} failed after ${this.o.transport.attempts} attempts: ${describe(lastErr)}`, {
+      cause: lastErr,
+    });
   }
 
   private async authorize(challenge: ReturnType<typeof parseChallenge>): Promise<void> {
@@ -236,9 +242,14 @@ export class RegistryClient {
         if (service) form.set('service', service);
         const u = new URL(realm);
         res = await this.o.dispatcher.request({
-          origin: u.origin, path: u.pathname + u.search, method: 'POST', signal: this.o.signal,
-          headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: form.toString(),
-          headersTimeout: this.o.transport.headersTimeoutMs, bodyTimeout: this.o.transport.bodyTimeoutMs,
+          origin: u.origin,
+          path: u.pathname + u.search,
+          method: 'POST',
+          signal: this.o.signal,
+          headers: { 'content-type': 'application/x-www-form-urlencoded' },
+          body: form.toString(),
+          headersTimeout: this.o.transport.headersTimeoutMs,
+          bodyTimeout: this.o.transport.bodyTimeoutMs,
         });
       } else {
         const u = new URL(realm);
@@ -332,7 +343,9 @@ export class RegistryClient {
     if (expectDigest && digest !== expectDigest) {
       throw new PullError('integrity', `${this.o.registry}/${this.o.repository}: manifest digest ${digest} does not match ${expectDigest}`);
     }
-    let mediaType = String(res.headers['content-type'] ?? '').split(';')[0]!.trim();
+    let mediaType = String(res.headers['content-type'] ?? '')
+      .split(';')[0]!
+      .trim();
     if (!mediaType || mediaType === 'application/json' || mediaType === 'text/plain') {
       try {
         const j = JSON.parse(bytes.toString('utf8')) as { mediaType?: string; schemaVersion?: number; manifests?: unknown };
@@ -480,7 +493,11 @@ export class DispatcherPool {
   private readonly agents = new Map<string, Agent>();
 
   get(t: HostTransport): Dispatcher {
-    const key = t.plainHttp ? 'plain' : createHash('sha256').update(JSON.stringify([t.caPem, t.client?.certPem, t.client?.keyPem, t.skipVerify])).digest('hex');
+    const key = t.plainHttp
+      ? 'plain'
+      : createHash('sha256')
+          .update(JSON.stringify([t.caPem, t.client?.certPem, t.client?.keyPem, t.skipVerify]))
+          .digest('hex');
     let a = this.agents.get(key);
     if (!a) {
       a = new Agent({

@@ -38,14 +38,24 @@ interface Candidate {
 export class MirroredSource implements ImageSource {
   private readonly candidates: Candidate[];
 
-  constructor(registry: string, repository: string, private readonly o: SourceOptions) {
+  constructor(
+    registry: string,
+    repository: string,
+    private readonly o: SourceOptions,
+  ) {
     this.candidates = endpointsFor(o.registries, registry, repository).map((endpoint) => {
       const t = transportOf(o.registries, endpoint.host);
       return {
         endpoint,
         client: new RegistryClient({
-          registry: endpoint.host, repository: endpoint.repository, hostTransport: t, dispatcher: o.dispatchers.get(t),
-          credentials: o.auth?.(endpoint.host), tokens: o.tokens, logger: o.logger, signal: o.signal,
+          registry: endpoint.host,
+          repository: endpoint.repository,
+          hostTransport: t,
+          dispatcher: o.dispatchers.get(t),
+          credentials: o.auth?.(endpoint.host),
+          tokens: o.tokens,
+          logger: o.logger,
+          signal: o.signal,
           transport: endpoint.mirror ? { ...o.transport, attempts: Math.min(MIRROR_ATTEMPTS, o.transport.attempts) } : o.transport,
         }),
       };
@@ -108,7 +118,13 @@ export function createRegistryReader(registries: RegistryConfig, o: { transport?
     open(ref, opts = {}) {
       const reference = parseReference(ref);
       const source = new MirroredSource(reference.registry, reference.repository, {
-        registries, dispatchers, tokens, transport, auth: opts.auth, logger: o.logger, signal: opts.signal,
+        registries,
+        dispatchers,
+        tokens,
+        transport,
+        auth: opts.auth,
+        logger: o.logger,
+        signal: opts.signal,
       });
       return { source, reference };
     },

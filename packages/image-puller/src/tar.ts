@@ -82,12 +82,24 @@ function parsePax(buf: Buffer, into: Pax): void {
     const key = rec.toString('utf8', 0, eq);
     const val = rec.subarray(eq + 1);
     switch (key) {
-      case 'path': into.path = val.toString('utf8'); break;
-      case 'linkpath': into.linkpath = val.toString('utf8'); break;
-      case 'size': into.size = Number(val.toString('latin1')); break;
-      case 'uid': into.uid = Number(val.toString('latin1')); break;
-      case 'gid': into.gid = Number(val.toString('latin1')); break;
-      case 'mtime': into.mtime = Number(val.toString('latin1')); break;
+      case 'path':
+        into.path = val.toString('utf8');
+        break;
+      case 'linkpath':
+        into.linkpath = val.toString('utf8');
+        break;
+      case 'size':
+        into.size = Number(val.toString('latin1'));
+        break;
+      case 'uid':
+        into.uid = Number(val.toString('latin1'));
+        break;
+      case 'gid':
+        into.gid = Number(val.toString('latin1'));
+        break;
+      case 'mtime':
+        into.mtime = Number(val.toString('latin1'));
+        break;
       default:
         if (key.startsWith('SCHILY.xattr.')) {
           (into.xattrs ??= new Map()).set(key.slice('SCHILY.xattr.'.length), Buffer.from(val));
@@ -197,10 +209,18 @@ export class TarParser {
   private long(buf: Buffer): void {
     const pad = (512 - (buf.length % 512)) % 512;
     switch (this.longType) {
-      case 'x': parsePax(buf, (this.pax ??= {})); break;
-      case 'g': parsePax(buf, (this.paxGlobal ??= {})); break;
-      case 'L': this.gnuName = cstr(buf, 0, buf.length); break;
-      case 'K': this.gnuLink = cstr(buf, 0, buf.length); break;
+      case 'x':
+        parsePax(buf, (this.pax ??= {}));
+        break;
+      case 'g':
+        parsePax(buf, (this.paxGlobal ??= {}));
+        break;
+      case 'L':
+        this.gnuName = cstr(buf, 0, buf.length);
+        break;
+      case 'K':
+        this.gnuLink = cstr(buf, 0, buf.length);
+        break;
     }
     this.state = pad > 0 ? 'skip' : 'header';
     this.remaining = pad;
@@ -209,7 +229,11 @@ export class TarParser {
 
   private async header(b: Buffer): Promise<void> {
     let zero = true;
-    for (let i = 0; i < 512; i++) if (b[i] !== 0) { zero = false; break; }
+    for (let i = 0; i < 512; i++)
+      if (b[i] !== 0) {
+        zero = false;
+        break;
+      }
     if (zero) {
       this.state = 'end';
       return;
@@ -261,8 +285,14 @@ export class TarParser {
       throw new PullError('unsupported', `tar entry ${JSON.stringify(name)}: unsupported type ${JSON.stringify(flag)}${pax.sparse || flag === 'S' ? ' (sparse file)' : ''}`);
     }
     const h: TarHeader = {
-      name, linkname, type, size: type === 'file' ? size : 0,
-      mode: num(b, 100, 8, 'mode') & 0o7777, uid, gid, mtime,
+      name,
+      linkname,
+      type,
+      size: type === 'file' ? size : 0,
+      mode: num(b, 100, 8, 'mode') & 0o7777,
+      uid,
+      gid,
+      mtime,
       devmajor: type === 'char' || type === 'block' ? num(b, 329, 8, 'devmajor') : 0,
       devminor: type === 'char' || type === 'block' ? num(b, 337, 8, 'devminor') : 0,
       xattrs: pax.xattrs,

@@ -1,8 +1,26 @@
 import { createHash } from 'node:crypto';
 import {
-  chmodSync, closeSync, constants as C, copyFileSync, fchmodSync, fchownSync, futimesSync, linkSync,
-  lchownSync, lstatSync, lutimesSync, mkdirSync, openSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync,
-  utimesSync, writeSync, type Stats,
+  chmodSync,
+  closeSync,
+  constants as C,
+  copyFileSync,
+  fchmodSync,
+  fchownSync,
+  futimesSync,
+  linkSync,
+  lchownSync,
+  lstatSync,
+  lutimesSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  utimesSync,
+  writeSync,
+  type Stats,
 } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -51,7 +69,10 @@ export class TreeState {
 export class UnpackBudget {
   bytes = 0;
   entries = 0;
-  constructor(readonly maxBytes: number, readonly maxEntries: number) {}
+  constructor(
+    readonly maxBytes: number,
+    readonly maxEntries: number,
+  ) {}
 
   charge(bytes: number, entries: number): void {
     this.bytes += bytes;

@@ -93,8 +93,7 @@ describe('image-puller CLI', () => {
   });
 
   it('draws a progress bar per layer on a terminal (a real pty through script(1))', async () => {
-    const cmd = [process.execPath, CLI, 'pull', busybox, '--plain-http', '--cache', join(work, 'c-tty'), '--rootfs', join(work, 'rootfs-tty')]
-      .map((a) => `'${a}'`).join(' ');
+    const cmd = [process.execPath, CLI, 'pull', busybox, '--plain-http', '--cache', join(work, 'c-tty'), '--rootfs', join(work, 'rootfs-tty')].map((a) => `'${a}'`).join(' ');
     const r = await new Promise<{ status: number | null; out: string }>((resolve, reject) => {
       const c = spawn('script', ['-qfec', cmd, '/dev/null'], { stdio: ['ignore', 'pipe', 'inherit'] });
       let out = '';
@@ -161,7 +160,9 @@ describe('image-puller CLI', () => {
     const small = await cli(['pull', busybox, '--plain-http', '--cache', cache, '--layers', join(work, 'lim2'), '--max-image-bytes', '1M']);
     expect(small.status).toBe(6);
     expect(small.stderr).toContain('limit of 1048576 bytes (option maxImageBytes; CLI --max-image-bytes)');
-    expect((await cli(['pull', busybox, '--plain-http', '--cache', cache, '--rootfs', join(work, 'lim3'), '--max-image-bytes', '64G', '--max-image-entries', '5000'])).status).toBe(0);
+    expect((await cli(['pull', busybox, '--plain-http', '--cache', cache, '--rootfs', join(work, 'lim3'), '--max-image-bytes', '64G', '--max-image-entries', '5000'])).status).toBe(
+      0,
+    );
     const zero = await cli(['pull', busybox, '--cache', cache, '--rootfs', join(work, 'lim4'), '--max-image-entries', '0']);
     expect(zero.status).toBe(7);
     expect(zero.stderr).toContain('--max-image-entries: expected a positive integer, got "0"');
@@ -197,12 +198,13 @@ describe('image-puller CLI', () => {
 
   it('two processes pulling into one cache at once both succeed and share the layers', async () => {
     const cache = join(work, 'multi');
-    const run = (out: string) => new Promise<{ code: number | null; stdout: string }>((resolve) => {
-      const c = spawn(process.execPath, [CLI, 'pull', debian, '--plain-http', '--cache', cache, '--layers', join(work, out), '--json'], { stdio: ['ignore', 'pipe', 'inherit'] });
-      let stdout = '';
-      c.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-      c.on('exit', (code) => resolve({ code, stdout }));
-    });
+    const run = (out: string) =>
+      new Promise<{ code: number | null; stdout: string }>((resolve) => {
+        const c = spawn(process.execPath, [CLI, 'pull', debian, '--plain-http', '--cache', cache, '--layers', join(work, out), '--json'], { stdio: ['ignore', 'pipe', 'inherit'] });
+        let stdout = '';
+        c.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+        c.on('exit', (code) => resolve({ code, stdout }));
+      });
     const [a, b] = await Promise.all([run('m1'), run('m2')]);
     expect(a.code).toBe(0);
     expect(b.code).toBe(0);
@@ -248,9 +250,17 @@ describe('image-puller CLI credentials', () => {
     // credHelpers: docker-credential-NAME get, the server on stdin, JSON on stdout.
     const bin = join(work, 'bin');
     mkdirSync(bin);
-    writeFileSync(join(bin, 'docker-credential-cellotest'), `#!/bin/sh\nread server\n[ "$1" = get ] && [ "$server" = "${authReg.host}" ] && echo '{"ServerURL":"'$server'","Username":"bob","Secret":"pw-from-stdin"}'\n`, { mode: 0o755 });
+    writeFileSync(
+      join(bin, 'docker-credential-cellotest'),
+      `#!/bin/sh\nread server\n[ "$1" = get ] && [ "$server" = "${authReg.host}" ] && echo '{"ServerURL":"'$server'","Username":"bob","Secret":"pw-from-stdin"}'\n`,
+      { mode: 0o755 },
+    );
     writeFileSync(join(dockerDir, 'config.json'), JSON.stringify({ credHelpers: { [authReg.host]: 'cellotest' } }));
-    const h = await cli(['pull', ref, '--plain-http', '--cache', join(work, 'c8'), '--layers', join(work, 'auth-h')], '', { ...process.env, DOCKER_CONFIG: dockerDir, PATH: `${bin}:${process.env.PATH}` });
+    const h = await cli(['pull', ref, '--plain-http', '--cache', join(work, 'c8'), '--layers', join(work, 'auth-h')], '', {
+      ...process.env,
+      DOCKER_CONFIG: dockerDir,
+      PATH: `${bin}:${process.env.PATH}`,
+    });
     expect(h.stderr).toBe('');
     expect(h.status).toBe(0);
   });

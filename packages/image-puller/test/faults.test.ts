@@ -74,7 +74,7 @@ describe('faults through a proxy', () => {
     }
   });
 
-  it('the caller\'s AbortSignal ends a pull in flight promptly and leaves no temp files', async () => {
+  it("the caller's AbortSignal ends a pull in flight promptly and leaves no temp files", async () => {
     let release!: () => void;
     proxy.inject({ match: layer, hold: new Promise<void>((r) => (release = r)) });
     const root = join(work, `cache-${n++}`);
@@ -103,7 +103,9 @@ describe('faults through a proxy', () => {
 
   it('gives up with a network error when 5xx persists', async () => {
     proxy.inject({ match: /\/manifests\//, status: 502 });
-    const err = await puller().pull(ref).catch((e: unknown) => e);
+    const err = await puller()
+      .pull(ref)
+      .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(PullError);
     expect((err as PullError).kind).toBe('network');
     expect(proxy.seen.filter((r) => r.path.includes('/manifests/'))).toHaveLength(fast.attempts);
@@ -131,7 +133,11 @@ describe('TLS', () => {
     const { execFileSync } = await import('node:child_process');
     const cert = join(work, 'reg.crt');
     const key = join(work, 'reg.key');
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    execFileSync(
+      'openssl',
+      ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'],
+      { stdio: 'ignore' },
+    );
     const tlsReg = await startRegistry({ tls: { certificate: cert, key } });
     try {
       const { pushLayoutTag, buildFixtures } = await import('@cello/testkit');
@@ -225,7 +231,11 @@ describe('token auth (distribution auth: token, issuer written for the test)', (
     // An https registry whose realm (the first issuer) is plain HTTP on its own host.
     const cert = join(work, 'realm-reg.crt');
     const key = join(work, 'realm-reg.key');
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    execFileSync(
+      'openssl',
+      ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'],
+      { stdio: 'ignore' },
+    );
     const tlsReg = await startRegistry({ tokenAuth: issuer, tls: { certificate: cert, key } });
     try {
       const auth = () => ({ username: 'alice', password: 's3cret-pw' });

@@ -38,7 +38,13 @@ function outsideIntact(): void {
   expect(xattrsOf(outside)).toEqual([]);
 }
 
-async function expectRejected(name: string, layers: Entry[][], mention: string, kind = 'unsafe-content', limits: { maxImageBytes?: number; maxImageEntries?: number } = {}): Promise<void> {
+async function expectRejected(
+  name: string,
+  layers: Entry[][],
+  mention: string,
+  kind = 'unsafe-content',
+  limits: { maxImageBytes?: number; maxImageEntries?: number } = {},
+): Promise<void> {
   const tars = await Promise.all(layers.map(makeTar));
   const { ref } = await pushImage(registry, `hostile/${name}:1`, tars.map(gzipLayer));
   for (const mode of ['layers', 'rootfs'] as const) {
@@ -64,7 +70,16 @@ async function expectRejected(name: string, layers: Entry[][], mention: string, 
 
 describe('hostile layers are rejected with nothing written outside the root', () => {
   it('../ traversal', async () => {
-    await expectRejected('dotdot', [[{ name: 'etc/', type: 'directory' }, { name: '../../../../../../outside/evil', content: 'x' }]], '../../../../../../outside/evil');
+    await expectRejected(
+      'dotdot',
+      [
+        [
+          { name: 'etc/', type: 'directory' },
+          { name: '../../../../../../outside/evil', content: 'x' },
+        ],
+      ],
+      '../../../../../../outside/evil',
+    );
   });
 
   it('absolute paths', async () => {
@@ -72,7 +87,16 @@ describe('hostile layers are rejected with nothing written outside the root', ()
   });
 
   it('a write through a symlink pointing outside', async () => {
-    await expectRejected('symlink-write', [[{ name: 'link', type: 'symlink', linkname: outside }, { name: 'link/evil', content: 'x' }]], 'link/evil');
+    await expectRejected(
+      'symlink-write',
+      [
+        [
+          { name: 'link', type: 'symlink', linkname: outside },
+          { name: 'link/evil', content: 'x' },
+        ],
+      ],
+      'link/evil',
+    );
   });
 
   it('a write through a symlink planted by an earlier layer', async () => {
@@ -80,17 +104,32 @@ describe('hostile layers are rejected with nothing written outside the root', ()
   });
 
   it('a symlink chain escape', async () => {
-    await expectRejected('chain', [[
-      { name: 'a', type: 'symlink', linkname: 'b' },
-      { name: 'b', type: 'symlink', linkname: `../../../../../../../..${outside}` },
-      { name: 'a/evil', content: 'x' },
-    ]], 'a/evil');
+    await expectRejected(
+      'chain',
+      [
+        [
+          { name: 'a', type: 'symlink', linkname: 'b' },
+          { name: 'b', type: 'symlink', linkname: `../../../../../../../..${outside}` },
+          { name: 'a/evil', content: 'x' },
+        ],
+      ],
+      'a/evil',
+    );
   });
 
   it('a hardlink to a file outside', async () => {
     await expectRejected('hardlink-abs', [[{ name: 'hl', type: 'link', linkname: `${outside}/victim` }]], 'hl');
     await expectRejected('hardlink-rel', [[{ name: 'hl', type: 'link', linkname: '../../../../../../../../../etc/passwd' }]], 'hl');
-    await expectRejected('hardlink-via-symlink', [[{ name: 'link', type: 'symlink', linkname: outside }, { name: 'hl', type: 'link', linkname: 'link/victim' }]], 'hl');
+    await expectRejected(
+      'hardlink-via-symlink',
+      [
+        [
+          { name: 'link', type: 'symlink', linkname: outside },
+          { name: 'hl', type: 'link', linkname: 'link/victim' },
+        ],
+      ],
+      'hl',
+    );
   });
 
   it('whiteouts naming .. or outside paths', async () => {
@@ -99,13 +138,26 @@ describe('hostile layers are rejected with nothing written outside the root', ()
     await expectRejected('wh-symlink', [[{ name: 'link', type: 'symlink', linkname: outside }], [{ name: 'link/.wh.victim', content: '' }]], 'link/.wh.victim');
   });
 
-  it('extended attribute names that would inject into a dump, overlayfs\' own, oversized values', async () => {
+  it("extended attribute names that would inject into a dump, overlayfs' own, oversized values", async () => {
     // In a `setfattr --restore` dump this name ends the entry's block and starts one for the victim.
     const inject = `user.a\n\n# file: ${outside}/victim\nuser.pwned`;
     await expectRejected('xattr-newline', [[{ name: 'f', content: 'x', pax: { [`SCHILY.xattr.${inject}`]: 'v' } }]], 'extended attribute name');
-    await expectRejected('xattr-libarchive', [[{ name: 'f', content: 'x', pax: { [`LIBARCHIVE.xattr.${encodeURIComponent(inject)}`]: Buffer.from('v').toString('base64') } }]], 'extended attribute name');
+    await expectRejected(
+      'xattr-libarchive',
+      [[{ name: 'f', content: 'x', pax: { [`LIBARCHIVE.xattr.${encodeURIComponent(inject)}`]: Buffer.from('v').toString('base64') } }]],
+      'extended attribute name',
+    );
     await expectRejected('xattr-nul', [[{ name: 'f', content: 'x', pax: { 'SCHILY.xattr.user.a\u0000b': 'v' } }]], 'extended attribute name');
-    await expectRejected('xattr-overlay', [[{ name: 'd/', type: 'directory' }, { name: 'd/', type: 'directory', pax: { 'SCHILY.xattr.trusted.overlay.opaque': 'y' } }]], '"trusted.overlay.opaque" is overlayfs\' own');
+    await expectRejected(
+      'xattr-overlay',
+      [
+        [
+          { name: 'd/', type: 'directory' },
+          { name: 'd/', type: 'directory', pax: { 'SCHILY.xattr.trusted.overlay.opaque': 'y' } },
+        ],
+      ],
+      '"trusted.overlay.opaque" is overlayfs\' own',
+    );
     await expectRejected('xattr-overlay-redirect', [[{ name: 'd/', type: 'directory', pax: { 'SCHILY.xattr.trusted.overlay.redirect': '/etc' } }]], '"trusted.overlay.redirect"');
     await expectRejected('xattr-big', [[{ name: 'f', content: 'x', pax: { 'SCHILY.xattr.user.big': 'v'.repeat(65537) } }]], 'over 65536');
     // What the kernel refuses (a malformed capability) names the entry, not the fd it was set through.
@@ -118,7 +170,12 @@ describe('hostile layers are rejected with nothing written outside the root', ()
     const cap = Buffer.from([0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, ...new Array<number>(12).fill(0)]);
     const tar = await makeTar([
       { name: 'bin/', type: 'directory', pax: { 'SCHILY.xattr.user.dir': 'd' } },
-      { name: 'bin/ping', content: 'elf', mode: 0o755, pax: { 'SCHILY.xattr.security.capability': cap.toString('latin1'), 'SCHILY.xattr.user.k': 'v', 'SCHILY.xattr.system.posix_acl_access': 'junk' } },
+      {
+        name: 'bin/ping',
+        content: 'elf',
+        mode: 0o755,
+        pax: { 'SCHILY.xattr.security.capability': cap.toString('latin1'), 'SCHILY.xattr.user.k': 'v', 'SCHILY.xattr.system.posix_acl_access': 'junk' },
+      },
       { name: 'bin/link', type: 'symlink', linkname: 'ping', pax: { 'SCHILY.xattr.trusted.sym': 's', 'SCHILY.xattr.user.cannot': 'x' } },
       { name: 'escape', type: 'symlink', linkname: `${outside}/victim`, pax: { 'SCHILY.xattr.trusted.on-link': '1' } },
     ]);
@@ -147,21 +204,30 @@ describe('hostile layers are rejected with nothing written outside the root', ()
   it('a hardlink copy-up resolves its target as overlayfs serves it: never through a symlink of a lower layer', async () => {
     // Layer 1's symlink x -> outside is hidden by layer 2's directory x; overlayfs serves x/victim
     // from layer 2 (where it is absent), never through layer 1's symlink.
-    await expectRejected('copyup-hidden-symlink', [
-      [{ name: 'x', type: 'symlink', linkname: outside }],
-      [{ name: 'x/', type: 'directory' }],
-      [{ name: 'h', type: 'link', linkname: 'x/victim' }],
-    ], 'hardlink target "x/victim"', 'invalid');
-    await expectRejected('copyup-served-symlink', [
-      [{ name: 'x', type: 'symlink', linkname: outside }],
-      [{ name: 'h', type: 'link', linkname: 'x/victim' }],
-    ], 'layer entry "h"');
+    await expectRejected(
+      'copyup-hidden-symlink',
+      [[{ name: 'x', type: 'symlink', linkname: outside }], [{ name: 'x/', type: 'directory' }], [{ name: 'h', type: 'link', linkname: 'x/victim' }]],
+      'hardlink target "x/victim"',
+      'invalid',
+    );
+    await expectRejected('copyup-served-symlink', [[{ name: 'x', type: 'symlink', linkname: outside }], [{ name: 'h', type: 'link', linkname: 'x/victim' }]], 'layer entry "h"');
     // An opaque directory hides what lower layers had under it.
-    await expectRejected('copyup-opaque', [
-      [{ name: 'd/', type: 'directory' }, { name: 'd/f', content: 'lower' }],
-      [{ name: 'd/', type: 'directory' }, { name: 'd/.wh..wh..opq', content: '' }],
-      [{ name: 'h', type: 'link', linkname: 'd/f' }],
-    ], 'hardlink target "d/f"', 'invalid');
+    await expectRejected(
+      'copyup-opaque',
+      [
+        [
+          { name: 'd/', type: 'directory' },
+          { name: 'd/f', content: 'lower' },
+        ],
+        [
+          { name: 'd/', type: 'directory' },
+          { name: 'd/.wh..wh..opq', content: '' },
+        ],
+        [{ name: 'h', type: 'link', linkname: 'd/f' }],
+      ],
+      'hardlink target "d/f"',
+      'invalid',
+    );
   });
 
   it('an image over maxImageEntries or maxImageBytes, though each layer is within its own bound', async () => {

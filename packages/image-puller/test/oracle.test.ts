@@ -45,20 +45,24 @@ describe('flattened rootfs equals umoci unpack', () => {
     ['debianGzip', 'debian 5 layers, gzip'],
     ['debianZstd', 'debian 5 layers, zstd'],
     ['debianPlain', 'debian 5 layers, uncompressed'],
-  ] as const)('%s: %s', async (key, _what) => {
-    const ref = pushed[key]!;
-    const oracle = oracles.get(key.startsWith('debian') ? 'debian' : 'busybox')!;
-    const puller = new ImagePuller({ root: join(work, `cache-${key}`), plainHttp: [registry.host] });
-    const dir = join(work, `rootfs-${key}`);
-    await puller.pullToRootfs(ref, dir);
-    await puller.close();
-    expect(diffTrees(oracle, snapshot(dir))).toEqual([]);
-    if (key.startsWith('debian')) {
-      // A PAX xattr survives.
-      expect(execFileSync('getfattr', ['--only-values', '-n', 'user.cello', join(dir, 'opt/app/xattr-file')]).toString()).toBe('fixture');
-    }
-    rmSync(dir, { recursive: true, force: true });
-  }, 300_000);
+  ] as const)(
+    '%s: %s',
+    async (key, _what) => {
+      const ref = pushed[key]!;
+      const oracle = oracles.get(key.startsWith('debian') ? 'debian' : 'busybox')!;
+      const puller = new ImagePuller({ root: join(work, `cache-${key}`), plainHttp: [registry.host] });
+      const dir = join(work, `rootfs-${key}`);
+      await puller.pullToRootfs(ref, dir);
+      await puller.close();
+      expect(diffTrees(oracle, snapshot(dir))).toEqual([]);
+      if (key.startsWith('debian')) {
+        // A PAX xattr survives.
+        expect(execFileSync('getfattr', ['--only-values', '-n', 'user.cello', join(dir, 'opt/app/xattr-file')]).toString()).toBe('fixture');
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+    300_000,
+  );
 });
 
 describe('overlay layers', () => {

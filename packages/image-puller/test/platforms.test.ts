@@ -23,14 +23,29 @@ async function image(repo: string, tag: string, config: Record<string, unknown>)
   const layerDigest = await pushBlob(registry, repo, layer);
   const cfg = Buffer.from(JSON.stringify({ rootfs: { type: 'layers', diff_ids: [layerDigest] }, ...config }));
   const cfgDigest = await pushBlob(registry, repo, cfg);
-  const m = { schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: cfgDigest, size: cfg.length }, layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layerDigest, size: layer.length }] };
+  const m = {
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: cfgDigest, size: cfg.length },
+    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layerDigest, size: layer.length }],
+  };
   const digest = await putManifest(repo, tag, m.mediaType, m);
   return { digest, size: Buffer.byteLength(JSON.stringify(m)) };
 }
 
 const read = (ref: string) => {
   const r = parseReference(ref.replace('REG', registry.host));
-  const client = new RegistryClient({ registry: r.registry, repository: r.repository, hostTransport: PLAIN, dispatcher, credentials: undefined, tokens: new TokenCache(), transport: { ...DEFAULT_TRANSPORT, attempts: 1 }, logger: undefined, signal: AbortSignal.timeout(10_000) });
+  const client = new RegistryClient({
+    registry: r.registry,
+    repository: r.repository,
+    hostTransport: PLAIN,
+    dispatcher,
+    credentials: undefined,
+    tokens: new TokenCache(),
+    transport: { ...DEFAULT_TRANSPORT, attempts: 1 },
+    logger: undefined,
+    signal: AbortSignal.timeout(10_000),
+  });
   return readImagePlatforms(client, r);
 };
 
@@ -43,7 +58,7 @@ afterAll(async () => {
 });
 
 describe('readImagePlatforms', () => {
-  it('a single manifest: its config\'s os, architecture and variant', async () => {
+  it("a single manifest: its config's os, architecture and variant", async () => {
     const { digest } = await image('p/arm', '1', { os: 'linux', architecture: 'arm', variant: 'v7' });
     expect(await read('REG/p/arm:1')).toEqual({ digest, platforms: [{ os: 'linux', architecture: 'arm', variant: 'v7' }] });
     // By digest: the same, and the digest is checked.
@@ -54,10 +69,22 @@ describe('readImagePlatforms', () => {
     const a = await image('p/multi', 'a', { os: 'linux', architecture: 'amd64' });
     const d = (p: Record<string, string>) => ({ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: a.digest, size: a.size, platform: p });
     const digest = await putManifest('p/multi', '1', 'application/vnd.oci.image.index.v1+json', {
-      schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json',
-      manifests: [d({ os: 'linux', architecture: 'amd64' }), d({ os: 'windows', architecture: 'amd64' }), d({ os: 'unknown', architecture: 'unknown' }), d({ os: 'linux', architecture: 's390x' })],
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.index.v1+json',
+      manifests: [
+        d({ os: 'linux', architecture: 'amd64' }),
+        d({ os: 'windows', architecture: 'amd64' }),
+        d({ os: 'unknown', architecture: 'unknown' }),
+        d({ os: 'linux', architecture: 's390x' }),
+      ],
     });
-    expect(await read('REG/p/multi:1')).toEqual({ digest, platforms: [{ os: 'linux', architecture: 'amd64' }, { os: 'linux', architecture: 's390x' }] });
+    expect(await read('REG/p/multi:1')).toEqual({
+      digest,
+      platforms: [
+        { os: 'linux', architecture: 'amd64' },
+        { os: 'linux', architecture: 's390x' },
+      ],
+    });
   });
 
   it('odd and hostile images: clear errors naming the image', async () => {
@@ -66,7 +93,11 @@ describe('readImagePlatforms', () => {
     await image('p/win', '1', { os: 'windows', architecture: 'amd64' });
     await expect(read('REG/p/win:1')).rejects.toThrow(/p\/win:1: the image is for windows\/amd64, not linux/);
     const a = await image('p/winonly', 'a', { os: 'windows', architecture: 'amd64' });
-    await putManifest('p/winonly', '1', 'application/vnd.oci.image.index.v1+json', { schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: a.digest, size: a.size, platform: { os: 'windows', architecture: 'amd64' } }] });
+    await putManifest('p/winonly', '1', 'application/vnd.oci.image.index.v1+json', {
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.index.v1+json',
+      manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: a.digest, size: a.size, platform: { os: 'windows', architecture: 'amd64' } }],
+    });
     await expect(read('REG/p/winonly:1')).rejects.toThrow(/p\/winonly:1: the index lists no linux platform/);
     await expect(read('REG/p/none:1')).rejects.toThrow(/p\/none: manifest 1 not found/);
     const wrong = `sha256:${'0'.repeat(64)}`;

@@ -45,7 +45,9 @@ describe('manifests and platforms', () => {
     expect(readFileSync(join(arm.layerDirs[0]!, 'etc/cello-arch'), 'utf8')).toBe('arm64\n');
     const arm2 = await newPuller({ platform: { os: 'linux', architecture: 'arm64' } }).pull(pushed.busyboxMulti);
     expect(arm2.digest).toBe(arm.digest);
-    const err = await newPuller({ platform: { os: 'linux', architecture: 's390x' } }).pull(pushed.busyboxMulti).catch((e: unknown) => e);
+    const err = await newPuller({ platform: { os: 'linux', architecture: 's390x' } })
+      .pull(pushed.busyboxMulti)
+      .catch((e: unknown) => e);
     expect((err as PullError).kind).toBe('not-found');
     expect((err as PullError).message).toMatch(/no manifest for platform linux\/s390x \(available: linux\/amd64, linux\/arm64\/v8\)/);
   });
@@ -59,7 +61,9 @@ describe('manifests and platforms', () => {
     expect((await newPuller().pull(`${pushed.busybox}@${byTag.digest}`)).digest).toBe(byTag.digest);
 
     proxy.inject({ match: new RegExp(`/manifests/${byTag.digest}$`), corruptAt: 10 });
-    const err = await newPuller().pull(viaProxy(`${repo}@${byTag.digest}`)).catch((e: unknown) => e);
+    const err = await newPuller()
+      .pull(viaProxy(`${repo}@${byTag.digest}`))
+      .catch((e: unknown) => e);
     proxy.inject();
     expect((err as PullError).kind).toBe('integrity');
     expect((err as PullError).message).toContain(byTag.digest);
@@ -67,7 +71,9 @@ describe('manifests and platforms', () => {
 
   it('Docker schema 1 is refused with a clear error; missing tags are not-found', async () => {
     expect(() => checkManifestType('application/vnd.docker.distribution.manifest.v1+prettyjws', 'x')).toThrow(/schema 1 manifest, which is not supported/);
-    const err = await newPuller().pull(`${registry.host}/busybox:nope`).catch((e: unknown) => e);
+    const err = await newPuller()
+      .pull(`${registry.host}/busybox:nope`)
+      .catch((e: unknown) => e);
     expect((err as PullError).kind).toBe('not-found');
   });
 });
@@ -104,7 +110,14 @@ describe('cache', () => {
 
   it('gc keeps what kept images use and removes the rest', async () => {
     const p = newPuller();
-    const { ref: other } = await pushImage(registry, 'gc/other:1', [gzipLayer(await makeTar([{ name: 'etc/', type: 'directory' }, { name: 'etc/other', content: 'x'.repeat(10000) }]))]);
+    const { ref: other } = await pushImage(registry, 'gc/other:1', [
+      gzipLayer(
+        await makeTar([
+          { name: 'etc/', type: 'directory' },
+          { name: 'etc/other', content: 'x'.repeat(10000) },
+        ]),
+      ),
+    ]);
     const bb = await p.pull(pushed.busybox);
     const o = await p.pull(other);
     const kept = await p.gc([pushed.busybox]);
@@ -120,9 +133,14 @@ describe('cache', () => {
     expect(await p.cached(pushed.busybox)).toBeUndefined();
   });
 
-  it('overlay form: a hardlink to a lower layer\'s file copies it up with its mode, owner and extended attributes', async () => {
+  it("overlay form: a hardlink to a lower layer's file copies it up with its mode, owner and extended attributes", async () => {
     const p = newPuller();
-    const lower = gzipLayer(await makeTar([{ name: 'opt/', type: 'directory' }, { name: 'opt/tool', content: 'bin', mode: 0o4750, uid: 7, gid: 8, pax: { 'SCHILY.xattr.user.origin': 'lower' } }]));
+    const lower = gzipLayer(
+      await makeTar([
+        { name: 'opt/', type: 'directory' },
+        { name: 'opt/tool', content: 'bin', mode: 0o4750, uid: 7, gid: 8, pax: { 'SCHILY.xattr.user.origin': 'lower' } },
+      ]),
+    );
     const upper = gzipLayer(await makeTar([{ name: 'opt/tool-link', type: 'link', linkname: 'opt/tool' }]));
     const { ref } = await pushImage(registry, 'copyup/xattr:1', [lower, upper]);
     const img = await p.pull(ref);
@@ -133,21 +151,28 @@ describe('cache', () => {
     expect(execFileSync('getfattr', ['--only-values', '-n', 'user.origin', up]).toString()).toBe('lower');
   });
 
-  it('owners and modes are the headers\' exactly: root files under a setgid directory, modes the umask would cut, setuid', async () => {
+  it("owners and modes are the headers' exactly: root files under a setgid directory, modes the umask would cut, setuid", async () => {
     // Root-owned files skip the chown (creating them as root already gives 0:0) unless a setgid
     // directory would hand its group down; modes skip the chmod only when open(2) set them whole.
     const p = newPuller();
-    const base = gzipLayer(await makeTar([{ name: 'srv/', type: 'directory', mode: 0o2775, gid: 50 }, { name: 'srv/old', content: 'a' }]));
-    const top = gzipLayer(await makeTar([
-      { name: 'srv/new', content: 'b' },
-      { name: 'srv/sub/', type: 'directory' },
-      { name: 'srv/sub/deeper', content: 'c' },
-      { name: 'srv/link', type: 'symlink', linkname: 'new' },
-      { name: 'opt/', type: 'directory' },
-      { name: 'opt/group-writable', content: 'd', mode: 0o664 },
-      { name: 'opt/setuid', content: 'e', mode: 0o4755 },
-      { name: 'opt/theirs', content: 'f', mode: 0o640, uid: 7, gid: 8 },
-    ]));
+    const base = gzipLayer(
+      await makeTar([
+        { name: 'srv/', type: 'directory', mode: 0o2775, gid: 50 },
+        { name: 'srv/old', content: 'a' },
+      ]),
+    );
+    const top = gzipLayer(
+      await makeTar([
+        { name: 'srv/new', content: 'b' },
+        { name: 'srv/sub/', type: 'directory' },
+        { name: 'srv/sub/deeper', content: 'c' },
+        { name: 'srv/link', type: 'symlink', linkname: 'new' },
+        { name: 'opt/', type: 'directory' },
+        { name: 'opt/group-writable', content: 'd', mode: 0o664 },
+        { name: 'opt/setuid', content: 'e', mode: 0o4755 },
+        { name: 'opt/theirs', content: 'f', mode: 0o640, uid: 7, gid: 8 },
+      ]),
+    );
     const { ref } = await pushImage(registry, 'owners/setgid:1', [base, top]);
     const old = process.umask(0o022);
     try {
@@ -181,8 +206,18 @@ describe('cache', () => {
 
   it('rootfs: a later layer is verified like the first: bad DiffID, corrupt blob, unsafe entry; nothing left in tmp', async () => {
     const big = randomBytes(1_500_000); // incompressible: a transfer long enough to corrupt midway
-    const base = gzipLayer(await makeTar([{ name: 'etc/', type: 'directory' }, { name: 'etc/base', content: 'base\n' }]));
-    const good = gzipLayer(await makeTar([{ name: 'opt/', type: 'directory' }, { name: 'opt/big', content: big }]));
+    const base = gzipLayer(
+      await makeTar([
+        { name: 'etc/', type: 'directory' },
+        { name: 'etc/base', content: 'base\n' },
+      ]),
+    );
+    const good = gzipLayer(
+      await makeTar([
+        { name: 'opt/', type: 'directory' },
+        { name: 'opt/big', content: big },
+      ]),
+    );
     const out = (name: string) => join(work, `later-${name}`);
     const { ref } = await pushImage(registry, 'later/ok:1', [base, good]);
     const p = newPuller();
@@ -207,7 +242,13 @@ describe('cache', () => {
       proxy.inject();
     }
 
-    const hostile = gzipLayer(await makeTar([{ name: 'opt/', type: 'directory' }, { name: 'opt/big', content: big }, { name: '../escape', content: 'x' }]));
+    const hostile = gzipLayer(
+      await makeTar([
+        { name: 'opt/', type: 'directory' },
+        { name: 'opt/big', content: big },
+        { name: '../escape', content: 'x' },
+      ]),
+    );
     const { ref: bad } = await pushImage(registry, 'later/hostile:1', [base, hostile]);
     await expect(newPuller().pullToRootfs(bad, out('hostile'))).rejects.toMatchObject({ kind: 'unsafe-content' });
     expect(existsSync(join(work, 'escape'))).toBe(false);
@@ -216,7 +257,12 @@ describe('cache', () => {
   it('gc in one process keeps what a pull in another process is using (leases)', async () => {
     const root = join(work, `cache-${n++}`);
     const p = newPuller({ root });
-    const base = gzipLayer(await makeTar([{ name: 'etc/', type: 'directory' }, { name: 'etc/base', content: 'b'.repeat(10000) }]));
+    const base = gzipLayer(
+      await makeTar([
+        { name: 'etc/', type: 'directory' },
+        { name: 'etc/base', content: 'b'.repeat(10000) },
+      ]),
+    );
     const top = gzipLayer(await makeTar([{ name: 'etc/top', content: 'top\n' }]));
     const topDigest = `sha256:${createHash('sha256').update(top.blob).digest('hex')}`;
     const { ref: first } = await pushImage(registry, 'lease/base:1', [base]);
@@ -224,13 +270,18 @@ describe('cache', () => {
     const baseDir = (await p.pull(first)).layerDirs[0]!; // cached, and kept by no one
     let release!: () => void;
     proxy.inject({ match: new RegExp(topDigest), hold: new Promise<void>((r) => (release = r)) });
-    const child = spawn(process.execPath, [CLI, 'pull', viaProxy(second), '--plain-http', '--cache', root, '--layers', join(work, 'lease-out'), '--json'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, [CLI, 'pull', viaProxy(second), '--plain-http', '--cache', root, '--layers', join(work, 'lease-out'), '--json'], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     let out = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
     try {
       // The other process has resolved the image (its lease is written) and waits for the top layer.
-      await waitFor('the other pull to hold a lease and wait for its top layer', () =>
-        readdirSync(join(root, 'leases')).length > 0 && proxy.seen.some((r) => r.path.includes(topDigest)), { timeoutMs: 20_000 });
+      await waitFor(
+        'the other pull to hold a lease and wait for its top layer',
+        () => readdirSync(join(root, 'leases')).length > 0 && proxy.seen.some((r) => r.path.includes(topDigest)),
+        { timeoutMs: 20_000 },
+      );
       await p.gc([]);
       expect(existsSync(baseDir)).toBe(true);
     } finally {

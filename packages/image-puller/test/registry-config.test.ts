@@ -15,7 +15,10 @@ const cache = (): string => join(pki.dir, `cache-${n++}`);
 const puller = (registries: RegistryConfig): ImagePuller => new ImagePuller({ root: cache(), registries, transport: fast });
 
 async function pullError(p: Promise<unknown>): Promise<PullError> {
-  const err = await p.then(() => undefined, (e: unknown) => e);
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   expect(err).toBeInstanceOf(PullError);
   return err as PullError;
 }
@@ -69,7 +72,10 @@ describe('parseRegistryConfig: bad input names the field', () => {
 
   it('a file: YAML, files relative to it, only a registries: map', () => {
     const file = join(pki.dir, 'registries.yaml');
-    writeFileSync(file, `registries:\n  "reg.internal:5443":\n    caFile: ca.pem\n    client: {certFile: client.pem, keyFile: client.key}\n  docker.io:\n    mirrors: [{host: "mirror.internal:5000", prefix: dockerhub}]\n`);
+    writeFileSync(
+      file,
+      `registries:\n  "reg.internal:5443":\n    caFile: ca.pem\n    client: {certFile: client.pem, keyFile: client.key}\n  docker.io:\n    mirrors: [{host: "mirror.internal:5000", prefix: dockerhub}]\n`,
+    );
     const cfg = loadRegistryConfig(file);
     expect(cfg['reg.internal:5443']!.caPem).toEqual([readFileSync(pki.ca, 'utf8')]);
     expect(cfg['reg.internal:5443']!.client!.keyPem).toBe(readFileSync(pki.client.key, 'utf8'));
@@ -120,9 +126,10 @@ describe('TLS with a private CA', () => {
 describe('TLS with a required client certificate (http.tls.clientcas)', () => {
   let reg: RegistryServer;
   let ref: string;
-  const cfg = (client?: { cert: string; key: string }): RegistryConfig => parseRegistryConfig({
-    [reg.host]: { caFile: pki.ca, ...(client ? { client: { certFile: client.cert, keyFile: client.key } } : {}) },
-  });
+  const cfg = (client?: { cert: string; key: string }): RegistryConfig =>
+    parseRegistryConfig({
+      [reg.host]: { caFile: pki.ca, ...(client ? { client: { certFile: client.cert, keyFile: client.key } } : {}) },
+    });
   beforeAll(async () => {
     reg = await startRegistry({ tls: { certificate: pki.server.cert, key: pki.server.key, clientCas: [pki.ca], client: pki.client } });
     ref = await pushBusybox(reg, 'mtls/bb:1');
@@ -179,7 +186,7 @@ describe('mirrors and rewrites (plain-HTTP registries)', () => {
     expect((await puller(registries).pull(ref)).layerDirs).toHaveLength(1);
   });
 
-  it('the upstream\'s own failure is the error when every endpoint fails', async () => {
+  it("the upstream's own failure is the error when every endpoint fails", async () => {
     const registries = parseRegistryConfig({ ...plain(empty.host), [upstream.host]: { plainHttp: true, mirrors: [{ host: empty.host }] } });
     const err = await pullError(puller(registries).pull(`${upstream.host}/team/missing:1`));
     expect(err.kind).toBe('not-found');
@@ -188,14 +195,22 @@ describe('mirrors and rewrites (plain-HTTP registries)', () => {
 
   it('a mirror that has the image serves it (the upstream is down), with its prefix', async () => {
     const down = `127.0.0.1:${await freePort()}`;
-    const registries = parseRegistryConfig({ ...plain(mirror.host), [down]: { plainHttp: true, mirrors: [{ host: empty.host }, { host: mirror.host, prefix: 'cache' }] }, ...plain(empty.host) });
+    const registries = parseRegistryConfig({
+      ...plain(mirror.host),
+      [down]: { plainHttp: true, mirrors: [{ host: empty.host }, { host: mirror.host, prefix: 'cache' }] },
+      ...plain(empty.host),
+    });
     const img = await puller(registries).pull(`${down}/team/bb:1`);
     expect(img.reference).toBe(`${down}/team/bb:1`); // cached under the name asked for
   });
 
   it('capabilities: a pull-only mirror is not asked to resolve a tag, and serves by digest', async () => {
     const down = `127.0.0.1:${await freePort()}`;
-    const registries = parseRegistryConfig({ ...plain(mirror.host), ...plain(down), [down]: { plainHttp: true, mirrors: [{ host: mirror.host, prefix: 'cache', capabilities: ['pull'] }] } });
+    const registries = parseRegistryConfig({
+      ...plain(mirror.host),
+      ...plain(down),
+      [down]: { plainHttp: true, mirrors: [{ host: mirror.host, prefix: 'cache', capabilities: ['pull'] }] },
+    });
     const err = await pullError(puller(registries).pull(`${down}/team/bb:1`));
     expect(err.message).toMatch(new RegExp(`^${down}: `)); // the tag went to the (dead) upstream
     const { digest } = await new ImagePuller({ root: cache(), plainHttp: [upstream.host] }).inspect(ref);

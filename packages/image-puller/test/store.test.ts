@@ -15,7 +15,7 @@ function deadPid(): number {
 }
 
 describe('Store locks', () => {
-  it('a lock appears with its holder\'s PID in it, and is gone after', async () => {
+  it("a lock appears with its holder's PID in it, and is gone after", async () => {
     const store = new Store(join(work, 'a'));
     let inside = '';
     await store.withLock('blob-x', async () => {
@@ -31,9 +31,13 @@ describe('Store locks', () => {
     const file = join(store.locks, 'blob-y');
     writeFileSync(file, `${deadPid()}\n`);
     let ran = false;
-    await store.withLock('blob-y', async () => {
-      ran = true;
-    }, 5_000);
+    await store.withLock(
+      'blob-y',
+      async () => {
+        ran = true;
+      },
+      5_000,
+    );
     expect(ran).toBe(true);
     // A waiter that found holder D dead, but meanwhile another waiter broke D's lock and took
     // it: the live lock must survive the late break.

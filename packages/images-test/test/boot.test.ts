@@ -21,7 +21,6 @@ import { installSh } from './helpers/paths.js';
 import { ensureRootfs } from './helpers/rootfs.js';
 import { bootVm, makeDisk, type Vm } from './helpers/vm.js';
 
-
 const CELL_ID = 'cell-boot-test';
 const AGENT_PORT = 7443;
 // Where the guest sees the registry: an address of the guest network forwarded to the host.
@@ -66,7 +65,9 @@ describe('the cell image booted under qemu', () => {
     // Test-only drop-in: the agent's and the first boot's logs also go to the serial console,
     // which the test prints when something fails. The units themselves are as installed.
     for (const unit of ['cell-agent', 'cello-first-boot']) {
-      m.sh(`mkdir -p /etc/systemd/system/${unit}.service.d && printf '[Service]\\nStandardOutput=journal+console\\nStandardError=journal+console\\n' > /etc/systemd/system/${unit}.service.d/console.conf`);
+      m.sh(
+        `mkdir -p /etc/systemd/system/${unit}.service.d && printf '[Service]\\nStandardOutput=journal+console\\nStandardError=journal+console\\n' > /etc/systemd/system/${unit}.service.d/console.conf`,
+      );
     }
     const disk = makeDisk(m, work);
     phase('disk image made');
@@ -106,7 +107,10 @@ describe('the cell image booted under qemu', () => {
     };
     phase('qemu started');
 
-    await waitFor('the guest to read its user data over IMDSv2', () => imds!.requests.some((r) => r.path === '/latest/user-data' && r.token), { timeoutMs: 420_000, intervalMs: 1000 }).catch(withConsole);
+    await waitFor('the guest to read its user data over IMDSv2', () => imds!.requests.some((r) => r.path === '/latest/user-data' && r.token), {
+      timeoutMs: 420_000,
+      intervalMs: 1000,
+    }).catch(withConsole);
     phase('first boot read the user data');
     expect(imds.requests[0]).toMatchObject({ method: 'PUT', path: '/latest/api/token' });
 
@@ -118,7 +122,9 @@ describe('the cell image booted under qemu', () => {
     const creds = mtlsAgentCredentials(() => ({ caPem: ca.certPem, certPem: client.certPem, keyPem: client.keyPem }));
     const c = new CellAgentClient(`127.0.0.1:${agentHostPort}`, creds.forCell(CELL_ID), creds.options?.(CELL_ID) ?? {});
     try {
-      const status = await waitFor('the agent to serve mTLS', () => call<GetStatusResponse>((cb) => c.getStatus({}, cb)), { timeoutMs: 120_000, intervalMs: 1000 }).catch(withConsole);
+      const status = await waitFor('the agent to serve mTLS', () => call<GetStatusResponse>((cb) => c.getStatus({}, cb)), { timeoutMs: 120_000, intervalMs: 1000 }).catch(
+        withConsole,
+      );
       expect(status).toBeDefined();
       const { pod } = podFromManifest(`
 apiVersion: v1

@@ -78,7 +78,9 @@ describe('agent bundle', () => {
   });
 
   it('is reproducible: root-owned entries with one fixed mtime', () => {
-    const listing = execFileSync('tar', ['--numeric-owner', '--full-time', '-tvzf', bundles.tarball('amd64')], { encoding: 'utf8' }).trim().split('\n');
+    const listing = execFileSync('tar', ['--numeric-owner', '--full-time', '-tvzf', bundles.tarball('amd64')], { encoding: 'utf8' })
+      .trim()
+      .split('\n');
     const owners = new Set(listing.map((l) => l.split(/\s+/)[1]));
     const times = new Set(listing.map((l) => l.split(/\s+/).slice(3, 5).join(' ')));
     expect([...owners]).toEqual(['0/0']);

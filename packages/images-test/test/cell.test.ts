@@ -88,7 +88,9 @@ describe('a plain Debian 12 with install.sh', () => {
     }).toString('utf8');
     imds = await startMetadataDouble({ cloud: 'aws', userData, instanceId: 'i-0e2e000000000001' });
     // Only the endpoints differ from a cloud: the metadata double and a loopback listener.
-    m.sh(`sed -i -e 's|^CELLO_METADATA=.*|CELLO_METADATA=aws|' -e 's|^CELLO_AWS_IMDS_ENDPOINT=.*|CELLO_AWS_IMDS_ENDPOINT=${imds.url}|' -e 's|^CELLO_AGENT_LISTEN_HOST=.*|CELLO_AGENT_LISTEN_HOST=127.0.0.1|' /etc/cello/first-boot.env`);
+    m.sh(
+      `sed -i -e 's|^CELLO_METADATA=.*|CELLO_METADATA=aws|' -e 's|^CELLO_AWS_IMDS_ENDPOINT=.*|CELLO_AWS_IMDS_ENDPOINT=${imds.url}|' -e 's|^CELLO_AGENT_LISTEN_HOST=.*|CELLO_AGENT_LISTEN_HOST=127.0.0.1|' /etc/cello/first-boot.env`,
+    );
 
     const read = (p: string) => {
       const r = m.run(['cat', p]);
@@ -101,8 +103,16 @@ describe('a plain Debian 12 with install.sh', () => {
 
     const unit = execStart(m.sh('cat /etc/systemd/system/cell-agent.service'), read);
     expect(unit.argv).toEqual([
-      '/usr/local/bin/cell-agent', 'serve', '--listen', `127.0.0.1:${port}`, '--state-dir', '/var/lib/cello/agent',
-      '--bootstrap-user-data', '/var/lib/cello/bootstrap/user-data.json', '--insecure-registry', registry.host,
+      '/usr/local/bin/cell-agent',
+      'serve',
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--state-dir',
+      '/var/lib/cello/agent',
+      '--bootstrap-user-data',
+      '/var/lib/cello/bootstrap/user-data.json',
+      '--insecure-registry',
+      registry.host,
     ]);
     for (const pre of unit.pre) {
       const r = m.run(['env', ...envArgs(unit.env), ...pre]);
@@ -167,11 +177,10 @@ spec:
       ).catch((e: Error) => failWithLogs(new Error(`${e.message}\nrunc list:\n${list}`)));
 
       await call((cb) => c.deletePod(DeletePodRequest.fromPartial({ gracePeriodSeconds: 0 }), cb));
-      await waitFor(
-        'the pod to stop',
-        () => m.runBeside(agent!.pid!, ['runc', '--root', '/var/lib/cello/agent/runc', 'list', '-q']).stdout.trim() === '',
-        { timeoutMs: 60_000, intervalMs: 500 },
-      );
+      await waitFor('the pod to stop', () => m.runBeside(agent!.pid!, ['runc', '--root', '/var/lib/cello/agent/runc', 'list', '-q']).stdout.trim() === '', {
+        timeoutMs: 60_000,
+        intervalMs: 500,
+      });
     } finally {
       c.close();
     }

@@ -38,7 +38,27 @@ function snapshot(m: Chroot): string {
 function selfSignedCa(): string {
   const dir = execFileSync('mktemp', ['-d'], { encoding: 'utf8' }).trim();
   try {
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, 'k'), '-out', join(dir, 'c'), '-subj', '/CN=cello test CA', '-days', '1'], { stdio: 'ignore' });
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-keyout',
+        join(dir, 'k'),
+        '-out',
+        join(dir, 'c'),
+        '-subj',
+        '/CN=cello test CA',
+        '-days',
+        '1',
+      ],
+      { stdio: 'ignore' },
+    );
     return readFileSync(join(dir, 'c'), 'utf8');
   } finally {
     execFileSync('rm', ['-rf', dir]);
@@ -112,7 +132,14 @@ describe('install.sh', () => {
       expect(m.sh('stat -c %a /var/lib/cello')).toBe('700\n');
 
       const unit = m.sh('cat /etc/systemd/system/cell-agent.service');
-      for (const line of ['Restart=always', 'After=network-online.target cello-first-boot.service', 'Wants=network-online.target', 'KillMode=process', 'Delegate=yes', 'ProtectSystem=full']) {
+      for (const line of [
+        'Restart=always',
+        'After=network-online.target cello-first-boot.service',
+        'Wants=network-online.target',
+        'KillMode=process',
+        'Delegate=yes',
+        'ProtectSystem=full',
+      ]) {
         expect(unit).toContain(line);
       }
       const firstBootUnit = m.sh('cat /etc/systemd/system/cello-first-boot.service');
@@ -160,7 +187,9 @@ describe('install.sh', () => {
       });
       const imds = await startMetadataDouble({ cloud: 'aws', userData, instanceId: 'i-0abc123' });
       try {
-        m.sh(`sed -i -e 's|^CELLO_METADATA=.*|CELLO_METADATA=aws|' -e 's|^CELLO_AWS_IMDS_ENDPOINT=.*|CELLO_AWS_IMDS_ENDPOINT=${imds.url}|' -e 's|^CELLO_AGENT_LISTEN_HOST=.*|CELLO_AGENT_LISTEN_HOST=127.0.0.1|' /etc/cello/first-boot.env`);
+        m.sh(
+          `sed -i -e 's|^CELLO_METADATA=.*|CELLO_METADATA=aws|' -e 's|^CELLO_AWS_IMDS_ENDPOINT=.*|CELLO_AWS_IMDS_ENDPOINT=${imds.url}|' -e 's|^CELLO_AGENT_LISTEN_HOST=.*|CELLO_AGENT_LISTEN_HOST=127.0.0.1|' /etc/cello/first-boot.env`,
+        );
         const { argv, env } = execStart(m.sh('cat /etc/systemd/system/cello-first-boot.service'), (p) => {
           const r = m.run(['cat', p]);
           return r.status === 0 ? r.stdout : undefined;
@@ -190,9 +219,21 @@ describe('install.sh', () => {
     });
 
     it('first boot reads the GCE metadata server too, and refuses bad user data naming the field', async () => {
-      const good = { cello: 'cell-bootstrap/v1', controllerId: 'ctl-test', cellId: 'cell-0002', agentPort: 17444, caCertPem: selfSignedCa(), token: 'cbt_0123456789abcdef', tokenExpiresAt: new Date(Date.now() + 600_000).toISOString() };
+      const good = {
+        cello: 'cell-bootstrap/v1',
+        controllerId: 'ctl-test',
+        cellId: 'cell-0002',
+        agentPort: 17444,
+        caCertPem: selfSignedCa(),
+        token: 'cbt_0123456789abcdef',
+        tokenExpiresAt: new Date(Date.now() + 600_000).toISOString(),
+      };
       const run = (cloud: 'aws' | 'gce', url: string) =>
-        m.runAsync(['sh', '-c', `rm -f /var/lib/cello/bootstrap/done /etc/cello/agent.env; env CELLO_METADATA=${cloud} CELLO_GCE_METADATA_ENDPOINT=${url} CELLO_AWS_IMDS_ENDPOINT=${url} CELLO_METADATA_TIMEOUT_SECONDS=5 /usr/local/bin/cell-agent first-boot`]);
+        m.runAsync([
+          'sh',
+          '-c',
+          `rm -f /var/lib/cello/bootstrap/done /etc/cello/agent.env; env CELLO_METADATA=${cloud} CELLO_GCE_METADATA_ENDPOINT=${url} CELLO_AWS_IMDS_ENDPOINT=${url} CELLO_METADATA_TIMEOUT_SECONDS=5 /usr/local/bin/cell-agent first-boot`,
+        ]);
 
       const gce = await startMetadataDouble({ cloud: 'gce', userData: JSON.stringify(good), instanceId: '4242' });
       try {

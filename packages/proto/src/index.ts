@@ -2,7 +2,18 @@
 // Messages and services live under the subpaths '@cello/proto/cell', '@cello/proto/controller'
 // and '@cello/proto/health'; this entry holds the hand-written helpers.
 export { HealthService } from './health-service.js';
-export { ManifestError, podFromManifest, parseDockerConfigSecret, isDockerConfigType, DOCKER_CONFIG_JSON_TYPE, DOCKER_CFG_TYPE, type DockerAuthEntry, readManifests, type ManifestObject, type PodManifest } from './manifest/index.js';
+export {
+  ManifestError,
+  podFromManifest,
+  parseDockerConfigSecret,
+  isDockerConfigType,
+  DOCKER_CONFIG_JSON_TYPE,
+  DOCKER_CFG_TYPE,
+  type DockerAuthEntry,
+  readManifests,
+  type ManifestObject,
+  type PodManifest,
+} from './manifest/index.js';
 export { parseQuantity, parseCpuMillis, parseBytes, parseCount, formatCpuMillis, formatBytes, QuantityError } from './quantity.js';
 export { splitHostPort, joinHostPort, freePort, HostPortError } from './net.js';
 export { REDACT_PATHS, REDACT_CENSOR } from './redact.js';

@@ -8,7 +8,14 @@ const secretDoc = (type: string, key: string, value: string) => ({ apiVersion: '
 
 describe('docker config secrets', () => {
   it('reads dockerconfigjson: auth wins over username/password; identity tokens; unknown fields kept out of the way', () => {
-    const cfg = { auths: { 'reg.example.com:5000': { auth: b64('puller:pa:ss'), username: 'ignored', email: 'x@y' }, 'https://index.docker.io/v1/': { username: 'u', password: 'p' }, '*.example.org/team': { identitytoken: 'refresh' } }, credHelpers: {} };
+    const cfg = {
+      auths: {
+        'reg.example.com:5000': { auth: b64('puller:pa:ss'), username: 'ignored', email: 'x@y' },
+        'https://index.docker.io/v1/': { username: 'u', password: 'p' },
+        '*.example.org/team': { identitytoken: 'refresh' },
+      },
+      credHelpers: {},
+    };
     const [o] = readManifests(secretDoc('kubernetes.io/dockerconfigjson', '.dockerconfigjson', JSON.stringify(cfg)));
     expect(o!.kind).toBe('Secret');
     const s = o as Extract<typeof o, { kind: 'Secret' }>;
@@ -35,7 +42,12 @@ describe('docker config secrets', () => {
     ['not JSON', '.dockerconfigjson', '{auths', /^data\["\.dockerconfigjson"\]: is not valid JSON/],
     ['auths not an object', '.dockerconfigjson', '{"auths": []}', /^data\["\.dockerconfigjson"\]\.auths: .*Secret "regcred"/],
     ['password not a string', '.dockerconfigjson', '{"auths": {"r.io": {"password": 5}}}', /^data\["\.dockerconfigjson"\]\.auths\["r\.io"\]\.password: /],
-    ['auth without a colon', '.dockerconfigjson', JSON.stringify({ auths: { 'r.io': { auth: b64('nocolon') } } }), /^data\["\.dockerconfigjson"\]\.auths\["r\.io"\]\.auth: must be base64 of "username:password"/],
+    [
+      'auth without a colon',
+      '.dockerconfigjson',
+      JSON.stringify({ auths: { 'r.io': { auth: b64('nocolon') } } }),
+      /^data\["\.dockerconfigjson"\]\.auths\["r\.io"\]\.auth: must be base64 of "username:password"/,
+    ],
     ['auth not base64', '.dockerconfigjson', '{"auths": {"r.io": {"auth": "***"}}}', /auths\["r\.io"\]\.auth: must be base64/],
   ];
   for (const [what, key, value, msg] of refused) {

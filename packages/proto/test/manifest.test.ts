@@ -1,12 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import {
-  HostPathType,
-  PullPolicy,
-  RestartPolicy,
-  SeccompProfileType,
-  StorageMedium,
-  TerminationMessagePolicy,
-} from '../src/cell.js';
+import { HostPathType, PullPolicy, RestartPolicy, SeccompProfileType, StorageMedium, TerminationMessagePolicy } from '../src/cell.js';
 import { ManifestError, podFromManifest, readManifests } from '../src/index.js';
 
 const FULL = `
@@ -130,9 +123,7 @@ describe('podFromManifest', () => {
     expect(app.imagePullPolicy).toBe(PullPolicy.PULL_POLICY_ALWAYS); // untagged
     expect(app.resources?.requests).toEqual({ cpuMillis: 250, memoryBytes: 64 * 2 ** 20, extended: {} });
     expect(app.resources?.limits).toEqual({ cpuMillis: 1000, memoryBytes: 128 * 2 ** 20, extended: { 'nvidia.com/gpu': 1 } });
-    expect(app.env.map((e) => e.valueFrom?.source?.$case ?? 'value')).toEqual([
-      'value', 'secretKeyRef', 'configMapKeyRef', 'fieldRef', 'resourceFieldRef',
-    ]);
+    expect(app.env.map((e) => e.valueFrom?.source?.$case ?? 'value')).toEqual(['value', 'secretKeyRef', 'configMapKeyRef', 'fieldRef', 'resourceFieldRef']);
     expect(app.readinessProbe?.handler?.action).toMatchObject({ $case: 'httpGet', value: { path: '/healthz', port: { value: { $case: 'name', value: 'http' } } } });
     expect(app.readinessProbe?.periodSeconds).toBe(2);
     expect(app.readinessProbe?.timeoutSeconds).toBeUndefined(); // default left to the agent
@@ -146,7 +137,10 @@ describe('podFromManifest', () => {
 
     const vols = Object.fromEntries(s.volumes.map((v) => [v.name, v.source]));
     expect(vols.mem).toEqual({ $case: 'emptyDir', value: { medium: StorageMedium.STORAGE_MEDIUM_MEMORY, sizeLimitBytes: 16 * 2 ** 20 } });
-    expect(vols.creds).toEqual({ $case: 'secret', value: { secretName: 'creds', defaultMode: 0o400, optional: false, items: [{ key: 'password', path: 'password', mode: 0o440 }] } });
+    expect(vols.creds).toEqual({
+      $case: 'secret',
+      value: { secretName: 'creds', defaultMode: 0o400, optional: false, items: [{ key: 'password', path: 'password', mode: 0o440 }] },
+    });
     expect(vols.host).toEqual({ $case: 'hostPath', value: { path: '/var/log', type: HostPathType.HOST_PATH_TYPE_DIRECTORY } });
     expect(vols.all?.$case === 'projected' && vols.all.value.sources.map((x) => x.source?.$case)).toEqual(['configMap', 'serviceAccountToken', 'downwardApi']);
 
@@ -161,21 +155,43 @@ describe('podFromManifest', () => {
     expect(podFromManifest(obj).pod.spec?.restartPolicy).toBe(RestartPolicy.RESTART_POLICY_ALWAYS);
   });
 
-  it('keeps required node affinity (for the cell\'s architecture) and ignores the rest of affinity', () => {
+  it("keeps required node affinity (for the cell's architecture) and ignores the rest of affinity", () => {
     const affinity = {
       nodeAffinity: {
-        requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'kubernetes.io/arch', operator: 'In', values: ['arm64'] }, { key: 'x', operator: 'Exists' }] }] },
+        requiredDuringSchedulingIgnoredDuringExecution: {
+          nodeSelectorTerms: [
+            {
+              matchExpressions: [
+                { key: 'kubernetes.io/arch', operator: 'In', values: ['arm64'] },
+                { key: 'x', operator: 'Exists' },
+              ],
+            },
+          ],
+        },
         preferredDuringSchedulingIgnoredDuringExecution: [{ weight: 1, preference: {} }],
       },
       podAntiAffinity: { requiredDuringSchedulingIgnoredDuringExecution: [] },
     };
     const obj = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'a' }, spec: { affinity, containers: [{ name: 'c', image: 'busybox:1' }] } };
     expect(podFromManifest(obj).pod.spec?.requiredNodeAffinity).toEqual([
-      { matchExpressions: [{ key: 'kubernetes.io/arch', operator: 'In', values: ['arm64'] }, { key: 'x', operator: 'Exists', values: [] }] },
+      {
+        matchExpressions: [
+          { key: 'kubernetes.io/arch', operator: 'In', values: ['arm64'] },
+          { key: 'x', operator: 'Exists', values: [] },
+        ],
+      },
     ]);
     expect(podFromManifest({ ...obj, spec: { containers: obj.spec.containers } }).pod.spec?.requiredNodeAffinity).toEqual([]);
-    const bad = { ...obj, spec: { ...obj.spec, affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'k', operator: 'Near' }] }] } } } } };
-    expect(() => podFromManifest(bad)).toThrow('spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator: must be one of "In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"');
+    const bad = {
+      ...obj,
+      spec: {
+        ...obj.spec,
+        affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'k', operator: 'Near' }] }] } } },
+      },
+    };
+    expect(() => podFromManifest(bad)).toThrow(
+      'spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator: must be one of "In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"',
+    );
   });
 
   it('reads a v1 List and skips empty documents', () => {
@@ -213,7 +229,11 @@ describe('malformed manifests name the field', () => {
     ['probe period zero', one('      livenessProbe: {exec: {command: [x]}, periodSeconds: 0}\n'), 'spec.containers[0].livenessProbe.periodSeconds'],
     ['mount of undeclared volume', one('      volumeMounts: [{name: v, mountPath: /v}]\n'), 'spec.containers[0].volumeMounts[0].name'],
     ['relative mountPath', one('      volumeMounts: [{name: v, mountPath: v}]\n', '  volumes: [{name: v, emptyDir: {}}]\n'), 'spec.containers[0].volumeMounts[0].mountPath'],
-    ['subPath escapes', one('      volumeMounts: [{name: v, mountPath: /v, subPath: ../etc}]\n', '  volumes: [{name: v, emptyDir: {}}]\n'), 'spec.containers[0].volumeMounts[0].subPath'],
+    [
+      'subPath escapes',
+      one('      volumeMounts: [{name: v, mountPath: /v, subPath: ../etc}]\n', '  volumes: [{name: v, emptyDir: {}}]\n'),
+      'spec.containers[0].volumeMounts[0].subPath',
+    ],
     ['item path escapes', one('', '  volumes: [{name: v, secret: {secretName: s, items: [{key: k, path: ../../x}]}}]\n'), 'spec.volumes[0].secret.items[0].path'],
     ['absolute item path', one('', '  volumes: [{name: v, configMap: {name: s, items: [{key: k, path: /x}]}}]\n'), 'spec.volumes[0].configMap.items[0].path'],
     ['volume with two sources', one('', '  volumes: [{name: v, emptyDir: {}, hostPath: {path: /x}}]\n'), 'spec.volumes[0]'],
@@ -223,8 +243,16 @@ describe('malformed manifests name the field', () => {
     ['relative hostPath', one('', '  volumes: [{name: v, hostPath: {path: x}}]\n'), 'spec.volumes[0].hostPath.path'],
     ['env with value and valueFrom', one('      env: [{name: A, value: x, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]\n'), 'spec.containers[0].env[0].valueFrom'],
     ['env name with =', one('      env: [{name: "A=B", value: x}]\n'), 'spec.containers[0].env[0].name'],
-    ['localhost seccomp without profile', one('      securityContext: {seccompProfile: {type: Localhost}}\n'), 'spec.containers[0].securityContext.seccompProfile.localhostProfile'],
-    ['probe on init container', base('  initContainers: [{name: i, image: b, readinessProbe: {exec: {command: [x]}}}]\n  containers: [{name: c, image: b}]'), 'spec.initContainers[0].readinessProbe'],
+    [
+      'localhost seccomp without profile',
+      one('      securityContext: {seccompProfile: {type: Localhost}}\n'),
+      'spec.containers[0].securityContext.seccompProfile.localhostProfile',
+    ],
+    [
+      'probe on init container',
+      base('  initContainers: [{name: i, image: b, readinessProbe: {exec: {command: [x]}}}]\n  containers: [{name: c, image: b}]'),
+      'spec.initContainers[0].readinessProbe',
+    ],
     ['runAsUser as string', one('      securityContext: {runAsUser: root}\n'), 'spec.containers[0].securityContext.runAsUser'],
   ])('%s', (_name, text, field) => {
     let err: unknown;

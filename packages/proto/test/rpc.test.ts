@@ -22,8 +22,7 @@ import { ControllerClient, ControllerService, type ControllerServer, EventType, 
 import { HealthClient, HealthCheckResponse_ServingStatus as Serving } from '../src/health.js';
 import { HealthService, podFromManifest } from '../src/index.js';
 
-const unimplemented = (_call: unknown, cb?: (err: grpc.ServiceError) => void) =>
-  cb?.({ code: grpc.status.UNIMPLEMENTED, details: 'not in this test' } as grpc.ServiceError);
+const unimplemented = (_call: unknown, cb?: (err: grpc.ServiceError) => void) => cb?.({ code: grpc.status.UNIMPLEMENTED, details: 'not in this test' } as grpc.ServiceError);
 
 const POD = podFromManifest(`
 apiVersion: v1
@@ -44,7 +43,24 @@ const agent: CellAgentServer = {
     cb(null, { generation: call.request.generation, changedUnits: call.request.pod.spec!.containers.map((c) => c.name) }, trailer);
   },
   getStatus(_call, cb) {
-    cb(null, { status: { phase: PodPhase.POD_PHASE_RUNNING, podIp: '10.0.0.7', conditions: [], podIps: [], hostIp: '', message: '', reason: '', startTime: new Date(1_700_000_000_000), initContainerStatuses: [], containerStatuses: [], observedGeneration: 3, qosClass: 'Burstable' }, generation: 3, podUid: 'u1' });
+    cb(null, {
+      status: {
+        phase: PodPhase.POD_PHASE_RUNNING,
+        podIp: '10.0.0.7',
+        conditions: [],
+        podIps: [],
+        hostIp: '',
+        message: '',
+        reason: '',
+        startTime: new Date(1_700_000_000_000),
+        initContainerStatuses: [],
+        containerStatuses: [],
+        observedGeneration: 3,
+        qosClass: 'Burstable',
+      },
+      generation: 3,
+      podUid: 'u1',
+    });
   },
   watchStatus(call) {
     call.write({ kind: { $case: 'heartbeat', value: { time: new Date(1000), sequence: 1 } } });
@@ -54,7 +70,11 @@ const agent: CellAgentServer = {
   logs(call) {
     const n = Number(call.request.tailLines ?? 0);
     for (let i = 0; i < n; i++) {
-      call.write(LogChunk.fromPartial({ entries: [{ stream: LogStream.LOG_STREAM_STDOUT, timeSeconds: 1_700_000_000, timeNanos: 123_456_789 + i, line: Buffer.from(`line ${i}`), partial: false }] }));
+      call.write(
+        LogChunk.fromPartial({
+          entries: [{ stream: LogStream.LOG_STREAM_STDOUT, timeSeconds: 1_700_000_000, timeNanos: 123_456_789 + i, line: Buffer.from(`line ${i}`), partial: false }],
+        }),
+      );
     }
     call.end();
   },
@@ -69,7 +89,9 @@ const agent: CellAgentServer = {
           return;
         }
         started = true;
-        call.write({ frame: { $case: 'stdout', value: Buffer.from(`$ ${frame.value.command.join(' ')} tty=${frame.value.tty} ${frame.value.size?.columns}x${frame.value.size?.rows}\n`) } });
+        call.write({
+          frame: { $case: 'stdout', value: Buffer.from(`$ ${frame.value.command.join(' ')} tty=${frame.value.tty} ${frame.value.size?.columns}x${frame.value.size?.rows}\n`) },
+        });
         return;
       }
       if (frame.$case === 'stdin') call.write({ frame: { $case: 'stdout', value: Buffer.from(frame.value.toString('utf8').toUpperCase()) } });
@@ -99,6 +121,7 @@ const agent: CellAgentServer = {
   stats: unimplemented as CellAgentServer['stats'],
   listAudit: unimplemented as CellAgentServer['listAudit'],
   pullImage: unimplemented as CellAgentServer['pullImage'],
+  syncServices: unimplemented as CellAgentServer['syncServices'],
   portForwardTicket: unimplemented as CellAgentServer['portForwardTicket'],
   getInfo(_call, cb) {
     cb(null, { version: '0.1.0', cellId: 'cell-1', hostname: 'h', kernel: 'k', arch: 'amd64', runtime: 'runc', cgroupMode: 'hybrid', startedAt: new Date(5000) });
@@ -107,7 +130,27 @@ const agent: CellAgentServer = {
 
 const controller: Partial<ControllerServer> = {
   watchPods(call) {
-    call.write({ type: EventType.EVENT_TYPE_ADDED, pod: { metadata: { name: 'a', namespace: 'default', uid: 'u', generation: 1, resourceVersion: '7', creationTimestamp: undefined, deletionTimestamp: undefined, labels: {}, annotations: {} }, spec: POD.spec, status: undefined, cellId: 'c', instanceType: 't3.micro', nodeName: '' } });
+    call.write({
+      type: EventType.EVENT_TYPE_ADDED,
+      pod: {
+        metadata: {
+          name: 'a',
+          namespace: 'default',
+          uid: 'u',
+          generation: 1,
+          resourceVersion: '7',
+          creationTimestamp: undefined,
+          deletionTimestamp: undefined,
+          labels: {},
+          annotations: {},
+        },
+        spec: POD.spec,
+        status: undefined,
+        cellId: 'c',
+        instanceType: 't3.micro',
+        nodeName: '',
+      },
+    });
     call.end();
   },
   version(_call, cb) {
@@ -154,7 +197,9 @@ describe('cello.cell.v1.CellAgent over grpc-js', () => {
 
   it('unary: an error status reaches the client with its code and message', async () => {
     const client = new CellAgentClient(addr, creds());
-    const err = await new Promise<grpc.ServiceError>((resolve) => client.applyPod({ pod: undefined, generation: 1, secrets: {}, configMaps: {}, serviceAccountTokens: [], registryCredentials: [] }, (e) => resolve(e!)));
+    const err = await new Promise<grpc.ServiceError>((resolve) =>
+      client.applyPod({ pod: undefined, generation: 1, secrets: {}, configMaps: {}, serviceAccountTokens: [], registryCredentials: [], clusterDns: undefined }, (e) => resolve(e!)),
+    );
     expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(err.details).toBe('pod.metadata.name: is required');
     client.close();
@@ -218,7 +263,9 @@ describe('cello.cell.v1.CellAgent over grpc-js', () => {
       call.write({ frame: { $case: 'start', value: { container: 'main', command: ['sh', '-i'], tty: true, stdin: true, size: { columns: 80, rows: 24 }, requestedBy: '' } } });
     });
     await done;
-    const text = out.map((o) => (o.frame?.$case === 'stdout' || o.frame?.$case === 'stderr' ? o.frame.value.toString() : `exit ${o.frame?.$case === 'exit' ? o.frame.value.exitCode : '?'}`));
+    const text = out.map((o) =>
+      o.frame?.$case === 'stdout' || o.frame?.$case === 'stderr' ? o.frame.value.toString() : `exit ${o.frame?.$case === 'exit' ? o.frame.value.exitCode : '?'}`,
+    );
     expect(text).toEqual(['$ sh -i tty=true 80x24\n', 'HELLO', 'resize 120x40', 'exit 3']);
     client.close();
   });
@@ -299,8 +346,7 @@ describe('cello.controller.v1.Controller over grpc-js', () => {
 describe('grpc.health.v1', () => {
   it('check and watch follow status changes', async () => {
     const client = new HealthClient(addr, creds());
-    const check = (service: string) =>
-      new Promise<Serving | grpc.status>((resolve) => client.check({ service }, (e, r) => resolve(e ? e.code : r!.status)));
+    const check = (service: string) => new Promise<Serving | grpc.status>((resolve) => client.check({ service }, (e, r) => resolve(e ? e.code : r!.status)));
     expect(await check('')).toBe(Serving.SERVING);
     expect(await check('nope')).toBe(grpc.status.NOT_FOUND);
 

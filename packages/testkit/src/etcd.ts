@@ -90,18 +90,25 @@ export async function startEtcd(opts: { timeoutMs?: number; tls?: boolean } = {}
   // The PKI sits inside the data dir, so stop() removes it too.
   const tls = opts.tls ? makeEtcdPki(await mkdtemp(join(dataDir, 'pki-'))) : undefined;
   const args = [
-    '--name', 'default',
-    '--data-dir', dataDir,
-    '--listen-client-urls', endpoint,
-    '--advertise-client-urls', endpoint,
-    '--listen-peer-urls', peer,
-    '--initial-advertise-peer-urls', peer,
-    '--initial-cluster', `default=${peer}`,
-    '--log-level', 'error',
-    '--logger', 'zap',
-    ...(tls
-      ? ['--cert-file', join(tls.dir, 'server.pem'), '--key-file', join(tls.dir, 'server.key'), '--trusted-ca-file', tls.caFile, '--client-cert-auth']
-      : []),
+    '--name',
+    'default',
+    '--data-dir',
+    dataDir,
+    '--listen-client-urls',
+    endpoint,
+    '--advertise-client-urls',
+    endpoint,
+    '--listen-peer-urls',
+    peer,
+    '--initial-advertise-peer-urls',
+    peer,
+    '--initial-cluster',
+    `default=${peer}`,
+    '--log-level',
+    'error',
+    '--logger',
+    'zap',
+    ...(tls ? ['--cert-file', join(tls.dir, 'server.pem'), '--key-file', join(tls.dir, 'server.key'), '--trusted-ca-file', tls.caFile, '--client-cert-auth'] : []),
   ];
   let proc: { child: ChildProcess; exited: boolean; exit: Promise<void>; stderr: string };
   const launch = async (): Promise<void> => {

@@ -100,15 +100,23 @@ export async function pushFixtures(registry: RegistryServer, { debian = true }: 
   return out;
 }
 
-function http(method: string, url: string, body?: Buffer, headers: Record<string, string> = {}): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: Buffer }> {
+function http(
+  method: string,
+  url: string,
+  body?: Buffer,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: Buffer }> {
   return new Promise((resolvePromise, reject) => {
     const u = new URL(url);
-    const req = request({ host: u.hostname, port: u.port, path: u.pathname + u.search, method, headers: { ...headers, ...(body ? { 'content-length': String(body.length) } : {}) }, timeout: 30_000 }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolvePromise({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-      res.on('error', reject);
-    });
+    const req = request(
+      { host: u.hostname, port: u.port, path: u.pathname + u.search, method, headers: { ...headers, ...(body ? { 'content-length': String(body.length) } : {}) }, timeout: 30_000 },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolvePromise({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+        res.on('error', reject);
+      },
+    );
     req.on('error', reject);
     req.on('timeout', () => req.destroy(new Error(`timeout: ${method} ${url}`)));
     req.end(body);
@@ -152,16 +160,23 @@ export async function pushImage(registry: RegistryServer, name: string, layers: 
     const digest = await pushBlob(registry, repo, l.blob);
     descs.push({ mediaType: l.mediaType ?? 'application/vnd.oci.image.layer.v1.tar', digest, size: l.blob.length });
   }
-  const cfg = Buffer.from(JSON.stringify({
-    architecture: 'amd64', os: 'linux', config: { Cmd: ['sh'], ...config },
-    rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffId ?? digestOf(l.blob)) },
-  }));
+  const cfg = Buffer.from(
+    JSON.stringify({
+      architecture: 'amd64',
+      os: 'linux',
+      config: { Cmd: ['sh'], ...config },
+      rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffId ?? digestOf(l.blob)) },
+    }),
+  );
   const cfgDigest = await pushBlob(registry, repo, cfg);
-  const manifest = Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
-    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: cfgDigest, size: cfg.length },
-    layers: descs,
-  }));
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: cfgDigest, size: cfg.length },
+      layers: descs,
+    }),
+  );
   const put = await http('PUT', `${registry.url}/v2/${repo}/manifests/${tag}`, manifest, { 'content-type': 'application/vnd.oci.image.manifest.v1+json' });
   if (put.status !== 201) throw new Error(`manifest push ${name}: HTTP ${put.status} ${put.body.toString().slice(0, 300)}`);
   return { ref: `${registry.host}/${repo}:${tag}`, digest: digestOf(manifest) };

@@ -131,7 +131,27 @@ export async function startKubeApiserver(o: { timeoutMs?: number } = {}): Promis
         ...(sans.length ? [`subjectAltName=${sans.join(',')}`] : []),
       ];
       await writeFile(join(dir, `${name}.ext`), ext.join('\n') + '\n');
-      openssl(['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-set_serial', String(++serial + Date.now()), '-days', '2', '-extfile', `${name}.ext`, '-out', `${name}.crt`], dir);
+      openssl(
+        [
+          'x509',
+          '-req',
+          '-in',
+          `${name}.csr`,
+          '-CA',
+          'ca.crt',
+          '-CAkey',
+          'ca.key',
+          '-set_serial',
+          String(++serial + Date.now()),
+          '-days',
+          '2',
+          '-extfile',
+          `${name}.ext`,
+          '-out',
+          `${name}.crt`,
+        ],
+        dir,
+      );
       return {
         certFile: join(dir, `${name}.crt`),
         keyFile: join(dir, `${name}.key`),
@@ -139,7 +159,11 @@ export async function startKubeApiserver(o: { timeoutMs?: number } = {}): Promis
         key: await readFile(join(dir, `${name}.key`), 'utf8'),
       };
     };
-    const serving = await issueCert('apiserver', { cn: 'kube-apiserver', ips: ['127.0.0.1', '10.0.0.1'], dns: ['localhost', 'kubernetes', 'kubernetes.default', 'kubernetes.default.svc'] });
+    const serving = await issueCert('apiserver', {
+      cn: 'kube-apiserver',
+      ips: ['127.0.0.1', '10.0.0.1'],
+      dns: ['localhost', 'kubernetes', 'kubernetes.default', 'kubernetes.default.svc'],
+    });
     const admin = await issueCert('admin', { cn: 'cello-test-admin', org: 'system:masters' });
     const kubeletClient = await issueCert('kubelet-client', { cn: 'kube-apiserver-kubelet-client', org: 'system:masters' });
     // The aggregation layer's front proxy (for extension API servers such as metrics-server).
@@ -322,12 +346,26 @@ export async function startMetricsServer(kube: KubeApiserver, o: { address: stri
   const stop = () => kill(proc);
   try {
     const objects = [
-      { apiVersion: 'v1', kind: 'Service', metadata: { name: 'metrics-server', namespace: 'kube-system' }, spec: { ports: [{ name: 'https', port: 443, targetPort: port, protocol: 'TCP' }] } },
-      { apiVersion: 'v1', kind: 'Endpoints', metadata: { name: 'metrics-server', namespace: 'kube-system' }, subsets: [{ addresses: [{ ip: o.address }], ports: [{ name: 'https', port, protocol: 'TCP' }] }] },
+      {
+        apiVersion: 'v1',
+        kind: 'Service',
+        metadata: { name: 'metrics-server', namespace: 'kube-system' },
+        spec: { ports: [{ name: 'https', port: 443, targetPort: port, protocol: 'TCP' }] },
+      },
+      {
+        apiVersion: 'v1',
+        kind: 'Endpoints',
+        metadata: { name: 'metrics-server', namespace: 'kube-system' },
+        subsets: [{ addresses: [{ ip: o.address }], ports: [{ name: 'https', port, protocol: 'TCP' }] }],
+      },
       {
         apiVersion: 'discovery.k8s.io/v1',
         kind: 'EndpointSlice',
-        metadata: { name: 'metrics-server-manual', namespace: 'kube-system', labels: { 'kubernetes.io/service-name': 'metrics-server', 'endpointslice.kubernetes.io/managed-by': 'cello-test' } },
+        metadata: {
+          name: 'metrics-server-manual',
+          namespace: 'kube-system',
+          labels: { 'kubernetes.io/service-name': 'metrics-server', 'endpointslice.kubernetes.io/managed-by': 'cello-test' },
+        },
         addressType: 'IPv4',
         endpoints: [{ addresses: [o.address], conditions: { ready: true } }],
         ports: [{ name: 'https', port, protocol: 'TCP' }],
@@ -336,7 +374,14 @@ export async function startMetricsServer(kube: KubeApiserver, o: { address: stri
         apiVersion: 'apiregistration.k8s.io/v1',
         kind: 'APIService',
         metadata: { name: 'v1beta1.metrics.k8s.io' },
-        spec: { group: 'metrics.k8s.io', version: 'v1beta1', service: { name: 'metrics-server', namespace: 'kube-system', port: 443 }, caBundle: Buffer.from(kube.ca).toString('base64'), groupPriorityMinimum: 100, versionPriority: 100 },
+        spec: {
+          group: 'metrics.k8s.io',
+          version: 'v1beta1',
+          service: { name: 'metrics-server', namespace: 'kube-system', port: 443 },
+          caBundle: Buffer.from(kube.ca).toString('base64'),
+          groupPriorityMinimum: 100,
+          versionPriority: 100,
+        },
       },
     ];
     const applied = await kube.kubectl(['apply', '-f', '-'], { input: objects.map((x) => JSON.stringify(x)).join('\n') });

@@ -38,7 +38,12 @@ export async function startMoto(opts: { timeoutMs?: number; region?: string } = 
     stderr = (stderr + b.toString()).slice(-4000);
   });
   let exited = false;
-  const exit = new Promise<void>((resolve) => child.once('exit', () => { exited = true; resolve(); }));
+  const exit = new Promise<void>((resolve) =>
+    child.once('exit', () => {
+      exited = true;
+      resolve();
+    }),
+  );
   try {
     await waitFor(
       `moto_server on ${endpoint}`,

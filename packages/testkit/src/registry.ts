@@ -77,13 +77,16 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
     auth = `auth:\n  htpasswd:\n    realm: cello-test\n    path: ${JSON.stringify(opts.htpasswd)}\n`;
   }
   const config = join(dir, 'registry.yml');
-  writeFileSync(config, [
-    'version: 0.1',
-    'log: {level: error, accesslog: {disabled: true}}',
-    `storage: {filesystem: {rootdirectory: ${JSON.stringify(dataDir)}}, delete: {enabled: true}}`,
-    `http: {addr: "127.0.0.1:${port}"${opts.tls ? `, tls: {certificate: ${JSON.stringify(opts.tls.certificate)}, key: ${JSON.stringify(opts.tls.key)}${opts.tls.clientCas ? `, clientcas: ${JSON.stringify(opts.tls.clientCas)}` : ''}}` : ''}}`,
-    auth,
-  ].join('\n'));
+  writeFileSync(
+    config,
+    [
+      'version: 0.1',
+      'log: {level: error, accesslog: {disabled: true}}',
+      `storage: {filesystem: {rootdirectory: ${JSON.stringify(dataDir)}}, delete: {enabled: true}}`,
+      `http: {addr: "127.0.0.1:${port}"${opts.tls ? `, tls: {certificate: ${JSON.stringify(opts.tls.certificate)}, key: ${JSON.stringify(opts.tls.key)}${opts.tls.clientCas ? `, clientcas: ${JSON.stringify(opts.tls.clientCas)}` : ''}}` : ''}}`,
+      auth,
+    ].join('\n'),
+  );
   const child: ChildProcess = spawn('docker-registry', ['serve', config], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (d: string) => {
@@ -102,11 +105,15 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
     rmSync(dir, { recursive: true, force: true });
   };
   try {
-    await waitFor(`docker-registry on 127.0.0.1:${port}`, async () => {
-      if (exited) throw new Error(`docker-registry exited: ${stderr.trim()}`);
-      const s = await probe(port, opts.tls);
-      return s === 200 || s === 401;
-    }, { timeoutMs: 15_000 });
+    await waitFor(
+      `docker-registry on 127.0.0.1:${port}`,
+      async () => {
+        if (exited) throw new Error(`docker-registry exited: ${stderr.trim()}`);
+        const s = await probe(port, opts.tls);
+        return s === 200 || s === 401;
+      },
+      { timeoutMs: 15_000 },
+    );
   } catch (err) {
     await stop();
     throw err;

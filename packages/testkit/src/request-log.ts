@@ -39,10 +39,11 @@ export async function startRequestLog(target: string): Promise<RequestLog> {
       log.maxInFlight = inFlight;
     },
     count: (path, method) => requests.filter((r) => path.test(r.path) && (!method || r.method === method)).length,
-    stop: () => new Promise((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
+    stop: () =>
+      new Promise((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
   const server = createServer((req: IncomingMessage, res) => {
     requests.push({ method: req.method ?? '', path: req.url ?? '', at: Date.now() });

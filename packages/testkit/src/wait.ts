@@ -33,7 +33,12 @@ export async function waitFor<T>(
  * a test killed it used to hang that test.
  */
 export function waitExit(
-  child: { exitCode: number | null; signalCode: NodeJS.Signals | null; once(event: 'exit', fn: (code: number | null, signal: NodeJS.Signals | null) => void): unknown; pid?: number },
+  child: {
+    exitCode: number | null;
+    signalCode: NodeJS.Signals | null;
+    once(event: 'exit', fn: (code: number | null, signal: NodeJS.Signals | null) => void): unknown;
+    pid?: number;
+  },
   { timeoutMs = 30_000, what = `process ${child.pid ?? '?'}` }: { timeoutMs?: number; what?: string } = {},
 ): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve({ code: child.exitCode, signal: child.signalCode });

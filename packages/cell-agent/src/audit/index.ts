@@ -117,12 +117,7 @@ export class AuditLog {
     const id = randomUUID();
     const transcript = this.opts.recordTranscripts ? `${id}.bin` : undefined;
     this.append({ id, phase: 'start', ...s, startedAt: new Date().toISOString(), transcript });
-    return new AuditSession(
-      this,
-      id,
-      transcript === undefined ? undefined : join(this.transcripts, transcript),
-      this.opts.maxTranscriptBytes ?? 1024 * 1024,
-    );
+    return new AuditSession(this, id, transcript === undefined ? undefined : join(this.transcripts, transcript), this.opts.maxTranscriptBytes ?? 1024 * 1024);
   }
 
   append(r: StoredRecord): void {

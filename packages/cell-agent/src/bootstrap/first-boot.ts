@@ -65,7 +65,8 @@ export async function firstBoot(o: FirstBootOptions): Promise<FirstBootResult> {
   if ('fatal' in got) throw new Error(got.fatal);
   const ud = parseUserData(got.userData, got.origin);
   const args = agentConfigArgs(ud.agentConfig ?? {}, log);
-  if (Date.parse(ud.tokenExpiresAt) < Date.now()) log.warn({ tokenExpiresAt: ud.tokenExpiresAt }, 'the bootstrap token has already expired; the controller will refuse it and replace this cell');
+  if (Date.parse(ud.tokenExpiresAt) < Date.now())
+    log.warn({ tokenExpiresAt: ud.tokenExpiresAt }, 'the bootstrap token has already expired; the controller will refuse it and replace this cell');
 
   writeAtomic(join(bootstrapDir, 'user-data.json'), got.userData, 0o600);
   writeAtomic(join(bootstrapDir, 'ca.pem'), ud.caCertPem, 0o644);
@@ -138,7 +139,8 @@ export function agentConfigArgs(cfg: unknown, log?: Logger): string[] {
   const args: string[] = [];
   for (const [k, v] of Object.entries(cfg)) {
     if (k === 'insecureRegistries') {
-      if (!Array.isArray(v) || !v.every((r) => typeof r === 'string' && HOST_PORT.test(r))) throw new Error('user data: agentConfig.insecureRegistries: expected a list of host:port');
+      if (!Array.isArray(v) || !v.every((r) => typeof r === 'string' && HOST_PORT.test(r)))
+        throw new Error('user data: agentConfig.insecureRegistries: expected a list of host:port');
       for (const r of v as string[]) args.push('--insecure-registry', r);
     } else if (k === 'metricsListen') {
       if (typeof v !== 'string' || !HOST_PORT.test(v)) throw new Error('user data: agentConfig.metricsListen: expected host:port');

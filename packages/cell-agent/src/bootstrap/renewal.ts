@@ -18,13 +18,7 @@ import { existsSync } from 'node:fs';
 import { readFile, rename, rm } from 'node:fs/promises';
 import { type ServerUnaryCall, type experimental } from '@grpc/grpc-js';
 import type { PeerCertificate } from 'node:tls';
-import {
-  InstallRenewalResponse,
-  RequestRenewalResponse,
-  type CellCertificatesServer,
-  type InstallRenewalRequest,
-  type RequestRenewalRequest,
-} from '@cello/proto/cell';
+import { InstallRenewalResponse, RequestRenewalResponse, type CellCertificatesServer, type InstallRenewalRequest, type RequestRenewalRequest } from '@cello/proto/cell';
 import type { Logger } from 'pino';
 import { CelloError } from '@cello/proto';
 import { refusableUnary } from './unary.js';
@@ -156,7 +150,7 @@ export function createCertificateService(o: CertificateServiceOptions): CellCert
     const id = clientIdentityOf(call.getAuthContext?.()?.sslPeerCertificate);
     const mine = o.identity.identity();
     if (!id || id.name !== (o.controllerName ?? 'controller') || (mine && id.trustDomain !== mine.trustDomain)) {
-      throw new CelloError('PermissionDenied', 'only the controller may renew this cell\'s certificate');
+      throw new CelloError('PermissionDenied', "only the controller may renew this cell's certificate");
     }
   };
 

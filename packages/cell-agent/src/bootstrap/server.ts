@@ -75,7 +75,7 @@ export async function startBootstrapServer(o: BootstrapServerOptions): Promise<B
 
   const checkToken = (token: string) => {
     if (typeof token !== 'string' || token === '') throw new CelloError('InvalidArgument', 'token: required');
-    if (!sameToken(token, ud.token)) throw new CelloError('PermissionDenied', 'token: does not match this cell\'s bootstrap token');
+    if (!sameToken(token, ud.token)) throw new CelloError('PermissionDenied', "token: does not match this cell's bootstrap token");
     if (now().getTime() >= Date.parse(ud.tokenExpiresAt)) {
       throw new CelloError('PermissionDenied', `token: expired at ${ud.tokenExpiresAt}`);
     }
@@ -108,7 +108,14 @@ export async function startBootstrapServer(o: BootstrapServerOptions): Promise<B
         throw new CelloError('PermissionDenied', 'ca_pem: differs from the CA in the user data (the trust anchor cannot be changed here)');
       }
       try {
-        await checkIssuedCertificate({ certPem: req.certificatePem, caPem: ud.caCertPem, key, cellId: ud.cellId, ...(ud.trustDomain ? { trustDomain: ud.trustDomain } : {}), now: now() });
+        await checkIssuedCertificate({
+          certPem: req.certificatePem,
+          caPem: ud.caCertPem,
+          key,
+          cellId: ud.cellId,
+          ...(ud.trustDomain ? { trustDomain: ud.trustDomain } : {}),
+          now: now(),
+        });
       } catch (err) {
         throw new CelloError('InvalidArgument', (err as Error).message);
       }

@@ -17,7 +17,10 @@ const userDataSchema = z.object({
   tokenExpiresAt: z.string().refine((s) => !Number.isNaN(Date.parse(s)), 'must be an RFC 3339 time'),
   agentConfig: z.record(z.string(), z.unknown()).optional(),
   /** The CA's trust domain: the certificate installed must name spiffe://<it>/cell/<cellId>. Default "cello". */
-  trustDomain: z.string().regex(/^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/, 'must be a lower-case DNS-like name').optional(),
+  trustDomain: z
+    .string()
+    .regex(/^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/, 'must be a lower-case DNS-like name')
+    .optional(),
 });
 
 export type CellUserData = z.infer<typeof userDataSchema>;

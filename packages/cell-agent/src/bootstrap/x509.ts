@@ -30,10 +30,7 @@ export async function newCellKey(): Promise<CellKey> {
 }
 
 export async function makeCsr(key: CellKey, cellId: string): Promise<string> {
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create(
-    { name: `CN=${cellId}`, keys: key.keys, signingAlgorithm: SIGN },
-    cryptoImpl,
-  );
+  const csr = await x509.Pkcs10CertificateRequestGenerator.create({ name: `CN=${cellId}`, keys: key.keys, signingAlgorithm: SIGN }, cryptoImpl);
   return csr.toString('pem');
 }
 
@@ -46,7 +43,9 @@ export async function throwawayCertificate(key: CellKey, cellId: string): Promis
   const now = Date.now();
   const cert = await x509.X509CertificateGenerator.createSelfSigned(
     {
-      serialNumber: Buffer.from(webcrypto.getRandomValues(new Uint8Array(8))).toString('hex').replace(/^[89a-f]/, '1'),
+      serialNumber: Buffer.from(webcrypto.getRandomValues(new Uint8Array(8)))
+        .toString('hex')
+        .replace(/^[89a-f]/, '1'),
       name: `CN=${cellId} bootstrap`,
       notBefore: new Date(now - 5 * 60_000),
       notAfter: new Date(now + 24 * 3600_000),

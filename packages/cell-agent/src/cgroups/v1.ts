@@ -25,10 +25,7 @@ export class CgroupV1Driver implements CgroupDriver {
     const cpu = this.dir('cpu', path);
     writeFileSync(join(mem, 'memory.limit_in_bytes'), limits.memoryBytes !== undefined ? String(limits.memoryBytes) : '-1');
     writeFileSync(join(cpu, 'cpu.cfs_period_us'), String(CPU_PERIOD_US));
-    writeFileSync(
-      join(cpu, 'cpu.cfs_quota_us'),
-      limits.cpuMillis !== undefined ? String(Math.max(1000, Math.floor((limits.cpuMillis * CPU_PERIOD_US) / 1000))) : '-1',
-    );
+    writeFileSync(join(cpu, 'cpu.cfs_quota_us'), limits.cpuMillis !== undefined ? String(Math.max(1000, Math.floor((limits.cpuMillis * CPU_PERIOD_US) / 1000))) : '-1');
     if (limits.cpuRequestMillis !== undefined) writeFileSync(join(cpu, 'cpu.shares'), String(milliCpuToShares(limits.cpuRequestMillis)));
     writeFileSync(join(this.dir('pids', path), 'pids.max'), limits.pids !== undefined ? String(limits.pids) : 'max');
   }

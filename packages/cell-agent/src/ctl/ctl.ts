@@ -22,12 +22,18 @@ export function registerCtl(program: Command, registerExtra?: (ctl: Command, con
     .command('ctl')
     .description('talk to a cell agent, like crictl on a node: apply a Pod manifest, watch its status, delete it')
     .requiredOption('--addr <host:port>', 'agent address')
-    .option('--tls-cert <file>', "client certificate (PEM) from the agent's CA naming a client the agent serves: spiffe://<td>/client/controller, or a name given to `serve --allow-client`")
+    .option(
+      '--tls-cert <file>',
+      "client certificate (PEM) from the agent's CA naming a client the agent serves: spiffe://<td>/client/controller, or a name given to `serve --allow-client`",
+    )
     .option('--tls-key <file>', 'client private key (PEM)')
     .option('--tls-ca <file>', "CA certificate (PEM) that signed the agent's certificate")
     .option('--server-name <name>', "name to expect in the agent's certificate (default: the address host)")
     .option('--insecure-dev', 'connect without TLS (only to an agent started with --insecure-dev)')
-    .addHelpText('after', '\nExamples:\n  cell-agent ctl --addr 127.0.0.1:7443 --insecure-dev apply -f pod.yaml\n  cell-agent ctl --addr 10.0.0.5:7443 --tls-cert c.pem --tls-key c.key --tls-ca ca.pem status -o json\n');
+    .addHelpText(
+      'after',
+      '\nExamples:\n  cell-agent ctl --addr 127.0.0.1:7443 --insecure-dev apply -f pod.yaml\n  cell-agent ctl --addr 10.0.0.5:7443 --tls-cert c.pem --tls-key c.key --tls-ca ca.pem status -o json\n',
+    );
   const connect = (): CellAgentClient => {
     const o = ctl.opts<{ addr: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; insecureDev?: boolean; serverName?: string }>();
     let tls: ClientTls | undefined;
@@ -53,7 +59,10 @@ export function registerCtl(program: Command, registerExtra?: (ctl: Command, con
       }
       const c = connect();
       const res = await new Promise<{ generation: number; changedUnits: string[] }>((resolve, reject) =>
-        c.applyPod(ApplyPodRequest.fromPartial({ pod: Pod.fromPartial(m.pod), generation: opts.generation ?? Date.now(), secrets: m.secrets, configMaps: m.configMaps }), (err, r) => (err ? reject(err) : resolve(r))),
+        c.applyPod(
+          ApplyPodRequest.fromPartial({ pod: Pod.fromPartial(m.pod), generation: opts.generation ?? Date.now(), secrets: m.secrets, configMaps: m.configMaps }),
+          (err, r) => (err ? reject(err) : resolve(r)),
+        ),
       );
       console.log(`pod/${m.pod.metadata?.name} applied (generation ${res.generation}; changed: ${res.changedUnits.join(', ') || 'none'})`);
       c.close();
@@ -85,7 +94,7 @@ export function registerCtl(program: Command, registerExtra?: (ctl: Command, con
   ctl
     .command('delete')
     .description('stop every unit (SIGTERM, grace period, SIGKILL) and forget the pod')
-    .option('--grace <seconds>', 'grace period (default: the pod\'s terminationGracePeriodSeconds)', (v) => Number(v))
+    .option('--grace <seconds>', "grace period (default: the pod's terminationGracePeriodSeconds)", (v) => Number(v))
     .action(async (opts: { grace?: number }) => {
       const c = connect();
       await new Promise<void>((resolve, reject) => c.deletePod(opts.grace !== undefined ? { gracePeriodSeconds: opts.grace } : {}, (err) => (err ? reject(err) : resolve())));

@@ -284,7 +284,10 @@ export function registerStreamCommands(ctl: Command, connect: () => CellAgentCli
     .option('--since-time <time>', 'only lines at or after this RFC 3339 time')
     .option('--timestamps', 'prefix each line with its RFC 3339 nanosecond timestamp')
     .option('-p, --previous', 'the previous (terminated) instance of a restarted unit')
-    .addHelpText('after', '\nExamples:\n  cell-agent ctl --addr A --insecure-dev logs web --tail 100 -f\n  cell-agent ctl --addr A --insecure-dev logs web --previous --timestamps\n')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  cell-agent ctl --addr A --insecure-dev logs web --tail 100 -f\n  cell-agent ctl --addr A --insecure-dev logs web --previous --timestamps\n',
+    )
     .action(async (unit: string, o: { follow?: boolean; tail?: number; limitBytes?: number; since?: string; sinceTime?: string; timestamps?: boolean; previous?: boolean }) => {
       let sinceTime: Date | undefined;
       if (o.sinceTime !== undefined) {
@@ -315,7 +318,7 @@ export function registerStreamCommands(ctl: Command, connect: () => CellAgentCli
 
   ctl
     .command('exec')
-    .description('run a command in a running unit, like kubectl exec; exits with the command\'s exit code')
+    .description("run a command in a running unit, like kubectl exec; exits with the command's exit code")
     .argument('<unit>', 'unit (container) name')
     .argument('<command...>', 'command and arguments, after --')
     .option('-i, --stdin', 'pass stdin to the command')
@@ -341,7 +344,7 @@ export function registerStreamCommands(ctl: Command, connect: () => CellAgentCli
     .option('--no-stream-port', "always relay over PortForward gRPC streams, not the agent's stream port")
     .addHelpText(
       'after',
-      "\nEach connection goes through the agent's port-forward stream port when it has one (a single-use\nticket from the API, then TLS with the same certificates, or plain TCP with --insecure-dev),\nelse over a PortForward gRPC stream. Each is announced as \"Handling connection for PORT (path)\".\n\nExamples:\n  cell-agent ctl --addr A --insecure-dev port-forward 8080:80\n  cell-agent ctl --addr A --insecure-dev port-forward :5432 9090\n",
+      '\nEach connection goes through the agent\'s port-forward stream port when it has one (a single-use\nticket from the API, then TLS with the same certificates, or plain TCP with --insecure-dev),\nelse over a PortForward gRPC stream. Each is announced as "Handling connection for PORT (path)".\n\nExamples:\n  cell-agent ctl --addr A --insecure-dev port-forward 8080:80\n  cell-agent ctl --addr A --insecure-dev port-forward :5432 9090\n',
     )
     .action(async (mappings: string[], o: { address: string; streamPort: boolean }) => {
       const parsed = mappings.map(parsePortMapping);

@@ -174,7 +174,12 @@ export function startExec(opts: ExecOptions): ExecSession {
       },
       pause: () => term.pause(),
       resume: () => term.resume(),
-      kill: () => killSession(execPid, () => term.kill('SIGKILL'), () => finished),
+      kill: () =>
+        killSession(
+          execPid,
+          () => term.kill('SIGKILL'),
+          () => finished,
+        ),
     };
   }
 
@@ -210,7 +215,12 @@ export function startExec(opts: ExecOptions): ExecSession {
       child.stdout!.resume();
       child.stderr!.resume();
     },
-    kill: () => killSession(execPid, () => child.kill('SIGKILL'), () => finished),
+    kill: () =>
+      killSession(
+        execPid,
+        () => child.kill('SIGKILL'),
+        () => finished,
+      ),
   };
 }
 

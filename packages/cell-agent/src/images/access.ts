@@ -33,7 +33,9 @@ export class ImageAccess {
 
   private static key(auth: RegistryAuth | undefined): string | undefined {
     if (!auth || (!auth.username && !auth.password && !auth.identityToken)) return undefined;
-    return createHash('sha256').update(JSON.stringify([auth.username ?? '', auth.password ?? '', auth.identityToken ?? ''])).digest('hex');
+    return createHash('sha256')
+      .update(JSON.stringify([auth.username ?? '', auth.password ?? '', auth.identityToken ?? '']))
+      .digest('hex');
   }
 
   /** Whether a pod presenting `auth` (for the image's registry) may use the cached `digest` as is. */

@@ -16,13 +16,7 @@ const BATCH_BYTES = 256 * 1024;
  * asked, and not for a previous instance) until the instance ends, `isClosed()` says the logs were closed, or `signal` aborts.
  * `droppedBytes` is set when data this reader had not yet read was rotated away.
  */
-export async function* readInstance(
-  inst: LogInstance,
-  req: LogsRequest,
-  signal: AbortSignal,
-  ringBytes: number,
-  isClosed: () => boolean,
-): AsyncIterable<LogChunk> {
+export async function* readInstance(inst: LogInstance, req: LogsRequest, signal: AbortSignal, ringBytes: number, isClosed: () => boolean): AsyncIterable<LogChunk> {
   const follow = req.follow && !req.previous;
   let sinceNs: bigint | undefined;
   if (req.sinceTime !== undefined) sinceNs = BigInt(req.sinceTime.getTime()) * 1_000_000n;

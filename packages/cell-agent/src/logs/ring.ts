@@ -29,7 +29,7 @@ function rebuildCri(run: PackedRun, head: Buffer, len: number): Buffer {
   const out = Buffer.allocUnsafe(len);
   const t = run.text;
   let pos = 0;
-  for (let ls = 0; ls < t.length; ) {
+  for (let ls = 0; ls < t.length;) {
     let nl = t.indexOf(NEWLINE, ls);
     if (nl === -1) nl = t.length - 1;
     out.set(head, pos);

@@ -40,7 +40,12 @@ export class AgentMetrics {
     this.pulls = new Counter({ name: 'cello_agent_image_pulls_total', help: 'Image pulls, by result (success, failure)', labelNames: ['result'], registers: r });
     this.pullBytes = new Counter({ name: 'cello_agent_image_pull_bytes_total', help: 'Bytes downloaded by image pulls', registers: r });
     this.pullSeconds = new Histogram({ name: 'cello_agent_image_pull_seconds', help: 'Duration of image pulls', buckets: [0.1, 0.5, 1, 2, 5, 10, 30, 60, 300], registers: r });
-    this.probes = new Counter({ name: 'cello_agent_probe_results_total', help: 'Probe results, by unit, probe (startup, liveness, readiness) and result', labelNames: ['unit', 'probe', 'result'], registers: r });
+    this.probes = new Counter({
+      name: 'cello_agent_probe_results_total',
+      help: 'Probe results, by unit, probe (startup, liveness, readiness) and result',
+      labelNames: ['unit', 'probe', 'result'],
+      registers: r,
+    });
     this.sessions = new Gauge({ name: 'cello_agent_stream_sessions', help: 'Open stream sessions (logs follow, exec, attach, port-forward)', labelNames: ['kind'], registers: r });
     this.streamBytes = new Counter({ name: 'cello_agent_stream_bytes_total', help: 'Bytes relayed by stream sessions', labelNames: ['kind', 'direction'], registers: r });
     this.serviceSyncSeconds = new Histogram({
@@ -194,9 +199,23 @@ export async function startMetricsServer(metrics: AgentMetrics, opts: { host: st
 }
 
 const codeNames = new Map<number, string>([
-  [0, 'OK'], [1, 'CANCELLED'], [2, 'UNKNOWN'], [3, 'INVALID_ARGUMENT'], [4, 'DEADLINE_EXCEEDED'], [5, 'NOT_FOUND'],
-  [6, 'ALREADY_EXISTS'], [7, 'PERMISSION_DENIED'], [8, 'RESOURCE_EXHAUSTED'], [9, 'FAILED_PRECONDITION'], [10, 'ABORTED'],
-  [11, 'OUT_OF_RANGE'], [12, 'UNIMPLEMENTED'], [13, 'INTERNAL'], [14, 'UNAVAILABLE'], [15, 'DATA_LOSS'], [16, 'UNAUTHENTICATED'],
+  [0, 'OK'],
+  [1, 'CANCELLED'],
+  [2, 'UNKNOWN'],
+  [3, 'INVALID_ARGUMENT'],
+  [4, 'DEADLINE_EXCEEDED'],
+  [5, 'NOT_FOUND'],
+  [6, 'ALREADY_EXISTS'],
+  [7, 'PERMISSION_DENIED'],
+  [8, 'RESOURCE_EXHAUSTED'],
+  [9, 'FAILED_PRECONDITION'],
+  [10, 'ABORTED'],
+  [11, 'OUT_OF_RANGE'],
+  [12, 'UNIMPLEMENTED'],
+  [13, 'INTERNAL'],
+  [14, 'UNAVAILABLE'],
+  [15, 'DATA_LOSS'],
+  [16, 'UNAUTHENTICATED'],
 ]);
 
 type AnyHandler = (...args: any[]) => unknown; // eslint-disable-line @typescript-eslint/no-explicit-any -- any service's handlers, whatever their call types

@@ -9,7 +9,21 @@
 // mounts, so a new directory would be invisible to them); a new version is written beside the
 // old one and `..data` is renamed over, so a reader sees either the whole old or the whole new
 // payload, never a torn file or a half-written set.
-import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import { checkItemPath } from '../runtime/safe-path.js';
 
@@ -63,8 +77,7 @@ function samePayload(versionDir: string, files: PayloadFile[], fsGroup: number |
     if (!readFileSync(p).equals(f.data)) return false;
     seen.add(f.path);
   }
-  const count = (d: string): number =>
-    readdirSync(d, { withFileTypes: true }).reduce((n, e) => n + (e.isDirectory() ? count(join(d, e.name)) : 1), 0);
+  const count = (d: string): number => readdirSync(d, { withFileTypes: true }).reduce((n, e) => n + (e.isDirectory() ? count(join(d, e.name)) : 1), 0);
   return count(versionDir) === seen.size;
 }
 

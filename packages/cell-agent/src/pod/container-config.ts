@@ -64,7 +64,10 @@ export async function buildContainerConfig(x: ContainerConfigInput): Promise<Rec
   for (const e of c.env) {
     const vf = e.valueFrom?.source;
     if (!vf) {
-      env.set(e.name, expand(e.value, (n) => env.get(n)));
+      env.set(
+        e.name,
+        expand(e.value, (n) => env.get(n)),
+      );
       continue;
     }
     let v: string | undefined;
@@ -184,5 +187,4 @@ export async function buildContainerConfig(x: ContainerConfigInput): Promise<Rec
     sysctls,
     shmBytes: 64 * 1024 * 1024,
   });
-
 }

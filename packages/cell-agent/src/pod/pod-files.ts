@@ -51,7 +51,10 @@ export function podResolver(pod: Pod, clusterDNS: ClusterDNS | undefined, hostRe
   } else {
     // Outside a cluster (no ClusterDNS at all) the cell's resolver is simply what pods use.
     if (wantsCluster && clusterDNS) {
-      warnings.push({ reason: 'MissingClusterDNS', message: `pod: "${pod.metadata?.name}". ${policy} policy specified but no cluster DNS IP configured. Falling back to "Default" policy.` });
+      warnings.push({
+        reason: 'MissingClusterDNS',
+        message: `pod: "${pod.metadata?.name}". ${policy} policy specified but no cluster DNS IP configured. Falling back to "Default" policy.`,
+      });
     }
     r = host();
   }
@@ -64,12 +67,18 @@ export function podResolver(pod: Pod, clusterDNS: ClusterDNS | undefined, hostRe
     r.options = [...opts.values()];
   }
   if (r.nameservers.length > MAX_NAMESERVERS) {
-    warnings.push({ reason: 'DNSConfigForming', message: `Nameserver limits were exceeded, some nameservers have been omitted, the applied nameserver line is: ${r.nameservers.slice(0, MAX_NAMESERVERS).join(' ')}` });
+    warnings.push({
+      reason: 'DNSConfigForming',
+      message: `Nameserver limits were exceeded, some nameservers have been omitted, the applied nameserver line is: ${r.nameservers.slice(0, MAX_NAMESERVERS).join(' ')}`,
+    });
     r.nameservers = r.nameservers.slice(0, MAX_NAMESERVERS);
   }
   const fitted = fitSearches(r.searches);
   if (fitted.length < r.searches.length) {
-    warnings.push({ reason: 'DNSConfigForming', message: `Search Line limits were exceeded, some search paths have been omitted, the applied search line is: ${fitted.join(' ')}` });
+    warnings.push({
+      reason: 'DNSConfigForming',
+      message: `Search Line limits were exceeded, some search paths have been omitted, the applied search line is: ${fitted.join(' ')}`,
+    });
     r.searches = fitted;
   }
   return { resolver: r, warnings };
@@ -119,7 +128,8 @@ function parseResolvConf(path: string): Resolver {
   for (const line of text.split('\n')) {
     const [k, ...rest] = line.trim().split(/\s+/);
     if (k === 'nameserver' && rest[0]) r.nameservers.push(rest[0]);
-    else if (k === 'search' || k === 'domain') r.searches = rest; // the last one wins, as in libc
+    else if (k === 'search' || k === 'domain')
+      r.searches = rest; // the last one wins, as in libc
     else if (k === 'options') r.options.push(...rest);
   }
   return r;

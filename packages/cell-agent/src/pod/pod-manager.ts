@@ -248,7 +248,12 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       }
       for (const u of existing) {
         if (wanted.some((c) => c.name === u.name)) continue;
-        this.track(u.stop(this.graceMs()).then(() => removeStagedSubPaths(join(this.dirs.subPaths, u.name), 'unit')).catch((err) => this.o.logger.warn({ err, unit: u.name }, 'cannot remove staged subPaths')));
+        this.track(
+          u
+            .stop(this.graceMs())
+            .then(() => removeStagedSubPaths(join(this.dirs.subPaths, u.name), 'unit'))
+            .catch((err) => this.o.logger.warn({ err, unit: u.name }, 'cannot remove staged subPaths')),
+        );
       }
       return next;
     };
@@ -260,7 +265,10 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.scheduleDeadline();
     void this.runPod();
     this.changed();
-    this.o.logger.info({ generation: req.generation, changed, volumesWritten: rewritten, applyMs: performance.now() - t0, stateMs: t1 - t0, podFilesMs: t2 - t1, volumesMs: t3 - t2 }, 'pod applied');
+    this.o.logger.info(
+      { generation: req.generation, changed, volumesWritten: rewritten, applyMs: performance.now() - t0, stateMs: t1 - t0, podFilesMs: t2 - t1, volumesMs: t3 - t2 },
+      'pod applied',
+    );
     return { generation: req.generation, changedUnits: changed };
   }
 
@@ -271,13 +279,16 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const secs = this.req?.pod?.spec?.activeDeadlineSeconds;
     if (secs === undefined || !this.startTime || this.deadlineExceeded) return;
     const left = this.startTime.getTime() + secs * 1000 - Date.now();
-    this.deadlineTimer = setTimeout(() => {
-      this.deadlineExceeded = true;
-      this.event('Normal', 'DeadlineExceeded', 'Pod was active on the node longer than the specified deadline');
-      this.initRun++;
-      for (const u of [...this.initUnits, ...this.units]) this.track(u.stop(this.graceMs()));
-      this.changed();
-    }, Math.max(0, left));
+    this.deadlineTimer = setTimeout(
+      () => {
+        this.deadlineExceeded = true;
+        this.event('Normal', 'DeadlineExceeded', 'Pod was active on the node longer than the specified deadline');
+        this.initRun++;
+        for (const u of [...this.initUnits, ...this.units]) this.track(u.stop(this.graceMs()));
+        this.changed();
+      },
+      Math.max(0, left),
+    );
     this.deadlineTimer.unref();
   }
 
@@ -367,7 +378,17 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const notReady = main.filter((s) => !s.ready).map((s) => s.name);
     const conds = [
       this.conditions.set('PodReadyToStartContainers', true),
-      this.conditions.set('Initialized', initialized, initialized ? '' : 'ContainersNotInitialized', initialized ? '' : `containers with incomplete status: [${this.initUnits.filter((u) => !u.succeeded).map((u) => u.name).join(' ')}]`),
+      this.conditions.set(
+        'Initialized',
+        initialized,
+        initialized ? '' : 'ContainersNotInitialized',
+        initialized
+          ? ''
+          : `containers with incomplete status: [${this.initUnits
+              .filter((u) => !u.succeeded)
+              .map((u) => u.name)
+              .join(' ')}]`,
+      ),
       this.conditions.set('ContainersReady', allReady, allReady ? '' : 'ContainersNotReady', allReady ? '' : `containers with unready status: [${notReady.join(' ')}]`),
       this.conditions.set('Ready', allReady, allReady ? '' : 'ContainersNotReady', allReady ? '' : `containers with unready status: [${notReady.join(' ')}]`),
       this.conditions.set('PodScheduled', true),

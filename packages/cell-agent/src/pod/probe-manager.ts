@@ -33,10 +33,16 @@ export class ProbeManager {
       else hooks.noReadinessProbe();
     };
     if (s.startupProbe) {
-      this.run('startup', s.startupProbe, target, (ok, msg) => {
-        hooks.startup(ok, msg);
-        if (ok) startRest();
-      }, hooks);
+      this.run(
+        'startup',
+        s.startupProbe,
+        target,
+        (ok, msg) => {
+          hooks.startup(ok, msg);
+          if (ok) startRest();
+        },
+        hooks,
+      );
     } else startRest();
   }
 

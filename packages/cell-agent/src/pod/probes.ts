@@ -36,17 +36,12 @@ export function runHandler(h: Handler, t: ProbeTarget, timeoutMs: number): Promi
   switch (a.$case) {
     case 'exec':
       return new Promise((resolve) => {
-        execFile(
-          t.runcBinary,
-          ['--root', t.runcRoot, 'exec', t.containerId, ...a.value.command],
-          { timeout: timeoutMs, maxBuffer: 1 << 20 },
-          (err, stdout, stderr) => {
-            if (!err) return resolve({ ok: true, message: '' });
-            const out = `${String(stdout)}${String(stderr)}`.trim().slice(0, 1024);
-            if ((err as { killed?: boolean }).killed) return resolve({ ok: false, message: `command timed out after ${timeoutMs} ms` });
-            resolve({ ok: false, message: `command ${JSON.stringify(a.value.command)} exited with ${err.code ?? 'error'}${out ? `: ${out}` : ''}` });
-          },
-        );
+        execFile(t.runcBinary, ['--root', t.runcRoot, 'exec', t.containerId, ...a.value.command], { timeout: timeoutMs, maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
+          if (!err) return resolve({ ok: true, message: '' });
+          const out = `${String(stdout)}${String(stderr)}`.trim().slice(0, 1024);
+          if ((err as { killed?: boolean }).killed) return resolve({ ok: false, message: `command timed out after ${timeoutMs} ms` });
+          resolve({ ok: false, message: `command ${JSON.stringify(a.value.command)} exited with ${err.code ?? 'error'}${out ? `: ${out}` : ''}` });
+        });
       });
     case 'httpGet': {
       const g = a.value;
@@ -61,14 +56,11 @@ export function runHandler(h: Handler, t: ProbeTarget, timeoutMs: number): Promi
       for (const hd of g.httpHeaders) headers[hd.name] = hd.value;
       const lib = scheme === 'HTTPS' ? https : http;
       return new Promise((resolve) => {
-        const req = lib.request(
-          { host: g.host || t.podIP, port, path: g.path || '/', method: 'GET', headers, timeout: timeoutMs, rejectUnauthorized: false },
-          (res) => {
-            res.resume();
-            const code = res.statusCode ?? 0;
-            resolve(code >= 200 && code < 400 ? { ok: true, message: '' } : { ok: false, message: `HTTP probe failed with statuscode: ${code}` });
-          },
-        );
+        const req = lib.request({ host: g.host || t.podIP, port, path: g.path || '/', method: 'GET', headers, timeout: timeoutMs, rejectUnauthorized: false }, (res) => {
+          res.resume();
+          const code = res.statusCode ?? 0;
+          resolve(code >= 200 && code < 400 ? { ok: true, message: '' } : { ok: false, message: `HTTP probe failed with statuscode: ${code}` });
+        });
         req.on('timeout', () => req.destroy(new Error(`timeout after ${timeoutMs} ms`)));
         req.on('error', (err) => resolve({ ok: false, message: `Get "${scheme.toLowerCase()}://${g.host || t.podIP}:${port}${g.path || '/'}": ${err.message}` }));
         req.end();

@@ -239,7 +239,18 @@ export class Unit implements UnitView {
     } catch {
       return undefined;
     }
-    const inst = new Instance({ dir, dataDir: join(this.dir, `i${n}`), id: meta.id, instance: n, runc: this.ctx.runc, tty: meta.tty, stdin: meta.stdin, stdinOnce: this.spec.stdinOnce, sink: this.ctx.newSink(this), logger: this.ctx.logger });
+    const inst = new Instance({
+      dir,
+      dataDir: join(this.dir, `i${n}`),
+      id: meta.id,
+      instance: n,
+      runc: this.ctx.runc,
+      tty: meta.tty,
+      stdin: meta.stdin,
+      stdinOnce: this.spec.stdinOnce,
+      sink: this.ctx.newSink(this),
+      logger: this.ctx.logger,
+    });
     this.instance = inst;
     return inst;
   }
@@ -545,7 +556,16 @@ export class Unit implements UnitView {
     this.stopProbes();
     if (this.state.kind === 'waiting' || this.state.kind === 'starting') {
       // As the kubelet reports a container of a terminated pod that never ran.
-      this.setState({ kind: 'exited', exitCode: 137, signal: 0, reason: 'ContainerStatusUnknown', message: 'stopped before it started', startedAt: undefined, finishedAt: new Date(), containerId: '' });
+      this.setState({
+        kind: 'exited',
+        exitCode: 137,
+        signal: 0,
+        reason: 'ContainerStatusUnknown',
+        message: 'stopped before it started',
+        startedAt: undefined,
+        finishedAt: new Date(),
+        containerId: '',
+      });
     }
   }
 

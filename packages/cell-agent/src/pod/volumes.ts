@@ -39,9 +39,7 @@ export interface PreparedVolume {
 }
 
 function sh(cmd: string, args: string[]): Promise<void> {
-  return new Promise((resolve, reject) =>
-    execFile(cmd, args, (err, _o, stderr) => (err ? reject(new Error(`${cmd}: ${String(stderr).trim() || err.message}`)) : resolve())),
-  );
+  return new Promise((resolve, reject) => execFile(cmd, args, (err, _o, stderr) => (err ? reject(new Error(`${cmd}: ${String(stderr).trim() || err.message}`)) : resolve())));
 }
 
 function isMountPoint(p: string): boolean {
@@ -66,9 +64,15 @@ export function fieldValue(pod: Pod, sel: ObjectFieldSelector, podIP: string, ho
     case 'metadata.uid':
       return md?.uid ?? '';
     case 'metadata.labels':
-      return Object.entries(md?.labels ?? {}).sort().map(([k, v]) => `${k}="${v}"`).join('\n');
+      return Object.entries(md?.labels ?? {})
+        .sort()
+        .map(([k, v]) => `${k}="${v}"`)
+        .join('\n');
     case 'metadata.annotations':
-      return Object.entries(md?.annotations ?? {}).sort().map(([k, v]) => `${k}="${v}"`).join('\n');
+      return Object.entries(md?.annotations ?? {})
+        .sort()
+        .map(([k, v]) => `${k}="${v}"`)
+        .join('\n');
     case 'status.podIP':
       return podIP;
     case 'status.hostIP':
@@ -115,15 +119,7 @@ export class VolumeBuilder {
     private readonly hostIP: string,
   ) {}
 
-  private keyFiles(
-    volume: string,
-    kind: string,
-    name: string,
-    data: Map<string, Buffer> | undefined,
-    items: KeyToPath[],
-    defaultMode: number,
-    optional: boolean,
-  ): FileOut[] {
+  private keyFiles(volume: string, kind: string, name: string, data: Map<string, Buffer> | undefined, items: KeyToPath[], defaultMode: number, optional: boolean): FileOut[] {
     if (!data) {
       if (optional) return [];
       throw new VolumeError(volume, `${kind} "${name}" not found`);
@@ -148,7 +144,15 @@ export class VolumeBuilder {
 
   private secretFiles(volume: string, s: SecretVolumeSource, defaultMode: number): FileOut[] {
     const d = this.req.secrets[s.secretName];
-    return this.keyFiles(volume, 'secret', s.secretName, d ? new Map(Object.entries(d.data).map(([k, v]) => [k, Buffer.from(v)])) : undefined, s.items, s.defaultMode ?? defaultMode, s.optional);
+    return this.keyFiles(
+      volume,
+      'secret',
+      s.secretName,
+      d ? new Map(Object.entries(d.data).map(([k, v]) => [k, Buffer.from(v)])) : undefined,
+      s.items,
+      s.defaultMode ?? defaultMode,
+      s.optional,
+    );
   }
 
   private configMapFiles(volume: string, c: ConfigMapVolumeSource, defaultMode: number): FileOut[] {
@@ -252,7 +256,6 @@ export class VolumeBuilder {
     }
   }
 }
-
 
 function checkHostPath(volume: string, p: string, type: HostPathType): void {
   const st = (() => {

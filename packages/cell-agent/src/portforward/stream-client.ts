@@ -74,7 +74,14 @@ export function openStreamConnection(o: OpenStreamOptions): Promise<RelayEnd> {
     };
     const timer = setTimeout(() => settle(new Error(`the agent's stream port ${o.host}:${o.port} did not answer within ${timeoutMs / 1000} s`)), timeoutMs);
     const onError = (e: Error) => settle(new Error(`stream port ${o.host}:${o.port}: ${e.message}`));
-    const onEnd = () => settle(new StreamRefusedError(answer.length > 0 ? `the agent closed the stream connection mid-answer: ${answer.toString()}` : `the agent closed the stream connection without an answer${o.tls ? " (TLS: is the client certificate from the agent's CA?)" : ''}`));
+    const onEnd = () =>
+      settle(
+        new StreamRefusedError(
+          answer.length > 0
+            ? `the agent closed the stream connection mid-answer: ${answer.toString()}`
+            : `the agent closed the stream connection without an answer${o.tls ? " (TLS: is the client certificate from the agent's CA?)" : ''}`,
+        ),
+      );
     socket.on('error', onError);
     socket.on('end', onEnd);
     socket.once(o.tls ? 'secureConnect' : 'connect', () => {
@@ -86,7 +93,7 @@ export function openStreamConnection(o: OpenStreamOptions): Promise<RelayEnd> {
       answer = Buffer.concat([answer, view]);
       const nl = answer.indexOf(10);
       if (nl < 0) {
-        if (answer.length > MAX_ANSWER_BYTES) settle(new Error('the agent\'s answer on the stream port is not a status line'));
+        if (answer.length > MAX_ANSWER_BYTES) settle(new Error("the agent's answer on the stream port is not a status line"));
         return false;
       }
       const line = answer.subarray(0, nl).toString('utf8');

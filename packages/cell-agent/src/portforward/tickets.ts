@@ -56,7 +56,8 @@ export class TicketBook {
     if (e === undefined) return { ok: false, reason: 'unknown port-forward token' };
     if (e.used) return { ok: false, reason: 'port-forward token already used (a token is good for one connection)' };
     e.used = true;
-    if (this.now() >= e.expiresAt) return { ok: false, reason: `port-forward token expired ${Math.round((this.now() - e.expiresAt) / 1000)} s ago (tokens are good for ${this.ttlMs / 1000} s)` };
+    if (this.now() >= e.expiresAt)
+      return { ok: false, reason: `port-forward token expired ${Math.round((this.now() - e.expiresAt) / 1000)} s ago (tokens are good for ${this.ttlMs / 1000} s)` };
     return { ok: true, port: e.port };
   }
 

@@ -33,13 +33,7 @@ export function expand(input: string, lookup: (name: string) => string | undefin
 }
 
 /** The process argv by Kubernetes' rules for command/args against the image's entrypoint/cmd. */
-export function resolveArgv(opts: {
-  command: string[];
-  args: string[];
-  entrypoint: string[];
-  cmd: string[];
-  env: Map<string, string>;
-}): string[] {
+export function resolveArgv(opts: { command: string[]; args: string[]; entrypoint: string[]; cmd: string[]; env: Map<string, string> }): string[] {
   const lookup = (n: string) => opts.env.get(n);
   const ex = (xs: string[]) => xs.map((x) => expand(x, lookup));
   if (opts.command.length > 0) return [...ex(opts.command), ...ex(opts.args)];

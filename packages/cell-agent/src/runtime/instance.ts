@@ -81,7 +81,6 @@ function mkfifo(paths: string[]): Promise<void> {
   );
 }
 
-
 /** Keeps the last bytes a unit wrote, for FallbackToLogsOnError termination messages. */
 export class TailBuffer {
   private chunks: Buffer[] = [];
@@ -205,7 +204,9 @@ export class Instance extends EventEmitter {
       for (const n of ['stdout', 'stderr']) this.keepers.push(openSync(join(this.dir, n), FS.O_WRONLY | FS.O_NONBLOCK));
       if (this.hasStdin) this.openStdin();
       this.spawnedAt = performance.now();
-      this.shim = this.o.shims ? this.o.shims.start(this.dir, this.id, !this.hasStdin ? 0 : this.o.stdinOnce ? 2 : 1) : spawn('/bin/sh', args, { detached: true, stdio: 'ignore', cwd: this.dir });
+      this.shim = this.o.shims
+        ? this.o.shims.start(this.dir, this.id, !this.hasStdin ? 0 : this.o.stdinOnce ? 2 : 1)
+        : spawn('/bin/sh', args, { detached: true, stdio: 'ignore', cwd: this.dir });
       this.shimPid = this.shim.pid ?? 0;
       this.shim.on('exit', () => this.checkFiles());
       this.shim.on('error', (err) => this.o.logger.error({ err, unit: this.id }, 'shim failed to spawn'));

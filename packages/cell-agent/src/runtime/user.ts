@@ -16,8 +16,17 @@ export interface ResolvedUser {
 
 export class UserError extends Error {}
 
-interface PasswdEntry { name: string; uid: number; gid: number; home: string }
-interface GroupEntry { name: string; gid: number; members: string[] }
+interface PasswdEntry {
+  name: string;
+  uid: number;
+  gid: number;
+  home: string;
+}
+interface GroupEntry {
+  name: string;
+  gid: number;
+  members: string[];
+}
 
 /**
  * Reads a file of the image from its layer dirs (topmost first), without mounting them: the

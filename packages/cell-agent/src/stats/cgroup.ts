@@ -97,7 +97,7 @@ export class CgroupStatsReader {
       const st = parseKeyed(await readText(join(mem1, 'memory.stat')));
       const inactive = st.get('total_inactive_file') ?? st.get('inactive_file') ?? 0;
       workingSet = Math.max(0, (usage ?? 0) - inactive);
-      rss = (st.get('total_rss') ?? st.get('rss') ?? 0);
+      rss = st.get('total_rss') ?? st.get('rss') ?? 0;
       const l = await readNumber(join(mem1, 'memory.limit_in_bytes'));
       limit = l === undefined || l >= V1_UNLIMITED ? 0 : l;
     } else if (v2dir && existsSync(join(v2dir, 'memory.current'))) {

@@ -143,11 +143,26 @@ describe('bootstrap listener', () => {
     const cases: Array<[string, string, string, RegExp]> = [
       ['other key', await ca.sign(res.csrPem, { cellId: 'cell-abc', publicKeyFrom: await foreignCsr('cell-abc') }), ca.certPem, /not for the key/],
       ['other CA', await evil.sign(res.csrPem, { cellId: 'cell-abc' }), '', /not signed by the controller CA/],
-      ['other cell', await ca.sign(res.csrPem, { cellId: 'cell-xyz' }), ca.certPem, /must name exactly spiffe:\/\/cello\/cell\/cell-abc as its one URI SAN; it has spiffe:\/\/cello\/cell\/cell-xyz/],
+      [
+        'other cell',
+        await ca.sign(res.csrPem, { cellId: 'cell-xyz' }),
+        ca.certPem,
+        /must name exactly spiffe:\/\/cello\/cell\/cell-abc as its one URI SAN; it has spiffe:\/\/cello\/cell\/cell-xyz/,
+      ],
       // The same CA, but the certificate would also speak for the controller (any peer that
       // takes the first or any URI would see the controller in this cell's key).
-      ['two identities', await ca.sign(res.csrPem, { cellId: 'cell-abc', uris: ['spiffe://cello/cell/cell-abc', 'spiffe://cello/client/controller'] }), ca.certPem, /exactly spiffe:\/\/cello\/cell\/cell-abc as its one URI SAN; it has spiffe:\/\/cello\/cell\/cell-abc, spiffe:\/\/cello\/client\/controller/],
-      ['other trust domain', await ca.sign(res.csrPem, { cellId: 'cell-abc', uris: ['spiffe://elsewhere/cell/cell-abc'] }), ca.certPem, /must name exactly spiffe:\/\/cello\/cell\/cell-abc .*it has spiffe:\/\/elsewhere\/cell\/cell-abc/],
+      [
+        'two identities',
+        await ca.sign(res.csrPem, { cellId: 'cell-abc', uris: ['spiffe://cello/cell/cell-abc', 'spiffe://cello/client/controller'] }),
+        ca.certPem,
+        /exactly spiffe:\/\/cello\/cell\/cell-abc as its one URI SAN; it has spiffe:\/\/cello\/cell\/cell-abc, spiffe:\/\/cello\/client\/controller/,
+      ],
+      [
+        'other trust domain',
+        await ca.sign(res.csrPem, { cellId: 'cell-abc', uris: ['spiffe://elsewhere/cell/cell-abc'] }),
+        ca.certPem,
+        /must name exactly spiffe:\/\/cello\/cell\/cell-abc .*it has spiffe:\/\/elsewhere\/cell\/cell-abc/,
+      ],
       ['no identity', await ca.sign(res.csrPem, { cellId: 'cell-abc', uris: [] }), ca.certPem, /must name exactly spiffe:\/\/cello\/cell\/cell-abc .*it has none/],
       ['swapped CA', await evil.sign(res.csrPem, { cellId: 'cell-abc' }), evil.certPem, /ca_pem: differs/],
     ];

@@ -134,7 +134,9 @@ describe('cell-agent first-boot', () => {
     const d = await dirs();
     const log = capturingLogger();
     const t0 = Date.now();
-    await expect(firstBoot(options({ ...d, awsEndpoint: 'http://127.0.0.1:9', timeoutSeconds: 1, logger: log.logger }))).rejects.toThrow(/metadata service \(aws\) did not answer in time/);
+    await expect(firstBoot(options({ ...d, awsEndpoint: 'http://127.0.0.1:9', timeoutSeconds: 1, logger: log.logger }))).rejects.toThrow(
+      /metadata service \(aws\) did not answer in time/,
+    );
     expect(Date.now() - t0).toBeGreaterThanOrEqual(1000);
     expect(log.text()).toContain('metadata service not ready; retrying');
   });

@@ -43,8 +43,12 @@ async function cellFiles(ca: TestCa, cellId: string) {
 
 function call<Req, Res>(c: CellCertificatesClient, m: 'requestRenewal' | 'installRenewal', req: Req): Promise<Res> {
   return new Promise((resolve, reject) =>
-    (c[m] as unknown as (r: Req, md: Metadata, o: object, cb: (e: ServiceError | null, r: Res) => void) => void).call(c, req, new Metadata(), { deadline: Date.now() + 5000 }, (e, r) =>
-      e ? reject(e) : resolve(r),
+    (c[m] as unknown as (r: Req, md: Metadata, o: object, cb: (e: ServiceError | null, r: Res) => void) => void).call(
+      c,
+      req,
+      new Metadata(),
+      { deadline: Date.now() + 5000 },
+      (e, r) => (e ? reject(e) : resolve(r)),
     ),
   );
 }

@@ -4,15 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { type ClientReadableStream } from '@grpc/grpc-js';
-import {
-  ApplyPodRequest,
-  type CellAgentClient,
-  type ContainerStatus,
-  type Event,
-  type GetStatusResponse,
-  type WatchStatusEvent,
-  Pod,
-} from '@cello/proto/cell';
+import { ApplyPodRequest, type CellAgentClient, type ContainerStatus, type Event, type GetStatusResponse, type WatchStatusEvent, Pod } from '@cello/proto/cell';
 import { startAgent, type Agent, type AgentOptions } from '../../src/agent.js';
 import { connectAgent } from '../../src/ctl/client.js';
 import type { ImageService } from '../../src/images/image-service.js';
@@ -65,9 +57,7 @@ export async function startTestAgent(images: ImageService | undefined, extra: Pa
 }
 
 export function apply(client: CellAgentClient, req: Partial<ApplyPodRequest> & { pod: Pod }): Promise<{ generation: number; changedUnits: string[] }> {
-  return new Promise((resolve, reject) =>
-    client.applyPod(ApplyPodRequest.fromPartial({ generation: Date.now(), ...req }), (err, r) => (err ? reject(err) : resolve(r))),
-  );
+  return new Promise((resolve, reject) => client.applyPod(ApplyPodRequest.fromPartial({ generation: Date.now(), ...req }), (err, r) => (err ? reject(err) : resolve(r))));
 }
 
 export function getStatus(client: CellAgentClient): Promise<GetStatusResponse> {
@@ -118,7 +108,14 @@ export class StatusWatch {
     return new Promise((resolve, reject) => {
       const t = setTimeout(() => {
         this.waiters = this.waiters.filter((w) => w.resolve !== done);
-        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last status: ${JSON.stringify(this.summary())}; events: ${this.events.slice(-8).map((e) => `${e.container}:${e.reason}:${e.message}`).join(' | ')}`));
+        reject(
+          new Error(
+            `timed out after ${timeoutMs} ms waiting for ${what}; last status: ${JSON.stringify(this.summary())}; events: ${this.events
+              .slice(-8)
+              .map((e) => `${e.container}:${e.reason}:${e.message}`)
+              .join(' | ')}`,
+          ),
+        );
       }, timeoutMs);
       const done = () => {
         clearTimeout(t);

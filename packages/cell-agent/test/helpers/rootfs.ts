@@ -7,7 +7,11 @@ import { join } from 'node:path';
 export const BUSYBOX = '/bin/busybox';
 
 export function requireTools(): void {
-  for (const [cmd, pkg] of [['runc', 'runc'], ['busybox', 'busybox-static'], ['mount', 'mount']] as const) {
+  for (const [cmd, pkg] of [
+    ['runc', 'runc'],
+    ['busybox', 'busybox-static'],
+    ['mount', 'mount'],
+  ] as const) {
     try {
       execFileSync('sh', ['-c', `command -v ${cmd}`]);
     } catch {

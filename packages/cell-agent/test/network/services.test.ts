@@ -30,7 +30,11 @@ function service(name: string, over: Partial<Service> = {}): Service {
   };
 }
 
-function slice(svc: string, addresses: { ip: string; ready?: boolean; serving?: boolean; terminating?: boolean }[], ports: EndpointSlice['ports'] = [{ name: 'http', protocol: 'TCP', port: 8080 }]): EndpointSlice {
+function slice(
+  svc: string,
+  addresses: { ip: string; ready?: boolean; serving?: boolean; terminating?: boolean }[],
+  ports: EndpointSlice['ports'] = [{ name: 'http', protocol: 'TCP', port: 8080 }],
+): EndpointSlice {
   return {
     namespace: 'default',
     service: svc,
@@ -67,10 +71,21 @@ describe('Service proxy (nftables in a real network namespace)', () => {
   });
 
   it('sends nothing to an endpoint that is not ready, and falls back to serving terminating ones only when none is ready', async () => {
-    await proxy.sync({ services: [web], slices: [slice('web', [{ ip: BACKENDS[0]! }, { ip: BACKENDS[1]!, ready: false }, { ip: BACKENDS[2]!, ready: false, serving: true, terminating: true }])] });
+    await proxy.sync({
+      services: [web],
+      slices: [slice('web', [{ ip: BACKENDS[0]! }, { ip: BACKENDS[1]!, ready: false }, { ip: BACKENDS[2]!, ready: false, serving: true, terminating: true }])],
+    });
     expect(new Set(connectMany(cellNs, 'tcp', '10.96.0.10', 80, 20))).toEqual(new Set([`${BACKENDS[0]}:8080`]));
 
-    await proxy.sync({ services: [web], slices: [slice('web', [{ ip: BACKENDS[1]!, ready: false }, { ip: BACKENDS[2]!, ready: false, serving: true, terminating: true }])] });
+    await proxy.sync({
+      services: [web],
+      slices: [
+        slice('web', [
+          { ip: BACKENDS[1]!, ready: false },
+          { ip: BACKENDS[2]!, ready: false, serving: true, terminating: true },
+        ]),
+      ],
+    });
     expect(new Set(connectMany(cellNs, 'tcp', '10.96.0.10', 80, 20))).toEqual(new Set([`${BACKENDS[2]}:8080`]));
   });
 
@@ -89,10 +104,14 @@ describe('Service proxy (nftables in a real network namespace)', () => {
         { name: 'admin', protocol: 'TCP', port: 81 },
       ],
     });
-    const multiSlice = slice('multi', [{ ip: BACKENDS[2]! }], [
-      { name: 'dns', protocol: 'UDP', port: 5353 },
-      { name: 'admin', protocol: 'TCP', port: 8081 },
-    ]);
+    const multiSlice = slice(
+      'multi',
+      [{ ip: BACKENDS[2]! }],
+      [
+        { name: 'dns', protocol: 'UDP', port: 5353 },
+        { name: 'admin', protocol: 'TCP', port: 8081 },
+      ],
+    );
     await proxy.sync({ services: [web, multi], slices: [webSlice, multiSlice] });
     expect(connectMany(cellNs, 'udp', '10.96.0.53', 53, 3)).toEqual(Array(3).fill(`${BACKENDS[2]}:5353`));
     expect(connectMany(cellNs, 'tcp', '10.96.0.53', 81, 2)).toEqual(Array(2).fill(`${BACKENDS[2]}:8081`));
@@ -100,7 +119,16 @@ describe('Service proxy (nftables in a real network namespace)', () => {
 
   it('keeps a client on one endpoint with sessionAffinity: ClientIP', async () => {
     const sticky = service('sticky', { clusterIPs: ['10.96.0.12'], sessionAffinity: { timeoutSeconds: 60 } });
-    await proxy.sync({ services: [web, sticky], slices: [webSlice, slice('sticky', BACKENDS.map((ip) => ({ ip })))] });
+    await proxy.sync({
+      services: [web, sticky],
+      slices: [
+        webSlice,
+        slice(
+          'sticky',
+          BACKENDS.map((ip) => ({ ip })),
+        ),
+      ],
+    });
     const answers = connectMany(cellNs, 'tcp', '10.96.0.12', 80, 30);
     expect(answers[0]).toMatch(/^10\.201\.0\.\d:8080$/);
     expect(new Set(answers).size).toBe(1);
@@ -170,7 +198,13 @@ describe('SyncServices (the agent RPC the controller streams Services on)', () =
   const wireService = (name: string, clusterIP: string, over: Partial<ClusterService> = {}): ClusterService =>
     ClusterService.fromPartial({ namespace: 'default', name, clusterIps: [clusterIP], ports: [{ name: 'http', protocol: Protocol.PROTOCOL_TCP, port: 80 }], ...over });
   const wireSlice = (service: string, ips: string[]): ClusterEndpointSlice =>
-    ClusterEndpointSlice.fromPartial({ namespace: 'default', name: `${service}-x`, service, ports: [{ name: 'http', protocol: Protocol.PROTOCOL_TCP, port: 8080 }], endpoints: ips.map((ip) => ({ addresses: [ip], ready: true, serving: true })) });
+    ClusterEndpointSlice.fromPartial({
+      namespace: 'default',
+      name: `${service}-x`,
+      service,
+      ports: [{ name: 'http', protocol: Protocol.PROTOCOL_TCP, port: 8080 }],
+      endpoints: ips.map((ip) => ({ addresses: [ip], ready: true, serving: true })),
+    });
 
   function open() {
     const call = agent.client.syncServices();

@@ -16,7 +16,11 @@ let srv: TestServer;
 
 beforeAll(async () => {
   if (!existsSync(cli)) throw new Error(`${cli} is missing: build first (npx turbo run build --filter=@cello/cell-agent...)`);
-  units.add({ name: 'app', args: ['sh', '-c', 'for i in 1 2 3 4 5; do echo "line $i"; done; sleep 0.3; echo "to stderr" >&2; httpd -p 8080 -h /www; exec sleep 100000'], files: { '/www/index.html': 'served through ctl\n' } });
+  units.add({
+    name: 'app',
+    args: ['sh', '-c', 'for i in 1 2 3 4 5; do echo "line $i"; done; sleep 0.3; echo "to stderr" >&2; httpd -p 8080 -h /www; exec sleep 100000'],
+    files: { '/www/index.html': 'served through ctl\n' },
+  });
   units.add({ name: 'short', args: ['sh', '-c', 'echo begin; sleep 1; echo end'] });
   await units.get('app')!.start();
   srv = await startStreamServer({ units, logsFor: (n) => units.get(n)?.logs });
@@ -76,7 +80,11 @@ describe('ctl exec', () => {
   });
 
   it('with -it on a real terminal: raw mode, window size and its changes, exit code', async () => {
-    const term = pty.spawn(process.execPath, [cli, 'ctl', '--addr', `127.0.0.1:${srv.port}`, '--insecure-dev', 'exec', '-it', 'app', '--', 'sh'], { cols: 91, rows: 27, env: process.env as Record<string, string> });
+    const term = pty.spawn(process.execPath, [cli, 'ctl', '--addr', `127.0.0.1:${srv.port}`, '--insecure-dev', 'exec', '-it', 'app', '--', 'sh'], {
+      cols: 91,
+      rows: 27,
+      env: process.env as Record<string, string>,
+    });
     let text = '';
     term.onData((d) => (text += d));
     const exited = new Promise<number>((resolve) => term.onExit(({ exitCode }) => resolve(exitCode)));

@@ -88,7 +88,7 @@ describe('streams through the real agent', () => {
     expect(res.records.some((r) => r.tty && r.command[0] === 'sh')).toBe(true);
   });
 
-  it('PortForward: reaches httpd in the pod\'s network namespace', async () => {
+  it("PortForward: reaches httpd in the pod's network namespace", async () => {
     const call = a.client.portForward();
     const chunks: Buffer[] = [];
     const done = new Promise<void>((resolve, reject) => {

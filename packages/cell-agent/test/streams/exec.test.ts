@@ -36,7 +36,9 @@ afterAll(async () => {
 
 function exec(command: string[], opts: { tty?: boolean; stdin?: boolean; columns?: number; rows?: number; container?: string } = {}) {
   const call = srv.client.exec(new Metadata());
-  call.write(start({ container: opts.container ?? 'app', command, tty: opts.tty ?? false, stdin: opts.stdin ?? false, size: { columns: opts.columns ?? 0, rows: opts.rows ?? 0 } }));
+  call.write(
+    start({ container: opts.container ?? 'app', command, tty: opts.tty ?? false, stdin: opts.stdin ?? false, size: { columns: opts.columns ?? 0, rows: opts.rows ?? 0 } }),
+  );
   return call;
 }
 
@@ -75,7 +77,7 @@ describe('Exec without a tty', () => {
     });
   }, 90_000);
 
-  it('kills the exec\'d process when the client goes away', async () => {
+  it("kills the exec'd process when the client goes away", async () => {
     const call = exec(['sleep', '4242']);
     call.on('error', () => {});
     const ps = async () => (await collectExec(exec(['ps', '-o', 'args']))).stdout.toString();
@@ -135,7 +137,7 @@ describe('Exec errors are clean gRPC errors and leave the unit alone', () => {
 });
 
 describe('Attach', () => {
-  it('connects to the unit\'s own stdin and output, and detaching leaves it running', async () => {
+  it("connects to the unit's own stdin and output, and detaching leaves it running", async () => {
     const call = srv.client.attach();
     call.write(start({ container: 'chat', stdin: true }));
     let text = '';
@@ -162,7 +164,7 @@ describe('Attach', () => {
 });
 
 describe('Attach to a tty unit', () => {
-  it('gets the unit\'s terminal: typed input, its size from the first frame and resizes', async () => {
+  it("gets the unit's terminal: typed input, its size from the first frame and resizes", async () => {
     const call = srv.client.attach();
     call.write(start({ container: 'term', stdin: true, tty: true, size: { columns: 90, rows: 33 } }));
     let text = '';

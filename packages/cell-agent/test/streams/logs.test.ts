@@ -137,7 +137,7 @@ describe('ContainerLogs (real files)', () => {
     expect(got).toEqual(Array.from({ length: 500 }, (_, i) => `r${i}`));
   });
 
-  it('a follower gets a streaming writer\'s small pieces in fewer messages, and a lone line at once', async () => {
+  it("a follower gets a streaming writer's small pieces in fewer messages, and a lone line at once", async () => {
     const logs = new ContainerLogs({ dir: tmp() });
     const sink = logs.startInstance();
     const ac = new AbortController();
@@ -195,7 +195,16 @@ describe('ContainerLogs (real files)', () => {
     expect(fe!.reduce((n, c) => n + c.droppedBytes, 0)).toBe(0);
     expect(key(fp!)).toEqual(key(fe!));
     expect(key(fe!).length).toBe(60 * 4 + 9 * 3 + 7 + 1); // 700-byte lines are 3 records
-    const requests: Partial<LogsRequest>[] = [{}, { tailLines: 9 }, { tailLines: 200 }, { limitBytes: 123 }, { limitBytes: 1000 }, { sinceTime: mid }, { sinceSeconds: 3600 }, { timestamps: true, tailLines: 40 }];
+    const requests: Partial<LogsRequest>[] = [
+      {},
+      { tailLines: 9 },
+      { tailLines: 200 },
+      { limitBytes: 123 },
+      { limitBytes: 1000 },
+      { sinceTime: mid },
+      { sinceSeconds: 3600 },
+      { timestamps: true, tailLines: 40 },
+    ];
     for (const req of requests) {
       const entries = await collect(logs, req);
       const packed = await collect(logs, { ...req, packed: true });

@@ -75,16 +75,14 @@ function body(http: Buffer): Buffer {
 }
 
 describe('PortForward', () => {
-  it('reaches a server listening only on the pod\'s loopback (not the agent\'s)', async () => {
+  it("reaches a server listening only on the pod's loopback (not the agent's)", async () => {
     const r = await forward(8080, Buffer.from('GET /hello.txt HTTP/1.0\r\n\r\n'));
     expect(r.error).toBeUndefined();
     expect(r.data.toString()).toMatch(/^HTTP\/1\.[01] 200/);
     expect(body(r.data).toString()).toBe('hello from the pod\n');
     expect(r.closedByPod).toBe(true);
     // 8080 is not open in the agent's own namespace.
-    await expect(
-      new Promise((resolve, reject) => request('http://127.0.0.1:8080/hello.txt', resolve).on('error', reject).end()),
-    ).rejects.toThrow(/ECONNREFUSED/);
+    await expect(new Promise((resolve, reject) => request('http://127.0.0.1:8080/hello.txt', resolve).on('error', reject).end())).rejects.toThrow(/ECONNREFUSED/);
   });
 
   it('serves concurrent connections and a large transfer intact (sha256)', async () => {
@@ -156,7 +154,7 @@ describe('Stats (cgroup v1 on this host, /proc)', () => {
     expect(cell.interfaces.some((i) => i.name === 'lo')).toBe(true);
   });
 
-  it('serves the same figures and the agent\'s own on a Prometheus /metrics port', async () => {
+  it("serves the same figures and the agent's own on a Prometheus /metrics port", async () => {
     const metrics = new AgentMetrics();
     // A second server over the same units, instrumented: its calls are counted by method and code.
     const inst = await startStreamServer({ units, logsFor: (n) => units.get(n)?.logs, metrics }, { instrument: metrics });

@@ -99,7 +99,15 @@ beforeAll(async () => {
     n.createServer({allowHalfOpen:true},c=>{c.on('error',()=>{});c.end('hello\\n');c.resume()}).listen(${HELLO},'127.0.0.1',()=>process.stdout.write('up\\n'));`;
   pod = spawn('nsenter', [`--net=${netnsPath}`, process.execPath, '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
   await within(new Promise((r) => pod.stdout!.once('data', r)), 10_000, 'pod servers up');
-  plain = await startPortForwardStreamListener({ host: '127.0.0.1', port: 0, connect: (p) => forwarder.connect(netnsPath, p), logger: log, metrics, ticketTtlMs: 500, handshakeTimeoutMs: 500 });
+  plain = await startPortForwardStreamListener({
+    host: '127.0.0.1',
+    port: 0,
+    connect: (p) => forwarder.connect(netnsPath, p),
+    logger: log,
+    metrics,
+    ticketTtlMs: 500,
+    handshakeTimeoutMs: 500,
+  });
   pki = makePki();
 }, 60_000);
 
@@ -176,7 +184,9 @@ describe('port-forward stream port (plain)', () => {
     expect(text).toMatch(/cello_agent_port_forward_stream_connections_total\{result="timeout"\} 1/);
     const bytes = /cello_agent_stream_bytes_total\{kind="port_forward",direction="in"\} (\d+)/.exec(text);
     expect(Number(bytes?.[1])).toBeGreaterThanOrEqual((48 + 24 + 4 + 36) << 20);
-    await waitFor('no open port-forward sessions', async () => /cello_agent_stream_sessions\{kind="port_forward"\} 0/.test(await metrics.registry.metrics()), { timeoutMs: 10_000 });
+    await waitFor('no open port-forward sessions', async () => /cello_agent_stream_sessions\{kind="port_forward"\} 0/.test(await metrics.registry.metrics()), {
+      timeoutMs: 10_000,
+    });
     await waitFor('no open stream connections', async () => plain.connectionCount() === 0, { timeoutMs: 10_000 });
   });
 });
@@ -191,7 +201,16 @@ describe('port-forward stream port (mTLS)', () => {
   let identity: ServerIdentity;
   beforeAll(async () => {
     identity = await loadServerIdentity({ cert: pki.serverCert, key: pki.serverKey, ca: pki.ca });
-    secure = await startPortForwardStreamListener({ host: '127.0.0.1', port: 0, identity, peers: agentPeerPolicy(readFileSync(pki.serverCert, 'utf8')), connect: (p) => forwarder.connect(netnsPath, p), logger: log, metrics, handshakeTimeoutMs: 2_000 });
+    secure = await startPortForwardStreamListener({
+      host: '127.0.0.1',
+      port: 0,
+      identity,
+      peers: agentPeerPolicy(readFileSync(pki.serverCert, 'utf8')),
+      connect: (p) => forwarder.connect(netnsPath, p),
+      logger: log,
+      metrics,
+      handshakeTimeoutMs: 2_000,
+    });
     tls = { ca: readFileSync(pki.ca), cert: readFileSync(pki.clientCert), key: readFileSync(pki.clientKey) };
   });
   afterAll(async () => {
@@ -223,7 +242,7 @@ describe('port-forward stream port (mTLS)', () => {
     await waitFor('no connections left open', async () => secure.connectionCount() === 0, { timeoutMs: 5_000 });
   });
 
-  it('refuses a certificate of the same CA that is not the controller\'s, with a valid ticket, naming both identities', async () => {
+  it("refuses a certificate of the same CA that is not the controller's, with a valid ticket, naming both identities", async () => {
     const forbidden = async () => Number(/cello_agent_port_forward_stream_connections_total\{result="forbidden"\} (\d+)/.exec(await metrics.registry.metrics())?.[1] ?? 0);
     const before = await forbidden();
     for (const [what, id] of Object.entries(pki.impostors)) {
@@ -337,7 +356,7 @@ describe('cell-agent ctl port-forward against the real agent', () => {
     }
   });
 
-  it('ctl prints the agent\'s error for a port nothing listens on', async () => {
+  it("ctl prints the agent's error for a port nothing listens on", async () => {
     const c = ctlForward(['--addr', a.agent.address, '--insecure-dev', 'port-forward', `:${NOTHING}`]);
     try {
       const s = tcpConnect({ host: '127.0.0.1', port: await c.localPort });
@@ -366,7 +385,15 @@ describe('cell-agent ctl port-forward against the real agent', () => {
 
   it('ctl with mTLS reaches the stream port with its client certificate', async () => {
     const stateDir = mkdtempSync(join(tmpdir(), 'cello-agent-'));
-    const agent = await startAgent({ listen: '127.0.0.1:0', stateDir, tls: { cert: pki.serverCert, key: pki.serverKey, ca: pki.ca }, logger: log, podNetns: netnsPath, podIP: '10.99.1.4', cgroupParent: `/cello-test/pfs-${process.pid}` });
+    const agent = await startAgent({
+      listen: '127.0.0.1:0',
+      stateDir,
+      tls: { cert: pki.serverCert, key: pki.serverKey, ca: pki.ca },
+      logger: log,
+      podNetns: netnsPath,
+      podIP: '10.99.1.4',
+      cgroupParent: `/cello-test/pfs-${process.pid}`,
+    });
     const c = ctlForward(['--addr', agent.address, '--tls-cert', pki.clientCert, '--tls-key', pki.clientKey, '--tls-ca', pki.ca, 'port-forward', `:${ECHO}`]);
     try {
       const payload = randomBytes(8 << 20);

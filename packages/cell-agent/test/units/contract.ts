@@ -70,7 +70,12 @@ export function unitDirectoryContract(name: string, factory: () => Promise<UnitD
         expect(d.get('sleeper')?.name).toBe('sleeper');
         expect(d.get('echo')?.name).toBe('echo');
         expect(d.get('nope')).toBeUndefined();
-        expect(d.list().map((u) => u.name).sort()).toEqual(['echo', 'sleeper']);
+        expect(
+          d
+            .list()
+            .map((u) => u.name)
+            .sort(),
+        ).toEqual(['echo', 'sleeper']);
       });
     });
 

@@ -9,7 +9,13 @@ unitDirectoryContract('runc test double', async (): Promise<UnitDirectoryUnderTe
     directory: units,
     start: async (specs) => {
       for (const s of specs) {
-        units.add({ name: s.name, args: ['sh', '-c', s.script], stdin: s.stdin ?? false, tty: s.tty ?? false, ...(s.memoryLimitBytes !== undefined ? { memoryLimitBytes: s.memoryLimitBytes } : {}) });
+        units.add({
+          name: s.name,
+          args: ['sh', '-c', s.script],
+          stdin: s.stdin ?? false,
+          tty: s.tty ?? false,
+          ...(s.memoryLimitBytes !== undefined ? { memoryLimitBytes: s.memoryLimitBytes } : {}),
+        });
       }
       await Promise.all(specs.map((s) => units.get(s.name)!.start()));
     },

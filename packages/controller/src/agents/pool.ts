@@ -107,8 +107,6 @@ export function callUnary<Res>(client: Client, method: string, req: unknown, tim
   return new Promise((resolve, reject) => {
     const fn = (client as unknown as Record<string, (...a: unknown[]) => unknown>)[method];
     if (typeof fn !== 'function') return reject(new Error(`no such method ${method}`));
-    fn.call(client, req, new Metadata(), { deadline: Date.now() + timeoutMs }, (err: ServiceError | null, res: Res) =>
-      err ? reject(err) : resolve(res),
-    );
+    fn.call(client, req, new Metadata(), { deadline: Date.now() + timeoutMs }, (err: ServiceError | null, res: Res) => (err ? reject(err) : resolve(res)));
   });
 }

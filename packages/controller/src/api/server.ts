@@ -15,7 +15,18 @@ import {
   type ServiceError,
 } from '@grpc/grpc-js';
 import { ManifestError, podFromManifest, HealthService } from '@cello/proto';
-import { LogsRequest as AgentLogsRequest, ConfigMapData, SecretData, PodStatus, PodPhase, ConditionStatus, type ExecInput, type ExecOutput, type LogChunk, type PortForwardFrame } from '@cello/proto/cell';
+import {
+  LogsRequest as AgentLogsRequest,
+  ConfigMapData,
+  SecretData,
+  PodStatus,
+  PodPhase,
+  ConditionStatus,
+  type ExecInput,
+  type ExecOutput,
+  type LogChunk,
+  type PortForwardFrame,
+} from '@cello/proto/cell';
 import {
   ControllerService,
   type Cell,
@@ -167,30 +178,47 @@ export class ControllerApi {
   private guarded<Req, Res>(attrs: (r: Req) => Attributes | undefined, fn: (r: Req, p: Principal) => Promise<Res>) {
     return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
       const a = attrs(call.request);
-      (a ? this.admit(call, a) : this.authenticate(call)).then((p) => fn(call.request, p)).then(
-        (res) => cb(null, res),
-        (err) => fail(cb as sendUnaryData<never>, err),
-      );
+      (a ? this.admit(call, a) : this.authenticate(call))
+        .then((p) => fn(call.request, p))
+        .then(
+          (res) => cb(null, res),
+          (err) => fail(cb as sendUnaryData<never>, err),
+        );
     };
   }
 
   handlers() {
     return {
       // The namespace of an apply is known once the manifest is parsed: applyPod authorizes it.
-      applyPod: this.guarded(() => undefined, (r: ApplyPodRequest, p) => this.applyPod(r, (namespace, name) => this.o.auth!.authorize(p, { verb: 'create', resource: 'pods', namespace, name }))),
-      getPod: this.guarded((r: GetPodRequest) => ({ verb: 'get', resource: 'pods', namespace: ns(r.pod), name: r.pod?.name ?? '' }), (r: GetPodRequest) => this.getPod(r.pod)),
-      listPods: this.guarded(() => undefined, async (r: ListPodsRequest, p) => {
-        const only = await this.namespaceFilter(p, 'list', 'pods', r.namespace);
-        const res = await this.listPods(r);
-        if (only) res.pods = (await Promise.all(res.pods.map(async (x) => ((await only(x.metadata?.namespace ?? '')) ? x : undefined)))).filter((x) => x !== undefined);
-        return res;
-      }),
+      applyPod: this.guarded(
+        () => undefined,
+        (r: ApplyPodRequest, p) => this.applyPod(r, (namespace, name) => this.o.auth!.authorize(p, { verb: 'create', resource: 'pods', namespace, name })),
+      ),
+      getPod: this.guarded(
+        (r: GetPodRequest) => ({ verb: 'get', resource: 'pods', namespace: ns(r.pod), name: r.pod?.name ?? '' }),
+        (r: GetPodRequest) => this.getPod(r.pod),
+      ),
+      listPods: this.guarded(
+        () => undefined,
+        async (r: ListPodsRequest, p) => {
+          const only = await this.namespaceFilter(p, 'list', 'pods', r.namespace);
+          const res = await this.listPods(r);
+          if (only) res.pods = (await Promise.all(res.pods.map(async (x) => ((await only(x.metadata?.namespace ?? '')) ? x : undefined)))).filter((x) => x !== undefined);
+          return res;
+        },
+      ),
       watchPods: (call: ServerWritableStream<WatchPodsRequest, PodEvent>) =>
         void this.authenticate(call)
           .then(async (p) => this.watchPods(call, await this.namespaceFilter(p, 'watch', 'pods', call.request.namespace)))
           .catch((err) => endWithError(call, toStreamError(err))),
-      deletePod: this.guarded((r: DeletePodRequest) => ({ verb: 'delete', resource: 'pods', namespace: ns(r.pod), name: r.pod?.name ?? '' }), (r: DeletePodRequest) => this.deletePod(r)),
-      listCells: this.guarded(() => ({ verb: 'list', resource: 'cells', namespace: '*' }), async (_r: ListCellsRequest) => ListCellsResponse.fromPartial({ cells: await this.listCells() })),
+      deletePod: this.guarded(
+        (r: DeletePodRequest) => ({ verb: 'delete', resource: 'pods', namespace: ns(r.pod), name: r.pod?.name ?? '' }),
+        (r: DeletePodRequest) => this.deletePod(r),
+      ),
+      listCells: this.guarded(
+        () => ({ verb: 'list', resource: 'cells', namespace: '*' }),
+        async (_r: ListCellsRequest) => ListCellsResponse.fromPartial({ cells: await this.listCells() }),
+      ),
       watchCells: (call: ServerWritableStream<ListCellsRequest, CellEvent>) =>
         void this.admit(call, { verb: 'watch', resource: 'cells', namespace: '*' }).then(
           () => this.watchCells(call),
@@ -205,19 +233,22 @@ export class ControllerApi {
       attach: (call: ServerDuplexStream<ExecRequest, ExecOutput>) => this.relayExec(call, 'attach'),
       portForward: (call: ServerDuplexStream<PortForwardRequest, PortForwardFrame>) => this.relayPortForward(call),
       listEvents: this.guarded(
-        (r: ListEventsRequest) => (r.pod?.name ? { verb: 'list', resource: 'events', namespace: ns(r.pod), name: r.pod.name } : { verb: 'list', resource: 'events', namespace: '*' }),
+        (r: ListEventsRequest) =>
+          r.pod?.name ? { verb: 'list', resource: 'events', namespace: ns(r.pod), name: r.pod.name } : { verb: 'list', resource: 'events', namespace: '*' },
         async (r: ListEventsRequest) =>
           ListEventsResponse.fromPartial({ events: await this.events.list(r.pod?.name ? { namespace: ns(r.pod), name: r.pod.name } : undefined, r.limit) }),
       ),
       // Any authenticated caller may ask for the version (as Kubernetes' /version).
-      version: this.guarded(() => undefined, async (_r: VersionRequest) =>
-        VersionResponse.fromPartial({
-          version: VERSION,
-          controllerId: this.o.controllerId,
-          store: this.o.store.kind,
-          provider: this.o.providerName,
-          apiVersions: ['cello.controller.v1', 'v1/Pod'],
-        }),
+      version: this.guarded(
+        () => undefined,
+        async (_r: VersionRequest) =>
+          VersionResponse.fromPartial({
+            version: VERSION,
+            controllerId: this.o.controllerId,
+            store: this.o.store.kind,
+            provider: this.o.providerName,
+            apiVersions: ['cello.controller.v1', 'v1/Pod'],
+          }),
       ),
     };
   }
@@ -257,10 +288,12 @@ export class ControllerApi {
       if (cur) {
         const obj = podOf(cur);
         const sameSpec = JSON.stringify(obj.spec) === JSON.stringify(pod.spec);
-        const sameMeta = JSON.stringify(obj.metadata?.labels) === JSON.stringify(pod.metadata?.labels ?? {}) &&
+        const sameMeta =
+          JSON.stringify(obj.metadata?.labels) === JSON.stringify(pod.metadata?.labels ?? {}) &&
           JSON.stringify(obj.metadata?.annotations) === JSON.stringify(pod.metadata?.annotations ?? {});
         const storeKey = podKey(namespace, name);
-        const sameData = JSON.stringify(readPodSecrets(cur, storeKey, this.o.secretBox)) === JSON.stringify(secrets) && JSON.stringify(cur.configMaps ?? {}) === JSON.stringify(configMaps);
+        const sameData =
+          JSON.stringify(readPodSecrets(cur, storeKey, this.o.secretBox)) === JSON.stringify(secrets) && JSON.stringify(cur.configMaps ?? {}) === JSON.stringify(configMaps);
         // A record from before secrets were sealed is rewritten (sealed) even when nothing changed.
         const legacyPlain = this.o.secretBox !== undefined && cur.secrets !== undefined;
         if (sameSpec && sameMeta && sameData && !legacyPlain) {
@@ -568,7 +601,12 @@ export class ControllerApi {
       pendingBytes += frameBytes(v);
       if (pending.length > MAX_PENDING_FRAMES || pendingBytes > MAX_PENDING_BYTES) {
         pending.length = 0;
-        abort(apiError('ResourceExhausted', `${targeted ? 'while the target was being resolved' : 'before the target frame'} the stream queued more than ${MAX_PENDING_FRAMES} frames or ${MAX_PENDING_BYTES} bytes; send the target frame first and wait for output before sending more`));
+        abort(
+          apiError(
+            'ResourceExhausted',
+            `${targeted ? 'while the target was being resolved' : 'before the target frame'} the stream queued more than ${MAX_PENDING_FRAMES} frames or ${MAX_PENDING_BYTES} bytes; send the target frame first and wait for output before sending more`,
+          ),
+        );
       }
     });
     call.on('end', () => {

@@ -80,24 +80,30 @@ program
         { user: name, groups: o.group, ttlSeconds: o.ttl, out: o.output, ...(o.server ? { server: o.server } : {}), ...(o.context ? { context: o.context } : {}) },
         createLogger({ level: 'warn' }),
       );
-      process.stdout.write(`wrote ${r.file} (context ${r.context}, user ${name}${o.group.length ? `, groups ${o.group.join(', ')}` : ''}); try: cellctl --config ${r.file} get pods\n`);
+      process.stdout.write(
+        `wrote ${r.file} (context ${r.context}, user ${name}${o.group.length ? `, groups ${o.group.join(', ')}` : ''}); try: cellctl --config ${r.file} get pods\n`,
+      );
     } catch (err) {
       process.stderr.write(`controller issue-user: ${(err as Error).message}\n`);
       process.exit(1);
     }
   });
 
-program.action(() => main().catch((err: Error) => {
-  process.stderr.write(`controller: ${err.message}\n`);
-  process.exit(1);
-}));
+program.action(() =>
+  main().catch((err: Error) => {
+    process.stderr.write(`controller: ${err.message}\n`);
+    process.exit(1);
+  }),
+);
 
 async function main(): Promise<void> {
   const opts = program.opts<{ config?: string; check?: boolean; terminateCellsOnExit?: boolean }>();
   const config = configOrExit(opts.config);
   // Caught here too so --check tells (parseConfig takes such a file: tests and tools read it).
   if (!config.api.insecure && !config.security.encryptionKeyFile && !config.security.encryptionKeyEnv) {
-    process.stderr.write(`invalid configuration:\n${opts.config}: security.encryptionKeyFile: required for the API's TLS (it seals the controller CA's key); or set api.insecure: true on a loopback address\n`);
+    process.stderr.write(
+      `invalid configuration:\n${opts.config}: security.encryptionKeyFile: required for the API's TLS (it seals the controller CA's key); or set api.insecure: true on a loopback address\n`,
+    );
     process.exit(2);
   }
   if (opts.check) {

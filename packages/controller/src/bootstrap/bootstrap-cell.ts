@@ -15,13 +15,7 @@ import { X509Certificate as NodeX509 } from 'node:crypto';
 import { isIP } from 'node:net';
 import { connect as tlsConnect, type PeerCertificate } from 'node:tls';
 import { credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
-import {
-  CellBootstrapClient,
-  InstallCertificateRequest,
-  RequestCertificateRequest,
-  type InstallCertificateResponse,
-  type RequestCertificateResponse,
-} from '@cello/proto/cell';
+import { CellBootstrapClient, InstallCertificateRequest, RequestCertificateRequest, type InstallCertificateResponse, type RequestCertificateResponse } from '@cello/proto/cell';
 import type { Logger } from 'pino';
 import { DEFAULT_TRUST_DOMAIN, identityOf, identityUri } from '../security/identity.js';
 import * as x509 from '../security/x509.js';
@@ -74,7 +68,11 @@ export interface BootstrapResult {
 
 /** `agentStatus`: the gRPC status the agent answered with, when it answered at all. */
 export class BootstrapError extends CelloError {
-  constructor(readonly cellId: string, message: string, readonly agentStatus?: status) {
+  constructor(
+    readonly cellId: string,
+    message: string,
+    readonly agentStatus?: status,
+  ) {
     super(agentStatus === status.UNAVAILABLE ? 'Unavailable' : 'FailedPrecondition', `bootstrap of cell ${cellId}: ${message}`);
   }
 }
@@ -195,7 +193,11 @@ export async function bootstrapCell(o: BootstrapCellOptions): Promise<BootstrapR
     const want = `spiffe://${o.ca.trustDomain ?? DEFAULT_TRUST_DOMAIN}/cell/${o.cellId}`;
     const got = identityOf(certPem);
     if (got === undefined || identityUri(got) !== want) {
-      const uris = new NodeX509(certPem).subjectAltName?.split(', ').filter((n) => n.startsWith('URI:')).map((n) => n.slice(4)) ?? [];
+      const uris =
+        new NodeX509(certPem).subjectAltName
+          ?.split(', ')
+          .filter((n) => n.startsWith('URI:'))
+          .map((n) => n.slice(4)) ?? [];
       throw new BootstrapError(o.cellId, `the signed certificate names ${uris.join(', ') || 'no identity'}, expected exactly ${want}; not installing it`);
     }
     try {

@@ -7,16 +7,7 @@ import { Command, Option, InvalidArgumentError } from 'commander';
 import { credentials, Metadata, status as Status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
 import { parseAllDocuments, stringify } from 'yaml';
 import { ExecInput, LogsRequest as AgentLogsRequest, PortForwardFrame, type ExecOutput, type LogChunk } from '@cello/proto/cell';
-import {
-  ControllerClient,
-  EventType,
-  type Cell,
-  type CellEvent,
-  type ClusterEvent,
-  type PodEvent,
-  type PodObject,
-  type PodRef,
-} from '@cello/proto/controller';
+import { ControllerClient, EventType, type Cell, type CellEvent, type ClusterEvent, type PodEvent, type PodObject, type PodRef } from '@cello/proto/controller';
 import { VERSION } from '../version.js';
 import { asData, cellHeader, cellRow, describePod, podHeader, podRow, render, table } from './format.js';
 import { ConfigError } from '../errors.js';
@@ -76,7 +67,10 @@ function resolveGlobals(o: Options): Globals {
 }
 
 class CliError extends Error {
-  constructor(message: string, readonly exitCode = 1) {
+  constructor(
+    message: string,
+    readonly exitCode = 1,
+  ) {
     super(message);
   }
 }
@@ -84,7 +78,10 @@ class CliError extends Error {
 function connect(g: Globals): ControllerClient {
   // A large HTTP/2 window for logs and port-forward (the default 64 KiB costs a round trip per window).
   return new ControllerClient(g.server, g.creds, {
-    ...API_CHANNEL_OPTIONS, 'grpc.max_receive_message_length': 64 * 1024 * 1024, 'grpc-node.flow_control_window': 8 << 20 });
+    ...API_CHANNEL_OPTIONS,
+    'grpc.max_receive_message_length': 64 * 1024 * 1024,
+    'grpc-node.flow_control_window': 8 << 20,
+  });
 }
 
 function call<Req, Res>(client: ControllerClient, method: string, req: Req, timeoutMs = 30_000): Promise<Res> {
@@ -190,7 +187,9 @@ async function execLike(g: Globals, kind: 'exec' | 'attach', pod: string, o: { c
   const raw = tty && wantStdin && process.stdin.isTTY;
   if (raw) process.stdin.setRawMode(true);
   const onResize = () =>
-    stream.write({ frame: { $case: 'input', value: ExecInput.fromPartial({ frame: { $case: 'resize', value: { columns: process.stdout.columns, rows: process.stdout.rows } } }) } });
+    stream.write({
+      frame: { $case: 'input', value: ExecInput.fromPartial({ frame: { $case: 'resize', value: { columns: process.stdout.columns, rows: process.stdout.rows } } }) },
+    });
   if (tty) process.stdout.on('resize', onResize);
   if (wantStdin) {
     process.stdin.on('data', (b: Buffer) => stream.write({ frame: { $case: 'input', value: ExecInput.fromPartial({ frame: { $case: 'stdin', value: b } }) } }));
@@ -303,7 +302,8 @@ Examples:
   let resolved: Globals | undefined;
   const g = (): Globals => (resolved ??= resolveGlobals(program.opts<Options>()));
 
-  const run = <A extends unknown[]>(fn: (...a: A) => Promise<number | void>) =>
+  const run =
+    <A extends unknown[]>(fn: (...a: A) => Promise<number | void>) =>
     async (...args: A) => {
       try {
         const code = await fn(...args);
@@ -334,10 +334,19 @@ Examples:
             for (const manifest of splitManifests(f.text)) {
               let before: PodObject | undefined;
               try {
-                const name = (parseAllDocuments(manifest).map((d) => d.toJSON() as { kind?: string; metadata?: { name?: string; namespace?: string } }).find((d) => d?.kind === 'Pod') ?? {}).metadata;
-                if (name?.name) before = await call<unknown, PodObject>(client, 'getPod', { pod: { namespace: name.namespace || g().namespace, name: name.name } }).catch(() => undefined);
+                const name = (
+                  parseAllDocuments(manifest)
+                    .map((d) => d.toJSON() as { kind?: string; metadata?: { name?: string; namespace?: string } })
+                    .find((d) => d?.kind === 'Pod') ?? {}
+                ).metadata;
+                if (name?.name)
+                  before = await call<unknown, PodObject>(client, 'getPod', { pod: { namespace: name.namespace || g().namespace, name: name.name } }).catch(() => undefined);
                 const pod = await call<unknown, PodObject>(client, 'applyPod', { manifest, namespace: g().namespace, dryRun: !!o.dryRun });
-                const what = !before ? 'created' : before.metadata?.generation === pod.metadata?.generation && before.metadata?.resourceVersion === pod.metadata?.resourceVersion ? 'unchanged' : 'configured';
+                const what = !before
+                  ? 'created'
+                  : before.metadata?.generation === pod.metadata?.generation && before.metadata?.resourceVersion === pod.metadata?.resourceVersion
+                    ? 'unchanged'
+                    : 'configured';
                 process.stdout.write(`pod/${pod.metadata?.name} ${what}${o.dryRun ? ' (dry run)' : ''}\n`);
               } catch (err) {
                 failed++;
@@ -453,7 +462,13 @@ Examples:
         const pod = await call<unknown, PodObject>(client, 'getPod', { pod: ref(g(), name) });
         const cells = pod.cellId ? (await call<unknown, { cells: Cell[] }>(client, 'listCells', {})).cells : [];
         const events = (await call<unknown, { events: ClusterEvent[] }>(client, 'listEvents', { pod: ref(g(), name), limit: 50 })).events;
-        process.stdout.write(describePod(pod, cells.find((c) => c.id === pod.cellId), events));
+        process.stdout.write(
+          describePod(
+            pod,
+            cells.find((c) => c.id === pod.cellId),
+            events,
+          ),
+        );
       }),
     );
 
@@ -497,9 +512,7 @@ Examples:
     .option('-c, --container <name>', 'container (default: the first one)')
     .option('-i, --stdin', 'pass stdin to the command')
     .option('-t, --tty', 'allocate a terminal')
-    .action(
-      run(async (pod: string, command: string[], o: { container?: string; stdin?: boolean; tty?: boolean }) => execLike(g(), 'exec', pod, o, command)),
-    );
+    .action(run(async (pod: string, command: string[], o: { container?: string; stdin?: boolean; tty?: boolean }) => execLike(g(), 'exec', pod, o, command)));
 
   program
     .command('attach')
@@ -522,7 +535,7 @@ Examples:
     .description('delete a pod: its containers stop gracefully, then its cell is terminated')
     .argument('<kind>', 'pod')
     .argument('<names...>')
-    .option('--grace <seconds>', 'grace period before SIGKILL (default: the pod\'s terminationGracePeriodSeconds)', parseIntArg)
+    .option('--grace <seconds>', "grace period before SIGKILL (default: the pod's terminationGracePeriodSeconds)", parseIntArg)
     .option('--no-wait', 'return at once instead of when the pod and its cell are gone')
     .action(
       run(async (kind: string, names: string[], o: { grace?: number; wait: boolean }) => {
@@ -532,7 +545,12 @@ Examples:
         await Promise.all(
           names.map(async (name) => {
             try {
-              await call(client, 'deletePod', { pod: ref(g(), name), wait: o.wait, ...(o.grace !== undefined ? { gracePeriodSeconds: o.grace } : {}) }, ((o.grace ?? 30) + 180) * 1000);
+              await call(
+                client,
+                'deletePod',
+                { pod: ref(g(), name), wait: o.wait, ...(o.grace !== undefined ? { gracePeriodSeconds: o.grace } : {}) },
+                ((o.grace ?? 30) + 180) * 1000,
+              );
               process.stdout.write(`pod "${name}" deleted\n`);
             } catch (err) {
               failed++;

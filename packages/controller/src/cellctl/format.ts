@@ -74,7 +74,16 @@ function restarts(cs: ContainerStatus[]): number {
 export function table(rows: string[][]): string {
   if (rows.length === 0) return '';
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]! + 3))).join('').trimEnd()).join('\n') + '\n';
+  return (
+    rows
+      .map((r) =>
+        r
+          .map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]! + 3)))
+          .join('')
+          .trimEnd(),
+      )
+      .join('\n') + '\n'
+  );
 }
 
 export function podRow(p: PodObject, wide: boolean, allNs: boolean): string[] {
@@ -125,7 +134,8 @@ function stateLine(c: ContainerStatus): string[] {
   const s = c.state?.state;
   const out: string[] = [];
   if (s?.$case === 'running') out.push(`    State:          Running`, `      Started:      ${s.value.startedAt?.toISOString() ?? ''}`);
-  else if (s?.$case === 'waiting') out.push(`    State:          Waiting`, `      Reason:       ${s.value.reason}`, ...(s.value.message ? [`      Message:      ${s.value.message}`] : []));
+  else if (s?.$case === 'waiting')
+    out.push(`    State:          Waiting`, `      Reason:       ${s.value.reason}`, ...(s.value.message ? [`      Message:      ${s.value.message}`] : []));
   else if (s?.$case === 'terminated') {
     out.push(`    State:          Terminated`, `      Reason:       ${s.value.reason}`, `      Exit Code:    ${s.value.exitCode}`);
     if (s.value.message) out.push(`      Message:      ${s.value.message}`);
@@ -143,8 +153,16 @@ export function describePod(p: PodObject, cell: Cell | undefined, events: Cluste
     `UID:            ${m.uid}`,
     `Created:        ${m.creationTimestamp?.toISOString() ?? ''}`,
     `Generation:     ${m.generation}`,
-    `Labels:         ${Object.entries(m.labels).map(([k, v]) => `${k}=${v}`).join(', ') || '<none>'}`,
-    `Annotations:    ${Object.entries(m.annotations).map(([k, v]) => `${k}=${v}`).join(', ') || '<none>'}`,
+    `Labels:         ${
+      Object.entries(m.labels)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(', ') || '<none>'
+    }`,
+    `Annotations:    ${
+      Object.entries(m.annotations)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(', ') || '<none>'
+    }`,
     `Status:         ${podStatusWord(p)}`,
     `Phase:          ${phaseName(st?.phase)}`,
   ];

@@ -99,9 +99,22 @@ export async function update<T>(
 
 export class Events {
   private seq = 0;
-  constructor(private readonly store: Store, private readonly source = 'controller') {}
+  constructor(
+    private readonly store: Store,
+    private readonly source = 'controller',
+  ) {}
 
-  async record(e: { kind: 'Pod' | 'Cell'; namespace?: string; name: string; type?: 'Normal' | 'Warning'; reason: string; message: string; container?: string; source?: string; time?: Date }): Promise<void> {
+  async record(e: {
+    kind: 'Pod' | 'Cell';
+    namespace?: string;
+    name: string;
+    type?: 'Normal' | 'Warning';
+    reason: string;
+    message: string;
+    container?: string;
+    source?: string;
+    time?: Date;
+  }): Promise<void> {
     const time = e.time ?? new Date();
     const ev = ClusterEvent.fromPartial({
       time,

@@ -23,7 +23,10 @@ export function canTransition(from: CellState, to: CellState): boolean {
 }
 
 export class TransitionError extends CelloError {
-  constructor(readonly from: CellState, readonly to: CellState) {
+  constructor(
+    readonly from: CellState,
+    readonly to: CellState,
+  ) {
     super('FailedPrecondition', `illegal cell transition ${stateName(from)} -> ${stateName(to)}`);
   }
 }

@@ -15,16 +15,15 @@ export const kubernetesConfigSchema = z.strictObject({
   kubeconfig: z.string().min(1).optional(),
   /** Address the API server reaches the kubelet API at; default: $POD_IP, else the first non-loopback IPv4. */
   internalIP: z.string().min(1).optional(),
-  kubelet: z
-    .strictObject({
-      listen: hostPort.default('0.0.0.0:10250'),
-      certFile: z.string().min(1),
-      keyFile: z.string().min(1),
-      /** CA of the API server's kubelet client certificate (its --kubelet-client-certificate). */
-      clientCAFile: z.string().min(1),
-      /** Client certificate CNs allowed, on top of the SubjectAccessReview every caller gets; empty: no extra restriction. */
-      allowedCommonNames: z.array(z.string().min(1)).default([]),
-    }),
+  kubelet: z.strictObject({
+    listen: hostPort.default('0.0.0.0:10250'),
+    certFile: z.string().min(1),
+    keyFile: z.string().min(1),
+    /** CA of the API server's kubelet client certificate (its --kubelet-client-certificate). */
+    clientCAFile: z.string().min(1),
+    /** Client certificate CNs allowed, on top of the SubjectAccessReview every caller gets; empty: no extra restriction. */
+    allowedCommonNames: z.array(z.string().min(1)).default([]),
+  }),
   /** Pods must tolerate this taint to land on the node; null: no taint. */
   taint: z
     .union([

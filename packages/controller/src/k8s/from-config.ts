@@ -36,7 +36,7 @@ async function servedArchitectures(provider: Pick<CellProvider, 'architectures'>
   try {
     return await provider.architectures();
   } catch (err) {
-    log.warn({ err: (err as Error).message }, 'provider architectures unavailable; the node names its instance types\' ones');
+    log.warn({ err: (err as Error).message }, "provider architectures unavailable; the node names its instance types' ones");
     return fromTypes;
   }
 }

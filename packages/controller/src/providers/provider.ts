@@ -62,14 +62,21 @@ export interface InstanceInfo {
  * candidate, for any other error it fails the cell. A launch that throws it leaves no instance.
  */
 export class CapacityError extends CelloError {
-  constructor(message: string, readonly instanceType: string, readonly zone?: string) {
+  constructor(
+    message: string,
+    readonly instanceType: string,
+    readonly zone?: string,
+  ) {
     super('ResourceExhausted', message);
   }
 }
 
 /** A launch of a type the provider's fixed catalogue does not have (a caller's mistake, not capacity). */
 export class UnknownInstanceTypeError extends CelloError {
-  constructor(message: string, readonly instanceType: string) {
+  constructor(
+    message: string,
+    readonly instanceType: string,
+  ) {
     super('InvalidArgument', message);
   }
 }

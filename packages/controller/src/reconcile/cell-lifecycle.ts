@@ -152,7 +152,7 @@ export class CellLifecycle {
           c.instanceType = type;
           c.spot = inst.spot;
           c.zone = inst.zone ?? '';
-          if (t) c.hourlyPrice = inst.spot ? t.spotHourlyUsd ?? t.onDemandHourlyUsd : t.onDemandHourlyUsd;
+          if (t) c.hourlyPrice = inst.spot ? (t.spotHourlyUsd ?? t.onDemandHourlyUsd) : t.onDemandHourlyUsd;
           r.fallback = tries.slice(i + 1);
           this.bootstrap.keep(r, id, token);
         });
@@ -209,7 +209,9 @@ export class CellLifecycle {
     if (info.cellId && info.cellId !== id) {
       return void (await this.fail(id, cell, 'WrongCell', `agent at ${address} says it is cell ${info.cellId}`));
     }
-    await transition(ctx, id, CellState.CELL_STATE_READY, 'AgentReady', `agent ${info.version || ''} answered at ${address}`.replace('  ', ' '), undefined, [CellState.CELL_STATE_BOOTING]);
+    await transition(ctx, id, CellState.CELL_STATE_READY, 'AgentReady', `agent ${info.version || ''} answered at ${address}`.replace('  ', ' '), undefined, [
+      CellState.CELL_STATE_BOOTING,
+    ]);
     if (cell.pod?.name) {
       await transition(ctx, id, CellState.CELL_STATE_BOUND, 'Bound', `bound to pod ${refKey(cell.pod)}`, undefined, [CellState.CELL_STATE_READY]);
       ctx.enqueue(`pod:${refKey(cell.pod)}`);
@@ -233,7 +235,9 @@ export class CellLifecycle {
         ctx.log.warn({ cell: id, err: errMsg(err) }, 'agent DeletePod failed; terminating anyway');
       }
     }
-    await transition(ctx, id, CellState.CELL_STATE_TERMINATING, 'Drained', cell.pod?.name ? `pod ${refKey(cell.pod)} stopped` : 'released', undefined, [CellState.CELL_STATE_DRAINING]);
+    await transition(ctx, id, CellState.CELL_STATE_TERMINATING, 'Drained', cell.pod?.name ? `pod ${refKey(cell.pod)} stopped` : 'released', undefined, [
+      CellState.CELL_STATE_DRAINING,
+    ]);
   }
 
   private async terminate(id: string, cell: Cell): Promise<void> {

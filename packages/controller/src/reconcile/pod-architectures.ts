@@ -21,7 +21,9 @@ export async function podArchitectures(ctx: ReconcileContext, key: string, pod: 
     const list = podImages(pod.spec!);
     try {
       // An image the registry refuses or does not have is left to the cell's pull to report.
-      const read = await Promise.all(list.map((image) => reader.platformsOf(image, credentials).catch((err: unknown) => (err instanceof ImageUnreadable ? undefined : Promise.reject(err)))));
+      const read = await Promise.all(
+        list.map((image) => reader.platformsOf(image, credentials).catch((err: unknown) => (err instanceof ImageUnreadable ? undefined : Promise.reject(err)))),
+      );
       images = new Map(list.flatMap((image, i) => (read[i] ? [[image, read[i]] as const] : [])));
     } catch (err) {
       if (err instanceof CelloError && err.code === 'InvalidArgument') throw new SelectionError(err.message, 'InvalidImageReference');

@@ -2,14 +2,7 @@
 // what happens when its cell is lost (rescheduled or failed, the kubelet's node-failure rule),
 // and the status its agent reports, merged with the controller's own conditions and the
 // restarts counted on earlier cells.
-import {
-  ConditionStatus,
-  ContainerState,
-  PodPhase,
-  PodStatus,
-  RestartPolicy,
-  type GetStatusResponse,
-} from '@cello/proto/cell';
+import { ConditionStatus, ContainerState, PodPhase, PodStatus, RestartPolicy, type GetStatusResponse } from '@cello/proto/cell';
 import { PodObject, type Cell } from '@cello/proto/controller';
 import { podOf, refKey, splitKey } from '../cells/schema.js';
 import { setCondition } from '../cells/conditions.js';
@@ -85,7 +78,10 @@ export async function detachPod(ctx: ReconcileContext, cell: Cell, reason: strin
   if (outcome) {
     const [ns, name] = splitKey(key);
     await ctx.events.record({
-      kind: 'Pod', namespace: ns, name, type: 'Warning',
+      kind: 'Pod',
+      namespace: ns,
+      name,
+      type: 'Warning',
       reason: outcome === 'failed' ? 'PodFailed' : 'Rescheduling',
       message: outcome === 'failed' ? `${reason}: pod failed (restartPolicy)` : `${reason}: starting the pod on a new cell`,
     });
@@ -97,7 +93,13 @@ export async function detachPod(ctx: ReconcileContext, cell: Cell, reason: strin
  * Writes the status the agent of cell `cellId` (at `address`) reported for the pod `key`;
  * returns whether the pod just started running, and when it was created (start latency).
  */
-export async function applyAgentStatus(ctx: ReconcileContext, key: string, cellId: string, address: string, s: GetStatusResponse): Promise<{ becameRunning: boolean; created?: Date }> {
+export async function applyAgentStatus(
+  ctx: ReconcileContext,
+  key: string,
+  cellId: string,
+  address: string,
+  s: GetStatusResponse,
+): Promise<{ becameRunning: boolean; created?: Date }> {
   let becameRunning = false;
   let created: Date | undefined;
   await ctx.cache.writePod(key, (r) => {

@@ -87,7 +87,14 @@ async function applyToAgent(ctx: ReconcileContext, key: string, rec: PodRecord, 
   if (pull.unusable.length > 0) {
     const [ns, name] = splitKey(key);
     const names = pull.unusable.map((u) => `${u.name}: ${u.why}`).join('; ');
-    void ctx.note({ kind: 'Pod', namespace: ns, name, type: 'Warning', reason: 'FailedToRetrieveImagePullSecret', message: `Unable to retrieve some image pull secrets (${names}); attempting to pull the image may not succeed.` });
+    void ctx.note({
+      kind: 'Pod',
+      namespace: ns,
+      name,
+      type: 'Warning',
+      reason: 'FailedToRetrieveImagePullSecret',
+      message: `Unable to retrieve some image pull secrets (${names}); attempting to pull the image may not succeed.`,
+    });
   }
   // Pull secrets reach the cell only as the credentials above, unless the pod also reads them.
   const used = secretsUsedByPod(spec);

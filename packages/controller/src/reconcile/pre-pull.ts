@@ -53,7 +53,9 @@ export class PrePull {
   async run(ctx: ReconcileContext, cellId: string, address: string): Promise<void> {
     const cell = ctx.cache.cells.get(cellId)?.cell;
     if (!cell) return;
-    const entry = (ctx.o.warmPool ?? []).find((w) => w.instanceType === cell.instanceType && !!w.spot === cell.spot) ?? (ctx.o.warmPool ?? []).find((w) => w.instanceType === cell.instanceType);
+    const entry =
+      (ctx.o.warmPool ?? []).find((w) => w.instanceType === cell.instanceType && !!w.spot === cell.spot) ??
+      (ctx.o.warmPool ?? []).find((w) => w.instanceType === cell.instanceType);
     if (!entry) return;
     const images = this.imagesFor(entry);
     if (images.length === 0) return;

@@ -16,7 +16,9 @@ export interface PodPull {
 }
 
 export async function podPull(ctx: ReconcileContext, key: string, rec: PodRecord, spec: PodSpec | undefined): Promise<PodPull> {
-  const secrets = Object.fromEntries(Object.entries(readPodSecrets(rec as PodRecordWithData, podKey(...splitKey(key)), ctx.o.secretBox)).map(([k, v]) => [k, SecretData.fromJSON(v)]));
+  const secrets = Object.fromEntries(
+    Object.entries(readPodSecrets(rec as PodRecordWithData, podKey(...splitKey(key)), ctx.o.secretBox)).map(([k, v]) => [k, SecretData.fromJSON(v)]),
+  );
   const s = spec ?? PodSpec.fromPartial({});
   const pull = podPullCredentials(s, secrets, (await ctx.o.registryKeyrings?.(podImages(s))) ?? []);
   return { pull, secrets };

@@ -117,8 +117,7 @@ export class RecordCache {
           if (ev.type === 'put') {
             const kv = ev.kv;
             on(kv.key.slice(prefix.length), () => kv.value, kv.modRevision);
-          }
-          else on(ev.key.slice(prefix.length), undefined, ev.revision);
+          } else on(ev.key.slice(prefix.length), undefined, ev.revision);
         }
       } catch (err) {
         if (signal.aborted) return;

@@ -52,7 +52,13 @@ export async function schedule(ctx: ReconcileContext, key: string, pod: PodObjec
   // A cell already created for this pod (crash between the two writes below) is adopted.
   for (const id of cache.cells.forPod(refKey(ref))) {
     const cell = cache.cells.get(id)!.cell;
-    if (cell.pod && refKey(cell.pod) === refKey(ref) && cell.state !== CellState.CELL_STATE_TERMINATED && cell.state !== CellState.CELL_STATE_TERMINATING && cell.state !== CellState.CELL_STATE_DRAINING) {
+    if (
+      cell.pod &&
+      refKey(cell.pod) === refKey(ref) &&
+      cell.state !== CellState.CELL_STATE_TERMINATED &&
+      cell.state !== CellState.CELL_STATE_TERMINATING &&
+      cell.state !== CellState.CELL_STATE_DRAINING
+    ) {
       await bindPod(ctx, key, id, cell.instanceType, 'adopted');
       return;
     }

@@ -126,9 +126,15 @@ export class StatusWatch {
       const e = k.value;
       const [ns, name] = splitKey(key);
       void ctx.note({
-        kind: 'Pod', namespace: ns, name,
+        kind: 'Pod',
+        namespace: ns,
+        name,
         type: e.type === 'Warning' ? 'Warning' : 'Normal',
-        reason: e.reason, message: e.message, container: e.container, source: id, time: e.time ?? new Date(),
+        reason: e.reason,
+        message: e.message,
+        container: e.container,
+        source: id,
+        time: e.time ?? new Date(),
       });
     }
   }

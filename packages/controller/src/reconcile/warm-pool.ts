@@ -42,7 +42,7 @@ export class WarmPool {
             provider: ctx.o.provider.name,
             instanceType: w.instanceType,
             spot: !!w.spot,
-            hourlyPrice: w.spot ? t.spotHourlyUsd ?? t.onDemandHourlyUsd : t.onDemandHourlyUsd,
+            hourlyPrice: w.spot ? (t.spotHourlyUsd ?? t.onDemandHourlyUsd) : t.onDemandHourlyUsd,
             createdAt: at,
             stateSince: at,
             reason: 'WarmPool',

@@ -70,7 +70,12 @@ function parseKey(key: string): Key {
 /** filepath.Match for one host label: `*` is any run of characters, `?` one. */
 function labelMatches(glob: string, label: string): boolean {
   if (!glob.includes('*') && !glob.includes('?')) return glob === label;
-  const re = new RegExp(`^${glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replaceAll('*', '.*').replaceAll('?', '.')}$`);
+  const re = new RegExp(
+    `^${glob
+      .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+      .replaceAll('*', '.*')
+      .replaceAll('?', '.')}$`,
+  );
   return re.test(label);
 }
 

@@ -16,11 +16,7 @@ export interface BootstrapRequest {
   ttlSeconds?: number;
 }
 
-export async function completeBootstrap(
-  ca: CertificateAuthority,
-  tokens: BootstrapTokens,
-  req: BootstrapRequest,
-): Promise<{ certPem: string; caPem: string }> {
+export async function completeBootstrap(ca: CertificateAuthority, tokens: BootstrapTokens, req: BootstrapRequest): Promise<{ certPem: string; caPem: string }> {
   await ca.verifyCsr(req.csrPem);
   await tokens.consumeBootstrapToken(req.cellId, req.token);
   const certPem = await ca.signCsr(req.csrPem, { cellId: req.cellId, ips: req.ips, dnsNames: req.dnsNames, ttlSeconds: req.ttlSeconds });

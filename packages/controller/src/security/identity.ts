@@ -9,16 +9,16 @@ import { isSpiffeName, parseSpiffeId } from '@cello/proto';
 import type { PeerCertificate } from 'node:tls';
 
 export type Identity =
-  | { kind: 'cell'; cellId: string; trustDomain: string }
-  | { kind: 'client'; name: string; trustDomain: string }
-  | { kind: 'user'; name: string; trustDomain: string };
+  { kind: 'cell'; cellId: string; trustDomain: string } | { kind: 'client'; name: string; trustDomain: string } | { kind: 'user'; name: string; trustDomain: string };
 
 export const DEFAULT_TRUST_DOMAIN = 'cello';
 
 /** Throws a TypeError naming `field` unless `value` is a usable user name. */
 export function checkUserName(value: unknown, field: string): asserts value is string {
   if (typeof value !== 'string' || !isSpiffeName('user', value)) {
-    throw new TypeError(`${field} must be 1-128 characters of letters, digits, '.', '_', ':', '@' or '-', starting and ending with a letter or digit; got ${JSON.stringify(value)}`);
+    throw new TypeError(
+      `${field} must be 1-128 characters of letters, digits, '.', '_', ':', '@' or '-', starting and ending with a letter or digit; got ${JSON.stringify(value)}`,
+    );
   }
 }
 

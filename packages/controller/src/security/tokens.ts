@@ -22,7 +22,11 @@ export type BootstrapTokenFailure = 'unknown' | 'mismatch' | 'expired' | 'used';
 
 /** Why a token was refused. The message never contains the token. */
 export class BootstrapTokenError extends CelloError {
-  constructor(readonly reason: BootstrapTokenFailure, readonly cellId: string, detail: string) {
+  constructor(
+    readonly reason: BootstrapTokenFailure,
+    readonly cellId: string,
+    detail: string,
+  ) {
     super('Unauthenticated', `bootstrap token for cell ${cellId} refused (${reason}): ${detail}`);
   }
 }
@@ -35,7 +39,10 @@ export class BootstrapTokens {
   private readonly prefix: string;
   private readonly now: () => number;
 
-  constructor(private readonly store: Store, opts: { prefix?: string; now?: () => number } = {}) {
+  constructor(
+    private readonly store: Store,
+    opts: { prefix?: string; now?: () => number } = {},
+  ) {
     this.prefix = opts.prefix ?? BOOTSTRAP_TOKEN_PREFIX;
     this.now = opts.now ?? Date.now;
   }

@@ -29,7 +29,11 @@ export interface ImagePlatformReaderOptions {
 
 /** The registry could not tell (unreachable, refused, not found): scheduling waits and retries. */
 export class ImagePlatformsUnknown extends CelloError {
-  constructor(readonly image: string, message: string, options?: { cause?: unknown }) {
+  constructor(
+    readonly image: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
     super('Unavailable', message, options);
   }
 }
@@ -40,7 +44,11 @@ export class ImagePlatformsUnknown extends CelloError {
  * a kubelet, so scheduling goes ahead without this image's platforms.
  */
 export class ImageUnreadable extends CelloError {
-  constructor(readonly image: string, message: string, options?: { cause?: unknown }) {
+  constructor(
+    readonly image: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
     super('FailedPrecondition', message, options);
   }
 }
@@ -92,7 +100,12 @@ export class ImagePlatformReader {
     const auth = credentials?.(ref.registry);
     // Whose view of the tag: another pod's credentials (a wrong password for the same user
     // included) must not answer for this one. Only a hash of them is kept.
-    const who = auth ? createHash('sha256').update(JSON.stringify([auth.username, auth.password, auth.identityToken])).digest('hex').slice(0, 32) : '';
+    const who = auth
+      ? createHash('sha256')
+          .update(JSON.stringify([auth.username, auth.password, auth.identityToken]))
+          .digest('hex')
+          .slice(0, 32)
+      : '';
     const tagKey = `${name}|${who}`;
     const tagged = this.byTag.get(tagKey);
     if (tagged && tagged.until > Date.now()) {
@@ -119,7 +132,8 @@ export class ImagePlatformReader {
       return r;
     } catch (err) {
       const why = signal.aborted ? `no answer within ${(this.o.timeoutMs ?? 10_000) / 1000} s` : errMsg(err);
-      if (!signal.aborted && err instanceof PullError && (err.kind === 'auth' || err.kind === 'not-found')) throw new ImageUnreadable(name, `reading the platforms of ${name}: ${why}`, { cause: err });
+      if (!signal.aborted && err instanceof PullError && (err.kind === 'auth' || err.kind === 'not-found'))
+        throw new ImageUnreadable(name, `reading the platforms of ${name}: ${why}`, { cause: err });
       throw new ImagePlatformsUnknown(name, `reading the platforms of ${name}: ${why}`, { cause: err });
     } finally {
       // The slot passes straight to a waiter, so a newcomer cannot slip in between.

@@ -25,7 +25,11 @@ export function createRegistryClientFactory(s: RegistryClientSettings = {}): Reg
   // name only, so a shared cache would let a wrong password ride on a right one's token.
   const tokens = new Map<string, TokenCache>();
   const tokensFor = (credentials: RegistryAuth | undefined): TokenCache => {
-    const key = credentials ? createHash('sha256').update(JSON.stringify([credentials.username, credentials.password, credentials.identityToken])).digest('hex') : '';
+    const key = credentials
+      ? createHash('sha256')
+          .update(JSON.stringify([credentials.username, credentials.password, credentials.identityToken]))
+          .digest('hex')
+      : '';
     let t = tokens.get(key);
     if (!t) {
       if (tokens.size >= MAX_IDENTITIES) tokens.delete(tokens.keys().next().value!);

@@ -42,7 +42,10 @@ export interface SelectionInput {
 
 /** A pod too big for every type is a precondition the cluster may meet later; the rest is the pod's own fault. */
 export class SelectionError extends CelloError {
-  constructor(message: string, readonly reason: string) {
+  constructor(
+    message: string,
+    readonly reason: string,
+  ) {
     super(reason === 'NoFittingInstanceType' ? 'FailedPrecondition' : 'InvalidArgument', message);
   }
 }
@@ -84,7 +87,10 @@ export function podDemand(spec: PodSpec, annotations: Record<string, string>, ov
 }
 
 function globToRegExp(glob: string): RegExp {
-  const esc = glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
+  const esc = glob
+    .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+    .replace(/\*/g, '.*')
+    .replace(/\?/g, '.');
   return new RegExp(`^${esc}$`);
 }
 
@@ -120,10 +126,7 @@ function spotPreference(annotations: Record<string, string>, dflt: SpotPreferenc
     case 'never':
       return 'never';
     default:
-      throw new SelectionError(
-        `metadata.annotations["${ANNOTATION_SPOT}"]: "${v}" is not one of true, false, preferred, required, never`,
-        'InvalidAnnotation',
-      );
+      throw new SelectionError(`metadata.annotations["${ANNOTATION_SPOT}"]: "${v}" is not one of true, false, preferred, required, never`, 'InvalidAnnotation');
   }
 }
 
@@ -138,13 +141,14 @@ export function selectCandidates(types: InstanceType[], input: SelectionInput): 
   const pin = input.annotations[ANNOTATION_INSTANCE_TYPE];
   let pool = types;
   if (pin !== undefined) {
-    const patterns = pin.split(',').map((p) => p.trim()).filter(Boolean).map(globToRegExp);
+    const patterns = pin
+      .split(',')
+      .map((p) => p.trim())
+      .filter(Boolean)
+      .map(globToRegExp);
     pool = types.filter((t) => patterns.some((re) => re.test(t.name)));
     if (pool.length === 0) {
-      throw new SelectionError(
-        `metadata.annotations["${ANNOTATION_INSTANCE_TYPE}"]: "${pin}" matches no instance type of this provider`,
-        'NoMatchingInstanceType',
-      );
+      throw new SelectionError(`metadata.annotations["${ANNOTATION_INSTANCE_TYPE}"]: "${pin}" matches no instance type of this provider`, 'NoMatchingInstanceType');
     }
   }
   const out: Candidate[] = [];
@@ -152,8 +156,10 @@ export function selectCandidates(types: InstanceType[], input: SelectionInput): 
   for (const t of pool) {
     // GPU machines are for GPU pods: never the "cheapest fit" for a pod that needs none,
     // unless the pod pins the type.
-    const why = (input.architectures && !input.architectures.includes(t.arch) ? `${t.arch} cannot run the pod's images (needs ${input.architectures.join(' or ')})` : undefined) ??
-      misfit(t, demand) ?? (demand.gpus === 0 && t.gpus > 0 && pin === undefined ? 'has GPUs the pod does not request' : undefined);
+    const why =
+      (input.architectures && !input.architectures.includes(t.arch) ? `${t.arch} cannot run the pod's images (needs ${input.architectures.join(' or ')})` : undefined) ??
+      misfit(t, demand) ??
+      (demand.gpus === 0 && t.gpus > 0 && pin === undefined ? 'has GPUs the pod does not request' : undefined);
     if (why) {
       reasons.push(`${t.name}: ${why}`);
       continue;
@@ -162,15 +168,16 @@ export function selectCandidates(types: InstanceType[], input: SelectionInput): 
     if (spot !== 'required') out.push({ type: t, spot: false, hourlyUsd: t.onDemandHourlyUsd });
   }
   if (out.length === 0) {
-    const what = `${demand.cpuMillis}m CPU, ${mib(demand.memoryBytes)} MiB memory` +
+    const what =
+      `${demand.cpuMillis}m CPU, ${mib(demand.memoryBytes)} MiB memory` +
       (demand.gpus ? `, ${demand.gpus} GPU${demand.gpuType ? ` (${demand.gpuType})` : ''}` : '') +
       (spot === 'required' ? ', spot' : '');
-    throw new SelectionError(
-      `no instance type fits ${what} (including agent overhead)` + (reasons.length ? `: ${reasons.slice(0, 4).join('; ')}` : ''),
-      'NoFittingInstanceType',
-    );
+    throw new SelectionError(`no instance type fits ${what} (including agent overhead)` + (reasons.length ? `: ${reasons.slice(0, 4).join('; ')}` : ''), 'NoFittingInstanceType');
   }
   // Spot before on-demand only matters through price; ties go to the smaller machine.
-  out.sort((a, b) => a.hourlyUsd - b.hourlyUsd || a.type.vcpus - b.type.vcpus || a.type.memoryMiB - b.type.memoryMiB || a.type.name.localeCompare(b.type.name) || Number(b.spot) - Number(a.spot));
+  out.sort(
+    (a, b) =>
+      a.hourlyUsd - b.hourlyUsd || a.type.vcpus - b.type.vcpus || a.type.memoryMiB - b.type.memoryMiB || a.type.name.localeCompare(b.type.name) || Number(b.spot) - Number(a.spot),
+  );
   return out;
 }

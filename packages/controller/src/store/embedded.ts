@@ -168,7 +168,6 @@ function recordSize(rec: Rec): number {
   return rec.k.length + (rec.v?.length ?? 0) + 48;
 }
 
-
 export class EmbeddedStore implements Store {
   readonly kind = 'embedded' as const;
 

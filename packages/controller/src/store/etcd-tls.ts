@@ -79,6 +79,7 @@ export function checkEtcdTransport(endpoints: string[], tls: EtcdTlsOptions | un
   }
   if (hasPassword && https.length === 0) {
     const remote = endpoints.filter((e) => !loopback(e));
-    if (remote.length > 0) throw new TypeError(`store.auth: the etcd password would cross the network in clear text to ${remote.join(', ')}; use https:// endpoints with store.tls`);
+    if (remote.length > 0)
+      throw new TypeError(`store.auth: the etcd password would cross the network in clear text to ${remote.join(', ')}; use https:// endpoints with store.tls`);
   }
 }

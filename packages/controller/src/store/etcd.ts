@@ -47,7 +47,6 @@ export interface EtcdStoreOptions {
 
 const LIST_PAGE = 1000;
 
-
 function abortReason(signal: AbortSignal | undefined, fallback: string): Error {
   const r: unknown = signal?.reason;
   return r instanceof Error ? r : new Error(fallback);
@@ -179,11 +178,7 @@ export class EtcdStore implements Store {
       const res = await this.kv.put(key).value(json).exec();
       return Number(res.header.revision);
     }
-    const res = await this.kv
-      .if(key, 'Mod', '==', opts.expectRevision)
-      .then(this.kv.put(key).value(json))
-      .else(this.kv.get(key))
-      .commit();
+    const res = await this.kv.if(key, 'Mod', '==', opts.expectRevision).then(this.kv.put(key).value(json)).else(this.kv.get(key)).commit();
     if (!res.succeeded) throw new ConflictError(key, opts.expectRevision, actualRevision(res));
     return Number(res.header.revision);
   }
@@ -199,11 +194,7 @@ export class EtcdStore implements Store {
       const res = await this.kv.delete().key(key).exec();
       return Number(res.deleted) > 0;
     }
-    const res = await this.kv
-      .if(key, 'Mod', '==', opts.expectRevision)
-      .then(this.kv.delete().key(key))
-      .else(this.kv.get(key))
-      .commit();
+    const res = await this.kv.if(key, 'Mod', '==', opts.expectRevision).then(this.kv.delete().key(key)).else(this.kv.get(key)).commit();
     if (!res.succeeded) throw new ConflictError(key, opts.expectRevision, actualRevision(res));
     return Number(res.responses[0]?.response_delete_range?.deleted ?? 0) > 0;
   }
@@ -311,11 +302,7 @@ export class EtcdStore implements Store {
       lastOk = Date.now();
       for (;;) {
         if (campaignCtl.signal.aborted) throw campaignCtl.signal.reason;
-        const res = await this.elect
-          .if(name, 'Mod', '==', 0)
-          .then(this.elect.put(name).value(candidate).lease(leaseId))
-          .else(this.elect.get(name))
-          .commit();
+        const res = await this.elect.if(name, 'Mod', '==', 0).then(this.elect.put(name).value(candidate).lease(leaseId)).else(this.elect.get(name)).commit();
         if (res.succeeded) break;
         await this.waitForDeletion(name, Number(res.header.revision), campaignCtl.signal);
       }
@@ -349,7 +336,11 @@ export class EtcdStore implements Store {
       this.leaderships.delete(entry);
       await keyWatcher?.cancel().catch(() => undefined);
       // Deleting only if the key is still ours; revoking the lease would delete it anyway.
-      await this.elect.if(name, 'Lease', '==', leaseId).then(this.elect.delete().key(name)).commit().catch(() => undefined);
+      await this.elect
+        .if(name, 'Lease', '==', leaseId)
+        .then(this.elect.delete().key(name))
+        .commit()
+        .catch(() => undefined);
       await lease.revoke().catch(() => undefined);
     };
     const entry = {
@@ -387,7 +378,11 @@ export class EtcdStore implements Store {
 
   /** Resolves when `name` is deleted after `seenRevision`; rejects if `signal` aborts. */
   private async waitForDeletion(name: string, seenRevision: number, signal: AbortSignal): Promise<void> {
-    const watcher = await this.elect.watch().key(name).startRevision(String(seenRevision + 1)).create();
+    const watcher = await this.elect
+      .watch()
+      .key(name)
+      .startRevision(String(seenRevision + 1))
+      .create();
     resumeAfter(watcher, () => seenRevision); // only a delete matters: look again from the start
     try {
       await new Promise<void>((resolve, reject) => {

@@ -17,11 +17,13 @@ export interface LockOwner {
 }
 
 export class StoreLockedError extends CelloError {
-  constructor(readonly path: string, readonly owner: LockOwner) {
+  constructor(
+    readonly path: string,
+    readonly owner: LockOwner,
+  ) {
     super(
       'FailedPrecondition',
-      `store directory is locked by pid ${owner.pid} on ${owner.host} (since ${owner.acquiredAt}); ` +
-        `only one controller may open it at a time (lock file: ${path})`,
+      `store directory is locked by pid ${owner.pid} on ${owner.host} (since ${owner.acquiredAt}); ` + `only one controller may open it at a time (lock file: ${path})`,
     );
   }
 }
@@ -62,7 +64,10 @@ async function readOwner(path: string): Promise<LockOwner | undefined> {
 }
 
 export class DirLock {
-  private constructor(readonly path: string, readonly owner: LockOwner) {}
+  private constructor(
+    readonly path: string,
+    readonly owner: LockOwner,
+  ) {}
 
   /** Takes the lock or throws StoreLockedError naming the live owner. */
   static async acquire(path: string): Promise<DirLock> {

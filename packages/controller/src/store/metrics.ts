@@ -8,7 +8,10 @@ export class StoreMetrics {
   readonly compactions: Counter;
   readonly leader: Gauge<'election'>;
 
-  constructor(registry: Registry, private readonly backend: 'embedded' | 'etcd') {
+  constructor(
+    registry: Registry,
+    private readonly backend: 'embedded' | 'etcd',
+  ) {
     this.opSeconds = new Histogram({
       name: 'cello_store_operation_seconds',
       help: 'Store operation latency; a put is counted once durable',

@@ -29,13 +29,15 @@ export interface DeleteOptions {
   leader?: Leadership;
 }
 
-export type WatchEvent<T = unknown> =
-  | { type: 'put'; kv: KeyValue<T>; revision: number }
-  | { type: 'delete'; key: string; revision: number };
+export type WatchEvent<T = unknown> = { type: 'put'; kv: KeyValue<T>; revision: number } | { type: 'delete'; key: string; revision: number };
 
 /** Thrown when a compare-and-swap precondition fails. */
 export class ConflictError extends CelloError {
-  constructor(readonly key: string, readonly expected: number, readonly actual: number) {
+  constructor(
+    readonly key: string,
+    readonly expected: number,
+    readonly actual: number,
+  ) {
     super('Conflict', `conflict on ${key}: expected revision ${expected}, found ${actual}`);
   }
 }
@@ -68,7 +70,10 @@ export interface Store {
 
 /** Thrown by watch() when `afterRevision` is older than the history the store still keeps. */
 export class CompactedError extends CelloError {
-  constructor(readonly requested: number, readonly oldest: number) {
+  constructor(
+    readonly requested: number,
+    readonly oldest: number,
+  ) {
     super('FailedPrecondition', `revision ${requested} has been compacted; the oldest revision a watch can resume after is ${oldest} — list() again and watch from its revision`);
   }
 }
@@ -89,7 +94,10 @@ export class InvalidEntryError extends CelloError {
 
 /** Thrown by a write fenced with `leader` when that leadership is no longer held. */
 export class NotLeaderError extends CelloError {
-  constructor(readonly election: string, readonly candidate: string) {
+  constructor(
+    readonly election: string,
+    readonly candidate: string,
+  ) {
     super('Unavailable', `${candidate} no longer leads ${election}: write refused`);
   }
 }

@@ -93,7 +93,7 @@ describe('controller API: who may call', () => {
     expect(err.code).toBe(Status.UNAVAILABLE);
   });
 
-  it("a certificate of another CA is refused, even naming an admin of system:masters", async () => {
+  it('a certificate of another CA is refused, even naming an admin of system:masters', async () => {
     const otherDir = join(tmp, 'other-ca');
     const store = await openStore({ kind: 'embedded', dir: otherDir });
     const other = await CertificateAuthority.loadOrCreate({ store, encryptionKey: Buffer.alloc(32, 7) });
@@ -170,7 +170,10 @@ describe('controller API: who may call', () => {
 
     // The namespace an apply is checked against is the manifest's, not the -n flag's.
     const manifest = join(tmp, 'ns-default.yaml');
-    writeFileSync(manifest, stringify({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'sneaky', namespace: 'default' }, spec: { containers: [{ name: 'c', image: registry.image }] } }));
+    writeFileSync(
+      manifest,
+      stringify({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'sneaky', namespace: 'default' }, spec: { containers: [{ name: 'c', image: registry.image }] } }),
+    );
     const sneaky = await as(['-n', 'dev', 'apply', '--dry-run', '-f', manifest]);
     expect(sneaky.code).toBe(1);
     expect(sneaky.stderr).toMatch(/user alice .* may not create pods in namespace default/);
@@ -205,16 +208,28 @@ describe('controller API: who may call', () => {
   }, 40_000);
 
   it("exec records the authenticated user in the agent's audit log, beside the controller as peer", async () => {
-    writeFileSync(join(tmp, 'sleeper.yaml'), stringify({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'sleeper' }, spec: { containers: [{ name: 'c', image: registry.image, command: ['sleep', '600'] }] } }));
+    writeFileSync(
+      join(tmp, 'sleeper.yaml'),
+      stringify({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'sleeper' }, spec: { containers: [{ name: 'c', image: registry.image, command: ['sleep', '600'] }] } }),
+    );
     const applied = await cl.cellctl(['apply', '-f', join(tmp, 'sleeper.yaml')]);
     expect(applied.code, applied.stderr).toBe(0);
     await cl.waitPod('sleeper', 'Running', (p) => p.status?.phase === PodPhase.POD_PHASE_RUNNING, 90_000);
     const ex = await cl.cellctl(['exec', 'sleeper', '--', 'echo', 'audited']);
     expect(ex.code, ex.stderr).toBe(0);
-    const records = await waitFor('the audit record', () => {
-      const found = findFiles(cl.cellsRoot, 'audit.jsonl').flatMap((f) => readFileSync(f, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>));
-      return found.some((r) => JSON.stringify(r.command) === '["echo","audited"]') ? found : undefined;
-    }, { timeoutMs: 10_000 });
+    const records = await waitFor(
+      'the audit record',
+      () => {
+        const found = findFiles(cl.cellsRoot, 'audit.jsonl').flatMap((f) =>
+          readFileSync(f, 'utf8')
+            .split('\n')
+            .filter(Boolean)
+            .map((l) => JSON.parse(l) as Record<string, unknown>),
+        );
+        return found.some((r) => JSON.stringify(r.command) === '["echo","audited"]') ? found : undefined;
+      },
+      { timeoutMs: 10_000 },
+    );
     const start = records.find((r) => JSON.stringify(r.command) === '["echo","audited"]')!;
     expect(start.user).toBe('e2e-admin');
     expect(start.peer).toMatch(/^spiffe:\/\/cello\/client\/controller /);
@@ -231,7 +246,17 @@ describe('controller start: plaintext', () => {
   it('api.insecure on a non-loopback address is refused at start, naming the field', async () => {
     const dir = mkdtempSync(join(tmp, 'plain-'));
     const cfg = join(dir, 'c.yaml');
-    writeFileSync(cfg, stringify({ controllerId: 'plain', api: { listen: `0.0.0.0:${await freePort()}`, insecure: true }, metrics: { listen: `127.0.0.1:${await freePort()}` }, store: { kind: 'embedded', dir: join(dir, 'store') }, provider: { kind: 'local', root: join(dir, 'cells') }, security: { mode: 'insecure-dev' } }));
+    writeFileSync(
+      cfg,
+      stringify({
+        controllerId: 'plain',
+        api: { listen: `0.0.0.0:${await freePort()}`, insecure: true },
+        metrics: { listen: `127.0.0.1:${await freePort()}` },
+        store: { kind: 'embedded', dir: join(dir, 'store') },
+        provider: { kind: 'local', root: join(dir, 'cells') },
+        security: { mode: 'insecure-dev' },
+      }),
+    );
     const r = await run(process.execPath, [CONTROLLER_BIN, '-c', cfg]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/api\.listen: 0\.0\.0\.0:\d+ is not a loopback address; plaintext \(api\.insecure: true\) is only allowed on 127\.0\.0\.1/);

@@ -49,7 +49,15 @@ beforeAll(async () => {
     tokens: new TokenReviewer({ rest }),
     accessReview: new SubjectAccessReviewer({ rest }),
   });
-  api = new ControllerApi({ store, agents: new AgentPool(insecureAgentCredentials), log: silentLogger(), controllerId: 'kube-auth', providerName: 'none', instanceTypes: catalogTypes(localCatalog()), auth });
+  api = new ControllerApi({
+    store,
+    agents: new AgentPool(insecureAgentCredentials),
+    log: silentLogger(),
+    controllerId: 'kube-auth',
+    providerName: 'none',
+    instanceTypes: catalogTypes(localCatalog()),
+    auth,
+  });
   port = await api.listen('127.0.0.1:0');
 }, 180_000);
 
@@ -80,7 +88,7 @@ describe('controller API in a cluster: TokenReview and SubjectAccessReview', () 
     expect(err?.details).toMatch(/the bearer token was not accepted by the Kubernetes API server \(TokenReview\)/);
   });
 
-  it("a service account gets what RBAC grants it on pods, and no more: get in its namespace, not exec, not elsewhere", async () => {
+  it('a service account gets what RBAC grants it on pods, and no more: get in its namespace, not exec, not elsewhere', async () => {
     const c = withToken(token);
     // Allowed, and there is no such pod: NOT_FOUND, past authorization.
     expect((await unary(c, 'getPod', { pod: { namespace: 'dev', name: 'x' } }))?.code).toBe(Status.NOT_FOUND);

@@ -31,14 +31,18 @@ describe('api.policy', () => {
     const master: Principal = { user: 'root', groups: ['system:masters'], via: 'certificate' };
     expect((await new PolicyAuthorizer([]).authorize(master, { verb: 'exec', resource: 'pods', namespace: 'x' })).allowed).toBe(true);
     // A user merely named like a group gets nothing from it.
-    expect((await new PolicyAuthorizer([]).authorize({ user: 'system:masters', groups: [], via: 'certificate' }, { verb: 'get', resource: 'pods', namespace: 'x' })).allowed).toBe(false);
+    expect((await new PolicyAuthorizer([]).authorize({ user: 'system:masters', groups: [], via: 'certificate' }, { verb: 'get', resource: 'pods', namespace: 'x' })).allowed).toBe(
+      false,
+    );
   });
 });
 
 describe('api configuration', () => {
   const base = { controllerId: 'dev', security: { mode: 'insecure-dev' } };
   it('refuses plaintext on an address others can reach, naming api.listen', () => {
-    expect(() => parseConfig({ ...base, api: { listen: '0.0.0.0:7390', insecure: true } }, 'c.yaml')).toThrow(/c\.yaml: api\.listen: 0\.0\.0\.0:7390 is not a loopback address; plaintext \(api\.insecure: true\)/);
+    expect(() => parseConfig({ ...base, api: { listen: '0.0.0.0:7390', insecure: true } }, 'c.yaml')).toThrow(
+      /c\.yaml: api\.listen: 0\.0\.0\.0:7390 is not a loopback address; plaintext \(api\.insecure: true\)/,
+    );
     expect(() => parseConfig({ ...base, api: { listen: '10.0.0.5:7390', insecure: true } })).toThrow(/api\.listen: .* not a loopback address/);
     expect(parseConfig({ ...base, api: { listen: '127.0.0.1:7390', insecure: true } }).api.insecure).toBe(true);
     expect(parseConfig({ ...base, api: { listen: '[::1]:7390', insecure: true } }).api.insecure).toBe(true);

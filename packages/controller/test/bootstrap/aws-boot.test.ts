@@ -55,7 +55,10 @@ afterAll(async () => {
     () => storeDir && rm(storeDir, { recursive: true, force: true }),
     () => moto?.stop(),
   ];
-  for (const step of steps) await Promise.resolve().then(step).catch((err: unknown) => console.error(`cleanup: ${(err as Error).message}`));
+  for (const step of steps)
+    await Promise.resolve()
+      .then(step)
+      .catch((err: unknown) => console.error(`cleanup: ${(err as Error).message}`));
 });
 
 async function launchCell(cellId: string, ttlSeconds = 600) {

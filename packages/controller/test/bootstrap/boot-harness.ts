@@ -85,9 +85,15 @@ export class BootHarness {
     const child: ChildProcess = spawn(
       process.execPath,
       [
-        agentCli(), 'serve', '--listen', address, '--state-dir', join(dir, 'state'),
+        agentCli(),
+        'serve',
+        '--listen',
+        address,
+        '--state-dir',
+        join(dir, 'state'),
         ...(imds ? ['--user-data-url', imds.url] : ['--bootstrap-user-data', udFile]),
-        '--cgroup-parent', `/cello-test/${ud.cellId}`,
+        '--cgroup-parent',
+        `/cello-test/${ud.cellId}`,
         ...this.agentArgs,
       ],
       { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CELLO_LOG_LEVEL: process.env['LOG_LEVEL'] ?? 'warn' } },
@@ -97,10 +103,14 @@ export class BootHarness {
     child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr!.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-4000)));
     const exited = new Promise<void>((r) => child.once('exit', () => r()));
-    await waitFor(`agent for ${instanceId} to listen for its bootstrap`, () => {
-      if (child.exitCode !== null) throw new Error(`agent exited ${child.exitCode}: ${err}`);
-      return out.includes('bootstrap listening');
-    }, { timeoutMs: 30_000 });
+    await waitFor(
+      `agent for ${instanceId} to listen for its bootstrap`,
+      () => {
+        if (child.exitCode !== null) throw new Error(`agent exited ${child.exitCode}: ${err}`);
+        return out.includes('bootstrap listening');
+      },
+      { timeoutMs: 30_000 },
+    );
     const p: PlayedInstance = {
       instanceId,
       address,

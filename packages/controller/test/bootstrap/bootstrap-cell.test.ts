@@ -60,14 +60,40 @@ describe('bootstrapCell', () => {
   it('refuses to install a certificate that does not name exactly this cell, then installs the right one', async () => {
     const token = `cbt_${randomBytes(24).toString('hex')}`;
     const userData = join(dir, 'user-data.json');
-    await writeFile(userData, JSON.stringify({
-      cello: 'cell-bootstrap/v1', controllerId: 'ctl-bs', cellId, agentPort: 7443, caCertPem: ca.certPem, token, tokenExpiresAt: new Date(Date.now() + 600_000).toISOString(),
-    }));
+    await writeFile(
+      userData,
+      JSON.stringify({
+        cello: 'cell-bootstrap/v1',
+        controllerId: 'ctl-bs',
+        cellId,
+        agentPort: 7443,
+        caCertPem: ca.certPem,
+        token,
+        tokenExpiresAt: new Date(Date.now() + 600_000).toISOString(),
+      }),
+    );
     const stateDir = join(dir, 'state');
-    agent = spawn(process.execPath, [CLI, 'serve', '--bootstrap-user-data', userData, '--listen', `127.0.0.1:${await freePort()}`, '--state-dir', stateDir, '--run-dir', join(dir, 'run'), '--cgroup-parent', `/cello-test/bs-${process.pid}`], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-      env: { ...process.env, CELLO_LOG_LEVEL: 'error' },
-    });
+    agent = spawn(
+      process.execPath,
+      [
+        CLI,
+        'serve',
+        '--bootstrap-user-data',
+        userData,
+        '--listen',
+        `127.0.0.1:${await freePort()}`,
+        '--state-dir',
+        stateDir,
+        '--run-dir',
+        join(dir, 'run'),
+        '--cgroup-parent',
+        `/cello-test/bs-${process.pid}`,
+      ],
+      {
+        stdio: ['ignore', 'pipe', 'inherit'],
+        env: { ...process.env, CELLO_LOG_LEVEL: 'error' },
+      },
+    );
     agent.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
     const address = (await line(/bootstrap listening (\S+)/, 15_000))[1]!;
 
@@ -76,7 +102,9 @@ describe('bootstrapCell', () => {
     const wrongCell = { certPem: ca.certPem, trustDomain: ca.trustDomain, signCsr: (csr: string, req: { cellId: string }) => ca.signCsr(csr, { ...req, cellId: 'cell-other' }) };
     const err = await bootstrapCell({ address, cellId, token, ca: wrongCell, timeoutMs: 20_000 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(BootstrapError);
-    expect((err as Error).message).toBe(`bootstrap of cell ${cellId}: the signed certificate names spiffe://cello/cell/cell-other, expected exactly spiffe://cello/cell/${cellId}; not installing it`);
+    expect((err as Error).message).toBe(
+      `bootstrap of cell ${cellId}: the signed certificate names spiffe://cello/cell/cell-other, expected exactly spiffe://cello/cell/${cellId}; not installing it`,
+    );
     // The trust domain is part of the identity too.
     const otherDomain = { certPem: ca.certPem, trustDomain: 'elsewhere', signCsr: ca.signCsr.bind(ca) };
     const err2 = await bootstrapCell({ address, cellId, token, ca: otherDomain, timeoutMs: 20_000 }).catch((e: unknown) => e);
@@ -87,7 +115,10 @@ describe('bootstrapCell', () => {
     await bootstrapCell({ address, cellId, token, ca, ips: ['127.0.0.1'], timeoutMs: 20_000 });
     const served = (await line(/^listening (\S+)/m, 15_000))[1]!;
     const me = await ca.issueClientCertificate('controller');
-    const client = new CellAgentClient(served, credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(me.keyPem), Buffer.from(me.certPem), { checkServerIdentity: cellServerIdentityCheck(cellId) }));
+    const client = new CellAgentClient(
+      served,
+      credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(me.keyPem), Buffer.from(me.certPem), { checkServerIdentity: cellServerIdentityCheck(cellId) }),
+    );
     try {
       const info = await new Promise<AgentInfo>((resolve, reject) =>
         client.getInfo(GetInfoRequest.fromPartial({}), new Metadata(), { deadline: Date.now() + 10_000 }, (e: ServiceError | null, r: AgentInfo) => (e ? reject(e) : resolve(r))),

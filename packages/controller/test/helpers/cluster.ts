@@ -112,10 +112,15 @@ export class Cluster {
       metrics: { listen: `127.0.0.1:${metricsPort}` },
       log: { level: 'debug' },
       store: this.o.store?.kind === 'etcd' ? this.o.store : { kind: 'embedded', dir: this.storeDir },
-      provider: { kind: 'local', root: this.cellsRoot, insecureRegistries: [...(this.o.registry.server.url.startsWith('https:') ? [] : [this.o.registry.server.host]), ...(this.o.insecureRegistries ?? [])] },
+      provider: {
+        kind: 'local',
+        root: this.cellsRoot,
+        insecureRegistries: [...(this.o.registry.server.url.startsWith('https:') ? [] : [this.o.registry.server.host]), ...(this.o.insecureRegistries ?? [])],
+      },
       ...(this.o.registries ? { registries: this.o.registries } : {}),
       // The key also seals the CA that serves the API's TLS, insecure-dev agents or not.
-      security: this.o.mtls === false ? { mode: 'insecure-dev', encryptionKeyFile: this.keyFile() } : { mode: 'mtls', encryptionKeyFile: this.keyFile(), ...(this.o.security ?? {}) },
+      security:
+        this.o.mtls === false ? { mode: 'insecure-dev', encryptionKeyFile: this.keyFile() } : { mode: 'mtls', encryptionKeyFile: this.keyFile(), ...(this.o.security ?? {}) },
       warmPool: this.o.warm ? [{ instanceType: 'local.nano', size: this.o.warm, ...(this.o.prePull ? { prePull: this.o.prePull } : {}) }] : [],
       timeouts: { healthSeconds: this.o.healthSeconds ?? 5, bootSeconds: 60, createSeconds: 30 },
       gc: { intervalSeconds: this.o.gcIntervalSeconds ?? 30 },
@@ -140,16 +145,20 @@ export class Cluster {
     child.stderr!.on('data', (b: Buffer) => (this.controllerLog += b.toString()));
     this.client?.close();
     this.client = undefined;
-    await waitFor('controller API', async () => {
-      if (child.exitCode !== null) throw new Error(`controller exited ${child.exitCode}: ${this.controllerLog.slice(-2000)}`);
-      // The controller writes the admin's credentials once it listens (a restart renews them).
-      if (!this.client) {
-        const cfg = existsSync(this.cellctlConfig) && this.controllerLog.includes('wrote the local admin credentials') ? readConfig(this.cellctlConfig) : undefined;
-        if (!cfg) return undefined;
-        this.client = new ControllerClient(this.server, this.apiCredentials());
-      }
-      return (await this.call<{ version: string }>('version', {}, 1000).catch(() => undefined))?.version;
-    }, { timeoutMs: 20_000, intervalMs: 100 });
+    await waitFor(
+      'controller API',
+      async () => {
+        if (child.exitCode !== null) throw new Error(`controller exited ${child.exitCode}: ${this.controllerLog.slice(-2000)}`);
+        // The controller writes the admin's credentials once it listens (a restart renews them).
+        if (!this.client) {
+          const cfg = existsSync(this.cellctlConfig) && this.controllerLog.includes('wrote the local admin credentials') ? readConfig(this.cellctlConfig) : undefined;
+          if (!cfg) return undefined;
+          this.client = new ControllerClient(this.server, this.apiCredentials());
+        }
+        return (await this.call<{ version: string }>('version', {}, 1000).catch(() => undefined))?.version;
+      },
+      { timeoutMs: 20_000, intervalMs: 100 },
+    );
   }
 
   /** kill -9: no shutdown code runs. */
@@ -193,13 +202,23 @@ export class Cluster {
   /** Waits until the pod satisfies `pred`; fails with the pod's state and the controller's log tail. */
   async waitPod(name: string, what: string, pred: (p: PodObject) => boolean, timeoutMs = 60_000): Promise<PodObject> {
     try {
-      return await waitFor(`pod ${name} ${what}`, async () => {
-        const p = await this.pod(name).catch(() => undefined);
-        return p && pred(p) ? p : undefined;
-      }, { timeoutMs, intervalMs: 100 });
+      return await waitFor(
+        `pod ${name} ${what}`,
+        async () => {
+          const p = await this.pod(name).catch(() => undefined);
+          return p && pred(p) ? p : undefined;
+        },
+        { timeoutMs, intervalMs: 100 },
+      );
     } catch (err) {
       const p = await this.pod(name).catch(() => undefined);
-      throw new Error(`${(err as Error).message}\npod: ${JSON.stringify(p?.status)}\nevents: ${JSON.stringify(await this.events(name).catch(() => []))}\nlog tail: ${this.controllerLog.split('\n').filter((l) => !l.includes('"level":20')).slice(-15).join('\n')}`);
+      throw new Error(
+        `${(err as Error).message}\npod: ${JSON.stringify(p?.status)}\nevents: ${JSON.stringify(await this.events(name).catch(() => []))}\nlog tail: ${this.controllerLog
+          .split('\n')
+          .filter((l) => !l.includes('"level":20'))
+          .slice(-15)
+          .join('\n')}`,
+      );
     }
   }
 
@@ -210,7 +229,9 @@ export class Cluster {
 
   /** A sample of the controller's /metrics (0 when absent), e.g. metric('cello_prepull_images_total', { result: 'hit' }). */
   async metric(name: string, labels: Record<string, string> = {}): Promise<number> {
-    const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`).join(',');
+    const want = Object.entries(labels)
+      .map(([k, v]) => `${k}="${v}"`)
+      .join(',');
     const line = (await this.metricsText()).split('\n').find((l) => l.startsWith(want ? `${name}{${want}} ` : `${name} `));
     return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
   }
@@ -251,7 +272,10 @@ export class Cluster {
 
   /** Starts a long-running cellctl (port-forward, logs -f); the caller kills it. */
   spawnCellctl(args: string[], o: { stdin?: boolean } = {}): ChildProcess {
-    return spawn(process.execPath, [CELLCTL_BIN, ...args], { env: { ...process.env, CELLO_CONTROLLER: this.server, CELLO_CONFIG: this.cellctlConfig }, stdio: [o.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    return spawn(process.execPath, [CELLCTL_BIN, ...args], {
+      env: { ...process.env, CELLO_CONTROLLER: this.server, CELLO_CONFIG: this.cellctlConfig },
+      stdio: [o.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+    });
   }
 
   manifest(name: string, body: string): string {

@@ -29,11 +29,15 @@ const kpod = (name: string, requests: Record<string, string>, phase = 'Running')
 
 describe('node capacity from provider limits', () => {
   it('counts the requests of pods that hold a cell, with the init-container rule', () => {
-    expect(podsUsage([kpod('a', { cpu: '500m', memory: '1Gi' }), kpod('b', { cpu: '250m' }), kpod('done', { cpu: '4' }, 'Succeeded')])).toEqual({ pods: 2, cpuMillis: 3000 + 3000, memoryMiB: 1024 });
+    expect(podsUsage([kpod('a', { cpu: '500m', memory: '1Gi' }), kpod('b', { cpu: '250m' }), kpod('done', { cpu: '4' }, 'Succeeded')])).toEqual({
+      pods: 2,
+      cpuMillis: 3000 + 3000,
+      memoryMiB: 1024,
+    });
     expect(podsUsage([kpod('x', { cpu: '4', memory: '512Mi' })])).toEqual({ pods: 1, cpuMillis: 4000, memoryMiB: 512 });
   });
 
-  it('allocatable = headroom + what the node\'s pods request, so the scheduler\'s free figure is the real headroom', () => {
+  it("allocatable = headroom + what the node's pods request, so the scheduler's free figure is the real headroom", () => {
     // 20 instances allowed, 5 in use (3 of them this node's pods, 2 someone else's).
     const onNode = { pods: 3, cpuMillis: 750, memoryMiB: 1536 };
     const r = nodeCapacity({ instances: { limit: 20, used: 5 }, source: 'test' }, types, onNode);
@@ -56,7 +60,7 @@ afterAll(() => {
 });
 
 describe('provider capacity()', () => {
-  it('local: the host\'s memory and cores, real memory in use, and live cells against maxCells', async () => {
+  it("local: the host's memory and cores, real memory in use, and live cells against maxCells", async () => {
     const root = mkdtempSync(join(tmpdir(), 'cello-capacity-'));
     dirs.push(root);
     const p = new LocalProvider({ root, maxCells: 3, network: 'host' });

@@ -110,7 +110,7 @@ describe('kubelet API authorization', () => {
     expect((await call(port, {}, 'GET', LOGS)).code).toBe(401);
   });
 
-  it('the API server\'s kubelet client, bound to system:kubelet-api-admin, may exec and read logs', async () => {
+  it("the API server's kubelet client, bound to system:kubelet-api-admin, may exec and read logs", async () => {
     // As kubeadm sets it up: a plain user, authorized by a binding rather than system:masters.
     const apiClient = await kube.issueCert('apiserver-kubelet-client', { cn: 'apiserver-kubelet-client' });
     const bound = await kube.kubectl(['create', 'clusterrolebinding', 'apiserver-kubelet-client', '--clusterrole=system:kubelet-api-admin', '--user=apiserver-kubelet-client']);
@@ -123,7 +123,7 @@ describe('kubelet API authorization', () => {
     expect((await call(port, { cert: kube.kubeletClient }, 'GET', '/pods')).code).toBe(200);
   });
 
-  it('groups come from the certificate\'s O values, and POST is checked as create: get on nodes/proxy reads logs but does not exec', async () => {
+  it("groups come from the certificate's O values, and POST is checked as create: get on nodes/proxy reads logs but does not exec", async () => {
     const role = await kube.kubectl(['create', 'clusterrole', 'node-proxy-reader', '--verb=get', '--resource=nodes/proxy']);
     expect(role.code, role.stderr).toBe(0);
     const binding = await kube.kubectl(['create', 'clusterrolebinding', 'node-proxy-readers', '--clusterrole=node-proxy-reader', '--group=proxy-readers']);

@@ -4,7 +4,21 @@
 import { describe, expect, it } from 'vitest';
 import { createServer, connect, type Socket } from 'node:net';
 import { createDeflate, createInflate, constants as Z } from 'node:zlib';
-import { FrameReader, HeaderCodec, SpdySession, type SpdyStream, controlFrame, dataFrame, decodeHeaderBlock, encodeHeaderBlock, FrameType, FLAG_FIN, MAX_CONTROL_LENGTH, MAX_HEADER_BLOCK, type Frame } from '../../src/k8s/kubelet/spdy/index.js';
+import {
+  FrameReader,
+  HeaderCodec,
+  SpdySession,
+  type SpdyStream,
+  controlFrame,
+  dataFrame,
+  decodeHeaderBlock,
+  encodeHeaderBlock,
+  FrameType,
+  FLAG_FIN,
+  MAX_CONTROL_LENGTH,
+  MAX_HEADER_BLOCK,
+  type Frame,
+} from '../../src/k8s/kubelet/spdy/index.js';
 import { SPDY3_DICTIONARY } from '../../src/k8s/kubelet/spdy/dictionary.js';
 
 describe('SPDY/3 framing', () => {

@@ -30,12 +30,19 @@ beforeAll(async () => {
   registry = await startFixtureRegistry();
   cl = new Cluster({ registry, warm: 0, healthSeconds: 5 });
   await cl.start();
-  const applied = await cl.cellctl(['apply', '-f', cl.manifest('flood', `apiVersion: v1
+  const applied = await cl.cellctl([
+    'apply',
+    '-f',
+    cl.manifest(
+      'flood',
+      `apiVersion: v1
 kind: Pod
 metadata: { name: flood }
 spec:
   containers: [{ name: main, image: ${registry.image}, command: ["sleep", "3600"] }]
-`)]);
+`,
+    ),
+  ]);
   expect(applied.code, applied.stderr).toBe(0);
   await cl.waitPod('flood', 'Running', (p) => p.status?.phase === PodPhase.POD_PHASE_RUNNING, 90_000);
   controller = new Controller(cl.server, cl.apiCredentials());
@@ -105,7 +112,11 @@ async function openExec(path: string, types: string[]): Promise<{ sock: Socket; 
 
 describe('kubelet API streaming relays: backpressure', () => {
   it('exec of a command flooding stdout to a client that does not read: the relay holds at most the high-water mark, and the flood resumes when the client reads', async () => {
-    const q = new URLSearchParams([['command', 'cat'], ['command', '/dev/zero'], ['output', '1']]);
+    const q = new URLSearchParams([
+      ['command', 'cat'],
+      ['command', '/dev/zero'],
+      ['output', '1'],
+    ]);
     const c = await openExec(`/exec/default/flood/main?${q}`, ['error', 'stdout']);
     try {
       await waitFor('stdout to flow', () => c.stdoutBytes() > 0, { timeoutMs: 20_000, intervalMs: 50 });

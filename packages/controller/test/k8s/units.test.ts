@@ -14,13 +14,17 @@ describe('WorkQueue', () => {
     let maxActive = 0;
     let release!: () => void;
     const gate = new Promise<void>((r) => (release = r));
-    const q = new WorkQueue(async (k) => {
-      active++;
-      maxActive = Math.max(maxActive, active);
-      runs.push(k);
-      if (runs.length === 1) await gate;
-      active--;
-    }, () => undefined, { workers: 1 });
+    const q = new WorkQueue(
+      async (k) => {
+        active++;
+        maxActive = Math.max(maxActive, active);
+        runs.push(k);
+        if (runs.length === 1) await gate;
+        active--;
+      },
+      () => undefined,
+      { workers: 1 },
+    );
     q.add('a');
     q.add('a'); // running: marked dirty
     q.add('a'); // still one re-run
@@ -69,11 +73,26 @@ describe('kubeStatus', () => {
       qosClass: 'Burstable',
       conditions: [
         { type: 'PodScheduled', status: ConditionStatus.CONDITION_STATUS_TRUE, lastTransitionTime: started },
-        { type: 'Ready', status: ConditionStatus.CONDITION_STATUS_FALSE, reason: 'ContainersNotReady', message: 'containers with unready status: [main]', lastTransitionTime: started },
+        {
+          type: 'Ready',
+          status: ConditionStatus.CONDITION_STATUS_FALSE,
+          reason: 'ContainersNotReady',
+          message: 'containers with unready status: [main]',
+          lastTransitionTime: started,
+        },
         { type: 'Initialized', status: ConditionStatus.CONDITION_STATUS_TRUE, lastTransitionTime: started },
       ],
       containerStatuses: [
-        { name: 'main', ready: false, restartCount: 2, containerId: 'abc', state: { state: { $case: 'running', value: { startedAt: started } } }, lastState: { state: { $case: 'terminated', value: { exitCode: 137, reason: 'OOMKilled', signal: 9, startedAt: started, finishedAt: started, containerId: 'old', message: '' } } } },
+        {
+          name: 'main',
+          ready: false,
+          restartCount: 2,
+          containerId: 'abc',
+          state: { state: { $case: 'running', value: { startedAt: started } } },
+          lastState: {
+            state: { $case: 'terminated', value: { exitCode: 137, reason: 'OOMKilled', signal: 9, startedAt: started, finishedAt: started, containerId: 'old', message: '' } },
+          },
+        },
       ],
     });
     const k = kubeStatus(s, { spec: { containers: [{ name: 'main', image: 'busybox:1' }] } }, '192.0.2.1') as Record<string, unknown>;
@@ -88,7 +107,14 @@ describe('kubeStatus', () => {
       reason: null,
     });
     expect((k.conditions as { type: string }[]).map((c) => c.type)).toEqual(['Ready', 'Initialized']);
-    expect((k.conditions as object[])[1]).toEqual({ type: 'Initialized', status: 'True', reason: null, message: null, lastTransitionTime: '2026-01-02T03:04:05Z', lastProbeTime: null });
+    expect((k.conditions as object[])[1]).toEqual({
+      type: 'Initialized',
+      status: 'True',
+      reason: null,
+      message: null,
+      lastTransitionTime: '2026-01-02T03:04:05Z',
+      lastProbeTime: null,
+    });
     expect((k.containerStatuses as object[])[0]).toEqual({
       name: 'main',
       ready: false,
@@ -97,23 +123,59 @@ describe('kubeStatus', () => {
       imageID: '',
       containerID: 'cello://abc',
       state: { running: { startedAt: '2026-01-02T03:04:05Z' } },
-      lastState: { terminated: { exitCode: 137, signal: 9, reason: 'OOMKilled', message: undefined, startedAt: '2026-01-02T03:04:05Z', finishedAt: '2026-01-02T03:04:05Z', containerID: 'old' } },
+      lastState: {
+        terminated: {
+          exitCode: 137,
+          signal: 9,
+          reason: 'OOMKilled',
+          message: undefined,
+          startedAt: '2026-01-02T03:04:05Z',
+          finishedAt: '2026-01-02T03:04:05Z',
+          containerID: 'old',
+        },
+      },
     });
   });
 });
 
 describe('kubernetes configuration', () => {
   it('is validated with errors naming the field, and derives capacity from the instance types', () => {
-    expect(() => parseConfig({ controllerId: 'x', security: { mode: 'insecure-dev' }, kubernetes: { enabled: true, nodeName: 'Bad_Name', kubelet: { certFile: 'c', keyFile: 'k', clientCAFile: 'ca' } } })).toThrow(/kubernetes\.nodeName: expected a DNS name/);
+    expect(() =>
+      parseConfig({
+        controllerId: 'x',
+        security: { mode: 'insecure-dev' },
+        kubernetes: { enabled: true, nodeName: 'Bad_Name', kubelet: { certFile: 'c', keyFile: 'k', clientCAFile: 'ca' } },
+      }),
+    ).toThrow(/kubernetes\.nodeName: expected a DNS name/);
     expect(() => parseConfig({ controllerId: 'x', security: { mode: 'insecure-dev' }, kubernetes: { enabled: true } })).toThrow(/kubernetes\.kubelet: /);
-    expect(() => parseConfig({ controllerId: 'x', security: { mode: 'insecure-dev' }, kubernetes: { kubelet: { certFile: 'c', keyFile: 'k', clientCAFile: 'ca' }, capacity: { cpu: 'lots', memory: '1Gi', pods: 1 } } })).toThrow(/kubernetes\.capacity\.cpu: expected a Kubernetes quantity/);
+    expect(() =>
+      parseConfig({
+        controllerId: 'x',
+        security: { mode: 'insecure-dev' },
+        kubernetes: { kubelet: { certFile: 'c', keyFile: 'k', clientCAFile: 'ca' }, capacity: { cpu: 'lots', memory: '1Gi', pods: 1 } },
+      }),
+    ).toThrow(/kubernetes\.capacity\.cpu: expected a Kubernetes quantity/);
     const k = kubernetesConfigSchema.parse({ kubelet: { certFile: 'c', keyFile: 'k', clientCAFile: 'ca' } });
-    expect(k).toMatchObject({ enabled: false, nodeName: 'cello', taint: { key: 'virtual-kubelet.io/provider', effect: 'NoSchedule' }, leaderElection: { enabled: true }, tokenRefreshRatio: 0.8, dataSyncSeconds: 60 });
-    expect(() => parseConfig({ controllerId: 'x', security: { mode: 'insecure-dev' }, kubernetes: { kubelet: { certFile: 'c', keyFile: 'k', clientCAFile: 'ca' }, tokenRefreshRatio: 1 } })).toThrow(/kubernetes\.tokenRefreshRatio: must be less than 1/);
-    expect(derivedCapacity([
-      { name: 'a', vcpus: 2, memoryMiB: 4096, gpus: 0, onDemandHourlyUsd: 1, arch: 'amd64' },
-      { name: 'b', vcpus: 8, memoryMiB: 32768, gpus: 1, onDemandHourlyUsd: 2, arch: 'amd64' },
-    ], 10)).toEqual({ cpu: '80', memory: '327680Mi', pods: '10', 'nvidia.com/gpu': '10' });
+    expect(k).toMatchObject({
+      enabled: false,
+      nodeName: 'cello',
+      taint: { key: 'virtual-kubelet.io/provider', effect: 'NoSchedule' },
+      leaderElection: { enabled: true },
+      tokenRefreshRatio: 0.8,
+      dataSyncSeconds: 60,
+    });
+    expect(() =>
+      parseConfig({ controllerId: 'x', security: { mode: 'insecure-dev' }, kubernetes: { kubelet: { certFile: 'c', keyFile: 'k', clientCAFile: 'ca' }, tokenRefreshRatio: 1 } }),
+    ).toThrow(/kubernetes\.tokenRefreshRatio: must be less than 1/);
+    expect(
+      derivedCapacity(
+        [
+          { name: 'a', vcpus: 2, memoryMiB: 4096, gpus: 0, onDemandHourlyUsd: 1, arch: 'amd64' },
+          { name: 'b', vcpus: 8, memoryMiB: 32768, gpus: 1, onDemandHourlyUsd: 2, arch: 'amd64' },
+        ],
+        10,
+      ),
+    ).toEqual({ cpu: '80', memory: '327680Mi', pods: '10', 'nvidia.com/gpu': '10' });
   });
 });
 

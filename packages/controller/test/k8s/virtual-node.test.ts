@@ -9,7 +9,18 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { ChildProcess } from 'node:child_process';
-import { freePort, hostAddress, pushBusybox, startKubeApiserver, startMetricsServer, startRegistry, waitFor, type KubeApiserver, type MetricsServer, type RegistryServer } from '@cello/testkit';
+import {
+  freePort,
+  hostAddress,
+  pushBusybox,
+  startKubeApiserver,
+  startMetricsServer,
+  startRegistry,
+  waitFor,
+  type KubeApiserver,
+  type MetricsServer,
+  type RegistryServer,
+} from '@cello/testkit';
 import { CellState } from '@cello/proto/controller';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir, totalmem } from 'node:os';
@@ -30,7 +41,11 @@ const DEPLOY = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..'
 /** The controller daemon with the `kubernetes:` section of its configuration turned on. */
 class KubeCluster extends Cluster {
   kubeletPort = 0;
-  constructor(o: ClusterOptions, private readonly kube: KubeApiserver, private readonly serving: { certFile: string; keyFile: string }) {
+  constructor(
+    o: ClusterOptions,
+    private readonly kube: KubeApiserver,
+    private readonly serving: { certFile: string; keyFile: string },
+  ) {
     super(o);
   }
   override async writeConfig(): Promise<void> {
@@ -130,12 +145,16 @@ function liveCells(): number {
  */
 async function allocatablePods(what: string, onNode: number): Promise<void> {
   let seen = '';
-  await waitFor(`allocatable pods of ${what} to be ${MAX_CELLS} - live cells + ${onNode}`, async () => {
-    const n = JSON.parse((await kube.kubectl(['get', 'node', NODE, '-o', 'json'])).stdout) as { status: { allocatable: { pods: string } } };
-    const want = String(MAX_CELLS - liveCells() + onNode);
-    seen = `${n.status.allocatable.pods} (want ${want})`;
-    return n.status.allocatable.pods === want;
-  }, { timeoutMs: 20_000, intervalMs: 500 }).catch((err: Error) => {
+  await waitFor(
+    `allocatable pods of ${what} to be ${MAX_CELLS} - live cells + ${onNode}`,
+    async () => {
+      const n = JSON.parse((await kube.kubectl(['get', 'node', NODE, '-o', 'json'])).stdout) as { status: { allocatable: { pods: string } } };
+      const want = String(MAX_CELLS - liveCells() + onNode);
+      seen = `${n.status.allocatable.pods} (want ${want})`;
+      return n.status.allocatable.pods === want;
+    },
+    { timeoutMs: 20_000, intervalMs: 500 },
+  ).catch((err: Error) => {
     throw new Error(`${err.message}; last seen ${seen}`);
   });
 }
@@ -147,14 +166,24 @@ async function getPod(name: string): Promise<KPod | undefined> {
 
 async function waitPod(name: string, what: string, pred: (p: KPod) => boolean, timeoutMs = 60_000): Promise<KPod> {
   try {
-    return await waitFor(`pod ${name} ${what}`, async () => {
-      const p = await getPod(name);
-      return p && pred(p) ? p : undefined;
-    }, { timeoutMs, intervalMs: 250 });
+    return await waitFor(
+      `pod ${name} ${what}`,
+      async () => {
+        const p = await getPod(name);
+        return p && pred(p) ? p : undefined;
+      },
+      { timeoutMs, intervalMs: 250 },
+    );
   } catch (err) {
     const p = await getPod(name);
     const ev = await kube.kubectl(['get', 'events', '--field-selector', `involvedObject.name=${name}`]);
-    throw new Error(`${(err as Error).message}\npod status: ${JSON.stringify(p?.status)}\nevents:\n${ev.stdout}\ncontroller log:\n${cl.controllerLog.split('\n').filter((l) => !l.includes('"level":20')).slice(-15).join('\n')}`);
+    throw new Error(
+      `${(err as Error).message}\npod status: ${JSON.stringify(p?.status)}\nevents:\n${ev.stdout}\ncontroller log:\n${cl.controllerLog
+        .split('\n')
+        .filter((l) => !l.includes('"level":20'))
+        .slice(-15)
+        .join('\n')}`,
+    );
   }
 }
 
@@ -162,7 +191,9 @@ beforeAll(async () => {
   registry = await startFixtureRegistry();
   // A private registry (HTTP Basic auth) for the imagePullSecrets test.
   const htdir = mkdtempSync(join(tmpdir(), 'cello-htpasswd-'));
-  const hash = execFileSync('python3', ['-c', `import crypt; print(crypt.crypt(${JSON.stringify(PULL_PASSWORD)}, crypt.mksalt(crypt.METHOD_BLOWFISH)))`], { encoding: 'utf8' }).trim();
+  const hash = execFileSync('python3', ['-c', `import crypt; print(crypt.crypt(${JSON.stringify(PULL_PASSWORD)}, crypt.mksalt(crypt.METHOD_BLOWFISH)))`], {
+    encoding: 'utf8',
+  }).trim();
   writeFileSync(join(htdir, 'htpasswd'), `puller:${hash}\n`);
   privateRegistry = await startRegistry({ htpasswd: join(htdir, 'htpasswd') });
   privateImage = await pushBusybox(privateRegistry, 'private/busybox:1', { creds: `puller:${PULL_PASSWORD}` });
@@ -195,15 +226,35 @@ afterAll(async () => {
 
 describe('virtual node against a real kube-apiserver', () => {
   it('registers a Ready node with its labels, taint, addresses and kubelet endpoint, and renews its Lease', async () => {
-        await waitFor('node Ready', async () => (JSON.parse((await kube.kubectl(['get', 'node', NODE, '-o', 'json'])).stdout) as { status: { conditions?: { type: string; status: string }[] } }).status.conditions?.some((c) => c.type === 'Ready' && c.status === 'True'), { timeoutMs: 10_000, intervalMs: 250 });
-const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
+    await waitFor(
+      'node Ready',
+      async () =>
+        (JSON.parse((await kube.kubectl(['get', 'node', NODE, '-o', 'json'])).stdout) as { status: { conditions?: { type: string; status: string }[] } }).status.conditions?.some(
+          (c) => c.type === 'Ready' && c.status === 'True',
+        ),
+      { timeoutMs: 10_000, intervalMs: 250 },
+    );
+    const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
     expect(r.stderr).toBe('');
     const node = JSON.parse(r.stdout) as {
       metadata: { labels: Record<string, string> };
       spec: { taints: { key: string; value: string; effect: string }[] };
-      status: { conditions: { type: string; status: string }[]; addresses: { type: string; address: string }[]; daemonEndpoints: { kubeletEndpoint: { Port: number } }; allocatable: Record<string, string>; capacity: Record<string, string> };
+      status: {
+        conditions: { type: string; status: string }[];
+        addresses: { type: string; address: string }[];
+        daemonEndpoints: { kubeletEndpoint: { Port: number } };
+        allocatable: Record<string, string>;
+        capacity: Record<string, string>;
+      };
     };
-    expect(node.metadata.labels).toMatchObject({ type: 'virtual-kubelet', 'kubernetes.io/role': 'agent', 'kubernetes.io/os': 'linux', 'kubernetes.io/arch': 'amd64', 'cello.dev/arch-amd64': 'true', 'cello.dev/provider': 'local' });
+    expect(node.metadata.labels).toMatchObject({
+      type: 'virtual-kubelet',
+      'kubernetes.io/role': 'agent',
+      'kubernetes.io/os': 'linux',
+      'kubernetes.io/arch': 'amd64',
+      'cello.dev/arch-amd64': 'true',
+      'cello.dev/provider': 'local',
+    });
     // Local cells run this host's architecture, and nothing else.
     expect(node.metadata.labels['cello.dev/arch-arm64']).toBeUndefined();
     expect(node.spec.taints).toEqual([{ key: 'virtual-kubelet.io/provider', value: 'cello', effect: 'NoSchedule' }]);
@@ -214,7 +265,8 @@ const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
     const totalMiB = Math.floor(totalmem() / 2 ** 20);
     expect(node.status.capacity).toMatchObject({ cpu: String(availableParallelism()), memory: `${totalMiB}Mi`, pods: String(MAX_CELLS) });
     await allocatablePods('the idle node', 0);
-    const lease = async () => JSON.parse((await kube.kubectl(['-n', 'kube-node-lease', 'get', 'lease', NODE, '-o', 'json'])).stdout) as { spec: { holderIdentity: string; renewTime: string } };
+    const lease = async () =>
+      JSON.parse((await kube.kubectl(['-n', 'kube-node-lease', 'get', 'lease', NODE, '-o', 'json'])).stdout) as { spec: { holderIdentity: string; renewTime: string } };
     const first = await lease();
     expect(first.spec.holderIdentity).toBe(NODE);
     await waitFor('the lease to be renewed', async () => (await lease()).spec.renewTime !== first.spec.renewTime, { timeoutMs: 15_000, intervalMs: 500 });
@@ -226,7 +278,8 @@ const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
   it('runs a tolerating pod on a cell: Running with status written back; logs, exec, port-forward through the API server; delete ends the cell', async () => {
     const web = podYaml('web', registry.image, {
       tolerate: true,
-      command: 'echo "greeting=$FROM_CM"; echo "svc=$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"; mkdir -p /www && echo hello-through-kubectl > /www/index.html && exec httpd -f -p 8080 -h /www',
+      command:
+        'echo "greeting=$FROM_CM"; echo "svc=$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"; mkdir -p /www && echo hello-through-kubectl > /www/index.html && exec httpd -f -p 8080 -h /www',
     });
     const applied = await kube.kubectl(['apply', '-f', '-'], { input: web });
     expect(applied.stderr).toBe('');
@@ -244,10 +297,14 @@ const r = await kube.kubectl(['get', 'node', NODE, '-o', 'json']);
     await allocatablePods('the node running web', 1);
 
     // kubectl logs: API server -> kubelet /containerLogs over HTTPS with its client certificate.
-    const logs = await waitFor('kubectl logs', async () => {
-      const r = await kube.kubectl(['logs', 'web']);
-      return r.code === 0 && r.stdout.includes('svc=') ? r : undefined;
-    }, { timeoutMs: 20_000, intervalMs: 500 });
+    const logs = await waitFor(
+      'kubectl logs',
+      async () => {
+        const r = await kube.kubectl(['logs', 'web']);
+        return r.code === 0 && r.stdout.includes('svc=') ? r : undefined;
+      },
+      { timeoutMs: 20_000, intervalMs: 500 },
+    );
     const server = new URL(kube.server);
     expect(logs.stdout).toContain('greeting=hello-from-configmap');
     expect(logs.stdout).toContain(`svc=${server.hostname}:${server.port}`);
@@ -286,13 +343,23 @@ endpoints: [{ addresses: ["${pod.status.podIP}"], conditions: { ready: true } }]
     expect(svc.code, svc.stderr).toBe(0);
     const clusterIP = (await kube.kubectl(['get', 'service', 'web', '-o', 'jsonpath={.spec.clusterIP}'])).stdout.trim();
     let last = '';
-    await waitFor('the Service to answer on its cluster IP inside the pod', async () => {
-      // (busybox-static's wget crashes in static glibc; nc speaks the request instead.)
-      const r = await kube.kubectl(['exec', 'web', '--', 'sh', '-c', `printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 2 ${clusterIP} 80`], { timeoutMs: 15_000 });
-      last = `${r.code} ${r.stdout} ${r.stderr}`;
-      return r.code === 0 && r.stdout.startsWith('HTTP/1.') && r.stdout.endsWith('\r\n\r\nhello-through-kubectl\n');
-    }, { timeoutMs: 30_000, intervalMs: 500 }).catch((err: Error) => {
-      throw new Error(`${err.message}: last: ${last}\n${cl.controllerLog.split('\n').filter((l) => /[Ss]ervice/.test(l)).slice(-10).join('\n')}`);
+    await waitFor(
+      'the Service to answer on its cluster IP inside the pod',
+      async () => {
+        // (busybox-static's wget crashes in static glibc; nc speaks the request instead.)
+        const r = await kube.kubectl(['exec', 'web', '--', 'sh', '-c', `printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 2 ${clusterIP} 80`], { timeoutMs: 15_000 });
+        last = `${r.code} ${r.stdout} ${r.stderr}`;
+        return r.code === 0 && r.stdout.startsWith('HTTP/1.') && r.stdout.endsWith('\r\n\r\nhello-through-kubectl\n');
+      },
+      { timeoutMs: 30_000, intervalMs: 500 },
+    ).catch((err: Error) => {
+      throw new Error(
+        `${err.message}: last: ${last}\n${cl.controllerLog
+          .split('\n')
+          .filter((l) => /[Ss]ervice/.test(l))
+          .slice(-10)
+          .join('\n')}`,
+      );
     });
     await kube.kubectl(['delete', 'service', 'web']);
     await kube.kubectl(['delete', 'endpointslice', 'web-1']);
@@ -332,10 +399,14 @@ endpoints: [{ addresses: ["${pod.status.podIP}"], conditions: { ready: true } }]
     const before = (await getPod('web'))!;
     await cl.stopController();
     await cl.start();
-    await waitFor('the virtual node to lead again', async () => {
-      const l = JSON.parse((await kube.kubectl(['-n', 'kube-node-lease', 'get', 'lease', NODE, '-o', 'json'])).stdout) as { spec: { renewTime: string } };
-      return Date.parse(l.spec.renewTime) > Date.now() - 5000;
-    }, { timeoutMs: 30_000, intervalMs: 500 });
+    await waitFor(
+      'the virtual node to lead again',
+      async () => {
+        const l = JSON.parse((await kube.kubectl(['-n', 'kube-node-lease', 'get', 'lease', NODE, '-o', 'json'])).stdout) as { spec: { renewTime: string } };
+        return Date.parse(l.spec.renewTime) > Date.now() - 5000;
+      },
+      { timeoutMs: 30_000, intervalMs: 500 },
+    );
     const after = await waitPod('web', 'still Running after the restart', (p) => p.status.phase === 'Running', 20_000);
     expect(after.metadata.uid).toBe(before.metadata.uid);
     expect(after.status.containerStatuses![0]!.restartCount).toBe(0);
@@ -364,7 +435,15 @@ endpoints: [{ addresses: ["${pod.status.podIP}"], conditions: { ready: true } }]
     const kget = (path: string, withCert = true) =>
       new Promise<{ code: number; body: string }>((resolve, reject) => {
         const req = httpsRequest(
-          { host: '127.0.0.1', port: cl.kubeletPort, path, ca: kube.ca, servername: NODE, ...(withCert ? { cert: kube.kubeletClient.cert, key: kube.kubeletClient.key } : {}), timeout: 10_000 },
+          {
+            host: '127.0.0.1',
+            port: cl.kubeletPort,
+            path,
+            ca: kube.ca,
+            servername: NODE,
+            ...(withCert ? { cert: kube.kubeletClient.cert, key: kube.kubeletClient.key } : {}),
+            timeout: 10_000,
+          },
           (res) => {
             let body = '';
             res.on('data', (b: Buffer) => (body += b.toString()));
@@ -382,10 +461,13 @@ endpoints: [{ addresses: ["${pod.status.podIP}"], conditions: { ready: true } }]
     const bearer = (await kube.kubectl(['create', 'token', 'metrics-reader'])).stdout.trim();
     const kbearer = (path: string, token: string) =>
       new Promise<number>((resolve, reject) => {
-        const req = httpsRequest({ host: '127.0.0.1', port: cl.kubeletPort, path, ca: kube.ca, servername: NODE, headers: { authorization: `Bearer ${token}` }, timeout: 10_000 }, (res) => {
-          res.resume();
-          resolve(res.statusCode ?? 0);
-        });
+        const req = httpsRequest(
+          { host: '127.0.0.1', port: cl.kubeletPort, path, ca: kube.ca, servername: NODE, headers: { authorization: `Bearer ${token}` }, timeout: 10_000 },
+          (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          },
+        );
         req.on('error', reject);
         req.end();
       });
@@ -395,7 +477,14 @@ endpoints: [{ addresses: ["${pod.status.podIP}"], conditions: { ready: true } }]
     expect(await kbearer('/stats/summary', 'not-a-token')).toBe(401);
     const sum = await kget('/stats/summary');
     expect(sum.code).toBe(200);
-    const summary = JSON.parse(sum.body) as { node: { nodeName: string }; pods: { podRef: { name: string }; containers: { name: string; cpu: { usageCoreNanoSeconds: number }; memory: { workingSetBytes: number } }[]; memory: { workingSetBytes: number } }[] };
+    const summary = JSON.parse(sum.body) as {
+      node: { nodeName: string };
+      pods: {
+        podRef: { name: string };
+        containers: { name: string; cpu: { usageCoreNanoSeconds: number }; memory: { workingSetBytes: number } }[];
+        memory: { workingSetBytes: number };
+      }[];
+    };
     expect(summary.node.nodeName).toBe(NODE);
     const webStats = summary.pods.find((p) => p.podRef.name === 'web');
     expect(webStats?.containers.map((c) => c.name)).toEqual(['main']);
@@ -410,16 +499,22 @@ endpoints: [{ addresses: ["${pod.status.podIP}"], conditions: { ready: true } }]
     // kubectl top: kubectl -> API server -> aggregated metrics.k8s.io -> metrics-server, which
     // scraped /metrics/resource of this node (CPU needs two scrapes, 10 s apart).
     let topOut = '';
-    const top = await waitFor('kubectl top pod web', async () => {
-      const r = await kube.kubectl(['top', 'pod', 'web', '--no-headers']);
-      topOut = r.stdout + r.stderr;
-      return r.code === 0 ? r.stdout : undefined;
-    }, { timeoutMs: 60_000, intervalMs: 1000 }).catch((err: Error) => {
+    const top = await waitFor(
+      'kubectl top pod web',
+      async () => {
+        const r = await kube.kubectl(['top', 'pod', 'web', '--no-headers']);
+        topOut = r.stdout + r.stderr;
+        return r.code === 0 ? r.stdout : undefined;
+      },
+      { timeoutMs: 60_000, intervalMs: 1000 },
+    ).catch((err: Error) => {
       throw new Error(`${err.message}; last: ${topOut}\nmetrics-server: ${metricsServer?.logs().slice(-1500)}`);
     });
     expect(top).toMatch(/^web\s+\d+m\s+\d+Mi\s*$/); // busybox httpd's working set rounds to 0Mi
     // The same through the metrics API itself: non-zero, per container.
-    const pm = JSON.parse((await kube.kubectl(['get', '--raw', '/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/web'])).stdout) as { containers: { name: string; usage: { cpu: string; memory: string } }[] };
+    const pm = JSON.parse((await kube.kubectl(['get', '--raw', '/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/web'])).stdout) as {
+      containers: { name: string; usage: { cpu: string; memory: string } }[];
+    };
     expect(pm.containers.map((c) => c.name)).toEqual(['main']);
     expect(pm.containers[0]!.usage.memory).toMatch(/^[1-9]\d*(Ki|Mi)?$/);
     const topNode = await kube.kubectl(['top', 'node', NODE, '--no-headers']);
@@ -446,10 +541,14 @@ endpoints: [{ addresses: ["${pod.status.podIP}"], conditions: { ready: true } }]
     const del = await kube.kubectl(['delete', 'pod', 'web', '--wait=true', '--timeout=60s'], { timeoutMs: 70_000 });
     expect(del.code).toBe(0);
     expect(await getPod('web')).toBeUndefined();
-    await waitFor('the pod\'s cell to end', async () => {
-      const c = (await cl.cells()).find((x) => x.id === cellId);
-      return !c || c.state === CellState.CELL_STATE_TERMINATED || c.state === CellState.CELL_STATE_TERMINATING;
-    }, { timeoutMs: 60_000, intervalMs: 250 });
+    await waitFor(
+      "the pod's cell to end",
+      async () => {
+        const c = (await cl.cells()).find((x) => x.id === cellId);
+        return !c || c.state === CellState.CELL_STATE_TERMINATED || c.state === CellState.CELL_STATE_TERMINATING;
+      },
+      { timeoutMs: 60_000, intervalMs: 250 },
+    );
     expect((await cl.pod('web').catch(() => undefined))?.metadata).toBeUndefined();
     await allocatablePods('the node after web', 0);
   }, 240_000);
@@ -457,7 +556,12 @@ endpoints: [{ addresses: ["${pod.status.podIP}"], conditions: { ready: true } }]
   it('a pod without the toleration is never placed on the virtual node', async () => {
     const r = await kube.kubectl(['apply', '-f', '-'], { input: podYaml('intolerant', registry.image, { tolerate: false, command: 'sleep 1000' }) });
     expect(r.code).toBe(0);
-    const p = await waitPod('intolerant', 'reported Unschedulable', (x) => x.status.conditions?.some((c) => c.type === 'PodScheduled' && c.status === 'False' && c.reason === 'Unschedulable') ?? false, 30_000);
+    const p = await waitPod(
+      'intolerant',
+      'reported Unschedulable',
+      (x) => x.status.conditions?.some((c) => c.type === 'PodScheduled' && c.status === 'False' && c.reason === 'Unschedulable') ?? false,
+      30_000,
+    );
     expect(p.spec.nodeName ?? '').toBe('');
     expect(p.status.conditions!.find((c) => c.type === 'PodScheduled')!.message).toContain('untolerated taint');
     expect((await cl.pod('intolerant').catch(() => undefined))?.metadata).toBeUndefined();
@@ -486,7 +590,12 @@ spec:
   containers: [{ name: main, image: ${registry.image}, command: ["true"], env: [{ name: X, valueFrom: { secretKeyRef: { name: absent, key: k } } }] }]
 `;
     expect((await kube.kubectl(['apply', '-f', '-'], { input: noSecret })).code).toBe(0);
-    const held = await waitPod('needs-secret', 'held for its secret', (p) => (p.status.containerStatuses?.[0]?.state as { waiting?: { reason?: string } } | undefined)?.waiting?.reason === 'CreateContainerConfigError', 30_000);
+    const held = await waitPod(
+      'needs-secret',
+      'held for its secret',
+      (p) => (p.status.containerStatuses?.[0]?.state as { waiting?: { reason?: string } } | undefined)?.waiting?.reason === 'CreateContainerConfigError',
+      30_000,
+    );
     expect(JSON.stringify(held.status.containerStatuses)).toContain('secret \\"absent\\" not found');
     // Once the secret exists, the back-off retry starts the pod.
     await kube.kubectl(['create', 'secret', 'generic', 'absent', '--from-literal=k=v']);
@@ -517,7 +626,9 @@ spec:
     expect((await kube.kubectl(['exec', 'with-token', '--', 'cat', `${dir}/namespace`])).stdout).toBe('default');
     expect((await kube.kubectl(['exec', 'with-token', '--', 'cat', `${dir}/ca.crt`])).stdout).toBe(kube.ca);
     // The API server accepts the token as the pod's service account.
-    const review = await kube.kubectl(['create', '-o', 'json', '-f', '-'], { input: JSON.stringify({ apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token } }) });
+    const review = await kube.kubectl(['create', '-o', 'json', '-f', '-'], {
+      input: JSON.stringify({ apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token } }),
+    });
     expect((JSON.parse(review.stdout) as { status: { authenticated: boolean } }).status.authenticated).toBe(true);
     await kube.kubectl(['delete', 'pod', 'with-token', '--wait=false']);
   }, 150_000);
@@ -547,16 +658,29 @@ spec:
     const running = await waitPod('live', 'Running', (p) => p.status.phase === 'Running' && !!p.status.containerStatuses?.[0]?.state.running, 90_000);
     const cat = async (path: string) => (await kube.kubectl(['exec', 'live', '--', 'cat', path])).stdout;
     const review = async (token: string) =>
-      (JSON.parse((await kube.kubectl(['create', '-o', 'json', '-f', '-'], { input: JSON.stringify({ apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences: ['cello-test'] } }) })).stdout) as { status: { authenticated?: boolean; audiences?: string[] } }).status;
+      (
+        JSON.parse(
+          (
+            await kube.kubectl(['create', '-o', 'json', '-f', '-'], {
+              input: JSON.stringify({ apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences: ['cello-test'] } }),
+            })
+          ).stdout,
+        ) as { status: { authenticated?: boolean; audiences?: string[] } }
+      ).status;
     const t1 = await cat('/var/run/tok/token');
     expect(t1).toMatch(/^ey/);
     // Refreshed in the running container (ratio 0.005 of 600 s: after about 3 s), as the kubelet
     // does it: a new version of the volume behind the ..data link, swapped atomically.
-    const t2 = await waitFor('the token file to be refreshed in the running container', async () => {
-      const t = await cat('/var/run/tok/token');
-      return t && t !== t1 ? t : undefined;
-    }, { timeoutMs: 30_000, intervalMs: 500 });
-    const claims = (t: string) => JSON.parse(Buffer.from(t.split('.')[1]!, 'base64url').toString()) as { iat: number; exp: number; aud: string[]; 'kubernetes.io': { pod: { name: string } } };
+    const t2 = await waitFor(
+      'the token file to be refreshed in the running container',
+      async () => {
+        const t = await cat('/var/run/tok/token');
+        return t && t !== t1 ? t : undefined;
+      },
+      { timeoutMs: 30_000, intervalMs: 500 },
+    );
+    const claims = (t: string) =>
+      JSON.parse(Buffer.from(t.split('.')[1]!, 'base64url').toString()) as { iat: number; exp: number; aud: string[]; 'kubernetes.io': { pod: { name: string } } };
     expect(claims(t2).exp - claims(t2).iat).toBe(600);
     expect(claims(t2).iat).toBeGreaterThanOrEqual(claims(t1).iat);
     expect(claims(t2).aud).toEqual(['cello-test']);
@@ -587,7 +711,15 @@ spec:
         await waitFor(`"${text}" echoed through kubectl attach`, () => attached.includes(`attached:${text}`), { timeoutMs: 5_000, intervalMs: 100 });
       };
       // The first line may be written before the stream is up: resend until one comes back.
-      await waitFor('kubectl attach to connect', async () => line('first').then(() => true, () => false), { timeoutMs: 20_000, intervalMs: 0 });
+      await waitFor(
+        'kubectl attach to connect',
+        async () =>
+          line('first').then(
+            () => true,
+            () => false,
+          ),
+        { timeoutMs: 20_000, intervalMs: 0 },
+      );
       await line('second line');
     } catch (err) {
       throw new Error(`${(err as Error).message}\nkubectl attach: ${attached}`);
@@ -601,7 +733,12 @@ spec:
     expect(image2).not.toBe(registry.image);
     const set = await kube.kubectl(['set', 'image', 'pod/live', `main=${image2}`]);
     expect(set.code, set.stderr).toBe(0);
-    const updated = await waitPod('live', 'running the new image', (p) => p.status.containerStatuses?.[0]?.image === image2 && !!p.status.containerStatuses[0].state.running, 60_000);
+    const updated = await waitPod(
+      'live',
+      'running the new image',
+      (p) => p.status.containerStatuses?.[0]?.image === image2 && !!p.status.containerStatuses[0].state.running,
+      60_000,
+    );
     expect(updated.metadata.uid).toBe(running.metadata.uid);
     expect(updated.status.podIP).toBe(running.status.podIP); // same cell
     // activeDeadlineSeconds set on a running pod: it has been active longer, so it ends at once.
@@ -647,23 +784,33 @@ spec:
     }
   });
 
-  it("imagePullSecrets from the pod and from its ServiceAccount reach the cell as credentials for the private registry only", async () => {
-    const secret = (name: string) => kube.kubectl(['create', 'secret', 'docker-registry', name, `--docker-server=${privateRegistry.host}`, '--docker-username=puller', `--docker-password=${PULL_PASSWORD}`]);
+  it('imagePullSecrets from the pod and from its ServiceAccount reach the cell as credentials for the private registry only', async () => {
+    const secret = (name: string) =>
+      kube.kubectl(['create', 'secret', 'docker-registry', name, `--docker-server=${privateRegistry.host}`, '--docker-username=puller', `--docker-password=${PULL_PASSWORD}`]);
     expect((await secret('pod-regcred')).code).toBe(0);
     expect((await secret('sa-regcred')).code).toBe(0);
     await kube.kubectl(['apply', '-f', '-'], { input: 'apiVersion: v1\nkind: ServiceAccount\nmetadata: { name: puller }\nimagePullSecrets: [{ name: sa-regcred }]\n' });
     // The virtual node reads the account itself for a pod that names no pull secrets (the
     // ServiceAccount admission plugin copies them too, when it is on): built here from a pod
     // the API server has not seen.
-    const built = await buildPodManifest(new KubeRest(loadKubeConfig(kube.kubeconfig)), {
-      metadata: { name: 'probe', namespace: 'default', uid: 'u-1' },
-      spec: { serviceAccountName: 'puller', containers: [{ name: 'main', image: privateImage }] },
-    }, { nodeName: NODE });
-    const docs = built.manifest.split(/^---$/m).map((d) => parse(d) as { kind: string; metadata: { name: string }; type?: string; spec?: { imagePullSecrets?: { name: string }[] } });
+    const built = await buildPodManifest(
+      new KubeRest(loadKubeConfig(kube.kubeconfig)),
+      {
+        metadata: { name: 'probe', namespace: 'default', uid: 'u-1' },
+        spec: { serviceAccountName: 'puller', containers: [{ name: 'main', image: privateImage }] },
+      },
+      { nodeName: NODE },
+    );
+    const docs = built.manifest
+      .split(/^---$/m)
+      .map((d) => parse(d) as { kind: string; metadata: { name: string }; type?: string; spec?: { imagePullSecrets?: { name: string }[] } });
     expect(docs.find((d) => d.kind === 'Pod')!.spec!.imagePullSecrets).toEqual([{ name: 'sa-regcred' }]);
     expect(docs.find((d) => d.kind === 'Secret')).toMatchObject({ metadata: { name: 'sa-regcred' }, type: 'kubernetes.io/dockerconfigjson' });
 
-    const pod = (name: string, extra: string) => podYaml(name, privateImage, { tolerate: true, command: 'sleep 1000', grace: 1 }).replace('  containers:', `${extra}\n  containers:`).replace(/    env: .*\n/, '');
+    const pod = (name: string, extra: string) =>
+      podYaml(name, privateImage, { tolerate: true, command: 'sleep 1000', grace: 1 })
+        .replace('  containers:', `${extra}\n  containers:`)
+        .replace(/ {4}env: .*\n/, '');
     await kube.kubectl(['apply', '-f', '-'], { input: pod('pull-own', '  imagePullSecrets: [{ name: pod-regcred }]') });
     await kube.kubectl(['apply', '-f', '-'], { input: pod('pull-sa', '  serviceAccountName: puller') });
     const want = [{ registry: privateRegistry.host, username: 'puller', password: PULL_PASSWORD, identityToken: '' }];
@@ -677,9 +824,18 @@ spec:
     // A wrong password: the registry's reason in the container status and the Events.
     await kube.kubectl(['create', 'secret', 'docker-registry', 'bad-regcred', `--docker-server=${privateRegistry.host}`, '--docker-username=puller', '--docker-password=guess']);
     await kube.kubectl(['apply', '-f', '-'], { input: pod('pull-bad', '  imagePullSecrets: [{ name: bad-regcred }]') });
-    const bad = await waitPod('pull-bad', 'in ImagePullBackOff', (p) => (p.status.containerStatuses?.[0]?.state as { waiting?: { reason?: string } } | undefined)?.waiting?.reason === 'ImagePullBackOff', 60_000);
+    const bad = await waitPod(
+      'pull-bad',
+      'in ImagePullBackOff',
+      (p) => (p.status.containerStatuses?.[0]?.state as { waiting?: { reason?: string } } | undefined)?.waiting?.reason === 'ImagePullBackOff',
+      60_000,
+    );
     expect(JSON.stringify(bad.status.containerStatuses)).toMatch(/unauthorized/);
-    await waitFor('the Failed event with the reason', async () => (await kube.kubectl(['get', 'events', '--field-selector', 'involvedObject.name=pull-bad', '-o', 'json'])).stdout.match(/unauthorized/), { timeoutMs: 20_000, intervalMs: 500 });
+    await waitFor(
+      'the Failed event with the reason',
+      async () => (await kube.kubectl(['get', 'events', '--field-selector', 'involvedObject.name=pull-bad', '-o', 'json'])).stdout.match(/unauthorized/),
+      { timeoutMs: 20_000, intervalMs: 500 },
+    );
     expect(cl.controllerLog).not.toContain(PULL_PASSWORD);
     await kube.kubectl(['delete', 'pod', 'pull-own', 'pull-sa', 'pull-bad', '--wait=false']);
   }, 180_000);
@@ -698,7 +854,9 @@ spec:
       log: createLogger({ level: 'silent' }),
     });
     try {
-      const n = JSON.parse((await kube.kubectl(['get', 'node', 'cello-orphan', '-o', 'json'])).stdout) as { status: { conditions: { type: string; status: string; reason: string; message: string }[] } };
+      const n = JSON.parse((await kube.kubectl(['get', 'node', 'cello-orphan', '-o', 'json'])).stdout) as {
+        status: { conditions: { type: string; status: string; reason: string; message: string }[] };
+      };
       const ready = n.status.conditions.find((c) => c.type === 'Ready')!;
       expect(ready).toMatchObject({ status: 'False', reason: 'ControllerNotReady' });
       expect(ready.message).toMatch(/controller API does not answer/);
@@ -733,7 +891,9 @@ spec:
       expect(follower.isLeader()).toBe(false);
       await leader.stop();
       await waitFor('the other replica to take over', () => follower.isLeader() && follower.podSync() !== undefined, { timeoutMs: 15_000, intervalMs: 100 });
-      const lease = JSON.parse((await kube.kubectl(['-n', 'cello-system', 'get', 'lease', 'cello-vn2', '-o', 'json'])).stdout) as { spec: { holderIdentity: string; leaseTransitions: number } };
+      const lease = JSON.parse((await kube.kubectl(['-n', 'cello-system', 'get', 'lease', 'cello-vn2', '-o', 'json'])).stdout) as {
+        spec: { holderIdentity: string; leaseTransitions: number };
+      };
       expect(lease.spec.holderIdentity).toBe(follower === a ? 'replica-a' : 'replica-b');
       expect(lease.spec.leaseTransitions).toBeGreaterThanOrEqual(1);
     } finally {
@@ -747,7 +907,18 @@ spec:
     const built = await kube.kubectl(['kustomize', DEPLOY]);
     expect(built.stderr).toBe('');
     const docs = built.stdout.split(/^---$/m).map((d) => parse(d) as { kind: string; metadata: { name: string; namespace?: string }; data?: Record<string, string> });
-    expect(docs.map((d) => d.kind).sort()).toEqual(['ClusterRole', 'ClusterRoleBinding', 'ConfigMap', 'Deployment', 'Namespace', 'Role', 'Role', 'RoleBinding', 'RoleBinding', 'ServiceAccount']);
+    expect(docs.map((d) => d.kind).sort()).toEqual([
+      'ClusterRole',
+      'ClusterRoleBinding',
+      'ConfigMap',
+      'Deployment',
+      'Namespace',
+      'Role',
+      'Role',
+      'RoleBinding',
+      'RoleBinding',
+      'ServiceAccount',
+    ]);
     expect(docs.find((d) => d.kind === 'Role' && d.metadata.name === 'cello-node-lease')!.metadata.namespace).toBe('kube-node-lease');
     // The configuration in the ConfigMap is valid for this controller.
     const cfg = parseConfig(parse(docs.find((d) => d.kind === 'ConfigMap')!.data!['controller.yaml']!), 'deploy/base/configmap.yaml');
@@ -760,25 +931,51 @@ spec:
     const sa = 'system:serviceaccount:cello-system:cello-controller';
     const can = async (...args: string[]) => (await kube.kubectl(['auth', 'can-i', '--as', sa, ...args])).stdout.trim();
     for (const a of [
-      ['create', 'nodes'], ['patch', 'nodes', '--subresource=status'], ['watch', 'pods'], ['delete', 'pods'], ['patch', 'pods', '--subresource=status'],
-      ['get', 'secrets', '-n', 'default'], ['get', 'configmaps', '-n', 'default'], ['create', 'serviceaccounts', '--subresource=token', '-n', 'default'], ['get', 'serviceaccounts', '-n', 'default'],
-      ['create', 'events', '-n', 'default'], ['watch', 'services'], ['list', 'endpointslices.discovery.k8s.io'], ['create', 'tokenreviews'], ['create', 'subjectaccessreviews'], ['patch', 'leases', '-n', 'kube-node-lease'], ['update', 'leases', '-n', 'cello-system'],
-    ]) expect(`${a.join(' ')}: ${await can(...a)}`).toBe(`${a.join(' ')}: yes`);
+      ['create', 'nodes'],
+      ['patch', 'nodes', '--subresource=status'],
+      ['watch', 'pods'],
+      ['delete', 'pods'],
+      ['patch', 'pods', '--subresource=status'],
+      ['get', 'secrets', '-n', 'default'],
+      ['get', 'configmaps', '-n', 'default'],
+      ['create', 'serviceaccounts', '--subresource=token', '-n', 'default'],
+      ['get', 'serviceaccounts', '-n', 'default'],
+      ['create', 'events', '-n', 'default'],
+      ['watch', 'services'],
+      ['list', 'endpointslices.discovery.k8s.io'],
+      ['create', 'tokenreviews'],
+      ['create', 'subjectaccessreviews'],
+      ['patch', 'leases', '-n', 'kube-node-lease'],
+      ['update', 'leases', '-n', 'cello-system'],
+    ])
+      expect(`${a.join(' ')}: ${await can(...a)}`).toBe(`${a.join(' ')}: yes`);
     for (const a of [
-      ['delete', 'nodes'], ['create', 'pods'], ['update', 'pods'], ['list', 'secrets'], ['create', 'secrets'],
-      ['update', 'leases', '-n', 'kube-system'], ['create', 'clusterrolebindings'], ['create', 'pods', '--subresource=exec'],
-    ]) expect(`${a.join(' ')}: ${await can(...a)}`).toBe(`${a.join(' ')}: no`);
+      ['delete', 'nodes'],
+      ['create', 'pods'],
+      ['update', 'pods'],
+      ['list', 'secrets'],
+      ['create', 'secrets'],
+      ['update', 'leases', '-n', 'kube-system'],
+      ['create', 'clusterrolebindings'],
+      ['create', 'pods', '--subresource=exec'],
+    ])
+      expect(`${a.join(' ')}: ${await can(...a)}`).toBe(`${a.join(' ')}: no`);
 
     // Those permissions suffice: a virtual node running as the ServiceAccount runs a pod to the end.
     const token = (await kube.kubectl(['-n', 'cello-system', 'create', 'token', 'cello-controller'])).stdout.trim();
     expect(token).toMatch(/^ey/);
     const kc = join(kube.dir, 'sa.kubeconfig');
-    writeFileSync(kc, stringify({
-      apiVersion: 'v1', kind: 'Config', 'current-context': 'sa',
-      clusters: [{ name: 'c', cluster: { server: kube.server, 'certificate-authority-data': Buffer.from(kube.ca).toString('base64') } }],
-      users: [{ name: 'sa', user: { token } }],
-      contexts: [{ name: 'sa', context: { cluster: 'c', user: 'sa' } }],
-    }));
+    writeFileSync(
+      kc,
+      stringify({
+        apiVersion: 'v1',
+        kind: 'Config',
+        'current-context': 'sa',
+        clusters: [{ name: 'c', cluster: { server: kube.server, 'certificate-authority-data': Buffer.from(kube.ca).toString('base64') } }],
+        users: [{ name: 'sa', user: { token } }],
+        contexts: [{ name: 'sa', context: { cluster: 'c', user: 'sa' } }],
+      }),
+    );
     const serving = await kube.issueCert('kubelet-serving-rbac', { cn: 'cello-rbac', ips: ['127.0.0.1'] });
     const node = await startVirtualNode({
       nodeName: 'cello-rbac',
@@ -793,8 +990,11 @@ spec:
       log: createLogger({ level: 'silent' }),
     });
     try {
-      await waitFor('the ServiceAccount\'s node to lead', () => node.podSync() !== undefined, { timeoutMs: 15_000, intervalMs: 100 });
-      const pod = podYaml('rbac-pod', registry.image, { tolerate: true, command: 'echo "greeting=$FROM_CM"; sleep 1000', grace: 1 }).replace('nodeSelector: { type: virtual-kubelet }', 'nodeName: cello-rbac');
+      await waitFor("the ServiceAccount's node to lead", () => node.podSync() !== undefined, { timeoutMs: 15_000, intervalMs: 100 });
+      const pod = podYaml('rbac-pod', registry.image, { tolerate: true, command: 'echo "greeting=$FROM_CM"; sleep 1000', grace: 1 }).replace(
+        'nodeSelector: { type: virtual-kubelet }',
+        'nodeName: cello-rbac',
+      );
       expect((await kube.kubectl(['apply', '-f', '-'], { input: pod })).code).toBe(0);
       await waitPod('rbac-pod', 'Running under the least-privilege role', (p) => p.status.phase === 'Running', 90_000);
       const del = await kube.kubectl(['delete', 'pod', 'rbac-pod', '--wait=true', '--timeout=60s'], { timeoutMs: 70_000 });

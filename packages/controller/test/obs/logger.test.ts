@@ -6,7 +6,15 @@ function capture(): { stream: PassThrough; lines: () => Record<string, unknown>[
   const stream = new PassThrough();
   const chunks: Buffer[] = [];
   stream.on('data', (c: Buffer) => chunks.push(c));
-  return { stream, lines: () => Buffer.concat(chunks).toString('utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>) };
+  return {
+    stream,
+    lines: () =>
+      Buffer.concat(chunks)
+        .toString('utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Record<string, unknown>),
+  };
 }
 
 describe('controller logger', () => {
@@ -17,7 +25,12 @@ describe('controller logger', () => {
     log.flush();
     await new Promise((r) => setTimeout(r, 50));
     const [line] = out.lines();
-    expect(line).toMatchObject({ token: '[redacted]', cell: { keyPem: '[redacted]', id: 'c1' }, req: { headers: { authorization: '[redacted]' } }, launch: { userData: '[redacted]', password: '[redacted]' } });
+    expect(line).toMatchObject({
+      token: '[redacted]',
+      cell: { keyPem: '[redacted]', id: 'c1' },
+      req: { headers: { authorization: '[redacted]' } },
+      launch: { userData: '[redacted]', password: '[redacted]' },
+    });
     expect(JSON.stringify(line)).not.toMatch(/t0|k1|Bearer x/);
   });
 });

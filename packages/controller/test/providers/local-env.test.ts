@@ -15,8 +15,9 @@ const dir = mkdtempSync(join(tmpdir(), 'cello-local-env-'));
 const secrets = { CELLO_CA_KEY: `k-${process.pid}-sealing-key`, AWS_SECRET_ACCESS_KEY: `aws-${process.pid}-secret`, NODE_OPTIONS: '--max-old-space-size=4099' };
 const saved = Object.fromEntries([...Object.keys(secrets), 'CELLO_LOG_LEVEL'].map((k) => [k, process.env[k]]));
 afterAll(() => {
-  for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k];
-  else process.env[k] = v;
+  for (const [k, v] of Object.entries(saved))
+    if (v === undefined) delete process.env[k];
+    else process.env[k] = v;
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -36,7 +37,10 @@ describe('local provider environment', () => {
       const [info] = await p.describe([inst.instanceId]);
       const client = new CellAgentClient(info!.agentAddress!, credentials.createInsecure());
       try {
-        await waitFor('agent answers', () => callUnary<AgentInfo>(client, 'getInfo', GetInfoRequest.fromPartial({}), 1000).catch(() => undefined), { timeoutMs: 30_000, intervalMs: 100 });
+        await waitFor('agent answers', () => callUnary<AgentInfo>(client, 'getInfo', GetInfoRequest.fromPartial({}), 1000).catch(() => undefined), {
+          timeoutMs: 30_000,
+          intervalMs: 100,
+        });
       } finally {
         client.close();
       }
@@ -50,7 +54,10 @@ describe('local provider environment', () => {
       expect(environ).toContain(`CELLO_CELL_ID=${cellId}`);
       expect(environ).toContain('CELLO_LOG_LEVEL=warn');
       expect(environ).toContain(`PATH=${process.env['PATH']}`);
-      expect(names.every((n) => ['PATH', 'LANG', 'LC_ALL', 'LC_CTYPE', 'TZ', 'TMPDIR', 'CELLO_LOG_LEVEL', 'CELLO_PULL_CHUNK', 'CELLO_CELL_ID'].includes(n)), names.join(' ')).toBe(true);
+      expect(
+        names.every((n) => ['PATH', 'LANG', 'LC_ALL', 'LC_CTYPE', 'TZ', 'TMPDIR', 'CELLO_LOG_LEVEL', 'CELLO_PULL_CHUNK', 'CELLO_CELL_ID'].includes(n)),
+        names.join(' '),
+      ).toBe(true);
     } finally {
       await p.terminate([inst.instanceId]);
     }

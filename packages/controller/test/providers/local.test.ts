@@ -41,7 +41,10 @@ describe('local provider', () => {
       const [info] = await p.describe([inst.instanceId]);
       expect(info!.agentAddress).toMatch(/^127\.0\.0\.1:\d+$/);
       const client = new CellAgentClient(info!.agentAddress!, credentials.createInsecure());
-      const agent = await waitFor('agent answers', () => callUnary<AgentInfo>(client, 'getInfo', GetInfoRequest.fromPartial({}), 1000).catch(() => undefined), { timeoutMs: 30_000, intervalMs: 100 });
+      const agent = await waitFor('agent answers', () => callUnary<AgentInfo>(client, 'getInfo', GetInfoRequest.fromPartial({}), 1000).catch(() => undefined), {
+        timeoutMs: 30_000,
+        intervalMs: 100,
+      });
       expect(agent.cellId).toBe(cellId);
       client.close();
       // Per-boot files under /run, never the world-writable /dev/shm.
@@ -63,17 +66,21 @@ describe('local provider', () => {
     const a = new LocalProvider({ root: root() });
     const b = new LocalProvider({ root: root() });
     const launch = (p: LocalProvider, cellId: string) =>
-      p.launch({
-        cellId,
-        instanceType: 'local.nano',
-        spot: false,
-        tags: { 'cello.io/controller-id': 'ipam', 'cello.io/cell-id': cellId },
-        bootstrap: { caCertPem: '', token: 't', tokenExpiresAt: new Date().toISOString(), controllerId: 'ipam', cellId, agentPort: 0 },
-      }).then((inst) => ({ p, inst, cellId }));
+      p
+        .launch({
+          cellId,
+          instanceType: 'local.nano',
+          spot: false,
+          tags: { 'cello.io/controller-id': 'ipam', 'cello.io/cell-id': cellId },
+          bootstrap: { caCertPem: '', token: 't', tokenExpiresAt: new Date().toISOString(), controllerId: 'ipam', cellId, agentPort: 0 },
+        })
+        .then((inst) => ({ p, inst, cellId }));
     const cells = await Promise.all([launch(a, 'cell-ipam-a1'), launch(b, 'cell-ipam-b1'), launch(a, 'cell-ipam-a2'), launch(b, 'cell-ipam-b2')]);
     try {
       const addrs = cells.map(({ p, cellId }) => {
-        const f = JSON.parse(readFileSync(join((p as unknown as { opts: { root: string } }).opts.root, cellId, 'instance.json'), 'utf8')) as { net: { address: string; netns: string } };
+        const f = JSON.parse(readFileSync(join((p as unknown as { opts: { root: string } }).opts.root, cellId, 'instance.json'), 'utf8')) as {
+          net: { address: string; netns: string };
+        };
         const inNs = execFileSync('ip', ['-n', f.net.netns, '-4', '-o', 'addr', 'show', 'dev', 'eth0'], { encoding: 'utf8' });
         expect(inNs).toContain(`${f.net.address}/16`);
         return f.net.address;
@@ -85,4 +92,3 @@ describe('local provider', () => {
     for (const { cellId } of cells) expect(existsSync(join('/run/cello/local', cellId))).toBe(false);
   }, 90_000);
 });
-

@@ -27,10 +27,13 @@ function tokens(now?: () => number) {
     ...(now ? { now } : {}),
     client: (region) => {
       const c = new ECRClient({ region, endpoint: moto.endpoint, credentials: moto.credentials });
-      c.middlewareStack.add((next, ctx) => (args) => {
-        calls.push(`${region}:${ctx.commandName}`);
-        return next(args);
-      }, { step: 'initialize' });
+      c.middlewareStack.add(
+        (next, ctx) => (args) => {
+          calls.push(`${region}:${ctx.commandName}`);
+          return next(args);
+        },
+        { step: 'initialize' },
+      );
       return c;
     },
   });
@@ -51,7 +54,12 @@ describe('ECR tokens (moto)', () => {
     const { t, calls } = tokens();
     expect(await t.keyrings(['busybox', '127.0.0.1:5000/app:1'])).toEqual([]);
     expect(calls).toEqual([]);
-    const spec = PodSpec.fromPartial({ containers: [{ name: 'a', image: ECR_IMAGE }, { name: 'b', image: 'busybox' }] });
+    const spec = PodSpec.fromPartial({
+      containers: [
+        { name: 'a', image: ECR_IMAGE },
+        { name: 'b', image: 'busybox' },
+      ],
+    });
     const r = podPullCredentials(spec, {}, await t.keyrings([ECR_IMAGE, 'busybox']));
     expect(r.credentials).toEqual([{ registry: `${ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com`, username: 'AWS', password: `${ACCOUNT}-auth-token`, identityToken: '' }]);
     expect(calls).toEqual(['us-east-1:GetAuthorizationTokenCommand']);

@@ -57,7 +57,10 @@ describe('keyring lookup, as the kubelet', () => {
 });
 
 const b = (s: string) => Buffer.from(s);
-const dockerSecret = (auths: Record<string, { username: string; password: string }>): SecretData => ({ type: 'kubernetes.io/dockerconfigjson', data: { '.dockerconfigjson': b(JSON.stringify({ auths })) } });
+const dockerSecret = (auths: Record<string, { username: string; password: string }>): SecretData => ({
+  type: 'kubernetes.io/dockerconfigjson',
+  data: { '.dockerconfigjson': b(JSON.stringify({ auths })) },
+});
 const spec = (images: string[], extra: Partial<PodSpec> = {}) => PodSpec.fromPartial({ containers: images.map((image, i) => ({ name: `c${i}`, image })), ...extra });
 
 describe('podPullCredentials', () => {
@@ -92,12 +95,22 @@ describe('podPullCredentials', () => {
   it("the pod's own secrets come before the controller's (ECR) keyring", () => {
     const ecr = keyring({ 'a.example.com': 'ecr', 'd.example.com': 'ecr-d' });
     const r = podPullCredentials(spec(['a.example.com/x', 'd.example.com/y'], { imagePullSecrets: ['regcred'] }), secrets, [ecr]);
-    expect(r.credentials.map((c) => [c.registry, c.username])).toEqual([['a.example.com', 'ua'], ['d.example.com', 'ecr-d']]);
+    expect(r.credentials.map((c) => [c.registry, c.username])).toEqual([
+      ['a.example.com', 'ua'],
+      ['d.example.com', 'ecr-d'],
+    ]);
   });
 
   it('knows which secrets the pod reads or mounts', () => {
     const s = PodSpec.fromPartial({
-      containers: [{ name: 'c', image: 'x', env: [{ name: 'E', valueFrom: { source: { $case: 'secretKeyRef', value: { name: 'env-s', key: 'k', optional: false } } } }], envFrom: [{ prefix: '', source: { $case: 'secretRef', value: { name: 'from-s', optional: false } } }] }],
+      containers: [
+        {
+          name: 'c',
+          image: 'x',
+          env: [{ name: 'E', valueFrom: { source: { $case: 'secretKeyRef', value: { name: 'env-s', key: 'k', optional: false } } } }],
+          envFrom: [{ prefix: '', source: { $case: 'secretRef', value: { name: 'from-s', optional: false } } }],
+        },
+      ],
       volumes: [
         { name: 'v', source: { $case: 'secret', value: { secretName: 'vol-s', items: [], optional: false } } },
         { name: 'p', source: { $case: 'projected', value: { sources: [{ source: { $case: 'secret', value: { secretName: 'proj-s', items: [], optional: false } } }] } } },

@@ -9,7 +9,17 @@ import { connect as tlsConnect } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { credentials, Metadata, status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
-import { ApplyPodRequest, CellAgentClient, GetInfoRequest, GetStatusRequest, Pod, type GetStatusResponse, PortForwardTicketRequest, type AgentInfo, type PortForwardTicketResponse } from '@cello/proto/cell';
+import {
+  ApplyPodRequest,
+  CellAgentClient,
+  GetInfoRequest,
+  GetStatusRequest,
+  Pod,
+  type GetStatusResponse,
+  PortForwardTicketRequest,
+  type AgentInfo,
+  type PortForwardTicketResponse,
+} from '@cello/proto/cell';
 import { waitFor } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { callUnary } from '../../src/agents/pool.js';
@@ -60,7 +70,10 @@ beforeAll(async () => {
     addresses[cellId] = (await provider.describe([inst.instanceId]))[0]!.agentAddress!;
     const c = client(cellId, controller);
     try {
-      await waitFor(`${cellId}'s agent`, () => callUnary<AgentInfo>(c, 'getInfo', GetInfoRequest.fromPartial({}), 1000).catch(() => undefined), { timeoutMs: 30_000, intervalMs: 100 });
+      await waitFor(`${cellId}'s agent`, () => callUnary<AgentInfo>(c, 'getInfo', GetInfoRequest.fromPartial({}), 1000).catch(() => undefined), {
+        timeoutMs: 30_000,
+        intervalMs: 100,
+      });
     } finally {
       c.close();
     }
@@ -74,7 +87,10 @@ afterAll(async () => {
 });
 
 function failure(p: Promise<unknown>): Promise<ServiceError | undefined> {
-  return p.then(() => undefined, (e: ServiceError) => e);
+  return p.then(
+    () => undefined,
+    (e: ServiceError) => e,
+  );
 }
 
 function streamFailure(call: { on(ev: 'error', f: (e: ServiceError) => void): unknown; cancel(): void }): Promise<ServiceError> {
@@ -96,7 +112,11 @@ describe("another cell's certificate", () => {
     try {
       const pod = Pod.fromPartial({ metadata: { name: 'hijack', namespace: 'default', uid: 'u' }, spec: { containers: [{ name: 'c', image: 'busybox', command: ['sh'] }] } });
       const errors = {
-        ApplyPod: await failure(new Promise((res, rej) => c.applyPod(ApplyPodRequest.fromPartial({ pod, generation: 1 }), new Metadata(), { deadline: Date.now() + 10_000 }, (e, r) => (e ? rej(e) : res(r))))),
+        ApplyPod: await failure(
+          new Promise((res, rej) =>
+            c.applyPod(ApplyPodRequest.fromPartial({ pod, generation: 1 }), new Metadata(), { deadline: Date.now() + 10_000 }, (e, r) => (e ? rej(e) : res(r))),
+          ),
+        ),
         PortForwardTicket: await failure(callUnary<PortForwardTicketResponse>(c, 'portForwardTicket', PortForwardTicketRequest.fromPartial({ port: 80 }), 10_000)),
         Exec: await streamFailure(c.exec()),
         PortForward: await streamFailure(c.portForward()),

@@ -98,12 +98,9 @@ async function callCellWith(address: string, creds: grpc.ChannelCredentials, opt
 }
 
 function mtls(caPem: string, client: IssuedCertificate | undefined, expectCell: string): grpc.ChannelCredentials {
-  return grpc.credentials.createSsl(
-    Buffer.from(caPem),
-    client ? Buffer.from(client.keyPem) : null,
-    client ? Buffer.from(client.certPem) : null,
-    { checkServerIdentity: cellServerIdentityCheck(expectCell) },
-  );
+  return grpc.credentials.createSsl(Buffer.from(caPem), client ? Buffer.from(client.keyPem) : null, client ? Buffer.from(client.certPem) : null, {
+    checkServerIdentity: cellServerIdentityCheck(expectCell),
+  });
 }
 
 describe('certificate authority', () => {
@@ -254,7 +251,10 @@ describe('certificate authority', () => {
         keys,
         signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
         extensions: [
-          new x509.SubjectAlternativeNameExtension([{ type: 'url', value: 'spiffe://cello/client/controller' }, { type: 'dns', value: 'evil.example' }]),
+          new x509.SubjectAlternativeNameExtension([
+            { type: 'url', value: 'spiffe://cello/client/controller' },
+            { type: 'dns', value: 'evil.example' },
+          ]),
           new x509.BasicConstraintsExtension(true, 0, true),
         ],
       },

@@ -11,13 +11,39 @@ import type { InstanceType } from '../../src/providers/provider.js';
 const amd = { digest: 'sha256:a', platforms: [{ os: 'linux', architecture: 'amd64' }] };
 const arm = { digest: 'sha256:b', platforms: [{ os: 'linux', architecture: 'arm64', variant: 'v8' }] };
 const both = { digest: 'sha256:c', platforms: [...amd.platforms, ...arm.platforms] };
-const spec = (nodeSelector: Record<string, string> = {}) => PodSpec.fromPartial({ containers: [{ name: 'a', image: 'r/a' }, { name: 'b', image: 'r/b' }], initContainers: [{ name: 'i', image: 'r/a' }], nodeSelector });
+const spec = (nodeSelector: Record<string, string> = {}) =>
+  PodSpec.fromPartial({
+    containers: [
+      { name: 'a', image: 'r/a' },
+      { name: 'b', image: 'r/b' },
+    ],
+    initContainers: [{ name: 'i', image: 'r/a' }],
+    nodeSelector,
+  });
 
 describe('allowedArchitectures', () => {
   it('every image counts, init containers too, each once', () => {
     expect(podImages(spec())).toEqual(['r/a', 'r/b']);
-    expect(allowedArchitectures({ spec: spec(), images: new Map([['r/a', both], ['r/b', both]]), provider: ['amd64', 'arm64'] })).toEqual(['amd64', 'arm64']);
-    expect(allowedArchitectures({ spec: spec(), images: new Map([['r/a', both], ['r/b', arm]]), provider: ['amd64', 'arm64'] })).toEqual(['arm64']);
+    expect(
+      allowedArchitectures({
+        spec: spec(),
+        images: new Map([
+          ['r/a', both],
+          ['r/b', both],
+        ]),
+        provider: ['amd64', 'arm64'],
+      }),
+    ).toEqual(['amd64', 'arm64']);
+    expect(
+      allowedArchitectures({
+        spec: spec(),
+        images: new Map([
+          ['r/a', both],
+          ['r/b', arm],
+        ]),
+        provider: ['amd64', 'arm64'],
+      }),
+    ).toEqual(['arm64']);
   });
 
   it('without image platforms, the node selector and the provider decide', () => {
@@ -30,15 +56,26 @@ describe('allowedArchitectures', () => {
   it('no fit: a SelectionError naming every constraint, images with their platforms', () => {
     const err = (() => {
       try {
-        allowedArchitectures({ spec: spec(), images: new Map([['r/a', amd], ['r/b', arm]]), provider: ['amd64', 'arm64'] });
+        allowedArchitectures({
+          spec: spec(),
+          images: new Map([
+            ['r/a', amd],
+            ['r/b', arm],
+          ]),
+          provider: ['amd64', 'arm64'],
+        });
       } catch (e) {
         return e;
       }
     })();
     expect(err).toBeInstanceOf(SelectionError);
     expect((err as SelectionError).reason).toBe('NoMatchingArchitecture');
-    expect((err as Error).message).toBe('no cell architecture can run this pod: image r/a is linux/amd64; image r/b is linux/arm64/v8; this provider has cell images for amd64, arm64');
-    expect(() => allowedArchitectures({ spec: spec({ 'kubernetes.io/arch': 's390x' }), provider: ['amd64'] })).toThrow('no cell architecture can run this pod: nodeSelector kubernetes.io/arch: s390x; this provider has cell images for amd64');
+    expect((err as Error).message).toBe(
+      'no cell architecture can run this pod: image r/a is linux/amd64; image r/b is linux/arm64/v8; this provider has cell images for amd64, arm64',
+    );
+    expect(() => allowedArchitectures({ spec: spec({ 'kubernetes.io/arch': 's390x' }), provider: ['amd64'] })).toThrow(
+      'no cell architecture can run this pod: nodeSelector kubernetes.io/arch: s390x; this provider has cell images for amd64',
+    );
     expect(() => allowedArchitectures({ spec: spec(), provider: [] })).toThrow('this provider has cell images for no architecture');
   });
 });
@@ -60,15 +97,30 @@ describe('selectCandidates with architectures', () => {
   });
 });
 
-describe('the virtual node\'s architecture', () => {
+describe("the virtual node's architecture", () => {
   // labels() and the status read only the options: the REST client is never called here.
   const node = (architectures?: string[]) =>
-    new VirtualNode({} as KubeRest, { nodeName: 'n', providerName: 'aws', internalIP: '127.0.0.1', kubeletPort: 1, capacity: async () => ({ capacity: { cpu: '1', memory: '1Mi', pods: '1' }, allocatable: { cpu: '1', memory: '1Mi', pods: '1' } }), health: async () => undefined, version: 'x', onError: () => undefined, ...(architectures ? { architectures } : {}) });
+    new VirtualNode({} as KubeRest, {
+      nodeName: 'n',
+      providerName: 'aws',
+      internalIP: '127.0.0.1',
+      kubeletPort: 1,
+      capacity: async () => ({ capacity: { cpu: '1', memory: '1Mi', pods: '1' }, allocatable: { cpu: '1', memory: '1Mi', pods: '1' } }),
+      health: async () => undefined,
+      version: 'x',
+      onError: () => undefined,
+      ...(architectures ? { architectures } : {}),
+    });
 
   it('one kubernetes.io/arch (amd64 when served), and one cello.dev/arch-* label per architecture', () => {
     expect(nodeArchitecture(['amd64', 'arm64'])).toBe('amd64');
     expect(nodeArchitecture(['arm64'])).toBe('arm64');
-    expect(node(['amd64', 'arm64']).labels()).toMatchObject({ 'kubernetes.io/arch': 'amd64', 'beta.kubernetes.io/arch': 'amd64', 'cello.dev/arch-amd64': 'true', 'cello.dev/arch-arm64': 'true' });
+    expect(node(['amd64', 'arm64']).labels()).toMatchObject({
+      'kubernetes.io/arch': 'amd64',
+      'beta.kubernetes.io/arch': 'amd64',
+      'cello.dev/arch-amd64': 'true',
+      'cello.dev/arch-arm64': 'true',
+    });
     const armOnly = node(['arm64']).labels();
     expect(armOnly).toMatchObject({ 'kubernetes.io/arch': 'arm64', 'cello.dev/arch-arm64': 'true' });
     expect(armOnly['cello.dev/arch-amd64']).toBeUndefined();
@@ -84,15 +136,27 @@ describe('required node affinity', () => {
     expect(allowedArchitectures({ spec: withAffinity([[{ key: 'kubernetes.io/arch', operator: 'In', values: ['arm64'] }]]), provider: both })).toEqual(['arm64']);
     expect(allowedArchitectures({ spec: withAffinity([[{ key: 'kubernetes.io/arch', operator: 'NotIn', values: ['arm64'] }]]), provider: both })).toEqual(['amd64']);
     expect(allowedArchitectures({ spec: withAffinity([[{ key: 'topology.kubernetes.io/zone', operator: 'In', values: ['a'] }]]), provider: both })).toEqual(['amd64', 'arm64']);
-    expect(allowedArchitectures({
-      spec: withAffinity([[{ key: 'kubernetes.io/arch', operator: 'In', values: ['arm64'] }, { key: 'zone', operator: 'Exists' }], [{ key: 'kubernetes.io/arch', operator: 'In', values: ['amd64'] }]]),
-      provider: both,
-    })).toEqual(['amd64', 'arm64']);
+    expect(
+      allowedArchitectures({
+        spec: withAffinity([
+          [
+            { key: 'kubernetes.io/arch', operator: 'In', values: ['arm64'] },
+            { key: 'zone', operator: 'Exists' },
+          ],
+          [{ key: 'kubernetes.io/arch', operator: 'In', values: ['amd64'] }],
+        ]),
+        provider: both,
+      }),
+    ).toEqual(['amd64', 'arm64']);
   });
 
   it('with an amd64-only image and arm64 required: a message naming both', () => {
-    expect(() => allowedArchitectures({ spec: withAffinity([[{ key: 'kubernetes.io/arch', operator: 'In', values: ['arm64'] }]]), images: new Map([['r/a', amd]]), provider: ['amd64', 'arm64'] })).toThrow(
-      'no cell architecture can run this pod: required node affinity allows arm64; image r/a is linux/amd64; this provider has cell images for amd64, arm64',
-    );
+    expect(() =>
+      allowedArchitectures({
+        spec: withAffinity([[{ key: 'kubernetes.io/arch', operator: 'In', values: ['arm64'] }]]),
+        images: new Map([['r/a', amd]]),
+        provider: ['amd64', 'arm64'],
+      }),
+    ).toThrow('no cell architecture can run this pod: required node affinity allows arm64; image r/a is linux/amd64; this provider has cell images for amd64, arm64');
   });
 });

@@ -24,12 +24,14 @@ async function single(registry: RegistryServer, repo: string, tag: string, archi
   const layerDigest = await pushBlob(registry, repo, layer);
   const cfg = Buffer.from(JSON.stringify({ architecture, os: 'linux', config: { Cmd: ['sh'] }, rootfs: { type: 'layers', diff_ids: [layerDigest] } }));
   const cfgDigest = await pushBlob(registry, repo, cfg);
-  const manifest = Buffer.from(JSON.stringify({
-    schemaVersion: 2,
-    mediaType: 'application/vnd.oci.image.manifest.v1+json',
-    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: cfgDigest, size: cfg.length },
-    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layerDigest, size: layer.length }],
-  }));
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: cfgDigest, size: cfg.length },
+      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layerDigest, size: layer.length }],
+    }),
+  );
   await put(registry, repo, tag, 'application/vnd.oci.image.manifest.v1+json', manifest);
   return { manifest, digest: digestOf(manifest) };
 }
@@ -40,16 +42,18 @@ export async function pushPlatformImages(registry: RegistryServer, host = regist
   // The index's entries live in its own repository, as `docker buildx` pushes them.
   const ma = await single(registry, 'arch/multi', 'amd64', 'amd64');
   const mb = await single(registry, 'arch/multi', 'arm64', 'arm64');
-  const index = Buffer.from(JSON.stringify({
-    schemaVersion: 2,
-    mediaType: 'application/vnd.oci.image.index.v1+json',
-    manifests: [
-      { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: ma.digest, size: ma.manifest.length, platform: { os: 'linux', architecture: 'amd64' } },
-      { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: mb.digest, size: mb.manifest.length, platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
-      // An attestation, as BuildKit adds: not a platform.
-      { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: ma.digest, size: ma.manifest.length, platform: { os: 'unknown', architecture: 'unknown' } },
-    ],
-  }));
+  const index = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.index.v1+json',
+      manifests: [
+        { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: ma.digest, size: ma.manifest.length, platform: { os: 'linux', architecture: 'amd64' } },
+        { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: mb.digest, size: mb.manifest.length, platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
+        // An attestation, as BuildKit adds: not a platform.
+        { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: ma.digest, size: ma.manifest.length, platform: { os: 'unknown', architecture: 'unknown' } },
+      ],
+    }),
+  );
   await put(registry, 'arch/multi', '1', 'application/vnd.oci.image.index.v1+json', index);
   return {
     amd64: `${host}/arch/amd64-only:1`,

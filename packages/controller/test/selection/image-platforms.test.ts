@@ -4,6 +4,7 @@
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { pushBusybox, startRegistry, startRequestLog, type RegistryServer, type RequestLog } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -33,7 +34,7 @@ afterAll(async () => {
 });
 
 describe('ImagePlatformReader on a real registry', () => {
-  it('reads a single manifest\'s architecture from its config, and an index\'s platforms (attestations left out)', async () => {
+  it("reads a single manifest's architecture from its config, and an index's platforms (attestations left out)", async () => {
     const r = reader();
     try {
       const a = await r.platformsOf(images.amd64);
@@ -41,7 +42,10 @@ describe('ImagePlatformReader on a real registry', () => {
       expect(archs(await r.platformsOf(images.arm64))).toEqual(['arm64']);
       const m = await r.platformsOf(images.multi);
       expect(m.digest).toBe(images.digests.multi);
-      expect(m.platforms).toEqual([{ os: 'linux', architecture: 'amd64' }, { os: 'linux', architecture: 'arm64', variant: 'v8' }]);
+      expect(m.platforms).toEqual([
+        { os: 'linux', architecture: 'amd64' },
+        { os: 'linux', architecture: 'arm64', variant: 'v8' },
+      ]);
     } finally {
       await r.close();
     }
@@ -122,7 +126,7 @@ describe('ImagePlatformReader on a real registry', () => {
     }
   });
 
-  it('a private registry (htpasswd): refused without the pod\'s credentials, read with them; one pod\'s answer is not another\'s', async () => {
+  it("a private registry (htpasswd): refused without the pod's credentials, read with them; one pod's answer is not another's", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'cello-htpasswd-'));
     const hash = execFileSync('python3', ['-c', "import crypt; print(crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH)))"], { encoding: 'utf8' }).trim();
     writeFileSync(join(dir, 'htpasswd'), `puller:${hash}\n`);
@@ -148,8 +152,7 @@ describe('ImagePlatformReader on a real registry', () => {
   });
 
   it('a registry that never answers fails within the lookup deadline', async () => {
-    const { createServer } = await import('node:net');
-    const sockets: Array<import('node:net').Socket> = [];
+    const sockets: Socket[] = [];
     const silent = createServer((s) => void sockets.push(s));
     await new Promise<void>((res) => silent.listen(0, '127.0.0.1', res));
     const host = `127.0.0.1:${(silent.address() as { port: number }).port}`;

@@ -34,10 +34,32 @@ let watch: ServiceWatch;
 let feed: ServiceFeed;
 
 async function startAgentProcess(): Promise<void> {
-  agent = spawn(process.execPath, [CLI, 'serve', '--listen', `127.0.0.1:${agentPort}`, '--state-dir', stateDir, '--insecure-dev', '--pod-netns', `/run/netns/${lab.cell}`, '--cell-id', CELL_ID, '--cgroup-parent', `/cello-test/${CELL_ID}`], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
-  await waitFor('the agent to answer', () => new Promise<boolean>((resolve) => pool.get(CELL_ID, `127.0.0.1:${agentPort}`).getInfo({}, new Metadata(), { deadline: Date.now() + 1000 }, (err) => resolve(!err))), { timeoutMs: 20_000, intervalMs: 200 });
+  agent = spawn(
+    process.execPath,
+    [
+      CLI,
+      'serve',
+      '--listen',
+      `127.0.0.1:${agentPort}`,
+      '--state-dir',
+      stateDir,
+      '--insecure-dev',
+      '--pod-netns',
+      `/run/netns/${lab.cell}`,
+      '--cell-id',
+      CELL_ID,
+      '--cgroup-parent',
+      `/cello-test/${CELL_ID}`,
+    ],
+    {
+      stdio: ['ignore', 'ignore', 'inherit'],
+    },
+  );
+  await waitFor(
+    'the agent to answer',
+    () => new Promise<boolean>((resolve) => pool.get(CELL_ID, `127.0.0.1:${agentPort}`).getInfo({}, new Metadata(), { deadline: Date.now() + 1000 }, (err) => resolve(!err))),
+    { timeoutMs: 20_000, intervalMs: 200 },
+  );
 }
 
 async function stopAgentProcess(): Promise<void> {
@@ -125,7 +147,12 @@ describe('Services from the API server on a cell (watch -> SyncServices -> nftab
 
   it('a Service and its EndpointSlice made in the API server are served on the cell', async () => {
     await apply(webService);
-    await apply(webSlice([{ ip: b0, ready: true }, { ip: b1, ready: true }]));
+    await apply(
+      webSlice([
+        { ip: b0, ready: true },
+        { ip: b1, ready: true },
+      ]),
+    );
     const ip = await clusterIP('web');
     expect(ip).toMatch(/^10\.0\.0\.\d+$/);
     await waitServed(ip, [`${b0}:8080`, `${b1}:8080`], 'both endpoints to answer on the cluster IP');
@@ -135,7 +162,12 @@ describe('Services from the API server on a cell (watch -> SyncServices -> nftab
   it('an endpoint that stops being ready stops receiving traffic, and the change is one delta', async () => {
     const ip = await clusterIP('web');
     const before = services.version;
-    await apply(webSlice([{ ip: b0, ready: true }, { ip: b1, ready: false }]));
+    await apply(
+      webSlice([
+        { ip: b0, ready: true },
+        { ip: b1, ready: false },
+      ]),
+    );
     await waitServed(ip, [`${b0}:8080`], 'only the ready endpoint to answer');
     await waitFor('the cell to acknowledge the change', () => feed.acked(CELL_ID) === services.version);
     expect(services.version).toBe(before + 1);
@@ -146,7 +178,10 @@ describe('Services from the API server on a cell (watch -> SyncServices -> nftab
   it('a Service without endpoints refuses connections; a deleted one stops answering', async () => {
     await apply(webService.replace('name: web', 'name: lonely'));
     const lonely = await clusterIP('lonely');
-    await waitFor('the Service without endpoints to refuse', () => lab.connect(lab.cell, 'tcp', lonely, 80, 1, 700)[0] === 'ERR:ECONNREFUSED', { timeoutMs: 20_000, intervalMs: 100 });
+    await waitFor('the Service without endpoints to refuse', () => lab.connect(lab.cell, 'tcp', lonely, 80, 1, 700)[0] === 'ERR:ECONNREFUSED', {
+      timeoutMs: 20_000,
+      intervalMs: 100,
+    });
 
     const ip = await clusterIP('web');
     const r = await kube.kubectl(['delete', 'service', 'web']);
@@ -156,7 +191,12 @@ describe('Services from the API server on a cell (watch -> SyncServices -> nftab
 
   it('a restarted agent gets a snapshot and then deltas again', async () => {
     await apply(webService);
-    await apply(webSlice([{ ip: b0, ready: true }, { ip: b1, ready: true }]));
+    await apply(
+      webSlice([
+        { ip: b0, ready: true },
+        { ip: b1, ready: true },
+      ]),
+    );
     const ip = await clusterIP('web');
     await waitServed(ip, [`${b0}:8080`, `${b1}:8080`], 'both endpoints before the restart');
 

@@ -25,10 +25,7 @@ async function take<T>(it: AsyncIterable<WatchEvent<T>>, n: number, ms = DEADLIN
   const deadline = Date.now() + ms;
   while (out.length < n) {
     const left = deadline - Date.now();
-    const r = await Promise.race([
-      iter.next(),
-      sleep(Math.max(left, 0)).then(() => 'timeout' as const),
-    ]);
+    const r = await Promise.race([iter.next(), sleep(Math.max(left, 0)).then(() => 'timeout' as const)]);
     if (r === 'timeout') throw new Error(`watch delivered ${out.length} of ${n} events within ${ms} ms`);
     if (r.done) break;
     out.push(r.value);
@@ -38,7 +35,13 @@ async function take<T>(it: AsyncIterable<WatchEvent<T>>, n: number, ms = DEADLIN
 
 /** Resolves to 'pending' if `p` has not settled after `ms`. */
 async function settledWithin<T>(p: Promise<T>, ms: number): Promise<'pending' | 'settled'> {
-  return Promise.race([p.then(() => 'settled' as const, () => 'settled' as const), sleep(ms).then(() => 'pending' as const)]);
+  return Promise.race([
+    p.then(
+      () => 'settled' as const,
+      () => 'settled' as const,
+    ),
+    sleep(ms).then(() => 'pending' as const),
+  ]);
 }
 
 function describeEvent(e: WatchEvent): string {
@@ -136,12 +139,7 @@ export function storeContract(name: string, h: StoreHarness): void {
       const r4 = await s.put('w/a', 'three');
       const got = await take(events, 4);
       ac.abort();
-      expect(got.map(describeEvent)).toEqual([
-        `put w/a="one"@${r1}`,
-        `put w/b="two"@${r2}`,
-        expect.stringMatching(/^delete w\/a@\d+$/),
-        `put w/a="three"@${r4}`,
-      ]);
+      expect(got.map(describeEvent)).toEqual([`put w/a="one"@${r1}`, `put w/b="two"@${r2}`, expect.stringMatching(/^delete w\/a@\d+$/), `put w/a="three"@${r4}`]);
       const del = got[2] as { revision: number };
       expect(del.revision).toBeGreaterThan(r2);
       expect(del.revision).toBeLessThan(r4);

@@ -71,7 +71,20 @@ describe('embedded store durability', () => {
   });
 
   it('survives kill -9 of a writer: every acknowledged write is there after reopen', async () => {
-    const code = transpileSources(['store/embedded.ts', 'store/sorted-keys.ts', 'store/lockfile.ts', 'store/store.ts', 'store/entry.ts', 'store/watch-stream.ts', 'store/metrics.ts', 'errors.ts', 'util/errors.ts'], { 'writer.mjs': WRITER });
+    const code = transpileSources(
+      [
+        'store/embedded.ts',
+        'store/sorted-keys.ts',
+        'store/lockfile.ts',
+        'store/store.ts',
+        'store/entry.ts',
+        'store/watch-stream.ts',
+        'store/metrics.ts',
+        'errors.ts',
+        'util/errors.ts',
+      ],
+      { 'writer.mjs': WRITER },
+    );
     try {
       for (const compactBytes of [16 * 1024 * 1024, 64 * 1024]) {
         const dir = await tempDir();
@@ -257,7 +270,9 @@ describe('embedded store durability', () => {
     let seed = 42;
     const rnd = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
     for (let i = 0; i < 20_000; i++) {
-      const k = `k/${Math.floor(rnd() * 5000).toString().padStart(5, '0')}`;
+      const k = `k/${Math.floor(rnd() * 5000)
+        .toString()
+        .padStart(5, '0')}`;
       if (rnd() < 0.7) {
         idx.insert(k);
         ref.add(k);

@@ -40,7 +40,7 @@ describe('etcd store over TLS', () => {
     const t = etcd.tls!;
     const attempts: Array<[string, Record<string, unknown>]> = [
       ['no client certificate', { tls: { caFile: t.caFile } }],
-      ['another CA\'s client certificate', { tls: { caFile: t.caFile, certFile: t.rogueCertFile, keyFile: t.rogueKeyFile } }],
+      ["another CA's client certificate", { tls: { caFile: t.caFile, certFile: t.rogueCertFile, keyFile: t.rogueKeyFile } }],
       ['no store.tls (system roots do not know this CA)', {}],
     ];
     for (const [what, extra] of attempts) {
@@ -58,8 +58,12 @@ describe('etcd store over TLS', () => {
     await expect(open({ endpoints: ['http://127.0.0.1:2379', 'https://127.0.0.1:2380'] })).rejects.toThrow(/store\.endpoints mixes http:\/\/ and https:\/\//);
     await expect(open({ endpoints: etcd.endpoints, tls: { caFile: '/nonexistent/ca.pem' } })).rejects.toThrow(/store\.tls\.caFile: cannot read \/nonexistent\/ca\.pem: ENOENT/);
     await expect(open({ endpoints: etcd.endpoints, tls: { caFile: t.clientKeyFile } })).rejects.toThrow(/store\.tls\.caFile: .* is not a PEM certificate/);
-    await expect(open({ endpoints: etcd.endpoints, tls: { caFile: t.caFile, certFile: t.clientCertFile, keyFile: t.rogueKeyFile } })).rejects.toThrow(/store\.tls\.keyFile: .*rogue\.key is not the key of store\.tls\.certFile/);
+    await expect(open({ endpoints: etcd.endpoints, tls: { caFile: t.caFile, certFile: t.clientCertFile, keyFile: t.rogueKeyFile } })).rejects.toThrow(
+      /store\.tls\.keyFile: .*rogue\.key is not the key of store\.tls\.certFile/,
+    );
     // A password in clear text is fine on loopback (development), refused across the network.
-    await expect(open({ endpoints: ['http://10.255.255.1:2379'], auth: { username: 'u', password: 'p' } })).rejects.toThrow(/store\.auth: the etcd password would cross the network in clear text to http:\/\/10\.255\.255\.1:2379/);
+    await expect(open({ endpoints: ['http://10.255.255.1:2379'], auth: { username: 'u', password: 'p' } })).rejects.toThrow(
+      /store\.auth: the etcd password would cross the network in clear text to http:\/\/10\.255\.255\.1:2379/,
+    );
   });
 });

@@ -20,15 +20,17 @@ afterAll(async () => {
   await etcd?.stop();
 });
 
-const openFresh = async (): Promise<EtcdStore> =>
-  (await openStore({ kind: 'etcd', endpoints: etcd.endpoints, prefix: `/t-${randomUUID()}/` })) as EtcdStore;
+const openFresh = async (): Promise<EtcdStore> => (await openStore({ kind: 'etcd', endpoints: etcd.endpoints, prefix: `/t-${randomUUID()}/` })) as EtcdStore;
 
 storeContract('etcd', {
   open: openFresh,
   peer: async (s) => openStore({ kind: 'etcd', endpoints: etcd.endpoints, prefix: (s as EtcdStore).prefix }),
   // As an operator (or etcd expiring the lease) would: the election key disappears.
   loseLeadership: async (s) => {
-    await raw.delete().prefix(`${(s as EtcdStore).prefix}elect/`).exec();
+    await raw
+      .delete()
+      .prefix(`${(s as EtcdStore).prefix}elect/`)
+      .exec();
   },
 });
 
@@ -132,7 +134,15 @@ describe('etcd store', () => {
       const [entry] = [...(s as unknown as { watchers: Set<{ watcher?: { emit(e: string, v: unknown): boolean } }> }).watchers];
       entry!.watcher!.emit('connected', { header: { revision: String(revision + 1000) } });
       await own.restart();
-      await waitFor('a put after the etcd restart', () => s.put('g/2', 2).then(() => true, () => false), { timeoutMs: 20_000, intervalMs: 200 });
+      await waitFor(
+        'a put after the etcd restart',
+        () =>
+          s.put('g/2', 2).then(
+            () => true,
+            () => false,
+          ),
+        { timeoutMs: 20_000, intervalMs: 200 },
+      );
       const n = await within(it.next(), 20_000, 'g/2 after the restart');
       expect(n.value).toMatchObject({ type: 'put', kv: { key: 'g/2', value: 2 } });
       ac.abort();
@@ -153,22 +163,21 @@ describe('etcd store', () => {
 
   it('a killed leader (kill -9) is replaced once its lease expires, not before', async () => {
     const prefix = `/t-${randomUUID()}/`;
-    const child = transpileSources(['store/etcd.ts', 'store/etcd-tls.ts', 'store/store.ts', 'store/entry.ts', 'store/watch-stream.ts', 'store/metrics.ts', 'util/backoff.ts', 'errors.ts', 'util/errors.ts'], {
-      'leader.mjs': `import { EtcdStore } from './etcd.js';
+    const child = transpileSources(
+      ['store/etcd.ts', 'store/etcd-tls.ts', 'store/store.ts', 'store/entry.ts', 'store/watch-stream.ts', 'store/metrics.ts', 'util/backoff.ts', 'errors.ts', 'util/errors.ts'],
+      {
+        'leader.mjs': `import { EtcdStore } from './etcd.js';
 const s = await EtcdStore.open({ endpoints: [process.argv[2]], prefix: process.argv[3] });
 const l = await s.campaign('ctl', 'child', { ttlSeconds: 2 });
 process.stdout.write('LEADER\\n');
 setInterval(() => {}, 1000);
 `,
-    });
+      },
+    );
     try {
       const proc = spawn(process.execPath, [`${child.dir}/leader.mjs`, etcd.endpoint, prefix], { stdio: ['ignore', 'pipe', 'inherit'] });
       const exited = new Promise<void>((res) => proc.on('exit', () => res()));
-      await within(
-        new Promise<void>((res) => createInterface({ input: proc.stdout }).on('line', (l) => l === 'LEADER' && res())),
-        15_000,
-        'child becoming leader',
-      );
+      await within(new Promise<void>((res) => createInterface({ input: proc.stdout }).on('line', (l) => l === 'LEADER' && res())), 15_000, 'child becoming leader');
       const s = await openStore({ kind: 'etcd', endpoints: etcd.endpoints, prefix });
       stores.push(s);
       let elected = 0;

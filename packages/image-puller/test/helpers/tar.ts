@@ -32,7 +32,19 @@ export async function makeTar(entries: Entry[]): Promise<Buffer> {
     const type = e.type ?? 'file';
     await new Promise<void>((resolve, reject) => {
       pack.entry(
-        { name: e.name, type, mode: e.mode ?? (type === 'directory' ? 0o755 : 0o644), mtime: new Date(1700000000000), uid: e.uid ?? 0, gid: e.gid ?? 0, devmajor: e.devmajor ?? 0, devminor: e.devminor ?? 0, ...(e.linkname ? { linkname: e.linkname } : {}), ...(e.size !== undefined ? { size: e.size } : {}), ...(e.pax ? { pax: e.pax } : {}) },
+        {
+          name: e.name,
+          type,
+          mode: e.mode ?? (type === 'directory' ? 0o755 : 0o644),
+          mtime: new Date(1700000000000),
+          uid: e.uid ?? 0,
+          gid: e.gid ?? 0,
+          devmajor: e.devmajor ?? 0,
+          devminor: e.devminor ?? 0,
+          ...(e.linkname ? { linkname: e.linkname } : {}),
+          ...(e.size !== undefined ? { size: e.size } : {}),
+          ...(e.pax ? { pax: e.pax } : {}),
+        },
         type === 'file' ? (content ?? Buffer.alloc(0)) : Buffer.alloc(0),
         (err) => (err ? reject(err) : resolve()),
       );

@@ -52,7 +52,9 @@ export interface TokenIssuer {
 export async function startTokenIssuer(dir: string, user: string, password: string, host = '127.0.0.1'): Promise<TokenIssuer> {
   const key = join(dir, 'token.key');
   const cert = join(dir, 'token.crt');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=cello-test-token-issuer'], { stdio: 'ignore' });
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=cello-test-token-issuer'], {
+    stdio: 'ignore',
+  });
   const priv = createPrivateKey(readFileSync(key));
   const kid = libtrustKeyId(createPublicKey(priv).export({ type: 'spki', format: 'der' }));
   const service = 'cello-test-registry';
@@ -77,28 +79,51 @@ export async function startTokenIssuer(dir: string, user: string, password: stri
       res.end('{"details":"bad credentials"}');
       return;
     }
-    const access = scope.split(' ').filter(Boolean).map((s) => {
-      const [type, name, actions] = s.split(':');
-      return { type, name, actions: (actions ?? '').split(',') };
-    });
+    const access = scope
+      .split(' ')
+      .filter(Boolean)
+      .map((s) => {
+        const [type, name, actions] = s.split(':');
+        return { type, name, actions: (actions ?? '').split(',') };
+      });
     const now = Math.floor(Date.now() / 1000);
     const header = { alg: 'RS256', typ: 'JWT', kid };
     const bad = state.badTokens > 0;
     if (bad) state.badTokens--;
-    const claims = { iss: bad ? 'someone-else' : issuerName, sub: user, aud: service, exp: now + state.jwtTtlSeconds, nbf: now - 10, iat: now, jti: randomBytes(8).toString('hex'), access };
+    const claims = {
+      iss: bad ? 'someone-else' : issuerName,
+      sub: user,
+      aud: service,
+      exp: now + state.jwtTtlSeconds,
+      nbf: now - 10,
+      iat: now,
+      jti: randomBytes(8).toString('hex'),
+      access,
+    };
     const signingInput = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(claims))}`;
     const token = `${signingInput}.${b64url(sign('sha256', Buffer.from(signingInput), priv))}`;
     res.writeHead(200, { 'content-type': 'application/json' });
     // The OAuth2 form answers access_token; the Docker form answers token.
-    res.end(JSON.stringify({ [req.method === 'POST' ? 'access_token' : 'token']: token, expires_in: state.advertisedTtlSeconds, issued_at: new Date().toISOString(), ...(state.padBytes ? { pad: 'x'.repeat(state.padBytes) } : {}) }));
+    res.end(
+      JSON.stringify({
+        [req.method === 'POST' ? 'access_token' : 'token']: token,
+        expires_in: state.advertisedTtlSeconds,
+        issued_at: new Date().toISOString(),
+        ...(state.padBytes ? { pad: 'x'.repeat(state.padBytes) } : {}),
+      }),
+    );
   };
   await new Promise<void>((r) => server.listen(0, host, r));
   const port = (server.address() as AddressInfo).port;
   return Object.assign(state, {
-    realm: `http://${host}:${port}/token`, service, issuer: issuerName, rootCertBundle: cert,
-    stop: () => new Promise<void>((r) => {
-      server.closeAllConnections();
-      server.close(() => r());
-    }),
+    realm: `http://${host}:${port}/token`,
+    service,
+    issuer: issuerName,
+    rootCertBundle: cert,
+    stop: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
   });
 }

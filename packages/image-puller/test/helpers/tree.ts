@@ -55,7 +55,10 @@ export function snapshot(root: string, ignore: (rel: string) => boolean = () => 
     }
   };
   walk('');
-  const links = [...inodes.values()].filter((g) => g.length > 1).map((g) => g.sort().join(' = ')).sort();
+  const links = [...inodes.values()]
+    .filter((g) => g.length > 1)
+    .map((g) => g.sort().join(' = '))
+    .sort();
   return { nodes, links };
 }
 

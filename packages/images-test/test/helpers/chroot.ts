@@ -93,7 +93,11 @@ export class Chroot {
    * overlay must not be mounted twice while that process uses it).
    */
   runBeside(pid: number, cmd: string[]): RunResult {
-    const r = spawnSync('nsenter', ['--target', String(pid), '--mount', '--root', '--wd=/', '/usr/bin/env', '-i', 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', ...cmd], { encoding: 'utf8', timeout: 60_000 });
+    const r = spawnSync(
+      'nsenter',
+      ['--target', String(pid), '--mount', '--root', '--wd=/', '/usr/bin/env', '-i', 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', ...cmd],
+      { encoding: 'utf8', timeout: 60_000 },
+    );
     if (r.error) throw r.error;
     return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
   }
@@ -109,7 +113,10 @@ mkdir -p "$4/var/lib/cello"
 mount --bind "$5" "$4/var/lib/cello"
 ROOT=$4
 ${script}`;
-    const r = spawnSync('unshare', ['--mount', '--propagation', 'private', '--', 'sh', '-c', wrapper, 'root', this.lower, this.upper, this.work, this.merged, this.state], { encoding: 'utf8', timeout: timeoutMs });
+    const r = spawnSync('unshare', ['--mount', '--propagation', 'private', '--', 'sh', '-c', wrapper, 'root', this.lower, this.upper, this.work, this.merged, this.state], {
+      encoding: 'utf8',
+      timeout: timeoutMs,
+    });
     if (r.error) throw r.error;
     if (r.status !== 0) throw new Error(`withRoot: exit ${r.status}\n${r.stderr}`);
     return r.stdout;

@@ -36,7 +36,10 @@ function requireGo(): void {
 function build(module: string, version: string, out: string): string {
   if (existsSync(out)) return out;
   requireGo();
-  const info = JSON.parse(execFileSync('go', ['mod', 'download', '-json', `${module}@${version}`], { env: goEnv(), encoding: 'utf8', timeout: 600_000 })) as { Dir?: string; Error?: string };
+  const info = JSON.parse(execFileSync('go', ['mod', 'download', '-json', `${module}@${version}`], { env: goEnv(), encoding: 'utf8', timeout: 600_000 })) as {
+    Dir?: string;
+    Error?: string;
+  };
   if (!info.Dir) throw new Error(`go mod download ${module}@${version}: ${info.Error ?? 'no directory'}`);
   mkdirSync(join(out, '..'), { recursive: true });
   const tmp = `${out}.tmp-${process.pid}`;

@@ -43,14 +43,12 @@ function fail(path: Path, problem: string): never {
 
 function checkDnsLabel(path: Path, v: string): void {
   if (v.length === 0) fail(path, 'is required');
-  if (v.length > 63 || !DNS_LABEL.test(v))
-    fail(path, `"${v}" must be a DNS label: at most 63 lowercase letters, digits and '-', starting and ending alphanumeric`);
+  if (v.length > 63 || !DNS_LABEL.test(v)) fail(path, `"${v}" must be a DNS label: at most 63 lowercase letters, digits and '-', starting and ending alphanumeric`);
 }
 
 function checkDnsSubdomain(path: Path, v: string): void {
   if (v.length === 0) fail(path, 'is required');
-  if (v.length > 253 || !DNS_SUBDOMAIN.test(v))
-    fail(path, `"${v}" must be a DNS subdomain: lowercase letters, digits, '-' and '.', at most 253 characters`);
+  if (v.length > 253 || !DNS_SUBDOMAIN.test(v)) fail(path, `"${v}" must be a DNS subdomain: lowercase letters, digits, '-' and '.', at most 253 characters`);
 }
 
 /** A path inside a volume or mount: relative, no `..` element. */
@@ -104,12 +102,9 @@ function portRef(path: Path, port: number | string, portNames: Set<string>): Por
   return { value: { $case: 'name', value: port } };
 }
 
-
-
 function handler(path: Path, h: schema.HandlerManifest | schema.ProbeManifest, portNames: Set<string>): Handler {
   const set = (['exec', 'httpGet', 'tcpSocket', 'grpc'] as const).filter((k) => h[k] !== undefined);
-  if (set.length !== 1)
-    fail(path, set.length === 0 ? 'needs one handler: exec, httpGet, tcpSocket or grpc' : `has ${set.join(' and ')}: give exactly one handler`);
+  if (set.length !== 1) fail(path, set.length === 0 ? 'needs one handler: exec, httpGet, tcpSocket or grpc' : `has ${set.join(' and ')}: give exactly one handler`);
   if (h.exec) {
     if (h.exec.command.length === 0) fail([...path, 'exec', 'command'], 'must not be empty');
     return { action: { $case: 'exec', value: { command: h.exec.command } } };
@@ -237,12 +232,10 @@ function container(path: Path, c: schema.ContainerManifest, volumeNames: Set<str
     }
   }
   if (init) {
-    for (const f of ['livenessProbe', 'readinessProbe', 'startupProbe', 'lifecycle'] as const)
-      if (c[f]) fail([...path, f], 'may not be set for init containers');
+    for (const f of ['livenessProbe', 'readinessProbe', 'startupProbe', 'lifecycle'] as const) if (c[f]) fail([...path, f], 'may not be set for init containers');
   }
   const sc = c.securityContext;
-  if (sc?.privileged && sc.allowPrivilegeEscalation === false)
-    fail([...path, 'securityContext', 'allowPrivilegeEscalation'], 'cannot be false when privileged is true');
+  if (sc?.privileged && sc.allowPrivilegeEscalation === false) fail([...path, 'securityContext', 'allowPrivilegeEscalation'], 'cannot be false when privileged is true');
   return {
     name: c.name,
     image: c.image,
@@ -389,11 +382,21 @@ function volume(path: Path, v: schema.VolumeManifest): Volume {
       if (set.length !== 1) fail(sp, 'needs exactly one of secret, configMap, downwardAPI, serviceAccountToken');
       if (s.secret) {
         if (!s.secret.name) fail([...sp, 'secret', 'name'], 'is required');
-        return { source: { $case: 'secret' as const, value: { secretName: s.secret.name, items: items([...sp, 'secret', 'items'], s.secret.items), defaultMode: undefined, optional: s.secret.optional ?? false } } };
+        return {
+          source: {
+            $case: 'secret' as const,
+            value: { secretName: s.secret.name, items: items([...sp, 'secret', 'items'], s.secret.items), defaultMode: undefined, optional: s.secret.optional ?? false },
+          },
+        };
       }
       if (s.configMap) {
         if (!s.configMap.name) fail([...sp, 'configMap', 'name'], 'is required');
-        return { source: { $case: 'configMap' as const, value: { name: s.configMap.name, items: items([...sp, 'configMap', 'items'], s.configMap.items), defaultMode: undefined, optional: s.configMap.optional ?? false } } };
+        return {
+          source: {
+            $case: 'configMap' as const,
+            value: { name: s.configMap.name, items: items([...sp, 'configMap', 'items'], s.configMap.items), defaultMode: undefined, optional: s.configMap.optional ?? false },
+          },
+        };
       }
       if (s.downwardAPI) {
         return { source: { $case: 'downwardApi' as const, value: { items: downwardItems([...sp, 'downwardAPI', 'items'], s.downwardAPI.items), defaultMode: undefined } } };
@@ -458,8 +461,7 @@ export function convertPod(obj: unknown, defaults: { namespace?: string } = {}):
   const initContainers = (s.initContainers ?? []).map(unit('initContainers'));
   const containers = s.containers.map(unit('containers'));
 
-  if (s.terminationGracePeriodSeconds !== undefined && s.terminationGracePeriodSeconds < 0)
-    fail(['spec', 'terminationGracePeriodSeconds'], 'must be 0 or more');
+  if (s.terminationGracePeriodSeconds !== undefined && s.terminationGracePeriodSeconds < 0) fail(['spec', 'terminationGracePeriodSeconds'], 'must be 0 or more');
   if (s.activeDeadlineSeconds !== undefined && s.activeDeadlineSeconds < 1) fail(['spec', 'activeDeadlineSeconds'], 'must be 1 or more');
   if (s.hostname) checkDnsLabel(['spec', 'hostname'], s.hostname);
   if (s.subdomain) checkDnsLabel(['spec', 'subdomain'], s.subdomain);
@@ -523,8 +525,7 @@ function checkKeys(path: Path, keys: string[]): void {
 }
 
 function base64(path: Path, v: string): Buffer {
-  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(v.replace(/\s+/g, '')) || v.replace(/\s+/g, '').length % 4 !== 0)
-    fail(path, 'is not valid base64');
+  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(v.replace(/\s+/g, '')) || v.replace(/\s+/g, '').length % 4 !== 0) fail(path, 'is not valid base64');
   return Buffer.from(v, 'base64');
 }
 
@@ -552,8 +553,7 @@ export function convertConfigMap(obj: unknown): { name: string; namespace: strin
   checkDnsSubdomain(['metadata', 'name'], m.metadata.name);
   checkKeys(['data'], Object.keys(m.data ?? {}));
   checkKeys(['binaryData'], Object.keys(m.binaryData ?? {}));
-  for (const k of Object.keys(m.binaryData ?? {}))
-    if (m.data && k in m.data) fail(['binaryData', k], `key "${k}" is also in data`);
+  for (const k of Object.keys(m.binaryData ?? {})) if (m.data && k in m.data) fail(['binaryData', k], `key "${k}" is also in data`);
   const binaryData: Record<string, Buffer> = {};
   for (const [k, v] of Object.entries(m.binaryData ?? {})) binaryData[k] = base64(['binaryData', k], v);
   return { name: m.metadata.name, namespace: m.metadata.namespace, data: { data: m.data ?? {}, binaryData } };

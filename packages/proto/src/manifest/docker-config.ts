@@ -56,7 +56,7 @@ export function parseDockerConfigSecret(secretName: string, type: string, data: 
     const issue = parsed.error.issues[0]!;
     fail(issue.path, issue.message);
   }
-  const map = (type === DOCKER_CFG_TYPE ? parsed.data : (parsed.data as z.infer<typeof configJson>).auths ?? {}) as z.infer<typeof auths>;
+  const map = (type === DOCKER_CFG_TYPE ? parsed.data : ((parsed.data as z.infer<typeof configJson>).auths ?? {})) as z.infer<typeof auths>;
   const prefix = type === DOCKER_CFG_TYPE ? [] : ['auths'];
   return Object.entries(map).map(([server, e]) => {
     if (!server.trim()) fail([...prefix, server], 'a registry name is required');

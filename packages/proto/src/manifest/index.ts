@@ -6,9 +6,7 @@ export { ManifestError } from './errors.js';
 export { DOCKER_CFG_TYPE, DOCKER_CONFIG_JSON_TYPE, isDockerConfigType, parseDockerConfigSecret, type DockerAuthEntry } from './docker-config.js';
 
 export type ManifestObject =
-  | { kind: 'Pod'; pod: Pod }
-  | { kind: 'Secret'; name: string; namespace: string; data: SecretData }
-  | { kind: 'ConfigMap'; name: string; namespace: string; data: ConfigMapData };
+  { kind: 'Pod'; pod: Pod } | { kind: 'Secret'; name: string; namespace: string; data: SecretData } | { kind: 'ConfigMap'; name: string; namespace: string; data: ConfigMapData };
 
 /**
  * Every object in a manifest file (YAML with `---` separators, a JSON object, or a v1 List):

@@ -177,9 +177,7 @@ export const volume = z.strictObject({
   hostPath: z
     .strictObject({
       path: str,
-      type: z
-        .enum(['', 'DirectoryOrCreate', 'Directory', 'FileOrCreate', 'File', 'Socket', 'CharDevice', 'BlockDevice'])
-        .optional(),
+      type: z.enum(['', 'DirectoryOrCreate', 'Directory', 'FileOrCreate', 'File', 'Socket', 'CharDevice', 'BlockDevice']).optional(),
     })
     .optional(),
   secret: secretSource.optional(),
@@ -191,9 +189,7 @@ export const volume = z.strictObject({
           secret: projectedSecret.optional(),
           configMap: projectedConfigMap.optional(),
           downwardAPI: z.strictObject({ items: z.array(downwardApiFile).optional() }).optional(),
-          serviceAccountToken: z
-            .strictObject({ audience: str.optional(), expirationSeconds: int.optional(), path: str })
-            .optional(),
+          serviceAccountToken: z.strictObject({ audience: str.optional(), expirationSeconds: int.optional(), path: str }).optional(),
           clusterTrustBundle: ignored,
         }),
       ),

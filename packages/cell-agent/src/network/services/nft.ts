@@ -50,6 +50,8 @@ export function enableForwarding(o: NftOptions = {}): Promise<void> {
     let err = '';
     child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
     child.on('error', (e) => reject(new NftError(`cannot enable IPv4 forwarding: ${e.message}`)));
-    child.on('close', (code) => (code === 0 ? resolve() : reject(new NftError(`cannot enable IPv4 forwarding${o.netnsPath ? ` in ${o.netnsPath}` : ''}: ${err.trim() || `exit code ${code}`}`))));
+    child.on('close', (code) =>
+      code === 0 ? resolve() : reject(new NftError(`cannot enable IPv4 forwarding${o.netnsPath ? ` in ${o.netnsPath}` : ''}: ${err.trim() || `exit code ${code}`}`)),
+    );
   });
 }

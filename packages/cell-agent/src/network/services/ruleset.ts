@@ -38,7 +38,8 @@ export interface ServiceRules {
 /** The table's fixed part: hooks, maps and the shared chains. */
 export function baseCommands(): string[] {
   const t = TABLE;
-  const hook = (name: string, type: string, hookName: string, priority: string) => `add chain ${t} ${name} { type ${type} hook ${hookName} priority ${priority} ; policy accept ; }`;
+  const hook = (name: string, type: string, hookName: string, priority: string) =>
+    `add chain ${t} ${name} { type ${type} hook ${hookName} priority ${priority} ; policy accept ; }`;
   return [
     `add map ${t} service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }`,
     `add map ${t} service-nodeports { type inet_proto . inet_service : verdict ; }`,
@@ -103,7 +104,7 @@ export function renderServices(snapshot: ServiceSnapshot, localAddresses: Readon
   for (const svc of snapshot.services) {
     const slices = slicesOf.get(serviceKey(svc)) ?? [];
     let rules = cache?.get(svc, slices);
-    if (rules === null || rules === undefined && !cache) {
+    if (rules === null || (rules === undefined && !cache)) {
       const r: ServiceRules = { chains: new Map(), elements: [], sets: new Map() };
       for (const port of svc.ports) renderPort(r, svc, port, endpointsFor(svc, port, slices, localAddresses));
       rules = r.chains.size > 0 || r.elements.length > 0 ? r : undefined;

@@ -99,8 +99,7 @@ export function portForwardRpc(ctx: StreamContext): CellAgentServer['portForward
             });
             s.resume(); // the forwarder hands the socket over paused
           },
-          (e: Error) =>
-            done({ code: e instanceof PortForwardError ? grpcStatus(e.code) : Status.INTERNAL, message: `cannot connect to port ${port} in the pod: ${e.message}` }),
+          (e: Error) => done({ code: e instanceof PortForwardError ? grpcStatus(e.code) : Status.INTERNAL, message: `cannot connect to port ${port} in the pod: ${e.message}` }),
         );
         return;
       }

@@ -22,9 +22,7 @@ export async function startStreamServer(deps: Omit<StreamHandlerDeps, 'logger'>,
   // The definition the agent serves (bulk frames serialized by hand), so the tests cover it.
   server.addService(cellAgentServiceDefinition, opts.instrument ? instrumentService(impl, opts.instrument) : impl);
   const port = await freePort();
-  await new Promise<void>((resolve, reject) =>
-    server.bindAsync(`127.0.0.1:${port}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
-  );
+  await new Promise<void>((resolve, reject) => server.bindAsync(`127.0.0.1:${port}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())));
   // ... and the client ctl uses (bulk frames decoded as views).
   const client = newCellAgentClient(`127.0.0.1:${port}`, credentials.createInsecure(), STREAM_CHANNEL_OPTIONS);
   return {
@@ -76,8 +74,7 @@ export function collectExec(call: ClientDuplexStream<ExecInput, ExecOutput>, tim
   });
 }
 
-export const start = (s: Partial<NonNullable<Extract<ExecInput['frame'], { $case: 'start' }>>['value']>) =>
-  ExecInput.fromPartial({ frame: { $case: 'start', value: s } });
+export const start = (s: Partial<NonNullable<Extract<ExecInput['frame'], { $case: 'start' }>>['value']>) => ExecInput.fromPartial({ frame: { $case: 'start', value: s } });
 export const stdin = (d: string | Buffer) => ExecInput.fromPartial({ frame: { $case: 'stdin', value: Buffer.from(d) } });
 export const stdinEof = () => ExecInput.fromPartial({ frame: { $case: 'stdinEof', value: true } });
 export const resize = (columns: number, rows: number) => ExecInput.fromPartial({ frame: { $case: 'resize', value: { columns, rows } } });

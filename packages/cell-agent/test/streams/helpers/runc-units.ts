@@ -95,9 +95,7 @@ export class TestRuncUnit implements UnitView {
     config.root.readonly = false;
     config.hostname = this.spec.name;
     config.linux.cgroupsPath = this.cgroupPath();
-    config.linux.namespaces = config.linux.namespaces.map((ns: { type: string }) =>
-      ns.type === 'network' ? { type: 'network', path: this.dir.netnsPath() } : ns,
-    );
+    config.linux.namespaces = config.linux.namespaces.map((ns: { type: string }) => (ns.type === 'network' ? { type: 'network', path: this.dir.netnsPath() } : ns));
     if (this.spec.memoryLimitBytes !== undefined) config.linux.resources = { ...config.linux.resources, memory: { limit: this.spec.memoryLimitBytes } };
     writeFileSync(join(this.bundle, 'config.json'), JSON.stringify(config, null, 2));
   }

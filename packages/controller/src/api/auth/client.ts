@@ -36,12 +36,7 @@ function withToken(creds: ChannelCredentials, token: string | undefined): Channe
 
 export function apiChannelCredentials(c: ApiClientCredentials): ChannelCredentials {
   const verify = { checkServerIdentity: controllerIdentityCheck(API_SERVER_NAME, c.trustDomain) };
-  const tls = credentials.createSsl(
-    Buffer.from(c.caPem),
-    c.keyPem ? Buffer.from(c.keyPem) : null,
-    c.certPem ? Buffer.from(c.certPem) : null,
-    verify,
-  );
+  const tls = credentials.createSsl(Buffer.from(c.caPem), c.keyPem ? Buffer.from(c.keyPem) : null, c.certPem ? Buffer.from(c.certPem) : null, verify);
   return withToken(tls, c.token);
 }
 

@@ -17,7 +17,8 @@ export * from './policy.js';
 export { SubjectAccessReviewer, TokenReviewer } from './kube-review.js';
 
 const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
-export const CREDENTIALS_HINT = 'get credentials with `controller issue-user NAME --group GROUP -o FILE` and pass them with `cellctl --config FILE` (or $CELLO_CONFIG, ~/.cello/config)';
+export const CREDENTIALS_HINT =
+  'get credentials with `controller issue-user NAME --group GROUP -o FILE` and pass them with `cellctl --config FILE` (or $CELLO_CONFIG, ~/.cello/config)';
 
 /** True for a listen address only this machine can reach. */
 export function isLoopbackListen(address: string): boolean {
@@ -96,7 +97,9 @@ export class ApiAuth {
       return experimental.createCertificateProviderServerCredentials(this.o.tls.serving, this.o.tls.serving, false);
     }
     if (!isLoopbackListen(address)) {
-      throw new Error(`api.listen: ${address} is not a loopback address; plaintext (api.insecure) is only allowed on 127.0.0.1, ::1 or localhost — remove api.insecure to serve TLS`);
+      throw new Error(
+        `api.listen: ${address} is not a loopback address; plaintext (api.insecure) is only allowed on 127.0.0.1, ::1 or localhost — remove api.insecure to serve TLS`,
+      );
     }
     return ServerCredentials.createInsecure();
   }

@@ -38,7 +38,9 @@ export function readEmbeddedKey(dir: string, key: string): unknown {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
-  const segments = readdirSync(dir).filter((n) => /^wal\.\d+\.log$/.test(n)).sort((a, b) => Number(a.split('.')[1]) - Number(b.split('.')[1]));
+  const segments = readdirSync(dir)
+    .filter((n) => /^wal\.\d+\.log$/.test(n))
+    .sort((a, b) => Number(a.split('.')[1]) - Number(b.split('.')[1]));
   for (const f of [...segments, 'wal.log']) {
     let buf: Buffer;
     try {

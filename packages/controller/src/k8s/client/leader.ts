@@ -25,7 +25,11 @@ export class LeaderElector {
   private timer?: NodeJS.Timeout;
   private leading = false;
 
-  constructor(private readonly rest: KubeRest, private readonly o: LeaderElectionOptions, private readonly onError: (err: unknown) => void) {}
+  constructor(
+    private readonly rest: KubeRest,
+    private readonly o: LeaderElectionOptions,
+    private readonly onError: (err: unknown) => void,
+  ) {}
 
   private get path() {
     return `/apis/coordination.k8s.io/v1/namespaces/${this.o.namespace}/leases/${this.o.name}`;
@@ -112,8 +116,6 @@ export class LeaderElector {
     if (this.timer) clearTimeout(this.timer);
     if (!this.leading) return;
     this.leading = false;
-    await this.rest
-      .mergePatch(this.path, { spec: { holderIdentity: null, renewTime: null } })
-      .catch(() => undefined);
+    await this.rest.mergePatch(this.path, { spec: { holderIdentity: null, renewTime: null } }).catch(() => undefined);
   }
 }

@@ -31,7 +31,11 @@ function codeOfHttp(httpStatus: number): ErrorCode {
 }
 
 export class KubeApiError extends CelloError {
-  constructor(readonly httpStatus: number, readonly reason: string, message: string) {
+  constructor(
+    readonly httpStatus: number,
+    readonly reason: string,
+    message: string,
+  ) {
     super(codeOfHttp(httpStatus), message);
   }
 }
@@ -53,7 +57,10 @@ export function loadKubeConfig(kubeconfig?: string): KubeConfig {
 export class KubeRest {
   readonly server: URL;
 
-  constructor(readonly kc: KubeConfig, private readonly userAgent = 'cello-virtual-node') {
+  constructor(
+    readonly kc: KubeConfig,
+    private readonly userAgent = 'cello-virtual-node',
+  ) {
     this.server = new URL(kc.getCurrentCluster()!.server);
   }
 

@@ -70,7 +70,9 @@ export class KubeletServer {
           if (!a.ok) {
             const body = `${a.message}\n`;
             // connection: close, or a keep-alive client sends its next request into this closed socket.
-            socket.end(`HTTP/1.1 ${a.code} ${a.code === 401 ? 'Unauthorized' : 'Forbidden'}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+            socket.end(
+              `HTTP/1.1 ${a.code} ${a.code === 401 ? 'Unauthorized' : 'Forbidden'}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+            );
             return;
           }
           if (!this.o.onUpgrade) {
@@ -133,7 +135,9 @@ export class KubeletServer {
       return;
     }
     res.writeHead(404, { 'content-type': 'text/plain' });
-    res.end(`404 page not found: ${url.pathname} (this kubelet serves /healthz, /pods, /stats/summary, /metrics/resource, /containerLogs/NS/POD/CONTAINER, /exec, /attach, /portForward)\n`);
+    res.end(
+      `404 page not found: ${url.pathname} (this kubelet serves /healthz, /pods, /stats/summary, /metrics/resource, /containerLogs/NS/POD/CONTAINER, /exec, /attach, /portForward)\n`,
+    );
   }
 
   private async containerLogs(ns: string, pod: string, container: string, q: URLSearchParams, req: IncomingMessage, res: ServerResponse): Promise<void> {

@@ -87,7 +87,9 @@ export function resourceMetrics(usage: PodUsage[]): string {
   const metric = (name: string, help: string, type: string, samples: [Record<string, string>, number, number][]) => {
     lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
     for (const [labels, value, ts] of samples) {
-      const l = Object.entries(labels).map(([k, v]) => `${k}="${esc(v)}"`).join(',');
+      const l = Object.entries(labels)
+        .map(([k, v]) => `${k}="${esc(v)}"`)
+        .join(',');
       lines.push(`${name}${l ? `{${l}}` : ''} ${value} ${ts}`);
     }
   };

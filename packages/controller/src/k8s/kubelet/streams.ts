@@ -28,7 +28,10 @@ export interface StreamsOptions {
 
 /** Values of a header that clients may repeat or comma-join. */
 function headerValues(v: string | string[] | undefined): string[] {
-  return (Array.isArray(v) ? v : v ? [v] : []).flatMap((x) => x.split(',')).map((x) => x.trim()).filter(Boolean);
+  return (Array.isArray(v) ? v : v ? [v] : [])
+    .flatMap((x) => x.split(','))
+    .map((x) => x.trim())
+    .filter(Boolean);
 }
 
 function refuse(socket: Socket, code: number, reason: string, message: string): void {
@@ -65,7 +68,13 @@ export class SpdyStreams {
     } else {
       return refuse(socket, 404, 'Not Found', `no streaming endpoint ${url.pathname}`);
     }
-    if (!protocol) return refuse(socket, 403, 'Forbidden', `x-stream-protocol-version: none of [${offered.join(', ')}] is supported; this kubelet speaks ${kind === 'portForward' ? PORT_FORWARD_PROTOCOL : EXEC_PROTOCOLS.join(', ')}`);
+    if (!protocol)
+      return refuse(
+        socket,
+        403,
+        'Forbidden',
+        `x-stream-protocol-version: none of [${offered.join(', ')}] is supported; this kubelet speaks ${kind === 'portForward' ? PORT_FORWARD_PROTOCOL : EXEC_PROTOCOLS.join(', ')}`,
+      );
     socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: ${protocol}\r\n\r\n`);
     socket.setNoDelay(true);
     if (head.length) socket.unshift(head);
@@ -78,7 +87,15 @@ export class SpdyStreams {
     else this.exec(session, kind as 'exec' | 'attach', protocol, url.searchParams, target as Required<typeof target>, user, log);
   }
 
-  private exec(session: SpdySession, kind: 'exec' | 'attach', protocol: string, q: URLSearchParams, t: { ns: string; pod: string; container: string }, user: string, log: Logger): void {
+  private exec(
+    session: SpdySession,
+    kind: 'exec' | 'attach',
+    protocol: string,
+    q: URLSearchParams,
+    t: { ns: string; pod: string; container: string },
+    user: string,
+    log: Logger,
+  ): void {
     const tty = truthy(q.get('tty'));
     const wantStdin = truthy(q.get('input'));
     const wantStdout = truthy(q.get('output'));
@@ -118,7 +135,7 @@ export class SpdyStreams {
     timer.unref();
     const finish = (status: object) => {
       const e = s.error;
-      if (e) e.end(protocol === 'v4.channel.k8s.io' ? JSON.stringify(status) : (status as { message?: string }).message ?? '');
+      if (e) e.end(protocol === 'v4.channel.k8s.io' ? JSON.stringify(status) : ((status as { message?: string }).message ?? ''));
       s.stdout?.end();
       s.stderr?.end();
       // Close once the frames are out; the client half-closes and resets its side.
@@ -130,7 +147,9 @@ export class SpdyStreams {
       const c = kind === 'exec' ? this.o.controller.client.exec() : this.o.controller.client.attach();
       call = c;
       c.write({ frame: { $case: 'target', value: { namespace: t.ns, name: t.pod } } });
-      c.write({ frame: { $case: 'input', value: { frame: { $case: 'start', value: { container: t.container, command, tty, stdin: wantStdin, size: undefined, requestedBy: user } } } } });
+      c.write({
+        frame: { $case: 'input', value: { frame: { $case: 'start', value: { container: t.container, command, tty, stdin: wantStdin, size: undefined, requestedBy: user } } } },
+      });
       for (const b of early.splice(0)) sendStdin(b);
       earlyBytes = 0;
       s.stdin?.resume();

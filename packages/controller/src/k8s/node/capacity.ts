@@ -27,8 +27,14 @@ export function podsUsage(pods: KPod[]): NodePodsUsage {
     out.pods++;
     // Kubernetes' effective request: the larger of the containers' sum and any init container.
     const req = (cs: Record<string, unknown>[] | undefined, key: 'cpu' | 'memory') =>
-      (cs ?? []).map((c) => (c.resources as Resources | undefined)?.requests?.[key]).map((q) => (q === undefined ? 0 : key === 'cpu' ? parseCpuMillis(q) : parseBytes(q) / 2 ** 20));
-    const eff = (key: 'cpu' | 'memory') => Math.max(req(p.spec.containers, key).reduce((a, b) => a + b, 0), ...req(p.spec.initContainers, key));
+      (cs ?? [])
+        .map((c) => (c.resources as Resources | undefined)?.requests?.[key])
+        .map((q) => (q === undefined ? 0 : key === 'cpu' ? parseCpuMillis(q) : parseBytes(q) / 2 ** 20));
+    const eff = (key: 'cpu' | 'memory') =>
+      Math.max(
+        req(p.spec.containers, key).reduce((a, b) => a + b, 0),
+        ...req(p.spec.initContainers, key),
+      );
     out.cpuMillis += eff('cpu');
     out.memoryMiB += eff('memory');
   }
@@ -46,7 +52,7 @@ export function nodeCapacity(pc: ProviderCapacity, types: InstanceType[], onNode
   const instFree = free(pc.instances);
   const cpuCap = pc.vcpus?.limit ?? pc.sharedCpus ?? pc.instances.limit * maxV;
   // Shared CPUs are compressible: all of them stay allocatable.
-  const cpuFree = pc.vcpus ? free(pc.vcpus) : pc.sharedCpus ?? instFree * maxV;
+  const cpuFree = pc.vcpus ? free(pc.vcpus) : (pc.sharedCpus ?? instFree * maxV);
   const memCap = pc.memoryMiB?.limit ?? pc.instances.limit * maxM;
   const memFree = pc.memoryMiB ? free(pc.memoryMiB) : instFree * maxM;
   // Every pod takes a cell of at least the smallest type.

@@ -9,7 +9,17 @@ import { CelloError } from '../../errors.js';
 
 /** The minimal view of a v1 Pod this module reads. */
 export interface KPod {
-  metadata: { name: string; namespace: string; uid: string; creationTimestamp?: string; labels?: Record<string, string>; annotations?: Record<string, string>; deletionTimestamp?: string; deletionGracePeriodSeconds?: number; resourceVersion?: string };
+  metadata: {
+    name: string;
+    namespace: string;
+    uid: string;
+    creationTimestamp?: string;
+    labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+    deletionTimestamp?: string;
+    deletionGracePeriodSeconds?: number;
+    resourceVersion?: string;
+  };
   spec: {
     nodeName?: string;
     serviceAccountName?: string;
@@ -51,7 +61,11 @@ export const LABEL_NODE = 'cello.dev/k8s-node';
 export const ANNOTATION_UID = 'cello.dev/k8s-uid';
 
 export class MissingReferenceError extends CelloError {
-  constructor(readonly kind: string, readonly refName: string, namespace: string) {
+  constructor(
+    readonly kind: string,
+    readonly refName: string,
+    namespace: string,
+  ) {
     super('NotFound', `${kind.toLowerCase()} "${refName}" not found in namespace ${namespace}`);
   }
 }
@@ -172,7 +186,12 @@ export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOpt
             spec: { audiences, expirationSeconds, boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: pod.metadata.name, uid: pod.metadata.uid } },
           });
           const expiresAt = Date.parse(tr.status.expirationTimestamp);
-          issued = { token: tr.status.token, issuedAt, expiresAt, refreshAt: tokenRefreshAt(issuedAt, Number.isFinite(expiresAt) ? expiresAt : issuedAt + expirationSeconds * 1000, ratio) };
+          issued = {
+            token: tr.status.token,
+            issuedAt,
+            expiresAt,
+            refreshAt: tokenRefreshAt(issuedAt, Number.isFinite(expiresAt) ? expiresAt : issuedAt + expirationSeconds * 1000, ratio),
+          };
         }
         tokens.set(key, issued);
         const name = `cello-sa-token-${v.name}-${i}`;

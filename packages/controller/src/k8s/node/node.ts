@@ -62,7 +62,10 @@ export class VirtualNode {
   private readyTransition = new Date().toISOString();
   private stopped = false;
 
-  constructor(private readonly rest: KubeRest, readonly o: NodeOptions) {}
+  constructor(
+    private readonly rest: KubeRest,
+    readonly o: NodeOptions,
+  ) {}
 
   labels(): Record<string, string> {
     const archs = this.o.architectures ?? ['amd64'];

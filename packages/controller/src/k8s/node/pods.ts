@@ -185,7 +185,14 @@ export class PodSync {
           await this.event(kpod, 'Warning', 'FailedMount', err.message);
           await this.patchStatus(kpod, {
             phase: 'Pending',
-            containerStatuses: kpod.spec.containers.map((c) => ({ name: c.name, image: c.image ?? '', imageID: '', ready: false, restartCount: 0, state: { waiting: { reason: 'CreateContainerConfigError', message: err.message } } })),
+            containerStatuses: kpod.spec.containers.map((c) => ({
+              name: c.name,
+              image: c.image ?? '',
+              imageID: '',
+              ready: false,
+              restartCount: 0,
+              state: { waiting: { reason: 'CreateContainerConfigError', message: err.message } },
+            })),
           });
         }
         throw err;
@@ -239,7 +246,16 @@ export class PodSync {
     const prev = this.applied.get(key);
     const now = this.now();
     const source = sourceOf(kpod);
-    const why = !prev || prev.uid !== kpod.metadata.uid ? 'adopted' : prev.source !== source ? 'spec' : now >= prev.nextTokenRefreshAt ? 'token' : now >= prev.nextDataSyncAt ? 'data' : undefined;
+    const why =
+      !prev || prev.uid !== kpod.metadata.uid
+        ? 'adopted'
+        : prev.source !== source
+          ? 'spec'
+          : now >= prev.nextTokenRefreshAt
+            ? 'token'
+            : now >= prev.nextDataSyncAt
+              ? 'data'
+              : undefined;
     if (!why) return this.wakeAt(key, prev!);
     let next: Applied;
     try {

@@ -66,15 +66,17 @@ export function kubeStatus(s: PodStatus, pod: KubePodLike, hostIP: string): Reco
     phase: PHASE[s.phase] ?? 'Pending',
     // PodScheduled belongs to the scheduler (the pod is bound to this node); the core's
     // PodScheduled means "has a cell", which Initialized and Ready already tell.
-    conditions: s.conditions.filter((c) => c.type !== 'PodScheduled').map((c) => ({
-      type: c.type,
-      status: COND[c.status] ?? 'Unknown',
-      // Strategic merge keeps fields a patch leaves out: null clears a stale reason or message.
-      reason: c.reason || null,
-      message: c.message || null,
-      lastTransitionTime: iso(c.lastTransitionTime) ?? null,
-      lastProbeTime: null,
-    })),
+    conditions: s.conditions
+      .filter((c) => c.type !== 'PodScheduled')
+      .map((c) => ({
+        type: c.type,
+        status: COND[c.status] ?? 'Unknown',
+        // Strategic merge keeps fields a patch leaves out: null clears a stale reason or message.
+        reason: c.reason || null,
+        message: c.message || null,
+        lastTransitionTime: iso(c.lastTransitionTime) ?? null,
+        lastProbeTime: null,
+      })),
     message: s.message || null,
     reason: s.reason || null,
     hostIP,

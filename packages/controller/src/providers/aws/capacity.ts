@@ -13,12 +13,7 @@ const CAPACITY_CODES = new Set([
 ]);
 
 /** Spot-only capacity refusals: on-demand may still work. */
-const SPOT_CODES = new Set([
-  'SpotMaxPriceTooLow',
-  'MaxSpotInstanceCountExceeded',
-  'InsufficientSpotCapacity',
-  'SpotCapacityNotAvailable',
-]);
+const SPOT_CODES = new Set(['SpotMaxPriceTooLow', 'MaxSpotInstanceCountExceeded', 'InsufficientSpotCapacity', 'SpotCapacityNotAvailable']);
 
 export function errorCode(err: unknown): string | undefined {
   if (err && typeof err === 'object') {
@@ -40,7 +35,10 @@ export function isSpotCapacityError(err: unknown): boolean {
 
 export class UnavailablePairs {
   private readonly until = new Map<string, number>();
-  constructor(private readonly ttlMs: number, private readonly now: () => number = Date.now) {}
+  constructor(
+    private readonly ttlMs: number,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   private key(type: string, zone: string, spot: boolean): string {
     return `${type}|${zone}|${spot ? 'spot' : 'od'}`;

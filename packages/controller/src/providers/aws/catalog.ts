@@ -135,7 +135,12 @@ export async function describeAllTypes(ec2: EC2Client, globs?: string[]): Promis
 }
 
 function globToRegExp(glob: string): RegExp {
-  return new RegExp(`^${glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`);
+  return new RegExp(
+    `^${glob
+      .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+      .replace(/\*/g, '.*')
+      .replace(/\?/g, '.')}$`,
+  );
 }
 
 /** Joins specs with prices; types without an on-demand price, or outside `allow` globs, are left out. */
@@ -146,9 +151,7 @@ export function priceSpecs(specs: TypeSpec[], prices: Prices, allow?: string[]):
     if (res && !res.some((r) => r.test(s.name))) continue;
     const od = prices.onDemandHourly[s.name];
     if (od === undefined) continue;
-    const spot =
-      prices.spotHourly[s.name] ??
-      (prices.spotEstimateFactor !== undefined ? Math.round(od * prices.spotEstimateFactor * 1e6) / 1e6 : undefined);
+    const spot = prices.spotHourly[s.name] ?? (prices.spotEstimateFactor !== undefined ? Math.round(od * prices.spotEstimateFactor * 1e6) / 1e6 : undefined);
     out.push({ ...s, onDemandHourlyUsd: od, ...(spot !== undefined ? { spotHourlyUsd: spot } : {}) });
   }
   return out;

@@ -4,9 +4,7 @@
 // IRSA, instance metadata), so no secret ever sits in the controller's configuration.
 import { z } from 'zod';
 
-const cidr = z
-  .string()
-  .regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$|^[0-9a-fA-F:]+\/\d{1,3}$/, 'must be a CIDR such as 10.0.0.0/16');
+const cidr = z.string().regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$|^[0-9a-fA-F:]+\/\d{1,3}$/, 'must be a CIDR such as 10.0.0.0/16');
 
 export const awsProviderConfigSchema = z
   .object({

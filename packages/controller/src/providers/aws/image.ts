@@ -52,13 +52,9 @@ export class ImageResolver {
       );
       // Architecture is checked here rather than with a server-side filter: EC2-compatible
       // APIs (and moto) do not all record it; an image that does not say is taken as fitting.
-      images = (r.Images ?? [])
-        .filter((i) => !i.Architecture || i.Architecture === EC2_ARCH[arch])
-        .sort((a, b) => (b.CreationDate ?? '').localeCompare(a.CreationDate ?? ''));
+      images = (r.Images ?? []).filter((i) => !i.Architecture || i.Architecture === EC2_ARCH[arch]).sort((a, b) => (b.CreationDate ?? '').localeCompare(a.CreationDate ?? ''));
       if (images.length === 0) {
-        throw new Error(
-          `providers.aws.image.name: no available ${EC2_ARCH[arch]} image named "${this.spec.name}" owned by ${this.spec.owners.join(', ')}`,
-        );
+        throw new Error(`providers.aws.image.name: no available ${EC2_ARCH[arch]} image named "${this.spec.name}" owned by ${this.spec.owners.join(', ')}`);
       }
     }
     const img = images[0]!;

@@ -9,7 +9,11 @@ const matches = (list: string[], v: string) => list.includes('*') || list.includ
  * Why a pod in `namespace` may not use the instance profile its annotations ask for, naming the
  * rule; undefined when it may (or asks for none).
  */
-export function instanceProfileRefusal(cfg: Pick<AwsProviderConfig, 'instanceProfiles'>, namespace: string | undefined, annotations: Record<string, string> | undefined): string | undefined {
+export function instanceProfileRefusal(
+  cfg: Pick<AwsProviderConfig, 'instanceProfiles'>,
+  namespace: string | undefined,
+  annotations: Record<string, string> | undefined,
+): string | undefined {
   const profile = annotations?.[ANNOTATIONS.instanceProfile];
   if (profile === undefined) return undefined;
   const where = namespace ? `namespace "${namespace}"` : 'a cell without a pod';

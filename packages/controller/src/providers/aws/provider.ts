@@ -24,9 +24,7 @@ import {
 import { pino, type Logger } from 'pino';
 import { REDACT_CENSOR, REDACT_PATHS } from '@cello/proto';
 import { Counter, Histogram, Registry } from 'prom-client';
-import {
-  CapacityError,
-} from '../provider.js';
+import { CapacityError } from '../provider.js';
 import { errorCode, isCapacityError, isSpotCapacityError, UnavailablePairs } from './capacity.js';
 import { AwsCatalog, loadPrices } from './catalog.js';
 import { ANNOTATIONS, parseAwsProviderConfig, TAGS, type AwsProviderConfig } from './config.js';
@@ -34,13 +32,7 @@ import { ImageResolver } from './image.js';
 import { instanceProfileRefusal } from './instance-profiles.js';
 import { ensureCellSecurityGroup } from './security-group.js';
 import { decodeUserData, encodeUserData } from './user-data.js';
-import type { CellBootstrapData,
-  CellProvider,
-  InstanceInfo,
-  InstanceType,
-  LaunchedInstance,
-  LaunchRequest,
-  ProviderCapacity } from '../provider.js';
+import type { CellBootstrapData, CellProvider, InstanceInfo, InstanceType, LaunchedInstance, LaunchRequest, ProviderCapacity } from '../provider.js';
 
 export const AGENT_PORT_TAG = TAGS.agentPort;
 
@@ -82,7 +74,10 @@ function chunks<T>(xs: T[], n: number): T[][] {
 
 /** ClientToken: ≤ 64 ASCII characters, stable for (cell, subnet, market). */
 export function clientToken(cellId: string, subnet: string, spot: boolean): string {
-  const h = createHash('sha256').update(`${cellId}/${subnet}/${spot ? 'spot' : 'on-demand'}`).digest('hex').slice(0, 16);
+  const h = createHash('sha256')
+    .update(`${cellId}/${subnet}/${spot ? 'spot' : 'on-demand'}`)
+    .digest('hex')
+    .slice(0, 16);
   return `${cellId.slice(0, 46)}-${h}`;
 }
 
@@ -162,7 +157,14 @@ export class AwsProvider implements CellProvider {
     if (!this.archs || now - this.archs.at > ARCH_TTL_MS) {
       const value = this.catalog.types().then(async (types) => {
         const archs = [...new Set(types.map((t) => t.arch))].sort();
-        const ok = await Promise.all(archs.map((a) => this.images.resolve(a).then(() => true, () => false)));
+        const ok = await Promise.all(
+          archs.map((a) =>
+            this.images.resolve(a).then(
+              () => true,
+              () => false,
+            ),
+          ),
+        );
         return archs.filter((_, i) => ok[i]);
       });
       this.archs = { at: now, value };
@@ -336,10 +338,7 @@ export class AwsProvider implements CellProvider {
         const market = a.spot ? 'spot' : 'on-demand';
         this.m.launches.inc({ outcome: 'launched', market });
         observe('launched');
-        this.log.info(
-          { cellId: req.cellId, instanceId: inst.InstanceId, instanceType: req.instanceType, zone: a.zone, market, imageId: image.imageId },
-          'launched cell instance',
-        );
+        this.log.info({ cellId: req.cellId, instanceId: inst.InstanceId, instanceType: req.instanceType, zone: a.zone, market, imageId: image.imageId }, 'launched cell instance');
         return { instanceId: inst.InstanceId, zone: a.zone, spot: a.spot };
       } catch (err) {
         if (isCapacityError(err) || (a.spot && isSpotCapacityError(err))) {
@@ -365,9 +364,7 @@ export class AwsProvider implements CellProvider {
     const out: Instance[] = [];
     let token: string | undefined;
     do {
-      const r = await this.send('DescribeInstances', () =>
-        this.ec2.send(new DescribeInstancesCommand({ Filters: filters, MaxResults: 1000, NextToken: token })),
-      );
+      const r = await this.send('DescribeInstances', () => this.ec2.send(new DescribeInstancesCommand({ Filters: filters, MaxResults: 1000, NextToken: token })));
       for (const res of r.Reservations ?? []) out.push(...(res.Instances ?? []));
       token = r.NextToken;
     } while (token);
@@ -380,11 +377,7 @@ export class AwsProvider implements CellProvider {
     const ip = this.cfg.addressType === 'public' ? i.PublicIpAddress : i.PrivateIpAddress;
     // With the test map set it is the only source: an instance the harness has not booted yet
     // has no address, so nothing is ever sent to the addresses an emulator invents.
-    const agentAddress = this.opts.testAgentAddressMap
-      ? this.opts.testAgentAddressMap(i.InstanceId!)
-      : ip && port
-        ? `${ip}:${port}`
-        : undefined;
+    const agentAddress = this.opts.testAgentAddressMap ? this.opts.testAgentAddressMap(i.InstanceId!) : ip && port ? `${ip}:${port}` : undefined;
     const state = (i.State?.Name ?? 'unknown') as InstanceInfo['state'];
     return {
       instanceId: i.InstanceId!,
@@ -478,9 +471,7 @@ export class AwsProvider implements CellProvider {
 
   /** The bootstrap an instance was launched with, read back from EC2 (recovery, tests). */
   async userData(instanceId: string): Promise<CellBootstrapData> {
-    const r = await this.send('DescribeInstanceAttribute', () =>
-      this.ec2.send(new DescribeInstanceAttributeCommand({ InstanceId: instanceId, Attribute: 'userData' })),
-    );
+    const r = await this.send('DescribeInstanceAttribute', () => this.ec2.send(new DescribeInstanceAttributeCommand({ InstanceId: instanceId, Attribute: 'userData' })));
     const v = r.UserData?.Value;
     if (!v) throw new Error(`instance ${instanceId} has no user data`);
     return decodeUserData(Buffer.from(v, 'base64'));
@@ -495,10 +486,7 @@ export class AwsProvider implements CellProvider {
  * The provider for the controller's `provider: {kind: aws, ...}` configuration section (every
  * other key is the aws provider's, validated here with errors naming `provider.<field>`).
  */
-export function awsProviderFromConfig(
-  section: Record<string, unknown>,
-  o: Omit<AwsProviderOptions, 'config'>,
-): AwsProvider {
+export function awsProviderFromConfig(section: Record<string, unknown>, o: Omit<AwsProviderOptions, 'config'>): AwsProvider {
   const { kind: _kind, ...rest } = section;
   return new AwsProvider({ ...o, config: parseAwsProviderConfig(rest, 'provider') });
 }

@@ -1,24 +1,13 @@
 // The cell security group: admits the agent port only from the controller's security group(s)
 // and/or configured CIDRs, and nothing else inbound. Created once per VPC by name, found again
 // by name after a restart, and tagged with the controller ID that created it.
-import {
-  AuthorizeSecurityGroupIngressCommand,
-  CreateSecurityGroupCommand,
-  DescribeSecurityGroupsCommand,
-  type EC2Client,
-  type IpPermission,
-} from '@aws-sdk/client-ec2';
+import { AuthorizeSecurityGroupIngressCommand, CreateSecurityGroupCommand, DescribeSecurityGroupsCommand, type EC2Client, type IpPermission } from '@aws-sdk/client-ec2';
 import { errorCode } from './capacity.js';
 import { TAGS, type AwsProviderConfig } from './config.js';
 
 type SgConfig = NonNullable<AwsProviderConfig['cellSecurityGroup']>;
 
-export async function ensureCellSecurityGroup(
-  ec2: EC2Client,
-  cfg: SgConfig,
-  agentPort: number,
-  controllerId: string,
-): Promise<string> {
+export async function ensureCellSecurityGroup(ec2: EC2Client, cfg: SgConfig, agentPort: number, controllerId: string): Promise<string> {
   const found = await ec2.send(
     new DescribeSecurityGroupsCommand({
       Filters: [
@@ -36,9 +25,7 @@ export async function ensureCellSecurityGroup(
           GroupName: cfg.name,
           VpcId: cfg.vpcId,
           Description: 'Cello cells: the agent port from the controller only',
-          TagSpecifications: [
-            { ResourceType: 'security-group', Tags: [{ Key: TAGS.controllerId, Value: controllerId }] },
-          ],
+          TagSpecifications: [{ ResourceType: 'security-group', Tags: [{ Key: TAGS.controllerId, Value: controllerId }] }],
         }),
       );
       groupId = created.GroupId!;
@@ -59,15 +46,9 @@ export async function ensureCellSecurityGroup(
     }
   }
   const have = group?.IpPermissions ?? [];
-  const hasSg = (sg: string) =>
-    have.some((p) => p.FromPort === agentPort && p.ToPort === agentPort && p.UserIdGroupPairs?.some((u) => u.GroupId === sg));
+  const hasSg = (sg: string) => have.some((p) => p.FromPort === agentPort && p.ToPort === agentPort && p.UserIdGroupPairs?.some((u) => u.GroupId === sg));
   const hasCidr = (c: string) =>
-    have.some(
-      (p) =>
-        p.FromPort === agentPort &&
-        p.ToPort === agentPort &&
-        (p.IpRanges?.some((r) => r.CidrIp === c) || p.Ipv6Ranges?.some((r) => r.CidrIpv6 === c)),
-    );
+    have.some((p) => p.FromPort === agentPort && p.ToPort === agentPort && (p.IpRanges?.some((r) => r.CidrIp === c) || p.Ipv6Ranges?.some((r) => r.CidrIpv6 === c)));
   const want: IpPermission[] = [];
   for (const sg of cfg.allowFromSecurityGroups) {
     if (!hasSg(sg)) {

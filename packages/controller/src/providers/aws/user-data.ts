@@ -34,8 +34,7 @@ export function encodeUserData(b: CellBootstrapData): Buffer {
   const bytes = Buffer.from(text, 'utf8');
   if (bytes.length > USER_DATA_MAX_BYTES) {
     throw new Error(
-      `bootstrap for cell ${b.cellId}: user data is ${bytes.length} bytes, over EC2's limit of ${USER_DATA_MAX_BYTES} ` +
-        '(bootstrap.agentConfig is the usual culprit)',
+      `bootstrap for cell ${b.cellId}: user data is ${bytes.length} bytes, over EC2's limit of ${USER_DATA_MAX_BYTES} ` + '(bootstrap.agentConfig is the usual culprit)',
     );
   }
   return bytes;

@@ -216,7 +216,19 @@ export class LocalProvider implements CellProvider {
       port,
     };
     await this.writeInstance(f);
-    const args = ['serve', '--listen', `127.0.0.1:${port}`, '--state-dir', join(dir, 'state'), '--run-dir', this.runDir(req.cellId), '--cell-id', req.cellId, '--cgroup-parent', `/cello/${req.cellId}`];
+    const args = [
+      'serve',
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--state-dir',
+      join(dir, 'state'),
+      '--run-dir',
+      this.runDir(req.cellId),
+      '--cell-id',
+      req.cellId,
+      '--cgroup-parent',
+      `/cello/${req.cellId}`,
+    ];
     if (this.opts.issueCertificate) {
       const cert = await this.opts.issueCertificate(req.cellId, [req.cellId, '127.0.0.1', 'localhost']);
       const tls = join(dir, 'tls');

@@ -17,7 +17,16 @@ import {
   type ApplyPodRequest,
   type CellAgentClient,
 } from '@cello/proto/cell';
-import { CapacityError, UnknownInstanceTypeError, type CellProvider, type InstanceInfo, type InstanceType, type LaunchRequest, type LaunchedInstance, type ProviderCapacity } from '../provider.js';
+import {
+  CapacityError,
+  UnknownInstanceTypeError,
+  type CellProvider,
+  type InstanceInfo,
+  type InstanceType,
+  type LaunchRequest,
+  type LaunchedInstance,
+  type ProviderCapacity,
+} from '../provider.js';
 
 export interface SimulatedProviderOptions {
   types: InstanceType[];
@@ -53,14 +62,24 @@ export class SimulatedProvider implements CellProvider {
   }
 
   async launch(req: LaunchRequest): Promise<LaunchedInstance> {
-    if (!this.o.types.some((t) => t.name === req.instanceType)) throw new UnknownInstanceTypeError(`instanceType: "${req.instanceType}" is not a simulated instance type`, req.instanceType);
+    if (!this.o.types.some((t) => t.name === req.instanceType))
+      throw new UnknownInstanceTypeError(`instanceType: "${req.instanceType}" is not a simulated instance type`, req.instanceType);
     if (this.o.launchMs) await new Promise((r) => setTimeout(r, this.o.launchMs));
     // Checked after the launch delay, with no await before the instance is recorded: concurrent launches never pass the limit.
     if (this.instances.size >= this.maxCells) throw new CapacityError(`simulated provider is at its limit of ${this.maxCells} cells`, req.instanceType);
     const instanceId = `sim-${(++this.seq).toString(36)}`;
     this.instances.set(instanceId, {
       cellId: req.cellId,
-      info: { instanceId, state: 'running', agentAddress: `sim:${req.cellId}`, tags: { ...req.tags }, instanceType: req.instanceType, launchedAt: new Date(), spot: req.spot, zone: 'sim' },
+      info: {
+        instanceId,
+        state: 'running',
+        agentAddress: `sim:${req.cellId}`,
+        tags: { ...req.tags },
+        instanceType: req.instanceType,
+        launchedAt: new Date(),
+        spot: req.spot,
+        zone: 'sim',
+      },
     });
     this.agents.set(req.cellId, new SimulatedAgent(req.cellId, this.o.startMs ?? 0));
     return { instanceId, spot: req.spot, zone: 'sim' };
@@ -134,7 +153,10 @@ class SimulatedAgent {
   private status = GetStatusResponse.fromPartial({ generation: 0 });
   private readonly streams = new Set<EventEmitter & { cancel(): void }>();
 
-  constructor(private readonly cellId: string, private readonly startMs: number) {}
+  constructor(
+    private readonly cellId: string,
+    private readonly startMs: number,
+  ) {}
 
   getInfo(_req: unknown, _md: Metadata, _o: unknown, cb: Cb<AgentInfo>): void {
     setImmediate(() => cb(null, AgentInfo.fromPartial({ version: 'simulated', cellId: this.cellId })));

@@ -98,18 +98,26 @@ spec:
 ${extra}`;
 
 async function launched(ref: string): Promise<Instance> {
-  return waitFor(`an instance for ${ref}`, async () => {
-    const r = await raw.send(new DescribeInstancesCommand({ Filters: [{ Name: `tag:${CELL_TAGS.pod}`, Values: [ref] }] }));
-    return (r.Reservations ?? []).flatMap((x) => x.Instances ?? [])[0];
-  }, { timeoutMs: 20_000, intervalMs: 200 });
+  return waitFor(
+    `an instance for ${ref}`,
+    async () => {
+      const r = await raw.send(new DescribeInstancesCommand({ Filters: [{ Name: `tag:${CELL_TAGS.pod}`, Values: [ref] }] }));
+      return (r.Reservations ?? []).flatMap((x) => x.Instances ?? [])[0];
+    },
+    { timeoutMs: 20_000, intervalMs: 200 },
+  );
 }
 
 async function unschedulable(c: Controller, name: string): Promise<string> {
-  const p = await waitFor(`${name} reported Unschedulable`, async () => {
-    const x = await c.api.getPod({ namespace: 'default', name });
-    const k = x.status?.conditions.find((q) => q.type === 'PodScheduled');
-    return k?.status === ConditionStatus.CONDITION_STATUS_FALSE && k.reason === 'Unschedulable' ? x : undefined;
-  }, { timeoutMs: 20_000, intervalMs: 100 });
+  const p = await waitFor(
+    `${name} reported Unschedulable`,
+    async () => {
+      const x = await c.api.getPod({ namespace: 'default', name });
+      const k = x.status?.conditions.find((q) => q.type === 'PodScheduled');
+      return k?.status === ConditionStatus.CONDITION_STATUS_FALSE && k.reason === 'Unschedulable' ? x : undefined;
+    },
+    { timeoutMs: 20_000, intervalMs: 100 },
+  );
   expect(p.cellId).toBe('');
   return p.status!.conditions.find((q) => q.type === 'PodScheduled')!.message;
 }
@@ -197,7 +205,8 @@ describe('with cell images for both architectures (a name filter), unpinned cata
   });
 
   it('required node affinity on kubernetes.io/arch counts too: arm64 with an amd64-only image is Unschedulable', async () => {
-    const affinity = '  affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: kubernetes.io/arch, operator: In, values: [arm64] }] }] } } }\n';
+    const affinity =
+      '  affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: kubernetes.io/arch, operator: In, values: [arm64] }] }] } } }\n';
     await c.api.applyPod({ manifest: pod('aff', images.amd64, affinity), namespace: '', dryRun: false });
     expect(await unschedulable(c, 'aff')).toBe(
       `NoMatchingArchitecture: no cell architecture can run this pod: required node affinity allows arm64; image ${images.amd64} is linux/amd64; this provider has cell images for amd64, arm64`,

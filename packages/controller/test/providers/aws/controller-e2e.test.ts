@@ -94,14 +94,11 @@ beforeAll(async () => {
     logger,
     testAgentAddressMap: harness.addressOf,
   });
-  faults = injectEc2Faults(provider.ec2, [
-    { command: 'RunInstances', when: (i) => i['InstanceType'] === noCapacityFor, code: 'InsufficientInstanceCapacity' },
-  ]);
+  faults = injectEc2Faults(provider.ec2, [{ command: 'RunInstances', when: (i) => i['InstanceType'] === noCapacityFor, code: 'InsufficientInstanceCapacity' }]);
   // The reconcilers below act as the controller, and agents serve only the controller's identity.
   const me = await ca.issueClientCertificate('controller');
   agents = new AgentPool({
-    forCell: (cellId) =>
-      credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(me.keyPem), Buffer.from(me.certPem), { checkServerIdentity: cellServerIdentityCheck(cellId) }),
+    forCell: (cellId) => credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(me.keyPem), Buffer.from(me.certPem), { checkServerIdentity: cellServerIdentityCheck(cellId) }),
   });
   handle = await startController(config, { log: logger, provider, store, tickMs: 100 });
   const admin = await ca.issueUserCertificate('e2e-admin', { groups: [MASTERS_GROUP] });
@@ -123,7 +120,10 @@ afterAll(async () => {
     () => moto?.stop(),
     () => void delete process.env['CELLO_E2E_CA_KEY'],
   ];
-  for (const step of steps) await Promise.resolve().then(step).catch((err: unknown) => console.error(`cleanup: ${(err as Error).message}`));
+  for (const step of steps)
+    await Promise.resolve()
+      .then(step)
+      .catch((err: unknown) => console.error(`cleanup: ${(err as Error).message}`));
 });
 
 describe('the controller on EC2 (emulated)', () => {
@@ -197,9 +197,12 @@ describe('the controller on EC2 (emulated)', () => {
       expect(running.instanceType).not.toBe(firstType);
       // Both zones were tried for the selected type before the controller moved on.
       expect(faults.count('RunInstances', (i) => i['InstanceType'] === firstType)).toBeGreaterThanOrEqual(3); // the first pod's launch + both zones now
-      expect(faults.calls.filter((c) => c.command === 'RunInstances' && c.injected).map((c) => c.input['SubnetId']).sort()).toEqual(
-        expect.arrayContaining(world.subnets.map((x) => x.id).sort()),
-      );
+      expect(
+        faults.calls
+          .filter((c) => c.command === 'RunInstances' && c.injected)
+          .map((c) => c.input['SubnetId'])
+          .sort(),
+      ).toEqual(expect.arrayContaining(world.subnets.map((x) => x.id).sort()));
       await unary(client.deletePod.bind(client), DeletePodRequest.fromPartial({ pod: { namespace: 'default', name: 'fallback' }, gracePeriodSeconds: 1 }));
     } finally {
       noCapacityFor = undefined;
@@ -254,14 +257,27 @@ describe('the controller on EC2 (emulated)', () => {
       instanceType: 't3.small',
       spot: false,
       tags: { [CELL_TAGS.controllerId]: 'ctl-other', [CELL_TAGS.cellId]: 'cell-other1' },
-      bootstrap: { caCertPem: ca.certPem, token: 'cbt_other-token-000000000000', tokenExpiresAt: new Date(Date.now() + 60_000).toISOString(), controllerId: 'ctl-other', cellId: 'cell-other1', agentPort: 7443 },
+      bootstrap: {
+        caCertPem: ca.certPem,
+        token: 'cbt_other-token-000000000000',
+        tokenExpiresAt: new Date(Date.now() + 60_000).toISOString(),
+        controllerId: 'ctl-other',
+        cellId: 'cell-other1',
+        agentPort: 7443,
+      },
     });
     await other.close();
 
     // The store is lost: a controller with the same ID starts on an empty one.
     await handle!.stop();
     handle = undefined;
-    const p3 = new AwsProvider({ config: world.config({ instanceTypes: ['t3.*'] }), controllerId: CONTROLLER_ID, clientConfig: { credentials: moto.credentials }, logger, testAgentAddressMap: harness.addressOf });
+    const p3 = new AwsProvider({
+      config: world.config({ instanceTypes: ['t3.*'] }),
+      controllerId: CONTROLLER_ID,
+      clientConfig: { credentials: moto.credentials },
+      logger,
+      testAgentAddressMap: harness.addressOf,
+    });
     const wipedDir = await mkdtemp(join(tmpdir(), 'cello-e2e-wiped-'));
     const wiped = await openStore({ kind: 'embedded', dir: wipedDir });
     try {
@@ -288,13 +304,24 @@ describe('the controller on EC2 (emulated)', () => {
     const harness2 = new BootHarness(['--insecure-registry', registry.host]);
     const made: { providers: AwsProvider[]; reconcilers: Reconciler[] } = { providers: [], reconcilers: [] };
     const newProvider = () => {
-      const p = new AwsProvider({ config: world.config({ instanceTypes: ['t3.*'] }), controllerId: ID, clientConfig: { credentials: moto.credentials }, logger, testAgentAddressMap: harness2.addressOf });
+      const p = new AwsProvider({
+        config: world.config({ instanceTypes: ['t3.*'] }),
+        controllerId: ID,
+        clientConfig: { credentials: moto.credentials },
+        logger,
+        testAgentAddressMap: harness2.addressOf,
+      });
       made.providers.push(p);
       return p;
     };
     const newReconciler = (p: AwsProvider) => {
       const r = new Reconciler({
-        store: store2, provider: p, controllerId: ID, agents, log: logger, agentPort: 7443,
+        store: store2,
+        provider: p,
+        controllerId: ID,
+        agents,
+        log: logger,
+        agentPort: 7443,
         bootstrap: bootstrapFnFor(ca, { timeoutMs: 10_000, logger }),
         caCertPem: async () => ca.certPem,
         timeouts: { bootSeconds: 12 },
@@ -303,7 +330,15 @@ describe('the controller on EC2 (emulated)', () => {
       made.reconcilers.push(r);
       return r;
     };
-    const api2 = new ControllerApi({ store: store2, agents, log: logger, controllerId: ID, providerName: 'aws', instanceTypes: await newProvider().instanceTypes(), auth: plaintextApi() });
+    const api2 = new ControllerApi({
+      store: store2,
+      agents,
+      log: logger,
+      controllerId: ID,
+      providerName: 'aws',
+      instanceTypes: await newProvider().instanceTypes(),
+      auth: plaintextApi(),
+    });
     const client2 = new ControllerClient(`127.0.0.1:${await api2.listen('127.0.0.1:0')}`, credentials.createInsecure());
     const errors: unknown[] = [];
     try {
@@ -375,7 +410,13 @@ describe('the controller on EC2 (emulated)', () => {
     const providers: AwsProvider[] = [];
     const reconcilers: Reconciler[] = [];
     const newProvider = () => {
-      const p = new AwsProvider({ config: world.config({ instanceTypes: ['t3.*'] }), controllerId: ID, clientConfig: { credentials: moto.credentials }, logger, testAgentAddressMap: harness3.addressOf });
+      const p = new AwsProvider({
+        config: world.config({ instanceTypes: ['t3.*'] }),
+        controllerId: ID,
+        clientConfig: { credentials: moto.credentials },
+        logger,
+        testAgentAddressMap: harness3.addressOf,
+      });
       providers.push(p);
       return p;
     };
@@ -385,7 +426,12 @@ describe('the controller on EC2 (emulated)', () => {
     const stuck = { certPem: ca.certPem, signCsr: () => (reachedCsr(), new Promise<string>(() => undefined)) };
     const newReconciler = (p: AwsProvider, signer: Parameters<typeof bootstrapFnFor>[0]) => {
       const r = new Reconciler({
-        store: store3, provider: p, controllerId: ID, agents, log: logger, agentPort: 7443,
+        store: store3,
+        provider: p,
+        controllerId: ID,
+        agents,
+        log: logger,
+        agentPort: 7443,
         bootstrap: bootstrapFnFor(signer, { timeoutMs: 10_000, logger }),
         caCertPem: async () => ca.certPem,
         tokens: new BootstrapTokens(store3),
@@ -396,7 +442,15 @@ describe('the controller on EC2 (emulated)', () => {
       reconcilers.push(r);
       return r;
     };
-    const api3 = new ControllerApi({ store: store3, agents, log: logger, controllerId: ID, providerName: 'aws', instanceTypes: await newProvider().instanceTypes(), auth: plaintextApi() });
+    const api3 = new ControllerApi({
+      store: store3,
+      agents,
+      log: logger,
+      controllerId: ID,
+      providerName: 'aws',
+      instanceTypes: await newProvider().instanceTypes(),
+      auth: plaintextApi(),
+    });
     const client3 = new ControllerClient(`127.0.0.1:${await api3.listen('127.0.0.1:0')}`, credentials.createInsecure());
     const errors: unknown[] = [];
     try {

@@ -88,40 +88,65 @@ async function instancesFor(ref: string): Promise<Instance[]> {
 describe('cello.io/aws-instance-profile through the reconciler', () => {
   it('a namespace no rule allows: the pod is Unschedulable naming the rule, with a FailedScheduling event, and nothing is launched', async () => {
     await api.applyPod({ manifest: pod('default', 'thief'), namespace: '', dryRun: false });
-    const p = await waitFor('thief reported Unschedulable', async () => {
-      const x = await api.getPod({ namespace: 'default', name: 'thief' });
-      const c = x.status?.conditions.find((k) => k.type === 'PodScheduled');
-      return c?.status === ConditionStatus.CONDITION_STATUS_FALSE ? x : undefined;
-    }, { timeoutMs: 20_000, intervalMs: 100 });
+    const p = await waitFor(
+      'thief reported Unschedulable',
+      async () => {
+        const x = await api.getPod({ namespace: 'default', name: 'thief' });
+        const c = x.status?.conditions.find((k) => k.type === 'PodScheduled');
+        return c?.status === ConditionStatus.CONDITION_STATUS_FALSE ? x : undefined;
+      },
+      { timeoutMs: 20_000, intervalMs: 100 },
+    );
     const c = p.status!.conditions.find((k) => k.type === 'PodScheduled')!;
     expect(c.reason).toBe('Unschedulable');
-    expect(c.message).toBe('NotAllowed: annotation cello.io/aws-instance-profile: instance profile "pod-role" is not allowed in namespace "default": no rule of provider.instanceProfiles.allowed lists both');
+    expect(c.message).toBe(
+      'NotAllowed: annotation cello.io/aws-instance-profile: instance profile "pod-role" is not allowed in namespace "default": no rule of provider.instanceProfiles.allowed lists both',
+    );
     expect(p.cellId).toBe('');
     const events = await new Events(store).list({ namespace: 'default', name: 'thief' }, 0);
     expect(events.map((e) => `${e.reason}: ${e.message}`)).toContainEqual(`FailedScheduling: ${c.message}`);
     expect(await instancesFor('default/thief')).toEqual([]);
   });
 
-  it('through an API given the provider\'s rule (as the daemon builds it): refused with INVALID_ARGUMENT naming the rule, and not stored', async () => {
-    const guarded = new ControllerApi({ store, agents: new AgentPool({ forCell: () => credentials.createInsecure() }), log: silentLogger(), controllerId: 'ctl-ip', providerName: provider.name, instanceTypes: await provider.instanceTypes(), refusePod: provider.refusePod.bind(provider) });
+  it("through an API given the provider's rule (as the daemon builds it): refused with INVALID_ARGUMENT naming the rule, and not stored", async () => {
+    const guarded = new ControllerApi({
+      store,
+      agents: new AgentPool({ forCell: () => credentials.createInsecure() }),
+      log: silentLogger(),
+      controllerId: 'ctl-ip',
+      providerName: provider.name,
+      instanceTypes: await provider.instanceTypes(),
+      refusePod: provider.refusePod.bind(provider),
+    });
     // The handlers are called in process: toStatus is what the gRPC edge answers with.
     const err = await guarded.applyPod({ manifest: pod('default', 'early'), namespace: '', dryRun: false }).then(() => undefined, toStatus);
     expect(err?.code).toBe(Status.INVALID_ARGUMENT);
-    expect(err?.details).toBe('annotation cello.io/aws-instance-profile: instance profile "pod-role" is not allowed in namespace "default": no rule of provider.instanceProfiles.allowed lists both');
-    expect(await guarded.getPod({ namespace: 'default', name: 'early' }).then(() => undefined, (e) => toStatus(e).code)).toBe(Status.NOT_FOUND);
+    expect(err?.details).toBe(
+      'annotation cello.io/aws-instance-profile: instance profile "pod-role" is not allowed in namespace "default": no rule of provider.instanceProfiles.allowed lists both',
+    );
+    expect(
+      await guarded.getPod({ namespace: 'default', name: 'early' }).then(
+        () => undefined,
+        (e) => toStatus(e).code,
+      ),
+    ).toBe(Status.NOT_FOUND);
     // The namespace the rule names is stored as usual.
     await guarded.applyPod({ manifest: pod('team-a', 'allowed'), namespace: '', dryRun: false });
     expect((await guarded.getPod({ namespace: 'team-a', name: 'allowed' })).metadata?.name).toBe('allowed');
   });
 
-  it('the namespace the rule names: the instance is launched with the pod\'s instance profile', async () => {
+  it("the namespace the rule names: the instance is launched with the pod's instance profile", async () => {
     await api.applyPod({ manifest: pod('team-a', 'worker'), namespace: '', dryRun: false });
     // moto tags the instance before it associates the profile: wait for both, bounded.
     let seen: Instance[] = [];
-    await waitFor('an instance for team-a/worker with its instance profile', async () => {
-      seen = await instancesFor('team-a/worker');
-      return seen.some((i) => (i.IamInstanceProfile?.Arn ?? '').endsWith(`/${world.instanceProfile}`));
-    }, { timeoutMs: 20_000, intervalMs: 200 }).catch((err: Error) => {
+    await waitFor(
+      'an instance for team-a/worker with its instance profile',
+      async () => {
+        seen = await instancesFor('team-a/worker');
+        return seen.some((i) => (i.IamInstanceProfile?.Arn ?? '').endsWith(`/${world.instanceProfile}`));
+      },
+      { timeoutMs: 20_000, intervalMs: 200 },
+    ).catch((err: Error) => {
       throw new Error(`${err.message}; instances: ${JSON.stringify(seen.map((i) => [i.InstanceId, i.IamInstanceProfile]))}`);
     });
     expect(seen).toHaveLength(1);

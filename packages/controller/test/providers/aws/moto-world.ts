@@ -1,13 +1,6 @@
 // A small AWS world inside moto for the provider tests: a VPC with one subnet in each of two
 // zones, a controller security group, and a registered cell image.
-import {
-  CreateSecurityGroupCommand,
-  CreateSubnetCommand,
-  CreateVpcCommand,
-  DescribeImagesCommand,
-  EC2Client,
-  RegisterImageCommand,
-} from '@aws-sdk/client-ec2';
+import { CreateSecurityGroupCommand, CreateSubnetCommand, CreateVpcCommand, DescribeImagesCommand, EC2Client, RegisterImageCommand } from '@aws-sdk/client-ec2';
 import type { MotoServer } from '@cello/testkit';
 import { parseAwsProviderConfig, type AwsProviderConfig, type AwsProviderConfigInput } from '../../../src/providers/aws/index.js';
 
@@ -37,9 +30,7 @@ export async function makeWorld(moto: MotoServer): Promise<MotoWorld> {
     }
     const sg = await ec2.send(new CreateSecurityGroupCommand({ GroupName: 'controller', Description: 'the controller', VpcId: vpcId }));
     const imageName = `cello-cell-${Date.now()}`;
-    const img = await ec2.send(
-      new RegisterImageCommand({ Name: imageName, Architecture: 'x86_64', RootDeviceName: '/dev/xvda', VirtualizationType: 'hvm' }),
-    );
+    const img = await ec2.send(new RegisterImageCommand({ Name: imageName, Architecture: 'x86_64', RootDeviceName: '/dev/xvda', VirtualizationType: 'hvm' }));
     const described = await ec2.send(new DescribeImagesCommand({ ImageIds: [img.ImageId!] }));
     const instanceProfile = 'pod-role';
     await iamCall(moto, { Action: 'CreateInstanceProfile', InstanceProfileName: instanceProfile });

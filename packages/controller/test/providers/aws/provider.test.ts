@@ -3,26 +3,12 @@
 // responses by a test middleware (fault-injection.ts).
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import {
-  DescribeInstancesCommand,
-  DescribeSecurityGroupsCommand,
-  DescribeVolumesCommand,
-  EC2Client,
-  type Instance,
-} from '@aws-sdk/client-ec2';
+import { DescribeInstancesCommand, DescribeSecurityGroupsCommand, DescribeVolumesCommand, EC2Client, type Instance } from '@aws-sdk/client-ec2';
 import { startMoto, waitFor, type MotoServer } from '@cello/testkit';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CapacityError, type LaunchRequest } from '../../../src/providers/provider.js';
-import {
-  AwsProvider,
-  CELL_TAGS,
-  collectOrphans,
-  decodeUserData,
-  encodeUserData,
-  parseAwsProviderConfig,
-  type AwsProviderConfigInput,
-} from '../../../src/providers/aws/index.js';
+import { AwsProvider, CELL_TAGS, collectOrphans, decodeUserData, encodeUserData, parseAwsProviderConfig, type AwsProviderConfigInput } from '../../../src/providers/aws/index.js';
 import { injectEc2Faults } from './fault-injection.js';
 import { makeWorld, type MotoWorld } from './moto-world.js';
 
@@ -96,9 +82,9 @@ describe('configuration', () => {
   it('names the field that is wrong', () => {
     expect(() => parseAwsProviderConfig({ image: { id: 'ami-0abc' }, subnets: ['nope'] })).toThrow(/providers\.aws\.subnets\.0: must be a subnet ID/);
     expect(() => parseAwsProviderConfig({ subnets: ['subnet-0abc'] })).toThrow(/providers\.aws\.image/);
-    expect(() =>
-      parseAwsProviderConfig({ image: { id: 'ami-0abc' }, subnets: ['subnet-0abc'], cellSecurityGroup: { vpcId: 'vpc-0abc' } }),
-    ).toThrow(/providers\.aws\.cellSecurityGroup: needs allowFromSecurityGroups or allowFromCidrs/);
+    expect(() => parseAwsProviderConfig({ image: { id: 'ami-0abc' }, subnets: ['subnet-0abc'], cellSecurityGroup: { vpcId: 'vpc-0abc' } })).toThrow(
+      /providers\.aws\.cellSecurityGroup: needs allowFromSecurityGroups or allowFromCidrs/,
+    );
     expect(() => parseAwsProviderConfig({ image: { id: 'ami-0abc' }, subnets: ['subnet-0abc'], bogus: 1 })).toThrow(/bogus/);
     expect(() => parseAwsProviderConfig({ image: { id: 'ami-0abc' }, subnets: ['subnet-0abc'], instanceProfiles: { allowed: [{ namespaces: [], profiles: ['r'] }] } })).toThrow(
       /providers\.aws\.instanceProfiles\.allowed\.0\.namespaces: list at least one namespace/,
@@ -188,9 +174,7 @@ describe('AwsProvider on moto', () => {
     expect(root).toMatchObject({ Size: 33, Encrypted: true });
     // moto does not report DeleteOnTermination back: check what was asked of EC2.
     const run = sent.calls.find((c) => c.command === 'RunInstances')!.input as { BlockDeviceMappings: unknown; InstanceInitiatedShutdownBehavior: string };
-    expect(run.BlockDeviceMappings).toEqual([
-      { DeviceName: world.rootDeviceName, Ebs: { VolumeSize: 33, VolumeType: 'gp3', Encrypted: true, DeleteOnTermination: true } },
-    ]);
+    expect(run.BlockDeviceMappings).toEqual([{ DeviceName: world.rootDeviceName, Ebs: { VolumeSize: 33, VolumeType: 'gp3', Encrypted: true, DeleteOnTermination: true } }]);
     expect(run.InstanceInitiatedShutdownBehavior).toBe('terminate');
     expect(Object.fromEntries((root.Tags ?? []).map((t) => [t.Key, t.Value]))).toMatchObject({ [CELL_TAGS.cellId]: req.cellId });
 
@@ -204,7 +188,7 @@ describe('AwsProvider on moto', () => {
     expect(info!.agentAddress).toBe(`${i.PrivateIpAddress}:9443`);
   });
 
-  it('an instance profile annotation is refused unless a rule allows that profile in the pod\'s namespace; nothing is launched', async () => {
+  it("an instance profile annotation is refused unless a rule allows that profile in the pod's namespace; nothing is launched", async () => {
     const ann = { 'cello.io/aws-instance-profile': world.instanceProfile };
     // No rule: only the configured default profile, whoever asks.
     const none = provider({ instanceProfile: world.instanceProfile });
@@ -214,7 +198,14 @@ describe('AwsProvider on moto', () => {
     );
     expect(await instancesOfCell(req0.cellId)).toEqual([]);
     // A rule for another namespace, and one for another profile: neither lists both.
-    const p = provider({ instanceProfiles: { allowed: [{ namespaces: ['team-a'], profiles: [world.instanceProfile] }, { namespaces: ['default'], profiles: ['other-role'] }] } });
+    const p = provider({
+      instanceProfiles: {
+        allowed: [
+          { namespaces: ['team-a'], profiles: [world.instanceProfile] },
+          { namespaces: ['default'], profiles: ['other-role'] },
+        ],
+      },
+    });
     const req1 = request({ options: ann });
     await expect(p.launch(req1)).rejects.toThrow(/not allowed in namespace "default": no rule of provider.instanceProfiles.allowed lists both/);
     expect(await instancesOfCell(req1.cellId)).toEqual([]);
@@ -291,10 +282,14 @@ describe('AwsProvider on moto', () => {
     let err = '';
     child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
     const exited = new Promise((r) => child.once('exit', r));
-    const seen = await waitFor(`the killed controller's instance for ${req.cellId}`, async () => {
-      if (child.exitCode !== null) throw new Error(`controller process exited early: ${err}`);
-      return (await instancesOfCell(req.cellId))[0];
-    }, { timeoutMs: 60_000, intervalMs: 50 });
+    const seen = await waitFor(
+      `the killed controller's instance for ${req.cellId}`,
+      async () => {
+        if (child.exitCode !== null) throw new Error(`controller process exited early: ${err}`);
+        return (await instancesOfCell(req.cellId))[0];
+      },
+      { timeoutMs: 60_000, intervalMs: 50 },
+    );
     child.kill('SIGKILL');
     await exited;
 
@@ -381,7 +376,12 @@ describe('AwsProvider on moto', () => {
     const p = provider();
     injectEc2Faults(p.ec2, [
       { command: 'RunInstances', when: (i) => i['InstanceType'] === 'c5.large', code: 'InsufficientInstanceCapacity' },
-      { command: 'RunInstances', when: (i) => i['InstanceType'] === 'm5.large', code: 'Unsupported', message: 'Your requested instance type (m5.large) is not supported in your requested Availability Zone' },
+      {
+        command: 'RunInstances',
+        when: (i) => i['InstanceType'] === 'm5.large',
+        code: 'Unsupported',
+        message: 'Your requested instance type (m5.large) is not supported in your requested Availability Zone',
+      },
     ]);
     const e1 = await p.launch(request({ instanceType: 'c5.large' })).catch((e: unknown) => e);
     expect(e1).toBeInstanceOf(CapacityError);
@@ -399,11 +399,7 @@ describe('AwsProvider on moto', () => {
     const infos = await p.describe([l.instanceId]);
     const took = Date.now() - t0;
     expect(infos.map((x) => x.instanceId)).toEqual([l.instanceId]);
-    expect(faults.calls.filter((c) => c.command === 'DescribeInstances').map((c) => c.injected ?? 'ok')).toEqual([
-      'RequestLimitExceeded',
-      'RequestLimitExceeded',
-      'ok',
-    ]);
+    expect(faults.calls.filter((c) => c.command === 'DescribeInstances').map((c) => c.injected ?? 'ok')).toEqual(['RequestLimitExceeded', 'RequestLimitExceeded', 'ok']);
     expect(took).toBeGreaterThan(50); // it waited between attempts
 
     const always = provider({ maxAttempts: 3 });

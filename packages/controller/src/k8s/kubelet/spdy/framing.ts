@@ -41,9 +41,7 @@ export const RstStatus = {
 
 export type Headers = Record<string, string[]>;
 
-export type Frame =
-  | { kind: 'data'; streamId: number; flags: number; data: Buffer }
-  | { kind: 'control'; type: number; flags: number; payload: Buffer };
+export type Frame = { kind: 'data'; streamId: number; flags: number; data: Buffer } | { kind: 'control'; type: number; flags: number; payload: Buffer };
 
 /** Splits a byte stream into frames; keeps the incomplete tail for the next push. */
 export class FrameReader {
@@ -123,7 +121,10 @@ export function decodeHeaderBlock(b: Buffer): Headers {
     const nl = b.readUInt32BE(off);
     off += 4;
     need(nl);
-    const name = b.subarray(off, off + nl).toString('utf8').toLowerCase();
+    const name = b
+      .subarray(off, off + nl)
+      .toString('utf8')
+      .toLowerCase();
     off += nl;
     need(4);
     const vl = b.readUInt32BE(off);
@@ -152,7 +153,10 @@ export class HeaderCodec {
   private chain: Promise<unknown> = Promise.resolve();
   private current: { chunks: Buffer[]; size: number; over: boolean } | undefined;
 
-  private constructor(private readonly z: Deflate | Inflate, private readonly maxOutput: number) {
+  private constructor(
+    private readonly z: Deflate | Inflate,
+    private readonly maxOutput: number,
+  ) {
     z.on('error', () => undefined); // surfaced through run()'s rejection
     z.on('data', (c: Buffer) => {
       const cur = this.current;

@@ -32,7 +32,11 @@ export class SpdyStream extends EventEmitter {
   localClosed = false;
   private reset = false;
 
-  constructor(private readonly session: SpdySession, readonly id: number, readonly headers: Headers) {
+  constructor(
+    private readonly session: SpdySession,
+    readonly id: number,
+    readonly headers: Headers,
+  ) {
     super();
   }
 
@@ -145,7 +149,10 @@ export class SpdySession extends EventEmitter {
   private readonly highWaterMark: number;
   private readonly maxStreams: number;
 
-  constructor(private readonly socket: Duplex, o: SpdySessionOptions = {}) {
+  constructor(
+    private readonly socket: Duplex,
+    o: SpdySessionOptions = {},
+  ) {
     super();
     this.highWaterMark = o.highWaterMark ?? 1024 * 1024;
     this.maxStreams = o.maxStreams ?? 256;
@@ -171,12 +178,14 @@ export class SpdySession extends EventEmitter {
     const n = Buffer.isBuffer(frame) ? frame.length : 0;
     this.queued += n;
     const p = Promise.resolve(frame);
-    this.out = this.out.then(async () => {
-      const b = await p;
-      this.queued -= n;
-      // A write the socket takes at once emits no 'drain': the queue emptying is the signal then.
-      if (!this.closed && !this.socket.destroyed && this.socket.write(b)) this.maybeDrain();
-    }).catch((err: Error) => this.fail(err));
+    this.out = this.out
+      .then(async () => {
+        const b = await p;
+        this.queued -= n;
+        // A write the socket takes at once emits no 'drain': the queue emptying is the signal then.
+        if (!this.closed && !this.socket.destroyed && this.socket.write(b)) this.maybeDrain();
+      })
+      .catch((err: Error) => this.fail(err));
   }
 
   /** Outgoing bytes not yet on the wire: queued behind header compression plus the socket's buffer. */
