@@ -45,7 +45,8 @@ export function createRegistryClientFactory(s: RegistryClientSettings = {}): Reg
     dispatchers ??= new DispatcherPool();
     const configured = s.registries?.[ref.registry];
     const hostTransport: HostTransport = {
-      plainHttp: configured?.plainHttp || (s.plainHttp?.includes(ref.registry) ?? false) || isLoopback(ref.registry),
+      // A configured registry is reached as configured (a loopback registry may well speak TLS).
+      plainHttp: (configured?.plainHttp ?? false) || (s.plainHttp?.includes(ref.registry) ?? false) || (!configured && isLoopback(ref.registry)),
       caPem: configured?.caPem ?? [],
       ...(configured?.client ? { client: configured.client } : {}),
       skipVerify: configured?.skipVerify ?? false,
