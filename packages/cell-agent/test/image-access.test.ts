@@ -6,7 +6,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PullPolicy } from '@cello/proto/cell';
+import { status, type ServiceError } from '@grpc/grpc-js';
+import { PullImageRequest, PullPolicy, type PullImageResponse } from '@cello/proto/cell';
 import { buildFixtures, pushLayoutTag, startRegistry, type RegistryServer } from '@cello/testkit';
 import { apply, pod, startTestAgent, type TestAgent } from './helpers/agent.js';
 import { startTestRegistry, type TestImages } from './helpers/registry.js';
@@ -15,6 +16,7 @@ import { requireTools } from './helpers/rootfs.js';
 let priv: RegistryServer;
 let pub: TestImages;
 let privRef: string;
+let publicCopyRef: string;
 const agents: TestAgent[] = [];
 const cache = mkdtempSync(join(tmpdir(), 'cello-shared-cache-'));
 
@@ -27,6 +29,8 @@ beforeAll(async () => {
   pub = await startTestRegistry();
   const f = await buildFixtures('busybox');
   privRef = await pushLayoutTag(priv, f.layout, 'busybox', 'private/busybox:1', { creds: 'puller:s3cret' });
+  // The very same bytes, public in another registry: the same digest.
+  publicCopyRef = await pushLayoutTag(pub.registry, f.layout, 'busybox', 'public/busybox:1');
 });
 
 afterAll(async () => {
@@ -68,6 +72,24 @@ describe('shared image cache', () => {
     await apply(friend.client, { pod: spec('friend'), registryCredentials: good() });
     await friend.watch.until('friend running', (w) => w.running('c'), 30_000);
     expect(friend.watch.events.some((e) => e.reason === 'Pulling')).toBe(false);
+  });
+
+  it('the same digest pulled anonymously from a public repository does not open the private one', async () => {
+    // One agent (one access record): a warm cell pre-pulls the public copy, then is asked for
+    // the private repository without credentials, as a pre-pull or a pod without secrets would.
+    const pull = (on: TestAgent, image: string, registryCredentials: ReturnType<typeof good> = []) =>
+      new Promise<{ err: ServiceError | null; res?: PullImageResponse }>((resolve) =>
+        on.client.pullImage(PullImageRequest.fromPartial({ image, registryCredentials }), (err, res) => resolve({ err, res })),
+      );
+    // The private image is in the shared cache: its owner pulled it with its credentials.
+    expect((await pull(await agent(), privRef, good())).err).toBeNull();
+    const a = await agent();
+    const pub1 = await pull(a, publicCopyRef);
+    expect(pub1.err).toBeNull();
+    const priv1 = await pull(a, privRef);
+    expect(priv1.res?.digest).toBeUndefined();
+    expect(priv1.err?.code).toBe(status.FAILED_PRECONDITION);
+    expect(priv1.err?.details).toMatch(/credentials required for private\/busybox/);
   });
 
   it('a public image in the shared cache is used by any pod', async () => {

@@ -3,7 +3,8 @@
 // credentials is on disk for the next pod too. As the kubelet's "ensure secret pulled images",
 // a pod may use a cached image without asking the registry only if the image was pulled
 // anonymously, or with the same credentials it presents; otherwise the registry is asked, with
-// this pod's credentials (or none), for that very manifest first.
+// this pod's credentials (or none), for that very manifest first. Grants are per repository and
+// digest: the same bytes public in one repository say nothing about a private copy in another.
 import { createHash } from 'node:crypto';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import type { RegistryAuth } from './image-service.js';
@@ -38,19 +39,19 @@ export class ImageAccess {
       .digest('hex');
   }
 
-  /** Whether a pod presenting `auth` (for the image's registry) may use the cached `digest` as is. */
-  allowed(digest: string, auth: RegistryAuth | undefined): boolean {
-    const e = this.byDigest[digest];
+  /** Whether a pod presenting `auth` (for the image's registry) may use `repository`@`digest` from the cache as is. */
+  allowed(repository: string, digest: string, auth: RegistryAuth | undefined): boolean {
+    const e = this.byDigest[`${repository}@${digest}`];
     if (!e) return false;
     if (e.anonymous) return true;
     const k = ImageAccess.key(auth);
     return k !== undefined && (e.credentials ?? []).includes(k);
   }
 
-  /** Records that the registry served `digest` to `auth` (or to anyone, when undefined). */
-  grant(digest: string, auth: RegistryAuth | undefined): void {
-    if (this.allowed(digest, auth)) return;
-    const e = (this.byDigest[digest] ??= {});
+  /** Records that the registry served `repository`@`digest` to `auth` (or to anyone, when undefined). */
+  grant(repository: string, digest: string, auth: RegistryAuth | undefined): void {
+    if (this.allowed(repository, digest, auth)) return;
+    const e = (this.byDigest[`${repository}@${digest}`] ??= {});
     const k = ImageAccess.key(auth);
     if (k === undefined) e.anonymous = true;
     else e.credentials = [...(e.credentials ?? []), k];

@@ -53,7 +53,7 @@ export class PullerImageService implements ImageService {
       info = toInfo(c);
       this.known.set(ref, info);
     }
-    if (this.access.allowed(info.digest, opts.auth)) return info;
+    if (this.access.allowed(repositoryOf(ref), info.digest, opts.auth)) return info;
     // Cached, but not yet shown to be this pod's to use: ask the registry for that very
     // manifest (by digest) with this pod's credentials, or none.
     const host = registryOf(ref);
@@ -68,7 +68,7 @@ export class PullerImageService implements ImageService {
       const kind = err instanceof PullError ? err.kind : 'unknown';
       throw new ImagePullFailure(`${ref}: cached, but the registry does not serve it to this pod's credentials: ${(err as Error).message}`, kind);
     }
-    this.access.grant(info.digest, opts.auth);
+    this.access.grant(repositoryOf(ref), info.digest, opts.auth);
     return info;
   }
 
@@ -81,7 +81,7 @@ export class PullerImageService implements ImageService {
       });
       const info = toInfo(p);
       this.known.set(ref, info);
-      this.access.grant(info.digest, opts.auth);
+      this.access.grant(repositoryOf(ref), info.digest, opts.auth);
       return { ...info, downloadedBytes: stats.downloadedBytes };
     } catch (err) {
       if (err instanceof PullError) throw new ImagePullFailure(err.message, err.kind);
