@@ -109,7 +109,12 @@ export class ClusterServices extends EventEmitter<{ change: []; synced: [] }> {
   private set<T>(m: Map<string, T>, kind: Change['kind'], key: string, value: T | undefined): void {
     if (value === undefined) {
       if (!m.delete(key)) return;
-    } else m.set(key, value);
+    } else {
+      // An object whose cell-relevant part did not change (a status write, a hint) is no change.
+      const old = m.get(key);
+      if (old !== undefined && JSON.stringify(old) === JSON.stringify(value)) return;
+      m.set(key, value);
+    }
     this.version++;
     this.changes.push({ version: this.version, kind, key, at: Date.now() });
     if (this.changes.length > this.maxChanges * 2) this.changes = this.changes.slice(-this.maxChanges);

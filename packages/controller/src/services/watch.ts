@@ -1,6 +1,5 @@
 // One watch of Services and one of EndpointSlices for the whole controller (never one per
-// cell), feeding ClusterServices. An object whose cell-relevant part did not change (a status
-// write, a hint) bumps no version.
+// cell), feeding ClusterServices (which ignores writes that change nothing a cell uses).
 import type { Logger } from 'pino';
 import { Informer } from '../k8s/client/informer.js';
 import type { KubeRest } from '../k8s/client/rest.js';
@@ -13,32 +12,18 @@ export interface ServiceWatch {
 }
 
 export function watchClusterServices(rest: KubeRest, into: ClusterServices, log: Logger): ServiceWatch {
-  const last = new Map<string, string>();
-  const changed = (id: string, value: unknown): boolean => {
-    const json = value === undefined ? undefined : JSON.stringify(value);
-    if (last.get(id) === json) return false;
-    if (json === undefined) last.delete(id);
-    else last.set(id, json);
-    return true;
-  };
   const services = new Informer<KubeService & { metadata: { name: string } }>(
     rest,
     '/api/v1/services',
     '',
-    (key, obj) => {
-      const s = obj ? toClusterService(obj) : undefined;
-      if (changed(`s|${key}`, s)) into.setService(key, s);
-    },
+    (key, obj) => into.setService(key, obj ? toClusterService(obj) : undefined),
     (err) => log.warn({ err: errMsg(err) }, 'watching Services failed; retrying'),
   );
   const slices = new Informer<KubeEndpointSlice & { metadata: { name: string } }>(
     rest,
     '/apis/discovery.k8s.io/v1/endpointslices',
     '',
-    (key, obj) => {
-      const s = obj ? toClusterEndpointSlice(obj) : undefined;
-      if (changed(`e|${key}`, s)) into.setSlice(key, s);
-    },
+    (key, obj) => into.setSlice(key, obj ? toClusterEndpointSlice(obj) : undefined),
     (err) => log.warn({ err: errMsg(err) }, 'watching EndpointSlices failed; retrying'),
   );
   services.start();
