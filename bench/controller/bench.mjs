@@ -222,7 +222,7 @@ async function scale() {
     // CPU time is what the controller spent, whatever else the machine was doing; wall-clock
     // latencies above also include waiting for a shared CPU.
     console.log(
-      `  CPU: ${(cpuMs / 1000).toFixed(1)} s user+system for the run = ${(cpuMs / N_CELLS).toFixed(2)} ms per pod (apply + schedule + launch + dispatch + status), ${(cpuMs / durations.length).toFixed(2)} ms per reconcile; store syncs ${store.stats?.syncs ?? 'n/a'}`,
+      `  CPU: ${(cpuMs / 1000).toFixed(1)} s user+system for the run = ${(cpuMs / N_CELLS).toFixed(2)} ms per pod (apply + schedule + launch + dispatch + status), ${(cpuMs / durations.length).toFixed(2)} ms per reconcile; store syncs ${store.stats?.syncs ?? 'n/a'}, records written ${store.stats?.records ?? 'n/a'} (${((store.stats?.records ?? 0) / N_CELLS).toFixed(1)} per pod)`,
     );
     console.log(`  event loop delay: p99 ${ms(loop.percentile(99) / 1e6)}  max ${ms(loop.max / 1e6)}`);
     global.gc?.();

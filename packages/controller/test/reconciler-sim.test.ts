@@ -5,7 +5,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CellNoticeKind, PodPhase, ConditionStatus, RestartPolicy } from '@cello/proto/cell';
+import { EventEmitter } from 'node:events';
+import { CellNoticeKind, GetStatusResponse, PodPhase, ConditionStatus, RestartPolicy, WatchStatusEvent } from '@cello/proto/cell';
 import { CellState } from '../src/cells/state.js';
 import { Events } from '../src/cells/schema.js';
 import { waitFor } from '@cello/testkit';
@@ -98,6 +99,66 @@ describe('reconciler (simulated provider)', () => {
       .filter((gap) => gap >= 50);
     expect(retries.length).toBeGreaterThanOrEqual(3);
     retries.forEach((gap, i) => expect(gap).toBeGreaterThanOrEqual(200 * 2 ** i - 5));
+  });
+
+  it("applies a cell's statuses in the order the agent sent them, even when the older one's write is slow", async () => {
+    // The agent reports ContainerCreating and then Running back to back, and the first write
+    // is held up in the store (a busy machine). Handled side by side, Running landed first and
+    // ContainerCreating, retried after losing its compare-and-swap, then overwrote it: the pod
+    // stayed ContainerCreating although its container had started.
+    const { api, store } = await setup((inner) => ({
+      ...inner,
+      get: (id, address) => {
+        const client = inner.get(id, address);
+        return new Proxy(client, {
+          get(target, prop, receiver) {
+            if (prop !== 'watchStatus') return Reflect.get(target, prop, receiver);
+            return () => {
+              const real = (target.watchStatus as unknown as () => EventEmitter & { cancel(): void })();
+              const out = Object.assign(new EventEmitter(), { cancel: () => real.cancel() });
+              for (const ev of ['metadata', 'error', 'end']) real.on(ev, (...a: unknown[]) => out.emit(ev, ...a));
+              real.on('data', (ev: WatchStatusEvent) => {
+                const st = ev.kind?.$case === 'status' ? ev.kind.value : undefined;
+                if (st?.status?.phase === PodPhase.POD_PHASE_RUNNING) {
+                  const creating = GetStatusResponse.fromPartial({
+                    ...st,
+                    status: {
+                      ...st.status,
+                      phase: PodPhase.POD_PHASE_PENDING,
+                      containerStatuses: st.status.containerStatuses.map((c) => ({
+                        ...c,
+                        ready: false,
+                        started: false,
+                        state: { state: { $case: 'waiting', value: { reason: 'ContainerCreating', message: '' } } },
+                      })),
+                    },
+                  });
+                  out.emit('data', WatchStatusEvent.fromPartial({ kind: { $case: 'status', value: creating } }));
+                  // On the next turn, so the two are not simply collapsed into the newer one.
+                  setImmediate(() => out.emit('data', ev));
+                  return;
+                }
+                out.emit('data', ev);
+              });
+              return out;
+            };
+          },
+        });
+      },
+    }));
+    const put = store.put.bind(store);
+    let held = 0;
+    store.put = async (key, value, opts) => {
+      if (key.startsWith('pods/') && JSON.stringify(value).includes('ContainerCreating') && held++ === 0) await new Promise((r) => setTimeout(r, 300));
+      return put(key, value, opts);
+    };
+    await api.applyPod({ manifest: pod('in-order'), namespace: '', dryRun: false });
+    await waitFor('the older status written (held 300 ms)', () => held > 0, { timeoutMs: 30_000 });
+    // Both writes have had time to land.
+    await new Promise((r) => setTimeout(r, 1000));
+    const x = await api.getPod({ namespace: 'default', name: 'in-order' });
+    expect(x.status?.phase).toBe(PodPhase.POD_PHASE_RUNNING);
+    expect(x.status?.containerStatuses[0]?.state?.state?.$case).toBe('running');
   });
 
   it('falls back to the next cheapest type when a launch has no capacity', async () => {

@@ -52,6 +52,11 @@ export function grpcStatus(code: ErrorCode): Status {
   return GRPC_STATUS[code];
 }
 
+/** A gRPC status code's canonical name (`RESOURCE_EXHAUSTED`), as metrics and logs label it; UNKNOWN for a number gRPC does not define. */
+export function grpcCodeName(code: number): string {
+  return Status[code] ?? 'UNKNOWN';
+}
+
 /** What to log or show of an error: a gRPC error's details (its message repeats the code), else its message. */
 export function errMsg(err: unknown): string {
   if (err && typeof err === 'object' && 'details' in err && typeof (err as ServiceError).details === 'string' && (err as ServiceError).details) {

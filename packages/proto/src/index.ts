@@ -17,5 +17,5 @@ export {
 export { parseQuantity, parseCpuMillis, parseBytes, parseCount, formatCpuMillis, formatBytes, QuantityError } from './quantity.js';
 export { splitHostPort, joinHostPort, freePort, HostPortError } from './net.js';
 export { REDACT_PATHS, REDACT_CENSOR } from './redact.js';
-export { CelloError, type ErrorCode, grpcStatus, toStatus, errMsg } from './errors.js';
+export { CelloError, type ErrorCode, grpcStatus, grpcCodeName, toStatus, errMsg } from './errors.js';
 export { parseSpiffeId, isSpiffeName, type SpiffeId, type SpiffeKind } from './spiffe.js';

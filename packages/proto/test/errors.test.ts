@@ -1,7 +1,7 @@
 // The error model every package shares: each code's gRPC status, and what toStatus answers.
 import { status as Status } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
-import { CelloError, errMsg, grpcStatus, toStatus, type ErrorCode } from '../src/errors.js';
+import { CelloError, errMsg, grpcCodeName, grpcStatus, toStatus, type ErrorCode } from '../src/errors.js';
 
 describe('toStatus', () => {
   it('maps every code to its gRPC status, with the message as details', () => {
@@ -54,5 +54,16 @@ describe('errMsg', () => {
     expect(errMsg(Object.assign(new Error('14 UNAVAILABLE: agent gone'), { code: Status.UNAVAILABLE, details: 'agent gone' }))).toBe('agent gone');
     expect(errMsg(new Error('boom'))).toBe('boom');
     expect(errMsg('plain')).toBe('plain');
+  });
+});
+
+describe('grpcCodeName', () => {
+  it('names every canonical code as gRPC spells it, and UNKNOWN for anything else', () => {
+    expect(grpcCodeName(Status.OK)).toBe('OK');
+    expect(grpcCodeName(Status.RESOURCE_EXHAUSTED)).toBe('RESOURCE_EXHAUSTED');
+    expect(grpcCodeName(Status.UNAUTHENTICATED)).toBe('UNAUTHENTICATED');
+    for (let c = 0; c <= 16; c++) expect(grpcCodeName(c)).toMatch(/^[A-Z_]+$/);
+    expect(grpcCodeName(99)).toBe('UNKNOWN');
+    expect(grpcCodeName(-1)).toBe('UNKNOWN');
   });
 });

@@ -5,6 +5,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { StatsResponse } from '@cello/proto/cell';
+import { grpcCodeName } from '@cello/proto';
 
 export type StreamKind = 'logs' | 'exec' | 'attach' | 'port_forward';
 
@@ -198,26 +199,6 @@ export async function startMetricsServer(metrics: AgentMetrics, opts: { host: st
   };
 }
 
-const codeNames = new Map<number, string>([
-  [0, 'OK'],
-  [1, 'CANCELLED'],
-  [2, 'UNKNOWN'],
-  [3, 'INVALID_ARGUMENT'],
-  [4, 'DEADLINE_EXCEEDED'],
-  [5, 'NOT_FOUND'],
-  [6, 'ALREADY_EXISTS'],
-  [7, 'PERMISSION_DENIED'],
-  [8, 'RESOURCE_EXHAUSTED'],
-  [9, 'FAILED_PRECONDITION'],
-  [10, 'ABORTED'],
-  [11, 'OUT_OF_RANGE'],
-  [12, 'UNIMPLEMENTED'],
-  [13, 'INTERNAL'],
-  [14, 'UNAVAILABLE'],
-  [15, 'DATA_LOSS'],
-  [16, 'UNAUTHENTICATED'],
-]);
-
 type AnyHandler = (...args: any[]) => unknown; // eslint-disable-line @typescript-eslint/no-explicit-any -- any service's handlers, whatever their call types
 
 /**
@@ -235,7 +216,7 @@ export function instrumentService<T extends object>(impl: T, metrics: AgentMetri
       out[name] = (call: unknown, callback: (err: { code?: number } | null, ...rest: unknown[]) => void) => {
         const t0 = process.hrtime.bigint();
         return handler(call, (err: { code?: number } | null, ...rest: unknown[]) => {
-          metrics.recordGrpcCall(method, codeNames.get(err ? (err.code ?? 2) : 0) ?? 'UNKNOWN', Number(process.hrtime.bigint() - t0) / 1e9);
+          metrics.recordGrpcCall(method, grpcCodeName(err ? (err.code ?? 2) : 0), Number(process.hrtime.bigint() - t0) / 1e9);
           callback(err, ...rest);
         });
       };
@@ -246,7 +227,7 @@ export function instrumentService<T extends object>(impl: T, metrics: AgentMetri
         const record = (code: number) => {
           if (done) return;
           done = true;
-          metrics.recordGrpcCall(method, codeNames.get(code) ?? 'UNKNOWN', Number(process.hrtime.bigint() - t0) / 1e9);
+          metrics.recordGrpcCall(method, grpcCodeName(code), Number(process.hrtime.bigint() - t0) / 1e9);
         };
         call.once('finish', () => record(0));
         call.once('cancelled', () => record(1));

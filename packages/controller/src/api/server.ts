@@ -14,7 +14,7 @@ import {
   type sendUnaryData,
   type ServiceError,
 } from '@grpc/grpc-js';
-import { ManifestError, podFromManifest, HealthService } from '@cello/proto';
+import { ManifestError, HealthService } from '@cello/proto';
 import {
   LogsRequest as AgentLogsRequest,
   ConfigMapData,
@@ -66,6 +66,7 @@ import type { Logger } from '../obs/logger.js';
 import { VERSION } from '../version.js';
 import { VIRTUAL_NODE_USER } from './auth/names.js';
 import { CelloError, toStatus } from '../errors.js';
+import { ManifestParser } from './manifest-parser.js';
 import { apiError, type ApiAuth, type Attributes, type Principal, type Resource, type Verb } from './auth/index.js';
 
 /** What a stream may queue before its target frame has been resolved to an agent. */
@@ -111,6 +112,7 @@ export function matchLabels(selector: string, labels: Record<string, string>): b
 
 export class ControllerApi {
   private readonly events: Events;
+  private readonly manifests = new ManifestParser();
   private server?: Server;
 
   constructor(private readonly o: ApiOptions) {
@@ -129,7 +131,7 @@ export class ControllerApi {
 
   async close(): Promise<void> {
     const s = this.server;
-    if (!s) return;
+    if (!s) return this.manifests.close();
     await new Promise<void>((resolve) => {
       const t = setTimeout(() => {
         s.forceShutdown();
@@ -140,6 +142,7 @@ export class ControllerApi {
         resolve();
       });
     });
+    await this.manifests.close();
   }
 
   /** The caller, authenticated (UNAUTHENTICATED otherwise). */
@@ -259,7 +262,7 @@ export class ControllerApi {
   async applyPod(r: ApplyPodRequest, authorize?: (namespace: string, name: string) => Promise<void>): Promise<PodObject> {
     let parsed;
     try {
-      parsed = podFromManifest(r.manifest, { namespace: r.namespace || 'default' });
+      parsed = await this.manifests.parse(r.manifest, { namespace: r.namespace || 'default' });
     } catch (err) {
       if (err instanceof ManifestError) throw new CelloError('InvalidArgument', err.message);
       throw new CelloError('InvalidArgument', `manifest: ${errMsg(err)}`);

@@ -15,7 +15,7 @@ import { TAG_CELL, TAG_CONTROLLER, TAG_POD, type ReconcileContext } from './cont
 import { detachPod, markUnschedulable } from './pod-status.js';
 import { launchOptions } from './scheduler.js';
 import type { StatusWatch } from './status-watch.js';
-import { transition } from './transition.js';
+import { transition, transitionPath, type Step } from './transition.js';
 import type { WarmPool } from './warm-pool.js';
 
 export class CellLifecycle {
@@ -188,32 +188,48 @@ export class CellLifecycle {
       }
       if (!info.agentAddress) return ctx.retryLater(`cell:${id}`, 1000);
       address = info.agentAddress;
-      await ctx.cache.writeCell(id, (r) => {
-        if (!r) return undefined;
-        const c = cellOf(r);
-        c.address = address!;
-        r.cell = Cell.toJSON(c);
-        return r;
-      });
     }
+    // A new address is stored with the state change below when the cell comes up in this
+    // reconcile (one store commit, not two); on every other way out it is stored first, so the
+    // next attempt (and a drain) need not ask the provider again.
+    const keepAddress = address !== cell.address ? (c: Cell) => void (c.address = address) : undefined;
+    const saveAddress = async () => {
+      if (keepAddress)
+        await ctx.cache.writeCell(id, (r) => {
+          if (!r) return undefined;
+          const c = cellOf(r);
+          keepAddress(c);
+          r.cell = Cell.toJSON(c);
+          return r;
+        });
+    };
     const bootstrapped = await this.bootstrap.run(id, cell, address);
-    if (bootstrapped === 'retry') return ctx.retryLater(`cell:${id}`, 1000);
-    if (bootstrapped !== 'done') return void (await this.fail(id, cell, bootstrapped.failed, bootstrapped.message));
+    if (bootstrapped === 'retry') {
+      await saveAddress();
+      return ctx.retryLater(`cell:${id}`, 1000);
+    }
+    if (bootstrapped !== 'done') {
+      await saveAddress();
+      return void (await this.fail(id, cell, bootstrapped.failed, bootstrapped.message));
+    }
     const client = ctx.o.agents.get(id, address);
     let info: AgentInfo;
     try {
       info = await callUnary<AgentInfo>(client, 'getInfo', GetInfoRequest.fromPartial({}), 2000);
     } catch {
+      await saveAddress();
       return ctx.retryLater(`cell:${id}`, 200);
     }
     if (info.cellId && info.cellId !== id) {
+      await saveAddress();
       return void (await this.fail(id, cell, 'WrongCell', `agent at ${address} says it is cell ${info.cellId}`));
     }
-    await transition(ctx, id, CellState.CELL_STATE_READY, 'AgentReady', `agent ${info.version || ''} answered at ${address}`.replace('  ', ' '), undefined, [
-      CellState.CELL_STATE_BOOTING,
-    ]);
+    const ready: Step = { to: CellState.CELL_STATE_READY, reason: 'AgentReady', message: `agent ${info.version || ''} answered at ${address}`.replace('  ', ' ') };
+    // A cell launched for its pod goes straight on to Bound, in the same write.
+    const steps = cell.pod?.name ? [ready, { to: CellState.CELL_STATE_BOUND, reason: 'Bound', message: `bound to pod ${refKey(cell.pod)}` }] : [ready];
+    const moved = await transitionPath(ctx, id, steps, keepAddress, [CellState.CELL_STATE_BOOTING]);
+    if (!moved) return void (await saveAddress());
     if (cell.pod?.name) {
-      await transition(ctx, id, CellState.CELL_STATE_BOUND, 'Bound', `bound to pod ${refKey(cell.pod)}`, undefined, [CellState.CELL_STATE_READY]);
       ctx.enqueue(`pod:${refKey(cell.pod)}`);
     } else {
       // A warm cell: its likely images, before a pod asks (never holding up this reconcile).

@@ -104,10 +104,17 @@ export async function schedule(ctx: ReconcileContext, key: string, pod: PodObjec
     message: `launching ${first.type.name}${first.spot ? ' (spot)' : ''} for pod ${refKey(ref)}`,
     deadline: deadlineFor(CellState.CELL_STATE_CREATING, at, ctx.t),
   });
-  await cache.writeCell(id, (cur) =>
-    cur ? undefined : { cell: Cell.toJSON(cell), warm: false, fallback: candidates.slice(1).map((c) => [c.type.name, c.spot] as [string, boolean]) },
-  );
-  await bindPod(ctx, key, id, first.type.name, 'new cell');
+  // The cell and the pod's binding are two keys written side by side, so they share one store
+  // commit (in sequence, every new pod waited for two). Either may land alone if the controller
+  // dies in between, as before: a pod bound to a cell that does not exist is scheduled again,
+  // and a cell created for a pod that was not bound is adopted then (above). This reconcile
+  // holds the pod's key until both writes are cached, so its next run sees both.
+  await Promise.all([
+    cache.writeCell(id, (cur) =>
+      cur ? undefined : { cell: Cell.toJSON(cell), warm: false, fallback: candidates.slice(1).map((c) => [c.type.name, c.spot] as [string, boolean]) },
+    ),
+    bindPod(ctx, key, id, first.type.name, 'new cell'),
+  ]);
   ctx.enqueue(`cell:${id}`);
 }
 

@@ -18,6 +18,10 @@ interface Watcher {
   address: string;
   retry?: NodeJS.Timeout;
   closed: boolean;
+  /** The agent's messages, handled one at a time in the order they came. */
+  chain: Promise<void>;
+  /** The newest status not handled yet (a burst of statuses is one write: the last). */
+  nextStatus?: WatchStatusEvent;
 }
 
 export class StatusWatch {
@@ -53,7 +57,7 @@ export class StatusWatch {
     const existing = this.watchers.get(id);
     if (existing && existing.address === address && !existing.closed) return;
     if (existing) this.stop(id);
-    const w: Watcher = { open: false, lastSeen: Date.now(), address, closed: false };
+    const w: Watcher = { open: false, lastSeen: Date.now(), address, closed: false, chain: Promise.resolve() };
     this.watchers.set(id, w);
     const connect = () => {
       if (w.closed || this.stopped) return;
@@ -63,7 +67,7 @@ export class StatusWatch {
       call.on('data', (ev: WatchStatusEvent) => {
         w.open = true;
         w.lastSeen = Date.now();
-        this.onAgentEvent(id, ev).catch((err) => this.ctx.log.warn({ cell: id, err: errMsg(err) }, 'status update failed'));
+        this.deliver(id, w, ev);
       });
       call.on('metadata', () => {
         w.open = true;
@@ -94,6 +98,28 @@ export class StatusWatch {
   stopAll(): void {
     this.stopped = true;
     for (const [id] of this.watchers) this.stop(id);
+  }
+
+  /**
+   * Handled in order, one at a time: two statuses handled side by side could land in the store
+   * out of order (the older one losing its compare-and-swap to the newer, then retrying on top
+   * of it), leaving a pod shown as ContainerCreating after it had started. Statuses that pile
+   * up while one is written collapse into the newest, which says everything the others did.
+   */
+  private deliver(id: string, w: Watcher, ev: WatchStatusEvent): void {
+    const handle = (e: WatchStatusEvent) => this.onAgentEvent(id, e).catch((err) => this.ctx.log.warn({ cell: id, err: errMsg(err) }, 'status update failed'));
+    if (ev.kind?.$case !== 'status') {
+      w.chain = w.chain.then(() => handle(ev));
+      return;
+    }
+    const queued = w.nextStatus !== undefined;
+    w.nextStatus = ev;
+    if (queued) return;
+    w.chain = w.chain.then(() => {
+      const latest = w.nextStatus!;
+      w.nextStatus = undefined;
+      return handle(latest);
+    });
   }
 
   private async onAgentEvent(id: string, ev: WatchStatusEvent): Promise<void> {

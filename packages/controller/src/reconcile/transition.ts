@@ -6,6 +6,12 @@ import { cellOf, type CellRecord } from '../cells/schema.js';
 import { type CellState, canTransition, deadlineFor, stateName } from '../cells/state.js';
 import type { ReconcileContext } from './context.js';
 
+export interface Step {
+  to: CellState;
+  reason: string;
+  message: string;
+}
+
 /** Moves a cell to `to` if the state machine allows it from where it is now (and it is in `expectFrom`, if given). */
 export async function transition(
   ctx: ReconcileContext,
@@ -16,33 +22,55 @@ export async function transition(
   patch: (c: Cell, r: CellRecord) => void = () => undefined,
   expectFrom?: CellState[],
 ): Promise<CellRecord | undefined> {
-  let moved = false;
+  return transitionPath(ctx, id, [{ to, reason, message }], patch, expectFrom);
+}
+
+/**
+ * Moves a cell through `steps` in order, in ONE write: each step must be allowed from the one
+ * before it. A cell that boots for its pod goes Ready then Bound; as two writes, every pod paid
+ * two store commits in a row on its way to Running (reconcile latency at 10,000 cells). Each
+ * step is still logged and recorded as an event, so the history reads the same. Nothing moves
+ * unless every step is allowed.
+ */
+export async function transitionPath(
+  ctx: ReconcileContext,
+  id: string,
+  steps: Step[],
+  patch: (c: Cell, r: CellRecord) => void = () => undefined,
+  expectFrom?: CellState[],
+): Promise<CellRecord | undefined> {
+  if (steps.length === 0) throw new Error('transitionPath: no steps');
+  let taken: Step[] = [];
   const rec = await ctx.cache.writeCell(id, (r) => {
-    moved = false; // fn may run more than once (a lost compare-and-swap is retried)
+    taken = []; // fn may run more than once (a lost compare-and-swap is retried)
     if (!r) return undefined;
     const c = cellOf(r);
     if (expectFrom && !expectFrom.includes(c.state)) return undefined;
-    if (c.state !== to && !canTransition(c.state, to)) return undefined;
-    const at = new Date();
-    if (c.state !== to) {
-      c.stateSince = at;
-      moved = true;
+    let from = c.state;
+    for (const s of steps) {
+      if (from !== s.to && !canTransition(from, s.to)) return undefined;
+      if (from !== s.to) taken.push(s);
+      from = s.to;
     }
-    c.state = to;
-    c.reason = reason;
-    c.message = message;
-    c.deadline = deadlineFor(to, at, ctx.t, r.graceSeconds ?? 30);
+    const last = steps[steps.length - 1]!;
+    const at = new Date();
+    if (taken.length > 0) c.stateSince = at;
+    c.state = last.to;
+    c.reason = last.reason;
+    c.message = last.message;
+    c.deadline = deadlineFor(last.to, at, ctx.t, r.graceSeconds ?? 30);
     patch(c, r);
     r.cell = Cell.toJSON(c);
     return r;
   });
-  if (moved && rec) {
-    ctx.log.info({ cell: id, state: stateName(to), reason }, 'cell state');
-    const warn = /Timeout|Lost|Failed|Error/.test(reason);
+  if (!rec || taken.length === 0) return undefined;
+  for (const s of taken) {
+    ctx.log.info({ cell: id, state: stateName(s.to), reason: s.reason }, 'cell state');
+    const warn = /Timeout|Lost|Failed|Error/.test(s.reason);
     void ctx.events
-      .record({ kind: 'Cell', name: id, type: warn ? 'Warning' : 'Normal', reason: reason || stateName(to), message: message || stateName(to) })
+      .record({ kind: 'Cell', name: id, type: warn ? 'Warning' : 'Normal', reason: s.reason || stateName(s.to), message: s.message || stateName(s.to) })
       .catch(() => undefined);
-    ctx.enqueue(`cell:${id}`);
   }
-  return moved ? rec : undefined;
+  ctx.enqueue(`cell:${id}`);
+  return rec;
 }
