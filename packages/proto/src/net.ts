@@ -2,9 +2,12 @@
 // ([::1]:10250), the form gRPC, Node's listen options and Kubernetes use. Splitting by hand at
 // the last ':' kept the brackets at some sites and not others.
 import { createServer } from 'node:net';
+import { CelloError } from './errors.js';
 
-export class HostPortError extends Error {
-  override readonly name = 'HostPortError';
+export class HostPortError extends CelloError {
+  constructor(message: string) {
+    super('InvalidArgument', message);
+  }
 }
 
 /** `host:port` or `[v6]:port` → the bare host (no brackets) and the port. */

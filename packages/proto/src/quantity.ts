@@ -1,15 +1,15 @@
 // Kubernetes resource quantities ("250m", "1.5", "64Mi", "1e3", "2G") as integers.
 // https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/quantity/
+import { CelloError } from './errors.js';
 
 const BINARY: Record<string, number> = { Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, Pi: 2 ** 50, Ei: 2 ** 60 };
 const DECIMAL: Record<string, number> = { n: 1e-9, u: 1e-6, m: 1e-3, '': 1, k: 1e3, M: 1e6, G: 1e9, T: 1e12, P: 1e15, E: 1e18 };
 
 const QUANTITY = /^([+-]?(?:\d+\.?\d*|\.\d+))(?:([eE][+-]?\d+)|(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?)$/;
 
-export class QuantityError extends Error {
+export class QuantityError extends CelloError {
   constructor(readonly input: string) {
-    super(`invalid quantity "${input}": expected a number with an optional suffix such as 250m, 1.5, 64Mi or 2G`);
-    this.name = 'QuantityError';
+    super('InvalidArgument', `invalid quantity "${input}": expected a number with an optional suffix such as 250m, 1.5, 64Mi or 2G`);
   }
 }
 

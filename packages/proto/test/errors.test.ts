@@ -1,5 +1,8 @@
 // The error model every package shares: each code's gRPC status, and what toStatus answers.
 import { status as Status } from '@grpc/grpc-js';
+import { podFromManifest } from '../src/manifest/index.js';
+import { parseQuantity } from '../src/quantity.js';
+import { splitHostPort } from '../src/net.js';
 import { describe, expect, it } from 'vitest';
 import { CelloError, errMsg, grpcCodeName, grpcStatus, toStatus, type ErrorCode } from '../src/errors.js';
 
@@ -65,5 +68,24 @@ describe('grpcCodeName', () => {
     for (let c = 0; c <= 16; c++) expect(grpcCodeName(c)).toMatch(/^[A-Z_]+$/);
     expect(grpcCodeName(99)).toBe('UNKNOWN');
     expect(grpcCodeName(-1)).toBe('UNKNOWN');
+  });
+});
+
+describe('every error the proto package raises is a CelloError with a stable code', () => {
+  it('bad manifests, quantities and host:port strings are InvalidArgument, answered as INVALID_ARGUMENT', () => {
+    const raised: unknown[] = [];
+    for (const f of [() => podFromManifest('kind: Deployment'), () => parseQuantity('12 apples'), () => splitHostPort('no-port')]) {
+      try {
+        f();
+      } catch (err) {
+        raised.push(err);
+      }
+    }
+    expect(raised.map((e) => (e as Error).name)).toEqual(['ManifestError', 'QuantityError', 'HostPortError']);
+    for (const e of raised) {
+      expect(e).toBeInstanceOf(CelloError);
+      expect((e as CelloError).code).toBe('InvalidArgument');
+      expect(toStatus(e).code).toBe(Status.INVALID_ARGUMENT);
+    }
   });
 });

@@ -1,5 +1,6 @@
 // What the runtime needs from images. The agent uses @cello/image-puller through this, so the
 // unit runtime does not depend on how or where images are fetched and cached.
+import { CelloError, type ErrorCode } from '@cello/proto';
 export interface ImageConfig {
   entrypoint: string[];
   cmd: string[];
@@ -26,15 +27,17 @@ export interface RegistryAuth {
 }
 
 /** Why a pull failed, as the status shows it. */
-export class ImagePullFailure extends Error {
+export class ImagePullFailure extends CelloError {
   constructor(
     message: string,
     /** not-found, unauthorized, unreachable, invalid, ... (image-puller's PullError kind) */
     readonly kind: string,
   ) {
-    super(message);
+    super(PULL_FAILURE_CODES[kind] ?? 'FailedPrecondition', message);
   }
 }
+
+const PULL_FAILURE_CODES: Record<string, ErrorCode> = { 'not-found': 'NotFound', auth: 'PermissionDenied', network: 'Unavailable', invalid: 'InvalidArgument', never: 'NotFound' };
 
 export interface ImageService {
   /**

@@ -6,6 +6,7 @@
 //   Stopping -> Exited
 //   Exited   -> Waiting             (restart, after back-off)
 // Every state carries what the status needs (reasons as Kubernetes spells them).
+import { CelloError } from '@cello/proto';
 export type UnitState =
   | { kind: 'waiting'; reason: string; message: string }
   | { kind: 'starting'; since: Date }
@@ -30,7 +31,12 @@ const ALLOWED: Record<UnitState['kind'], UnitState['kind'][]> = {
   exited: ['waiting', 'exited'],
 };
 
-export class IllegalTransition extends Error {}
+/** A unit asked to move where its state machine does not allow: a bug, not bad input. */
+export class IllegalTransition extends CelloError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('Internal', message, options);
+  }
+}
 
 export function checkTransition(from: UnitState, to: UnitState): void {
   if (!ALLOWED[from.kind].includes(to.kind)) throw new IllegalTransition(`unit cannot go from ${from.kind} to ${to.kind}`);

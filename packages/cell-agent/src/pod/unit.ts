@@ -24,6 +24,7 @@ import { fallbackMessage, messageLimit, readMessageFile } from './termination-me
 import { checkTransition, type UnitState } from './unit-state.js';
 import { signalName, signalNumberOfExitCode } from '../runtime/exit-signal.js';
 import { terminatedFromJson, terminatedToJson, type UnitRecord, writeUnitRecord } from './unit-record.js';
+import { CelloError } from '@cello/proto';
 
 export interface UnitContext {
   logger: pino.Logger;
@@ -50,7 +51,12 @@ export interface UnitContext {
 }
 
 /** A configuration problem detected before runc runs: shown as CreateContainerConfigError. */
-export class ConfigError extends Error {}
+/** A container spec the agent cannot run as given. */
+export class ConfigError extends CelloError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('InvalidArgument', message, options);
+  }
+}
 
 export class Unit implements UnitView {
   readonly name: string;

@@ -21,13 +21,14 @@ import { HostPathType, StorageMedium } from '@cello/proto/cell';
 import { checkItemPath, resolveInRoot } from '../runtime/safe-path.js';
 import { stageSubPath, SubPathError } from '../runtime/subpath-mount.js';
 import { checkPayloadPath, writeAtomic } from './atomic-writer.js';
+import { CelloError } from '@cello/proto';
 
-export class VolumeError extends Error {
+export class VolumeError extends CelloError {
   constructor(
     readonly volume: string,
     message: string,
   ) {
-    super(`volume "${volume}": ${message}`);
+    super('InvalidArgument', `volume "${volume}": ${message}`);
   }
 }
 

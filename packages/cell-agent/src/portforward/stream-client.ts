@@ -4,6 +4,7 @@
 import { connect as tcpConnect, isIP, type Socket } from 'node:net';
 import { checkServerIdentity, connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import { StaticReads, type RelayEnd } from './relay.js';
+import { CelloError } from '@cello/proto';
 
 export const DEFAULT_STREAM_OPEN_TIMEOUT_MS = 10_000;
 const MAX_ANSWER_BYTES = 4096;
@@ -26,8 +27,10 @@ export interface OpenStreamOptions {
 }
 
 /** The agent refused the connection; the message is its answer (e.g. "cannot connect to port 81 in the pod: ..."). */
-export class StreamRefusedError extends Error {
-  override name = 'StreamRefusedError';
+export class StreamRefusedError extends CelloError {
+  constructor(message: string) {
+    super('FailedPrecondition', message);
+  }
 }
 
 /** An open, accepted stream connection, ready to relay (bytes after the answer line are in `early`). */

@@ -5,8 +5,14 @@
 // writable by others unless sticky, the directory itself no symlink; created 0700.
 import { chmodSync, lstatSync, mkdirSync, type Stats } from 'node:fs';
 import { dirname, resolve } from 'node:path';
+import { CelloError } from '@cello/proto';
 
-export class RunDirError extends Error {}
+/** The agent's run directory cannot be used as it must be. */
+export class RunDirError extends CelloError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('FailedPrecondition', message, options);
+  }
+}
 
 /** Where the agent keeps per-boot files for a state dir when no --run-dir is given. */
 export const RUN_BASE = '/run/cello';

@@ -3,8 +3,14 @@
 // `..` nor a symlink (absolute or relative) can lead outside the root.
 import { lstatSync, readlinkSync } from 'node:fs';
 import { join, posix } from 'node:path';
+import { CelloError } from '@cello/proto';
 
-export class PathEscapeError extends Error {}
+/** A path from an image or a pod that would resolve outside its root. */
+export class PathEscapeError extends CelloError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('InvalidArgument', message, options);
+  }
+}
 
 /**
  * Returns the host path of `p` (interpreted relative to `root`) with every symlink on the way

@@ -9,6 +9,7 @@
 import { execFile } from 'node:child_process';
 import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, readdirSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { CelloError } from '@cello/proto';
 
 // Node does not export O_PATH: an fd that names an object without opening it for I/O, so a
 // FIFO or device planted at the subPath cannot block or trigger anything in the agent.
@@ -16,7 +17,12 @@ import { dirname, join } from 'node:path';
 const O_PATH = 0o10000000;
 const STEP = O_PATH | constants.O_NOFOLLOW;
 
-export class SubPathError extends Error {}
+/** A volume subPath that is not allowed or would leave its volume. */
+export class SubPathError extends CelloError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('InvalidArgument', message, options);
+  }
+}
 
 function fdPath(fd: number, name?: string): string {
   return name === undefined ? `/proc/self/fd/${fd}` : `/proc/self/fd/${fd}/${name}`;

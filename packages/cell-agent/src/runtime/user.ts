@@ -4,6 +4,7 @@
 // pod's supplementalGroups and fsGroup.
 import { existsSync, readFileSync } from 'node:fs';
 import { resolveInRoot } from './safe-path.js';
+import { CelloError } from '@cello/proto';
 
 export interface ResolvedUser {
   uid: number;
@@ -14,7 +15,12 @@ export interface ResolvedUser {
   name?: string;
 }
 
-export class UserError extends Error {}
+/** A user or group the pod names that the image cannot resolve. */
+export class UserError extends CelloError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('InvalidArgument', message, options);
+  }
+}
 
 interface PasswdEntry {
   name: string;

@@ -1,13 +1,13 @@
+import { CelloError } from '../errors.js';
 /** A manifest problem, naming the field by its path (e.g. `spec.containers[0].resources.limits.memory`). */
-export class ManifestError extends Error {
+export class ManifestError extends CelloError {
   constructor(
     readonly field: string,
     readonly problem: string,
     /** Which document of a multi-document file, counting from 0. */
     readonly document?: number,
   ) {
-    super(`${document !== undefined && document > 0 ? `document ${document}: ` : ''}${field ? `${field}: ` : ''}${problem}`);
-    this.name = 'ManifestError';
+    super('InvalidArgument', `${document !== undefined && document > 0 ? `document ${document}: ` : ''}${field ? `${field}: ` : ''}${problem}`);
   }
 }
 

@@ -1,9 +1,13 @@
 // Running `nft -f -` in a network namespace: the transaction on stdin, so it is one atomic
 // kernel transaction however large, and never on a command line.
 import { spawn } from 'node:child_process';
+import { CelloError } from '@cello/proto';
 
-export class NftError extends Error {
-  override readonly name = 'NftError';
+/** nft refused a ruleset or could not run: the cell cannot program its Services. */
+export class NftError extends CelloError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('FailedPrecondition', message, options);
+  }
 }
 
 export interface NftOptions {
