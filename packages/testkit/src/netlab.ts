@@ -89,6 +89,11 @@ export async function startNetLab(name: string, subnet: string): Promise<NetLab>
     exec(cell, 'ip', 'link', 'set', 'lab0', 'up');
     // Cluster IPs are routed like any address off the cell: through its default route.
     exec(cell, 'ip', 'route', 'add', 'default', 'via', backendAddresses[0]!);
+    // The backends are hosts, not routers: a packet for an address nobody serves (a deleted
+    // Service's cluster IP) is dropped, whatever forwarding setting a new namespace inherits
+    // from the host (IPv4 copies init_net's: a host with ip_forward=1 turned the drop into an
+    // ICMP net-unreachable, and the tests' timeouts into ENETUNREACH).
+    exec(backends, 'sysctl', '-qw', 'net.ipv4.ip_forward=0');
     for (const a of backendAddresses) exec(backends, 'ip', 'addr', 'add', `${a}/24`, 'dev', 'lab1');
     exec(backends, 'ip', 'link', 'set', 'lab1', 'up');
     server = spawn('ip', ['netns', 'exec', backends, process.execPath, '-e', SERVER, JSON.stringify(backendAddresses)], { stdio: ['ignore', 'pipe', 'inherit'] });
