@@ -1,5 +1,5 @@
-// A real Kubernetes control plane for tests: etcd + kube-apiserver + kube-scheduler on loopback
-// free ports, with a throwaway PKI made by `openssl` (cluster CA, serving cert, admin client
+// A real Kubernetes control plane for tests: etcd + kube-apiserver + kube-scheduler +
+// kube-controller-manager on loopback free ports, with a throwaway PKI made by `openssl` (cluster CA, serving cert, admin client
 // cert, the client cert the API server presents to kubelets, the service-account signing key).
 // The binaries come from scripts/k8s/build.sh (built once from the Go module proxy, cached).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -15,8 +15,29 @@ import { startEtcd, type EtcdServer } from './etcd.js';
 const BUILD_SCRIPT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'scripts', 'k8s', 'build.sh');
 const METRICS_SERVER_BUILD_SCRIPT = resolve(dirname(BUILD_SCRIPT), 'build-metrics-server.sh');
 
+const BINARIES = ['kube-apiserver', 'kube-controller-manager', 'kube-scheduler', 'kubectl'];
+
 /**
- * The directory holding kube-apiserver, kube-scheduler and kubectl. Builds them on first use
+ * The controllers the harness's kube-controller-manager runs: what makes Deployments, Jobs,
+ * Services and ServiceAccounts work as in a cluster. Not the node-lifecycle controller (it would
+ * taint and evict from a virtual node that a test stops on purpose), nor the pod GC.
+ */
+export const KUBE_CONTROLLERS = [
+  'endpointslice-controller',
+  'endpointslice-mirroring-controller',
+  'deployment-controller',
+  'replicaset-controller',
+  'job-controller',
+  'ttl-after-finished-controller',
+  'serviceaccount-controller',
+  'serviceaccount-token-controller',
+  'root-ca-certificate-publisher-controller',
+  'garbage-collector-controller',
+  'namespace-controller',
+];
+
+/**
+ * The directory holding kube-apiserver, kube-controller-manager, kube-scheduler and kubectl. Builds them on first use
  * (10+ minutes on a 2-core machine; cached afterwards), so call it from a hook with a generous
  * timeout. Fails with the build's own error, never skips.
  */
@@ -24,7 +45,7 @@ export function kubeBinaries(): string {
   const r = spawnSync('bash', [BUILD_SCRIPT], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 * 1024 * 1024 });
   if (r.status !== 0) throw new Error(`${BUILD_SCRIPT} failed (exit ${r.status}):\n${(r.stderr ?? '').slice(-4000)}`);
   const dir = r.stdout.trim().split('\n').pop()!;
-  for (const b of ['kube-apiserver', 'kube-scheduler', 'kubectl']) {
+  for (const b of BINARIES) {
     if (!existsSync(join(dir, b))) throw new Error(`${BUILD_SCRIPT} printed ${dir} but ${b} is not there`);
   }
   return dir;
@@ -57,7 +78,9 @@ export interface KubeApiserver {
   kubectl(args: string[], o?: { timeoutMs?: number; input?: string }): Promise<{ code: number; stdout: string; stderr: string }>;
   /** Starts a long-running kubectl (logs -f, port-forward, exec); the caller kills it. */
   spawnKubectl(args: string[]): ChildProcess;
-  /** The tail of the API server's and the scheduler's stderr (for failure messages). */
+  /** Whether kube-controller-manager runs (KUBE_CONTROLLERS). */
+  controllerManager: boolean;
+  /** The tail of the API server's, the scheduler's and the controller-manager's stderr (for failure messages). */
   logs(): string;
   stop(): Promise<void>;
 }
@@ -68,14 +91,14 @@ function openssl(args: string[], cwd: string): void {
   if (r.status !== 0) throw new Error(`openssl ${args.join(' ')} failed: ${r.stderr}`);
 }
 
-interface Proc {
+export interface Proc {
   child: ChildProcess;
   exited: boolean;
   exit: Promise<void>;
   stderr: string;
 }
 
-function launch(cmd: string, args: string[]): Proc {
+export function launch(cmd: string, args: string[]): Proc {
   const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   const p: Proc = { child, exited: false, exit: Promise.resolve(), stderr: '' };
   p.exit = new Promise<void>((r) =>
@@ -88,7 +111,7 @@ function launch(cmd: string, args: string[]): Proc {
   return p;
 }
 
-async function kill(p: Proc | undefined): Promise<void> {
+export async function kill(p: Proc | undefined): Promise<void> {
   if (!p || p.exited) return;
   p.child.kill('SIGTERM');
   const t = setTimeout(() => p.child.kill('SIGKILL'), 5000);
@@ -98,17 +121,20 @@ async function kill(p: Proc | undefined): Promise<void> {
 
 /**
  * Starts etcd, kube-apiserver (Node,RBAC authorization; client-cert auth; the kubelet client
- * cert so it can reach a kubelet API that trusts the cluster CA) and kube-scheduler, and waits
- * with deadlines until the API server is ready and the scheduler holds its lease. There is no
- * controller-manager: tests create what it would (e.g. the `default` ServiceAccount).
+ * cert so it can reach a kubelet API that trusts the cluster CA), kube-scheduler and
+ * kube-controller-manager (KUBE_CONTROLLERS, unless `controllerManager: false`), and waits with
+ * deadlines until the API server is ready, the scheduler has started and the controller-manager
+ * has made the `default` namespace's ServiceAccount and root CA ConfigMap.
  */
-export async function startKubeApiserver(o: { timeoutMs?: number } = {}): Promise<KubeApiserver> {
+export async function startKubeApiserver(o: { timeoutMs?: number; controllerManager?: boolean } = {}): Promise<KubeApiserver> {
   const binDir = kubeBinaries();
   const dir = await mkdtemp(join(tmpdir(), 'cello-kube-'));
   let etcd: EtcdServer | undefined;
   let api: Proc | undefined;
   let sched: Proc | undefined;
+  let kcm: Proc | undefined;
   const cleanup = async () => {
+    await kill(kcm);
     await kill(sched);
     await kill(api);
     await etcd?.stop();
@@ -221,8 +247,8 @@ export async function startKubeApiserver(o: { timeoutMs?: number } = {}): Promis
       `--proxy-client-cert-file=${frontProxy.certFile}`,
       `--proxy-client-key-file=${frontProxy.keyFile}`,
       '--enable-aggregator-routing=true',
-      // There is no kube-controller-manager here, so nothing would lift the not-ready taint
-      // this plugin puts on new nodes; without it a Ready node is schedulable at once.
+      // The harness runs no node-lifecycle controller, so nothing would lift the not-ready
+      // taint this plugin puts on new nodes; without it a Ready node is schedulable at once.
       '--disable-admission-plugins=TaintNodesByCondition',
       '--profiling=false',
       '--v=1',
@@ -277,6 +303,37 @@ export async function startKubeApiserver(o: { timeoutMs?: number } = {}): Promis
       },
       { timeoutMs: 30_000, intervalMs: 100 },
     );
+    const withKcm = o.controllerManager ?? true;
+    if (withKcm) {
+      kcm = launch(join(binDir, 'kube-controller-manager'), [
+        `--kubeconfig=${kubeconfig}`,
+        `--authentication-kubeconfig=${kubeconfig}`,
+        `--authorization-kubeconfig=${kubeconfig}`,
+        `--controllers=${KUBE_CONTROLLERS.join(',')}`,
+        // ServiceAccount tokens (legacy token Secrets) are signed with the key the API server verifies.
+        `--service-account-private-key-file=${join(dir, 'sa.key')}`,
+        `--root-ca-file=${join(dir, 'ca.crt')}`,
+        '--leader-elect=false',
+        '--bind-address=127.0.0.1',
+        `--secure-port=${await freePort()}`,
+        `--cert-dir=${join(dir, 'controller-manager')}`,
+        // Tests scale and delete within seconds: no batching of EndpointSlice updates.
+        '--endpointslice-updates-batch-period=0s',
+        '--v=1',
+      ]);
+      const started = kcm;
+      await waitFor(
+        "kube-controller-manager to make the default namespace's ServiceAccount and root CA",
+        async () => {
+          if (started.exited) throw new Error(`kube-controller-manager exited: ${started.stderr.slice(-3000)}`);
+          const sa = await kctl(['get', 'serviceaccount', 'default', '-o', 'name'], { timeoutMs: 5000 });
+          const cm = await kctl(['get', 'configmap', 'kube-root-ca.crt', '-o', 'name'], { timeoutMs: 5000 });
+          return sa.code === 0 && cm.code === 0;
+        },
+        { timeoutMs: 60_000, intervalMs: 250 },
+      );
+    }
+    const kcmProc = kcm;
     const handle: KubeApiserver = {
       server,
       kubeconfig,
@@ -290,7 +347,10 @@ export async function startKubeApiserver(o: { timeoutMs?: number } = {}): Promis
       issueCert,
       kubectl: kctl,
       spawnKubectl: (args) => spawn(join(binDir, 'kubectl'), ['--kubeconfig', kubeconfig, ...args], { stdio: ['pipe', 'pipe', 'pipe'] }),
-      logs: () => `--- kube-apiserver ---\n${apiProc.stderr.slice(-4000)}\n--- kube-scheduler ---\n${schedProc.stderr.slice(-4000)}`,
+      controllerManager: withKcm,
+      logs: () =>
+        `--- kube-apiserver ---\n${apiProc.stderr.slice(-4000)}\n--- kube-scheduler ---\n${schedProc.stderr.slice(-4000)}` +
+        (kcmProc ? `\n--- kube-controller-manager ---\n${kcmProc.stderr.slice(-4000)}` : ''),
       stop: cleanup,
     };
     return handle;
