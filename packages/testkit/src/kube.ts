@@ -5,6 +5,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
+import { createServer, connect, type Socket } from 'node:net';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -91,14 +92,14 @@ function openssl(args: string[], cwd: string): void {
   if (r.status !== 0) throw new Error(`openssl ${args.join(' ')} failed: ${r.stderr}`);
 }
 
-export interface Proc {
+interface Proc {
   child: ChildProcess;
   exited: boolean;
   exit: Promise<void>;
   stderr: string;
 }
 
-export function launch(cmd: string, args: string[]): Proc {
+function launch(cmd: string, args: string[]): Proc {
   const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   const p: Proc = { child, exited: false, exit: Promise.resolve(), stderr: '' };
   p.exit = new Promise<void>((r) =>
@@ -111,7 +112,7 @@ export function launch(cmd: string, args: string[]): Proc {
   return p;
 }
 
-export async function kill(p: Proc | undefined): Promise<void> {
+async function kill(p: Proc | undefined): Promise<void> {
   if (!p || p.exited) return;
   p.child.kill('SIGTERM');
   const t = setTimeout(() => p.child.kill('SIGKILL'), 5000);
@@ -187,7 +188,9 @@ export async function startKubeApiserver(o: { timeoutMs?: number; controllerMana
     };
     const serving = await issueCert('apiserver', {
       cn: 'kube-apiserver',
-      ips: ['127.0.0.1', '10.0.0.1'],
+      // This host's own addresses too: pods on cells reach the API server there, through
+      // startApiServerRelay(), and verify it as any in-cluster client does.
+      ips: ['127.0.0.1', '10.0.0.1', ...hostAddresses()],
       dns: ['localhost', 'kubernetes', 'kubernetes.default', 'kubernetes.default.svc'],
     });
     const admin = await issueCert('admin', { cn: 'cello-test-admin', org: 'system:masters' });
@@ -466,10 +469,59 @@ export async function startMetricsServer(kube: KubeApiserver, o: { address: stri
   return { url: `https://${o.address}:${port}`, logs: () => proc.stderr.slice(-4000), stop };
 }
 
+function hostAddresses(): string[] {
+  return Object.values(networkInterfaces())
+    .flatMap((addrs) => addrs ?? [])
+    .filter((a) => a.family === 'IPv4' && !a.internal && !a.address.startsWith('169.254.'))
+    .map((a) => a.address);
+}
+
 /** This host's first non-loopback IPv4 address (what an Endpoints object may name). */
 export function hostAddress(): string {
-  for (const addrs of Object.values(networkInterfaces())) {
-    for (const a of addrs ?? []) if (a.family === 'IPv4' && !a.internal && !a.address.startsWith('169.254.')) return a.address;
-  }
-  throw new Error('this host has no non-loopback IPv4 address: the API server cannot reach an aggregated API server here');
+  const a = hostAddresses()[0];
+  if (!a) throw new Error('this host has no non-loopback IPv4 address: the API server cannot reach an aggregated API server here');
+  return a;
+}
+
+export interface ApiServerRelay {
+  host: string;
+  port: number;
+  stop(): Promise<void>;
+}
+
+/**
+ * A TCP relay on `address` (this host's own, see hostAddress()) to the API server, which listens
+ * on loopback only: what pods on cells (in their own network namespaces) use as the API server,
+ * as pods on a node use the control plane's address. TLS passes through untouched; the serving
+ * certificate names this host's addresses.
+ */
+export async function startApiServerRelay(kube: KubeApiserver, address: string): Promise<ApiServerRelay> {
+  const target = new URL(kube.server);
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(Number(target.port), target.hostname);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.once('close', () => sockets.delete(s));
+      s.on('error', () => {
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  const port = await freePort();
+  await new Promise<void>((done, fail) => {
+    server.once('error', fail);
+    server.listen(port, address, () => done());
+  });
+  return {
+    host: address,
+    port,
+    stop: () =>
+      new Promise<void>((done) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => done());
+      }),
+  };
 }

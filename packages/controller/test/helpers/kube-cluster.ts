@@ -10,6 +10,8 @@ export interface KubeClusterOptions {
   nodeName: string;
   /** The local provider's limit, low enough to bind before this host's memory does. */
   maxCells: number;
+  /** The API server address pods are given (KUBERNETES_SERVICE_HOST/PORT); default: the kubeconfig's. */
+  podApiServer?: { host: string; port: number };
 }
 
 export class KubeCluster extends Cluster {
@@ -42,6 +44,7 @@ export class KubeCluster extends Cluster {
       // minimum) and re-read Secrets/ConfigMaps every 2 s, so refreshes happen within the test.
       tokenRefreshRatio: 0.005,
       dataSyncSeconds: 2,
+      ...(this.k.podApiServer ? { podApiServer: this.k.podApiServer } : {}),
     };
     writeFileSync(this.configPath, stringify(cfg));
   }

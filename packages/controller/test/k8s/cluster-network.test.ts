@@ -1,11 +1,22 @@
 // The cluster network of pods on cells, through the real chain: a real kube-apiserver,
 // kube-scheduler and kube-controller-manager (Deployments, ReplicaSets, Jobs and the
-// EndpointSlices of Services are made by it, not by the test), CoreDNS behind kube-dns, the
-// controller daemon with the virtual node and the local provider (real cell-agent processes,
-// runc, one network namespace per cell), and kubectl. Each pod runs on its own cell; a client
-// pod reaches the Service through its cell's nftables Service proxy and cluster DNS.
+// EndpointSlices of Services are made by it, not by the test), the controller daemon with the
+// virtual node and the local provider (real cell-agent processes, runc, one network namespace
+// per cell), CoreDNS deployed as a pod on a cell behind kube-dns (as a cluster runs it), and
+// kubectl. Each pod runs on its own cell; a client pod reaches Services through its cell's
+// nftables Service proxy and cluster DNS.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { hostAddress, startClusterDns, startKubeApiserver, waitFor, type ClusterDns, type KubeApiserver } from '@cello/testkit';
+import {
+  deployClusterDns,
+  hostAddress,
+  pushCoreDns,
+  startApiServerRelay,
+  startKubeApiserver,
+  waitFor,
+  type ApiServerRelay,
+  type ClusterDns,
+  type KubeApiserver,
+} from '@cello/testkit';
 import { startFixtureRegistry, type Registry } from '../helpers/cluster.js';
 import { KubeCluster } from '../helpers/kube-cluster.js';
 
@@ -16,6 +27,7 @@ const DOMAIN = 'cluster.local';
 let registry: Registry;
 let kube: KubeApiserver;
 let dns: ClusterDns;
+let relay: ApiServerRelay;
 let cl: KubeCluster;
 
 interface KPod {
@@ -163,12 +175,27 @@ beforeAll(async () => {
   registry = await startFixtureRegistry();
   kube = await startKubeApiserver();
   await kubectlOk(['create', 'namespace', 'cello-system']);
-  // Cells reach this host's own address (their default route is the cello0 bridge).
-  dns = await startClusterDns(kube, { address: hostAddress(), clusterIP: DNS_IP, domain: DOMAIN });
+  // Pods on cells reach the API server (listening on loopback) at this host's own address,
+  // which their default route (the cello0 bridge) leads to.
+  relay = await startApiServerRelay(kube, hostAddress());
   const serving = await kube.issueCert('kubelet-serving', { cn: NODE, ips: ['127.0.0.1'], dns: [NODE] });
-  cl = new KubeCluster({ registry, warm: 0, healthSeconds: 5, gcIntervalSeconds: 2, retainFinishedSeconds: 0 }, kube, serving, { nodeName: NODE, maxCells: 8 });
+  cl = new KubeCluster({ registry, warm: 0, healthSeconds: 5, gcIntervalSeconds: 2, retainFinishedSeconds: 0 }, kube, serving, {
+    nodeName: NODE,
+    maxCells: 8,
+    podApiServer: { host: relay.host, port: relay.port },
+  });
   await cl.start();
   await cl.waitNodeRegistered();
+  // CoreDNS as a pod on a cell, before the pods whose resolv.conf names its Service.
+  dns = await deployClusterDns(kube, {
+    image: await pushCoreDns(registry.server),
+    clusterIP: DNS_IP,
+    domain: DOMAIN,
+    nodeSelector: { type: 'virtual-kubelet' },
+    tolerations: [{ key: 'virtual-kubelet.io/provider', operator: 'Exists', effect: 'NoSchedule' }],
+  }).catch((err: Error) => {
+    throw new Error(`${err.message}\n${cl.controllerLog.split('\n').slice(-15).join('\n')}`);
+  });
   await kubectlOk(['apply', '-f', '-'], { input: manifests(registry.image) });
   await waitFor(
     'the client pod to run',
@@ -183,8 +210,26 @@ beforeAll(async () => {
 }, 30 * 60_000); // the first run on a machine builds the Kubernetes binaries and CoreDNS
 
 afterAll(async () => {
+  // The workloads go away through the API, as a user removes them (garbage collection ends their
+  // ReplicaSets and pods, the virtual node their cells), before the controller stops.
+  if (kube && cl) {
+    await dns?.remove();
+    await kube.kubectl(['delete', 'deployment,job,pod', '--all', '--wait=false']);
+    let left = '';
+    await waitFor(
+      'every pod and its cell to be gone',
+      async () => {
+        left = `pods: ${(await kube.kubectl(['get', 'pods', '-A', '-o', 'name'])).stdout.trim()}; cells: ${cl
+          .cellDirs()
+          .filter((d) => !d.startsWith('.'))
+          .join(' ')}`;
+        return left === 'pods: ; cells: ';
+      },
+      { timeoutMs: 90_000, intervalMs: 500 },
+    ).catch((err: Error) => console.error(`${err.message}; left: ${left} (the controller's stop ends the cells instead)`));
+  }
   await cl?.stop();
-  await dns?.stop();
+  await relay?.stop();
   await kube?.stop();
   await registry?.server.stop();
 }, 120_000);
