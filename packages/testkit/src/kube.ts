@@ -382,6 +382,8 @@ export interface MetricsServer {
  * (--enable-aggregator-routing). Waits (with a deadline) until the APIService is Available.
  */
 export async function startMetricsServer(kube: KubeApiserver, o: { address: string; resolutionSeconds?: number; timeoutMs?: number }): Promise<MetricsServer> {
+  if (!kube.controllerManager)
+    throw new Error('startMetricsServer needs the harness with kube-controller-manager: it mirrors the Endpoints into the EndpointSlice the API server routes to');
   const r = spawnSync('bash', [METRICS_SERVER_BUILD_SCRIPT], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 * 1024 * 1024 });
   if (r.status !== 0) throw new Error(`${METRICS_SERVER_BUILD_SCRIPT} failed (exit ${r.status}):\n${(r.stderr ?? '').slice(-4000)}`);
   const bin = join(r.stdout.trim().split('\n').pop()!, 'metrics-server');
@@ -415,23 +417,12 @@ export async function startMetricsServer(kube: KubeApiserver, o: { address: stri
         metadata: { name: 'metrics-server', namespace: 'kube-system' },
         spec: { ports: [{ name: 'https', port: 443, targetPort: port, protocol: 'TCP' }] },
       },
+      // Its EndpointSlice is kube-controller-manager's, mirrored from these Endpoints.
       {
         apiVersion: 'v1',
         kind: 'Endpoints',
         metadata: { name: 'metrics-server', namespace: 'kube-system' },
         subsets: [{ addresses: [{ ip: o.address }], ports: [{ name: 'https', port, protocol: 'TCP' }] }],
-      },
-      {
-        apiVersion: 'discovery.k8s.io/v1',
-        kind: 'EndpointSlice',
-        metadata: {
-          name: 'metrics-server-manual',
-          namespace: 'kube-system',
-          labels: { 'kubernetes.io/service-name': 'metrics-server', 'endpointslice.kubernetes.io/managed-by': 'cello-test' },
-        },
-        addressType: 'IPv4',
-        endpoints: [{ addresses: [o.address], conditions: { ready: true } }],
-        ports: [{ name: 'https', port, protocol: 'TCP' }],
       },
       {
         apiVersion: 'apiregistration.k8s.io/v1',
