@@ -2,7 +2,9 @@
 // Installs what the project needs on a fresh machine, and nothing that is already there:
 //   - npm packages (`npm ci`) when node_modules is missing or older than package-lock.json;
 //   - Debian packages the tests and `npm start` use, when running as root (apt-get);
-//   - moto's EC2 server from PyPI (pip), for the AWS provider's tests.
+//   - moto's EC2 server from PyPI (pip), for the AWS provider's tests;
+//   - kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, CoreDNS and
+//     metrics-server built from the Go module proxy (scripts/k8s/*.sh; needs Go >= 1.21).
 // Not root, or not Debian: prints the exact command to run instead, and fails.
 // Plain Node with no dependencies, because it runs before node_modules exists.
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -116,10 +118,28 @@ export function ensureSystem() {
   if (still.length) throw new Error(`still missing after install: ${still.join(' ')}`);
 }
 
+// The Kubernetes control plane and add-ons the tests run for real, built from the Go module proxy
+// and cached under /var/cache/cello (a cold build takes minutes; afterwards each is a no-op). Each
+// script fails with the exact install line when Go or another tool is missing.
+const K8S_BUILDS = ['scripts/k8s/build.sh', 'scripts/k8s/build-coredns.sh', 'scripts/k8s/build-metrics-server.sh'];
+
+export function ensureKubernetes() {
+  for (const script of K8S_BUILDS) {
+    const t = Date.now();
+    const r = spawnSync('bash', [join(root, script)], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`${script} failed (exit ${r.status}); see its output above`);
+    const took = Date.now() - t;
+    if (took > 5000) log(`${script}: built in ${(took / 1000).toFixed(0)} s -> ${r.stdout.trim()}`);
+  }
+}
+
 if (import.meta.url === `file://${process.argv[1]}`) {
   try {
     ensureNpm();
-    if (!process.argv.includes('--npm-only')) ensureSystem();
+    if (!process.argv.includes('--npm-only')) {
+      ensureSystem();
+      ensureKubernetes();
+    }
   } catch (err) {
     log(err.message);
     process.exit(1);

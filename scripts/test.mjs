@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ensureNpm, ensureSystem } from './setup.mjs';
+import { ensureKubernetes, ensureNpm, ensureSystem } from './setup.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const extra = process.argv.slice(2);
@@ -36,6 +36,12 @@ try {
   step('setup: system packages', () => {
     if (process.env.CELLO_SKIP_SYSTEM_SETUP === '1') return;
     ensureSystem();
+  });
+  // Before the tests, not inside them: one build, with its output on the console, instead of a
+  // test hook that waits silently on the first file that needs the binaries.
+  step('setup: Kubernetes binaries (scripts/k8s)', () => {
+    if (process.env.CELLO_SKIP_SYSTEM_SETUP === '1') return;
+    ensureKubernetes();
   });
 } catch (err) {
   process.stderr.write(`${err.message}\n`);

@@ -7,7 +7,19 @@ export { startRegistry, requireCommand } from './registry.js';
 export type { RegistryServer, RegistryTokenAuth, StartRegistryOptions } from './registry.js';
 export { buildFixtures, pushLayoutTag, pushBusybox, pushFixtures, pushBlob, pushImage } from './fixtures.js';
 export type { Fixtures, FixtureSet, PushOptions, PushedFixtures, RawLayer } from './fixtures.js';
-export { startKubeApiserver, startMetricsServer, hostAddress, kubeBinaries, type KubeApiserver, type IssuedCert, type MetricsServer } from './kube.js';
+export {
+  startKubeApiserver,
+  startMetricsServer,
+  hostAddress,
+  kubeBinaries,
+  KUBE_CONTROLLERS,
+  startApiServerRelay,
+  type ApiServerRelay,
+  type KubeApiserver,
+  type IssuedCert,
+  type MetricsServer,
+} from './kube.js';
+export { deployClusterDns, pushCoreDns, corednsBuild, type ClusterDns, type CoreDnsBuild, type DeployClusterDnsOptions } from './coredns.js';
 export { startNetLab, type NetLab } from './netlab.js';
 export { makeTestPki, type TestPki } from './pki.js';
 export { startRequestLog, type RequestLog, type LoggedRequest } from './request-log.js';

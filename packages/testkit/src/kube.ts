@@ -1,10 +1,11 @@
-// A real Kubernetes control plane for tests: etcd + kube-apiserver + kube-scheduler on loopback
-// free ports, with a throwaway PKI made by `openssl` (cluster CA, serving cert, admin client
+// A real Kubernetes control plane for tests: etcd + kube-apiserver + kube-scheduler +
+// kube-controller-manager on loopback free ports, with a throwaway PKI made by `openssl` (cluster CA, serving cert, admin client
 // cert, the client cert the API server presents to kubelets, the service-account signing key).
 // The binaries come from scripts/k8s/build.sh (built once from the Go module proxy, cached).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
+import { createServer, connect, type Socket } from 'node:net';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,8 +16,29 @@ import { startEtcd, type EtcdServer } from './etcd.js';
 const BUILD_SCRIPT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'scripts', 'k8s', 'build.sh');
 const METRICS_SERVER_BUILD_SCRIPT = resolve(dirname(BUILD_SCRIPT), 'build-metrics-server.sh');
 
+const BINARIES = ['kube-apiserver', 'kube-controller-manager', 'kube-scheduler', 'kubectl'];
+
 /**
- * The directory holding kube-apiserver, kube-scheduler and kubectl. Builds them on first use
+ * The controllers the harness's kube-controller-manager runs: what makes Deployments, Jobs,
+ * Services and ServiceAccounts work as in a cluster. Not the node-lifecycle controller (it would
+ * taint and evict from a virtual node that a test stops on purpose), nor the pod GC.
+ */
+export const KUBE_CONTROLLERS = [
+  'endpointslice-controller',
+  'endpointslice-mirroring-controller',
+  'deployment-controller',
+  'replicaset-controller',
+  'job-controller',
+  'ttl-after-finished-controller',
+  'serviceaccount-controller',
+  'serviceaccount-token-controller',
+  'root-ca-certificate-publisher-controller',
+  'garbage-collector-controller',
+  'namespace-controller',
+];
+
+/**
+ * The directory holding kube-apiserver, kube-controller-manager, kube-scheduler and kubectl. Builds them on first use
  * (10+ minutes on a 2-core machine; cached afterwards), so call it from a hook with a generous
  * timeout. Fails with the build's own error, never skips.
  */
@@ -24,7 +46,7 @@ export function kubeBinaries(): string {
   const r = spawnSync('bash', [BUILD_SCRIPT], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 * 1024 * 1024 });
   if (r.status !== 0) throw new Error(`${BUILD_SCRIPT} failed (exit ${r.status}):\n${(r.stderr ?? '').slice(-4000)}`);
   const dir = r.stdout.trim().split('\n').pop()!;
-  for (const b of ['kube-apiserver', 'kube-scheduler', 'kubectl']) {
+  for (const b of BINARIES) {
     if (!existsSync(join(dir, b))) throw new Error(`${BUILD_SCRIPT} printed ${dir} but ${b} is not there`);
   }
   return dir;
@@ -57,7 +79,9 @@ export interface KubeApiserver {
   kubectl(args: string[], o?: { timeoutMs?: number; input?: string }): Promise<{ code: number; stdout: string; stderr: string }>;
   /** Starts a long-running kubectl (logs -f, port-forward, exec); the caller kills it. */
   spawnKubectl(args: string[]): ChildProcess;
-  /** The tail of the API server's and the scheduler's stderr (for failure messages). */
+  /** Whether kube-controller-manager runs (KUBE_CONTROLLERS). */
+  controllerManager: boolean;
+  /** The tail of the API server's, the scheduler's and the controller-manager's stderr (for failure messages). */
   logs(): string;
   stop(): Promise<void>;
 }
@@ -98,17 +122,20 @@ async function kill(p: Proc | undefined): Promise<void> {
 
 /**
  * Starts etcd, kube-apiserver (Node,RBAC authorization; client-cert auth; the kubelet client
- * cert so it can reach a kubelet API that trusts the cluster CA) and kube-scheduler, and waits
- * with deadlines until the API server is ready and the scheduler holds its lease. There is no
- * controller-manager: tests create what it would (e.g. the `default` ServiceAccount).
+ * cert so it can reach a kubelet API that trusts the cluster CA), kube-scheduler and
+ * kube-controller-manager (KUBE_CONTROLLERS, unless `controllerManager: false`), and waits with
+ * deadlines until the API server is ready, the scheduler has started and the controller-manager
+ * has made the `default` namespace's ServiceAccount and root CA ConfigMap.
  */
-export async function startKubeApiserver(o: { timeoutMs?: number } = {}): Promise<KubeApiserver> {
+export async function startKubeApiserver(o: { timeoutMs?: number; controllerManager?: boolean } = {}): Promise<KubeApiserver> {
   const binDir = kubeBinaries();
   const dir = await mkdtemp(join(tmpdir(), 'cello-kube-'));
   let etcd: EtcdServer | undefined;
   let api: Proc | undefined;
   let sched: Proc | undefined;
+  let kcm: Proc | undefined;
   const cleanup = async () => {
+    await kill(kcm);
     await kill(sched);
     await kill(api);
     await etcd?.stop();
@@ -161,7 +188,9 @@ export async function startKubeApiserver(o: { timeoutMs?: number } = {}): Promis
     };
     const serving = await issueCert('apiserver', {
       cn: 'kube-apiserver',
-      ips: ['127.0.0.1', '10.0.0.1'],
+      // This host's own addresses too: pods on cells reach the API server there, through
+      // startApiServerRelay(), and verify it as any in-cluster client does.
+      ips: ['127.0.0.1', '10.0.0.1', ...hostAddresses()],
       dns: ['localhost', 'kubernetes', 'kubernetes.default', 'kubernetes.default.svc'],
     });
     const admin = await issueCert('admin', { cn: 'cello-test-admin', org: 'system:masters' });
@@ -221,8 +250,8 @@ export async function startKubeApiserver(o: { timeoutMs?: number } = {}): Promis
       `--proxy-client-cert-file=${frontProxy.certFile}`,
       `--proxy-client-key-file=${frontProxy.keyFile}`,
       '--enable-aggregator-routing=true',
-      // There is no kube-controller-manager here, so nothing would lift the not-ready taint
-      // this plugin puts on new nodes; without it a Ready node is schedulable at once.
+      // The harness runs no node-lifecycle controller, so nothing would lift the not-ready
+      // taint this plugin puts on new nodes; without it a Ready node is schedulable at once.
       '--disable-admission-plugins=TaintNodesByCondition',
       '--profiling=false',
       '--v=1',
@@ -277,6 +306,37 @@ export async function startKubeApiserver(o: { timeoutMs?: number } = {}): Promis
       },
       { timeoutMs: 30_000, intervalMs: 100 },
     );
+    const withKcm = o.controllerManager ?? true;
+    if (withKcm) {
+      kcm = launch(join(binDir, 'kube-controller-manager'), [
+        `--kubeconfig=${kubeconfig}`,
+        `--authentication-kubeconfig=${kubeconfig}`,
+        `--authorization-kubeconfig=${kubeconfig}`,
+        `--controllers=${KUBE_CONTROLLERS.join(',')}`,
+        // ServiceAccount tokens (legacy token Secrets) are signed with the key the API server verifies.
+        `--service-account-private-key-file=${join(dir, 'sa.key')}`,
+        `--root-ca-file=${join(dir, 'ca.crt')}`,
+        '--leader-elect=false',
+        '--bind-address=127.0.0.1',
+        `--secure-port=${await freePort()}`,
+        `--cert-dir=${join(dir, 'controller-manager')}`,
+        // Tests scale and delete within seconds: no batching of EndpointSlice updates.
+        '--endpointslice-updates-batch-period=0s',
+        '--v=1',
+      ]);
+      const started = kcm;
+      await waitFor(
+        "kube-controller-manager to make the default namespace's ServiceAccount and root CA",
+        async () => {
+          if (started.exited) throw new Error(`kube-controller-manager exited: ${started.stderr.slice(-3000)}`);
+          const sa = await kctl(['get', 'serviceaccount', 'default', '-o', 'name'], { timeoutMs: 5000 });
+          const cm = await kctl(['get', 'configmap', 'kube-root-ca.crt', '-o', 'name'], { timeoutMs: 5000 });
+          return sa.code === 0 && cm.code === 0;
+        },
+        { timeoutMs: 60_000, intervalMs: 250 },
+      );
+    }
+    const kcmProc = kcm;
     const handle: KubeApiserver = {
       server,
       kubeconfig,
@@ -290,7 +350,10 @@ export async function startKubeApiserver(o: { timeoutMs?: number } = {}): Promis
       issueCert,
       kubectl: kctl,
       spawnKubectl: (args) => spawn(join(binDir, 'kubectl'), ['--kubeconfig', kubeconfig, ...args], { stdio: ['pipe', 'pipe', 'pipe'] }),
-      logs: () => `--- kube-apiserver ---\n${apiProc.stderr.slice(-4000)}\n--- kube-scheduler ---\n${schedProc.stderr.slice(-4000)}`,
+      controllerManager: withKcm,
+      logs: () =>
+        `--- kube-apiserver ---\n${apiProc.stderr.slice(-4000)}\n--- kube-scheduler ---\n${schedProc.stderr.slice(-4000)}` +
+        (kcmProc ? `\n--- kube-controller-manager ---\n${kcmProc.stderr.slice(-4000)}` : ''),
       stop: cleanup,
     };
     return handle;
@@ -319,6 +382,8 @@ export interface MetricsServer {
  * (--enable-aggregator-routing). Waits (with a deadline) until the APIService is Available.
  */
 export async function startMetricsServer(kube: KubeApiserver, o: { address: string; resolutionSeconds?: number; timeoutMs?: number }): Promise<MetricsServer> {
+  if (!kube.controllerManager)
+    throw new Error('startMetricsServer needs the harness with kube-controller-manager: it mirrors the Endpoints into the EndpointSlice the API server routes to');
   const r = spawnSync('bash', [METRICS_SERVER_BUILD_SCRIPT], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 * 1024 * 1024 });
   if (r.status !== 0) throw new Error(`${METRICS_SERVER_BUILD_SCRIPT} failed (exit ${r.status}):\n${(r.stderr ?? '').slice(-4000)}`);
   const bin = join(r.stdout.trim().split('\n').pop()!, 'metrics-server');
@@ -352,23 +417,12 @@ export async function startMetricsServer(kube: KubeApiserver, o: { address: stri
         metadata: { name: 'metrics-server', namespace: 'kube-system' },
         spec: { ports: [{ name: 'https', port: 443, targetPort: port, protocol: 'TCP' }] },
       },
+      // Its EndpointSlice is kube-controller-manager's, mirrored from these Endpoints.
       {
         apiVersion: 'v1',
         kind: 'Endpoints',
         metadata: { name: 'metrics-server', namespace: 'kube-system' },
         subsets: [{ addresses: [{ ip: o.address }], ports: [{ name: 'https', port, protocol: 'TCP' }] }],
-      },
-      {
-        apiVersion: 'discovery.k8s.io/v1',
-        kind: 'EndpointSlice',
-        metadata: {
-          name: 'metrics-server-manual',
-          namespace: 'kube-system',
-          labels: { 'kubernetes.io/service-name': 'metrics-server', 'endpointslice.kubernetes.io/managed-by': 'cello-test' },
-        },
-        addressType: 'IPv4',
-        endpoints: [{ addresses: [o.address], conditions: { ready: true } }],
-        ports: [{ name: 'https', port, protocol: 'TCP' }],
       },
       {
         apiVersion: 'apiregistration.k8s.io/v1',
@@ -406,10 +460,59 @@ export async function startMetricsServer(kube: KubeApiserver, o: { address: stri
   return { url: `https://${o.address}:${port}`, logs: () => proc.stderr.slice(-4000), stop };
 }
 
+function hostAddresses(): string[] {
+  return Object.values(networkInterfaces())
+    .flatMap((addrs) => addrs ?? [])
+    .filter((a) => a.family === 'IPv4' && !a.internal && !a.address.startsWith('169.254.'))
+    .map((a) => a.address);
+}
+
 /** This host's first non-loopback IPv4 address (what an Endpoints object may name). */
 export function hostAddress(): string {
-  for (const addrs of Object.values(networkInterfaces())) {
-    for (const a of addrs ?? []) if (a.family === 'IPv4' && !a.internal && !a.address.startsWith('169.254.')) return a.address;
-  }
-  throw new Error('this host has no non-loopback IPv4 address: the API server cannot reach an aggregated API server here');
+  const a = hostAddresses()[0];
+  if (!a) throw new Error('this host has no non-loopback IPv4 address: the API server cannot reach an aggregated API server here');
+  return a;
+}
+
+export interface ApiServerRelay {
+  host: string;
+  port: number;
+  stop(): Promise<void>;
+}
+
+/**
+ * A TCP relay on `address` (this host's own, see hostAddress()) to the API server, which listens
+ * on loopback only: what pods on cells (in their own network namespaces) use as the API server,
+ * as pods on a node use the control plane's address. TLS passes through untouched; the serving
+ * certificate names this host's addresses.
+ */
+export async function startApiServerRelay(kube: KubeApiserver, address: string): Promise<ApiServerRelay> {
+  const target = new URL(kube.server);
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(Number(target.port), target.hostname);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.once('close', () => sockets.delete(s));
+      s.on('error', () => {
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  const port = await freePort();
+  await new Promise<void>((done, fail) => {
+    server.once('error', fail);
+    server.listen(port, address, () => done());
+  });
+  return {
+    host: address,
+    port,
+    stop: () =>
+      new Promise<void>((done) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => done());
+      }),
+  };
 }

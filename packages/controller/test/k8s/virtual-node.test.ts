@@ -27,7 +27,8 @@ import { availableParallelism, tmpdir, totalmem } from 'node:os';
 import { execFileSync, spawn } from 'node:child_process';
 import { join, dirname, resolve } from 'node:path';
 import { parse, stringify } from 'yaml';
-import { Cluster, startFixtureRegistry, type ClusterOptions, type Registry } from '../helpers/cluster.js';
+import { startFixtureRegistry, type Registry } from '../helpers/cluster.js';
+import { KubeCluster } from '../helpers/kube-cluster.js';
 import { startVirtualNode } from '../../src/k8s/index.js';
 import { buildPodManifest } from '../../src/k8s/node/manifest.js';
 import { KubeRest, loadKubeConfig } from '../../src/k8s/client/rest.js';
@@ -37,41 +38,6 @@ import { parseAwsProviderConfig } from '../../src/providers/aws/index.js';
 import { fileURLToPath } from 'node:url';
 
 const DEPLOY = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'deploy', 'base');
-
-/** The controller daemon with the `kubernetes:` section of its configuration turned on. */
-class KubeCluster extends Cluster {
-  kubeletPort = 0;
-  constructor(
-    o: ClusterOptions,
-    private readonly kube: KubeApiserver,
-    private readonly serving: { certFile: string; keyFile: string },
-  ) {
-    super(o);
-  }
-  override async writeConfig(): Promise<void> {
-    await super.writeConfig();
-    if (!this.kubeletPort) this.kubeletPort = await freePort();
-    const cfg = parse(readFileSync(this.configPath, 'utf8')) as Record<string, unknown> & { provider: Record<string, unknown> };
-    // The local provider's limit, low enough to bind before this host's memory does.
-    cfg.provider.maxCells = MAX_CELLS;
-    cfg.kubernetes = {
-      enabled: true,
-      nodeName: NODE,
-      kubeconfig: this.kube.kubeconfig,
-      internalIP: '127.0.0.1',
-      kubelet: { listen: `127.0.0.1:${this.kubeletPort}`, certFile: this.serving.certFile, keyFile: this.serving.keyFile, clientCAFile: this.kube.caFile },
-      // No fixed capacity: the node is sized from the local provider's capacity() (this host),
-      // written every 2 s so the tests see it follow cells and pods.
-      nodeStatusSeconds: 2,
-      leaderElection: { enabled: true, namespace: 'cello-system', leaseSeconds: 15 },
-      // Refresh projected tokens after 0.5 % of their lifetime (3 s of the API server's 600 s
-      // minimum) and re-read Secrets/ConfigMaps every 2 s, so refreshes happen within the test.
-      tokenRefreshRatio: 0.005,
-      dataSyncSeconds: 2,
-    };
-    writeFileSync(this.configPath, stringify(cfg));
-  }
-}
 
 const NODE = 'cello-vn';
 const PULL_PASSWORD = `pw-${Math.random().toString(36).slice(2)}`;
@@ -198,17 +164,18 @@ beforeAll(async () => {
   privateRegistry = await startRegistry({ htpasswd: join(htdir, 'htpasswd') });
   privateImage = await pushBusybox(privateRegistry, 'private/busybox:1', { creds: `puller:${PULL_PASSWORD}` });
   kube = await startKubeApiserver();
-  // What kube-controller-manager would make: the namespace's default ServiceAccount.
-  await kube.kubectl(['create', 'serviceaccount', 'default']);
-  // And what its root-CA publisher would make (projected kube-api-access volumes read it).
-  await kube.kubectl(['create', 'configmap', 'kube-root-ca.crt', `--from-file=ca.crt=${kube.caFile}`]);
+  // The harness's kube-controller-manager has made the default ServiceAccount and the
+  // kube-root-ca.crt ConfigMap (projected kube-api-access volumes read it).
   await kube.kubectl(['create', 'namespace', 'cello-system']);
   await kube.kubectl(['create', 'configmap', 'settings', '--from-literal=greeting=hello-from-configmap']);
   // The cluster DNS Service pods' resolv.conf names (CoreDNS itself is not needed for that).
   await kube.kubectl(['-n', 'kube-system', 'create', 'service', 'clusterip', 'kube-dns', '--tcp=53:53']);
   kubeDnsIP = (await kube.kubectl(['-n', 'kube-system', 'get', 'service', 'kube-dns', '-o', 'jsonpath={.spec.clusterIP}'])).stdout.trim();
   const serving = await kube.issueCert('kubelet-serving', { cn: NODE, ips: ['127.0.0.1'], dns: [NODE] });
-  cl = new KubeCluster({ registry, warm: 1, healthSeconds: 5, gcIntervalSeconds: 2, retainFinishedSeconds: 0, insecureRegistries: [privateRegistry.host] }, kube, serving);
+  cl = new KubeCluster({ registry, warm: 1, healthSeconds: 5, gcIntervalSeconds: 2, retainFinishedSeconds: 0, insecureRegistries: [privateRegistry.host] }, kube, serving, {
+    nodeName: NODE,
+    maxCells: MAX_CELLS,
+  });
   // metrics-server (for kubectl top) comes up beside the controller.
   [metricsServer] = await Promise.all([startMetricsServer(kube, { address: hostAddress(), resolutionSeconds: 10 }), cl.start()]);
   await waitFor('the virtual node to register', async () => (await kube.kubectl(['get', 'node', NODE])).code === 0, { timeoutMs: 30_000, intervalMs: 250 }).catch((err: Error) => {
@@ -321,8 +288,8 @@ describe('virtual node against a real kube-apiserver', () => {
     expect(stdin).toMatchObject({ code: 0, stdout: 'PIPED THROUGH STDIN\n' });
 
     // Cluster networking on the cell: resolv.conf names kube-dns with the namespace's search
-    // paths, and a Service (with the EndpointSlice the controller-manager would write) answers
-    // on its cluster IP from inside the pod.
+    // paths, and a Service selecting the pod (its EndpointSlice written by the harness's
+    // kube-controller-manager) answers on its cluster IP from inside the pod.
     const resolv = await kube.kubectl(['exec', 'web', '--', 'cat', '/etc/resolv.conf']);
     expect(resolv.stdout).toContain(`nameserver ${kubeDnsIP}\nsearch default.svc.cluster.local svc.cluster.local cluster.local`);
     expect(resolv.stdout).toContain('options ndots:5');
@@ -330,14 +297,7 @@ describe('virtual node against a real kube-apiserver', () => {
       input: `apiVersion: v1
 kind: Service
 metadata: { name: web }
-spec: { ports: [{ name: http, port: 80, targetPort: 8080 }] }
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: { name: web-1, labels: { kubernetes.io/service-name: web } }
-addressType: IPv4
-ports: [{ name: http, port: 8080, protocol: TCP }]
-endpoints: [{ addresses: ["${pod.status.podIP}"], conditions: { ready: true } }]
+spec: { selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 8080 }] }
 `,
     });
     expect(svc.code, svc.stderr).toBe(0);
@@ -362,7 +322,6 @@ endpoints: [{ addresses: ["${pod.status.podIP}"], conditions: { ready: true } }]
       );
     });
     await kube.kubectl(['delete', 'service', 'web']);
-    await kube.kubectl(['delete', 'endpointslice', 'web-1']);
 
     // kubectl exec -it: a scripted terminal session (script(1) gives kubectl a pty), with resize.
     const tty = await new Promise<{ code: number | null; out: string }>((resolve) => {

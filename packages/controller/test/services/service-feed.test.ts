@@ -85,7 +85,9 @@ spec:
   ports: [{ name: http, port: 80, targetPort: http }]
 `;
 
-// What the EndpointSlice controller would write for two pods (no controller-manager here).
+// The Service has no selector and its endpoints are the network lab's addresses, not pods, so
+// its EndpointSlice is written here as for any selectorless Service (kube-controller-manager's
+// EndpointSlice controller leaves such slices alone).
 function webSlice(endpoints: { ip: string; ready: boolean }[]): string {
   return `
 apiVersion: discovery.k8s.io/v1
