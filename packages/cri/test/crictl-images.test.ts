@@ -5,10 +5,10 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { Metadata, status } from '@grpc/grpc-js';
-import { criTools, pushBusybox, pushImage, pushLayoutTag, buildFixtures, startRegistry, type RegistryServer } from '@cello/testkit';
+import { criTools, waitFor, pushBusybox, pushImage, pushLayoutTag, buildFixtures, startRegistry, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { PullImageResponse } from '../src/gen/runtime/v1/api.js';
 import { call, clients, crictl, deadline, startShim, type Shim } from './shim.js';
@@ -131,7 +131,7 @@ describe('RuntimeService', () => {
 
 describe('ImageService through crictl', () => {
   it('pull records the real ID, tag, repo digest and size; images, inspecti and rmi see it', async () => {
-    const pull = await crictl(tools.crictl, shim.socket, ['pull', busybox]);
+    const pull = await crictl(tools.crictl, shim.socket, ['pull', '--annotation', 'team=storage', busybox]);
     expect(pull.code, pull.stderr).toBe(0);
     const id = await configDigest(registry, 'busybox', '1');
     expect(pull.stdout).toContain(id);
@@ -144,8 +144,12 @@ describe('ImageService through crictl', () => {
 
     const inspect = await crictl(tools.crictl, shim.socket, ['inspecti', '-o', 'json', busybox]);
     expect(inspect.code, inspect.stderr).toBe(0);
-    const st = JSON.parse(inspect.stdout) as { status: { id: string }; info: { imageSpec: { architecture: string; rootfs: { diff_ids: string[] } }; layersOnNode: boolean } };
+    const st = JSON.parse(inspect.stdout) as {
+      status: { id: string; spec: unknown };
+      info: { imageSpec: { architecture: string; rootfs: { diff_ids: string[] } }; layersOnNode: boolean };
+    };
     expect(st.status.id).toBe(id);
+    expect(st.status.spec).toEqual({ image: id, annotations: { team: 'storage' }, runtimeHandler: '', userSpecifiedImage: '' });
     expect(st.info.imageSpec.architecture).toBe('amd64');
     expect(st.info.imageSpec.rootfs.diff_ids.length).toBeGreaterThan(0);
     expect(st.info.layersOnNode).toBe(false);
@@ -244,6 +248,48 @@ describe('ImageService through crictl', () => {
       expect(handler.err?.details).toContain('image.runtime_handler');
     } finally {
       c.close();
+    }
+  });
+});
+
+describe('a pull cut short', () => {
+  it("the call's deadline aborts the registry requests and records nothing", async () => {
+    // A "registry" that accepts connections and never answers.
+    const sockets: Socket[] = [];
+    // Connections that carried a request, and whether each is still open.
+    const asked = new Map<Socket, boolean>();
+    const hang = createNetServer((s) => {
+      sockets.push(s);
+      s.once('data', () => asked.set(s, !s.destroyed));
+      s.on('close', () => asked.has(s) && asked.set(s, false));
+      s.on('error', () => undefined);
+    });
+    await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
+    const host = `127.0.0.1:${(hang.address() as AddressInfo).port}`;
+    const hanging = await startShim(['--insecure-registry', host]);
+    const c = clients(hanging.socket);
+    try {
+      const t0 = Date.now();
+      const r = await call<PullImageResponse>((cb) =>
+        c.images.pullImage(
+          { image: { image: `${host}/stuck:1`, annotations: {}, userSpecifiedImage: '', runtimeHandler: '' }, auth: undefined, sandboxConfig: undefined },
+          new Metadata(),
+          { deadline: deadline(1500) },
+          cb,
+        ),
+      );
+      expect(r.err?.code).toBe(status.DEADLINE_EXCEEDED);
+      expect(Date.now() - t0).toBeLessThan(5000);
+      expect(asked.size).toBeGreaterThan(0);
+      // The shim hangs up on the registry instead of waiting out its own timeouts.
+      await waitFor('the shim to close the connection of its manifest request', () => [...asked.values()].every((open) => !open), { timeoutMs: 5000 });
+      const list = await crictl(tools.crictl, hanging.socket, ['images', '-q']);
+      expect(list.stdout.trim()).toBe('');
+    } finally {
+      c.close();
+      await hanging.stop();
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => hang.close(() => r()));
     }
   });
 });

@@ -63,7 +63,7 @@ export function toCriImage(r: ImageRecord): Image {
     repoDigests: r.repoDigests,
     size: BigInt(r.size),
     ...imageUser(r.user),
-    spec: { image: r.id, annotations: {}, userSpecifiedImage: '', runtimeHandler: '' },
+    spec: { image: r.id, annotations: r.annotations, userSpecifiedImage: '', runtimeHandler: '' },
     pinned: false,
   };
 }
@@ -100,6 +100,7 @@ export class CriImageService {
         layers: resolved.layers,
         config: JSON.parse(resolved.configBytes.toString('utf8')) as unknown,
         pulledAt: new Date().toISOString(),
+        annotations: req.image?.annotations ?? {},
       },
       { ...(tag ? { tag } : {}), repoDigest: repoDigestName(ref, resolved.digest) },
     );

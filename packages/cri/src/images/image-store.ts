@@ -29,6 +29,8 @@ const recordSchema = z.strictObject({
   /** The config blob, verified against `id` when it was pulled (ImageStatus verbose shows it). */
   config: z.unknown(),
   pulledAt: z.string(),
+  /** ImageSpec.annotations of the latest pull (containerd keeps them with the image and returns them in Image.spec). */
+  annotations: z.record(z.string(), z.string()),
 });
 
 export type ImageRecord = z.infer<typeof recordSchema>;
