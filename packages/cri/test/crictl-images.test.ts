@@ -20,6 +20,8 @@ let shim: Shim;
 let htpasswdDir: string;
 let busybox: string;
 let privateRef: string;
+/** Directories of shims stopped with their state kept: removed at the end. */
+const leftovers: string[] = [];
 
 const layer = (text: string) => ({ blob: Buffer.from(text.padEnd(512, ' ')) });
 
@@ -64,6 +66,7 @@ afterAll(async () => {
   await registry?.stop();
   await privateRegistry?.stop();
   if (htpasswdDir) rmSync(htpasswdDir, { recursive: true, force: true });
+  for (const d of leftovers) rmSync(d, { recursive: true, force: true });
 });
 
 describe('the socket', () => {
@@ -217,7 +220,12 @@ describe('ImageService through crictl', () => {
     expect((await crictl(tools.crictl, shim.socket, ['pull', p.ref])).code).toBe(0);
     const before = await images();
     const stateDir = shim.stateDir;
+    // Records are root's alone: the directory 0700, each file 0600.
+    expect(statSync(join(stateDir, 'images')).mode & 0o777).toBe(0o700);
+    const id = before.find((i) => i.repoTags.includes(p.ref))!.id;
+    expect(statSync(join(stateDir, 'images', `${id.slice('sha256:'.length)}.json`)).mode & 0o777).toBe(0o600);
     await shim.stop({ keepState: true });
+    leftovers.push(shim.dir);
     shim = await startShim(['--insecure-registry', registry.host, '--insecure-registry', privateRegistry.host], { stateDir });
     expect(await images()).toEqual(before);
   });
