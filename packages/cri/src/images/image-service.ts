@@ -41,7 +41,11 @@ function pullFailure(err: PullError, image: string): CelloError {
       return new CelloError('Unavailable', msg, { cause: err });
     case 'invalid':
       return new CelloError('InvalidArgument', msg, { cause: err });
+    // The registry served an image this node cannot take (bad digests, hostile content, an
+    // unsupported format): the image's problem, not a bug here.
     case 'unsupported':
+    case 'integrity':
+    case 'unsafe-content':
       return new CelloError('FailedPrecondition', msg, { cause: err });
     default:
       return new CelloError('Internal', msg, { cause: err });
