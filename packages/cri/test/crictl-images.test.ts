@@ -8,7 +8,7 @@ import { createServer } from 'node:http';
 import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { Metadata, status } from '@grpc/grpc-js';
-import { criTools, waitFor, pushBusybox, pushImage, pushLayoutTag, buildFixtures, startRegistry, type RegistryServer } from '@cello/testkit';
+import { criTools, waitFor, startTokenIssuer, pushBusybox, pushImage, pushLayoutTag, buildFixtures, startRegistry, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { PullImageResponse } from '../src/gen/runtime/v1/api.js';
 import { call, clients, crictl, deadline, startShim, type Shim } from './shim.js';
@@ -356,6 +356,50 @@ describe('a private registry', () => {
       expect(both.err?.details).toContain('auth.identity_token');
     } finally {
       c.close();
+    }
+  });
+
+  it('a token registry (distribution auth: token): username/password and identity_token both reach the issuer as that user', async () => {
+    const work = mkdtempSync(join(tmpdir(), 'cello-cri-token-'));
+    const issuer = await startTokenIssuer(work, 'alice', 'tok-s3cret');
+    const tokenRegistry = await startRegistry({ tokenAuth: issuer });
+    const tokenShim = await startShim(['--insecure-registry', tokenRegistry.host]);
+    const c = clients(tokenShim.socket);
+    try {
+      const ref = await pushBusybox(tokenRegistry, 'team/busybox:1', { creds: 'alice:tok-s3cret' });
+      issuer.requests.length = 0;
+      const withPassword = await crictl(tools.crictl, tokenShim.socket, ['pull', '--creds', 'alice:tok-s3cret', ref]);
+      expect(withPassword.code, withPassword.stderr).toBe(0);
+      expect(issuer.requests).toEqual([{ scope: 'repository:team/busybox:pull', user: 'alice' }]);
+      expect((await crictl(tools.crictl, tokenShim.socket, ['rmi', ref])).code).toBe(0);
+      // The issuer grants the OAuth2 refresh grant for the identity token `idtoken-alice`.
+      const withToken = await call<PullImageResponse>((cb) =>
+        c.images.pullImage(
+          { image: { image: ref, annotations: {}, userSpecifiedImage: '', runtimeHandler: '' }, auth: auth({ identityToken: 'idtoken-alice' }), sandboxConfig: undefined },
+          new Metadata(),
+          { deadline: deadline() },
+          cb,
+        ),
+      );
+      expect(withToken.err, withToken.err?.details).toBeUndefined();
+      expect(withToken.res?.imageRef).toMatch(/^sha256:[a-f0-9]{64}$/);
+      const wrongToken = await call<PullImageResponse>((cb) =>
+        c.images.pullImage(
+          { image: { image: ref, annotations: {}, userSpecifiedImage: '', runtimeHandler: '' }, auth: auth({ identityToken: 'idtoken-mallory' }), sandboxConfig: undefined },
+          new Metadata(),
+          { deadline: deadline() },
+          cb,
+        ),
+      );
+      expect(wrongToken.err?.code).toBe(status.PERMISSION_DENIED);
+      expect(tokenShim.logs()).not.toContain('tok-s3cret');
+      expect(tokenShim.logs()).not.toContain('idtoken-alice');
+    } finally {
+      c.close();
+      await tokenShim.stop();
+      await tokenRegistry.stop();
+      await issuer.stop();
+      rmSync(work, { recursive: true, force: true });
     }
   });
 
