@@ -42,6 +42,9 @@ export const SYSTEM_PACKAGES = [
   ['shellcheck', 'shellcheck'],
   ['mkfs.ext4', 'e2fsprogs'],
   ['unshare', 'util-linux'],
+  // The CRI shim's tests: flock serializes the cri-tools build, setpriv runs crictl as another user.
+  ['flock', 'util-linux'],
+  ['setpriv', 'util-linux'],
   ['qemu-system-x86_64', 'qemu-system-x86'],
 ];
 

@@ -4,10 +4,21 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { buildFixtures, makeTestPki, pushBusybox, pushImage, pushLayoutTag, startRegistry, waitExit, type RegistryServer } from '@cello/testkit';
+import {
+  buildFixtures,
+  makeTestPki,
+  pushBusybox,
+  pushImage,
+  pushLayoutTag,
+  startRegistry,
+  startTokenIssuer,
+  waitExit,
+  type RegistryServer,
+  type TokenIssuer,
+} from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImagePuller } from '../src/index.js';
-import { startTokenIssuer, type TokenIssuer } from './helpers/token.js';
+
 import { gzipLayer, makeTar } from './helpers/tar.js';
 
 // The bundled CLI, as installed (`bin`); dist/cli.js is its unbundled source.

@@ -1,11 +1,10 @@
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pushBusybox, startRegistry, type RegistryServer } from '@cello/testkit';
+import { pushBusybox, startRegistry, startTokenIssuer, type RegistryServer, type TokenIssuer } from '@cello/testkit';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { ImagePuller, PullError } from '../src/index.js';
 import { FaultProxy } from './helpers/proxy.js';
-import { startTokenIssuer, type TokenIssuer } from './helpers/token.js';
 
 let work: string;
 

@@ -23,3 +23,5 @@ export { deployClusterDns, pushCoreDns, corednsBuild, type ClusterDns, type Core
 export { startNetLab, type NetLab } from './netlab.js';
 export { makeTestPki, type TestPki } from './pki.js';
 export { startRequestLog, type RequestLog, type LoggedRequest } from './request-log.js';
+export { criTools, type CriTools } from './cri-tools.js';
+export { startTokenIssuer, type TokenIssuer } from './token-issuer.js';

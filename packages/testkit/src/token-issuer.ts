@@ -1,3 +1,4 @@
+// A Docker token service for tests of registries with distribution's `auth: token` (image-puller, cri).
 import { execFileSync } from 'node:child_process';
 import { createHash, createPrivateKey, createPublicKey, randomBytes, sign } from 'node:crypto';
 import { readFileSync } from 'node:fs';

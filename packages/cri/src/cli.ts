@@ -1,0 +1,78 @@
+#!/usr/bin/env node
+// cello-cri: the CRI shim a real kubelet talks to (--container-runtime-endpoint).
+import { Command } from 'commander';
+import { pino } from 'pino';
+import { loadRegistryConfig, parsePlatform, withShorthands, type RegistryConfig } from '@cello/image-puller';
+import { REDACT_CENSOR, REDACT_PATHS } from '@cello/proto';
+import { startCriServer } from './server.js';
+import { CRI_VERSION } from './version.js';
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+const program = new Command('cello-cri')
+  .version(CRI_VERSION)
+  .description(
+    [
+      'Cello CRI shim: a Kubernetes Container Runtime Interface (runtime.v1) server on a unix socket, so an',
+      'ordinary kubelet can run pods on cells (one cloud instance per pod) instead of on its own node.',
+      '',
+      "What works today: the ImageService. PullImage resolves an image's manifest and config from its",
+      'registry (with the credentials the kubelet passes, sent to that registry only) and records it;',
+      'the layers are pulled later by the cell that runs the pod, so nothing big lands on this node.',
+      'ListImages, ImageStatus, RemoveImage and ImageFsInfo answer from those records.',
+      '',
+      'What does not yet: pod sandboxes and containers. The RuntimeService answers Version, Status',
+      '(RuntimeReady=false, saying why) and RuntimeConfig (cgroupfs); every other RPC answers',
+      'UNIMPLEMENTED naming itself. docs/cri.md has the design and the status.',
+    ].join('\n'),
+  );
+
+program
+  .command('serve')
+  .description('serve the CRI on --listen until SIGINT/SIGTERM')
+  .requiredOption('--listen <path>', 'unix socket path, created 0600 (root only); the kubelet takes it as --container-runtime-endpoint=unix://PATH')
+  .requiredOption('--state-dir <dir>', 'where image records are kept (DIR/images/<id>.json, written atomically)')
+  .option('--insecure-registry <host:port>', 'a registry to reach over plain HTTP (repeatable; shorthand for a --registry-config entry with plainHttp)', collect, [])
+  .option('--registry-config <file>', 'per-registry CAs, client certificates, mirrors and rewrites: JSON or YAML with a "registries:" map, as for cell-agent (docs/registries.md)')
+  .option('--platform <os/arch[/variant]>', "the cells' platform, which picks an image index's manifest (default: this node's)")
+  .addHelpText(
+    'after',
+    [
+      '',
+      'Examples:',
+      '  cello-cri serve --listen /run/cello/cri.sock --state-dir /var/lib/cello-cri',
+      '  kubelet ... --container-runtime-endpoint=unix:///run/cello/cri.sock --image-service-endpoint=unix:///run/cello/cri.sock',
+      '  crictl --runtime-endpoint unix:///run/cello/cri.sock pull docker.io/library/busybox:1.36',
+      '  crictl --runtime-endpoint unix:///run/cello/cri.sock images',
+      '',
+      'Logs are JSON on stderr (CELLO_LOG_LEVEL=debug for more); secrets are redacted.',
+      '',
+    ].join('\n'),
+  )
+  .action(async (o: { listen: string; stateDir: string; insecureRegistry: string[]; registryConfig?: string; platform?: string }) => {
+    const logger = pino(
+      { level: process.env.CELLO_LOG_LEVEL ?? 'info', base: { app: 'cello-cri' }, redact: { paths: [...REDACT_PATHS], censor: REDACT_CENSOR } },
+      pino.destination(2),
+    );
+    const base: RegistryConfig = o.registryConfig ? loadRegistryConfig(o.registryConfig) : {};
+    const server = await startCriServer({
+      socket: o.listen,
+      stateDir: o.stateDir,
+      registries: withShorthands(base, { plainHttp: o.insecureRegistry }),
+      ...(o.platform ? { platform: parsePlatform(o.platform) } : {}),
+      version: CRI_VERSION,
+      logger,
+    });
+    // Printed for scripts and tests.
+    process.stdout.write(`listening ${server.socket}\n`);
+    const stop = () => {
+      void server.stop().then(() => process.exit(0));
+    };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+
+program.parseAsync().catch((err: unknown) => {
+  process.stderr.write(`cello-cri: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,79 @@
+// The cello-cri CLI: its help teaches, and bad flags, files and state fail the start with an
+// error that names what is wrong (the process exits; nothing is served).
+import { execFile } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { startShim } from './shim.js';
+
+const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'cli.js');
+const dir = mkdtempSync(join(tmpdir(), 'cello-cri-cli-'));
+
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((res) => {
+    execFile(process.execPath, [CLI, ...args], { timeout: 20_000 }, (err, stdout, stderr) =>
+      res({ code: err ? Number((err as { code?: unknown }).code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+}
+
+describe('cello-cri', () => {
+  it('--help says what works, what does not yet, and how a kubelet uses it', async () => {
+    const top = await cli(['--help']);
+    expect(top.code).toBe(0);
+    expect(top.stdout).toContain('What works today: the ImageService');
+    expect(top.stdout).toContain('UNIMPLEMENTED');
+    const serve = await cli(['serve', '--help']);
+    expect(serve.code).toBe(0);
+    for (const flag of ['--listen', '--state-dir', '--registry-config', '--insecure-registry', '--platform', '--container-runtime-endpoint=unix://']) {
+      expect(serve.stdout).toContain(flag);
+    }
+  });
+
+  it('refuses a relative socket path, and a path that holds something other than a socket', async () => {
+    const rel = await cli(['serve', '--listen', 'cri.sock', '--state-dir', join(dir, 's1')]);
+    expect(rel.code).toBe(1);
+    expect(rel.stderr).toContain('--listen "cri.sock": expected an absolute socket path');
+    const file = join(dir, 'not-a-socket');
+    writeFileSync(file, 'keep me');
+    const occupied = await cli(['serve', '--listen', file, '--state-dir', join(dir, 's2')]);
+    expect(occupied.code).toBe(1);
+    expect(occupied.stderr).toContain('exists and is not a socket');
+    expect(readFileSync(file, 'utf8')).toBe('keep me');
+  });
+
+  it('a bad registries file or platform fails the start naming the field', async () => {
+    const cfg = join(dir, 'registries.yaml');
+    writeFileSync(cfg, 'registries:\n  "reg.example:5000": {mirrors: [{host: "http://x"}]}\n');
+    const bad = await cli(['serve', '--listen', join(dir, 'a.sock'), '--state-dir', join(dir, 's3'), '--registry-config', cfg]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain('registries["reg.example:5000"].mirrors[0].host');
+    const platform = await cli(['serve', '--listen', join(dir, 'b.sock'), '--state-dir', join(dir, 's4'), '--platform', 'linux']);
+    expect(platform.code).toBe(1);
+    expect(platform.stderr).toContain('invalid platform "linux"');
+  });
+
+  it('a damaged image record fails the start naming its file; an interrupted write is cleaned up', async () => {
+    const state = join(dir, 's5');
+    mkdirSync(join(state, 'images'), { recursive: true });
+    const record = join(state, 'images', `${'a'.repeat(64)}.json`);
+    writeFileSync(record, '{"version": 1, "id": "trunc');
+    const r = await cli(['serve', '--listen', join(dir, 'c.sock'), '--state-dir', state]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`image record ${record} is not valid`);
+    const state2 = join(dir, 's6');
+    mkdirSync(join(state2, 'images'), { recursive: true });
+    const partial = join(state2, 'images', `${'b'.repeat(64)}.json.0a1b2c.tmp`);
+    writeFileSync(partial, '{"version": 1');
+    const shim = await startShim([], { stateDir: state2 });
+    try {
+      expect(existsSync(partial)).toBe(false);
+    } finally {
+      await shim.stop();
+    }
+  });
+});
