@@ -124,7 +124,7 @@ export function ensureSystem() {
 // The Kubernetes control plane and add-ons the tests run for real, built from the Go module proxy
 // and cached under /var/cache/cello (a cold build takes minutes; afterwards each is a no-op). Each
 // script fails with the exact install line when Go or another tool is missing.
-const K8S_BUILDS = ['scripts/k8s/build.sh', 'scripts/k8s/build-coredns.sh', 'scripts/k8s/build-metrics-server.sh'];
+const K8S_BUILDS = ['scripts/k8s/build.sh', 'scripts/k8s/build-coredns.sh', 'scripts/k8s/build-metrics-server.sh', 'scripts/k8s/build-cri-tools.sh'];
 
 export function ensureKubernetes() {
   for (const script of K8S_BUILDS) {

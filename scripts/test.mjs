@@ -39,7 +39,7 @@ try {
   });
   // Before the tests, not inside them: one build, with its output on the console, instead of a
   // test hook that waits silently on the first file that needs the binaries.
-  step('setup: Kubernetes binaries (scripts/k8s)', () => {
+  step('setup: Kubernetes binaries and CRI tools (scripts/k8s)', () => {
     if (process.env.CELLO_SKIP_SYSTEM_SETUP === '1') return;
     ensureKubernetes();
   });
