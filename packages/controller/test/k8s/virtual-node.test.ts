@@ -305,9 +305,11 @@ describe('virtual node against a real kube-apiserver', () => {
       },
       { timeoutMs: 20_000, intervalMs: 500 },
     );
-    const server = new URL(kube.server);
     expect(logs.stdout).toContain('greeting=hello-from-configmap');
-    expect(logs.stdout).toContain(`svc=${server.hostname}:${server.port}`);
+    // As on any node: the default/kubernetes Service, not the kubeconfig's server.
+    const kubernetesIP = (await kube.kubectl(['get', 'service', 'kubernetes', '-o', 'jsonpath={.spec.clusterIP}'])).stdout.trim();
+    expect(kubernetesIP).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
+    expect(logs.stdout).toContain(`svc=${kubernetesIP}:443`);
     const tail = await kube.kubectl(['logs', 'web', '--tail=1', '--timestamps']);
     expect(tail.stdout).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z svc=/);
     expect(tail.stdout.trim().split('\n')).toHaveLength(1);
