@@ -92,6 +92,7 @@ export async function providerFromConfig(config: Config, extra: { issueCertifica
       insecureRegistries: p.insecureRegistries,
       registries: config.registries,
       network: p.network,
+      outboundNAT: p.outboundNAT,
       ...(p.maxCells !== undefined ? { maxCells: p.maxCells } : {}),
     });
   }
