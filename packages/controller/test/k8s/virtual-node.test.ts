@@ -583,6 +583,19 @@ spec:
     expect((await kube.kubectl(['apply', '-f', '-'], { input: pvc })).code).toBe(0);
     const failed = await waitPod('needs-pvc', 'Failed', (p) => p.status.phase === 'Failed', 30_000);
     expect((failed.status as { message?: string }).message).toMatch(/persistentVolumeClaim/);
+    // hostPID would share the cell agent's PID namespace: refused, the field named, never ignored.
+    const hostPid = `apiVersion: v1
+kind: Pod
+metadata: { name: host-pid }
+spec:
+  nodeName: ${NODE}
+  hostPID: true
+  automountServiceAccountToken: false
+  containers: [{ name: main, image: ${registry.image}, command: ["true"] }]
+`;
+    expect((await kube.kubectl(['apply', '-f', '-'], { input: hostPid })).code).toBe(0);
+    const refused = await waitPod('host-pid', 'Failed', (p) => p.status.phase === 'Failed', 30_000);
+    expect((refused.status as { message?: string }).message).toMatch(/spec\.hostPID: is not supported on a cell/);
     const noSecret = `apiVersion: v1
 kind: Pod
 metadata: { name: needs-secret }
@@ -602,7 +615,7 @@ spec:
     // Once the secret exists, the back-off retry starts the pod.
     await kube.kubectl(['create', 'secret', 'generic', 'absent', '--from-literal=k=v']);
     await waitPod('needs-secret', 'started once the secret exists', (p) => p.status.phase === 'Running' || p.status.phase === 'Succeeded', 90_000);
-    await kube.kubectl(['delete', 'pod', 'needs-pvc', 'needs-secret', '--wait=false']);
+    await kube.kubectl(['delete', 'pod', 'needs-pvc', 'host-pid', 'needs-secret', '--wait=false']);
   }, 150_000);
 
   it('the projected service-account volume: a pod-bound token from the TokenRequest API, the CA and the namespace', async () => {
