@@ -26,6 +26,7 @@ Installs Cello's cell agent onto this machine or image build (as root), on Debia
 Ubuntu 20.04+ and Amazon Linux 2023 (amd64 or arm64):
 
   - runc, from the distribution's packages (apt-get / dnf)
+  - nftables (`nft`: the cell's Service proxy and hostPorts), from the distribution's packages
   - the agent bundle FILE (cell-agent-VERSION-linux-ARCH.tar.gz from `npm run package:agent`)
     into /opt/cello/agent/VERSION, after checking its SHA-256 against --sha256 or FILE.sha256
     and every file inside against the bundle's SHA256SUMS; /usr/local/bin/cell-agent links to it
@@ -157,6 +158,17 @@ elif command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || [ -x /usr/bin/r
 else
   say "runc: installing from the $OS_ID packages"
   install_packages runc
+  CHANGED=1
+fi
+
+# ---------------------------------------------------------------- nftables
+# The agent programs the cell's Service proxy and hostPorts with `nft` (never the distribution's
+# nftables.service, which stays as the distribution ships it: disabled on Debian and Ubuntu).
+if command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ]; then
+  say "nftables: already installed"
+else
+  say "nftables: installing from the $OS_ID packages"
+  install_packages nftables
   CHANGED=1
 fi
 

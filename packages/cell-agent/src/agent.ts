@@ -28,6 +28,7 @@ import { Runc } from './runtime/runc.js';
 import { ensurePrivateDir, RUN_BASE } from './runtime/run-dir.js';
 import { createService } from './server/service.js';
 import { createSyncServices } from './server/services.js';
+import { HostPorts } from './network/hostports.js';
 import { ServiceProxy } from './network/services/proxy.js';
 
 export const AGENT_VERSION = '0.1.0';
@@ -181,6 +182,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     netnsPath: o.podNetns,
     podIP,
     hostIP,
+    // The pod's namespace is the cell's (its own on a cloud cell): hostPorts are served there.
+    hostPorts: new HostPorts({ netnsPath: o.podNetns }),
     seccompProfileDir: o.seccompProfileDir ?? join(o.stateDir, 'seccomp'),
     pidsLimit: o.pidsLimit,
     ...(o.backoff ? { backoff: o.backoff } : {}),

@@ -76,3 +76,26 @@ describe('pod /etc/hosts', () => {
     expect(r.hosts).toContain('# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar.local\n');
   });
 });
+
+describe('a hostNetwork pod, as the kubelet treats one on the host network', () => {
+  const cellHosts = join(dir, 'cell-hosts');
+  writeFileSync(cellHosts, '127.0.0.1\tlocalhost\n10.88.0.5\tcell-a\n');
+  const hostNet = (spec: Partial<Pod['spec']> & object) => {
+    const pod = Pod.fromPartial({ metadata: { name: 'web-1', namespace: 'shop' }, spec: { hostNetwork: true, ...spec } });
+    const { files: f } = writePodFiles(join(dir, Math.random().toString(36).slice(2)), pod, '10.88.0.5', cluster, hostResolv, { hosts: cellHosts, hostname: () => 'cell-a' });
+    return { resolv: readFileSync(f.resolv, 'utf8'), hosts: readFileSync(f.hosts, 'utf8'), hostname: readFileSync(f.hostname, 'utf8') };
+  };
+
+  it("ClusterFirst is the cell's resolver, ClusterFirstWithHostNet the cluster's", () => {
+    expect(hostNet({ dnsPolicy: 'ClusterFirst' }).resolv).toBe('nameserver 169.254.169.253\nsearch ec2.internal\noptions timeout:2\n');
+    expect(hostNet({ dnsPolicy: 'ClusterFirstWithHostNet' }).resolv).toBe(files({}).resolv);
+  });
+
+  it("the cell's hosts file and hostname (not the pod's), then the host aliases", () => {
+    const r = hostNet({ hostname: 'ignored-on-host-net', hostAliases: [{ ip: '10.1.2.3', hostnames: ['foo.local'] }] });
+    expect(r.hostname).toBe('cell-a\n');
+    expect(r.hosts).toContain('127.0.0.1\tlocalhost\n10.88.0.5\tcell-a\n');
+    expect(r.hosts).not.toContain('ignored-on-host-net');
+    expect(r.hosts).toContain('# Entries added by HostAliases.\n10.1.2.3\tfoo.local\n');
+  });
+});

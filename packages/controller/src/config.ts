@@ -41,6 +41,8 @@ const localProvider = z.strictObject({
   agentArgs: z.array(z.string()).default([]),
   insecureRegistries: z.array(hostPort).default([]),
   network: z.enum(['auto', 'netns', 'host']).default('auto'),
+  /** With a namespace per cell: masquerade the cells' traffic off the cello0 bridge, so pods reach what the host reaches. */
+  outboundNAT: z.boolean().default(true),
   maxCells: z.number().int().positive().optional(),
 });
 

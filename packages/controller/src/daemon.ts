@@ -92,6 +92,7 @@ export async function providerFromConfig(config: Config, extra: { issueCertifica
       insecureRegistries: p.insecureRegistries,
       registries: config.registries,
       network: p.network,
+      outboundNAT: p.outboundNAT,
       ...(p.maxCells !== undefined ? { maxCells: p.maxCells } : {}),
     });
   }
@@ -238,6 +239,9 @@ export async function startController(config: Config, o: StartOptions): Promise<
     { api: joinHostPort(splitHostPort(config.api.listen).host, apiPort), metricsPort, store: store.kind, provider: provider.name, controllerId: config.controllerId },
     'controller listening',
   );
+  // In a cluster, cells program its Services: one watch here, one stream per live cell. The
+  // virtual node reads the same table for its pods' KUBERNETES_SERVICE_* environment.
+  const clusterServices = config.kubernetes?.enabled ? new ClusterServices() : undefined;
   // The virtual node drives pods through this process's own API, as cellctl does.
   const vnode = config.kubernetes?.enabled
     ? await startVirtualNodeFromConfig(config.kubernetes, {
@@ -248,13 +252,12 @@ export async function startController(config: Config, o: StartOptions): Promise<
         ...(config.provider.kind === 'local' && config.provider.maxCells !== undefined ? { maxCells: config.provider.maxCells } : {}),
         provider,
         agents,
+        ...(clusterServices ? { services: clusterServices } : {}),
         metricsRegistry: metrics.registry,
         log: log.child({ component: 'virtual-node' }),
       })
     : undefined;
 
-  // In a cluster, cells program its Services: one watch here, one stream per live cell.
-  const clusterServices = vnode ? new ClusterServices() : undefined;
   const serviceWatch = vnode && clusterServices ? watchClusterServices(vnode.rest, clusterServices, log.child({ component: 'services' })) : undefined;
   const serviceFeed = clusterServices ? new ServiceFeed({ services: clusterServices, agents, log: log.child({ component: 'services' }), registry: metrics.registry }) : undefined;
 

@@ -96,6 +96,7 @@ describe('install.sh', () => {
     expect(r.stderr).toContain('unsupported OS: ID=fedora VERSION_ID=39 in /etc/os-release; supported: Debian 11+, Ubuntu 20.04+, Amazon Linux 2023');
     expect(m.run(['test', '-e', '/opt/cello']).status).not.toBe(0);
     expect(m.run(['sh', '-c', 'command -v runc']).status).not.toBe(0);
+    expect(m.run(['sh', '-c', 'command -v nft']).status).not.toBe(0);
   });
 
   it('refuses a bundle whose checksum does not match, changing nothing', () => {
@@ -118,12 +119,15 @@ describe('install.sh', () => {
     it('installs runc, the agent, the units and the kernel settings (with no Node on the machine)', () => {
       expect(m.run(['sh', '-c', 'command -v node || command -v nodejs']).status).not.toBe(0);
       expect(m.run(['sh', '-c', 'command -v runc']).status).not.toBe(0);
+      expect(m.run(['sh', '-c', 'command -v nft']).status).not.toBe(0);
       const r = m.run(['sh', '/root/install.sh', '--bundle', bundleArg()], { timeoutMs: 300_000 });
       expect(r.status, r.stderr).toBe(0);
       expect(r.stderr).not.toMatch(/error|warning/i);
       expect(r.stdout).toContain(`installed cell-agent ${bundles.version} into /opt/cello/agent/${bundles.version}`);
 
       expect(m.sh('runc --version')).toMatch(/^runc version/);
+      // The agent's Service proxy and hostPorts run `nft`.
+      expect(m.sh('nft --version')).toMatch(/^nftables v\d/);
       expect(m.sh('cell-agent --version')).toBe(`${bundles.version}\n`);
       expect(m.sh('readlink /opt/cello/agent/current')).toBe(`${bundles.version}\n`);
       expect(m.sh('systemctl is-enabled cell-agent.service cello-first-boot.service')).toBe('enabled\nenabled\n');

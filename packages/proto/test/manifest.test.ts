@@ -194,6 +194,48 @@ describe('podFromManifest', () => {
     );
   });
 
+  it('hostNetwork is kept (its hostPorts default to, and must equal, its containerPorts); hostPID and hostIPC are refused naming the field', () => {
+    const c = (ports: Record<string, unknown>[]) => ({ name: 'c', image: 'busybox:1', ports });
+    const podWith = (spec: Record<string, unknown>) => ({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'a' }, spec: { containers: [c([])], ...spec } });
+    const net = podFromManifest(podWith({ hostNetwork: true, containers: [c([{ containerPort: 8080 }])] })).pod.spec!;
+    expect(net.hostNetwork).toBe(true);
+    expect(net.containers[0]!.ports[0]!.hostPort).toBe(8080);
+    expect(podFromManifest(podWith({})).pod.spec!.hostNetwork).toBe(false);
+    expect(() => podFromManifest(podWith({ hostNetwork: true, containers: [c([{ containerPort: 80, hostPort: 8080 }])] }))).toThrow(
+      'spec.containers[0].ports[0].hostPort: 8080 must match containerPort 80 when hostNetwork is true',
+    );
+    expect(() => podFromManifest(podWith({ hostPID: true }))).toThrow(/^spec\.hostPID: is not supported on a cell/);
+    expect(() => podFromManifest(podWith({ hostIPC: true }))).toThrow(/^spec\.hostIPC: is not supported on a cell/);
+    expect(podFromManifest(podWith({ hostPID: false, hostIPC: false })).pod.spec!.hostPid).toBe(false);
+  });
+
+  it('hostPort and hostIP: one claim per hostPort and protocol (per address), across containers', () => {
+    const podWith = (containers: Record<string, unknown>[]) => ({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'a' }, spec: { containers } });
+    const port = (p: Record<string, unknown>) => ({ containerPort: 80, ...p });
+    const ok = podFromManifest(
+      podWith([
+        { name: 'a', image: 'b', ports: [port({ hostPort: 9000 }), port({ containerPort: 53, hostPort: 9000, protocol: 'UDP' })] },
+        { name: 'b', image: 'b', ports: [port({ hostPort: 9001, hostIP: '10.0.0.5' }), port({ containerPort: 81, hostPort: 9001, hostIP: '10.0.0.6' })] },
+      ]),
+    ).pod.spec!;
+    expect(ok.containers[1]!.ports.map((p) => p.hostIp)).toEqual(['10.0.0.5', '10.0.0.6']);
+    expect(() =>
+      podFromManifest(
+        podWith([
+          { name: 'a', image: 'b', ports: [port({ hostPort: 9000 })] },
+          { name: 'b', image: 'b', ports: [port({ hostPort: 9000 })] },
+        ]),
+      ),
+    ).toThrow('spec.containers[1].ports[0].hostPort: TCP/9000 is already claimed by spec.containers[0].ports[0].hostPort');
+    expect(() => podFromManifest(podWith([{ name: 'a', image: 'b', ports: [port({ hostPort: 9000, hostIP: '10.0.0.5' }), port({ containerPort: 81, hostPort: 9000 })] }]))).toThrow(
+      'spec.containers[0].ports[1].hostPort: TCP/9000 is already claimed by spec.containers[0].ports[0].hostPort',
+    );
+    expect(() => podFromManifest(podWith([{ name: 'a', image: 'b', ports: [port({ hostIP: '10.0.0.5' })] }]))).toThrow(
+      'spec.containers[0].ports[0].hostIP: may only be set together with hostPort',
+    );
+    expect(() => podFromManifest(podWith([{ name: 'a', image: 'b', ports: [port({ hostPort: 1, hostIP: '::1' })] }]))).toThrow(/hostIP: "::1" is not an IPv4 address/);
+  });
+
   it('reads a v1 List and skips empty documents', () => {
     const list = `---\n---\n${JSON.stringify({ apiVersion: 'v1', kind: 'List', items: [{ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'c' }, data: { a: 'b' } }] })}\n`;
     expect(readManifests(list)).toEqual([{ kind: 'ConfigMap', name: 'c', namespace: 'default', data: { data: { a: 'b' }, binaryData: {} } }]);

@@ -83,6 +83,11 @@ export async function startNetLab(name: string, subnet: string): Promise<NetLab>
     for (const ns of [cell, backends]) {
       sh('ip', 'netns', 'add', ns);
       exec(ns, 'ip', 'link', 'set', 'lo', 'up');
+      // A new namespace inherits the host's IPv4 forwarding (net.core.devconf_inherit_init_net
+      // 0), which a host running local cells with outbound NAT has on. The lab's namespaces start
+      // as plain hosts, whatever the host: the backends must drop, not answer "unreachable" for,
+      // addresses they do not hold; the cell's Service proxy turns forwarding on itself.
+      exec(ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=0');
     }
     sh('ip', 'link', 'add', 'lab0', 'netns', cell, 'type', 'veth', 'peer', 'name', 'lab1', 'netns', backends);
     exec(cell, 'ip', 'addr', 'add', `${cellAddress}/24`, 'dev', 'lab0');

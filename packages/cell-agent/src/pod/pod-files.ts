@@ -3,6 +3,7 @@
 // dnsPolicy picks the cluster's DNS or the cell's own resolver, dnsConfig is merged on top,
 // and the limits the kubelet enforces are enforced here too, each with an event.
 import { readFileSync, mkdirSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { ClusterDNS, Pod } from '@cello/proto/cell';
 import { writeIfChanged } from '../runtime/files.js';
@@ -24,9 +25,18 @@ export interface DnsWarning {
   message: string;
 }
 
-export function podHostname(pod: Pod): string {
+/** The pod's hostname; a hostNetwork pod has the cell's, as a kubelet gives it the node's. */
+export function podHostname(pod: Pod, cellHostname: () => string = hostname): string {
+  if (pod.spec?.hostNetwork) return cellHostname();
   return (pod.spec?.hostname || pod.metadata?.name || 'pod').slice(0, 63);
 }
+
+/** The cell's own files a hostNetwork pod sees (a node's /etc/hosts and hostname, for a kubelet). */
+export interface CellFiles {
+  hosts: string;
+  hostname: () => string;
+}
+const CELL_FILES: CellFiles = { hosts: '/etc/hosts', hostname };
 
 interface Resolver {
   nameservers: string[];
@@ -40,9 +50,10 @@ export function podResolver(pod: Pod, clusterDNS: ClusterDNS | undefined, hostRe
   const policy = pod.spec?.dnsPolicy || 'ClusterFirst';
   const host = () => parseResolvConf(hostResolv);
   let r: Resolver;
-  // (On a kubelet, ClusterFirst with hostNetwork means the host's resolver; a cell's pod never
-  // shares the host's network, so both ClusterFirst policies mean the cluster's.)
-  const wantsCluster = policy === 'ClusterFirst' || policy === 'ClusterFirstWithHostNet';
+  // The kubelet's rule: ClusterFirst in the host's network means the host's resolver (the pod
+  // could not reach a cluster DNS the host cannot); ClusterFirstWithHostNet asks for the
+  // cluster's anyway, and means ClusterFirst for any other pod.
+  const wantsCluster = policy === 'ClusterFirstWithHostNet' || (policy === 'ClusterFirst' && !pod.spec?.hostNetwork);
   if (policy === 'None') r = { nameservers: [], searches: [], options: [] };
   else if (wantsCluster && clusterDNS && clusterDNS.nameservers.length > 0) {
     const domain = clusterDNS.domain || DEFAULT_CLUSTER_DOMAIN;
@@ -84,21 +95,31 @@ export function podResolver(pod: Pod, clusterDNS: ClusterDNS | undefined, hostRe
   return { resolver: r, warnings };
 }
 
-export function writePodFiles(dir: string, pod: Pod, podIP: string, clusterDNS?: ClusterDNS, hostResolv = '/etc/resolv.conf'): { files: PodFiles; warnings: DnsWarning[] } {
+export function writePodFiles(
+  dir: string,
+  pod: Pod,
+  podIP: string,
+  clusterDNS?: ClusterDNS,
+  hostResolv = '/etc/resolv.conf',
+  cell: CellFiles = CELL_FILES,
+): { files: PodFiles; warnings: DnsWarning[] } {
   mkdirSync(dir, { recursive: true });
-  const host = podHostname(pod);
+  const host = podHostname(pod, cell.hostname);
   const domain = clusterDNS?.domain || DEFAULT_CLUSTER_DOMAIN;
   const fqdn = pod.spec?.subdomain ? `${host}.${pod.spec.subdomain}.${pod.metadata?.namespace || 'default'}.svc.${domain}` : '';
-  const hosts = [
-    '# Kubernetes-managed hosts file (cello).',
-    '127.0.0.1\tlocalhost',
-    '::1\tlocalhost ip6-localhost ip6-loopback',
-    'fe00::0\tip6-localnet',
-    'fe00::0\tip6-mcastprefix',
-    'fe00::1\tip6-allnodes',
-    'fe00::2\tip6-allrouters',
-    `${podIP}\t${fqdn ? `${fqdn}\t` : ''}${host}`,
-  ];
+  // A hostNetwork pod sees the cell's own hosts file (plus its aliases), as the kubelet copies the node's.
+  const hosts = pod.spec?.hostNetwork
+    ? [`# Kubernetes-managed hosts file (cello: the cell's ${cell.hosts}).`, ...readLines(cell.hosts)]
+    : [
+        '# Kubernetes-managed hosts file (cello).',
+        '127.0.0.1\tlocalhost',
+        '::1\tlocalhost ip6-localhost ip6-loopback',
+        'fe00::0\tip6-localnet',
+        'fe00::0\tip6-mcastprefix',
+        'fe00::1\tip6-allnodes',
+        'fe00::2\tip6-allrouters',
+        `${podIP}\t${fqdn ? `${fqdn}\t` : ''}${host}`,
+      ];
   const aliases = pod.spec?.hostAliases ?? [];
   if (aliases.length > 0) {
     hosts.push('', '# Entries added by HostAliases.');
@@ -133,6 +154,14 @@ function parseResolvConf(path: string): Resolver {
     else if (k === 'options') r.options.push(...rest);
   }
   return r;
+}
+
+function readLines(path: string): string[] {
+  try {
+    return readFileSync(path, 'utf8').replace(/\n+$/, '').split('\n');
+  } catch {
+    return ['127.0.0.1\tlocalhost']; // a cell without a hosts file
+  }
 }
 
 function unique(xs: string[]): string[] {

@@ -18,6 +18,7 @@ import {
   type PodStatus,
   PodPhase,
   PodSecurityContext,
+  type Pod,
   RestartPolicy,
 } from '@cello/proto/cell';
 import type { CgroupDriver } from '../cgroups/driver.js';
@@ -35,7 +36,8 @@ import { buildContainerConfig } from './container-config.js';
 import { ImageManager } from './image-manager.js';
 import { Unit, type UnitContext } from './unit.js';
 import { readUnitRecord } from './unit-record.js';
-import { validateApply } from './validate.js';
+import { InvalidPodError, validateApply } from './validate.js';
+import { hostPortMappings, type HostPortMapping } from '../network/hostports.js';
 import { type PreparedVolume, removeVolumes, VolumeBuilder, VolumeError } from './volumes.js';
 
 /** Per-unit log storage: one per unit, a sink per instance. */
@@ -60,6 +62,8 @@ export interface PodManagerOptions {
   netnsPath: string | undefined;
   podIP: string;
   hostIP: string;
+  /** Programs the pod's hostPorts on the cell's addresses (network/hostports.ts); none: refused. */
+  hostPorts?: { sync(mappings: readonly HostPortMapping[]): Promise<void> };
   seccompProfileDir: string;
   pidsLimit?: number | undefined;
   backoff?: BackoffPolicy;
@@ -206,6 +210,8 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const spec = pod.spec!;
     const sameUid = this.req?.pod?.metadata?.uid === pod.metadata?.uid;
     if (this.req && !sameUid) await this.teardown(0);
+    // Before anything is recorded: hostPorts that cannot be served refuse the apply.
+    await this.syncHostPorts(pod);
     mkdirSync(this.o.stateDir, { recursive: true });
     // Secrets are kept at rest with the state (mode 0600) so that a restarted agent can
     // rebuild volumes; the state dir is the cell's own, like the kubelet's pod dirs.
@@ -444,6 +450,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     await rm(this.dirs.runUnits, { recursive: true, force: true });
     await rm(this.dirs.req, { force: true });
     await rm(join(this.o.stateDir, 'pod-start-time'), { force: true });
+    await this.syncHostPorts(undefined).catch((err: Error) => this.o.logger.warn({ err: err.message }, 'cannot remove the hostPort rules'));
     this.initUnits = [];
     this.units = [];
     this.req = undefined;
@@ -458,6 +465,16 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const { files, warnings } = writePodFiles(this.dirs.pod, req.pod!, this.o.podIP, req.clusterDns);
     if (announce) for (const w of warnings) this.event('Warning', w.reason, w.message);
     return files;
+  }
+
+  private async syncHostPorts(pod: Pod | undefined): Promise<void> {
+    const mappings = hostPortMappings(pod, this.o.podIP);
+    if (!this.o.hostPorts) {
+      if (mappings.length > 0)
+        throw new InvalidPodError('spec.containers[].ports[].hostPort', 'this cell agent serves no hostPorts (it runs without a pod network namespace it may program)');
+      return;
+    }
+    await this.o.hostPorts.sync(mappings);
   }
 
   /** After an agent restart: reload the pod and re-adopt units still running. */
@@ -475,6 +492,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       this.startTime = new Date();
     }
     this.podFiles = this.writePodFiles(req, false);
+    await this.syncHostPorts(req.pod).catch((err: Error) => this.event('Warning', 'HostPortFailed', `cannot serve the pod's hostPorts: ${err.message}`));
     await this.prepareVolumes();
     const mk = (c: Container, isInit: boolean) => this.newUnit(c, hashContainer(c, spec.securityContext), isInit);
     this.initUnits = spec.initContainers.map((c) => mk(c, true));

@@ -1,7 +1,8 @@
 // Refuses an invalid pod before anything is touched, naming the field the way Kubernetes' API
 // validation does ("spec.containers[1].image: must not be empty").
 import { CelloError } from '@cello/proto';
-import type { ApplyPodRequest, Container, Probe } from '@cello/proto/cell';
+import { isIP } from 'node:net';
+import { Protocol, type ApplyPodRequest, type Container, type Probe } from '@cello/proto/cell';
 
 export class InvalidPodError extends CelloError {
   constructor(
@@ -51,6 +52,11 @@ export function validateApply(req: ApplyPodRequest): void {
   if (spec.terminationGracePeriodSeconds !== undefined && spec.terminationGracePeriodSeconds < 0) {
     fail('spec.terminationGracePeriodSeconds', 'must not be negative');
   }
+  // A cell's pod is in the cell's network namespace anyway (hostNetwork is that), but it never
+  // shares the PID or IPC namespace the agent runs in.
+  if (spec.hostPid) fail('spec.hostPID', "is not supported on a cell: the pod would share the cell agent's PID namespace");
+  if (spec.hostIpc) fail('spec.hostIPC', "is not supported on a cell: the pod would share the cell agent's IPC namespace");
+  const hostPorts = new Map<string, { field: string; hostIp: string }[]>();
   const volumes = new Set<string>();
   for (const [i, v] of spec.volumes.entries()) {
     const f = `spec.volumes[${i}]`;
@@ -85,6 +91,15 @@ export function validateApply(req: ApplyPodRequest): void {
       }
       for (const [j, p] of c.ports.entries()) {
         if (p.containerPort < 1 || p.containerPort > 65535) fail(`${f}.ports[${j}].containerPort`, `${p.containerPort} must be between 1 and 65535`);
+        if (p.hostPort === 0) continue;
+        const hf = `${f}.ports[${j}].hostPort`;
+        if (p.hostPort < 1 || p.hostPort > 65535) fail(hf, `${p.hostPort} must be between 1 and 65535`);
+        if (spec.hostNetwork && p.hostPort !== p.containerPort) fail(hf, `${p.hostPort} must match containerPort ${p.containerPort} when hostNetwork is true`);
+        if (p.hostIp && isIP(p.hostIp) !== 4) fail(`${f}.ports[${j}].hostIP`, `"${p.hostIp}" is not an IPv4 address`);
+        const key = `${protocolName(p.protocol)}/${p.hostPort}`;
+        const taken = (hostPorts.get(key) ?? []).find((o) => !o.hostIp || !p.hostIp || o.hostIp === p.hostIp);
+        if (taken) fail(hf, `${key} is already claimed by ${taken.field}`);
+        hostPorts.set(key, [...(hostPorts.get(key) ?? []), { field: hf, hostIp: p.hostIp }]);
       }
       const r = c.resources;
       if (r?.limits?.memoryBytes !== undefined && r.limits.memoryBytes <= 0) fail(`${f}.resources.limits.memory`, 'must be positive');
@@ -106,4 +121,8 @@ export function validateApply(req: ApplyPodRequest): void {
       }
     }
   }
+}
+
+export function protocolName(p: Protocol): 'TCP' | 'UDP' | 'SCTP' {
+  return p === Protocol.PROTOCOL_UDP ? 'UDP' : p === Protocol.PROTOCOL_SCTP ? 'SCTP' : 'TCP';
 }

@@ -34,7 +34,6 @@ export const kubernetesConfigSchema = z.strictObject({
   labels: z.record(z.string(), z.string()).default({}),
   /** What the node offers the scheduler; default: derived from the provider (see docs/kubernetes.md). */
   capacity: z.strictObject({ cpu: quantity, memory: quantity, pods: z.number().int().positive() }).optional(),
-  /** Where pods reach the API server (KUBERNETES_SERVICE_HOST/PORT); default: the kubeconfig's server. */
   /**
    * The kubelet's --cluster-dns: the nameservers of pods with dnsPolicy ClusterFirst. Default:
    * the cluster IP of the kube-system/kube-dns Service, as Services are streamed to cells.
@@ -42,6 +41,11 @@ export const kubernetesConfigSchema = z.strictObject({
   clusterDNS: z.array(z.ipv4()).min(1).max(3).optional(),
   /** The kubelet's --cluster-domain. */
   clusterDomain: dnsName.default('cluster.local'),
+  /**
+   * Where pods reach the API server (KUBERNETES_SERVICE_HOST/PORT). Default: the cluster IP and
+   * port of the `default/kubernetes` Service, as on any node; the kubeconfig's server only in a
+   * cluster without that Service.
+   */
   podApiServer: z.strictObject({ host: z.string().min(1), port: z.number().int().min(1).max(65535) }).optional(),
   /** How often the Node's status (conditions, capacity from the provider's limits) is written; the Lease is renewed every 10 s regardless. */
   nodeStatusSeconds: z.number().int().min(1).max(300).default(30),

@@ -3,6 +3,7 @@ import { splitHostPort } from '@cello/proto';
 import type { CellProvider, InstanceType } from '../providers/provider.js';
 import { nodeCapacity, podsUsage } from './node/capacity.js';
 import type { KPod } from './node/manifest.js';
+import type { ServiceView } from './node/service-env.js';
 import type { Logger } from '../obs/logger.js';
 import type { AgentAccess } from '../agents/pool.js';
 import type { Registry } from 'prom-client';
@@ -52,6 +53,8 @@ export async function startVirtualNodeFromConfig(
     /** Its capacity() (quota, host resources) sizes the node unless the configuration fixes it. */
     provider?: Pick<CellProvider, 'capacity' | 'architectures'>;
     agents?: AgentAccess;
+    /** The cluster's Services as streamed to cells (KUBERNETES_SERVICE_* of pods). */
+    services?: ServiceView;
     metricsRegistry?: Registry;
     log: Logger;
   },
@@ -94,6 +97,7 @@ export async function startVirtualNodeFromConfig(
     tokenRefreshRatio: k.tokenRefreshRatio,
     dataSyncSeconds: k.dataSyncSeconds,
     ...(k.podApiServer ? { podApiServer: k.podApiServer } : {}),
+    ...(o.services ? { services: o.services } : {}),
     ...(k.leaderElection.enabled
       ? { leaderElection: { namespace: k.leaderElection.namespace, name: k.leaderElection.name, identity: leaderIdentity(), leaseSeconds: k.leaderElection.leaseSeconds } }
       : {}),

@@ -12,6 +12,7 @@ import { LeaderElector, type LeaderElectionOptions } from './client/leader.js';
 import { VirtualNode, VIRTUAL_NODE_TAINT_KEY, type NodeCapacity } from './node/node.js';
 import { PodSync } from './node/pods.js';
 import type { KPod } from './node/manifest.js';
+import type { ServiceView } from './node/service-env.js';
 import { KubeRest, loadKubeConfig } from './client/rest.js';
 import { SpdyStreams } from './kubelet/streams.js';
 import { VirtualNodeMetrics } from './metrics.js';
@@ -36,8 +37,10 @@ export interface VirtualNodeOptions {
   architectures?: readonly string[];
   /** What the node offers, given the pods bound to it (see capacity.ts); asked on every status update. */
   capacity: (pods: KPod[]) => Promise<{ capacity: NodeCapacity; allocatable: NodeCapacity }>;
-  /** Where pods reach the API server; default: the kubeconfig's server. */
+  /** Where pods reach the API server, when configured; default: the `default/kubernetes` Service (see service-env.ts). */
   podApiServer?: { host: string; port: number };
+  /** The cluster's Services as streamed to cells; without them pods get the kubeconfig's server. */
+  services?: ServiceView;
   leaderElection?: LeaderElectionOptions;
   /** How cell agents are reached (the daemon's pool) for /stats/summary and /metrics/resource. */
   agents?: AgentAccess;
@@ -84,7 +87,7 @@ export async function startVirtualNode(o: VirtualNodeOptions): Promise<VirtualNo
   });
   const kubeletPort = await kubelet.listen(o.kubelet.listenHost, o.kubelet.port);
   const server = rest.server;
-  const podApiServer = o.podApiServer ?? { host: server.hostname, port: Number(server.port || 443) };
+  const kubeconfigServer = { host: server.hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(server.port || 443) };
 
   const startNode = async () => {
     node = new VirtualNode(rest, {
@@ -117,7 +120,9 @@ export async function startVirtualNode(o: VirtualNodeOptions): Promise<VirtualNo
       log: log.child({ component: 'pods' }),
       nodeName: o.nodeName,
       hostIP: o.internalIP,
-      apiServer: podApiServer,
+      ...(o.podApiServer ? { apiServer: o.podApiServer } : {}),
+      ...(o.services ? { services: o.services } : {}),
+      fallbackApiServer: kubeconfigServer,
       ...(o.tokenRefreshRatio !== undefined ? { tokenRefreshRatio: o.tokenRefreshRatio } : {}),
       ...(o.dataSyncSeconds !== undefined ? { dataSyncSeconds: o.dataSyncSeconds } : {}),
       // Pods coming and going change what the node offers: tell the scheduler soon, not in 30 s.

@@ -53,6 +53,11 @@ export class ClusterServices extends EventEmitter<{ change: []; synced: [] }> {
     this.set(this.slices, 'slice', key, slice);
   }
 
+  /** A Service by `namespace/name`, as cells get it. */
+  service(key: string): ClusterService | undefined {
+    return this.services.get(key);
+  }
+
   /** A Service's cluster IPs by `namespace/name` (none when it is unknown or headless). */
   clusterIPs(key: string): string[] {
     return this.services.get(key)?.clusterIps ?? [];

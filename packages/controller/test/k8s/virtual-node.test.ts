@@ -272,9 +272,11 @@ describe('virtual node against a real kube-apiserver', () => {
       },
       { timeoutMs: 20_000, intervalMs: 500 },
     );
-    const server = new URL(kube.server);
     expect(logs.stdout).toContain('greeting=hello-from-configmap');
-    expect(logs.stdout).toContain(`svc=${server.hostname}:${server.port}`);
+    // As on any node: the default/kubernetes Service, not the kubeconfig's server.
+    const kubernetesIP = (await kube.kubectl(['get', 'service', 'kubernetes', '-o', 'jsonpath={.spec.clusterIP}'])).stdout.trim();
+    expect(kubernetesIP).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
+    expect(logs.stdout).toContain(`svc=${kubernetesIP}:443`);
     const tail = await kube.kubectl(['logs', 'web', '--tail=1', '--timestamps']);
     expect(tail.stdout).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z svc=/);
     expect(tail.stdout.trim().split('\n')).toHaveLength(1);
@@ -540,6 +542,19 @@ spec:
     expect((await kube.kubectl(['apply', '-f', '-'], { input: pvc })).code).toBe(0);
     const failed = await waitPod('needs-pvc', 'Failed', (p) => p.status.phase === 'Failed', 30_000);
     expect((failed.status as { message?: string }).message).toMatch(/persistentVolumeClaim/);
+    // hostPID would share the cell agent's PID namespace: refused, the field named, never ignored.
+    const hostPid = `apiVersion: v1
+kind: Pod
+metadata: { name: host-pid }
+spec:
+  nodeName: ${NODE}
+  hostPID: true
+  automountServiceAccountToken: false
+  containers: [{ name: main, image: ${registry.image}, command: ["true"] }]
+`;
+    expect((await kube.kubectl(['apply', '-f', '-'], { input: hostPid })).code).toBe(0);
+    const refused = await waitPod('host-pid', 'Failed', (p) => p.status.phase === 'Failed', 30_000);
+    expect((refused.status as { message?: string }).message).toMatch(/spec\.hostPID: is not supported on a cell/);
     const noSecret = `apiVersion: v1
 kind: Pod
 metadata: { name: needs-secret }
@@ -559,7 +574,7 @@ spec:
     // Once the secret exists, the back-off retry starts the pod.
     await kube.kubectl(['create', 'secret', 'generic', 'absent', '--from-literal=k=v']);
     await waitPod('needs-secret', 'started once the secret exists', (p) => p.status.phase === 'Running' || p.status.phase === 'Succeeded', 90_000);
-    await kube.kubectl(['delete', 'pod', 'needs-pvc', 'needs-secret', '--wait=false']);
+    await kube.kubectl(['delete', 'pod', 'needs-pvc', 'host-pid', 'needs-secret', '--wait=false']);
   }, 150_000);
 
   it('the projected service-account volume: a pod-bound token from the TokenRequest API, the CA and the namespace', async () => {

@@ -2,6 +2,7 @@
 // refuse (names, references between fields, ranges), so a bad pod is refused at the door with
 // the offending field named, not half-started on a cell.
 import { Buffer } from 'node:buffer';
+import { isIP } from 'node:net';
 import { parseAllDocuments } from 'yaml';
 import type { z } from 'zod';
 import {
@@ -201,6 +202,10 @@ function container(path: Path, c: schema.ContainerManifest, volumeNames: Set<str
     const pp = [...path, 'ports', i];
     checkPort([...pp, 'containerPort'], p.containerPort);
     if (p.hostPort !== undefined && p.hostPort !== 0) checkPort([...pp, 'hostPort'], p.hostPort);
+    if (p.hostIP !== undefined && p.hostIP !== '') {
+      if (!p.hostPort) fail([...pp, 'hostIP'], 'may only be set together with hostPort');
+      if (isIP(p.hostIP) !== 4) fail([...pp, 'hostIP'], `"${p.hostIP}" is not an IPv4 address (a cell serves hostPorts on its IPv4 addresses)`);
+    }
     if (p.name !== undefined) {
       if (p.name.length > 15 || !PORT_NAME.test(p.name) || !/[a-z]/.test(p.name))
         fail([...pp, 'name'], `"${p.name}" must be at most 15 lowercase letters, digits and '-', with at least one letter`);
@@ -208,7 +213,7 @@ function container(path: Path, c: schema.ContainerManifest, volumeNames: Set<str
       portNames.add(p.name);
     }
     const protocol = { TCP: Protocol.PROTOCOL_TCP, UDP: Protocol.PROTOCOL_UDP, SCTP: Protocol.PROTOCOL_SCTP }[p.protocol ?? 'TCP'];
-    return { name: p.name ?? '', containerPort: p.containerPort, protocol, hostPort: p.hostPort ?? 0 };
+    return { name: p.name ?? '', containerPort: p.containerPort, protocol, hostPort: p.hostPort ?? 0, hostIp: p.hostIP === '0.0.0.0' ? '' : (p.hostIP ?? '') };
   });
   const mountPaths = new Set<string>();
   const volumeMounts = (c.volumeMounts ?? []).map((m, i) => {
@@ -461,6 +466,7 @@ export function convertPod(obj: unknown, defaults: { namespace?: string } = {}):
   const initContainers = (s.initContainers ?? []).map(unit('initContainers'));
   const containers = s.containers.map(unit('containers'));
 
+  hostNamespaces(s, initContainers, containers);
   if (s.terminationGracePeriodSeconds !== undefined && s.terminationGracePeriodSeconds < 0) fail(['spec', 'terminationGracePeriodSeconds'], 'must be 0 or more');
   if (s.activeDeadlineSeconds !== undefined && s.activeDeadlineSeconds < 1) fail(['spec', 'activeDeadlineSeconds'], 'must be 1 or more');
   if (s.hostname) checkDnsLabel(['spec', 'hostname'], s.hostname);
@@ -513,11 +519,45 @@ export function convertPod(obj: unknown, defaults: { namespace?: string } = {}):
       shareProcessNamespace: s.shareProcessNamespace ?? false,
       dnsPolicy: s.dnsPolicy ?? 'ClusterFirst',
       nodeSelector: s.nodeSelector ?? {},
+      hostNetwork: s.hostNetwork ?? false,
+      hostPid: false,
+      hostIpc: false,
       requiredNodeAffinity: (s.affinity?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution?.nodeSelectorTerms ?? []).map((t) => ({
         matchExpressions: (t.matchExpressions ?? []).map((e) => ({ key: e.key, operator: e.operator, values: e.values ?? [] })),
       })),
     },
   };
+}
+
+/**
+ * hostNetwork, hostPID, hostIPC and the hostPorts: a cell's pod already runs in the cell's network
+ * namespace, so hostNetwork is supported (its hostPorts are its containerPorts, as the API
+ * server defaults and requires them); sharing the cell's PID or IPC namespace would hand the pod
+ * the agent's processes, so those are refused. Two ports may not claim one hostPort and protocol.
+ */
+function hostNamespaces(s: schema.PodManifest['spec'], initContainers: Container[], containers: Container[]): void {
+  if (s.hostPID)
+    fail(['spec', 'hostPID'], "is not supported on a cell: the pod would share the cell agent's PID namespace (shareProcessNamespace shares one among the pod's containers)");
+  if (s.hostIPC) fail(['spec', 'hostIPC'], "is not supported on a cell: the pod would share the cell agent's IPC namespace");
+  const claimed = new Map<string, { path: Path; hostIp: string }[]>();
+  const check = (kind: 'initContainers' | 'containers', list: Container[]) =>
+    list.forEach((c, i) =>
+      c.ports.forEach((p, j) => {
+        const path: Path = ['spec', kind, i, 'ports', j];
+        if (s.hostNetwork) {
+          if (p.hostPort !== 0 && p.hostPort !== p.containerPort) fail([...path, 'hostPort'], `${p.hostPort} must match containerPort ${p.containerPort} when hostNetwork is true`);
+          p.hostPort = p.containerPort;
+        }
+        if (p.hostPort === 0) return;
+        const proto = Protocol[p.protocol].replace('PROTOCOL_', '');
+        const key = `${proto}/${p.hostPort}`;
+        const other = (claimed.get(key) ?? []).find((o) => !o.hostIp || !p.hostIp || o.hostIp === p.hostIp);
+        if (other) fail([...path, 'hostPort'], `${key} is already claimed by ${fieldPath([...other.path, 'hostPort'])}`);
+        claimed.set(key, [...(claimed.get(key) ?? []), { path, hostIp: p.hostIp }]);
+      }),
+    );
+  check('initContainers', initContainers);
+  check('containers', containers);
 }
 
 function checkKeys(path: Path, keys: string[]): void {

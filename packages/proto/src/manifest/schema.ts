@@ -53,7 +53,7 @@ const containerPort = z.strictObject({
   containerPort: int,
   protocol: z.enum(['TCP', 'UDP', 'SCTP']).optional(),
   hostPort: int.optional(),
-  hostIP: ignored,
+  hostIP: str.optional(),
 });
 
 const volumeMount = z.strictObject({
@@ -274,9 +274,9 @@ export const podSpec = z.strictObject({
   runtimeClassName: ignored,
   overhead: ignored,
   readinessGates: ignored,
-  hostNetwork: ignored,
-  hostPID: ignored,
-  hostIPC: ignored,
+  hostNetwork: z.boolean().optional(),
+  hostPID: z.boolean().optional(),
+  hostIPC: z.boolean().optional(),
   hostUsers: ignored,
   setHostnameAsFQDN: ignored,
   os: ignored,

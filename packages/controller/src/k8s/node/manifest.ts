@@ -6,6 +6,7 @@ import { stringify } from 'yaml';
 import type { KubeRest } from '../client/rest.js';
 import { isNotFound } from '../client/rest.js';
 import { CelloError } from '../../errors.js';
+import { apiServerEnv, type EnvVar, type ServiceView } from './service-env.js';
 
 /** The minimal view of a v1 Pod this module reads. */
 export interface KPod {
@@ -72,24 +73,14 @@ export class MissingReferenceError extends CelloError {
 
 export interface ManifestOptions {
   nodeName: string;
-  /** Where pods reach the API server (KUBERNETES_SERVICE_HOST/PORT). */
+  /** Where pods reach the API server (KUBERNETES_SERVICE_HOST/PORT) when configured: overrides the Service. */
   apiServer?: { host: string; port: number };
+  /** The cluster's Services: KUBERNETES_SERVICE_* name the `default/kubernetes` Service. */
+  services?: ServiceView;
+  /** The API server's own address, for a cluster without a `default/kubernetes` Service. */
+  fallbackApiServer?: { host: string; port: number };
   /** Audience of projected tokens that name none (the API server's issuer). */
   defaultAudiences?: string[];
-}
-
-function serviceEnv(host: string, port: number) {
-  const url = `tcp://${host}:${port}`;
-  return [
-    { name: 'KUBERNETES_SERVICE_HOST', value: host },
-    { name: 'KUBERNETES_SERVICE_PORT', value: String(port) },
-    { name: 'KUBERNETES_SERVICE_PORT_HTTPS', value: String(port) },
-    { name: 'KUBERNETES_PORT', value: url },
-    { name: `KUBERNETES_PORT_${port}_TCP`, value: url },
-    { name: `KUBERNETES_PORT_${port}_TCP_PROTO`, value: 'tcp' },
-    { name: `KUBERNETES_PORT_${port}_TCP_PORT`, value: String(port) },
-    { name: `KUBERNETES_PORT_${port}_TCP_ADDR`, value: host },
-  ];
 }
 
 /** A projected service-account token this node requested, and when it must be requested again. */
@@ -112,6 +103,8 @@ export interface TokenOptions {
   /** Fraction of a token's lifetime after which it is refreshed (kubelet: 0.8). */
   refreshRatio?: number;
   now?: () => number;
+  /** The API server env this pod got first: kept for its life, as a container's env is fixed once made. */
+  apiServerEnv?: EnvVar[];
 }
 
 export interface BuiltManifest {
@@ -120,6 +113,8 @@ export interface BuiltManifest {
   tokens: Map<string, IssuedToken>;
   /** When the earliest token is due for refresh (Infinity: no tokens). */
   nextTokenRefreshAt: number;
+  /** The API server env the containers got; pass as `apiServerEnv` next time. */
+  apiServerEnv: EnvVar[];
 }
 
 /** Builds the multi-document manifest (Pod, then Secrets and ConfigMaps) for ApplyPod. */
@@ -137,6 +132,14 @@ export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOpt
   const ratio = t.refreshRatio ?? 0.8;
   const tokens = new Map<string, IssuedToken>();
   const ns = pod.metadata.namespace;
+  // First, so a pod waiting for the Services to be listed costs no token requests.
+  const env =
+    t.apiServerEnv ??
+    apiServerEnv({
+      ...(o.apiServer ? { configured: o.apiServer } : {}),
+      ...(o.services ? { services: o.services } : {}),
+      ...(o.fallbackApiServer ? { fallback: o.fallbackApiServer } : {}),
+    });
   const secrets = new Map<string, boolean>(); // name -> optional
   const configMaps = new Map<string, boolean>();
   const want = (m: Map<string, boolean>, name: string | undefined, optional?: boolean) => {
@@ -200,8 +203,7 @@ export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOpt
       }
     }
   }
-  if (o.apiServer) {
-    const env = serviceEnv(o.apiServer.host, o.apiServer.port);
+  if (env.length > 0) {
     for (const c of [...spec.containers, ...(spec.initContainers ?? [])]) {
       const own = new Set((c.env ?? []).map((e) => e.name));
       c.env = [...env.filter((e) => !own.has(e.name)), ...(c.env ?? [])];
@@ -247,6 +249,7 @@ export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOpt
     manifest: docs.map((d) => stringify(d)).join('---\n'),
     tokens,
     nextTokenRefreshAt: Math.min(Infinity, ...[...tokens.values()].map((x) => x.refreshAt)),
+    apiServerEnv: env,
   };
 }
 

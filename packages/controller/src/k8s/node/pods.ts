@@ -10,6 +10,7 @@ import type { PodObject, PodEvent } from '@cello/proto/controller';
 import type { Logger } from '../../obs/logger.js';
 import { Informer } from '../client/informer.js';
 import { buildPodManifest, LABEL_NODE, ANNOTATION_UID, MissingReferenceError, type IssuedToken, type KPod, type ManifestOptions } from './manifest.js';
+import type { EnvVar } from './service-env.js';
 import type { KubeRest } from '../client/rest.js';
 import { isConflict, isNotFound } from '../client/rest.js';
 import { kubeStatus } from './status.js';
@@ -46,6 +47,7 @@ interface Applied {
   source: string;
   manifest: string;
   tokens: Map<string, IssuedToken>;
+  apiServerEnv: EnvVar[];
   nextTokenRefreshAt: number;
   nextDataSyncAt: number;
   /** The last reference error reported on a running pod (reported once, not every sync). */
@@ -221,7 +223,7 @@ export class PodSync {
   /** The manifest for a pod, reusing its tokens until they are due. */
   private async build(kpod: KPod, prev: Applied | undefined): Promise<Applied> {
     const b = await buildPodManifest(this.o.rest, kpod, this.o, {
-      ...(prev ? { cache: prev.tokens } : {}),
+      ...(prev ? { cache: prev.tokens, apiServerEnv: prev.apiServerEnv } : {}),
       ...(this.o.tokenRefreshRatio !== undefined ? { refreshRatio: this.o.tokenRefreshRatio } : {}),
       now: this.now,
     });
@@ -230,6 +232,7 @@ export class PodSync {
       source: sourceOf(kpod),
       manifest: b.manifest,
       tokens: b.tokens,
+      apiServerEnv: b.apiServerEnv,
       nextTokenRefreshAt: b.nextTokenRefreshAt,
       nextDataSyncAt: this.now() + (this.o.dataSyncSeconds ?? 60) * 1000,
     };

@@ -54,6 +54,8 @@ export interface LocalProviderOptions {
   issueCertificate?: (cellId: string, sans: string[]) => Promise<CellCertificate>;
   /** netns: own network namespace per cell (needs root); host: share the host's. Default auto. */
   network?: 'auto' | 'netns' | 'host';
+  /** With netns: masquerade each cell's traffic off the cello0 bridge (pods reach what the host reaches). Default true. */
+  outboundNAT?: boolean;
   /** Most cells at once; launches beyond fail with CapacityError. */
   maxCells?: number;
   /**
@@ -253,7 +255,7 @@ export class LocalProvider implements CellProvider {
       const { netns, hostVeth, address } = netNames(req.cellId, slot);
       f.net = { netns, hostVeth, address, slot };
       await this.writeInstance(f);
-      const net = await createCellNet(req.cellId, slot);
+      const net = await createCellNet(req.cellId, slot, { outboundNat: this.opts.outboundNAT ?? true });
       args.push('--pod-netns', net.path);
     }
     args.push(...(this.opts.agentArgs ?? []));

@@ -4,6 +4,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 
@@ -11,6 +12,7 @@ const run = promisify(execFile);
 
 export const BRIDGE = 'cello0';
 const BRIDGE_CIDR = '10.88.0.1/16';
+const BRIDGE_NET = '10.88.0.0/16';
 
 async function ip(...args: string[]): Promise<string> {
   const { stdout } = await run('ip', args, { timeout: 10_000 });
@@ -108,7 +110,47 @@ export function netNames(cellId: string, slot: number): { netns: string; hostVet
   return { netns: `cello-${short}`, hostVeth: `cv${short}`, address: addressFor(slot) };
 }
 
-export async function createCellNet(cellId: string, slot: number): Promise<CellNet> {
+// Outbound NAT for cells on the bridge: one host table shared by every controller on the
+// machine, masquerading traffic from the cell addresses in its set to anything off the bridge.
+// Membership is per cell, so one controller's setting never changes another's cells; traffic
+// between cells (pod to pod, by address) and to the host itself is never rewritten.
+export const NAT_TABLE = 'ip cello-cells';
+const NAT_SET = 'cells';
+
+function nft(input: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = execFile('nft', ['-f', '-'], { timeout: 10_000 }, (err, _out, stderr) =>
+      err ? reject(new Error(`nft: ${stderr.trim() || err.message}${(err as NodeJS.ErrnoException).code === 'ENOENT' ? ' (install nftables)' : ''}`)) : resolve(),
+    );
+    child.stdin?.end(input);
+  });
+}
+
+/** Masquerades `address`'s traffic off the bridge, and turns on the host's IPv4 forwarding. */
+export async function enableOutboundNat(address: string): Promise<void> {
+  const t = NAT_TABLE;
+  await nft(
+    [
+      `add table ${t}`,
+      `add set ${t} ${NAT_SET} { type ipv4_addr ; }`,
+      `add chain ${t} postrouting { type nat hook postrouting priority srcnat ; policy accept ; }`,
+      // Flushed and written again in the same transaction: concurrent launches leave one rule.
+      `flush chain ${t} postrouting`,
+      `add rule ${t} postrouting ip saddr @${NAT_SET} ip daddr != ${BRIDGE_NET} masquerade`,
+      `add element ${t} ${NAT_SET} { ${address} }`,
+    ].join('\n') + '\n',
+  );
+  await writeFile('/proc/sys/net/ipv4/ip_forward', '1\n');
+}
+
+/** Stops masquerading `address` (nothing to do when it never was, or there is no table). */
+export async function disableOutboundNat(address: string): Promise<void> {
+  await nft(`delete element ${NAT_TABLE} ${NAT_SET} { ${address} }\n`).catch((err: Error) => {
+    if (!/No such file or directory|does not exist|not installed|ENOENT/.test(err.message)) throw err;
+  });
+}
+
+export async function createCellNet(cellId: string, slot: number, o: { outboundNat?: boolean } = {}): Promise<CellNet> {
   await ensureBridge();
   const { netns, hostVeth, address } = netNames(cellId, slot);
   const peer = `${hostVeth}p`;
@@ -123,14 +165,19 @@ export async function createCellNet(cellId: string, slot: number): Promise<CellN
     await ip('-n', netns, 'addr', 'add', `${address}/16`, 'dev', 'eth0');
     await ip('-n', netns, 'link', 'set', 'eth0', 'up');
     await ip('-n', netns, 'route', 'add', 'default', 'via', BRIDGE_CIDR.split('/')[0]!);
+    // Set either way: a lease taken over from a crashed controller may still be in the set.
+    if (o.outboundNat) await enableOutboundNat(address);
+    else await disableOutboundNat(address);
   } catch (err) {
-    await deleteCellNet({ netns, hostVeth });
+    await deleteCellNet({ netns, hostVeth, address });
     throw err;
   }
   return { netns, path: `/run/netns/${netns}`, hostVeth, address };
 }
 
-export async function deleteCellNet(n: { netns: string; hostVeth: string }): Promise<void> {
+export async function deleteCellNet(n: { netns: string; hostVeth: string; address?: string }): Promise<void> {
+  // The address goes to the next cell: it must not inherit this one's NAT.
+  if (n.address) await disableOutboundNat(n.address);
   // Deleting the namespace destroys the veth end inside it, and with it the host end.
   await ip('link', 'del', n.hostVeth).catch(() => undefined);
   if (existsSync(`/run/netns/${n.netns}`)) await ip('netns', 'del', n.netns).catch(() => undefined);

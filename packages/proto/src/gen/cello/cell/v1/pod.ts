@@ -396,6 +396,17 @@ export interface PodSpec {
    * (the architecture of the pod's cell).
    */
   requiredNodeAffinity: NodeSelectorTerm[];
+  /**
+   * The pod runs in the cell's own network namespace (where a cell's pod runs anyway): the
+   * cell's resolver for ClusterFirst, the cell's /etc/hosts and hostname, as on a node.
+   */
+  hostNetwork: boolean;
+  /**
+   * Refused by the converter and the agent (a cell's pod never shares the cell's PID or IPC
+   * namespace with the agent); carried so that a pod built without the converter is refused too.
+   */
+  hostPid: boolean;
+  hostIpc: boolean;
 }
 
 export interface PodSpec_NodeSelectorEntry {
@@ -488,6 +499,8 @@ export interface ContainerPort {
   containerPort: number;
   protocol: Protocol;
   hostPort: number;
+  /** The cell address host_port is served on; empty: every address of the cell. */
+  hostIp: string;
 }
 
 export interface VolumeMount {
@@ -1240,6 +1253,9 @@ function createBasePodSpec(): PodSpec {
     dnsPolicy: "",
     nodeSelector: {},
     requiredNodeAffinity: [],
+    hostNetwork: false,
+    hostPid: false,
+    hostIpc: false,
   };
 }
 
@@ -1295,6 +1311,15 @@ export const PodSpec: MessageFns<PodSpec> = {
     });
     for (const v of message.requiredNodeAffinity) {
       NodeSelectorTerm.encode(v!, writer.uint32(138).fork()).join();
+    }
+    if (message.hostNetwork !== false) {
+      writer.uint32(144).bool(message.hostNetwork);
+    }
+    if (message.hostPid !== false) {
+      writer.uint32(152).bool(message.hostPid);
+    }
+    if (message.hostIpc !== false) {
+      writer.uint32(160).bool(message.hostIpc);
     }
     return writer;
   },
@@ -1451,6 +1476,30 @@ export const PodSpec: MessageFns<PodSpec> = {
             message.requiredNodeAffinity.push(NodeSelectorTerm.decode(reader, reader.uint32()));
             continue;
           }
+          case 18: {
+            if (tag !== 144) {
+              break;
+            }
+
+            message.hostNetwork = reader.bool();
+            continue;
+          }
+          case 19: {
+            if (tag !== 152) {
+              break;
+            }
+
+            message.hostPid = reader.bool();
+            continue;
+          }
+          case 20: {
+            if (tag !== 160) {
+              break;
+            }
+
+            message.hostIpc = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1558,6 +1607,21 @@ export const PodSpec: MessageFns<PodSpec> = {
         : globalThis.Array.isArray(object?.required_node_affinity)
         ? object.required_node_affinity.map((e: any) => NodeSelectorTerm.fromJSON(e))
         : [],
+      hostNetwork: isSet(object.hostNetwork)
+        ? globalThis.Boolean(object.hostNetwork)
+        : isSet(object.host_network)
+        ? globalThis.Boolean(object.host_network)
+        : false,
+      hostPid: isSet(object.hostPid)
+        ? globalThis.Boolean(object.hostPid)
+        : isSet(object.host_pid)
+        ? globalThis.Boolean(object.host_pid)
+        : false,
+      hostIpc: isSet(object.hostIpc)
+        ? globalThis.Boolean(object.hostIpc)
+        : isSet(object.host_ipc)
+        ? globalThis.Boolean(object.host_ipc)
+        : false,
     };
   },
 
@@ -1620,6 +1684,15 @@ export const PodSpec: MessageFns<PodSpec> = {
     if (message.requiredNodeAffinity?.length) {
       obj.requiredNodeAffinity = message.requiredNodeAffinity.map((e) => NodeSelectorTerm.toJSON(e));
     }
+    if (message.hostNetwork !== false) {
+      obj.hostNetwork = message.hostNetwork;
+    }
+    if (message.hostPid !== false) {
+      obj.hostPid = message.hostPid;
+    }
+    if (message.hostIpc !== false) {
+      obj.hostIpc = message.hostIpc;
+    }
     return obj;
   },
 
@@ -1657,6 +1730,9 @@ export const PodSpec: MessageFns<PodSpec> = {
       {},
     );
     message.requiredNodeAffinity = object.requiredNodeAffinity?.map((e) => NodeSelectorTerm.fromPartial(e)) || [];
+    message.hostNetwork = object.hostNetwork ?? false;
+    message.hostPid = object.hostPid ?? false;
+    message.hostIpc = object.hostIpc ?? false;
     return message;
   },
 };
@@ -3134,7 +3210,7 @@ export const NameRef: MessageFns<NameRef> = {
 };
 
 function createBaseContainerPort(): ContainerPort {
-  return { name: "", containerPort: 0, protocol: 0, hostPort: 0 };
+  return { name: "", containerPort: 0, protocol: 0, hostPort: 0, hostIp: "" };
 }
 
 export const ContainerPort: MessageFns<ContainerPort> = {
@@ -3150,6 +3226,9 @@ export const ContainerPort: MessageFns<ContainerPort> = {
     }
     if (message.hostPort !== 0) {
       writer.uint32(32).int32(message.hostPort);
+    }
+    if (message.hostIp !== "") {
+      writer.uint32(42).string(message.hostIp);
     }
     return writer;
   },
@@ -3199,6 +3278,14 @@ export const ContainerPort: MessageFns<ContainerPort> = {
             message.hostPort = reader.int32();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.hostIp = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3225,6 +3312,11 @@ export const ContainerPort: MessageFns<ContainerPort> = {
         : isSet(object.host_port)
         ? globalThis.Number(object.host_port)
         : 0,
+      hostIp: isSet(object.hostIp)
+        ? globalThis.String(object.hostIp)
+        : isSet(object.host_ip)
+        ? globalThis.String(object.host_ip)
+        : "",
     };
   },
 
@@ -3242,6 +3334,9 @@ export const ContainerPort: MessageFns<ContainerPort> = {
     if (message.hostPort !== 0) {
       obj.hostPort = Math.round(message.hostPort);
     }
+    if (message.hostIp !== "") {
+      obj.hostIp = message.hostIp;
+    }
     return obj;
   },
 
@@ -3254,6 +3349,7 @@ export const ContainerPort: MessageFns<ContainerPort> = {
     message.containerPort = object.containerPort ?? 0;
     message.protocol = object.protocol ?? 0;
     message.hostPort = object.hostPort ?? 0;
+    message.hostIp = object.hostIp ?? "";
     return message;
   },
 };
