@@ -19,6 +19,7 @@ import {
   LogsRequest as AgentLogsRequest,
   ConfigMapData,
   SecretData,
+  PodSpec,
   PodStatus,
   PodPhase,
   ConditionStatus,
@@ -287,7 +288,9 @@ export class ControllerApi {
       if (cur?.deleting) throw new CelloError('FailedPrecondition', `pod ${namespace}/${name} is being deleted; wait until it is gone`);
       if (cur) {
         const obj = podOf(cur);
-        const sameSpec = JSON.stringify(obj.spec) === JSON.stringify(pod.spec);
+        // Through toJSON: one field order, whichever way each side was built (convertPod puts a
+        // resource list's `extended` first, fromJSON last; re-applying a pod with resources bumped its generation).
+        const sameSpec = JSON.stringify(obj.spec && PodSpec.toJSON(obj.spec)) === JSON.stringify(pod.spec && PodSpec.toJSON(pod.spec));
         const sameMeta =
           JSON.stringify(obj.metadata?.labels) === JSON.stringify(pod.metadata?.labels ?? {}) &&
           JSON.stringify(obj.metadata?.annotations) === JSON.stringify(pod.metadata?.annotations ?? {});

@@ -2,7 +2,7 @@
 // reads the same to someone who knows kubectl.
 import { stringify as toYaml } from 'yaml';
 import { PodPhase, type ContainerStatus } from '@cello/proto/cell';
-import { Cell, CellState, type ClusterEvent, PodObject } from '@cello/proto/controller';
+import { type Cell, CellState, type ClusterEvent, type PodObject } from '@cello/proto/controller';
 
 export function age(from: Date | undefined, now = Date.now()): string {
   if (!from) return '<unknown>';
@@ -118,12 +118,6 @@ export function cellRow(c: Cell, wide: boolean): string[] {
 
 export function cellHeader(wide: boolean): string[] {
   return ['NAME', 'STATE', 'INSTANCE-TYPE', 'POD', 'AGE', ...(wide ? ['INSTANCE', 'ADDRESS', 'LIFECYCLE', 'PRICE', 'REASON'] : [])];
-}
-
-export function asData(kind: 'pod' | 'cell', items: Array<PodObject | Cell>): unknown {
-  const conv = (x: PodObject | Cell) => (kind === 'pod' ? PodObject.toJSON(x as PodObject) : Cell.toJSON(x as Cell));
-  if (items.length === 1) return conv(items[0]!);
-  return { kind: 'List', items: items.map(conv) };
 }
 
 export function render(format: 'json' | 'yaml', data: unknown): string {

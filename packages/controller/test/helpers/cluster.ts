@@ -249,16 +249,18 @@ export class Cluster {
     });
   }
 
-  cellctl(args: string[], o: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<RunResult> {
+  /** Runs cellctl to its end; `input` is written to its stdin (e.g. for `apply -f -`). */
+  cellctl(args: string[], o: { timeoutMs?: number; env?: Record<string, string>; input?: string } = {}): Promise<RunResult> {
     return new Promise((resolvePromise, reject) => {
       const child = spawn(process.execPath, [CELLCTL_BIN, ...args], {
         env: { ...process.env, CELLO_CONTROLLER: this.server, CELLO_CONFIG: this.cellctlConfig, ...(o.env ?? {}) },
-        stdio: ['ignore', 'pipe', 'pipe'],
+        stdio: [o.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
       });
+      if (o.input !== undefined) child.stdin!.end(o.input);
       let stdout = '';
       let stderr = '';
-      child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-      child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+      child.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
+      child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
       const timer = setTimeout(() => {
         child.kill('SIGKILL');
         reject(new Error(`cellctl ${args.join(' ')} timed out after ${o.timeoutMs ?? 30_000} ms; stdout=${stdout} stderr=${stderr}`));
