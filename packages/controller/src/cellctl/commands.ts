@@ -310,6 +310,15 @@ async function portForward(g: Globals, pod: string, specs: string[]): Promise<vo
   await new Promise(() => undefined);
 }
 
+/**
+ * Waits until what was written to stdout and stderr has been handed to the OS: process.exit
+ * drops writes still queued on a pipe (`cellctl logs job | head` lost the end of the log).
+ */
+function flushed(): Promise<void> {
+  const drain = (s: NodeJS.WriteStream) => new Promise<void>((resolve) => (s.writableLength === 0 ? resolve() : s.write('', () => resolve())));
+  return Promise.all([drain(process.stdout), drain(process.stderr)]).then(() => undefined);
+}
+
 export function buildProgram(exit: (code: number) => void = (c) => process.exit(c)): Command {
   const program = new Command('cellctl')
     .description('Talk to a Cello controller, like kubectl: apply pods, watch them, read logs, exec, forward ports.')
@@ -342,6 +351,7 @@ Examples:
     async (...args: A) => {
       try {
         const code = await fn(...args);
+        await flushed();
         exit(code ?? 0);
       } catch (err) {
         let e: Error;
@@ -351,6 +361,7 @@ Examples:
           e = inner as Error;
         }
         process.stderr.write(`${e.message}\n`);
+        await flushed();
         exit(e instanceof CliError ? e.exitCode : 1);
       }
     };

@@ -39,6 +39,9 @@ export interface ClusterOptions {
   store?: { kind: 'embedded' } | { kind: 'etcd'; endpoints: string[]; prefix?: string };
   gcIntervalSeconds?: number;
   retainFinishedSeconds?: number;
+  /** pods.keepLogBytes / pods.keepLogsSeconds: the logs kept when a pod ends. */
+  keepLogBytes?: number;
+  keepLogsSeconds?: number;
   controllerId?: string;
   /** mTLS to the agents with the controller's CA (default); false: --insecure-dev agents. */
   mtls?: boolean;
@@ -124,7 +127,11 @@ export class Cluster {
       warmPool: this.o.warm ? [{ instanceType: 'local.nano', size: this.o.warm, ...(this.o.prePull ? { prePull: this.o.prePull } : {}) }] : [],
       timeouts: { healthSeconds: this.o.healthSeconds ?? 5, bootSeconds: 60, createSeconds: 30 },
       gc: { intervalSeconds: this.o.gcIntervalSeconds ?? 30 },
-      pods: { retainFinishedSeconds: this.o.retainFinishedSeconds ?? 300 },
+      pods: {
+        retainFinishedSeconds: this.o.retainFinishedSeconds ?? 300,
+        ...(this.o.keepLogBytes !== undefined ? { keepLogBytes: this.o.keepLogBytes } : {}),
+        ...(this.o.keepLogsSeconds !== undefined ? { keepLogsSeconds: this.o.keepLogsSeconds } : {}),
+      },
     };
     writeFileSync(this.configPath, stringify(cfg));
   }

@@ -12,7 +12,7 @@ import { Informer } from '../client/informer.js';
 import { buildPodManifest, LABEL_NODE, ANNOTATION_UID, MissingReferenceError, type IssuedToken, type KPod, type ManifestOptions } from './manifest.js';
 import type { KubeRest } from '../client/rest.js';
 import { isConflict, isNotFound } from '../client/rest.js';
-import { kubeStatus } from './status.js';
+import { kubeStatus, progressCondition } from './status.js';
 import { podsUsage } from './capacity.js';
 import { WorkQueue } from '../../util/workqueue.js';
 import type { Controller } from '../controller-client.js';
@@ -296,6 +296,8 @@ export class PodSync {
     await this.mirrorEvents(kpod);
     if (!cpod.status) return;
     const status = kubeStatus(cpod.status, kpod, this.o.hostIP);
+    const progress = progressCondition(cpod.progress);
+    if (progress) (status.conditions as unknown[]).push(progress);
     const text = JSON.stringify(status);
     if (this.lastStatus.get(key) === text) return;
     await this.patchStatus(kpod, status);
