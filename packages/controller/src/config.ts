@@ -176,6 +176,18 @@ export const configSchema = z.strictObject({
       retainFinishedSeconds: z.number().nonnegative().default(300),
       /** Cells a pod may lose before it is failed rather than started again. */
       maxCellFailures: z.number().int().nonnegative().default(5),
+      /** Bytes of each container's log the controller keeps when a pod ends (the end of it), so it can be read after the cell is gone. 0: none. */
+      keepLogBytes: z
+        .number()
+        .int()
+        .nonnegative()
+        .max(1024 * 1024)
+        .default(64 * 1024),
+      /** How long those logs are kept after the pod ended. */
+      keepLogsSeconds: z
+        .number()
+        .nonnegative()
+        .default(24 * 3600),
     })
     .prefault({}),
   /** The virtual node (docs/kubernetes.md); absent: not in a cluster. */

@@ -297,6 +297,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
         defaultSpot: config.selection.spot,
         retainFinishedSeconds: config.pods.retainFinishedSeconds,
         maxCellFailures: config.pods.maxCellFailures,
+        savedLogs: { keepBytes: config.pods.keepLogBytes, retainSeconds: config.pods.keepLogsSeconds },
         gcIntervalSeconds: config.gc.intervalSeconds,
         ...(o.tickMs ? { tickMs: o.tickMs } : {}),
         ...(bootstrap ? { bootstrap } : {}),

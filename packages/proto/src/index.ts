@@ -13,6 +13,8 @@ export {
   readManifests,
   type ManifestObject,
   type PodManifest,
+  kubePod,
+  kubePodSpec,
 } from './manifest/index.js';
 export { parseQuantity, parseCpuMillis, parseBytes, parseCount, formatCpuMillis, formatBytes, QuantityError } from './quantity.js';
 export { splitHostPort, joinHostPort, freePort, HostPortError } from './net.js';

@@ -1,6 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { HostPathType, PullPolicy, RestartPolicy, SeccompProfileType, StorageMedium, TerminationMessagePolicy } from '../src/cell.js';
-import { ManifestError, podFromManifest, readManifests } from '../src/index.js';
+import { readdirSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { stringify } from 'yaml';
+import { kubePod, ManifestError, podFromManifest, readManifests } from '../src/index.js';
 
 const FULL = `
 apiVersion: v1
@@ -314,5 +318,55 @@ describe('malformed manifests name the field', () => {
   it('names the document in a multi-document file', () => {
     const text = `apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {k: "not base64!"}\n`;
     expect(() => readManifests(text)).toThrow(/document 1: data\.k: is not valid base64/);
+  });
+});
+
+describe('kubePod: the proto pod back as a v1 Pod', () => {
+  const examples = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'examples');
+  const sources: [string, string][] = [
+    ['the full pod', FULL],
+    ...readdirSync(examples)
+      .filter((f) => f.endsWith('.yaml'))
+      .map((f): [string, string] => [f, readFileSync(join(examples, f), 'utf8')]),
+  ];
+  it.each(sources)('%s: printed as YAML and read back is the same pod', (_, text) => {
+    const { pod } = podFromManifest(text);
+    const printed = stringify(kubePod(pod));
+    expect(podFromManifest(printed).pod).toEqual(pod);
+  });
+
+  it('prints what the API server prints: kind, enums and quantities as words', () => {
+    const k = kubePod(podFromManifest(FULL).pod) as {
+      apiVersion: string;
+      kind: string;
+      metadata: Record<string, unknown>;
+      spec: { restartPolicy: string; containers: Record<string, unknown>[]; volumes: Record<string, unknown>[] };
+    };
+    expect(k.apiVersion).toBe('v1');
+    expect(k.kind).toBe('Pod');
+    expect(k.metadata).toMatchObject({ name: 'web', namespace: 'shop', labels: { app: 'web' } });
+    expect(k.spec.restartPolicy).toBe('OnFailure');
+    const app = k.spec.containers[0]!;
+    expect(app.ports).toEqual([
+      { name: 'http', containerPort: 8080, protocol: 'TCP' },
+      { containerPort: 53, protocol: 'UDP' },
+    ]);
+    expect(app.resources).toEqual({ requests: { cpu: '250m', memory: '64Mi' }, limits: { cpu: '1', memory: '128Mi', 'nvidia.com/gpu': '1' } });
+    expect(app.readinessProbe).toMatchObject({ httpGet: { path: '/healthz', port: 'http', scheme: 'HTTP' }, periodSeconds: 2 });
+    expect(app.imagePullPolicy).toBe('Always');
+    expect(app.terminationMessagePolicy).toBe('FallbackToLogsOnError');
+    expect(k.spec.volumes).toContainEqual({ name: 'mem', emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } });
+    // No internal protobuf shapes leak out.
+    expect(JSON.stringify(k)).not.toMatch(/PROTOCOL_|RESTART_POLICY_|cpuMillis|memoryBytes|"handler"|\$case/);
+  });
+
+  it('prints restartPolicy Always and protocol TCP when the manifest left them out', () => {
+    const k = kubePod(podFromManifest(base('  containers:\n    - { name: c, image: busybox:1, ports: [{ containerPort: 80 }] }')).pod) as {
+      spec: { restartPolicy: string; dnsPolicy: string; containers: { ports: unknown[]; imagePullPolicy: string }[] };
+    };
+    expect(k.spec.restartPolicy).toBe('Always');
+    expect(k.spec.dnsPolicy).toBe('ClusterFirst');
+    expect(k.spec.containers[0]!.ports).toEqual([{ containerPort: 80, protocol: 'TCP' }]);
+    expect(k.spec.containers[0]!.imagePullPolicy).toBe('IfNotPresent');
   });
 });

@@ -149,6 +149,7 @@ const controller: Partial<ControllerServer> = {
         cellId: 'c',
         instanceType: 't3.micro',
         nodeName: '',
+        progress: undefined,
       },
     });
     call.end();

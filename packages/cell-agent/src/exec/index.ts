@@ -33,8 +33,12 @@ export interface ExecResult {
   exitCode: number;
   /** Signal name when the process died of a signal. */
   signal: string;
-  /** Set when runc could not start the command at all. */
-  startError?: { notFound: boolean; message: string };
+  /**
+   * Set when the command could not be started. A command that does not exist or cannot be
+   * executed ends like a shell's (127 / 126, the message on the exit frame); `runtime` marks a
+   * failure of the agent's own runtime (runc missing), which is the agent's error, not the command's.
+   */
+  startError?: { notFound: boolean; message: string; runtime?: boolean };
 }
 
 export type OutputStream = 'stdout' | 'stderr';
@@ -104,7 +108,8 @@ export function startExec(opts: ExecOptions): ExecSession {
     if (code === 255) {
       const err = runcError(logFile);
       if (err !== undefined && /exec failed|unable to start/.test(err)) {
-        result = { exitCode: 126, signal: '', startError: { notFound: /not found|no such file/i.test(err), message: err } };
+        const notFound = /not found|no such file/i.test(err);
+        result = { exitCode: notFound ? 127 : 126, signal: '', startError: { notFound, message: err } };
       }
     }
     rmSync(work, { recursive: true, force: true });
@@ -191,7 +196,7 @@ export function startExec(opts: ExecOptions): ExecSession {
     child.on('error', (err) => {
       finished = true;
       rmSync(work, { recursive: true, force: true });
-      resolve({ exitCode: 127, signal: '', startError: { notFound: false, message: `cannot run runc: ${err.message}` } });
+      resolve({ exitCode: 127, signal: '', startError: { notFound: false, runtime: true, message: `cannot run runc: ${err.message}` } });
     });
     child.on('close', (code, sig) => {
       if (!finished) resolve(finish(code ?? 0, sig ?? undefined));

@@ -77,7 +77,7 @@ describe('streams through the real agent', () => {
     expect(tr.exit?.exitCode).toBe(0);
     const bad = a.client.exec();
     bad.write(start({ container: 'web', command: ['/nonexistent'] }));
-    expect((await collectExec(bad)).error?.code).toBe(status.NOT_FOUND);
+    expect((await collectExec(bad)).exit?.exitCode).toBe(127);
   });
 
   it('ListAudit: the agent keeps the exec sessions in its state dir', async () => {

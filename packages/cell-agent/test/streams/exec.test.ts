@@ -120,10 +120,16 @@ describe('Exec errors are clean gRPC errors and leave the unit alone', () => {
     const stopped = await collectExec(exec(['true'], { container: 'stopped' }));
     expect(stopped.error?.code).toBe(status.FAILED_PRECONDITION);
     expect(stopped.error?.message).toMatch(/not running/);
+    // A command that does not exist ends as in a shell: 127, runc's reason on the exit frame.
     const missing = await collectExec(exec(['no-such-program', 'x']));
-    expect(missing.error?.code).toBe(status.NOT_FOUND);
-    expect(missing.error?.message).toMatch(/no-such-program.*not found/);
-    expect(missing.exit).toBeUndefined();
+    expect(missing.error).toBeUndefined();
+    expect(missing.exit).toMatchObject({ exitCode: 127, signal: '' });
+    expect(missing.exit?.message).toMatch(/no-such-program.*not found/);
+    // One that exists but cannot be executed: 126.
+    const notExecutable = await collectExec(exec(['/etc/passwd']));
+    expect(notExecutable.error).toBeUndefined();
+    expect(notExecutable.exit).toMatchObject({ exitCode: 126 });
+    expect(notExecutable.exit?.message).toMatch(/permission denied/);
     const empty = await collectExec(exec([]));
     expect(empty.error?.code).toBe(status.INVALID_ARGUMENT);
     expect(empty.error?.message).toMatch(/start\.command/);

@@ -3,6 +3,8 @@
 // controller replica can serve them; streams (logs, exec, attach, port-forward) are relayed to
 // the pod's cell agent frame by frame. Every call is authenticated and authorized first
 // (auth/index.ts); streams carry the caller's name to the agent's audit log.
+import { enterStage, progressMessage } from '../cells/progress.js';
+import { savedChunks, savedLogsKey, type SavedPodLogs } from '../logs/saved.js';
 import { randomUUID } from 'node:crypto';
 import {
   Server,
@@ -19,6 +21,7 @@ import {
   LogsRequest as AgentLogsRequest,
   ConfigMapData,
   SecretData,
+  PodSpec,
   PodStatus,
   PodPhase,
   ConditionStatus,
@@ -290,7 +293,9 @@ export class ControllerApi {
       if (cur?.deleting) throw new CelloError('FailedPrecondition', `pod ${namespace}/${name} is being deleted; wait until it is gone`);
       if (cur) {
         const obj = podOf(cur);
-        const sameSpec = JSON.stringify(obj.spec) === JSON.stringify(pod.spec);
+        // Through toJSON: one field order, whichever way each side was built (convertPod puts a
+        // resource list's `extended` first, fromJSON last; re-applying a pod with resources bumped its generation).
+        const sameSpec = JSON.stringify(obj.spec && PodSpec.toJSON(obj.spec)) === JSON.stringify(pod.spec && PodSpec.toJSON(pod.spec));
         const sameMeta =
           JSON.stringify(obj.metadata?.labels) === JSON.stringify(pod.metadata?.labels ?? {}) &&
           JSON.stringify(obj.metadata?.annotations) === JSON.stringify(pod.metadata?.annotations ?? {});
@@ -326,7 +331,9 @@ export class ControllerApi {
         status,
       });
       result = obj;
-      return writePodSecrets({ object: PodObject.toJSON(obj), configMaps }, secrets, podKey(namespace, name), this.o.secretBox);
+      const created: PodRecordWithData = { object: PodObject.toJSON(obj), configMaps };
+      enterStage(created, 'Selecting', { message: 'accepted; choosing an instance type and a cell' });
+      return writePodSecrets(created, secrets, podKey(namespace, name), this.o.secretBox);
     };
     if (r.dryRun) {
       const cur = await this.o.store.get<PodRecordWithData>(podKey(namespace, name));
@@ -349,6 +356,7 @@ export class ControllerApi {
 
   private present(rec: PodRecordWithData, rev: number): PodObject {
     const p = podOf(rec);
+    p.progress = progressMessage(rec.progress);
     p.metadata!.resourceVersion = String(rev);
     if (rec.deleting && !p.metadata!.deletionTimestamp) p.metadata!.deletionTimestamp = new Date(rec.deleting.requestedAt);
     return p;
@@ -501,9 +509,57 @@ export class ControllerApi {
     throw new CelloError('InvalidArgument', `container: a container name must be specified for pod ${pod.metadata?.name}, choose one of: [${all.join(' ')}]`);
   }
 
+  /**
+   * A pod whose cell is not running it: the logs the controller kept when it ended, if any, with
+   * the options applied; else an error that says why there are none. False: the pod has not
+   * ended, so the caller's "no cell yet" stands.
+   */
+  private async savedLogs(call: ServerWritableStream<LogsRequest, LogChunk>): Promise<boolean> {
+    const ref = call.request.pod!;
+    const what = `pod ${ns(ref)}/${ref.name}`;
+    const kv = await this.o.store.get<PodRecordWithData>(podKey(ns(ref), ref.name));
+    if (!kv) return false;
+    const pod = podOf(kv.value);
+    const saved = (await this.o.store.get<SavedPodLogs>(savedLogsKey(ns(ref), ref.name)))?.value;
+    const ended = pod.status?.phase === PodPhase.POD_PHASE_SUCCEEDED || pod.status?.phase === PodPhase.POD_PHASE_FAILED;
+    if (!saved || saved.uid !== pod.metadata?.uid) {
+      if (!ended) return false;
+      throw new CelloError(
+        'FailedPrecondition',
+        `${what} ended and its cell ${pod.cellId || ''} is gone; its logs were not kept (pods.keepLogBytes is 0, or its agent could not be read when it ended)`.replace(
+          'cell  is',
+          'cell is',
+        ),
+      );
+    }
+    const options = AgentLogsRequest.fromPartial(call.request.options ?? {});
+    const container = this.defaultContainer(pod, options.container, true);
+    if (saved.prunedAt) {
+      throw new CelloError(
+        'FailedPrecondition',
+        `${what}: its cell is gone, and the logs kept when it ended (${saved.savedAt}) were pruned at ${saved.prunedAt} (pods.keepLogsSeconds)`,
+      );
+    }
+    if (options.previous) throw new CelloError('FailedPrecondition', `${what}: its cell is gone; only the last instance's logs were kept, not the previous one's`);
+    const err = saved.errors?.[container];
+    if (err) throw new CelloError('FailedPrecondition', `${what}: its cell is gone, and its container "${container}"'s logs could not be read when it ended: ${err}`);
+    if (!saved.containers?.[container]) throw new CelloError('NotFound', `${what}: no container "${container}"`);
+    for (const chunk of savedChunks(saved, container, options)) call.write(chunk);
+    call.end();
+    return true;
+  }
+
   private async logs(call: ServerWritableStream<LogsRequest, LogChunk>): Promise<void> {
     try {
-      const { client, pod } = await this.agentFor(call.request.pod);
+      let target;
+      try {
+        target = await this.agentFor(call.request.pod);
+      } catch (err) {
+        // No cell running the pod (any more): what was kept when it ended.
+        if (err instanceof CelloError && err.code === 'FailedPrecondition' && (await this.savedLogs(call))) return;
+        throw err;
+      }
+      const { client, pod } = target;
       const options = AgentLogsRequest.fromPartial(call.request.options ?? {});
       options.container = this.defaultContainer(pod, options.container, true);
       const up = client.logs(options);

@@ -9,7 +9,9 @@ import { parseAllDocuments, stringify } from 'yaml';
 import { ExecInput, LogsRequest as AgentLogsRequest, PortForwardFrame, type ExecOutput, type LogChunk } from '@cello/proto/cell';
 import { ControllerClient, EventType, type Cell, type CellEvent, type ClusterEvent, type PodEvent, type PodObject, type PodRef } from '@cello/proto/controller';
 import { VERSION } from '../version.js';
-import { asData, cellHeader, cellRow, describePod, podHeader, podRow, render, table } from './format.js';
+import { cellHeader, cellRow, describePod, podHeader, podRow, render, table } from './format.js';
+import { kubeOutput, names } from './kube-output.js';
+import { JsonPathError, jsonPath, parseTemplate } from './jsonpath.js';
 import { ConfigError } from '../errors.js';
 import { CONFIG_ENV, configPath, readConfig, redacted, resolveContext, writeConfig } from './config.js';
 import { API_CHANNEL_OPTIONS, apiChannelCredentials } from '../api/auth/client.js';
@@ -124,20 +126,53 @@ function manifestFiles(path: string): Array<{ name: string; text: string }> {
   return [{ name: path, text: readFileSync(path, 'utf8') }];
 }
 
-/** One request per Pod in a file, each carrying the file's Secrets and ConfigMaps. */
+/** One request per Pod in a file (a List's or PodList's items too), each carrying the file's Secrets and ConfigMaps. */
 export function splitManifests(text: string): string[] {
   const docs = parseAllDocuments(text);
   const pods: string[] = [];
   const data: string[] = [];
+  const add = (obj: { kind?: string }, src: () => string) => {
+    if (obj.kind === 'Secret' || obj.kind === 'ConfigMap') data.push(src());
+    else pods.push(src());
+  };
   for (const d of docs) {
-    const src = d.toString();
-    const obj = d.toJSON() as { kind?: string } | null;
+    const obj = d.toJSON() as { kind?: string; items?: unknown } | null;
     if (obj === null || obj === undefined) continue;
-    if (obj.kind === 'Secret' || obj.kind === 'ConfigMap') data.push(src);
-    else pods.push(src);
+    // `get pods -o yaml` prints a PodList: each item is applied as its own pod.
+    if ((obj.kind === 'List' || obj.kind === 'PodList') && Array.isArray(obj.items)) {
+      for (const item of obj.items as { kind?: string }[]) add(item ?? {}, () => stringify(item));
+    } else add(obj, () => d.toString());
   }
   if (pods.length === 0) return data.length ? [data.join('---\n')] : [];
   return pods.map((p) => [p, ...data].join('---\n'));
+}
+
+/** `-o`: wide, json, yaml, name, or jsonpath=TEMPLATE (checked here, so a bad template fails before any call). */
+export function parseOutput(v: string): string {
+  if (['wide', 'json', 'yaml', 'name'].includes(v)) return v;
+  const m = /^jsonpath=(.*)$/s.exec(v);
+  if (!m) throw new InvalidArgumentError('expected wide, json, yaml, name or jsonpath=TEMPLATE');
+  if (!m[1]) throw new InvalidArgumentError('jsonpath= needs a template, e.g. jsonpath={.status.phase}');
+  try {
+    parseTemplate(m[1]);
+  } catch (err) {
+    if (err instanceof JsonPathError) throw new InvalidArgumentError(err.message);
+    throw err;
+  }
+  return v;
+}
+
+/** Objects in a machine-readable -o format (everything but the table formats). */
+export function printObjects(output: string, kind: 'pod' | 'cell', items: Array<PodObject | Cell>, single: boolean): string {
+  if (output === 'name') return names(kind, items);
+  const data = kubeOutput(kind, items, single);
+  if (output === 'json' || output === 'yaml') return render(output, data);
+  try {
+    return jsonPath(output.slice('jsonpath='.length), data);
+  } catch (err) {
+    if (err instanceof JsonPathError) throw new CliError(`error: ${err.message}`);
+    throw err;
+  }
 }
 
 function parseDuration(v: string): number {
@@ -275,6 +310,15 @@ async function portForward(g: Globals, pod: string, specs: string[]): Promise<vo
   await new Promise(() => undefined);
 }
 
+/**
+ * Waits until what was written to stdout and stderr has been handed to the OS: process.exit
+ * drops writes still queued on a pipe (`cellctl logs job | head` lost the end of the log).
+ */
+function flushed(): Promise<void> {
+  const drain = (s: NodeJS.WriteStream) => new Promise<void>((resolve) => (s.writableLength === 0 ? resolve() : s.write('', () => resolve())));
+  return Promise.all([drain(process.stdout), drain(process.stderr)]).then(() => undefined);
+}
+
 export function buildProgram(exit: (code: number) => void = (c) => process.exit(c)): Command {
   const program = new Command('cellctl')
     .description('Talk to a Cello controller, like kubectl: apply pods, watch them, read logs, exec, forward ports.')
@@ -307,6 +351,7 @@ Examples:
     async (...args: A) => {
       try {
         const code = await fn(...args);
+        await flushed();
         exit(code ?? 0);
       } catch (err) {
         let e: Error;
@@ -316,6 +361,7 @@ Examples:
           e = inner as Error;
         }
         process.stderr.write(`${e.message}\n`);
+        await flushed();
         exit(e instanceof CliError ? e.exitCode : 1);
       }
     };
@@ -362,7 +408,7 @@ Examples:
     );
 
   const get = program.command('get').description('list pods or cells');
-  const outputOpt = () => new Option('-o, --output <format>', 'wide, json or yaml').choices(['wide', 'json', 'yaml']);
+  const outputOpt = () => new Option('-o, --output <format>', 'wide, json, yaml, name or jsonpath=TEMPLATE (as kubectl)').argParser(parseOutput);
   get
     .command('pods [name]')
     .alias('pod')
@@ -383,8 +429,8 @@ Examples:
           let header = false;
           stream.on('data', (ev: PodEvent) => {
             if (!ev.pod || (name && ev.pod.metadata?.name !== name)) return;
-            if (o.output === 'json' || o.output === 'yaml') {
-              process.stdout.write(render(o.output, { type: EventType[ev.type].replace('EVENT_TYPE_', ''), object: asData('pod', [ev.pod]) }));
+            if (o.output && o.output !== 'wide') {
+              process.stdout.write(printObjects(o.output, 'pod', [ev.pod], true));
               if (o.output === 'yaml') process.stdout.write('---\n');
               return;
             }
@@ -404,7 +450,7 @@ Examples:
         let pods: PodObject[];
         if (name) pods = [await call<unknown, PodObject>(client, 'getPod', { pod: ref(g(), name) })];
         else pods = (await call<unknown, { pods: PodObject[] }>(client, 'listPods', { namespace: ns, labelSelector: o.selector ?? '' })).pods;
-        if (o.output === 'json' || o.output === 'yaml') process.stdout.write(render(o.output, asData('pod', pods)));
+        if (o.output && o.output !== 'wide') process.stdout.write(printObjects(o.output, 'pod', pods, !!name));
         else if (pods.length === 0) process.stderr.write(`No resources found${allNs ? '' : ` in ${ns} namespace`}.\n`);
         else process.stdout.write(table([podHeader(wide, allNs), ...pods.map((p) => podRow(p, wide, allNs))]));
       }),
@@ -424,8 +470,8 @@ Examples:
           let header = false;
           stream.on('data', (ev: CellEvent) => {
             if (!ev.cell || (name && ev.cell.id !== name)) return;
-            if (o.output === 'json' || o.output === 'yaml') {
-              process.stdout.write(render(o.output, { type: EventType[ev.type].replace('EVENT_TYPE_', ''), object: asData('cell', [ev.cell]) }));
+            if (o.output && o.output !== 'wide') {
+              process.stdout.write(printObjects(o.output, 'cell', [ev.cell], true));
               return;
             }
             const rows = header ? [] : [cellHeader(wide)];
@@ -444,7 +490,7 @@ Examples:
           cells = cells.filter((c) => c.id === name);
           if (cells.length === 0) throw new CliError(`error: cell ${name} not found`);
         }
-        if (o.output === 'json' || o.output === 'yaml') process.stdout.write(render(o.output, asData('cell', cells)));
+        if (o.output && o.output !== 'wide') process.stdout.write(printObjects(o.output, 'cell', cells, !!name));
         else if (cells.length === 0) process.stderr.write('No cells.\n');
         else process.stdout.write(table([cellHeader(wide), ...cells.map((c) => cellRow(c, wide))]));
       }),

@@ -2,7 +2,7 @@
 // reads the same to someone who knows kubectl.
 import { stringify as toYaml } from 'yaml';
 import { PodPhase, type ContainerStatus } from '@cello/proto/cell';
-import { Cell, CellState, type ClusterEvent, PodObject } from '@cello/proto/controller';
+import { type Cell, CellState, type ClusterEvent, type PodObject } from '@cello/proto/controller';
 
 export function age(from: Date | undefined, now = Date.now()): string {
   if (!from) return '<unknown>';
@@ -31,8 +31,21 @@ export function phaseName(p: PodPhase | undefined): string {
   }
 }
 
+/**
+ * Where a Pending pod is on its way to running, with its last error and when it is retried:
+ * `Launching (InsufficientInstanceCapacity, retry in 20s)`. Undefined once it runs.
+ */
+export function progressWord(p: PodObject, now = Date.now()): string | undefined {
+  const g = p.progress;
+  if (!g?.stage || g.stage === 'Running') return undefined;
+  const e = g.lastError;
+  const retryIn = e?.retryAt && e.retryAt.getTime() > now ? Math.ceil((e.retryAt.getTime() - now) / 1000) : 0;
+  if (!e || (e.stage !== g.stage && !retryIn)) return g.stage;
+  return `${g.stage} (${e.reason}${retryIn ? `, retry in ${retryIn}s` : ''})`;
+}
+
 /** kubectl's STATUS column: the most telling reason, else the phase. */
-export function podStatusWord(p: PodObject): string {
+export function podStatusWord(p: PodObject, now = Date.now()): string {
   const st = p.status;
   if (p.metadata?.deletionTimestamp) return 'Terminating';
   if (!st) return 'Pending';
@@ -56,9 +69,14 @@ export function podStatusWord(p: PodObject): string {
     else if (s?.$case === 'terminated' && st.phase !== PodPhase.POD_PHASE_RUNNING) word = s.value.reason || (s.value.exitCode === 0 ? 'Completed' : 'Error');
   }
   if (st.phase === PodPhase.POD_PHASE_SUCCEEDED) word = 'Completed';
-  if (!p.cellId && st.phase === PodPhase.POD_PHASE_PENDING) {
+  if (st.phase === PodPhase.POD_PHASE_PENDING) {
+    const progress = progressWord(p, now);
+    // A retry on its way says more than "Unschedulable"; a container's own reason (ErrImagePull,
+    // CrashLoopBackOff) more than the stage.
+    if (progress && /retry in/.test(progress)) return progress;
     const sched = st.conditions.find((c) => c.type === 'PodScheduled');
-    if (sched?.reason === 'Unschedulable') return 'Unschedulable';
+    if (!p.cellId && sched?.reason === 'Unschedulable') return 'Unschedulable';
+    if (progress && (word === 'Pending' || word === 'ContainerCreating')) return progress;
   }
   return word;
 }
@@ -120,12 +138,6 @@ export function cellHeader(wide: boolean): string[] {
   return ['NAME', 'STATE', 'INSTANCE-TYPE', 'POD', 'AGE', ...(wide ? ['INSTANCE', 'ADDRESS', 'LIFECYCLE', 'PRICE', 'REASON'] : [])];
 }
 
-export function asData(kind: 'pod' | 'cell', items: Array<PodObject | Cell>): unknown {
-  const conv = (x: PodObject | Cell) => (kind === 'pod' ? PodObject.toJSON(x as PodObject) : Cell.toJSON(x as Cell));
-  if (items.length === 1) return conv(items[0]!);
-  return { kind: 'List', items: items.map(conv) };
-}
-
 export function render(format: 'json' | 'yaml', data: unknown): string {
   return format === 'json' ? JSON.stringify(data, null, 2) + '\n' : toYaml(data);
 }
@@ -168,6 +180,7 @@ export function describePod(p: PodObject, cell: Cell | undefined, events: Cluste
   ];
   if (st?.reason) lines.push(`Reason:         ${st.reason}`);
   if (st?.message) lines.push(`Message:        ${st.message}`);
+  lines.push(...progressLines(p));
   lines.push(`IP:             ${st?.podIp || '<none>'}`);
   lines.push(`Cell:           ${p.cellId || '<none>'}`);
   lines.push(`Instance Type:  ${p.instanceType || '<none>'}`);
@@ -202,4 +215,34 @@ export function describePod(p: PodObject, cell: Cell | undefined, events: Cluste
     lines.push(table(rows).trimEnd());
   }
   return lines.join('\n') + '\n';
+}
+
+const clock = (d: Date | undefined) => (d ? d.toISOString().replace(/\.\d{3}Z$/, 'Z') : '');
+
+/** describe's Stage and Timeline: where the pod is, since when, its deadline, attempts, last error, and each stage it went through. */
+export function progressLines(p: PodObject, now = Date.now()): string[] {
+  const g = p.progress;
+  if (!g?.stage) return [];
+  const out: string[] = [];
+  const since = g.since ? ` since ${clock(g.since)} (${age(g.since, now)})` : '';
+  out.push(`Stage:          ${g.stage}${since}`);
+  if (g.stage !== 'Running') {
+    if (g.deadline) {
+      const left = Math.round((g.deadline.getTime() - now) / 1000);
+      out.push(`Deadline:       ${clock(g.deadline)} (${left >= 0 ? `in ${left}s` : `${-left}s ago`})`);
+    }
+  }
+  if (g.attempts) out.push(`Attempts:       ${g.attempts} failed`);
+  const e = g.lastError;
+  if (e) {
+    const retry = e.retryAt && e.retryAt.getTime() > now ? `; retry in ${Math.ceil((e.retryAt.getTime() - now) / 1000)}s` : '';
+    out.push(`Last Error:     ${e.reason} while ${e.stage || g.stage}, ${age(e.time, now)} ago${retry}: ${e.message}`);
+  }
+  if (g.history.length) {
+    out.push('Timeline:');
+    const rows = [['  Stage', 'Entered', 'Age', 'Message']];
+    for (const h of g.history) rows.push([`  ${h.stage}`, clock(h.since), age(h.since, now), h.message]);
+    out.push(table(rows).trimEnd());
+  }
+  return out;
 }

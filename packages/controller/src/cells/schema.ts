@@ -5,6 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { Cell, ClusterEvent, PodObject, type PodRef } from '@cello/proto/controller';
 import { ConflictError, type KeyValue, type Store } from '../store/store.js';
 import { CellState } from './state.js';
+import type { PodProgressRecord } from './progress.js';
 
 export const PODS = 'pods/';
 export const CELLS = 'cells/';
@@ -26,6 +27,8 @@ export interface PodRecord {
   lastStates?: Record<string, unknown>;
   /** Why the pod has no cell yet, for its PodScheduled condition. */
   unschedulable?: { reason: string; message: string };
+  /** Where the pod is on its way to running: stage, deadline, attempts, last error (cells/progress.ts). */
+  progress?: PodProgressRecord;
 }
 
 export interface CellRecord {

@@ -5,7 +5,7 @@
 // then removed) — each state with its deadline, and the failures that end a cell.
 import { DeletePodRequest, GetInfoRequest, type AgentInfo } from '@cello/proto/cell';
 import { Cell, PodObject } from '@cello/proto/controller';
-import { cellKey, cellOf, podOf, refKey, splitKey, type CellRecord } from '../cells/schema.js';
+import { cellKey, cellOf, podOf, refKey, splitKey, type CellRecord, type PodRecord } from '../cells/schema.js';
 import { CellState, stateName, timeoutReason } from '../cells/state.js';
 import { CapacityError, type CellBootstrapData } from '../providers/provider.js';
 import { errMsg } from '../util/errors.js';
@@ -13,6 +13,7 @@ import { callUnary } from '../agents/pool.js';
 import type { CellBootstrap } from './cell-bootstrap.js';
 import { TAG_CELL, TAG_CONTROLLER, TAG_POD, type ReconcileContext } from './context.js';
 import { detachPod, markUnschedulable } from './pod-status.js';
+import { enterStage, launchErrorReason, noteFailure } from '../cells/progress.js';
 import { launchOptions } from './scheduler.js';
 import type { StatusWatch } from './status-watch.js';
 import { transition, transitionPath, type Step } from './transition.js';
@@ -44,11 +45,11 @@ export class CellLifecycle {
       case CellState.CELL_STATE_CREATING:
         if (overdue) return void (await this.fail(id, cell, timeoutReason(cell.state), `no instance after ${ctx.t.createSeconds}s`));
         if (this.podGone(cell)) return void (await transition(ctx, id, CellState.CELL_STATE_TERMINATING, 'PodDeleted', 'its pod is gone'));
-        return this.once(`launch:${id}`, () => this.launch(id, rec, cell));
+        return this.once(`launch:${id}`, () => this.launch(id, rec, cell), cell.deadline);
       case CellState.CELL_STATE_BOOTING:
         if (overdue) return void (await this.fail(id, cell, timeoutReason(cell.state), `agent did not answer within ${ctx.t.bootSeconds}s`));
         if (this.podGone(cell)) return void (await transition(ctx, id, CellState.CELL_STATE_TERMINATING, 'PodDeleted', 'its pod is gone'));
-        return this.once(`boot:${id}`, () => this.boot(id, cell));
+        return this.once(`boot:${id}`, () => this.boot(id, cell), cell.deadline);
       case CellState.CELL_STATE_READY:
       case CellState.CELL_STATE_BOUND: {
         if (this.watch.ensure(id, cell.address)) return this.lost(id, cell, `agent silent for more than ${ctx.t.healthSeconds}s`);
@@ -70,9 +71,20 @@ export class CellLifecycle {
       }
       case CellState.CELL_STATE_DRAINING:
         if (overdue) return void (await transition(ctx, id, CellState.CELL_STATE_TERMINATING, timeoutReason(cell.state), 'pod did not stop in time'));
-        return this.once(`drain:${id}`, () => this.drain(id, rec, cell));
+        return this.once(`drain:${id}`, () => this.drain(id, rec, cell), cell.deadline);
       case CellState.CELL_STATE_TERMINATING:
-        return this.once(`terminate:${id}`, () => this.terminate(id, cell));
+        if (overdue) {
+          // The provider did not end the instance in time: the record says so and ends here; the
+          // garbage collector, which terminates every owned instance without a live cell, keeps trying.
+          return void (await transition(
+            ctx,
+            id,
+            CellState.CELL_STATE_TERMINATED,
+            timeoutReason(cell.state),
+            `instance ${cell.instanceId || '(none)'} not terminated within ${ctx.t.terminateSeconds}s; garbage collection retries it`,
+          ));
+        }
+        return this.once(`terminate:${id}`, () => this.terminate(id, cell), cell.deadline);
       case CellState.CELL_STATE_TERMINATED: {
         this.watch.stop(id);
         this.ctx.o.serviceFeed?.stop(id);
@@ -89,12 +101,30 @@ export class CellLifecycle {
     }
   }
 
-  /** Runs a side effect at most once at a time per key. */
-  private async once(key: string, fn: () => Promise<void>): Promise<void> {
+  /**
+   * Runs a side effect at most once at a time per key. The reconcile waits for it only until
+   * the state's deadline: a call that never returns (a launch, a provider's terminate) held the
+   * cell's key, so its deadline was never acted on. The side effect itself goes on.
+   */
+  private async once(key: string, fn: () => Promise<void>, deadline?: Date): Promise<void> {
     if (this.inflight.has(key)) return;
     const p = fn().finally(() => this.inflight.delete(key));
     this.inflight.set(key, p);
-    await p;
+    if (!deadline) return void (await p);
+    let timer: NodeJS.Timeout | undefined;
+    const due = new Promise<{ done: false }>((resolve) => (timer = setTimeout(() => resolve({ done: false }), Math.max(0, deadline.getTime() - Date.now()))));
+    // Settles with the error instead of rejecting, so a failure after the deadline is not unhandled.
+    const outcome = p.then(
+      () => ({ done: true as const, err: undefined as unknown }),
+      (err: unknown) => ({ done: true as const, err }),
+    );
+    const first = await Promise.race([outcome, due]);
+    clearTimeout(timer);
+    if (first.done) {
+      if (first.err !== undefined) throw first.err instanceof Error ? first.err : new Error(String(first.err));
+      return;
+    }
+    void outcome.then(({ err }) => err !== undefined && this.ctx.log.warn({ key, err: errMsg(err) }, 'cell side effect failed after its deadline'));
   }
 
   private podGone(cell: Cell): boolean {
@@ -171,6 +201,11 @@ export class CellLifecycle {
         ctx.metrics.launches.inc({ instance_type: type, outcome: capacity ? 'capacity' : 'error' });
         errors.push(`${type}${spot ? ' (spot)' : ''}: ${errMsg(err)}`);
         ctx.log.warn({ cell: id, instanceType: type, err: errMsg(err) }, capacity ? 'no capacity; trying next candidate' : 'launch failed');
+        const reason = launchErrorReason(err, capacity);
+        const what = `${type}${spot ? ' (spot)' : ''}: ${errMsg(err)}`;
+        await this.podNote(id, cell, (r) => noteFailure(r, reason, what, { stage: 'Launching' }));
+        if (cell.pod?.name)
+          void ctx.note({ kind: 'Pod', namespace: cell.pod.namespace || 'default', name: cell.pod.name, type: 'Warning', reason: 'FailedLaunch', message: `${reason}: ${what}` });
         if (!capacity) break;
       }
     }
@@ -203,6 +238,9 @@ export class CellLifecycle {
           return r;
         });
     };
+    if (ctx.o.provider.needsBootstrap) {
+      await this.podNote(id, cell, (r) => enterStage(r, 'Bootstrapping', { message: `agent at ${address}`, ...(cell.deadline ? { deadline: cell.deadline } : {}) }));
+    }
     const bootstrapped = await this.bootstrap.run(id, cell, address);
     if (bootstrapped === 'retry') {
       await saveAddress();
@@ -272,6 +310,15 @@ export class CellLifecycle {
     await transition(ctx, id, CellState.CELL_STATE_TERMINATED, cell.reason || 'Terminated', cell.message || 'instance terminated', undefined, [CellState.CELL_STATE_TERMINATING]);
   }
 
+  /** A change to the progress of the pod this cell was made for (while it is still that pod's cell); `change` false: nothing to write. */
+  private async podNote(id: string, cell: Cell, change: (r: PodRecord) => boolean | void): Promise<void> {
+    if (!cell.pod?.name) return;
+    await this.ctx.cache.writePod(refKey(cell.pod), (r) => {
+      if (podOf(r).cellId !== id) return undefined;
+      return change(r) === false ? undefined : r;
+    });
+  }
+
   private async fail(id: string, cell: Cell, reason: string, message: string): Promise<void> {
     const { ctx } = this;
     if (!cell.pod?.name) this.warmPool.failed(cell.instanceType);
@@ -280,7 +327,7 @@ export class CellLifecycle {
       const key = refKey(cell.pod);
       const [ns, name] = splitKey(key);
       await ctx.events.record({ kind: 'Pod', namespace: ns, name, type: 'Warning', reason: 'CellFailed', message: `cell ${id}: ${reason}: ${message}` }).catch(() => undefined);
-      if (reason === 'LaunchFailed') await markUnschedulable(ctx, key, reason, message).catch(() => undefined);
+      if (reason === 'LaunchFailed') await markUnschedulable(ctx, key, reason, message, false).catch(() => undefined);
     }
     await transition(ctx, id, CellState.CELL_STATE_TERMINATING, reason, message);
     if (cell.pod?.name) await detachPod(ctx, cell, reason, message, cell.state === CellState.CELL_STATE_BOUND);

@@ -6,6 +6,7 @@ import type { Store } from '../store/store.js';
 import type { CellProvider, InstanceType } from '../providers/provider.js';
 import type { Events } from '../cells/schema.js';
 import type { Timeouts } from '../cells/state.js';
+import type { SavedLogsOptions } from '../logs/saved.js';
 import type { Overhead, SpotPreference } from '../selection/selection.js';
 import type { Logger } from '../obs/logger.js';
 import type { Metrics } from '../obs/metrics.js';
@@ -50,6 +51,8 @@ export interface ReconcilerOptions {
   retainFinishedSeconds?: number;
   /** Cells a pod may lose before it is failed instead of rescheduled. */
   maxCellFailures?: number;
+  /** The logs kept when a pod ends (logs/saved.ts); default 64 KiB per container for 24 h. */
+  savedLogs?: SavedLogsOptions;
   gcIntervalSeconds?: number;
   tickMs?: number;
   concurrency?: number;
@@ -105,6 +108,8 @@ export interface ReconcileContext {
    * resets once a reconcile of the key finishes without asking for another retry.
    */
   retryLater(key: string, baseMs: number): void;
+  /** Queues the key once, `ms` from now (a pod waiting out its launch back-off). */
+  enqueueAfter(key: string, ms: number): void;
   /**
    * Records an event without making the reconcile wait for it: events are for people reading
    * `describe`, and waiting on each one cost every state change a second store commit.

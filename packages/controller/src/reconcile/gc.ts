@@ -1,5 +1,6 @@
 // Garbage collection of instances: what the provider runs under this controller's ID that the
 // store does not know (or knows as Terminated).
+import { DEFAULT_RETAIN_SECONDS, pruneSavedLogs } from '../logs/saved.js';
 import { cellKey, cellOf, type CellRecord } from '../cells/schema.js';
 import { CellState } from '../cells/state.js';
 import { errMsg } from '../util/errors.js';
@@ -12,6 +13,11 @@ import { TAG_CELL, type ReconcileContext } from './context.js';
  * exists for an instance being launched. Returns the instances terminated.
  */
 export async function collectGarbage(ctx: ReconcileContext): Promise<string[]> {
+  const pruned = await pruneSavedLogs(ctx.o.store, ctx.o.savedLogs?.retainSeconds ?? DEFAULT_RETAIN_SECONDS).catch((err: unknown) => {
+    ctx.log.warn({ err: errMsg(err) }, 'pruning saved logs failed');
+    return 0;
+  });
+  if (pruned) ctx.log.info({ pruned }, 'saved logs pruned');
   const { o } = ctx;
   // Tokens of cells that never booted in time: their records go too.
   if (o.tokens && o.provider.needsBootstrap) await o.tokens.sweepExpired().catch((err: unknown) => ctx.log.warn({ err: errMsg(err) }, 'bootstrap token sweep failed'));

@@ -6,11 +6,18 @@ import { ConditionStatus, ContainerState, PodPhase, PodStatus, RestartPolicy, ty
 import { PodObject, type Cell } from '@cello/proto/controller';
 import { podOf, refKey, splitKey } from '../cells/schema.js';
 import { setCondition } from '../cells/conditions.js';
+import { enterStage, noteFailure, sameFailure, stageOfAgentStatus } from '../cells/progress.js';
 import type { ReconcileContext } from './context.js';
 
 export const TERMINAL = new Set([PodPhase.POD_PHASE_SUCCEEDED, PodPhase.POD_PHASE_FAILED]);
 
-export async function markUnschedulable(ctx: ReconcileContext, key: string, reason: string, message: string): Promise<void> {
+/** Cell failures after which the pod waits before its next cell (pod.progress.lastError.retryAt). */
+const LAUNCH_FAILURES = new Set(['LaunchFailed', 'LaunchTimeout']);
+export const LAUNCH_RETRY_BASE_MS = 5000;
+const LAUNCH_RETRY_MAX_MS = 60_000;
+
+/** `noteProgress` false: the caller notes the failure in the pod's progress itself (a failed launch, see detachPod). */
+export async function markUnschedulable(ctx: ReconcileContext, key: string, reason: string, message: string, noteProgress = true): Promise<void> {
   const cur = ctx.cache.pods.get(key)?.rec;
   if (cur?.unschedulable?.reason === reason && cur.unschedulable.message === message) return;
   await ctx.cache.writePod(key, (r) => {
@@ -20,6 +27,7 @@ export async function markUnschedulable(ctx: ReconcileContext, key: string, reas
     p.status = st;
     r.object = PodObject.toJSON(p);
     r.unschedulable = { reason, message };
+    if (noteProgress && !sameFailure(r, reason, message)) noteFailure(r, reason, message, { stage: 'Selecting' });
     return r;
   });
   const [ns, name] = splitKey(key);
@@ -36,6 +44,7 @@ export async function detachPod(ctx: ReconcileContext, cell: Cell, reason: strin
   const key = refKey(cell.pod!);
   const maxCellFailures = ctx.o.maxCellFailures ?? 5;
   let outcome = '';
+  let retryInMs = 0;
   await ctx.cache.writePod(key, (r) => {
     outcome = ''; // fn may run more than once (a lost compare-and-swap is retried)
     const p = podOf(r);
@@ -45,6 +54,19 @@ export async function detachPod(ctx: ReconcileContext, cell: Cell, reason: strin
     const failures = (r.cellFailures ?? 0) + 1;
     r.cellFailures = failures;
     const policy = p.spec?.restartPolicy ?? RestartPolicy.RESTART_POLICY_ALWAYS;
+    // A launch that failed is not tried again at once: the capacity or limit it hit rarely
+    // clears in a second (5 s, doubling, at most a minute).
+    retryInMs = LAUNCH_FAILURES.has(reason) ? Math.min(LAUNCH_RETRY_MAX_MS, LAUNCH_RETRY_BASE_MS * 2 ** (failures - 1)) : 0;
+    const now = new Date();
+    const retryAt = retryInMs ? new Date(now.getTime() + retryInMs) : undefined;
+    const launchError = r.progress?.stage === 'Launching' ? r.progress.lastError : undefined;
+    if (reason === 'LaunchFailed' && launchError?.stage === 'Launching' && retryAt) {
+      // Each candidate's failure was noted as it happened (InsufficientInstanceCapacity, ...): that
+      // reason stays, with when the next launch is.
+      launchError.retryAt = retryAt.toISOString();
+    } else if (sameFailure(r, reason, message) && r.progress?.lastError) {
+      if (retryAt) r.progress.lastError.retryAt = retryAt.toISOString();
+    } else noteFailure(r, reason, message, { now, ...(retryAt ? { retryAt } : {}), stage: retryAt ? 'Launching' : 'Selecting' });
     if ((ran && !evicted && policy === RestartPolicy.RESTART_POLICY_NEVER) || failures > maxCellFailures) {
       st.phase = PodPhase.POD_PHASE_FAILED;
       st.reason = reason;
@@ -83,9 +105,11 @@ export async function detachPod(ctx: ReconcileContext, cell: Cell, reason: strin
       name,
       type: 'Warning',
       reason: outcome === 'failed' ? 'PodFailed' : 'Rescheduling',
-      message: outcome === 'failed' ? `${reason}: pod failed (restartPolicy)` : `${reason}: starting the pod on a new cell`,
+      message:
+        outcome === 'failed' ? `${reason}: pod failed (restartPolicy)` : `${reason}: starting the pod on a new cell${retryInMs ? ` in ${Math.round(retryInMs / 1000)}s` : ''}`,
     });
-    ctx.enqueue(`pod:${key}`);
+    if (retryInMs && outcome !== 'failed') ctx.enqueueAfter(`pod:${key}`, retryInMs);
+    else ctx.enqueue(`pod:${key}`);
   }
 }
 
@@ -121,6 +145,10 @@ export async function applyAgentStatus(
       created = p.metadata?.creationTimestamp;
     }
     if (PodStatus.toJSON(st) && JSON.stringify(PodStatus.toJSON(st)) === JSON.stringify(prev ? PodStatus.toJSON(prev) : null)) return undefined;
+    // The stage follows the status, in the same write.
+    const told = stageOfAgentStatus(st);
+    enterStage(r, told.stage);
+    if (told.error && !sameFailure(r, told.error.reason, told.error.message)) noteFailure(r, told.error.reason, told.error.message);
     p.status = st;
     r.object = PodObject.toJSON(p);
     return r;

@@ -9,6 +9,7 @@ import type { PodRecordWithData } from '../cells/pod-secrets.js';
 import { CellState } from '../cells/state.js';
 import { errMsg } from '../util/errors.js';
 import { callUnary } from '../agents/pool.js';
+import { DEFAULT_KEEP_BYTES, DEFAULT_RETAIN_SECONDS, saveLogs, savedLogsKey } from '../logs/saved.js';
 import { secretsUsedByPod } from '../registry/pull-credentials.js';
 import { podPull } from './pull-auth.js';
 import type { ReconcileContext } from './context.js';
@@ -32,6 +33,7 @@ export async function reconcilePod(ctx: ReconcileContext, key: string): Promise<
       await ctx.o.store.delete(podKey(ref.namespace, ref.name));
       cache.pods.delete(key);
       await ctx.events.forget(ref).catch(() => undefined);
+      await ctx.o.store.delete(savedLogsKey(ref.namespace, ref.name)).catch(() => undefined);
       ctx.log.info({ pod: key }, 'pod deleted');
       return;
     }
@@ -47,6 +49,7 @@ export async function reconcilePod(ctx: ReconcileContext, key: string): Promise<
   const phase = pod.status?.phase ?? PodPhase.POD_PHASE_PENDING;
   if (TERMINAL.has(phase)) {
     if (cellLive && cell && !cellC!.rec.podFinishedAt) {
+      await keepLogs(ctx, key, pod, cell);
       await cache.writeCell(cell.id, (r) => (r ? { ...r, podFinishedAt: new Date().toISOString() } : undefined));
       ctx.enqueue(`cell:${cell.id}`);
     }
@@ -59,6 +62,20 @@ export async function reconcilePod(ctx: ReconcileContext, key: string): Promise<
   }
   if (cell!.state === CellState.CELL_STATE_BOUND && (cellC!.rec.appliedGeneration ?? 0) < (pod.metadata?.generation ?? 1)) {
     await applyToAgent(ctx, key, rec, pod, cell!);
+  }
+}
+
+/** The pod ended: its containers' last logs are kept before its cell can go (logs/saved.ts). */
+async function keepLogs(ctx: ReconcileContext, key: string, pod: PodObject, cell: Cell): Promise<void> {
+  const o = { keepBytes: DEFAULT_KEEP_BYTES, retainSeconds: DEFAULT_RETAIN_SECONDS, ...(ctx.o.savedLogs ?? {}) };
+  if (o.keepBytes <= 0 || !cell.address) return;
+  const [ns, name] = splitKey(key);
+  const containers = [...(pod.spec?.initContainers ?? []), ...(pod.spec?.containers ?? [])].map((c) => c.name);
+  try {
+    const saved = await saveLogs(ctx.o.store, ctx.o.agents.get(cell.id, cell.address), { namespace: ns, name, uid: pod.metadata?.uid ?? '', cellId: cell.id, containers }, o);
+    ctx.log.info({ pod: key, cell: cell.id, containers: Object.keys(saved.containers ?? {}).length, errors: saved.errors }, 'pod logs kept');
+  } catch (err) {
+    ctx.log.warn({ pod: key, cell: cell.id, err: errMsg(err) }, 'keeping the pod logs failed');
   }
 }
 

@@ -80,6 +80,7 @@ export class Reconciler {
       prePull: new PrePull(),
       enqueue: (key) => this.enqueue(key),
       retryLater: (key, baseMs) => this.retryLater(key, baseMs),
+      enqueueAfter: (key, ms) => this.queue.addAfter(key, ms),
       note: (e) => this.events.record(e).catch((err: unknown) => this.log.debug({ err: errMsg(err), reason: e.reason }, 'event not recorded')),
     };
     this.watch = new StatusWatch(this.ctx);

@@ -209,5 +209,6 @@ function copyRecord<T>(rec: T): T {
   const r = { ...(rec as Record<string, unknown>) };
   if (r.restartBase) r.restartBase = { ...(r.restartBase as object) };
   if (r.lastStates) r.lastStates = { ...(r.lastStates as object) };
+  if (r.progress) r.progress = structuredClone(r.progress);
   return r as T;
 }

@@ -13,6 +13,7 @@ import type { ReconcileContext } from './context.js';
 import { podArchitectures } from './pod-architectures.js';
 import { podImages } from '../selection/architectures.js';
 import { markUnschedulable } from './pod-status.js';
+import { enterStage, stageOfCell, type PodStage } from '../cells/progress.js';
 import { transition } from './transition.js';
 
 /** Finds a cell for a pod: a Ready one from the warm pool, else a new one. */
@@ -20,6 +21,13 @@ export async function schedule(ctx: ReconcileContext, key: string, pod: PodObjec
   const { o, cache } = ctx;
   const ref = refOf(pod);
   const annotations = pod.metadata?.annotations ?? {};
+  // A pod whose last cell failed to launch waits out its back-off (detachPod set when).
+  const retryAt = cache.pods.get(key)?.rec.progress?.lastError?.retryAt;
+  const wait = retryAt ? Date.parse(retryAt) - Date.now() : 0;
+  if (wait > 0) {
+    ctx.enqueueAfter(`pod:${key}`, wait);
+    return;
+  }
   // The provider's veto first: it is cheap, and a refused pod needs no registry read.
   const refused = o.provider.refusePod?.({ namespace: ref.namespace, annotations });
   if (refused) {
@@ -59,7 +67,7 @@ export async function schedule(ctx: ReconcileContext, key: string, pod: PodObjec
       cell.state !== CellState.CELL_STATE_TERMINATING &&
       cell.state !== CellState.CELL_STATE_DRAINING
     ) {
-      await bindPod(ctx, key, id, cell.instanceType, 'adopted');
+      await bindPod(ctx, key, id, cell.instanceType, 'adopted', stageOfCell(cell.state) ?? 'Launching', cell.deadline);
       return;
     }
   }
@@ -81,7 +89,7 @@ export async function schedule(ctx: ReconcileContext, key: string, pod: PodObjec
         [CellState.CELL_STATE_READY],
       );
       if (!claimed) continue; // someone else took it
-      await bindPod(ctx, key, id, cell.instanceType, 'warm pool');
+      await bindPod(ctx, key, id, cell.instanceType, 'warm pool', 'Pulling');
       ctx.prePull.landed(ctx, key, cell, podImages(pod.spec!));
       return;
     }
@@ -113,7 +121,7 @@ export async function schedule(ctx: ReconcileContext, key: string, pod: PodObjec
     cache.writeCell(id, (cur) =>
       cur ? undefined : { cell: Cell.toJSON(cell), warm: false, fallback: candidates.slice(1).map((c) => [c.type.name, c.spot] as [string, boolean]) },
     ),
-    bindPod(ctx, key, id, first.type.name, 'new cell'),
+    bindPod(ctx, key, id, first.type.name, 'new cell', 'Launching', cell.deadline),
   ]);
   ctx.enqueue(`cell:${id}`);
 }
@@ -124,8 +132,9 @@ export function launchOptions(ctx: ReconcileContext, annotations: Record<string,
   return Object.fromEntries(Object.entries(annotations).filter(([k]) => keys.includes(k)));
 }
 
-async function bindPod(ctx: ReconcileContext, key: string, cellId: string, instanceType: string, how: string): Promise<void> {
+async function bindPod(ctx: ReconcileContext, key: string, cellId: string, instanceType: string, how: string, stage: PodStage, deadline?: Date): Promise<void> {
   const rec = await ctx.cache.writePod(key, (r) => {
+    enterStage(r, stage, { message: `cell ${cellId} (${instanceType}, ${how})`, ...(deadline ? { deadline } : {}) });
     const p = podOf(r);
     p.cellId = cellId;
     p.instanceType = instanceType;

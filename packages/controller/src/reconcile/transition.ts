@@ -2,7 +2,8 @@
 // (cells/state.ts) allows, with the new state's deadline; logged, recorded as an event, and
 // the cell queued again to act on its new state.
 import { Cell } from '@cello/proto/controller';
-import { cellOf, type CellRecord } from '../cells/schema.js';
+import { cellOf, podOf, refKey, splitKey, type CellRecord } from '../cells/schema.js';
+import { enterStage, stageOfCell } from '../cells/progress.js';
 import { type CellState, canTransition, deadlineFor, stateName } from '../cells/state.js';
 import type { ReconcileContext } from './context.js';
 
@@ -72,5 +73,24 @@ export async function transitionPath(
       .catch(() => undefined);
   }
   ctx.enqueue(`cell:${id}`);
+  await podFollows(ctx, id, cellOf(rec));
   return rec;
+}
+
+/** The pod bound to the cell enters the stage the cell's new state stands for, with its deadline. */
+async function podFollows(ctx: ReconcileContext, id: string, c: Cell): Promise<void> {
+  const stage = stageOfCell(c.state);
+  if (!stage || !c.pod?.name) return;
+  const key = refKey(c.pod);
+  const cur = ctx.cache.pods.get(key)?.rec;
+  if (!cur || cur.progress?.stage === stage) return;
+  let entered = false;
+  await ctx.cache.writePod(key, (r) => {
+    entered = false;
+    if (podOf(r).cellId !== id) return undefined; // not bound yet (a warm claim) or moved on
+    entered = enterStage(r, stage, { message: c.message, ...(c.deadline ? { deadline: c.deadline } : {}) });
+    return entered ? r : undefined;
+  });
+  const [ns, name] = splitKey(key);
+  if (entered) void ctx.note({ kind: 'Pod', namespace: ns, name, reason: stage, message: `cell ${id}: ${c.message}` });
 }

@@ -39,6 +39,9 @@ export interface ClusterOptions {
   store?: { kind: 'embedded' } | { kind: 'etcd'; endpoints: string[]; prefix?: string };
   gcIntervalSeconds?: number;
   retainFinishedSeconds?: number;
+  /** pods.keepLogBytes / pods.keepLogsSeconds: the logs kept when a pod ends. */
+  keepLogBytes?: number;
+  keepLogsSeconds?: number;
   controllerId?: string;
   /** mTLS to the agents with the controller's CA (default); false: --insecure-dev agents. */
   mtls?: boolean;
@@ -124,7 +127,11 @@ export class Cluster {
       warmPool: this.o.warm ? [{ instanceType: 'local.nano', size: this.o.warm, ...(this.o.prePull ? { prePull: this.o.prePull } : {}) }] : [],
       timeouts: { healthSeconds: this.o.healthSeconds ?? 5, bootSeconds: 60, createSeconds: 30 },
       gc: { intervalSeconds: this.o.gcIntervalSeconds ?? 30 },
-      pods: { retainFinishedSeconds: this.o.retainFinishedSeconds ?? 300 },
+      pods: {
+        retainFinishedSeconds: this.o.retainFinishedSeconds ?? 300,
+        ...(this.o.keepLogBytes !== undefined ? { keepLogBytes: this.o.keepLogBytes } : {}),
+        ...(this.o.keepLogsSeconds !== undefined ? { keepLogsSeconds: this.o.keepLogsSeconds } : {}),
+      },
     };
     writeFileSync(this.configPath, stringify(cfg));
   }
@@ -249,16 +256,18 @@ export class Cluster {
     });
   }
 
-  cellctl(args: string[], o: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<RunResult> {
+  /** Runs cellctl to its end; `input` is written to its stdin (e.g. for `apply -f -`). */
+  cellctl(args: string[], o: { timeoutMs?: number; env?: Record<string, string>; input?: string } = {}): Promise<RunResult> {
     return new Promise((resolvePromise, reject) => {
       const child = spawn(process.execPath, [CELLCTL_BIN, ...args], {
         env: { ...process.env, CELLO_CONTROLLER: this.server, CELLO_CONFIG: this.cellctlConfig, ...(o.env ?? {}) },
-        stdio: ['ignore', 'pipe', 'pipe'],
+        stdio: [o.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
       });
+      if (o.input !== undefined) child.stdin!.end(o.input);
       let stdout = '';
       let stderr = '';
-      child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-      child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+      child.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
+      child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
       const timer = setTimeout(() => {
         child.kill('SIGKILL');
         reject(new Error(`cellctl ${args.join(' ')} timed out after ${o.timeoutMs ?? 30_000} ms; stdout=${stdout} stderr=${stderr}`));

@@ -258,6 +258,13 @@ describe('virtual node against a real kube-apiserver', () => {
     expect(pod.status.containerStatuses![0]).toMatchObject({ name: 'main', restartCount: 0, image: registry.image });
     // The scheduler's condition survives our status patches (strategic merge by type).
     expect(pod.status.conditions?.find((c) => c.type === 'PodScheduled')?.status).toBe('True');
+    // Where the pod is on its way to running, as the controller keeps it (docs/operations.md).
+    const progressed = await waitPod(
+      'web',
+      'with its progress Running',
+      (p) => p.status.conditions?.some((c) => c.type === 'cello.dev/CellProgress' && c.status === 'True') ?? false,
+    );
+    expect(progressed.status.conditions?.find((c) => c.type === 'cello.dev/CellProgress')).toMatchObject({ reason: 'Running', message: 'running' });
     const cells = await cl.cells();
     expect(cells.some((c) => c.state === CellState.CELL_STATE_BOUND && c.pod?.name === 'web')).toBe(true);
     // The node's size follows: its cell (and the warm pool's refill) used, the pod bound here.

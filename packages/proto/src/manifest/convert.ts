@@ -612,7 +612,7 @@ export function parseDocuments(text: string): unknown[] {
     }
     const v = d.toJS({ maxAliasCount: 100 }) as unknown;
     if (v === null || v === undefined) return;
-    if (typeof v === 'object' && !Array.isArray(v) && (v as { kind?: unknown }).kind === 'List') {
+    if (typeof v === 'object' && !Array.isArray(v) && ['List', 'PodList'].includes((v as { kind?: unknown }).kind as string)) {
       const itemsOf = (v as { items?: unknown }).items;
       if (!Array.isArray(itemsOf)) throw new ManifestError('items', 'a List needs items', i);
       out.push(...itemsOf);

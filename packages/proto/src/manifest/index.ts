@@ -63,3 +63,5 @@ export function podFromManifest(input: string | object, defaults: { namespace?: 
   }
   return out;
 }
+
+export { kubePod, kubePodSpec } from './to-kube.js';

@@ -17,7 +17,8 @@ export const objectMeta = z.strictObject({
   uid: str.optional(),
   labels: stringMap.optional(),
   annotations: stringMap.optional(),
-  creationTimestamp: z.union([z.string(), z.null()]).optional(),
+  // YAML 1.1 (as Kubernetes reads manifests) makes an unquoted timestamp a date.
+  creationTimestamp: z.union([z.string(), z.date(), z.null()]).optional(),
   resourceVersion: ignored,
   generation: ignored,
   ownerReferences: ignored,

@@ -63,7 +63,10 @@ function openExec(ctx: StreamContext, unit: UnitView, s: ExecStart, output: Outp
   }
   proc.onOutput(output);
   void proc.result.then((r) => {
-    if (r.startError) return finish({ code: r.startError.notFound ? Status.NOT_FOUND : Status.FAILED_PRECONDITION, message: r.startError.message });
+    if (r.startError?.runtime) return finish({ code: Status.INTERNAL, message: r.startError.message });
+    // A command that cannot be started ends with the exit code a shell (and kubectl exec) gives
+    // it, 127 or 126, and runc's reason: a gRPC error here reached the user as a bare exit 1.
+    if (r.startError) return finish(ExitStatus.fromPartial({ exitCode: r.exitCode, message: r.startError.message }));
     finish(ExitStatus.fromPartial({ exitCode: r.exitCode, signal: r.signal }));
   });
   const io: SessionIo = {

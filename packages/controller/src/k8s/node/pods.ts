@@ -13,7 +13,7 @@ import { buildPodManifest, LABEL_NODE, ANNOTATION_UID, MissingReferenceError, ty
 import type { EnvVar } from './service-env.js';
 import type { KubeRest } from '../client/rest.js';
 import { isConflict, isNotFound } from '../client/rest.js';
-import { kubeStatus } from './status.js';
+import { kubeStatus, progressCondition } from './status.js';
 import { podsUsage } from './capacity.js';
 import { WorkQueue } from '../../util/workqueue.js';
 import type { Controller } from '../controller-client.js';
@@ -299,6 +299,8 @@ export class PodSync {
     await this.mirrorEvents(kpod);
     if (!cpod.status) return;
     const status = kubeStatus(cpod.status, kpod, this.o.hostIP);
+    const progress = progressCondition(cpod.progress);
+    if (progress) (status.conditions as unknown[]).push(progress);
     const text = JSON.stringify(status);
     if (this.lastStatus.get(key) === text) return;
     await this.patchStatus(kpod, status);

@@ -1,5 +1,6 @@
 // The controller core's pod status (Kubernetes-shaped protobuf) as a Kubernetes v1 PodStatus.
 import { ConditionStatus, PodPhase, type ContainerState, type ContainerStatus, type PodStatus } from '@cello/proto/cell';
+import type { PodProgress } from '@cello/proto/controller';
 
 const PHASE: Record<number, string> = {
   [PodPhase.POD_PHASE_PENDING]: 'Pending',
@@ -87,5 +88,30 @@ export function kubeStatus(s: PodStatus, pod: KubePodLike, hostIP: string): Reco
     ...(s.qosClass ? { qosClass: s.qosClass } : {}),
     containerStatuses: s.containerStatuses.map((c) => container(c, images.get(c.name))),
     ...(s.initContainerStatuses.length ? { initContainerStatuses: s.initContainerStatuses.map((c) => container(c, images.get(c.name))) } : {}),
+  };
+}
+
+/** The pod condition that says where a Cello pod is on its way to running (cellctl's Stage). */
+export const PROGRESS_CONDITION = 'cello.dev/CellProgress';
+
+/**
+ * The pod's progress as a condition: True once it runs; else False with the stage as reason and
+ * its deadline, attempts and last error in the message (absolute times, so an unchanged
+ * progress is an unchanged status and no patch).
+ */
+export function progressCondition(g: PodProgress | undefined): Record<string, unknown> | undefined {
+  if (!g?.stage) return undefined;
+  const parts: string[] = [g.stage === 'Running' ? 'running' : `${g.stage.toLowerCase()}${g.since ? ` since ${iso(g.since)}` : ''}`];
+  if (g.stage !== 'Running' && g.deadline) parts.push(`deadline ${iso(g.deadline)}`);
+  if (g.attempts) parts.push(`${g.attempts} failed attempt${g.attempts === 1 ? '' : 's'}`);
+  const e = g.lastError;
+  if (e && g.stage !== 'Running') parts.push(`last error ${e.reason}: ${e.message}${e.retryAt ? ` (retry at ${iso(e.retryAt)})` : ''}`);
+  return {
+    type: PROGRESS_CONDITION,
+    status: g.stage === 'Running' ? 'True' : 'False',
+    reason: g.stage,
+    message: parts.join('; '),
+    lastTransitionTime: iso(g.since) ?? null,
+    lastProbeTime: null,
   };
 }

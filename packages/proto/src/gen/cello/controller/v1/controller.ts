@@ -179,6 +179,40 @@ export interface PodObject {
   cellId: string;
   instanceType: string;
   nodeName: string;
+  /** Where a pod that is not running yet is on its way to running (see PodProgress). */
+  progress: PodProgress | undefined;
+}
+
+/**
+ * A pod's way to running, kept with the pod in the store: the stage it is in (Selecting,
+ * Launching, Booting, Bootstrapping, Pulling, Starting; Running once it got there), since when,
+ * until when the stage may last, the attempts so far and the last error.
+ */
+export interface PodProgress {
+  stage: string;
+  since: Date | undefined;
+  deadline: Date | undefined;
+  attempts: number;
+  lastError: PodProgressError | undefined;
+  history: PodStageEntry[];
+}
+
+export interface PodProgressError {
+  /** e.g. InsufficientInstanceCapacity, LaunchTimeout, ErrImagePull */
+  reason: string;
+  message: string;
+  time:
+    | Date
+    | undefined;
+  /** when the controller tries again, if it will */
+  retryAt: Date | undefined;
+  stage: string;
+}
+
+export interface PodStageEntry {
+  stage: string;
+  since: Date | undefined;
+  message: string;
 }
 
 export interface ApplyPodRequest {
@@ -775,7 +809,15 @@ export const ObjectMeta_AnnotationsEntry: MessageFns<ObjectMeta_AnnotationsEntry
 };
 
 function createBasePodObject(): PodObject {
-  return { metadata: undefined, spec: undefined, status: undefined, cellId: "", instanceType: "", nodeName: "" };
+  return {
+    metadata: undefined,
+    spec: undefined,
+    status: undefined,
+    cellId: "",
+    instanceType: "",
+    nodeName: "",
+    progress: undefined,
+  };
 }
 
 export const PodObject: MessageFns<PodObject> = {
@@ -797,6 +839,9 @@ export const PodObject: MessageFns<PodObject> = {
     }
     if (message.nodeName !== "") {
       writer.uint32(50).string(message.nodeName);
+    }
+    if (message.progress !== undefined) {
+      PodProgress.encode(message.progress, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -862,6 +907,14 @@ export const PodObject: MessageFns<PodObject> = {
             message.nodeName = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.progress = PodProgress.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -894,6 +947,7 @@ export const PodObject: MessageFns<PodObject> = {
         : isSet(object.node_name)
         ? globalThis.String(object.node_name)
         : "",
+      progress: isSet(object.progress) ? PodProgress.fromJSON(object.progress) : undefined,
     };
   },
 
@@ -917,6 +971,9 @@ export const PodObject: MessageFns<PodObject> = {
     if (message.nodeName !== "") {
       obj.nodeName = message.nodeName;
     }
+    if (message.progress !== undefined) {
+      obj.progress = PodProgress.toJSON(message.progress);
+    }
     return obj;
   },
 
@@ -935,6 +992,404 @@ export const PodObject: MessageFns<PodObject> = {
     message.cellId = object.cellId ?? "";
     message.instanceType = object.instanceType ?? "";
     message.nodeName = object.nodeName ?? "";
+    message.progress = (object.progress !== undefined && object.progress !== null)
+      ? PodProgress.fromPartial(object.progress)
+      : undefined;
+    return message;
+  },
+};
+
+function createBasePodProgress(): PodProgress {
+  return { stage: "", since: undefined, deadline: undefined, attempts: 0, lastError: undefined, history: [] };
+}
+
+export const PodProgress: MessageFns<PodProgress> = {
+  encode(message: PodProgress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.stage !== "") {
+      writer.uint32(10).string(message.stage);
+    }
+    if (message.since !== undefined) {
+      Timestamp.encode(toTimestamp(message.since), writer.uint32(18).fork()).join();
+    }
+    if (message.deadline !== undefined) {
+      Timestamp.encode(toTimestamp(message.deadline), writer.uint32(26).fork()).join();
+    }
+    if (message.attempts !== 0) {
+      writer.uint32(32).int32(message.attempts);
+    }
+    if (message.lastError !== undefined) {
+      PodProgressError.encode(message.lastError, writer.uint32(42).fork()).join();
+    }
+    for (const v of message.history) {
+      PodStageEntry.encode(v!, writer.uint32(50).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PodProgress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePodProgress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.stage = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.since = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.deadline = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.attempts = reader.int32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.lastError = PodProgressError.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.history.push(PodStageEntry.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PodProgress {
+    return {
+      stage: isSet(object.stage) ? globalThis.String(object.stage) : "",
+      since: isSet(object.since) ? fromJsonTimestamp(object.since) : undefined,
+      deadline: isSet(object.deadline) ? fromJsonTimestamp(object.deadline) : undefined,
+      attempts: isSet(object.attempts) ? globalThis.Number(object.attempts) : 0,
+      lastError: isSet(object.lastError)
+        ? PodProgressError.fromJSON(object.lastError)
+        : isSet(object.last_error)
+        ? PodProgressError.fromJSON(object.last_error)
+        : undefined,
+      history: globalThis.Array.isArray(object?.history)
+        ? object.history.map((e: any) => PodStageEntry.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: PodProgress): unknown {
+    const obj: any = {};
+    if (message.stage !== "") {
+      obj.stage = message.stage;
+    }
+    if (message.since !== undefined) {
+      obj.since = message.since.toISOString();
+    }
+    if (message.deadline !== undefined) {
+      obj.deadline = message.deadline.toISOString();
+    }
+    if (message.attempts !== 0) {
+      obj.attempts = Math.round(message.attempts);
+    }
+    if (message.lastError !== undefined) {
+      obj.lastError = PodProgressError.toJSON(message.lastError);
+    }
+    if (message.history?.length) {
+      obj.history = message.history.map((e) => PodStageEntry.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PodProgress>): PodProgress {
+    return PodProgress.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PodProgress>): PodProgress {
+    const message = createBasePodProgress();
+    message.stage = object.stage ?? "";
+    message.since = object.since ?? undefined;
+    message.deadline = object.deadline ?? undefined;
+    message.attempts = object.attempts ?? 0;
+    message.lastError = (object.lastError !== undefined && object.lastError !== null)
+      ? PodProgressError.fromPartial(object.lastError)
+      : undefined;
+    message.history = object.history?.map((e) => PodStageEntry.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePodProgressError(): PodProgressError {
+  return { reason: "", message: "", time: undefined, retryAt: undefined, stage: "" };
+}
+
+export const PodProgressError: MessageFns<PodProgressError> = {
+  encode(message: PodProgressError, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.reason !== "") {
+      writer.uint32(10).string(message.reason);
+    }
+    if (message.message !== "") {
+      writer.uint32(18).string(message.message);
+    }
+    if (message.time !== undefined) {
+      Timestamp.encode(toTimestamp(message.time), writer.uint32(26).fork()).join();
+    }
+    if (message.retryAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.retryAt), writer.uint32(34).fork()).join();
+    }
+    if (message.stage !== "") {
+      writer.uint32(42).string(message.stage);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PodProgressError {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePodProgressError();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.time = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.retryAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.stage = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PodProgressError {
+    return {
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      time: isSet(object.time) ? fromJsonTimestamp(object.time) : undefined,
+      retryAt: isSet(object.retryAt)
+        ? fromJsonTimestamp(object.retryAt)
+        : isSet(object.retry_at)
+        ? fromJsonTimestamp(object.retry_at)
+        : undefined,
+      stage: isSet(object.stage) ? globalThis.String(object.stage) : "",
+    };
+  },
+
+  toJSON(message: PodProgressError): unknown {
+    const obj: any = {};
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.time !== undefined) {
+      obj.time = message.time.toISOString();
+    }
+    if (message.retryAt !== undefined) {
+      obj.retryAt = message.retryAt.toISOString();
+    }
+    if (message.stage !== "") {
+      obj.stage = message.stage;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PodProgressError>): PodProgressError {
+    return PodProgressError.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PodProgressError>): PodProgressError {
+    const message = createBasePodProgressError();
+    message.reason = object.reason ?? "";
+    message.message = object.message ?? "";
+    message.time = object.time ?? undefined;
+    message.retryAt = object.retryAt ?? undefined;
+    message.stage = object.stage ?? "";
+    return message;
+  },
+};
+
+function createBasePodStageEntry(): PodStageEntry {
+  return { stage: "", since: undefined, message: "" };
+}
+
+export const PodStageEntry: MessageFns<PodStageEntry> = {
+  encode(message: PodStageEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.stage !== "") {
+      writer.uint32(10).string(message.stage);
+    }
+    if (message.since !== undefined) {
+      Timestamp.encode(toTimestamp(message.since), writer.uint32(18).fork()).join();
+    }
+    if (message.message !== "") {
+      writer.uint32(26).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PodStageEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePodStageEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.stage = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.since = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PodStageEntry {
+    return {
+      stage: isSet(object.stage) ? globalThis.String(object.stage) : "",
+      since: isSet(object.since) ? fromJsonTimestamp(object.since) : undefined,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+    };
+  },
+
+  toJSON(message: PodStageEntry): unknown {
+    const obj: any = {};
+    if (message.stage !== "") {
+      obj.stage = message.stage;
+    }
+    if (message.since !== undefined) {
+      obj.since = message.since.toISOString();
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PodStageEntry>): PodStageEntry {
+    return PodStageEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PodStageEntry>): PodStageEntry {
+    const message = createBasePodStageEntry();
+    message.stage = object.stage ?? "";
+    message.since = object.since ?? undefined;
+    message.message = object.message ?? "";
     return message;
   },
 };
