@@ -27,6 +27,11 @@ export interface GceFake {
   zones: string[];
   /** The bearer token the fake accepts. */
   token: string;
+  /**
+   * An auth client for @google-cloud/compute's REST transport (its `authClient` option) that
+   * sends the fake's token, where Application Default Credentials would send a real one.
+   */
+  authClient: StaticTokenAuthClient;
   /** Instances by `zone/name`, as the API returns them (live objects: tests may read them). */
   instances(): Array<Record<string, unknown>>;
   firewalls(): Array<Record<string, unknown>>;
@@ -41,6 +46,12 @@ export interface GceFake {
   /** Marks a Spot instance preempted: instance/preempted reads TRUE, then after `deleteAfterMs` the instance is gone. */
   preempt(instanceId: string, deleteAfterMs?: number): void;
   stop(): Promise<void>;
+}
+
+export interface StaticTokenAuthClient {
+  universeDomain: string;
+  getRequestHeaders(): Promise<Headers>;
+  fetch(url: string | URL, init?: RequestInit): Promise<Response>;
 }
 
 export interface InsertFault {
@@ -565,8 +576,19 @@ export async function startGceFake(o: GceFakeOptions = {}): Promise<GceFake> {
   await new Promise<void>((resolve) => api.listen(0, '127.0.0.1', resolve));
   const endpoint = `http://127.0.0.1:${(api.address() as AddressInfo).port}`;
 
+  const authClient: StaticTokenAuthClient = {
+    universeDomain: 'googleapis.com',
+    getRequestHeaders: () => Promise.resolve(new Headers({ authorization: `Bearer ${token}` })),
+    fetch: (url, init = {}) => {
+      const headers = new Headers(init.headers);
+      headers.set('authorization', `Bearer ${token}`);
+      return fetch(url, { ...init, headers });
+    },
+  };
+
   return {
     endpoint,
+    authClient,
     project,
     region,
     zones,

@@ -11,4 +11,4 @@ export { startKubeApiserver, startMetricsServer, hostAddress, kubeBinaries, type
 export { startNetLab, type NetLab } from './netlab.js';
 export { makeTestPki, type TestPki } from './pki.js';
 export { startRequestLog, type RequestLog, type LoggedRequest } from './request-log.js';
-export { startGceFake, type GceFake, type GceFakeOptions, type InsertFault } from './gce-fake.js';
+export { startGceFake, type GceFake, type GceFakeOptions, type InsertFault, type StaticTokenAuthClient } from './gce-fake.js';
