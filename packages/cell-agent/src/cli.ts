@@ -56,6 +56,10 @@ program
   .option('--bootstrap-user-data <file>', "cell user data (cell-bootstrap/v1 JSON): serve only CellBootstrap until the controller installs this cell's certificate, then mTLS")
   .option('--user-data-url <url>', 'like --bootstrap-user-data, read from instance metadata with IMDSv2 (on EC2: http://169.254.169.254)')
   .option(
+    '--instance-notices <cloud:url>',
+    "watch the instance's metadata for notices of its end and report them to the controller: aws:URL (IMDSv2) or gce:URL (the GCE metadata server); implied by --user-data-url and --gce-metadata-url, written by first-boot",
+  )
+  .option(
     '--gce-metadata-url <url>',
     'like --user-data-url, on GCE: the "user-data" attribute of the metadata server (http://metadata.google.internal), which is also watched for preemption',
   )
@@ -88,9 +92,12 @@ program
       bootstrapUserData?: string;
       userDataUrl?: string;
       gceMetadataUrl?: string;
+      instanceNotices?: string;
       allowClient: string[];
     }) => {
       const logger = createLogger();
+      // Checked before anything starts: a bad --instance-notices is refused, not found later.
+      const source = noticeSource(o);
       const sources = [o.bootstrapUserData, o.userDataUrl, o.gceMetadataUrl].filter((x) => x !== undefined);
       if (sources.length > 0) {
         if (sources.length > 1) throw new Error('give one of --bootstrap-user-data, --user-data-url and --gce-metadata-url');
@@ -137,17 +144,16 @@ program
       process.stdout.write(`listening ${agent.address}\n`);
       // On a cloud instance, watch its metadata for spot interruption / rebalance / maintenance
       // notices and report them on WatchStatus (src/cloud).
-      const notices =
-        o.userDataUrl || o.gceMetadataUrl
-          ? watchInstanceNotices({
-              ...(o.userDataUrl ? { imds: new ImdsClient(o.userDataUrl) } : { gce: new GceMetadataClient(o.gceMetadataUrl!) }),
-              onNotice: (n) => {
-                logger.warn({ kind: n.kind, action: n.action, actionAt: n.actionAt, detail: n.detail }, 'instance notice');
-                agent.pod.emit('notice', n);
-              },
-              onError: (err) => logger.debug({ err: (err as Error).message }, 'instance metadata poll failed'),
-            })
-          : undefined;
+      const notices = source
+        ? watchInstanceNotices({
+            ...source,
+            onNotice: (n) => {
+              logger.warn({ kind: n.kind, action: n.action, actionAt: n.actionAt, detail: n.detail }, 'instance notice');
+              agent.pod.emit('notice', n);
+            },
+            onError: (err) => logger.debug({ err: (err as Error).message }, 'instance metadata poll failed'),
+          })
+        : undefined;
       const stop = (sig: string) => {
         logger.info({ sig }, 'shutting down; units keep running');
         void (notices?.stop() ?? Promise.resolve()).then(() => agent.close()).then(() => process.exit(0));
@@ -156,6 +162,18 @@ program
       process.on('SIGINT', () => stop('SIGINT'));
     },
   );
+
+/** Where `serve` watches for instance notices: --instance-notices, else the metadata service the bootstrap came from. */
+function noticeSource(o: { userDataUrl?: string; gceMetadataUrl?: string; instanceNotices?: string }): { imds: ImdsClient } | { gce: GceMetadataClient } | undefined {
+  if (o.instanceNotices) {
+    const m = /^(aws|gce):(https?:\/\/.+)$/.exec(o.instanceNotices);
+    if (!m) throw new Error(`--instance-notices: expected aws:URL or gce:URL, got "${o.instanceNotices}"`);
+    return m[1] === 'aws' ? { imds: new ImdsClient(m[2]!) } : { gce: new GceMetadataClient(m[2]!) };
+  }
+  if (o.userDataUrl) return { imds: new ImdsClient(o.userDataUrl) };
+  if (o.gceMetadataUrl) return { gce: new GceMetadataClient(o.gceMetadataUrl) };
+  return undefined;
+}
 
 // Run by cello-first-boot.service (images/install.sh), configured by /etc/cello/first-boot.env:
 // the settings come from the environment so the unit's EnvironmentFile= is the one place to change them.
