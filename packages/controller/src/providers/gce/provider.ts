@@ -208,7 +208,19 @@ export class GceProvider implements CellProvider {
     return p;
   }
 
+  /** Launches in flight: firewall pruning waits for them. */
+  private launching = 0;
+
   async launch(req: LaunchRequest): Promise<LaunchedInstance> {
+    this.launching++;
+    try {
+      return await this.launchOnce(req);
+    } finally {
+      this.launching--;
+    }
+  }
+
+  private async launchOnce(req: LaunchRequest): Promise<LaunchedInstance> {
     if (!/^[A-Za-z0-9._-]{1,64}$/.test(req.cellId)) throw new Error(`launch: cellId: "${req.cellId}" must be 1-64 of [A-Za-z0-9._-]`);
     const b = req.bootstrap;
     if (b.cellId !== req.cellId) throw new Error(`launch: bootstrap.cellId ${b.cellId} differs from cellId ${req.cellId}`);
@@ -437,13 +449,23 @@ export class GceProvider implements CellProvider {
     return { instances: whole(inst), ...(cpus ? { vcpus: whole(cpus) } : {}), source: `compute:regions.get ${this.region}` };
   }
 
-  /** Deletes this controller's agent firewall rules for ports no live cell of it uses (GC). */
+  /** Called by the controller's GC: the agent firewall rules no live cell uses. */
+  collectUnused(controllerId: string): Promise<string[]> {
+    return this.pruneFirewalls(controllerId);
+  }
+
+  /**
+   * Deletes this controller's agent firewall rules for ports no live cell of it uses (GC).
+   * Nothing while a launch is in flight: its VM is not listed yet but needs its rule.
+   */
   async pruneFirewalls(controllerId: string): Promise<string[]> {
+    if (this.launching > 0) return [];
     const ports = new Set<number>();
     for (const i of await this.aggregated(`labels.${LABELS.controller} = "${labelValue(controllerId)}"`)) {
       if (this.tagsOf(i)[TAG_CONTROLLER] !== controllerId) continue;
       ports.add(Number(i.metadata?.items?.find((x) => x.key === METADATA_KEYS.agentPort)?.value ?? 0));
     }
+    if (this.launching > 0) return [];
     const removed = await pruneAgentFirewalls({ client: this.firewalls, waitOp: (op) => this.waitOp(op), project: this.cfg.project, controllerId, keepPorts: ports });
     for (const p of this.firewallRules.keys()) if (!ports.has(p)) this.firewallRules.delete(p);
     return removed;

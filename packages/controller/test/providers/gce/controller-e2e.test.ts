@@ -147,6 +147,7 @@ beforeAll(async () => {
       operationTimeoutSeconds: 20,
     },
     security: { mode: 'mtls', encryptionKeyEnv: 'CELLO_GCE_E2E_CA_KEY' },
+    gc: { intervalSeconds: 1 },
   });
   // As the daemon builds it, plus the fake's token (ADC's job in production) and the test-only address map.
   provider = gceProviderFromConfig(config.provider as Record<string, unknown>, {
@@ -221,5 +222,8 @@ describe('the controller on Compute Engine (GCE fake)', () => {
     // The preempted cell is drained and its VM deleted by the controller, before GCE would.
     await waitFor('the preempted VM to be deleted', () => vmOf(first.cellId) === undefined, { timeoutMs: 60_000, intervalMs: 250 });
     await unary(client.deletePod.bind(client), DeletePodRequest.fromPartial({ pod: { namespace: 'default', name: 'spotty' }, gracePeriodSeconds: 1 }));
+    // No cell left: the controller's GC removes the agent firewall rule it made.
+    await waitFor('the last VM to be deleted', () => gce.instances().length === 0, { timeoutMs: 60_000, intervalMs: 250 });
+    await waitFor('the unused firewall rule to be removed', () => gce.firewalls().length === 0, { timeoutMs: 30_000, intervalMs: 250 });
   }, 180_000);
 });
