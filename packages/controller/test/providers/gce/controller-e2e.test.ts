@@ -1,6 +1,6 @@
 // Through the controller on Compute Engine (the GCE fake of @cello/testkit: no emulator exists):
 // the real daemon with the gce provider built from its `provider: {kind: gce}` section. A pod
-// applied through the API gets a VM; the harness plays that VM's boot as GCE would run the cell
+// applied with cellctl (dist, a child process) gets a VM; the harness plays that VM's boot as GCE would run the cell
 // image: the fake starts the instance's metadata server and the real agent starts with
 // `serve --gce-metadata-url`, reading its one-time-token bootstrap from the "user-data"
 // attribute (Metadata-Flavor: Google) on loopback. The controller bootstraps it with its CA,
@@ -8,7 +8,7 @@
 // (instance/preempted) moves the pod to a new cell.
 import { randomBytes } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Metadata, type ServiceError } from '@grpc/grpc-js';
@@ -24,6 +24,7 @@ import { gceProviderFromConfig, type GceProvider } from '../../../src/providers/
 import { CertificateAuthority } from '../../../src/security/index.js';
 import { openStore, type Store } from '../../../src/store/index.js';
 import { agentCli, endInstance } from '../../bootstrap/boot-harness.js';
+import { CELLCTL_BIN } from '../../helpers/cluster.js';
 
 const CONTROLLER_ID = 'ctl-gce-e2e';
 const logger = pino({ level: process.env['LOG_LEVEL'] ?? 'silent' });
@@ -121,6 +122,26 @@ const waitRunning = (name: string, notOn?: string) =>
     },
     { timeoutMs: 90_000, intervalMs: 250 },
   );
+/** cellctl (dist) as a user runs it, with the admin credentials the controller wrote. */
+function cellctl(args: string[]): Promise<{ code: number; out: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CELLCTL_BIN, ...args], {
+      env: { ...process.env, CELLO_CONTROLLER: `127.0.0.1:${handle!.apiPort}`, CELLO_CONFIG: join(storeDir, 'cellctl.yaml') },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+    child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`cellctl ${args.join(' ')} timed out: ${out}`));
+    }, 30_000);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? -1, out });
+    });
+  });
+}
 const vmOf = (cellId: string) => gce.instances().find((i) => (i['labels'] as Record<string, string>)['cello-cell'] === cellId);
 
 beforeAll(async () => {
@@ -134,7 +155,7 @@ beforeAll(async () => {
   const ca = await CertificateAuthority.loadOrCreate({ store, encryptionKey: caKey });
   const config = parseConfig({
     controllerId: CONTROLLER_ID,
-    api: { listen: '127.0.0.1:0' },
+    api: { listen: '127.0.0.1:0', adminCredentials: { file: join(storeDir, 'cellctl.yaml'), user: 'e2e-admin' } },
     metrics: { listen: '127.0.0.1:0' },
     provider: {
       kind: 'gce',
@@ -180,14 +201,17 @@ afterAll(async () => {
 }, 120_000);
 
 describe('the controller on Compute Engine (GCE fake)', () => {
-  it('apply -> a VM booted from its metadata runs the pod; delete -> the VM is deleted', async () => {
+  it('cellctl apply -> a VM booted from its metadata runs the pod; cellctl delete -> the VM is deleted', async () => {
     const manifest = JSON.stringify({
       apiVersion: 'v1',
       kind: 'Pod',
       metadata: { name: 'web', namespace: 'default' },
       spec: { restartPolicy: 'Never', containers: [{ name: 'main', image, command: ['sh', '-c', 'sleep 3600'], resources: { requests: { cpu: '100m', memory: '64Mi' } } }] },
     });
-    await unary(client.applyPod.bind(client), ApplyPodRequest.fromPartial({ manifest }));
+    const file = join(storeDir, 'web.json');
+    await writeFile(file, manifest);
+    const applied = await cellctl(['apply', '-f', file]);
+    expect(applied, applied.out).toMatchObject({ code: 0 });
     const running = await waitRunning('web');
     expect(running.instanceType).toMatch(/^e2-/);
     const vm = vmOf(running.cellId)!;
@@ -196,7 +220,8 @@ describe('the controller on Compute Engine (GCE fake)', () => {
     expect(String(vm['machineType']).endsWith(`/${running.instanceType}`)).toBe(true);
     expect(gce.firewalls()).toEqual([expect.objectContaining({ sourceTags: ['cello-controller'], targetTags: ['cello-cell'] })]);
 
-    await unary(client.deletePod.bind(client), DeletePodRequest.fromPartial({ pod: { namespace: 'default', name: 'web' }, gracePeriodSeconds: 1 }));
+    const deleted = await cellctl(['delete', 'pod', 'web', '--grace', '1']);
+    expect(deleted, deleted.out).toMatchObject({ code: 0 });
     await waitFor('the VM to be deleted', () => vmOf(running.cellId) === undefined, { timeoutMs: 60_000, intervalMs: 250 });
     expect(gce.calls).toContain('DELETE instances.delete');
   }, 180_000);
