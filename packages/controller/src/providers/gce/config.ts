@@ -40,6 +40,26 @@ export const gceProviderConfigSchema = z
       })
       .strict()
       .optional(),
+    /**
+     * Which pods may run as another service account with the cello.io/gce-service-account
+     * annotation (same scopes as serviceAccount). None by default; `*` matches any namespace or
+     * email. The controller needs iam.serviceAccounts.actAs on each of them.
+     */
+    serviceAccounts: z
+      .object({
+        allowed: z
+          .array(
+            z
+              .object({
+                namespaces: z.array(z.string().min(1)).min(1, 'list at least one namespace (or "*")'),
+                emails: z.array(z.string().min(1)).min(1, 'list at least one service account email (or "*")'),
+              })
+              .strict(),
+          )
+          .default([]),
+      })
+      .strict()
+      .default({ allowed: [] }),
     /** Cells get an external IP (an ephemeral one-to-one NAT) only when asked. */
     externalIp: z.boolean().default(false),
     /** How the controller reaches agents: the cell's internal IP, or its external IP (needs externalIp). */
@@ -113,6 +133,7 @@ export function regionOf(cfg: Pick<GceProviderConfig, 'zones'>): string {
 export const ANNOTATIONS = {
   spot: 'cello.io/spot',
   bootDiskGb: 'cello.io/gce-boot-disk-gb',
+  serviceAccount: 'cello.io/gce-service-account',
 } as const;
 
 /**

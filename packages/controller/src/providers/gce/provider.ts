@@ -19,6 +19,7 @@ import { CapacityError, type CellProvider, type InstanceInfo, type InstanceType,
 import { GceCatalog, listMachineTypes, loadGcePrices } from './catalog.js';
 import { ANNOTATIONS, LABELS, METADATA_KEYS, parseGceProviderConfig, regionOf, type GceProviderConfig } from './config.js';
 import { ensureAgentFirewall, pruneAgentFirewalls } from './firewall.js';
+import { serviceAccountRefusal } from './service-accounts.js';
 import { CAPACITY_CODES, httpStatus, isSyncCapacityError, OperationError, waitOperation } from './operations.js';
 
 type Instance = protos.google.cloud.compute.v1.IInstance;
@@ -95,7 +96,7 @@ async function eachLimited<T>(xs: T[], f: (x: T) => Promise<void>): Promise<void
 export class GceProvider implements CellProvider {
   readonly name = 'gce';
   readonly needsBootstrap = true;
-  readonly launchAnnotations = [ANNOTATIONS.bootDiskGb] as const;
+  readonly launchAnnotations = [ANNOTATIONS.bootDiskGb, ANNOTATIONS.serviceAccount] as const;
   readonly registry: Registry;
   private readonly cfg: GceProviderConfig;
   private readonly region: string;
@@ -148,6 +149,10 @@ export class GceProvider implements CellProvider {
     const u = new URL(this.cfg.endpoint);
     const protocol = u.protocol.replace(':', '');
     return { apiEndpoint: u.hostname, port: Number(u.port || (protocol === 'http' ? 80 : 443)), protocol };
+  }
+
+  refusePod(pod: { namespace: string; annotations: Record<string, string> }): string | undefined {
+    return serviceAccountRefusal(this.cfg, pod.namespace, pod.annotations);
   }
 
   instanceTypes(): Promise<InstanceType[]> {
@@ -235,8 +240,14 @@ export class GceProvider implements CellProvider {
     }
     const opt = req.options ?? {};
     for (const k of Object.keys(opt)) {
-      if (k !== ANNOTATIONS.spot && k !== ANNOTATIONS.bootDiskGb) throw new Error(`launch: option ${k} is not supported by the gce provider`);
+      if (![ANNOTATIONS.spot, ANNOTATIONS.bootDiskGb, ANNOTATIONS.serviceAccount].includes(k as never)) throw new Error(`launch: option ${k} is not supported by the gce provider`);
     }
+    // Checked here too, whoever calls launch: the pod's namespace is in its tag.
+    const podTag = req.tags[TAG_POD];
+    const refusal = serviceAccountRefusal(this.cfg, podTag?.includes('/') ? podTag.slice(0, podTag.indexOf('/')) : undefined, opt);
+    if (refusal) throw new Error(`launch: ${refusal}`);
+    const saEmail = opt[ANNOTATIONS.serviceAccount] ?? this.cfg.serviceAccount?.email;
+    const saScopes = this.cfg.serviceAccount?.scopes ?? ['https://www.googleapis.com/auth/cloud-platform'];
     const spotAnn = opt[ANNOTATIONS.spot];
     const spot = spotAnn !== undefined ? ['true', 'preferred', 'required'].includes(spotAnn.toLowerCase()) : req.spot || this.cfg.spot.default;
     const diskGb = opt[ANNOTATIONS.bootDiskGb] !== undefined ? Number(opt[ANNOTATIONS.bootDiskGb]) : this.cfg.bootDisk.sizeGb;
@@ -296,7 +307,7 @@ export class GceProvider implements CellProvider {
           },
         ],
         ...(this.cfg.shieldedVm ? { shieldedInstanceConfig: { enableSecureBoot: true, enableVtpm: true, enableIntegrityMonitoring: true } } : {}),
-        ...(this.cfg.serviceAccount ? { serviceAccounts: [{ email: this.cfg.serviceAccount.email, scopes: this.cfg.serviceAccount.scopes }] } : {}),
+        ...(saEmail ? { serviceAccounts: [{ email: saEmail, scopes: saScopes }] } : {}),
         scheduling: a.spot
           ? { provisioningModel: 'SPOT', instanceTerminationAction: 'DELETE', automaticRestart: false, onHostMaintenance: 'TERMINATE' }
           : { provisioningModel: 'STANDARD', automaticRestart: true, onHostMaintenance: spec.gpus > 0 ? 'TERMINATE' : 'MIGRATE' },

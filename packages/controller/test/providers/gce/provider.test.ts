@@ -170,6 +170,28 @@ describe('gce provider (GCE fake)', () => {
     expect(gce.instances().map((i) => String(i['name']))).toEqual([other.instanceId.split('/')[1]]);
   });
 
+  it('runs a pod as another service account only where provider.serviceAccounts allows it', async () => {
+    const p = make({
+      serviceAccount: { email: 'cells@cello-test.iam.gserviceaccount.com' },
+      serviceAccounts: { allowed: [{ namespaces: ['team-a'], emails: ['reader@cello-test.iam.gserviceaccount.com'] }] },
+    });
+    const ann = { 'cello.io/gce-service-account': 'reader@cello-test.iam.gserviceaccount.com' };
+    expect(p.refusePod({ namespace: 'team-a', annotations: ann })).toBeUndefined();
+    // The attacker: a pod creator in another namespace, or one asking for an account not listed.
+    expect(p.refusePod({ namespace: 'team-b', annotations: ann })).toMatch(/not allowed in namespace "team-b"/);
+    expect(p.refusePod({ namespace: 'team-a', annotations: { 'cello.io/gce-service-account': 'owner@cello-test.iam.gserviceaccount.com' } })).toMatch(/not allowed/);
+    const sa = async (id: string) => (instance(id)!['serviceAccounts'] as Array<{ email: string }>)[0]!.email;
+    const a = await p.launch(request('ctl-gce', { options: ann }));
+    expect(await sa(a.instanceId)).toBe('reader@cello-test.iam.gserviceaccount.com');
+    const b = await p.launch(request('ctl-gce'));
+    expect(await sa(b.instanceId)).toBe('cells@cello-test.iam.gserviceaccount.com');
+    // launch checks it too, whoever calls it: the pod's namespace is in its tag.
+    const bad = request('ctl-gce', { options: ann });
+    bad.tags['cello.io/pod'] = 'team-b/x';
+    await expect(p.launch(bad)).rejects.toThrow(/not allowed in namespace "team-b"/);
+    await expect(p.launch(request('ctl-gce', { options: { 'cello.io/aws-instance-profile': 'x' } }))).rejects.toThrow(/not supported by the gce provider/);
+  });
+
   it('describes unknown and malformed IDs as absent', async () => {
     const p = make();
     expect(await p.describe([`${gce.zones[0]}/cello-nope`, 'i-0123456789abcdef0', 'no/such/thing'])).toEqual([]);
