@@ -7,7 +7,14 @@ import type { GlobalOperationsClient, protos, ZoneOperationsClient } from '@goog
 type Operation = protos.google.cloud.compute.v1.IOperation;
 
 /** GCE's operation error codes that mean "no capacity here now": try the next zone, model or type. */
-export const CAPACITY_CODES = new Set(['ZONE_RESOURCE_POOL_EXHAUSTED', 'ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS', 'QUOTA_EXCEEDED', 'RESOURCE_POOL_EXHAUSTED', 'STOCKOUT']);
+export const CAPACITY_CODES = new Set([
+  'ZONE_RESOURCE_POOL_EXHAUSTED',
+  'ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS',
+  'QUOTA_EXCEEDED',
+  'RESOURCE_POOL_EXHAUSTED',
+  'STOCKOUT',
+  'MACHINE_TYPE_NOT_IN_ZONE',
+]);
 
 /** An operation that ended with an error: its first error code and every message. */
 export class OperationError extends Error {
@@ -57,8 +64,15 @@ export function httpStatus(err: unknown): number | undefined {
   return undefined;
 }
 
-/** A synchronous refusal that is about capacity: a quota error (403 quotaExceeded) or resource exhaustion. */
-export function isSyncCapacityError(err: unknown): boolean {
+/**
+ * A synchronous refusal that is about capacity: a quota error (403 quotaExceeded), resource
+ * exhaustion, or a machine type this zone does not offer (the snapshot catalog cannot tell which
+ * zones have a type; GCE answers 400 "does not exist in zone"). Its code, or undefined.
+ */
+export function syncCapacityCode(err: unknown): string | undefined {
   const msg = String((err as Error)?.message ?? '');
-  return /quotaExceeded|QUOTA_EXCEEDED|Quota '[A-Z_]+' exceeded|ZONE_RESOURCE_POOL_EXHAUSTED|does not have enough resources/i.test(msg) || (err as { code?: unknown })?.code === 8;
+  if (/quotaExceeded|QUOTA_EXCEEDED|Quota '[A-Z_]+' exceeded/i.test(msg) || (err as { code?: unknown })?.code === 8) return 'QUOTA_EXCEEDED';
+  if (/ZONE_RESOURCE_POOL_EXHAUSTED|does not have enough resources/i.test(msg)) return 'ZONE_RESOURCE_POOL_EXHAUSTED';
+  if (/machineType.*does not exist in zone/is.test(msg)) return 'MACHINE_TYPE_NOT_IN_ZONE';
+  return undefined;
 }

@@ -20,7 +20,7 @@ import { GceCatalog, listMachineTypes, loadGcePrices } from './catalog.js';
 import { ANNOTATIONS, LABELS, METADATA_KEYS, parseGceProviderConfig, regionOf, type GceProviderConfig } from './config.js';
 import { ensureAgentFirewall, pruneAgentFirewalls } from './firewall.js';
 import { serviceAccountRefusal } from './service-accounts.js';
-import { CAPACITY_CODES, httpStatus, isSyncCapacityError, OperationError, waitOperation } from './operations.js';
+import { CAPACITY_CODES, httpStatus, syncCapacityCode, OperationError, waitOperation } from './operations.js';
 
 type Instance = protos.google.cloud.compute.v1.IInstance;
 /** google-gax's client options, as the compute clients take them. */
@@ -323,7 +323,7 @@ export class GceProvider implements CellProvider {
         this.log.info({ cellId: req.cellId, instance: `${a.zone}/${name}`, machineType: req.instanceType, model }, 'launched cell instance');
         return { instanceId: `${a.zone}/${name}`, zone: a.zone, spot: a.spot };
       } catch (err) {
-        const code = err instanceof OperationError ? err.code : isSyncCapacityError(err) ? 'QUOTA_EXCEEDED' : undefined;
+        const code = err instanceof OperationError ? err.code : syncCapacityCode(err);
         if (code !== undefined && CAPACITY_CODES.has(code)) {
           this.unavailable.mark(req.instanceType, a.zone, a.spot);
           this.m.capacity.inc({ machine_type: req.instanceType, zone: a.zone, model, code });

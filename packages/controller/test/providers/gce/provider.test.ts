@@ -145,6 +145,15 @@ describe('gce provider (GCE fake)', () => {
     expect((err as Error).message).toMatch(/QUOTA_EXCEEDED.*CPUS/);
   });
 
+  it('a type no zone offers (the snapshot cannot tell) is a capacity refusal after every zone said so', async () => {
+    // e2-standard-16 is in the snapshot and the price file, and in no zone of the fake.
+    const p = make({ liveCatalog: false });
+    const err = await p.launch(request('ctl-gce', { instanceType: 'e2-standard-16' })).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CapacityError);
+    expect((err as Error).message).toMatch(/MACHINE_TYPE_NOT_IN_ZONE/);
+    expect(gce.calls.filter((c) => c === 'POST instances.insert')).toHaveLength(2);
+  });
+
   it('gives up on an operation at its deadline instead of waiting forever', async () => {
     await gce.stop();
     gce = await startGceFake({ operationMs: 60_000 });
