@@ -92,6 +92,22 @@ const MACHINE_TYPES: MachineTypeSpec[] = [
   { name: 'g2-standard-4', guestCpus: 4, memoryMb: 16384, architecture: 'X86_64', accelerators: [{ guestAcceleratorType: 'nvidia-l4', guestAcceleratorCount: 1 }] },
 ];
 
+/**
+ * A predefined type, or a custom one (FAMILY-custom-VCPUS-MEMORY_MB of e2, n2, n2d) within GCE's
+ * rules: an even vCPU count from 2, memory in 256 MB steps, 0.5-8 GB per vCPU.
+ */
+function specOf(name: string): MachineTypeSpec | undefined {
+  const predefined = MACHINE_TYPES.find((m) => m.name === name);
+  if (predefined) return predefined;
+  const m = /^(e2|n2|n2d)-custom-(\d+)-(\d+)$/.exec(name);
+  if (!m) return undefined;
+  const guestCpus = Number(m[2]);
+  const memoryMb = Number(m[3]);
+  const per = memoryMb / 1024 / guestCpus;
+  if (guestCpus < 2 || guestCpus % 2 !== 0 || memoryMb % 256 !== 0 || per < 0.5 || per > 8) return undefined;
+  return { name, guestCpus, memoryMb, architecture: 'X86_64' };
+}
+
 const DEFAULT_QUOTAS: Record<string, number> = { INSTANCES: 24, CPUS: 24, PREEMPTIBLE_CPUS: 24, IN_USE_ADDRESSES: 8 };
 
 class HttpError extends Error {
@@ -129,7 +145,7 @@ export async function startGceFake(o: GceFakeOptions = {}): Promise<GceFake> {
   const id = () => String(nextId++);
   const now = () => new Date().toISOString();
 
-  const machineType = (zone: string, name: string): MachineTypeSpec | undefined => (zones.includes(zone) ? MACHINE_TYPES.find((m) => m.name === name) : undefined);
+  const machineType = (zone: string, name: string): MachineTypeSpec | undefined => (zones.includes(zone) ? specOf(name) : undefined);
   const machineTypeJson = (zone: string, m: MachineTypeSpec) => ({
     kind: 'compute#machineType',
     id: String(9_000 + MACHINE_TYPES.indexOf(m)),
@@ -152,7 +168,7 @@ export async function startGceFake(o: GceFakeOptions = {}): Promise<GceFake> {
   const usage = (metric: string): number => {
     let n = 0;
     for (const i of instances.values()) {
-      const mt = MACHINE_TYPES.find((m) => String(i['machineType']).endsWith(`/${m.name}`));
+      const mt = specOf(String(i['machineType']).split('/').pop() ?? '');
       const spot = (i['scheduling'] as { provisioningModel?: string } | undefined)?.provisioningModel === 'SPOT';
       if (metric === 'INSTANCES') n += 1;
       else if (metric === 'CPUS' && !spot) n += mt?.guestCpus ?? 0;

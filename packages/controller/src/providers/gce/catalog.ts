@@ -7,7 +7,8 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { MachineTypesClient, protos } from '@google-cloud/compute';
-import { loadPrices as loadPriceFile, priceSpecs, specSnapshotSchema, type Prices, type SpecSnapshot, type TypeSpec } from '../aws/catalog.js';
+import { z } from 'zod';
+import { priceSpecs, pricesSchema, specSnapshotSchema, type SpecSnapshot, type TypeSpec } from '../aws/catalog.js';
 import type { InstanceType } from '../provider.js';
 
 function dataPath(name: string): string {
@@ -15,8 +16,47 @@ function dataPath(name: string): string {
   return fileURLToPath(new URL(`../../../data/${name}`, import.meta.url));
 }
 
-export function loadGcePrices(path = dataPath('gce-prices.json')): Prices {
-  return loadPriceFile(path);
+/** The aws price format plus per-unit prices of custom machine types, by family. */
+export const gcePricesSchema = pricesSchema.extend({
+  customHourly: z.record(z.string(), z.object({ vcpu: z.number().positive(), memoryGiB: z.number().positive() }).strict()).default({}),
+});
+export type GcePrices = z.infer<typeof gcePricesSchema>;
+
+export function loadGcePrices(path = dataPath('gce-prices.json')): GcePrices {
+  const r = gcePricesSchema.safeParse(JSON.parse(readFileSync(path, 'utf8')));
+  if (!r.success) throw new Error(`${path}: ${r.error.issues[0]!.path.join('.') || '(root)'}: ${r.error.issues[0]!.message}`);
+  return r.data;
+}
+
+const CUSTOM_RE = /^(e2|n2|n2d)-custom-(\d+)-(\d+)$/;
+
+/** A custom machine type's spec from its name (FAMILY-custom-VCPUS-MEMORY_MB); undefined if GCE would refuse it. */
+export function customSpec(name: string): TypeSpec | undefined {
+  const m = CUSTOM_RE.exec(name);
+  if (!m) return undefined;
+  const vcpus = Number(m[2]);
+  const memoryMiB = Number(m[3]);
+  const perVcpuGiB = memoryMiB / 1024 / vcpus;
+  // GCE's rules for these families: an even vCPU count from 2, memory in 256 MB steps, 0.5-8 GB per vCPU.
+  if (vcpus < 2 || vcpus % 2 !== 0 || vcpus > (m[1] === 'e2' ? 32 : 80) || memoryMiB % 256 !== 0 || perVcpuGiB < 0.5 || perVcpuGiB > 8) return undefined;
+  return { name, vcpus, memoryMiB, gpus: 0, arch: 'amd64' };
+}
+
+/** The custom shapes offered to selection: each family x vCPU count x GiB per vCPU that GCE accepts and the price file prices. */
+export function customTypes(c: { families: string[]; vcpus: number[]; memoryGiBPerVcpu: number[] }, prices: GcePrices): InstanceType[] {
+  const out: InstanceType[] = [];
+  for (const f of c.families) {
+    const unit = prices.customHourly[f];
+    if (!unit) continue;
+    for (const v of c.vcpus)
+      for (const g of c.memoryGiBPerVcpu) {
+        const spec = customSpec(`${f}-custom-${v}-${Math.round(v * g * 1024)}`);
+        if (!spec) continue;
+        const od = Math.round((v * unit.vcpu + (spec.memoryMiB / 1024) * unit.memoryGiB) * 1e6) / 1e6;
+        out.push({ ...spec, onDemandHourlyUsd: od, ...(prices.spotEstimateFactor !== undefined ? { spotHourlyUsd: Math.round(od * prices.spotEstimateFactor * 1e6) / 1e6 } : {}) });
+      }
+  }
+  return out;
 }
 
 export function loadGceSpecSnapshot(path = dataPath('gce-machine-types.json')): SpecSnapshot {
@@ -84,7 +124,16 @@ export async function listMachineTypes(client: MachineTypesClient, project: stri
 /** Reads the catalog live once (it does not change within a controller's life), the snapshot when that fails. */
 export class GceCatalog {
   private cached: Promise<CatalogSpecs> | undefined;
-  constructor(private readonly opts: { live: boolean; prices: Prices; allow?: string[]; read: () => Promise<CatalogSpecs>; onLiveError?: (err: unknown) => void }) {}
+  constructor(
+    private readonly opts: {
+      live: boolean;
+      prices: GcePrices;
+      allow?: string[];
+      custom?: { families: string[]; vcpus: number[]; memoryGiBPerVcpu: number[] };
+      read: () => Promise<CatalogSpecs>;
+      onLiveError?: (err: unknown) => void;
+    },
+  ) {}
 
   specs(): Promise<CatalogSpecs> {
     this.cached ??= (async () => {
@@ -101,16 +150,20 @@ export class GceCatalog {
   }
 
   async spec(name: string): Promise<TypeSpec | undefined> {
+    if (this.opts.custom && this.opts.custom.families.includes(CUSTOM_RE.exec(name)?.[1] ?? '')) return customSpec(name);
     return (await this.specs()).specs.find((s) => s.name === name);
   }
 
   /** The configured zones that offer the type (all of them when the catalog cannot tell). */
   async zonesFor(name: string, zones: string[]): Promise<string[]> {
-    const z = (await this.specs()).zonesOf?.get(name);
+    // A custom type is offered where its family is (its -standard-2 type tells).
+    const family = CUSTOM_RE.exec(name)?.[1];
+    const z = (await this.specs()).zonesOf?.get(family ? `${family}-standard-2` : name);
     return z ? zones.filter((x) => z.has(x)) : zones;
   }
 
   async types(): Promise<InstanceType[]> {
-    return priceSpecs((await this.specs()).specs, this.opts.prices, this.opts.allow);
+    const predefined = priceSpecs((await this.specs()).specs, this.opts.prices, this.opts.allow);
+    return this.opts.custom ? [...predefined, ...customTypes(this.opts.custom, this.opts.prices)] : predefined;
   }
 }

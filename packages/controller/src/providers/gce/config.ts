@@ -100,6 +100,19 @@ export const gceProviderConfigSchema = z
     operationTimeoutSeconds: z.number().int().min(1).max(3600).default(300),
     /** Machine types offered to selection (globs allowed); the whole catalog when absent. */
     machineTypes: z.array(z.string().min(1)).optional(),
+    /**
+     * Custom machine types offered beside the predefined ones (FAMILY-custom-VCPUS-MEMORY_MB),
+     * one per family x vcpus x memoryGiBPerVcpu that GCE accepts; selection takes one when it is
+     * the cheapest fit. Priced per vCPU and GiB from the price file's customHourly. None when absent.
+     */
+    customMachineTypes: z
+      .object({
+        families: z.array(z.enum(['e2', 'n2', 'n2d'])).min(1),
+        vcpus: z.array(z.number().int().min(2).max(80)).min(1).default([2, 4, 8]),
+        memoryGiBPerVcpu: z.array(z.number().min(0.5).max(8)).min(1).default([1, 2, 3]),
+      })
+      .strict()
+      .optional(),
     /** Replacement price file (the format of data/gce-prices.json). */
     pricesFile: z.string().min(1).optional(),
     /** Read machine types live with machineTypes.aggregatedList (cached); false uses the bundled snapshot only. */

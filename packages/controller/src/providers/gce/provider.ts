@@ -138,6 +138,7 @@ export class GceProvider implements CellProvider {
       live: this.cfg.liveCatalog,
       prices: loadGcePrices(this.cfg.pricesFile),
       ...(this.cfg.machineTypes ? { allow: this.cfg.machineTypes } : {}),
+      ...(this.cfg.customMachineTypes ? { custom: this.cfg.customMachineTypes } : {}),
       read: () => listMachineTypes(this.machineTypes, this.cfg.project, this.cfg.zones, this.cfg.operationTimeoutSeconds * 1000),
       onLiveError: (err) => this.log.warn({ err }, 'machineTypes.aggregatedList failed; using the bundled snapshot'),
     });

@@ -201,6 +201,23 @@ describe('gce provider (GCE fake)', () => {
     await expect(p.launch(request('ctl-gce', { options: { 'cello.io/aws-instance-profile': 'x' } }))).rejects.toThrow(/not supported by the gce provider/);
   });
 
+  it('offers custom machine types priced per vCPU and GiB, and launches one', async () => {
+    expect(() => make({ customMachineTypes: { families: ['e2'], memoryGiBPerVcpu: [9] } })).toThrow(/provider\.customMachineTypes\.memoryGiBPerVcpu\.0/);
+    const p = make({ machineTypes: ['e2-standard-4'], customMachineTypes: { families: ['e2'], vcpus: [4, 40], memoryGiBPerVcpu: [1.5] } });
+    const types = await p.instanceTypes();
+    // 40 vCPUs is beyond E2's custom range (32): not offered.
+    expect(types.map((t) => t.name).sort()).toEqual(['e2-custom-4-6144', 'e2-standard-4']);
+    const custom = types.find((t) => t.name === 'e2-custom-4-6144')!;
+    expect(custom).toMatchObject({ vcpus: 4, memoryMiB: 6144, arch: 'amd64', onDemandHourlyUsd: 0.104782 });
+    // A pod that needs 4 vCPUs and 6 GiB: the custom shape is cheaper than e2-standard-4's 16 GiB.
+    expect(custom.onDemandHourlyUsd).toBeLessThan(types.find((t) => t.name === 'e2-standard-4')!.onDemandHourlyUsd);
+    const got = await p.launch(request('ctl-gce', { instanceType: 'e2-custom-4-6144' }));
+    expect(String(instance(got.instanceId)!['machineType'])).toMatch(/\/machineTypes\/e2-custom-4-6144$/);
+    expect((await p.capacity()).vcpus!.used).toBe(4);
+    // A shape GCE would refuse is not offered at launch either.
+    await expect(p.launch(request('ctl-gce', { instanceType: 'e2-custom-3-3072' }))).rejects.toBeInstanceOf(CapacityError);
+  });
+
   it('describes unknown and malformed IDs as absent', async () => {
     const p = make();
     expect(await p.describe([`${gce.zones[0]}/cello-nope`, 'i-0123456789abcdef0', 'no/such/thing'])).toEqual([]);
