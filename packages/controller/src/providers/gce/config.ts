@@ -82,9 +82,11 @@ export const gceProviderConfigSchema = z
         cellTag: resourceName.default('cello-cell'),
         allowFromCidrs: z.array(cidr).default([]),
         allowFromTags: z.array(resourceName).default([]),
+        /** A rule admitting pod traffic between cells (by the cell tag), for networks without an allow-internal rule. */
+        allowBetweenCells: z.boolean().default(false),
       })
       .strict()
-      .default({ cellTag: 'cello-cell', allowFromCidrs: [], allowFromTags: [] }),
+      .default({ cellTag: 'cello-cell', allowFromCidrs: [], allowFromTags: [], allowBetweenCells: false }),
     spot: z
       .object({
         /** Launch Spot VMs unless the pod says otherwise. */

@@ -18,7 +18,7 @@ import { encodeUserData } from '../aws/user-data.js';
 import { CapacityError, type CellProvider, type InstanceInfo, type InstanceType, type LaunchedInstance, type LaunchRequest, type ProviderCapacity } from '../provider.js';
 import { GceCatalog, listMachineTypes, loadGcePrices } from './catalog.js';
 import { ANNOTATIONS, LABELS, METADATA_KEYS, parseGceProviderConfig, regionOf, type GceProviderConfig } from './config.js';
-import { ensureAgentFirewall, pruneAgentFirewalls } from './firewall.js';
+import { ensureAgentFirewall, ensureCellTrafficFirewall, pruneAgentFirewalls } from './firewall.js';
 import { serviceAccountRefusal } from './service-accounts.js';
 import { CAPACITY_CODES, httpStatus, syncCapacityCode, OperationError, waitOperation } from './operations.js';
 
@@ -196,7 +196,21 @@ export class GceProvider implements CellProvider {
     return found.sort((a, b) => String(a.creationTimestamp).localeCompare(String(b.creationTimestamp)))[0];
   }
 
+  /** The managed rules a cell needs (key -1: between cells; else the agent port), made once and cached. */
   private agentFirewall(agentPort: number, controllerId: string): Promise<string | undefined> {
+    let between = this.firewallRules.get(-1);
+    if (!between) {
+      between = ensureCellTrafficFirewall({
+        client: this.firewalls,
+        waitOp: (op) => this.waitOp(op),
+        project: this.cfg.project,
+        network: resourceUrl(this.cfg.network, this.cfg.project, 'networks', this.region),
+        firewall: this.cfg.firewall,
+        controllerId,
+      });
+      this.firewallRules.set(-1, between);
+      between.catch(() => this.firewallRules.delete(-1));
+    }
     let p = this.firewallRules.get(agentPort);
     if (!p) {
       p = ensureAgentFirewall({
@@ -211,7 +225,7 @@ export class GceProvider implements CellProvider {
       this.firewallRules.set(agentPort, p);
       p.catch(() => this.firewallRules.delete(agentPort));
     }
-    return p;
+    return Promise.all([between, p]).then(([, name]) => name);
   }
 
   /** Launches in flight: firewall pruning waits for them. */
@@ -479,7 +493,7 @@ export class GceProvider implements CellProvider {
     }
     if (this.launching > 0) return [];
     const removed = await pruneAgentFirewalls({ client: this.firewalls, waitOp: (op) => this.waitOp(op), project: this.cfg.project, controllerId, keepPorts: ports });
-    for (const p of this.firewallRules.keys()) if (!ports.has(p)) this.firewallRules.delete(p);
+    for (const p of this.firewallRules.keys()) if (p === -1 ? ports.size === 0 : !ports.has(p)) this.firewallRules.delete(p);
     return removed;
   }
 

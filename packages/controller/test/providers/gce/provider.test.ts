@@ -102,6 +102,22 @@ describe('gce provider (GCE fake)', () => {
     expect(gce.firewalls()).toHaveLength(0);
   });
 
+  it('with allowBetweenCells, admits pod traffic from cell to cell by tag, and removes the rule with the last cell', async () => {
+    const p = make({ firewall: { allowFromTags: ['cello-controller'], allowBetweenCells: true } });
+    const a = await p.launch(request('ctl-gce'));
+    const between = gce.firewalls().find((f) => String(f['name']).startsWith('cello-cells-'));
+    expect(between).toMatchObject({ sourceTags: ['cello-cell'], targetTags: ['cello-cell'], allowed: [{ IPProtocol: 'tcp' }, { IPProtocol: 'udp' }, { IPProtocol: 'icmp' }] });
+    expect(between!['sourceRanges']).toBeUndefined();
+    expect(gce.firewalls()).toHaveLength(2);
+    expect(await p.pruneFirewalls('ctl-gce')).toEqual([]);
+    await p.terminate([a.instanceId]);
+    expect(await p.pruneFirewalls('ctl-gce')).toHaveLength(2);
+    expect(gce.firewalls()).toEqual([]);
+    // The next cell brings both back.
+    await p.launch(request('ctl-gce'));
+    expect(gce.firewalls()).toHaveLength(2);
+  });
+
   it('gives an external IP only when configured, and then may address agents by it', async () => {
     const p = make({ externalIp: true, addressType: 'external' });
     const got = await p.launch(request('ctl-gce'));
