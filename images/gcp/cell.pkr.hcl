@@ -39,10 +39,10 @@ variable "arch" {
 variable "base" {
   type        = string
   default     = "debian-12"
-  description = "Base image: debian-12 or ubuntu-2204."
+  description = "Base image: debian-12, ubuntu-2204 or ubuntu-2404."
   validation {
-    condition     = contains(["debian-12", "ubuntu-2204"], var.base)
-    error_message = "The base variable must be debian-12 or ubuntu-2204."
+    condition     = contains(["debian-12", "ubuntu-2204", "ubuntu-2404"], var.base)
+    error_message = "The base variable must be debian-12, ubuntu-2204 or ubuntu-2404."
   }
 }
 
@@ -86,10 +86,12 @@ locals {
   source_family = {
     "debian-12"   = var.arch == "arm64" ? "debian-12-arm64" : "debian-12"
     "ubuntu-2204" = var.arch == "arm64" ? "ubuntu-2204-lts-arm64" : "ubuntu-2204-lts"
+    "ubuntu-2404" = var.arch == "arm64" ? "ubuntu-2404-lts-arm64" : "ubuntu-2404-lts-amd64"
   }
   source_project = {
     "debian-12"   = "debian-cloud"
     "ubuntu-2204" = "ubuntu-os-cloud"
+    "ubuntu-2404" = "ubuntu-os-cloud"
   }
   bundle_name  = "cell-agent-${var.agent_version}-linux-${var.arch}.tar.gz"
   bundle       = "${abspath(var.bundle_dir) == var.bundle_dir ? var.bundle_dir : "${path.root}/${var.bundle_dir}"}/${local.bundle_name}"
@@ -108,6 +110,11 @@ source "googlecompute" "cell" {
   source_image_project_id = [local.source_project[var.base]]
   ssh_username            = "packer"
   disk_size               = 10
+  # The gce provider launches cells as Shielded VMs (provider.shieldedVm, on by default): the
+  # image is built on one, so a boot path that secure boot refuses fails here, not in a cell.
+  enable_secure_boot          = true
+  enable_vtpm                 = true
+  enable_integrity_monitoring = true
 
   image_name        = "${var.image_family}-${local.version_slug}-${var.base}-${var.arch}-${local.stamp}"
   image_family      = var.image_family

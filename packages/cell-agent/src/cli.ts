@@ -7,7 +7,7 @@ import { loadRegistryConfig } from '@cello/image-puller';
 import type { CellAgentClient } from '@cello/proto/cell';
 import { AGENT_VERSION, startAgent } from './agent.js';
 import { firstBoot, prepareCellIdentity } from './bootstrap/index.js';
-import { ImdsClient, watchInstanceNotices } from './cloud/index.js';
+import { GceMetadataClient, ImdsClient, watchInstanceNotices } from './cloud/index.js';
 import { registerCtl } from './ctl/ctl.js';
 import { createLogger, REDACT_CENSOR, REDACT_PATHS } from './log.js';
 
@@ -55,6 +55,14 @@ program
   // Cell bootstrap (src/bootstrap, docs/aws.md): the certificate is made on the cell, signed by the controller.
   .option('--bootstrap-user-data <file>', "cell user data (cell-bootstrap/v1 JSON): serve only CellBootstrap until the controller installs this cell's certificate, then mTLS")
   .option('--user-data-url <url>', 'like --bootstrap-user-data, read from instance metadata with IMDSv2 (on EC2: http://169.254.169.254)')
+  .option(
+    '--instance-notices <cloud:url>',
+    "watch the instance's metadata for notices of its end and report them to the controller: aws:URL (IMDSv2) or gce:URL (the GCE metadata server); implied by --user-data-url and --gce-metadata-url, written by first-boot",
+  )
+  .option(
+    '--gce-metadata-url <url>',
+    'like --user-data-url, on GCE: the "user-data" attribute of the metadata server (http://metadata.google.internal), which is also watched for preemption',
+  )
   .addHelpText(
     'after',
     '\nExamples:\n  cell-agent serve --listen 0.0.0.0:7443 --state-dir /var/lib/cello --tls-cert cell.pem --tls-key cell.key --tls-ca ca.pem\n  cell-agent serve --listen 127.0.0.1:7443 --state-dir /tmp/cell --insecure-dev --insecure-registry 127.0.0.1:5000\n  cell-agent serve --listen 0.0.0.0:7443 --state-dir /var/lib/cello --user-data-url http://169.254.169.254   (EC2 cell)\n\nLogs are JSON on stderr (CELLO_LOG_LEVEL=debug for more); secrets are redacted.\n',
@@ -83,15 +91,20 @@ program
       auditTranscripts?: boolean;
       bootstrapUserData?: string;
       userDataUrl?: string;
+      gceMetadataUrl?: string;
+      instanceNotices?: string;
       allowClient: string[];
     }) => {
       const logger = createLogger();
-      if (o.bootstrapUserData || o.userDataUrl) {
-        if (o.bootstrapUserData && o.userDataUrl) throw new Error('give --bootstrap-user-data or --user-data-url, not both');
+      // Checked before anything starts: a bad --instance-notices is refused, not found later.
+      const source = noticeSource(o);
+      const sources = [o.bootstrapUserData, o.userDataUrl, o.gceMetadataUrl].filter((x) => x !== undefined);
+      if (sources.length > 0) {
+        if (sources.length > 1) throw new Error('give one of --bootstrap-user-data, --user-data-url and --gce-metadata-url');
         if (o.tlsCert || o.tlsKey || o.tlsCa || o.insecureDev)
-          throw new Error('--bootstrap-user-data/--user-data-url make the certificate; do not combine them with --tls-* or --insecure-dev');
+          throw new Error('--bootstrap-user-data/--user-data-url/--gce-metadata-url make the certificate; do not combine them with --tls-* or --insecure-dev');
         const id = await prepareCellIdentity({
-          userData: o.bootstrapUserData ? { file: o.bootstrapUserData } : { imdsUrl: o.userDataUrl! },
+          userData: o.bootstrapUserData ? { file: o.bootstrapUserData } : o.userDataUrl ? { imdsUrl: o.userDataUrl } : { gceMetadataUrl: o.gceMetadataUrl! },
           stateDir: o.stateDir,
           listen: o.listen,
           logger,
@@ -131,9 +144,9 @@ program
       process.stdout.write(`listening ${agent.address}\n`);
       // On a cloud instance, watch its metadata for spot interruption / rebalance / maintenance
       // notices and report them on WatchStatus (src/cloud).
-      const notices = o.userDataUrl
+      const notices = source
         ? watchInstanceNotices({
-            imds: new ImdsClient(o.userDataUrl),
+            ...source,
             onNotice: (n) => {
               logger.warn({ kind: n.kind, action: n.action, actionAt: n.actionAt, detail: n.detail }, 'instance notice');
               agent.pod.emit('notice', n);
@@ -149,6 +162,18 @@ program
       process.on('SIGINT', () => stop('SIGINT'));
     },
   );
+
+/** Where `serve` watches for instance notices: --instance-notices, else the metadata service the bootstrap came from. */
+function noticeSource(o: { userDataUrl?: string; gceMetadataUrl?: string; instanceNotices?: string }): { imds: ImdsClient } | { gce: GceMetadataClient } | undefined {
+  if (o.instanceNotices) {
+    const m = /^(aws|gce):(https?:\/\/.+)$/.exec(o.instanceNotices);
+    if (!m) throw new Error(`--instance-notices: expected aws:URL or gce:URL, got "${o.instanceNotices}"`);
+    return m[1] === 'aws' ? { imds: new ImdsClient(m[2]!) } : { gce: new GceMetadataClient(m[2]!) };
+  }
+  if (o.userDataUrl) return { imds: new ImdsClient(o.userDataUrl) };
+  if (o.gceMetadataUrl) return { gce: new GceMetadataClient(o.gceMetadataUrl) };
+  return undefined;
+}
 
 // Run by cello-first-boot.service (images/install.sh), configured by /etc/cello/first-boot.env:
 // the settings come from the environment so the unit's EnvironmentFile= is the one place to change them.

@@ -50,6 +50,10 @@ const awsProvider = z.looseObject({
   kind: z.literal('aws'),
 });
 
+const gceProvider = z.looseObject({
+  kind: z.literal('gce'),
+});
+
 const embeddedStore = z.strictObject({
   kind: z.literal('embedded'),
   dir: z.string().min(1).default('/var/lib/cello/store'),
@@ -103,7 +107,7 @@ export const configSchema = z.strictObject({
   metrics: z.strictObject({ listen: hostPort.default('127.0.0.1:7391') }).prefault({}),
   log: z.strictObject({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info') }).prefault({}),
   store: z.discriminatedUnion('kind', [embeddedStore, etcdStore]).prefault({ kind: 'embedded' }),
-  provider: z.discriminatedUnion('kind', [localProvider, awsProvider]).prefault({ kind: 'local' }),
+  provider: z.discriminatedUnion('kind', [localProvider, awsProvider, gceProvider]).prefault({ kind: 'local' }),
   security: z
     .strictObject({
       /** insecure-dev: plaintext to agents (development only); mtls: the controller's CA. */

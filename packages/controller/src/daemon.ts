@@ -83,6 +83,10 @@ export async function providerFromConfig(config: Config, extra: { issueCertifica
     const { awsProviderFromConfig } = await import('./providers/aws/index.js');
     return awsProviderFromConfig(p as Record<string, unknown>, { controllerId: config.controllerId, ...(extra.log ? { logger: extra.log.child({ component: 'aws' }) } : {}) });
   }
+  if (p.kind === 'gce') {
+    const { gceProviderFromConfig } = await import('./providers/gce/index.js');
+    return gceProviderFromConfig(p as Record<string, unknown>, { controllerId: config.controllerId, ...(extra.log ? { logger: extra.log.child({ component: 'gce' }) } : {}) });
+  }
   if (p.kind === 'local') {
     return new LocalProvider({
       ...(extra.issueCertificate ? { issueCertificate: extra.issueCertificate } : {}),

@@ -25,3 +25,4 @@ export { makeTestPki, type TestPki } from './pki.js';
 export { startRequestLog, type RequestLog, type LoggedRequest } from './request-log.js';
 export { criTools, type CriTools } from './cri-tools.js';
 export { startTokenIssuer, type TokenIssuer } from './token-issuer.js';
+export { startGceFake, type GceFake, type GceFakeOptions, type InsertFault, type StaticTokenAuthClient } from './gce-fake.js';

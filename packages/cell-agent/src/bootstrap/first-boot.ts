@@ -65,6 +65,9 @@ export async function firstBoot(o: FirstBootOptions): Promise<FirstBootResult> {
   if ('fatal' in got) throw new Error(got.fatal);
   const ud = parseUserData(got.userData, got.origin);
   const args = agentConfigArgs(ud.agentConfig ?? {}, log);
+  // The agent reads its bootstrap from the file written here, and watches the same metadata
+  // service for the notices that announce the instance's end (spot interruption, preemption).
+  args.push('--instance-notices', `${cloud}:${cloud === 'aws' ? o.awsEndpoint : o.gceEndpoint}`);
   if (Date.parse(ud.tokenExpiresAt) < Date.now())
     log.warn({ tokenExpiresAt: ud.tokenExpiresAt }, 'the bootstrap token has already expired; the controller will refuse it and replace this cell');
 

@@ -4,6 +4,7 @@
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { ImdsClient } from '../cloud/imds.js';
+import { GceMetadataClient } from '../cloud/gce-metadata.js';
 
 export const USER_DATA_FORMAT = 'cell-bootstrap/v1';
 
@@ -43,10 +44,18 @@ export function parseUserData(text: string, origin: string): CellUserData {
   return r.data;
 }
 
-export type UserDataSource = { file: string } | { imdsUrl: string };
+export type UserDataSource = { file: string } | { imdsUrl: string } | { gceMetadataUrl: string };
+
+/** The GCE instance metadata attribute the gce provider puts the user data in. */
+export const GCE_USER_DATA_PATH = '/computeMetadata/v1/instance/attributes/user-data';
 
 export async function readUserData(src: UserDataSource): Promise<CellUserData> {
   if ('file' in src) return parseUserData(await readFile(src.file, 'utf8'), src.file);
+  if ('gceMetadataUrl' in src) {
+    const text = await new GceMetadataClient(src.gceMetadataUrl).get(GCE_USER_DATA_PATH);
+    if (text === undefined) throw new Error(`${src.gceMetadataUrl}: the instance has no "user-data" metadata attribute`);
+    return parseUserData(text, `${src.gceMetadataUrl}${GCE_USER_DATA_PATH}`);
+  }
   const imds = new ImdsClient(src.imdsUrl);
   const text = await imds.get('/latest/user-data');
   if (text === undefined) throw new Error(`${src.imdsUrl}: the instance has no user data`);

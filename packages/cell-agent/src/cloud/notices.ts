@@ -3,6 +3,7 @@
 // scheduled maintenance. Each distinct notice is reported once; the agent forwards it on
 // WatchStatus so the controller can move the pod to a new cell before the instance ends.
 import { CellNotice, CellNoticeKind } from '@cello/proto/cell';
+import type { GceMetadataClient } from './gce-metadata.js';
 import type { ImdsClient } from './imds.js';
 
 export interface NoticeWatcher {
@@ -13,7 +14,10 @@ export interface NoticeWatcher {
 }
 
 export interface WatchOptions {
-  imds: ImdsClient;
+  /** EC2: IMDSv2. Exactly one of imds and gce. */
+  imds?: ImdsClient;
+  /** GCE: the metadata server (instance/preempted, instance/maintenance-event). */
+  gce?: GceMetadataClient;
   onNotice: (n: CellNotice) => void;
   /** AWS recommends polling every 5 s: the interruption notice gives two minutes. */
   intervalMs?: number;
@@ -74,11 +78,35 @@ export async function readNotices(imds: ImdsClient, now = new Date()): Promise<C
   return out;
 }
 
+/** One poll of a GCE instance's metadata: a preemption (instance/preempted TRUE) and host maintenance events. */
+export async function readGceNotices(gce: GceMetadataClient, now = new Date()): Promise<CellNotice[]> {
+  const out: CellNotice[] = [];
+  const preempted = await gce.get('/computeMetadata/v1/instance/preempted');
+  if (preempted?.trim().toUpperCase() === 'TRUE') {
+    out.push(
+      CellNotice.fromPartial({
+        kind: CellNoticeKind.CELL_NOTICE_KIND_SPOT_INTERRUPTION,
+        time: now,
+        // GCE gives no time for the end: about 30 seconds after the notice. No actionAt, so
+        // that every poll's notice is the same one (reported once).
+        action: 'terminate',
+        detail: 'GCE preemption (instance/preempted is TRUE): the Spot VM ends in about 30 seconds',
+      }),
+    );
+  }
+  const maint = (await gce.get('/computeMetadata/v1/instance/maintenance-event'))?.trim();
+  if (maint && maint !== 'NONE') {
+    out.push(CellNotice.fromPartial({ kind: CellNoticeKind.CELL_NOTICE_KIND_SCHEDULED_MAINTENANCE, time: now, action: maint, detail: `GCE host maintenance: ${maint}` }));
+  }
+  return out;
+}
+
 function key(n: CellNotice): string {
   return `${n.kind}|${n.action}|${n.actionAt?.toISOString() ?? ''}|${n.kind === CellNoticeKind.CELL_NOTICE_KIND_REBALANCE_RECOMMENDATION ? '' : n.detail}`;
 }
 
 export function watchInstanceNotices(o: WatchOptions): NoticeWatcher {
+  if (!o.imds === !o.gce) throw new Error('watchInstanceNotices: give exactly one of imds (EC2) and gce (GCE)');
   const seenKeys = new Set<string>();
   const seen: CellNotice[] = [];
   let stopped = false;
@@ -87,7 +115,8 @@ export function watchInstanceNotices(o: WatchOptions): NoticeWatcher {
   const loop = (async () => {
     while (!stopped) {
       try {
-        for (const n of await readNotices(o.imds)) {
+        const found = o.gce ? await readGceNotices(o.gce) : o.imds ? await readNotices(o.imds) : [];
+        for (const n of found) {
           const k = key(n);
           if (seenKeys.has(k)) continue;
           seenKeys.add(k);

@@ -71,7 +71,7 @@ describe('cell-agent first-boot', () => {
     expect(env).toContain('CELLO_CELL_ID=cell-0001\n');
     expect(env).toContain('CELLO_CONTROLLER_ID="ctl-test"\n');
     expect(env).toContain('CELLO_INSTANCE_ID=i-0abc123\n');
-    expect(env).toContain('CELLO_AGENT_ARGS=--insecure-registry 127.0.0.1:5000 --pids-limit 512 --audit-transcripts\n');
+    expect(env).toContain(`CELLO_AGENT_ARGS=--insecure-registry 127.0.0.1:5000 --pids-limit 512 --audit-transcripts --instance-notices aws:${imds.url}\n`);
     expect(await readFile(join(d.stateDir, 'bootstrap', 'user-data.json'), 'utf8')).toBe(ud);
     expect((await stat(join(d.stateDir, 'bootstrap', 'user-data.json'))).mode & 0o777).toBe(0o600);
     expect(await readFile(join(d.stateDir, 'bootstrap', 'ca.pem'), 'utf8')).toBe(JSON.parse(ud).caCertPem);

@@ -132,5 +132,10 @@ export interface CellProvider {
    * provider here has it, and the contract checks that its launches count against it.
    */
   capacity?(): Promise<ProviderCapacity>;
+  /**
+   * Removes what the provider made for this controller's cells and no live cell uses any more
+   * (gce: agent firewall rules); returns what it removed. Called after instance GC.
+   */
+  collectUnused?(controllerId: string): Promise<string[]>;
   close(): Promise<void>;
 }

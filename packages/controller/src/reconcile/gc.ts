@@ -41,5 +41,12 @@ export async function collectGarbage(ctx: ReconcileContext): Promise<string[]> {
     ctx.metrics.garbageCollected.inc(orphans.length);
     for (const i of orphans) await ctx.events.record({ kind: 'Cell', name: i, type: 'Warning', reason: 'GarbageCollected', message: `instance ${i} had no cell record` });
   }
+  if (o.provider.collectUnused) {
+    const removed = await o.provider.collectUnused(o.controllerId).catch((err: unknown) => {
+      ctx.log.warn({ err: errMsg(err) }, 'collecting unused provider resources failed');
+      return [];
+    });
+    if (removed.length) ctx.log.info({ removed }, 'removed provider resources no cell uses');
+  }
   return orphans;
 }

@@ -145,7 +145,7 @@ export class BootHarness {
  * units outlive the agent by design (they are re-adopted on restart), so the harness stops
  * them under the agent's runc root and unmounts what is left under the instance's directory.
  */
-function endInstance(dir: string, cellId: string): void {
+export function endInstance(dir: string, cellId: string): void {
   const root = join(dir, 'state', 'runc');
   if (existsSync(root)) {
     let ids: string[] = [];
