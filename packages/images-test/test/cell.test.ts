@@ -113,6 +113,9 @@ describe('a plain Debian 12 with install.sh', () => {
       '/var/lib/cello/bootstrap/user-data.json',
       '--insecure-registry',
       registry.host,
+      // First boot names the cloud's metadata service, so the agent watches it for spot notices.
+      '--instance-notices',
+      `aws:${imds!.url}`,
     ]);
     for (const pre of unit.pre) {
       const r = m.run(['env', ...envArgs(unit.env), ...pre]);
