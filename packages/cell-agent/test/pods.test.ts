@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { status as GrpcStatus } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PodPhase, RestartPolicy, StorageMedium } from '@cello/proto/cell';
-import { waitFor } from '@cello/testkit';
+import { freePort, waitFor } from '@cello/testkit';
 import { apply, getStatus, pod, startTestAgent, type TestAgent } from './helpers/agent.js';
 import { startTestRegistry, type TestImages } from './helpers/registry.js';
 import { requireTools } from './helpers/rootfs.js';
@@ -84,7 +84,7 @@ describe.concurrent('pods', () => {
 
   it('restarts a unit whose liveness probe fails, and flips readiness', async () => {
     const a = await agent();
-    const port = 20000 + Math.floor(Math.random() * 20000);
+    const port = await freePort(); // free now: a random port may be in use, and the unit then crash-loops on EADDRINUSE
     await apply(a.client, {
       pod: pod('probes', {
         terminationGracePeriodSeconds: 1,
@@ -509,7 +509,7 @@ describe.concurrent('pods', () => {
 
   it('gates on a startup probe, probes TCP, and falls back to logs for the termination message', async () => {
     const a = await agent();
-    const port = 20000 + Math.floor(Math.random() * 20000);
+    const port = await freePort(); // free now: a random port may be in use, and the unit then crash-loops on EADDRINUSE
     await apply(a.client, {
       pod: pod('startup', {
         terminationGracePeriodSeconds: 1,
