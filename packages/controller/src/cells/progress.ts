@@ -19,6 +19,13 @@ export interface PodProgressRecord {
   history: Array<{ stage: PodStage; since: string; message?: string }>;
 }
 
+const ORDER: readonly PodStage[] = ['Selecting', 'Launching', 'Booting', 'Bootstrapping', 'Pulling', 'Starting', 'Running'];
+
+/** Where a stage comes on the way to Running (on one cell, a pod only moves forward). */
+export function stageRank(stage: PodStage): number {
+  return ORDER.indexOf(stage);
+}
+
 /** Entries kept in the timeline: a pod that keeps failing does not grow its record without bound. */
 export const MAX_HISTORY = 20;
 

@@ -3,7 +3,7 @@
 // the cell queued again to act on its new state.
 import { Cell } from '@cello/proto/controller';
 import { cellOf, podOf, refKey, splitKey, type CellRecord } from '../cells/schema.js';
-import { enterStage, stageOfCell } from '../cells/progress.js';
+import { enterStage, stageOfCell, stageRank } from '../cells/progress.js';
 import { type CellState, canTransition, deadlineFor, stateName } from '../cells/state.js';
 import type { ReconcileContext } from './context.js';
 
@@ -73,7 +73,11 @@ export async function transitionPath(
       .catch(() => undefined);
   }
   ctx.enqueue(`cell:${id}`);
-  await podFollows(ctx, id, cellOf(rec));
+  // Not awaited: the pod's stage is what users read, not what the cell's next step needs, and
+  // waiting for a second store commit here put every cell transition at 10,000 cells past the
+  // reconcile-latency goal (bench:controller --only scale). A late write cannot move the pod
+  // back: podFollows only moves a pod forward on the same cell.
+  void podFollows(ctx, id, cellOf(rec)).catch((err: unknown) => ctx.log.warn({ cell: id, err: String(err) }, 'pod stage not recorded'));
   return rec;
 }
 
@@ -88,6 +92,7 @@ async function podFollows(ctx: ReconcileContext, id: string, c: Cell): Promise<v
   await ctx.cache.writePod(key, (r) => {
     entered = false;
     if (podOf(r).cellId !== id) return undefined; // not bound yet (a warm claim) or moved on
+    if (r.progress && stageRank(r.progress.stage) > stageRank(stage)) return undefined; // a later stage landed first
     entered = enterStage(r, stage, { message: c.message, ...(c.deadline ? { deadline: c.deadline } : {}) });
     return entered ? r : undefined;
   });
