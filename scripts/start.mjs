@@ -243,8 +243,8 @@ async function main() {
           const p = pods.find((x) => x.metadata?.name === name);
           if (!p) return false;
           const phase = p.status?.phase;
-          if (name === 'hello-job') return phase === 'POD_PHASE_SUCCEEDED';
-          return phase === 'POD_PHASE_RUNNING' && (p.status?.containerStatuses ?? []).every((c) => c.ready);
+          if (name === 'hello-job') return phase === 'Succeeded';
+          return phase === 'Running' && (p.status?.containerStatuses ?? []).every((c) => c.ready);
         });
       },
       180_000,
