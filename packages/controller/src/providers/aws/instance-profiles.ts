@@ -1,9 +1,7 @@
-// The cello.io/aws-instance-profile annotation, allowed per namespace. On Cello the instance is
-// the pod, so the instance profile is the pod's AWS identity: the choice belongs to the
-// operator (provider.instanceProfiles.allowed), not to whoever may create a pod.
+// The cello.io/aws-instance-profile annotation, allowed per namespace
+// (provider.instanceProfiles.allowed): the instance profile is the pod's AWS identity.
+import { annotatedIdentityRefusal } from '../annotated-identity.js';
 import { ANNOTATIONS, type AwsProviderConfig } from './config.js';
-
-const matches = (list: string[], v: string) => list.includes('*') || list.includes(v);
 
 /**
  * Why a pod in `namespace` may not use the instance profile its annotations ask for, naming the
@@ -14,12 +12,15 @@ export function instanceProfileRefusal(
   namespace: string | undefined,
   annotations: Record<string, string> | undefined,
 ): string | undefined {
-  const profile = annotations?.[ANNOTATIONS.instanceProfile];
-  if (profile === undefined) return undefined;
-  const where = namespace ? `namespace "${namespace}"` : 'a cell without a pod';
-  const rules = cfg.instanceProfiles.allowed;
-  if (namespace && rules.some((r) => matches(r.namespaces, namespace) && matches(r.profiles, profile))) return undefined;
-  return `annotation ${ANNOTATIONS.instanceProfile}: instance profile "${profile}" is not allowed in ${where}: ${
-    rules.length ? `no rule of provider.instanceProfiles.allowed lists both` : 'provider.instanceProfiles.allowed is empty, so pods keep the configured instanceProfile'
-  }`;
+  return annotatedIdentityRefusal(
+    {
+      annotation: ANNOTATIONS.instanceProfile,
+      noun: 'instance profile',
+      setting: 'provider.instanceProfiles.allowed',
+      fallback: 'instanceProfile',
+      rules: cfg.instanceProfiles.allowed.map((r) => ({ namespaces: r.namespaces, identities: r.profiles })),
+    },
+    namespace,
+    annotations,
+  );
 }
