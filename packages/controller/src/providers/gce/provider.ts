@@ -198,34 +198,28 @@ export class GceProvider implements CellProvider {
 
   /** The managed rules a cell needs (key -1: between cells; else the agent port), made once and cached. */
   private agentFirewall(agentPort: number, controllerId: string): Promise<string | undefined> {
-    let between = this.firewallRules.get(-1);
-    if (!between) {
-      between = ensureCellTrafficFirewall({
-        client: this.firewalls,
-        waitOp: (op) => this.waitOp(op),
-        project: this.cfg.project,
-        network: resourceUrl(this.cfg.network, this.cfg.project, 'networks', this.region),
-        firewall: this.cfg.firewall,
-        controllerId,
-      });
-      this.firewallRules.set(-1, between);
-      between.catch(() => this.firewallRules.delete(-1));
-    }
-    let p = this.firewallRules.get(agentPort);
+    const common = {
+      client: this.firewalls,
+      waitOp: (op: protos.google.cloud.compute.v1.IOperation) => this.waitOp(op),
+      project: this.cfg.project,
+      network: resourceUrl(this.cfg.network, this.cfg.project, 'networks', this.region),
+      firewall: this.cfg.firewall,
+      controllerId,
+    };
+    const between = this.firewallOnce(-1, () => ensureCellTrafficFirewall(common));
+    const agent = this.firewallOnce(agentPort, () => ensureAgentFirewall({ ...common, agentPort }));
+    return Promise.all([between, agent]).then(([, name]) => name);
+  }
+
+  /** The rule under `key`, made once; a failed attempt is forgotten so the next launch tries again. */
+  private firewallOnce(key: number, make: () => Promise<string | undefined>): Promise<string | undefined> {
+    let p = this.firewallRules.get(key);
     if (!p) {
-      p = ensureAgentFirewall({
-        client: this.firewalls,
-        waitOp: (op) => this.waitOp(op),
-        project: this.cfg.project,
-        network: resourceUrl(this.cfg.network, this.cfg.project, 'networks', this.region),
-        firewall: this.cfg.firewall,
-        agentPort,
-        controllerId,
-      });
-      this.firewallRules.set(agentPort, p);
-      p.catch(() => this.firewallRules.delete(agentPort));
+      p = make();
+      this.firewallRules.set(key, p);
+      p.catch(() => this.firewallRules.delete(key));
     }
-    return Promise.all([between, p]).then(([, name]) => name);
+    return p;
   }
 
   /** Launches in flight: firewall pruning waits for them. */
