@@ -16,6 +16,7 @@ import { detectCgroupMode, hostCgroupDriver, type CgroupDriver } from './cgroups
 import type { ImageService } from './images/image-service.js';
 import { PullerImageService } from './images/puller-images.js';
 import { ContainerLogs } from './logs/index.js';
+import { ImdsClient } from './cloud/imds.js';
 import { AgentMetrics, startMetricsServer, type MetricsServer } from './metrics/index.js';
 import { cellAgentServiceDefinition } from './server/wire.js';
 import { createStreamHandlers } from './server/stream-handlers.js';
@@ -78,6 +79,11 @@ export interface AgentOptions {
   streamListen?: string | false;
   /** Keep exec/attach transcripts in the audit log. */
   auditTranscripts?: boolean;
+  /**
+   * ECR images without a pod credential pull with a token from the cell's own instance role
+   * (instance metadata at `imdsUrl`; `endpoint`: the ECR API, tests only). Off when undefined.
+   */
+  ecrInstanceProfile?: { imdsUrl: string; endpoint?: string };
   /** Tests: image source other than the registry puller. */
   images?: ImageService;
   cgroups?: CgroupDriver;
@@ -160,7 +166,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   // runc's root stays in the state dir: other tools (the local cell provider's cleanup, cell
   // image tests) find the cell's containers at STATE/runc.
   const runc = new Runc(o.runcBinary ?? 'runc', join(o.stateDir, 'runc'));
-  const images =
+  const registryImages =
     o.images ??
     new PullerImageService({
       root: o.imageCacheDir ?? join(o.stateDir, 'images'),
@@ -168,6 +174,15 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       logger: log,
       accessFile: join(o.stateDir, 'image-access.json'),
     });
+  // Loaded only when asked for: it brings the AWS SDK.
+  const ecr = o.ecrInstanceProfile
+    ? (await import('./images/ecr.js')).withEcrInstanceRole(registryImages, {
+        imds: new ImdsClient(o.ecrInstanceProfile.imdsUrl),
+        ...(o.ecrInstanceProfile.endpoint ? { endpoint: o.ecrInstanceProfile.endpoint } : {}),
+        log: log.child({ component: 'ecr' }),
+      })
+    : undefined;
+  const images: ImageService = ecr ?? registryImages;
   const hostIP = primaryIPv4();
   const metrics = new AgentMetrics();
   const podIP = o.podIP ?? (o.podNetns ? netnsIPv4(o.podNetns) : undefined) ?? hostIP;
@@ -302,7 +317,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       await serviceProxy?.close();
       await metricsServer?.close();
       await new Promise<void>((r) => server.tryShutdown(() => r()));
-      if (images instanceof PullerImageService) await images.close();
+      ecr?.close();
+      if (registryImages instanceof PullerImageService) await registryImages.close();
     },
   };
 }

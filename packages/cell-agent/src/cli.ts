@@ -38,6 +38,11 @@ program
   )
   .option('--insecure-registry <host:port>', 'a registry to reach over plain HTTP (repeatable; shorthand for a --registry-config entry with plainHttp)', collect, [])
   .option('--registry-config <file>', 'per-registry CAs, client certificates, mirrors and rewrites: JSON or YAML with a "registries:" map (docs/registries.md)')
+  .option(
+    '--ecr-instance-profile <imds-url>',
+    "pull ECR images the pod has no credential for with a token from this cell's instance role, read from instance metadata (on EC2: http://169.254.169.254)",
+  )
+  .option('--ecr-endpoint <url>', "ECR API endpoint for --ecr-instance-profile (default: the region's; tests and ECR-compatible clouds)")
   .option('--image-cache <dir>', 'image blobs and unpacked layers (default: STATE/images); agents on one machine may share one')
   .option('--pod-netns <path>', "network namespace for the pod's units (default: the agent's own, so the pod IP is the cell's)")
   .option('--pod-ip <ip>', "pod IP to report (default: the address in --pod-netns, or the cell's primary IPv4)")
@@ -77,6 +82,8 @@ program
       insecureDev?: boolean;
       insecureRegistry: string[];
       registryConfig?: string;
+      ecrInstanceProfile?: string;
+      ecrEndpoint?: string;
       imageCache?: string;
       podNetns?: string;
       podIp?: string;
@@ -113,6 +120,7 @@ program
         });
         Object.assign(o, { tlsCert: id.tls.cert, tlsKey: id.tls.key, tlsCa: id.tls.ca, cellId: o.cellId ?? id.cellId });
       }
+      if (o.ecrEndpoint && !o.ecrInstanceProfile) throw new Error('--ecr-endpoint goes with --ecr-instance-profile');
       const anyTls = o.tlsCert || o.tlsKey || o.tlsCa;
       if (anyTls && o.insecureDev) throw new Error('give either --tls-cert/--tls-key/--tls-ca or --insecure-dev, not both');
       if (!anyTls && !o.insecureDev) throw new Error('give --tls-cert, --tls-key and --tls-ca (mTLS), or --insecure-dev for local development');
@@ -128,6 +136,7 @@ program
         insecureRegistries: o.insecureRegistry,
         ...(o.registryConfig ? { registries: loadRegistryConfig(o.registryConfig) } : {}),
         ...(o.imageCache ? { imageCacheDir: o.imageCache } : {}),
+        ...(o.ecrInstanceProfile ? { ecrInstanceProfile: { imdsUrl: o.ecrInstanceProfile, ...(o.ecrEndpoint ? { endpoint: o.ecrEndpoint } : {}) } } : {}),
         logger,
         runcBinary: o.runc,
         cgroupParent: o.cgroupParent,

@@ -19,6 +19,8 @@ export interface ImdsTestDouble {
   readonly unauthorized: number;
   /** Session tokens handed out. */
   readonly tokensIssued: number;
+  /** Paths of the authorized GETs, in order. */
+  readonly gets: readonly string[];
   stop(): Promise<void>;
 }
 
@@ -27,6 +29,7 @@ export async function startImdsTestDouble(initial: Record<string, string> = {}):
   const tokens = new Map<string, number>(); // token -> expiry (ms)
   let unauthorized = 0;
   let tokensIssued = 0;
+  const gets: string[] = [];
   const server: Server = createServer((req, res) => {
     const path = new URL(req.url ?? '/', 'http://x').pathname;
     if (req.method === 'PUT' && path === '/latest/api/token') {
@@ -52,6 +55,7 @@ export async function startImdsTestDouble(initial: Record<string, string> = {}):
       res.writeHead(401).end();
       return;
     }
+    gets.push(path);
     const body = paths.get(path);
     if (body === undefined) {
       res.writeHead(404).end();
@@ -76,6 +80,7 @@ export async function startImdsTestDouble(initial: Record<string, string> = {}):
     get tokensIssued() {
       return tokensIssued;
     },
+    gets,
     stop: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();

@@ -64,7 +64,7 @@ export async function firstBoot(o: FirstBootOptions): Promise<FirstBootResult> {
   }
   if ('fatal' in got) throw new Error(got.fatal);
   const ud = parseUserData(got.userData, got.origin);
-  const args = agentConfigArgs(ud.agentConfig ?? {}, log);
+  const args = agentConfigArgs(ud.agentConfig ?? {}, log, cloud === 'aws' ? o.awsEndpoint : undefined);
   // The agent reads its bootstrap from the file written here, and watches the same metadata
   // service for the notices that announce the instance's end (spot interruption, preemption).
   args.push('--instance-notices', `${cloud}:${cloud === 'aws' ? o.awsEndpoint : o.gceEndpoint}`);
@@ -137,7 +137,7 @@ async function optional(p: Promise<string | undefined>): Promise<string | undefi
 // values are checked strictly because they end up on the agent's command line (unquoted in
 // the unit's ExecStart).
 const HOST_PORT = /^[A-Za-z0-9.-]+:[0-9]{1,5}$/;
-export function agentConfigArgs(cfg: unknown, log?: Logger): string[] {
+export function agentConfigArgs(cfg: unknown, log?: Logger, imdsUrl?: string): string[] {
   if (cfg === null || typeof cfg !== 'object' || Array.isArray(cfg)) throw new Error('user data: agentConfig: expected an object');
   const args: string[] = [];
   for (const [k, v] of Object.entries(cfg)) {
@@ -154,6 +154,12 @@ export function agentConfigArgs(cfg: unknown, log?: Logger): string[] {
     } else if (k === 'auditTranscripts') {
       if (typeof v !== 'boolean') throw new Error('user data: agentConfig.auditTranscripts: expected true or false');
       if (v) args.push('--audit-transcripts');
+    } else if (k === 'ecrCredentials') {
+      if (v !== 'instance-profile' && v !== 'none') throw new Error('user data: agentConfig.ecrCredentials: expected "instance-profile" or "none"');
+      if (v === 'instance-profile') {
+        if (!imdsUrl) throw new Error('user data: agentConfig.ecrCredentials: "instance-profile" needs EC2 instance metadata (this cell is not on AWS)');
+        args.push('--ecr-instance-profile', imdsUrl);
+      }
     } else {
       log?.warn({ key: k }, 'ignoring an agentConfig setting this image does not know');
     }

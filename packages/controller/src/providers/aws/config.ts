@@ -102,18 +102,24 @@ export const awsProviderConfigSchema = z
     /**
      * Images from ECR (`<account>.dkr.ecr.<region>.amazonaws.com`): `controller` pulls them with
      * a GetAuthorizationToken token the controller gets (its default credential chain, the
-     * endpoint above) and sends to the pod's cell; `off` leaves them to imagePullSecrets.
+     * endpoint above) and sends to the pod's cell; `instance-profile` lets each cell get its own
+     * with its instance profile's role (renewed on the cell, never sent; the role needs
+     * ecr:GetAuthorizationToken and read access); `off` leaves them to imagePullSecrets.
      */
     ecr: z
       .object({
-        mode: z.enum(['controller', 'off']).default('controller'),
+        mode: z.enum(['controller', 'instance-profile', 'off']).default('controller'),
         /** A token (valid 12 h) is replaced this many minutes before it expires. */
         refreshBeforeMinutes: z.number().int().min(1).max(660).default(60),
       })
       .strict()
       .default({ mode: 'controller', refreshBeforeMinutes: 60 }),
   })
-  .strict();
+  .strict()
+  .refine((c) => c.ecr.mode !== 'instance-profile' || c.instanceProfile !== undefined, {
+    message: 'ecr.mode instance-profile needs instanceProfile: the cells get their ECR tokens with its role',
+    path: ['ecr', 'mode'],
+  });
 
 export type AwsProviderConfig = z.infer<typeof awsProviderConfigSchema>;
 export type AwsProviderConfigInput = z.input<typeof awsProviderConfigSchema>;

@@ -269,7 +269,9 @@ export class AwsProvider implements CellProvider {
     const profile = opt[ANNOTATIONS.instanceProfile] ?? this.cfg.instanceProfile;
 
     const [image, zones, groups] = await Promise.all([this.images.resolve(spec.arch), this.zones(), this.securityGroups(b.controllerId, b.agentPort)]);
-    const userData = encodeUserData(b).toString('base64');
+    // In instance-profile mode the cell asks ECR for its own token, with the role it runs as.
+    const ecrOwn = this.cfg.ecr.mode === 'instance-profile' ? { ecrCredentials: 'instance-profile' } : undefined;
+    const userData = encodeUserData(ecrOwn ? { ...b, agentConfig: { ...b.agentConfig, ...ecrOwn } } : b).toString('base64');
 
     const tags: Tag[] = Object.entries({
       ...this.cfg.extraTags,

@@ -188,6 +188,21 @@ describe('AwsProvider on moto', () => {
     expect(info!.agentAddress).toBe(`${i.PrivateIpAddress}:9443`);
   });
 
+  it('ecr.mode instance-profile: the user data tells the cell to get its own ECR tokens; other modes say nothing', async () => {
+    const own = provider({ instanceProfile: world.instanceProfile, ecr: { mode: 'instance-profile' } });
+    const req = request();
+    const launched = await own.launch(req);
+    expect(await own.userData(launched.instanceId)).toEqual({ ...req.bootstrap, agentConfig: { ecrCredentials: 'instance-profile' } });
+    const plain = provider({ instanceProfile: world.instanceProfile });
+    const req2 = request();
+    expect((await plain.userData((await plain.launch(req2)).instanceId)).agentConfig).toBeUndefined();
+    await Promise.all([own.terminate([launched.instanceId]), plain.terminate((await instancesOfCell(req2.cellId)).map((i) => i.InstanceId!))]);
+    // Without an instance profile the cells could never get a token: refused at configuration.
+    expect(() => parseAwsProviderConfig({ image: { id: 'ami-0123456789abcdef0' }, subnets: ['subnet-0123'], ecr: { mode: 'instance-profile' } })).toThrow(
+      'providers.aws.ecr.mode: ecr.mode instance-profile needs instanceProfile',
+    );
+  });
+
   it("an instance profile annotation is refused unless a rule allows that profile in the pod's namespace; nothing is launched", async () => {
     const ann = { 'cello.io/aws-instance-profile': world.instanceProfile };
     // No rule: only the configured default profile, whoever asks.
