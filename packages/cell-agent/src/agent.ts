@@ -7,7 +7,7 @@ import os from 'node:os';
 import { join, resolve } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { experimental, Server, ServerCredentials } from '@grpc/grpc-js';
-import { withShorthands, type RegistryConfig } from '@cello/image-puller';
+import type { RegistryConfig } from '@cello/image-puller';
 import { HealthService, joinHostPort, splitHostPort } from '@cello/proto';
 import { CellCertificatesService } from '@cello/proto/cell';
 import { createCertificateService, loadServerIdentity, type ServerIdentity } from './bootstrap/renewal.js';
@@ -29,6 +29,7 @@ import { Runc } from './runtime/runc.js';
 import { ensurePrivateDir, RUN_BASE } from './runtime/run-dir.js';
 import { createService } from './server/service.js';
 import { createSyncServices } from './server/services.js';
+import { savedRegistries } from './server/configure-registries.js';
 import { HostPorts } from './network/hostports.js';
 import { ServiceProxy } from './network/services/proxy.js';
 
@@ -170,7 +171,9 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     o.images ??
     new PullerImageService({
       root: o.imageCacheDir ?? join(o.stateDir, 'images'),
-      registries: withShorthands(o.registries ?? {}, { plainHttp: o.insecureRegistries ?? [] }),
+      // What a controller sent (ConfigureRegistries) before a restart is newer than the flags.
+      registries: savedRegistries(o.stateDir) ?? o.registries ?? {},
+      plainHttp: o.insecureRegistries ?? [],
       logger: log,
       accessFile: join(o.stateDir, 'image-access.json'),
     });
@@ -277,6 +280,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       metrics,
       syncServices,
       images,
+      ...(registryImages instanceof PullerImageService ? { registries: { stateDir: o.stateDir, apply: (r: RegistryConfig) => registryImages.setRegistries(r) } } : {}),
     }),
   );
   server.addService(health.definition, health.implementation);

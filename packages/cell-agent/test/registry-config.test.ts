@@ -2,12 +2,14 @@
 // serves TLS with a private CA and wants a client certificate (real docker-registry, real runc).
 // Without the configuration the pod waits in ErrImagePull with the reason; with it, it runs.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, makeTestPki, pushBusybox, requireCommand, startRegistry, type RegistryServer, type TestPki } from '@cello/testkit';
+import { status, type ServiceError } from '@grpc/grpc-js';
+import { ConfigureRegistriesRequest, type CellAgentClient, type ConfigureRegistriesResponse } from '@cello/proto/cell';
 import { connectAgent } from '../src/ctl/client.js';
 import { defaultRunDir } from '../src/agent.js';
 import { apply, pod, StatusWatch } from './helpers/agent.js';
@@ -19,10 +21,10 @@ let reg: RegistryServer;
 let image: string;
 const procs = new Set<ChildProcess>();
 const stateDirs: string[] = [];
+const daemons = new Map<string, ChildProcess>();
 
-async function startDaemon(extra: string[]): Promise<string> {
-  const stateDir = mkdtempSync(join(tmpdir(), 'cello-regcfg-'));
-  stateDirs.push(stateDir);
+async function startDaemon(extra: string[], stateDir = mkdtempSync(join(tmpdir(), 'cello-regcfg-'))): Promise<string> {
+  if (!stateDirs.includes(stateDir)) stateDirs.push(stateDir);
   const port = await freePort();
   const p = spawn(
     process.execPath,
@@ -33,6 +35,7 @@ async function startDaemon(extra: string[]): Promise<string> {
     },
   );
   procs.add(p);
+  daemons.set(`127.0.0.1:${port}`, p);
   p.on('exit', () => procs.delete(p));
   let err = '';
   p.stderr!.on('data', (b: Buffer) => (err += b.toString()));
@@ -101,5 +104,42 @@ describe('agent --registry-config', () => {
     const file = join(pki.dir, 'bad.yaml');
     writeFileSync(file, `registries:\n  "${reg.host}": {caFile: missing.pem}\n`);
     await expect(startDaemon(['--registry-config', file])).rejects.toThrow(new RegExp(`registries\\["${reg.host}"\\]\\.caFile: cannot read missing\\.pem: ENOENT`));
+  });
+
+  // What a remote cell gets instead of a file: the controller's configuration over the agent API.
+  function configure(addr: string, registriesJson: string): Promise<ConfigureRegistriesResponse> {
+    const client: CellAgentClient = connectAgent(addr, undefined);
+    return new Promise<ConfigureRegistriesResponse>((resolve, reject) =>
+      client.configureRegistries(ConfigureRegistriesRequest.fromPartial({ registriesJson }), (err, r) => (err ? reject(err) : resolve(r))),
+    ).finally(() => client.close());
+  }
+
+  it('ConfigureRegistries: inline PEMs applied to the next pull, kept (0600) for a restarted agent; bad input refused with the field named', async () => {
+    const stateDir = mkdtempSync(join(tmpdir(), 'cello-regcfg-'));
+    const addr = await startDaemon([], stateDir);
+    const cfg = {
+      registries: { [reg.host]: { caPem: readFileSync(pki.ca, 'utf8'), client: { certPem: readFileSync(pki.client.cert, 'utf8'), keyPem: readFileSync(pki.client.key, 'utf8') } } },
+    };
+    // Refused, and nothing kept: a file name (it would be read on the cell), not JSON, a bad field.
+    const refused = async (json: string, why: RegExp) => {
+      const err = (await configure(addr, json).catch((e: unknown) => e)) as ServiceError;
+      expect(err.code).toBe(status.INVALID_ARGUMENT);
+      expect(err.details).toMatch(why);
+    };
+    await refused(JSON.stringify({ registries: { [reg.host]: { caFile: '/etc/passwd' } } }), /caFile: files are not read here: give the PEM inline/);
+    await refused('{registries', /registriesJson: not JSON/);
+    await refused(JSON.stringify({ registries: { [reg.host]: { mirrors: [{ host: 'http://x' }] } } }), /registries\[".*"\]\.mirrors\[0\]\.host/);
+    expect(existsSync(join(stateDir, 'registries.json'))).toBe(false);
+
+    expect((await configure(addr, JSON.stringify(cfg))).hosts).toEqual([reg.host]);
+    expect(statSync(join(stateDir, 'registries.json')).mode & 0o777).toBe(0o600);
+    await runPod(addr, 'configured', (x) => x.running('c'), 'c running');
+
+    // A restarted agent (no flags) pulls the same way: a tag it never pulled, so it must fetch.
+    daemons.get(addr)!.kill('SIGKILL');
+    await new Promise((r) => daemons.get(addr)!.once('exit', r));
+    image = await pushBusybox(reg, 'private/busybox:2');
+    const again = await startDaemon([], stateDir);
+    await runPod(again, 'after-restart', (x) => x.running('c'), 'c running after restart');
   });
 });

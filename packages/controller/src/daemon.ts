@@ -94,7 +94,6 @@ export async function providerFromConfig(config: Config, extra: { issueCertifica
       ...(p.agentCommand ? { agentCommand: p.agentCommand } : {}),
       agentArgs: p.agentArgs,
       insecureRegistries: p.insecureRegistries,
-      registries: config.registries,
       network: p.network,
       outboundNAT: p.outboundNAT,
       ...(p.maxCells !== undefined ? { maxCells: p.maxCells } : {}),
@@ -313,6 +312,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
         ...(caCertPem ? { tokens: new BootstrapTokens(store) } : {}),
         ...(ecr ? { registryKeyrings: (images: string[]) => ecr.keyrings(images) } : {}),
         ...(imagePlatforms ? { imagePlatforms } : {}),
+        ...(Object.keys(config.registries).length > 0 ? { cellRegistriesJson: JSON.stringify({ registries: config.registries }) } : {}),
       });
       reconciler = r;
       try {

@@ -1,6 +1,7 @@
 // The controller's `registries:` block: validated with the field named, its files read relative
-// to the configuration, and handed to local cells as contents (a 0600 file in the cell's dir),
-// end to end: a pod from a TLS registry signed by a private CA that wants a client certificate.
+// to the configuration, and handed to every cell as contents over the agent API
+// (ConfigureRegistries, before the cell is Ready: the path a remote cell takes too), end to end:
+// a pod from a TLS registry signed by a private CA that wants a client certificate.
 import { readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -69,7 +70,7 @@ describe('a local cell pulls from a private-CA, client-certificate registry', ()
     await registry?.server.stop();
   }, 60_000);
 
-  it('the pod runs; the cell got the contents in a 0600 file, no PEM on its command line', async () => {
+  it('the pod runs; the cell got the contents over its API, kept in a 0600 file, nothing on its command line', async () => {
     const applied = await cl.cellctl([
       'apply',
       '-f',
@@ -80,12 +81,12 @@ describe('a local cell pulls from a private-CA, client-certificate registry', ()
     ]);
     expect(applied.stderr).toBe('');
     const pod = await cl.waitPod('private', 'running', (p) => p.status?.phase === PodPhase.POD_PHASE_RUNNING, 90_000);
-    const file = join(cl.cellsRoot, pod.cellId, 'registries.json');
+    const file = join(cl.cellsRoot, pod.cellId, 'state', 'registries.json');
     expect(statSync(file).mode & 0o777).toBe(0o600);
     const handed = JSON.parse(readFileSync(file, 'utf8')) as { registries: Record<string, { caPem: string[]; client: { keyPem: string } }> };
     expect(handed.registries[registry.server.host]!.client.keyPem).toBe(readFileSync(pki.client.key, 'utf8'));
     const cmdline = readFileSync(`/proc/${cl.agentPid(pod.cellId)}/cmdline`, 'utf8');
-    expect(cmdline).toContain('--registry-config');
+    expect(cmdline).not.toContain('--registry-config');
     expect(cmdline).not.toContain('PRIVATE KEY');
   }, 120_000);
 });

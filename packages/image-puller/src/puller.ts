@@ -146,7 +146,7 @@ export class ImagePuller {
   private readonly store: Store;
   private readonly tokens = new TokenCache();
   private readonly dispatchers = new DispatcherPool();
-  private readonly registries: RegistryConfig;
+  private registries: RegistryConfig;
   private readonly platform: Platform;
   private readonly transport: TransportOptions;
   private readonly maxLayerBytes: number;
@@ -175,6 +175,14 @@ export class ImagePuller {
     this.downloads = new Semaphore(opts.concurrency ?? 4);
     this.log = opts.logger;
     this.registries = withShorthands(this.opts.registries ?? {}, { plainHttp: this.opts.plainHttp ?? [], skipVerify: this.opts.insecure ?? [] });
+  }
+
+  /**
+   * Replaces the per-registry configuration for pulls that start from now on (those under way
+   * finish as they began). The plainHttp/insecure shorthands of the options still apply.
+   */
+  setRegistries(registries: RegistryConfig): void {
+    this.registries = withShorthands(registries, { plainHttp: this.opts.plainHttp ?? [], skipVerify: this.opts.insecure ?? [] });
   }
 
   /** Closes pooled registry connections (optional; idle sockets do not keep the process alive). */

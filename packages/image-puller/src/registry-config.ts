@@ -97,7 +97,8 @@ function invalid(field: string, message: string): PullError {
   return new PullError('invalid', `${field}: ${message}`);
 }
 
-function readPem(field: string, file: string, baseDir: string): string {
+function readPem(field: string, file: string, baseDir: string | undefined): string {
+  if (baseDir === undefined) throw invalid(field, 'files are not read here: give the PEM inline (caPem, client.certPem, client.keyPem)');
   try {
     return readFileSync(resolve(baseDir, file), 'utf8');
   } catch (err) {
@@ -123,7 +124,8 @@ function checkCertificates(field: string, bundle: string): string {
  * Validates a `registries` block and reads the files it names (relative to `baseDir`). Every
  * error names its field, e.g. `registries["reg:5000"].client.keyFile: cannot read k.pem: ENOENT`.
  */
-export function parseRegistryConfig(input: unknown, opts: { baseDir?: string; field?: string } = {}): RegistryConfig {
+/** `noFiles`: the configuration came over the wire, so caFile/certFile/keyFile are refused, not read. */
+export function parseRegistryConfig(input: unknown, opts: { baseDir?: string; field?: string; noFiles?: boolean } = {}): RegistryConfig {
   const root = opts.field ?? 'registries';
   const parsed = registriesSchema.safeParse(input ?? {});
   if (!parsed.success) {
@@ -132,7 +134,7 @@ export function parseRegistryConfig(input: unknown, opts: { baseDir?: string; fi
     const reason = issue.code === 'invalid_key' ? (issue.issues[0]?.message ?? issue.message) : issue.message;
     throw invalid(fieldPath(root, issue.path), reason);
   }
-  const baseDir = opts.baseDir ?? process.cwd();
+  const baseDir = opts.noFiles ? undefined : (opts.baseDir ?? process.cwd());
   const out: RegistryConfig = {};
   for (const [name, h] of Object.entries(parsed.data)) {
     const at = `${root}[${JSON.stringify(name)}]`;

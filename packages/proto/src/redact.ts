@@ -12,6 +12,8 @@ const SECRET_FIELDS = [
   'encryptionKey',
   'secrets',
   'registryCredentials',
+  // ConfigureRegistriesRequest: a registries block as JSON text, client keys included.
+  'registriesJson',
   // The cell's user data carries its bootstrap token.
   'userData',
 ];

@@ -121,6 +121,7 @@ const agent: CellAgentServer = {
   stats: unimplemented as CellAgentServer['stats'],
   listAudit: unimplemented as CellAgentServer['listAudit'],
   pullImage: unimplemented as CellAgentServer['pullImage'],
+  configureRegistries: unimplemented as CellAgentServer['configureRegistries'],
   syncServices: unimplemented as CellAgentServer['syncServices'],
   portForwardTicket: unimplemented as CellAgentServer['portForwardTicket'],
   getInfo(_call, cb) {

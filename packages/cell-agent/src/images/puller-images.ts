@@ -2,7 +2,7 @@
 // <state>/images, shared by every unit (and every restart) on the cell; whether a pod may use
 // what another pod pulled is ImageAccess's to say (access.ts).
 import { existsSync } from 'node:fs';
-import { ImagePuller, PullError, type RegistryConfig } from '@cello/image-puller';
+import { ImagePuller, PullError, withShorthands, type RegistryConfig } from '@cello/image-puller';
 import type pino from 'pino';
 import { ImageAccess } from './access.js';
 import { type ImageInfo, ImagePullFailure, type ImageService, type RegistryAuth, registryOf } from './image-service.js';
@@ -40,8 +40,11 @@ export class PullerImageService implements ImageService {
   private readonly known = new Map<string, ImageInfo>();
   private readonly access: ImageAccess;
 
-  constructor(opts: { root: string; registries: RegistryConfig; logger: pino.Logger; accessFile?: string }) {
-    this.puller = new ImagePuller({ root: opts.root, registries: opts.registries, logger: opts.logger });
+  private readonly plainHttp: string[];
+
+  constructor(opts: { root: string; registries: RegistryConfig; logger: pino.Logger; accessFile?: string; plainHttp?: string[] }) {
+    this.plainHttp = opts.plainHttp ?? [];
+    this.puller = new ImagePuller({ root: opts.root, registries: withShorthands(opts.registries, { plainHttp: this.plainHttp }), logger: opts.logger });
     this.access = new ImageAccess(opts.accessFile);
   }
 
@@ -87,6 +90,11 @@ export class PullerImageService implements ImageService {
       if (err instanceof PullError) throw new ImagePullFailure(err.message, err.kind);
       throw new ImagePullFailure((err as Error).message, 'unknown');
     }
+  }
+
+  /** Per-registry configuration for pulls from now on (ConfigureRegistries). */
+  setRegistries(registries: RegistryConfig): void {
+    this.puller.setRegistries(withShorthands(registries, { plainHttp: this.plainHttp }));
   }
 
   close(): Promise<void> {

@@ -9,7 +9,9 @@ import type { PodManager } from '../pod/pod-manager.js';
 import type { AgentMetrics } from '../metrics/index.js';
 import type { StreamRpcs } from './stream-handlers.js';
 import type { ImageService } from '../images/image-service.js';
+import type { RegistryConfig } from '@cello/image-puller';
 import { pullImageHandler } from './pull-image.js';
+import { configureRegistriesHandler } from './configure-registries.js';
 
 export interface ServiceDeps {
   pod: PodManager;
@@ -21,6 +23,8 @@ export interface ServiceDeps {
   syncServices?: CellAgentServer['syncServices'];
   /** The image service and cache the pod uses; PullImage is UNIMPLEMENTED without it. */
   images?: ImageService;
+  /** Where ConfigureRegistries keeps and applies what it is sent; UNIMPLEMENTED without it. */
+  registries?: { stateDir: string; apply: (r: RegistryConfig) => void };
 }
 
 function unimplemented(name: string) {
@@ -104,12 +108,16 @@ export function createService(d: ServiceDeps): CellAgentServer {
     listAudit: s?.listAudit ?? (unimplemented('ListAudit') as CellAgentServer['listAudit']),
     syncServices: d.syncServices ?? (unimplemented('SyncServices') as CellAgentServer['syncServices']),
     pullImage: d.images ? pullImageHandler(d.images, d.logger) : (unimplemented('PullImage') as CellAgentServer['pullImage']),
+    configureRegistries: d.registries
+      ? configureRegistriesHandler({ ...d.registries, log: d.logger })
+      : (unimplemented('ConfigureRegistries') as CellAgentServer['configureRegistries']),
   };
   svc.applyPod = measured(d, 'ApplyPod', svc.applyPod);
   svc.deletePod = measured(d, 'DeletePod', svc.deletePod);
   svc.getStatus = measured(d, 'GetStatus', svc.getStatus);
   svc.getInfo = measured(d, 'GetInfo', svc.getInfo);
   svc.pullImage = measured(d, 'PullImage', svc.pullImage);
+  svc.configureRegistries = measured(d, 'ConfigureRegistries', svc.configureRegistries);
   svc.portForwardTicket = measured(d, 'PortForwardTicket', svc.portForwardTicket);
   return svc;
 }

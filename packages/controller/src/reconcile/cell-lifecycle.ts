@@ -3,7 +3,8 @@
 // first answer), Ready/Bound (health through its status stream, release when its pod is gone or
 // finished), Draining (the pod stopped with its grace), Terminating, Terminated (kept briefly,
 // then removed) — each state with its deadline, and the failures that end a cell.
-import { DeletePodRequest, GetInfoRequest, type AgentInfo } from '@cello/proto/cell';
+import { ConfigureRegistriesRequest, DeletePodRequest, GetInfoRequest, type AgentInfo } from '@cello/proto/cell';
+import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { Cell, PodObject } from '@cello/proto/controller';
 import { cellKey, cellOf, podOf, refKey, splitKey, type CellRecord, type PodRecord } from '../cells/schema.js';
 import { CellState, stateName, timeoutReason } from '../cells/state.js';
@@ -261,6 +262,23 @@ export class CellLifecycle {
     if (info.cellId && info.cellId !== id) {
       await saveAddress();
       return void (await this.fail(id, cell, 'WrongCell', `agent at ${address} says it is cell ${info.cellId}`));
+    }
+    if (ctx.o.cellRegistriesJson) {
+      // Before Ready: a pod or a pre-pull on this cell must pull as the controller resolves.
+      try {
+        await callUnary(client, 'configureRegistries', ConfigureRegistriesRequest.fromPartial({ registriesJson: ctx.o.cellRegistriesJson }), 5000);
+      } catch (err) {
+        await saveAddress();
+        const e = err as ServiceError;
+        if (e.code === Status.INVALID_ARGUMENT || e.code === Status.UNIMPLEMENTED)
+          return void (await this.fail(
+            id,
+            cell,
+            'RegistriesRefused',
+            `agent at ${address} refused the registries configuration${e.code === Status.UNIMPLEMENTED ? ' (an agent older than ConfigureRegistries: update the cell image)' : ''}: ${e.details}`,
+          ));
+        return ctx.retryLater(`cell:${id}`, 500);
+      }
     }
     const ready: Step = { to: CellState.CELL_STATE_READY, reason: 'AgentReady', message: `agent ${info.version || ''} answered at ${address}`.replace('  ', ' ') };
     // A cell launched for its pod goes straight on to Bound, in the same write.

@@ -56,6 +56,11 @@ export interface ReconcilerOptions {
   gcIntervalSeconds?: number;
   tickMs?: number;
   concurrency?: number;
+  /**
+   * The controller's `registries:` (CAs, client certificates, mirrors, rewrites) as
+   * ConfigureRegistries JSON, sent to every cell before it is Ready; absent when there are none.
+   */
+  cellRegistriesJson?: string;
   /** Agent port reported in bootstrap data (remote providers). */
   agentPort?: number;
   bootstrap?: BootstrapFn;

@@ -13,7 +13,6 @@ import { arch as hostArch, availableParallelism, freemem, totalmem } from 'node:
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import type { RegistryConfig } from '@cello/image-puller';
 import { freePort } from '@cello/proto';
 import { catalogTypes, localCatalog } from '../../catalog/catalog.js';
 import {
@@ -45,8 +44,6 @@ export interface LocalProviderOptions {
   agentCommand?: string[];
   /** Registries the agents may reach over plain HTTP (host:port). */
   insecureRegistries?: string[];
-  /** Per-registry CAs, client certificates, mirrors and rewrites; written (mode 0600) into each cell's dir. */
-  registries?: RegistryConfig;
   /**
    * Issues the cell's certificate; written (mode 0600) into the cell's dir, never passed on a
    * command line. Without it the agents run with --insecure-dev (development and tests only).
@@ -243,12 +240,8 @@ export class LocalProvider implements CellProvider {
       args.push('--insecure-dev');
     }
     for (const r of this.opts.insecureRegistries ?? []) args.push('--insecure-registry', r);
-    if (this.opts.registries && Object.keys(this.opts.registries).length > 0) {
-      // Contents, not the controller's paths: a cell reads only its own dir. Client keys are in it, hence 0600.
-      const file = join(dir, 'registries.json');
-      await writeFile(file, JSON.stringify({ registries: this.opts.registries }), { mode: 0o600 });
-      args.push('--registry-config', file);
-    }
+    // The `registries:` block reaches a local cell as it reaches a remote one: ConfigureRegistries
+    // before the cell is Ready (reconcile/cell-lifecycle.ts), never on a command line.
     if (this.opts.imageCache !== false) args.push('--image-cache', this.opts.imageCache ?? join(this.opts.root, '.images'));
     if (this.useNetns) {
       const slot = allocateSlot(netNames(req.cellId, 0).netns);

@@ -496,6 +496,19 @@ export interface PullImageRequest {
   registryCredentials: RegistryCredential[];
 }
 
+export interface ConfigureRegistriesRequest {
+  /**
+   * {"registries": {...}} as in a --registry-config file, with every file's contents inline
+   * (caPem, client.certPem/keyPem). Carries client keys: on the redaction list.
+   */
+  registriesJson: string;
+}
+
+export interface ConfigureRegistriesResponse {
+  /** Registry hosts the agent now has configuration for. */
+  hosts: string[];
+}
+
 export interface PullImageResponse {
   /** The manifest digest the cache now holds for the image. */
   digest: string;
@@ -5964,6 +5977,146 @@ export const PullImageRequest: MessageFns<PullImageRequest> = {
   },
 };
 
+function createBaseConfigureRegistriesRequest(): ConfigureRegistriesRequest {
+  return { registriesJson: "" };
+}
+
+export const ConfigureRegistriesRequest: MessageFns<ConfigureRegistriesRequest> = {
+  encode(message: ConfigureRegistriesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.registriesJson !== "") {
+      writer.uint32(10).string(message.registriesJson);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConfigureRegistriesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConfigureRegistriesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.registriesJson = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConfigureRegistriesRequest {
+    return {
+      registriesJson: isSet(object.registriesJson)
+        ? globalThis.String(object.registriesJson)
+        : isSet(object.registries_json)
+        ? globalThis.String(object.registries_json)
+        : "",
+    };
+  },
+
+  toJSON(message: ConfigureRegistriesRequest): unknown {
+    const obj: any = {};
+    if (message.registriesJson !== "") {
+      obj.registriesJson = message.registriesJson;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConfigureRegistriesRequest>): ConfigureRegistriesRequest {
+    return ConfigureRegistriesRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConfigureRegistriesRequest>): ConfigureRegistriesRequest {
+    const message = createBaseConfigureRegistriesRequest();
+    message.registriesJson = object.registriesJson ?? "";
+    return message;
+  },
+};
+
+function createBaseConfigureRegistriesResponse(): ConfigureRegistriesResponse {
+  return { hosts: [] };
+}
+
+export const ConfigureRegistriesResponse: MessageFns<ConfigureRegistriesResponse> = {
+  encode(message: ConfigureRegistriesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.hosts) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConfigureRegistriesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConfigureRegistriesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hosts.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConfigureRegistriesResponse {
+    return { hosts: globalThis.Array.isArray(object?.hosts) ? object.hosts.map((e: any) => globalThis.String(e)) : [] };
+  },
+
+  toJSON(message: ConfigureRegistriesResponse): unknown {
+    const obj: any = {};
+    if (message.hosts?.length) {
+      obj.hosts = message.hosts;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConfigureRegistriesResponse>): ConfigureRegistriesResponse {
+    return ConfigureRegistriesResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConfigureRegistriesResponse>): ConfigureRegistriesResponse {
+    const message = createBaseConfigureRegistriesResponse();
+    message.hosts = object.hosts?.map((e) => e) || [];
+    return message;
+  },
+};
+
 function createBasePullImageResponse(): PullImageResponse {
   return { digest: "", cached: false, downloadedBytes: 0, seconds: 0 };
 }
@@ -6245,6 +6398,23 @@ export const CellAgentService = {
     responseSerialize: (value: PullImageResponse): Buffer => Buffer.from(PullImageResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PullImageResponse => PullImageResponse.decode(value),
   },
+  /**
+   * Replaces the per-registry configuration (CAs, client certificates, mirrors, rewrites: the
+   * controller's `registries:`), which the agent keeps across its restarts. The controller sends
+   * it once a cell answers, before the cell is Ready, so remote cells pull as the controller
+   * resolves. INVALID_ARGUMENT names the field when the configuration is not valid.
+   */
+  configureRegistries: {
+    path: "/cello.cell.v1.CellAgent/ConfigureRegistries" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ConfigureRegistriesRequest): Buffer =>
+      Buffer.from(ConfigureRegistriesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ConfigureRegistriesRequest => ConfigureRegistriesRequest.decode(value),
+    responseSerialize: (value: ConfigureRegistriesResponse): Buffer =>
+      Buffer.from(ConfigureRegistriesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ConfigureRegistriesResponse => ConfigureRegistriesResponse.decode(value),
+  },
 } as const;
 
 export interface CellAgentServer extends UntypedServiceImplementation {
@@ -6292,6 +6462,13 @@ export interface CellAgentServer extends UntypedServiceImplementation {
    * be reached) or INVALID_ARGUMENT (a bad reference), with the registry's reason.
    */
   pullImage: handleUnaryCall<PullImageRequest, PullImageResponse>;
+  /**
+   * Replaces the per-registry configuration (CAs, client certificates, mirrors, rewrites: the
+   * controller's `registries:`), which the agent keeps across its restarts. The controller sends
+   * it once a cell answers, before the cell is Ready, so remote cells pull as the controller
+   * resolves. INVALID_ARGUMENT names the field when the configuration is not valid.
+   */
+  configureRegistries: handleUnaryCall<ConfigureRegistriesRequest, ConfigureRegistriesResponse>;
 }
 
 export interface CellAgentClient extends Client {
@@ -6467,6 +6644,27 @@ export interface CellAgentClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PullImageResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Replaces the per-registry configuration (CAs, client certificates, mirrors, rewrites: the
+   * controller's `registries:`), which the agent keeps across its restarts. The controller sends
+   * it once a cell answers, before the cell is Ready, so remote cells pull as the controller
+   * resolves. INVALID_ARGUMENT names the field when the configuration is not valid.
+   */
+  configureRegistries(
+    request: ConfigureRegistriesRequest,
+    callback: (error: ServiceError | null, response: ConfigureRegistriesResponse) => void,
+  ): ClientUnaryCall;
+  configureRegistries(
+    request: ConfigureRegistriesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ConfigureRegistriesResponse) => void,
+  ): ClientUnaryCall;
+  configureRegistries(
+    request: ConfigureRegistriesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ConfigureRegistriesResponse) => void,
   ): ClientUnaryCall;
 }
 
