@@ -55,7 +55,11 @@ describe('serviceEnv: the kubelet envvars.FromServices', () => {
 
 describe('apiServerEnv: which address pods are given', () => {
   const kubernetes = { namespace: 'default', name: 'kubernetes', clusterIps: ['10.0.0.1'], externalIps: [], ports: [{ name: 'https', protocol: tcp, port: 443, nodePort: 0 }] };
-  const view = (synced: boolean, svc?: typeof kubernetes) => ({ isSynced: () => synced, service: (k: string) => (k === 'default/kubernetes' ? (svc as never) : undefined) });
+  const view = (synced: boolean, svc?: typeof kubernetes) => ({
+    isSynced: () => synced,
+    service: (k: string) => (k === 'default/kubernetes' ? (svc as never) : undefined),
+    inNamespace: () => [],
+  });
   const host = (env: { name: string; value: string }[]) => env.find((e) => e.name === 'KUBERNETES_SERVICE_HOST')?.value;
   const fallback = { host: '127.0.0.1', port: 6443 };
 
@@ -125,11 +129,80 @@ describe('a pod manifest against a real kube-apiserver', () => {
     // The env a pod got stays for its life (a container's env is fixed once made), even if the
     // Service vanished: rebuilt with it, the manifest is identical, so nothing restarts.
     services.setService('default/kubernetes', undefined);
-    const again = await buildPodManifest(rest, pod, o, { apiServerEnv: built.apiServerEnv });
+    const again = await buildPodManifest(rest, pod, o, { serviceEnv: built.serviceEnv });
     expect(again.manifest).toBe(built.manifest);
     // A new pod in a cluster without the Service gets the kubeconfig's server.
     const fresh = await buildPodManifest(rest, pod, o);
     expect(containerEnv(fresh.manifest, 1).get('KUBERNETES_SERVICE_HOST')).toBe(server.hostname);
     expect(containerEnv(fresh.manifest, 1).get('KUBERNETES_SERVICE_PORT')).toBe(server.port);
+  });
+
+  it("service links: every Service of the pod's namespace, as the kubelet writes them; none with enableServiceLinks: false", async () => {
+    await waitFor('the Services to be listed', () => services.isSynced(), { timeoutMs: 20_000, intervalMs: 50 });
+    const objects = `
+apiVersion: v1
+kind: Namespace
+metadata: { name: links }
+---
+apiVersion: v1
+kind: Namespace
+metadata: { name: elsewhere }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: fooservice-test, namespace: links }
+spec:
+  selector: { app: x }
+  ports: [{ name: http, port: 8765, targetPort: 8080 }, { name: dns, port: 53, protocol: UDP }]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: headless, namespace: links }
+spec: { clusterIP: None, selector: { app: x }, ports: [{ port: 80 }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: ext, namespace: links }
+spec: { type: ExternalName, externalName: example.com }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: other, namespace: elsewhere }
+spec: { selector: { app: x }, ports: [{ port: 81 }] }
+`;
+    const applied = await kube.kubectl(['apply', '-f', '-'], { input: objects });
+    expect(applied.code, applied.stderr).toBe(0);
+    await waitFor('the Services to reach the table', () => !!services.service('links/fooservice-test') && !!services.service('elsewhere/other'), {
+      timeoutMs: 20_000,
+      intervalMs: 50,
+    });
+    const ip = services.service('links/fooservice-test')!.clusterIps[0]!;
+    // The test above took default/kubernetes out of the table: the master Service is the kubeconfig's server.
+    const server = new URL(kube.server);
+    const o = { nodeName: 'n', services, fallbackApiServer: { host: server.hostname, port: Number(server.port) } };
+    const inLinks = (spec: Partial<KPod['spec']>): KPod => ({
+      metadata: { name: 'p', namespace: 'links', uid: 'u-p' },
+      spec: { containers: [{ name: 'main', image: 'busybox' }], ...spec },
+    });
+
+    const env = containerEnv((await buildPodManifest(rest, inLinks({ initContainers: [{ name: 'init', image: 'busybox' }] }), o)).manifest, 0);
+    expect(env.get('FOOSERVICE_TEST_SERVICE_HOST')).toBe(ip);
+    expect(env.get('FOOSERVICE_TEST_SERVICE_PORT')).toBe('8765');
+    expect(env.get('FOOSERVICE_TEST_SERVICE_PORT_HTTP')).toBe('8765');
+    expect(env.get('FOOSERVICE_TEST_SERVICE_PORT_DNS')).toBe('53');
+    expect(env.get('FOOSERVICE_TEST_PORT')).toBe(`tcp://${ip}:8765`);
+    expect(env.get('FOOSERVICE_TEST_PORT_8765_TCP')).toBe(`tcp://${ip}:8765`);
+    expect(env.get('FOOSERVICE_TEST_PORT_8765_TCP_PROTO')).toBe('tcp');
+    expect(env.get('FOOSERVICE_TEST_PORT_8765_TCP_PORT')).toBe('8765');
+    expect(env.get('FOOSERVICE_TEST_PORT_8765_TCP_ADDR')).toBe(ip);
+    expect(env.get('FOOSERVICE_TEST_PORT_53_UDP')).toBe(`udp://${ip}:53`);
+    // Headless and ExternalName Services have no address to link; other namespaces' are not linked.
+    expect([...env.keys()].filter((k) => /^(HEADLESS|EXT|OTHER)_/.test(k))).toEqual([]);
+    expect(env.get('KUBERNETES_SERVICE_HOST')).toBe(server.hostname);
+
+    const off = containerEnv((await buildPodManifest(rest, inLinks({ enableServiceLinks: false, initContainers: [{ name: 'init', image: 'busybox' }] }), o)).manifest, 0);
+    expect([...off.keys()].filter((k) => k.startsWith('FOOSERVICE_TEST_'))).toEqual([]);
+    // The master Service is given even without service links, as the kubelet does.
+    expect(off.get('KUBERNETES_SERVICE_HOST')).toBe(server.hostname);
   });
 });

@@ -270,7 +270,8 @@ export const podSpec = z.strictObject({
   priorityClassName: ignored,
   preemptionPolicy: ignored,
   topologySpreadConstraints: ignored,
-  enableServiceLinks: ignored,
+  // Read by the virtual node, which writes the service-link env (k8s/node/service-env.ts).
+  enableServiceLinks: z.boolean().optional(),
   automountServiceAccountToken: ignored,
   runtimeClassName: ignored,
   overhead: ignored,

@@ -1,12 +1,12 @@
 // Turns a Pod from the API server into what the controller core runs: the pod itself (with the
-// KUBERNETES_SERVICE_* environment a kubelet injects), plus every Secret and ConfigMap it
+// Service environment a kubelet injects: KUBERNETES_SERVICE_* and the namespace's service links), plus every Secret and ConfigMap it
 // references, read from the API; projected service-account tokens are requested through the
 // TokenRequest API and sent as a secret the cell mounts at the same path.
 import { stringify } from 'yaml';
 import type { KubeRest } from '../client/rest.js';
 import { isNotFound } from '../client/rest.js';
 import { CelloError } from '../../errors.js';
-import { apiServerEnv, type EnvVar, type ServiceView } from './service-env.js';
+import { podServiceEnv, type EnvVar, type ServiceView } from './service-env.js';
 
 /** The minimal view of a v1 Pod this module reads. */
 export interface KPod {
@@ -103,8 +103,8 @@ export interface TokenOptions {
   /** Fraction of a token's lifetime after which it is refreshed (kubelet: 0.8). */
   refreshRatio?: number;
   now?: () => number;
-  /** The API server env this pod got first: kept for its life, as a container's env is fixed once made. */
-  apiServerEnv?: EnvVar[];
+  /** The Service env this pod got first: kept for its life, as a container's env is fixed once made. */
+  serviceEnv?: EnvVar[];
 }
 
 export interface BuiltManifest {
@@ -113,8 +113,8 @@ export interface BuiltManifest {
   tokens: Map<string, IssuedToken>;
   /** When the earliest token is due for refresh (Infinity: no tokens). */
   nextTokenRefreshAt: number;
-  /** The API server env the containers got; pass as `apiServerEnv` next time. */
-  apiServerEnv: EnvVar[];
+  /** The Service env the containers got; pass as `serviceEnv` next time. */
+  serviceEnv: EnvVar[];
 }
 
 /** Builds the multi-document manifest (Pod, then Secrets and ConfigMaps) for ApplyPod. */
@@ -134,8 +134,10 @@ export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOpt
   const ns = pod.metadata.namespace;
   // First, so a pod waiting for the Services to be listed costs no token requests.
   const env =
-    t.apiServerEnv ??
-    apiServerEnv({
+    t.serviceEnv ??
+    podServiceEnv({
+      namespace: ns,
+      enableServiceLinks: pod.spec.enableServiceLinks as boolean | undefined,
       ...(o.apiServer ? { configured: o.apiServer } : {}),
       ...(o.services ? { services: o.services } : {}),
       ...(o.fallbackApiServer ? { fallback: o.fallbackApiServer } : {}),
@@ -249,7 +251,7 @@ export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOpt
     manifest: docs.map((d) => stringify(d)).join('---\n'),
     tokens,
     nextTokenRefreshAt: Math.min(Infinity, ...[...tokens.values()].map((x) => x.refreshAt)),
-    apiServerEnv: env,
+    serviceEnv: env,
   };
 }
 

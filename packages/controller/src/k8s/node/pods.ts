@@ -47,7 +47,7 @@ interface Applied {
   source: string;
   manifest: string;
   tokens: Map<string, IssuedToken>;
-  apiServerEnv: EnvVar[];
+  serviceEnv: EnvVar[];
   nextTokenRefreshAt: number;
   nextDataSyncAt: number;
   /** The last reference error reported on a running pod (reported once, not every sync). */
@@ -223,7 +223,7 @@ export class PodSync {
   /** The manifest for a pod, reusing its tokens until they are due. */
   private async build(kpod: KPod, prev: Applied | undefined): Promise<Applied> {
     const b = await buildPodManifest(this.o.rest, kpod, this.o, {
-      ...(prev ? { cache: prev.tokens, apiServerEnv: prev.apiServerEnv } : {}),
+      ...(prev ? { cache: prev.tokens, serviceEnv: prev.serviceEnv } : {}),
       ...(this.o.tokenRefreshRatio !== undefined ? { refreshRatio: this.o.tokenRefreshRatio } : {}),
       now: this.now,
     });
@@ -232,7 +232,7 @@ export class PodSync {
       source: sourceOf(kpod),
       manifest: b.manifest,
       tokens: b.tokens,
-      apiServerEnv: b.apiServerEnv,
+      serviceEnv: b.serviceEnv,
       nextTokenRefreshAt: b.nextTokenRefreshAt,
       nextDataSyncAt: this.now() + (this.o.dataSyncSeconds ?? 60) * 1000,
     };
