@@ -37,7 +37,11 @@ export interface KPod {
 interface KContainer {
   name: string;
   image?: string;
-  env?: { name: string; value?: string; valueFrom?: { secretKeyRef?: { name: string; optional?: boolean }; configMapKeyRef?: { name: string; optional?: boolean } } }[];
+  env?: {
+    name: string;
+    value?: string;
+    valueFrom?: { secretKeyRef?: { name: string; optional?: boolean }; configMapKeyRef?: { name: string; optional?: boolean }; fieldRef?: { fieldPath: string } };
+  }[];
   envFrom?: { secretRef?: { name: string; optional?: boolean }; configMapRef?: { name: string; optional?: boolean } }[];
   [k: string]: unknown;
 }
@@ -160,6 +164,10 @@ export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOpt
     }
   }
   const spec = structuredClone(pod.spec);
+  // kubectl debug adds these through a subresource to a running pod: a cell cannot run them
+  // (the core would refuse the whole spec, and with it every later update of the pod, its token
+  // refreshes too), so they stay out of the manifest and PodSync reports them on the pod.
+  delete spec.ephemeralContainers;
   // A pod that names no pull secrets uses its ServiceAccount's, as the ServiceAccount
   // admission plugin would have set them (it may be off, or the account edited since).
   if (!spec.imagePullSecrets?.length) {
@@ -205,6 +213,10 @@ export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOpt
       }
     }
   }
+  // spec.nodeName is the virtual node's name, which the cell does not know: written as a value.
+  for (const c of [...spec.containers, ...(spec.initContainers ?? [])]) {
+    if (c.env) c.env = c.env.map((e) => (e.valueFrom?.fieldRef?.fieldPath === 'spec.nodeName' ? { name: e.name, value: pod.spec.nodeName ?? o.nodeName } : e));
+  }
   if (env.length > 0) {
     for (const c of [...spec.containers, ...(spec.initContainers ?? [])]) {
       const own = new Set((c.env ?? []).map((e) => e.name));
@@ -248,7 +260,9 @@ export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOpt
   await fetchAll('ConfigMap', configMaps);
   docs.push(...tokenSecrets);
   return {
-    manifest: docs.map((d) => stringify(d)).join('---\n'),
+    // Written as YAML 1.1, as the core reads it: else a string like "yes", "on" or "2026-01-01"
+    // (a label, an env value) goes out plain and comes back a boolean or a date.
+    manifest: docs.map((d) => stringify(d, { version: '1.1' })).join('---\n'),
     tokens,
     nextTokenRefreshAt: Math.min(Infinity, ...[...tokens.values()].map((x) => x.refreshAt)),
     serviceEnv: env,
