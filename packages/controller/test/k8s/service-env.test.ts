@@ -9,7 +9,7 @@ import { startKubeApiserver, waitFor, type KubeApiserver } from '@cello/testkit'
 import { Protocol } from '@cello/proto/cell';
 import { KubeRest, loadKubeConfig } from '../../src/k8s/client/rest.js';
 import { buildPodManifest, type KPod } from '../../src/k8s/node/manifest.js';
-import { apiServerEnv, serviceEnv, ServicesNotSyncedError } from '../../src/k8s/node/service-env.js';
+import { apiServerEnv, podServiceEnv, serviceEnv, ServicesNotSyncedError } from '../../src/k8s/node/service-env.js';
 import { ClusterServices } from '../../src/services/cluster-services.js';
 import { watchClusterServices, type ServiceWatch } from '../../src/services/watch.js';
 
@@ -73,6 +73,46 @@ describe('apiServerEnv: which address pods are given', () => {
 
   it('refuses, as the kubelet does, until Services have been listed once', () => {
     expect(() => apiServerEnv({ services: view(false, kubernetes), fallback })).toThrow(ServicesNotSyncedError);
+  });
+});
+
+describe('podServiceEnv: the kubelet getServiceEnvVarMap', () => {
+  const svc = (namespace: string, name: string, ip: string) => ({
+    namespace,
+    name,
+    clusterIps: [ip],
+    externalIps: [],
+    ports: [{ name: '', protocol: tcp, port: 80, nodePort: 0 }],
+  });
+  const all = [
+    svc('default', 'kubernetes', '10.0.0.1'),
+    svc('default', 'web', '10.0.0.2'),
+    svc('team', 'kubernetes', '10.0.0.3'),
+    svc('team', 'b-svc', '10.0.0.4'),
+    svc('team', 'a-svc', '10.0.0.5'),
+  ];
+  const view = {
+    isSynced: () => true,
+    service: (k: string) => all.find((x) => `${x.namespace}/${x.name}` === k) as never,
+    inNamespace: (ns: string) => all.filter((x) => x.namespace === ns),
+  };
+  const get = (env: { name: string; value: string }[], name: string) => env.find((e) => e.name === name)?.value;
+
+  it("a namespace Service named kubernetes wins over the master one; Services in name order; other namespaces' never", () => {
+    const env = podServiceEnv({ services: view, namespace: 'team' });
+    expect(get(env, 'KUBERNETES_SERVICE_HOST')).toBe('10.0.0.3');
+    expect(env.filter((e) => e.name.endsWith('_SERVICE_HOST')).map((e) => e.name)).toEqual(['KUBERNETES_SERVICE_HOST', 'A_SVC_SERVICE_HOST', 'B_SVC_SERVICE_HOST']);
+    expect(get(env, 'WEB_SERVICE_HOST')).toBeUndefined();
+    // Without service links only the master Service is given.
+    expect(podServiceEnv({ services: view, namespace: 'team', enableServiceLinks: false }).filter((e) => e.name.endsWith('_SERVICE_HOST'))).toEqual([
+      { name: 'KUBERNETES_SERVICE_HOST', value: '10.0.0.1' },
+    ]);
+  });
+
+  it('in the default namespace a configured API server address is not overridden by the kubernetes Service', () => {
+    const env = podServiceEnv({ services: view, namespace: 'default', configured: { host: 'api.example', port: 8443 } });
+    expect(get(env, 'KUBERNETES_SERVICE_HOST')).toBe('api.example');
+    expect(get(env, 'WEB_SERVICE_HOST')).toBe('10.0.0.2');
   });
 });
 
