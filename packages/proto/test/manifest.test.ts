@@ -213,6 +213,67 @@ describe('podFromManifest', () => {
     expect(podFromManifest(podWith({ hostPID: false, hostIPC: false })).pod.spec!.hostPid).toBe(false);
   });
 
+  it('fields a cell cannot honour are refused naming the field; their harmless values are accepted', () => {
+    const podWith = (spec: Record<string, unknown>, container: Record<string, unknown> = {}) => ({
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'a' },
+      spec: { containers: [{ name: 'c', image: 'busybox:1', ...container }], volumes: [{ name: 'v', emptyDir: {} }], ...spec },
+    });
+    const refused: [Record<string, unknown>, Record<string, unknown>, RegExp][] = [
+      [{ hostUsers: false }, {}, /^spec\.hostUsers: false \(a user namespace for the pod\) is not supported on a cell/],
+      [{ setHostnameAsFQDN: true }, {}, /^spec\.setHostnameAsFQDN: true is not supported on a cell/],
+      [{ ephemeralContainers: [{ name: 'debugger', image: 'busybox' }] }, {}, /^spec\.ephemeralContainers: ephemeral containers \(kubectl debug\) are not supported/],
+      [{ resources: { limits: { cpu: '1' } } }, {}, /^spec\.resources: pod-level resources are not supported on a cell/],
+      [{ resourceClaims: [{ name: 'gpu' }] }, {}, /^spec\.resourceClaims: dynamic resource allocation is not supported/],
+      [{}, { resources: { claims: [{ name: 'gpu' }] } }, /^spec\.containers\[0\]\.resources\.claims: dynamic resource allocation/],
+      [
+        {},
+        { volumeMounts: [{ name: 'v', mountPath: '/v', mountPropagation: 'Bidirectional' }] },
+        /^spec\.containers\[0\]\.volumeMounts\[0\]\.mountPropagation: Bidirectional is not supported/,
+      ],
+      [{}, { volumeMounts: [{ name: 'v', mountPath: '/v', mountPropagation: 'HostToContainer' }] }, /^spec\.containers\[0\]\.volumeMounts\[0\]\.mountPropagation: HostToContainer/],
+      [{}, { volumeDevices: [{ name: 'v', devicePath: '/dev/xvda' }] }, /^spec\.containers\[0\]\.volumeDevices: raw block devices are not supported/],
+      [{}, { securityContext: { procMount: 'Unmasked' } }, /^spec\.containers\[0\]\.securityContext\.procMount: Unmasked is not supported/],
+      [
+        {},
+        { securityContext: { appArmorProfile: { type: 'RuntimeDefault' } } },
+        /^spec\.containers\[0\]\.securityContext\.appArmorProfile\.type: RuntimeDefault: cannot enforce AppArmor/,
+      ],
+      [
+        { securityContext: { appArmorProfile: { type: 'Localhost', localhostProfile: 'p' } } },
+        {},
+        /^spec\.securityContext\.appArmorProfile\.type: Localhost: cannot enforce AppArmor/,
+      ],
+      [
+        { volumes: [{ name: 'v', projected: { sources: [{ clusterTrustBundle: { name: 'b', path: 'ca.pem' } }] } }] },
+        {},
+        /^spec\.volumes\[0\]\.projected\.sources\[0\]\.clusterTrustBundle: ClusterTrustBundle projections are not supported/,
+      ],
+      [{}, { securityContext: { procMount: 'Sideways' } }, /^spec\.containers\[0\]\.securityContext\.procMount: must be one of "Default", "Unmasked"/],
+    ];
+    for (const [spec, container, message] of refused) expect(() => podFromManifest(podWith(spec, container)), JSON.stringify([spec, container])).toThrow(message);
+    // What a kubelet on a node without SELinux or AppArmor runs as asked (or, for the rest, means nothing to it).
+    const ok = podWith(
+      {
+        hostUsers: true,
+        setHostnameAsFQDN: false,
+        ephemeralContainers: [],
+        enableServiceLinks: false,
+        automountServiceAccountToken: false,
+        readinessGates: [{ conditionType: 'example.com/ready' }],
+        securityContext: { appArmorProfile: { type: 'Unconfined' }, seLinuxOptions: { level: 's0:c1,c2' } },
+      },
+      {
+        volumeMounts: [{ name: 'v', mountPath: '/v', mountPropagation: 'None' }],
+        securityContext: { procMount: 'Default', seLinuxOptions: { type: 'spc_t' } },
+        resizePolicy: [{ resourceName: 'cpu', restartPolicy: 'NotRequired' }],
+      },
+    );
+    expect(podFromManifest(ok).pod.metadata!.name).toBe('a');
+    expect(() => podFromManifest(podWith({ readinessGates: [{ type: 'x' }] }))).toThrow(/^spec\.readinessGates\[0\]/);
+  });
+
   it('hostPort and hostIP: one claim per hostPort and protocol (per address), across containers', () => {
     const podWith = (containers: Record<string, unknown>[]) => ({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'a' }, spec: { containers } });
     const port = (p: Record<string, unknown>) => ({ containerPort: 80, ...p });

@@ -76,7 +76,12 @@ export function fieldValue(pod: Pod, sel: ObjectFieldSelector, podIP: string, ho
         .join('\n');
     case 'status.podIP':
       return podIP;
+    // The kubelet joins the pod's (and host's) IPs with commas; a cell has one IPv4 of each.
+    case 'status.podIPs':
+      return podIP;
     case 'status.hostIP':
+      return hostIP;
+    case 'status.hostIPs':
       return hostIP;
     case 'spec.serviceAccountName':
       return pod.spec?.serviceAccountName ?? '';

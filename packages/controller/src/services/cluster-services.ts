@@ -58,6 +58,17 @@ export class ClusterServices extends EventEmitter<{ change: []; synced: [] }> {
     return this.services.get(key);
   }
 
+  /**
+   * Every Service of a namespace (for a new pod's service links). A scan rather than an index:
+   * it runs once per pod start, and a scan of even 10,000 Services costs well under a millisecond
+   * next to the pod's API reads.
+   */
+  inNamespace(namespace: string): ClusterService[] {
+    const out: ClusterService[] = [];
+    for (const s of this.services.values()) if (s.namespace === namespace) out.push(s);
+    return out;
+  }
+
   /** A Service's cluster IPs by `namespace/name` (none when it is unknown or headless). */
   clusterIPs(key: string): string[] {
     return this.services.get(key)?.clusterIps ?? [];

@@ -9,7 +9,7 @@ import { startKubeApiserver, waitFor, type KubeApiserver } from '@cello/testkit'
 import { Protocol } from '@cello/proto/cell';
 import { KubeRest, loadKubeConfig } from '../../src/k8s/client/rest.js';
 import { buildPodManifest, type KPod } from '../../src/k8s/node/manifest.js';
-import { apiServerEnv, serviceEnv, ServicesNotSyncedError } from '../../src/k8s/node/service-env.js';
+import { apiServerEnv, podServiceEnv, serviceEnv, ServicesNotSyncedError } from '../../src/k8s/node/service-env.js';
 import { ClusterServices } from '../../src/services/cluster-services.js';
 import { watchClusterServices, type ServiceWatch } from '../../src/services/watch.js';
 
@@ -55,7 +55,11 @@ describe('serviceEnv: the kubelet envvars.FromServices', () => {
 
 describe('apiServerEnv: which address pods are given', () => {
   const kubernetes = { namespace: 'default', name: 'kubernetes', clusterIps: ['10.0.0.1'], externalIps: [], ports: [{ name: 'https', protocol: tcp, port: 443, nodePort: 0 }] };
-  const view = (synced: boolean, svc?: typeof kubernetes) => ({ isSynced: () => synced, service: (k: string) => (k === 'default/kubernetes' ? (svc as never) : undefined) });
+  const view = (synced: boolean, svc?: typeof kubernetes) => ({
+    isSynced: () => synced,
+    service: (k: string) => (k === 'default/kubernetes' ? (svc as never) : undefined),
+    inNamespace: () => [],
+  });
   const host = (env: { name: string; value: string }[]) => env.find((e) => e.name === 'KUBERNETES_SERVICE_HOST')?.value;
   const fallback = { host: '127.0.0.1', port: 6443 };
 
@@ -69,6 +73,46 @@ describe('apiServerEnv: which address pods are given', () => {
 
   it('refuses, as the kubelet does, until Services have been listed once', () => {
     expect(() => apiServerEnv({ services: view(false, kubernetes), fallback })).toThrow(ServicesNotSyncedError);
+  });
+});
+
+describe('podServiceEnv: the kubelet getServiceEnvVarMap', () => {
+  const svc = (namespace: string, name: string, ip: string) => ({
+    namespace,
+    name,
+    clusterIps: [ip],
+    externalIps: [],
+    ports: [{ name: '', protocol: tcp, port: 80, nodePort: 0 }],
+  });
+  const all = [
+    svc('default', 'kubernetes', '10.0.0.1'),
+    svc('default', 'web', '10.0.0.2'),
+    svc('team', 'kubernetes', '10.0.0.3'),
+    svc('team', 'b-svc', '10.0.0.4'),
+    svc('team', 'a-svc', '10.0.0.5'),
+  ];
+  const view = {
+    isSynced: () => true,
+    service: (k: string) => all.find((x) => `${x.namespace}/${x.name}` === k) as never,
+    inNamespace: (ns: string) => all.filter((x) => x.namespace === ns),
+  };
+  const get = (env: { name: string; value: string }[], name: string) => env.find((e) => e.name === name)?.value;
+
+  it("a namespace Service named kubernetes wins over the master one; Services in name order; other namespaces' never", () => {
+    const env = podServiceEnv({ services: view, namespace: 'team' });
+    expect(get(env, 'KUBERNETES_SERVICE_HOST')).toBe('10.0.0.3');
+    expect(env.filter((e) => e.name.endsWith('_SERVICE_HOST')).map((e) => e.name)).toEqual(['KUBERNETES_SERVICE_HOST', 'A_SVC_SERVICE_HOST', 'B_SVC_SERVICE_HOST']);
+    expect(get(env, 'WEB_SERVICE_HOST')).toBeUndefined();
+    // Without service links only the master Service is given.
+    expect(podServiceEnv({ services: view, namespace: 'team', enableServiceLinks: false }).filter((e) => e.name.endsWith('_SERVICE_HOST'))).toEqual([
+      { name: 'KUBERNETES_SERVICE_HOST', value: '10.0.0.1' },
+    ]);
+  });
+
+  it('in the default namespace a configured API server address is not overridden by the kubernetes Service', () => {
+    const env = podServiceEnv({ services: view, namespace: 'default', configured: { host: 'api.example', port: 8443 } });
+    expect(get(env, 'KUBERNETES_SERVICE_HOST')).toBe('api.example');
+    expect(get(env, 'WEB_SERVICE_HOST')).toBe('10.0.0.2');
   });
 });
 
@@ -125,11 +169,80 @@ describe('a pod manifest against a real kube-apiserver', () => {
     // The env a pod got stays for its life (a container's env is fixed once made), even if the
     // Service vanished: rebuilt with it, the manifest is identical, so nothing restarts.
     services.setService('default/kubernetes', undefined);
-    const again = await buildPodManifest(rest, pod, o, { apiServerEnv: built.apiServerEnv });
+    const again = await buildPodManifest(rest, pod, o, { serviceEnv: built.serviceEnv });
     expect(again.manifest).toBe(built.manifest);
     // A new pod in a cluster without the Service gets the kubeconfig's server.
     const fresh = await buildPodManifest(rest, pod, o);
     expect(containerEnv(fresh.manifest, 1).get('KUBERNETES_SERVICE_HOST')).toBe(server.hostname);
     expect(containerEnv(fresh.manifest, 1).get('KUBERNETES_SERVICE_PORT')).toBe(server.port);
+  });
+
+  it("service links: every Service of the pod's namespace, as the kubelet writes them; none with enableServiceLinks: false", async () => {
+    await waitFor('the Services to be listed', () => services.isSynced(), { timeoutMs: 20_000, intervalMs: 50 });
+    const objects = `
+apiVersion: v1
+kind: Namespace
+metadata: { name: links }
+---
+apiVersion: v1
+kind: Namespace
+metadata: { name: elsewhere }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: fooservice-test, namespace: links }
+spec:
+  selector: { app: x }
+  ports: [{ name: http, port: 8765, targetPort: 8080 }, { name: dns, port: 53, protocol: UDP }]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: headless, namespace: links }
+spec: { clusterIP: None, selector: { app: x }, ports: [{ port: 80 }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: ext, namespace: links }
+spec: { type: ExternalName, externalName: example.com }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: other, namespace: elsewhere }
+spec: { selector: { app: x }, ports: [{ port: 81 }] }
+`;
+    const applied = await kube.kubectl(['apply', '-f', '-'], { input: objects });
+    expect(applied.code, applied.stderr).toBe(0);
+    await waitFor('the Services to reach the table', () => !!services.service('links/fooservice-test') && !!services.service('elsewhere/other'), {
+      timeoutMs: 20_000,
+      intervalMs: 50,
+    });
+    const ip = services.service('links/fooservice-test')!.clusterIps[0]!;
+    // The test above took default/kubernetes out of the table: the master Service is the kubeconfig's server.
+    const server = new URL(kube.server);
+    const o = { nodeName: 'n', services, fallbackApiServer: { host: server.hostname, port: Number(server.port) } };
+    const inLinks = (spec: Partial<KPod['spec']>): KPod => ({
+      metadata: { name: 'p', namespace: 'links', uid: 'u-p' },
+      spec: { containers: [{ name: 'main', image: 'busybox' }], ...spec },
+    });
+
+    const env = containerEnv((await buildPodManifest(rest, inLinks({ initContainers: [{ name: 'init', image: 'busybox' }] }), o)).manifest, 0);
+    expect(env.get('FOOSERVICE_TEST_SERVICE_HOST')).toBe(ip);
+    expect(env.get('FOOSERVICE_TEST_SERVICE_PORT')).toBe('8765');
+    expect(env.get('FOOSERVICE_TEST_SERVICE_PORT_HTTP')).toBe('8765');
+    expect(env.get('FOOSERVICE_TEST_SERVICE_PORT_DNS')).toBe('53');
+    expect(env.get('FOOSERVICE_TEST_PORT')).toBe(`tcp://${ip}:8765`);
+    expect(env.get('FOOSERVICE_TEST_PORT_8765_TCP')).toBe(`tcp://${ip}:8765`);
+    expect(env.get('FOOSERVICE_TEST_PORT_8765_TCP_PROTO')).toBe('tcp');
+    expect(env.get('FOOSERVICE_TEST_PORT_8765_TCP_PORT')).toBe('8765');
+    expect(env.get('FOOSERVICE_TEST_PORT_8765_TCP_ADDR')).toBe(ip);
+    expect(env.get('FOOSERVICE_TEST_PORT_53_UDP')).toBe(`udp://${ip}:53`);
+    // Headless and ExternalName Services have no address to link; other namespaces' are not linked.
+    expect([...env.keys()].filter((k) => /^(HEADLESS|EXT|OTHER)_/.test(k))).toEqual([]);
+    expect(env.get('KUBERNETES_SERVICE_HOST')).toBe(server.hostname);
+
+    const off = containerEnv((await buildPodManifest(rest, inLinks({ enableServiceLinks: false, initContainers: [{ name: 'init', image: 'busybox' }] }), o)).manifest, 0);
+    expect([...off.keys()].filter((k) => k.startsWith('FOOSERVICE_TEST_'))).toEqual([]);
+    // The master Service is given even without service links, as the kubelet does.
+    expect(off.get('KUBERNETES_SERVICE_HOST')).toBe(server.hostname);
   });
 });

@@ -29,6 +29,7 @@ import { parseBytes, parseCount, parseCpuMillis, QuantityError } from '../quanti
 import { fieldPath, ManifestError } from './errors.js';
 import { isDockerConfigType, parseDockerConfigSecret } from './docker-config.js';
 import * as schema from './schema.js';
+import { refuseUnsupported } from './unsupported.js';
 
 type Path = (string | number)[];
 
@@ -448,6 +449,7 @@ export function convertPod(obj: unknown, defaults: { namespace?: string } = {}):
   checkDnsLabel(['metadata', 'namespace'], namespace);
   const s = m.spec;
   if (s.containers.length === 0) fail(['spec', 'containers'], 'must have at least one container');
+  refuseUnsupported(s);
 
   const volumeNames = new Set<string>();
   const volumes = (s.volumes ?? []).map((v, i) => {

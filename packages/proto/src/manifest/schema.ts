@@ -1,6 +1,8 @@
 // The subset of Kubernetes' v1 Pod (and Secret, ConfigMap) that Cello runs, as zod schemas.
-// Objects are strict so a misspelt field is an error naming it; Kubernetes fields that a cell
-// has no use for (scheduling hints and the like) are accepted and ignored.
+// Objects are strict so a misspelt field is an error naming it. Kubernetes fields that mean
+// nothing once a pod is bound (scheduling hints, object bookkeeping) are accepted and ignored,
+// each with the reason beside it; fields a cell cannot honour are typed here and refused, with
+// the field named, in unsupported.ts.
 import { z } from 'zod';
 
 const ignored = z.unknown().optional();
@@ -19,6 +21,7 @@ export const objectMeta = z.strictObject({
   annotations: stringMap.optional(),
   // YAML 1.1 (as Kubernetes reads manifests) makes an unquoted timestamp a date.
   creationTimestamp: z.union([z.string(), z.date(), z.null()]).optional(),
+  // The API server's bookkeeping: nothing a running pod does depends on it.
   resourceVersion: ignored,
   generation: ignored,
   ownerReferences: ignored,
@@ -63,12 +66,14 @@ const volumeMount = z.strictObject({
   readOnly: z.boolean().optional(),
   subPath: str.optional(),
   subPathExpr: str.optional(),
-  mountPropagation: ignored,
+  // None only: a cell has no host mounts to propagate (unsupported.ts refuses the others).
+  mountPropagation: z.enum(['None', 'HostToContainer', 'Bidirectional']).optional(),
   recursiveReadOnly: ignored,
 });
 
 const resourceList = z.record(z.string(), quantity);
-const resources = z.strictObject({ requests: resourceList.optional(), limits: resourceList.optional(), claims: ignored });
+// claims name the pod's resourceClaims, which unsupported.ts refuses.
+const resources = z.strictObject({ requests: resourceList.optional(), limits: resourceList.optional(), claims: z.array(z.looseObject({ name: str })).optional() });
 
 const httpGet = z.strictObject({
   path: str.optional(),
@@ -106,6 +111,12 @@ const seccompProfile = z.strictObject({
   localhostProfile: str.optional(),
 });
 
+// As a kubelet on a node without SELinux: the labels are not applied (the cell's kernel
+// enforces no SELinux policy), which is what runc does there.
+const seLinuxOptions = z.strictObject({ user: str.optional(), role: str.optional(), type: str.optional(), level: str.optional() });
+// Only Unconfined runs: a cell loads no AppArmor profiles (unsupported.ts refuses the others).
+const appArmorProfile = z.strictObject({ type: z.enum(['RuntimeDefault', 'Unconfined', 'Localhost']), localhostProfile: str.optional() });
+
 const securityContext = z.strictObject({
   runAsUser: int.optional(),
   runAsGroup: int.optional(),
@@ -115,9 +126,10 @@ const securityContext = z.strictObject({
   privileged: z.boolean().optional(),
   allowPrivilegeEscalation: z.boolean().optional(),
   seccompProfile: seccompProfile.optional(),
-  procMount: ignored,
-  seLinuxOptions: ignored,
-  appArmorProfile: ignored,
+  procMount: z.enum(['Default', 'Unmasked']).optional(),
+  seLinuxOptions: seLinuxOptions.optional(),
+  appArmorProfile: appArmorProfile.optional(),
+  // Windows only: a Linux kubelet ignores it too (the API server refuses it for os: linux).
   windowsOptions: ignored,
 });
 
@@ -144,8 +156,11 @@ export const container = z.strictObject({
   terminationMessagePolicy: z.enum(['File', 'FallbackToLogsOnError']).optional(),
   imagePullPolicy: z.enum(['Always', 'IfNotPresent', 'Never']).optional(),
   restartPolicy: ignored,
-  resizePolicy: ignored,
-  volumeDevices: ignored,
+  // Only governs in-place resizes; on a cell every resource change restarts the container
+  // (docs/kubernetes.md), whatever the policy says.
+  resizePolicy: z.array(z.strictObject({ resourceName: str, restartPolicy: z.enum(['NotRequired', 'RestartContainer']) })).optional(),
+  // Raw block devices of persistent volumes: a cell has none (unsupported.ts refuses them).
+  volumeDevices: z.array(z.strictObject({ name: str, devicePath: str })).optional(),
 });
 
 const keyToPath = z.strictObject({ key: str, path: str, mode: int.optional() });
@@ -191,7 +206,8 @@ export const volume = z.strictObject({
           configMap: projectedConfigMap.optional(),
           downwardAPI: z.strictObject({ items: z.array(downwardApiFile).optional() }).optional(),
           serviceAccountToken: z.strictObject({ audience: str.optional(), expirationSeconds: int.optional(), path: str }).optional(),
-          clusterTrustBundle: ignored,
+          // Refused (unsupported.ts): ClusterTrustBundles are not read by the virtual node.
+          clusterTrustBundle: z.looseObject({ path: str }).optional(),
         }),
       ),
       defaultMode: int.optional(),
@@ -210,8 +226,9 @@ const podSecurityContext = z.strictObject({
   seccompProfile: seccompProfile.optional(),
   fsGroupChangePolicy: ignored,
   supplementalGroupsPolicy: ignored,
-  seLinuxOptions: ignored,
-  appArmorProfile: ignored,
+  seLinuxOptions: seLinuxOptions.optional(),
+  appArmorProfile: appArmorProfile.optional(),
+  // Windows only, as above.
   windowsOptions: ignored,
   seLinuxChangePolicy: ignored,
 });
@@ -240,7 +257,8 @@ export const podSpec = z.strictObject({
   serviceAccount: str.optional(),
   shareProcessNamespace: z.boolean().optional(),
   nodeSelector: stringMap.optional(),
-  // Scheduling and node-level fields: meaningful to Kubernetes, not to a cell.
+  // Scheduling: done by the time a pod reaches a cell (the pod is bound to the virtual node,
+  // which tolerates what it was scheduled with), so nothing is left to honour.
   nodeName: ignored,
   tolerations: ignored,
   // Only required node affinity means something to a cell (its architecture); the rest is the
@@ -265,26 +283,36 @@ export const podSpec = z.strictObject({
         .optional(),
     })
     .optional(),
+  // The scheduler's and its preemption's inputs, all spent once the pod is bound.
   schedulerName: ignored,
   priority: ignored,
   priorityClassName: ignored,
   preemptionPolicy: ignored,
   topologySpreadConstraints: ignored,
-  enableServiceLinks: ignored,
-  automountServiceAccountToken: ignored,
+  // Read by the virtual node, which writes the service-link env (k8s/node/service-env.ts).
+  enableServiceLinks: z.boolean().optional(),
+  // Honoured by the API server's ServiceAccount admission, which adds the token volume only when
+  // neither the pod nor its ServiceAccount says false; the virtual node mounts what the pod has.
+  automountServiceAccountToken: z.boolean().optional(),
   runtimeClassName: ignored,
   overhead: ignored,
-  readinessGates: ignored,
+  // Read by the virtual node: Ready also waits for each gate's condition (k8s/node/status.ts).
+  readinessGates: z.array(z.strictObject({ conditionType: str })).optional(),
   hostNetwork: z.boolean().optional(),
   hostPID: z.boolean().optional(),
   hostIPC: z.boolean().optional(),
-  hostUsers: ignored,
-  setHostnameAsFQDN: ignored,
+  // false (a user namespace) and true are refused in unsupported.ts.
+  hostUsers: z.boolean().optional(),
+  setHostnameAsFQDN: z.boolean().optional(),
   os: ignored,
-  ephemeralContainers: ignored,
-  resourceClaims: ignored,
+  // Refused in unsupported.ts; the virtual node reports kubectl debug's as unsupported on the pod.
+  ephemeralContainers: z.array(z.looseObject({ name: str })).optional(),
+  // Refused in unsupported.ts: no dynamic resource allocation on a cell.
+  resourceClaims: z.array(z.looseObject({ name: str })).optional(),
+  // Gates the scheduler; a bound pod has none left.
   schedulingGates: ignored,
-  resources: ignored,
+  // Pod-level resources: refused in unsupported.ts (cells are sized from container resources).
+  resources: z.looseObject({}).optional(),
 });
 
 export const pod = z.strictObject({
@@ -292,6 +320,7 @@ export const pod = z.strictObject({
   kind: z.literal('Pod'),
   metadata: objectMeta,
   spec: podSpec,
+  // Written by the node, never read from a manifest.
   status: ignored,
 });
 

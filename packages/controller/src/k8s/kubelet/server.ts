@@ -15,6 +15,8 @@ import type { AgentAccess } from '../../agents/pool.js';
 import { collectStats, resourceMetrics, summary } from './stats.js';
 import { KubeletAuth } from './auth.js';
 import { httpStatusOf } from './http-status.js';
+import { runningPods } from './running-pods.js';
+import { LABEL_NODE } from '../node/manifest.js';
 import type { VirtualNodeMetrics } from '../metrics.js';
 import type { KubeRest } from '../client/rest.js';
 
@@ -95,7 +97,7 @@ export class KubeletServer {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'https://kubelet');
-    const endpoint = ['healthz', 'pods', 'containerLogs', 'stats', 'metrics'].find((e) => url.pathname.split('/')[1] === e) ?? 'other';
+    const endpoint = ['healthz', 'pods', 'runningpods', 'containerLogs', 'stats', 'metrics'].find((e) => url.pathname.split('/')[1] === e) ?? 'other';
     res.once('finish', () => this.o.metrics?.kubeletRequests.inc({ endpoint, code: String(res.statusCode) }));
     if (url.pathname === '/healthz') {
       res.writeHead(200, { 'content-type': 'text/plain' });
@@ -112,6 +114,20 @@ export class KubeletServer {
     if (url.pathname === '/pods' || url.pathname === '/pods/') {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ kind: 'PodList', apiVersion: 'v1', metadata: {}, items: this.o.pods() }));
+      return;
+    }
+    if ((url.pathname === '/runningpods' || url.pathname === '/runningpods/') && req.method === 'GET') {
+      let list;
+      try {
+        list = runningPods(await this.o.controller.list(`${LABEL_NODE}=${this.o.nodeName}`));
+      } catch (err) {
+        const se = err as ServiceError;
+        res.writeHead(httpStatusOf(se.code).code, { 'content-type': 'text/plain' });
+        res.end(`${se.details || se.message}\n`);
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(list));
       return;
     }
     if (url.pathname === '/stats/summary' || url.pathname === '/metrics/resource') {
@@ -136,7 +152,7 @@ export class KubeletServer {
     }
     res.writeHead(404, { 'content-type': 'text/plain' });
     res.end(
-      `404 page not found: ${url.pathname} (this kubelet serves /healthz, /pods, /stats/summary, /metrics/resource, /containerLogs/NS/POD/CONTAINER, /exec, /attach, /portForward)\n`,
+      `404 page not found: ${url.pathname} (this kubelet serves /healthz, /pods, /runningpods/, /stats/summary, /metrics/resource, /containerLogs/NS/POD/CONTAINER, /exec, /attach, /portForward)\n`,
     );
   }
 

@@ -1,12 +1,12 @@
 // Turns a Pod from the API server into what the controller core runs: the pod itself (with the
-// KUBERNETES_SERVICE_* environment a kubelet injects), plus every Secret and ConfigMap it
+// Service environment a kubelet injects: KUBERNETES_SERVICE_* and the namespace's service links), plus every Secret and ConfigMap it
 // references, read from the API; projected service-account tokens are requested through the
 // TokenRequest API and sent as a secret the cell mounts at the same path.
 import { stringify } from 'yaml';
 import type { KubeRest } from '../client/rest.js';
 import { isNotFound } from '../client/rest.js';
 import { CelloError } from '../../errors.js';
-import { apiServerEnv, type EnvVar, type ServiceView } from './service-env.js';
+import { podServiceEnv, type EnvVar, type ServiceView } from './service-env.js';
 
 /** The minimal view of a v1 Pod this module reads. */
 export interface KPod {
@@ -37,7 +37,11 @@ export interface KPod {
 interface KContainer {
   name: string;
   image?: string;
-  env?: { name: string; value?: string; valueFrom?: { secretKeyRef?: { name: string; optional?: boolean }; configMapKeyRef?: { name: string; optional?: boolean } } }[];
+  env?: {
+    name: string;
+    value?: string;
+    valueFrom?: { secretKeyRef?: { name: string; optional?: boolean }; configMapKeyRef?: { name: string; optional?: boolean }; fieldRef?: { fieldPath: string } };
+  }[];
   envFrom?: { secretRef?: { name: string; optional?: boolean }; configMapRef?: { name: string; optional?: boolean } }[];
   [k: string]: unknown;
 }
@@ -103,8 +107,8 @@ export interface TokenOptions {
   /** Fraction of a token's lifetime after which it is refreshed (kubelet: 0.8). */
   refreshRatio?: number;
   now?: () => number;
-  /** The API server env this pod got first: kept for its life, as a container's env is fixed once made. */
-  apiServerEnv?: EnvVar[];
+  /** The Service env this pod got first: kept for its life, as a container's env is fixed once made. */
+  serviceEnv?: EnvVar[];
 }
 
 export interface BuiltManifest {
@@ -113,8 +117,8 @@ export interface BuiltManifest {
   tokens: Map<string, IssuedToken>;
   /** When the earliest token is due for refresh (Infinity: no tokens). */
   nextTokenRefreshAt: number;
-  /** The API server env the containers got; pass as `apiServerEnv` next time. */
-  apiServerEnv: EnvVar[];
+  /** The Service env the containers got; pass as `serviceEnv` next time. */
+  serviceEnv: EnvVar[];
 }
 
 /** Builds the multi-document manifest (Pod, then Secrets and ConfigMaps) for ApplyPod. */
@@ -134,8 +138,10 @@ export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOpt
   const ns = pod.metadata.namespace;
   // First, so a pod waiting for the Services to be listed costs no token requests.
   const env =
-    t.apiServerEnv ??
-    apiServerEnv({
+    t.serviceEnv ??
+    podServiceEnv({
+      namespace: ns,
+      enableServiceLinks: pod.spec.enableServiceLinks as boolean | undefined,
       ...(o.apiServer ? { configured: o.apiServer } : {}),
       ...(o.services ? { services: o.services } : {}),
       ...(o.fallbackApiServer ? { fallback: o.fallbackApiServer } : {}),
@@ -158,6 +164,10 @@ export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOpt
     }
   }
   const spec = structuredClone(pod.spec);
+  // kubectl debug adds these through a subresource to a running pod: a cell cannot run them
+  // (the core would refuse the whole spec, and with it every later update of the pod, its token
+  // refreshes too), so they stay out of the manifest and PodSync reports them on the pod.
+  delete spec.ephemeralContainers;
   // A pod that names no pull secrets uses its ServiceAccount's, as the ServiceAccount
   // admission plugin would have set them (it may be off, or the account edited since).
   if (!spec.imagePullSecrets?.length) {
@@ -203,6 +213,10 @@ export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOpt
       }
     }
   }
+  // spec.nodeName is the virtual node's name, which the cell does not know: written as a value.
+  for (const c of [...spec.containers, ...(spec.initContainers ?? [])]) {
+    if (c.env) c.env = c.env.map((e) => (e.valueFrom?.fieldRef?.fieldPath === 'spec.nodeName' ? { name: e.name, value: pod.spec.nodeName ?? o.nodeName } : e));
+  }
   if (env.length > 0) {
     for (const c of [...spec.containers, ...(spec.initContainers ?? [])]) {
       const own = new Set((c.env ?? []).map((e) => e.name));
@@ -246,10 +260,12 @@ export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOpt
   await fetchAll('ConfigMap', configMaps);
   docs.push(...tokenSecrets);
   return {
-    manifest: docs.map((d) => stringify(d)).join('---\n'),
+    // Written as YAML 1.1, as the core reads it: else a string like "yes", "on" or "2026-01-01"
+    // (a label, an env value) goes out plain and comes back a boolean or a date.
+    manifest: docs.map((d) => stringify(d, { version: '1.1' })).join('---\n'),
     tokens,
     nextTokenRefreshAt: Math.min(Infinity, ...[...tokens.values()].map((x) => x.refreshAt)),
-    apiServerEnv: env,
+    serviceEnv: env,
   };
 }
 

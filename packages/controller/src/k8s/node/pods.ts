@@ -13,7 +13,7 @@ import { buildPodManifest, LABEL_NODE, ANNOTATION_UID, MissingReferenceError, ty
 import type { EnvVar } from './service-env.js';
 import type { KubeRest } from '../client/rest.js';
 import { isConflict, isNotFound } from '../client/rest.js';
-import { kubeStatus, progressCondition } from './status.js';
+import { applyReadinessGates, kubeStatus, progressCondition } from './status.js';
 import { podsUsage } from './capacity.js';
 import { WorkQueue } from '../../util/workqueue.js';
 import type { Controller } from '../controller-client.js';
@@ -47,7 +47,7 @@ interface Applied {
   source: string;
   manifest: string;
   tokens: Map<string, IssuedToken>;
-  apiServerEnv: EnvVar[];
+  serviceEnv: EnvVar[];
   nextTokenRefreshAt: number;
   nextDataSyncAt: number;
   /** The last reference error reported on a running pod (reported once, not every sync). */
@@ -223,7 +223,7 @@ export class PodSync {
   /** The manifest for a pod, reusing its tokens until they are due. */
   private async build(kpod: KPod, prev: Applied | undefined): Promise<Applied> {
     const b = await buildPodManifest(this.o.rest, kpod, this.o, {
-      ...(prev ? { cache: prev.tokens, apiServerEnv: prev.apiServerEnv } : {}),
+      ...(prev ? { cache: prev.tokens, serviceEnv: prev.serviceEnv } : {}),
       ...(this.o.tokenRefreshRatio !== undefined ? { refreshRatio: this.o.tokenRefreshRatio } : {}),
       now: this.now,
     });
@@ -232,7 +232,7 @@ export class PodSync {
       source: sourceOf(kpod),
       manifest: b.manifest,
       tokens: b.tokens,
-      apiServerEnv: b.apiServerEnv,
+      serviceEnv: b.serviceEnv,
       nextTokenRefreshAt: b.nextTokenRefreshAt,
       nextDataSyncAt: this.now() + (this.o.dataSyncSeconds ?? 60) * 1000,
     };
@@ -299,10 +299,18 @@ export class PodSync {
     await this.mirrorEvents(kpod);
     if (!cpod.status) return;
     const status = kubeStatus(cpod.status, kpod, this.o.hostIP);
+    applyReadinessGates(status.conditions as Record<string, unknown>[], kpod);
+    const ephemeral = ephemeralStatuses(kpod);
+    if (ephemeral) status.ephemeralContainerStatuses = ephemeral;
     const progress = progressCondition(cpod.progress);
     if (progress) (status.conditions as unknown[]).push(progress);
     const text = JSON.stringify(status);
     if (this.lastStatus.get(key) === text) return;
+    const before = JSON.stringify(kpod.status?.ephemeralContainerStatuses ?? []);
+    for (const e of ephemeral ?? []) {
+      // Once per container: the status the pod already shows names those reported.
+      if (!before.includes(`"name":${JSON.stringify(e.name)}`)) await this.event(kpod, 'Warning', 'Failed', `Ephemeral container ${e.name}: ${EPHEMERAL_UNSUPPORTED}`);
+    }
     await this.patchStatus(kpod, status);
     this.lastStatus.set(key, text);
   }
@@ -402,6 +410,22 @@ export class PodSync {
     this.queue.stop();
     await this.informer.stop();
   }
+}
+
+const EPHEMERAL_UNSUPPORTED = 'ephemeral containers (kubectl debug) are not supported on a Cello cell; use kubectl exec';
+
+/** What a kubectl debug waits on: each ephemeral container, waiting for good with the reason why. */
+function ephemeralStatuses(kpod: KPod): { name: string; image: string; imageID: string; ready: boolean; restartCount: number; state: unknown }[] | undefined {
+  const list = kpod.spec.ephemeralContainers;
+  if (!Array.isArray(list) || list.length === 0) return undefined;
+  return (list as { name: string; image?: string }[]).map((c) => ({
+    name: c.name,
+    image: c.image ?? '',
+    imageID: '',
+    ready: false,
+    restartCount: 0,
+    state: { waiting: { reason: 'Unsupported', message: EPHEMERAL_UNSUPPORTED } },
+  }));
 }
 
 function sourceOf(kpod: KPod): string {

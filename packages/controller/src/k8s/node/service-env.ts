@@ -1,7 +1,8 @@
-// The environment a kubelet gives every container for the API server: the `default/kubernetes`
-// Service's variables exactly as pkg/kubelet/envvars FromServices writes them (the *_SERVICE_*
+// The Service environment a kubelet gives every container: the `default/kubernetes` Service's
+// variables and, unless the pod sets enableServiceLinks: false, those of every Service in the
+// pod's namespace, exactly as pkg/kubelet/envvars FromServices writes them (the *_SERVICE_*
 // names plus the Docker-link *_PORT_* family), from the Services the controller already streams
-// to cells. Only a cluster without that Service gets the API server's own address instead.
+// to cells. Only a cluster without the kubernetes Service gets the API server's own address.
 import { Protocol, type ClusterService } from '@cello/proto/cell';
 import { CelloError } from '../../errors.js';
 
@@ -15,6 +16,8 @@ export interface ServiceView {
   /** Whether Services have been listed once: before that, "no such Service" means nothing. */
   isSynced(): boolean;
   service(key: string): ClusterService | undefined;
+  /** Every Service of a namespace. */
+  inNamespace(namespace: string): ClusterService[];
 }
 
 export const KUBERNETES_SERVICE = 'default/kubernetes';
@@ -75,4 +78,26 @@ export function apiServerEnv(o: { configured?: { host: string; port: number }; s
 // The API server's own address, written as the kubernetes Service's single https port would be.
 function addressAsService(a: { host: string; port: number }): Pick<ClusterService, 'name' | 'clusterIps' | 'ports'> {
   return { name: 'kubernetes', clusterIps: [a.host], ports: [{ name: 'https', protocol: Protocol.PROTOCOL_TCP, port: a.port, nodePort: 0 }] };
+}
+
+/**
+ * The kubelet's getServiceEnvVarMap: the master Service (apiServerEnv) always; with service
+ * links (the default) every Service of the pod's namespace too, a namespace Service of the same
+ * name winning over the master one. Services are taken in name order so the result, and the
+ * manifest made from it, is the same every time (the kubelet's map order is random).
+ */
+export function podServiceEnv(o: Parameters<typeof apiServerEnv>[0] & { namespace: string; enableServiceLinks?: boolean | undefined }): EnvVar[] {
+  const byName = new Map<string, EnvVar[]>([['kubernetes', apiServerEnv(o)]]);
+  if (o.enableServiceLinks !== false && o.services) {
+    const local = o.services.inNamespace(o.namespace).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const svc of local) {
+      if (o.namespace === 'default' && svc.name === 'kubernetes') continue; // the master Service, above
+      const env = serviceEnv(svc);
+      // The kubelet skips Services without a cluster IP (headless, ExternalName).
+      if (env.length > 0) byName.set(svc.name, env);
+    }
+  }
+  const out = new Map<string, string>();
+  for (const env of byName.values()) for (const e of env) out.set(e.name, e.value);
+  return [...out].map(([name, value]) => ({ name, value }));
 }

@@ -115,3 +115,36 @@ export function progressCondition(g: PodProgress | undefined): Record<string, un
     lastProbeTime: null,
   };
 }
+
+export interface GatedPod {
+  spec?: { readinessGates?: unknown; [k: string]: unknown };
+  status?: { conditions?: { type: string; status: string; lastTransitionTime?: string | null }[] };
+}
+
+/**
+ * The kubelet's Ready rule with readiness gates (status.GeneratePodReadyCondition): a pod whose
+ * containers are ready is Ready only when every gate's condition, which others write on the
+ * pod, is True; otherwise Ready is False with reason ReadinessGatesNotReady. The gate
+ * conditions themselves are never written here: the status patch merges by type and leaves them.
+ */
+export function applyReadinessGates(conditions: Record<string, unknown>[], pod: GatedPod, now = new Date()): void {
+  const gates = Array.isArray(pod.spec?.readinessGates) ? (pod.spec.readinessGates as { conditionType?: string }[]) : [];
+  const ready = conditions.find((c) => c.type === 'Ready');
+  if (gates.length === 0 || !ready || ready.status !== 'True') return;
+  const present = pod.status?.conditions ?? [];
+  const unready: string[] = [];
+  for (const g of gates) {
+    const c = present.find((x) => x.type === g.conditionType);
+    if (!c) unready.push(`corresponding condition of pod readiness gate "${g.conditionType}" does not exist.`);
+    else if (c.status !== 'True') unready.push(`the status of pod readiness gate "${g.conditionType}" is not "True", but ${c.status}`);
+  }
+  const was = present.find((x) => x.type === 'Ready');
+  if (unready.length > 0) {
+    ready.status = 'False';
+    ready.reason = 'ReadinessGatesNotReady';
+    ready.message = unready.join(', ');
+  }
+  // Gates move Ready at times the core does not know: the time the pod already shows while the
+  // verdict holds (so an unchanged verdict is an unchanged status, and no patch), else now.
+  ready.lastTransitionTime = was && was.status === ready.status && was.lastTransitionTime ? was.lastTransitionTime : iso(now);
+}
