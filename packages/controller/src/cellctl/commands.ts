@@ -140,7 +140,9 @@ export function splitManifests(text: string): string[] {
     if (obj === null || obj === undefined) continue;
     // `get pods -o yaml` prints a PodList: each item is applied as its own pod.
     if ((obj.kind === 'List' || obj.kind === 'PodList') && Array.isArray(obj.items)) {
-      for (const item of obj.items as { kind?: string }[]) add(item ?? {}, () => stringify(item));
+      // Re-serialized as YAML 1.1, the dialect the core parses (as kubectl does): in 1.2 a label
+      // value such as "yes" would be written bare and read back as a boolean.
+      for (const item of obj.items as { kind?: string }[]) add(item ?? {}, () => stringify(item, { version: '1.1' }));
     } else add(obj, () => d.toString());
   }
   if (pods.length === 0) return data.length ? [data.join('---\n')] : [];

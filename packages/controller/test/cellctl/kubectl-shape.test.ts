@@ -104,3 +104,13 @@ describe('cellctl exec: the exit code of a command that cannot start', () => {
     expect(ok.code).toBe(3);
   });
 });
+
+describe('apply of a PodList (get -o yaml | apply -f -)', () => {
+  it('re-serializes each item in the YAML 1.1 the core parses: a label "yes" stays a string', async () => {
+    const { splitManifests } = await import('../../src/cellctl/commands.js');
+    const { podFromManifest } = await import('@cello/proto');
+    const list = `apiVersion: v1\nkind: PodList\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: web, labels: {touched: "yes"}}\n  spec: {containers: [{name: c, image: busybox}]}\n`;
+    const [one] = splitManifests(list);
+    expect(podFromManifest(one!, { namespace: 'default' }).pod.metadata!.labels).toEqual({ touched: 'yes' });
+  });
+});
