@@ -8,6 +8,7 @@
 // Needs root, nft (apt-get install -y nftables), ip, nsenter, and the built cell-agent
 // (npx turbo run build --filter=@cello/cell-agent).
 import { execFileSync } from 'node:child_process';
+import { loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
 
 const dist = new URL('../../packages/cell-agent/dist/network/services/', import.meta.url);
@@ -28,7 +29,7 @@ const pct = (xs, p) => {
 };
 const ms = (x) => `${x.toFixed(1)} ms`;
 
-function snapshot(shift = -1) {
+function snapshot() {
   const services = [];
   const slices = [];
   for (let i = 0; i < SERVICES; i++) {
@@ -44,15 +45,29 @@ function snapshot(shift = -1) {
     });
     const endpoints = [];
     for (let e = 0; e < ENDPOINTS; e++) {
-      // Service `shift` has its last endpoint moved: one endpoint change.
-      const host = i === shift && e === ENDPOINTS - 1 ? 250 : e + 1;
-      endpoints.push({ addresses: [`10.${100 + (i >> 8)}.${i & 255}.${host}`], ready: true, serving: true, terminating: false });
+      endpoints.push({ addresses: [`10.${100 + (i >> 8)}.${i & 255}.${e + 1}`], ready: true, serving: true, terminating: false });
     }
     slices.push({ namespace: 'bench', service: name, name: `${name}-x`, ports: [{ name: 'http', protocol: 'TCP', port: 8080 }], endpoints });
   }
   return { services, slices };
 }
 
+// Service `shift` has its last endpoint moved: one endpoint change. Only that slice is a new
+// object; the others are the same objects, as the agent's ServiceState keeps them when a delta
+// names one EndpointSlice (the proxy renders only Services whose objects changed).
+function withMovedEndpoint(base, shift) {
+  const slices = base.slices.map((s, i) =>
+    i !== shift ? s : { ...s, endpoints: s.endpoints.map((ep, e) => (e !== ENDPOINTS - 1 ? ep : { ...ep, addresses: [ep.addresses[0].replace(/\.\d+$/, '.250')] })) },
+  );
+  return { services: base.services, slices };
+}
+
+// Wall times on a shared machine follow its load: print it beside the figures.
+console.log(
+  `load average at start: ${loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ')}`,
+);
 execFileSync('ip', ['netns', 'add', ns]);
 try {
   const base = snapshot();
@@ -72,7 +87,7 @@ try {
   const partial = [];
   const rewrite = [];
   for (let c = 0; c < CHANGES; c++) {
-    const changed = snapshot(c % SERVICES);
+    const changed = withMovedEndpoint(base, c % SERVICES);
     let t = performance.now();
     await proxy.sync(changed);
     partial.push(performance.now() - t);
@@ -87,6 +102,11 @@ try {
   console.log(`one endpoint change, partial transaction: p50 ${ms(pct(partial, 50))}, p99 ${ms(pct(partial, 99))}`);
   console.log(`one endpoint change, whole-table rewrite:  p50 ${ms(pct(rewrite, 50))}, p99 ${ms(pct(rewrite, 99))}`);
   console.log(`ratio (partial / rewrite, p50): ${(pct(partial, 50) / pct(rewrite, 50)).toFixed(2)}x`);
+  console.log(
+    `load average at end: ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}`,
+  );
 } finally {
   execFileSync('ip', ['netns', 'del', ns]);
 }
