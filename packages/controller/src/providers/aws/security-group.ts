@@ -60,22 +60,45 @@ export async function ensureCellSecurityGroup(ec2: EC2Client, cfg: SgConfig, age
   const present = new Set(have.map(ruleKey));
   const missing = want.filter((r) => !present.has(ruleKey(r)));
   const stale = have.filter((r) => isCellos(r) && !wanted.has(ruleKey(r)));
-  if (missing.length > 0) {
-    try {
-      await ec2.send(new AuthorizeSecurityGroupIngressCommand({ GroupId: groupId, IpPermissions: missing.map(toPermission) }));
-    } catch (err) {
-      // Another controller replica added them between our describe and authorize.
-      if (errorCode(err) !== 'InvalidPermission.Duplicate') throw err;
-    }
-  }
+  if (missing.length > 0) await authorize(ec2, groupId, missing);
   if (stale.length > 0) {
     try {
       await ec2.send(new RevokeSecurityGroupIngressCommand({ GroupId: groupId, IpPermissions: stale.map(toPermission) }));
     } catch (err) {
-      if (errorCode(err) !== 'InvalidPermission.NotFound') throw err;
+      if (errorCode(err) === 'InvalidPermission.NotFound') return groupId;
+      // Failing closed: a range the operator removed must not stay open unnoticed.
+      throw new CelloError(
+        'FailedPrecondition',
+        `cannot revoke the rules no longer configured in the cell security group ${groupId} (${stale.map(describeRule).join('; ')}): ` +
+          `${(err as Error).message}; the controller needs ec2:RevokeSecurityGroupIngress on it (docs/aws.md)`,
+        { cause: err },
+      );
     }
   }
   return groupId;
+}
+
+// EC2 applies a batch all or nothing: when one rule of it exists already (another replica added
+// it since our describe), each rule is added on its own so the others still are.
+async function authorize(ec2: EC2Client, groupId: string, rules: IngressRule[]): Promise<void> {
+  const send = (rs: IngressRule[]) => ec2.send(new AuthorizeSecurityGroupIngressCommand({ GroupId: groupId, IpPermissions: rs.map(toPermission) }));
+  try {
+    await send(rules);
+  } catch (err) {
+    if (errorCode(err) !== 'InvalidPermission.Duplicate') throw err;
+    for (const r of rules) {
+      try {
+        await send([r]);
+      } catch (e) {
+        if (errorCode(e) !== 'InvalidPermission.Duplicate') throw e;
+      }
+    }
+  }
+}
+
+function describeRule(r: IngressRule): string {
+  const ports = r.fromPort === undefined || r.fromPort === -1 ? '' : ` ${r.fromPort}-${r.toPort}`;
+  return `${r.protocol}${ports} from ${'groupId' in r.source ? r.source.groupId : r.source.cidr}`;
 }
 
 /** Every rule the configuration asks for, in the group `groupId`. */

@@ -14,6 +14,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AwsProvider, parseAwsProviderConfig, type AwsProviderConfigInput } from '../../../src/providers/aws/index.js';
 import { ensureCellSecurityGroup, rulesOf, type IngressRule } from '../../../src/providers/aws/security-group.js';
+import { injectEc2Faults } from './fault-injection.js';
 import { makeWorld, type MotoWorld } from './moto-world.js';
 
 let moto: MotoServer;
@@ -116,6 +117,47 @@ describe('the managed cell security group', () => {
     const now = await rules(id);
     expect(now).toContain(`tcp 10250-10250 from ${world.controllerSg} "cello: agent port, from the controller"`);
     expect(now.filter((r) => r.startsWith(`tcp ${AGENT_PORT}-${AGENT_PORT}`))).toEqual([]);
+  });
+
+  it('still adds every rule when another replica added one of them since the describe', async () => {
+    const cfg = groupConfig({ clusterCidrs: ['10.34.0.0/16'] });
+    const id = await ensureCellSecurityGroup(ec2, { ...cfg, allowBetweenCells: false, clusterCidrs: [] }, AGENT_PORT, CTL);
+    // A second client whose first authorize is preceded by the other replica's.
+    const racing = new EC2Client({ endpoint: moto.endpoint, region: moto.region, credentials: moto.credentials });
+    let raced = false;
+    racing.middlewareStack.add(
+      (next, context) => async (args) => {
+        if (!raced && (context as { commandName?: string }).commandName === 'AuthorizeSecurityGroupIngressCommand') {
+          raced = true;
+          const udp = { IpProtocol: 'udp', FromPort: 0, ToPort: 65535 };
+          await ec2.send(new AuthorizeSecurityGroupIngressCommand({ GroupId: id, IpPermissions: [{ ...udp, IpRanges: [{ CidrIp: '10.34.0.0/16', Description: CLUSTER }] }] }));
+        }
+        return next(args);
+      },
+      { step: 'initialize' },
+    );
+    try {
+      await ensureCellSecurityGroup(racing, cfg, AGENT_PORT, CTL);
+    } finally {
+      racing.destroy();
+    }
+    expect(raced).toBe(true);
+    expect(normalizePortless(await rules(id))).toEqual(normalizePortless([agentRule(world.controllerSg), ...podRules(id, CELLS), ...podRules('10.34.0.0/16', CLUSTER)]));
+  });
+
+  it('fails closed, naming the rules, when a rule no longer configured cannot be revoked', async () => {
+    const name = `cells-norevoke-${++seq}`;
+    const id = await ensureCellSecurityGroup(ec2, groupConfig({ name, clusterCidrs: ['10.35.0.0/16'] }), AGENT_PORT, CTL);
+    const denied = new EC2Client({ endpoint: moto.endpoint, region: moto.region, credentials: moto.credentials, maxAttempts: 1 });
+    injectEc2Faults(denied, [{ command: 'RevokeSecurityGroupIngress', code: 'UnauthorizedOperation', message: 'You are not authorized to perform this operation.', status: 403 }]);
+    try {
+      await expect(ensureCellSecurityGroup(denied, groupConfig({ name }), AGENT_PORT, CTL)).rejects.toThrow(
+        new RegExp(`cannot revoke the rules no longer configured in the cell security group ${id} \\(tcp 0-9442 from 10\\.35\\.0\\.0/16;.*needs ec2:RevokeSecurityGroupIngress`),
+      );
+    } finally {
+      denied.destroy();
+    }
+    expect((await rules(id)).filter((r) => r.includes('10.35.0.0/16'))).toHaveLength(5);
   });
 
   it('never touches a group Cello did not create: refused by name, its rules unchanged', async () => {
