@@ -46,12 +46,37 @@ function slice(
 
 let proxy: ServiceProxy;
 const syncs: SyncResult[] = [];
+const transactions: string[] = [];
+
+/**
+ * The table as the kernel holds it: each chain's rules with their handles (a rule rewritten,
+ * even to the same text, gets a new handle) and each map's elements.
+ */
+function kernelTable(): { chains: Map<string, string>; maps: Map<string, string> } {
+  const out = JSON.parse(inNs(cellNs, 'nft', '-j', '-a', 'list', 'table', 'ip', 'cello')) as { nftables: Record<string, Record<string, unknown>>[] };
+  const chains = new Map<string, string>();
+  const maps = new Map<string, string>();
+  for (const o of out.nftables) {
+    if (o['chain']) chains.set(o['chain']['name'] as string, chains.get(o['chain']['name'] as string) ?? '');
+    if (o['rule']) {
+      const chain = o['rule']['chain'] as string;
+      chains.set(chain, `${chains.get(chain) ?? ''}${JSON.stringify(o['rule'])}\n`);
+    }
+    if (o['map']) maps.set(o['map']['name'] as string, JSON.stringify(o['map']['elem'] ?? []));
+  }
+  return { chains, maps };
+}
 
 beforeAll(async () => {
   requireCommand('nft', 'nftables');
   lab = await startNetLab(`svc${process.pid % 10000}`, SUBNET);
   ({ cell: cellNs, backends: backendNs } = lab);
-  proxy = new ServiceProxy({ netnsPath: `/run/netns/${cellNs}`, localAddresses: () => [CELL], onSync: (r) => syncs.push(r) });
+  proxy = new ServiceProxy({
+    netnsPath: `/run/netns/${cellNs}`,
+    localAddresses: () => [CELL],
+    onSync: (r) => syncs.push(r),
+    onTransaction: (tx) => transactions.push(tx),
+  });
 }, 30_000);
 
 afterAll(async () => {
@@ -172,6 +197,42 @@ describe('Service proxy (nftables in a real network namespace)', () => {
     expect(table).not.toContain('default/web/');
     expect(table).toContain('default/s299/');
     expect(connectMany(cellNs, 'tcp', '10.96.0.10', 80, 1, 700)).toEqual(['ERR:ETIMEDOUT']);
+  });
+
+  it("applies a change as a transaction holding only the changed Service's chains and map elements; no other object is touched in the kernel", async () => {
+    const others: ServiceSnapshot = { services: [web], slices: [webSlice] };
+    for (let i = 0; i < 40; i++) {
+      others.services.push(service(`t${i}`, { clusterIPs: [`10.98.0.${i + 1}`] }));
+      others.slices.push(slice(`t${i}`, [{ ip: BACKENDS[0]! }, { ip: BACKENDS[1]! }, { ip: BACKENDS[2]! }]));
+    }
+    await proxy.sync(others);
+    const before = kernelTable();
+
+    // t7 loses an endpoint: only its balancing chain is rewritten.
+    const t7 = others.slices.findIndex((x) => x.service === 't7');
+    const oneGone = { services: others.services, slices: others.slices.map((x, i) => (i === t7 ? slice('t7', [{ ip: BACKENDS[2]! }]) : x)) };
+    await proxy.sync(oneGone);
+    expect(syncs.at(-1)!.full).toBe(false);
+    const tx = transactions.at(-1)!.trim().split('\n');
+    expect(tx[0]).toMatch(/^flush chain ip cello clu-[0-9a-f]{8}-default\/t7\/tcp\/http$/);
+    for (const line of tx) expect(line).toMatch(/ clu-[0-9a-f]{8}-default\/t7\/tcp\/http( |$)/);
+    const after = kernelTable();
+    const t7Chain = [...after.chains.keys()].find((c) => c.includes('default/t7/'))!;
+    expect(after.chains.get(t7Chain)).not.toBe(before.chains.get(t7Chain));
+    for (const [name, rules] of before.chains) if (name !== t7Chain) expect({ name, rules: after.chains.get(name) }).toEqual({ name, rules });
+    expect(after.maps).toEqual(before.maps);
+    expect(connectMany(cellNs, 'tcp', '10.98.0.8', 80, 5)).toEqual(Array(5).fill(`${BACKENDS[2]}:8080`));
+
+    // t9 loses every endpoint: its map element moves to the no-endpoint map, its chain goes.
+    const t9 = others.slices.findIndex((x) => x.service === 't9');
+    await proxy.sync({ services: oneGone.services, slices: oneGone.slices.filter((_, i) => i !== t9) });
+    const tx2 = transactions.at(-1)!.trim().split('\n');
+    for (const line of tx2) expect(line).toMatch(/ clu-[0-9a-f]{8}-default\/t9\/tcp\/http$|\{ 10\.98\.0\.10 \. tcp \. 80( : goto reject-chain)? \}$/);
+    expect(tx2.some((l) => l.startsWith('add element ip cello no-endpoint-services'))).toBe(true);
+    const gone = kernelTable();
+    expect([...gone.chains.keys()].some((c) => c.includes('default/t9/'))).toBe(false);
+    for (const [name, rules] of after.chains) if (!name.includes('default/t9/')) expect({ name, rules: gone.chains.get(name) }).toEqual({ name, rules });
+    expect(connectMany(cellNs, 'tcp', '10.98.0.10', 80, 1)).toEqual(['ERR:ECONNREFUSED']);
   });
 
   it('rejects a snapshot nft cannot apply, keeps the rules it had, and rebuilds the table on the next sync', async () => {

@@ -20,6 +20,8 @@ export interface ServiceProxyOptions extends NftOptions {
   localAddresses: () => Iterable<string>;
   logger?: pino.Logger;
   onSync?: (r: SyncResult) => void;
+  /** Sees each nft transaction before it is applied (tests and debugging: it can be large). */
+  onTransaction?: (tx: string, full: boolean) => void;
 }
 
 export class ServiceProxy {
@@ -29,6 +31,8 @@ export class ServiceProxy {
   private waiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   private closed = false;
   private cache: RenderCache | undefined;
+  /** IPv4 forwarding is a property of the namespace: turned on once, not on every full sync. */
+  private forwarding = false;
 
   constructor(private readonly o: ServiceProxyOptions) {}
 
@@ -81,9 +85,10 @@ export class ServiceProxy {
     const full = this.applied === undefined;
     const tx = full ? fullTransaction(next) : partialTransaction(this.applied!, next);
     if (tx) {
+      this.o.onTransaction?.(tx, full);
       try {
-        if (full) await enableForwarding(this.o);
-        await runNft(tx, this.o);
+        // Independent of each other, so the two processes run side by side.
+        await Promise.all([this.forwarding ? undefined : enableForwarding(this.o).then(() => (this.forwarding = true)), runNft(tx, this.o)]);
       } catch (err) {
         // The kernel applied nothing; what is in place is unknown to us only if a previous
         // run was cut short, so the next sync rebuilds the table from scratch.

@@ -8,8 +8,9 @@
 //                                              (own address) l4proto . dport vmap @service-nodeports
 //   @service-ips[clusterIP]     -> clu-* (every usable endpoint) or loc-* (this cell's, internalTrafficPolicy: Local)
 //   @service-ips[externalIP], @service-nodeports -> ext-*: masquerade, then clu-* (Cluster) or loc-* (Local)
-//   clu-* / loc-*               -> DNAT to an endpoint numgen picks (ClientIP affinity: the
-//                                  client's endpoint if it has one, else numgen over ep-* chains)
+//   clu-* / loc-*               -> DNAT to an endpoint numgen picks, one rule per endpoint (pickOne);
+//                                  ClientIP affinity: the client's endpoint if it has one, else
+//                                  numgen over ep-* chains
 //   ep-* (affinity only)        -> remember the client; DNAT to the endpoint
 //   filter hooks (new conns)    -> @no-endpoint-services / @no-endpoint-nodeports: reject (no endpoints) or drop (none local)
 import { createHash } from 'node:crypto';
@@ -121,8 +122,9 @@ function renderPort(r: ServiceRules, svc: Service, port: ServicePort, eps: Retur
   const h = hash(id);
   const affinity = svc.sessionAffinity?.timeoutSeconds;
 
-  // Without affinity a balancing chain is one rule: DNAT to the endpoint numgen picks. With
-  // ClientIP affinity each endpoint gets a chain that remembers its clients in a timed set.
+  // Without affinity a balancing chain DNATs to the endpoint numgen picks; with ClientIP
+  // affinity each endpoint gets a chain that remembers its clients in a timed set, and the
+  // balancing chain first sends a known client back to its endpoint.
   const dnat = (t: Target) => `meta l4proto ${proto} dnat to ${t.ip}:${t.port}`;
   const endpointChain = (t: Target, timeout: number) => {
     const name = `ep-${h}-${id}__${t.ip}/${t.port}`;
@@ -137,12 +139,11 @@ function renderPort(r: ServiceRules, svc: Service, port: ServicePort, eps: Retur
     if (r.chains.has(name)) return name;
     let rules: string[];
     if (affinity === undefined) {
-      const picks = targets.map((t, i) => `${i} : ${t.ip} . ${t.port}`).join(' , ');
-      rules = [targets.length === 1 ? dnat(targets[0]!) : `meta l4proto ${proto} dnat ip addr . port to numgen random mod ${targets.length} map { ${picks} }`];
+      rules = pickOne(targets.map(dnat));
     } else {
       const chains = targets.map((t) => endpointChain(t, affinity));
       rules = chains.map((c) => `ip saddr @${affinitySet(c, affinity)} goto ${c}`);
-      rules.push(chains.length === 1 ? `goto ${chains[0]}` : `numgen random mod ${chains.length} vmap { ${chains.map((c, i) => `${i} : goto ${c}`).join(' , ')} }`);
+      rules.push(...pickOne(chains.map((c) => `goto ${c}`)));
     }
     r.chains.set(name, rules);
     return name;
@@ -182,6 +183,22 @@ function renderPort(r: ServiceRules, svc: Service, port: ServicePort, eps: Retur
   }
   if (port.nodePort !== undefined) r.elements.push({ map: no ? 'no-endpoint-nodeports' : 'service-nodeports', key: `${proto} . ${port.nodePort}`, verdict: verdict! });
   for (const ip of svc.externalIPs) r.elements.push({ map: no ? 'no-endpoint-services' : 'service-ips', key: `${ip} . ${proto} . ${port.port}`, verdict: verdict! });
+}
+
+/**
+ * Rules that take exactly one of `verdicts`, each with equal chance: rule i takes its verdict
+ * with probability 1/(n-i) (`numgen random mod (n-i) == 0`), the last one always — the
+ * probability cascade of kube-proxy's iptables mode, written with nftables' numgen.
+ *
+ * Not `numgen random mod n vmap { 0 : ..., 1 : ... }` (kube-proxy's nftables form): each such
+ * rule carries an anonymous set, and the kernel names and binds anonymous sets by scanning every
+ * set of the table and every entry of the transaction, so a table of 1,000 Services cost
+ * quadratic kernel time (nearly half of a full apply's CPU). Plain rules cost the same per Service
+ * however many there are, and one endpoint change still rewrites only its Service's chain.
+ */
+export function pickOne(verdicts: readonly string[]): string[] {
+  const n = verdicts.length;
+  return verdicts.map((v, i) => (i === n - 1 ? v : `numgen random mod ${n - i} == 0 ${v}`));
 }
 
 // Names carry the Service for a reader of `nft list ruleset`, and a hash so that truncation or

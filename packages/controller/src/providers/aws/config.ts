@@ -2,9 +2,32 @@
 // validated at start with errors that name the field. Credentials are never configured here:
 // the AWS SDK's default chain finds them (environment, shared config/profiles, web identity /
 // IRSA, instance metadata), so no secret ever sits in the controller's configuration.
+import { isIPv4, isIPv6 } from 'node:net';
 import { z } from 'zod';
 
 const cidr = z.string().regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$|^[0-9a-fA-F:]+\/\d{1,3}$/, 'must be a CIDR such as 10.0.0.0/16');
+
+/**
+ * A cluster network range that may reach every pod port of every cell: a real CIDR in EC2's
+ * canonical form (no host bits, which EC2 would refuse at start), and never the whole internet.
+ */
+const clusterCidr = z.string().superRefine((c, ctx) => {
+  const [addr = '', bits = '', extra] = c.split('/');
+  const v4 = isIPv4(addr);
+  const max = v4 ? 32 : 128;
+  if (extra !== undefined || !(v4 || isIPv6(addr)) || !/^\d{1,3}$/.test(bits) || Number(bits) > max) {
+    ctx.addIssue({ code: 'custom', message: `${JSON.stringify(c)} is not a CIDR such as 10.0.0.0/16 or fd00::/64` });
+  } else if (Number(bits) === 0) {
+    ctx.addIssue({ code: 'custom', message: `${c} would admit every address to every pod port: list the cluster's own ranges` });
+  } else if (v4) {
+    const n = addr.split('.').reduce((a, o) => a * 256 + Number(o), 0);
+    const size = 2 ** (32 - Number(bits));
+    if (n % size !== 0) {
+      const base = n - (n % size);
+      ctx.addIssue({ code: 'custom', message: `${c} has host bits set: did you mean ${[24, 16, 8, 0].map((s) => Math.floor(base / 2 ** s) % 256).join('.')}/${bits}?` });
+    }
+  }
+});
 
 export const awsProviderConfigSchema = z
   .object({
@@ -24,8 +47,10 @@ export const awsProviderConfigSchema = z
     /** Extra security groups for every cell (in addition to the managed cell group, if any). */
     securityGroupIds: z.array(z.string().regex(/^sg-[0-9a-f]+$/, 'must be a security group ID')).default([]),
     /**
-     * The controller creates (or finds) one security group for cells that admits the agent port
-     * only from the controller's own security group and/or these CIDRs.
+     * The controller creates (or finds, if it created it before) one security group for cells
+     * that admits the agent port only from the controller's own security group and/or these
+     * CIDRs, and pod traffic (every port but the agent's) from other cells and `clusterCidrs`.
+     * Rules it added that are no longer configured are revoked at start.
      */
     cellSecurityGroup: z
       .object({
@@ -33,7 +58,15 @@ export const awsProviderConfigSchema = z
         vpcId: z.string().regex(/^vpc-[0-9a-f]+$/, 'must be a VPC ID'),
         allowFromSecurityGroups: z.array(z.string().regex(/^sg-[0-9a-f]+$/, 'must be a security group ID')).default([]),
         allowFromCidrs: z.array(cidr).default([]),
+        /** Pods on other cells reach this cell's pod (a rule naming the group itself). */
+        allowBetweenCells: z.boolean().default(true),
+        /**
+         * Other networks of the cluster whose pods and nodes reach pods on cells (e.g. the pod
+         * CIDR of kubelet nodes, the nodes' subnets): every port but the agent's.
+         */
+        clusterCidrs: z.array(clusterCidr).default([]),
       })
+      .strict()
       .refine((g) => g.allowFromSecurityGroups.length + g.allowFromCidrs.length > 0, {
         message: 'needs allowFromSecurityGroups or allowFromCidrs: nothing could reach the agents',
       })

@@ -158,15 +158,20 @@ describe('AwsProvider on moto', () => {
       'cello.io/agent-port': '9443',
     });
 
-    // The managed cell group admits only the agent port, only from the controller's group.
+    // The managed cell group admits the agent port only from the controller's group, and pod
+    // traffic from the other cells on every other port (security-group.test.ts has the rest).
     const groupIds = (i.SecurityGroups ?? []).map((g) => g.GroupId!);
     const groups = await raw.send(new DescribeSecurityGroupsCommand({ GroupIds: groupIds }));
     const cellGroup = groups.SecurityGroups!.find((g) => g.GroupName === 'cello-cells')!;
     expect(cellGroup).toBeDefined();
-    expect(cellGroup.IpPermissions).toEqual([
+    const agentPort = cellGroup.IpPermissions!.filter((p) => p.IpProtocol === 'tcp' && p.FromPort! <= 9443 && p.ToPort! >= 9443);
+    expect(agentPort).toEqual([
       expect.objectContaining({ IpProtocol: 'tcp', FromPort: 9443, ToPort: 9443, UserIdGroupPairs: [expect.objectContaining({ GroupId: world.controllerSg })] }),
     ]);
-    expect(cellGroup.IpPermissions![0]!.IpRanges ?? []).toEqual([]);
+    expect(agentPort[0]!.IpRanges ?? []).toEqual([]);
+    expect(cellGroup.IpPermissions!.filter((p) => p.UserIdGroupPairs?.some((u) => u.GroupId === cellGroup.GroupId)).map((p) => p.IpProtocol)).toEqual(
+      expect.arrayContaining(['tcp', 'udp', 'icmp', '132']),
+    );
 
     // Root volume: encrypted, sized by the annotation, tagged like the instance, gone with it.
     const vols = await raw.send(new DescribeVolumesCommand({ Filters: [{ Name: 'attachment.instance-id', Values: [launched.instanceId] }] }));
