@@ -119,7 +119,6 @@ export async function startVirtualNode(o: VirtualNodeOptions): Promise<VirtualNo
       metrics,
       log: log.child({ component: 'pods' }),
       nodeName: o.nodeName,
-      hostIP: o.internalIP,
       ...(o.podApiServer ? { apiServer: o.podApiServer } : {}),
       ...(o.services ? { services: o.services } : {}),
       fallbackApiServer: kubeconfigServer,

@@ -118,7 +118,8 @@ spec:
     );
     expect(env.get('POD_IP')).toBe(p.status.podIP);
     expect(env.get('POD_IPS')).toBe(p.status.podIPs!.map((x) => x.ip).join(','));
-    expect(env.get('HOST_IP')).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
+    // One host IP for the pod: its cell's, on the Pod object as in its env (where its hostPorts are).
+    expect(env.get('HOST_IP')).toBe(p.status.hostIP);
     expect(env.get('HOST_IPS')).toBe(env.get('HOST_IP'));
     expect(env.get('NODE_NAME')).toBe(NODE);
     // Service links of the pod's namespace, as envvars.FromServices writes them.

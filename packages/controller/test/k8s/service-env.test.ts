@@ -6,7 +6,7 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { startKubeApiserver, waitFor, type KubeApiserver } from '@cello/testkit';
-import { Protocol } from '@cello/proto/cell';
+import { ClusterService, Protocol } from '@cello/proto/cell';
 import { KubeRest, loadKubeConfig } from '../../src/k8s/client/rest.js';
 import { buildPodManifest, type KPod } from '../../src/k8s/node/manifest.js';
 import { apiServerEnv, podServiceEnv, serviceEnv, ServicesNotSyncedError } from '../../src/k8s/node/service-env.js';
@@ -77,13 +77,8 @@ describe('apiServerEnv: which address pods are given', () => {
 });
 
 describe('podServiceEnv: the kubelet getServiceEnvVarMap', () => {
-  const svc = (namespace: string, name: string, ip: string) => ({
-    namespace,
-    name,
-    clusterIps: [ip],
-    externalIps: [],
-    ports: [{ name: '', protocol: tcp, port: 80, nodePort: 0 }],
-  });
+  const svc = (namespace: string, name: string, ip: string) =>
+    ClusterService.fromPartial({ namespace, name, clusterIps: [ip], ports: [{ name: '', protocol: tcp, port: 80, nodePort: 0 }] });
   const all = [
     svc('default', 'kubernetes', '10.0.0.1'),
     svc('default', 'web', '10.0.0.2'),

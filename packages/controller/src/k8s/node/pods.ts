@@ -27,8 +27,6 @@ export interface PodSyncOptions extends ManifestOptions {
   rest: KubeRest;
   controller: Controller;
   log: Logger;
-  /** The node's address, reported as the pods' hostIP. */
-  hostIP: string;
   metrics?: VirtualNodeMetrics;
   /** Fraction of a projected token's lifetime after which it is refreshed (kubelet: 0.8). */
   tokenRefreshRatio?: number;
@@ -298,7 +296,9 @@ export class PodSync {
     const key = `${kpod.metadata.namespace}/${kpod.metadata.name}`;
     await this.mirrorEvents(kpod);
     if (!cpod.status) return;
-    const status = kubeStatus(cpod.status, kpod, this.o.hostIP);
+    // The pod's host is its cell: that is where its hostPorts answer and what its status.hostIP
+    // env says.
+    const status = kubeStatus(cpod.status, kpod, cpod.status.hostIp);
     applyReadinessGates(status.conditions as Record<string, unknown>[], kpod);
     const ephemeral = ephemeralStatuses(kpod);
     if (ephemeral) status.ephemeralContainerStatuses = ephemeral;

@@ -54,7 +54,11 @@ export interface KubePodLike {
   spec?: { containers?: { name: string; image?: string }[]; initContainers?: { name: string; image?: string }[] };
 }
 
-/** A v1 PodStatus; hostIP is the node's address (the cell is the pod's "host" only to Cello). */
+/**
+ * A v1 PodStatus. hostIP is the address of the pod's cell (its host), left out until the cell
+ * reports it, as a kubelet leaves it empty until the pod starts: hostIPs merge by ip under a
+ * strategic merge patch, so a placeholder written first would stay beside the real one.
+ */
 export function kubeStatus(s: PodStatus, pod: KubePodLike, hostIP: string): Record<string, unknown> {
   const images = new Map<string, string | undefined>();
   for (const c of [...(pod.spec?.containers ?? []), ...(pod.spec?.initContainers ?? [])]) images.set(c.name, c.image);
@@ -80,8 +84,7 @@ export function kubeStatus(s: PodStatus, pod: KubePodLike, hostIP: string): Reco
       })),
     message: s.message || null,
     reason: s.reason || null,
-    hostIP,
-    hostIPs: [{ ip: hostIP }],
+    ...(hostIP ? { hostIP, hostIPs: [{ ip: hostIP }] } : {}),
     ...(s.podIp ? { podIP: s.podIp } : {}),
     ...(podIPs.length ? { podIPs: podIPs.map((ip) => ({ ip })) } : {}),
     ...(s.startTime ? { startTime: iso(s.startTime) } : {}),
