@@ -109,6 +109,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   private stopping = new Set<Promise<void>>();
   private deadlineTimer: NodeJS.Timeout | undefined;
   private deadlineExceeded = false;
+  private sidecarsStopped = false;
 
   constructor(private readonly o: PodManagerOptions) {
     super();
@@ -177,6 +178,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.changeQueued = true;
     setImmediate(() => {
       this.changeQueued = false;
+      this.stopSidecarsOfCompletedPod();
       this.emit('status', this.status());
     });
   }
@@ -290,7 +292,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
         this.deadlineExceeded = true;
         this.event('Normal', 'DeadlineExceeded', 'Pod was active on the node longer than the specified deadline');
         this.initRun++;
-        for (const u of [...this.initUnits, ...this.units]) this.track(u.stop(this.graceMs()));
+        this.track(this.stopUnits(this.graceMs()));
         this.changed();
       },
       Math.max(0, left),
@@ -314,11 +316,19 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     return (this.req?.pod?.spec?.terminationGracePeriodSeconds ?? 30) * 1000;
   }
 
-  /** Init units one after another, each to success; then all units. */
+  /**
+   * Init units one after another, each to success (a sidecar: until it has started, and it keeps
+   * running); then all units.
+   */
   private async runPod(): Promise<void> {
     const run = ++this.initRun;
     for (const u of this.initUnits) {
       if (run !== this.initRun) return;
+      if (u.isSidecar) {
+        if (!(u as Unit & { after?: Promise<void> }).after) u.start();
+        await waitUntil(this, () => u.hasStarted || u.ended || run !== this.initRun);
+        continue;
+      }
       if (u.succeeded) continue;
       if (u.ended) return; // failed for good (restartPolicy Never): the pod failed
       const after = (u as Unit & { after?: Promise<void> }).after;
@@ -371,6 +381,35 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     });
   }
 
+  /**
+   * The kubelet's order for stopping a pod: the main units (and any init unit) at once, then the
+   * sidecars one by one in reverse order, all within one grace period (a sidecar whose turn
+   * comes late still gets 2 s, as the kubelet's minimum).
+   */
+  private async stopUnits(graceMs: number): Promise<void> {
+    const deadline = Date.now() + graceMs;
+    const sidecars = this.initUnits.filter((u) => u.isSidecar);
+    await Promise.all([...this.initUnits.filter((u) => !u.isSidecar), ...this.units].map((u) => u.stop(graceMs)));
+    for (const u of sidecars.reverse()) await u.stop(graceMs === 0 ? 0 : Math.max(deadline - Date.now(), 2000));
+  }
+
+  /**
+   * A pod whose main units have all ended for good (restartPolicy Never or OnFailure) is done:
+   * its sidecars are stopped, in reverse order, so that it can complete, as the kubelet does.
+   */
+  private stopSidecarsOfCompletedPod(): void {
+    if (this.sidecarsStopped || this.units.length === 0 || !this.units.every((u) => u.ended)) return;
+    const sidecars = this.initUnits.filter((u) => u.isSidecar);
+    if (sidecars.length === 0) return;
+    this.sidecarsStopped = true;
+    const grace = this.graceMs();
+    const run = async () => {
+      const deadline = Date.now() + grace;
+      for (const u of sidecars.reverse()) await u.stop(grace === 0 ? 0 : Math.max(deadline - Date.now(), 2000));
+    };
+    this.track(run());
+  }
+
   // --- status ---
   status(): GetStatusResponse {
     const req = this.req;
@@ -378,10 +417,14 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const spec = req.pod!.spec!;
     const init = this.initUnits.map((u) => u.status());
     const main = this.units.map((u) => u.status());
-    let phase = podPhase(spec, init, main);
-    const initialized = this.initUnits.every((u) => u.succeeded);
-    const allReady = main.length > 0 && main.every((s) => s.ready);
-    const notReady = main.filter((s) => !s.ready).map((s) => s.name);
+    const initDone = (u: Unit) => (u.isSidecar ? u.hasStarted : u.succeeded);
+    const initialized = this.initUnits.every(initDone);
+    let phase = podPhase(spec, init, main, initialized);
+    // As the kubelet: running sidecars count towards the pod's readiness.
+    const sidecarStatuses = init.filter((s) => this.initUnits.find((u) => u.name === s.name)?.isSidecar);
+    const readiness = [...sidecarStatuses, ...main];
+    const allReady = main.length > 0 && readiness.every((s) => s.ready);
+    const notReady = readiness.filter((s) => !s.ready).map((s) => s.name);
     const conds = [
       this.conditions.set('PodReadyToStartContainers', true),
       this.conditions.set(
@@ -391,7 +434,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
         initialized
           ? ''
           : `containers with incomplete status: [${this.initUnits
-              .filter((u) => !u.succeeded)
+              .filter((u) => !initDone(u))
               .map((u) => u.name)
               .join(' ')}]`,
       ),
@@ -438,7 +481,8 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.deadlineTimer = undefined;
     this.deadlineExceeded = false;
     const all = [...this.initUnits, ...this.units];
-    await Promise.all([...all.map((u) => u.stop(graceMs)), ...this.stopping]);
+    await Promise.all([this.stopUnits(graceMs), ...this.stopping]);
+    this.sidecarsStopped = false;
     for (const u of all) await this.o.cgroups.remove(u.cgroup).catch(() => {});
     await this.o.cgroups.remove(this.o.cgroupParent).catch(() => {});
     for (const l of this.logs.values()) l.close();
@@ -497,7 +541,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const mk = (c: Container, isInit: boolean) => this.newUnit(c, hashContainer(c, spec.securityContext), isInit);
     this.initUnits = spec.initContainers.map((c) => mk(c, true));
     this.units = spec.containers.map((c) => mk(c, false));
-    const initDone = this.initUnits.every((u) => readUnitRecord(u.dir)?.completed);
+    const initDone = this.initUnits.every((u) => u.isSidecar || readUnitRecord(u.dir)?.completed);
     for (const u of [...this.initUnits, ...this.units]) {
       const rec = readUnitRecord(u.dir);
       if (!rec) continue;
@@ -519,6 +563,20 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
     for (const u of [...this.initUnits, ...this.units]) u.detach();
   }
+}
+
+/** Resolves once `done` holds, checked on every status change. */
+function waitUntil(pm: EventEmitter, done: () => boolean): Promise<void> {
+  return new Promise((resolve) => {
+    const check = () => {
+      if (done()) {
+        pm.off('status', check);
+        resolve();
+      }
+    };
+    pm.on('status', check);
+    check();
+  });
 }
 
 /** Resolves when a started unit's supervision loop has ended. */

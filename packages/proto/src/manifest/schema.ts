@@ -98,8 +98,8 @@ const probe = z.strictObject({
   terminationGracePeriodSeconds: int.optional(),
 });
 
-const lifecycleHandler = z.strictObject({ ...handlerFields, sleep: ignored });
-const lifecycle = z.strictObject({ postStart: lifecycleHandler.optional(), preStop: lifecycleHandler.optional(), stopSignal: ignored });
+const lifecycleHandler = z.strictObject({ ...handlerFields, sleep: z.strictObject({ seconds: int }).optional() });
+const lifecycle = z.strictObject({ postStart: lifecycleHandler.optional(), preStop: lifecycleHandler.optional(), stopSignal: str.optional() });
 
 const seccompProfile = z.strictObject({
   type: z.enum(['RuntimeDefault', 'Unconfined', 'Localhost']),
@@ -143,7 +143,8 @@ export const container = z.strictObject({
   terminationMessagePath: str.optional(),
   terminationMessagePolicy: z.enum(['File', 'FallbackToLogsOnError']).optional(),
   imagePullPolicy: z.enum(['Always', 'IfNotPresent', 'Never']).optional(),
-  restartPolicy: ignored,
+  // Only `Always`, only on init containers (a sidecar); checked in convert.ts.
+  restartPolicy: str.optional(),
   resizePolicy: ignored,
   volumeDevices: ignored,
 });
@@ -280,7 +281,7 @@ export const podSpec = z.strictObject({
   hostIPC: z.boolean().optional(),
   hostUsers: ignored,
   setHostnameAsFQDN: ignored,
-  os: ignored,
+  os: z.strictObject({ name: str }).optional(),
   ephemeralContainers: ignored,
   resourceClaims: ignored,
   schedulingGates: ignored,
