@@ -323,3 +323,43 @@ describe.concurrent('native sidecars', () => {
     expect(read(join(out.dir, 'stopped')).split('\n').filter(Boolean)).toEqual(['app', 'second', 'first']);
   });
 });
+
+describe.concurrent('shareProcessNamespace', () => {
+  const watcher = (out: { mount: { name: string; mountPath: string } }) => ({
+    name: 'b',
+    image: reg.busybox,
+    volumeMounts: [out.mount],
+    command: sh('while :; do ps -o pid,args > /out/ps.tmp; mv /out/ps.tmp /out/ps; sleep 0.2; done'),
+  });
+
+  it("puts the pod's units in one PID namespace, whose init is not a unit, and ends it with the pod", async () => {
+    const a = await agent();
+    const out = outDir();
+    await apply(a.client, {
+      pod: pod('shared-pid', { shareProcessNamespace: true, volumes: [out.volume], containers: [{ name: 'a', image: reg.busybox, command: ['sleep', '1234'] }, watcher(out)] }),
+    });
+    await a.watch.until('running', (w) => w.running('a') && w.running('b'), 60_000);
+    const ps = await waitFor('b sees a', () => (read(join(out.dir, 'ps')).includes('sleep 1234') ? read(join(out.dir, 'ps')) : undefined), { timeoutMs: 15_000 });
+    // PID 1 is the namespace's init, as pause is in a kubelet pod; the units are not PID 1.
+    expect(ps).toMatch(/^\s*1\s+.*cello-pid-namespace/m);
+    const initPid = Number(readFileSync(join(a.stateDir, 'pid-namespace'), 'utf8'));
+    expect(existsSync(`/proc/${initPid}`)).toBe(true);
+    await deletePod(a, 2);
+    await waitFor('namespace init gone', () => !existsSync(`/proc/${initPid}/cmdline`) || !readFileSync(`/proc/${initPid}/cmdline`, 'utf8').includes('cello-pid-namespace'), {
+      timeoutMs: 5000,
+    });
+    expect(existsSync(join(a.stateDir, 'pid-namespace'))).toBe(false);
+  });
+
+  it('keeps each unit in its own PID namespace without it', async () => {
+    const a = await agent();
+    const out = outDir();
+    await apply(a.client, { pod: pod('own-pid', { volumes: [out.volume], containers: [{ name: 'a', image: reg.busybox, command: ['sleep', '1234'] }, watcher(out)] }) });
+    await a.watch.until('running', (w) => w.running('a') && w.running('b'), 60_000);
+    const first = await waitFor('ps written', () => read(join(out.dir, 'ps')) || undefined, { timeoutMs: 15_000 });
+    await new Promise((r) => setTimeout(r, 1000)); // a has been running a while: b still does not see it
+    const ps = read(join(out.dir, 'ps')) || first;
+    expect(ps).not.toContain('sleep 1234');
+    expect(ps).toMatch(/^\s*1\s+sh -c/m);
+  });
+});

@@ -34,6 +34,7 @@ import { writePodFiles, type PodFiles } from './pod-files.js';
 import { Conditions, podPhase, qosClass } from './pod-status.js';
 import { buildContainerConfig } from './container-config.js';
 import { ImageManager } from './image-manager.js';
+import { SharedPidNamespace } from './pid-namespace.js';
 import { Unit, type UnitContext } from './unit.js';
 import { readUnitRecord } from './unit-record.js';
 import { InvalidPodError, validateApply } from './validate.js';
@@ -110,6 +111,9 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   private deadlineTimer: NodeJS.Timeout | undefined;
   private deadlineExceeded = false;
   private sidecarsStopped = false;
+  private readonly sharedPid: SharedPidNamespace;
+  /** The pod's shared PID namespace while spec.shareProcessNamespace is set. */
+  private pidnsPath: string | undefined;
 
   constructor(private readonly o: PodManagerOptions) {
     super();
@@ -121,6 +125,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       event: (type, reason, message, container) => this.event(type, reason, message, container),
       onPull: o.onPull,
     });
+    this.sharedPid = new SharedPidNamespace(join(o.stateDir, 'pid-namespace'));
     this.unitCtx = {
       logger: o.logger,
       runc: o.runc,
@@ -229,6 +234,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.podFiles = this.writePodFiles(req);
     const t2 = performance.now();
     const rewritten = await this.prepareVolumes();
+    this.pidnsPath = spec.shareProcessNamespace ? await this.sharedPid.ensure() : undefined;
     const t3 = performance.now();
     const changed: string[] = [];
     const diff = (existing: Unit[], wanted: Container[], isInit: boolean): Unit[] => {
@@ -378,6 +384,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       hostIP: o.hostIP,
       seccompProfileDir: o.seccompProfileDir,
       netnsPath: o.netnsPath,
+      pidnsPath: this.pidnsPath,
     });
   }
 
@@ -483,6 +490,8 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const all = [...this.initUnits, ...this.units];
     await Promise.all([this.stopUnits(graceMs), ...this.stopping]);
     this.sidecarsStopped = false;
+    this.sharedPid.remove();
+    this.pidnsPath = undefined;
     for (const u of all) await this.o.cgroups.remove(u.cgroup).catch(() => {});
     await this.o.cgroups.remove(this.o.cgroupParent).catch(() => {});
     for (const l of this.logs.values()) l.close();
@@ -538,6 +547,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.podFiles = this.writePodFiles(req, false);
     await this.syncHostPorts(req.pod).catch((err: Error) => this.event('Warning', 'HostPortFailed', `cannot serve the pod's hostPorts: ${err.message}`));
     await this.prepareVolumes();
+    if (spec.shareProcessNamespace) this.pidnsPath = await this.sharedPid.ensure().catch((err: Error) => (this.event('Warning', 'FailedCreatePodSandBox', err.message), undefined));
     const mk = (c: Container, isInit: boolean) => this.newUnit(c, hashContainer(c, spec.securityContext), isInit);
     this.initUnits = spec.initContainers.map((c) => mk(c, true));
     this.units = spec.containers.map((c) => mk(c, false));
