@@ -8,9 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ContainerRestartPolicy, PodPhase, RestartPolicy } from '@cello/proto/cell';
+import { ContainerRestartPolicy, PodPhase, RestartPolicy, StorageMedium } from '@cello/proto/cell';
 import { HealthCheckResponse_ServingStatus as Serving, HealthServiceImpl } from '@cello/proto/health';
 import { freePort, waitFor } from '@cello/testkit';
+import type { AgentOptions } from '../src/agent.js';
 import { grpcHealthCheck } from '../src/pod/grpc-probe.js';
 import { apply, pod, startTestAgent, type TestAgent } from './helpers/agent.js';
 import { startTestRegistry, type TestImages } from './helpers/registry.js';
@@ -31,8 +32,8 @@ afterAll(async () => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
-async function agent(): Promise<TestAgent> {
-  const a = await startTestAgent(undefined, { insecureRegistries: [reg.registry.host], podIP: '127.0.0.1' });
+async function agent(extra: Partial<AgentOptions> = {}): Promise<TestAgent> {
+  const a = await startTestAgent(undefined, { insecureRegistries: [reg.registry.host], podIP: '127.0.0.1', ...extra });
   agents.push(a);
   return a;
 }
@@ -361,5 +362,36 @@ describe.concurrent('shareProcessNamespace', () => {
     const ps = read(join(out.dir, 'ps')) || first;
     expect(ps).not.toContain('sleep 1234');
     expect(ps).toMatch(/^\s*1\s+sh -c/m);
+  });
+});
+
+describe.concurrent('emptyDir sizeLimit on disk', () => {
+  const limited = { name: 'scratch', source: { $case: 'emptyDir', value: { medium: StorageMedium.STORAGE_MEDIUM_UNSPECIFIED, sizeLimitBytes: 1024 * 1024 } } };
+  const writer = (kib: number) => ({
+    name: 'w',
+    image: reg.busybox,
+    volumeMounts: [{ name: 'scratch', mountPath: '/scratch' }],
+    command: sh(`dd if=/dev/zero of=/scratch/f bs=1024 count=${kib} && touch /scratch/written && exec sleep 3600`),
+  });
+
+  it('evicts the pod whose emptyDir holds more than its limit, as the kubelet', async () => {
+    const a = await agent({ emptyDirCheckMs: 200 });
+    await apply(a.client, { pod: pod('emptydir-over', { volumes: [limited], containers: [writer(2048)] }) });
+    await a.watch.until('evicted', (w) => w.last?.status?.phase === PodPhase.POD_PHASE_FAILED, 60_000);
+    const s = a.watch.last!.status!;
+    expect(s.reason).toBe('Evicted');
+    expect(s.message).toBe('Usage of EmptyDir volume "scratch" exceeds the limit "1Mi". ');
+    expect(a.watch.events.some((e) => e.reason === 'Evicted')).toBe(true);
+    await a.watch.until('unit stopped', (w) => w.terminated('w') !== undefined, 30_000);
+  });
+
+  it('leaves a pod within its limit running', async () => {
+    const a = await agent({ emptyDirCheckMs: 200 });
+    await apply(a.client, { pod: pod('emptydir-under', { volumes: [limited], containers: [writer(512)] }) });
+    await a.watch.until('running', (w) => w.running('w'), 60_000);
+    await waitFor('written', () => existsSync(join(a.stateDir, 'volumes/scratch/written')), { timeoutMs: 15_000 });
+    await new Promise((r) => setTimeout(r, 1500)); // several checks
+    expect(a.watch.last!.status!.phase).toBe(PodPhase.POD_PHASE_RUNNING);
+    expect(a.watch.events.some((e) => e.reason === 'Evicted')).toBe(false);
   });
 });

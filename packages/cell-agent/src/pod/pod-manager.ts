@@ -5,7 +5,7 @@
 import { CelloError } from '@cello/proto';
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type pino from 'pino';
@@ -35,6 +35,7 @@ import { Conditions, podPhase, qosClass } from './pod-status.js';
 import { buildContainerConfig } from './container-config.js';
 import { ImageManager } from './image-manager.js';
 import { SharedPidNamespace } from './pid-namespace.js';
+import { limitedEmptyDirs, overLimit } from './emptydir-limits.js';
 import { Unit, type UnitContext } from './unit.js';
 import { readUnitRecord } from './unit-record.js';
 import { InvalidPodError, validateApply } from './validate.js';
@@ -68,6 +69,8 @@ export interface PodManagerOptions {
   seccompProfileDir: string;
   pidsLimit?: number | undefined;
   backoff?: BackoffPolicy;
+  /** Period of the emptyDir sizeLimit check (default 10 s, the kubelet's eviction period). */
+  emptyDirCheckMs?: number;
   /** Milliseconds per probe "second": 1000 in production, smaller in tests. */
   probeSecondMs?: number;
   /** Where each unit's logs go; called once per unit with its state dir. */
@@ -111,6 +114,9 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   private deadlineTimer: NodeJS.Timeout | undefined;
   private deadlineExceeded = false;
   private sidecarsStopped = false;
+  private evictionTimer: NodeJS.Timeout | undefined;
+  /** Set once the pod was evicted (an emptyDir over its sizeLimit): the kubelet's message. */
+  private evicted: string | undefined;
   private readonly sharedPid: SharedPidNamespace;
   /** The pod's shared PID namespace while spec.shareProcessNamespace is set. */
   private pidnsPath: string | undefined;
@@ -151,6 +157,10 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const s = this.o.stateDir;
     const r = this.o.runDir ?? s;
     return { req: join(s, 'pod.pb'), units: join(s, 'units'), runUnits: join(r, 'units'), volumes: join(s, 'volumes'), pod: join(r, 'pod'), subPaths: join(r, 'subpaths') };
+  }
+
+  private get evictedFile(): string {
+    return join(this.o.stateDir, 'evicted');
   }
 
   // --- UnitDirectory ---
@@ -277,6 +287,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     // Pull every image at once, while init units run.
     for (const c of [...spec.initContainers, ...spec.containers]) void this.images.pull(c).catch(() => {});
     this.scheduleDeadline();
+    this.watchEmptyDirLimits();
     void this.runPod();
     this.changed();
     this.o.logger.info(
@@ -304,6 +315,33 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       Math.max(0, left),
     );
     this.deadlineTimer.unref();
+  }
+
+  /** Checks the disk emptyDirs' sizeLimits on a period; over the limit, the pod is evicted. */
+  private watchEmptyDirLimits(): void {
+    if (this.evictionTimer) clearTimeout(this.evictionTimer);
+    this.evictionTimer = undefined;
+    const dirs = limitedEmptyDirs(this.req?.pod?.spec?.volumes ?? [], (name) => join(this.dirs.volumes, name));
+    if (dirs.length === 0 || this.evicted) return;
+    const uid = this.req?.pod?.metadata?.uid;
+    const tick = async () => {
+      const message = await overLimit(dirs);
+      if (this.req?.pod?.metadata?.uid !== uid || this.evicted) return;
+      if (!message) {
+        this.evictionTimer = setTimeout(() => void tick(), this.o.emptyDirCheckMs ?? 10_000);
+        this.evictionTimer.unref();
+        return;
+      }
+      // As the kubelet's eviction manager: no grace period, and the pod fails for good.
+      this.evicted = message;
+      writeFileSync(this.evictedFile, message);
+      this.event('Warning', 'Evicted', message);
+      this.initRun++;
+      this.track(this.stopUnits(0));
+      this.changed();
+    };
+    this.evictionTimer = setTimeout(() => void tick(), this.o.emptyDirCheckMs ?? 10_000);
+    this.evictionTimer.unref();
   }
 
   private track(p: Promise<void>): void {
@@ -456,6 +494,11 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       reason = 'DeadlineExceeded';
       message = 'Pod was active on the node longer than the specified deadline';
     }
+    if (this.evicted) {
+      phase = PodPhase.POD_PHASE_FAILED;
+      reason = 'Evicted';
+      message = this.evicted;
+    }
     if (phase === PodPhase.POD_PHASE_SUCCEEDED || phase === PodPhase.POD_PHASE_FAILED) {
       conds[2] = this.conditions.set('ContainersReady', false, 'PodCompleted');
       conds[3] = this.conditions.set('Ready', false, 'PodCompleted');
@@ -487,6 +530,10 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
     this.deadlineTimer = undefined;
     this.deadlineExceeded = false;
+    if (this.evictionTimer) clearTimeout(this.evictionTimer);
+    this.evictionTimer = undefined;
+    this.evicted = undefined;
+    rmSync(this.evictedFile, { force: true });
     const all = [...this.initUnits, ...this.units];
     await Promise.all([this.stopUnits(graceMs), ...this.stopping]);
     this.sidecarsStopped = false;
@@ -552,7 +599,9 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.initUnits = spec.initContainers.map((c) => mk(c, true));
     this.units = spec.containers.map((c) => mk(c, false));
     const initDone = this.initUnits.every((u) => u.isSidecar || readUnitRecord(u.dir)?.completed);
-    for (const u of [...this.initUnits, ...this.units]) {
+    // An evicted pod stays failed: nothing of it runs again.
+    this.evicted = existsSync(this.evictedFile) ? readFileSync(this.evictedFile, 'utf8') : undefined;
+    for (const u of this.evicted ? [] : [...this.initUnits, ...this.units]) {
       const rec = readUnitRecord(u.dir);
       if (!rec) continue;
       const image = await this.images.cached(u.spec.image).catch(() => undefined);
@@ -561,7 +610,8 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     }
     this.o.logger.info({ units: existsSync(this.dirs.units) ? readdirSync(this.dirs.units) : [] }, 'restored pod from state dir');
     this.scheduleDeadline();
-    void this.runPod();
+    this.watchEmptyDirLimits();
+    if (!this.evicted) void this.runPod();
     this.changed();
     return true;
   }
@@ -571,6 +621,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.initRun++;
     this.unitCtx.shims?.close();
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
+    if (this.evictionTimer) clearTimeout(this.evictionTimer);
     for (const u of [...this.initUnits, ...this.units]) u.detach();
   }
 }
