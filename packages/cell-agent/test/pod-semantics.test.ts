@@ -395,3 +395,33 @@ describe.concurrent('emptyDir sizeLimit on disk', () => {
     expect(a.watch.events.some((e) => e.reason === 'Evicted')).toBe(false);
   });
 });
+
+describe('after an agent restart', () => {
+  it('keeps the running sidecar and the shared PID namespace, and starts nothing again', async () => {
+    const stateDir = mkdtempSync(join(tmpdir(), 'cello-semantics-state-'));
+    dirs.push(stateDir);
+    const first = await startTestAgent(undefined, { insecureRegistries: [reg.registry.host], podIP: '127.0.0.1', stateDir });
+    await apply(first.client, {
+      pod: pod('restart-sidecar', {
+        shareProcessNamespace: true,
+        initContainers: [{ name: 'side', image: reg.busybox, restartPolicy: ContainerRestartPolicy.CONTAINER_RESTART_POLICY_ALWAYS, command: ['sleep', '3600'] }],
+        containers: [{ name: 'app', image: reg.busybox, command: ['sleep', '3600'] }],
+      }),
+    });
+    await first.watch.until('running', (w) => w.running('side') && w.running('app'), 60_000);
+    const ids = () => [first.watch.unit('side')!.containerId, first.watch.unit('app')!.containerId];
+    const before = ids();
+    const initPid = readFileSync(join(stateDir, 'pid-namespace'), 'utf8');
+    first.watch.close();
+    first.client.close();
+    await first.agent.close();
+
+    const second = await startTestAgent(undefined, { insecureRegistries: [reg.registry.host], podIP: '127.0.0.1', stateDir });
+    agents.push(second);
+    await second.watch.until('running again', (w) => w.running('side') && w.running('app') && w.last?.status?.phase === PodPhase.POD_PHASE_RUNNING, 60_000);
+    expect([second.watch.unit('side')!.containerId, second.watch.unit('app')!.containerId]).toEqual(before);
+    expect(second.watch.unit('side')!.restartCount + second.watch.unit('app')!.restartCount).toBe(0);
+    expect(second.watch.unit('side')!.started).toBe(true);
+    expect(readFileSync(join(stateDir, 'pid-namespace'), 'utf8')).toBe(initPid);
+  });
+});
