@@ -376,13 +376,20 @@ describe.concurrent('emptyDir sizeLimit on disk', () => {
 
   it('evicts the pod whose emptyDir holds more than its limit, as the kubelet', async () => {
     const a = await agent({ emptyDirCheckMs: 200 });
-    await apply(a.client, { pod: pod('emptydir-over', { volumes: [limited], containers: [writer(2048)] }) });
+    const over = pod('emptydir-over', { volumes: [limited], containers: [writer(2048)] });
+    await apply(a.client, { pod: over });
     await a.watch.until('evicted', (w) => w.last?.status?.phase === PodPhase.POD_PHASE_FAILED, 60_000);
     const s = a.watch.last!.status!;
     expect(s.reason).toBe('Evicted');
     expect(s.message).toBe('Usage of EmptyDir volume "scratch" exceeds the limit "1Mi". ');
     expect(a.watch.events.some((e) => e.reason === 'Evicted')).toBe(true);
     await a.watch.until('unit stopped', (w) => w.terminated('w') !== undefined, 30_000);
+    // Applied again (a newer generation of the same pod): it stays evicted, nothing restarts.
+    await apply(a.client, { pod: over });
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(a.watch.last!.status!.phase).toBe(PodPhase.POD_PHASE_FAILED);
+    expect(a.watch.terminated('w')).toBeDefined();
+    expect(a.watch.unit('w')!.restartCount).toBe(0);
   });
 
   it('leaves a pod within its limit running', async () => {

@@ -366,6 +366,8 @@ export class PodManager extends EventEmitter implements UnitDirectory {
    */
   private async runPod(): Promise<void> {
     const run = ++this.initRun;
+    // A pod failed for good (evicted, past its deadline) runs nothing again, re-applied or not.
+    if (this.evicted || this.deadlineExceeded) return;
     for (const u of this.initUnits) {
       if (run !== this.initRun) return;
       if (u.isSidecar) {
