@@ -196,4 +196,17 @@ describe('validation names the field', () => {
     ).toBe('spec.initContainers[0].readinessProbe');
     expect(field({ containers: [{ name: 'a', image: 'x' }] })).toBeUndefined();
   });
+  it('refuses sidecar, stop-signal, sleep and os fields the API server refuses', () => {
+    const always = ContainerRestartPolicy.CONTAINER_RESTART_POLICY_ALWAYS;
+    const probe = { handler: { action: { $case: 'exec', value: { command: ['true'] } } } };
+    expect(field({ containers: [{ name: 'a', image: 'x', restartPolicy: always }] })).toBe('spec.containers[0].restartPolicy');
+    expect(field({ initContainers: [{ name: 'i', image: 'x', restartPolicy: always, readinessProbe: probe }], containers: [{ name: 'a', image: 'x' }] })).toBeUndefined();
+    expect(field({ containers: [{ name: 'a', image: 'x', lifecycle: { stopSignal: 'SIGUSR1' } }] })).toBe('spec.containers[0].lifecycle.stopSignal');
+    expect(field({ osName: 'linux', containers: [{ name: 'a', image: 'x', lifecycle: { stopSignal: 'SIGNOPE' } }] })).toBe('spec.containers[0].lifecycle.stopSignal');
+    expect(field({ osName: 'linux', containers: [{ name: 'a', image: 'x', lifecycle: { stopSignal: 'SIGRTMIN+3' } }] })).toBeUndefined();
+    expect(field({ osName: 'windows', containers: [{ name: 'a', image: 'x' }] })).toBe('spec.os.name');
+    expect(field({ containers: [{ name: 'a', image: 'x', lifecycle: { preStop: { action: { $case: 'sleep', value: { seconds: -1 } } } } }] })).toBe(
+      'spec.containers[0].lifecycle.preStop.sleep.seconds',
+    );
+  });
 });
