@@ -283,7 +283,7 @@ describe.concurrent('native sidecars', () => {
     expect(s.initContainerStatuses.every((c) => c.state?.state?.$case === 'terminated')).toBe(true);
   });
 
-  it('on delete, stops the main units first, then the sidecars in reverse order; sidecars count towards readiness', async () => {
+  it('on delete, runs preStop hooks at once, stops the main units first, then the sidecars in reverse order; sidecars count towards readiness', async () => {
     const a = await agent();
     const out = outDir();
     await apply(a.client, {
@@ -296,6 +296,8 @@ describe.concurrent('native sidecars', () => {
             restartPolicy: always,
             volumeMounts: [out.mount],
             command: trapping('first', ['TERM'], "trap 'sleep 1; echo first >> /out/stopped; exit 0' TERM;"),
+            // Runs as the pod's termination starts, while the main unit still runs; the signal waits its turn.
+            lifecycle: { preStop: { action: { $case: 'exec', value: { command: ['touch', '/out/first-prestop'] } } } },
           },
           {
             name: 'second',
@@ -311,7 +313,14 @@ describe.concurrent('native sidecars', () => {
             },
           },
         ],
-        containers: [{ name: 'app', image: reg.busybox, volumeMounts: [out.mount], command: trapping('app', ['TERM'], "trap 'sleep 1; echo app >> /out/stopped; exit 0' TERM;") }],
+        containers: [
+          {
+            name: 'app',
+            image: reg.busybox,
+            volumeMounts: [out.mount],
+            command: trapping('app', ['TERM'], "trap 'sleep 1; [ -f /out/first-prestop ] && echo app-saw-prestop >> /out/stopped; echo app >> /out/stopped; exit 0' TERM;"),
+          },
+        ],
       }),
     });
     await a.watch.until('app running', (w) => w.running('app') && w.unit('app')?.ready === true, 60_000);
@@ -321,7 +330,7 @@ describe.concurrent('native sidecars', () => {
     await a.watch.until('pod ready', (w) => w.last?.status?.conditions.find((c) => c.type === 'Ready')?.status === 1, 30_000);
     await waitFor('traps installed', () => ['first', 'second', 'app'].every((f) => existsSync(join(out.dir, `${f}.up`))), { timeoutMs: 10_000 });
     await deletePod(a, 20);
-    expect(read(join(out.dir, 'stopped')).split('\n').filter(Boolean)).toEqual(['app', 'second', 'first']);
+    expect(read(join(out.dir, 'stopped')).split('\n').filter(Boolean)).toEqual(['app-saw-prestop', 'app', 'second', 'first']);
   });
 });
 

@@ -429,15 +429,19 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   }
 
   /**
-   * The kubelet's order for stopping a pod: the main units (and any init unit) at once, then the
-   * sidecars one by one in reverse order, all within one grace period (a sidecar whose turn
-   * comes late still gets 2 s, as the kubelet's minimum).
+   * The kubelet's order for stopping a pod: every preStop hook at once, the main units (and any
+   * init unit) signalled at once, then the sidecars in reverse order, each once the units before
+   * it in that order are gone, all within one grace period (a sidecar whose turn comes late
+   * still gets 2 s, the kubelet's minimum).
    */
   private async stopUnits(graceMs: number): Promise<void> {
-    const deadline = Date.now() + graceMs;
-    const sidecars = this.initUnits.filter((u) => u.isSidecar);
-    await Promise.all([...this.initUnits.filter((u) => !u.isSidecar), ...this.units].map((u) => u.stop(graceMs)));
-    for (const u of sidecars.reverse()) await u.stop(graceMs === 0 ? 0 : Math.max(deadline - Date.now(), 2000));
+    const main = Promise.all([...this.initUnits.filter((u) => !u.isSidecar), ...this.units].map((u) => u.stop(graceMs)));
+    let turn: Promise<unknown> = main;
+    const sidecars = this.initUnits
+      .filter((u) => u.isSidecar)
+      .reverse()
+      .map((u) => (turn = u.stop(graceMs, turn)));
+    await Promise.all([main, ...sidecars]);
   }
 
   /**
@@ -449,12 +453,8 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const sidecars = this.initUnits.filter((u) => u.isSidecar);
     if (sidecars.length === 0) return;
     this.sidecarsStopped = true;
-    const grace = this.graceMs();
-    const run = async () => {
-      const deadline = Date.now() + grace;
-      for (const u of sidecars.reverse()) await u.stop(grace === 0 ? 0 : Math.max(deadline - Date.now(), 2000));
-    };
-    this.track(run());
+    // The main units have ended: only the sidecars are left to stop, in the same order.
+    this.track(this.stopUnits(this.graceMs()));
   }
 
   // --- status ---

@@ -441,8 +441,12 @@ export class Unit implements UnitView {
     return this.spec.lifecycle?.stopSignal || this.image?.config.stopSignal || 'SIGTERM';
   }
 
-  /** The stop signal, then SIGKILL to everything in the unit after grace. */
-  private async killInstance(inst: Instance, graceMs: number | undefined): Promise<void> {
+  /**
+   * The stop signal, then SIGKILL to everything in the unit after grace. `turn`: a sidecar's
+   * signal waits for it (the main units and later sidecars gone), within the grace period, as
+   * the kubelet's termination ordering; its preStop hook runs at once.
+   */
+  private async killInstance(inst: Instance, graceMs: number | undefined, turn?: Promise<unknown>): Promise<void> {
     const g = graceMs ?? this.graceMs;
     this.stopProbes();
     if (this.state.kind === 'running' || this.state.kind === 'starting') {
@@ -453,13 +457,17 @@ export class Unit implements UnitView {
     const sig = this.stopSignal();
     this.killedByAgent.add(inst);
     let left = g;
+    const t0 = Date.now();
     const preStop = this.spec.lifecycle?.preStop;
     if (preStop && g > 0 && inst.pid !== undefined) {
       // preStop runs first, inside the grace period; the stop signal follows it (with at
       // least 2 s left, as the kubelet grants).
-      const t0 = Date.now();
       const r = await Promise.race([runHandler(preStop, this.probeTarget(inst), g), exited.then(() => ({ ok: true, message: '' }))]);
       if (!r.ok) this.ctx.event('Warning', 'FailedPreStopHook', `PreStopHook failed: ${r.message}`, this.name);
+      left = Math.max(g - (Date.now() - t0), 2000);
+    }
+    if (turn && g > 0 && !inst.done) {
+      await Promise.race([turn, exited, new Promise((r) => setTimeout(r, Math.max(g - (Date.now() - t0), 0)).unref())]);
       left = Math.max(g - (Date.now() - t0), 2000);
     }
     if (inst.done) return;
@@ -564,13 +572,13 @@ export class Unit implements UnitView {
   }
 
   /** Stops the unit for good (delete, or a spec change). Resolves when it is gone. */
-  async stop(graceMs: number): Promise<void> {
+  async stop(graceMs: number, turn?: Promise<unknown>): Promise<void> {
     this.stopRequested = true;
     this.abort.abort();
     const inst = this.instance;
     if (inst && !inst.done && (this.state.kind === 'running' || this.state.kind === 'starting' || this.state.kind === 'stopping')) {
       this.ctx.event('Normal', 'Killing', `Stopping container ${this.name}`, this.name);
-      await this.killInstance(inst, graceMs);
+      await this.killInstance(inst, graceMs, turn);
     }
     await this.loop;
     this.stopProbes();
