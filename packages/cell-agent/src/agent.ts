@@ -90,6 +90,8 @@ export interface AgentOptions {
   cgroups?: CgroupDriver;
   backoff?: BackoffPolicy;
   probeSecondMs?: number;
+  /** How often emptyDir sizeLimits are checked (the kubelet's eviction period, 10 s); tests: less. */
+  emptyDirCheckMs?: number;
 }
 
 export interface Agent {
@@ -206,6 +208,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     pidsLimit: o.pidsLimit,
     ...(o.backoff ? { backoff: o.backoff } : {}),
     ...(o.probeSecondMs ? { probeSecondMs: o.probeSecondMs } : {}),
+    ...(o.emptyDirCheckMs ? { emptyDirCheckMs: o.emptyDirCheckMs } : {}),
     logsFor: (_unit, dir) => new ContainerLogs({ dir }),
     onPull: (p) => metrics.recordPull(p),
     onProbe: (unit, probe, ok) => metrics.recordProbe(unit, probe, ok ? 'success' : 'failure'),

@@ -5,7 +5,7 @@ import { mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ContainerStatus, PodSpec, PodPhase, RestartPolicy, ApplyPodRequest, Pod } from '@cello/proto/cell';
+import { ContainerRestartPolicy, ContainerStatus, PodSpec, PodPhase, RestartPolicy, ApplyPodRequest, Pod } from '@cello/proto/cell';
 import { expand, resolveArgv } from '../src/runtime/expand.js';
 import { resolveUser } from '../src/runtime/user.js';
 import { checkItemPath, resolveInRoot } from '../src/runtime/safe-path.js';
@@ -130,6 +130,28 @@ describe('pod phase and QoS', () => {
     expect(podPhase(spec(RestartPolicy.RESTART_POLICY_NEVER), [done(1)], [waiting])).toBe(PodPhase.POD_PHASE_FAILED);
     expect(podPhase(spec(RestartPolicy.RESTART_POLICY_ALWAYS), [running], [waiting])).toBe(PodPhase.POD_PHASE_PENDING);
   });
+  it('computes the phase of a pod with a sidecar as the kubelet does', () => {
+    const sc = (p: RestartPolicy) =>
+      PodSpec.fromPartial({
+        restartPolicy: p,
+        initContainers: [{ name: 's', restartPolicy: ContainerRestartPolicy.CONTAINER_RESTART_POLICY_ALWAYS }],
+        containers: [{ name: 'a' }],
+      });
+    const side = (st: object, extra: object = {}) => ContainerStatus.fromPartial({ name: 's', state: { state: st as never }, ...extra });
+    const up = side({ $case: 'running', value: {} }, { started: true });
+    const starting = side({ $case: 'running', value: {} }, { started: false });
+    const crashLooping = side({ $case: 'waiting', value: { reason: 'CrashLoopBackOff' } }, { lastState: { state: { $case: 'terminated', value: { exitCode: 1 } } } });
+    const stopped = side({ $case: 'terminated', value: { exitCode: 143 } });
+    const never = sc(RestartPolicy.RESTART_POLICY_NEVER);
+    expect(podPhase(never, [starting], [waiting], false)).toBe(PodPhase.POD_PHASE_PENDING);
+    expect(podPhase(never, [up], [running], true)).toBe(PodPhase.POD_PHASE_RUNNING);
+    // A crash-looping sidecar after initialization does not make the pod Pending.
+    expect(podPhase(never, [crashLooping], [running], true)).toBe(PodPhase.POD_PHASE_RUNNING);
+    // Main done, sidecar still running: Running until the sidecar is stopped; then it is ignored.
+    expect(podPhase(never, [up], [done(0)], true)).toBe(PodPhase.POD_PHASE_RUNNING);
+    expect(podPhase(never, [stopped], [done(0)], true)).toBe(PodPhase.POD_PHASE_SUCCEEDED);
+    expect(podPhase(never, [stopped], [done(2)], true)).toBe(PodPhase.POD_PHASE_FAILED);
+  });
   it('classifies QoS', () => {
     const c = (limits: object, requests: object) => PodSpec.fromPartial({ containers: [{ name: 'a', resources: { limits, requests } }] });
     expect(qosClass(c({}, {}))).toBe('BestEffort');
@@ -173,5 +195,18 @@ describe('validation names the field', () => {
       }),
     ).toBe('spec.initContainers[0].readinessProbe');
     expect(field({ containers: [{ name: 'a', image: 'x' }] })).toBeUndefined();
+  });
+  it('refuses sidecar, stop-signal, sleep and os fields the API server refuses', () => {
+    const always = ContainerRestartPolicy.CONTAINER_RESTART_POLICY_ALWAYS;
+    const probe = { handler: { action: { $case: 'exec', value: { command: ['true'] } } } };
+    expect(field({ containers: [{ name: 'a', image: 'x', restartPolicy: always }] })).toBe('spec.containers[0].restartPolicy');
+    expect(field({ initContainers: [{ name: 'i', image: 'x', restartPolicy: always, readinessProbe: probe }], containers: [{ name: 'a', image: 'x' }] })).toBeUndefined();
+    expect(field({ containers: [{ name: 'a', image: 'x', lifecycle: { stopSignal: 'SIGUSR1' } }] })).toBe('spec.containers[0].lifecycle.stopSignal');
+    expect(field({ osName: 'linux', containers: [{ name: 'a', image: 'x', lifecycle: { stopSignal: 'SIGNOPE' } }] })).toBe('spec.containers[0].lifecycle.stopSignal');
+    expect(field({ osName: 'linux', containers: [{ name: 'a', image: 'x', lifecycle: { stopSignal: 'SIGRTMIN+3' } }] })).toBeUndefined();
+    expect(field({ osName: 'windows', containers: [{ name: 'a', image: 'x' }] })).toBe('spec.os.name');
+    expect(field({ containers: [{ name: 'a', image: 'x', lifecycle: { preStop: { action: { $case: 'sleep', value: { seconds: -1 } } } } }] })).toBe(
+      'spec.containers[0].lifecycle.preStop.sleep.seconds',
+    );
   });
 });

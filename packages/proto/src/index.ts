@@ -20,4 +20,5 @@ export { parseQuantity, parseCpuMillis, parseBytes, parseCount, formatCpuMillis,
 export { splitHostPort, joinHostPort, freePort, HostPortError } from './net.js';
 export { REDACT_PATHS, REDACT_CENSOR } from './redact.js';
 export { CelloError, type ErrorCode, grpcStatus, grpcCodeName, toStatus, errMsg } from './errors.js';
+export { LINUX_STOP_SIGNALS } from './signals.js';
 export { parseSpiffeId, isSpiffeName, type SpiffeId, type SpiffeKind } from './spiffe.js';

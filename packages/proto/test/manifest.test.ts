@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { HostPathType, PullPolicy, RestartPolicy, SeccompProfileType, StorageMedium, TerminationMessagePolicy } from '../src/cell.js';
+import { ContainerRestartPolicy, HostPathType, PullPolicy, RestartPolicy, SeccompProfileType, StorageMedium, TerminationMessagePolicy } from '../src/cell.js';
 import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -429,5 +429,59 @@ describe('kubePod: the proto pod back as a v1 Pod', () => {
     expect(k.spec.dnsPolicy).toBe('ClusterFirst');
     expect(k.spec.containers[0]!.ports).toEqual([{ containerPort: 80, protocol: 'TCP' }]);
     expect(k.spec.containers[0]!.imagePullPolicy).toBe('IfNotPresent');
+  });
+});
+
+describe('sidecars, stop signals, sleep hooks and spec.os', () => {
+  const podWith = (spec: Record<string, unknown>) => ({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'a' }, spec: { containers: [{ name: 'c', image: 'b' }], ...spec } });
+  const sidecar = { name: 's', image: 'b', restartPolicy: 'Always', readinessProbe: { exec: { command: ['true'] } }, lifecycle: { preStop: { sleep: { seconds: 5 } } } };
+
+  it('keeps them, and prints them back the same', () => {
+    const m = podWith({
+      os: { name: 'linux' },
+      initContainers: [sidecar, { name: 'i', image: 'b' }],
+      containers: [{ name: 'c', image: 'b', lifecycle: { stopSignal: 'SIGUSR1', postStart: { sleep: { seconds: 0 } } } }],
+    });
+    const { pod } = podFromManifest(m);
+    const spec = pod.spec!;
+    expect(spec.osName).toBe('linux');
+    expect(spec.initContainers.map((c) => c.restartPolicy)).toEqual([
+      ContainerRestartPolicy.CONTAINER_RESTART_POLICY_ALWAYS,
+      ContainerRestartPolicy.CONTAINER_RESTART_POLICY_UNSPECIFIED,
+    ]);
+    expect(spec.initContainers[0]!.lifecycle?.preStop?.action).toEqual({ $case: 'sleep', value: { seconds: 5 } });
+    expect(spec.containers[0]!.lifecycle?.stopSignal).toBe('SIGUSR1');
+    expect(podFromManifest(stringify(kubePod(pod))).pod).toEqual(pod);
+  });
+
+  it('refuses what the API server refuses, naming the field', () => {
+    const refused: [Record<string, unknown>, string | RegExp][] = [
+      [{ initContainers: [{ ...sidecar, restartPolicy: 'Never' }] }, 'spec.initContainers[0].restartPolicy: unsupported value "Never": supported values: "Always"'],
+      [{ containers: [{ name: 'c', image: 'b', restartPolicy: 'Always' }] }, 'spec.containers[0].restartPolicy: may not be set for non-init containers'],
+      [
+        { initContainers: [{ name: 'i', image: 'b', readinessProbe: { exec: { command: ['true'] } } }] },
+        /^spec\.initContainers\[0\]\.readinessProbe: may not be set for init containers/,
+      ],
+      [
+        { containers: [{ name: 'c', image: 'b', lifecycle: { stopSignal: 'SIGUSR1' } }] },
+        'spec.containers[0].lifecycle.stopSignal: may not be set for containers with empty `spec.os.name`',
+      ],
+      [
+        { os: { name: 'linux' }, containers: [{ name: 'c', image: 'b', lifecycle: { stopSignal: 'USR1' } }] },
+        /^spec\.containers\[0\]\.lifecycle\.stopSignal: unsupported value "USR1"/,
+      ],
+      [{ os: { name: 'windows' } }, 'spec.os.name: "windows" is not supported: a cell runs Linux containers only'],
+      [{ os: { name: 'plan9' } }, 'spec.os.name: unsupported value "plan9": supported values: "linux", "windows"'],
+      [
+        { containers: [{ name: 'c', image: 'b', lifecycle: { preStop: { sleep: { seconds: 31 } } } }] },
+        'spec.containers[0].lifecycle.preStop.sleep.seconds: 31 must be less than terminationGracePeriodSeconds (30)',
+      ],
+      [
+        { containers: [{ name: 'c', image: 'b', lifecycle: { postStart: { sleep: { seconds: -1 } } } }] },
+        'spec.containers[0].lifecycle.postStart.sleep.seconds: -1 must be non-negative',
+      ],
+      [{ containers: [{ name: 'c', image: 'b', livenessProbe: { sleep: { seconds: 1 } } }] }, 'spec.containers[0].livenessProbe.sleep: unknown field "sleep"'],
+    ];
+    for (const [spec, msg] of refused) expect(() => podFromManifest(podWith(spec)), JSON.stringify(spec)).toThrow(msg);
   });
 });

@@ -30,6 +30,8 @@ export interface ContainerConfigInput {
   hostIP: string;
   seccompProfileDir: string;
   netnsPath: string | undefined;
+  /** The pod's shared PID namespace (shareProcessNamespace), if it has one. */
+  pidnsPath?: string | undefined;
 }
 
 /** The unit's OCI spec; a ConfigError says what in the pod makes it impossible to build. */
@@ -184,6 +186,7 @@ export async function buildContainerConfig(x: ContainerConfigInput): Promise<Rec
     mounts,
     cgroupsPath: `${u.cgroup}/i${inst.instance}`,
     netnsPath: x.netnsPath,
+    pidnsPath: x.pidnsPath,
     sysctls,
     shmBytes: 64 * 1024 * 1024,
   });

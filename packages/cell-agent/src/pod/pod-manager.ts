@@ -5,7 +5,7 @@
 import { CelloError } from '@cello/proto';
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type pino from 'pino';
@@ -34,6 +34,8 @@ import { writePodFiles, type PodFiles } from './pod-files.js';
 import { Conditions, podPhase, qosClass } from './pod-status.js';
 import { buildContainerConfig } from './container-config.js';
 import { ImageManager } from './image-manager.js';
+import { SharedPidNamespace } from './pid-namespace.js';
+import { limitedEmptyDirs, overLimit } from './emptydir-limits.js';
 import { Unit, type UnitContext } from './unit.js';
 import { readUnitRecord } from './unit-record.js';
 import { InvalidPodError, validateApply } from './validate.js';
@@ -67,6 +69,8 @@ export interface PodManagerOptions {
   seccompProfileDir: string;
   pidsLimit?: number | undefined;
   backoff?: BackoffPolicy;
+  /** Period of the emptyDir sizeLimit check (default 10 s, the kubelet's eviction period). */
+  emptyDirCheckMs?: number;
   /** Milliseconds per probe "second": 1000 in production, smaller in tests. */
   probeSecondMs?: number;
   /** Where each unit's logs go; called once per unit with its state dir. */
@@ -109,6 +113,13 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   private stopping = new Set<Promise<void>>();
   private deadlineTimer: NodeJS.Timeout | undefined;
   private deadlineExceeded = false;
+  private sidecarsStopped = false;
+  private evictionTimer: NodeJS.Timeout | undefined;
+  /** Set once the pod was evicted (an emptyDir over its sizeLimit): the kubelet's message. */
+  private evicted: string | undefined;
+  private readonly sharedPid: SharedPidNamespace;
+  /** The pod's shared PID namespace while spec.shareProcessNamespace is set. */
+  private pidnsPath: string | undefined;
 
   constructor(private readonly o: PodManagerOptions) {
     super();
@@ -120,6 +131,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       event: (type, reason, message, container) => this.event(type, reason, message, container),
       onPull: o.onPull,
     });
+    this.sharedPid = new SharedPidNamespace(join(o.stateDir, 'pid-namespace'));
     this.unitCtx = {
       logger: o.logger,
       runc: o.runc,
@@ -145,6 +157,10 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const s = this.o.stateDir;
     const r = this.o.runDir ?? s;
     return { req: join(s, 'pod.pb'), units: join(s, 'units'), runUnits: join(r, 'units'), volumes: join(s, 'volumes'), pod: join(r, 'pod'), subPaths: join(r, 'subpaths') };
+  }
+
+  private get evictedFile(): string {
+    return join(this.o.stateDir, 'evicted');
   }
 
   // --- UnitDirectory ---
@@ -177,6 +193,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.changeQueued = true;
     setImmediate(() => {
       this.changeQueued = false;
+      this.stopSidecarsOfCompletedPod();
       this.emit('status', this.status());
     });
   }
@@ -227,6 +244,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.podFiles = this.writePodFiles(req);
     const t2 = performance.now();
     const rewritten = await this.prepareVolumes();
+    this.pidnsPath = spec.shareProcessNamespace ? await this.sharedPid.ensure() : undefined;
     const t3 = performance.now();
     const changed: string[] = [];
     const diff = (existing: Unit[], wanted: Container[], isInit: boolean): Unit[] => {
@@ -269,6 +287,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     // Pull every image at once, while init units run.
     for (const c of [...spec.initContainers, ...spec.containers]) void this.images.pull(c).catch(() => {});
     this.scheduleDeadline();
+    this.watchEmptyDirLimits();
     void this.runPod();
     this.changed();
     this.o.logger.info(
@@ -290,12 +309,39 @@ export class PodManager extends EventEmitter implements UnitDirectory {
         this.deadlineExceeded = true;
         this.event('Normal', 'DeadlineExceeded', 'Pod was active on the node longer than the specified deadline');
         this.initRun++;
-        for (const u of [...this.initUnits, ...this.units]) this.track(u.stop(this.graceMs()));
+        this.track(this.stopUnits(this.graceMs()));
         this.changed();
       },
       Math.max(0, left),
     );
     this.deadlineTimer.unref();
+  }
+
+  /** Checks the disk emptyDirs' sizeLimits on a period; over the limit, the pod is evicted. */
+  private watchEmptyDirLimits(): void {
+    if (this.evictionTimer) clearTimeout(this.evictionTimer);
+    this.evictionTimer = undefined;
+    const dirs = limitedEmptyDirs(this.req?.pod?.spec?.volumes ?? [], (name) => join(this.dirs.volumes, name));
+    if (dirs.length === 0 || this.evicted) return;
+    const uid = this.req?.pod?.metadata?.uid;
+    const tick = async () => {
+      const message = await overLimit(dirs);
+      if (this.req?.pod?.metadata?.uid !== uid || this.evicted) return;
+      if (!message) {
+        this.evictionTimer = setTimeout(() => void tick(), this.o.emptyDirCheckMs ?? 10_000);
+        this.evictionTimer.unref();
+        return;
+      }
+      // As the kubelet's eviction manager: no grace period, and the pod fails for good.
+      this.evicted = message;
+      writeFileSync(this.evictedFile, message);
+      this.event('Warning', 'Evicted', message);
+      this.initRun++;
+      this.track(this.stopUnits(0));
+      this.changed();
+    };
+    this.evictionTimer = setTimeout(() => void tick(), this.o.emptyDirCheckMs ?? 10_000);
+    this.evictionTimer.unref();
   }
 
   private track(p: Promise<void>): void {
@@ -314,11 +360,21 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     return (this.req?.pod?.spec?.terminationGracePeriodSeconds ?? 30) * 1000;
   }
 
-  /** Init units one after another, each to success; then all units. */
+  /**
+   * Init units one after another, each to success (a sidecar: until it has started, and it keeps
+   * running); then all units.
+   */
   private async runPod(): Promise<void> {
     const run = ++this.initRun;
+    // A pod failed for good (evicted, past its deadline) runs nothing again, re-applied or not.
+    if (this.evicted || this.deadlineExceeded) return;
     for (const u of this.initUnits) {
       if (run !== this.initRun) return;
+      if (u.isSidecar) {
+        if (!(u as Unit & { after?: Promise<void> }).after) u.start();
+        await waitUntil(this, () => u.hasStarted || u.ended || run !== this.initRun);
+        continue;
+      }
       if (u.succeeded) continue;
       if (u.ended) return; // failed for good (restartPolicy Never): the pod failed
       const after = (u as Unit & { after?: Promise<void> }).after;
@@ -368,7 +424,37 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       hostIP: o.hostIP,
       seccompProfileDir: o.seccompProfileDir,
       netnsPath: o.netnsPath,
+      pidnsPath: this.pidnsPath,
     });
+  }
+
+  /**
+   * The kubelet's order for stopping a pod: every preStop hook at once, the main units (and any
+   * init unit) signalled at once, then the sidecars in reverse order, each once the units before
+   * it in that order are gone, all within one grace period (a sidecar whose turn comes late
+   * still gets 2 s, the kubelet's minimum).
+   */
+  private async stopUnits(graceMs: number): Promise<void> {
+    const main = Promise.all([...this.initUnits.filter((u) => !u.isSidecar), ...this.units].map((u) => u.stop(graceMs)));
+    let turn: Promise<unknown> = main;
+    const sidecars = this.initUnits
+      .filter((u) => u.isSidecar)
+      .reverse()
+      .map((u) => (turn = u.stop(graceMs, turn)));
+    await Promise.all([main, ...sidecars]);
+  }
+
+  /**
+   * A pod whose main units have all ended for good (restartPolicy Never or OnFailure) is done:
+   * its sidecars are stopped, in reverse order, so that it can complete, as the kubelet does.
+   */
+  private stopSidecarsOfCompletedPod(): void {
+    if (this.sidecarsStopped || this.units.length === 0 || !this.units.every((u) => u.ended)) return;
+    const sidecars = this.initUnits.filter((u) => u.isSidecar);
+    if (sidecars.length === 0) return;
+    this.sidecarsStopped = true;
+    // The main units have ended: only the sidecars are left to stop, in the same order.
+    this.track(this.stopUnits(this.graceMs()));
   }
 
   // --- status ---
@@ -378,10 +464,14 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const spec = req.pod!.spec!;
     const init = this.initUnits.map((u) => u.status());
     const main = this.units.map((u) => u.status());
-    let phase = podPhase(spec, init, main);
-    const initialized = this.initUnits.every((u) => u.succeeded);
-    const allReady = main.length > 0 && main.every((s) => s.ready);
-    const notReady = main.filter((s) => !s.ready).map((s) => s.name);
+    const initDone = (u: Unit) => (u.isSidecar ? u.hasStarted : u.succeeded);
+    const initialized = this.initUnits.every(initDone);
+    let phase = podPhase(spec, init, main, initialized);
+    // As the kubelet: running sidecars count towards the pod's readiness.
+    const sidecarStatuses = init.filter((s) => this.initUnits.find((u) => u.name === s.name)?.isSidecar);
+    const readiness = [...sidecarStatuses, ...main];
+    const allReady = main.length > 0 && readiness.every((s) => s.ready);
+    const notReady = readiness.filter((s) => !s.ready).map((s) => s.name);
     const conds = [
       this.conditions.set('PodReadyToStartContainers', true),
       this.conditions.set(
@@ -391,7 +481,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
         initialized
           ? ''
           : `containers with incomplete status: [${this.initUnits
-              .filter((u) => !u.succeeded)
+              .filter((u) => !initDone(u))
               .map((u) => u.name)
               .join(' ')}]`,
       ),
@@ -405,6 +495,11 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       phase = PodPhase.POD_PHASE_FAILED;
       reason = 'DeadlineExceeded';
       message = 'Pod was active on the node longer than the specified deadline';
+    }
+    if (this.evicted) {
+      phase = PodPhase.POD_PHASE_FAILED;
+      reason = 'Evicted';
+      message = this.evicted;
     }
     if (phase === PodPhase.POD_PHASE_SUCCEEDED || phase === PodPhase.POD_PHASE_FAILED) {
       conds[2] = this.conditions.set('ContainersReady', false, 'PodCompleted');
@@ -437,8 +532,15 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
     this.deadlineTimer = undefined;
     this.deadlineExceeded = false;
+    if (this.evictionTimer) clearTimeout(this.evictionTimer);
+    this.evictionTimer = undefined;
+    this.evicted = undefined;
+    rmSync(this.evictedFile, { force: true });
     const all = [...this.initUnits, ...this.units];
-    await Promise.all([...all.map((u) => u.stop(graceMs)), ...this.stopping]);
+    await Promise.all([this.stopUnits(graceMs), ...this.stopping]);
+    this.sidecarsStopped = false;
+    this.sharedPid.remove();
+    this.pidnsPath = undefined;
     for (const u of all) await this.o.cgroups.remove(u.cgroup).catch(() => {});
     await this.o.cgroups.remove(this.o.cgroupParent).catch(() => {});
     for (const l of this.logs.values()) l.close();
@@ -494,11 +596,14 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.podFiles = this.writePodFiles(req, false);
     await this.syncHostPorts(req.pod).catch((err: Error) => this.event('Warning', 'HostPortFailed', `cannot serve the pod's hostPorts: ${err.message}`));
     await this.prepareVolumes();
+    if (spec.shareProcessNamespace) this.pidnsPath = await this.sharedPid.ensure().catch((err: Error) => (this.event('Warning', 'FailedCreatePodSandBox', err.message), undefined));
     const mk = (c: Container, isInit: boolean) => this.newUnit(c, hashContainer(c, spec.securityContext), isInit);
     this.initUnits = spec.initContainers.map((c) => mk(c, true));
     this.units = spec.containers.map((c) => mk(c, false));
-    const initDone = this.initUnits.every((u) => readUnitRecord(u.dir)?.completed);
-    for (const u of [...this.initUnits, ...this.units]) {
+    const initDone = this.initUnits.every((u) => u.isSidecar || readUnitRecord(u.dir)?.completed);
+    // An evicted pod stays failed: nothing of it runs again.
+    this.evicted = existsSync(this.evictedFile) ? readFileSync(this.evictedFile, 'utf8') : undefined;
+    for (const u of this.evicted ? [] : [...this.initUnits, ...this.units]) {
       const rec = readUnitRecord(u.dir);
       if (!rec) continue;
       const image = await this.images.cached(u.spec.image).catch(() => undefined);
@@ -507,7 +612,8 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     }
     this.o.logger.info({ units: existsSync(this.dirs.units) ? readdirSync(this.dirs.units) : [] }, 'restored pod from state dir');
     this.scheduleDeadline();
-    void this.runPod();
+    this.watchEmptyDirLimits();
+    if (!this.evicted) void this.runPod();
     this.changed();
     return true;
   }
@@ -517,8 +623,23 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.initRun++;
     this.unitCtx.shims?.close();
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
+    if (this.evictionTimer) clearTimeout(this.evictionTimer);
     for (const u of [...this.initUnits, ...this.units]) u.detach();
   }
+}
+
+/** Resolves once `done` holds, checked on every status change. */
+function waitUntil(pm: EventEmitter, done: () => boolean): Promise<void> {
+  return new Promise((resolve) => {
+    const check = () => {
+      if (done()) {
+        pm.off('status', check);
+        resolve();
+      }
+    };
+    pm.on('status', check);
+    check();
+  });
 }
 
 /** Resolves when a started unit's supervision loop has ended. */

@@ -1,21 +1,44 @@
 // Pod phase and conditions computed from unit statuses as the kubelet does (getPhase,
 // generateContainersReadyCondition, ...).
 import type { ContainerStatus, PodCondition, PodSpec } from '@cello/proto/cell';
-import { ConditionStatus, PodPhase, RestartPolicy } from '@cello/proto/cell';
+import { ConditionStatus, ContainerRestartPolicy, PodPhase, RestartPolicy } from '@cello/proto/cell';
 
-export function podPhase(spec: PodSpec, init: ContainerStatus[], main: ContainerStatus[]): PodPhase {
+/**
+ * The kubelet's getPhase. Sidecars (init containers with restartPolicy Always) keep the pod
+ * Pending until they have started, count as running while they run, and are ignored once
+ * terminated, so a pod whose main containers completed completes though it had sidecars.
+ * `initialized`: the pod got past its init containers once (a sidecar restarting later does
+ * not make it Pending again).
+ */
+export function podPhase(spec: PodSpec, init: ContainerStatus[], main: ContainerStatus[], initialized = false): PodPhase {
   const policy = spec.restartPolicy;
+  const sidecars = new Set(spec.initContainers.filter((c) => c.restartPolicy === ContainerRestartPolicy.CONTAINER_RESTART_POLICY_ALWAYS).map((c) => c.name));
   let pendingInit = 0;
-  for (const s of init) {
-    const st = s.state?.state;
-    if (st?.$case === 'terminated' && st.value.exitCode === 0) continue;
-    if (st?.$case === 'terminated' && policy === RestartPolicy.RESTART_POLICY_NEVER) return PodPhase.POD_PHASE_FAILED;
-    pendingInit++;
-  }
+  let pendingSidecars = 0;
+  let failedInit = 0;
   let running = 0;
   let waiting = 0;
   let stopped = 0;
   let succeeded = 0;
+  for (const s of init) {
+    const st = s.state?.state;
+    const lastFailed = s.lastState?.state?.$case === 'terminated';
+    if (sidecars.has(s.name)) {
+      if (st?.$case === 'running') {
+        if (!s.started) pendingSidecars++;
+        running++;
+      } else if (st?.$case !== 'terminated' && !lastFailed) {
+        pendingSidecars++;
+        waiting++;
+      }
+      continue;
+    }
+    if (st?.$case === 'terminated') {
+      if (st.value.exitCode !== 0) failedInit++;
+    } else if (st?.$case === 'waiting' && s.lastState?.state?.$case === 'terminated') {
+      if (s.lastState.state.value.exitCode !== 0) failedInit++;
+    } else pendingInit++;
+  }
   for (const s of main) {
     const st = s.state?.state;
     if (st?.$case === 'running') running++;
@@ -25,10 +48,10 @@ export function podPhase(spec: PodSpec, init: ContainerStatus[], main: Container
     } else if (s.lastState?.state?.$case === 'terminated') stopped++;
     else waiting++;
   }
-  if (pendingInit > 0) return PodPhase.POD_PHASE_PENDING;
-  if (waiting > 0) return PodPhase.POD_PHASE_PENDING;
+  if (failedInit > 0 && policy === RestartPolicy.RESTART_POLICY_NEVER) return PodPhase.POD_PHASE_FAILED;
+  if (pendingInit > 0 || (pendingSidecars > 0 && !initialized) || waiting > 0) return PodPhase.POD_PHASE_PENDING;
   if (running > 0) return PodPhase.POD_PHASE_RUNNING;
-  if (stopped > 0) {
+  if (running === 0 && stopped > 0) {
     if (policy === RestartPolicy.RESTART_POLICY_ALWAYS || policy === RestartPolicy.RESTART_POLICY_UNSPECIFIED) return PodPhase.POD_PHASE_RUNNING;
     if (stopped === succeeded) return PodPhase.POD_PHASE_SUCCEEDED;
     if (policy === RestartPolicy.RESTART_POLICY_NEVER) return PodPhase.POD_PHASE_FAILED;

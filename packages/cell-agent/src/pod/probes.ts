@@ -1,12 +1,14 @@
 // Startup, liveness and readiness probes, with Kubernetes' timing and thresholds (period 10 s,
 // timeout 1 s, success 1, failure 3 unless set). Each probe is a timer chain on the agent, not
 // a process in the unit: exec probes run `runc exec`, HTTP and TCP probes connect from the
-// agent to the pod's IP (the pod shares its network namespace with the cell, or is reachable).
+// agent to the pod's IP (the pod shares its network namespace with the cell, or is reachable),
+// and so do gRPC probes (grpc-probe.ts).
 import { execFile } from 'node:child_process';
 import http from 'node:http';
 import https from 'node:https';
 import { connect } from 'node:net';
 import type { Container, Handler, PortRef, Probe } from '@cello/proto/cell';
+import { grpcHealthCheck } from './grpc-probe.js';
 
 export interface ProbeResult {
   ok: boolean;
@@ -87,7 +89,14 @@ export function runHandler(h: Handler, t: ProbeTarget, timeoutMs: number): Promi
       });
     }
     case 'grpc':
-      return Promise.resolve({ ok: false, message: 'gRPC probes are not supported by this agent' });
+      return grpcHealthCheck(t.podIP, a.value.port, a.value.service, timeoutMs);
+    case 'sleep':
+      // The kubelet's sleep hook: waits in the agent, cut short where the hook's time is up
+      // (for preStop, the grace period).
+      return new Promise((resolve) => {
+        const ms = Number(a.value.seconds) * 1000;
+        setTimeout(() => resolve({ ok: true, message: '' }), Math.min(ms, timeoutMs)).unref();
+      });
   }
 }
 

@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type pino from 'pino';
 import type { Container, ContainerState, ContainerStatus } from '@cello/proto/cell';
-import { RestartPolicy, TerminationMessagePolicy } from '@cello/proto/cell';
+import { ContainerRestartPolicy, RestartPolicy, TerminationMessagePolicy } from '@cello/proto/cell';
 import type { CgroupDriver, UnitLimits } from '../cgroups/driver.js';
 import type { ImageInfo } from '../images/image-service.js';
 import { type ExitInfo, Instance, type InstanceMeta } from '../runtime/instance.js';
@@ -60,6 +60,10 @@ export class ConfigError extends CelloError {
 
 export class Unit implements UnitView {
   readonly name: string;
+  /** A native sidecar: an init unit with restartPolicy Always, kept running beside the main units. */
+  readonly isSidecar: boolean;
+  /** Sticky: the unit has been started once (running, startup probe passed): what lets the next init unit go. */
+  hasStarted = false;
   readonly stdin: boolean;
   readonly tty: boolean;
   // Changed only through transition(), so the state machine in unit-state.ts holds.
@@ -93,6 +97,7 @@ export class Unit implements UnitView {
     readonly runDir: string = dir,
   ) {
     this.name = spec.name;
+    this.isSidecar = isInit && spec.restartPolicy === ContainerRestartPolicy.CONTAINER_RESTART_POLICY_ALWAYS;
     this.stdin = spec.stdin;
     this.tty = spec.tty;
     this.backoff = new Backoff(ctx.backoff);
@@ -196,7 +201,7 @@ export class Unit implements UnitView {
             current: {
               instance: this.instance.instance,
               imageDigest: this.image.digest,
-              stopSignal: this.image.config.stopSignal,
+              stopSignal: this.stopSignal(),
               ...(this.instance.startedAt ? { startedAt: this.instance.startedAt.toISOString() } : {}),
             },
           }
@@ -389,10 +394,12 @@ export class Unit implements UnitView {
 
   private startProbes(inst: Instance): void {
     this.started = !this.spec.startupProbe;
+    if (this.started) this.hasStarted = true;
     this.probes.start(this.probeTarget(inst), {
       startup: (ok, msg) => {
         if (ok) {
           this.started = true;
+          this.hasStarted = true;
           this.ctx.changed();
         } else void this.livenessFailed(inst, `Startup probe failed: ${msg}`);
       },
@@ -408,7 +415,7 @@ export class Unit implements UnitView {
         }
       },
       noReadinessProbe: () => {
-        if (this.isInit) return;
+        if (this.isInit && !this.isSidecar) return;
         this.ready = true;
         this.ctx.changed();
       },
@@ -429,8 +436,17 @@ export class Unit implements UnitView {
     await this.killInstance(inst, grace !== undefined ? grace * 1000 : undefined);
   }
 
-  /** SIGTERM (or the image's stop signal), then SIGKILL to everything in the unit after grace. */
-  private async killInstance(inst: Instance, graceMs: number | undefined): Promise<void> {
+  /** As the kubelet: the container's lifecycle.stopSignal, else the image's StopSignal, else SIGTERM. */
+  stopSignal(): string {
+    return this.spec.lifecycle?.stopSignal || this.image?.config.stopSignal || 'SIGTERM';
+  }
+
+  /**
+   * The stop signal, then SIGKILL to everything in the unit after grace. `turn`: a sidecar's
+   * signal waits for it (the main units and later sidecars gone), within the grace period, as
+   * the kubelet's termination ordering; its preStop hook runs at once.
+   */
+  private async killInstance(inst: Instance, graceMs: number | undefined, turn?: Promise<unknown>): Promise<void> {
     const g = graceMs ?? this.graceMs;
     this.stopProbes();
     if (this.state.kind === 'running' || this.state.kind === 'starting') {
@@ -438,16 +454,20 @@ export class Unit implements UnitView {
     }
     if (inst.done) return;
     const exited = once(inst, 'exited');
-    const sig = this.image?.config.stopSignal || 'SIGTERM';
+    const sig = this.stopSignal();
     this.killedByAgent.add(inst);
     let left = g;
+    const t0 = Date.now();
     const preStop = this.spec.lifecycle?.preStop;
     if (preStop && g > 0 && inst.pid !== undefined) {
       // preStop runs first, inside the grace period; the stop signal follows it (with at
       // least 2 s left, as the kubelet grants).
-      const t0 = Date.now();
       const r = await Promise.race([runHandler(preStop, this.probeTarget(inst), g), exited.then(() => ({ ok: true, message: '' }))]);
       if (!r.ok) this.ctx.event('Warning', 'FailedPreStopHook', `PreStopHook failed: ${r.message}`, this.name);
+      left = Math.max(g - (Date.now() - t0), 2000);
+    }
+    if (turn && g > 0 && !inst.done) {
+      await Promise.race([turn, exited, new Promise((r) => setTimeout(r, Math.max(g - (Date.now() - t0), 0)).unref())]);
       left = Math.max(g - (Date.now() - t0), 2000);
     }
     if (inst.done) return;
@@ -514,7 +534,9 @@ export class Unit implements UnitView {
     const policy = this.ctx.restartPolicy();
     const failed = code !== 0;
     let restart: boolean;
-    if (this.isInit) {
+    if (this.isSidecar)
+      restart = true; // whatever the pod's restartPolicy, as the kubelet
+    else if (this.isInit) {
       if (!failed) this.completed = true;
       restart = failed && policy !== RestartPolicy.RESTART_POLICY_NEVER;
     } else if (policy === RestartPolicy.RESTART_POLICY_NEVER) restart = false;
@@ -550,13 +572,13 @@ export class Unit implements UnitView {
   }
 
   /** Stops the unit for good (delete, or a spec change). Resolves when it is gone. */
-  async stop(graceMs: number): Promise<void> {
+  async stop(graceMs: number, turn?: Promise<unknown>): Promise<void> {
     this.stopRequested = true;
     this.abort.abort();
     const inst = this.instance;
     if (inst && !inst.done && (this.state.kind === 'running' || this.state.kind === 'starting' || this.state.kind === 'stopping')) {
       this.ctx.event('Normal', 'Killing', `Stopping container ${this.name}`, this.name);
-      await this.killInstance(inst, graceMs);
+      await this.killInstance(inst, graceMs, turn);
     }
     await this.loop;
     this.stopProbes();
@@ -593,7 +615,7 @@ export class Unit implements UnitView {
       image: this.spec.image,
       imageId: this.image?.digest ?? '',
       containerId: this.instance ? `runc://${this.instance.id}` : this.state.kind === 'exited' ? this.state.containerId : '',
-      ...(this.isInit ? {} : { started: this.state.kind === 'running' && this.started !== false }),
+      ...(this.isInit && !this.isSidecar ? {} : { started: this.state.kind === 'running' && this.started !== false }),
     };
   }
 }

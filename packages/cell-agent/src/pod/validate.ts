@@ -1,8 +1,8 @@
 // Refuses an invalid pod before anything is touched, naming the field the way Kubernetes' API
 // validation does ("spec.containers[1].image: must not be empty").
-import { CelloError } from '@cello/proto';
+import { CelloError, LINUX_STOP_SIGNALS } from '@cello/proto';
 import { isIP } from 'node:net';
-import { Protocol, type ApplyPodRequest, type Container, type Probe } from '@cello/proto/cell';
+import { ContainerRestartPolicy, Protocol, type ApplyPodRequest, type Container, type Probe } from '@cello/proto/cell';
 
 export class InvalidPodError extends CelloError {
   constructor(
@@ -49,6 +49,7 @@ export function validateApply(req: ApplyPodRequest): void {
   const spec = pod.spec;
   if (!spec) fail('pod.spec', 'is required');
   if (spec.containers.length === 0) fail('spec.containers', 'must have at least one container');
+  if (spec.osName && spec.osName !== 'linux') fail('spec.os.name', `"${spec.osName}" is not supported: a cell runs Linux containers only`);
   if (spec.terminationGracePeriodSeconds !== undefined && spec.terminationGracePeriodSeconds < 0) {
     fail('spec.terminationGracePeriodSeconds', 'must not be negative');
   }
@@ -104,10 +105,22 @@ export function validateApply(req: ApplyPodRequest): void {
       const r = c.resources;
       if (r?.limits?.memoryBytes !== undefined && r.limits.memoryBytes <= 0) fail(`${f}.resources.limits.memory`, 'must be positive');
       if (r?.limits?.cpuMillis !== undefined && r.limits.cpuMillis <= 0) fail(`${f}.resources.limits.cpu`, 'must be positive');
-      if (list === 'spec.initContainers') {
-        if (c.livenessProbe) fail(`${f}.livenessProbe`, 'must not be set for init containers');
-        if (c.readinessProbe) fail(`${f}.readinessProbe`, 'must not be set for init containers');
-        if (c.startupProbe) fail(`${f}.startupProbe`, 'must not be set for init containers');
+      const sidecar = c.restartPolicy === ContainerRestartPolicy.CONTAINER_RESTART_POLICY_ALWAYS;
+      if (sidecar && list !== 'spec.initContainers') fail(`${f}.restartPolicy`, 'may not be set for non-init containers');
+      if (list === 'spec.initContainers' && !sidecar) {
+        if (c.livenessProbe) fail(`${f}.livenessProbe`, 'must not be set for init containers without restartPolicy Always');
+        if (c.readinessProbe) fail(`${f}.readinessProbe`, 'must not be set for init containers without restartPolicy Always');
+        if (c.startupProbe) fail(`${f}.startupProbe`, 'must not be set for init containers without restartPolicy Always');
+        if (c.lifecycle) fail(`${f}.lifecycle`, 'must not be set for init containers without restartPolicy Always');
+      }
+      const lc = c.lifecycle;
+      if (lc?.stopSignal) {
+        if (spec.osName !== 'linux') fail(`${f}.lifecycle.stopSignal`, 'may not be set for containers with empty `spec.os.name`');
+        if (!LINUX_STOP_SIGNALS.has(lc.stopSignal)) fail(`${f}.lifecycle.stopSignal`, `unsupported value "${lc.stopSignal}"`);
+      }
+      for (const hook of ['postStart', 'preStop'] as const) {
+        const a = lc?.[hook]?.action;
+        if (a?.$case === 'sleep' && a.value.seconds < 0) fail(`${f}.lifecycle.${hook}.sleep.seconds`, 'must be non-negative');
       }
       checkProbe(c.livenessProbe, `${f}.livenessProbe`, c);
       checkProbe(c.readinessProbe, `${f}.readinessProbe`, c);

@@ -31,6 +31,8 @@ export interface SpecInput {
   cgroupsPath: string;
   /** Path of the pod's network namespace; undefined shares the agent's own. */
   netnsPath: string | undefined;
+  /** Path of a PID namespace to join (shareProcessNamespace); undefined: the unit's own. */
+  pidnsPath?: string | undefined;
   sysctls: Record<string, string>;
   /** Size of the unit's /dev/shm. */
   shmBytes: number;
@@ -78,7 +80,7 @@ export function buildSpec(i: SpecInput): Record<string, unknown> {
     { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] },
     ...i.mounts,
   ];
-  const namespaces: { type: string; path?: string }[] = [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }];
+  const namespaces: { type: string; path?: string }[] = [i.pidnsPath ? { type: 'pid', path: i.pidnsPath } : { type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }];
   if (i.netnsPath) namespaces.push({ type: 'network', path: i.netnsPath });
   const linux: Record<string, unknown> = {
     cgroupsPath: i.cgroupsPath,

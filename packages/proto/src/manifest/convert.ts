@@ -8,6 +8,7 @@ import type { z } from 'zod';
 import {
   type ConfigMapData,
   type Container,
+  ContainerRestartPolicy,
   type EnvVar,
   type Handler,
   HostPathType,
@@ -26,6 +27,7 @@ import {
   type Volume,
 } from '../cell.js';
 import { parseBytes, parseCount, parseCpuMillis, QuantityError } from '../quantity.js';
+import { LINUX_STOP_SIGNALS } from '../signals.js';
 import { fieldPath, ManifestError } from './errors.js';
 import { isDockerConfigType, parseDockerConfigSecret } from './docker-config.js';
 import * as schema from './schema.js';
@@ -104,9 +106,18 @@ function portRef(path: Path, port: number | string, portNames: Set<string>): Por
   return { value: { $case: 'name', value: port } };
 }
 
-function handler(path: Path, h: schema.HandlerManifest | schema.ProbeManifest, portNames: Set<string>): Handler {
-  const set = (['exec', 'httpGet', 'tcpSocket', 'grpc'] as const).filter((k) => h[k] !== undefined);
-  if (set.length !== 1) fail(path, set.length === 0 ? 'needs one handler: exec, httpGet, tcpSocket or grpc' : `has ${set.join(' and ')}: give exactly one handler`);
+/** `graceSeconds`: given for lifecycle hooks, whose sleep may not outlast the grace period. */
+function handler(path: Path, h: schema.HandlerManifest | schema.ProbeManifest, portNames: Set<string>, graceSeconds?: number): Handler {
+  const sleep = 'sleep' in h ? h.sleep : undefined;
+  const kinds = graceSeconds === undefined ? (['exec', 'httpGet', 'tcpSocket', 'grpc'] as const) : (['exec', 'httpGet', 'tcpSocket', 'grpc', 'sleep'] as const);
+  const set = kinds.filter((k) => (k === 'sleep' ? sleep : h[k]) !== undefined);
+  if (set.length !== 1) fail(path, set.length === 0 ? `needs one handler: ${kinds.join(', ')}` : `has ${set.join(' and ')}: give exactly one handler`);
+  if (sleep) {
+    if (sleep.seconds < 0) fail([...path, 'sleep', 'seconds'], `${sleep.seconds} must be non-negative`);
+    if (graceSeconds !== undefined && sleep.seconds > graceSeconds)
+      fail([...path, 'sleep', 'seconds'], `${sleep.seconds} must be less than terminationGracePeriodSeconds (${graceSeconds})`);
+    return { action: { $case: 'sleep', value: { seconds: sleep.seconds } } };
+  }
   if (h.exec) {
     if (h.exec.command.length === 0) fail([...path, 'exec', 'command'], 'must not be empty');
     return { action: { $case: 'exec', value: { command: h.exec.command } } };
@@ -195,7 +206,15 @@ function envVar(path: Path, e: schema.EnvVarManifest): EnvVar {
   return { name: e.name, value: '', valueFrom: { source: src } };
 }
 
-function container(path: Path, c: schema.ContainerManifest, volumeNames: Set<string>, init: boolean): Container {
+/** What a container's checks need from its pod. */
+interface PodContext {
+  volumeNames: Set<string>;
+  graceSeconds: number;
+  osName: string;
+}
+
+function container(path: Path, c: schema.ContainerManifest, pod: PodContext, init: boolean): Container {
+  const volumeNames = pod.volumeNames;
   checkDnsLabel([...path, 'name'], c.name);
   if (!c.image) fail([...path, 'image'], 'is required');
   const portNames = new Set<string>();
@@ -237,8 +256,21 @@ function container(path: Path, c: schema.ContainerManifest, volumeNames: Set<str
       fail([...path, 'resources', 'requests', name], `must be less than or equal to the ${name} limit`);
     }
   }
-  if (init) {
-    for (const f of ['livenessProbe', 'readinessProbe', 'startupProbe', 'lifecycle'] as const) if (c[f]) fail([...path, f], 'may not be set for init containers');
+  // Native sidecars: an init container with restartPolicy Always; the only value, only there.
+  if (c.restartPolicy !== undefined) {
+    if (!init) fail([...path, 'restartPolicy'], 'may not be set for non-init containers');
+    if (c.restartPolicy !== 'Always') fail([...path, 'restartPolicy'], `unsupported value "${c.restartPolicy}": supported values: "Always"`);
+  }
+  const sidecar = init && c.restartPolicy === 'Always';
+  if (init && !sidecar) {
+    for (const f of ['livenessProbe', 'readinessProbe', 'startupProbe', 'lifecycle'] as const)
+      if (c[f]) fail([...path, f], 'may not be set for init containers without restartPolicy Always');
+  }
+  const stopSignal = c.lifecycle?.stopSignal;
+  if (stopSignal !== undefined) {
+    const sp = [...path, 'lifecycle', 'stopSignal'];
+    if (!pod.osName) fail(sp, 'may not be set for containers with empty `spec.os.name`');
+    if (!LINUX_STOP_SIGNALS.has(stopSignal)) fail(sp, `unsupported value "${stopSignal}": a Linux signal name such as SIGTERM, SIGINT, SIGQUIT, SIGUSR1 or SIGRTMIN+1`);
   }
   const sc = c.securityContext;
   if (sc?.privileged && sc.allowPrivilegeEscalation === false) fail([...path, 'securityContext', 'allowPrivilegeEscalation'], 'cannot be false when privileged is true');
@@ -265,8 +297,9 @@ function container(path: Path, c: schema.ContainerManifest, volumeNames: Set<str
     startupProbe: probe([...path, 'startupProbe'], c.startupProbe, portNames),
     lifecycle: c.lifecycle
       ? {
-          postStart: c.lifecycle.postStart ? handler([...path, 'lifecycle', 'postStart'], c.lifecycle.postStart, portNames) : undefined,
-          preStop: c.lifecycle.preStop ? handler([...path, 'lifecycle', 'preStop'], c.lifecycle.preStop, portNames) : undefined,
+          postStart: c.lifecycle.postStart ? handler([...path, 'lifecycle', 'postStart'], c.lifecycle.postStart, portNames, pod.graceSeconds) : undefined,
+          preStop: c.lifecycle.preStop ? handler([...path, 'lifecycle', 'preStop'], c.lifecycle.preStop, portNames, pod.graceSeconds) : undefined,
+          stopSignal: stopSignal ?? '',
         }
       : undefined,
     securityContext: sc
@@ -290,6 +323,7 @@ function container(path: Path, c: schema.ContainerManifest, volumeNames: Set<str
         ? TerminationMessagePolicy.TERMINATION_MESSAGE_POLICY_FALLBACK_TO_LOGS_ON_ERROR
         : TerminationMessagePolicy.TERMINATION_MESSAGE_POLICY_FILE,
     imagePullPolicy: pullPolicy(c.image, c.imagePullPolicy),
+    restartPolicy: sidecar ? ContainerRestartPolicy.CONTAINER_RESTART_POLICY_ALWAYS : ContainerRestartPolicy.CONTAINER_RESTART_POLICY_UNSPECIFIED,
   };
 }
 
@@ -458,9 +492,15 @@ export function convertPod(obj: unknown, defaults: { namespace?: string } = {}):
     volumeNames.add(v.name);
     return vol;
   });
+  const osName = s.os?.name ?? '';
+  // As the API server: Windows pods are valid Kubernetes, but nothing a cell can run.
+  if (osName === 'windows') fail(['spec', 'os', 'name'], '"windows" is not supported: a cell runs Linux containers only');
+  if (s.os && osName !== 'linux') fail(['spec', 'os', 'name'], `unsupported value "${osName}": supported values: "linux", "windows"`);
+  if (s.terminationGracePeriodSeconds !== undefined && s.terminationGracePeriodSeconds < 0) fail(['spec', 'terminationGracePeriodSeconds'], 'must be 0 or more');
+  const podCtx: PodContext = { volumeNames, graceSeconds: s.terminationGracePeriodSeconds ?? 30, osName };
   const unitNames = new Set<string>();
   const unit = (kind: 'initContainers' | 'containers') => (c: schema.ContainerManifest, i: number) => {
-    const out = container(['spec', kind, i], c, volumeNames, kind === 'initContainers');
+    const out = container(['spec', kind, i], c, podCtx, kind === 'initContainers');
     if (unitNames.has(c.name)) fail(['spec', kind, i, 'name'], `duplicate container name "${c.name}"`);
     unitNames.add(c.name);
     return out;
@@ -469,7 +509,6 @@ export function convertPod(obj: unknown, defaults: { namespace?: string } = {}):
   const containers = s.containers.map(unit('containers'));
 
   hostNamespaces(s, initContainers, containers);
-  if (s.terminationGracePeriodSeconds !== undefined && s.terminationGracePeriodSeconds < 0) fail(['spec', 'terminationGracePeriodSeconds'], 'must be 0 or more');
   if (s.activeDeadlineSeconds !== undefined && s.activeDeadlineSeconds < 1) fail(['spec', 'activeDeadlineSeconds'], 'must be 1 or more');
   if (s.hostname) checkDnsLabel(['spec', 'hostname'], s.hostname);
   if (s.subdomain) checkDnsLabel(['spec', 'subdomain'], s.subdomain);
@@ -524,6 +563,7 @@ export function convertPod(obj: unknown, defaults: { namespace?: string } = {}):
       hostNetwork: s.hostNetwork ?? false,
       hostPid: false,
       hostIpc: false,
+      osName,
       requiredNodeAffinity: (s.affinity?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution?.nodeSelectorTerms ?? []).map((t) => ({
         matchExpressions: (t.matchExpressions ?? []).map((e) => ({ key: e.key, operator: e.operator, values: e.values ?? [] })),
       })),

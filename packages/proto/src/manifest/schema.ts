@@ -103,8 +103,8 @@ const probe = z.strictObject({
   terminationGracePeriodSeconds: int.optional(),
 });
 
-const lifecycleHandler = z.strictObject({ ...handlerFields, sleep: ignored });
-const lifecycle = z.strictObject({ postStart: lifecycleHandler.optional(), preStop: lifecycleHandler.optional(), stopSignal: ignored });
+const lifecycleHandler = z.strictObject({ ...handlerFields, sleep: z.strictObject({ seconds: int }).optional() });
+const lifecycle = z.strictObject({ postStart: lifecycleHandler.optional(), preStop: lifecycleHandler.optional(), stopSignal: str.optional() });
 
 const seccompProfile = z.strictObject({
   type: z.enum(['RuntimeDefault', 'Unconfined', 'Localhost']),
@@ -155,7 +155,8 @@ export const container = z.strictObject({
   terminationMessagePath: str.optional(),
   terminationMessagePolicy: z.enum(['File', 'FallbackToLogsOnError']).optional(),
   imagePullPolicy: z.enum(['Always', 'IfNotPresent', 'Never']).optional(),
-  restartPolicy: ignored,
+  // Only `Always`, only on init containers (a sidecar); checked in convert.ts.
+  restartPolicy: str.optional(),
   // Only governs in-place resizes; on a cell every resource change restarts the container
   // (docs/kubernetes.md), whatever the policy says.
   resizePolicy: z.array(z.strictObject({ resourceName: str, restartPolicy: z.enum(['NotRequired', 'RestartContainer']) })).optional(),
@@ -304,7 +305,7 @@ export const podSpec = z.strictObject({
   // false (a user namespace) and true are refused in unsupported.ts.
   hostUsers: z.boolean().optional(),
   setHostnameAsFQDN: z.boolean().optional(),
-  os: ignored,
+  os: z.strictObject({ name: str }).optional(),
   // Refused in unsupported.ts; the virtual node reports kubectl debug's as unsupported on the pod.
   ephemeralContainers: z.array(z.looseObject({ name: str })).optional(),
   // Refused in unsupported.ts: no dynamic resource allocation on a cell.

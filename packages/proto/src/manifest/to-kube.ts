@@ -5,6 +5,7 @@
 import {
   type Container,
   type EnvVar,
+  ContainerRestartPolicy,
   type Handler,
   HostPathType,
   type Pod,
@@ -70,6 +71,8 @@ function handler(h: Handler | undefined): Obj {
       return { tcpSocket: clean({ port: port(a.value.port), host: str(a.value.host) }) };
     case 'grpc':
       return { grpc: clean({ port: a.value.port, service: str(a.value.service) }) };
+    case 'sleep':
+      return { sleep: { seconds: a.value.seconds } };
   }
 }
 
@@ -155,7 +158,10 @@ function container(c: Container): Obj {
     livenessProbe: probe(c.livenessProbe),
     readinessProbe: probe(c.readinessProbe),
     startupProbe: probe(c.startupProbe),
-    lifecycle: lc ? clean({ postStart: lc.postStart ? handler(lc.postStart) : undefined, preStop: lc.preStop ? handler(lc.preStop) : undefined }) : undefined,
+    lifecycle: lc
+      ? clean({ postStart: lc.postStart ? handler(lc.postStart) : undefined, preStop: lc.preStop ? handler(lc.preStop) : undefined, stopSignal: str(lc.stopSignal) })
+      : undefined,
+    restartPolicy: c.restartPolicy === ContainerRestartPolicy.CONTAINER_RESTART_POLICY_ALWAYS ? 'Always' : undefined,
     terminationMessagePath: c.terminationMessagePath || '/dev/termination-log',
     terminationMessagePolicy: c.terminationMessagePolicy === TerminationMessagePolicy.TERMINATION_MESSAGE_POLICY_FALLBACK_TO_LOGS_ON_ERROR ? 'FallbackToLogsOnError' : 'File',
     imagePullPolicy: PULL[c.imagePullPolicy],
@@ -280,6 +286,7 @@ export function kubePodSpec(s: PodSpec): Obj {
     hostAliases: nonEmpty(s.hostAliases.map((h) => clean({ ip: h.ip, hostnames: nonEmpty(h.hostnames) }))),
     serviceAccountName: str(s.serviceAccountName),
     shareProcessNamespace: s.shareProcessNamespace || undefined,
+    os: s.osName ? { name: s.osName } : undefined,
     imagePullSecrets: nonEmpty(s.imagePullSecrets.map((name) => ({ name }))),
     nodeSelector: nonEmptyMap(s.nodeSelector),
     affinity:

@@ -150,6 +150,40 @@ export function terminationMessagePolicyToJSON(object: TerminationMessagePolicy)
   }
 }
 
+export enum ContainerRestartPolicy {
+  /** CONTAINER_RESTART_POLICY_UNSPECIFIED - the pod's restartPolicy */
+  CONTAINER_RESTART_POLICY_UNSPECIFIED = 0,
+  CONTAINER_RESTART_POLICY_ALWAYS = 1,
+  UNRECOGNIZED = -1,
+}
+
+export function containerRestartPolicyFromJSON(object: any): ContainerRestartPolicy {
+  switch (object) {
+    case 0:
+    case "CONTAINER_RESTART_POLICY_UNSPECIFIED":
+      return ContainerRestartPolicy.CONTAINER_RESTART_POLICY_UNSPECIFIED;
+    case 1:
+    case "CONTAINER_RESTART_POLICY_ALWAYS":
+      return ContainerRestartPolicy.CONTAINER_RESTART_POLICY_ALWAYS;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ContainerRestartPolicy.UNRECOGNIZED;
+  }
+}
+
+export function containerRestartPolicyToJSON(object: ContainerRestartPolicy): string {
+  switch (object) {
+    case ContainerRestartPolicy.CONTAINER_RESTART_POLICY_UNSPECIFIED:
+      return "CONTAINER_RESTART_POLICY_UNSPECIFIED";
+    case ContainerRestartPolicy.CONTAINER_RESTART_POLICY_ALWAYS:
+      return "CONTAINER_RESTART_POLICY_ALWAYS";
+    case ContainerRestartPolicy.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export enum Protocol {
   /** PROTOCOL_UNSPECIFIED - TCP */
   PROTOCOL_UNSPECIFIED = 0,
@@ -407,6 +441,8 @@ export interface PodSpec {
    */
   hostPid: boolean;
   hostIpc: boolean;
+  /** spec.os.name: "linux" or empty (a cell runs Linux pods only). */
+  osName: string;
 }
 
 export interface PodSpec_NodeSelectorEntry {
@@ -448,6 +484,11 @@ export interface Container {
   terminationMessagePath: string;
   terminationMessagePolicy: TerminationMessagePolicy;
   imagePullPolicy: PullPolicy;
+  /**
+   * Only on init containers: ALWAYS makes it a sidecar (started in init order, kept running
+   * beside the main containers, stopped after them).
+   */
+  restartPolicy: ContainerRestartPolicy;
 }
 
 export interface EnvVar {
@@ -565,12 +606,18 @@ export interface GRPCAction {
   service: string;
 }
 
+/** Only in lifecycle hooks: waits this long (bounded by the grace period when stopping). */
+export interface SleepAction {
+  seconds: number;
+}
+
 export interface Handler {
   action:
     | { $case: "exec"; value: ExecAction }
     | { $case: "httpGet"; value: HTTPGetAction }
     | { $case: "tcpSocket"; value: TCPSocketAction }
     | { $case: "grpc"; value: GRPCAction }
+    | { $case: "sleep"; value: SleepAction }
     | undefined;
 }
 
@@ -590,7 +637,11 @@ export interface Probe {
 
 export interface Lifecycle {
   postStart: Handler | undefined;
-  preStop: Handler | undefined;
+  preStop:
+    | Handler
+    | undefined;
+  /** Signal name (SIGUSR1, ...) sent to stop the container; empty: the image's, else SIGTERM. */
+  stopSignal: string;
 }
 
 export interface Capabilities {
@@ -1256,6 +1307,7 @@ function createBasePodSpec(): PodSpec {
     hostNetwork: false,
     hostPid: false,
     hostIpc: false,
+    osName: "",
   };
 }
 
@@ -1320,6 +1372,9 @@ export const PodSpec: MessageFns<PodSpec> = {
     }
     if (message.hostIpc !== false) {
       writer.uint32(160).bool(message.hostIpc);
+    }
+    if (message.osName !== "") {
+      writer.uint32(170).string(message.osName);
     }
     return writer;
   },
@@ -1500,6 +1555,14 @@ export const PodSpec: MessageFns<PodSpec> = {
             message.hostIpc = reader.bool();
             continue;
           }
+          case 21: {
+            if (tag !== 170) {
+              break;
+            }
+
+            message.osName = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1622,6 +1685,11 @@ export const PodSpec: MessageFns<PodSpec> = {
         : isSet(object.host_ipc)
         ? globalThis.Boolean(object.host_ipc)
         : false,
+      osName: isSet(object.osName)
+        ? globalThis.String(object.osName)
+        : isSet(object.os_name)
+        ? globalThis.String(object.os_name)
+        : "",
     };
   },
 
@@ -1693,6 +1761,9 @@ export const PodSpec: MessageFns<PodSpec> = {
     if (message.hostIpc !== false) {
       obj.hostIpc = message.hostIpc;
     }
+    if (message.osName !== "") {
+      obj.osName = message.osName;
+    }
     return obj;
   },
 
@@ -1733,6 +1804,7 @@ export const PodSpec: MessageFns<PodSpec> = {
     message.hostNetwork = object.hostNetwork ?? false;
     message.hostPid = object.hostPid ?? false;
     message.hostIpc = object.hostIpc ?? false;
+    message.osName = object.osName ?? "";
     return message;
   },
 };
@@ -2019,6 +2091,7 @@ function createBaseContainer(): Container {
     terminationMessagePath: "",
     terminationMessagePolicy: 0,
     imagePullPolicy: 0,
+    restartPolicy: 0,
   };
 }
 
@@ -2086,6 +2159,9 @@ export const Container: MessageFns<Container> = {
     }
     if (message.imagePullPolicy !== 0) {
       writer.uint32(168).int32(message.imagePullPolicy);
+    }
+    if (message.restartPolicy !== 0) {
+      writer.uint32(176).int32(message.restartPolicy);
     }
     return writer;
   },
@@ -2271,6 +2347,14 @@ export const Container: MessageFns<Container> = {
             message.imagePullPolicy = reader.int32() as any;
             continue;
           }
+          case 22: {
+            if (tag !== 176) {
+              break;
+            }
+
+            message.restartPolicy = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2350,6 +2434,11 @@ export const Container: MessageFns<Container> = {
         : isSet(object.image_pull_policy)
         ? pullPolicyFromJSON(object.image_pull_policy)
         : 0,
+      restartPolicy: isSet(object.restartPolicy)
+        ? containerRestartPolicyFromJSON(object.restartPolicy)
+        : isSet(object.restart_policy)
+        ? containerRestartPolicyFromJSON(object.restart_policy)
+        : 0,
     };
   },
 
@@ -2418,6 +2507,9 @@ export const Container: MessageFns<Container> = {
     if (message.imagePullPolicy !== 0) {
       obj.imagePullPolicy = pullPolicyToJSON(message.imagePullPolicy);
     }
+    if (message.restartPolicy !== 0) {
+      obj.restartPolicy = containerRestartPolicyToJSON(message.restartPolicy);
+    }
     return obj;
   },
 
@@ -2459,6 +2551,7 @@ export const Container: MessageFns<Container> = {
     message.terminationMessagePath = object.terminationMessagePath ?? "";
     message.terminationMessagePolicy = object.terminationMessagePolicy ?? 0;
     message.imagePullPolicy = object.imagePullPolicy ?? 0;
+    message.restartPolicy = object.restartPolicy ?? 0;
     return message;
   },
 };
@@ -4398,6 +4491,73 @@ export const GRPCAction: MessageFns<GRPCAction> = {
   },
 };
 
+function createBaseSleepAction(): SleepAction {
+  return { seconds: 0 };
+}
+
+export const SleepAction: MessageFns<SleepAction> = {
+  encode(message: SleepAction, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.seconds !== 0) {
+      writer.uint32(8).int64(message.seconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SleepAction {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSleepAction();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.seconds = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SleepAction {
+    return { seconds: isSet(object.seconds) ? globalThis.Number(object.seconds) : 0 };
+  },
+
+  toJSON(message: SleepAction): unknown {
+    const obj: any = {};
+    if (message.seconds !== 0) {
+      obj.seconds = Math.round(message.seconds);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SleepAction>): SleepAction {
+    return SleepAction.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SleepAction>): SleepAction {
+    const message = createBaseSleepAction();
+    message.seconds = object.seconds ?? 0;
+    return message;
+  },
+};
+
 function createBaseHandler(): Handler {
   return { action: undefined };
 }
@@ -4416,6 +4576,9 @@ export const Handler: MessageFns<Handler> = {
         break;
       case "grpc":
         GRPCAction.encode(message.action.value, writer.uint32(34).fork()).join();
+        break;
+      case "sleep":
+        SleepAction.encode(message.action.value, writer.uint32(42).fork()).join();
         break;
     }
     return writer;
@@ -4466,6 +4629,14 @@ export const Handler: MessageFns<Handler> = {
             message.action = { $case: "grpc", value: GRPCAction.decode(reader, reader.uint32()) };
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.action = { $case: "sleep", value: SleepAction.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4492,6 +4663,8 @@ export const Handler: MessageFns<Handler> = {
         ? { $case: "tcpSocket", value: TCPSocketAction.fromJSON(object.tcp_socket) }
         : isSet(object.grpc)
         ? { $case: "grpc", value: GRPCAction.fromJSON(object.grpc) }
+        : isSet(object.sleep)
+        ? { $case: "sleep", value: SleepAction.fromJSON(object.sleep) }
         : undefined,
     };
   },
@@ -4506,6 +4679,8 @@ export const Handler: MessageFns<Handler> = {
       obj.tcpSocket = TCPSocketAction.toJSON(message.action.value);
     } else if (message.action?.$case === "grpc") {
       obj.grpc = GRPCAction.toJSON(message.action.value);
+    } else if (message.action?.$case === "sleep") {
+      obj.sleep = SleepAction.toJSON(message.action.value);
     }
     return obj;
   },
@@ -4537,6 +4712,12 @@ export const Handler: MessageFns<Handler> = {
       case "grpc": {
         if (object.action?.value !== undefined && object.action?.value !== null) {
           message.action = { $case: "grpc", value: GRPCAction.fromPartial(object.action.value) };
+        }
+        break;
+      }
+      case "sleep": {
+        if (object.action?.value !== undefined && object.action?.value !== null) {
+          message.action = { $case: "sleep", value: SleepAction.fromPartial(object.action.value) };
         }
         break;
       }
@@ -4745,7 +4926,7 @@ export const Probe: MessageFns<Probe> = {
 };
 
 function createBaseLifecycle(): Lifecycle {
-  return { postStart: undefined, preStop: undefined };
+  return { postStart: undefined, preStop: undefined, stopSignal: "" };
 }
 
 export const Lifecycle: MessageFns<Lifecycle> = {
@@ -4755,6 +4936,9 @@ export const Lifecycle: MessageFns<Lifecycle> = {
     }
     if (message.preStop !== undefined) {
       Handler.encode(message.preStop, writer.uint32(18).fork()).join();
+    }
+    if (message.stopSignal !== "") {
+      writer.uint32(26).string(message.stopSignal);
     }
     return writer;
   },
@@ -4788,6 +4972,14 @@ export const Lifecycle: MessageFns<Lifecycle> = {
             message.preStop = Handler.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.stopSignal = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4812,6 +5004,11 @@ export const Lifecycle: MessageFns<Lifecycle> = {
         : isSet(object.pre_stop)
         ? Handler.fromJSON(object.pre_stop)
         : undefined,
+      stopSignal: isSet(object.stopSignal)
+        ? globalThis.String(object.stopSignal)
+        : isSet(object.stop_signal)
+        ? globalThis.String(object.stop_signal)
+        : "",
     };
   },
 
@@ -4822,6 +5019,9 @@ export const Lifecycle: MessageFns<Lifecycle> = {
     }
     if (message.preStop !== undefined) {
       obj.preStop = Handler.toJSON(message.preStop);
+    }
+    if (message.stopSignal !== "") {
+      obj.stopSignal = message.stopSignal;
     }
     return obj;
   },
@@ -4837,6 +5037,7 @@ export const Lifecycle: MessageFns<Lifecycle> = {
     message.preStop = (object.preStop !== undefined && object.preStop !== null)
       ? Handler.fromPartial(object.preStop)
       : undefined;
+    message.stopSignal = object.stopSignal ?? "";
     return message;
   },
 };
