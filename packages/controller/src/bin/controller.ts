@@ -4,6 +4,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, loadConfig } from '../config.js';
 import { startController } from '../daemon.js';
 import { createLogger } from '../obs/logger.js';
+import { LogRing } from '../obs/log-ring.js';
 import { VERSION } from '../version.js';
 import { issueUser } from '../api/auth/issue-user.js';
 import { formatPreflightTable, preflightConfig, preflightFailed, preflightFile } from '../preflight/index.js';
@@ -129,7 +130,8 @@ async function main(): Promise<void> {
     process.stdout.write(`${opts.config}: ok\n`);
     return;
   }
-  const log = createLogger({ level: config.log.level });
+  const logRing = new LogRing();
+  const log = createLogger({ level: config.log.level, destination: logRing.tee() });
   if (opts.skipPreflight) log.warn('preflight skipped (--skip-preflight)');
   else {
     const results = await preflightConfig(config, { log });
@@ -147,7 +149,7 @@ async function main(): Promise<void> {
       process.exit(1);
     }
   }
-  const handle = await startController(config, { log, onFatal: () => setTimeout(() => process.exit(1), 100) });
+  const handle = await startController(config, { log, logRing, onFatal: () => setTimeout(() => process.exit(1), 100) });
   let stopping = false;
   const shutdown = async (sig: string) => {
     if (stopping) return;

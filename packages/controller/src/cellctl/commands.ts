@@ -9,6 +9,7 @@ import { parseAllDocuments, stringify } from 'yaml';
 import { ExecInput, LogsRequest as AgentLogsRequest, PortForwardFrame, type ExecOutput, type LogChunk } from '@cello/proto/cell';
 import { ControllerClient, EventType, type Cell, type CellEvent, type ClusterEvent, type PodEvent, type PodObject, type PodRef } from '@cello/proto/controller';
 import { VERSION } from '../version.js';
+import { addSupportCommands } from './support-commands.js';
 import { cellHeader, cellRow, describePod, podHeader, podRow, render, table } from './format.js';
 import { kubeOutput, names } from './kube-output.js';
 import { JsonPathError, jsonPath, parseTemplate } from './jsonpath.js';
@@ -609,6 +610,15 @@ Examples:
         return failed ? 1 : 0;
       }),
     );
+
+  addSupportCommands(program, {
+    client: () => connect(g()),
+    namespace: () => g().namespace,
+    run,
+    call: (method, req, timeoutMs) => call(connect(g()), method, req, timeoutMs),
+    explain: (err) => explain(err, g()),
+    usage: (message) => new CliError(message),
+  });
 
   const config = program.command('config').description('show or change the cellctl configuration (--config, $CELLO_CONFIG, ~/.cello/config)');
   const loadOrFail = () => {
