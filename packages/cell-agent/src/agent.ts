@@ -26,6 +26,7 @@ import { startPortForwardStreamListener, type PortForwardStreamListener } from '
 import { agentPeerPolicy, peerAuthInterceptor, type PeerPolicy } from './server/peer-auth.js';
 import { Runc } from './runtime/runc.js';
 import { ensurePrivateDir, RUN_BASE } from './runtime/run-dir.js';
+import type { OwnLogs } from './own-logs.js';
 import { createService } from './server/service.js';
 import { createSyncServices } from './server/services.js';
 import { HostPorts } from './network/hostports.js';
@@ -61,6 +62,8 @@ export interface AgentOptions {
    */
   imageCacheDir?: string;
   logger: pino.Logger;
+  /** The agent's own log lines kept for AgentLogs (cli.ts tees its logger into them). */
+  ownLogs?: OwnLogs;
   runcBinary?: string;
   cgroupParent?: string;
   podNetns?: string;
@@ -262,6 +265,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       metrics,
       syncServices,
       images,
+      ...(o.ownLogs ? { ownLogs: o.ownLogs } : {}),
     }),
   );
   server.addService(health.definition, health.implementation);

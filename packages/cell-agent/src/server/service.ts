@@ -10,6 +10,8 @@ import type { AgentMetrics } from '../metrics/index.js';
 import type { StreamRpcs } from './stream-handlers.js';
 import type { ImageService } from '../images/image-service.js';
 import { pullImageHandler } from './pull-image.js';
+import { agentLogsRpc } from './streams/agent-logs.js';
+import type { OwnLogs } from '../own-logs.js';
 
 export interface ServiceDeps {
   pod: PodManager;
@@ -21,6 +23,8 @@ export interface ServiceDeps {
   syncServices?: CellAgentServer['syncServices'];
   /** The image service and cache the pod uses; PullImage is UNIMPLEMENTED without it. */
   images?: ImageService;
+  /** The agent's own log lines (AgentLogs); FAILED_PRECONDITION without them. */
+  ownLogs?: OwnLogs;
 }
 
 function unimplemented(name: string) {
@@ -102,6 +106,7 @@ export function createService(d: ServiceDeps): CellAgentServer {
     portForwardTicket: s?.portForwardTicket ?? (unimplemented('PortForwardTicket') as CellAgentServer['portForwardTicket']),
     stats: s?.stats ?? (unimplemented('Stats') as CellAgentServer['stats']),
     listAudit: s?.listAudit ?? (unimplemented('ListAudit') as CellAgentServer['listAudit']),
+    agentLogs: agentLogsRpc(d.ownLogs),
     syncServices: d.syncServices ?? (unimplemented('SyncServices') as CellAgentServer['syncServices']),
     pullImage: d.images ? pullImageHandler(d.images, d.logger) : (unimplemented('PullImage') as CellAgentServer['pullImage']),
   };

@@ -19,6 +19,8 @@ import {
 import { ManifestError, HealthService } from '@cello/proto';
 import {
   LogsRequest as AgentLogsRequest,
+  AgentLogsRequest as OwnLogsRequest,
+  type AgentLogChunk,
   ConfigMapData,
   SecretData,
   PodSpec,
@@ -59,6 +61,7 @@ import {
   TopCellsResponse,
   TopPodsResponse,
   type ListAuditRequest,
+  type CellLogsRequest,
   type SupportBundleRequest,
   type TopCellsRequest,
   type TopPodsRequest,
@@ -287,6 +290,10 @@ export class ControllerApi {
           return ListAuditResponse.fromPartial({ sessions });
         },
       ),
+      cellLogs: (call: ServerWritableStream<CellLogsRequest, AgentLogChunk>) =>
+        void this.admit(call, { verb: 'logs', resource: 'cells', namespace: '*', name: call.request.cellId })
+          .then(() => this.cellLogs(call))
+          .catch((err) => endWithError(call, toStreamError(err))),
       supportBundle: (call: ServerWritableStream<SupportBundleRequest, SupportBundleChunk>) =>
         void this.admit(call, { verb: 'get', resource: 'support', namespace: '*' })
           .then(async () => {
@@ -510,6 +517,26 @@ export class ControllerApi {
   async listCells(): Promise<Cell[]> {
     const { items } = await this.o.store.list<CellRecord>(CELLS);
     return items.map((kv) => cellOf(kv.value));
+  }
+
+  /** A cell agent's own log, relayed chunk by chunk (the agent bounds what a slow reader may queue). */
+  private async cellLogs(call: ServerWritableStream<CellLogsRequest, AgentLogChunk>): Promise<void> {
+    const id = call.request.cellId;
+    if (!id) throw new CelloError('InvalidArgument', 'cellId: is required');
+    const kv = await this.o.store.get<CellRecord>(cellKey(id));
+    if (!kv) throw new CelloError('NotFound', `cell ${id} not found`);
+    const cell = cellOf(kv.value);
+    if (!cell.address || cell.state === CellState.CELL_STATE_TERMINATED) {
+      throw new CelloError('FailedPrecondition', `cell ${id} has no running agent (${CellState[cell.state] ?? cell.state})`);
+    }
+    const up = this.o.agents.get(cell.id, cell.address).agentLogs(OwnLogsRequest.fromPartial(call.request.options ?? {}));
+    call.on('cancelled', () => up.cancel());
+    up.on('data', (c: AgentLogChunk) => {
+      if (!call.write(c)) up.pause();
+    });
+    call.on('drain', () => up.resume());
+    up.on('end', () => call.end());
+    up.on('error', (err: ServiceError) => endWithError(call, err as Error));
   }
 
   /** The stored events (newest `limit`), then each one recorded after them. */

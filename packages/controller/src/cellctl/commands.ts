@@ -6,7 +6,7 @@ import { extname, join } from 'node:path';
 import { Command, Option, InvalidArgumentError } from 'commander';
 import { credentials, Metadata, status as Status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
 import { parseAllDocuments, stringify } from 'yaml';
-import { ExecInput, LogsRequest as AgentLogsRequest, PortForwardFrame, type ExecOutput, type LogChunk } from '@cello/proto/cell';
+import { ExecInput, LogsRequest as AgentLogsRequest, PortForwardFrame, type AgentLogChunk, type ExecOutput, type LogChunk } from '@cello/proto/cell';
 import { ControllerClient, EventType, type Cell, type CellEvent, type ClusterEvent, type PodEvent, type PodObject, type PodRef } from '@cello/proto/controller';
 import { VERSION } from '../version.js';
 import { addSupportCommands } from './support-commands.js';
@@ -521,8 +521,8 @@ Examples:
 
   program
     .command('logs')
-    .description("print a container's log")
-    .argument('<pod>')
+    .description("print a container's log, or with cell/ID a cell agent's own log")
+    .argument('<pod>', 'the pod, or cell/ID for the agent of that cell')
     .option('-c, --container <name>', 'container (default: the only or first one)')
     .option('-f, --follow', 'keep printing new lines')
     .option('--tail <lines>', 'only the last N lines', parseIntArg)
@@ -533,6 +533,27 @@ Examples:
     .action(
       run(async (pod: string, o: { container?: string; follow?: boolean; tail?: number; limitBytes?: number; since?: number; timestamps?: boolean; previous?: boolean }) => {
         const client = connect(g());
+        const cell = /^cells?\/(.+)$/.exec(pod)?.[1];
+        if (cell !== undefined) {
+          // A cell agent's own log: its tail and follow; the container options do not apply.
+          const unsupported = Object.entries({
+            '--container': o.container,
+            '--limit-bytes': o.limitBytes,
+            '--since': o.since,
+            '--timestamps': o.timestamps,
+            '--previous': o.previous,
+          })
+            .filter(([, v]) => v !== undefined && v !== false)
+            .map(([k]) => k);
+          if (unsupported.length) throw new CliError(`error: ${unsupported.join(', ')}: not for a cell agent's log (cell/${cell} takes --tail and -f)`);
+          const stream = client.cellLogs({ cellId: cell, options: { tailLines: Math.max(0, o.tail ?? 0), follow: !!o.follow } });
+          stream.on('data', (c: AgentLogChunk) => process.stdout.write(c.text));
+          await new Promise<void>((resolve, reject) => {
+            stream.on('end', resolve);
+            stream.on('error', (err: ServiceError) => reject(explain(err, g())));
+          });
+          return;
+        }
         const options = AgentLogsRequest.fromPartial({
           container: o.container ?? '',
           follow: !!o.follow,

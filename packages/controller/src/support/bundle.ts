@@ -4,7 +4,7 @@
 // versions of the controller and of every agent that answers. Whatever is built here passes
 // through redactSecrets before it is written; a test searches the archive for a secret's value.
 import { arch, platform, release } from 'node:os';
-import { AgentInfo } from '@cello/proto/cell';
+import { AgentInfo, type AgentLogChunk } from '@cello/proto/cell';
 import { Cell, ClusterEvent, PodObject, CellState, AuditSession } from '@cello/proto/controller';
 import { stringify } from 'yaml';
 import { callUnary, type AgentAccess } from '../agents/pool.js';
@@ -54,7 +54,8 @@ export async function buildSupportBundle(o: BundleInput): Promise<Buffer> {
   const cellObjects = cells.items.map((kv) => cellOf(kv.value));
   let evs = events.items.map((kv) => ClusterEvent.fromJSON(kv.value)).sort((a, b) => (a.time?.getTime() ?? 0) - (b.time?.getTime() ?? 0));
   if (o.eventLimit) evs = evs.slice(-o.eventLimit);
-  const agents = await agentVersions(o.agents, cellObjects);
+  const live = cellObjects.filter(serving);
+  const [agents, agentLogs] = await Promise.all([agentVersions(o.agents, live), Promise.all(live.map((c) => agentLog(o.agents, c)))]);
   const entries: TarEntry[] = [
     {
       name: `${DIR}/README.txt`,
@@ -66,7 +67,8 @@ export async function buildSupportBundle(o: BundleInput): Promise<Buffer> {
         'cells.json         the stored cells\n' +
         'events.json        the stored events, oldest first\n' +
         'audit.json         exec, attach and port-forward sessions the controller relayed\n' +
-        'controller.log     the recent log lines of the controller that made this bundle\n',
+        'controller.log     the recent log lines of the controller that made this bundle\n' +
+        `agents/CELL.log    the last ${AGENT_LOG_LINES} lines of each serving cell agent's own log\n`,
     },
     {
       name: `${DIR}/versions.json`,
@@ -84,12 +86,34 @@ export async function buildSupportBundle(o: BundleInput): Promise<Buffer> {
     { name: `${DIR}/events.json`, data: json(evs.map((e) => ClusterEvent.toJSON(e))) },
     { name: `${DIR}/audit.json`, data: json(audit.items.map((kv) => AuditSession.toJSON(AuditSession.fromJSON(kv.value)))) },
     { name: `${DIR}/controller.log`, data: o.logs ? redactLogLines(o.logs()) : '# this API server keeps no log lines (embedded use)\n' },
+    ...live.map((c, i) => ({ name: `${DIR}/agents/${c.id}.log`, data: agentLogs[i]! })),
   ];
   return tarGz(entries, Math.floor(at.getTime() / 1000));
 }
 
-async function agentVersions(agents: AgentAccess, cells: Cell[]): Promise<unknown[]> {
-  const live = cells.filter((c) => c.address && (c.state === CellState.CELL_STATE_READY || c.state === CellState.CELL_STATE_BOUND || c.state === CellState.CELL_STATE_DRAINING));
+const AGENT_LOG_LINES = 2000;
+
+function serving(c: Cell): boolean {
+  return !!c.address && (c.state === CellState.CELL_STATE_READY || c.state === CellState.CELL_STATE_BOUND || c.state === CellState.CELL_STATE_DRAINING);
+}
+
+/** The agent's own log tail (AgentLogs), redacted; what went wrong instead when it does not answer. */
+async function agentLog(agents: AgentAccess, c: Cell): Promise<string> {
+  const stream = agents.get(c.id, c.address).agentLogs({ tailLines: AGENT_LOG_LINES, follow: false }, { deadline: Date.now() + 10_000 });
+  let text = '';
+  try {
+    await new Promise<void>((resolve, reject) => {
+      stream.on('data', (chunk: AgentLogChunk) => (text += chunk.text));
+      stream.on('end', resolve);
+      stream.on('error', reject);
+    });
+    return redactLogLines(text);
+  } catch (err) {
+    return `# the agent's log could not be read: ${errMsg(err)}\n`;
+  }
+}
+
+async function agentVersions(agents: AgentAccess, live: Cell[]): Promise<unknown[]> {
   return Promise.all(
     live.map(async (c) => {
       try {

@@ -62,6 +62,8 @@ spec:
 }, 240_000);
 
 afterAll(async () => {
+  // The pods end as a user would end them (their cells terminated by the controller) before the cluster stops.
+  if (cl) await cl.cellctl(['delete', 'pod', 'sleeper', 'later', '--grace', '1'], { timeoutMs: 90_000 }).catch(() => undefined);
   await cl?.stop();
   await registry?.server.stop();
   rmSync(tmp, { recursive: true, force: true });
@@ -166,6 +168,33 @@ describe('support commands', () => {
     expect(json.items.find((s) => s.exitCode === 3)).toMatchObject({ user: 'e2e-admin', cellId: (await cl.pod('sleeper')).cellId });
   }, 120_000);
 
+  it("cellctl logs cell/ID: the agent's own log, its tail, then -f follows new lines", async () => {
+    const cellId = (await cl.pod('sleeper')).cellId;
+    const tail = await cl.cellctl(['logs', `cell/${cellId}`, '--tail', '3']);
+    expect(tail.code, tail.stderr).toBe(0);
+    const lines = tail.stdout.trimEnd().split('\n');
+    expect(lines).toHaveLength(3);
+    for (const l of lines) expect(JSON.parse(l)).toMatchObject({ app: 'cell-agent' });
+    const refused = await cl.cellctl(['logs', `cell/${cellId}`, '--previous']);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain("--previous: not for a cell agent's log");
+    const missing = await cl.cellctl(['logs', 'cell/no-such-cell']);
+    expect(missing.stderr).toContain('cell no-such-cell not found');
+
+    const follow = cl.spawnCellctl(['logs', `cell/${cellId}`, '-f', '--tail', '1']);
+    let out = '';
+    follow.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+    try {
+      await waitFor('the tail line', () => out.split('\n').length >= 2, { timeoutMs: 20_000, intervalMs: 100 });
+      const marker = `marker-${randomUUID()}`;
+      expect((await cl.cellctl(['exec', 'sleeper', '--', 'echo', marker])).code).toBe(0);
+      await waitFor('the exec session in the followed agent log', () => /"msg":"exec session ended"/.test(out), { timeoutMs: 30_000, intervalMs: 100 });
+      expect(out).toContain('"msg":"exec session started"');
+    } finally {
+      follow.kill();
+    }
+  }, 90_000);
+
   it('cellctl dump: one tar.gz with config, store, logs and versions, and no secret value in it', async () => {
     const file = join(tmp, 'dump.tar.gz');
     const r = await cl.cellctl(['dump', '-f', file], { timeoutMs: 60_000 });
@@ -176,7 +205,9 @@ describe('support commands', () => {
     execFileSync('mkdir', ['-p', out]);
     execFileSync('tar', ['-xzf', file, '-C', out]);
     const dir = join(out, 'cello-support');
-    expect(readdirSync(dir).sort()).toEqual(['README.txt', 'audit.json', 'cells.json', 'config.yaml', 'controller.log', 'events.json', 'pods.json', 'versions.json']);
+    expect(readdirSync(dir).sort()).toEqual(['README.txt', 'agents', 'audit.json', 'cells.json', 'config.yaml', 'controller.log', 'events.json', 'pods.json', 'versions.json']);
+    const agentLog = readFileSync(join(dir, 'agents', `${(await cl.pod('sleeper')).cellId}.log`), 'utf8');
+    expect(agentLog).toContain('"app":"cell-agent"');
     const versions = JSON.parse(readFileSync(join(dir, 'versions.json'), 'utf8')) as { controller: { version: string }; agents: Array<{ cellId: string; version?: string }> };
     expect(versions.controller.version).toMatch(/^\d+\.\d+\.\d+/);
     const cellId = (await cl.pod('sleeper')).cellId;
@@ -190,8 +221,11 @@ describe('support commands', () => {
     // No secret anywhere: the Secret's value (plain and base64), the registry client key, the store's encryption key.
     const key = readFileSync(cl.keyFile(), 'utf8').trim();
     const needles = [SECRET, Buffer.from(SECRET).toString('base64'), clientKeyPem.split('\n')[1]!, key];
-    for (const f of readdirSync(dir)) {
-      const text = readFileSync(join(dir, f), 'utf8');
+    const files = readdirSync(dir, { recursive: true, withFileTypes: true }).filter((d) => d.isFile());
+    expect(files.length).toBeGreaterThanOrEqual(9);
+    for (const d of files) {
+      const f = join(d.parentPath, d.name);
+      const text = readFileSync(f, 'utf8');
       for (const n of needles) expect(text.includes(n), `${f} contains a secret`).toBe(false);
     }
     const raw = execFileSync('sh', ['-c', `gzip -dc ${file}`]).toString('latin1');
@@ -207,6 +241,7 @@ describe('support RPCs: who may call', () => {
     ['listEvents', 'unary', { cell: 'x', limit: 0 }],
     ['watchEvents', 'stream', { pod: { namespace: 'default', name: 'sleeper' }, cell: '', limit: 0 }],
     ['supportBundle', 'stream', { eventLimit: 0 }],
+    ['cellLogs', 'stream', { cellId: 'x', options: { tailLines: 0, follow: false } }],
   ];
 
   it('a caller without credentials is UNAUTHENTICATED on each', async () => {
@@ -249,7 +284,7 @@ describe('support RPCs: who may call', () => {
       encoding: 'utf8',
     });
     expect(issued).toContain('wrote');
-    for (const args of [['top', 'cells'], ['audit'], ['events'], ['dump', '-f', join(tmp, 'bob.tar.gz')]]) {
+    for (const args of [['top', 'cells'], ['audit'], ['events'], ['dump', '-f', join(tmp, 'bob.tar.gz')], ['logs', 'cell/x']]) {
       const r = await cl.cellctl(['--config', bobFile, ...args]);
       expect(r.code, args.join(' ')).toBe(1);
       expect(r.stderr, args.join(' ')).toMatch(/forbidden: user bob \(groups: ops-dev\) may not/);

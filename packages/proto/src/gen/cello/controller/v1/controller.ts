@@ -23,7 +23,15 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../../google/protobuf/timestamp.js";
-import { ExecInput, ExecOutput, LogChunk, LogsRequest as LogsRequest1, PortForwardFrame } from "../../cell/v1/agent.js";
+import {
+  AgentLogChunk,
+  AgentLogsRequest,
+  ExecInput,
+  ExecOutput,
+  LogChunk,
+  LogsRequest as LogsRequest1,
+  PortForwardFrame,
+} from "../../cell/v1/agent.js";
 import { PodSpec } from "../../cell/v1/pod.js";
 import { PodStatus } from "../../cell/v1/status.js";
 
@@ -428,6 +436,11 @@ export interface AuditSession {
 
 export interface ListAuditResponse {
   sessions: AuditSession[];
+}
+
+export interface CellLogsRequest {
+  cellId: string;
+  options: AgentLogsRequest | undefined;
 }
 
 export interface SupportBundleRequest {
@@ -4573,6 +4586,97 @@ export const ListAuditResponse: MessageFns<ListAuditResponse> = {
   },
 };
 
+function createBaseCellLogsRequest(): CellLogsRequest {
+  return { cellId: "", options: undefined };
+}
+
+export const CellLogsRequest: MessageFns<CellLogsRequest> = {
+  encode(message: CellLogsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cellId !== "") {
+      writer.uint32(10).string(message.cellId);
+    }
+    if (message.options !== undefined) {
+      AgentLogsRequest.encode(message.options, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CellLogsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCellLogsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.cellId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.options = AgentLogsRequest.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CellLogsRequest {
+    return {
+      cellId: isSet(object.cellId)
+        ? globalThis.String(object.cellId)
+        : isSet(object.cell_id)
+        ? globalThis.String(object.cell_id)
+        : "",
+      options: isSet(object.options) ? AgentLogsRequest.fromJSON(object.options) : undefined,
+    };
+  },
+
+  toJSON(message: CellLogsRequest): unknown {
+    const obj: any = {};
+    if (message.cellId !== "") {
+      obj.cellId = message.cellId;
+    }
+    if (message.options !== undefined) {
+      obj.options = AgentLogsRequest.toJSON(message.options);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CellLogsRequest>): CellLogsRequest {
+    return CellLogsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CellLogsRequest>): CellLogsRequest {
+    const message = createBaseCellLogsRequest();
+    message.cellId = object.cellId ?? "";
+    message.options = (object.options !== undefined && object.options !== null)
+      ? AgentLogsRequest.fromPartial(object.options)
+      : undefined;
+    return message;
+  },
+};
+
 function createBaseSupportBundleRequest(): SupportBundleRequest {
   return { eventLimit: 0 };
 }
@@ -5130,6 +5234,16 @@ export const ControllerService = {
     responseSerialize: (value: ListAuditResponse): Buffer => Buffer.from(ListAuditResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListAuditResponse => ListAuditResponse.decode(value),
   },
+  /** A cell agent's own log (cellctl logs cell/ID), relayed. */
+  cellLogs: {
+    path: "/cello.controller.v1.Controller/CellLogs" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: CellLogsRequest): Buffer => Buffer.from(CellLogsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CellLogsRequest => CellLogsRequest.decode(value),
+    responseSerialize: (value: AgentLogChunk): Buffer => Buffer.from(AgentLogChunk.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AgentLogChunk => AgentLogChunk.decode(value),
+  },
   /** One tar.gz for a support request (cellctl dump), in chunks. */
   supportBundle: {
     path: "/cello.controller.v1.Controller/SupportBundle" as const,
@@ -5177,6 +5291,8 @@ export interface ControllerServer extends UntypedServiceImplementation {
   topCells: handleUnaryCall<TopCellsRequest, TopCellsResponse>;
   /** Exec, attach and port-forward sessions as the controller relayed them (cellctl audit). */
   listAudit: handleUnaryCall<ListAuditRequest, ListAuditResponse>;
+  /** A cell agent's own log (cellctl logs cell/ID), relayed. */
+  cellLogs: handleServerStreamingCall<CellLogsRequest, AgentLogChunk>;
   /** One tar.gz for a support request (cellctl dump), in chunks. */
   supportBundle: handleServerStreamingCall<SupportBundleRequest, SupportBundleChunk>;
   version: handleUnaryCall<VersionRequest, VersionResponse>;
@@ -5356,6 +5472,13 @@ export interface ControllerClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListAuditResponse) => void,
   ): ClientUnaryCall;
+  /** A cell agent's own log (cellctl logs cell/ID), relayed. */
+  cellLogs(request: CellLogsRequest, options?: Partial<CallOptions>): ClientReadableStream<AgentLogChunk>;
+  cellLogs(
+    request: CellLogsRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<AgentLogChunk>;
   /** One tar.gz for a support request (cellctl dump), in chunks. */
   supportBundle(
     request: SupportBundleRequest,
