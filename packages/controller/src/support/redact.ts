@@ -5,7 +5,7 @@ import { REDACT_CENSOR } from '@cello/proto';
 
 const SECRET_KEY =
   /^(password|passwd|token|identitytoken|authorization|auth|keypem|privatekey|encryptionkey|secrets?|secretaccesskey|accesskeyid|sessiontoken|registrycredentials|userdata|credentials|data|stringdata)$/i;
-const SECRET_SUFFIX = /(password|token|secret|apikey)$/i;
+const SECRET_SUFFIX = /(password|tokens?|secrets?|apikey)$/i;
 const PRIVATE_KEY = /-----BEGIN [A-Z ]*PRIVATE KEY-----/;
 
 export function redactSecrets(value: unknown, key = ''): unknown {
