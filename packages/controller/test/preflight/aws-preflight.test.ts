@@ -6,6 +6,7 @@ import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { CreateSubnetCommand, CreateVpcCommand, EC2Client, RegisterImageCommand } from '@aws-sdk/client-ec2';
 import { freePort, startMoto, type MotoServer } from '@cello/testkit';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -169,4 +170,84 @@ describe('aws preflight on moto', () => {
     expect(r.stdout).toMatch(new RegExp(`^ec2:RunInstances \\(${world.subnets[0]!.id}.*OK`, 'm'));
     expect(r.stdout).toMatch(/^1 of \d+ checks failed$/m);
   }, 90_000);
+});
+
+/** One IAM query call to moto before it enforces IAM (unsigned; the header only routes it to IAM). */
+async function iamQuery(m: MotoServer, params: Record<string, string>): Promise<string> {
+  const res = await fetch(m.endpoint, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/x-www-form-urlencoded',
+      authorization: `AWS4-HMAC-SHA256 Credential=${m.credentials.accessKeyId}/20260101/${m.region}/iam/aws4_request, SignedHeaders=host, Signature=0`,
+    },
+    body: new URLSearchParams({ ...params, Version: '2010-05-08' }).toString(),
+    signal: AbortSignal.timeout(10_000),
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`IAM ${params['Action']}: HTTP ${res.status}: ${text}`);
+  return text;
+}
+
+/** A moto IAM user allowed `actions`, and its access key (3 requests). */
+async function iamUser(m: MotoServer, name: string, actions: string[]): Promise<{ accessKeyId: string; secretAccessKey: string }> {
+  await iamQuery(m, { Action: 'CreateUser', UserName: name });
+  const keys = await iamQuery(m, { Action: 'CreateAccessKey', UserName: name });
+  const policy = { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: actions, Resource: '*' }] };
+  await iamQuery(m, { Action: 'PutUserPolicy', UserName: name, PolicyName: 'cello', PolicyDocument: JSON.stringify(policy) });
+  const pick = (tag: string) => new RegExp(`<${tag}>([^<]+)</${tag}>`).exec(keys)?.[1] ?? '';
+  return { accessKeyId: pick('AccessKeyId'), secretAccessKey: pick('SecretAccessKey') };
+}
+
+describe('aws preflight with IAM enforced (moto checks each call against the user policy)', () => {
+  let m: MotoServer;
+  let limited: { accessKeyId: string; secretAccessKey: string };
+  let raw: Record<string, unknown>;
+
+  beforeAll(async () => {
+    // Six unsigned requests make the two users; every request after is signed and authorized.
+    m = await startMoto({ enforceIamAfter: 6 });
+    const admin = await iamUser(m, 'admin', ['*']);
+    limited = await iamUser(m, 'describe-only', ['ec2:Describe*']);
+    const ec2 = new EC2Client({ endpoint: m.endpoint, region: m.region, credentials: admin });
+    try {
+      const vpc = await ec2.send(new CreateVpcCommand({ CidrBlock: '10.30.0.0/16' }));
+      const subnet = await ec2.send(new CreateSubnetCommand({ VpcId: vpc.Vpc!.VpcId!, CidrBlock: '10.30.0.0/24', AvailabilityZone: 'us-east-1a' }));
+      const img = await ec2.send(new RegisterImageCommand({ Name: 'cello-cell-iam', Architecture: 'x86_64', RootDeviceName: '/dev/xvda', VirtualizationType: 'hvm' }));
+      raw = {
+        controllerId: 'preflight-iam',
+        api: { insecure: true },
+        security: { mode: 'insecure-dev' },
+        store: { kind: 'embedded', dir: join(dir, 'store-iam') },
+        provider: {
+          kind: 'aws',
+          region: m.region,
+          endpoint: m.endpoint,
+          image: { id: img.ImageId! },
+          subnets: [subnet.Subnet!.SubnetId!],
+          instanceTypes: ['t3.*'],
+          liveCatalog: false,
+          maxAttempts: 2,
+        },
+      };
+    } finally {
+      ec2.destroy();
+    }
+  }, 60_000);
+
+  afterAll(async () => {
+    await m?.stop();
+  });
+
+  it('names each EC2 action the identity may not call, and the grant that fixes it', async () => {
+    const rs = await preflightConfig(parseConfig(raw), { log: silentLogger(), awsClientConfig: { region: m.region, credentials: limited } });
+    const failed = failures(rs);
+    expect(failed.map((r) => r.check.replace(/ \(.*$/, '')).sort(), formatPreflightTable(rs)).toEqual(['ec2:CreateTags', 'ec2:RunInstances', 'ec2:TerminateInstances']);
+    for (const f of failed) {
+      const action = f.check.replace(/ \(.*$/, '');
+      expect(f.detail).toMatch(new RegExp(`^denied: .*not authorized to perform: ${action}`));
+      expect(f.fix).toBe(`grant ${action} to the controller's IAM identity (docs/aws.md lists the policy)`);
+    }
+    // What the policy allows passes, proven by the same DryRun.
+    expect(rs.find((r) => r.check === 'ec2:DescribeInstances')).toMatchObject({ status: 'ok', detail: 'allowed (DryRun)' });
+  }, 60_000);
 });
