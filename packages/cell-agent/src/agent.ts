@@ -27,6 +27,7 @@ import { startPortForwardStreamListener, type PortForwardStreamListener } from '
 import { agentPeerPolicy, peerAuthInterceptor, type PeerPolicy } from './server/peer-auth.js';
 import { Runc } from './runtime/runc.js';
 import { ensurePrivateDir, RUN_BASE } from './runtime/run-dir.js';
+import type { OwnLogs } from './own-logs.js';
 import { createService } from './server/service.js';
 import { createSyncServices } from './server/services.js';
 import { savedRegistries } from './server/configure-registries.js';
@@ -63,6 +64,8 @@ export interface AgentOptions {
    */
   imageCacheDir?: string;
   logger: pino.Logger;
+  /** The agent's own log lines kept for AgentLogs (cli.ts tees its logger into them). */
+  ownLogs?: OwnLogs;
   runcBinary?: string;
   cgroupParent?: string;
   podNetns?: string;
@@ -284,6 +287,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       syncServices,
       images,
       ...(registryImages instanceof PullerImageService ? { registries: { stateDir: o.stateDir, apply: (r: RegistryConfig) => registryImages.setRegistries(r) } } : {}),
+      ...(o.ownLogs ? { ownLogs: o.ownLogs } : {}),
     }),
   );
   server.addService(health.definition, health.implementation);

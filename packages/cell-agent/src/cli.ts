@@ -10,6 +10,7 @@ import { firstBoot, prepareCellIdentity } from './bootstrap/index.js';
 import { GceMetadataClient, ImdsClient, watchInstanceNotices } from './cloud/index.js';
 import { registerCtl } from './ctl/ctl.js';
 import { createLogger, REDACT_CENSOR, REDACT_PATHS } from './log.js';
+import { OwnLogs } from './own-logs.js';
 
 const program = new Command('cell-agent')
   .version(AGENT_VERSION)
@@ -102,7 +103,8 @@ program
       instanceNotices?: string;
       allowClient: string[];
     }) => {
-      const logger = createLogger();
+      const ownLogs = new OwnLogs();
+      const logger = createLogger({ destination: ownLogs.tee() });
       // Checked before anything starts: a bad --instance-notices is refused, not found later.
       const source = noticeSource(o);
       const sources = [o.bootstrapUserData, o.userDataUrl, o.gceMetadataUrl].filter((x) => x !== undefined);
@@ -138,6 +140,7 @@ program
         ...(o.imageCache ? { imageCacheDir: o.imageCache } : {}),
         ...(o.ecrInstanceProfile ? { ecrInstanceProfile: { imdsUrl: o.ecrInstanceProfile, ...(o.ecrEndpoint ? { endpoint: o.ecrEndpoint } : {}) } } : {}),
         logger,
+        ownLogs,
         runcBinary: o.runc,
         cgroupParent: o.cgroupParent,
         ...(o.podNetns ? { podNetns: o.podNetns } : {}),

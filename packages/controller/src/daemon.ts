@@ -23,6 +23,7 @@ import { ControllerApi } from './api/server.js';
 import { apiSecurityFromConfig, dialAddress } from './api/auth/from-config.js';
 import { Metrics } from './obs/metrics.js';
 import type { Logger } from './obs/logger.js';
+import type { LogRing } from './obs/log-ring.js';
 import type { Config } from './config.js';
 import { startVirtualNodeFromConfig } from './k8s/from-config.js';
 import type { ClusterDNS } from '@cello/proto/cell';
@@ -56,6 +57,8 @@ export interface StartOptions {
   /** Name of this replica in leader election. */
   candidate?: string;
   tickMs?: number;
+  /** This process's recent log lines, shipped by `cellctl dump` (bin/controller.ts tees its logger into one). */
+  logRing?: LogRing;
   /** Called when the controller cannot go on (its store closed under it); the daemon exits. */
   onFatal?: (err: Error) => void;
 }
@@ -233,6 +236,7 @@ export async function startController(config: Config, o: StartOptions): Promise<
     auth: apiSecurity.auth,
     ...(secretBox ? { secretBox } : {}),
     ...(provider.refusePod ? { refusePod: provider.refusePod.bind(provider) } : {}),
+    support: { config, ...(o.logRing ? { logs: () => o.logRing!.text() } : {}) },
   });
   const apiPort = await api.listen(config.api.listen);
   await apiSecurity.writeAdminCredentials(dialAddress(config.api.listen, apiPort));

@@ -120,6 +120,7 @@ const agent: CellAgentServer = {
   deletePod: unimplemented as CellAgentServer['deletePod'],
   stats: unimplemented as CellAgentServer['stats'],
   listAudit: unimplemented as CellAgentServer['listAudit'],
+  agentLogs: unimplemented as CellAgentServer['agentLogs'],
   pullImage: unimplemented as CellAgentServer['pullImage'],
   configureRegistries: unimplemented as CellAgentServer['configureRegistries'],
   syncServices: unimplemented as CellAgentServer['syncServices'],

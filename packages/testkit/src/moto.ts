@@ -24,7 +24,17 @@ const INSTALL_LINE = "pip3 install 'moto[server]'   (or: npm run setup)";
  * Instances moto creates get invented private/public addresses: tests must never send traffic
  * to them (map them to loopback agents instead).
  */
-export async function startMoto(opts: { timeoutMs?: number; region?: string } = {}): Promise<MotoServer> {
+export async function startMoto(
+  opts: {
+    timeoutMs?: number;
+    region?: string;
+    /**
+     * Enforce IAM (signatures and policies of users made in moto) after this many AWS requests
+     * (moto's INITIAL_NO_AUTH_ACTION_COUNT): the first ones create the users and their keys.
+     */
+    enforceIamAfter?: number;
+  } = {},
+): Promise<MotoServer> {
   if (spawnSync('sh', ['-c', 'command -v moto_server'], { stdio: 'ignore' }).status !== 0) {
     throw new Error(`moto_server is not installed; install it with:\n  ${INSTALL_LINE}`);
   }
@@ -32,6 +42,7 @@ export async function startMoto(opts: { timeoutMs?: number; region?: string } = 
   const endpoint = `http://127.0.0.1:${port}`;
   const child: ChildProcess = spawn('moto_server', ['-H', '127.0.0.1', '-p', String(port)], {
     stdio: ['ignore', 'ignore', 'pipe'],
+    ...(opts.enforceIamAfter !== undefined ? { env: { ...process.env, INITIAL_NO_AUTH_ACTION_COUNT: String(opts.enforceIamAfter) } } : {}),
   });
   let stderr = '';
   child.stderr?.on('data', (b: Buffer) => {

@@ -12,6 +12,8 @@ import type { ImageService } from '../images/image-service.js';
 import type { RegistryConfig } from '@cello/image-puller';
 import { pullImageHandler } from './pull-image.js';
 import { configureRegistriesHandler } from './configure-registries.js';
+import { agentLogsRpc } from './streams/agent-logs.js';
+import type { OwnLogs } from '../own-logs.js';
 
 export interface ServiceDeps {
   pod: PodManager;
@@ -25,6 +27,8 @@ export interface ServiceDeps {
   images?: ImageService;
   /** Where ConfigureRegistries keeps and applies what it is sent; UNIMPLEMENTED without it. */
   registries?: { stateDir: string; apply: (r: RegistryConfig) => void };
+  /** The agent's own log lines (AgentLogs); FAILED_PRECONDITION without them. */
+  ownLogs?: OwnLogs;
 }
 
 function unimplemented(name: string) {
@@ -106,6 +110,7 @@ export function createService(d: ServiceDeps): CellAgentServer {
     portForwardTicket: s?.portForwardTicket ?? (unimplemented('PortForwardTicket') as CellAgentServer['portForwardTicket']),
     stats: s?.stats ?? (unimplemented('Stats') as CellAgentServer['stats']),
     listAudit: s?.listAudit ?? (unimplemented('ListAudit') as CellAgentServer['listAudit']),
+    agentLogs: agentLogsRpc(d.ownLogs),
     syncServices: d.syncServices ?? (unimplemented('SyncServices') as CellAgentServer['syncServices']),
     pullImage: d.images ? pullImageHandler(d.images, d.logger) : (unimplemented('PullImage') as CellAgentServer['pullImage']),
     configureRegistries: d.registries

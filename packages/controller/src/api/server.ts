@@ -19,6 +19,8 @@ import {
 import { ManifestError, HealthService } from '@cello/proto';
 import {
   LogsRequest as AgentLogsRequest,
+  AgentLogsRequest as OwnLogsRequest,
+  type AgentLogChunk,
   ConfigMapData,
   SecretData,
   PodSpec,
@@ -53,10 +55,22 @@ import {
   type PortForwardRequest,
   type VersionRequest,
   type WatchPodsRequest,
+  ClusterEvent,
+  ListAuditResponse,
+  SupportBundleChunk,
+  TopCellsResponse,
+  TopPodsResponse,
+  type ListAuditRequest,
+  type CellLogsRequest,
+  type SupportBundleRequest,
+  type TopCellsRequest,
+  type TopPodsRequest,
 } from '@cello/proto/controller';
+import { topCells, topPods } from './top.js';
+import { buildSupportBundle, type SupportSources } from '../support/bundle.js';
 import { HealthService as HealthCheckService } from '@cello/proto/health';
 import type { Store } from '../store/store.js';
-import { CELLS, PODS, Events, cellKey, cellOf, podKey, podOf, update, type CellRecord } from '../cells/schema.js';
+import { CELLS, PODS, Events, eventsPrefix, cellKey, cellOf, podKey, podOf, update, type CellRecord } from '../cells/schema.js';
 import { CellState } from '../cells/state.js';
 import { SelectionError, selectCandidates } from '../selection/selection.js';
 import type { InstanceType } from '../providers/provider.js';
@@ -70,6 +84,7 @@ import { VERSION } from '../version.js';
 import { VIRTUAL_NODE_USER } from './auth/names.js';
 import { CelloError, toStatus } from '../errors.js';
 import { ManifestParser } from './manifest-parser.js';
+import { SessionAudit, type OpenSession } from './session-audit.js';
 import { apiError, type ApiAuth, type Attributes, type Principal, type Resource, type Verb } from './auth/index.js';
 
 /** What a stream may queue before its target frame has been resolved to an agent. */
@@ -89,6 +104,8 @@ export interface ApiOptions {
   auth?: ApiAuth;
   /** The provider's rules on pods (CellProvider.refusePod): a refused pod is not stored. */
   refusePod?: (pod: { namespace: string; annotations: Record<string, string> }) => string | undefined;
+  /** What `cellctl dump` adds beyond the store: the configuration (redacted there) and this process's recent logs. */
+  support?: SupportSources;
 }
 
 function fail(cb: sendUnaryData<never>, err: unknown): void {
@@ -115,11 +132,13 @@ export function matchLabels(selector: string, labels: Record<string, string>): b
 
 export class ControllerApi {
   private readonly events: Events;
+  private readonly audit: SessionAudit;
   private readonly manifests = new ManifestParser();
   private server?: Server;
 
   constructor(private readonly o: ApiOptions) {
     this.events = new Events(o.store);
+    this.audit = new SessionAudit(o.store, o.log);
   }
 
   async listen(address: string): Promise<number> {
@@ -239,11 +258,57 @@ export class ControllerApi {
       attach: (call: ServerDuplexStream<ExecRequest, ExecOutput>) => this.relayExec(call, 'attach'),
       portForward: (call: ServerDuplexStream<PortForwardRequest, PortForwardFrame>) => this.relayPortForward(call),
       listEvents: this.guarded(
-        (r: ListEventsRequest) =>
-          r.pod?.name ? { verb: 'list', resource: 'events', namespace: ns(r.pod), name: r.pod.name } : { verb: 'list', resource: 'events', namespace: '*' },
-        async (r: ListEventsRequest) =>
-          ListEventsResponse.fromPartial({ events: await this.events.list(r.pod?.name ? { namespace: ns(r.pod), name: r.pod.name } : undefined, r.limit) }),
+        (r: ListEventsRequest) => eventsAttributes('list', r),
+        async (r: ListEventsRequest) => ListEventsResponse.fromPartial({ events: await this.events.listUnder(eventsPrefix(eventsOf(r)), r.limit) }),
       ),
+      watchEvents: (call: ServerWritableStream<ListEventsRequest, ClusterEvent>) =>
+        void this.admit(call, eventsAttributes('watch', call.request)).then(
+          () => this.watchEvents(call),
+          (err) => endWithError(call, toStreamError(err)),
+        ),
+      topPods: this.guarded(
+        () => undefined,
+        async (r: TopPodsRequest, p) => {
+          const only = await this.namespaceFilter(p, 'list', 'metrics', r.namespace);
+          let pods = (await this.listPods({ namespace: r.namespace, labelSelector: '' })).pods;
+          if (only) pods = (await Promise.all(pods.map(async (x) => ((await only(x.metadata?.namespace ?? '')) ? x : undefined)))).filter((x) => x !== undefined);
+          return TopPodsResponse.fromPartial(await topPods(this.o.agents, pods, await this.listCells()));
+        },
+      ),
+      topCells: this.guarded(
+        () => ({ verb: 'list', resource: 'metrics', namespace: '*' }),
+        async (_r: TopCellsRequest) => TopCellsResponse.fromPartial(await topCells(this.o.agents, await this.listCells())),
+      ),
+      listAudit: this.guarded(
+        (r: ListAuditRequest) => (r.pod?.namespace ? { verb: 'list', resource: 'audit', namespace: r.pod.namespace, name: r.pod.name } : undefined),
+        async (r: ListAuditRequest, p) => {
+          let sessions = await this.audit.list(r.pod, r.limit);
+          if (!r.pod?.namespace) {
+            const only = await this.namespaceFilter(p, 'list', 'audit', '');
+            if (only) sessions = (await Promise.all(sessions.map(async (x) => ((await only(x.pod?.namespace ?? '')) ? x : undefined)))).filter((x) => x !== undefined);
+          }
+          return ListAuditResponse.fromPartial({ sessions });
+        },
+      ),
+      cellLogs: (call: ServerWritableStream<CellLogsRequest, AgentLogChunk>) =>
+        void this.admit(call, { verb: 'logs', resource: 'cells', namespace: '*', name: call.request.cellId })
+          .then(() => this.cellLogs(call))
+          .catch((err) => endWithError(call, toStreamError(err))),
+      supportBundle: (call: ServerWritableStream<SupportBundleRequest, SupportBundleChunk>) =>
+        void this.admit(call, { verb: 'get', resource: 'support', namespace: '*' })
+          .then(async () => {
+            const archive = await buildSupportBundle({
+              store: this.o.store,
+              agents: this.o.agents,
+              controllerId: this.o.controllerId,
+              providerName: this.o.providerName,
+              ...(this.o.support ?? {}),
+              eventLimit: call.request.eventLimit,
+            });
+            for (let i = 0; i < archive.length; i += BUNDLE_CHUNK) call.write(SupportBundleChunk.fromPartial({ data: archive.subarray(i, i + BUNDLE_CHUNK) }));
+            call.end();
+          })
+          .catch((err) => endWithError(call, toStreamError(err))),
       // Any authenticated caller may ask for the version (as Kubernetes' /version).
       version: this.guarded(
         () => undefined,
@@ -454,6 +519,44 @@ export class ControllerApi {
     return items.map((kv) => cellOf(kv.value));
   }
 
+  /** A cell agent's own log, relayed chunk by chunk (the agent bounds what a slow reader may queue). */
+  private async cellLogs(call: ServerWritableStream<CellLogsRequest, AgentLogChunk>): Promise<void> {
+    const id = call.request.cellId;
+    if (!id) throw new CelloError('InvalidArgument', 'cellId: is required');
+    const kv = await this.o.store.get<CellRecord>(cellKey(id));
+    if (!kv) throw new CelloError('NotFound', `cell ${id} not found`);
+    const cell = cellOf(kv.value);
+    if (!cell.address || cell.state === CellState.CELL_STATE_TERMINATED) {
+      throw new CelloError('FailedPrecondition', `cell ${id} has no running agent (${CellState[cell.state] ?? cell.state})`);
+    }
+    const up = this.o.agents.get(cell.id, cell.address).agentLogs(OwnLogsRequest.fromPartial(call.request.options ?? {}));
+    call.on('cancelled', () => up.cancel());
+    up.on('data', (c: AgentLogChunk) => {
+      if (!call.write(c)) up.pause();
+    });
+    call.on('drain', () => up.resume());
+    up.on('end', () => call.end());
+    up.on('error', (err: ServiceError) => endWithError(call, err as Error));
+  }
+
+  /** The stored events (newest `limit`), then each one recorded after them. */
+  private async watchEvents(call: ServerWritableStream<ListEventsRequest, ClusterEvent>): Promise<void> {
+    const ac = new AbortController();
+    call.on('cancelled', () => ac.abort());
+    const prefix = eventsPrefix(eventsOf(call.request));
+    try {
+      const { items, revision } = await this.o.store.list<unknown>(prefix);
+      const stored = items.map((kv) => ClusterEvent.fromJSON(kv.value)).sort((a, b) => (a.time?.getTime() ?? 0) - (b.time?.getTime() ?? 0));
+      for (const e of call.request.limit > 0 ? stored.slice(-call.request.limit) : stored) call.write(e);
+      for await (const ev of this.o.store.watch<unknown>(prefix, { afterRevision: revision, signal: ac.signal })) {
+        if (ev.type === 'put') call.write(ClusterEvent.fromJSON(ev.kv.value));
+      }
+      call.end();
+    } catch (err) {
+      if (!ac.signal.aborted) endWithError(call, new Error(errMsg(err)));
+    }
+  }
+
   private async watchCells(call: ServerWritableStream<ListCellsRequest, CellEvent>): Promise<void> {
     const ac = new AbortController();
     call.on('cancelled', () => ac.abort());
@@ -596,6 +699,7 @@ export class ControllerApi {
     let up: ClientDuplexStream<Up, Down> | undefined;
     let pod: PodObject | undefined;
     let user = '';
+    let session: OpenSession | undefined;
     const pending: Up[] = [];
     let pendingBytes = 0;
     let targeted = false;
@@ -604,6 +708,7 @@ export class ControllerApi {
     const abort = (err: unknown) => {
       if (failed) return;
       failed = true;
+      session?.finish(errMsg(err));
       up?.cancel();
       call.removeAllListeners('data');
       endWithError(call, toStreamError(err));
@@ -616,6 +721,8 @@ export class ControllerApi {
         abort(err);
         return;
       }
+      const f = (out as { frame?: { $case: string; value: { container?: string; command?: string[]; port?: number } } }).frame;
+      if (f?.$case === 'start') session?.started(f.value);
       // The agent's side is full: stop reading the client until it drains.
       if (!up!.write(out)) call.pause();
     };
@@ -638,14 +745,21 @@ export class ControllerApi {
           .then(({ client, pod: found }) => {
             if (failed) return;
             pod = found;
+            session = this.audit.open(verb, user, { namespace: ns(ref), name: ref.name }, found.cellId);
             up = open(client);
             up.on('data', (out: Down) => {
+              const f = (out as { frame?: { $case: string; value: { exitCode: number; signal: string } } }).frame;
+              if (f?.$case === 'exit') session?.exited(f.value);
               if (!call.write(out)) up!.pause();
             });
             call.on('drain', () => up?.resume());
             up.on('drain', () => call.resume());
-            up.on('end', () => call.end());
+            up.on('end', () => {
+              session?.finish();
+              call.end();
+            });
             up.on('error', (err: ServiceError) => {
+              session?.finish(err.details || err.message);
               if (!failed) endWithError(call, err as Error);
             });
             for (const v of pending.splice(0)) send(v);
@@ -672,7 +786,10 @@ export class ControllerApi {
       ended = true;
       up?.end();
     });
-    call.on('cancelled', () => up?.cancel());
+    call.on('cancelled', () => {
+      session?.finish('cancelled by the client');
+      up?.cancel();
+    });
   }
 
   private relayExec(call: ServerDuplexStream<ExecRequest, ExecOutput>, kind: 'exec' | 'attach'): void {
@@ -702,6 +819,20 @@ export class ControllerApi {
     );
   }
 }
+
+/** What an events request reads: a pod's (namespaced), a cell's or all (cluster-wide). */
+function eventsOf(r: ListEventsRequest): { pod?: PodRef; cell?: string } {
+  if (r.pod?.name && r.cell) throw new CelloError('InvalidArgument', 'pod, cell: name one or the other');
+  if (r.pod?.name) return { pod: { namespace: ns(r.pod), name: r.pod.name } };
+  return r.cell ? { cell: r.cell } : {};
+}
+
+function eventsAttributes(verb: 'list' | 'watch', r: ListEventsRequest): Attributes {
+  return r.pod?.name ? { verb, resource: 'events', namespace: ns(r.pod), name: r.pod.name } : { verb, resource: 'events', namespace: '*' };
+}
+
+/** Bytes per SupportBundleChunk (well under gRPC's 4 MiB default message limit). */
+const BUNDLE_CHUNK = 1 << 20;
 
 /**
  * The name the agent records. A client's own claim is ignored — except the virtual node's, which

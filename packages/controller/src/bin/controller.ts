@@ -4,8 +4,10 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, loadConfig } from '../config.js';
 import { startController } from '../daemon.js';
 import { createLogger } from '../obs/logger.js';
+import { LogRing } from '../obs/log-ring.js';
 import { VERSION } from '../version.js';
 import { issueUser } from '../api/auth/issue-user.js';
+import { formatPreflightTable, preflightConfig, preflightFailed, preflightFile } from '../preflight/index.js';
 
 const program = new Command('controller')
   .description(
@@ -17,6 +19,7 @@ const program = new Command('controller')
   .enablePositionalOptions()
   .option('-c, --config <file>', 'configuration file (YAML)')
   .option('--check', 'validate the configuration and exit')
+  .option('--skip-preflight', 'start without the preflight checks (`controller preflight`)')
   .option('--terminate-cells-on-exit', 'on SIGINT/SIGTERM, terminate every cell this controller owns (development: `npm start`)')
   .addHelpText(
     'after',
@@ -24,6 +27,7 @@ const program = new Command('controller')
 Examples:
   controller -c examples/controller.local.yaml          run with the local provider
   controller -c cello.yaml --check                      validate a configuration
+  controller preflight -c cello.yaml                    check the store, cloud permissions and RBAC
   controller issue-user alice --group dev -c cello.yaml -o alice.yaml
                                                         credentials for a second user
 
@@ -89,6 +93,22 @@ program
     }
   });
 
+program
+  .command('preflight')
+  .description(
+    'Check what the controller needs before it runs: the configuration, the store, for aws every EC2\n' +
+      'action it calls (DryRun) and the subnets, security groups and image it names, for the virtual\n' +
+      'node the RBAC it uses (SelfSubjectAccessReview). Prints each check, its result and the fix for a\n' +
+      'failure; exits 1 when a check fails. The daemon runs the same checks at start.',
+  )
+  .requiredOption('-c, --config <file>', "the controller's configuration file")
+  .addOption(new Option('-o, --output <format>', 'table or json').choices(['table', 'json']).default('table'))
+  .action(async (o: { config: string; output: 'table' | 'json' }) => {
+    const results = await preflightFile(o.config, { log: createLogger({ level: 'error' }) });
+    process.stdout.write(o.output === 'json' ? `${JSON.stringify(results, null, 2)}\n` : formatPreflightTable(results));
+    process.exitCode = preflightFailed(results) ? 1 : 0;
+  });
+
 program.action(() =>
   main().catch((err: Error) => {
     process.stderr.write(`controller: ${err.message}\n`);
@@ -97,7 +117,7 @@ program.action(() =>
 );
 
 async function main(): Promise<void> {
-  const opts = program.opts<{ config?: string; check?: boolean; terminateCellsOnExit?: boolean }>();
+  const opts = program.opts<{ config?: string; check?: boolean; skipPreflight?: boolean; terminateCellsOnExit?: boolean }>();
   const config = configOrExit(opts.config);
   // Caught here too so --check tells (parseConfig takes such a file: tests and tools read it).
   if (!config.api.insecure && !config.security.encryptionKeyFile && !config.security.encryptionKeyEnv) {
@@ -110,8 +130,26 @@ async function main(): Promise<void> {
     process.stdout.write(`${opts.config}: ok\n`);
     return;
   }
-  const log = createLogger({ level: config.log.level });
-  const handle = await startController(config, { log, onFatal: () => setTimeout(() => process.exit(1), 100) });
+  const logRing = new LogRing();
+  const log = createLogger({ level: config.log.level, destination: logRing.tee() });
+  if (opts.skipPreflight) log.warn('preflight skipped (--skip-preflight)');
+  else {
+    const results = await preflightConfig(config, { log });
+    for (const r of results) {
+      const entry = { preflight: r.check, result: r.status, detail: r.detail, ...(r.fix ? { fix: r.fix } : {}) };
+      if (r.status === 'ok') log.info(entry, 'preflight check passed');
+      else if (r.status === 'warn') log.warn(entry, 'preflight check warning');
+      else log.error(entry, 'preflight check failed');
+    }
+    if (preflightFailed(results)) {
+      log.fatal(
+        { failed: results.filter((r) => r.status === 'fail').map((r) => r.check) },
+        'preflight failed; not starting (controller preflight shows the table; --skip-preflight starts anyway)',
+      );
+      process.exit(1);
+    }
+  }
+  const handle = await startController(config, { log, logRing, onFatal: () => setTimeout(() => process.exit(1), 100) });
   let stopping = false;
   const shutdown = async (sig: string) => {
     if (stopping) return;

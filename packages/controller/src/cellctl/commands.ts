@@ -6,9 +6,10 @@ import { extname, join } from 'node:path';
 import { Command, Option, InvalidArgumentError } from 'commander';
 import { credentials, Metadata, status as Status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
 import { parseAllDocuments, stringify } from 'yaml';
-import { ExecInput, LogsRequest as AgentLogsRequest, PortForwardFrame, type ExecOutput, type LogChunk } from '@cello/proto/cell';
+import { ExecInput, LogsRequest as AgentLogsRequest, PortForwardFrame, type AgentLogChunk, type ExecOutput, type LogChunk } from '@cello/proto/cell';
 import { ControllerClient, EventType, type Cell, type CellEvent, type ClusterEvent, type PodEvent, type PodObject, type PodRef } from '@cello/proto/controller';
 import { VERSION } from '../version.js';
+import { addSupportCommands } from './support-commands.js';
 import { cellHeader, cellRow, describePod, podHeader, podRow, render, table } from './format.js';
 import { kubeOutput, names } from './kube-output.js';
 import { JsonPathError, jsonPath, parseTemplate } from './jsonpath.js';
@@ -522,8 +523,8 @@ Examples:
 
   program
     .command('logs')
-    .description("print a container's log")
-    .argument('<pod>')
+    .description("print a container's log, or with cell/ID a cell agent's own log")
+    .argument('<pod>', 'the pod, or cell/ID for the agent of that cell')
     .option('-c, --container <name>', 'container (default: the only or first one)')
     .option('-f, --follow', 'keep printing new lines')
     .option('--tail <lines>', 'only the last N lines', parseIntArg)
@@ -534,6 +535,27 @@ Examples:
     .action(
       run(async (pod: string, o: { container?: string; follow?: boolean; tail?: number; limitBytes?: number; since?: number; timestamps?: boolean; previous?: boolean }) => {
         const client = connect(g());
+        const cell = /^cells?\/(.+)$/.exec(pod)?.[1];
+        if (cell !== undefined) {
+          // A cell agent's own log: its tail and follow; the container options do not apply.
+          const unsupported = Object.entries({
+            '--container': o.container,
+            '--limit-bytes': o.limitBytes,
+            '--since': o.since,
+            '--timestamps': o.timestamps,
+            '--previous': o.previous,
+          })
+            .filter(([, v]) => v !== undefined && v !== false)
+            .map(([k]) => k);
+          if (unsupported.length) throw new CliError(`error: ${unsupported.join(', ')}: not for a cell agent's log (cell/${cell} takes --tail and -f)`);
+          const stream = client.cellLogs({ cellId: cell, options: { tailLines: Math.max(0, o.tail ?? 0), follow: !!o.follow } });
+          stream.on('data', (c: AgentLogChunk) => process.stdout.write(c.text));
+          await new Promise<void>((resolve, reject) => {
+            stream.on('end', resolve);
+            stream.on('error', (err: ServiceError) => reject(explain(err, g())));
+          });
+          return;
+        }
         const options = AgentLogsRequest.fromPartial({
           container: o.container ?? '',
           follow: !!o.follow,
@@ -611,6 +633,15 @@ Examples:
         return failed ? 1 : 0;
       }),
     );
+
+  addSupportCommands(program, {
+    client: () => connect(g()),
+    namespace: () => g().namespace,
+    run,
+    call: (method, req, timeoutMs) => call(connect(g()), method, req, timeoutMs),
+    explain: (err) => explain(err, g()),
+    usage: (message) => new CliError(message),
+  });
 
   const config = program.command('config').description('show or change the cellctl configuration (--config, $CELLO_CONFIG, ~/.cello/config)');
   const loadOrFail = () => {

@@ -138,7 +138,11 @@ export class Events {
   }
 
   async list(ref?: PodRef, limit = 0): Promise<ClusterEvent[]> {
-    const prefix = ref ? `${EVENTS}pod/${ref.namespace || 'default'}/${ref.name}/` : EVENTS;
+    return this.listUnder(eventsPrefix(ref ? { pod: ref } : {}), limit);
+  }
+
+  /** Under eventsPrefix(): one pod's, one cell's, or all. */
+  async listUnder(prefix: string, limit = 0): Promise<ClusterEvent[]> {
     const { items } = await this.store.list<unknown>(prefix);
     const evs = items.map((kv: KeyValue<unknown>) => ClusterEvent.fromJSON(kv.value));
     evs.sort((a, b) => (a.time?.getTime() ?? 0) - (b.time?.getTime() ?? 0));
@@ -149,6 +153,13 @@ export class Events {
     const { items } = await this.store.list(`${EVENTS}pod/${ref.namespace || 'default'}/${ref.name}/`);
     for (const kv of items) await this.store.delete(kv.key);
   }
+}
+
+/** Where a pod's or a cell's events are kept (all events without either). */
+export function eventsPrefix(of: { pod?: PodRef; cell?: string }): string {
+  if (of.pod?.name) return `${EVENTS}pod/${of.pod.namespace || 'default'}/${of.pod.name}/`;
+  if (of.cell) return `${EVENTS}cell/${of.cell}/`;
+  return EVENTS;
 }
 
 export function isLive(state: CellState): boolean {

@@ -8,7 +8,8 @@ import { z } from 'zod';
 
 export const VERBS = ['get', 'list', 'watch', 'create', 'delete', 'exec', 'attach', 'portforward', 'logs'] as const;
 export type Verb = (typeof VERBS)[number];
-export type Resource = 'pods' | 'cells' | 'events';
+/** metrics: cellctl top; audit: the exec/attach/port-forward sessions; support: cellctl dump (cluster-wide). */
+export type Resource = 'pods' | 'cells' | 'events' | 'metrics' | 'audit' | 'support';
 
 /** Group whose members may do everything (the local admin, the virtual node). */
 export const MASTERS_GROUP = 'system:masters';
@@ -21,8 +22,8 @@ export const policyRuleSchema = z
     groups: z.array(z.string().min(1)).default([]),
     namespaces: z.array(z.string().min(1)).min(1),
     verbs: z.array(z.enum([...VERBS, '*'])).min(1),
-    /** Default all: pods, their events, and (with namespaces ['*']) cells. */
-    resources: z.array(z.enum(['pods', 'cells', 'events', '*'])).default(['*']),
+    /** Default all: pods, their events, metrics and audit, and (with namespaces ['*']) cells and the support bundle. */
+    resources: z.array(z.enum(['pods', 'cells', 'events', 'metrics', 'audit', 'support', '*'])).default(['*']),
   })
   .refine((r) => r.users.length + r.groups.length > 0, { message: 'a rule needs at least one of users or groups' });
 
@@ -61,7 +62,7 @@ export class PolicyAuthorizer implements Authorizer {
       const verb = r.verbs.includes('*') || r.verbs.includes(a.verb);
       const resource = r.resources.includes('*') || r.resources.includes(a.resource);
       // Cluster-scoped and all-namespace requests need a rule over every namespace.
-      const ns = r.namespaces.includes('*') || (a.namespace !== '*' && a.resource !== 'cells' && r.namespaces.includes(a.namespace));
+      const ns = r.namespaces.includes('*') || (a.namespace !== '*' && a.resource !== 'cells' && a.resource !== 'support' && r.namespaces.includes(a.namespace));
       if (subject && verb && resource && ns) return { allowed: true };
     }
     return { allowed: false, reason: 'no api.policy rule allows it' };

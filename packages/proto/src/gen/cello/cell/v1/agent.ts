@@ -434,6 +434,17 @@ export interface ListAuditResponse {
   records: AuditRecord[];
 }
 
+export interface AgentLogsRequest {
+  /** 0: every line kept */
+  tailLines: number;
+  follow: boolean;
+}
+
+export interface AgentLogChunk {
+  /** whole lines, each ending in a newline */
+  text: string;
+}
+
 export interface GetInfoRequest {
 }
 
@@ -4982,6 +4993,162 @@ export const ListAuditResponse: MessageFns<ListAuditResponse> = {
   },
 };
 
+function createBaseAgentLogsRequest(): AgentLogsRequest {
+  return { tailLines: 0, follow: false };
+}
+
+export const AgentLogsRequest: MessageFns<AgentLogsRequest> = {
+  encode(message: AgentLogsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tailLines !== 0) {
+      writer.uint32(8).uint32(message.tailLines);
+    }
+    if (message.follow !== false) {
+      writer.uint32(16).bool(message.follow);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AgentLogsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAgentLogsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.tailLines = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.follow = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AgentLogsRequest {
+    return {
+      tailLines: isSet(object.tailLines)
+        ? globalThis.Number(object.tailLines)
+        : isSet(object.tail_lines)
+        ? globalThis.Number(object.tail_lines)
+        : 0,
+      follow: isSet(object.follow) ? globalThis.Boolean(object.follow) : false,
+    };
+  },
+
+  toJSON(message: AgentLogsRequest): unknown {
+    const obj: any = {};
+    if (message.tailLines !== 0) {
+      obj.tailLines = Math.round(message.tailLines);
+    }
+    if (message.follow !== false) {
+      obj.follow = message.follow;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AgentLogsRequest>): AgentLogsRequest {
+    return AgentLogsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AgentLogsRequest>): AgentLogsRequest {
+    const message = createBaseAgentLogsRequest();
+    message.tailLines = object.tailLines ?? 0;
+    message.follow = object.follow ?? false;
+    return message;
+  },
+};
+
+function createBaseAgentLogChunk(): AgentLogChunk {
+  return { text: "" };
+}
+
+export const AgentLogChunk: MessageFns<AgentLogChunk> = {
+  encode(message: AgentLogChunk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.text !== "") {
+      writer.uint32(10).string(message.text);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AgentLogChunk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAgentLogChunk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.text = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AgentLogChunk {
+    return { text: isSet(object.text) ? globalThis.String(object.text) : "" };
+  },
+
+  toJSON(message: AgentLogChunk): unknown {
+    const obj: any = {};
+    if (message.text !== "") {
+      obj.text = message.text;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AgentLogChunk>): AgentLogChunk {
+    return AgentLogChunk.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AgentLogChunk>): AgentLogChunk {
+    const message = createBaseAgentLogChunk();
+    message.text = object.text ?? "";
+    return message;
+  },
+};
+
 function createBaseGetInfoRequest(): GetInfoRequest {
   return {};
 }
@@ -6360,6 +6527,16 @@ export const CellAgentService = {
     responseSerialize: (value: ListAuditResponse): Buffer => Buffer.from(ListAuditResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListAuditResponse => ListAuditResponse.decode(value),
   },
+  /** The agent's own log lines (JSON): the ones kept in memory (the newest tail_lines), then new ones with follow. */
+  agentLogs: {
+    path: "/cello.cell.v1.CellAgent/AgentLogs" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: AgentLogsRequest): Buffer => Buffer.from(AgentLogsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AgentLogsRequest => AgentLogsRequest.decode(value),
+    responseSerialize: (value: AgentLogChunk): Buffer => Buffer.from(AgentLogChunk.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AgentLogChunk => AgentLogChunk.decode(value),
+  },
   getInfo: {
     path: "/cello.cell.v1.CellAgent/GetInfo" as const,
     requestStream: false as const,
@@ -6448,6 +6625,8 @@ export interface CellAgentServer extends UntypedServiceImplementation {
   stats: handleUnaryCall<StatsRequest, StatsResponse>;
   /** The audit log of exec and attach sessions on this cell. */
   listAudit: handleUnaryCall<ListAuditRequest, ListAuditResponse>;
+  /** The agent's own log lines (JSON): the ones kept in memory (the newest tail_lines), then new ones with follow. */
+  agentLogs: handleServerStreamingCall<AgentLogsRequest, AgentLogChunk>;
   getInfo: handleUnaryCall<GetInfoRequest, AgentInfo>;
   /**
    * The cluster's Services for the cell's Service proxy (nftables in the pod's namespace): a
@@ -6601,6 +6780,13 @@ export interface CellAgentClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListAuditResponse) => void,
   ): ClientUnaryCall;
+  /** The agent's own log lines (JSON): the ones kept in memory (the newest tail_lines), then new ones with follow. */
+  agentLogs(request: AgentLogsRequest, options?: Partial<CallOptions>): ClientReadableStream<AgentLogChunk>;
+  agentLogs(
+    request: AgentLogsRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<AgentLogChunk>;
   getInfo(
     request: GetInfoRequest,
     callback: (error: ServiceError | null, response: AgentInfo) => void,

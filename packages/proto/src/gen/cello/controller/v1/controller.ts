@@ -23,7 +23,15 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../../google/protobuf/timestamp.js";
-import { ExecInput, ExecOutput, LogChunk, LogsRequest as LogsRequest1, PortForwardFrame } from "../../cell/v1/agent.js";
+import {
+  AgentLogChunk,
+  AgentLogsRequest,
+  ExecInput,
+  ExecOutput,
+  LogChunk,
+  LogsRequest as LogsRequest1,
+  PortForwardFrame,
+} from "../../cell/v1/agent.js";
 import { PodSpec } from "../../cell/v1/pod.js";
 import { PodStatus } from "../../cell/v1/status.js";
 
@@ -340,6 +348,108 @@ export interface ListEventsRequest {
   /** empty: all events */
   pod: PodRef | undefined;
   limit: number;
+  /** a cell's events (exclusive with pod) */
+  cell: string;
+}
+
+export interface TopPodsRequest {
+  /** empty: every namespace */
+  namespace: string;
+}
+
+export interface ContainerUsage {
+  name: string;
+  cpuCores: number;
+  memoryWorkingSetBytes: number;
+}
+
+export interface PodUsage {
+  pod: PodRef | undefined;
+  cellId: string;
+  cpuCores: number;
+  memoryWorkingSetBytes: number;
+  containers: ContainerUsage[];
+  time: Date | undefined;
+}
+
+export interface TopPodsResponse {
+  pods: PodUsage[];
+  /** Running pods whose agent did not answer, with why ("ns/name: error"). */
+  unavailable: string[];
+}
+
+export interface TopCellsRequest {
+}
+
+export interface CellUsage {
+  cellId: string;
+  instanceType: string;
+  pod: PodRef | undefined;
+  cpuCores: number;
+  cpuCount: number;
+  memoryUsedBytes: number;
+  memoryTotalBytes: number;
+  time: Date | undefined;
+}
+
+export interface TopCellsResponse {
+  cells: CellUsage[];
+  /** "cell-id: error" */
+  unavailable: string[];
+}
+
+export interface ListAuditRequest {
+  /** name empty: every pod of the namespace; namespace empty: every namespace */
+  pod:
+    | PodRef
+    | undefined;
+  /** newest; 0: all kept */
+  limit: number;
+}
+
+export interface AuditSession {
+  id: string;
+  /** exec, attach or portforward */
+  kind: string;
+  /** as the controller authenticated them */
+  user: string;
+  pod: PodRef | undefined;
+  cellId: string;
+  container: string;
+  command: string[];
+  /** port-forward */
+  port: number;
+  startedAt:
+    | Date
+    | undefined;
+  /** unset while open (or if the controller stopped) */
+  finishedAt:
+    | Date
+    | undefined;
+  /** exec/attach: the process's exit was seen */
+  exited: boolean;
+  exitCode: number;
+  signal: string;
+  /** how the session ended otherwise */
+  error: string;
+}
+
+export interface ListAuditResponse {
+  sessions: AuditSession[];
+}
+
+export interface CellLogsRequest {
+  cellId: string;
+  options: AgentLogsRequest | undefined;
+}
+
+export interface SupportBundleRequest {
+  /** 0: every stored event */
+  eventLimit: number;
+}
+
+export interface SupportBundleChunk {
+  data: Buffer;
 }
 
 export interface ListEventsResponse {
@@ -3133,7 +3243,7 @@ export const ClusterEvent: MessageFns<ClusterEvent> = {
 };
 
 function createBaseListEventsRequest(): ListEventsRequest {
-  return { pod: undefined, limit: 0 };
+  return { pod: undefined, limit: 0, cell: "" };
 }
 
 export const ListEventsRequest: MessageFns<ListEventsRequest> = {
@@ -3143,6 +3253,9 @@ export const ListEventsRequest: MessageFns<ListEventsRequest> = {
     }
     if (message.limit !== 0) {
       writer.uint32(16).uint32(message.limit);
+    }
+    if (message.cell !== "") {
+      writer.uint32(26).string(message.cell);
     }
     return writer;
   },
@@ -3176,6 +3289,14 @@ export const ListEventsRequest: MessageFns<ListEventsRequest> = {
             message.limit = reader.uint32();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.cell = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3192,6 +3313,7 @@ export const ListEventsRequest: MessageFns<ListEventsRequest> = {
     return {
       pod: isSet(object.pod) ? PodRef.fromJSON(object.pod) : undefined,
       limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+      cell: isSet(object.cell) ? globalThis.String(object.cell) : "",
     };
   },
 
@@ -3203,6 +3325,9 @@ export const ListEventsRequest: MessageFns<ListEventsRequest> = {
     if (message.limit !== 0) {
       obj.limit = Math.round(message.limit);
     }
+    if (message.cell !== "") {
+      obj.cell = message.cell;
+    }
     return obj;
   },
 
@@ -3213,6 +3338,1481 @@ export const ListEventsRequest: MessageFns<ListEventsRequest> = {
     const message = createBaseListEventsRequest();
     message.pod = (object.pod !== undefined && object.pod !== null) ? PodRef.fromPartial(object.pod) : undefined;
     message.limit = object.limit ?? 0;
+    message.cell = object.cell ?? "";
+    return message;
+  },
+};
+
+function createBaseTopPodsRequest(): TopPodsRequest {
+  return { namespace: "" };
+}
+
+export const TopPodsRequest: MessageFns<TopPodsRequest> = {
+  encode(message: TopPodsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.namespace !== "") {
+      writer.uint32(10).string(message.namespace);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TopPodsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTopPodsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.namespace = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TopPodsRequest {
+    return { namespace: isSet(object.namespace) ? globalThis.String(object.namespace) : "" };
+  },
+
+  toJSON(message: TopPodsRequest): unknown {
+    const obj: any = {};
+    if (message.namespace !== "") {
+      obj.namespace = message.namespace;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TopPodsRequest>): TopPodsRequest {
+    return TopPodsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TopPodsRequest>): TopPodsRequest {
+    const message = createBaseTopPodsRequest();
+    message.namespace = object.namespace ?? "";
+    return message;
+  },
+};
+
+function createBaseContainerUsage(): ContainerUsage {
+  return { name: "", cpuCores: 0, memoryWorkingSetBytes: 0 };
+}
+
+export const ContainerUsage: MessageFns<ContainerUsage> = {
+  encode(message: ContainerUsage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.cpuCores !== 0) {
+      writer.uint32(17).double(message.cpuCores);
+    }
+    if (message.memoryWorkingSetBytes !== 0) {
+      writer.uint32(24).uint64(message.memoryWorkingSetBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ContainerUsage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseContainerUsage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.cpuCores = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.memoryWorkingSetBytes = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ContainerUsage {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      cpuCores: isSet(object.cpuCores)
+        ? globalThis.Number(object.cpuCores)
+        : isSet(object.cpu_cores)
+        ? globalThis.Number(object.cpu_cores)
+        : 0,
+      memoryWorkingSetBytes: isSet(object.memoryWorkingSetBytes)
+        ? globalThis.Number(object.memoryWorkingSetBytes)
+        : isSet(object.memory_working_set_bytes)
+        ? globalThis.Number(object.memory_working_set_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: ContainerUsage): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.cpuCores !== 0) {
+      obj.cpuCores = floatToJson(message.cpuCores);
+    }
+    if (message.memoryWorkingSetBytes !== 0) {
+      obj.memoryWorkingSetBytes = Math.round(message.memoryWorkingSetBytes);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ContainerUsage>): ContainerUsage {
+    return ContainerUsage.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ContainerUsage>): ContainerUsage {
+    const message = createBaseContainerUsage();
+    message.name = object.name ?? "";
+    message.cpuCores = object.cpuCores ?? 0;
+    message.memoryWorkingSetBytes = object.memoryWorkingSetBytes ?? 0;
+    return message;
+  },
+};
+
+function createBasePodUsage(): PodUsage {
+  return { pod: undefined, cellId: "", cpuCores: 0, memoryWorkingSetBytes: 0, containers: [], time: undefined };
+}
+
+export const PodUsage: MessageFns<PodUsage> = {
+  encode(message: PodUsage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pod !== undefined) {
+      PodRef.encode(message.pod, writer.uint32(10).fork()).join();
+    }
+    if (message.cellId !== "") {
+      writer.uint32(18).string(message.cellId);
+    }
+    if (message.cpuCores !== 0) {
+      writer.uint32(25).double(message.cpuCores);
+    }
+    if (message.memoryWorkingSetBytes !== 0) {
+      writer.uint32(32).uint64(message.memoryWorkingSetBytes);
+    }
+    for (const v of message.containers) {
+      ContainerUsage.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.time !== undefined) {
+      Timestamp.encode(toTimestamp(message.time), writer.uint32(50).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PodUsage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePodUsage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pod = PodRef.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.cellId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.cpuCores = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.memoryWorkingSetBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.containers.push(ContainerUsage.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.time = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PodUsage {
+    return {
+      pod: isSet(object.pod) ? PodRef.fromJSON(object.pod) : undefined,
+      cellId: isSet(object.cellId)
+        ? globalThis.String(object.cellId)
+        : isSet(object.cell_id)
+        ? globalThis.String(object.cell_id)
+        : "",
+      cpuCores: isSet(object.cpuCores)
+        ? globalThis.Number(object.cpuCores)
+        : isSet(object.cpu_cores)
+        ? globalThis.Number(object.cpu_cores)
+        : 0,
+      memoryWorkingSetBytes: isSet(object.memoryWorkingSetBytes)
+        ? globalThis.Number(object.memoryWorkingSetBytes)
+        : isSet(object.memory_working_set_bytes)
+        ? globalThis.Number(object.memory_working_set_bytes)
+        : 0,
+      containers: globalThis.Array.isArray(object?.containers)
+        ? object.containers.map((e: any) => ContainerUsage.fromJSON(e))
+        : [],
+      time: isSet(object.time) ? fromJsonTimestamp(object.time) : undefined,
+    };
+  },
+
+  toJSON(message: PodUsage): unknown {
+    const obj: any = {};
+    if (message.pod !== undefined) {
+      obj.pod = PodRef.toJSON(message.pod);
+    }
+    if (message.cellId !== "") {
+      obj.cellId = message.cellId;
+    }
+    if (message.cpuCores !== 0) {
+      obj.cpuCores = floatToJson(message.cpuCores);
+    }
+    if (message.memoryWorkingSetBytes !== 0) {
+      obj.memoryWorkingSetBytes = Math.round(message.memoryWorkingSetBytes);
+    }
+    if (message.containers?.length) {
+      obj.containers = message.containers.map((e) => ContainerUsage.toJSON(e));
+    }
+    if (message.time !== undefined) {
+      obj.time = message.time.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PodUsage>): PodUsage {
+    return PodUsage.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PodUsage>): PodUsage {
+    const message = createBasePodUsage();
+    message.pod = (object.pod !== undefined && object.pod !== null) ? PodRef.fromPartial(object.pod) : undefined;
+    message.cellId = object.cellId ?? "";
+    message.cpuCores = object.cpuCores ?? 0;
+    message.memoryWorkingSetBytes = object.memoryWorkingSetBytes ?? 0;
+    message.containers = object.containers?.map((e) => ContainerUsage.fromPartial(e)) || [];
+    message.time = object.time ?? undefined;
+    return message;
+  },
+};
+
+function createBaseTopPodsResponse(): TopPodsResponse {
+  return { pods: [], unavailable: [] };
+}
+
+export const TopPodsResponse: MessageFns<TopPodsResponse> = {
+  encode(message: TopPodsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.pods) {
+      PodUsage.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.unavailable) {
+      writer.uint32(18).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TopPodsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTopPodsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pods.push(PodUsage.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.unavailable.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TopPodsResponse {
+    return {
+      pods: globalThis.Array.isArray(object?.pods) ? object.pods.map((e: any) => PodUsage.fromJSON(e)) : [],
+      unavailable: globalThis.Array.isArray(object?.unavailable)
+        ? object.unavailable.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: TopPodsResponse): unknown {
+    const obj: any = {};
+    if (message.pods?.length) {
+      obj.pods = message.pods.map((e) => PodUsage.toJSON(e));
+    }
+    if (message.unavailable?.length) {
+      obj.unavailable = message.unavailable;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TopPodsResponse>): TopPodsResponse {
+    return TopPodsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TopPodsResponse>): TopPodsResponse {
+    const message = createBaseTopPodsResponse();
+    message.pods = object.pods?.map((e) => PodUsage.fromPartial(e)) || [];
+    message.unavailable = object.unavailable?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseTopCellsRequest(): TopCellsRequest {
+  return {};
+}
+
+export const TopCellsRequest: MessageFns<TopCellsRequest> = {
+  encode(_: TopCellsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TopCellsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTopCellsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): TopCellsRequest {
+    return {};
+  },
+
+  toJSON(_: TopCellsRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<TopCellsRequest>): TopCellsRequest {
+    return TopCellsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<TopCellsRequest>): TopCellsRequest {
+    const message = createBaseTopCellsRequest();
+    return message;
+  },
+};
+
+function createBaseCellUsage(): CellUsage {
+  return {
+    cellId: "",
+    instanceType: "",
+    pod: undefined,
+    cpuCores: 0,
+    cpuCount: 0,
+    memoryUsedBytes: 0,
+    memoryTotalBytes: 0,
+    time: undefined,
+  };
+}
+
+export const CellUsage: MessageFns<CellUsage> = {
+  encode(message: CellUsage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cellId !== "") {
+      writer.uint32(10).string(message.cellId);
+    }
+    if (message.instanceType !== "") {
+      writer.uint32(18).string(message.instanceType);
+    }
+    if (message.pod !== undefined) {
+      PodRef.encode(message.pod, writer.uint32(26).fork()).join();
+    }
+    if (message.cpuCores !== 0) {
+      writer.uint32(33).double(message.cpuCores);
+    }
+    if (message.cpuCount !== 0) {
+      writer.uint32(40).uint32(message.cpuCount);
+    }
+    if (message.memoryUsedBytes !== 0) {
+      writer.uint32(48).uint64(message.memoryUsedBytes);
+    }
+    if (message.memoryTotalBytes !== 0) {
+      writer.uint32(56).uint64(message.memoryTotalBytes);
+    }
+    if (message.time !== undefined) {
+      Timestamp.encode(toTimestamp(message.time), writer.uint32(66).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CellUsage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCellUsage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.cellId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.instanceType = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pod = PodRef.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.cpuCores = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.cpuCount = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.memoryUsedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.memoryTotalBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.time = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CellUsage {
+    return {
+      cellId: isSet(object.cellId)
+        ? globalThis.String(object.cellId)
+        : isSet(object.cell_id)
+        ? globalThis.String(object.cell_id)
+        : "",
+      instanceType: isSet(object.instanceType)
+        ? globalThis.String(object.instanceType)
+        : isSet(object.instance_type)
+        ? globalThis.String(object.instance_type)
+        : "",
+      pod: isSet(object.pod) ? PodRef.fromJSON(object.pod) : undefined,
+      cpuCores: isSet(object.cpuCores)
+        ? globalThis.Number(object.cpuCores)
+        : isSet(object.cpu_cores)
+        ? globalThis.Number(object.cpu_cores)
+        : 0,
+      cpuCount: isSet(object.cpuCount)
+        ? globalThis.Number(object.cpuCount)
+        : isSet(object.cpu_count)
+        ? globalThis.Number(object.cpu_count)
+        : 0,
+      memoryUsedBytes: isSet(object.memoryUsedBytes)
+        ? globalThis.Number(object.memoryUsedBytes)
+        : isSet(object.memory_used_bytes)
+        ? globalThis.Number(object.memory_used_bytes)
+        : 0,
+      memoryTotalBytes: isSet(object.memoryTotalBytes)
+        ? globalThis.Number(object.memoryTotalBytes)
+        : isSet(object.memory_total_bytes)
+        ? globalThis.Number(object.memory_total_bytes)
+        : 0,
+      time: isSet(object.time) ? fromJsonTimestamp(object.time) : undefined,
+    };
+  },
+
+  toJSON(message: CellUsage): unknown {
+    const obj: any = {};
+    if (message.cellId !== "") {
+      obj.cellId = message.cellId;
+    }
+    if (message.instanceType !== "") {
+      obj.instanceType = message.instanceType;
+    }
+    if (message.pod !== undefined) {
+      obj.pod = PodRef.toJSON(message.pod);
+    }
+    if (message.cpuCores !== 0) {
+      obj.cpuCores = floatToJson(message.cpuCores);
+    }
+    if (message.cpuCount !== 0) {
+      obj.cpuCount = Math.round(message.cpuCount);
+    }
+    if (message.memoryUsedBytes !== 0) {
+      obj.memoryUsedBytes = Math.round(message.memoryUsedBytes);
+    }
+    if (message.memoryTotalBytes !== 0) {
+      obj.memoryTotalBytes = Math.round(message.memoryTotalBytes);
+    }
+    if (message.time !== undefined) {
+      obj.time = message.time.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CellUsage>): CellUsage {
+    return CellUsage.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CellUsage>): CellUsage {
+    const message = createBaseCellUsage();
+    message.cellId = object.cellId ?? "";
+    message.instanceType = object.instanceType ?? "";
+    message.pod = (object.pod !== undefined && object.pod !== null) ? PodRef.fromPartial(object.pod) : undefined;
+    message.cpuCores = object.cpuCores ?? 0;
+    message.cpuCount = object.cpuCount ?? 0;
+    message.memoryUsedBytes = object.memoryUsedBytes ?? 0;
+    message.memoryTotalBytes = object.memoryTotalBytes ?? 0;
+    message.time = object.time ?? undefined;
+    return message;
+  },
+};
+
+function createBaseTopCellsResponse(): TopCellsResponse {
+  return { cells: [], unavailable: [] };
+}
+
+export const TopCellsResponse: MessageFns<TopCellsResponse> = {
+  encode(message: TopCellsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.cells) {
+      CellUsage.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.unavailable) {
+      writer.uint32(18).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TopCellsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTopCellsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.cells.push(CellUsage.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.unavailable.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TopCellsResponse {
+    return {
+      cells: globalThis.Array.isArray(object?.cells) ? object.cells.map((e: any) => CellUsage.fromJSON(e)) : [],
+      unavailable: globalThis.Array.isArray(object?.unavailable)
+        ? object.unavailable.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: TopCellsResponse): unknown {
+    const obj: any = {};
+    if (message.cells?.length) {
+      obj.cells = message.cells.map((e) => CellUsage.toJSON(e));
+    }
+    if (message.unavailable?.length) {
+      obj.unavailable = message.unavailable;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TopCellsResponse>): TopCellsResponse {
+    return TopCellsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TopCellsResponse>): TopCellsResponse {
+    const message = createBaseTopCellsResponse();
+    message.cells = object.cells?.map((e) => CellUsage.fromPartial(e)) || [];
+    message.unavailable = object.unavailable?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseListAuditRequest(): ListAuditRequest {
+  return { pod: undefined, limit: 0 };
+}
+
+export const ListAuditRequest: MessageFns<ListAuditRequest> = {
+  encode(message: ListAuditRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pod !== undefined) {
+      PodRef.encode(message.pod, writer.uint32(10).fork()).join();
+    }
+    if (message.limit !== 0) {
+      writer.uint32(16).uint32(message.limit);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListAuditRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListAuditRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pod = PodRef.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.limit = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListAuditRequest {
+    return {
+      pod: isSet(object.pod) ? PodRef.fromJSON(object.pod) : undefined,
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+    };
+  },
+
+  toJSON(message: ListAuditRequest): unknown {
+    const obj: any = {};
+    if (message.pod !== undefined) {
+      obj.pod = PodRef.toJSON(message.pod);
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListAuditRequest>): ListAuditRequest {
+    return ListAuditRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListAuditRequest>): ListAuditRequest {
+    const message = createBaseListAuditRequest();
+    message.pod = (object.pod !== undefined && object.pod !== null) ? PodRef.fromPartial(object.pod) : undefined;
+    message.limit = object.limit ?? 0;
+    return message;
+  },
+};
+
+function createBaseAuditSession(): AuditSession {
+  return {
+    id: "",
+    kind: "",
+    user: "",
+    pod: undefined,
+    cellId: "",
+    container: "",
+    command: [],
+    port: 0,
+    startedAt: undefined,
+    finishedAt: undefined,
+    exited: false,
+    exitCode: 0,
+    signal: "",
+    error: "",
+  };
+}
+
+export const AuditSession: MessageFns<AuditSession> = {
+  encode(message: AuditSession, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.kind !== "") {
+      writer.uint32(18).string(message.kind);
+    }
+    if (message.user !== "") {
+      writer.uint32(26).string(message.user);
+    }
+    if (message.pod !== undefined) {
+      PodRef.encode(message.pod, writer.uint32(34).fork()).join();
+    }
+    if (message.cellId !== "") {
+      writer.uint32(42).string(message.cellId);
+    }
+    if (message.container !== "") {
+      writer.uint32(50).string(message.container);
+    }
+    for (const v of message.command) {
+      writer.uint32(58).string(v!);
+    }
+    if (message.port !== 0) {
+      writer.uint32(64).int32(message.port);
+    }
+    if (message.startedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.startedAt), writer.uint32(74).fork()).join();
+    }
+    if (message.finishedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.finishedAt), writer.uint32(82).fork()).join();
+    }
+    if (message.exited !== false) {
+      writer.uint32(88).bool(message.exited);
+    }
+    if (message.exitCode !== 0) {
+      writer.uint32(96).int32(message.exitCode);
+    }
+    if (message.signal !== "") {
+      writer.uint32(106).string(message.signal);
+    }
+    if (message.error !== "") {
+      writer.uint32(114).string(message.error);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuditSession {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuditSession();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.user = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.pod = PodRef.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.cellId = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.container = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.command.push(reader.string());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.port = reader.int32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.startedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.finishedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.exited = reader.bool();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.exitCode = reader.int32();
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.signal = reader.string();
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuditSession {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      user: isSet(object.user) ? globalThis.String(object.user) : "",
+      pod: isSet(object.pod) ? PodRef.fromJSON(object.pod) : undefined,
+      cellId: isSet(object.cellId)
+        ? globalThis.String(object.cellId)
+        : isSet(object.cell_id)
+        ? globalThis.String(object.cell_id)
+        : "",
+      container: isSet(object.container) ? globalThis.String(object.container) : "",
+      command: globalThis.Array.isArray(object?.command) ? object.command.map((e: any) => globalThis.String(e)) : [],
+      port: isSet(object.port) ? globalThis.Number(object.port) : 0,
+      startedAt: isSet(object.startedAt)
+        ? fromJsonTimestamp(object.startedAt)
+        : isSet(object.started_at)
+        ? fromJsonTimestamp(object.started_at)
+        : undefined,
+      finishedAt: isSet(object.finishedAt)
+        ? fromJsonTimestamp(object.finishedAt)
+        : isSet(object.finished_at)
+        ? fromJsonTimestamp(object.finished_at)
+        : undefined,
+      exited: isSet(object.exited) ? globalThis.Boolean(object.exited) : false,
+      exitCode: isSet(object.exitCode)
+        ? globalThis.Number(object.exitCode)
+        : isSet(object.exit_code)
+        ? globalThis.Number(object.exit_code)
+        : 0,
+      signal: isSet(object.signal) ? globalThis.String(object.signal) : "",
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+    };
+  },
+
+  toJSON(message: AuditSession): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.user !== "") {
+      obj.user = message.user;
+    }
+    if (message.pod !== undefined) {
+      obj.pod = PodRef.toJSON(message.pod);
+    }
+    if (message.cellId !== "") {
+      obj.cellId = message.cellId;
+    }
+    if (message.container !== "") {
+      obj.container = message.container;
+    }
+    if (message.command?.length) {
+      obj.command = message.command;
+    }
+    if (message.port !== 0) {
+      obj.port = Math.round(message.port);
+    }
+    if (message.startedAt !== undefined) {
+      obj.startedAt = message.startedAt.toISOString();
+    }
+    if (message.finishedAt !== undefined) {
+      obj.finishedAt = message.finishedAt.toISOString();
+    }
+    if (message.exited !== false) {
+      obj.exited = message.exited;
+    }
+    if (message.exitCode !== 0) {
+      obj.exitCode = Math.round(message.exitCode);
+    }
+    if (message.signal !== "") {
+      obj.signal = message.signal;
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuditSession>): AuditSession {
+    return AuditSession.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AuditSession>): AuditSession {
+    const message = createBaseAuditSession();
+    message.id = object.id ?? "";
+    message.kind = object.kind ?? "";
+    message.user = object.user ?? "";
+    message.pod = (object.pod !== undefined && object.pod !== null) ? PodRef.fromPartial(object.pod) : undefined;
+    message.cellId = object.cellId ?? "";
+    message.container = object.container ?? "";
+    message.command = object.command?.map((e) => e) || [];
+    message.port = object.port ?? 0;
+    message.startedAt = object.startedAt ?? undefined;
+    message.finishedAt = object.finishedAt ?? undefined;
+    message.exited = object.exited ?? false;
+    message.exitCode = object.exitCode ?? 0;
+    message.signal = object.signal ?? "";
+    message.error = object.error ?? "";
+    return message;
+  },
+};
+
+function createBaseListAuditResponse(): ListAuditResponse {
+  return { sessions: [] };
+}
+
+export const ListAuditResponse: MessageFns<ListAuditResponse> = {
+  encode(message: ListAuditResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.sessions) {
+      AuditSession.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListAuditResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListAuditResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sessions.push(AuditSession.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListAuditResponse {
+    return {
+      sessions: globalThis.Array.isArray(object?.sessions)
+        ? object.sessions.map((e: any) => AuditSession.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListAuditResponse): unknown {
+    const obj: any = {};
+    if (message.sessions?.length) {
+      obj.sessions = message.sessions.map((e) => AuditSession.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListAuditResponse>): ListAuditResponse {
+    return ListAuditResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListAuditResponse>): ListAuditResponse {
+    const message = createBaseListAuditResponse();
+    message.sessions = object.sessions?.map((e) => AuditSession.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseCellLogsRequest(): CellLogsRequest {
+  return { cellId: "", options: undefined };
+}
+
+export const CellLogsRequest: MessageFns<CellLogsRequest> = {
+  encode(message: CellLogsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cellId !== "") {
+      writer.uint32(10).string(message.cellId);
+    }
+    if (message.options !== undefined) {
+      AgentLogsRequest.encode(message.options, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CellLogsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCellLogsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.cellId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.options = AgentLogsRequest.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CellLogsRequest {
+    return {
+      cellId: isSet(object.cellId)
+        ? globalThis.String(object.cellId)
+        : isSet(object.cell_id)
+        ? globalThis.String(object.cell_id)
+        : "",
+      options: isSet(object.options) ? AgentLogsRequest.fromJSON(object.options) : undefined,
+    };
+  },
+
+  toJSON(message: CellLogsRequest): unknown {
+    const obj: any = {};
+    if (message.cellId !== "") {
+      obj.cellId = message.cellId;
+    }
+    if (message.options !== undefined) {
+      obj.options = AgentLogsRequest.toJSON(message.options);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CellLogsRequest>): CellLogsRequest {
+    return CellLogsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CellLogsRequest>): CellLogsRequest {
+    const message = createBaseCellLogsRequest();
+    message.cellId = object.cellId ?? "";
+    message.options = (object.options !== undefined && object.options !== null)
+      ? AgentLogsRequest.fromPartial(object.options)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSupportBundleRequest(): SupportBundleRequest {
+  return { eventLimit: 0 };
+}
+
+export const SupportBundleRequest: MessageFns<SupportBundleRequest> = {
+  encode(message: SupportBundleRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.eventLimit !== 0) {
+      writer.uint32(8).uint32(message.eventLimit);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SupportBundleRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSupportBundleRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.eventLimit = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SupportBundleRequest {
+    return {
+      eventLimit: isSet(object.eventLimit)
+        ? globalThis.Number(object.eventLimit)
+        : isSet(object.event_limit)
+        ? globalThis.Number(object.event_limit)
+        : 0,
+    };
+  },
+
+  toJSON(message: SupportBundleRequest): unknown {
+    const obj: any = {};
+    if (message.eventLimit !== 0) {
+      obj.eventLimit = Math.round(message.eventLimit);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SupportBundleRequest>): SupportBundleRequest {
+    return SupportBundleRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SupportBundleRequest>): SupportBundleRequest {
+    const message = createBaseSupportBundleRequest();
+    message.eventLimit = object.eventLimit ?? 0;
+    return message;
+  },
+};
+
+function createBaseSupportBundleChunk(): SupportBundleChunk {
+  return { data: Buffer.alloc(0) };
+}
+
+export const SupportBundleChunk: MessageFns<SupportBundleChunk> = {
+  encode(message: SupportBundleChunk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.data.length !== 0) {
+      writer.uint32(10).bytes(message.data);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SupportBundleChunk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSupportBundleChunk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.data = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SupportBundleChunk {
+    return { data: isSet(object.data) ? Buffer.from(bytesFromBase64(object.data)) : Buffer.alloc(0) };
+  },
+
+  toJSON(message: SupportBundleChunk): unknown {
+    const obj: any = {};
+    if (message.data.length !== 0) {
+      obj.data = base64FromBytes(message.data);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SupportBundleChunk>): SupportBundleChunk {
+    return SupportBundleChunk.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SupportBundleChunk>): SupportBundleChunk {
+    const message = createBaseSupportBundleChunk();
+    message.data = object.data ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -3595,6 +5195,65 @@ export const ControllerService = {
     responseSerialize: (value: ListEventsResponse): Buffer => Buffer.from(ListEventsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListEventsResponse => ListEventsResponse.decode(value),
   },
+  /** The stored events (the newest `limit`), then each new one as it is recorded. */
+  watchEvents: {
+    path: "/cello.controller.v1.Controller/WatchEvents" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: ListEventsRequest): Buffer => Buffer.from(ListEventsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListEventsRequest => ListEventsRequest.decode(value),
+    responseSerialize: (value: ClusterEvent): Buffer => Buffer.from(ClusterEvent.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ClusterEvent => ClusterEvent.decode(value),
+  },
+  /** Usage from the agents' Stats of the pods' cells (cellctl top). */
+  topPods: {
+    path: "/cello.controller.v1.Controller/TopPods" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: TopPodsRequest): Buffer => Buffer.from(TopPodsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): TopPodsRequest => TopPodsRequest.decode(value),
+    responseSerialize: (value: TopPodsResponse): Buffer => Buffer.from(TopPodsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): TopPodsResponse => TopPodsResponse.decode(value),
+  },
+  topCells: {
+    path: "/cello.controller.v1.Controller/TopCells" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: TopCellsRequest): Buffer => Buffer.from(TopCellsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): TopCellsRequest => TopCellsRequest.decode(value),
+    responseSerialize: (value: TopCellsResponse): Buffer => Buffer.from(TopCellsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): TopCellsResponse => TopCellsResponse.decode(value),
+  },
+  /** Exec, attach and port-forward sessions as the controller relayed them (cellctl audit). */
+  listAudit: {
+    path: "/cello.controller.v1.Controller/ListAudit" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListAuditRequest): Buffer => Buffer.from(ListAuditRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListAuditRequest => ListAuditRequest.decode(value),
+    responseSerialize: (value: ListAuditResponse): Buffer => Buffer.from(ListAuditResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListAuditResponse => ListAuditResponse.decode(value),
+  },
+  /** A cell agent's own log (cellctl logs cell/ID), relayed. */
+  cellLogs: {
+    path: "/cello.controller.v1.Controller/CellLogs" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: CellLogsRequest): Buffer => Buffer.from(CellLogsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CellLogsRequest => CellLogsRequest.decode(value),
+    responseSerialize: (value: AgentLogChunk): Buffer => Buffer.from(AgentLogChunk.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AgentLogChunk => AgentLogChunk.decode(value),
+  },
+  /** One tar.gz for a support request (cellctl dump), in chunks. */
+  supportBundle: {
+    path: "/cello.controller.v1.Controller/SupportBundle" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: SupportBundleRequest): Buffer => Buffer.from(SupportBundleRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SupportBundleRequest => SupportBundleRequest.decode(value),
+    responseSerialize: (value: SupportBundleChunk): Buffer => Buffer.from(SupportBundleChunk.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SupportBundleChunk => SupportBundleChunk.decode(value),
+  },
   version: {
     path: "/cello.controller.v1.Controller/Version" as const,
     requestStream: false as const,
@@ -3625,6 +5284,17 @@ export interface ControllerServer extends UntypedServiceImplementation {
   attach: handleBidiStreamingCall<ExecRequest, ExecOutput>;
   portForward: handleBidiStreamingCall<PortForwardRequest, PortForwardFrame>;
   listEvents: handleUnaryCall<ListEventsRequest, ListEventsResponse>;
+  /** The stored events (the newest `limit`), then each new one as it is recorded. */
+  watchEvents: handleServerStreamingCall<ListEventsRequest, ClusterEvent>;
+  /** Usage from the agents' Stats of the pods' cells (cellctl top). */
+  topPods: handleUnaryCall<TopPodsRequest, TopPodsResponse>;
+  topCells: handleUnaryCall<TopCellsRequest, TopCellsResponse>;
+  /** Exec, attach and port-forward sessions as the controller relayed them (cellctl audit). */
+  listAudit: handleUnaryCall<ListAuditRequest, ListAuditResponse>;
+  /** A cell agent's own log (cellctl logs cell/ID), relayed. */
+  cellLogs: handleServerStreamingCall<CellLogsRequest, AgentLogChunk>;
+  /** One tar.gz for a support request (cellctl dump), in chunks. */
+  supportBundle: handleServerStreamingCall<SupportBundleRequest, SupportBundleChunk>;
   version: handleUnaryCall<VersionRequest, VersionResponse>;
 }
 
@@ -3748,6 +5418,77 @@ export interface ControllerClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListEventsResponse) => void,
   ): ClientUnaryCall;
+  /** The stored events (the newest `limit`), then each new one as it is recorded. */
+  watchEvents(request: ListEventsRequest, options?: Partial<CallOptions>): ClientReadableStream<ClusterEvent>;
+  watchEvents(
+    request: ListEventsRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ClusterEvent>;
+  /** Usage from the agents' Stats of the pods' cells (cellctl top). */
+  topPods(
+    request: TopPodsRequest,
+    callback: (error: ServiceError | null, response: TopPodsResponse) => void,
+  ): ClientUnaryCall;
+  topPods(
+    request: TopPodsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: TopPodsResponse) => void,
+  ): ClientUnaryCall;
+  topPods(
+    request: TopPodsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: TopPodsResponse) => void,
+  ): ClientUnaryCall;
+  topCells(
+    request: TopCellsRequest,
+    callback: (error: ServiceError | null, response: TopCellsResponse) => void,
+  ): ClientUnaryCall;
+  topCells(
+    request: TopCellsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: TopCellsResponse) => void,
+  ): ClientUnaryCall;
+  topCells(
+    request: TopCellsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: TopCellsResponse) => void,
+  ): ClientUnaryCall;
+  /** Exec, attach and port-forward sessions as the controller relayed them (cellctl audit). */
+  listAudit(
+    request: ListAuditRequest,
+    callback: (error: ServiceError | null, response: ListAuditResponse) => void,
+  ): ClientUnaryCall;
+  listAudit(
+    request: ListAuditRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListAuditResponse) => void,
+  ): ClientUnaryCall;
+  listAudit(
+    request: ListAuditRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListAuditResponse) => void,
+  ): ClientUnaryCall;
+  /** A cell agent's own log (cellctl logs cell/ID), relayed. */
+  cellLogs(request: CellLogsRequest, options?: Partial<CallOptions>): ClientReadableStream<AgentLogChunk>;
+  cellLogs(
+    request: CellLogsRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<AgentLogChunk>;
+  /** One tar.gz for a support request (cellctl dump), in chunks. */
+  supportBundle(
+    request: SupportBundleRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<SupportBundleChunk>;
+  supportBundle(
+    request: SupportBundleRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<SupportBundleChunk>;
   version(
     request: VersionRequest,
     callback: (error: ServiceError | null, response: VersionResponse) => void,
@@ -3773,6 +5514,14 @@ export const ControllerClient = makeGenericClientConstructor(
   service: typeof ControllerService;
   serviceName: string;
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 function floatToJson(value: number | null | undefined): number | string | null | undefined {
   return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
