@@ -260,7 +260,10 @@ describe.concurrent('native sidecars', () => {
       }),
     });
     await a.watch.until('main running', (w) => w.running('main'), 60_000);
-    expect(read(join(out.dir, 'order')).split('\n').filter(Boolean)).toEqual(['side1', 'side1-ready', 'side2', 'setup', 'main']);
+    // Running is reported once the process is started, maybe before its first line is written.
+    const order = () => read(join(out.dir, 'order')).split('\n').filter(Boolean);
+    await waitFor('main to write its line', () => order().includes('main'), { timeoutMs: 10_000 });
+    expect(order()).toEqual(['side1', 'side1-ready', 'side2', 'setup', 'main']);
     let s = a.watch.last!.status!;
     expect(s.phase).toBe(PodPhase.POD_PHASE_RUNNING);
     expect(s.conditions.find((c) => c.type === 'Initialized')?.status).toBe(1);
