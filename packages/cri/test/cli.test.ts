@@ -29,7 +29,16 @@ describe('cello-cri', () => {
     expect(top.stdout).toContain('UNIMPLEMENTED');
     const serve = await cli(['serve', '--help']);
     expect(serve.code).toBe(0);
-    for (const flag of ['--listen', '--state-dir', '--registry-config', '--insecure-registry', '--platform', '--container-runtime-endpoint=unix://']) {
+    for (const flag of [
+      '--listen',
+      '--state-dir',
+      '--registry-config',
+      '--insecure-registry',
+      '--platform',
+      '--controller-config',
+      '--sandbox-image',
+      '--container-runtime-endpoint=unix://',
+    ]) {
       expect(serve.stdout).toContain(flag);
     }
   });
