@@ -25,7 +25,8 @@ export interface TestController {
   stop(): Promise<void>;
 }
 
-export async function startController(o: { insecureRegistries: string[] }): Promise<TestController> {
+/** `registries`: the controller's registries block (per-registry rewrites, plain HTTP), which reaches the cells. */
+export async function startController(o: { insecureRegistries: string[]; registries?: Record<string, unknown> }): Promise<TestController> {
   const dir = mkdtempSync(join(tmpdir(), 'cello-cri-ctl-'));
   const cellsRoot = join(dir, 'cells');
   const cellctlConfig = join(dir, 'cellctl.yaml');
@@ -40,6 +41,7 @@ export async function startController(o: { insecureRegistries: string[] }): Prom
     log: { level: 'debug' },
     store: { kind: 'embedded', dir: join(dir, 'store') },
     provider: { kind: 'local', root: cellsRoot, insecureRegistries: o.insecureRegistries },
+    ...(o.registries ? { registries: o.registries } : {}),
     security: { mode: 'mtls', encryptionKeyFile: keyFile },
     warmPool: [],
     timeouts: { healthSeconds: 5, bootSeconds: 60, createSeconds: 30 },

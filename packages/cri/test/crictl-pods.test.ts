@@ -2,14 +2,15 @@
 // provider (real cell-agent processes, real runc) and a real registry: a sandbox is a cell, its
 // containers are that cell's units; runp/create/start/ps/exec/stop/rm/stopp/rmp end to end, and
 // what a VM per pod cannot mean refused naming the field.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { buildFixtures, criTools, pushBusybox, pushImage, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
+import { criTools, pushBusybox, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Metadata } from '@grpc/grpc-js';
 import type { ExecSyncResponse } from '../src/gen/runtime/v1/api.js';
 import { call, clients, crictl as runCrictl, deadline, startShim, type Run, type Shim } from './shim.js';
 import { startController, type TestController } from './controller.js';
+import { pushPause } from './pause-image.js';
 
 let tools: { crictl: string; critest: string };
 let registry: RegistryServer;
@@ -17,20 +18,6 @@ let controller: TestController;
 let shim: Shim;
 let busybox: string;
 let pause: string;
-
-/** A pause-like image: busybox's layer with `sleep` as its entrypoint (the sandbox unit must outlive every container). */
-async function pushPause(reg: RegistryServer): Promise<string> {
-  const f = await buildFixtures('busybox');
-  const index = JSON.parse(readFileSync(join(f.layout, 'index.json'), 'utf8')) as { manifests: { digest: string; annotations?: Record<string, string> }[] };
-  const blob = (d: string) => readFileSync(join(f.layout, 'blobs', 'sha256', d.slice('sha256:'.length)));
-  const m = index.manifests.find((x) => x.annotations?.['org.opencontainers.image.ref.name'] === 'busybox')!;
-  const manifest = JSON.parse(blob(m.digest).toString()) as { config: { digest: string }; layers: { digest: string; mediaType: string }[] };
-  const config = JSON.parse(blob(manifest.config.digest).toString()) as { rootfs: { diff_ids: string[] } };
-  const layers = manifest.layers.map((l, i) => ({ blob: blob(l.digest), mediaType: l.mediaType, diffId: config.rootfs.diff_ids[i]! }));
-  return (
-    await pushImage(reg, 'pause:test', layers, { Entrypoint: ['/bin/sleep', '2147483647'], Cmd: null, Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'] })
-  ).ref;
-}
 
 function crictl(args: string[]): Promise<Run> {
   return runCrictl(tools.crictl, shim.socket, args);

@@ -2,6 +2,7 @@
 // Cello pod (its cell is the sandbox: one VM, its own network); its containers are that pod's
 // units. What a VM per pod cannot mean (the node's namespaces, the node's files, privileged
 // access to the node) is refused here, naming the field, before anything is created.
+import { createHash } from 'node:crypto';
 import { CelloError } from '@cello/proto';
 import {
   NamespaceMode,
@@ -161,15 +162,25 @@ export function containerSpec(config: ContainerConfig, unit: string, imageRef: s
   };
 }
 
-/** The unit's name on the cell: the CRI name and attempt (a restarted container is another unit). */
+/**
+ * The unit's name on the cell, a DNS label: the CRI name (lowercased) and attempt, since a
+ * restarted container is another unit. A name that does not fit as it is (too long, other
+ * characters) is shortened and given a hash of the whole name, so two names never share a unit.
+ */
 export function unitName(config: ContainerConfig): string {
   const m = config.metadata;
   if (!m?.name) refuse('config.metadata.name', 'is required');
-  const unit = `${m.name}-${m.attempt}`;
-  if (!DNS_LABEL.test(unit) || unit.length > 63)
-    refuse('config.metadata.name', `${JSON.stringify(m.name)} must be a DNS label (with "-<attempt>", at most 63 characters): it names the container's unit on the cell`);
-  if (unit === SANDBOX_UNIT) refuse('config.metadata.name', `${JSON.stringify(m.name)} is the sandbox's own unit`);
-  return unit;
+  const suffix = `-${m.attempt}`;
+  const plain = `${m.name}${suffix}`;
+  if (DNS_LABEL.test(plain) && plain.length <= 63 && plain !== SANDBOX_UNIT) return plain;
+  const hash = createHash('sha256').update(m.name).digest('hex').slice(0, 8);
+  const tail = `-${hash}${suffix}`;
+  const head = m.name
+    .toLowerCase()
+    .replace(/[^a-z0-9-]+/g, '-')
+    .slice(0, 63 - tail.length)
+    .replace(/^-+|-+$/g, '');
+  return `${head || 'c'}${tail}`;
 }
 
 function dnsOptions(options: string[]): Array<{ name: string; value?: string }> {
