@@ -2,7 +2,8 @@
 // provider (real cell-agent processes, real runc) and an embedded store, as the controller's own
 // end-to-end tests run it (packages/controller/test/helpers/cluster.ts). It writes an admin
 // cellctl configuration, which the shim uses as its --controller-config.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -12,6 +13,7 @@ import { stringify } from 'yaml';
 import { LocalProvider } from '@cello/controller';
 import { freePort, waitExit, waitFor } from '@cello/testkit';
 
+const run = promisify(execFile);
 const CONTROLLER_BIN = join(dirname(createRequire(import.meta.url).resolve('@cello/controller')), 'bin', 'controller.js');
 
 export interface TestController {
@@ -22,11 +24,13 @@ export interface TestController {
   logs(): string;
   /** Cells the local provider still holds. */
   cellDirs(): string[];
+  /** `controller issue-user NAME --group GROUP`: another user's cellctl configuration (its path). */
+  issueUser(name: string, group: string): Promise<string>;
   stop(): Promise<void>;
 }
 
 /** `registries`: the controller's registries block (per-registry rewrites, plain HTTP), which reaches the cells. */
-export async function startController(o: { insecureRegistries: string[]; registries?: Record<string, unknown> }): Promise<TestController> {
+export async function startController(o: { insecureRegistries: string[]; registries?: Record<string, unknown>; policy?: unknown[] }): Promise<TestController> {
   const dir = mkdtempSync(join(tmpdir(), 'cello-cri-ctl-'));
   const cellsRoot = join(dir, 'cells');
   const cellctlConfig = join(dir, 'cellctl.yaml');
@@ -36,7 +40,7 @@ export async function startController(o: { insecureRegistries: string[]; registr
   const server = `127.0.0.1:${await freePort()}`;
   const cfg = {
     controllerId,
-    api: { listen: server, adminCredentials: { file: cellctlConfig, user: 'cri-admin' } },
+    api: { listen: server, adminCredentials: { file: cellctlConfig, user: 'cri-admin' }, ...(o.policy ? { policy: o.policy } : {}) },
     metrics: { listen: `127.0.0.1:${await freePort()}` },
     log: { level: 'debug' },
     store: { kind: 'embedded', dir: join(dir, 'store') },
@@ -81,5 +85,10 @@ export async function startController(o: { insecureRegistries: string[]; registr
     await stop();
     throw err;
   }
-  return { server, cellctlConfig, cellsRoot, logs: () => log, cellDirs: () => (existsSync(cellsRoot) ? readdirSync(cellsRoot) : []), stop };
+  const issueUser = async (name: string, group: string): Promise<string> => {
+    const out = join(dir, `${name}.yaml`);
+    await run(process.execPath, [CONTROLLER_BIN, 'issue-user', name, '--group', group, '-c', configPath, '-o', out, '--ttl', '1h'], { timeout: 60_000 });
+    return out;
+  };
+  return { server, cellctlConfig, cellsRoot, logs: () => log, cellDirs: () => (existsSync(cellsRoot) ? readdirSync(cellsRoot) : []), issueUser, stop };
 }

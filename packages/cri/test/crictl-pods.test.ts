@@ -2,11 +2,12 @@
 // provider (real cell-agent processes, real runc) and a real registry: a sandbox is a cell, its
 // containers are that cell's units; runp/create/start/ps/exec/stop/rm/stopp/rmp end to end, and
 // what a VM per pod cannot mean refused naming the field.
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { criTools, pushBusybox, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Metadata } from '@grpc/grpc-js';
+import { parse, stringify } from 'yaml';
 import type { ExecSyncResponse } from '../src/gen/runtime/v1/api.js';
 import { call, clients, crictl as runCrictl, deadline, startShim, type Run, type Shim } from './shim.js';
 import { startController, type TestController } from './controller.js';
@@ -51,7 +52,12 @@ beforeAll(async () => {
   registry = await startRegistry();
   busybox = await pushBusybox(registry, 'busybox:1');
   pause = await pushPause(registry);
-  controller = await startController({ insecureRegistries: [registry.host] });
+  // The admin (system:masters) runs the main shim; group `cri-dev` may only create, get and delete
+  // pods in namespace dev: no exec, no other namespace.
+  controller = await startController({
+    insecureRegistries: [registry.host],
+    policy: [{ groups: ['cri-dev'], namespaces: ['dev'], verbs: ['get', 'list', 'watch', 'create', 'delete'] }],
+  });
   shim = await startShim(['--insecure-registry', registry.host, '--controller-config', controller.cellctlConfig, '--sandbox-image', pause]);
 }, 30 * 60_000);
 
@@ -213,6 +219,65 @@ describe('what a VM per pod cannot mean is refused, naming the field', () => {
       expect(await ok(['ps', '-a', '-q', '--pod', sandbox])).toBe('');
     } finally {
       await ok(['--timeout', '120s', 'rmp', '-f', sandbox]);
+    }
+  }, 300_000);
+});
+
+describe('the shim is a client of the controller like any other: authenticated, and only as authorized', () => {
+  it('a shim whose user may not run pods in a namespace is refused there, and may not exec where it may run pods', async () => {
+    const limited = await startShim(['--insecure-registry', registry.host, '--controller-config', await controller.issueUser('cri-node', 'cri-dev'), '--sandbox-image', pause]);
+    try {
+      const as = (args: string[]) => runCrictl(tools.crictl, limited.socket, args);
+      const denied = await as(['--timeout', '60s', 'runp', file('denied.json', podConfig('denied'))]);
+      expect(denied.code).not.toBe(0);
+      expect(denied.stderr).toMatch(/PermissionDenied|forbidden/i);
+      expect(denied.stderr).toContain('may not create pods in namespace default');
+      expect((await as(['pods', '-q'])).stdout.trim()).toBe('');
+
+      const dev = { ...podConfig('devpod'), metadata: { name: 'devpod', namespace: 'dev', uid: 'uid-devpod', attempt: 0 } };
+      const sandbox = (await as(['--timeout', '120s', 'runp', file('dev.json', dev)])).stdout.trim();
+      expect(sandbox, limited.logs().slice(-2000)).toMatch(/^[a-f0-9]{64}$/);
+      const ctr = (
+        await as([
+          '--timeout',
+          '60s',
+          'create',
+          sandbox,
+          file('devc.json', { metadata: { name: 'app', attempt: 0 }, image: { image: busybox }, command: ['sleep', '3600'], linux: {} }),
+          file('dev.json', dev),
+        ])
+      ).stdout.trim();
+      expect((await as(['--timeout', '60s', 'start', ctr])).code).toBe(0);
+      const exec = await as(['exec', '-s', ctr, 'true']);
+      expect(exec.code).not.toBe(0);
+      expect(exec.stderr).toContain('may not exec');
+      expect((await as(['--timeout', '120s', 'rmp', '-f', sandbox])).code).toBe(0);
+    } finally {
+      await limited.stop();
+    }
+  }, 300_000);
+
+  it('a client certificate this controller never issued is refused: the runtime is not ready, and sandboxes fail', async () => {
+    const other = await startController({ insecureRegistries: [] });
+    // This controller's address and CA, with the other controller's admin certificate and key.
+    const cfg = parse(readFileSync(controller.cellctlConfig, 'utf8')) as { users: { user: Record<string, string> }[] };
+    cfg.users[0]!.user = (parse(readFileSync(other.cellctlConfig, 'utf8')) as typeof cfg).users[0]!.user;
+    writeFileSync(join(shim.dir, 'foreign.yaml'), stringify(cfg), { mode: 0o600 });
+    await other.stop();
+    const foreign = await startShim(['--controller-config', join(shim.dir, 'foreign.yaml'), '--sandbox-image', pause]);
+    try {
+      const info = await runCrictl(tools.crictl, foreign.socket, ['info', '-o', 'json']);
+      const ready = (JSON.parse(info.stdout) as { status: { conditions: { type: string; status: boolean; reason: string; message: string }[] } }).status.conditions.find(
+        (c) => c.type === 'RuntimeReady',
+      )!;
+      expect(ready.status).toBe(false);
+      expect(ready.reason).toBe('ControllerUnreachable');
+      expect(ready.message).toContain("a client certificate this controller's CA did not issue");
+      const r = await runCrictl(tools.crictl, foreign.socket, ['--timeout', '20s', 'runp', file('foreign-pod.json', podConfig('foreign'))]);
+      expect(r.code).not.toBe(0);
+      expect(await ok(['pods', '-q', '--label', 'app=foreign'])).toBe('');
+    } finally {
+      await foreign.stop();
     }
   }, 300_000);
 });
