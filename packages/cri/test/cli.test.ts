@@ -85,4 +85,23 @@ describe('cello-cri', () => {
       await shim.stop();
     }
   });
+
+  it('a missing controller configuration, and a damaged sandbox record, fail the start naming the file', async () => {
+    const missing = await cli(['serve', '--listen', join(dir, 'd.sock'), '--state-dir', join(dir, 's7'), '--controller-config', join(dir, 'nope.yaml')]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain(`--controller-config ${join(dir, 'nope.yaml')}: no such file`);
+    // A configuration that parses (the controller need not answer for the start).
+    const cfg = join(dir, 'cri-user.yaml');
+    writeFileSync(
+      cfg,
+      'current-context: c\nclusters: [{name: c, cluster: {server: "127.0.0.1:1", insecure: true}}]\nusers: [{name: u, user: {}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n',
+    );
+    const state = join(dir, 's8');
+    mkdirSync(join(state, 'sandboxes'), { recursive: true });
+    const record = join(state, 'sandboxes', `${'c'.repeat(64)}.json`);
+    writeFileSync(record, '{"version": 1, "id": "trunc');
+    const r = await cli(['serve', '--listen', join(dir, 'e.sock'), '--state-dir', state, '--controller-config', cfg]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`sandbox record ${record} is not valid`);
+  });
 });

@@ -2,7 +2,7 @@
 // provider (real cell-agent processes, real runc) and a real registry: a sandbox is a cell, its
 // containers are that cell's units; runp/create/start/ps/exec/stop/rm/stopp/rmp end to end, and
 // what a VM per pod cannot mean refused naming the field.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { criTools, pushBusybox, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,6 +19,9 @@ let controller: TestController;
 let shim: Shim;
 let busybox: string;
 let pause: string;
+let shimArgs: string[];
+/** Directories of shims stopped with their state kept: removed at the end. */
+const leftovers: string[] = [];
 
 function crictl(args: string[]): Promise<Run> {
   return runCrictl(tools.crictl, shim.socket, args);
@@ -58,11 +61,13 @@ beforeAll(async () => {
     insecureRegistries: [registry.host],
     policy: [{ groups: ['cri-dev'], namespaces: ['dev'], verbs: ['get', 'list', 'watch', 'create', 'delete'] }],
   });
-  shim = await startShim(['--insecure-registry', registry.host, '--controller-config', controller.cellctlConfig, '--sandbox-image', pause]);
+  shimArgs = ['--insecure-registry', registry.host, '--controller-config', controller.cellctlConfig, '--sandbox-image', pause];
+  shim = await startShim(shimArgs);
 }, 30 * 60_000);
 
 afterAll(async () => {
   await shim?.stop();
+  for (const d of leftovers) rmSync(d, { recursive: true, force: true });
   await controller?.stop();
   await registry?.stop();
 }, 120_000);
@@ -131,6 +136,15 @@ describe('a pod sandbox is a cell, its containers are units', () => {
     expect(slow.code).not.toBe(0);
     expect(slow.stderr).toMatch(/timed out after 2s|DeadlineExceeded/i);
     expect(Date.now() - t0).toBeLessThan(15_000);
+
+    // A restarted shim finds the sandbox and its running container again (its records), and the
+    // cell went on meanwhile.
+    leftovers.push(shim.dir);
+    await shim.stop({ keepState: true });
+    shim = await startShim(shimArgs, { stateDir: shim.stateDir });
+    expect(await ok(['pods', '-q', '--state', 'ready'])).toBe(sandbox);
+    expect(await ok(['ps', '-q', '--state', 'running'])).toBe(ctr);
+    expect(await ok(['exec', '-s', ctr, 'sh', '-c', 'echo $GREETING'])).toBe('hello from a cell');
 
     // A container that ends by itself reports its real exit code.
     const jobCfg = file('job.json', { metadata: { name: 'job', attempt: 0 }, image: { image: busybox }, command: ['sh', '-c', 'exit 7'], linux: {} });
