@@ -26,6 +26,7 @@ import {
   type ListPodSandboxResponse,
   type PodSandboxStatusRequest,
   type RemoveContainerRequest,
+  type ReopenContainerLogRequest,
   type RemovePodSandboxRequest,
   type RunPodSandboxRequest,
   type RunPodSandboxResponse,
@@ -138,6 +139,7 @@ function podHandlers(o: RuntimeServiceOptions): UntypedServiceImplementation {
     removeContainer: unary(log, 'RemoveContainer', async (r: RemoveContainerRequest, signal) => (await pods().removeContainer(r.containerId, signal), {})),
     containerStatus: unary(log, 'ContainerStatus', (r: ContainerStatusRequest) => pods().containerStatus(r.containerId, r.verbose)),
     listContainers: unary(log, 'ListContainers', async (r: ListContainersRequest): Promise<ListContainersResponse> => ({ containers: await pods().listContainers(r) })),
+    reopenContainerLog: unary(log, 'ReopenContainerLog', (r: ReopenContainerLogRequest) => (pods().reopenContainerLog(r.containerId), {})),
     execSync: unary(log, 'ExecSync', (r: ExecSyncRequest, signal) => pods().execSync(r.containerId, r.cmd, Number(r.timeout), signal)),
   };
 }

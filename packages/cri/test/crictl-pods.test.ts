@@ -2,7 +2,7 @@
 // provider (real cell-agent processes, real runc) and a real registry: a sandbox is a cell, its
 // containers are that cell's units; runp/create/start/ps/exec/stop/rm/stopp/rmp end to end, and
 // what a VM per pod cannot mean refused naming the field.
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { criTools, pushBusybox, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -42,7 +42,7 @@ function file(name: string, body: unknown): string {
 const podConfig = (name: string, extra: Record<string, unknown> = {}) => ({
   metadata: { name, namespace: 'default', uid: `uid-${name}`, attempt: 0 },
   hostname: name,
-  log_directory: `/var/log/pods/default_${name}`,
+  log_directory: join(shim.dir, 'pods', `default_${name}`),
   labels: { app: name, tier: 'test' },
   annotations: { 'example.com/note': 'kept' },
   dns_config: { servers: ['10.96.0.10'], searches: ['default.svc.cluster.local'], options: ['ndots:5'] },
@@ -99,6 +99,7 @@ describe('a pod sandbox is a cell, its containers are units', () => {
 
     const ctrCfg = file('ctr.json', {
       metadata: { name: 'app', attempt: 0 },
+      log_path: 'app/0.log',
       image: { image: busybox },
       command: ['sh', '-c', 'echo started; exec sleep 3600'],
       envs: [{ key: 'GREETING', value: 'hello from a cell' }],
@@ -136,6 +137,12 @@ describe('a pod sandbox is a cell, its containers are units', () => {
     expect(slow.code).not.toBe(0);
     expect(slow.stderr).toMatch(/timed out after 2s|DeadlineExceeded/i);
     expect(Date.now() - t0).toBeLessThan(15_000);
+
+    // The container's output, in the kubelet's log file in CRI format, as crictl logs reads it.
+    const logPath = join(shim.dir, 'pods', 'default_web', 'app', '0.log');
+    await waitFor('the log line', () => existsSync(logPath) && readFileSync(logPath, 'utf8').includes(' stdout F started\n'), { timeoutMs: 30_000, intervalMs: 250 });
+    expect(readFileSync(logPath, 'utf8')).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z stdout F started\n$/);
+    expect(await ok(['logs', ctr])).toBe('started');
 
     // A restarted shim finds the sandbox and its running container again (its records), and the
     // cell went on meanwhile.

@@ -1,4 +1,4 @@
-// critest v1.34.0, unmodified, its basic PodSandbox and Container specs against the real
+// critest v1.34.0, unmodified, its basic PodSandbox and Container specs and its log specs against the real
 // cello-cri CLI backed by a real controller with the local provider (real cell-agent processes,
 // real runc). critest's container image is registry.k8s.io/e2e-test-images/busybox:1.29-2; the
 // shim's and the cells' registries configuration rewrite registry.k8s.io to a local registry
@@ -13,7 +13,7 @@ import { startShim, type Shim } from './shim.js';
 import { startController, type TestController } from './controller.js';
 import { pushCritestBusybox, pushPause } from './pause-image.js';
 
-const FOCUS = ['runtime should support basic operations on PodSandbox', 'runtime should support basic operations on container'];
+const FOCUS = ['runtime should support basic operations on PodSandbox', 'runtime should support basic operations on container', 'runtime should support log'];
 
 /** Specs under the focus that this run leaves out, each with its reason. */
 const SKIPPED: Record<string, string> = {
@@ -37,6 +37,8 @@ const PASSING = [
   'runtime should support removing stopped container [Conformance]',
   'runtime should support execSync [Conformance]',
   'runtime should support execSync with timeout [Conformance]',
+  'runtime should support starting container with log [Conformance]',
+  'runtime should support reopening container log [Conformance]',
 ];
 
 let registry: RegistryServer;
@@ -70,7 +72,7 @@ interface SpecReport {
 }
 
 it(
-  'critest: the basic PodSandbox and Container specs',
+  'critest: the basic PodSandbox and Container specs, and the container log specs',
   async () => {
     const report = join(shim.dir, 'critest.json');
     const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

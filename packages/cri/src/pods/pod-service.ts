@@ -27,6 +27,7 @@ import type { ImageStore } from '../images/image-store.js';
 import { findImage } from '../images/names.js';
 import { SANDBOX_UNIT, checkSandboxConfig, containerSpec, podManifest, portMappingsOf, unitName } from './pod-spec.js';
 import { newId, type ContainerRecord, type SandboxRecord, type SandboxStore } from './sandbox-store.js';
+import { ContainerLogs, logFile } from './container-logs.js';
 
 export interface PodServiceOptions {
   controller: ControllerApiClient;
@@ -77,9 +78,30 @@ function describeFailure(p: PodObject): string {
 
 export class PodService {
   private readonly poll: number;
+  private readonly logs: ContainerLogs;
 
   constructor(private readonly o: PodServiceOptions) {
     this.poll = o.pollMs ?? 250;
+    this.logs = new ContainerLogs(o.controller, o.logger);
+    // A restarted shim goes on writing the logs of the containers that run (from the file's last write).
+    for (const s of o.store.list()) {
+      if (s.state !== 'ready') continue;
+      for (const c of s.containers) {
+        const path = logFile(s.logDirectory, c.logPath);
+        if (c.phase === 'started' && path) this.logs.follow(c.id, s.pod, c.unit, path, { resume: true });
+      }
+    }
+  }
+
+  /** Stops writing every log (the shim's shutdown). */
+  close(): void {
+    this.logs.stopAll();
+  }
+
+  reopenContainerLog(id: string): void {
+    const { container } = this.container(id);
+    if (container.phase !== 'started') throw new CelloError('FailedPrecondition', `container ${id} is not running`);
+    this.logs.reopen(container.id);
   }
 
   private sandbox(id: string, field = 'pod_sandbox_id'): SandboxRecord {
@@ -246,6 +268,7 @@ export class PodService {
     });
     await this.o.controller.delete(s.pod.namespace, s.pod.name, 0);
     await this.waitPod(s, 'the pod and its cell gone', signal, (p) => (p === undefined ? true : undefined));
+    for (const c of s.containers) this.logs.stop(c.id);
     this.o.logger.info({ sandbox: s.id, pod: `${s.pod.namespace}/${s.pod.name}` }, 'sandbox stopped; its cell ended');
   }
 
@@ -331,6 +354,9 @@ export class PodService {
       await this.o.store.put(next);
       await this.apply(next);
     });
+    const path = logFile(sandbox.logDirectory, container.logPath);
+    // The file exists once the container is started, as the kubelet expects; lines follow once the cell has the unit.
+    if (path) this.logs.create(path);
     let started: Date | undefined;
     try {
       started = await this.waitPod(sandbox, `container ${container.unit} running`, signal, (p) => {
@@ -367,6 +393,7 @@ export class PodService {
       if (!cur) return;
       await this.o.store.put({ ...cur, containers: cur.containers.map((x) => (x.id === container.id ? { ...x, startedAt: started.toISOString() } : x)) });
     });
+    if (path) this.logs.follow(container.id, sandbox.pod, container.unit, path);
   }
 
   /** Applies the pod without the container (the cell stops it: SIGTERM, SIGKILL after `timeout` s); idempotent. */
@@ -407,6 +434,7 @@ export class PodService {
       throw err;
     }
     await this.stopContainer(hit.container.id, 0, signal);
+    this.logs.stop(hit.container.id);
     await this.o.store.serialized(async () => {
       const cur = this.o.store.get(hit.sandbox.id);
       if (cur) await this.o.store.put({ ...cur, containers: cur.containers.filter((c) => c.id !== hit.container.id) });
@@ -460,7 +488,8 @@ export class PodService {
         labels: c.labels,
         annotations: c.annotations,
         mounts: [],
-        logPath: c.logPath,
+        // The full path, as containerd reports it (crictl logs reads the file from it).
+        logPath: logFile(sandbox.logDirectory, c.logPath) ?? c.logPath,
         resources: undefined,
         imageId: c.imageId,
         user: undefined,
