@@ -24,8 +24,9 @@ const program = new Command('cello-cri')
       'With --controller-config, pod sandboxes and containers run on cells: RunPodSandbox applies a',
       "Cello pod through the controller API (authenticated as the configuration's user, like cellctl),",
       'its cell is the sandbox, and each started container is a unit of that pod. What a VM per pod',
-      'cannot mean (host namespaces, node mounts, privileged) is refused naming the field. Streaming,',
-      'logs and stats answer UNIMPLEMENTED naming themselves. docs/cri.md has the details.',
+      'cannot mean (host namespaces, node mounts, privileged) is refused naming the field. Container',
+      "output is written to the kubelet's log files (CRI format). Streaming (exec/attach/port-forward",
+      'URLs) and stats answer UNIMPLEMENTED naming themselves. docs/cri.md has the details.',
     ].join('\n'),
   );
 

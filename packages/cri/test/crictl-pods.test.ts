@@ -81,6 +81,7 @@ describe('a pod sandbox is a cell, its containers are units', () => {
   it('runp, create, start, ps, exec, stop, rm, stopp, rmp', async () => {
     const sandbox = await ok(['--timeout', '120s', 'runp', file('pod.json', podConfig('web'))]);
     expect(sandbox).toMatch(/^[a-f0-9]{64}$/);
+    const podLogs = join(shim.dir, 'pods', 'default_web');
 
     const inspect = JSON.parse(await ok(['inspectp', sandbox])) as Inspectp;
     expect(inspect.status.state).toBe('SANDBOX_READY');
@@ -139,7 +140,7 @@ describe('a pod sandbox is a cell, its containers are units', () => {
     expect(Date.now() - t0).toBeLessThan(15_000);
 
     // The container's output, in the kubelet's log file in CRI format, as crictl logs reads it.
-    const logPath = join(shim.dir, 'pods', 'default_web', 'app', '0.log');
+    const logPath = join(podLogs, 'app', '0.log');
     await waitFor('the log line', () => existsSync(logPath) && readFileSync(logPath, 'utf8').includes(' stdout F started\n'), { timeoutMs: 30_000, intervalMs: 250 });
     expect(readFileSync(logPath, 'utf8')).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z stdout F started\n$/);
     expect(await ok(['logs', ctr])).toBe('started');
@@ -154,7 +155,13 @@ describe('a pod sandbox is a cell, its containers are units', () => {
     expect(await ok(['exec', '-s', ctr, 'sh', '-c', 'echo $GREETING'])).toBe('hello from a cell');
 
     // A container that ends by itself reports its real exit code.
-    const jobCfg = file('job.json', { metadata: { name: 'job', attempt: 0 }, image: { image: busybox }, command: ['sh', '-c', 'exit 7'], linux: {} });
+    const jobCfg = file('job.json', {
+      metadata: { name: 'job', attempt: 0 },
+      log_path: 'job/0.log',
+      image: { image: busybox },
+      command: ['sh', '-c', 'echo bye; exit 7'],
+      linux: {},
+    });
     const job = await ok(['create', '--no-pull', sandbox, jobCfg, file('pod.json', podConfig('web'))]);
     await ok(['--timeout', '60s', 'start', job]);
     const jobStatus = await waitFor(
@@ -166,6 +173,12 @@ describe('a pod sandbox is a cell, its containers are units', () => {
       { timeoutMs: 60_000, intervalMs: 500 },
     );
     expect(jobStatus.exitCode).toBe(7);
+    // Once its output is written, an exited container's status answers at once (no wait on its log).
+    const t1 = Date.now();
+    await ok(['inspect', job]);
+    expect(Date.now() - t1).toBeLessThan(3000);
+    // Its last output was in its log file when it was reported exited.
+    expect(readFileSync(join(podLogs, 'job', '0.log'), 'utf8')).toMatch(/ stdout F bye\n$/);
     await ok(['rm', job]);
 
     await ok(['--timeout', '60s', 'stop', '--timeout', '1', ctr]);

@@ -16,6 +16,8 @@ interface Follower {
   fd: number;
   stream?: ClientReadableStream<LogChunk>;
   stopped: boolean;
+  /** Resolves when the stream ended (the unit exited and its output is all written) or failed. */
+  done: Promise<void>;
 }
 
 /** `2026-12-07T15:50:06.123456789Z`: RFC 3339 with nanoseconds, as the CRI log format has it. */
@@ -68,7 +70,8 @@ export class ContainerLogs {
         /* no file yet: from the start */
       }
     }
-    const f: Follower = { path, fd: this.open(path), stopped: false };
+    let ended!: () => void;
+    const f: Follower = { path, fd: this.open(path), stopped: false, done: new Promise<void>((r) => (ended = r)) };
     this.followers.set(id, f);
     const options = AgentLogsRequest.fromPartial({ container: unit, follow: true, ...(since ? { sinceTime: since } : {}) });
     const stream = this.controller.client.logs({ pod, options });
@@ -80,8 +83,27 @@ export class ContainerLogs {
     });
     stream.on('error', (err) => {
       if (!f.stopped) this.logger.warn({ container: id, err: errMsg(err) }, 'container log stream ended with an error');
+      ended();
     });
-    stream.on('end', () => this.logger.debug({ container: id }, 'container log stream ended'));
+    stream.on('end', () => {
+      this.logger.debug({ container: id }, 'container log stream ended');
+      ended();
+    });
+  }
+
+  /**
+   * Waits (at most `ms`) until an exited container's output is all in its file, so a status that
+   * says EXITED is never read before the log it implies (containerd reports an exit after its IO
+   * is drained, too).
+   */
+  async drained(id: string, ms: number): Promise<void> {
+    const f = this.followers.get(id);
+    if (!f) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([f.done, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+    clearTimeout(timer);
+    // The unit ended for good (the kubelet restarts with a new container): nothing more will come.
+    this.stop(id);
   }
 
   /** ReopenContainerLog: the path is opened anew; the renamed file is not written again. */

@@ -43,6 +43,9 @@ export interface PodServiceOptions {
 /** Waiting reasons that will not resolve by waiting. */
 const FATAL_WAITING = new Set(['ErrImagePull', 'ImagePullBackOff', 'InvalidImageName', 'CreateContainerConfigError', 'CreateContainerError', 'ErrImageNeverPull']);
 
+/** How long a status call waits for an exited container's last output to reach its log file. */
+const LOG_DRAIN_MS = 5000;
+
 const nanos = (iso: string | Date | undefined): bigint => (iso ? BigInt(new Date(iso).getTime()) * 1_000_000n : 0n);
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
@@ -469,6 +472,7 @@ export class PodService {
   async containerStatus(id: string, verbose: boolean): Promise<ContainerStatusResponse> {
     const { sandbox, container: c } = this.container(id);
     const pod = c.phase === 'started' && sandbox.state === 'ready' ? await this.getPod(sandbox) : undefined;
+    if (unitStatus(pod, c.unit)?.state?.state?.$case === 'terminated') await this.logs.drained(c.id, LOG_DRAIN_MS);
     const v = this.view(c, pod);
     const info: Record<string, string> = {};
     if (verbose) info.info = JSON.stringify({ sandboxId: sandbox.id, pod: sandbox.pod, unit: c.unit, cellId: pod?.cellId ?? '', spec: c.spec });
@@ -509,6 +513,7 @@ export class PodService {
       for (const c of s.containers) {
         if (f?.id && !c.id.startsWith(f.id)) continue;
         if (f && !matchLabels(f.labelSelector, c.labels)) continue;
+        if (unitStatus(pods.get(s.id), c.unit)?.state?.state?.$case === 'terminated') await this.logs.drained(c.id, LOG_DRAIN_MS);
         const v = this.view(c, pods.get(s.id));
         if (f?.state && f.state.state !== v.state) continue;
         out.push({
