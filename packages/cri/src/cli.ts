@@ -4,7 +4,7 @@ import { Command } from 'commander';
 import { pino } from 'pino';
 import { loadRegistryConfig, parsePlatform, withShorthands, type RegistryConfig } from '@cello/image-puller';
 import { REDACT_CENSOR, REDACT_PATHS } from '@cello/proto';
-import { startCriServer } from './server.js';
+import { DEFAULT_SANDBOX_IMAGE, startCriServer } from './server.js';
 import { CRI_VERSION } from './version.js';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
@@ -21,9 +21,12 @@ const program = new Command('cello-cri')
       'the layers are pulled later by the cell that runs the pod, so nothing big lands on this node.',
       'ListImages, ImageStatus, RemoveImage and ImageFsInfo answer from those records.',
       '',
-      'What does not yet: pod sandboxes and containers. The RuntimeService answers Version, Status',
-      '(RuntimeReady=false, saying why) and RuntimeConfig (cgroupfs); every other RPC answers',
-      'UNIMPLEMENTED naming itself. docs/cri.md has the design and the status.',
+      'With --controller-config, pod sandboxes and containers run on cells: RunPodSandbox applies a',
+      "Cello pod through the controller API (authenticated as the configuration's user, like cellctl),",
+      'its cell is the sandbox, and each started container is a unit of that pod. What a VM per pod',
+      'cannot mean (host namespaces, node mounts, privileged) is refused naming the field. Container',
+      "output is written to the kubelet's log files (CRI format). Streaming (exec/attach/port-forward",
+      'URLs) and stats answer UNIMPLEMENTED naming themselves. docs/cri.md has the details.',
     ].join('\n'),
   );
 
@@ -35,6 +38,10 @@ program
   .option('--insecure-registry <host:port>', 'a registry to reach over plain HTTP (repeatable; shorthand for a --registry-config entry with plainHttp)', collect, [])
   .option('--registry-config <file>', 'per-registry CAs, client certificates, mirrors and rewrites: JSON or YAML with a "registries:" map, as for cell-agent (docs/registries.md)')
   .option('--platform <os/arch[/variant]>', "the cells' platform, which picks an image index's manifest (default: this node's)")
+  .option('--controller-config <file>', 'a cellctl configuration (`controller issue-user NAME --group GROUP -o FILE`): the controller to run pods on, and as whom')
+  .option('--context <name>', "the configuration's context (default: its current-context)")
+  .option('--controller <host:port>', "the controller's address (default: the context's server)")
+  .option('--sandbox-image <ref>', "the image of the unit that holds a sandbox's cell while it has no container (containerd's sandbox_image)", DEFAULT_SANDBOX_IMAGE)
   .addHelpText(
     'after',
     [
@@ -44,33 +51,50 @@ program
       '  kubelet ... --container-runtime-endpoint=unix:///run/cello/cri.sock --image-service-endpoint=unix:///run/cello/cri.sock',
       '  crictl --runtime-endpoint unix:///run/cello/cri.sock pull docker.io/library/busybox:1.36',
       '  crictl --runtime-endpoint unix:///run/cello/cri.sock images',
+      '  cello-cri serve --listen /run/cello/cri.sock --state-dir /var/lib/cello-cri --controller-config /etc/cello/cri-user.yaml',
       '',
       'Logs are JSON on stderr (CELLO_LOG_LEVEL=debug for more); secrets are redacted.',
       '',
     ].join('\n'),
   )
-  .action(async (o: { listen: string; stateDir: string; insecureRegistry: string[]; registryConfig?: string; platform?: string }) => {
-    const logger = pino(
-      { level: process.env.CELLO_LOG_LEVEL ?? 'info', base: { app: 'cello-cri' }, redact: { paths: [...REDACT_PATHS], censor: REDACT_CENSOR } },
-      pino.destination(2),
-    );
-    const base: RegistryConfig = o.registryConfig ? loadRegistryConfig(o.registryConfig) : {};
-    const server = await startCriServer({
-      socket: o.listen,
-      stateDir: o.stateDir,
-      registries: withShorthands(base, { plainHttp: o.insecureRegistry }),
-      ...(o.platform ? { platform: parsePlatform(o.platform) } : {}),
-      version: CRI_VERSION,
-      logger,
-    });
-    // Printed for scripts and tests.
-    process.stdout.write(`listening ${server.socket}\n`);
-    const stop = () => {
-      void server.stop().then(() => process.exit(0));
-    };
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
-  });
+  .action(
+    async (o: {
+      listen: string;
+      stateDir: string;
+      insecureRegistry: string[];
+      registryConfig?: string;
+      platform?: string;
+      controllerConfig?: string;
+      context?: string;
+      controller?: string;
+      sandboxImage: string;
+    }) => {
+      const logger = pino(
+        { level: process.env.CELLO_LOG_LEVEL ?? 'info', base: { app: 'cello-cri' }, redact: { paths: [...REDACT_PATHS], censor: REDACT_CENSOR } },
+        pino.destination(2),
+      );
+      const base: RegistryConfig = o.registryConfig ? loadRegistryConfig(o.registryConfig) : {};
+      const server = await startCriServer({
+        socket: o.listen,
+        stateDir: o.stateDir,
+        registries: withShorthands(base, { plainHttp: o.insecureRegistry }),
+        ...(o.platform ? { platform: parsePlatform(o.platform) } : {}),
+        version: CRI_VERSION,
+        logger,
+        sandboxImage: o.sandboxImage,
+        ...(o.controllerConfig
+          ? { controller: { config: o.controllerConfig, ...(o.context ? { context: o.context } : {}), ...(o.controller ? { server: o.controller } : {}) } }
+          : {}),
+      });
+      // Printed for scripts and tests.
+      process.stdout.write(`listening ${server.socket}\n`);
+      const stop = () => {
+        void server.stop().then(() => process.exit(0));
+      };
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+    },
+  );
 
 program.parseAsync().catch((err: unknown) => {
   process.stderr.write(`cello-cri: ${err instanceof Error ? err.message : String(err)}\n`);

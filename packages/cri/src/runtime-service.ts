@@ -1,8 +1,44 @@
-// CRI RuntimeService, honestly: what a node whose sandboxes are cells can answer today
-// (Version, Status, RuntimeConfig), and UNIMPLEMENTED naming the RPC for everything else, so a
-// kubelet or critest sees exactly what is missing instead of a success that did nothing.
-import { status as GrpcStatus, type ServerWritableStream, type ServiceError, type UntypedServiceImplementation, Metadata } from '@grpc/grpc-js';
-import { CgroupDriver, RuntimeServiceService, type RuntimeConfigResponse, type StatusRequest, type StatusResponse, type VersionResponse } from './gen/runtime/v1/api.js';
+// CRI RuntimeService: Version, Status (honest conditions), RuntimeConfig, and the sandboxes and
+// containers of pods/pod-service.ts (a sandbox is a cell); UNIMPLEMENTED naming the RPC for
+// everything else, so a kubelet or critest sees exactly what is missing instead of a success
+// that did nothing.
+import {
+  status as GrpcStatus,
+  type sendUnaryData,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  type ServiceError,
+  type UntypedServiceImplementation,
+  Metadata,
+} from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import { CelloError, toStatus } from '@cello/proto';
+import {
+  CgroupDriver,
+  RuntimeServiceService,
+  type ContainerStatusRequest,
+  type CreateContainerRequest,
+  type CreateContainerResponse,
+  type ExecSyncRequest,
+  type ListContainersRequest,
+  type ListContainersResponse,
+  type ListPodSandboxRequest,
+  type ListPodSandboxResponse,
+  type PodSandboxStatusRequest,
+  type RemoveContainerRequest,
+  type ReopenContainerLogRequest,
+  type RemovePodSandboxRequest,
+  type RunPodSandboxRequest,
+  type RunPodSandboxResponse,
+  type RuntimeConfigResponse,
+  type StartContainerRequest,
+  type StatusRequest,
+  type StatusResponse,
+  type StopContainerRequest,
+  type StopPodSandboxRequest,
+  type VersionResponse,
+} from './gen/runtime/v1/api.js';
+import type { PodService } from './pods/pod-service.js';
 
 /** The CRI API version this shim speaks. */
 export const RUNTIME_API_VERSION = 'v1';
@@ -14,9 +50,15 @@ export interface RuntimeServiceOptions {
   version: string;
   /** What Status verbose shows as `info.config` (no secrets). */
   describeConfig: () => Record<string, unknown>;
+  /** Sandboxes and containers on cells; absent when the shim was started without a controller. */
+  pods?: PodService;
+  /** Whether the controller answers (Status' RuntimeReady). */
+  controllerReachable?: () => Promise<string | undefined>;
+  logger: Logger;
 }
 
-const NOT_YET = 'pod sandboxes (one cell per pod) are not implemented in cello-cri yet; see docs/cri.md';
+const NOT_YET = 'not implemented by cello-cri yet; see docs/cri.md';
+const NO_CONTROLLER = 'cello-cri was started without --controller-config, so it has no controller to run pods on (docs/cri.md)';
 
 function unimplemented(rpc: string): ServiceError {
   const details = `RuntimeService/${rpc} is not implemented by cello-cri: ${NOT_YET}`;
@@ -27,17 +69,18 @@ export function version(o: RuntimeServiceOptions): VersionResponse {
   return { version: KUBELET_RUNTIME_API, runtimeName: RUNTIME_NAME, runtimeVersion: o.version, runtimeApiVersion: RUNTIME_API_VERSION };
 }
 
-export function runtimeStatus(o: RuntimeServiceOptions, req: StatusRequest): StatusResponse {
+export async function runtimeStatus(o: RuntimeServiceOptions, req: StatusRequest): Promise<StatusResponse> {
+  const problem = o.pods ? await o.controllerReachable?.() : NO_CONTROLLER;
   return {
     status: {
       conditions: [
-        { type: 'RuntimeReady', status: false, reason: 'SandboxesNotImplemented', message: `cello-cri can pull and list images, but ${NOT_YET}` },
-        {
-          type: 'NetworkReady',
-          status: false,
-          reason: 'CellNetworkNotImplemented',
-          message: "a pod's network is its cell's own (no CNI on this node); it comes with sandboxes, which are not implemented yet",
-        },
+        problem
+          ? { type: 'RuntimeReady', status: false, reason: o.pods ? 'ControllerUnreachable' : 'NoController', message: problem }
+          : { type: 'RuntimeReady', status: true, reason: '', message: '' },
+        // A pod's network is its cell's own (the cell's address is the pod IP): nothing to set up on this node, no CNI.
+        problem
+          ? { type: 'NetworkReady', status: false, reason: 'NoCells', message: 'pods get their network from their cells, and no cell can be had: ' + problem }
+          : { type: 'NetworkReady', status: true, reason: '', message: '' },
       ],
     },
     info: req.verbose ? { config: JSON.stringify(o.describeConfig()) } : {},
@@ -52,12 +95,62 @@ export function runtimeConfig(): RuntimeConfigResponse {
   return { linux: { cgroupDriver: CgroupDriver.CGROUPFS } };
 }
 
-/** The RuntimeService handlers: the three above, and UNIMPLEMENTED for every other RPC. */
+/** A unary handler from an async function; the call's cancellation (deadline, client gone) aborts it. */
+export function unary<Req, Res>(log: Logger, rpc: string, fn: (req: Req, signal: AbortSignal) => Res | Promise<Res>) {
+  return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
+    const ac = new AbortController();
+    call.on('cancelled', () => ac.abort());
+    const deadline = call.getDeadline();
+    const ms = deadline instanceof Date ? deadline.getTime() - Date.now() : typeof deadline === 'number' && Number.isFinite(deadline) ? deadline - Date.now() : undefined;
+    // A little before the caller's deadline, so the answer says what was waited for.
+    const timer = ms !== undefined ? setTimeout(() => ac.abort(), Math.max(0, ms - 500)) : undefined;
+    Promise.resolve()
+      .then(() => fn(call.request, ac.signal))
+      .then(
+        (res) => cb(null, res),
+        (err: unknown) => {
+          const e = toStatus(err);
+          if (e.code === 13) log.error({ rpc, err }, 'CRI call failed');
+          else log.info({ rpc, code: e.code, err: e.details }, 'CRI call refused');
+          cb(e);
+        },
+      )
+      .finally(() => clearTimeout(timer));
+  };
+}
+
+function podHandlers(o: RuntimeServiceOptions): UntypedServiceImplementation {
+  const log = o.logger;
+  const pods = (): PodService => {
+    if (!o.pods) throw new CelloError('FailedPrecondition', NO_CONTROLLER);
+    return o.pods;
+  };
+  return {
+    runPodSandbox: unary(log, 'RunPodSandbox', async (r: RunPodSandboxRequest, signal): Promise<RunPodSandboxResponse> => ({
+      podSandboxId: await pods().runPodSandbox(r, signal),
+    })),
+    stopPodSandbox: unary(log, 'StopPodSandbox', async (r: StopPodSandboxRequest, signal) => (await pods().stopPodSandbox(r.podSandboxId, signal), {})),
+    removePodSandbox: unary(log, 'RemovePodSandbox', async (r: RemovePodSandboxRequest, signal) => (await pods().removePodSandbox(r.podSandboxId, signal), {})),
+    podSandboxStatus: unary(log, 'PodSandboxStatus', (r: PodSandboxStatusRequest) => pods().podSandboxStatus(r.podSandboxId, r.verbose)),
+    listPodSandbox: unary(log, 'ListPodSandbox', (r: ListPodSandboxRequest): ListPodSandboxResponse => ({ items: pods().listPodSandbox(r) })),
+    createContainer: unary(log, 'CreateContainer', async (r: CreateContainerRequest): Promise<CreateContainerResponse> => ({ containerId: await pods().createContainer(r) })),
+    startContainer: unary(log, 'StartContainer', async (r: StartContainerRequest, signal) => (await pods().startContainer(r.containerId, signal), {})),
+    stopContainer: unary(log, 'StopContainer', async (r: StopContainerRequest, signal) => (await pods().stopContainer(r.containerId, Number(r.timeout), signal), {})),
+    removeContainer: unary(log, 'RemoveContainer', async (r: RemoveContainerRequest, signal) => (await pods().removeContainer(r.containerId, signal), {})),
+    containerStatus: unary(log, 'ContainerStatus', (r: ContainerStatusRequest) => pods().containerStatus(r.containerId, r.verbose)),
+    listContainers: unary(log, 'ListContainers', async (r: ListContainersRequest): Promise<ListContainersResponse> => ({ containers: await pods().listContainers(r) })),
+    reopenContainerLog: unary(log, 'ReopenContainerLog', (r: ReopenContainerLogRequest) => (pods().reopenContainerLog(r.containerId), {})),
+    execSync: unary(log, 'ExecSync', (r: ExecSyncRequest, signal) => pods().execSync(r.containerId, r.cmd, Number(r.timeout), signal)),
+  };
+}
+
+/** The RuntimeService handlers: the ones above, and UNIMPLEMENTED for every other RPC. */
 export function runtimeServiceHandlers(o: RuntimeServiceOptions): UntypedServiceImplementation {
   const implemented: UntypedServiceImplementation = {
     version: (_call: unknown, cb: (e: null, r: VersionResponse) => void) => cb(null, version(o)),
-    status: (call: { request: StatusRequest }, cb: (e: null, r: StatusResponse) => void) => cb(null, runtimeStatus(o, call.request)),
+    status: unary(o.logger, 'Status', (r: StatusRequest) => runtimeStatus(o, r)),
     runtimeConfig: (_call: unknown, cb: (e: null, r: RuntimeConfigResponse) => void) => cb(null, runtimeConfig()),
+    ...podHandlers(o),
   };
   const handlers: UntypedServiceImplementation = {};
   for (const [name, def] of Object.entries(RuntimeServiceService)) {

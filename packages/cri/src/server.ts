@@ -3,14 +3,18 @@
 // kubelet and crictl run as root on the node; anyone else is refused by the kernel.
 import { lstatSync, mkdirSync, chmodSync, unlinkSync } from 'node:fs';
 import { dirname, isAbsolute } from 'node:path';
-import { Server, ServerCredentials, type ServerUnaryCall, type sendUnaryData, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { Server, ServerCredentials, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { createRegistryReader, hostPlatform, type Platform, type RegistryConfig } from '@cello/image-puller';
-import { CelloError, toStatus } from '@cello/proto';
+import { CelloError, errMsg } from '@cello/proto';
+import { ControllerApiClient, apiChannelCredentials, cellctlConfigPath, readCellctlConfig, resolveCellctlContext } from '@cello/controller/client';
+import { credentials } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { ImageServiceService, RuntimeServiceService } from './gen/runtime/v1/api.js';
 import { CriImageService } from './images/image-service.js';
 import { ImageStore } from './images/image-store.js';
-import { runtimeServiceHandlers } from './runtime-service.js';
+import { runtimeServiceHandlers, unary } from './runtime-service.js';
+import { PodService } from './pods/pod-service.js';
+import { SandboxStore } from './pods/sandbox-store.js';
 
 export interface CriServerOptions {
   /** Absolute path of the unix socket (the kubelet's --container-runtime-endpoint=unix://PATH). */
@@ -22,30 +26,30 @@ export interface CriServerOptions {
   platform?: Platform;
   version: string;
   logger: Logger;
+  /**
+   * The controller to run pods on: a cellctl configuration file (`controller issue-user` writes
+   * one) and optionally its context. Without it, sandboxes are refused (FAILED_PRECONDITION).
+   */
+  controller?: { config: string; context?: string; server?: string };
+  /** The image of the unit that holds a sandbox's cell (containerd's sandbox_image). */
+  sandboxImage?: string;
+}
+
+export const DEFAULT_SANDBOX_IMAGE = 'registry.k8s.io/pause:3.10';
+
+/** The controller client from a cellctl configuration: the same credentials and checks as cellctl. */
+function connectController(c: { config: string; context?: string; server?: string }): { client: ControllerApiClient; server: string } {
+  const path = cellctlConfigPath(c.config);
+  const cfg = readCellctlConfig(path);
+  if (!cfg) throw new CelloError('FailedPrecondition', `--controller-config ${path}: no such file (\`controller issue-user NAME --group GROUP -o FILE\` writes one)`);
+  const ctx = resolveCellctlContext(cfg, path, c.context);
+  const server = c.server || ctx.server;
+  return { client: new ControllerApiClient(server, ctx.credentials ? apiChannelCredentials(ctx.credentials) : credentials.createInsecure()), server };
 }
 
 export interface CriServer {
   socket: string;
   stop(): Promise<void>;
-}
-
-/** A unary handler from an async function; the call's cancellation (deadline, client gone) aborts it. */
-function unary<Req, Res>(log: Logger, rpc: string, fn: (req: Req, signal: AbortSignal) => Res | Promise<Res>) {
-  return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
-    const ac = new AbortController();
-    call.on('cancelled', () => ac.abort());
-    Promise.resolve()
-      .then(() => fn(call.request, ac.signal))
-      .then(
-        (res) => cb(null, res),
-        (err: unknown) => {
-          const e = toStatus(err);
-          if (e.code === 13) log.error({ rpc, err }, 'CRI call failed');
-          else log.info({ rpc, code: e.code, err: e.details }, 'CRI call refused');
-          cb(e);
-        },
-      );
-  };
 }
 
 /** A stale socket from an earlier run goes; anything else at the path is the operator's to move. */
@@ -66,6 +70,9 @@ export async function startCriServer(o: CriServerOptions): Promise<CriServer> {
   const reader = createRegistryReader(o.registries, { logger: o.logger });
   const images = new CriImageService({ store, reader, platform: o.platform ?? hostPlatform(), logger: o.logger });
   const log = o.logger;
+  const controller = o.controller ? connectController(o.controller) : undefined;
+  const sandboxImage = o.sandboxImage ?? DEFAULT_SANDBOX_IMAGE;
+  const pods = controller ? new PodService({ controller: controller.client, store: new SandboxStore(o.stateDir), images: store, sandboxImage, logger: log }) : undefined;
   const server = new Server({ 'grpc.max_receive_message_length': 16 << 20 });
   const imageHandlers: UntypedServiceImplementation = {
     pullImage: unary(log, 'PullImage', (req: Parameters<CriImageService['pullImage']>[0], signal) => images.pullImage(req, signal)),
@@ -79,7 +86,24 @@ export async function startCriServer(o: CriServerOptions): Promise<CriServer> {
     RuntimeServiceService,
     runtimeServiceHandlers({
       version: o.version,
-      describeConfig: () => ({ socket: o.socket, stateDir: o.stateDir, registries: Object.keys(o.registries), platform: o.platform ?? hostPlatform() }),
+      logger: log,
+      ...(pods ? { pods } : {}),
+      controllerReachable: async () => {
+        try {
+          await controller?.client.version(3000);
+          return undefined;
+        } catch (err) {
+          return `the controller at ${controller?.server} does not answer: ${errMsg(err)}`;
+        }
+      },
+      describeConfig: () => ({
+        socket: o.socket,
+        stateDir: o.stateDir,
+        registries: Object.keys(o.registries),
+        platform: o.platform ?? hostPlatform(),
+        controller: controller?.server ?? null,
+        sandboxImage,
+      }),
     }),
   );
 
@@ -106,7 +130,9 @@ export async function startCriServer(o: CriServerOptions): Promise<CriServer> {
       await Promise.race([new Promise<void>((resolve) => server.tryShutdown(() => resolve())), new Promise<void>((resolve) => (timer = setTimeout(resolve, 2000)))]);
       clearTimeout(timer);
       server.forceShutdown();
+      pods?.close();
       await reader.close();
+      controller?.client.close();
       try {
         unlinkSync(o.socket);
       } catch {

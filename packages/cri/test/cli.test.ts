@@ -29,7 +29,16 @@ describe('cello-cri', () => {
     expect(top.stdout).toContain('UNIMPLEMENTED');
     const serve = await cli(['serve', '--help']);
     expect(serve.code).toBe(0);
-    for (const flag of ['--listen', '--state-dir', '--registry-config', '--insecure-registry', '--platform', '--container-runtime-endpoint=unix://']) {
+    for (const flag of [
+      '--listen',
+      '--state-dir',
+      '--registry-config',
+      '--insecure-registry',
+      '--platform',
+      '--controller-config',
+      '--sandbox-image',
+      '--container-runtime-endpoint=unix://',
+    ]) {
       expect(serve.stdout).toContain(flag);
     }
   });
@@ -75,5 +84,24 @@ describe('cello-cri', () => {
     } finally {
       await shim.stop();
     }
+  });
+
+  it('a missing controller configuration, and a damaged sandbox record, fail the start naming the file', async () => {
+    const missing = await cli(['serve', '--listen', join(dir, 'd.sock'), '--state-dir', join(dir, 's7'), '--controller-config', join(dir, 'nope.yaml')]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain(`--controller-config ${join(dir, 'nope.yaml')}: no such file`);
+    // A configuration that parses (the controller need not answer for the start).
+    const cfg = join(dir, 'cri-user.yaml');
+    writeFileSync(
+      cfg,
+      'current-context: c\nclusters: [{name: c, cluster: {server: "127.0.0.1:1", insecure: true}}]\nusers: [{name: u, user: {}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n',
+    );
+    const state = join(dir, 's8');
+    mkdirSync(join(state, 'sandboxes'), { recursive: true });
+    const record = join(state, 'sandboxes', `${'c'.repeat(64)}.json`);
+    writeFileSync(record, '{"version": 1, "id": "trunc');
+    const r = await cli(['serve', '--listen', join(dir, 'e.sock'), '--state-dir', state, '--controller-config', cfg]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`sandbox record ${record} is not valid`);
   });
 });

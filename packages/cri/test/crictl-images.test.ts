@@ -87,14 +87,14 @@ describe('RuntimeService', () => {
     expect(r.stdout).toMatch(/RuntimeVersion:\s+0\.1\.0/);
   });
 
-  it('crictl info says the runtime is not ready, and why; the config is cgroupfs', async () => {
+  it('crictl info without a controller says the runtime is not ready, and why; the config is cgroupfs', async () => {
     const r = await crictl(tools.crictl, shim.socket, ['info', '-o', 'json']);
     expect(r.code, r.stderr).toBe(0);
     const info = JSON.parse(r.stdout) as { status: { conditions: { type: string; status: boolean; reason: string; message: string }[] }; config: unknown };
     const ready = info.status.conditions.find((c) => c.type === 'RuntimeReady')!;
     expect(ready.status).toBe(false);
-    expect(ready.reason).toBe('SandboxesNotImplemented');
-    expect(ready.message).toMatch(/not implemented/);
+    expect(ready.reason).toBe('NoController');
+    expect(ready.message).toMatch(/without --controller-config/);
     expect(info.status.conditions.find((c) => c.type === 'NetworkReady')?.status).toBe(false);
     expect(JSON.stringify(info.config)).toContain(shim.stateDir);
     const rc = await crictl(tools.crictl, shim.socket, ['runtime-config']);
@@ -102,12 +102,13 @@ describe('RuntimeService', () => {
     expect(rc.stdout.toLowerCase()).toContain('cgroupfs');
   });
 
-  it('every sandbox and container RPC answers UNIMPLEMENTED naming itself, never success', async () => {
-    for (const [args, rpc] of [
-      [['pods'], 'ListPodSandbox'],
-      [['ps'], 'ListContainers'],
-      [['stats'], 'ListContainerStats'],
-    ] as const) {
+  it('without a controller, sandbox and container RPCs are refused saying so; stats and events answer UNIMPLEMENTED naming themselves', async () => {
+    for (const args of [['pods'], ['ps']]) {
+      const r = await crictl(tools.crictl, shim.socket, [...args]);
+      expect(r.code, `${args.join(' ')}: ${r.stdout}`).not.toBe(0);
+      expect(r.stderr).toContain('started without --controller-config');
+    }
+    for (const [args, rpc] of [[['stats'], 'ListContainerStats']] as const) {
       const r = await crictl(tools.crictl, shim.socket, [...args]);
       expect(r.code, `${args.join(' ')}: ${r.stdout}`).not.toBe(0);
       expect(r.stderr).toContain(`RuntimeService/${rpc} is not implemented by cello-cri`);
@@ -116,8 +117,8 @@ describe('RuntimeService', () => {
     const c = clients(shim.socket);
     try {
       const run = await call((cb) => c.runtime.runPodSandbox({ config: undefined, runtimeHandler: '' }, new Metadata(), { deadline: deadline() }, cb));
-      expect(run.err?.code).toBe(status.UNIMPLEMENTED);
-      expect(run.err?.details).toContain('RuntimeService/RunPodSandbox');
+      expect(run.err?.code).toBe(status.FAILED_PRECONDITION);
+      expect(run.err?.details).toContain('started without --controller-config');
       // The one server-streaming RPC answers the same way.
       const events = await new Promise<{ code?: number; details?: string }>((resolve) => {
         const s = c.runtime.getContainerEvents({}, new Metadata(), { deadline: deadline() });

@@ -1,0 +1,573 @@
+// The CRI RuntimeService's sandboxes and containers, on the Cello controller. A sandbox is a Cello
+// pod (applied through the controller API as an authenticated client, like cellctl); its cell is
+// the sandbox. A container is a unit of that pod: CreateContainer records it, StartContainer
+// applies the pod with it, StopContainer applies the pod without it; every apply carries the whole
+// current set, so the cell converges to it. The records live on this node (sandbox-store.ts);
+// live state comes from the controller's view of the pod.
+import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import { CelloError, errMsg } from '@cello/proto';
+import { ExecInput, PodPhase, type ContainerStatus as CelloContainerStatus, type ExecOutput } from '@cello/proto/cell';
+import type { PodObject } from '@cello/proto/controller';
+import type { ControllerApiClient } from '@cello/controller/client';
+import {
+  ContainerState,
+  PodSandboxState,
+  type Container,
+  type ContainerStatusResponse,
+  type CreateContainerRequest,
+  type ExecSyncResponse,
+  type ListContainersRequest,
+  type ListPodSandboxRequest,
+  type PodSandbox,
+  type PodSandboxStatusResponse,
+  type RunPodSandboxRequest,
+} from '../gen/runtime/v1/api.js';
+import type { ImageStore } from '../images/image-store.js';
+import { findImage } from '../images/names.js';
+import { SANDBOX_UNIT, checkSandboxConfig, containerSpec, podManifest, portMappingsOf, unitName } from './pod-spec.js';
+import { newId, type ContainerRecord, type SandboxRecord, type SandboxStore } from './sandbox-store.js';
+import { ContainerLogs, logFile } from './container-logs.js';
+
+export interface PodServiceOptions {
+  controller: ControllerApiClient;
+  store: SandboxStore;
+  images: ImageStore;
+  /** The image of the unit that holds a sandbox's cell (containerd's sandbox_image). */
+  sandboxImage: string;
+  logger: Logger;
+  /** How often a wait re-reads the pod from the controller. */
+  pollMs?: number;
+}
+
+/** Waiting reasons that will not resolve by waiting. */
+const FATAL_WAITING = new Set(['ErrImagePull', 'ImagePullBackOff', 'InvalidImageName', 'CreateContainerConfigError', 'CreateContainerError', 'ErrImageNeverPull']);
+
+/** How long a status call waits for an exited container's last output to reach its log file. */
+const LOG_DRAIN_MS = 5000;
+
+const nanos = (iso: string | Date | undefined): bigint => (iso ? BigInt(new Date(iso).getTime()) * 1_000_000n : 0n);
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+function matchLabels(selector: Record<string, string>, labels: Record<string, string>): boolean {
+  return Object.entries(selector).every(([k, v]) => labels[k] === v);
+}
+
+function unitStatus(pod: PodObject | undefined, unit: string): CelloContainerStatus | undefined {
+  return pod?.status?.containerStatuses.find((c) => c.name === unit);
+}
+
+/** Why a pod failed, from its status and its units' ends. */
+function describeFailure(p: PodObject): string {
+  const units = (p.status?.containerStatuses ?? []).map((c) => {
+    const st = c.state?.state;
+    if (st?.$case === 'terminated') return `${c.name} exited ${st.value.exitCode} (${st.value.reason}${st.value.message ? `: ${st.value.message}` : ''})`;
+    if (st?.$case === 'waiting') return `${c.name} waiting (${st.value.reason}${st.value.message ? `: ${st.value.message}` : ''})`;
+    return `${c.name} ${st?.$case ?? 'unknown'}`;
+  });
+  return [p.status?.reason, p.status?.message, ...units].filter(Boolean).join('; ') || 'no reason given';
+}
+
+export class PodService {
+  private readonly poll: number;
+  private readonly logs: ContainerLogs;
+
+  constructor(private readonly o: PodServiceOptions) {
+    this.poll = o.pollMs ?? 250;
+    this.logs = new ContainerLogs(o.controller, o.logger);
+    // A restarted shim goes on writing the logs of the containers that run (from the file's last write).
+    for (const s of o.store.list()) {
+      if (s.state !== 'ready') continue;
+      for (const c of s.containers) {
+        const path = logFile(s.logDirectory, c.logPath);
+        if (c.phase === 'started' && path) this.logs.follow(c.id, s.pod, c.unit, path, { resume: true });
+      }
+    }
+  }
+
+  /** Stops writing every log (the shim's shutdown). */
+  close(): void {
+    this.logs.stopAll();
+  }
+
+  reopenContainerLog(id: string): void {
+    const { container } = this.container(id);
+    if (container.phase !== 'started') throw new CelloError('FailedPrecondition', `container ${id} is not running`);
+    this.logs.reopen(container.id);
+  }
+
+  private sandbox(id: string, field = 'pod_sandbox_id'): SandboxRecord {
+    if (!id) throw new CelloError('InvalidArgument', `${field}: is required`);
+    const s = this.o.store.get(id) ?? this.o.store.list().find((x) => x.id.startsWith(id) && id.length >= 6);
+    if (!s) throw new CelloError('NotFound', `${field}: no pod sandbox ${id}`);
+    return s;
+  }
+
+  private container(id: string): { sandbox: SandboxRecord; container: ContainerRecord } {
+    if (!id) throw new CelloError('InvalidArgument', 'container_id: is required');
+    const hit =
+      this.o.store.container(id) ??
+      this.o.store.list().flatMap((s) => s.containers.filter((c) => c.id.startsWith(id) && id.length >= 6).map((c) => this.o.store.container(c.id)!))[0];
+    if (!hit) throw new CelloError('NotFound', `container_id: no container ${id}`);
+    return hit;
+  }
+
+  private apply(s: SandboxRecord, graceSeconds?: number): Promise<PodObject> {
+    const manifest = podManifest(s, { sandboxImage: this.o.sandboxImage, sysctls: s.sysctls, ...(graceSeconds !== undefined ? { graceSeconds } : {}) });
+    return this.o.controller.apply(manifest, s.pod.namespace);
+  }
+
+  private getPod(s: SandboxRecord): Promise<PodObject | undefined> {
+    return this.o.controller.get(s.pod.namespace, s.pod.name);
+  }
+
+  /** Re-reads the pod until `done` says yes (returns its value), or the call's deadline/cancellation. */
+  private async waitPod<T>(s: SandboxRecord, what: string, signal: AbortSignal, done: (p: PodObject | undefined) => T | undefined): Promise<T> {
+    let last: PodObject | undefined;
+    for (;;) {
+      last = await this.getPod(s);
+      const v = done(last);
+      if (v !== undefined) return v;
+      if (signal.aborted) {
+        const p = last?.progress;
+        const where = p ? ` (stage ${p.stage}${p.lastError ? `, last error ${p.lastError.reason}: ${p.lastError.message}` : ''})` : '';
+        throw new CelloError('DeadlineExceeded', `pod ${s.pod.namespace}/${s.pod.name}: ${what} did not happen before the call's deadline${where}`);
+      }
+      await sleep(this.poll, signal);
+    }
+  }
+
+  // ------------------------------------------------------------ sandboxes
+
+  async runPodSandbox(req: RunPodSandboxRequest, signal: AbortSignal): Promise<string> {
+    const id = newId();
+    const { podName, namespace } = checkSandboxConfig(req.config, req.runtimeHandler, id);
+    const c = req.config!;
+    const rec: SandboxRecord = {
+      version: 1,
+      id,
+      metadata: { name: c.metadata!.name, uid: c.metadata!.uid, namespace: c.metadata!.namespace, attempt: c.metadata!.attempt },
+      pod: { namespace, name: podName },
+      hostname: c.hostname,
+      logDirectory: c.logDirectory,
+      ...(c.dnsConfig ? { dnsConfig: { servers: c.dnsConfig.servers, searches: c.dnsConfig.searches, options: c.dnsConfig.options } } : {}),
+      portMappings: portMappingsOf(c),
+      labels: c.labels,
+      annotations: c.annotations,
+      sysctls: c.linux?.sysctls ?? {},
+      createdAt: new Date().toISOString(),
+      state: 'ready',
+      ip: '',
+      containers: [],
+    };
+    await this.o.store.serialized(async () => {
+      await this.o.store.put(rec);
+      try {
+        await this.apply(rec);
+      } catch (err) {
+        await this.o.store.remove(id);
+        throw err;
+      }
+    });
+    this.o.logger.info({ sandbox: id, pod: `${namespace}/${podName}` }, 'sandbox applied; waiting for its cell');
+    try {
+      const ip = await this.waitPod(rec, 'the sandbox unit running on a cell', signal, (p) => {
+        const u = unitStatus(p, SANDBOX_UNIT);
+        const w = u?.state?.state?.$case === 'waiting' ? u.state.state.value : undefined;
+        if (w && FATAL_WAITING.has(w.reason)) throw new CelloError('FailedPrecondition', `the sandbox unit (image ${this.o.sandboxImage}) cannot start: ${w.reason}: ${w.message}`);
+        if (p?.status?.phase === PodPhase.POD_PHASE_FAILED) throw new CelloError('FailedPrecondition', `the sandbox's pod failed: ${describeFailure(p)}`);
+        return u?.state?.state?.$case === 'running' ? (p?.status?.podIp ?? '') : undefined;
+      });
+      await this.o.store.serialized(async () => {
+        const cur = this.o.store.get(id);
+        if (cur) await this.o.store.put({ ...cur, ip });
+      });
+      return id;
+    } catch (err) {
+      // A sandbox that did not come up is not left behind: its cell ends, its record goes.
+      this.o.logger.warn({ sandbox: id, err: errMsg(err) }, 'sandbox failed to start; ending its cell');
+      await this.o.controller.delete(namespace, podName, 0).catch(() => undefined);
+      await this.o.store.serialized(() => this.o.store.remove(id));
+      throw err;
+    }
+  }
+
+  async podSandboxStatus(id: string, verbose: boolean): Promise<PodSandboxStatusResponse> {
+    const s = this.sandbox(id);
+    const pod = s.state === 'ready' ? await this.getPod(s) : undefined;
+    const alive = s.state === 'ready' && pod !== undefined && !pod.metadata?.deletionTimestamp && pod.status?.phase !== PodPhase.POD_PHASE_FAILED;
+    const ip = pod?.status?.podIp || s.ip;
+    const info: Record<string, string> = {};
+    if (verbose) {
+      info.info = JSON.stringify({
+        pod: s.pod,
+        cellId: pod?.cellId ?? '',
+        instanceType: pod?.instanceType ?? '',
+        phase: pod?.status?.phase !== undefined ? PodPhase[pod.status.phase] : 'gone',
+        hostname: s.hostname,
+        logDirectory: s.logDirectory,
+        dnsConfig: s.dnsConfig ?? null,
+        portMappings: s.portMappings,
+        sysctls: s.sysctls,
+      });
+    }
+    return {
+      status: {
+        id: s.id,
+        metadata: s.metadata,
+        state: alive ? PodSandboxState.SANDBOX_READY : PodSandboxState.SANDBOX_NOTREADY,
+        createdAt: nanos(s.createdAt),
+        network: { ip, additionalIps: (pod?.status?.podIps ?? []).filter((x) => x !== ip).map((x) => ({ ip: x })) },
+        linux: { namespaces: { options: { network: 0, pid: 0, ipc: 0, targetId: '', usernsOptions: undefined } } },
+        labels: s.labels,
+        annotations: s.annotations,
+        runtimeHandler: '',
+      },
+      info,
+      containersStatuses: [],
+      timestamp: 0n,
+    };
+  }
+
+  listPodSandbox(req: ListPodSandboxRequest): PodSandbox[] {
+    const f = req.filter;
+    return this.o.store
+      .list()
+      .filter((s) => !f?.id || s.id.startsWith(f.id))
+      .filter((s) => !f?.state || (s.state === 'ready' ? PodSandboxState.SANDBOX_READY : PodSandboxState.SANDBOX_NOTREADY) === f.state.state)
+      .filter((s) => !f || matchLabels(f.labelSelector, s.labels))
+      .map((s) => ({
+        id: s.id,
+        metadata: s.metadata,
+        state: s.state === 'ready' ? PodSandboxState.SANDBOX_READY : PodSandboxState.SANDBOX_NOTREADY,
+        createdAt: nanos(s.createdAt),
+        labels: s.labels,
+        annotations: s.annotations,
+        runtimeHandler: '',
+      }));
+  }
+
+  /** Ends the sandbox's cell (its containers are killed, as containerd stops them with no grace); idempotent. */
+  async stopPodSandbox(id: string, signal: AbortSignal): Promise<void> {
+    const s = this.sandbox(id);
+    if (s.state === 'notready' && !(await this.getPod(s))) return;
+    const last = await this.getPod(s);
+    await this.o.store.serialized(async () => {
+      const cur = this.o.store.get(s.id)!;
+      const now = new Date().toISOString();
+      const containers = cur.containers.map((c) => (c.phase === 'exited' ? c : this.exited(c, unitStatus(last, c.unit), now, 'the sandbox was stopped (its cell ended)')));
+      await this.o.store.put({ ...cur, state: 'notready', containers, ip: last?.status?.podIp || cur.ip });
+    });
+    await this.o.controller.delete(s.pod.namespace, s.pod.name, 0);
+    await this.waitPod(s, 'the pod and its cell gone', signal, (p) => (p === undefined ? true : undefined));
+    for (const c of s.containers) this.logs.stop(c.id);
+    this.o.logger.info({ sandbox: s.id, pod: `${s.pod.namespace}/${s.pod.name}` }, 'sandbox stopped; its cell ended');
+  }
+
+  async removePodSandbox(id: string, signal: AbortSignal): Promise<void> {
+    let s;
+    try {
+      s = this.sandbox(id);
+    } catch (err) {
+      if (err instanceof CelloError && err.code === 'NotFound') return; // idempotent, as the CRI asks
+      throw err;
+    }
+    await this.stopPodSandbox(s.id, signal);
+    await this.o.store.serialized(() => this.o.store.remove(s.id));
+  }
+
+  // ------------------------------------------------------------ containers
+
+  /** The record of a container that ended: its real exit when the cell reported one, else said to be unknown. */
+  private exited(c: ContainerRecord, live: CelloContainerStatus | undefined, now: string, why: string): ContainerRecord {
+    const t = live?.state?.state?.$case === 'terminated' ? live.state.state.value : undefined;
+    if (t) {
+      return {
+        ...c,
+        phase: 'exited',
+        exitCode: t.exitCode,
+        reason: t.reason,
+        message: t.message,
+        ...(t.startedAt ? { startedAt: t.startedAt.toISOString() } : {}),
+        finishedAt: (t.finishedAt ?? new Date(now)).toISOString(),
+      };
+    }
+    // The cell does not report the exit of a unit it stopped and dropped: said so, not invented.
+    return { ...c, phase: 'exited', exitCode: -1, reason: 'Unknown', message: `${why}; the exit code of a unit stopped this way is not reported by its cell`, finishedAt: now };
+  }
+
+  async createContainer(req: CreateContainerRequest): Promise<string> {
+    const s = this.sandbox(req.podSandboxId);
+    if (s.state !== 'ready') throw new CelloError('FailedPrecondition', `pod_sandbox_id: sandbox ${s.id} is not ready (stopped)`);
+    const config = req.config;
+    if (!config) throw new CelloError('InvalidArgument', 'config: is required');
+    const image = config.image?.image ?? '';
+    if (!image) throw new CelloError('InvalidArgument', 'config.image.image: is required');
+    const unit = unitName(config);
+    // An image this node pulled is sent to the cell by its repo digest: the exact image the kubelet checked.
+    const rec = findImage(this.o.images, image, 'config.image.image');
+    const imageRef = rec?.repoDigests[0] ?? image;
+    const spec = containerSpec(config, unit, imageRef);
+    const id = newId();
+    await this.o.store.serialized(async () => {
+      const cur = this.o.store.get(s.id);
+      if (!cur) throw new CelloError('NotFound', `pod_sandbox_id: no pod sandbox ${s.id}`);
+      if (cur.containers.some((c) => c.unit === unit))
+        throw new CelloError('AlreadyExists', `config.metadata: sandbox ${s.id} already has a container named ${config.metadata!.name} with attempt ${config.metadata!.attempt}`);
+      const c: ContainerRecord = {
+        id,
+        unit,
+        name: config.metadata!.name,
+        attempt: config.metadata!.attempt,
+        image,
+        imageRef,
+        imageId: rec?.id ?? '',
+        labels: config.labels,
+        annotations: config.annotations,
+        logPath: config.logPath,
+        spec,
+        createdAt: new Date().toISOString(),
+        phase: 'created',
+      };
+      await this.o.store.put({ ...cur, containers: [...cur.containers, c] });
+    });
+    return id;
+  }
+
+  async startContainer(id: string, signal: AbortSignal): Promise<void> {
+    const { sandbox, container } = this.container(id);
+    await this.o.store.serialized(async () => {
+      const cur = this.o.store.get(sandbox.id)!;
+      const c = cur.containers.find((x) => x.id === container.id)!;
+      if (cur.state !== 'ready') throw new CelloError('FailedPrecondition', `container ${id}: its sandbox is stopped`);
+      if (c.phase !== 'created')
+        throw new CelloError('FailedPrecondition', `container ${id} is ${c.phase === 'started' ? 'already started' : 'exited'}; only a created container starts`);
+      const next = { ...cur, containers: cur.containers.map((x) => (x.id === c.id ? { ...x, phase: 'started' as const } : x)) };
+      await this.o.store.put(next);
+      await this.apply(next);
+    });
+    const path = logFile(sandbox.logDirectory, container.logPath);
+    // The file exists once the container is started, as the kubelet expects; lines follow once the cell has the unit.
+    if (path) this.logs.create(path);
+    let started: Date | undefined;
+    try {
+      started = await this.waitPod(sandbox, `container ${container.unit} running`, signal, (p) => {
+        const st = unitStatus(p, container.unit)?.state?.state;
+        if (st?.$case === 'waiting' && FATAL_WAITING.has(st.value.reason))
+          throw new CelloError('FailedPrecondition', `container ${container.name}: ${st.value.reason}: ${st.value.message}`);
+        if (st?.$case === 'running') return st.value.startedAt ?? new Date();
+        if (st?.$case === 'terminated') {
+          if (st.value.reason === 'StartError' || st.value.reason === 'ContainerCannotRun')
+            throw new CelloError('FailedPrecondition', `container ${container.name}: ${st.value.reason}: ${st.value.message}`);
+          return st.value.startedAt ?? new Date();
+        }
+        return undefined;
+      });
+    } catch (err) {
+      // Not started: the container is recorded as exited with the reason, and leaves the pod.
+      const why = errMsg(err);
+      await this.o.store.serialized(async () => {
+        const cur = this.o.store.get(sandbox.id);
+        if (!cur) return;
+        const next = {
+          ...cur,
+          containers: cur.containers.map((x) =>
+            x.id === container.id ? { ...x, phase: 'exited' as const, exitCode: 128, reason: 'StartError', message: why, finishedAt: new Date().toISOString() } : x,
+          ),
+        };
+        await this.o.store.put(next);
+        if (cur.state === 'ready') await this.apply(next).catch(() => undefined);
+      });
+      throw err;
+    }
+    await this.o.store.serialized(async () => {
+      const cur = this.o.store.get(sandbox.id);
+      if (!cur) return;
+      await this.o.store.put({ ...cur, containers: cur.containers.map((x) => (x.id === container.id ? { ...x, startedAt: started.toISOString() } : x)) });
+    });
+    if (path) this.logs.follow(container.id, sandbox.pod, container.unit, path);
+  }
+
+  /** Applies the pod without the container (the cell stops it: SIGTERM, SIGKILL after `timeout` s); idempotent. */
+  async stopContainer(id: string, timeoutSeconds: number, signal: AbortSignal): Promise<void> {
+    const { sandbox, container } = this.container(id);
+    if (container.phase === 'exited') return;
+    const live = container.phase === 'started' && sandbox.state === 'ready' ? unitStatus(await this.getPod(sandbox), container.unit) : undefined;
+    await this.o.store.serialized(async () => {
+      const cur = this.o.store.get(sandbox.id)!;
+      const now = new Date().toISOString();
+      const next = {
+        ...cur,
+        containers: cur.containers.map((x) =>
+          x.id !== container.id
+            ? x
+            : x.phase === 'created'
+              ? { ...x, phase: 'exited' as const, exitCode: 0, reason: 'NeverStarted', message: 'stopped before it was started', finishedAt: now }
+              : this.exited(x, live, now, 'stopped by StopContainer'),
+        ),
+      };
+      await this.o.store.put(next);
+      if (container.phase === 'started' && cur.state === 'ready') await this.apply(next, Math.max(0, timeoutSeconds));
+    });
+    if (container.phase === 'started' && sandbox.state === 'ready') {
+      await this.waitPod(sandbox, `container ${container.unit} stopped`, signal, (p) => {
+        const st = unitStatus(p, container.unit)?.state?.state;
+        return !p || !st || st.$case === 'terminated' ? true : undefined;
+      });
+    }
+  }
+
+  async removeContainer(id: string, signal: AbortSignal): Promise<void> {
+    let hit;
+    try {
+      hit = this.container(id);
+    } catch (err) {
+      if (err instanceof CelloError && err.code === 'NotFound') return; // idempotent, as the CRI asks
+      throw err;
+    }
+    await this.stopContainer(hit.container.id, 0, signal);
+    this.logs.stop(hit.container.id);
+    await this.o.store.serialized(async () => {
+      const cur = this.o.store.get(hit.sandbox.id);
+      if (cur) await this.o.store.put({ ...cur, containers: cur.containers.filter((c) => c.id !== hit.container.id) });
+    });
+  }
+
+  /** A container's CRI state and times: its record, and the cell's live status while it runs. */
+  private view(
+    c: ContainerRecord,
+    pod: PodObject | undefined,
+  ): { state: ContainerState; startedAt: bigint; finishedAt: bigint; exitCode: number; reason: string; message: string } {
+    const rec = { startedAt: nanos(c.startedAt), finishedAt: nanos(c.finishedAt), exitCode: c.exitCode ?? 0, reason: c.reason ?? '', message: c.message ?? '' };
+    if (c.phase === 'created') return { ...rec, state: ContainerState.CONTAINER_CREATED };
+    if (c.phase === 'exited') return { ...rec, state: ContainerState.CONTAINER_EXITED };
+    const st = unitStatus(pod, c.unit)?.state?.state;
+    if (st?.$case === 'running') return { ...rec, state: ContainerState.CONTAINER_RUNNING, startedAt: nanos(st.value.startedAt) || rec.startedAt };
+    if (st?.$case === 'terminated') {
+      const t = st.value;
+      return {
+        state: ContainerState.CONTAINER_EXITED,
+        startedAt: nanos(t.startedAt) || rec.startedAt,
+        finishedAt: nanos(t.finishedAt),
+        exitCode: t.exitCode,
+        reason: t.reason,
+        message: t.message,
+      };
+    }
+    if (st?.$case === 'waiting') return { ...rec, state: ContainerState.CONTAINER_CREATED, reason: st.value.reason, message: st.value.message };
+    return { ...rec, state: ContainerState.CONTAINER_UNKNOWN, reason: 'Unknown', message: pod ? "the cell's pod does not list this unit" : "the sandbox's pod is gone" };
+  }
+
+  async containerStatus(id: string, verbose: boolean): Promise<ContainerStatusResponse> {
+    const { sandbox, container: c } = this.container(id);
+    const pod = c.phase === 'started' && sandbox.state === 'ready' ? await this.getPod(sandbox) : undefined;
+    if (unitStatus(pod, c.unit)?.state?.state?.$case === 'terminated') await this.logs.drained(c.id, LOG_DRAIN_MS);
+    const v = this.view(c, pod);
+    const info: Record<string, string> = {};
+    if (verbose) info.info = JSON.stringify({ sandboxId: sandbox.id, pod: sandbox.pod, unit: c.unit, cellId: pod?.cellId ?? '', spec: c.spec });
+    return {
+      status: {
+        id: c.id,
+        metadata: { name: c.name, attempt: c.attempt },
+        state: v.state,
+        createdAt: nanos(c.createdAt),
+        startedAt: v.startedAt,
+        finishedAt: v.finishedAt,
+        exitCode: v.exitCode,
+        image: { image: c.image, annotations: {}, userSpecifiedImage: c.image, runtimeHandler: '' },
+        imageRef: c.imageId || c.imageRef,
+        reason: v.reason,
+        message: v.message,
+        labels: c.labels,
+        annotations: c.annotations,
+        mounts: [],
+        // The full path, as containerd reports it (crictl logs reads the file from it).
+        logPath: logFile(sandbox.logDirectory, c.logPath) ?? c.logPath,
+        resources: undefined,
+        imageId: c.imageId,
+        user: undefined,
+        stopSignal: 0,
+      },
+      info,
+    };
+  }
+
+  async listContainers(req: ListContainersRequest): Promise<Container[]> {
+    const f = req.filter;
+    const sandboxes = this.o.store.list().filter((s) => !f?.podSandboxId || s.id.startsWith(f.podSandboxId));
+    const pods = new Map<string, PodObject | undefined>();
+    await Promise.all(sandboxes.filter((s) => s.state === 'ready' && s.containers.some((c) => c.phase === 'started')).map(async (s) => pods.set(s.id, await this.getPod(s))));
+    const out: Container[] = [];
+    for (const s of sandboxes) {
+      for (const c of s.containers) {
+        if (f?.id && !c.id.startsWith(f.id)) continue;
+        if (f && !matchLabels(f.labelSelector, c.labels)) continue;
+        if (unitStatus(pods.get(s.id), c.unit)?.state?.state?.$case === 'terminated') await this.logs.drained(c.id, LOG_DRAIN_MS);
+        const v = this.view(c, pods.get(s.id));
+        if (f?.state && f.state.state !== v.state) continue;
+        out.push({
+          id: c.id,
+          podSandboxId: s.id,
+          metadata: { name: c.name, attempt: c.attempt },
+          image: { image: c.image, annotations: {}, userSpecifiedImage: c.image, runtimeHandler: '' },
+          imageRef: c.imageId || c.imageRef,
+          state: v.state,
+          createdAt: nanos(c.createdAt),
+          labels: c.labels,
+          annotations: c.annotations,
+          imageId: c.imageId,
+        });
+      }
+    }
+    return out;
+  }
+
+  /** Runs a command in the container through the controller's exec relay; `timeoutSeconds` 0 is no timeout. */
+  async execSync(id: string, cmd: string[], timeoutSeconds: number, signal: AbortSignal): Promise<ExecSyncResponse> {
+    const { sandbox, container } = this.container(id);
+    if (!cmd.length) throw new CelloError('InvalidArgument', 'cmd: is required');
+    if (container.phase !== 'started' || sandbox.state !== 'ready') throw new CelloError('FailedPrecondition', `container ${id} is not running`);
+    const stream = this.o.controller.client.exec();
+    const stdout: Buffer[] = [];
+    const stderr: Buffer[] = [];
+    return new Promise<ExecSyncResponse>((resolve, reject) => {
+      let exit: { exitCode: number } | undefined;
+      let timedOut = false;
+      const timer = timeoutSeconds > 0 ? setTimeout(() => ((timedOut = true), stream.cancel()), timeoutSeconds * 1000) : undefined;
+      const onAbort = () => stream.cancel();
+      signal.addEventListener('abort', onAbort, { once: true });
+      const finish = (err?: Error) => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', onAbort);
+        if (timedOut) return reject(new CelloError('DeadlineExceeded', `ExecSync ${JSON.stringify(cmd)} in container ${container.name}: timed out after ${timeoutSeconds}s`));
+        if (exit) return resolve({ stdout: Buffer.concat(stdout), stderr: Buffer.concat(stderr), exitCode: exit.exitCode });
+        reject(err ?? new CelloError('Unavailable', `ExecSync in container ${container.name}: the stream ended without an exit status`));
+      };
+      stream.on('data', (out: ExecOutput) => {
+        const fr = out.frame;
+        if (fr?.$case === 'stdout') stdout.push(fr.value);
+        else if (fr?.$case === 'stderr') stderr.push(fr.value);
+        else if (fr?.$case === 'exit') exit = { exitCode: fr.value.signal ? 128 + (SIGNALS[fr.value.signal] ?? 1) : fr.value.exitCode };
+      });
+      stream.on('end', () => finish());
+      stream.on('error', (err: ServiceError) => (err.code === GrpcStatus.CANCELLED || exit ? finish() : finish(err)));
+      stream.write({ frame: { $case: 'target', value: sandbox.pod } });
+      stream.write({
+        frame: { $case: 'input', value: ExecInput.fromPartial({ frame: { $case: 'start', value: { container: container.unit, command: cmd, tty: false, stdin: false } } }) },
+      });
+    });
+  }
+}
+
+const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15 };

@@ -1,0 +1,219 @@
+// CRI configurations -> the Kubernetes v1 Pod the controller runs on a cell. A sandbox is a
+// Cello pod (its cell is the sandbox: one VM, its own network); its containers are that pod's
+// units. What a VM per pod cannot mean (the node's namespaces, the node's files, privileged
+// access to the node) is refused here, naming the field, before anything is created.
+import { createHash } from 'node:crypto';
+import { CelloError } from '@cello/proto';
+import {
+  NamespaceMode,
+  Protocol,
+  SecurityProfile_ProfileType,
+  Signal,
+  type ContainerConfig,
+  type LinuxContainerResources,
+  type NamespaceOption,
+  type PodSandboxConfig,
+  type SecurityProfile,
+} from '../gen/runtime/v1/api.js';
+import type { SandboxRecord } from './sandbox-store.js';
+
+/** The unit that holds the cell's pod while the kubelet has no container in it (containerd's pause container). */
+export const SANDBOX_UNIT = 'cello-sandbox';
+/** Annotation on the Cello pod naming the CRI sandbox it is. */
+export const SANDBOX_ID_ANNOTATION = 'cri.cello.io/sandbox-id';
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+
+function refuse(field: string, why: string): never {
+  throw new CelloError('InvalidArgument', `${field}: ${why}`);
+}
+
+function checkNamespaces(field: string, ns: NamespaceOption | undefined): void {
+  if (!ns) return;
+  const vm = 'a pod runs on a cell of its own (a VM), so it cannot share a namespace with this node';
+  if (ns.network === NamespaceMode.NODE) refuse(`${field}.network`, `NODE (hostNetwork) is not supported: ${vm}`);
+  if (ns.pid === NamespaceMode.NODE) refuse(`${field}.pid`, `NODE (hostPID) is not supported: ${vm}`);
+  if (ns.ipc === NamespaceMode.NODE) refuse(`${field}.ipc`, `NODE (hostIPC) is not supported: ${vm}`);
+  if (ns.pid === NamespaceMode.TARGET || ns.targetId) refuse(`${field}.pid`, "TARGET (sharing another container's PID namespace) is not supported by cello-cri");
+  if (ns.usernsOptions && ns.usernsOptions.mode !== NamespaceMode.NODE) refuse(`${field}.userns_options`, 'user namespaces (hostUsers: false) are not supported by cello-cri');
+}
+
+/** The seccomp profile as a Kubernetes seccompProfile; Localhost profiles live on this node, not the cell. */
+function seccomp(field: string, p: SecurityProfile | undefined, legacyPath: string): Record<string, unknown> | undefined {
+  if (legacyPath && legacyPath !== 'runtime/default' && legacyPath !== 'docker/default') {
+    if (legacyPath === 'unconfined') return { type: 'Unconfined' };
+    refuse(`${field}.seccomp_profile_path`, `${JSON.stringify(legacyPath)} is a profile on this node, which the pod's cell cannot read`);
+  }
+  if (!p) return undefined;
+  if (p.profileType === SecurityProfile_ProfileType.Localhost)
+    refuse(`${field}.seccomp`, `Localhost profile ${JSON.stringify(p.localhostRef)} is on this node, which the pod's cell cannot read`);
+  return { type: p.profileType === SecurityProfile_ProfileType.Unconfined ? 'Unconfined' : 'RuntimeDefault' };
+}
+
+/** Refuses what a sandbox on a cell cannot be; returns the Cello pod's name. */
+export function checkSandboxConfig(config: PodSandboxConfig | undefined, runtimeHandler: string, id: string): { podName: string; namespace: string } {
+  if (!config) refuse('config', 'is required');
+  if (runtimeHandler) refuse('runtime_handler', `${JSON.stringify(runtimeHandler)}: cello-cri has one runtime handler, the default ("")`);
+  const m = config.metadata;
+  if (!m?.name) refuse('config.metadata.name', 'is required');
+  if (!m.namespace) refuse('config.metadata.namespace', 'is required');
+  if (!m.uid) refuse('config.metadata.uid', 'is required');
+  if (!DNS_LABEL.test(m.namespace) || m.namespace.length > 63)
+    refuse('config.metadata.namespace', `${JSON.stringify(m.namespace)} must be a DNS label (the Cello pod's namespace)`);
+  const base = m.name.toLowerCase();
+  if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(base)) refuse('config.metadata.name', `${JSON.stringify(m.name)} must be a DNS subdomain (it names the Cello pod)`);
+  if (config.hostname && (!DNS_LABEL.test(config.hostname) || config.hostname.length > 63)) refuse('config.hostname', `${JSON.stringify(config.hostname)} must be a DNS label`);
+  const sc = config.linux?.securityContext;
+  checkNamespaces('config.linux.security_context.namespace_options', sc?.namespaceOptions);
+  if (sc?.privileged)
+    refuse('config.linux.security_context.privileged', "a privileged sandbox would have this node's devices and capabilities; the pod runs on a cell, so it is not supported");
+  if (sc?.selinuxOptions && Object.values(sc.selinuxOptions).some((v) => v)) refuse('config.linux.security_context.selinux_options', 'SELinux labels are not supported on cells');
+  if (sc?.apparmor && sc.apparmor.profileType === SecurityProfile_ProfileType.Localhost)
+    refuse('config.linux.security_context.apparmor', 'a Localhost AppArmor profile is on this node, which the cell cannot load');
+  seccomp('config.linux.security_context', sc?.seccomp, sc?.seccompProfilePath ?? '');
+  config.portMappings.forEach((p, i) => {
+    if (p.hostIp && p.hostIp !== '0.0.0.0')
+      refuse(`config.port_mappings[${i}].host_ip`, `${p.hostIp} is an address of this node; a host port is served on the pod's cell (every address of it)`);
+    if (p.protocol === Protocol.UNRECOGNIZED) refuse(`config.port_mappings[${i}].protocol`, 'unknown protocol');
+  });
+  for (const k of Object.keys(config.windows ?? {})) if ((config.windows as unknown as Record<string, unknown>)[k]) refuse('config.windows', 'cells are Linux');
+  // The pod's name: the sandbox name with a piece of its ID, so attempts never collide.
+  return { podName: `${base.slice(0, 54).replace(/[-.]+$/, '')}-${id.slice(0, 8)}`, namespace: m.namespace };
+}
+
+function protocolName(p: Protocol): 'TCP' | 'UDP' | 'SCTP' {
+  return p === Protocol.UDP ? 'UDP' : p === Protocol.SCTP ? 'SCTP' : 'TCP';
+}
+
+export function portMappingsOf(config: PodSandboxConfig): SandboxRecord['portMappings'] {
+  return config.portMappings.map((p) => ({ protocol: protocolName(p.protocol), containerPort: p.containerPort, hostPort: p.hostPort, hostIp: p.hostIp }));
+}
+
+/** Kubernetes resources from the CRI's cgroup figures (the kubelet derived them from the same spec). */
+function resourcesOf(r: LinuxContainerResources | undefined): Record<string, Record<string, string>> | undefined {
+  if (!r) return undefined;
+  const limits: Record<string, string> = {};
+  const requests: Record<string, string> = {};
+  if (r.cpuQuota > 0n && r.cpuPeriod > 0n) limits.cpu = `${(r.cpuQuota * 1000n) / r.cpuPeriod}m`;
+  if (r.memoryLimitInBytes > 0n) limits.memory = String(r.memoryLimitInBytes);
+  // 2 shares is the kubelet's "no request" (the kernel's minimum).
+  if (r.cpuShares > 2n) requests.cpu = `${(r.cpuShares * 1000n) / 1024n}m`;
+  if (Object.keys(limits).length === 0 && Object.keys(requests).length === 0) return undefined;
+  return { ...(Object.keys(limits).length ? { limits } : {}), ...(Object.keys(requests).length ? { requests } : {}) };
+}
+
+const capName = (c: string) => c.replace(/^CAP_/, '');
+
+/** The Kubernetes container a CRI container runs as, on its pod's cell; refuses what a cell cannot mean. */
+export function containerSpec(config: ContainerConfig, unit: string, imageRef: string): Record<string, unknown> {
+  config.mounts.forEach((m, i) => {
+    const what = m.image?.image ? `image ${m.image.image}` : `host_path ${JSON.stringify(m.hostPath)}`;
+    if (m.propagation !== 0) refuse(`config.mounts[${i}].propagation`, `mount propagation with this node (${what} at ${m.containerPath}) cannot reach a pod on its own cell`);
+    refuse(
+      `config.mounts[${i}]`,
+      `${what} at ${JSON.stringify(m.containerPath)}: a container runs on its pod's cell, which cannot see this node's files; mounts are not supported by cello-cri yet`,
+    );
+  });
+  if (config.devices.length) refuse('config.devices', "a container on a cell cannot use this node's devices");
+  if (config.CDIDevices.length) refuse('config.CDI_devices', "a container on a cell cannot use this node's devices");
+  if (config.stopSignal !== Signal.RUNTIME_DEFAULT) refuse('config.stop_signal', "only the image's stop signal (RUNTIME_DEFAULT) is supported");
+  const sc = config.linux?.securityContext;
+  checkNamespaces('config.linux.security_context.namespace_options', sc?.namespaceOptions);
+  if (sc?.privileged)
+    refuse('config.linux.security_context.privileged', "a privileged container would have this node's devices and capabilities; it runs on a cell, so it is not supported");
+  if (sc?.selinuxOptions && Object.values(sc.selinuxOptions).some((v) => v)) refuse('config.linux.security_context.selinux_options', 'SELinux labels are not supported on cells');
+  if (
+    (sc?.apparmor && sc.apparmor.profileType === SecurityProfile_ProfileType.Localhost) ||
+    (sc?.apparmorProfile && !['runtime/default', 'unconfined'].includes(sc.apparmorProfile))
+  )
+    refuse('config.linux.security_context.apparmor', 'a Localhost AppArmor profile is on this node, which the cell cannot load');
+  if (sc?.runAsUsername) refuse('config.linux.security_context.run_as_username', `${JSON.stringify(sc.runAsUsername)}: a user by name is not supported; give run_as_user`);
+  if (sc?.supplementalGroups.length) refuse('config.linux.security_context.supplemental_groups', 'supplemental groups are not supported by cello-cri yet');
+  if (sc?.capabilities?.addAmbientCapabilities.length) refuse('config.linux.security_context.capabilities.add_ambient_capabilities', 'ambient capabilities are not supported');
+  const securityContext: Record<string, unknown> = {};
+  if (sc?.runAsUser) securityContext.runAsUser = Number(sc.runAsUser.value);
+  if (sc?.runAsGroup) securityContext.runAsGroup = Number(sc.runAsGroup.value);
+  if (sc?.readonlyRootfs) securityContext.readOnlyRootFilesystem = true;
+  if (sc?.noNewPrivs) securityContext.allowPrivilegeEscalation = false;
+  const caps = sc?.capabilities;
+  if (caps && (caps.addCapabilities.length || caps.dropCapabilities.length)) {
+    securityContext.capabilities = {
+      ...(caps.addCapabilities.length ? { add: caps.addCapabilities.map(capName) } : {}),
+      ...(caps.dropCapabilities.length ? { drop: caps.dropCapabilities.map(capName) } : {}),
+    };
+  }
+  const profile = seccomp('config.linux.security_context', sc?.seccomp, sc?.seccompProfilePath ?? '');
+  if (profile) securityContext.seccompProfile = profile;
+  const resources = resourcesOf(config.linux?.resources);
+  return {
+    name: unit,
+    image: imageRef,
+    // The node never holds layers; the cell pulls the image when the unit first starts.
+    imagePullPolicy: 'IfNotPresent',
+    ...(config.command.length ? { command: config.command } : {}),
+    ...(config.args.length ? { args: config.args } : {}),
+    ...(config.workingDir ? { workingDir: config.workingDir } : {}),
+    ...(config.envs.length ? { env: config.envs.map((e) => ({ name: e.key, value: e.value })) } : {}),
+    ...(resources ? { resources } : {}),
+    ...(Object.keys(securityContext).length ? { securityContext } : {}),
+    ...(config.stdin ? { stdin: true } : {}),
+    ...(config.stdinOnce ? { stdinOnce: true } : {}),
+    ...(config.tty ? { tty: true } : {}),
+  };
+}
+
+/**
+ * The unit's name on the cell, a DNS label: the CRI name (lowercased) and attempt, since a
+ * restarted container is another unit. A name that does not fit as it is (too long, other
+ * characters) is shortened and given a hash of the whole name, so two names never share a unit.
+ */
+export function unitName(config: ContainerConfig): string {
+  const m = config.metadata;
+  if (!m?.name) refuse('config.metadata.name', 'is required');
+  const suffix = `-${m.attempt}`;
+  const plain = `${m.name}${suffix}`;
+  if (DNS_LABEL.test(plain) && plain.length <= 63 && plain !== SANDBOX_UNIT) return plain;
+  const hash = createHash('sha256').update(m.name).digest('hex').slice(0, 8);
+  const tail = `-${hash}${suffix}`;
+  const head = m.name
+    .toLowerCase()
+    .replace(/[^a-z0-9-]+/g, '-')
+    .slice(0, 63 - tail.length)
+    .replace(/^-+|-+$/g, '');
+  return `${head || 'c'}${tail}`;
+}
+
+function dnsOptions(options: string[]): Array<{ name: string; value?: string }> {
+  return options.map((o) => {
+    const i = o.indexOf(':');
+    return i < 0 ? { name: o } : { name: o.slice(0, i), value: o.slice(i + 1) };
+  });
+}
+
+/**
+ * The Cello pod of a sandbox with the containers that run now (started, not stopped): the whole
+ * set each time, so the cell converges to it (the controller's apply is declarative).
+ * restartPolicy Never: the kubelet decides restarts (a new container, attempt + 1).
+ */
+export function podManifest(s: SandboxRecord, o: { sandboxImage: string; sysctls: Record<string, string>; graceSeconds?: number }): string {
+  const running = s.containers.filter((c) => c.phase === 'started').map((c) => c.spec);
+  const ports = s.portMappings.filter((p) => p.hostPort > 0).map((p) => ({ containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol }));
+  const sandboxUnit = { name: SANDBOX_UNIT, image: o.sandboxImage, imagePullPolicy: 'IfNotPresent', ...(ports.length ? { ports } : {}) };
+  const sysctls = Object.entries(o.sysctls).map(([name, value]) => ({ name, value }));
+  const pod = {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name: s.pod.name, namespace: s.pod.namespace, labels: s.labels, annotations: { ...s.annotations, [SANDBOX_ID_ANNOTATION]: s.id } },
+    spec: {
+      restartPolicy: 'Never',
+      ...(s.hostname ? { hostname: s.hostname } : {}),
+      ...(s.dnsConfig
+        ? { dnsPolicy: 'None', dnsConfig: { nameservers: s.dnsConfig.servers, searches: s.dnsConfig.searches, options: dnsOptions(s.dnsConfig.options) } }
+        : { dnsPolicy: 'Default' }),
+      ...(o.graceSeconds !== undefined ? { terminationGracePeriodSeconds: o.graceSeconds } : {}),
+      ...(sysctls.length ? { securityContext: { sysctls } } : {}),
+      containers: [sandboxUnit, ...running],
+    },
+  };
+  return JSON.stringify(pod);
+}

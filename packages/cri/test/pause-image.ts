@@ -1,0 +1,47 @@
+// The sandbox unit's image for the tests: busybox's layer with `sleep` as its entrypoint, pushed
+// to the test registry (what registry.k8s.io/pause is on a real node: a process that outlives
+// every container of the pod).
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildFixtures, pushImage, type RegistryServer } from '@cello/testkit';
+
+/** A pause-like image: busybox's layer with `sleep` as its entrypoint (the sandbox unit must outlive every container). */
+async function busyboxLayers(): Promise<{ layers: { blob: Buffer; mediaType: string; diffId: string }[] }> {
+  const f = await buildFixtures('busybox');
+  const index = JSON.parse(readFileSync(join(f.layout, 'index.json'), 'utf8')) as { manifests: { digest: string; annotations?: Record<string, string> }[] };
+  const blob = (d: string) => readFileSync(join(f.layout, 'blobs', 'sha256', d.slice('sha256:'.length)));
+  const m = index.manifests.find((x) => x.annotations?.['org.opencontainers.image.ref.name'] === 'busybox')!;
+  const manifest = JSON.parse(blob(m.digest).toString()) as { config: { digest: string }; layers: { digest: string; mediaType: string }[] };
+  const config = JSON.parse(blob(manifest.config.digest).toString()) as { rootfs: { diff_ids: string[] } };
+  return { layers: manifest.layers.map((l, i) => ({ blob: blob(l.digest), mediaType: l.mediaType, diffId: config.rootfs.diff_ids[i]! })) };
+}
+
+/** A pause-like image: busybox's layer with `sleep` as its entrypoint (the sandbox unit must outlive every container). */
+export async function pushPause(reg: RegistryServer): Promise<string> {
+  const { layers } = await busyboxLayers();
+  return (
+    await pushImage(reg, 'pause:test', layers, { Entrypoint: ['/bin/sleep', '2147483647'], Cmd: null, Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'] })
+  ).ref;
+}
+
+/**
+ * critest's busybox (registry.k8s.io/e2e-test-images/busybox:1.29-2) as far as its specs use it:
+ * the busybox fixture plus `/bin/pgrep NAME`, which critest's execSync-timeout spec runs and
+ * Debian's busybox-static lacks. It reads /proc as pgrep does (comm equal to NAME; exit 1 when none).
+ */
+export async function pushCritestBusybox(reg: RegistryServer, name: string): Promise<string> {
+  const { layers } = await busyboxLayers();
+  const dir = mkdtempSync(join(tmpdir(), 'cello-pgrep-'));
+  try {
+    mkdirSync(join(dir, 'bin'));
+    const script = '#!/bin/sh\nfound=1\nfor d in /proc/[0-9]*; do\n  if [ "$(cat "$d/comm" 2>/dev/null)" = "$1" ]; then echo "${d#/proc/}"; found=0; fi\ndone\nexit $found\n';
+    writeFileSync(join(dir, 'bin', 'pgrep'), script, { mode: 0o755 });
+    const tar = execFileSync('tar', ['--numeric-owner', '--owner=0', '--group=0', '--mtime=@0', '-C', dir, '-cf', '-', 'bin/pgrep'], { maxBuffer: 1 << 20 });
+    const env = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'];
+    return (await pushImage(reg, name, [...layers, { blob: tar }], { Cmd: ['sh'], Env: env })).ref;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
