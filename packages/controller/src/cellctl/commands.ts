@@ -7,7 +7,7 @@ import { Command, Option, InvalidArgumentError } from 'commander';
 import { credentials, Metadata, status as Status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
 import { parseAllDocuments, stringify } from 'yaml';
 import { ExecInput, LogsRequest as AgentLogsRequest, PortForwardFrame, type AgentLogChunk, type ExecOutput, type LogChunk } from '@cello/proto/cell';
-import { ControllerClient, EventType, type Cell, type CellEvent, type ClusterEvent, type PodEvent, type PodObject, type PodRef } from '@cello/proto/controller';
+import { ControllerClient, EventType, ListEventsRequest, type Cell, type CellEvent, type ClusterEvent, type PodEvent, type PodObject, type PodRef } from '@cello/proto/controller';
 import { VERSION } from '../version.js';
 import { addSupportCommands } from './support-commands.js';
 import { cellHeader, cellRow, describePod, podHeader, podRow, render, table } from './format.js';
@@ -510,7 +510,7 @@ Examples:
         const client = connect(g());
         const pod = await call<unknown, PodObject>(client, 'getPod', { pod: ref(g(), name) });
         const cells = pod.cellId ? (await call<unknown, { cells: Cell[] }>(client, 'listCells', {})).cells : [];
-        const events = (await call<unknown, { events: ClusterEvent[] }>(client, 'listEvents', { pod: ref(g(), name), limit: 50 })).events;
+        const events = (await call<unknown, { events: ClusterEvent[] }>(client, 'listEvents', ListEventsRequest.fromPartial({ pod: ref(g(), name), limit: 50 }))).events;
         process.stdout.write(
           describePod(
             pod,

@@ -4,7 +4,7 @@
 // system:virtual-node (group system:masters), never by being exempt.
 import { Metadata, status as Status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
 import { API_CHANNEL_OPTIONS } from '../api/auth/client.js';
-import { ControllerClient, type Cell, type ClusterEvent, type PodObject, type VersionResponse } from '@cello/proto/controller';
+import { ApplyPodRequest, ControllerClient, DeletePodRequest, GetPodRequest, ListCellsRequest, ListEventsRequest, ListPodsRequest, type Cell, type ClusterEvent, type PodObject, type VersionResponse } from '@cello/proto/controller';
 
 export class Controller {
   readonly client: ControllerClient;
@@ -24,11 +24,11 @@ export class Controller {
     return this.call('version', {}, timeoutMs);
   }
   apply(manifest: string, namespace: string): Promise<PodObject> {
-    return this.call('applyPod', { manifest, namespace });
+    return this.call('applyPod', ApplyPodRequest.fromPartial({ manifest, namespace }));
   }
   async get(namespace: string, name: string): Promise<PodObject | undefined> {
     try {
-      return await this.call<PodObject>('getPod', { pod: { namespace, name } });
+      return await this.call<PodObject>('getPod', GetPodRequest.fromPartial({ pod: { namespace, name } }));
     } catch (err) {
       if ((err as ServiceError).code === Status.NOT_FOUND) return undefined;
       throw err;
@@ -36,19 +36,21 @@ export class Controller {
   }
   async delete(namespace: string, name: string, gracePeriodSeconds?: number): Promise<void> {
     try {
-      await this.call('deletePod', { pod: { namespace, name }, ...(gracePeriodSeconds !== undefined ? { gracePeriodSeconds } : {}) });
+      await this.call('deletePod', DeletePodRequest.fromPartial({ pod: { namespace, name }, ...(gracePeriodSeconds !== undefined ? { gracePeriodSeconds } : {}) }));
     } catch (err) {
       if ((err as ServiceError).code !== Status.NOT_FOUND) throw err;
     }
   }
   async events(namespace: string, name: string): Promise<ClusterEvent[]> {
-    return (await this.call<{ events: ClusterEvent[] }>('listEvents', { pod: { namespace, name }, limit: 0 })).events;
+    // Requests go through fromPartial: a field this code does not set (ListEventsRequest.cell,
+    // added later) must encode as its default, not as "undefined".
+    return (await this.call<{ events: ClusterEvent[] }>('listEvents', ListEventsRequest.fromPartial({ pod: { namespace, name } }))).events;
   }
   async list(labelSelector: string): Promise<PodObject[]> {
-    return (await this.call<{ pods: PodObject[] }>('listPods', { namespace: '', labelSelector })).pods;
+    return (await this.call<{ pods: PodObject[] }>('listPods', ListPodsRequest.fromPartial({ labelSelector }))).pods;
   }
   async cells(): Promise<Cell[]> {
-    return (await this.call<{ cells: Cell[] }>('listCells', {})).cells;
+    return (await this.call<{ cells: Cell[] }>('listCells', ListCellsRequest.fromPartial({}))).cells;
   }
   close(): void {
     this.client.close();

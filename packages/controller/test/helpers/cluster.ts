@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { Metadata, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
 import { stringify } from 'yaml';
 import { ApplyPodRequest } from '@cello/proto/cell';
-import { ControllerClient, type Cell, type PodObject, type ClusterEvent } from '@cello/proto/controller';
+import { ControllerClient, ListEventsRequest, type Cell, type PodObject, type ClusterEvent } from '@cello/proto/controller';
 import { freePort, waitExit, waitFor, startRegistry, pushBusybox, type RegistryServer } from '@cello/testkit';
 import { LocalProvider } from '../../src/providers/local/local.js';
 import { readConfig, resolveContext } from '../../src/cellctl/config.js';
@@ -203,7 +203,7 @@ export class Cluster {
   }
 
   async events(name: string): Promise<ClusterEvent[]> {
-    return (await this.call<{ events: ClusterEvent[] }>('listEvents', { pod: { namespace: 'default', name }, limit: 0 })).events;
+    return (await this.call<{ events: ClusterEvent[] }>('listEvents', ListEventsRequest.fromPartial({ pod: { namespace: 'default', name } }))).events;
   }
 
   /** Waits until the pod satisfies `pred`; fails with the pod's state and the controller's log tail. */
