@@ -65,7 +65,11 @@ export function readJunit(file) {
       const a = new RegExp(`\\b${n}="([^"]*)"`).exec(m[1]);
       return a ? unescape(a[1]) : '';
     };
-    const name = attr('name').replace(/^\[It\]\s*/, '');
+    // "[It] [sig-node] Pods should ... [Conformance] [sig-node, NodeConformance, Conformance]": the
+    // node type and the trailing label list add nothing to the spec's text.
+    const name = attr('name')
+      .replace(/^\[It\]\s*/, '')
+      .replace(/\s*\[[^\]]*,[^\]]*\]$/, '');
     const status = attr('status');
     const body = m[3] ?? '';
     const msg = /<(failure|error|skipped)\b[^>]*?message="([^"]*)"/.exec(body);
@@ -79,8 +83,10 @@ export function readJunit(file) {
 
 export function summarize(specs) {
   const passed = specs.filter((s) => s.status === 'passed');
-  const skipped = specs.filter((s) => s.status === 'skipped' || s.status === 'pending');
-  const failed = specs.filter((s) => !passed.includes(s) && !skipped.includes(s));
+  // Cut short by the run's time budget (--timeout) or ^C: not a verdict on Cello, so outside the rate.
+  const interrupted = specs.filter((s) => s.status === 'interrupted' || (s.status === 'skipped' && /interrupt/i.test(s.message)));
+  const skipped = specs.filter((s) => (s.status === 'skipped' || s.status === 'pending') && !interrupted.includes(s));
+  const failed = specs.filter((s) => !passed.includes(s) && !skipped.includes(s) && !interrupted.includes(s));
   const ran = passed.length + failed.length;
   const rate = ran ? ((100 * passed.length) / ran).toFixed(1) : '0.0';
   const firstLine = (m) =>
@@ -88,12 +94,19 @@ export function summarize(specs) {
       .split('\n')
       .map((l) => l.trim())
       .find((l) => l) ?? '';
-  const cell = (s) => s.replace(/\|/g, '\\|').slice(0, 220);
+  // A pod that did not succeed fails as "expected pod X success"; its container's own message
+  // (a StartError, an exec failure) says why, further down in the dumped status.
+  const cause = (m) => {
+    const container = /(?:terminated|waiting):[\s\S]*?\bmessage: ['"]?([^\n]+)/.exec(m);
+    return container ? `${firstLine(m)} — container: ${container[1].replace(/['"]$/, '')}` : firstLine(m);
+  };
+  const cell = (s) => s.replace(/\|/g, '\\|').slice(0, 300);
   const lines = ['| result | spec | seconds | cause (first line of the failure) |', '|---|---|---|---|'];
-  for (const s of [...failed, ...skipped]) lines.push(`| ${s.status} | ${cell(s.name)} | ${s.seconds.toFixed(0)} | ${cell(firstLine(s.message))} |`);
+  for (const s of [...failed, ...skipped, ...interrupted]) lines.push(`| ${s.status} | ${cell(s.name)} | ${s.seconds.toFixed(0)} | ${cell(cause(s.message))} |`);
   for (const s of passed) lines.push(`| passed | ${cell(s.name)} | ${s.seconds.toFixed(0)} | |`);
-  const total = `${passed.length} passed, ${failed.length} failed, ${skipped.length} skipped; pass rate ${rate}% (${passed.length} of ${ran} run)`;
-  return { table: lines.join('\n'), total, passed: passed.length, failed: failed.length, skipped: skipped.length };
+  const cut = interrupted.length ? `, ${interrupted.length} not finished (time budget)` : '';
+  const total = `${passed.length} passed, ${failed.length} failed, ${skipped.length} skipped${cut}; pass rate ${rate}% (${passed.length} of ${ran} run)`;
+  return { table: lines.join('\n'), total, passed: passed.length, failed: failed.length, skipped: skipped.length, interrupted: interrupted.length };
 }
 
 function main() {

@@ -50,13 +50,15 @@ if [ "$(cat "$OUT/stamp" 2>/dev/null)" != "$stamp" ]; then
   printf 'root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/bin/false\nwww-data:x:33:33:www-data:/var/www:/bin/false\nnobody:x:65534:65534:nobody:/home:/bin/false\n' >"$base/etc/passwd"
   printf 'root:x:0:\ndaemon:x:1:\nwww-data:x:33:\nnobody:x:65534:\n' >"$base/etc/group"
 
+  # Every upstream image sets PATH (Dockerfile base images do); without it runc finds no `sh`.
+  PATH_ENV=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
   pack() { # pack ROOTFS TAG [umoci config args...]
     local rootfs=$1 tag=$2
     shift 2
     tar --format=pax --numeric-owner --owner=0 --group=0 --sort=name --mtime=@0 -C "$rootfs" -cf "$work/layer.tar" .
     umoci new --image "$work/oci:$tag"
     umoci raw add-layer --image "$work/oci:$tag" "$work/layer.tar"
-    umoci config --image "$work/oci:$tag" --architecture amd64 --os linux "$@"
+    umoci config --image "$work/oci:$tag" --architecture amd64 --os linux --config.env "$PATH_ENV" "$@"
     rm -f "$work/layer.tar"
   }
   agnhost_rootfs() { # agnhost_rootfs DIR
