@@ -44,8 +44,13 @@ if [ "$(cat "$OUT/stamp" 2>/dev/null)" != "$stamp" ]; then
   mkdir -p "$base"/{bin,sbin,usr/bin,usr/sbin,etc,tmp,root,home,var/www,dev,proc,sys}
   chmod 1777 "$base/tmp"
   cp "$(command -v busybox)" "$base/bin/busybox"
+  # Every applet in /bin, as the upstream busybox image has them (specs exec /bin/sysctl, /bin/ls),
+  # and at Debian's paths (/sbin/..., /usr/bin/...) too.
+  busybox --list | while read -r applet; do
+    [ "$applet" = busybox ] || ln -sf busybox "$base/bin/$applet"
+  done
   busybox --list-full | while read -r applet; do
-    [ "$applet" = bin/busybox ] || [ -e "$base/$applet" ] || ln -s /bin/busybox "$base/$applet"
+    [ -e "$base/$applet" ] || [ -L "$base/$applet" ] || ln -s /bin/busybox "$base/$applet"
   done
   printf 'root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/bin/false\nwww-data:x:33:33:www-data:/var/www:/bin/false\nnobody:x:65534:65534:nobody:/home:/bin/false\n' >"$base/etc/passwd"
   printf 'root:x:0:\ndaemon:x:1:\nwww-data:x:33:\nnobody:x:65534:\n' >"$base/etc/group"
