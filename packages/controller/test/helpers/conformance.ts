@@ -86,7 +86,10 @@ export async function startConformanceCluster(o: { maxCells: number; dir: string
       nodeName: CONFORMANCE_NODE,
       maxCells: o.maxCells,
       podApiServer: { host: relay.host, port: relay.port },
-      kubernetes: { taint: null },
+      // A cluster's settings, not the test helper's (tokens refreshed every few seconds re-apply
+      // each pod to its cell that often). Secrets and ConfigMaps are re-read every 10 s: the
+      // kubelet's watch-based manager sees edits within seconds too.
+      kubernetes: { taint: null, tokenRefreshRatio: 0.8, dataSyncSeconds: 10, nodeStatusSeconds: 10 },
     });
     await cl.start();
     await cl.waitNodeRegistered(60_000);
