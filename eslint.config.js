@@ -59,7 +59,7 @@ export default tseslint.config(
     rules: {
       'import-x/no-extraneous-dependencies': [
         'error',
-        { packageDir: [`${import.meta.dirname}/packages/${name}`, import.meta.dirname], devDependencies: ['**/test/**', '**/bench/**', '**/scripts/**', '**/vitest.config.ts'] },
+        { packageDir: [`${import.meta.dirname}/packages/${name}`, import.meta.dirname], devDependencies: ['**/test/**', '**/bench/**', '**/scripts/**', '**/vitest*.config.ts'] },
       ],
     },
   })),

@@ -124,7 +124,15 @@ export function ensureSystem() {
 // The Kubernetes control plane and add-ons the tests run for real, built from the Go module proxy
 // and cached under /var/cache/cello (a cold build takes minutes; afterwards each is a no-op). Each
 // script fails with the exact install line when Go or another tool is missing.
-const K8S_BUILDS = ['scripts/k8s/build.sh', 'scripts/k8s/build-coredns.sh', 'scripts/k8s/build-metrics-server.sh', 'scripts/k8s/build-cri-tools.sh'];
+// build-e2e.sh and build-e2e-images.sh: the conformance subset test (controller) and `npm run conformance`.
+const K8S_BUILDS = [
+  'scripts/k8s/build.sh',
+  'scripts/k8s/build-coredns.sh',
+  'scripts/k8s/build-metrics-server.sh',
+  'scripts/k8s/build-cri-tools.sh',
+  'scripts/k8s/build-e2e.sh',
+  'scripts/k8s/build-e2e-images.sh',
+];
 
 export function ensureKubernetes() {
   for (const script of K8S_BUILDS) {

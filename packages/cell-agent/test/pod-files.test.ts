@@ -75,6 +75,10 @@ describe('pod /etc/hosts', () => {
     expect(r.hosts).toContain('10.88.0.5\tdb-0.db.shop.svc.corp.example\tdb-0\n');
     expect(r.hosts).toContain('# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar.local\n');
   });
+
+  it("starts with the kubelet's header, by which the conformance suite tells a managed file", () => {
+    expect(files({}).hosts.startsWith('# Kubernetes-managed hosts file.\n')).toBe(true);
+  });
 });
 
 describe('a hostNetwork pod, as the kubelet treats one on the host network', () => {
@@ -97,5 +101,9 @@ describe('a hostNetwork pod, as the kubelet treats one on the host network', () 
     expect(r.hosts).toContain('127.0.0.1\tlocalhost\n10.88.0.5\tcell-a\n');
     expect(r.hosts).not.toContain('ignored-on-host-net');
     expect(r.hosts).toContain('# Entries added by HostAliases.\n10.1.2.3\tfoo.local\n');
+  });
+
+  it("does not start with the managed file's header (the kubelet leaves a host-network pod's file its node's)", () => {
+    expect(hostNet({}).hosts.startsWith('# Kubernetes-managed hosts file.')).toBe(false);
   });
 });

@@ -127,7 +127,14 @@ async function kill(p: Proc | undefined): Promise<void> {
  * deadlines until the API server is ready, the scheduler has started and the controller-manager
  * has made the `default` namespace's ServiceAccount and root CA ConfigMap.
  */
-export async function startKubeApiserver(o: { timeoutMs?: number; controllerManager?: boolean } = {}): Promise<KubeApiserver> {
+export async function startKubeApiserver(
+  o: {
+    timeoutMs?: number;
+    controllerManager?: boolean;
+    /** kube-controller-manager's --controllers (default KUBE_CONTROLLERS); the conformance run wants nearly all. */
+    controllers?: string[];
+  } = {},
+): Promise<KubeApiserver> {
   const binDir = kubeBinaries();
   const dir = await mkdtemp(join(tmpdir(), 'cello-kube-'));
   let etcd: EtcdServer | undefined;
@@ -312,7 +319,7 @@ export async function startKubeApiserver(o: { timeoutMs?: number; controllerMana
         `--kubeconfig=${kubeconfig}`,
         `--authentication-kubeconfig=${kubeconfig}`,
         `--authorization-kubeconfig=${kubeconfig}`,
-        `--controllers=${KUBE_CONTROLLERS.join(',')}`,
+        `--controllers=${(o.controllers ?? KUBE_CONTROLLERS).join(',')}`,
         // ServiceAccount tokens (legacy token Secrets) are signed with the key the API server verifies.
         `--service-account-private-key-file=${join(dir, 'sa.key')}`,
         `--root-ca-file=${join(dir, 'ca.crt')}`,

@@ -111,7 +111,9 @@ export function writePodFiles(
   const hosts = pod.spec?.hostNetwork
     ? [`# Kubernetes-managed hosts file (cello: the cell's ${cell.hosts}).`, ...readLines(cell.hosts)]
     : [
-        '# Kubernetes-managed hosts file (cello).',
+        // The kubelet's header, byte for byte: tools and the conformance suite recognize a managed
+        // file by this prefix (a hostNetwork pod's header above must NOT start with it).
+        '# Kubernetes-managed hosts file.',
         '127.0.0.1\tlocalhost',
         '::1\tlocalhost ip6-localhost ip6-loopback',
         'fe00::0\tip6-localnet',

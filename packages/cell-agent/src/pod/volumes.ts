@@ -3,7 +3,7 @@
 // (with its type check), and the projected kinds (secret, configMap, downwardAPI, projected)
 // written as files with their modes. Item paths and subPaths are resolved inside their roots.
 import { execFile } from 'node:child_process';
-import { cpus } from 'node:os';
+import { cpus, totalmem } from 'node:os';
 import { chmodSync, existsSync, lstatSync, mkdirSync, statSync, writeFileSync, readdirSync, rmSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import type {
@@ -92,7 +92,36 @@ export function fieldValue(pod: Pod, sel: ObjectFieldSelector, podIP: string, ho
   }
 }
 
-const DIVISORS: Record<string, number> = { '': 1, '1': 1, '1m': 0.001, k: 1e3, M: 1e6, G: 1e9, Ki: 1024, Mi: 1024 ** 2, Gi: 1024 ** 3 };
+// The divisors the API server accepts, as it serializes them ("1Mi", "1m"), and without their
+// leading 1. An unset divisor reaches the cell as the zero quantity "0": the kubelet reads a zero
+// divisor as 1.
+const DIVISORS: Record<string, number> = Object.fromEntries(
+  Object.entries({
+    '': 1,
+    '0': 1,
+    '1': 1,
+    m: 0.001,
+    k: 1e3,
+    M: 1e6,
+    G: 1e9,
+    T: 1e12,
+    P: 1e15,
+    E: 1e18,
+    Ki: 1024,
+    Mi: 1024 ** 2,
+    Gi: 1024 ** 3,
+    Ti: 1024 ** 4,
+    Pi: 1024 ** 5,
+    Ei: 1024 ** 6,
+  }).flatMap(([k, v]) =>
+    k === '' || k === '0' || k === '1'
+      ? [[k, v]]
+      : [
+          [k, v],
+          [`1${k}`, v],
+        ],
+  ),
+);
 
 export function resourceValue(pod: Pod, sel: ResourceFieldSelector, defaultContainer: string): string {
   const name = sel.containerName || defaultContainer;
@@ -106,7 +135,8 @@ export function resourceValue(pod: Pod, sel: ResourceFieldSelector, defaultConta
     const cores = (list?.cpuMillis ?? (kind === 'limits' ? 1000 * cpus().length : 0)) / 1000;
     return String(Math.ceil(cores / div));
   }
-  if (res === 'memory') return String(Math.ceil((list?.memoryBytes ?? 0) / div));
+  // As the kubelet: a limit that is not set is the node's allocatable (a cell is the pod's node).
+  if (res === 'memory') return String(Math.ceil((list?.memoryBytes ?? (kind === 'limits' ? totalmem() : 0)) / div));
   if (res === 'ephemeral-storage') return String(Math.ceil((list?.ephemeralStorageBytes ?? 0) / div));
   throw new Error(`resourceFieldRef: unsupported resource "${sel.resource}"`);
 }

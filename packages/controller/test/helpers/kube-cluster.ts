@@ -12,6 +12,8 @@ export interface KubeClusterOptions {
   maxCells: number;
   /** The API server address pods are given (KUBERNETES_SERVICE_HOST/PORT); default: the kubeconfig's. */
   podApiServer?: { host: string; port: number };
+  /** More of the `kubernetes:` section (e.g. `taint: null` for a node every pod lands on). */
+  kubernetes?: Record<string, unknown>;
 }
 
 export class KubeCluster extends Cluster {
@@ -45,6 +47,7 @@ export class KubeCluster extends Cluster {
       tokenRefreshRatio: 0.005,
       dataSyncSeconds: 2,
       ...(this.k.podApiServer ? { podApiServer: this.k.podApiServer } : {}),
+      ...this.k.kubernetes,
     };
     writeFileSync(this.configPath, stringify(cfg));
   }

@@ -63,6 +63,26 @@ describe('WorkQueue', () => {
 });
 
 describe('kubeStatus', () => {
+  it('reports an init container that ran to completion as ready (the conformance InitContainer specs read it), a failed one and a sidecar as the core says', () => {
+    const done = { state: { $case: 'terminated' as const, value: { exitCode: 0, reason: 'Completed', signal: 0, containerId: '', message: '' } } };
+    const failed = { state: { $case: 'terminated' as const, value: { exitCode: 1, reason: 'Error', signal: 0, containerId: '', message: '' } } };
+    const s = PodStatus.fromPartial({
+      phase: PodPhase.POD_PHASE_RUNNING,
+      initContainerStatuses: [
+        { name: 'init1', ready: false, state: done },
+        { name: 'init2', ready: false, state: failed },
+        { name: 'sidecar', ready: false, state: done },
+      ],
+    });
+    const pod = { spec: { initContainers: [{ name: 'init1' }, { name: 'init2' }, { name: 'sidecar', restartPolicy: 'Always' }] } };
+    const k = kubeStatus(s, pod, '192.0.2.1') as { initContainerStatuses: { name: string; ready: boolean }[] };
+    expect(k.initContainerStatuses.map((c) => [c.name, c.ready])).toEqual([
+      ['init1', true],
+      ['init2', false],
+      ['sidecar', false],
+    ]);
+  });
+
   it('writes a v1 PodStatus: phase, conditions without the core PodScheduled, one IP per family, states, nulls that clear stale fields', () => {
     const started = new Date('2026-01-02T03:04:05.678Z');
     const s = PodStatus.fromPartial({

@@ -51,7 +51,7 @@ function container(c: ContainerStatus, image: string | undefined): Record<string
 }
 
 export interface KubePodLike {
-  spec?: { containers?: { name: string; image?: string }[]; initContainers?: { name: string; image?: string }[] };
+  spec?: { containers?: { name: string; image?: string }[]; initContainers?: { name: string; image?: string; restartPolicy?: string }[] };
 }
 
 /**
@@ -90,7 +90,17 @@ export function kubeStatus(s: PodStatus, pod: KubePodLike, hostIP: string): Reco
     ...(s.startTime ? { startTime: iso(s.startTime) } : {}),
     ...(s.qosClass ? { qosClass: s.qosClass } : {}),
     containerStatuses: s.containerStatuses.map((c) => container(c, images.get(c.name))),
-    ...(s.initContainerStatuses.length ? { initContainerStatuses: s.initContainerStatuses.map((c) => container(c, images.get(c.name))) } : {}),
+    ...(s.initContainerStatuses.length
+      ? {
+          initContainerStatuses: s.initContainerStatuses.map((c) => {
+            const k = container(c, images.get(c.name));
+            // As the kubelet: an init container (not a sidecar) that ran to completion is ready.
+            const sidecar = pod.spec?.initContainers?.find((i) => i.name === c.name)?.restartPolicy === 'Always';
+            const done = c.state?.state?.$case === 'terminated' && c.state.state.value.exitCode === 0;
+            return sidecar ? k : { ...k, ready: c.ready || done };
+          }),
+        }
+      : {}),
   };
 }
 
