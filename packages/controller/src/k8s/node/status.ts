@@ -1,5 +1,5 @@
 // The controller core's pod status (Kubernetes-shaped protobuf) as a Kubernetes v1 PodStatus.
-import { ConditionStatus, PodPhase, type ContainerState, type ContainerStatus, type PodStatus } from '@cello/proto/cell';
+import { ConditionStatus, ContainerRestartPolicy, PodPhase, type ContainerState, type ContainerStatus, type PodStatus } from '@cello/proto/cell';
 import type { PodProgress } from '@cello/proto/controller';
 
 const PHASE: Record<number, string> = {
@@ -51,7 +51,7 @@ function container(c: ContainerStatus, image: string | undefined): Record<string
 }
 
 export interface KubePodLike {
-  spec?: { containers?: { name: string; image?: string }[]; initContainers?: { name: string; image?: string; restartPolicy?: string }[] };
+  spec?: { containers?: { name: string; image?: string }[]; initContainers?: { name: string; image?: string; restartPolicy?: string | ContainerRestartPolicy }[] };
 }
 
 /**
@@ -95,7 +95,9 @@ export function kubeStatus(s: PodStatus, pod: KubePodLike, hostIP: string): Reco
           initContainerStatuses: s.initContainerStatuses.map((c) => {
             const k = container(c, images.get(c.name));
             // As the kubelet: an init container (not a sidecar) that ran to completion is ready.
-            const sidecar = pod.spec?.initContainers?.find((i) => i.name === c.name)?.restartPolicy === 'Always';
+            // (A Kubernetes pod says 'Always'; the core's PodSpec, printed by cellctl, the enum.)
+            const policy = pod.spec?.initContainers?.find((i) => i.name === c.name)?.restartPolicy;
+            const sidecar = policy === 'Always' || policy === ContainerRestartPolicy.CONTAINER_RESTART_POLICY_ALWAYS;
             const done = c.state?.state?.$case === 'terminated' && c.state.state.value.exitCode === 0;
             return sidecar ? k : { ...k, ready: c.ready || done };
           }),
