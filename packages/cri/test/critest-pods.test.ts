@@ -5,7 +5,7 @@
 // seeded with the busybox fixture (plus the pgrep one spec runs) under that name, so the specs
 // run offline.
 import { execFile } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { criTools, startRegistry, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -93,6 +93,8 @@ it(
     const specs = (JSON.parse(readFileSync(report, 'utf8')) as { SpecReports: SpecReport[] }[])[0]!.SpecReports.filter((s) => s.LeafNodeType === 'It');
     const ran = specs.filter((s) => s.State !== 'skipped' || Object.keys(SKIPPED).includes(s.LeafNodeText));
     const summary = ran.map((s) => `${s.State.padEnd(8)} ${s.LeafNodeText}${s.Failure ? `: ${s.Failure.Message.slice(0, 300)}` : ''}`).join('\n');
+    // Beside vitest's own report (a fresh clone has no such directory yet).
+    mkdirSync(join(process.cwd(), '.test-results'), { recursive: true });
     writeFileSync(join(process.cwd(), '.test-results', 'critest-pods.txt'), summary + '\n');
     const failed = ran.filter((s) => s.State !== 'passed' && s.State !== 'skipped').map((s) => `${s.LeafNodeText}: ${s.Failure?.Message ?? s.State}`);
     expect(failed, `${summary}\n${run.out.slice(-4000)}\n--- shim:\n${shim.logs().slice(-4000)}`).toEqual([]);
