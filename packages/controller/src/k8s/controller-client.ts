@@ -4,7 +4,19 @@
 // system:virtual-node (group system:masters), never by being exempt.
 import { Metadata, status as Status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
 import { API_CHANNEL_OPTIONS } from '../api/auth/client.js';
-import { ApplyPodRequest, ControllerClient, DeletePodRequest, GetPodRequest, ListCellsRequest, ListEventsRequest, ListPodsRequest, type Cell, type ClusterEvent, type PodObject, type VersionResponse } from '@cello/proto/controller';
+import {
+  ApplyPodRequest,
+  ControllerClient,
+  DeletePodRequest,
+  GetPodRequest,
+  ListCellsRequest,
+  ListEventsRequest,
+  ListPodsRequest,
+  type Cell,
+  type ClusterEvent,
+  type PodObject,
+  type VersionResponse,
+} from '@cello/proto/controller';
 
 export class Controller {
   readonly client: ControllerClient;
