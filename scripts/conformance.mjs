@@ -18,16 +18,53 @@ import { ensureKubernetes, ensureNpm, ensureSystem } from './setup.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
-const { values: opts } = parseArgs({
-  options: {
-    focus: { type: 'string', default: '\\[Conformance\\]' },
-    skip: { type: 'string' },
-    timeout: { type: 'string', default: '360' },
-    'max-cells': { type: 'string', default: '40' },
-    'report-dir': { type: 'string' },
-    'summary-only': { type: 'boolean', default: false },
-  },
-});
+const HELP = `npm run conformance -- [options]
+
+Runs the upstream Kubernetes v1.34.4 e2e suite (e2e.test) against a local cluster whose only node
+is Cello's virtual node: kube-apiserver, kube-controller-manager, kube-scheduler and CoreDNS from
+the test harness, every pod on its own local cell. Builds what is missing first (a cold e2e.test
+build takes ~20 min on 2 cores; cached under /var/cache/cello). Prints every spec that did not
+pass with the first line of its failure, then "N passed, N failed, N skipped" and the pass rate.
+The JUnit report, the e2e log and summary.md go to the report directory.
+
+Options:
+  --focus RE         specs to run (ginkgo regexp; default '\\[Conformance\\]': every one, hours)
+  --skip RE          specs to leave out
+  --timeout MIN      stop after this many minutes; specs not reached are counted apart (default 360)
+  --max-cells N      cells the controller may run at once (default 40)
+  --report-dir DIR   where the reports go (default conformance-report/<time>)
+  --summary-only     summarize the report in --report-dir again, without running anything
+  -h, --help         this text
+
+Examples:
+  npm run conformance -- --focus '\\[sig-node\\].*\\[Conformance\\]' --timeout 40
+  npm run conformance -- --focus 'Downward API' --skip 'Serial'
+  npm run conformance -- --summary-only --report-dir conformance-report/2026-12-07T16-00-00-000Z
+
+Failures and their causes so far: docs/conformance.md.
+`;
+
+let opts;
+try {
+  ({ values: opts } = parseArgs({
+    options: {
+      focus: { type: 'string', default: '\\[Conformance\\]' },
+      skip: { type: 'string' },
+      timeout: { type: 'string', default: '360' },
+      'max-cells': { type: 'string', default: '40' },
+      'report-dir': { type: 'string' },
+      'summary-only': { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  }));
+} catch (err) {
+  process.stderr.write(`${err.message}\n\n${HELP}`);
+  process.exit(2);
+}
+if (opts.help) {
+  process.stdout.write(HELP);
+  process.exit(0);
+}
 for (const k of ['timeout', 'max-cells']) {
   if (!/^[1-9][0-9]*$/.test(opts[k])) {
     process.stderr.write(`--${k}: a positive whole number is needed, got '${opts[k]}'\n`);
