@@ -14,7 +14,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ensureKubernetes, ensureNpm, ensureSystem } from './setup.mjs';
+import { ensureKubernetes, ensureNpm, ensureSystem, step } from './setup.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -72,13 +72,6 @@ for (const k of ['timeout', 'max-cells']) {
   }
 }
 const reportDir = resolve(opts['report-dir'] ?? join(root, 'conformance-report', new Date().toISOString().replace(/[:.]/g, '-')));
-
-function step(name, fn) {
-  const t = Date.now();
-  process.stderr.write(`\n=== ${name}\n`);
-  fn();
-  process.stderr.write(`=== ${name}: ${((Date.now() - t) / 1000).toFixed(1)} s\n`);
-}
 
 function run(cmd, args, o = {}) {
   const r = spawnSync(cmd, args, { stdio: 'inherit', cwd: root, ...o });

@@ -58,6 +58,14 @@ function has(cmd) {
   return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
 }
 
+/** Runs `fn` between "=== name" and "=== name: N s" lines: the stage times CI logs show. */
+export function step(name, fn) {
+  const t = Date.now();
+  process.stderr.write(`\n=== ${name}\n`);
+  fn();
+  process.stderr.write(`=== ${name}: ${((Date.now() - t) / 1000).toFixed(1)} s\n`);
+}
+
 function isRoot() {
   return typeof process.getuid === 'function' && process.getuid() === 0;
 }

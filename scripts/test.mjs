@@ -8,17 +8,10 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ensureKubernetes, ensureNpm, ensureSystem } from './setup.mjs';
+import { ensureKubernetes, ensureNpm, ensureSystem, step } from './setup.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const extra = process.argv.slice(2);
-
-function step(name, fn) {
-  const t = Date.now();
-  process.stderr.write(`\n=== ${name}\n`);
-  fn();
-  process.stderr.write(`=== ${name}: ${((Date.now() - t) / 1000).toFixed(1)} s\n`);
-}
 
 function turbo(args) {
   const bin = join(root, 'node_modules', '.bin', 'turbo');
