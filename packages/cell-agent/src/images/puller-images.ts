@@ -2,7 +2,7 @@
 // <state>/images, shared by every unit (and every restart) on the cell; whether a pod may use
 // what another pod pulled is ImageAccess's to say (access.ts).
 import { existsSync } from 'node:fs';
-import { ImagePuller, PullError, withShorthands, type RegistryConfig } from '@cello/image-puller';
+import { ImagePuller, PullError, type RegistryConfig } from '@cello/image-puller';
 import type pino from 'pino';
 import { ImageAccess } from './access.js';
 import { type ImageInfo, ImagePullFailure, type ImageService, type RegistryAuth, registryOf } from './image-service.js';
@@ -40,11 +40,9 @@ export class PullerImageService implements ImageService {
   private readonly known = new Map<string, ImageInfo>();
   private readonly access: ImageAccess;
 
-  private readonly plainHttp: string[];
-
   constructor(opts: { root: string; registries: RegistryConfig; logger: pino.Logger; accessFile?: string; plainHttp?: string[] }) {
-    this.plainHttp = opts.plainHttp ?? [];
-    this.puller = new ImagePuller({ root: opts.root, registries: withShorthands(opts.registries, { plainHttp: this.plainHttp }), logger: opts.logger });
+    // The puller applies the plainHttp shorthand to every configuration, the later ones too.
+    this.puller = new ImagePuller({ root: opts.root, registries: opts.registries, plainHttp: opts.plainHttp ?? [], logger: opts.logger });
     this.access = new ImageAccess(opts.accessFile);
   }
 
@@ -94,7 +92,7 @@ export class PullerImageService implements ImageService {
 
   /** Per-registry configuration for pulls from now on (ConfigureRegistries). */
   setRegistries(registries: RegistryConfig): void {
-    this.puller.setRegistries(withShorthands(registries, { plainHttp: this.plainHttp }));
+    this.puller.setRegistries(registries);
   }
 
   close(): Promise<void> {
