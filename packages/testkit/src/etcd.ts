@@ -34,6 +34,12 @@ export interface EtcdServer {
   stop(): Promise<void>;
 }
 
+class EtcdExited extends Error {
+  constructor(stderr: string) {
+    super(`etcd exited: ${stderr}`);
+  }
+}
+
 const INSTALL_LINE = 'apt-get install -y etcd-server   (or: npm run setup)';
 
 /** A CA, etcd's server certificate (127.0.0.1), a client certificate, and a rogue CA's client certificate. */
@@ -83,33 +89,39 @@ export async function startEtcd(opts: { timeoutMs?: number; tls?: boolean } = {}
   if (opts.tls && spawnSync('sh', ['-c', 'command -v openssl'], { stdio: 'ignore' }).status !== 0) {
     throw new Error('openssl is not installed (startEtcd({ tls: true }) makes its certificates with it); install it with:\n  apt-get install -y openssl');
   }
-  const [clientPort, peerPort] = [await freePort(), await freePort()];
-  const endpoint = `${opts.tls ? 'https' : 'http'}://127.0.0.1:${clientPort}`;
-  const peer = `http://127.0.0.1:${peerPort}`;
   const dataDir = await mkdtemp(join(tmpdir(), 'cello-etcd-'));
   // The PKI sits inside the data dir, so stop() removes it too.
   const tls = opts.tls ? makeEtcdPki(await mkdtemp(join(dataDir, 'pki-'))) : undefined;
-  const args = [
-    '--name',
-    'default',
-    '--data-dir',
-    dataDir,
-    '--listen-client-urls',
-    endpoint,
-    '--advertise-client-urls',
-    endpoint,
-    '--listen-peer-urls',
-    peer,
-    '--initial-advertise-peer-urls',
-    peer,
-    '--initial-cluster',
-    `default=${peer}`,
-    '--log-level',
-    'error',
-    '--logger',
-    'zap',
-    ...(tls ? ['--cert-file', join(tls.dir, 'server.pem'), '--key-file', join(tls.dir, 'server.key'), '--trusted-ca-file', tls.caFile, '--client-cert-auth'] : []),
-  ];
+  let endpoint = '';
+  let args: string[] = [];
+  const choosePorts = async () => {
+    const clientPort = await freePort();
+    let peerPort = await freePort();
+    while (peerPort === clientPort) peerPort = await freePort();
+    endpoint = `${opts.tls ? 'https' : 'http'}://127.0.0.1:${clientPort}`;
+    const peer = `http://127.0.0.1:${peerPort}`;
+    args = [
+      '--name',
+      'default',
+      '--data-dir',
+      dataDir,
+      '--listen-client-urls',
+      endpoint,
+      '--advertise-client-urls',
+      endpoint,
+      '--listen-peer-urls',
+      peer,
+      '--initial-advertise-peer-urls',
+      peer,
+      '--initial-cluster',
+      `default=${peer}`,
+      '--log-level',
+      'error',
+      '--logger',
+      'zap',
+      ...(tls ? ['--cert-file', join(tls.dir, 'server.pem'), '--key-file', join(tls.dir, 'server.key'), '--trusted-ca-file', tls.caFile, '--client-cert-auth'] : []),
+    ];
+  };
   let proc: { child: ChildProcess; exited: boolean; exit: Promise<void>; stderr: string };
   const launch = async (): Promise<void> => {
     const child = spawn('etcd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -125,16 +137,19 @@ export async function startEtcd(opts: { timeoutMs?: number; tls?: boolean } = {}
     });
     proc = p;
     try {
+      // A loaded CI machine can take many seconds to elect the single member: a generous deadline.
+      // An etcd that exits (a port taken since freePort) ends the wait at once.
       await waitFor(
         `etcd on ${endpoint}`,
         async () => {
-          if (p.exited) throw new Error(`etcd exited: ${p.stderr}`);
+          if (p.exited) return true;
           if (tls) return healthOverTls(endpoint, tls);
-          const res = await fetch(`${endpoint}/health`, { signal: AbortSignal.timeout(1000) });
+          const res = await fetch(`${endpoint}/health`, { signal: AbortSignal.timeout(2000) });
           return res.ok && ((await res.json()) as { health?: string }).health === 'true';
         },
-        { timeoutMs: opts.timeoutMs ?? 20_000, intervalMs: 100 },
+        { timeoutMs: opts.timeoutMs ?? 60_000, intervalMs: 100 },
       );
+      if (p.exited) throw new EtcdExited(p.stderr);
     } catch (err) {
       child.kill('SIGKILL');
       await p.exit;
@@ -142,7 +157,19 @@ export async function startEtcd(opts: { timeoutMs?: number; tls?: boolean } = {}
     }
   };
   try {
-    await launch();
+    // A free port can be taken by another process between freePort() and etcd's bind: etcd then
+    // exits at once, and a fresh pair of ports is tried (a timeout is not retried).
+    for (let attempt = 1; ; attempt++) {
+      await choosePorts();
+      try {
+        await launch();
+        break;
+      } catch (err) {
+        const raced = err instanceof EtcdExited;
+        if (!raced || attempt === 3) throw err;
+        await rm(join(dataDir, 'member'), { recursive: true, force: true });
+      }
+    }
   } catch (err) {
     await rm(dataDir, { recursive: true, force: true });
     throw err;
