@@ -63,7 +63,7 @@ export async function startMoto(
         const res = await fetch(`${endpoint}/moto-api/`, { signal: AbortSignal.timeout(1000) });
         return res.ok;
       },
-      { timeoutMs: opts.timeoutMs ?? 20_000, intervalMs: 100 },
+      { timeoutMs: opts.timeoutMs ?? 60_000, intervalMs: 100 },
     );
   } catch (err) {
     child.kill('SIGKILL');

@@ -112,7 +112,7 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
         const s = await probe(port, opts.tls);
         return s === 200 || s === 401;
       },
-      { timeoutMs: 15_000 },
+      { timeoutMs: 60_000 },
     );
   } catch (err) {
     await stop();
