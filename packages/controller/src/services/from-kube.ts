@@ -53,10 +53,11 @@ export function toClusterService(s: KubeService): ClusterService {
   };
 }
 
-/** undefined for a slice no Service proxy uses (IPv6, FQDN, no owning Service). */
+/** undefined for a slice no Service proxy uses (FQDN, no owning Service). IPv4 and IPv6 slices both serve: a dual-stack Service has one of each. */
 export function toClusterEndpointSlice(s: KubeEndpointSlice): ClusterEndpointSlice | undefined {
   const service = s.metadata.labels?.[SERVICE_NAME_LABEL];
-  if (!service || (s.addressType ?? 'IPv4') !== 'IPv4') return undefined;
+  const addressType = s.addressType ?? 'IPv4';
+  if (!service || (addressType !== 'IPv4' && addressType !== 'IPv6')) return undefined;
   return {
     namespace: s.metadata.namespace ?? 'default',
     name: s.metadata.name,

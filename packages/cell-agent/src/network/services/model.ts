@@ -18,9 +18,9 @@ export interface ServicePort {
 export interface Service {
   namespace: string;
   name: string;
-  /** IPv4 cluster IPs; empty for a headless Service (DNS only, no rules) or an ExternalName. */
+  /** Cluster IPs, IPv4 and IPv6 (dual-stack: one of each); empty for a headless Service (DNS only, no rules) or an ExternalName. */
   clusterIPs: string[];
-  /** `spec.externalIPs`: served like NodePorts, on those addresses, with externalTrafficPolicy. */
+  /** `spec.externalIPs` (IPv4 only): served like NodePorts, on those addresses, with externalTrafficPolicy. */
   externalIPs: string[];
   ports: ServicePort[];
   /** `sessionAffinity: ClientIP`, with its timeout; undefined for None. */
