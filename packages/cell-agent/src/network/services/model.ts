@@ -56,3 +56,8 @@ export interface ServiceSnapshot {
 export function serviceKey(s: { namespace: string; name: string }): string {
   return `${s.namespace}/${s.name}`;
 }
+
+export type Family = 4 | 6;
+// Addresses were checked when they arrived (state.ts); an IPv6 address, and only one, has a colon
+// (node:net's isIPv6 is a large regular expression: a full render spent a tenth of its time in it).
+export const familyOf = (ip: string): Family => (ip.includes(':') ? 6 : 4);

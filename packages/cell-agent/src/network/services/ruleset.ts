@@ -20,18 +20,14 @@
 //   ep-* (affinity only)        -> remember the client; DNAT to the endpoint
 //   filter hooks (new conns)    -> @no-endpoint-services(6) / @no-endpoint-nodeports: reject (no endpoints) or drop (none local)
 import { createHash } from 'node:crypto';
-import { isIPv6 } from 'node:net';
 import { endpointsFor, type Target } from './endpoints.js';
-import { serviceKey, type EndpointSlice, type Service, type ServicePort, type ServiceSnapshot } from './model.js';
+import { familyOf, serviceKey, type EndpointSlice, type Family, type Service, type ServicePort, type ServiceSnapshot } from './model.js';
 
 export const TABLE = 'inet cello';
 /** The table agents before dual-stack owned: removed by a full sync, so its rules never linger beside ours. */
 export const LEGACY_TABLE = 'ip cello';
 /** The mark that asks nat-postrouting to masquerade (kube-proxy's bit; a cell runs no kube-proxy). */
 export const MASQUERADE_MARK = '0x4000';
-
-export type Family = 4 | 6;
-export const familyOf = (ip: string): Family => (isIPv6(ip) ? 6 : 4);
 
 export interface MapElement {
   /** A verdict map of the base (service-ips, ...) or a balancer's endpoint map (eps4-N, eps6-N). */
@@ -186,7 +182,9 @@ function renderPort(r: ServiceRules, svc: Service, port: ServicePort, a: FamilyA
   const proto = port.protocol.toLowerCase();
   // IPv4 names are those of agents before dual-stack; IPv6 objects carry the family.
   const id = `${svc.namespace}/${svc.name}/${proto}/${port.name || port.port}${a.family === 6 ? '/v6' : ''}`;
-  const h = hash(id);
+  // Only chains are named by it: most Services have none (see the balancers), so it is hashed on demand.
+  let hashed: string | undefined;
+  const h = () => (hashed ??= hash(id));
   const affinity = svc.sessionAffinity?.timeoutSeconds;
   const ip = a.family === 6 ? 'ip6' : 'ip';
   const suffix = a.family === 6 ? '6' : '';
@@ -197,7 +195,7 @@ function renderPort(r: ServiceRules, svc: Service, port: ServicePort, a: FamilyA
   const dnat = (t: Target) => `meta l4proto ${proto} dnat ${ip} to ${a.family === 6 ? `[${t.ip}]` : t.ip}:${t.port}`;
   const endpointChain = (t: Target, timeout: number) => {
     // An IPv6 address has colons, which nft does not take in a name.
-    const name = `ep-${h}-${id}__${t.ip.replaceAll(':', '-')}/${t.port}`;
+    const name = `ep-${h()}-${id}__${t.ip.replaceAll(':', '-')}/${t.port}`;
     if (!r.chains.has(name)) {
       const set = affinitySet(name, timeout);
       r.sets.set(set, `{ type ${a.family === 6 ? 'ipv6_addr' : 'ipv4_addr'} ; flags dynamic,timeout ; timeout ${timeout}s ; }`);
@@ -218,8 +216,8 @@ function renderPort(r: ServiceRules, svc: Service, port: ServicePort, a: FamilyA
     r.chains.set(name, rules);
     return name;
   };
-  const cluster = () => balance(`clu-${h}-${id}`, eps.cluster);
-  const local = () => balance(`loc-${h}-${id}`, eps.local);
+  const cluster = () => balance(`clu-${h()}-${id}`, eps.cluster);
+  const local = () => balance(`loc-${h()}-${id}`, eps.local);
   // No usable endpoint: refused at once when the Service has none at all, dropped when it has
   // some but none this traffic policy may use (as kube-proxy does).
   const refusal = (targets: Target[]) => (eps.cluster.length === 0 ? 'goto reject-chain' : targets.length === 0 ? 'drop' : undefined);
@@ -246,7 +244,7 @@ function renderPort(r: ServiceRules, svc: Service, port: ServicePort, a: FamilyA
   const no = refusal(external);
   let verdict = no;
   if (!no) {
-    const name = `ext-${h}-${id}`;
+    const name = `ext-${h()}-${id}`;
     // Local keeps the client's address (no masquerade), so only this cell's endpoints may
     // answer; traffic the cell itself sends still reaches any endpoint.
     r.chains.set(
