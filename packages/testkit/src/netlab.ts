@@ -15,6 +15,9 @@ export interface NetLab {
   cellAddress: string;
   /** Endpoint addresses in the backends namespace: TCP 8080 and 8081, UDP 5353 on each. */
   backendAddresses: string[];
+  /** With `subnet6`: the cell's IPv6 address and the backends' (served like the IPv4 ones); else empty. */
+  cellAddress6: string | undefined;
+  backendAddresses6: string[];
   /**
    * Connects `count` times to host:port from namespace `ns`, one after another; each answer is
    * what the server said, or 'ERR:<code>' (ECONNREFUSED, ETIMEDOUT after `timeoutMs`).
@@ -32,7 +35,7 @@ let n = 0; const total = addrs.length * 3;
 const up = () => { if (++n === total) console.log('ready'); };
 for (const a of addrs) {
   for (const port of [8080, 8081]) net.createServer((s) => s.end(a + ':' + port)).listen(port, a, up);
-  const u = dgram.createSocket('udp4');
+  const u = dgram.createSocket(a.includes(':') ? 'udp6' : 'udp4');
   u.on('message', (m, r) => u.send(a + ':5353', r.port, r.address));
   u.bind(5353, a, up);
 }`;
@@ -45,7 +48,7 @@ const one = () => new Promise((resolve) => {
   const done = (v) => { clearTimeout(t); resolve(v); };
   const t = setTimeout(() => { if (proto === 'udp') s.close(); else s.destroy(); done('ERR:ETIMEDOUT'); }, Number(timeout));
   if (proto === 'udp') {
-    s = dgram.createSocket('udp4');
+    s = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4');
     s.on('message', (m) => { s.close(); done(m.toString()); });
     s.on('error', (e) => { s.close(); done('ERR:' + e.code); });
     s.send('?', Number(port), host);
@@ -59,13 +62,19 @@ const one = () => new Promise((resolve) => {
 });
 (async () => { const out = []; for (let i = 0; i < Number(count); i++) out.push(await one()); console.log(JSON.stringify(out)); })();`;
 
-/** `subnet`: the first three octets of a /24 no other lab on this machine uses (e.g. '10.201.0'). */
-export async function startNetLab(name: string, subnet: string): Promise<NetLab> {
+/**
+ * `subnet`: the first three octets of a /24 no other lab on this machine uses (e.g. '10.201.0').
+ * `subnet6`: a /64 prefix no other lab uses (e.g. 'fd00:201::'), for dual-stack tests: the cell
+ * gets `<subnet6>1`, the backends `<subnet6>2` to `4`, beside their IPv4 addresses.
+ */
+export async function startNetLab(name: string, subnet: string, subnet6?: string): Promise<NetLab> {
   requireCommand('ip', 'iproute2');
   const cell = `cello-lab-${name}-c`;
   const backends = `cello-lab-${name}-b`;
   const cellAddress = `${subnet}.1`;
   const backendAddresses = [2, 3, 4].map((n) => `${subnet}.${n}`);
+  const cellAddress6 = subnet6 === undefined ? undefined : `${subnet6}1`;
+  const backendAddresses6 = subnet6 === undefined ? [] : [2, 3, 4].map((n) => `${subnet6}${n}`);
   const sh = (...args: string[]) => execFileSync(args[0]!, args.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], timeout: 10_000 }).toString();
   const exec = (ns: string, ...cmd: string[]) => sh('ip', 'netns', 'exec', ns, ...cmd);
   const del = () => {
@@ -101,7 +110,15 @@ export async function startNetLab(name: string, subnet: string): Promise<NetLab>
     exec(backends, 'sysctl', '-qw', 'net.ipv4.ip_forward=0');
     for (const a of backendAddresses) exec(backends, 'ip', 'addr', 'add', `${a}/24`, 'dev', 'lab1');
     exec(backends, 'ip', 'link', 'set', 'lab1', 'up');
-    server = spawn('ip', ['netns', 'exec', backends, process.execPath, '-e', SERVER, JSON.stringify(backendAddresses)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    if (cellAddress6 !== undefined) {
+      // nodad: usable at once, not after duplicate address detection's second or so.
+      exec(cell, 'ip', '-6', 'addr', 'add', `${cellAddress6}/64`, 'dev', 'lab0', 'nodad');
+      exec(cell, 'ip', '-6', 'route', 'add', 'default', 'via', backendAddresses6[0]!);
+      exec(backends, 'sysctl', '-qw', 'net.ipv6.conf.all.forwarding=0');
+      for (const a of backendAddresses6) exec(backends, 'ip', '-6', 'addr', 'add', `${a}/64`, 'dev', 'lab1', 'nodad');
+    }
+    const served = [...backendAddresses, ...backendAddresses6];
+    server = spawn('ip', ['netns', 'exec', backends, process.execPath, '-e', SERVER, JSON.stringify(served)], { stdio: ['ignore', 'pipe', 'inherit'] });
     let ready = false;
     createInterface({ input: server.stdout! }).on('line', (l) => (ready ||= l === 'ready'));
     await waitFor('the lab servers listening', () => ready);
@@ -115,6 +132,8 @@ export async function startNetLab(name: string, subnet: string): Promise<NetLab>
     backends,
     cellAddress,
     backendAddresses,
+    cellAddress6,
+    backendAddresses6,
     exec,
     connect(ns, proto, host, port, count, timeoutMs = 2000) {
       const args = ['netns', 'exec', ns, process.execPath, '-e', CLIENT, proto, host, String(port), String(count), String(timeoutMs)];

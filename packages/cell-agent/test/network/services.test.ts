@@ -14,6 +14,8 @@ let backendNs: string;
 const SUBNET = '10.201.0';
 const CELL = `${SUBNET}.1`;
 const BACKENDS = [`${SUBNET}.2`, `${SUBNET}.3`, `${SUBNET}.4`];
+const SUBNET6 = 'fd00:201::';
+const BACKENDS6 = [`${SUBNET6}2`, `${SUBNET6}3`, `${SUBNET6}4`];
 const connectMany = (...a: Parameters<NetLab['connect']>) => lab.connect(...a);
 const inNs = (ns: string, ...cmd: string[]) => lab.exec(ns, ...cmd);
 
@@ -52,24 +54,24 @@ const transactions: string[] = [];
  * The table as the kernel holds it: each chain's rules with their handles (a rule rewritten,
  * even to the same text, gets a new handle) and each map's elements.
  */
-function kernelTable(): { chains: Map<string, string>; maps: Map<string, string> } {
-  const out = JSON.parse(inNs(cellNs, 'nft', '-j', '-a', 'list', 'table', 'ip', 'cello')) as { nftables: Record<string, Record<string, unknown>>[] };
+function kernelTable(): { chains: Map<string, string>; maps: Map<string, string[]> } {
+  const out = JSON.parse(inNs(cellNs, 'nft', '-j', '-a', 'list', 'table', 'inet', 'cello')) as { nftables: Record<string, Record<string, unknown>>[] };
   const chains = new Map<string, string>();
-  const maps = new Map<string, string>();
+  const maps = new Map<string, string[]>();
   for (const o of out.nftables) {
     if (o['chain']) chains.set(o['chain']['name'] as string, chains.get(o['chain']['name'] as string) ?? '');
     if (o['rule']) {
       const chain = o['rule']['chain'] as string;
       chains.set(chain, `${chains.get(chain) ?? ''}${JSON.stringify(o['rule'])}\n`);
     }
-    if (o['map']) maps.set(o['map']['name'] as string, JSON.stringify(o['map']['elem'] ?? []));
+    if (o['map']) maps.set(o['map']['name'] as string, ((o['map']['elem'] ?? []) as unknown[]).map((e) => JSON.stringify(e)).sort());
   }
   return { chains, maps };
 }
 
 beforeAll(async () => {
   requireCommand('nft', 'nftables');
-  lab = await startNetLab(`svc${process.pid % 10000}`, SUBNET);
+  lab = await startNetLab(`svc${process.pid % 10000}`, SUBNET, SUBNET6);
   ({ cell: cellNs, backends: backendNs } = lab);
   proxy = new ServiceProxy({
     netnsPath: `/run/netns/${cellNs}`,
@@ -89,8 +91,11 @@ describe('Service proxy (nftables in a real network namespace)', () => {
   const webSlice = slice('web', [{ ip: BACKENDS[0]! }, { ip: BACKENDS[1]! }]);
 
   it('balances a cluster IP over the ready endpoints, at the named target port', async () => {
+    // The table of an agent before dual-stack, left by an upgrade: the first full sync removes it.
+    inNs(cellNs, 'nft', 'add', 'table', 'ip', 'cello');
     await proxy.sync({ services: [web], slices: [webSlice] });
     expect(syncs.at(-1)!.full).toBe(true);
+    expect(inNs(cellNs, 'nft', 'list', 'tables').split('\n')).not.toContain('table ip cello');
     const answers = connectMany(cellNs, 'tcp', '10.96.0.10', 80, 40);
     expect(new Set(answers)).toEqual(new Set([`${BACKENDS[0]}:8080`, `${BACKENDS[1]}:8080`]));
   });
@@ -172,15 +177,15 @@ describe('Service proxy (nftables in a real network namespace)', () => {
   });
 
   it('applies one endpoint change as a small partial transaction, and removes what a deleted Service owned', async () => {
-    // 300 Services besides `web`, so a full rewrite would be obvious in the command count.
+    // 300 Services besides `web`, so a full rewrite would be obvious in the transaction.
     const many: ServiceSnapshot = { services: [web], slices: [webSlice] };
     for (let i = 0; i < 300; i++) {
       many.services.push(service(`s${i}`, { clusterIPs: [`10.97.${i >> 8}.${i & 255}`] }));
       many.slices.push(slice(`s${i}`, [{ ip: BACKENDS[0]! }, { ip: BACKENDS[1]! }]));
     }
     await proxy.sync(many);
-    const fullish = syncs.at(-1)!.commands;
-    expect(fullish).toBeGreaterThan(300 * 2);
+    const full = transactions.at(-1)!;
+    for (let i = 0; i < 300; i++) expect(full).toContain(`10.97.${i >> 8}.${i & 255} . tcp . 80 `);
 
     // One endpoint of `web` goes.
     const changed: ServiceSnapshot = { services: many.services, slices: [slice('web', [{ ip: BACKENDS[1]! }]), ...many.slices.slice(1)] };
@@ -188,18 +193,20 @@ describe('Service proxy (nftables in a real network namespace)', () => {
     const last = syncs.at(-1)!;
     expect(last.full).toBe(false);
     expect(last.commands).toBeGreaterThan(0);
-    expect(last.commands).toBeLessThan(10);
+    expect(last.commands).toBeLessThan(15);
+    expect(transactions.at(-1)!).not.toContain('10.97.');
     expect(new Set(connectMany(cellNs, 'tcp', '10.96.0.10', 80, 10))).toEqual(new Set([`${BACKENDS[1]}:8080`]));
 
-    // `web` is deleted: its cluster IP no longer answers, its chains are gone.
+    // `web` is deleted: its cluster IP no longer answers, its chains and elements are gone.
     await proxy.sync({ services: many.services.slice(1), slices: many.slices.slice(1) });
-    const table = inNs(cellNs, 'nft', 'list', 'table', 'ip', 'cello');
+    const table = inNs(cellNs, 'nft', 'list', 'table', 'inet', 'cello');
     expect(table).not.toContain('default/web/');
-    expect(table).toContain('default/s299/');
+    expect(table).not.toContain('10.96.0.10 ');
+    expect(table).toContain('10.97.1.43 . tcp . 80 : goto bal4-2');
     expect(connectMany(cellNs, 'tcp', '10.96.0.10', 80, 1, 700)).toEqual(['ERR:ETIMEDOUT']);
   });
 
-  it("applies a change as a transaction holding only the changed Service's chains and map elements; no other object is touched in the kernel", async () => {
+  it("applies a change as a transaction holding only the changed Service's map elements; no other object is touched in the kernel", async () => {
     const others: ServiceSnapshot = { services: [web], slices: [webSlice] };
     for (let i = 0; i < 40; i++) {
       others.services.push(service(`t${i}`, { clusterIPs: [`10.98.0.${i + 1}`] }));
@@ -207,32 +214,78 @@ describe('Service proxy (nftables in a real network namespace)', () => {
     }
     await proxy.sync(others);
     const before = kernelTable();
+    // Every element of a Service names its cluster IP; the rest of the map must be as it was.
+    const without = (maps: Map<string, string[]>, ip: string) => new Map([...maps].map(([name, els]) => [name, els.filter((e) => !e.includes(`"${ip}"`))]));
 
-    // t7 loses an endpoint: only its balancing chain is rewritten.
+    // t7 loses two endpoints: its elements move from the 3-endpoint balancer to the 1-endpoint
+    // one, which the transaction creates (no Service used it before).
     const t7 = others.slices.findIndex((x) => x.service === 't7');
-    const oneGone = { services: others.services, slices: others.slices.map((x, i) => (i === t7 ? slice('t7', [{ ip: BACKENDS[2]! }]) : x)) };
-    await proxy.sync(oneGone);
+    const oneLeft = { services: others.services, slices: others.slices.map((x, i) => (i === t7 ? slice('t7', [{ ip: BACKENDS[2]! }]) : x)) };
+    await proxy.sync(oneLeft);
     expect(syncs.at(-1)!.full).toBe(false);
     const tx = transactions.at(-1)!.trim().split('\n');
-    expect(tx[0]).toMatch(/^flush chain ip cello clu-[0-9a-f]{8}-default\/t7\/tcp\/http$/);
-    for (const line of tx) expect(line).toMatch(/ clu-[0-9a-f]{8}-default\/t7\/tcp\/http( |$)/);
+    for (const line of tx) expect(line).toMatch(/ (bal4-1|eps4-1)( |$)|\{ 10\.98\.0\.8 \. tcp \. 80 /);
     const after = kernelTable();
-    const t7Chain = [...after.chains.keys()].find((c) => c.includes('default/t7/'))!;
-    expect(after.chains.get(t7Chain)).not.toBe(before.chains.get(t7Chain));
-    for (const [name, rules] of before.chains) if (name !== t7Chain) expect({ name, rules: after.chains.get(name) }).toEqual({ name, rules });
-    expect(after.maps).toEqual(before.maps);
+    for (const [name, rules] of before.chains) expect({ name, rules: after.chains.get(name) }).toEqual({ name, rules });
+    expect([...after.chains.keys()].filter((c) => !before.chains.has(c))).toEqual(['bal4-1']);
+    expect(without(after.maps, '10.98.0.8')).toEqual(new Map([...without(before.maps, '10.98.0.8'), ['eps4-1', []]]));
+    expect(after.maps.get('eps4-1')!.join()).toContain('"10.98.0.8"');
     expect(connectMany(cellNs, 'tcp', '10.98.0.8', 80, 5)).toEqual(Array(5).fill(`${BACKENDS[2]}:8080`));
 
-    // t9 loses every endpoint: its map element moves to the no-endpoint map, its chain goes.
+    // t9 loses every endpoint: its elements move to the no-endpoint map.
     const t9 = others.slices.findIndex((x) => x.service === 't9');
-    await proxy.sync({ services: oneGone.services, slices: oneGone.slices.filter((_, i) => i !== t9) });
+    await proxy.sync({ services: oneLeft.services, slices: oneLeft.slices.filter((_, i) => i !== t9) });
     const tx2 = transactions.at(-1)!.trim().split('\n');
-    for (const line of tx2) expect(line).toMatch(/ clu-[0-9a-f]{8}-default\/t9\/tcp\/http$|\{ 10\.98\.0\.10 \. tcp \. 80( : goto reject-chain)? \}$/);
-    expect(tx2.some((l) => l.startsWith('add element ip cello no-endpoint-services'))).toBe(true);
+    for (const line of tx2) expect(line).toMatch(/\{ 10\.98\.0\.10 \. tcp \. 80 /);
+    expect(tx2.some((l) => l.startsWith('add element inet cello no-endpoint-services '))).toBe(true);
     const gone = kernelTable();
-    expect([...gone.chains.keys()].some((c) => c.includes('default/t9/'))).toBe(false);
-    for (const [name, rules] of after.chains) if (!name.includes('default/t9/')) expect({ name, rules: gone.chains.get(name) }).toEqual({ name, rules });
+    expect(gone.chains).toEqual(after.chains);
+    expect(without(gone.maps, '10.98.0.10')).toEqual(without(after.maps, '10.98.0.10'));
     expect(connectMany(cellNs, 'tcp', '10.98.0.10', 80, 1)).toEqual(['ERR:ECONNREFUSED']);
+
+    // t7 back to three endpoints: the 1-endpoint balancer, now unused, is deleted.
+    await proxy.sync({ services: others.services, slices: others.slices.filter((_, i) => i !== t9) });
+    expect(kernelTable().chains.has('bal4-1')).toBe(false);
+    expect(new Set(connectMany(cellNs, 'tcp', '10.98.0.8', 80, 30))).toEqual(new Set(BACKENDS.map((b) => `${b}:8080`)));
+  });
+
+  it('serves IPv6 cluster IPs of a dual-stack Service from its IPv6 endpoints, and IPv4 from IPv4', async () => {
+    const dual = service('dual', {
+      clusterIPs: ['10.96.0.20', 'fd00:96::20'],
+      ports: [
+        { name: 'http', protocol: 'TCP', port: 80 },
+        { name: 'dns', protocol: 'UDP', port: 53 },
+      ],
+    });
+    const ports: EndpointSlice['ports'] = [
+      { name: 'http', protocol: 'TCP', port: 8080 },
+      { name: 'dns', protocol: 'UDP', port: 5353 },
+    ];
+    const v4 = slice('dual', [{ ip: BACKENDS[0]! }], ports);
+    const v6 = { ...slice('dual', [{ ip: BACKENDS6[1]! }, { ip: BACKENDS6[2]! }], ports), name: 'dual-v6' };
+    const sticky6 = service('sticky6', { clusterIPs: ['fd00:96::21'], sessionAffinity: { timeoutSeconds: 60 } });
+    const v6only = service('v6only', { clusterIPs: ['fd00:96::22'] });
+    await proxy.sync({
+      services: [web, dual, sticky6, v6only],
+      slices: [
+        webSlice,
+        v4,
+        v6,
+        slice(
+          'sticky6',
+          BACKENDS6.map((ip) => ({ ip })),
+        ),
+        slice('v6only', [{ ip: BACKENDS[1]! }]),
+      ],
+    });
+    expect(connectMany(cellNs, 'tcp', '10.96.0.20', 80, 5)).toEqual(Array(5).fill(`${BACKENDS[0]}:8080`));
+    expect(new Set(connectMany(cellNs, 'tcp', 'fd00:96::20', 80, 30))).toEqual(new Set([`${BACKENDS6[1]}:8080`, `${BACKENDS6[2]}:8080`]));
+    for (const a of connectMany(cellNs, 'udp', 'fd00:96::20', 53, 3)) expect([`${BACKENDS6[1]}:5353`, `${BACKENDS6[2]}:5353`]).toContain(a);
+    const sticky = connectMany(cellNs, 'tcp', 'fd00:96::21', 80, 20);
+    expect(BACKENDS6.map((b) => `${b}:8080`)).toContain(sticky[0]);
+    expect(new Set(sticky).size).toBe(1);
+    // An IPv6 cluster IP whose Service has only IPv4 endpoints has none it can use: refused.
+    expect(connectMany(cellNs, 'tcp', 'fd00:96::22', 80, 1)).toEqual(['ERR:ECONNREFUSED']);
   });
 
   it('rejects a snapshot nft cannot apply, keeps the rules it had, and rebuilds the table on the next sync', async () => {
@@ -319,16 +372,21 @@ describe('SyncServices (the agent RPC the controller streams Services on)', () =
         wireService('badip', '10.96.1.999'),
         wireService('badport', '10.96.1.3', { ports: [{ name: 'http', protocol: Protocol.PROTOCOL_TCP, port: 70000, nodePort: 0 }] }),
         wireService('badpolicy', '10.96.1.4', { externalTrafficPolicy: 'Nearest' }),
+        wireService('v6external', '10.96.1.5', { externalIps: ['fd00:96::5'] }),
+        // A zone would end up in an nft command: not an address a Service can have.
+        wireService('zone', 'fe80::1%lab0'),
       ],
       slices: [wireSlice('api', [BACKENDS[2]!]), wireSlice('badslice', ['not-an-ip'])],
     });
     expect(ack.error).toBe('');
     expect(ack.rejected).toEqual([
       expect.stringMatching(/^Service default\/x } ; flush ruleset.*: namespace and name must be DNS labels$/),
-      'Service default/badip: 10.96.1.999 is not an IPv4 address',
+      'Service default/badip: 10.96.1.999 is not an IP address',
       'Service default/badport: ports[0].port: 70000 is not in 1-65535',
       'Service default/badpolicy: externalTrafficPolicy: "Nearest" is not Cluster or Local',
-      'EndpointSlice default/badslice-x: endpoints[0].addresses: not-an-ip is not an IPv4 address',
+      'Service default/v6external: externalIPs: fd00:96::5: IPv6 external and load-balancer IPs are not served on cells (IPv6 cluster IPs are)',
+      'Service default/zone: fe80::1%lab0 is not an IP address',
+      'EndpointSlice default/badslice-x: endpoints[0].addresses: not-an-ip is not an IP address',
     ]);
     expect(connectMany(cellNs, 'tcp', '10.96.1.1', 80, 2)).toEqual(Array(2).fill(`${BACKENDS[2]}:8080`));
     expect(inNs(cellNs, 'nft', 'list', 'tables')).not.toContain('evil');

@@ -1,9 +1,10 @@
 // Kubernetes Services and EndpointSlices -> what a cell's Service proxy needs, with the API's
 // defaults applied the way kube-proxy reads them.
+import { isIPv6 } from 'node:net';
 import { Protocol, type ClusterEndpointSlice, type ClusterService } from '@cello/proto/cell';
 
 export interface KubeService {
-  metadata: { namespace?: string; name: string };
+  metadata: { namespace?: string; name: string; uid?: string; resourceVersion?: string };
   spec?: {
     type?: string;
     clusterIP?: string;
@@ -53,10 +54,11 @@ export function toClusterService(s: KubeService): ClusterService {
   };
 }
 
-/** undefined for a slice no Service proxy uses (IPv6, FQDN, no owning Service). */
+/** undefined for a slice no Service proxy uses (FQDN, no owning Service). IPv4 and IPv6 slices both serve: a dual-stack Service has one of each. */
 export function toClusterEndpointSlice(s: KubeEndpointSlice): ClusterEndpointSlice | undefined {
   const service = s.metadata.labels?.[SERVICE_NAME_LABEL];
-  if (!service || (s.addressType ?? 'IPv4') !== 'IPv4') return undefined;
+  const addressType = s.addressType ?? 'IPv4';
+  if (!service || (addressType !== 'IPv4' && addressType !== 'IPv6')) return undefined;
   return {
     namespace: s.metadata.namespace ?? 'default',
     name: s.metadata.name,
@@ -70,4 +72,15 @@ export function toClusterEndpointSlice(s: KubeEndpointSlice): ClusterEndpointSli
       return { addresses: e.addresses, ready, serving: e.conditions?.serving ?? ready, terminating: e.conditions?.terminating ?? false };
     }),
   };
+}
+
+/**
+ * Why cells refuse a Service, for an Event on it (the agents refuse it by name too); undefined
+ * when they serve it. IPv6 external and load-balancer IPs: traffic to them may leave a cell for
+ * another, which needs IPv6 forwarding, which cells do not turn on.
+ */
+export function refusedOnCells(s: KubeService): string | undefined {
+  const v6 = toClusterService(s).externalIps.filter((ip) => isIPv6(ip));
+  if (v6.length === 0) return undefined;
+  return `pods on Cello cells cannot reach this Service: its IPv6 external or load-balancer IPs (${v6.join(', ')}) are not served on cells (IPv6 cluster IPs are); remove them or serve this Service from nodes`;
 }

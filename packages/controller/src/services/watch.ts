@@ -5,18 +5,33 @@ import { Informer } from '../k8s/client/informer.js';
 import type { KubeRest } from '../k8s/client/rest.js';
 import { errMsg } from '../util/errors.js';
 import type { ClusterServices } from './cluster-services.js';
-import { toClusterEndpointSlice, toClusterService, type KubeEndpointSlice, type KubeService } from './from-kube.js';
+import { refusedOnCells, toClusterEndpointSlice, toClusterService, type KubeEndpointSlice, type KubeService } from './from-kube.js';
+
+/** The Event's reason when cells refuse a Service (see refusedOnCells). */
+export const REFUSED_REASON = 'NotServedOnCells';
 
 export interface ServiceWatch {
   stop(): Promise<void>;
 }
 
 export function watchClusterServices(rest: KubeRest, into: ClusterServices, log: Logger): ServiceWatch {
+  // One Event per Service and reason text, not one per resync or unrelated update.
+  const refused = new Map<string, string>();
+  const warn = (key: string, obj: KubeService | undefined) => {
+    const why = obj ? refusedOnCells(obj) : undefined;
+    if (why === refused.get(key)) return;
+    if (why === undefined) return void refused.delete(key);
+    refused.set(key, why);
+    void recordRefusal(rest, obj!, why).catch((err: Error) => log.debug({ err: err.message, service: key }, 'event not recorded'));
+  };
   const services = new Informer<KubeService & { metadata: { name: string } }>(
     rest,
     '/api/v1/services',
     '',
-    (key, obj) => into.setService(key, obj ? toClusterService(obj) : undefined),
+    (key, obj) => {
+      warn(key, obj);
+      into.setService(key, obj ? toClusterService(obj) : undefined);
+    },
     (err) => log.warn({ err: errMsg(err) }, 'watching Services failed; retrying'),
   );
   const slices = new Informer<KubeEndpointSlice & { metadata: { name: string } }>(
@@ -37,4 +52,24 @@ export function watchClusterServices(rest: KubeRest, into: ClusterServices, log:
       await Promise.all([services.stop(), slices.stop()]);
     },
   };
+}
+
+async function recordRefusal(rest: KubeRest, svc: KubeService, message: string): Promise<void> {
+  const ns = svc.metadata.namespace ?? 'default';
+  const ts = new Date().toISOString();
+  await rest.post(`/api/v1/namespaces/${ns}/events`, {
+    apiVersion: 'v1',
+    kind: 'Event',
+    metadata: { generateName: `${svc.metadata.name}.`, namespace: ns },
+    involvedObject: { apiVersion: 'v1', kind: 'Service', name: svc.metadata.name, namespace: ns, uid: svc.metadata.uid, resourceVersion: svc.metadata.resourceVersion },
+    type: 'Warning',
+    reason: REFUSED_REASON,
+    message,
+    source: { component: 'cello-controller' },
+    reportingComponent: 'cello-controller',
+    reportingInstance: 'cello-controller',
+    firstTimestamp: ts,
+    lastTimestamp: ts,
+    count: 1,
+  });
 }

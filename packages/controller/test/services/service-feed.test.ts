@@ -191,6 +191,28 @@ describe('Services from the API server on a cell (watch -> SyncServices -> nftab
     await waitFor('the deleted Service to stop answering', () => lab.connect(lab.cell, 'tcp', ip, 80, 1, 500)[0] === 'ERR:ETIMEDOUT', { timeoutMs: 20_000, intervalMs: 100 });
   });
 
+  it('a Service with an IPv6 external IP gets one Warning Event saying pods on cells cannot reach it', async () => {
+    await apply(`
+apiVersion: v1
+kind: Service
+metadata: { name: v6ext, namespace: default }
+spec:
+  externalIPs: ["fd00:96::5"]
+  ports: [{ name: http, port: 80, targetPort: http }]
+`);
+    type Events = { items: { reason: string; type: string; message: string; involvedObject: { kind: string } }[] };
+    const events = async () => (JSON.parse((await kube.kubectl(['get', 'events', '--field-selector', 'involvedObject.name=v6ext', '-o', 'json'])).stdout) as Events).items;
+    await waitFor('the Event on the Service', async () => (await events()).length > 0, { timeoutMs: 20_000, intervalMs: 200 });
+    // An update that does not change why (a label) records no second Event.
+    expect((await kube.kubectl(['label', 'service', 'v6ext', 'touched=yes'])).code).toBe(0);
+    await new Promise((r) => setTimeout(r, 1500));
+    const got = await events();
+    expect(got).toHaveLength(1);
+    expect(got[0]).toMatchObject({ type: 'Warning', reason: 'NotServedOnCells', involvedObject: { kind: 'Service' } });
+    expect(got[0]!.message).toMatch(/IPv6 external or load-balancer IPs \(fd00:96::5\) are not served on cells/);
+    expect((await kube.kubectl(['delete', 'service', 'v6ext'])).code).toBe(0);
+  });
+
   it('a restarted agent gets a snapshot and then deltas again', async () => {
     await apply(webService);
     await apply(

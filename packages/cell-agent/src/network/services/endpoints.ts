@@ -2,7 +2,7 @@
 // is ready, serving endpoints that are terminating do (so a rolling update never drops traffic
 // that could still be served); endpoints that are neither never receive new connections.
 // "Local" means on this cell: an endpoint whose address is one of the cell's own.
-import type { EndpointSlice, Service, ServicePort } from './model.js';
+import { familyOf, type EndpointSlice, type Family, type Service, type ServicePort } from './model.js';
 
 export interface Target {
   ip: string;
@@ -18,7 +18,8 @@ export interface PortEndpoints {
   any: boolean;
 }
 
-export function endpointsFor(service: Service, port: ServicePort, slices: readonly EndpointSlice[], localAddresses: ReadonlySet<string>): PortEndpoints {
+/** The endpoints of one address family: a cluster IP of that family is DNATed only to them. */
+export function endpointsFor(service: Service, port: ServicePort, slices: readonly EndpointSlice[], localAddresses: ReadonlySet<string>, family: Family = 4): PortEndpoints {
   const ready = new Map<string, Target>();
   const terminating = new Map<string, Target>();
   let any = false;
@@ -28,6 +29,7 @@ export function endpointsFor(service: Service, port: ServicePort, slices: readon
     if (!sp) continue;
     for (const ep of slice.endpoints) {
       for (const ip of ep.addresses) {
+        if (familyOf(ip) !== family) continue;
         any = true;
         const t = { ip, port: sp.port };
         const id = `${ip}:${sp.port}`;

@@ -18,9 +18,9 @@ export interface ServicePort {
 export interface Service {
   namespace: string;
   name: string;
-  /** IPv4 cluster IPs; empty for a headless Service (DNS only, no rules) or an ExternalName. */
+  /** Cluster IPs, IPv4 and IPv6 (dual-stack: one of each); empty for a headless Service (DNS only, no rules) or an ExternalName. */
   clusterIPs: string[];
-  /** `spec.externalIPs`: served like NodePorts, on those addresses, with externalTrafficPolicy. */
+  /** `spec.externalIPs` (IPv4 only): served like NodePorts, on those addresses, with externalTrafficPolicy. */
   externalIPs: string[];
   ports: ServicePort[];
   /** `sessionAffinity: ClientIP`, with its timeout; undefined for None. */
@@ -56,3 +56,8 @@ export interface ServiceSnapshot {
 export function serviceKey(s: { namespace: string; name: string }): string {
   return `${s.namespace}/${s.name}`;
 }
+
+export type Family = 4 | 6;
+// Addresses were checked when they arrived (state.ts); an IPv6 address, and only one, has a colon
+// (node:net's isIPv6 is a large regular expression: a full render spent a tenth of its time in it).
+export const familyOf = (ip: string): Family => (ip.includes(':') ? 6 : 4);

@@ -1,30 +1,40 @@
 // Service rules as nftables, on kube-proxy's nftables model: one table owned by the agent,
 // verdict maps keyed by (address . protocol . port) so a packet finds its Service in one
-// lookup whatever their number, and per Service port a few small chains. Each Service renders
-// on its own, so a change to one Service rewrites only its chains and map elements
-// (see transaction.ts), never the whole table.
+// lookup whatever their number. Each Service renders on its own, so a change to one Service
+// rewrites only its map elements and chains (see transaction.ts), never the whole table.
+// One `inet` table serves both families: IPv4 and IPv6 cluster IPs (dual-stack Services).
 //
 //   nat-prerouting / nat-output -> services:  ip daddr . l4proto . dport vmap @service-ips
-//                                              (own address) l4proto . dport vmap @service-nodeports
-//   @service-ips[clusterIP]     -> clu-* (every usable endpoint) or loc-* (this cell's, internalTrafficPolicy: Local)
+//                                              ip6 daddr . l4proto . dport vmap @service-ips6
+//                                              (own IPv4 address) l4proto . dport vmap @service-nodeports
+//   @service-ips[clusterIP]     -> bal4-N: one rule shared by every Service with N usable
+//                                  endpoints: DNAT to @eps4-N[daddr . l4proto . dport . numgen mod N]
+//                                  (bal6-N / @eps6-N for IPv6). A Service is map elements only:
+//                                  no chain, no rule of its own — what makes 1,000 Services cheap
+//                                  to load (nft parses an element far faster than a rule).
+//   @service-ips[clusterIP] with ClientIP affinity -> clu-* / loc-* chains (below)
 //   @service-ips[externalIP], @service-nodeports -> ext-*: masquerade, then clu-* (Cluster) or loc-* (Local)
 //   clu-* / loc-*               -> DNAT to an endpoint numgen picks, one rule per endpoint (pickOne);
 //                                  ClientIP affinity: the client's endpoint if it has one, else
 //                                  numgen over ep-* chains
 //   ep-* (affinity only)        -> remember the client; DNAT to the endpoint
-//   filter hooks (new conns)    -> @no-endpoint-services / @no-endpoint-nodeports: reject (no endpoints) or drop (none local)
+//   filter hooks (new conns)    -> @no-endpoint-services(6) / @no-endpoint-nodeports: reject (no endpoints) or drop (none local)
 import { createHash } from 'node:crypto';
 import { endpointsFor, type Target } from './endpoints.js';
-import { serviceKey, type EndpointSlice, type Service, type ServicePort, type ServiceSnapshot } from './model.js';
+import { familyOf, serviceKey, type EndpointSlice, type Family, type Service, type ServicePort, type ServiceSnapshot } from './model.js';
 
-export const TABLE = 'ip cello';
+export const TABLE = 'inet cello';
+/** The table agents before dual-stack owned: removed by a full sync, so its rules never linger beside ours. */
+export const LEGACY_TABLE = 'ip cello';
 /** The mark that asks nat-postrouting to masquerade (kube-proxy's bit; a cell runs no kube-proxy). */
 export const MASQUERADE_MARK = '0x4000';
 
 export interface MapElement {
-  map: 'service-ips' | 'service-nodeports' | 'no-endpoint-services' | 'no-endpoint-nodeports';
+  /** A verdict map of the base (service-ips, ...) or a balancer's endpoint map (eps4-N, eps6-N). */
+  map: string;
   key: string;
-  verdict: string;
+  /** The verdict, or for an endpoint map the DNAT target (`address . port`). */
+  value: string;
 }
 
 /** The nftables objects one Service owns. */
@@ -32,8 +42,10 @@ export interface ServiceRules {
   /** Chain name -> its rules, in order. */
   chains: Map<string, string[]>;
   elements: MapElement[];
-  /** ClientIP affinity sets: name -> timeout in seconds. */
-  sets: Map<string, number>;
+  /** ClientIP affinity sets: name -> the set's declaration. */
+  sets: Map<string, string>;
+  /** The shared balancers (see balancerCommands) its elements use, by name: bal4-3, bal6-2, ... */
+  balancers: Set<string>;
 }
 
 /** The table's fixed part: hooks, maps and the shared chains. */
@@ -43,14 +55,19 @@ export function baseCommands(): string[] {
     `add chain ${t} ${name} { type ${type} hook ${hookName} priority ${priority} ; policy accept ; }`;
   return [
     `add map ${t} service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }`,
+    `add map ${t} service-ips6 { type ipv6_addr . inet_proto . inet_service : verdict ; }`,
     `add map ${t} service-nodeports { type inet_proto . inet_service : verdict ; }`,
     `add map ${t} no-endpoint-services { type ipv4_addr . inet_proto . inet_service : verdict ; }`,
+    `add map ${t} no-endpoint-services6 { type ipv6_addr . inet_proto . inet_service : verdict ; }`,
     `add map ${t} no-endpoint-nodeports { type inet_proto . inet_service : verdict ; }`,
     `add chain ${t} services`,
     `add rule ${t} services ip daddr . meta l4proto . th dport vmap @service-ips`,
+    `add rule ${t} services ip6 daddr . meta l4proto . th dport vmap @service-ips6`,
+    // Node ports are served on the cell's IPv4 addresses (a cell's address is IPv4).
     `add rule ${t} services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports`,
     `add chain ${t} service-endpoints-check`,
     `add rule ${t} service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services`,
+    `add rule ${t} service-endpoints-check ip6 daddr . meta l4proto . th dport vmap @no-endpoint-services6`,
     `add rule ${t} service-endpoints-check fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports`,
     `add chain ${t} reject-chain`,
     `add rule ${t} reject-chain reject`,
@@ -70,6 +87,35 @@ export function baseCommands(): string[] {
     // rather than timing out; reject is only allowed in input, forward and output.
     ...['input', 'forward', 'output'].flatMap((h) => [hook(`filter-${h}`, 'filter', h, '-110'), `add rule ${t} filter-${h} ct state new jump service-endpoints-check`]),
   ];
+}
+
+/**
+ * The shared balancer for Services of one family with N usable endpoints: a map from
+ * (cluster IP . protocol . port . i) to the i-th endpoint, and one rule that DNATs to the entry
+ * `numgen random mod N` picks. Created when a Service first needs it, deleted when none does.
+ */
+export function balancerCommands(name: string): { add: string[]; remove: string[] } {
+  const [family, n] = parseBalancer(name);
+  const ip = family === 6 ? 'ip6' : 'ip';
+  const map = endpointMap(family, n);
+  const pick = `${ip} daddr . meta l4proto . th dport . numgen random mod ${n}`;
+  return {
+    add: [
+      `add map ${TABLE} ${map} { typeof ${pick} : ${ip} daddr . th dport ; }`,
+      `add chain ${TABLE} ${name}`,
+      // The protocol match only gives nft the transport context a DNAT to a port needs.
+      `add rule ${TABLE} ${name} meta l4proto { tcp, udp, sctp } dnat ${ip} to ${pick} map @${map}`,
+    ],
+    remove: [`flush chain ${TABLE} ${name}`, `delete chain ${TABLE} ${name}`, `delete map ${TABLE} ${map}`],
+  };
+}
+
+const balancerName = (family: Family, n: number) => `bal${family}-${n}`;
+const endpointMap = (family: Family, n: number) => `eps${family}-${n}`;
+function parseBalancer(name: string): [Family, number] {
+  const m = /^bal([46])-(\d+)$/.exec(name);
+  if (!m) throw new Error(`not a balancer: ${name}`);
+  return [Number(m[1]) as Family, Number(m[2])];
 }
 
 /**
@@ -106,8 +152,17 @@ export function renderServices(snapshot: ServiceSnapshot, localAddresses: Readon
     const slices = slicesOf.get(serviceKey(svc)) ?? [];
     let rules = cache?.get(svc, slices);
     if (rules === null || (rules === undefined && !cache)) {
-      const r: ServiceRules = { chains: new Map(), elements: [], sets: new Map() };
-      for (const port of svc.ports) renderPort(r, svc, port, endpointsFor(svc, port, slices, localAddresses));
+      const r: ServiceRules = { chains: new Map(), elements: [], sets: new Map(), balancers: new Set() };
+      for (const port of svc.ports) {
+        for (const family of [4, 6] as const) {
+          const clusterIPs = svc.clusterIPs.filter((ip) => familyOf(ip) === family);
+          const externalIPs = svc.externalIPs.filter((ip) => familyOf(ip) === family);
+          const nodePort = family === 4 ? port.nodePort : undefined;
+          if (clusterIPs.length === 0 && externalIPs.length === 0 && nodePort === undefined) continue;
+          const eps = endpointsFor(svc, port, slices, localAddresses, family);
+          renderPort(r, svc, port, { family, clusterIPs, externalIPs, nodePort }, eps);
+        }
+      }
       rules = r.chains.size > 0 || r.elements.length > 0 ? r : undefined;
       cache?.set(svc, slices, rules);
     }
@@ -116,22 +171,35 @@ export function renderServices(snapshot: ServiceSnapshot, localAddresses: Readon
   return out;
 }
 
-function renderPort(r: ServiceRules, svc: Service, port: ServicePort, eps: ReturnType<typeof endpointsFor>): void {
+interface FamilyAddresses {
+  family: Family;
+  clusterIPs: string[];
+  externalIPs: string[];
+  nodePort: number | undefined;
+}
+
+function renderPort(r: ServiceRules, svc: Service, port: ServicePort, a: FamilyAddresses, eps: ReturnType<typeof endpointsFor>): void {
   const proto = port.protocol.toLowerCase();
-  const id = `${svc.namespace}/${svc.name}/${proto}/${port.name || port.port}`;
-  const h = hash(id);
+  // IPv4 names are those of agents before dual-stack; IPv6 objects carry the family.
+  const id = `${svc.namespace}/${svc.name}/${proto}/${port.name || port.port}${a.family === 6 ? '/v6' : ''}`;
+  // Only chains are named by it: most Services have none (see the balancers), so it is hashed on demand.
+  let hashed: string | undefined;
+  const h = () => (hashed ??= hash(id));
   const affinity = svc.sessionAffinity?.timeoutSeconds;
+  const ip = a.family === 6 ? 'ip6' : 'ip';
+  const suffix = a.family === 6 ? '6' : '';
 
   // Without affinity a balancing chain DNATs to the endpoint numgen picks; with ClientIP
   // affinity each endpoint gets a chain that remembers its clients in a timed set, and the
   // balancing chain first sends a known client back to its endpoint.
-  const dnat = (t: Target) => `meta l4proto ${proto} dnat to ${t.ip}:${t.port}`;
+  const dnat = (t: Target) => `meta l4proto ${proto} dnat ${ip} to ${a.family === 6 ? `[${t.ip}]` : t.ip}:${t.port}`;
   const endpointChain = (t: Target, timeout: number) => {
-    const name = `ep-${h}-${id}__${t.ip}/${t.port}`;
+    // An IPv6 address has colons, which nft does not take in a name.
+    const name = `ep-${h()}-${id}__${t.ip.replaceAll(':', '-')}/${t.port}`;
     if (!r.chains.has(name)) {
       const set = affinitySet(name, timeout);
-      r.sets.set(set, timeout);
-      r.chains.set(name, [`update @${set} { ip saddr }`, dnat(t)]);
+      r.sets.set(set, `{ type ${a.family === 6 ? 'ipv6_addr' : 'ipv4_addr'} ; flags dynamic,timeout ; timeout ${timeout}s ; }`);
+      r.chains.set(name, [`update @${set} { ${ip} saddr }`, dnat(t)]);
     }
     return name;
   };
@@ -142,35 +210,41 @@ function renderPort(r: ServiceRules, svc: Service, port: ServicePort, eps: Retur
       rules = pickOne(targets.map(dnat));
     } else {
       const chains = targets.map((t) => endpointChain(t, affinity));
-      rules = chains.map((c) => `ip saddr @${affinitySet(c, affinity)} goto ${c}`);
+      rules = chains.map((c) => `${ip} saddr @${affinitySet(c, affinity)} goto ${c}`);
       rules.push(...pickOne(chains.map((c) => `goto ${c}`)));
     }
     r.chains.set(name, rules);
     return name;
   };
-  const cluster = () => balance(`clu-${h}-${id}`, eps.cluster);
-  const local = () => balance(`loc-${h}-${id}`, eps.local);
+  const cluster = () => balance(`clu-${h()}-${id}`, eps.cluster);
+  const local = () => balance(`loc-${h()}-${id}`, eps.local);
   // No usable endpoint: refused at once when the Service has none at all, dropped when it has
   // some but none this traffic policy may use (as kube-proxy does).
   const refusal = (targets: Target[]) => (eps.cluster.length === 0 ? 'goto reject-chain' : targets.length === 0 ? 'drop' : undefined);
 
   // Traffic from this cell's pod to the cluster IP.
   const internal = svc.internalTrafficPolicy === 'Local' ? eps.local : eps.cluster;
-  for (const ip of svc.clusterIPs) {
-    const key = `${ip} . ${proto} . ${port.port}`;
+  for (const clusterIP of a.clusterIPs) {
+    const key = `${clusterIP} . ${proto} . ${port.port}`;
     const no = refusal(internal);
-    if (no) r.elements.push({ map: 'no-endpoint-services', key, verdict: no });
-    else r.elements.push({ map: 'service-ips', key, verdict: `goto ${svc.internalTrafficPolicy === 'Local' ? local() : cluster()}` });
+    if (no) r.elements.push({ map: `no-endpoint-services${suffix}`, key, value: no });
+    else if (affinity === undefined) {
+      // The shared balancer for this endpoint count: map elements only.
+      const n = internal.length;
+      r.balancers.add(balancerName(a.family, n));
+      r.elements.push({ map: `service-ips${suffix}`, key, value: `goto ${balancerName(a.family, n)}` });
+      internal.forEach((t, i) => r.elements.push({ map: endpointMap(a.family, n), key: `${key} . ${i}`, value: `${t.ip} . ${t.port}` }));
+    } else r.elements.push({ map: `service-ips${suffix}`, key, value: `goto ${svc.internalTrafficPolicy === 'Local' ? local() : cluster()}` });
   }
 
   // Traffic from outside the cell: its node port and the Service's external IPs.
-  if (port.nodePort === undefined && svc.externalIPs.length === 0) return;
+  if (a.nodePort === undefined && a.externalIPs.length === 0) return;
   const externalLocal = svc.externalTrafficPolicy === 'Local';
   const external = externalLocal ? eps.local : eps.cluster;
   const no = refusal(external);
   let verdict = no;
   if (!no) {
-    const name = `ext-${h}-${id}`;
+    const name = `ext-${h()}-${id}`;
     // Local keeps the client's address (no masquerade), so only this cell's endpoints may
     // answer; traffic the cell itself sends still reaches any endpoint.
     r.chains.set(
@@ -181,8 +255,9 @@ function renderPort(r: ServiceRules, svc: Service, port: ServicePort, eps: Retur
     );
     verdict = `goto ${name}`;
   }
-  if (port.nodePort !== undefined) r.elements.push({ map: no ? 'no-endpoint-nodeports' : 'service-nodeports', key: `${proto} . ${port.nodePort}`, verdict: verdict! });
-  for (const ip of svc.externalIPs) r.elements.push({ map: no ? 'no-endpoint-services' : 'service-ips', key: `${ip} . ${proto} . ${port.port}`, verdict: verdict! });
+  if (a.nodePort !== undefined) r.elements.push({ map: no ? 'no-endpoint-nodeports' : 'service-nodeports', key: `${proto} . ${a.nodePort}`, value: verdict! });
+  for (const extIP of a.externalIPs)
+    r.elements.push({ map: no ? `no-endpoint-services${suffix}` : `service-ips${suffix}`, key: `${extIP} . ${proto} . ${port.port}`, value: verdict! });
 }
 
 /**

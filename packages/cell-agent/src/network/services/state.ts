@@ -2,7 +2,7 @@
 // the deltas after it, each checked against the version it builds on. Objects the proxy could
 // not program (a malformed address, a port out of range) are refused one by one, named, and
 // left out, so one bad Service never keeps the others from working.
-import { isIPv4 } from 'node:net';
+import { isIP, isIPv6 } from 'node:net';
 import { Protocol as WireProtocol, type ClusterEndpointSlice, type ClusterService, type ServicesUpdate } from '@cello/proto/cell';
 import { serviceKey, type EndpointSlice, type Protocol, type Service, type ServiceSnapshot, type TrafficPolicy } from './model.js';
 
@@ -69,15 +69,21 @@ const LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const validLabel = (s: string) => s.length <= 63 && LABEL.test(s);
 const validPortName = (s: string) => s === '' || (s.length <= 15 && LABEL.test(s));
 const validPort = (n: number) => Number.isInteger(n) && n >= 1 && n <= 65535;
-// Only IPv4 is programmed today; the IPv6 addresses of a dual-stack Service are left to DNS.
-const ipv4Only = (ips: string[]) => ips.filter((ip) => !ip.includes(':'));
+// Both families are programmed (a dual-stack Service has one cluster IP of each). Addresses go
+// into nft commands: only what node:net parses as an address, without a zone (`%eth0`), may pass.
+const notAnAddress = (ips: string[]) => ips.find((ip) => isIP(ip) === 0 || ip.includes('%'));
 
 function toService(s: ClusterService): Service | string {
   if (!validLabel(s.namespace) || !validLabel(s.name)) return 'namespace and name must be DNS labels';
-  const clusterIPs = ipv4Only(s.clusterIps).filter((ip) => ip !== 'None');
-  const externalIPs = ipv4Only(s.externalIps);
-  const bad = [...clusterIPs, ...externalIPs].find((ip) => !isIPv4(ip));
-  if (bad !== undefined) return `${bad} is not an IPv4 address`;
+  const clusterIPs = s.clusterIps.filter((ip) => ip !== 'None');
+  const externalIPs = s.externalIps;
+  const bad = notAnAddress([...clusterIPs, ...externalIPs]);
+  if (bad !== undefined) return `${bad} is not an IP address`;
+  // Traffic to an external IP arrives from outside and may leave for another cell: that needs
+  // IPv6 forwarding in the cell, which the agent does not turn on (it would change how the
+  // cell's interfaces take router advertisements).
+  const v6External = externalIPs.find((ip) => isIPv6(ip));
+  if (v6External !== undefined) return `externalIPs: ${v6External}: IPv6 external and load-balancer IPs are not served on cells (IPv6 cluster IPs are)`;
   const externalTrafficPolicy = policy(s.externalTrafficPolicy);
   const internalTrafficPolicy = policy(s.internalTrafficPolicy);
   if (!externalTrafficPolicy) return `externalTrafficPolicy: ${JSON.stringify(s.externalTrafficPolicy)} is not Cluster or Local`;
@@ -114,10 +120,9 @@ function toSlice(s: ClusterEndpointSlice): EndpointSlice | string {
   }
   const endpoints: EndpointSlice['endpoints'] = [];
   for (const [i, e] of s.endpoints.entries()) {
-    const addresses = ipv4Only(e.addresses);
-    const bad = addresses.find((ip) => !isIPv4(ip));
-    if (bad !== undefined) return `endpoints[${i}].addresses: ${bad} is not an IPv4 address`;
-    endpoints.push({ addresses, ready: e.ready, serving: e.serving, terminating: e.terminating });
+    const bad = notAnAddress(e.addresses);
+    if (bad !== undefined) return `endpoints[${i}].addresses: ${bad} is not an IP address`;
+    endpoints.push({ addresses: e.addresses, ready: e.ready, serving: e.serving, terminating: e.terminating });
   }
   return { namespace: s.namespace, name: s.name, service: s.service, ports, endpoints };
 }
