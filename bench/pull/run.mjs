@@ -11,6 +11,8 @@
 // hosts.toml, crane through SSL_CERT_FILE), cold, against a floor (`zcat layer | tar -x` of the
 // same bytes), and image-puller's stages (TLS+fetch, inflate, tar parse, file creation) each
 // against the same stage done by curl, zcat and tar (stages.mjs).
+// image-puller's cold runs also print its main thread's CPU apart (thread-cpu.mjs): Node does the
+// fetch, hashing, tar parsing and file creation there, so it bounds the pull on two cores.
 // Cold runs drop the page cache first. Env: BENCH_RUNS (default 3); BENCH_ONLY=http|https.
 //
 // Each contender writes to a fresh ext4 filesystem of its own in every run (a sparse file,
@@ -30,6 +32,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const repo = join(here, '..', '..');
 const { startRegistry, pushLayoutTag, buildFixtures, requireCommand, waitExit, makeTestPki } = await import(join(repo, 'packages', 'testkit', 'dist', 'index.js'));
 const CLI = join(repo, 'packages', 'image-puller', 'dist', 'image-puller.js'); // the bundled CLI, as installed
+const THREAD_CPU = join(here, 'thread-cpu.mjs'); // per-thread CPU of image-puller runs (main thread vs the rest)
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const ONLY = process.env.BENCH_ONLY;
 if (ONLY && !['http', 'https'].includes(ONLY)) throw new Error(`BENCH_ONLY: expected http or https, got ${ONLY}`);
@@ -64,7 +67,8 @@ function measure(cmd) {
   const r = spawnSync('/usr/bin/time', ['-o', out, '-f', '%e %U %S %M', 'sh', '-c', cmd], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env } });
   if (r.status !== 0) throw new Error(`failed (${r.status}): ${cmd}\n${r.stderr.toString().slice(-2000)}`);
   const [e, u, s, m] = readFileSync(out, 'utf8').trim().split('\n').pop().split(' ').map(Number);
-  return { wall: e, cpu: u + s, rssMiB: m / 1024 };
+  const threads = /thread-cpu main=([\d.]+) other=([\d.]+)/.exec(r.stderr.toString());
+  return { wall: e, cpu: u + s, rssMiB: m / 1024, ...(threads ? { mainCpu: Number(threads[1]), otherCpu: Number(threads[2]) } : {}) };
 }
 
 /** GNU time reports only the largest process of a pipeline; sh -c 'a && b' measures each step's peak. */
@@ -150,7 +154,8 @@ function withDaemonCpu(pid, fn) {
 const results = {};
 function record(name, m) {
   (results[name] ??= []).push(m);
-  log(`${name}: ${m.wall.toFixed(2)} s wall, ${m.cpu.toFixed(2)} s cpu, ${m.rssMiB.toFixed(0)} MiB`);
+  const threads = m.mainCpu === undefined ? '' : ` (main thread ${m.mainCpu.toFixed(2)}, other threads ${m.otherCpu.toFixed(2)})`;
+  log(`${name}: ${m.wall.toFixed(2)} s wall, ${m.cpu.toFixed(2)} s cpu${threads}, ${m.rssMiB.toFixed(0)} MiB, load ${loadavg()[0].toFixed(1)}`);
 }
 
 /** Every contender must leave the same Debian tree behind: a wrong tree is no result. */
@@ -166,7 +171,10 @@ const stageNames = ['TLS+fetch', 'inflate', 'tar parse', 'file creation'];
 async function httpsRun() {
   const ours = freshFs('https-ours');
   dropCaches();
-  record('https image-puller rootfs cold', measure(`node ${CLI} pull ${tlsRef} --registry-config ${registryConfig} --cache ${ours}/cache --rootfs ${ours}/rootfs`));
+  record(
+    'https image-puller rootfs cold',
+    measure(`node --import ${THREAD_CPU} ${CLI} pull ${tlsRef} --registry-config ${registryConfig} --cache ${ours}/cache --rootfs ${ours}/rootfs`),
+  );
   checkRootfs('image-puller', `${ours}/rootfs`);
   dropFs(ours);
 
@@ -226,7 +234,7 @@ async function httpsRun() {
   stage('file creation', minus(s.unpack, s.parse), minus(unpack, parse));
   const last = (n, k) => results[`stage ${n}`].at(-1)[k];
   log(
-    `stages, cpu s (wall s), image-puller / floor: ${stageNames.map((n) => `${n} ${last(n, 'ours').cpu.toFixed(2)} (${last(n, 'ours').wall.toFixed(2)}) / ${last(n, 'floor').cpu.toFixed(2)} (${last(n, 'floor').wall.toFixed(2)})`).join(', ')}`,
+    `stages (load ${loadavg()[0].toFixed(1)}), cpu s (wall s), image-puller / floor: ${stageNames.map((n) => `${n} ${last(n, 'ours').cpu.toFixed(2)} (${last(n, 'ours').wall.toFixed(2)}) / ${last(n, 'floor').cpu.toFixed(2)} (${last(n, 'floor').wall.toFixed(2)})`).join(', ')}`,
   );
   dropFs(st);
 }
@@ -238,7 +246,7 @@ try {
       // image-puller, flattened rootfs
       const ours = freshFs('ours');
       dropCaches();
-      record('image-puller rootfs cold', measure(`node ${CLI} pull ${ref} --plain-http --cache ${ours}/cache --rootfs ${ours}/rootfs1`));
+      record('image-puller rootfs cold', measure(`node --import ${THREAD_CPU} ${CLI} pull ${ref} --plain-http --cache ${ours}/cache --rootfs ${ours}/rootfs1`));
       record('image-puller rootfs warm', measure(`node ${CLI} pull ${ref} --plain-http --cache ${ours}/cache --rootfs ${ours}/rootfs2`));
       record('image-puller rootfs shared-tag', measure(`node ${CLI} pull ${shared} --plain-http --cache ${ours}/cache --rootfs ${ours}/rootfs3`));
       // image-puller, overlay layers
@@ -353,6 +361,7 @@ if (ONLY !== 'http') {
     contender: name.replace(/^https | cold$/g, ''),
     'wall s': med(name).toFixed(2),
     'cpu s': med(name, 'cpu').toFixed(2),
+    'main thread cpu s': name.includes('image-puller') ? med(name, 'mainCpu').toFixed(2) : '-',
     'peak RSS MiB': peak(name).toFixed(0),
     'image-puller / this': (ours / med(name)).toFixed(2),
   }));

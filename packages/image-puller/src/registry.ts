@@ -1,8 +1,8 @@
 import { createHash, type Hash } from 'node:crypto';
-import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, writevSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isIP } from 'node:net';
-import { connect as tlsConnect, rootCertificates, type ConnectionOptions } from 'node:tls';
+import { connect as tlsConnect, createSecureContext, rootCertificates, type ConnectionOptions } from 'node:tls';
 import type { Logger } from 'pino';
 import { Agent, type Dispatcher } from 'undici';
 import { parseChallenge, type RegistryAuth } from './auth.js';
@@ -52,6 +52,9 @@ export interface ManifestResponse {
   mediaType: string;
   digest: string;
 }
+
+/** Bytes of a blob body gathered before one write to its file. */
+const WRITE_BATCH = 1 << 20;
 
 const RETRY_STATUS = new Set([408, 425, 429, 500, 502, 503, 504]);
 const MAX_MANIFEST_BYTES = 8 << 20;
@@ -182,7 +185,12 @@ export class RegistryClient {
         if (err instanceof PullError) throw err;
         if (isAbort(err) || this.o.signal?.aborted) throw new PullError('network', `${this.o.registry}: aborted`, { cause: err });
         const permanent = permanentCode(err);
-        if (permanent) throw new PullError('network', `${this.o.registry}: ${describe(err)}${tlsAdvice(this.o.registry, permanent)}`, { cause: err });
+        if (permanent) {
+          // Over HTTP/2 a refused client certificate arrives as the alert itself, whose OpenSSL
+          // text adds nothing to the code and the advice (over HTTP/1.1, see tlsHandshakeError).
+          const what = CLIENT_CERT_REFUSED.test(permanent) ? permanent : describe(err);
+          throw new PullError('network', `${this.o.registry}: ${what}${tlsAdvice(this.o.registry, permanent)}`, { cause: err });
+        }
         if (!diagnosed && !this.o.hostTransport.plainHttp && isHangUp(err)) {
           diagnosed = true;
           const code = await tlsHandshakeError(new URL(url), this.o.hostTransport);
@@ -414,6 +422,20 @@ export class RegistryClient {
             onBytes?.(0);
           }
         }
+        // TLS hands the body over in records of at most 16 KiB: one write(2) per record cost more
+        // CPU than the hashing. Batched to WRITE_BATCH (the unpacker follows the file that far).
+        let batch: Buffer[] = [];
+        let batchLen = 0;
+        let written = received;
+        const flush = (): void => {
+          if (batchLen === 0) return;
+          let off = 0;
+          while (off < batchLen) off += writevSync(fd, off === 0 ? batch : [Buffer.concat(batch).subarray(off)], written + off);
+          written += batchLen;
+          batch = [];
+          batchLen = 0;
+          onBytes?.(written);
+        };
         try {
           for await (const c of res.body) {
             const chunk = c as Buffer;
@@ -421,12 +443,16 @@ export class RegistryClient {
               res.body.destroy();
               throw new PullError('integrity', `${this.o.registry}/${this.o.repository}: blob ${digest} is longer than its descriptor's ${size} bytes`);
             }
-            writeSync(fd, chunk, 0, chunk.length, received);
             hash.update(chunk);
+            batch.push(chunk);
+            batchLen += chunk.length;
             received += chunk.length;
-            onBytes?.(received);
+            if (batchLen >= WRITE_BATCH) flush();
           }
+          flush();
         } catch (err) {
+          // What arrived is written and hashed: a resumed transfer continues after it.
+          flush();
           if (err instanceof PullError) throw err;
           if (isAbort(err) || this.o.signal?.aborted) throw new PullError('network', `${this.o.registry}: aborted`, { cause: err });
           lastErr = err;
@@ -454,6 +480,17 @@ function tlsOptions(t: HostTransport): ConnectionOptions {
     ...(t.client ? { cert: t.client.certPem, key: t.client.keyPem } : {}),
     ...(t.skipVerify ? { rejectUnauthorized: false } : {}),
   };
+}
+
+/**
+ * One TLS context per setting, shared by every connection made with it: undici's connector
+ * otherwise builds a context per connection, and loading the system roots with a private CA
+ * costs about 46 ms of the main thread each time (4-5 connections per pull: 0.2 s).
+ */
+function connectOptions(t: HostTransport): ConnectionOptions {
+  if (t.plainHttp) return {};
+  const { rejectUnauthorized, ...context } = tlsOptions(t);
+  return { secureContext: createSecureContext(context), ...(rejectUnauthorized === false ? { rejectUnauthorized } : {}) };
 }
 
 /** The server closed the connection before answering (a TLS server refusing our certificate looks like this to undici). */
@@ -503,7 +540,10 @@ export class DispatcherPool {
       a = new Agent({
         connections: 16,
         keepAliveTimeout: 10_000,
-        connect: tlsOptions(t),
+        // HTTP/2 where the registry offers it (ALPN): Node's native h2 framing costs the client
+        // about a quarter less CPU per byte than undici's HTTP/1.1 parser (bench/pull).
+        allowH2: !t.plainHttp,
+        connect: connectOptions(t),
       });
       this.agents.set(key, a);
     }
