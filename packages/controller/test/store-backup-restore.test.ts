@@ -10,6 +10,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PodPhase } from '@cello/proto/cell';
 import { CellState } from '@cello/proto/controller';
+import { startEtcd } from '@cello/testkit';
+import { parse, stringify } from 'yaml';
 import { Cluster, CONTROLLER_BIN, startFixtureRegistry, type Registry, type RunResult } from './helpers/cluster.js';
 import { openStore } from '../src/store/index.js';
 import { SecretBox } from '../src/security/index.js';
@@ -142,6 +144,39 @@ describe('controller backup / restore', () => {
     expect(logs.stdout).toContain('keeper-up');
     expect((await b.events('keeper')).length).toBeGreaterThan(0);
   }, 300_000);
+
+  it('backs up a controller on etcd while it runs, and restores into an empty prefix, key for key', async () => {
+    const etcd = await startEtcd();
+    const c = new Cluster({ registry, store: { kind: 'etcd', endpoints: etcd.endpoints, prefix: '/cello-a/' } });
+    try {
+      await c.start();
+      const out = join(c.dir, 'etcd-backup.json');
+      const bk = await controllerCli(['backup', '-c', c.configPath, '--out', out]);
+      expect(bk.stderr).toBe('');
+      expect(bk.code).toBe(0);
+      const backup = JSON.parse(readFileSync(out, 'utf8')) as { source: string; entries: { key: string; value: unknown }[] };
+      expect(backup.source).toBe('etcd');
+      expect(backup.entries.map((e) => e.key)).toContain('security/ca');
+      // The same controller's configuration on another prefix of the same etcd.
+      const cfg = parse(readFileSync(c.configPath, 'utf8')) as { store: { prefix: string } };
+      cfg.store.prefix = '/cello-b/';
+      const restoredConfig = join(c.dir, 'restored.yaml');
+      writeFileSync(restoredConfig, stringify(cfg));
+      const rs = await controllerCli(['restore', '-c', restoredConfig, '--from', out]);
+      expect(rs.stderr).toBe('');
+      expect(rs.stdout).toMatch(/^restored \d+ keys into the etcd store/);
+      const store = await openStore({ kind: 'etcd', endpoints: etcd.endpoints, prefix: '/cello-b/' });
+      try {
+        const { items } = await store.list('');
+        expect(items.map((kv) => ({ key: kv.key, value: kv.value }))).toEqual(backup.entries);
+      } finally {
+        await store.close();
+      }
+    } finally {
+      await c.stop();
+      await etcd.stop();
+    }
+  }, 180_000);
 
   it('refuses a backup of another controllerId, under another key, or malformed, naming the field', async () => {
     const c = new Cluster({ registry, controllerId: 'restore-other' });
