@@ -43,7 +43,7 @@ const PINS = {
   '@lydell/node-pty-linux-arm64': [NODE_PTY_VERSION, 'sha512-yyDBmalCfHpLiQMT2zyLcqL2Fay4Xy7rIs8GH4dqKLnEviMvPGOK7LADVkKAsbsyXBSISL3Lt1m1MtxhPH6ckg=='],
 };
 // Debian/Go architecture names (what images and `uname -m` mappings use) → Node's names.
-const ARCHES = { amd64: 'x64', arm64: 'arm64' };
+export const ARCHES = { amd64: 'x64', arm64: 'arm64' };
 
 const HELP = `Usage: node scripts/package/package-agent.mjs [--arch amd64|arm64|all] [--out DIR] [--version V]
 
@@ -91,7 +91,7 @@ function sha256(file) {
 }
 
 /** `npm pack NAME@VERSION` into the cache, verified against the pinned integrity; returns the tarball path. */
-function fetchPinned(name) {
+export function fetchPinned(name) {
   const [version, integrity] = PINS[name];
   const cache = join(process.env.CELLO_CACHE ?? '/var/cache/cello', 'npm');
   mkdirSync(cache, { recursive: true });
@@ -113,7 +113,7 @@ function fetchPinned(name) {
   return file;
 }
 
-function untar(tgz, dest, members = []) {
+export function untar(tgz, dest, members = []) {
   mkdirSync(dest, { recursive: true });
   execFileSync('tar', ['-xzf', tgz, '-C', dest, ...members]);
 }
@@ -289,4 +289,5 @@ function walkDirs(dir, base = dir) {
   return out;
 }
 
-await main();
+// Run as a script; imported (package-controller-image.mjs) it only lends its helpers.
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) await main();

@@ -2,6 +2,7 @@
 // (docs/operations.md). The configuration, the store, the provider's cloud account and the
 // virtual node's RBAC, each check with its result and, when it fails, the fix.
 import type { EC2ClientConfig } from '@aws-sdk/client-ec2';
+import type { ECRClientConfig } from '@aws-sdk/client-ecr';
 import { errMsg } from '@cello/proto';
 import { ConfigError, loadConfig, type Config } from '../config.js';
 import { encryptionKey, storeConfig } from '../daemon.js';
@@ -15,7 +16,7 @@ export { formatPreflightTable, preflightFailed, type CheckResult, type CheckStat
 
 export interface PreflightOptions {
   log: Logger;
-  /** AWS SDK client settings on top of the configuration's (tests: moto's static credentials). */
+  /** AWS SDK client settings on top of the configuration's, for EC2 and ECR (tests: moto's static credentials). */
   awsClientConfig?: Partial<EC2ClientConfig>;
   /** Deadline of the store check. */
   storeTimeoutMs?: number;
@@ -104,14 +105,18 @@ async function awsChecks(config: Config, o: PreflightOptions): Promise<CheckResu
     logger: o.log.child({ component: 'aws' }),
     ...(o.awsClientConfig ? { clientConfig: o.awsClientConfig } : {}),
   });
+  let ec2Results: CheckResult[];
   try {
     const types = await provider.instanceTypes();
-    return await awsPreflight({ ec2: provider.ec2, config: aws, instanceTypes: types, controllerId: config.controllerId });
+    ec2Results = await awsPreflight({ ec2: provider.ec2, config: aws, instanceTypes: types, controllerId: config.controllerId });
   } catch (err) {
-    return [fail('provider (aws)', errMsg(err), 'the EC2 API must answer: region, endpoint, credentials (the SDK default chain)')];
+    ec2Results = [fail('provider (aws)', errMsg(err), 'the EC2 API must answer: region, endpoint, credentials (the SDK default chain)')];
   } finally {
     await provider.close();
   }
+  // ECR is its own API (and its own IAM actions): checked whether or not EC2 answered.
+  const { ecrPreflight } = await import('./ecr.js');
+  return [...ec2Results, ...(await ecrPreflight(aws, (o.awsClientConfig ?? {}) as Partial<ECRClientConfig>))];
 }
 
 async function kubernetesChecks(config: Config): Promise<CheckResult[]> {

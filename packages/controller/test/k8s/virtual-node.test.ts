@@ -894,6 +894,8 @@ spec:
       'ConfigMap',
       'Deployment',
       'Namespace',
+      'NetworkPolicy',
+      'PersistentVolumeClaim',
       'Role',
       'Role',
       'RoleBinding',

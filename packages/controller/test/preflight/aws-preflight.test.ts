@@ -91,6 +91,29 @@ describe('aws preflight on moto', () => {
     }
     expect(rs.find((r) => r.check.startsWith('image '))).toMatchObject({ status: 'ok', detail: `amd64: ${world.imageId}` });
     expect(rs.find((r) => r.check.startsWith('store'))).toMatchObject({ status: 'ok' });
+    // ECR has no DryRun: the token call itself, answered by moto's ECR.
+    expect(rs.find((r) => r.check === 'ecr:GetAuthorizationToken')).toMatchObject({ status: 'ok', detail: expect.stringMatching(/^token issued for https:\/\/.*valid until /) });
+  }, 60_000);
+
+  it('checks ECR only when the controller pulls from it (ecr.mode)', async () => {
+    const off = await run({ ecr: { mode: 'off' } });
+    expect(off.some((r) => r.check.startsWith('ecr:'))).toBe(false);
+    const cells = await run({ ecr: { mode: 'instance-profile' } });
+    expect(cells.find((r) => r.check.startsWith('ecr:'))).toMatchObject({
+      check: 'ecr:GetAuthorizationToken (cells)',
+      status: 'warn',
+      detail: expect.stringContaining(`role of ${world.instanceProfile}`),
+    });
+  }, 60_000);
+
+  it('fails ECR that does not answer, naming the setting', async () => {
+    // An endpoint nobody listens on: EC2 fails too, the ECR check says its own reason.
+    const port = await freePort();
+    const rs = await run({ endpoint: `http://127.0.0.1:${port}`, maxAttempts: 1 });
+    expect(rs.find((r) => r.check === 'ecr:GetAuthorizationToken')).toMatchObject({
+      status: 'fail',
+      fix: expect.stringMatching(/^ECR must answer in this region .*ecr\.mode: off/),
+    });
   }, 60_000);
 
   it('names a missing subnet', async () => {
@@ -241,8 +264,17 @@ describe('aws preflight with IAM enforced (moto checks each call against the use
   it('names each EC2 action the identity may not call, and the grant that fixes it', async () => {
     const rs = await preflightConfig(parseConfig(raw), { log: silentLogger(), awsClientConfig: { region: m.region, credentials: limited } });
     const failed = failures(rs);
-    expect(failed.map((r) => r.check.replace(/ \(.*$/, '')).sort(), formatPreflightTable(rs)).toEqual(['ec2:CreateTags', 'ec2:RunInstances', 'ec2:TerminateInstances']);
-    for (const f of failed) {
+    expect(failed.map((r) => r.check.replace(/ \(.*$/, '')).sort(), formatPreflightTable(rs)).toEqual([
+      'ec2:CreateTags',
+      'ec2:RunInstances',
+      'ec2:TerminateInstances',
+      'ecr:GetAuthorizationToken',
+    ]);
+    const ecr = failed.find((r) => r.check === 'ecr:GetAuthorizationToken')!;
+    // moto answers the denial in XML, which the ECR client cannot read: the 403 is what tells.
+    expect(ecr.detail).toMatch(/^denied: (.*ecr:GetAuthorizationToken|HTTP 403 \(access denied)/);
+    expect(ecr.fix).toMatch(/^grant ecr:GetAuthorizationToken to the controller's IAM identity/);
+    for (const f of failed.filter((r) => r !== ecr)) {
       const action = f.check.replace(/ \(.*$/, '');
       expect(f.detail).toMatch(new RegExp(`^denied: .*not authorized to perform: ${action}`));
       expect(f.fix).toBe(`grant ${action} to the controller's IAM identity (docs/aws.md lists the policy)`);
