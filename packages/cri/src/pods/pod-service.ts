@@ -28,6 +28,8 @@ import { findImage } from '../images/names.js';
 import { SANDBOX_UNIT, checkSandboxConfig, containerSpec, podManifest, portMappingsOf, unitName } from './pod-spec.js';
 import { newId, type ContainerRecord, type SandboxRecord, type SandboxStore } from './sandbox-store.js';
 import { ContainerLogs, logFile } from './container-logs.js';
+import { DEFAULT_PODS_ROOT, mapMounts, podDirectoryOf } from './kubelet-mounts.js';
+import { writeTerminationMessage } from './termination-log.js';
 
 export interface PodServiceOptions {
   controller: ControllerApiClient;
@@ -38,6 +40,10 @@ export interface PodServiceOptions {
   logger: Logger;
   /** How often a wait re-reads the pod from the controller. */
   pollMs?: number;
+  /** The kubelet's pods directory: its volume files of a pod are shipped to the pod's cell. */
+  podsRoot?: string;
+  /** How often those files are re-read (a rotated token), and the pod re-applied when they changed. */
+  volumeSyncMs?: number;
 }
 
 /** Waiting reasons that will not resolve by waiting. */
@@ -82,9 +88,16 @@ function describeFailure(p: PodObject): string {
 export class PodService {
   private readonly poll: number;
   private readonly logs: ContainerLogs;
+  private readonly podsRoot: string;
+  /** The manifest last applied per sandbox, so the volume sync applies only what changed. */
+  private readonly applied = new Map<string, string>();
+  private readonly syncTimer: NodeJS.Timeout;
 
   constructor(private readonly o: PodServiceOptions) {
     this.poll = o.pollMs ?? 250;
+    this.podsRoot = o.podsRoot ?? DEFAULT_PODS_ROOT;
+    this.syncTimer = setInterval(() => void this.syncVolumes(), o.volumeSyncMs ?? 10_000);
+    this.syncTimer.unref();
     this.logs = new ContainerLogs(o.controller, o.logger);
     // A restarted shim goes on writing the logs of the containers that run (from the file's last write).
     for (const s of o.store.list()) {
@@ -98,6 +111,7 @@ export class PodService {
 
   /** Stops writing every log (the shim's shutdown). */
   close(): void {
+    clearInterval(this.syncTimer);
     this.logs.stopAll();
   }
 
@@ -123,9 +137,41 @@ export class PodService {
     return hit;
   }
 
-  private apply(s: SandboxRecord, graceSeconds?: number): Promise<PodObject> {
-    const manifest = podManifest(s, { sandboxImage: this.o.sandboxImage, sysctls: s.sysctls, ...(graceSeconds !== undefined ? { graceSeconds } : {}) });
-    return this.o.controller.apply(manifest, s.pod.namespace);
+  private manifest(s: SandboxRecord, graceSeconds?: number): string {
+    const withFiles = s.containers.some((c) => c.phase === 'started' && c.mounts?.length);
+    return podManifest(s, {
+      sandboxImage: this.o.sandboxImage,
+      sysctls: s.sysctls,
+      ...(graceSeconds !== undefined ? { graceSeconds } : {}),
+      ...(withFiles ? { podDirectory: podDirectoryOf(this.podsRoot, s.metadata.uid) } : {}),
+    });
+  }
+
+  private async apply(s: SandboxRecord, graceSeconds?: number): Promise<PodObject> {
+    const manifest = this.manifest(s, graceSeconds);
+    const pod = await this.o.controller.apply(manifest, s.pod.namespace);
+    this.applied.set(s.id, this.manifest(s));
+    return pod;
+  }
+
+  /**
+   * Re-reads the kubelet's volume files of every running pod and re-applies a pod whose files
+   * changed (the kubelet rotates the service-account token, updates configMaps and secrets); the
+   * cell rewrites the files in place, atomically, as the kubelet does.
+   */
+  private async syncVolumes(): Promise<void> {
+    for (const s of this.o.store.list()) {
+      if (s.state !== 'ready' || !s.containers.some((c) => c.phase === 'started' && c.mounts?.some((m) => m.kind === 'content'))) continue;
+      await this.o.store
+        .serialized(async () => {
+          const cur = this.o.store.get(s.id);
+          if (!cur || cur.state !== 'ready') return;
+          if (this.manifest(cur) === this.applied.get(cur.id)) return;
+          await this.apply(cur);
+          this.o.logger.info({ sandbox: cur.id, pod: `${cur.pod.namespace}/${cur.pod.name}` }, "the kubelet's volume files changed; re-applied the pod");
+        })
+        .catch((err: unknown) => this.o.logger.warn({ sandbox: s.id, err: errMsg(err) }, "re-shipping the kubelet's volume files failed; the cell keeps the last ones"));
+    }
   }
 
   private getPod(s: SandboxRecord): Promise<PodObject | undefined> {
@@ -285,6 +331,7 @@ export class PodService {
     }
     await this.stopPodSandbox(s.id, signal);
     await this.o.store.serialized(() => this.o.store.remove(s.id));
+    this.applied.delete(s.id);
   }
 
   // ------------------------------------------------------------ containers
@@ -298,7 +345,7 @@ export class PodService {
         phase: 'exited',
         exitCode: t.exitCode,
         reason: t.reason,
-        message: t.message,
+        message: writeTerminationMessage(c, t.message, this.o.logger),
         ...(t.startedAt ? { startedAt: t.startedAt.toISOString() } : {}),
         finishedAt: (t.finishedAt ?? new Date(now)).toISOString(),
       };
@@ -318,7 +365,8 @@ export class PodService {
     // An image this node pulled is sent to the cell by its repo digest: the exact image the kubelet checked.
     const rec = findImage(this.o.images, image, 'config.image.image');
     const imageRef = rec?.repoDigests[0] ?? image;
-    const spec = containerSpec(config, unit, imageRef);
+    const mounts = mapMounts(config.mounts, { podsRoot: this.podsRoot, podUid: s.metadata.uid });
+    const spec = containerSpec(config, unit, imageRef, mounts);
     const id = newId();
     await this.o.store.serialized(async () => {
       const cur = this.o.store.get(s.id);
@@ -337,6 +385,7 @@ export class PodService {
         annotations: config.annotations,
         logPath: config.logPath,
         spec,
+        ...(mounts.length ? { mounts } : {}),
         createdAt: new Date().toISOString(),
         phase: 'created',
       };
@@ -462,7 +511,7 @@ export class PodService {
         finishedAt: nanos(t.finishedAt),
         exitCode: t.exitCode,
         reason: t.reason,
-        message: t.message,
+        message: writeTerminationMessage(c, t.message, this.o.logger),
       };
     }
     if (st?.$case === 'waiting') return { ...rec, state: ContainerState.CONTAINER_CREATED, reason: st.value.reason, message: st.value.message };
@@ -491,7 +540,19 @@ export class PodService {
         message: v.message,
         labels: c.labels,
         annotations: c.annotations,
-        mounts: [],
+        // The kubelet reads the termination message from the host path of the termination-log mount.
+        mounts: (c.mounts ?? []).map((m) => ({
+          containerPath: m.containerPath,
+          hostPath: m.hostPath,
+          readonly: m.readonly,
+          selinuxRelabel: false,
+          propagation: 0,
+          uidMappings: [],
+          gidMappings: [],
+          recursiveReadOnly: false,
+          image: undefined,
+          imageSubPath: '',
+        })),
         // The full path, as containerd reports it (crictl logs reads the file from it).
         logPath: logFile(sandbox.logDirectory, c.logPath) ?? c.logPath,
         resources: undefined,
