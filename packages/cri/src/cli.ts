@@ -28,7 +28,7 @@ const program = new Command('cello-cri')
       "cannot mean (host namespaces, node mounts, privileged) is refused naming the field; the kubelet's",
       'own files of a pod (its volumes, etc-hosts, termination-log) are mapped onto the cell. Container',
       "output is written to the kubelet's log files (CRI format). Streaming (exec/attach/port-forward",
-      'URLs) and stats answer UNIMPLEMENTED naming themselves. docs/cri.md has the details.',
+      "URLs) answers UNIMPLEMENTED naming itself. Stats are the cell's unit statistics. docs/cri.md has the details.",
     ].join('\n'),
   );
 

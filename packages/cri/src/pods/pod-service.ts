@@ -8,13 +8,18 @@ import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { CelloError, errMsg } from '@cello/proto';
 import { ExecInput, PodPhase, type ContainerStatus as CelloContainerStatus, type ExecOutput } from '@cello/proto/cell';
-import type { PodObject } from '@cello/proto/controller';
+import type { PodObject, PodUsage } from '@cello/proto/controller';
 import type { ControllerApiClient } from '@cello/controller/client';
 import {
   ContainerState,
   PodSandboxState,
   type Container,
+  type ContainerStats,
+  type ContainerStatsFilter,
   type ContainerStatusResponse,
+  type LinuxContainerResources,
+  type PodSandboxStats,
+  type PodSandboxStatsFilter,
   type CreateContainerRequest,
   type ExecSyncResponse,
   type ListContainersRequest,
@@ -25,11 +30,12 @@ import {
 } from '../gen/runtime/v1/api.js';
 import type { ImageStore } from '../images/image-store.js';
 import { findImage } from '../images/names.js';
-import { SANDBOX_UNIT, checkSandboxConfig, containerSpec, podManifest, portMappingsOf, unitName } from './pod-spec.js';
+import { SANDBOX_UNIT, checkSandboxConfig, containerSpec, podManifest, portMappingsOf, resourcesOf, unitName } from './pod-spec.js';
 import { newId, type ContainerRecord, type SandboxRecord, type SandboxStore } from './sandbox-store.js';
 import { ContainerLogs, logFile } from './container-logs.js';
 import { DEFAULT_PODS_ROOT, mapMounts, podDirectoryOf } from './kubelet-mounts.js';
 import { writeTerminationMessage } from './termination-log.js';
+import { containerStats, sandboxStats, unitUsage } from './stats.js';
 
 export interface PodServiceOptions {
   controller: ControllerApiClient;
@@ -592,6 +598,87 @@ export class PodService {
       }
     }
     return out;
+  }
+
+  // ------------------------------------------------------------ stats and resources
+
+  /**
+   * The usage of the given sandboxes' pods from their agents (the controller's TopPods, one call
+   * per namespace), by pod; `unavailable` names the pods whose agent did not answer, and why.
+   */
+  private async usage(sandboxes: SandboxRecord[]): Promise<{ byPod: Map<string, PodUsage>; unavailable: Map<string, string> }> {
+    const live = sandboxes.filter((s) => s.state === 'ready');
+    const byPod = new Map<string, PodUsage>();
+    const unavailable = new Map<string, string>();
+    await Promise.all(
+      [...new Set(live.map((s) => s.pod.namespace))].map(async (ns) => {
+        const r = await this.o.controller.topPods(ns);
+        for (const p of r.pods) byPod.set(`${p.pod?.namespace}/${p.pod?.name}`, p);
+        for (const u of r.unavailable) {
+          const i = u.indexOf(': ');
+          unavailable.set(i < 0 ? u : u.slice(0, i), u);
+        }
+      }),
+    );
+    return { byPod, unavailable };
+  }
+
+  private usageOf(u: { byPod: Map<string, PodUsage>; unavailable: Map<string, string> }, s: SandboxRecord, strict: boolean): PodUsage | undefined {
+    const key = `${s.pod.namespace}/${s.pod.name}`;
+    const why = u.unavailable.get(key);
+    if (why) {
+      if (strict) throw new CelloError('Unavailable', `no statistics for sandbox ${s.id}: ${why}`);
+      this.o.logger.warn({ sandbox: s.id, why }, 'no statistics for a sandbox; listed without usage');
+    }
+    return u.byPod.get(key);
+  }
+
+  async containerStats(id: string): Promise<ContainerStats> {
+    const { sandbox, container } = this.container(id);
+    const running = container.phase === 'started' && sandbox.state === 'ready';
+    const pod = running ? this.usageOf(await this.usage([sandbox]), sandbox, true) : undefined;
+    return containerStats(container, unitUsage(pod, container));
+  }
+
+  async listContainerStats(f: ContainerStatsFilter | undefined): Promise<ContainerStats[]> {
+    const sandboxes = this.o.store.list().filter((s) => !f?.podSandboxId || s.id.startsWith(f.podSandboxId));
+    const pick = (c: ContainerRecord) => (!f?.id || c.id.startsWith(f.id)) && (!f || matchLabels(f.labelSelector, c.labels));
+    const wanted = sandboxes.filter((s) => s.containers.some((c) => pick(c) && c.phase === 'started'));
+    const u = await this.usage(wanted);
+    return sandboxes.flatMap((s) => {
+      const pod = wanted.includes(s) ? this.usageOf(u, s, false) : undefined;
+      return s.containers.filter(pick).map((c) => containerStats(c, unitUsage(s.state === 'ready' ? pod : undefined, c)));
+    });
+  }
+
+  async podSandboxStats(id: string): Promise<PodSandboxStats> {
+    const s = this.sandbox(id);
+    const pod = s.state === 'ready' ? this.usageOf(await this.usage([s]), s, true) : undefined;
+    return sandboxStats(s, pod);
+  }
+
+  async listPodSandboxStats(f: PodSandboxStatsFilter | undefined): Promise<PodSandboxStats[]> {
+    const sandboxes = this.o.store.list().filter((s) => (!f?.id || s.id.startsWith(f.id)) && (!f || matchLabels(f.labelSelector, s.labels)));
+    const u = await this.usage(sandboxes);
+    return sandboxes.map((s) => sandboxStats(s, s.state === 'ready' ? this.usageOf(u, s, false) : undefined));
+  }
+
+  /**
+   * The cell was chosen and sized for the pod's resources, and a unit whose resources change is
+   * a new unit (a restart), not an in-place update: resources equal to the container's are
+   * accepted (nothing to do), any change is refused saying so, never ignored.
+   */
+  updateContainerResources(id: string, linux: LinuxContainerResources | undefined, windows: unknown): void {
+    const { container } = this.container(id);
+    if (windows) throw new CelloError('InvalidArgument', 'windows: cells are Linux');
+    if (!linux) throw new CelloError('InvalidArgument', 'linux: is required');
+    const want = JSON.stringify(resourcesOf(linux) ?? null);
+    const have = JSON.stringify(container.spec.resources ?? null);
+    if (want !== have)
+      throw new CelloError(
+        'FailedPrecondition',
+        `linux: container ${container.name}'s resources cannot change in place (from ${have} to ${want}): its pod's cell was sized for them; recreate the container or the pod`,
+      );
   }
 
   /** Runs a command in the container through the controller's exec relay; `timeoutSeconds` 0 is no timeout. */

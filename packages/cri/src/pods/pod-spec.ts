@@ -91,7 +91,7 @@ export function portMappingsOf(config: PodSandboxConfig): SandboxRecord['portMap
 }
 
 /** Kubernetes resources from the CRI's cgroup figures (the kubelet derived them from the same spec). */
-function resourcesOf(r: LinuxContainerResources | undefined): Record<string, Record<string, string>> | undefined {
+export function resourcesOf(r: LinuxContainerResources | undefined): Record<string, Record<string, string>> | undefined {
   if (!r) return undefined;
   const limits: Record<string, string> = {};
   const requests: Record<string, string> = {};
