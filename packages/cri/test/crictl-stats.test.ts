@@ -60,7 +60,7 @@ afterAll(async () => {
 }, 120_000);
 
 describe("stats are the cell's unit statistics", () => {
-  it('stats, statsp, stats of a created container, update refused when it would change resources', async () => {
+  it('stats, statsp, stats of a created container, update refused when it would change resources, the real exit of a stopped container', async () => {
     const sandbox = await ok(['--timeout', '120s', 'runp', file('pod.json', podConfig)]);
     const ctr = await ok([
       '--timeout',
@@ -131,6 +131,27 @@ describe("stats are the cell's unit statistics", () => {
     expect(grow.stderr).toContain('cannot change in place');
     const missing = await crictl(['update', '--memory', '268435456', 'f'.repeat(64)]);
     expect(missing.stderr).toContain('no container');
+
+    // A container the kubelet stops reports how it really ended: its own exit on SIGTERM, or
+    // SIGKILL's 137 once the grace period is over (sleep as PID 1 ignores SIGTERM).
+    const trap = await ok([
+      'create',
+      '--no-pull',
+      sandbox,
+      file('trap.json', {
+        metadata: { name: 'trap', attempt: 0 },
+        image: { image: busybox },
+        command: ['sh', '-c', 'trap "exit 42" TERM; while true; do sleep 1; done'],
+        linux: {},
+      }),
+      file('pod.json', podConfig),
+    ]);
+    await ok(['--timeout', '60s', 'start', trap]);
+    await ok(['--timeout', '60s', 'stop', '--timeout', '20', trap]);
+    const trapped = (JSON.parse(await ok(['inspect', trap])) as { status: { state: string; exitCode: number; reason: string } }).status;
+    expect(trapped).toMatchObject({ state: 'CONTAINER_EXITED', exitCode: 42, reason: 'Error' });
+    await ok(['--timeout', '60s', 'stop', '--timeout', '1', ctr]);
+    expect((JSON.parse(await ok(['inspect', ctr])) as { status: { exitCode: number } }).status.exitCode).toBe(137);
 
     await ok(['--timeout', '120s', 'rmp', '-f', sandbox]);
   }, 600_000);

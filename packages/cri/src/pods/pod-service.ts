@@ -476,10 +476,24 @@ export class PodService {
       if (container.phase === 'started' && cur.state === 'ready') await this.apply(next, Math.max(0, timeoutSeconds));
     });
     if (container.phase === 'started' && sandbox.state === 'ready') {
-      await this.waitPod(sandbox, `container ${container.unit} stopped`, signal, (p) => {
-        const st = unitStatus(p, container.unit)?.state?.state;
-        return !p || !st || st.$case === 'terminated' ? true : undefined;
+      // The cell reports a unit an apply left out with its final state (removed_container_statuses):
+      // the real exit, recorded once it has stopped. An agent that does not report it leaves -1.
+      const end = await this.waitPod(sandbox, `container ${container.unit} stopped`, signal, (p): CelloContainerStatus | null | undefined => {
+        if (!p) return null;
+        const removed = p.status?.removedContainerStatuses.find((c) => c.name === container.unit);
+        if (removed) return removed.state?.state?.$case === 'terminated' ? removed : undefined;
+        const st = unitStatus(p, container.unit);
+        if (!st) return null;
+        return st.state?.state?.$case === 'terminated' ? st : undefined;
       });
+      if (end && live?.state?.state?.$case !== 'terminated') {
+        await this.o.store.serialized(async () => {
+          const cur = this.o.store.get(sandbox.id);
+          if (!cur) return;
+          const now = new Date().toISOString();
+          await this.o.store.put({ ...cur, containers: cur.containers.map((x) => (x.id === container.id ? this.exited(x, end, now, 'stopped by StopContainer') : x)) });
+        });
+      }
     }
   }
 
