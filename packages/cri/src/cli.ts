@@ -6,6 +6,7 @@ import { loadRegistryConfig, parsePlatform, withShorthands, type RegistryConfig 
 import { REDACT_CENSOR, REDACT_PATHS } from '@cello/proto';
 import { DEFAULT_SANDBOX_IMAGE, startCriServer } from './server.js';
 import { CRI_VERSION } from './version.js';
+import { DEFAULT_PODS_ROOT } from './pods/kubelet-mounts.js';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -24,9 +25,10 @@ const program = new Command('cello-cri')
       'With --controller-config, pod sandboxes and containers run on cells: RunPodSandbox applies a',
       "Cello pod through the controller API (authenticated as the configuration's user, like cellctl),",
       'its cell is the sandbox, and each started container is a unit of that pod. What a VM per pod',
-      'cannot mean (host namespaces, node mounts, privileged) is refused naming the field. Container',
+      "cannot mean (host namespaces, node mounts, privileged) is refused naming the field; the kubelet's",
+      'own files of a pod (its volumes, etc-hosts, termination-log) are mapped onto the cell. Container',
       "output is written to the kubelet's log files (CRI format). Streaming (exec/attach/port-forward",
-      'URLs) and stats answer UNIMPLEMENTED naming themselves. docs/cri.md has the details.',
+      "URLs) answers UNIMPLEMENTED naming itself. Stats are the cell's unit statistics. docs/cri.md has the details.",
     ].join('\n'),
   );
 
@@ -42,6 +44,12 @@ program
   .option('--context <name>', "the configuration's context (default: its current-context)")
   .option('--controller <host:port>', "the controller's address (default: the context's server)")
   .option('--sandbox-image <ref>', "the image of the unit that holds a sandbox's cell while it has no container (containerd's sandbox_image)", DEFAULT_SANDBOX_IMAGE)
+  .option(
+    '--kubelet-pods-dir <dir>',
+    "the kubelet's pods directory: its volume files (configMaps, secrets, tokens) are copied to the pod's cell; any other host mount is refused",
+    DEFAULT_PODS_ROOT,
+  )
+  .option('--volume-sync-seconds <n>', "how often the kubelet's volume files are re-read, so a rotated token or an updated configMap reaches the cell", '10')
   .addHelpText(
     'after',
     [
@@ -68,7 +76,12 @@ program
       context?: string;
       controller?: string;
       sandboxImage: string;
+      kubeletPodsDir: string;
+      volumeSyncSeconds: string;
     }) => {
+      const volumeSyncSeconds = Number(o.volumeSyncSeconds);
+      if (!Number.isFinite(volumeSyncSeconds) || volumeSyncSeconds <= 0)
+        throw new Error(`--volume-sync-seconds ${JSON.stringify(o.volumeSyncSeconds)}: expected a positive number`);
       const logger = pino(
         { level: process.env.CELLO_LOG_LEVEL ?? 'info', base: { app: 'cello-cri' }, redact: { paths: [...REDACT_PATHS], censor: REDACT_CENSOR } },
         pino.destination(2),
@@ -82,6 +95,8 @@ program
         version: CRI_VERSION,
         logger,
         sandboxImage: o.sandboxImage,
+        kubeletPodsDir: o.kubeletPodsDir,
+        volumeSyncSeconds,
         ...(o.controllerConfig
           ? { controller: { config: o.controllerConfig, ...(o.context ? { context: o.context } : {}), ...(o.controller ? { server: o.controller } : {}) } }
           : {}),

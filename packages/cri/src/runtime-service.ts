@@ -16,8 +16,17 @@ import { CelloError, toStatus } from '@cello/proto';
 import {
   CgroupDriver,
   RuntimeServiceService,
+  type ContainerStatsRequest,
+  type ContainerStatsResponse,
   type ContainerStatusRequest,
   type CreateContainerRequest,
+  type ListContainerStatsRequest,
+  type ListContainerStatsResponse,
+  type ListPodSandboxStatsRequest,
+  type ListPodSandboxStatsResponse,
+  type PodSandboxStatsRequest,
+  type PodSandboxStatsResponse,
+  type UpdateContainerResourcesRequest,
   type CreateContainerResponse,
   type ExecSyncRequest,
   type ListContainersRequest,
@@ -140,6 +149,21 @@ function podHandlers(o: RuntimeServiceOptions): UntypedServiceImplementation {
     containerStatus: unary(log, 'ContainerStatus', (r: ContainerStatusRequest) => pods().containerStatus(r.containerId, r.verbose)),
     listContainers: unary(log, 'ListContainers', async (r: ListContainersRequest): Promise<ListContainersResponse> => ({ containers: await pods().listContainers(r) })),
     reopenContainerLog: unary(log, 'ReopenContainerLog', (r: ReopenContainerLogRequest) => (pods().reopenContainerLog(r.containerId), {})),
+    containerStats: unary(log, 'ContainerStats', async (r: ContainerStatsRequest): Promise<ContainerStatsResponse> => ({ stats: await pods().containerStats(r.containerId) })),
+    listContainerStats: unary(log, 'ListContainerStats', async (r: ListContainerStatsRequest): Promise<ListContainerStatsResponse> => ({
+      stats: await pods().listContainerStats(r.filter),
+    })),
+    podSandboxStats: unary(log, 'PodSandboxStats', async (r: PodSandboxStatsRequest): Promise<PodSandboxStatsResponse> => ({
+      stats: await pods().podSandboxStats(r.podSandboxId),
+    })),
+    listPodSandboxStats: unary(log, 'ListPodSandboxStats', async (r: ListPodSandboxStatsRequest): Promise<ListPodSandboxStatsResponse> => ({
+      stats: await pods().listPodSandboxStats(r.filter),
+    })),
+    updateContainerResources: unary(
+      log,
+      'UpdateContainerResources',
+      (r: UpdateContainerResourcesRequest) => (pods().updateContainerResources(r.containerId, r.linux, r.windows), {}),
+    ),
     execSync: unary(log, 'ExecSync', (r: ExecSyncRequest, signal) => pods().execSync(r.containerId, r.cmd, Number(r.timeout), signal)),
   };
 }

@@ -33,6 +33,10 @@ export interface CriServerOptions {
   controller?: { config: string; context?: string; server?: string };
   /** The image of the unit that holds a sandbox's cell (containerd's sandbox_image). */
   sandboxImage?: string;
+  /** The kubelet's pods directory (its --root-dir + /pods): the only host files shipped to cells. */
+  kubeletPodsDir?: string;
+  /** How often the kubelet's volume files (a rotated token) are re-read and re-shipped. */
+  volumeSyncSeconds?: number;
 }
 
 export const DEFAULT_SANDBOX_IMAGE = 'registry.k8s.io/pause:3.10';
@@ -72,7 +76,17 @@ export async function startCriServer(o: CriServerOptions): Promise<CriServer> {
   const log = o.logger;
   const controller = o.controller ? connectController(o.controller) : undefined;
   const sandboxImage = o.sandboxImage ?? DEFAULT_SANDBOX_IMAGE;
-  const pods = controller ? new PodService({ controller: controller.client, store: new SandboxStore(o.stateDir), images: store, sandboxImage, logger: log }) : undefined;
+  const pods = controller
+    ? new PodService({
+        controller: controller.client,
+        store: new SandboxStore(o.stateDir),
+        images: store,
+        sandboxImage,
+        logger: log,
+        ...(o.kubeletPodsDir ? { podsRoot: o.kubeletPodsDir } : {}),
+        ...(o.volumeSyncSeconds !== undefined ? { volumeSyncMs: o.volumeSyncSeconds * 1000 } : {}),
+      })
+    : undefined;
   const server = new Server({ 'grpc.max_receive_message_length': 16 << 20 });
   const imageHandlers: UntypedServiceImplementation = {
     pullImage: unary(log, 'PullImage', (req: Parameters<CriImageService['pullImage']>[0], signal) => images.pullImage(req, signal)),

@@ -37,6 +37,8 @@ describe('cello-cri', () => {
       '--platform',
       '--controller-config',
       '--sandbox-image',
+      '--kubelet-pods-dir',
+      '--volume-sync-seconds',
       '--container-runtime-endpoint=unix://',
     ]) {
       expect(serve.stdout).toContain(flag);
@@ -53,6 +55,9 @@ describe('cello-cri', () => {
     expect(occupied.code).toBe(1);
     expect(occupied.stderr).toContain('exists and is not a socket');
     expect(readFileSync(file, 'utf8')).toBe('keep me');
+    const sync = await cli(['serve', '--listen', join(dir, 'sync.sock'), '--state-dir', join(dir, 's3'), '--volume-sync-seconds', 'soon']);
+    expect(sync.code).toBe(1);
+    expect(sync.stderr).toContain('--volume-sync-seconds "soon": expected a positive number');
   });
 
   it('a bad registries file or platform fails the start naming the field', async () => {

@@ -57,6 +57,7 @@ const agent: CellAgentServer = {
         containerStatuses: [],
         observedGeneration: 3,
         qosClass: 'Burstable',
+        removedContainerStatuses: [],
       },
       generation: 3,
       podUid: 'u1',

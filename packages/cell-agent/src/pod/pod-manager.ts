@@ -100,6 +100,8 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   private generation = 0;
   private initUnits: Unit[] = [];
   private units: Unit[] = [];
+  /** Main units an apply left out: they are stopped, and their final status is reported until their name comes back. */
+  private removedUnits = new Map<string, Unit>();
   private volumes = new Map<string, PreparedVolume | VolumeError>();
   private podFiles: PodFiles | undefined;
   private readonly conditions = new Conditions();
@@ -270,11 +272,14 @@ export class PodManager extends EventEmitter implements UnitDirectory {
         }
         next.push(u);
       }
+      for (const c of wanted) if (!isInit) this.removedUnits.delete(c.name);
       for (const u of existing) {
         if (wanted.some((c) => c.name === u.name)) continue;
+        if (!isInit) this.removedUnits.set(u.name, u);
         this.track(
           u
             .stop(this.graceMs())
+            .then(() => this.changed())
             .then(() => removeStagedSubPaths(join(this.dirs.subPaths, u.name), 'unit'))
             .catch((err) => this.o.logger.warn({ err, unit: u.name }, 'cannot remove staged subPaths')),
         );
@@ -518,12 +523,14 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       containerStatuses: main,
       observedGeneration: this.generation,
       qosClass: qosClass(spec),
+      removedContainerStatuses: [...this.removedUnits.values()].map((u) => u.status()),
     };
     return { status, generation: this.generation, podUid: req.pod!.metadata!.uid };
   }
 
   // --- delete, restore, shutdown ---
   delete(graceSeconds: number | undefined): Promise<void> {
+    this.removedUnits.clear();
     return this.serial(() => this.teardown(graceSeconds !== undefined ? graceSeconds * 1000 : this.graceMs()));
   }
 

@@ -34,7 +34,16 @@ export async function topPods(agents: AgentAccess, pods: PodObject[], cells: Cel
         const names = new Set((p.spec?.containers ?? []).map((c) => c.name));
         const containers = s.units
           .filter((u) => names.has(u.name))
-          .map((u) => ContainerUsage.fromPartial({ name: u.name, cpuCores: u.cpuCores, memoryWorkingSetBytes: u.memoryWorkingSetBytes }));
+          .map((u) =>
+            ContainerUsage.fromPartial({
+              name: u.name,
+              cpuCores: u.cpuCores,
+              memoryWorkingSetBytes: u.memoryWorkingSetBytes,
+              cpuUsageNanos: u.cpuUsageNanos,
+              memoryUsageBytes: u.memoryUsageBytes,
+              memoryRssBytes: u.memoryRssBytes,
+            }),
+          );
         return PodUsage.fromPartial({
           pod: { namespace: p.metadata?.namespace ?? 'default', name: p.metadata?.name ?? '' },
           cellId: cell.id,

@@ -12,9 +12,11 @@ import {
   ListCellsRequest,
   ListEventsRequest,
   ListPodsRequest,
+  TopPodsRequest,
   type Cell,
   type ClusterEvent,
   type PodObject,
+  type TopPodsResponse,
   type VersionResponse,
 } from '@cello/proto/controller';
 
@@ -60,6 +62,10 @@ export class Controller {
   }
   async list(labelSelector: string): Promise<PodObject[]> {
     return (await this.call<{ pods: PodObject[] }>('listPods', ListPodsRequest.fromPartial({ labelSelector }))).pods;
+  }
+  /** The running pods' usage from their agents (cellctl top pods); `namespace` empty: every namespace. */
+  topPods(namespace: string): Promise<TopPodsResponse> {
+    return this.call('topPods', TopPodsRequest.fromPartial({ namespace }));
   }
   async cells(): Promise<Cell[]> {
     return (await this.call<{ cells: Cell[] }>('listCells', ListCellsRequest.fromPartial({}))).cells;

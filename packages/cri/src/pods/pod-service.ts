@@ -8,13 +8,18 @@ import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { CelloError, errMsg } from '@cello/proto';
 import { ExecInput, PodPhase, type ContainerStatus as CelloContainerStatus, type ExecOutput } from '@cello/proto/cell';
-import type { PodObject } from '@cello/proto/controller';
+import type { PodObject, PodUsage } from '@cello/proto/controller';
 import type { ControllerApiClient } from '@cello/controller/client';
 import {
   ContainerState,
   PodSandboxState,
   type Container,
+  type ContainerStats,
+  type ContainerStatsFilter,
   type ContainerStatusResponse,
+  type LinuxContainerResources,
+  type PodSandboxStats,
+  type PodSandboxStatsFilter,
   type CreateContainerRequest,
   type ExecSyncResponse,
   type ListContainersRequest,
@@ -25,9 +30,12 @@ import {
 } from '../gen/runtime/v1/api.js';
 import type { ImageStore } from '../images/image-store.js';
 import { findImage } from '../images/names.js';
-import { SANDBOX_UNIT, checkSandboxConfig, containerSpec, podManifest, portMappingsOf, unitName } from './pod-spec.js';
+import { SANDBOX_UNIT, checkSandboxConfig, containerSpec, podManifest, portMappingsOf, resourcesOf, unitName } from './pod-spec.js';
 import { newId, type ContainerRecord, type SandboxRecord, type SandboxStore } from './sandbox-store.js';
 import { ContainerLogs, logFile } from './container-logs.js';
+import { DEFAULT_PODS_ROOT, mapMounts, podDirectoryOf } from './kubelet-mounts.js';
+import { writeTerminationMessage } from './termination-log.js';
+import { containerStats, sandboxStats, unitUsage } from './stats.js';
 
 export interface PodServiceOptions {
   controller: ControllerApiClient;
@@ -38,6 +46,10 @@ export interface PodServiceOptions {
   logger: Logger;
   /** How often a wait re-reads the pod from the controller. */
   pollMs?: number;
+  /** The kubelet's pods directory: its volume files of a pod are shipped to the pod's cell. */
+  podsRoot?: string;
+  /** How often those files are re-read (a rotated token), and the pod re-applied when they changed. */
+  volumeSyncMs?: number;
 }
 
 /** Waiting reasons that will not resolve by waiting. */
@@ -82,9 +94,16 @@ function describeFailure(p: PodObject): string {
 export class PodService {
   private readonly poll: number;
   private readonly logs: ContainerLogs;
+  private readonly podsRoot: string;
+  /** The manifest last applied per sandbox, so the volume sync applies only what changed. */
+  private readonly applied = new Map<string, string>();
+  private readonly syncTimer: NodeJS.Timeout;
 
   constructor(private readonly o: PodServiceOptions) {
     this.poll = o.pollMs ?? 250;
+    this.podsRoot = o.podsRoot ?? DEFAULT_PODS_ROOT;
+    this.syncTimer = setInterval(() => void this.syncVolumes(), o.volumeSyncMs ?? 10_000);
+    this.syncTimer.unref();
     this.logs = new ContainerLogs(o.controller, o.logger);
     // A restarted shim goes on writing the logs of the containers that run (from the file's last write).
     for (const s of o.store.list()) {
@@ -98,6 +117,7 @@ export class PodService {
 
   /** Stops writing every log (the shim's shutdown). */
   close(): void {
+    clearInterval(this.syncTimer);
     this.logs.stopAll();
   }
 
@@ -123,9 +143,41 @@ export class PodService {
     return hit;
   }
 
-  private apply(s: SandboxRecord, graceSeconds?: number): Promise<PodObject> {
-    const manifest = podManifest(s, { sandboxImage: this.o.sandboxImage, sysctls: s.sysctls, ...(graceSeconds !== undefined ? { graceSeconds } : {}) });
-    return this.o.controller.apply(manifest, s.pod.namespace);
+  private manifest(s: SandboxRecord, graceSeconds?: number): string {
+    const withFiles = s.containers.some((c) => c.phase === 'started' && c.mounts?.length);
+    return podManifest(s, {
+      sandboxImage: this.o.sandboxImage,
+      sysctls: s.sysctls,
+      ...(graceSeconds !== undefined ? { graceSeconds } : {}),
+      ...(withFiles ? { podDirectory: podDirectoryOf(this.podsRoot, s.metadata.uid) } : {}),
+    });
+  }
+
+  private async apply(s: SandboxRecord, graceSeconds?: number): Promise<PodObject> {
+    const manifest = this.manifest(s, graceSeconds);
+    const pod = await this.o.controller.apply(manifest, s.pod.namespace);
+    this.applied.set(s.id, this.manifest(s));
+    return pod;
+  }
+
+  /**
+   * Re-reads the kubelet's volume files of every running pod and re-applies a pod whose files
+   * changed (the kubelet rotates the service-account token, updates configMaps and secrets); the
+   * cell rewrites the files in place, atomically, as the kubelet does.
+   */
+  private async syncVolumes(): Promise<void> {
+    for (const s of this.o.store.list()) {
+      if (s.state !== 'ready' || !s.containers.some((c) => c.phase === 'started' && c.mounts?.some((m) => m.kind === 'content'))) continue;
+      await this.o.store
+        .serialized(async () => {
+          const cur = this.o.store.get(s.id);
+          if (!cur || cur.state !== 'ready') return;
+          if (this.manifest(cur) === this.applied.get(cur.id)) return;
+          await this.apply(cur);
+          this.o.logger.info({ sandbox: cur.id, pod: `${cur.pod.namespace}/${cur.pod.name}` }, "the kubelet's volume files changed; re-applied the pod");
+        })
+        .catch((err: unknown) => this.o.logger.warn({ sandbox: s.id, err: errMsg(err) }, "re-shipping the kubelet's volume files failed; the cell keeps the last ones"));
+    }
   }
 
   private getPod(s: SandboxRecord): Promise<PodObject | undefined> {
@@ -285,6 +337,7 @@ export class PodService {
     }
     await this.stopPodSandbox(s.id, signal);
     await this.o.store.serialized(() => this.o.store.remove(s.id));
+    this.applied.delete(s.id);
   }
 
   // ------------------------------------------------------------ containers
@@ -298,7 +351,7 @@ export class PodService {
         phase: 'exited',
         exitCode: t.exitCode,
         reason: t.reason,
-        message: t.message,
+        message: writeTerminationMessage(c, t.message, this.o.logger),
         ...(t.startedAt ? { startedAt: t.startedAt.toISOString() } : {}),
         finishedAt: (t.finishedAt ?? new Date(now)).toISOString(),
       };
@@ -318,7 +371,8 @@ export class PodService {
     // An image this node pulled is sent to the cell by its repo digest: the exact image the kubelet checked.
     const rec = findImage(this.o.images, image, 'config.image.image');
     const imageRef = rec?.repoDigests[0] ?? image;
-    const spec = containerSpec(config, unit, imageRef);
+    const mounts = mapMounts(config.mounts, { podsRoot: this.podsRoot, podUid: s.metadata.uid });
+    const spec = containerSpec(config, unit, imageRef, mounts);
     const id = newId();
     await this.o.store.serialized(async () => {
       const cur = this.o.store.get(s.id);
@@ -337,6 +391,7 @@ export class PodService {
         annotations: config.annotations,
         logPath: config.logPath,
         spec,
+        ...(mounts.length ? { mounts } : {}),
         createdAt: new Date().toISOString(),
         phase: 'created',
       };
@@ -421,10 +476,24 @@ export class PodService {
       if (container.phase === 'started' && cur.state === 'ready') await this.apply(next, Math.max(0, timeoutSeconds));
     });
     if (container.phase === 'started' && sandbox.state === 'ready') {
-      await this.waitPod(sandbox, `container ${container.unit} stopped`, signal, (p) => {
-        const st = unitStatus(p, container.unit)?.state?.state;
-        return !p || !st || st.$case === 'terminated' ? true : undefined;
+      // The cell reports a unit an apply left out with its final state (removed_container_statuses):
+      // the real exit, recorded once it has stopped. An agent that does not report it leaves -1.
+      const end = await this.waitPod(sandbox, `container ${container.unit} stopped`, signal, (p): CelloContainerStatus | null | undefined => {
+        if (!p) return null;
+        const removed = p.status?.removedContainerStatuses.find((c) => c.name === container.unit);
+        if (removed) return removed.state?.state?.$case === 'terminated' ? removed : undefined;
+        const st = unitStatus(p, container.unit);
+        if (!st) return null;
+        return st.state?.state?.$case === 'terminated' ? st : undefined;
       });
+      if (end && live?.state?.state?.$case !== 'terminated') {
+        await this.o.store.serialized(async () => {
+          const cur = this.o.store.get(sandbox.id);
+          if (!cur) return;
+          const now = new Date().toISOString();
+          await this.o.store.put({ ...cur, containers: cur.containers.map((x) => (x.id === container.id ? this.exited(x, end, now, 'stopped by StopContainer') : x)) });
+        });
+      }
     }
   }
 
@@ -462,7 +531,7 @@ export class PodService {
         finishedAt: nanos(t.finishedAt),
         exitCode: t.exitCode,
         reason: t.reason,
-        message: t.message,
+        message: writeTerminationMessage(c, t.message, this.o.logger),
       };
     }
     if (st?.$case === 'waiting') return { ...rec, state: ContainerState.CONTAINER_CREATED, reason: st.value.reason, message: st.value.message };
@@ -491,7 +560,19 @@ export class PodService {
         message: v.message,
         labels: c.labels,
         annotations: c.annotations,
-        mounts: [],
+        // The kubelet reads the termination message from the host path of the termination-log mount.
+        mounts: (c.mounts ?? []).map((m) => ({
+          containerPath: m.containerPath,
+          hostPath: m.hostPath,
+          readonly: m.readonly,
+          selinuxRelabel: false,
+          propagation: 0,
+          uidMappings: [],
+          gidMappings: [],
+          recursiveReadOnly: false,
+          image: undefined,
+          imageSubPath: '',
+        })),
         // The full path, as containerd reports it (crictl logs reads the file from it).
         logPath: logFile(sandbox.logDirectory, c.logPath) ?? c.logPath,
         resources: undefined,
@@ -531,6 +612,87 @@ export class PodService {
       }
     }
     return out;
+  }
+
+  // ------------------------------------------------------------ stats and resources
+
+  /**
+   * The usage of the given sandboxes' pods from their agents (the controller's TopPods, one call
+   * per namespace), by pod; `unavailable` names the pods whose agent did not answer, and why.
+   */
+  private async usage(sandboxes: SandboxRecord[]): Promise<{ byPod: Map<string, PodUsage>; unavailable: Map<string, string> }> {
+    const live = sandboxes.filter((s) => s.state === 'ready');
+    const byPod = new Map<string, PodUsage>();
+    const unavailable = new Map<string, string>();
+    await Promise.all(
+      [...new Set(live.map((s) => s.pod.namespace))].map(async (ns) => {
+        const r = await this.o.controller.topPods(ns);
+        for (const p of r.pods) byPod.set(`${p.pod?.namespace}/${p.pod?.name}`, p);
+        for (const u of r.unavailable) {
+          const i = u.indexOf(': ');
+          unavailable.set(i < 0 ? u : u.slice(0, i), u);
+        }
+      }),
+    );
+    return { byPod, unavailable };
+  }
+
+  private usageOf(u: { byPod: Map<string, PodUsage>; unavailable: Map<string, string> }, s: SandboxRecord, strict: boolean): PodUsage | undefined {
+    const key = `${s.pod.namespace}/${s.pod.name}`;
+    const why = u.unavailable.get(key);
+    if (why) {
+      if (strict) throw new CelloError('Unavailable', `no statistics for sandbox ${s.id}: ${why}`);
+      this.o.logger.warn({ sandbox: s.id, why }, 'no statistics for a sandbox; listed without usage');
+    }
+    return u.byPod.get(key);
+  }
+
+  async containerStats(id: string): Promise<ContainerStats> {
+    const { sandbox, container } = this.container(id);
+    const running = container.phase === 'started' && sandbox.state === 'ready';
+    const pod = running ? this.usageOf(await this.usage([sandbox]), sandbox, true) : undefined;
+    return containerStats(container, unitUsage(pod, container));
+  }
+
+  async listContainerStats(f: ContainerStatsFilter | undefined): Promise<ContainerStats[]> {
+    const sandboxes = this.o.store.list().filter((s) => !f?.podSandboxId || s.id.startsWith(f.podSandboxId));
+    const pick = (c: ContainerRecord) => (!f?.id || c.id.startsWith(f.id)) && (!f || matchLabels(f.labelSelector, c.labels));
+    const wanted = sandboxes.filter((s) => s.containers.some((c) => pick(c) && c.phase === 'started'));
+    const u = await this.usage(wanted);
+    return sandboxes.flatMap((s) => {
+      const pod = wanted.includes(s) ? this.usageOf(u, s, false) : undefined;
+      return s.containers.filter(pick).map((c) => containerStats(c, unitUsage(s.state === 'ready' ? pod : undefined, c)));
+    });
+  }
+
+  async podSandboxStats(id: string): Promise<PodSandboxStats> {
+    const s = this.sandbox(id);
+    const pod = s.state === 'ready' ? this.usageOf(await this.usage([s]), s, true) : undefined;
+    return sandboxStats(s, pod);
+  }
+
+  async listPodSandboxStats(f: PodSandboxStatsFilter | undefined): Promise<PodSandboxStats[]> {
+    const sandboxes = this.o.store.list().filter((s) => (!f?.id || s.id.startsWith(f.id)) && (!f || matchLabels(f.labelSelector, s.labels)));
+    const u = await this.usage(sandboxes);
+    return sandboxes.map((s) => sandboxStats(s, s.state === 'ready' ? this.usageOf(u, s, false) : undefined));
+  }
+
+  /**
+   * The cell was chosen and sized for the pod's resources, and a unit whose resources change is
+   * a new unit (a restart), not an in-place update: resources equal to the container's are
+   * accepted (nothing to do), any change is refused saying so, never ignored.
+   */
+  updateContainerResources(id: string, linux: LinuxContainerResources | undefined, windows: unknown): void {
+    const { container } = this.container(id);
+    if (windows) throw new CelloError('InvalidArgument', 'windows: cells are Linux');
+    if (!linux) throw new CelloError('InvalidArgument', 'linux: is required');
+    const want = JSON.stringify(resourcesOf(linux) ?? null);
+    const have = JSON.stringify(container.spec.resources ?? null);
+    if (want !== have)
+      throw new CelloError(
+        'FailedPrecondition',
+        `linux: container ${container.name}'s resources cannot change in place (from ${have} to ${want}): its pod's cell was sized for them; recreate the container or the pod`,
+      );
   }
 
   /** Runs a command in the container through the controller's exec relay; `timeoutSeconds` 0 is no timeout. */

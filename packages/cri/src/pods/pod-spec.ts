@@ -16,6 +16,7 @@ import {
   type SecurityProfile,
 } from '../gen/runtime/v1/api.js';
 import type { SandboxRecord } from './sandbox-store.js';
+import { podVolumes, volumeMountsOf, type MappedMount } from './kubelet-mounts.js';
 
 /** The unit that holds the cell's pod while the kubelet has no container in it (containerd's pause container). */
 export const SANDBOX_UNIT = 'cello-sandbox';
@@ -90,7 +91,7 @@ export function portMappingsOf(config: PodSandboxConfig): SandboxRecord['portMap
 }
 
 /** Kubernetes resources from the CRI's cgroup figures (the kubelet derived them from the same spec). */
-function resourcesOf(r: LinuxContainerResources | undefined): Record<string, Record<string, string>> | undefined {
+export function resourcesOf(r: LinuxContainerResources | undefined): Record<string, Record<string, string>> | undefined {
   if (!r) return undefined;
   const limits: Record<string, string> = {};
   const requests: Record<string, string> = {};
@@ -105,15 +106,7 @@ function resourcesOf(r: LinuxContainerResources | undefined): Record<string, Rec
 const capName = (c: string) => c.replace(/^CAP_/, '');
 
 /** The Kubernetes container a CRI container runs as, on its pod's cell; refuses what a cell cannot mean. */
-export function containerSpec(config: ContainerConfig, unit: string, imageRef: string): Record<string, unknown> {
-  config.mounts.forEach((m, i) => {
-    const what = m.image?.image ? `image ${m.image.image}` : `host_path ${JSON.stringify(m.hostPath)}`;
-    if (m.propagation !== 0) refuse(`config.mounts[${i}].propagation`, `mount propagation with this node (${what} at ${m.containerPath}) cannot reach a pod on its own cell`);
-    refuse(
-      `config.mounts[${i}]`,
-      `${what} at ${JSON.stringify(m.containerPath)}: a container runs on its pod's cell, which cannot see this node's files; mounts are not supported by cello-cri yet`,
-    );
-  });
+export function containerSpec(config: ContainerConfig, unit: string, imageRef: string, mounts: MappedMount[] = []): Record<string, unknown> {
   if (config.devices.length) refuse('config.devices', "a container on a cell cannot use this node's devices");
   if (config.CDIDevices.length) refuse('config.CDI_devices', "a container on a cell cannot use this node's devices");
   if (config.stopSignal !== Signal.RUNTIME_DEFAULT) refuse('config.stop_signal', "only the image's stop signal (RUNTIME_DEFAULT) is supported");
@@ -145,6 +138,7 @@ export function containerSpec(config: ContainerConfig, unit: string, imageRef: s
   const profile = seccomp('config.linux.security_context', sc?.seccomp, sc?.seccompProfilePath ?? '');
   if (profile) securityContext.seccompProfile = profile;
   const resources = resourcesOf(config.linux?.resources);
+  const { volumeMounts, terminationMessagePath } = volumeMountsOf(mounts);
   return {
     name: unit,
     image: imageRef,
@@ -159,6 +153,8 @@ export function containerSpec(config: ContainerConfig, unit: string, imageRef: s
     ...(config.stdin ? { stdin: true } : {}),
     ...(config.stdinOnce ? { stdinOnce: true } : {}),
     ...(config.tty ? { tty: true } : {}),
+    ...(volumeMounts.length ? { volumeMounts } : {}),
+    ...(terminationMessagePath ? { terminationMessagePath } : {}),
   };
 }
 
@@ -195,8 +191,12 @@ function dnsOptions(options: string[]): Array<{ name: string; value?: string }> 
  * set each time, so the cell converges to it (the controller's apply is declarative).
  * restartPolicy Never: the kubelet decides restarts (a new container, attempt + 1).
  */
-export function podManifest(s: SandboxRecord, o: { sandboxImage: string; sysctls: Record<string, string>; graceSeconds?: number }): string {
-  const running = s.containers.filter((c) => c.phase === 'started').map((c) => c.spec);
+export function podManifest(s: SandboxRecord, o: { sandboxImage: string; sysctls: Record<string, string>; graceSeconds?: number; podDirectory?: string }): string {
+  const started = s.containers.filter((c) => c.phase === 'started');
+  const running = started.map((c) => c.spec);
+  // The kubelet's volume files are read now: every apply ships their current content.
+  const mounts = started.flatMap((c) => c.mounts ?? []);
+  const { volumes, secrets } = mounts.length && o.podDirectory ? podVolumes(mounts, o.podDirectory) : { volumes: [], secrets: [] };
   const ports = s.portMappings.filter((p) => p.hostPort > 0).map((p) => ({ containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol }));
   const sandboxUnit = { name: SANDBOX_UNIT, image: o.sandboxImage, imagePullPolicy: 'IfNotPresent', ...(ports.length ? { ports } : {}) };
   const sysctls = Object.entries(o.sysctls).map(([name, value]) => ({ name, value }));
@@ -213,7 +213,8 @@ export function podManifest(s: SandboxRecord, o: { sandboxImage: string; sysctls
       ...(o.graceSeconds !== undefined ? { terminationGracePeriodSeconds: o.graceSeconds } : {}),
       ...(sysctls.length ? { securityContext: { sysctls } } : {}),
       containers: [sandboxUnit, ...running],
+      ...(volumes.length ? { volumes } : {}),
     },
   };
-  return JSON.stringify(pod);
+  return [pod, ...secrets].map((d) => JSON.stringify(d)).join('\n---\n');
 }

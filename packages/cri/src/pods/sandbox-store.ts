@@ -35,6 +35,19 @@ const containerSchema = z.strictObject({
   exitCode: z.number().int().optional(),
   reason: z.string().optional(),
   message: z.string().optional(),
+  /** The kubelet's mounts as mapped onto the cell (kubelet-mounts.ts). */
+  mounts: z
+    .array(
+      z.strictObject({
+        kind: z.enum(['content', 'emptyDir', 'hosts', 'terminationLog']),
+        hostPath: z.string(),
+        containerPath: z.string(),
+        readonly: z.boolean(),
+        volume: z.string().optional(),
+        file: z.boolean().optional(),
+      }),
+    )
+    .optional(),
 });
 
 const sandboxSchema = z.strictObject({

@@ -183,6 +183,11 @@ export interface PodStatus {
   /** The generation of the ApplyPod this status reflects. */
   observedGeneration: number;
   qosClass: string;
+  /**
+   * Main units an ApplyPod left out (a CRI StopContainer), with their final state once stopped:
+   * how they ended, which the pod's own statuses no longer list. Kept until the name is applied again.
+   */
+  removedContainerStatuses: ContainerStatus[];
 }
 
 /**
@@ -1068,6 +1073,7 @@ function createBasePodStatus(): PodStatus {
     containerStatuses: [],
     observedGeneration: 0,
     qosClass: "",
+    removedContainerStatuses: [],
   };
 }
 
@@ -1108,6 +1114,9 @@ export const PodStatus: MessageFns<PodStatus> = {
     }
     if (message.qosClass !== "") {
       writer.uint32(98).string(message.qosClass);
+    }
+    for (const v of message.removedContainerStatuses) {
+      ContainerStatus.encode(v!, writer.uint32(106).fork()).join();
     }
     return writer;
   },
@@ -1221,6 +1230,14 @@ export const PodStatus: MessageFns<PodStatus> = {
             message.qosClass = reader.string();
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.removedContainerStatuses.push(ContainerStatus.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1281,6 +1298,11 @@ export const PodStatus: MessageFns<PodStatus> = {
         : isSet(object.qos_class)
         ? globalThis.String(object.qos_class)
         : "",
+      removedContainerStatuses: globalThis.Array.isArray(object?.removedContainerStatuses)
+        ? object.removedContainerStatuses.map((e: any) => ContainerStatus.fromJSON(e))
+        : globalThis.Array.isArray(object?.removed_container_statuses)
+        ? object.removed_container_statuses.map((e: any) => ContainerStatus.fromJSON(e))
+        : [],
     };
   },
 
@@ -1322,6 +1344,9 @@ export const PodStatus: MessageFns<PodStatus> = {
     if (message.qosClass !== "") {
       obj.qosClass = message.qosClass;
     }
+    if (message.removedContainerStatuses?.length) {
+      obj.removedContainerStatuses = message.removedContainerStatuses.map((e) => ContainerStatus.toJSON(e));
+    }
     return obj;
   },
 
@@ -1342,6 +1367,8 @@ export const PodStatus: MessageFns<PodStatus> = {
     message.containerStatuses = object.containerStatuses?.map((e) => ContainerStatus.fromPartial(e)) || [];
     message.observedGeneration = object.observedGeneration ?? 0;
     message.qosClass = object.qosClass ?? "";
+    message.removedContainerStatuses = object.removedContainerStatuses?.map((e) => ContainerStatus.fromPartial(e)) ||
+      [];
     return message;
   },
 };

@@ -361,6 +361,10 @@ export interface ContainerUsage {
   name: string;
   cpuCores: number;
   memoryWorkingSetBytes: number;
+  /** Cumulative CPU time and the other memory figures of the unit (the CRI's ContainerStats). */
+  cpuUsageNanos: number;
+  memoryUsageBytes: number;
+  memoryRssBytes: number;
 }
 
 export interface PodUsage {
@@ -3411,7 +3415,7 @@ export const TopPodsRequest: MessageFns<TopPodsRequest> = {
 };
 
 function createBaseContainerUsage(): ContainerUsage {
-  return { name: "", cpuCores: 0, memoryWorkingSetBytes: 0 };
+  return { name: "", cpuCores: 0, memoryWorkingSetBytes: 0, cpuUsageNanos: 0, memoryUsageBytes: 0, memoryRssBytes: 0 };
 }
 
 export const ContainerUsage: MessageFns<ContainerUsage> = {
@@ -3424,6 +3428,15 @@ export const ContainerUsage: MessageFns<ContainerUsage> = {
     }
     if (message.memoryWorkingSetBytes !== 0) {
       writer.uint32(24).uint64(message.memoryWorkingSetBytes);
+    }
+    if (message.cpuUsageNanos !== 0) {
+      writer.uint32(32).uint64(message.cpuUsageNanos);
+    }
+    if (message.memoryUsageBytes !== 0) {
+      writer.uint32(40).uint64(message.memoryUsageBytes);
+    }
+    if (message.memoryRssBytes !== 0) {
+      writer.uint32(48).uint64(message.memoryRssBytes);
     }
     return writer;
   },
@@ -3465,6 +3478,30 @@ export const ContainerUsage: MessageFns<ContainerUsage> = {
             message.memoryWorkingSetBytes = longToNumber(reader.uint64());
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.cpuUsageNanos = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.memoryUsageBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.memoryRssBytes = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3490,6 +3527,21 @@ export const ContainerUsage: MessageFns<ContainerUsage> = {
         : isSet(object.memory_working_set_bytes)
         ? globalThis.Number(object.memory_working_set_bytes)
         : 0,
+      cpuUsageNanos: isSet(object.cpuUsageNanos)
+        ? globalThis.Number(object.cpuUsageNanos)
+        : isSet(object.cpu_usage_nanos)
+        ? globalThis.Number(object.cpu_usage_nanos)
+        : 0,
+      memoryUsageBytes: isSet(object.memoryUsageBytes)
+        ? globalThis.Number(object.memoryUsageBytes)
+        : isSet(object.memory_usage_bytes)
+        ? globalThis.Number(object.memory_usage_bytes)
+        : 0,
+      memoryRssBytes: isSet(object.memoryRssBytes)
+        ? globalThis.Number(object.memoryRssBytes)
+        : isSet(object.memory_rss_bytes)
+        ? globalThis.Number(object.memory_rss_bytes)
+        : 0,
     };
   },
 
@@ -3504,6 +3556,15 @@ export const ContainerUsage: MessageFns<ContainerUsage> = {
     if (message.memoryWorkingSetBytes !== 0) {
       obj.memoryWorkingSetBytes = Math.round(message.memoryWorkingSetBytes);
     }
+    if (message.cpuUsageNanos !== 0) {
+      obj.cpuUsageNanos = Math.round(message.cpuUsageNanos);
+    }
+    if (message.memoryUsageBytes !== 0) {
+      obj.memoryUsageBytes = Math.round(message.memoryUsageBytes);
+    }
+    if (message.memoryRssBytes !== 0) {
+      obj.memoryRssBytes = Math.round(message.memoryRssBytes);
+    }
     return obj;
   },
 
@@ -3515,6 +3576,9 @@ export const ContainerUsage: MessageFns<ContainerUsage> = {
     message.name = object.name ?? "";
     message.cpuCores = object.cpuCores ?? 0;
     message.memoryWorkingSetBytes = object.memoryWorkingSetBytes ?? 0;
+    message.cpuUsageNanos = object.cpuUsageNanos ?? 0;
+    message.memoryUsageBytes = object.memoryUsageBytes ?? 0;
+    message.memoryRssBytes = object.memoryRssBytes ?? 0;
     return message;
   },
 };
