@@ -20,7 +20,7 @@ import { tarGz, type TarEntry } from './tar.js';
 export interface SupportSources {
   /** The controller's configuration (parsed); redacted here. */
   config?: unknown;
-  /** This process's recent log lines (obs/log-ring.ts). */
+  /** This process's recent log lines (LineRing from @cello/proto). */
   logs?: () => string;
 }
 
