@@ -88,7 +88,7 @@ export async function buildSupportBundle(o: BundleInput): Promise<Buffer> {
     { name: `${DIR}/controller.log`, data: o.logs ? redactLogLines(o.logs()) : '# this API server keeps no log lines (embedded use)\n' },
     ...live.map((c, i) => ({ name: `${DIR}/agents/${c.id}.log`, data: agentLogs[i]! })),
   ];
-  return tarGz(entries, Math.floor(at.getTime() / 1000));
+  return await tarGz(entries, Math.floor(at.getTime() / 1000));
 }
 
 const AGENT_LOG_LINES = 2000;
