@@ -4,7 +4,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
-import { kubePod, ManifestError, podFromManifest, readManifests } from '../src/index.js';
+import { kubePod, kubePodSpec, ManifestError, podFromManifest, readManifests } from '../src/index.js';
 
 const FULL = `
 apiVersion: v1
@@ -253,7 +253,6 @@ describe('podFromManifest', () => {
       [{}, { securityContext: { procMount: 'Sideways' } }, /^spec\.containers\[0\]\.securityContext\.procMount: must be one of "Default", "Unmasked"/],
       [{ runtimeClassName: 'gvisor' }, {}, /^spec\.runtimeClassName: gvisor: RuntimeClasses are not supported on a cell/],
       [{ overhead: { cpu: '250m' } }, {}, /^spec\.overhead: pod overhead \(a RuntimeClass's\) is not supported on a cell/],
-      [{ securityContext: { supplementalGroupsPolicy: 'Strict' } }, {}, /^spec\.securityContext\.supplementalGroupsPolicy: Strict is not supported on a cell/],
       [{ securityContext: { supplementalGroupsPolicy: 'Loose' } }, {}, /^spec\.securityContext\.supplementalGroupsPolicy: must be one of "Merge", "Strict"/],
       [{ securityContext: { fsGroupChangePolicy: 'Never' } }, {}, /^spec\.securityContext\.fsGroupChangePolicy: must be one of "OnRootMismatch", "Always"/],
       [{ securityContext: { seLinuxChangePolicy: 'Sometimes' } }, {}, /^spec\.securityContext\.seLinuxChangePolicy: must be one of "MountOption", "Recursive"/],
@@ -316,6 +315,11 @@ describe('podFromManifest', () => {
       { volumeMounts: [{ name: 'v', mountPath: '/v', readOnly: true, recursiveReadOnly: 'IfPossible' }] },
     );
     expect(podFromManifest(hostPathIfPossible).pod.spec!.containers[0]!.volumeMounts[0]!.readOnly).toBe(true);
+    // supplementalGroupsPolicy reaches the agent (which honours Strict), and prints back for kubectl.
+    const strict = podFromManifest(podWith({ securityContext: { supplementalGroups: [7], supplementalGroupsPolicy: 'Strict' } })).pod;
+    expect(strict.spec!.securityContext!.supplementalGroupsPolicy).toBe('Strict');
+    expect(kubePodSpec(strict.spec!).securityContext).toMatchObject({ supplementalGroups: [7], supplementalGroupsPolicy: 'Strict' });
+    expect(podFromManifest(ok).pod.spec!.securityContext!.supplementalGroupsPolicy).toBe('Merge');
     expect(() => podFromManifest(podWith({ readinessGates: [{ type: 'x' }] }))).toThrow(/^spec\.readinessGates\[0\]/);
   });
 

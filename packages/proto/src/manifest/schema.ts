@@ -228,7 +228,7 @@ const podSecurityContext = z.strictObject({
   seccompProfile: seccompProfile.optional(),
   // A cell's volumes are made for the pod: their ownership is set once, either way (docs/kubernetes.md).
   fsGroupChangePolicy: z.enum(['OnRootMismatch', 'Always']).optional(),
-  // Merge is what the agent does; unsupported.ts refuses Strict.
+  // Strict: the pod's groups only, not those the image's /etc/group gives the user.
   supplementalGroupsPolicy: z.enum(['Merge', 'Strict']).optional(),
   seLinuxOptions: seLinuxOptions.optional(),
   appArmorProfile: appArmorProfile.optional(),

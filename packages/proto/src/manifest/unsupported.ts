@@ -40,8 +40,6 @@ export function refuseUnsupported(s: Spec): void {
     refuse(['spec', 'runtimeClassName'], `${s.runtimeClassName}: RuntimeClasses are not supported on a cell: it runs every container with its one runtime (runc)`);
   if (s.overhead && Object.keys(s.overhead).length)
     refuse(['spec', 'overhead'], "pod overhead (a RuntimeClass's) is not supported on a cell: the cell is sized from the containers' requests and limits");
-  if (s.securityContext?.supplementalGroupsPolicy === 'Strict')
-    refuse(['spec', 'securityContext', 'supplementalGroupsPolicy'], "Strict is not supported on a cell: the groups the image's /etc/group gives the user are always added (Merge)");
   appArmor(['spec', 'securityContext'], s.securityContext);
   const hostPathVolumes = new Set((s.volumes ?? []).filter((v) => v.hostPath !== undefined).map((v) => v.name));
   for (const kind of ['initContainers', 'containers'] as const) {
