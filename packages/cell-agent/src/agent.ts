@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { experimental, Server, ServerCredentials } from '@grpc/grpc-js';
 import type { RegistryConfig } from '@cello/image-puller';
-import { HealthService, joinHostPort, splitHostPort } from '@cello/proto';
+import { HealthService, joinHostPort, splitHostPort, type LineRing } from '@cello/proto';
 import { CellCertificatesService } from '@cello/proto/cell';
 import { createCertificateService, loadServerIdentity, type ServerIdentity } from './bootstrap/renewal.js';
 import type pino from 'pino';
@@ -27,7 +27,6 @@ import { startPortForwardStreamListener, type PortForwardStreamListener } from '
 import { agentPeerPolicy, peerAuthInterceptor, type PeerPolicy } from './server/peer-auth.js';
 import { Runc } from './runtime/runc.js';
 import { ensurePrivateDir, RUN_BASE } from './runtime/run-dir.js';
-import type { OwnLogs } from './own-logs.js';
 import { createService } from './server/service.js';
 import { createSyncServices } from './server/services.js';
 import { savedRegistries } from './server/configure-registries.js';
@@ -65,7 +64,7 @@ export interface AgentOptions {
   imageCacheDir?: string;
   logger: pino.Logger;
   /** The agent's own log lines kept for AgentLogs (cli.ts tees its logger into them). */
-  ownLogs?: OwnLogs;
+  ownLogs?: LineRing;
   runcBinary?: string;
   cgroupParent?: string;
   podNetns?: string;

@@ -10,7 +10,7 @@ import { firstBoot, prepareCellIdentity } from './bootstrap/index.js';
 import { GceMetadataClient, ImdsClient, watchInstanceNotices } from './cloud/index.js';
 import { registerCtl } from './ctl/ctl.js';
 import { createLogger, REDACT_CENSOR, REDACT_PATHS } from './log.js';
-import { OwnLogs } from './own-logs.js';
+import { LineRing, logProcessWarnings } from '@cello/proto';
 
 const program = new Command('cell-agent')
   .version(AGENT_VERSION)
@@ -103,8 +103,11 @@ program
       instanceNotices?: string;
       allowClient: string[];
     }) => {
-      const ownLogs = new OwnLogs();
+      // What AgentLogs streams.
+      const ownLogs = new LineRing(2 * 1024 * 1024);
       const logger = createLogger({ destination: ownLogs.tee() });
+      // The ECR instance profile loads the AWS SDK, which warns under Node < 22: one JSON line, not raw text.
+      logProcessWarnings(logger);
       // Checked before anything starts: a bad --instance-notices is refused, not found later.
       const source = noticeSource(o);
       const sources = [o.bootstrapUserData, o.userDataUrl, o.gceMetadataUrl].filter((x) => x !== undefined);

@@ -8,10 +8,12 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
+import { credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import {
   ApplyPodRequest,
+  CellAgentClient,
   CellCertificatesClient,
+  ConfigureRegistriesRequest,
   DeletePodRequest,
   GetInfoRequest,
   GetStatusRequest,
@@ -23,7 +25,6 @@ import {
   RequestRenewalRequest,
   StatsRequest,
   WatchStatusRequest,
-  type CellAgentClient,
   type GetStatusResponse,
   type PortForwardTicketResponse,
 } from '@cello/proto/cell';
@@ -104,6 +105,9 @@ function streamStatus(call: {
   });
 }
 
+// A configuration an attacker would like a cell to pull with: its own mirror for docker.io.
+const REGISTRIES_JSON = JSON.stringify({ registries: { 'docker.io': { mirrors: [{ host: 'attacker.example' }] } } });
+
 /** Every RPC on the agent's port, as [name, promise of its final status]. */
 function everyRpc(c: CellAgentClient, tls: ClientTls): Array<[string, Promise<{ code: number; details: string }>]> {
   const creds = agentCredentials(tls);
@@ -124,6 +128,7 @@ function everyRpc(c: CellAgentClient, tls: ClientTls): Array<[string, Promise<{ 
     ['Stats', settle(unary(c.stats.bind(c) as never, StatsRequest.fromPartial({})))],
     ['PullImage', settle(unary(c.pullImage.bind(c) as never, PullImageRequest.fromPartial({ image: 'busybox' })))],
     ['ListAudit', settle(unary(c.listAudit.bind(c) as never, ListAuditRequest.fromPartial({})))],
+    ['ConfigureRegistries', settle(unary(c.configureRegistries.bind(c) as never, ConfigureRegistriesRequest.fromPartial({ registriesJson: REGISTRIES_JSON })))],
     ['WatchStatus', streamStatus(c.watchStatus(WatchStatusRequest.fromPartial({})))],
     ['Logs', streamStatus(c.logs(LogsRequest.fromPartial({ container: 'c' })))],
     ['Exec', streamStatus(c.exec())],
@@ -178,6 +183,20 @@ describe('agent peers', () => {
       c.close();
     }
   }, 120_000);
+
+  it('ConfigureRegistries without a client certificate is refused, and nothing is kept', async () => {
+    const c = new CellAgentClient(addr, credentials.createSsl(readFileSync(pki.ca)));
+    try {
+      const e = (await unary(c.configureRegistries.bind(c) as never, ConfigureRegistriesRequest.fromPartial({ registriesJson: REGISTRIES_JSON })).catch(
+        (x: ServiceError) => x,
+      )) as ServiceError;
+      expect(e?.code, 'a client without a certificate must be refused').toBe(status.UNAVAILABLE);
+    } finally {
+      c.close();
+    }
+    // Neither this nor another cell's certificate (the test above) wrote the agent's saved configuration.
+    expect(existsSync(join(dirs[0]!, 'registries.json'))).toBe(false);
+  });
 
   it("serves the controller, and an operator identity listed with --allow-client (which may not renew the cell's certificate)", async () => {
     const controller = connectAgent(addr, tlsOf({ cert: pki.clientCert, key: pki.clientKey }));

@@ -377,6 +377,49 @@ describe.concurrent('shareProcessNamespace', () => {
   });
 });
 
+describe.concurrent('supplementalGroupsPolicy', () => {
+  // `id -G` in the unit: the process's real groups as runc set them.
+  async function groups(name: string, policy: string): Promise<string> {
+    const a = await agent();
+    const out = outDir();
+    await apply(a.client, {
+      pod: pod(name, {
+        restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
+        securityContext: { supplementalGroups: [7], fsGroup: 9, supplementalGroupsPolicy: policy },
+        volumes: [out.volume],
+        containers: [{ name: 'c', image: reg.busybox, volumeMounts: [out.mount], command: sh('id -G > /out/groups.tmp && mv /out/groups.tmp /out/groups') }],
+      }),
+    });
+    return waitFor(`${name}: id -G written`, () => read(join(out.dir, 'groups')).trim() || undefined, { timeoutMs: 60_000 });
+  }
+
+  // The fixture's /etc/group gives root no group, so both policies give the same groups here;
+  // what Strict leaves out (an /etc/group membership) is test/rules.test.ts's resolveUser case.
+  it('Strict and Merge: the primary group, supplementalGroups and fsGroup reach the unit', async () => {
+    const [strict, merged] = await Promise.all([groups('strict-groups', 'Strict'), groups('merged-groups', 'Merge')]);
+    expect(
+      strict
+        .split(' ')
+        .map(Number)
+        .sort((x, y) => x - y),
+    ).toEqual([0, 7, 9]);
+    expect(
+      merged
+        .split(' ')
+        .map(Number)
+        .sort((x, y) => x - y),
+    ).toEqual([0, 7, 9]);
+  });
+
+  it('refuses a policy it does not know, naming the field', async () => {
+    const a = await agent();
+    const err = (await apply(a.client, {
+      pod: pod('bad-policy', { securityContext: { supplementalGroupsPolicy: 'Loose' }, containers: [{ name: 'c', image: reg.busybox, command: ['true'] }] }),
+    }).catch((e: unknown) => e)) as { details?: string };
+    expect(err.details).toMatch(/spec\.securityContext\.supplementalGroupsPolicy: "Loose": must be Merge or Strict/);
+  });
+});
+
 describe.concurrent('emptyDir sizeLimit on disk', () => {
   const limited = { name: 'scratch', source: { $case: 'emptyDir', value: { medium: StorageMedium.STORAGE_MEDIUM_UNSPECIFIED, sizeLimitBytes: 1024 * 1024 } } };
   const writer = (kib: number) => ({

@@ -2,7 +2,7 @@
 // serves TLS with a private CA and wants a client certificate (real docker-registry, real runc).
 // Without the configuration the pod waits in ErrImagePull with the reason; with it, it runs.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -104,6 +104,25 @@ describe('agent --registry-config', () => {
     const file = join(pki.dir, 'bad.yaml');
     writeFileSync(file, `registries:\n  "${reg.host}": {caFile: missing.pem}\n`);
     await expect(startDaemon(['--registry-config', file])).rejects.toThrow(new RegExp(`registries\\["${reg.host}"\\]\\.caFile: cannot read missing\\.pem: ENOENT`));
+  });
+
+  it('a corrupt or unreadable STATE/registries.json stops the agent at start, naming the file and what to do', async () => {
+    const stateDir = mkdtempSync(join(tmpdir(), 'cello-regcfg-'));
+    const file = join(stateDir, 'registries.json');
+    const fix = /remove it and restart the agent: the controller sends it again when it next connects/;
+    writeFileSync(file, '{"registries": {', { mode: 0o600 });
+    const notJson = (await startDaemon([], stateDir).catch((e: unknown) => e)) as Error;
+    expect(notJson.message).toContain(`${file}: not valid JSON (`);
+    expect(notJson.message).toMatch(fix);
+    writeFileSync(file, JSON.stringify({ registries: { [reg.host]: { mirrors: [{ host: 'http://x' }] } } }), { mode: 0o600 });
+    const badField = (await startDaemon([], stateDir).catch((e: unknown) => e)) as Error;
+    expect(badField.message).toMatch(new RegExp(`${file.replace(/[.]/g, '\\.')}: registries\\[".*"\\]\\.mirrors\\[0\\]\\.host`));
+    expect(badField.message).toMatch(fix);
+    rmSync(file);
+    mkdirSync(file); // read fails (EISDIR): not taken for "no saved configuration"
+    const unreadable = (await startDaemon([], stateDir).catch((e: unknown) => e)) as Error;
+    expect(unreadable.message).toContain(`${file}: cannot read it (`);
+    expect(unreadable.message).toMatch(fix);
   });
 
   // What a remote cell gets instead of a file: the controller's configuration over the agent API.

@@ -46,6 +46,9 @@ describe('user resolution from the image', () => {
     expect(resolveUser({ layers: [root], imageUser: 'web:logs' })).toMatchObject({ uid: 33, gid: 4, additionalGids: [] });
     expect(resolveUser({ layers: [root], imageUser: '1000:1000' })).toMatchObject({ uid: 1000, gid: 1000 });
     expect(resolveUser({ layers: [root], imageUser: 'web', runAsUser: 0, supplementalGroups: [7], fsGroup: 9 })).toMatchObject({ uid: 0, gid: 0, additionalGids: [7, 9] });
+    // supplementalGroupsPolicy Strict: the pod's groups only, not /etc/group's (web is in group 4).
+    expect(resolveUser({ layers: [root], imageUser: 'web', supplementalGroups: [7], fsGroup: 9, strictGroups: true })).toMatchObject({ uid: 33, gid: 33, additionalGids: [7, 9] });
+    expect(resolveUser({ layers: [root], imageUser: 'web', supplementalGroups: [7], fsGroup: 9 })).toMatchObject({ uid: 33, gid: 33, additionalGids: [4, 7, 9] });
     expect(() => resolveUser({ layers: [root], imageUser: 'ghost' })).toThrow(/unable to find user ghost/);
   });
   it('reads the topmost layer that has the file, and honours whiteouts', () => {

@@ -1,7 +1,7 @@
 // Assembles a running controller from its configuration: store, provider, API server, metrics
 // endpoint, and the reconciler, which runs only while this process holds the store's
 // leadership (so two controllers on one etcd never both act).
-import { joinHostPort, splitHostPort } from '@cello/proto';
+import { joinHostPort, splitHostPort, type LineRing } from '@cello/proto';
 import { createServer, type Server as HttpServer } from 'node:http';
 import { credentials } from '@grpc/grpc-js';
 import { hostname } from 'node:os';
@@ -23,7 +23,6 @@ import { ControllerApi } from './api/server.js';
 import { apiSecurityFromConfig, dialAddress } from './api/auth/from-config.js';
 import { Metrics } from './obs/metrics.js';
 import type { Logger } from './obs/logger.js';
-import type { LogRing } from './obs/log-ring.js';
 import type { Config } from './config.js';
 import { startVirtualNodeFromConfig } from './k8s/from-config.js';
 import type { ClusterDNS } from '@cello/proto/cell';
@@ -58,7 +57,7 @@ export interface StartOptions {
   candidate?: string;
   tickMs?: number;
   /** This process's recent log lines, shipped by `cellctl dump` (bin/controller.ts tees its logger into one). */
-  logRing?: LogRing;
+  logRing?: LineRing;
   /** Called when the controller cannot go on (its store closed under it); the daemon exits. */
   onFatal?: (err: Error) => void;
 }

@@ -19,6 +19,8 @@ export {
 export { parseQuantity, parseCpuMillis, parseBytes, parseCount, formatCpuMillis, formatBytes, QuantityError } from './quantity.js';
 export { splitHostPort, joinHostPort, freePort, HostPortError } from './net.js';
 export { REDACT_PATHS, REDACT_CENSOR } from './redact.js';
+export { LineRing } from './line-ring.js';
+export { logProcessWarnings, type WarningLog } from './process-warnings.js';
 export { CelloError, type ErrorCode, grpcStatus, grpcCodeName, toStatus, errMsg } from './errors.js';
 export { LINUX_STOP_SIGNALS } from './signals.js';
 export { parseSpiffeId, isSpiffeName, type SpiffeId, type SpiffeKind } from './spiffe.js';

@@ -4,7 +4,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
-import { kubePod, ManifestError, podFromManifest, readManifests } from '../src/index.js';
+import { kubePod, kubePodSpec, ManifestError, podFromManifest, readManifests } from '../src/index.js';
 
 const FULL = `
 apiVersion: v1
@@ -251,6 +251,31 @@ describe('podFromManifest', () => {
         /^spec\.volumes\[0\]\.projected\.sources\[0\]\.clusterTrustBundle: ClusterTrustBundle projections are not supported/,
       ],
       [{}, { securityContext: { procMount: 'Sideways' } }, /^spec\.containers\[0\]\.securityContext\.procMount: must be one of "Default", "Unmasked"/],
+      [{ runtimeClassName: 'gvisor' }, {}, /^spec\.runtimeClassName: gvisor: RuntimeClasses are not supported on a cell/],
+      [{ overhead: { cpu: '250m' } }, {}, /^spec\.overhead: pod overhead \(a RuntimeClass's\) is not supported on a cell/],
+      [{ securityContext: { supplementalGroupsPolicy: 'Loose' } }, {}, /^spec\.securityContext\.supplementalGroupsPolicy: must be one of "Merge", "Strict"/],
+      [{ securityContext: { fsGroupChangePolicy: 'Never' } }, {}, /^spec\.securityContext\.fsGroupChangePolicy: must be one of "OnRootMismatch", "Always"/],
+      [{ securityContext: { seLinuxChangePolicy: 'Sometimes' } }, {}, /^spec\.securityContext\.seLinuxChangePolicy: must be one of "MountOption", "Recursive"/],
+      [
+        {},
+        { volumeMounts: [{ name: 'v', mountPath: '/v', recursiveReadOnly: 'Enabled' }] },
+        /^spec\.containers\[0\]\.volumeMounts\[0\]\.recursiveReadOnly: Enabled requires readOnly: true/,
+      ],
+      [
+        {},
+        { volumeMounts: [{ name: 'v', mountPath: '/v', readOnly: false, recursiveReadOnly: 'IfPossible' }] },
+        /^spec\.containers\[0\]\.volumeMounts\[0\]\.recursiveReadOnly: IfPossible requires readOnly: true/,
+      ],
+      [
+        { volumes: [{ name: 'v', hostPath: { path: '/srv' } }] },
+        { volumeMounts: [{ name: 'v', mountPath: '/v', readOnly: true, recursiveReadOnly: 'Enabled' }] },
+        /^spec\.containers\[0\]\.volumeMounts\[0\]\.recursiveReadOnly: Enabled is not supported on a hostPath volume on a cell/,
+      ],
+      [
+        {},
+        { volumeMounts: [{ name: 'v', mountPath: '/v', readOnly: true, recursiveReadOnly: 'Always' }] },
+        /^spec\.containers\[0\]\.volumeMounts\[0\]\.recursiveReadOnly: must be one of/,
+      ],
     ];
     for (const [spec, container, message] of refused) expect(() => podFromManifest(podWith(spec, container)), JSON.stringify([spec, container])).toThrow(message);
     // What a kubelet on a node without SELinux or AppArmor runs as asked (or, for the rest, means nothing to it).
@@ -262,15 +287,39 @@ describe('podFromManifest', () => {
         enableServiceLinks: false,
         automountServiceAccountToken: false,
         readinessGates: [{ conditionType: 'example.com/ready' }],
-        securityContext: { appArmorProfile: { type: 'Unconfined' }, seLinuxOptions: { level: 's0:c1,c2' } },
+        securityContext: {
+          appArmorProfile: { type: 'Unconfined' },
+          seLinuxOptions: { level: 's0:c1,c2' },
+          seLinuxChangePolicy: 'Recursive',
+          fsGroup: 2000,
+          fsGroupChangePolicy: 'OnRootMismatch',
+          supplementalGroupsPolicy: 'Merge',
+        },
+        runtimeClassName: '',
+        overhead: {},
       },
       {
-        volumeMounts: [{ name: 'v', mountPath: '/v', mountPropagation: 'None' }],
+        volumeMounts: [
+          { name: 'v', mountPath: '/v', mountPropagation: 'None', readOnly: true, recursiveReadOnly: 'Enabled' },
+          { name: 'v', mountPath: '/w', readOnly: true, recursiveReadOnly: 'IfPossible' },
+          { name: 'v', mountPath: '/x', recursiveReadOnly: 'Disabled' },
+        ],
         securityContext: { procMount: 'Default', seLinuxOptions: { type: 'spc_t' } },
         resizePolicy: [{ resourceName: 'cpu', restartPolicy: 'NotRequired' }],
       },
     );
     expect(podFromManifest(ok).pod.metadata!.name).toBe('a');
+    // IfPossible on a hostPath: read-only, its submounts as they are (what IfPossible allows).
+    const hostPathIfPossible = podWith(
+      { volumes: [{ name: 'v', hostPath: { path: '/srv' } }] },
+      { volumeMounts: [{ name: 'v', mountPath: '/v', readOnly: true, recursiveReadOnly: 'IfPossible' }] },
+    );
+    expect(podFromManifest(hostPathIfPossible).pod.spec!.containers[0]!.volumeMounts[0]!.readOnly).toBe(true);
+    // supplementalGroupsPolicy reaches the agent (which honours Strict), and prints back for kubectl.
+    const strict = podFromManifest(podWith({ securityContext: { supplementalGroups: [7], supplementalGroupsPolicy: 'Strict' } })).pod;
+    expect(strict.spec!.securityContext!.supplementalGroupsPolicy).toBe('Strict');
+    expect(kubePodSpec(strict.spec!).securityContext).toMatchObject({ supplementalGroups: [7], supplementalGroupsPolicy: 'Strict' });
+    expect(podFromManifest(ok).pod.spec!.securityContext!.supplementalGroupsPolicy).toBe('Merge');
     expect(() => podFromManifest(podWith({ readinessGates: [{ type: 'x' }] }))).toThrow(/^spec\.readinessGates\[0\]/);
   });
 

@@ -116,6 +116,7 @@ export async function buildContainerConfig(x: ContainerConfigInput): Promise<Rec
       runAsGroup: sc?.runAsGroup ?? psc?.runAsGroup,
       supplementalGroups: psc?.supplementalGroups ?? [],
       fsGroup: psc?.fsGroup,
+      strictGroups: psc?.supplementalGroupsPolicy === 'Strict',
     });
   } catch (err) {
     if (err instanceof UserError) throw new ConfigError(err.message);

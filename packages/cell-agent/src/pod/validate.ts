@@ -57,6 +57,8 @@ export function validateApply(req: ApplyPodRequest): void {
   // shares the PID or IPC namespace the agent runs in.
   if (spec.hostPid) fail('spec.hostPID', "is not supported on a cell: the pod would share the cell agent's PID namespace");
   if (spec.hostIpc) fail('spec.hostIPC', "is not supported on a cell: the pod would share the cell agent's IPC namespace");
+  const groupsPolicy = spec.securityContext?.supplementalGroupsPolicy ?? '';
+  if (!['', 'Merge', 'Strict'].includes(groupsPolicy)) fail('spec.securityContext.supplementalGroupsPolicy', `"${groupsPolicy}": must be Merge or Strict`);
   const hostPorts = new Map<string, { field: string; hostIp: string }[]>();
   const volumes = new Set<string>();
   for (const [i, v] of spec.volumes.entries()) {

@@ -86,6 +86,8 @@ export function resolveUser(opts: {
   runAsGroup?: number | undefined;
   supplementalGroups?: number[];
   fsGroup?: number | undefined;
+  /** supplementalGroupsPolicy Strict: not the groups the image's /etc/group gives the user. */
+  strictGroups?: boolean;
 }): ResolvedUser {
   const passwd = parsePasswd(readImageFile(opts.layers, '/etc/passwd'));
   const groups = parseGroup(readImageFile(opts.layers, '/etc/group'));
@@ -118,7 +120,7 @@ export function resolveUser(opts: {
   }
   if (gid === undefined) gid = entry?.gid ?? 0;
   const extra = new Set<number>();
-  if (entry) for (const g of groups) if (g.members.includes(entry.name) && g.gid !== gid) extra.add(g.gid);
+  if (entry && !opts.strictGroups) for (const g of groups) if (g.members.includes(entry.name) && g.gid !== gid) extra.add(g.gid);
   for (const g of opts.supplementalGroups ?? []) extra.add(g);
   if (opts.fsGroup !== undefined) extra.add(opts.fsGroup);
   extra.delete(gid);

@@ -5,6 +5,7 @@
 // restarted agent pulls the same way, then applied to every later pull.
 import { status as Status, type sendUnaryData, type ServerUnaryCall } from '@grpc/grpc-js';
 import { parseRegistryConfig, type RegistryConfig } from '@cello/image-puller';
+import { CelloError, errMsg } from '@cello/proto';
 import type { ConfigureRegistriesRequest, ConfigureRegistriesResponse } from '@cello/proto/cell';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,15 +13,33 @@ import type pino from 'pino';
 
 export const REGISTRIES_FILE = 'registries.json';
 
-/** The configuration a controller sent before this agent restarted, if any. */
+/**
+ * The configuration a controller sent before this agent restarted, if any. A file that cannot be
+ * read or parsed stops the start, naming the file and what to do: pulling without it would fail
+ * later, far from the cause.
+ */
 export function savedRegistries(stateDir: string): RegistryConfig | undefined {
+  const file = join(stateDir, REGISTRIES_FILE);
+  const fix = 'it holds the registry configuration a controller sent (ConfigureRegistries); remove it and restart the agent: the controller sends it again when it next connects';
   let text: string;
   try {
-    text = readFileSync(join(stateDir, REGISTRIES_FILE), 'utf8');
-  } catch {
-    return undefined;
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new CelloError('FailedPrecondition', `${file}: cannot read it (${errMsg(err)}); ${fix}`, { cause: err });
   }
-  return parseRegistryConfig((JSON.parse(text) as { registries?: unknown }).registries ?? {}, { field: `${REGISTRIES_FILE}: registries` });
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new CelloError('FailedPrecondition', `${file}: not valid JSON (${errMsg(err)}); ${fix}`, { cause: err });
+  }
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new CelloError('FailedPrecondition', `${file}: expected {"registries": {...}}; ${fix}`);
+  try {
+    return parseRegistryConfig((raw as { registries?: unknown }).registries ?? {}, { field: 'registries' });
+  } catch (err) {
+    throw new CelloError('FailedPrecondition', `${file}: ${errMsg(err)}; ${fix}`, { cause: err });
+  }
 }
 
 export function configureRegistriesHandler(o: { stateDir: string; apply: (r: RegistryConfig) => void; log: pino.Logger }) {

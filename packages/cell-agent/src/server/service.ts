@@ -4,7 +4,7 @@ import os from 'node:os';
 import { type ServerUnaryCall, type sendUnaryData, type ServerWritableStream, status as Status } from '@grpc/grpc-js';
 import type { CellAgentServer, CellNotice, GetStatusResponse, WatchStatusEvent, WatchStatusRequest, Event } from '@cello/proto/cell';
 import type pino from 'pino';
-import { toStatus } from '@cello/proto';
+import { toStatus, type LineRing } from '@cello/proto';
 import type { PodManager } from '../pod/pod-manager.js';
 import type { AgentMetrics } from '../metrics/index.js';
 import type { StreamRpcs } from './stream-handlers.js';
@@ -13,7 +13,6 @@ import type { RegistryConfig } from '@cello/image-puller';
 import { pullImageHandler } from './pull-image.js';
 import { configureRegistriesHandler } from './configure-registries.js';
 import { agentLogsRpc } from './streams/agent-logs.js';
-import type { OwnLogs } from '../own-logs.js';
 
 export interface ServiceDeps {
   pod: PodManager;
@@ -28,7 +27,7 @@ export interface ServiceDeps {
   /** Where ConfigureRegistries keeps and applies what it is sent; UNIMPLEMENTED without it. */
   registries?: { stateDir: string; apply: (r: RegistryConfig) => void };
   /** The agent's own log lines (AgentLogs); FAILED_PRECONDITION without them. */
-  ownLogs?: OwnLogs;
+  ownLogs?: LineRing;
 }
 
 function unimplemented(name: string) {

@@ -4,7 +4,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, loadConfig } from '../config.js';
 import { startController } from '../daemon.js';
 import { createLogger } from '../obs/logger.js';
-import { LogRing } from '../obs/log-ring.js';
+import { LineRing, logProcessWarnings } from '@cello/proto';
 import { VERSION } from '../version.js';
 import { issueUser } from '../api/auth/issue-user.js';
 import { formatPreflightTable, preflightConfig, preflightFailed, preflightFile } from '../preflight/index.js';
@@ -182,8 +182,11 @@ async function main(): Promise<void> {
     process.stdout.write(`${opts.config}: ok\n`);
     return;
   }
-  const logRing = new LogRing();
+  // The recent lines `cellctl dump` ships.
+  const logRing = new LineRing(4 * 1024 * 1024);
   const log = createLogger({ level: config.log.level, destination: logRing.tee() });
+  // Before preflight, which may make the first AWS client (and so its Node version warning).
+  logProcessWarnings(log);
   if (opts.skipPreflight) log.warn('preflight skipped (--skip-preflight)');
   else {
     const results = await preflightConfig(config, { log });

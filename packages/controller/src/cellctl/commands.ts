@@ -4,12 +4,13 @@ import { createServer, type Socket } from 'node:net';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { extname, join } from 'node:path';
 import { Command, Option, InvalidArgumentError } from 'commander';
-import { credentials, Metadata, status as Status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
+import { credentials, status as Status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
 import { parseAllDocuments, stringify } from 'yaml';
 import { ExecInput, LogsRequest as AgentLogsRequest, PortForwardFrame, type AgentLogChunk, type ExecOutput, type LogChunk } from '@cello/proto/cell';
-import { ControllerClient, EventType, ListEventsRequest, type Cell, type CellEvent, type ClusterEvent, type PodEvent, type PodObject, type PodRef } from '@cello/proto/controller';
+import { ControllerClient, EventType, type Cell, type CellEvent, type PodEvent, type PodObject, type PodRef } from '@cello/proto/controller';
 import { VERSION } from '../version.js';
 import { addSupportCommands } from './support-commands.js';
+import { unary } from './unary.js';
 import { cellHeader, cellRow, describePod, podHeader, podRow, render, table } from './format.js';
 import { kubeOutput, names } from './kube-output.js';
 import { JsonPathError, jsonPath, parseTemplate } from './jsonpath.js';
@@ -84,13 +85,6 @@ function connect(g: Globals): ControllerClient {
     ...API_CHANNEL_OPTIONS,
     'grpc.max_receive_message_length': 64 * 1024 * 1024,
     'grpc-node.flow_control_window': 8 << 20,
-  });
-}
-
-function call<Req, Res>(client: ControllerClient, method: string, req: Req, timeoutMs = 30_000): Promise<Res> {
-  return new Promise((resolve, reject) => {
-    const fn = (client as unknown as Record<string, (...a: unknown[]) => unknown>)[method]!;
-    fn.call(client, req, new Metadata(), { deadline: Date.now() + timeoutMs }, (err: ServiceError | null, res: Res) => (err ? reject(err) : resolve(res)));
   });
 }
 
@@ -273,7 +267,7 @@ async function portForward(g: Globals, pod: string, specs: string[]): Promise<vo
     return { local, remote };
   });
   // Fail early, like kubectl, when the pod cannot be reached.
-  await call(client, 'getPod', { pod: ref(g, pod) }).catch((err) => {
+  await unary(client, 'getPod', { pod: ref(g, pod) }).catch((err) => {
     throw explain(err, g);
   });
   for (const { local, remote } of pairs) {
@@ -388,9 +382,8 @@ Examples:
                     .map((d) => d.toJSON() as { kind?: string; metadata?: { name?: string; namespace?: string } })
                     .find((d) => d?.kind === 'Pod') ?? {}
                 ).metadata;
-                if (name?.name)
-                  before = await call<unknown, PodObject>(client, 'getPod', { pod: { namespace: name.namespace || g().namespace, name: name.name } }).catch(() => undefined);
-                const pod = await call<unknown, PodObject>(client, 'applyPod', { manifest, namespace: g().namespace, dryRun: !!o.dryRun });
+                if (name?.name) before = await unary(client, 'getPod', { pod: { namespace: name.namespace || g().namespace, name: name.name } }).catch(() => undefined);
+                const pod = await unary(client, 'applyPod', { manifest, namespace: g().namespace, dryRun: !!o.dryRun });
                 const what = !before
                   ? 'created'
                   : before.metadata?.generation === pod.metadata?.generation && before.metadata?.resourceVersion === pod.metadata?.resourceVersion
@@ -451,8 +444,8 @@ Examples:
           return;
         }
         let pods: PodObject[];
-        if (name) pods = [await call<unknown, PodObject>(client, 'getPod', { pod: ref(g(), name) })];
-        else pods = (await call<unknown, { pods: PodObject[] }>(client, 'listPods', { namespace: ns, labelSelector: o.selector ?? '' })).pods;
+        if (name) pods = [await unary(client, 'getPod', { pod: ref(g(), name) })];
+        else pods = (await unary(client, 'listPods', { namespace: ns, labelSelector: o.selector ?? '' })).pods;
         if (o.output && o.output !== 'wide') process.stdout.write(printObjects(o.output, 'pod', pods, !!name));
         else if (pods.length === 0) process.stderr.write(`No resources found${allNs ? '' : ` in ${ns} namespace`}.\n`);
         else process.stdout.write(table([podHeader(wide, allNs), ...pods.map((p) => podRow(p, wide, allNs))]));
@@ -488,7 +481,7 @@ Examples:
           });
           return;
         }
-        let cells = (await call<unknown, { cells: Cell[] }>(client, 'listCells', {})).cells;
+        let cells = (await unary(client, 'listCells', {})).cells;
         if (name) {
           cells = cells.filter((c) => c.id === name);
           if (cells.length === 0) throw new CliError(`error: cell ${name} not found`);
@@ -508,9 +501,9 @@ Examples:
       run(async (kind: string, name: string) => {
         if (!['pod', 'pods', 'po'].includes(kind)) throw new CliError(`error: cannot describe "${kind}": only pods`);
         const client = connect(g());
-        const pod = await call<unknown, PodObject>(client, 'getPod', { pod: ref(g(), name) });
-        const cells = pod.cellId ? (await call<unknown, { cells: Cell[] }>(client, 'listCells', {})).cells : [];
-        const events = (await call<unknown, { events: ClusterEvent[] }>(client, 'listEvents', ListEventsRequest.fromPartial({ pod: ref(g(), name), limit: 50 }))).events;
+        const pod = await unary(client, 'getPod', { pod: ref(g(), name) });
+        const cells = pod.cellId ? (await unary(client, 'listCells', {})).cells : [];
+        const events = (await unary(client, 'listEvents', { pod: ref(g(), name), limit: 50 })).events;
         process.stdout.write(
           describePod(
             pod,
@@ -615,7 +608,7 @@ Examples:
         await Promise.all(
           names.map(async (name) => {
             try {
-              await call(
+              await unary(
                 client,
                 'deletePod',
                 { pod: ref(g(), name), wait: o.wait, ...(o.grace !== undefined ? { gracePeriodSeconds: o.grace } : {}) },
@@ -638,7 +631,7 @@ Examples:
     client: () => connect(g()),
     namespace: () => g().namespace,
     run,
-    call: (method, req, timeoutMs) => call(connect(g()), method, req, timeoutMs),
+    call: (method, req, timeoutMs) => unary(connect(g()), method, req, timeoutMs),
     explain: (err) => explain(err, g()),
     usage: (message) => new CliError(message),
   });
@@ -688,7 +681,7 @@ Examples:
     .action(
       run(async () => {
         process.stdout.write(`Client Version: ${VERSION}\n`);
-        const v = await call<unknown, { version: string; controllerId: string; store: string; provider: string }>(connect(g()), 'version', {}, 5000);
+        const v = await unary(connect(g()), 'version', {}, 5000);
         process.stdout.write(`Server Version: ${v.version} (controller ${v.controllerId}, store ${v.store}, provider ${v.provider}) at ${g().server}\n`);
       }),
     );

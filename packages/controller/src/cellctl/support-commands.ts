@@ -6,14 +6,16 @@ import { finished } from 'node:stream/promises';
 import type { Command } from 'commander';
 import { Option } from 'commander';
 import type { ServiceError } from '@grpc/grpc-js';
-import { AuditSession, ClusterEvent, ListEventsRequest, type ControllerClient, type CellUsage, type PodUsage, type SupportBundleChunk } from '@cello/proto/controller';
+import { AuditSession, ClusterEvent, ListEventsRequest, type ControllerClient, type DeepPartial, type PodUsage, type SupportBundleChunk } from '@cello/proto/controller';
 import { age, render, table } from './format.js';
+import type { RequestOf, ResponseOf, UnaryMethod } from './unary.js';
 
 export interface CommandContext {
   client(): ControllerClient;
   namespace(): string;
   run<A extends unknown[]>(fn: (...a: A) => Promise<number | void>): (...args: A) => Promise<void>;
-  call<Res>(method: string, req: unknown, timeoutMs?: number): Promise<Res>;
+  /** A unary call, its request built by the generated fromPartial (unary.ts). */
+  call<M extends UnaryMethod>(method: M, req: DeepPartial<RequestOf<M>>, timeoutMs?: number): Promise<ResponseOf<M>>;
   /** A stream's error as cellctl reports it (unreachable, forbidden, ...). */
   explain(err: ServiceError): Error;
   /** An error of the command line itself (exit 1 with this message). */
@@ -67,7 +69,7 @@ export function addSupportCommands(program: Command, c: CommandContext): void {
           await awaitStream(stream, (err) => c.explain(err));
           return;
         }
-        const { events } = await c.call<{ events: ClusterEvent[] }>('listEvents', req);
+        const { events } = await c.call('listEvents', req);
         if (o.output) process.stdout.write(render(o.output, { items: events.map((e) => ClusterEvent.toJSON(e)) }));
         else if (events.length === 0) process.stderr.write('No events found.\n');
         else process.stdout.write(table([header, ...events.map((e) => eventRow(e, allNs))]));
@@ -84,7 +86,7 @@ export function addSupportCommands(program: Command, c: CommandContext): void {
     .action(
       c.run(async (o: { allNamespaces?: boolean; containers?: boolean }) => {
         const allNs = !!o.allNamespaces;
-        const r = await c.call<{ pods: PodUsage[]; unavailable: string[] }>('topPods', { namespace: allNs ? '' : c.namespace() });
+        const r = await c.call('topPods', { namespace: allNs ? '' : c.namespace() });
         for (const u of r.unavailable) process.stderr.write(`warning: no statistics for ${u}\n`);
         if (r.pods.length === 0) {
           process.stderr.write(`No running pods${allNs ? '' : ` in ${c.namespace()} namespace`}.\n`);
@@ -110,7 +112,7 @@ export function addSupportCommands(program: Command, c: CommandContext): void {
     .description('CPU and memory of each serving cell (the whole instance, its agent included)')
     .action(
       c.run(async () => {
-        const r = await c.call<{ cells: CellUsage[]; unavailable: string[] }>('topCells', {});
+        const r = await c.call('topCells', {});
         for (const u of r.unavailable) process.stderr.write(`warning: no statistics for cell ${u}\n`);
         if (r.cells.length === 0) {
           process.stderr.write('No serving cells.\n');
@@ -146,7 +148,7 @@ export function addSupportCommands(program: Command, c: CommandContext): void {
       c.run(async (pod: string | undefined, o: { allNamespaces?: boolean; limit?: number; output?: 'json' | 'yaml' }) => {
         if (pod && o.allNamespaces) throw c.usage('error: a pod name and --all-namespaces: name one or the other');
         const req = { pod: o.allNamespaces ? { namespace: '', name: '' } : { namespace: c.namespace(), name: pod ?? '' }, limit: o.limit ?? 0 };
-        const { sessions } = await c.call<{ sessions: AuditSession[] }>('listAudit', req);
+        const { sessions } = await c.call('listAudit', req);
         if (o.output) {
           process.stdout.write(render(o.output, { items: sessions.map((s) => AuditSession.toJSON(s)) }));
           return;

@@ -20,7 +20,7 @@ import { tarGz, type TarEntry } from './tar.js';
 export interface SupportSources {
   /** The controller's configuration (parsed); redacted here. */
   config?: unknown;
-  /** This process's recent log lines (obs/log-ring.ts). */
+  /** This process's recent log lines (LineRing from @cello/proto). */
   logs?: () => string;
 }
 
@@ -88,7 +88,7 @@ export async function buildSupportBundle(o: BundleInput): Promise<Buffer> {
     { name: `${DIR}/controller.log`, data: o.logs ? redactLogLines(o.logs()) : '# this API server keeps no log lines (embedded use)\n' },
     ...live.map((c, i) => ({ name: `${DIR}/agents/${c.id}.log`, data: agentLogs[i]! })),
   ];
-  return tarGz(entries, Math.floor(at.getTime() / 1000));
+  return await tarGz(entries, Math.floor(at.getTime() / 1000));
 }
 
 const AGENT_LOG_LINES = 2000;

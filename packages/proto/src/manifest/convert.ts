@@ -551,6 +551,7 @@ export function convertPod(obj: unknown, defaults: { namespace?: string } = {}):
             runAsNonRoot: psc.runAsNonRoot,
             fsGroup: psc.fsGroup,
             supplementalGroups: psc.supplementalGroups ?? [],
+            supplementalGroupsPolicy: psc.supplementalGroupsPolicy ?? '',
             sysctls: psc.sysctls ?? [],
             seccompProfile: seccomp(psc.seccompProfile, ['spec', 'securityContext', 'seccompProfile']),
           }

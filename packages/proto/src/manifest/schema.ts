@@ -68,7 +68,8 @@ const volumeMount = z.strictObject({
   subPathExpr: str.optional(),
   // None only: a cell has no host mounts to propagate (unsupported.ts refuses the others).
   mountPropagation: z.enum(['None', 'HostToContainer', 'Bidirectional']).optional(),
-  recursiveReadOnly: ignored,
+  // Checked in unsupported.ts: Enabled only where read-only is already recursive on a cell.
+  recursiveReadOnly: z.enum(['Disabled', 'IfPossible', 'Enabled']).optional(),
 });
 
 const resourceList = z.record(z.string(), quantity);
@@ -225,13 +226,16 @@ const podSecurityContext = z.strictObject({
   supplementalGroups: z.array(int).optional(),
   sysctls: z.array(z.strictObject({ name: str, value: str })).optional(),
   seccompProfile: seccompProfile.optional(),
-  fsGroupChangePolicy: ignored,
-  supplementalGroupsPolicy: ignored,
+  // A cell's volumes are made for the pod: their ownership is set once, either way (docs/kubernetes.md).
+  fsGroupChangePolicy: z.enum(['OnRootMismatch', 'Always']).optional(),
+  // Strict: the pod's groups only, not those the image's /etc/group gives the user.
+  supplementalGroupsPolicy: z.enum(['Merge', 'Strict']).optional(),
   seLinuxOptions: seLinuxOptions.optional(),
   appArmorProfile: appArmorProfile.optional(),
   // Windows only, as above.
   windowsOptions: ignored,
-  seLinuxChangePolicy: ignored,
+  // Like seLinuxOptions: nothing to relabel on a kernel that enforces no SELinux policy.
+  seLinuxChangePolicy: z.enum(['MountOption', 'Recursive']).optional(),
 });
 
 export const podSpec = z.strictObject({
@@ -295,8 +299,9 @@ export const podSpec = z.strictObject({
   // Honoured by the API server's ServiceAccount admission, which adds the token volume only when
   // neither the pod nor its ServiceAccount says false; the virtual node mounts what the pod has.
   automountServiceAccountToken: z.boolean().optional(),
-  runtimeClassName: ignored,
-  overhead: ignored,
+  // Refused in unsupported.ts: a cell has one runtime, and is sized from the containers.
+  runtimeClassName: str.optional(),
+  overhead: resourceList.optional(),
   // Read by the virtual node: Ready also waits for each gate's condition (k8s/node/status.ts).
   readinessGates: z.array(z.strictObject({ conditionType: str })).optional(),
   hostNetwork: z.boolean().optional(),

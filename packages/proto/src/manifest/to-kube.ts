@@ -308,6 +308,7 @@ export function kubePodSpec(s: PodSpec): Obj {
           runAsNonRoot: psc.runAsNonRoot,
           fsGroup: psc.fsGroup,
           supplementalGroups: nonEmpty(psc.supplementalGroups),
+          supplementalGroupsPolicy: psc.supplementalGroupsPolicy || undefined,
           sysctls: nonEmpty(psc.sysctls),
           seccompProfile: seccomp(psc.seccompProfile),
         })

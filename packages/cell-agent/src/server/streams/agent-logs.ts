@@ -1,14 +1,14 @@
-// AgentLogs: the agent's own log lines (own-logs.ts), the kept tail, then new lines while the
+// AgentLogs: the agent's own log lines (a LineRing from @cello/proto), the kept tail, then new lines while the
 // caller follows. A slow reader is paused on, not buffered without bound: past a megabyte
 // queued, the stream ends with RESOURCE_EXHAUSTED.
 import { status as Status } from '@grpc/grpc-js';
 import { AgentLogChunk, type CellAgentServer } from '@cello/proto/cell';
-import type { OwnLogs } from '../../own-logs.js';
+import type { LineRing } from '@cello/proto';
 import { grpcError } from './context.js';
 
 const MAX_QUEUED_BYTES = 1 << 20;
 
-export function agentLogsRpc(own: OwnLogs | undefined): CellAgentServer['agentLogs'] {
+export function agentLogsRpc(own: LineRing | undefined): CellAgentServer['agentLogs'] {
   return (call) => {
     if (!own) {
       call.emit('error', grpcError(Status.FAILED_PRECONDITION, 'this agent keeps no log of its own in memory (embedded use)'));

@@ -677,7 +677,14 @@ export interface PodSecurityContext {
   fsGroup?: number | undefined;
   supplementalGroups: number[];
   sysctls: Sysctl[];
-  seccompProfile: SeccompProfile | undefined;
+  seccompProfile:
+    | SeccompProfile
+    | undefined;
+  /**
+   * Kubernetes' supplementalGroupsPolicy: "" or "Merge" adds the groups the image's /etc/group
+   * gives the user; "Strict" only runAsGroup/the user's gid, supplementalGroups and fsGroup.
+   */
+  supplementalGroupsPolicy: string;
 }
 
 export interface DNSConfigOption {
@@ -5528,6 +5535,7 @@ function createBasePodSecurityContext(): PodSecurityContext {
     supplementalGroups: [],
     sysctls: [],
     seccompProfile: undefined,
+    supplementalGroupsPolicy: "",
   };
 }
 
@@ -5557,6 +5565,9 @@ export const PodSecurityContext: MessageFns<PodSecurityContext> = {
     }
     if (message.seccompProfile !== undefined) {
       SeccompProfile.encode(message.seccompProfile, writer.uint32(58).fork()).join();
+    }
+    if (message.supplementalGroupsPolicy !== "") {
+      writer.uint32(66).string(message.supplementalGroupsPolicy);
     }
     return writer;
   },
@@ -5640,6 +5651,14 @@ export const PodSecurityContext: MessageFns<PodSecurityContext> = {
             message.seccompProfile = SeccompProfile.decode(reader, reader.uint32());
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.supplementalGroupsPolicy = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5685,6 +5704,11 @@ export const PodSecurityContext: MessageFns<PodSecurityContext> = {
         : isSet(object.seccomp_profile)
         ? SeccompProfile.fromJSON(object.seccomp_profile)
         : undefined,
+      supplementalGroupsPolicy: isSet(object.supplementalGroupsPolicy)
+        ? globalThis.String(object.supplementalGroupsPolicy)
+        : isSet(object.supplemental_groups_policy)
+        ? globalThis.String(object.supplemental_groups_policy)
+        : "",
     };
   },
 
@@ -5711,6 +5735,9 @@ export const PodSecurityContext: MessageFns<PodSecurityContext> = {
     if (message.seccompProfile !== undefined) {
       obj.seccompProfile = SeccompProfile.toJSON(message.seccompProfile);
     }
+    if (message.supplementalGroupsPolicy !== "") {
+      obj.supplementalGroupsPolicy = message.supplementalGroupsPolicy;
+    }
     return obj;
   },
 
@@ -5728,6 +5755,7 @@ export const PodSecurityContext: MessageFns<PodSecurityContext> = {
     message.seccompProfile = (object.seccompProfile !== undefined && object.seccompProfile !== null)
       ? SeccompProfile.fromPartial(object.seccompProfile)
       : undefined;
+    message.supplementalGroupsPolicy = object.supplementalGroupsPolicy ?? "";
     return message;
   },
 };
