@@ -95,8 +95,12 @@ function readEmbeddedOnce(dir: string): { revision: number; entries: BackupEntry
     try {
       buf = readFileSync(join(dir, f));
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined; // a compaction moved it: read again
-      throw err;
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      // wal.log is briefly absent while a compaction has renamed it to the newest segment and not
+      // yet opened the next one: the segments hold every record. A missing segment was deleted
+      // under a newer snapshot: read again.
+      if (f === 'wal.log') continue;
+      return undefined;
     }
     for (const r of decodeFrames(buf).records) {
       if (r.r <= revision) continue;

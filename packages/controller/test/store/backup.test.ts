@@ -3,7 +3,7 @@
 // the final one is exactly its state), etcd read at one revision and restored into an embedded
 // store (and back), and what a restore refuses.
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startEtcd, type EtcdServer } from '@cello/testkit';
@@ -41,12 +41,13 @@ describe('store backup', () => {
     const dir = tmp();
     // Tiny compaction threshold: the WAL is renamed and the snapshot replaced many times.
     const store = (await openStore({ kind: 'embedded', dir, compactBytes: 2048 })) as EmbeddedStore;
+    let stop = false;
+    let writer: Promise<void> | undefined;
     try {
       await expect(openStore({ kind: 'embedded', dir })).rejects.toBeInstanceOf(StoreLockedError);
       // Writer: counter/N holds N, and `last` names the highest N written. A consistent read
       // that sees last=N sees every counter up to N and none beyond.
-      let stop = false;
-      const writer = (async () => {
+      writer = (async () => {
         for (let n = 1; !stop && n < 100_000; n++) {
           await store.put(`counter/${String(n).padStart(6, '0')}`, { n, pad: 'x'.repeat(200) });
           await store.put('last', n);
@@ -81,9 +82,25 @@ describe('store backup', () => {
       expect(final.entries).toEqual(listed.entries);
       expect(final.revision).toBe(listed.revision);
     } finally {
+      stop = true;
+      await writer?.catch(() => {});
       await store.close();
     }
   }, 60_000);
+
+  it('reads a store caught between a compaction renaming wal.log and opening the next one', async () => {
+    const dir = tmp();
+    const store = await openStore({ kind: 'embedded', dir });
+    await store.put('pods/default/a', { n: 1 });
+    await store.put('pods/default/b', { n: 2 });
+    await store.delete('pods/default/a');
+    await store.close();
+    // The instant a reader in the controller's own process can be stuck at (the loop is blocked
+    // by the synchronous read): the WAL is segment 1 and there is no wal.log yet.
+    renameSync(join(dir, 'wal.log'), join(dir, 'wal.1.log'));
+    const { entries } = readEmbeddedEntries(dir, 1);
+    expect(entries).toEqual([{ key: 'pods/default/b', value: { n: 2 } }]);
+  });
 
   it('moves a store from etcd into an embedded store and back, keys and values intact', async () => {
     const etcdStore = await openStore({ kind: 'etcd', endpoints: etcd.endpoints, prefix: `/b-${randomUUID()}/` });
