@@ -222,6 +222,37 @@ describe('gRPC health check', () => {
   });
 });
 
+describe('init containers', () => {
+  it('report the units behind a running init container waiting PodInitializing, as the kubelet', async () => {
+    const a = await agent();
+    const out = outDir();
+    await apply(a.client, {
+      pod: pod('init-waiting', {
+        restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
+        terminationGracePeriodSeconds: 1,
+        volumes: [out.volume],
+        initContainers: [
+          { name: 'init1', image: reg.busybox, volumeMounts: [out.mount], command: sh('while [ ! -f /out/go ]; do sleep 0.1; done') },
+          { name: 'init2', image: reg.busybox, command: ['true'] },
+        ],
+        containers: [{ name: 'run1', image: reg.busybox, command: sh('sleep 600') }],
+      }),
+    });
+    await a.watch.until('init1 running', (w) => w.running('init1'), 60_000);
+    const reason = (name: string) => {
+      const st = a.watch.unit(name)?.state?.state;
+      return st?.$case === 'waiting' ? st.value.reason : st?.$case;
+    };
+    expect(reason('init2')).toBe('PodInitializing');
+    expect(reason('run1')).toBe('PodInitializing');
+    expect(a.watch.last!.status!.phase).toBe(PodPhase.POD_PHASE_PENDING);
+    writeFileSync(join(out.dir, 'go'), '');
+    await a.watch.until('run1 running', (w) => w.running('run1'), 60_000);
+    expect(a.watch.terminated('init2')?.reason).toBe('Completed');
+    await deletePod(a, 1);
+  });
+});
+
 describe.concurrent('native sidecars', () => {
   const always = ContainerRestartPolicy.CONTAINER_RESTART_POLICY_ALWAYS;
 

@@ -11,7 +11,7 @@ import { resolveUser } from '../src/runtime/user.js';
 import { checkItemPath, resolveInRoot } from '../src/runtime/safe-path.js';
 import { DEFAULT_CAPABILITIES, resolveCapabilities } from '../src/runtime/capabilities.js';
 import { Backoff, KUBERNETES_BACKOFF } from '../src/pod/backoff.js';
-import { podPhase, qosClass } from '../src/pod/pod-status.js';
+import { podPhase, qosClass, withDefaultWaitingReason } from '../src/pod/pod-status.js';
 import { validateApply, InvalidPodError } from '../src/pod/validate.js';
 import { resolveSubPath } from '../src/pod/volumes.js';
 
@@ -154,6 +154,15 @@ describe('pod phase and QoS', () => {
     expect(podPhase(never, [up], [done(0)], true)).toBe(PodPhase.POD_PHASE_RUNNING);
     expect(podPhase(never, [stopped], [done(0)], true)).toBe(PodPhase.POD_PHASE_SUCCEEDED);
     expect(podPhase(never, [stopped], [done(2)], true)).toBe(PodPhase.POD_PHASE_FAILED);
+  });
+  it('reports a unit not yet run waiting PodInitializing in a pod with init containers, as the kubelet', () => {
+    const w = (reason: string, extra: object = {}) => ContainerStatus.fromPartial({ name: 'a', state: { state: { $case: 'waiting', value: { reason } } }, ...extra });
+    const reasonOf = (s: ContainerStatus) => (s.state?.state?.$case === 'waiting' ? s.state.state.value.reason : s.state?.state?.$case);
+    expect(withDefaultWaitingReason([w('ContainerCreating')], false).map(reasonOf)).toEqual(['ContainerCreating']);
+    expect(withDefaultWaitingReason([w('ContainerCreating'), running, w('ErrImagePull')], true).map(reasonOf)).toEqual(['PodInitializing', 'running', 'ErrImagePull']);
+    // A unit that ran before keeps its own state (the kubelet reports its last container).
+    const again = w('ContainerCreating', { restartCount: 1, lastState: { state: { $case: 'terminated', value: { exitCode: 1 } } } });
+    expect(withDefaultWaitingReason([again], true).map(reasonOf)).toEqual(['ContainerCreating']);
   });
   it('classifies QoS', () => {
     const c = (limits: object, requests: object) => PodSpec.fromPartial({ containers: [{ name: 'a', resources: { limits, requests } }] });

@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RestartPolicy } from '@cello/proto/cell';
+import { Pod, PodPhase, RestartPolicy } from '@cello/proto/cell';
 import { mountSubPath } from '../src/pod/volumes.js';
 import { bindMount, buildSpec, type OciMount } from '../src/runtime/oci-spec.js';
 import { removeStagedSubPaths } from '../src/runtime/subpath-mount.js';
@@ -174,5 +174,42 @@ describe('subPath in pods', () => {
     expect(seen).not.toContain(marker);
     await new Promise<void>((r) => a.client.deletePod({ gracePeriodSeconds: 0 }, () => r()));
     expect(mounted(staged)).toBe(false);
+  });
+
+  it('keeps a unit whose subPathExpr expands to an absolute path waiting CreateContainerConfigError, and starts it once an update fixes the expansion', async () => {
+    // A minute between attempts: the start after the update can only come from the update.
+    const a = await startTestAgent(undefined, { insecureRegistries: [reg.registry.host], backoff: { baseMs: 60_000, maxMs: 300_000, resetAfterMs: 600_000 } });
+    agents.push(a);
+    const p = pod('subpath-expr', {
+      volumes: [{ name: 'work', source: { $case: 'emptyDir', value: {} } }],
+      containers: [
+        {
+          name: 'app',
+          image: reg.busybox,
+          command: ['sleep', '3600'],
+          env: [
+            { name: 'POD_NAME', value: 'foo' },
+            { name: 'ANNOTATION', valueFrom: { source: { $case: 'fieldRef', value: { apiVersion: 'v1', fieldPath: "metadata.annotations['mysubpath']" } } } },
+          ],
+          volumeMounts: [{ name: 'work', mountPath: '/sub', subPathExpr: '$(ANNOTATION)/$(POD_NAME)' }],
+        },
+      ],
+    });
+    p.metadata!.annotations = { notmysubpath: 'mypath' };
+    await apply(a.client, { pod: p, generation: 1 });
+    const waitingReason = () => {
+      const st = a.watch.unit('app')?.state?.state;
+      return st?.$case === 'waiting' ? st.value.reason : st?.$case;
+    };
+    await a.watch.until('config error', () => waitingReason() === 'CreateContainerConfigError', 60_000);
+    expect(a.watch.unit('app')!.state!.state!.$case === 'waiting' && a.watch.unit('app')!.state!.state!.value.message).toMatch(/subPath "\/foo" must be relative/);
+    expect(a.watch.last!.status!.phase).toBe(PodPhase.POD_PHASE_PENDING);
+
+    const fixed = Pod.fromJSON(Pod.toJSON(p));
+    fixed.metadata!.annotations = { ...p.metadata!.annotations, mysubpath: 'mypath' };
+    await apply(a.client, { pod: fixed, generation: 2 });
+    await a.watch.until('app running after the update', (w) => w.running('app'), 30_000);
+    expect(a.watch.unit('app')!.restartCount).toBe(0);
+    await new Promise<void>((r) => a.client.deletePod({ gracePeriodSeconds: 0 }, () => r()));
   });
 });

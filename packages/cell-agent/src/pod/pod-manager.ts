@@ -31,7 +31,7 @@ import { removeStagedSubPaths } from '../runtime/subpath-mount.js';
 import type { LogSink, UnitDirectory, UnitView } from '../units/unit-view.js';
 import { type BackoffPolicy, KUBERNETES_BACKOFF } from './backoff.js';
 import { writePodFiles, type PodFiles } from './pod-files.js';
-import { Conditions, podPhase, qosClass } from './pod-status.js';
+import { Conditions, podPhase, qosClass, withDefaultWaitingReason } from './pod-status.js';
 import { buildContainerConfig } from './container-config.js';
 import { ImageManager } from './image-manager.js';
 import { SharedPidNamespace } from './pid-namespace.js';
@@ -255,6 +255,8 @@ export class PodManager extends EventEmitter implements UnitDirectory {
         const hash = hashContainer(c, spec.securityContext);
         const cur = existing.find((u) => u.name === c.name);
         if (cur && cur.hash === hash) {
+          // Its env or volumes may read what changed (an annotation, a Secret).
+          cur.retryCreate();
           next.push(cur);
           continue;
         }
@@ -467,8 +469,15 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const req = this.req;
     if (!req) return { status: undefined, generation: 0, podUid: '' };
     const spec = req.pod!.spec!;
-    const init = this.initUnits.map((u) => u.status());
-    const main = this.units.map((u) => u.status());
+    const hasInit = spec.initContainers.length > 0;
+    const init = withDefaultWaitingReason(
+      this.initUnits.map((u) => u.status()),
+      hasInit,
+    );
+    const main = withDefaultWaitingReason(
+      this.units.map((u) => u.status()),
+      hasInit,
+    );
     const initDone = (u: Unit) => (u.isSidecar ? u.hasStarted : u.succeeded);
     const initialized = this.initUnits.every(initDone);
     let phase = podPhase(spec, init, main, initialized);

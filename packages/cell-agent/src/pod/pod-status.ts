@@ -60,6 +60,21 @@ export function podPhase(spec: PodSpec, init: ContainerStatus[], main: Container
   return PodPhase.POD_PHASE_PENDING;
 }
 
+/**
+ * The kubelet's default waiting reason: a container it has not created yet waits with
+ * `ContainerCreating`, or `PodInitializing` when the pod has init containers (for the init
+ * containers after the running one as for the app containers behind them; kubelet
+ * convertToAPIContainerStatuses). A unit that ran before keeps its own reason.
+ */
+export function withDefaultWaitingReason(statuses: ContainerStatus[], podHasInitContainers: boolean): ContainerStatus[] {
+  if (!podHasInitContainers) return statuses;
+  return statuses.map((s) => {
+    const st = s.state?.state;
+    if (st?.$case !== 'waiting' || st.value.reason !== 'ContainerCreating' || s.restartCount > 0 || s.lastState?.state) return s;
+    return { ...s, state: { state: { $case: 'waiting', value: { reason: 'PodInitializing', message: st.value.message } } } };
+  });
+}
+
 /** Keeps lastTransitionTime stable while a condition's status does not change. */
 export class Conditions {
   private readonly last = new Map<string, PodCondition>();

@@ -77,6 +77,8 @@ export class Unit implements UnitView {
   private instanceCounter = 0;
   private readonly backoff: Backoff;
   private abort = new AbortController();
+  /** Ends the wait before the next creation attempt early: the pod was updated (retryCreate). */
+  private createRetry = new AbortController();
   private loop: Promise<void> | undefined;
   private stopRequested = false;
   private readonly probes: ProbeManager;
@@ -359,8 +361,12 @@ export class Unit implements UnitView {
       this.ctx.logger.warn({ unit: this.name, err: msg }, 'cannot create unit instance');
       this.ctx.event('Warning', 'Failed', `Error: ${msg}`, this.name);
       this.setState({ kind: 'waiting', reason, message: msg });
-      const delay = Math.max(this.backoff.next(0), this.ctx.backoff.baseMs);
-      await abortableSleep(delay, this.abort.signal);
+      // As the kubelet: a configuration error (a missing key, a subPathExpr that expands to an
+      // absolute path, ...) is no crash and gets no crash-loop back-off; the pod is tried again
+      // at the pod worker's period, and at once when the pod is updated (which may fix it).
+      const delay = err instanceof ConfigError ? this.ctx.backoff.baseMs : Math.max(this.backoff.next(0), this.ctx.backoff.baseMs);
+      this.createRetry = new AbortController();
+      await abortableSleep(delay, AbortSignal.any([this.abort.signal, this.createRetry.signal]));
       return undefined;
     }
   }
@@ -569,6 +575,11 @@ export class Unit implements UnitView {
       msg = fallbackMessage(inst.tail.text(), limit);
     }
     return msg;
+  }
+
+  /** The pod was updated: a unit waiting to try its creation again tries now. */
+  retryCreate(): void {
+    if (this.state.kind === 'waiting') this.createRetry.abort();
   }
 
   /** Stops the unit for good (delete, or a spec change). Resolves when it is gone. */

@@ -376,7 +376,9 @@ export class ControllerApi {
         obj.spec = pod.spec;
         obj.metadata!.labels = pod.metadata?.labels ?? {};
         obj.metadata!.annotations = pod.metadata?.annotations ?? {};
-        if (!sameSpec || !sameData) obj.metadata!.generation += 1;
+        // Labels and annotations too: the cell's env (fieldRef) and downward API read them, as
+        // the kubelet's next container start and volume sync do.
+        obj.metadata!.generation += 1;
         result = obj;
         return writePodSecrets({ ...cur, object: PodObject.toJSON(obj), configMaps }, secrets, storeKey, this.o.secretBox);
       }

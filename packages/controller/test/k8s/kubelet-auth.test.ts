@@ -15,6 +15,7 @@ import { SpdyStreams } from '../../src/k8s/kubelet/streams.js';
 import { Controller } from '../../src/k8s/controller-client.js';
 import { KubeRest, loadKubeConfig } from '../../src/k8s/client/rest.js';
 import { createLogger } from '../../src/obs/logger.js';
+import { wsExec } from '../helpers/ws-exec.js';
 
 const NODE = 'cello-auth';
 
@@ -133,6 +134,44 @@ describe('kubelet API authorization', () => {
     const exec = await call(port, { cert: reader }, 'POST', EXEC, true);
     expect(exec.code).toBe(403);
     expect(exec.body).toContain('groups=[proxy-readers, system:authenticated], verb=create');
+  });
+
+  it('exec over WebSocket (a GET upgrade) is authorized as create, like SPDY: no credentials, no RBAC or only get on nodes/proxy are refused', async () => {
+    const url = `wss://127.0.0.1:${port}${EXEC}`;
+    const ws = (who: Who) =>
+      wsExec(url, {
+        protocols: ['v4.channel.k8s.io'],
+        tls: { ca: kube.ca, servername: NODE, ...(who.cert ? { cert: who.cert.cert, key: who.cert.key } : {}) },
+        timeoutMs: 15_000,
+      }).then(
+        (r) => ({ status: 101, body: '', r }),
+        (err: { status?: number; body?: string; message: string }) => ({ status: err.status ?? 0, body: err.body ?? err.message, r: undefined }),
+      );
+    const anonymous = await ws({});
+    expect(anonymous.status).toBe(401);
+    const mallory = await ws({ cert: await kube.issueCert('ws-mallory', { cn: 'ws-mallory' }) });
+    expect(mallory.status).toBe(403);
+    expect(mallory.body).toContain('user=ws-mallory');
+    expect(mallory.body).toContain('verb=create, resource=nodes, subresource=proxy');
+    // get on nodes/proxy reads logs (a GET) but does not exec, whatever the method of the upgrade.
+    await kube.kubectl(['create', 'clusterrole', 'ws-node-proxy-reader', '--verb=get', '--resource=nodes/proxy']);
+    await kube.kubectl(['create', 'clusterrolebinding', 'ws-node-proxy-readers', '--clusterrole=ws-node-proxy-reader', '--user=ws-reader']);
+    const reader = await kube.issueCert('ws-reader', { cn: 'ws-reader' });
+    expect((await call(port, { cert: reader }, 'GET', LOGS)).code).toBe(503);
+    const readerExec = await ws({ cert: reader });
+    expect(readerExec.status).toBe(403);
+    expect(readerExec.body).toContain('verb=create');
+    // The API server's client gets through: the stream opens and ends with the controller's failure as a Status.
+    const admin = await ws({ cert: kube.kubeletClient });
+    expect(admin.status, admin.body).toBe(101);
+    expect(admin.r!.protocol).toBe('v4.channel.k8s.io');
+    expect(JSON.parse(admin.r!.error)).toMatchObject({ status: 'Failure', code: 503, reason: 'ServiceUnavailable' });
+    // A protocol the kubelet does not speak is refused at the handshake, naming what it speaks.
+    const odd = await wsExec(url, { protocols: ['v9.channel.k8s.io'], tls: { ca: kube.ca, servername: NODE, cert: kube.kubeletClient.cert, key: kube.kubeletClient.key } }).catch(
+      (err: { status?: number; body?: string }) => err,
+    );
+    expect(odd).toMatchObject({ status: 403 });
+    expect((odd as { body: string }).body).toContain('v4.channel.k8s.io');
   });
 
   it('a bearer token whose service account has no RBAC is refused exec and logs', async () => {

@@ -29,6 +29,7 @@ import { join, dirname, resolve } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { startFixtureRegistry, type Registry } from '../helpers/cluster.js';
 import { KubeCluster } from '../helpers/kube-cluster.js';
+import { wsExec } from '../helpers/ws-exec.js';
 import { startVirtualNode } from '../../src/k8s/index.js';
 import { buildPodManifest } from '../../src/k8s/node/manifest.js';
 import { KubeRest, loadKubeConfig } from '../../src/k8s/client/rest.js';
@@ -295,6 +296,31 @@ describe('virtual node against a real kube-apiserver', () => {
     expect(ex.code).toBe(3);
     const stdin = await kube.kubectl(['exec', '-i', 'web', '--', 'sh', '-c', 'tr a-z A-Z'], { input: 'piped through stdin\n', timeoutMs: 30_000 });
     expect(stdin).toMatchObject({ code: 0, stdout: 'PIPED THROUGH STDIN\n' });
+
+    // exec over WebSocket: the API server proxies the upgrade of a protocol it does not translate
+    // (all but v5) to the kubelet API as it is, as for the e2e suite's `channel.k8s.io`.
+    const admin = await kube.issueCert('ws-exec-admin', { cn: 'ws-exec-admin', org: 'system:masters' });
+    const adminTls = { ca: kube.ca, cert: admin.cert, key: admin.key };
+    const execUrl = (command: string[], extra = '') =>
+      `${kube.server.replace(/^https:/, 'wss:')}/api/v1/namespaces/default/pods/web/exec?stdout=1&stderr=1${extra}&${command.map((c) => `command=${encodeURIComponent(c)}`).join('&')}`;
+    const v1 = await wsExec(execUrl(['echo', 'remote execution test']), { protocols: ['channel.k8s.io'], tls: adminTls });
+    expect(v1).toMatchObject({ protocol: 'channel.k8s.io', stdout: 'remote execution test\n', stderr: '', error: '' });
+    // The kubelet's first message: an empty one on stdout, the stream is up.
+    expect(v1.messages[0]).toEqual([1, 0]);
+    const v4 = await wsExec(execUrl(['sh', '-c', 'echo out; echo err >&2; exit 3']), { protocols: ['v4.channel.k8s.io'], tls: adminTls });
+    expect(v4).toMatchObject({ protocol: 'v4.channel.k8s.io', stdout: 'out\n', stderr: 'err\n' });
+    expect(JSON.parse(v4.error)).toMatchObject({ status: 'Failure', reason: 'NonZeroExitCode', details: { causes: [{ reason: 'ExitCode', message: '3' }] } });
+    const b64 = await wsExec(execUrl(['head', '-c', '5'], '&stdin=1'), { protocols: ['v4.base64.channel.k8s.io'], tls: adminTls, stdin: 'hello, world' });
+    expect(b64).toMatchObject({ protocol: 'v4.base64.channel.k8s.io', stdout: 'hello' });
+    expect(JSON.parse(b64.error)).toMatchObject({ status: 'Success' });
+    // v5 (the API server translates it to SPDY; here straight to the kubelet API): stdin closed with [255, 0].
+    const v5 = await wsExec(`wss://127.0.0.1:${cl.kubeletPort}/exec/default/web/main?input=1&output=1&command=tr&command=a-z&command=A-Z`, {
+      protocols: ['v5.channel.k8s.io'],
+      tls: { ca: kube.ca, servername: NODE, cert: kube.kubeletClient.cert, key: kube.kubeletClient.key },
+      stdin: 'closed by v5\n',
+    });
+    expect(v5).toMatchObject({ protocol: 'v5.channel.k8s.io', stdout: 'CLOSED BY V5\n' });
+    expect(JSON.parse(v5.error)).toMatchObject({ status: 'Success' });
 
     // Cluster networking on the cell: resolv.conf names kube-dns with the namespace's search
     // paths, and a Service selecting the pod (its EndpointSlice written by the harness's

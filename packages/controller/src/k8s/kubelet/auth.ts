@@ -18,6 +18,9 @@ export type AuthResult = { ok: true; user: string } | { ok: false; code: 401 | 4
 /** The kubelet's verbs (server/auth.go): methods it does not list get none, which RBAC never grants. */
 const VERBS: Record<string, string> = { GET: 'get', POST: 'create', PUT: 'update', PATCH: 'patch', DELETE: 'delete' };
 
+/** The kubelet's streaming endpoints. */
+const STREAMING = new Set(['exec', 'attach', 'portForward']);
+
 /** Every authenticated user is in this group, as the API server's authenticator chain adds it. */
 const AUTHENTICATED = 'system:authenticated';
 
@@ -84,7 +87,9 @@ export class KubeletAuth {
       how = 'bearer token';
     }
     const path = new URL(req.url ?? '/', 'https://kubelet').pathname;
-    const verb = VERBS[req.method ?? 'GET'];
+    // A stream (exec, attach, port-forward) is `create` however it is opened: SPDY POSTs, a
+    // WebSocket upgrade GETs, and `get` on nodes/proxy must not be enough to run a command.
+    const verb = STREAMING.has(path.split('/')[1] ?? '') && req.headers.upgrade ? 'create' : VERBS[req.method ?? 'GET'];
     const sub = subresourceOf(path);
     const attrs = `user=${user.username}, groups=[${(user.groups ?? []).join(', ')}], verb=${verb ?? req.method}, resource=nodes, subresource=${sub}, name=${this.o.nodeName}`;
     if (!verb) return { ok: false, code: 403, message: `Forbidden (${attrs}): method ${req.method} maps to no verb` };

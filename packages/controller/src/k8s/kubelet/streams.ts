@@ -1,4 +1,4 @@
-// The kubelet's streaming endpoints over SPDY/3.1: /exec and /attach speak the remotecommand
+// The kubelet's streaming endpoints over SPDY/3.1 (WebSocket upgrades go to ws-streams.ts): /exec and /attach speak the remotecommand
 // protocol (v4.channel.k8s.io, and v3/v2 for older clients: one SPDY stream per channel, named
 // by the `streamType` header: error, stdin, stdout, stderr, resize), /portForward speaks
 // portforward.k8s.io (a data and an error stream per connection, paired by `requestID`, the
@@ -9,11 +9,12 @@
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
-import type { ExecOutput, PortForwardFrame } from '@cello/proto/cell';
+import type { PortForwardFrame } from '@cello/proto/cell';
 import type { Logger } from '../../obs/logger.js';
 import type { Controller } from '../controller-client.js';
 import { SpdySession, type SpdyStream } from './spdy/index.js';
-import { httpStatusOf } from './http-status.js';
+import { ExecRelay, resizeReader, type ExecSink } from './exec-relay.js';
+import { WebSocketStreams } from './ws-streams.js';
 
 const EXEC_PROTOCOLS = ['v4.channel.k8s.io', 'v3.channel.k8s.io', 'v2.channel.k8s.io', 'channel.k8s.io'];
 const PORT_FORWARD_PROTOCOL = 'portforward.k8s.io';
@@ -43,16 +44,22 @@ const truthy = (v: string | null) => v === '1' || v === 'true';
 
 export class SpdyStreams {
   private readonly sessions = new Set<SpdySession>();
+  /** exec and attach over WebSocket, handed over by handle(). */
+  private readonly websockets: WebSocketStreams;
 
-  constructor(private readonly o: StreamsOptions) {}
+  constructor(private readonly o: StreamsOptions) {
+    this.websockets = new WebSocketStreams(o);
+  }
 
   /** `user`: who the kubelet API authenticated (the API server's client, as a rule). */
   handle(req: IncomingMessage, socket: Socket, head: Buffer, user = ''): void {
     const url = new URL(req.url ?? '/', 'https://kubelet');
     const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
     const kind = parts[0];
-    if ((req.headers.upgrade ?? '').toLowerCase() !== 'spdy/3.1') {
-      return refuse(socket, 400, 'Bad Request', `upgrade: this kubelet streams over SPDY/3.1, not "${req.headers.upgrade ?? ''}"`);
+    const upgrade = (req.headers.upgrade ?? '').toLowerCase();
+    if (upgrade === 'websocket') return this.websockets.handle(req, socket, head, user);
+    if (upgrade !== 'spdy/3.1') {
+      return refuse(socket, 400, 'Bad Request', `upgrade: this kubelet streams over SPDY/3.1 or WebSocket, not "${req.headers.upgrade ?? ''}"`);
     }
     const offered = headerValues(req.headers['x-stream-protocol-version']);
     let protocol: string | undefined;
@@ -109,23 +116,8 @@ export class SpdyStreams {
     const early: Buffer[] = [];
     let earlyBytes = 0;
     let earlyEof = false;
-    let call: ReturnType<Controller['client']['exec']> | undefined;
-    let resizeBuf = '';
-    const onResize = (b: Buffer) => {
-      resizeBuf += b.toString('utf8');
-      // A stream of JSON objects {"Width":W,"Height":H}, back to back.
-      let end;
-      while ((end = resizeBuf.indexOf('}')) >= 0) {
-        const text = resizeBuf.slice(0, end + 1);
-        resizeBuf = resizeBuf.slice(end + 1);
-        try {
-          const r = JSON.parse(text) as { Width?: number; Height?: number };
-          call?.write({ frame: { $case: 'input', value: { frame: { $case: 'resize', value: { columns: r.Width ?? 0, rows: r.Height ?? 0 } } } } });
-        } catch {
-          log.debug({ text }, 'ignoring a resize message that is not JSON');
-        }
-      }
-    };
+    let relay: ExecRelay | undefined;
+    const onResize = resizeReader((columns, rows) => relay?.resize(columns, rows), log);
     const timer = setTimeout(() => {
       if (!started) {
         log.warn({ got: count, expected }, 'exec: the client did not open its streams in time');
@@ -133,68 +125,33 @@ export class SpdyStreams {
       }
     }, STREAM_WAIT_MS);
     timer.unref();
-    const finish = (status: object) => {
-      const e = s.error;
-      if (e) e.end(protocol === 'v4.channel.k8s.io' ? JSON.stringify(status) : ((status as { message?: string }).message ?? ''));
-      s.stdout?.end();
-      s.stderr?.end();
-      // Close once the frames are out; the client half-closes and resets its side.
-      setTimeout(() => session.close(), 50).unref();
+    const sink: ExecSink = {
+      write: (stream, b, drained) => {
+        const st = stream === 'stderr' ? (s.stderr ?? s.stdout) : s.stdout;
+        if (!st || st.write(b)) return true;
+        st.once('drain', drained);
+        return false;
+      },
+      finish: (status) => {
+        const e = s.error;
+        if (e) e.end(protocol === 'v4.channel.k8s.io' ? JSON.stringify(status) : (status.message ?? ''));
+        s.stdout?.end();
+        s.stderr?.end();
+        // Close once the frames are out; the client half-closes and resets its side.
+        setTimeout(() => session.close(), 50).unref();
+      },
+    };
+    const sendStdin = (b: Buffer) => {
+      if (!relay!.stdin(b, () => s.stdin?.resume())) s.stdin?.pause();
     };
     const start = () => {
       started = true;
       clearTimeout(timer);
-      const c = kind === 'exec' ? this.o.controller.client.exec() : this.o.controller.client.attach();
-      call = c;
-      c.write({ frame: { $case: 'target', value: { namespace: t.ns, name: t.pod } } });
-      c.write({
-        frame: { $case: 'input', value: { frame: { $case: 'start', value: { container: t.container, command, tty, stdin: wantStdin, size: undefined, requestedBy: user } } } },
-      });
+      relay = new ExecRelay(this.o.controller, t, { kind, command, tty, stdin: wantStdin, user }, sink);
       for (const b of early.splice(0)) sendStdin(b);
       earlyBytes = 0;
       s.stdin?.resume();
-      if (earlyEof) c.write({ frame: { $case: 'input', value: { frame: { $case: 'stdinEof', value: true } } } });
-      let exited = false;
-      // The client reads slower than the command writes: stop reading the call until it drains.
-      const toClient = (st: SpdyStream | undefined, b: Uint8Array) => {
-        if (st && !st.write(Buffer.from(b))) {
-          c.pause();
-          st.once('drain', () => c.resume());
-        }
-      };
-      c.on('data', (out: ExecOutput) => {
-        const f = out.frame;
-        if (!f) return;
-        if (f.$case === 'stdout') toClient(s.stdout, f.value);
-        else if (f.$case === 'stderr') toClient(s.stderr ?? s.stdout, f.value);
-        else if (f.$case === 'exit') {
-          exited = true;
-          const code = f.value.exitCode;
-          if (code === 0 && !f.value.signal) finish({ metadata: {}, status: 'Success' });
-          else
-            finish({
-              metadata: {},
-              status: 'Failure',
-              message: `command terminated with non-zero exit code: ${f.value.message || `exit code ${code}`}`,
-              reason: 'NonZeroExitCode',
-              details: { causes: [{ reason: 'ExitCode', message: String(code) }] },
-            });
-          c.end();
-        }
-      });
-      c.on('error', (err: ServiceError) => {
-        if (exited || err.code === GrpcStatus.CANCELLED) return;
-        const { code, reason } = httpStatusOf(err.code);
-        finish({ metadata: {}, status: 'Failure', message: err.details || err.message, reason, code });
-      });
-      c.on('end', () => {
-        if (!exited) finish({ metadata: {}, status: 'Success' });
-      });
-    };
-    const sendStdin = (b: Buffer) => {
-      if (call!.write({ frame: { $case: 'input', value: { frame: { $case: 'stdin', value: b } } } })) return;
-      s.stdin?.pause();
-      call!.once('drain', () => s.stdin?.resume());
+      if (earlyEof) relay.stdinEof();
     };
     session.on('stream', (st: SpdyStream) => {
       const type = st.header('streamtype') as keyof typeof s | undefined;
@@ -206,13 +163,13 @@ export class SpdyStreams {
       count++;
       if (type === 'stdin') {
         st.on('data', (b: Buffer) => {
-          if (call) return sendStdin(b);
+          if (relay) return sendStdin(b);
           early.push(b);
           earlyBytes += b.length;
           if (earlyBytes >= EARLY_STDIN_LIMIT) st.pause(); // resumed by start()
         });
         st.on('end', () => {
-          if (call) call.write({ frame: { $case: 'input', value: { frame: { $case: 'stdinEof', value: true } } } });
+          if (relay) relay.stdinEof();
           else earlyEof = true;
         });
       } else if (type === 'resize') st.on('data', onResize);
@@ -220,7 +177,7 @@ export class SpdyStreams {
     });
     session.on('close', () => {
       clearTimeout(timer);
-      call?.cancel();
+      relay?.cancel();
     });
   }
 
@@ -297,6 +254,7 @@ export class SpdyStreams {
   }
 
   close(): void {
+    this.websockets.close();
     for (const s of this.sessions) s.close();
     this.sessions.clear();
   }
