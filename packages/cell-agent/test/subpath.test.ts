@@ -202,7 +202,8 @@ describe('subPath in pods', () => {
       return st?.$case === 'waiting' ? st.value.reason : st?.$case;
     };
     await a.watch.until('config error', () => waitingReason() === 'CreateContainerConfigError', 60_000);
-    expect(a.watch.unit('app')!.state!.state!.$case === 'waiting' && a.watch.unit('app')!.state!.state!.value.message).toMatch(/subPath "\/foo" must be relative/);
+    const st = a.watch.unit('app')!.state!.state!;
+    expect(st.$case === 'waiting' ? st.value.message : st.$case).toMatch(/subPath "\/foo" must be relative/);
     expect(a.watch.last!.status!.phase).toBe(PodPhase.POD_PHASE_PENDING);
 
     const fixed = Pod.fromJSON(Pod.toJSON(p));
