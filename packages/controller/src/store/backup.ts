@@ -54,7 +54,7 @@ export function readEmbeddedEntries(dir: string, attempts = 20): { revision: num
     const read = readEmbeddedOnce(dir);
     if (read && fileSetIdentity(dir) === before) return read;
   }
-  throw new BackupError(`${dir}: the store's files kept changing under the backup (compactions); try again`);
+  throw new BackupError(`${dir}: the store's files kept changing while they were read (compactions); try again`);
 }
 
 /** Names, inodes and sizes of the snapshot and WAL files; equal before and after = a stable read. */

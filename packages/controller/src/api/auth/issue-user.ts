@@ -4,10 +4,8 @@
 // running controller, so its files are read (never written) to find the CA record, which is
 // written once when the controller first starts and never changes.
 import { splitHostPort } from '@cello/proto';
-import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { openStore, StoreLockedError } from '../../store/index.js';
-import { decodeFrames } from '../../store/embedded.js';
+import { readEmbeddedEntries } from '../../store/backup.js';
 import { CA_STORE_KEY, CertificateAuthority } from '../../security/ca.js';
 import type { Config } from '../../config.js';
 import type { Logger } from '../../obs/logger.js';
@@ -28,32 +26,7 @@ export interface IssueUserOptions {
 
 /** The latest committed value of `key` in an embedded store directory, read without its lock. */
 export function readEmbeddedKey(dir: string, key: string): unknown {
-  let value: string | undefined;
-  let rev = 0;
-  try {
-    const snap = readFileSync(join(dir, 'snapshot.json'), 'utf8');
-    const nl = snap.indexOf('\n');
-    rev = (JSON.parse(snap.slice(0, nl)) as { revision: number }).revision;
-    for (const [k, , , json] of JSON.parse(snap.slice(nl + 1)) as [string, number, number, string][]) if (k === key) value = json;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
-  const segments = readdirSync(dir)
-    .filter((n) => /^wal\.\d+\.log$/.test(n))
-    .sort((a, b) => Number(a.split('.')[1]) - Number(b.split('.')[1]));
-  for (const f of [...segments, 'wal.log']) {
-    let buf: Buffer;
-    try {
-      buf = readFileSync(join(dir, f));
-    } catch {
-      continue; // a segment a compaction just removed: the snapshot read above holds it
-    }
-    for (const r of decodeFrames(buf).records) {
-      if (r.r <= rev || r.k !== key) continue;
-      value = r.o === 'p' ? r.v : undefined;
-    }
-  }
-  return value === undefined ? undefined : JSON.parse(value);
+  return readEmbeddedEntries(dir).entries.find((e) => e.key === key)?.value;
 }
 
 async function loadCa(config: Config, log: Logger): Promise<CertificateAuthority> {
