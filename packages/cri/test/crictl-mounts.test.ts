@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { criTools, pushBusybox, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { crictl as runCrictl, startShim, type Run, type Shim } from './shim.js';
+import { crictlFor, startShim, type Shim } from './shim.js';
 import { startController, type TestController } from './controller.js';
 import { pushPause } from './pause-image.js';
 
@@ -21,21 +21,14 @@ let shim: Shim;
 let busybox: string;
 let podsRoot: string;
 
-function crictl(args: string[]): Promise<Run> {
-  return runCrictl(tools.crictl, shim.socket, args);
-}
-
-async function ok(args: string[]): Promise<string> {
-  const r = await crictl(args);
-  expect(r.code, `crictl ${args.join(' ')}: ${r.stderr}\n--- shim:\n${shim.logs().slice(-3000)}`).toBe(0);
-  return r.stdout.trim();
-}
-
-function file(name: string, body: unknown): string {
-  const p = join(shim.dir, name);
-  writeFileSync(p, JSON.stringify(body));
-  return p;
-}
+const {
+  run: crictl,
+  ok,
+  file,
+} = crictlFor(
+  () => tools.crictl,
+  () => shim,
+);
 
 const podConfig = (name: string) => ({
   metadata: { name, namespace: 'default', uid: `uid-${name}`, attempt: 0 },

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Metadata } from '@grpc/grpc-js';
 import { parse, stringify } from 'yaml';
 import type { ExecSyncResponse } from '../src/gen/runtime/v1/api.js';
-import { call, clients, crictl as runCrictl, deadline, startShim, type Run, type Shim } from './shim.js';
+import { call, clients, crictl as runCrictl, crictlFor, deadline, startShim, type Shim } from './shim.js';
 import { startController, type TestController } from './controller.js';
 import { pushPause } from './pause-image.js';
 
@@ -23,21 +23,14 @@ let shimArgs: string[];
 /** Directories of shims stopped with their state kept: removed at the end. */
 const leftovers: string[] = [];
 
-function crictl(args: string[]): Promise<Run> {
-  return runCrictl(tools.crictl, shim.socket, args);
-}
-
-async function ok(args: string[]): Promise<string> {
-  const r = await crictl(args);
-  expect(r.code, `crictl ${args.join(' ')}: ${r.stderr}\n--- shim:\n${shim.logs().slice(-3000)}`).toBe(0);
-  return r.stdout.trim();
-}
-
-function file(name: string, body: unknown): string {
-  const p = join(shim.dir, name);
-  writeFileSync(p, JSON.stringify(body));
-  return p;
-}
+const {
+  run: crictl,
+  ok,
+  file,
+} = crictlFor(
+  () => tools.crictl,
+  () => shim,
+);
 
 const podConfig = (name: string, extra: Record<string, unknown> = {}) => ({
   metadata: { name, namespace: 'default', uid: `uid-${name}`, attempt: 0 },

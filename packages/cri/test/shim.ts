@@ -6,6 +6,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { credentials, type ServiceError } from '@grpc/grpc-js';
 import { waitFor } from '@cello/testkit';
+import { expect } from 'vitest';
 import { ImageServiceClient, RuntimeServiceClient } from '../src/gen/runtime/v1/api.js';
 
 const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'cli.js');
@@ -79,6 +80,28 @@ export function crictl(bin: string, socket: string, args: string[], opts: { uid?
       res({ code, stdout, stderr });
     });
   });
+}
+
+/**
+ * crictl bound to a test's current shim (read at each call: a test may restart its shim): `run`
+ * never throws, `ok` expects exit 0 and shows the shim's log when not, `file` writes a JSON config
+ * into the shim's directory for crictl to read.
+ */
+export function crictlFor(bin: () => string, current: () => Shim) {
+  const run = (args: string[]): Promise<Run> => crictl(bin(), current().socket, args);
+  return {
+    run,
+    async ok(args: string[]): Promise<string> {
+      const r = await run(args);
+      expect(r.code, `crictl ${args.join(' ')}: ${r.stderr}\n--- shim:\n${current().logs().slice(-3000)}`).toBe(0);
+      return r.stdout.trim();
+    },
+    file(name: string, body: unknown): string {
+      const p = join(current().dir, name);
+      writeFileSync(p, JSON.stringify(body));
+      return p;
+    },
+  };
 }
 
 export function clients(socket: string): { images: ImageServiceClient; runtime: RuntimeServiceClient; close(): void } {
