@@ -12,7 +12,10 @@ if [ -x "$CACHE/bin/metrics-server" ]; then echo "$CACHE/bin"; exit 0; fi
 command -v go >/dev/null || { echo "go is required: a Go toolchain >= 1.21 (https://go.dev/dl), as for scripts/k8s/build.sh" >&2; exit 1; }
 mkdir -p "$CACHE/bin"
 echo "building metrics-server v$VERSION ..." >&2
-GOBIN="$CACHE/bin.tmp" CGO_ENABLED=0 GOFLAGS=-trimpath go install -ldflags "-s -w" "sigs.k8s.io/metrics-server/cmd/metrics-server@v$VERSION" >&2
-mv "$CACHE/bin.tmp/metrics-server" "$CACHE/bin/metrics-server"
-rmdir "$CACHE/bin.tmp" 2>/dev/null || true
+# A private temporary GOBIN: two setups running at once (a test and `npm test`) must not move
+# each other's binary away.
+TMP=$(mktemp -d "$CACHE/bin.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+GOBIN="$TMP" CGO_ENABLED=0 GOFLAGS=-trimpath go install -ldflags "-s -w" "sigs.k8s.io/metrics-server/cmd/metrics-server@v$VERSION" >&2
+mv -f "$TMP/metrics-server" "$CACHE/bin/metrics-server"
 echo "$CACHE/bin"
