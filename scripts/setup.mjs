@@ -136,6 +136,7 @@ export function ensureSystem() {
 const K8S_BUILDS = [
   'scripts/k8s/build.sh',
   'scripts/k8s/build-coredns.sh',
+  'scripts/k8s/build-apiclient.sh',
   'scripts/k8s/build-metrics-server.sh',
   'scripts/k8s/build-cri-tools.sh',
   'scripts/k8s/build-e2e.sh',

@@ -20,6 +20,7 @@ export {
   type MetricsServer,
 } from './kube.js';
 export { deployClusterDns, pushCoreDns, corednsBuild, type ClusterDns, type CoreDnsBuild, type DeployClusterDnsOptions } from './coredns.js';
+export { apiClientLayout, pushApiClient } from './apiclient.js';
 export { startNetLab, type NetLab } from './netlab.js';
 export { makeTestPki, type TestPki } from './pki.js';
 export { startRequestLog, type RequestLog, type LoggedRequest } from './request-log.js';

@@ -133,6 +133,14 @@ export async function startKubeApiserver(
     controllerManager?: boolean;
     /** kube-controller-manager's --controllers (default KUBE_CONTROLLERS); the conformance run wants nearly all. */
     controllers?: string[];
+    /**
+     * The address the API server advertises (the `default/kubernetes` Service's endpoint), as a
+     * cluster's control plane does: one that pods reach, such as this host's own (hostAddress()),
+     * which local cells reach through the cello0 bridge. The API server then listens on every
+     * address (it can bind only one, and tests keep talking to it on 127.0.0.1). Default:
+     * 127.0.0.1, listening on loopback only (pods then need startApiServerRelay()).
+     */
+    advertiseAddress?: string;
   } = {},
 ): Promise<KubeApiserver> {
   const binDir = kubeBinaries();
@@ -195,9 +203,9 @@ export async function startKubeApiserver(
     };
     const serving = await issueCert('apiserver', {
       cn: 'kube-apiserver',
-      // This host's own addresses too: pods on cells reach the API server there, through
-      // startApiServerRelay(), and verify it as any in-cluster client does.
-      ips: ['127.0.0.1', '10.0.0.1', ...hostAddresses()],
+      // This host's own addresses too: pods on cells reach the API server there (its advertised
+      // address, or startApiServerRelay()), and verify it as any in-cluster client does.
+      ips: [...new Set(['127.0.0.1', '10.0.0.1', ...hostAddresses(), ...(o.advertiseAddress ? [o.advertiseAddress] : [])])],
       dns: ['localhost', 'kubernetes', 'kubernetes.default', 'kubernetes.default.svc'],
     });
     const admin = await issueCert('admin', { cn: 'cello-test-admin', org: 'system:masters' });
@@ -231,8 +239,8 @@ export async function startKubeApiserver(
     api = launch(join(binDir, 'kube-apiserver'), [
       `--etcd-servers=${etcd.endpoint}`,
       `--etcd-prefix=/registry-${port}`,
-      '--bind-address=127.0.0.1',
-      '--advertise-address=127.0.0.1',
+      `--bind-address=${o.advertiseAddress ? '0.0.0.0' : '127.0.0.1'}`,
+      `--advertise-address=${o.advertiseAddress ?? '127.0.0.1'}`,
       `--secure-port=${port}`,
       `--cert-dir=${dir}`,
       `--tls-cert-file=${serving.certFile}`,

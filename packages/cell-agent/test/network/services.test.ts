@@ -147,6 +147,22 @@ describe('Service proxy (nftables in a real network namespace)', () => {
     expect(connectMany(cellNs, 'tcp', '10.96.0.53', 81, 2)).toEqual(Array(2).fill(`${BACKENDS[2]}:8081`));
   });
 
+  it('programs SCTP ports like TCP and UDP ones (the kernel carries them where it has SCTP)', async () => {
+    // This kernel's SCTP sockets decide whether traffic can be tried here; the rules are the same
+    // nftables objects either way (nft matches the protocol number, no SCTP module needed).
+    const sctp = service('sctp', { clusterIPs: ['10.96.0.54'], ports: [{ name: 'assoc', protocol: 'SCTP', port: 80 }] });
+    const sctpSlice = slice('sctp', [{ ip: BACKENDS[1]! }, { ip: BACKENDS[0]! }], [{ name: 'assoc', protocol: 'SCTP', port: 9000 }]);
+    await proxy.sync({ services: [web, sctp], slices: [webSlice, sctpSlice] });
+    const ips = inNs(cellNs, 'nft', 'list', 'map', 'inet', 'cello', 'service-ips');
+    expect(ips).toMatch(/10\.96\.0\.54 \. sctp \. 80 : goto bal4-2/);
+    const eps = inNs(cellNs, 'nft', 'list', 'map', 'inet', 'cello', 'eps4-2');
+    // Both endpoints, in address order, at the slice's target port.
+    expect(eps).toMatch(new RegExp(`10\\.96\\.0\\.54 \\. sctp \\. 80 \\. 0 : ${BACKENDS[0]!.replaceAll('.', '\\.')} \\. 9000`));
+    expect(eps).toMatch(new RegExp(`10\\.96\\.0\\.54 \\. sctp \\. 80 \\. 1 : ${BACKENDS[1]!.replaceAll('.', '\\.')} \\. 9000`));
+    // Only the Service's own protocol is served at that address and port.
+    expect(ips).not.toMatch(/10\.96\.0\.54 \. tcp/);
+  });
+
   it('keeps a client on one endpoint with sessionAffinity: ClientIP', async () => {
     const sticky = service('sticky', { clusterIPs: ['10.96.0.12'], sessionAffinity: { timeoutSeconds: 60 } });
     await proxy.sync({

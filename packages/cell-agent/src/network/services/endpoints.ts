@@ -18,31 +18,51 @@ export interface PortEndpoints {
   any: boolean;
 }
 
-/** The endpoints of one address family: a cluster IP of that family is DNATed only to them. */
+/**
+ * The endpoints of one address family: a cluster IP of that family is DNATed only to them.
+ * Written for a cold agent: a cell's first sync runs this for every Service port before the
+ * JIT has warmed up, so it builds plain arrays (no Map per port, no id strings) and sorts only
+ * when the slice's order is not already the stable one (a single slice usually is).
+ */
 export function endpointsFor(service: Service, port: ServicePort, slices: readonly EndpointSlice[], localAddresses: ReadonlySet<string>, family: Family = 4): PortEndpoints {
-  const ready = new Map<string, Target>();
-  const terminating = new Map<string, Target>();
+  const ready: Target[] = [];
+  const terminating: Target[] = [];
   let any = false;
   for (const slice of slices) {
     if (slice.namespace !== service.namespace || slice.service !== service.name) continue;
-    const sp = slice.ports.find((p) => p.name === port.name && p.protocol === port.protocol);
-    if (!sp) continue;
+    let targetPort = -1;
+    for (const p of slice.ports) {
+      if (p.name === port.name && p.protocol === port.protocol) {
+        targetPort = p.port;
+        break;
+      }
+    }
+    if (targetPort < 0) continue;
     for (const ep of slice.endpoints) {
       for (const ip of ep.addresses) {
         if (familyOf(ip) !== family) continue;
         any = true;
-        const t = { ip, port: sp.port };
-        const id = `${ip}:${sp.port}`;
-        if (ep.ready) ready.set(id, t);
-        else if (ep.serving && ep.terminating) terminating.set(id, t);
+        if (ep.ready) ready.push({ ip, port: targetPort });
+        else if (ep.serving && ep.terminating) terminating.push({ ip, port: targetPort });
       }
     }
   }
-  const sorted = (m: Map<string, Target>) => [...m.values()].sort(byAddress);
-  const cluster = sorted(ready.size > 0 ? ready : terminating);
-  const readyLocal = [...ready.values()].filter((t) => localAddresses.has(t.ip));
-  const local = readyLocal.length > 0 ? readyLocal.sort(byAddress) : sorted(terminating).filter((t) => localAddresses.has(t.ip));
+  const cluster = ordered(ready.length > 0 ? ready : terminating);
+  let local: Target[] = [];
+  if (localAddresses.size > 0) {
+    local = ordered(ready).filter((t) => localAddresses.has(t.ip));
+    if (local.length === 0) local = ordered(terminating).filter((t) => localAddresses.has(t.ip));
+  }
   return { cluster, local, any };
+}
+
+/** Sorted by address and port, each target once (the same address may come in two slices). */
+function ordered(ts: Target[]): Target[] {
+  let sorted = true;
+  for (let i = 1; i < ts.length && sorted; i++) sorted = byAddress(ts[i - 1]!, ts[i]!) < 0;
+  if (sorted) return ts;
+  ts.sort(byAddress);
+  return ts.filter((t, i) => i === 0 || byAddress(ts[i - 1]!, t) !== 0);
 }
 
 // A stable order, so the same endpoints always render the same rules (and no needless update).

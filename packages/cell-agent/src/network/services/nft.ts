@@ -1,6 +1,7 @@
 // Running `nft -f -` in a network namespace: the transaction on stdin, so it is one atomic
 // kernel transaction however large, and never on a command line.
 import { spawn } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
 import { CelloError } from '@cello/proto';
 
 /** nft refused a ruleset or could not run: the cell cannot program its Services. */
@@ -17,9 +18,31 @@ export interface NftOptions {
   timeoutMs?: number;
 }
 
-export function runNft(input: string, o: NftOptions = {}, args: string[] = ['-f', '-']): Promise<string> {
+/**
+ * In the namespace, `sh` turns on IPv4 forwarding, then becomes nft (`exec "$@"`). Forwarding:
+ * traffic to a node port or an external IP arrives for the cell's address and leaves, DNATed,
+ * for an endpoint on another cell.
+ */
+const FORWARD_THEN = 'echo 1 > /proc/sys/net/ipv4/ip_forward && exec "$@"';
+
+/**
+ * Runs nft with `input` on stdin. With `forwarding`, IPv4 forwarding is turned on first in the
+ * same namespace (see enableForwarding), by the same process: forking from the agent's large
+ * Node process is the costly part of running a command, so a first sync pays for one, not two.
+ */
+export async function runNft(input: string, o: NftOptions & { forwarding?: boolean } = {}, args: string[] = ['-f', '-']): Promise<string> {
   const nft = o.nftPath ?? 'nft';
-  const [cmd, argv] = o.netnsPath ? ['nsenter', [`--net=${o.netnsPath}`, '--', nft, ...args]] : [nft, args];
+  let cmd = nft;
+  let argv = args;
+  if (o.netnsPath) {
+    cmd = 'nsenter';
+    argv = o.forwarding ? [`--net=${o.netnsPath}`, '--', 'sh', '-c', FORWARD_THEN, 'sh', nft, ...args] : [`--net=${o.netnsPath}`, '--', nft, ...args];
+  } else if (o.forwarding) {
+    // The agent's own namespace: a file write, no process at all.
+    await writeFile('/proc/sys/net/ipv4/ip_forward', '1\n').catch((e: Error) => {
+      throw new NftError(`cannot enable IPv4 forwarding: ${e.message}`);
+    });
+  }
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, argv, { stdio: ['pipe', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
@@ -34,28 +57,11 @@ export function runNft(input: string, o: NftOptions = {}, args: string[] = ['-f'
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       if (code === 0) return resolve(Buffer.concat(out).toString('utf8'));
-      const why = Buffer.concat(err).toString('utf8').trim() || (signal ? `killed by ${signal}` : `exit code ${code}`);
-      reject(new NftError(`nft ${args.join(' ')}${o.netnsPath ? ` in ${o.netnsPath}` : ''} failed: ${why}`));
+      let why = Buffer.concat(err).toString('utf8').trim() || (signal ? `killed by ${signal}` : `exit code ${code}`);
+      if (code === 127) why += ` (is nft installed? \`apt-get install -y nftables\`)`;
+      reject(new NftError(`${o.forwarding && o.netnsPath ? 'enabling IPv4 forwarding and ' : ''}nft ${args.join(' ')}${o.netnsPath ? ` in ${o.netnsPath}` : ''} failed: ${why}`));
     });
     child.stdin.on('error', () => {}); // reported through close
     child.stdin.end(input);
-  });
-}
-
-/**
- * Turns on IPv4 forwarding in the namespace: traffic to a node port or an external IP arrives
- * for the cell's address and leaves, DNATed, for an endpoint on another cell.
- */
-export function enableForwarding(o: NftOptions = {}): Promise<void> {
-  const write = ['sh', '-c', 'echo 1 > /proc/sys/net/ipv4/ip_forward'];
-  const [cmd, argv] = o.netnsPath ? ['nsenter', [`--net=${o.netnsPath}`, '--', ...write]] : [write[0]!, write.slice(1)];
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-    child.on('error', (e) => reject(new NftError(`cannot enable IPv4 forwarding: ${e.message}`)));
-    child.on('close', (code) =>
-      code === 0 ? resolve() : reject(new NftError(`cannot enable IPv4 forwarding${o.netnsPath ? ` in ${o.netnsPath}` : ''}: ${err.trim() || `exit code ${code}`}`)),
-    );
   });
 }

@@ -3,7 +3,7 @@
 // snapshot matters) and applied one at a time; the first sync, and any sync after a failure,
 // replaces the whole table, every other one only what changed.
 import type pino from 'pino';
-import { enableForwarding, runNft, type NftOptions } from './nft.js';
+import { runNft, type NftOptions } from './nft.js';
 import type { ServiceSnapshot } from './model.js';
 import { RenderCache, TABLE, renderServices } from './ruleset.js';
 import { fullTransaction, partialTransaction, type Rendered } from './transaction.js';
@@ -87,8 +87,8 @@ export class ServiceProxy {
     if (tx) {
       this.o.onTransaction?.(tx, full);
       try {
-        // Independent of each other, so the two processes run side by side.
-        await Promise.all([this.forwarding ? undefined : enableForwarding(this.o).then(() => (this.forwarding = true)), runNft(tx, this.o)]);
+        await runNft(tx, { ...this.o, forwarding: !this.forwarding });
+        this.forwarding = true;
       } catch (err) {
         // The kernel applied nothing; what is in place is unknown to us only if a previous
         // run was cut short, so the next sync rebuilds the table from scratch.

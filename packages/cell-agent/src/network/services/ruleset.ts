@@ -29,23 +29,26 @@ export const LEGACY_TABLE = 'ip cello';
 /** The mark that asks nat-postrouting to masquerade (kube-proxy's bit; a cell runs no kube-proxy). */
 export const MASQUERADE_MARK = '0x4000';
 
-export interface MapElement {
-  /** A verdict map of the base (service-ips, ...) or a balancer's endpoint map (eps4-N, eps6-N). */
-  map: string;
-  key: string;
-  /** The verdict, or for an endpoint map the DNAT target (`address . port`). */
-  value: string;
-}
-
 /** The nftables objects one Service owns. */
 export interface ServiceRules {
+  /**
+   * Map elements, as nft writes them (`key : value`), by map: a base map (service-ips, ...) or a
+   * balancer's endpoint map (eps4-N, eps6-N, whose value is the DNAT target `address . port`).
+   * Kept as the very strings the transaction carries: a full apply joins them, a change compares
+   * them, and nothing is rebuilt for a Service that did not change.
+   */
+  elements: Map<string, string[]>;
   /** Chain name -> its rules, in order. */
   chains: Map<string, string[]>;
-  elements: MapElement[];
   /** ClientIP affinity sets: name -> the set's declaration. */
   sets: Map<string, string>;
   /** The shared balancers (see balancerCommands) its elements use, by name: bal4-3, bal6-2, ... */
   balancers: Set<string>;
+}
+
+/** The key of an element string (`key : value`): what `delete element` names. */
+export function elementKey(element: string): string {
+  return element.slice(0, element.indexOf(' : '));
 }
 
 /** The table's fixed part: hooks, maps and the shared chains. */
@@ -149,42 +152,96 @@ export function renderServices(snapshot: ServiceSnapshot, localAddresses: Readon
     else slicesOf.set(key, [slice]);
   }
   for (const svc of snapshot.services) {
-    const slices = slicesOf.get(serviceKey(svc)) ?? [];
+    const key = serviceKey(svc);
+    const slices = slicesOf.get(key) ?? NO_SLICES;
     let rules = cache?.get(svc, slices);
     if (rules === null || (rules === undefined && !cache)) {
-      const r: ServiceRules = { chains: new Map(), elements: [], sets: new Map(), balancers: new Set() };
-      for (const port of svc.ports) {
-        for (const family of [4, 6] as const) {
-          const clusterIPs = svc.clusterIPs.filter((ip) => familyOf(ip) === family);
-          const externalIPs = svc.externalIPs.filter((ip) => familyOf(ip) === family);
-          const nodePort = family === 4 ? port.nodePort : undefined;
-          if (clusterIPs.length === 0 && externalIPs.length === 0 && nodePort === undefined) continue;
-          const eps = endpointsFor(svc, port, slices, localAddresses, family);
-          renderPort(r, svc, port, { family, clusterIPs, externalIPs, nodePort }, eps);
-        }
-      }
-      rules = r.chains.size > 0 || r.elements.length > 0 ? r : undefined;
+      rules = renderService(svc, slices, localAddresses);
       cache?.set(svc, slices, rules);
     }
-    if (rules) out.set(serviceKey(svc), rules);
+    if (rules) out.set(key, rules);
   }
   return out;
 }
 
+const NO_SLICES: readonly EndpointSlice[] = [];
+const NONE: readonly string[] = [];
+
+function renderService(svc: Service, slices: readonly EndpointSlice[], localAddresses: ReadonlySet<string>): ServiceRules | undefined {
+  const r: ServiceRules = { elements: new Map(), chains: new Map(), sets: new Map(), balancers: new Set() };
+  // Split by family once per Service, not per port (most Services have one IPv4 cluster IP).
+  let v4 = svc.clusterIPs;
+  let v6 = NONE;
+  if (svc.clusterIPs.some((ip) => familyOf(ip) === 6)) {
+    v4 = svc.clusterIPs.filter((ip) => familyOf(ip) === 4);
+    v6 = svc.clusterIPs.filter((ip) => familyOf(ip) === 6);
+  }
+  const ext4 = svc.externalIPs.length === 0 ? NONE : svc.externalIPs.filter((ip) => familyOf(ip) === 4);
+  const ext6 = svc.externalIPs.length === 0 ? NONE : svc.externalIPs.filter((ip) => familyOf(ip) === 6);
+  for (const port of svc.ports) {
+    if (v4.length > 0 || ext4.length > 0 || port.nodePort !== undefined) {
+      renderPort(r, svc, port, { family: 4, clusterIPs: v4, externalIPs: ext4, nodePort: port.nodePort }, endpointsFor(svc, port, slices, localAddresses, 4));
+    }
+    if (v6.length > 0 || ext6.length > 0) {
+      renderPort(r, svc, port, { family: 6, clusterIPs: v6, externalIPs: ext6, nodePort: undefined }, endpointsFor(svc, port, slices, localAddresses, 6));
+    }
+  }
+  return r.chains.size > 0 || r.elements.size > 0 ? r : undefined;
+}
+
 interface FamilyAddresses {
   family: Family;
-  clusterIPs: string[];
-  externalIPs: string[];
+  clusterIPs: readonly string[];
+  externalIPs: readonly string[];
   nodePort: number | undefined;
 }
 
+const NFT_PROTOCOL: Record<ServicePort['protocol'], string> = { TCP: 'tcp', UDP: 'udp', SCTP: 'sctp' };
+
+function addElement(r: ServiceRules, map: string, element: string): void {
+  const list = r.elements.get(map);
+  if (list) list.push(element);
+  else r.elements.set(map, [element]);
+}
+
+/**
+ * Cluster IPs without session affinity: map elements only, on the shared balancer for the
+ * endpoint count (`refusal`, when set, is the verdict for a Service no endpoint serves).
+ */
+function balancedClusterIPs(r: ServiceRules, a: FamilyAddresses, proto: string, port: number, targets: readonly Target[], refusal: string | undefined): void {
+  const suffix = a.family === 6 ? '6' : '';
+  for (const clusterIP of a.clusterIPs) {
+    const key = `${clusterIP} . ${proto} . ${port}`;
+    if (refusal) {
+      addElement(r, `no-endpoint-services${suffix}`, `${key} : ${refusal}`);
+      continue;
+    }
+    const count = targets.length;
+    const balancer = balancerName(a.family, count);
+    r.balancers.add(balancer);
+    addElement(r, `service-ips${suffix}`, `${key} : goto ${balancer}`);
+    const map = endpointMap(a.family, count);
+    for (let i = 0; i < count; i++) addElement(r, map, `${key} . ${i} : ${targets[i]!.ip} . ${targets[i]!.port}`);
+  }
+}
+
 function renderPort(r: ServiceRules, svc: Service, port: ServicePort, a: FamilyAddresses, eps: ReturnType<typeof endpointsFor>): void {
-  const proto = port.protocol.toLowerCase();
-  // IPv4 names are those of agents before dual-stack; IPv6 objects carry the family.
-  const id = `${svc.namespace}/${svc.name}/${proto}/${port.name || port.port}${a.family === 6 ? '/v6' : ''}`;
-  // Only chains are named by it: most Services have none (see the balancers), so it is hashed on demand.
-  let hashed: string | undefined;
-  const h = () => (hashed ??= hash(id));
+  const proto = NFT_PROTOCOL[port.protocol];
+  // Most Services: a cluster IP only, no affinity. No chain, no closure: the cold first sync of a
+  // cell runs this for every Service before the JIT has compiled any of it.
+  if (svc.sessionAffinity === undefined && a.nodePort === undefined && a.externalIPs.length === 0) {
+    const targets = svc.internalTrafficPolicy === 'Local' ? eps.local : eps.cluster;
+    balancedClusterIPs(r, a, proto, port.port, targets, eps.cluster.length === 0 ? 'goto reject-chain' : targets.length === 0 ? 'drop' : undefined);
+    return;
+  }
+  // IPv4 names are those of agents before dual-stack; IPv6 objects carry the family. Only chains
+  // are named by it: most Services have none (see the balancers), so it is made on demand.
+  let named: { id: string; hash: string } | undefined;
+  const n = () => {
+    if (named) return named;
+    const id = `${svc.namespace}/${svc.name}/${proto}/${port.name || port.port}${a.family === 6 ? '/v6' : ''}`;
+    return (named = { id, hash: hash(id) });
+  };
   const affinity = svc.sessionAffinity?.timeoutSeconds;
   const ip = a.family === 6 ? 'ip6' : 'ip';
   const suffix = a.family === 6 ? '6' : '';
@@ -195,7 +252,7 @@ function renderPort(r: ServiceRules, svc: Service, port: ServicePort, a: FamilyA
   const dnat = (t: Target) => `meta l4proto ${proto} dnat ${ip} to ${a.family === 6 ? `[${t.ip}]` : t.ip}:${t.port}`;
   const endpointChain = (t: Target, timeout: number) => {
     // An IPv6 address has colons, which nft does not take in a name.
-    const name = `ep-${h()}-${id}__${t.ip.replaceAll(':', '-')}/${t.port}`;
+    const name = `ep-${n().hash}-${n().id}__${t.ip.replaceAll(':', '-')}/${t.port}`;
     if (!r.chains.has(name)) {
       const set = affinitySet(name, timeout);
       r.sets.set(set, `{ type ${a.family === 6 ? 'ipv6_addr' : 'ipv4_addr'} ; flags dynamic,timeout ; timeout ${timeout}s ; }`);
@@ -216,25 +273,21 @@ function renderPort(r: ServiceRules, svc: Service, port: ServicePort, a: FamilyA
     r.chains.set(name, rules);
     return name;
   };
-  const cluster = () => balance(`clu-${h()}-${id}`, eps.cluster);
-  const local = () => balance(`loc-${h()}-${id}`, eps.local);
+  const cluster = () => balance(`clu-${n().hash}-${n().id}`, eps.cluster);
+  const local = () => balance(`loc-${n().hash}-${n().id}`, eps.local);
   // No usable endpoint: refused at once when the Service has none at all, dropped when it has
   // some but none this traffic policy may use (as kube-proxy does).
   const refusal = (targets: Target[]) => (eps.cluster.length === 0 ? 'goto reject-chain' : targets.length === 0 ? 'drop' : undefined);
 
   // Traffic from this cell's pod to the cluster IP.
   const internal = svc.internalTrafficPolicy === 'Local' ? eps.local : eps.cluster;
-  for (const clusterIP of a.clusterIPs) {
-    const key = `${clusterIP} . ${proto} . ${port.port}`;
-    const no = refusal(internal);
-    if (no) r.elements.push({ map: `no-endpoint-services${suffix}`, key, value: no });
-    else if (affinity === undefined) {
-      // The shared balancer for this endpoint count: map elements only.
-      const n = internal.length;
-      r.balancers.add(balancerName(a.family, n));
-      r.elements.push({ map: `service-ips${suffix}`, key, value: `goto ${balancerName(a.family, n)}` });
-      internal.forEach((t, i) => r.elements.push({ map: endpointMap(a.family, n), key: `${key} . ${i}`, value: `${t.ip} . ${t.port}` }));
-    } else r.elements.push({ map: `service-ips${suffix}`, key, value: `goto ${svc.internalTrafficPolicy === 'Local' ? local() : cluster()}` });
+  if (affinity === undefined) balancedClusterIPs(r, a, proto, port.port, internal, refusal(internal));
+  else {
+    for (const clusterIP of a.clusterIPs) {
+      const key = `${clusterIP} . ${proto} . ${port.port}`;
+      const no = refusal(internal);
+      addElement(r, no ? `no-endpoint-services${suffix}` : `service-ips${suffix}`, `${key} : ${no ?? `goto ${svc.internalTrafficPolicy === 'Local' ? local() : cluster()}`}`);
+    }
   }
 
   // Traffic from outside the cell: its node port and the Service's external IPs.
@@ -244,7 +297,7 @@ function renderPort(r: ServiceRules, svc: Service, port: ServicePort, a: FamilyA
   const no = refusal(external);
   let verdict = no;
   if (!no) {
-    const name = `ext-${h()}-${id}`;
+    const name = `ext-${n().hash}-${n().id}`;
     // Local keeps the client's address (no masquerade), so only this cell's endpoints may
     // answer; traffic the cell itself sends still reaches any endpoint.
     r.chains.set(
@@ -255,9 +308,8 @@ function renderPort(r: ServiceRules, svc: Service, port: ServicePort, a: FamilyA
     );
     verdict = `goto ${name}`;
   }
-  if (a.nodePort !== undefined) r.elements.push({ map: no ? 'no-endpoint-nodeports' : 'service-nodeports', key: `${proto} . ${a.nodePort}`, value: verdict! });
-  for (const extIP of a.externalIPs)
-    r.elements.push({ map: no ? `no-endpoint-services${suffix}` : `service-ips${suffix}`, key: `${extIP} . ${proto} . ${port.port}`, value: verdict! });
+  if (a.nodePort !== undefined) addElement(r, no ? 'no-endpoint-nodeports' : 'service-nodeports', `${proto} . ${a.nodePort} : ${verdict!}`);
+  for (const extIP of a.externalIPs) addElement(r, no ? `no-endpoint-services${suffix}` : `service-ips${suffix}`, `${extIP} . ${proto} . ${port.port} : ${verdict!}`);
 }
 
 /**

@@ -2,7 +2,7 @@
 // table from one rendered state to the next. A full sync replaces the whole table; a partial
 // sync touches only what changed, so one endpoint change costs the same with 10 Services as
 // with 10,000.
-import { LEGACY_TABLE, TABLE, balancerCommands, baseCommands, type MapElement, type ServiceRules } from './ruleset.js';
+import { LEGACY_TABLE, TABLE, balancerCommands, baseCommands, elementKey, type ServiceRules } from './ruleset.js';
 
 export type Rendered = ReadonlyMap<string, ServiceRules>;
 
@@ -10,12 +10,20 @@ export type Rendered = ReadonlyMap<string, ServiceRules>;
 export function fullTransaction(next: Rendered): string {
   // `add` before `delete` makes the delete valid whether or not the table exists.
   const out = [`add table ${LEGACY_TABLE}`, `delete table ${LEGACY_TABLE}`, `add table ${TABLE}`, `delete table ${TABLE}`, `add table ${TABLE}`, ...baseCommands()];
-  const all = [...next.values()];
   for (const name of balancersOf(next)) out.push(...balancerCommands(name).add);
-  for (const s of all) for (const [name, spec] of s.sets) out.push(addSet(name, spec));
-  for (const s of all) for (const name of s.chains.keys()) out.push(`add chain ${TABLE} ${name}`);
-  for (const s of all) for (const [name, rules] of s.chains) for (const rule of rules) out.push(`add rule ${TABLE} ${name} ${rule}`);
-  out.push(...addElements(all.flatMap((s) => s.elements)));
+  for (const s of next.values()) for (const [name, spec] of s.sets) out.push(addSet(name, spec));
+  for (const s of next.values()) for (const name of s.chains.keys()) out.push(`add chain ${TABLE} ${name}`);
+  for (const s of next.values()) for (const [name, rules] of s.chains) for (const rule of rules) out.push(`add rule ${TABLE} ${name} ${rule}`);
+  // Every Service's element strings, gathered by map (no per-element object or string made here).
+  const byMap = new Map<string, string[]>();
+  for (const s of next.values()) {
+    for (const [map, elements] of s.elements) {
+      const list = byMap.get(map);
+      if (list) for (const e of elements) list.push(e);
+      else byMap.set(map, elements.slice());
+    }
+  }
+  for (const [map, elements] of byMap) out.push(addElements(map, elements));
   return out.join('\n') + '\n';
 }
 
@@ -24,8 +32,8 @@ export function partialTransaction(prev: Rendered, next: Rendered): string {
   const addSets: string[] = [];
   const addChains: string[] = [];
   const rewrite: string[] = [];
-  const removedElements: MapElement[] = [];
-  const addedElements: MapElement[] = [];
+  const removedElements = new Map<string, string[]>();
+  const addedElements = new Map<string, string[]>();
   const flushGone: string[] = [];
   const deleteGone: string[] = [];
   for (const key of new Set([...prev.keys(), ...next.keys()])) {
@@ -44,10 +52,15 @@ export function partialTransaction(prev: Rendered, next: Rendered): string {
       else rewrite.push(`flush chain ${TABLE} ${name}`);
       for (const rule of rules) rewrite.push(`add rule ${TABLE} ${name} ${rule}`);
     }
-    const oldElements = new Map((a?.elements ?? []).map((e) => [elementId(e), e]));
-    const newElements = new Map((b?.elements ?? []).map((e) => [elementId(e), e]));
-    for (const [id, e] of oldElements) if (!newElements.has(id)) removedElements.push(e);
-    for (const [id, e] of newElements) if (!oldElements.has(id)) addedElements.push(e);
+    for (const map of new Set([...(a?.elements.keys() ?? []), ...(b?.elements.keys() ?? [])])) {
+      const olds = a?.elements.get(map) ?? [];
+      const news = b?.elements.get(map) ?? [];
+      if (sameRules(olds, news)) continue;
+      const oldSet = new Set(olds);
+      const newSet = new Set(news);
+      for (const e of olds) if (!newSet.has(e)) push(removedElements, map, e);
+      for (const e of news) if (!oldSet.has(e)) push(addedElements, map, e);
+    }
     // A chain that goes is emptied first, so no other going chain still jumps to it when it is
     // deleted; map elements naming it were removed above.
     for (const name of oldChains.keys()) {
@@ -70,8 +83,8 @@ export function partialTransaction(prev: Rendered, next: Rendered): string {
     ...addSets,
     ...addChains,
     ...rewrite,
-    ...deleteElements(removedElements),
-    ...addElements(addedElements),
+    ...[...removedElements].map(([map, elements]) => `delete element ${TABLE} ${map} { ${elements.map(elementKey).join(' , ')} }`),
+    ...[...addedElements].map(([map, elements]) => addElements(map, elements)),
     ...flushGone,
     ...deleteGone,
     ...removeBalancers,
@@ -91,26 +104,14 @@ function balancersOf(rendered: Rendered): Set<string> {
 
 // One command per map: nft parses a command with a thousand elements far faster than a
 // thousand commands.
-function addElements(es: MapElement[]): string[] {
-  return [...byMap(es)].map(([map, list]) => `add element ${TABLE} ${map} { ${list.map((e) => `${e.key} : ${e.value}`).join(' , ')} }`);
+function addElements(map: string, elements: readonly string[]): string {
+  return `add element ${TABLE} ${map} { ${elements.join(' , ')} }`;
 }
 
-function deleteElements(es: MapElement[]): string[] {
-  return [...byMap(es)].map(([map, list]) => `delete element ${TABLE} ${map} { ${list.map((e) => e.key).join(' , ')} }`);
-}
-
-function byMap(es: MapElement[]): Map<string, MapElement[]> {
-  const m = new Map<string, MapElement[]>();
-  for (const e of es) {
-    const list = m.get(e.map);
-    if (list) list.push(e);
-    else m.set(e.map, [e]);
-  }
-  return m;
-}
-
-function elementId(e: MapElement): string {
-  return `${e.map}|${e.key}|${e.value}`;
+function push(m: Map<string, string[]>, key: string, value: string): void {
+  const list = m.get(key);
+  if (list) list.push(value);
+  else m.set(key, [value]);
 }
 
 function sameRules(a: readonly string[], b: readonly string[]): boolean {
