@@ -73,6 +73,19 @@ export function filesHold(dir: string, needles: string[]): boolean {
   return false;
 }
 
+/** GET / on 127.0.0.1:port (a port-forward's local end), the body; 5 s without an answer fails. */
+export function httpGet(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, path: '/', timeout: 5000 }, (res) => {
+      let body = '';
+      res.on('data', (b: Buffer) => (body += b.toString()));
+      res.on('end', () => resolve(body));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
 /** Runs the `controller` CLI (dist) to its end, with a deadline: backup, restore, preflight, issue-user. */
 export function controllerCli(args: string[], timeoutMs = 60_000): Promise<RunResult> {
   return new Promise((resolvePromise, reject) => {
