@@ -41,6 +41,9 @@ export const SYSTEM_PACKAGES = [
   // Cell images (packages/images-test): the installer's lint, the disk image and the boot test.
   ['shellcheck', 'shellcheck'],
   ['mkfs.ext4', 'e2fsprogs'],
+  // The store backup's test on a filesystem without hard links: rclone's FUSE mount (fuse3).
+  ['rclone', 'rclone'],
+  ['fusermount3', 'fuse3'],
   ['unshare', 'util-linux'],
   // The CRI shim's tests: flock serializes the cri-tools build, setpriv runs crictl as another user.
   ['flock', 'util-linux'],

@@ -451,6 +451,42 @@ describe.concurrent('supplementalGroupsPolicy', () => {
   });
 });
 
+describe.concurrent('emptyDir permissions', () => {
+  // What a unit running as a non-root user sees, as on a kubelet: emptyDir is 0777 (a memory
+  // one 1777) with or without fsGroup; fsGroup adds its group, group rwx and setgid, so files
+  // the unit creates there belong to the fsGroup.
+  async function modes(name: string, fsGroup: number | undefined): Promise<string> {
+    const a = await agent();
+    const out = outDir();
+    await apply(a.client, {
+      pod: pod(name, {
+        restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
+        securityContext: { runAsUser: 1000, runAsGroup: 1000, ...(fsGroup !== undefined ? { fsGroup } : {}) },
+        volumes: [
+          out.volume,
+          { name: 'disk', source: { $case: 'emptyDir', value: {} } },
+          { name: 'mem', source: { $case: 'emptyDir', value: { medium: StorageMedium.STORAGE_MEDIUM_MEMORY } } },
+        ],
+        containers: [
+          {
+            name: 'c',
+            image: reg.busybox,
+            volumeMounts: [out.mount, { name: 'disk', mountPath: '/disk' }, { name: 'mem', mountPath: '/mem' }],
+            command: sh('touch /disk/f /mem/f && stat -c "%a %g" /disk /mem /disk/f /mem/f | tr "\\n" " " > /out/m.tmp && mv /out/m.tmp /out/modes'),
+          },
+        ],
+      }),
+    });
+    return waitFor(`${name}: modes written`, () => read(join(out.dir, 'modes')).trim() || undefined, { timeoutMs: 60_000 });
+  }
+
+  it('0777 (tmpfs 1777) without fsGroup; fsGroup-owned and setgid with it', async () => {
+    const [plain, grouped] = await Promise.all([modes('emptydir-plain', undefined), modes('emptydir-fsgroup', 4321)]);
+    expect(plain).toBe('777 0 1777 0 644 1000 644 1000');
+    expect(grouped).toBe('2777 4321 3777 4321 644 4321 644 4321');
+  });
+});
+
 describe.concurrent('emptyDir sizeLimit on disk', () => {
   const limited = { name: 'scratch', source: { $case: 'emptyDir', value: { medium: StorageMedium.STORAGE_MEDIUM_UNSPECIFIED, sizeLimitBytes: 1024 * 1024 } } };
   const writer = (kib: number) => ({

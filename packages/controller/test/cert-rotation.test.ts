@@ -5,7 +5,7 @@
 // same cluster (certificates still rotating underneath), the streams through cellctl that had no
 // end-to-end test: `logs -f`, `attach -i`, `logs --previous`.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readFileSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { join } from 'node:path';
 import type { PeerCertificate } from 'node:tls';
@@ -15,35 +15,10 @@ import { CellAgentClient, CellCertificatesClient, GetInfoRequest, PodPhase, Requ
 import { waitFor } from '@cello/testkit';
 import { openStore } from '../src/store/index.js';
 import { CertificateAuthority, cellServerIdentityCheck, type IssuedCertificate } from '../src/security/index.js';
-import { Cluster, startFixtureRegistry, type Registry } from './helpers/cluster.js';
+import { Cluster, filesHold, podWithSecret, secretForms, startFixtureRegistry, type Registry } from './helpers/cluster.js';
 
 const SECRET = `tok-${Math.random().toString(36).slice(2)}${Date.now()}`;
-const LOOP = `apiVersion: v1
-kind: Secret
-metadata: { name: creds }
-stringData: { token: ${SECRET} }
----
-apiVersion: v1
-kind: Pod
-metadata: { name: steady }
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: IMAGE
-    command: ["sh", "-c", "echo up; while true; do sleep 1; done"]
-    env:
-    - name: TOKEN
-      valueFrom: { secretKeyRef: { name: creds, key: token } }
-`;
-
-function storeHolds(dir: string, needle: string): boolean {
-  for (const n of readdirSync(dir)) {
-    const p = join(dir, n);
-    if (statSync(p).isDirectory() ? storeHolds(p, needle) : readFileSync(p).includes(needle)) return true;
-  }
-  return false;
-}
+const LOOP = podWithSecret('steady', SECRET, 'echo up; while true; do sleep 1; done');
 
 const TALK = `apiVersion: v1
 kind: Pod
@@ -201,8 +176,7 @@ describe('mTLS cells with certificates of seconds (local provider, real agents)'
     }
 
     // The secret reached the container, but the controller's store holds it only sealed.
-    expect(storeHolds(cl.storeDir, SECRET)).toBe(false);
-    expect(storeHolds(cl.storeDir, Buffer.from(SECRET).toString('base64'))).toBe(false);
+    expect(filesHold(cl.storeDir, secretForms(SECRET))).toBe(false);
 
     const del = await cl.cellctl(['delete', 'pod', 'steady', '--grace', '1'], { timeoutMs: 60_000 });
     expect(del.code).toBe(0);

@@ -1,13 +1,12 @@
 // End to end through cellctl, on one machine: the controller daemon with the local provider
 // (real cell-agent processes, runc, a registry with the busybox fixture).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { request } from 'node:http';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { PodPhase } from '@cello/proto/cell';
 import { CellState } from '@cello/proto/controller';
 import { waitFor } from '@cello/testkit';
-import { Cluster, startFixtureRegistry, type Registry } from './helpers/cluster.js';
+import { Cluster, httpGet, startFixtureRegistry, type Registry } from './helpers/cluster.js';
 
 const WEB = `apiVersion: v1
 kind: Pod
@@ -37,18 +36,6 @@ spec:
     image: IMAGE
     command: ["sh", "-c", "echo up; while true; do sleep 1; done"]
 `;
-
-function httpGet(port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path: '/', timeout: 5000 }, (res) => {
-      let body = '';
-      res.on('data', (b: Buffer) => (body += b.toString()));
-      res.on('end', () => resolve(body));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 const running = (p: { status?: { phase: PodPhase } }) => p.status?.phase === PodPhase.POD_PHASE_RUNNING;
 

@@ -4,7 +4,6 @@
 // adopts the same cells (same agent process, no relaunch) and reaches them with the restored CA.
 // The backup holds the pod's secret only sealed. The real daemon, local provider, runc, registry.
 import { randomUUID } from 'node:crypto';
-import { spawn } from 'node:child_process';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,50 +11,15 @@ import { PodPhase } from '@cello/proto/cell';
 import { CellState } from '@cello/proto/controller';
 import { startEtcd } from '@cello/testkit';
 import { parse, stringify } from 'yaml';
-import { Cluster, CONTROLLER_BIN, startFixtureRegistry, type Registry, type RunResult } from './helpers/cluster.js';
+import { Cluster, controllerCli, podWithSecret, secretForms, startFixtureRegistry, type Registry } from './helpers/cluster.js';
 import { openStore } from '../src/store/index.js';
 import { SecretBox } from '../src/security/index.js';
 import { readPodSecrets, type PodRecordWithData } from '../src/cells/pod-secrets.js';
 
 const SECRET = `restore-s3cr3t-${randomUUID()}`;
-const MANIFEST = `apiVersion: v1
-kind: Secret
-metadata: { name: creds }
-stringData: { token: ${SECRET} }
----
-apiVersion: v1
-kind: Pod
-metadata: { name: keeper }
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: IMAGE
-    command: ["sh", "-c", "echo keeper-up; while true; do sleep 1; done"]
-    env:
-    - name: TOKEN
-      valueFrom: { secretKeyRef: { name: creds, key: token } }
-`;
-const needles = [SECRET, Buffer.from(SECRET).toString('base64').slice(0, 24)];
+const MANIFEST = podWithSecret('keeper', SECRET, 'echo keeper-up; while true; do sleep 1; done');
+const needles = secretForms(SECRET);
 const running = (p: { status?: { phase: PodPhase } }) => p.status?.phase === PodPhase.POD_PHASE_RUNNING;
-
-function controllerCli(args: string[], timeoutMs = 60_000): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CONTROLLER_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`controller ${args.join(' ')} timed out; stderr=${stderr}`));
-    }, timeoutMs);
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? -1, stdout, stderr });
-    });
-  });
-}
 
 let registry: Registry;
 let a: Cluster | undefined;

@@ -19,6 +19,7 @@ export {
   type IssuedCert,
   type MetricsServer,
 } from './kube.js';
+export { kubeconfigFor } from './kube.js';
 export { deployClusterDns, pushCoreDns, corednsBuild, type ClusterDns, type CoreDnsBuild, type DeployClusterDnsOptions } from './coredns.js';
 export { apiClientLayout, pushApiClient } from './apiclient.js';
 export { startNetLab, type NetLab } from './netlab.js';

@@ -531,3 +531,23 @@ export async function startApiServerRelay(kube: KubeApiserver, address: string):
       }),
   };
 }
+
+/**
+ * Writes a kubeconfig for this cluster that authenticates as someone other than the admin (a
+ * ServiceAccount's `{ token }`, or `{ 'client-certificate', 'client-key' }` files from
+ * issueCert) and returns its path: how tests check what an RBAC role really allows.
+ */
+export async function kubeconfigFor(kube: KubeApiserver, name: string, user: Record<string, string>): Promise<string> {
+  const file = join(kube.dir, `${name}.kubeconfig`);
+  // JSON is YAML: kubectl and loadKubeConfig read it, and testkit needs no YAML library.
+  const config = {
+    apiVersion: 'v1',
+    kind: 'Config',
+    'current-context': name,
+    clusters: [{ name: 'c', cluster: { server: kube.server, 'certificate-authority-data': Buffer.from(kube.ca).toString('base64') } }],
+    users: [{ name, user }],
+    contexts: [{ name, context: { cluster: 'c', user: name } }],
+  };
+  await writeFile(file, JSON.stringify(config, null, 2), { mode: 0o600 });
+  return file;
+}

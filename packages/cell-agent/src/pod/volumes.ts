@@ -4,7 +4,7 @@
 // written as files with their modes. Item paths and subPaths are resolved inside their roots.
 import { execFile } from 'node:child_process';
 import { cpus, totalmem } from 'node:os';
-import { chmodSync, existsSync, lstatSync, mkdirSync, statSync, writeFileSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, statSync, writeFileSync, readdirSync, rmSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import type {
   ApplyPodRequest,
@@ -248,11 +248,21 @@ export class VolumeBuilder {
     if (!src) throw new VolumeError(v.name, 'has no source');
     switch (src.$case) {
       case 'emptyDir': {
+        // As the kubelet's emptyDir plugin (setupDir): 0777 whatever the pod's securityContext, so
+        // that a unit running as any user can write it (kubernetes/kubernetes#2630 keeps it so);
+        // a memory emptyDir is a tmpfs whose root is 1777, as tmpfs makes it by default.
         mkdirSync(dir, { recursive: true, mode: 0o777 });
         chmodSync(dir, 0o777);
         if (src.value.medium === StorageMedium.STORAGE_MEDIUM_MEMORY && !isMountPoint(dir)) {
           const size = src.value.sizeLimitBytes;
           await sh('mount', ['-t', 'tmpfs', '-o', `mode=1777${size ? `,size=${size}` : ''}`, 'tmpfs', dir]);
+        }
+        // fsGroup, as the kubelet's SetVolumeOwnership then does: the group owns the root, which
+        // gains group rwx and setgid so that what the units create there belongs to it as well.
+        // Only the root: the volume is new, and later files inherit the group through setgid.
+        if (fsGroup !== undefined) {
+          chownSync(dir, -1, fsGroup);
+          chmodSync(dir, (statSync(dir).mode & 0o7777) | 0o2070);
         }
         return { name: v.name, hostPath: dir, forceReadOnly: false };
       }

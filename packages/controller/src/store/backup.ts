@@ -5,7 +5,7 @@
 // secret than the store. A restore writes into an empty store only and keeps every key, because
 // sealed values are bound to their key (the key is the seal's context).
 import { randomBytes } from 'node:crypto';
-import { promises as fs, readdirSync, readFileSync, statSync } from 'node:fs';
+import { constants as fsConstants, promises as fs, readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { z } from 'zod';
 import { CelloError } from '../errors.js';
@@ -136,7 +136,19 @@ export async function writeBackup(out: string, backup: StoreBackup): Promise<voi
   }
   try {
     // link() fails if `out` exists: an older backup is never overwritten by mistake.
-    await fs.link(tmp, out);
+    await fs.link(tmp, out).catch(async (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EEXIST') throw err;
+      // A filesystem without hard links (vfat, SMB, FUSE mounts such as rclone's, which answer
+      // EPERM, ENOTSUP, ENOSYS or even EIO): an exclusive copy keeps the same promise (EEXIST
+      // when `out` exists), made durable itself. Where writing fails as well, the copy says why.
+      await fs.copyFile(tmp, out, fsConstants.COPYFILE_EXCL);
+      const copy = await fs.open(out, 'r'); // fsync needs no write access, and some FUSE mounts refuse it on an existing file
+      try {
+        await copy.sync();
+      } finally {
+        await copy.close();
+      }
+    });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new BackupError(`--out ${out}: the file exists; choose a new name`);
     throw err;

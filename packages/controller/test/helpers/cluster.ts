@@ -4,7 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +30,79 @@ export async function startFixtureRegistry(): Promise<Registry> {
   const server = await startRegistry();
   const image = await pushBusybox(server);
   return { server, image };
+}
+
+/**
+ * A Secret `creds` holding `secret` and a pod `name` whose one container reads it into $TOKEN
+ * and runs `script` (IMAGE stands for the registry's image, replaced by Cluster.manifest): the
+ * pod the tests that follow a secret through the controller share.
+ */
+export function podWithSecret(name: string, secret: string, script: string): string {
+  return `apiVersion: v1
+kind: Secret
+metadata: { name: creds }
+stringData: { token: ${secret} }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: ${name} }
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: IMAGE
+    command: ["sh", "-c", ${JSON.stringify(script)}]
+    env:
+    - name: TOKEN
+      valueFrom: { secretKeyRef: { name: creds, key: token } }
+`;
+}
+
+/** Every form a secret value could take in a JSON record or a file: as is, base64 (bytes fields), and the start of its base64 inside a longer run. */
+export function secretForms(secret: string): string[] {
+  const b64 = Buffer.from(secret).toString('base64');
+  return [secret, b64, b64.slice(0, 24)];
+}
+
+/** Whether any file below `dir` holds any of `needles` (e.g. secretForms). */
+export function filesHold(dir: string, needles: string[]): boolean {
+  for (const n of readdirSync(dir)) {
+    const p = join(dir, n);
+    if (statSync(p).isDirectory() ? filesHold(p, needles) : needles.some((x) => readFileSync(p).includes(x))) return true;
+  }
+  return false;
+}
+
+/** GET / on 127.0.0.1:port (a port-forward's local end), the body; 5 s without an answer fails. */
+export function httpGet(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, path: '/', timeout: 5000 }, (res) => {
+      let body = '';
+      res.on('data', (b: Buffer) => (body += b.toString()));
+      res.on('end', () => resolve(body));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** Runs the `controller` CLI (dist) to its end, with a deadline: backup, restore, preflight, issue-user. */
+export function controllerCli(args: string[], timeoutMs = 60_000): Promise<RunResult> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(process.execPath, [CONTROLLER_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`controller ${args.join(' ')} timed out after ${timeoutMs} ms; stderr=${stderr}`));
+    }, timeoutMs);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      resolvePromise({ code: code ?? -1, stdout, stderr });
+    });
+  });
 }
 
 export interface ClusterOptions {

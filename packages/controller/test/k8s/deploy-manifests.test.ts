@@ -4,11 +4,10 @@
 // other, and the API server accepts every object (`kubectl apply --dry-run=server`). Applied,
 // the ServiceAccount passes the preflight's SelfSubjectAccessReview list with its own token, and
 // is refused what it must not do.
-import { writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startKubeApiserver, type KubeApiserver } from '@cello/testkit';
-import { parseAllDocuments, stringify } from 'yaml';
+import { kubeconfigFor, startKubeApiserver, type KubeApiserver } from '@cello/testkit';
+import { parseAllDocuments } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig, type Config } from '../../src/config.js';
 import { KubeRest, loadKubeConfig } from '../../src/k8s/client/rest.js';
@@ -97,22 +96,6 @@ function checkManifests(objs: Obj[], store: 'embedded' | 'etcd') {
   return cfg;
 }
 
-function tokenKubeconfig(name: string, token: string): string {
-  const file = join(kube.dir, `${name}.kubeconfig`);
-  writeFileSync(
-    file,
-    stringify({
-      apiVersion: 'v1',
-      kind: 'Config',
-      'current-context': name,
-      clusters: [{ name: 'c', cluster: { server: kube.server, 'certificate-authority-data': Buffer.from(kube.ca).toString('base64') } }],
-      users: [{ name, user: { token } }],
-      contexts: [{ name, context: { cluster: 'c', user: name } }],
-    }),
-  );
-  return file;
-}
-
 describe('deploy/ manifests', () => {
   for (const [dir, store] of [
     ['base', 'embedded'],
@@ -137,7 +120,7 @@ describe('deploy/ manifests', () => {
     expect(applied.code, applied.stderr).toBe(0);
     const token = (await kube.kubectl(['-n', 'cello-system', 'create', 'token', 'cello-controller'])).stdout.trim();
     expect(token).toMatch(/^ey/);
-    const rest = new KubeRest(loadKubeConfig(tokenKubeconfig('sa', token)), 'deploy-test');
+    const rest = new KubeRest(loadKubeConfig(await kubeconfigFor(kube, 'sa', { token })), 'deploy-test');
     const perms = virtualNodePermissions(cfg.kubernetes!);
     const rs = await rbacPreflight(rest, perms);
     expect(rs).toHaveLength(perms.length);

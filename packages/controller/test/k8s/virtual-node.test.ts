@@ -6,12 +6,12 @@
 // client certs, SPDY/3.1) -> controller -> cell agent.
 import { credentials } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { request } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { ChildProcess } from 'node:child_process';
 import {
   freePort,
   hostAddress,
+  kubeconfigFor,
   pushBusybox,
   startKubeApiserver,
   startMetricsServer,
@@ -26,8 +26,8 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir, totalmem } from 'node:os';
 import { execFileSync, spawn } from 'node:child_process';
 import { join, dirname, resolve } from 'node:path';
-import { parse, stringify } from 'yaml';
-import { startFixtureRegistry, type Registry } from '../helpers/cluster.js';
+import { parse } from 'yaml';
+import { httpGet, startFixtureRegistry, type Registry } from '../helpers/cluster.js';
 import { KubeCluster } from '../helpers/kube-cluster.js';
 import { wsExec } from '../helpers/ws-exec.js';
 import { startVirtualNode } from '../../src/k8s/index.js';
@@ -76,18 +76,6 @@ spec:
     env: [{ name: FROM_CM, valueFrom: { configMapKeyRef: { name: settings, key: greeting } } }]
     ports: [{ containerPort: 8080 }]
 `;
-
-function httpGet(port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path: '/', timeout: 5000 }, (res) => {
-      let body = '';
-      res.on('data', (b: Buffer) => (body += b.toString()));
-      res.on('end', () => resolve(body));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 let registry: Registry;
 let kube: KubeApiserver;
@@ -547,6 +535,40 @@ spec: { selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 8080
     await allocatablePods('the node after web', 0);
   }, 240_000);
 
+  it('kubectl logs of a finished pod still answers once its cell is gone, from the logs the controller kept', async () => {
+    const marker = `job-output-${Date.now()}`;
+    const yaml = podYaml('job-logs', registry.image, { tolerate: true, command: `echo ${marker}; echo second-line` }).replace(
+      '  containers:\n',
+      '  restartPolicy: Never\n  containers:\n',
+    );
+    const applied = await kube.kubectl(['apply', '-f', '-'], { input: yaml });
+    expect(applied.code, applied.stderr).toBe(0);
+    await waitPod('job-logs', 'Succeeded', (p) => p.status.phase === 'Succeeded', 90_000);
+    const { cellId } = await cl.pod('job-logs');
+    expect(cellId).toBeTruthy();
+    await waitFor(
+      "the finished pod's cell to be gone",
+      async () => {
+        const c = (await cl.cells()).find((x) => x.id === cellId);
+        return !c || c.state === CellState.CELL_STATE_TERMINATED;
+      },
+      { timeoutMs: 60_000, intervalMs: 250 },
+    );
+    // Through the API server and this node's kubelet API, as for any pod.
+    const logs = await kube.kubectl(['logs', 'job-logs']);
+    expect(logs.stderr).toBe('');
+    expect(logs.stdout).toBe(`${marker}\nsecond-line\n`);
+    expect((await kube.kubectl(['logs', 'job-logs', '--tail=1'])).stdout).toBe('second-line\n');
+    // Its way to running is in its Events too, mirrored from the controller by this node.
+    const evs = JSON.parse((await kube.kubectl(['get', 'events', '--field-selector', 'involvedObject.name=job-logs', '-o', 'json'])).stdout) as {
+      items: { reason: string; message: string; source?: { component?: string } }[];
+    };
+    const mirrored = evs.items.filter((e) => e.source?.component === 'cello-virtual-node');
+    expect(mirrored.find((e) => e.reason === 'Scheduled')?.message).toContain(`assigned to cell ${cellId}`);
+    expect(mirrored.map((e) => e.reason)).toContain('Dispatched');
+    expect((await kube.kubectl(['delete', 'pod', 'job-logs', '--timeout=60s'], { timeoutMs: 90_000 })).code).toBe(0);
+  }, 240_000);
+
   it('a pod without the toleration is never placed on the virtual node', async () => {
     const r = await kube.kubectl(['apply', '-f', '-'], { input: podYaml('intolerant', registry.image, { tolerate: false, command: 'sleep 1000' }) });
     expect(r.code).toBe(0);
@@ -973,18 +995,7 @@ spec:
     // Those permissions suffice: a virtual node running as the ServiceAccount runs a pod to the end.
     const token = (await kube.kubectl(['-n', 'cello-system', 'create', 'token', 'cello-controller'])).stdout.trim();
     expect(token).toMatch(/^ey/);
-    const kc = join(kube.dir, 'sa.kubeconfig');
-    writeFileSync(
-      kc,
-      stringify({
-        apiVersion: 'v1',
-        kind: 'Config',
-        'current-context': 'sa',
-        clusters: [{ name: 'c', cluster: { server: kube.server, 'certificate-authority-data': Buffer.from(kube.ca).toString('base64') } }],
-        users: [{ name: 'sa', user: { token } }],
-        contexts: [{ name: 'sa', context: { cluster: 'c', user: 'sa' } }],
-      }),
-    );
+    const kc = await kubeconfigFor(kube, 'sa', { token });
     const serving = await kube.issueCert('kubelet-serving-rbac', { cn: 'cello-rbac', ips: ['127.0.0.1'] });
     const node = await startVirtualNode({
       nodeName: 'cello-rbac',

@@ -1,13 +1,15 @@
 // Preflight of the aws provider against the real EC2 emulator (moto answers DryRun): a good
 // configuration passes every check, and each broken one (missing subnet, security group, AMI or
 // instance profile, an AMI of the wrong architecture, an unreachable store, an invalid file)
-// fails its own check with the fix. The CLI prints the table and exits 1.
-import { execFile } from 'node:child_process';
+// fails its own check with the fix. The CLI prints the table and exits 1; the daemon runs the
+// same checks at start, refuses to start on a failure, and starts anyway with --skip-preflight.
+import { execFile, spawn } from 'node:child_process';
+import { connect } from 'node:net';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CreateSubnetCommand, CreateVpcCommand, EC2Client, RegisterImageCommand } from '@aws-sdk/client-ec2';
-import { freePort, startMoto, type MotoServer } from '@cello/testkit';
+import { freePort, startMoto, waitExit, waitFor, type MotoServer } from '@cello/testkit';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config.js';
@@ -63,6 +65,17 @@ function rawConfig(aws: Record<string, unknown> = {}, top: Record<string, unknow
 
 const run = (aws: Record<string, unknown> = {}, top: Record<string, unknown> = {}) =>
   preflightConfig(parseConfig(rawConfig(aws, top)), { log: silentLogger(), awsClientConfig: world.clientConfig, storeTimeoutMs: 3000 });
+
+/** Whether something accepts TCP connections on 127.0.0.1:port. */
+const listening = (port: number) =>
+  new Promise<boolean>((resolve) => {
+    const sock = connect(port, '127.0.0.1');
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once('error', () => resolve(false));
+  });
 
 const failures = (rs: CheckResult[]) => rs.filter((r) => r.status === 'fail');
 const only = (rs: CheckResult[]) => {
@@ -193,6 +206,58 @@ describe('aws preflight on moto', () => {
     expect(r.stdout).toMatch(new RegExp(`^ec2:RunInstances \\(${world.subnets[0]!.id}.*OK`, 'm'));
     expect(r.stdout).toMatch(/^1 of \d+ checks failed$/m);
   }, 90_000);
+
+  it('the daemon runs the same checks at start: a failure is logged with its fix and it does not start; --skip-preflight starts it anyway, saying so', async () => {
+    const [apiPort, metricsPort] = [await freePort(), await freePort()];
+    const file = join(dir, 'start-missing-subnet.yaml');
+    writeFileSync(
+      file,
+      stringify(
+        rawConfig(
+          { subnets: [NO_SUBNET, world.subnets[0]!.id] },
+          {
+            log: { level: 'info' },
+            api: { insecure: true, listen: `127.0.0.1:${apiPort}` },
+            metrics: { listen: `127.0.0.1:${metricsPort}` },
+            store: { kind: 'embedded', dir: join(dir, 'start-store') },
+          },
+        ),
+      ),
+    );
+    const env = { ...process.env, AWS_ACCESS_KEY_ID: moto.credentials.accessKeyId, AWS_SECRET_ACCESS_KEY: moto.credentials.secretAccessKey };
+    const daemon = (args: string[]) => {
+      const child = spawn(process.execPath, [CONTROLLER_BIN, '-c', file, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      const out = { text: '' };
+      child.stdout.on('data', (b: Buffer) => (out.text += b.toString()));
+      child.stderr.on('data', (b: Buffer) => (out.text += b.toString()));
+      return { child, out };
+    };
+
+    const refused = daemon([]);
+    const exit = await waitExit(refused.child, { timeoutMs: 60_000, what: 'the controller with a failing preflight' });
+    expect(exit.code, refused.out.text).toBe(1);
+    const failed = refused.out.text
+      .split('\n')
+      .filter((l) => l.includes('"preflight check failed"'))
+      .map((l) => JSON.parse(l) as { preflight: string; detail: string; fix?: string });
+    expect(failed.map((f) => f.preflight)).toEqual([`subnet ${NO_SUBNET}`]);
+    expect(failed[0]!.fix).toMatch(/providers\.aws\.subnets/);
+    expect(refused.out.text).toMatch(/"preflight":"ec2:RunInstances[^\n]*"msg":"preflight check passed"/);
+    expect(refused.out.text).toContain('preflight failed; not starting');
+    expect(await listening(apiPort)).toBe(false);
+
+    const skipped = daemon(['--skip-preflight']);
+    try {
+      await waitFor('the controller API to listen despite the failing check', () => listening(apiPort), { timeoutMs: 60_000, intervalMs: 200 }).catch((err: Error) => {
+        throw new Error(`${err.message}; output: ${skipped.out.text}`);
+      });
+      expect(skipped.out.text).toContain('preflight skipped (--skip-preflight)');
+      expect(skipped.out.text).not.toContain('preflight check');
+    } finally {
+      skipped.child.kill('SIGTERM');
+      await waitExit(skipped.child, { timeoutMs: 60_000, what: 'the controller started with --skip-preflight' });
+    }
+  }, 180_000);
 });
 
 /** One IAM query call to moto before it enforces IAM (unsigned; the header only routes it to IAM). */

@@ -2,11 +2,9 @@
 // ServiceAccount with deploy/base's roles passes every SelfSubjectAccessReview, the same account
 // with one rule taken away fails that one check naming the verb and resource, and a user with
 // no rights fails them all.
-import { writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startKubeApiserver, type KubeApiserver } from '@cello/testkit';
-import { stringify } from 'yaml';
+import { kubeconfigFor, startKubeApiserver, type KubeApiserver } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config.js';
 import { KubeRest, loadKubeConfig } from '../../src/k8s/client/rest.js';
@@ -21,22 +19,6 @@ let kube: KubeApiserver;
 let saKubeconfig: string;
 let nobodyKubeconfig: string;
 
-function kubeconfig(name: string, user: Record<string, string>): string {
-  const file = join(kube.dir, `${name}.kubeconfig`);
-  writeFileSync(
-    file,
-    stringify({
-      apiVersion: 'v1',
-      kind: 'Config',
-      'current-context': name,
-      clusters: [{ name: 'c', cluster: { server: kube.server, 'certificate-authority-data': Buffer.from(kube.ca).toString('base64') } }],
-      users: [{ name, user }],
-      contexts: [{ name, context: { cluster: 'c', user: name } }],
-    }),
-  );
-  return file;
-}
-
 beforeAll(async () => {
   kube = await startKubeApiserver({ controllerManager: false, timeoutMs: 120_000 });
   for (const f of ['namespace.yaml', 'serviceaccount.yaml', 'rbac.yaml']) {
@@ -45,9 +27,9 @@ beforeAll(async () => {
   }
   const token = (await kube.kubectl(['-n', 'cello-system', 'create', 'token', 'cello-controller'])).stdout.trim();
   expect(token).toMatch(/^ey/);
-  saKubeconfig = kubeconfig('sa', { token });
+  saKubeconfig = await kubeconfigFor(kube, 'sa', { token });
   const nobody = await kube.issueCert('nobody', { cn: 'nobody' });
-  nobodyKubeconfig = kubeconfig('nobody', { 'client-certificate': nobody.certFile, 'client-key': nobody.keyFile });
+  nobodyKubeconfig = await kubeconfigFor(kube, 'nobody', { 'client-certificate': nobody.certFile, 'client-key': nobody.keyFile });
 }, 180_000);
 
 afterAll(async () => {

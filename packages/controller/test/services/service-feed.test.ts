@@ -191,7 +191,9 @@ describe('Services from the API server on a cell (watch -> SyncServices -> nftab
     await waitFor('the deleted Service to stop answering', () => lab.connect(lab.cell, 'tcp', ip, 80, 1, 500)[0] === 'ERR:ETIMEDOUT', { timeoutMs: 20_000, intervalMs: 100 });
   });
 
-  it('a Service with an IPv6 external IP gets one Warning Event saying pods on cells cannot reach it', async () => {
+  it('a Service with an IPv6 external IP gets one Warning Event saying pods on cells cannot reach it, whatever the replicas', async () => {
+    // A second controller replica watching the same cluster: it must not say it a second time.
+    const replica = watchClusterServices(new KubeRest(loadKubeConfig(kube.kubeconfig)), new ClusterServices(), log);
     await apply(`
 apiVersion: v1
 kind: Service
@@ -205,7 +207,16 @@ spec:
     await waitFor('the Event on the Service', async () => (await events()).length > 0, { timeoutMs: 20_000, intervalMs: 200 });
     // An update that does not change why (a label) records no second Event.
     expect((await kube.kubectl(['label', 'service', 'v6ext', 'touched=yes'])).code).toBe(0);
-    await new Promise((r) => setTimeout(r, 1500));
+    // Nor does a replica that restarts (its in-memory dedupe empty) once it has listed again.
+    await replica.stop();
+    const restarted = new ClusterServices();
+    const again = watchClusterServices(new KubeRest(loadKubeConfig(kube.kubeconfig)), restarted, log);
+    try {
+      await waitFor('the restarted replica to list the Services', () => restarted.isSynced(), { timeoutMs: 20_000, intervalMs: 100 });
+      await new Promise((r) => setTimeout(r, 1500));
+    } finally {
+      await again.stop();
+    }
     const got = await events();
     expect(got).toHaveLength(1);
     expect(got[0]).toMatchObject({ type: 'Warning', reason: 'NotServedOnCells', involvedObject: { kind: 'Service' } });

@@ -3,10 +3,11 @@
 // the final one is exactly its state), etcd read at one revision and restored into an embedded
 // store (and back), and what a restore refuses.
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startEtcd, type EtcdServer } from '@cello/testkit';
+import { requireCommand, startEtcd, waitExit, waitFor, type EtcdServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openStore, StoreLockedError, type EmbeddedStore, type Store } from '../../src/store/index.js';
 import { BACKUP_FORMAT, readBackup, readEmbeddedEntries, readStoreEntries, restoreEntries, unsealedSecretKeys, writeBackup, type StoreBackup } from '../../src/store/backup.js';
@@ -37,6 +38,43 @@ const backupOf = (entries: StoreBackup['entries'], revision = 1): StoreBackup =>
 });
 
 describe('store backup', () => {
+  it('writes the backup on a filesystem without hard links (a FUSE mount) by an exclusive copy, still refusing an existing file', async () => {
+    requireCommand('rclone', 'rclone');
+    requireCommand('fusermount3', 'fuse3');
+    const d = tmp();
+    const src = join(d, 'src');
+    const mnt = join(d, 'mnt');
+    mkdirSync(src);
+    mkdirSync(mnt);
+    // rclone's mount of a local directory: a real FUSE filesystem, as for cloud storage, with no link().
+    const rclone = spawn('rclone', ['mount', '--config', '/dev/null', '--vfs-cache-mode', 'writes', '--vfs-write-back', '0s', src, mnt], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    rclone.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    try {
+      await waitFor('the rclone mount', () => readFileSync('/proc/mounts', 'utf8').includes(` ${mnt} fuse.rclone `), { timeoutMs: 60_000, intervalMs: 100 }).catch((err: Error) => {
+        throw new Error(`${err.message}; rclone: ${stderr}`);
+      });
+      // The premise: link() is refused there.
+      writeFileSync(join(mnt, 'probe'), 'x');
+      expect(() => linkSync(join(mnt, 'probe'), join(mnt, 'probe2'))).toThrow();
+      const file = join(mnt, 'b.json');
+      const entries = [{ key: 'pods/default/a', value: { n: 1 } }];
+      await writeBackup(file, backupOf(entries, 7));
+      const loaded = await readBackup(file);
+      expect(loaded.entries).toEqual(entries);
+      expect(loaded.revision).toBe(7);
+      await expect(writeBackup(file, backupOf([]))).rejects.toThrow(/--out .*b\.json: the file exists/);
+      expect((await readBackup(file)).entries).toEqual(entries);
+      // No temporary file left behind, and the bytes reached the directory under the mount.
+      expect(readdirSync(mnt).sort()).toEqual(['b.json', 'probe']);
+    } finally {
+      spawnSync('fusermount3', ['-u', mnt]);
+      rclone.kill('SIGTERM');
+      await waitExit(rclone, { timeoutMs: 20_000, what: 'rclone' });
+    }
+    expect(JSON.parse(readFileSync(join(src, 'b.json'), 'utf8'))).toMatchObject({ revision: 7 });
+  }, 90_000);
+
   it('reads a locked embedded store from its files while it writes and compacts, consistently', async () => {
     const dir = tmp();
     // Tiny compaction threshold: the WAL is renamed and the snapshot replaced many times.
