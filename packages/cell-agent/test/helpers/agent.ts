@@ -103,7 +103,9 @@ export class StatusWatch {
   }
 
   /** Waits until pred holds on the latest status (or events); fails after timeoutMs with what was seen. */
-  until(what: string, pred: (w: StatusWatch) => boolean, timeoutMs = 15_000): Promise<void> {
+  // 40 s by default: it only bounds a failure, and a busy CI machine took over 15 s for a pod that
+  // passes in 2 s alone.
+  until(what: string, pred: (w: StatusWatch) => boolean, timeoutMs = 40_000): Promise<void> {
     if (pred(this)) return Promise.resolve();
     return new Promise((resolve, reject) => {
       const t = setTimeout(() => {
