@@ -696,6 +696,20 @@ export class PodService {
   }
 
   /** Runs a command in the container through the controller's exec relay; `timeoutSeconds` 0 is no timeout. */
+  /** The cell unit a streaming Exec/Attach reaches: the container must be running (containerd refuses the same). */
+  streamTarget(id: string): { ns: string; pod: string; container: string } {
+    const { sandbox, container } = this.container(id);
+    if (container.phase !== 'started' || sandbox.state !== 'ready') throw new CelloError('FailedPrecondition', `container ${id} is not running`);
+    return { ns: sandbox.pod.namespace, pod: sandbox.pod.name, container: container.unit };
+  }
+
+  /** The cell a PortForward reaches: the sandbox must be ready. */
+  sandboxTarget(id: string): { ns: string; pod: string } {
+    const s = this.sandbox(id);
+    if (s.state !== 'ready') throw new CelloError('FailedPrecondition', `pod sandbox ${s.id} is not ready`);
+    return { ns: s.pod.namespace, pod: s.pod.name };
+  }
+
   async execSync(id: string, cmd: string[], timeoutSeconds: number, signal: AbortSignal): Promise<ExecSyncResponse> {
     const { sandbox, container } = this.container(id);
     if (!cmd.length) throw new CelloError('InvalidArgument', 'cmd: is required');
