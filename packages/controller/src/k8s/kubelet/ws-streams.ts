@@ -52,6 +52,8 @@ const STREAM_CLOSE = 255;
 const HIGH_WATER = 1024 * 1024;
 
 export class WebSocketStreams {
+  /** Upgrades to the SPDY tunnel (see the constructor). */
+  private readonly tunnelled = new WeakSet<IncomingMessage>();
   /** The protocol serve() chose for each upgrade, for the handshake's answer. */
   private readonly chosen = new WeakMap<IncomingMessage, string>();
   private readonly wss = new WebSocketServer({
@@ -65,7 +67,13 @@ export class WebSocketStreams {
   constructor(
     private readonly o: { controller: Controller; log: Logger },
     private readonly tunnel?: (stream: Duplex, r: PortForwardStreamRequest) => void,
-  ) {}
+  ) {
+    // The tunnel's protocol has a "/", which `ws` refuses in a subprotocol (RFC 6455 wants a
+    // token); client-go sends it regardless, so the tunnel's handshake answers it by hand.
+    this.wss.on('headers', (headers: string[], req: IncomingMessage) => {
+      if (this.tunnelled.has(req)) headers.push(`Sec-WebSocket-Protocol: ${SPDY_TUNNEL_PROTOCOL}`);
+    });
+  }
 
   /** An upgrade with `upgrade: websocket` for `r` (streams.ts' serve hands it over). */
   serve(req: IncomingMessage, socket: Socket, head: Buffer, r: StreamRequest): void {
@@ -75,7 +83,8 @@ export class WebSocketStreams {
       .filter(Boolean);
     if (r.kind === 'portForward' && this.tunnel && offered.includes(SPDY_TUNNEL_PROTOCOL)) {
       const tunnel = this.tunnel;
-      this.chosen.set(req, SPDY_TUNNEL_PROTOCOL);
+      this.tunnelled.add(req);
+      delete req.headers['sec-websocket-protocol'];
       this.wss.handleUpgrade(req, socket, head, (ws) => tunnel(createWebSocketStream(ws), r));
       return;
     }
