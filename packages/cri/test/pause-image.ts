@@ -45,3 +45,15 @@ export async function pushCritestBusybox(reg: RegistryServer, name: string): Pro
     rmSync(dir, { recursive: true, force: true });
   }
 }
+
+/**
+ * critest's web server (registry.k8s.io/e2e-test-images/nginx:1.14-2) as far as its specs use it:
+ * an HTTP server answering 200 on port 80 (the port-forward and networking specs fetch its main
+ * page) — busybox's httpd serving a page that says what it stands for.
+ */
+export async function pushCritestWebServer(reg: RegistryServer, name: string): Promise<string> {
+  const { layers } = await busyboxLayers();
+  const env = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'];
+  const serve = 'mkdir -p /tmp/www && echo "<h1>Welcome to nginx!</h1> (busybox httpd standing in for critest)" > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www';
+  return (await pushImage(reg, name, layers, { Entrypoint: ['sh', '-c', serve], Cmd: null, Env: env, ExposedPorts: { '80/tcp': {} } })).ref;
+}
