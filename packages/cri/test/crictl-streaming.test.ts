@@ -122,9 +122,12 @@ describe('crictl exec (the streaming Exec, not ExecSync)', () => {
     }, 120_000);
 
     it(`over ${transport}: -it gets a terminal in the container, with the client's size`, async () => {
-      const r = await crictlInTerminal(['exec', '--transport', transport, '-it', web, 'sh', '-c', 'tty; stty size; read l; echo "read:$l"'], 'typed\r');
+      // The client's size comes on the resize stream just after the process starts (as with the
+      // kubelet's own streaming server), so the command looks until it is there.
+      const size = 'for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do s=$(stty size 2>/dev/null) && [ "$s" != "0 0" ] && break; sleep 0.2; done; echo "size:$s"';
+      const r = await crictlInTerminal(['exec', '--transport', transport, '-it', web, 'sh', '-c', `tty; ${size}; read l; echo "read:$l"`], 'typed\r');
       expect(r.stdout, r.stdout).toMatch(/\/dev\/pts\/\d+/);
-      expect(r.stdout).toMatch(/\n?\d+ \d+\r?\n/);
+      expect(r.stdout).toMatch(/size:[1-9]\d* [1-9]\d*\r?\n/);
       expect(r.stdout).toContain('read:typed');
       expect(r.code, r.stdout).toBe(0);
     }, 120_000);
@@ -219,4 +222,17 @@ describe('the URL is the credential', () => {
       c.close();
     }
   });
+});
+
+describe('stopp', () => {
+  it("kills the sandbox's running containers first and records their real exits (not -1), then the cell ends", async () => {
+    await ok(['--timeout', '120s', 'stopp', sandbox]);
+    for (const id of [web, talk]) {
+      const s = JSON.parse(await ok(['inspect', id])) as { status: { state: string; exitCode: number; reason: string; message: string } };
+      expect(s.status.state).toBe('CONTAINER_EXITED');
+      // SIGKILL, no grace, as containerd stops a sandbox's containers.
+      expect(s.status.exitCode, JSON.stringify(s.status)).toBe(137);
+    }
+    expect(await ok(['pods', '-q', '--state', 'notready'])).toBe(sandbox);
+  }, 180_000);
 });
