@@ -16,7 +16,7 @@ import {
   type SecurityProfile,
 } from '../gen/runtime/v1/api.js';
 import type { SandboxRecord } from './sandbox-store.js';
-import { podVolumes, volumeMountsOf, type MappedMount } from './kubelet-mounts.js';
+import { hostAliasesOf, podVolumes, volumeMountsOf, type MappedMount } from './kubelet-mounts.js';
 
 /** The unit that holds the cell's pod while the kubelet has no container in it (containerd's pause container). */
 export const SANDBOX_UNIT = 'cello-sandbox';
@@ -200,6 +200,9 @@ export function podManifest(s: SandboxRecord, o: { sandboxImage: string; sysctls
   const ports = s.portMappings.filter((p) => p.hostPort > 0).map((p) => ({ containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol }));
   const sandboxUnit = { name: SANDBOX_UNIT, image: o.sandboxImage, imagePullPolicy: 'IfNotPresent', ...(ports.length ? { ports } : {}) };
   const sysctls = Object.entries(o.sysctls).map(([name, value]) => ({ name, value }));
+  // The kubelet's etc-hosts of the pod (every container mounts the same file) carries its hostAliases.
+  const hostsFile = mounts.find((m) => m.kind === 'hosts')?.hostPath;
+  const hostAliases = hostsFile ? hostAliasesOf(hostsFile) : [];
   const pod = {
     apiVersion: 'v1',
     kind: 'Pod',
@@ -212,6 +215,7 @@ export function podManifest(s: SandboxRecord, o: { sandboxImage: string; sysctls
         : { dnsPolicy: 'Default' }),
       ...(o.graceSeconds !== undefined ? { terminationGracePeriodSeconds: o.graceSeconds } : {}),
       ...(sysctls.length ? { securityContext: { sysctls } } : {}),
+      ...(hostAliases.length ? { hostAliases } : {}),
       containers: [sandboxUnit, ...running],
       ...(volumes.length ? { volumes } : {}),
     },
