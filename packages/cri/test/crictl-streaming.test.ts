@@ -6,7 +6,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { request } from 'node:http';
 import { join } from 'node:path';
-import { Metadata } from '@grpc/grpc-js';
+import { Metadata, type ServiceError } from '@grpc/grpc-js';
+import { WebSocket } from 'ws';
 import { criTools, freePort, pushBusybox, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ExecResponse, PortForwardResponse } from '../src/gen/runtime/v1/api.js';
@@ -222,6 +223,79 @@ describe('the URL is the credential', () => {
       c.close();
     }
   });
+});
+
+describe("the kubelet's WebSocket protocols, as the API server speaks them to a kubelet", () => {
+  /** The URL of a new streaming request, as ws:// (the shim's streaming server is plain HTTP). */
+  const wsUrl = async (get: (c: ReturnType<typeof clients>, cb: (e: ServiceError | null, r: { url: string }) => void) => unknown) => {
+    const c = clients(shim.socket);
+    try {
+      const r = await call<{ url: string }>((cb) => get(c, cb));
+      expect(r.err).toBeUndefined();
+      return r.res!.url.replace(/^http:/, 'ws:');
+    } finally {
+      c.close();
+    }
+  };
+  /** Every message of a WebSocket until it closes, as [channel, data]. */
+  const collect = (ws: WebSocket, base64: boolean) =>
+    new Promise<[number, Buffer][]>((resolve, reject) => {
+      const got: [number, Buffer][] = [];
+      ws.on('message', (raw: Buffer, binary: boolean) => {
+        if (base64) {
+          expect(binary).toBe(false);
+          got.push([raw[0]! - 48, Buffer.from(raw.subarray(1).toString('latin1'), 'base64')]);
+        } else got.push([raw[0]!, raw.subarray(1)]);
+      });
+      ws.on('close', () => resolve(got));
+      ws.on('error', reject);
+    });
+  const opened = (ws: WebSocket) => new Promise<void>((resolve, reject) => (ws.once('open', () => resolve()), ws.once('error', reject)));
+
+  for (const protocol of ['v4.channel.k8s.io', 'v4.base64.channel.k8s.io']) {
+    it(`port-forward over ${protocol}: channels 0 and 1 open with the port, the data channel reaches the pod's port`, async () => {
+      const base64 = protocol.includes('base64');
+      const url = await wsUrl((c, cb) => c.runtime.portForward({ podSandboxId: sandbox, port: [8080] }, new Metadata(), { deadline: deadline() }, cb));
+      const ws = new WebSocket(url, [protocol]);
+      const messages = collect(ws, base64);
+      await opened(ws);
+      expect(ws.protocol).toBe(protocol);
+      const request = Buffer.from('GET /index.html HTTP/1.0\r\n\r\n');
+      ws.send(base64 ? `0${request.toString('base64')}` : Buffer.concat([Buffer.from([0]), request]));
+      // httpd answers and closes its side; the forward ends, and with its only port the connection.
+      const got = await messages;
+      const port = Buffer.from([8080 & 0xff, 8080 >> 8]);
+      expect(got[0]).toEqual([0, port]);
+      expect(got[1]).toEqual([1, port]);
+      const data = Buffer.concat(
+        got
+          .slice(2)
+          .filter(([ch]) => ch === 0)
+          .map(([, b]) => b),
+      ).toString();
+      expect(data).toMatch(/^HTTP\/1\.[01] 200/);
+      expect(data).toContain('hello-from-the-cell');
+      expect(got.filter(([ch, b]) => ch === 1 && b.length > 2)).toEqual([]);
+    }, 60_000);
+  }
+
+  it('exec over v4.base64.channel.k8s.io: output in base64 text messages, the final Status on channel 3', async () => {
+    const url = await wsUrl((c, cb) =>
+      c.runtime.exec(
+        { containerId: web, cmd: ['sh', '-c', 'echo out; echo err >&2; exit 3'], tty: false, stdin: false, stdout: true, stderr: true },
+        new Metadata(),
+        { deadline: deadline() },
+        cb,
+      ),
+    );
+    const ws = new WebSocket(url, ['v4.base64.channel.k8s.io']);
+    const got = await collect(ws, true);
+    const text = (ch: number) => Buffer.concat(got.filter(([c]) => c === ch).map(([, b]) => b)).toString();
+    expect(text(1)).toBe('out\n');
+    expect(text(2)).toBe('err\n');
+    const status = JSON.parse(text(3)) as { status: string; reason: string; details: { causes: { reason: string; message: string }[] } };
+    expect(status).toMatchObject({ status: 'Failure', reason: 'NonZeroExitCode', details: { causes: [{ reason: 'ExitCode', message: '3' }] } });
+  }, 60_000);
 });
 
 describe('stopp', () => {
