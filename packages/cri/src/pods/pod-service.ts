@@ -315,7 +315,13 @@ export class PodService {
 
   /** Ends the sandbox's cell (its containers are killed, as containerd stops them with no grace); idempotent. */
   async stopPodSandbox(id: string, signal: AbortSignal): Promise<void> {
-    const s = this.sandbox(id);
+    let s;
+    try {
+      s = this.sandbox(id);
+    } catch (err) {
+      if (err instanceof CelloError && err.code === 'NotFound') return; // idempotent, as the CRI asks
+      throw err;
+    }
     if (s.state === 'notready' && !(await this.getPod(s))) return;
     const last = await this.getPod(s);
     const ends = last && s.state === 'ready' ? await this.killContainers(s, last, signal) : new Map<string, CelloContainerStatus>();
@@ -491,7 +497,14 @@ export class PodService {
 
   /** Applies the pod without the container (the cell stops it: SIGTERM, SIGKILL after `timeout` s); idempotent. */
   async stopContainer(id: string, timeoutSeconds: number, signal: AbortSignal): Promise<void> {
-    const { sandbox, container } = this.container(id);
+    let hit;
+    try {
+      hit = this.container(id);
+    } catch (err) {
+      if (err instanceof CelloError && err.code === 'NotFound') return; // idempotent, as the CRI asks
+      throw err;
+    }
+    const { sandbox, container } = hit;
     if (container.phase === 'exited') return;
     const live = container.phase === 'started' && sandbox.state === 'ready' ? unitStatus(await this.getPod(sandbox), container.unit) : undefined;
     await this.o.store.serialized(async () => {

@@ -120,6 +120,8 @@ export function containerSpec(config: ContainerConfig, unit: string, imageRef: s
     (sc?.apparmorProfile && !['runtime/default', 'unconfined'].includes(sc.apparmorProfile))
   )
     refuse('config.linux.security_context.apparmor', 'a Localhost AppArmor profile is on this node, which the cell cannot load');
+  // As the kubelet and containerd: a group alone would run as the image's user with another group.
+  if (sc?.runAsGroup && !sc.runAsUser && !sc.runAsUsername) refuse('config.linux.security_context.run_as_group', 'run_as_group needs run_as_user (or run_as_username) to be set');
   if (sc?.runAsUsername) refuse('config.linux.security_context.run_as_username', `${JSON.stringify(sc.runAsUsername)}: a user by name is not supported; give run_as_user`);
   if (sc?.supplementalGroups.length) refuse('config.linux.security_context.supplemental_groups', 'supplemental groups are not supported by cello-cri yet');
   if (sc?.capabilities?.addAmbientCapabilities.length) refuse('config.linux.security_context.capabilities.add_ambient_capabilities', 'ambient capabilities are not supported');

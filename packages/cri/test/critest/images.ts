@@ -26,6 +26,7 @@ export async function pushCriToolsTestImages(registry: RegistryServer): Promise<
 /** Everything a whole critest run pulls. */
 export async function pushCritestImages(registry: RegistryServer): Promise<void> {
   await pushCritestBusybox(registry, 'e2e-test-images/busybox:1.29-2');
-  await pushCritestWebServer(registry, 'e2e-test-images/nginx:1.14-2');
+  await pushCritestWebServer(registry, 'e2e-test-images/nginx:1.14-2', 'nginx');
+  await pushCritestWebServer(registry, 'e2e-test-images/httpd:2.4.39-4', 'httpd');
   await pushCriToolsTestImages(registry);
 }

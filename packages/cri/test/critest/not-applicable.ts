@@ -27,6 +27,7 @@ export const NOT_APPLICABLE: Record<string, string> = {
   'should reject a recursive readonly mount with PROPAGATION_HOST_TO_CONTAINER': 'the spec mounts a node directory with a privileged sandbox (refused, as above)',
   'should reject a recursive readonly mount with PROPAGATION_BIDIRECTIONAL': 'the spec mounts a node directory with a privileged sandbox (refused, as above)',
   // Node-local security profiles: the files are on the node, the container on the cell.
+  'runtime should support an seccomp profile that blocks setting hostname with SYS_ADMIN': 'the profile is a Localhost file on the node (refused, as the spec above)',
   'should support seccomp localhost profile on the container': 'a node-local seccomp profile (localhost/…) is refused: the file is on the node, not on the cell',
   'should enforce a apparmor_profile blocking writes': "AppArmor profiles are loaded into the node's kernel, not the cell's: refused",
   'should enforce a permissive deprecated profile': "AppArmor profiles are loaded into the node's kernel, not the cell's: refused",
