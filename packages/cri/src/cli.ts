@@ -4,7 +4,7 @@ import { Command } from 'commander';
 import { pino } from 'pino';
 import { loadRegistryConfig, parsePlatform, withShorthands, type RegistryConfig } from '@cello/image-puller';
 import { REDACT_CENSOR, REDACT_PATHS } from '@cello/proto';
-import { DEFAULT_SANDBOX_IMAGE, startCriServer } from './server.js';
+import { DEFAULT_SANDBOX_IMAGE, DEFAULT_STREAMING_LISTEN, startCriServer } from './server.js';
 import { CRI_VERSION } from './version.js';
 import { DEFAULT_PODS_ROOT } from './pods/kubelet-mounts.js';
 
@@ -27,8 +27,10 @@ const program = new Command('cello-cri')
       'its cell is the sandbox, and each started container is a unit of that pod. What a VM per pod',
       "cannot mean (host namespaces, node mounts, privileged) is refused naming the field; the kubelet's",
       'own files of a pod (its volumes, etc-hosts, termination-log) are mapped onto the cell. Container',
-      "output is written to the kubelet's log files (CRI format). Streaming (exec/attach/port-forward",
-      "URLs) answers UNIMPLEMENTED naming itself. Stats are the cell's unit statistics. docs/cri.md has the details.",
+      "output is written to the kubelet's log files (CRI format). Exec, Attach and PortForward return URLs",
+      'of a streaming server in the shim (SPDY and WebSocket, as the kubelet speaks them), relayed to the',
+      "cell through the controller. Stats are the cell's unit statistics. Container events, checkpoints and",
+      'UpdateRuntimeConfig answer UNIMPLEMENTED naming themselves. docs/cri.md has the details.',
     ].join('\n'),
   );
 
@@ -48,6 +50,11 @@ program
     '--kubelet-pods-dir <dir>',
     "the kubelet's pods directory: its volume files (configMaps, secrets, tokens) are copied to the pod's cell; any other host mount is refused",
     DEFAULT_PODS_ROOT,
+  )
+  .option(
+    '--streaming-listen <host:port>',
+    'where the streaming server of Exec/Attach/PortForward listens (plain HTTP; each URL holds a single-use token valid for a minute). The kubelet on this node proxies kubectl exec/attach/port-forward to it, so loopback is the safe default',
+    DEFAULT_STREAMING_LISTEN,
   )
   .option('--volume-sync-seconds <n>', "how often the kubelet's volume files are re-read, so a rotated token or an updated configMap reaches the cell", '10')
   .addHelpText(
@@ -78,6 +85,7 @@ program
       sandboxImage: string;
       kubeletPodsDir: string;
       volumeSyncSeconds: string;
+      streamingListen: string;
     }) => {
       const volumeSyncSeconds = Number(o.volumeSyncSeconds);
       if (!Number.isFinite(volumeSyncSeconds) || volumeSyncSeconds <= 0)
@@ -97,6 +105,7 @@ program
         sandboxImage: o.sandboxImage,
         kubeletPodsDir: o.kubeletPodsDir,
         volumeSyncSeconds,
+        streamingListen: o.streamingListen,
         ...(o.controllerConfig
           ? { controller: { config: o.controllerConfig, ...(o.context ? { context: o.context } : {}), ...(o.controller ? { server: o.controller } : {}) } }
           : {}),

@@ -1,5 +1,6 @@
 // CRI RuntimeService: Version, Status (honest conditions), RuntimeConfig, and the sandboxes and
-// containers of pods/pod-service.ts (a sandbox is a cell); UNIMPLEMENTED naming the RPC for
+// containers of pods/pod-service.ts (a sandbox is a cell), Exec/Attach/PortForward as URLs of
+// streaming/stream-server.ts; UNIMPLEMENTED naming the RPC for
 // everything else, so a kubelet or critest sees exactly what is missing instead of a success
 // that did nothing.
 import {
@@ -29,6 +30,12 @@ import {
   type UpdateContainerResourcesRequest,
   type CreateContainerResponse,
   type ExecSyncRequest,
+  type ExecRequest,
+  type ExecResponse,
+  type AttachRequest,
+  type AttachResponse,
+  type PortForwardRequest,
+  type PortForwardResponse,
   type ListContainersRequest,
   type ListContainersResponse,
   type ListPodSandboxRequest,
@@ -48,6 +55,7 @@ import {
   type VersionResponse,
 } from './gen/runtime/v1/api.js';
 import type { PodService } from './pods/pod-service.js';
+import type { StreamServer } from './streaming/stream-server.js';
 
 /** The CRI API version this shim speaks. */
 export const RUNTIME_API_VERSION = 'v1';
@@ -61,6 +69,8 @@ export interface RuntimeServiceOptions {
   describeConfig: () => Record<string, unknown>;
   /** Sandboxes and containers on cells; absent when the shim was started without a controller. */
   pods?: PodService;
+  /** The streaming server Exec/Attach/PortForward hand out URLs of (present with `pods`). */
+  streaming?: StreamServer;
   /** Whether the controller answers (Status' RuntimeReady). */
   controllerReachable?: () => Promise<string | undefined>;
   logger: Logger;
@@ -128,11 +138,25 @@ export function unary<Req, Res>(log: Logger, rpc: string, fn: (req: Req, signal:
   };
 }
 
+/** Who the agent's audit log names for a stream through the shim (the controller adds the shim's own identity). */
+const STREAM_USER = 'kubelet via cello-cri';
+
+/** As the kubelet's streaming server (validateExecRequest): the same checks, the CRI's field names. */
+function checkStreams(rpc: string, r: { containerId: string; tty: boolean; stdin: boolean; stdout: boolean; stderr: boolean }): void {
+  if (!r.containerId) throw new CelloError('InvalidArgument', `${rpc}: container_id: is required`);
+  if (r.tty && r.stderr) throw new CelloError('InvalidArgument', `${rpc}: tty and stderr cannot both be true (a terminal has one output stream)`);
+  if (!r.stdin && !r.stdout && !r.stderr) throw new CelloError('InvalidArgument', `${rpc}: one of stdin, stdout and stderr must be set`);
+}
+
 function podHandlers(o: RuntimeServiceOptions): UntypedServiceImplementation {
   const log = o.logger;
   const pods = (): PodService => {
     if (!o.pods) throw new CelloError('FailedPrecondition', NO_CONTROLLER);
     return o.pods;
+  };
+  const streaming = (): StreamServer => {
+    if (!o.streaming) throw new CelloError('FailedPrecondition', NO_CONTROLLER);
+    return o.streaming;
   };
   return {
     runPodSandbox: unary(log, 'RunPodSandbox', async (r: RunPodSandboxRequest, signal): Promise<RunPodSandboxResponse> => ({
@@ -164,6 +188,24 @@ function podHandlers(o: RuntimeServiceOptions): UntypedServiceImplementation {
       'UpdateContainerResources',
       (r: UpdateContainerResourcesRequest) => (pods().updateContainerResources(r.containerId, r.linux, r.windows), {}),
     ),
+    exec: unary(log, 'Exec', (r: ExecRequest): ExecResponse => {
+      checkStreams('Exec', r);
+      if (!r.cmd.length) throw new CelloError('InvalidArgument', 'cmd: is required');
+      const target = pods().streamTarget(r.containerId);
+      return { url: streaming().url({ kind: 'exec', target, command: r.cmd, tty: r.tty, stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, user: STREAM_USER }) };
+    }),
+    attach: unary(log, 'Attach', (r: AttachRequest): AttachResponse => {
+      checkStreams('Attach', r);
+      const target = pods().streamTarget(r.containerId);
+      return { url: streaming().url({ kind: 'attach', target, command: [], tty: r.tty, stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, user: STREAM_USER }) };
+    }),
+    portForward: unary(log, 'PortForward', (r: PortForwardRequest): PortForwardResponse => {
+      if (!r.podSandboxId) throw new CelloError('InvalidArgument', 'pod_sandbox_id: is required');
+      const bad = r.port.find((p) => !Number.isInteger(p) || p < 1 || p > 65535);
+      if (bad !== undefined) throw new CelloError('InvalidArgument', `port: ${bad} is not a port number (1-65535)`);
+      const target = pods().sandboxTarget(r.podSandboxId);
+      return { url: streaming().url({ kind: 'portForward', target, ports: r.port, user: STREAM_USER }) };
+    }),
     execSync: unary(log, 'ExecSync', (r: ExecSyncRequest, signal) => pods().execSync(r.containerId, r.cmd, Number(r.timeout), signal)),
   };
 }

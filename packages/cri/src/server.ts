@@ -15,6 +15,7 @@ import { ImageStore } from './images/image-store.js';
 import { runtimeServiceHandlers, unary } from './runtime-service.js';
 import { PodService } from './pods/pod-service.js';
 import { SandboxStore } from './pods/sandbox-store.js';
+import { StreamServer } from './streaming/stream-server.js';
 
 export interface CriServerOptions {
   /** Absolute path of the unix socket (the kubelet's --container-runtime-endpoint=unix://PATH). */
@@ -35,10 +36,16 @@ export interface CriServerOptions {
   sandboxImage?: string;
   /** The kubelet's pods directory (its --root-dir + /pods): the only host files shipped to cells. */
   kubeletPodsDir?: string;
+  /**
+   * HOST:PORT of the streaming server Exec/Attach/PortForward URLs point at (default 127.0.0.1:0,
+   * as containerd: the kubelet on this node proxies clients to it).
+   */
+  streamingListen?: string;
   /** How often the kubelet's volume files (a rotated token) are re-read and re-shipped. */
   volumeSyncSeconds?: number;
 }
 
+export const DEFAULT_STREAMING_LISTEN = '127.0.0.1:0';
 export const DEFAULT_SANDBOX_IMAGE = 'registry.k8s.io/pause:3.10';
 
 /** The controller client from a cellctl configuration: the same credentials and checks as cellctl. */
@@ -53,6 +60,8 @@ function connectController(c: { config: string; context?: string; server?: strin
 
 export interface CriServer {
   socket: string;
+  /** The streaming server's base URL (absent without a controller). */
+  streamingUrl?: string;
   stop(): Promise<void>;
 }
 
@@ -87,6 +96,8 @@ export async function startCriServer(o: CriServerOptions): Promise<CriServer> {
         ...(o.volumeSyncSeconds !== undefined ? { volumeSyncMs: o.volumeSyncSeconds * 1000 } : {}),
       })
     : undefined;
+  const streaming = controller ? new StreamServer({ controller: controller.client, listen: o.streamingListen ?? DEFAULT_STREAMING_LISTEN, logger: log }) : undefined;
+  const streamingUrl = await streaming?.listen();
   const server = new Server({ 'grpc.max_receive_message_length': 16 << 20 });
   const imageHandlers: UntypedServiceImplementation = {
     pullImage: unary(log, 'PullImage', (req: Parameters<CriImageService['pullImage']>[0], signal) => images.pullImage(req, signal)),
@@ -102,6 +113,7 @@ export async function startCriServer(o: CriServerOptions): Promise<CriServer> {
       version: o.version,
       logger: log,
       ...(pods ? { pods } : {}),
+      ...(streaming ? { streaming } : {}),
       controllerReachable: async () => {
         try {
           await controller?.client.version(3000);
@@ -117,6 +129,7 @@ export async function startCriServer(o: CriServerOptions): Promise<CriServer> {
         platform: o.platform ?? hostPlatform(),
         controller: controller?.server ?? null,
         sandboxImage,
+        streaming: streamingUrl ?? null,
       }),
     }),
   );
@@ -132,10 +145,11 @@ export async function startCriServer(o: CriServerOptions): Promise<CriServer> {
     process.umask(umask);
   }
   chmodSync(o.socket, 0o600);
-  log.info({ socket: o.socket, stateDir: o.stateDir }, 'cello-cri serving');
+  log.info({ socket: o.socket, stateDir: o.stateDir, streaming: streamingUrl }, 'cello-cri serving');
   let stopped = false;
   return {
     socket: o.socket,
+    ...(streamingUrl ? { streamingUrl } : {}),
     async stop() {
       if (stopped) return;
       stopped = true;
@@ -145,6 +159,7 @@ export async function startCriServer(o: CriServerOptions): Promise<CriServer> {
       clearTimeout(timer);
       server.forceShutdown();
       pods?.close();
+      await streaming?.close();
       await reader.close();
       controller?.client.close();
       try {

@@ -27,12 +27,14 @@ describe('cello-cri', () => {
     expect(top.code).toBe(0);
     expect(top.stdout).toContain('What works today: the ImageService');
     expect(top.stdout).toContain('UNIMPLEMENTED');
+    expect(top.stdout).toContain('streaming server');
     const serve = await cli(['serve', '--help']);
     expect(serve.code).toBe(0);
     for (const flag of [
       '--listen',
       '--state-dir',
       '--registry-config',
+      '--streaming-listen',
       '--insecure-registry',
       '--platform',
       '--controller-config',

@@ -87,7 +87,8 @@ describe("the kubelet's standard mounts reach the pod's cell", () => {
   it('etc-hosts, termination-log, a projected token (rotated), a configMap and an emptyDir', async () => {
     const pod = join(podsRoot, 'uid-vols');
     mkdirSync(pod, { recursive: true });
-    writeFileSync(join(pod, 'etc-hosts'), '# Kubernetes-managed hosts file.\n127.0.0.1 localhost\n');
+    // As the kubelet writes it for a pod with hostAliases (and a line that is not an alias, ignored).
+    writeFileSync(join(pod, 'etc-hosts'), '# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n\n# Entries added by HostAliases.\n10.1.2.3\tfoo.example\tbar\nnot-an-ip\tx\n');
     mkdirSync(join(pod, 'containers', 'app'), { recursive: true });
     mkdirSync(join(pod, 'containers', 'job'), { recursive: true });
     writeFileSync(join(pod, 'containers', 'app', 'a1b2c3'), '');
@@ -124,9 +125,13 @@ describe("the kubelet's standard mounts reach the pod's cell", () => {
     expect((await crictl(['exec', '-s', ctr, 'sh', '-c', `echo x > ${sa}/token`])).code).not.toBe(0);
     // The emptyDir is the cell's: writable.
     expect(await ok(['exec', '-s', ctr, 'sh', '-c', 'echo kept > /scratch/f && cat /scratch/f'])).toBe('kept');
-    // /etc/hosts is the cell's own: the pod's hostname at its IP.
+    // /etc/hosts is the cell's own: the pod's hostname at its IP, and the pod's hostAliases read
+    // back from the kubelet's file.
     const ip = (JSON.parse(await ok(['inspectp', sandbox])) as { status: { network: { ip: string } } }).status.network.ip;
-    expect(await ok(['exec', '-s', ctr, 'cat', '/etc/hosts'])).toMatch(new RegExp(`^${ip.replace(/\./g, '\\.')}\\s.*\\bvols\\b`, 'm'));
+    const hosts = await ok(['exec', '-s', ctr, 'cat', '/etc/hosts']);
+    expect(hosts).toMatch(new RegExp(`^${ip.replace(/\./g, '\\.')}\\s.*\\bvols\\b`, 'm'));
+    expect(hosts).toMatch(/^# Entries added by HostAliases\.\n10\.1\.2\.3\tfoo\.example\tbar$/m);
+    expect(hosts).not.toContain('not-an-ip');
 
     // The kubelet rotates the token: the cell sees the new one, in the same running container.
     atomicVolume(token, { token: 'token-2', 'ca.crt': 'the cluster CA', namespace: 'default' }, 2);

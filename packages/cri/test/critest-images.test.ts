@@ -7,43 +7,25 @@ import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { criTools, pushImage, startRegistry, type RegistryServer } from '@cello/testkit';
+import { criTools, startRegistry, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { startShim, type Shim } from './shim.js';
+import { pushCriToolsTestImages } from './critest/images.js';
+import { NOT_APPLICABLE } from './critest/not-applicable.js';
 
-/**
- * Specs this run leaves out, each with its reason. The digest spec pulls
- * test-image-digest@sha256:9700f9…, the upstream image's own manifest digest: a local registry
- * cannot serve those exact bytes without the upstream image.
- */
-const SKIPPED: Record<string, string> = {
-  'public image with digest should be pulled and removed [Conformance]': 'needs the upstream image’s exact manifest (sha256:9700f9…), which cannot be rebuilt offline',
-};
-
-const REPO = 'k8s-staging-cri-tools';
+/** Specs this run leaves out, each with its reason (critest/not-applicable.ts: the digest-pinned image). */
+const DIGEST_SPEC = 'public image with digest should be pulled and removed [Conformance]';
+const SKIPPED: Record<string, string> = { [DIGEST_SPEC]: NOT_APPLICABLE[DIGEST_SPEC]! };
 
 let registry: RegistryServer;
 let shim: Shim;
 let dir: string;
 let critest: string;
 
-const layer = (text: string) => ({ blob: Buffer.from(text.padEnd(512, ' ')) });
-
 beforeAll(async () => {
   critest = criTools().critest;
   registry = await startRegistry();
-  const push = (name: string, label: string, config: Record<string, unknown> = {}) =>
-    pushImage(registry, `${REPO}/${name}`, [layer(label)], { Labels: { spec: label }, ...config });
-  await push('test-image-latest:latest', 'latest');
-  await push('test-image-tag:test', 'tag');
-  await push('test-image-tag:all', 'all');
-  await push('test-image-user-uid:latest', 'uid', { User: '1002' });
-  await push('test-image-user-username:latest', 'username', { User: 'www-data' });
-  await push('test-image-user-uid-group:latest', 'uid-group', { User: '1003:1003' });
-  await push('test-image-user-username-group:latest', 'username-group', { User: 'www-data:www-data' });
-  for (const n of [1, 2, 3]) await push(`test-image-${n}:latest`, `different-${n}`);
-  // Three tags of one image: identical bytes, so one ID.
-  for (const n of [1, 2, 3]) await push(`test-image-tags:${n}`, 'same');
+  await pushCriToolsTestImages(registry);
   dir = mkdtempSync(join(tmpdir(), 'cello-critest-'));
   const cfg = join(dir, 'registries.yaml');
   writeFileSync(cfg, `registries:\n  gcr.io: {rewrite: {host: "${registry.host}"}}\n  "${registry.host}": {plainHttp: true}\n`);

@@ -45,3 +45,16 @@ export async function pushCritestBusybox(reg: RegistryServer, name: string): Pro
     rmSync(dir, { recursive: true, force: true });
   }
 }
+
+/**
+ * critest's web servers (registry.k8s.io/e2e-test-images/nginx:1.14-2, httpd:2.4.39-4) as far as its specs use them:
+ * an HTTP server answering 200 on port 80 (the port-forward and networking specs fetch its main
+ * page) — busybox's httpd serving a page that says what it stands for.
+ */
+export async function pushCritestWebServer(reg: RegistryServer, name: string, server = 'nginx'): Promise<string> {
+  const { layers } = await busyboxLayers();
+  const env = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'];
+  // One line on stdout first: critest's multi-container spec looks for the server's name in its log.
+  const serve = `echo "${server} (busybox httpd standing in for critest's image)"; mkdir -p /tmp/www && echo "<h1>Welcome to ${server}!</h1>" > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www`;
+  return (await pushImage(reg, name, layers, { Entrypoint: ['sh', '-c', serve], Cmd: null, Env: env, ExposedPorts: { '80/tcp': {} } })).ref;
+}

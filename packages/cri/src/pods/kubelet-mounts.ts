@@ -5,13 +5,15 @@
 //  - a volume directory or file the kubelet wrote is read here and shipped to the cell as file
 //    content (a Secret volume: the cell writes it atomically, and rewrites it when it changes);
 //  - an emptyDir is an emptyDir on the cell (shared by the pod's containers there);
-//  - etc-hosts is the cell's own /etc/hosts (the cell writes the pod's hostname and IP);
+//  - etc-hosts is the cell's own /etc/hosts (the cell writes the pod's hostname and IP), with the
+//    pod's hostAliases read back from the kubelet's file (hostAliasesOf);
 //  - termination-log is the unit's terminationMessagePath; its message is written back to the
 //    kubelet's file when the container ends, where the kubelet reads it.
 // Anything else, or anything that resolves outside the pod's own directory (a symlink planted in
 // it), is refused naming the mount: the shim must never ship other files of this node.
 import { createHash } from 'node:crypto';
 import { lstatSync, readdirSync, readFileSync, realpathSync, statSync, type Stats } from 'node:fs';
+import { isIP } from 'node:net';
 import { join, normalize, relative, sep } from 'node:path';
 import { CelloError } from '@cello/proto';
 import type { Mount } from '../gen/runtime/v1/api.js';
@@ -118,6 +120,36 @@ export function mapMounts(mounts: Mount[], o: { podsRoot: string; podUid: string
     } else refuse(field, `${what}: not one of the kubelet's etc-hosts, termination-log or volume paths of this pod; refused`);
   });
   return out;
+}
+
+/** The kubelet writes this line before the pod's hostAliases in its etc-hosts (kubelet_pods.go). */
+const HOST_ALIASES_MARKER = '# Entries added by HostAliases.';
+/** An etc-hosts file is small; a bigger one is not the kubelet's. */
+const MAX_HOSTS_BYTES = 64 * 1024;
+
+/**
+ * The pod's hostAliases, read back from the kubelet's etc-hosts (the CRI does not carry them; the
+ * kubelet writes them into the file it mounts): the `IP<TAB>name…` lines after its marker. A file
+ * that cannot be read, or a line that is not an address and names, adds nothing.
+ */
+export function hostAliasesOf(hostsFile: string): { ip: string; hostnames: string[] }[] {
+  let text;
+  try {
+    const st = lstatSync(hostsFile);
+    if (!st.isFile() || st.size > MAX_HOSTS_BYTES) return [];
+    text = readFileSync(hostsFile, 'utf8');
+  } catch {
+    return [];
+  }
+  const at = text.indexOf(HOST_ALIASES_MARKER);
+  if (at < 0) return [];
+  const aliases: { ip: string; hostnames: string[] }[] = [];
+  for (const line of text.slice(at + HOST_ALIASES_MARKER.length).split('\n')) {
+    const [ip, ...names] = line.trim().split(/\s+/);
+    if (!ip || !isIP(ip) || !names.length || names.some((n) => !/^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$/.test(n))) continue;
+    aliases.push({ ip, hostnames: names });
+  }
+  return aliases;
 }
 
 /**

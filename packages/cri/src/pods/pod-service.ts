@@ -55,6 +55,9 @@ export interface PodServiceOptions {
 /** Waiting reasons that will not resolve by waiting. */
 const FATAL_WAITING = new Set(['ErrImagePull', 'ImagePullBackOff', 'InvalidImageName', 'CreateContainerConfigError', 'CreateContainerError', 'ErrImageNeverPull']);
 
+/** How long StopPodSandbox waits for the cell to report its killed containers' exits. */
+const KILL_REPORT_MS = 15_000;
+
 /** How long a status call waits for an exited container's last output to reach its log file. */
 const LOG_DRAIN_MS = 5000;
 
@@ -312,19 +315,57 @@ export class PodService {
 
   /** Ends the sandbox's cell (its containers are killed, as containerd stops them with no grace); idempotent. */
   async stopPodSandbox(id: string, signal: AbortSignal): Promise<void> {
-    const s = this.sandbox(id);
+    let s;
+    try {
+      s = this.sandbox(id);
+    } catch (err) {
+      if (err instanceof CelloError && err.code === 'NotFound') return; // idempotent, as the CRI asks
+      throw err;
+    }
     if (s.state === 'notready' && !(await this.getPod(s))) return;
     const last = await this.getPod(s);
+    const ends = last && s.state === 'ready' ? await this.killContainers(s, last, signal) : new Map<string, CelloContainerStatus>();
     await this.o.store.serialized(async () => {
       const cur = this.o.store.get(s.id)!;
       const now = new Date().toISOString();
-      const containers = cur.containers.map((c) => (c.phase === 'exited' ? c : this.exited(c, unitStatus(last, c.unit), now, 'the sandbox was stopped (its cell ended)')));
+      const containers = cur.containers.map((c) =>
+        c.phase === 'exited' ? c : this.exited(c, ends.get(c.id) ?? unitStatus(last, c.unit), now, 'the sandbox was stopped (its cell ended)'),
+      );
       await this.o.store.put({ ...cur, state: 'notready', containers, ip: last?.status?.podIp || cur.ip });
     });
     await this.o.controller.delete(s.pod.namespace, s.pod.name, 0);
     await this.waitPod(s, 'the pod and its cell gone', signal, (p) => (p === undefined ? true : undefined));
     for (const c of s.containers) this.logs.stop(c.id);
     this.o.logger.info({ sandbox: s.id, pod: `${s.pod.namespace}/${s.pod.name}` }, 'sandbox stopped; its cell ended');
+  }
+
+  /**
+   * Stops a sandbox's running containers before its cell ends, as containerd does (no grace), so
+   * their real exits are recorded: the pod is applied without them and the cell reports each one
+   * it dropped with its final state. Bounded: a unit whose end is not reported within
+   * KILL_REPORT_MS is recorded as unknown by the caller, never invented.
+   */
+  private async killContainers(s: SandboxRecord, pod: PodObject, signal: AbortSignal): Promise<Map<string, CelloContainerStatus>> {
+    const running = s.containers.filter((c) => c.phase === 'started' && unitStatus(pod, c.unit)?.state?.state?.$case !== 'terminated');
+    const ends = new Map<string, CelloContainerStatus>();
+    if (!running.length) return ends;
+    const stopping = new Set(running.map((c) => c.id));
+    await this.o.store.serialized(async () => {
+      const cur = this.o.store.get(s.id);
+      if (cur) await this.apply({ ...cur, containers: cur.containers.filter((c) => !stopping.has(c.id)) }, 0);
+    });
+    const bounded = AbortSignal.any([signal, AbortSignal.timeout(KILL_REPORT_MS)]);
+    await this.waitPod(s, 'its containers stopped', bounded, (p) => {
+      for (const c of running) {
+        const st = p?.status?.removedContainerStatuses.find((x) => x.name === c.unit) ?? unitStatus(p, c.unit);
+        if (st?.state?.state?.$case === 'terminated') ends.set(c.id, st);
+      }
+      return !p || ends.size === running.length ? true : undefined;
+    }).catch((err: unknown) => {
+      if (signal.aborted) throw err;
+      this.o.logger.info({ sandbox: s.id, reported: ends.size, of: running.length }, "not every container's end was reported in time; the sandbox stops regardless");
+    });
+    return ends;
   }
 
   async removePodSandbox(id: string, signal: AbortSignal): Promise<void> {
@@ -456,7 +497,14 @@ export class PodService {
 
   /** Applies the pod without the container (the cell stops it: SIGTERM, SIGKILL after `timeout` s); idempotent. */
   async stopContainer(id: string, timeoutSeconds: number, signal: AbortSignal): Promise<void> {
-    const { sandbox, container } = this.container(id);
+    let hit;
+    try {
+      hit = this.container(id);
+    } catch (err) {
+      if (err instanceof CelloError && err.code === 'NotFound') return; // idempotent, as the CRI asks
+      throw err;
+    }
+    const { sandbox, container } = hit;
     if (container.phase === 'exited') return;
     const live = container.phase === 'started' && sandbox.state === 'ready' ? unitStatus(await this.getPod(sandbox), container.unit) : undefined;
     await this.o.store.serialized(async () => {
@@ -696,6 +744,20 @@ export class PodService {
   }
 
   /** Runs a command in the container through the controller's exec relay; `timeoutSeconds` 0 is no timeout. */
+  /** The cell unit a streaming Exec/Attach reaches: the container must be running (containerd refuses the same). */
+  streamTarget(id: string): { ns: string; pod: string; container: string } {
+    const { sandbox, container } = this.container(id);
+    if (container.phase !== 'started' || sandbox.state !== 'ready') throw new CelloError('FailedPrecondition', `container ${id} is not running`);
+    return { ns: sandbox.pod.namespace, pod: sandbox.pod.name, container: container.unit };
+  }
+
+  /** The cell a PortForward reaches: the sandbox must be ready. */
+  sandboxTarget(id: string): { ns: string; pod: string } {
+    const s = this.sandbox(id);
+    if (s.state !== 'ready') throw new CelloError('FailedPrecondition', `pod sandbox ${s.id} is not ready`);
+    return { ns: s.pod.namespace, pod: s.pod.name };
+  }
+
   async execSync(id: string, cmd: string[], timeoutSeconds: number, signal: AbortSignal): Promise<ExecSyncResponse> {
     const { sandbox, container } = this.container(id);
     if (!cmd.length) throw new CelloError('InvalidArgument', 'cmd: is required');

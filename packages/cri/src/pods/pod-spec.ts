@@ -16,7 +16,7 @@ import {
   type SecurityProfile,
 } from '../gen/runtime/v1/api.js';
 import type { SandboxRecord } from './sandbox-store.js';
-import { podVolumes, volumeMountsOf, type MappedMount } from './kubelet-mounts.js';
+import { hostAliasesOf, podVolumes, volumeMountsOf, type MappedMount } from './kubelet-mounts.js';
 
 /** The unit that holds the cell's pod while the kubelet has no container in it (containerd's pause container). */
 export const SANDBOX_UNIT = 'cello-sandbox';
@@ -120,6 +120,8 @@ export function containerSpec(config: ContainerConfig, unit: string, imageRef: s
     (sc?.apparmorProfile && !['runtime/default', 'unconfined'].includes(sc.apparmorProfile))
   )
     refuse('config.linux.security_context.apparmor', 'a Localhost AppArmor profile is on this node, which the cell cannot load');
+  // As the kubelet and containerd: a group alone would run as the image's user with another group.
+  if (sc?.runAsGroup && !sc.runAsUser && !sc.runAsUsername) refuse('config.linux.security_context.run_as_group', 'run_as_group needs run_as_user (or run_as_username) to be set');
   if (sc?.runAsUsername) refuse('config.linux.security_context.run_as_username', `${JSON.stringify(sc.runAsUsername)}: a user by name is not supported; give run_as_user`);
   if (sc?.supplementalGroups.length) refuse('config.linux.security_context.supplemental_groups', 'supplemental groups are not supported by cello-cri yet');
   if (sc?.capabilities?.addAmbientCapabilities.length) refuse('config.linux.security_context.capabilities.add_ambient_capabilities', 'ambient capabilities are not supported');
@@ -200,6 +202,9 @@ export function podManifest(s: SandboxRecord, o: { sandboxImage: string; sysctls
   const ports = s.portMappings.filter((p) => p.hostPort > 0).map((p) => ({ containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol }));
   const sandboxUnit = { name: SANDBOX_UNIT, image: o.sandboxImage, imagePullPolicy: 'IfNotPresent', ...(ports.length ? { ports } : {}) };
   const sysctls = Object.entries(o.sysctls).map(([name, value]) => ({ name, value }));
+  // The kubelet's etc-hosts of the pod (every container mounts the same file) carries its hostAliases.
+  const hostsFile = mounts.find((m) => m.kind === 'hosts')?.hostPath;
+  const hostAliases = hostsFile ? hostAliasesOf(hostsFile) : [];
   const pod = {
     apiVersion: 'v1',
     kind: 'Pod',
@@ -212,6 +217,7 @@ export function podManifest(s: SandboxRecord, o: { sandboxImage: string; sysctls
         : { dnsPolicy: 'Default' }),
       ...(o.graceSeconds !== undefined ? { terminationGracePeriodSeconds: o.graceSeconds } : {}),
       ...(sysctls.length ? { securityContext: { sysctls } } : {}),
+      ...(hostAliases.length ? { hostAliases } : {}),
       containers: [sandboxUnit, ...running],
       ...(volumes.length ? { volumes } : {}),
     },

@@ -1,4 +1,6 @@
-// The kubelet's streaming endpoints over SPDY/3.1 (WebSocket upgrades go to ws-streams.ts): /exec and /attach speak the remotecommand
+// The kubelet's streaming endpoints over SPDY/3.1 (WebSocket upgrades go to ws-streams.ts), for the
+// virtual node's kubelet API (handle: the request in the URL) and for the CRI shim's streaming
+// server (serve: the request a token stands for; @cello/controller/streaming). Exec and attach speak the remotecommand
 // protocol (v4.channel.k8s.io, and v3/v2 for older clients: one SPDY stream per channel, named
 // by the `streamType` header: error, stdin, stdout, stderr, resize), /portForward speaks
 // portforward.k8s.io (a data and an error stream per connection, paired by `requestID`, the
@@ -8,13 +10,14 @@
 // controller buffering without limit.
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
-import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
-import type { PortForwardFrame } from '@cello/proto/cell';
+import type { Duplex } from 'node:stream';
 import type { Logger } from '../../obs/logger.js';
 import type { Controller } from '../controller-client.js';
 import { SpdySession, type SpdyStream } from './spdy/index.js';
 import { ExecRelay, resizeReader, type ExecSink } from './exec-relay.js';
 import { WebSocketStreams } from './ws-streams.js';
+import { PortRelay } from './port-relay.js';
+import { kubeletStreamRequest, type ExecStreamRequest, type PortForwardStreamRequest, type StreamRequest, refuse } from './stream-request.js';
 
 const EXEC_PROTOCOLS = ['v4.channel.k8s.io', 'v3.channel.k8s.io', 'v2.channel.k8s.io', 'channel.k8s.io'];
 const PORT_FORWARD_PROTOCOL = 'portforward.k8s.io';
@@ -35,80 +38,73 @@ function headerValues(v: string | string[] | undefined): string[] {
     .filter(Boolean);
 }
 
-function refuse(socket: Socket, code: number, reason: string, message: string): void {
-  const body = `${message}\n`;
-  socket.end(`HTTP/1.1 ${code} ${reason}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
-}
-
-const truthy = (v: string | null) => v === '1' || v === 'true';
-
 export class SpdyStreams {
   private readonly sessions = new Set<SpdySession>();
-  /** exec and attach over WebSocket, handed over by handle(). */
+  /** exec, attach and port-forward over WebSocket, handed over by serve(). */
   private readonly websockets: WebSocketStreams;
 
   constructor(private readonly o: StreamsOptions) {
-    this.websockets = new WebSocketStreams(o);
+    this.websockets = new WebSocketStreams(o, (stream, r) =>
+      this.portForward(this.session(stream), r, this.o.log.child({ pod: `${r.target.ns}/${r.target.pod}`, stream: 'portForward (spdy in websocket)' })),
+    );
   }
 
-  /** `user`: who the kubelet API authenticated (the API server's client, as a rule). */
+  /** The virtual node's kubelet API: the request is in the URL. `user`: who the kubelet API authenticated (the API server's client, as a rule). */
   handle(req: IncomingMessage, socket: Socket, head: Buffer, user = ''): void {
     const url = new URL(req.url ?? '/', 'https://kubelet');
-    const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
-    const kind = parts[0];
+    const r = kubeletStreamRequest(url, (req.headers.upgrade ?? '').toLowerCase() === 'websocket', user);
+    if ('code' in r) return refuse(socket, r.code, r.reason, r.message);
+    this.serve(req, socket, head, r);
+  }
+
+  /**
+   * Serves an upgrade request for `r`, over SPDY/3.1 or WebSocket as the client asks: what the
+   * kubelet's streaming server (and containerd's, the same package) does once it knows the request.
+   */
+  serve(req: IncomingMessage, socket: Socket, head: Buffer, r: StreamRequest): void {
     const upgrade = (req.headers.upgrade ?? '').toLowerCase();
-    if (upgrade === 'websocket') return this.websockets.handle(req, socket, head, user);
+    if (upgrade === 'websocket') return this.websockets.serve(req, socket, head, r);
     if (upgrade !== 'spdy/3.1') {
-      return refuse(socket, 400, 'Bad Request', `upgrade: this kubelet streams over SPDY/3.1 or WebSocket, not "${req.headers.upgrade ?? ''}"`);
+      return refuse(socket, 400, 'Bad Request', `upgrade: this server streams over SPDY/3.1 or WebSocket, not "${req.headers.upgrade ?? ''}"`);
     }
     const offered = headerValues(req.headers['x-stream-protocol-version']);
-    let protocol: string | undefined;
-    let target: { ns: string; pod: string; container?: string };
-    if (kind === 'exec' || kind === 'attach') {
-      if (parts.length !== 4 && parts.length !== 5) return refuse(socket, 404, 'Not Found', `expected /${kind}/NAMESPACE/POD[/UID]/CONTAINER`);
-      target = { ns: parts[1]!, pod: parts[2]!, container: parts[parts.length - 1]! };
-      protocol = EXEC_PROTOCOLS.find((p) => offered.includes(p)) ?? (offered.length === 0 ? 'channel.k8s.io' : undefined);
-    } else if (kind === 'portForward') {
-      if (parts.length !== 3 && parts.length !== 4) return refuse(socket, 404, 'Not Found', 'expected /portForward/NAMESPACE/POD[/UID]');
-      target = { ns: parts[1]!, pod: parts[2]! };
-      protocol = offered.includes(PORT_FORWARD_PROTOCOL) || offered.length === 0 ? PORT_FORWARD_PROTOCOL : undefined;
-    } else {
-      return refuse(socket, 404, 'Not Found', `no streaming endpoint ${url.pathname}`);
-    }
+    const protocol =
+      r.kind === 'portForward'
+        ? offered.includes(PORT_FORWARD_PROTOCOL) || offered.length === 0
+          ? PORT_FORWARD_PROTOCOL
+          : undefined
+        : (EXEC_PROTOCOLS.find((p) => offered.includes(p)) ?? (offered.length === 0 ? 'channel.k8s.io' : undefined));
     if (!protocol)
       return refuse(
         socket,
         403,
         'Forbidden',
-        `x-stream-protocol-version: none of [${offered.join(', ')}] is supported; this kubelet speaks ${kind === 'portForward' ? PORT_FORWARD_PROTOCOL : EXEC_PROTOCOLS.join(', ')}`,
+        `x-stream-protocol-version: none of [${offered.join(', ')}] is supported; this server speaks ${r.kind === 'portForward' ? PORT_FORWARD_PROTOCOL : EXEC_PROTOCOLS.join(', ')}`,
       );
     socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: ${protocol}\r\n\r\n`);
     socket.setNoDelay(true);
     if (head.length) socket.unshift(head);
-    const session = new SpdySession(socket);
+    const session = this.session(socket);
+    const log = this.o.log.child({ pod: `${r.target.ns}/${r.target.pod}`, stream: r.kind });
+    if (r.kind === 'portForward') this.portForward(session, r, log);
+    else this.exec(session, protocol, r, log);
+  }
+
+  /** A SPDY session on a socket, or on a WebSocket tunnel's byte stream. */
+  private session(stream: Duplex): SpdySession {
+    const session = new SpdySession(stream);
     this.sessions.add(session);
     session.on('close', () => this.sessions.delete(session));
     session.on('protocolError', (err: Error) => this.o.log.warn({ err: err.message }, 'spdy protocol error'));
-    const log = this.o.log.child({ pod: `${target.ns}/${target.pod}`, stream: kind });
-    if (kind === 'portForward') this.portForward(session, target, user, log);
-    else this.exec(session, kind as 'exec' | 'attach', protocol, url.searchParams, target as Required<typeof target>, user, log);
+    return session;
   }
 
-  private exec(
-    session: SpdySession,
-    kind: 'exec' | 'attach',
-    protocol: string,
-    q: URLSearchParams,
-    t: { ns: string; pod: string; container: string },
-    user: string,
-    log: Logger,
-  ): void {
-    const tty = truthy(q.get('tty'));
-    const wantStdin = truthy(q.get('input'));
-    const wantStdout = truthy(q.get('output'));
-    const wantStderr = truthy(q.get('error')) && !tty;
+  private exec(session: SpdySession, protocol: string, r: ExecStreamRequest, log: Logger): void {
+    const { kind, tty, command, user, target: t } = r;
+    const wantStdin = r.stdin;
+    const wantStdout = r.stdout;
+    const wantStderr = r.stderr && !tty;
     const v3 = protocol === 'v4.channel.k8s.io' || protocol === 'v3.channel.k8s.io';
-    const command = q.getAll('command');
     const expected = 1 + (wantStdin ? 1 : 0) + (wantStdout ? 1 : 0) + (wantStderr ? 1 : 0) + (tty && v3 ? 1 : 0);
     const s: Partial<Record<'error' | 'stdin' | 'stdout' | 'stderr' | 'resize', SpdyStream>> = {};
     let count = 0;
@@ -181,50 +177,39 @@ export class SpdyStreams {
     });
   }
 
-  private portForward(session: SpdySession, t: { ns: string; pod: string }, user: string, log: Logger): void {
+  private portForward(session: SpdySession, r: PortForwardStreamRequest, log: Logger): void {
     interface Conn {
       data?: SpdyStream;
       error?: SpdyStream;
-      call?: ReturnType<Controller['client']['portForward']>;
+      relay?: PortRelay;
     }
     const conns = new Map<string, Conn>();
     const open = (id: string, port: number, c: Conn) => {
-      const call = this.o.controller.client.portForward();
-      c.call = call;
-      call.write({ frame: { $case: 'target', value: { namespace: t.ns, name: t.pod } } });
-      call.write({ frame: { $case: 'forward', value: { frame: { $case: 'start', value: { port, requestedBy: user } } } } });
-      c.data!.on('data', (b: Buffer) => {
-        if (call.write({ frame: { $case: 'forward', value: { frame: { $case: 'data', value: b } } } })) return;
-        c.data!.pause();
-        call.once('drain', () => c.data!.resume());
+      const data = c.data!;
+      const relay = new PortRelay(this.o.controller, r.target, port, r.user, {
+        write: (b, drained) => {
+          if (data.write(b)) return true;
+          data.once('drain', drained);
+          return false;
+        },
+        end: () => {
+          data.end();
+          c.error?.end();
+        },
+        fail: (msg) => {
+          log.debug({ port, err: msg }, 'port-forward connection failed');
+          c.error?.end(msg);
+          data.end();
+        },
       });
-      c.data!.on('end', () => call.write({ frame: { $case: 'forward', value: { frame: { $case: 'closeWrite', value: true } } } }));
-      c.data!.on('close', () => {
-        call.end();
+      c.relay = relay;
+      data.on('data', (b: Buffer) => {
+        if (!relay.data(b, () => data.resume())) data.pause();
+      });
+      data.on('end', () => relay.closeWrite());
+      data.on('close', () => {
+        relay.end();
         conns.delete(id);
-      });
-      const fail = (msg: string) => {
-        log.debug({ port, err: msg }, 'port-forward connection failed');
-        c.error?.end(`error forwarding port ${port} to pod ${t.pod}: ${msg}`);
-        c.data?.end();
-      };
-      call.on('data', (f: PortForwardFrame) => {
-        const fr = f.frame;
-        if (!fr) return;
-        if (fr.$case === 'data') {
-          if (!c.data!.write(Buffer.from(fr.value))) {
-            call.pause();
-            c.data!.once('drain', () => call.resume());
-          }
-        } else if (fr.$case === 'closeWrite') c.data!.end();
-        else if (fr.$case === 'error') fail(fr.value);
-      });
-      call.on('error', (err: ServiceError) => {
-        if (err.code !== GrpcStatus.CANCELLED) fail(err.details || err.message);
-      });
-      call.on('end', () => {
-        c.data?.end();
-        c.error?.end();
       });
     };
     session.on('stream', (st: SpdyStream) => {
@@ -238,10 +223,10 @@ export class SpdyStreams {
       const c = conns.get(id) ?? {};
       conns.set(id, c);
       c[type] = st;
-      if (c.data && c.error && !c.call) open(id, port, c);
+      if (c.data && c.error && !c.relay) open(id, port, c);
     });
     session.on('close', () => {
-      for (const c of conns.values()) c.call?.cancel();
+      for (const c of conns.values()) c.relay?.cancel();
       conns.clear();
     });
   }
