@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from './net.js';
 import { waitFor } from './wait.js';
-import { kubeBinaries, type KubeApiserver } from './kube.js';
+import { hostAddress, kubeBinaries, type KubeApiserver } from './kube.js';
 
 export interface KubeletTaint {
   key: string;
@@ -31,7 +31,11 @@ export interface StartKubeletOptions {
   labels?: Record<string, string>;
   /** Must match the runtime's (cello-cri answers RuntimeConfig with cgroupfs; containerd's runc default is cgroupfs too). */
   cgroupDriver?: 'cgroupfs' | 'systemd';
-  /** The address the kubelet serves on and reports as the Node's InternalIP (the API server reaches it there for logs and exec). */
+  /**
+   * The address the kubelet serves on and reports as the Node's InternalIP (the API server reaches
+   * it there for logs and exec). Default: this host's own address (hostAddress()): a kubelet
+   * refuses a loopback node IP ("nodeIP can't be loopback address") and then reports no address.
+   */
   nodeIp?: string;
   /** `--runtime-request-timeout` (default 2m, the kubelet's). */
   runtimeRequestTimeout?: string;
@@ -96,7 +100,7 @@ export async function startKubelet(o: StartKubeletOptions): Promise<Kubelet> {
   const kube = o.apiserver;
   const name = o.nodeName;
   if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(name) || name.length > 253) throw new Error(`nodeName ${JSON.stringify(name)} is not a DNS subdomain`);
-  const nodeIp = o.nodeIp ?? '127.0.0.1';
+  const nodeIp = o.nodeIp ?? hostAddress();
   const dir = await mkdtemp(join(tmpdir(), `cello-kubelet-${name}-`));
   const rootDir = o.rootDir ?? join(dir, 'root');
   const podLogsDir = join(dir, 'pod-logs');
