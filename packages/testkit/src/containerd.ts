@@ -94,6 +94,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   sandbox_image = ${q(o.sandboxImage)}
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
+  # Sandboxes ask for oom_score_adj -998, which this host (itself a container) refuses to lower:
+  # runc's init dies ("can't get final child's PID from pipe"). Keep it at containerd's own.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
