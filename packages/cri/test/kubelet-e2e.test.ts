@@ -181,7 +181,8 @@ describe('a real kubelet drives cello-cri', () => {
   // UNIMPLEMENTED and the kubelet fails the exec. The merger enables this test (it.skip -> it).
   it.skip('kubectl exec runs in the cell (NEEDS the cristream merge: the shim streaming server)', async () => {
     const r = await kube.kubectl(['exec', 'web', '--', 'sh', '-c', 'echo "in $(hostname)"; echo oops >&2; exit 3'], { timeoutMs: 60_000 });
-    expect(r.stdout).toBe('in web\n');
+    // Before the streaming server, the kubelet's exec fails here with the shim's UNIMPLEMENTED (in stderr).
+    expect(r.stdout, `kubectl exec: ${r.stderr}`).toBe('in web\n');
     expect(r.stderr).toContain('oops');
     expect(r.code).toBe(3);
     const ok = await kube.kubectl(['exec', '-i', 'web', '--', 'cat'], { timeoutMs: 60_000, input: 'from stdin\n' });
