@@ -25,6 +25,9 @@ export const SYSTEM_PACKAGES = [
   ['etcd', 'etcd-server'],
   ['etcdctl', 'etcd-client'],
   ['containerd', 'containerd'],
+  // containerd's CRI plugin needs a CNI network before it reports NetworkReady to a kubelet
+  // (testkit's startContainerd: bridge + host-local + loopback from /usr/lib/cni).
+  ['/usr/lib/cni/bridge', 'containernetworking-plugins'],
   ['ip', 'iproute2'],
   ['nft', 'nftables'],
   ['iptables', 'iptables'],

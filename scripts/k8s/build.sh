@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from the Go module
-# proxy, for tests that need a real Kubernetes control plane. k8s.io/kubernetes points its
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kubelet from the Go
+# module proxy, for tests that need a real Kubernetes control plane and a real node (the kubelet
+# drives cello-cri and containerd in the harness). k8s.io/kubernetes points its
 # k8s.io/* staging modules at local paths (replace => ./staging/...), which `go install
 # pkg@version` refuses; so this makes a small module that requires k8s.io/kubernetes and replaces
 # each staging module with its published version (v0.X.Y for Kubernetes v1.X.Y).
-# Binaries are cached per version under $CELLO_CACHE. Only the missing ones are built, all in ONE
+# Binaries are cached per version under $CELLO_CACHE. Only the missing ones are built (a cache
+# from before the kubelet was added gets just the kubelet), all in ONE
 # `go build` (the packages they share compile once), under a lock so concurrent runs (turbo,
 # parallel test files) wait for one build instead of racing on the same files.
 #   scripts/k8s/build.sh            -> prints the directory holding the binaries
 set -euo pipefail
 VERSION=${KUBE_VERSION:-1.34.4}
 CACHE=${CELLO_CACHE:-/var/cache/cello}/k8s/v$VERSION
-BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
 
 missing() {
   local b

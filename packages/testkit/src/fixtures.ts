@@ -181,3 +181,21 @@ export async function pushImage(registry: RegistryServer, name: string, layers: 
   if (put.status !== 201) throw new Error(`manifest push ${name}: HTTP ${put.status} ${put.body.toString().slice(0, 300)}`);
   return { ref: `${registry.host}/${repo}:${tag}`, digest: digestOf(manifest) };
 }
+
+/**
+ * A pause-like image (what registry.k8s.io/pause is to a runtime's pod sandbox: a process that
+ * outlives every container of the pod): the busybox fixture's layer with `sleep` as its
+ * entrypoint. Returns its reference.
+ */
+export async function pushPause(registry: RegistryServer, name = 'pause:test'): Promise<string> {
+  const f = await buildFixtures('busybox');
+  const blob = (d: string) => readFileSync(join(f.layout, 'blobs', 'sha256', d.slice('sha256:'.length)));
+  const index = JSON.parse(readFileSync(join(f.layout, 'index.json'), 'utf8')) as { manifests: { digest: string; annotations?: Record<string, string> }[] };
+  const m = index.manifests.find((x) => x.annotations?.['org.opencontainers.image.ref.name'] === 'busybox');
+  if (!m) throw new Error(`the busybox fixture layout ${f.layout} has no busybox tag`);
+  const manifest = JSON.parse(blob(m.digest).toString()) as { config: { digest: string }; layers: { digest: string; mediaType: string }[] };
+  const config = JSON.parse(blob(manifest.config.digest).toString()) as { rootfs: { diff_ids: string[] } };
+  const layers = manifest.layers.map((l, i) => ({ blob: blob(l.digest), mediaType: l.mediaType, diffId: config.rootfs.diff_ids[i]! }));
+  const env = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'];
+  return (await pushImage(registry, name, layers, { Entrypoint: ['/bin/sleep', '2147483647'], Cmd: null, Env: env })).ref;
+}

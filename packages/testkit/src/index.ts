@@ -5,7 +5,7 @@ export { startImdsTestDouble, type ImdsTestDouble } from './moto-imds.js';
 export { startEtcd, type EtcdServer, type EtcdTlsFiles } from './etcd.js';
 export { startRegistry, requireCommand } from './registry.js';
 export type { RegistryServer, RegistryTokenAuth, StartRegistryOptions } from './registry.js';
-export { buildFixtures, pushLayoutTag, pushBusybox, pushFixtures, pushBlob, pushImage } from './fixtures.js';
+export { buildFixtures, pushLayoutTag, pushBusybox, pushFixtures, pushBlob, pushImage, pushPause } from './fixtures.js';
 export type { Fixtures, FixtureSet, PushOptions, PushedFixtures, RawLayer } from './fixtures.js';
 export {
   startKubeApiserver,
@@ -28,3 +28,5 @@ export { startRequestLog, type RequestLog, type LoggedRequest } from './request-
 export { criTools, type CriTools } from './cri-tools.js';
 export { startTokenIssuer, type TokenIssuer } from './token-issuer.js';
 export { startGceFake, type GceFake, type GceFakeOptions, type InsertFault, type StaticTokenAuthClient } from './gce-fake.js';
+export { startKubelet, kubeletBinary, type Kubelet, type KubeletTaint, type StartKubeletOptions } from './kubelet.js';
+export { startContainerd, type Containerd, type StartContainerdOptions } from './containerd.js';
