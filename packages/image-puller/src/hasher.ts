@@ -13,9 +13,9 @@ import { PullError } from './errors.js';
 /** Bytes copied per message to the worker. */
 const BLOCK = 1 << 20;
 /** Bytes sent but not yet hashed before update() asks its caller to wait (bounds memory when the worker lags: the pull's peak RSS goal is 150 MiB). */
-const MAX_IN_FLIGHT = 4 * BLOCK;
+const MAX_IN_FLIGHT = 2 * BLOCK;
 /** Blocks kept for reuse across the process's hashes. */
-const FREE_BLOCKS = 6;
+const FREE_BLOCKS = 4;
 
 // Plain CommonJS run by `new Worker(..., { eval: true })`: no separate file to ship beside the CLI bundle.
 const WORKER_SOURCE = `
