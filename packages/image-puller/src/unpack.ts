@@ -24,7 +24,7 @@ import {
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { decompress } from './decompress.js';
-import { OffThreadSha256 } from './hasher.js';
+import { InThreadSha256, OffThreadSha256 } from './hasher.js';
 import type { Logger } from 'pino';
 import { PullError } from './errors.js';
 import type { Compression } from './media.js';
@@ -98,6 +98,8 @@ export interface UnpackOptions {
   lowerDirs?: () => Promise<string[]>;
   logger?: Logger | undefined;
   signal?: AbortSignal | undefined;
+  /** Hash the DiffID on the worker thread (the layer follows a download in this process). */
+  hashOffThread?: boolean | undefined;
 }
 
 interface Meta {
@@ -678,8 +680,9 @@ export async function unpackLayer(source: Readable, compression: Compression, ex
 async function unpackWith(w: LayerWriter, source: Readable, compression: Compression, expectDiffId: string | undefined, o: UnpackOptions): Promise<UnpackResult> {
   const parser = new TarParser(w);
   const { stream, done } = await decompress(source, compression);
-  // The DiffID is hashed on a worker thread while this one parses and writes files (hasher.ts).
-  const hash = new OffThreadSha256();
+  // While a download is being followed, the DiffID is hashed on a worker thread: this one also
+  // serves the TLS of the downloads (hasher.ts).
+  const hash = o.hashOffThread ? new OffThreadSha256() : new InThreadSha256();
   let bytes = 0;
   try {
     for await (const c of stream) {
