@@ -333,7 +333,7 @@ export class ImagePuller {
   private async unpackBlob(l: LayerInfo, fetched: Promise<void>, dir: string, o: Omit<UnpackOptions, 'dir'>, reset: () => Promise<void>): Promise<UnpackResult> {
     const src = await this.openBlob(l, fetched);
     try {
-      const res = await unpackLayer(src, l.compression, l.diffId, { ...o, dir });
+      const res = await unpackLayer(src, l.compression, l.diffId, { ...o, dir, hashOffThread: src instanceof FollowReader });
       await fetched; // the compressed digest is verified too before anything is published
       return res;
     } catch (err) {

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import {
   chmodSync,
   closeSync,
@@ -25,6 +24,7 @@ import {
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { decompress } from './decompress.js';
+import { InThreadSha256, OffThreadSha256 } from './hasher.js';
 import type { Logger } from 'pino';
 import { PullError } from './errors.js';
 import type { Compression } from './media.js';
@@ -98,6 +98,8 @@ export interface UnpackOptions {
   lowerDirs?: () => Promise<string[]>;
   logger?: Logger | undefined;
   signal?: AbortSignal | undefined;
+  /** Hash the DiffID on the worker thread (the layer follows a download in this process). */
+  hashOffThread?: boolean | undefined;
 }
 
 interface Meta {
@@ -677,8 +679,10 @@ export async function unpackLayer(source: Readable, compression: Compression, ex
 
 async function unpackWith(w: LayerWriter, source: Readable, compression: Compression, expectDiffId: string | undefined, o: UnpackOptions): Promise<UnpackResult> {
   const parser = new TarParser(w);
-  const hash = createHash('sha256');
   const { stream, done } = await decompress(source, compression);
+  // While a download is being followed, the DiffID is hashed on a worker thread: this one also
+  // serves the TLS of the downloads (hasher.ts).
+  const hash = o.hashOffThread ? new OffThreadSha256() : new InThreadSha256();
   let bytes = 0;
   try {
     for await (const c of stream) {
@@ -688,11 +692,13 @@ async function unpackWith(w: LayerWriter, source: Readable, compression: Compres
         throw new PullError('unsafe-content', `layer expands beyond the limit of ${o.maxBytes} bytes (decompression bomb?)`);
       }
       w.charge(chunk.length, 0);
-      hash.update(chunk);
+      const behind = hash.update(chunk);
       if (!parser.ended) await parser.write(chunk);
+      if (behind) await behind;
     }
     await done();
   } catch (err) {
+    hash.dispose();
     stream.destroy();
     source.destroy();
     if (err instanceof PullError) throw err;
@@ -702,9 +708,14 @@ async function unpackWith(w: LayerWriter, source: Readable, compression: Compres
   } finally {
     w.closeOpen();
   }
-  parser.finish();
-  await w.finish();
-  const diffId = `sha256:${hash.digest('hex')}`;
+  try {
+    parser.finish();
+    await w.finish();
+  } catch (err) {
+    hash.dispose();
+    throw err;
+  }
+  const diffId = await hash.digest();
   if (expectDiffId && diffId !== expectDiffId) {
     throw new PullError('integrity', `layer DiffID ${diffId} does not match the image config's ${expectDiffId}`);
   }
