@@ -584,6 +584,39 @@ spec: { selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 8080
     await kube.kubectl(['delete', 'pod', 'intolerant', '--wait=false']);
   });
 
+  it('a pod no cell can hold stays Pending and says why: CellProgress False with its stage and last error, and a Warning Event', async () => {
+    // Pinned to the smallest local type (512 MiB) while asking for 1 GiB: the API server and the
+    // node accept it (the node is sized from this host), the controller's selection cannot.
+    const tooBig = `apiVersion: v1
+kind: Pod
+metadata: { name: too-big, annotations: { cello.io/instance-type: local.nano } }
+spec:
+  nodeName: ${NODE}
+  automountServiceAccountToken: false
+  tolerations: [{ key: virtual-kubelet.io/provider, operator: Exists, effect: NoSchedule }]
+  containers: [{ name: main, image: ${registry.image}, command: ["sleep", "1000"], resources: { requests: { memory: 1Gi } } }]
+`;
+    expect((await kube.kubectl(['apply', '-f', '-'], { input: tooBig })).code).toBe(0);
+    const progress = (p: KPod) => p.status.conditions?.find((c) => c.type === 'cello.dev/CellProgress') as { status: string; reason?: string; message?: string } | undefined;
+    const stuck = await waitPod('too-big', 'Pending with its last error', (p) => /NoFittingInstanceType/.test(progress(p)?.message ?? ''), 60_000);
+    expect(stuck.status.phase).toBe('Pending');
+    expect(progress(stuck)).toMatchObject({ status: 'False', reason: 'Selecting' });
+    expect(progress(stuck)!.message).toMatch(
+      /^selecting since \S+;.* last error NoFittingInstanceType: no instance type fits \d+m CPU, \d+ MiB memory \(including agent overhead\): local.nano: needs \d+ MiB memory, has 512 MiB/,
+    );
+    // No cell was launched for it.
+    expect((await cl.cells()).some((c) => c.pod?.name === 'too-big')).toBe(false);
+    await waitFor(
+      'a Warning Event naming why too-big waits',
+      async () => {
+        const ev = await kube.kubectl(['get', 'events', '--field-selector', 'involvedObject.name=too-big,type=Warning', '-o', 'jsonpath={.items[*].message}']);
+        return ev.stdout.includes('NoFittingInstanceType') ? ev.stdout : undefined;
+      },
+      { timeoutMs: 30_000, intervalMs: 500 },
+    );
+    await kube.kubectl(['delete', 'pod', 'too-big', '--wait=false']);
+  }, 120_000);
+
   it('a pod the core cannot run fails with the field named; a missing secret holds it with CreateContainerConfigError', async () => {
     const pvc = `apiVersion: v1
 kind: Pod
