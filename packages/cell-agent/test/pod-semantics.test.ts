@@ -414,7 +414,9 @@ describe.concurrent('ephemeral containers (kubectl debug)', () => {
     const out = outDir();
     const p = pod('ephemeral', {
       volumes: [out.volume],
-      containers: [{ name: 'app', image: reg.busybox, command: ['sleep', '1234'], readinessProbe: { handler: { action: { $case: 'exec', value: { command: ['true'] } } }, periodSeconds: 1 } }],
+      containers: [
+        { name: 'app', image: reg.busybox, command: ['sleep', '1234'], readinessProbe: { handler: { action: { $case: 'exec', value: { command: ['true'] } } }, periodSeconds: 1 } },
+      ],
     });
     await apply(a.client, { pod: p });
     await a.watch.until('app ready', (w) => !!w.unit('app')?.ready, 60_000);
@@ -443,7 +445,13 @@ describe.concurrent('ephemeral containers (kubectl debug)', () => {
     const p = pod('ephemeral-own', { volumes: [out.volume], containers: [{ name: 'app', image: reg.busybox, command: ['sleep', '1234'] }] });
     await apply(a.client, { pod: p });
     await a.watch.until('app running', (w) => w.running('app'), 60_000);
-    const eph = (target: string) => ({ name: 'dbg', image: reg.busybox, targetContainerName: target, volumeMounts: [out.mount], command: sh('ps -o pid,args > /out/ps; sleep 3600') });
+    const eph = (target: string) => ({
+      name: 'dbg',
+      image: reg.busybox,
+      targetContainerName: target,
+      volumeMounts: [out.mount],
+      command: sh('ps -o pid,args > /out/ps; sleep 3600'),
+    });
     await expect(apply(a.client, { pod: { ...p, spec: { ...p.spec!, ephemeralContainers: [eph('nope') as never] } } })).rejects.toThrow(
       /spec\.ephemeralContainers\[0\]\.targetContainerName: "nope" names no container of the pod/,
     );

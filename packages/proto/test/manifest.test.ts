@@ -224,7 +224,9 @@ describe('podFromManifest', () => {
       },
     };
     const spec = podFromManifest(pod).pod.spec!;
-    expect(spec.ephemeralContainers.map((c) => [c.name, c.image, c.command, c.stdin, c.tty, c.targetContainerName])).toEqual([['debugger', 'busybox:1', ['sh'], true, true, 'app']]);
+    expect(spec.ephemeralContainers.map((c) => [c.name, c.image, c.command, c.stdin, c.tty, c.targetContainerName])).toEqual([
+      ['debugger', 'busybox:1', ['sh'], true, true, 'app'],
+    ]);
     expect(spec.containers[0]!.targetContainerName).toBe('');
     expect(kubePodSpec(spec).ephemeralContainers).toMatchObject([{ name: 'debugger', image: 'busybox:1', command: ['sh'], targetContainerName: 'app' }]);
     expect(kubePodSpec(podFromManifest({ ...pod, spec: { containers: pod.spec.containers } }).pod.spec!).ephemeralContainers).toBeUndefined();
@@ -240,10 +242,22 @@ describe('podFromManifest', () => {
     const refused: [Record<string, unknown>, Record<string, unknown>, RegExp][] = [
       [{ hostUsers: false }, {}, /^spec\.hostUsers: false \(a user namespace for the pod\) is not supported on a cell/],
       [{ setHostnameAsFQDN: true }, {}, /^spec\.setHostnameAsFQDN: true is not supported on a cell/],
-      [{ ephemeralContainers: [{ name: 'debugger', image: 'busybox', ports: [{ containerPort: 80 }] }] }, {}, /^spec\.ephemeralContainers\[0\]\.ports: may not be set for ephemeral containers/],
+      [
+        { ephemeralContainers: [{ name: 'debugger', image: 'busybox', ports: [{ containerPort: 80 }] }] },
+        {},
+        /^spec\.ephemeralContainers\[0\]\.ports: may not be set for ephemeral containers/,
+      ],
       [{ ephemeralContainers: [{ name: 'debugger', image: 'busybox', resources: { limits: { cpu: '1' } } }] }, {}, /^spec\.ephemeralContainers\[0\]\.resources: may not be set/],
-      [{ ephemeralContainers: [{ name: 'debugger', image: 'busybox', lifecycle: { preStop: { exec: { command: ['true'] } } } }] }, {}, /^spec\.ephemeralContainers\[0\]\.lifecycle: may not be set/],
-      [{ ephemeralContainers: [{ name: 'debugger', image: 'busybox', targetContainerName: 'nope' }] }, {}, /^spec\.ephemeralContainers\[0\]\.targetContainerName: "nope" names no container of the pod/],
+      [
+        { ephemeralContainers: [{ name: 'debugger', image: 'busybox', lifecycle: { preStop: { exec: { command: ['true'] } } } }] },
+        {},
+        /^spec\.ephemeralContainers\[0\]\.lifecycle: may not be set/,
+      ],
+      [
+        { ephemeralContainers: [{ name: 'debugger', image: 'busybox', targetContainerName: 'nope' }] },
+        {},
+        /^spec\.ephemeralContainers\[0\]\.targetContainerName: "nope" names no container of the pod/,
+      ],
       [{ ephemeralContainers: [{ name: 'c', image: 'busybox' }] }, {}, /^spec\.ephemeralContainers\[0\]\.name: duplicate container name "c"/],
       [{ resources: { limits: { cpu: '1' } } }, {}, /^spec\.resources: pod-level resources are not supported on a cell/],
       [{ resourceClaims: [{ name: 'gpu' }] }, {}, /^spec\.resourceClaims: dynamic resource allocation is not supported/],

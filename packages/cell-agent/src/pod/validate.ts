@@ -84,7 +84,8 @@ export function validateApply(req: ApplyPodRequest): void {
       if (list === 'spec.ephemeralContainers') {
         // A debugging container: nothing serves through it, nothing sizes or probes it.
         if (c.ports.length) fail(`${f}.ports`, 'may not be set for ephemeral containers');
-        for (const k of ['livenessProbe', 'readinessProbe', 'startupProbe', 'lifecycle', 'resources'] as const) if (c[k]) fail(`${f}.${k}`, 'may not be set for ephemeral containers');
+        for (const k of ['livenessProbe', 'readinessProbe', 'startupProbe', 'lifecycle', 'resources'] as const)
+          if (c[k]) fail(`${f}.${k}`, 'may not be set for ephemeral containers');
         const t = c.targetContainerName;
         if (t && ![...spec.initContainers, ...spec.containers].some((x) => x.name === t)) fail(`${f}.targetContainerName`, `"${t}" names no container of the pod`);
       } else if (c.targetContainerName) fail(`${f}.targetContainerName`, 'may only be set for ephemeral containers');
