@@ -133,6 +133,11 @@ export async function startKubeApiserver(
     controllerManager?: boolean;
     /** kube-controller-manager's --controllers (default KUBE_CONTROLLERS); the conformance run wants nearly all. */
     controllers?: string[];
+    /**
+     * kube-apiserver's --allow-privileged (its default is false): conformance clusters (kubeadm)
+     * allow privileged containers, and specs such as the Job pod-failure-policy one create them.
+     */
+    allowPrivileged?: boolean;
   } = {},
 ): Promise<KubeApiserver> {
   const binDir = kubeBinaries();
@@ -243,6 +248,7 @@ export async function startKubeApiserver(
       '--service-account-issuer=https://kubernetes.default.svc',
       '--service-cluster-ip-range=10.0.0.0/24',
       '--authorization-mode=Node,RBAC',
+      ...(o.allowPrivileged ? ['--allow-privileged=true'] : []),
       `--kubelet-client-certificate=${kubeletClient.certFile}`,
       `--kubelet-client-key=${kubeletClient.keyFile}`,
       `--kubelet-certificate-authority=${join(dir, 'ca.crt')}`,

@@ -76,7 +76,7 @@ export async function startConformanceCluster(o: { maxCells: number; dir: string
         '',
       ].join('\n'),
     );
-    kube = await startKubeApiserver({ controllers: CONTROLLERS });
+    kube = await startKubeApiserver({ controllers: CONTROLLERS, allowPrivileged: true });
     const created = await kube.kubectl(['create', 'namespace', 'cello-system']);
     if (created.code !== 0) throw new Error(`kubectl create namespace cello-system: ${created.stderr}`);
     // Pods on cells reach the API server (on loopback) at this host's own address.
