@@ -52,6 +52,14 @@ export const SYSTEM_PACKAGES = [
   ['flock', 'util-linux'],
   ['setpriv', 'util-linux'],
   ['qemu-system-x86_64', 'qemu-system-x86'],
+  // The conformance images (scripts/k8s/build-e2e-images.sh): busybox is built from source (make,
+  // bzip2), and agnhost / jessie-dnsutils carry these tools with their libraries, as upstream's do.
+  ['make', 'make'],
+  ['bzip2', 'bzip2'],
+  ['curl', 'curl'],
+  ['dig', 'bind9-dnsutils'],
+  ['nc.openbsd', 'netcat-openbsd'],
+  ['iperf', 'iperf'],
 ];
 
 const PIP_PACKAGES = [['moto_server', 'moto[server]']];

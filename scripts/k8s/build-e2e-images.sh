@@ -2,7 +2,9 @@
 # Builds the images the Kubernetes conformance specs pull (the list and each one's recipe:
 # scripts/conformance/images.txt) into one OCI layout, from sources reachable here: busybox-static,
 # the agnhost / nonewprivs Go packages and pause.c of the k8s.io/kubernetes module (binaries from
-# build-e2e.sh). With a registry argument, also pushes each image there under the path and tag the
+# build-e2e.sh), busybox 1.37 from its source tarball (built once, static) and Debian tools
+# (curl, dig, iproute2, bash, netcat, iperf) copied from this machine with their shared libraries.
+# With a registry argument, also pushes each image there under the path and tag the
 # suite expects, minus "registry.k8s.io/" (e.g. HOST:PORT/e2e-test-images/agnhost:2.56), which is
 # what the KUBE_TEST_REPO_LIST of scripts/conformance.mjs points at.
 # The layout is cached under $CELLO_CACHE, rebuilt when the list or this script changes.
@@ -15,9 +17,24 @@ CACHE=${CELLO_CACHE:-/var/cache/cello}/k8s/v$VERSION
 OUT="$CACHE/e2e-images"
 REGISTRY=${1:-}
 
-for c in busybox umoci skopeo gcc flock; do
+# Upstream's images are busybox 1.37 (the official image: defconfig, static). Debian's busybox
+# (bookworm's 1.35, trixie's 1.37 alike) patches ash to drop environment names that are not shell
+# identifiers (`data-1`), which the Secret/ConfigMap env specs print with `sh -c env`; upstream's
+# ash keeps them. So busybox is built from its release tarball (Debian's unmodified orig tarball,
+# checked against this hash), defconfig + static, once per version, cached beside the layout.
+BUSYBOX_VERSION=1.37.0
+BUSYBOX_SHA256=3311dff32e746499f4df0d5df04d7eb396382d7e108bb9250e7b519b837043a4
+BUSYBOX_URL=${DEBIAN_MIRROR:-http://deb.debian.org/debian}/pool/main/b/busybox/busybox_$BUSYBOX_VERSION.orig.tar.bz2
+# The tools upstream's agnhost adds to alpine (apk add bind-tools curl netcat-openbsd iproute2 iperf
+# bash) and jessie-dnsutils' dnsutils, as "image path=host binary" (glibc's getent for the DNS
+# specs' `getent hosts`).
+TOOLS="/usr/bin/dig=/usr/bin/dig /usr/bin/host=/usr/bin/host /usr/bin/nslookup=/usr/bin/nslookup
+/usr/bin/curl=/usr/bin/curl /usr/bin/nc=/usr/bin/nc.openbsd /sbin/ip=/usr/sbin/ip /sbin/ss=/usr/bin/ss
+/usr/bin/iperf=/usr/bin/iperf /bin/bash=/usr/bin/bash /usr/bin/getent=/usr/bin/getent"
+for c in umoci skopeo gcc make bzip2 flock curl ldd dig nc.openbsd iperf; do
   command -v "$c" >/dev/null || {
-    echo "$c is required; install it with:  apt-get install -y $(case $c in busybox) echo busybox-static ;; flock) echo util-linux ;; *) echo "$c" ;; esac)" >&2
+    echo "$c is required; install it with:  apt-get install -y $(case $c in flock) echo util-linux ;; ldd) echo libc-bin ;;
+      dig) echo bind9-dnsutils ;; nc.openbsd) echo netcat-openbsd ;; *) echo "$c" ;; esac)" >&2
     exit 1
   }
 done
@@ -27,7 +44,7 @@ if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then export PATH=$
 layout_tag() { echo "${1#registry.k8s.io/}" | tr '/:' '__'; }
 images() { grep -vE '^\s*(#|$)' "$LIST"; }
 
-stamp=$(cat "$LIST" "$0" | sha256sum | cut -c1-16)
+stamp=$( (cat "$LIST" "$0"; dpkg-query -W bind9-dnsutils curl netcat-openbsd iproute2 iperf bash libc-bin 2>/dev/null || true) | sha256sum | cut -c1-16)
 mkdir -p "$OUT"
 exec 9>"$OUT/.lock"
 flock 9
@@ -39,40 +56,95 @@ if [ "$(cat "$OUT/stamp" 2>/dev/null)" != "$stamp" ]; then
   mkdir -p "$work"
   umoci init --layout "$work/oci" >/dev/null
 
+  BUSYBOX="$CACHE/busybox-$BUSYBOX_VERSION/busybox"
+  if [ ! -x "$BUSYBOX" ]; then
+    src="$CACHE/busybox-$BUSYBOX_VERSION-src"
+    rm -rf "$src" && mkdir -p "$src"
+    curl -fsSL --retry 3 -o "$src.tar.bz2" "$BUSYBOX_URL" || { echo "cannot fetch $BUSYBOX_URL" >&2; exit 1; }
+    echo "$BUSYBOX_SHA256  $src.tar.bz2" | sha256sum --quiet -c - || { echo "$BUSYBOX_URL: sha256 is not $BUSYBOX_SHA256" >&2; exit 1; }
+    tar -xjf "$src.tar.bz2" -C "$src" --strip-components=1
+    echo "building busybox $BUSYBOX_VERSION (a few minutes) ..." >&2
+    # tc: its CBQ code does not build against kernel headers >= 6.8 (no spec runs tc).
+    (cd "$src" && make defconfig >/dev/null && sed -i -e 's/^# CONFIG_STATIC is not set/CONFIG_STATIC=y/' -e 's/^CONFIG_TC=y/# CONFIG_TC is not set/' .config &&
+      nice -n 19 make -j"$(nproc)" >"$src.log" 2>&1) || { tail -20 "$src.log" >&2; echo "busybox build failed: $src.log" >&2; exit 1; }
+    mkdir -p "$(dirname "$BUSYBOX")"
+    cp "$src/busybox" "$BUSYBOX.tmp" && mv "$BUSYBOX.tmp" "$BUSYBOX"
+    rm -rf "$src" "$src.tar.bz2" "$src.log"
+  fi
+
   # The busybox rootfs every other recipe starts from.
   base="$work/busybox"
   mkdir -p "$base"/{bin,sbin,usr/bin,usr/sbin,etc,tmp,root,home,var/www,dev,proc,sys}
   chmod 1777 "$base/tmp"
-  cp "$(command -v busybox)" "$base/bin/busybox"
+  cp "$BUSYBOX" "$base/bin/busybox"
   # Every applet in /bin, as the upstream busybox image has them (specs exec /bin/sysctl, /bin/ls),
   # and at Debian's paths (/sbin/..., /usr/bin/...) too.
-  busybox --list | while read -r applet; do
+  "$BUSYBOX" --list | while read -r applet; do
     [ "$applet" = busybox ] || ln -sf busybox "$base/bin/$applet"
   done
-  busybox --list-full | while read -r applet; do
+  "$BUSYBOX" --list-full | while read -r applet; do
     [ -e "$base/$applet" ] || [ -L "$base/$applet" ] || ln -s /bin/busybox "$base/$applet"
+  done
+
+  # The tools layer (agnhost, jessie-dnsutils): each tool at its upstream path and wherever the
+  # busybox rootfs has an applet of that name (so PATH finds the real one), plus the shared
+  # libraries ldd names and the dynamic loader. One layer, the same bytes in every image using it.
+  tools="$work/tools"
+  mkdir -p "$tools/etc"
+  printf 'passwd: files\ngroup: files\nhosts: files dns\n' >"$tools/etc/nsswitch.conf"
+  for t in $TOOLS; do
+    dst=${t%%=*} src=${t#*=} name=$(basename "${t%%=*}")
+    mkdir -p "$tools$(dirname "$dst")"
+    cp -L "$src" "$tools$dst"
+    for d in /bin /sbin /usr/bin /usr/sbin; do
+      if [ "$d/$name" != "$dst" ] && { [ -e "$base$d/$name" ] || [ -L "$base$d/$name" ]; }; then
+        mkdir -p "$tools$d"
+        ln -sf "$dst" "$tools$d/$name"
+      fi
+    done
+    ldd "$src" | awk '/=> \// {print $3} /^[ \t]*\/lib64\// {print $1}'
+  done | sort -u | while read -r lib; do
+    mkdir -p "$tools$(dirname "$lib")"
+    cp -L "$lib" "$tools$lib"
+  done
+  mkdir -p "$tools/usr/local/bin"
+  ln -s /usr/bin/iperf "$tools/usr/local/bin/iperf"
+  # Every tool must start inside the layer alone (no library left out).
+  for t in $TOOLS; do
+    dst=${t%%=*}
+    case "$(basename "$dst")" in bash) args=(-c true) ;; ip) args=(-V) ;; nc | iperf) args=(-h) ;; getent) args=(hosts localhost) ;; *) args=(--version) ;; esac
+    [ "$(basename "$dst")" = dig ] && args=(-v)
+    [ "$(basename "$dst")" = host ] && args=(-V)
+    [ "$(basename "$dst")" = nslookup ] && args=(-version)
+    [ "$(basename "$dst")" = ss ] && args=(-V)
+    out=$(env -i LD_LIBRARY_PATH= "$tools/lib64/ld-linux-x86-64.so.2" --library-path "$tools/lib/x86_64-linux-gnu:$tools/usr/lib/x86_64-linux-gnu" "$tools$dst" "${args[@]}" 2>&1) || case "$(basename "$dst")" in nc | iperf | getent) ;; *) echo "$dst does not run from the tools layer: $out" >&2; exit 1 ;; esac
   done
   printf 'root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/bin/false\nwww-data:x:33:33:www-data:/var/www:/bin/false\nnobody:x:65534:65534:nobody:/home:/bin/false\n' >"$base/etc/passwd"
   printf 'root:x:0:\ndaemon:x:1:\nwww-data:x:33:\nnobody:x:65534:\n' >"$base/etc/group"
 
   # Every upstream image sets PATH (Dockerfile base images do); without it runc finds no `sh`.
   PATH_ENV=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-  pack() { # pack ROOTFS TAG [umoci config args...]
-    local rootfs=$1 tag=$2
-    shift 2
-    tar --format=pax --numeric-owner --owner=0 --group=0 --sort=name --mtime=@0 -C "$rootfs" -cf "$work/layer.tar" .
+  pack() { # pack TAG ROOTFS... -- [umoci config args...]: one layer per ROOTFS, in order
+    local tag=$1
+    shift
     umoci new --image "$work/oci:$tag"
-    umoci raw add-layer --image "$work/oci:$tag" "$work/layer.tar"
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do
+      tar --format=pax --numeric-owner --owner=0 --group=0 --sort=name --mtime=@0 -C "$1" -cf "$work/layer.tar" .
+      umoci raw add-layer --image "$work/oci:$tag" "$work/layer.tar"
+      rm -f "$work/layer.tar"
+      shift
+    done
+    shift
     umoci config --image "$work/oci:$tag" --architecture amd64 --os linux --config.env "$PATH_ENV" "$@"
-    rm -f "$work/layer.tar"
   }
-  agnhost_rootfs() { # agnhost_rootfs DIR
-    cp -a "$base" "$1"
+  agnhost_rootfs() { # agnhost_rootfs DIR: what agnhost adds to the busybox and tools layers
+    mkdir -p "$1/etc"
     cp "$BIN/agnhost" "$1/agnhost"
     ln -s agnhost "$1/agnhost-2"
     mkdir -p "$1/uploads"
     cp "$MOD/test/images/agnhost/porter/localhost.crt" "$MOD/test/images/agnhost/porter/localhost.key" "$1/"
     chmod 0644 "$1/localhost.crt" "$1/localhost.key"
+    cp "$base/etc/passwd" "$base/etc/group" "$1/etc/"
     echo 'user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh' >>"$1/etc/passwd"
     printf 'user-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n' >>"$1/etc/group"
   }
@@ -81,39 +153,38 @@ if [ "$(cat "$OUT/stamp" 2>/dev/null)" != "$stamp" ]; then
     tag=$(layout_tag "$ref")
     dir="$work/rootfs-$tag"
     case "$recipe" in
-      busybox) pack "$base" "$tag" --config.cmd sh ;;
+      busybox) pack "$tag" "$base" -- --config.cmd sh ;;
       agnhost)
         agnhost_rootfs "$dir"
-        pack "$dir" "$tag" --config.entrypoint /agnhost --config.cmd pause \
+        pack "$tag" "$base" "$tools" "$dir" -- --config.entrypoint /agnhost --config.cmd pause \
           --config.exposedports 80/tcp --config.exposedports 8080/tcp --config.exposedports 8081/tcp --config.exposedports 9376/tcp --config.exposedports 5000/tcp
         ;;
       agnhost-web)
         agnhost_rootfs "$dir"
         cp "$MOD/test/images/$extra/html/"* "$dir/"
         chmod 0644 "$dir"/*.json "$dir"/*.jpg
-        pack "$dir" "$tag" --config.entrypoint /agnhost --config.cmd test-webserver --config.exposedports 80/tcp
+        pack "$tag" "$base" "$tools" "$dir" -- --config.entrypoint /agnhost --config.cmd test-webserver --config.exposedports 80/tcp
         ;;
       pause)
         mkdir -p "$dir"
         gcc -Os -static -DVERSION="v$VERSION" -o "$dir/pause" "$MOD/build/pause/linux/pause.c"
         strip "$dir/pause"
-        pack "$dir" "$tag" --config.entrypoint /pause --config.user 65535:65535
+        pack "$tag" "$dir" -- --config.entrypoint /pause --config.user 65535:65535
         ;;
       nonewprivs)
-        cp -a "$base" "$dir"
         mkdir -p "$dir/usr/local/bin"
         (cd "$CACHE/e2e-src" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$dir/usr/local/bin/nnp" k8s.io/kubernetes/test/images/nonewprivs)
         chmod 4755 "$dir/usr/local/bin/nnp"
-        pack "$dir" "$tag" --config.cmd nnp
+        pack "$tag" "$base" "$dir" -- --config.cmd nnp
         ;;
-      nonroot) pack "$base" "$tag" --config.user 1234 --config.cmd sh ;;
+      nonroot) pack "$tag" "$base" -- --config.user 1234 --config.cmd sh ;;
       SUBSTITUTE-web)
-        cp -a "$base" "$dir"
         mkdir -p "$dir$extra"
         echo '<html><body><h1>It works!</h1></body></html>' >"$dir$extra/index.html"
-        pack "$dir" "$tag" --config.entrypoint /bin/busybox --config.cmd httpd --config.cmd -f --config.cmd -p --config.cmd 80 --config.cmd -h --config.cmd "$extra" \
+        pack "$tag" "$base" "$dir" -- --config.entrypoint /bin/busybox --config.cmd httpd --config.cmd -f --config.cmd -p --config.cmd 80 --config.cmd -h --config.cmd "$extra" \
           --config.exposedports 80/tcp
         ;;
+      dnsutils) pack "$tag" "$base" "$tools" -- --config.cmd bash ;;
       none) continue ;;
       *)
         echo "$LIST: unknown recipe '$recipe' for $ref" >&2

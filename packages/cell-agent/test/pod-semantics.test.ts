@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ContainerRestartPolicy, PodPhase, RestartPolicy, StorageMedium } from '@cello/proto/cell';
+import { ConditionStatus, ContainerRestartPolicy, PodPhase, RestartPolicy, StorageMedium } from '@cello/proto/cell';
 import { HealthCheckResponse_ServingStatus as Serving, HealthServiceImpl } from '@cello/proto/health';
 import { freePort, waitFor } from '@cello/testkit';
 import type { AgentOptions } from '../src/agent.js';
@@ -405,6 +405,63 @@ describe.concurrent('shareProcessNamespace', () => {
     const ps = read(join(out.dir, 'ps')) || first;
     expect(ps).not.toContain('sleep 1234');
     expect(ps).toMatch(/^\s*1\s+sh -c/m);
+  });
+});
+
+describe.concurrent('ephemeral containers (kubectl debug)', () => {
+  it("run once when added to a running pod, in their target's PID namespace, outside the pod's phase and readiness, never restarted", async () => {
+    const a = await agent();
+    const out = outDir();
+    const p = pod('ephemeral', {
+      volumes: [out.volume],
+      containers: [
+        { name: 'app', image: reg.busybox, command: ['sleep', '1234'], readinessProbe: { handler: { action: { $case: 'exec', value: { command: ['true'] } } }, periodSeconds: 1 } },
+      ],
+    });
+    await apply(a.client, { pod: p });
+    await a.watch.until('app ready', (w) => !!w.unit('app')?.ready, 60_000);
+    const appId = a.watch.unit('app')!.containerId;
+    const debugger_ = { name: 'debugger', image: reg.busybox, targetContainerName: 'app', volumeMounts: [out.mount], command: sh('ps -o pid,args > /out/ps; exit 3') };
+    const r = await apply(a.client, { pod: { ...p, spec: { ...p.spec!, ephemeralContainers: [debugger_ as never] } } });
+    expect(r.changedUnits).toEqual(['debugger']);
+    await a.watch.until('debugger ended', (w) => !!w.terminated('debugger'), 60_000);
+    expect(a.watch.terminated('debugger')!.exitCode).toBe(3);
+    // It saw the target's processes: it joined app's PID namespace.
+    expect(read(join(out.dir, 'ps'))).toContain('sleep 1234');
+    // Whatever the pod's restartPolicy (Always), it is not run again; the pod runs on, ready.
+    await new Promise((res) => setTimeout(res, 2500));
+    const s = a.watch.last!.status!;
+    expect(s.ephemeralContainerStatuses.map((c) => [c.name, c.restartCount, c.state?.state?.$case])).toEqual([['debugger', 0, 'terminated']]);
+    expect(s.containerStatuses.map((c) => c.name)).toEqual(['app']);
+    expect(s.phase).toBe(PodPhase.POD_PHASE_RUNNING);
+    expect(s.conditions.find((c) => c.type === 'Ready')?.status).toBe(ConditionStatus.CONDITION_STATUS_TRUE);
+    expect(a.watch.unit('app')!.containerId).toBe(appId);
+    expect(a.watch.unit('app')!.restartCount).toBe(0);
+  });
+
+  it('without a target run in a PID namespace of their own; a target that names no container is refused naming the field', async () => {
+    const a = await agent();
+    const out = outDir();
+    const p = pod('ephemeral-own', { volumes: [out.volume], containers: [{ name: 'app', image: reg.busybox, command: ['sleep', '1234'] }] });
+    await apply(a.client, { pod: p });
+    await a.watch.until('app running', (w) => w.running('app'), 60_000);
+    const eph = (target: string) => ({
+      name: 'dbg',
+      image: reg.busybox,
+      targetContainerName: target,
+      volumeMounts: [out.mount],
+      command: sh('ps -o pid,args > /out/ps; sleep 3600'),
+    });
+    await expect(apply(a.client, { pod: { ...p, spec: { ...p.spec!, ephemeralContainers: [eph('nope') as never] } } })).rejects.toThrow(
+      /spec\.ephemeralContainers\[0\]\.targetContainerName: "nope" names no container of the pod/,
+    );
+    await apply(a.client, { pod: { ...p, spec: { ...p.spec!, ephemeralContainers: [eph('') as never] } } });
+    await a.watch.until('dbg running', (w) => w.running('dbg'), 60_000);
+    const ps = await waitFor('ps written', () => read(join(out.dir, 'ps')) || undefined, { timeoutMs: 15_000 });
+    expect(ps).not.toContain('sleep 1234');
+    // Deleting the pod stops it with the others.
+    await deletePod(a, 1);
+    await a.watch.until('pod gone', (w) => !w.last?.status, 30_000);
   });
 });
 

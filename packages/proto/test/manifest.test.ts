@@ -213,6 +213,25 @@ describe('podFromManifest', () => {
     expect(podFromManifest(podWith({ hostPID: false, hostIPC: false })).pod.spec!.hostPid).toBe(false);
   });
 
+  it('ephemeral containers (kubectl debug) convert with their target and come back in the v1 PodSpec', () => {
+    const pod = {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'a' },
+      spec: {
+        containers: [{ name: 'app', image: 'busybox:1' }],
+        ephemeralContainers: [{ name: 'debugger', image: 'busybox:1', command: ['sh'], stdin: true, tty: true, targetContainerName: 'app', resources: {}, ports: [] }],
+      },
+    };
+    const spec = podFromManifest(pod).pod.spec!;
+    expect(spec.ephemeralContainers.map((c) => [c.name, c.image, c.command, c.stdin, c.tty, c.targetContainerName])).toEqual([
+      ['debugger', 'busybox:1', ['sh'], true, true, 'app'],
+    ]);
+    expect(spec.containers[0]!.targetContainerName).toBe('');
+    expect(kubePodSpec(spec).ephemeralContainers).toMatchObject([{ name: 'debugger', image: 'busybox:1', command: ['sh'], targetContainerName: 'app' }]);
+    expect(kubePodSpec(podFromManifest({ ...pod, spec: { containers: pod.spec.containers } }).pod.spec!).ephemeralContainers).toBeUndefined();
+  });
+
   it('fields a cell cannot honour are refused naming the field; their harmless values are accepted', () => {
     const podWith = (spec: Record<string, unknown>, container: Record<string, unknown> = {}) => ({
       apiVersion: 'v1',
@@ -223,7 +242,23 @@ describe('podFromManifest', () => {
     const refused: [Record<string, unknown>, Record<string, unknown>, RegExp][] = [
       [{ hostUsers: false }, {}, /^spec\.hostUsers: false \(a user namespace for the pod\) is not supported on a cell/],
       [{ setHostnameAsFQDN: true }, {}, /^spec\.setHostnameAsFQDN: true is not supported on a cell/],
-      [{ ephemeralContainers: [{ name: 'debugger', image: 'busybox' }] }, {}, /^spec\.ephemeralContainers: ephemeral containers \(kubectl debug\) are not supported/],
+      [
+        { ephemeralContainers: [{ name: 'debugger', image: 'busybox', ports: [{ containerPort: 80 }] }] },
+        {},
+        /^spec\.ephemeralContainers\[0\]\.ports: may not be set for ephemeral containers/,
+      ],
+      [{ ephemeralContainers: [{ name: 'debugger', image: 'busybox', resources: { limits: { cpu: '1' } } }] }, {}, /^spec\.ephemeralContainers\[0\]\.resources: may not be set/],
+      [
+        { ephemeralContainers: [{ name: 'debugger', image: 'busybox', lifecycle: { preStop: { exec: { command: ['true'] } } } }] },
+        {},
+        /^spec\.ephemeralContainers\[0\]\.lifecycle: may not be set/,
+      ],
+      [
+        { ephemeralContainers: [{ name: 'debugger', image: 'busybox', targetContainerName: 'nope' }] },
+        {},
+        /^spec\.ephemeralContainers\[0\]\.targetContainerName: "nope" names no container of the pod/,
+      ],
+      [{ ephemeralContainers: [{ name: 'c', image: 'busybox' }] }, {}, /^spec\.ephemeralContainers\[0\]\.name: duplicate container name "c"/],
       [{ resources: { limits: { cpu: '1' } } }, {}, /^spec\.resources: pod-level resources are not supported on a cell/],
       [{ resourceClaims: [{ name: 'gpu' }] }, {}, /^spec\.resourceClaims: dynamic resource allocation is not supported/],
       [{}, { resources: { claims: [{ name: 'gpu' }] } }, /^spec\.containers\[0\]\.resources\.claims: dynamic resource allocation/],

@@ -58,6 +58,7 @@ const agent: CellAgentServer = {
         observedGeneration: 3,
         qosClass: 'Burstable',
         removedContainerStatuses: [],
+        ephemeralContainerStatuses: [],
       },
       generation: 3,
       podUid: 'u1',

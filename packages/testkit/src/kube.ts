@@ -268,7 +268,8 @@ export async function startKubeApiserver(
       // The harness runs no node-lifecycle controller, so nothing would lift the not-ready
       // taint this plugin puts on new nodes; without it a Ready node is schedulable at once.
       '--disable-admission-plugins=TaintNodesByCondition',
-      // As kubeadm's clusters: privileged pods are admitted (a real kubelet in the harness runs some).
+      // As kubeadm's clusters: privileged pods are admitted (a real kubelet in the harness runs
+      // some; conformance specs such as the Job pod-failure-policy one create them).
       '--allow-privileged=true',
       '--profiling=false',
       '--v=1',

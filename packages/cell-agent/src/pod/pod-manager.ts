@@ -100,6 +100,8 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   private generation = 0;
   private initUnits: Unit[] = [];
   private units: Unit[] = [];
+  /** spec.ephemeralContainers (kubectl debug): started once the pod has initialized, never restarted. */
+  private ephemeralUnits: Unit[] = [];
   /** Main units an apply left out: they are stopped, and their final status is reported until their name comes back. */
   private removedUnits = new Map<string, Unit>();
   private volumes = new Map<string, PreparedVolume | VolumeError>();
@@ -149,7 +151,8 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       changed: () => this.changed(),
       event: (type, reason, message, container) => this.event(type, reason, message, container),
       probeResult: (unit, probe, ok) => this.o.onProbe?.(unit, probe, ok),
-      podContainers: () => (this.req?.pod?.spec?.containers.length ?? 0) + (this.req?.pod?.spec?.initContainers.length ?? 0),
+      podContainers: () =>
+        (this.req?.pod?.spec?.containers.length ?? 0) + (this.req?.pod?.spec?.initContainers.length ?? 0) + (this.req?.pod?.spec?.ephemeralContainers.length ?? 0),
       fifos: new FifoPool(join(o.runDir ?? o.stateDir, 'fifo-pool')),
       shims: new ShimPool(o.runc.binary, o.runc.root, o.stateDir),
     };
@@ -167,10 +170,10 @@ export class PodManager extends EventEmitter implements UnitDirectory {
 
   // --- UnitDirectory ---
   get(name: string): UnitView | undefined {
-    return [...this.units, ...this.initUnits].find((u) => u.name === name);
+    return [...this.units, ...this.initUnits, ...this.ephemeralUnits].find((u) => u.name === name);
   }
   list(): UnitView[] {
-    return [...this.initUnits, ...this.units];
+    return [...this.initUnits, ...this.units, ...this.ephemeralUnits];
   }
   netnsPath(): string | undefined {
     return this.o.netnsPath;
@@ -249,7 +252,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.pidnsPath = spec.shareProcessNamespace ? await this.sharedPid.ensure() : undefined;
     const t3 = performance.now();
     const changed: string[] = [];
-    const diff = (existing: Unit[], wanted: Container[], isInit: boolean): Unit[] => {
+    const diff = (existing: Unit[], wanted: Container[], isInit: boolean, isEphemeral = false): Unit[] => {
       const next: Unit[] = [];
       for (const c of wanted) {
         const hash = hashContainer(c, spec.securityContext);
@@ -266,7 +269,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
           continue;
         }
         changed.push(c.name);
-        const u = this.newUnit(c, hash, isInit);
+        const u = this.newUnit(c, hash, isInit, isEphemeral);
         if (cur) {
           const p = cur.stop(this.graceMs()).then(() => void u.start());
           this.track(p);
@@ -274,10 +277,10 @@ export class PodManager extends EventEmitter implements UnitDirectory {
         }
         next.push(u);
       }
-      for (const c of wanted) if (!isInit) this.removedUnits.delete(c.name);
+      for (const c of wanted) if (!isInit && !isEphemeral) this.removedUnits.delete(c.name);
       for (const u of existing) {
         if (wanted.some((c) => c.name === u.name)) continue;
-        if (!isInit) this.removedUnits.set(u.name, u);
+        if (!isInit && !isEphemeral) this.removedUnits.set(u.name, u);
         this.track(
           u
             .stop(this.graceMs())
@@ -291,8 +294,9 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     const oldMain = this.units;
     this.initUnits = diff(this.initUnits, spec.initContainers, true);
     this.units = diff(oldMain, spec.containers, false);
+    this.ephemeralUnits = diff(this.ephemeralUnits, spec.ephemeralContainers, false, true);
     // Pull every image at once, while init units run.
-    for (const c of [...spec.initContainers, ...spec.containers]) void this.images.pull(c).catch(() => {});
+    for (const c of [...spec.initContainers, ...spec.containers, ...spec.ephemeralContainers]) void this.images.pull(c).catch(() => {});
     this.scheduleDeadline();
     this.watchEmptyDirLimits();
     void this.runPod();
@@ -356,9 +360,9 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     void p.finally(() => this.stopping.delete(p));
   }
 
-  private newUnit(c: Container, hash: string, isInit: boolean): Unit {
+  private newUnit(c: Container, hash: string, isInit: boolean, isEphemeral = false): Unit {
     const cg = `${this.o.cgroupParent}/${c.name}`;
-    const u = new Unit(c, hash, isInit, join(this.dirs.units, c.name), cg, this.unitCtx, join(this.dirs.runUnits, c.name));
+    const u = new Unit(c, hash, isInit, join(this.dirs.units, c.name), cg, this.unitCtx, join(this.dirs.runUnits, c.name), isEphemeral);
     u.graceMs = this.graceMs();
     return u;
   }
@@ -391,7 +395,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       if (!u.succeeded) return; // failed for good (restartPolicy Never): the pod failed
     }
     if (run !== this.initRun) return;
-    for (const u of this.units) {
+    for (const u of [...this.units, ...this.ephemeralUnits]) {
       if ((u as Unit & { after?: Promise<void> }).after) continue;
       u.start();
     }
@@ -419,6 +423,16 @@ export class PodManager extends EventEmitter implements UnitDirectory {
   // --- OCI spec ---
   private buildUnitSpec(u: Unit, image: ImageInfo, inst: Instance): Promise<Record<string, unknown>> {
     const o = this.o;
+    // targetContainerName: the ephemeral container joins that unit's PID namespace (sees and can
+    // signal its processes), as the kubelet does with the target's namespace; in a pod that shares
+    // one PID namespace every unit is already in it.
+    let pidnsPath = this.pidnsPath;
+    const target = u.isEphemeral ? u.spec.targetContainerName : '';
+    if (target && !pidnsPath) {
+      const pid = [...this.units, ...this.initUnits].find((t) => t.name === target)?.pid();
+      if (pid === undefined) return Promise.reject(new Error(`target container "${target}" is not running`));
+      pidnsPath = `/proc/${pid}/ns/pid`;
+    }
     return buildContainerConfig({
       req: this.req!,
       unit: u,
@@ -431,7 +445,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       hostIP: o.hostIP,
       seccompProfileDir: o.seccompProfileDir,
       netnsPath: o.netnsPath,
-      pidnsPath: this.pidnsPath,
+      pidnsPath,
     });
   }
 
@@ -442,7 +456,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
    * still gets 2 s, the kubelet's minimum).
    */
   private async stopUnits(graceMs: number): Promise<void> {
-    const main = Promise.all([...this.initUnits.filter((u) => !u.isSidecar), ...this.units].map((u) => u.stop(graceMs)));
+    const main = Promise.all([...this.initUnits.filter((u) => !u.isSidecar), ...this.units, ...this.ephemeralUnits].map((u) => u.stop(graceMs)));
     let turn: Promise<unknown> = main;
     const sidecars = this.initUnits
       .filter((u) => u.isSidecar)
@@ -533,6 +547,8 @@ export class PodManager extends EventEmitter implements UnitDirectory {
       observedGeneration: this.generation,
       qosClass: qosClass(spec),
       removedContainerStatuses: [...this.removedUnits.values()].map((u) => u.status()),
+      // Left out of the phase and the readiness above, as the kubelet leaves them out.
+      ephemeralContainerStatuses: this.ephemeralUnits.map((u) => u.status()),
     };
     return { status, generation: this.generation, podUid: req.pod!.metadata!.uid };
   }
@@ -552,7 +568,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.evictionTimer = undefined;
     this.evicted = undefined;
     rmSync(this.evictedFile, { force: true });
-    const all = [...this.initUnits, ...this.units];
+    const all = [...this.initUnits, ...this.units, ...this.ephemeralUnits];
     await Promise.all([this.stopUnits(graceMs), ...this.stopping]);
     this.sidecarsStopped = false;
     this.sharedPid.remove();
@@ -571,6 +587,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     await this.syncHostPorts(undefined).catch((err: Error) => this.o.logger.warn({ err: err.message }, 'cannot remove the hostPort rules'));
     this.initUnits = [];
     this.units = [];
+    this.ephemeralUnits = [];
     this.req = undefined;
     this.images.forgetPulls();
     this.startTime = undefined;
@@ -613,13 +630,14 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     await this.syncHostPorts(req.pod).catch((err: Error) => this.event('Warning', 'HostPortFailed', `cannot serve the pod's hostPorts: ${err.message}`));
     await this.prepareVolumes();
     if (spec.shareProcessNamespace) this.pidnsPath = await this.sharedPid.ensure().catch((err: Error) => (this.event('Warning', 'FailedCreatePodSandBox', err.message), undefined));
-    const mk = (c: Container, isInit: boolean) => this.newUnit(c, hashContainer(c, spec.securityContext), isInit);
+    const mk = (c: Container, isInit: boolean, isEphemeral = false) => this.newUnit(c, hashContainer(c, spec.securityContext), isInit, isEphemeral);
     this.initUnits = spec.initContainers.map((c) => mk(c, true));
     this.units = spec.containers.map((c) => mk(c, false));
+    this.ephemeralUnits = spec.ephemeralContainers.map((c) => mk(c, false, true));
     const initDone = this.initUnits.every((u) => u.isSidecar || readUnitRecord(u.dir)?.completed);
     // An evicted pod stays failed: nothing of it runs again.
     this.evicted = existsSync(this.evictedFile) ? readFileSync(this.evictedFile, 'utf8') : undefined;
-    for (const u of this.evicted ? [] : [...this.initUnits, ...this.units]) {
+    for (const u of this.evicted ? [] : [...this.initUnits, ...this.units, ...this.ephemeralUnits]) {
       const rec = readUnitRecord(u.dir);
       if (!rec) continue;
       const image = await this.images.cached(u.spec.image).catch(() => undefined);
@@ -640,7 +658,7 @@ export class PodManager extends EventEmitter implements UnitDirectory {
     this.unitCtx.shims?.close();
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
     if (this.evictionTimer) clearTimeout(this.evictionTimer);
-    for (const u of [...this.initUnits, ...this.units]) u.detach();
+    for (const u of [...this.initUnits, ...this.units, ...this.ephemeralUnits]) u.detach();
   }
 }
 

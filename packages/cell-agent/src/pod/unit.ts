@@ -97,6 +97,8 @@ export class Unit implements UnitView {
     private readonly ctx: UnitContext,
     /** Where the unit's instances keep their control files (tmpfs); defaults to `dir`. */
     readonly runDir: string = dir,
+    /** An ephemeral container (kubectl debug): never restarted, whatever the pod's restartPolicy. */
+    readonly isEphemeral = false,
   ) {
     this.name = spec.name;
     this.isSidecar = isInit && spec.restartPolicy === ContainerRestartPolicy.CONTAINER_RESTART_POLICY_ALWAYS;
@@ -542,6 +544,7 @@ export class Unit implements UnitView {
     let restart: boolean;
     if (this.isSidecar)
       restart = true; // whatever the pod's restartPolicy, as the kubelet
+    else if (this.isEphemeral) restart = false;
     else if (this.isInit) {
       if (!failed) this.completed = true;
       restart = failed && policy !== RestartPolicy.RESTART_POLICY_NEVER;

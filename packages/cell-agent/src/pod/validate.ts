@@ -72,6 +72,7 @@ export function validateApply(req: ApplyPodRequest): void {
   const all: [string, Container[]][] = [
     ['spec.initContainers', spec.initContainers],
     ['spec.containers', spec.containers],
+    ['spec.ephemeralContainers', spec.ephemeralContainers],
   ];
   for (const [list, cs] of all) {
     for (const [i, c] of cs.entries()) {
@@ -80,6 +81,14 @@ export function validateApply(req: ApplyPodRequest): void {
       if (names.has(c.name)) fail(`${f}.name`, `duplicate container name "${c.name}"`);
       names.add(c.name);
       if (!c.image.trim()) fail(`${f}.image`, 'must not be empty');
+      if (list === 'spec.ephemeralContainers') {
+        // A debugging container: nothing serves through it, nothing sizes or probes it.
+        if (c.ports.length) fail(`${f}.ports`, 'may not be set for ephemeral containers');
+        for (const k of ['livenessProbe', 'readinessProbe', 'startupProbe', 'lifecycle', 'resources'] as const)
+          if (c[k]) fail(`${f}.${k}`, 'may not be set for ephemeral containers');
+        const t = c.targetContainerName;
+        if (t && ![...spec.initContainers, ...spec.containers].some((x) => x.name === t)) fail(`${f}.targetContainerName`, `"${t}" names no container of the pod`);
+      } else if (c.targetContainerName) fail(`${f}.targetContainerName`, 'may only be set for ephemeral containers');
       for (const [j, e] of c.env.entries()) if (!ENV_NAME.test(e.name)) fail(`${f}.env[${j}].name`, `"${e.name}" is not a valid environment variable name`);
       const paths = new Set<string>();
       for (const [j, m] of c.volumeMounts.entries()) {

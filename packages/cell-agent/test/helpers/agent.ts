@@ -99,7 +99,7 @@ export class StatusWatch {
 
   unit(name: string): ContainerStatus | undefined {
     const s = this.last?.status;
-    return [...(s?.containerStatuses ?? []), ...(s?.initContainerStatuses ?? [])].find((c) => c.name === name);
+    return [...(s?.containerStatuses ?? []), ...(s?.initContainerStatuses ?? []), ...(s?.ephemeralContainerStatuses ?? [])].find((c) => c.name === name);
   }
 
   /** Waits until pred holds on the latest status (or events); fails after timeoutMs with what was seen. */
@@ -134,7 +134,7 @@ export class StatusWatch {
       const st = c.state?.state;
       return `${c.name}:${st?.$case}${st?.$case === 'waiting' ? `(${st.value.reason}: ${st.value.message})` : st?.$case === 'terminated' ? `(${st.value.reason} ${st.value.exitCode} ${st.value.message})` : ''} r=${c.restartCount} ready=${c.ready}`;
     };
-    return { phase: s.phase, init: s.initContainerStatuses.map(one), units: s.containerStatuses.map(one) };
+    return { phase: s.phase, init: s.initContainerStatuses.map(one), units: s.containerStatuses.map(one), ephemeral: s.ephemeralContainerStatuses.map(one) };
   }
 
   running(name: string): boolean {

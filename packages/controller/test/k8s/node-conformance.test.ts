@@ -1,8 +1,8 @@
 // Kubelet behaviours the conformance suite checks, on the virtual node against the harness's
 // real kube-apiserver, the controller daemon and real local cells (runc): the downward API's
 // status.podIP(s)/hostIP(s), service links, automountServiceAccountToken at pod and
-// ServiceAccount level, readiness gates, kubectl debug's ephemeral containers reported as
-// unsupported, and the kubelet API's /runningpods/ with its attackers.
+// ServiceAccount level, readiness gates, kubectl debug's ephemeral containers (run on the cell),
+// and the kubelet API's /runningpods/ with its attackers.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'node:https';
 import { startKubeApiserver, waitFor, type IssuedCert, type KubeApiserver } from '@cello/testkit';
@@ -20,7 +20,13 @@ interface Pod {
     podIPs?: { ip: string }[];
     hostIP?: string;
     conditions?: { type: string; status: string; reason?: string; message?: string }[];
-    ephemeralContainerStatuses?: { name: string; state: { waiting?: { reason?: string; message?: string } } }[];
+    containerStatuses?: { name: string; restartCount: number }[];
+    ephemeralContainerStatuses?: {
+      name: string;
+      restartCount: number;
+      ready: boolean;
+      state: { waiting?: { reason?: string; message?: string }; running?: object; terminated?: { exitCode: number } };
+    }[];
   };
 }
 
@@ -193,20 +199,30 @@ spec:
     expect(denied.body).toContain('subresource=proxy');
   }, 60_000);
 
-  it('kubectl debug: the ephemeral container is reported waiting as Unsupported, with an Event, and the pod runs on', async () => {
-    const r = await kube.kubectl(['debug', 'dapi', `--image=${registry.image}`, '--container=debugger', '--', 'sleep', '100']);
+  it("kubectl debug: the ephemeral container runs once on the pod's cell in its target's PID namespace, is reported, takes exec, and the pod runs on", async () => {
+    const r = await kube.kubectl(['debug', 'dapi', `--image=${registry.image}`, '--container=debugger', '--target=main', '--', 'sh', '-c', 'ps -o args; exit 7']);
     expect(r.code, r.stderr).toBe(0);
-    const p = await waitPod('dapi', 'reporting its ephemeral container', (x) => x.status.ephemeralContainerStatuses?.[0]?.state.waiting?.reason === 'Unsupported', 60_000);
-    expect(p.status.ephemeralContainerStatuses![0]!.state.waiting!.message).toMatch(/ephemeral containers \(kubectl debug\) are not supported/);
+    const p = await waitPod('dapi', 'reporting its ephemeral container ended', (x) => x.status.ephemeralContainerStatuses?.[0]?.state.terminated !== undefined, 90_000);
+    const st = p.status.ephemeralContainerStatuses![0]!;
+    expect([st.name, st.state.terminated!.exitCode, st.restartCount, st.ready]).toEqual(['debugger', 7, 0, false]);
+    // It saw the target's processes (its PID namespace) and its logs come from the cell.
+    expect((await kube.kubectl(['logs', 'dapi', '-c', 'debugger'])).stdout).toContain('sleep 1000');
     expect(p.status.phase).toBe('Running');
-    await waitFor(
-      'the Failed event naming the ephemeral container',
-      async () =>
-        (await kube.kubectl(['get', 'events', '--field-selector', 'involvedObject.name=dapi,reason=Failed', '-o', 'jsonpath={.items[*].message}'])).stdout.includes(
-          'Ephemeral container debugger',
-        ),
-      { timeoutMs: 20_000, intervalMs: 300 },
+    expect(condition(p, 'Ready')?.status).toBe('True');
+    // A second one keeps running and takes exec; the first is not run again (restartPolicy Always or not).
+    const r2 = await kube.kubectl(['debug', 'dapi', `--image=${registry.image}`, '--container=shell', '--', 'sleep', '1000']);
+    expect(r2.code, r2.stderr).toBe(0);
+    await waitPod(
+      'dapi',
+      'running its second ephemeral container',
+      (x) => x.status.ephemeralContainerStatuses?.find((c) => c.name === 'shell')?.state.running !== undefined,
+      90_000,
     );
+    const ex = await kube.kubectl(['exec', 'dapi', '-c', 'shell', '--', 'sh', '-c', 'echo from-$0-$$', 'shell']);
+    expect(ex.stdout.trim(), ex.stderr).toMatch(/^from-shell-\d+$/);
+    const after = (await getPod('dapi'))!;
+    expect(after.status.ephemeralContainerStatuses!.find((c) => c.name === 'debugger')!.restartCount).toBe(0);
+    expect(after.status.containerStatuses!.map((c) => [c.name, c.restartCount])).toEqual([['main', 0]]);
     // The pod keeps getting updates: a label change still applies in place.
     expect((await kube.kubectl(['label', 'pod', 'dapi', 'touched=yes'])).code).toBe(0);
     await waitFor(
@@ -217,5 +233,5 @@ spec:
     expect((await kube.kubectl(['get', 'events', '--field-selector', 'involvedObject.name=dapi,reason=FailedUpdate', '-o', 'jsonpath={.items[*].message}'])).stdout.trim()).toBe(
       '',
     );
-  }, 90_000);
+  }, 240_000);
 });

@@ -324,6 +324,7 @@ function container(path: Path, c: schema.ContainerManifest, pod: PodContext, ini
         : TerminationMessagePolicy.TERMINATION_MESSAGE_POLICY_FILE,
     imagePullPolicy: pullPolicy(c.image, c.imagePullPolicy),
     restartPolicy: sidecar ? ContainerRestartPolicy.CONTAINER_RESTART_POLICY_ALWAYS : ContainerRestartPolicy.CONTAINER_RESTART_POLICY_UNSPECIFIED,
+    targetContainerName: '',
   };
 }
 
@@ -507,6 +508,22 @@ export function convertPod(obj: unknown, defaults: { namespace?: string } = {}):
   };
   const initContainers = (s.initContainers ?? []).map(unit('initContainers'));
   const containers = s.containers.map(unit('containers'));
+  const ephemeralContainers = (s.ephemeralContainers ?? []).map((c, i) => {
+    const path = ['spec', 'ephemeralContainers', i];
+    // As the API server's validation: a debugging container serves nothing and is sized by nobody.
+    for (const f of ['ports', 'livenessProbe', 'readinessProbe', 'startupProbe', 'lifecycle', 'resources', 'restartPolicy'] as const) {
+      const v = c[f];
+      if (v !== undefined && !(Array.isArray(v) && v.length === 0) && !(f === 'resources' && Object.keys(v).length === 0))
+        fail([...path, f], 'may not be set for ephemeral containers');
+    }
+    const { targetContainerName, ...rest } = c;
+    const out = container(path, rest, podCtx, false);
+    if (unitNames.has(c.name)) fail([...path, 'name'], `duplicate container name "${c.name}"`);
+    unitNames.add(c.name);
+    if (targetContainerName && !s.containers.some((x) => x.name === targetContainerName) && !(s.initContainers ?? []).some((x) => x.name === targetContainerName))
+      fail([...path, 'targetContainerName'], `"${targetContainerName}" names no container of the pod`);
+    return { ...out, targetContainerName: targetContainerName ?? '' };
+  });
 
   hostNamespaces(s, initContainers, containers);
   if (s.activeDeadlineSeconds !== undefined && s.activeDeadlineSeconds < 1) fail(['spec', 'activeDeadlineSeconds'], 'must be 1 or more');
@@ -526,6 +543,7 @@ export function convertPod(obj: unknown, defaults: { namespace?: string } = {}):
     spec: {
       initContainers,
       containers,
+      ephemeralContainers,
       volumes,
       restartPolicy: {
         Always: RestartPolicy.RESTART_POLICY_ALWAYS,

@@ -311,8 +311,8 @@ export const podSpec = z.strictObject({
   hostUsers: z.boolean().optional(),
   setHostnameAsFQDN: z.boolean().optional(),
   os: z.strictObject({ name: str }).optional(),
-  // Refused in unsupported.ts; the virtual node reports kubectl debug's as unsupported on the pod.
-  ephemeralContainers: z.array(z.looseObject({ name: str })).optional(),
+  // kubectl debug's (the /ephemeralcontainers subresource): run on the cell once, never restarted.
+  ephemeralContainers: z.array(container.extend({ targetContainerName: str.optional() })).optional(),
   // Refused in unsupported.ts: no dynamic resource allocation on a cell.
   resourceClaims: z.array(z.looseObject({ name: str })).optional(),
   // Gates the scheduler; a bound pod has none left.

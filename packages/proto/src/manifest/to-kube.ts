@@ -275,6 +275,7 @@ export function kubePodSpec(s: PodSpec): Obj {
   return clean({
     initContainers: nonEmpty(s.initContainers.map(container)),
     containers: s.containers.map(container),
+    ephemeralContainers: nonEmpty(s.ephemeralContainers.map((c) => ({ ...container(c), ...(c.targetContainerName ? { targetContainerName: c.targetContainerName } : {}) }))),
     volumes: nonEmpty(s.volumes.map(volume)),
     restartPolicy: RESTART[s.restartPolicy] ?? 'Always',
     terminationGracePeriodSeconds: s.terminationGracePeriodSeconds,

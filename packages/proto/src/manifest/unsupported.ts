@@ -32,7 +32,6 @@ function recursiveReadOnly(path: Path, m: { readOnly?: boolean | undefined; recu
 export function refuseUnsupported(s: Spec): void {
   if (s.hostUsers === false) refuse(['spec', 'hostUsers'], 'false (a user namespace for the pod) is not supported on a cell');
   if (s.setHostnameAsFQDN) refuse(['spec', 'setHostnameAsFQDN'], "true is not supported on a cell: the pod's hostname is its short name");
-  if (s.ephemeralContainers?.length) refuse(['spec', 'ephemeralContainers'], 'ephemeral containers (kubectl debug) are not supported on a cell; use kubectl exec');
   if (s.resources !== undefined)
     refuse(['spec', 'resources'], 'pod-level resources are not supported on a cell: give each container its requests and limits (the cell is sized from them)');
   if (s.resourceClaims?.length) refuse(['spec', 'resourceClaims'], 'dynamic resource allocation is not supported on a cell');

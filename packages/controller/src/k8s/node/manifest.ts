@@ -26,6 +26,7 @@ export interface KPod {
     serviceAccountName?: string;
     containers: KContainer[];
     initContainers?: KContainer[];
+    ephemeralContainers?: KContainer[];
     volumes?: KVolume[];
     imagePullSecrets?: { name: string }[];
     terminationGracePeriodSeconds?: number;
@@ -152,7 +153,7 @@ export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOpt
     if (!name) return;
     m.set(name, (m.get(name) ?? true) && !!optional);
   };
-  const containers = [...pod.spec.containers, ...(pod.spec.initContainers ?? [])];
+  const containers = [...pod.spec.containers, ...(pod.spec.initContainers ?? []), ...(pod.spec.ephemeralContainers ?? [])];
   for (const c of containers) {
     for (const e of c.env ?? []) {
       want(secrets, e.valueFrom?.secretKeyRef?.name, e.valueFrom?.secretKeyRef?.optional);
@@ -163,11 +164,9 @@ export async function buildPodManifest(rest: KubeRest, pod: KPod, o: ManifestOpt
       want(configMaps, e.configMapRef?.name, e.configMapRef?.optional);
     }
   }
+  // kubectl debug's ephemeral containers (added through the /ephemeralcontainers subresource) go
+  // to the cell with the rest: a new generation whose other units are unchanged.
   const spec = structuredClone(pod.spec);
-  // kubectl debug adds these through a subresource to a running pod: a cell cannot run them
-  // (the core would refuse the whole spec, and with it every later update of the pod, its token
-  // refreshes too), so they stay out of the manifest and PodSync reports them on the pod.
-  delete spec.ephemeralContainers;
   // A pod that names no pull secrets uses its ServiceAccount's, as the ServiceAccount
   // admission plugin would have set them (it may be off, or the account edited since).
   if (!spec.imagePullSecrets?.length) {

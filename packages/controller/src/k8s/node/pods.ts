@@ -300,17 +300,10 @@ export class PodSync {
     // env says.
     const status = kubeStatus(cpod.status, kpod, cpod.status.hostIp);
     applyReadinessGates(status.conditions as Record<string, unknown>[], kpod);
-    const ephemeral = ephemeralStatuses(kpod);
-    if (ephemeral) status.ephemeralContainerStatuses = ephemeral;
     const progress = progressCondition(cpod.progress);
     if (progress) (status.conditions as unknown[]).push(progress);
     const text = JSON.stringify(status);
     if (this.lastStatus.get(key) === text) return;
-    const before = JSON.stringify(kpod.status?.ephemeralContainerStatuses ?? []);
-    for (const e of ephemeral ?? []) {
-      // Once per container: the status the pod already shows names those reported.
-      if (!before.includes(`"name":${JSON.stringify(e.name)}`)) await this.event(kpod, 'Warning', 'Failed', `Ephemeral container ${e.name}: ${EPHEMERAL_UNSUPPORTED}`);
-    }
     await this.patchStatus(kpod, status);
     this.lastStatus.set(key, text);
   }
@@ -410,22 +403,6 @@ export class PodSync {
     this.queue.stop();
     await this.informer.stop();
   }
-}
-
-const EPHEMERAL_UNSUPPORTED = 'ephemeral containers (kubectl debug) are not supported on a Cello cell; use kubectl exec';
-
-/** What a kubectl debug waits on: each ephemeral container, waiting for good with the reason why. */
-function ephemeralStatuses(kpod: KPod): { name: string; image: string; imageID: string; ready: boolean; restartCount: number; state: unknown }[] | undefined {
-  const list = kpod.spec.ephemeralContainers;
-  if (!Array.isArray(list) || list.length === 0) return undefined;
-  return (list as { name: string; image?: string }[]).map((c) => ({
-    name: c.name,
-    image: c.image ?? '',
-    imageID: '',
-    ready: false,
-    restartCount: 0,
-    state: { waiting: { reason: 'Unsupported', message: EPHEMERAL_UNSUPPORTED } },
-  }));
 }
 
 function sourceOf(kpod: KPod): string {

@@ -51,7 +51,11 @@ function container(c: ContainerStatus, image: string | undefined): Record<string
 }
 
 export interface KubePodLike {
-  spec?: { containers?: { name: string; image?: string }[]; initContainers?: { name: string; image?: string; restartPolicy?: string | ContainerRestartPolicy }[] };
+  spec?: {
+    containers?: { name: string; image?: string }[];
+    initContainers?: { name: string; image?: string; restartPolicy?: string | ContainerRestartPolicy }[];
+    ephemeralContainers?: { name: string; image?: string }[];
+  };
 }
 
 /**
@@ -61,7 +65,7 @@ export interface KubePodLike {
  */
 export function kubeStatus(s: PodStatus, pod: KubePodLike, hostIP: string): Record<string, unknown> {
   const images = new Map<string, string | undefined>();
-  for (const c of [...(pod.spec?.containers ?? []), ...(pod.spec?.initContainers ?? [])]) images.set(c.name, c.image);
+  for (const c of [...(pod.spec?.containers ?? []), ...(pod.spec?.initContainers ?? []), ...(pod.spec?.ephemeralContainers ?? [])]) images.set(c.name, c.image);
   // The API server allows one IP per family, the primary first.
   const podIPs: string[] = [];
   for (const ip of [s.podIp, ...s.podIps].filter(Boolean)) {
@@ -102,6 +106,10 @@ export function kubeStatus(s: PodStatus, pod: KubePodLike, hostIP: string): Reco
             return sidecar ? k : { ...k, ready: c.ready || done };
           }),
         }
+      : {}),
+    // kubectl debug waits on these (never ready: the kubelet reports them so).
+    ...(s.ephemeralContainerStatuses.length
+      ? { ephemeralContainerStatuses: s.ephemeralContainerStatuses.map((c) => ({ ...container(c, images.get(c.name)), ready: false })) }
       : {}),
   };
 }

@@ -443,6 +443,12 @@ export interface PodSpec {
   hostIpc: boolean;
   /** spec.os.name: "linux" or empty (a cell runs Linux pods only). */
   osName: string;
+  /**
+   * spec.ephemeralContainers (kubectl debug, added through the /ephemeralcontainers subresource):
+   * run once the pod has initialized, never restarted, never removed; no ports, probes,
+   * resources or lifecycle; left out of the pod's phase and readiness.
+   */
+  ephemeralContainers: Container[];
 }
 
 export interface PodSpec_NodeSelectorEntry {
@@ -489,6 +495,8 @@ export interface Container {
    * beside the main containers, stopped after them).
    */
   restartPolicy: ContainerRestartPolicy;
+  /** Only on ephemeral containers: the container whose PID namespace it joins (targetContainerName). */
+  targetContainerName: string;
 }
 
 export interface EnvVar {
@@ -1315,6 +1323,7 @@ function createBasePodSpec(): PodSpec {
     hostPid: false,
     hostIpc: false,
     osName: "",
+    ephemeralContainers: [],
   };
 }
 
@@ -1382,6 +1391,9 @@ export const PodSpec: MessageFns<PodSpec> = {
     }
     if (message.osName !== "") {
       writer.uint32(170).string(message.osName);
+    }
+    for (const v of message.ephemeralContainers) {
+      Container.encode(v!, writer.uint32(178).fork()).join();
     }
     return writer;
   },
@@ -1570,6 +1582,14 @@ export const PodSpec: MessageFns<PodSpec> = {
             message.osName = reader.string();
             continue;
           }
+          case 22: {
+            if (tag !== 178) {
+              break;
+            }
+
+            message.ephemeralContainers.push(Container.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1697,6 +1717,11 @@ export const PodSpec: MessageFns<PodSpec> = {
         : isSet(object.os_name)
         ? globalThis.String(object.os_name)
         : "",
+      ephemeralContainers: globalThis.Array.isArray(object?.ephemeralContainers)
+        ? object.ephemeralContainers.map((e: any) => Container.fromJSON(e))
+        : globalThis.Array.isArray(object?.ephemeral_containers)
+        ? object.ephemeral_containers.map((e: any) => Container.fromJSON(e))
+        : [],
     };
   },
 
@@ -1771,6 +1796,9 @@ export const PodSpec: MessageFns<PodSpec> = {
     if (message.osName !== "") {
       obj.osName = message.osName;
     }
+    if (message.ephemeralContainers?.length) {
+      obj.ephemeralContainers = message.ephemeralContainers.map((e) => Container.toJSON(e));
+    }
     return obj;
   },
 
@@ -1812,6 +1840,7 @@ export const PodSpec: MessageFns<PodSpec> = {
     message.hostPid = object.hostPid ?? false;
     message.hostIpc = object.hostIpc ?? false;
     message.osName = object.osName ?? "";
+    message.ephemeralContainers = object.ephemeralContainers?.map((e) => Container.fromPartial(e)) || [];
     return message;
   },
 };
@@ -2099,6 +2128,7 @@ function createBaseContainer(): Container {
     terminationMessagePolicy: 0,
     imagePullPolicy: 0,
     restartPolicy: 0,
+    targetContainerName: "",
   };
 }
 
@@ -2169,6 +2199,9 @@ export const Container: MessageFns<Container> = {
     }
     if (message.restartPolicy !== 0) {
       writer.uint32(176).int32(message.restartPolicy);
+    }
+    if (message.targetContainerName !== "") {
+      writer.uint32(186).string(message.targetContainerName);
     }
     return writer;
   },
@@ -2362,6 +2395,14 @@ export const Container: MessageFns<Container> = {
             message.restartPolicy = reader.int32() as any;
             continue;
           }
+          case 23: {
+            if (tag !== 186) {
+              break;
+            }
+
+            message.targetContainerName = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2446,6 +2487,11 @@ export const Container: MessageFns<Container> = {
         : isSet(object.restart_policy)
         ? containerRestartPolicyFromJSON(object.restart_policy)
         : 0,
+      targetContainerName: isSet(object.targetContainerName)
+        ? globalThis.String(object.targetContainerName)
+        : isSet(object.target_container_name)
+        ? globalThis.String(object.target_container_name)
+        : "",
     };
   },
 
@@ -2517,6 +2563,9 @@ export const Container: MessageFns<Container> = {
     if (message.restartPolicy !== 0) {
       obj.restartPolicy = containerRestartPolicyToJSON(message.restartPolicy);
     }
+    if (message.targetContainerName !== "") {
+      obj.targetContainerName = message.targetContainerName;
+    }
     return obj;
   },
 
@@ -2559,6 +2608,7 @@ export const Container: MessageFns<Container> = {
     message.terminationMessagePolicy = object.terminationMessagePolicy ?? 0;
     message.imagePullPolicy = object.imagePullPolicy ?? 0;
     message.restartPolicy = object.restartPolicy ?? 0;
+    message.targetContainerName = object.targetContainerName ?? "";
     return message;
   },
 };

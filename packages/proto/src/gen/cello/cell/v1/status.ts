@@ -188,6 +188,7 @@ export interface PodStatus {
    * how they ended, which the pod's own statuses no longer list. Kept until the name is applied again.
    */
   removedContainerStatuses: ContainerStatus[];
+  ephemeralContainerStatuses: ContainerStatus[];
 }
 
 /**
@@ -1074,6 +1075,7 @@ function createBasePodStatus(): PodStatus {
     observedGeneration: 0,
     qosClass: "",
     removedContainerStatuses: [],
+    ephemeralContainerStatuses: [],
   };
 }
 
@@ -1117,6 +1119,9 @@ export const PodStatus: MessageFns<PodStatus> = {
     }
     for (const v of message.removedContainerStatuses) {
       ContainerStatus.encode(v!, writer.uint32(106).fork()).join();
+    }
+    for (const v of message.ephemeralContainerStatuses) {
+      ContainerStatus.encode(v!, writer.uint32(114).fork()).join();
     }
     return writer;
   },
@@ -1238,6 +1243,14 @@ export const PodStatus: MessageFns<PodStatus> = {
             message.removedContainerStatuses.push(ContainerStatus.decode(reader, reader.uint32()));
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.ephemeralContainerStatuses.push(ContainerStatus.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1303,6 +1316,11 @@ export const PodStatus: MessageFns<PodStatus> = {
         : globalThis.Array.isArray(object?.removed_container_statuses)
         ? object.removed_container_statuses.map((e: any) => ContainerStatus.fromJSON(e))
         : [],
+      ephemeralContainerStatuses: globalThis.Array.isArray(object?.ephemeralContainerStatuses)
+        ? object.ephemeralContainerStatuses.map((e: any) => ContainerStatus.fromJSON(e))
+        : globalThis.Array.isArray(object?.ephemeral_container_statuses)
+        ? object.ephemeral_container_statuses.map((e: any) => ContainerStatus.fromJSON(e))
+        : [],
     };
   },
 
@@ -1347,6 +1365,9 @@ export const PodStatus: MessageFns<PodStatus> = {
     if (message.removedContainerStatuses?.length) {
       obj.removedContainerStatuses = message.removedContainerStatuses.map((e) => ContainerStatus.toJSON(e));
     }
+    if (message.ephemeralContainerStatuses?.length) {
+      obj.ephemeralContainerStatuses = message.ephemeralContainerStatuses.map((e) => ContainerStatus.toJSON(e));
+    }
     return obj;
   },
 
@@ -1369,6 +1390,8 @@ export const PodStatus: MessageFns<PodStatus> = {
     message.qosClass = object.qosClass ?? "";
     message.removedContainerStatuses = object.removedContainerStatuses?.map((e) => ContainerStatus.fromPartial(e)) ||
       [];
+    message.ephemeralContainerStatuses =
+      object.ephemeralContainerStatuses?.map((e) => ContainerStatus.fromPartial(e)) || [];
     return message;
   },
 };
