@@ -7,18 +7,7 @@ export { startRegistry, requireCommand } from './registry.js';
 export type { RegistryServer, RegistryTokenAuth, StartRegistryOptions } from './registry.js';
 export { buildFixtures, pushLayoutTag, pushBusybox, pushFixtures, pushBlob, pushImage, pushPause } from './fixtures.js';
 export type { Fixtures, FixtureSet, PushOptions, PushedFixtures, RawLayer } from './fixtures.js';
-export {
-  startKubeApiserver,
-  startMetricsServer,
-  hostAddress,
-  kubeBinaries,
-  KUBE_CONTROLLERS,
-  startApiServerRelay,
-  type ApiServerRelay,
-  type KubeApiserver,
-  type IssuedCert,
-  type MetricsServer,
-} from './kube.js';
+export { startKubeApiserver, startMetricsServer, hostAddress, kubeBinaries, KUBE_CONTROLLERS, type KubeApiserver, type IssuedCert, type MetricsServer } from './kube.js';
 export { kubeconfigFor } from './kube.js';
 export { deployClusterDns, pushCoreDns, corednsBuild, type ClusterDns, type CoreDnsBuild, type DeployClusterDnsOptions } from './coredns.js';
 export { apiClientLayout, pushApiClient } from './apiclient.js';

@@ -5,7 +5,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { createServer, connect, type Socket } from 'node:net';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -138,7 +137,7 @@ export async function startKubeApiserver(
      * cluster's control plane does: one that pods reach, such as this host's own (hostAddress()),
      * which local cells reach through the cello0 bridge. The API server then listens on every
      * address (it can bind only one, and tests keep talking to it on 127.0.0.1). Default:
-     * 127.0.0.1, listening on loopback only (pods then need startApiServerRelay()).
+     * 127.0.0.1, listening on loopback only (pods on cells then do not reach it).
      */
     advertiseAddress?: string;
   } = {},
@@ -204,7 +203,7 @@ export async function startKubeApiserver(
     const serving = await issueCert('apiserver', {
       cn: 'kube-apiserver',
       // This host's own addresses too: pods on cells reach the API server there (its advertised
-      // address, or startApiServerRelay()), and verify it as any in-cluster client does.
+      // address), and verify it as any in-cluster client does.
       ips: [...new Set(['127.0.0.1', '10.0.0.1', ...hostAddresses(), ...(o.advertiseAddress ? [o.advertiseAddress] : [])])],
       dns: ['localhost', 'kubernetes', 'kubernetes.default', 'kubernetes.default.svc'],
     });
@@ -490,49 +489,6 @@ export function hostAddress(): string {
   const a = hostAddresses()[0];
   if (!a) throw new Error('this host has no non-loopback IPv4 address: the API server cannot reach an aggregated API server here');
   return a;
-}
-
-export interface ApiServerRelay {
-  host: string;
-  port: number;
-  stop(): Promise<void>;
-}
-
-/**
- * A TCP relay on `address` (this host's own, see hostAddress()) to the API server, which listens
- * on loopback only: what pods on cells (in their own network namespaces) use as the API server,
- * as pods on a node use the control plane's address. TLS passes through untouched; the serving
- * certificate names this host's addresses.
- */
-export async function startApiServerRelay(kube: KubeApiserver, address: string): Promise<ApiServerRelay> {
-  const target = new URL(kube.server);
-  const sockets = new Set<Socket>();
-  const server = createServer((client) => {
-    const upstream = connect(Number(target.port), target.hostname);
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.once('close', () => sockets.delete(s));
-      s.on('error', () => {
-        client.destroy();
-        upstream.destroy();
-      });
-    }
-    client.pipe(upstream).pipe(client);
-  });
-  const port = await freePort();
-  await new Promise<void>((done, fail) => {
-    server.once('error', fail);
-    server.listen(port, address, () => done());
-  });
-  return {
-    host: address,
-    port,
-    stop: () =>
-      new Promise<void>((done) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => done());
-      }),
-  };
 }
 
 /**

@@ -126,6 +126,17 @@ describe('Service proxy (nftables in a real network namespace)', () => {
     expect(Date.now() - started).toBeLessThan(1500);
   });
 
+  it('refuses at once a port the Service at that cluster IP does not have, and still serves the ones it has', async () => {
+    await proxy.sync({ services: [web], slices: [webSlice] });
+    const started = Date.now();
+    expect(connectMany(cellNs, 'tcp', '10.96.0.10', 81, 2)).toEqual(['ERR:ECONNREFUSED', 'ERR:ECONNREFUSED']);
+    expect(Date.now() - started).toBeLessThan(1500);
+    expect(new Set(connectMany(cellNs, 'tcp', '10.96.0.10', 80, 10))).toEqual(new Set([`${BACKENDS[0]}:8080`, `${BACKENDS[1]}:8080`]));
+    // The cluster IP leaves the check with its Service.
+    await proxy.sync({ services: [], slices: [] });
+    expect(inNs(cellNs, 'nft', 'list', 'set', 'inet', 'cello', 'cluster-ips')).not.toContain('10.96.0.10');
+  });
+
   it('carries UDP, and serves several ports of one Service by name', async () => {
     const multi = service('multi', {
       clusterIPs: ['10.96.0.53'],

@@ -8,7 +8,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createWriteStream, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { deployClusterDns, hostAddress, pushCoreDns, startApiServerRelay, startKubeApiserver, type ApiServerRelay, type ClusterDns, type KubeApiserver } from '@cello/testkit';
+import { deployClusterDns, hostAddress, pushCoreDns, startKubeApiserver, type ClusterDns, type KubeApiserver } from '@cello/testkit';
 import { startFixtureRegistry, type Registry } from './cluster.js';
 import { KubeCluster } from './kube-cluster.js';
 
@@ -45,13 +45,11 @@ export async function startConformanceCluster(o: { maxCells: number; dir: string
   const e2eTest = join(runScript('build-e2e.sh'), 'e2e.test');
   let registry: Registry | undefined;
   let kube: KubeApiserver | undefined;
-  let relay: ApiServerRelay | undefined;
   let cl: KubeCluster | undefined;
   let dns: ClusterDns | undefined;
   const stop = async () => {
     await dns?.remove().catch(() => undefined);
     await cl?.stop();
-    await relay?.stop();
     await kube?.stop();
     await registry?.server.stop();
   };
@@ -76,16 +74,16 @@ export async function startConformanceCluster(o: { maxCells: number; dir: string
         '',
       ].join('\n'),
     );
-    kube = await startKubeApiserver({ controllers: CONTROLLERS });
+    // The API server advertises this host's own address, as a cluster's control plane advertises
+    // one its nodes reach: the `kubernetes` Service (and its Endpoints, which a spec checks) lead
+    // pods on cells to it through their Service rules.
+    kube = await startKubeApiserver({ controllers: CONTROLLERS, advertiseAddress: hostAddress() });
     const created = await kube.kubectl(['create', 'namespace', 'cello-system']);
     if (created.code !== 0) throw new Error(`kubectl create namespace cello-system: ${created.stderr}`);
-    // Pods on cells reach the API server (on loopback) at this host's own address.
-    relay = await startApiServerRelay(kube, hostAddress());
     const serving = await kube.issueCert('kubelet-serving', { cn: CONFORMANCE_NODE, ips: ['127.0.0.1'], dns: [CONFORMANCE_NODE] });
     cl = new KubeCluster({ registry, warm: 0, healthSeconds: 5, gcIntervalSeconds: 5, retainFinishedSeconds: 30 }, kube, serving, {
       nodeName: CONFORMANCE_NODE,
       maxCells: o.maxCells,
-      podApiServer: { host: relay.host, port: relay.port },
       // A cluster's settings, not the test helper's (tokens refreshed every few seconds re-apply
       // each pod to its cell that often). Secrets and ConfigMaps are re-read every 10 s: the
       // kubelet's watch-based manager sees edits within seconds too.

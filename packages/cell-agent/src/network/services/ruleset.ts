@@ -19,6 +19,9 @@
 //                                  numgen over ep-* chains
 //   ep-* (affinity only)        -> remember the client; DNAT to the endpoint
 //   filter hooks (new conns)    -> @no-endpoint-services(6) / @no-endpoint-nodeports: reject (no endpoints) or drop (none local)
+//   filter after DNAT (new)     -> cluster-ips-check: a packet still addressed to a cluster IP
+//                                  (@cluster-ips / @cluster-ips6) is for a port its Service does
+//                                  not have: rejected, as kube-proxy does, not sent on to nowhere
 import { createHash } from 'node:crypto';
 import { endpointsFor, type Target } from './endpoints.js';
 import { familyOf, serviceKey, type EndpointSlice, type Family, type Service, type ServicePort, type ServiceSnapshot } from './model.js';
@@ -46,9 +49,10 @@ export interface ServiceRules {
   balancers: Set<string>;
 }
 
-/** The key of an element string (`key : value`): what `delete element` names. */
+/** The key of an element string (`key : value`, or a set's bare key): what `delete element` names. */
 export function elementKey(element: string): string {
-  return element.slice(0, element.indexOf(' : '));
+  const i = element.indexOf(' : ');
+  return i < 0 ? element : element.slice(0, i);
 }
 
 /** The table's fixed part: hooks, maps and the shared chains. */
@@ -63,6 +67,8 @@ export function baseCommands(): string[] {
     `add map ${t} no-endpoint-services { type ipv4_addr . inet_proto . inet_service : verdict ; }`,
     `add map ${t} no-endpoint-services6 { type ipv6_addr . inet_proto . inet_service : verdict ; }`,
     `add map ${t} no-endpoint-nodeports { type inet_proto . inet_service : verdict ; }`,
+    `add set ${t} cluster-ips { type ipv4_addr ; }`,
+    `add set ${t} cluster-ips6 { type ipv6_addr ; }`,
     `add chain ${t} services`,
     `add rule ${t} services ip daddr . meta l4proto . th dport vmap @service-ips`,
     `add rule ${t} services ip6 daddr . meta l4proto . th dport vmap @service-ips6`,
@@ -72,6 +78,9 @@ export function baseCommands(): string[] {
     `add rule ${t} service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services`,
     `add rule ${t} service-endpoints-check ip6 daddr . meta l4proto . th dport vmap @no-endpoint-services6`,
     `add rule ${t} service-endpoints-check fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports`,
+    `add chain ${t} cluster-ips-check`,
+    `add rule ${t} cluster-ips-check ip daddr @cluster-ips reject`,
+    `add rule ${t} cluster-ips-check ip6 daddr @cluster-ips6 reject`,
     `add chain ${t} reject-chain`,
     `add rule ${t} reject-chain reject`,
     `add chain ${t} mark-for-masquerade`,
@@ -89,6 +98,12 @@ export function baseCommands(): string[] {
     // Before the usual filter priority (0), so a Service without endpoints is refused at once
     // rather than timing out; reject is only allowed in input, forward and output.
     ...['input', 'forward', 'output'].flatMap((h) => [hook(`filter-${h}`, 'filter', h, '-110'), `add rule ${t} filter-${h} ct state new jump service-endpoints-check`]),
+    // After DNAT (nat-output is -100): traffic a Service port matched now carries its endpoint's
+    // address, so what still goes to a cluster IP matched none. Forwarded traffic was DNATed
+    // in prerouting, before any forward hook.
+    hook('filter-output-post-dnat', 'filter', 'output', '-90'),
+    `add rule ${t} filter-output-post-dnat ct state new jump cluster-ips-check`,
+    `add rule ${t} filter-forward ct state new jump cluster-ips-check`,
   ];
 }
 
@@ -178,6 +193,8 @@ function renderService(svc: Service, slices: readonly EndpointSlice[], localAddr
   }
   const ext4 = svc.externalIPs.length === 0 ? NONE : svc.externalIPs.filter((ip) => familyOf(ip) === 4);
   const ext6 = svc.externalIPs.length === 0 ? NONE : svc.externalIPs.filter((ip) => familyOf(ip) === 6);
+  for (const ip of v4) addElement(r, 'cluster-ips', ip);
+  for (const ip of v6) addElement(r, 'cluster-ips6', ip);
   for (const port of svc.ports) {
     if (v4.length > 0 || ext4.length > 0 || port.nodePort !== undefined) {
       renderPort(r, svc, port, { family: 4, clusterIPs: v4, externalIPs: ext4, nodePort: port.nodePort }, endpointsFor(svc, port, slices, localAddresses, 4));
