@@ -411,6 +411,7 @@ describe.concurrent('pods', () => {
         containers: [
           { name: 'caps', image: IMG, command: report('grep CapEff /proc/self/status'), securityContext: { capabilities: { drop: ['ALL'], add: ['NET_ADMIN'] } } },
           { name: 'defcaps', image: IMG, command: report('grep CapEff /proc/self/status') },
+          { name: 'privileged', image: IMG, command: report('grep CapEff /proc/self/status'), securityContext: { privileged: true } },
           { name: 'seccomp-default', image: IMG, command: report('unshare -U true && echo allowed || echo denied') },
           { name: 'seccomp-unconfined', image: IMG, command: report('unshare -U true && echo allowed || echo denied'), securityContext: { seccompProfile: { type: 2 } } },
           {
@@ -423,11 +424,14 @@ describe.concurrent('pods', () => {
         ],
       }),
     });
-    const names = ['caps', 'defcaps', 'seccomp-default', 'seccomp-unconfined', 'seccomp-local', 'rootro'];
+    const names = ['caps', 'defcaps', 'privileged', 'seccomp-default', 'seccomp-unconfined', 'seccomp-local', 'rootro'];
     await a.watch.until('all finished', (w) => names.every((n) => w.terminated(n) !== undefined));
     const msg = (n: string) => a.watch.terminated(n)!.message.trim();
     expect(msg('caps')).toMatch(/CapEff:\s+0000000000001000$/); // CAP_NET_ADMIN only
     expect(msg('defcaps')).toMatch(/CapEff:\s+00000000a80425fb$/); // containerd's default set
+    // Privileged: every capability the agent holds (this host's containers may hold fewer than the kernel knows).
+    const own = /^CapBnd:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]!;
+    expect(msg('privileged')).toMatch(new RegExp(`CapEff:\\s+${own}$`));
     expect(msg('seccomp-default')).toMatch(/denied$/);
     expect(msg('seccomp-unconfined')).toBe('allowed');
     expect(msg('seccomp-local')).toMatch(/denied$/);

@@ -1,7 +1,7 @@
 // The Kubernetes rules the agent reimplements, checked directly: $(VAR) expansion and
 // command/args against entrypoint/cmd, user resolution from an image's passwd/group, paths
 // resolved inside a root, capability sets, back-off, pod phase.
-import { mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -9,7 +9,7 @@ import { ContainerRestartPolicy, ContainerStatus, PodSpec, PodPhase, RestartPoli
 import { expand, resolveArgv } from '../src/runtime/expand.js';
 import { resolveUser } from '../src/runtime/user.js';
 import { checkItemPath, resolveInRoot } from '../src/runtime/safe-path.js';
-import { DEFAULT_CAPABILITIES, resolveCapabilities } from '../src/runtime/capabilities.js';
+import { ALL_CAPABILITIES, DEFAULT_CAPABILITIES, agentBoundingSet, capabilitiesOfMask, resolveCapabilities } from '../src/runtime/capabilities.js';
 import { Backoff, KUBERNETES_BACKOFF } from '../src/pod/backoff.js';
 import { podPhase, qosClass, withDefaultWaitingReason } from '../src/pod/pod-status.js';
 import { validateApply, InvalidPodError } from '../src/pod/validate.js';
@@ -105,6 +105,22 @@ describe('capabilities', () => {
     expect(caps.length).toBe(DEFAULT_CAPABILITIES.length - 1);
     expect(resolveCapabilities({ add: [], drop: ['ALL'], privileged: false })).toEqual([]);
     expect(resolveCapabilities({ add: [], drop: ['ALL'], privileged: true })).toContain('CAP_SYS_ADMIN');
+  });
+
+  it('privileged and add ALL mean what the agent holds: its bounding set, not every capability the kernel knows', () => {
+    // A host whose containers lack CAP_SYS_RESOURCE (bit 24), as this project's CI machines.
+    const held = capabilitiesOfMask('000001fffeffffff');
+    expect(held).toHaveLength(ALL_CAPABILITIES.length - 1);
+    expect(held).not.toContain('CAP_SYS_RESOURCE');
+    expect(held).toContain('CAP_CHECKPOINT_RESTORE');
+    expect(capabilitiesOfMask('0')).toEqual([]);
+    expect(resolveCapabilities({ add: [], drop: [], privileged: true }, held)).toEqual(held);
+    expect(resolveCapabilities({ add: ['ALL'], drop: [], privileged: false }, held)).not.toContain('CAP_SYS_RESOURCE');
+    // Naming a capability the agent lacks is the pod's choice: asked for, and runc says no.
+    expect(resolveCapabilities({ add: ['SYS_RESOURCE'], drop: [], privileged: false }, held)).toContain('CAP_SYS_RESOURCE');
+    // This process's own set is read from /proc/self/status.
+    const own = /^CapBnd:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]!;
+    expect(agentBoundingSet()).toEqual(capabilitiesOfMask(own));
   });
 });
 

@@ -16,7 +16,9 @@ export const DEFAULT_CAPABILITIES = [
   'CAP_AUDIT_WRITE',
 ];
 
-// Every capability this kernel generation knows; what `privileged` grants.
+import { readFileSync } from 'node:fs';
+
+// Every capability this kernel generation knows, in the kernel's numbering (index = bit).
 export const ALL_CAPABILITIES = [
   'CAP_CHOWN',
   'CAP_DAC_OVERRIDE',
@@ -67,14 +69,36 @@ export function normalizeCapability(name: string): string {
   return up.startsWith('CAP_') ? up : `CAP_${up}`;
 }
 
-/** The effective set for a unit: defaults (or all, privileged), minus drop, plus add. */
-export function resolveCapabilities(opts: { add: string[]; drop: string[]; privileged: boolean }): string[] {
-  if (opts.privileged) return [...ALL_CAPABILITIES];
+/** The capabilities of a `CapBnd:` hex mask (as /proc/PID/status writes it). */
+export function capabilitiesOfMask(hex: string): string[] {
+  const mask = BigInt(`0x${hex}`);
+  return ALL_CAPABILITIES.filter((_, bit) => (mask >> BigInt(bit)) & 1n);
+}
+
+let bounding: string[] | undefined;
+/**
+ * The agent's own bounding set: all a unit can ever hold. On a cell's VM that is every
+ * capability; where the agent itself runs in a container (a local cell on a restricted host),
+ * fewer, and asking runc for more fails the start ("unable to apply caps").
+ */
+export function agentBoundingSet(): string[] {
+  if (bounding) return bounding;
+  const m = /^CapBnd:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+  return (bounding = m ? capabilitiesOfMask(m[1]!) : [...ALL_CAPABILITIES]);
+}
+
+/**
+ * The effective set for a unit: defaults minus drop, plus add. `privileged` and `add: [ALL]` mean
+ * every capability the agent holds, as containerd gives them (its process's current set), not
+ * every one the kernel knows.
+ */
+export function resolveCapabilities(opts: { add: string[]; drop: string[]; privileged: boolean }, all: readonly string[] = agentBoundingSet()): string[] {
+  if (opts.privileged) return [...all];
   const drop = new Set(opts.drop.map(normalizeCapability));
   const dropAll = drop.has('CAP_ALL');
   const set = new Set(dropAll ? [] : DEFAULT_CAPABILITIES.filter((c) => !drop.has(c)));
   for (const a of opts.add.map(normalizeCapability)) {
-    if (a === 'CAP_ALL') ALL_CAPABILITIES.forEach((c) => set.add(c));
+    if (a === 'CAP_ALL') all.forEach((c) => set.add(c));
     else set.add(a);
   }
   return [...set];
