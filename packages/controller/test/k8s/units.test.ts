@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { ConditionStatus, PodPhase, PodStatus } from '@cello/proto/cell';
 import { WorkQueue } from '../../src/util/workqueue.js';
-import { kubeStatus } from '../../src/k8s/node/status.js';
+import { kubeStatus, terminalStatus } from '../../src/k8s/node/status.js';
 import { derivedCapacity } from '../../src/k8s/from-config.js';
 import { kubernetesConfigSchema } from '../../src/k8s/config.js';
 import { parseConfig } from '../../src/config.js';
@@ -211,5 +211,38 @@ describe('projected token refresh schedule', () => {
     expect(tokenRefreshAt(t0, t0 + 365 * 86400_000, 0.8) - t0).toBe(MAX_TOKEN_AGE_MS);
     // An already expired one: at once.
     expect(tokenRefreshAt(t0, t0 - 1, 0.8)).toBe(t0);
+  });
+});
+
+describe('terminalStatus (a deleted pod whose cell is gone)', () => {
+  const at = new Date('2026-12-08T01:00:00Z');
+  it('is Failed with a container still running reported as ContainerStatusUnknown, as the kubelet writes it', () => {
+    const running = { name: 'c', image: 'busybox', imageID: 'sha256:x', ready: true, started: true, restartCount: 0, state: { running: { startedAt: '2026-12-08T00:59:00Z' } } };
+    const s = terminalStatus({ phase: 'Running', containerStatuses: [running] }, at);
+    expect(s.phase).toBe('Failed');
+    expect(s.containerStatuses).toEqual([
+      {
+        ...running,
+        ready: false,
+        started: false,
+        lastState: running.state,
+        state: { terminated: { exitCode: 137, reason: 'ContainerStatusUnknown', message: 'The container could not be located when the pod was terminated' } },
+      },
+    ]);
+    expect(s.conditions).toEqual([
+      { type: 'Ready', status: 'False', reason: 'PodCompleted', lastTransitionTime: '2026-12-08T01:00:00Z', lastProbeTime: null },
+      { type: 'ContainersReady', status: 'False', reason: 'PodCompleted', lastTransitionTime: '2026-12-08T01:00:00Z', lastProbeTime: null },
+    ]);
+  });
+
+  it('is Succeeded only when every container ended with 0, and keeps their own terminated states', () => {
+    const ok = (name: string, exitCode: number) => ({ name, ready: false, restartCount: 0, state: { terminated: { exitCode, reason: exitCode ? 'Error' : 'Completed' } } });
+    expect(terminalStatus({ containerStatuses: [ok('a', 0), ok('b', 0)] }, at)).toMatchObject({
+      phase: 'Succeeded',
+      containerStatuses: [ok('a', 0), ok('b', 0)].map((c) => ({ ...c, started: false })),
+    });
+    expect(terminalStatus({ containerStatuses: [ok('a', 0), ok('b', 143)] }, at).phase).toBe('Failed');
+    // Never started at all (no statuses): nothing succeeded.
+    expect(terminalStatus(undefined, at).phase).toBe('Failed');
   });
 });

@@ -13,7 +13,7 @@ import { buildPodManifest, LABEL_NODE, ANNOTATION_UID, MissingReferenceError, ty
 import type { EnvVar } from './service-env.js';
 import type { KubeRest } from '../client/rest.js';
 import { isConflict, isNotFound } from '../client/rest.js';
-import { applyReadinessGates, kubeStatus, progressCondition } from './status.js';
+import { applyReadinessGates, kubeStatus, progressCondition, terminalStatus } from './status.js';
 import { podsUsage } from './capacity.js';
 import { WorkQueue } from '../../util/workqueue.js';
 import type { Controller } from '../controller-client.js';
@@ -170,6 +170,8 @@ export class PodSync {
         if (!cpod.metadata?.deletionTimestamp) await this.o.controller.delete(ns, name, 0);
         return; // the core's DELETED event brings us back
       }
+      // Its cell is gone: the terminal phase first, as the kubelet, for finalizers that wait on it.
+      if (!TERMINAL.has(kpod.status?.phase ?? '')) await this.patchStatus(kpod, terminalStatus(kpod.status));
       await this.removeObject(kpod);
       return;
     }

@@ -114,6 +114,42 @@ export function kubeStatus(s: PodStatus, pod: KubePodLike, hostIP: string): Reco
   };
 }
 
+interface KContainerStatus {
+  name: string;
+  ready?: boolean;
+  started?: boolean;
+  state?: { terminated?: { exitCode: number } } & Record<string, unknown>;
+  [k: string]: unknown;
+}
+
+/**
+ * What the kubelet writes when a deleted pod's containers are gone, before the object goes: a
+ * terminal phase (Succeeded when every container ended with 0, else Failed), and a container
+ * without a terminated state reported as ContainerStatusUnknown (137), its words. Finalizers wait
+ * for this phase: a Job's pod (batch.kubernetes.io/job-tracking) stays until its Job controller
+ * sees the pod failed or succeeded, and its pod failure policy reads the phase and conditions.
+ */
+export function terminalStatus(status: { containerStatuses?: unknown; [k: string]: unknown } | undefined, now = new Date()): Record<string, unknown> {
+  const containers = ((status?.containerStatuses as KContainerStatus[] | undefined) ?? []).map((c) =>
+    c.state?.terminated
+      ? { ...c, ready: false, started: false }
+      : {
+          ...c,
+          ready: false,
+          started: false,
+          ...(c.state ? { lastState: c.state } : {}),
+          state: { terminated: { exitCode: 137, reason: 'ContainerStatusUnknown', message: 'The container could not be located when the pod was terminated' } },
+        },
+  );
+  const succeeded = containers.length > 0 && containers.every((c) => c.state?.terminated?.exitCode === 0);
+  const at = iso(now);
+  return {
+    phase: succeeded ? 'Succeeded' : 'Failed',
+    containerStatuses: containers,
+    conditions: ['Ready', 'ContainersReady'].map((type) => ({ type, status: 'False', reason: 'PodCompleted', lastTransitionTime: at, lastProbeTime: null })),
+  };
+}
+
 /** The pod condition that says where a Cello pod is on its way to running (cellctl's Stage). */
 export const PROGRESS_CONDITION = 'cello.dev/CellProgress';
 
