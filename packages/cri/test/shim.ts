@@ -74,10 +74,14 @@ export function crictl(bin: string, socket: string, args: string[], opts: { uid?
   const argv = ['--config', cfg, ...args];
   const [cmd, full] = opts.uid !== undefined ? ['setpriv', [`--reuid=${opts.uid}`, `--regid=${opts.uid}`, '--clear-groups', bin, ...argv]] : [bin, argv];
   return new Promise((res) => {
-    execFile(cmd, full as string[], { timeout: 60_000, maxBuffer: 16 << 20 }, (error, stdout, stderr) => {
+    // Longer than any `--timeout` a test gives crictl (120 s), so crictl reports its own deadline;
+    // a kill here says so instead of passing as a bare exit 1 (a busy CI machine took over 60 s
+    // for an `rmp -f`).
+    execFile(cmd, full as string[], { timeout: 180_000, maxBuffer: 16 << 20 }, (error, stdout, stderr) => {
       rmSync(cfgDir, { recursive: true, force: true });
       const code = error ? (typeof (error as { code?: unknown }).code === 'number' ? (error as { code: number }).code : 1) : 0;
-      res({ code, stdout, stderr });
+      const killed = error && (error as { killed?: boolean }).killed ? `\n(crictl killed after 180 s by the test helper)` : '';
+      res({ code, stdout, stderr: stderr + killed });
     });
   });
 }

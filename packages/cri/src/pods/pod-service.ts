@@ -354,17 +354,28 @@ export class PodService {
       const cur = this.o.store.get(s.id);
       if (cur) await this.apply({ ...cur, containers: cur.containers.filter((c) => !stopping.has(c.id)) }, 0);
     });
-    const bounded = AbortSignal.any([signal, AbortSignal.timeout(KILL_REPORT_MS)]);
-    await this.waitPod(s, 'its containers stopped', bounded, (p) => {
-      for (const c of running) {
-        const st = p?.status?.removedContainerStatuses.find((x) => x.name === c.unit) ?? unitStatus(p, c.unit);
-        if (st?.state?.state?.$case === 'terminated') ends.set(c.id, st);
-      }
-      return !p || ends.size === running.length ? true : undefined;
-    }).catch((err: unknown) => {
+    // A controller and a timer of our own, not AbortSignal.any([signal, AbortSignal.timeout()]):
+    // a composed timeout signal nothing else references can be collected before it fires, and
+    // the wait then ran to the call's own deadline (crictl rmp failed after 120 s, now and then).
+    const bounded = new AbortController();
+    const onAbort = () => bounded.abort(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    const timer = setTimeout(() => bounded.abort(new Error(`no report within ${KILL_REPORT_MS} ms`)), KILL_REPORT_MS);
+    try {
+      await this.waitPod(s, 'its containers stopped', bounded.signal, (p) => {
+        for (const c of running) {
+          const st = p?.status?.removedContainerStatuses.find((x) => x.name === c.unit) ?? unitStatus(p, c.unit);
+          if (st?.state?.state?.$case === 'terminated') ends.set(c.id, st);
+        }
+        return !p || ends.size === running.length ? true : undefined;
+      });
+    } catch (err) {
       if (signal.aborted) throw err;
       this.o.logger.info({ sandbox: s.id, reported: ends.size, of: running.length }, "not every container's end was reported in time; the sandbox stops regardless");
-    });
+    } finally {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onAbort);
+    }
     return ends;
   }
 
