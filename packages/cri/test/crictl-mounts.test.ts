@@ -8,11 +8,10 @@
 import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { criTools, pushBusybox, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
+import { criTools, pushBusybox, pushPause, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { crictlFor, startShim, type Shim } from './shim.js';
 import { startController, type TestController } from './controller.js';
-import { pushPause } from './pause-image.js';
 
 let tools: { crictl: string; critest: string };
 let registry: RegistryServer;

@@ -4,14 +4,13 @@
 // what a VM per pod cannot mean refused naming the field.
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { criTools, pushBusybox, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
+import { criTools, pushBusybox, pushPause, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Metadata } from '@grpc/grpc-js';
 import { parse, stringify } from 'yaml';
 import type { ExecSyncResponse } from '../src/gen/runtime/v1/api.js';
 import { call, clients, crictl as runCrictl, crictlFor, deadline, startShim, type Shim } from './shim.js';
 import { startController, type TestController } from './controller.js';
-import { pushPause } from './pause-image.js';
 
 let tools: { crictl: string; critest: string };
 let registry: RegistryServer;

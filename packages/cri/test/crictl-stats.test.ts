@@ -3,11 +3,10 @@
 // figures are the cell's unit statistics (the controller's TopPods), a container that burns CPU
 // shows its CPU time, created containers are listed without usage, and a resources change the
 // cell cannot make in place is refused, never ignored.
-import { criTools, pushBusybox, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
+import { criTools, pushBusybox, pushPause, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { crictlFor, startShim, type Shim } from './shim.js';
 import { startController, type TestController } from './controller.js';
-import { pushPause } from './pause-image.js';
 
 let tools: { crictl: string; critest: string };
 let registry: RegistryServer;

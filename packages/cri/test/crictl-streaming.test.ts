@@ -8,12 +8,11 @@ import { request } from 'node:http';
 import { join } from 'node:path';
 import { Metadata, type ServiceError } from '@grpc/grpc-js';
 import { WebSocket } from 'ws';
-import { criTools, freePort, pushBusybox, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
+import { criTools, freePort, pushBusybox, pushPause, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ExecResponse, PortForwardResponse } from '../src/gen/runtime/v1/api.js';
 import { call, clients, crictlFor, deadline, startShim, type Run, type Shim } from './shim.js';
 import { startController, type TestController } from './controller.js';
-import { pushPause } from './pause-image.js';
 
 let tools: { crictl: string; critest: string };
 let registry: RegistryServer;

@@ -7,12 +7,11 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Metadata } from '@grpc/grpc-js';
-import { pushBusybox, startKubeApiserver, startKubelet, startRegistry, waitFor, type KubeApiserver, type Kubelet, type RegistryServer } from '@cello/testkit';
+import { pushBusybox, pushPause, startKubeApiserver, startKubelet, startRegistry, waitFor, type KubeApiserver, type Kubelet, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ListPodSandboxResponse, PodSandboxStatusResponse } from '../src/gen/runtime/v1/api.js';
 import { call, clients, deadline, startShim, type Shim } from './shim.js';
 import { startController, type TestController } from './controller.js';
-import { pushPause } from './pause-image.js';
 
 const NODE = 'cello-cri-node';
 const TAINT = { key: 'cello.io/cell', value: 'true', effect: 'NoSchedule' as const };

@@ -1,13 +1,11 @@
-// The sandbox unit's image for the tests: busybox's layer with `sleep` as its entrypoint, pushed
-// to the test registry (what registry.k8s.io/pause is on a real node: a process that outlives
-// every container of the pod).
+// critest's images built from busybox's layer (the sandbox image itself is testkit's pushPause).
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildFixtures, pushImage, type RegistryServer } from '@cello/testkit';
 
-/** A pause-like image: busybox's layer with `sleep` as its entrypoint (the sandbox unit must outlive every container). */
+/** busybox's layers from the fixture layout, each with its DiffID. */
 async function busyboxLayers(): Promise<{ layers: { blob: Buffer; mediaType: string; diffId: string }[] }> {
   const f = await buildFixtures('busybox');
   const index = JSON.parse(readFileSync(join(f.layout, 'index.json'), 'utf8')) as { manifests: { digest: string; annotations?: Record<string, string> }[] };
@@ -16,14 +14,6 @@ async function busyboxLayers(): Promise<{ layers: { blob: Buffer; mediaType: str
   const manifest = JSON.parse(blob(m.digest).toString()) as { config: { digest: string }; layers: { digest: string; mediaType: string }[] };
   const config = JSON.parse(blob(manifest.config.digest).toString()) as { rootfs: { diff_ids: string[] } };
   return { layers: manifest.layers.map((l, i) => ({ blob: blob(l.digest), mediaType: l.mediaType, diffId: config.rootfs.diff_ids[i]! })) };
-}
-
-/** A pause-like image: busybox's layer with `sleep` as its entrypoint (the sandbox unit must outlive every container). */
-export async function pushPause(reg: RegistryServer): Promise<string> {
-  const { layers } = await busyboxLayers();
-  return (
-    await pushImage(reg, 'pause:test', layers, { Entrypoint: ['/bin/sleep', '2147483647'], Cmd: null, Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'] })
-  ).ref;
 }
 
 /**

@@ -7,11 +7,10 @@
 import { execFile } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { criTools, startRegistry, type RegistryServer } from '@cello/testkit';
+import { criTools, pushPause, startRegistry, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { startShim, type Shim } from '../shim.js';
 import { startController, type TestController } from '../controller.js';
-import { pushPause } from '../pause-image.js';
 import { pushCritestImages } from './images.js';
 import { NOT_APPLICABLE, skipPattern } from './not-applicable.js';
 
