@@ -353,6 +353,79 @@ describe.concurrent('pods', () => {
     expect(a.watch.waiting('rooted')!.message).toContain('runAsNonRoot and image will run as root');
   });
 
+  it("applies cello-cri's securityContext.cri: a user by name, the container's groups, its /proc paths; a user the image lacks is refused", async () => {
+    const a = await agent();
+    const cri = (x: Record<string, unknown>) => ({ securityContext: { cri: { runAsUsername: '', supplementalGroups: [], supplementalGroupsPolicy: '', ...x } } });
+    await apply(a.client, {
+      pod: pod('cri-fields', {
+        restartPolicy: RestartPolicy.RESTART_POLICY_NEVER,
+        securityContext: { supplementalGroups: [7], sysctls: [], supplementalGroupsPolicy: '' },
+        containers: [
+          // app (1234) is in group extra (2000) in the image's /etc/group: Merge adds it.
+          { name: 'byname', image: IMG, command: sh('id > /dev/termination-log'), ...cri({ runAsUsername: 'app', supplementalGroups: [5678] }) },
+          {
+            name: 'strict',
+            image: IMG,
+            command: sh('id -G > /dev/termination-log'),
+            ...cri({ runAsUsername: 'app', supplementalGroups: [5678], supplementalGroupsPolicy: 'Strict' }),
+          },
+          // runAsUser wins over a name, as containerd.
+          {
+            name: 'uidwins',
+            image: IMG,
+            command: sh('id -u > /dev/termination-log'),
+            securityContext: { runAsUser: 4321, cri: { runAsUsername: 'app', supplementalGroups: [], supplementalGroupsPolicy: '' } },
+          },
+          // The lists as given: /etc/hostname masked (reads empty), /tmp read-only, none of the defaults.
+          {
+            name: 'paths',
+            image: IMG,
+            command: sh(
+              'echo "hostname=[$(cat /etc/hostname)]" > /dev/termination-log; touch /tmp/x 2>/dev/null || echo tmp-ro >> /dev/termination-log; grep -c -e " /proc/keys " -e " /proc/sys " /proc/mounts >> /dev/termination-log',
+            ),
+            ...cri({ procPaths: { masked: ['/etc/hostname'], readonly: ['/tmp'] } }),
+          },
+          // Empty lists: nothing masked (a CRI client's explicit choice, e.g. procMount Unmasked).
+          {
+            name: 'unmasked',
+            image: IMG,
+            command: sh('grep -c -e " /proc/keys " -e " /proc/sys " /proc/mounts > /dev/termination-log'),
+            ...cri({ procPaths: { masked: [], readonly: [] } }),
+          },
+          // Without the field: the cell's defaults.
+          { name: 'defaults', image: IMG, command: sh('grep -c -e " /proc/keys " -e " /proc/sys " /proc/mounts > /dev/termination-log') },
+          { name: 'nouser', image: IMG, command: sh('id'), ...cri({ runAsUsername: 'nosuchuser' }) },
+          // The hostile image's /etc/passwd leads to the agent machine's, which has daemon: not followed.
+          { name: 'hostile', image: reg.busyboxHostile, command: sh('id'), ...cri({ runAsUsername: 'daemon' }) },
+        ],
+      }),
+    });
+    const done = ['byname', 'strict', 'uidwins', 'paths', 'unmasked', 'defaults'];
+    await a.watch.until(
+      'units finished, the unknown users refused',
+      (w) =>
+        done.every((n) => w.terminated(n) !== undefined) &&
+        w.waiting('nouser')?.reason === 'CreateContainerConfigError' &&
+        w.waiting('hostile')?.reason === 'CreateContainerConfigError',
+      60_000,
+    );
+    expect(a.watch.terminated('byname')!.message.trim()).toBe('uid=1234(app) gid=1234(appgrp) groups=7,2000(extra),5678');
+    expect(
+      a.watch
+        .terminated('strict')!
+        .message.trim()
+        .split(' ')
+        .map(Number)
+        .sort((x, y) => x - y),
+    ).toEqual([7, 1234, 5678]);
+    expect(a.watch.terminated('uidwins')!.message.trim()).toBe('4321');
+    expect(a.watch.terminated('paths')!.message.trim().split('\n')).toEqual(['hostname=[]', 'tmp-ro', '0']);
+    expect(a.watch.terminated('unmasked')!.message.trim()).toBe('0');
+    expect(a.watch.terminated('defaults')!.message.trim()).toBe('2'); // /proc/keys masked, /proc/sys read-only
+    expect(a.watch.waiting('nouser')!.message).toBe("securityContext.cri.runAsUsername: unable to find user nosuchuser: no matching entries in the image's /etc/passwd");
+    expect(a.watch.waiting('hostile')!.message).toMatch(/^securityContext\.cri\.runAsUsername: unable to find user daemon/);
+  });
+
   it('restarts only the unit whose spec changed; refuses invalid specs without disturbing the pod', async () => {
     const a = await agent();
     const mk = (msg: string) =>

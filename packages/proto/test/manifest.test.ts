@@ -358,6 +358,34 @@ describe('podFromManifest', () => {
     expect(() => podFromManifest(podWith({ readinessGates: [{ type: 'x' }] }))).toThrow(/^spec\.readinessGates\[0\]/);
   });
 
+  it("securityContext.cri (cello-cri's CRI fields): the lists as given (empty: none), absent: the cell's defaults", () => {
+    const podWith = (cri: Record<string, unknown> | undefined) =>
+      podFromManifest({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'a' }, spec: { containers: [{ name: 'c', image: 'b', securityContext: { ...(cri ? { cri } : {}) } }] } })
+        .pod.spec!.containers[0]!.securityContext!;
+    const given = podWith({ maskedPaths: ['/bin/ls'], readonlyPaths: [], runAsUsername: 'app', supplementalGroups: [1234, 5678], supplementalGroupsPolicy: 'Strict' });
+    expect(given.cri).toEqual({ procPaths: { masked: ['/bin/ls'], readonly: [] }, runAsUsername: 'app', supplementalGroups: [1234, 5678], supplementalGroupsPolicy: 'Strict' });
+    // Only one list given: the other is empty too (the CRI's two lists travel together).
+    expect(podWith({ readonlyPaths: ['/tmp'] }).cri!.procPaths).toEqual({ masked: [], readonly: ['/tmp'] });
+    expect(podWith({ runAsUsername: 'app' }).cri!.procPaths).toBeUndefined();
+    expect(podWith(undefined).cri).toBeUndefined();
+    // Printed back for cellctl, and read again to the same pod.
+    const full = podFromManifest({
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'a' },
+      spec: { containers: [{ name: 'c', image: 'b:1', securityContext: { cri: { maskedPaths: [], readonlyPaths: ['/tmp'], runAsUsername: 'app', supplementalGroups: [7] } } }] },
+    }).pod;
+    expect(podFromManifest(stringify(kubePod(full))).pod).toEqual(full);
+    for (const [cri, err] of [
+      [{ maskedPaths: ['proc/kcore'] }, /^spec\.containers\[0\]\.securityContext\.cri\.maskedPaths\[0\]: "proc\/kcore": must be an absolute path/],
+      [{ readonlyPaths: ['/tmp', '/a/../etc'] }, /^spec\.containers\[0\]\.securityContext\.cri\.readonlyPaths\[1\]: .*without '\.\.'/],
+      [{ runAsUsername: 'a:b' }, /^spec\.containers\[0\]\.securityContext\.cri\.runAsUsername: "a:b": must be a user name/],
+      [{ supplementalGroupsPolicy: 'Loose' }, /^spec\.containers\[0\]\.securityContext\.cri\.supplementalGroupsPolicy/],
+      [{ maskPaths: [] }, /^spec\.containers\[0\]\.securityContext\.cri/],
+    ] as const)
+      expect(() => podWith(cri)).toThrow(err);
+  });
+
   it('hostPort and hostIP: one claim per hostPort and protocol (per address), across containers', () => {
     const podWith = (containers: Record<string, unknown>[]) => ({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'a' }, spec: { containers } });
     const port = (p: Record<string, unknown>) => ({ containerPort: 80, ...p });

@@ -109,14 +109,17 @@ export async function buildContainerConfig(x: ContainerConfigInput): Promise<Rec
   // User and groups from the image.
   let user;
   try {
+    // cello-cri's fields (the CRI's, per container): a user by name, the container's own groups and policy.
+    const cri = sc?.cri;
     user = resolveUser({
       layers: image.layerDirs,
       imageUser: image.config.user,
-      runAsUser: sc?.runAsUser ?? psc?.runAsUser,
+      runAsUser: sc?.runAsUser ?? (cri?.runAsUsername ? undefined : psc?.runAsUser),
       runAsGroup: sc?.runAsGroup ?? psc?.runAsGroup,
-      supplementalGroups: psc?.supplementalGroups ?? [],
+      runAsUsername: cri?.runAsUsername || undefined,
+      supplementalGroups: [...(psc?.supplementalGroups ?? []), ...(cri?.supplementalGroups ?? [])],
       fsGroup: psc?.fsGroup,
-      strictGroups: psc?.supplementalGroupsPolicy === 'Strict',
+      strictGroups: (cri?.supplementalGroupsPolicy || psc?.supplementalGroupsPolicy) === 'Strict',
     });
   } catch (err) {
     if (err instanceof UserError) throw new ConfigError(err.message);
@@ -184,6 +187,7 @@ export async function buildContainerConfig(x: ContainerConfigInput): Promise<Rec
     noNewPrivileges: !privileged && sc?.allowPrivilegeEscalation === false,
     seccomp,
     privileged,
+    procPaths: sc?.cri?.procPaths,
     mounts,
     cgroupsPath: `${u.cgroup}/i${inst.instance}`,
     netnsPath: x.netnsPath,

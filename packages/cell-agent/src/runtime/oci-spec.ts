@@ -26,6 +26,8 @@ export interface SpecInput {
   noNewPrivileges: boolean;
   seccomp: SeccompProfile | undefined;
   privileged: boolean;
+  /** The /proc and /sys paths to mask and make read-only (cello-cri's, from the CRI); undefined: the defaults. */
+  procPaths?: { masked: string[]; readonly: string[] } | undefined;
   /** Bind mounts for volumes and pod files, in order. */
   mounts: OciMount[];
   cgroupsPath: string;
@@ -88,9 +90,10 @@ export function buildSpec(i: SpecInput): Record<string, unknown> {
     resources: { devices: [{ allow: i.privileged, access: 'rwm' }] },
     sysctl: i.sysctls,
   };
+  // A privileged unit sees /proc and /sys whole, as on containerd, whatever the lists say.
   if (!i.privileged) {
-    linux.maskedPaths = MASKED;
-    linux.readonlyPaths = READONLY;
+    linux.maskedPaths = i.procPaths ? i.procPaths.masked : MASKED;
+    linux.readonlyPaths = i.procPaths ? i.procPaths.readonly : READONLY;
   }
   if (i.seccomp) linux.seccomp = i.seccomp;
   return {

@@ -84,6 +84,8 @@ export function resolveUser(opts: {
   imageUser: string;
   runAsUser?: number | undefined;
   runAsGroup?: number | undefined;
+  /** A user named by the pod (cello-cri's run_as_username), looked up in the image's /etc/passwd; runAsUser wins. */
+  runAsUsername?: string | undefined;
   supplementalGroups?: number[];
   fsGroup?: number | undefined;
   /** supplementalGroupsPolicy Strict: not the groups the image's /etc/group gives the user. */
@@ -98,6 +100,10 @@ export function resolveUser(opts: {
   if (opts.runAsUser !== undefined) {
     uid = opts.runAsUser;
     entry = passwd.find((p) => p.uid === uid);
+  } else if (opts.runAsUsername) {
+    entry = passwd.find((p) => p.name === opts.runAsUsername);
+    if (!entry) throw new UserError(`securityContext.cri.runAsUsername: unable to find user ${opts.runAsUsername}: no matching entries in the image's /etc/passwd`);
+    uid = entry.uid;
   } else if (userPart === '') {
     uid = 0;
     entry = passwd.find((p) => p.uid === 0);
@@ -110,7 +116,7 @@ export function resolveUser(opts: {
     uid = entry.uid;
   }
   if (opts.runAsGroup !== undefined) gid = opts.runAsGroup;
-  else if (groupPart !== undefined && groupPart !== '' && opts.runAsUser === undefined) {
+  else if (groupPart !== undefined && groupPart !== '' && opts.runAsUser === undefined && !opts.runAsUsername) {
     if (isNum(groupPart)) gid = Number(groupPart);
     else {
       const g = groups.find((x) => x.name === groupPart);

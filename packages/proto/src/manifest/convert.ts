@@ -8,6 +8,7 @@ import type { z } from 'zod';
 import {
   type ConfigMapData,
   type Container,
+  type CriSecurityContext,
   ContainerRestartPolicy,
   type EnvVar,
   type Handler,
@@ -167,6 +168,25 @@ function probe(path: Path, p: schema.ProbeManifest | undefined, portNames: Set<s
   };
 }
 
+// Paths the unit masks or makes read-only: absolute, no `..` (runc resolves them in the container).
+function procPaths(path: Path, paths: string[]): string[] {
+  paths.forEach((x, i) => {
+    if (!x.startsWith('/') || x.split('/').includes('..')) fail([...path, i], `${JSON.stringify(x)}: must be an absolute path without '..'`);
+  });
+  return paths;
+}
+
+function criSecurityContext(path: Path, c: NonNullable<NonNullable<schema.ContainerManifest['securityContext']>['cri']>): CriSecurityContext {
+  if (c.runAsUsername !== undefined && !/^[^:\s/]+$/.test(c.runAsUsername)) fail([...path, 'runAsUsername'], `${JSON.stringify(c.runAsUsername)}: must be a user name`);
+  const masked = c.maskedPaths !== undefined || c.readonlyPaths !== undefined;
+  return {
+    procPaths: masked ? { masked: procPaths([...path, 'maskedPaths'], c.maskedPaths ?? []), readonly: procPaths([...path, 'readonlyPaths'], c.readonlyPaths ?? []) } : undefined,
+    runAsUsername: c.runAsUsername ?? '',
+    supplementalGroups: c.supplementalGroups ?? [],
+    supplementalGroupsPolicy: c.supplementalGroupsPolicy ?? '',
+  };
+}
+
 function seccomp(p: { type: string; localhostProfile?: string | undefined } | undefined, path: Path): SeccompProfile | undefined {
   if (!p) return undefined;
   const type = {
@@ -312,6 +332,7 @@ function container(path: Path, c: schema.ContainerManifest, pod: PodContext, ini
           privileged: sc.privileged,
           allowPrivilegeEscalation: sc.allowPrivilegeEscalation,
           seccompProfile: seccomp(sc.seccompProfile, [...path, 'securityContext', 'seccompProfile']),
+          cri: sc.cri ? criSecurityContext([...path, 'securityContext', 'cri'], sc.cri) : undefined,
         }
       : undefined,
     stdin: c.stdin ?? false,

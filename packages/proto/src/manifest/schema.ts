@@ -118,6 +118,17 @@ const seLinuxOptions = z.strictObject({ user: str.optional(), role: str.optional
 // Only Unconfined runs: a cell loads no AppArmor profiles (unsupported.ts refuses the others).
 const appArmorProfile = z.strictObject({ type: z.enum(['RuntimeDefault', 'Unconfined', 'Localhost']), localhostProfile: str.optional() });
 
+// cello-cri's fields from the CRI's container security context that the Kubernetes API has no
+// name for. The API server prunes fields it does not know, so only a manifest given to the
+// controller's API (cello-cri's, cellctl's) can carry it, never a virtual node's pod.
+const criSecurityContext = z.strictObject({
+  maskedPaths: z.array(str).optional(),
+  readonlyPaths: z.array(str).optional(),
+  runAsUsername: str.optional(),
+  supplementalGroups: z.array(int).optional(),
+  supplementalGroupsPolicy: z.enum(['Merge', 'Strict']).optional(),
+});
+
 const securityContext = z.strictObject({
   runAsUser: int.optional(),
   runAsGroup: int.optional(),
@@ -132,6 +143,7 @@ const securityContext = z.strictObject({
   appArmorProfile: appArmorProfile.optional(),
   // Windows only: a Linux kubelet ignores it too (the API server refuses it for os: linux).
   windowsOptions: ignored,
+  cri: criSecurityContext.optional(),
 });
 
 export const container = z.strictObject({

@@ -175,6 +175,15 @@ function container(c: Container): Obj {
           privileged: sc.privileged,
           allowPrivilegeEscalation: sc.allowPrivilegeEscalation,
           seccompProfile: seccomp(sc.seccompProfile),
+          cri: sc.cri
+            ? clean({
+                maskedPaths: sc.cri.procPaths?.masked,
+                readonlyPaths: sc.cri.procPaths?.readonly,
+                runAsUsername: str(sc.cri.runAsUsername),
+                supplementalGroups: nonEmpty(sc.cri.supplementalGroups),
+                supplementalGroupsPolicy: str(sc.cri.supplementalGroupsPolicy),
+              })
+            : undefined,
         })
       : undefined,
     stdin: c.stdin || undefined,

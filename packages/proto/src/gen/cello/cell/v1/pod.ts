@@ -670,7 +670,36 @@ export interface SecurityContext {
   readOnlyRootFilesystem?: boolean | undefined;
   privileged?: boolean | undefined;
   allowPrivilegeEscalation?: boolean | undefined;
-  seccompProfile: SeccompProfile | undefined;
+  seccompProfile:
+    | SeccompProfile
+    | undefined;
+  /**
+   * What cello-cri passes on from the CRI's container security context, which the Kubernetes
+   * API has no field for (manifest: `securityContext.cri`; the API server prunes unknown fields,
+   * so a pod of the virtual node never carries it).
+   */
+  cri: CriSecurityContext | undefined;
+}
+
+export interface CriSecurityContext {
+  /**
+   * Present: exactly these paths are masked / made read-only in the unit (an empty list: none),
+   * as containerd applies the CRI's lists; absent: the cell's defaults. Ignored when privileged.
+   */
+  procPaths:
+    | ProcPaths
+    | undefined;
+  /** A user of the image's /etc/passwd, resolved on the cell (run_as_user wins when both are set). */
+  runAsUsername: string;
+  /** The container's own supplementary groups, added to the pod's. */
+  supplementalGroups: number[];
+  /** "" or "Merge": also the groups the image's /etc/group gives the user; "Strict": not them. */
+  supplementalGroupsPolicy: string;
+}
+
+export interface ProcPaths {
+  masked: string[];
+  readonly: string[];
 }
 
 export interface Sysctl {
@@ -5283,6 +5312,7 @@ function createBaseSecurityContext(): SecurityContext {
     privileged: undefined,
     allowPrivilegeEscalation: undefined,
     seccompProfile: undefined,
+    cri: undefined,
   };
 }
 
@@ -5311,6 +5341,9 @@ export const SecurityContext: MessageFns<SecurityContext> = {
     }
     if (message.seccompProfile !== undefined) {
       SeccompProfile.encode(message.seccompProfile, writer.uint32(66).fork()).join();
+    }
+    if (message.cri !== undefined) {
+      CriSecurityContext.encode(message.cri, writer.uint32(74).fork()).join();
     }
     return writer;
   },
@@ -5392,6 +5425,14 @@ export const SecurityContext: MessageFns<SecurityContext> = {
             message.seccompProfile = SeccompProfile.decode(reader, reader.uint32());
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.cri = CriSecurityContext.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5438,6 +5479,7 @@ export const SecurityContext: MessageFns<SecurityContext> = {
         : isSet(object.seccomp_profile)
         ? SeccompProfile.fromJSON(object.seccomp_profile)
         : undefined,
+      cri: isSet(object.cri) ? CriSecurityContext.fromJSON(object.cri) : undefined,
     };
   },
 
@@ -5467,6 +5509,9 @@ export const SecurityContext: MessageFns<SecurityContext> = {
     if (message.seccompProfile !== undefined) {
       obj.seccompProfile = SeccompProfile.toJSON(message.seccompProfile);
     }
+    if (message.cri !== undefined) {
+      obj.cri = CriSecurityContext.toJSON(message.cri);
+    }
     return obj;
   },
 
@@ -5487,6 +5532,243 @@ export const SecurityContext: MessageFns<SecurityContext> = {
     message.seccompProfile = (object.seccompProfile !== undefined && object.seccompProfile !== null)
       ? SeccompProfile.fromPartial(object.seccompProfile)
       : undefined;
+    message.cri = (object.cri !== undefined && object.cri !== null)
+      ? CriSecurityContext.fromPartial(object.cri)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseCriSecurityContext(): CriSecurityContext {
+  return { procPaths: undefined, runAsUsername: "", supplementalGroups: [], supplementalGroupsPolicy: "" };
+}
+
+export const CriSecurityContext: MessageFns<CriSecurityContext> = {
+  encode(message: CriSecurityContext, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.procPaths !== undefined) {
+      ProcPaths.encode(message.procPaths, writer.uint32(10).fork()).join();
+    }
+    if (message.runAsUsername !== "") {
+      writer.uint32(18).string(message.runAsUsername);
+    }
+    if (message.supplementalGroups.length !== 0) {
+      writer.uint32(26).fork();
+      for (const v of message.supplementalGroups) {
+        writer.int64(v);
+      }
+      writer.join();
+    }
+    if (message.supplementalGroupsPolicy !== "") {
+      writer.uint32(34).string(message.supplementalGroupsPolicy);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CriSecurityContext {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCriSecurityContext();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.procPaths = ProcPaths.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.runAsUsername = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag === 24) {
+              message.supplementalGroups.push(longToNumber(reader.int64()));
+
+              continue;
+            }
+
+            if (tag === 26) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.supplementalGroups.push(longToNumber(reader.int64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.supplementalGroupsPolicy = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CriSecurityContext {
+    return {
+      procPaths: isSet(object.procPaths)
+        ? ProcPaths.fromJSON(object.procPaths)
+        : isSet(object.proc_paths)
+        ? ProcPaths.fromJSON(object.proc_paths)
+        : undefined,
+      runAsUsername: isSet(object.runAsUsername)
+        ? globalThis.String(object.runAsUsername)
+        : isSet(object.run_as_username)
+        ? globalThis.String(object.run_as_username)
+        : "",
+      supplementalGroups: globalThis.Array.isArray(object?.supplementalGroups)
+        ? object.supplementalGroups.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.supplemental_groups)
+        ? object.supplemental_groups.map((e: any) => globalThis.Number(e))
+        : [],
+      supplementalGroupsPolicy: isSet(object.supplementalGroupsPolicy)
+        ? globalThis.String(object.supplementalGroupsPolicy)
+        : isSet(object.supplemental_groups_policy)
+        ? globalThis.String(object.supplemental_groups_policy)
+        : "",
+    };
+  },
+
+  toJSON(message: CriSecurityContext): unknown {
+    const obj: any = {};
+    if (message.procPaths !== undefined) {
+      obj.procPaths = ProcPaths.toJSON(message.procPaths);
+    }
+    if (message.runAsUsername !== "") {
+      obj.runAsUsername = message.runAsUsername;
+    }
+    if (message.supplementalGroups?.length) {
+      obj.supplementalGroups = message.supplementalGroups.map((e) => Math.round(e));
+    }
+    if (message.supplementalGroupsPolicy !== "") {
+      obj.supplementalGroupsPolicy = message.supplementalGroupsPolicy;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CriSecurityContext>): CriSecurityContext {
+    return CriSecurityContext.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CriSecurityContext>): CriSecurityContext {
+    const message = createBaseCriSecurityContext();
+    message.procPaths = (object.procPaths !== undefined && object.procPaths !== null)
+      ? ProcPaths.fromPartial(object.procPaths)
+      : undefined;
+    message.runAsUsername = object.runAsUsername ?? "";
+    message.supplementalGroups = object.supplementalGroups?.map((e) => e) || [];
+    message.supplementalGroupsPolicy = object.supplementalGroupsPolicy ?? "";
+    return message;
+  },
+};
+
+function createBaseProcPaths(): ProcPaths {
+  return { masked: [], readonly: [] };
+}
+
+export const ProcPaths: MessageFns<ProcPaths> = {
+  encode(message: ProcPaths, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.masked) {
+      writer.uint32(10).string(v!);
+    }
+    for (const v of message.readonly) {
+      writer.uint32(18).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ProcPaths {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseProcPaths();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.masked.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.readonly.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ProcPaths {
+    return {
+      masked: globalThis.Array.isArray(object?.masked) ? object.masked.map((e: any) => globalThis.String(e)) : [],
+      readonly: globalThis.Array.isArray(object?.readonly) ? object.readonly.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: ProcPaths): unknown {
+    const obj: any = {};
+    if (message.masked?.length) {
+      obj.masked = message.masked;
+    }
+    if (message.readonly?.length) {
+      obj.readonly = message.readonly;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ProcPaths>): ProcPaths {
+    return ProcPaths.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ProcPaths>): ProcPaths {
+    const message = createBaseProcPaths();
+    message.masked = object.masked?.map((e) => e) || [];
+    message.readonly = object.readonly?.map((e) => e) || [];
     return message;
   },
 };
