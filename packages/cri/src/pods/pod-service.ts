@@ -221,6 +221,7 @@ export class PodService {
       labels: c.labels,
       annotations: c.annotations,
       sysctls: c.linux?.sysctls ?? {},
+      ...(c.linux?.securityContext?.privileged ? { privileged: true } : {}),
       createdAt: new Date().toISOString(),
       state: 'ready',
       ip: '',
@@ -424,7 +425,7 @@ export class PodService {
     const rec = findImage(this.o.images, image, 'config.image.image');
     const imageRef = rec?.repoDigests[0] ?? image;
     const mounts = mapMounts(config.mounts, { podsRoot: this.podsRoot, podUid: s.metadata.uid });
-    const spec = containerSpec(config, unit, imageRef, mounts);
+    const spec = containerSpec(config, unit, imageRef, mounts, s.privileged ?? false);
     const id = newId();
     await this.o.store.serialized(async () => {
       const cur = this.o.store.get(s.id);

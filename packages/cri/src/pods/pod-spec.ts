@@ -9,6 +9,7 @@ import {
   Protocol,
   SecurityProfile_ProfileType,
   Signal,
+  SupplementalGroupsPolicy,
   type ContainerConfig,
   type LinuxContainerResources,
   type NamespaceOption,
@@ -39,16 +40,21 @@ function checkNamespaces(field: string, ns: NamespaceOption | undefined): void {
   if (ns.usernsOptions && ns.usernsOptions.mode !== NamespaceMode.NODE) refuse(`${field}.userns_options`, 'user namespaces (hostUsers: false) are not supported by cello-cri');
 }
 
-/** The seccomp profile as a Kubernetes seccompProfile; Localhost profiles live on this node, not the cell. */
-function seccomp(field: string, p: SecurityProfile | undefined, legacyPath: string): Record<string, unknown> | undefined {
-  if (legacyPath && legacyPath !== 'runtime/default' && legacyPath !== 'docker/default') {
-    if (legacyPath === 'unconfined') return { type: 'Unconfined' };
-    refuse(`${field}.seccomp_profile_path`, `${JSON.stringify(legacyPath)} is a profile on this node, which the pod's cell cannot read`);
+/**
+ * The seccomp profile as a Kubernetes seccompProfile, as containerd reads the CRI: the `seccomp`
+ * field, else the legacy path, else (nil) Unconfined. Always explicit, so the cell's own default
+ * (RuntimeDefault, the virtual node's) never applies to a CRI container. Localhost profiles live
+ * on this node, not the cell.
+ */
+function seccomp(field: string, p: SecurityProfile | undefined, legacyPath: string): Record<string, unknown> {
+  if (p) {
+    if (p.profileType === SecurityProfile_ProfileType.Localhost)
+      refuse(`${field}.seccomp`, `Localhost profile ${JSON.stringify(p.localhostRef)} is on this node, which the pod's cell cannot read`);
+    return { type: p.profileType === SecurityProfile_ProfileType.RuntimeDefault ? 'RuntimeDefault' : 'Unconfined' };
   }
-  if (!p) return undefined;
-  if (p.profileType === SecurityProfile_ProfileType.Localhost)
-    refuse(`${field}.seccomp`, `Localhost profile ${JSON.stringify(p.localhostRef)} is on this node, which the pod's cell cannot read`);
-  return { type: p.profileType === SecurityProfile_ProfileType.Unconfined ? 'Unconfined' : 'RuntimeDefault' };
+  if (legacyPath === 'runtime/default' || legacyPath === 'docker/default') return { type: 'RuntimeDefault' };
+  if (legacyPath === '' || legacyPath === 'unconfined') return { type: 'Unconfined' };
+  refuse(`${field}.seccomp_profile_path`, `${JSON.stringify(legacyPath)} is a profile on this node, which the pod's cell cannot read`);
 }
 
 /** Refuses what a sandbox on a cell cannot be; returns the Cello pod's name. */
@@ -66,12 +72,11 @@ export function checkSandboxConfig(config: PodSandboxConfig | undefined, runtime
   if (config.hostname && (!DNS_LABEL.test(config.hostname) || config.hostname.length > 63)) refuse('config.hostname', `${JSON.stringify(config.hostname)} must be a DNS label`);
   const sc = config.linux?.securityContext;
   checkNamespaces('config.linux.security_context.namespace_options', sc?.namespaceOptions);
-  if (sc?.privileged)
-    refuse('config.linux.security_context.privileged', "a privileged sandbox would have this node's devices and capabilities; the pod runs on a cell, so it is not supported");
+  // privileged is accepted: it allows privileged containers, whose privilege is over their own cell (the pod's VM).
   if (sc?.selinuxOptions && Object.values(sc.selinuxOptions).some((v) => v)) refuse('config.linux.security_context.selinux_options', 'SELinux labels are not supported on cells');
   if (sc?.apparmor && sc.apparmor.profileType === SecurityProfile_ProfileType.Localhost)
     refuse('config.linux.security_context.apparmor', 'a Localhost AppArmor profile is on this node, which the cell cannot load');
-  seccomp('config.linux.security_context', sc?.seccomp, sc?.seccompProfilePath ?? '');
+  if (!sc?.privileged) seccomp('config.linux.security_context', sc?.seccomp, sc?.seccompProfilePath ?? '');
   config.portMappings.forEach((p, i) => {
     if (p.hostIp && p.hostIp !== '0.0.0.0')
       refuse(`config.port_mappings[${i}].host_ip`, `${p.hostIp} is an address of this node; a host port is served on the pod's cell (every address of it)`);
@@ -105,15 +110,22 @@ export function resourcesOf(r: LinuxContainerResources | undefined): Record<stri
 
 const capName = (c: string) => c.replace(/^CAP_/, '');
 
+// A path to mask or make read-only: absolute, no `..` (runc resolves it inside the container).
+function procPath(field: string, p: string): void {
+  if (!p.startsWith('/') || p.split('/').includes('..')) refuse(field, `${JSON.stringify(p)}: must be an absolute path without '..'`);
+}
+
 /** The Kubernetes container a CRI container runs as, on its pod's cell; refuses what a cell cannot mean. */
-export function containerSpec(config: ContainerConfig, unit: string, imageRef: string, mounts: MappedMount[] = []): Record<string, unknown> {
+export function containerSpec(config: ContainerConfig, unit: string, imageRef: string, mounts: MappedMount[] = [], sandboxPrivileged = false): Record<string, unknown> {
   if (config.devices.length) refuse('config.devices', "a container on a cell cannot use this node's devices");
   if (config.CDIDevices.length) refuse('config.CDI_devices', "a container on a cell cannot use this node's devices");
   if (config.stopSignal !== Signal.RUNTIME_DEFAULT) refuse('config.stop_signal', "only the image's stop signal (RUNTIME_DEFAULT) is supported");
   const sc = config.linux?.securityContext;
   checkNamespaces('config.linux.security_context.namespace_options', sc?.namespaceOptions);
-  if (sc?.privileged)
-    refuse('config.linux.security_context.privileged', "a privileged container would have this node's devices and capabilities; it runs on a cell, so it is not supported");
+  // A privileged container is privileged over its own cell (the pod's VM): the agent's bounding
+  // set, the cell's devices, /sys writable, no seccomp profile, /proc unmasked; never this node.
+  // As containerd and the kubelet: only in a privileged sandbox.
+  if (sc?.privileged && !sandboxPrivileged) refuse('config.linux.security_context.privileged', 'no privileged container allowed in sandbox: the sandbox is not privileged');
   if (sc?.selinuxOptions && Object.values(sc.selinuxOptions).some((v) => v)) refuse('config.linux.security_context.selinux_options', 'SELinux labels are not supported on cells');
   if (
     (sc?.apparmor && sc.apparmor.profileType === SecurityProfile_ProfileType.Localhost) ||
@@ -122,10 +134,13 @@ export function containerSpec(config: ContainerConfig, unit: string, imageRef: s
     refuse('config.linux.security_context.apparmor', 'a Localhost AppArmor profile is on this node, which the cell cannot load');
   // As the kubelet and containerd: a group alone would run as the image's user with another group.
   if (sc?.runAsGroup && !sc.runAsUser && !sc.runAsUsername) refuse('config.linux.security_context.run_as_group', 'run_as_group needs run_as_user (or run_as_username) to be set');
-  if (sc?.runAsUsername) refuse('config.linux.security_context.run_as_username', `${JSON.stringify(sc.runAsUsername)}: a user by name is not supported; give run_as_user`);
-  if (sc?.supplementalGroups.length) refuse('config.linux.security_context.supplemental_groups', 'supplemental groups are not supported by cello-cri yet');
+  if (sc?.runAsUsername && !/^[^:\s/]+$/.test(sc.runAsUsername))
+    refuse('config.linux.security_context.run_as_username', `${JSON.stringify(sc.runAsUsername)}: must be a user name (resolved in the image's /etc/passwd)`);
+  (sc?.maskedPaths ?? []).forEach((x, i) => procPath(`config.linux.security_context.masked_paths[${i}]`, x));
+  (sc?.readonlyPaths ?? []).forEach((x, i) => procPath(`config.linux.security_context.readonly_paths[${i}]`, x));
   if (sc?.capabilities?.addAmbientCapabilities.length) refuse('config.linux.security_context.capabilities.add_ambient_capabilities', 'ambient capabilities are not supported');
   const securityContext: Record<string, unknown> = {};
+  if (sc?.privileged) securityContext.privileged = true;
   if (sc?.runAsUser) securityContext.runAsUser = Number(sc.runAsUser.value);
   if (sc?.runAsGroup) securityContext.runAsGroup = Number(sc.runAsGroup.value);
   if (sc?.readonlyRootfs) securityContext.readOnlyRootFilesystem = true;
@@ -137,8 +152,18 @@ export function containerSpec(config: ContainerConfig, unit: string, imageRef: s
       ...(caps.dropCapabilities.length ? { drop: caps.dropCapabilities.map(capName) } : {}),
     };
   }
-  const profile = seccomp('config.linux.security_context', sc?.seccomp, sc?.seccompProfilePath ?? '');
-  if (profile) securityContext.seccompProfile = profile;
+  // As containerd: a privileged container runs without seccomp, whatever profile is named.
+  if (!sc?.privileged) securityContext.seccompProfile = seccomp('config.linux.security_context', sc?.seccomp, sc?.seccompProfilePath ?? '');
+  // The CRI's fields the Kubernetes API has no name for (the agent's securityContext.cri). The
+  // lists as containerd takes them: as given, an empty one meaning none (the kubelet sends the
+  // defaults unless procMount is Unmasked); the agent ignores them for a privileged container.
+  securityContext.cri = {
+    maskedPaths: sc?.maskedPaths ?? [],
+    readonlyPaths: sc?.readonlyPaths ?? [],
+    ...(sc?.runAsUsername && !sc.runAsUser ? { runAsUsername: sc.runAsUsername } : {}),
+    ...(sc?.supplementalGroups.length ? { supplementalGroups: sc.supplementalGroups.map(Number) } : {}),
+    ...(sc?.supplementalGroupsPolicy === SupplementalGroupsPolicy.Strict ? { supplementalGroupsPolicy: 'Strict' } : {}),
+  };
   const resources = resourcesOf(config.linux?.resources);
   const { volumeMounts, terminationMessagePath } = volumeMountsOf(mounts);
   return {

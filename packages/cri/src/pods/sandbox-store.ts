@@ -63,6 +63,8 @@ const sandboxSchema = z.strictObject({
   labels: strings,
   annotations: strings,
   sysctls: strings,
+  /** linux.security_context.privileged of the sandbox: only then may its containers be privileged. */
+  privileged: z.boolean().optional(),
   createdAt: z.string(),
   state: z.enum(['ready', 'notready']),
   /** The pod IP last seen, kept for PodSandboxStatus once the cell is gone. */
