@@ -1,7 +1,6 @@
-// critest's images built from busybox's layer (the sandbox image itself is testkit's pushPause).
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+// critest's web server images built from busybox's layer (the sandbox image itself is testkit's
+// pushPause; critest's busybox comes from the conformance build, critest/e2e-images.ts).
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildFixtures, pushImage, type RegistryServer } from '@cello/testkit';
 
@@ -14,26 +13,6 @@ async function busyboxLayers(): Promise<{ layers: { blob: Buffer; mediaType: str
   const manifest = JSON.parse(blob(m.digest).toString()) as { config: { digest: string }; layers: { digest: string; mediaType: string }[] };
   const config = JSON.parse(blob(manifest.config.digest).toString()) as { rootfs: { diff_ids: string[] } };
   return { layers: manifest.layers.map((l, i) => ({ blob: blob(l.digest), mediaType: l.mediaType, diffId: config.rootfs.diff_ids[i]! })) };
-}
-
-/**
- * critest's busybox (registry.k8s.io/e2e-test-images/busybox:1.29-2) as far as its specs use it:
- * the busybox fixture plus `/bin/pgrep NAME`, which critest's execSync-timeout spec runs and
- * Debian's busybox-static lacks. It reads /proc as pgrep does (comm equal to NAME; exit 1 when none).
- */
-export async function pushCritestBusybox(reg: RegistryServer, name: string): Promise<string> {
-  const { layers } = await busyboxLayers();
-  const dir = mkdtempSync(join(tmpdir(), 'cello-pgrep-'));
-  try {
-    mkdirSync(join(dir, 'bin'));
-    const script = '#!/bin/sh\nfound=1\nfor d in /proc/[0-9]*; do\n  if [ "$(cat "$d/comm" 2>/dev/null)" = "$1" ]; then echo "${d#/proc/}"; found=0; fi\ndone\nexit $found\n';
-    writeFileSync(join(dir, 'bin', 'pgrep'), script, { mode: 0o755 });
-    const tar = execFileSync('tar', ['--numeric-owner', '--owner=0', '--group=0', '--mtime=@0', '-C', dir, '-cf', '-', 'bin/pgrep'], { maxBuffer: 1 << 20 });
-    const env = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'];
-    return (await pushImage(reg, name, [...layers, { blob: tar }], { Cmd: ['sh'], Env: env })).ref;
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
 }
 
 /**

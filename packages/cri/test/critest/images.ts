@@ -3,7 +3,8 @@
 // server (pause-image.ts) and the k8s-staging-cri-tools test images with the properties each image
 // spec checks (users, distinct and shared IDs).
 import { pushImage, type RegistryServer } from '@cello/testkit';
-import { pushCritestBusybox, pushCritestWebServer } from '../pause-image.js';
+import { pushCritestWebServer } from '../pause-image.js';
+import { conformanceLayout, pushNonewprivs, pushUpstreamBusybox } from './e2e-images.js';
 
 const REPO = 'k8s-staging-cri-tools';
 const layer = (text: string) => ({ blob: Buffer.from(text.padEnd(512, ' ')) });
@@ -23,9 +24,14 @@ export async function pushCriToolsTestImages(registry: RegistryServer): Promise<
   for (const n of [1, 2, 3]) await push(`test-image-tags:${n}`, 'same');
 }
 
-/** Everything a whole critest run pulls. */
+/**
+ * Everything a whole critest run pulls. busybox and nonewprivs come from the conformance image
+ * build (e2e-images.ts: upstream's busybox, whose sh runs commands through PATH, as critest's).
+ */
 export async function pushCritestImages(registry: RegistryServer): Promise<void> {
-  await pushCritestBusybox(registry, 'e2e-test-images/busybox:1.29-2');
+  const layout = conformanceLayout();
+  await pushUpstreamBusybox(registry, layout, 'e2e-test-images/busybox:1.29-2');
+  await pushNonewprivs(registry, layout);
   await pushCritestWebServer(registry, 'e2e-test-images/nginx:1.14-2', 'nginx');
   await pushCritestWebServer(registry, 'e2e-test-images/httpd:2.4.39-4', 'httpd');
   await pushCriToolsTestImages(registry);
