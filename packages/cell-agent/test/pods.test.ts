@@ -422,7 +422,9 @@ describe.concurrent('pods', () => {
     expect(a.watch.terminated('paths')!.message.trim().split('\n')).toEqual(['hostname=[]', 'tmp-ro', '0']);
     expect(a.watch.terminated('unmasked')!.message.trim()).toBe('0');
     expect(a.watch.terminated('defaults')!.message.trim()).toBe('2'); // /proc/keys masked, /proc/sys read-only
-    expect(a.watch.waiting('nouser')!.message).toBe("securityContext.cri.runAsUsername (the CRI's run_as_username): unable to find user nosuchuser: no matching entries in the image's /etc/passwd");
+    expect(a.watch.waiting('nouser')!.message).toBe(
+      "securityContext.cri.runAsUsername (the CRI's run_as_username): unable to find user nosuchuser: no matching entries in the image's /etc/passwd",
+    );
     expect(a.watch.waiting('hostile')!.message).toMatch(/^securityContext\.cri\.runAsUsername \(the CRI's run_as_username\): unable to find user daemon/);
   });
 

@@ -51,6 +51,14 @@ describe('user resolution from the image', () => {
     expect(resolveUser({ layers: [root], imageUser: 'web', supplementalGroups: [7], fsGroup: 9 })).toMatchObject({ uid: 33, gid: 33, additionalGids: [4, 7, 9] });
     expect(() => resolveUser({ layers: [root], imageUser: 'ghost' })).toThrow(/unable to find user ghost/);
   });
+  it("resolves cello-cri's run_as_username: its uid and gid (runAsGroup over it, runAsUser wins), never the image USER's group", () => {
+    expect(resolveUser({ layers: [root], imageUser: 'root:logs', runAsUsername: 'web' })).toMatchObject({ uid: 33, gid: 33, additionalGids: [4], name: 'web' });
+    expect(resolveUser({ layers: [root], imageUser: '', runAsUsername: 'web', runAsGroup: 5, strictGroups: true })).toMatchObject({ uid: 33, gid: 5, additionalGids: [] });
+    expect(resolveUser({ layers: [root], imageUser: '', runAsUsername: 'web', runAsUser: 1000 })).toMatchObject({ uid: 1000, gid: 0 });
+    expect(() => resolveUser({ layers: [root], imageUser: 'web', runAsUsername: 'ghost' })).toThrow(
+      /^securityContext\.cri\.runAsUsername \(the CRI's run_as_username\): unable to find user ghost/,
+    );
+  });
   it('reads the topmost layer that has the file, and honours whiteouts', () => {
     const upper = mkdtempSync(join(tmpdir(), 'cello-upper-'));
     mkdirSync(join(upper, 'etc'));

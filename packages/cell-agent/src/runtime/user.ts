@@ -102,7 +102,10 @@ export function resolveUser(opts: {
     entry = passwd.find((p) => p.uid === uid);
   } else if (opts.runAsUsername) {
     entry = passwd.find((p) => p.name === opts.runAsUsername);
-    if (!entry) throw new UserError(`securityContext.cri.runAsUsername (the CRI's run_as_username): unable to find user ${opts.runAsUsername}: no matching entries in the image's /etc/passwd`);
+    if (!entry)
+      throw new UserError(
+        `securityContext.cri.runAsUsername (the CRI's run_as_username): unable to find user ${opts.runAsUsername}: no matching entries in the image's /etc/passwd`,
+      );
     uid = entry.uid;
   } else if (userPart === '') {
     uid = 0;
