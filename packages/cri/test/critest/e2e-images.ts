@@ -12,15 +12,40 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { pushImage, pushLayoutTag, type RegistryServer } from '@cello/testkit';
 
 const SCRIPT = fileURLToPath(new URL('../../../../scripts/k8s/build-e2e-images.sh', import.meta.url));
 
-/** The conformance images' OCI layout (built when missing or stale: the Kubernetes e2e sources, busybox). */
+const TAGS = ['e2e-test-images_busybox_1.37.0-1', 'e2e-test-images_nonewprivs_1.3'];
+
+/**
+ * A private OCI layout with the two images critest needs, copied from the conformance build's
+ * (built when missing or stale: the Kubernetes e2e sources, busybox). The build's layout is shared
+ * by every checkout on the machine, and one whose script or list differs rebuilds it in place
+ * (under the script's lock): the copy is made holding that lock shared, so it never reads a layout
+ * being rebuilt, and what the pushes read afterwards is this run's own.
+ */
 export function conformanceLayout(): string {
-  const out = execFileSync('bash', [SCRIPT], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: 90 * 60_000 });
-  return out.trim().split('\n').pop()!;
+  const dir = mkdtempSync(join(tmpdir(), 'cello-critest-e2e-'));
+  const copy = (): void => {
+    const shared = execFileSync('bash', [SCRIPT], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: 90 * 60_000 })
+      .trim()
+      .split('\n')
+      .pop()!;
+    const lock = join(dirname(shared), '.lock');
+    for (const tag of TAGS)
+      execFileSync('flock', ['-s', lock, 'skopeo', 'copy', '--quiet', '--preserve-digests', `oci:${shared}:${tag}`, `oci:${join(dir, 'oci')}:${tag}`], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+        timeout: 10 * 60_000,
+      });
+  };
+  try {
+    copy();
+  } catch {
+    copy(); // rebuilt meanwhile by another checkout and then removed: build it again
+  }
+  return join(dir, 'oci');
 }
 
 /** A tag's layers in the layout, each with its DiffID. */

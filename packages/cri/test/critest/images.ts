@@ -2,6 +2,8 @@
 // cells' registries configuration rewrite registry.k8s.io and gcr.io to it): its busybox and web
 // server (pause-image.ts) and the k8s-staging-cri-tools test images with the properties each image
 // spec checks (users, distinct and shared IDs).
+import { rmSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { pushImage, type RegistryServer } from '@cello/testkit';
 import { pushCritestWebServer } from '../pause-image.js';
 import { conformanceLayout, pushNonewprivs, pushUpstreamBusybox } from './e2e-images.js';
@@ -30,8 +32,12 @@ export async function pushCriToolsTestImages(registry: RegistryServer): Promise<
  */
 export async function pushCritestImages(registry: RegistryServer): Promise<void> {
   const layout = conformanceLayout();
-  await pushUpstreamBusybox(registry, layout, 'e2e-test-images/busybox:1.29-2');
-  await pushNonewprivs(registry, layout);
+  try {
+    await pushUpstreamBusybox(registry, layout, 'e2e-test-images/busybox:1.29-2');
+    await pushNonewprivs(registry, layout);
+  } finally {
+    rmSync(dirname(layout), { recursive: true, force: true });
+  }
   await pushCritestWebServer(registry, 'e2e-test-images/nginx:1.14-2', 'nginx');
   await pushCritestWebServer(registry, 'e2e-test-images/httpd:2.4.39-4', 'httpd');
   await pushCriToolsTestImages(registry);
