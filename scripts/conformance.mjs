@@ -8,15 +8,19 @@
 //   npm run conformance                                  every [Conformance] spec (hours)
 //   npm run conformance -- --focus '\[sig-node\].*\[Conformance\]' --timeout 40
 //   options: --focus RE  --skip RE  --timeout MINUTES (default 360)  --max-cells N (default 40)
-//            --report-dir DIR (default conformance-report/<time>)
+//            --parallel N (default: twice the cores, at most 8)  --report-dir DIR (default conformance-report/<time>)
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ensureKubernetes, ensureNpm, ensureSystem, step } from './setup.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+// Specs mostly wait (for pods, for the API server), so two ginkgo processes per core keep the
+// cores busy; more than 8 only adds cells and API load on a small machine.
+export const defaultParallel = (cores = availableParallelism()) => Math.max(1, Math.min(8, 2 * cores));
 
 const HELP = `npm run conformance -- [options]
 
@@ -32,6 +36,9 @@ Options:
   --skip RE          specs to leave out
   --timeout MIN      stop after this many minutes; specs not reached are counted apart (default 360)
   --max-cells N      cells the controller may run at once (default 40)
+  --parallel N       ginkgo processes running specs at once (the ginkgo CLI's --procs; default
+                     ${defaultParallel()} here: twice the cores, at most 8). [Serial] specs still run alone,
+                     after the others. 1 runs e2e.test by itself, serially
   --report-dir DIR   where the reports go (default conformance-report/<time>)
   --summary-only     summarize the report in --report-dir again, without running anything
   -h, --help         this text
@@ -52,6 +59,7 @@ try {
       skip: { type: 'string' },
       timeout: { type: 'string', default: '360' },
       'max-cells': { type: 'string', default: '40' },
+      parallel: { type: 'string', short: 'p', default: String(defaultParallel()) },
       'report-dir': { type: 'string' },
       'summary-only': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -65,7 +73,7 @@ if (opts.help) {
   process.stdout.write(HELP);
   process.exit(0);
 }
-for (const k of ['timeout', 'max-cells']) {
+for (const k of ['timeout', 'max-cells', 'parallel']) {
   if (!/^[1-9][0-9]*$/.test(opts[k])) {
     process.stderr.write(`--${k}: a positive whole number is needed, got '${opts[k]}'\n`);
     process.exit(2);
@@ -148,13 +156,13 @@ function main() {
     step('setup: Kubernetes binaries (scripts/k8s)', () => {
       if (process.env.CELLO_SKIP_SYSTEM_SETUP !== '1') ensureKubernetes();
     });
-    step('build: e2e.test and agnhost (scripts/k8s/build-e2e.sh)', () => run('bash', ['scripts/k8s/build-e2e.sh']));
+    step('build: e2e.test, agnhost and ginkgo (scripts/k8s/build-e2e.sh)', () => run('bash', ['scripts/k8s/build-e2e.sh']));
     step('build: the suite images (scripts/k8s/build-e2e-images.sh)', () => run('bash', ['scripts/k8s/build-e2e-images.sh']));
     step('build: packages', () =>
       run(join(root, 'node_modules', '.bin', 'turbo'), ['run', 'build', '--filter=@cello/controller...'], { env: { ...process.env, TURBO_TELEMETRY_DISABLED: '1' } }),
     );
     mkdirSync(reportDir, { recursive: true });
-    step(`run: e2e.test --ginkgo.focus='${opts.focus}'${opts.skip ? ` --ginkgo.skip='${opts.skip}'` : ''} (report: ${reportDir})`, () => {
+    step(`run: e2e.test, ${opts.parallel} process(es), focus '${opts.focus}'${opts.skip ? `, skip '${opts.skip}'` : ''} (report: ${reportDir})`, () => {
       // The vitest status says only whether the cluster came up and the suite wrote its report.
       const r = spawnSync(join(root, 'node_modules', '.bin', 'vitest'), ['run', '-c', 'vitest.conformance.config.ts'], {
         stdio: 'inherit',
@@ -166,6 +174,7 @@ function main() {
           ...(opts.skip ? { CONFORMANCE_SKIP: opts.skip } : {}),
           CONFORMANCE_TIMEOUT_MINUTES: opts.timeout,
           CONFORMANCE_MAX_CELLS: opts['max-cells'],
+          CONFORMANCE_PROCS: opts.parallel,
         },
       });
       if (r.status !== 0) process.stderr.write(`vitest exited ${r.status}\n`);
@@ -174,7 +183,7 @@ function main() {
   const junit = join(reportDir, 'junit.xml');
   if (!existsSync(junit)) throw new Error(`no JUnit report at ${junit}: the cluster or e2e.test did not come up (see the output above and ${join(reportDir, 'e2e.log')})`);
   const s = summarize(readJunit(junit));
-  const md = `# Conformance run\n\nfocus \`${opts.focus}\`${opts.skip ? `, skip \`${opts.skip}\`` : ''}\n\n${s.table}\n\n**${s.total}**\n`;
+  const md = `# Conformance run\n\n${opts['summary-only'] ? '' : `${opts.parallel} ginkgo process(es), `}focus \`${opts.focus}\`${opts.skip ? `, skip \`${opts.skip}\`` : ''}\n\n${s.table}\n\n**${s.total}**\n`;
   writeFileSync(join(reportDir, 'summary.md'), md);
   process.stdout.write(`\n${s.table}\n\nJUnit: ${junit}\nsummary: ${join(reportDir, 'summary.md')}\n${s.total}\n`);
   return s.failed === 0 && s.passed > 0 ? 0 : 1;

@@ -3,7 +3,8 @@
 # scripts/conformance/images.txt) into one OCI layout, from sources reachable here: busybox-static,
 # the agnhost / nonewprivs Go packages and pause.c of the k8s.io/kubernetes module (binaries from
 # build-e2e.sh), busybox 1.37 from its source tarball (built once, static) and Debian tools
-# (curl, dig, iproute2, bash, netcat, iperf) copied from this machine with their shared libraries.
+# (curl, dig, iproute2, bash, netcat, iperf) copied from this machine with their shared libraries,
+# sample-apiserver (build-e2e.sh) and, as a substitute for registry.k8s.io/etcd, Debian's etcd-server.
 # With a registry argument, also pushes each image there under the path and tag the
 # suite expects, minus "registry.k8s.io/" (e.g. HOST:PORT/e2e-test-images/agnhost:2.56), which is
 # what the KUBE_TEST_REPO_LIST of scripts/conformance.mjs points at.
@@ -31,10 +32,10 @@ BUSYBOX_URL=${DEBIAN_MIRROR:-http://deb.debian.org/debian}/pool/main/b/busybox/b
 TOOLS="/usr/bin/dig=/usr/bin/dig /usr/bin/host=/usr/bin/host /usr/bin/nslookup=/usr/bin/nslookup
 /usr/bin/curl=/usr/bin/curl /usr/bin/nc=/usr/bin/nc.openbsd /sbin/ip=/usr/sbin/ip /sbin/ss=/usr/bin/ss
 /usr/bin/iperf=/usr/bin/iperf /bin/bash=/usr/bin/bash /usr/bin/getent=/usr/bin/getent"
-for c in umoci skopeo gcc make bzip2 flock curl ldd dig nc.openbsd iperf; do
+for c in umoci skopeo gcc make bzip2 flock curl ldd dig nc.openbsd iperf etcd; do
   command -v "$c" >/dev/null || {
     echo "$c is required; install it with:  apt-get install -y $(case $c in flock) echo util-linux ;; ldd) echo libc-bin ;;
-      dig) echo bind9-dnsutils ;; nc.openbsd) echo netcat-openbsd ;; *) echo "$c" ;; esac)" >&2
+      dig) echo bind9-dnsutils ;; nc.openbsd) echo netcat-openbsd ;; etcd) echo etcd-server ;; *) echo "$c" ;; esac)" >&2
     exit 1
   }
 done
@@ -44,7 +45,7 @@ if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then export PATH=$
 layout_tag() { echo "${1#registry.k8s.io/}" | tr '/:' '__'; }
 images() { grep -vE '^\s*(#|$)' "$LIST"; }
 
-stamp=$( (cat "$LIST" "$0"; dpkg-query -W bind9-dnsutils curl netcat-openbsd iproute2 iperf bash libc-bin 2>/dev/null || true) | sha256sum | cut -c1-16)
+stamp=$( (cat "$LIST" "$0"; dpkg-query -W bind9-dnsutils curl netcat-openbsd iproute2 iperf bash libc-bin etcd-server 2>/dev/null || true) | sha256sum | cut -c1-16)
 mkdir -p "$OUT"
 exec 9>"$OUT/.lock"
 flock 9
@@ -185,6 +186,24 @@ if [ "$(cat "$OUT/stamp" 2>/dev/null)" != "$stamp" ]; then
           --config.exposedports 80/tcp
         ;;
       dnsutils) pack "$tag" "$base" "$tools" -- --config.cmd bash ;;
+      sample-apiserver)
+        mkdir -p "$dir"
+        cp "$BIN/sample-apiserver" "$dir/sample-apiserver"
+        pack "$tag" "$base" "$dir" -- --config.entrypoint /sample-apiserver
+        ;;
+      SUBSTITUTE-etcd)
+        # Debian's etcd-server at the path the spec runs (/usr/local/bin/etcd), with the shared
+        # libraries ldd names and the dynamic loader.
+        mkdir -p "$dir/usr/local/bin"
+        cp -L /usr/bin/etcd "$dir/usr/local/bin/etcd"
+        ldd /usr/bin/etcd | awk '/=> \// {print $3} /^[ \t]*\/lib64\// {print $1}' | while read -r lib; do
+          mkdir -p "$dir$(dirname "$lib")"
+          cp -L "$lib" "$dir$lib"
+        done
+        out=$(env -i "$dir/lib64/ld-linux-x86-64.so.2" --library-path "$dir/lib/x86_64-linux-gnu:$dir/usr/lib/x86_64-linux-gnu" "$dir/usr/local/bin/etcd" --version 2>&1) ||
+          { echo "etcd does not run from its image: $out" >&2; exit 1; }
+        pack "$tag" "$base" "$dir" -- --config.entrypoint /usr/local/bin/etcd
+        ;;
       none) continue ;;
       *)
         echo "$LIST: unknown recipe '$recipe' for $ref" >&2

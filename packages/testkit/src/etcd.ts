@@ -115,6 +115,13 @@ export async function startEtcd(opts: { timeoutMs?: number; tls?: boolean } = {}
       peer,
       '--initial-cluster',
       `default=${peer}`,
+      // Progress notifications every second (etcd's default: 10 min; kubeadm sets 5 s). The API
+      // server's watch caches move on them when the newest write was of another kind, and a
+      // watch without a resourceVersion waits (3 s at most, then fails "Too large resource
+      // version") for its cache to reach etcd's newest revision. Etcd older than 3.4.31 (Debian's
+      // 3.4.23) cannot be asked for one, so these are the only ones.
+      '--experimental-watch-progress-notify-interval',
+      '1s',
       '--log-level',
       'error',
       '--logger',

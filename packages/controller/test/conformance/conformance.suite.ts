@@ -15,6 +15,7 @@ function required(name: string): string {
 const dir = required('CONFORMANCE_DIR');
 const timeoutMinutes = Number(required('CONFORMANCE_TIMEOUT_MINUTES'));
 const maxCells = Number(env.CONFORMANCE_MAX_CELLS ?? '40');
+const procs = Number(env.CONFORMANCE_PROCS ?? '1');
 
 let cluster: ConformanceCluster | undefined;
 
@@ -27,7 +28,7 @@ afterAll(async () => {
 });
 
 it('runs the e2e suite and writes its JUnit report', async () => {
-  const r = await runE2e(cluster!, { dir, focus: required('CONFORMANCE_FOCUS'), skip: env.CONFORMANCE_SKIP, timeoutMinutes, echo: true });
+  const r = await runE2e(cluster!, { dir, focus: required('CONFORMANCE_FOCUS'), skip: env.CONFORMANCE_SKIP, timeoutMinutes, procs, echo: true });
   // Failed specs are the report's business (the summary counts them); no report at all is not.
   expect(existsSync(r.junit), `e2e.test exited ${r.code} without a JUnit report; see ${r.log}`).toBe(true);
 });

@@ -107,44 +107,77 @@ export interface E2eRun {
   log: string;
 }
 
+export interface E2eOptions {
+  dir: string;
+  focus: string;
+  skip?: string;
+  timeoutMinutes: number;
+  /**
+   * Ginkgo processes running specs at once (the ginkgo CLI's --procs, e2e.test as the suite
+   * binary). Specs labelled Serial (e2e's [Serial], which the framework turns into ginkgo's
+   * Serial decorator) still run alone: ginkgo holds them until the parallel ones are done and
+   * runs them on process 1. Default 1: e2e.test by itself, serially.
+   */
+  procs?: number;
+  echo?: boolean;
+}
+
 /**
- * Runs e2e.test (serially: parallel specs need the ginkgo CLI and more than this machine's two
- * cores) with `focus` / `skip` as ginkgo regular expressions; writes its output to `dir`/e2e.log
- * and the JUnit report to `dir`/junit.xml. `timeoutMinutes` bounds the whole run (ginkgo
- * interrupts the running spec and reports the rest as not run).
+ * The command that runs the suite: e2e.test itself for one process, else the ginkgo CLI built
+ * beside it (scripts/k8s/build-e2e.sh) with e2e.test as a precompiled suite, as upstream's
+ * hack/ginkgo-e2e.sh runs it. Ginkgo's own flags go to the CLI (which collects every process's
+ * specs into the one JUnit report); the rest follow `--` to each e2e.test process.
  */
-export async function runE2e(c: ConformanceCluster, o: { dir: string; focus: string; skip?: string; timeoutMinutes: number; echo?: boolean }): Promise<E2eRun> {
-  mkdirSync(o.dir, { recursive: true });
+export function e2eCommand(c: Pick<ConformanceCluster, 'e2eTest' | 'kube'>, o: E2eOptions): { cmd: string; args: string[]; junit: string } {
+  const procs = o.procs ?? 1;
+  if (!Number.isInteger(procs) || procs < 1) throw new Error(`procs: a whole number >= 1 is needed, got ${procs}`);
   const junit = join(o.dir, 'junit.xml');
-  const log = join(o.dir, 'e2e.log');
-  const args = [
+  const ginkgo = [`junit-report=${junit}`, `focus=${o.focus}`, ...(o.skip ? [`skip=${o.skip}`] : []), `timeout=${o.timeoutMinutes}m`, 'no-color', 'silence-skips'];
+  const suite = [
     `--kubeconfig=${c.kube.kubeconfig}`,
     `--kubectl-path=${join(c.kube.binDir, 'kubectl')}`,
     '--provider=skeleton',
     `--report-dir=${o.dir}`,
-    `--ginkgo.junit-report=${junit}`,
-    `--ginkgo.focus=${o.focus}`,
-    ...(o.skip ? [`--ginkgo.skip=${o.skip}`] : []),
-    `--ginkgo.timeout=${o.timeoutMinutes}m`,
-    '--ginkgo.no-color',
-    '--ginkgo.silence-skips',
     '--disable-log-dump',
     '--allowed-not-ready-nodes=0',
     '--node-schedulable-timeout=2m',
     '--system-pods-startup-timeout=2m',
   ];
+  if (procs === 1) return { cmd: c.e2eTest, args: [...suite, ...ginkgo.map((f) => `--ginkgo.${f}`)], junit };
+  return { cmd: join(dirname(c.e2eTest), 'ginkgo'), args: [`--procs=${procs}`, ...ginkgo.map((f) => `--${f}`), c.e2eTest, '--', ...suite], junit };
+}
+
+/**
+ * Runs the suite (see e2eCommand) with `focus` / `skip` as ginkgo regular expressions; writes its
+ * output to `dir`/e2e.log and the JUnit report to `dir`/junit.xml. `timeoutMinutes` bounds the
+ * whole run (ginkgo interrupts the running specs and reports the rest as not run).
+ */
+export async function runE2e(c: ConformanceCluster, o: E2eOptions): Promise<E2eRun> {
+  mkdirSync(o.dir, { recursive: true });
+  const log = join(o.dir, 'e2e.log');
+  const { cmd, args, junit } = e2eCommand(c, o);
   const out = createWriteStream(log);
-  const child = spawn(c.e2eTest, args, { env: { ...process.env, KUBE_TEST_REPO_LIST: c.repoList }, stdio: ['ignore', 'pipe', 'pipe'] });
+  out.write(`$ ${[cmd, ...args].join(' ')}\n`);
+  const child = spawn(cmd, args, { env: { ...process.env, KUBE_TEST_REPO_LIST: c.repoList }, stdio: ['ignore', 'pipe', 'pipe'] });
   for (const s of [child.stdout, child.stderr]) {
     s.on('data', (b: Buffer) => {
       out.write(b);
       if (o.echo) process.stdout.write(b);
     });
   }
-  // The suite's own timeout ends it; this one only catches a hung binary.
-  const hard = setTimeout(() => child.kill('SIGKILL'), (o.timeoutMinutes + 5) * 60_000);
+  // The suite's own timeout ends it; this one only catches a hung binary. SIGTERM first: the
+  // ginkgo CLI passes it on to its e2e.test processes (a SIGKILLed CLI would leave them running).
+  let kill: NodeJS.Timeout | undefined;
+  const hard = setTimeout(
+    () => {
+      child.kill('SIGTERM');
+      kill = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    },
+    (o.timeoutMinutes + 5) * 60_000,
+  );
   const code = await new Promise<number | null>((r) => child.once('exit', (c2) => r(c2)));
   clearTimeout(hard);
+  clearTimeout(kill);
   await new Promise<void>((r) => out.end(r));
   return { code, junit, log };
 }

@@ -54,7 +54,10 @@ afterAll(async () => {
 });
 
 it('passes every spec of the node conformance subset', async () => {
-  const r = await runE2e(cluster!, { dir, focus: SPECS.map(escape).join('|'), timeoutMinutes: 8 });
+  // Two ginkgo processes (the ginkgo CLI, as `npm run conformance --parallel`): the CLI must
+  // collect both processes' specs into the one JUnit report read below.
+  const r = await runE2e(cluster!, { dir, focus: SPECS.map(escape).join('|'), timeoutMinutes: 8, procs: 2 });
+  expect(readFileSync(r.log, 'utf8'), `see ${r.log}`).toContain('Running in parallel across 2 processes');
   const xml = readFileSync(r.junit, 'utf8');
   const results = new Map<string, string>();
   for (const m of xml.matchAll(/<testcase name="\[It\] ([^"]*?)(?: \[[^\]"]*,[^\]"]*\])?" classname="[^"]*" status="([a-z]+)"/g)) {
