@@ -236,9 +236,19 @@ class LayerWriter implements TarSink {
     return kind;
   }
 
-  /** Drops everything recorded at or under `rel` after it was removed from disk. */
-  private forget(rel: string): void {
-    for (const m of [this.known, this.dirMeta, this.specials, this.xattrs] as Map<string, unknown>[]) {
+  /**
+   * Drops everything recorded at or under `rel` after it was removed from disk. Only a directory
+   * has anything under it: for a file or a link the exact keys go, instead of a walk over every
+   * path of the tree (thousands, once per whiteout or replaced file).
+   */
+  private forget(rel: string, dir: boolean): void {
+    const maps = [this.known, this.dirMeta, this.specials, this.xattrs] as Map<string, unknown>[];
+    if (!dir) {
+      for (const m of maps) m.delete(rel);
+      this.layerPaths.delete(rel);
+      return;
+    }
+    for (const m of maps) {
       for (const k of m.keys()) if (under(k, rel)) m.delete(k);
     }
     for (const k of this.layerPaths) if (under(k, rel)) this.layerPaths.delete(k);
@@ -246,8 +256,10 @@ class LayerWriter implements TarSink {
 
   private remove(rel: string): void {
     if (rel === '') return;
+    // What is recorded says whether `rel` is a directory; unknown (a tree we did not write), assume it is.
+    const kind = this.known.get(rel);
     rmSync(this.abs(rel), { recursive: true, force: true });
-    this.forget(rel);
+    this.forget(rel, kind === undefined || kind === 'dir');
   }
 
   /**
