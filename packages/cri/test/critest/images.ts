@@ -1,9 +1,9 @@
 // What critest pulls, served by a local registry under the names critest uses (the shim's and the
-// cells' registries configuration rewrite registry.k8s.io and gcr.io to it): its busybox and web
-// server (pause-image.ts) and the k8s-staging-cri-tools test images with the properties each image
+// cells' registries configuration rewrite registry.k8s.io and gcr.io to it): its busybox, real
+// nginx and httpd stand-in (pause-image.ts) and the k8s-staging-cri-tools test images with the properties each image
 // spec checks (users, distinct and shared IDs).
 import { pushImage, type RegistryServer } from '@cello/testkit';
-import { pushCritestBusybox, pushCritestWebServer } from '../pause-image.js';
+import { pushCritestBusybox, pushCritestNginx, pushCritestWebServer } from '../pause-image.js';
 
 const REPO = 'k8s-staging-cri-tools';
 const layer = (text: string) => ({ blob: Buffer.from(text.padEnd(512, ' ')) });
@@ -26,7 +26,7 @@ export async function pushCriToolsTestImages(registry: RegistryServer): Promise<
 /** Everything a whole critest run pulls. */
 export async function pushCritestImages(registry: RegistryServer): Promise<void> {
   await pushCritestBusybox(registry, 'e2e-test-images/busybox:1.29-2');
-  await pushCritestWebServer(registry, 'e2e-test-images/nginx:1.14-2', 'nginx');
+  await pushCritestNginx(registry, 'e2e-test-images/nginx:1.14-2');
   await pushCritestWebServer(registry, 'e2e-test-images/httpd:2.4.39-4', 'httpd');
   await pushCriToolsTestImages(registry);
 }
