@@ -36,6 +36,7 @@ import { ContainerLogs, logFile } from './container-logs.js';
 import { DEFAULT_PODS_ROOT, mapMounts, podDirectoryOf } from './kubelet-mounts.js';
 import { writeTerminationMessage } from './termination-log.js';
 import { containerStats, sandboxStats, unitUsage } from './stats.js';
+import { HostPorts, nodePorts } from './host-ports.js';
 
 export interface PodServiceOptions {
   controller: ControllerApiClient;
@@ -101,6 +102,8 @@ export class PodService {
   /** The manifest last applied per sandbox, so the volume sync applies only what changed. */
   private readonly applied = new Map<string, string>();
   private readonly syncTimer: NodeJS.Timeout;
+  /** The sandboxes' host ports, listening on this node and relayed to their cells. */
+  private readonly hostPorts: HostPorts;
 
   constructor(private readonly o: PodServiceOptions) {
     this.poll = o.pollMs ?? 250;
@@ -108,6 +111,7 @@ export class PodService {
     this.syncTimer = setInterval(() => void this.syncVolumes(), o.volumeSyncMs ?? 10_000);
     this.syncTimer.unref();
     this.logs = new ContainerLogs(o.controller, o.logger);
+    this.hostPorts = new HostPorts(o.logger);
     // A restarted shim goes on writing the logs of the containers that run (from the file's last write).
     for (const s of o.store.list()) {
       if (s.state !== 'ready') continue;
@@ -115,13 +119,19 @@ export class PodService {
         const path = logFile(s.logDirectory, c.logPath);
         if (c.phase === 'started' && path) this.logs.follow(c.id, s.pod, c.unit, path, { resume: true });
       }
+      // ... and listens on their host ports again (a port taken meanwhile is said, not fatal).
+      if (nodePorts(s.portMappings).length && s.ip)
+        this.hostPorts
+          .open(s.id, s.portMappings, s.ip)
+          .catch((err: unknown) => o.logger.warn({ sandbox: s.id, err: errMsg(err) }, 'cannot listen on the host ports of a running sandbox again'));
     }
   }
 
-  /** Stops writing every log (the shim's shutdown). */
-  close(): void {
+  /** Stops writing every log and closes the host ports (the shim's shutdown). */
+  async close(): Promise<void> {
     clearInterval(this.syncTimer);
     this.logs.stopAll();
+    await this.hostPorts.closeAll();
   }
 
   reopenContainerLog(id: string): void {
@@ -226,12 +236,15 @@ export class PodService {
       ip: '',
       containers: [],
     };
+    // The host ports first: one already taken on this node fails the call before a cell is asked for.
+    if (nodePorts(rec.portMappings).length) await this.hostPorts.open(id, rec.portMappings);
     await this.o.store.serialized(async () => {
       await this.o.store.put(rec);
       try {
         await this.apply(rec);
       } catch (err) {
         await this.o.store.remove(id);
+        await this.hostPorts.close(id);
         throw err;
       }
     });
@@ -248,10 +261,12 @@ export class PodService {
         const cur = this.o.store.get(id);
         if (cur) await this.o.store.put({ ...cur, ip });
       });
+      this.hostPorts.setTarget(id, ip);
       return id;
     } catch (err) {
       // A sandbox that did not come up is not left behind: its cell ends, its record goes.
       this.o.logger.warn({ sandbox: id, err: errMsg(err) }, 'sandbox failed to start; ending its cell');
+      await this.hostPorts.close(id);
       await this.o.controller.delete(namespace, podName, 0).catch(() => undefined);
       await this.o.store.serialized(() => this.o.store.remove(id));
       throw err;
@@ -322,6 +337,8 @@ export class PodService {
       if (err instanceof CelloError && err.code === 'NotFound') return; // idempotent, as the CRI asks
       throw err;
     }
+    // A stopped sandbox serves nothing on this node, whatever happens to its cell below.
+    await this.hostPorts.close(s.id);
     if (s.state === 'notready' && !(await this.getPod(s))) return;
     const last = await this.getPod(s);
     const ends = last && s.state === 'ready' ? await this.killContainers(s, last, signal) : new Map<string, CelloContainerStatus>();
