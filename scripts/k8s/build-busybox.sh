@@ -36,8 +36,10 @@ if [ ! -x "$BUSYBOX" ]; then
   rm -rf "$src" "$src.tar.bz2" "$src.log"
 fi
 # Applets the test images' specs run; a build without one is not the image they expect.
+# (The list is read whole first: `grep -q` stopping early would fail the pipe under pipefail.)
+applets=$("$BUSYBOX" --list)
 for applet in sh ipcs pgrep httpd nc; do
-  "$BUSYBOX" --list | grep -qx "$applet" || { echo "$BUSYBOX has no $applet applet (remove it to rebuild)" >&2; exit 1; }
+  grep -qx "$applet" <<<"$applets" || { echo "$BUSYBOX has no $applet applet (remove it to rebuild)" >&2; exit 1; }
 done
 if [ "${1:-}" != --rootfs ]; then echo "$BUSYBOX"; exit 0; fi
 
