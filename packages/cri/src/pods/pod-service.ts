@@ -37,6 +37,7 @@ import { DEFAULT_PODS_ROOT, mapMounts, podDirectoryOf } from './kubelet-mounts.j
 import { writeTerminationMessage } from './termination-log.js';
 import { containerStats, sandboxStats, unitUsage } from './stats.js';
 import { HostPorts, nodePorts } from './host-ports.js';
+import { PodChanges } from './pod-changes.js';
 
 export interface PodServiceOptions {
   controller: ControllerApiClient;
@@ -63,18 +64,6 @@ const KILL_REPORT_MS = 15_000;
 const LOG_DRAIN_MS = 5000;
 
 const nanos = (iso: string | Date | undefined): bigint => (iso ? BigInt(new Date(iso).getTime()) * 1_000_000n : 0n);
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
-}
 
 function matchLabels(selector: Record<string, string>, labels: Record<string, string>): boolean {
   return Object.entries(selector).every(([k, v]) => labels[k] === v);
@@ -104,6 +93,8 @@ export class PodService {
   private readonly syncTimer: NodeJS.Timeout;
   /** The sandboxes' host ports, listening on this node and relayed to their cells. */
   private readonly hostPorts: HostPorts;
+  /** Wakes waits on a pod's change as the controller reports it (else they poll). */
+  private readonly changes: PodChanges;
 
   constructor(private readonly o: PodServiceOptions) {
     this.poll = o.pollMs ?? 250;
@@ -112,6 +103,7 @@ export class PodService {
     this.syncTimer.unref();
     this.logs = new ContainerLogs(o.controller, o.logger);
     this.hostPorts = new HostPorts(o.logger);
+    this.changes = new PodChanges(o.controller, o.logger);
     // A restarted shim goes on writing the logs of the containers that run (from the file's last write).
     for (const s of o.store.list()) {
       if (s.state !== 'ready') continue;
@@ -131,6 +123,7 @@ export class PodService {
   async close(): Promise<void> {
     clearInterval(this.syncTimer);
     this.logs.stopAll();
+    this.changes.close();
     await this.hostPorts.closeAll();
   }
 
@@ -201,6 +194,7 @@ export class PodService {
   private async waitPod<T>(s: SandboxRecord, what: string, signal: AbortSignal, done: (p: PodObject | undefined) => T | undefined): Promise<T> {
     let last: PodObject | undefined;
     for (;;) {
+      const since = this.changes.count(s.pod.namespace, s.pod.name);
       last = await this.getPod(s);
       const v = done(last);
       if (v !== undefined) return v;
@@ -209,7 +203,8 @@ export class PodService {
         const where = p ? ` (stage ${p.stage}${p.lastError ? `, last error ${p.lastError.reason}: ${p.lastError.message}` : ''})` : '';
         throw new CelloError('DeadlineExceeded', `pod ${s.pod.namespace}/${s.pod.name}: ${what} did not happen before the call's deadline${where}`);
       }
-      await sleep(this.poll, signal);
+      // The pod's next change (the controller's watch) or the poll interval, whichever is first.
+      await this.changes.next(s.pod.namespace, s.pod.name, since, this.poll, signal);
     }
   }
 
@@ -407,6 +402,7 @@ export class PodService {
     await this.stopPodSandbox(s.id, signal);
     await this.o.store.serialized(() => this.o.store.remove(s.id));
     this.applied.delete(s.id);
+    this.changes.forget(s.pod.namespace, s.pod.name);
   }
 
   // ------------------------------------------------------------ containers
