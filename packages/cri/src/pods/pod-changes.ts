@@ -3,7 +3,8 @@
 // every namespace the shim may watch. The wait still reads the pod with GetPod (the truth is
 // never the event's copy), so a watch that is refused, breaks or lags only makes the wait fall
 // back to its poll interval. Each pod's changes are counted: a change between the read and the
-// wait is not missed.
+// wait is not missed. The same counts let PodService reuse a read of a pod while the watch says
+// it has not changed since (the kubelet's relist reads one pod several times in a row).
 import { Metadata, type ClientReadableStream } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { errMsg } from '@cello/proto';
@@ -21,6 +22,10 @@ export class PodChanges {
   private stream: ClientReadableStream<PodEvent> | undefined;
   private retry: NodeJS.Timeout | undefined;
   private closed = false;
+  /** Bumped whenever the stream breaks: changes may have been missed since. */
+  private epochNo = 0;
+  /** The stream is delivering (it has sent an event since it was last opened). */
+  private delivering = false;
 
   constructor(
     private readonly controller: ControllerApiClient,
@@ -34,10 +39,12 @@ export class PodChanges {
     const s = this.controller.client.watchPods(WatchPodsRequest.fromPartial({ namespace: '' }), new Metadata());
     this.stream = s;
     s.on('data', (ev: PodEvent) => {
+      this.delivering = true;
       const m = ev.pod?.metadata;
       if (m) this.bump(key(m.namespace, m.name));
     });
     s.on('error', (err: Error) => {
+      this.broken();
       if (this.closed) return;
       this.logger.debug({ err: errMsg(err) }, 'watching the pods failed; waits poll until it is back');
       this.stream = undefined;
@@ -45,11 +52,30 @@ export class PodChanges {
       this.retry.unref();
     });
     s.on('end', () => {
+      this.broken();
       if (this.closed || this.stream !== s) return;
       this.stream = undefined;
       this.retry = setTimeout(() => this.open(), RETRY_MS);
       this.retry.unref();
     });
+  }
+
+  private broken(): void {
+    this.delivering = false;
+    this.epochNo++;
+  }
+
+  /**
+   * A token for "no change of this pod since now", or undefined when the watch cannot vouch for
+   * it (not delivering). `unchanged(token)` is true while the pod had no change and the stream
+   * did not break: a read of the pod made after taking the token is still current.
+   */
+  token(ns: string, name: string): string | undefined {
+    return this.delivering ? `${this.epochNo}:${this.count(ns, name)}` : undefined;
+  }
+
+  unchanged(ns: string, name: string, token: string | undefined): boolean {
+    return token !== undefined && token === this.token(ns, name);
   }
 
   private bump(k: string): void {
@@ -95,6 +121,7 @@ export class PodChanges {
 
   close(): void {
     this.closed = true;
+    this.broken();
     clearTimeout(this.retry);
     this.stream?.cancel();
     this.stream = undefined;

@@ -95,6 +95,8 @@ export class PodService {
   private readonly hostPorts: HostPorts;
   /** Wakes waits on a pod's change as the controller reports it (else they poll). */
   private readonly changes: PodChanges;
+  /** The last read of each pod, reused while the watch says it is current (getPod). */
+  private readonly reads = new Map<string, { token: string; pod: PodObject | undefined }>();
 
   constructor(private readonly o: PodServiceOptions) {
     this.poll = o.pollMs ?? 250;
@@ -186,8 +188,21 @@ export class PodService {
     }
   }
 
-  private getPod(s: SandboxRecord): Promise<PodObject | undefined> {
-    return this.o.controller.get(s.pod.namespace, s.pod.name);
+  /**
+   * The pod as the controller has it. A read is reused while the controller's watch says the pod
+   * has not changed since it was made (one relist of the kubelet reads a pod three or four times:
+   * ListContainers, PodSandboxStatus, ContainerStatus); without a delivering watch, every call reads.
+   */
+  private async getPod(s: SandboxRecord): Promise<PodObject | undefined> {
+    const { namespace: ns, name } = s.pod;
+    const k = `${ns}/${name}`;
+    const hit = this.reads.get(k);
+    if (hit && this.changes.unchanged(ns, name, hit.token)) return hit.pod;
+    const token = this.changes.token(ns, name);
+    const pod = await this.o.controller.get(ns, name);
+    if (token !== undefined) this.reads.set(k, { token, pod });
+    else this.reads.delete(k);
+    return pod;
   }
 
   /** Re-reads the pod until `done` says yes (returns its value), or the call's deadline/cancellation. */
@@ -403,6 +418,7 @@ export class PodService {
     await this.o.store.serialized(() => this.o.store.remove(s.id));
     this.applied.delete(s.id);
     this.changes.forget(s.pod.namespace, s.pod.name);
+    this.reads.delete(`${s.pod.namespace}/${s.pod.name}`);
   }
 
   // ------------------------------------------------------------ containers
