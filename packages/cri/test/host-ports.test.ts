@@ -112,6 +112,19 @@ describe('host ports on this node, relayed to the pod', () => {
     expect(await exchange(hostPort, 'now')).toBe('NOW');
   });
 
+  it("a connection before the relay knows the pod's address asks for it", async () => {
+    const asked: string[] = [];
+    const withAddress = new HostPorts(logger, (id) => (asked.push(id), Promise.resolve('127.0.0.1')));
+    const hostPort = await freePort();
+    await withAddress.open('sb2', [tcp(hostPort, podPort)]);
+    try {
+      expect(await exchange(hostPort, 'asked')).toBe('ASKED');
+      expect(asked).toEqual(['sb2']);
+    } finally {
+      await withAddress.closeAll();
+    }
+  });
+
   it('a port in use fails naming the mapping, and leaves none of the sandbox listening', async () => {
     const first = await freePort();
     const taken = await freePort();

@@ -20,8 +20,9 @@ interface Listener {
 }
 
 interface Relays {
-  /** The pod's address, once its cell runs; connections before that are refused. */
+  /** The pod's address, once its cell runs; a connection before that asks `resolve`, and is closed if there is none. */
   target: string;
+  resolve: () => Promise<string>;
   listeners: Listener[];
 }
 
@@ -33,7 +34,11 @@ export function nodePorts(mappings: readonly Mapping[]): Mapping[] {
 export class HostPorts {
   private readonly bySandbox = new Map<string, Relays>();
 
-  constructor(private readonly logger: Logger) {}
+  /** `address`: a sandbox's pod address, asked for when a connection comes before it is known. */
+  constructor(
+    private readonly logger: Logger,
+    private readonly address: (sandboxId: string) => Promise<string> = () => Promise.resolve(''),
+  ) {}
 
   /**
    * Binds every host port of a sandbox (all or none: a failure closes those already bound and
@@ -41,7 +46,7 @@ export class HostPorts {
    */
   async open(sandboxId: string, mappings: readonly Mapping[], target = ''): Promise<void> {
     await this.close(sandboxId);
-    const relays: Relays = { target, listeners: [] };
+    const relays: Relays = { target, listeners: [], resolve: () => this.address(sandboxId) };
     this.bySandbox.set(sandboxId, relays);
     for (const [i, m] of mappings.entries()) {
       if (m.hostPort <= 0) continue;
@@ -99,11 +104,16 @@ export class HostPorts {
       conns.add(client);
       client.on('close', () => conns.delete(client));
       client.on('error', () => undefined);
-      if (!relays.target) {
-        client.destroy();
-        return;
-      }
-      const upstream = connect({ host: relays.target, port: m.containerPort, allowHalfOpen: true });
+      void targetOf(relays).then((target) => {
+        if (!target || client.destroyed) {
+          client.destroy();
+          return;
+        }
+        relay(client, target);
+      });
+    });
+    const relay = (client: Socket, target: string) => {
+      const upstream = connect({ host: target, port: m.containerPort, allowHalfOpen: true });
       conns.add(upstream);
       upstream.on('close', (hadError) => {
         conns.delete(upstream);
@@ -117,7 +127,7 @@ export class HostPorts {
         upstream.pipe(client);
         client.resume();
       });
-    });
+    };
     return new Promise((resolve, reject) => {
       server.once('error', reject);
       server.listen({ host, port: m.hostPort, exclusive: true }, () => {
@@ -150,7 +160,11 @@ export class HostPorts {
       if (f) f.timer.refresh();
     };
     sock.on('message', (msg: Buffer, from: RemoteInfo) => {
-      if (!relays.target) return;
+      if (!relays.target) {
+        // Dropped (UDP may drop), but the address is looked up for the next datagrams.
+        void targetOf(relays);
+        return;
+      }
       const key = `${from.address}|${from.port}`;
       let f = flows.get(key);
       if (!f) {
@@ -183,6 +197,12 @@ export class HostPorts {
       });
     });
   }
+}
+
+/** The relay's target, asking for it once when it is not known yet. */
+async function targetOf(r: Relays): Promise<string> {
+  if (!r.target) r.target = await r.resolve().catch(() => '');
+  return r.target;
 }
 
 const fmt = (host: string, port: number) => (isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`);

@@ -12,6 +12,7 @@ import type { PodObject, PodUsage } from '@cello/proto/controller';
 import type { ControllerApiClient } from '@cello/controller/client';
 import {
   ContainerState,
+  NamespaceMode,
   PodSandboxState,
   type Container,
   type ContainerStats,
@@ -104,7 +105,7 @@ export class PodService {
     this.syncTimer = setInterval(() => void this.syncVolumes(), o.volumeSyncMs ?? 10_000);
     this.syncTimer.unref();
     this.logs = new ContainerLogs(o.controller, o.logger);
-    this.hostPorts = new HostPorts(o.logger);
+    this.hostPorts = new HostPorts(o.logger, (id) => this.podAddress(id));
     this.changes = new PodChanges(o.controller, o.logger);
     // A restarted shim goes on writing the logs of the containers that run (from the file's last write).
     for (const s of o.store.list()) {
@@ -188,6 +189,13 @@ export class PodService {
     }
   }
 
+  /** A ready sandbox's pod address ('' when it has none), for a host-port relay that has none yet. */
+  private async podAddress(id: string): Promise<string> {
+    const s = this.o.store.get(id);
+    if (!s || s.state !== 'ready') return '';
+    return (await this.getPod(s).catch(() => undefined))?.status?.podIp || s.ip;
+  }
+
   /**
    * The pod as the controller has it. A read is reused while the controller's watch says the pod
    * has not changed since it was made (one relist of the kubelet reads a pod three or four times:
@@ -241,6 +249,7 @@ export class PodService {
       labels: c.labels,
       annotations: c.annotations,
       sysctls: c.linux?.sysctls ?? {},
+      ...(c.linux?.securityContext?.namespaceOptions?.pid === NamespaceMode.POD ? { sharePid: true } : {}),
       createdAt: new Date().toISOString(),
       state: 'ready',
       ip: '',
@@ -260,12 +269,14 @@ export class PodService {
     });
     this.o.logger.info({ sandbox: id, pod: `${namespace}/${podName}` }, 'sandbox applied; waiting for its cell');
     try {
-      const ip = await this.waitPod(rec, 'the sandbox unit running on a cell', signal, (p) => {
+      const ip = await this.waitPod(rec, 'the sandbox unit running on a cell, with its address', signal, (p) => {
         const u = unitStatus(p, SANDBOX_UNIT);
         const w = u?.state?.state?.$case === 'waiting' ? u.state.state.value : undefined;
         if (w && FATAL_WAITING.has(w.reason)) throw new CelloError('FailedPrecondition', `the sandbox unit (image ${this.o.sandboxImage}) cannot start: ${w.reason}: ${w.message}`);
         if (p?.status?.phase === PodPhase.POD_PHASE_FAILED) throw new CelloError('FailedPrecondition', `the sandbox's pod failed: ${describeFailure(p)}`);
-        return u?.state?.state?.$case === 'running' ? (p?.status?.podIp ?? '') : undefined;
+        // Up means the unit runs and the pod has its address (the status carries both; the address
+        // can come a moment later): the sandbox's status and its host ports need it.
+        return u?.state?.state?.$case === 'running' && p?.status?.podIp ? p.status.podIp : undefined;
       });
       await this.o.store.serialized(async () => {
         const cur = this.o.store.get(id);
@@ -309,7 +320,7 @@ export class PodService {
         state: alive ? PodSandboxState.SANDBOX_READY : PodSandboxState.SANDBOX_NOTREADY,
         createdAt: nanos(s.createdAt),
         network: { ip, additionalIps: (pod?.status?.podIps ?? []).filter((x) => x !== ip).map((x) => ({ ip: x })) },
-        linux: { namespaces: { options: { network: 0, pid: 0, ipc: 0, targetId: '', usernsOptions: undefined } } },
+        linux: { namespaces: { options: { network: 0, pid: s.sharePid ? NamespaceMode.POD : NamespaceMode.CONTAINER, ipc: 0, targetId: '', usernsOptions: undefined } } },
         labels: s.labels,
         annotations: s.annotations,
         runtimeHandler: '',

@@ -223,6 +223,7 @@ export function podManifest(s: SandboxRecord, o: { sandboxImage: string; sysctls
       ...(o.graceSeconds !== undefined ? { terminationGracePeriodSeconds: o.graceSeconds } : {}),
       ...(sysctls.length ? { securityContext: { sysctls } } : {}),
       ...(hostAliases.length ? { hostAliases } : {}),
+      ...(s.sharePid ? { shareProcessNamespace: true } : {}),
       containers: [sandboxUnit, ...running],
       ...(volumes.length ? { volumes } : {}),
     },

@@ -63,6 +63,8 @@ const sandboxSchema = z.strictObject({
   labels: strings,
   annotations: strings,
   sysctls: strings,
+  /** namespace_options.pid = POD (the kubelet's shareProcessNamespace): one PID namespace for the pod's containers. */
+  sharePid: z.boolean().optional(),
   createdAt: z.string(),
   state: z.enum(['ready', 'notready']),
   /** The pod IP last seen, kept for PodSandboxStatus once the cell is gone. */
