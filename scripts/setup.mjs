@@ -153,6 +153,10 @@ const K8S_BUILDS = [
   'scripts/k8s/build-apiclient.sh',
   'scripts/k8s/build-metrics-server.sh',
   'scripts/k8s/build-cri-tools.sh',
+  // busybox 1.37 from source and real nginx from Debian's package: critest's images (packages/cri)
+  // and the conformance images both start from them.
+  'scripts/k8s/build-busybox.sh',
+  'scripts/k8s/build-nginx.sh',
   'scripts/k8s/build-e2e.sh',
   'scripts/k8s/build-e2e-images.sh',
 ];

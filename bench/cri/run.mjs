@@ -4,11 +4,13 @@
 // controller (local provider, a warm cell waiting before each pod), (b) kubelet v1.34.4 +
 // Debian's containerd (CRI plugin, runc, a CNI bridge), same image (busybox from a local
 // registry, already pulled: one warm-up pod per runtime is not counted), same run, one pod at a
-// time. Prints p50/min/max of each and the ratio cello-cri / containerd.
+// time. Prints p50/min/max of each and the ratio cello-cri / containerd, and where cello-cri's
+// time goes (from the shim's debug log of each CRI call's duration): RunPodSandbox,
+// CreateContainer, StartContainer, and when the kubelet's first relist after the start came.
 //   npm run bench:cri -- [--pods N]
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
@@ -97,7 +99,8 @@ try {
       '--kubelet-pods-dir',
       join(kubeletRoot, 'pods'),
     ],
-    { stdio: ['ignore', 'ignore', 'ignore'] },
+    // Its log at debug level: one line per CRI call with its duration (read for the breakdown below).
+    { stdio: ['ignore', 'ignore', openSync(join(dir, 'cri.log'), 'w')], env: { ...process.env, CELLO_LOG_LEVEL: 'debug' } },
   );
   stops.push(async () => {
     shim.kill('SIGTERM');
@@ -124,6 +127,8 @@ try {
   stops.push(async () => ac.abort());
 
   const TAINT = { key: 'cello.io/cell', value: 'true', effect: 'NoSchedule' };
+  /** Per counted pod: its create time and when the watch saw it Running (epoch ms, as the shim's log). */
+  const windows = [];
   async function runPods(label, node, before) {
     const lat = [];
     for (let i = 0; i <= N; i++) {
@@ -132,6 +137,7 @@ try {
       const isRunning = new Promise((r) => running.set(name, r));
       const isGone = new Promise((r) => gone.set(name, r));
       const t0 = performance.now();
+      const wall0 = Date.now();
       await rest.post('/api/v1/namespaces/default/pods', {
         apiVersion: 'v1',
         kind: 'Pod',
@@ -147,6 +153,7 @@ try {
       await isRunning;
       // Pod 0 warms up (the image is pulled, the runtime's first sandbox made); not counted.
       if (i > 0) lat.push(performance.now() - t0);
+      if (i > 0 && label === 'cello') windows.push({ t0: wall0, running: Date.now() });
       await rest.delete(`/api/v1/namespaces/default/pods/${name}`);
       await isGone;
       process.stderr.write(`\r${label}: ${i}/${N} pods, last ${(performance.now() - t0).toFixed(0)} ms   `);
@@ -181,6 +188,59 @@ try {
   console.log(row('cello-cri (warm cell, local provider)', cello));
   console.log(row('containerd 1.6 (runc, CNI bridge)', ctrd));
   console.log(`  ratio cello-cri / containerd (p50): ${(pct(cello, 50) / pct(ctrd, 50)).toFixed(2)}x`);
+  console.log(
+    `  load average ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')} (${cpus().length} cores)`,
+  );
+
+  // Where cello-cri's time goes, per pod (ms from the pod's creation, p50 over the pods): each CRI
+  // call's start and end from the shim's log (a line's time is the call's end), and the kubelet's
+  // first relist (a ListContainers) starting after StartContainer returned.
+  const calls = readFileSync(join(dir, 'cri.log'), 'utf8')
+    .split('\n')
+    .filter((l) => l.includes('"CRI call"'))
+    .map((l) => JSON.parse(l))
+    .map((c) => ({ rpc: c.rpc, end: c.time, start: c.time - c.ms, ms: c.ms }));
+  const after = [];
+  const marks = { RunPodSandbox: [], CreateContainer: [], StartContainer: [], startDone: [], relist: [], relistToRunning: [] };
+  for (const w of windows) {
+    const inside = calls.filter((c) => c.start >= w.t0 - 5 && c.end <= w.running + 5);
+    const one = (rpc) => inside.find((c) => c.rpc === rpc);
+    const [run, create, start] = [one('RunPodSandbox'), one('CreateContainer'), one('StartContainer')];
+    if (!run || !create || !start) continue;
+    marks.RunPodSandbox.push(run.ms);
+    marks.CreateContainer.push(create.ms);
+    marks.StartContainer.push(start.ms);
+    marks.startDone.push(start.end - w.t0);
+    const relist = inside.find((c) => c.rpc === 'ListContainers' && c.start >= start.end);
+    if (relist) {
+      marks.relist.push(relist.start - w.t0);
+      marks.relistToRunning.push(w.running - relist.start);
+      // The calls between that relist and Running: the kubelet's status reads.
+      after.push(
+        inside
+          .filter((c) => c.start >= relist.start)
+          .map((c) => `${c.rpc} ${c.ms}`)
+          .join(', '),
+      );
+    }
+  }
+  const p50 = (a) =>
+    a.length
+      ? pct(
+          [...a].sort((x, y) => x - y),
+          50,
+        )
+          .toFixed(0)
+          .padStart(5)
+      : '    -';
+  console.log(`cello-cri, where the time goes (p50 of ${marks.RunPodSandbox.length} pods; ms):`);
+  console.log(`  RunPodSandbox ${p50(marks.RunPodSandbox)}   CreateContainer ${p50(marks.CreateContainer)}   StartContainer ${p50(marks.StartContainer)}`);
+  console.log(`  calls from that relist to Running (ms each), first pod: ${after[0] ?? '-'}`);
+  console.log(
+    `  StartContainer returned at +${p50(marks.startDone).trim()}, the next relist began at +${p50(marks.relist).trim()}, Running seen ${p50(marks.relistToRunning).trim()} after it`,
+  );
 } finally {
   await cleanup();
 }

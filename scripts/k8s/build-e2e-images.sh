@@ -18,21 +18,15 @@ CACHE=${CELLO_CACHE:-/var/cache/cello}/k8s/v$VERSION
 OUT="$CACHE/e2e-images"
 REGISTRY=${1:-}
 
-# Upstream's images are busybox 1.37 (the official image: defconfig, static). Debian's busybox
-# (bookworm's 1.35, trixie's 1.37 alike) patches ash to drop environment names that are not shell
-# identifiers (`data-1`), which the Secret/ConfigMap env specs print with `sh -c env`; upstream's
-# ash keeps them. So busybox is built from its release tarball (Debian's unmodified orig tarball,
-# checked against this hash), defconfig + static, once per version, cached beside the layout.
-BUSYBOX_VERSION=1.37.0
-BUSYBOX_SHA256=3311dff32e746499f4df0d5df04d7eb396382d7e108bb9250e7b519b837043a4
-BUSYBOX_URL=${DEBIAN_MIRROR:-http://deb.debian.org/debian}/pool/main/b/busybox/busybox_$BUSYBOX_VERSION.orig.tar.bz2
+# Upstream's images are busybox 1.37 (the official image: defconfig, static): built from its release
+# tarball by build-busybox.sh (why not Debian's busybox: there). nginx is Debian's (build-nginx.sh).
 # The tools upstream's agnhost adds to alpine (apk add bind-tools curl netcat-openbsd iproute2 iperf
 # bash) and jessie-dnsutils' dnsutils, as "image path=host binary" (glibc's getent for the DNS
 # specs' `getent hosts`).
 TOOLS="/usr/bin/dig=/usr/bin/dig /usr/bin/host=/usr/bin/host /usr/bin/nslookup=/usr/bin/nslookup
 /usr/bin/curl=/usr/bin/curl /usr/bin/nc=/usr/bin/nc.openbsd /sbin/ip=/usr/sbin/ip /sbin/ss=/usr/bin/ss
 /usr/bin/iperf=/usr/bin/iperf /bin/bash=/usr/bin/bash /usr/bin/getent=/usr/bin/getent"
-for c in umoci skopeo gcc make bzip2 flock curl ldd dig nc.openbsd iperf etcd; do
+for c in umoci skopeo gcc flock ldd dig nc.openbsd iperf etcd; do
   command -v "$c" >/dev/null || {
     echo "$c is required; install it with:  apt-get install -y $(case $c in flock) echo util-linux ;; ldd) echo libc-bin ;;
       dig) echo bind9-dnsutils ;; nc.openbsd) echo netcat-openbsd ;; etcd) echo etcd-server ;; *) echo "$c" ;; esac)" >&2
@@ -45,7 +39,7 @@ if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then export PATH=$
 layout_tag() { echo "${1#registry.k8s.io/}" | tr '/:' '__'; }
 images() { grep -vE '^\s*(#|$)' "$LIST"; }
 
-stamp=$( (cat "$LIST" "$0"; dpkg-query -W bind9-dnsutils curl netcat-openbsd iproute2 iperf bash libc-bin etcd-server 2>/dev/null || true) | sha256sum | cut -c1-16)
+stamp=$( (cat "$LIST" "$0" "$HERE/build-busybox.sh" "$HERE/build-nginx.sh"; apt-cache policy nginx | grep Candidate; dpkg-query -W bind9-dnsutils curl netcat-openbsd iproute2 iperf bash libc-bin etcd-server 2>/dev/null || true) | sha256sum | cut -c1-16)
 mkdir -p "$OUT"
 exec 9>"$OUT/.lock"
 flock 9
@@ -57,35 +51,9 @@ if [ "$(cat "$OUT/stamp" 2>/dev/null)" != "$stamp" ]; then
   mkdir -p "$work"
   umoci init --layout "$work/oci" >/dev/null
 
-  BUSYBOX="$CACHE/busybox-$BUSYBOX_VERSION/busybox"
-  if [ ! -x "$BUSYBOX" ]; then
-    src="$CACHE/busybox-$BUSYBOX_VERSION-src"
-    rm -rf "$src" && mkdir -p "$src"
-    curl -fsSL --retry 3 -o "$src.tar.bz2" "$BUSYBOX_URL" || { echo "cannot fetch $BUSYBOX_URL" >&2; exit 1; }
-    echo "$BUSYBOX_SHA256  $src.tar.bz2" | sha256sum --quiet -c - || { echo "$BUSYBOX_URL: sha256 is not $BUSYBOX_SHA256" >&2; exit 1; }
-    tar -xjf "$src.tar.bz2" -C "$src" --strip-components=1
-    echo "building busybox $BUSYBOX_VERSION (a few minutes) ..." >&2
-    # tc: its CBQ code does not build against kernel headers >= 6.8 (no spec runs tc).
-    (cd "$src" && make defconfig >/dev/null && sed -i -e 's/^# CONFIG_STATIC is not set/CONFIG_STATIC=y/' -e 's/^CONFIG_TC=y/# CONFIG_TC is not set/' .config &&
-      nice -n 19 make -j"$(nproc)" >"$src.log" 2>&1) || { tail -20 "$src.log" >&2; echo "busybox build failed: $src.log" >&2; exit 1; }
-    mkdir -p "$(dirname "$BUSYBOX")"
-    cp "$src/busybox" "$BUSYBOX.tmp" && mv "$BUSYBOX.tmp" "$BUSYBOX"
-    rm -rf "$src" "$src.tar.bz2" "$src.log"
-  fi
-
-  # The busybox rootfs every other recipe starts from.
-  base="$work/busybox"
-  mkdir -p "$base"/{bin,sbin,usr/bin,usr/sbin,etc,tmp,root,home,var/www,dev,proc,sys}
-  chmod 1777 "$base/tmp"
-  cp "$BUSYBOX" "$base/bin/busybox"
-  # Every applet in /bin, as the upstream busybox image has them (specs exec /bin/sysctl, /bin/ls),
-  # and at Debian's paths (/sbin/..., /usr/bin/...) too.
-  "$BUSYBOX" --list | while read -r applet; do
-    [ "$applet" = busybox ] || ln -sf busybox "$base/bin/$applet"
-  done
-  "$BUSYBOX" --list-full | while read -r applet; do
-    [ -e "$base/$applet" ] || [ -L "$base/$applet" ] || ln -s /bin/busybox "$base/$applet"
-  done
+  # The busybox rootfs every other recipe starts from (read only here); the nginx layer.
+  base=$("$HERE/build-busybox.sh" --rootfs)
+  NGINX=$("$HERE/build-nginx.sh")
 
   # The tools layer (agnhost, jessie-dnsutils): each tool at its upstream path and wherever the
   # busybox rootfs has an applet of that name (so PATH finds the real one), plus the shared
@@ -120,8 +88,6 @@ if [ "$(cat "$OUT/stamp" 2>/dev/null)" != "$stamp" ]; then
     [ "$(basename "$dst")" = ss ] && args=(-V)
     out=$(env -i LD_LIBRARY_PATH= "$tools/lib64/ld-linux-x86-64.so.2" --library-path "$tools/lib/x86_64-linux-gnu:$tools/usr/lib/x86_64-linux-gnu" "$tools$dst" "${args[@]}" 2>&1) || case "$(basename "$dst")" in nc | iperf | getent) ;; *) echo "$dst does not run from the tools layer: $out" >&2; exit 1 ;; esac
   done
-  printf 'root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/bin/false\nwww-data:x:33:33:www-data:/var/www:/bin/false\nnobody:x:65534:65534:nobody:/home:/bin/false\n' >"$base/etc/passwd"
-  printf 'root:x:0:\ndaemon:x:1:\nwww-data:x:33:\nnobody:x:65534:\n' >"$base/etc/group"
 
   # Every upstream image sets PATH (Dockerfile base images do); without it runc finds no `sh`.
   PATH_ENV=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -185,6 +151,7 @@ if [ "$(cat "$OUT/stamp" 2>/dev/null)" != "$stamp" ]; then
         pack "$tag" "$base" "$dir" -- --config.entrypoint /bin/busybox --config.cmd httpd --config.cmd -f --config.cmd -p --config.cmd 80 --config.cmd -h --config.cmd "$extra" \
           --config.exposedports 80/tcp
         ;;
+      nginx) pack "$tag" "$base" "$NGINX" -- --config.cmd nginx --config.cmd -g --config.cmd 'daemon off;' --config.exposedports 80/tcp --config.stopsignal SIGQUIT ;;
       dnsutils) pack "$tag" "$base" "$tools" -- --config.cmd bash ;;
       sample-apiserver)
         mkdir -p "$dir"

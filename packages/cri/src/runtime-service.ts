@@ -123,10 +123,15 @@ export function unary<Req, Res>(log: Logger, rpc: string, fn: (req: Req, signal:
     const ms = deadline instanceof Date ? deadline.getTime() - Date.now() : typeof deadline === 'number' && Number.isFinite(deadline) ? deadline - Date.now() : undefined;
     // A little before the caller's deadline, so the answer says what was waited for.
     const timer = ms !== undefined ? setTimeout(() => ac.abort(), Math.max(0, ms - 500)) : undefined;
+    const t0 = performance.now();
     Promise.resolve()
       .then(() => fn(call.request, ac.signal))
       .then(
-        (res) => cb(null, res),
+        (res) => {
+          // Each call's duration at debug level: bench:cri reads them to say where a pod's time goes.
+          log.debug({ rpc, ms: Math.round((performance.now() - t0) * 10) / 10 }, 'CRI call');
+          cb(null, res);
+        },
         (err: unknown) => {
           const e = toStatus(err);
           if (e.code === 13) log.error({ rpc, err }, 'CRI call failed');

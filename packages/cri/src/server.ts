@@ -158,7 +158,7 @@ export async function startCriServer(o: CriServerOptions): Promise<CriServer> {
       await Promise.race([new Promise<void>((resolve) => server.tryShutdown(() => resolve())), new Promise<void>((resolve) => (timer = setTimeout(resolve, 2000)))]);
       clearTimeout(timer);
       server.forceShutdown();
-      pods?.close();
+      await pods?.close();
       await streaming?.close();
       await reader.close();
       controller?.client.close();

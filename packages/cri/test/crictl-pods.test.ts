@@ -3,6 +3,7 @@
 // containers are that cell's units; runp/create/start/ps/exec/stop/rm/stopp/rmp end to end, and
 // what a VM per pod cannot mean refused naming the field.
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { criTools, pushBusybox, pushPause, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -41,6 +42,15 @@ const podConfig = (name: string, extra: Record<string, unknown> = {}) => ({
   linux: {},
   ...extra,
 });
+
+/** A free TCP port on this node (bound on all addresses and released), for a sandbox's host port. */
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '0.0.0.0', r));
+  const port = (s.address() as AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
 
 beforeAll(async () => {
   tools = criTools();
@@ -193,8 +203,57 @@ describe('a pod sandbox is a cell, its containers are units', () => {
   }, 600_000);
 });
 
+describe("a sandbox's host ports listen on this node and relay to its cell", () => {
+  it("fetches the pod's web server at 127.0.0.1:HOSTPORT; a second sandbox asking for the port fails; stopp stops listening", async () => {
+    const hostPort = await freePort();
+    const mapping = { port_mappings: [{ container_port: 8080, host_port: hostPort }] };
+    const sandbox = await ok(['--timeout', '120s', 'runp', file('hp.json', podConfig('hostport', mapping))]);
+    try {
+      const web = await ok([
+        'create',
+        '--no-pull',
+        sandbox,
+        file('hp-web.json', {
+          metadata: { name: 'web', attempt: 0 },
+          image: { image: busybox },
+          command: ['sh', '-c', 'mkdir -p /www && echo "hello through the host port" > /www/index.html && exec httpd -f -p 8080 -h /www'],
+          linux: {},
+        }),
+        file('hp.json', podConfig('hostport', mapping)),
+      ]);
+      await ok(['--timeout', '60s', 'start', web]);
+      // From this node's loopback, as a kubelet node's hostPort is reached.
+      const body = await waitFor(
+        'the web server through the host port',
+        async () => {
+          const r = await fetch(`http://127.0.0.1:${hostPort}/`, { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
+          return r?.status === 200 ? await r.text() : undefined;
+        },
+        { timeoutMs: 60_000, intervalMs: 500 },
+      );
+      expect(body).toBe('hello through the host port\n');
+      // The port is this sandbox's: another one asking for it fails at once, and no cell is made for it.
+      const cells = controller.cellDirs().length;
+      const taken = await crictl(['--timeout', '60s', 'runp', file('hp2.json', podConfig('hostport2', mapping))]);
+      expect(taken.code).not.toBe(0);
+      expect(taken.stderr).toContain(`config.port_mappings[0].host_port: 0.0.0.0:${hostPort}/TCP is already in use on this node`);
+      expect(await ok(['pods', '-q', '--label', 'app=hostport2'])).toBe('');
+      expect(controller.cellDirs().length).toBeLessThanOrEqual(cells);
+    } finally {
+      await ok(['--timeout', '120s', 'stopp', sandbox]);
+    }
+    // Stopped: nothing listens on the port any more.
+    const after = await fetch(`http://127.0.0.1:${hostPort}/`, { signal: AbortSignal.timeout(5000) }).then(
+      (r) => `answered ${r.status}`,
+      (err: Error) => (err.cause as NodeJS.ErrnoException | undefined)?.code ?? err.message,
+    );
+    expect(after).toBe('ECONNREFUSED');
+    await ok(['rmp', sandbox]);
+  }, 300_000);
+});
+
 describe('what a VM per pod cannot mean is refused, naming the field', () => {
-  it('host network, PID and IPC namespaces; host ports on a node address', async () => {
+  it('host network, PID and IPC namespaces; a host port on an address not of this node', async () => {
     for (const [ns, field] of [
       ['network', 'namespace_options.network'],
       ['pid', 'namespace_options.pid'],
@@ -206,7 +265,9 @@ describe('what a VM per pod cannot mean is refused, naming the field', () => {
       expect(r.stderr).toMatch(/NODE .* is not supported/);
     }
     const hostIp = await crictl(['runp', file('hostip.json', podConfig('hostip', { port_mappings: [{ container_port: 80, host_port: 8080, host_ip: '192.0.2.1' }] }))]);
-    expect(hostIp.stderr).toContain('config.port_mappings[0].host_ip');
+    expect(hostIp.stderr).toContain('config.port_mappings[0].host_ip: 192.0.2.1:8080/TCP cannot be bound: 192.0.2.1 is not an address of this node');
+    const sctp = await crictl(['runp', file('sctp.json', podConfig('sctp', { port_mappings: [{ protocol: 2, container_port: 80, host_port: 8080 }] }))]);
+    expect(sctp.stderr).toContain('config.port_mappings[0].protocol: an SCTP host port cannot be relayed');
     // Nothing was created for any of them.
     expect(await ok(['pods', '-q', '--label', 'tier=test', '--state', 'ready'])).toBe('');
   });

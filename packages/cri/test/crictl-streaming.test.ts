@@ -53,11 +53,11 @@ function spawnCrictl(args: string[]): { child: ChildProcess; out: () => string; 
   return { child, out: () => out, err: () => err, done };
 }
 
-/** crictl under a pseudo-terminal (util-linux `script`), for -t: what a user's terminal gives it. */
+/** crictl under a pseudo-terminal (util-linux `script`) of 41 rows and 123 columns, for -t: what a user's terminal gives it. */
 function crictlInTerminal(args: string[], input: string): Promise<Run> {
   const cfg = file('crictl-tty.yaml', {});
   const quoted = [tools.crictl, '--config', cfg, '--runtime-endpoint', `unix://${shim.socket}`, ...args].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
-  const child = spawn('script', ['-qfec', quoted, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn('script', ['-qfec', `stty rows 41 cols 123 && exec ${quoted}`, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
   child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
@@ -122,12 +122,15 @@ describe('crictl exec (the streaming Exec, not ExecSync)', () => {
     }, 120_000);
 
     it(`over ${transport}: -it gets a terminal in the container, with the client's size`, async () => {
-      // The client's size comes on the resize stream just after the process starts (as with the
-      // kubelet's own streaming server), so the command looks until it is there.
-      const size = 'for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do s=$(stty size 2>/dev/null) && [ "$s" != "0 0" ] && break; sleep 0.2; done; echo "size:$s"';
+      // The terminal has a size from its first instant (the agent's default, 24x80: never 0x0,
+      // whatever the order of typed input and resize); the client's own size comes on the resize
+      // stream just after the process starts (as with the kubelet's own streaming server), so
+      // the command looks until it is there.
+      const size =
+        'first=$(stty size 2>&1); for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25; do s=$(stty size 2>&1); [ "$s" = "41 123" ] && break; sleep 0.2; done; echo "first:$first size:$s"';
       const r = await crictlInTerminal(['exec', '--transport', transport, '-it', web, 'sh', '-c', `tty; ${size}; read l; echo "read:$l"`], 'typed\r');
       expect(r.stdout, r.stdout).toMatch(/\/dev\/pts\/\d+/);
-      expect(r.stdout).toMatch(/size:[1-9]\d* [1-9]\d*\r?\n/);
+      expect(r.stdout).toMatch(/first:(24 80|41 123) size:41 123\r*\n/);
       expect(r.stdout).toContain('read:typed');
       expect(r.code, r.stdout).toBe(0);
     }, 120_000);

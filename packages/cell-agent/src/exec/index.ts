@@ -3,15 +3,18 @@
 // container's namespaces and its cgroup, so the command runs exactly as the unit does; we only
 // choose tty or pipes.
 //
-// - With a tty, runc runs on a node-pty: with `-t` and no console socket, runc creates the
+// - With a tty, runc runs on a node-pty: with a terminal and no console socket, runc creates the
 //   container's console and proxies it to its own terminal, forwarding SIGWINCH, so resizing our
-//   pty resizes the container's.
+//   pty resizes the container's. runc copies our size to that console only after the command
+//   has started, so a command that asks at once (`stty size`) would find 0x0 now and then; the
+//   process is therefore given as `--process` (the bundle's own process with the command's
+//   args) with `consoleSize`, which runc's init applies before it execs the command.
 // - `--pid-file` gives us the exec'd process's host PID so cancelling the session can SIGKILL
 //   the process itself (killing runc alone would leave it running in the container).
 // - `--log` (json) separates runc's own errors (a command that does not exist, a container that
 //   is gone) from the command's output, so they become a clean error instead of stderr bytes.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, watch, type FSWatcher } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as pty from 'node-pty';
@@ -82,6 +85,25 @@ function runcError(logPath: string): string | undefined {
   return undefined;
 }
 
+/**
+ * The process file of a tty exec: the unit's own process (user, env, cwd, capabilities,
+ * rlimits, no_new_privs: what `runc exec` takes from the bundle anyway) with the command as its
+ * args, a terminal, and the console's size from its first instant. Undefined (plain `runc exec
+ * -t`) when the bundle's config cannot be read.
+ */
+function ttyProcess(config: string, command: string[], columns: number, rows: number, work: string): string | undefined {
+  let proc: Record<string, unknown> | undefined;
+  try {
+    proc = (JSON.parse(readFileSync(config, 'utf8')) as { process?: Record<string, unknown> }).process;
+  } catch {
+    return undefined;
+  }
+  if (!proc) return undefined;
+  const file = join(work, 'process.json');
+  writeFileSync(file, JSON.stringify({ ...proc, args: command, terminal: true, consoleSize: { height: rows, width: columns } }), { mode: 0o600 });
+  return file;
+}
+
 export function startExec(opts: ExecOptions): ExecSession {
   if (opts.command.length === 0) throw new Error('command must not be empty');
   const work = mkdtempSync(join(tmpdir(), 'cello-exec-'));
@@ -89,8 +111,14 @@ export function startExec(opts: ExecOptions): ExecSession {
   const logFile = join(work, 'runc.log');
   const runc = opts.runcPath ?? 'runc';
   const args = ['--root', opts.target.root, '--log', logFile, '--log-format', 'json', 'exec', '--pid-file', pidFile];
-  if (opts.tty) args.push('-t');
-  args.push(opts.target.id, ...opts.command);
+  const columns = opts.columns || 80;
+  const rows = opts.rows || 24;
+  const processFile = opts.tty && opts.target.config ? ttyProcess(opts.target.config, opts.command, columns, rows, work) : undefined;
+  if (processFile) args.push('--process', processFile, opts.target.id);
+  else {
+    if (opts.tty) args.push('-t');
+    args.push(opts.target.id, ...opts.command);
+  }
 
   let outputCb: (stream: OutputStream, data: Buffer) => void = () => {};
   let finished = false;
@@ -118,8 +146,8 @@ export function startExec(opts: ExecOptions): ExecSession {
 
   if (opts.tty) {
     const term = pty.spawn(runc, args, {
-      cols: opts.columns || 80,
-      rows: opts.rows || 24,
+      cols: columns,
+      rows,
       // Raw bytes both ways: no decoding of the program's output.
       encoding: null as unknown as string,
       env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', TERM: 'xterm' },

@@ -114,7 +114,7 @@ export class Unit implements UnitView {
     return this.state.kind === 'running' || this.state.kind === 'stopping';
   }
   runc(): RuncTarget | undefined {
-    return this.running() && this.instance ? { root: this.ctx.runc.root, id: this.instance.id } : undefined;
+    return this.running() && this.instance ? { root: this.ctx.runc.root, id: this.instance.id, config: this.instance.paths.config } : undefined;
   }
   pid(): number | undefined {
     return this.running() ? this.instance?.pid : undefined;

@@ -21,6 +21,8 @@ export interface RuncTarget {
   root: string;
   /** container id */
   id: string;
+  /** The instance's bundle config.json: its process is what an exec runs, with the command's args. */
+  config?: string;
 }
 
 /** What stream services may know about one unit. */

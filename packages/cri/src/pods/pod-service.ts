@@ -12,6 +12,7 @@ import type { PodObject, PodUsage } from '@cello/proto/controller';
 import type { ControllerApiClient } from '@cello/controller/client';
 import {
   ContainerState,
+  NamespaceMode,
   PodSandboxState,
   type Container,
   type ContainerStats,
@@ -36,6 +37,8 @@ import { ContainerLogs, logFile } from './container-logs.js';
 import { DEFAULT_PODS_ROOT, mapMounts, podDirectoryOf } from './kubelet-mounts.js';
 import { writeTerminationMessage } from './termination-log.js';
 import { containerStats, sandboxStats, unitUsage } from './stats.js';
+import { HostPorts, nodePorts } from './host-ports.js';
+import { PodChanges } from './pod-changes.js';
 
 export interface PodServiceOptions {
   controller: ControllerApiClient;
@@ -63,18 +66,6 @@ const LOG_DRAIN_MS = 5000;
 
 const nanos = (iso: string | Date | undefined): bigint => (iso ? BigInt(new Date(iso).getTime()) * 1_000_000n : 0n);
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
-}
-
 function matchLabels(selector: Record<string, string>, labels: Record<string, string>): boolean {
   return Object.entries(selector).every(([k, v]) => labels[k] === v);
 }
@@ -101,6 +92,12 @@ export class PodService {
   /** The manifest last applied per sandbox, so the volume sync applies only what changed. */
   private readonly applied = new Map<string, string>();
   private readonly syncTimer: NodeJS.Timeout;
+  /** The sandboxes' host ports, listening on this node and relayed to their cells. */
+  private readonly hostPorts: HostPorts;
+  /** Wakes waits on a pod's change as the controller reports it (else they poll). */
+  private readonly changes: PodChanges;
+  /** The last read of each pod, reused while the watch says it is current (getPod). */
+  private readonly reads = new Map<string, { token: string; pod: PodObject | undefined }>();
 
   constructor(private readonly o: PodServiceOptions) {
     this.poll = o.pollMs ?? 250;
@@ -108,6 +105,8 @@ export class PodService {
     this.syncTimer = setInterval(() => void this.syncVolumes(), o.volumeSyncMs ?? 10_000);
     this.syncTimer.unref();
     this.logs = new ContainerLogs(o.controller, o.logger);
+    this.hostPorts = new HostPorts(o.logger, (id) => this.podAddress(id));
+    this.changes = new PodChanges(o.controller, o.logger);
     // A restarted shim goes on writing the logs of the containers that run (from the file's last write).
     for (const s of o.store.list()) {
       if (s.state !== 'ready') continue;
@@ -115,13 +114,20 @@ export class PodService {
         const path = logFile(s.logDirectory, c.logPath);
         if (c.phase === 'started' && path) this.logs.follow(c.id, s.pod, c.unit, path, { resume: true });
       }
+      // ... and listens on their host ports again (a port taken meanwhile is said, not fatal).
+      if (nodePorts(s.portMappings).length && s.ip)
+        this.hostPorts
+          .open(s.id, s.portMappings, s.ip)
+          .catch((err: unknown) => o.logger.warn({ sandbox: s.id, err: errMsg(err) }, 'cannot listen on the host ports of a running sandbox again'));
     }
   }
 
-  /** Stops writing every log (the shim's shutdown). */
-  close(): void {
+  /** Stops writing every log and closes the host ports (the shim's shutdown). */
+  async close(): Promise<void> {
     clearInterval(this.syncTimer);
     this.logs.stopAll();
+    this.changes.close();
+    await this.hostPorts.closeAll();
   }
 
   reopenContainerLog(id: string): void {
@@ -183,14 +189,35 @@ export class PodService {
     }
   }
 
-  private getPod(s: SandboxRecord): Promise<PodObject | undefined> {
-    return this.o.controller.get(s.pod.namespace, s.pod.name);
+  /** A ready sandbox's pod address ('' when it has none), for a host-port relay that has none yet. */
+  private async podAddress(id: string): Promise<string> {
+    const s = this.o.store.get(id);
+    if (!s || s.state !== 'ready') return '';
+    return (await this.getPod(s).catch(() => undefined))?.status?.podIp || s.ip;
+  }
+
+  /**
+   * The pod as the controller has it. A read is reused while the controller's watch says the pod
+   * has not changed since it was made (one relist of the kubelet reads a pod three or four times:
+   * ListContainers, PodSandboxStatus, ContainerStatus); without a delivering watch, every call reads.
+   */
+  private async getPod(s: SandboxRecord): Promise<PodObject | undefined> {
+    const { namespace: ns, name } = s.pod;
+    const k = `${ns}/${name}`;
+    const hit = this.reads.get(k);
+    if (hit && this.changes.unchanged(ns, name, hit.token)) return hit.pod;
+    const token = this.changes.token(ns, name);
+    const pod = await this.o.controller.get(ns, name);
+    if (token !== undefined) this.reads.set(k, { token, pod });
+    else this.reads.delete(k);
+    return pod;
   }
 
   /** Re-reads the pod until `done` says yes (returns its value), or the call's deadline/cancellation. */
   private async waitPod<T>(s: SandboxRecord, what: string, signal: AbortSignal, done: (p: PodObject | undefined) => T | undefined): Promise<T> {
     let last: PodObject | undefined;
     for (;;) {
+      const since = this.changes.count(s.pod.namespace, s.pod.name);
       last = await this.getPod(s);
       const v = done(last);
       if (v !== undefined) return v;
@@ -199,7 +226,8 @@ export class PodService {
         const where = p ? ` (stage ${p.stage}${p.lastError ? `, last error ${p.lastError.reason}: ${p.lastError.message}` : ''})` : '';
         throw new CelloError('DeadlineExceeded', `pod ${s.pod.namespace}/${s.pod.name}: ${what} did not happen before the call's deadline${where}`);
       }
-      await sleep(this.poll, signal);
+      // The pod's next change (the controller's watch) or the poll interval, whichever is first.
+      await this.changes.next(s.pod.namespace, s.pod.name, since, this.poll, signal);
     }
   }
 
@@ -222,37 +250,45 @@ export class PodService {
       annotations: c.annotations,
       sysctls: c.linux?.sysctls ?? {},
       ...(c.linux?.securityContext?.privileged ? { privileged: true } : {}),
+      ...(c.linux?.securityContext?.namespaceOptions?.pid === NamespaceMode.POD ? { sharePid: true } : {}),
       createdAt: new Date().toISOString(),
       state: 'ready',
       ip: '',
       containers: [],
     };
+    // The host ports first: one already taken on this node fails the call before a cell is asked for.
+    if (nodePorts(rec.portMappings).length) await this.hostPorts.open(id, rec.portMappings);
     await this.o.store.serialized(async () => {
       await this.o.store.put(rec);
       try {
         await this.apply(rec);
       } catch (err) {
         await this.o.store.remove(id);
+        await this.hostPorts.close(id);
         throw err;
       }
     });
     this.o.logger.info({ sandbox: id, pod: `${namespace}/${podName}` }, 'sandbox applied; waiting for its cell');
     try {
-      const ip = await this.waitPod(rec, 'the sandbox unit running on a cell', signal, (p) => {
+      const ip = await this.waitPod(rec, 'the sandbox unit running on a cell, with its address', signal, (p) => {
         const u = unitStatus(p, SANDBOX_UNIT);
         const w = u?.state?.state?.$case === 'waiting' ? u.state.state.value : undefined;
         if (w && FATAL_WAITING.has(w.reason)) throw new CelloError('FailedPrecondition', `the sandbox unit (image ${this.o.sandboxImage}) cannot start: ${w.reason}: ${w.message}`);
         if (p?.status?.phase === PodPhase.POD_PHASE_FAILED) throw new CelloError('FailedPrecondition', `the sandbox's pod failed: ${describeFailure(p)}`);
-        return u?.state?.state?.$case === 'running' ? (p?.status?.podIp ?? '') : undefined;
+        // Up means the unit runs and the pod has its address (the status carries both; the address
+        // can come a moment later): the sandbox's status and its host ports need it.
+        return u?.state?.state?.$case === 'running' && p?.status?.podIp ? p.status.podIp : undefined;
       });
       await this.o.store.serialized(async () => {
         const cur = this.o.store.get(id);
         if (cur) await this.o.store.put({ ...cur, ip });
       });
+      this.hostPorts.setTarget(id, ip);
       return id;
     } catch (err) {
       // A sandbox that did not come up is not left behind: its cell ends, its record goes.
       this.o.logger.warn({ sandbox: id, err: errMsg(err) }, 'sandbox failed to start; ending its cell');
+      await this.hostPorts.close(id);
       await this.o.controller.delete(namespace, podName, 0).catch(() => undefined);
       await this.o.store.serialized(() => this.o.store.remove(id));
       throw err;
@@ -285,7 +321,7 @@ export class PodService {
         state: alive ? PodSandboxState.SANDBOX_READY : PodSandboxState.SANDBOX_NOTREADY,
         createdAt: nanos(s.createdAt),
         network: { ip, additionalIps: (pod?.status?.podIps ?? []).filter((x) => x !== ip).map((x) => ({ ip: x })) },
-        linux: { namespaces: { options: { network: 0, pid: 0, ipc: 0, targetId: '', usernsOptions: undefined } } },
+        linux: { namespaces: { options: { network: 0, pid: s.sharePid ? NamespaceMode.POD : NamespaceMode.CONTAINER, ipc: 0, targetId: '', usernsOptions: undefined } } },
         labels: s.labels,
         annotations: s.annotations,
         runtimeHandler: '',
@@ -323,6 +359,8 @@ export class PodService {
       if (err instanceof CelloError && err.code === 'NotFound') return; // idempotent, as the CRI asks
       throw err;
     }
+    // A stopped sandbox serves nothing on this node, whatever happens to its cell below.
+    await this.hostPorts.close(s.id);
     if (s.state === 'notready' && !(await this.getPod(s))) return;
     const last = await this.getPod(s);
     const ends = last && s.state === 'ready' ? await this.killContainers(s, last, signal) : new Map<string, CelloContainerStatus>();
@@ -391,6 +429,8 @@ export class PodService {
     await this.stopPodSandbox(s.id, signal);
     await this.o.store.serialized(() => this.o.store.remove(s.id));
     this.applied.delete(s.id);
+    this.changes.forget(s.pod.namespace, s.pod.name);
+    this.reads.delete(`${s.pod.namespace}/${s.pod.name}`);
   }
 
   // ------------------------------------------------------------ containers

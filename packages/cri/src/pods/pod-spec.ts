@@ -3,6 +3,7 @@
 // units. What a VM per pod cannot mean (the node's namespaces, the node's files, privileged
 // access to the node) is refused here, naming the field, before anything is created.
 import { createHash } from 'node:crypto';
+import { isIP } from 'node:net';
 import { CelloError } from '@cello/proto';
 import {
   NamespaceMode,
@@ -78,9 +79,13 @@ export function checkSandboxConfig(config: PodSandboxConfig | undefined, runtime
     refuse('config.linux.security_context.apparmor', 'a Localhost AppArmor profile is on this node, which the cell cannot load');
   if (!sc?.privileged) seccomp('config.linux.security_context', sc?.seccomp, sc?.seccompProfilePath ?? '');
   config.portMappings.forEach((p, i) => {
-    if (p.hostIp && p.hostIp !== '0.0.0.0')
-      refuse(`config.port_mappings[${i}].host_ip`, `${p.hostIp} is an address of this node; a host port is served on the pod's cell (every address of it)`);
     if (p.protocol === Protocol.UNRECOGNIZED) refuse(`config.port_mappings[${i}].protocol`, 'unknown protocol');
+    // A host port listens on this node and is relayed to the cell (host-ports.ts): TCP and UDP.
+    if (p.hostPort > 0 && p.protocol === Protocol.SCTP)
+      refuse(`config.port_mappings[${i}].protocol`, 'an SCTP host port cannot be relayed from this node to the cell (TCP and UDP can)');
+    if (p.hostPort < 0 || p.hostPort > 65535) refuse(`config.port_mappings[${i}].host_port`, `${p.hostPort} is not a port`);
+    if (p.hostPort > 0 && (p.containerPort <= 0 || p.containerPort > 65535)) refuse(`config.port_mappings[${i}].container_port`, `${p.containerPort} is not a port`);
+    if (p.hostIp && !isIP(p.hostIp)) refuse(`config.port_mappings[${i}].host_ip`, `${JSON.stringify(p.hostIp)} is not an IP address`);
   });
   for (const k of Object.keys(config.windows ?? {})) if ((config.windows as unknown as Record<string, unknown>)[k]) refuse('config.windows', 'cells are Linux');
   // The pod's name: the sandbox name with a piece of its ID, so attempts never collide.
@@ -243,6 +248,7 @@ export function podManifest(s: SandboxRecord, o: { sandboxImage: string; sysctls
       ...(o.graceSeconds !== undefined ? { terminationGracePeriodSeconds: o.graceSeconds } : {}),
       ...(sysctls.length ? { securityContext: { sysctls } } : {}),
       ...(hostAliases.length ? { hostAliases } : {}),
+      ...(s.sharePid ? { shareProcessNamespace: true } : {}),
       containers: [sandboxUnit, ...running],
       ...(volumes.length ? { volumes } : {}),
     },

@@ -65,6 +65,8 @@ const sandboxSchema = z.strictObject({
   sysctls: strings,
   /** linux.security_context.privileged of the sandbox: only then may its containers be privileged. */
   privileged: z.boolean().optional(),
+  /** namespace_options.pid = POD (the kubelet's shareProcessNamespace): one PID namespace for the pod's containers. */
+  sharePid: z.boolean().optional(),
   createdAt: z.string(),
   state: z.enum(['ready', 'notready']),
   /** The pod IP last seen, kept for PodSandboxStatus once the cell is gone. */

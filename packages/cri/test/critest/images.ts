@@ -1,11 +1,11 @@
 // What critest pulls, served by a local registry under the names critest uses (the shim's and the
-// cells' registries configuration rewrite registry.k8s.io and gcr.io to it): its busybox and web
-// server (pause-image.ts) and the k8s-staging-cri-tools test images with the properties each image
+// cells' registries configuration rewrite registry.k8s.io and gcr.io to it): its busybox, real
+// nginx and httpd stand-in (pause-image.ts) and the k8s-staging-cri-tools test images with the properties each image
 // spec checks (users, distinct and shared IDs).
 import { rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { pushImage, type RegistryServer } from '@cello/testkit';
-import { pushCritestWebServer } from '../pause-image.js';
+import { pushCritestNginx, pushCritestWebServer } from '../pause-image.js';
 import { conformanceLayout, pushNonewprivs, pushUpstreamBusybox } from './e2e-images.js';
 
 const REPO = 'k8s-staging-cri-tools';
@@ -38,7 +38,7 @@ export async function pushCritestImages(registry: RegistryServer): Promise<void>
   } finally {
     rmSync(dirname(layout), { recursive: true, force: true });
   }
-  await pushCritestWebServer(registry, 'e2e-test-images/nginx:1.14-2', 'nginx');
+  await pushCritestNginx(registry, 'e2e-test-images/nginx:1.14-2');
   await pushCritestWebServer(registry, 'e2e-test-images/httpd:2.4.39-4', 'httpd');
   await pushCriToolsTestImages(registry);
 }

@@ -175,7 +175,7 @@ export class TestRuncUnit implements UnitView {
     return this.isRunning && this.hostPid !== undefined;
   }
   runc(): RuncTarget | undefined {
-    return this.running() ? { root: this.dir.runcRoot, id: this.id } : undefined;
+    return this.running() ? { root: this.dir.runcRoot, id: this.id, config: join(this.bundle, 'config.json') } : undefined;
   }
   pid(): number | undefined {
     return this.hostPid;
