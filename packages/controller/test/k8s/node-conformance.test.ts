@@ -234,4 +234,44 @@ spec:
       '',
     );
   }, 240_000);
+
+  it('host ports are admitted as the kubelet does: a pod bound by nodeName that wants a port another running pod holds is rejected (Failed, NodePorts) without a cell; another protocol, or the port once freed, runs', async () => {
+    const pod = (name: string, protocol: string) => `apiVersion: v1
+kind: Pod
+metadata: { name: ${name} }
+spec:
+  nodeName: ${NODE}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: ${registry.image}
+    command: ["sh", "-c", "sleep 1000"]
+    ports: [{ containerPort: 21017, hostPort: 21017, protocol: ${protocol} }]
+`;
+    const apply = async (name: string, protocol = 'TCP') => {
+      const r = await kube.kubectl(['apply', '-f', '-'], { input: pod(name, protocol) });
+      expect(r.code, r.stderr).toBe(0);
+    };
+    await apply('port-holder');
+    await waitPod('port-holder', 'Running', (x) => x.status.phase === 'Running');
+    await apply('port-taker');
+    const rejected = await waitPod('port-taker', 'rejected', (x) => x.status.phase === 'Failed');
+    expect(rejected.status).toMatchObject({ phase: 'Failed', reason: 'NodePorts' });
+    expect((rejected.status as { message?: string }).message).toContain(
+      "Pod was rejected: Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports (TCP 0.0.0.0:21017 is held by pod port-holder)",
+    );
+    const reasons = (await kube.kubectl(['get', 'events', '--field-selector', 'involvedObject.name=port-taker', '-o', 'jsonpath={.items[*].reason}'])).stdout;
+    expect(reasons).toContain('NodePorts');
+    expect(reasons).not.toContain('CellRequested');
+    // The same port over UDP is another port.
+    await apply('port-udp', 'UDP');
+    await waitPod('port-udp', 'Running', (x) => x.status.phase === 'Running');
+    // Once the holder is gone, the port is free again (a new pod; a rejected one stays Failed, as with the kubelet).
+    const del = await kube.kubectl(['delete', 'pod', 'port-holder', '--grace-period=0', '--force']);
+    expect(del.code, del.stderr).toBe(0);
+    await waitFor('port-holder to be gone', async () => (await getPod('port-holder')) === undefined, { timeoutMs: 60_000, intervalMs: 300 });
+    await apply('port-next');
+    await waitPod('port-next', 'Running', (x) => x.status.phase === 'Running');
+    expect((await getPod('port-taker'))!.status.phase).toBe('Failed');
+  }, 300_000);
 });

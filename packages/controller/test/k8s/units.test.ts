@@ -3,6 +3,8 @@ import { describe, expect, it } from 'vitest';
 import { ConditionStatus, PodPhase, PodStatus } from '@cello/proto/cell';
 import { WorkQueue } from '../../src/util/workqueue.js';
 import { kubeStatus, terminalStatus } from '../../src/k8s/node/status.js';
+import { admissionRejection } from '../../src/k8s/node/admission.js';
+import type { KPod } from '../../src/k8s/node/manifest.js';
 import { derivedCapacity } from '../../src/k8s/from-config.js';
 import { kubernetesConfigSchema } from '../../src/k8s/config.js';
 import { parseConfig } from '../../src/config.js';
@@ -244,5 +246,46 @@ describe('terminalStatus (a deleted pod whose cell is gone)', () => {
     expect(terminalStatus({ containerStatuses: [ok('a', 0), ok('b', 143)] }, at).phase).toBe('Failed');
     // Never started at all (no statuses): nothing succeeded.
     expect(terminalStatus(undefined, at).phase).toBe('Failed');
+  });
+});
+
+describe('admissionRejection (host ports, as the kubelet admits a pod bound to its node)', () => {
+  type Port = { hostPort?: number; hostIP?: string; protocol?: string; containerPort: number };
+  const pod = (name: string, ports: Port[], init: { ports: Port[]; restartPolicy?: string }[] = []): KPod => ({
+    metadata: { name, namespace: 'default', uid: name },
+    spec: {
+      containers: [{ name: 'main', ports }],
+      initContainers: init.map((c, i) => ({ name: `init${i}`, ...c })),
+    },
+  });
+  const holder = pod('holder', [{ hostPort: 8080, containerPort: 80 }]);
+
+  it('rejects the same port and protocol on any address when one side is 0.0.0.0 or unset, naming the holder', () => {
+    const r = admissionRejection(pod('p', [{ hostPort: 8080, hostIP: '10.1.2.3', containerPort: 81 }]), [holder]);
+    expect(r).toEqual({
+      reason: 'NodePorts',
+      message: "Pod was rejected: Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports (TCP 10.1.2.3:8080 is held by pod holder)",
+    });
+    expect(
+      admissionRejection(pod('p', [{ hostPort: 8080, hostIP: '0.0.0.0', containerPort: 80 }]), [pod('h', [{ hostPort: 8080, hostIP: '127.0.0.1', containerPort: 80 }])])?.reason,
+    ).toBe('NodePorts');
+  });
+
+  it('admits another protocol, another address when both are specific, another port, a pod without host ports, and an empty node', () => {
+    expect(admissionRejection(pod('p', [{ hostPort: 8080, protocol: 'UDP', containerPort: 80 }]), [holder])).toBeUndefined();
+    const specific = pod('h', [{ hostPort: 8080, hostIP: '127.0.0.1', containerPort: 80 }]);
+    expect(admissionRejection(pod('p', [{ hostPort: 8080, hostIP: '127.0.0.2', containerPort: 80 }]), [specific])).toBeUndefined();
+    expect(admissionRejection(pod('p', [{ hostPort: 8081, containerPort: 80 }]), [holder])).toBeUndefined();
+    expect(admissionRejection(pod('p', [{ containerPort: 8080 }]), [holder])).toBeUndefined();
+    expect(admissionRejection(pod('p', [{ hostPort: 8080, containerPort: 80 }]), [])).toBeUndefined();
+  });
+
+  it("counts a sidecar's (restartable init container's) host ports, not a plain init container's", () => {
+    const sidecar = pod('s', [], [{ ports: [{ hostPort: 9000, containerPort: 9000 }], restartPolicy: 'Always' }]);
+    const plainInit = pod('i', [], [{ ports: [{ hostPort: 9000, containerPort: 9000 }] }]);
+    const wants = pod('p', [{ hostPort: 9000, containerPort: 9000 }]);
+    expect(admissionRejection(wants, [sidecar])?.reason).toBe('NodePorts');
+    expect(admissionRejection(wants, [plainInit])).toBeUndefined();
+    expect(admissionRejection(sidecar, [pod('h', [{ hostPort: 9000, containerPort: 1 }])])?.reason).toBe('NodePorts');
   });
 });

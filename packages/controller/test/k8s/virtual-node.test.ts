@@ -276,6 +276,11 @@ describe('virtual node against a real kube-apiserver', () => {
     const tail = await kube.kubectl(['logs', 'web', '--tail=1', '--timestamps']);
     expect(tail.stdout).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z svc=/);
     expect(tail.stdout.trim().split('\n')).toHaveLength(1);
+    // limitBytes, as the kubelet: the first bytes of what is selected (kubectl logs --limit-bytes), timestamps included.
+    expect((await kube.kubectl(['logs', 'web', '--limit-bytes=1'])).stdout).toBe(logs.stdout.slice(0, 1));
+    expect((await kube.kubectl(['logs', 'web', '--limit-bytes=9'])).stdout).toBe(logs.stdout.slice(0, 9));
+    expect((await kube.kubectl(['logs', 'web', '--tail=1', '--limit-bytes=6'])).stdout).toBe(`svc=${kubernetesIP}`.slice(0, 6));
+    expect((await kube.kubectl(['logs', 'web', '--tail=1', '--timestamps', '--limit-bytes=5'])).stdout).toBe(tail.stdout.slice(0, 5));
 
     // kubectl exec: SPDY/3.1 between the API server and the kubelet API; exit codes come back.
     const ex = await kube.kubectl(['exec', 'web', '--', 'sh', '-c', 'cat /www/index.html; echo to-stderr >&2; exit 3'], { timeoutMs: 30_000 });
@@ -559,6 +564,8 @@ spec: { selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 8080
     expect(logs.stderr).toBe('');
     expect(logs.stdout).toBe(`${marker}\nsecond-line\n`);
     expect((await kube.kubectl(['logs', 'job-logs', '--tail=1'])).stdout).toBe('second-line\n');
+    expect((await kube.kubectl(['logs', 'job-logs', '--limit-bytes=3'])).stdout).toBe('job');
+    expect((await kube.kubectl(['logs', 'job-logs', '--tail=1', '--limit-bytes=6'])).stdout).toBe('second');
     // Its way to running is in its Events too, mirrored from the controller by this node.
     const evs = JSON.parse((await kube.kubectl(['get', 'events', '--field-selector', 'involvedObject.name=job-logs', '-o', 'json'])).stdout) as {
       items: { reason: string; message: string; source?: { component?: string } }[];

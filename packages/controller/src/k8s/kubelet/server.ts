@@ -166,6 +166,7 @@ export class KubeletServer {
     };
     const bool = (name: string) => q.get(name) === 'true' || q.get(name) === '1';
     let options;
+    let remaining = Infinity;
     try {
       const tail = num('tailLines');
       const sinceSeconds = num('sinceSeconds');
@@ -179,9 +180,12 @@ export class KubeletServer {
         previous: bool('previous'),
         ...(tail !== undefined ? { tailLines: tail } : {}),
         ...(sinceSeconds !== undefined ? { sinceSeconds } : {}),
-        ...(limitBytes !== undefined ? { limitBytes } : {}),
         ...(sinceTime ? { sinceTime: new Date(sinceTime) } : {}),
       };
+      // The kubelet's limitBytes caps the output it writes (the first bytes of what tailLines
+      // and since select, timestamps included); the agent's limit_bytes is a tail by bytes, so
+      // it is not passed on but applied here.
+      remaining = limitBytes ?? Infinity;
     } catch (err) {
       res.writeHead(400, { 'content-type': 'text/plain' });
       res.end(`${(err as Error).message}\n`);
@@ -197,15 +201,28 @@ export class KubeletServer {
     };
     req.on('close', () => stream.cancel());
     await new Promise<void>((resolve) => {
+      /** Writes what fits in limitBytes; false once the response must wait to drain. */
+      const write = (b: Buffer | string): boolean => {
+        if (remaining <= 0) return true;
+        const buf = typeof b === 'string' ? Buffer.from(b) : b;
+        const piece = buf.length > remaining ? buf.subarray(0, remaining) : buf;
+        remaining -= piece.length;
+        return res.write(piece);
+      };
       stream.on('data', (chunk: LogChunk) => {
         start();
         let ok = true;
         for (const e of chunk.entries) {
           const prefix = options.timestamps ? `${rfc3339Nano(e)} ` : '';
-          if (prefix) res.write(prefix);
-          ok = res.write(e.partial ? e.line : Buffer.concat([e.line, NL])) && ok;
+          if (prefix) ok = write(prefix) && ok;
+          ok = write(e.partial ? e.line : Buffer.concat([e.line, NL])) && ok;
         }
-        if (!chunk.entries.length && chunk.text?.length) ok = res.write(chunk.text) && ok;
+        if (!chunk.entries.length && chunk.text?.length) ok = write(chunk.text) && ok;
+        if (remaining <= 0) {
+          // The limit is reached: the response ends here, whatever else the logs hold.
+          stream.cancel();
+          return;
+        }
         // A client reading slower than the log comes (logs -f of a chatty pod): stop reading
         // the call, so gRPC's flow control holds the rest back, until the response drains.
         if (!ok) {

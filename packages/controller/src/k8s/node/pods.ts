@@ -15,6 +15,7 @@ import type { KubeRest } from '../client/rest.js';
 import { isConflict, isNotFound } from '../client/rest.js';
 import { applyReadinessGates, kubeStatus, progressCondition, terminalStatus } from './status.js';
 import { podsUsage } from './capacity.js';
+import { admissionRejection } from './admission.js';
 import { WorkQueue } from '../../util/workqueue.js';
 import type { Controller } from '../controller-client.js';
 import type { VirtualNodeMetrics } from '../metrics.js';
@@ -61,6 +62,8 @@ export class PodSync {
   private readonly mirroredEvents = new Map<string, number>();
   private readonly lastStatus = new Map<string, string>();
   private readonly applied = new Map<string, Applied>();
+  /** Pods this node admitted (key -> uid): they hold their host ports until they end. */
+  private readonly admitted = new Map<string, string>();
   private lastUsage = '';
   private readonly now: () => number;
   private coreWatch?: ClientReadableStream<PodEvent>;
@@ -178,6 +181,17 @@ export class PodSync {
 
     if (!cpod) {
       if (TERMINAL.has(kpod.status?.phase ?? '')) return; // finished and its cell is gone
+      if (this.admitted.get(key) !== kpod.metadata.uid) {
+        // Admission, decided before any await so two pods wanting one port cannot both pass.
+        const rejected = admissionRejection(kpod, this.admittedPods(key));
+        if (rejected) {
+          this.o.log.info({ pod: key, reason: rejected.reason }, 'pod rejected at admission');
+          await this.event(kpod, 'Warning', rejected.reason, rejected.message);
+          await this.patchStatus(kpod, { phase: 'Failed', ...rejected });
+          return;
+        }
+        this.admitted.set(key, kpod.metadata.uid);
+      }
       this.applied.delete(key);
       let built: Applied;
       try {
@@ -218,6 +232,14 @@ export class PodSync {
     }
     await this.writeStatus(kpod, cpod);
     if (!TERMINAL.has(kpod.status?.phase ?? '') && !TERMINAL.has(kubePhase(cpod))) await this.update(kpod);
+  }
+
+  /** The pods other than `except` that this node admitted (or whose cells run) and that have not ended. */
+  private *admittedPods(except: string): Iterable<KPod> {
+    for (const [key, p] of this.informer.cache) {
+      if (key === except || TERMINAL.has(p.status?.phase ?? '')) continue;
+      if (this.admitted.get(key) === p.metadata.uid || this.core.has(key)) yield p;
+    }
   }
 
   /** The manifest for a pod, reusing its tokens until they are due. */
@@ -391,6 +413,7 @@ export class PodSync {
     this.mirroredEvents.delete(key);
     this.lastStatus.delete(key);
     this.applied.delete(key);
+    this.admitted.delete(key);
     this.queue.forget(key);
   }
 
