@@ -48,6 +48,8 @@ export const SYSTEM_PACKAGES = [
   ['rclone', 'rclone'],
   ['fusermount3', 'fuse3'],
   ['unshare', 'util-linux'],
+  // cello-cri's node unit is checked with systemd-analyze verify (packages/cri/test/cli.test.ts).
+  ['systemd-analyze', 'systemd'],
   // The CRI shim's tests: flock serializes the cri-tools build, setpriv runs crictl as another user.
   ['flock', 'util-linux'],
   ['setpriv', 'util-linux'],

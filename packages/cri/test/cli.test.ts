@@ -1,6 +1,6 @@
 // The cello-cri CLI: its help teaches, and bad flags, files and state fail the start with an
 // error that names what is wrong (the process exits; nothing is served).
-import { execFile } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -110,5 +110,30 @@ describe('cello-cri', () => {
     const r = await cli(['serve', '--listen', join(dir, 'e.sock'), '--state-dir', state, '--controller-config', cfg]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(`sandbox record ${record} is not valid`);
+  });
+});
+
+describe('the node unit (deploy/cello-cri.service)', () => {
+  const UNIT = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'deploy', 'cello-cri.service');
+
+  it('systemd-analyze verifies it, and its command line is flags cello-cri serve has', async () => {
+    // systemd checks ExecStart's program exists: the unit names the installed path, so the copy
+    // verified here points at a wrapper of this build's CLI instead.
+    const bin = join(dir, 'cello-cri');
+    writeFileSync(bin, `#!/bin/sh\nexec ${process.execPath} ${CLI} "$@"\n`, { mode: 0o755 });
+    const unit = readFileSync(UNIT, 'utf8');
+    expect(unit).toContain('ExecStart=/usr/local/bin/cello-cri serve ');
+    const copy = join(dir, 'cello-cri.service');
+    writeFileSync(copy, unit.replaceAll('/usr/local/bin/cello-cri', bin));
+    const verify = spawnSync('systemd-analyze', ['verify', copy], { encoding: 'utf8', timeout: 60_000 });
+    expect(verify.error, 'systemd-analyze (apt-get install -y systemd)').toBeUndefined();
+    expect(verify.stderr + verify.stdout).not.toMatch(/cello-cri\.service/);
+    expect(verify.status).toBe(0);
+
+    const line = /^ExecStart=\S+ serve (.*)$/m.exec(unit)![1]!;
+    const help = (await cli(['serve', '--help'])).stdout;
+    const flags = line.split(/\s+/).filter((w) => w.startsWith('--'));
+    expect(flags).toEqual(['--listen', '--state-dir', '--controller-config', '--kubelet-pods-dir', '--streaming-listen']);
+    for (const f of flags) expect(help, f).toContain(`${f} <`);
   });
 });

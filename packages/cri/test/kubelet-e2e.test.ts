@@ -3,11 +3,24 @@
 // taint is scheduled there, runs on a cell of its own (the real controller, local provider: a
 // cell-agent process, runc), `kubectl logs` reads its output through the kubelet, and
 // `kubectl delete` ends the cell. A pod without the toleration is not scheduled there.
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Metadata } from '@grpc/grpc-js';
-import { pushBusybox, pushPause, startKubeApiserver, startKubelet, startRegistry, waitFor, type KubeApiserver, type Kubelet, type RegistryServer } from '@cello/testkit';
+import {
+  kubeletBinary,
+  pushBusybox,
+  pushPause,
+  startKubeApiserver,
+  startKubelet,
+  startRegistry,
+  waitFor,
+  type KubeApiserver,
+  type Kubelet,
+  type RegistryServer,
+} from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ListPodSandboxResponse, PodSandboxStatusResponse } from '../src/gen/runtime/v1/api.js';
 import { call, clients, deadline, startShim, type Shim } from './shim.js';
@@ -87,6 +100,21 @@ afterAll(async () => {
 }, 300_000);
 
 describe('a real kubelet drives cello-cri', () => {
+  it("the node's kubelet drop-in (deploy/kubelet.service.d) is flags this kubelet has, for the unit's socket and this taint", () => {
+    const deploy = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'deploy');
+    const dropIn = readFileSync(join(deploy, 'kubelet.service.d', '10-cello-cri.conf'), 'utf8');
+    const args = /^Environment="KUBELET_EXTRA_ARGS=(.*)"$/m.exec(dropIn)![1]!.split(' ');
+    const socket = /--listen (\S+)/.exec(readFileSync(join(deploy, 'cello-cri.service'), 'utf8'))![1]!;
+    expect(args).toEqual([
+      `--container-runtime-endpoint=unix://${socket}`,
+      `--image-service-endpoint=unix://${socket}`,
+      '--cgroup-driver=cgroupfs',
+      `--register-with-taints=${TAINT.key}=${TAINT.value}:${TAINT.effect}`,
+    ]);
+    const help = spawnSync(kubeletBinary(), ['--help'], { encoding: 'utf8', timeout: 30_000 }).stdout;
+    for (const a of args) expect(help, a).toMatch(new RegExp(`^\\s+${a.slice(0, a.indexOf('='))} `, 'm'));
+  });
+
   it('registers its Node with the taint, the runtime named cello-cri', async () => {
     const node = JSON.parse(await kubectlOk(['get', 'node', NODE, '-o', 'json'])) as {
       spec: { taints?: { key: string; value: string; effect: string }[] };
