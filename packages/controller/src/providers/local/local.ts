@@ -353,17 +353,22 @@ export class LocalProvider implements CellProvider {
       } catch {
         /* gone */
       }
+      // A killed agent may still be removing its run directory (its graceful stop was cut short):
+      // removing the same tree at the same time fails ENOTEMPTY, so it must be gone first.
+      const killed = Date.now() + 5000;
+      while (alive(f.pid, f.cellId) && Date.now() < killed) await sleep(50);
     }
     await cleanupCellDir(dir);
     // A dead agent's staged subPath mounts show volume (even hostPath) contents: unmount first.
     await unmountUnder(this.runDir(f.cellId));
-    await rm(this.runDir(f.cellId), { recursive: true, force: true });
+    // Retried: what the agent's units left may still be going away (a runc container's last writes).
+    await rm(this.runDir(f.cellId), { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
     await removeCgroups(`cello/${f.cellId}`);
     if (f.net) {
       await deleteCellNet(f.net);
       releaseSlot(f.net.slot, f.net.netns);
     }
-    await rm(dir, { recursive: true, force: true });
+    await rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
   }
 
   async close(): Promise<void> {
