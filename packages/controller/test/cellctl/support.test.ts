@@ -85,6 +85,14 @@ function streamed(c: ControllerClient, method: string, req: unknown): Promise<un
   });
 }
 
+/** The error a unary or streamed call ends with; undefined if it succeeds. */
+async function callError(c: ControllerClient, kind: 'unary' | 'stream', method: string, req: unknown): Promise<ServiceError | undefined> {
+  return (kind === 'unary' ? unary(c, method, req) : streamed(c, method, req)).then(
+    () => undefined,
+    (e: ServiceError) => e,
+  );
+}
+
 describe('support commands', () => {
   it("cellctl events: a pod's, a cell's and all; -w prints new events as they are recorded", async () => {
     const pod = await cl.pod('sleeper');
@@ -248,10 +256,7 @@ describe('support RPCs: who may call', () => {
     const c = new ControllerClient(cl.server, apiChannelCredentials({ caPem: ca.certPem, trustDomain: ca.trustDomain }));
     try {
       for (const [method, kind, req] of calls) {
-        const err = (await (kind === 'unary' ? unary(c, method, req) : streamed(c, method, req)).then(
-          () => undefined,
-          (e: ServiceError) => e,
-        )) as ServiceError | undefined;
+        const err = await callError(c, kind, method, req);
         expect(err?.code, method).toBe(Status.UNAUTHENTICATED);
       }
     } finally {
@@ -264,10 +269,7 @@ describe('support RPCs: who may call', () => {
     const c = new ControllerClient(cl.server, apiChannelCredentials({ caPem: ca.certPem, trustDomain: ca.trustDomain, certPem: bob.certPem, keyPem: bob.keyPem }));
     try {
       for (const [method, kind, req] of calls) {
-        const err = (await (kind === 'unary' ? unary(c, method, req) : streamed(c, method, req)).then(
-          () => undefined,
-          (e: ServiceError) => e,
-        )) as ServiceError | undefined;
+        const err = await callError(c, kind, method, req);
         expect(err?.code, method).toBe(Status.PERMISSION_DENIED);
         expect(err?.details, method).toMatch(/user bob/);
       }

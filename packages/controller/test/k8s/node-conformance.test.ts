@@ -8,6 +8,7 @@ import { request } from 'node:https';
 import { startKubeApiserver, waitFor, type IssuedCert, type KubeApiserver } from '@cello/testkit';
 import { startFixtureRegistry, type Registry } from '../helpers/cluster.js';
 import { KubeCluster } from '../helpers/kube-cluster.js';
+import { kubePods } from '../helpers/kube-pods.js';
 
 const NODE = 'cello-conf';
 
@@ -34,28 +35,11 @@ let registry: Registry;
 let kube: KubeApiserver;
 let cl: KubeCluster;
 
-async function getPod(name: string): Promise<Pod | undefined> {
-  const r = await kube.kubectl(['get', 'pod', name, '-o', 'json']);
-  return r.code === 0 ? (JSON.parse(r.stdout) as Pod) : undefined;
-}
-
-async function waitPod(name: string, what: string, pred: (p: Pod) => boolean, timeoutMs = 120_000): Promise<Pod> {
-  try {
-    return await waitFor(
-      `pod ${name} ${what}`,
-      async () => {
-        const p = await getPod(name);
-        return p && pred(p) ? p : undefined;
-      },
-      { timeoutMs, intervalMs: 300 },
-    );
-  } catch (err) {
-    const ev = await kube.kubectl(['get', 'events', '--field-selector', `involvedObject.name=${name}`]);
-    throw new Error(
-      `${(err as Error).message}\npod status: ${JSON.stringify((await getPod(name))?.status)}\nevents:\n${ev.stdout}\ncontroller log:\n${cl.controllerLog.slice(-3000)}`,
-    );
-  }
-}
+const { getPod, waitPod } = kubePods<Pod>(
+  () => kube,
+  () => cl.controllerLog,
+  { timeoutMs: 120_000 },
+);
 
 const condition = (p: Pod, type: string) => p.status.conditions?.find((c) => c.type === type);
 

@@ -29,6 +29,7 @@ import { join, dirname, resolve } from 'node:path';
 import { parse } from 'yaml';
 import { httpGet, startFixtureRegistry, type Registry } from '../helpers/cluster.js';
 import { KubeCluster } from '../helpers/kube-cluster.js';
+import { kubePods } from '../helpers/kube-pods.js';
 import { wsExec } from '../helpers/ws-exec.js';
 import { startVirtualNode } from '../../src/k8s/index.js';
 import { buildPodManifest } from '../../src/k8s/node/manifest.js';
@@ -114,33 +115,11 @@ async function allocatablePods(what: string, onNode: number): Promise<void> {
   });
 }
 
-async function getPod(name: string): Promise<KPod | undefined> {
-  const r = await kube.kubectl(['get', 'pod', name, '-o', 'json']);
-  return r.code === 0 ? (JSON.parse(r.stdout) as KPod) : undefined;
-}
-
-async function waitPod(name: string, what: string, pred: (p: KPod) => boolean, timeoutMs = 60_000): Promise<KPod> {
-  try {
-    return await waitFor(
-      `pod ${name} ${what}`,
-      async () => {
-        const p = await getPod(name);
-        return p && pred(p) ? p : undefined;
-      },
-      { timeoutMs, intervalMs: 250 },
-    );
-  } catch (err) {
-    const p = await getPod(name);
-    const ev = await kube.kubectl(['get', 'events', '--field-selector', `involvedObject.name=${name}`]);
-    throw new Error(
-      `${(err as Error).message}\npod status: ${JSON.stringify(p?.status)}\nevents:\n${ev.stdout}\ncontroller log:\n${cl.controllerLog
-        .split('\n')
-        .filter((l) => !l.includes('"level":20'))
-        .slice(-15)
-        .join('\n')}`,
-    );
-  }
-}
+const { getPod, waitPod } = kubePods<KPod>(
+  () => kube,
+  () => cl.controllerLog,
+  { timeoutMs: 60_000 },
+);
 
 beforeAll(async () => {
   registry = await startFixtureRegistry();

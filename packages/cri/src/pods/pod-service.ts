@@ -70,6 +70,16 @@ function matchLabels(selector: Record<string, string>, labels: Record<string, st
   return Object.entries(selector).every(([k, v]) => labels[k] === v);
 }
 
+/** The record `lookup` finds, or undefined where it finds none (NotFound): stop and remove of what is gone succeed. */
+function unlessNotFound<T>(lookup: () => T): T | undefined {
+  try {
+    return lookup();
+  } catch (err) {
+    if (err instanceof CelloError && err.code === 'NotFound') return undefined;
+    throw err;
+  }
+}
+
 function unitStatus(pod: PodObject | undefined, unit: string): CelloContainerStatus | undefined {
   return pod?.status?.containerStatuses.find((c) => c.name === unit);
 }
@@ -352,13 +362,8 @@ export class PodService {
 
   /** Ends the sandbox's cell (its containers are killed, as containerd stops them with no grace); idempotent. */
   async stopPodSandbox(id: string, signal: AbortSignal): Promise<void> {
-    let s;
-    try {
-      s = this.sandbox(id);
-    } catch (err) {
-      if (err instanceof CelloError && err.code === 'NotFound') return; // idempotent, as the CRI asks
-      throw err;
-    }
+    const s = unlessNotFound(() => this.sandbox(id));
+    if (!s) return; // idempotent, as the CRI asks
     // A stopped sandbox serves nothing on this node, whatever happens to its cell below.
     await this.hostPorts.close(s.id);
     if (s.state === 'notready' && !(await this.getPod(s))) return;
@@ -419,13 +424,8 @@ export class PodService {
   }
 
   async removePodSandbox(id: string, signal: AbortSignal): Promise<void> {
-    let s;
-    try {
-      s = this.sandbox(id);
-    } catch (err) {
-      if (err instanceof CelloError && err.code === 'NotFound') return; // idempotent, as the CRI asks
-      throw err;
-    }
+    const s = unlessNotFound(() => this.sandbox(id));
+    if (!s) return; // idempotent, as the CRI asks
     await this.stopPodSandbox(s.id, signal);
     await this.o.store.serialized(() => this.o.store.remove(s.id));
     this.applied.delete(s.id);
@@ -549,13 +549,8 @@ export class PodService {
 
   /** Applies the pod without the container (the cell stops it: SIGTERM, SIGKILL after `timeout` s); idempotent. */
   async stopContainer(id: string, timeoutSeconds: number, signal: AbortSignal): Promise<void> {
-    let hit;
-    try {
-      hit = this.container(id);
-    } catch (err) {
-      if (err instanceof CelloError && err.code === 'NotFound') return; // idempotent, as the CRI asks
-      throw err;
-    }
+    const hit = unlessNotFound(() => this.container(id));
+    if (!hit) return; // idempotent, as the CRI asks
     const { sandbox, container } = hit;
     if (container.phase === 'exited') return;
     const live = container.phase === 'started' && sandbox.state === 'ready' ? unitStatus(await this.getPod(sandbox), container.unit) : undefined;
@@ -598,13 +593,8 @@ export class PodService {
   }
 
   async removeContainer(id: string, signal: AbortSignal): Promise<void> {
-    let hit;
-    try {
-      hit = this.container(id);
-    } catch (err) {
-      if (err instanceof CelloError && err.code === 'NotFound') return; // idempotent, as the CRI asks
-      throw err;
-    }
+    const hit = unlessNotFound(() => this.container(id));
+    if (!hit) return; // idempotent, as the CRI asks
     await this.stopContainer(hit.container.id, 0, signal);
     this.logs.stop(hit.container.id);
     await this.o.store.serialized(async () => {

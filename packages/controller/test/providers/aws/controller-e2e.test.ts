@@ -21,7 +21,7 @@ import { parseConfig } from '../../../src/config.js';
 import { startController, type ControllerHandle } from '../../../src/daemon.js';
 import { bootstrapFnFor } from '../../../src/bootstrap/index.js';
 import { AgentPool } from '../../../src/agents/pool.js';
-import { Reconciler } from '../../../src/reconcile/reconciler.js';
+import { Reconciler, type ReconcilerOptions } from '../../../src/reconcile/reconciler.js';
 import { AwsProvider, awsProviderFromConfig, CELL_TAGS } from '../../../src/providers/aws/index.js';
 import { BootstrapTokens, cellServerIdentityCheck, CertificateAuthority, SecretBox } from '../../../src/security/index.js';
 import { openStore, type Store } from '../../../src/store/index.js';
@@ -138,15 +138,7 @@ describe('the controller on EC2 (emulated)', () => {
       },
     });
     await unary(client.applyPod.bind(client), ApplyPodRequest.fromPartial({ manifest }));
-    const running = await waitFor(
-      'the pod to run on its EC2 cell',
-      async () => {
-        if (bootErrors.length) throw bootErrors[0] as Error;
-        const p = await unary<GetPodRequest, PodObject>(client.getPod.bind(client), GetPodRequest.fromPartial({ pod: { namespace: 'default', name: 'web' } }));
-        return p.status?.phase === PodPhase.POD_PHASE_RUNNING ? p : undefined;
-      },
-      { timeoutMs: 90_000, intervalMs: 250 },
-    );
+    const running = await waitRunning(client, 'web', 'the pod to run on its EC2 cell', { timeoutMs: 90_000, errors: bootErrors });
     expect(running.cellId).toMatch(/./);
     expect(running.instanceType).toMatch(/^t3\./);
     firstType = running.instanceType;
@@ -186,14 +178,7 @@ describe('the controller on EC2 (emulated)', () => {
         spec: { restartPolicy: 'Never', containers: [{ name: 'main', image, command: ['sleep', '3600'], resources: { requests: { cpu: '100m', memory: '64Mi' } } }] },
       });
       await unary(client.applyPod.bind(client), ApplyPodRequest.fromPartial({ manifest }));
-      const running = await waitFor(
-        'the pod to run on a fallback type',
-        async () => {
-          const p = await unary<GetPodRequest, PodObject>(client.getPod.bind(client), GetPodRequest.fromPartial({ pod: { namespace: 'default', name: 'fallback' } }));
-          return p.status?.phase === PodPhase.POD_PHASE_RUNNING ? p : undefined;
-        },
-        { timeoutMs: 90_000, intervalMs: 250 },
-      );
+      const running = await waitRunning(client, 'fallback', 'the pod to run on a fallback type', { timeoutMs: 90_000 });
       expect(running.instanceType).not.toBe(firstType);
       // Both zones were tried for the selected type before the controller moved on.
       expect(faults.count('RunInstances', (i) => i['InstanceType'] === firstType)).toBeGreaterThanOrEqual(3); // the first pod's launch + both zones now
@@ -217,14 +202,7 @@ describe('the controller on EC2 (emulated)', () => {
       spec: { restartPolicy: 'Never', containers: [{ name: 'main', image, command: ['sleep', '3600'], resources: { requests: { cpu: '100m', memory: '64Mi' } } }] },
     });
     await unary(client.applyPod.bind(client), ApplyPodRequest.fromPartial({ manifest }));
-    const running = await waitFor(
-      'the spot pod to run',
-      async () => {
-        const p = await unary<GetPodRequest, PodObject>(client.getPod.bind(client), GetPodRequest.fromPartial({ pod: { namespace: 'default', name: 'spotty' } }));
-        return p.status?.phase === PodPhase.POD_PHASE_RUNNING ? p : undefined;
-      },
-      { timeoutMs: 90_000, intervalMs: 250 },
-    );
+    const running = await waitRunning(client, 'spotty', 'the spot pod to run', { timeoutMs: 90_000 });
     const [inst] = (await provider.listOwned(CONTROLLER_ID)).filter((o) => o.tags[CELL_TAGS.cellId] === running.cellId);
     expect(inst?.spot).toBe(true);
     const run = faults.calls.filter((c) => c.command === 'RunInstances' && !c.injected).at(-1)!;
@@ -240,14 +218,7 @@ describe('the controller on EC2 (emulated)', () => {
       spec: { containers: [{ name: 'main', image, command: ['sleep', '3600'], resources: { requests: { cpu: '50m', memory: '32Mi' } } }] },
     });
     await unary(client.applyPod.bind(client), ApplyPodRequest.fromPartial({ manifest }));
-    const running = await waitFor(
-      'the pod to run',
-      async () => {
-        const p = await unary<GetPodRequest, PodObject>(client.getPod.bind(client), GetPodRequest.fromPartial({ pod: { namespace: 'default', name: 'kept' } }));
-        return p.status?.phase === PodPhase.POD_PHASE_RUNNING ? p : undefined;
-      },
-      { timeoutMs: 90_000, intervalMs: 250 },
-    );
+    const running = await waitRunning(client, 'kept', 'the pod to run', { timeoutMs: 90_000 });
     const ours = (await provider.listOwned(CONTROLLER_ID)).filter((o) => o.tags[CELL_TAGS.cellId] === running.cellId);
     expect(ours).toHaveLength(1);
     // Another controller's instance in the same account.
@@ -297,53 +268,13 @@ describe('the controller on EC2 (emulated)', () => {
   });
 
   it('a controller that dies mid-launch and restarts on the same store leaves one live instance, running the pod', async () => {
-    // Its own controller ID and store, sharing the emulator, registry and CA.
-    const ID = 'ctl-restart';
-    const dir = await mkdtemp(join(tmpdir(), 'cello-restart-store-'));
-    const store2 = await openStore({ kind: 'embedded', dir });
-    const harness2 = new BootHarness(['--insecure-registry', registry.host]);
-    const made: { providers: AwsProvider[]; reconcilers: Reconciler[] } = { providers: [], reconcilers: [] };
-    const newProvider = () => {
-      const p = new AwsProvider({
-        config: world.config({ instanceTypes: ['t3.*'] }),
-        controllerId: ID,
-        clientConfig: { credentials: moto.credentials },
-        logger,
-        testAgentAddressMap: harness2.addressOf,
-      });
-      made.providers.push(p);
-      return p;
-    };
-    const newReconciler = (p: AwsProvider) => {
-      const r = new Reconciler({
-        store: store2,
-        provider: p,
-        controllerId: ID,
-        agents,
-        log: logger,
-        agentPort: 7443,
-        bootstrap: bootstrapFnFor(ca, { timeoutMs: 10_000, logger }),
-        caCertPem: async () => ca.certPem,
-        timeouts: { bootSeconds: 12 },
-        tickMs: 100,
-      });
-      made.reconcilers.push(r);
-      return r;
-    };
-    const api2 = new ControllerApi({
-      store: store2,
-      agents,
-      log: logger,
-      controllerId: ID,
-      providerName: 'aws',
-      instanceTypes: await newProvider().instanceTypes(),
-      auth: plaintextApi(),
-    });
-    const client2 = new ControllerClient(`127.0.0.1:${await api2.listen('127.0.0.1:0')}`, credentials.createInsecure());
+    const c = await ownController('ctl-restart');
     const errors: unknown[] = [];
+    // What this test relies on: a boot deadline short enough (12 s) for the successor to act on the lost launch.
+    const reconciler = (p: AwsProvider) => c.newReconciler(p, { bootstrap: bootstrapFnFor(ca, { timeoutMs: 10_000, logger }), timeouts: { bootSeconds: 12 } });
     try {
       // Controller 1: its RunInstances reaches EC2, but the answer never comes back to it.
-      const p1 = newProvider();
+      const p1 = c.newProvider();
       p1.ec2.middlewareStack.add(
         (next, ctx) => async (args) => {
           const out = await next(args);
@@ -352,36 +283,28 @@ describe('the controller on EC2 (emulated)', () => {
         },
         { step: 'deserialize', priority: 'low', name: 'testLoseRunInstancesAnswer' },
       );
-      const r1 = newReconciler(p1);
+      const r1 = reconciler(p1);
       await r1.start();
-      const p2 = newProvider();
-      harness2.autoBoot(p2, ID, (err) => errors.push(err));
+      const p2 = c.newProvider();
+      c.harness.autoBoot(p2, c.id, (err) => errors.push(err));
       const manifest = JSON.stringify({
         apiVersion: 'v1',
         kind: 'Pod',
         metadata: { name: 'survivor', namespace: 'default' },
         spec: { containers: [{ name: 'main', image, command: ['sleep', '3600'], resources: { requests: { cpu: '100m', memory: '64Mi' } } }] },
       });
-      await unary(client2.applyPod.bind(client2), ApplyPodRequest.fromPartial({ manifest }));
-      const first = await waitFor("EC2 to have the first controller's instance", async () => (await p2.listOwned(ID))[0], { timeoutMs: 60_000, intervalMs: 100 });
+      await unary(c.client.applyPod.bind(c.client), ApplyPodRequest.fromPartial({ manifest }));
+      const first = await waitFor("EC2 to have the first controller's instance", async () => (await p2.listOwned(c.id))[0], { timeoutMs: 60_000, intervalMs: 100 });
 
       // The controller dies (its launch never returns); a new one starts on the same store.
       await r1.stop();
-      await newReconciler(p2).start();
-      const running = await waitFor(
-        'the pod to run after the restart',
-        async () => {
-          if (errors.length) throw errors[0] as Error;
-          const p = await unary<GetPodRequest, PodObject>(client2.getPod.bind(client2), GetPodRequest.fromPartial({ pod: { namespace: 'default', name: 'survivor' } }));
-          return p.status?.phase === PodPhase.POD_PHASE_RUNNING ? p : undefined;
-        },
-        { timeoutMs: 120_000, intervalMs: 250 },
-      );
+      await reconciler(p2).start();
+      const running = await waitRunning(c.client, 'survivor', 'the pod to run after the restart', { timeoutMs: 120_000, errors });
       // No duplicate, no leak: exactly one live instance of this controller ID, the pod's.
       const live = await waitFor(
         'leftover instances to be gone',
         async () => {
-          const owned = (await p2.listOwned(ID)).filter((o) => o.state === 'pending' || o.state === 'running');
+          const owned = (await p2.listOwned(c.id)).filter((o) => o.state === 'pending' || o.state === 'running');
           return owned.length === 1 ? owned : undefined;
         },
         { timeoutMs: 60_000, intervalMs: 250 },
@@ -391,124 +314,133 @@ describe('the controller on EC2 (emulated)', () => {
       logger.info({ adopted: live[0]!.instanceId === first.instanceId }, 'restart outcome');
       expect(errors).toEqual([]);
     } finally {
-      client2.close();
-      await api2.close();
-      for (const r of made.reconcilers) await r.stop().catch(() => undefined);
-      await harness2.close();
-      for (const p of made.providers) await p.close();
-      await store2.close();
-      await rm(dir, { recursive: true, force: true });
+      await c.close();
     }
   });
 
   it('a controller that dies mid-bootstrap (the agent already sent its CSR) is succeeded by one that finishes the bootstrap of the same instance', async () => {
-    const ID = 'ctl-adopt';
-    const dir = await mkdtemp(join(tmpdir(), 'cello-adopt-store-'));
-    const store3 = await openStore({ kind: 'embedded', dir });
-    const harness3 = new BootHarness(['--insecure-registry', registry.host]);
+    const c = await ownController('ctl-adopt');
     const box = new SecretBox(randomBytes(32));
-    const providers: AwsProvider[] = [];
-    const reconcilers: Reconciler[] = [];
-    const newProvider = () => {
-      const p = new AwsProvider({
-        config: world.config({ instanceTypes: ['t3.*'] }),
-        controllerId: ID,
-        clientConfig: { credentials: moto.credentials },
-        logger,
-        testAgentAddressMap: harness3.addressOf,
-      });
-      providers.push(p);
-      return p;
-    };
+    const errors: unknown[] = [];
     // Controller 1 gets as far as the agent's CSR, then never signs it (it "dies" there).
     let reachedCsr!: () => void;
     const csrSeen = new Promise<void>((r) => (reachedCsr = r));
     const stuck = { certPem: ca.certPem, signCsr: () => (reachedCsr(), new Promise<string>(() => undefined)) };
-    const newReconciler = (p: AwsProvider, signer: Parameters<typeof bootstrapFnFor>[0]) => {
-      const r = new Reconciler({
-        store: store3,
-        provider: p,
-        controllerId: ID,
-        agents,
-        log: logger,
-        agentPort: 7443,
+    // What this test relies on: the bootstrap token kept in the store (hashed) and in the cell record
+    // (sealed with `box`), so the successor can finish the bootstrap; a boot deadline (60 s) it meets.
+    const reconciler = (p: AwsProvider, signer: Parameters<typeof bootstrapFnFor>[0]) =>
+      c.newReconciler(p, {
         bootstrap: bootstrapFnFor(signer, { timeoutMs: 10_000, logger }),
-        caCertPem: async () => ca.certPem,
-        tokens: new BootstrapTokens(store3),
+        tokens: new BootstrapTokens(c.store),
         secretBox: box,
         timeouts: { bootSeconds: 60 },
-        tickMs: 100,
       });
-      reconcilers.push(r);
-      return r;
-    };
-    const api3 = new ControllerApi({
-      store: store3,
-      agents,
-      log: logger,
-      controllerId: ID,
-      providerName: 'aws',
-      instanceTypes: await newProvider().instanceTypes(),
-      auth: plaintextApi(),
-    });
-    const client3 = new ControllerClient(`127.0.0.1:${await api3.listen('127.0.0.1:0')}`, credentials.createInsecure());
-    const errors: unknown[] = [];
     try {
-      const p1 = newProvider();
-      const r1 = newReconciler(p1, stuck);
+      const p1 = c.newProvider();
+      const r1 = reconciler(p1, stuck);
       await r1.start();
-      harness3.autoBoot(p1, ID, (err) => errors.push(err));
+      c.harness.autoBoot(p1, c.id, (err) => errors.push(err));
       const manifest = JSON.stringify({
         apiVersion: 'v1',
         kind: 'Pod',
         metadata: { name: 'adopted', namespace: 'default' },
         spec: { containers: [{ name: 'main', image, command: ['sleep', '3600'], resources: { requests: { cpu: '100m', memory: '64Mi' } } }] },
       });
-      await unary(client3.applyPod.bind(client3), ApplyPodRequest.fromPartial({ manifest }));
+      await unary(c.client.applyPod.bind(c.client), ApplyPodRequest.fromPartial({ manifest }));
       await within(csrSeen, 60_000, 'the first controller to receive the agent CSR');
-      const [first] = await p1.listOwned(ID);
+      const [first] = await p1.listOwned(c.id);
       const cellId = first!.tags[CELL_TAGS.cellId]!;
       // The token is in the store only hashed, and in the cell record only sealed.
-      expect((await store3.get(`security/bootstrap-tokens/${cellId}`))?.value).toHaveProperty('sha256');
-      const rec = (await store3.get<Record<string, unknown>>(`cells/${cellId}`))!.value;
+      expect((await c.store.get(`security/bootstrap-tokens/${cellId}`))?.value).toHaveProperty('sha256');
+      const rec = (await c.store.get<Record<string, unknown>>(`cells/${cellId}`))!.value;
       expect(rec['bootstrapToken']).toBeUndefined();
       expect(rec['sealedBootstrapToken']).toHaveProperty('dek');
 
       // Controller 1 dies; controller 2 starts on the same store and finishes the bootstrap.
       await r1.stop();
-      await newReconciler(newProvider(), ca).start();
-      const running = await waitFor(
-        'the pod to run on the adopted instance',
-        async () => {
-          if (errors.length) throw errors[0] as Error;
-          const p = await unary<GetPodRequest, PodObject>(client3.getPod.bind(client3), GetPodRequest.fromPartial({ pod: { namespace: 'default', name: 'adopted' } }));
-          return p.status?.phase === PodPhase.POD_PHASE_RUNNING ? p : undefined;
-        },
-        { timeoutMs: 120_000, intervalMs: 250 },
-      );
+      await reconciler(c.newProvider(), ca).start();
+      const running = await waitRunning(c.client, 'adopted', 'the pod to run on the adopted instance', { timeoutMs: 120_000, errors });
       // Adopted, not replaced: the same cell on the same instance, and it is the only one.
       expect(running.cellId).toBe(cellId);
-      const live = (await p1.listOwned(ID)).filter((o) => o.state === 'pending' || o.state === 'running');
+      const live = (await p1.listOwned(c.id)).filter((o) => o.state === 'pending' || o.state === 'running');
       expect(live.map((o) => o.instanceId)).toEqual([first!.instanceId]);
       // The token was consumed once the certificate was in place; nothing of it is left.
-      expect(await store3.get(`security/bootstrap-tokens/${cellId}`)).toBeUndefined();
-      expect((await store3.get<Record<string, unknown>>(`cells/${cellId}`))!.value['sealedBootstrapToken']).toBeUndefined();
+      expect(await c.store.get(`security/bootstrap-tokens/${cellId}`)).toBeUndefined();
+      expect((await c.store.get<Record<string, unknown>>(`cells/${cellId}`))!.value['sealedBootstrapToken']).toBeUndefined();
       expect(errors).toEqual([]);
     } finally {
-      client3.close();
-      await api3.close();
-      for (const r of reconcilers) await r.stop().catch(() => undefined);
-      await harness3.close();
-      for (const p of providers) {
-        const owned = await p.listOwned(ID).catch(() => []);
-        if (owned.length) await p.terminate(owned.map((o) => o.instanceId)).catch(() => undefined);
-        await p.close();
-      }
-      await store3.close();
-      await rm(dir, { recursive: true, force: true });
+      await c.close();
     }
   }, 240_000);
 });
+
+/** Waits for the pod to run; with `errors` (a boot harness's), fails at once on the first of them. */
+function waitRunning(c: ControllerClient, name: string, what: string, o: { timeoutMs: number; errors?: unknown[] }): Promise<PodObject> {
+  return waitFor(
+    what,
+    async () => {
+      if (o.errors?.length) throw o.errors[0] as Error;
+      const p = await unary<GetPodRequest, PodObject>(c.getPod.bind(c), GetPodRequest.fromPartial({ pod: { namespace: 'default', name } }));
+      return p.status?.phase === PodPhase.POD_PHASE_RUNNING ? p : undefined;
+    },
+    { timeoutMs: o.timeoutMs, intervalMs: 250 },
+  );
+}
+
+/**
+ * A controller of the test's own, on its own controller ID and store (sharing the emulator,
+ * registry, CA and agent pool): an API replica (plaintext on loopback) and a boot harness, and
+ * the providers and reconcilers the test makes. A reconciler gets what every controller here
+ * has; the test passes what it relies on (bootstrap, tokens, sealing, boot deadline).
+ * close() stops all of it and terminates what the ID still owns.
+ */
+async function ownController(id: string) {
+  const dir = await mkdtemp(join(tmpdir(), `cello-${id}-store-`));
+  const store = await openStore({ kind: 'embedded', dir });
+  const harness = new BootHarness(['--insecure-registry', registry.host]);
+  const providers: AwsProvider[] = [];
+  const reconcilers: Reconciler[] = [];
+  const newProvider = () => {
+    const p = new AwsProvider({
+      config: world.config({ instanceTypes: ['t3.*'] }),
+      controllerId: id,
+      clientConfig: { credentials: moto.credentials },
+      logger,
+      testAgentAddressMap: harness.addressOf,
+    });
+    providers.push(p);
+    return p;
+  };
+  const newReconciler = (provider: AwsProvider, o: Pick<ReconcilerOptions, 'bootstrap' | 'timeouts' | 'tokens' | 'secretBox'>) => {
+    const r = new Reconciler({ store, provider, controllerId: id, agents, log: logger, agentPort: 7443, caCertPem: async () => ca.certPem, tickMs: 100, ...o });
+    reconcilers.push(r);
+    return r;
+  };
+  const api = new ControllerApi({
+    store,
+    agents,
+    log: logger,
+    controllerId: id,
+    providerName: 'aws',
+    instanceTypes: await newProvider().instanceTypes(),
+    auth: plaintextApi(),
+  });
+  const client = new ControllerClient(`127.0.0.1:${await api.listen('127.0.0.1:0')}`, credentials.createInsecure());
+  const close = async () => {
+    client.close();
+    await api.close();
+    for (const r of reconcilers) await r.stop().catch(() => undefined);
+    await harness.close();
+    for (const p of providers) {
+      const owned = await p.listOwned(id).catch(() => []);
+      if (owned.length) await p.terminate(owned.map((o) => o.instanceId)).catch(() => undefined);
+      await p.close();
+    }
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  };
+  return { id, store, harness, client, newProvider, newReconciler, close };
+}
 
 async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
