@@ -41,6 +41,8 @@ export interface CriServerOptions {
    * as containerd: the kubelet on this node proxies clients to it).
    */
   streamingListen?: string;
+  /** An established stream with no traffic either way this long is closed (default: the kubelet's 4 h; 0: never). */
+  streamingIdleTimeoutMs?: number;
   /** How often the kubelet's volume files (a rotated token) are re-read and re-shipped. */
   volumeSyncSeconds?: number;
 }
@@ -96,7 +98,14 @@ export async function startCriServer(o: CriServerOptions): Promise<CriServer> {
         ...(o.volumeSyncSeconds !== undefined ? { volumeSyncMs: o.volumeSyncSeconds * 1000 } : {}),
       })
     : undefined;
-  const streaming = controller ? new StreamServer({ controller: controller.client, listen: o.streamingListen ?? DEFAULT_STREAMING_LISTEN, logger: log }) : undefined;
+  const streaming = controller
+    ? new StreamServer({
+        controller: controller.client,
+        listen: o.streamingListen ?? DEFAULT_STREAMING_LISTEN,
+        logger: log,
+        ...(o.streamingIdleTimeoutMs !== undefined ? { idleTimeoutMs: o.streamingIdleTimeoutMs } : {}),
+      })
+    : undefined;
   const streamingUrl = await streaming?.listen();
   const server = new Server({ 'grpc.max_receive_message_length': 16 << 20 });
   const imageHandlers: UntypedServiceImplementation = {

@@ -35,6 +35,7 @@ describe('cello-cri', () => {
       '--state-dir',
       '--registry-config',
       '--streaming-listen',
+      '--streaming-idle-timeout',
       '--insecure-registry',
       '--platform',
       '--controller-config',
@@ -60,6 +61,11 @@ describe('cello-cri', () => {
     const sync = await cli(['serve', '--listen', join(dir, 'sync.sock'), '--state-dir', join(dir, 's3'), '--volume-sync-seconds', 'soon']);
     expect(sync.code).toBe(1);
     expect(sync.stderr).toContain('--volume-sync-seconds "soon": expected a positive number');
+    for (const idle of ['soon', '4', '1h-5m', '-1s']) {
+      const r = await cli(['serve', '--listen', join(dir, 'idle.sock'), '--state-dir', join(dir, 's5'), '--streaming-idle-timeout', idle]);
+      expect(r.code, idle).toBe(1);
+      expect(r.stderr).toContain(`--streaming-idle-timeout ${JSON.stringify(idle)}: expected a duration like 4h, 30m, 1h30m, 90s or 500ms (0: never)`);
+    }
   });
 
   it('a bad registries file or platform fails the start naming the field', async () => {

@@ -5,6 +5,7 @@
 // `kubectl exec` reaches them through a kubelet. The URL is the credential: a used one is refused.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { request } from 'node:http';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Metadata, type ServiceError } from '@grpc/grpc-js';
 import { WebSocket } from 'ws';
@@ -18,6 +19,9 @@ let tools: { crictl: string; critest: string };
 let registry: RegistryServer;
 let controller: TestController;
 let shim: Shim;
+let shimArgs: string[];
+/** Directories of shims stopped with their state kept (their pod's log files go on being written). */
+const leftovers: string[] = [];
 let sandbox: string;
 /** Serves /www/index.html on port 8080 of the cell. */
 let web: string;
@@ -77,7 +81,8 @@ beforeAll(async () => {
   const busybox = await pushBusybox(registry, 'busybox:1');
   const pause = await pushPause(registry);
   controller = await startController({ insecureRegistries: [registry.host] });
-  shim = await startShim(['--insecure-registry', registry.host, '--controller-config', controller.cellctlConfig, '--sandbox-image', pause]);
+  shimArgs = ['--insecure-registry', registry.host, '--controller-config', controller.cellctlConfig, '--sandbox-image', pause];
+  shim = await startShim(shimArgs);
   podConfig.log_directory = join(shim.dir, 'pods', 'default_stream');
   sandbox = await ok(['--timeout', '120s', 'runp', file('pod.json', podConfig)]);
   const container = async (name: string, command: string[], extra: Record<string, unknown> = {}) => {
@@ -99,6 +104,7 @@ beforeAll(async () => {
 afterAll(async () => {
   if (shim && sandbox) await crictl(['--timeout', '120s', 'rmp', '-f', sandbox]);
   await shim?.stop();
+  for (const d of leftovers) rmSync(d, { recursive: true, force: true });
   await controller?.stop();
   await registry?.stop();
 }, 180_000);
@@ -298,6 +304,61 @@ describe("the kubelet's WebSocket protocols, as the API server speaks them to a 
     const status = JSON.parse(text(3)) as { status: string; reason: string; details: { causes: { reason: string; message: string }[] } };
     expect(status).toMatchObject({ status: 'Failure', reason: 'NonZeroExitCode', details: { causes: [{ reason: 'ExitCode', message: '3' }] } });
   }, 60_000);
+});
+
+describe("--streaming-idle-timeout (the kubelet's streamingConnectionIdleTimeout)", () => {
+  const IDLE = '2s';
+  beforeAll(async () => {
+    // The same sandbox and containers, served by a shim with a short idle timeout.
+    leftovers.push(shim.dir);
+    await shim.stop({ keepState: true });
+    shim = await startShim([...shimArgs, '--streaming-idle-timeout', IDLE], { stateDir: shim.stateDir });
+  }, 120_000);
+
+  for (const transport of ['spdy', 'websocket']) {
+    it(`over ${transport}: a stream with no traffic either way is closed; one with output every 0.2 s runs to its end`, async () => {
+      const t = ['--transport', transport];
+      // Output every 0.2 s for 4 s: twice the timeout, never idle.
+      const busy = await crictl(['exec', ...t, web, 'sh', '-c', 'for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do echo tick$i; sleep 0.2; done']);
+      expect(busy.code, `${busy.stderr}\n--- shim:\n${shim.logs().slice(-3000)}`).toBe(0);
+      expect(busy.stdout.trim().split('\n')).toEqual(Array.from({ length: 20 }, (_, i) => `tick${i + 1}`));
+      // Silent for 60 s: closed after 2 s without a byte, long before the command ends.
+      const before = (shim.logs().match(/stream idle/g) ?? []).length;
+      const t0 = Date.now();
+      const idle = await crictl(['exec', ...t, web, 'sh', '-c', 'echo started; sleep 60; echo finished']);
+      expect(Date.now() - t0, idle.stderr).toBeLessThan(40_000);
+      // The command's output stops where the stream was cut. (crictl's exit code is the client's
+      // reading: client-go's SPDY executor takes a closed connection without a status as
+      // success, as kubectl exec does against a kubelet; over WebSocket it fails.)
+      expect(idle.stdout.trim()).toBe('started');
+      if (transport === 'websocket') expect(idle.code).not.toBe(0);
+      expect(idle.stderr).not.toContain('command terminated');
+      await waitFor('the shim logged the idle close', () => (shim.logs().match(/stream idle/g) ?? []).length > before, { timeoutMs: 10_000 });
+    }, 120_000);
+  }
+
+  it('an idle port-forward is closed too, and a used one is not', async () => {
+    const local = await freePort();
+    const pf = spawnCrictl(['port-forward', sandbox, `${local}:8080`]);
+    try {
+      await waitFor('crictl forwarding', () => pf.out().includes('Forwarding from') || pf.child.exitCode !== null, { timeoutMs: 30_000, intervalMs: 100 });
+      expect(pf.child.exitCode, pf.err()).toBeNull();
+      // A request every 0.5 s for 5 s keeps it open.
+      for (let i = 0; i < 10; i++) {
+        const res = await fetch(`http://127.0.0.1:${local}/index.html`, { signal: AbortSignal.timeout(20_000) });
+        expect(await res.text()).toBe('hello-from-the-cell\n');
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      expect(pf.child.exitCode, pf.err()).toBeNull();
+      // Then nothing: the shim closes the session and crictl's forward ends.
+      const r = await Promise.race([pf.done, new Promise<undefined>((res) => setTimeout(() => res(undefined), 40_000))]);
+      expect(r, 'crictl port-forward still running 40 s after its last request').toBeDefined();
+      expect(shim.logs()).toMatch(/stream idle.*portForward|portForward.*stream idle/);
+    } finally {
+      pf.child.kill('SIGTERM');
+      await pf.done;
+    }
+  }, 120_000);
 });
 
 describe('stopp', () => {

@@ -5,7 +5,8 @@
 // (tokens.ts): the URL is the credential, so the server listens on loopback unless told
 // otherwise (containerd's default too). The protocols (SPDY/3.1 and WebSocket, exec/attach and
 // port-forward) are the virtual node's own implementation, from @cello/controller/streaming,
-// relaying to the cell through the controller API.
+// relaying to the cell through the controller API; so is the idle timeout of established streams
+// (the kubelet's streamingConnectionIdleTimeout).
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
@@ -21,6 +22,8 @@ export interface StreamServerOptions {
   logger: Logger;
   /** How long a URL stays valid (default: the kubelet's one minute). */
   tokenTtlMs?: number;
+  /** An established stream with no traffic either way this long is closed (default: the kubelet's 4 h; 0: never). */
+  idleTimeoutMs?: number;
 }
 
 const PATHS: Record<string, StreamRequest['kind']> = { exec: 'exec', attach: 'attach', portforward: 'portForward' };
@@ -41,7 +44,11 @@ export class StreamServer {
 
   constructor(private readonly o: StreamServerOptions) {
     this.tokens = new TokenCache<StreamRequest>(o.tokenTtlMs);
-    this.streams = new KubeletStreams({ controller: o.controller, log: o.logger.child({ component: 'streaming' }) });
+    this.streams = new KubeletStreams({
+      controller: o.controller,
+      log: o.logger.child({ component: 'streaming' }),
+      ...(o.idleTimeoutMs !== undefined ? { idleTimeoutMs: o.idleTimeoutMs } : {}),
+    });
     this.server = createServer((req, res) => {
       // Every stream is an upgrade (SPDY or WebSocket); a plain request is a client that cannot stream.
       res.writeHead(req.url && this.route(req) ? 400 : 404, { 'content-type': 'text/plain', connection: 'close' });
