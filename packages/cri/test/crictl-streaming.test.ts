@@ -5,11 +5,11 @@
 // `kubectl exec` reaches them through a kubelet. The URL is the credential: a used one is refused.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { request } from 'node:http';
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Metadata, type ServiceError } from '@grpc/grpc-js';
 import { WebSocket } from 'ws';
-import { criTools, freePort, pushBusybox, pushPause, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
+import { criTools, freePort, makeTestPki, pushBusybox, pushPause, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ExecResponse, PortForwardResponse } from '../src/gen/runtime/v1/api.js';
 import { call, clients, crictlFor, deadline, startShim, type Run, type Shim } from './shim.js';
@@ -358,6 +358,80 @@ describe("--streaming-idle-timeout (the kubelet's streamingConnectionIdleTimeout
     } finally {
       pf.child.kill('SIGTERM');
       await pf.done;
+    }
+  }, 120_000);
+});
+
+describe('--streaming-tls-cert and --streaming-tls-key: the streaming server over HTTPS', () => {
+  let pki: ReturnType<typeof makeTestPki>;
+  beforeAll(async () => {
+    pki = makeTestPki();
+    leftovers.push(shim.dir, pki.dir);
+    await shim.stop({ keepState: true });
+    shim = await startShim([...shimArgs, '--streaming-tls-cert', pki.server.cert, '--streaming-tls-key', pki.server.key], { stateDir: shim.stateDir });
+  }, 120_000);
+
+  /** crictl verifies the server against --tls-ca (it wants a client pair with it, which this server does not ask for). */
+  const tlsFlags = (ca: string) => ['--tls-ca', ca, '--tls-cert', pki.client.cert, '--tls-key', pki.client.key];
+
+  it('the URLs say https; crictl exec and port-forward verify the certificate against the CA, over SPDY and WebSocket', async () => {
+    const c = clients(shim.socket);
+    try {
+      const r = await call<ExecResponse>((cb) =>
+        c.runtime.exec({ containerId: web, cmd: ['true'], tty: false, stdin: false, stdout: true, stderr: false }, new Metadata(), { deadline: deadline() }, cb),
+      );
+      expect(r.res?.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+\/exec\/[A-Za-z0-9_-]{43}$/);
+    } finally {
+      c.close();
+    }
+    for (const transport of ['spdy', 'websocket']) {
+      expect(await ok(['exec', '--transport', transport, ...tlsFlags(pki.ca), web, 'sh', '-c', 'echo over-tls-$((6*7))'])).toBe('over-tls-42');
+    }
+    const local = await freePort();
+    const pf = spawnCrictl(['port-forward', ...tlsFlags(pki.ca), sandbox, `${local}:8080`]);
+    try {
+      await waitFor('crictl forwarding', () => pf.out().includes('Forwarding from') || pf.child.exitCode !== null, { timeoutMs: 30_000, intervalMs: 100 });
+      expect(pf.child.exitCode, pf.err()).toBeNull();
+      const res = await fetch(`http://127.0.0.1:${local}/index.html`, { signal: AbortSignal.timeout(20_000) });
+      expect(await res.text()).toBe('hello-from-the-cell\n');
+    } finally {
+      pf.child.kill('SIGTERM');
+      await pf.done;
+    }
+  }, 120_000);
+
+  it('a client that trusts another CA is refused by its own check; plain HTTP reaches nothing', async () => {
+    const rogue = await crictl(['exec', ...tlsFlags(join(pki.dir, 'rogue-ca.pem')), web, 'sh', '-c', 'echo should-not-run']);
+    expect(rogue.code).not.toBe(0);
+    expect(rogue.stderr).toMatch(/certificate signed by unknown authority|x509/);
+    expect(rogue.stdout).not.toContain('should-not-run');
+    const c = clients(shim.socket);
+    try {
+      const r = await call<ExecResponse>((cb) =>
+        c.runtime.exec({ containerId: web, cmd: ['true'], tty: false, stdin: false, stdout: true, stderr: false }, new Metadata(), { deadline: deadline() }, cb),
+      );
+      const url = r.res!.url;
+      // The same URL as plain HTTP: the TLS server does not answer it.
+      const plain = await new Promise<string>((resolve) => {
+        const req = request(url.replace(/^https:/, 'http:'), { method: 'POST', headers: { connection: 'Upgrade', upgrade: 'SPDY/3.1' } });
+        req.on('upgrade', (_res, socket) => (socket.destroy(), resolve('upgraded')));
+        req.on('response', (res) => (res.resume(), resolve(`status ${res.statusCode}`)));
+        req.on('error', (e) => resolve(`error ${e.message}`));
+        req.setTimeout(20_000, () => req.destroy(new Error('timeout')));
+        req.end();
+      });
+      expect(plain).not.toBe('upgraded');
+      // The plain attempt never got past TLS, so its token was not spent: over wss, trusting the CA,
+      // it serves its one connection.
+      const ws = new WebSocket(url.replace(/^https:/, 'wss:'), ['v4.channel.k8s.io'], { ca: readFileSync(pki.ca) });
+      const closed = await new Promise<string>((resolve) => {
+        ws.on('open', () => undefined);
+        ws.on('close', (code) => resolve(`closed ${code}`));
+        ws.on('error', (e) => resolve(`error ${e.message}`));
+      });
+      expect(closed).toBe('closed 1000');
+    } finally {
+      c.close();
     }
   }, 120_000);
 });
