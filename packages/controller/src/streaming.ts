@@ -5,3 +5,4 @@
 // (cello-cri) from the requests its single-use streaming tokens stand for. One implementation.
 export { SpdyStreams as KubeletStreams, type StreamsOptions as KubeletStreamsOptions } from './k8s/kubelet/streams.js';
 export { refuse as refuseUpgrade, type StreamRequest, type ExecStreamRequest, type PortForwardStreamRequest } from './k8s/kubelet/stream-request.js';
+export { DEFAULT_STREAM_IDLE_TIMEOUT_MS, parseIdleTimeout } from './k8s/kubelet/idle-timeout.js';

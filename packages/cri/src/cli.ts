@@ -4,6 +4,7 @@ import { Command } from 'commander';
 import { pino } from 'pino';
 import { loadRegistryConfig, parsePlatform, withShorthands, type RegistryConfig } from '@cello/image-puller';
 import { REDACT_CENSOR, REDACT_PATHS } from '@cello/proto';
+import { parseIdleTimeout } from '@cello/controller/streaming';
 import { DEFAULT_SANDBOX_IMAGE, DEFAULT_STREAMING_LISTEN, startCriServer } from './server.js';
 import { CRI_VERSION } from './version.js';
 import { DEFAULT_PODS_ROOT } from './pods/kubelet-mounts.js';
@@ -53,9 +54,16 @@ program
   )
   .option(
     '--streaming-listen <host:port>',
-    'where the streaming server of Exec/Attach/PortForward listens (plain HTTP; each URL holds a single-use token valid for a minute). The kubelet on this node proxies kubectl exec/attach/port-forward to it, so loopback is the safe default',
+    'where the streaming server of Exec/Attach/PortForward listens (each URL holds a single-use token valid for a minute). The kubelet on this node proxies kubectl exec/attach/port-forward to it, so loopback is the safe default; any other address needs --streaming-tls-cert and --streaming-tls-key',
     DEFAULT_STREAMING_LISTEN,
   )
+  .option(
+    '--streaming-idle-timeout <duration>',
+    "an exec/attach/port-forward stream with no traffic either way this long is closed, as the kubelet's streamingConnectionIdleTimeout (e.g. 4h, 30m, 90s; 0: never)",
+    '4h',
+  )
+  .option('--streaming-tls-cert <file>', 'a PEM certificate (chain): the streaming server speaks HTTPS and its URLs say https (with --streaming-tls-key)')
+  .option('--streaming-tls-key <file>', "the PEM private key of --streaming-tls-cert's certificate")
   .option('--volume-sync-seconds <n>', "how often the kubelet's volume files are re-read, so a rotated token or an updated configMap reaches the cell", '10')
   .addHelpText(
     'after',
@@ -86,7 +94,11 @@ program
       kubeletPodsDir: string;
       volumeSyncSeconds: string;
       streamingListen: string;
+      streamingIdleTimeout: string;
+      streamingTlsCert?: string;
+      streamingTlsKey?: string;
     }) => {
+      const streamingIdleTimeoutMs = parseIdleTimeout('--streaming-idle-timeout', o.streamingIdleTimeout);
       const volumeSyncSeconds = Number(o.volumeSyncSeconds);
       if (!Number.isFinite(volumeSyncSeconds) || volumeSyncSeconds <= 0)
         throw new Error(`--volume-sync-seconds ${JSON.stringify(o.volumeSyncSeconds)}: expected a positive number`);
@@ -106,6 +118,8 @@ program
         kubeletPodsDir: o.kubeletPodsDir,
         volumeSyncSeconds,
         streamingListen: o.streamingListen,
+        streamingIdleTimeoutMs,
+        streamingTls: { cert: o.streamingTlsCert, key: o.streamingTlsKey },
         ...(o.controllerConfig
           ? { controller: { config: o.controllerConfig, ...(o.context ? { context: o.context } : {}), ...(o.controller ? { server: o.controller } : {}) } }
           : {}),

@@ -15,7 +15,7 @@ import { ImageStore } from './images/image-store.js';
 import { runtimeServiceHandlers, unary } from './runtime-service.js';
 import { PodService } from './pods/pod-service.js';
 import { SandboxStore } from './pods/sandbox-store.js';
-import { StreamServer } from './streaming/stream-server.js';
+import { StreamServer, checkStreamingListen } from './streaming/stream-server.js';
 
 export interface CriServerOptions {
   /** Absolute path of the unix socket (the kubelet's --container-runtime-endpoint=unix://PATH). */
@@ -41,6 +41,10 @@ export interface CriServerOptions {
    * as containerd: the kubelet on this node proxies clients to it).
    */
   streamingListen?: string;
+  /** An established stream with no traffic either way this long is closed (default: the kubelet's 4 h; 0: never). */
+  streamingIdleTimeoutMs?: number;
+  /** PEM certificate and key files: the streaming server speaks HTTPS. Required for a non-loopback streamingListen. */
+  streamingTls?: { cert?: string; key?: string };
   /** How often the kubelet's volume files (a rotated token) are re-read and re-shipped. */
   volumeSyncSeconds?: number;
 }
@@ -79,6 +83,8 @@ function clearSocketPath(socket: string): void {
 
 export async function startCriServer(o: CriServerOptions): Promise<CriServer> {
   if (!isAbsolute(o.socket)) throw new CelloError('InvalidArgument', `--listen ${JSON.stringify(o.socket)}: expected an absolute socket path, e.g. /run/cello/cri.sock`);
+  // Before anything starts: a bad streaming setup fails the start, with or without a controller.
+  const streamingTls = checkStreamingListen(o.streamingListen ?? DEFAULT_STREAMING_LISTEN, o.streamingTls ?? {});
   const store = new ImageStore(o.stateDir);
   const reader = createRegistryReader(o.registries, { logger: o.logger });
   const images = new CriImageService({ store, reader, platform: o.platform ?? hostPlatform(), logger: o.logger });
@@ -96,7 +102,15 @@ export async function startCriServer(o: CriServerOptions): Promise<CriServer> {
         ...(o.volumeSyncSeconds !== undefined ? { volumeSyncMs: o.volumeSyncSeconds * 1000 } : {}),
       })
     : undefined;
-  const streaming = controller ? new StreamServer({ controller: controller.client, listen: o.streamingListen ?? DEFAULT_STREAMING_LISTEN, logger: log }) : undefined;
+  const streaming = controller
+    ? new StreamServer({
+        controller: controller.client,
+        listen: o.streamingListen ?? DEFAULT_STREAMING_LISTEN,
+        logger: log,
+        ...(o.streamingIdleTimeoutMs !== undefined ? { idleTimeoutMs: o.streamingIdleTimeoutMs } : {}),
+        ...(streamingTls ? { tls: streamingTls } : {}),
+      })
+    : undefined;
   const streamingUrl = await streaming?.listen();
   const server = new Server({ 'grpc.max_receive_message_length': 16 << 20 });
   const imageHandlers: UntypedServiceImplementation = {

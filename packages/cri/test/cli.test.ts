@@ -35,6 +35,9 @@ describe('cello-cri', () => {
       '--state-dir',
       '--registry-config',
       '--streaming-listen',
+      '--streaming-idle-timeout',
+      '--streaming-tls-cert',
+      '--streaming-tls-key',
       '--insecure-registry',
       '--platform',
       '--controller-config',
@@ -60,6 +63,46 @@ describe('cello-cri', () => {
     const sync = await cli(['serve', '--listen', join(dir, 'sync.sock'), '--state-dir', join(dir, 's3'), '--volume-sync-seconds', 'soon']);
     expect(sync.code).toBe(1);
     expect(sync.stderr).toContain('--volume-sync-seconds "soon": expected a positive number');
+    // Off loopback the streaming server needs TLS (its URLs are credentials); cert and key go together.
+    const open = await cli(['serve', '--listen', join(dir, 'tls1.sock'), '--state-dir', join(dir, 's6'), '--streaming-listen', '0.0.0.0:10010']);
+    expect(open.code).toBe(1);
+    expect(open.stderr).toContain('--streaming-listen "0.0.0.0:10010" is not a loopback address');
+    expect(open.stderr).toContain('Give --streaming-tls-cert FILE and --streaming-tls-key FILE (PEM) to serve HTTPS, or listen on loopback');
+    const half = await cli(['serve', '--listen', join(dir, 'tls2.sock'), '--state-dir', join(dir, 's7'), '--streaming-tls-cert', join(dir, 'cert.pem')]);
+    expect(half.code).toBe(1);
+    expect(half.stderr).toContain('--streaming-tls-cert and --streaming-tls-key go together');
+    writeFileSync(join(dir, 'cert.pem'), 'not a certificate');
+    const notPem = await cli([
+      'serve',
+      '--listen',
+      join(dir, 'tls3.sock'),
+      '--state-dir',
+      join(dir, 's8'),
+      '--streaming-tls-cert',
+      join(dir, 'cert.pem'),
+      '--streaming-tls-key',
+      join(dir, 'cert.pem'),
+    ]);
+    expect(notPem.code).toBe(1);
+    expect(notPem.stderr).toContain(`--streaming-tls-cert ${JSON.stringify(join(dir, 'cert.pem'))} / --streaming-tls-key`);
+    const missing = await cli([
+      'serve',
+      '--listen',
+      join(dir, 'tls4.sock'),
+      '--state-dir',
+      join(dir, 's9'),
+      '--streaming-tls-cert',
+      join(dir, 'nope.pem'),
+      '--streaming-tls-key',
+      join(dir, 'cert.pem'),
+    ]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain(`--streaming-tls-cert ${JSON.stringify(join(dir, 'nope.pem'))}: ENOENT`);
+    for (const idle of ['soon', '4', '1h-5m', '-1s']) {
+      const r = await cli(['serve', '--listen', join(dir, 'idle.sock'), '--state-dir', join(dir, 's5'), '--streaming-idle-timeout', idle]);
+      expect(r.code, idle).toBe(1);
+      expect(r.stderr).toContain(`--streaming-idle-timeout ${JSON.stringify(idle)}: expected a duration like 4h, 30m, 1h30m, 90s or 500ms (0: never)`);
+    }
   });
 
   it('a bad registries file or platform fails the start naming the field', async () => {

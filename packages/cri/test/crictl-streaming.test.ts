@@ -5,10 +5,11 @@
 // `kubectl exec` reaches them through a kubelet. The URL is the credential: a used one is refused.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { request } from 'node:http';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Metadata, type ServiceError } from '@grpc/grpc-js';
 import { WebSocket } from 'ws';
-import { criTools, freePort, pushBusybox, pushPause, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
+import { criTools, freePort, makeTestPki, pushBusybox, pushPause, startRegistry, waitFor, type RegistryServer } from '@cello/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ExecResponse, PortForwardResponse } from '../src/gen/runtime/v1/api.js';
 import { call, clients, crictlFor, deadline, startShim, type Run, type Shim } from './shim.js';
@@ -18,6 +19,9 @@ let tools: { crictl: string; critest: string };
 let registry: RegistryServer;
 let controller: TestController;
 let shim: Shim;
+let shimArgs: string[];
+/** Directories of shims stopped with their state kept (their pod's log files go on being written). */
+const leftovers: string[] = [];
 let sandbox: string;
 /** Serves /www/index.html on port 8080 of the cell. */
 let web: string;
@@ -77,7 +81,8 @@ beforeAll(async () => {
   const busybox = await pushBusybox(registry, 'busybox:1');
   const pause = await pushPause(registry);
   controller = await startController({ insecureRegistries: [registry.host] });
-  shim = await startShim(['--insecure-registry', registry.host, '--controller-config', controller.cellctlConfig, '--sandbox-image', pause]);
+  shimArgs = ['--insecure-registry', registry.host, '--controller-config', controller.cellctlConfig, '--sandbox-image', pause];
+  shim = await startShim(shimArgs);
   podConfig.log_directory = join(shim.dir, 'pods', 'default_stream');
   sandbox = await ok(['--timeout', '120s', 'runp', file('pod.json', podConfig)]);
   const container = async (name: string, command: string[], extra: Record<string, unknown> = {}) => {
@@ -99,6 +104,7 @@ beforeAll(async () => {
 afterAll(async () => {
   if (shim && sandbox) await crictl(['--timeout', '120s', 'rmp', '-f', sandbox]);
   await shim?.stop();
+  for (const d of leftovers) rmSync(d, { recursive: true, force: true });
   await controller?.stop();
   await registry?.stop();
 }, 180_000);
@@ -298,6 +304,136 @@ describe("the kubelet's WebSocket protocols, as the API server speaks them to a 
     const status = JSON.parse(text(3)) as { status: string; reason: string; details: { causes: { reason: string; message: string }[] } };
     expect(status).toMatchObject({ status: 'Failure', reason: 'NonZeroExitCode', details: { causes: [{ reason: 'ExitCode', message: '3' }] } });
   }, 60_000);
+});
+
+describe("--streaming-idle-timeout (the kubelet's streamingConnectionIdleTimeout)", () => {
+  const IDLE = '2s';
+  beforeAll(async () => {
+    // The same sandbox and containers, served by a shim with a short idle timeout.
+    leftovers.push(shim.dir);
+    await shim.stop({ keepState: true });
+    shim = await startShim([...shimArgs, '--streaming-idle-timeout', IDLE], { stateDir: shim.stateDir });
+  }, 120_000);
+
+  for (const transport of ['spdy', 'websocket']) {
+    it(`over ${transport}: a stream with no traffic either way is closed; one with output every 0.2 s runs to its end`, async () => {
+      const t = ['--transport', transport];
+      // Output every 0.2 s for 4 s: twice the timeout, never idle.
+      const busy = await crictl(['exec', ...t, web, 'sh', '-c', 'for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do echo tick$i; sleep 0.2; done']);
+      expect(busy.code, `${busy.stderr}\n--- shim:\n${shim.logs().slice(-3000)}`).toBe(0);
+      expect(busy.stdout.trim().split('\n')).toEqual(Array.from({ length: 20 }, (_, i) => `tick${i + 1}`));
+      // Silent for 60 s: closed after 2 s without a byte, long before the command ends.
+      const before = (shim.logs().match(/stream idle/g) ?? []).length;
+      const t0 = Date.now();
+      const idle = await crictl(['exec', ...t, web, 'sh', '-c', 'echo started; sleep 60; echo finished']);
+      expect(Date.now() - t0, idle.stderr).toBeLessThan(40_000);
+      // The command's output stops where the stream was cut. (crictl's exit code is the client's
+      // reading: client-go's SPDY executor takes a closed connection without a status as
+      // success, as kubectl exec does against a kubelet; over WebSocket it fails.)
+      expect(idle.stdout.trim()).toBe('started');
+      if (transport === 'websocket') expect(idle.code).not.toBe(0);
+      expect(idle.stderr).not.toContain('command terminated');
+      await waitFor('the shim logged the idle close', () => (shim.logs().match(/stream idle/g) ?? []).length > before, { timeoutMs: 10_000 });
+    }, 120_000);
+  }
+
+  it('an idle port-forward is closed too, and a used one is not', async () => {
+    const local = await freePort();
+    const pf = spawnCrictl(['port-forward', sandbox, `${local}:8080`]);
+    try {
+      await waitFor('crictl forwarding', () => pf.out().includes('Forwarding from') || pf.child.exitCode !== null, { timeoutMs: 30_000, intervalMs: 100 });
+      expect(pf.child.exitCode, pf.err()).toBeNull();
+      // A request every 0.5 s for 5 s keeps it open.
+      for (let i = 0; i < 10; i++) {
+        const res = await fetch(`http://127.0.0.1:${local}/index.html`, { signal: AbortSignal.timeout(20_000) });
+        expect(await res.text()).toBe('hello-from-the-cell\n');
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      expect(pf.child.exitCode, pf.err()).toBeNull();
+      // Then nothing: the shim closes the session and crictl's forward ends.
+      const r = await Promise.race([pf.done, new Promise<undefined>((res) => setTimeout(() => res(undefined), 40_000))]);
+      expect(r, 'crictl port-forward still running 40 s after its last request').toBeDefined();
+      // The shim's log reaches the test a moment after crictl saw the close.
+      await waitFor('the shim logged the idle port-forward', () => /portForward.*stream idle/.test(shim.logs()), { timeoutMs: 10_000 });
+    } finally {
+      pf.child.kill('SIGTERM');
+      await pf.done;
+    }
+  }, 120_000);
+});
+
+describe('--streaming-tls-cert and --streaming-tls-key: the streaming server over HTTPS', () => {
+  let pki: ReturnType<typeof makeTestPki>;
+  beforeAll(async () => {
+    pki = makeTestPki();
+    leftovers.push(shim.dir, pki.dir);
+    await shim.stop({ keepState: true });
+    shim = await startShim([...shimArgs, '--streaming-tls-cert', pki.server.cert, '--streaming-tls-key', pki.server.key], { stateDir: shim.stateDir });
+  }, 120_000);
+
+  /** crictl verifies the server against --tls-ca (it wants a client pair with it, which this server does not ask for). */
+  const tlsFlags = (ca: string) => ['--tls-ca', ca, '--tls-cert', pki.client.cert, '--tls-key', pki.client.key];
+
+  it('the URLs say https; crictl exec and port-forward verify the certificate against the CA, over SPDY and WebSocket', async () => {
+    const c = clients(shim.socket);
+    try {
+      const r = await call<ExecResponse>((cb) =>
+        c.runtime.exec({ containerId: web, cmd: ['true'], tty: false, stdin: false, stdout: true, stderr: false }, new Metadata(), { deadline: deadline() }, cb),
+      );
+      expect(r.res?.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+\/exec\/[A-Za-z0-9_-]{43}$/);
+    } finally {
+      c.close();
+    }
+    for (const transport of ['spdy', 'websocket']) {
+      expect(await ok(['exec', '--transport', transport, ...tlsFlags(pki.ca), web, 'sh', '-c', 'echo over-tls-$((6*7))'])).toBe('over-tls-42');
+    }
+    const local = await freePort();
+    const pf = spawnCrictl(['port-forward', ...tlsFlags(pki.ca), sandbox, `${local}:8080`]);
+    try {
+      await waitFor('crictl forwarding', () => pf.out().includes('Forwarding from') || pf.child.exitCode !== null, { timeoutMs: 30_000, intervalMs: 100 });
+      expect(pf.child.exitCode, pf.err()).toBeNull();
+      const res = await fetch(`http://127.0.0.1:${local}/index.html`, { signal: AbortSignal.timeout(20_000) });
+      expect(await res.text()).toBe('hello-from-the-cell\n');
+    } finally {
+      pf.child.kill('SIGTERM');
+      await pf.done;
+    }
+  }, 120_000);
+
+  it('a client that trusts another CA is refused by its own check; plain HTTP reaches nothing', async () => {
+    const rogue = await crictl(['exec', ...tlsFlags(join(pki.dir, 'rogue-ca.pem')), web, 'sh', '-c', 'echo should-not-run']);
+    expect(rogue.code).not.toBe(0);
+    expect(rogue.stderr).toMatch(/certificate signed by unknown authority|x509/);
+    expect(rogue.stdout).not.toContain('should-not-run');
+    const c = clients(shim.socket);
+    try {
+      const r = await call<ExecResponse>((cb) =>
+        c.runtime.exec({ containerId: web, cmd: ['true'], tty: false, stdin: false, stdout: true, stderr: false }, new Metadata(), { deadline: deadline() }, cb),
+      );
+      const url = r.res!.url;
+      // The same URL as plain HTTP: the TLS server does not answer it.
+      const plain = await new Promise<string>((resolve) => {
+        const req = request(url.replace(/^https:/, 'http:'), { method: 'POST', headers: { connection: 'Upgrade', upgrade: 'SPDY/3.1' } });
+        req.on('upgrade', (_res, socket) => (socket.destroy(), resolve('upgraded')));
+        req.on('response', (res) => (res.resume(), resolve(`status ${res.statusCode}`)));
+        req.on('error', (e) => resolve(`error ${e.message}`));
+        req.setTimeout(20_000, () => req.destroy(new Error('timeout')));
+        req.end();
+      });
+      expect(plain).not.toBe('upgraded');
+      // The plain attempt never got past TLS, so its token was not spent: over wss, trusting the CA,
+      // it serves its one connection.
+      const ws = new WebSocket(url.replace(/^https:/, 'wss:'), ['v4.channel.k8s.io'], { ca: readFileSync(pki.ca) });
+      const closed = await new Promise<string>((resolve) => {
+        ws.on('open', () => undefined);
+        ws.on('close', (code) => resolve(`closed ${code}`));
+        ws.on('error', (e) => resolve(`error ${e.message}`));
+      });
+      expect(closed).toBe('closed 1000');
+    } finally {
+      c.close();
+    }
+  }, 120_000);
 });
 
 describe('stopp', () => {

@@ -17,6 +17,7 @@ import { SpdySession, type SpdyStream } from './spdy/index.js';
 import { ExecRelay, resizeReader, type ExecSink } from './exec-relay.js';
 import { WebSocketStreams } from './ws-streams.js';
 import { PortRelay } from './port-relay.js';
+import { closeWhenIdle, DEFAULT_STREAM_IDLE_TIMEOUT_MS } from './idle-timeout.js';
 import { kubeletStreamRequest, type ExecStreamRequest, type PortForwardStreamRequest, type StreamRequest, refuse } from './stream-request.js';
 
 const EXEC_PROTOCOLS = ['v4.channel.k8s.io', 'v3.channel.k8s.io', 'v2.channel.k8s.io', 'channel.k8s.io'];
@@ -28,6 +29,8 @@ export const EARLY_STDIN_LIMIT = 1024 * 1024;
 export interface StreamsOptions {
   controller: Controller;
   log: Logger;
+  /** An established stream with no traffic either way this long is closed (default: the kubelet's 4 h; 0: never). */
+  idleTimeoutMs?: number;
 }
 
 /** Values of a header that clients may repeat or comma-join. */
@@ -43,8 +46,11 @@ export class SpdyStreams {
   /** exec, attach and port-forward over WebSocket, handed over by serve(). */
   private readonly websockets: WebSocketStreams;
 
+  private readonly idleMs: number;
+
   constructor(private readonly o: StreamsOptions) {
-    this.websockets = new WebSocketStreams(o, (stream, r) =>
+    this.idleMs = o.idleTimeoutMs ?? DEFAULT_STREAM_IDLE_TIMEOUT_MS;
+    this.websockets = new WebSocketStreams({ ...o, idleTimeoutMs: this.idleMs }, (stream, r) =>
       this.portForward(this.session(stream), r, this.o.log.child({ pod: `${r.target.ns}/${r.target.pod}`, stream: 'portForward (spdy in websocket)' })),
     );
   }
@@ -86,6 +92,7 @@ export class SpdyStreams {
     if (head.length) socket.unshift(head);
     const session = this.session(socket);
     const log = this.o.log.child({ pod: `${r.target.ns}/${r.target.pod}`, stream: r.kind });
+    closeWhenIdle(socket, this.idleMs, log);
     if (r.kind === 'portForward') this.portForward(session, r, log);
     else this.exec(session, protocol, r, log);
   }

@@ -15,6 +15,7 @@ import type { Logger } from '../../obs/logger.js';
 import type { Controller } from '../controller-client.js';
 import { ExecRelay, resizeReader, type ExecSink, type ExecStatus } from './exec-relay.js';
 import { PortRelay } from './port-relay.js';
+import { closeWhenIdle, DEFAULT_STREAM_IDLE_TIMEOUT_MS } from './idle-timeout.js';
 import { type ExecStreamRequest, type PortForwardStreamRequest, type StreamRequest, refuse } from './stream-request.js';
 
 /** The kubelet's (remotecommand/websocket.go), and v5 for clients that talk to a node directly; "" when the client names none. */
@@ -65,7 +66,7 @@ export class WebSocketStreams {
 
   /** `tunnel`: a SPDY port-forward session over `stream` (streams.ts runs it). */
   constructor(
-    private readonly o: { controller: Controller; log: Logger },
+    private readonly o: { controller: Controller; log: Logger; idleTimeoutMs?: number },
     private readonly tunnel?: (stream: Duplex, r: PortForwardStreamRequest) => void,
   ) {
     // The tunnel's protocol has a "/", which `ws` refuses in a subprotocol (RFC 6455 wants a
@@ -85,7 +86,10 @@ export class WebSocketStreams {
       const tunnel = this.tunnel;
       this.tunnelled.add(req);
       delete req.headers['sec-websocket-protocol'];
-      this.wss.handleUpgrade(req, socket, head, (ws) => tunnel(createWebSocketStream(ws), r));
+      this.wss.handleUpgrade(req, socket, head, (ws) => {
+        this.idle(socket, r);
+        tunnel(createWebSocketStream(ws), r);
+      });
       return;
     }
     const table = r.kind === 'portForward' ? PORT_FORWARD_PROTOCOLS : PROTOCOLS;
@@ -99,7 +103,16 @@ export class WebSocketStreams {
       return refuse(socket, 400, 'Bad Request', 'port-forward over WebSocket needs the ports up front (query parameter "port")');
     const log = this.o.log.child({ pod: `${r.target.ns}/${r.target.pod}`, stream: `${r.kind} (websocket)` });
     this.chosen.set(req, protocol);
-    this.wss.handleUpgrade(req, socket, head, (ws) => (r.kind === 'portForward' ? this.portForward(ws, protocol, r, log) : this.exec(ws, protocol, r, log)));
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      this.idle(socket, r);
+      if (r.kind === 'portForward') this.portForward(ws, protocol, r, log);
+      else this.exec(ws, protocol, r, log);
+    });
+  }
+
+  /** After `ws` adopted the socket (it clears the socket's timeout when it does). */
+  private idle(socket: Socket, r: StreamRequest): void {
+    closeWhenIdle(socket, this.o.idleTimeoutMs ?? DEFAULT_STREAM_IDLE_TIMEOUT_MS, this.o.log.child({ pod: `${r.target.ns}/${r.target.pod}`, stream: `${r.kind} (websocket)` }));
   }
 
   private exec(ws: WebSocket, protocol: string, r: ExecStreamRequest, log: Logger): void {
