@@ -68,10 +68,7 @@ export class HostPorts {
         throw new CelloError('FailedPrecondition', `${field}.${which}: ${fmt(host, m.hostPort)}/${m.protocol} ${why}`, { cause: err });
       }
     }
-    this.logger.info(
-      { sandbox: sandboxId, ports: mappings.filter((m) => m.hostPort > 0).map((m) => `${fmt(m.hostIp || '0.0.0.0', m.hostPort)}/${m.protocol}`) },
-      'host ports listening',
-    );
+    this.logger.info({ sandbox: sandboxId, ports: nodePorts(mappings).map((m) => `${fmt(m.hostIp || '0.0.0.0', m.hostPort)}/${m.protocol}`) }, 'host ports listening');
   }
 
   /** The pod's address to relay to (known once the sandbox's cell runs). */

@@ -43,21 +43,17 @@ export class PodChanges {
       const m = ev.pod?.metadata;
       if (m) this.bump(key(m.namespace, m.name));
     });
-    s.on('error', (err: Error) => {
-      this.broken();
-      if (this.closed) return;
-      this.logger.debug({ err: errMsg(err) }, 'watching the pods failed; waits poll until it is back');
-      this.stream = undefined;
-      this.retry = setTimeout(() => this.open(), RETRY_MS);
-      this.retry.unref();
-    });
-    s.on('end', () => {
+    // An error or an end (both, for some breaks): opened again once, after RETRY_MS.
+    const lost = (err?: Error) => {
       this.broken();
       if (this.closed || this.stream !== s) return;
+      if (err) this.logger.debug({ err: errMsg(err) }, 'watching the pods failed; waits poll until it is back');
       this.stream = undefined;
       this.retry = setTimeout(() => this.open(), RETRY_MS);
       this.retry.unref();
-    });
+    };
+    s.on('error', (err: Error) => lost(err));
+    s.on('end', () => lost());
   }
 
   private broken(): void {

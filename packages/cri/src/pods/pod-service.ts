@@ -366,8 +366,8 @@ export class PodService {
     if (!s) return; // idempotent, as the CRI asks
     // A stopped sandbox serves nothing on this node, whatever happens to its cell below.
     await this.hostPorts.close(s.id);
-    if (s.state === 'notready' && !(await this.getPod(s))) return;
     const last = await this.getPod(s);
+    if (s.state === 'notready' && !last) return;
     const ends = last && s.state === 'ready' ? await this.killContainers(s, last, signal) : new Map<string, CelloContainerStatus>();
     await this.o.store.serialized(async () => {
       const cur = this.o.store.get(s.id)!;
